@@ -6,7 +6,6 @@ SYSTEM_PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: all deps venv lint typecheck test test-unit demo bench fidelity clean distclean
 
@@ -25,7 +24,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/system
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	# Mininet comes from Debian (it needs the matching mnexec); expose only that package to the venv.
-	ln -sfn /usr/lib/python3/dist-packages/mininet $(SITE)/mininet
+	ln -sfn /usr/lib/python3/dist-packages/mininet "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mininet"
 	@touch $@
 
 venv: $(STAMPS)/venv
