@@ -1,0 +1,183 @@
+"""The one place that reaches into aioquic 1.7.2 internals.
+
+aioquic has no public API for (a) custom transport parameters, (b) the size of
+the largest DATAGRAM frame it will actually send, (c) the path's smoothed RTT and
+its queue of pending datagrams. Everything the tunnel needs from those internals is
+here, behind small typed functions, so an aioquic upgrade has one file to check.
+Importing this module fails with one clear sentence if the internals moved.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from aioquic._buffer import Buffer, BufferReadError
+from aioquic.buffer import encode_uint_var, size_uint_var
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE
+
+# Provisional codepoint of the quic_tunnel_stream_mode transport parameter
+# (-tcp draft §Connection establishment: "value TBD"). RFC 9000 §22.3 has no
+# private-use range for transport parameters, so we pick a value that
+#   * is not of the reserved/greased form 31 * N + 27 (0x71745F73 % 31 == 1),
+#   * lies far above the 0x00-0x3f range kept for standards action, and
+#   * spells "qt_s" in ASCII, to be recognisable in a packet dump.
+# It was not checked against the live IANA registry (no network here); change it
+# HERE only, both peers must agree on it.
+STREAM_MODE_TP_ID: Final[int] = 0x71745F73
+
+# AEAD tag added to every protected packet: 16 bytes for all three TLS 1.3 suites
+# QUIC uses (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; RFC 9001 §5.3).
+AEAD_TAG_SIZE: Final[int] = 16
+
+# 1-RTT short header without the Destination Connection ID: first byte plus the
+# packet number, which aioquic always encodes on PACKET_NUMBER_SEND_SIZE bytes.
+SHORT_HEADER_FIXED_SIZE: Final[int] = 1 + PACKET_NUMBER_SEND_SIZE
+
+# DATAGRAM frame type 0x31 (with length) encodes on one byte (RFC 9221 §4).
+DATAGRAM_FRAME_TYPE_SIZE: Final[int] = 1
+
+_REQUIRED_INTERNALS = (
+    "_serialize_transport_parameters",
+    "_parse_transport_parameters",
+    "_datagrams_pending",
+    "_loss",
+    "_peer_cid",
+    "_remote_max_datagram_frame_size",
+    "_max_datagram_size",
+)
+
+
+def _check_aioquic_internals() -> None:
+    probe = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    missing = [name for name in _REQUIRED_INTERNALS if not hasattr(probe, name)]
+    if missing or not hasattr(probe._loss, "_rtt_smoothed"):
+        raise ImportError(
+            "tunnel.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
+            f"({', '.join(missing) or '_loss._rtt_smoothed'}): install aioquic==1.7.2."
+        )
+
+
+_check_aioquic_internals()
+
+
+class TunnelQuicConnection(QuicConnection):
+    """A QuicConnection that can announce and detect quic_tunnel_stream_mode.
+
+    The hook wraps the two private methods through which aioquic serializes its own
+    transport parameters and parses the peer's: the parameter is appended (empty
+    value, "SHOULD be null", -tcp draft §Connection establishment) after aioquic's
+    own list, and looked for in the peer's list after aioquic validated it. Stream
+    mode is in use when both sides sent the parameter.
+    """
+
+    def __init__(self, *, stream_mode: bool = False, **kwargs: Any) -> None:
+        # Set before QuicConnection.__init__, which may already serialize our
+        # transport parameters.
+        self._tunnel_local_stream_mode = stream_mode
+        self._tunnel_peer_stream_mode: bool | None = None
+        super().__init__(**kwargs)
+
+    @property
+    def local_stream_mode(self) -> bool:
+        """Whether we announce quic_tunnel_stream_mode."""
+        return self._tunnel_local_stream_mode
+
+    @property
+    def peer_stream_mode(self) -> bool | None:
+        """Whether the peer announced it; None until its transport parameters arrived."""
+        return self._tunnel_peer_stream_mode
+
+    @property
+    def stream_mode_negotiated(self) -> bool:
+        """True once both endpoints announced quic_tunnel_stream_mode."""
+        return self._tunnel_local_stream_mode and bool(self._tunnel_peer_stream_mode)
+
+    def _serialize_transport_parameters(self) -> bytes:
+        data = super()._serialize_transport_parameters()
+        if self._tunnel_local_stream_mode:
+            data += encode_uint_var(STREAM_MODE_TP_ID) + encode_uint_var(0)
+        return data
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket=from_session_ticket)
+        # Parameters remembered from a session ticket describe an older connection:
+        # only the peer's live handshake decides stream mode.
+        if not from_session_ticket:
+            self._tunnel_peer_stream_mode = STREAM_MODE_TP_ID in transport_parameter_ids(data)
+
+
+def transport_parameter_ids(data: bytes) -> set[int]:
+    """The ids present in an encoded transport parameter list (RFC 9000 §18).
+
+    Raises ValueError if the list is truncated.
+    """
+    buf = Buffer(data=data)
+    ids: set[int] = set()
+    try:
+        while not buf.eof():
+            param_id = buf.pull_uint_var()
+            buf.pull_bytes(buf.pull_uint_var())
+            ids.add(param_id)
+    except BufferReadError as exc:
+        raise ValueError("transport parameter list is truncated") from exc
+    return ids
+
+
+def largest_datagram_payload(frame_room: int) -> int:
+    """Largest DATAGRAM payload L with type + varint(L) + L <= frame_room (0 if none)."""
+    best = 0
+    for length_size, max_length in ((1, 63), (2, 16383), (4, 2**30 - 1)):
+        payload = min(frame_room - DATAGRAM_FRAME_TYPE_SIZE - length_size, max_length)
+        if payload > best and size_uint_var(payload) <= length_size:
+            best = payload
+    return best
+
+
+def packet_datagram_budget(
+    max_datagram_size: int, peer_cid_length: int, aead_tag_size: int = AEAD_TAG_SIZE
+) -> int:
+    """Largest DATAGRAM payload that fits alone in a fresh 1-RTT packet.
+
+    Mirrors aioquic's QuicPacketBuilder: a UDP payload of `max_datagram_size`
+    bytes, minus the short header (1 + DCID + 2-byte packet number) and the AEAD
+    tag, leaves the room for one DATAGRAM frame (type, length varint, payload).
+    """
+    room = max_datagram_size - SHORT_HEADER_FIXED_SIZE - peer_cid_length - aead_tag_size
+    return largest_datagram_payload(room)
+
+
+def frame_size_budget(remote_max_datagram_frame_size: int | None) -> int:
+    """Largest payload the peer accepts: its max_datagram_frame_size counts the
+    whole frame, type and length included (RFC 9221 §3). 0 if it sent none."""
+    if remote_max_datagram_frame_size is None:
+        return 0
+    return largest_datagram_payload(remote_max_datagram_frame_size)
+
+
+def datagram_budget(quic: QuicConnection) -> int:
+    """Largest DATAGRAM payload this connection can send now without blocking.
+
+    0 while the peer's transport parameters are unknown or if it does not accept
+    DATAGRAM frames. aioquic itself checks neither limit: a larger payload stays at
+    the head of its queue forever (DESIGN.md "Known aioquic facts"), and one above
+    the peer's max_datagram_frame_size makes the peer close the connection.
+    """
+    return min(
+        packet_datagram_budget(quic._max_datagram_size, len(quic._peer_cid.cid)),
+        frame_size_budget(quic._remote_max_datagram_frame_size),
+    )
+
+
+def smoothed_rtt(quic: QuicConnection) -> float | None:
+    """The path's smoothed RTT in seconds (RFC 9002 §5.3), None before the first sample."""
+    loss = quic._loss
+    if not loss._rtt_initialized:
+        return None
+    return float(loss._rtt_smoothed)
+
+
+def pending_datagram_count(quic: QuicConnection) -> int:
+    """Datagrams queued in aioquic that no packet carried yet."""
+    return len(quic._datagrams_pending)
