@@ -1,0 +1,337 @@
+"""Packet-Tag reordering for the tunnel session mode.
+
+draft-piraux-intarea-quic-tunnel-session-00 §4.1.1 (Coordinate use of the Packet Tag) leaves the
+meaning of the 16-bit Packet Tag to implementations and suggests a counter of the datagrams sent
+over all connections of a session, so that the receiver can "distinguish, buffer and reorder"
+packets that took different paths. This module implements exactly that choice:
+
+* the sender stamps every datagram of a session with `PacketTagCounter.next()`, a session-wide
+  sequence number modulo 2**16;
+* the receiver feeds every datagram to a `ReorderBuffer`, which releases them in tag order.
+
+Comparisons use serial-number arithmetic (RFC 1982 style) on 16 bits: tag `b` is *after* tag `a`
+when `(b - a) mod 2**16` lies in 1..32767. As the draft says, only 32768 packets in flight can be
+told apart; a tag 32768 or more ahead of the expected one is read as *behind* it.
+
+The buffer never blocks forever: a packet that waited `timeout` seconds behind a gap makes the
+buffer give up on that gap (the missing packets are presumed lost or very late). `now` is always
+passed in by the caller, as in aioquic's sans-I/O core; `now` must never go backwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Generic, TypeVar
+
+T = TypeVar("T")
+
+TAG_MODULUS: Final = 1 << 16
+"""The Packet Tag is a 16-bit field (session draft §4 The tunnel session mode)."""
+TAG_HALF: Final = TAG_MODULUS // 2
+"""Serial-number arithmetic tells apart at most this many tags in flight (session draft §4.1.1)."""
+
+DEFAULT_CAPACITY: Final = 1024
+DEFAULT_TIMEOUT: Final = 0.05
+"""Gap timeout (seconds) until the paths' RTTs are known; `timeout_from_rtts` replaces it."""
+
+MIN_TIMEOUT: Final = 0.005
+MAX_TIMEOUT: Final = 0.5
+RTT_MARGIN_FRACTION: Final = 0.125
+"""Share of the largest smoothed RTT added to the RTT spread as a jitter margin (see
+`ReorderBuffer.timeout_from_rtts`)."""
+
+# Per-tag memory of how the buffer last passed each tag, so that a packet arriving behind the
+# expected tag can be told apart as a duplicate (already delivered) or late (its gap was skipped).
+_PASSED_DELIVERED: Final = 1
+_PASSED_SKIPPED: Final = 2
+
+
+class OverflowPolicy(Enum):
+    """What a full buffer does when one more out-of-order packet arrives."""
+
+    SKIP_GAP = "skip-gap"
+    """Give up on the oldest gap: release the buffered packets up to the lowest held tag (and the
+    in-order run after it) early, and keep the new packet. The default: a full buffer means the
+    missing packets are very likely lost, and dropping data that did arrive would turn one loss
+    into many for the tunnelled transport."""
+    DROP_NEW = "drop-new"
+    """Drop the new packet and count it in `ReorderStats.overflow_dropped`. Keeps strict order at
+    the price of losses; offered for experiments comparing the two."""
+
+
+@dataclass
+class ReorderStats:
+    """Counters of one ReorderBuffer. All are packet counts except `gaps_skipped`."""
+
+    delivered: int = 0
+    """Packets released to the caller (in order, late, flushed or passed through)."""
+    reordered: int = 0
+    """Packets that arrived ahead of a gap and had to be held."""
+    late: int = 0
+    """Packets that arrived after the buffer had given up on their gap (released at once)."""
+    duplicate: int = 0
+    """Packets whose tag was already delivered or is already held (dropped)."""
+    overflow_dropped: int = 0
+    """Packets dropped because the buffer was full (only with OverflowPolicy.DROP_NEW)."""
+    overflow_skips: int = 0
+    """Times a full buffer gave up on a gap early (OverflowPolicy.SKIP_GAP)."""
+    gaps_skipped: int = 0
+    """Runs of consecutive missing tags that the buffer gave up on (timeout, overflow or flush)."""
+    tags_skipped: int = 0
+    """Missing tags given up on, i.e. packets presumed lost (each gap counts its length)."""
+
+
+def serial_distance(from_tag: int, to_tag: int) -> int:
+    """How many steps forward `to_tag` is from `from_tag`, modulo 2**16 (0..65535)."""
+    return (to_tag - from_tag) % TAG_MODULUS
+
+
+class PacketTagCounter:
+    """Session-wide Packet Tag source for the sender: 0, 1, ..., 65535, 0, ...
+
+    One counter is shared by all connections of a session, so that the tags record the order in
+    which the session sent packets, whatever path each took (session draft §4.1.1).
+    """
+
+    def __init__(self, start: int = 0) -> None:
+        if not 0 <= start < TAG_MODULUS:
+            raise ValueError(f"a Packet Tag start value must be in 0..65535, got {start}")
+        self._next = start
+
+    def next(self) -> int:
+        """The tag for the next packet sent in the session."""
+        tag = self._next
+        self._next = (tag + 1) % TAG_MODULUS
+        return tag
+
+    def peek(self) -> int:
+        """The tag `next()` will return, without consuming it."""
+        return self._next
+
+
+class ReorderBuffer(Generic[T]):
+    """Receiver-side reordering of session-mode datagrams by Packet Tag.
+
+    Rules:
+
+    * The first tag pushed starts the sequence. A packet behind the sequence start (reordered
+      before the first one arrived) is treated as late.
+    * A packet with the expected tag is released at once, with the held packets that follow it
+      without a gap.
+    * A packet ahead of the expected tag (1..32767 steps) is held, at most `capacity` packets.
+    * A packet behind the expected tag (32768..65535 steps ahead) is *late* if the buffer gave up
+      on it (released at once: a late packet still saves the tunnelled transport a retransmission)
+      or a *duplicate* if it was already delivered (dropped). A second copy of a held packet is
+      also a duplicate.
+    * Each held packet waits at most `timeout` seconds: when the oldest one reaches its deadline
+      the buffer gives up on every gap before it (`poll`, also run at the start of `push`).
+    * When the buffer is full, `overflow` decides (see OverflowPolicy; default: skip the oldest
+      gap, never drop data that arrived).
+    * With `enabled=False` every packet passes straight through, in arrival order (only
+      `delivered` counts), for experiments that measure the effect of reordering.
+    """
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        enabled: bool = True,
+        overflow: OverflowPolicy = OverflowPolicy.SKIP_GAP,
+    ) -> None:
+        if not 1 <= capacity < TAG_HALF:
+            raise ValueError(
+                f"reorder buffer capacity must be in 1..{TAG_HALF - 1} packets "
+                f"(16-bit tags tell apart at most {TAG_HALF} in flight), got {capacity}"
+            )
+        self.capacity: Final = capacity
+        self.enabled: Final = enabled
+        self.overflow: Final = overflow
+        self._timeout = DEFAULT_TIMEOUT
+        self.set_timeout(timeout)
+        self.stats = ReorderStats()
+        self._expected: int | None = None
+        # tag -> (item, arrival time). Insertion order is arrival order, so the first entry is
+        # the oldest held packet and its deadline is the buffer's next deadline.
+        self._held: dict[int, tuple[T, float]] = {}
+        # _PASSED_* of the last time the sequence moved past each tag (0: never, i.e. the tag
+        # lies before the first tag seen).
+        self._passed = bytearray(TAG_MODULUS)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a held packet waits for the gap before it to fill."""
+        return self._timeout
+
+    def set_timeout(self, seconds: float) -> None:
+        """Change the gap timeout; deadlines of packets already held follow the new value."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(
+                f"reorder timeout must be a finite number of seconds >= 0, got {seconds}"
+            )
+        self._timeout = seconds
+
+    @staticmethod
+    def timeout_from_rtts(rtts: Sequence[float]) -> float:
+        """A gap timeout for a session whose paths have these smoothed RTTs (seconds).
+
+        Packets sent back to back on two paths arrive at most about the difference of the paths'
+        one-way delays apart. One-way delays are not known, so the RTT spread (max - min) is used
+        as a safe upper bound, plus a margin of 1/8 of the largest RTT for jitter (the same share
+        as the RTT smoothing gain of RFC 6298/9002). The result is clamped to [5 ms, 500 ms]:
+        below 5 ms, scheduling noise of the host alone reorders; above 500 ms, holding packets
+        hurts the tunnelled transport more than a loss would. Without any RTT, the default
+        timeout (50 ms) is returned.
+        """
+        for rtt in rtts:
+            if not (math.isfinite(rtt) and rtt >= 0):
+                raise ValueError(f"a path RTT must be a finite number of seconds >= 0, got {rtt}")
+        if not rtts:
+            return DEFAULT_TIMEOUT
+        spread = max(rtts) - min(rtts)
+        timeout = spread + RTT_MARGIN_FRACTION * max(rtts)
+        return min(MAX_TIMEOUT, max(MIN_TIMEOUT, timeout))
+
+    def __len__(self) -> int:
+        """Packets currently held."""
+        return len(self._held)
+
+    @property
+    def expected_tag(self) -> int | None:
+        """The tag the buffer waits for next (None before the first push)."""
+        return self._expected
+
+    def next_deadline(self) -> float | None:
+        """When `poll` must next be called (None when nothing is held)."""
+        if not self._held:
+            return None
+        _, arrival = next(iter(self._held.values()))
+        return arrival + self._timeout
+
+    def push(self, tag: int, item: T, now: float) -> list[T]:
+        """Add the packet with this Packet Tag; return the items now releasable, in tag order."""
+        if not 0 <= tag < TAG_MODULUS:
+            raise ValueError(f"a Packet Tag is 16 bits (0..65535), got {tag}")
+        if not self.enabled:
+            self.stats.delivered += 1
+            return [item]
+        released = self.poll(now)
+        if self._expected is None:
+            self._expected = tag
+        distance = serial_distance(self._expected, tag)
+        if distance == 0:
+            self._release(item, released)
+            self._advance_delivered()
+            self._release_in_order_run(released)
+        elif distance < TAG_HALF:
+            self._hold(tag, item, now, released)
+        else:
+            self._receive_behind(tag, item, released)
+        return released
+
+    def poll(self, now: float) -> list[T]:
+        """Give up on gaps whose oldest held packet waited `timeout`; return what that releases."""
+        released: list[T] = []
+        if not self.enabled:
+            return released
+        while self._held:
+            oldest_tag, (_, arrival) = next(iter(self._held.items()))
+            if now < arrival + self._timeout:
+                break
+            self._skip_to(oldest_tag, released)
+            self._release_in_order_run(released)
+        return released
+
+    def flush(self) -> list[T]:
+        """Release everything held, in tag order, giving up on every gap (e.g. at session end)."""
+        released: list[T] = []
+        while self._held:
+            lowest = min(self._held, key=self._distance_from_expected)
+            self._skip_to(lowest, released)
+            self._release_in_order_run(released)
+        return released
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _distance_from_expected(self, tag: int) -> int:
+        assert self._expected is not None
+        return serial_distance(self._expected, tag)
+
+    def _release(self, item: T, released: list[T]) -> None:
+        released.append(item)
+        self.stats.delivered += 1
+
+    def _advance_delivered(self) -> None:
+        """Move the expected tag one step past a tag that was delivered."""
+        assert self._expected is not None
+        self._passed[self._expected] = _PASSED_DELIVERED
+        self._expected = (self._expected + 1) % TAG_MODULUS
+
+    def _skip_missing(self, count: int) -> None:
+        """Give up on the `count` missing tags starting at the expected one (one gap)."""
+        assert self._expected is not None
+        if count == 0:
+            return
+        first = self._expected
+        end = first + count
+        if end <= TAG_MODULUS:
+            self._passed[first:end] = bytes((_PASSED_SKIPPED,)) * count
+        else:  # the gap wraps past 65535
+            self._passed[first:] = bytes((_PASSED_SKIPPED,)) * (TAG_MODULUS - first)
+            self._passed[: end - TAG_MODULUS] = bytes((_PASSED_SKIPPED,)) * (end - TAG_MODULUS)
+        self._expected = end % TAG_MODULUS
+        self.stats.tags_skipped += count
+        self.stats.gaps_skipped += 1
+
+    def _release_in_order_run(self, released: list[T]) -> None:
+        """Release held packets for as long as the expected tag is held."""
+        while self._expected in self._held:
+            item, _ = self._held.pop(self._expected)
+            self._release(item, released)
+            self._advance_delivered()
+
+    def _skip_to(self, target: int, released: list[T]) -> None:
+        """Give up on every missing tag before the held `target`, releasing the held packets
+        below it in order; stops with `target` as the expected tag (the caller then releases
+        the run from it). Work is proportional to the packets held, not to the gap length."""
+        target_distance = self._distance_from_expected(target)
+        below = sorted(
+            (t for t in self._held if self._distance_from_expected(t) < target_distance),
+            key=self._distance_from_expected,
+        )
+        for tag in below:
+            self._skip_missing(self._distance_from_expected(tag))
+            item, _ = self._held.pop(tag)
+            self._release(item, released)
+            self._advance_delivered()
+        self._skip_missing(self._distance_from_expected(target))
+
+    def _hold(self, tag: int, item: T, now: float, released: list[T]) -> None:
+        if tag in self._held:
+            self.stats.duplicate += 1
+            return
+        if len(self._held) >= self.capacity and self.overflow is OverflowPolicy.DROP_NEW:
+            self.stats.overflow_dropped += 1
+            return
+        self._held[tag] = (item, now)
+        self.stats.reordered += 1
+        # SKIP_GAP: the new packet is held first, so that if it is the lowest tag the skip
+        # releases it in its place rather than passing it by.
+        while len(self._held) > self.capacity:
+            self.stats.overflow_skips += 1
+            lowest = min(self._held, key=self._distance_from_expected)
+            self._skip_to(lowest, released)
+            self._release_in_order_run(released)
+
+    def _receive_behind(self, tag: int, item: T, released: list[T]) -> None:
+        if self._passed[tag] == _PASSED_DELIVERED:
+            self.stats.duplicate += 1
+            return
+        # Its gap was given up on, or it predates the first tag seen: deliver it now, out of
+        # order, and remember it so that another copy counts as a duplicate.
+        self.stats.late += 1
+        self._release(item, released)
+        self._passed[tag] = _PASSED_DELIVERED
