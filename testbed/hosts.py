@@ -1,0 +1,185 @@
+"""Long-running programs on Mininet hosts, their logs, pcaps, and the record that lets a crashed
+run be cleaned up later (`qtlab clean`).
+
+Every run owns a directory under RUN_ROOT holding `state.json`: the pids of its Mininet node
+shells, of every program it started, and the host-wide sysctls it changed (with their old
+values). A normal exit undoes all of it; after a crash (SIGKILL, power cut of the test
+runner) `testbed.cleanup.clean()` reads the state files whose owner is dead and undoes it then.
+Only what a state file lists, or what carries our `qtb` prefix, is ever touched: other
+Mininet users on the same machine are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_ROOT = Path(os.environ.get("QTLAB_RUN_ROOT", "/tmp/qtlab"))
+ALLOWED_CC_SYSCTL = "net.ipv4.tcp_allowed_congestion_control"
+
+
+def read_sysctl(key: str) -> str:
+    return Path("/proc/sys", *key.split(".")).read_text().strip()
+
+
+def write_sysctl(key: str, value: str) -> None:
+    Path("/proc/sys", *key.split(".")).write_text(value + "\n")
+
+
+def pid_cmdline(pid: int) -> str:
+    """The command line of a live process ("" if it is gone), arguments joined by spaces."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+class RunState:
+    """The on-disk record of one run: what to kill and restore if the run dies uncleanly."""
+
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.dir = run_dir or RUN_ROOT / f"run-{os.getpid()}-{int(time.time())}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data: dict[str, Any] = {
+            "owner_pid": os.getpid(),
+            "nodes": {},  # node name -> shell pid (its command line ends in "mininet:<name>")
+            "procs": [],  # [{"pid": int, "argv0": str}] programs started in nodes
+            "sysctl": {},  # host-wide key -> value before we changed it
+        }
+        self.save()
+
+    @property
+    def path(self) -> Path:
+        return self.dir / "state.json"
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+    def add_node(self, name: str, pid: int) -> None:
+        self.data["nodes"][name] = pid
+        self.save()
+
+    def add_proc(self, pid: int, argv0: str) -> None:
+        self.data["procs"].append({"pid": pid, "argv0": argv0})
+        self.save()
+
+    def remove_proc(self, pid: int) -> None:
+        self.data["procs"] = [p for p in self.data["procs"] if p["pid"] != pid]
+        self.save()
+
+    def change_sysctl(self, key: str, value: str) -> None:
+        """Set a host-wide sysctl, remembering the first old value so it can be put back."""
+        self.data["sysctl"].setdefault(key, read_sysctl(key))
+        self.save()
+        write_sysctl(key, value)
+
+    def restore_sysctls(self) -> None:
+        for key, old in self.data["sysctl"].items():
+            with contextlib.suppress(OSError):
+                write_sysctl(key, old)
+        self.data["sysctl"] = {}
+        self.save()
+
+    def finish(self) -> None:
+        """The run ended cleanly: nothing left to undo (logs stay in the directory)."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+@dataclass
+class HostProcess:
+    """A program running in a Mininet node, with its log file."""
+
+    node_name: str
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class ProcessManager:
+    """Starts programs on nodes and guarantees they are stopped (see module doc)."""
+
+    state: RunState
+    log_dir: Path
+    procs: list[HostProcess] = field(default_factory=list)
+
+    def start(self, node: Any, name: str, argv: list[str]) -> HostProcess:
+        """Run argv inside node's namespaces; stdout and stderr go to <log_dir>/<node>-<name>.log."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{node.name}-{name}.log"
+        with open(log_path, "ab") as log:
+            popen = node.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = HostProcess(node.name, name, popen, log_path)
+        self.procs.append(proc)
+        self.state.add_proc(popen.pid, argv[0])
+        return proc
+
+    def start_iperf3_server(self, node: Any, port: int = 5201, idle_timeout_s: int = 30) -> HostProcess:
+        # --idle-timeout: a server whose client vanished exits by itself instead of lingering.
+        argv = ["iperf3", "-s", "-p", str(port), "--idle-timeout", str(idle_timeout_s)]
+        return self.start(node, f"iperf3-{port}", argv)
+
+    def start_pcap(self, node: Any, intf: str, snaplen: int = 256) -> tuple[HostProcess, Path]:
+        """tcpdump on one interface, written as it goes (-U) so a crash still leaves a pcap."""
+        pcap = self.log_dir / f"{node.name}-{intf}.pcap"
+        argv = ["tcpdump", "-i", intf, "-U", "-s", str(snaplen), "-w", str(pcap)]
+        return self.start(node, f"tcpdump-{intf}", argv), pcap
+
+    def stop(self, proc: HostProcess, timeout_s: float = 3.0) -> int | None:
+        if proc.running():
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout_s)
+        if proc in self.procs:
+            self.procs.remove(proc)
+        self.state.remove_proc(proc.pid)
+        return proc.popen.returncode
+
+    def stop_all(self) -> None:
+        for proc in list(reversed(self.procs)):
+            self.stop(proc)
+
+
+def set_congestion_control(node: Any, algorithm: str, state: RunState) -> str:
+    """Pin a node's TCP congestion control (namespaces inherit the host default, BBR here).
+
+    A namespace may only choose algorithms the root namespace allows, so an algorithm missing
+    from the host-wide allowed list is added there first; RunState puts the list back.
+    Returns the algorithm the node now uses (read back, not assumed).
+    """
+    allowed = read_sysctl(ALLOWED_CC_SYSCTL).split()
+    if algorithm not in allowed:
+        available = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
+        if algorithm not in available:
+            with contextlib.suppress(OSError):
+                subprocess.run(["modprobe", f"tcp_{algorithm}"], check=False, capture_output=True)
+            available = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
+        if algorithm not in available:
+            raise ValueError(
+                f"TCP congestion control {algorithm!r} is not in this kernel "
+                f"(available: {' '.join(available)})."
+            )
+        state.change_sysctl(ALLOWED_CC_SYSCTL, " ".join([*allowed, algorithm]))
+    node.cmd(f"sysctl -q -w net.ipv4.tcp_congestion_control={algorithm}")
+    return str(node.cmd("sysctl -n net.ipv4.tcp_congestion_control")).strip()

@@ -1,0 +1,201 @@
+"""A running testbed: Mininet network + shapers + programs, torn down on exit, Ctrl-C or SIGTERM.
+
+    with Lab("reference", backend="auto") as lab:
+        lab.shaper("wifi").set("up", delay_ms=20, loss_pct=1)
+        lab.access_down("wifi"); ...; lab.access_up("wifi")
+        lab.node("c1").cmd("ping -c1 10.100.0.1")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from testbed.hosts import ProcessManager, RunState, set_congestion_control
+from testbed.profiles import LinkProfile
+from testbed.shaping import Backend, LinkShaper, NetemShaper, WireShaper, resolve_backend
+from testbed.topologies import Access, LabTopo, make_topology
+
+# Frames copied by a packet socket keep a partial checksum and TSO/GSO super-frames are not
+# real packets: every interface next to a shaping node gets offloads off.
+OFFLOADS_OFF = "rx off tx off sg off tso off gso off gro off lro off"
+
+
+class LabError(RuntimeError):
+    """The testbed could not be brought up as asked."""
+
+
+class Lab:
+    def __init__(
+        self,
+        topology: str | LabTopo,
+        backend: str = "auto",
+        log_dir: Path | None = None,
+        congestion_control: str | None = None,
+        **topo_params: Any,
+    ) -> None:
+        self.topo = make_topology(topology, **topo_params) if isinstance(topology, str) else topology
+        self.plan = self.topo.plan
+        self.requested_backend = backend
+        self.backend: Backend | None = None
+        self.state = RunState()
+        self.log_dir = log_dir or self.state.dir / "logs"
+        self.procs = ProcessManager(self.state, self.log_dir)
+        self.shapers: dict[str, LinkShaper] = {}
+        self.congestion_control = congestion_control
+        self.cc_in_use: dict[str, str] = {}
+        self.net: Any = None
+        self.build_seconds = 0.0
+        self._old_sigterm: Any = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> Lab:
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+
+        setLogLevel("warning")
+        self.backend = resolve_backend(self.requested_backend)
+        self._old_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        started = time.monotonic()
+        try:
+            self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
+            # Hosts first so their shells are on record before anything can fail.
+            for name in self.topo.hosts():
+                node = self.net.addHost(name, **self.topo.nodeInfo(name))
+                self.state.add_node(name, node.pid)
+            for a, b, info in self.topo.links(sort=True, withKeys=False, withInfo=True):
+                params = {k: v for k, v in info.items() if k not in ("node1", "node2")}
+                self.net.addLink(a, b, **params)
+            self.net.build()
+            self.net.start()
+            self._configure()
+        except BaseException:
+            self.stop()
+            raise
+        self.build_seconds = time.monotonic() - started
+        return self
+
+    def _configure(self) -> None:
+        plan = self.plan
+        for name in plan.routers:
+            self.node(name).cmd(
+                "sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+            )
+        for name, lines in plan.ip_batch.items():
+            # `ip -batch` lines take no -6 option: IPv6 lines go to a second `ip -6 -batch`.
+            v4 = [line for line in lines if not line.startswith("-6 ")]
+            v6 = [line[3:] for line in lines if line.startswith("-6 ")]
+            out = ""
+            for family, batch_lines in (("", v4), ("-6 ", v6)):
+                batch = self.state.dir / f"{name}.{family.strip('- ') or '4'}.ip"
+                batch.write_text("\n".join(batch_lines) + "\n")
+                out += self.node(name).cmd(f"ip {family}-batch {batch} 2>&1")
+            if out.strip():
+                raise LabError(f"configuring {name} failed: {out.strip()}")
+        for link in plan.shaped.values():
+            middle = self.node(link.middle)
+            # The middle node must stay silent on the link: no IPv6 link-local, no RS/NS of its own.
+            middle.cmd(
+                f"sysctl -q -w net.ipv6.conf.{link.intf_a}.disable_ipv6=1 "
+                f"net.ipv6.conf.{link.intf_b}.disable_ipv6=1"
+            )
+            for node_name, intf in [
+                (link.middle, link.intf_a),
+                (link.middle, link.intf_b),
+                *link.endpoint_intfs,
+            ]:
+                self.node(node_name).cmd(f"ethtool -K {intf} {OFFLOADS_OFF} >/dev/null 2>&1")
+            shaper: LinkShaper
+            if self.backend == "netem":
+                shaper = NetemShaper(middle, link.intf_a, link.intf_b)
+            else:
+                sock = self.state.dir / f"{link.middle}.sock"
+                shaper = WireShaper(middle, link.intf_a, link.intf_b, sock, self.procs)
+            shaper.profiles = {"ab": link.profile_ab, "ba": link.profile_ba}
+            self.shapers[link.middle] = shaper
+            shaper.start()
+        if self.congestion_control:
+            for name in [*plan.clients, *plan.servers, plan.concentrator]:
+                if name:
+                    self.set_congestion_control(name, self.congestion_control)
+
+    def stop(self) -> None:
+        for shaper in self.shapers.values():
+            with contextlib.suppress(Exception):
+                shaper.stop()
+        self.shapers = {}
+        self.procs.stop_all()
+        if self.net is not None:
+            with contextlib.suppress(Exception):
+                self.net.stop()
+            self.net = None
+        self.state.restore_sysctls()
+        self.state.finish()
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- access to the running network ------------------------------------------------------
+    def node(self, name: str) -> Any:
+        try:
+            return self.net[name]
+        except KeyError:
+            raise LabError(f"no node {name!r} in this topology.") from None
+
+    def access(self, name: str, client: str | None = None) -> Access:
+        client = client or self.plan.clients[0]
+        for acc in self.plan.accesses:
+            if acc.name == name and acc.client == client:
+                return acc
+        names = sorted({a.name for a in self.plan.accesses})
+        raise LabError(f"no access {name!r} for client {client}; accesses: {', '.join(names)}.")
+
+    def shaper(self, access: str, client: str | None = None) -> LinkShaper:
+        """The shaper serving an access (shared by all clients in the N-client topology)."""
+        middle = self.access(access, client).shaped
+        if middle is None or middle not in self.shapers:
+            raise LabError(f"access {access!r} is not shaped in this topology.")
+        return self.shapers[middle]
+
+    def access_down(self, access: str, client: str | None = None) -> None:
+        """A real failure of one client's access: carrier goes away on its interface."""
+        for node, intf in self.access(access, client).carrier:
+            self.node(node).cmd(f"ip link set dev {intf} down")
+
+    def access_up(self, access: str, client: str | None = None) -> None:
+        for node, intf in self.access(access, client).carrier:
+            self.node(node).cmd(f"ip link set dev {intf} up")
+
+    def set_congestion_control(self, node: str, algorithm: str) -> str:
+        used = set_congestion_control(self.node(node), algorithm, self.state)
+        self.cc_in_use[node] = used
+        return used
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata an experiment records: backend, shapers, congestion control."""
+        return {
+            "backend": self.backend,
+            "shapers": {name: s.describe() for name, s in self.shapers.items()},
+            "congestion_control": dict(self.cc_in_use),
+            "build_seconds": round(self.build_seconds, 2),
+        }
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same clean-up path as Ctrl-C.
+    raise KeyboardInterrupt

@@ -1,0 +1,98 @@
+"""Link profiles: plain data describing one direction of an access link, units in the field names.
+
+No Mininet import here: experiments, notebooks and unit tests read profiles without root.
+Figures are typical values, chosen to make experiments distinct rather than to model one
+operator; override any field per link (`profile("wifi", delay_ms=30)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+class ProfileError(ValueError):
+    """A profile name or field value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """Impairment of one direction of a link. Zero means "not impaired" for every field."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    # With reorder False, jitter never lets a packet overtake the one sent before it.
+    reorder: bool = False
+    loss_pct: float = 0.0
+    rate_mbit: float = 0.0  # 0: unlimited
+    queue_packets: int = 1000  # drop-tail limit of the rate queue (netem's default limit)
+    queue_bytes: int = 0  # 0: no byte limit
+
+    def __post_init__(self) -> None:
+        for name in ("delay_ms", "jitter_ms", "rate_mbit"):
+            if getattr(self, name) < 0:
+                raise ProfileError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.loss_pct <= 100:
+            raise ProfileError(f"loss_pct must be between 0 and 100, got {self.loss_pct}.")
+        if self.queue_packets < 0 or self.queue_bytes < 0:
+            raise ProfileError("queue_packets and queue_bytes must be >= 0.")
+        if self.jitter_ms > self.delay_ms and self.jitter_ms > 0:
+            raise ProfileError(
+                f"jitter_ms ({self.jitter_ms}) must not exceed delay_ms ({self.delay_ms})."
+            )
+
+    def with_overrides(self, **overrides: float | int | bool) -> LinkProfile:
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ProfileError(
+                f"unknown profile field(s) {sorted(unknown)}; known fields: {sorted(known)}."
+            )
+        return replace(self, **overrides)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        return asdict(self)
+
+
+# One direction each; access links use the same profile both ways unless overridden.
+PROFILES: dict[str, LinkProfile] = {
+    "wired": LinkProfile(delay_ms=1.0, rate_mbit=1000.0),
+    "wifi": LinkProfile(delay_ms=5.0, jitter_ms=2.0, loss_pct=0.1, rate_mbit=50.0),
+    "5g": LinkProfile(delay_ms=10.0, jitter_ms=1.0, rate_mbit=100.0, queue_packets=2000),
+    "lte": LinkProfile(delay_ms=25.0, jitter_ms=5.0, rate_mbit=20.0, queue_packets=500),
+    "lossy": LinkProfile(delay_ms=20.0, jitter_ms=5.0, loss_pct=5.0, rate_mbit=10.0),
+    "none": LinkProfile(),
+}
+
+
+def profile(name: str, **overrides: float | int | bool) -> LinkProfile:
+    """The named profile with some fields replaced; a clear error for an unknown name."""
+    try:
+        base = PROFILES[name.lower()]
+    except KeyError:
+        raise ProfileError(
+            f"unknown link profile {name!r}; choose one of {', '.join(sorted(PROFILES))}."
+        ) from None
+    return base.with_overrides(**overrides)
+
+
+def parse_overrides(text: str) -> dict[str, float | int | bool]:
+    """Parse "delay_ms=20,loss_pct=1" (the CLI form) into typed overrides."""
+    out: dict[str, float | int | bool] = {}
+    types = {f.name: f.type for f in fields(LinkProfile)}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise ProfileError(
+                f"bad override {item!r}: write field=value with a field from {sorted(types)}."
+            )
+        try:
+            kind = types[key]
+            if kind == "bool":
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            elif kind == "int":
+                out[key] = int(value)
+            else:
+                out[key] = float(value)
+        except ValueError:
+            raise ProfileError(f"bad value in {item!r}: not a number.") from None
+    return out

@@ -1,0 +1,408 @@
+/*
+ * qtwire: an impairing "wire" between two network interfaces, for kernels without sch_netem.
+ *
+ * It runs in a middle network namespace that owns two veth ends, A and B, and copies every
+ * Ethernet frame from A to B and from B to A through raw AF_PACKET sockets.  Per direction
+ * it applies, in this order (the order netem uses):
+ *   1. blackhole ("down"): drop everything, the link stays up;
+ *   2. random loss (probability in percent);
+ *   3. a drop-tail rate queue (rate in bit/s, limit in packets and/or bytes): a packet that
+ *      arrives when the queue is full is dropped, otherwise it leaves the queue when the
+ *      packets ahead of it and itself have been serialised at the configured rate;
+ *   4. a fixed one-way delay plus uniform jitter in [-jitter, +jitter] (netem's default
+ *      distribution); without "reorder" a packet never overtakes the one before it.
+ * Frames are timed on CLOCK_MONOTONIC with a timerfd armed for the earliest departure, so the
+ * added delay is accurate to tens of microseconds, not to a scheduler tick.
+ *
+ * Runtime control: a UNIX stream socket; one line per connection, one line answered.
+ *   set <ab|ba|both> key=value ...   keys: delay_us jitter_us reorder loss_pct rate_bps
+ *                                          limit_pkts limit_bytes down        -> "ok"
+ *   get                                -> "ab k=v ... | ba k=v ..." (settings and counters)
+ *   quit                               -> "ok", then exit
+ * The rate counts whole Ethernet frames (header included, no preamble/FCS), as netem does.
+ *
+ * The veths on both sides must have checksum/TSO/GSO/GRO offload off: frames copied by a
+ * packet socket keep a partial checksum otherwise, and TCP fails.
+ *
+ * Usage: qtwire <ifname-A> <ifname-B> <control-socket-path>
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FRAME_MAX 65536
+#define HARD_CAP_PKTS (1 << 18) /* bound on frames held per direction, whatever the settings */
+#define RX_BATCH 64
+
+struct pkt {
+    uint64_t due_ns; /* when it leaves the wire */
+    uint64_t seq;    /* arrival order, breaks ties so equal times keep FIFO order */
+    uint32_t len;
+    unsigned char data[];
+};
+
+struct serial_slot { /* a frame still in the rate queue: when its serialisation ends */
+    uint64_t done_ns;
+    uint32_t len;
+};
+
+struct direction {
+    const char *name;
+    int rx_fd, tx_fd;
+    /* settings */
+    uint64_t delay_ns, jitter_ns, rate_bps, limit_pkts, limit_bytes;
+    double loss_pct;
+    int reorder, down;
+    /* delay line: binary min-heap on (due_ns, seq) */
+    struct pkt **heap;
+    size_t heap_len, heap_cap;
+    uint64_t last_due_ns;
+    /* rate queue: ring of frames not yet serialised */
+    struct serial_slot *ring;
+    size_t ring_head, ring_len, ring_cap;
+    uint64_t queued_bytes, link_free_ns;
+    /* counters */
+    uint64_t rx, tx, drop_loss, drop_queue, drop_down, drop_cap, tx_err;
+};
+
+static volatile sig_atomic_t stop_requested;
+static uint64_t seq_counter;
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static void on_signal(int sig) { (void)sig; stop_requested = 1; }
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t rng_next(void) { /* xorshift64*: fast and good enough for loss and jitter */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1Dull;
+}
+
+static double rng_unit(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
+
+static int pkt_before(const struct pkt *a, const struct pkt *b) {
+    return a->due_ns < b->due_ns || (a->due_ns == b->due_ns && a->seq < b->seq);
+}
+
+static int heap_push(struct direction *d, struct pkt *p) {
+    if (d->heap_len == d->heap_cap) {
+        size_t cap = d->heap_cap ? d->heap_cap * 2 : 1024;
+        struct pkt **h = realloc(d->heap, cap * sizeof(*h));
+        if (!h) return -1;
+        d->heap = h;
+        d->heap_cap = cap;
+    }
+    size_t i = d->heap_len++;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!pkt_before(p, d->heap[parent])) break;
+        d->heap[i] = d->heap[parent];
+        i = parent;
+    }
+    d->heap[i] = p;
+    return 0;
+}
+
+static struct pkt *heap_pop(struct direction *d) {
+    struct pkt *top = d->heap[0];
+    struct pkt *last = d->heap[--d->heap_len];
+    size_t i = 0, n = d->heap_len;
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && pkt_before(d->heap[child + 1], d->heap[child])) child++;
+        if (!pkt_before(d->heap[child], last)) break;
+        d->heap[i] = d->heap[child];
+        i = child;
+    }
+    if (n) d->heap[i] = last;
+    return top;
+}
+
+/* Forget frames whose serialisation has finished: they no longer occupy the rate queue. */
+static void ring_expire(struct direction *d, uint64_t now) {
+    while (d->ring_len && d->ring[d->ring_head].done_ns <= now) {
+        d->queued_bytes -= d->ring[d->ring_head].len;
+        d->ring_head = (d->ring_head + 1) % d->ring_cap;
+        d->ring_len--;
+    }
+}
+
+static int ring_push(struct direction *d, uint64_t done_ns, uint32_t len) {
+    if (d->ring_len == d->ring_cap) {
+        size_t cap = d->ring_cap ? d->ring_cap * 2 : 1024;
+        struct serial_slot *r = malloc(cap * sizeof(*r));
+        if (!r) return -1;
+        for (size_t i = 0; i < d->ring_len; i++) r[i] = d->ring[(d->ring_head + i) % d->ring_cap];
+        free(d->ring);
+        d->ring = r;
+        d->ring_head = 0;
+        d->ring_cap = cap;
+    }
+    d->ring[(d->ring_head + d->ring_len) % d->ring_cap] = (struct serial_slot){done_ns, len};
+    d->ring_len++;
+    d->queued_bytes += len;
+    return 0;
+}
+
+/* Admit one received frame into direction d, or count why it was dropped. */
+static void admit(struct direction *d, const unsigned char *buf, uint32_t len, uint64_t now) {
+    d->rx++;
+    if (d->down) { d->drop_down++; return; }
+    if (d->loss_pct > 0 && rng_unit() * 100.0 < d->loss_pct) { d->drop_loss++; return; }
+    if (d->heap_len >= HARD_CAP_PKTS) { d->drop_cap++; return; }
+    uint64_t leave_queue = now;
+    if (d->rate_bps) {
+        ring_expire(d, now);
+        if ((d->limit_pkts && d->ring_len + 1 > d->limit_pkts) ||
+            (d->limit_bytes && d->queued_bytes + len > d->limit_bytes)) {
+            d->drop_queue++;
+            return;
+        }
+        uint64_t start = d->link_free_ns > now ? d->link_free_ns : now;
+        leave_queue = start + (uint64_t)len * 8ull * 1000000000ull / d->rate_bps;
+        d->link_free_ns = leave_queue;
+        if (ring_push(d, leave_queue, len) < 0) { d->drop_cap++; return; }
+    }
+    int64_t delay = (int64_t)d->delay_ns;
+    if (d->jitter_ns) {
+        int64_t j = (int64_t)d->jitter_ns;
+        delay += (int64_t)(rng_next() % (uint64_t)(2 * j + 1)) - j;
+        if (delay < 0) delay = 0;
+    }
+    uint64_t due = leave_queue + (uint64_t)delay;
+    if (!d->reorder && due < d->last_due_ns) due = d->last_due_ns;
+    d->last_due_ns = due;
+    struct pkt *p = malloc(sizeof(*p) + len);
+    if (!p) { d->drop_cap++; return; }
+    p->due_ns = due;
+    p->seq = seq_counter++;
+    p->len = len;
+    memcpy(p->data, buf, len);
+    if (heap_push(d, p) < 0) { free(p); d->drop_cap++; }
+}
+
+static void deliver_due(struct direction *d, uint64_t now) {
+    while (d->heap_len && d->heap[0]->due_ns <= now) {
+        struct pkt *p = heap_pop(d);
+        if (send(d->tx_fd, p->data, p->len, MSG_DONTWAIT) == (ssize_t)p->len) d->tx++;
+        else d->tx_err++;
+        free(p);
+    }
+}
+
+static void receive_batch(struct direction *d, unsigned char *buf) {
+    for (int i = 0; i < RX_BATCH; i++) {
+        struct sockaddr_ll from;
+        socklen_t fl = sizeof(from);
+        ssize_t n = recvfrom(d->rx_fd, buf, FRAME_MAX, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+        if (n < 0) return;
+        if (from.sll_pkttype == PACKET_OUTGOING) continue; /* our own transmissions */
+        admit(d, buf, (uint32_t)n, now_ns());
+    }
+}
+
+static int open_packet_socket(const char *ifname) {
+    int ifindex = (int)if_nametoindex(ifname);
+    if (!ifindex) { fprintf(stderr, "qtwire: no interface %s\n", ifname); return -1; }
+    /* Protocol 0 first so nothing is captured from other interfaces before bind(). */
+    int fd = socket(AF_PACKET, SOCK_RAW, 0);
+    if (fd < 0) { perror("qtwire: socket(AF_PACKET)"); return -1; }
+    struct sockaddr_ll sll = {0};
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_ALL);
+    sll.sll_ifindex = ifindex;
+    if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0) { perror("qtwire: bind"); close(fd); return -1; }
+    int one = 1, bufsz = 8 << 20;
+#ifdef PACKET_IGNORE_OUTGOING
+    setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one));
+#endif
+    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bufsz, sizeof(bufsz));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bufsz, sizeof(bufsz));
+    return fd;
+}
+
+static int apply_setting(struct direction *d, const char *key, const char *val) {
+    char *end;
+    if (!strcmp(key, "loss_pct")) {
+        double v = strtod(val, &end);
+        if (*end || v < 0 || v > 100) return -1;
+        d->loss_pct = v;
+        return 0;
+    }
+    unsigned long long v = strtoull(val, &end, 10);
+    if (*end || !*val) return -1;
+    if (!strcmp(key, "delay_us")) d->delay_ns = v * 1000ull;
+    else if (!strcmp(key, "jitter_us")) d->jitter_ns = v * 1000ull;
+    else if (!strcmp(key, "reorder")) d->reorder = v != 0;
+    else if (!strcmp(key, "rate_bps")) { d->rate_bps = v; d->link_free_ns = 0; }
+    else if (!strcmp(key, "limit_pkts")) d->limit_pkts = v;
+    else if (!strcmp(key, "limit_bytes")) d->limit_bytes = v;
+    else if (!strcmp(key, "down")) d->down = v != 0;
+    else return -1;
+    return 0;
+}
+
+static int describe(const struct direction *d, char *out, size_t cap) {
+    return snprintf(out, cap,
+                    "%s delay_us=%llu jitter_us=%llu reorder=%d loss_pct=%g rate_bps=%llu "
+                    "limit_pkts=%llu limit_bytes=%llu down=%d rx=%llu tx=%llu drop_loss=%llu "
+                    "drop_queue=%llu drop_down=%llu drop_cap=%llu tx_err=%llu queued=%zu",
+                    d->name, (unsigned long long)(d->delay_ns / 1000), (unsigned long long)(d->jitter_ns / 1000),
+                    d->reorder, d->loss_pct, (unsigned long long)d->rate_bps,
+                    (unsigned long long)d->limit_pkts, (unsigned long long)d->limit_bytes, d->down,
+                    (unsigned long long)d->rx, (unsigned long long)d->tx,
+                    (unsigned long long)d->drop_loss, (unsigned long long)d->drop_queue,
+                    (unsigned long long)d->drop_down, (unsigned long long)d->drop_cap,
+                    (unsigned long long)d->tx_err, d->heap_len);
+}
+
+/* Handle one control connection: read a line, act, answer one line. */
+static void serve_control(int lfd, struct direction *ab, struct direction *ba) {
+    int c = accept(lfd, NULL, NULL);
+    if (c < 0) return;
+    struct timeval tv = {1, 0}; /* a silent client must not stall the wire */
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char line[1024];
+    size_t got = 0;
+    while (got < sizeof(line) - 1) {
+        ssize_t n = read(c, line + got, sizeof(line) - 1 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+        if (memchr(line, '\n', got)) break;
+    }
+    line[got] = 0;
+    char *nl = strchr(line, '\n');
+    if (nl) *nl = 0;
+    char reply[2048];
+    char *save = NULL, *verb = strtok_r(line, " ", &save);
+    if (verb && !strcmp(verb, "get")) {
+        int n = describe(ab, reply, sizeof(reply));
+        n += snprintf(reply + n, sizeof(reply) - (size_t)n, " | ");
+        describe(ba, reply + n, sizeof(reply) - (size_t)n);
+    } else if (verb && !strcmp(verb, "quit")) {
+        snprintf(reply, sizeof(reply), "ok");
+        stop_requested = 1;
+    } else if (verb && !strcmp(verb, "set")) {
+        char *which = strtok_r(NULL, " ", &save);
+        struct direction *targets[2] = {NULL, NULL};
+        if (which && !strcmp(which, "ab")) targets[0] = ab;
+        else if (which && !strcmp(which, "ba")) targets[0] = ba;
+        else if (which && !strcmp(which, "both")) { targets[0] = ab; targets[1] = ba; }
+        snprintf(reply, sizeof(reply), "ok");
+        if (!targets[0]) snprintf(reply, sizeof(reply), "err direction must be ab, ba or both");
+        char *kv;
+        while (targets[0] && (kv = strtok_r(NULL, " ", &save))) {
+            char *eq = strchr(kv, '=');
+            int bad = !eq;
+            if (eq) {
+                *eq = 0;
+                for (int i = 0; i < 2 && targets[i]; i++) bad |= apply_setting(targets[i], kv, eq + 1) < 0;
+            }
+            if (bad) { snprintf(reply, sizeof(reply), "err bad setting %s", kv); break; }
+        }
+    } else {
+        snprintf(reply, sizeof(reply), "err unknown command (use set, get or quit)");
+    }
+    size_t rl = strlen(reply);
+    reply[rl++] = '\n';
+    ssize_t ignored = write(c, reply, rl);
+    (void)ignored;
+    close(c);
+}
+
+static uint64_t earliest_due(const struct direction *a, const struct direction *b) {
+    uint64_t t = UINT64_MAX;
+    if (a->heap_len) t = a->heap[0]->due_ns;
+    if (b->heap_len && b->heap[0]->due_ns < t) t = b->heap[0]->due_ns;
+    return t;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: qtwire <ifname-A> <ifname-B> <control-socket-path>\n");
+        return 2;
+    }
+    prctl(PR_SET_TIMERSLACK, 1UL); /* the timerfd must fire on time, not up to 50 us late */
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+    signal(SIGPIPE, SIG_IGN);
+    rng_state ^= (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
+
+    int fa = open_packet_socket(argv[1]), fb = open_packet_socket(argv[2]);
+    if (fa < 0 || fb < 0) return 1;
+    struct direction ab = {.name = "ab", .rx_fd = fa, .tx_fd = fb, .limit_pkts = 1000};
+    struct direction ba = {.name = "ba", .rx_fd = fb, .tx_fd = fa, .limit_pkts = 1000};
+
+    int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(argv[3]) >= sizeof(sun.sun_path)) { fprintf(stderr, "qtwire: socket path too long\n"); return 2; }
+    strcpy(sun.sun_path, argv[3]);
+    unlink(argv[3]);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(lfd, 8) < 0) {
+        perror("qtwire: control socket");
+        return 1;
+    }
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    int ep = epoll_create1(0);
+    int fds[4] = {fa, fb, lfd, tfd};
+    for (int i = 0; i < 4; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+    }
+    unsigned char *buf = malloc(FRAME_MAX);
+    uint64_t armed = 0;
+    fprintf(stderr, "qtwire: bridging %s <-> %s, control %s\n", argv[1], argv[2], argv[3]);
+    while (!stop_requested) {
+        struct epoll_event evs[8];
+        int n = epoll_wait(ep, evs, 8, 1000);
+        if (n < 0 && errno != EINTR) { perror("qtwire: epoll_wait"); break; }
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == fa) receive_batch(&ab, buf);
+            else if (fd == fb) receive_batch(&ba, buf);
+            else if (fd == lfd) serve_control(lfd, &ab, &ba);
+            else if (fd == tfd) { uint64_t x; ssize_t r = read(tfd, &x, sizeof(x)); (void)r; armed = 0; }
+        }
+        uint64_t now = now_ns();
+        deliver_due(&ab, now);
+        deliver_due(&ba, now);
+        uint64_t next = earliest_due(&ab, &ba);
+        if (next != UINT64_MAX && next != armed) {
+            struct itimerspec its = {0};
+            its.it_value.tv_sec = (time_t)(next / 1000000000ull);
+            its.it_value.tv_nsec = (long)(next % 1000000000ull);
+            timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
+            armed = next;
+        }
+    }
+    char line[1024];
+    describe(&ab, line, sizeof(line));
+    fprintf(stderr, "qtwire: exit: %s\n", line);
+    describe(&ba, line, sizeof(line));
+    fprintf(stderr, "qtwire: exit: %s\n", line);
+    unlink(argv[3]);
+    return 0;
+}
