@@ -1,0 +1,118 @@
+"""Hypothesis strategies for the wire values of tunnel/ (shared by round-trip and fuzz tests)."""
+
+from __future__ import annotations
+
+import itertools
+from ipaddress import IPv4Address, IPv6Address
+
+from hypothesis import strategies as st
+
+from tunnel.datagram import ProtocolType, SessionDatagram
+from tunnel.errors import StreamErrorCode
+from tunnel.messages import (
+    AccessId,
+    AccessReport,
+    AccessSignal,
+    ControlMessage,
+    End,
+    ErrorTLV,
+    JoinSession,
+    NewSession,
+    SessionIdTLV,
+    StreamMessage,
+    TcpConnect,
+    TcpConnectOk,
+)
+from tunnel.tlv import encode_tlv
+
+_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def is_allowed_destination(address: IPv4Address | IPv6Address) -> bool:
+    """The -tcp draft §5.1.1 rule restated independently of tunnel/messages.py."""
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (
+        address.is_multicast
+        or address.is_loopback
+        or address.is_unspecified
+        or address == _BROADCAST
+    )
+
+
+access_reports = st.builds(AccessReport, st.sampled_from(AccessId), st.sampled_from(AccessSignal))
+new_sessions = st.builds(NewSession, st.binary(max_size=255))
+session_id_tlvs = st.builds(SessionIdTLV, st.binary(min_size=1, max_size=255))
+join_sessions = st.builds(JoinSession, st.binary(min_size=1, max_size=255))
+control_messages: st.SearchStrategy[ControlMessage] = st.one_of(
+    access_reports, new_sessions, session_id_tlvs, join_sessions
+)
+
+destinations = st.ip_addresses().filter(is_allowed_destination)
+tcp_connects = st.builds(TcpConnect, destinations, st.integers(1, 0xFFFF))
+tcp_connect_oks = st.just(TcpConnectOk())
+error_codes = st.one_of(st.sampled_from(StreamErrorCode), st.integers(0, 0xFFFF))
+error_tlvs = st.builds(ErrorTLV, error_codes, st.binary(max_size=253))
+ends = st.just(End())
+stream_messages: st.SearchStrategy[StreamMessage] = st.one_of(
+    tcp_connects, tcp_connect_oks, error_tlvs, ends
+)
+
+# TLV types the -tcp draft does not define, for the skip-unknown rule of the preamble decoder.
+unknown_stream_tlvs = st.builds(
+    encode_tlv,
+    st.integers(0x03, 0xFE),
+    st.binary(max_size=40),
+)
+
+
+@st.composite
+def preambles(draw: st.DrawFn) -> tuple[list[StreamMessage], list[bytes], bytes]:
+    """A valid preamble for a decoder without role: (messages up to and including End, the
+    encoded TLVs in wire order with unknown ones mixed in, the bytestream that follows)."""
+    body: list[StreamMessage] = []
+    if draw(st.booleans()):
+        body.append(draw(tcp_connects))
+    body += draw(st.lists(st.one_of(tcp_connect_oks, error_tlvs), max_size=3))
+    body = draw(st.permutations(body))
+    wire = [m.encode() for m in body]
+    for unknown in draw(st.lists(unknown_stream_tlvs, max_size=2)):
+        wire.insert(draw(st.integers(0, len(wire))), unknown)
+    wire.append(End().encode())
+    # tunnel-tcp-00 §5.1.3: no bytestream may follow End once an Error TLV was sent.
+    has_error = any(isinstance(m, ErrorTLV) for m in body)
+    bytestream = b"" if has_error else draw(st.binary(max_size=64))
+    return [*body, End()], wire, bytestream
+
+
+def _ip_packet(version: int) -> st.SearchStrategy[bytes]:
+    return st.builds(
+        lambda low, rest: bytes(((version << 4) | low,)) + rest,
+        st.integers(0, 15),
+        st.binary(max_size=80),
+    )
+
+
+ip_packets = st.one_of(_ip_packet(4), _ip_packet(6))
+
+
+@st.composite
+def session_datagrams(draw: st.DrawFn) -> SessionDatagram:
+    tag = draw(st.integers(0, 0xFFFF))
+    kind = draw(st.sampled_from(["ipv4", "ipv6", "other"]))
+    if kind == "ipv4":
+        return SessionDatagram(ProtocolType.IPV4, tag, draw(_ip_packet(4)))
+    if kind == "ipv6":
+        return SessionDatagram(ProtocolType.IPV6, tag, draw(_ip_packet(6)))
+    other = draw(
+        st.integers(0, 0xFFFF).filter(lambda t: t not in (ProtocolType.IPV4, ProtocolType.IPV6))
+    )
+    return SessionDatagram(other, tag, draw(st.binary(max_size=80)))
+
+
+@st.composite
+def chunkings(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """`data` cut at arbitrary points (empty chunks included: a STREAM frame can be empty)."""
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
