@@ -1,0 +1,913 @@
+"""A QUIC tunnel connection, layered on an aioquic QuicConnection the way aioquic's
+H3Connection is: the I/O layer feeds it every QUIC event through `handle_event()`
+and gets tunnel events back; its send methods queue frames on the QuicConnection,
+which the I/O layer then flushes with `datagrams_to_send()`. Sans-I/O: no sockets,
+no clock, no threads.
+
+What it implements:
+- tunnel mode (draft-piraux-intarea-quic-tunnel-00 §4, ALPN "qt"/"qt-00"): each IP
+  packet whole in one DATAGRAM frame, Access Reports on their own uni streams (§6);
+- tunnel session mode (-tunnel-session-00, ALPN "qt-session"/"qt-session-00"):
+  Protocol Type + Packet Tag datagrams (§4), the control streams 2 and 3 with New
+  Session / Session ID / Join Session and the RESET_STREAM join errors (§4.1, §6.1);
+- stream mode (-tunnel-tcp-00, transport parameter quic_tunnel_stream_mode, see
+  tunnel.quic_ext): one bidirectional stream per TCP connection, TLV preamble
+  (§5.1), FIN/RST mapping (§3).
+
+A peer that breaks a connection-level rule gets the connection closed with a reason
+phrase saying which rule; a peer that breaks a stream-level rule gets an Error TLV
+on that stream (-tcp §5.1.3). Misuse of this API raises TunnelUsageError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv6Address
+from typing import Final, TypeAlias
+
+from aioquic.quic import events as quic_events
+from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
+from aioquic.quic.connection import stream_is_unidirectional as _is_uni
+
+from tunnel.datagram import (
+    SESSION_HEADER_SIZE,
+    ProtocolType,
+    SessionDatagram,
+    decode_tunnel_datagram,
+    encode_tunnel_datagram,
+    protocol_type_of,
+)
+from tunnel.errors import (
+    TCP_CONNECTION_RESET,
+    ControlErrorCode,
+    DatagramError,
+    StreamErrorCode,
+    TunnelError,
+)
+from tunnel.messages import (
+    CONTROL_DECODERS,
+    AccessId,
+    AccessReport,
+    AccessSignal,
+    ControlMessage,
+    End,
+    ErrorTLV,
+    JoinSession,
+    NewSession,
+    SessionIdTLV,
+    StreamPreambleDecoder,
+    TcpConnect,
+    TcpConnectOk,
+)
+from tunnel.quic_ext import (
+    TunnelQuicConnection,
+    datagram_budget,
+    pending_datagram_count,
+    smoothed_rtt,
+)
+from tunnel.tlv import TLVReader
+
+ALPN_TUNNEL: Final = ("qt", "qt-00")
+"""-tunnel-00 §5: "qt", or "qt-00" for this draft version."""
+ALPN_SESSION: Final = ("qt-session", "qt-session-00")
+"""-tunnel-session-00 §5: "qt-session", or "qt-session-00"."""
+ALL_ALPN: Final = ALPN_TUNNEL + ALPN_SESSION
+
+CONNECTION_PROTOCOL_VIOLATION: Final = 0x0
+"""Application error code of our CONNECTION_CLOSE on a peer's rule violation. The
+drafts define no connection-level codes; 0x0 mirrors PROTOCOL_VIOLATION of -tcp
+§5.1.3 and the reason phrase names the rule."""
+
+ACCESS_REPORT_CANCELLED: Final = 0x0
+"""RESET_STREAM code when cancelling an Access Report (-tunnel-00 §6 defines none)."""
+
+DEFAULT_MAX_PENDING_DATAGRAMS: Final = 256
+"""Cap on aioquic's datagram queue: aioquic never drops from it, so without a cap a
+congested path would buffer without bound and add latency to every tunnelled flow."""
+
+CLIENT_CONTROL_STREAM: Final = 2
+SERVER_CONTROL_STREAM: Final = 3
+"""-tunnel-session-00 §4.1: each endpoint's first unidirectional stream."""
+
+
+class TunnelMode(Enum):
+    TUNNEL = "tunnel"
+    """-tunnel-00: whole IP packets in DATAGRAM frames."""
+    SESSION = "session"
+    """-tunnel-session-00: Protocol Type + Packet Tag header, joinable sessions."""
+
+
+def mode_of_alpn(alpn: str | None) -> TunnelMode | None:
+    """The tunnel mode an ALPN token selects, None if it selects none."""
+    if alpn in ALPN_TUNNEL:
+        return TunnelMode.TUNNEL
+    if alpn in ALPN_SESSION:
+        return TunnelMode.SESSION
+    return None
+
+
+class TunnelUsageError(RuntimeError):
+    """A method was called when the connection's mode, role or state does not allow it."""
+
+
+class DropReason(Enum):
+    OVERSIZED = "oversized"
+    """Larger than max_packet_size(): aioquic would block every later datagram."""
+    QUEUE_FULL = "queue_full"
+    """aioquic's pending-datagram queue reached its cap."""
+    NOT_READY = "not_ready"
+    """No mode negotiated yet, or the connection is closed."""
+    MALFORMED = "malformed"
+    """A received DATAGRAM that is not a valid tunnel / session datagram."""
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    """Session mode Protocol Type we do not carry (-tunnel-session-00 §4: MAY drop)."""
+    INVALID_ACCESS_REPORT = "invalid_access_report"
+    """Access Report with an unknown AI or Signal: MUST be discarded (-tunnel-00 §7.1.1)."""
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeNegotiated:
+    mode: TunnelMode
+    stream_mode: bool
+    alpn: str
+
+
+@dataclass(frozen=True)
+class PacketReceived:
+    packet: bytes
+    protocol_type: int
+    packet_tag: int | None
+    """Session mode only (-tunnel-session-00 §4); None in tunnel mode."""
+
+
+@dataclass(frozen=True)
+class DatagramDropped:
+    reason: DropReason
+    size: int
+
+
+@dataclass(frozen=True)
+class AccessReportReceived:
+    access_id: AccessId
+    signal: AccessSignal
+
+
+@dataclass(frozen=True)
+class SessionRequested:
+    """Concentrator: the client sent New Session; answer with accept_session()."""
+
+    qos: bytes
+
+
+@dataclass(frozen=True)
+class JoinRequested:
+    """Concentrator: the client sent Join Session; answer accept_session() or reject_join()."""
+
+    session_id: bytes
+
+
+@dataclass(frozen=True)
+class SessionEstablished:
+    """Client: the concentrator closed its control stream after a Session ID TLV."""
+
+    session_id: bytes
+
+
+@dataclass(frozen=True)
+class SessionJoinFailed:
+    """Client: the concentrator reset its control stream with this code."""
+
+    code: ControlErrorCode | int
+
+
+@dataclass(frozen=True)
+class TcpConnectRequested:
+    stream_id: int
+    address: IPv4Address | IPv6Address
+    port: int
+
+
+@dataclass(frozen=True)
+class TcpConnectAccepted:
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class TcpConnectFailed:
+    stream_id: int
+    code: StreamErrorCode | int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StreamDataReceived:
+    stream_id: int
+    data: bytes
+    end: bool
+
+
+@dataclass(frozen=True)
+class StreamReset:
+    stream_id: int
+    code: int
+
+
+@dataclass(frozen=True)
+class StopSendingReceived:
+    stream_id: int
+    code: int
+
+
+@dataclass(frozen=True)
+class StreamRejected:
+    """We refused a stream whose TLVs broke -tcp §5.1 (Error TLV or reset sent)."""
+
+    stream_id: int
+    code: StreamErrorCode
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    error_code: int
+    reason: str
+    by_peer: bool
+
+
+TunnelEvent: TypeAlias = (
+    ModeNegotiated
+    | PacketReceived
+    | DatagramDropped
+    | AccessReportReceived
+    | SessionRequested
+    | JoinRequested
+    | SessionEstablished
+    | SessionJoinFailed
+    | TcpConnectRequested
+    | TcpConnectAccepted
+    | TcpConnectFailed
+    | StreamDataReceived
+    | StreamReset
+    | StopSendingReceived
+    | StreamRejected
+    | ConnectionClosed
+)
+
+
+# -- sending results and counters --------------------------------------------------------
+
+
+class SendStatus(Enum):
+    SENT = "sent"
+    TOO_BIG = "too_big"
+    QUEUE_FULL = "queue_full"
+    NOT_READY = "not_ready"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: SendStatus
+    max_packet_size: int
+    """The budget at send time: the MTU to report in ICMP Packet Too Big / Frag Needed."""
+
+    @property
+    def sent(self) -> bool:
+        return self.status is SendStatus.SENT
+
+
+@dataclass
+class TunnelCounters:
+    packets_out: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    bytes_in: int = 0
+    access_reports_sent: int = 0
+    access_reports_received: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+    def drop(self, reason: DropReason) -> None:
+        self.drops[reason.value] += 1
+
+    def as_dict(self) -> dict[str, int]:
+        """Flat name -> count, drops as drops_<reason>, for CSV rows."""
+        flat = {
+            "packets_out": self.packets_out,
+            "bytes_out": self.bytes_out,
+            "packets_in": self.packets_in,
+            "bytes_in": self.bytes_in,
+            "access_reports_sent": self.access_reports_sent,
+            "access_reports_received": self.access_reports_received,
+        }
+        for reason in DropReason:
+            flat[f"drops_{reason.value}"] = self.drops[reason.value]
+        return flat
+
+
+# -- per-stream state --------------------------------------------------------------------
+
+
+class _Violation(Exception):
+    """A peer broke a connection-level rule: close with this reason."""
+
+
+@dataclass
+class _UniStream:
+    reader: TLVReader = field(default_factory=TLVReader)
+    messages: list[ControlMessage] = field(default_factory=list)
+    discarded: bool = False
+
+
+@dataclass
+class _TcpStream:
+    opened_by_peer: bool
+    decoder: StreamPreambleDecoder
+    preamble_sent: bool  # our TLVs up to End are written
+    finished_sending: bool = False
+    connect: TcpConnect | None = None
+    errors: list[ErrorTLV] = field(default_factory=list)
+    rejected: bool = False
+    failed: bool = False
+
+
+class TunnelConnection:
+    """One QUIC tunnel connection (see the module docstring).
+
+    :param quic: the QuicConnection to drive; use tunnel.quic_ext.TunnelQuicConnection
+        for stream mode (a plain QuicConnection never negotiates it).
+    :param max_pending_datagrams: cap on aioquic's unsent datagram queue.
+    """
+
+    def __init__(
+        self, quic: QuicConnection, max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS
+    ) -> None:
+        if max_pending_datagrams < 1:
+            raise ValueError(f"max_pending_datagrams must be >= 1, got {max_pending_datagrams}")
+        self._quic = quic
+        self._is_client = quic.configuration.is_client
+        self._max_pending = max_pending_datagrams
+        self._mode: TunnelMode | None = None
+        self._stream_mode = False
+        self._alpn: str | None = None
+        self._closed: ConnectionClosed | None = None
+        self.counters = TunnelCounters()
+
+        # session control (-tunnel-session-00 §4.1)
+        self._control_sent = False
+        self._control_received: ControlMessage | None = None
+        self._control_stream_finished = False
+        self._session_id: bytes | None = None
+        self._requested_join: bytes | None = None
+
+        self._uni_streams: dict[int, _UniStream] = {}
+        self._access_report_streams: set[int] = set()
+        self._tcp_streams: dict[int, _TcpStream] = {}
+        self.access_availability: dict[AccessId, AccessSignal] = {}
+        """Receiver's view: the last signal reported for each access (-tunnel-00 §6)."""
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def quic(self) -> QuicConnection:
+        return self._quic
+
+    @property
+    def is_client(self) -> bool:
+        return self._is_client
+
+    @property
+    def mode(self) -> TunnelMode | None:
+        return self._mode
+
+    @property
+    def alpn(self) -> str | None:
+        return self._alpn
+
+    @property
+    def stream_mode(self) -> bool:
+        return self._stream_mode
+
+    @property
+    def session_id(self) -> bytes | None:
+        return self._session_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        return None if self._closed is None else self._closed.reason
+
+    @property
+    def srtt(self) -> float | None:
+        """Smoothed RTT of the path in seconds, None before the first sample."""
+        return smoothed_rtt(self._quic)
+
+    @property
+    def pending_datagrams(self) -> int:
+        return pending_datagram_count(self._quic)
+
+    @property
+    def can_send_datagram(self) -> bool:
+        return (
+            self._mode is not None
+            and not self.closed
+            and self.pending_datagrams < self._max_pending
+            and self.max_packet_size() > 0
+        )
+
+    def is_available(self, access_id: AccessId) -> bool:
+        """Whether the peer's last report for `access_id` (if any) said available."""
+        return self.access_availability.get(access_id, AccessSignal.AVAILABLE) is (
+            AccessSignal.AVAILABLE
+        )
+
+    # -- datagrams -----------------------------------------------------------------------
+
+    def max_packet_size(self) -> int:
+        """Largest packet send_packet() accepts now: the DATAGRAM budget minus the
+        session header. 0 before the mode and the peer's parameters are known."""
+        if self._mode is None:
+            return 0
+        header = SESSION_HEADER_SIZE if self._mode is TunnelMode.SESSION else 0
+        return max(datagram_budget(self._quic) - header, 0)
+
+    def send_packet(self, packet: bytes, packet_tag: int | None = None) -> SendResult:
+        """Queue one IP packet in a DATAGRAM frame.
+
+        The size is checked BEFORE aioquic: an oversized datagram would stay at the
+        head of aioquic's queue and block every later one. A refused packet is
+        counted and the result carries the budget, for an ICMP Packet Too Big.
+        Raises DatagramError if `packet` is not an IPv4/IPv6 packet, ValueError if
+        session mode lacks a packet tag.
+        """
+        budget = self.max_packet_size()
+        if self._mode is None or self.closed or budget == 0:
+            self.counters.drop(DropReason.NOT_READY)
+            return SendResult(SendStatus.NOT_READY, budget)
+        if self._mode is TunnelMode.SESSION:
+            if packet_tag is None:
+                raise ValueError(
+                    "session mode needs a packet tag: send through TunnelSession.send_packet "
+                    "or pass packet_tag"
+                )
+            payload = SessionDatagram(protocol_type_of(packet), packet_tag, packet).encode()
+        else:
+            payload = encode_tunnel_datagram(packet)
+        if len(packet) > budget:
+            self.counters.drop(DropReason.OVERSIZED)
+            return SendResult(SendStatus.TOO_BIG, budget)
+        if self.pending_datagrams >= self._max_pending:
+            self.counters.drop(DropReason.QUEUE_FULL)
+            return SendResult(SendStatus.QUEUE_FULL, budget)
+        self._quic.send_datagram_frame(payload)
+        self.counters.packets_out += 1
+        self.counters.bytes_out += len(packet)
+        return SendResult(SendStatus.SENT, budget)
+
+    def _receive_datagram(self, data: bytes) -> list[TunnelEvent]:
+        if self._mode is None:
+            return [self._drop_received(DropReason.NOT_READY, len(data))]
+        try:
+            if self._mode is TunnelMode.SESSION:
+                datagram = SessionDatagram.decode(data)
+                if datagram.protocol_type not in ProtocolType._value2member_map_:
+                    return [self._drop_received(DropReason.UNSUPPORTED_PROTOCOL, len(data))]
+                packet, protocol, tag = (
+                    datagram.packet,
+                    datagram.protocol_type,
+                    datagram.packet_tag,
+                )
+            else:
+                packet = decode_tunnel_datagram(data)
+                protocol, tag = protocol_type_of(packet), None
+        except DatagramError:
+            return [self._drop_received(DropReason.MALFORMED, len(data))]
+        self.counters.packets_in += 1
+        self.counters.bytes_in += len(packet)
+        return [PacketReceived(packet, protocol, tag)]
+
+    def _drop_received(self, reason: DropReason, size: int) -> DatagramDropped:
+        self.counters.drop(reason)
+        return DatagramDropped(reason, size)
+
+    # -- session control (-tunnel-session-00 §4.1, §6.1) -----------------------------------
+
+    def request_new_session(self, qos: bytes = b"") -> int:
+        """Client: New Session TLV then FIN on our control stream; returns its id."""
+        return self._send_client_control(NewSession(qos).encode())
+
+    def join_session(self, session_id: bytes) -> int:
+        """Client: Join Session TLV then FIN on our control stream; returns its id."""
+        stream_id = self._send_client_control(JoinSession(session_id).encode())
+        self._requested_join = bytes(session_id)
+        return stream_id
+
+    def _send_client_control(self, tlv: bytes) -> int:
+        self._require_mode(TunnelMode.SESSION, client=True)
+        if self._control_sent:
+            # §4.1: "This negotiation MUST NOT take place more than once per QUIC connection."
+            raise TunnelUsageError("this connection already sent New Session or Join Session")
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        if stream_id != CLIENT_CONTROL_STREAM:
+            raise TunnelUsageError(
+                f"the control stream must be stream {CLIENT_CONTROL_STREAM}, but stream "
+                f"{stream_id} is next: open the session before sending Access Reports"
+            )
+        self._quic.send_stream_data(stream_id, tlv, end_stream=True)
+        self._control_sent = True
+        return stream_id
+
+    def accept_session(self, session_id: bytes) -> int:
+        """Concentrator: Session ID TLV then FIN on our control stream (answers both
+        New Session, §6.1.1, and a successful Join Session, §6.1.3)."""
+        self._require_pending_request()
+        stream_id = self._open_server_control_stream()
+        self._quic.send_stream_data(stream_id, SessionIdTLV(session_id).encode(), end_stream=True)
+        self._session_id = bytes(session_id)
+        return stream_id
+
+    def reject_join(self, code: ControlErrorCode) -> int:
+        """Concentrator: RESET_STREAM of our control stream with `code` (§6.1.3)."""
+        self._require_pending_request()
+        stream_id = self._open_server_control_stream()
+        self._quic.reset_stream(stream_id, int(code))
+        return stream_id
+
+    def _require_pending_request(self) -> None:
+        self._require_mode(TunnelMode.SESSION, client=False)
+        if self._control_received is None:
+            raise TunnelUsageError("no New Session or Join Session was received to answer")
+        if self._control_sent:
+            raise TunnelUsageError("this connection already answered its session request")
+
+    def _open_server_control_stream(self) -> int:
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        if stream_id != SERVER_CONTROL_STREAM:
+            raise TunnelUsageError(
+                f"the control stream must be stream {SERVER_CONTROL_STREAM}, "
+                f"but stream {stream_id} is next"
+            )
+        self._control_sent = True
+        return stream_id
+
+    def _require_mode(self, mode: TunnelMode, client: bool | None = None) -> None:
+        if self.closed:
+            raise TunnelUsageError(f"the connection is closed ({self.close_reason})")
+        if self._mode is not mode:
+            raise TunnelUsageError(
+                f"this needs {mode.value} mode, the connection is in "
+                f"{self._mode.value if self._mode else 'no'} mode"
+            )
+        if client is not None and client != self._is_client:
+            raise TunnelUsageError(f"only the {'client' if client else 'concentrator'} may do this")
+
+    def _is_peer_control_stream(self, stream_id: int) -> bool:
+        peer_control = SERVER_CONTROL_STREAM if self._is_client else CLIENT_CONTROL_STREAM
+        return self._mode is TunnelMode.SESSION and stream_id == peer_control
+
+    def _receive_control(self, stream_id: int, data: bytes, end: bool) -> list[TunnelEvent]:
+        state = self._uni_streams.setdefault(stream_id, _UniStream())
+        if self._control_stream_finished:
+            raise _Violation(f"data on control stream {stream_id} after its FIN")
+        result: list[TunnelEvent] = []
+        for message in self._decode_control_tlvs(stream_id, state, data):
+            result.extend(self._on_control_message(stream_id, message))
+        if end:
+            self._control_stream_finished = True
+            if not state.reader.at_boundary:
+                raise _Violation(f"control stream {stream_id} ended inside a TLV")
+            if self._is_client:
+                if not self._control_sent:
+                    raise _Violation("the concentrator closed its control stream unasked")
+                session_id = self._session_id or self._requested_join
+                if session_id is None:
+                    raise _Violation(
+                        "the concentrator closed its control stream without a Session ID TLV"
+                    )
+                self._session_id = session_id
+                result.append(SessionEstablished(session_id))
+            elif self._control_received is None:
+                raise _Violation(
+                    "the client closed its control stream without New Session or Join Session"
+                )
+        return result
+
+    def _decode_control_tlvs(
+        self, stream_id: int, state: _UniStream, data: bytes
+    ) -> list[ControlMessage]:
+        messages: list[ControlMessage] = []
+        for tlv_type, value in state.reader.feed(data):
+            decode = CONTROL_DECODERS.get(tlv_type)
+            if decode is None:
+                raise _Violation(f"unknown control TLV type {tlv_type:#04x} on stream {stream_id}")
+            try:
+                messages.append(decode(value))
+            except TunnelError as exc:
+                if tlv_type == AccessReport.TLV_TYPE:
+                    # -tunnel-00 §7.1.1: an invalid AI "MUST be discarded".
+                    self.counters.drop(DropReason.INVALID_ACCESS_REPORT)
+                    state.discarded = True
+                    continue
+                raise _Violation(f"malformed control TLV on stream {stream_id}: {exc}") from None
+        return messages
+
+    def _on_control_message(self, stream_id: int, message: ControlMessage) -> list[TunnelEvent]:
+        if isinstance(message, AccessReport):
+            # -tunnel-session-00 §6.1: Access Reports "MUST be sent on other streams".
+            raise _Violation(f"Access Report TLV on control stream {stream_id}")
+        if self._is_client:
+            if not isinstance(message, SessionIdTLV):
+                # §6.1.1/§6.1.3: the concentrator MUST NOT send New Session / Join Session.
+                raise _Violation(f"the concentrator sent a {type(message).__name__} TLV")
+            if not self._control_sent or self._session_id is not None:
+                raise _Violation("unexpected Session ID TLV from the concentrator")
+            self._session_id = message.session_id
+            return []
+        if isinstance(message, SessionIdTLV):
+            # §6.1.2: "The client MUST NOT send a Session ID TLV."
+            raise _Violation("the client sent a Session ID TLV")
+        if self._control_received is not None:
+            raise _Violation("New Session / Join Session sent more than once on this connection")
+        self._control_received = message
+        if isinstance(message, NewSession):
+            return [SessionRequested(message.qos)]
+        return [JoinRequested(message.session_id)]
+
+    # -- access reports (-tunnel-00 §6, §7.1.1) --------------------------------------------
+
+    def send_access_report(self, access_id: AccessId, signal: AccessSignal) -> int:
+        """Client: one Access Report TLV on its own new uni stream, then FIN."""
+        if self.closed or self._mode is None:
+            raise TunnelUsageError("no tunnel mode negotiated yet (or the connection is closed)")
+        if not self._is_client:
+            raise TunnelUsageError("only the client sends Access Reports (-tunnel-00 §7.1)")
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        if self._mode is TunnelMode.SESSION and stream_id == CLIENT_CONTROL_STREAM:
+            raise TunnelUsageError(
+                "in session mode the first uni stream is the control stream: call "
+                "request_new_session() or join_session() before sending Access Reports"
+            )
+        self._quic.send_stream_data(
+            stream_id, AccessReport(access_id, signal).encode(), end_stream=True
+        )
+        self._access_report_streams.add(stream_id)
+        self.counters.access_reports_sent += 1
+        return stream_id
+
+    def cancel_access_report(self, stream_id: int) -> None:
+        """Reset the report's stream (-tunnel-00 §7.1.1: "MUST be able to cancel");
+        no effect if the report was already acknowledged."""
+        if stream_id not in self._access_report_streams:
+            raise TunnelUsageError(f"stream {stream_id} is not one of our Access Reports")
+        self._quic.reset_stream(stream_id, ACCESS_REPORT_CANCELLED)
+
+    def _receive_access_report_stream(
+        self, stream_id: int, data: bytes, end: bool
+    ) -> list[TunnelEvent]:
+        state = self._uni_streams.setdefault(stream_id, _UniStream())
+        for message in self._decode_control_tlvs(stream_id, state, data):
+            if not isinstance(message, AccessReport):
+                # -tunnel-session-00 §6.1: control TLVs only on the control streams.
+                raise _Violation(
+                    f"{type(message).__name__} TLV on stream {stream_id}, "
+                    "which is not a control stream"
+                )
+            if self._is_client:
+                raise _Violation("the concentrator sent an Access Report (client-only TLV)")
+            state.messages.append(message)
+            if len(state.messages) > 1:
+                # -tunnel-00 §7.1: "Each Access Report TLV MUST be sent on a separate stream"
+                raise _Violation(f"more than one Access Report TLV on stream {stream_id}")
+        if not end:
+            return []
+        del self._uni_streams[stream_id]
+        if not state.messages:
+            # Cut TLV or empty stream; an invalid one was already counted when decoded.
+            if not state.reader.at_boundary or not state.discarded:
+                self.counters.drop(DropReason.INVALID_ACCESS_REPORT)
+            return []
+        report = state.messages[0]
+        assert isinstance(report, AccessReport)
+        self.access_availability[report.access_id] = report.signal
+        self.counters.access_reports_received += 1
+        return [AccessReportReceived(report.access_id, report.signal)]
+
+    # -- stream mode (-tunnel-tcp-00) ------------------------------------------------------
+
+    def open_tcp_stream(self, address: IPv4Address | IPv6Address, port: int) -> int:
+        """Open a bidi stream carrying TCP Connect + End (§5.1.1); returns its id.
+        Raises ValueError for a forbidden address or port."""
+        self._require_stream_mode()
+        preamble = TcpConnect(address, port).encode() + End().encode()
+        stream_id = self._quic.get_next_available_stream_id()
+        self._quic.send_stream_data(stream_id, preamble)
+        self._tcp_streams[stream_id] = _TcpStream(
+            opened_by_peer=False,
+            decoder=StreamPreambleDecoder(opened_by_peer=False),
+            preamble_sent=True,
+        )
+        return stream_id
+
+    def accept_tcp_stream(self, stream_id: int) -> None:
+        """Answer a TcpConnectRequested with TCP Connect OK + End (§5.1.2)."""
+        stream = self._peer_stream_awaiting_answer(stream_id)
+        self._quic.send_stream_data(stream_id, TcpConnectOk().encode() + End().encode())
+        stream.preamble_sent = True
+
+    def fail_tcp_stream(
+        self, stream_id: int, code: StreamErrorCode | int, payload: bytes = b""
+    ) -> None:
+        """Answer a TcpConnectRequested with Error TLV + End + FIN (§5.1.3)."""
+        stream = self._peer_stream_awaiting_answer(stream_id)
+        self._send_error(stream_id, stream, ErrorTLV(code, payload))
+
+    def send_stream_data(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """Relay TCP bytestream data (and its FIN, -tcp §3) once our TLVs are sent."""
+        self._require_stream_mode()
+        stream = self._tcp_streams.get(stream_id)
+        if stream is None or not stream.preamble_sent or stream.finished_sending:
+            raise TunnelUsageError(
+                f"stream {stream_id} is not an open TCP stream whose TLVs were sent"
+            )
+        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        stream.finished_sending = end
+
+    def reset_tcp_stream(self, stream_id: int) -> None:
+        """TCP RST -> STOP_SENDING + RESET_STREAM with TCP_CONNECTION_RESET (-tcp §3)."""
+        self._require_stream_mode()
+        if stream_id not in self._tcp_streams:
+            raise TunnelUsageError(f"stream {stream_id} is not a TCP stream")
+        self._abort_stream(stream_id)
+
+    def _abort_stream(self, stream_id: int) -> None:
+        # ValueError: aioquic already discarded the stream's receive side.
+        with contextlib.suppress(ValueError):
+            self._quic.stop_stream(stream_id, TCP_CONNECTION_RESET)
+        self._quic.reset_stream(stream_id, TCP_CONNECTION_RESET)
+        self._tcp_streams[stream_id].finished_sending = True
+
+    def _require_stream_mode(self) -> None:
+        if self.closed:
+            raise TunnelUsageError(f"the connection is closed ({self.close_reason})")
+        if not self._stream_mode:
+            raise TunnelUsageError(
+                "stream mode was not negotiated (both endpoints must send the "
+                "quic_tunnel_stream_mode transport parameter)"
+            )
+
+    def _peer_stream_awaiting_answer(self, stream_id: int) -> _TcpStream:
+        self._require_stream_mode()
+        stream = self._tcp_streams.get(stream_id)
+        if stream is None or not stream.opened_by_peer or stream.connect is None:
+            raise TunnelUsageError(f"stream {stream_id} carries no TCP Connect from the peer")
+        if stream.preamble_sent:
+            raise TunnelUsageError(f"stream {stream_id} was already answered")
+        return stream
+
+    def _send_error(self, stream_id: int, stream: _TcpStream, error: ErrorTLV) -> None:
+        # -tcp §5.1.3: "After sending one or more Error TLVs, the sender MUST send an End
+        # TLV and terminate the stream, i.e. set the FIN bit after the End TLV."
+        self._quic.send_stream_data(stream_id, error.encode() + End().encode(), end_stream=True)
+        stream.preamble_sent = True
+        stream.finished_sending = True
+
+    def _receive_tcp_stream(self, stream_id: int, data: bytes, end: bool) -> list[TunnelEvent]:
+        if not self._stream_mode:
+            raise _Violation(
+                f"bidirectional stream {stream_id} used but stream mode was not negotiated"
+            )
+        stream = self._tcp_streams.get(stream_id)
+        if stream is None:
+            opened_by_peer = stream_is_client_initiated(stream_id) != self._is_client
+            stream = _TcpStream(
+                opened_by_peer=opened_by_peer,
+                decoder=StreamPreambleDecoder(opened_by_peer=opened_by_peer),
+                preamble_sent=not opened_by_peer,
+            )
+            self._tcp_streams[stream_id] = stream
+        if stream.rejected or stream.failed:
+            return []  # we already answered this stream with an error
+        try:
+            was_done = stream.decoder.done
+            messages, bytestream = stream.decoder.feed(data)
+            if end:
+                stream.decoder.finish()
+        except TunnelError as exc:
+            return self._reject_stream(stream_id, stream, exc)
+        result: list[TunnelEvent] = []
+        for message in messages:
+            if isinstance(message, TcpConnect):
+                stream.connect = message
+            elif isinstance(message, ErrorTLV):
+                stream.errors.append(message)
+        if stream.decoder.done and not was_done:
+            result.append(self._preamble_complete(stream_id, stream))
+        if stream.failed:
+            return result
+        if stream.decoder.done and (bytestream or end):
+            result.append(StreamDataReceived(stream_id, bytestream, end))
+        return result
+
+    def _preamble_complete(self, stream_id: int, stream: _TcpStream) -> TunnelEvent:
+        if stream.opened_by_peer:
+            assert stream.connect is not None  # the decoder refuses End before TCP Connect
+            return TcpConnectRequested(stream_id, stream.connect.address, stream.connect.port)
+        if stream.errors:
+            stream.failed = True
+            first = stream.errors[0]
+            return TcpConnectFailed(stream_id, first.code, first.payload)
+        return TcpConnectAccepted(stream_id)
+
+    def _reject_stream(
+        self, stream_id: int, stream: _TcpStream, exc: TunnelError
+    ) -> list[TunnelEvent]:
+        stream.rejected = True
+        if not stream.preamble_sent:
+            # Our TLV sequence is still open: answer in band (-tcp §5.1.3).
+            self._send_error(stream_id, stream, ErrorTLV(exc.code))
+        else:
+            # Our End TLV is already sent (a stream we opened), so an Error TLV would
+            # land in the bytestream: abort both directions instead (code 0x0, which is
+            # both PROTOCOL_VIOLATION and TCP_CONNECTION_RESET).
+            self._abort_stream(stream_id)
+        return [StreamRejected(stream_id, exc.code, exc.message)]
+
+    # -- QUIC event dispatch ---------------------------------------------------------------
+
+    def handle_event(self, event: quic_events.QuicEvent) -> list[TunnelEvent]:
+        """Map one QUIC event to tunnel events (call for every event of the QuicConnection)."""
+        if isinstance(event, quic_events.ConnectionTerminated):
+            if self._closed is not None:
+                return []
+            self._closed = ConnectionClosed(event.error_code, event.reason_phrase, by_peer=True)
+            return [self._closed]
+        if self._closed is not None:
+            return []
+        try:
+            return self._dispatch(event)
+        except _Violation as violation:
+            return [self.close(str(violation))]
+
+    def close(
+        self, reason: str, error_code: int = CONNECTION_PROTOCOL_VIOLATION
+    ) -> ConnectionClosed:
+        """Close the QUIC connection (CONNECTION_CLOSE with `reason`)."""
+        if self._closed is None:
+            self._quic.close(error_code=error_code, reason_phrase=reason)
+            self._closed = ConnectionClosed(error_code, reason, by_peer=False)
+        return self._closed
+
+    def _dispatch(self, event: quic_events.QuicEvent) -> list[TunnelEvent]:
+        if isinstance(event, quic_events.ProtocolNegotiated):
+            return self._on_protocol_negotiated(event.alpn_protocol)
+        if isinstance(event, quic_events.DatagramFrameReceived):
+            return self._receive_datagram(event.data)
+        if isinstance(event, quic_events.StreamDataReceived):
+            sid, data, end = event.stream_id, event.data, event.end_stream
+            if self._mode is None:
+                raise _Violation(f"stream {sid} data before a tunnel mode was negotiated")
+            if not _is_uni(sid):
+                return self._receive_tcp_stream(sid, data, end)
+            if self._is_peer_control_stream(sid):
+                return self._receive_control(sid, data, end)
+            return self._receive_access_report_stream(sid, data, end)
+        if isinstance(event, quic_events.StreamReset):
+            return self._on_stream_reset(event.stream_id, event.error_code)
+        if (
+            isinstance(event, quic_events.StopSendingReceived)
+            and event.stream_id in self._tcp_streams
+        ):
+            return [StopSendingReceived(event.stream_id, event.error_code)]
+        return []
+
+    def _on_protocol_negotiated(self, alpn: str | None) -> list[TunnelEvent]:
+        mode = mode_of_alpn(alpn)
+        if mode is None or alpn is None:
+            raise _Violation(
+                f"no tunnel ALPN was negotiated (got {alpn!r}, expected one of {ALL_ALPN})"
+            )
+        self._mode, self._alpn = mode, alpn
+        self._stream_mode = (
+            isinstance(self._quic, TunnelQuicConnection) and self._quic.stream_mode_negotiated
+        )
+        return [ModeNegotiated(mode, self._stream_mode, alpn)]
+
+    def _on_stream_reset(self, stream_id: int, code: int) -> list[TunnelEvent]:
+        if self._is_peer_control_stream(stream_id):
+            if self._is_client and self._control_sent and self._session_id is None:
+                known = code in ControlErrorCode._value2member_map_
+                return [SessionJoinFailed(ControlErrorCode(code) if known else code)]
+            return []
+        if _is_uni(stream_id):
+            self._uni_streams.pop(stream_id, None)  # a cancelled Access Report
+            return []
+        if stream_id in self._tcp_streams:
+            return [StreamReset(stream_id, code)]
+        return []
