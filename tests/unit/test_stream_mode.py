@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -181,7 +183,7 @@ def test_illegal_events_raise_protocol_violation(
     reason: str,
 ) -> None:
     relay = RelayState()
-    steps = {
+    steps: dict[str, Callable[[], object]] = {
         "syn": lambda: relay.on_tcp(TcpEvent.SYN_RECEIVED),
         "tcp fin": lambda: relay.on_tcp(TcpEvent.FIN_RECEIVED),
         "stream fin": lambda: relay.on_stream(StreamEvent.FIN_RECEIVED),

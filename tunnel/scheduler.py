@@ -1,0 +1,188 @@
+"""Path choice for the tunnel session mode: which connection of a session carries the next packet.
+
+draft-piraux-intarea-quic-tunnel-session-00 §3 says access networks "can be used for
+load-sharing, failover or other purposes" and leaves the policy to implementations; the tunnel
+draft's Access Report TLV (§7.1.1) tells the peer when an access network becomes available or
+unavailable. The schedulers here are that policy, as pure functions of the paths' state plus
+their own small memory, so they can be tested without any network:
+
+* every scheduler only ever returns a path that is `available` (no Access Report said
+  UNAVAILABLE, and the connection is up) and that `can_send` now (e.g. congestion window open);
+* `choose` returns None when no path qualifies: the caller queues or drops the packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from tunnel.messages import AccessId
+
+DEFAULT_PRIORITY: Final = (AccessId.NON_THREE_GPP, AccessId.THREE_GPP)
+"""Failover order by default: the non-3GPP access (WiFi) first, the 3GPP one (5G) as backup,
+the usual preference of a phone for its cheaper, usually faster access."""
+
+
+@dataclass
+class PathInfo:
+    """What a scheduler knows about one path (one QUIC connection of the session)."""
+
+    path_id: int
+    access_id: AccessId | None
+    """Access network type (tunnel draft §7.1.1); None when unknown."""
+    available: bool
+    """False after an Access Report UNAVAILABLE for it, or while its connection is down."""
+    srtt: float | None
+    """Smoothed RTT in seconds; None before the first RTT sample."""
+    weight: int = 1
+    """Share of packets for weighted round-robin (>= 1)."""
+    can_send: bool = True
+    """The connection can take a packet now (congestion window / datagram queue not full)."""
+
+    def __post_init__(self) -> None:
+        if self.weight < 1:
+            raise ValueError(f"path {self.path_id}: weight must be >= 1, got {self.weight}")
+        if self.srtt is not None and not self.srtt >= 0:
+            raise ValueError(f"path {self.path_id}: srtt must be >= 0 seconds, got {self.srtt}")
+
+    @property
+    def usable(self) -> bool:
+        """Available and able to send right now."""
+        return self.available and self.can_send
+
+
+class Scheduler(Protocol):
+    """Chooses the path for the next packet."""
+
+    name: str
+
+    def choose(self, paths: Sequence[PathInfo]) -> int | None:
+        """The path_id to send the next packet on, or None if no path can take it now."""
+        ...
+
+
+class FailoverScheduler:
+    """Primary/backup: all traffic on the most preferred access that is available.
+
+    Rules: paths are ranked by the position of their access_id in `priority` (paths with an
+    access id not in it, or none, rank last); among paths of equal rank, the first given wins.
+    The *active rank* is the best rank with an available path; the packet goes to the first path
+    of that rank that can send, else nowhere (None). A backup path is therefore never used just
+    because the primary's congestion window is full (that would be aggregation, not failover),
+    only once the primary is reported unavailable; and traffic moves back as soon as the primary
+    is available again.
+    """
+
+    name = "failover"
+
+    def __init__(self, priority: Sequence[AccessId | int] = DEFAULT_PRIORITY) -> None:
+        if not priority:
+            raise ValueError("failover priority is empty: list the access ids, primary first")
+        try:
+            order = tuple(AccessId(p) for p in priority)
+        except ValueError as e:
+            valid = ", ".join(f"{a.value} ({a.name})" for a in AccessId)
+            raise ValueError(f"failover priority: {e}; use access ids among {valid}") from e
+        if len(set(order)) != len(order):
+            raise ValueError(f"failover priority lists an access id twice: {list(order)}")
+        self.priority: Final = order
+
+    def _rank(self, path: PathInfo) -> int:
+        if path.access_id in self.priority:
+            return self.priority.index(path.access_id)
+        return len(self.priority)
+
+    def choose(self, paths: Sequence[PathInfo]) -> int | None:
+        available = [p for p in paths if p.available]
+        if not available:
+            return None
+        active_rank = min(self._rank(p) for p in available)
+        for path in available:
+            if self._rank(path) == active_rank and path.can_send:
+                return path.path_id
+        return None
+
+
+class WeightedRoundRobinScheduler:
+    """Aggregation: packets spread over all usable paths in proportion to their weights.
+
+    Smooth weighted round-robin (as in nginx's upstream balancer): on each pick every usable path
+    earns its weight, the path with the most credit is chosen (first given on a tie) and pays
+    back the sum of the weights. Over any window of sum(weights) picks each path gets exactly
+    its weight's worth, interleaved rather than in bursts (weights 5,1,1 give a a b a c a a, not
+    a a a a a b c).
+
+    A path that is available but cannot send right now keeps its credit without earning more;
+    a path that becomes unavailable or disappears loses its credit, so it restarts from zero
+    when it comes back instead of taking a burst.
+    """
+
+    name = "wrr"
+
+    def __init__(self) -> None:
+        self._credit: dict[int, int] = {}
+
+    def choose(self, paths: Sequence[PathInfo]) -> int | None:
+        available_ids = {p.path_id for p in paths if p.available}
+        for path_id in list(self._credit):
+            if path_id not in available_ids:
+                del self._credit[path_id]
+        usable = [p for p in paths if p.usable]
+        if not usable:
+            return None
+        total = 0
+        best: PathInfo | None = None
+        for path in usable:
+            credit = self._credit.get(path.path_id, 0) + path.weight
+            self._credit[path.path_id] = credit
+            total += path.weight
+            if best is None or credit > self._credit[best.path_id]:
+                best = path
+        assert best is not None
+        self._credit[best.path_id] -= total
+        return best.path_id
+
+
+class LowestRttScheduler:
+    """Each packet on the usable path with the lowest smoothed RTT (MPTCP's default idea).
+
+    A path without an RTT sample yet counts as the slowest, so a new path is only used when no
+    measured one can send; ties go to the first path given, so the choice is stable.
+    """
+
+    name = "lowest-rtt"
+
+    def choose(self, paths: Sequence[PathInfo]) -> int | None:
+        best: PathInfo | None = None
+        for path in paths:
+            if path.usable and (best is None or _rtt_key(path) < _rtt_key(best)):
+                best = path
+        return None if best is None else best.path_id
+
+
+def _rtt_key(path: PathInfo) -> tuple[bool, float]:
+    return (path.srtt is None, path.srtt or 0.0)
+
+
+_REGISTRY: Final[dict[str, Callable[..., Scheduler]]] = {
+    "failover": FailoverScheduler,
+    "wrr": WeightedRoundRobinScheduler,
+    "aggregate": WeightedRoundRobinScheduler,
+    "lowest-rtt": LowestRttScheduler,
+}
+SCHEDULER_NAMES: Final = tuple(_REGISTRY)
+"""Every name make_scheduler accepts ("aggregate" is another name for "wrr")."""
+
+
+def make_scheduler(name: str, **options: Any) -> Scheduler:
+    """A new scheduler by name, e.g. make_scheduler("failover", priority=[AccessId.THREE_GPP])."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ValueError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULER_NAMES)}")
+    try:
+        return factory(**options)
+    except TypeError as e:
+        raise ValueError(
+            f"scheduler {name!r} does not take the options {sorted(options)}: {e}"
+        ) from e
