@@ -1,0 +1,67 @@
+"""Read a qtun configuration file and check the files it names exist (the I/O half of
+tunnel/config.py, which only parses text)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tunnel.config import (
+    ClientConfig,
+    ConcentratorConfig,
+    ConfigError,
+    ObservabilityConfig,
+    TlsConfig,
+    parse_client_config,
+    parse_concentrator_config,
+)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"configuration file {path} does not exist: give the path of a TOML file "
+            "(examples/ has some)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path} ({exc}): check it") from None
+
+
+def _check_files(tls: TlsConfig, observability: ObservabilityConfig) -> None:
+    for key, path in (("tls.ca", tls.ca), ("tls.cert", tls.cert), ("tls.key", tls.key)):
+        if not path.is_file():
+            raise ConfigError(
+                f"{key} = {str(path)!r} does not exist: make test certificates with "
+                "scripts/make-certs or fix the path"
+            )
+    for key, file in (
+        ("observability.keylog_file", observability.keylog_file),
+        ("observability.status_file", observability.status_file),
+    ):
+        if file is not None and not file.parent.is_dir():
+            raise ConfigError(
+                f"{key} = {str(file)!r} is in a directory that does not exist: create "
+                f"{file.parent} or choose another path"
+            )
+
+
+def load_client_config(path: str | Path, overrides: Sequence[str] = ()) -> ClientConfig:
+    """Read, parse and check the client configuration file at `path`."""
+    path = Path(path)
+    config = parse_client_config(
+        _read(path), base_dir=path.parent, overrides=overrides, source=str(path)
+    )
+    _check_files(config.tls, config.observability)
+    return config
+
+
+def load_concentrator_config(path: str | Path, overrides: Sequence[str] = ()) -> ConcentratorConfig:
+    """Read, parse and check the concentrator configuration file at `path`."""
+    path = Path(path)
+    config = parse_concentrator_config(
+        _read(path), base_dir=path.parent, overrides=overrides, source=str(path)
+    )
+    _check_files(config.tls, config.observability)
+    return config

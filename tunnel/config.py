@@ -1,0 +1,610 @@
+"""Typed configuration of `qtun client` and `qtun concentrator`, parsed from TOML text.
+
+Sans-I/O: `parse_client_config` / `parse_concentrator_config` take the file's text (the caller
+reads the file, see tunnel/aio/config_file.py) plus overrides from the command line, and return
+frozen dataclasses. Every bad value raises ConfigError with one sentence naming the key, what is
+wrong and what to do. Relative paths are taken relative to the config file's directory.
+
+Overrides are "dotted.key=value" strings (`--set concentrator.port=4433`); list items are
+addressed by index (`access.0.interface=wlan1`). The value is read as a TOML value when it is
+one (`4433`, `true`, `["a", "b"]`) and as a plain string otherwise (`10.0.0.1`).
+
+Address assignment is outside the drafts' scope: the concentrator gives each client a static
+address from `[[client]]` or the next free one from `[pool]`; the client is configured with the
+same address under `[tun]`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+    ip_network,
+)
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tunnel.messages import AccessId
+from tunnel.scheduler import SCHEDULER_NAMES
+
+IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
+IPNetwork = IPv4Network | IPv6Network
+
+DEFAULT_PORT = 4433
+IFNAMSIZ = 16
+E = TypeVar("E", bound=Enum)
+N = TypeVar("N", IPv4Network, IPv6Network)
+# Names accepted for an access's kind, mapped to the Access ID it reports (tunnel draft §Access
+# Report TLV).
+ACCESS_KINDS: Mapping[str, AccessId] = {
+    "5g": AccessId.THREE_GPP,
+    "3gpp": AccessId.THREE_GPP,
+    "wifi": AccessId.NON_THREE_GPP,
+    "non-3gpp": AccessId.NON_THREE_GPP,
+}
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; str(error) is one sentence saying what to do."""
+
+
+class Mode(Enum):
+    TUNNEL = "tunnel"  # ALPN qt: one connection (tunnel draft)
+    SESSION = "session"  # ALPN qt-session: one connection per access (tunnel-session draft)
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """One access network the client uses: its UDP socket binds to `local_address` and/or
+    `interface`; `access_id` is the Access ID reported for it."""
+
+    name: str
+    access_id: AccessId
+    interface: str | None = None
+    local_address: IPAddress | None = None
+
+
+@dataclass(frozen=True)
+class TunConfig:
+    name: str
+    mtu: int | None  # None: derived from the QUIC datagram budget at run time
+    addresses: tuple[IPInterface, ...]
+    routes: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Mutual TLS: `ca` verifies the peer, `cert`/`key` identify this side."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    qlog_dir: Path | None = None
+    keylog_file: Path | None = None
+    status_file: Path | None = None
+    status_interval: float = 1.0  # seconds between status file rewrites
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    max_datagram_queue: int = 256  # tunnel datagrams waiting in aioquic before we drop
+    reconnect_backoff_max: float = 30.0  # seconds, cap of the exponential reconnect backoff
+    idle_timeout: float = 30.0  # seconds, QUIC idle timeout
+    probe_interval: float = 1.0  # seconds between liveness probes per access
+    reorder_timeout: float | None = None  # seconds; None: from the paths' RTT spread
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    name: str
+    mode: Mode
+    concentrator_address: IPAddress
+    concentrator_port: int
+    server_name: str
+    accesses: tuple[AccessConfig, ...]
+    scheduler: str
+    tun: TunConfig
+    tls: TlsConfig
+    limits: ClientLimits = field(default_factory=ClientLimits)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+
+@dataclass(frozen=True)
+class StaticClient:
+    name: str  # the CN of the client's certificate
+    addresses: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    ipv4: IPv4Network | None = None
+    ipv6: IPv6Network | None = None
+
+
+@dataclass(frozen=True)
+class ConcentratorLimits:
+    max_clients: int = 64
+    max_connections_per_client: int = 4
+    max_datagram_queue: int = 256
+    rate_limit_mbps: float | None = None  # per client; None: unlimited
+    session_idle_expiry: float = 30.0  # seconds a memberless session is kept for a rejoin
+    idle_timeout: float = 30.0
+    reorder_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class ConcentratorConfig:
+    modes: tuple[Mode, ...]
+    listen_addresses: tuple[IPAddress, ...]
+    port: int
+    tun: TunConfig
+    tls: TlsConfig
+    pool: PoolConfig
+    clients: tuple[StaticClient, ...]
+    scheduler: str
+    limits: ConcentratorLimits = field(default_factory=ConcentratorLimits)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def parse_client_config(
+    text: str, *, base_dir: Path = Path("."), overrides: Sequence[str] = (), source: str = "config"
+) -> ClientConfig:
+    """The client configuration in `text` (TOML) with `overrides` applied."""
+    table = _Table(_load(text, source, overrides), "", base_dir)
+    mode = table.enum("mode", Mode, Mode.TUNNEL)
+    conc = table.table("concentrator", required=True)
+    address = conc.address("address", required=True)
+    assert address is not None
+    accesses = tuple(_access(t) for t in table.table_list("access"))
+    names = [a.name for a in accesses]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"access name {name!r} is used twice: give each [[access]] its own")
+    if mode is Mode.TUNNEL and len(accesses) > 1:
+        raise ConfigError(
+            f"mode is 'tunnel' but {len(accesses)} [[access]] tables are given: tunnel mode uses "
+            'one connection, so keep one or set mode = "session"'
+        )
+    if mode is Mode.SESSION and not accesses:
+        raise ConfigError(
+            "mode is 'session' but no [[access]] table is given: add one per access network"
+        )
+    config = ClientConfig(
+        name=table.string("name", "client"),
+        mode=mode,
+        concentrator_address=address,
+        concentrator_port=conc.integer("port", DEFAULT_PORT, 1, 65535),
+        server_name=conc.string("server_name", "concentrator"),
+        accesses=accesses,
+        scheduler=table.choice("scheduler", SCHEDULER_NAMES, "failover"),
+        tun=_tun(table.table("tun", required=True), default_name="qtun0"),
+        tls=_tls(table.table("tls", required=True)),
+        limits=_client_limits(table.table("limits")),
+        observability=_observability(table.table("observability")),
+    )
+    conc.done()
+    table.done()
+    return config
+
+
+def parse_concentrator_config(
+    text: str, *, base_dir: Path = Path("."), overrides: Sequence[str] = (), source: str = "config"
+) -> ConcentratorConfig:
+    """The concentrator configuration in `text` (TOML) with `overrides` applied."""
+    table = _Table(_load(text, source, overrides), "", base_dir)
+    modes = tuple(table.enum_list("modes", Mode, [Mode.TUNNEL, Mode.SESSION]))
+    listen = table.table("listen")
+    listen_addresses = tuple(listen.address_list("addresses", ["0.0.0.0"]))
+    port = listen.integer("port", DEFAULT_PORT, 1, 65535)
+    listen.done()
+    pool_table = table.table("pool")
+    pool = PoolConfig(
+        ipv4=_family(pool_table.network("ipv4"), IPv4Network, "pool.ipv4"),
+        ipv6=_family(pool_table.network("ipv6"), IPv6Network, "pool.ipv6"),
+    )
+    pool_table.done()
+    clients = tuple(_static_client(t) for t in table.table_list("client"))
+    names = [c.name for c in clients]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"client name {name!r} appears in two [[client]] tables: merge them")
+    if pool.ipv4 is None and pool.ipv6 is None and not clients:
+        raise ConfigError(
+            "no client addresses are configured: add a [pool] (ipv4/ipv6 prefix) or [[client]] "
+            "tables with static addresses"
+        )
+    config = ConcentratorConfig(
+        modes=modes,
+        listen_addresses=listen_addresses,
+        port=port,
+        tun=_tun(table.table("tun", required=True), default_name="qtunc0"),
+        tls=_tls(table.table("tls", required=True)),
+        pool=pool,
+        clients=clients,
+        scheduler=table.choice("scheduler", SCHEDULER_NAMES, "failover"),
+        limits=_concentrator_limits(table.table("limits")),
+        observability=_observability(table.table("observability")),
+    )
+    table.done()
+    return config
+
+
+def _access(t: _Table) -> AccessConfig:
+    name = t.string("name", None)
+    kind = t.choice("access_id", tuple(ACCESS_KINDS), None)
+    interface = t.interface_name("interface")
+    local = t.address("local_address")
+    if interface is None and local is None:
+        raise ConfigError(
+            f"{t.where('')}has neither interface nor local_address: give at least one so the "
+            "socket is bound to that access network"
+        )
+    t.done()
+    return AccessConfig(
+        name=name, access_id=ACCESS_KINDS[kind], interface=interface, local_address=local
+    )
+
+
+def _tun(t: _Table, default_name: str) -> TunConfig:
+    name = t.interface_name("name") or default_name
+    mtu_value = t.raw("mtu", "auto")
+    mtu: int | None
+    if mtu_value == "auto":
+        mtu = None
+    else:
+        mtu = t.integer("mtu", 0, 576, 65535, value=mtu_value, hint='or "auto"')
+    addresses = tuple(t.interface_list("addresses"))
+    if not addresses:
+        raise ConfigError(
+            f"{t.where('addresses')} is empty: give the TUN's addresses, e.g. "
+            '["10.8.0.2/32", "fd00:8::2/128"]'
+        )
+    if mtu is not None and mtu < 1280 and any(isinstance(a, IPv6Interface) for a in addresses):
+        raise ConfigError(
+            f"{t.where('mtu')} is {mtu}, below IPv6's minimum 1280 while an IPv6 address is "
+            'configured: raise it or use "auto"'
+        )
+    routes = tuple(t.network_list("routes"))
+    t.done()
+    return TunConfig(name=name, mtu=mtu, addresses=addresses, routes=routes)
+
+
+def _tls(t: _Table) -> TlsConfig:
+    config = TlsConfig(
+        ca=t.required_path("ca"),
+        cert=t.required_path("cert"),
+        key=t.required_path("key"),
+    )
+    t.done()
+    return config
+
+
+def _observability(t: _Table) -> ObservabilityConfig:
+    config = ObservabilityConfig(
+        qlog_dir=t.path("qlog_dir"),
+        keylog_file=t.path("keylog_file"),
+        status_file=t.path("status_file"),
+        status_interval=t.number("status_interval", 1.0, 0.05, 3600.0),
+    )
+    t.done()
+    return config
+
+
+def _client_limits(t: _Table) -> ClientLimits:
+    config = ClientLimits(
+        max_datagram_queue=t.integer("max_datagram_queue", 256, 1, 65536),
+        reconnect_backoff_max=t.number("reconnect_backoff_max", 30.0, 0.1, 3600.0),
+        idle_timeout=t.number("idle_timeout", 30.0, 1.0, 3600.0),
+        probe_interval=t.number("probe_interval", 1.0, 0.01, 60.0),
+        reorder_timeout=t.optional_number("reorder_timeout", 0.0, 10.0),
+    )
+    t.done()
+    return config
+
+
+def _concentrator_limits(t: _Table) -> ConcentratorLimits:
+    config = ConcentratorLimits(
+        max_clients=t.integer("max_clients", 64, 1, 1_000_000),
+        max_connections_per_client=t.integer("max_connections_per_client", 4, 1, 64),
+        max_datagram_queue=t.integer("max_datagram_queue", 256, 1, 65536),
+        rate_limit_mbps=t.optional_number("rate_limit_mbps", 0.001, 1_000_000.0),
+        session_idle_expiry=t.number("session_idle_expiry", 30.0, 0.0, 86400.0),
+        idle_timeout=t.number("idle_timeout", 30.0, 1.0, 3600.0),
+        reorder_timeout=t.optional_number("reorder_timeout", 0.0, 10.0),
+    )
+    t.done()
+    return config
+
+
+def _static_client(t: _Table) -> StaticClient:
+    name = t.string("name", None)
+    addresses = tuple(t.network_list("addresses"))
+    if not addresses:
+        raise ConfigError(
+            f"{t.where('addresses')} is empty: give the client's prefixes, e.g. "
+            '["10.8.0.2/32", "fd00:8::2/128"]'
+        )
+    t.done()
+    return StaticClient(name=name, addresses=addresses)
+
+
+def _family(value: IPNetwork | None, kind: type[N], key: str) -> N | None:
+    if value is None or isinstance(value, kind):
+        return value
+    family = "IPv4" if kind is IPv4Network else "IPv6"
+    raise ConfigError(f"{key} = {str(value)!r} is not an {family} prefix: give an {family} one")
+
+
+# --- TOML loading and overrides ----------------------------------------------------------------
+
+
+def _load(text: str, source: str, overrides: Sequence[str]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML ({exc}): fix the syntax there") from None
+    for item in overrides:
+        apply_override(data, item)
+    return data
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set one "dotted.key=value" override in the parsed TOML `data` (in place)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(
+            f"override {item!r} is not key=value: write it like concentrator.port=4433"
+        )
+    try:
+        value: Any = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"override {key!r}: {where} needs an index below {len(node)}: use e.g. "
+                    f"{'.'.join(parts[:i])}.0"
+                )
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(
+                f"override {key!r}: {'.'.join(parts[:i])} is a value, not a table: shorten the key"
+            )
+
+
+class _Table:
+    """A TOML table being read: typed getters that raise ConfigError naming the full key, and
+    `done()` which rejects keys nobody asked for (typos)."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, base_dir: Path) -> None:
+        self._data = data
+        self._prefix = prefix
+        self._base_dir = base_dir
+        self._seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        if not key:
+            return f"[{self._prefix}] " if self._prefix else ""
+        return f"{self._prefix}.{key}" if self._prefix else key
+
+    def raw(self, key: str, default: Any) -> Any:
+        self._seen.add(key)
+        return self._data.get(key, default)
+
+    def _missing(self, key: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)} is missing: add it to the configuration")
+
+    def _wrong(self, key: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)} = {value!r} is not {expected}: give {expected}")
+
+    def table(self, key: str, *, required: bool = False) -> _Table:
+        value = self.raw(key, None)
+        if value is None:
+            if required:
+                raise ConfigError(f"[{self.where(key)}] is missing: add that table")
+            value = {}
+        if not isinstance(value, dict):
+            raise self._wrong(key, value, "a table")
+        return _Table(value, self.where(key), self._base_dir)
+
+    def table_list(self, key: str) -> list[_Table]:
+        value = self.raw(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self._wrong(key, value, f"a list of tables ([[{key}]])")
+        return [_Table(v, f"{self.where(key)}.{i}", self._base_dir) for i, v in enumerate(value)]
+
+    def string(self, key: str, default: str | None) -> str:
+        value = self.raw(key, default)
+        if value is None:
+            raise self._missing(key)
+        if not isinstance(value, str) or not value.strip():
+            raise self._wrong(key, value, "a non-empty string")
+        return value
+
+    def choice(self, key: str, choices: Sequence[str], default: str | None) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.where(key)} = {value!r} is not one of {', '.join(choices)}: "
+                "pick one of them"
+            )
+        return value
+
+    def enum(self, key: str, kind: type[E], default: E) -> E:
+        value = self.choice(key, [m.value for m in kind], default.value)
+        return kind(value)
+
+    def enum_list(self, key: str, kind: type[E], default: list[E]) -> list[E]:
+        value = self.raw(key, [m.value for m in default])
+        allowed = [m.value for m in kind]
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(v not in allowed for v in value)
+            or len(set(value)) != len(value)
+        ):
+            raise ConfigError(
+                f"{self.where(key)} = {value!r} is not a non-empty list of distinct values from "
+                f"{', '.join(allowed)}: give e.g. {allowed!r}"
+            )
+        return [kind(v) for v in value]
+
+    def integer(
+        self, key: str, default: int, low: int, high: int, *, value: Any = None, hint: str = ""
+    ) -> int:
+        if value is None:
+            value = self.raw(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            extra = f" {hint}" if hint else ""
+            raise self._wrong(key, value, f"an integer from {low} to {high}{extra}")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.raw(key, default)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value <= high
+        ):
+            raise self._wrong(key, value, f"a number from {low:g} to {high:g}")
+        return float(value)
+
+    def optional_number(self, key: str, low: float, high: float) -> float | None:
+        if self._data.get(key) is None:
+            self._seen.add(key)
+            return None
+        return self.number(key, low, low, high)
+
+    def path(self, key: str, *, required: bool = False) -> Path | None:
+        value = self.raw(key, None)
+        if value is None or value == "":
+            if required:
+                raise self._missing(key)
+            return None
+        if not isinstance(value, str):
+            raise self._wrong(key, value, "a file path string")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self._base_dir / path
+
+    def required_path(self, key: str) -> Path:
+        path = self.path(key, required=True)
+        assert path is not None
+        return path
+
+    def interface_name(self, key: str) -> str | None:
+        value = self.raw(key, None)
+        if value is None:
+            return None
+        if (
+            not isinstance(value, str)
+            or not value
+            or len(value.encode()) >= IFNAMSIZ
+            or "/" in value
+            or any(c.isspace() for c in value)
+        ):
+            raise self._wrong(
+                key, value, f"an interface name of 1 to {IFNAMSIZ - 1} characters without '/'"
+            )
+        return value
+
+    def address(self, key: str, *, required: bool = False) -> IPAddress | None:
+        value = self.raw(key, None)
+        if value is None:
+            if required:
+                raise self._missing(key)
+            return None
+        try:
+            return ip_address(value) if isinstance(value, str) else _bad()
+        except ValueError:
+            raise self._wrong(key, value, "an IP address (e.g. 192.0.2.1 or 2001:db8::1)") from None
+
+    def address_list(self, key: str, default: list[str]) -> list[IPAddress]:
+        value = self.raw(key, default)
+        try:
+            if not isinstance(value, list) or not value:
+                _bad()
+            return [ip_address(v) if isinstance(v, str) else _bad() for v in value]
+        except ValueError:
+            raise self._wrong(
+                key, value, 'a non-empty list of IP addresses (e.g. ["0.0.0.0"])'
+            ) from None
+
+    def network(self, key: str) -> IPNetwork | None:
+        value = self.raw(key, None)
+        if value is None:
+            return None
+        try:
+            return ip_network(value) if isinstance(value, str) else _bad()
+        except ValueError:
+            raise self._wrong(
+                key, value, "an IP prefix with zero host bits (e.g. 10.8.0.0/24)"
+            ) from None
+
+    def network_list(self, key: str) -> list[IPNetwork]:
+        value = self.raw(key, [])
+        try:
+            if not isinstance(value, list):
+                _bad()
+            return [ip_network(v) if isinstance(v, str) else _bad() for v in value]
+        except ValueError:
+            raise self._wrong(
+                key, value, 'a list of IP prefixes with zero host bits (e.g. ["10.9.0.0/16"])'
+            ) from None
+
+    def interface_list(self, key: str) -> list[IPInterface]:
+        value = self.raw(key, [])
+        try:
+            if not isinstance(value, list) or any(
+                isinstance(v, str) and "/" not in v for v in value
+            ):
+                _bad()
+            return [ip_interface(v) if isinstance(v, str) else _bad() for v in value]
+        except ValueError:
+            raise self._wrong(
+                key, value, 'a list of addresses with prefix length (e.g. ["10.8.0.2/24"])'
+            ) from None
+
+    def done(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            known = ", ".join(sorted(self._seen))
+            raise ConfigError(
+                f"{self.where(unknown[0])} is not a known key: check its spelling (known here: "
+                f"{known})"
+            )
+
+
+def _bad() -> Any:
+    raise ValueError("wrong type")
