@@ -2,8 +2,10 @@
 
 aioquic has no public API for (a) custom transport parameters, (b) the size of
 the largest DATAGRAM frame it will actually send, (c) the path's smoothed RTT and
-its queue of pending datagrams. Everything the tunnel needs from those internals is
-here, behind small typed functions, so an aioquic upgrade has one file to check.
+its queue of pending datagrams, (d) a server asking for a client certificate and
+reading it back (see tunnel/client_auth.py for why the concentrator needs that).
+Everything the tunnel needs from those internals is here, behind small typed
+functions, so an aioquic upgrade has one file to check.
 Importing this module fails with one clear sentence if the internals moved.
 """
 
@@ -16,6 +18,7 @@ from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE
+from cryptography import x509
 
 # Provisional codepoint of the quic_tunnel_stream_mode transport parameter
 # (-tcp draft §Connection establishment: "value TBD"). RFC 9000 §22.3 has no
@@ -46,12 +49,20 @@ _REQUIRED_INTERNALS = (
     "_peer_cid",
     "_remote_max_datagram_frame_size",
     "_max_datagram_size",
+    "_initialize",
+)
+_REQUIRED_TLS_INTERNALS = (
+    "_request_client_certificate",
+    "_peer_certificate",
+    "_peer_certificate_chain",
 )
 
 
 def _check_aioquic_internals() -> None:
     probe = QuicConnection(configuration=QuicConfiguration(is_client=True))
     missing = [name for name in _REQUIRED_INTERNALS if not hasattr(probe, name)]
+    probe.connect(("192.0.2.1", 443), now=0.0)  # creates the TLS context
+    missing += [f"tls.{name}" for name in _REQUIRED_TLS_INTERNALS if not hasattr(probe.tls, name)]
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
             "tunnel.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
@@ -72,12 +83,23 @@ class TunnelQuicConnection(QuicConnection):
     mode is in use when both sides sent the parameter.
     """
 
-    def __init__(self, *, stream_mode: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *, stream_mode: bool = False, request_client_certificate: bool = False, **kwargs: Any
+    ) -> None:
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         self._tunnel_local_stream_mode = stream_mode
         self._tunnel_peer_stream_mode: bool | None = None
+        self._tunnel_request_client_certificate = request_client_certificate
         super().__init__(**kwargs)
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        # aioquic's server sends a CertificateRequest only with this private flag set;
+        # its TLS context exists from here on. It checks only the CertificateVerify
+        # signature: verify the chain with tunnel.client_auth after the handshake.
+        if self._tunnel_request_client_certificate and not self._is_client:
+            self.tls._request_client_certificate = True
 
     @property
     def local_stream_mode(self) -> bool:
@@ -181,3 +203,14 @@ def smoothed_rtt(quic: QuicConnection) -> float | None:
 def pending_datagram_count(quic: QuicConnection) -> int:
     """Datagrams queued in aioquic that no packet carried yet."""
     return len(quic._datagrams_pending)
+
+
+def peer_certificate(
+    quic: QuicConnection,
+) -> tuple[x509.Certificate | None, list[x509.Certificate]]:
+    """The certificate the peer presented and its chain ((None, []) if none or before the
+    handshake); on a server, only with TunnelQuicConnection(request_client_certificate=True)."""
+    tls = getattr(quic, "tls", None)
+    if tls is None:
+        return None, []
+    return tls._peer_certificate, list(tls._peer_certificate_chain)

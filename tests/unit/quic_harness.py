@@ -31,10 +31,12 @@ MAX_STEPS = 200_000
 
 
 @functools.cache
-def throwaway_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed P-256 certificate for 'concentrator.test', made once per run."""
+def throwaway_certificate(
+    common_name: str = "concentrator.test",
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed P-256 certificate for `common_name`, made once per run."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "concentrator.test")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -44,7 +46,7 @@ def throwaway_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("concentrator.test")]), False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), False)
         .sign(key, hashes.SHA256())
     )
     return cert, key
@@ -151,7 +153,6 @@ class Network:
         client_stream_mode: bool = False,
         server_stream_mode: bool = False,
     ) -> Path:
-        index = len(self.paths)
         client_quic = TunnelQuicConnection(
             configuration=client_config, stream_mode=client_stream_mode
         )
@@ -160,6 +161,14 @@ class Network:
             original_destination_connection_id=client_quic.original_destination_connection_id,
             stream_mode=server_stream_mode,
         )
+        return self.add_connection_pair(client_quic, server_quic, delay)
+
+    def add_connection_pair(
+        self, client_quic: QuicConnection, server_quic: QuicConnection, delay: float = 0.005
+    ) -> Path:
+        """Wire an existing client/server pair (the server made with the client's
+        original_destination_connection_id) and start the client's handshake."""
+        index = len(self.paths)
         path = Path(
             client=Endpoint(client_quic, (f"10.0.{index}.2", 40000 + index)),
             server=Endpoint(server_quic, (f"10.0.{index}.1", 4433)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, HandshakeCompleted
 
-from tests.unit.quic_harness import Network, Path, make_configs
+from tests.unit.quic_harness import Network, Path, make_configs, throwaway_certificate
 from tunnel.quic_ext import (
     STREAM_MODE_TP_ID,
     TunnelQuicConnection,
@@ -13,6 +13,7 @@ from tunnel.quic_ext import (
     frame_size_budget,
     largest_datagram_payload,
     packet_datagram_budget,
+    peer_certificate,
     pending_datagram_count,
     smoothed_rtt,
     transport_parameter_ids,
@@ -172,3 +173,31 @@ def test_smoothed_rtt_follows_the_link_delay() -> None:
         net.run(0.2)
     rtt = smoothed_rtt(path.client.quic)
     assert rtt is not None and 0.079 <= rtt <= 0.110
+
+
+# -- client certificate (for tunnel.client_auth) ----------------------------------------
+
+
+@pytest.mark.parametrize("request_certificate", [True, False])
+def test_server_reads_the_client_certificate_only_when_it_asked(request_certificate: bool) -> None:
+    client_config, server_config = make_configs(["qt"])
+    client_cert, client_key = throwaway_certificate("client.test")
+    client_config.certificate, client_config.private_key = client_cert, client_key
+    client = TunnelQuicConnection(configuration=client_config)
+    server = TunnelQuicConnection(
+        configuration=server_config,
+        original_destination_connection_id=client.original_destination_connection_id,
+        request_client_certificate=request_certificate,
+    )
+    assert peer_certificate(server) == (None, [])
+    net = Network()
+    path = net.add_connection_pair(client, server)
+    net.run(1.0)
+    assert any(isinstance(e, HandshakeCompleted) for e in path.server.quic_events)
+    certificate, chain = peer_certificate(server)
+    if request_certificate:
+        assert certificate == client_cert and chain == []
+    else:
+        assert certificate is None
+    # the client always sees the concentrator's certificate
+    assert peer_certificate(client)[0] == throwaway_certificate()[0]
