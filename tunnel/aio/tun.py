@@ -1,0 +1,263 @@
+"""A Linux TUN device (layer-3, no packet-information header) driven by the asyncio loop.
+
+The tunnel draft (§tunnel mode) carries whole IP packets; a TUN device is where the operating
+system hands them to us and takes them back. The device is opened through /dev/net/tun with one
+TUNSETIFF ioctl (no python-pytun: the ioctl is three lines) and configured with pyroute2.
+
+Throughput comes from batching: one loop wakeup drains up to `batch_size` packets, so the
+per-wakeup cost of the event loop is shared by many packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+TUN_CLONE_DEVICE = "/dev/net/tun"
+TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000  # no 4-byte packet-information prefix: reads/writes are bare IP packets
+IFNAMSIZ = 16  # the kernel's name buffer, including the terminating NUL
+IFA_F_NODAD = 0x02  # IPv6 address usable at once (a point-to-point TUN needs no DAD)
+DEFAULT_BATCH_SIZE = 64
+MAX_PACKET = 65535
+
+
+class TunError(Exception):
+    """A TUN device could not be opened or configured; the message says what to do."""
+
+
+@dataclass
+class TunStats:
+    """What the device moved; `write_drops` counts packets the kernel refused."""
+
+    packets_read: int = 0
+    bytes_read: int = 0
+    read_wakeups: int = 0
+    largest_batch: int = 0
+    packets_written: int = 0
+    bytes_written: int = 0
+    write_drops: int = 0
+
+
+def _check_name(name: str) -> bytes:
+    encoded = name.encode()
+    if not encoded or len(encoded) >= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+        raise TunError(
+            f"TUN name {name!r} is invalid: use 1 to {IFNAMSIZ - 1} characters without '/' "
+            "or spaces"
+        )
+    return encoded
+
+
+def _open_tun(name: str) -> int:
+    encoded = _check_name(name)
+    try:
+        fd = os.open(TUN_CLONE_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TunError(
+            f"{TUN_CLONE_DEVICE} is missing: load the tun module (modprobe tun) or give the "
+            "container the device"
+        ) from None
+    except PermissionError:
+        raise TunError(
+            f"opening {TUN_CLONE_DEVICE} needs root (or CAP_NET_ADMIN): run as root"
+        ) from None
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", encoded, IFF_TUN | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.EPERM:
+            raise TunError(
+                f"creating TUN {name!r} needs root (or CAP_NET_ADMIN): run as root"
+            ) from None
+        if exc.errno == errno.EBUSY:
+            raise TunError(
+                f"TUN {name!r} is already open (in this or another process): pick another "
+                "name or close it"
+            ) from None
+        if exc.errno == errno.EINVAL:
+            raise TunError(
+                f"an interface named {name!r} already exists and is not a TUN device: pick "
+                "another name"
+            ) from None
+        raise TunError(f"creating TUN {name!r} failed: {exc.strerror}") from None
+    return fd
+
+
+class TunDevice:
+    """An open, configured TUN device. Create it with `TunDevice.create`; `close()` removes it
+    (the device is not persistent, so it also disappears if the process dies)."""
+
+    def __init__(self, fd: int, name: str, index: int, mtu: int) -> None:
+        self.fd = fd
+        self.name = name
+        self.index = index
+        self.mtu = mtu
+        self.stats = TunStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        mtu: int,
+        addresses: Iterable[str | IPv4Interface | IPv6Interface] = (),
+        routes: Iterable[str] = (),
+    ) -> TunDevice:
+        """Open TUN `name`, set its MTU and addresses ("10.8.0.1/24", "fd00:8::1/64"), bring it up
+        and add `routes` (prefixes sent into the device)."""
+        if not 68 <= mtu <= MAX_PACKET:
+            raise TunError(f"TUN MTU {mtu} is outside 68..65535: choose an MTU in that range")
+        parsed = [a if not isinstance(a, str) else _parse_interface(a) for a in addresses]
+        if any(isinstance(a, IPv6Interface) for a in parsed) and mtu < 1280:
+            raise TunError(f"TUN MTU {mtu} is below 1280, the minimum for IPv6: raise it")
+        fd = _open_tun(name)
+        try:
+            # pyroute2 0.9 runs its netlink socket on the thread's running event loop, and
+            # uvloop cannot open netlink sockets: configure from a thread without a loop.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tun-config") as pool:
+                index = pool.submit(_configure, name, mtu, parsed, list(routes)).result()
+        except NetlinkError as exc:
+            os.close(fd)
+            raise TunError(f"configuring TUN {name!r} failed: {exc.args[-1]}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, name, index, mtu)
+
+    # --- I/O -------------------------------------------------------------------------------
+
+    def read_batch(self, max_packets: int = DEFAULT_BATCH_SIZE) -> list[bytes]:
+        """Up to `max_packets` packets available now (an empty list if none)."""
+        packets: list[bytes] = []
+        read = os.read
+        fd = self.fd
+        for _ in range(max_packets):
+            try:
+                packet = read(fd, MAX_PACKET)
+            except BlockingIOError:
+                break
+            packets.append(packet)
+        if packets:
+            self.stats.packets_read += len(packets)
+            self.stats.bytes_read += sum(map(len, packets))
+            self.stats.largest_batch = max(self.stats.largest_batch, len(packets))
+        return packets
+
+    def write(self, packet: bytes) -> bool:
+        """Hand one IP packet to the kernel; False (and counted) if the kernel refused it."""
+        try:
+            os.write(self.fd, packet)
+        except OSError:
+            # BlockingIOError (queue full) or EINVAL (not a valid IP packet): a router drops.
+            self.stats.write_drops += 1
+            return False
+        self.stats.packets_written += 1
+        self.stats.bytes_written += len(packet)
+        return True
+
+    def write_batch(self, packets: Sequence[bytes]) -> int:
+        """Write every packet; returns how many the kernel accepted."""
+        write = os.write
+        fd = self.fd
+        accepted = 0
+        written_bytes = 0
+        for packet in packets:
+            try:
+                write(fd, packet)
+            except OSError:
+                self.stats.write_drops += 1
+                continue
+            accepted += 1
+            written_bytes += len(packet)
+        self.stats.packets_written += accepted
+        self.stats.bytes_written += written_bytes
+        return accepted
+
+    def start_reading(
+        self,
+        on_packets: Callable[[list[bytes]], None],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Call `on_packets(batch)` from the loop whenever packets are waiting, up to
+        `batch_size` per call (the loop comes back for the rest)."""
+        self._loop = loop or asyncio.get_running_loop()
+
+        def ready() -> None:
+            batch = self.read_batch(batch_size)
+            if batch:
+                self.stats.read_wakeups += 1
+                on_packets(batch)
+
+        self._loop.add_reader(self.fd, ready)
+
+    def stop_reading(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.fd)
+            self._loop = None
+
+    def close(self) -> None:
+        """Stop reading and close the fd, which removes the (non-persistent) device."""
+        if self.fd < 0:
+            return
+        self.stop_reading()
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _configure(
+    name: str, mtu: int, addresses: list[IPv4Interface | IPv6Interface], routes: list[str]
+) -> int:
+    with IPRoute() as ipr:
+        index: int = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=index, mtu=mtu)
+        for iface in addresses:
+            kwargs: dict[str, object] = {}
+            if isinstance(iface, IPv6Interface):
+                kwargs["flags"] = IFA_F_NODAD
+            ipr.addr(
+                "add",
+                index=index,
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                **kwargs,
+            )
+        ipr.link("set", index=index, state="up")
+        for route in routes:
+            network = ip_network(route, strict=False)
+            ipr.route(
+                "replace",
+                dst=str(network.network_address),
+                dst_len=network.prefixlen,
+                oif=index,
+                family=10 if network.version == 6 else 2,
+            )
+    return index
+
+
+def _parse_interface(text: str) -> IPv4Interface | IPv6Interface:
+    try:
+        return ip_interface(text)
+    except ValueError:
+        raise TunError(
+            f"TUN address {text!r} is not an address with prefix length (e.g. 10.8.0.1/24)"
+        ) from None
