@@ -122,7 +122,7 @@ class ProcessManager:
     procs: list[HostProcess] = field(default_factory=list)
 
     def start(self, node: Any, name: str, argv: list[str]) -> HostProcess:
-        """Run argv inside node's namespaces; stdout and stderr go to <log_dir>/<node>-<name>.log."""
+        """Run argv in the node's namespaces; output goes to <log_dir>/<node>-<name>.log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{node.name}-{name}.log"
         with open(log_path, "ab") as log:
@@ -132,7 +132,9 @@ class ProcessManager:
         self.state.add_proc(popen.pid, argv[0])
         return proc
 
-    def start_iperf3_server(self, node: Any, port: int = 5201, idle_timeout_s: int = 30) -> HostProcess:
+    def start_iperf3_server(
+        self, node: Any, port: int = 5201, idle_timeout_s: int = 30
+    ) -> HostProcess:
         # --idle-timeout: a server whose client vanished exits by itself instead of lingering.
         argv = ["iperf3", "-s", "-p", str(port), "--idle-timeout", str(idle_timeout_s)]
         return self.start(node, f"iperf3-{port}", argv)

@@ -1,9 +1,9 @@
 """A running testbed: Mininet network + shapers + programs, torn down on exit, Ctrl-C or SIGTERM.
 
-    with Lab("reference", backend="auto") as lab:
-        lab.shaper("wifi").set("up", delay_ms=20, loss_pct=1)
-        lab.access_down("wifi"); ...; lab.access_up("wifi")
-        lab.node("c1").cmd("ping -c1 10.100.0.1")
+with Lab("reference", backend="auto") as lab:
+    lab.shaper("wifi").set("up", delay_ms=20, loss_pct=1)
+    lab.access_down("wifi"); ...; lab.access_up("wifi")
+    lab.node("c1").cmd("ping -c1 10.100.0.1")
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from testbed.hosts import ProcessManager, RunState, set_congestion_control
-from testbed.profiles import LinkProfile
 from testbed.shaping import Backend, LinkShaper, NetemShaper, WireShaper, resolve_backend
 from testbed.topologies import Access, LabTopo, make_topology
 
@@ -38,7 +37,9 @@ class Lab:
         congestion_control: str | None = None,
         **topo_params: Any,
     ) -> None:
-        self.topo = make_topology(topology, **topo_params) if isinstance(topology, str) else topology
+        self.topo = (
+            make_topology(topology, **topo_params) if isinstance(topology, str) else topology
+        )
         self.plan = self.topo.plan
         self.requested_backend = backend
         self.backend: Backend | None = None
@@ -82,9 +83,7 @@ class Lab:
     def _configure(self) -> None:
         plan = self.plan
         for name in plan.routers:
-            self.node(name).cmd(
-                "sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
-            )
+            self.node(name).cmd("sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
         for name, lines in plan.ip_batch.items():
             # `ip -batch` lines take no -6 option: IPv6 lines go to a second `ip -6 -batch`.
             v4 = [line for line in lines if not line.startswith("-6 ")]

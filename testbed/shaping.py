@@ -60,8 +60,21 @@ def probe_netem() -> NetemProbe:
             return NetemProbe(False, f"cannot create a namespace: {made.stderr.strip()}")
         # The namespace's own loopback: needs no dummy/veth module.
         tc = run(
-            ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root"]
-            + ["netem", "delay", "1ms"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "lo",
+                "root",
+                "netem",
+                "delay",
+                "1ms",
+            ],
             capture_output=True,
             text=True,
         )
@@ -93,7 +106,9 @@ def ensure_wire_binary() -> Path:
         return WIRE_BINARY
     cc = os.environ.get("CC", "gcc")
     if shutil.which(cc) is None:
-        raise ShapingError(f"build/qtwire is missing and there is no C compiler ({cc}): run `make`.")
+        raise ShapingError(
+            f"build/qtwire is missing and there is no C compiler ({cc}): run `make`."
+        )
     WIRE_BINARY.parent.mkdir(parents=True, exist_ok=True)
     built = subprocess.run(
         [cc, "-O2", "-Wall", "-o", str(WIRE_BINARY), str(WIRE_SOURCE)],
@@ -169,7 +184,9 @@ class LinkShaper(ABC):
     def set(self, direction: str = "both", **fields: float | int | bool) -> None:
         """Change some fields of one or both directions, e.g. set("up", delay_ms=20, loss_pct=1)."""
         if direction not in DIRECTIONS:
-            raise ShapingError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}.")
+            raise ShapingError(
+                f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}."
+            )
         for d in DIRECTIONS[direction]:
             self.profiles[d] = self.profiles[d].with_overrides(**fields)
             self._apply(d)
@@ -225,9 +242,15 @@ class NetemShaper(LinkShaper):
 
     def command(self, direction: str) -> list[str]:
         prof = self.profiles[direction]
-        return ["tc", "qdisc", "replace", "dev", self.egress_intf(direction), "root"] + netem_args(
-            prof, self.blackholed
-        )
+        return [
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            self.egress_intf(direction),
+            "root",
+            *netem_args(prof, self.blackholed),
+        ]
 
     def _apply(self, direction: str) -> None:
         out = self.middle.cmd(" ".join(self.command(direction)) + " 2>&1; echo rc=$?")

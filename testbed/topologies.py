@@ -47,6 +47,7 @@ class ShapedLink:
     endpoint_intfs: list[tuple[str, str]]  # (node, intf) of A and B facing the middle
     profile_ab: LinkProfile
     profile_ba: LinkProfile
+    peer_v4: str  # B's address on this link, what A pings to verify it
 
 
 @dataclass
@@ -59,7 +60,9 @@ class Access:
     client_v4: str
     client_v6: str
     shaped: str | None  # ShapedLink.middle serving it (may be shared by all clients)
-    carrier: list[tuple[str, str]]  # (node, intf) to set down for a real link failure of this client
+    carrier: list[
+        tuple[str, str]
+    ]  # (node, intf) to set down for a real link failure of this client
 
 
 @dataclass
@@ -97,14 +100,24 @@ class LabTopo(Topo):  # type: ignore[misc]
         self.addLink(a, b, intfName1=intf_a, intfName2=intf_b)
 
     def shaped_link(
-        self, a: str, b: str, middle: str, intf_a: str, intf_b: str, ab: LinkProfile, ba: LinkProfile
+        self,
+        a: str,
+        b: str,
+        middle: str,
+        intf_a: str,
+        intf_b: str,
+        ab: LinkProfile,
+        ba: LinkProfile,
+        peer_v4: str,
     ) -> None:
         """A -- middle -- B; the middle node carries no address and shapes both directions."""
         self.host(middle)
         ma, mb = f"{middle}-a", f"{middle}-b"
         self.link(a, middle, intf_a, ma)
         self.link(middle, b, mb, intf_b)
-        self.plan.shaped[middle] = ShapedLink(middle, a, b, ma, mb, [(a, intf_a), (b, intf_b)], ab, ba)
+        self.plan.shaped[middle] = ShapedLink(
+            middle, a, b, ma, mb, [(a, intf_a), (b, intf_b)], ab, ba, peer_v4
+        )
 
 
 class AccessTopo(LabTopo):
@@ -141,7 +154,16 @@ class AccessTopo(LabTopo):
             up_r, up_c = f"r{access}-up", f"conc-r{access}"
             if shape_at == "uplink":
                 # Towards the concentrator is "ab" (the clients' upload direction).
-                self.shaped_link(router, conc, f"w{access}", up_r, up_c, profs[access], profs[access])
+                self.shaped_link(
+                    router,
+                    conc,
+                    f"w{access}",
+                    up_r,
+                    up_c,
+                    profs[access],
+                    profs[access],
+                    f"10.10{n}.0.2",
+                )
             else:
                 self.link(router, conc, up_r, up_c)
             self.addr(router, up_r, f"10.10{n}.0.1/24", f"fd00:10{n}::1/64")
@@ -161,7 +183,9 @@ class AccessTopo(LabTopo):
                 gw4, gw6 = f"10.{n}.{k}.1", f"fd00:{n}:{k}::1"
                 if shape_at == "client":
                     middle = f"w{access}" if clients == 1 else f"w{access}{k}"
-                    self.shaped_link(client, router, middle, c_intf, r_intf, profs[access], profs[access])
+                    self.shaped_link(
+                        client, router, middle, c_intf, r_intf, profs[access], profs[access], gw4
+                    )
                     carrier = [(middle, f"{middle}-a"), (middle, f"{middle}-b")]
                 else:
                     middle = f"w{access}"
@@ -212,14 +236,22 @@ class PairTopo(LabTopo):
         self.plan = Plan()
         prof = (profiles or {}).get("link", LinkProfile())
         h1, h2 = self.host("h1"), self.host("h2")
-        self.shaped_link(h1, h2, "wlink", "h1-eth0", "h2-eth0", prof, prof)
+        self.shaped_link(h1, h2, "wlink", "h1-eth0", "h2-eth0", prof, prof, "10.0.0.2")
         self.addr(h1, "h1-eth0", "10.0.0.1/24", "fd00::1/64")
         self.addr(h2, "h2-eth0", "10.0.0.2/24", "fd00::2/64")
         self.plan.clients.append(h1)
         self.plan.servers.append(h2)
         self.plan.server_addrs[h2] = ("10.0.0.2", "fd00::2")
         self.plan.accesses.append(
-            Access("link", h1, "h1-eth0", "10.0.0.1", "fd00::1", "wlink", [("wlink", "wlink-a"), ("wlink", "wlink-b")])
+            Access(
+                "link",
+                h1,
+                "h1-eth0",
+                "10.0.0.1",
+                "fd00::1",
+                "wlink",
+                [("wlink", "wlink-a"), ("wlink", "wlink-b")],
+            )
         )
 
 

@@ -1,0 +1,213 @@
+"""Is the network what was asked for? Measure a shaped link and compare with its settings.
+
+Two uses:
+* `verify_link(lab, middle)` before an experiment: RTT by ping, loss by a counted ping burst,
+  rate by a short iperf3; returns rows with an `ok` verdict, and `require_fidelity()` refuses
+  to go on when one is off (the way Mininet's reproducibility experiments checked first).
+* `run_benchmark()` (`qtlab fidelity`, `make fidelity`): a two-host link swept over delay
+  {5, 20, 50, 100 ms}, loss {0.1, 1, 5 %}, rate {10, 50, 100 Mbit/s} and queue delay under
+  load, written to results/fidelity/<timestamp>/fidelity.csv.
+
+Delay is configured on one direction and measured as median RTT minus the median RTT of the
+same link unimpaired in the same run, so the machine's own latency cancels out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.lab import Lab
+from testbed.profiles import LinkProfile
+
+# A full-size TCP/IPv4 segment with timestamps carries 1448 payload bytes in a 1514-byte frame;
+# the wire's rate counts whole frames, so this is the best TCP goodput can do.
+TCP_GOODPUT_FRACTION = 1448 / 1514
+FIELDS = ["parameter", "configured", "measured", "unit", "backend", "ok", "detail"]
+
+
+class FidelityError(RuntimeError):
+    """The shaped network is not what was configured."""
+
+
+@dataclass
+class Row:
+    parameter: str
+    configured: float
+    measured: float
+    unit: str
+    backend: str
+    ok: bool
+    detail: str = ""
+
+
+def ping_rtts(node: Any, dst: str, count: int, interval_s: float) -> list[float]:
+    out = str(node.cmd(f"ping -n -c {count} -i {interval_s} -W 2 {dst}"))
+    return [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def ping_loss(node: Any, dst: str, count: int, interval_s: float) -> tuple[int, int]:
+    """(sent, received) of a counted ping burst."""
+    out = str(node.cmd(f"ping -n -q -c {count} -i {interval_s} -W 2 {dst}"))
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    if not m:
+        raise FidelityError(f"ping gave no summary: {out.strip()[-200:]}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def iperf3_goodput_mbit(lab: Lab, client: Any, server: Any, dst: str, seconds: int = 3) -> float:
+    """Receiver-side TCP goodput of a short iperf3 run (first second omitted: slow start)."""
+    srv = lab.procs.start_iperf3_server(server, port=5299, idle_timeout_s=seconds + 10)
+    try:
+        time.sleep(0.3)
+        out = str(
+            client.cmd(f"iperf3 -c {dst} -p 5299 -t {seconds} -O 1 --connect-timeout 3000 -J")
+        )
+        data = json.loads(out[out.index("{") :])
+        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
+    except (ValueError, KeyError) as exc:
+        raise FidelityError(f"iperf3 gave no result: {exc}") from None
+    finally:
+        lab.procs.stop(srv)
+
+
+def _median(xs: list[float]) -> float:
+    if not xs:
+        raise FidelityError("no ping reply came back over the link")
+    return statistics.median(xs)
+
+
+def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
+    """Measure one shaped link of a running lab against its current settings (A -> B and back)."""
+    link = lab.plan.shaped[middle]
+    shaper = lab.shapers[middle]
+    backend = str(lab.backend)
+    a, b = lab.node(link.node_a), lab.node(link.node_b)
+    saved = dict(shaper.profiles)
+    ab, ba = saved["ab"], saved["ba"]
+    rows: list[Row] = []
+    shaper.set_profile("both", LinkProfile())
+    base = _median(ping_rtts(a, link.peer_v4, 10, 0.05))
+    shaper.set_profile("ab", ab)
+    shaper.set_profile("ba", ba)
+    want = ab.delay_ms + ba.delay_ms
+    got = _median(ping_rtts(a, link.peer_v4, 10, max(0.05, want / 1000))) - base
+    tol = 1.0 + ab.jitter_ms + ba.jitter_ms
+    rows.append(Row("rtt_added", want, round(got, 3), "ms", backend, abs(got - want) <= tol))
+    want_loss = 100 * (1 - (1 - ab.loss_pct / 100) * (1 - ba.loss_pct / 100))
+    sent, received = ping_loss(a, link.peer_v4, loss_burst, 0.001)
+    got_loss = 100 * (sent - received) / sent
+    sigma = 100 * (want_loss / 100 * (1 - want_loss / 100) / sent) ** 0.5
+    ok = abs(got_loss - want_loss) <= max(0.5, 3 * sigma)
+    rows.append(Row("loss_round_trip", round(want_loss, 3), round(got_loss, 3), "%", backend, ok))
+    if ab.rate_mbit:
+        want_rate = ab.rate_mbit * TCP_GOODPUT_FRACTION
+        got_rate = iperf3_goodput_mbit(lab, a, b, link.peer_v4)
+        judged = ab.loss_pct == 0 and ba.loss_pct == 0  # TCP under random loss is not the rate
+        ok = not judged or abs(got_rate - want_rate) <= 0.05 * want_rate
+        detail = "" if judged else "not judged: TCP goodput under random loss is below the rate"
+        rows.append(
+            Row(
+                "tcp_goodput",
+                round(want_rate, 2),
+                round(got_rate, 2),
+                "Mbit/s",
+                backend,
+                ok,
+                detail,
+            )
+        )
+    return rows
+
+
+def require_fidelity(rows: list[Row]) -> None:
+    """Refuse to run an experiment on a network that is not what was asked for."""
+    bad = [r for r in rows if not r.ok]
+    if bad:
+        text = "; ".join(
+            f"{r.parameter} configured {r.configured} measured {r.measured}" for r in bad
+        )
+        raise FidelityError(f"the shaped network is off ({text}); see the fidelity rows.")
+
+
+def _queue_delay_under_load(lab: Lab, backend: str) -> list[Row]:
+    """Bufferbloat: a full drop-tail queue adds queue_packets * frame / rate of delay."""
+    h1, h2 = lab.node("h1"), lab.node("h2")
+    shaper = lab.shapers["wlink"]
+    rate, queue = 10.0, 100
+    shaper.set_profile("both", LinkProfile())
+    shaper.set("ab", rate_mbit=rate, queue_packets=queue)
+    idle = _median(ping_rtts(h1, "10.0.0.2", 10, 0.05))
+    # A loss-based algorithm fills the queue (BBR would keep it nearly empty, as it should).
+    cc = lab.set_congestion_control("h1", "cubic")
+    srv = lab.procs.start_iperf3_server(h2, port=5298, idle_timeout_s=20)
+    time.sleep(0.3)
+    load = lab.procs.start(h1, "iperf3-load", ["iperf3", "-c", "10.0.0.2", "-p", "5298", "-t", "6"])
+    try:
+        time.sleep(2.0)  # past slow start: the queue is in its steady sawtooth
+        loaded = ping_rtts(h1, "10.0.0.2", 30, 0.1)
+    finally:
+        lab.procs.stop(load)
+        lab.procs.stop(srv)
+    full = queue * 1514 * 8 / (rate * 1e6) * 1000
+    detail = f"idle RTT {idle:.2f} ms, cc {cc}, max {max(loaded, default=0):.1f} ms"
+    med = _median(loaded) - idle
+    # Loss-based TCP keeps the queue between half and full: "visible as with netem".
+    ok = 0.3 * full <= med <= 1.1 * full
+    return [Row("queue_delay_under_load", round(full, 2), round(med, 2), "ms", backend, ok, detail)]
+
+
+def run_benchmark(backend: str = "auto", out_root: Path = Path("results/fidelity")) -> Path:
+    """The configured-vs-measured table of this machine; returns the CSV path."""
+    out_dir = out_root / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    with Lab("pair", backend=backend, log_dir=out_dir / "logs") as lab:
+        be = str(lab.backend)
+        h1, h2 = lab.node("h1"), lab.node("h2")
+        shaper = lab.shapers["wlink"]
+        base = _median(ping_rtts(h1, "10.0.0.2", 20, 0.05))
+        for delay in (5.0, 20.0, 50.0, 100.0):
+            shaper.set_profile("both", LinkProfile())
+            shaper.set("ab", delay_ms=delay)
+            got = _median(ping_rtts(h1, "10.0.0.2", 20, 0.05)) - base
+            rows.append(Row("delay", delay, round(got, 3), "ms", be, abs(got - delay) <= 1.0))
+        for loss in (0.1, 1.0, 5.0):
+            shaper.set_profile("both", LinkProfile())
+            shaper.set("ab", loss_pct=loss)
+            sent, received = ping_loss(h1, "10.0.0.2", 10000, 0.0002)
+            got = 100 * (sent - received) / sent
+            rows.append(
+                Row("loss", loss, round(got, 3), "%", be, abs(got - loss) <= 0.5, f"{sent} pings")
+            )
+        for rate in (10.0, 50.0, 100.0):
+            shaper.set_profile("both", LinkProfile())
+            shaper.set("ab", rate_mbit=rate)
+            want = rate * TCP_GOODPUT_FRACTION
+            got = iperf3_goodput_mbit(lab, h1, h2, "10.0.0.2", seconds=4)
+            ok = abs(got - want) <= 0.05 * want
+            detail = f"rate {rate:g} Mbit/s of frames = {want:.2f} Mbit/s TCP goodput at best"
+            rows.append(Row("tcp_goodput", round(want, 2), round(got, 2), "Mbit/s", be, ok, detail))
+        rows += _queue_delay_under_load(lab, be)
+        meta = lab.describe()
+    path = out_dir / "fidelity.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+    (out_dir / "meta.json").write_text(json.dumps({"baseline_rtt_ms": base, **meta}, indent=1))
+    return path
+
+
+def format_table(path: Path) -> str:
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
