@@ -100,18 +100,16 @@ VALUE_DECODERS: list[tuple[type[ControlMessage | StreamMessage], st.SearchStrate
 @pytest.mark.parametrize(
     ("cls", "valid"), VALUE_DECODERS, ids=[c.__name__ for c, _ in VALUE_DECODERS]
 )
+@fuzz_settings
+@given(data=st.data())
 def test_fuzz_decode_value(
-    cls: type[ControlMessage | StreamMessage], valid: st.SearchStrategy[bytes]
+    cls: type[ControlMessage | StreamMessage], valid: st.SearchStrategy[bytes], data: st.DataObject
 ) -> None:
-    @fuzz_settings
-    @given(fuzz_inputs(valid.map(lambda wire: wire[2:])))
-    def run(value: bytes) -> None:
-        message = only_tunnel_errors(cls.decode_value, value)
-        if message is not None:
-            assert isinstance(message, cls)
-            assert cls.decode_value(message.encode()[2:]) == message
-
-    run()
+    value = data.draw(fuzz_inputs(valid.map(lambda wire: wire[2:])), label="value")
+    message = only_tunnel_errors(cls.decode_value, value)
+    if message is not None:
+        assert isinstance(message, cls)
+        assert cls.decode_value(message.encode()[2:]) == message
 
 
 @fuzz_settings

@@ -48,7 +48,16 @@ control_messages: st.SearchStrategy[ControlMessage] = st.one_of(
     access_reports, new_sessions, session_id_tlvs, join_sessions
 )
 
-destinations = st.ip_addresses().filter(is_allowed_destination)
+_ipv4_destinations = st.ip_addresses(v=4).filter(is_allowed_destination)
+# Drawn from networks with many allowed addresses: st.ip_addresses() alone often picks one-address
+# networks such as ::1/128 whose only member the filter must reject.
+destinations = st.one_of(
+    _ipv4_destinations,
+    _ipv4_destinations.map(lambda a: IPv6Address(f"::ffff:{a}")),  # the v4-mapped spelling
+    st.ip_addresses(network="2000::/3"),
+    st.ip_addresses(network="fc00::/7"),
+    st.ip_addresses(network="fe80::/10"),
+)
 tcp_connects = st.builds(TcpConnect, destinations, st.integers(1, 0xFFFF))
 tcp_connect_oks = st.just(TcpConnectOk())
 error_codes = st.one_of(st.sampled_from(StreamErrorCode), st.integers(0, 0xFFFF))
