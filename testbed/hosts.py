@@ -42,6 +42,15 @@ def pid_cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def pid_start_time(pid: int) -> int:
+    """When the process started (clock ticks since boot; 0 if gone): tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
 class RunState:
     """The on-disk record of one run: what to kill and restore if the run dies uncleanly."""
 
@@ -50,8 +59,9 @@ class RunState:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data: dict[str, Any] = {
             "owner_pid": os.getpid(),
-            "nodes": {},  # node name -> shell pid (its command line ends in "mininet:<name>")
-            "procs": [],  # [{"pid": int, "argv0": str}] programs started in nodes
+            # node name -> {"pid", "start"}: its shell (command line ends in "mininet:<name>")
+            "nodes": {},
+            "procs": [],  # [{"pid", "start", "argv0"}]: programs started in nodes
             "sysctl": {},  # host-wide key -> value before we changed it
         }
         self.save()
@@ -66,11 +76,11 @@ class RunState:
         tmp.replace(self.path)
 
     def add_node(self, name: str, pid: int) -> None:
-        self.data["nodes"][name] = pid
+        self.data["nodes"][name] = {"pid": pid, "start": pid_start_time(pid)}
         self.save()
 
     def add_proc(self, pid: int, argv0: str) -> None:
-        self.data["procs"].append({"pid": pid, "argv0": argv0})
+        self.data["procs"].append({"pid": pid, "start": pid_start_time(pid), "argv0": argv0})
         self.save()
 
     def remove_proc(self, pid: int) -> None:
@@ -91,9 +101,13 @@ class RunState:
         self.save()
 
     def finish(self) -> None:
-        """The run ended cleanly: nothing left to undo (logs stay in the directory)."""
+        """The run ended cleanly: nothing left to undo. Logs stay; scratch files go."""
+        for path in self.dir.iterdir():
+            if path.is_file():
+                with contextlib.suppress(OSError):
+                    path.unlink()
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            self.dir.rmdir()  # only if no logs were kept in it
 
 
 @dataclass

@@ -59,10 +59,10 @@ class Lab:
         from mininet.net import Mininet
 
         setLogLevel("warning")
-        self.backend = resolve_backend(self.requested_backend)
         self._old_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         started = time.monotonic()
         try:
+            self.backend = resolve_backend(self.requested_backend)
             self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
             # Hosts first so their shells are on record before anything can fail.
             for name in self.topo.hosts():

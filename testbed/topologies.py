@@ -129,7 +129,7 @@ class AccessTopo(LabTopo):
     variant: 2 shaping processes whatever N).
     """
 
-    def build(  # type: ignore[override]
+    def build(
         self,
         clients: int = 1,
         servers: int = 1,
@@ -232,7 +232,7 @@ class NClientTopo(AccessTopo):
 class PairTopo(LabTopo):
     """Two hosts and one shaped link, h1 -- wlink -- h2: what the fidelity benchmark measures."""
 
-    def build(self, profiles: dict[str, LinkProfile] | None = None) -> None:  # type: ignore[override]
+    def build(self, profiles: dict[str, LinkProfile] | None = None) -> None:
         self.plan = Plan()
         prof = (profiles or {}).get("link", LinkProfile())
         h1, h2 = self.host("h1"), self.host("h2")

@@ -1,0 +1,207 @@
+"""`qtlab`: bring a topology up, check the machine, clean up after a crash, measure fidelity.
+
+qtlab up reference [--backend auto|netem|wire] [--profile wifi=lte,delay_ms=30] [--cc cubic]
+qtlab up nclient --clients 50
+qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from testbed.profiles import PROFILES, LinkProfile, ProfileError, parse_overrides, profile
+from testbed.shaping import BACKENDS, DIRECTIONS, ShapingError
+from testbed.topologies import TOPOLOGIES, TopologyError
+
+ACCESS_HELP = """<access> <verb> [value] [dir=up|down|both] [client=cK]
+  verbs: down | up (a real carrier loss and back), blackhole on|off (100 % loss, link up),
+         delay MS, jitter MS, loss PCT, rate MBIT (0 = unlimited), queue PACKETS,
+         reorder on|off, show
+  examples: wifi down | 5g loss 5 | wifi delay 20 dir=up | wifi down client=c3"""
+
+VERB_FIELD = {
+    "delay": "delay_ms",
+    "jitter": "jitter_ms",
+    "loss": "loss_pct",
+    "rate": "rate_mbit",
+    "queue": "queue_packets",
+}
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one sentence."""
+
+
+def parse_profile_args(items: list[str]) -> dict[str, LinkProfile]:
+    """["wifi=lte,delay_ms=30", "5g=5g"] -> {"wifi": lte with delay 30, "5g": 5g profile}."""
+    out: dict[str, LinkProfile] = {}
+    for item in items:
+        access, sep, rest = item.partition("=")
+        if not sep:
+            raise UserError(f"--profile {item!r}: write ACCESS=PROFILE[,field=value...].")
+        name, _, overrides = rest.partition(",")
+        out[access] = profile(name, **parse_overrides(overrides))
+    return out
+
+
+def access_command(lab: Any, access: str, line: str) -> str:
+    """Apply one `<access> ...` CLI command to a running lab; returns what to print."""
+    words = line.split()
+    opts = dict(w.split("=", 1) for w in words if "=" in w)
+    args = [w for w in words if "=" not in w]
+    if not args:
+        raise UserError(ACCESS_HELP)
+    verb, value = args[0], (args[1] if len(args) > 1 else None)
+    client = opts.get("client")
+    direction = opts.get("dir", "both")
+    if direction not in DIRECTIONS:
+        raise UserError(f"dir must be one of {', '.join(DIRECTIONS)}.")
+    if verb == "down":
+        lab.access_down(access, client)
+        return f"{access}: link down (carrier lost)"
+    if verb == "up":
+        lab.access_up(access, client)
+        return f"{access}: link up"
+    shaper = lab.shaper(access, client)
+    if verb == "show":
+        return str(shaper.describe())
+    if verb == "blackhole":
+        shaper.blackhole(value != "off")
+        return f"{access}: blackhole {'off' if value == 'off' else 'on'}"
+    if verb == "reorder":
+        shaper.set(direction, reorder=value != "off")
+        return f"{access}: reorder {'off' if value == 'off' else 'on'} ({direction})"
+    if verb in VERB_FIELD and value is not None:
+        field = VERB_FIELD[verb]
+        try:
+            number: float | int = int(value) if field == "queue_packets" else float(value)
+        except ValueError:
+            raise UserError(f"{verb} needs a number, not {value!r}.") from None
+        shaper.set(direction, **{field: number})
+        return f"{access}: {field}={number} ({direction})"
+    raise UserError(ACCESS_HELP)
+
+
+def _run_cli(lab: Any) -> None:
+    from mininet.cli import CLI
+    from mininet.log import setLogLevel
+
+    setLogLevel("output")  # the CLI prints node command output at this level
+
+    def make(access: str) -> Any:
+        def do_access(self: Any, line: str) -> None:
+            try:
+                print(access_command(lab, access, line))
+            except (UserError, ProfileError, ShapingError, RuntimeError) as exc:
+                print(f"error: {exc}")
+
+        do_access.__doc__ = ACCESS_HELP.replace("<access>", access)
+        return do_access
+
+    names = sorted({a.name for a in lab.plan.accesses})
+    methods = {f"do_{name}": make(name) for name in names}
+    cls = type("QtlabCLI", (CLI,), methods)
+    print(f"qtlab: backend {lab.backend}; access commands: {', '.join(names)} (try `help wifi`).")
+    cls(lab.net)
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UserError(f"qtlab {what} needs root (network namespaces, Mininet): run it with sudo.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qtlab", description="QUIC Tunnel Lab testbed")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="bring a topology up and open the Mininet CLI")
+    up.add_argument("topology", help=f"one of {', '.join(sorted(TOPOLOGIES))}")
+    up.add_argument("--backend", choices=BACKENDS, default="auto")
+    up.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="ACCESS=NAME[,f=v...]",
+        help=f"link profile per access; names: {', '.join(sorted(PROFILES))}",
+    )
+    up.add_argument("--clients", type=int, help="number of clients (nclient topology)")
+    up.add_argument("--servers", type=int, help="number of servers")
+    up.add_argument("--cc", help="TCP congestion control on clients, servers, concentrator")
+    sub.add_parser("doctor", help="report kernel features, programs and privileges")
+    sub.add_parser("clean", help="remove what crashed qtlab runs left behind (only ours)")
+    fid = sub.add_parser("fidelity", help="measure configured vs real delay, loss and rate")
+    fid.add_argument("--backend", choices=BACKENDS, default="auto")
+    fid.add_argument("--out", type=Path, default=Path("results/fidelity"))
+    sub.add_parser("topologies", help="list the registered topologies")
+    return p
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "topologies":
+        for name, cls in sorted(TOPOLOGIES.items()):
+            print(f"{name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    if args.command == "doctor":
+        from testbed.doctor import report, run_checks
+
+        checks = run_checks()
+        print(report(checks))
+        return 0 if all(c.ok for c in checks if c.name not in ("netem", "mptcp")) else 1
+    if args.command == "clean":
+        _require_root("clean")
+        from testbed.cleanup import clean
+
+        done = clean()
+        print("\n".join(done) if done else "nothing to clean")
+        return 0
+    if args.command == "fidelity":
+        _require_root("fidelity")
+        from testbed.fidelity import format_table, run_benchmark
+
+        path = run_benchmark(args.backend, args.out)
+        print(format_table(path))
+        print(f"written to {path}")
+        return 0
+    _require_root("up")
+    if args.topology not in TOPOLOGIES:
+        raise UserError(
+            f"unknown topology {args.topology!r}; choose one of {', '.join(sorted(TOPOLOGIES))}."
+        )
+    params: dict[str, Any] = {}
+    profiles = parse_profile_args(args.profile)
+    if profiles:
+        params["profiles"] = profiles
+    if args.clients is not None:
+        if args.topology != "nclient":
+            raise UserError("--clients only applies to the nclient topology.")
+        params["clients"] = args.clients
+    if args.servers is not None:
+        params["servers"] = args.servers
+    from testbed.lab import Lab
+
+    with Lab(args.topology, backend=args.backend, congestion_control=args.cc, **params) as lab:
+        print(f"qtlab: {args.topology} up in {lab.build_seconds:.1f} s")
+        _run_cli(lab)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (UserError, ProfileError, TopologyError, ShapingError) as exc:
+        print(f"qtlab: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # LabError, FidelityError: the network could not be built/verified
+        print(f"qtlab: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qtlab: interrupted; everything was stopped.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
