@@ -84,6 +84,12 @@ class Lab:
         plan = self.plan
         for name in plan.routers:
             self.node(name).cmd("sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
+        for name in plan.clients:
+            # A failed access's routes must not win the lookup: traffic falls over to the other.
+            self.node(name).cmd(
+                "sysctl -q -w net.ipv4.conf.all.ignore_routes_with_linkdown=1 "
+                "net.ipv6.conf.all.ignore_routes_with_linkdown=1"
+            )
         for name, lines in plan.ip_batch.items():
             # `ip -batch` lines take no -6 option: IPv6 lines go to a second `ip -6 -batch`.
             v4 = [line for line in lines if not line.startswith("-6 ")]

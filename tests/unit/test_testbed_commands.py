@@ -1,0 +1,158 @@
+"""Command construction of both shaping backends, the CLI's access commands, clean-up records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import cli
+from testbed.cleanup import clean_run
+from testbed.fidelity import FidelityError, Row, require_fidelity
+from testbed.hosts import RunState
+from testbed.profiles import LinkProfile
+from testbed.shaping import NetemShaper, ShapingError, WireShaper, netem_args, wire_settings
+
+
+class FakeNode:
+    name = "wtest"
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def cmd(self, line: str) -> str:
+        self.commands.append(line)
+        return "rc=0"
+
+
+def test_netem_args_full_profile() -> None:
+    p = LinkProfile(
+        delay_ms=20, jitter_ms=5, reorder=True, loss_pct=1.5, rate_mbit=50, queue_packets=200
+    )
+    assert netem_args(p) == [
+        "netem", "limit", "200", "delay", "20ms", "5ms", "loss", "1.5%", "rate", "50mbit",
+    ]  # fmt: skip
+
+
+def test_netem_jitter_without_reorder_adds_a_rate_and_byte_limit_becomes_packets() -> None:
+    p = LinkProfile(delay_ms=10, jitter_ms=2, queue_packets=0, queue_bytes=15140)
+    assert netem_args(p) == ["netem", "limit", "10", "delay", "10ms", "2ms", "rate", "100gbit"]
+
+
+def test_netem_blackhole_is_total_loss() -> None:
+    assert netem_args(LinkProfile(), blackhole=True) == ["netem", "limit", "1000", "loss", "100%"]
+
+
+def test_netem_shaper_shapes_egress_of_the_far_side() -> None:
+    node = FakeNode()
+    shaper = NetemShaper(node, "wtest-a", "wtest-b")
+    shaper.set("up", delay_ms=7)
+    assert shaper.command("ab")[:6] == ["tc", "qdisc", "replace", "dev", "wtest-b", "root"]
+    assert node.commands[-1].startswith(
+        "tc qdisc replace dev wtest-b root netem limit 1000 delay 7ms"
+    )
+    shaper.set("down", loss_pct=3)
+    assert "dev wtest-a root netem limit 1000 loss 3%" in node.commands[-1]
+    with pytest.raises(ShapingError, match="direction must be"):
+        shaper.set("sideways", delay_ms=1)
+
+
+def test_wire_settings_and_command() -> None:
+    p = LinkProfile(delay_ms=2.5, jitter_ms=0.5, loss_pct=0.1, rate_mbit=10, queue_bytes=3000)
+    assert wire_settings(p) == {
+        "delay_us": "2500",
+        "jitter_us": "500",
+        "reorder": "0",
+        "loss_pct": "0.1",
+        "rate_bps": "10000000",
+        "limit_pkts": "1000",
+        "limit_bytes": "3000",
+    }
+    shaper = WireShaper(FakeNode(), "a", "b", Path("/nonexistent"), None)
+    shaper.profiles["ba"] = p
+    shaper.blackholed = True
+    assert shaper.command("ba").startswith("set ba delay_us=2500 ")
+    assert shaper.command("ba").endswith(" down=1")
+
+
+class FakeLab:
+    def __init__(self) -> None:
+        self.shaper_obj = NetemShaper(FakeNode(), "x-a", "x-b")
+        self.events: list[tuple[str, str | None]] = []
+
+    def shaper(self, access: str, client: str | None = None) -> Any:
+        return self.shaper_obj
+
+    def access_down(self, access: str, client: str | None = None) -> None:
+        self.events.append(("down", client))
+
+    def access_up(self, access: str, client: str | None = None) -> None:
+        self.events.append(("up", client))
+
+
+def test_access_commands() -> None:
+    lab = FakeLab()
+    assert "delay_ms=20.0 (up)" in cli.access_command(lab, "wifi", "delay 20 dir=up")
+    assert lab.shaper_obj.profiles["ab"].delay_ms == 20
+    assert lab.shaper_obj.profiles["ba"].delay_ms == 0
+    cli.access_command(lab, "5g", "loss 5")
+    assert lab.shaper_obj.profiles["ba"].loss_pct == 5
+    cli.access_command(lab, "wifi", "down client=c3")
+    cli.access_command(lab, "wifi", "up")
+    assert lab.events == [("down", "c3"), ("up", None)]
+    cli.access_command(lab, "wifi", "blackhole on")
+    assert lab.shaper_obj.blackholed
+    with pytest.raises(cli.UserError, match="needs a number"):
+        cli.access_command(lab, "wifi", "rate fast")
+    with pytest.raises(cli.UserError, match="verbs"):
+        cli.access_command(lab, "wifi", "explode")
+
+
+def test_non_root_gets_one_sentence(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["up", "reference"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "qtlab: qtlab up needs root (network namespaces, Mininet): run it with sudo."
+
+
+def test_require_fidelity_refuses_an_off_network() -> None:
+    good = Row("rtt_added", 20, 20.2, "ms", "wire", True)
+    require_fidelity([good])
+    with pytest.raises(FidelityError, match="loss_round_trip configured 1 measured 4"):
+        require_fidelity([good, Row("loss_round_trip", 1, 4, "%", "wire", False)])
+
+
+def test_clean_run_kills_only_recorded_live_processes(tmp_path: Path) -> None:
+    state = RunState(tmp_path / "run-test")
+    ours = subprocess.Popen(["sleep", "30"])
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        state.add_proc(ours.pid, "sleep")
+        # A recorded pid whose process is not what was recorded must survive.
+        state.add_proc(bystander.pid, "iperf3")
+        done = clean_run(state.path)
+        ours.wait(5)
+        time.sleep(0.1)
+        assert ours.returncode is not None
+        assert bystander.poll() is None
+        assert any(f"pid {ours.pid}" in line for line in done)
+        assert not (tmp_path / "run-test").exists()
+    finally:
+        for p in (ours, bystander):
+            p.kill()
+            p.wait()
+
+
+def test_run_state_records_json(tmp_path: Path) -> None:
+    state = RunState(tmp_path / "r")
+    state.add_node("c1", os.getpid())
+    data = json.loads(state.path.read_text())
+    assert data["owner_pid"] == os.getpid()
+    assert data["nodes"]["c1"]["pid"] == os.getpid() and data["nodes"]["c1"]["start"] > 0
+    state.finish()
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,67 @@
+"""Link profiles, overrides and the CLI's profile syntax (no root, no Mininet)."""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed.cli import parse_profile_args
+from testbed.profiles import PROFILES, LinkProfile, ProfileError, parse_overrides, profile
+
+
+def test_every_required_profile_exists_with_units_in_field_names() -> None:
+    assert {"wifi", "5g", "lte", "wired", "lossy"} <= set(PROFILES)
+    fields = set(LinkProfile().as_dict())
+    assert fields == {
+        "delay_ms",
+        "jitter_ms",
+        "reorder",
+        "loss_pct",
+        "rate_mbit",
+        "queue_packets",
+        "queue_bytes",
+    }
+
+
+def test_override_replaces_only_named_fields() -> None:
+    base = profile("wifi")
+    changed = profile("wifi", delay_ms=30, loss_pct=2)
+    assert changed.delay_ms == 30 and changed.loss_pct == 2
+    assert changed.rate_mbit == base.rate_mbit and changed.jitter_ms == base.jitter_ms
+
+
+def test_unknown_profile_and_field_get_clear_errors() -> None:
+    with pytest.raises(ProfileError, match="unknown link profile 'wlan'"):
+        profile("wlan")
+    with pytest.raises(ProfileError, match="unknown profile field"):
+        profile("wifi", latency=3)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"delay_ms": -1},
+        {"loss_pct": 101},
+        {"rate_mbit": -5},
+        {"queue_packets": -1},
+        {"delay_ms": 1, "jitter_ms": 2},
+    ],
+)
+def test_impossible_values_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ProfileError):
+        LinkProfile(**bad)
+
+
+def test_parse_overrides_types_each_field() -> None:
+    got = parse_overrides("delay_ms=20, queue_packets=50,reorder=on,loss_pct=0.5")
+    assert got == {"delay_ms": 20.0, "queue_packets": 50, "reorder": True, "loss_pct": 0.5}
+    assert isinstance(got["queue_packets"], int)
+    with pytest.raises(ProfileError, match="field=value"):
+        parse_overrides("delay=20")
+    with pytest.raises(ProfileError, match="not a number"):
+        parse_overrides("delay_ms=fast")
+
+
+def test_cli_profile_argument_maps_access_to_profile() -> None:
+    got = parse_profile_args(["wifi=lte,delay_ms=30", "5g=wired"])
+    assert got["wifi"] == profile("lte", delay_ms=30)
+    assert got["5g"] == profile("wired")
