@@ -1,0 +1,81 @@
+"""Nothing of ours survives a run: not a clean stop, not a SIGKILLed one (after `qtlab clean`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.cleanup import clean
+from testbed.hosts import ALLOWED_CC_SYSCTL, RUN_ROOT, pid_cmdline, read_sysctl
+from testbed.lab import Lab
+
+pytestmark = [pytest.mark.root, pytest.mark.mininet]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    return bool(pid_cmdline(pid))
+
+
+def our_root_leftovers() -> list[str]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [w for w in (links + netns).split() if w.rstrip(":").startswith("qtb")]
+
+
+def test_clean_stop_leaves_nothing() -> None:
+    lab = Lab("reference")
+    lab.start()
+    state = json.loads(lab.state.path.read_text())
+    wire_pids = [p.pid for p in lab.procs.procs]
+    lab.stop()
+    pids = [n["pid"] for n in state["nodes"].values()] + wire_pids
+    time.sleep(0.2)
+    assert pids and not [p for p in pids if alive(p)]
+    assert not lab.state.path.exists()
+    assert our_root_leftovers() == []
+
+
+def test_clean_after_a_killed_run_restores_everything() -> None:
+    allowed_before = read_sysctl(ALLOWED_CC_SYSCTL)
+    script = (
+        "import time\n"
+        "from testbed.lab import Lab\n"
+        "lab = Lab('reference', congestion_control='cubic').start()\n"
+        "print(lab.state.path, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        state_path = Path(proc.stdout.readline().strip())
+        assert state_path.is_relative_to(RUN_ROOT)
+        state = json.loads(state_path.read_text())
+        pids = [n["pid"] for n in state["nodes"].values()] + [p["pid"] for p in state["procs"]]
+        assert "cubic" in read_sysctl(ALLOWED_CC_SYSCTL).split()
+        os.kill(proc.pid, signal.SIGKILL)  # a crash: no finally, no atexit
+        proc.wait(10)
+        assert any(alive(p) for p in pids)
+        done = clean()
+        print("\n".join(done))
+        # Node shells may exit by themselves (their stdin closed); the programs in them do not.
+        assert any(line.startswith("killed") and "qtwire" in line for line in done)
+        time.sleep(0.3)
+        assert not [p for p in pids if alive(p)]
+        assert read_sysctl(ALLOWED_CC_SYSCTL) == allowed_before
+        assert not state_path.exists()
+        assert our_root_leftovers() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        clean()
