@@ -1,0 +1,211 @@
+"""tunnel.aio.udp on loopback (no root): QuicServer + QuicClient through QuicDriver, version
+negotiation, connection cap, and the one-sentence errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import DatagramFrameReceived, QuicEvent, StreamDataReceived
+
+from tunnel.aio.udp import (
+    BufferReport,
+    EndpointError,
+    QuicClient,
+    QuicDriver,
+    QuicServer,
+    UdpEndpoint,
+    run,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make-certs"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return out
+
+
+def configs(certs: Path) -> tuple[QuicConfiguration, QuicConfiguration]:
+    server = QuicConfiguration(is_client=False, alpn_protocols=["t"], max_datagram_frame_size=1500)
+    server.load_cert_chain(certs / "concentrator.pem", certs / "concentrator.key")
+    client = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=["t"],
+        server_name="concentrator",
+        max_datagram_frame_size=1500,
+    )
+    client.load_verify_locations(cafile=str(certs / "ca.pem"))
+    return server, client
+
+
+def echo_server(endpoint: UdpEndpoint, config: QuicConfiguration, **kw: int) -> QuicServer:
+    def on_connection(driver: QuicDriver) -> None:
+        def on_event(event: QuicEvent) -> None:
+            if isinstance(event, StreamDataReceived):
+                driver.quic.send_stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, DatagramFrameReceived):
+                driver.quic.send_datagram_frame(event.data.upper())
+
+        driver.on_event = on_event
+
+    server = QuicServer(endpoint, config, on_connection, **kw)  # type: ignore[arg-type]
+    server.start()
+    return server
+
+
+def within(seconds: float, coro: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(seconds):
+            await coro()
+
+    run(bounded())
+
+
+def test_stream_and_datagram_round_trip_and_clean_close(certs: Path) -> None:
+    server_cfg, client_cfg = configs(certs)
+
+    async def scenario() -> None:
+        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
+        got: list[QuicEvent] = []
+        arrived = asyncio.Event()
+
+        def on_event(event: QuicEvent) -> None:
+            got.append(event)
+            if isinstance(event, DatagramFrameReceived) or (
+                isinstance(event, StreamDataReceived) and event.end_stream
+            ):
+                arrived.set()
+
+        client = await QuicClient.connect(
+            UdpEndpoint.bind("127.0.0.1"), server.endpoint.local_address, client_cfg, on_event
+        )
+        assert len(server.connections) == 1
+        quic = client.driver.quic
+        quic.send_stream_data(0, b"hello", end_stream=True)
+        quic.send_datagram_frame(b"abc")
+        client.driver.transmit()
+        while not (
+            any(isinstance(e, DatagramFrameReceived) for e in got)
+            and any(isinstance(e, StreamDataReceived) and e.end_stream for e in got)
+        ):
+            arrived.clear()
+            await arrived.wait()
+        data = b"".join(e.data for e in got if isinstance(e, StreamDataReceived))
+        assert data == b"hello"
+        assert [e.data for e in got if isinstance(e, DatagramFrameReceived)] == [b"ABC"]
+        assert client.endpoint.stats.datagrams_received > 0
+        assert server.endpoint.stats.largest_receive_batch >= 1
+        await client.close()
+        await server.close()
+        assert server.connections == set()
+        assert client.driver.closed
+
+    within(15, scenario)
+
+
+def test_connection_cap_refuses_second_client(certs: Path) -> None:
+    server_cfg, client_cfg = configs(certs)
+
+    async def scenario() -> None:
+        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg, max_connections=1)
+        first = await QuicClient.connect(
+            UdpEndpoint.bind("127.0.0.1"), server.endpoint.local_address, client_cfg
+        )
+        endpoint = UdpEndpoint.bind("127.0.0.1")
+        with pytest.raises(ConnectionError, match=r"no QUIC handshake with 127\.0\.0\.1"):
+            await QuicClient.connect(
+                endpoint, server.endpoint.local_address, client_cfg, timeout=0.5
+            )
+        endpoint.close()
+        assert server.refused_connections >= 1
+        await first.close()
+        await server.close()
+
+    within(15, scenario)
+
+
+def test_version_negotiation_answer(certs: Path) -> None:
+    server_cfg, _ = configs(certs)
+
+    async def scenario() -> None:
+        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.setblocking(False)
+        probe.bind(("127.0.0.1", 0))
+        # long header, unknown version 0x1a2a3a4a, DCID 8 bytes, SCID 8 bytes, padded to 1200
+        packet = bytes([0xC0]) + bytes.fromhex("1a2a3a4a") + b"\x08" + b"D" * 8 + b"\x08"
+        packet += b"S" * 8
+        packet += bytes(1200 - len(packet))
+        loop = asyncio.get_running_loop()
+        probe.sendto(packet, server.endpoint.local_address)
+        reply = await loop.sock_recv(probe, 2000)
+        assert reply[1:5] == b"\0\0\0\0"  # version 0: Version Negotiation (RFC 9000 §17.2.1)
+        assert reply[6:14] == b"S" * 8  # its DCID is our SCID
+        assert server.connections == set()
+        probe.close()
+        await server.close()
+
+    within(10, scenario)
+
+
+def test_handshake_timeout_and_family_errors(certs: Path) -> None:
+    _, client_cfg = configs(certs)
+
+    async def scenario() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))  # nobody answers here
+        endpoint = UdpEndpoint.bind("127.0.0.1")
+        with pytest.raises(ConnectionError, match=r"within 0\.3 s: check that the concentrator"):
+            await QuicClient.connect(endpoint, silent.getsockname(), client_cfg, timeout=0.3)
+        endpoint.close()
+        endpoint = UdpEndpoint.bind("127.0.0.1")
+        with pytest.raises(ConnectionError, match="different IP families"):
+            await QuicClient.connect(endpoint, ("::1", 4433), client_cfg)
+        with pytest.raises(ConnectionError, match="is not an IP address"):
+            await QuicClient.connect(endpoint, ("localhost", 4433), client_cfg)
+        endpoint.close()
+        silent.close()
+
+    within(10, scenario)
+
+
+def test_bind_errors_are_one_sentence() -> None:
+    with pytest.raises(EndpointError, match="is not an IP address"):
+        UdpEndpoint.bind("10.0.0.300")
+    with pytest.raises(EndpointError, match="does not belong to the requested family AF_INET"):
+        UdpEndpoint.bind("::1", family=socket.AF_INET)
+    taken = UdpEndpoint.bind("127.0.0.1")
+    port = taken.local_address[1]
+    with pytest.raises(EndpointError, match=f"cannot bind UDP 127.0.0.1 port {port}"):
+        UdpEndpoint.bind("127.0.0.1", port)
+    taken.close()
+
+
+def test_ipv6_loopback_endpoint() -> None:
+    endpoint = UdpEndpoint.bind("::1")
+    assert endpoint.family == socket.AF_INET6
+    assert endpoint.local_address[0] == "::1"
+    endpoint.close()
+
+
+def test_buffer_report_warning() -> None:
+    assert BufferReport(requested=4 << 20, receive=4 << 20, send=4 << 20).warning() is None
+    capped = BufferReport(requested=4 << 20, receive=212992, send=4 << 20)
+    assert capped.capped
+    warning = capped.warning()
+    assert warning is not None
+    assert "sysctl -w net.core.rmem_max=4194304" in warning
