@@ -12,6 +12,15 @@ larger than the datagram budget cannot be forwarded). A router answers such a pa
 
 An IPv4 packet without DF may be fragmented by a router, so no ICMP error is due for it:
 `packet_too_big` returns None and the caller fragments or drops it.
+
+Choosing the source address (checked in tests/integration/test_tun.py): an error written back
+into the TUN device is input to the local kernel, and Linux drops an IPv4 packet arriving there
+whose source is one of the host's own addresses (martian source); IPv6 accepts it. So when writing
+into the TUN, use an address that is not local to the host, e.g. the peer's tunnel address (the
+"router" at the far end of the tunnel link); with the host's own address, send the error through
+a raw socket instead. While the datagram budget is fixed, setting the TUN MTU to it lets the kernel
+itself send these errors; this module covers packets that are larger than the budget anyway
+(the budget shrank, or differs between the connections of a session).
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ import argparse
 import asyncio
 import json
 import sys
+from ipaddress import IPv4Address, IPv6Address
 
 from tunnel.aio.tun import TunDevice
 from tunnel.aio.udp import run
-from tunnel.icmp import internet_checksum
+from tunnel.icmp import internet_checksum, packet_too_big
 
 
 def echo_reply(packet: bytes) -> bytes | None:
@@ -50,11 +51,28 @@ async def main(args: argparse.Namespace) -> None:
         addresses=["10.77.0.1/24", "fd00:77::1/64"],
         routes=["10.79.0.0/16"],
     )
-    counts = {"echo_replies": 0, "other": 0, "udp9": 0, "batches": [], "batch_size": args.batch}
+    counts = {
+        "echo_replies": 0,
+        "other": 0,
+        "udp9": 0,
+        "too_big": 0,
+        "batches": [],
+        "batch_size": args.batch,
+    }
+
+    source_v4 = IPv4Address(args.ptb_source_v4)
+    source_v6 = IPv6Address(args.ptb_source_v6)
+
+    def answer(packet: bytes) -> bytes | None:
+        # what a tunnel endpoint does with a packet larger than its datagram budget
+        if len(packet) > args.budget:
+            counts["too_big"] += 1  # type: ignore[operator]
+            return packet_too_big(packet, args.budget, source_v4, source_v6)
+        return echo_reply(packet)
 
     def on_packets(batch: list[bytes]) -> None:
         counts["batches"].append(len(batch))  # type: ignore[union-attr]
-        replies = [r for r in map(echo_reply, batch) if r is not None]
+        replies = [r for r in map(answer, batch) if r is not None]
         counts["other"] += len(batch) - len(replies)  # type: ignore[operator]
         # the test's burst: IPv4 UDP to port 9 (the kernel adds IPv6 RS/MLD of its own)
         counts["udp9"] += sum(  # type: ignore[operator]
@@ -90,4 +108,7 @@ if __name__ == "__main__":
     parser.add_argument("--mtu", type=int, default=1400)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lifetime", type=float, default=60.0)
+    parser.add_argument("--budget", type=int, default=1400)
+    parser.add_argument("--ptb-source-v4", default="10.77.0.254")
+    parser.add_argument("--ptb-source-v6", default="fd00:77::fe")
     run(main(parser.parse_args()))

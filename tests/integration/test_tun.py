@@ -128,3 +128,51 @@ def test_not_root_error(ns: str) -> None:
     assert result.stdout.strip() == (
         "opening /dev/net/tun needs root (or CAP_NET_ADMIN): run as root"
     ), result.stderr
+
+
+def ping(ns: str, *args: str) -> str:
+    result = subprocess.run(
+        ["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.3", "-W", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return result.stdout + result.stderr
+
+
+def test_packet_too_big_reaches_the_sender_and_sets_the_path_mtu(ns: str) -> None:
+    """tunnel.icmp's answers, written into the TUN, are accepted by Linux: ping reports them and
+    the kernel caches the path MTU (IPv4 frag-needed and ICMPv6 Packet Too Big)."""
+    with child(ns, "tests.integration.qta_tun_echo", "--budget", "1280") as echo:
+        expect_line(echo, "READY ")
+        out4 = ping(ns, "-M", "do", "-s", "1300", "10.79.3.4")
+        assert "From 10.77.0.254 icmp_seq=1 Frag needed and DF set (mtu = 1280)" in out4, out4
+        assert "mtu 1280" in run("ip", "-n", ns, "route", "get", "10.79.3.4").stdout
+        out6 = ping(ns, "-M", "do", "-s", "1300", "fd00:77::5")
+        assert "From fd00:77::fe icmp_seq=1 Packet too big: mtu=1280" in out6, out6
+        assert "mtu 1280" in run("ip", "-n", ns, "-6", "route", "get", "fd00:77::5").stdout
+        # packets within the budget still get through
+        assert " 0% packet loss" in ping(ns, "-s", "1000", "10.79.3.5")
+        assert json.loads(command(echo, "stats"))["too_big"] >= 2
+
+
+def test_ipv4_frag_needed_from_a_local_address_is_dropped_by_linux(ns: str) -> None:
+    """Why the caller must not use the host's own TUN address as the ICMPv4 source when writing
+    into the TUN: Linux drops it as a martian source (IPv6 accepts it). Use the peer's tunnel
+    address, or send the error through a raw socket."""
+    with child(
+        ns,
+        "tests.integration.qta_tun_echo",
+        "--budget",
+        "1280",
+        "--ptb-source-v4",
+        "10.77.0.1",
+        "--ptb-source-v6",
+        "fd00:77::1",
+    ) as echo:
+        expect_line(echo, "READY ")
+        out4 = ping(ns, "-M", "do", "-s", "1300", "10.79.3.4")
+        assert "Frag needed" not in out4, out4
+        assert "mtu 1280" not in run("ip", "-n", ns, "route", "get", "10.79.3.4").stdout
+        out6 = ping(ns, "-M", "do", "-s", "1300", "fd00:77::5")
+        assert "Packet too big: mtu=1280" in out6, out6

@@ -248,7 +248,9 @@ class UdpEndpoint:
             else:
                 self._backlog.append(item)
                 self.stats.send_backlogged += 1
-        if self._backlog and not self._writer_armed and self._loop is not None:
+        if self._backlog and not self._writer_armed:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()  # a send-only endpoint: never started
             self._loop.add_writer(self.sock.fileno(), self._flush_backlog)
             self._writer_armed = True
 
