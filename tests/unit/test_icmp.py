@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, IPerror6, IPv6
 
@@ -156,3 +158,26 @@ def test_parse_helpers() -> None:
 def test_parse_helpers_reject_malformed(data: bytes, message: str) -> None:
     with pytest.raises(icmp.MalformedPacketError, match=message):
         icmp.source_address(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.binary(min_size=0, max_size=3000),
+    mtu=st.integers(min_value=1280, max_value=9000),
+    v6=st.booleans(),
+)
+def test_any_answer_has_valid_checksums_and_size_bound(payload: bytes, mtu: int, v6: bool) -> None:
+    if v6:
+        packet = bytes(IPv6(src="fd00:8::2", dst="2001:db8::7") / UDP() / payload)
+        reply = icmp.icmpv6_packet_too_big(packet, mtu, TUN_V6)
+        assert reply is not None and len(reply) <= 1280
+        pseudo = reply[8:40] + (len(reply) - 40).to_bytes(4, "big") + b"\0\0\0\x3a"
+        assert icmp.internet_checksum(pseudo + reply[40:]) == 0
+        assert reply[48:] == packet[: len(reply) - 48]
+    else:
+        packet = bytes(IP(src="10.8.0.2", dst="192.0.2.7", flags="DF") / UDP() / payload)
+        reply = icmp.icmpv4_frag_needed(packet, mtu, TUN_V4)
+        assert reply is not None and len(reply) <= 576
+        assert icmp.internet_checksum(reply[:20]) == 0
+        assert icmp.internet_checksum(reply[20:]) == 0
+        assert reply[28:] == packet[: len(reply) - 28]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
@@ -84,3 +86,13 @@ def test_bad_prefix_is_a_clear_error() -> None:
 
 def test_padded_packet_is_accepted(filt: IngressFilter) -> None:
     assert filt.accept(v4("10.8.0.2") + b"\x00\x00")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_get_a_verdict_never_an_exception(data: bytes) -> None:
+    filt = IngressFilter(["0.0.0.0/0", "::/0"])
+    verdict = filt.check(data)
+    if verdict is V.ACCEPTED:
+        assert data[0] >> 4 in (4, 6)
+    assert sum(filt.stats.counts.values()) == 1
