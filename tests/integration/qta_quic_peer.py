@@ -49,7 +49,9 @@ def configuration(is_client: bool, certs: str) -> QuicConfiguration:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    endpoint = UdpEndpoint.bind(args.address, args.port, interface=args.interface)
+    endpoint = UdpEndpoint.bind(
+        args.address, args.port, interface=args.interface, gso=not args.no_gso
+    )
     counts = {"connections": 0}
     streams: dict[tuple[int, int], bytearray] = {}
 
@@ -123,7 +125,9 @@ class Peer:
 
 async def connect(args: argparse.Namespace) -> tuple[QuicClient, Peer]:
     family = socket.AF_INET6 if ":" in args.remote else socket.AF_INET
-    endpoint = UdpEndpoint.bind(args.address, interface=args.interface, family=family)
+    endpoint = UdpEndpoint.bind(
+        args.address, interface=args.interface, family=family, gso=not args.no_gso
+    )
     peer = Peer()
     client = await QuicClient.connect(
         endpoint,
@@ -203,5 +207,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--lifetime", type=float, default=60.0)
     parser.add_argument("--pacing-slack", type=float, default=0.001)
+    parser.add_argument("--no-gso", action="store_true")
     arguments = parser.parse_args()
     run(serve(arguments) if arguments.role == "server" else client_main(arguments))

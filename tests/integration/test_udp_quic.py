@@ -121,8 +121,11 @@ def test_quic_over_ipv4_two_connections_one_server_socket(net: None, certs: Path
     assert isinstance(server, dict)
     assert server["connections"] == 2  # demultiplexed by connection ID on one socket
     assert server["datagrams"] > 0
-    # batching really happened on the receive side
+    # batching really happened on the receive side, and segmentation offload on the send side
     assert server["largest_receive_batch"] > 1
+    client_udp = result["client_udp"]
+    assert isinstance(client_udp, dict)
+    assert client_udp["gso_sends"] > 0
     print(
         f"\nQUIC DATAGRAM goodput over veth (IPv4, 1100-byte payloads, uvloop, batched): "
         f"{result['goodput_mbps']} Mbit/s; {server['datagrams']} of {result['queued']} "

@@ -209,3 +209,27 @@ def test_buffer_report_warning() -> None:
     warning = capped.warning()
     assert warning is not None
     assert "sysctl -w net.core.rmem_max=4194304" in warning
+
+
+@pytest.mark.parametrize("gso", [True, False])
+def test_send_batch_keeps_datagram_boundaries_and_order(gso: bool) -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(5)
+    sender = UdpEndpoint.bind("127.0.0.1", gso=gso)
+    to, to_other = receiver.getsockname(), other.getsockname()
+    sizes = [1200] * 70 + [500, 1200, 1200, 300, 300, 1300, 1]
+    batch = [(bytes([i % 256]) * n, to) for i, n in enumerate(sizes)]
+    batch.insert(10, (b"elsewhere", to_other))
+    sender.send_batch(batch)
+    got = [receiver.recv(2000) for _ in sizes]
+    assert got == [d for d, a in batch if a == to]
+    assert other.recv(2000) == b"elsewhere"
+    assert sender.stats.datagrams_sent == len(batch)
+    assert (sender.stats.gso_sends > 0) is gso
+    for s in (receiver, other):
+        s.close()
+    sender.close()
