@@ -50,7 +50,7 @@ def configuration(is_client: bool, certs: str) -> QuicConfiguration:
 
 async def serve(args: argparse.Namespace) -> None:
     endpoint = UdpEndpoint.bind(
-        args.address, args.port, interface=args.interface, gso=not args.no_gso
+        args.address, args.port, interface=args.interface, gso=not args.no_gso, gro=not args.no_gro
     )
     counts = {"connections": 0}
     streams: dict[tuple[int, int], bytearray] = {}
@@ -126,7 +126,11 @@ class Peer:
 async def connect(args: argparse.Namespace) -> tuple[QuicClient, Peer]:
     family = socket.AF_INET6 if ":" in args.remote else socket.AF_INET
     endpoint = UdpEndpoint.bind(
-        args.address, interface=args.interface, family=family, gso=not args.no_gso
+        args.address,
+        interface=args.interface,
+        family=family,
+        gso=not args.no_gso,
+        gro=not args.no_gro,
     )
     peer = Peer()
     client = await QuicClient.connect(
@@ -208,5 +212,6 @@ if __name__ == "__main__":
     parser.add_argument("--lifetime", type=float, default=60.0)
     parser.add_argument("--pacing-slack", type=float, default=0.001)
     parser.add_argument("--no-gso", action="store_true")
+    parser.add_argument("--no-gro", action="store_true")
     arguments = parser.parse_args()
     run(serve(arguments) if arguments.role == "server" else client_main(arguments))
