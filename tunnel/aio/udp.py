@@ -5,10 +5,17 @@ network, so each connection needs its own UDP socket pinned to that access: aioq
 to choose the local interface, so we bind the socket ourselves (source address and/or
 SO_BINDTODEVICE).
 
-Speed: aioquic's own asyncio layer handles one datagram per loop callback and transmits after
-each. Here one wakeup drains up to `batch_size` datagrams, feeds them all to their connections,
-and only then asks each touched connection for its datagrams to send — fewer transmit passes,
-fewer timer re-arms, bigger ACK batches. uvloop is used when it is installed (`run`).
+Speed (figures: tests/integration/test_udp_quic.py, QUIC DATAGRAMs of 1100 bytes between two
+namespaces over veth, 2 shared cores): aioquic's own asyncio layer handles one datagram per loop
+callback and, on a fast path, its pacer releases ~4 packets per wakeup (45-69 Mbit/s here).
+This layer
+- drains up to `batch_size` datagrams per wakeup, feeds them all, then transmits once per
+  touched connection (fewer transmit passes, timer re-arms and bigger ACK batches);
+- releases what the pacer would allow within `pacing_slack` (1 ms) in one burst
+  (405-434 Mbit/s);
+- sends runs of equal-size datagrams with one sendmsg (UDP GSO, 484-538 Mbit/s) and reads
+  coalesced datagrams with UDP GRO (+~8 % at the receiver);
+- runs on uvloop when it is installed (`run`).
 
 Pieces:
 - `UdpEndpoint`: the socket (bind, buffers, batched receive/send with a bounded backlog).
@@ -732,15 +739,6 @@ class QuicServer:
         self.endpoint.close()
 
 
-def rmem_max() -> int | None:
-    """net.core.rmem_max of this namespace, or None if it cannot be read."""
-    try:
-        with open("/proc/sys/net/core/rmem_max") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
-
-
 __all__ = [
     "BufferReport",
     "EndpointError",
@@ -749,6 +747,5 @@ __all__ = [
     "QuicServer",
     "UdpEndpoint",
     "UdpStats",
-    "rmem_max",
     "run",
 ]
