@@ -29,6 +29,15 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/system
 
 venv: $(STAMPS)/venv
 
+# The testbed's link shaper (this kernel has no netem): a small C program, see testbed/wire/.
+build/qtwire: testbed/wire/qtwire.c
+	@mkdir -p build
+	gcc -O2 -Wall -Wextra -o $@ $<
+
+# Configured vs measured delay, loss and rate of the shaper: results/fidelity/<timestamp>/.
+fidelity: venv build/qtwire
+	$(VENV)/bin/qtlab fidelity
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -38,7 +47,7 @@ typecheck: venv
 
 # Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks.
 # pytest exits 5 when it collected nothing; make treats that as the failure it is.
-test: lint typecheck
+test: lint typecheck build/qtwire
 	$(PY) -m pytest tests
 
 # What a user without root can run: the sans-I/O core and everything else that needs no privileges.
