@@ -46,9 +46,10 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 # Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks.
-# pytest exits 5 when it collected nothing; make treats that as the failure it is.
+# pytest exits 5 when it collected nothing; make treats that as the failure it is. QTL_LEAK_CHECK
+# fails the run if it leaves namespaces, interfaces, nft tables or helper processes behind.
 test: lint typecheck build/qtwire
-	$(PY) -m pytest tests
+	QTL_LEAK_CHECK=1 $(PY) -m pytest tests
 
 # What a user without root can run: the sans-I/O core and everything else that needs no privileges.
 test-unit: venv

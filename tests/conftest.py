@@ -1,10 +1,23 @@
-"""Shared pytest set-up: tests marked `root` (or `mininet`) skip themselves for other users."""
+"""Shared pytest set-up.
+
+- Tests marked `root` (or `mininet`) skip themselves for other users.
+- As root with QTL_LEAK_CHECK=1 (`make test` sets it), the whole run is checked for leaks:
+  network namespaces, root-namespace interfaces, nftables tables and helper processes (qtun,
+  qtwire, iperf3, tcpdump, wireguard-go) present at the end but not at the start fail the run,
+  even if every test passed: tests must clean up after themselves, failures included.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
+
+WATCHED_PROGRAMS = ("qtun", "qtwire", "iperf3", "tcpdump", "wireguard-go", "mnexec")
+_baseline: dict[str, set[str]] = {}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -14,3 +27,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords or "mininet" in item.keywords:
             item.add_marker(skip)
+
+
+def _lines(argv: list[str]) -> list[str]:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.stdout.splitlines()
+
+
+def _system_state() -> dict[str, set[str]]:
+    netns = {line.split()[0] for line in _lines(["ip", "netns", "list"]) if line.strip()}
+    links: set[str] = set()
+    for line in _lines(["ip", "-j", "link", "show"]):
+        try:
+            links |= {str(item["ifname"]) for item in json.loads(line)}
+        except (ValueError, KeyError, TypeError):
+            continue
+    tables = {line.strip() for line in _lines(["nft", "list", "tables"]) if line.strip()}
+    procs: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [os.path.basename(a.decode(errors="replace")) for a in argv[:3] if a]
+        if any(w in WATCHED_PROGRAMS or w.startswith("qtun") for w in words):
+            procs.add(f"{entry.name} {' '.join(words)}")
+    return {"netns": netns, "links": links, "nft tables": tables, "processes": procs}
+
+
+def _leak_check_on() -> bool:
+    return os.geteuid() == 0 and os.environ.get("QTL_LEAK_CHECK") == "1"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _leak_check_on():
+        _baseline.update(_system_state())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _leak_check_on() or not _baseline:
+        return
+    now = _system_state()
+    leaks = {kind: sorted(now[kind] - _baseline.get(kind, set())) for kind in now}
+    leaks = {kind: items for kind, items in leaks.items() if items}
+    if leaks:
+        text = "; ".join(f"{kind}: {', '.join(items)}" for kind, items in leaks.items())
+        print(f"\nerror: the tests left these behind (a test does not clean up): {text}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
