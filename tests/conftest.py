@@ -54,9 +54,13 @@ def _system_state() -> dict[str, set[str]]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        words = [os.path.basename(a.decode(errors="replace")) for a in argv[:3] if a]
-        if any(w in WATCHED_PROGRAMS or w.startswith("qtun") for w in words):
-            procs.add(f"{entry.name} {' '.join(words)}")
+        words = [os.path.basename(a.decode(errors="replace")) for a in argv if a]
+        # a Mininet node's shell ends in "mininet:<node>"; programs may run under python -m
+        if any(
+            w in WATCHED_PROGRAMS or w.startswith(("qtun", "mininet:", "tunnel.aio"))
+            for w in words[:6]
+        ):
+            procs.add(f"{entry.name} {' '.join(words[:6])}")
     return {"netns": netns, "links": links, "nft tables": tables, "processes": procs}
 
 
