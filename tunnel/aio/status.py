@@ -1,0 +1,106 @@
+"""The status file of `qtun client` and `qtun concentrator`: one JSON document a script can read
+at any moment (keys: /work/notes/wave2.md, README "Status file").
+
+Written atomically — to a temporary file in the same directory, then renamed over the old one —
+so a reader never sees a half-written document (rename within one file system is atomic on
+POSIX). The program rewrites it every `interval` seconds and at each state change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("qtun.status")
+
+Snapshot = Callable[[], Mapping[str, Any]]
+
+
+def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
+    """Replace `path` with `document` as JSON so readers see the old or the new file, never a
+    mix. Raises OSError if the directory is not writable."""
+    text = json.dumps(document, sort_keys=True, default=_jsonable)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the file is meant for any reader
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value: object) -> object:
+    # Paths, addresses and enums end up in status documents: their text form is what a
+    # script wants.
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    enum_value = getattr(value, "value", None)
+    if enum_value is not None and isinstance(enum_value, str | int):
+        return enum_value
+    return str(value)
+
+
+class StatusWriter:
+    """Rewrites the status file from `snapshot()` every `interval` seconds (`start`) and on
+    demand (`write`). With `path` None every call is a no-op, so callers need no `if`."""
+
+    def __init__(self, path: Path | None, snapshot: Snapshot, interval: float = 1.0) -> None:
+        if interval <= 0:
+            raise ValueError(f"status interval must be > 0, got {interval}")
+        self.path = path
+        self.snapshot = snapshot
+        self.interval = interval
+        self.writes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._failed = False
+
+    def write(self) -> None:
+        """Write the current snapshot now; a failure is logged once, never raised (the
+        tunnel must keep running if the status directory disappears)."""
+        if self.path is None:
+            return
+        try:
+            write_json_atomic(self.path, self.snapshot())
+        except OSError as exc:
+            if not self._failed:
+                log.warning("status file not written path=%s error=%r", self.path, exc.strerror)
+            self._failed = True
+            return
+        self._failed = False
+        self.writes += 1
+
+    def start(self) -> None:
+        """Begin the periodic rewrite on the running loop (idempotent)."""
+        if self.path is None or self._task is not None:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="status-writer")
+
+    async def _run(self) -> None:
+        while True:
+            self.write()
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        """Stop the periodic rewrite and write a last snapshot (e.g. state "stopped")."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.write()
+
+
+__all__ = ["Snapshot", "StatusWriter", "write_json_atomic"]
