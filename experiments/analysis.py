@@ -1,0 +1,589 @@
+"""Load, summarise and plot experiment results: the one module the notebooks (and `make demo`) use.
+
+A run lives in `results/<experiment>/<YYYYmmdd-HHMMSS>/` with tidy CSVs and `meta.json`; the
+column sets below are the contract of docs "Results schemas" (notes/wave2.md). Loaders check the
+columns and fail with one sentence naming the file; summaries return plain DataFrames; plotting
+functions draw on an Axes the caller gives; `*_figure` helpers build a whole figure and save a PNG.
+
+Confidence intervals are Student-t intervals on the run means (`mean_ci`): with the handful of
+runs an experiment affords (3-10), a percentile bootstrap is too narrow, and the t quantile is
+computed here (no SciPy in the environment) by integrating the t density.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are saved to files; no display needed (CI, make demo)
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_ROOT = REPO_ROOT / "results"
+FIGURES_DIR = RESULTS_ROOT / "figures"
+
+RUN_DIR_PATTERN = re.compile(r"^\d{8}-\d{6}$")
+
+# Required columns per CSV (notes/wave2.md "Results schemas"); extra columns are kept.
+SCHEMAS: dict[str, tuple[str, ...]] = {
+    "failover": (
+        "variant",
+        "run",
+        "event",
+        "traffic",
+        "down_at_s",
+        "up_at_s",
+        "gap_ms",
+        "goodput_before_mbps",
+        "goodput_during_mbps",
+        "goodput_after_mbps",
+        "packets_lost",
+        "reordered",
+        "completed",
+    ),
+    "failover_timeseries": ("variant", "run", "t_s", "goodput_mbps"),
+    "overhead": (
+        "mode",
+        "payload_bytes",
+        "packets",
+        "app_bytes",
+        "wire_bytes",
+        "overhead_per_packet_bytes",
+        "overhead_pct",
+        "expected_per_packet_bytes",
+    ),
+    "goodput": ("mode", "transport", "cc", "loss_pct", "rtt_ms", "run", "goodput_mbps"),
+    "aggregation": (
+        "variant",
+        "scheduler",
+        "reorder",
+        "run",
+        "wifi_mbit",
+        "fiveg_mbit",
+        "goodput_mbps",
+        "ratio",
+    ),
+    "scale": ("clients", "client", "run", "goodput_mbps", "conc_cpu_pct", "conc_rss_mb"),
+}
+
+# Plot order and colours of the variants named in the contract; unknown variants come after.
+VARIANT_ORDER = (
+    "session-failover",
+    "session-failover-noreports",
+    "tunnel-migration",
+    "stream-migration",
+    "plain",
+    "mptcp",
+    "wireguard",
+)
+MODE_ORDER = ("plain", "tunnel", "session", "stream", "wireguard")
+
+
+class ResultsError(ValueError):
+    """Results are missing or do not follow the schema; the message is one sentence."""
+
+
+# -- locating runs ---------------------------------------------------------------------------
+def run_dirs(experiment: str, root: Path = Path("results")) -> list[Path]:
+    """Complete runs of an experiment (timestamped directories holding meta.json), oldest first."""
+    base = Path(root) / experiment
+    if not base.is_dir():
+        return []
+    return sorted(
+        p
+        for p in base.iterdir()
+        if p.is_dir() and RUN_DIR_PATTERN.match(p.name) and (p / "meta.json").is_file()
+    )
+
+
+def latest_run(experiment: str, root: Path = Path("results")) -> Path:
+    """The newest complete run of `experiment` under `root` (ResultsError if there is none)."""
+    runs = run_dirs(experiment, root)
+    if not runs:
+        raise ResultsError(
+            f"no results for experiment {experiment!r} under {Path(root) / experiment}: "
+            f"run `qtlab run {experiment}` first."
+        )
+    return runs[-1]
+
+
+def resolve_run(
+    experiment: str, results_dir: str | Path | None, root: Path = RESULTS_ROOT
+) -> Path | None:
+    """A notebook's `results_dir` parameter made concrete: the given directory (which must
+    exist), or the latest run when None/"", or None when the experiment has no run yet."""
+    if results_dir:
+        path = Path(results_dir)
+        if not path.is_dir():
+            raise ResultsError(f"results_dir {str(path)!r} is not a directory: pass a run dir.")
+        return path
+    runs = run_dirs(experiment, root)
+    return runs[-1] if runs else None
+
+
+def load_meta(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "meta.json"
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path} is missing: is {run_dir} a results run directory?") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    return meta
+
+
+# -- loaders ---------------------------------------------------------------------------------
+def load_csv(path: Path, schema: str) -> pd.DataFrame:
+    """Read one results CSV and check it has every column of `schema` (see SCHEMAS)."""
+    path = Path(path)
+    required = SCHEMAS[schema]
+    if not path.is_file():
+        raise ResultsError(f"{path} does not exist: the run has no {schema} results.")
+    try:
+        df = pd.read_csv(path, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        raise ResultsError(
+            f"{path} is empty: expected a header with {', '.join(required)}."
+        ) from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ResultsError(
+            f"{path} lacks column(s) {', '.join(missing)} required by the {schema} schema."
+        )
+    return df
+
+
+def _as_bool(series: pd.Series) -> pd.Series:
+    text = series.astype(str).str.strip().str.lower()
+    return text.isin(["true", "1", "yes"])
+
+
+def load_failover(run_dir: Path) -> pd.DataFrame:
+    df = load_csv(Path(run_dir) / "failover.csv", "failover")
+    df["completed"] = _as_bool(df["completed"])
+    df["gap_ms"] = pd.to_numeric(df["gap_ms"], errors="coerce")
+    return df
+
+
+def load_failover_timeseries(run_dir: Path) -> pd.DataFrame:
+    return load_csv(Path(run_dir) / "failover_timeseries.csv", "failover_timeseries")
+
+
+def load_overhead(run_dir: Path) -> pd.DataFrame:
+    df = load_csv(Path(run_dir) / "overhead.csv", "overhead")
+    if "workload" not in df.columns:
+        # The schema allows marking bulk rows with payload_bytes = -1 instead of a column.
+        df["workload"] = np.where(df["payload_bytes"] < 0, "bulk-tcp", "udp")
+    return df
+
+
+def load_goodput(run_dir: Path) -> pd.DataFrame:
+    df = load_csv(Path(run_dir) / "goodput.csv", "goodput")
+    df["cc"] = df["cc"].fillna("").astype(str)
+    return df
+
+
+def load_aggregation(run_dir: Path) -> pd.DataFrame:
+    return load_csv(Path(run_dir) / "aggregation.csv", "aggregation")
+
+
+def load_scale(run_dir: Path) -> pd.DataFrame:
+    return load_csv(Path(run_dir) / "scale.csv", "scale")
+
+
+# -- statistics ------------------------------------------------------------------------------
+def _t_cdf(x: float, df: int) -> float:
+    """CDF of Student's t with `df` degrees of freedom, x >= 0 (Simpson's rule on the density)."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def density(t: float) -> float:
+        return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
+
+    steps = 2000  # even; error far below the 3 significant digits a CI is reported with
+    h = x / steps
+    total = density(0.0) + density(x)
+    for i in range(1, steps):
+        total += (4 if i % 2 else 2) * density(i * h)
+    return 0.5 + total * h / 3
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p in (0.5, 1)) of Student's t with df >= 1, by bisection on the CDF."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}.")
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mean_ci(values: Sequence[float] | pd.Series, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its Student-t confidence interval (NaN half-width if n < 2)."""
+    data = np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
+    n = len(data)
+    if n == 0:
+        return math.nan, math.nan
+    mean = float(data.mean())
+    if n < 2:
+        return mean, math.nan
+    sem = float(data.std(ddof=1)) / math.sqrt(n)
+    return mean, t_quantile(0.5 + confidence / 2, n - 1) * sem
+
+
+def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
+    present = list(dict.fromkeys(values))
+    return [v for v in order if v in present] + sorted(v for v in present if v not in order)
+
+
+def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (variant, event, traffic): runs, runs that recovered, mean gap and its t-CI half-width
+    over the recovered runs, median gap, and mean goodput before/during/after."""
+    rows: list[dict[str, Any]] = []
+    for (variant, event, traffic), group in failover.groupby(
+        ["variant", "event", "traffic"], sort=False
+    ):
+        recovered = group[group["completed"] & group["gap_ms"].notna()]
+        mean, half = mean_ci(recovered["gap_ms"], confidence)
+        rows.append(
+            {
+                "variant": variant,
+                "event": event,
+                "traffic": traffic,
+                "runs": len(group),
+                "recovered": len(recovered),
+                "gap_ms_mean": mean,
+                "gap_ms_ci": half,
+                "gap_ms_median": float(recovered["gap_ms"].median())
+                if len(recovered)
+                else math.nan,
+                "goodput_before_mbps": float(group["goodput_before_mbps"].mean()),
+                "goodput_during_mbps": float(group["goodput_during_mbps"].mean()),
+                "goodput_after_mbps": float(group["goodput_after_mbps"].mean()),
+            }
+        )
+    summary = pd.DataFrame(rows)
+    if summary.empty:
+        return summary
+    order = {v: i for i, v in enumerate(_ordered(summary["variant"].tolist(), VARIANT_ORDER))}
+    summary["_order"] = summary["variant"].map(order)
+    return (
+        summary.sort_values(["_order", "event", "traffic"])
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def overhead_summary(overhead: pd.DataFrame) -> pd.DataFrame:
+    """Per (mode, workload, payload_bytes): measured overhead per packet and in % of the
+    application bytes (means over runs), the framing arithmetic, and measured - expected."""
+    summary = (
+        overhead.groupby(["mode", "workload", "payload_bytes"], sort=False)
+        .agg(
+            packets=("packets", "sum"),
+            overhead_per_packet_bytes=("overhead_per_packet_bytes", "mean"),
+            overhead_pct=("overhead_pct", "mean"),
+            expected_per_packet_bytes=("expected_per_packet_bytes", "mean"),
+        )
+        .reset_index()
+    )
+    summary["measured_minus_expected_bytes"] = (
+        summary["overhead_per_packet_bytes"] - summary["expected_per_packet_bytes"]
+    )
+    order = {m: i for i, m in enumerate(_ordered(summary["mode"].tolist(), MODE_ORDER))}
+    summary["_order"] = summary["mode"].map(order)
+    return (
+        summary.sort_values(["workload", "_order", "payload_bytes"])
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def goodput_pivot(goodput: pd.DataFrame, mode: str, transport: str, cc: str = "") -> pd.DataFrame:
+    """Mean goodput (Mbit/s) over runs of a (mode, transport, cc): rows loss_pct, cols rtt_ms."""
+    selected = goodput[
+        (goodput["mode"] == mode)
+        & (goodput["transport"] == transport)
+        & (goodput["cc"].fillna("").astype(str) == cc)
+    ]
+    return selected.pivot_table(
+        index="loss_pct", columns="rtt_ms", values="goodput_mbps", aggfunc="mean"
+    ).sort_index()
+
+
+def aggregation_summary(aggregation: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (variant, scheduler, reorder): mean goodput and ratio to the sum of rates, with t-CIs."""
+    rows: list[dict[str, Any]] = []
+    for (variant, scheduler, reorder), group in aggregation.groupby(
+        ["variant", "scheduler", "reorder"], sort=False, dropna=False
+    ):
+        goodput, goodput_ci = mean_ci(group["goodput_mbps"], confidence)
+        ratio, ratio_ci = mean_ci(group["ratio"], confidence)
+        rows.append(
+            {
+                "variant": variant,
+                "scheduler": scheduler,
+                "reorder": reorder,
+                "runs": len(group),
+                "goodput_mbps": goodput,
+                "goodput_ci": goodput_ci,
+                "ratio": ratio,
+                "ratio_ci": ratio_ci,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# -- plotting on a given Axes ----------------------------------------------------------------
+def _colour(index: int) -> str:
+    return f"C{index % 10}"
+
+
+def outage_window(failover: pd.DataFrame) -> tuple[float, float]:
+    """When the access was down (medians over runs): (down_at_s, up_at_s)."""
+    return float(failover["down_at_s"].median()), float(failover["up_at_s"].median())
+
+
+def plot_goodput_timeseries(
+    ax: Axes, timeseries: pd.DataFrame, outage: tuple[float, float] | None = None
+) -> None:
+    """Goodput over time, one line per variant (mean over runs at each sample), outage shaded."""
+    variants = _ordered(timeseries["variant"].tolist(), VARIANT_ORDER)
+    for i, variant in enumerate(variants):
+        rows = timeseries[timeseries["variant"] == variant]
+        runs = rows["run"].nunique()
+        mean = rows.groupby(rows["t_s"].round(3))["goodput_mbps"].mean()
+        label = f"{variant} (mean of {runs} runs)" if runs > 1 else variant
+        ax.plot(mean.index, mean.to_numpy(), color=_colour(i), lw=1.2, label=label)
+    if outage is not None:
+        ax.axvspan(outage[0], outage[1], color="0.85", zorder=0, label="WiFi outage")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("goodput (Mbit/s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+
+
+def plot_failover_gaps(ax: Axes, summary: pd.DataFrame) -> None:
+    """Mean gap per variant with its 95 % t-CI (log scale); variants that never recovered are
+    marked at the top instead of being dropped."""
+    labels = [f"{r.variant}\n{r.event}/{r.traffic}" for r in summary.itertuples()]
+    x = np.arange(len(summary))
+    means = summary["gap_ms_mean"].to_numpy(dtype=float)
+    errors = np.nan_to_num(summary["gap_ms_ci"].to_numpy(dtype=float), nan=0.0)
+    recovered = summary["recovered"].to_numpy()
+    for i in range(len(summary)):
+        if recovered[i] == 0:
+            ax.annotate(
+                "no recovery",
+                (x[i], 0.97),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="top",
+                rotation=90,
+                fontsize="small",
+                color="C3",
+            )
+            continue
+        lower = min(errors[i], means[i] * 0.999)  # keep the bar positive on a log axis
+        ax.errorbar(
+            x[i], means[i], yerr=[[lower], [errors[i]]], fmt="o", color=_colour(i), capsize=4
+        )
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
+    ax.set_xlim(-0.5, len(summary) - 0.5)
+    if np.isfinite(means).any() and np.nanmin(means) > 0:
+        ax.set_yscale("log")
+    ax.set_ylabel("gap (ms), mean ± 95 % t-CI")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def plot_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
+    """Measured per-packet overhead (markers) against the framing arithmetic (dashed) for the
+    UDP payload sweep, one colour per mode."""
+    summary = overhead_summary(overhead)
+    udp = summary[summary["workload"] == "udp"]
+    for i, mode in enumerate(_ordered(udp["mode"].tolist(), MODE_ORDER)):
+        rows = udp[udp["mode"] == mode]
+        ax.plot(
+            rows["payload_bytes"],
+            rows["overhead_per_packet_bytes"],
+            "o-",
+            color=_colour(i),
+            label=f"{mode} measured",
+        )
+        if rows["expected_per_packet_bytes"].notna().any():
+            ax.plot(
+                rows["payload_bytes"],
+                rows["expected_per_packet_bytes"],
+                "--",
+                color=_colour(i),
+                alpha=0.6,
+                label=f"{mode} arithmetic",
+            )
+    ax.set_xlabel("UDP application payload (B)")
+    ax.set_ylabel("wire bytes per packet beyond the payload (B)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+
+
+def plot_overhead_pct(ax: Axes, overhead: pd.DataFrame) -> None:
+    """Overhead in % of application bytes per mode over the UDP payload sweep (log scale)."""
+    summary = overhead_summary(overhead)
+    udp = summary[summary["workload"] == "udp"]
+    for i, mode in enumerate(_ordered(udp["mode"].tolist(), MODE_ORDER)):
+        rows = udp[udp["mode"] == mode]
+        ax.plot(rows["payload_bytes"], rows["overhead_pct"], "o-", color=_colour(i), label=mode)
+    ax.set_xlabel("UDP application payload (B)")
+    ax.set_ylabel("overhead (% of application bytes)")
+    if len(udp) and (udp["overhead_pct"] > 0).all():
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def plot_bulk_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
+    """Overhead in % of application bytes of the bulk TCP transfer, one bar per mode."""
+    summary = overhead_summary(overhead)
+    bulk = summary[summary["workload"] == "bulk-tcp"]
+    names = _ordered(bulk["mode"].tolist(), MODE_ORDER)
+    values = [float(bulk[bulk["mode"] == m]["overhead_pct"].mean()) for m in names]
+    positions = np.arange(len(names))
+    ax.bar(positions, values, color=[_colour(i) for i in range(len(names))])
+    for x, value in zip(positions, values, strict=True):
+        ax.text(float(x), value, f"{value:.1f}", ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(positions, names, rotation=30, ha="right")
+    ax.set_ylabel("overhead (% of application bytes)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def plot_goodput_heatmap(ax: Axes, pivot: pd.DataFrame, title: str, vmax: float | None) -> Any:
+    """One loss × RTT heatmap of mean goodput, values written in the cells."""
+    values = pivot.to_numpy(dtype=float)
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(pivot.columns)), [f"{c:g}" for c in pivot.columns])
+    ax.set_yticks(range(len(pivot.index)), [f"{i:g}" for i in pivot.index])
+    ax.set_xlabel("RTT (ms)")
+    ax.set_ylabel("loss (%)")
+    ax.set_title(title, fontsize="small")
+    limit = vmax if vmax else (np.nanmax(values) if np.isfinite(values).any() else 1.0)
+    for (row, col), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(
+                col,
+                row,
+                f"{value:.1f}",
+                ha="center",
+                va="center",
+                fontsize="x-small",
+                color="white" if value < 0.6 * limit else "black",
+            )
+    return image
+
+
+def plot_aggregation(ax: Axes, aggregation: pd.DataFrame) -> None:
+    """Goodput / sum of access rates per variant and reorder setting, with 95 % t-CIs."""
+    summary = aggregation_summary(aggregation)
+    labels = [f"{r.variant}\n{r.scheduler}, reorder={r.reorder}" for r in summary.itertuples()]
+    x = np.arange(len(summary))
+    ax.bar(
+        x,
+        summary["ratio"],
+        yerr=np.nan_to_num(summary["ratio_ci"].to_numpy(dtype=float)),
+        capsize=4,
+        color=[_colour(i) for i in range(len(summary))],
+    )
+    ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
+    ax.set_ylabel("goodput / (WiFi + 5G rate)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+# -- whole figures saved as PNG --------------------------------------------------------------
+def _save(fig: Figure, out_png: Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    return out_png
+
+
+def _run_title(run_dir: Path) -> str:
+    return f"{Path(run_dir).parent.name} run {Path(run_dir).name}"
+
+
+def failover_figure(run_dir: Path, out_png: Path) -> Path:
+    """Goodput over time per variant with the outage shaded, and the gap per variant with its
+    95 % CI; needs only failover.csv and failover_timeseries.csv of the run."""
+    failover = load_failover(run_dir)
+    timeseries = load_failover_timeseries(run_dir)
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax_ts, ax_gap = fig.subplots(1, 2, width_ratios=(2, 1))
+    plot_goodput_timeseries(ax_ts, timeseries, outage_window(failover))
+    ax_ts.set_title("goodput at the receiver", fontsize="medium")
+    plot_failover_gaps(ax_gap, failover_gap_summary(failover))
+    ax_gap.set_title("longest delivery gap around the outage", fontsize="medium")
+    fig.suptitle(_run_title(run_dir))
+    return _save(fig, out_png)
+
+
+def overhead_figure(run_dir: Path, out_png: Path) -> Path:
+    """UDP sweep: per-packet overhead (measured and arithmetic) and in %; bulk TCP in %."""
+    overhead = load_overhead(run_dir)
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_bytes, ax_pct, ax_bulk = fig.subplots(1, 3, width_ratios=(1, 1, 0.6))
+    plot_overhead(ax_bytes, overhead)
+    ax_bytes.set_title("UDP: per-packet overhead on the access link", fontsize="medium")
+    plot_overhead_pct(ax_pct, overhead)
+    ax_pct.set_title("UDP: overhead relative to application bytes", fontsize="medium")
+    plot_bulk_overhead(ax_bulk, overhead)
+    ax_bulk.set_title("bulk TCP transfer", fontsize="medium")
+    fig.suptitle(_run_title(run_dir))
+    return _save(fig, out_png)
+
+
+def goodput_figure(run_dir: Path, out_png: Path) -> Path:
+    """One loss × RTT heatmap per (mode, transport, cc), on a common colour scale."""
+    goodput = load_goodput(run_dir)
+    modes = _ordered(goodput["mode"].tolist(), MODE_ORDER)
+    combos = goodput[["mode", "transport", "cc"]].drop_duplicates()
+    keys: list[tuple[str, str, str]] = sorted(
+        ((str(m), str(t), str(c)) for m, t, c in combos.itertuples(index=False, name=None)),
+        key=lambda k: (modes.index(k[0]), k[1], k[2]),
+    )
+    columns = min(4, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    fig = Figure(figsize=(3.6 * columns + 1, 3.0 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    vmax = float(goodput["goodput_mbps"].max())
+    image = None
+    for ax, (mode, transport, cc) in zip(axes, keys, strict=False):
+        title = f"{mode} {transport}" + (f" {cc}" if cc else "")
+        image = plot_goodput_heatmap(ax, goodput_pivot(goodput, mode, transport, cc), title, vmax)
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[: len(keys)]), label="goodput (Mbit/s)", shrink=0.8)
+    fig.suptitle(_run_title(run_dir))
+    return _save(fig, out_png)
+
+
+def aggregation_figure(run_dir: Path, out_png: Path) -> Path:
+    aggregation = load_aggregation(run_dir)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    plot_aggregation(fig.subplots(), aggregation)
+    fig.suptitle(_run_title(run_dir))
+    return _save(fig, out_png)

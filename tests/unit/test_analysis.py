@@ -1,0 +1,256 @@
+"""experiments/analysis.py on small CSVs written here (the numbers are inputs, not results)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from experiments import analysis
+from experiments.analysis import ResultsError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def make_run(root: Path, experiment: str, stamp: str, meta: bool = True) -> Path:
+    run = root / experiment / stamp
+    run.mkdir(parents=True)
+    if meta:
+        (run / "meta.json").write_text(json.dumps({"experiment": experiment}))
+    return run
+
+
+FAILOVER_HEADER = list(analysis.SCHEMAS["failover"])
+
+
+def failover_row(variant: str, run: int, gap_ms: float | str, completed: bool) -> list[object]:
+    return [variant, run, "link-down", "tcp", 20.0, 40.0, gap_ms, 40.0, 10.0, 42.0, 3, 1, completed]
+
+
+def write_failover_run(run: Path) -> None:
+    write_csv(
+        run / "failover.csv",
+        FAILOVER_HEADER,
+        [
+            failover_row("session-failover", 0, 100.0, True),
+            failover_row("session-failover", 1, 110.0, True),
+            failover_row("session-failover", 2, 120.0, True),
+            failover_row("plain", 0, "", False),
+            failover_row("plain", 1, "", False),
+        ],
+    )
+    samples = []
+    for variant in ("session-failover", "plain"):
+        for run_no in range(2):
+            for i in range(600):
+                t = i * 0.1
+                down = variant == "plain" and t >= 20.0
+                samples.append([variant, run_no, round(t, 1), 0.0 if down else 40.0])
+    write_csv(
+        run / "failover_timeseries.csv", list(analysis.SCHEMAS["failover_timeseries"]), samples
+    )
+
+
+# -- locating runs ---------------------------------------------------------------------------
+def test_latest_run_picks_newest_complete_run(tmp_path: Path) -> None:
+    make_run(tmp_path, "failover", "20261126-100000")
+    newest = make_run(tmp_path, "failover", "20261126-120000")
+    make_run(tmp_path, "failover", "20261126-130000", meta=False)  # still running / crashed
+    (tmp_path / "failover" / "notes").mkdir()
+    assert analysis.latest_run("failover", tmp_path) == newest
+    assert len(analysis.run_dirs("failover", tmp_path)) == 2
+
+
+def test_latest_run_without_results_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match=r"no results for experiment 'goodput'.*qtlab run"):
+        analysis.latest_run("goodput", tmp_path)
+
+
+def test_resolve_run_default_given_and_missing(tmp_path: Path) -> None:
+    assert analysis.resolve_run("overhead", None, tmp_path) is None
+    run = make_run(tmp_path, "overhead", "20261126-100000")
+    assert analysis.resolve_run("overhead", "", tmp_path) == run
+    assert analysis.resolve_run("overhead", str(run), tmp_path) == run
+    with pytest.raises(ResultsError, match="is not a directory"):
+        analysis.resolve_run("overhead", tmp_path / "nope", tmp_path)
+
+
+def test_load_meta_errors_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match=r"meta\.json is missing"):
+        analysis.load_meta(tmp_path)
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(ResultsError, match="not valid JSON"):
+        analysis.load_meta(tmp_path)
+
+
+# -- loaders ---------------------------------------------------------------------------------
+def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
+    header = [c for c in FAILOVER_HEADER if c != "gap_ms"]
+    path = write_csv(tmp_path / "failover.csv", header, [])
+    with pytest.raises(ResultsError) as info:
+        analysis.load_failover(tmp_path)
+    message = str(info.value)
+    assert str(path) in message and "gap_ms" in message and "failover schema" in message
+
+
+def test_missing_and_empty_files(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="does not exist"):
+        analysis.load_goodput(tmp_path)
+    (tmp_path / "goodput.csv").write_text("")
+    with pytest.raises(ResultsError, match="is empty"):
+        analysis.load_goodput(tmp_path)
+
+
+def test_failover_loader_types_completed_and_gap(tmp_path: Path) -> None:
+    write_failover_run(tmp_path)
+    df = analysis.load_failover(tmp_path)
+    assert df["completed"].dtype == bool
+    assert df["completed"].tolist() == [True, True, True, False, False]
+    assert df["gap_ms"].isna().tolist() == [False, False, False, True, True]
+
+
+def test_overhead_workload_derived_from_negative_payload(tmp_path: Path) -> None:
+    header = list(analysis.SCHEMAS["overhead"])
+    write_csv(
+        tmp_path / "overhead.csv",
+        header,
+        [
+            ["tunnel", 512, 10, 5120, 6000, 88.0, 17.19, 58],
+            ["tunnel", -1, 5, 7000, 7500, 100, 7.1, 58],
+        ],
+    )
+    df = analysis.load_overhead(tmp_path)
+    assert df["workload"].tolist() == ["udp", "bulk-tcp"]
+
+
+# -- statistics ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("df", "expected"),
+    # 97.5 % quantiles of Student's t, as printed in every statistics table.
+    [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)],
+)
+def test_t_quantile_matches_tables(df: int, expected: float) -> None:
+    assert analysis.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_t_quantile_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"0\.5 < p < 1"):
+        analysis.t_quantile(0.3, 4)
+
+
+def test_mean_ci() -> None:
+    mean, half = analysis.mean_ci([100.0, 110.0, 120.0])
+    # sd = 10, sem = 10/sqrt(3), t(0.975, 2) = 4.3027
+    assert mean == 110.0
+    assert half == pytest.approx(4.3027 * 10 / math.sqrt(3), rel=1e-4)
+    assert analysis.mean_ci([5.0])[0] == 5.0 and math.isnan(analysis.mean_ci([5.0])[1])
+    assert all(math.isnan(v) for v in analysis.mean_ci([]))
+
+
+def test_failover_gap_summary(tmp_path: Path) -> None:
+    write_failover_run(tmp_path)
+    summary = analysis.failover_gap_summary(analysis.load_failover(tmp_path))
+    assert summary["variant"].tolist() == ["session-failover", "plain"]  # contract order
+    session = summary.iloc[0]
+    assert (session["runs"], session["recovered"]) == (3, 3)
+    assert session["gap_ms_mean"] == 110.0 and session["gap_ms_median"] == 110.0
+    assert session["gap_ms_ci"] == pytest.approx(24.84, abs=0.01)
+    plain = summary.iloc[1]
+    assert (plain["runs"], plain["recovered"]) == (2, 0)
+    assert math.isnan(plain["gap_ms_mean"])
+
+
+def test_overhead_summary_difference_to_arithmetic() -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "mode": ["tunnel", "tunnel", "plain"],
+            "workload": ["udp", "udp", "udp"],
+            "payload_bytes": [64, 64, 64],
+            "packets": [100, 100, 100],
+            "app_bytes": [6400, 6400, 6400],
+            "wire_bytes": [15000, 15200, 10600],
+            "overhead_per_packet_bytes": [86.0, 88.0, 42.0],
+            "overhead_pct": [134.4, 137.5, 65.6],
+            "expected_per_packet_bytes": [86.0, 86.0, 42.0],
+        }
+    )
+    summary = analysis.overhead_summary(df)
+    assert summary["mode"].tolist() == ["plain", "tunnel"]
+    tunnel = summary[summary["mode"] == "tunnel"].iloc[0]
+    assert tunnel["packets"] == 200
+    assert tunnel["overhead_per_packet_bytes"] == 87.0
+    assert tunnel["measured_minus_expected_bytes"] == 1.0
+
+
+def test_goodput_pivot() -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "mode": ["plain"] * 4 + ["tunnel"],
+            "transport": ["tcp"] * 5,
+            "cc": ["bbr"] * 5,
+            "loss_pct": [0, 0, 1, 1, 0],
+            "rtt_ms": [10, 10, 10, 40, 10],
+            "run": [0, 1, 0, 0, 0],
+            "goodput_mbps": [40.0, 44.0, 30.0, 20.0, 1.0],
+        }
+    )
+    pivot = analysis.goodput_pivot(df, "plain", "tcp", "bbr")
+    assert pivot.loc[0, 10] == 42.0 and pivot.loc[1, 40] == 20.0
+    assert math.isnan(pivot.loc[0, 40])
+    assert analysis.goodput_pivot(df, "plain", "tcp", "cubic").empty
+
+
+# -- figures ---------------------------------------------------------------------------------
+def test_failover_figure_from_the_two_csvs_alone(tmp_path: Path) -> None:
+    write_failover_run(tmp_path)  # no meta.json: make demo must not need it
+    out = analysis.failover_figure(tmp_path, tmp_path / "figs" / "failover.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_overhead_goodput_aggregation_figures(tmp_path: Path) -> None:
+    write_csv(
+        tmp_path / "overhead.csv",
+        [*analysis.SCHEMAS["overhead"], "workload"],
+        [
+            ["plain", 64, 10, 640, 1060, 42, 65.6, 42, "udp"],
+            ["plain", 512, 10, 5120, 5540, 42, 8.2, 42, "udp"],
+            ["tunnel", 64, 10, 640, 1920, 128, 200.0, 100, "udp"],
+            ["tunnel", 512, 10, 5120, 6400, 128, 25.0, 100, "udp"],
+            ["tunnel", -1, 10, 14000, 15400, 140, 10.0, "", "bulk-tcp"],
+        ],
+    )
+    assert analysis.overhead_figure(tmp_path, tmp_path / "o.png").read_bytes()[:8] == PNG_MAGIC
+    rows = [
+        [mode, "tcp", "bbr", loss, rtt, 0, 50.0 / (1 + loss) / (1 + rtt / 100)]
+        for mode in ("plain", "session")
+        for loss in (0, 1)
+        for rtt in (10, 40)
+    ]
+    write_csv(tmp_path / "goodput.csv", list(analysis.SCHEMAS["goodput"]), rows)
+    assert analysis.goodput_figure(tmp_path, tmp_path / "g.png").read_bytes()[:8] == PNG_MAGIC
+    write_csv(
+        tmp_path / "aggregation.csv",
+        list(analysis.SCHEMAS["aggregation"]),
+        [
+            ["session-aggregate", "wrr", True, 0, 50, 100, 120.0, 0.8],
+            ["session-aggregate", "wrr", True, 1, 50, 100, 126.0, 0.84],
+            ["mptcp", "", "", 0, 50, 100, 140.0, 0.93],
+        ],
+    )
+    assert analysis.aggregation_figure(tmp_path, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
