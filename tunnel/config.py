@@ -122,6 +122,9 @@ class ClientConfig:
     tls: TlsConfig
     limits: ClientLimits = field(default_factory=ClientLimits)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    # False: never send Access Reports (tunnel draft §6); the client still stops using a failed
+    # access itself. The failover experiment's "without Access Reports" variant.
+    access_reports: bool = True
 
 
 @dataclass(frozen=True)
@@ -178,11 +181,8 @@ def parse_client_config(
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"access name {name!r} is used twice: give each [[access]] its own")
-    if mode is Mode.TUNNEL and len(accesses) > 1:
-        raise ConfigError(
-            f"mode is 'tunnel' but {len(accesses)} [[access]] tables are given: tunnel mode uses "
-            'one connection, so keep one or set mode = "session"'
-        )
+    # Tunnel mode with several [[access]]: the first available one carries the one connection,
+    # the others are targets for QUIC connection migration (RFC 9000 §9) when it fails.
     if mode is Mode.SESSION and not accesses:
         raise ConfigError(
             "mode is 'session' but no [[access]] table is given: add one per access network"
@@ -199,6 +199,7 @@ def parse_client_config(
         tls=_tls(table.table("tls", required=True)),
         limits=_client_limits(table.table("limits")),
         observability=_observability(table.table("observability")),
+        access_reports=_boolean(table, "access_reports", True),
     )
     conc.done()
     table.done()
@@ -344,6 +345,13 @@ def _static_client(t: _Table) -> StaticClient:
         )
     t.done()
     return StaticClient(name=name, addresses=addresses)
+
+
+def _boolean(t: _Table, key: str, default: bool) -> bool:
+    value = t.raw(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{t.where(key)} = {value!r} is not true or false: give true or false")
+    return value
 
 
 def _family(value: IPNetwork | None, kind: type[N], key: str) -> N | None:

@@ -149,7 +149,6 @@ CLIENT_ERRORS = [
     (("access.1.local_address=fd00::zz",), "access.1.local_address = 'fd00::zz' is not an IP"),
     (("access.1.name=wifi",), "access name 'wifi' is used twice"),
     (("access.0.speed=1",), "access.0.speed is not a known key"),
-    (("mode=tunnel",), "tunnel mode uses one connection"),
     (("access=[]",), "mode is 'session' but no [[access]] table is given"),
     (("scheduler=random",), "scheduler = 'random' is not one of failover, wrr"),
     (("tun.mtu=100",), 'tun.mtu = 100 is not an integer from 576 to 65535 or "auto"'),

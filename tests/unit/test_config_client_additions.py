@@ -1,0 +1,38 @@
+"""Client config keys added for qtun client: access_reports, tunnel mode with several accesses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunnel.config import ConfigError, Mode, parse_client_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _session_text() -> str:
+    return (EXAMPLES / "client-session.toml").read_text()
+
+
+def test_access_reports_default_true() -> None:
+    config = parse_client_config(_session_text(), base_dir=EXAMPLES)
+    assert config.access_reports is True
+
+
+def test_access_reports_false() -> None:
+    config = parse_client_config(
+        _session_text(), base_dir=EXAMPLES, overrides=["access_reports=false"]
+    )
+    assert config.access_reports is False
+
+
+def test_access_reports_not_bool() -> None:
+    with pytest.raises(ConfigError, match="access_reports = 'maybe' is not true or false"):
+        parse_client_config(_session_text(), base_dir=EXAMPLES, overrides=["access_reports=maybe"])
+
+
+def test_tunnel_mode_accepts_several_accesses_as_migration_targets() -> None:
+    config = parse_client_config(_session_text(), base_dir=EXAMPLES, overrides=["mode=tunnel"])
+    assert config.mode is Mode.TUNNEL
+    assert [a.name for a in config.accesses] == ["wifi", "5g"]
