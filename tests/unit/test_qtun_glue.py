@@ -122,3 +122,15 @@ def test_bad_spec_and_client_are_refused(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab("reference")
     with pytest.raises(QtunError, match="not a client"):
         QtunDeployment(lab, TunnelSpec(), clients=["c9"])
+
+
+def test_reference_tunnel_mode_lists_every_access(
+    make_lab: Callable[..., Lab], tmp_path: Path
+) -> None:
+    lab = make_lab("reference")
+    dep = deploy(lab, TunnelSpec(mode="tunnel", access_reports=False, reorder=False), tmp_path)
+    client = load_client_config(dep.config_path("c1"))
+    assert client.mode is Mode.TUNNEL
+    # The first access carries the connection; the others are migration targets.
+    assert [a.name for a in client.accesses] == ["wifi", "5g"]
+    assert client.limits.reorder_timeout == 0.0

@@ -1,0 +1,311 @@
+"""`make bench`: iperf3 TCP goodput and CPU of the tunnel modes against the plain path.
+
+    python -m experiments.bench [--seconds N] [--profiles none,wifi,5g]
+                                [--modes plain,tunnel,session]
+
+One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For each link profile
+(testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2:
+  plain    straight over the link to 10.0.0.2
+  tunnel   through `qtun` tunnel mode (client on h1, concentrator on h2) to h2's TUN 10.8.0.1
+  session  the same through tunnel session mode (one access: the link)
+Goodput is iperf3's receiver-side figure (its JSON output); CPU% is the client's and the
+concentrator's utime+stime from /proc/<pid>/stat over the transfer's wall time (100 % = one core).
+
+Writes results/bench/<YYYYmmdd-HHMMSS>/bench.csv (mode, profile, goodput_mbps, client_cpu_pct,
+concentrator_cpu_pct, duration_s, retransmits, mtu, error) and meta.json. A mode that fails gets
+a row with its error and the run goes on.
+A new mode (e.g. stream) is one entry in MODES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from testbed.profiles import PROFILES, profile
+from testbed.qtun import REPO, QtunDeployment, QtunError, TunnelSpec
+
+PLAIN_TARGET = "10.0.0.2"  # h2 on the pair link
+IPERF_PORT = 5201
+CLIENT, SERVER = "h1", "h2"
+FIELDS = [
+    "mode",
+    "profile",
+    "goodput_mbps",
+    "client_cpu_pct",
+    "concentrator_cpu_pct",
+    "duration_s",
+    "retransmits",
+    "mtu",
+    "error",
+]
+DEFAULT_PROFILES = ("none", "wifi", "5g")
+
+
+@dataclass(frozen=True)
+class BenchMode:
+    """One way of carrying the transfer; spec None is the plain path (no tunnel)."""
+
+    name: str
+    spec: TunnelSpec | None
+    description: str
+
+
+MODES: dict[str, BenchMode] = {
+    m.name: m
+    for m in (
+        BenchMode("plain", None, "no tunnel: iperf3 straight over the link"),
+        BenchMode("tunnel", TunnelSpec(mode="tunnel"), "tunnel mode (ALPN qt), one connection"),
+        BenchMode(
+            "session",
+            TunnelSpec(mode="session"),
+            "tunnel session mode (ALPN qt-session), one connection on the one access",
+        ),
+    )
+}
+
+
+class BenchError(RuntimeError):
+    """One transfer gave no usable result."""
+
+
+@dataclass
+class Row:
+    mode: str
+    profile: str
+    goodput_mbps: float | None = None
+    client_cpu_pct: float | None = None
+    concentrator_cpu_pct: float | None = None
+    duration_s: float | None = None
+    retransmits: int | None = None
+    mtu: int | None = None
+    error: str = ""
+
+    def csv_row(self) -> dict[str, Any]:
+        return {k: "" if getattr(self, k) is None else getattr(self, k) for k in FIELDS}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf3_tcp(node: Any, target: str, seconds: int) -> dict[str, Any]:
+    """Run an iperf3 TCP client on `node` and return its parsed JSON (bounded in time)."""
+    out = str(
+        node.cmd(
+            f"timeout {seconds + 20} iperf3 -c {target} -p {IPERF_PORT} -t {seconds} -J "
+            "--connect-timeout 3000"
+        )
+    )
+    try:
+        data: dict[str, Any] = json.loads(out[out.index("{") :])
+    except ValueError:
+        raise BenchError(f"iperf3 printed no JSON: {out.strip()[-200:]}") from None
+    if "error" in data:
+        raise BenchError(f"iperf3: {data['error']}")
+    return data
+
+
+def measure(
+    lab: Any, target: str, seconds: int, pids: dict[str, int], row: Row, mtu_intf: str
+) -> None:
+    """One transfer to `target`; fills goodput, CPU of `pids` and the MTU into `row`."""
+    h1, h2 = lab.node(CLIENT), lab.node(SERVER)
+    server = lab.procs.start_iperf3_server(h2, port=IPERF_PORT, idle_timeout_s=seconds + 20)
+    try:
+        time.sleep(0.3)  # the server's listening socket
+        before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        started = time.monotonic()
+        data = iperf3_tcp(h1, target, seconds)
+        wall = time.monotonic() - started
+        after = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    finally:
+        lab.procs.stop(server)
+    end = data["end"]
+    row.goodput_mbps = round(float(end["sum_received"]["bits_per_second"]) / 1e6, 2)
+    row.duration_s = round(float(end["sum_received"]["seconds"]), 2)
+    row.retransmits = int(end["sum_sent"].get("retransmits", 0))
+    if "client" in pids:
+        row.client_cpu_pct = round(100 * (after["client"] - before["client"]) / wall, 1)
+    if "concentrator" in pids:
+        row.concentrator_cpu_pct = round(
+            100 * (after["concentrator"] - before["concentrator"]) / wall, 1
+        )
+    mtu = str(h1.cmd(f"cat /sys/class/net/{mtu_intf}/mtu")).strip()
+    row.mtu = int(mtu) if mtu.isdigit() else None
+
+
+def run_mode(lab: Any, mode: BenchMode, profile_name: str, seconds: int, workdir: Path) -> Row:
+    row = Row(mode.name, profile_name)
+    try:
+        if mode.spec is None:
+            measure(lab, PLAIN_TARGET, seconds, {}, row, lab.plan.accesses[0].client_intf)
+            return row
+        with QtunDeployment(
+            lab, mode.spec, workdir=workdir / f"{mode.name}-{profile_name}"
+        ).start() as dep:
+            pids = {"client": dep.pid(CLIENT), "concentrator": dep.pid(dep.concentrator)}
+            tun = str(dep.status(CLIENT).get("tun", {}).get("name", "qtun0"))
+            measure(lab, dep.concentrator_address(4), seconds, pids, row, tun)
+    except (BenchError, QtunError, OSError, KeyError, ValueError) as exc:
+        row.error = str(exc).splitlines()[0]
+        print(f"bench: {mode.name}/{profile_name} failed: {exc}", file=sys.stderr)
+    return row
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def software_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "python": platform.python_version(),
+        "aioquic": version("aioquic"),
+        "iperf3": (iperf.stdout.split() or ["?", "?"])[1],
+    }
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    header = ["mode", "profile", "goodput Mbit/s", "client CPU %", "conc CPU %", "retr", "mtu"]
+    lines = [header]
+    for r in rows:
+        cells = [r.goodput_mbps, r.client_cpu_pct, r.concentrator_cpu_pct, r.retransmits, r.mtu]
+        lines.append([r.mode, r.profile, *("-" if c is None else str(c) for c in cells)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    errors = [""] + [f"  error: {r.error}" if r.error else "" for r in rows]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + error
+        for line, error in zip(lines, errors, strict=True)
+    )
+
+
+def run_bench(
+    seconds: int = 10,
+    profiles: Sequence[str] = DEFAULT_PROFILES,
+    modes: Sequence[str] = tuple(MODES),
+    out_root: Path = Path("results/bench"),
+    backend: str = "auto",
+    congestion_control: str = "cubic",
+) -> tuple[Path, list[Row]]:
+    """Run every (profile, mode) once; returns the run directory and the rows."""
+    from testbed.lab import Lab
+
+    started = datetime.now(UTC)
+    out_dir = out_root / started.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    load_before = os.getloadavg()
+    with Lab("pair", backend=backend, log_dir=out_dir / "logs") as lab:
+        for node in (CLIENT, SERVER):
+            lab.set_congestion_control(node, congestion_control)
+        shaper = lab.shapers["wlink"]
+        for profile_name in profiles:
+            shaper.set_profile("both", profile(profile_name))
+            for mode_name in modes:
+                row = run_mode(lab, MODES[mode_name], profile_name, seconds, out_dir / "qtun")
+                rows.append(row)
+                print(
+                    f"bench: {row.mode}/{row.profile}: {row.goodput_mbps} Mbit/s "
+                    f"{'(' + row.error + ')' if row.error else ''}",
+                    flush=True,
+                )
+        lab_meta = lab.describe()
+    with open(out_dir / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.csv_row())
+    meta = {
+        "experiment": "bench",
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "kernel": platform.release(),
+        "hostname": socket.gethostname(),
+        "backend": lab_meta["backend"],
+        "seed": None,
+        "parameters": {
+            "seconds": seconds,
+            "profiles": {p: profile(p).as_dict() for p in profiles},
+            "modes": {m: MODES[m].description for m in modes},
+            "congestion_control": lab_meta["congestion_control"],
+            "cpu": "utime+stime of the process over the transfer's wall time; 100 = one core",
+        },
+        # The machine is shared: its load says how much to trust the figures.
+        "load_average_before_after": [load_before, os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+        "fidelity": [],
+        "variants": list(modes),
+        "software": software_versions(),
+        "lab": lab_meta,
+        "client_mtu": {f"{r.mode}/{r.profile}": r.mtu for r in rows},
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    return out_dir, rows
+
+
+def _names(text: str, known: Sequence[str], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown {what} {', '.join(unknown) or '(none given)'}: choose from {', '.join(known)}"
+        )
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description="iperf3 TCP goodput and CPU: plain vs tunnel modes, per link profile.",
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="length of each transfer")
+    parser.add_argument("--profiles", default=",".join(DEFAULT_PROFILES), help="link profiles")
+    parser.add_argument("--modes", default=",".join(MODES), help="modes, comma-separated")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="results root")
+    parser.add_argument("--backend", default="auto", help="shaping backend: auto, netem, wire")
+    parser.add_argument("--cc", default="cubic", help="TCP congestion control of h1 and h2")
+    args = parser.parse_args(argv)
+    try:
+        if not 1 <= args.seconds <= 600:
+            raise ValueError(f"--seconds {args.seconds} is out of range: give 1 to 600")
+        profiles = _names(args.profiles, list(PROFILES), "profile")
+        modes = _names(args.modes, list(MODES), "mode")
+    except ValueError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("bench: error: not root: run it as root (it builds Mininet hosts)", file=sys.stderr)
+        return 1
+    try:
+        out_dir, rows = run_bench(args.seconds, profiles, modes, args.out, args.backend, args.cc)
+    except KeyboardInterrupt:
+        print("bench: interrupted; the lab was torn down", file=sys.stderr)
+        return 130
+    print(format_table(rows))
+    print(f"bench: wrote {out_dir / 'bench.csv'} (figures from a shared machine are noisy)")
+    return 1 if any(r.error for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
