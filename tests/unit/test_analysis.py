@@ -40,6 +40,7 @@ def failover_row(variant: str, run: int, gap_ms: float | str, completed: bool) -
 
 
 def write_failover_run(run: Path) -> None:
+    """failover.csv + failover_timeseries.csv only (no meta.json: make demo must not need it)."""
     write_csv(
         run / "failover.csv",
         FAILOVER_HEADER,
@@ -217,15 +218,9 @@ def test_goodput_pivot() -> None:
 
 
 # -- figures ---------------------------------------------------------------------------------
-def test_failover_figure_from_the_two_csvs_alone(tmp_path: Path) -> None:
-    write_failover_run(tmp_path)  # no meta.json: make demo must not need it
-    out = analysis.failover_figure(tmp_path, tmp_path / "figs" / "failover.png")
-    assert out.read_bytes().startswith(PNG_MAGIC)
-
-
-def test_overhead_goodput_aggregation_figures(tmp_path: Path) -> None:
+def write_overhead_run(run: Path) -> None:
     write_csv(
-        tmp_path / "overhead.csv",
+        run / "overhead.csv",
         [*analysis.SCHEMAS["overhead"], "workload"],
         [
             ["plain", 64, 10, 640, 1060, 42, 65.6, 42, "udp"],
@@ -235,17 +230,21 @@ def test_overhead_goodput_aggregation_figures(tmp_path: Path) -> None:
             ["tunnel", -1, 10, 14000, 15400, 140, 10.0, "", "bulk-tcp"],
         ],
     )
-    assert analysis.overhead_figure(tmp_path, tmp_path / "o.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def write_goodput_run(run: Path) -> None:
     rows = [
         [mode, "tcp", "bbr", loss, rtt, 0, 50.0 / (1 + loss) / (1 + rtt / 100)]
         for mode in ("plain", "session")
         for loss in (0, 1)
         for rtt in (10, 40)
     ]
-    write_csv(tmp_path / "goodput.csv", list(analysis.SCHEMAS["goodput"]), rows)
-    assert analysis.goodput_figure(tmp_path, tmp_path / "g.png").read_bytes()[:8] == PNG_MAGIC
+    write_csv(run / "goodput.csv", list(analysis.SCHEMAS["goodput"]), rows)
+
+
+def write_aggregation_run(run: Path) -> None:
     write_csv(
-        tmp_path / "aggregation.csv",
+        run / "aggregation.csv",
         list(analysis.SCHEMAS["aggregation"]),
         [
             ["session-aggregate", "wrr", True, 0, 50, 100, 120.0, 0.8],
@@ -253,4 +252,19 @@ def test_overhead_goodput_aggregation_figures(tmp_path: Path) -> None:
             ["mptcp", "", "", 0, 50, 100, 140.0, 0.93],
         ],
     )
-    assert analysis.aggregation_figure(tmp_path, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
+
+
+WRITERS = {
+    "failover": write_failover_run,
+    "overhead": write_overhead_run,
+    "goodput": write_goodput_run,
+    "aggregation": write_aggregation_run,
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(WRITERS))
+def test_figure_helpers_write_pngs(experiment: str, tmp_path: Path) -> None:
+    WRITERS[experiment](tmp_path)
+    figure = getattr(analysis, f"{experiment}_figure")
+    out = figure(tmp_path, tmp_path / "figs" / f"{experiment}.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
