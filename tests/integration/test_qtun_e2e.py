@@ -1,0 +1,487 @@
+"""qtun end to end on the reference topology (c1 with WiFi + 5G -> conc -> srv1), real traffic.
+
+Through tunnel mode and session mode: ping, iperf3 TCP and UDP, IPv4 and IPv6 inside. Session
+mode: failover when WiFi goes down mid-transfer and when it silently blackholes (the liveness
+probe must notice), WiFi used again once back; the aggregation scheduler puts traffic on both
+accesses; a client with a certificate of an unknown CA is refused; packets with a spoofed inner
+source are dropped and counted; an oversized packet gets Packet Too Big / frag needed; a
+restarted concentrator gets its client back. Measured gaps are printed (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.hosts import HostProcess
+from testbed.lab import Lab
+from testbed.qtun import MAKE_CERTS, QtunDeployment, QtunError, TunnelSpec
+
+pytestmark = [pytest.mark.root, pytest.mark.mininet]
+
+HERE = Path(__file__).resolve().parent
+SERVER = {4: "10.200.1.2", 6: "fd00:200:1::2"}
+IPERF_PORT = 5201
+# The client's liveness probe runs this often in session mode (blackhole detection time).
+PROBE_INTERVAL_S = 0.2
+MAX_GAP_S = 3.0  # generous bound on the longest stretch without delivered traffic
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    the_lab = Lab("reference")
+    try:
+        the_lab.start()
+        # No random loss: counts and gaps then depend on the tunnel only.
+        for access in ("wifi", "5g"):
+            the_lab.shaper(access).set("both", loss_pct=0)
+        yield the_lab
+    finally:
+        the_lab.stop()
+
+
+@contextmanager
+def deployed(lab: Lab, spec: TunnelSpec) -> Iterator[QtunDeployment]:
+    dep = QtunDeployment(lab, spec)
+    try:
+        dep.start(timeout=30)
+        yield dep
+    finally:
+        dep.stop()
+
+
+@pytest.fixture()
+def iperf_server(lab: Lab) -> Iterator[HostProcess]:
+    server = lab.procs.start_iperf3_server(lab.node("srv1"), port=IPERF_PORT, idle_timeout_s=40)
+    try:
+        time.sleep(0.3)
+        yield server
+    finally:
+        lab.procs.stop(server)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def ping_replies(node: Any, dst: str, count: int = 5, extra: str = "") -> tuple[int, str]:
+    out = str(node.cmd(f"ping -n -c {count} -i 0.1 -W 2 {extra} {dst}"))
+    m = re.search(r"(\d+) received", out)
+    return (int(m.group(1)) if m else 0), out
+
+
+def iperf3(node: Any, dst: str, options: str, seconds: int) -> dict[str, Any]:
+    out = str(
+        node.cmd(
+            f"timeout {seconds + 20} iperf3 -c {dst} -p {IPERF_PORT} -t {seconds} -J "
+            f"--connect-timeout 3000 {options}"
+        )
+    )
+    try:
+        data: dict[str, Any] = json.loads(out[out.index("{") :])
+    except ValueError:
+        pytest.fail(f"iperf3 printed no JSON: {out.strip()[-300:]}")
+    assert "error" not in data, data["error"]
+    return data
+
+
+def access(status: dict[str, Any], name: str) -> dict[str, Any]:
+    for entry in status["accesses"]:
+        if entry["name"] == name:
+            return dict(entry)
+    raise AssertionError(f"no access {name!r} in the client status: {status['accesses']}")
+
+
+def access_tx(status: dict[str, Any], name: str) -> int:
+    """Packets the client sent on one access so far (its connection's datagram counter)."""
+    counters = access(status, name)["counters"]
+    for key in ("tx_datagrams", "datagrams_sent", "tx_packets", "sent_packets"):
+        if key in counters:
+            return int(counters[key])
+    raise AssertionError(f"no sent-packet counter among {sorted(counters)}")
+
+
+def sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def read_new(proc: HostProcess, offset: int) -> str:
+    with open(proc.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def log_size(lab: Lab, node: str, name: str) -> int:
+    path = lab.log_dir / f"{node}-{name}.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def longest_ping_gap(ping_output: str) -> tuple[float, int]:
+    """(longest time between two consecutive echo replies in seconds, replies) of `ping -D`."""
+    times = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", ping_output, re.M)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return (max(gaps) if gaps else float("inf")), len(times)
+
+
+def longest_zero_run(intervals: list[dict[str, Any]]) -> float:
+    """Longest stretch (s) of consecutive iperf3 intervals in which nothing was received."""
+    best = run = 0.0
+    for interval in intervals:
+        s = interval["sum"]
+        if int(s["bytes"]) == 0:
+            run += float(s["end"]) - float(s["start"])
+            best = max(best, run)
+        else:
+            run = 0.0
+    return best
+
+
+def transfer_through_outage(
+    lab: Lab,
+    dep: QtunDeployment,
+    tag: str,
+    break_access: Callable[[], None],
+    heal_access: Callable[[], None],
+    seconds: int = 10,
+    down_at: float = 2.0,
+    up_at: float = 7.0,
+) -> dict[str, Any]:
+    """An iperf3 TCP upload and a 20 ms ping running while an access fails at `down_at` and
+    comes back at `up_at`; returns the measured gaps and the client status during the outage."""
+    c1 = lab.node("c1")
+    names = (f"qgl-ping-{tag}", f"qgl-iperf3-{tag}")
+    offsets = [log_size(lab, "c1", n) for n in names]
+    ping_argv = ["ping", "-D", "-n", "-i", "0.02", "-W", "1", "-w", str(seconds), SERVER[4]]
+    iperf_argv = ["iperf3", "-c", SERVER[4], "-p", str(IPERF_PORT), "-t", str(seconds)]
+    iperf_argv += ["-i", "0.1", "-J", "--get-server-output", "--connect-timeout", "3000"]
+    pinger = lab.procs.start(c1, names[0], ping_argv)
+    transfer = lab.procs.start(c1, names[1], iperf_argv)
+    started = time.monotonic()
+    healed = False
+    try:
+        sleep_until(started + down_at)
+        break_access()
+        sleep_until(started + up_at - 0.3)
+        during = dep.status("c1")
+        sleep_until(started + up_at)
+        heal_access()
+        healed = True
+        transfer.popen.wait(timeout=seconds + 25)
+        pinger.popen.wait(timeout=10)
+    finally:
+        if not healed:
+            heal_access()
+        lab.procs.stop(transfer)
+        lab.procs.stop(pinger)
+    ping_gap, replies = longest_ping_gap(read_new(pinger, offsets[0]))
+    text = read_new(transfer, offsets[1])
+    data = json.loads(text[text.index("{") :])
+    assert "error" not in data, data["error"]
+    server_intervals = data["server_output_json"]["intervals"]
+    while_down = sum(
+        int(i["sum"]["bytes"])
+        for i in server_intervals
+        if down_at + MAX_GAP_S <= float(i["sum"]["start"]) and float(i["sum"]["end"]) <= up_at
+    )
+    return {
+        "ping_gap_s": ping_gap,
+        "ping_replies": replies,
+        "tcp_gap_s": longest_zero_run(server_intervals),
+        "tcp_mbps": float(data["end"]["sum_received"]["bits_per_second"]) / 1e6,
+        "bytes_while_down": while_down,
+        "status_during": during,
+    }
+
+
+def wifi_carries_traffic_again(lab: Lab, dep: QtunDeployment, timeout: float = 15.0) -> None:
+    """The failover scheduler goes back to its primary once WiFi is available again."""
+    dep.wait_for(
+        "c1",
+        lambda s: bool(access(s, "wifi")["available"] and access(s, "wifi")["active"]),
+        timeout,
+        "WiFi available and active again",
+    )
+    before = access_tx(dep.status("c1"), "wifi")
+    replies, out = ping_replies(lab.node("c1"), SERVER[4], count=10)
+    assert replies >= 9, out
+    time.sleep(2 * 0.25)  # two status intervals
+    assert access_tx(dep.status("c1"), "wifi") - before >= 10
+
+
+# -- traffic through either mode ----------------------------------------------------------------
+class TrafficChecks:
+    """ping and iperf3 TCP/UDP, IPv4 and IPv6 inside, from c1's tunnel address to srv1."""
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_ping(self, lab: Lab, dep: QtunDeployment, family: int) -> None:
+        before = dep.status("c1")["tun"]["tx_packets"]
+        replies, out = ping_replies(lab.node("c1"), SERVER[family], count=5)
+        assert replies >= 4, out
+        assert f"from {SERVER[family]}" in out
+        time.sleep(0.5)
+        assert dep.status("c1")["tun"]["tx_packets"] - before >= 5
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_iperf3_tcp(
+        self, lab: Lab, dep: QtunDeployment, iperf_server: HostProcess, family: int
+    ) -> None:
+        data = iperf3(lab.node("c1"), SERVER[family], "", seconds=3)
+        # The server saw the client's tunnel address: the packets went through the tunnel.
+        assert data["start"]["connected"][0]["local_host"] == dep.client_address("c1", family)
+        mbps = float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
+        print(f"\n{dep.spec.mode} mode TCP IPv{family}: {mbps:.1f} Mbit/s (WiFi shaped 50 Mbit/s)")
+        assert mbps > 5
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_iperf3_udp(
+        self, lab: Lab, dep: QtunDeployment, iperf_server: HostProcess, family: int
+    ) -> None:
+        data = iperf3(lab.node("c1"), SERVER[family], "-u -b 20M -l 1200", seconds=2)
+        total = data["end"]["sum"]
+        print(
+            f"\n{dep.spec.mode} mode UDP IPv{family} at 20 Mbit/s: "
+            f"{total['lost_percent']:.2f} % lost"
+        )
+        assert total["packets"] > 1000
+        assert total["lost_percent"] < 5
+
+
+class TestTunnelMode(TrafficChecks):
+    @pytest.fixture(scope="class")
+    def dep(self, lab: Lab) -> Iterator[QtunDeployment]:
+        with deployed(lab, TunnelSpec(mode="tunnel")) as dep:
+            yield dep
+
+
+class TestSessionMode(TrafficChecks):
+    @pytest.fixture(scope="class")
+    def dep(self, lab: Lab) -> Iterator[QtunDeployment]:
+        spec = TunnelSpec(
+            mode="session", client_overrides=(f"limits.probe_interval={PROBE_INTERVAL_S}",)
+        )
+        with deployed(lab, spec) as dep:
+            yield dep
+
+    def test_both_accesses_joined_one_session(self, dep: QtunDeployment) -> None:
+        status = dep.status("c1")
+        assert status["mode"] == "session" and status["session_id"]
+        assert all(a["connected"] for a in status["accesses"]), status["accesses"]
+        conc = dep.status("conc")
+        (client,) = [c for c in conc["clients"] if c["name"] == "c1"]
+        assert client["session_id"] == status["session_id"]
+        assert len(client["connections"]) == 2
+
+    def test_failover_when_wifi_goes_down(
+        self, lab: Lab, dep: QtunDeployment, iperf_server: HostProcess
+    ) -> None:
+        result = transfer_through_outage(
+            lab, dep, "down", lambda: lab.access_down("wifi"), lambda: lab.access_up("wifi")
+        )
+        print(
+            f"\nWiFi down mid-transfer: ping gap {result['ping_gap_s'] * 1000:.0f} ms, "
+            f"TCP gap {result['tcp_gap_s'] * 1000:.0f} ms, TCP {result['tcp_mbps']:.1f} Mbit/s"
+        )
+        assert not access(result["status_during"], "wifi")["available"]
+        assert result["bytes_while_down"] > 0, "nothing arrived over 5G while WiFi was down"
+        assert result["ping_gap_s"] < MAX_GAP_S
+        assert result["tcp_gap_s"] < MAX_GAP_S
+        wifi_carries_traffic_again(lab, dep)
+
+    def test_failover_when_wifi_blackholes(
+        self, lab: Lab, dep: QtunDeployment, iperf_server: HostProcess
+    ) -> None:
+        shaper = lab.shaper("wifi")
+        result = transfer_through_outage(
+            lab, dep, "blackhole", lambda: shaper.blackhole(True), lambda: shaper.blackhole(False)
+        )
+        print(
+            f"\nWiFi blackholed mid-transfer: ping gap {result['ping_gap_s'] * 1000:.0f} ms, "
+            f"TCP gap {result['tcp_gap_s'] * 1000:.0f} ms, TCP {result['tcp_mbps']:.1f} Mbit/s "
+            f"(probe interval {PROBE_INTERVAL_S} s)"
+        )
+        # The link stayed up: only the liveness probe can have told.
+        assert not access(result["status_during"], "wifi")["available"]
+        assert result["bytes_while_down"] > 0, "nothing arrived over 5G while WiFi was dark"
+        assert result["ping_gap_s"] < MAX_GAP_S
+        assert result["tcp_gap_s"] < MAX_GAP_S
+        wifi_carries_traffic_again(lab, dep)
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_spoofed_inner_source_is_dropped_and_counted(
+        self, lab: Lab, dep: QtunDeployment, family: int
+    ) -> None:
+        spoofed = {4: "10.8.0.99", 6: "fd00:8::99"}[family]
+        srv1, c1 = lab.node("srv1"), lab.node("c1")
+        seen_before = echo_requests_received(srv1, family)
+        dropped_before = spoofed_drops(dep)
+        out = str(
+            c1.cmd(
+                f"{sys.executable} {HERE / 'qgl_spoof.py'} --src {spoofed} "
+                f"--dst {SERVER[family]} --count 5 2>&1"
+            )
+        )
+        assert "sent 5" in out, out
+        deadline = time.monotonic() + 5
+        while spoofed_drops(dep) - dropped_before < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert spoofed_drops(dep) - dropped_before >= 5
+        assert echo_requests_received(srv1, family) == seen_before
+        # The client's own address still gets through.
+        assert ping_replies(c1, SERVER[family], count=2)[0] >= 1
+
+    def test_unknown_certificate_is_refused(self, lab: Lab, dep: QtunDeployment) -> None:
+        rogue = dep.workdir / "rogue"
+        made = subprocess.run(
+            [sys.executable, str(MAKE_CERTS), "--out", str(rogue), "--clients", "c1", "--force"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        refused_before = int(dep.status("conc")["refused"]["auth"])
+        overrides = [
+            f"tls.cert={rogue / 'c1.pem'}",
+            f"tls.key={rogue / 'c1.key'}",
+            "tun.name=qglrogue0",
+            f"observability.status_file={rogue / 'status.json'}",
+        ]
+        offset = log_size(lab, "c1", "qtun-client-rogue")
+        proc = dep.launch("c1", "client", overrides, tag="rogue")
+        try:
+            dep.wait_for(
+                "conc",
+                lambda s: int(s["refused"]["auth"]) > refused_before,
+                15,
+                "a refused authentication",
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                log = read_new(proc, offset)
+                if re.search(r"certificate|auth", log, re.I):
+                    break
+                time.sleep(0.2)
+            print(f"\nrogue client log: {log.strip()[-400:]}")
+            assert re.search(r"certificate|auth", log, re.I), log
+            rogue_status = rogue / "status.json"
+            if rogue_status.exists():
+                assert json.loads(rogue_status.read_text())["state"] != "up"
+        finally:
+            lab.procs.stop(proc)
+        # The legitimate client was not disturbed.
+        assert ping_replies(lab.node("c1"), SERVER[4], count=2)[0] >= 1
+
+    def test_concentrator_restart_client_reconnects(self, lab: Lab, dep: QtunDeployment) -> None:
+        c1 = lab.node("c1")
+        started = time.monotonic()
+        dep.restart_concentrator()
+        deadline = started + 60
+        while ping_replies(c1, SERVER[4], count=1)[0] == 0:
+            assert time.monotonic() < deadline, (
+                f"no traffic 60 s after the concentrator restart; client log:\n{dep.log_tail('c1')}"
+            )
+            time.sleep(0.2)
+        recovered = time.monotonic() - started
+        print(f"\nconcentrator restart: traffic flows again after {recovered:.1f} s")
+        status = dep.wait_state("c1", ("up",), 10)
+        assert ping_replies(c1, SERVER[6], count=3)[0] >= 2
+        conc = dep.status("conc")
+        assert [c["name"] for c in conc["clients"]] == ["c1"]
+        assert status["session_id"]
+
+
+class TestAggregation:
+    @pytest.fixture(scope="class")
+    def dep(self, lab: Lab) -> Iterator[QtunDeployment]:
+        with deployed(lab, TunnelSpec(mode="session", scheduler="wrr")) as dep:
+            yield dep
+
+    def test_both_accesses_carry_traffic(
+        self, lab: Lab, dep: QtunDeployment, iperf_server: HostProcess
+    ) -> None:
+        before = dep.status("c1")
+        data = iperf3(lab.node("c1"), SERVER[4], "", seconds=3)
+        time.sleep(0.5)
+        after = dep.status("c1")
+        sent = {a: access_tx(after, a) - access_tx(before, a) for a in ("wifi", "5g")}
+        mbps = float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
+        print(f"\nwrr scheduler: {mbps:.1f} Mbit/s, packets per access {sent}")
+        total = sum(sent.values())
+        assert total > 1000
+        assert min(sent.values()) > 0.1 * total, sent
+
+
+class TestPacketTooBig:
+    """A TUN MTU above the datagram budget: the client must answer oversized packets as a
+    router would (ICMP frag needed / ICMPv6 Packet Too Big), and the sender's kernel learns it."""
+
+    @pytest.fixture(scope="class")
+    def dep(self, lab: Lab) -> Iterator[QtunDeployment]:
+        with deployed(lab, TunnelSpec(mode="tunnel", client_overrides=("tun.mtu=1500",))) as dep:
+            yield dep
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_oversized_packet_gets_packet_too_big(
+        self, lab: Lab, dep: QtunDeployment, family: int
+    ) -> None:
+        c1 = lab.node("c1")
+        size = 1472 if family == 4 else 1452  # a 1500-byte packet
+        out = str(c1.cmd(f"ping -{family} -n -c 2 -i 0.2 -W 1 -M do -s {size} {SERVER[family]}"))
+        route = str(c1.cmd(f"ip -{family} route get {SERVER[family]}"))
+        print(f"\nIPv{family} 1500-byte ping: {out.strip()[-300:]}\nroute: {route.strip()}")
+        assert re.search(r"frag needed|packet too big|message too long", out, re.I), out
+        m = re.search(r"mtu (\d+)", route)
+        assert m and int(m.group(1)) < 1500, route
+        # A packet that fits still goes through.
+        assert (
+            ping_replies(c1, SERVER[family], count=2, extra=f"-M do -s {int(m.group(1)) - 60}")[0]
+            >= 1
+        )
+
+
+# -- counters read from /proc and the status files ----------------------------------------------
+def echo_requests_received(node: Any, family: int) -> int:
+    if family == 4:
+        lines = str(node.cmd("cat /proc/net/snmp")).splitlines()
+        icmp = [line.split() for line in lines if line.startswith("Icmp:")]
+        return int(dict(zip(icmp[0], icmp[1], strict=True))["InEchos"])
+    out = str(node.cmd("cat /proc/net/snmp6"))
+    m = re.search(r"^Icmp6InEchos\s+(\d+)", out, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def spoofed_drops(dep: QtunDeployment) -> int:
+    """Packets with a source that is not c1's, dropped by the client or the concentrator."""
+    total = 0
+    sources: list[dict[str, Any]] = [dep.status("c1").get("counters", {})]
+    for client in dep.status("conc")["clients"]:
+        if client["name"] == "c1":
+            sources += [client.get("ingress", {}), client.get("counters", {})]
+    for counters in sources:
+        total += sum(
+            int(v)
+            for k, v in counters.items()
+            if isinstance(v, int) and re.search(r"spoof|source", k)
+        )
+    return total
+
+
+class TestGlue:
+    def test_a_program_that_cannot_start_fails_fast_with_its_log(self, lab: Lab) -> None:
+        spec = TunnelSpec(concentrator_overrides=("listen.qgl_typo=1",))
+        dep = QtunDeployment(lab, spec)
+        started = time.monotonic()
+        with pytest.raises(QtunError, match=r"(?s)not running.*qgl_typo"):
+            dep.start(timeout=20)
+        assert time.monotonic() - started < 10
+        assert dep.exit_codes["conc"] == 2  # a configuration error (wave 2 exit codes)
+        assert not dep.procs
+        assert not [p for p in lab.procs.procs if p.name.startswith("qtun")]
