@@ -28,6 +28,9 @@ from testbed.lab import Lab
 from testbed.qtun import MAKE_CERTS, QtunDeployment, QtunError, TunnelSpec
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
+# Until both programs have landed (issue 4 is written in parallel), there is nothing to test.
+pytest.importorskip("tunnel.aio.client", reason="qtun client not written yet")
+pytest.importorskip("tunnel.aio.concentrator", reason="qtun concentrator not written yet")
 
 HERE = Path(__file__).resolve().parent
 SERVER = {4: "10.200.1.2", 6: "fd00:200:1::2"}
