@@ -43,6 +43,7 @@ IPNetwork = IPv4Network | IPv6Network
 
 DEFAULT_PORT = 4433
 IFNAMSIZ = 16
+LOCALHOST = IPv4Address("127.0.0.1")
 E = TypeVar("E", bound=Enum)
 N = TypeVar("N", IPv4Network, IPv6Network)
 # Names accepted for an access's kind, mapped to the Access ID it reports (tunnel draft §Access
@@ -110,6 +111,35 @@ class ClientLimits:
 
 
 @dataclass(frozen=True)
+class StreamClientConfig:
+    """Stream mode on the client (-tcp draft): which TCP connections go into QUIC streams."""
+
+    enabled: bool = False
+    # destinations whose TCP connections are intercepted (nftables redirect to listen_port)
+    intercept: tuple[IPNetwork, ...] = ()
+    listen_port: int = 4480  # transparent listener, on 127.0.0.1 and ::1
+    socks_port: int | None = None  # optional SOCKS5 (CONNECT only) front on socks_address
+    socks_address: IPAddress = LOCALHOST
+    window: int = 256 * 1024  # QUIC receive window per stream (bytes), see tunnel/quic_ext.py
+    send_buffer: int = 256 * 1024  # unacknowledged bytes per stream before TCP reads pause
+
+
+@dataclass(frozen=True)
+class StreamServerConfig:
+    """Stream mode on the concentrator: which destinations it connects to, and its limits."""
+
+    enabled: bool = False
+    allow: tuple[IPNetwork, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
+    # always denied on top of these: loopback, unspecified and the concentrator's own addresses
+    deny: tuple[IPNetwork, ...] = ()
+    max_streams: int = 256  # concurrent streams per connection (initial_max_streams_bidi)
+    max_pending_connects: int = 32  # TCP Connects being tried at once per connection
+    connect_timeout: float = 5.0  # seconds
+    window: int = 256 * 1024
+    send_buffer: int = 256 * 1024
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     name: str
     mode: Mode
@@ -125,6 +155,7 @@ class ClientConfig:
     # False: never send Access Reports (tunnel draft §6); the client still stops using a failed
     # access itself. The failover experiment's "without Access Reports" variant.
     access_reports: bool = True
+    stream: StreamClientConfig = field(default_factory=StreamClientConfig)
 
 
 @dataclass(frozen=True)
@@ -162,6 +193,7 @@ class ConcentratorConfig:
     scheduler: str
     limits: ConcentratorLimits = field(default_factory=ConcentratorLimits)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    stream: StreamServerConfig = field(default_factory=StreamServerConfig)
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -200,6 +232,7 @@ def parse_client_config(
         limits=_client_limits(table.table("limits")),
         observability=_observability(table.table("observability")),
         access_reports=_boolean(table, "access_reports", True),
+        stream=_stream_client(table.table("stream")),
     )
     conc.done()
     table.done()
@@ -243,6 +276,7 @@ def parse_concentrator_config(
         scheduler=table.choice("scheduler", SCHEDULER_NAMES, "failover"),
         limits=_concentrator_limits(table.table("limits")),
         observability=_observability(table.table("observability")),
+        stream=_stream_server(table.table("stream")),
     )
     table.done()
     return config
@@ -345,6 +379,42 @@ def _static_client(t: _Table) -> StaticClient:
         )
     t.done()
     return StaticClient(name=name, addresses=addresses)
+
+
+def _stream_client(t: _Table) -> StreamClientConfig:
+    socks_port = t.raw("socks_port", None)
+    config = StreamClientConfig(
+        enabled=_boolean(t, "enabled", False),
+        intercept=tuple(t.network_list("intercept")),
+        listen_port=t.integer("listen_port", 4480, 1, 65535),
+        socks_port=None if socks_port is None else t.integer("socks_port", 0, 1, 65535),
+        socks_address=t.address("socks_address") or LOCALHOST,
+        window=t.integer("window", 256 * 1024, 16 * 1024, 64 * 1024 * 1024),
+        send_buffer=t.integer("send_buffer", 256 * 1024, 16 * 1024, 64 * 1024 * 1024),
+    )
+    if config.enabled and not config.intercept and config.socks_port is None:
+        raise ConfigError(
+            "stream.enabled is true but neither stream.intercept nor stream.socks_port is set: "
+            'give the prefixes to intercept (e.g. ["10.200.0.0/16"]) or a SOCKS5 port'
+        )
+    t.done()
+    return config
+
+
+def _stream_server(t: _Table) -> StreamServerConfig:
+    allow_given = t.raw("allow", None) is not None
+    config = StreamServerConfig(
+        enabled=_boolean(t, "enabled", False),
+        allow=tuple(t.network_list("allow")) if allow_given else StreamServerConfig.allow,
+        deny=tuple(t.network_list("deny")),
+        max_streams=t.integer("max_streams", 256, 1, 1_000_000),
+        max_pending_connects=t.integer("max_pending_connects", 32, 1, 100_000),
+        connect_timeout=t.number("connect_timeout", 5.0, 0.1, 600.0),
+        window=t.integer("window", 256 * 1024, 16 * 1024, 64 * 1024 * 1024),
+        send_buffer=t.integer("send_buffer", 256 * 1024, 16 * 1024, 64 * 1024 * 1024),
+    )
+    t.done()
+    return config
 
 
 def _boolean(t: _Table, key: str, default: bool) -> bool:

@@ -16,8 +16,10 @@ from typing import Any, Final
 from aioquic._buffer import Buffer, BufferReadError
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicPacketBuilder
+from aioquic.quic.stream import QuicStream
 from cryptography import x509
 
 # Provisional codepoint of the quic_tunnel_stream_mode transport parameter
@@ -50,6 +52,13 @@ _REQUIRED_INTERNALS = (
     "_remote_max_datagram_frame_size",
     "_max_datagram_size",
     "_initialize",
+    "_write_stream_limits",
+    "_on_max_stream_data_delivery",
+    "_streams",
+    "_configuration",
+    "_local_max_streams_bidi",
+    "_local_max_stream_data_bidi_local",
+    "_local_max_stream_data_bidi_remote",
 )
 _REQUIRED_TLS_INTERNALS = (
     "_request_client_certificate",
@@ -63,6 +72,8 @@ def _check_aioquic_internals() -> None:
     missing = [name for name in _REQUIRED_INTERNALS if not hasattr(probe, name)]
     probe.connect(("192.0.2.1", 443), now=0.0)  # creates the TLS context
     missing += [f"tls.{name}" for name in _REQUIRED_TLS_INTERNALS if not hasattr(probe.tls, name)]
+    sender = QuicStream(stream_id=0).sender
+    missing += [f"sender.{n}" for n in ("_buffer_start", "_buffer_stop") if not hasattr(sender, n)]
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
             "tunnel.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
@@ -84,14 +95,38 @@ class TunnelQuicConnection(QuicConnection):
     """
 
     def __init__(
-        self, *, stream_mode: bool = False, request_client_certificate: bool = False, **kwargs: Any
+        self,
+        *,
+        stream_mode: bool = False,
+        request_client_certificate: bool = False,
+        max_streams_bidi: int | None = None,
+        stream_window: int | None = None,
+        **kwargs: Any,
     ) -> None:
+        """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
+        the -tcp draft's concentrator bounds concurrent TCP streams with it).
+        `stream_window`: our receive window per bidirectional stream (aioquic takes
+        configuration.max_stream_data, shared by every stream kind), see
+        set_stream_backlog."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         self._tunnel_local_stream_mode = stream_mode
         self._tunnel_peer_stream_mode: bool | None = None
         self._tunnel_request_client_certificate = request_client_certificate
+        # stream id -> bytes the application still holds (see set_stream_backlog)
+        self._tunnel_backlog: dict[int, int] = {}
         super().__init__(**kwargs)
+        if max_streams_bidi is not None:
+            if max_streams_bidi < 1:
+                raise ValueError(f"max_streams_bidi must be >= 1, got {max_streams_bidi}")
+            self._local_max_streams_bidi.value = max_streams_bidi
+            self._local_max_streams_bidi.sent = max_streams_bidi
+        self._tunnel_stream_window = stream_window or self._configuration.max_stream_data
+        if stream_window is not None:
+            if stream_window < 1024:
+                raise ValueError(f"stream_window must be >= 1024, got {stream_window}")
+            self._local_max_stream_data_bidi_local = stream_window
+            self._local_max_stream_data_bidi_remote = stream_window
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -128,6 +163,62 @@ class TunnelQuicConnection(QuicConnection):
         # only the peer's live handshake decides stream mode.
         if not from_session_ticket:
             self._tunnel_peer_stream_mode = STREAM_MODE_TP_ID in transport_parameter_ids(data)
+
+    # -- receive credit tied to the application (stream mode backpressure) ----------------
+
+    def set_stream_backlog(self, stream_id: int, held: int) -> None:
+        """Tie the stream's receive credit to what the application consumed.
+
+        aioquic raises a stream's MAX_STREAM_DATA (doubling it) as soon as data ARRIVES,
+        whatever the application did with it: a relay writing to a slow TCP reader would
+        buffer without bound. Once this was called for a stream, its credit is instead
+        kept at `delivered - held + window` (window: stream_window), where `delivered` is
+        what aioquic handed to the application in order and `held` what the application
+        still buffers (call again whenever it changes; -tcp draft §3 "tuned to match the
+        receive window ... so that no excessive data needs to be buffered").
+        """
+        if held < 0:
+            raise ValueError(f"held must be >= 0, got {held}")
+        self._tunnel_backlog[stream_id] = held
+
+    def forget_stream_backlog(self, stream_id: int) -> None:
+        """Stop managing the stream's credit (the relay is done with it)."""
+        self._tunnel_backlog.pop(stream_id, None)
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: Any, stream: QuicStream
+    ) -> None:
+        stream_id = stream.stream_id
+        held = None if stream_id is None else self._tunnel_backlog.get(stream_id)
+        if held is None or stream_id is None:
+            super()._write_stream_limits(builder=builder, space=space, stream=stream)
+            return
+        window = self._tunnel_stream_window
+        target = stream.receiver.starting_offset() - held + window
+        # Grant in steps of a quarter window: one MAX_STREAM_DATA per ~window/4 consumed,
+        # not one in every packet. Credit never shrinks (RFC 9000 §4.1).
+        if target - stream.max_stream_data_local >= window // 4:
+            stream.max_stream_data_local = target
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
+def stream_send_backlog(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes written on the stream that the peer has not acknowledged yet (aioquic keeps
+    them all, without bound); 0 for an unknown or discarded stream."""
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    sender = stream.sender
+    return int(sender._buffer_stop - sender._buffer_start)
 
 
 def transport_parameter_ids(data: bytes) -> set[int]:

@@ -1,0 +1,88 @@
+"""The [stream] table of the client and concentrator configurations (-tcp draft stream mode)."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, ip_network
+from pathlib import Path
+
+import pytest
+
+from tunnel.config import (
+    ConfigError,
+    StreamClientConfig,
+    StreamServerConfig,
+    parse_client_config,
+    parse_concentrator_config,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _client(*overrides: str) -> StreamClientConfig:
+    text = (EXAMPLES / "client-tunnel.toml").read_text()
+    return parse_client_config(text, base_dir=EXAMPLES, overrides=overrides).stream
+
+
+def _server(*overrides: str) -> StreamServerConfig:
+    text = (EXAMPLES / "concentrator.toml").read_text()
+    return parse_concentrator_config(text, base_dir=EXAMPLES, overrides=overrides).stream
+
+
+def test_disabled_by_default_and_examples_parse() -> None:
+    assert StreamClientConfig().enabled is False
+    assert StreamServerConfig().enabled is False
+    client = _client()
+    assert client.enabled is False
+    assert ip_network("10.200.0.0/16") in client.intercept
+    server = _server()
+    assert server.max_streams == 256
+    assert server.allow == StreamServerConfig().allow
+
+
+def test_client_keys() -> None:
+    client = _client(
+        "stream.enabled=true", "stream.socks_port=1080", "stream.socks_address=127.0.0.2"
+    )
+    assert client.enabled and client.socks_port == 1080
+    assert client.socks_address == IPv4Address("127.0.0.2")
+
+
+def test_enabled_client_needs_interception_or_socks() -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape("neither stream.intercept nor stream.socks_port")
+    ):
+        _client("stream.enabled=true", "stream.intercept=[]")
+
+
+def test_server_keys() -> None:
+    server = _server(
+        "stream.enabled=true",
+        'stream.allow=["10.200.0.0/16"]',
+        'stream.deny=["10.200.9.0/24"]',
+        "stream.max_pending_connects=4",
+        "stream.connect_timeout=0.5",
+    )
+    assert server.allow == (ip_network("10.200.0.0/16"),)
+    assert server.deny == (ip_network("10.200.9.0/24"),)
+    assert server.max_pending_connects == 4 and server.connect_timeout == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stream.window=10", "stream.window = 10 is not an integer from 16384"),
+        ("stream.max_streams=0", "stream.max_streams = 0 is not an integer from 1"),
+        ('stream.deny=["10.0.0.1/8"]', "stream.deny"),
+        ("stream.enabled=1", "stream.enabled = 1 is not true or false"),
+        ("stream.colour=1", "stream.colour is not a known key"),
+    ],
+)
+def test_server_bad_values(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _server(override)
+
+
+def test_client_bad_port() -> None:
+    with pytest.raises(ConfigError, match=re.escape("stream.listen_port = 0")):
+        _client("stream.listen_port=0")
