@@ -3,6 +3,8 @@
 qtlab up reference [--backend auto|netem|wire] [--profile wifi=lte,delay_ms=30] [--cc cubic]
 qtlab up nclient --clients 50
 qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies
+qtlab run failover [--config F] [--runs N] [--shard i/n] [--resume DIR] [--quick] [--set k=v]
+qtlab demo
 """
 
 from __future__ import annotations
@@ -136,10 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--backend", choices=BACKENDS, default="auto")
     fid.add_argument("--out", type=Path, default=Path("results/fidelity"))
     sub.add_parser("topologies", help="list the registered topologies")
+    from experiments.runner import add_run_arguments
+
+    add_run_arguments(sub.add_parser("run", help="run an experiment into results/<name>/<time>/"))
+    demo = sub.add_parser("demo", help="the short failover experiment, its table and figure")
+    demo.add_argument("--results", type=Path, default=None, help="results root")
     return p
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("run", "demo"):
+        from experiments.runner import ExperimentError
+
+        try:
+            if args.command == "run":
+                from experiments.runner import run_from_args
+
+                return int(run_from_args(args))
+            from experiments.demo import run_demo
+
+            return int(run_demo(args.results))
+        except ExperimentError as exc:
+            raise UserError(str(exc)) from None
     if args.command == "topologies":
         for name, cls in sorted(TOPOLOGIES.items()):
             print(f"{name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}")

@@ -1,0 +1,455 @@
+"""The one experiment framework: named points, one function per point, tidy CSVs and meta.json.
+
+An `Experiment` is a set of points (parameter combinations x repetitions) and a function that
+runs one point and returns rows for one or more CSV tables. `run_experiment()` writes
+
+    results/<experiment>/<YYYYmmdd-HHMMSS>/<table>.csv   one row per measurement, appended as
+                                                        each point finishes (a crash keeps them)
+    results/<experiment>/<YYYYmmdd-HHMMSS>/meta.json     git commit/dirty, kernel, hostname,
+                                                        backend, seed, every parameter, fidelity
+                                                        rows, variants, skipped points, software
+
+Resume (`--resume DIR`): points whose key columns are already in the primary table are not run
+again. Shards (`--shard i/n`): point number k (in the deterministic order `points()` returns)
+belongs to shard k % n, so n machines with the same parameters run disjoint sets whose union is
+the whole sweep. Seeds: every point gets `point_seed(seed, key)`, a pure function of the run's
+seed and the point's key, so a resumed or sharded point sees the same randomness.
+
+Parameters come from, in increasing priority: the experiment's defaults, its quick overrides
+(`--quick`), a TOML file (`--config F`, a flat table or an `[<experiment>]` table), `--runs N`
+and `--set key=value` (value parsed as TOML, bare words as strings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_ROOT = REPO_ROOT / "results"
+
+Row = dict[str, Any]
+Params = dict[str, Any]
+
+
+class ExperimentError(ValueError):
+    """A mistake in how an experiment was asked for (parameter, shard, resume dir): one sentence."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One thing to measure: its parameters (including `run`, the repetition number)."""
+
+    values: dict[str, Any]
+
+    def key(self, columns: Sequence[str]) -> tuple[str, ...]:
+        # As strings: the same key whether it comes from here or back from a CSV.
+        return tuple(str(self.values[c]) for c in columns)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+
+@dataclass
+class PointResult:
+    """What running one point gave: rows per table, or the reason it could not run."""
+
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+class Context:
+    """What an experiment's session set up (a Lab, say) and records into meta.json."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.backend: str | None = None
+        self.fidelity: list[Row] = []
+        self.extra_meta: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
+
+
+@dataclass
+class Experiment:
+    name: str
+    defaults: Params
+    tables: dict[str, list[str]]  # table name -> columns; the first table is the primary one
+    key_columns: tuple[str, ...]  # columns of the primary table that identify a point
+    points: Callable[[Params], list[Point]]
+    run_point: Callable[[Context, Point], PointResult]
+    session: Callable[[Params], contextlib.AbstractContextManager[Context]] | None = None
+    quick: Params = field(default_factory=dict)
+    summarize: Callable[[Path], str] | None = None  # the table printed after a run
+    description: str = ""
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.tables))
+
+
+# -- parameters -------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A `--set` value: TOML syntax (1, 0.5, true, ["a", "b"]) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: Sequence[str]) -> Params:
+    out: Params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ExperimentError(f"--set {item!r}: write key=value.")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def load_config(path: Path, experiment: str) -> Params:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ExperimentError(f"cannot read config {path}: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ExperimentError(f"config {path} is not valid TOML: {exc}.") from None
+    section = data.get(experiment)
+    return dict(section) if isinstance(section, dict) else data
+
+
+def resolve_params(
+    exp: Experiment,
+    config: Path | None = None,
+    quick: bool = False,
+    runs: int | None = None,
+    sets: Sequence[str] = (),
+) -> Params:
+    params: Params = dict(exp.defaults)
+    if quick:
+        params.update(exp.quick)
+    layers: list[Params] = []
+    if config is not None:
+        layers.append(load_config(config, exp.name))
+    if runs is not None:
+        layers.append({"runs": runs})
+    layers.append(parse_sets(sets))
+    for layer in layers:
+        unknown = sorted(set(layer) - set(exp.defaults))
+        if unknown:
+            raise ExperimentError(
+                f"unknown parameter(s) {', '.join(unknown)} for {exp.name}; "
+                f"known: {', '.join(sorted(exp.defaults))}."
+            )
+        for key, value in layer.items():
+            want = type(exp.defaults[key])
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want):
+                raise ExperimentError(f"parameter {key} must be a {want.__name__}, not {value!r}.")
+            params[key] = value
+    params["quick"] = quick
+    if int(params.get("runs", 1)) < 1:
+        raise ExperimentError("runs must be at least 1.")
+    return params
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """ "2/4" -> (2, 4): shards are numbered 1..n."""
+    if text is None:
+        return 1, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ExperimentError(f"--shard {text!r}: write i/n, e.g. 1/4.") from None
+    if not 1 <= i <= n:
+        raise ExperimentError(f"--shard {text!r}: i must be between 1 and n.")
+    return i, n
+
+
+def shard_points(points: Sequence[Point], shard: tuple[int, int]) -> list[Point]:
+    i, n = shard
+    return [p for k, p in enumerate(points) if k % n == i - 1]
+
+
+def point_seed(seed: int, key: Sequence[str]) -> int:
+    digest = hashlib.sha256(f"{seed}|{'|'.join(key)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+# -- the results directory ------------------------------------------------------------------
+def new_run_dir(experiment: str, root: Path = RESULTS_ROOT) -> Path:
+    base = root / experiment
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = base / stamp
+    while run_dir.exists():  # two runs in the same second: wait for a fresh stamp
+        time.sleep(0.2)
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        run_dir = base / stamp
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def done_keys(run_dir: Path, exp: Experiment) -> set[tuple[str, ...]]:
+    """Keys of the points the primary table of an earlier run already holds."""
+    path = run_dir / f"{exp.primary}.csv"
+    if not path.exists():
+        return set()
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in exp.key_columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ExperimentError(f"{path} lacks the key column(s) {', '.join(missing)}.")
+        return {tuple(row[c] for c in exp.key_columns) for row in reader}
+
+
+class TableWriter:
+    """Appends rows to one CSV, header once, flushed per point so a crash loses nothing done."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+
+    def write(self, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="raise")
+            if new:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow({c: _cell(row.get(c)) for c in self.columns})
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=REPO_ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for module in ("aioquic", "pandas", "pyroute2", "uvloop"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[module] = version(module)
+    for name, argv in {
+        "iperf3": ["iperf3", "--version"],
+        "iproute2": ["ip", "-V"],
+        "wireguard-tools": ["wg", "--version"],
+        "wireguard-go": ["wireguard-go", "--version"],
+        "mininet": ["mn", "--version"],
+    }.items():
+        out = _run(argv)
+        if out:
+            versions[name] = out.splitlines()[0]
+    return versions
+
+
+def base_meta(exp: Experiment, params: Params, shard: tuple[int, int]) -> dict[str, Any]:
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "experiment": exp.name,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "finished": None,
+        "git_commit": _run(["git", "rev-parse", "HEAD"]) or None,
+        "git_dirty": bool(status),
+        "kernel": platform.release(),
+        "hostname": socket.gethostname(),
+        "backend": None,
+        "seed": params.get("seed"),
+        "parameters": params,
+        "shard": f"{shard[0]}/{shard[1]}",
+        "fidelity": [],
+        "variants": [],
+        "skipped": [],
+        "failed": [],
+        "software": software_versions(),
+        "argv": sys.argv,
+    }
+
+
+def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
+    tmp = run_dir / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    tmp.replace(run_dir / "meta.json")
+
+
+@contextlib.contextmanager
+def _no_session(params: Params) -> Iterator[Context]:
+    yield Context(params)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    ran: int
+    skipped: int
+    failed: int
+    already_done: int
+
+
+def run_experiment(
+    exp: Experiment,
+    params: Params,
+    shard: tuple[int, int] = (1, 1),
+    resume: Path | None = None,
+    root: Path = RESULTS_ROOT,
+    progress: bool = True,
+) -> RunSummary:
+    """Run the experiment's points (this shard's, minus those already done) into a run dir."""
+    all_points = exp.points(params)
+    mine = shard_points(all_points, shard)
+    if resume is not None:
+        if not (resume / "meta.json").exists():
+            raise ExperimentError(f"--resume {resume}: no meta.json there; give a run directory.")
+        run_dir = resume
+        meta = json.loads((resume / "meta.json").read_text())
+        if meta.get("experiment") != exp.name:
+            raise ExperimentError(f"--resume {resume}: that is a {meta.get('experiment')} run.")
+        meta.setdefault("resumed", []).append(datetime.now(UTC).isoformat(timespec="seconds"))
+        meta["parameters"] = params
+        done = done_keys(run_dir, exp)
+    else:
+        run_dir = new_run_dir(exp.name, root)
+        meta = base_meta(exp, params, shard)
+        done = set()
+    todo = [p for p in mine if p.key(exp.key_columns) not in done]
+    write_meta(run_dir, meta)
+    writers = {
+        name: TableWriter(run_dir / f"{name}.csv", cols) for name, cols in exp.tables.items()
+    }
+    ran = skipped = failed = 0
+    session = exp.session or _no_session
+    from tqdm import tqdm
+
+    variants: list[str] = list(meta.get("variants", []))
+    try:
+        with session(params) as ctx:
+            meta["backend"] = ctx.backend
+            meta["fidelity"] = ctx.fidelity
+            meta.update(ctx.extra_meta)
+            write_meta(run_dir, meta)
+            bar = tqdm(todo, desc=exp.name, unit="point", disable=not progress, file=sys.stderr)
+            for point in bar:
+                bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in point.values.items())[:60])
+                key = point.key(exp.key_columns)
+                ctx.state["seed"] = point_seed(int(params.get("seed", 0)), key)
+                try:
+                    result = exp.run_point(ctx, point)
+                except Exception as exc:  # one broken point must not lose the rest of a sweep
+                    failed += 1
+                    meta["failed"].append({"point": point.values, "error": str(exc)[-500:]})
+                    write_meta(run_dir, meta)
+                    continue
+                if result.skipped is not None:
+                    skipped += 1
+                    entry = {"point": point.values, "reason": result.skipped}
+                    if entry not in meta["skipped"]:
+                        meta["skipped"].append(entry)
+                else:
+                    ran += 1
+                    for name, rows in result.rows.items():
+                        writers[name].write(rows)
+                    variant = point.values.get("variant")
+                    if variant is not None and variant not in variants:
+                        variants.append(variant)
+                meta["variants"] = variants
+                meta.update(ctx.extra_meta)
+                write_meta(run_dir, meta)
+    finally:
+        meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_meta(run_dir, meta)
+    return RunSummary(run_dir, ran, skipped, failed, len(mine) - len(todo))
+
+
+# -- registry and CLI -------------------------------------------------------------------------
+def registry() -> dict[str, Callable[[], Experiment]]:
+    """Experiment name -> a factory (imported lazily: Mininet only when one runs)."""
+
+    def failover() -> Experiment:
+        from experiments.failover import EXPERIMENT
+
+        return EXPERIMENT
+
+    return {"failover": failover}
+
+
+def get_experiment(name: str) -> Experiment:
+    known = registry()
+    if name not in known:
+        raise ExperimentError(f"unknown experiment {name!r}; choose one of {', '.join(known)}.")
+    return known[name]()
+
+
+def add_run_arguments(p: Any) -> None:
+    """The `qtlab run` options (shared with `python -m experiments.runner`)."""
+    p.add_argument("experiment", help=f"one of {', '.join(registry())}")
+    p.add_argument("--config", type=Path, help="TOML file with parameters")
+    p.add_argument("--runs", type=int, help="repetitions per point")
+    p.add_argument("--shard", help="run only shard i of n (i/n)")
+    p.add_argument("--resume", type=Path, help="continue this run directory")
+    p.add_argument("--quick", action="store_true", help="the short version")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--results", type=Path, default=RESULTS_ROOT, help="results root")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_from_args(args: Any) -> int:
+    exp = get_experiment(args.experiment)
+    params = resolve_params(exp, args.config, args.quick, args.runs, args.set)
+    shard = parse_shard(args.shard)
+    if exp.session is not None and os.geteuid() != 0:
+        raise ExperimentError(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
+    summary = run_experiment(
+        exp, params, shard, args.resume, args.results, progress=not args.no_progress
+    )
+    print(
+        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
+        f"{summary.failed} failed, {summary.already_done} already done -> {summary.run_dir}"
+    )
+    if exp.summarize is not None:
+        print(exp.summarize(summary.run_dir))
+    return 1 if summary.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m experiments.runner")
+    add_run_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except ExperimentError as exc:
+        print(f"qtlab: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

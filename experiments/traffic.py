@@ -1,0 +1,360 @@
+"""Traffic tools run on Mininet hosts as subprocesses (real sockets), and the arithmetic on what
+their receivers record.
+
+    python -m experiments.traffic tcp-send --bind 10.200.1.2 --port 5400 --start-at T --duration 12
+    python -m experiments.traffic tcp-recv --dst 10.200.1.2 --port 5400 --start-at T --duration 12 \
+        --out recv.json [--mptcp]
+    python -m experiments.traffic udp-send --bind ... --rate-mbit 10 --size 1000 ...
+    python -m experiments.traffic udp-recv --dst ... --out recv.json
+
+The server side sends, the client side receives (the failover experiment's direction), and the
+client side connects (as a real client would: it is the one behind the accesses). Both sides
+are told an absolute start time `--start-at` on CLOCK_MONOTONIC, which is one clock for every
+namespace of the machine, so the orchestrator's "WiFi down at t = 20 s" and the receiver's bins
+share an origin. The sender stops at start + duration; the receiver records until start +
+duration + grace and then writes its samples as JSON: bytes delivered per `--interval` (10 ms)
+bin from the start time, and for UDP the sequence statistics (lost, reordered, duplicates).
+Every loop is bounded by those deadlines; socket errors during an outage (ENETUNREACH,
+timeouts) are counted, not fatal.
+
+MPTCP (`--mptcp`): the socket is socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP); the kernel's
+path manager adds subflows from the `ip mptcp endpoint`s configured on the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+SAMPLE_INTERVAL_S = 0.01
+GRACE_S = 0.5  # the receiver listens this long after the sender's deadline
+CONNECT_WINDOW_S = 10.0  # how long either side waits for the other to show up
+UDP_HEADER = struct.Struct("!QQ")  # sequence number, sender's monotonic time in ns
+REQUEST = b"qex-start"
+
+
+@dataclass
+class Samples:
+    """What a receiver recorded; written as JSON, read back by the experiment."""
+
+    kind: str  # "tcp" | "udp"
+    start_at: float  # CLOCK_MONOTONIC origin of bin 0
+    interval_s: float
+    bins: list[int] = field(default_factory=list)  # bytes delivered in each interval
+    connected: bool = False
+    error: str | None = None
+    bytes_total: int = 0
+    # UDP only
+    received: int = 0
+    unique: int = 0
+    highest_seq: int = -1
+    reordered: int = 0
+    duplicates: int = 0
+
+    def add(self, now: float, nbytes: int) -> None:
+        index = int((now - self.start_at) / self.interval_s)
+        if index < 0:
+            return  # before the measurement's origin: not part of the record
+        if index >= len(self.bins):
+            self.bins.extend([0] * (index + 1 - len(self.bins)))
+        self.bins[index] += nbytes
+        self.bytes_total += nbytes
+
+    @property
+    def lost(self) -> int:
+        """Sequence numbers up to the highest seen that never arrived."""
+        return self.highest_seq + 1 - self.unique
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lost"] = self.lost
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Samples:
+        data = {k: v for k, v in data.items() if k != "lost"}
+        return cls(**data)
+
+
+# -- arithmetic on the samples ----------------------------------------------------------------
+def pad_bins(bins: Sequence[int], interval_s: float, duration_s: float) -> list[int]:
+    """The bins up to the end of the measurement (a receiver that saw nothing late has fewer)."""
+    n = round(duration_s / interval_s)
+    return [*bins[:n], *([0] * max(0, n - len(bins)))]
+
+
+def goodput_mbps(bins: Sequence[int], interval_s: float, t_from: float, t_to: float) -> float:
+    """Mean goodput between two times (seconds from the origin), in Mbit/s."""
+    lo, hi = round(t_from / interval_s), round(t_to / interval_s)
+    if hi <= lo:
+        return 0.0
+    return sum(bins[lo:hi]) * 8 / ((hi - lo) * interval_s) / 1e6
+
+
+def delivery_gap_ms(
+    bins: Sequence[int], interval_s: float, down_at_s: float, up_at_s: float, lead_s: float = 0.25
+) -> float | None:
+    """The longest run of empty bins that starts around the outage start, in ms.
+
+    A run counts if it starts between `lead_s` before the outage and half-way to the repair
+    (a gap caused by the repair itself, later, is not the failover gap). None when that run
+    lasts to the end of the record: delivery never resumed. 0.0 when no bin was empty: the gap
+    was shorter than one interval. Resolution: one interval.
+    """
+    first = max(0, round((down_at_s - lead_s) / interval_s))
+    last_start = round((down_at_s + up_at_s) / 2 / interval_s)
+    n = len(bins)
+    longest = 0
+    k = first
+    while k < n and k <= last_start:
+        if bins[k]:
+            k += 1
+            continue
+        end = k
+        while end < n and not bins[end]:
+            end += 1
+        if end == n:
+            return None  # nothing was delivered after this run began
+        longest = max(longest, end - k)
+        k = end
+    return longest * interval_s * 1000
+
+
+def resample(bins: Sequence[int], interval_s: float, out_interval_s: float) -> list[float]:
+    """Goodput in Mbit/s per `out_interval_s` (a whole multiple of the sampling interval)."""
+    step = max(1, round(out_interval_s / interval_s))
+    return [
+        sum(bins[i : i + step]) * 8 / (step * interval_s) / 1e6 for i in range(0, len(bins), step)
+    ]
+
+
+# -- TCP --------------------------------------------------------------------------------------
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def tcp_socket(addr: str, mptcp: bool) -> socket.socket:
+    proto = IPPROTO_MPTCP if mptcp else socket.IPPROTO_TCP
+    try:
+        return socket.socket(_family(addr), socket.SOCK_STREAM, proto)
+    except OSError as exc:
+        if mptcp and exc.errno in (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL):
+            raise SystemExit(
+                "traffic: error: this kernel refuses MPTCP sockets: enable net.mptcp.enabled."
+            ) from None
+        raise
+
+
+def tcp_send(bind: str, port: int, start_at: float, duration: float, mptcp: bool) -> dict[str, Any]:
+    """Accept one receiver and send as fast as the connection takes until start + duration."""
+    deadline = start_at + duration
+    report: dict[str, Any] = {"sent": 0, "error": None, "accepted": False}
+    # The listener stays open until the end: MPTCP joins (new subflows) arrive through it.
+    with tcp_socket(bind, mptcp) as lsock:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind((bind, port))
+        lsock.listen(4)
+        lsock.settimeout(max(1.0, min(CONNECT_WINDOW_S, deadline - time.monotonic())))
+        try:
+            conn, _ = lsock.accept()
+        except TimeoutError:
+            report["error"] = "no receiver connected"
+            return report
+        report["accepted"] = True
+        chunk = b"\0" * 65536
+        with conn:
+            conn.settimeout(0.2)
+            while time.monotonic() < deadline:
+                try:
+                    report["sent"] += conn.send(chunk)
+                except TimeoutError:
+                    continue  # a stalled connection (outage): keep trying until the deadline
+                except OSError as exc:
+                    report["error"] = f"send: {exc.strerror or exc}"
+                    break
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+    return report
+
+
+def tcp_recv(
+    dst: str, port: int, start_at: float, duration: float, mptcp: bool, interval: float
+) -> Samples:
+    samples = Samples("tcp", start_at, interval)
+    deadline = start_at + duration + GRACE_S
+    buf = bytearray(262144)
+    sock = tcp_socket(dst, mptcp)
+    with sock:
+        connect_until = min(deadline, time.monotonic() + CONNECT_WINDOW_S)
+        while True:
+            try:
+                sock.settimeout(max(0.1, connect_until - time.monotonic()))
+                sock.connect((dst, port))
+                break
+            except (ConnectionRefusedError, TimeoutError, OSError) as exc:
+                if time.monotonic() >= connect_until:
+                    samples.error = f"connect: {getattr(exc, 'strerror', None) or exc}"
+                    return samples
+                sock.close()
+                sock = tcp_socket(dst, mptcp)
+                time.sleep(0.1)
+        samples.connected = True
+        sock.settimeout(0.05)
+        while time.monotonic() < deadline:
+            try:
+                n = sock.recv_into(buf)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                samples.error = f"recv: {exc.strerror or exc}"
+                break
+            if n == 0:
+                break
+            samples.add(time.monotonic(), n)
+    return samples
+
+
+# -- UDP constant bit rate --------------------------------------------------------------------
+def udp_send(
+    bind: str, port: int, start_at: float, duration: float, rate_mbit: float, size: int
+) -> dict[str, Any]:
+    """Wait for the receiver's request, then send `size`-byte datagrams at the rate, numbered."""
+    deadline = start_at + duration
+    report: dict[str, Any] = {"sent": 0, "send_errors": 0, "error": None}
+    with socket.socket(_family(bind), socket.SOCK_DGRAM) as sock:
+        sock.bind((bind, port))
+        sock.settimeout(max(1.0, min(CONNECT_WINDOW_S, deadline - time.monotonic())))
+        try:
+            while True:
+                data, peer = sock.recvfrom(2048)
+                if data == REQUEST:
+                    break
+        except TimeoutError:
+            report["error"] = "no receiver asked"
+            return report
+        sock.setblocking(False)
+        period = size * 8 / (rate_mbit * 1e6)
+        pad = b"\0" * (size - UDP_HEADER.size)
+        seq = 0
+        t0 = max(time.monotonic(), start_at)
+        while (now := time.monotonic()) < deadline:
+            due = t0 + seq * period
+            if due > now:
+                time.sleep(min(due - now, 0.002))
+                continue
+            try:
+                sock.sendto(UDP_HEADER.pack(seq, time.monotonic_ns()) + pad, peer)
+            except (BlockingIOError, OSError):
+                report["send_errors"] += 1  # the datagram is lost, as the network would lose it
+            seq += 1
+        report["sent"] = seq
+    return report
+
+
+def udp_recv(dst: str, port: int, start_at: float, duration: float, interval: float) -> Samples:
+    samples = Samples("udp", start_at, interval)
+    deadline = start_at + duration + GRACE_S
+    seen = bytearray()
+    with socket.socket(_family(dst), socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.05)
+        next_request = 0.0
+        while (now := time.monotonic()) < deadline:
+            if not samples.connected and now >= next_request:
+                with contextlib.suppress(OSError):
+                    sock.sendto(REQUEST, (dst, port))
+                next_request = now + 0.3
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:  # ICMP errors reported on the socket: keep listening
+                samples.error = f"recv: {exc.strerror or exc}"
+                continue
+            if len(data) < UDP_HEADER.size:
+                continue
+            samples.connected = True
+            seq, _sent_ns = UDP_HEADER.unpack_from(data)
+            samples.add(time.monotonic(), len(data))
+            samples.received += 1
+            if seq >= len(seen):
+                seen.extend(b"\0" * max(seq + 1 - len(seen), 4096))
+            if seen[seq]:
+                samples.duplicates += 1
+                continue
+            seen[seq] = 1
+            samples.unique += 1
+            if seq < samples.highest_seq:
+                samples.reordered += 1
+            samples.highest_seq = max(samples.highest_seq, seq)
+    return samples
+
+
+# -- command line -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.traffic")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("tcp-send", "tcp-recv", "udp-send", "udp-recv"):
+        s = sub.add_parser(name)
+        if name.endswith("send"):
+            s.add_argument("--bind", required=True)
+        else:
+            s.add_argument("--dst", required=True)
+            s.add_argument("--interval", type=float, default=SAMPLE_INTERVAL_S)
+        s.add_argument("--port", type=int, required=True)
+        s.add_argument("--start-at", type=float, required=True, help="CLOCK_MONOTONIC seconds")
+        s.add_argument("--duration", type=float, required=True)
+        s.add_argument("--out", type=Path, help="JSON file for the samples / sender report")
+        if name.startswith("tcp"):
+            s.add_argument("--mptcp", action="store_true")
+        if name == "udp-send":
+            s.add_argument("--rate-mbit", type=float, default=10.0)
+            s.add_argument("--size", type=int, default=1000)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 < args.duration <= 3600:
+        print("traffic: error: --duration must be between 0 and 3600 s.", file=sys.stderr)
+        return 2
+    result: dict[str, Any]
+    if args.command == "tcp-send":
+        result = tcp_send(args.bind, args.port, args.start_at, args.duration, args.mptcp)
+    elif args.command == "udp-send":
+        if not UDP_HEADER.size <= args.size <= 65000 or args.rate_mbit <= 0:
+            print("traffic: error: --size must be 16..65000 and --rate-mbit > 0.", file=sys.stderr)
+            return 2
+        result = udp_send(
+            args.bind, args.port, args.start_at, args.duration, args.rate_mbit, args.size
+        )
+    elif args.command == "tcp-recv":
+        result = tcp_recv(
+            args.dst, args.port, args.start_at, args.duration, args.mptcp, args.interval
+        ).to_json()
+    else:
+        result = udp_recv(
+            args.dst, args.port, args.start_at, args.duration, args.interval
+        ).to_json()
+    text = json.dumps(result)
+    if args.out:
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
