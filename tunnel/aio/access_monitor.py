@@ -1,0 +1,300 @@
+"""Watching the client's access networks: is each one usable right now?
+
+Two signals (issue 4, "Access Reports"; tunnel draft §6 says when to report, not how to detect):
+- the kernel's view, from rtnetlink link and address events: the interface exists, is up and has
+  carrier (IFF_LOWER_UP), and the access's local address is configured and not tentative;
+- a liveness probe for silent failures (link up, nothing gets through): a QUIC PING on the
+  access's connection every `probe_interval`; when the oldest unanswered one is older than
+  `misses` intervals the access counts as failed (`LivenessProbe`, pure logic, driven by the
+  client with the loop's clock).
+
+uvloop cannot open netlink sockets through its own API and pyroute2 0.9 runs its sockets on the
+calling thread's event loop, so the event socket here is a plain AF_NETLINK socket read with
+`add_reader` (its messages only say "something changed"), and the state itself is read with
+pyroute2 on a worker thread that has no event loop (as tunnel/aio/tun.py configures the TUN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from pyroute2 import IPRoute
+
+from tunnel.config import AccessConfig
+
+log = logging.getLogger("qtun.access")
+
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000  # carrier: the kernel's "link is physically up"
+IFA_F_TENTATIVE = 0x40  # IPv6 address still in duplicate address detection: cannot bind yet
+IFA_F_DADFAILED = 0x08
+DEFAULT_MISSES = 3
+RECHECK_DELAY = 0.02  # seconds: netlink events come in bursts, read the state once per burst
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """The kernel's view of one access network."""
+
+    exists: bool
+    up: bool
+    carrier: bool
+    has_address: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.exists and self.up and self.carrier and self.has_address
+
+    def reason(self) -> str:
+        """Why the access is not usable (for the log), "" when it is."""
+        if not self.exists:
+            return "interface missing"
+        if not self.up:
+            return "interface down"
+        if not self.carrier:
+            return "no carrier"
+        if not self.has_address:
+            return "local address missing"
+        return ""
+
+
+def read_link_states(accesses: Sequence[AccessConfig]) -> dict[str, LinkState]:
+    """Each access's LinkState, read with pyroute2 (blocking: call from a thread with no
+    event loop)."""
+    with IPRoute() as ipr:
+        links = {
+            link.get_attr("IFLA_IFNAME"): (link["index"], link["flags"]) for link in ipr.get_links()
+        }
+        addresses: list[tuple[int, str, int]] = []
+        for message in ipr.get_addr():
+            address = message.get_attr("IFA_ADDRESS") or message.get_attr("IFA_LOCAL")
+            flags = message.get_attr("IFA_FLAGS")
+            if flags is None:
+                flags = message["flags"]
+            if address is not None:
+                addresses.append((message["index"], str(address), int(flags)))
+    return link_states_from(accesses, links, addresses)
+
+
+def link_states_from(
+    accesses: Iterable[AccessConfig],
+    links: dict[str, tuple[int, int]],
+    addresses: Iterable[tuple[int, str, int]],
+) -> dict[str, LinkState]:
+    """The rules of `read_link_states` on already-read data: `links` maps an interface name to
+    (index, flags), `addresses` lists (interface index, address, IFA flags)."""
+    addresses = list(addresses)
+    flags_by_index = {index: flags for index, flags in links.values()}
+    states: dict[str, LinkState] = {}
+    for access in accesses:
+        if access.interface is not None:
+            link = links.get(access.interface)
+            exists = link is not None
+            index, flags = link if link is not None else (-1, 0)
+            indexes = {index}
+        else:
+            indexes = set(flags_by_index)
+            exists, flags = True, IFF_UP | IFF_LOWER_UP
+        has_address = True
+        if access.local_address is not None:
+            wanted = access.local_address
+            holders = [
+                i
+                for i, text, ifa_flags in addresses
+                if i in indexes
+                and _same_address(text, wanted)
+                and not ifa_flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
+            ]
+            has_address = bool(holders)
+            if access.interface is None and holders:
+                # no interface named: the link state is that of the one holding the address
+                flags = flags_by_index.get(holders[0], 0)
+        states[access.name] = LinkState(
+            exists=exists,
+            up=bool(flags & IFF_UP),
+            carrier=bool(flags & IFF_LOWER_UP),
+            has_address=has_address,
+        )
+    return states
+
+
+def _same_address(text: str, wanted: object) -> bool:
+    try:
+        return ip_address(text.split("%")[0]) == wanted
+    except ValueError:
+        return False
+
+
+class LivenessProbe:
+    """Silent-failure detector for one connection (pure: the caller passes `now`).
+
+    The caller sends a QUIC PING with `next_uid()` whenever `due(now)`, reports it with
+    `sent(uid, now)` and every PingAcknowledged with `acked(uid, now)`. `alive(now)` is False once
+    the oldest unanswered PING is older than `misses` intervals; an answer to any PING clears it
+    and every earlier one (acknowledgements prove the path works, whichever PING they answer).
+    """
+
+    def __init__(self, interval: float, misses: int = DEFAULT_MISSES) -> None:
+        if interval <= 0 or misses < 1:
+            raise ValueError(
+                f"probe interval must be > 0 and misses >= 1, got {interval}, {misses}"
+            )
+        self.interval = interval
+        self.misses = misses
+        self._outstanding: dict[int, float] = {}
+        self._last_sent: float | None = None
+        self._next_uid = 1
+        self.sent_count = 0
+        self.acked_count = 0
+        self.last_rtt: float | None = None
+
+    def due(self, now: float) -> bool:
+        return self._last_sent is None or now - self._last_sent >= self.interval
+
+    def next_uid(self) -> int:
+        uid = self._next_uid
+        self._next_uid += 1
+        return uid
+
+    def sent(self, uid: int, now: float) -> None:
+        self._outstanding[uid] = now
+        self._last_sent = now
+        self.sent_count += 1
+
+    def acked(self, uid: int, now: float) -> None:
+        sent_at = self._outstanding.get(uid)
+        if sent_at is None:
+            return
+        self.acked_count += 1
+        self.last_rtt = now - sent_at
+        for other, at in list(self._outstanding.items()):
+            if at <= sent_at:
+                del self._outstanding[other]
+
+    def silent_for(self, now: float) -> float:
+        """How long the oldest unanswered PING has waited (0 if none)."""
+        if not self._outstanding:
+            return 0.0
+        return now - min(self._outstanding.values())
+
+    def alive(self, now: float) -> bool:
+        return self.silent_for(now) <= self.misses * self.interval
+
+    def reset(self) -> None:
+        """Forget outstanding PINGs (the connection moved to another path)."""
+        self._outstanding.clear()
+        self._last_sent = None
+
+
+LinkChange = Callable[[str, LinkState], None]
+
+
+class AccessMonitor:
+    """Calls `on_change(access_name, state)` from the loop whenever the kernel's view of an
+    access changes (and once per access at `start`). `state(name)` is the latest view."""
+
+    def __init__(self, accesses: Sequence[AccessConfig], on_change: LinkChange) -> None:
+        self.accesses = tuple(accesses)
+        self.on_change = on_change
+        self.events_seen = 0
+        self._states: dict[str, LinkState] = {}
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="access-monitor")
+        self._refresh: asyncio.Task[None] | None = None
+        self._again = False
+
+    def state(self, name: str) -> LinkState | None:
+        return self._states.get(name)
+
+    def usable(self, name: str) -> bool:
+        state = self._states.get(name)
+        return state is not None and state.usable
+
+    async def start(self) -> None:
+        """Open the netlink event socket and read the current state."""
+        self._loop = asyncio.get_running_loop()
+        if not self.accesses:
+            return
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        try:
+            sock.setblocking(False)
+            sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        await self._read_states()
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                self._sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                # ENOBUFS: events were lost; the full re-read below covers them.
+                break
+            self.events_seen += 1
+        self.recheck()
+
+    def recheck(self) -> None:
+        """Re-read the state soon (coalesces bursts of events into one read)."""
+        if self._loop is None:
+            return
+        if self._refresh is not None and not self._refresh.done():
+            self._again = True
+            return
+        self._refresh = self._loop.create_task(self._delayed_read())
+
+    async def _delayed_read(self) -> None:
+        await asyncio.sleep(RECHECK_DELAY)
+        await self._read_states()
+        while self._again:
+            self._again = False
+            await self._read_states()
+
+    async def _read_states(self) -> None:
+        assert self._loop is not None
+        try:
+            states = await self._loop.run_in_executor(self._pool, read_link_states, self.accesses)
+        except Exception as exc:  # netlink trouble must not stop the tunnel
+            log.warning("access state not read error=%r", str(exc))
+            return
+        for name, state in states.items():
+            if self._states.get(name) != state:
+                self._states[name] = state
+                self.on_change(name, state)
+
+    def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        with contextlib.suppress(Exception):
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = [
+    "AccessMonitor",
+    "LinkState",
+    "LivenessProbe",
+    "link_states_from",
+    "read_link_states",
+]
