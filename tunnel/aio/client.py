@@ -58,7 +58,7 @@ from tunnel.aio.cli import RuntimeFailure
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import StatusWriter
 from tunnel.aio.tun import TunDevice, TunError
-from tunnel.aio.udp import EndpointError, QuicClient, UdpEndpoint, run
+from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, UdpEndpoint, run
 from tunnel.config import AccessConfig, ClientConfig, Mode, TunConfig
 from tunnel.connection import (
     ALPN_SESSION,
@@ -406,8 +406,13 @@ class Client:
         configuration.verify_mode = ssl.CERT_REQUIRED
         return configuration
 
-    def _remote(self) -> tuple[str, int]:
-        return (str(self.config.concentrator_address), self.config.concentrator_port)
+    def _remote(self) -> tuple[str, int] | tuple[str, int, int, int]:
+        address, port = self.config.concentrator_address, self.config.concentrator_port
+        if isinstance(address, IPv6Address):
+            # recvfrom on an AF_INET6 socket gives 4-tuples and aioquic compares addresses as
+            # tuples: the same shape, or every packet would look like it came from a new path.
+            return (str(address), port, 0, 0)
+        return (str(address), port)
 
     def _bind(self, access: AccessConfig | None) -> UdpEndpoint:
         family = (
@@ -440,20 +445,31 @@ class Client:
             self._by_tunnel[path.tunnel] = path
             return quic
 
+        quic = create(configuration=self._quic_configuration())
+        driver = QuicDriver(quic, endpoint, lambda event: self._on_quic_event(path, event))
+        path.client = QuicClient(endpoint, driver)
+        timeout = min(CONNECT_TIMEOUT, self.config.limits.idle_timeout)
         try:
-            path.client = await QuicClient.connect(
-                endpoint,
-                self._remote(),
-                self._quic_configuration(),
-                lambda event: self._on_quic_event(path, event),
-                timeout=min(CONNECT_TIMEOUT, self.config.limits.idle_timeout),
-                batch_size=TUN_BATCH,
-                create_connection=create,
-            )
+            endpoint.start(driver.receive, TUN_BATCH)
+            quic.connect(self._remote(), now=self.loop.time())
+            driver.transmit()
+            try:
+                await asyncio.wait_for(driver.wait_connected(), timeout)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no QUIC handshake with {self.config.concentrator_address} port "
+                    f"{self.config.concentrator_port} within {timeout:g} s: check that the "
+                    "concentrator runs and is reachable over this access"
+                ) from None
         except BaseException:
+            if not driver.closed:
+                driver.close()
+                # The handshake future fails later, when the close completes: collect that
+                # outcome so asyncio does not log it as never retrieved.
+                waiter = self.loop.create_task(driver.wait_connected())
+                waiter.add_done_callback(lambda t: t.cancelled() or t.exception())
             endpoint.close()
-            if path.tunnel is not None:
-                self._by_tunnel.pop(path.tunnel, None)
+            self._by_tunnel.pop(path.tunnel, None) if path.tunnel is not None else None
             raise
         assert path.tunnel is not None
         if path.tunnel.mode is None or path.tunnel.closed:
@@ -935,8 +951,9 @@ class Client:
         first_view = status.reported is None
         status.reported = available
         self.changed.set()
-        if not first_view or not available:
-            log.info("access %s access=%s", "available" if available else "unavailable", name)
+        if first_view and available:
+            return  # available is what the concentrator assumes (tunnel draft §6): no report
+        log.info("access %s access=%s", "available" if available else "unavailable", name)
         if self.session is not None:
             self.session.set_available(status.config.access_id, available)
         if (
