@@ -361,7 +361,19 @@ class Client:
         from tunnel.aio.stream_client import StreamClient  # lands with the stream helper
 
         self.stream = StreamClient(self.config.stream, self._stream_current)
-        await self.stream.start()
+        try:
+            await self.stream.start()
+        except Exception as exc:
+            self.stream = None
+            raise RuntimeFailure(f"stream mode could not start: {exc}") from None
+
+    def _stream_quic_options(self) -> dict[str, Any]:
+        """TunnelQuicConnection keyword arguments: the stream client's (stream_mode, windows)
+        when stream mode is on, else none."""
+        if self.stream is None:
+            return {}
+        options = getattr(self.stream, "quic_options", None)
+        return dict(options()) if callable(options) else {"stream_mode": True}
 
     def _stream_current(self) -> tuple[TunnelConnection, Callable[[], None]] | None:
         """The connection that carries new TCP streams now (wave 2 contract)."""
@@ -439,7 +451,7 @@ class Client:
         endpoint = self._bind(access)
 
         def create(**kwargs: Any) -> TunnelQuicConnection:
-            quic = TunnelQuicConnection(stream_mode=self.stream_enabled, **kwargs)
+            quic = TunnelQuicConnection(**self._stream_quic_options(), **kwargs)
             path.quic = quic
             path.tunnel = TunnelConnection(quic, self.config.limits.max_datagram_queue)
             self._by_tunnel[path.tunnel] = path
