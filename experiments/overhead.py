@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +70,7 @@ from experiments.runner import (
     resolve_params,
     run_experiment,
 )
+from tunnel.aio.client import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
 from tunnel.datagram import SESSION_HEADER_SIZE
 from tunnel.quic_ext import AEAD_TAG_SIZE, SHORT_HEADER_FIXED_SIZE, packet_datagram_budget
 
@@ -87,9 +89,10 @@ WG_MTU = 1420  # wireguard-go's default
 IPV4_HEADER = 20
 UDP_HEADER = 8
 TCP_HEADER_WITH_TIMESTAMPS = 20 + 20 + 12  # IPv4 + TCP + timestamp option (Linux default)
-# aioquic defaults the programs run with: 8-byte connection IDs, 1200-byte UDP payloads.
+# What the programs run with: aioquic's 8-byte connection IDs and the client's UDP payload size
+# (the framing does not depend on the latter as long as the budget is above 63 bytes).
 QUIC_CID_LENGTH = 8
-QUIC_MAX_DATAGRAM_SIZE = 1200
+QUIC_MAX_DATAGRAM_SIZE = CLIENT_MAX_DATAGRAM_SIZE
 WG_DATA_HEADER = 16  # type 4 + receiver index 4 + counter 8 (WireGuard §5.4.6)
 WG_TAG = 16
 STREAM_FRAME_HEADER = 1 + 1 + 4 + 2  # type, stream id, offset (16 KiB..1 GiB), length
@@ -577,6 +580,8 @@ def session(params: Params) -> Iterator[Context]:
             teardown = ctx.state.pop("teardown", None)
             if teardown is not None:
                 teardown()
+    if not params["keep_logs"]:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 EXPERIMENT = Experiment(
@@ -593,6 +598,7 @@ EXPERIMENT = Experiment(
         "rate_mbit": 20.0,
         "delay_ms": 2.0,
         "backend": "auto",
+        "keep_logs": False,  # True: keep program logs (not pcaps) in the workdir named in meta
     },
     tables={"overhead": COLUMNS},
     key_columns=("mode", "workload", "payload_bytes", "run"),
