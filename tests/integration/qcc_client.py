@@ -1,0 +1,220 @@
+"""Child process for test_concentrator.py, run inside the qcc client namespace: a small tunnel
+client made of the core pieces (TunnelConnection over aioquic, tunnel.aio.udp) that does what the
+real `qtun client` never would — connect without a certificate or with a foreign one, offer a
+wrong ALPN, join a made-up session, send a spoofed inner source — and prints one RESULT line of
+JSON saying what the concentrator answered. Bounded: it lives at most --lifetime seconds.
+
+actions:
+  connect       handshake, then wait for a close (refusal tests)
+  join-bogus    session mode, Join Session with a random Session ID
+  ping          tunnel or session mode: ICMP echo from --src to --dst through the tunnel, wait for
+                the reply (--count echoes)
+  hold          stay connected for --hold seconds (the test sends traffic towards us meanwhile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+from typing import Any
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import QuicEvent
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+
+from tunnel.aio.udp import QuicClient, UdpEndpoint, run
+from tunnel.connection import (
+    ConnectionClosed,
+    PacketReceived,
+    SessionEstablished,
+    SessionJoinFailed,
+    TunnelConnection,
+    TunnelEvent,
+)
+from tunnel.messages import AccessId, AccessSignal
+from tunnel.reorder import PacketTagCounter
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.tunnel: TunnelConnection | None = None
+        self.events: list[TunnelEvent] = []
+        self.changed = asyncio.Event()
+
+    def on_event(self, event: QuicEvent) -> None:
+        assert self.tunnel is not None
+        for tunnel_event in self.tunnel.handle_event(event):
+            self.events.append(tunnel_event)
+        self.changed.set()
+
+    async def wait_for(self, kinds: tuple[type, ...], timeout: float) -> TunnelEvent | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for event in self.events:
+                if isinstance(event, kinds):
+                    return event
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                return None
+
+
+def configuration(args: argparse.Namespace) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=args.alpn.split(","),
+        max_datagram_frame_size=65535,
+        max_datagram_size=1452,
+        server_name="concentrator",
+    )
+    config.load_verify_locations(cafile=f"{args.certs}/ca.pem")
+    config.verify_mode = ssl.CERT_REQUIRED
+    if args.cert != "none":
+        config.load_cert_chain(
+            f"{args.cert_dir or args.certs}/{args.cert}.pem",
+            f"{args.cert_dir or args.certs}/{args.cert}.key",
+        )
+    return config
+
+
+def echo_request(src: str, dst: str, size: int, seq: int) -> bytes:
+    payload = b"q" * size
+    if ":" in dst:
+        return bytes(IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=0x5143, seq=seq) / payload)
+    return bytes(IP(src=src, dst=dst) / ICMP(id=0x5143, seq=seq) / payload)
+
+
+def is_echo_reply(packet: bytes) -> bool:
+    if packet[0] >> 4 == 6:
+        return IPv6(packet).haslayer(ICMPv6EchoReply)
+    parsed = IP(packet)
+    return parsed.haslayer(ICMP) and parsed[ICMP].type == 0
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    family = socket.AF_INET6 if ":" in args.remote else socket.AF_INET
+    endpoint = UdpEndpoint.bind(family=family)
+    peer = Peer()
+    result: dict[str, Any] = {"action": args.action}
+
+    def factory(**kwargs: Any) -> Any:
+        from tunnel.quic_ext import TunnelQuicConnection
+
+        quic = TunnelQuicConnection(**kwargs)
+        peer.tunnel = TunnelConnection(quic)
+        return quic
+
+    try:
+        client = await QuicClient.connect(
+            endpoint,
+            (args.remote, args.port),
+            configuration(args),
+            peer.on_event,
+            timeout=5.0,
+            create_connection=factory,
+        )
+    except ConnectionError as exc:
+        result.update(connected=False, error=str(exc))
+        endpoint.close()
+        return result
+    tunnel = peer.tunnel
+    assert tunnel is not None
+    result.update(connected=True, alpn=tunnel.alpn)
+    tags = PacketTagCounter()
+
+    def send(packet: bytes) -> None:
+        tag = tags.next() if tunnel.mode is not None and tunnel.mode.value == "session" else None
+        sent = tunnel.send_packet(packet, packet_tag=tag)
+        result.setdefault("send_status", []).append(sent.status.value)
+        client.driver.transmit()
+
+    try:
+        if args.action == "connect":
+            await peer.wait_for((ConnectionClosed,), args.lifetime)
+        elif args.action == "join-bogus":
+            tunnel.join_session(os.urandom(16))
+            client.driver.transmit()
+            failed = await peer.wait_for((SessionJoinFailed, SessionEstablished), 5.0)
+            result["join"] = (
+                {"failed": int(failed.code)}
+                if isinstance(failed, SessionJoinFailed)
+                else {"established": failed is not None}
+            )
+        else:
+            if tunnel.mode is not None and tunnel.mode.value == "session":
+                tunnel.request_new_session()
+                client.driver.transmit()
+                established = await peer.wait_for((SessionEstablished,), 5.0)
+                result["session"] = established is not None
+                if args.report:
+                    tunnel.send_access_report(AccessId.NON_THREE_GPP, AccessSignal.AVAILABLE)
+                    client.driver.transmit()
+            if args.action == "ping":
+                replies = 0
+                for seq in range(args.count):
+                    before = len(peer.events)
+                    send(echo_request(args.src, args.dst, args.size, seq))
+                    loop = asyncio.get_running_loop()
+                    end = loop.time() + 1.5
+                    while loop.time() < end:
+                        got = [
+                            e
+                            for e in peer.events[before:]
+                            if isinstance(e, PacketReceived) and is_echo_reply(e.packet)
+                        ]
+                        if got:
+                            replies += 1
+                            break
+                        peer.changed.clear()
+                        try:
+                            await asyncio.wait_for(peer.changed.wait(), end - loop.time())
+                        except TimeoutError:
+                            break
+                result["replies"] = replies
+            elif args.action == "hold":
+                print("READY", flush=True)
+                await asyncio.sleep(args.hold)
+                received = [e for e in peer.events if isinstance(e, PacketReceived)]
+                result["received"] = len(received)
+    finally:
+        await client.close()
+    result["max_packet_size"] = tunnel.max_packet_size()
+    close = next((e for e in peer.events if isinstance(e, ConnectionClosed)), None)
+    if close is not None:
+        result["closed"] = {
+            "by_peer": close.by_peer,
+            "reason": close.reason,
+            "code": close.error_code,
+        }
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action", choices=["connect", "join-bogus", "ping", "hold"])
+    parser.add_argument("--remote", default="192.0.2.1")
+    parser.add_argument("--port", type=int, default=4433)
+    parser.add_argument("--certs", required=True)
+    parser.add_argument("--cert-dir", help="directory of --cert if not --certs (foreign CA)")
+    parser.add_argument("--cert", default="alice", help="client cert stem, or none")
+    parser.add_argument("--alpn", default="qt")
+    parser.add_argument("--src", default="10.8.0.2")
+    parser.add_argument("--dst", default="10.200.0.2")
+    parser.add_argument("--size", type=int, default=56)
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="session: Access Report wifi up")
+    parser.add_argument("--hold", type=float, default=5.0)
+    parser.add_argument("--lifetime", type=float, default=5.0)
+    args = parser.parse_args()
+    outcome = run(asyncio.wait_for(main(args), args.lifetime + 10))
+    print("RESULT " + json.dumps(outcome), flush=True)

@@ -1,0 +1,354 @@
+"""The real `qtun concentrator` in a namespace, against a crafted client (qcc_client.py) in
+another and a server namespace behind it (prefix qcc):
+
+    qcc-cli  --veth 192.0.2.0/24, fd00:c0::/64--  qcc-conc (qtun concentrator, TUN qcc-tun)
+                                                     |  veth 10.200.0.0/24, fd00:200::/64
+                                                  qcc-srv (default route via qcc-conc)
+
+Checked: forwarding both ways in tunnel and session mode over IPv4 and IPv6 outside, a pool
+client, refusals (no certificate, foreign CA, unknown name, wrong ALPN, mode not served) with
+their close reasons and status counters, bogus Join Session -> UNKNOWN_SESSION_ID, spoofed inner
+source dropped and counted, oversized packet -> frag-needed / Packet Too Big at the server,
+SIGTERM -> exit 0, status "stopped", TUN gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunnel.errors import ControlErrorCode
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+NS_CONC, NS_CLI, NS_SRV = "qcc-conc", "qcc-cli", "qcc-srv"
+CLIENT_SCRIPT = Path(__file__).with_name("qcc_client.py")
+
+
+def sh(*args: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def in_ns(ns: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, *args, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[None]:
+    made: list[str] = []
+    try:
+        for ns in (NS_CONC, NS_CLI, NS_SRV):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        links = (
+            (NS_CLI, "qcc-c1", ["192.0.2.2/24", "fd00:c0::2/64"], NS_CONC, "qcc-c0",
+             ["192.0.2.1/24", "fd00:c0::1/64"]),
+            (NS_SRV, "qcc-s1", ["10.200.0.2/24", "fd00:200::2/64"], NS_CONC, "qcc-s0",
+             ["10.200.0.1/24", "fd00:200::1/64"]),
+        )  # fmt: skip
+        for ns_a, if_a, addrs_a, ns_b, if_b, addrs_b in links:
+            sh("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
+               "netns", ns_b)  # fmt: skip
+            for ns, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
+                for addr in addrs:
+                    extra = ["nodad"] if ":" in addr else []
+                    sh("ip", "-n", ns, "addr", "add", addr, "dev", ifname, *extra)
+                sh("ip", "-n", ns, "link", "set", ifname, "up")
+        sh("ip", "-n", NS_SRV, "route", "add", "default", "via", "10.200.0.1")
+        sh("ip", "-n", NS_SRV, "-6", "route", "add", "default", "via", "fd00:200::1")
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            sh("ip", "netns", "exec", NS_CONC, "sysctl", "-qw", key)
+        yield
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Our CA (alice, carol, bob) and a foreign CA that also issued an "alice"."""
+    base = tmp_path_factory.mktemp("qcc-certs")
+    ours, foreign = base / "ours", base / "foreign"
+    for out, clients in ((ours, ["alice", "carol", "bob"]), (foreign, ["alice"])):
+        sh(sys.executable, str(REPO / "scripts" / "make-certs"), "--out", str(out), "--clients",
+           *clients, timeout=60)  # fmt: skip
+    return ours, foreign
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    status_path: Path
+    log_path: Path
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.status_path.read_text())
+        return data
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                return -9
+        return self.proc.returncode
+
+
+def concentrator_toml(certs: Path, status: Path, tun: str, port: int, extra: str) -> str:
+    return f"""
+{extra}
+[listen]
+addresses = ["192.0.2.1", "fd00:c0::1"]
+port = {port}
+[tun]
+name = "{tun}"
+mtu = 1500
+addresses = ["10.8.0.1/24", "fd00:8::1/64"]
+[tls]
+ca = "{certs}/ca.pem"
+cert = "{certs}/concentrator.pem"
+key = "{certs}/concentrator.key"
+[[client]]
+name = "alice"
+addresses = ["10.8.0.2/32", "fd00:8::2/128"]
+[observability]
+status_file = "{status}"
+status_interval = 0.2
+"""
+
+
+def start_concentrator(workdir: Path, toml: str) -> Running:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "concentrator.toml"
+    config.write_text(toml)
+    status, log = workdir / "status.json", workdir / "concentrator.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", NS_CONC, sys.executable, "-m", "tunnel.aio.cli",
+             "concentrator", "-c", str(config), "--log-level", "debug"],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    running = Running(proc, status, log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"concentrator exited {proc.returncode}: {running.log()}")
+        if status.exists() and running.status().get("state") == "up":
+            return running
+        time.sleep(0.1)
+    running.stop()
+    raise AssertionError(f"concentrator not up within 20 s: {running.log()}")
+
+
+@pytest.fixture(scope="module")
+def conc(
+    net: None, certs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """Both modes, alice static, a pool for everyone else, TUN MTU 1500 (above the datagram
+    budget, so that the concentrator itself must answer oversized packets)."""
+    ours, _ = certs
+    workdir = tmp_path_factory.mktemp("qcc-conc")
+    toml = concentrator_toml(
+        ours,
+        workdir / "status.json",
+        "qcc-tun",
+        4433,
+        'modes = ["tunnel", "session"]\n[pool]\nipv4 = "10.8.1.0/24"\nipv6 = "fd00:8:1::/64"',
+    )
+    running = start_concentrator(workdir, toml)
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        assert code == 0, running.log()
+
+
+def client(
+    certs: tuple[Path, Path], action: str, *args: str, lifetime: float = 4.0
+) -> dict[str, Any]:
+    ours, _ = certs
+    done = in_ns(
+        NS_CLI, sys.executable, str(CLIENT_SCRIPT), action, "--certs", str(ours),
+        "--lifetime", str(lifetime), *args, timeout=lifetime + 20,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"client printed no result: {done.stdout}\n{done.stderr}"
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
+
+
+# -- forwarding --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("remote", "src", "dst"),
+    [
+        ("192.0.2.1", "10.8.0.2", "10.200.0.2"),
+        ("fd00:c0::1", "fd00:8::2", "fd00:200::2"),
+        ("192.0.2.1", "fd00:8::2", "fd00:200::2"),
+    ],
+)
+def test_tunnel_mode_forwards_both_ways(
+    conc: Running, certs: tuple[Path, Path], remote: str, src: str, dst: str
+) -> None:
+    result = client(certs, "ping", "--remote", remote, "--src", src, "--dst", dst, "--count", "3")
+    assert result["connected"] and result["alpn"] == "qt"
+    assert result["replies"] == 3, result
+    assert result["max_packet_size"] == 1422  # 1452-byte UDP payload, 8-byte CID
+
+
+def test_session_mode_forwards_and_takes_access_reports(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    result = client(certs, "ping", "--alpn", "qt-session", "--report", "--count", "3")
+    assert result["session"] is True
+    assert result["replies"] == 3, result
+    assert "session created client=alice" in conc.log()
+    assert "access report client=alice" in conc.log()
+
+
+def test_pool_client_claims_its_first_source(conc: Running, certs: tuple[Path, Path]) -> None:
+    result = client(certs, "ping", "--cert", "carol", "--src", "10.8.1.5", "--count", "2")
+    assert result["replies"] == 2, result
+    assert "pool address claimed client=carol address=10.8.1.5" in conc.log()
+    # alice's static address is not carol's to claim: dropped by the ingress filter
+    before = conc.status()["counters"].get("ingress_dropped", 0)
+    taken = client(certs, "ping", "--cert", "carol", "--src", "10.8.0.2")
+    assert taken["replies"] == 0
+    assert wait_until(lambda: conc.status()["counters"].get("ingress_dropped", 0) > before)
+
+
+def test_spoofed_inner_source_is_dropped_and_counted(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    before = conc.status()["counters"].get("ingress_dropped", 0)
+    result = client(certs, "ping", "--src", "10.8.0.99", "--count", "2")
+    assert result["connected"] and result["replies"] == 0
+    assert wait_until(lambda: conc.status()["counters"].get("ingress_dropped", 0) >= before + 2)
+
+
+def test_oversized_packet_towards_a_client_gets_packet_too_big(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    ours, _ = certs
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", NS_CLI, sys.executable, str(CLIENT_SCRIPT), "hold", "--certs",
+         str(ours), "--hold", "6", "--lifetime", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "READY"
+        assert wait_until(lambda: any(c["name"] == "alice" for c in conc.status()["clients"]))
+        small = in_ns(NS_SRV, "ping", "-c", "1", "-W", "1", "-s", "56", "10.8.0.2")
+        assert small.returncode == 1  # the crafted client never answers: but it receives
+        # 1488-byte packets: fit the veth (1500) and the TUN (1500), not the tunnel (1422)
+        big4 = in_ns(NS_SRV, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1460", "10.8.0.2")
+        big6 = in_ns(NS_SRV, "ping", "-6", "-c", "1", "-W", "2", "-M", "do", "-s", "1440",
+                     "fd00:8::2")  # fmt: skip
+        out, err = holder.communicate(timeout=20)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+    assert "mtu = 1422" in big4.stdout, big4.stdout + big4.stderr
+    assert "Packet too big" in big6.stdout and "mtu=1422" in big6.stdout, big6.stdout
+    counters = conc.status()["counters"]
+    assert counters.get("packet_too_big_sent", 0) >= 2
+    result = json.loads(out.splitlines()[-1][len("RESULT ") :])
+    assert result["received"] >= 1, (out, err)
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+def refused(conc: Running, kind: str) -> int:
+    value: int = conc.status()["refused"][kind]
+    return value
+
+
+def test_client_without_certificate_gets_a_clear_close(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    before = refused(conc, "auth")
+    result = client(certs, "connect", "--cert", "none")
+    assert result["closed"]["by_peer"], result
+    assert "sent no certificate" in result["closed"]["reason"]
+    assert wait_until(lambda: refused(conc, "auth") == before + 1)
+
+
+def test_certificate_from_another_ca_gets_a_clear_close(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    _, foreign = certs
+    before = refused(conc, "auth")
+    result = client(certs, "connect", "--cert-dir", str(foreign), "--cert", "alice")
+    assert result["closed"]["by_peer"], result
+    assert "is not accepted" in result["closed"]["reason"]
+    assert wait_until(lambda: refused(conc, "auth") == before + 1)
+
+
+def test_wrong_alpn_is_refused(conc: Running, certs: tuple[Path, Path]) -> None:
+    before = refused(conc, "mode")
+    result = client(certs, "connect", "--alpn", "h3")
+    assert not result["connected"]
+    assert "ALPN" in result["error"], result
+    assert wait_until(lambda: refused(conc, "mode") == before + 1, timeout=8)
+
+
+def test_bogus_join_session_gets_unknown_session_id(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    result = client(certs, "join-bogus", "--alpn", "qt-session")
+    assert result["join"] == {"failed": int(ControlErrorCode.UNKNOWN_SESSION_ID)}
+
+
+# -- life cycle --------------------------------------------------------------------------------
+
+
+def test_tunnel_only_no_pool_refusals_then_clean_sigterm(
+    net: None, certs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ours, _ = certs
+    toml = concentrator_toml(ours, tmp_path / "status.json", "qcc-tun2", 4434, 'modes = ["tunnel"]')
+    running = start_concentrator(tmp_path, toml)
+    try:
+        unknown = client(certs, "connect", "--port", "4434", "--cert", "bob")
+        assert "'bob' is not configured" in unknown["closed"]["reason"], unknown
+        session = client(certs, "connect", "--port", "4434", "--alpn", "qt-session")
+        assert "session mode (ALPN qt-session) is not offered" in session["closed"]["reason"]
+        status = running.status()
+        assert status["refused"]["auth"] == 1 and status["refused"]["mode"] == 1
+    finally:
+        code = running.stop()
+    assert code == 0, running.log()
+    assert running.status()["state"] == "stopped"
+    assert in_ns(NS_CONC, "ip", "link", "show", "qcc-tun2").returncode != 0
+    assert os.path.exists(running.log_path)
