@@ -194,6 +194,10 @@ class ConcentratorConfig:
     limits: ConcentratorLimits = field(default_factory=ConcentratorLimits)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     stream: StreamServerConfig = field(default_factory=StreamServerConfig)
+    # Masquerade (nftables) client packets that leave through another interface than the TUN,
+    # except towards `nat_exclude` (networks that route the client prefixes back themselves).
+    nat: bool = False
+    nat_exclude: tuple[IPNetwork, ...] = ()
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -277,6 +281,8 @@ def parse_concentrator_config(
         limits=_concentrator_limits(table.table("limits")),
         observability=_observability(table.table("observability")),
         stream=_stream_server(table.table("stream")),
+        nat=_boolean(table, "nat", False),
+        nat_exclude=tuple(table.network_list("nat_exclude")),
     )
     table.done()
     return config
