@@ -306,9 +306,13 @@ def ensure_mode(ctx: Context, mode: str) -> Route:
         state["teardown"] = wg.stop
         route = Route(WG_INNER[SERVER], WG_PORT)
     else:
-        from testbed.qtun import QtunDeployment, TunnelSpec
+        from testbed.qtun import CONCENTRATOR_TUN_V4, QtunDeployment, TunnelSpec
 
-        spec = TunnelSpec(mode="tunnel" if mode == "tunnel" else "session", stream=mode == "stream")
+        spec = TunnelSpec(mode="tunnel" if mode == "tunnel" else "session")
+        if mode == "stream":
+            # The client intercepts TCP to h2's TUN address and carries it on QUIC streams.
+            intercept = f'stream.intercept=["{CONCENTRATOR_TUN_V4}/32"]'
+            spec = TunnelSpec(mode="session", stream=True, client_overrides=(intercept,))
         dep = QtunDeployment(lab, spec, workdir=workdir).start()
         state["teardown"] = dep.stop
         tun = dep.status(CLIENT).get("tun", {})
@@ -451,8 +455,10 @@ def run_point(ctx: Context, point: Point) -> PointResult:
     received = json.loads(recv_out.read_text())
     sent = json.loads(send_out.read_text()) if send_out.exists() else {}
     if workload == "bulk-tcp" and received.get("bytes_total") != params["bulk_bytes"]:
+        errors = "; ".join(str(r["error"]) for r in (received, sent) if r.get("error"))
         raise ExperimentError(
-            f"the bulk receiver read {received.get('bytes_total')} of {params['bulk_bytes']} bytes."
+            f"the bulk receiver read {received.get('bytes_total')} of {params['bulk_bytes']} "
+            f"bytes ({errors or 'no error reported'})."
         )
     if workload == "udp":
         proto, port = 17, route.udp_port or TRAFFIC_PORT
@@ -662,12 +668,17 @@ def bulk_tool(argv: list[str]) -> int:
         s.add_argument("--timeout", type=float, default=60.0)
         s.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    if args.command == "bulk-send":
-        result = bulk_send(args.bind, args.port, args.bytes, args.timeout)
-    else:
-        result = bulk_recv(args.dst, args.port, args.timeout)
+    code = 0
+    try:
+        if args.command == "bulk-send":
+            result = bulk_send(args.bind, args.port, args.bytes, args.timeout)
+        else:
+            result = bulk_recv(args.dst, args.port, args.timeout)
+    except OSError as exc:  # timeouts, resets: reported to run_point, not a traceback
+        result = {"error": f"{args.command}: {exc.strerror or exc!r}", "bytes_total": 0}
+        code = 1
     args.out.write_text(json.dumps(result))
-    return 0
+    return code
 
 
 if __name__ == "__main__":
