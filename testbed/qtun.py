@@ -316,7 +316,8 @@ class QtunDeployment:
         return self.lab.procs.start(self.lab.node(node), name, argv)
 
     def start(self, timeout: float = 20.0) -> QtunDeployment:
-        """Certificates, configs, the concentrator, then every client; returns when all are up.
+        """Certificates, configs, the concentrator, then every client; returns when all are up
+        (in session mode: joined on every available access).
 
         On failure every program started here is stopped and QtunError carries the log tails."""
         try:
@@ -327,8 +328,9 @@ class QtunDeployment:
                 with contextlib.suppress(FileNotFoundError):
                     self.status_path(client).unlink()
                 self.procs[client] = self.launch(client, "client", self.spec.client_overrides)
+            deadline = time.monotonic() + timeout
             for client in self.clients:
-                self.wait_state(client, ("up",), timeout)
+                self.wait_ready(client, max(0.1, deadline - time.monotonic()))
         except BaseException:
             self.stop()
             raise
@@ -432,6 +434,20 @@ class QtunDeployment:
                     f"log tail:\n{self.log_tail(node)}"
                 )
             time.sleep(0.05)
+
+    def wait_ready(self, client: str, timeout: float) -> dict[str, Any]:
+        """Wait until a client is "up" and, in session mode, has joined the session on every
+        access that is available (the backups too: a failover needs them joined)."""
+        pid = self.pid(client)
+
+        def ready(s: dict[str, Any]) -> bool:
+            if s.get("state") != "up" or s.get("pid") not in (pid, None):
+                return False
+            if s.get("mode") != "session":
+                return True
+            return all(a.get("connected") for a in s.get("accesses", []) if a.get("available"))
+
+        return self.wait_for(client, ready, timeout, 'state "up" with every available access')
 
     def wait_state(self, node: str, states: Sequence[str], timeout: float) -> dict[str, Any]:
         """Wait until the status of `node` says one of `states` (e.g. ("up",))."""
