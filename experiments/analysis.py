@@ -94,15 +94,23 @@ class ResultsError(ValueError):
 
 
 # -- locating runs ---------------------------------------------------------------------------
+def _finished(run_dir: Path) -> bool:
+    """A run is complete once meta.json exists and its `finished` is not null (the runner
+    writes null while it is still measuring)."""
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("finished", True) is not None
+
+
 def run_dirs(experiment: str, root: Path = Path("results")) -> list[Path]:
-    """Complete runs of an experiment (timestamped directories holding meta.json), oldest first."""
+    """Complete runs of an experiment (timestamped directories, see _finished), oldest first."""
     base = Path(root) / experiment
     if not base.is_dir():
         return []
     return sorted(
-        p
-        for p in base.iterdir()
-        if p.is_dir() and RUN_DIR_PATTERN.match(p.name) and (p / "meta.json").is_file()
+        p for p in base.iterdir() if p.is_dir() and RUN_DIR_PATTERN.match(p.name) and _finished(p)
     )
 
 

@@ -68,7 +68,9 @@ def write_failover_run(run: Path) -> None:
 def test_latest_run_picks_newest_complete_run(tmp_path: Path) -> None:
     make_run(tmp_path, "failover", "20261126-100000")
     newest = make_run(tmp_path, "failover", "20261126-120000")
-    make_run(tmp_path, "failover", "20261126-130000", meta=False)  # still running / crashed
+    make_run(tmp_path, "failover", "20261126-130000", meta=False)  # crashed before meta.json
+    running = make_run(tmp_path, "failover", "20261126-140000")
+    (running / "meta.json").write_text(json.dumps({"experiment": "failover", "finished": None}))
     (tmp_path / "failover" / "notes").mkdir()
     assert analysis.latest_run("failover", tmp_path) == newest
     assert len(analysis.run_dirs("failover", tmp_path)) == 2
