@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from tunnel.errors import ControlErrorCode
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
-NS_CONC, NS_CLI, NS_SRV = "qcc-conc", "qcc-cli", "qcc-srv"
+NS_CONC, NS_CLI, NS_SRV, NS_NET = "qcc-conc", "qcc-cli", "qcc-srv", "qcc-net"
 CLIENT_SCRIPT = Path(__file__).with_name("qcc_client.py")
 
 
@@ -48,7 +49,7 @@ def in_ns(ns: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedPro
 def net() -> Iterator[None]:
     made: list[str] = []
     try:
-        for ns in (NS_CONC, NS_CLI, NS_SRV):
+        for ns in (NS_CONC, NS_CLI, NS_SRV, NS_NET):
             sh("ip", "netns", "add", ns)
             made.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -57,6 +58,9 @@ def net() -> Iterator[None]:
              ["192.0.2.1/24", "fd00:c0::1/64"]),
             (NS_SRV, "qcc-s1", ["10.200.0.2/24", "fd00:200::2/64"], NS_CONC, "qcc-s0",
              ["10.200.0.1/24", "fd00:200::1/64"]),
+            # no route back to the client prefixes: reachable only through NAT
+            (NS_NET, "qcc-n1", ["10.201.0.2/24", "fd00:201::2/64"], NS_CONC, "qcc-n0",
+             ["10.201.0.1/24", "fd00:201::1/64"]),
         )  # fmt: skip
         for ns_a, if_a, addrs_a, ns_b, if_b, addrs_b in links:
             sh("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
@@ -163,7 +167,8 @@ def conc(
     net: None, certs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     """Both modes, alice static, a pool for everyone else, TUN MTU 1500 (above the datagram
-    budget, so that the concentrator itself must answer oversized packets)."""
+    budget, so that the concentrator itself must answer oversized packets), NAT except towards
+    the server network (which routes the client prefixes back)."""
     ours, _ = certs
     workdir = tmp_path_factory.mktemp("qcc-conc")
     toml = concentrator_toml(
@@ -171,7 +176,9 @@ def conc(
         workdir / "status.json",
         "qcc-tun",
         4433,
-        'modes = ["tunnel", "session"]\n[pool]\nipv4 = "10.8.1.0/24"\nipv6 = "fd00:8:1::/64"',
+        'modes = ["tunnel", "session"]\nnat = true\n'
+        'nat_exclude = ["10.200.0.0/24", "fd00:200::/64"]\n'
+        '[pool]\nipv4 = "10.8.1.0/24"\nipv6 = "fd00:8:1::/64"',
     )
     running = start_concentrator(workdir, toml)
     try:
@@ -286,6 +293,24 @@ def test_oversized_packet_towards_a_client_gets_packet_too_big(
     assert result["received"] >= 1, (out, err)
 
 
+def masqueraded_packets() -> int:
+    listing = in_ns(NS_CONC, "nft", "list", "table", "inet", "qtun_nat_qcc_tun").stdout
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+
+
+def test_nat_masquerades_only_outside_the_excluded_networks(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    before = masqueraded_packets()
+    routed = client(certs, "ping", "--dst", "10.200.0.2")
+    assert routed["replies"] == 1 and masqueraded_packets() == before
+    for src, dst in (("10.8.0.2", "10.201.0.2"), ("fd00:8::2", "fd00:201::2")):
+        natted = client(certs, "ping", "--src", src, "--dst", dst, "--count", "2")
+        assert natted["replies"] == 2, natted
+    # a NAT chain sees the first packet of each conntrack flow: one echo flow per family
+    assert masqueraded_packets() >= before + 2
+
+
 # -- refusals ----------------------------------------------------------------------------------
 
 
@@ -337,7 +362,9 @@ def test_tunnel_only_no_pool_refusals_then_clean_sigterm(
     net: None, certs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     ours, _ = certs
-    toml = concentrator_toml(ours, tmp_path / "status.json", "qcc-tun2", 4434, 'modes = ["tunnel"]')
+    toml = concentrator_toml(
+        ours, tmp_path / "status.json", "qcc-tun2", 4434, 'modes = ["tunnel"]\nnat = true'
+    )
     running = start_concentrator(tmp_path, toml)
     try:
         unknown = client(certs, "connect", "--port", "4434", "--cert", "bob")
@@ -346,9 +373,12 @@ def test_tunnel_only_no_pool_refusals_then_clean_sigterm(
         assert "session mode (ALPN qt-session) is not offered" in session["closed"]["reason"]
         status = running.status()
         assert status["refused"]["auth"] == 1 and status["refused"]["mode"] == 1
+        assert status["nat"] == "qtun_nat_qcc_tun2"
+        assert "qtun_nat_qcc_tun2" in in_ns(NS_CONC, "nft", "list", "tables").stdout
     finally:
         code = running.stop()
     assert code == 0, running.log()
     assert running.status()["state"] == "stopped"
     assert in_ns(NS_CONC, "ip", "link", "show", "qcc-tun2").returncode != 0
+    assert "qtun_nat_qcc_tun2" not in in_ns(NS_CONC, "nft", "list", "tables").stdout
     assert os.path.exists(running.log_path)

@@ -49,6 +49,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 
 from tunnel.aio.cli import RuntimeFailure
+from tunnel.aio.nat import Masquerade, NatError
 from tunnel.aio.status import StatusWriter
 from tunnel.aio.tun import TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicDriver, QuicServer, UdpEndpoint, run
@@ -199,6 +200,7 @@ class Concentrator:
             config.observability.status_interval,
         )
         self._keylog: IO[str] | None = None
+        self.nat: Masquerade | None = None
         self._stopped = asyncio.Event()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -219,6 +221,18 @@ class Concentrator:
             )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None
+        if config.nat:
+            try:
+                self.nat = Masquerade.install(
+                    config.tun.name, self.table.routed_prefixes(), config.nat_exclude
+                )
+            except NatError as exc:
+                raise RuntimeFailure(str(exc)) from None
+            log.info(
+                "nat on table=%s exclude=%s",
+                self.nat.table,
+                ",".join(map(str, config.nat_exclude)) or "none",
+            )
         quic_config = self._quic_configuration()
         stream: Any = getattr(config, "stream", None)
         stream_on = self.stream_server is not None and stream is not None
@@ -247,8 +261,6 @@ class Concentrator:
                 server.start()
                 self.servers.append(server)
         except EndpointError as exc:
-            await self._close_servers()
-            self.tun.close()
             raise RuntimeFailure(str(exc)) from None
         self.tun.start_reading(self._on_tun_packets)
         self.state = "up"
@@ -294,6 +306,8 @@ class Concentrator:
             self.expiry_timer.cancel()
         if self.tun is not None:
             self.tun.close()
+        if self.nat is not None:
+            self.nat.remove()
         if self._keylog is not None:
             self._keylog.close()
         self.state = "stopped"
@@ -813,6 +827,7 @@ class Concentrator:
                 "write_drops": tun.stats.write_drops if tun is not None else 0,
             },
             "ip_forward": self.ip_forward,
+            "nat": self.nat.table if self.nat is not None else None,
             "clients": [self._client_status(c) for c in self.clients.values()],
             "sessions": len(self.sessions),
             "connections": len(self.peers),
