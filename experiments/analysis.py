@@ -370,7 +370,8 @@ def outage_window(failover: pd.DataFrame) -> tuple[float, float]:
 def plot_goodput_timeseries(
     ax: Axes, timeseries: pd.DataFrame, outage: tuple[float, float] | None = None
 ) -> None:
-    """Goodput over time, one line per variant (mean over runs at each sample), outage shaded."""
+    """Goodput over time, one line per variant (mean over runs at each sample), outage shaded.
+    Give it one (event, traffic) combination at a time (see `scenarios`)."""
     variants = _ordered(timeseries["variant"].tolist(), VARIANT_ORDER)
     for i, variant in enumerate(variants):
         rows = timeseries[timeseries["variant"] == variant]
@@ -384,7 +385,28 @@ def plot_goodput_timeseries(
     ax.set_ylabel("goodput (Mbit/s)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="x-small", loc="best")
+
+
+SCENARIO_COLUMNS = ("event", "traffic")
+
+
+def scenarios(frame: pd.DataFrame) -> list[tuple[str, ...]]:
+    """The (event, traffic) combinations present (columns the time series may lack: then one
+    empty combination standing for all rows)."""
+    columns = [c for c in SCENARIO_COLUMNS if c in frame.columns]
+    if not columns:
+        return [()]
+    combos = frame[columns].drop_duplicates().itertuples(index=False, name=None)
+    return sorted(tuple(str(v) for v in combo) for combo in combos)
+
+
+def select_scenario(frame: pd.DataFrame, scenario: tuple[str, ...]) -> pd.DataFrame:
+    columns = [c for c in SCENARIO_COLUMNS if c in frame.columns]
+    mask = pd.Series(True, index=frame.index)
+    for column, value in zip(columns, scenario, strict=False):
+        mask &= frame[column].astype(str) == value
+    return frame[mask]
 
 
 def plot_failover_gaps(ax: Axes, summary: pd.DataFrame) -> None:
@@ -395,6 +417,8 @@ def plot_failover_gaps(ax: Axes, summary: pd.DataFrame) -> None:
     means = summary["gap_ms_mean"].to_numpy(dtype=float)
     errors = np.nan_to_num(summary["gap_ms_ci"].to_numpy(dtype=float), nan=0.0)
     recovered = summary["recovered"].to_numpy()
+    variants = _ordered(summary["variant"].tolist(), VARIANT_ORDER)
+    colours = [_colour(variants.index(v)) for v in summary["variant"]]  # as in the time series
     for i in range(len(summary)):
         if recovered[i] == 0:
             ax.annotate(
@@ -410,13 +434,16 @@ def plot_failover_gaps(ax: Axes, summary: pd.DataFrame) -> None:
             continue
         lower = min(errors[i], means[i] * 0.999)  # keep the bar positive on a log axis
         ax.errorbar(
-            x[i], means[i], yerr=[[lower], [errors[i]]], fmt="o", color=_colour(i), capsize=4
+            x[i], means[i], yerr=[[lower], [errors[i]]], fmt="o", color=colours[i], capsize=4
         )
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
     ax.set_xlim(-0.5, len(summary) - 0.5)
-    if np.isfinite(means).any() and np.nanmin(means) > 0:
-        ax.set_yscale("log")
-    ax.set_ylabel("gap (ms), mean ± 95 % t-CI")
+    finite = means[np.isfinite(means)]
+    if len(finite) and finite.min() > 0 and finite.max() / finite.min() > 10:
+        ax.set_yscale("log")  # gaps of 100 ms and of 20 s on one axis
+    else:
+        ax.set_ylim(bottom=0)
+    ax.set_ylabel("gap (ms): mean ± 95 % t-CI over recovered runs")
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -538,10 +565,17 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     95 % CI; needs only failover.csv and failover_timeseries.csv of the run."""
     failover = load_failover(run_dir)
     timeseries = load_failover_timeseries(run_dir)
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax_ts, ax_gap = fig.subplots(1, 2, width_ratios=(2, 1))
-    plot_goodput_timeseries(ax_ts, timeseries, outage_window(failover))
-    ax_ts.set_title("goodput at the receiver", fontsize="medium")
+    combos = scenarios(timeseries)
+    fig = Figure(figsize=(13, 1.5 + 3.2 * len(combos)), layout="constrained")
+    grid = fig.add_gridspec(len(combos), 2, width_ratios=(2, 1))
+    for row, combo in enumerate(combos):
+        ax_ts = fig.add_subplot(grid[row, 0])
+        rows = select_scenario(failover, combo)
+        outage = outage_window(rows if len(rows) else failover)
+        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage)
+        what = " / ".join(combo)
+        ax_ts.set_title(f"goodput at the receiver{': ' + what if what else ''}", fontsize="medium")
+    ax_gap = fig.add_subplot(grid[:, 1])
     plot_failover_gaps(ax_gap, failover_gap_summary(failover))
     ax_gap.set_title("longest delivery gap around the outage", fontsize="medium")
     fig.suptitle(_run_title(run_dir))

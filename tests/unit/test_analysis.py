@@ -162,6 +162,25 @@ def test_mean_ci() -> None:
     assert all(math.isnan(v) for v in analysis.mean_ci([]))
 
 
+def test_scenarios_split_the_time_series() -> None:
+    import pandas as pd
+
+    ts = pd.DataFrame(
+        {
+            "variant": ["plain"] * 4,
+            "run": [0] * 4,
+            "event": ["link-down", "link-down", "blackhole", "blackhole"],
+            "traffic": ["tcp", "udp", "tcp", "tcp"],
+            "t_s": [0.0, 0.0, 0.0, 0.1],
+            "goodput_mbps": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    combos = analysis.scenarios(ts)
+    assert combos == [("blackhole", "tcp"), ("link-down", "tcp"), ("link-down", "udp")]
+    assert analysis.select_scenario(ts, ("blackhole", "tcp"))["goodput_mbps"].tolist() == [3, 4]
+    assert analysis.scenarios(ts.drop(columns=["event", "traffic"])) == [()]
+
+
 def test_failover_gap_summary(tmp_path: Path) -> None:
     write_failover_run(tmp_path)
     summary = analysis.failover_gap_summary(analysis.load_failover(tmp_path))
@@ -262,6 +281,25 @@ WRITERS = {
     "goodput": write_goodput_run,
     "aggregation": write_aggregation_run,
 }
+
+
+def test_failover_figure_one_panel_per_scenario(tmp_path: Path) -> None:
+    rows = [
+        [v, r, event, traffic, 20.0, 40.0, 150.0 + r, 40.0, 10.0, 42.0, 0, 0, True]
+        for v in ("session-failover", "tunnel-migration")
+        for event, traffic in (("link-down", "tcp"), ("blackhole", "udp"))
+        for r in range(2)
+    ]
+    write_csv(tmp_path / "failover.csv", FAILOVER_HEADER, rows)
+    samples = [
+        [v, r, event, traffic, i / 10, 10.0 if 200 <= i < 202 else 40.0]
+        for v, r, event, traffic, *_ in rows
+        for i in range(600)
+    ]
+    header = ["variant", "run", "event", "traffic", "t_s", "goodput_mbps"]
+    write_csv(tmp_path / "failover_timeseries.csv", header, samples)
+    out = analysis.failover_figure(tmp_path, tmp_path / "f.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
 
 
 @pytest.mark.parametrize("experiment", sorted(WRITERS))
