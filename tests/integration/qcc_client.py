@@ -10,6 +10,8 @@ actions:
   ping          tunnel or session mode: ICMP echo from --src to --dst through the tunnel, wait for
                 the reply (--count echoes)
   hold          stay connected for --hold seconds (the test sends traffic towards us meanwhile)
+  failover      session over two connections; which one carries the replies as Access Reports
+                switch WiFi off and on
 """
 
 from __future__ import annotations
@@ -101,11 +103,10 @@ def is_echo_reply(packet: bytes) -> bool:
     return parsed.haslayer(ICMP) and parsed[ICMP].type == 0
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+async def connect_one(args: argparse.Namespace) -> tuple[QuicClient, Peer]:
     family = socket.AF_INET6 if ":" in args.remote else socket.AF_INET
     endpoint = UdpEndpoint.bind(family=family)
     peer = Peer()
-    result: dict[str, Any] = {"action": args.action}
 
     def factory(**kwargs: Any) -> Any:
         from tunnel.quic_ext import TunnelQuicConnection
@@ -123,9 +124,64 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             timeout=5.0,
             create_connection=factory,
         )
+    except BaseException:
+        endpoint.close()
+        raise
+    return client, peer
+
+
+async def failover(args: argparse.Namespace) -> dict[str, Any]:
+    """Two session-mode connections (a, b), one session; echo requests always go out on a,
+    and which connection the concentrator puts the replies on is counted per phase:
+    both accesses unknown, after b reported WiFi UNAVAILABLE, after b reported it AVAILABLE."""
+    (client_a, a), (client_b, b) = [await connect_one(args) for _ in range(2)]
+    assert a.tunnel is not None and b.tunnel is not None
+    result: dict[str, Any] = {"action": "failover"}
+    try:
+        a.tunnel.request_new_session()
+        client_a.driver.transmit()
+        made = await a.wait_for((SessionEstablished,), 5.0)
+        assert isinstance(made, SessionEstablished)
+        b.tunnel.join_session(made.session_id)
+        client_b.driver.transmit()
+        result["joined"] = await b.wait_for((SessionEstablished,), 5.0) is not None
+        tags = PacketTagCounter()
+        phases: list[dict[str, int]] = []
+        for signal_ in (None, AccessSignal.UNAVAILABLE, AccessSignal.AVAILABLE):
+            if signal_ is not None:
+                b.tunnel.send_access_report(AccessId.NON_THREE_GPP, signal_)
+                client_b.driver.transmit()
+                await asyncio.sleep(0.3)
+            counts = {"a": 0, "b": 0}
+            for seq in range(args.count):
+                marks = {"a": len(a.events), "b": len(b.events)}
+                a.tunnel.send_packet(
+                    echo_request(args.src, args.dst, args.size, seq), packet_tag=tags.next()
+                )
+                client_a.driver.transmit()
+                await asyncio.sleep(0.2)
+                for name, side in (("a", a), ("b", b)):
+                    counts[name] += sum(
+                        1
+                        for e in side.events[marks[name] :]
+                        if isinstance(e, PacketReceived) and is_echo_reply(e.packet)
+                    )
+            phases.append(counts)
+        result["phases"] = phases
+    finally:
+        await client_a.close()
+        await client_b.close()
+    return result
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "failover":
+        return await failover(args)
+    result: dict[str, Any] = {"action": args.action}
+    try:
+        client, peer = await connect_one(args)
     except ConnectionError as exc:
         result.update(connected=False, error=str(exc))
-        endpoint.close()
         return result
     tunnel = peer.tunnel
     assert tunnel is not None
@@ -201,7 +257,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["connect", "join-bogus", "ping", "hold"])
+    parser.add_argument("action", choices=["connect", "join-bogus", "ping", "hold", "failover"])
     parser.add_argument("--remote", default="192.0.2.1")
     parser.add_argument("--port", type=int, default=4433)
     parser.add_argument("--certs", required=True)

@@ -382,3 +382,15 @@ def test_tunnel_only_no_pool_refusals_then_clean_sigterm(
     assert in_ns(NS_CONC, "ip", "link", "show", "qcc-tun2").returncode != 0
     assert "qtun_nat_qcc_tun2" not in in_ns(NS_CONC, "nft", "list", "tables").stdout
     assert os.path.exists(running.log_path)
+
+
+def test_session_access_reports_move_traffic_at_once(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    """Connection b reports WiFi unavailable: b must be on 5G and a on WiFi, so replies move
+    to b at once; WiFi available again: back to a (failover scheduler, WiFi first)."""
+    result = client(certs, "failover", "--alpn", "qt-session", "--count", "3", lifetime=10.0)
+    assert result["joined"] is True
+    assert result["phases"] == [{"a": 3, "b": 0}, {"a": 0, "b": 3}, {"a": 3, "b": 0}], result
+    log = conc.log()
+    assert "access learned" in log and "access=5g" in log

@@ -16,9 +16,11 @@ What happens to a connection (tunnel draft §tunnel mode, tunnel-session draft �
    (the configured scheduler) and reorders by Packet Tag. A New Session from a client that has
    one replaces the old session. A memberless session is kept `session_idle_expiry` seconds.
 4. Access Reports (tunnel draft §6) switch an access off/on in the session at once. Which
-   connection runs over which access is not signalled by the drafts; our convention: the first
-   AVAILABLE report received on a connection names that connection's access (unless another
-   connection of the session already has it) — the client sends one on each new connection.
+   connection runs over which access is not signalled by the drafts, so it is inferred from the
+   reports (`Concentrator._learn_access`): an AVAILABLE report for X on a connection of unknown
+   access names X as its access; an UNAVAILABLE one for X travels over another access, so that
+   connection gets the other Access ID and a single remaining unknown connection gets X. Until
+   then a connection's access is unknown and the scheduler treats it as always available.
 
 Forwarding (tunnel/forwarding.py has the address rules): packets read from the TUN go to the
 client owning the destination; too big for its connection -> ICMP frag-needed / Packet Too Big
@@ -666,16 +668,7 @@ class Concentrator:
         available = event.signal is AccessSignal.AVAILABLE
         session = client.session
         if session is not None:
-            if (
-                available
-                and peer.access_id is None
-                and peer.tunnel in session.connections
-                and all(p.access_id != event.access_id for p in client.peers)
-            ):
-                # Our convention (module docstring, step 4): this names the peer's access.
-                peer.access_id = event.access_id
-                session.remove_connection(peer.tunnel)
-                session.add_connection(peer.tunnel, event.access_id)
+            self._learn_access(peer, client, session, event.access_id, available)
             session.set_available(event.access_id, available)
         log.info(
             "access report client=%s peer=%s access=%s signal=%s",
@@ -685,6 +678,42 @@ class Concentrator:
             event.signal.name.lower(),
         )
         self.status.write()
+
+    def _learn_access(
+        self,
+        peer: Peer,
+        client: Client,
+        session: TunnelSession,
+        access: AccessId,
+        available: bool,
+    ) -> None:
+        """Infer which access a connection runs over (module docstring, step 4):
+        * AVAILABLE for X on a connection of unknown access: it is X (a client announces its
+          own access this way on each new connection);
+        * UNAVAILABLE for X on a connection of unknown access: that connection is not on X (a
+          client sends it over an access that works), so with the drafts' two Access IDs it is
+          on the other one, and a single other connection still unknown is on X.
+        A connection keeps the first access inferred; no two connections get the same one."""
+        members = [p for p in client.peers if p.tunnel in session.connections]
+        taken = {p.access_id for p in members}
+        if peer not in members or peer.access_id is not None:
+            return
+        if available:
+            if access not in taken:
+                self._set_access(peer, session, access)
+            return
+        other = next(a for a in AccessId if a is not access)
+        if other not in taken:
+            self._set_access(peer, session, other)
+        unknown = [p for p in members if p.access_id is None]
+        if len(unknown) == 1 and access not in taken:
+            self._set_access(unknown[0], session, access)
+
+    def _set_access(self, peer: Peer, session: TunnelSession, access: AccessId) -> None:
+        peer.access_id = access
+        session.remove_connection(peer.tunnel)
+        session.add_connection(peer.tunnel, access)
+        log.info("access learned peer=%s access=%s", peer.address, ACCESS_NAMES.get(access))
 
     def _arm_reorder(self, client: Client) -> None:
         session = client.session
