@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from experiments.runner import software_versions, write_meta
 from testbed.profiles import PROFILES, profile
 from testbed.qtun import REPO, QtunDeployment, QtunError, TunnelSpec
 
@@ -173,17 +174,6 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def software_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, check=False)
-    return {
-        "python": platform.python_version(),
-        "aioquic": version("aioquic"),
-        "iperf3": (iperf.stdout.split() or ["?", "?"])[1],
-    }
-
-
 def format_table(rows: Sequence[Row]) -> str:
     header = ["mode", "profile", "goodput Mbit/s", "client CPU %", "conc CPU %", "retr", "mtu"]
     lines = [header]
@@ -260,7 +250,7 @@ def run_bench(
         "lab": lab_meta,
         "client_mtu": {f"{r.mode}/{r.profile}": r.mtu for r in rows},
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    write_meta(out_dir, meta)
     return out_dir, rows
 
 

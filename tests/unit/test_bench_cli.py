@@ -1,0 +1,65 @@
+"""experiments.bench without root: arguments, the mode registry, CPU accounting, the table."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from experiments.bench import FIELDS, MODES, Row, cpu_seconds, format_table, main
+
+
+def test_modes_are_a_registry_of_plain_and_both_tunnel_modes() -> None:
+    assert list(MODES) == ["plain", "tunnel", "session"]
+    assert MODES["plain"].spec is None
+    assert MODES["tunnel"].spec is not None and MODES["tunnel"].spec.mode == "tunnel"
+    assert MODES["session"].spec is not None and MODES["session"].spec.mode == "session"
+
+
+def test_csv_columns_start_with_the_issue_s_columns() -> None:
+    assert FIELDS[:5] == [
+        "mode",
+        "profile",
+        "goodput_mbps",
+        "client_cpu_pct",
+        "concentrator_cpu_pct",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--modes", "plain,bogus"], "unknown mode bogus: choose from plain, tunnel, session"),
+        (["--profiles", "moon"], "unknown profile moon"),
+        (["--profiles", ","], "unknown profile (none given)"),
+        (["--seconds", "0"], "--seconds 0 is out of range"),
+    ],
+)
+def test_bad_arguments_get_one_sentence_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cpu_seconds_counts_this_process_s_work() -> None:
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # bounded busy loop: 0.2 s of CPU
+        pass
+    spent = cpu_seconds(os.getpid()) - before
+    assert 0.1 <= spent <= 1.0
+
+
+def test_table_shows_missing_figures_and_errors() -> None:
+    rows = [
+        Row("plain", "none", 900.5, None, None, 10.0, 0, 1500),
+        Row("tunnel", "wifi", error="qtun on h2 is not running"),
+    ]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split()[:2] == ["mode", "profile"]
+    assert "900.5" in lines[1] and lines[1].split()[3] == "-"
+    assert lines[2].endswith("error: qtun on h2 is not running")
