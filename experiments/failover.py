@@ -53,7 +53,9 @@ TRAFFIC_SCRIPT = Path(__file__).resolve().parent / "traffic.py"
 CLIENT = "c1"
 SERVER_V4 = "10.200.1.2"
 CONCENTRATOR_SERVICE_V4 = "10.100.0.1"
-WG_IFACE = "qexwg0"
+# One name per node: wireguard-go's control socket is /var/run/wireguard/<name>.sock, and the
+# Mininet nodes share that file system (same name on both ends = `wg` talks to the wrong one).
+WG_IFACE = {"conc": "qexwgc", "client": "qexwg1"}
 WG_CONC, WG_CLIENT, WG_PORT = "10.9.0.1", "10.9.0.2", 51820
 START_LEAD_S = 1.5  # programs start (Python in a node: ~0.3 s) before the measurement's origin
 
@@ -254,30 +256,33 @@ def _wireguard(lab: Any, ctx: Context) -> Route:
         (workdir / f"wg-{name}.key").chmod(0o600)
         keys[name] = pub.strip()
     path = Route(lab.plan.servers[0], SERVER_V4, SERVER_V4)
-    for node in (conc, client):
+    for node, role in ((conc, "conc"), (client, "client")):
+        iface = WG_IFACE[role]
         # -f: stay in the foreground, so the ProcessManager owns (and stops) it.
-        proc = lab.procs.start(node, "wireguard-go", ["wireguard-go", "-f", WG_IFACE])
+        proc = lab.procs.start(node, f"wireguard-go-{iface}", ["wireguard-go", "-f", iface])
         path.teardown.append(functools.partial(lab.procs.stop, proc))
         deadline = time.monotonic() + 5
-        while "qex-up" not in node.cmd(f"ip link show {WG_IFACE} >/dev/null 2>&1 && echo qex-up"):
+        while "qex-up" not in node.cmd(f"ip link show {iface} >/dev/null 2>&1 && echo qex-up"):
             if time.monotonic() > deadline or not proc.running():
-                raise RuntimeError(f"wireguard-go did not create {WG_IFACE} on {node.name}")
+                log = proc.log_path.read_text()[-300:] if proc.log_path.exists() else ""
+                raise RuntimeError(f"wireguard-go did not create {iface} on {node.name}: {log}")
             time.sleep(0.05)
+    wgc, wg1 = WG_IFACE["conc"], WG_IFACE["client"]
     _cmd(
         conc,
-        f"wg set {WG_IFACE} private-key {workdir / 'wg-conc.key'} listen-port {WG_PORT} "
+        f"wg set {wgc} private-key {workdir / 'wg-conc.key'} listen-port {WG_PORT} "
         f"peer {keys['client']} allowed-ips {WG_CLIENT}/32",
     )
-    _cmd(conc, f"ip addr add {WG_CONC}/24 dev {WG_IFACE} && ip link set {WG_IFACE} up")
+    _cmd(conc, f"ip addr add {WG_CONC}/24 dev {wgc} && ip link set {wgc} up")
     _cmd(
         client,
-        f"wg set {WG_IFACE} private-key {workdir / 'wg-client.key'} "
+        f"wg set {wg1} private-key {workdir / 'wg-client.key'} "
         f"peer {keys['conc']} endpoint {CONCENTRATOR_SERVICE_V4}:{WG_PORT} "
         f"allowed-ips {WG_CONC}/32,10.200.0.0/16 "
         f"persistent-keepalive {int(ctx.params['wg_keepalive_s'])}",
     )
-    _cmd(client, f"ip addr add {WG_CLIENT}/24 dev {WG_IFACE} && ip link set {WG_IFACE} up")
-    _cmd(client, f"ip route add 10.200.0.0/16 dev {WG_IFACE}")
+    _cmd(client, f"ip addr add {WG_CLIENT}/24 dev {wg1} && ip link set {wg1} up")
+    _cmd(client, f"ip route add 10.200.0.0/16 dev {wg1}")
     out = str(client.cmd(f"ping -n -c 3 -i 0.2 -W 2 {SERVER_V4}"))
     if " 0 received" in out or "received" not in out:
         raise RuntimeError(f"no ping through WireGuard to {SERVER_V4}: {out.strip()[-200:]}")
@@ -296,7 +301,12 @@ QTUN_SPECS: dict[str, dict[str, Any]] = {
         "access_reports": False,
     },
     "tunnel-migration": {"mode": "tunnel"},
-    "stream-migration": {"mode": "tunnel", "stream": True},
+    "stream-migration": {
+        "mode": "tunnel",
+        "stream": True,
+        # the client intercepts TCP towards the servers and carries it on QUIC streams
+        "client_overrides": ('stream.intercept=["10.200.0.0/16"]',),
+    },
 }
 
 
@@ -357,6 +367,8 @@ def run_point(ctx: Context, point: Point) -> PointResult:
     lab = ctx.state["lab"]
     p = ctx.params
     variant, event, traffic = point["variant"], point["event"], point["traffic"]
+    if variant == "mptcp" and traffic == "udp":
+        return PointResult(skipped="MPTCP carries TCP only: a UDP flow would be the plain one")
     try:
         path = SETUPS[variant](lab, ctx)
     except _Skip as skip:
@@ -475,13 +487,14 @@ def summary_table(run_dir: Path) -> str:
         note = f"{broken} run(s) never recovered" if broken else ""
         lines.append(f"{variant:<28} {event:<10} {traffic:<7} {len(rows):>4} {gap}  {note}")
     meta = json.loads((run_dir / "meta.json").read_text())
-    seen: set[str] = set()
+    seen: set[tuple[str, str, str]] = set()
     for entry in meta.get("skipped", []):
         variant = entry["point"].get("variant", "?")
-        if variant not in seen:
-            seen.add(variant)
+        traffic = entry["point"].get("traffic", "-")
+        if (variant, traffic, entry["reason"]) not in seen:
+            seen.add((variant, traffic, entry["reason"]))
             lines.append(
-                f"{variant:<28} {'-':<10} {'-':<7} {0:>4} {'-':>9}  skipped: {entry['reason']}"
+                f"{variant:<28} {'-':<10} {traffic:<7} {0:>4} {'-':>9}  skipped: {entry['reason']}"
             )
     for entry in meta.get("failed", []):
         pt = entry["point"]

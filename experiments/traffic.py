@@ -172,6 +172,8 @@ def tcp_send(bind: str, port: int, start_at: float, duration: float, mptcp: bool
             report["error"] = "no receiver connected"
             return report
         report["accepted"] = True
+        while (wait := start_at - time.monotonic()) > 0:  # the record starts at start_at
+            time.sleep(min(wait, 0.05))
         chunk = b"\0" * 65536
         with conn:
             conn.settimeout(0.2)

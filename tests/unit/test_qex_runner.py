@@ -1,0 +1,219 @@
+"""experiments.runner: parameters, shards, seeds, results layout, meta.json and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.runner import (
+    Context,
+    Experiment,
+    ExperimentError,
+    Point,
+    PointResult,
+    parse_shard,
+    parse_value,
+    point_seed,
+    resolve_params,
+    run_experiment,
+    shard_points,
+)
+
+DEFAULTS = {"sizes": [1, 2, 3], "runs": 2, "seed": 7, "scale": 1.0, "label": "x"}
+
+
+def toy(calls: list[dict[str, object]], fail_on: set[int] | None = None) -> Experiment:
+    """A real experiment without a testbed: each point computes size * scale."""
+
+    def points(params: dict[str, object]) -> list[Point]:
+        sizes = params["sizes"]
+        assert isinstance(sizes, list)
+        runs = params["runs"]
+        assert isinstance(runs, int)
+        return [Point({"size": s, "run": r}) for s in sizes for r in range(1, runs + 1)]
+
+    def run_point(ctx: Context, point: Point) -> PointResult:
+        calls.append(dict(point.values))
+        if fail_on and point["size"] in fail_on:
+            raise RuntimeError(f"size {point['size']} broke")
+        if point["size"] == 2 and point["run"] == 2:
+            return PointResult(skipped="two twice is not measured")
+        value = point["size"] * ctx.params["scale"]
+        rows = {
+            "toy": [{"size": point["size"], "run": point["run"], "value": value}],
+            "toy_series": [
+                {"size": point["size"], "t": t, "seed": ctx.state["seed"]} for t in (0, 1)
+            ],
+        }
+        return PointResult(rows=rows)
+
+    return Experiment(
+        name="toy",
+        defaults=DEFAULTS,
+        quick={"sizes": [1], "runs": 1},
+        tables={"toy": ["size", "run", "value"], "toy_series": ["size", "t", "seed"]},
+        key_columns=("size", "run"),
+        points=points,
+        run_point=run_point,
+    )
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_parameters_layer_defaults_quick_config_runs_and_sets(tmp_path: Path) -> None:
+    exp = toy([])
+    assert resolve_params(exp)["sizes"] == [1, 2, 3]
+    assert resolve_params(exp, quick=True)["sizes"] == [1]
+    config = tmp_path / "c.toml"
+    config.write_text('[toy]\nlabel = "from-file"\nruns = 5\n')
+    params = resolve_params(exp, config=config, runs=3, sets=["scale=2", "sizes=[4]"])
+    assert params["label"] == "from-file"
+    assert params["runs"] == 3  # --runs beats the file
+    assert params["scale"] == 2.0 and isinstance(params["scale"], float)
+    assert params["sizes"] == [4]
+    flat = tmp_path / "flat.toml"
+    flat.write_text("seed = 9\n")
+    assert resolve_params(exp, config=flat)["seed"] == 9
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["nope=1"], "unknown parameter"),
+        (["runs=many"], "must be a int"),
+        (["runs=0"], "at least 1"),
+        (["justakey"], "write key=value"),
+    ],
+)
+def test_bad_parameters_get_one_sentence(sets: list[str], message: str) -> None:
+    with pytest.raises(ExperimentError, match=message):
+        resolve_params(toy([]), sets=sets)
+
+
+def test_bad_config_file_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("= nope")
+    with pytest.raises(ExperimentError, match="not valid TOML"):
+        resolve_params(toy([]), config=bad)
+    with pytest.raises(ExperimentError, match="cannot read config"):
+        resolve_params(toy([]), config=tmp_path / "missing.toml")
+
+
+def test_set_values_are_toml_or_bare_strings() -> None:
+    assert parse_value("1") == 1
+    assert parse_value("0.5") == 0.5
+    assert parse_value("true") is True
+    assert parse_value('["a", "b"]') == ["a", "b"]
+    assert parse_value("cubic") == "cubic"
+
+
+def test_shards_are_disjoint_and_cover_every_point() -> None:
+    points = [Point({"i": i}) for i in range(11)]
+    shards = [shard_points(points, (i, 3)) for i in (1, 2, 3)]
+    seen = [p.values["i"] for shard in shards for p in shard]
+    assert sorted(seen) == list(range(11))
+    assert len(seen) == len(set(seen))
+    assert shard_points(points, (2, 3)) == shards[1]  # deterministic
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/2", "3/2", "x", "1-2"):
+        with pytest.raises(ExperimentError):
+            parse_shard(bad)
+
+
+def test_point_seed_depends_on_seed_and_key_only() -> None:
+    assert point_seed(1, ("a", "1")) == point_seed(1, ("a", "1"))
+    assert point_seed(1, ("a", "1")) != point_seed(2, ("a", "1"))
+    assert point_seed(1, ("a", "1")) != point_seed(1, ("a", "2"))
+
+
+def test_run_writes_tables_and_meta(tmp_path: Path) -> None:
+    calls: list[dict[str, object]] = []
+    exp = toy(calls)
+    summary = run_experiment(exp, resolve_params(exp), root=tmp_path, progress=False)
+    assert summary.run_dir.parent == tmp_path / "toy"
+    assert len(summary.run_dir.name) == len("20240101-120000")
+    rows = read(summary.run_dir / "toy.csv")
+    assert [(r["size"], r["run"]) for r in rows] == [
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+        ("3", "1"),
+        ("3", "2"),
+    ]
+    assert [float(r["value"]) for r in rows] == [1.0, 1.0, 2.0, 3.0, 3.0]
+    assert len(read(summary.run_dir / "toy_series.csv")) == 10
+    meta = json.loads((summary.run_dir / "meta.json").read_text())
+    for key in (
+        "experiment",
+        "started",
+        "finished",
+        "git_commit",
+        "git_dirty",
+        "kernel",
+        "hostname",
+        "backend",
+        "seed",
+        "parameters",
+        "fidelity",
+        "variants",
+        "software",
+    ):
+        assert key in meta
+    assert meta["parameters"]["sizes"] == [1, 2, 3]
+    assert meta["seed"] == 7
+    assert meta["skipped"] == [
+        {"point": {"size": 2, "run": 2}, "reason": "two twice is not measured"}
+    ]
+    assert "python" in meta["software"]
+    assert (summary.ran, summary.skipped, summary.failed) == (5, 1, 0)
+
+
+def test_resume_runs_only_what_is_missing(tmp_path: Path) -> None:
+    calls: list[dict[str, object]] = []
+    exp = toy(calls, fail_on={3})
+    first = run_experiment(exp, resolve_params(exp), root=tmp_path, progress=False)
+    assert first.failed == 2
+    meta = json.loads((first.run_dir / "meta.json").read_text())
+    assert [f["point"]["size"] for f in meta["failed"]] == [3, 3]
+    assert "size 3 broke" in meta["failed"][0]["error"]
+    calls.clear()
+    exp_fixed = toy(calls)
+    again = run_experiment(
+        exp_fixed, resolve_params(exp_fixed), resume=first.run_dir, root=tmp_path, progress=False
+    )
+    assert again.run_dir == first.run_dir
+    # Done points are skipped; the skipped one (no rows) and the failed ones run again.
+    assert calls == [{"size": 2, "run": 2}, {"size": 3, "run": 1}, {"size": 3, "run": 2}]
+    assert again.already_done == 3
+    rows = read(first.run_dir / "toy.csv")
+    assert len(rows) == 5
+    assert len({(r["size"], r["run"]) for r in rows}) == 5
+    assert "resumed" in json.loads((first.run_dir / "meta.json").read_text())
+
+
+def test_shards_of_one_sweep_add_up(tmp_path: Path) -> None:
+    calls: list[dict[str, object]] = []
+    exp = toy(calls)
+    params = resolve_params(exp)
+    dirs = [
+        run_experiment(exp, params, shard=(i, 2), root=tmp_path / str(i), progress=False).run_dir
+        for i in (1, 2)
+    ]
+    keys = [(r["size"], r["run"]) for d in dirs for r in read(d / "toy.csv")]
+    assert sorted(keys) == [("1", "1"), ("1", "2"), ("2", "1"), ("3", "1"), ("3", "2")]
+    assert json.loads((dirs[1] / "meta.json").read_text())["shard"] == "2/2"
+
+
+def test_resume_refuses_a_wrong_directory(tmp_path: Path) -> None:
+    exp = toy([])
+    with pytest.raises(ExperimentError, match=r"no meta\.json"):
+        run_experiment(exp, resolve_params(exp), resume=tmp_path, root=tmp_path, progress=False)
+    (tmp_path / "meta.json").write_text(json.dumps({"experiment": "other"}))
+    with pytest.raises(ExperimentError, match="other run"):
+        run_experiment(exp, resolve_params(exp), resume=tmp_path, root=tmp_path, progress=False)

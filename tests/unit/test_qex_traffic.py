@@ -1,0 +1,166 @@
+"""experiments.traffic: gap/goodput arithmetic on recorded samples, and the tools on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.failover import FAILOVER_COLUMNS, TIMESERIES_COLUMNS, measure
+from experiments.runner import Point
+from experiments.traffic import (
+    Samples,
+    delivery_gap_ms,
+    goodput_mbps,
+    pad_bins,
+    resample,
+)
+
+TRAFFIC = Path(__file__).resolve().parents[2] / "experiments" / "traffic.py"
+STEP = 0.01  # the sampling interval
+
+
+def bins_with_gaps(n: int, *gaps: tuple[float, float]) -> list[int]:
+    """n bins of 1000 bytes, empty between each (from_s, to_s)."""
+    out = [1000] * n
+    for lo, hi in gaps:
+        for k in range(round(lo / STEP), round(hi / STEP)):
+            out[k] = 0
+    return out
+
+
+def test_gap_is_the_empty_run_at_the_outage() -> None:
+    bins = bins_with_gaps(1200, (4.0, 4.35))
+    assert delivery_gap_ms(bins, STEP, 4.0, 8.0) == pytest.approx(350)
+
+
+def test_gap_that_starts_just_before_the_outage_counts() -> None:
+    bins = bins_with_gaps(1200, (3.9, 4.5))
+    assert delivery_gap_ms(bins, STEP, 4.0, 8.0) == pytest.approx(600)
+
+
+def test_longest_of_several_runs_in_the_window() -> None:
+    bins = bins_with_gaps(1200, (4.0, 4.1), (4.3, 5.0))
+    assert delivery_gap_ms(bins, STEP, 4.0, 8.0) == pytest.approx(700)
+
+
+def test_gaps_outside_the_window_do_not_count() -> None:
+    # one well before the outage, one at the repair (8 s): neither is the failover gap
+    bins = bins_with_gaps(1200, (1.0, 2.0), (8.0, 9.5), (4.0, 4.05))
+    assert delivery_gap_ms(bins, STEP, 4.0, 8.0) == pytest.approx(50)
+
+
+def test_no_empty_bin_is_a_zero_gap() -> None:
+    assert delivery_gap_ms([1] * 1200, STEP, 4.0, 8.0) == 0.0
+
+
+def test_never_recovered_is_none() -> None:
+    bins = pad_bins([1000] * 400, STEP, 12.0)  # nothing after 4 s
+    assert len(bins) == 1200
+    assert delivery_gap_ms(bins, STEP, 4.0, 8.0) is None
+
+
+def test_broken_until_repair_plus_backoff() -> None:
+    # plain TCP: nothing from the outage until after the link is back (+ RTO backoff)
+    bins = bins_with_gaps(1200, (4.0, 9.2))
+    assert delivery_gap_ms(bins, STEP, 4.0, 8.0) == pytest.approx(5200)
+
+
+def test_goodput_and_resample() -> None:
+    bins = [12500] * 100  # 12500 B per 10 ms = 10 Mbit/s
+    assert goodput_mbps(bins, STEP, 0.0, 1.0) == pytest.approx(10.0)
+    assert goodput_mbps(bins, STEP, 0.5, 0.5) == 0.0
+    assert resample(bins, STEP, 0.1) == pytest.approx([10.0] * 10)
+    assert pad_bins([1, 2, 3], STEP, 0.05) == [1, 2, 3, 0, 0]
+    assert pad_bins([1] * 10, STEP, 0.05) == [1] * 5
+
+
+def test_samples_bin_by_time_and_count_losses() -> None:
+    s = Samples("udp", start_at=100.0, interval_s=STEP)
+    s.add(99.0, 500)  # before the origin: not recorded
+    s.add(100.001, 100)
+    s.add(100.025, 200)
+    assert s.bins == [100, 0, 200]
+    assert s.bytes_total == 300
+    s.highest_seq, s.unique = 9, 7
+    assert s.lost == 3
+    assert Samples.from_json(json.loads(json.dumps(s.to_json()))).bins == s.bins
+
+
+def test_measure_gives_the_contract_columns() -> None:
+    point = Point({"variant": "plain", "event": "link-down", "traffic": "udp", "run": 1})
+    params = {
+        "down_at_s": 4.0,
+        "up_at_s": 8.0,
+        "duration_s": 12.0,
+        "timeseries_interval_s": 0.1,
+    }
+    recv = Samples("udp", 0.0, STEP, bins_with_gaps(1200, (4.0, 4.2)))
+    recv.connected, recv.unique, recv.highest_seq, recv.reordered = True, 95, 99, 2
+    tables = measure(point, params, recv.to_json(), {"sent": 100})
+    (row,) = tables["failover"]
+    assert list(row) == FAILOVER_COLUMNS
+    assert row["gap_ms"] == pytest.approx(200)
+    assert row["packets_lost"] == 5 and row["reordered"] == 2 and row["completed"] is True
+    assert row["goodput_before_mbps"] == pytest.approx(0.8)
+    assert len(tables["failover_timeseries"]) == 120
+    assert list(tables["failover_timeseries"][0]) == TIMESERIES_COLUMNS
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_tools_on_loopback(tmp_path: Path, kind: str) -> None:
+    port = _free_port(socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    start_at = time.monotonic() + 0.8
+    common = ["--port", str(port), "--start-at", str(start_at), "--duration", "1.0"]
+    extra = ["--rate-mbit", "4", "--size", "500"] if kind == "udp" else []
+    send = subprocess.Popen(
+        [sys.executable, str(TRAFFIC), f"{kind}-send", "--bind", "127.0.0.1", *common, *extra,
+         "--out", str(tmp_path / "send.json")]
+    )  # fmt: skip
+    try:
+        time.sleep(0.3)
+        recv = subprocess.run(
+            [sys.executable, str(TRAFFIC), f"{kind}-recv", "--dst", "127.0.0.1", *common,
+             "--out", str(tmp_path / "recv.json")],
+            timeout=15,
+        )  # fmt: skip
+        assert recv.returncode == 0
+        assert send.wait(timeout=10) == 0
+    finally:
+        send.kill()
+        send.wait()
+    samples = json.loads((tmp_path / "recv.json").read_text())
+    sent = json.loads((tmp_path / "send.json").read_text())
+    assert samples["connected"] and samples["error"] is None
+    # 1 s of 10 ms bins, plus what was still queued after the sender's deadline (grace 0.5 s)
+    assert 95 <= len(samples["bins"]) <= 150
+    assert sum(samples["bins"][:95]) > 0.9 * samples["bytes_total"]
+    if kind == "udp":
+        # 4 Mbit/s of 500-byte datagrams for 1 s = 1000 packets, none lost on loopback
+        assert 900 <= sent["sent"] <= 1001
+        assert samples["unique"] == sent["sent"] and samples["lost"] == 0
+        assert samples["bytes_total"] == 500 * sent["sent"]
+    else:
+        assert samples["bytes_total"] > 1_000_000
+        assert sent["sent"] >= samples["bytes_total"]
+
+
+def test_bad_arguments_are_one_sentence() -> None:
+    out = subprocess.run(
+        [sys.executable, str(TRAFFIC), "udp-send", "--bind", "127.0.0.1", "--port", "1",
+         "--start-at", "0", "--duration", "1", "--size", "3"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.startswith("traffic: error:") and "Traceback" not in out.stderr
