@@ -116,7 +116,14 @@ class Running:
         return self.proc.returncode
 
 
-def concentrator_toml(certs: Path, status: Path, tun: str, port: int, extra: str) -> str:
+def concentrator_toml(
+    certs: Path,
+    status: Path,
+    tun: str,
+    port: int,
+    extra: str,
+    tun_addresses: str = '"10.8.0.1/24", "fd00:8::1/64"',
+) -> str:
     return f"""
 {extra}
 [listen]
@@ -125,7 +132,7 @@ port = {port}
 [tun]
 name = "{tun}"
 mtu = 1500
-addresses = ["10.8.0.1/24", "fd00:8::1/64"]
+addresses = [{tun_addresses}]
 [tls]
 ca = "{certs}/ca.pem"
 cert = "{certs}/concentrator.pem"
@@ -394,3 +401,51 @@ def test_session_access_reports_move_traffic_at_once(
     assert result["phases"] == [{"a": 3, "b": 0}, {"a": 0, "b": 3}, {"a": 3, "b": 0}], result
     log = conc.log()
     assert "access learned" in log and "access=5g" in log
+
+
+def test_limits_rate_limit_and_session_expiry(
+    net: None, certs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """One client, one connection each, 0.1 Mbit/s, sessions kept 1 s. Its own TUN prefix
+    (10.9.0.0/24), so alice's /32 route points into this concentrator while it runs."""
+    ours, _ = certs
+    extra = (
+        'modes = ["tunnel", "session"]\n'
+        "[limits]\nmax_clients = 1\nmax_connections_per_client = 1\n"
+        "rate_limit_mbps = 0.1\nsession_idle_expiry = 1.0\n"
+        '[[client]]\nname = "bob"\naddresses = ["10.9.0.9/32"]'
+    )
+    toml = concentrator_toml(
+        ours, tmp_path / "status.json", "qcc-tun3", 4435, extra, '"10.9.0.1/24", "fd00:9::1/64"'
+    )
+    running = start_concentrator(tmp_path, toml)
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", NS_CLI, sys.executable, str(CLIENT_SCRIPT), "hold", "--certs",
+         str(ours), "--port", "4435", "--alpn", "qt-session", "--hold", "5", "--lifetime", "7"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "READY"
+        second = client(certs, "connect", "--port", "4435", "--alpn", "qt-session")
+        assert "already has 1 connections, the maximum" in second["closed"]["reason"], second
+        other = client(certs, "connect", "--port", "4435", "--cert", "bob")
+        assert "maximum of 1 clients" in other["closed"]["reason"], other
+        assert running.status()["refused"]["limit"] == 2
+        # 40 echo requests of 1028 bytes in ~80 ms towards alice: ~5 fit the bucket
+        in_ns(NS_SRV, "ping", "-q", "-c", "40", "-i", "0.002", "-s", "1000", "-W", "1",
+              "10.8.0.2")  # fmt: skip
+        (alice,) = running.status()["clients"]
+        assert alice["session_id"] is not None
+        assert alice["counters"]["rate_limited_out"] >= 25, alice
+        assert 1 <= alice["counters"]["packets_to_client"] <= 15, alice
+        holder.communicate(timeout=20)
+        # the session outlives its last connection by session_idle_expiry, then goes
+        assert wait_until(lambda: running.status()["clients"] == [], timeout=5)
+        assert "session expired client=alice" in running.log()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+        code = running.stop()
+    assert code == 0, running.log()

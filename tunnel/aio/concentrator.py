@@ -96,6 +96,7 @@ MAX_DATAGRAM_SIZE: Final = 1452
 headers, so one tunnel packet never needs IP fragmentation outside over IPv4 or IPv6."""
 CONNECTION_ID_LENGTH: Final = 8  # aioquic's default, used for the datagram budget
 MAX_DATAGRAM_FRAME_SIZE: Final = 65535
+HANDSHAKE_MARGIN: Final = 64  # connections beyond the limits that may still be refused politely
 CRYPTO_ERROR_NO_APPLICATION_PROTOCOL: Final = 0x100 + 120  # RFC 9001 §4.8, TLS alert 120
 ACCESS_NAMES: Final = {AccessId.NON_THREE_GPP: "wifi", AccessId.THREE_GPP: "5g"}
 IP_FORWARD_SYSCTLS: Final = {
@@ -246,7 +247,12 @@ class Concentrator:
             factory_kwargs["max_streams_bidi"] = stream.max_streams
             factory_kwargs["stream_window"] = stream.window
         factory = functools.partial(_PeerQuicConnection, **factory_kwargs)
-        max_connections = self.limits.max_clients * self.limits.max_connections_per_client
+        # The server's own cap bounds the state a handshake flood can create; above the
+        # accepted maximum by a margin, so that connections over a limit are still read and get
+        # a CONNECTION_CLOSE with the reason instead of silence.
+        max_connections = (
+            self.limits.max_clients * self.limits.max_connections_per_client + HANDSHAKE_MARGIN
+        )
         try:
             for address in config.listen_addresses:
                 endpoint = UdpEndpoint.bind(str(address), config.port)
