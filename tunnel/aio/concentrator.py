@@ -111,6 +111,8 @@ TUNNEL_MODES: Final = {Mode.TUNNEL: TunnelMode.TUNNEL, Mode.SESSION: TunnelMode.
 class StreamHandler(Protocol):
     """tunnel.aio.stream_server.StreamServer as the concentrator uses it (wave 2 contract)."""
 
+    def quic_options(self) -> dict[str, Any]: ...
+
     def handle(
         self, conn: TunnelConnection, event: TunnelEvent, transmit: Callable[[], None]
     ) -> bool: ...
@@ -237,15 +239,9 @@ class Concentrator:
                 ",".join(map(str, config.nat_exclude)) or "none",
             )
         quic_config = self._quic_configuration()
-        stream: Any = getattr(config, "stream", None)
-        stream_on = self.stream_server is not None and stream is not None
-        factory_kwargs: dict[str, Any] = {
-            "stream_mode": stream_on,
-            "request_client_certificate": True,
-        }
-        if stream_on:
-            factory_kwargs["max_streams_bidi"] = stream.max_streams
-            factory_kwargs["stream_window"] = stream.window
+        factory_kwargs: dict[str, Any] = {"request_client_certificate": True}
+        if self.stream_server is not None:
+            factory_kwargs.update(self.stream_server.quic_options())
         factory = functools.partial(_PeerQuicConnection, **factory_kwargs)
         # The server's own cap bounds the state a handshake flood can create; above the
         # accepted maximum by a margin, so that connections over a limit are still read and get
@@ -937,12 +933,11 @@ def _load_verifier(ca: Path) -> ClientVerifier:
 
 
 def _make_stream_server(config: ConcentratorConfig) -> StreamHandler | None:
-    stream = getattr(config, "stream", None)
-    if stream is None or not getattr(stream, "enabled", False):
+    if not config.stream.enabled:
         return None
     from tunnel.aio import stream_server  # type: ignore[attr-defined,unused-ignore]
 
-    server: StreamHandler = stream_server.StreamServer(stream)
+    server: StreamHandler = stream_server.StreamServer(config.stream)
     return server
 
 
