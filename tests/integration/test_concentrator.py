@@ -449,3 +449,82 @@ def test_limits_rate_limit_and_session_expiry(
             holder.wait(5)
         code = running.stop()
     assert code == 0, running.log()
+
+
+def client_toml(certs: Path, status: Path, mode: str) -> str:
+    return f"""
+name = "alice"
+mode = "{mode}"
+[concentrator]
+address = "192.0.2.1"
+port = 4433
+server_name = "concentrator"
+[[access]]
+name = "wifi"
+access_id = "wifi"
+interface = "qcc-c1"
+local_address = "192.0.2.2"
+[tun]
+name = "qcc-ctun"
+mtu = "auto"
+addresses = ["10.8.0.2/32", "fd00:8::2/128"]
+routes = ["10.200.0.0/24", "fd00:200::/64"]
+[tls]
+ca = "{certs}/ca.pem"
+cert = "{certs}/alice.pem"
+key = "{certs}/alice.key"
+[observability]
+status_file = "{status}"
+status_interval = 0.2
+"""
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "session"])
+def test_real_qtun_client_ping_and_iperf3(
+    conc: Running, certs: tuple[Path, Path], tmp_path: Path, mode: str
+) -> None:
+    """The real `qtun client` against this concentrator: ping both families, then 3 s of
+    iperf3 TCP client -> server (the figure is printed; noisy on a shared 2-core host)."""
+    ours, _ = certs
+    config, status = tmp_path / "client.toml", tmp_path / "client-status.json"
+    config.write_text(client_toml(ours, status, mode))
+    log = tmp_path / "client.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", NS_CLI, sys.executable, "-m", "tunnel.aio.cli", "client",
+             "-c", str(config)],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", NS_SRV, "iperf3", "-s", "-1", "-p", "5299"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def up() -> bool:
+            return status.exists() and json.loads(status.read_text()).get("state") == "up"
+
+        assert wait_until(up, timeout=15), log.read_text()
+        for dst in ("10.200.0.2", "fd00:200::2"):
+            ping = in_ns(NS_CLI, "ping", "-c", "3", "-i", "0.2", "-W", "2", dst)
+            assert " 0% packet loss" in ping.stdout, ping.stdout + log.read_text()
+        iperf = in_ns(NS_CLI, "iperf3", "-c", "10.200.0.2", "-p", "5299", "-t", "3", "-J",
+                      timeout=30)  # fmt: skip
+        report = json.loads(iperf.stdout)
+        mbps = report["end"]["sum_received"]["bits_per_second"] / 1e6
+        print(
+            f"\nqtun client ({mode} mode) -> concentrator -> server: iperf3 TCP {mbps:.0f} Mbit/s"
+        )
+        assert mbps > 1.0
+        (alice,) = [c for c in conc.status()["clients"] if c["name"] == "alice"]
+        assert alice["mode"] == mode and alice["counters"]["packets_from_client"] > 100
+    finally:
+        for p in (proc, server):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+    assert proc.returncode == 0, log.read_text()
