@@ -403,7 +403,10 @@ class Concentrator:
         elif isinstance(event, AccessReportReceived) and client is not None:
             self._on_access_report(peer, client, event)
         elif isinstance(event, ConnectionClosed) and not event.by_peer:
+            # Closed by us (a peer's rule violation, a refusal): stop using it at once rather
+            # than after the draining period.
             log.info("connection closed peer=%s reason=%r", peer.address, event.reason)
+            self._detach(peer)
 
     def _check_mode(self, peer: Peer, event: ModeNegotiated) -> None:
         modes = [TUNNEL_MODES[m] for m in self.config.modes]
