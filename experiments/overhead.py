@@ -590,6 +590,27 @@ def session(params: Params) -> Iterator[Context]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def summary_table(run_dir: Path) -> str:
+    """What `qtlab run overhead` prints at the end: measured vs arithmetic per mode and size."""
+    from experiments.analysis import ResultsError, load_overhead, overhead_summary
+
+    try:
+        summary = overhead_summary(load_overhead(run_dir))
+    except ResultsError as exc:
+        return f"overhead: no table ({exc})"
+    columns = {
+        "mode": "mode",
+        "workload": "workload",
+        "payload_bytes": "payload B",
+        "overhead_per_packet_bytes": "measured B/pkt",
+        "expected_per_packet_bytes": "arithmetic B/pkt",
+        "overhead_pct": "overhead %",
+    }
+    table = summary[list(columns)].rename(columns=columns)
+    table["payload B"] = table["payload B"].map(lambda v: "bulk" if v < 0 else str(v))
+    return str(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+
+
 EXPERIMENT = Experiment(
     name="overhead",
     defaults={
@@ -611,6 +632,7 @@ EXPERIMENT = Experiment(
     points=points,
     run_point=run_point,
     session=session,
+    summarize=summary_table,
     quick={"runs": 1, "payloads": [64, 512, 1200], "udp_seconds": 1.0, "bulk_bytes": 3_000_000},
     description="per-packet and per-byte overhead on the wire per mode, from pcaps",
 )
@@ -645,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as exc:
         print(f"overhead: error: {exc}", file=sys.stderr)
         return 2
+    print(summary_table(summary.run_dir))
     print(
         f"overhead: {summary.ran} point(s) measured, {summary.skipped} skipped, "
         f"{summary.failed} failed -> {summary.run_dir}"

@@ -74,3 +74,13 @@ def test_tcpdump_missed(tmp_path: Path) -> None:
     log.write_text("tcpdump: listening on h1-eth0\n")
     with pytest.raises(ExperimentError, match="no summary"):
         overhead.tcpdump_missed(log)
+
+
+def test_summary_table(tmp_path: Path) -> None:
+    from tests.unit.test_analysis import write_overhead_run
+
+    write_overhead_run(tmp_path)
+    lines = overhead.summary_table(tmp_path).splitlines()
+    assert lines[0].split()[:3] == ["mode", "workload", "payload"]
+    assert any(line.split()[:3] == ["tunnel", "bulk-tcp", "bulk"] for line in lines)
+    assert "no table" in overhead.summary_table(tmp_path / "missing")
