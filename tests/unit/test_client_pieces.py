@@ -157,3 +157,15 @@ def test_qlog_keeps_last_events_and_counts_dropped(tmp_path: Path) -> None:
     (only,) = document["traces"]
     assert [e["data"]["i"] for e in only["events"]] == list(range(15, 25))
     assert only["common_fields"]["qtun_dropped_events"] == 15
+
+
+def test_probe_limit_grows_with_recent_round_trips() -> None:
+    # A loaded path: PING answers wait behind the peer's send queue; that is not a failure.
+    probe = LivenessProbe(interval=0.2, misses=3)
+    assert probe.limit() == pytest.approx(0.6)
+    uid = probe.next_uid()
+    probe.sent(uid, 0.0)
+    probe.acked(uid, 0.5)
+    assert probe.limit() == pytest.approx(1.5)
+    probe.sent(probe.next_uid(), 1.0)
+    assert probe.alive(2.4) and not probe.alive(2.6)

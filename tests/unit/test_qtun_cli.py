@@ -94,3 +94,31 @@ def test_log_line_format() -> None:
     assert date.endswith("Z") and "T" in date
     assert (role, level) == ("client", "WARNING")
     assert rest.startswith("up mtu=1400") and "ValueError" in rest
+
+
+def test_python_m_runtime_failure_is_one_sentence(tmp_path: Path) -> None:
+    # Run as `python -m tunnel.aio.cli` (how the testbed starts it without the script): a
+    # RuntimeFailure from the program must still be one sentence, exit 1.
+    script = (
+        "import sys, runpy\n"
+        "import tunnel.aio.cli as cli\n"
+        "cli.preflight = lambda *a, **k: None\n"
+        "import tunnel.aio.client as client\n"
+        "def boom(config):\n"
+        "    raise cli.RuntimeFailure('TUN busy: pick another name')\n"
+        "client.run_client = boom\n"
+        f"sys.argv = ['qtun', 'client', '-c', {str(REPO / 'examples' / 'client-tunnel.toml')!r}]\n"
+        f"sys.argv += ['--set', 'tls.ca={__file__}', '--set', 'tls.cert={__file__}']\n"
+        f"sys.argv += ['--set', 'tls.key={__file__}', '--set', 'observability.status_file=']\n"
+        "runpy.run_module('tunnel.aio.cli', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::RuntimeWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == cli.EXIT_RUNTIME, result.stderr
+    assert _one_sentence(result.stderr) == "qtun: error: TUN busy: pick another name"

@@ -171,4 +171,8 @@ class RuntimeFailure(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m tunnel.aio.cli` runs this file as __main__; the programs import
+    # tunnel.aio.cli (RuntimeFailure), so run that module's main for one RuntimeFailure class.
+    from tunnel.aio.cli import main as _main
+
+    sys.exit(_main())

@@ -214,7 +214,8 @@ class AccessStatus:
     config: AccessConfig
     link: LinkState | None = None
     alive: bool = True  # the liveness probe of its connection (True while none runs)
-    reported: bool | None = None  # last availability sent in an Access Report
+    reported: bool | None = None  # last availability acted on (scheduler, report, migration)
+    report_pending: bool = False  # its Access Report found no live connection yet
     counters: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -1005,20 +1006,19 @@ class Client:
             signal_.name.lower(),
             "sent" if sent else "not sent (no live connection)",
         )
-        if not sent:
-            self.accesses[name].reported = None  # send it when a connection is up again
+        self.accesses[name].report_pending = not sent  # sent when a connection is up again
 
     def _send_pending_reports(self, path: ClientPath) -> None:
         """A new connection carries the reports that could not be sent before (and, in
         session mode, tells the concentrator about accesses that are down right now)."""
         for name, status in self.accesses.items():
-            if status.reported is None or not status.available:
-                self._update_access(name)
+            self._update_access(name)
+            if status.report_pending and status.reported is not None:
+                self._report(status.config.access_id, status.reported, name)
 
     async def _probe_loop(self) -> None:
         """QUIC PING liveness probe on every connection (silent failures, e.g. a blackhole)."""
         interval = self.config.limits.probe_interval
-        dead_after = DEAD_AFTER_MISSES * interval
         while True:
             await asyncio.sleep(interval / 2)
             now = self.loop.time()
@@ -1033,6 +1033,7 @@ class Client:
                     path.transmit()
                 if path.access is not None:
                     self._update_access(path.access.name)
+                dead_after = max(DEAD_AFTER_MISSES * interval, 3 * path.probe.limit())
                 if path.probe.silent_for(now) > dead_after and path.tunnel is not None:
                     # No answer for that long: the concentrator may have restarted and lost
                     # the connection; make a new one instead of waiting for the idle timeout.
