@@ -38,7 +38,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,10 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.flows import Flow, run_flow, sleep_until
 from experiments.runner import Context, Experiment, Params, Point, PointResult, Row
 from experiments.traffic import delivery_gap_ms, goodput_mbps, pad_bins, resample
 
-TRAFFIC_SCRIPT = Path(__file__).resolve().parent / "traffic.py"
 CLIENT = "c1"
 SERVER_V4 = "10.200.1.2"
 CONCENTRATOR_SERVICE_V4 = "10.100.0.1"
@@ -57,7 +56,6 @@ CONCENTRATOR_SERVICE_V4 = "10.100.0.1"
 # Mininet nodes share that file system (same name on both ends = `wg` talks to the wrong one).
 WG_IFACE = {"conc": "qexwgc", "client": "qexwg1"}
 WG_CONC, WG_CLIENT, WG_PORT = "10.9.0.1", "10.9.0.2", 51820
-START_LEAD_S = 1.5  # programs start (Python in a node: ~0.3 s) before the measurement's origin
 
 VARIANTS = (
     "plain",
@@ -347,20 +345,11 @@ SETUPS: dict[str, Callable[[Any, Context], Route]] = {
 
 
 # -- one point ------------------------------------------------------------------------------
-def _traffic_argv(role: str, *args: str) -> list[str]:
-    return [sys.executable, str(TRAFFIC_SCRIPT), role, *args]
-
-
 def _event(lab: Any, event: str, failed: bool) -> None:
     if event == "link-down":
         (lab.access_down if failed else lab.access_up)("wifi", CLIENT)
     else:
         lab.shaper("wifi", CLIENT).blackhole(failed)
-
-
-def _sleep_until(t: float) -> None:
-    while (left := t - time.monotonic()) > 0:
-        time.sleep(min(left, 0.2))
 
 
 def run_point(ctx: Context, point: Point) -> PointResult:
@@ -373,56 +362,35 @@ def run_point(ctx: Context, point: Point) -> PointResult:
         path = SETUPS[variant](lab, ctx)
     except _Skip as skip:
         return PointResult(skipped=str(skip))
-    workdir: Path = ctx.state["workdir"]
     ctx.state["port"] += 1
-    port = str(ctx.state["port"])
-    recv_out = workdir / f"recv-{port}.json"
-    send_out = workdir / f"send-{port}.json"
-    duration = float(p["duration_s"])
-    procs = []
-    try:
-        start_at = time.monotonic() + START_LEAD_S
-        common = ["--port", port, "--start-at", f"{start_at:.6f}", "--duration", str(duration)]
-        send_args = ["--bind", path.sender_bind, *common, "--out", str(send_out)]
-        recv_args = ["--dst", path.receiver_dst, *common, "--out", str(recv_out)]
-        recv_args += ["--interval", str(p["sample_interval_s"])]
-        if traffic == "tcp":
-            extra = ["--mptcp"] if path.mptcp else []
-            sender_argv = _traffic_argv("tcp-send", *send_args, *extra)
-            receiver_argv = _traffic_argv("tcp-recv", *recv_args, *extra)
-        else:
-            rate = ["--rate-mbit", str(p["udp_rate_mbit"]), "--size", str(p["udp_size_bytes"])]
-            sender_argv = _traffic_argv("udp-send", *send_args, *rate)
-            receiver_argv = _traffic_argv("udp-recv", *recv_args)
-        procs.append(lab.procs.start(lab.node(path.sender), f"qex-send-{port}", sender_argv))
-        time.sleep(0.3)  # the sender listens before the receiver connects
-        receiver = lab.procs.start(lab.node(CLIENT), f"qex-recv-{port}", receiver_argv)
-        procs.append(receiver)
+    flow = Flow(
+        sender=path.sender,
+        bind=path.sender_bind,
+        receiver=CLIENT,
+        dst=path.receiver_dst,
+        traffic=traffic,
+        duration_s=float(p["duration_s"]),
+        port=ctx.state["port"],
+        mptcp=path.mptcp,
+        udp_rate_mbit=float(p["udp_rate_mbit"]),
+        udp_size_bytes=int(p["udp_size_bytes"]),
+        interval_s=float(p["sample_interval_s"]),
+    )
+
+    def outage(start_at: float) -> None:
         try:
-            _sleep_until(start_at + float(p["down_at_s"]))
+            sleep_until(start_at + float(p["down_at_s"]))
             _event(lab, event, failed=True)
-            _sleep_until(start_at + float(p["up_at_s"]))
+            sleep_until(start_at + float(p["up_at_s"]))
         finally:
             _event(lab, event, failed=False)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            receiver.popen.wait(max(1.0, start_at + duration + 5 - time.monotonic()))
-        for proc in procs:
-            lab.procs.stop(proc)
+
+    try:
+        recv, sent = run_flow(lab, flow, ctx.state["workdir"], during=outage)
     finally:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                lab.procs.stop(proc)
         for undo in reversed(path.teardown):
             with contextlib.suppress(Exception):
                 undo()
-    if not recv_out.exists():
-        raise RuntimeError(f"the receiver wrote no samples; see {receiver.log_path}")
-    recv = json.loads(recv_out.read_text())
-    sent = json.loads(send_out.read_text()) if send_out.exists() else {}
-    if not recv["connected"]:
-        raise RuntimeError(
-            f"the receiver never got traffic ({recv.get('error')}; sender: {sent.get('error')})"
-        )
     return PointResult(rows=measure(point, p, recv, sent))
 
 

@@ -389,27 +389,33 @@ def run_experiment(
 
 
 # -- registry and CLI -------------------------------------------------------------------------
-def registry() -> dict[str, Callable[[], Experiment]]:
-    """Experiment name -> a factory (imported lazily: Mininet only when one runs)."""
-
-    def failover() -> Experiment:
-        from experiments.failover import EXPERIMENT
-
-        return EXPERIMENT
-
-    return {"failover": failover}
+# Experiment name -> the module whose EXPERIMENT it is (imported only when that one runs).
+EXPERIMENTS: dict[str, str] = {
+    "failover": "experiments.failover",
+    "overhead": "experiments.overhead",
+    "goodput": "experiments.goodput",
+    "aggregation": "experiments.aggregation",
+}
 
 
 def get_experiment(name: str) -> Experiment:
-    known = registry()
-    if name not in known:
-        raise ExperimentError(f"unknown experiment {name!r}; choose one of {', '.join(known)}.")
-    return known[name]()
+    import importlib
+
+    if name not in EXPERIMENTS:
+        raise ExperimentError(
+            f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}."
+        )
+    try:
+        module = importlib.import_module(EXPERIMENTS[name])
+    except ModuleNotFoundError as exc:
+        raise ExperimentError(f"experiment {name} is not available here ({exc}).") from None
+    exp: Experiment = module.EXPERIMENT
+    return exp
 
 
 def add_run_arguments(p: Any) -> None:
     """The `qtlab run` options (shared with `python -m experiments.runner`)."""
-    p.add_argument("experiment", help=f"one of {', '.join(registry())}")
+    p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}")
     p.add_argument("--config", type=Path, help="TOML file with parameters")
     p.add_argument("--runs", type=int, help="repetitions per point")
     p.add_argument("--shard", help="run only shard i of n (i/n)")

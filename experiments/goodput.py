@@ -1,0 +1,197 @@
+"""Goodput under loss x latency: `qtlab run goodput` -> results/goodput/<time>/goodput.csv.
+
+On the "pair" topology (h1 -- shaped link -- h2; h1 is the client, h2 the concentrator/server),
+for each mode (plain, tunnel, session, stream, wireguard: brought up by experiments.overhead's
+`ensure_mode`, the same set-up the overhead experiment measures), each transport (TCP with Cubic,
+TCP with BBR, UDP at a constant rate) and each (loss, RTT) of the sweep: the link gets
+`loss_pct` random loss in each direction (a lossy access loses both ways), half the RTT of delay
+each way and `rate_mbit`; a flow h2 -> h1 (experiments/traffic.py) runs `duration_s`; the row is
+the receiver's mean goodput after `warmup_s`. The congestion control is the inner TCP's, set on
+both hosts; QUIC's own (aioquic's) is what the tunnel modes add underneath.
+Points are ordered mode first, so each mode's programs are started once per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from experiments.flows import Flow, run_flow
+from experiments.runner import (
+    Context,
+    Experiment,
+    ExperimentError,
+    Params,
+    Point,
+    PointResult,
+)
+from experiments.traffic import goodput_mbps, pad_bins
+
+MODES = ("plain", "tunnel", "session", "stream", "wireguard")
+TRANSPORTS = ("tcp-cubic", "tcp-bbr", "udp")
+CLIENT, SERVER = "h1", "h2"
+COLUMNS = [
+    "mode",
+    "transport",
+    "cc",
+    "loss_pct",
+    "rtt_ms",
+    "run",
+    "goodput_mbps",
+    "rate_mbit",
+    "packets_lost",
+    "detail",
+]
+
+DEFAULTS: Params = {
+    "modes": list(MODES),
+    "transports": list(TRANSPORTS),
+    "loss_pct": [0.0, 0.5, 1.0, 2.0, 5.0],
+    "rtt_ms": [10.0, 40.0, 100.0],
+    "runs": 3,
+    "seed": 1,
+    "duration_s": 10.0,
+    "warmup_s": 1.0,
+    "rate_mbit": 50.0,
+    "udp_rate_mbit": 20.0,
+    "udp_size_bytes": 1000,
+    "backend": "auto",
+    "verify_fidelity": True,
+}
+QUICK: Params = {"runs": 1, "loss_pct": [0.0, 2.0], "rtt_ms": [10.0, 100.0], "duration_s": 4.0}
+
+
+def _check(params: Params) -> None:
+    for key, allowed in (("modes", MODES), ("transports", TRANSPORTS)):
+        bad = [v for v in params[key] if v not in allowed]
+        if bad:
+            raise ExperimentError(
+                f"unknown {key} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}."
+            )
+    if not 0 <= params["warmup_s"] < params["duration_s"]:
+        raise ExperimentError("need 0 <= warmup_s < duration_s.")
+
+
+def points(params: Params) -> list[Point]:
+    _check(params)
+    out = []
+    for mode in params["modes"]:
+        for transport in params["transports"]:
+            proto, _, cc = transport.partition("-")
+            for loss in params["loss_pct"]:
+                for rtt in params["rtt_ms"]:
+                    for run in range(1, int(params["runs"]) + 1):
+                        values = {"mode": mode, "transport": proto, "cc": cc}
+                        values |= {"loss_pct": float(loss), "rtt_ms": float(rtt), "run": run}
+                        out.append(Point(values))
+    return out
+
+
+@contextlib.contextmanager
+def session(params: Params) -> Iterator[Context]:
+    from testbed.fidelity import require_fidelity, verify_link
+    from testbed.lab import Lab
+    from testbed.profiles import LinkProfile
+
+    _check(params)
+    ctx = Context(params)
+    base = LinkProfile(rate_mbit=float(params["rate_mbit"]))
+    with (
+        tempfile.TemporaryDirectory(prefix="qex-goodput-") as tmp,
+        Lab("pair", backend=str(params["backend"])) as lab,
+    ):
+        lab.shapers["wlink"].set_profile("both", base)
+        ctx.backend = str(lab.backend)
+        ctx.state.update(lab=lab, workdir=Path(tmp), mode=None, port=5400)
+        if params["verify_fidelity"]:
+            rows = verify_link(lab, "wlink")
+            ctx.fidelity = [vars(r) for r in rows]
+            require_fidelity(rows)
+        ctx.extra_meta.update(
+            {
+                "topology": "pair",
+                "direction": "h2 (sender) -> h1 (receiver)",
+                "impairment": "loss_pct in each direction, rtt_ms/2 delay each way, rate_mbit",
+                "lab": lab.describe(),
+                "sample_interval_s": 0.01,
+            }
+        )
+        try:
+            yield ctx
+        finally:
+            teardown = ctx.state.pop("teardown", None)
+            if teardown is not None:
+                teardown()
+
+
+def run_point(ctx: Context, point: Point) -> PointResult:
+    from experiments.overhead import ensure_mode
+    from testbed.profiles import LinkProfile
+
+    lab = ctx.state["lab"]
+    p = ctx.params
+    route = ensure_mode(ctx, point["mode"])
+    link = LinkProfile(
+        delay_ms=point["rtt_ms"] / 2, loss_pct=point["loss_pct"], rate_mbit=float(p["rate_mbit"])
+    )
+    lab.shapers["wlink"].set_profile("both", link)
+    if point["transport"] == "tcp":
+        for node in (CLIENT, SERVER):
+            lab.set_congestion_control(node, point["cc"])
+    ctx.state["port"] += 1
+    flow = Flow(
+        sender=SERVER,
+        bind=route.target,
+        receiver=CLIENT,
+        dst=route.target,
+        traffic=point["transport"],
+        duration_s=float(p["duration_s"]),
+        port=ctx.state["port"],
+        udp_rate_mbit=float(p["udp_rate_mbit"]),
+        udp_size_bytes=int(p["udp_size_bytes"]),
+    )
+    recv, sent = run_flow(lab, flow, ctx.state["workdir"])
+    bins = pad_bins(recv["bins"], float(recv["interval_s"]), flow.duration_s)
+    goodput = goodput_mbps(bins, float(recv["interval_s"]), float(p["warmup_s"]), flow.duration_s)
+    lost = None
+    if point["transport"] == "udp" and "sent" in sent:
+        lost = int(sent["sent"]) - int(recv["unique"])
+    row = {
+        **point.values,
+        "goodput_mbps": goodput,
+        "rate_mbit": float(p["rate_mbit"]),
+        "packets_lost": lost,
+        "detail": "; ".join(x for x in (recv.get("error"), sent.get("error")) if x),
+    }
+    return PointResult(rows={"goodput": [row]})
+
+
+def summary_table(run_dir: Path) -> str:
+    """Mean goodput per mode/transport (rows) and loss x RTT (columns)."""
+    import pandas as pd
+
+    path = run_dir / "goodput.csv"
+    if not path.exists():
+        return "no goodput rows"
+    df = pd.read_csv(path).fillna({"cc": ""})
+    df["what"] = df["mode"] + " " + df["transport"] + " " + df["cc"].astype(str)
+    table = df.pivot_table(
+        index="what", columns=["loss_pct", "rtt_ms"], values="goodput_mbps", aggfunc="mean"
+    )
+    return str(table.round(1))
+
+
+EXPERIMENT = Experiment(
+    name="goodput",
+    defaults=DEFAULTS,
+    quick=QUICK,
+    tables={"goodput": COLUMNS},
+    key_columns=("mode", "transport", "cc", "loss_pct", "rtt_ms", "run"),
+    points=points,
+    run_point=run_point,
+    session=session,
+    summarize=summary_table,
+    description="goodput per mode under a sweep of loss x RTT on the access, TCP and UDP",
+)
