@@ -41,6 +41,18 @@ def _host_prefix(address: IPAddress) -> IPNetwork:
     return ip_network(address)
 
 
+def is_link_scoped_ipv6(packet: bytes) -> bool:
+    """Whether `packet` is IPv6 from a link-local source (fe80::/10) or to a multicast group
+    (ff00::/8): router solicitations and MLD reports every TUN device sends by itself. They
+    never leave the tunnel link (RFC 4291 §2.5.6), so they are dropped without counting as
+    spoofed sources or unroutable destinations."""
+    return (
+        len(packet) >= 40
+        and packet[0] >> 4 == 6
+        and ((packet[8] == 0xFE and packet[9] & 0xC0 == 0x80) or packet[24] == 0xFF)
+    )
+
+
 class AddressTable:
     """Inner address -> client name (see the module docstring for the rules)."""
 
@@ -166,4 +178,4 @@ class AddressTable:
         return None
 
 
-__all__ = ["AddressTable", "Claim", "IPAddress", "IPNetwork"]
+__all__ = ["AddressTable", "Claim", "IPAddress", "IPNetwork", "is_link_scoped_ipv6"]

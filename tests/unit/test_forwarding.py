@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from tunnel.forwarding import AddressTable, Claim
+from tunnel.forwarding import AddressTable, Claim, is_link_scoped_ipv6
 
 
 def make_table() -> AddressTable:
@@ -79,3 +79,13 @@ def test_without_pool_only_static_clients_are_admitted() -> None:
     assert not table.admits("mallory")
     assert table.claim("mallory", IPv4Address("10.8.0.9")) is Claim.NOT_IN_POOL
     assert table.routed_prefixes() == (ip_network("10.8.0.2/32"),)
+
+
+def test_link_scoped_ipv6_is_recognised() -> None:
+    solicitation = bytes(IPv6(src="fe80::1", dst="ff02::2") / UDP())
+    mld = bytes(IPv6(src="::", dst="ff02::16") / UDP())
+    unicast = bytes(IPv6(src="fd00:8::2", dst="fd00:200::2") / UDP())
+    assert is_link_scoped_ipv6(solicitation) and is_link_scoped_ipv6(mld)
+    assert not is_link_scoped_ipv6(unicast)
+    assert not is_link_scoped_ipv6(bytes(IP(src="10.8.0.2", dst="224.0.0.1") / UDP()))
+    assert not is_link_scoped_ipv6(solicitation[:39])

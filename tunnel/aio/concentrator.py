@@ -74,7 +74,7 @@ from tunnel.connection import (
 )
 from tunnel.datagram import SESSION_HEADER_SIZE
 from tunnel.errors import ControlErrorCode, DatagramError
-from tunnel.forwarding import AddressTable, Claim
+from tunnel.forwarding import AddressTable, Claim, is_link_scoped_ipv6
 from tunnel.icmp import MalformedPacketError, destination_address, packet_too_big, source_address
 from tunnel.ingress import IngressFilter
 from tunnel.messages import AccessId, AccessSignal
@@ -744,6 +744,9 @@ class Concentrator:
 
     def _from_client(self, client: Client, packet: bytes) -> None:
         """A packet a client sent: pool claim, ingress filter, rate limit, into the TUN."""
+        if is_link_scoped_ipv6(packet):
+            client.counters["dropped_link_scope"] += 1
+            return
         if not self.table.is_static(client.name):
             self._claim_source(client, packet)
         if not client.ingress.accept(packet):
@@ -785,7 +788,12 @@ class Concentrator:
             name = owner_of(packet)
             client = clients.get(name) if name is not None else None
             if client is None:
-                self.counters["dropped_no_route" if name is None else "dropped_client_offline"] += 1
+                if name is not None:
+                    self.counters["dropped_client_offline"] += 1
+                elif is_link_scoped_ipv6(packet):  # our TUN's own router solicitations, MLD
+                    self.counters["dropped_link_scope"] += 1
+                else:
+                    self.counters["dropped_no_route"] += 1
                 continue
             bucket = client.bucket_out
             if bucket is not None and not bucket.allow(len(packet), now):
