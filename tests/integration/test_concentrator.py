@@ -528,3 +528,25 @@ def test_real_qtun_client_ping_and_iperf3(
                     p.kill()
                     p.wait(5)
     assert proc.returncode == 0, log.read_text()
+
+
+def test_runtime_and_config_errors_are_one_sentence(
+    net: None, certs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ours, _ = certs
+    toml = concentrator_toml(ours, tmp_path / "status.json", "qcc-tun4", 4436, "")
+    cases = [
+        # an address this host does not have: exit 1, and the TUN made before is gone again
+        (toml.replace('addresses = ["192.0.2.1", "fd00:c0::1"]', 'addresses = ["192.0.2.77"]'),
+         1, "cannot bind UDP 192.0.2.77 port 4436"),
+        # a CA file that holds no certificate: exit 2
+        (toml.replace(f'ca = "{ours}/ca.pem"', f'ca = "{ours}/alice.key"'), 2, "tls.ca"),
+    ]  # fmt: skip
+    for text, code, sentence in cases:
+        config = tmp_path / "bad.toml"
+        config.write_text(text)
+        done = in_ns(NS_CONC, sys.executable, "-m", "tunnel.aio.cli", "concentrator", "-c",
+                     str(config), timeout=30)  # fmt: skip
+        assert done.returncode == code, done.stderr
+        assert sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert in_ns(NS_CONC, "ip", "link", "show", "qcc-tun4").returncode != 0

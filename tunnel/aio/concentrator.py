@@ -296,8 +296,11 @@ class Concentrator:
         self._stopped.set()
 
     async def stop(self) -> None:
-        """Close every connection (CONNECTION_CLOSE), the TUN and the sockets."""
-        log.info("stopping connections=%d", len(self.peers))
+        """Close every connection (CONNECTION_CLOSE), the TUN and the sockets (also what a
+        failed start left behind)."""
+        was_up = self.state == "up"
+        if was_up:
+            log.info("stopping connections=%d", len(self.peers))
         for peer in list(self.peers.values()):
             self._close_peer(peer, "the concentrator is shutting down")
         if self.stream_server is not None:
@@ -316,7 +319,8 @@ class Concentrator:
             self._keylog.close()
         self.state = "stopped"
         await self.status.close()
-        log.info("stopped")
+        if was_up:
+            log.info("stopped")
 
     async def _close_servers(self) -> None:
         servers, self.servers = self.servers, []
