@@ -9,9 +9,10 @@ Overrides are "dotted.key=value" strings (`--set concentrator.port=4433`); list 
 addressed by index (`access.0.interface=wlan1`). The value is read as a TOML value when it is
 one (`4433`, `true`, `["a", "b"]`) and as a plain string otherwise (`10.0.0.1`).
 
-Address assignment is outside the drafts' scope: the concentrator gives each client a static
-address from `[[client]]` or the next free one from `[pool]`; the client is configured with the
-same address under `[tun]`.
+Address assignment is outside the drafts' scope: the concentrator gives each client the static
+prefixes of its `[[client]]` entry; a client without one may use a `[pool]` address, claimed
+by its first packet from it and then its alone (tunnel/forwarding.py). The client is configured
+with its address under `[tun]`.
 """
 
 from __future__ import annotations
