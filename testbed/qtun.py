@@ -281,7 +281,8 @@ class QtunDeployment:
         if not self.spec.reorder:
             tables.append(("[limits]", {"reorder_timeout": 0.0}))
         if self.spec.stream:
-            tables.append(("[stream]", {"enabled": True}))
+            # TCP to everything the tunnel routes goes into QUIC streams (-tcp draft).
+            tables.append(("[stream]", {"enabled": True, "intercept": list(CLIENT_ROUTES)}))
         tables.append(("[observability]", self._observability(client)))
         return _toml(top, tables)
 

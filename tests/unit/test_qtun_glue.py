@@ -134,3 +134,16 @@ def test_reference_tunnel_mode_lists_every_access(
     # The first access carries the connection; the others are migration targets.
     assert [a.name for a in client.accesses] == ["wifi", "5g"]
     assert client.limits.reorder_timeout == 0.0
+
+
+def test_stream_spec_enables_stream_mode_on_both_sides(
+    make_lab: Callable[..., Lab], tmp_path: Path
+) -> None:
+    lab = make_lab("reference")
+    dep = deploy(lab, TunnelSpec(mode="session", stream=True), tmp_path)
+    client = load_client_config(dep.config_path("c1"))
+    assert client.stream.enabled
+    assert client.stream.intercept == tuple(ip_network(r) for r in CLIENT_ROUTES)
+    assert load_concentrator_config(dep.config_path("conc")).stream.enabled
+    plain = deploy(lab, TunnelSpec(mode="session"), tmp_path / "plain")
+    assert not load_client_config(plain.config_path("c1")).stream.enabled
