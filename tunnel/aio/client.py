@@ -785,8 +785,18 @@ class Client:
                 path.transmit()
 
     def _after_join(self, path: ClientPath) -> None:
-        assert self.session is not None
+        assert self.session is not None and path.tunnel is not None
         self._ensure_tun(self.session.max_packet_size())
+        if (
+            self.config.access_reports
+            and path.access is not None
+            and self._access_available(path.access)
+        ):
+            # The drafts do not say which access a connection runs over; an AVAILABLE report
+            # for its own access on a fresh connection tells the concentrator (its scheduler
+            # can then follow later reports about that access).
+            path.tunnel.send_access_report(path.access.access_id, AccessSignal.AVAILABLE)
+            path.transmit()
         self._send_pending_reports(path)
         self._set_state("up")
 
@@ -1034,7 +1044,11 @@ class Client:
                 if path.access is not None:
                     self._update_access(path.access.name)
                 dead_after = max(DEAD_AFTER_MISSES * interval, 3 * path.probe.limit())
-                if path.probe.silent_for(now) > dead_after and path.tunnel is not None:
+                if (
+                    path.probe.silent_for(now) > dead_after
+                    and path.tunnel is not None
+                    and self._should_abandon(path, now)
+                ):
                     # No answer for that long: the concentrator may have restarted and lost
                     # the connection; make a new one instead of waiting for the idle timeout.
                     log.warning(
@@ -1044,6 +1058,23 @@ class Client:
                     )
                     path.tunnel.close("no answer to liveness probes", error_code=0)
                     path.transmit()
+
+    def _should_abandon(self, path: ClientPath, now: float) -> bool:
+        """Whether a silent connection should be closed and made again.
+
+        Not while its link is down (the kernel explains the silence; the connection resumes if
+        the link comes back before the idle timeout) nor while another connection of the
+        session still gets answers: closing would leave the concentrator holding a connection
+        it cannot know is dead (our CONNECTION_CLOSE is lost with the access), and a new one
+        would join next to it. Only when nothing answers (e.g. the concentrator restarted and
+        forgot us) does a new handshake help more than the idle timeout.
+        """
+        if path.access is not None:
+            link = self.accesses[path.access.name].link
+            if link is not None and not link.usable:
+                return False
+        others = [p for p in self.paths.values() if p is not path and not p.closed]
+        return not any(p.probe.alive(now) for p in others)
 
     # -- status ----------------------------------------------------------------------------
 

@@ -1,0 +1,415 @@
+"""The real `qtun client` against the real `qtun concentrator`, in two namespaces joined by two
+veth pairs (two accesses: "wifi" and "5g"). Prefix qcl; the namespaces are removed even on
+failure (their TUN and veth devices go with them).
+
+    client ns (qcl-c*)                               concentrator ns (qcl-s*)
+      qclw0 10.91.1.2 fd00:91:1::2  ---- wifi ----  qclw1 10.91.1.1 fd00:91:1::1
+      qclg0 10.91.2.2 fd00:91:2::2  ---- 5g   ----  qclg1 10.91.2.1 fd00:91:2::1
+      TUN qclt0 10.8.0.3 fd00:8::2                   lo 10.91.0.1 fd00:91::1 (service address)
+                                                     TUN qclc0 10.8.0.1/16 fd00:8::1/64
+
+Checked: ping v4+v6 inside through tunnel mode (over IPv4 and IPv6 outside) and session mode,
+migration of the tunnel-mode connection when its access goes down, session failover on link
+down and on a silent blackhole, recovery after a concentrator restart, clean SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.root]
+
+REPO = Path(__file__).resolve().parents[2]
+QTUN = [sys.executable, "-m", "tunnel.aio.cli"]
+CONC_V4, CONC_V6 = "10.8.0.1", "fd00:8::1"
+ACCESSES = {  # name: (client if, server if, v4 /24 prefix, v6 /64 prefix)
+    "wifi": ("qclw0", "qclw1", "10.91.1", "fd00:91:1"),
+    "5g": ("qclg0", "qclg1", "10.91.2", "fd00:91:2"),
+}
+
+if os.geteuid() != 0:  # pragma: no cover - the marker deselects these without root
+    pytest.skip("needs root (namespaces, TUN)", allow_module_level=True)
+
+
+def sh(*args: str, check: bool = True, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Net:
+    client_ns: str
+    server_ns: str
+    workdir: Path
+    procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+
+    def start(self, role: str, *overrides: str) -> subprocess.Popen[str]:
+        ns = self.client_ns if role == "client" else self.server_ns
+        args: list[str] = [a for o in overrides for a in ("--set", o)]
+        config = self.workdir / f"{role}.toml"
+        log = open(self.workdir / f"{role}.log", "a")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *QTUN, role, "-c", str(config), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
+        log.close()
+        self.procs[role] = proc
+        return proc
+
+    def stop(self, role: str, timeout: float = 10.0) -> int | None:
+        proc = self.procs.pop(role, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+                return None
+        return proc.returncode
+
+    def status(self, role: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.workdir / f"{role}-status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def log(self, role: str) -> str:
+        path = self.workdir / f"{role}.log"
+        return path.read_text() if path.exists() else ""
+
+    def wait(self, what: str, predicate: Any, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            for role, proc in self.procs.items():
+                if proc.poll() is not None:
+                    pytest.fail(
+                        f"{role} exited ({proc.returncode}) waiting for {what}:\n"
+                        + self.log(role)[-3000:]
+                    )
+            time.sleep(0.1)
+        pytest.fail(
+            f"timed out waiting for {what}\nclient log:\n{self.log('client')[-3000:]}\n"
+            f"concentrator log:\n{self.log('concentrator')[-3000:]}"
+        )
+
+    def wait_up(self, role: str = "client", timeout: float = 20.0) -> None:
+        self.wait(f"{role} up", lambda: self.status(role).get("state") == "up", timeout)
+
+    def ping(self, target: str, count: int = 3, interval: float = 0.2) -> int:
+        """Replies received from `target` (v4 or v6) through the tunnel, from the client ns."""
+        result = sh(
+            "ip",
+            "netns",
+            "exec",
+            self.client_ns,
+            "ping",
+            "-n",
+            "-c",
+            str(count),
+            "-i",
+            str(interval),
+            "-W",
+            "1",
+            target,
+            check=False,
+            timeout=count * interval + 15,
+        )
+        match = re.search(r"(\d+) received", result.stdout)
+        return int(match.group(1)) if match else 0
+
+    def ping_background(self, target: str, count: int, interval: float) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.client_ns,
+                "ping",
+                "-n",
+                "-c",
+                str(count),
+                "-i",
+                str(interval),
+                "-W",
+                "1",
+                target,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def set_access(self, name: str, up: bool) -> None:
+        sh("ip", "-n", self.client_ns, "link", "set", ACCESSES[name][0], "up" if up else "down")
+
+    def access(self, name: str) -> dict[str, Any]:
+        for entry in self.status("client").get("accesses", []):
+            if entry["name"] == name:
+                return dict(entry)
+        return {}
+
+
+def _received(proc: subprocess.Popen[str], timeout: float) -> int:
+    out, _ = proc.communicate(timeout=timeout)
+    match = re.search(r"(\d+) received", out)
+    return int(match.group(1)) if match else 0
+
+
+def _write_configs(workdir: Path) -> None:
+    certs = workdir / "certs"
+    sh(
+        sys.executable,
+        str(REPO / "scripts" / "make-certs"),
+        "--out",
+        str(certs),
+        "--clients",
+        "alice",
+        timeout=60,
+    )
+    (workdir / "concentrator.toml").write_text(f"""
+modes = ["tunnel", "session"]
+scheduler = "failover"
+[listen]
+addresses = ["10.91.0.1", "fd00:91::1"]
+port = 4433
+[tun]
+name = "qclc0"
+addresses = ["{CONC_V4}/16", "{CONC_V6}/64"]
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/concentrator.pem"
+key = "certs/concentrator.key"
+[[client]]
+name = "alice"
+addresses = ["10.8.0.3/32", "fd00:8::2/128"]
+[limits]
+idle_timeout = 10.0
+[observability]
+status_file = "concentrator-status.json"
+status_interval = 0.2
+""")
+    accesses = "".join(
+        f"""
+[[access]]
+name = "{name}"
+access_id = "{name}"
+interface = "{client_if}"
+local_address = "{v4}.2"
+"""
+        for name, (client_if, _s, v4, _v6) in ACCESSES.items()
+    )
+    (workdir / "client.toml").write_text(f"""
+name = "alice"
+mode = "tunnel"
+scheduler = "failover"
+[concentrator]
+address = "10.91.0.1"
+port = 4433
+server_name = "concentrator"
+{accesses}
+[tun]
+name = "qclt0"
+addresses = ["10.8.0.3/32", "fd00:8::2/128"]
+routes = ["{CONC_V4}/32", "{CONC_V6}/128"]
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/alice.pem"
+key = "certs/alice.key"
+[limits]
+probe_interval = 0.2
+reconnect_backoff_max = 1.0
+idle_timeout = 10.0
+[observability]
+status_file = "client-status.json"
+status_interval = 0.2
+""")
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    tag = f"{os.getpid() % 100000}"
+    n = Net(f"qcl-c{tag}", f"qcl-s{tag}", tmp_path)
+    made: list[str] = []
+    try:
+        for ns in (n.client_ns, n.server_ns):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        c, s = n.client_ns, n.server_ns
+        sh("ip", "-n", s, "addr", "add", "10.91.0.1/32", "dev", "lo")
+        sh("ip", "-n", s, "addr", "add", "fd00:91::1/128", "dev", "lo")
+        for metric, (client_if, server_if, v4, v6) in enumerate(ACCESSES.values(), start=1):
+            sh(
+                "ip",
+                "link",
+                "add",
+                client_if,
+                "netns",
+                c,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                server_if,
+                "netns",
+                s,
+            )
+            for ns, ifname, host in ((c, client_if, 2), (s, server_if, 1)):
+                sh("ip", "-n", ns, "addr", "add", f"{v4}.{host}/24", "dev", ifname)
+                sh("ip", "-n", ns, "addr", "add", f"{v6}::{host}/64", "dev", ifname, "nodad")
+                sh("ip", "-n", ns, "link", "set", ifname, "up")
+            sh(
+                "ip",
+                "-n",
+                c,
+                "route",
+                "add",
+                "10.91.0.1/32",
+                "via",
+                f"{v4}.1",
+                "dev",
+                client_if,
+                "metric",
+                str(metric),
+            )
+            sh(
+                "ip",
+                "-n",
+                c,
+                "-6",
+                "route",
+                "add",
+                "fd00:91::1/128",
+                "via",
+                f"{v6}::1",
+                "dev",
+                client_if,
+                "metric",
+                str(metric),
+            )
+        _write_configs(tmp_path)
+        n.start("concentrator")
+        n.wait_up("concentrator")
+        yield n
+    finally:
+        for role in list(n.procs):
+            n.stop(role)
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+def test_tunnel_mode_ping_and_migration(net: Net) -> None:
+    net.start("client")
+    net.wait_up()
+    assert net.ping(CONC_V4) == 3
+    assert net.ping(CONC_V6) == 3
+    status = net.status("client")
+    assert status["mode"] == "tunnel" and status["tun"]["mtu"] >= 1280
+    assert net.access("wifi")["active"] and not net.access("5g")["connected"]
+
+    pinger = net.ping_background(CONC_V4, count=80, interval=0.05)
+    time.sleep(1.0)
+    net.set_access("wifi", up=False)
+    received = _received(pinger, timeout=30)
+    assert received >= 60, net.log("client")[-3000:]
+    assert net.status("client")["counters"]["migrations"] == 1
+    assert net.access("5g")["active"] and net.access("5g")["connected"]
+    assert not net.access("wifi")["available"]
+    assert "connection lost" not in net.log("client")  # the same connection moved
+    assert net.ping(CONC_V6) == 3
+
+
+def test_tunnel_mode_over_ipv6(net: Net) -> None:
+    net.start(
+        "client",
+        "concentrator.address=fd00:91::1",
+        "access.0.local_address=fd00:91:1::2",
+        "access.1.local_address=fd00:91:2::2",
+    )
+    net.wait_up()
+    assert net.ping(CONC_V4) == 3
+    assert net.ping(CONC_V6) == 3
+
+
+def test_session_mode_ping_and_failover_on_link_down(net: Net) -> None:
+    net.start("client", "mode=session")
+    net.wait_up()
+    net.wait("both accesses joined", lambda: net.access("5g").get("connected") is True)
+    status = net.status("client")
+    assert status["mode"] == "session" and re.fullmatch(r"[0-9a-f]+", status["session_id"])
+    assert net.ping(CONC_V4) == 3
+    assert net.ping(CONC_V6) == 3
+
+    pinger = net.ping_background(CONC_V4, count=80, interval=0.05)
+    time.sleep(1.0)
+    net.set_access("wifi", up=False)
+    received = _received(pinger, timeout=30)
+    assert received >= 60, net.log("client")[-3000:] + net.log("concentrator")[-3000:]
+    assert not net.access("wifi")["available"]
+    assert "access report access=wifi access_id=wifi signal=unavailable sent" in net.log("client")
+
+    net.set_access("wifi", up=True)
+    net.wait("wifi back", lambda: net.access("wifi").get("available") is True)
+    assert net.status("client")["session_id"] == status["session_id"]  # rejoined, same session
+    assert net.ping(CONC_V4) == 3, net.log("client")[-4000:] + net.log("concentrator")[-4000:]
+
+
+def test_session_mode_blackhole_detected_by_probe(net: Net) -> None:
+    net.start("client", "mode=session")
+    net.wait_up()
+    net.wait("both accesses joined", lambda: net.access("5g").get("connected") is True)
+    pinger = net.ping_background(CONC_V4, count=80, interval=0.05)
+    time.sleep(1.0)
+    # Silent failure: the link stays up, every tunnel packet leaving over wifi is dropped.
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        net.client_ns,
+        "nft",
+        "add table inet qcl_blackhole; add chain inet qcl_blackhole out "
+        "{ type filter hook output priority 0 ; } ; "
+        'add rule inet qcl_blackhole out oifname "qclw0" udp dport 4433 drop',
+    )
+    received = _received(pinger, timeout=30)
+    assert received >= 50, net.log("client")[-3000:] + net.log("concentrator")[-3000:]
+    assert "access unavailable access=wifi" in net.log("client")
+
+
+def test_concentrator_restart_then_clean_stop(net: Net) -> None:
+    net.start("client", "mode=session")
+    net.wait_up()
+    first = net.status("client")["session_id"]
+    assert net.ping(CONC_V4) == 3
+    assert net.stop("concentrator") == 0
+    net.wait("client notices", lambda: net.status("client").get("state") == "reconnecting")
+    net.start("concentrator")
+    net.wait_up("concentrator")
+    net.wait("client back up", lambda: net.status("client").get("state") == "up", timeout=30)
+    assert net.ping(CONC_V4, count=5) >= 4
+    assert net.status("client")["session_id"] != first  # the old session died with it
+
+    assert net.stop("client") == 0
+    assert net.status("client")["state"] == "stopped"
+    links = sh("ip", "-n", net.client_ns, "link", "show").stdout
+    assert "qclt0" not in links
