@@ -74,8 +74,8 @@ class TunnelSpec:
     scheduler: str = "failover"  # failover | wrr | aggregate | lowest-rtt
     access_reports: bool = True
     stream: bool = False  # also negotiate stream mode and intercept TCP
-    # False: reorder timeout 0 on both sides (a gap is given up at once: no waiting for the
-    # Packet Tag order), for experiments comparing with and without reordering.
+    # False: limits.reorder_timeout = 0 on both sides (the concentrator then turns its reorder
+    # buffer off, the client gives up on any gap at once), to compare with and without it.
     reorder: bool = True
     client_overrides: tuple[str, ...] = ()  # extra --set key=value for the client(s)
     concentrator_overrides: tuple[str, ...] = ()
@@ -375,6 +375,11 @@ class QtunDeployment:
         self.stop()
 
     # -- observation -----------------------------------------------------------------------
+    def log_path(self, node: str) -> Path:
+        """The log of the qtun program on `node` (kept after stop, appended to on restart)."""
+        role = "concentrator" if node == self.concentrator else "client"
+        return self.lab.log_dir / f"{node}-qtun-{role}.log"
+
     def pid(self, node: str) -> int:
         return self.procs[node].pid
 
@@ -395,7 +400,7 @@ class QtunDeployment:
         """The last lines this deployment's program on `node` logged (since its last start)."""
         proc = self.procs.get(node)
         role = "concentrator" if node == self.concentrator else "client"
-        path = proc.log_path if proc else self.lab.log_dir / f"{node}-qtun-{role}.log"
+        path = proc.log_path if proc else self.log_path(node)
         name = proc.name if proc else f"qtun-{role}"
         try:
             with open(path, "rb") as f:

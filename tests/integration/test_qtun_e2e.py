@@ -298,14 +298,6 @@ class TestSessionMode(TrafficChecks):
         assert client["session_id"] == status["session_id"]
         assert len(client["connections"]) == 2
 
-    # Known bug (2026-11-27 00:05 UTC, tunnel/aio/concentrator.py at f61f81c): when WiFi comes
-    # back the client joins a NEW WiFi connection, but the concentrator keeps sending the
-    # session's packets on the OLD, dead WiFi connection (the AVAILABLE report went over 5G and
-    # names "wifi" = the old connection; the new one stays access_id None) until that one's idle
-    # timeout (30 s): TCP stalls for ~30 s after recovery. Fix: retire the old connection of an
-    # access when a new one joins from the same local address, or have the client send an
-    # AVAILABLE report on the new connection.
-    @pytest.mark.xfail(strict=True, reason="concentrator keeps the dead WiFi connection")
     def test_failover_when_wifi_goes_down(self, lab: Lab, dep: QtunDeployment) -> None:
         result = transfer_through_outage(
             lab, dep, "down", lambda: lab.access_down("wifi"), lambda: lab.access_up("wifi")
@@ -508,5 +500,6 @@ class TestGlue:
             dep.start(timeout=20)
         assert time.monotonic() - started < 10
         assert dep.exit_codes["conc"] == 2  # a configuration error (wave 2 exit codes)
+        assert "qgl_typo" in dep.log_path("conc").read_text()  # the log is kept
         assert not dep.procs
         assert not [p for p in lab.procs.procs if p.name.startswith("qtun")]
