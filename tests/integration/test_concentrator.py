@@ -369,11 +369,23 @@ def test_tunnel_only_no_pool_refusals_then_clean_sigterm(
     net: None, certs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     ours, _ = certs
+    # its own TUN prefix: alice's /32 route then points here, not into the module's qcc-tun
     toml = concentrator_toml(
-        ours, tmp_path / "status.json", "qcc-tun2", 4434, 'modes = ["tunnel"]\nnat = true'
+        ours,
+        tmp_path / "status.json",
+        "qcc-tun2",
+        4434,
+        'modes = ["tunnel"]\nnat = true',
+        '"10.9.0.1/24", "fd00:9::1/64"',
     )
+    keylog, qlog = tmp_path / "keys.log", tmp_path / "qlog"
+    toml += f'keylog_file = "{keylog}"\nqlog_dir = "{qlog}"\n'  # into [observability]
     running = start_concentrator(tmp_path, toml)
     try:
+        ping = client(certs, "ping", "--port", "4434")
+        assert ping["replies"] == 1, ping
+        assert "CLIENT_TRAFFIC_SECRET_0" in keylog.read_text()
+        assert wait_until(lambda: any(qlog.glob("*.qlog")))  # written when a connection ends
         unknown = client(certs, "connect", "--port", "4434", "--cert", "bob")
         assert "'bob' is not configured" in unknown["closed"]["reason"], unknown
         session = client(certs, "connect", "--port", "4434", "--alpn", "qt-session")
