@@ -413,3 +413,38 @@ def test_concentrator_restart_then_clean_stop(net: Net) -> None:
     assert net.status("client")["state"] == "stopped"
     links = sh("ip", "-n", net.client_ns, "link", "show").stdout
     assert "qclt0" not in links
+
+
+def test_packet_above_datagram_budget_gets_icmp_from_the_client(net: Net) -> None:
+    # A TUN MTU above the budget (configured by hand): the client itself answers packets that
+    # do not fit with frag needed / Packet Too Big carrying the budget, as a router would.
+    net.start("client", "tun.mtu=1500")
+    net.wait_up()
+    assert net.status("client")["tun"]["mtu"] == 1500
+    for family, target in ((4, CONC_V4), (6, CONC_V6)):
+        result = sh(
+            "ip",
+            "netns",
+            "exec",
+            net.client_ns,
+            "ping",
+            f"-{family}",
+            "-n",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-s",
+            "1440",
+            "-M",
+            "do",
+            target,
+            check=False,
+        )
+        budget = re.search(r"mtu[ =:]+(\d+)", result.stdout + result.stderr)
+        assert budget is not None, result.stdout + result.stderr
+        assert 1280 <= int(budget.group(1)) < 1500
+    assert net.status("client")["counters"]["icmp_too_big_sent"] >= 2
+    assert net.ping(CONC_V4) == 3  # small packets still pass
