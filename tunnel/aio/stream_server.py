@@ -1,0 +1,340 @@
+"""Stream mode on the concentrator (-tcp draft): connect to the destination of each TCP Connect
+and relay the stream's bytestream to it (tunnel/aio/stream_relay.py).
+
+For every TcpConnectRequested (the client opened a stream with TCP Connect + End, §5.1.1):
+1. policy: the destination must be allowed (StreamServerConfig.allow/deny; loopback,
+   unspecified and the concentrator's own addresses never are) and the connection must have
+   fewer than `max_pending_connects` connects in progress (§7.1: rate-limit pending TCP
+   Connects, the SYN amplification concern). Refused -> Error TLV Network Failure + End + FIN.
+2. a non-blocking connect() bounded by `connect_timeout`;
+3. success -> TCP Connect OK + End (§5.1.2), then relay both ways; failure -> Error TLV +
+   End + FIN (§5.1.3): ICMP Packet Received with the ICMP message when the failure came with
+   one (seen on a raw ICMP socket: Linux does not hand a TCP socket the ICMP packet that
+   aborted its connect), else Network Failure (refused = the destination sent a RST, a
+   timeout, a local routing error).
+A malformed TCP Connect never reaches us: TunnelConnection answers it with Error TLV Malformed
+TLV + End + FIN and emits StreamRejected.
+
+The program (tunnel/aio/concentrator.py) makes each stream-mode connection with
+`TunnelQuicConnection(**server.quic_options(), ...)` (stream_mode, max_streams_bidi =
+max_streams, stream_window = window) and calls `handle(conn, event, transmit)` for each of its
+TunnelEvents before its own handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from collections import deque
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Final
+
+from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit
+from tunnel.config import StreamServerConfig
+from tunnel.connection import (
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamRejected,
+    StreamReset,
+    TcpConnectRequested,
+    TunnelConnection,
+    TunnelEvent,
+)
+from tunnel.errors import StreamErrorCode
+from tunnel.stream_mode import StreamEvent
+from tunnel.stream_policy import DestinationPolicy, PendingConnects
+
+log = logging.getLogger("tunnel.stream")
+
+ICMP_PAYLOAD_MAX: Final = 253
+"""Error TLV value = 2-byte code + payload, in a TLV whose length is one byte (-tunnel §5)."""
+ICMP_MEMORY: Final = 64
+"""Recent ICMP errors kept for matching (a connect fails right after its ICMP arrives)."""
+ICMP_MAX_AGE: Final = 5.0
+IPPROTO_TCP: Final = 6
+ICMP_DEST_UNREACH: Final = 3
+ICMP_TIME_EXCEEDED: Final = 11
+ICMP6_DST_UNREACH: Final = 1
+ICMP6_TIME_EXCEEDED: Final = 3
+UNREACHABLE_ERRNOS: Final = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED, errno.EPROTO, errno.EACCES}
+)
+
+
+def is_own_address(address: IPv4Address | IPv6Address) -> bool:
+    """Whether the host has `address` (binding a socket to it succeeds)."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
+
+
+def quoted_tcp_ports(message: bytes, version: int) -> tuple[str, int, int] | None:
+    """From an ICMP/ICMPv6 Destination Unreachable / Time Exceeded message (starting at its
+    type byte), the (destination, source port, destination port) of the TCP segment it
+    quotes, or None if it quotes something else."""
+    if len(message) < 8:
+        return None
+    kinds = (
+        (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED)
+        if version == 4
+        else (
+            ICMP6_DST_UNREACH,
+            ICMP6_TIME_EXCEEDED,
+        )
+    )
+    if message[0] not in kinds:
+        return None
+    quoted = message[8:]
+    if version == 4:
+        if len(quoted) < 20 or quoted[0] >> 4 != 4 or quoted[9] != IPPROTO_TCP:
+            return None
+        header = (quoted[0] & 0x0F) * 4
+        destination = str(IPv4Address(quoted[16:20]))
+    else:
+        if len(quoted) < 40 or quoted[0] >> 4 != 6 or quoted[6] != IPPROTO_TCP:
+            return None
+        header = 40
+        destination = str(IPv6Address(quoted[24:40]))
+    ports = quoted[header : header + 4]
+    if len(ports) < 4:
+        return None
+    return destination, int.from_bytes(ports[:2], "big"), int.from_bytes(ports[2:], "big")
+
+
+class IcmpWatcher:
+    """Raw ICMP and ICMPv6 sockets keeping the last few errors that quote a TCP segment, so a
+    failed connect can be answered with the ICMP message itself (-tcp §5.1.3). Needs
+    CAP_NET_RAW; without it `available` is False and failures report Network Failure."""
+
+    def __init__(self) -> None:
+        self._sockets: list[tuple[socket.socket, int]] = []
+        self._recent: deque[tuple[float, tuple[str, int, int], bytes]] = deque(maxlen=ICMP_MEMORY)
+        for family, proto, version in (
+            (socket.AF_INET, socket.IPPROTO_ICMP, 4),
+            (socket.AF_INET6, socket.IPPROTO_ICMPV6, 6),
+        ):
+            try:
+                sock = socket.socket(family, socket.SOCK_RAW, proto)
+            except OSError:
+                continue
+            sock.setblocking(False)
+            self._sockets.append((sock, version))
+
+    @property
+    def available(self) -> bool:
+        return bool(self._sockets)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sock, version in self._sockets:
+            loop.add_reader(sock.fileno(), self._read, sock, version)
+
+    def _read(self, sock: socket.socket, version: int) -> None:
+        for _ in range(64):
+            try:
+                data = sock.recv(2048)
+            except OSError:
+                return
+            # IPv4 raw sockets deliver the IP header too; keep the ICMP message only.
+            message = data[(data[0] & 0x0F) * 4 :] if version == 4 and data else data
+            key = quoted_tcp_ports(message, version)
+            if key is not None:
+                self._recent.append((time.monotonic(), key, message[:ICMP_PAYLOAD_MAX]))
+
+    def find(self, destination: str, source_port: int, destination_port: int) -> bytes | None:
+        """The ICMP message that quoted our SYN to destination:destination_port from
+        source_port, if one arrived lately. The kernel queues the ICMP packet on the raw
+        socket before it fails the connect, so read what is queued first."""
+        for sock, version in self._sockets:
+            self._read(sock, version)
+        key = (destination, source_port, destination_port)
+        now = time.monotonic()
+        for when, seen, message in reversed(self._recent):
+            if seen == key and now - when <= ICMP_MAX_AGE:
+                return message
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            for sock, _ in self._sockets:
+                loop.remove_reader(sock.fileno())
+        for sock, _ in self._sockets:
+            sock.close()
+        self._sockets = []
+
+
+class StreamServer:
+    """The concentrator's stream mode (see the module docstring); one per concentrator."""
+
+    def __init__(self, config: StreamServerConfig) -> None:
+        self.config = config
+        self.policy = DestinationPolicy(config.allow, config.deny)
+        self.hub = RelayHub(send_buffer=config.send_buffer)
+        self._pending: dict[int, PendingConnects] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._icmp: IcmpWatcher | None = None
+        self.refused_policy = 0
+        self.refused_pending = 0
+        self.connect_failures = 0
+        self.rejected_malformed = 0
+
+    def quic_options(self) -> dict[str, Any]:
+        """Keyword arguments for TunnelQuicConnection on a stream-mode concentrator."""
+        return {
+            "stream_mode": True,
+            "max_streams_bidi": self.config.max_streams,
+            "stream_window": self.config.window,
+        }
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def handle(self, conn: TunnelConnection, event: TunnelEvent, transmit: Transmit) -> bool:
+        """Handle a stream-mode event of `conn`; True if it was one (consumed)."""
+        if isinstance(event, TcpConnectRequested):
+            self._on_connect_requested(conn, event, transmit)
+            return True
+        relay = self.hub.relays.get((id(conn), getattr(event, "stream_id", -1)))
+        if isinstance(event, StreamDataReceived):
+            if relay is not None:
+                if relay.transport is None:
+                    relay.on_buffered(event.data, event.end)
+                else:
+                    relay.on_stream_data(event.data, event.end)
+            return True
+        if isinstance(event, StreamReset | StopSendingReceived):
+            if relay is not None:
+                kind = (
+                    StreamEvent.RESET_STREAM_RECEIVED
+                    if isinstance(event, StreamReset)
+                    else StreamEvent.STOP_SENDING_RECEIVED
+                )
+                relay.on_stream_abort(kind)
+            return True
+        if isinstance(event, StreamRejected):
+            self.rejected_malformed += 1
+            log.info("stream rejected stream=%d reason=%s", event.stream_id, event.reason)
+            if relay is not None:
+                relay.abort(event.reason)
+            return True
+        return False
+
+    def connection_closed(self, conn: TunnelConnection) -> None:
+        """The connection is gone: reset every TCP connection it carried."""
+        for relay in [r for r in self.hub.relays.values() if r.conn is conn]:
+            relay.abort("the QUIC connection closed")
+        self._pending.pop(id(conn), None)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self.hub.close()
+        if self._icmp is not None:
+            self._icmp.close()
+            self._icmp = None
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **self.hub.counters.as_dict(),
+            "active": len(self.hub.relays),
+            "pending_connects": sum(p.pending for p in self._pending.values()),
+            "refused_policy": self.refused_policy,
+            "refused_pending": self.refused_pending,
+            "connect_failures": self.connect_failures,
+            "rejected_malformed": self.rejected_malformed,
+        }
+
+    # -- TCP Connect -----------------------------------------------------------------------------
+
+    def _on_connect_requested(
+        self, conn: TunnelConnection, event: TcpConnectRequested, transmit: Transmit
+    ) -> None:
+        if self._icmp is None:
+            self._icmp = IcmpWatcher()
+            self._icmp.start(asyncio.get_running_loop())
+        sid = event.stream_id
+        refusal = self.policy.refusal(event.address, is_own_address(event.address))
+        if refusal is not None:
+            self.refused_policy += 1
+            log.info("tcp connect refused stream=%d reason=%s", sid, refusal)
+            conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
+            transmit()
+            return
+        pending = self._pending.setdefault(
+            id(conn), PendingConnects(self.config.max_pending_connects)
+        )
+        if not pending.try_start():
+            self.refused_pending += 1
+            log.info("tcp connect refused stream=%d reason=too many pending connects", sid)
+            conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
+            transmit()
+            return
+        relay = TcpRelay(self.hub, self.config.window)
+        relay.attach(conn, sid, transmit)
+        task = asyncio.get_running_loop().create_task(
+            self._connect(conn, relay, event.address, event.port, pending)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(
+        self,
+        conn: TunnelConnection,
+        relay: TcpRelay,
+        address: IPv4Address | IPv6Address,
+        port: int,
+        pending: PendingConnects,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code: StreamErrorCode | None = None
+        payload = b""
+        try:
+            sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", 0))
+            local_port = sock.getsockname()[1]
+            try:
+                await asyncio.wait_for(
+                    loop.sock_connect(sock, (str(address), port)), self.config.connect_timeout
+                )
+            except TimeoutError:
+                code = StreamErrorCode.NETWORK_FAILURE
+                log.info("tcp connect timeout stream=%d to=%s:%d", relay.stream_id, address, port)
+            except OSError as exc:
+                code = StreamErrorCode.NETWORK_FAILURE
+                if exc.errno in UNREACHABLE_ERRNOS and self._icmp is not None:
+                    icmp = self._icmp.find(str(address), local_port, port)
+                    if icmp is not None:
+                        code, payload = StreamErrorCode.ICMP_PACKET_RECEIVED, icmp
+                log.info(
+                    "tcp connect failed stream=%d to=%s:%d error=%s",
+                    relay.stream_id,
+                    address,
+                    port,
+                    exc.strerror or exc,
+                )
+        finally:
+            pending.finish()
+        if relay.finished or conn.closed:  # the stream or connection went away meanwhile
+            sock.close()
+            relay.abort("gone while connecting")
+            return
+        if code is not None:
+            sock.close()
+            self.connect_failures += 1
+            conn.fail_tcp_stream(relay.stream_id, code, payload)
+            relay.transmit()
+            relay.discard()
+            return
+        await loop.connect_accepted_socket(lambda: relay, sock)
+        conn.accept_tcp_stream(relay.stream_id)
+        relay.open(StreamEvent.STREAM_OPENED_TLVS_RECEIVED)
+        relay.transmit()
