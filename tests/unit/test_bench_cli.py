@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from experiments.bench import FIELDS, MODES, Row, cpu_seconds, format_table, main
+from experiments.bench import (
+    FIELDS,
+    MODES,
+    Row,
+    compare_with_plain,
+    cpu_seconds,
+    format_table,
+    main,
+)
 
 
 def test_modes_are_a_registry_of_plain_and_both_tunnel_modes() -> None:
@@ -61,5 +69,18 @@ def test_table_shows_missing_figures_and_errors() -> None:
     ]
     lines = format_table(rows).splitlines()
     assert lines[0].split()[:2] == ["mode", "profile"]
-    assert "900.5" in lines[1] and lines[1].split()[3] == "-"
+    assert "900.5" in lines[1] and lines[1].split()[3:5] == ["-", "-"]
     assert lines[2].endswith("error: qtun on h2 is not running")
+
+
+def test_each_mode_is_compared_with_plain_on_its_own_profile() -> None:
+    rows = [
+        Row("plain", "wifi", 40.0),
+        Row("tunnel", "wifi", 38.0),
+        Row("plain", "5g", 90.0),
+        Row("session", "5g", 45.0),
+        Row("tunnel", "none", 100.0),  # no plain row on this profile
+        Row("tunnel", "5g", error="failed"),
+    ]
+    compare_with_plain(rows)
+    assert [r.vs_plain for r in rows] == [1.0, 0.95, 1.0, 0.5, None, None]
