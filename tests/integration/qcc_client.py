@@ -12,6 +12,7 @@ actions:
   hold          stay connected for --hold seconds (the test sends traffic towards us meanwhile)
   failover      session over two connections; which one carries the replies as Access Reports
                 switch WiFi off and on
+  replace       a third connection announcing WiFi replaces the first (WiFi) one
 """
 
 from __future__ import annotations
@@ -174,7 +175,63 @@ async def failover(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def replace(args: argparse.Namespace) -> dict[str, Any]:
+    """Session over a (announces WiFi) and b (announces 5G); then c joins and announces WiFi,
+    as a client does after its WiFi link went down and up: a must be closed by the
+    concentrator and the replies to echo requests sent on b must come back on c."""
+    result: dict[str, Any] = {"action": "replace"}
+    clients: list[QuicClient] = []
+    try:
+        client_a, a = await connect_one(args)
+        clients.append(client_a)
+        assert a.tunnel is not None
+        a.tunnel.request_new_session()
+        client_a.driver.transmit()
+        made = await a.wait_for((SessionEstablished,), 5.0)
+        assert isinstance(made, SessionEstablished)
+        a.tunnel.send_access_report(AccessId.NON_THREE_GPP, AccessSignal.AVAILABLE)
+        client_a.driver.transmit()
+        joined: list[Peer] = []
+        for access in (AccessId.THREE_GPP, AccessId.NON_THREE_GPP):
+            client_x, x = await connect_one(args)
+            clients.append(client_x)
+            assert x.tunnel is not None
+            x.tunnel.join_session(made.session_id)
+            client_x.driver.transmit()
+            assert await x.wait_for((SessionEstablished,), 5.0) is not None
+            x.tunnel.send_access_report(access, AccessSignal.AVAILABLE)
+            client_x.driver.transmit()
+            joined.append(x)
+            await asyncio.sleep(0.3)
+        b, c = joined
+        closed = await a.wait_for((ConnectionClosed,), 3.0)
+        result["a_closed"] = closed.reason if isinstance(closed, ConnectionClosed) else None
+        tags = PacketTagCounter()
+        counts = {"b": 0, "c": 0}
+        assert b.tunnel is not None
+        for seq in range(args.count):
+            marks = {"b": len(b.events), "c": len(c.events)}
+            b.tunnel.send_packet(
+                echo_request(args.src, args.dst, args.size, seq), packet_tag=tags.next()
+            )
+            clients[1].driver.transmit()
+            await asyncio.sleep(0.2)
+            for name, side in (("b", b), ("c", c)):
+                counts[name] += sum(
+                    1
+                    for e in side.events[marks[name] :]
+                    if isinstance(e, PacketReceived) and is_echo_reply(e.packet)
+                )
+        result["replies"] = counts
+    finally:
+        for each in clients:
+            await each.close()
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "replace":
+        return await replace(args)
     if args.action == "failover":
         return await failover(args)
     result: dict[str, Any] = {"action": args.action}
@@ -257,7 +314,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["connect", "join-bogus", "ping", "hold", "failover"])
+    parser.add_argument(
+        "action", choices=["connect", "join-bogus", "ping", "hold", "failover", "replace"]
+    )
     parser.add_argument("--remote", default="192.0.2.1")
     parser.add_argument("--port", type=int, default=4433)
     parser.add_argument("--certs", required=True)

@@ -562,3 +562,14 @@ def test_runtime_and_config_errors_are_one_sentence(
         assert done.returncode == code, done.stderr
         assert sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert in_ns(NS_CONC, "ip", "link", "show", "qcc-tun4").returncode != 0
+
+
+def test_new_connection_announcing_an_access_replaces_the_old_one(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
+    """A client that lost its WiFi connection (down and up again) joins anew and announces
+    WiFi: the old WiFi connection, which may never say it is dead, is closed, and traffic for
+    WiFi goes to the new one at once."""
+    result = client(certs, "replace", "--alpn", "qt-session", "--count", "3", lifetime=10.0)
+    assert result["a_closed"] == "replaced by a newer connection over the wifi access", result
+    assert result["replies"] == {"b": 0, "c": 3}, result

@@ -18,7 +18,8 @@ What happens to a connection (tunnel draft §tunnel mode, tunnel-session draft �
 4. Access Reports (tunnel draft §6) switch an access off/on in the session at once. Which
    connection runs over which access is not signalled by the drafts, so it is inferred from the
    reports (`Concentrator._learn_access`): an AVAILABLE report for X on a connection of unknown
-   access names X as its access; an UNAVAILABLE one for X travels over another access, so that
+   access names X as its access (and replaces an older connection on X, which the client must
+   have lost); an UNAVAILABLE one for X travels over another access, so that
    connection gets the other Access ID and a single remaining unknown connection gets X. Until
    then a connection's access is unknown and the scheduler treats it as always available.
 
@@ -698,7 +699,9 @@ class Concentrator:
     ) -> None:
         """Infer which access a connection runs over (module docstring, step 4):
         * AVAILABLE for X on a connection of unknown access: it is X (a client announces its
-          own access this way on each new connection);
+          own access this way on each new connection). An older connection of the session on
+          X is closed: a client opens a second one over the same access only when it lost the
+          first (e.g. the link went down and up), which then may never tell us it is dead;
         * UNAVAILABLE for X on a connection of unknown access: that connection is not on X (a
           client sends it over an access that works), so with the drafts' two Access IDs it is
           on the other one, and a single other connection still unknown is on X.
@@ -708,8 +711,11 @@ class Concentrator:
         if peer not in members or peer.access_id is not None:
             return
         if available:
-            if access not in taken:
-                self._set_access(peer, session, access)
+            for old in [p for p in members if p.access_id is access]:
+                self._close_peer(
+                    old, f"replaced by a newer connection over the {ACCESS_NAMES[access]} access"
+                )
+            self._set_access(peer, session, access)
             return
         other = next(a for a in AccessId if a is not access)
         if other not in taken:
