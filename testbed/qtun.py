@@ -345,13 +345,36 @@ class QtunDeployment:
         )
         self.wait_state(self.concentrator, ("up",), timeout)
 
-    def restart_concentrator(self, timeout: float = 20.0) -> None:
-        """Stop the concentrator (SIGTERM) and start it again; returns when it is up (the
-        clients reconnect on their own: wait for them with wait_state)."""
+    def restart_concentrator(self, timeout: float = 30.0, wait_clients: bool = True) -> None:
+        """Stop the concentrator (SIGTERM) and start it again. The clients reconnect on their
+        own; with wait_clients this returns once the new concentrator has them all back (a
+        client's own status may still say "up" from before it noticed)."""
+        deadline = time.monotonic() + timeout
         proc = self.procs.pop(self.concentrator, None)
         if proc is not None:
             self.exit_codes[self.concentrator] = self.lab.procs.stop(proc)
         self._start_concentrator(timeout)
+        if wait_clients:
+            self.wait_clients_back(max(0.1, deadline - time.monotonic()))
+
+    def wait_clients_back(self, timeout: float) -> dict[str, Any]:
+        """Wait until every client is ready (wait_ready) and the concentrator's status lists each
+        of them with a connection: what a concentrator restart must lead back to."""
+        deadline = time.monotonic() + timeout
+        for client in self.clients:
+            self.wait_ready(client, max(0.1, deadline - time.monotonic()))
+        wanted = set(self.clients)
+
+        def all_back(s: dict[str, Any]) -> bool:
+            present = {c.get("name"): c for c in s.get("clients", [])}
+            return wanted <= set(present) and all(present[n].get("connections") for n in wanted)
+
+        return self.wait_for(
+            self.concentrator,
+            all_back,
+            max(0.1, deadline - time.monotonic()),
+            "every client connected",
+        )
 
     def stop(self) -> None:
         """SIGTERM the clients, then the concentrator; exit codes in self.exit_codes."""

@@ -57,6 +57,17 @@ def test_every_client_reaches_the_server_from_its_tunnel_address(
         assert m and int(m.group(1)) >= 2, f"{name}: {out}"
 
 
+def test_after_a_concentrator_restart_every_client_is_back(deployment: QtunDeployment) -> None:
+    deployment.restart_concentrator(timeout=60)  # returns once the concentrator has them all
+    conc = deployment.status("conc")
+    assert sorted(c["name"] for c in conc["clients"]) == deployment.clients
+    server = deployment.lab.plan.server_addrs["srv1"][0]
+    for name in deployment.clients:
+        out = str(deployment.lab.node(name).cmd(f"ping -n -c 3 -i 0.2 -W 2 {server}"))
+        m = re.search(r"(\d+) received", out)
+        assert m and int(m.group(1)) >= 2, f"{name}: {out}"
+
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Lab]:
     lab = Lab("pair")
