@@ -525,3 +525,21 @@ def test_stream_mode_hook_carries_tcp(net: Net) -> None:
         assert net.status("client")["stream"]["opened"] >= 2
     finally:
         subprocess.run(["ip", "netns", "del", dest], capture_output=True, timeout=20)
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "session"])
+def test_concentrator_killed_client_recovers_by_probe(net: Net, mode: str) -> None:
+    # SIGKILL: no CONNECTION_CLOSE, the new concentrator ignores the old connection's packets;
+    # only the liveness probe notices (well before the 10 s idle timeout).
+    net.start("client", f"mode={mode}")
+    net.wait_up()
+    assert net.ping(CONC_V4) == 3
+    proc = net.procs.pop("concentrator")
+    proc.kill()
+    proc.wait(10)
+    net.start("concentrator")
+    net.wait_up("concentrator")
+    started = time.monotonic()
+    net.wait("traffic again", lambda: net.ping(CONC_V4, count=1) == 1, timeout=30)
+    assert time.monotonic() - started < 9.0, net.log("client")[-3000:]
+    assert "closing it to reconnect" in net.log("client")
