@@ -543,3 +543,15 @@ def test_concentrator_killed_client_recovers_by_probe(net: Net, mode: str) -> No
     net.wait("traffic again", lambda: net.ping(CONC_V4, count=1) == 1, timeout=30)
     assert time.monotonic() - started < 9.0, net.log("client")[-3000:]
     assert "closing it to reconnect" in net.log("client")
+
+
+def test_access_reports_off_sends_none_but_switches_locally(net: Net) -> None:
+    net.start("client", "mode=session", "access_reports=false")
+    net.wait_up()
+    net.wait("both accesses joined", lambda: net.access("5g").get("connected") is True)
+    net.set_access("wifi", up=False)
+    net.wait("wifi unavailable", lambda: net.access("wifi").get("available") is False)
+    net.wait("5g carries", lambda: net.access("5g").get("active") is True)
+    time.sleep(0.5)
+    assert "access report" not in net.log("concentrator")
+    assert net.status("client")["counters"]["access_reports_sent"] == 0
