@@ -3,25 +3,28 @@
     qtlab run overhead [--quick] [--runs N] [--set modes=["plain","wireguard"]] ...
     python -m experiments.overhead [same options]
 
-Topology "pair" (h1 -- wlink -- h2): h1 is the client (the tunnel client, or a WireGuard peer),
-h2 the far end (the concentrator, or the other WireGuard peer) and the traffic source. The
-direction is server -> client, as in the failover experiment, with experiments/traffic.py's
-sender on h2 and receiver on h1. tcpdump runs on h1's access interface h1-eth0 and the pcap is
-parsed with scapy afterwards; the receiver's JSON report says what the application got.
+Topology "reference" (c1 -- WiFi -- rwifi -- conc -- srv1) with c1's 5G access down, so that
+everything crosses the one WiFi access; its shaped link is set to `rate_mbit` / `delay_ms`.
+The direction is towards the client, as in the failover experiment: experiments/traffic.py's
+sender (or the bulk sender below) runs on conc for plain and WireGuard and on srv1 for the qtun
+modes, the receiver on c1. tcpdump runs on c1's WiFi interface c1-wifi and the pcap is parsed
+with scapy afterwards; the receiver's JSON report says what the application got.
 
-Modes (MODES): plain (no tunnel, straight to 10.0.0.2), tunnel / session (qtun through
-testbed/qtun.py, traffic to the concentrator's TUN address 10.8.0.1), stream (session mode with
-stream mode on: TCP is carried on QUIC streams; UDP still in DATAGRAM frames, so only the bulk
-TCP point runs), wireguard (wireguard-go + wg on h1/h2, inner 10.9.0.1/10.9.0.2).
+Modes (MODES): plain (no tunnel: conc's service address 10.100.0.1 straight over WiFi),
+tunnel / session (qtun through testbed/qtun.py, traffic from srv1 10.200.1.2 through the
+tunnel), stream (session mode with stream mode on: TCP on QUIC streams, the concentrator opening
+the connection to srv1; UDP still in DATAGRAM frames, so only the bulk TCP point runs),
+wireguard (wireguard-go + wg on c1 and conc, inner 10.9.0.1 / 10.9.0.2, traffic from conc).
 Workloads: a sweep of UDP payload sizes (each datagram carries `payload_bytes` of application
 data, traffic.py's 16-byte sequence/time header included) at a fixed packet rate, and a bulk
-TCP transfer.
+TCP transfer of exactly `bulk_bytes`.
 
-What is counted ("wire" = IPv4 packets on h1-eth0, IP header included, Ethernet framing not):
+What is counted ("wire" = IPv4 packets on c1-wifi, IP header included, Ethernet framing not):
 * wire_bytes / wire_packets: packets of the mode's outer flow in the forward direction
-  (h2 -> h1: UDP from port 5400 for plain UDP, TCP from port 5400 for plain TCP, UDP from 4433
-  for qtun, from 51820 for WireGuard): ACK frames, PINGs and retransmissions included, because
-  they are on the wire; reverse_* the same for h1 -> h2 (QUIC ACKs, TCP ACKs, requests).
+  (10.100.0.1 -> 10.1.1.2: UDP from port 5400 for plain UDP, TCP from 5400 for plain TCP, UDP
+  from 4433 for qtun, from 51820 for WireGuard): ACK frames, PINGs and retransmissions
+  included, because they are on the wire; reverse_* the same towards conc (QUIC ACKs, TCP
+  ACKs, requests).
 * UDP rows: packets = datagrams the receiver got (unique), app_bytes = packets x payload;
   overhead_per_packet_bytes = (wire_bytes - app_bytes) / packets.
 * bulk-tcp rows (payload_bytes = -1): app_bytes = bytes the receiving application read,
@@ -70,20 +73,23 @@ from experiments.runner import (
     resolve_params,
     run_experiment,
 )
+from testbed.topologies import CONCENTRATOR_V4
 from tunnel.aio.client import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
 from tunnel.datagram import SESSION_HEADER_SIZE
 from tunnel.quic_ext import AEAD_TAG_SIZE, SHORT_HEADER_FIXED_SIZE, packet_datagram_budget
 
-CLIENT, SERVER = "h1", "h2"
-ACCESS_INTF = "h1-eth0"
-CLIENT_V4, SERVER_V4 = "10.0.0.1", "10.0.0.2"
+# The reference topology (testbed/topologies.py): c1 -- WiFi -- rwifi -- conc -- srv1.
+CLIENT, CONCENTRATOR, SERVER = "c1", "conc", "srv1"
+ACCESS = "wifi"  # the access measured; 5G is taken down so that nothing uses it
+CLIENT_V4 = "10.1.1.2"  # c1's WiFi address
+SERVER_V4 = "10.200.1.2"  # srv1, reachable from c1 only through the tunnel
 TRAFFIC_PORT = 5400
 QTUN_PORT = 4433  # testbed/qtun.py QTUN_PORT
 WG_PORT = 51820
-WG_INNER = {CLIENT: "10.9.0.1", SERVER: "10.9.0.2"}
+WG_INNER = {CLIENT: "10.9.0.1", CONCENTRATOR: "10.9.0.2"}
 # Distinct names: wireguard-go's UAPI socket (/var/run/wireguard/<name>.sock) is one file
 # system for every namespace.
-WG_IFNAME = {CLIENT: "qnbwg1", SERVER: "qnbwg2"}
+WG_IFNAME = {CLIENT: "qnbwg1", CONCENTRATOR: "qnbwg2"}
 WG_MTU = 1420  # wireguard-go's default
 
 IPV4_HEADER = 20
@@ -164,9 +170,9 @@ class FlowBytes:
 
 
 def count_flow(pcap: Path, proto: int, far_port: int) -> tuple[FlowBytes, FlowBytes]:
-    """IPv4 bytes (IP total length) of the flow between h2:far_port and h1, per direction
-    (forward = h2 -> h1, reverse = h1 -> h2); proto 17 UDP or 6 TCP. The IP length field
-    counts what was on the wire even though the capture keeps only the headers."""
+    """IPv4 bytes (IP total length) of the flow between conc:far_port and c1's WiFi address,
+    per direction (forward = conc -> c1, reverse = c1 -> conc); proto 17 UDP or 6 TCP. The IP
+    length field counts what was on the wire even though the capture keeps only headers."""
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.utils import PcapReader
 
@@ -180,10 +186,10 @@ def count_flow(pcap: Path, proto: int, far_port: int) -> tuple[FlowBytes, FlowBy
             if ip.proto != proto or layer not in ip:
                 continue
             l4 = ip[layer]
-            if ip.src == SERVER_V4 and ip.dst == CLIENT_V4 and l4.sport == far_port:
+            if ip.src == CONCENTRATOR_V4 and ip.dst == CLIENT_V4 and l4.sport == far_port:
                 forward.packets += 1
                 forward.bytes += int(ip.len)
-            elif ip.src == CLIENT_V4 and ip.dst == SERVER_V4 and l4.dport == far_port:
+            elif ip.src == CLIENT_V4 and ip.dst == CONCENTRATOR_V4 and l4.dport == far_port:
                 reverse.packets += 1
                 reverse.bytes += int(ip.len)
     return forward, reverse
@@ -210,7 +216,7 @@ def _python() -> str:
 
 
 class WireGuardPair:
-    """wireguard-go on h1 and h2 over the pair link (its own TUN per node, wg for the keys)."""
+    """wireguard-go on c1 and conc over the WiFi access (a TUN per node, wg for the keys)."""
 
     def __init__(self, lab: Any, workdir: Path) -> None:
         self.lab = lab
@@ -220,7 +226,7 @@ class WireGuardPair:
     def start(self) -> WireGuardPair:
         self.workdir.mkdir(parents=True, exist_ok=True)
         keys: dict[str, tuple[Path, str]] = {}
-        for node in (CLIENT, SERVER):
+        for node in (CLIENT, CONCENTRATOR):
             private = subprocess.run(
                 ["wg", "genkey"], capture_output=True, text=True, check=True
             ).stdout.strip()
@@ -232,7 +238,8 @@ class WireGuardPair:
             key_file.chmod(0o600)
             keys[node] = (key_file, public)
         try:
-            for node, peer, peer_addr in ((CLIENT, SERVER, SERVER_V4), (SERVER, CLIENT, CLIENT_V4)):
+            ends = ((CLIENT, CONCENTRATOR, CONCENTRATOR_V4), (CONCENTRATOR, CLIENT, CLIENT_V4))
+            for node, peer, peer_addr in ends:
                 host, ifname = self.lab.node(node), WG_IFNAME[node]
                 argv = [
                     "env",
@@ -252,9 +259,9 @@ class WireGuardPair:
                 ).strip()
                 if out:
                     raise ExperimentError(f"configuring WireGuard on {node} failed: {out}.")
-            ping = self.lab.node(CLIENT).cmd(f"ping -c 3 -i 0.2 -W 2 {WG_INNER[SERVER]}")
+            ping = self.lab.node(CLIENT).cmd(f"ping -c 3 -i 0.2 -W 2 {WG_INNER[CONCENTRATOR]}")
             if " 0% packet loss" not in ping and " 33% packet loss" not in ping:
-                raise ExperimentError("WireGuard between h1 and h2 does not pass pings.")
+                raise ExperimentError("WireGuard between c1 and conc does not pass pings.")
         except BaseException:
             self.stop()
             raise
@@ -273,17 +280,20 @@ class WireGuardPair:
             with contextlib.suppress(Exception):
                 self.lab.procs.stop(proc)
         self.procs = []
-        for node in (CLIENT, SERVER):
+        for node in (CLIENT, CONCENTRATOR):
             with contextlib.suppress(Exception):
                 self.lab.node(node).cmd(f"ip link del {WG_IFNAME[node]} 2>/dev/null")
 
 
 @dataclass
 class Route:
-    """Where the traffic goes in one mode: the sender's address on h2 and the outer UDP port."""
+    """Where the traffic comes from in one mode: the sending node, its address (what the
+    receiver on c1 connects to) and the outer UDP port on conc (None: plain, the traffic's
+    own flow)."""
 
+    sender: str
     target: str
-    udp_port: int | None  # outer UDP port of the tunnel (None: plain, the traffic's own flow)
+    udp_port: int | None
 
 
 def ensure_mode(ctx: Context, mode: str) -> Route:
@@ -300,24 +310,22 @@ def ensure_mode(ctx: Context, mode: str) -> Route:
     workdir: Path = state["workdir"] / mode
     route: Route
     if mode == "plain":
-        route = Route(SERVER_V4, None)
+        route = Route(CONCENTRATOR, CONCENTRATOR_V4, None)
     elif mode == "wireguard":
         wg = WireGuardPair(lab, workdir).start()
         state["teardown"] = wg.stop
-        route = Route(WG_INNER[SERVER], WG_PORT)
+        route = Route(CONCENTRATOR, WG_INNER[CONCENTRATOR], WG_PORT)
     else:
-        from testbed.qtun import CONCENTRATOR_TUN_V4, QtunDeployment, TunnelSpec
+        from testbed.qtun import QtunDeployment, TunnelSpec
 
-        spec = TunnelSpec(mode="tunnel" if mode == "tunnel" else "session")
-        if mode == "stream":
-            # The client intercepts TCP to h2's TUN address and carries it on QUIC streams.
-            intercept = f'stream.intercept=["{CONCENTRATOR_TUN_V4}/32"]'
-            spec = TunnelSpec(mode="session", stream=True, client_overrides=(intercept,))
+        # Stream mode: the client intercepts TCP to what the tunnel routes (srv1 among it) and
+        # carries it on QUIC streams; the concentrator opens the TCP connection to srv1.
+        spec = TunnelSpec(mode="tunnel" if mode == "tunnel" else "session", stream=mode == "stream")
         dep = QtunDeployment(lab, spec, workdir=workdir).start()
         state["teardown"] = dep.stop
         tun = dep.status(CLIENT).get("tun", {})
         ctx.extra_meta.setdefault("tun_mtu", {})[mode] = tun.get("mtu")
-        route = Route(dep.concentrator_address(4), QTUN_PORT)
+        route = Route(SERVER, SERVER_V4, QTUN_PORT)
     state["mode"], state["route"] = mode, route
     return route
 
@@ -401,9 +409,24 @@ def _start_traffic(
         send += ["--out", str(send_out)]
         recv = [*base, "bulk-recv", "--dst", route.target, "--port", str(TRAFFIC_PORT)]
         recv += ["--timeout", timeout, "--out", str(recv_out)]
-    sender = lab.procs.start(lab.node(SERVER), "qnb-send", send)
+    sender = lab.procs.start(lab.node(route.sender), "qnb-send", send)
+    if workload != "udp":
+        # In stream mode c1's own interception accepts at once and the concentrator connects
+        # to srv1 only then: the sender must already listen or the stream is reset.
+        _wait_tcp_listening(lab.node(route.sender), TRAFFIC_PORT, sender)
     receiver = lab.procs.start(lab.node(CLIENT), "qnb-recv", recv)
     return sender, receiver, send_out, recv_out
+
+
+def _wait_tcp_listening(node: Any, port: int, proc: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if str(port) in str(node.cmd(f"ss -Hltn 'sport = :{port}'")):
+            return
+        if not proc.running():
+            break
+        time.sleep(0.05)
+    raise ExperimentError(f"the bulk sender on {node.name} is not listening on port {port}.")
 
 
 def bulk_timeout(params: Params) -> float:
@@ -431,7 +454,7 @@ def run_point(ctx: Context, point: Point) -> PointResult:
     dump = lab.procs.start(
         lab.node(CLIENT),
         "qnb-tcpdump",
-        [*TCPDUMP, "-i", ACCESS_INTF, "-w", str(pcap), "ip"],
+        [*TCPDUMP, "-i", ctx.state["access_intf"], "-w", str(pcap), "ip"],
     )
     try:
         _wait_listening(dump.log_path, log_offset)
@@ -472,7 +495,7 @@ def run_point(ctx: Context, point: Point) -> PointResult:
         app_bytes = int(received.get("bytes_total", 0))
         packets = forward.packets
     if packets == 0 or app_bytes == 0:
-        raise ExperimentError(f"no application data reached h1 ({mode}, {workload}).")
+        raise ExperimentError(f"no application data reached c1 ({mode}, {workload}).")
     overhead = forward.bytes - app_bytes
     row: Row = {
         "mode": mode,
@@ -516,7 +539,7 @@ def _wait_listening(log: Path, offset: int, timeout: float = 5.0) -> None:
         if "listening on" in _read_log(log, offset):
             return
         time.sleep(0.05)
-    raise ExperimentError(f"tcpdump on {ACCESS_INTF} did not start within {timeout:g} s.")
+    raise ExperimentError(f"tcpdump did not start within {timeout:g} s ({log}).")
 
 
 # -- the sweep --------------------------------------------------------------------------------
@@ -553,20 +576,27 @@ def session(params: Params) -> Iterator[Context]:
     ctx = Context(params)
     workdir = Path(tempfile.mkdtemp(prefix="qnb-overhead-"))
     link = profile("none", rate_mbit=float(params["rate_mbit"]), delay_ms=float(params["delay_ms"]))
-    with Lab("pair", backend=str(params["backend"]), log_dir=workdir / "logs") as lab:
-        lab.shapers["wlink"].set_profile("both", link)
-        lab.set_congestion_control(CLIENT, "cubic")
-        lab.set_congestion_control(SERVER, "cubic")
-        ctx.state.update(lab=lab, workdir=workdir, mode=None)
+    profiles = {"wifi": link, "5g": link}
+    with Lab(
+        "reference", backend=str(params["backend"]), log_dir=workdir / "logs", profiles=profiles
+    ) as lab:
+        access = lab.access(ACCESS, CLIENT)
+        if access.client_v4 != CLIENT_V4:
+            raise ExperimentError(f"c1's WiFi address is {access.client_v4}, not {CLIENT_V4}.")
+        for node in (CLIENT, CONCENTRATOR, SERVER):
+            lab.set_congestion_control(node, "cubic")
+        ctx.state.update(lab=lab, workdir=workdir, mode=None, access_intf=access.client_intf)
         ctx.backend = str(lab.backend)
-        ctx.fidelity = [
-            vars(r) if not isinstance(r, dict) else r for r in verify_link(lab, "wlink")
-        ]
+        if access.shaped is None:
+            raise ExperimentError("the reference topology's WiFi access is not shaped.")
+        ctx.fidelity = [vars(r) for r in verify_link(lab, access.shaped)]
+        # Only WiFi carries anything: no session-mode connection or route on 5G to miss.
+        lab.access_down("5g", CLIENT)
         ctx.extra_meta.update(
             {
-                "topology": "pair",
-                "capture": f"tcpdump on {CLIENT}:{ACCESS_INTF}, IPv4 total length per packet",
-                "direction": "h2 (sender) -> h1 (receiver)",
+                "topology": "reference (5G access down)",
+                "capture": f"tcpdump on {CLIENT}:{access.client_intf}, IPv4 total length",
+                "direction": "conc (plain, WireGuard) or srv1 (qtun modes) -> c1",
                 "link": link.as_dict(),
                 "lab": lab.describe(),
                 "framing": {
