@@ -362,6 +362,23 @@ def _colour(index: int) -> str:
     return f"C{index % 10}"
 
 
+# One colour per variant in every panel and figure; baselines in muted colours.
+VARIANT_COLOURS = {
+    "session-failover": "C0",
+    "session-failover-noreports": "C1",
+    "tunnel-migration": "C2",
+    "stream-migration": "C3",
+    "plain": "C7",
+    "mptcp": "C5",
+    "wireguard": "C4",
+}
+
+
+def variant_colour(variant: str) -> str:
+    """The variant's colour (VARIANT_COLOURS; others get a stable one from their name)."""
+    return VARIANT_COLOURS.get(variant) or _colour(sum(map(ord, variant)))
+
+
 def outage_window(failover: pd.DataFrame) -> tuple[float, float]:
     """When the access was down (medians over runs): (down_at_s, up_at_s)."""
     return float(failover["down_at_s"].median()), float(failover["up_at_s"].median())
@@ -373,12 +390,12 @@ def plot_goodput_timeseries(
     """Goodput over time, one line per variant (mean over runs at each sample), outage shaded.
     Give it one (event, traffic) combination at a time (see `scenarios`)."""
     variants = _ordered(timeseries["variant"].tolist(), VARIANT_ORDER)
-    for i, variant in enumerate(variants):
+    for variant in variants:
         rows = timeseries[timeseries["variant"] == variant]
         runs = rows["run"].nunique()
         mean = rows.groupby(rows["t_s"].round(3))["goodput_mbps"].mean()
         label = f"{variant} (mean of {runs} runs)" if runs > 1 else variant
-        ax.plot(mean.index, mean.to_numpy(), color=_colour(i), lw=1.2, label=label)
+        ax.plot(mean.index, mean.to_numpy(), color=variant_colour(variant), lw=1.2, label=label)
     if outage is not None:
         ax.axvspan(outage[0], outage[1], color="0.85", zorder=0, label="WiFi outage")
     ax.set_xlabel("time (s)")
@@ -409,42 +426,52 @@ def select_scenario(frame: pd.DataFrame, scenario: tuple[str, ...]) -> pd.DataFr
     return frame[mask]
 
 
-def plot_failover_gaps(ax: Axes, summary: pd.DataFrame) -> None:
-    """Mean gap per variant with its 95 % t-CI (log scale); variants that never recovered are
-    marked at the top instead of being dropped."""
-    labels = [f"{r.variant}\n{r.event}/{r.traffic}" for r in summary.itertuples()]
-    x = np.arange(len(summary))
+def plot_failover_gaps(
+    ax: Axes, summary: pd.DataFrame, failover: pd.DataFrame | None = None
+) -> None:
+    """Mean gap per (variant, event, traffic) with its 95 % t-CI, one row each, and the single
+    runs as small dots when `failover` is given; rows that never recovered say so instead of
+    being dropped. Log scale when the gaps span more than a decade; a CI reaching below the
+    axis is cut at its edge."""
+    labels = [f"{r.variant}  {r.event}/{r.traffic}" for r in summary.itertuples()]
+    y = np.arange(len(summary))[::-1]  # first row on top
     means = summary["gap_ms_mean"].to_numpy(dtype=float)
     errors = np.nan_to_num(summary["gap_ms_ci"].to_numpy(dtype=float), nan=0.0)
     recovered = summary["recovered"].to_numpy()
-    variants = _ordered(summary["variant"].tolist(), VARIANT_ORDER)
-    colours = [_colour(variants.index(v)) for v in summary["variant"]]  # as in the time series
-    for i in range(len(summary)):
+    observed: list[float] = []
+    for i, row in enumerate(summary.itertuples()):
+        colour = variant_colour(str(row.variant))
         if recovered[i] == 0:
             ax.annotate(
-                "no recovery",
-                (x[i], 0.97),
-                xycoords=("data", "axes fraction"),
-                ha="center",
-                va="top",
-                rotation=90,
+                f"no recovery ({row.runs} runs)",
+                (0.02, y[i]),
+                xycoords=("axes fraction", "data"),
+                va="center",
                 fontsize="small",
-                color="C3",
+                color=colour,
             )
             continue
-        lower = min(errors[i], means[i] * 0.999)  # keep the bar positive on a log axis
-        ax.errorbar(
-            x[i], means[i], yerr=[[lower], [errors[i]]], fmt="o", color=colours[i], capsize=4
-        )
-    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
-    ax.set_xlim(-0.5, len(summary) - 0.5)
-    finite = means[np.isfinite(means)]
-    if len(finite) and finite.min() > 0 and finite.max() / finite.min() > 10:
-        ax.set_yscale("log")  # gaps of 100 ms and of 20 s on one axis
+        if failover is not None:
+            runs = failover[
+                (failover["variant"] == row.variant)
+                & (failover["event"] == row.event)
+                & (failover["traffic"] == row.traffic)
+                & failover["completed"]
+            ]["gap_ms"].dropna()
+            observed.extend(runs.tolist())
+            ax.plot(runs, np.full(len(runs), y[i] - 0.2), ".", color=colour, alpha=0.6, ms=4)
+        ax.errorbar(means[i], y[i], xerr=errors[i], fmt="o", color=colour, capsize=4)
+    ax.set_yticks(y, labels, fontsize="small")
+    ax.set_ylim(-0.7, len(summary) - 0.3)
+    finite = np.array([*means[np.isfinite(means)], *observed], dtype=float)
+    finite = finite[finite > 0]
+    if len(finite) and finite.max() / finite.min() > 10:
+        ax.set_xscale("log")  # gaps of 100 ms and of 20 s on one axis
+        ax.set_xlim(left=finite.min() / 2, right=finite.max() * 2)
     else:
-        ax.set_ylim(bottom=0)
-    ax.set_ylabel("gap (ms): mean ± 95 % t-CI over recovered runs")
-    ax.grid(alpha=0.3, axis="y")
+        ax.set_xlim(left=0)
+    ax.set_xlabel("gap (ms): mean ± 95 % t-CI over recovered runs, dots: runs")
+    ax.grid(alpha=0.3, axis="x")
 
 
 def plot_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
@@ -566,8 +593,8 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     failover = load_failover(run_dir)
     timeseries = load_failover_timeseries(run_dir)
     combos = scenarios(timeseries)
-    fig = Figure(figsize=(13, 1.5 + 3.2 * len(combos)), layout="constrained")
-    grid = fig.add_gridspec(len(combos), 2, width_ratios=(2, 1))
+    fig = Figure(figsize=(15, 1.5 + 3.2 * len(combos)), layout="constrained")
+    grid = fig.add_gridspec(len(combos), 2, width_ratios=(1.8, 1))
     for row, combo in enumerate(combos):
         ax_ts = fig.add_subplot(grid[row, 0])
         rows = select_scenario(failover, combo)
@@ -576,7 +603,7 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
         what = " / ".join(combo)
         ax_ts.set_title(f"goodput at the receiver{': ' + what if what else ''}", fontsize="medium")
     ax_gap = fig.add_subplot(grid[:, 1])
-    plot_failover_gaps(ax_gap, failover_gap_summary(failover))
+    plot_failover_gaps(ax_gap, failover_gap_summary(failover), failover)
     ax_gap.set_title("longest delivery gap around the outage", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
     return _save(fig, out_png)
