@@ -17,11 +17,10 @@ What happens to a connection (tunnel draft §tunnel mode, tunnel-session draft �
    one replaces the old session. A memberless session is kept `session_idle_expiry` seconds.
 4. Access Reports (tunnel draft §6) switch an access off/on in the session at once. Which
    connection runs over which access is not signalled by the drafts, so it is inferred from the
-   reports (`Concentrator._learn_access`): an AVAILABLE report for X on a connection of unknown
-   access names X as its access (and replaces an older connection on X, which the client must
-   have lost); an UNAVAILABLE one for X travels over another access, so that
-   connection gets the other Access ID and a single remaining unknown connection gets X. Until
-   then a connection's access is unknown and the scheduler treats it as always available.
+   reports (tunnel/access_mapping.py: an AVAILABLE report for X on a connection of unknown
+   access names X as its access and replaces an older connection on X, which the client must
+   have lost; an UNAVAILABLE one names the other access). Until then a connection's access is
+   unknown and the scheduler treats it as always available.
 
 Forwarding (tunnel/forwarding.py has the address rules): packets read from the TUN go to the
 client owning the destination; too big for its connection -> ICMP frag-needed / Packet Too Big
@@ -51,6 +50,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 
+from tunnel.access_mapping import infer_access
 from tunnel.aio.cli import RuntimeFailure
 from tunnel.aio.nat import Masquerade, NatError
 from tunnel.aio.status import StatusWriter
@@ -697,32 +697,15 @@ class Concentrator:
         access: AccessId,
         available: bool,
     ) -> None:
-        """Infer which access a connection runs over (module docstring, step 4):
-        * AVAILABLE for X on a connection of unknown access: it is X (a client announces its
-          own access this way on each new connection). An older connection of the session on
-          X is closed: a client opens a second one over the same access only when it lost the
-          first (e.g. the link went down and up), which then may never tell us it is dead;
-        * UNAVAILABLE for X on a connection of unknown access: that connection is not on X (a
-          client sends it over an access that works), so with the drafts' two Access IDs it is
-          on the other one, and a single other connection still unknown is on X.
-        A connection keeps the first access inferred; no two connections get the same one."""
-        members = [p for p in client.peers if p.tunnel in session.connections]
-        taken = {p.access_id for p in members}
-        if peer not in members or peer.access_id is not None:
-            return
-        if available:
-            for old in [p for p in members if p.access_id is access]:
-                self._close_peer(
-                    old, f"replaced by a newer connection over the {ACCESS_NAMES[access]} access"
-                )
-            self._set_access(peer, session, access)
-            return
-        other = next(a for a in AccessId if a is not access)
-        if other not in taken:
-            self._set_access(peer, session, other)
-        unknown = [p for p in members if p.access_id is None]
-        if len(unknown) == 1 and access not in taken:
-            self._set_access(unknown[0], session, access)
+        """Infer which access a connection runs over (tunnel/access_mapping.py) and act on
+        it: record it in the session, close the connections it replaces."""
+        members = {p: p.access_id for p in client.peers if p.tunnel in session.connections}
+        inference = infer_access(members, peer, access, available)
+        for old in inference.replaced:
+            name = ACCESS_NAMES.get(access, str(int(access)))
+            self._close_peer(old, f"replaced by a newer connection over the {name} access")
+        for member, learned in inference.assign.items():
+            self._set_access(member, session, learned)
 
     def _set_access(self, peer: Peer, session: TunnelSession, access: AccessId) -> None:
         peer.access_id = access
