@@ -64,6 +64,7 @@ SO_ORIGINAL_DST: Final = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST: Final = 80  # linux/netfilter_ipv6/ip6_tables.h
 NFT_TABLE: Final = "qtun_stream"
 NFT_PRIORITY: Final = -100  # dstnat
+LISTEN_BACKLOG: Final = 1024  # asyncio's default 100 drops SYNs of a burst of connections
 
 Current = Callable[[], tuple[TunnelConnection, Callable[[], None]] | None]
 
@@ -216,7 +217,11 @@ class StreamClient:
             if self.config.intercept:
                 for host in ("127.0.0.1", "::1"):
                     server = await loop.create_server(
-                        self._transparent_relay, host, self.config.listen_port, reuse_address=True
+                        self._transparent_relay,
+                        host,
+                        self.config.listen_port,
+                        reuse_address=True,
+                        backlog=LISTEN_BACKLOG,
                     )
                     self._servers.append(server)
                 self._install_nft()
@@ -226,6 +231,7 @@ class StreamClient:
                     str(self.config.socks_address),
                     self.config.socks_port,
                     reuse_address=True,
+                    backlog=LISTEN_BACKLOG,
                 )
                 self._servers.append(server)
         except BaseException:

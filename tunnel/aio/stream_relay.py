@@ -124,8 +124,11 @@ class TcpRelay(asyncio.Protocol):
     once connected). Stream events go to `on_stream_data`, `on_stream_abort`.
     """
 
-    def __init__(self, hub: RelayHub, window: int) -> None:
+    def __init__(self, hub: RelayHub, window: int, *, hold_until_open: bool = False) -> None:
+        """`hold_until_open`: do not read the socket before open() (the concentrator's socket
+        connects before the stream is answered; its bytes must follow TCP Connect OK)."""
         self.hub = hub
+        self._hold = hold_until_open
         self.window = window
         self.state = RelayState()
         self.transport: asyncio.Transport | None = None
@@ -133,9 +136,11 @@ class TcpRelay(asyncio.Protocol):
         self.stream_id = -1
         self.transmit: Transmit = lambda: None
         self.finished = False
+        self.opened = False  # open() was called: events are relayed, not buffered
         self._reading_paused = False
         self._eof_pending = False  # stream FIN arrived before the socket was connected
         self._early: list[bytes] = []  # stream bytes that arrived before the socket
+        self._held_up = b""  # socket bytes read before open()
         self._tcp_eof = False
         self._stream_fin = False
         # called at connection_made (the client opens its stream then)
@@ -159,12 +164,18 @@ class TcpRelay(asyncio.Protocol):
             self.state.on_tcp(event)
         else:
             self.state.on_stream(event)
+        self.opened = True
+        held, self._held_up = self._held_up, b""
+        if held:
+            self.data_received(held)
+        if self._tcp_eof:
+            self.eof_received()
+        if self._hold and self.transport is not None and not self._reading_paused:
+            self.transport.resume_reading()
         early, self._early = self._early, []
-        for chunk in early:
-            self._write(chunk)
-        if self._eof_pending:
-            self._eof_pending = False
-            self._write_eof()
+        eof, self._eof_pending = self._eof_pending, False
+        if early or eof:
+            self.on_stream_data(b"".join(early), eof)
         self._report_backlog()
 
     def send_backlog(self) -> int:
@@ -183,12 +194,17 @@ class TcpRelay(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._hold and not self.opened:
+            self.transport.pause_reading()
         if self.on_made is not None:
             self.on_made(self)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         if conn is None or self.finished:
+            return
+        if not self.opened:  # read before open() despite pause_reading: keep it for open()
+            self._held_up += data
             return
         try:
             self.state.on_tcp(TcpEvent.DATA_RECEIVED)
@@ -214,6 +230,8 @@ class TcpRelay(asyncio.Protocol):
         self._tcp_eof = True
         if conn is None or self.finished:
             return False
+        if not self.opened:  # relayed by open(), after the bytes held with it
+            return True
         try:
             if self.state.on_tcp(TcpEvent.FIN_RECEIVED):
                 conn.send_stream_data(self.stream_id, b"", end=True)

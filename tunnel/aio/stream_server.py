@@ -204,7 +204,7 @@ class StreamServer:
         relay = self.hub.relays.get((id(conn), getattr(event, "stream_id", -1)))
         if isinstance(event, StreamDataReceived):
             if relay is not None:
-                if relay.transport is None:
+                if not relay.opened:
                     relay.on_buffered(event.data, event.end)
                 else:
                     relay.on_stream_data(event.data, event.end)
@@ -276,7 +276,7 @@ class StreamServer:
             conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
             transmit()
             return
-        relay = TcpRelay(self.hub, self.config.window)
+        relay = TcpRelay(self.hub, self.config.window, hold_until_open=True)
         relay.attach(conn, sid, transmit)
         task = asyncio.get_running_loop().create_task(
             self._connect(conn, relay, event.address, event.port, pending)
@@ -321,6 +321,11 @@ class StreamServer:
                     port,
                     exc.strerror or exc,
                 )
+            if code is None:
+                await loop.connect_accepted_socket(lambda: relay, sock)
+        except OSError as exc:  # the socket died between connect and accept
+            code = StreamErrorCode.NETWORK_FAILURE
+            log.info("tcp connect failed stream=%d error=%s", relay.stream_id, exc)
         finally:
             pending.finish()
         if relay.finished or conn.closed:  # the stream or connection went away meanwhile
@@ -334,7 +339,6 @@ class StreamServer:
             relay.transmit()
             relay.discard()
             return
-        await loop.connect_accepted_socket(lambda: relay, sock)
         conn.accept_tcp_stream(relay.stream_id)
         relay.open(StreamEvent.STREAM_OPENED_TLVS_RECEIVED)
         relay.transmit()
