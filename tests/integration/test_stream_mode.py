@@ -57,7 +57,9 @@ def py_cmd(ns: str, module: str, *args: str) -> list[str]:
 
 
 @contextmanager
-def lab_namespaces() -> Iterator[None]:
+def lab_namespaces(client_routes: bool = True) -> Iterator[None]:
+    """The three namespaces. `client_routes`: route the destinations from the client towards
+    the concentrator (a qtun client routes them into its TUN itself)."""
     made: list[str] = []
     try:
         for ns in (NS_C, NS_S, NS_D):
@@ -83,8 +85,9 @@ def lab_namespaces() -> Iterator[None]:
                 sh("ip", "-n", ns, "link", "set", ifname, "up")
         # the client routes the destinations towards the tunnel side (the route must exist
         # for connect() to reach the nft output hook that redirects it)
-        sh("ip", "-n", NS_C, "route", "add", "10.200.0.0/16", "via", "10.81.0.2")
-        sh("ip", "-n", NS_C, "-6", "route", "add", "fd00:200::/32", "via", "fd00:81::2")
+        if client_routes:
+            sh("ip", "-n", NS_C, "route", "add", "10.200.0.0/16", "via", "10.81.0.2")
+            sh("ip", "-n", NS_C, "-6", "route", "add", "fd00:200::/32", "via", "fd00:81::2")
         sh("ip", "-n", NS_S, "route", "add", "10.200.0.0/16", "via", "10.200.1.2")
         sh("ip", "-n", NS_S, "-6", "route", "add", "fd00:200::/32", "via", "fd00:200:1::2")
         sh(*ns_cmd(NS_D, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
@@ -98,8 +101,9 @@ def lab_namespaces() -> Iterator[None]:
 
 
 @contextmanager
-def process(cmd: list[str], ready: str = "READY", timeout: float = 20.0) -> Iterator[Proc]:
-    """A child that prints `ready` when up; killed (by its own pid) on exit."""
+def process(cmd: list[str], ready: str | None = "READY", timeout: float = 20.0) -> Iterator[Proc]:
+    """A child that prints `ready` when up (None: do not wait); stopped on exit: stdin
+    closed (our peers stop on EOF), then SIGTERM, then SIGKILL, by its own pid."""
     # stderr to a file: a pipe nobody reads would block a chatty child
     with tempfile.TemporaryFile("w+") as log:
         popen = subprocess.Popen(
@@ -108,7 +112,8 @@ def process(cmd: list[str], ready: str = "READY", timeout: float = 20.0) -> Iter
         )  # fmt: skip
         proc = Proc(popen, log)
         try:
-            proc.expect(ready, timeout)
+            if ready is not None:
+                proc.expect(ready, timeout)
             yield proc
         finally:
             if popen.poll() is None:
@@ -116,10 +121,14 @@ def process(cmd: list[str], ready: str = "READY", timeout: float = 20.0) -> Iter
                     with suppress(OSError):
                         popen.stdin.close()
                 try:
-                    popen.wait(timeout=5)
+                    popen.wait(timeout=3)
                 except subprocess.TimeoutExpired:
-                    popen.kill()
-                    popen.wait(timeout=10)
+                    popen.terminate()
+                    try:
+                        popen.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        popen.kill()
+                        popen.wait(timeout=10)
 
 
 class Proc:

@@ -45,9 +45,11 @@ from tunnel.connection import (
     StreamReset,
     TcpConnectAccepted,
     TcpConnectFailed,
+    TcpConnectRequested,
     TunnelConnection,
     TunnelEvent,
 )
+from tunnel.errors import StreamErrorCode
 from tunnel.socks5 import (
     ConnectRequest,
     Reply,
@@ -274,6 +276,13 @@ class StreamClient:
         if sid is None:
             return False
         relay = self.hub.relays.get((id(conn), sid))
+        if isinstance(event, TcpConnectRequested):
+            # The concentrator opening a connection towards us (the -tcp draft's "remote-
+            # initiated connection") is not supported: refuse it in band (§5.1.3).
+            log.info("tcp connect from the concentrator refused stream=%d", sid)
+            conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
+            transmit()
+            return True
         if isinstance(event, TcpConnectAccepted):
             if isinstance(relay, _SocksRelay):
                 relay.release_early()
