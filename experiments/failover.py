@@ -427,6 +427,9 @@ def measure(
         "bytes_received": int(recv["bytes_total"]),
         "detail": "; ".join(x for x in (recv.get("error"), sent.get("error")) if x),
     }
+    if goodput_mbps(bins, interval, max(1.0, down - 10), down) == 0:
+        # Not a failover result: the flow had stopped before anything failed.
+        row["detail"] = "; ".join(x for x in (row["detail"], "no delivery before the outage") if x)
     out_interval = float(p["timeseries_interval_s"])
     series = [
         {**key, "t_s": round(i * out_interval, 6), "goodput_mbps": round(v, 4)}
@@ -452,7 +455,9 @@ def summary_table(run_dir: Path) -> str:
         gaps = [float(r["gap_ms"]) for r in rows if r["gap_ms"]]
         broken = sum(1 for r in rows if r["completed"] != "True")
         gap = f"{statistics.median(gaps):9.0f}" if gaps else f"{'-':>9}"
-        note = f"{broken} run(s) never recovered" if broken else ""
+        notes = [f"{broken} run(s) never recovered"] if broken else []
+        notes += sorted({r["detail"] for r in rows if r.get("detail")})
+        note = "; ".join(notes)
         lines.append(f"{variant:<28} {event:<10} {traffic:<7} {len(rows):>4} {gap}  {note}")
     meta = json.loads((run_dir / "meta.json").read_text())
     seen: set[tuple[str, str, str]] = set()
