@@ -374,6 +374,13 @@ VARIANT_COLOURS = {
 }
 
 
+def mode_colour(mode: str) -> str:
+    """The mode's colour in every overhead panel (MODE_ORDER; others from their name)."""
+    if mode in MODE_ORDER:
+        return _colour(MODE_ORDER.index(mode))
+    return _colour(sum(map(ord, mode)))
+
+
 def variant_colour(variant: str) -> str:
     """The variant's colour (VARIANT_COLOURS; others get a stable one from their name)."""
     return VARIANT_COLOURS.get(variant) or _colour(sum(map(ord, variant)))
@@ -479,13 +486,13 @@ def plot_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
     UDP payload sweep, one colour per mode."""
     summary = overhead_summary(overhead)
     udp = summary[summary["workload"] == "udp"]
-    for i, mode in enumerate(_ordered(udp["mode"].tolist(), MODE_ORDER)):
+    for mode in _ordered(udp["mode"].tolist(), MODE_ORDER):
         rows = udp[udp["mode"] == mode]
         ax.plot(
             rows["payload_bytes"],
             rows["overhead_per_packet_bytes"],
             "o-",
-            color=_colour(i),
+            color=mode_colour(mode),
             label=f"{mode} measured",
         )
         if rows["expected_per_packet_bytes"].notna().any():
@@ -493,7 +500,7 @@ def plot_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
                 rows["payload_bytes"],
                 rows["expected_per_packet_bytes"],
                 "--",
-                color=_colour(i),
+                color=mode_colour(mode),
                 alpha=0.6,
                 label=f"{mode} arithmetic",
             )
@@ -507,9 +514,11 @@ def plot_overhead_pct(ax: Axes, overhead: pd.DataFrame) -> None:
     """Overhead in % of application bytes per mode over the UDP payload sweep (log scale)."""
     summary = overhead_summary(overhead)
     udp = summary[summary["workload"] == "udp"]
-    for i, mode in enumerate(_ordered(udp["mode"].tolist(), MODE_ORDER)):
+    for mode in _ordered(udp["mode"].tolist(), MODE_ORDER):
         rows = udp[udp["mode"] == mode]
-        ax.plot(rows["payload_bytes"], rows["overhead_pct"], "o-", color=_colour(i), label=mode)
+        ax.plot(
+            rows["payload_bytes"], rows["overhead_pct"], "o-", color=mode_colour(mode), label=mode
+        )
     ax.set_xlabel("UDP application payload (B)")
     ax.set_ylabel("overhead (% of application bytes)")
     if len(udp) and (udp["overhead_pct"] > 0).all():
@@ -525,7 +534,7 @@ def plot_bulk_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
     names = _ordered(bulk["mode"].tolist(), MODE_ORDER)
     values = [float(bulk[bulk["mode"] == m]["overhead_pct"].mean()) for m in names]
     positions = np.arange(len(names))
-    ax.bar(positions, values, color=[_colour(i) for i in range(len(names))])
+    ax.bar(positions, values, color=[mode_colour(m) for m in names])
     for x, value in zip(positions, values, strict=True):
         ax.text(float(x), value, f"{value:.1f}", ha="center", va="bottom", fontsize="small")
     ax.set_xticks(positions, names, rotation=30, ha="right")
