@@ -331,7 +331,13 @@ class QtunDeployment:
                 self.procs[client] = self.launch(client, "client", self.spec.client_overrides)
             deadline = time.monotonic() + timeout
             for client in self.clients:
-                self.wait_ready(client, max(0.1, deadline - time.monotonic()))
+                try:
+                    self.wait_ready(client, max(0.1, deadline - time.monotonic()))
+                except QtunError as exc:
+                    # The other side's view explains most client failures (auth, limits, mode).
+                    raise QtunError(
+                        f"{exc}\nconcentrator log tail:\n{self.log_tail(self.concentrator)}"
+                    ) from None
         except BaseException:
             self.stop()
             raise

@@ -502,3 +502,13 @@ class TestGlue:
         assert "qgl_typo" in dep.log_path("conc").read_text()  # the log is kept
         assert not dep.procs
         assert not [p for p in lab.procs.procs if p.name.startswith("qtun")]
+
+    def test_a_refused_client_fails_start_with_both_logs(self, lab: Lab) -> None:
+        spec = TunnelSpec(mode="session", concentrator_overrides=('modes=["tunnel"]',))
+        dep = QtunDeployment(lab, spec)
+        with pytest.raises(
+            QtunError, match=r"(?s)log tail:.*concentrator log tail:.*refused kind=mode"
+        ) as e:
+            dep.start(timeout=5)
+        print(f"\n{e.value}")
+        assert not dep.procs
