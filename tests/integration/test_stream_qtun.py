@@ -35,6 +35,9 @@ from tests.integration.test_stream_mode import (
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 INTERCEPT = ["10.200.0.0/16", "fd00:200::/32"]
+PID = os.getpid()
+IF_E, IF_F = f"qste{PID}"[:15], f"qstf{PID}"[:15]  # the second access (5G), client/server ends
+CONCENTRATOR = "10.83.0.1"  # on the concentrator's loopback, reachable over either access
 
 
 def toml(entries: list[tuple[str, dict[str, object]]], top: dict[str, object]) -> str:
@@ -53,7 +56,7 @@ def configs(work: Path, stream: bool, **stream_keys: object) -> tuple[Path, Path
     tls = {"ca": str(certs / "ca.pem")}
     conc = toml(
         [
-            ("[listen]", {"addresses": ["10.81.0.2"], "port": 4433}),
+            ("[listen]", {"addresses": [CONCENTRATOR], "port": 4433}),
             ("[tun]", {"name": "qstt0", "addresses": ["10.8.0.1/16", "fd00:8::1/64"]}),
             ("[tls]", {**tls, "cert": str(certs / "concentrator.pem"),
                        "key": str(certs / "concentrator.key")}),
@@ -66,10 +69,12 @@ def configs(work: Path, stream: bool, **stream_keys: object) -> tuple[Path, Path
     )  # fmt: skip
     client = toml(
         [
-            ("[concentrator]", {"address": "10.81.0.2", "port": 4433,
+            ("[concentrator]", {"address": CONCENTRATOR, "port": 4433,
                                 "server_name": "concentrator"}),
             ("[[access]]", {"name": "wifi", "access_id": "wifi", "interface": IF["a"],
                             "local_address": "10.81.0.1"}),
+            ("[[access]]", {"name": "5g", "access_id": "5g", "interface": IF_E,
+                            "local_address": "10.82.0.1"}),
             ("[tun]", {"name": "qstt1", "addresses": ["10.8.0.2/32", "fd00:8::2/128"],
                        "routes": INTERCEPT}),
             ("[tls]", {**tls, "cert": str(certs / "alice.pem"), "key": str(certs / "alice.key")}),
@@ -125,6 +130,17 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         sh(*ns_cmd(NS_S, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"))
         sh("ip", "-n", NS_D, "route", "add", "10.8.0.0/16", "via", "10.200.1.1")
         sh("ip", "-n", NS_D, "-6", "route", "add", "fd00:8::/64", "via", "fd00:200:1::1")
+        # a second access between client and concentrator, and the concentrator's address
+        # routed over both (WiFi preferred)
+        sh("ip", "link", "add", IF_E, "netns", NS_C, "type", "veth", "peer", "name", IF_F,
+           "netns", NS_S)  # fmt: skip
+        for ns, ifname, addr in ((NS_C, IF_E, "10.82.0.1/24"), (NS_S, IF_F, "10.82.0.2/24")):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", ifname)
+            sh("ip", "-n", ns, "link", "set", ifname, "up")
+        sh("ip", "-n", NS_S, "addr", "add", f"{CONCENTRATOR}/32", "dev", "lo")
+        for metric, (via, dev) in enumerate((("10.81.0.2", IF["a"]), ("10.82.0.2", IF_E)), 1):
+            sh("ip", "-n", NS_C, "route", "add", f"{CONCENTRATOR}/32", "via", via, "dev", dev,
+               "metric", str(metric))  # fmt: skip
         yield work
 
 
@@ -171,3 +187,35 @@ def test_goodput_stream_mode_against_tunnel_mode(work: Path) -> None:
         + ", ".join(f"{k} {v:.0f}" for k, v in figures.items())
     )
     assert all(v > 5 for v in figures.values())
+
+
+def test_transfer_survives_migration_to_the_other_access(work: Path, tmp_path: Path) -> None:
+    """WiFi goes down in the middle of an intercepted HTTP download: the client migrates the
+    QUIC connection to 5G (RFC 9000 §9) and the stream, hence the TCP connection, goes on."""
+    content = os.urandom(24 * 1024 * 1024)
+    (tmp_path / "big").write_bytes(content)
+    # the reader takes ~4 s (64 kB every 10 ms), so the outage hits mid-transfer
+    code = (
+        "import hashlib,time,urllib.request;"
+        f"r=urllib.request.urlopen('http://{DEST4}:8080/big',timeout=30);h=hashlib.sha256();n=0\n"
+        "while (b:=r.read(65536)):\n h.update(b);n+=len(b);time.sleep(0.01)\n"
+        "print(n, h.hexdigest())"
+    )
+    try:
+        with (
+            qtun(work, stream=True),
+            process(
+                ns_cmd(NS_D, sys.executable, "-u", "-m", "http.server", "8080", "--bind",
+                       "0.0.0.0", "--directory", str(tmp_path)),
+                ready="Serving HTTP",
+            ),
+            process(ns_cmd(NS_C, sys.executable, "-c", code), ready=None) as reader,
+        ):  # fmt: skip
+            time.sleep(1.5)
+            sh("ip", "-n", NS_C, "link", "set", IF["a"], "down")
+            line = reader.expect("", timeout=60)
+            status = json.loads((work / "client.json").read_text())
+    finally:
+        sh("ip", "-n", NS_C, "link", "set", IF["a"], "up")
+    assert line.split() == [str(len(content)), hashlib.sha256(content).hexdigest()]
+    assert status["counters"]["migrations"] >= 1
