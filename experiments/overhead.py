@@ -73,6 +73,7 @@ from experiments.runner import (
     resolve_params,
     run_experiment,
 )
+from testbed.qtun import QTUN_PORT
 from testbed.topologies import CONCENTRATOR_V4
 from tunnel.aio.client import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
 from tunnel.datagram import SESSION_HEADER_SIZE
@@ -84,7 +85,6 @@ ACCESS = "wifi"  # the access measured; 5G is taken down so that nothing uses it
 CLIENT_V4 = "10.1.1.2"  # c1's WiFi address
 SERVER_V4 = "10.200.1.2"  # srv1, reachable from c1 only through the tunnel
 TRAFFIC_PORT = 5400
-QTUN_PORT = 4433  # testbed/qtun.py QTUN_PORT
 WG_PORT = 51820
 WG_INNER = {CLIENT: "10.9.0.1", CONCENTRATOR: "10.9.0.2"}
 # Distinct names: wireguard-go's UAPI socket (/var/run/wireguard/<name>.sock) is one file
