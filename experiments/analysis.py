@@ -25,8 +25,11 @@ matplotlib.use("Agg")  # figures are saved to files; no display needed (CI, make
 
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ROOT = REPO_ROOT / "results"
@@ -392,7 +395,10 @@ def outage_window(failover: pd.DataFrame) -> tuple[float, float]:
 
 
 def plot_goodput_timeseries(
-    ax: Axes, timeseries: pd.DataFrame, outage: tuple[float, float] | None = None
+    ax: Axes,
+    timeseries: pd.DataFrame,
+    outage: tuple[float, float] | None = None,
+    legend: bool = True,
 ) -> None:
     """Goodput over time, one line per variant (mean over runs at each sample), outage shaded.
     Give it one (event, traffic) combination at a time (see `scenarios`)."""
@@ -409,7 +415,8 @@ def plot_goodput_timeseries(
     ax.set_ylabel("goodput (Mbit/s)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small", loc="best")
+    if legend:
+        ax.legend(fontsize="x-small", loc="best")
 
 
 SCENARIO_COLUMNS = ("event", "traffic")
@@ -608,11 +615,16 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
         ax_ts = fig.add_subplot(grid[row, 0])
         rows = select_scenario(failover, combo)
         outage = outage_window(rows if len(rows) else failover)
-        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage)
+        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage, legend=False)
         what = " / ".join(combo)
         ax_ts.set_title(f"goodput at the receiver{': ' + what if what else ''}", fontsize="medium")
     ax_gap = fig.add_subplot(grid[:, 1])
     plot_failover_gaps(ax_gap, failover_gap_summary(failover), failover)
+    # One legend for every panel (colours are per variant): lines are means over the runs.
+    variants = _ordered(timeseries["variant"].tolist(), VARIANT_ORDER)
+    handles: list[Artist] = [Line2D([], [], color=variant_colour(v), label=v) for v in variants]
+    handles.append(Patch(color="0.85", label="WiFi outage"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")
     ax_gap.set_title("longest delivery gap around the outage", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
     return _save(fig, out_png)
