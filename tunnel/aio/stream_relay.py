@@ -75,6 +75,7 @@ class RelayHub:
     relays: dict[tuple[int, int], TcpRelay] = field(default_factory=dict)
     _paused: set[TcpRelay] = field(default_factory=set)
     _kicked: dict[int, Transmit] = field(default_factory=dict)
+    _to_flush: list[TcpRelay] = field(default_factory=list)
     _poll: asyncio.TimerHandle | None = None
 
     def kick(self, conn: TunnelConnection, transmit: Transmit) -> None:
@@ -87,6 +88,22 @@ class RelayHub:
         kicked, self._kicked = self._kicked, {}
         for transmit in kicked.values():
             transmit()
+
+    def flush_later(self, relay: TcpRelay) -> None:
+        """Have relay.flush_down() run at the end of this loop iteration."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush_down)
+        self._to_flush.append(relay)
+
+    def _flush_down(self) -> None:
+        relays, self._to_flush = self._to_flush, []
+        touched: dict[int, tuple[TunnelConnection, Transmit]] = {}
+        for relay in relays:
+            relay.flush_down()
+            if relay.conn is not None:
+                touched[id(relay.conn)] = (relay.conn, relay.transmit)
+        for conn, transmit in touched.values():
+            self.kick(conn, transmit)  # the credit the writes freed (MAX_STREAM_DATA)
 
     def pause(self, relay: TcpRelay) -> None:
         self._paused.add(relay)
@@ -141,6 +158,8 @@ class TcpRelay(asyncio.Protocol):
         self._eof_pending = False  # stream FIN arrived before the socket was connected
         self._early: list[bytes] = []  # stream bytes that arrived before the socket
         self._held_up = b""  # socket bytes read before open()
+        self._down: list[bytes] = []  # stream bytes to write at the end of this iteration
+        self._down_size = 0
         self._tcp_eof = False
         self._stream_fin = False
         # called at connection_made (the client opens its stream then)
@@ -315,14 +334,30 @@ class TcpRelay(asyncio.Protocol):
         if self.transport is None:
             self._early.append(data)
             return
-        self.transport.write(data)
+        # One QUIC packet's worth per StreamDataReceived: gather a loop iteration's worth and
+        # write it with one call (one send syscall instead of one per ~1.2 kB).
+        if not self._down:
+            self.hub.flush_later(self)
+        self._down.append(data)
+        self._down_size += len(data)
         self.hub.counters.bytes_down += len(data)
+
+    def flush_down(self) -> None:
+        """Write what _write gathered (called once per loop iteration by the hub)."""
+        if not self._down:
+            return
+        data = b"".join(self._down)
+        self._down, self._down_size = [], 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        self._report_backlog()
 
     def _write_eof(self) -> None:
         self._stream_fin = True
         if self.transport is None:
             self._eof_pending = True
             return
+        self.flush_down()
         if self.transport.can_write_eof():
             self.transport.write_eof()
 
@@ -330,7 +365,7 @@ class TcpRelay(asyncio.Protocol):
         conn = self.conn
         if conn is None or not isinstance(conn.quic, TunnelQuicConnection):
             return
-        held = sum(len(c) for c in self._early)
+        held = sum(len(c) for c in self._early) + self._down_size
         if self.transport is not None and not self.transport.is_closing():
             held += self.transport.get_write_buffer_size()
         conn.quic.set_stream_backlog(self.stream_id, held)
