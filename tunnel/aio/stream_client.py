@@ -217,7 +217,9 @@ class StreamClient:
         loop = asyncio.get_running_loop()
         try:
             if self.config.intercept:
-                for host in ("127.0.0.1", "::1"):
+                families = {p.version for p in self.config.intercept}
+                # REDIRECT in the output hook sends to the loopback address of the family
+                for host in [h for v, h in ((4, "127.0.0.1"), (6, "::1")) if v in families]:
                     server = await loop.create_server(
                         self._transparent_relay,
                         host,
