@@ -1,13 +1,16 @@
 """Goodput under loss x latency: `qtlab run goodput` -> results/goodput/<time>/goodput.csv.
 
-On the "pair" topology (h1 -- shaped link -- h2; h1 is the client, h2 the concentrator/server),
-for each mode (plain, tunnel, session, stream, wireguard: brought up by experiments.overhead's
-`ensure_mode`, the same set-up the overhead experiment measures), each transport (TCP with Cubic,
-TCP with BBR, UDP at a constant rate) and each (loss, RTT) of the sweep: the link gets
-`loss_pct` random loss in each direction (a lossy access loses both ways), half the RTT of delay
-each way and `rate_mbit`; a flow h2 -> h1 (experiments/traffic.py) runs `duration_s`; the row is
-the receiver's mean goodput after `warmup_s`. The congestion control is the inner TCP's, set on
-both hosts; QUIC's own (aioquic's) is what the tunnel modes add underneath.
+The same network as the overhead experiment (experiments/overhead.py `ensure_mode`): the
+reference topology with c1's 5G access down, so everything crosses c1's shaped WiFi access;
+plain and WireGuard traffic comes from conc (10.100.0.1 / its WireGuard address: the topology
+routes the client to nothing else without a tunnel), the qtun modes' from srv1 through the
+tunnel (stream mode: TCP intercepted on c1 and carried on QUIC streams).
+For each mode (plain, tunnel, session, stream, wireguard), transport (TCP with Cubic, TCP with
+BBR, UDP at a constant rate) and (loss, RTT) of the sweep: the WiFi access gets `loss_pct`
+random loss in each direction (a lossy access loses both ways), half the RTT of delay each way
+and `rate_mbit`; one flow to c1 (experiments/traffic.py) runs `duration_s`; the row is the
+receiver's mean goodput after `warmup_s`. The congestion control is the inner TCP's, set on
+c1, conc and srv1; QUIC's own (aioquic's) is what the tunnel modes add underneath.
 Points are ordered mode first, so each mode's programs are started once per run.
 """
 
@@ -31,7 +34,8 @@ from experiments.traffic import goodput_mbps, pad_bins
 
 MODES = ("plain", "tunnel", "session", "stream", "wireguard")
 TRANSPORTS = ("tcp-cubic", "tcp-bbr", "udp")
-CLIENT, SERVER = "h1", "h2"
+CLIENT = "c1"
+CC_NODES = ("c1", "conc", "srv1")
 COLUMNS = [
     "mode",
     "transport",
@@ -100,20 +104,25 @@ def session(params: Params) -> Iterator[Context]:
     base = LinkProfile(rate_mbit=float(params["rate_mbit"]))
     with (
         tempfile.TemporaryDirectory(prefix="qex-goodput-") as tmp,
-        Lab("pair", backend=str(params["backend"])) as lab,
+        Lab(
+            "reference", backend=str(params["backend"]), profiles={"wifi": base, "5g": base}
+        ) as lab,
     ):
-        lab.shapers["wlink"].set_profile("both", base)
         ctx.backend = str(lab.backend)
         ctx.state.update(lab=lab, workdir=Path(tmp), mode=None, port=5400)
         if params["verify_fidelity"]:
-            rows = verify_link(lab, "wlink")
+            middle = lab.access("wifi", CLIENT).shaped
+            assert middle is not None
+            rows = verify_link(lab, middle)
             ctx.fidelity = [vars(r) for r in rows]
             require_fidelity(rows)
+        lab.access_down("5g", CLIENT)  # one path: nothing can use the other access
         ctx.extra_meta.update(
             {
-                "topology": "pair",
-                "direction": "h2 (sender) -> h1 (receiver)",
-                "impairment": "loss_pct in each direction, rtt_ms/2 delay each way, rate_mbit",
+                "topology": "reference (5G access down), as the overhead experiment",
+                "direction": "conc (plain, WireGuard) or srv1 (qtun modes) -> c1",
+                "impairment": "on c1's WiFi access: loss_pct in each direction, rtt_ms/2 "
+                "delay each way, rate_mbit",
                 "lab": lab.describe(),
                 "sample_interval_s": 0.01,
             }
@@ -136,13 +145,13 @@ def run_point(ctx: Context, point: Point) -> PointResult:
     link = LinkProfile(
         delay_ms=point["rtt_ms"] / 2, loss_pct=point["loss_pct"], rate_mbit=float(p["rate_mbit"])
     )
-    lab.shapers["wlink"].set_profile("both", link)
+    lab.shaper("wifi", CLIENT).set_profile("both", link)
     if point["transport"] == "tcp":
-        for node in (CLIENT, SERVER):
+        for node in CC_NODES:
             lab.set_congestion_control(node, point["cc"])
     ctx.state["port"] += 1
     flow = Flow(
-        sender=SERVER,
+        sender=route.sender,
         bind=route.target,
         receiver=CLIENT,
         dst=route.target,
