@@ -82,9 +82,13 @@ def test_notebook_runs_on_committed_results(
     name: str, kernel_specs: KernelSpecManager, tmp_path: Path
 ) -> None:
     nb = run_notebook(name, kernel_specs, figures_dir=str(tmp_path))
+    text = output_text(nb)
     if not analysis.run_dirs(name, analysis.RESULTS_ROOT):
-        assert f"No {name} results yet" in output_text(nb)
+        assert f"No {name} results yet" in text
         pytest.skip(f"no committed {name} results: checked the notebook says so and finishes")
+    for reason in ("has nothing to show", "No figure"):
+        if reason in text:  # e.g. a run whose points all failed: said in one sentence
+            pytest.skip(f"the latest {name} run {reason.lower()}: the notebook says so")
     for png in NOTEBOOKS[name]:
         assert (tmp_path / png).read_bytes().startswith(b"\x89PNG"), f"{name} did not write {png}"
 
@@ -115,6 +119,21 @@ def test_notebook_without_results_says_so(
     )
     assert f"No {name} results yet" in output_text(nb)
     assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_on_a_run_without_data(
+    name: str, kernel_specs: KernelSpecManager, tmp_path: Path
+) -> None:
+    """A run whose points all failed has meta.json but no CSV: one sentence, no traceback."""
+    run = tmp_path / name / "20261126-120000"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps({"experiment": name, "failed": [{"point": {}}]}))
+    nb = run_notebook(name, kernel_specs, results_root=str(tmp_path), figures_dir=str(tmp_path))
+    text = output_text(nb)
+    assert "1 point(s) failed" in text
+    assert f"This {name} run has nothing to show" in text and "does not exist" in text
+    assert not list(tmp_path.glob("*.png"))
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
