@@ -45,6 +45,9 @@ def main() -> int:
     except ExperimentError as exc:
         print(f"qtlab: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # the testbed could not be built or is not what was asked
+        print(f"qtlab: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("qtlab: interrupted; everything was stopped.", file=sys.stderr)
         return 130

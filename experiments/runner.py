@@ -455,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as exc:
         print(f"qtlab: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # the testbed could not be built or is not what was asked
+        print(f"qtlab: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qtlab: interrupted; what was measured is in the run directory.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
