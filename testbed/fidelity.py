@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import statistics
 import time
@@ -83,6 +84,45 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+# A loss count counts as off only when it would happen by chance less than once in this many
+# checks: an experiment refused on a false alarm costs a whole run.
+LOSS_FALSE_ALARM = 1e-3
+
+
+def binomial_two_sided_p(n: int, k: int, p: float) -> float:
+    """P-value of seeing k of n under Binomial(n, p), both tails (exact, no normal approximation:
+    with 500 probes at 0.2 % the expected count is 1 and the normal tail is far off)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"{k} successes out of {n} trials is impossible.")
+    if p <= 0.0 or p >= 1.0:
+        return 1.0 if k == round(p * n) else 0.0
+
+    def pmf(i: int) -> float:
+        log = (
+            math.lgamma(n + 1)
+            - math.lgamma(i + 1)
+            - math.lgamma(n - i + 1)
+            + i * math.log(p)
+            + (n - i) * math.log1p(-p)
+        )
+        return math.exp(log)
+
+    lower = sum(pmf(i) for i in range(k + 1))
+    upper = sum(pmf(i) for i in range(k, n + 1))
+    return min(1.0, 2 * min(lower, upper))
+
+
+def loss_plausible(sent: int, lost: int, want_pct: float) -> bool:
+    """Whether `lost` of `sent` probes fits a configured loss of `want_pct` percent: within
+    0.5 percentage points, or a deviation that chance explains (LOSS_FALSE_ALARM)."""
+    if sent <= 0:
+        return False
+    got_pct = 100 * lost / sent
+    if abs(got_pct - want_pct) <= 0.5:
+        return True
+    return binomial_two_sided_p(sent, lost, want_pct / 100) >= LOSS_FALSE_ALARM
+
+
 def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
     """Measure one shaped link of a running lab against its current settings (A -> B and back)."""
     link = lab.plan.shaped[middle]
@@ -103,8 +143,7 @@ def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
     want_loss = 100 * (1 - (1 - ab.loss_pct / 100) * (1 - ba.loss_pct / 100))
     sent, received = ping_loss(a, link.peer_v4, loss_burst, 0.001)
     got_loss = 100 * (sent - received) / sent
-    sigma = 100 * (want_loss / 100 * (1 - want_loss / 100) / sent) ** 0.5
-    ok = abs(got_loss - want_loss) <= max(0.5, 3 * sigma)
+    ok = loss_plausible(sent, sent - received, want_loss)
     rows.append(Row("loss_round_trip", round(want_loss, 3), round(got_loss, 3), "%", backend, ok))
     if ab.rate_mbit:
         want_rate = ab.rate_mbit * TCP_GOODPUT_FRACTION

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -13,7 +14,13 @@ import pytest
 
 from testbed import cli
 from testbed.cleanup import clean_run
-from testbed.fidelity import FidelityError, Row, require_fidelity
+from testbed.fidelity import (
+    FidelityError,
+    Row,
+    binomial_two_sided_p,
+    loss_plausible,
+    require_fidelity,
+)
 from testbed.hosts import RunState
 from testbed.profiles import LinkProfile
 from testbed.shaping import NetemShaper, ShapingError, WireShaper, netem_args, wire_settings
@@ -156,3 +163,30 @@ def test_run_state_records_json(tmp_path: Path) -> None:
     assert data["nodes"]["c1"]["pid"] == os.getpid() and data["nodes"]["c1"]["start"] > 0
     state.finish()
     assert not (tmp_path / "r").exists()
+
+
+def test_binomial_p_value_matches_a_hand_computed_tail() -> None:
+    # Binomial(500, 0.002): the upper tail P(X >= 4), summed exactly with integer binomials.
+    p = 0.002
+    upper = 1 - sum(math.comb(500, i) * p**i * (1 - p) ** (500 - i) for i in range(4))
+    assert upper == pytest.approx(0.018865, rel=1e-4)
+    assert binomial_two_sided_p(500, 4, p) == pytest.approx(2 * upper, rel=1e-9)
+    assert binomial_two_sided_p(500, 1, 0.002) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("sent", "lost", "want", "ok"),
+    [
+        (500, 4, 0.2, True),  # 0.8 % of 500 at 0.2 %: 2 % likely; the demo once refused this
+        (500, 8, 0.2, False),  # 1.6 %: once in ~40,000 by chance
+        (10000, 500, 5.0, True),
+        (10000, 700, 5.0, False),
+        (2000, 0, 0.0, True),
+        (2000, 30, 0.0, False),
+        (0, 0, 1.0, False),
+    ],
+)
+def test_loss_check_tolerates_chance_not_a_wrong_network(
+    sent: int, lost: int, want: float, ok: bool
+) -> None:
+    assert loss_plausible(sent, lost, want) is ok
