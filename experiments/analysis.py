@@ -1,7 +1,7 @@
 """Load, summarise and plot experiment results: the one module the notebooks (and `make demo`) use.
 
 A run lives in `results/<experiment>/<YYYYmmdd-HHMMSS>/` with tidy CSVs and `meta.json`; the
-column sets below are the contract of docs "Results schemas" (notes/wave2.md). Loaders check the
+column sets below are the contract of README "Results". Loaders check the
 columns and fail with one sentence naming the file; summaries return plain DataFrames; plotting
 functions draw on an Axes the caller gives; `*_figure` helpers build a whole figure and save a PNG.
 
@@ -37,7 +37,7 @@ FIGURES_DIR = RESULTS_ROOT / "figures"
 
 RUN_DIR_PATTERN = re.compile(r"^\d{8}-\d{6}$")
 
-# Required columns per CSV (notes/wave2.md "Results schemas"); extra columns are kept.
+# Required columns per CSV (README "Results"); extra columns are kept.
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "failover": (
         "variant",

@@ -1,20 +1,23 @@
 """`make bench`: iperf3 TCP goodput and CPU of the tunnel modes against the plain path.
 
     python -m experiments.bench [--seconds N] [--profiles none,wifi,5g]
-                                [--modes plain,tunnel,session]
+                                [--modes plain,tunnel,session,stream]
 
 One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For each link profile
 (testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2:
   plain    straight over the link to 10.0.0.2
   tunnel   through `qtun` tunnel mode (client on h1, concentrator on h2) to h2's TUN 10.8.0.1
   session  the same through tunnel session mode (one access: the link)
+  stream   tunnel mode with stream mode: the client intercepts the TCP connection to 10.8.0.1
+           and carries it on a QUIC stream; the concentrator connects to its own TUN address
+           (allowed here by `stream.allow_own_addresses`)
 Goodput is iperf3's receiver-side figure (its JSON output); CPU% is the client's and the
 concentrator's utime+stime from /proc/<pid>/stat over the transfer's wall time (100 % = one core).
 
 Writes results/bench/<YYYYmmdd-HHMMSS>/bench.csv (mode, profile, goodput_mbps, client_cpu_pct,
 concentrator_cpu_pct, duration_s, retransmits, mtu, error) and meta.json. A mode that fails gets
 a row with its error and the run goes on.
-A new mode (e.g. stream) is one entry in MODES.
+A new mode is one entry in MODES.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 from experiments.runner import software_versions, write_meta
 from testbed.profiles import PROFILES, profile
-from testbed.qtun import REPO, QtunDeployment, QtunError, TunnelSpec
+from testbed.qtun import CONCENTRATOR_TUN_V4, REPO, QtunDeployment, QtunError, TunnelSpec
 
 PLAIN_TARGET = "10.0.0.2"  # h2 on the pair link
 IPERF_PORT = 5201
@@ -74,6 +77,19 @@ MODES: dict[str, BenchMode] = {
             "session",
             TunnelSpec(mode="session"),
             "tunnel session mode (ALPN qt-session), one connection on the one access",
+        ),
+        BenchMode(
+            "stream",
+            TunnelSpec(
+                mode="tunnel",
+                stream=True,
+                # iperf3's TCP to h2's TUN address goes on a QUIC stream (-tcp draft); the
+                # concentrator then connects to its own address, which it refuses by default.
+                client_overrides=(f'stream.intercept=["{CONCENTRATOR_TUN_V4}/32"]',),
+                concentrator_overrides=("stream.allow_own_addresses=true",),
+            ),
+            "stream mode (tunnel mode + quic_tunnel_stream_mode): the TCP connection on a QUIC "
+            "stream, relayed by the concentrator",
         ),
     )
 }

@@ -133,6 +133,9 @@ class StreamServerConfig:
     allow: tuple[IPNetwork, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
     # always denied on top of these: loopback, unspecified and the concentrator's own addresses
     deny: tuple[IPNetwork, ...] = ()
+    # True lets clients reach services on the concentrator host itself (a lab whose server runs
+    # there, e.g. `make bench` on the two-host topology); off by default (tcp draft §7).
+    allow_own_addresses: bool = False
     max_streams: int = 256  # concurrent streams per connection (initial_max_streams_bidi)
     max_pending_connects: int = 32  # TCP Connects being tried at once per connection
     connect_timeout: float = 5.0  # seconds
@@ -414,6 +417,7 @@ def _stream_server(t: _Table) -> StreamServerConfig:
         enabled=_boolean(t, "enabled", False),
         allow=tuple(t.network_list("allow")) if allow_given else StreamServerConfig.allow,
         deny=tuple(t.network_list("deny")),
+        allow_own_addresses=_boolean(t, "allow_own_addresses", False),
         max_streams=t.integer("max_streams", 256, 1, 1_000_000),
         max_pending_connects=t.integer("max_pending_connects", 32, 1, 100_000),
         connect_timeout=t.number("connect_timeout", 5.0, 0.1, 600.0),

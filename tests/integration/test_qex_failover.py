@@ -2,7 +2,7 @@
 
 plain TCP must break for (about) the outage; MPTCP must fail over to its 5G subflow well within
 it; the qtun session-failover variant (UDP CBR: what the tunnel itself does, not inner TCP's
-backoff) must too. Columns are checked against the contract (notes/wave2.md).
+backoff) must too. Columns are checked against experiments/analysis.py (README "Results").
 """
 
 from __future__ import annotations

@@ -498,7 +498,7 @@ class TestGlue:
         with pytest.raises(QtunError, match=r"(?s)not running.*qgl_typo"):
             dep.start(timeout=20)
         assert time.monotonic() - started < 10
-        assert dep.exit_codes["conc"] == 2  # a configuration error (wave 2 exit codes)
+        assert dep.exit_codes["conc"] == 2  # a configuration error (README: exit codes)
         assert "qgl_typo" in dep.log_path("conc").read_text()  # the log is kept
         assert not dep.procs
         assert not [p for p in lab.procs.procs if p.name.startswith("qtun")]

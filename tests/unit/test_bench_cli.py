@@ -19,10 +19,13 @@ from experiments.bench import (
 
 
 def test_modes_are_a_registry_of_plain_and_both_tunnel_modes() -> None:
-    assert list(MODES) == ["plain", "tunnel", "session"]
+    assert list(MODES) == ["plain", "tunnel", "session", "stream"]
     assert MODES["plain"].spec is None
     assert MODES["tunnel"].spec is not None and MODES["tunnel"].spec.mode == "tunnel"
     assert MODES["session"].spec is not None and MODES["session"].spec.mode == "session"
+    stream = MODES["stream"].spec
+    assert stream is not None and stream.stream and stream.mode == "tunnel"
+    assert "stream.allow_own_addresses=true" in stream.concentrator_overrides
 
 
 def test_csv_columns_start_with_the_issue_s_columns() -> None:

@@ -66,6 +66,8 @@ def test_server_keys() -> None:
     assert server.allow == (ip_network("10.200.0.0/16"),)
     assert server.deny == (ip_network("10.200.9.0/24"),)
     assert server.max_pending_connects == 4 and server.connect_timeout == 0.5
+    assert server.allow_own_addresses is False  # the concentrator's own services stay closed
+    assert _server("stream.allow_own_addresses=true").allow_own_addresses is True
 
 
 @pytest.mark.parametrize(

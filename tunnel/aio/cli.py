@@ -1,6 +1,6 @@
 """`qtun client|concentrator -c FILE [--set key=value ...] [--log-level LEVEL]`.
 
-Exit codes (wave 2 contract): 0 after a clean SIGINT/SIGTERM shutdown, 2 for a usage or
+Exit codes (README "Running the tunnel"): 0 after a clean SIGINT/SIGTERM shutdown, 2 for a usage or
 configuration error, 1 for a runtime failure. Either error is one sentence on stderr,
 `qtun: error: <what is wrong>: <what to do>`, never a traceback.
 

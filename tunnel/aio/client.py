@@ -23,7 +23,7 @@ What it does, from the configuration (tunnel/config.py ClientConfig):
   SIGINT/SIGTERM close every connection (CONNECTION_CLOSE), remove the TUN, write state
   "stopped" and exit 0.
 - stream mode (tunnel-tcp draft): when `[stream] enabled`, a StreamClient gets every event of a
-  stream-mode connection first (wave 2 contract).
+  stream-mode connection first (StreamHook below).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ ACCESS_KIND_NAMES = {AccessId.NON_THREE_GPP: "wifi", AccessId.THREE_GPP: "5g"}
 
 
 class _StreamHandler(Protocol):
-    """What the client needs of tunnel.aio.stream_client.StreamClient (wave 2 contract)."""
+    """What the client needs of tunnel.aio.stream_client.StreamClient (README "Stream mode")."""
 
     async def start(self) -> None: ...
 
@@ -377,7 +377,7 @@ class Client:
         return dict(options()) if callable(options) else {"stream_mode": True}
 
     def _stream_current(self) -> tuple[TunnelConnection, Callable[[], None]] | None:
-        """The connection that carries new TCP streams now (wave 2 contract)."""
+        """The connection that carries new TCP streams now (README "Stream mode")."""
         candidates = [self.path] if self.mode is Mode.TUNNEL else self._session_candidates()
         for path in candidates:
             if (
@@ -1079,7 +1079,7 @@ class Client:
     # -- status ----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The status document (keys: wave 2 contract, README "Status file")."""
+        """The status document (keys: README "Status file")."""
         tun_stats = self.tun.stats if self.tun is not None else None
         accesses: list[dict[str, Any]] = []
         active = self._active_paths()

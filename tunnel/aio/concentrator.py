@@ -110,7 +110,7 @@ TUNNEL_MODES: Final = {Mode.TUNNEL: TunnelMode.TUNNEL, Mode.SESSION: TunnelMode.
 
 
 class StreamHandler(Protocol):
-    """tunnel.aio.stream_server.StreamServer as the concentrator uses it (wave 2 contract)."""
+    """tunnel.aio.stream_server.StreamServer as the concentrator uses it (README "Stream mode")."""
 
     def quic_options(self) -> dict[str, Any]: ...
 

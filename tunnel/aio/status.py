@@ -1,5 +1,5 @@
 """The status file of `qtun client` and `qtun concentrator`: one JSON document a script can read
-at any moment (keys: /work/notes/wave2.md, README "Status file").
+at any moment (keys: README "Status file").
 
 Written atomically — to a temporary file in the same directory, then renamed over the old one —
 so a reader never sees a half-written document (rename within one file system is atomic on

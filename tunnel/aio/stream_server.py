@@ -260,7 +260,8 @@ class StreamServer:
             self._icmp = IcmpWatcher()
             self._icmp.start(asyncio.get_running_loop())
         sid = event.stream_id
-        refusal = self.policy.refusal(event.address, is_own_address(event.address))
+        own = not self.config.allow_own_addresses and is_own_address(event.address)
+        refusal = self.policy.refusal(event.address, own)
         if refusal is not None:
             self.refused_policy += 1
             log.info("tcp connect refused stream=%d reason=%s", sid, refusal)
