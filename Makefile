@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 
-.PHONY: all deps venv lint typecheck test test-unit demo bench fidelity clean distclean
+.PHONY: all deps venv lint typecheck test test-unit demo bench fidelity notebooks lab clean distclean
 
 all: venv
 
@@ -63,6 +63,16 @@ demo: venv build/qtwire
 # Goodput of plain, tunnel and session mode per link profile: results/bench/<timestamp>/bench.csv.
 bench: venv build/qtwire
 	$(PY) -m experiments.bench
+
+# Run every notebook on the latest results, headless: figures in results/figures/.
+# (The venv's kernel runs the first `python` on PATH, hence the PATH.)
+notebooks: venv
+	cd notebooks && for nb in *.ipynb; do PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ../$(VENV)/bin/jupyter execute "$$nb" || exit 1; done
+
+# JupyterLab on the notebooks (installs the `lab` extra into the venv once).
+lab: venv
+	$(VENV)/bin/jupyter-lab --version >/dev/null 2>&1 || $(PY) -m pip install -q -e '.[dev,lab]'
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter-lab notebooks/ --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -2,6 +2,7 @@
 
 qtlab up reference [--backend auto|netem|wire] [--profile wifi=lte,delay_ms=30] [--cc cubic]
 qtlab up nclient --clients 50
+qtlab up reference --tunnel session [--scheduler wrr] [--stream]   (qtun running in the lab)
 qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies
 qtlab run failover [--config F] [--runs N] [--shard i/n] [--resume DIR] [--quick] [--set k=v]
 qtlab demo
@@ -88,7 +89,41 @@ def access_command(lab: Any, access: str, line: str) -> str:
     raise UserError(ACCESS_HELP)
 
 
-def _run_cli(lab: Any) -> None:
+def _access_text(access: dict[str, Any]) -> str:
+    words = [access["name"], "up" if access["available"] else "DOWN"]
+    if access["active"]:
+        words.append("active")
+    if access["srtt_ms"] is not None:
+        words.append(f"srtt {access['srtt_ms']:.1f} ms")
+    return " ".join(words)
+
+
+def tunnel_summary(deployment: Any) -> str:
+    """One line per qtun program of a deployment: state, accesses, counters that matter."""
+    lines = []
+    for node in [deployment.concentrator, *deployment.clients]:
+        try:
+            st = deployment.status(node)
+        except RuntimeError as exc:  # QtunError: no status file yet, or the program is gone
+            lines.append(f"{node}: {exc}")
+            continue
+        if st.get("role") == "concentrator":
+            lines.append(
+                f"{node}: concentrator {st['state']}, {len(st['clients'])} client(s), "
+                f"{st['sessions']} session(s), {st['connections']} connection(s), "
+                f"refused {st['refused']}"
+            )
+            continue
+        accesses = ", ".join(_access_text(a) for a in st["accesses"])
+        lines.append(
+            f"{node}: {st['mode']} mode {st['state']}, inner {deployment.client_address(node)}; "
+            f"{accesses}; tun rx {st['tun']['rx_packets']} tx {st['tun']['tx_packets']} packets"
+        )
+    lines.append(f"status files and configs: {deployment.workdir}; logs: {deployment.lab.log_dir}")
+    return "\n".join(lines)
+
+
+def _run_cli(lab: Any, deployment: Any = None) -> None:
     from mininet.cli import CLI
     from mininet.log import setLogLevel
 
@@ -106,8 +141,19 @@ def _run_cli(lab: Any) -> None:
 
     names = sorted({a.name for a in lab.plan.accesses})
     methods = {f"do_{name}": make(name) for name in names}
+    if deployment is not None:
+
+        def do_tunnel(self: Any, line: str) -> None:
+            """tunnel: the qtun programs' state (from their status files)."""
+            print(tunnel_summary(deployment))
+
+        methods["do_tunnel"] = do_tunnel
     cls = type("QtlabCLI", (CLI,), methods)
-    print(f"qtlab: backend {lab.backend}; access commands: {', '.join(names)} (try `help wifi`).")
+    extra = "; `tunnel` shows the qtun programs" if deployment is not None else ""
+    print(
+        f"qtlab: backend {lab.backend}; access commands: {', '.join(names)} "
+        f"(try `help wifi`){extra}."
+    )
     cls(lab.net)
 
 
@@ -132,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--clients", type=int, help="number of clients (nclient topology)")
     up.add_argument("--servers", type=int, help="number of servers")
     up.add_argument("--cc", help="TCP congestion control on clients, servers, concentrator")
+    up.add_argument(
+        "--tunnel",
+        choices=("tunnel", "session"),
+        help="also run qtun: a concentrator on conc and a client on every client host",
+    )
+    up.add_argument(
+        "--scheduler",
+        choices=("failover", "wrr", "aggregate", "lowest-rtt"),
+        default="failover",
+        help="session-mode scheduler (with --tunnel session)",
+    )
+    up.add_argument(
+        "--stream",
+        action="store_true",
+        help="with --tunnel: stream mode too, the clients' TCP to the servers on QUIC streams",
+    )
     sub.add_parser("doctor", help="report kernel features, programs and privileges")
     sub.add_parser("clean", help="remove what crashed qtlab runs left behind (only ours)")
     fid = sub.add_parser("fidelity", help="measure configured vs real delay, loss and rate")
@@ -200,11 +262,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         params["clients"] = args.clients
     if args.servers is not None:
         params["servers"] = args.servers
+
+    if args.stream and not args.tunnel:
+        raise UserError("--stream needs --tunnel tunnel or --tunnel session.")
+    if args.tunnel and args.topology == "pair":
+        raise UserError("--tunnel needs a topology with a concentrator: reference or nclient.")
     from testbed.lab import Lab
 
     with Lab(args.topology, backend=args.backend, congestion_control=args.cc, **params) as lab:
         print(f"qtlab: {args.topology} up in {lab.build_seconds:.1f} s")
-        _run_cli(lab)
+        if not args.tunnel:
+            _run_cli(lab)
+            return 0
+        from testbed.qtun import QtunDeployment, TunnelSpec
+
+        spec = TunnelSpec(
+            mode=args.tunnel,
+            scheduler=args.scheduler,
+            stream=args.stream,
+            client_overrides=(
+                ('stream.intercept=["10.200.0.0/16", "fd00:200::/32"]',) if args.stream else ()
+            ),
+        )
+        with QtunDeployment(lab, spec) as deployment:
+            print(tunnel_summary(deployment))
+            print("try: c1 ping -c3 10.200.1.2   (through the tunnel), then `wifi down`")
+            _run_cli(lab, deployment)
     return 0
 
 

@@ -190,3 +190,25 @@ def test_loss_check_tolerates_chance_not_a_wrong_network(
     sent: int, lost: int, want: float, ok: bool
 ) -> None:
     assert loss_plausible(sent, lost, want) is ok
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["up", "reference", "--stream"],
+            "qtlab: --stream needs --tunnel tunnel or --tunnel session.",
+        ),
+        (
+            ["up", "pair", "--tunnel", "session"],
+            "qtlab: --tunnel needs a topology with a concentrator: reference or nclient.",
+        ),
+    ],
+)
+def test_up_refuses_a_tunnel_it_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, argv: list[str], message: str
+) -> None:
+    # Refused before any network is built (root is pretended: the check comes first).
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.strip() == message
