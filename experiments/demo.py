@@ -3,6 +3,9 @@
 Runs `qtlab run failover --quick` (every variant, WiFi link-down at 4 s and back at 8 s, 12 s of
 bulk TCP per variant, default profiles; a few minutes in all), prints the gap per variant and
 writes the figure to results/figures/failover-demo.png via experiments.analysis.failover_figure.
+
+The run goes to results/demo/failover/<time>/, not results/failover/: a demo is a smoke run of
+one repetition, and the notebooks' "latest failover run" should stay the real experiment.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ def run_demo(results: Path | None = None) -> int:
         raise ExperimentError("the demo builds a Mininet network and needs root: run it with sudo.")
     root = results or RESULTS_ROOT
     params = resolve_params(EXPERIMENT, quick=True)
-    summary = run_experiment(EXPERIMENT, params, root=root)
+    summary = run_experiment(EXPERIMENT, params, root=root / "demo")
     print(f"failover (quick) -> {summary.run_dir}")
     print(summary_table(summary.run_dir))
     if summary.ran == 0:
