@@ -30,6 +30,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ROOT = REPO_ROOT / "results"
@@ -360,6 +361,62 @@ def aggregation_summary(aggregation: pd.DataFrame, confidence: float = 0.95) -> 
     return pd.DataFrame(rows)
 
 
+def scale_summary(scale: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (mode, clients): runs; goodput per client (mean over every client and run, the
+    lowest and highest single client), total goodput per run (mean, t-CI), Jain's index
+    (recomputed from each run's goodputs, mean over runs), and the means over runs of the
+    concentrator's CPU % (t-CI), CPU % per client, RSS, RSS per client, the clients' and the
+    whole machine's CPU %. CPU columns: 100 = one core."""
+    from experiments.scale import jain_index
+
+    rows: list[dict[str, Any]] = []
+    keys = ["mode", "clients"] if "mode" in scale.columns else ["clients"]
+    for key, group in scale.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        per_run = group.groupby("run", sort=True)
+        first = per_run.first()  # the point-wide columns repeat on every client's row
+        n = int(group["clients"].iloc[0])
+        totals = per_run["goodput_mbps"].sum()
+        jain = [jain_index(g.tolist()) for _, g in per_run["goodput_mbps"]]
+        total, total_ci = mean_ci(totals, confidence)
+        cpu, cpu_ci = mean_ci(first["conc_cpu_pct"], confidence)
+        rss = float(first["conc_rss_mb"].mean())
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        row.update(
+            {
+                "runs": len(first),
+                "goodput_per_client_mbps": float(group["goodput_mbps"].mean()),
+                "goodput_min_mbps": float(group["goodput_mbps"].min()),
+                "goodput_max_mbps": float(group["goodput_mbps"].max()),
+                "goodput_total_mbps": total,
+                "goodput_total_ci": total_ci,
+                "jain_fairness": float(np.mean([j for j in jain if j is not None]))
+                if any(j is not None for j in jain)
+                else math.nan,
+                "conc_cpu_pct": cpu,
+                "conc_cpu_ci": cpu_ci,
+                "conc_cpu_per_client_pct": cpu / n,
+                "conc_rss_mb": rss,
+                "conc_rss_per_client_kb": rss * 1024 / n,
+            }
+        )
+        for column in ("conc_rss_idle_mb", "clients_cpu_pct", "host_cpu_pct"):
+            if column in first.columns:
+                row[column] = float(pd.to_numeric(first[column], errors="coerce").mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rss_fit(summary: pd.DataFrame) -> tuple[float, float] | None:
+    """Least-squares line through the concentrator's RSS against N (one mode's scale_summary):
+    (kB per added client, MB at N = 0), or None with fewer than two client counts."""
+    data = summary.dropna(subset=["conc_rss_mb"])
+    if data["clients"].nunique() < 2:
+        return None
+    slope, intercept = np.polyfit(data["clients"].astype(float), data["conc_rss_mb"], 1)
+    return float(slope) * 1024, float(intercept)
+
+
 # -- plotting on a given Axes ----------------------------------------------------------------
 def _colour(index: int) -> str:
     return f"C{index % 10}"
@@ -591,6 +648,181 @@ def plot_aggregation(ax: Axes, aggregation: pd.DataFrame) -> None:
     ax.grid(alpha=0.3, axis="y")
 
 
+def _scale_modes(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    if "mode" not in summary.columns:
+        return [("", summary)]
+    return [
+        (m, summary[summary["mode"] == m]) for m in _ordered(summary["mode"].tolist(), MODE_ORDER)
+    ]
+
+
+def _clients_axis(ax: Axes, counts: Sequence[int]) -> None:
+    """N on a log axis (1 to 50 clients) with a tick at each measured count."""
+    ax.set_xscale("log")
+    ax.set_xticks(list(counts), [str(c) for c in counts])
+    ax.minorticks_off()
+    ax.set_xlabel("clients N")
+    ax.grid(alpha=0.3)
+
+
+def plot_scale_goodput(ax: Axes, scale: pd.DataFrame) -> None:
+    """Each client's goodput (dots), the mean per client (line), Jain's index (right axis)."""
+    summary = scale_summary(scale)
+    fairness = ax.twinx()
+    for mode, rows in _scale_modes(summary):
+        colour = mode_colour(mode) if mode else "C0"
+        raw = scale[scale["mode"] == mode] if mode else scale
+        ax.plot(raw["clients"], raw["goodput_mbps"], ".", color=colour, alpha=0.35, ms=4)
+        ax.plot(
+            rows["clients"],
+            rows["goodput_per_client_mbps"],
+            "o-",
+            color=colour,
+            label=f"{mode + ': ' if mode else ''}mean per client",
+        )
+        fairness.plot(
+            rows["clients"],
+            rows["jain_fairness"],
+            "s--",
+            color="0.3",
+            ms=4,
+            label=f"{mode + ': ' if mode else ''}Jain's index",
+        )
+    fairness.set_ylim(0, 1.05)
+    fairness.set_ylabel("Jain's fairness index")
+    _clients_axis(ax, sorted(scale["clients"].unique()))
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("goodput per client (Mbit/s); dots: single clients")
+    handles = ax.get_legend_handles_labels()[0] + fairness.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize="x-small", loc="lower left")
+
+
+def plot_scale_total(ax: Axes, scale: pd.DataFrame) -> None:
+    """Total goodput over all N clients per point (mean over runs, 95 % t-CI)."""
+    summary = scale_summary(scale)
+    for mode, rows in _scale_modes(summary):
+        ax.errorbar(
+            rows["clients"],
+            rows["goodput_total_mbps"],
+            yerr=np.nan_to_num(rows["goodput_total_ci"].to_numpy(dtype=float)),
+            fmt="o-",
+            capsize=3,
+            color=mode_colour(mode) if mode else "C0",
+            label=mode or "total",
+        )
+    _clients_axis(ax, sorted(scale["clients"].unique()))
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("total goodput of the N clients (Mbit/s)")
+    ax.legend(fontsize="x-small")
+
+
+def plot_scale_cpu(ax: Axes, scale: pd.DataFrame) -> None:
+    """CPU (100 = one core) of the concentrator, of it per client, of the N qtun clients
+    together and of the whole machine, against N."""
+    summary = scale_summary(scale)
+    for mode, rows in _scale_modes(summary):
+        prefix = f"{mode}: " if mode else ""
+        colour = mode_colour(mode) if mode else "C0"
+        ax.errorbar(
+            rows["clients"],
+            rows["conc_cpu_pct"],
+            yerr=np.nan_to_num(rows["conc_cpu_ci"].to_numpy(dtype=float)),
+            fmt="o-",
+            capsize=3,
+            color=colour,
+            label=f"{prefix}concentrator",
+        )
+        ax.plot(
+            rows["clients"],
+            rows["conc_cpu_per_client_pct"],
+            "o:",
+            color=colour,
+            label=f"{prefix}concentrator per client",
+        )
+        if "clients_cpu_pct" in rows:
+            ax.plot(
+                rows["clients"],
+                rows["clients_cpu_pct"],
+                "^--",
+                color="C5",
+                ms=4,
+                label=f"{prefix}all qtun clients",
+            )
+        if "host_cpu_pct" in rows:
+            ax.plot(
+                rows["clients"],
+                rows["host_cpu_pct"],
+                "v--",
+                color="0.4",
+                ms=4,
+                label=f"{prefix}whole machine",
+            )
+    ax.axhline(100, color="0.6", lw=0.8, ls="-")  # one asyncio loop cannot use more
+    _clients_axis(ax, sorted(scale["clients"].unique()))
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("CPU (%, 100 = one core)")
+    ax.legend(fontsize="x-small")
+
+
+def plot_scale_memory(ax: Axes, scale: pd.DataFrame) -> None:
+    """The concentrator's RSS at the end of the transfer (and idle, before it) against N with
+    a least-squares line; its slope is the memory one more client costs."""
+    summary = scale_summary(scale)
+    for mode, rows in _scale_modes(summary):
+        prefix = f"{mode}: " if mode else ""
+        colour = mode_colour(mode) if mode else "C0"
+        ax.plot(
+            rows["clients"],
+            rows["conc_rss_mb"],
+            "o-",
+            color=colour,
+            label=f"{prefix}RSS after the transfer",
+        )
+        if "conc_rss_idle_mb" in rows:
+            ax.plot(
+                rows["clients"],
+                rows["conc_rss_idle_mb"],
+                "o:",
+                color=colour,
+                alpha=0.6,
+                label=f"{prefix}RSS with the clients idle",
+            )
+        fit = rss_fit(rows)
+        if fit is not None:
+            xs = np.array([rows["clients"].min(), rows["clients"].max()], dtype=float)
+            ax.plot(
+                xs,
+                fit[1] + fit[0] / 1024 * xs,
+                "-",
+                color="0.5",
+                lw=0.8,
+                label=f"{prefix}fit: {fit[1]:.1f} MB + {fit[0]:.0f} kB per client",
+            )
+    # RSS / N: what each client costs when the interpreter's own memory is shared among them.
+    per_client = ax.twinx()
+    for mode, rows in _scale_modes(summary):
+        per_client.plot(
+            rows["clients"],
+            rows["conc_rss_per_client_kb"] / 1024,
+            "d--",
+            color="0.3",
+            ms=4,
+            label=f"{mode + ': ' if mode else ''}RSS / N (right axis)",
+        )
+    per_client.set_yscale("log")  # from the whole interpreter at N = 1 to a share of it
+    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
+    per_client.yaxis.set_major_formatter(plain)
+    per_client.yaxis.set_minor_formatter(plain)
+    per_client.set_ylabel("concentrator RSS / N (MB per client)")
+    ax.set_xticks(sorted(scale["clients"].unique()))
+    ax.set_xlabel("clients N")
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("concentrator RSS (MB)")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0] + per_client.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize="x-small", loc="lower right")
+
+
 # -- whole figures saved as PNG --------------------------------------------------------------
 def _save(fig: Figure, out_png: Path) -> Path:
     out_png = Path(out_png)
@@ -675,5 +907,23 @@ def aggregation_figure(run_dir: Path, out_png: Path) -> Path:
     aggregation = load_aggregation(run_dir)
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     plot_aggregation(fig.subplots(), aggregation)
+    fig.suptitle(_run_title(run_dir))
+    return _save(fig, out_png)
+
+
+def scale_figure(run_dir: Path, out_png: Path) -> Path:
+    """N clients on one concentrator: goodput per client with Jain's index, total goodput,
+    CPU and the concentrator's memory against N."""
+    scale = load_scale(run_dir)
+    fig = Figure(figsize=(13, 8.5), layout="constrained")
+    (ax_good, ax_total), (ax_cpu, ax_mem) = fig.subplots(2, 2)
+    plot_scale_goodput(ax_good, scale)
+    ax_good.set_title("goodput per client and fairness", fontsize="medium")
+    plot_scale_total(ax_total, scale)
+    ax_total.set_title("goodput of all clients together", fontsize="medium")
+    plot_scale_cpu(ax_cpu, scale)
+    ax_cpu.set_title("CPU over the measured window", fontsize="medium")
+    plot_scale_memory(ax_mem, scale)
+    ax_mem.set_title("concentrator memory (linear N axis)", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
     return _save(fig, out_png)

@@ -395,6 +395,7 @@ EXPERIMENTS: dict[str, str] = {
     "overhead": "experiments.overhead",
     "goodput": "experiments.goodput",
     "aggregation": "experiments.aggregation",
+    "scale": "experiments.scale",
 }
 
 

@@ -31,6 +31,7 @@ NOTEBOOKS = {
     "overhead": ["overhead.png"],
     "goodput": ["goodput.png"],
     "aggregation": ["aggregation.png"],
+    "scale": ["scale.png"],
 }
 KERNEL_NAME = "qnb-venv-python"
 TIMEOUT_S = 180

@@ -275,11 +275,25 @@ def write_aggregation_run(run: Path) -> None:
     )
 
 
+def write_scale_run(run: Path) -> None:
+    """1, 2 and 4 clients; RSS 50 MB + 1 MB per client, CPU 40 % per client."""
+    header = [*analysis.SCHEMAS["scale"], "mode", "jain_fairness", "host_cpu_pct", "uplink_mbit"]
+    goodputs = {(1, 1): [90.0], (2, 1): [40.0, 40.0], (2, 2): [20.0, 60.0], (4, 1): [25.0] * 4}
+    rows: list[list[object]] = []
+    for (n, run_no), values in goodputs.items():
+        for k, goodput in enumerate(values, start=1):
+            rows.append(
+                [n, f"c{k}", run_no, goodput, 40.0 * n, 50.0 + n, "tunnel", "", 150.0, 500.0]
+            )
+    write_csv(run / "scale.csv", header, rows)
+
+
 WRITERS = {
     "failover": write_failover_run,
     "overhead": write_overhead_run,
     "goodput": write_goodput_run,
     "aggregation": write_aggregation_run,
+    "scale": write_scale_run,
 }
 
 

@@ -1,0 +1,400 @@
+"""Scale: `qtlab run scale` -> results/scale/<time>/scale.csv.
+
+N clients on one concentrator. The `nclient` topology is built once with max(clients) clients
+(c1..cN multihomed on WiFi + 5G, sharing the two access routers, whose uplinks to `conc` are
+the only shaped links); for each point the first N clients run `qtun client` (mode `mode`:
+"tunnel", one QUIC connection per client over its WiFi access, or "session", one connection
+per access joined into a session; scheduler "failover", so the data goes over WiFi either way)
+against one `qtun concentrator` on conc. Every one of the N clients then receives one bulk TCP
+flow from srv1 (experiments/traffic.py, one sender per client on its own port, all started
+together and sharing one start time) for `duration_s`; a row per client holds its mean goodput
+after `warmup_s`.
+
+Measured over that same window [warmup_s, duration_s] on the concentrator's process
+(`QtunDeployment.pid`): CPU % = utime+stime from /proc/<pid>/stat over the wall time (100 = one
+core; qtun is one asyncio loop, so about 100 is its ceiling), RSS = VmRSS from
+/proc/<pid>/status at the end of the transfer (`conc_rss_idle_mb`: the same once every client is
+up, before any traffic). Also recorded: `clients_cpu_pct`, the N qtun clients' CPU summed, and
+`host_cpu_pct`, the whole machine's busy time (/proc/stat), also in % of one core (200 = both
+cores of this machine busy).
+`jain_fairness` is Jain's index over the N goodputs of the point: (sum x)^2 / (N sum x^2),
+1 = equal shares, 1/N = one client has it all.
+
+What limits the goodput: the uplinks are shaped with the `wired` profile at `uplink_mbit`
+(500 Mbit/s, 1 ms), about twice what one qtun concentrator forwarded on this machine unshaped
+(`make bench`: ~230 Mbit/s in tunnel mode), so the shaper is not meant to be the bottleneck;
+the summary prints the total goodput against the uplink's rate so a run shows if it was.
+The machine has 2 cores, and the concentrator shares them with the N qtun client processes,
+the 2N traffic programs and the two qtwire shapers: from a few clients on, what is measured is
+the whole machine's CPU being saturated (see host_cpu_pct), and the concentrator gets only its
+share of it. The figures say how one Python concentrator behaves with N clients on this
+machine, not how it would with cores of its own.
+
+The qtun deployment is kept between consecutive runs of the same N (starting 50 clients takes
+tens of seconds); a new N gets a new deployment (new certificates, a fresh concentrator).
+A client whose flow got nothing has goodput 0 and its error in `error`; a point where no client
+got anything fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.flows import START_LEAD_S, sleep_until, traffic_argv
+from experiments.runner import Context, Experiment, ExperimentError, Params, Point, PointResult
+from experiments.traffic import GRACE_S, goodput_mbps, pad_bins
+
+SERVER = "srv1"
+SERVER_V4 = "10.200.1.2"
+MODES = ("tunnel", "session")
+MAX_CLIENTS = 50  # the issue's scale; the nclient topology is tested with 50
+FIRST_PORT = 5400
+SAMPLE_INTERVAL_S = 0.1  # only means are needed: coarse bins keep 50 receivers' JSON small
+# Starting the traffic programs: per client a sender and a receiver, each a Python start-up
+# (~0.1 s of CPU) on 2 shared cores; the common start time leaves them that much more lead.
+LEAD_PER_CLIENT_S = 0.15
+STOP_GRACE_S = 10.0  # receivers past their own deadline (they stop at duration + GRACE_S)
+COLUMNS = [
+    "mode",
+    "clients",
+    "client",
+    "run",
+    "goodput_mbps",
+    "jain_fairness",
+    "conc_cpu_pct",
+    "conc_rss_mb",
+    "conc_rss_idle_mb",
+    "conc_rss_per_client_kb",
+    "clients_cpu_pct",
+    "host_cpu_pct",
+    "uplink_mbit",
+    "error",
+]
+
+DEFAULTS: Params = {
+    "mode": "tunnel",
+    "clients": [1, 5, 10, 25, 50],
+    "runs": 3,
+    "seed": 1,
+    "duration_s": 20.0,
+    "warmup_s": 3.0,
+    "uplink_mbit": 500.0,
+    "congestion_control": "cubic",
+    "start_timeout_s": 240.0,
+    "backend": "auto",
+    "verify_fidelity": True,
+}
+QUICK: Params = {"clients": [1, 5, 10], "runs": 1, "duration_s": 10.0, "warmup_s": 2.0}
+
+
+# -- parameters and points --------------------------------------------------------------------
+def _check(params: Params) -> list[int]:
+    """The validated client counts; ExperimentError (one sentence) for anything unusable."""
+    if params["mode"] not in MODES:
+        raise ExperimentError(f"unknown mode {params['mode']!r}; choose from {', '.join(MODES)}.")
+    counts = params["clients"]
+    if not isinstance(counts, list) or not counts:
+        raise ExperimentError("clients must be a non-empty list of client counts, e.g. [1, 5].")
+    bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int)]
+    bad += [c for c in counts if isinstance(c, int) and not 1 <= c <= MAX_CLIENTS]
+    if bad:
+        raise ExperimentError(
+            f"clients {', '.join(map(str, bad))}: each count must be an integer "
+            f"from 1 to {MAX_CLIENTS}."
+        )
+    if len(set(counts)) != len(counts):
+        raise ExperimentError("clients lists a count twice.")
+    if not 0 <= params["warmup_s"] < params["duration_s"] <= 600:
+        raise ExperimentError("need 0 <= warmup_s < duration_s <= 600.")
+    if params["uplink_mbit"] <= 0:
+        raise ExperimentError("uplink_mbit must be > 0.")
+    if params["start_timeout_s"] <= 0:
+        raise ExperimentError("start_timeout_s must be > 0.")
+    return [int(c) for c in counts]
+
+
+def points(params: Params) -> list[Point]:
+    counts = _check(params)
+    runs = range(1, int(params["runs"]) + 1)
+    # Runs of one N are consecutive: they share that N's deployment.
+    return [Point({"mode": params["mode"], "clients": n, "run": r}) for n in counts for r in runs]
+
+
+# -- arithmetic --------------------------------------------------------------------------------
+def jain_index(values: Sequence[float]) -> float | None:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all are equal, 1/n when one has
+    everything; None when there is nothing to share (no values, or all zero)."""
+    xs = [float(v) for v in values]
+    squares = sum(x * x for x in xs)
+    if not xs or squares == 0:
+        return None
+    return sum(xs) ** 2 / (len(xs) * squares)
+
+
+def cpu_pct(before_s: float, after_s: float, wall_s: float) -> float:
+    """CPU seconds used over a wall-clock interval, in % of one core."""
+    if wall_s <= 0:
+        raise ValueError("wall_s must be > 0.")
+    return 100 * (after_s - before_s) / wall_s
+
+
+def host_cpu_times(stat_text: str) -> tuple[int, int, int]:
+    """(busy, total) jiffies summed over all cores from /proc/stat's first line (idle and
+    iowait count as idle), and the number of cores (its cpuN lines)."""
+    lines = stat_text.splitlines()
+    fields = [int(x) for x in lines[0].split()[1:9]]  # user .. steal; guest is inside user
+    idle = fields[3] + fields[4]
+    cores = sum(1 for line in lines[1:] if line.startswith("cpu"))
+    return sum(fields) - idle, sum(fields), max(1, cores)
+
+
+def host_busy_pct(before: tuple[int, int, int], after: tuple[int, int, int]) -> float | None:
+    """The whole machine's busy time between two host_cpu_times in % of one core (as the
+    process columns: a 2-core machine tops out at 200)."""
+    total = after[1] - before[1]
+    return None if total <= 0 else 100 * after[2] * (after[0] - before[0]) / total
+
+
+def rss_mb(status_text: str) -> float:
+    """VmRSS from a /proc/<pid>/status text, in MiB."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024  # the kernel writes kB (KiB)
+    raise ValueError("no VmRSS line (a kernel thread, or the process is a zombie).")
+
+
+def point_rows(
+    point: Point, goodputs: Sequence[float], errors: Sequence[str], measured: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per client (c1..cN): its goodput and error, the point's shared measurements."""
+    n = int(point["clients"])
+    fairness = jain_index(goodputs)
+    rss = measured.get("conc_rss_mb")
+    shared = {
+        **point.values,
+        **measured,
+        "jain_fairness": fairness,
+        "conc_rss_per_client_kb": None if rss is None else rss * 1024 / n,
+    }
+    return [
+        {**shared, "client": f"c{k}", "goodput_mbps": g, "error": e}
+        for k, (g, e) in enumerate(zip(goodputs, errors, strict=True), start=1)
+    ]
+
+
+# -- the testbed -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def session(params: Params) -> Iterator[Context]:
+    from testbed.fidelity import require_fidelity, verify_link
+    from testbed.lab import Lab
+    from testbed.profiles import profile
+
+    counts = _check(params)
+    ctx = Context(params)
+    uplink = profile("wired", rate_mbit=float(params["uplink_mbit"]))
+    profiles = {"wifi": uplink, "5g": uplink}
+    cc = params["congestion_control"] or None
+    with (
+        tempfile.TemporaryDirectory(prefix="qex-scale-") as tmp,
+        Lab(
+            "nclient",
+            backend=params["backend"],
+            congestion_control=cc,
+            clients=max(counts),
+            profiles=profiles,
+        ) as lab,
+    ):
+        ctx.backend = str(lab.backend)
+        ctx.state.update(lab=lab, workdir=Path(tmp), port=FIRST_PORT, deployment=None, n=None)
+        ctx.extra_meta.update(
+            {
+                "topology": f"nclient with {max(counts)} clients; point N uses c1..cN",
+                "direction": "srv1 -> each client, one TCP flow per client, all at once",
+                "profiles": {k: v.as_dict() for k, v in profiles.items()},
+                "lab": lab.describe(),
+                "cpu": "utime+stime over [warmup_s, duration_s]; 100 = one core",
+                "cpu_count": os.cpu_count(),
+                "sample_interval_s": SAMPLE_INTERVAL_S,
+            }
+        )
+        if params["verify_fidelity"]:
+            for access in ("wifi", "5g"):
+                middle = lab.access(access).shaped
+                assert middle is not None
+                rows = verify_link(lab, middle)
+                ctx.fidelity.extend({"link": access, **vars(r)} for r in rows)
+                require_fidelity(rows)
+        try:
+            yield ctx
+        finally:
+            _drop_deployment(ctx)
+
+
+def _drop_deployment(ctx: Context) -> None:
+    deployment = ctx.state.get("deployment")
+    if deployment is not None:
+        deployment.stop()
+    ctx.state["deployment"] = ctx.state["n"] = None
+
+
+def _deployment(ctx: Context, n: int) -> Any:
+    """qtun on conc and c1..cN, started unless the previous point had the same N."""
+    from testbed.qtun import QtunDeployment, TunnelSpec
+
+    if ctx.state["n"] != n:
+        _drop_deployment(ctx)
+        lab = ctx.state["lab"]
+        spec = TunnelSpec(mode=str(ctx.params["mode"]))
+        clients = lab.plan.clients[:n]
+        deployment = QtunDeployment(
+            lab, spec, clients=clients, workdir=ctx.state["workdir"] / f"qtun-{n}"
+        )
+        deployment.start(timeout=float(ctx.params["start_timeout_s"]))
+        ctx.state["deployment"], ctx.state["n"] = deployment, n
+    return ctx.state["deployment"]
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """utime+stime summed over processes that still exist (a vanished one counts nothing)."""
+    from experiments.bench import cpu_seconds
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def _start_flows(
+    lab: Any, clients: Sequence[str], first_port: int, start_at: float, duration_s: float, out: Path
+) -> tuple[list[Any], list[Any]]:
+    """One sender on srv1 and one receiver per client, every program told the same start."""
+    common = ["--start-at", f"{start_at:.6f}", "--duration", str(duration_s)]
+    senders: list[Any] = []
+    receivers: list[Any] = []
+    server = lab.node(SERVER)
+    for k, _client in enumerate(clients):
+        port = str(first_port + k)
+        argv = traffic_argv(
+            "tcp-send", "--bind", SERVER_V4, "--port", port, *common,
+            "--out", str(out / f"send-{port}.json"),
+        )  # fmt: skip
+        senders.append(lab.procs.start(server, f"qex-send-{port}", argv))
+    time.sleep(0.3)  # the senders listen before the receivers connect
+    for k, client in enumerate(clients):
+        port = str(first_port + k)
+        argv = traffic_argv(
+            "tcp-recv", "--dst", SERVER_V4, "--port", port, *common,
+            "--interval", str(SAMPLE_INTERVAL_S), "--out", str(out / f"recv-{port}.json"),
+        )  # fmt: skip
+        receivers.append(lab.procs.start(lab.node(client), f"qex-recv-{port}", argv))
+    return senders, receivers
+
+
+def _flow_result(recv_path: Path, send_path: Path, p: Params) -> tuple[float, str]:
+    """(goodput after warmup, error text) of one client's flow; 0 when it got nothing."""
+    if not recv_path.exists():
+        return 0.0, "the receiver wrote no samples"
+    recv = json.loads(recv_path.read_text())
+    sent = json.loads(send_path.read_text()) if send_path.exists() else {}
+    error = "; ".join(x for x in (recv.get("error"), sent.get("error")) if x)
+    if not recv["connected"]:
+        return 0.0, error or "the receiver never connected"
+    interval, duration = float(recv["interval_s"]), float(p["duration_s"])
+    bins = pad_bins(recv["bins"], interval, duration)
+    return goodput_mbps(bins, interval, float(p["warmup_s"]), duration), error
+
+
+def run_point(ctx: Context, point: Point) -> PointResult:
+    lab = ctx.state["lab"]
+    p = ctx.params
+    n = int(point["clients"])
+    deployment = _deployment(ctx, n)
+    conc_pid = deployment.pid(deployment.concentrator)
+    client_pids = [deployment.pid(c) for c in deployment.clients]
+    idle_rss = rss_mb(_read(f"/proc/{conc_pid}/status"))
+    first_port = ctx.state["port"]
+    ctx.state["port"] += n
+    out = ctx.state["workdir"] / f"flows-{n}-{point['run']}"
+    out.mkdir(parents=True, exist_ok=True)
+    duration, warmup = float(p["duration_s"]), float(p["warmup_s"])
+    start_at = time.monotonic() + START_LEAD_S + LEAD_PER_CLIENT_S * n
+    procs: list[Any] = []
+    try:
+        senders, receivers = _start_flows(
+            lab, deployment.clients, first_port, start_at, duration, out
+        )
+        procs = senders + receivers
+        sleep_until(start_at + warmup)
+        host0, t0 = host_cpu_times(_read("/proc/stat")), time.monotonic()
+        conc0, clients0 = _cpu_seconds([conc_pid]), _cpu_seconds(client_pids)
+        sleep_until(start_at + duration)
+        host1, t1 = host_cpu_times(_read("/proc/stat")), time.monotonic()
+        conc1, clients1 = _cpu_seconds([conc_pid]), _cpu_seconds(client_pids)
+        rss = rss_mb(_read(f"/proc/{conc_pid}/status"))
+        # Every program ends by itself at its deadline; bounded waits, then the stops below.
+        stop_by = start_at + duration + GRACE_S + STOP_GRACE_S
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(max(0.1, stop_by - time.monotonic()))
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                lab.procs.stop(proc)
+    results = [
+        _flow_result(out / f"recv-{first_port + k}.json", out / f"send-{first_port + k}.json", p)
+        for k in range(n)
+    ]
+    goodputs = [g for g, _ in results]
+    if not any(goodputs):
+        raise RuntimeError(f"no client got any traffic ({results[0][1]})")
+    measured = {
+        "conc_cpu_pct": cpu_pct(conc0, conc1, t1 - t0),
+        "conc_rss_mb": rss,
+        "conc_rss_idle_mb": idle_rss,
+        "clients_cpu_pct": cpu_pct(clients0, clients1, t1 - t0),
+        "host_cpu_pct": host_busy_pct(host0, host1),
+        "uplink_mbit": float(p["uplink_mbit"]),
+    }
+    rows = point_rows(point, goodputs, [e for _, e in results], measured)
+    return PointResult(rows={"scale": rows})
+
+
+def summary_table(run_dir: Path) -> str:
+    from experiments.analysis import ResultsError, load_scale, scale_summary
+
+    try:
+        df = load_scale(run_dir)
+    except ResultsError:
+        return "no scale rows"
+    table = scale_summary(df)
+    uplink = float(df["uplink_mbit"].max()) if "uplink_mbit" in df else math.nan
+    note = f"\n(uplink shaped at {uplink:g} Mbit/s; total goodput near it = the shaper limited)"
+    return str(table.round(2).to_string(index=False)) + note
+
+
+EXPERIMENT = Experiment(
+    name="scale",
+    defaults=DEFAULTS,
+    quick=QUICK,
+    tables={"scale": COLUMNS},
+    key_columns=("mode", "clients", "run"),
+    points=points,
+    run_point=run_point,
+    session=session,
+    summarize=summary_table,
+    description="N clients (up to 50) on one concentrator: fairness, concentrator CPU and RSS",
+)

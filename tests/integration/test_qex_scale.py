@@ -1,0 +1,47 @@
+"""The scale experiment for real at its smallest: 1 and then 3 clients on one concentrator,
+every client's flow through the tunnel, the concentrator's CPU and memory measured."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.runner import get_experiment, resolve_params, run_experiment
+
+pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow]
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_scale_one_and_three_clients(tmp_path: Path) -> None:
+    exp = get_experiment("scale")
+    sets = ["clients=[1, 3]", "duration_s=5.0", "warmup_s=1.0", "verify_fidelity=false"]
+    params = resolve_params(exp, runs=1, sets=sets)
+    summary = run_experiment(exp, params, root=tmp_path, progress=False)
+    meta = json.loads((summary.run_dir / "meta.json").read_text())
+    assert meta["failed"] == [] and summary.ran == 2
+    table = rows(summary.run_dir / "scale.csv")
+    assert list(table[0]) == exp.tables["scale"]
+    assert [(r["clients"], r["client"]) for r in table] == [
+        ("1", "c1"),
+        ("3", "c1"),
+        ("3", "c2"),
+        ("3", "c3"),
+    ]
+    for row in table:
+        assert float(row["goodput_mbps"]) > 0, row
+        assert row["error"] == "", row
+        assert 0 < float(row["conc_cpu_pct"]) <= 110  # one asyncio loop: at most one core
+        assert 10 < float(row["conc_rss_mb"]) < 1000
+        assert 0 < float(row["jain_fairness"]) <= 1
+        assert float(row["host_cpu_pct"]) >= float(row["conc_cpu_pct"]) - 5
+    assert float(table[0]["jain_fairness"]) == 1.0  # one client has all there is
+    # The concentrator holds one connection per client: more clients, no less memory.
+    assert float(table[1]["conc_rss_idle_mb"]) >= 0.9 * float(table[0]["conc_rss_idle_mb"])
+    assert exp.summarize is not None and "tunnel" in exp.summarize(summary.run_dir)
