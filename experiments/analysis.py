@@ -30,7 +30,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ROOT = REPO_ROOT / "results"
@@ -810,9 +810,9 @@ def plot_scale_memory(ax: Axes, scale: pd.DataFrame) -> None:
             label=f"{mode + ': ' if mode else ''}RSS / N (right axis)",
         )
     per_client.set_yscale("log")  # from the whole interpreter at N = 1 to a share of it
-    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
-    per_client.yaxis.set_major_formatter(plain)
-    per_client.yaxis.set_minor_formatter(plain)
+    per_client.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    per_client.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    per_client.yaxis.set_minor_formatter(NullFormatter())
     per_client.set_ylabel("concentrator RSS / N (MB per client)")
     ax.set_xticks(sorted(scale["clients"].unique()))
     ax.set_xlabel("clients N")
@@ -820,7 +820,7 @@ def plot_scale_memory(ax: Axes, scale: pd.DataFrame) -> None:
     ax.set_ylabel("concentrator RSS (MB)")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0] + per_client.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, fontsize="x-small", loc="lower right")
+    ax.legend(handles=handles, fontsize="x-small", loc="center right")
 
 
 # -- whole figures saved as PNG --------------------------------------------------------------
