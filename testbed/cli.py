@@ -115,9 +115,17 @@ def tunnel_summary(deployment: Any) -> str:
             )
             continue
         accesses = ", ".join(_access_text(a) for a in st["accesses"])
+        stream = st.get("stream")
+        streams = (
+            f"; stream mode: {stream.get('opened', 0)} TCP connections, {stream.get('active', 0)} "
+            "active"
+            if stream
+            else ""
+        )
         lines.append(
             f"{node}: {st['mode']} mode {st['state']}, inner {deployment.client_address(node)}; "
             f"{accesses}; tun rx {st['tun']['rx_packets']} tx {st['tun']['tx_packets']} packets"
+            f"{streams}"
         )
     lines.append(f"status files and configs: {deployment.workdir}; logs: {deployment.lab.log_dir}")
     return "\n".join(lines)

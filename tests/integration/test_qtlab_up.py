@@ -58,3 +58,23 @@ def test_session_tunnel_in_the_cli_reaches_a_server_and_sees_wifi_go_down() -> N
     assert "c1: session mode up, inner 10.8.0.3; wifi DOWN" in out, out
     # Both pings (before and after WiFi went down) got every reply, through the tunnel.
     assert len(re.findall(r"3 packets transmitted, 3 received", out)) == 2, out
+
+
+STREAM_SCRIPT = """\
+srv1 python3 -m http.server 8080 --bind 10.200.1.2 >/dev/null 2>&1 &
+sh sleep 1
+c1 curl -s -o /dev/null -m 10 -w "http %{http_code}\\n" http://10.200.1.2:8080/
+sh sleep 1
+tunnel
+srv1 kill %python3
+exit
+"""
+
+
+def test_stream_flag_carries_the_clients_tcp_on_quic_streams() -> None:
+    done = run_qtlab(["up", "reference", "--tunnel", "tunnel", "--stream"], STREAM_SCRIPT)
+    out = done.stdout
+    assert done.returncode == 0, out
+    assert "http 200" in out, out
+    # The HTTP request went through the stream relay, not the TUN device.
+    assert "stream mode: 1 TCP connections" in out, out
