@@ -22,12 +22,13 @@ on that stream (-tcp §5.1.3). Misuse of this API raises TunnelUsageError.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final, TypeAlias
 
+from aioquic.buffer import size_uint_var
 from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.connection import stream_is_unidirectional as _is_uni
@@ -63,6 +64,9 @@ from tunnel.messages import (
     TcpConnectOk,
 )
 from tunnel.quic_ext import (
+    AEAD_TAG_SIZE,
+    DATAGRAM_FRAME_TYPE_SIZE,
+    SHORT_HEADER_FIXED_SIZE,
     TunnelQuicConnection,
     datagram_budget,
     pending_datagram_count,
@@ -356,6 +360,13 @@ class TunnelConnection:
         self._alpn: str | None = None
         self._closed: ConnectionClosed | None = None
         self.counters = TunnelCounters()
+        # Estimated packet bytes of each datagram we queued in aioquic, oldest first, and their
+        # sum: aioquic sends its queue in order, so whatever it no longer holds is the oldest of
+        # ours (see queued_datagram_bytes).
+        self._queued_sizes: deque[int] = deque()
+        self._queued_bytes = 0
+        self._budget_key: tuple[TunnelMode, int, int, int | None] | None = None
+        self._budget = 0
 
         # session control (-tunnel-session-00 §4.1)
         self._control_sent = False
@@ -415,12 +426,47 @@ class TunnelConnection:
 
     @property
     def can_send_datagram(self) -> bool:
+        """send_packet would accept a packet of the budget's size now (the queue is not at
+        its cap). Says nothing about the congestion window: see window_space."""
         return (
             self._mode is not None
             and not self.closed
             and self.pending_datagrams < self._max_pending
             and self.max_packet_size() > 0
         )
+
+    @property
+    def congestion_window(self) -> int:
+        """The path's congestion window in bytes (RFC 9002 §7), aioquic's loss recovery."""
+        return int(self._quic._loss.congestion_window)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Bytes of sent, ack-eliciting packets neither acknowledged nor declared lost."""
+        return int(self._quic._loss.bytes_in_flight)
+
+    @property
+    def queued_datagram_bytes(self) -> int:
+        """Estimated packet bytes of the datagrams still waiting in aioquic's queue.
+
+        aioquic only writes queued DATAGRAM frames while the congestion window and the pacer
+        allow, and the I/O layer flushes once per batch of packets, so between two flushes
+        the window's room is taken by this queue as much as by the bytes in flight. Each
+        datagram counts as the 1-RTT packet that would carry it alone (header, frame, AEAD
+        tag), what bytes_in_flight will count once it is sent.
+        """
+        pending = self._forget_sent_datagrams()
+        # Datagrams queued on the QuicConnection directly (not through send_packet) have no
+        # recorded size: count them as full packets.
+        unknown = pending - len(self._queued_sizes)
+        return self._queued_bytes + unknown * int(self._quic._max_datagram_size)
+
+    @property
+    def window_space(self) -> int:
+        """Bytes the congestion window can still take: the window minus the bytes in flight
+        and the bytes queued (negative when more is queued than the window will let out before
+        acknowledgements arrive)."""
+        return self.congestion_window - self.bytes_in_flight - self.queued_datagram_bytes
 
     def is_available(self, access_id: AccessId) -> bool:
         """Whether the peer's last report for `access_id` (if any) said available."""
@@ -435,8 +481,20 @@ class TunnelConnection:
         session header. 0 before the mode and the peer's parameters are known."""
         if self._mode is None:
             return 0
-        header = SESSION_HEADER_SIZE if self._mode is TunnelMode.SESSION else 0
-        return max(datagram_budget(self._quic) - header, 0)
+        # Asked several times per packet (by the session's scheduler for every path, then by
+        # send_packet): recompute only when one of the budget's inputs changed.
+        quic = self._quic
+        key = (
+            self._mode,
+            quic._max_datagram_size,
+            len(quic._peer_cid.cid),
+            quic._remote_max_datagram_frame_size,
+        )
+        if key != self._budget_key:
+            header = SESSION_HEADER_SIZE if self._mode is TunnelMode.SESSION else 0
+            self._budget = max(datagram_budget(quic) - header, 0)
+            self._budget_key = key
+        return self._budget
 
     def send_packet(self, packet: bytes, packet_tag: int | None = None) -> SendResult:
         """Queue one IP packet in a DATAGRAM frame.
@@ -466,7 +524,11 @@ class TunnelConnection:
         if self.pending_datagrams >= self._max_pending:
             self.counters.drop(DropReason.QUEUE_FULL)
             return SendResult(SendStatus.QUEUE_FULL, budget)
+        self._forget_sent_datagrams()  # before queuing: the new one is not sent yet
         self._quic.send_datagram_frame(payload)
+        size = self._datagram_packet_size(len(payload))
+        self._queued_sizes.append(size)
+        self._queued_bytes += size
         self.counters.packets_out += 1
         self.counters.bytes_out += len(packet)
         return SendResult(SendStatus.SENT, budget)
@@ -492,6 +554,33 @@ class TunnelConnection:
         self.counters.packets_in += 1
         self.counters.bytes_in += len(packet)
         return [PacketReceived(packet, protocol, tag)]
+
+    def _forget_sent_datagrams(self) -> int:
+        """Drop the recorded sizes of the datagrams aioquic has sent since the last call
+        (it sends its queue in order, so they are our oldest); returns its queue length."""
+        pending = pending_datagram_count(self._quic)
+        sizes = self._queued_sizes
+        while len(sizes) > pending:
+            self._queued_bytes -= sizes.popleft()
+        return pending
+
+    def packet_bytes(self, packet_size: int) -> int:
+        """What sending a tunnelled packet of `packet_size` bytes will take from the
+        congestion window: the 1-RTT packet that carries its DATAGRAM frame alone."""
+        header = SESSION_HEADER_SIZE if self._mode is TunnelMode.SESSION else 0
+        return self._datagram_packet_size(header + packet_size)
+
+    def _datagram_packet_size(self, payload_size: int) -> int:
+        """Bytes of the 1-RTT packet that carries one DATAGRAM frame of this payload alone
+        (the unit of bytes_in_flight): short header, frame type and length, payload, tag."""
+        return (
+            SHORT_HEADER_FIXED_SIZE
+            + len(self._quic._peer_cid.cid)
+            + DATAGRAM_FRAME_TYPE_SIZE
+            + size_uint_var(payload_size)
+            + payload_size
+            + AEAD_TAG_SIZE
+        )
 
     def _drop_received(self, reason: DropReason, size: int) -> DatagramDropped:
         self.counters.drop(reason)

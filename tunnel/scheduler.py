@@ -7,7 +7,15 @@ unavailable. The schedulers here are that policy, as pure functions of the paths
 their own small memory, so they can be tested without any network:
 
 * every scheduler only ever returns a path that is `available` (no Access Report said
-  UNAVAILABLE, and the connection is up) and that `can_send` now (e.g. congestion window open);
+  UNAVAILABLE, and the connection is up) and that `can_send` now (its datagram queue is not at
+  its cap);
+* the aggregating schedulers (wrr, lowest-rtt) prefer paths whose congestion window has room
+  for the packet (`window_space` >= 0, RFC 9002 §7: cwnd minus bytes in flight minus datagrams
+  already queued minus this packet; a packet that does not fit whole waits for an ACK),
+  so that each path carries what its own congestion controller lets out, as MPTCP does with its
+  subflows; only when no path has room do they queue where the packet will leave soonest
+  (`_soonest_departure`), bounded by the connection's datagram queue;
+* failover never looks at the window: a full primary window does not move traffic to the backup;
 * `choose` returns None when no path qualifies: the caller queues or drops the packet.
 """
 
@@ -38,24 +46,40 @@ class PathInfo:
     weight: int = 1
     """Share of packets for weighted round-robin (>= 1)."""
     can_send: bool = True
-    """The connection can take a packet now (congestion window / datagram queue not full)."""
+    """The connection accepts a packet now (its datagram queue is not at its cap)."""
+    window_space: int | None = None
+    """Bytes of congestion window left once the packet to send is counted: cwnd - bytes in
+    flight - bytes of datagrams queued but not sent yet - the packet's bytes. >= 0: it leaves at
+    once; negative: it waits until that many bytes are acknowledged (aioquic sends no packet
+    the window cannot take whole). None when unknown, which counts as room."""
+    cwnd: int | None = None
+    """Congestion window in bytes; None when unknown. With srtt, how fast a backlog drains."""
 
     def __post_init__(self) -> None:
         if self.weight < 1:
             raise ValueError(f"path {self.path_id}: weight must be >= 1, got {self.weight}")
         if self.srtt is not None and not self.srtt >= 0:
             raise ValueError(f"path {self.path_id}: srtt must be >= 0 seconds, got {self.srtt}")
+        if self.cwnd is not None and self.cwnd <= 0:
+            raise ValueError(f"path {self.path_id}: cwnd must be > 0 bytes, got {self.cwnd}")
 
     @property
     def usable(self) -> bool:
-        """Available and able to send right now."""
+        """Available and accepting a packet (possibly only into its queue)."""
         return self.available and self.can_send
+
+    @property
+    def has_window(self) -> bool:
+        """Usable, and its congestion window takes the packet: it leaves at once."""
+        return self.usable and (self.window_space is None or self.window_space >= 0)
 
 
 class Scheduler(Protocol):
     """Chooses the path for the next packet."""
 
     name: str
+    uses_window: bool
+    """Whether choose() reads PathInfo.window_space and cwnd (else they may be left None)."""
 
     def choose(self, paths: Sequence[PathInfo]) -> int | None:
         """The path_id to send the next packet on, or None if no path can take it now."""
@@ -75,6 +99,8 @@ class FailoverScheduler:
     """
 
     name = "failover"
+    uses_window = False
+    """choose() never reads window_space/cwnd: the session need not compute them per packet."""
 
     def __init__(self, priority: Sequence[AccessId | int] = DEFAULT_PRIORITY) -> None:
         if not priority:
@@ -113,12 +139,17 @@ class WeightedRoundRobinScheduler:
     its weight's worth, interleaved rather than in bursts (weights 5,1,1 give a a b a c a a, not
     a a a a a b c).
 
-    A path that is available but cannot send right now keeps its credit without earning more;
-    a path that becomes unavailable or disappears loses its credit, so it restarts from zero
-    when it comes back instead of taking a burst.
+    Only paths whose congestion window has room take part (`PathInfo.has_window`): a path
+    that cannot take more now is skipped, so the split follows what each path's congestion
+    controller lets out rather than the weights alone (a 1:1 split over a 50 and a 100 Mbit/s
+    access would overload the first). A skipped path keeps its credit without earning more; a
+    path that becomes unavailable or disappears loses its credit, so it restarts from zero
+    when it comes back instead of taking a burst. When no window has room the packet is queued
+    where it leaves soonest (`_soonest_departure`), without touching the credits.
     """
 
     name = "wrr"
+    uses_window = True
 
     def __init__(self) -> None:
         self._credit: dict[int, int] = {}
@@ -128,9 +159,9 @@ class WeightedRoundRobinScheduler:
         for path_id in list(self._credit):
             if path_id not in available_ids:
                 del self._credit[path_id]
-        usable = [p for p in paths if p.usable]
+        usable = [p for p in paths if p.has_window]
         if not usable:
-            return None
+            return _soonest_departure(paths)
         total = 0
         best: PathInfo | None = None
         for path in usable:
@@ -145,24 +176,61 @@ class WeightedRoundRobinScheduler:
 
 
 class LowestRttScheduler:
-    """Each packet on the usable path with the lowest smoothed RTT (MPTCP's default idea).
+    """Each packet on the path with the lowest smoothed RTT among those whose congestion window
+    has room: MPTCP's default scheduler. The fastest path is filled up to its window, the next
+    one takes what does not fit, and so on, so a slower path adds capacity without holding back
+    the packets the fast one could carry.
 
     A path without an RTT sample yet counts as the slowest, so a new path is only used when no
-    measured one can send; ties go to the first path given, so the choice is stable.
+    measured one has room; ties go to the first path given, so the choice is stable. When no
+    window has room, the packet is queued where it leaves soonest (`_soonest_departure`).
     """
 
     name = "lowest-rtt"
+    uses_window = True
 
     def choose(self, paths: Sequence[PathInfo]) -> int | None:
         best: PathInfo | None = None
         for path in paths:
-            if path.usable and (best is None or _rtt_key(path) < _rtt_key(best)):
+            if path.has_window and (best is None or _rtt_key(path) < _rtt_key(best)):
                 best = path
-        return None if best is None else best.path_id
+        if best is None:
+            return _soonest_departure(paths)
+        return best.path_id
 
 
 def _rtt_key(path: PathInfo) -> tuple[bool, float]:
     return (path.srtt is None, path.srtt or 0.0)
+
+
+def _soonest_departure(paths: Sequence[PathInfo]) -> int | None:
+    """The usable path where a packet queued now arrives first, when no window has room.
+
+    Dropping here would be a loss for the tunnelled transport although every path is merely
+    busy, so the packet is queued (bounded by each connection's datagram queue: a path whose
+    queue is at its cap is not usable). Always queuing on the lowest-RTT path would pile the
+    backlog on one path: its queue waits there before the RTT samples see it, and the packets
+    behind it on the other paths wait in the receiver's reorder buffer. Instead, estimate when
+    the packet would arrive: a congestion controller lets about one window out per RTT, so a
+    backlog of `excess` bytes beyond the window leaves after srtt * excess / cwnd, and then
+    takes about srtt / 2 to cross. Beyond the head start a shorter path's crossing gives it,
+    the backlog thereby grows on each path in proportion to its rate (cwnd / srtt).
+    Paths without an RTT sample or a window rank after those with both; ties go to the first
+    path given.
+    """
+    best: PathInfo | None = None
+    best_key: tuple[bool, float] = (True, 0.0)
+    for path in paths:
+        if not path.usable:
+            continue
+        if path.srtt is None or path.cwnd is None:
+            key = (True, 0.0)
+        else:
+            excess = max(0, -(path.window_space or 0))
+            key = (False, path.srtt * (0.5 + excess / path.cwnd))
+        if best is None or key < best_key:
+            best, best_key = path, key
+    return None if best is None else best.path_id
 
 
 _REGISTRY: Final[dict[str, Callable[..., Scheduler]]] = {

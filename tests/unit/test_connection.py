@@ -217,6 +217,53 @@ def test_pending_queue_cap_drops_and_counts() -> None:
     assert not client.can_send_datagram
 
 
+@pytest.mark.parametrize("alpn", ["qt", "qt-session"])
+def test_window_space_counts_queued_datagrams_as_the_packets_that_will_carry_them(
+    alpn: str,
+) -> None:
+    net, path = connected(alpn)
+    client = tunnel(path.client)
+    tag = 1 if alpn in ALPN_SESSION else None
+    cwnd, in_flight = client.congestion_window, client.bytes_in_flight
+    assert client.queued_datagram_bytes == 0
+    assert client.window_space == cwnd - in_flight
+    # Full-budget packets: each DATAGRAM frame fills one QUIC packet of max_datagram_size.
+    budget = client.max_packet_size()
+    for n in range(5):
+        assert client.send_packet(ip4(n, budget), packet_tag=tag).sent
+    assert client.queued_datagram_bytes == 5 * 1200
+    assert client.window_space == cwnd - in_flight - 5 * 1200
+    # Sent but not yet acknowledged (no time passes; the pacer may hold some back): the bytes
+    # move from the queue to the flight, exactly as aioquic counts them.
+    net.flush()
+    sent = 5 - client.pending_datagrams
+    assert sent > 0
+    assert client.queued_datagram_bytes == client.pending_datagrams * 1200
+    assert client.bytes_in_flight - in_flight == sent * 1200
+    net.run(0.2)  # acknowledged
+    assert client.window_space == client.congestion_window - client.bytes_in_flight
+    assert client.bytes_in_flight == 0
+
+
+def test_window_space_goes_negative_when_more_is_queued_than_the_window_takes() -> None:
+    _, path = connected("qt", max_pending_datagrams=1000)
+    client = tunnel(path.client)
+    packets = client.window_space // 1200 + 10
+    for n in range(packets):
+        assert client.send_packet(ip4(n, client.max_packet_size())).sent
+    assert client.window_space < 0
+    assert client.can_send_datagram  # the queue still takes packets: only a scheduler cares
+
+
+def test_queued_bytes_count_a_datagram_queued_behind_our_back_as_a_full_packet() -> None:
+    _, path = connected("qt")
+    client = tunnel(path.client)
+    client.send_packet(ip4(1, 100))
+    path.client.quic.send_datagram_frame(ip4(2, 100))  # bypassing send_packet
+    small = client.queued_datagram_bytes - 1200
+    assert 100 < small < 200  # ours: 100 bytes plus header, frame and tag
+
+
 def test_malformed_datagram_is_dropped_with_an_event() -> None:
     net, path = connected("qt-session")
     path.client.quic.send_datagram_frame(b"\x08")  # shorter than the 4-byte header

@@ -171,6 +171,127 @@ def test_lowest_rtt_unknown_rtt_is_worst_and_ties_are_stable() -> None:
     assert sched.choose(paths) == 3
 
 
+# -- congestion windows ----------------------------------------------------------------------------
+MSS = 1200
+
+
+def windowed(space: tuple[int, int], cwnd: tuple[int, int] = (60_000, 60_000)) -> list[PathInfo]:
+    """WiFi (path 0, 10 ms) and 5G (path 1, 30 ms) with this much window left (bytes) once the
+    next packet is counted (negative: it does not fit)."""
+    return [
+        PathInfo(path_id=0, access_id=WIFI, available=True, srtt=0.010, window_space=space[0],
+                 cwnd=cwnd[0]),
+        PathInfo(path_id=1, access_id=G5, available=True, srtt=0.030, window_space=space[1],
+                 cwnd=cwnd[1]),
+    ]  # fmt: skip
+
+
+def send_burst(sched: Scheduler, paths: list[PathInfo], packets: int) -> list[int | None]:
+    """Choose `packets` times, taking one full packet out of the chosen path's window each time
+    (no acknowledgement arrives during the burst, as within one batch of the I/O layer)."""
+    chosen = []
+    for _ in range(packets):
+        path_id = sched.choose(paths)
+        chosen.append(path_id)
+        for path in paths:
+            if path.path_id == path_id and path.window_space is not None:
+                path.window_space -= MSS
+    return chosen
+
+
+def test_lowest_rtt_fills_the_fast_window_then_the_slow_one() -> None:
+    # MPTCP's default: the lowest RTT among the paths with room, not the lowest RTT outright.
+    chosen = send_burst(LowestRttScheduler(), windowed((2 * MSS, 4 * MSS)), 8)
+    assert chosen == [0, 0, 0, 1, 1, 1, 1, 1]
+
+
+def test_lowest_rtt_returns_to_the_fast_path_when_its_window_opens() -> None:
+    sched = LowestRttScheduler()
+    paths = windowed((-MSS, 10 * MSS))
+    assert sched.choose(paths) == 1
+    paths[0].window_space = 0  # an acknowledgement freed room for one packet on WiFi
+    assert sched.choose(paths) == 0
+
+
+def test_wrr_skips_a_full_window_and_keeps_its_credit() -> None:
+    sched = WeightedRoundRobinScheduler()
+    paths = windowed((0, 100 * MSS))
+    assert send_burst(sched, paths, 6) == [0, 1, 1, 1, 1, 1]
+    paths[0].window_space = 10 * MSS
+    # WiFi earned no credit while full (no burst to catch up): the 1:1 alternation resumes.
+    assert Counter(send_burst(sched, paths, 10)) == {0: 5, 1: 5}
+
+
+def test_full_windows_queue_where_the_packet_leaves_soonest() -> None:
+    # WiFi: 10 ms, 20 kB window, 25 kB over it -> leaves after ~12.5 ms, arrives ~17.5 ms.
+    # 5G: 30 ms, 60 kB window, 1.2 kB over it -> leaves after ~0.6 ms, arrives ~15.6 ms.
+    paths = windowed((-25_000, -MSS), cwnd=(20_000, 60_000))
+    for sched in (LowestRttScheduler(), WeightedRoundRobinScheduler()):
+        assert sched.choose(paths) == 1
+    paths[0].window_space = -5_000  # less backlog on WiFi: 10 ms * (0.5 + 0.25) = 7.5 ms
+    for sched in (LowestRttScheduler(), WeightedRoundRobinScheduler()):
+        assert sched.choose(paths) == 0
+
+
+def test_backlog_spreads_in_proportion_to_the_paths_rates() -> None:
+    # WiFi's packets cross 10 ms sooner (half the RTT difference), so it takes the first
+    # 60 kB (50 packets) of backlog alone; beyond that the backlog grows with each path's rate
+    # ~ cwnd / srtt: WiFi 60 kB / 10 ms, 5G 60 kB / 30 ms, i.e. 3:1.
+    chosen = send_burst(LowestRttScheduler(), windowed((-MSS, -MSS)), 450)
+    assert chosen[:50] == [0] * 50
+    counts = Counter(chosen[50:])
+    assert counts[0] + counts[1] == 400
+    assert counts[0] / counts[1] == pytest.approx(3, rel=0.05), counts
+
+
+def test_a_path_whose_queue_is_at_its_cap_takes_nothing_even_as_fallback() -> None:
+    paths = windowed((-50_000, -50_000))
+    paths[0].can_send = False
+    for sched in (LowestRttScheduler(), WeightedRoundRobinScheduler()):
+        assert sched.choose(paths) == 1
+    paths[1].can_send = False
+    for sched in (LowestRttScheduler(), WeightedRoundRobinScheduler()):
+        assert sched.choose(paths) is None
+
+
+def test_failover_ignores_the_window() -> None:
+    # A full primary window queues on the primary: never spill to the backup (that would be
+    # aggregation), whatever the windows say.
+    sched = FailoverScheduler()
+    assert send_burst(sched, windowed((-MSS, 100 * MSS)), 5) == [0] * 5
+    assert send_burst(sched, windowed((-100 * MSS, 100 * MSS)), 5) == [0] * 5
+
+
+def test_unknown_windows_count_as_room() -> None:
+    paths = windowed((0, 0))
+    paths[0].window_space = paths[1].window_space = None
+    assert LowestRttScheduler().choose(paths) == 0
+    assert send_burst(WeightedRoundRobinScheduler(), paths, 4) == [0, 1, 0, 1]
+
+
+def test_ack_clocked_paths_share_in_proportion_to_their_capacity() -> None:
+    """A sender faster than both paths together, whose windows open as acknowledgements come
+    back (WiFi 4 packets per tick, 5G 8, one-tick RTTs): both aggregating schedulers must give
+    each path its capacity's share, not a 1:1 split that overloads WiFi, and the excess must
+    queue on both in proportion to their rates rather than all on one."""
+    for sched in (WeightedRoundRobinScheduler(), LowestRttScheduler()):
+        rates = (4, 8)
+        paths = [
+            PathInfo(path_id=i, access_id=None, available=True, srtt=0.010,
+                     window_space=rate * MSS, cwnd=rate * MSS)
+            for i, rate in enumerate(rates)
+        ]  # fmt: skip
+        chosen: Counter[int | None] = Counter()
+        for _tick in range(500):
+            for path, rate in zip(paths, rates, strict=True):
+                assert path.window_space is not None
+                path.window_space += rate * MSS  # a window's worth acknowledged per RTT
+            chosen.update(send_burst(sched, paths, 15))
+        assert chosen[0] / (chosen[0] + chosen[1]) == pytest.approx(1 / 3, rel=0.02)
+        excess = [-(p.window_space or 0) for p in paths]
+        assert excess[1] / excess[0] == pytest.approx(2, rel=0.1), (sched.name, excess)
+
+
 # -- registry and PathInfo -------------------------------------------------------------------------
 
 
@@ -209,21 +330,29 @@ def test_config_knows_the_same_scheduler_names() -> None:
     assert set(config.SCHEDULER_NAMES) == set(SCHEDULER_NAMES)
 
 
-@pytest.mark.parametrize(("weight", "srtt"), [(0, None), (1, -0.1)])
-def test_pathinfo_rejects_bad_values(weight: int, srtt: float | None) -> None:
+@pytest.mark.parametrize(
+    ("weight", "srtt", "cwnd"), [(0, None, None), (1, -0.1, None), (1, 0.1, 0)]
+)
+def test_pathinfo_rejects_bad_values(weight: int, srtt: float | None, cwnd: int | None) -> None:
     with pytest.raises(ValueError, match="path 3"):
-        PathInfo(path_id=3, access_id=None, available=True, srtt=srtt, weight=weight)
+        PathInfo(path_id=3, access_id=None, available=True, srtt=srtt, weight=weight, cwnd=cwnd)
 
 
 @given(
     st.lists(
-        st.tuples(st.booleans(), st.booleans(), st.none() | st.floats(0, 1), st.integers(1, 5)),
+        st.tuples(
+            st.booleans(),
+            st.booleans(),
+            st.none() | st.floats(0, 1),
+            st.integers(1, 5),
+            st.none() | st.integers(-100_000, 100_000),
+        ),
         max_size=6,
     ),
     st.sampled_from(SCHEDULER_NAMES),
 )
 def test_every_scheduler_only_picks_usable_paths(
-    specs: list[tuple[bool, bool, float | None, int]], name: str
+    specs: list[tuple[bool, bool, float | None, int, int | None]], name: str
 ) -> None:
     sched = make_scheduler(name)
     paths = [
@@ -234,8 +363,10 @@ def test_every_scheduler_only_picks_usable_paths(
             srtt=srtt,
             weight=weight,
             can_send=can_send,
+            window_space=space,
+            cwnd=None if space is None else 60_000,
         )
-        for i, (available, can_send, srtt, weight) in enumerate(specs)
+        for i, (available, can_send, srtt, weight, space) in enumerate(specs)
     ]
     for _ in range(5):
         chosen = sched.choose(paths)
@@ -244,3 +375,5 @@ def test_every_scheduler_only_picks_usable_paths(
                 assert not any(p.usable for p in paths)
         else:
             assert paths[chosen].usable
+            if name != "failover" and any(p.has_window for p in paths):
+                assert paths[chosen].has_window  # a path with room always goes first
