@@ -48,6 +48,10 @@ DEFAULTS: Params = {
     "seed": 1,
     "wifi_mbit": 50.0,
     "fiveg_mbit": 100.0,
+    # Random loss on the WiFi access, each way (the wifi profile's 0.1 % by default). A single
+    # TCP flow in session mode sees every access loss (DATAGRAM frames are not retransmitted)
+    # at the slower path's RTT, so this is the knob that decides whether it aggregates.
+    "wifi_loss_pct": 0.1,
     "duration_s": 20.0,
     "warmup_s": 3.0,
     "congestion_control": "cubic",
@@ -85,8 +89,11 @@ def session(params: Params) -> Iterator[Context]:
     from testbed.profiles import profile
 
     ctx = Context(params)
+    wifi_loss = (
+        {} if params["wifi_loss_pct"] is None else {"loss_pct": float(params["wifi_loss_pct"])}
+    )
     profiles = {
-        "wifi": profile("wifi", rate_mbit=float(params["wifi_mbit"])),
+        "wifi": profile("wifi", rate_mbit=float(params["wifi_mbit"]), **wifi_loss),
         "5g": profile("5g", rate_mbit=float(params["fiveg_mbit"])),
     }
     cc = params["congestion_control"] or None
