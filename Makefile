@@ -55,12 +55,12 @@ test: lint typecheck build/qtwire
 test-unit: venv
 	$(PY) -m pytest -m "not root" tests
 
-# The default failover experiment (about 2 minutes): results/failover/<timestamp>/ and
+# The default failover experiment (about 2 minutes): results/demo/failover/<timestamp>/ and
 # results/figures/failover-demo.png.
 demo: venv build/qtwire
 	$(VENV)/bin/qtlab demo
 
-# Goodput of plain, tunnel and session mode per link profile: results/bench/<timestamp>/bench.csv.
+# Goodput of plain, tunnel, session and stream mode per link profile: results/bench/<ts>/bench.csv.
 bench: venv build/qtwire
 	$(PY) -m experiments.bench
 
