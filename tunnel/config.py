@@ -66,6 +66,10 @@ class Mode(Enum):
     SESSION = "session"  # ALPN qt-session: one connection per access (tunnel-session draft)
 
 
+# Congestion controllers aioquic 1.7 offers for the outer QUIC connection (DATAGRAM frames are
+# congestion controlled too, RFC 9221 §5.4): Reno is aioquic's default; CUBIC grows faster again
+# after a loss on paths with a large bandwidth-delay product.
+CONGESTION_CONTROLS = ("reno", "cubic")
 STREAM_BUFFER_DEFAULT = 1024 * 1024  # stream mode window and send buffer (see StreamClientConfig)
 
 
@@ -112,6 +116,7 @@ class ClientLimits:
     idle_timeout: float = 30.0  # seconds, QUIC idle timeout
     probe_interval: float = 1.0  # seconds between liveness probes per access
     reorder_timeout: float | None = None  # seconds; None: from the paths' RTT spread
+    congestion_control: str = "reno"  # the outer QUIC connection's (aioquic: reno | cubic)
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,7 @@ class ConcentratorLimits:
     session_idle_expiry: float = 30.0  # seconds a memberless session is kept for a rejoin
     idle_timeout: float = 30.0
     reorder_timeout: float | None = None
+    congestion_control: str = "reno"
 
 
 @dataclass(frozen=True)
@@ -366,6 +372,7 @@ def _client_limits(t: _Table) -> ClientLimits:
         idle_timeout=t.number("idle_timeout", 30.0, 1.0, 3600.0),
         probe_interval=t.number("probe_interval", 1.0, 0.01, 60.0),
         reorder_timeout=t.optional_number("reorder_timeout", 0.0, 10.0),
+        congestion_control=t.choice("congestion_control", CONGESTION_CONTROLS, "reno"),
     )
     t.done()
     return config
@@ -380,6 +387,7 @@ def _concentrator_limits(t: _Table) -> ConcentratorLimits:
         session_idle_expiry=t.number("session_idle_expiry", 30.0, 0.0, 86400.0),
         idle_timeout=t.number("idle_timeout", 30.0, 1.0, 3600.0),
         reorder_timeout=t.optional_number("reorder_timeout", 0.0, 10.0),
+        congestion_control=t.choice("congestion_control", CONGESTION_CONTROLS, "reno"),
     )
     t.done()
     return config

@@ -277,3 +277,13 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="cannot read configuration file"):
         load_concentrator_config(tmp_path / "bad.toml")
+
+
+def test_outer_congestion_control_is_one_of_aioquics() -> None:
+    assert client().limits.congestion_control == "reno"  # type: ignore[attr-defined]
+    cubic = client("limits.congestion_control=cubic")
+    assert cubic.limits.congestion_control == "cubic"  # type: ignore[attr-defined]
+    conc = concentrator("limits.congestion_control=cubic")
+    assert conc.limits.congestion_control == "cubic"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"limits\.congestion_control"):
+        client("limits.congestion_control=bbr")

@@ -403,6 +403,7 @@ class Client:
             max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
             max_datagram_size=MAX_DATAGRAM_SIZE,
             idle_timeout=self.config.limits.idle_timeout,
+            congestion_control_algorithm=self.config.limits.congestion_control,
             server_name=self.config.server_name,
             secrets_log_file=self._keylog,
             quic_logger=self._qlog,

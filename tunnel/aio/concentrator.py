@@ -341,6 +341,7 @@ class Concentrator:
             max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
             max_datagram_size=MAX_DATAGRAM_SIZE,
             idle_timeout=self.limits.idle_timeout,
+            congestion_control_algorithm=self.limits.congestion_control,
         )
         try:
             quic_config.load_cert_chain(config.tls.cert, config.tls.key)
