@@ -390,6 +390,9 @@ def test_tunnel_only_no_pool_refusals_then_clean_sigterm(
         assert "'bob' is not configured" in unknown["closed"]["reason"], unknown
         session = client(certs, "connect", "--port", "4434", "--alpn", "qt-session")
         assert "session mode (ALPN qt-session) is not offered" in session["closed"]["reason"]
+        # The status file is rewritten every status_interval: the last refusal may not be in
+        # it yet when the client returns (this raced once in CI).
+        assert wait_until(lambda: running.status()["refused"]["mode"] == 1), running.status()
         status = running.status()
         assert status["refused"]["auth"] == 1 and status["refused"]["mode"] == 1
         assert status["nat"] == "qtun_nat_qcc_tun2"
