@@ -84,7 +84,7 @@ def points(params: Params) -> list[Point]:
 
 @contextlib.contextmanager
 def session(params: Params) -> Iterator[Context]:
-    from testbed.fidelity import require_fidelity, verify_link
+    from testbed.fidelity import verify_accesses
     from testbed.lab import Lab
     from testbed.profiles import profile
 
@@ -109,12 +109,7 @@ def session(params: Params) -> Iterator[Context]:
             {"profiles": {k: v.as_dict() for k, v in profiles.items()}, "lab": lab.describe()}
         )
         if params["verify_fidelity"]:
-            for access in ("wifi", "5g"):
-                middle = lab.access(access).shaped
-                assert middle is not None
-                rows = verify_link(lab, middle)
-                ctx.fidelity.extend({"link": access, **vars(r)} for r in rows)
-                require_fidelity(rows)
+            ctx.fidelity.extend(verify_accesses(lab))
         try:
             yield ctx
         finally:

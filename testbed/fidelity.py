@@ -123,6 +123,22 @@ def loss_plausible(sent: int, lost: int, want_pct: float) -> bool:
     return binomial_two_sided_p(sent, lost, want_pct / 100) >= LOSS_FALSE_ALARM
 
 
+def verify_accesses(
+    lab: Lab, accesses: tuple[str, ...] = ("wifi", "5g"), loss_burst: int = 2000
+) -> list[dict[str, Any]]:
+    """verify_link on each named access link, in order, refusing (FidelityError) as soon as one
+    is off; returns every measured row as a dict tagged with its `link` (for meta.json)."""
+    out: list[dict[str, Any]] = []
+    for access in accesses:
+        middle = lab.access(access).shaped
+        if middle is None:
+            raise FidelityError(f"the {access} access of this topology is not shaped.")
+        rows = verify_link(lab, middle, loss_burst=loss_burst)
+        out.extend({"link": access, **vars(r)} for r in rows)
+        require_fidelity(rows)
+    return out
+
+
 def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
     """Measure one shaped link of a running lab against its current settings (A -> B and back)."""
     link = lab.plan.shaped[middle]
