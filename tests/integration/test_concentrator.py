@@ -294,8 +294,10 @@ def test_oversized_packet_towards_a_client_gets_packet_too_big(
             holder.wait(5)
     assert "mtu = 1422" in big4.stdout, big4.stdout + big4.stderr
     assert "Packet too big" in big6.stdout and "mtu=1422" in big6.stdout, big6.stdout
-    counters = conc.status()["counters"]
-    assert counters.get("packet_too_big_sent", 0) >= 2
+    # the status file is rewritten every status_interval: wait for the counters to catch up
+    assert wait_until(lambda: conc.status()["counters"].get("packet_too_big_sent", 0) >= 2), (
+        conc.status()
+    )
     result = json.loads(out.splitlines()[-1][len("RESULT ") :])
     assert result["received"] >= 1, (out, err)
 
@@ -446,13 +448,15 @@ def test_limits_rate_limit_and_session_expiry(
         assert "already has 1 connections, the maximum" in second["closed"]["reason"], second
         other = client(certs, "connect", "--port", "4435", "--cert", "bob")
         assert "maximum of 1 clients" in other["closed"]["reason"], other
-        assert running.status()["refused"]["limit"] == 2
+        assert wait_until(lambda: running.status()["refused"]["limit"] == 2), running.status()
         # 40 echo requests of 1028 bytes in ~80 ms towards alice: ~5 fit the bucket
         in_ns(NS_SRV, "ping", "-q", "-c", "40", "-i", "0.002", "-s", "1000", "-W", "1",
               "10.8.0.2")  # fmt: skip
+        assert wait_until(
+            lambda: running.status()["clients"][0]["counters"]["rate_limited_out"] >= 25
+        ), running.status()
         (alice,) = running.status()["clients"]
         assert alice["session_id"] is not None
-        assert alice["counters"]["rate_limited_out"] >= 25, alice
         assert 1 <= alice["counters"]["packets_to_client"] <= 15, alice
         holder.communicate(timeout=20)
         # the session outlives its last connection by session_idle_expiry, then goes
@@ -531,8 +535,13 @@ def test_real_qtun_client_ping_and_iperf3(
             f"\nqtun client ({mode} mode) -> concentrator -> server: iperf3 TCP {mbps:.0f} Mbit/s"
         )
         assert mbps > 1.0
-        (alice,) = [c for c in conc.status()["clients"] if c["name"] == "alice"]
-        assert alice["mode"] == mode and alice["counters"]["packets_from_client"] > 100
+
+        def alice() -> dict[str, Any]:
+            (found,) = [c for c in conc.status()["clients"] if c["name"] == "alice"]
+            return found
+
+        assert wait_until(lambda: alice()["counters"]["packets_from_client"] > 100), alice()
+        assert alice()["mode"] == mode
     finally:
         for p in (proc, server):
             if p.poll() is None:

@@ -446,7 +446,11 @@ def test_packet_above_datagram_budget_gets_icmp_from_the_client(net: Net) -> Non
         budget = re.search(r"mtu[ =:]+(\d+)", result.stdout + result.stderr)
         assert budget is not None, result.stdout + result.stderr
         assert 1280 <= int(budget.group(1)) < 1500
-    assert net.status("client")["counters"]["icmp_too_big_sent"] >= 2
+    net.wait(
+        "Packet Too Big counted",
+        lambda: net.status("client").get("counters", {}).get("icmp_too_big_sent", 0) >= 2,
+        timeout=5,
+    )
     assert net.ping(CONC_V4) == 3  # small packets still pass
 
 

@@ -226,8 +226,8 @@ def wifi_carries_traffic_again(lab: Lab, dep: QtunDeployment, timeout: float = 1
     before = access_tx(dep.status("c1"), "wifi")
     replies, out = ping_replies(lab.node("c1"), SERVER[4], count=10)
     assert replies >= 9, out
-    time.sleep(2 * STATUS_INTERVAL_S)  # the status file caught up
-    assert access_tx(dep.status("c1"), "wifi") - before >= 10
+    # the status file is rewritten every STATUS_INTERVAL_S: wait for it to catch up
+    dep.wait_for("c1", lambda s: access_tx(s, "wifi") - before >= 10, 5, "10 packets on WiFi")
 
 
 # -- traffic through either mode ----------------------------------------------------------------
@@ -240,11 +240,16 @@ class TrafficChecks:
         replies, out = ping_replies(lab.node("c1"), SERVER[family], count=5)
         assert replies >= 4, out
         assert f"from {SERVER[family]}" in out
-        time.sleep(2 * STATUS_INTERVAL_S)
         # The echo requests were read from the TUN, the replies written to it.
-        after = dep.status("c1")["tun"]
-        assert after["rx_packets"] - before["rx_packets"] >= 5
-        assert after["tx_packets"] - before["tx_packets"] >= replies
+        dep.wait_for(
+            "c1",
+            lambda s: (
+                s["tun"]["rx_packets"] - before["rx_packets"] >= 5
+                and s["tun"]["tx_packets"] - before["tx_packets"] >= replies
+            ),
+            5,
+            "the pings counted on the TUN",
+        )
 
     @pytest.mark.parametrize("family", [4, 6])
     def test_iperf3_tcp(
@@ -463,9 +468,13 @@ class TestPacketTooBig:
         assert re.search(r"frag needed|packet too big|message too long", out, re.I), out
         m = re.search(r"mtu (\d+)", route)
         assert m and int(m.group(1)) < 1500, route
-        time.sleep(2 * STATUS_INTERVAL_S)
         # qtun itself answered (not a kernel on the way).
-        assert int(dep.status("c1")["counters"].get("icmp_too_big_sent", 0)) > answered_before
+        dep.wait_for(
+            "c1",
+            lambda s: int(s["counters"].get("icmp_too_big_sent", 0)) > answered_before,
+            5,
+            "a Packet Too Big counted",
+        )
         # A packet that fits still goes through.
         assert (
             ping_replies(c1, SERVER[family], count=2, extra=f"-M do -s {int(m.group(1)) - 60}")[0]
