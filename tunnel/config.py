@@ -170,6 +170,9 @@ class ClientConfig:
     # False: never send Access Reports (tunnel draft §6); the client still stops using a failed
     # access itself. The failover experiment's "without Access Reports" variant.
     access_reports: bool = True
+    # Tunnel mode: when a more preferred access (earlier in [[access]]) becomes usable again,
+    # migrate the connection back to it. False: stay on the access it failed over to.
+    failback: bool = True
     stream: StreamClientConfig = field(default_factory=StreamClientConfig)
 
 
@@ -252,6 +255,7 @@ def parse_client_config(
         limits=_client_limits(table.table("limits")),
         observability=_observability(table.table("observability")),
         access_reports=_boolean(table, "access_reports", True),
+        failback=_boolean(table, "failback", True),
         stream=_stream_client(table.table("stream")),
     )
     conc.done()

@@ -441,6 +441,12 @@ class TunnelConnection:
         return int(self._quic._loss.congestion_window)
 
     @property
+    def slow_start_threshold(self) -> int | None:
+        """The congestion controller's ssthresh in bytes; None while still in slow start."""
+        value = getattr(self._quic._loss._cc, "ssthresh", None)
+        return None if value is None else int(value)
+
+    @property
     def bytes_in_flight(self) -> int:
         """Bytes of sent, ack-eliciting packets neither acknowledged nor declared lost."""
         return int(self._quic._loss.bytes_in_flight)

@@ -338,6 +338,26 @@ def test_tunnel_mode_ping_and_migration(net: Net) -> None:
     assert "connection lost" not in net.log("client")  # the same connection moved
     assert net.ping(CONC_V6) == 3
 
+    # failback (default on): WiFi, the preferred access, comes back and the connection follows
+    net.set_access("wifi", up=True)
+    net.wait("back on wifi", lambda: net.access("wifi").get("active") is True, timeout=10)
+    assert net.status("client")["counters"]["migrations"] == 2
+    assert "failback to=wifi from=5g" in net.log("client")
+    assert net.ping(CONC_V4) == 3, net.log("client")[-3000:]
+    assert "connection lost" not in net.log("client")
+
+
+def test_tunnel_mode_without_failback_stays_on_the_backup(net: Net) -> None:
+    net.start("client", "failback=false")
+    net.wait_up()
+    assert net.ping(CONC_V4) == 3
+    net.set_access("wifi", up=False)
+    net.wait("on 5g", lambda: net.access("5g").get("active") is True, timeout=10)
+    net.set_access("wifi", up=True)
+    net.wait("wifi usable", lambda: net.access("wifi").get("available") is True, timeout=10)
+    assert net.ping(CONC_V4) == 3
+    assert net.access("5g")["active"] and net.status("client")["counters"]["migrations"] == 1
+
 
 def test_tunnel_mode_over_ipv6(net: Net) -> None:
     net.start(

@@ -36,3 +36,10 @@ def test_tunnel_mode_accepts_several_accesses_as_migration_targets() -> None:
     config = parse_client_config(_session_text(), base_dir=EXAMPLES, overrides=["mode=tunnel"])
     assert config.mode is Mode.TUNNEL
     assert [a.name for a in config.accesses] == ["wifi", "5g"]
+
+
+def test_failback_default_true_and_can_be_turned_off() -> None:
+    text = _session_text()
+    assert parse_client_config(text, base_dir=EXAMPLES).failback is True
+    off = parse_client_config(text, base_dir=EXAMPLES, overrides=["failback=false"])
+    assert off.failback is False

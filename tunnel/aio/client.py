@@ -4,9 +4,11 @@ What it does, from the configuration (tunnel/config.py ClientConfig):
 - tunnel mode (tunnel draft §4, ALPN "qt"): one QUIC connection over the first usable
   [[access]] (or an unbound socket when none is configured). When that access fails, the
   connection moves to a socket bound to the next usable access (QUIC connection migration,
-  RFC 9000 §9: same connection, new local address, new connection ID per §9.5). It does not
-  move back on its own: an access that failed silently cannot be checked without a connection
-  on it, and moving back and forth would cost more than staying.
+  RFC 9000 §9: same connection, new local address, new connection ID per §9.5). With
+  `failback` (default on) it moves back when a more preferred access becomes usable again —
+  its link came back up. An access that failed silently (the probe, link still up) is not
+  tried again while the connection works elsewhere: nothing could tell it healed without a
+  connection on it, and moving back onto a black hole would cost a probe timeout each time.
 - session mode (tunnel-session draft §4.1, ALPN "qt-session"): one connection per access, each
   socket bound to its access; the first sends New Session, the others Join Session with the
   Session ID; a TunnelSession stamps Packet Tags, schedules and reorders. A connection that
@@ -991,8 +993,21 @@ class Client:
             target = self._first_available_access()
             if target is not None:
                 self._migrate(self.path, target)
+        elif self.mode is Mode.TUNNEL and available and self.config.failback:
+            self._fail_back(name)
         self._report(status.config.access_id, available, name)
         self.status.write()
+
+    def _fail_back(self, name: str) -> None:
+        """Tunnel mode: `name` became usable again; migrate back to it if it is preferred over
+        (listed before) the access the connection is on now."""
+        path = self.path
+        if path is None or path.closed or path.access is None or not path.joined:
+            return
+        order = list(self.accesses)
+        if order.index(name) < order.index(path.access.name):
+            log.info("failback to=%s from=%s", name, path.access.name)
+            self._migrate(path, self.accesses[name].config)
 
     def _report(self, access_id: AccessId, available: bool, name: str) -> None:
         """Access Report TLV (tunnel draft §6) over a live connection on a usable access."""
@@ -1090,7 +1105,8 @@ class Client:
             entries = list(self.accesses.items())
         for name, status in entries:
             path = self._path_on(name)
-            srtt = path.tunnel.srtt if path is not None and path.tunnel is not None else None
+            tunnel = path.tunnel if path is not None else None
+            srtt = tunnel.srtt if tunnel is not None else None
             counters: dict[str, Any] = {}
             if path is not None and path.tunnel is not None:
                 counters.update(path.tunnel.counters.as_dict())
@@ -1114,6 +1130,10 @@ class Client:
                     "connected": connected,
                     "active": path is not None and path in active,
                     "srtt_ms": None if srtt is None else round(srtt * 1000, 3),
+                    # the outer connection's congestion state (RFC 9002 §7), for diagnosis
+                    "cwnd_bytes": tunnel.congestion_window if tunnel is not None else None,
+                    "ssthresh_bytes": tunnel.slow_start_threshold if tunnel is not None else None,
+                    "bytes_in_flight": tunnel.bytes_in_flight if tunnel is not None else None,
                     "counters": counters,
                 }
             )
@@ -1132,6 +1152,7 @@ class Client:
             "session_id": _hex(self.session_id) if self.mode is Mode.SESSION else None,
             "scheduler": self.config.scheduler,
             "access_reports": self.config.access_reports,
+            "failback": self.config.failback,
             "tun": {
                 "name": self.config.tun.name,
                 "mtu": self.tun.mtu if self.tun is not None else None,

@@ -888,6 +888,9 @@ class Concentrator:
                     "stream_mode": p.tunnel.stream_mode,
                     "srtt_ms": None if p.tunnel.srtt is None else round(p.tunnel.srtt * 1000, 3),
                     "pending_datagrams": p.tunnel.pending_datagrams,
+                    "cwnd_bytes": p.tunnel.congestion_window,
+                    "ssthresh_bytes": p.tunnel.slow_start_threshold,
+                    "bytes_in_flight": p.tunnel.bytes_in_flight,
                     "counters": p.tunnel.counters.as_dict(),
                 }
                 for p in client.peers
