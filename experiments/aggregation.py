@@ -9,7 +9,8 @@ after `warmup_s`, ratio = goodput / (wifi_mbit + fiveg_mbit).
   mptcp     kernel MPTCP, two subflows (WiFi + 5G), set up as in the failover experiment; the
             sender on conc (10.100.0.1): the reference topology routes clients to nothing else
             without a tunnel. scheduler = the kernel's "default", reorder not applicable.
-The tunnel's deployment is kept between consecutive points with the same scheduler/reorder.
+The tunnel's programs are started afresh for every point (new QUIC connections): a
+connection kept from the previous point would start with the congestion window it left.
 """
 
 from __future__ import annotations
@@ -126,13 +127,15 @@ def _drop_deployment(ctx: Context) -> None:
 def _tunnel(ctx: Context, scheduler: str, reorder: bool) -> Any:
     from testbed.qtun import QtunDeployment, TunnelSpec
 
+    # Started afresh for every point, even when the previous one had the same spec: QUIC
+    # connections that carried the previous point would begin this one with the congestion
+    # windows (and reorder state) it left, and runs would not be independent.
+    _drop_deployment(ctx)
     spec = TunnelSpec(mode="session", scheduler=scheduler, reorder=reorder)
-    if ctx.state["spec"] != spec:
-        _drop_deployment(ctx)
-        workdir = ctx.state["workdir"] / f"qtun-{scheduler}-{reorder}"
-        deployment = QtunDeployment(ctx.state["lab"], spec, clients=[CLIENT], workdir=workdir)
-        ctx.state["deployment"] = deployment.start()
-        ctx.state["spec"] = spec
+    workdir = ctx.state["workdir"] / f"qtun-{scheduler}-{reorder}-{ctx.state['port']}"
+    deployment = QtunDeployment(ctx.state["lab"], spec, clients=[CLIENT], workdir=workdir)
+    ctx.state["deployment"] = deployment.start()
+    ctx.state["spec"] = spec
     return ctx.state["deployment"]
 
 

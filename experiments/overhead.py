@@ -122,6 +122,7 @@ COLUMNS = [
 ]
 
 MODES = ("plain", "tunnel", "session", "stream", "wireguard")
+QTUN_MODES = ("tunnel", "session", "stream")  # the modes run by the qtun programs
 
 
 # -- framing arithmetic ---------------------------------------------------------------------
@@ -296,10 +297,12 @@ class Route:
     udp_port: int | None
 
 
-def ensure_mode(ctx: Context, mode: str) -> Route:
-    """Bring the network into `mode` (tearing down the previous mode's programs)."""
+def ensure_mode(ctx: Context, mode: str, fresh: bool = False) -> Route:
+    """Bring the network into `mode` (tearing down the previous mode's programs). `fresh`
+    restarts qtun even when it already runs in `mode`, so that the point starts on new QUIC
+    connections (initial congestion window), not on the ones the previous point left."""
     state = ctx.state
-    if state.get("mode") == mode:
+    if state.get("mode") == mode and not (fresh and mode in QTUN_MODES):
         current: Route = state["route"]
         return current
     teardown = state.pop("teardown", None)
@@ -307,7 +310,8 @@ def ensure_mode(ctx: Context, mode: str) -> Route:
         teardown()
     state["mode"] = None
     lab = state["lab"]
-    workdir: Path = state["workdir"] / mode
+    state["starts"] = state.get("starts", 0) + 1
+    workdir: Path = state["workdir"] / f"{mode}-{state['starts']}"
     route: Route
     if mode == "plain":
         route = Route(CONCENTRATOR, CONCENTRATOR_V4, None)

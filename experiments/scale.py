@@ -30,8 +30,10 @@ the whole machine's CPU being saturated (see host_cpu_pct), and the concentrator
 share of it. The figures say how one Python concentrator behaves with N clients on this
 machine, not how it would with cores of its own.
 
-The qtun deployment is kept between consecutive runs of the same N (starting 50 clients takes
-tens of seconds); a new N gets a new deployment (new certificates, a fresh concentrator).
+Every point gets a new qtun deployment (new certificates, a fresh concentrator, new QUIC
+connections), even a run after one with the same N: connections kept from the previous run
+would start with the congestion windows it left and a concentrator that already grew, and runs
+would not be independent. Starting 50 clients takes tens of seconds per point.
 A client whose flow got nothing has goodput 0 and its error in `error`; a point where no client
 got anything fails.
 """
@@ -242,19 +244,17 @@ def _drop_deployment(ctx: Context) -> None:
 
 
 def _deployment(ctx: Context, n: int) -> Any:
-    """qtun on conc and c1..cN, started unless the previous point had the same N."""
+    """qtun on conc and c1..cN, started afresh for this point (see the module docstring)."""
     from testbed.qtun import QtunDeployment, TunnelSpec
 
-    if ctx.state["n"] != n:
-        _drop_deployment(ctx)
-        lab = ctx.state["lab"]
-        spec = TunnelSpec(mode=str(ctx.params["mode"]))
-        clients = lab.plan.clients[:n]
-        deployment = QtunDeployment(
-            lab, spec, clients=clients, workdir=ctx.state["workdir"] / f"qtun-{n}"
-        )
-        deployment.start(timeout=float(ctx.params["start_timeout_s"]))
-        ctx.state["deployment"], ctx.state["n"] = deployment, n
+    _drop_deployment(ctx)
+    lab = ctx.state["lab"]
+    spec = TunnelSpec(mode=str(ctx.params["mode"]))
+    clients = lab.plan.clients[:n]
+    workdir = ctx.state["workdir"] / f"qtun-{n}-{ctx.state['port']}"
+    deployment = QtunDeployment(lab, spec, clients=clients, workdir=workdir)
+    deployment.start(timeout=float(ctx.params["start_timeout_s"]))
+    ctx.state["deployment"], ctx.state["n"] = deployment, n
     return ctx.state["deployment"]
 
 

@@ -82,6 +82,11 @@ class Lab:
 
     def _configure(self) -> None:
         plan = self.plan
+        for host in self.net.hosts:
+            # Linux caches a finished TCP connection's ssthresh and RTT per destination and
+            # starts the next one from them: a run after a lossy one would inherit its window.
+            # Every measurement starts from the same state instead.
+            host.cmd("sysctl -q -w net.ipv4.tcp_no_metrics_save=1")
         for name in plan.routers:
             self.node(name).cmd("sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
         for name in plan.clients:

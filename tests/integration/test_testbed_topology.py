@@ -103,3 +103,11 @@ def test_nclient_with_50_clients_builds_and_routes() -> None:
         assert replies(lab.node("c50"), "10.200.1.2", count=1) == 0
     finally:
         lab.stop()
+
+
+def test_tcp_metrics_cache_is_off_on_every_host(reference: Lab) -> None:
+    # a connection must not start from the ssthresh a previous (lossy) one left behind
+    hosts = reference.net.hosts
+    assert len(hosts) >= 5
+    for host in hosts:
+        assert host.cmd("sysctl -n net.ipv4.tcp_no_metrics_save").strip() == "1", host.name
