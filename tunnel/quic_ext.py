@@ -15,12 +15,20 @@ from typing import Any, Final
 
 from aioquic._buffer import Buffer, BufferReadError
 from aioquic.buffer import encode_uint_var, size_uint_var
+from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.connection import (
+    END_STATES,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    NetworkAddress,
+    QuicConnection,
+)
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicPacketBuilder
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
+
+from tunnel.stateless_reset import is_reset, reset_token
 
 # Provisional codepoint of the quic_tunnel_stream_mode transport parameter
 # (-tcp draft §Connection establishment: "value TBD"). RFC 9000 §22.3 has no
@@ -43,6 +51,9 @@ SHORT_HEADER_FIXED_SIZE: Final[int] = 1 + PACKET_NUMBER_SEND_SIZE
 # DATAGRAM frame type 0x31 (with length) encodes on one byte (RFC 9221 §4).
 DATAGRAM_FRAME_TYPE_SIZE: Final[int] = 1
 
+# reason_phrase of the ConnectionTerminated event a received stateless reset produces
+STATELESS_RESET_REASON: Final[str] = "stateless reset from the peer (RFC 9000 §10.3)"
+
 _REQUIRED_INTERNALS = (
     "_serialize_transport_parameters",
     "_parse_transport_parameters",
@@ -59,6 +70,12 @@ _REQUIRED_INTERNALS = (
     "_local_max_streams_bidi",
     "_local_max_stream_data_bidi_local",
     "_local_max_stream_data_bidi_remote",
+    "_host_cids",
+    "_replenish_connection_ids",
+    "_close_end",
+    "_close_event",
+    "_state",
+    "_is_client",
 )
 _REQUIRED_TLS_INTERNALS = (
     "_request_client_certificate",
@@ -101,15 +118,20 @@ class TunnelQuicConnection(QuicConnection):
         request_client_certificate: bool = False,
         max_streams_bidi: int | None = None,
         stream_window: int | None = None,
+        reset_key: bytes | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
         the -tcp draft's concentrator bounds concurrent TCP streams with it).
         `stream_window`: our receive window per bidirectional stream (aioquic takes
         configuration.max_stream_data, shared by every stream kind), see
-        set_stream_backlog."""
+        set_stream_backlog.
+        `reset_key` (server): derive the stateless reset token of every connection ID we issue
+        from it (tunnel/stateless_reset.py) instead of aioquic's random ones, so that a
+        restarted server can still reset the connection."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
+        self._tunnel_reset_key = reset_key
         self._tunnel_local_stream_mode = stream_mode
         self._tunnel_peer_stream_mode: bool | None = None
         self._tunnel_request_client_certificate = request_client_certificate
@@ -121,6 +143,7 @@ class TunnelQuicConnection(QuicConnection):
                 raise ValueError(f"max_streams_bidi must be >= 1, got {max_streams_bidi}")
             self._local_max_streams_bidi.value = max_streams_bidi
             self._local_max_streams_bidi.sent = max_streams_bidi
+        self._retoken_host_cids()
         self._tunnel_stream_window = stream_window or self._configuration.max_stream_data
         if stream_window is not None:
             if stream_window < 1024:
@@ -135,6 +158,37 @@ class TunnelQuicConnection(QuicConnection):
         # signature: verify the chain with tunnel.client_auth after the handshake.
         if self._tunnel_request_client_certificate and not self._is_client:
             self.tls._request_client_certificate = True
+
+    # -- stateless reset (RFC 9000 §10.3) --------------------------------------------------
+
+    def _retoken_host_cids(self) -> None:
+        """Give our connection IDs the tokens derived from the reset key (server only; the
+        client sends no tokens). The token is a function of the ID, so doing it again for an
+        ID that was already announced changes nothing."""
+        if self._tunnel_reset_key is None or self._is_client:
+            return
+        for cid in self._host_cids:
+            cid.stateless_reset_token = reset_token(self._tunnel_reset_key, cid.cid)
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        self._retoken_host_cids()
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """A client first checks whether the datagram is a stateless reset for the connection
+        ID it uses (aioquic does not): if so the connection ends at once, silently (§10.3.1:
+        no packet may be sent after it), with a ConnectionTerminated event."""
+        if self._is_client and self._state not in END_STATES:
+            token = self._peer_cid.stateless_reset_token
+            if token and is_reset(data, (token,)):
+                self._close_event = events.ConnectionTerminated(
+                    error_code=0,
+                    frame_type=None,
+                    reason_phrase=STATELESS_RESET_REASON,
+                )
+                self._close_end()
+                return
+        super().receive_datagram(data, addr, now)
 
     @property
     def local_stream_mode(self) -> bool:

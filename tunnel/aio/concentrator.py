@@ -88,6 +88,7 @@ from tunnel.rate_limit import TokenBucket
 from tunnel.reorder import ReorderBuffer
 from tunnel.scheduler import make_scheduler
 from tunnel.session import JoinError, SessionTable
+from tunnel.stateless_reset import reset_key_from_secret
 from tunnel.tunnel_session import TunnelSession
 
 log = logging.getLogger("qtun.concentrator")
@@ -240,7 +241,11 @@ class Concentrator:
                 ",".join(map(str, config.nat_exclude)) or "none",
             )
         quic_config = self._quic_configuration()
-        factory_kwargs: dict[str, Any] = {"request_client_certificate": True}
+        reset_key = _reset_key(config.tls.key)
+        factory_kwargs: dict[str, Any] = {
+            "request_client_certificate": True,
+            "reset_key": reset_key,
+        }
         if self.stream_server is not None:
             factory_kwargs.update(self.stream_server.quic_options())
         factory = functools.partial(_PeerQuicConnection, **factory_kwargs)
@@ -262,6 +267,7 @@ class Concentrator:
                     self._on_connection,
                     max_connections=max_connections,
                     create_connection=factory,
+                    reset_key=reset_key,
                 )
                 server.start()
                 self.servers.append(server)
@@ -869,7 +875,8 @@ class Concentrator:
             "connections": len(self.peers),
             "refused": dict(self.refused)
             | {"server_full": sum(s.refused_connections for s in self.servers)},
-            "counters": dict(self.counters),
+            "counters": dict(self.counters)
+            | {"stateless_resets_sent": sum(s.resets_sent for s in self.servers)},
             "stream": self.stream_server.stats() if self.stream_server is not None else None,
         }
 
@@ -926,6 +933,18 @@ def read_ip_forward() -> dict[str, bool | None]:
         except OSError:
             state[family] = None
     return state
+
+
+def _reset_key(key_file: Path) -> bytes:
+    """The stateless reset key (tunnel/stateless_reset.py), derived from the TLS private key so
+    that a restarted concentrator sends the tokens the previous one announced."""
+    try:
+        return reset_key_from_secret(key_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"tls.key {key_file} cannot be read ({exc}): give the concentrator key made by "
+            "scripts/make-certs"
+        ) from None
 
 
 def _load_verifier(ca: Path) -> ClientVerifier:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 import sys
 from collections import deque
@@ -47,6 +48,9 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
+from tunnel.rate_limit import TokenBucket
+from tunnel.stateless_reset import MAX_RESET_SIZE, build_reset, reset_token
+
 DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 64
 MAX_SEND_BACKLOG = 4096  # datagrams kept while the socket is full; beyond that QUIC recovers loss
@@ -61,6 +65,9 @@ GRO_BUFFER = 65535
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 DEFAULT_PACING_SLACK = 0.001  # seconds of paced sending released in one burst (see transmit)
 DEFAULT_MAX_BURST = 64  # datagrams per transmit pass at most
+RESETS_PER_SECOND = (
+    100  # stateless resets a server sends at most per second (about as many at once)
+)
 
 Datagram = tuple[bytes, NetworkAddress]
 T = TypeVar("T")
@@ -638,9 +645,17 @@ class QuicServer:
         max_connections: int | None = None,
         create_connection: ConnectionFactory = QuicConnection,
         pacing_slack: float = DEFAULT_PACING_SLACK,
+        reset_key: bytes | None = None,
     ) -> None:
+        """`reset_key`: answer 1-RTT packets of connections we do not know with a stateless
+        reset (RFC 9000 §10.3) whose token is derived from it — the connections must have
+        been made with the same key (quic_ext.TunnelQuicConnection reset_key)."""
         self.endpoint = endpoint
         self.create_connection = create_connection
+        self.reset_key = reset_key
+        self.resets_sent = 0
+        # bounds the work and the traffic a flood of unknown packets can cause (§10.3.3)
+        self._reset_budget = TokenBucket(RESETS_PER_SECOND * MAX_RESET_SIZE)
         self.pacing_slack = pacing_slack
         self.configuration = configuration
         self.on_connection = on_connection
@@ -695,6 +710,9 @@ class QuicServer:
                 ]
             )
             return None
+        if header.packet_type == QuicPacketType.ONE_RTT:
+            self._send_reset(data, addr, header.destination_cid)
+            return None
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return None
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
@@ -724,6 +742,17 @@ class QuicServer:
         drivers[quic.host_cid] = driver
         self.on_connection(driver)
         return driver
+
+    def _send_reset(self, data: bytes, addr: NetworkAddress, cid: bytes) -> None:
+        """A 1-RTT packet for a connection we do not have (we restarted, or it ended): tell
+        the peer at once with a stateless reset rather than let it wait for a timeout."""
+        if self.reset_key is None:
+            return
+        reset = build_reset(reset_token(self.reset_key, cid), len(data), os.urandom)
+        if reset is None or not self._reset_budget.allow(len(reset), self._loop.time()):
+            return
+        self.endpoint.send_batch([(reset, addr)])
+        self.resets_sent += 1
 
     async def close(self) -> None:
         """Close every connection (bounded wait) and the socket."""
