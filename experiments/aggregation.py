@@ -105,7 +105,7 @@ def session(params: Params) -> Iterator[Context]:
         ) as lab,
     ):
         ctx.backend = str(lab.backend)
-        ctx.state.update(lab=lab, workdir=Path(tmp), port=5400, deployment=None, spec=None)
+        ctx.state.update(lab=lab, workdir=Path(tmp), port=5400, deployment=None)
         ctx.extra_meta.update(
             {"profiles": {k: v.as_dict() for k, v in profiles.items()}, "lab": lab.describe()}
         )
@@ -121,7 +121,7 @@ def _drop_deployment(ctx: Context) -> None:
     deployment = ctx.state.get("deployment")
     if deployment is not None:
         deployment.stop()
-    ctx.state["deployment"] = ctx.state["spec"] = None
+    ctx.state["deployment"] = None
 
 
 def _tunnel(ctx: Context, scheduler: str, reorder: bool) -> Any:
@@ -135,7 +135,6 @@ def _tunnel(ctx: Context, scheduler: str, reorder: bool) -> Any:
     workdir = ctx.state["workdir"] / f"qtun-{scheduler}-{reorder}-{ctx.state['port']}"
     deployment = QtunDeployment(ctx.state["lab"], spec, clients=[CLIENT], workdir=workdir)
     ctx.state["deployment"] = deployment.start()
-    ctx.state["spec"] = spec
     return ctx.state["deployment"]
 
 

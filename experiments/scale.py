@@ -216,7 +216,7 @@ def session(params: Params) -> Iterator[Context]:
         ) as lab,
     ):
         ctx.backend = str(lab.backend)
-        ctx.state.update(lab=lab, workdir=Path(tmp), port=FIRST_PORT, deployment=None, n=None)
+        ctx.state.update(lab=lab, workdir=Path(tmp), port=FIRST_PORT, deployment=None)
         ctx.extra_meta.update(
             {
                 "topology": f"nclient with {max(counts)} clients; point N uses c1..cN",
@@ -240,7 +240,7 @@ def _drop_deployment(ctx: Context) -> None:
     deployment = ctx.state.get("deployment")
     if deployment is not None:
         deployment.stop()
-    ctx.state["deployment"] = ctx.state["n"] = None
+    ctx.state["deployment"] = None
 
 
 def _deployment(ctx: Context, n: int) -> Any:
@@ -254,7 +254,7 @@ def _deployment(ctx: Context, n: int) -> Any:
     workdir = ctx.state["workdir"] / f"qtun-{n}-{ctx.state['port']}"
     deployment = QtunDeployment(lab, spec, clients=clients, workdir=workdir)
     deployment.start(timeout=float(ctx.params["start_timeout_s"]))
-    ctx.state["deployment"], ctx.state["n"] = deployment, n
+    ctx.state["deployment"] = deployment
     return ctx.state["deployment"]
 
 

@@ -65,9 +65,8 @@ GRO_BUFFER = 65535
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 DEFAULT_PACING_SLACK = 0.001  # seconds of paced sending released in one burst (see transmit)
 DEFAULT_MAX_BURST = 64  # datagrams per transmit pass at most
-RESETS_PER_SECOND = (
-    100  # stateless resets a server sends at most per second (about as many at once)
-)
+# stateless resets a server sends per second at most (and about as many in one burst)
+RESETS_PER_SECOND = 100
 
 Datagram = tuple[bytes, NetworkAddress]
 T = TypeVar("T")
