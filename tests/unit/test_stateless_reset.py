@@ -135,6 +135,12 @@ def test_client_ends_the_connection_on_a_reset_and_sends_nothing_after() -> None
 
     reset = build_reset(reset_token(KEY, cid), 1200, os.urandom)
     assert reset is not None
+    # the right token from another address (a token seen on the wire, replayed by an
+    # attacker): not a reset, the connection lives (RFC 9000 §21.11)
+    client.receive_datagram(reset, ("203.0.113.66", 4433), now)
+    terminated = [e for e in iter(client.next_event, None) if isinstance(e, ConnectionTerminated)]
+    assert terminated == []
+
     client.receive_datagram(reset, SERVER_ADDR, now)
     events = list(iter(client.next_event, None))
     (closed,) = [e for e in events if isinstance(e, ConnectionTerminated)]

@@ -21,7 +21,14 @@ Pieces:
 - `UdpEndpoint`: the socket (bind, buffers, batched receive/send with a bounded backlog).
 - `QuicDriver`: feeds one QuicConnection from datagrams and time, sends what it produces.
 - `QuicClient`: one endpoint + one driver (`connect`).
-- `QuicServer`: one endpoint demultiplexing many connections by destination connection ID.
+- `QuicServer`: endpoints (listeners) demultiplexing many connections by destination
+  connection ID through one table, admitting new ones (Retry, half-open cap and handshake
+  timeout: tunnel/address_validation.py) and bounding its replies to unknown senders per
+  source prefix (tunnel/rate_limit.py).
+
+Failures stay with their connection: an exception while one connection handles a datagram,
+a timer or an event closes that connection (INTERNAL_ERROR), is logged once on "qtun.udp" and
+counted (QuicServer.internal_errors); the rest of the batch and the other connections go on.
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
+import logging
+import math
 import os
 import socket
 import sys
+import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,15 +52,26 @@ from typing import Any, TypeVar
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import (
+    TRANSPORT_CLOSE_FRAME_CAPACITY,
+    NetworkAddress,
+    QuicConnection,
+)
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.retry import QuicRetryTokenHandler
 
-from tunnel.rate_limit import TokenBucket
-from tunnel.stateless_reset import MAX_RESET_SIZE, build_reset, reset_token
+from tunnel.address_validation import AdmissionLimits, HandshakeGuard, InitialVerdict, TokenStatus
+from tunnel.rate_limit import PrefixBudget
+from tunnel.stateless_reset import build_reset, reset_size, reset_token
 
 DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 64
@@ -65,11 +87,21 @@ GRO_BUFFER = 65535
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 DEFAULT_PACING_SLACK = 0.001  # seconds of paced sending released in one burst (see transmit)
 DEFAULT_MAX_BURST = 64  # datagrams per transmit pass at most
-# stateless resets a server sends per second at most (and about as many in one burst)
+# stateless resets a server sends per second at most (and as many in one burst): in total, and
+# to one source prefix (tunnel/rate_limit.py PrefixBudget). 10 per prefix: after a restart the
+# clients of one site each get theirs within a few seconds (each packet they send asks again).
 RESETS_PER_SECOND = 100
+RESETS_PER_PREFIX_PER_SECOND = 10
+# Version Negotiation packets and INVALID_TOKEN closes per second, the same way: a real client
+# needs one per connection attempt
+REPLIES_PER_SECOND = 50
+REPLIES_PER_PREFIX_PER_SECOND = 5
+MIN_INITIAL_CID_LENGTH = 8  # RFC 9000 §7.2
 
 Datagram = tuple[bytes, NetworkAddress]
 T = TypeVar("T")
+
+log = logging.getLogger("qtun.udp")
 
 
 class EndpointError(Exception):
@@ -173,7 +205,19 @@ class UdpEndpoint:
                 )
             family = addr_family
         family = family or socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        except OSError as exc:
+            if exc.errno == errno.EAFNOSUPPORT:
+                raise EndpointError(
+                    f"this host does not support {_family_name(family)} (no "
+                    f"{_family_name(family)} in its kernel or disabled): give an address of the "
+                    "other family or enable it"
+                ) from None
+            raise EndpointError(
+                f"cannot open a UDP socket ({exc.strerror}): check the host's open-file and "
+                "socket limits"
+            ) from None
         try:
             sock.setblocking(False)
             if family == socket.AF_INET6:
@@ -386,6 +430,10 @@ class UdpEndpoint:
         self.sock.close()
 
 
+def _family_name(family: socket.AddressFamily) -> str:
+    return "IPv6" if family == socket.AF_INET6 else "IPv4"
+
+
 def _enable_gro(sock: socket.socket) -> bool:
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -414,8 +462,10 @@ def _set_buffers(sock: socket.socket, requested: int) -> BufferReport:
 
 EventHandler = Callable[[events.QuicEvent], None]
 # called with keyword arguments configuration= (and, on a server,
-# original_destination_connection_id=)
+# original_destination_connection_id= and, after a Retry, retry_source_connection_id=)
 ConnectionFactory = Callable[..., QuicConnection]
+
+INTERNAL_ERROR_REASON = "internal error"  # the peer learns nothing of our bug (RFC 9000 §20.1)
 
 
 class QuicDriver:
@@ -424,6 +474,11 @@ class QuicDriver:
     Give it the connection, something to send with (a UdpEndpoint) and an event handler (e.g. a
     TunnelConnection's handle_event). After changing the connection yourself (sending a
     datagram or stream data) call `transmit()` — once per batch, not per packet.
+
+    No exception leaves it: one raised by aioquic or by the event handler while this connection
+    handles a datagram, a timer or an event is logged once (with its traceback, on "qtun.udp"),
+    and the connection is closed with INTERNAL_ERROR — the other connections of a batch or a
+    server never notice.
     """
 
     def __init__(
@@ -443,14 +498,19 @@ class QuicDriver:
         self.on_event: EventHandler = on_event or (lambda event: None)
         self._loop = loop or asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        # our own copy of the deadline: uvloop's handles for near deadlines have no .when()
         self._timer_at: float | None = None
         self._transmit_scheduled = False
         self._connected = self._loop.create_future()
         self._closed = asyncio.Event()
-        # set by QuicServer to keep its connection-ID table current
+        self.failed = False  # an internal error happened (it is being closed)
+        self._end_reason: str | None = None  # set while we end it silently (end_silently)
+        # set by QuicServer to keep its connection-ID table and its counters current
         self.on_cid_issued: Callable[[bytes], None] | None = None
         self.on_cid_retired: Callable[[bytes], None] | None = None
+        self.on_handshake_completed: Callable[[], None] | None = None
         self.on_terminated: Callable[[], None] | None = None
+        self.on_internal_error: Callable[[BaseException], None] | None = None
 
     # feeding
 
@@ -460,15 +520,32 @@ class QuicDriver:
         self.transmit()
 
     def receive_without_transmit(self, batch: Sequence[Datagram]) -> None:
+        if self.closed:
+            return
         now = self._loop.time()
         receive = self.quic.receive_datagram
         for data, addr in batch:
-            receive(data, addr, now)
+            try:
+                receive(data, addr, now)
+            except Exception as exc:
+                # its state is not to be trusted any more: the rest of the batch is not fed
+                self.fail(exc)
+                break
         self._process_events()
 
     def transmit(self) -> None:
         """Send what the connection has to send now and re-arm its timer."""
         self._transmit_scheduled = False
+        if self.closed:
+            return
+        try:
+            self._transmit()
+        except Exception as exc:
+            # a connection that cannot build packets cannot send its CONNECTION_CLOSE either
+            self.fail(exc)
+            self._abandon(INTERNAL_ERROR_REASON)
+
+    def _transmit(self) -> None:
         quic = self.quic
         now = self._loop.time()
         datagrams = quic.datagrams_to_send(now=now)
@@ -485,7 +562,9 @@ class QuicDriver:
                 break
             datagrams += more
         self.endpoint.send_batch(datagrams)
-        timer_at = quic.get_timer()
+        self._arm_timer(quic.get_timer())
+
+    def _arm_timer(self, timer_at: float | None) -> None:
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
             self._timer = None
@@ -503,38 +582,132 @@ class QuicDriver:
         now = max(self._timer_at or 0.0, self._loop.time())
         self._timer = None
         self._timer_at = None
-        self.quic.handle_timer(now=now)
+        if self.closed:
+            return
+        try:
+            self.quic.handle_timer(now=now)
+        except Exception as exc:
+            self.fail(exc)
         self._process_events()
         self.transmit()
 
     def _process_events(self) -> None:
-        event = self.quic.next_event()
-        while event is not None:
-            if isinstance(event, events.HandshakeCompleted):
-                if not self._connected.done():
-                    self._connected.set_result(None)
-            elif isinstance(event, events.ConnectionIdIssued):
-                if self.on_cid_issued is not None:
-                    self.on_cid_issued(event.connection_id)
-            elif isinstance(event, events.ConnectionIdRetired):
-                if self.on_cid_retired is not None:
-                    self.on_cid_retired(event.connection_id)
-            elif isinstance(event, events.ConnectionTerminated):
-                if not self._connected.done():
-                    self._connected.set_exception(
-                        ConnectionError(
-                            f"QUIC connection closed during handshake: {event.reason_phrase} "
-                            f"(error {event.error_code:#x})"
-                        )
+        quic = self.quic
+        while not self.closed:  # nothing follows a ConnectionTerminated (ours or aioquic's)
+            try:
+                event = quic.next_event()
+            except Exception as exc:
+                self.fail(exc)
+                return
+            if event is None:
+                return
+            try:
+                if isinstance(event, events.ConnectionTerminated) and self._end_reason:
+                    event = events.ConnectionTerminated(
+                        error_code=event.error_code,
+                        frame_type=None,
+                        reason_phrase=self._end_reason,
                     )
-                if self.on_terminated is not None:
-                    self.on_terminated()
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-                self._closed.set()
+                self._track(event)
+                self.on_event(event)
+            except Exception as exc:
+                self.fail(exc)
+
+    def _track(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.HandshakeCompleted):
+            if not self._connected.done():
+                self._connected.set_result(None)
+            if self.on_handshake_completed is not None:
+                self.on_handshake_completed()
+        elif isinstance(event, events.ConnectionIdIssued):
+            if self.on_cid_issued is not None:
+                self.on_cid_issued(event.connection_id)
+        elif isinstance(event, events.ConnectionIdRetired):
+            if self.on_cid_retired is not None:
+                self.on_cid_retired(event.connection_id)
+        elif isinstance(event, events.ConnectionTerminated):
+            if not self._connected.done():
+                self._connected.set_exception(
+                    ConnectionError(
+                        f"QUIC connection closed during handshake: {event.reason_phrase} "
+                        f"(error {event.error_code:#x})"
+                    )
+                )
+                # nobody may be waiting for it (a server connection): no "never retrieved"
+                self._connected.exception()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = None
+            self._closed.set()
+            if self.on_terminated is not None:
+                self.on_terminated()
+
+    # failures
+
+    def fail(self, exc: BaseException) -> None:
+        """An exception escaped while this connection was handled: log it once, count it
+        (on_internal_error) and close the connection with INTERNAL_ERROR (RFC 9000 §20.1),
+        giving no detail to the peer. Later failures of the same connection are ignored."""
+        if self.failed:
+            log.debug("further error on failed QUIC connection %s", self.name, exc_info=exc)
+            return
+        self.failed = True
+        log.error(
+            "internal error on QUIC connection %s, closing it with INTERNAL_ERROR",
+            self.name,
+            exc_info=exc,
+        )
+        if self.on_internal_error is not None:
+            with contextlib.suppress(Exception):
+                self.on_internal_error(exc)
+        try:
+            # a transport close (a frame type given, none known: PADDING), not an application
+            # one: INTERNAL_ERROR is a transport error code, also before 1-RTT keys exist
+            self.quic.close(
+                error_code=QuicErrorCode.INTERNAL_ERROR,
+                frame_type=QuicFrameType.PADDING,
+                reason_phrase=INTERNAL_ERROR_REASON,
+            )
+        except Exception:
+            self._abandon(INTERNAL_ERROR_REASON)
+
+    def end_silently(self, reason: str) -> None:
+        """Discard the connection without sending anything, as an idle timeout does (RFC 9000
+        §10.1): the handler gets a ConnectionTerminated with `reason`. For a handshake that
+        did not complete in time, whose peer address may be spoofed."""
+        if self.closed:
+            return
+        self._end_reason = reason
+        try:
+            # aioquic's idle-timeout path, reached through its public API: at or after the
+            # idle deadline handle_timer discards the state silently, ends the qlog trace and
+            # queues ConnectionTerminated (whose reason _process_events replaces).
+            self.quic.handle_timer(now=math.inf)
+        except Exception as exc:
+            log.debug("aioquic could not end connection %s itself", self.name, exc_info=exc)
+        self._process_events()
+        self._abandon(reason)  # only if aioquic did not terminate it
+
+    def _abandon(self, reason: str) -> None:
+        """Forget a connection aioquic cannot end itself: the terminal bookkeeping with a
+        ConnectionTerminated of our own, nothing more from aioquic."""
+        if self.closed:
+            return
+        event = events.ConnectionTerminated(
+            error_code=QuicErrorCode.INTERNAL_ERROR, frame_type=None, reason_phrase=reason
+        )
+        try:
+            self._track(event)
             self.on_event(event)
-            event = self.quic.next_event()
+        except Exception as exc:
+            self.fail(exc)
+        self._closed.set()
+
+    @property
+    def name(self) -> str:
+        """How logs name the connection: its first connection ID of ours, in hex."""
+        return self.quic.host_cid.hex()
 
     # life cycle
 
@@ -551,7 +724,12 @@ class QuicDriver:
 
     def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
         """Start closing the connection (CONNECTION_CLOSE is sent at once)."""
-        self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
+        if self.closed:
+            return
+        try:
+            self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
+        except Exception as exc:
+            self.fail(exc)
         self.transmit()
 
 
@@ -627,17 +805,46 @@ def _remote_for(endpoint: UdpEndpoint, remote: NetworkAddress) -> NetworkAddress
 NewConnectionHandler = Callable[[QuicDriver], None]
 
 
+@dataclass
+class ServerStats:
+    """What a QuicServer did with packets it could not give to a connection, and its errors."""
+
+    resets_sent: int = 0
+    resets_suppressed: int = 0  # over the reset budget (global or the sender's prefix)
+    retries_sent: int = 0
+    invalid_token_closes_sent: int = 0
+    version_negotiations_sent: int = 0
+    replies_suppressed: int = 0  # VN / INVALID_TOKEN close over their budget
+    unsupported_version_dropped: int = 0  # too small to answer (RFC 9000 §5.2.2)
+    other_listener_dropped: int = 0  # a connection's packet arrived on another listener
+    internal_errors: int = 0  # exceptions caught (a connection closed, or one datagram lost)
+
+
 class QuicServer:
-    """One UDP socket serving many QUIC connections, demultiplexed by destination connection ID.
+    """UDP sockets (listeners) serving many QUIC connections, demultiplexed by destination
+    connection ID through ONE table for all listeners.
 
     For each new connection `on_connection(driver)` is called before the first datagram is
     processed: set `driver.on_event` there. Datagrams of one batch are all fed first, then each
     connection that got any transmits once.
+
+    Towards unknown senders (RFC 9000 §21): a client's first Initial goes through the admission
+    policy of tunnel/address_validation.py (Retry, half-open cap, handshake timeout); replies
+    to packets of no connection (stateless reset, Version Negotiation, INVALID_TOKEN close) are
+    bounded per source prefix and in total (tunnel/rate_limit.py PrefixBudget).
+
+    Several listeners (e.g. one per address of the concentrator) share one server so that a
+    connection ID known on one listener is known on all: a packet carrying it that arrives on
+    another listener is dropped — never answered with a stateless reset, which would hand an
+    attacker the token that kills the connection (§21.11). It is not fed to the connection
+    either: the client sent it to an address the connection does not use, which RFC 9000 only
+    allows for a server's preferred_address (§9.6, we offer none), and our reply would leave
+    from the connection's own listener, an address the client did not send to.
     """
 
     def __init__(
         self,
-        endpoint: UdpEndpoint,
+        endpoint: UdpEndpoint | Sequence[UdpEndpoint],
         configuration: QuicConfiguration,
         on_connection: NewConnectionHandler,
         *,
@@ -645,116 +852,333 @@ class QuicServer:
         create_connection: ConnectionFactory = QuicConnection,
         pacing_slack: float = DEFAULT_PACING_SLACK,
         reset_key: bytes | None = None,
+        admission: AdmissionLimits | None = None,
+        resets_per_second: float = RESETS_PER_SECOND,
+        resets_per_prefix_per_second: float = RESETS_PER_PREFIX_PER_SECOND,
+        replies_per_second: float = REPLIES_PER_SECOND,
+        replies_per_prefix_per_second: float = REPLIES_PER_PREFIX_PER_SECOND,
     ) -> None:
-        """`reset_key`: answer 1-RTT packets of connections we do not know with a stateless
+        """`endpoint`: one listener or several (sharing this server's connections and limits).
+        `max_connections`: all connections at once, half-open or not (None: no bound).
+        `reset_key`: answer 1-RTT packets of connections we do not know with a stateless
         reset (RFC 9000 §10.3) whose token is derived from it — the connections must have
-        been made with the same key (quic_ext.TunnelQuicConnection reset_key)."""
-        self.endpoint = endpoint
-        self.create_connection = create_connection
-        self.reset_key = reset_key
-        self.resets_sent = 0
-        # bounds the work and the traffic a flood of unknown packets can cause (§10.3.3)
-        self._reset_budget = TokenBucket(RESETS_PER_SECOND * MAX_RESET_SIZE)
-        self.pacing_slack = pacing_slack
+        been made with the same key (quic_ext.TunnelQuicConnection reset_key).
+        `admission`: Retry policy, half-open cap and handshake timeout (AdmissionLimits).
+        `resets_per_second` / `resets_per_prefix_per_second`: stateless resets sent at most
+        in total / to one source prefix (/24 IPv4, /56 IPv6), bursts of as many.
+        `replies_per_second` / `replies_per_prefix_per_second`: the same for Version
+        Negotiation packets and INVALID_TOKEN closes."""
+        self.endpoints = [endpoint] if isinstance(endpoint, UdpEndpoint) else list(endpoint)
+        if not self.endpoints:
+            raise ValueError("a QuicServer needs at least one endpoint")
+        self.endpoint = self.endpoints[0]
         self.configuration = configuration
         self.on_connection = on_connection
-        self.max_connections = max_connections
-        self.refused_connections = 0
-        self._drivers: dict[bytes, QuicDriver] = {}
+        self.create_connection = create_connection
+        self.pacing_slack = pacing_slack
+        self.reset_key = reset_key
+        self.guard: HandshakeGuard[QuicDriver] = HandshakeGuard(admission, max_connections)
+        self.stats = ServerStats()
+        # bound the work and the traffic a flood of unknown packets can cause (§10.3.3, §21.5)
+        self._reset_budget = PrefixBudget(resets_per_second, resets_per_prefix_per_second)
+        self._reply_budget = PrefixBudget(replies_per_second, replies_per_prefix_per_second)
+        # Retry tokens (§8.1.2) sealed with a key of this process: valid for 30 s
+        self._retry_tokens = QuicRetryTokenHandler()
+        self._drivers: dict[bytes, QuicDriver] = {}  # every connection ID of every listener
+        self._cids: dict[QuicDriver, set[bytes]] = {}  # the live connections and their IDs
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._handshake_timer_at = 0.0
+        self._logged_errors: set[tuple[type[BaseException], str, int]] = set()
         self._loop = asyncio.get_running_loop()
+
+    # counters (the concentrator's status)
 
     @property
     def connections(self) -> set[QuicDriver]:
-        return set(self._drivers.values())
+        return set(self._cids)
+
+    @property
+    def max_connections(self) -> int | None:
+        return self.guard.max_connections
+
+    @property
+    def resets_sent(self) -> int:
+        return self.stats.resets_sent
+
+    @property
+    def internal_errors(self) -> int:
+        return self.stats.internal_errors
+
+    @property
+    def refused_connections(self) -> int:
+        """New connections dropped because the server was full (all or half-open slots)."""
+        admission = self.guard.stats
+        return admission.refused_full + admission.refused_half_open
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of the server edge, for a status file."""
+        return (
+            vars(self.stats)
+            | {f"admission_{k}": v for k, v in vars(self.guard.stats).items()}
+            | {"connections": len(self._cids), "half_open": self.guard.half_open}
+        )
+
+    # receiving
 
     def start(self, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-        self.endpoint.start(self._on_datagrams, batch_size)
+        for endpoint in self.endpoints:
+            endpoint.start(functools.partial(self._on_datagrams, endpoint), batch_size)
 
-    def _on_datagrams(self, batch: list[Datagram]) -> None:
+    def _on_datagrams(self, endpoint: UdpEndpoint, batch: list[Datagram]) -> None:
         touched: dict[QuicDriver, list[Datagram]] = {}
-        cid_length = self.configuration.connection_id_length
         for data, addr in batch:
             try:
-                header = pull_quic_header(Buffer(data=data), host_cid_length=cid_length)
-            except ValueError:
+                driver = self._route(endpoint, data, addr)
+            except Exception as exc:
+                self._internal_error(exc)
                 continue
-            driver = self._drivers.get(header.destination_cid)
-            if driver is None:
-                driver = self._maybe_accept(data, addr, header)
-                if driver is None:
-                    continue
-            touched.setdefault(driver, []).append((data, addr))
+            if driver is not None:
+                touched.setdefault(driver, []).append((data, addr))
+        # each driver keeps its own failures (QuicDriver.fail): neither raises
         for driver, datagrams in touched.items():
             driver.receive_without_transmit(datagrams)
         for driver in touched:
             driver.transmit()
 
-    def _maybe_accept(self, data: bytes, addr: NetworkAddress, header: Any) -> QuicDriver | None:
-        if (
-            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
-            and header.version is not None
-            and header.version not in self.configuration.supported_versions
-        ):
-            # RFC 9000 §6.1; never answer a version negotiation with one (reflection loops)
-            self.endpoint.send_batch(
-                [
-                    (
-                        encode_quic_version_negotiation(
-                            source_cid=header.destination_cid,
-                            destination_cid=header.source_cid,
-                            supported_versions=self.configuration.supported_versions,
-                        ),
-                        addr,
-                    )
-                ]
+    def _route(self, endpoint: UdpEndpoint, data: bytes, addr: NetworkAddress) -> QuicDriver | None:
+        """The connection `data` belongs to, or None after handling it here."""
+        if len(data) >= 5 and data[0] & 0x80:
+            # a long header: its version is readable whatever the version (RFC 8999 §5.1),
+            # the rest of the header may not be (pull_quic_header parses version 1 and 2)
+            version = int.from_bytes(data[1:5], "big")
+            if version != 0 and version not in self.configuration.supported_versions:
+                self._version_negotiation(endpoint, data, addr)
+                return None
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self.configuration.connection_id_length
             )
+        except ValueError:
             return None
+        driver = self._drivers.get(header.destination_cid)
+        if driver is not None:
+            if driver.endpoint is not endpoint:
+                self.stats.other_listener_dropped += 1
+                return None
+            return driver
         if header.packet_type == QuicPacketType.ONE_RTT:
-            self._send_reset(data, addr, header.destination_cid)
+            self._send_reset(endpoint, data, addr, header.destination_cid)
+        elif (
+            header.packet_type == QuicPacketType.INITIAL
+            and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
+            # §7.2: a client's first Destination Connection ID has at least 8 bytes (and
+            # after a Retry it is our own)
+            and len(header.destination_cid) >= MIN_INITIAL_CID_LENGTH
+        ):
+            return self._maybe_accept(endpoint, addr, header)
+        # anything else (Handshake, 0-RTT, a small Initial, a Version Negotiation) of a
+        # connection we do not have: dropped
+        return None
+
+    def _maybe_accept(
+        self, endpoint: UdpEndpoint, addr: NetworkAddress, header: Any
+    ) -> QuicDriver | None:
+        now = self._loop.time()
+        token = TokenStatus.NONE
+        original_cid = header.destination_cid
+        retry_cid: bytes | None = None
+        if header.token:
+            try:
+                original_cid = self._retry_tokens.validate_token(
+                    address=addr,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=now,
+                )
+            except ValueError:
+                token = TokenStatus.INVALID
+            else:
+                token = TokenStatus.VALID
+                retry_cid = header.destination_cid
+        decision = self.guard.admit(len(self._cids), token)
+        if decision is InitialVerdict.RETRY:
+            self._send_retry(endpoint, addr, header, now)
             return None
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+        if decision is InitialVerdict.INVALID_TOKEN:
+            self._send_invalid_token_close(endpoint, addr, header, now)
             return None
-        if self.max_connections is not None and len(self.connections) >= self.max_connections:
-            self.refused_connections += 1
+        if decision is not InitialVerdict.ACCEPT:
             return None
+        return self._accept(endpoint, header.destination_cid, original_cid, retry_cid, now)
+
+    def _accept(
+        self,
+        endpoint: UdpEndpoint,
+        destination_cid: bytes,
+        original_cid: bytes,
+        retry_cid: bytes | None,
+        now: float,
+    ) -> QuicDriver:
+        extra = {} if retry_cid is None else {"retry_source_connection_id": retry_cid}
         quic = self.create_connection(
             configuration=self.configuration,
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=original_cid,
+            **extra,
         )
-        driver = QuicDriver(quic, self.endpoint, loop=self._loop, pacing_slack=self.pacing_slack)
-        drivers = self._drivers
-
-        def issued(cid: bytes) -> None:
-            drivers[cid] = driver
-
-        def retired(cid: bytes) -> None:
-            drivers.pop(cid, None)
-
-        def terminated() -> None:
-            for cid in [c for c, d in drivers.items() if d is driver]:
-                del drivers[cid]
-
-        driver.on_cid_issued = issued
-        driver.on_cid_retired = retired
-        driver.on_terminated = terminated
-        drivers[header.destination_cid] = driver
-        drivers[quic.host_cid] = driver
-        self.on_connection(driver)
+        driver = QuicDriver(quic, endpoint, loop=self._loop, pacing_slack=self.pacing_slack)
+        driver.on_cid_issued = functools.partial(self._cid_issued, driver)
+        driver.on_cid_retired = functools.partial(self._cid_retired, driver)
+        driver.on_handshake_completed = functools.partial(self.guard.completed, driver)
+        driver.on_terminated = functools.partial(self._terminated, driver)
+        driver.on_internal_error = self._count_internal_error
+        self._cids[driver] = set()
+        for cid in (destination_cid, quic.host_cid):
+            self._cid_issued(driver, cid)
+        self.guard.opened(driver, now)
+        self._arm_handshake_timer()
+        try:
+            self.on_connection(driver)
+        except Exception as exc:
+            driver.fail(exc)
         return driver
 
-    def _send_reset(self, data: bytes, addr: NetworkAddress, cid: bytes) -> None:
+    def _cid_issued(self, driver: QuicDriver, cid: bytes) -> None:
+        cids = self._cids.get(driver)
+        if cids is not None:
+            cids.add(cid)
+            self._drivers[cid] = driver
+
+    def _cid_retired(self, driver: QuicDriver, cid: bytes) -> None:
+        self._cids.get(driver, set()).discard(cid)
+        if self._drivers.get(cid) is driver:
+            del self._drivers[cid]
+
+    def _terminated(self, driver: QuicDriver) -> None:
+        for cid in self._cids.pop(driver, ()):
+            if self._drivers.get(cid) is driver:
+                del self._drivers[cid]
+        self.guard.closed(driver)
+
+    # handshake timeout (tunnel/address_validation.py)
+
+    def _arm_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            return
+        deadline = self.guard.next_deadline()
+        if deadline is not None:
+            self._handshake_timer_at = deadline
+            self._handshake_timer = self._loop.call_at(deadline, self._handshake_timeouts)
+
+    def _handshake_timeouts(self) -> None:
+        self._handshake_timer = None
+        # the loop may run a timer a little before its deadline (clock resolution)
+        now = max(self._loop.time(), self._handshake_timer_at)
+        reason = f"QUIC handshake not completed within {self.guard.limits.handshake_timeout:g} s"
+        for driver in self.guard.expire(now):
+            driver.end_silently(reason)
+        self._arm_handshake_timer()
+
+    # replies to packets of no connection
+
+    def _send_retry(
+        self, endpoint: UdpEndpoint, addr: NetworkAddress, header: Any, now: float
+    ) -> None:
+        """Ask the client to prove its address (§8.1.2). Not budgeted: a Retry is a tenth of
+        the 1200-byte Initial it answers (no amplification), costs less than a connection,
+        and a budget spent by spoofed Initials would keep real clients out."""
+        source_cid = os.urandom(self.configuration.connection_id_length)
+        token = self._retry_tokens.create_token(
+            address=addr,
+            original_destination_connection_id=header.destination_cid,
+            retry_source_connection_id=source_cid,
+            now=now,
+        )
+        packet = encode_quic_retry(
+            version=header.version,
+            source_cid=source_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        endpoint.send_batch([(packet, addr)])
+        self.stats.retries_sent += 1
+
+    def _send_invalid_token_close(
+        self, endpoint: UdpEndpoint, addr: NetworkAddress, header: Any, now: float
+    ) -> None:
+        """§8.1.3: a client whose Retry token we cannot accept would not accept a second
+        Retry; tell it at once instead of letting it wait for its handshake timeout."""
+        if not self._reply_budget.allow(addr[0], now):
+            self.stats.replies_suppressed += 1
+            return
+        packet = _invalid_token_close(header.version, header.destination_cid, header.source_cid)
+        endpoint.send_batch([(packet, addr)])
+        self.stats.invalid_token_closes_sent += 1
+
+    def _version_negotiation(
+        self, endpoint: UdpEndpoint, data: bytes, addr: NetworkAddress
+    ) -> None:
+        # §5.2.2: a server MUST drop smaller packets of unsupported versions (a client's first
+        # packet of any version fills 1200 bytes; answering less would amplify); §6.1: never
+        # answer a Version Negotiation (version 0, filtered by the caller) with one.
+        if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            self.stats.unsupported_version_dropped += 1
+            return
+        cids = _long_header_cids(data)
+        if cids is None or cids[0] in self._drivers:
+            return  # §5.2: a packet of a connection we have is never answered with a VN
+        if not self._reply_budget.allow(addr[0], self._loop.time()):
+            self.stats.replies_suppressed += 1
+            return
+        destination_cid, source_cid = cids
+        packet = encode_quic_version_negotiation(
+            source_cid=destination_cid,
+            destination_cid=source_cid,
+            supported_versions=self.configuration.supported_versions,
+        )
+        endpoint.send_batch([(packet, addr)])
+        self.stats.version_negotiations_sent += 1
+
+    def _send_reset(
+        self, endpoint: UdpEndpoint, data: bytes, addr: NetworkAddress, cid: bytes
+    ) -> None:
         """A 1-RTT packet for a connection we do not have (we restarted, or it ended): tell
-        the peer at once with a stateless reset rather than let it wait for a timeout."""
-        if self.reset_key is None:
+        the peer at once with a stateless reset rather than let it wait for a timeout.
+        `cid` is known on no listener (the one table): its token kills nothing of ours."""
+        if self.reset_key is None or reset_size(len(data)) is None:
+            return
+        if not self._reset_budget.allow(addr[0], self._loop.time()):
+            self.stats.resets_suppressed += 1
             return
         reset = build_reset(reset_token(self.reset_key, cid), len(data), os.urandom)
-        if reset is None or not self._reset_budget.allow(len(reset), self._loop.time()):
-            return
-        self.endpoint.send_batch([(reset, addr)])
-        self.resets_sent += 1
+        if reset is not None:
+            endpoint.send_batch([(reset, addr)])
+            self.stats.resets_sent += 1
+
+    # errors
+
+    def _count_internal_error(self, exc: BaseException) -> None:
+        self.stats.internal_errors += 1
+
+    def _internal_error(self, exc: Exception) -> None:
+        """An exception while routing one datagram (a bug of ours): that datagram is lost,
+        nothing else. Logged with its traceback once per place it was raised from."""
+        self.stats.internal_errors += 1
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = (type(exc), frames[-1].filename, frames[-1].lineno or 0) if frames else None
+        if where is not None and where not in self._logged_errors and len(self._logged_errors) < 64:
+            self._logged_errors.add(where)
+            log.error("internal error on a received datagram, dropped it", exc_info=exc)
+        else:
+            log.debug("internal error on a received datagram, dropped it", exc_info=exc)
+
+    # life cycle
 
     async def close(self) -> None:
-        """Close every connection (bounded wait) and the socket."""
+        """Close every connection (bounded wait) and the sockets."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         drivers = self.connections
         for driver in drivers:
             if not driver.closed:
@@ -764,7 +1188,46 @@ class QuicServer:
                 await asyncio.wait_for(
                     asyncio.gather(*(d.wait_closed() for d in drivers)), timeout=1.0
                 )
-        self.endpoint.close()
+        for endpoint in self.endpoints:
+            endpoint.close()
+
+
+def _long_header_cids(data: bytes) -> tuple[bytes, bytes] | None:
+    """(Destination, Source) Connection IDs of a long-header packet of any version (RFC 8999
+    §5.1: one length byte each, up to 255 bytes), None if the datagram is too short."""
+    if len(data) < 7:
+        return None
+    destination_end = 6 + data[5]
+    if len(data) < destination_end + 1:
+        return None
+    source_end = destination_end + 1 + data[destination_end]
+    if len(data) < source_end:
+        return None
+    return data[6:destination_end], data[destination_end + 1 : source_end]
+
+
+def _invalid_token_close(version: int, client_dcid: bytes, client_scid: bytes) -> bytes:
+    """A server Initial closing the connection with INVALID_TOKEN (§8.1.3), protected with the
+    Initial keys of the client's Destination Connection ID (RFC 9001 §5.2), as aioquic's own
+    asyncio server builds it."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=client_dcid, is_client=False, version=version)
+    builder = QuicPacketBuilder(
+        host_cid=client_dcid,
+        peer_cid=client_scid,
+        version=version,
+        is_client=False,
+        max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    buf = builder.start_frame(
+        QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY
+    )
+    buf.push_uint_var(QuicErrorCode.INVALID_TOKEN)
+    buf.push_uint_var(QuicFrameType.PADDING)  # the frame type that caused it: none
+    buf.push_uint_var(0)  # no reason phrase
+    datagrams, _ = builder.flush()
+    return bytes(datagrams[0])
 
 
 __all__ = [
@@ -773,6 +1236,7 @@ __all__ = [
     "QuicClient",
     "QuicDriver",
     "QuicServer",
+    "ServerStats",
     "UdpEndpoint",
     "UdpStats",
     "run",
