@@ -332,9 +332,12 @@ class _TcpStream:
     opened_by_peer: bool
     decoder: StreamPreambleDecoder
     preamble_sent: bool  # our TLVs up to End are written
-    finished_sending: bool = False
+    finished_sending: bool = False  # our FIN or RESET_STREAM is queued
+    finished_receiving: bool = False  # the peer's FIN was delivered or its RESET_STREAM came
     connect: TcpConnect | None = None
-    errors: list[ErrorTLV] = field(default_factory=list)
+    # the first Error TLV only: the one reported (§5.1.3 allows several, a peer could send
+    # them without end)
+    first_error: ErrorTLV | None = None
     rejected: bool = False
     failed: bool = False
 
@@ -375,8 +378,9 @@ class TunnelConnection:
         self._session_id: bytes | None = None
         self._requested_join: bytes | None = None
 
+        # Per-stream state lives only while the stream is open: a stream is forgotten once
+        # both of its directions ended, so that many short streams leave nothing behind.
         self._uni_streams: dict[int, _UniStream] = {}
-        self._access_report_streams: set[int] = set()
         self._tcp_streams: dict[int, _TcpStream] = {}
         self.access_availability: dict[AccessId, AccessSignal] = {}
         """Receiver's view: the last signal reported for each access (-tunnel-00 §6)."""
@@ -676,6 +680,7 @@ class TunnelConnection:
             result.extend(self._on_control_message(stream_id, message))
         if end:
             self._control_stream_finished = True
+            del self._uni_streams[stream_id]
             if not state.reader.at_boundary:
                 raise _Violation(f"control stream {stream_id} ended inside a TLV")
             if self._is_client:
@@ -752,16 +757,26 @@ class TunnelConnection:
         self._quic.send_stream_data(
             stream_id, AccessReport(access_id, signal).encode(), end_stream=True
         )
-        self._access_report_streams.add(stream_id)
         self.counters.access_reports_sent += 1
         return stream_id
 
     def cancel_access_report(self, stream_id: int) -> None:
         """Reset the report's stream (-tunnel-00 §7.1.1: "MUST be able to cancel");
         no effect if the report was already acknowledged."""
-        if stream_id not in self._access_report_streams:
+        if not self._is_sent_access_report(stream_id):
             raise TunnelUsageError(f"stream {stream_id} is not one of our Access Reports")
         self._quic.reset_stream(stream_id, ACCESS_REPORT_CANCELLED)
+
+    def _is_sent_access_report(self, stream_id: int) -> bool:
+        """Every uni stream the client opened carries an Access Report, but the control stream
+        in session mode (the id says it: no set of report streams that would only grow)."""
+        return (
+            self._is_client
+            and _is_uni(stream_id)
+            and stream_is_client_initiated(stream_id)
+            and stream_id < self._quic.get_next_available_stream_id(is_unidirectional=True)
+            and not (self._mode is TunnelMode.SESSION and stream_id == CLIENT_CONTROL_STREAM)
+        )
 
     def _receive_access_report_stream(
         self, stream_id: int, data: bytes, end: bool
@@ -832,7 +847,8 @@ class TunnelConnection:
                 f"stream {stream_id} is not an open TCP stream whose TLVs were sent"
             )
         self._quic.send_stream_data(stream_id, data, end_stream=end)
-        stream.finished_sending = end
+        if end:
+            self._finished_sending(stream_id, stream)
 
     def reset_tcp_stream(self, stream_id: int) -> None:
         """TCP RST -> STOP_SENDING + RESET_STREAM with TCP_CONNECTION_RESET (-tcp §3)."""
@@ -846,7 +862,17 @@ class TunnelConnection:
         with contextlib.suppress(ValueError):
             self._quic.stop_stream(stream_id, TCP_CONNECTION_RESET)
         self._quic.reset_stream(stream_id, TCP_CONNECTION_RESET)
-        self._tcp_streams[stream_id].finished_sending = True
+        self._finished_sending(stream_id, self._tcp_streams[stream_id])
+
+    def _finished_sending(self, stream_id: int, stream: _TcpStream) -> None:
+        stream.finished_sending = True
+        self._forget_if_done(stream_id, stream)
+
+    def _forget_if_done(self, stream_id: int, stream: _TcpStream) -> None:
+        """Forget a stream whose two directions ended: aioquic gives no more events for it
+        once its receiving part ended, and this API refuses to send on it once ours did."""
+        if stream.finished_sending and stream.finished_receiving:
+            self._tcp_streams.pop(stream_id, None)
 
     def _require_stream_mode(self) -> None:
         if self.closed:
@@ -871,7 +897,7 @@ class TunnelConnection:
         # TLV and terminate the stream, i.e. set the FIN bit after the End TLV."
         self._quic.send_stream_data(stream_id, error.encode() + End().encode(), end_stream=True)
         stream.preamble_sent = True
-        stream.finished_sending = True
+        self._finished_sending(stream_id, stream)
 
     def _receive_tcp_stream(self, stream_id: int, data: bytes, end: bool) -> list[TunnelEvent]:
         if not self._stream_mode:
@@ -887,6 +913,15 @@ class TunnelConnection:
                 preamble_sent=not opened_by_peer,
             )
             self._tcp_streams[stream_id] = stream
+        result = self._receive_tcp_data(stream_id, stream, data, end)
+        if end:
+            stream.finished_receiving = True
+            self._forget_if_done(stream_id, stream)
+        return result
+
+    def _receive_tcp_data(
+        self, stream_id: int, stream: _TcpStream, data: bytes, end: bool
+    ) -> list[TunnelEvent]:
         if stream.rejected or stream.failed:
             return []  # we already answered this stream with an error
         try:
@@ -900,8 +935,8 @@ class TunnelConnection:
         for message in messages:
             if isinstance(message, TcpConnect):
                 stream.connect = message
-            elif isinstance(message, ErrorTLV):
-                stream.errors.append(message)
+            elif isinstance(message, ErrorTLV) and stream.first_error is None:
+                stream.first_error = message
         if stream.decoder.done and not was_done:
             result.append(self._preamble_complete(stream_id, stream))
         if stream.failed:
@@ -914,9 +949,9 @@ class TunnelConnection:
         if stream.opened_by_peer:
             assert stream.connect is not None  # the decoder refuses End before TCP Connect
             return TcpConnectRequested(stream_id, stream.connect.address, stream.connect.port)
-        if stream.errors:
+        if stream.first_error is not None:
             stream.failed = True
-            first = stream.errors[0]
+            first = stream.first_error
             return TcpConnectFailed(stream_id, first.code, first.payload)
         return TcpConnectAccepted(stream_id)
 
@@ -996,6 +1031,7 @@ class TunnelConnection:
 
     def _on_stream_reset(self, stream_id: int, code: int) -> list[TunnelEvent]:
         if self._is_peer_control_stream(stream_id):
+            self._uni_streams.pop(stream_id, None)
             if self._is_client and self._control_sent and self._session_id is None:
                 known = code in ControlErrorCode._value2member_map_
                 return [SessionJoinFailed(ControlErrorCode(code) if known else code)]
@@ -1003,6 +1039,9 @@ class TunnelConnection:
         if _is_uni(stream_id):
             self._uni_streams.pop(stream_id, None)  # a cancelled Access Report
             return []
-        if stream_id in self._tcp_streams:
-            return [StreamReset(stream_id, code)]
-        return []
+        stream = self._tcp_streams.get(stream_id)
+        if stream is None:
+            return []
+        stream.finished_receiving = True
+        self._forget_if_done(stream_id, stream)
+        return [StreamReset(stream_id, code)]

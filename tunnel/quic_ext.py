@@ -3,7 +3,9 @@
 aioquic has no public API for (a) custom transport parameters, (b) the size of
 the largest DATAGRAM frame it will actually send, (c) the path's smoothed RTT and
 its queue of pending datagrams, (d) a server asking for a client certificate and
-reading it back (see tunnel/client_auth.py for why the concentrator needs that).
+reading it back (see tunnel/client_auth.py for why the concentrator needs that),
+(e) receive credit tied to what the application consumed (aioquic doubles its
+windows as data arrives, which lets a peer make it allocate without bound).
 Everything the tunnel needs from those internals is here, behind small typed
 functions, so an aioquic upgrade has one file to check.
 Importing this module fails with one clear sentence if the internals moved.
@@ -22,8 +24,11 @@ from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     NetworkAddress,
     QuicConnection,
+    QuicConnectionError,
+    QuicReceiveContext,
+    stream_is_unidirectional,
 )
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicPacketBuilder
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
@@ -54,7 +59,27 @@ DATAGRAM_FRAME_TYPE_SIZE: Final[int] = 1
 # reason_phrase of the ConnectionTerminated event a received stateless reset produces
 STATELESS_RESET_REASON: Final[str] = "stateless reset from the peer (RFC 9000 §10.3)"
 
+# Receive credit of every unidirectional stream the peer opens, announced as
+# initial_max_stream_data_uni and never raised. Such a stream carries exactly one TLV and its
+# FIN: an Access Report (-tunnel-00 §7.1 "Each Access Report TLV MUST be sent on a separate
+# stream") or the one New Session / Join Session / Session ID of a connection (-tunnel-session-00
+# §4.1); a TLV is at most 1 + 1 + 255 = 257 bytes (one-byte length). 512 holds one with room to
+# spare; a peer that sends more gets FLOW_CONTROL_ERROR from aioquic.
+TLV_STREAM_WINDOW: Final[int] = 512
+
+# Without an explicit connection_window, a stream-mode connection's receive window is
+# max(configuration.max_data, this many stream windows): several relayed streams at full speed
+# at once, while a peer can make us hold at most that much, whatever the number of streams.
+CONNECTION_WINDOW_STREAMS: Final[int] = 4
+
+# Bytes held for the TLS handshake: CRYPTO data out of order (aioquic zero-fills gaps, and
+# allows 512 KiB per packet number space, before the peer is authenticated) plus the partial
+# TLS message waiting for its end. RFC 9000 §7.5 asks for at least 4096; a handshake flight
+# with a certificate chain is a few kB (quic-go allows 16 KiB out of order).
+CRYPTO_BUFFER_LIMIT: Final[int] = 64 * 1024
+
 _REQUIRED_INTERNALS = (
+    "_network_paths",
     "_serialize_transport_parameters",
     "_parse_transport_parameters",
     "_datagrams_pending",
@@ -64,12 +89,19 @@ _REQUIRED_INTERNALS = (
     "_max_datagram_size",
     "_initialize",
     "_write_stream_limits",
+    "_write_connection_limits",
+    "_handle_crypto_frame",
     "_on_max_stream_data_delivery",
     "_streams",
+    "_stream_is_discarded",
+    "_crypto_streams",
+    "_quic_logger",
     "_configuration",
+    "_local_max_data",
     "_local_max_streams_bidi",
     "_local_max_stream_data_bidi_local",
     "_local_max_stream_data_bidi_remote",
+    "_local_max_stream_data_uni",
     "_host_cids",
     "_replenish_connection_ids",
     "_close_end",
@@ -81,6 +113,7 @@ _REQUIRED_TLS_INTERNALS = (
     "_request_client_certificate",
     "_peer_certificate",
     "_peer_certificate_chain",
+    "_receive_buffer",
 )
 
 
@@ -89,8 +122,15 @@ def _check_aioquic_internals() -> None:
     missing = [name for name in _REQUIRED_INTERNALS if not hasattr(probe, name)]
     probe.connect(("192.0.2.1", 443), now=0.0)  # creates the TLS context
     missing += [f"tls.{name}" for name in _REQUIRED_TLS_INTERNALS if not hasattr(probe.tls, name)]
-    sender = QuicStream(stream_id=0).sender
+    stream = QuicStream(stream_id=0)
+    sender = stream.sender
     missing += [f"sender.{n}" for n in ("_buffer_start", "_buffer_stop") if not hasattr(sender, n)]
+    missing += [
+        f"receiver.{n}" for n in ("_buffer", "highest_offset") if not hasattr(stream.receiver, n)
+    ]
+    missing += [
+        f"_local_max_data.{n}" for n in ("used", "sent") if not hasattr(probe._local_max_data, n)
+    ]
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
             "tunnel.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
@@ -118,14 +158,18 @@ class TunnelQuicConnection(QuicConnection):
         request_client_certificate: bool = False,
         max_streams_bidi: int | None = None,
         stream_window: int | None = None,
+        connection_window: int | None = None,
         reset_key: bytes | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
         the -tcp draft's concentrator bounds concurrent TCP streams with it).
-        `stream_window`: our receive window per bidirectional stream (aioquic takes
-        configuration.max_stream_data, shared by every stream kind), see
-        set_stream_backlog.
+        `stream_window`: our receive window per bidirectional stream (default
+        configuration.max_stream_data, which aioquic also gives uni streams: ours get
+        TLV_STREAM_WINDOW), see set_stream_backlog.
+        `connection_window`: our receive window for the whole connection (default
+        configuration.max_data, and at least CONNECTION_WINDOW_STREAMS stream windows when we
+        announce stream mode), see _write_connection_limits.
         `reset_key` (server): derive the stateless reset token of every connection ID we issue
         from it (tunnel/stateless_reset.py) instead of aioquic's random ones, so that a
         restarted server can still reset the connection."""
@@ -144,12 +188,22 @@ class TunnelQuicConnection(QuicConnection):
             self._local_max_streams_bidi.value = max_streams_bidi
             self._local_max_streams_bidi.sent = max_streams_bidi
         self._retoken_host_cids()
-        self._tunnel_stream_window = stream_window or self._configuration.max_stream_data
+        configuration = self._configuration
+        self._tunnel_stream_window = stream_window or configuration.max_stream_data
         if stream_window is not None:
             if stream_window < 1024:
                 raise ValueError(f"stream_window must be >= 1024, got {stream_window}")
             self._local_max_stream_data_bidi_local = stream_window
             self._local_max_stream_data_bidi_remote = stream_window
+        self._local_max_stream_data_uni = TLV_STREAM_WINDOW
+        if connection_window is None:
+            relayed = CONNECTION_WINDOW_STREAMS * self._tunnel_stream_window if stream_mode else 0
+            connection_window = max(configuration.max_data, relayed)
+        elif connection_window < 1024:
+            raise ValueError(f"connection_window must be >= 1024, got {connection_window}")
+        self._tunnel_connection_window = connection_window
+        self._local_max_data.value = connection_window  # announced as initial_max_data
+        self._local_max_data.sent = connection_window
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -177,10 +231,13 @@ class TunnelQuicConnection(QuicConnection):
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         """A client first checks whether the datagram is a stateless reset for the connection
         ID it uses (aioquic does not): if so the connection ends at once, silently (§10.3.1:
-        no packet may be sent after it), with a ConnectionTerminated event."""
+        no packet may be sent after it), with a ConnectionTerminated event. Only a reset from
+        the concentrator's address counts: the client sends to no other, and a token that
+        leaked must not let anyone anywhere end the connection (RFC 9000 §21.11)."""
         if self._is_client and self._state not in END_STATES:
             token = self._peer_cid.stateless_reset_token
-            if token and is_reset(data, (token,)):
+            from_server = any(path.addr == addr for path in self._network_paths)
+            if token and from_server and is_reset(data, (token,)):
                 self._close_event = events.ConnectionTerminated(
                     error_code=0,
                     frame_type=None,
@@ -218,41 +275,57 @@ class TunnelQuicConnection(QuicConnection):
         if not from_session_ticket:
             self._tunnel_peer_stream_mode = STREAM_MODE_TP_ID in transport_parameter_ids(data)
 
-    # -- receive credit tied to the application (stream mode backpressure) ----------------
+    # -- receive credit tied to what the application consumed ----------------------------
+    #
+    # aioquic doubles a stream's MAX_STREAM_DATA once the highest offset RECEIVED passes half of
+    # it, and the connection's MAX_DATA once half of it is used, whatever the application did
+    # with the data, and it zero-fills every gap in a bytearray: one byte at the edge of the
+    # window per round trip doubles both windows and the memory held each time (DESIGN.md
+    # "Known aioquic facts"). Here credit follows consumption instead (RFC 9000 §4.2: "a
+    # receiver MAY advertise a larger limit ... as data is consumed"):
+    #   * a bidirectional stream: delivered in order - held by the application + stream window;
+    #   * a unidirectional stream: TLV_STREAM_WINDOW, never raised (one TLV per stream);
+    #   * the connection: consumed on all streams + connection window.
+    # A peer that sends beyond the credit gets FLOW_CONTROL_ERROR from aioquic, so the bytes a
+    # peer can make us hold are at most the connection window (and a stream window per stream).
 
     def set_stream_backlog(self, stream_id: int, held: int) -> None:
-        """Tie the stream's receive credit to what the application consumed.
+        """Tell how many of the stream's delivered bytes the application still holds.
 
-        aioquic raises a stream's MAX_STREAM_DATA (doubling it) as soon as data ARRIVES,
-        whatever the application did with it: a relay writing to a slow TCP reader would
-        buffer without bound. Once this was called for a stream, its credit is instead
-        kept at `delivered - held + window` (window: stream_window), where `delivered` is
-        what aioquic handed to the application in order and `held` what the application
-        still buffers (call again whenever it changes; -tcp draft §3 "tuned to match the
-        receive window ... so that no excessive data needs to be buffered").
+        The stream's credit is kept at `delivered - held + window` (window: stream_window),
+        where `delivered` is what aioquic handed to the application in order (call again
+        whenever `held` changes; -tcp draft §3 "tuned to match the receive window ... so that
+        no excessive data needs to be buffered"), and `held` counts against the connection
+        window until it is 0 or forget_stream_backlog is called. A stream never reported holds
+        nothing.
         """
         if held < 0:
             raise ValueError(f"held must be >= 0, got {held}")
+        if held == 0 and self._stream_is_discarded(stream_id):
+            # aioquic is done with the stream and nothing is held: nothing to remember (a late
+            # report must not bring the entry back, the table would only grow)
+            self._tunnel_backlog.pop(stream_id, None)
+            return
         self._tunnel_backlog[stream_id] = held
 
     def forget_stream_backlog(self, stream_id: int) -> None:
-        """Stop managing the stream's credit (the relay is done with it)."""
+        """The application no longer holds anything of the stream (the relay is done)."""
         self._tunnel_backlog.pop(stream_id, None)
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: Any, stream: QuicStream
     ) -> None:
         stream_id = stream.stream_id
-        held = None if stream_id is None else self._tunnel_backlog.get(stream_id)
-        if held is None or stream_id is None:
-            super()._write_stream_limits(builder=builder, space=space, stream=stream)
-            return
-        window = self._tunnel_stream_window
-        target = stream.receiver.starting_offset() - held + window
-        # Grant in steps of a quarter window: one MAX_STREAM_DATA per ~window/4 consumed,
-        # not one in every packet. Credit never shrinks (RFC 9000 §4.1).
-        if target - stream.max_stream_data_local >= window // 4:
-            stream.max_stream_data_local = target
+        if stream_id is None or not stream.max_stream_data_local:
+            return  # a unidirectional stream of ours: nothing to receive
+        if not stream_is_unidirectional(stream_id) and not stream.receiver.is_finished:
+            window = self._tunnel_stream_window
+            held = self._tunnel_backlog.get(stream_id, 0)
+            target = stream.receiver.starting_offset() - held + window
+            # Grant in steps of a quarter window: one MAX_STREAM_DATA per ~window/4 consumed,
+            # not one in every packet. Credit never shrinks (RFC 9000 §4.1).
+            if target - stream.max_stream_data_local >= window // 4:
+                stream.max_stream_data_local = target
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -263,6 +336,67 @@ class TunnelQuicConnection(QuicConnection):
             buf.push_uint_var(stream_id)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
+            if self._quic_logger is not None and builder.quic_logger_frames is not None:
+                builder.quic_logger_frames.append(
+                    self._quic_logger.encode_max_stream_data_frame(
+                        maximum=stream.max_stream_data_local, stream_id=stream_id
+                    )
+                )
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+        max_data = self._local_max_data
+        window = self._tunnel_connection_window
+        step = window // 4  # as for streams: one MAX_DATA per ~window/4 consumed
+        # What was consumed is at most what was used, so no raise can be due before the peer
+        # used 3/4 of its credit: most packets skip the pass over the streams.
+        if max_data.used + window - max_data.value >= step:
+            target = max_data.used - self.unconsumed_bytes() + window
+            if target - max_data.value >= step:
+                max_data.value = target
+        # aioquic's method then sends MAX_DATA / MAX_STREAMS as needed, but first doubles
+        # MAX_DATA when used * 2 > value: it must not see `used`.
+        used, max_data.used = max_data.used, 0
+        try:
+            super()._write_connection_limits(builder=builder, space=space)
+        finally:
+            max_data.used = used
+
+    def unconsumed_bytes(self) -> int:
+        """Bytes received (or skipped over by the peer: aioquic zero-fills gaps) that the
+        application has not consumed: what aioquic holds for each stream, from the first byte
+        not delivered in order to the highest received, plus what the application reported
+        it holds (set_stream_backlog). The connection window bounds this sum."""
+        in_aioquic = sum(
+            stream.receiver.highest_offset - stream.receiver.starting_offset()
+            for stream in self._streams.values()
+        )
+        return int(in_aioquic) + sum(self._tunnel_backlog.values())
+
+    # -- the TLS handshake's buffer ------------------------------------------------------
+
+    def _handle_crypto_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        """Refuse CRYPTO data that would make the handshake hold more than CRYPTO_BUFFER_LIMIT
+        (CRYPTO_BUFFER_EXCEEDED, RFC 9000 §7.5), then let aioquic handle the frame."""
+        start = buf.tell()
+        offset = buf.pull_uint_var()
+        length = buf.pull_uint_var()
+        buf.seek(start)
+        receiver = self._crypto_streams[context.epoch].receiver
+        spans = max(len(receiver._buffer), offset + length - receiver.starting_offset())
+        spans += sum(
+            len(stream.receiver._buffer)
+            for stream in self._crypto_streams.values()
+            if stream.receiver is not receiver
+        )
+        if spans + len(self.tls._receive_buffer) > CRYPTO_BUFFER_LIMIT:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
+                frame_type=frame_type,
+                reason_phrase=f"more than {CRYPTO_BUFFER_LIMIT} bytes of handshake to buffer",
+            )
+        super()._handle_crypto_frame(context, frame_type, buf)
 
 
 def stream_send_backlog(quic: QuicConnection, stream_id: int) -> int:
