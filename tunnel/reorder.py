@@ -20,7 +20,9 @@ passed in by the caller, as in aioquic's sans-I/O core; `now` must never go back
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -47,6 +49,10 @@ RTT_MARGIN_FRACTION: Final = 0.125
 # expected tag can be told apart as a duplicate (already delivered) or late (its gap was skipped).
 _PASSED_DELIVERED: Final = 1
 _PASSED_SKIPPED: Final = 2
+_SKIPPED_RUN: Final = memoryview(bytes((_PASSED_SKIPPED,)) * TAG_MODULUS)
+"""Source of `_passed` slice writes for a skipped gap (a view: slicing it copies nothing)."""
+_COMPACT_SLACK: Final = 64
+"""Stale index entries tolerated beyond twice the held packets before a rebuild."""
 
 
 class OverflowPolicy(Enum):
@@ -132,6 +138,16 @@ class ReorderBuffer(Generic[T]):
       gap, never drop data that arrived).
     * With `enabled=False` every packet passes straight through, in arrival order (only
       `delivered` counts), for experiments that measure the effect of reordering.
+
+    Cost: O(log capacity) amortised per packet in every case, O(1) in order. A full buffer
+    behind gaps that never fill (a lossy or hostile client) must not cost the concentrator more
+    per packet than a few heap operations, so nothing here scans the held packets. Held packets
+    are keyed by *position*, the tag unwrapped past 65535 (tag + 65536 x laps): a held tag is
+    always 1..32767 steps ahead of the expected one, so its position is fixed when it arrives
+    and positions order the held packets without wrap-around. A min-heap of positions gives the
+    lowest held tag (overflow, flush, skipping); a FIFO of (arrival, position) gives the oldest
+    held packet, i.e. the next deadline, because `now` never goes backwards. Both drop entries of
+    released packets lazily and are compacted when stale entries outnumber live ones.
     """
 
     def __init__(
@@ -153,10 +169,14 @@ class ReorderBuffer(Generic[T]):
         self._timeout = DEFAULT_TIMEOUT
         self.set_timeout(timeout)
         self.stats = ReorderStats()
+        # Position (unwrapped tag) of the expected tag; None before the first push.
         self._expected: int | None = None
-        # tag -> (item, arrival time). Insertion order is arrival order, so the first entry is
-        # the oldest held packet and its deadline is the buffer's next deadline.
-        self._held: dict[int, tuple[T, float]] = {}
+        # position -> item of every held packet (all positions are ahead of _expected).
+        self._held: dict[int, T] = {}
+        # Min-heap of held positions; entries below _expected were released (stale).
+        self._by_tag: list[int] = []
+        # (arrival time, position) in arrival order; entries not in _held are stale.
+        self._by_arrival: deque[tuple[float, int]] = deque()
         # _PASSED_* of the last time the sequence moved past each tag (0: never, i.e. the tag
         # lies before the first tag seen).
         self._passed = bytearray(TAG_MODULUS)
@@ -202,14 +222,12 @@ class ReorderBuffer(Generic[T]):
     @property
     def expected_tag(self) -> int | None:
         """The tag the buffer waits for next (None before the first push)."""
-        return self._expected
+        return None if self._expected is None else self._expected % TAG_MODULUS
 
     def next_deadline(self) -> float | None:
         """When `poll` must next be called (None when nothing is held)."""
-        if not self._held:
-            return None
-        _, arrival = next(iter(self._held.values()))
-        return arrival + self._timeout
+        oldest = self._oldest_held()
+        return None if oldest is None else oldest[0] + self._timeout
 
     def push(self, tag: int, item: T, now: float) -> list[T]:
         """Add the packet with this Packet Tag; return the items now releasable, in tag order."""
@@ -218,16 +236,18 @@ class ReorderBuffer(Generic[T]):
         if not self.enabled:
             self.stats.delivered += 1
             return [item]
-        released = self.poll(now)
+        # In order with nothing held is the common case: it skips the deadline and run checks.
+        released = self.poll(now) if self._held else []
         if self._expected is None:
             self._expected = tag
         distance = serial_distance(self._expected, tag)
         if distance == 0:
             self._release(item, released)
             self._advance_delivered()
-            self._release_in_order_run(released)
+            if self._held:
+                self._release_in_order_run(released)
         elif distance < TAG_HALF:
-            self._hold(tag, item, now, released)
+            self._hold(self._expected + distance, item, now, released)
         else:
             self._receive_behind(tag, item, released)
         return released
@@ -237,11 +257,11 @@ class ReorderBuffer(Generic[T]):
         released: list[T] = []
         if not self.enabled:
             return released
-        while self._held:
-            oldest_tag, (_, arrival) = next(iter(self._held.items()))
+        while (oldest := self._oldest_held()) is not None:
+            arrival, position = oldest
             if now < arrival + self._timeout:
                 break
-            self._skip_to(oldest_tag, released)
+            self._skip_to(position, released)
             self._release_in_order_run(released)
         return released
 
@@ -249,16 +269,30 @@ class ReorderBuffer(Generic[T]):
         """Release everything held, in tag order, giving up on every gap (e.g. at session end)."""
         released: list[T] = []
         while self._held:
-            lowest = min(self._held, key=self._distance_from_expected)
-            self._skip_to(lowest, released)
+            self._skip_to(self._lowest_held(), released)
             self._release_in_order_run(released)
         return released
 
     # -- internals -------------------------------------------------------------------------
 
-    def _distance_from_expected(self, tag: int) -> int:
-        assert self._expected is not None
-        return serial_distance(self._expected, tag)
+    def _oldest_held(self) -> tuple[float, int] | None:
+        """(arrival, position) of the held packet that arrived first, None when none is."""
+        by_arrival = self._by_arrival
+        while by_arrival:
+            oldest = by_arrival[0]
+            if oldest[1] in self._held:
+                return oldest
+            by_arrival.popleft()
+        return None
+
+    def _lowest_held(self) -> int:
+        """Position of the lowest held tag; the buffer must hold a packet."""
+        by_tag = self._by_tag
+        # Released positions are all below the expected one, hence below every held position:
+        # they surface at the top of the heap before any live entry.
+        while by_tag[0] not in self._held:
+            heapq.heappop(by_tag)
+        return by_tag[0]
 
     def _release(self, item: T, released: list[T]) -> None:
         released.append(item)
@@ -267,64 +301,77 @@ class ReorderBuffer(Generic[T]):
     def _advance_delivered(self) -> None:
         """Move the expected tag one step past a tag that was delivered."""
         assert self._expected is not None
-        self._passed[self._expected] = _PASSED_DELIVERED
-        self._expected = (self._expected + 1) % TAG_MODULUS
+        self._passed[self._expected % TAG_MODULUS] = _PASSED_DELIVERED
+        self._expected += 1
 
     def _skip_missing(self, count: int) -> None:
-        """Give up on the `count` missing tags starting at the expected one (one gap)."""
+        """Give up on the `count` missing tags starting at the expected one (one gap).
+
+        The `_passed` write is one C-level copy of `count` bytes; each tag is written once per
+        lap of the tag space, so this adds O(1) per tag passed, whatever the gaps look like."""
         assert self._expected is not None
         if count == 0:
             return
-        first = self._expected
+        first = self._expected % TAG_MODULUS
         end = first + count
         if end <= TAG_MODULUS:
-            self._passed[first:end] = bytes((_PASSED_SKIPPED,)) * count
+            self._passed[first:end] = _SKIPPED_RUN[:count]
         else:  # the gap wraps past 65535
-            self._passed[first:] = bytes((_PASSED_SKIPPED,)) * (TAG_MODULUS - first)
-            self._passed[: end - TAG_MODULUS] = bytes((_PASSED_SKIPPED,)) * (end - TAG_MODULUS)
-        self._expected = end % TAG_MODULUS
+            self._passed[first:] = _SKIPPED_RUN[: TAG_MODULUS - first]
+            self._passed[: end - TAG_MODULUS] = _SKIPPED_RUN[: end - TAG_MODULUS]
+        self._expected += count
         self.stats.tags_skipped += count
         self.stats.gaps_skipped += 1
 
     def _release_in_order_run(self, released: list[T]) -> None:
         """Release held packets for as long as the expected tag is held."""
-        while self._expected in self._held:
-            item, _ = self._held.pop(self._expected)
-            self._release(item, released)
+        held = self._held
+        while self._expected in held:
+            self._release(held.pop(self._expected), released)
             self._advance_delivered()
 
     def _skip_to(self, target: int, released: list[T]) -> None:
-        """Give up on every missing tag before the held `target`, releasing the held packets
-        below it in order; stops with `target` as the expected tag (the caller then releases
-        the run from it). Work is proportional to the packets held, not to the gap length."""
-        target_distance = self._distance_from_expected(target)
-        below = sorted(
-            (t for t in self._held if self._distance_from_expected(t) < target_distance),
-            key=self._distance_from_expected,
-        )
-        for tag in below:
-            self._skip_missing(self._distance_from_expected(tag))
-            item, _ = self._held.pop(tag)
-            self._release(item, released)
+        """Give up on every missing tag before the held position `target`, releasing the held
+        packets below it in order; stops with `target` as the expected tag (the caller then
+        releases the run from it). Each released packet costs one heap pop."""
+        assert self._expected is not None
+        while (lowest := self._lowest_held()) < target:
+            heapq.heappop(self._by_tag)
+            self._skip_missing(lowest - self._expected)
+            self._release(self._held.pop(lowest), released)
             self._advance_delivered()
-        self._skip_missing(self._distance_from_expected(target))
+        self._skip_missing(target - self._expected)
 
-    def _hold(self, tag: int, item: T, now: float, released: list[T]) -> None:
-        if tag in self._held:
+    def _hold(self, position: int, item: T, now: float, released: list[T]) -> None:
+        held = self._held
+        if position in held:
             self.stats.duplicate += 1
             return
-        if len(self._held) >= self.capacity and self.overflow is OverflowPolicy.DROP_NEW:
+        if len(held) >= self.capacity and self.overflow is OverflowPolicy.DROP_NEW:
             self.stats.overflow_dropped += 1
             return
-        self._held[tag] = (item, now)
+        held[position] = item
+        heapq.heappush(self._by_tag, position)
+        self._by_arrival.append((now, position))
         self.stats.reordered += 1
         # SKIP_GAP: the new packet is held first, so that if it is the lowest tag the skip
         # releases it in its place rather than passing it by.
-        while len(self._held) > self.capacity:
+        while len(held) > self.capacity:
             self.stats.overflow_skips += 1
-            lowest = min(self._held, key=self._distance_from_expected)
-            self._skip_to(lowest, released)
+            self._skip_to(self._lowest_held(), released)
             self._release_in_order_run(released)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale index entries once they outnumber the held packets (amortised O(1): each
+        rebuild removes more entries than it keeps)."""
+        held = self._held
+        limit = 2 * len(held) + _COMPACT_SLACK
+        if len(self._by_tag) > limit:
+            self._by_tag = [position for position in self._by_tag if position in held]
+            heapq.heapify(self._by_tag)  # removing entries breaks the heap order
+        if len(self._by_arrival) > limit:
+            self._by_arrival = deque(entry for entry in self._by_arrival if entry[1] in held)
 
     def _receive_behind(self, tag: int, item: T, released: list[T]) -> None:
         if self._passed[tag] == _PASSED_DELIVERED:
