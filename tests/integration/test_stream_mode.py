@@ -295,9 +295,12 @@ def test_destination_reset_reaches_the_application(lab: Lab) -> None:
 
 @pytest.mark.parametrize("dest", [DEST4, DEST6])
 def test_refused_port_resets_the_application(lab: Lab, dest: str) -> None:
-    # early accept: the application's connect succeeded locally, the failure is a reset
+    # early accept: the application's connect succeeded locally, the failure is a reset; when
+    # the refusal comes back before the application's thread runs again, connect() itself
+    # returns the reset (Linux checks the socket's error once woken), so either is a reset
     res = app(NS_C, "expect-reset", dest, "7999")
-    assert res == {"connected": True, "outcome": "reset"}
+    assert res in ({"connected": True, "outcome": "reset"},
+                   {"connected": False, "error": "ConnectionResetError"})  # fmt: skip
 
 
 @pytest.mark.parametrize(("dest", "reply"), [(DEST4, 3), (UNREACHABLE4, 4), (UNREACHABLE6, 4)])

@@ -70,9 +70,30 @@ def test_server_keys() -> None:
     assert _server("stream.allow_own_addresses=true").allow_own_addresses is True
 
 
+def test_client_buffer_budget() -> None:
+    server = _server()
+    assert server.max_client_buffer == StreamServerConfig().max_client_buffer == 512 * 1024 * 1024
+    assert _server("stream.max_client_buffer=65536", "stream.window=16384",
+                   "stream.send_buffer=16384").max_client_buffer == 65536  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "stream.max_client_buffer = 1048576 holds not one stream of window + send_buffer = "
+            "2097152 bytes: raise it or lower those two"
+        ),
+    ):
+        _server("stream.max_client_buffer=1048576")
+
+
+def test_special_purpose_ranges_are_allowed_by_listing_them() -> None:
+    server = _server('stream.allow=["0.0.0.0/0", "::/0", "169.254.169.254/32"]')
+    assert ip_network("169.254.169.254/32") in server.allow
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("stream.max_client_buffer=1024", "stream.max_client_buffer = 1024 is not an integer"),
         ("stream.window=10", "stream.window = 10 is not an integer from 16384"),
         ("stream.max_streams=0", "stream.max_streams = 0 is not an integer from 1"),
         ('stream.deny=["10.0.0.1/8"]', "stream.deny"),

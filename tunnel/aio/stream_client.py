@@ -60,7 +60,7 @@ from tunnel.socks5 import (
 )
 from tunnel.stream_mode import StreamEvent, TcpEvent
 
-log = logging.getLogger("tunnel.stream")
+log = logging.getLogger("qtun.stream")
 
 SO_ORIGINAL_DST: Final = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST: Final = 80  # linux/netfilter_ipv6/ip6_tables.h

@@ -36,7 +36,7 @@ from tunnel.errors import TunnelError
 from tunnel.quic_ext import TunnelQuicConnection, stream_send_backlog
 from tunnel.stream_mode import RelayState, StreamEvent, TcpEvent
 
-log = logging.getLogger("tunnel.stream")
+log = logging.getLogger("qtun.stream")
 
 POLL_INTERVAL: Final = 0.002
 """Seconds between checks of paused relays' send backlogs (the ACK clock we cannot see)."""
@@ -164,6 +164,9 @@ class TcpRelay(asyncio.Protocol):
         self._stream_fin = False
         # called at connection_made (the client opens its stream then)
         self.on_made: Callable[[TcpRelay], None] | None = None
+        # called once when the relay is finished, however it ends (the concentrator's
+        # per-client stream budget is released then)
+        self.on_finished: Callable[[TcpRelay], None] | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -323,7 +326,9 @@ class TcpRelay(asyncio.Protocol):
         """Reset both sides (a relay error, the connection closing, shutdown)."""
         if self.finished:
             return
-        log.info("stream reset stream=%d reason=%s", self.stream_id, reason)
+        # DEBUG: one line per stream, which a peer can cause at will (closing a connection
+        # with 256 streams); the programs log their refusals and failures themselves.
+        log.debug("stream reset stream=%d reason=%s", self.stream_id, reason)
         self._reset_stream()
         self._reset_tcp()
         self._finish()
@@ -408,3 +413,5 @@ class TcpRelay(asyncio.Protocol):
         conn = self.conn
         if conn is not None and isinstance(conn.quic, TunnelQuicConnection):
             conn.quic.forget_stream_backlog(self.stream_id)
+        if self.on_finished is not None:
+            self.on_finished(self)

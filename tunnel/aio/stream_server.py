@@ -2,10 +2,16 @@
 and relay the stream's bytestream to it (tunnel/aio/stream_relay.py).
 
 For every TcpConnectRequested (the client opened a stream with TCP Connect + End, §5.1.1):
-1. policy: the destination must be allowed (StreamServerConfig.allow/deny; loopback,
-   unspecified and the concentrator's own addresses never are) and the connection must have
-   fewer than `max_pending_connects` connects in progress (§7.1: rate-limit pending TCP
-   Connects, the SYN amplification concern). Refused -> Error TLV Network Failure + End + FIN.
+1. policy (tunnel/stream_policy.py): the destination must be allowed (StreamServerConfig
+   allow/deny, the built-in special-purpose denials, own addresses), and the client - across
+   all of its connections - must have fewer than `max_pending_connects` connects in progress
+   (§7.1: rate-limit pending TCP Connects "from a given client", the SYN amplification
+   concern) and room for one more stream in `max_client_buffer` (each stream may hold
+   window + send_buffer bytes). Refused -> Error TLV Network Failure (0x3, the draft's only
+   code for "no connection was made"; it has none for "not allowed") + End + FIN, and one
+   INFO line on the "qtun.stream" logger naming the client, the destination and the reason,
+   within a per-client log budget (tunnel/log_budget.py; the lines beyond are counted and
+   reported as "suppressed=K").
 2. a non-blocking connect() bounded by `connect_timeout`;
 3. success -> TCP Connect OK + End (§5.1.2), then relay both ways; failure -> Error TLV +
    End + FIN (§5.1.3): ICMP Packet Received with the ICMP message when the failure came with
@@ -15,10 +21,14 @@ For every TcpConnectRequested (the client opened a stream with TCP Connect + End
 A malformed TCP Connect never reaches us: TunnelConnection answers it with Error TLV Malformed
 TLV + End + FIN and emits StreamRejected.
 
+Who the client is: `client_of(conn)`, given by the concentrator (the name it authenticated,
+tunnel/client_auth.py, before it hands us any event of that connection); without it (test
+harnesses) each connection is a client of its own.
+
 The program (tunnel/aio/concentrator.py) makes each stream-mode connection with
 `TunnelQuicConnection(**server.quic_options(), ...)` (stream_mode, max_streams_bidi =
-max_streams, stream_window = window) and calls `handle(conn, event, transmit)` for each of its
-TunnelEvents before its own handling.
+max_streams, stream_window = window), calls `handle(conn, event, transmit)` for each of its
+TunnelEvents before its own handling, and `connection_closed(conn)` when it ends.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final
 
@@ -45,10 +57,13 @@ from tunnel.connection import (
     TunnelEvent,
 )
 from tunnel.errors import StreamErrorCode
+from tunnel.log_budget import LogBudget
 from tunnel.stream_mode import StreamEvent
-from tunnel.stream_policy import DestinationPolicy, PendingConnects
+from tunnel.stream_policy import DestinationPolicy, StreamBudget
 
-log = logging.getLogger("tunnel.stream")
+log = logging.getLogger("qtun.stream")
+
+ClientOf = Callable[[TunnelConnection], str | None]
 
 ICMP_PAYLOAD_MAX: Final = 253
 """Error TLV value = 2-byte code + payload, in a TLV whose length is one byte (-tunnel §5)."""
@@ -63,6 +78,17 @@ ICMP6_TIME_EXCEEDED: Final = 3
 UNREACHABLE_ERRNOS: Final = frozenset(
     {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED, errno.EPROTO, errno.EACCES}
 )
+SUMMARY_DELAY: Final = 1.0
+"""Seconds after a suppressed log line before its client's "suppressed=K" summary is tried."""
+
+
+def no_client(_: TunnelConnection) -> str | None:
+    """Without a concentrator to say who is who, each connection counts as its own client."""
+    return None
+
+
+def _not_own(_: IPv4Address | IPv6Address) -> bool:
+    return False
 
 
 def is_own_address(address: IPv4Address | IPv6Address) -> bool:
@@ -171,18 +197,33 @@ class IcmpWatcher:
         self._sockets = []
 
 
+@dataclass(eq=False)
+class _Client:
+    """One client's stream mode: its budget (all its connections share it) and connections."""
+
+    key: str  # the client name, or "connection-<id>" for a connection without one
+    budget: StreamBudget
+    connections: set[int] = field(default_factory=set)
+
+
 class StreamServer:
     """The concentrator's stream mode (see the module docstring); one per concentrator."""
 
-    def __init__(self, config: StreamServerConfig) -> None:
+    def __init__(self, config: StreamServerConfig, client_of: ClientOf = no_client) -> None:
         self.config = config
+        self.client_of = client_of
         self.policy = DestinationPolicy(config.allow, config.deny)
         self.hub = RelayHub(send_buffer=config.send_buffer)
-        self._pending: dict[int, PendingConnects] = {}
+        self.log_budget = LogBudget()
+        self._clients: dict[str, _Client] = {}
+        self._client_by_connection: dict[int, _Client] = {}
+        self._summaries: dict[str, asyncio.TimerHandle] = {}
+        self._summary_misses: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._icmp: IcmpWatcher | None = None
         self.refused_policy = 0
         self.refused_pending = 0
+        self.refused_memory = 0
         self.connect_failures = 0
         self.rejected_malformed = 0
 
@@ -220,7 +261,12 @@ class StreamServer:
             return True
         if isinstance(event, StreamRejected):
             self.rejected_malformed += 1
-            log.info("stream rejected stream=%d reason=%s", event.stream_id, event.reason)
+            self._log(
+                self._client(conn),
+                "stream rejected client=%s stream=%d reason=%s",
+                event.stream_id,
+                event.reason,
+            )
             if relay is not None:
                 relay.abort(event.reason)
             return True
@@ -230,26 +276,103 @@ class StreamServer:
         """The connection is gone: reset every TCP connection it carried."""
         for relay in [r for r in self.hub.relays.values() if r.conn is conn]:
             relay.abort("the QUIC connection closed")
-        self._pending.pop(id(conn), None)
+        client = self._client_by_connection.pop(id(conn), None)
+        if client is not None:
+            client.connections.discard(id(conn))
+            self._forget_if_idle(client)
 
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         self.hub.close()
+        for timer in self._summaries.values():
+            timer.cancel()
+        self._summaries.clear()
         if self._icmp is not None:
             self._icmp.close()
             self._icmp = None
 
     def stats(self) -> dict[str, int]:
+        clients = self._clients.values()
         return {
             **self.hub.counters.as_dict(),
             "active": len(self.hub.relays),
-            "pending_connects": sum(p.pending for p in self._pending.values()),
+            "clients": len(self._clients),
+            "pending_connects": sum(c.budget.pending for c in clients),
+            "buffer_budget_used": sum(c.budget.buffer for c in clients),
             "refused_policy": self.refused_policy,
             "refused_pending": self.refused_pending,
+            "refused_memory": self.refused_memory,
             "connect_failures": self.connect_failures,
             "rejected_malformed": self.rejected_malformed,
         }
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _client(self, conn: TunnelConnection) -> _Client:
+        client = self._client_by_connection.get(id(conn))
+        if client is not None:
+            return client
+        key = self.client_of(conn) or f"connection-{id(conn):x}"
+        client = self._clients.get(key)
+        if client is None:
+            config = self.config
+            budget = StreamBudget(
+                config.max_pending_connects,
+                config.max_client_buffer,
+                config.window + config.send_buffer,
+            )
+            client = self._clients[key] = _Client(key, budget)
+        client.connections.add(id(conn))
+        self._client_by_connection[id(conn)] = client
+        return client
+
+    def _forget_if_idle(self, client: _Client) -> None:
+        if (
+            not client.connections
+            and client.budget.idle
+            and self._clients.get(client.key) is client
+        ):
+            del self._clients[client.key]
+
+    def _stream_closed(self, client: _Client) -> None:
+        client.budget.stream_closed()
+        self._forget_if_idle(client)
+
+    def _log(self, client: _Client, message: str, *args: object) -> None:
+        """An INFO line about `client` (its name is the first argument) that the client can
+        cause at will: within the client's log budget; the lines beyond are counted and
+        reported by the next line allowed (suppressed_before=K) or by a summary line."""
+        suppressed = self._allow_line(client.key)
+        if suppressed is None:
+            self._arm_summary(client.key)
+            return
+        if suppressed:
+            message += " suppressed_before=%d"
+            args = (*args, suppressed)
+        log.info(message, client.key, *args)
+
+    def _allow_line(self, key: str, *, summary: bool = False) -> int | None:
+        """LogBudget.allow, without counting a summary that found no budget as a line."""
+        suppressed = self.log_budget.allow(key, asyncio.get_running_loop().time())
+        if suppressed is None:
+            if summary:
+                self._summary_misses[key] = self._summary_misses.get(key, 0) + 1
+            return None
+        return max(0, suppressed - self._summary_misses.pop(key, 0))
+
+    def _arm_summary(self, key: str) -> None:
+        if key not in self._summaries:
+            loop = asyncio.get_running_loop()
+            self._summaries[key] = loop.call_later(SUMMARY_DELAY, self._summarise, key)
+
+    def _summarise(self, key: str) -> None:
+        del self._summaries[key]
+        suppressed = self._allow_line(key, summary=True)
+        if suppressed is None:  # still flooding: try again later
+            self._arm_summary(key)
+        elif suppressed:
+            log.info("stream log lines suppressed client=%s suppressed=%d", key, suppressed)
 
     # -- TCP Connect -----------------------------------------------------------------------------
 
@@ -260,27 +383,36 @@ class StreamServer:
             self._icmp = IcmpWatcher()
             self._icmp.start(asyncio.get_running_loop())
         sid = event.stream_id
-        own = not self.config.allow_own_addresses and is_own_address(event.address)
-        refusal = self.policy.refusal(event.address, own)
+        client = self._client(conn)
+        is_own = _not_own if self.config.allow_own_addresses else is_own_address
+        refusal = self.policy.refusal(event.address, is_own)
         if refusal is not None:
             self.refused_policy += 1
-            log.info("tcp connect refused stream=%d reason=%s", sid, refusal)
-            conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
-            transmit()
-            return
-        pending = self._pending.setdefault(
-            id(conn), PendingConnects(self.config.max_pending_connects)
-        )
-        if not pending.try_start():
-            self.refused_pending += 1
-            log.info("tcp connect refused stream=%d reason=too many pending connects", sid)
+        else:
+            over = client.budget.try_open()
+            if over is not None:
+                refusal = over.reason
+                if over.kind == "pending":
+                    self.refused_pending += 1
+                else:
+                    self.refused_memory += 1
+        if refusal is not None:
+            self._log(
+                client,
+                "tcp connect refused client=%s stream=%d to=%s:%d reason=%s",
+                sid,
+                event.address,
+                event.port,
+                refusal,
+            )
             conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
             transmit()
             return
         relay = TcpRelay(self.hub, self.config.window, hold_until_open=True)
+        relay.on_finished = lambda _: self._stream_closed(client)
         relay.attach(conn, sid, transmit)
         task = asyncio.get_running_loop().create_task(
-            self._connect(conn, relay, event.address, event.port, pending)
+            self._connect(conn, relay, event.address, event.port, client)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -291,7 +423,7 @@ class StreamServer:
         relay: TcpRelay,
         address: IPv4Address | IPv6Address,
         port: int,
-        pending: PendingConnects,
+        client: _Client,
     ) -> None:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
@@ -299,6 +431,7 @@ class StreamServer:
         sock.setblocking(False)
         code: StreamErrorCode | None = None
         payload = b""
+        sid = relay.stream_id
         try:
             sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", 0))
             local_port = sock.getsockname()[1]
@@ -308,16 +441,19 @@ class StreamServer:
                 )
             except TimeoutError:
                 code = StreamErrorCode.NETWORK_FAILURE
-                log.info("tcp connect timeout stream=%d to=%s:%d", relay.stream_id, address, port)
+                self._log(
+                    client, "tcp connect timeout client=%s stream=%d to=%s:%d", sid, address, port
+                )
             except OSError as exc:
                 code = StreamErrorCode.NETWORK_FAILURE
                 if exc.errno in UNREACHABLE_ERRNOS and self._icmp is not None:
                     icmp = self._icmp.find(str(address), local_port, port)
                     if icmp is not None:
                         code, payload = StreamErrorCode.ICMP_PACKET_RECEIVED, icmp
-                log.info(
-                    "tcp connect failed stream=%d to=%s:%d error=%s",
-                    relay.stream_id,
+                self._log(
+                    client,
+                    "tcp connect failed client=%s stream=%d to=%s:%d error=%s",
+                    sid,
                     address,
                     port,
                     exc.strerror or exc,
@@ -326,12 +462,13 @@ class StreamServer:
                 await loop.connect_accepted_socket(lambda: relay, sock)
         except OSError as exc:  # the socket died between connect and accept
             code = StreamErrorCode.NETWORK_FAILURE
-            log.info("tcp connect failed stream=%d error=%s", relay.stream_id, exc)
+            self._log(client, "tcp connect failed client=%s stream=%d error=%s", sid, exc)
         finally:
-            pending.finish()
+            client.budget.connect_done()
         if relay.finished or conn.closed:  # the stream or connection went away meanwhile
             sock.close()
             relay.abort("gone while connecting")
+            self._forget_if_idle(client)
             return
         if code is not None:
             sock.close()
