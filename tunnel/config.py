@@ -99,6 +99,9 @@ class TlsConfig:
     ca: Path
     cert: Path
     key: Path
+    # concentrator only: the client CA's certificate revocation list (PEM or DER), re-read when
+    # the file changes and on SIGHUP (tunnel/client_auth.py RevocationList)
+    crl: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -141,14 +144,22 @@ class StreamServerConfig:
     """Stream mode on the concentrator: which destinations it connects to, and its limits."""
 
     enabled: bool = False
+    # Destinations (tunnel/stream_policy.py): denied on top of `deny` are loopback, multicast,
+    # the concentrator's own addresses and the special-purpose ranges of SPECIAL_PURPOSE
+    # (link-local and cloud metadata, documentation, NAT64, ...); a special-purpose range is
+    # reached only if `allow` lists it or a part of it (the default allow-all does not count).
     allow: tuple[IPNetwork, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
-    # always denied on top of these: loopback, unspecified and the concentrator's own addresses
     deny: tuple[IPNetwork, ...] = ()
     # True lets clients reach services on the concentrator host itself (a lab whose server runs
     # there, e.g. `make bench` on the two-host topology); off by default (tcp draft §7).
     allow_own_addresses: bool = False
     max_streams: int = 256  # concurrent streams per connection (initial_max_streams_bidi)
-    max_pending_connects: int = 32  # TCP Connects being tried at once per connection
+    # Per client, across all its connections (tcp draft §7.1): TCP Connects being tried at once,
+    # and the bytes its streams may buffer, each stream counting window + send_buffer (bytes;
+    # 512 MiB = 256 streams at the 1 MiB defaults, one connection's max_streams). Beyond either,
+    # a TCP Connect is refused.
+    max_pending_connects: int = 32
+    max_client_buffer: int = 512 * 1024 * 1024
     connect_timeout: float = 5.0  # seconds
     window: int = STREAM_BUFFER_DEFAULT
     send_buffer: int = STREAM_BUFFER_DEFAULT
@@ -186,6 +197,9 @@ class StaticClient:
 class PoolConfig:
     ipv4: IPv4Network | None = None
     ipv6: IPv6Network | None = None
+    # client names (shell patterns: "student-*", "*") the pool serves besides [[client]] ones:
+    # admission is explicit, a certificate of the CA alone is not enough (README "Security")
+    admit: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +212,24 @@ class ConcentratorLimits:
     idle_timeout: float = 30.0
     reorder_timeout: float | None = None
     congestion_control: str = "reno"
+    max_sessions: int | None = None  # tunneling sessions at once; None: max_clients
+    # Access Reports acted on per client and second (burst: twice as many); beyond, ignored and
+    # counted: each one may switch paths, log and rewrite the status (README "Security")
+    access_reports_per_second: float = 20.0
+    # the UDP edge against network attackers (tunnel/address_validation.py, README "Security")
+    retry: str = "auto"  # QUIC Retry (RFC 9000 §8.1.2): always | auto | never
+    retry_threshold: int | None = None  # half-open handshakes from which "auto" retries
+    max_half_open: int = 64  # handshakes in progress at once
+    handshake_timeout: float = 10.0  # seconds before an unfinished handshake is dropped
+    resets_per_second: float = 100.0  # stateless resets in total
+    resets_per_prefix_per_second: float = 10.0  # ... to one /24 (IPv4) or /56 (IPv6)
+
+
+# What packets of tunnel/session-mode clients may reach on the concentrator host itself (its own
+# addresses): "deny" nothing, "ping" ICMP/ICMPv6 echo requests only (the default: a client can
+# check its tunnel, but not reach the host's services), "allow" everything.
+TO_CONCENTRATOR_POLICIES = ("deny", "ping", "allow")
+RETRY_POLICIES = ("always", "auto", "never")
 
 
 @dataclass(frozen=True)
@@ -217,6 +249,7 @@ class ConcentratorConfig:
     # except towards `nat_exclude` (networks that route the client prefixes back themselves).
     nat: bool = False
     nat_exclude: tuple[IPNetwork, ...] = ()
+    to_concentrator: str = "ping"
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -277,8 +310,14 @@ def parse_concentrator_config(
     pool = PoolConfig(
         ipv4=_family(pool_table.network("ipv4"), IPv4Network, "pool.ipv4"),
         ipv6=_family(pool_table.network("ipv6"), IPv6Network, "pool.ipv6"),
+        admit=tuple(pool_table.string_list("admit")),
     )
     pool_table.done()
+    if (pool.ipv4 is not None or pool.ipv6 is not None) and not pool.admit:
+        raise ConfigError(
+            "[pool] has no admit list: name the clients it serves, e.g. admit = "
+            '["student-*"] (shell patterns; ["*"] admits every certificate of the client CA)'
+        )
     clients = tuple(_static_client(t) for t in table.table_list("client"))
     names = [c.name for c in clients]
     for name in names:
@@ -294,7 +333,7 @@ def parse_concentrator_config(
         listen_addresses=listen_addresses,
         port=port,
         tun=_tun(table.table("tun", required=True), default_name="qtunc0"),
-        tls=_tls(table.table("tls", required=True)),
+        tls=_tls(table.table("tls", required=True), crl_allowed=True),
         pool=pool,
         clients=clients,
         scheduler=table.choice("scheduler", SCHEDULER_NAMES, "failover"),
@@ -303,6 +342,7 @@ def parse_concentrator_config(
         stream=_stream_server(table.table("stream")),
         nat=_boolean(table, "nat", False),
         nat_exclude=tuple(table.network_list("nat_exclude")),
+        to_concentrator=table.choice("to_concentrator", TO_CONCENTRATOR_POLICIES, "ping"),
     )
     table.done()
     return config
@@ -348,11 +388,12 @@ def _tun(t: _Table, default_name: str) -> TunConfig:
     return TunConfig(name=name, mtu=mtu, addresses=addresses, routes=routes)
 
 
-def _tls(t: _Table) -> TlsConfig:
+def _tls(t: _Table, *, crl_allowed: bool = False) -> TlsConfig:
     config = TlsConfig(
         ca=t.required_path("ca"),
         cert=t.required_path("cert"),
         key=t.required_path("key"),
+        crl=t.path("crl") if crl_allowed else None,
     )
     t.done()
     return config
@@ -392,7 +433,22 @@ def _concentrator_limits(t: _Table) -> ConcentratorLimits:
         idle_timeout=t.number("idle_timeout", 30.0, 1.0, 3600.0),
         reorder_timeout=t.optional_number("reorder_timeout", 0.0, 10.0),
         congestion_control=t.choice("congestion_control", CONGESTION_CONTROLS, "reno"),
+        max_sessions=t.optional_integer("max_sessions", 1, 1_000_000),
+        access_reports_per_second=t.number("access_reports_per_second", 20.0, 0.1, 100_000.0),
+        retry=t.choice("retry", RETRY_POLICIES, "auto"),
+        retry_threshold=t.optional_integer("retry_threshold", 0, 1_000_000),
+        max_half_open=t.integer("max_half_open", 64, 1, 1_000_000),
+        handshake_timeout=t.number("handshake_timeout", 10.0, 0.1, 600.0),
+        resets_per_second=t.number("resets_per_second", 100.0, 0.1, 1_000_000.0),
+        resets_per_prefix_per_second=t.number(
+            "resets_per_prefix_per_second", 10.0, 0.1, 1_000_000.0
+        ),
     )
+    if config.retry_threshold is not None and config.retry_threshold > config.max_half_open:
+        raise ConfigError(
+            f"limits.retry_threshold = {config.retry_threshold} is above limits.max_half_open = "
+            f"{config.max_half_open}: give a threshold between 0 and max_half_open"
+        )
     t.done()
     return config
 
@@ -438,10 +494,19 @@ def _stream_server(t: _Table) -> StreamServerConfig:
         allow_own_addresses=_boolean(t, "allow_own_addresses", False),
         max_streams=t.integer("max_streams", 256, 1, 1_000_000),
         max_pending_connects=t.integer("max_pending_connects", 32, 1, 100_000),
+        max_client_buffer=t.integer(
+            "max_client_buffer", StreamServerConfig.max_client_buffer, 32 * 1024, 1 << 40
+        ),
         connect_timeout=t.number("connect_timeout", 5.0, 0.1, 600.0),
         window=t.integer("window", STREAM_BUFFER_DEFAULT, 16 * 1024, 64 * 1024 * 1024),
         send_buffer=t.integer("send_buffer", STREAM_BUFFER_DEFAULT, 16 * 1024, 64 * 1024 * 1024),
     )
+    per_stream = config.window + config.send_buffer
+    if config.max_client_buffer < per_stream:
+        raise ConfigError(
+            f"{t.where('max_client_buffer')} = {config.max_client_buffer} holds not one stream "
+            f"of window + send_buffer = {per_stream} bytes: raise it or lower those two"
+        )
     t.done()
     return config
 
@@ -607,6 +672,18 @@ class _Table:
         ):
             raise self._wrong(key, value, f"a number from {low:g} to {high:g}")
         return float(value)
+
+    def optional_integer(self, key: str, low: int, high: int) -> int | None:
+        if self._data.get(key) is None:
+            self._seen.add(key)
+            return None
+        return self.integer(key, low, low, high)
+
+    def string_list(self, key: str) -> list[str]:
+        value = self.raw(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self._wrong(key, value, "a list of non-empty strings")
+        return list(value)
 
     def optional_number(self, key: str, low: float, high: float) -> float | None:
         if self._data.get(key) is None:

@@ -76,16 +76,8 @@ class AddressTable:
 
     # -- queries ---------------------------------------------------------------------------
 
-    @property
-    def has_pool(self) -> bool:
-        return self.pool_v4 is not None or self.pool_v6 is not None
-
     def is_static(self, name: str) -> bool:
         return name in self._static
-
-    def admits(self, name: str) -> bool:
-        """Whether a client of this name may connect: it has a static entry, or a pool exists."""
-        return self.is_static(name) or self.has_pool
 
     def prefixes_of(self, name: str) -> tuple[IPNetwork, ...]:
         """The prefixes `name` may use as inner source (static ones plus claimed addresses)."""

@@ -153,6 +153,15 @@ class SessionTable(Generic[K]):
             session.empty_since = now
         return session
 
+    def discard(self, session_id: bytes) -> Session[K] | None:
+        """Remove a session at once, members and all (its client started a new one, so it is
+        dead): it no longer counts against `max_sessions` while it would wait to expire."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            for member in session.members:
+                self._session_of.pop(member, None)
+        return session
+
     def expire(self, now: float) -> list[Session[K]]:
         """Remove and return the sessions that have been empty for `idle_expiry` seconds."""
         expired = [s for s in self._sessions.values() if self._is_expired(s, now)]

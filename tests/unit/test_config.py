@@ -47,6 +47,7 @@ cert = "s.pem"
 key = "s.key"
 [pool]
 ipv4 = "10.8.0.0/24"
+admit = ["*"]
 """
 
 

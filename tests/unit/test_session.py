@@ -212,3 +212,14 @@ def test_membership_index_stays_consistent(ops: list[tuple[str, int]]) -> None:
         for m in range(6):
             if m not in seen:
                 assert table.session_of(m) is None
+
+
+def test_discard_frees_the_slot_and_the_members_at_once() -> None:
+    table: SessionTable[str] = SessionTable(seeded(), idle_expiry=30.0, max_sessions=1)
+    first = table.create("a", b"", now=0.0)
+    with pytest.raises(JoinError):
+        table.create("b", b"", now=1.0)
+    assert table.discard(first.session_id) is first
+    assert table.session_of("a") is None and len(table) == 0
+    assert table.create("b", b"", now=2.0).members == ["b"]
+    assert table.discard(b"unknown") is None

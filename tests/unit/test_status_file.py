@@ -18,7 +18,7 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     write_json_atomic(path, {"state": "up", "n": 3})
     assert json.loads(path.read_text()) == {"state": "up", "n": 3}
     assert os.listdir(tmp_path) == ["status.json"]
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it names every client
 
 
 def test_bytes_are_hex(tmp_path: Path) -> None:
@@ -59,3 +59,31 @@ def test_unwritable_directory_does_not_raise(tmp_path: Path) -> None:
     writer = StatusWriter(tmp_path / "missing" / "s.json", lambda: {"a": 1})
     writer.write()
     assert writer.writes == 0
+
+
+def test_a_burst_of_writes_costs_one_write(tmp_path: Path) -> None:
+    # An Access Report flood calls write() per report: the file is written once per MIN_GAP.
+    path = tmp_path / "s.json"
+    state = {"reports": 0}
+
+    async def scenario() -> tuple[int, int]:
+        writer = StatusWriter(path, lambda: dict(state), interval=60.0)
+        writer.start()
+        while writer.writes == 0:  # the periodic task's first write
+            await asyncio.sleep(0.001)
+        for _ in range(1000):
+            state["reports"] += 1
+            writer.write()
+        during = writer.writes
+        for _ in range(2000):  # bounded: MIN_GAP is 0.1 s
+            if writer.writes > during:
+                break
+            await asyncio.sleep(0.001)
+        after = writer.writes
+        await writer.close()
+        return during, after
+
+    during, after = asyncio.run(scenario())
+    assert during == 1
+    assert after == 2
+    assert json.loads(path.read_text())["reports"] == 1000

@@ -8,34 +8,30 @@ Two signals (issue 4, "Access Reports"; tunnel draft §6 says when to report, no
   `misses` intervals the access counts as failed (`LivenessProbe`, pure logic, driven by the
   client with the loop's clock).
 
-uvloop cannot open netlink sockets through its own API and pyroute2 0.9 runs its sockets on the
-calling thread's event loop, so the event socket here is a plain AF_NETLINK socket read with
-`add_reader` (its messages only say "something changed"), and the state itself is read with
-pyroute2 on a worker thread that has no event loop (as tunnel/aio/tun.py configures the TUN).
+The kernel's view is followed with tunnel/aio/netlink_watch.py (an event socket, the state read
+with pyroute2 on a worker thread).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import ip_address
 
 from pyroute2 import IPRoute
 
+from tunnel.aio.netlink_watch import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_LINK,
+    NetlinkWatch,
+)
 from tunnel.config import AccessConfig
 
 log = logging.getLogger("qtun.access")
 
-NETLINK_ROUTE = 0
-RTMGRP_LINK = 0x1
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV6_IFADDR = 0x100
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000  # carrier: the kernel's "link is physically up"
 IFA_F_TENTATIVE = 0x40  # IPv6 address still in duplicate address detection: cannot bind yet
@@ -43,7 +39,6 @@ IFA_F_DADFAILED = 0x08
 DEFAULT_MISSES = 3
 RTT_SAMPLES = 8  # PING round trips remembered for the adaptive limit
 RTT_MARGIN = 3.0  # a PING unanswered for this many recent round trips is a failure
-RECHECK_DELAY = 0.02  # seconds: netlink events come in bursts, read the state once per burst
 
 
 @dataclass(frozen=True)
@@ -221,13 +216,16 @@ class AccessMonitor:
     def __init__(self, accesses: Sequence[AccessConfig], on_change: LinkChange) -> None:
         self.accesses = tuple(accesses)
         self.on_change = on_change
-        self.events_seen = 0
         self._states: dict[str, LinkState] = {}
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="access-monitor")
-        self._refresh: asyncio.Task[None] | None = None
-        self._again = False
+        self._watch = NetlinkWatch(
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+            lambda: read_link_states(self.accesses),
+            self._on_states,
+        )
+
+    @property
+    def events_seen(self) -> int:
+        return self._watch.events_seen
 
     def state(self, name: str) -> LinkState | None:
         return self._states.get(name)
@@ -238,71 +236,21 @@ class AccessMonitor:
 
     async def start(self) -> None:
         """Open the netlink event socket and read the current state."""
-        self._loop = asyncio.get_running_loop()
-        if not self.accesses:
-            return
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        try:
-            sock.setblocking(False)
-            sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
-        except OSError:
-            sock.close()
-            raise
-        self._sock = sock
-        self._loop.add_reader(sock.fileno(), self._on_readable)
-        await self._read_states()
-
-    def _on_readable(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                self._sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                # ENOBUFS: events were lost; the full re-read below covers them.
-                break
-            self.events_seen += 1
-        self.recheck()
+        if self.accesses:
+            await self._watch.start()
 
     def recheck(self) -> None:
         """Re-read the state soon (coalesces bursts of events into one read)."""
-        if self._loop is None:
-            return
-        if self._refresh is not None and not self._refresh.done():
-            self._again = True
-            return
-        self._refresh = self._loop.create_task(self._delayed_read())
+        self._watch.recheck()
 
-    async def _delayed_read(self) -> None:
-        await asyncio.sleep(RECHECK_DELAY)
-        await self._read_states()
-        while self._again:
-            self._again = False
-            await self._read_states()
-
-    async def _read_states(self) -> None:
-        assert self._loop is not None
-        try:
-            states = await self._loop.run_in_executor(self._pool, read_link_states, self.accesses)
-        except Exception as exc:  # netlink trouble must not stop the tunnel
-            log.warning("access state not read error=%r", str(exc))
-            return
+    def _on_states(self, states: dict[str, LinkState]) -> None:
         for name, state in states.items():
             if self._states.get(name) != state:
                 self._states[name] = state
                 self.on_change(name, state)
 
     def close(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
-        if self._sock is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-        with contextlib.suppress(Exception):
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._watch.close()
 
 
 __all__ = [

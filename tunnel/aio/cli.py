@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -69,9 +70,14 @@ class _LineFormatter(logging.Formatter):
         return f"{seconds}.{int(record.msecs):03d}Z"
 
     def formatException(self, ei: object) -> str:
-        # One line per event, even for an unexpected exception: its type and message.
+        # One line per event, even for an unexpected exception: its type and message, then
+        # where it came from, innermost frame last (a bug report needs the traceback).
         exc = ei[1] if isinstance(ei, tuple) else None
-        return f" exception={type(exc).__name__}: {exc}" if exc is not None else ""
+        if exc is None:
+            return ""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = " > ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames)
+        return f" exception={type(exc).__name__}: {exc}" + (f" traceback={where}" if where else "")
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).replace("\n", " ")

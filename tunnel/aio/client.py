@@ -58,7 +58,7 @@ from tunnel import icmp
 from tunnel.aio.access_monitor import AccessMonitor, LinkState, LivenessProbe
 from tunnel.aio.cli import RuntimeFailure
 from tunnel.aio.qlog import BoundedQlogLogger
-from tunnel.aio.status import StatusWriter
+from tunnel.aio.status import StatusWriter, open_private
 from tunnel.aio.tun import TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, UdpEndpoint, run
 from tunnel.config import AccessConfig, ClientConfig, Mode, TunConfig
@@ -349,7 +349,13 @@ class Client:
     def _open_observability(self) -> None:
         obs = self.config.observability
         if obs.keylog_file is not None:
-            self._keylog = open(obs.keylog_file, "a", buffering=1, encoding="ascii")  # noqa: SIM115
+            try:
+                self._keylog = open_private(obs.keylog_file)
+            except OSError as exc:
+                raise RuntimeFailure(
+                    f"cannot open observability.keylog_file {obs.keylog_file} "
+                    f"({exc.strerror}): choose a writable path"
+                ) from None
         if obs.qlog_dir is not None:
             try:
                 obs.qlog_dir.mkdir(parents=True, exist_ok=True)

@@ -51,12 +51,14 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 
 from tunnel.access_mapping import infer_access
+from tunnel.address_validation import AdmissionLimits, RetryPolicy
 from tunnel.aio.cli import RuntimeFailure
 from tunnel.aio.nat import Masquerade, NatError
-from tunnel.aio.status import StatusWriter
+from tunnel.aio.netlink_watch import NetlinkWatch, local_address_watch
+from tunnel.aio.status import StatusWriter, open_private
 from tunnel.aio.tun import TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicDriver, QuicServer, UdpEndpoint, run
-from tunnel.client_auth import ClientAuthError, ClientVerifier
+from tunnel.client_auth import Admission, ClientAuthError, ClientVerifier, RevocationList
 from tunnel.config import ConcentratorConfig, ConfigError, Mode
 from tunnel.connection import (
     ALPN_SESSION,
@@ -76,8 +78,10 @@ from tunnel.connection import (
 from tunnel.datagram import SESSION_HEADER_SIZE
 from tunnel.errors import ControlErrorCode, DatagramError
 from tunnel.forwarding import AddressTable, Claim, is_link_scoped_ipv6
+from tunnel.host_guard import HostGuard
 from tunnel.icmp import MalformedPacketError, destination_address, packet_too_big, source_address
 from tunnel.ingress import IngressFilter
+from tunnel.log_budget import LogBudget
 from tunnel.messages import AccessId, AccessSignal
 from tunnel.quic_ext import (
     TunnelQuicConnection,
@@ -99,6 +103,12 @@ headers, so one tunnel packet never needs IP fragmentation outside over IPv4 or 
 CONNECTION_ID_LENGTH: Final = 8  # aioquic's default, used for the datagram budget
 MAX_DATAGRAM_FRAME_SIZE: Final = 65535
 HANDSHAKE_MARGIN: Final = 64  # connections beyond the limits that may still be refused politely
+AUTH_FAILED_REASON: Final = (
+    "client authentication failed: check the client's certificate, and the concentrator's log "
+    "for why"
+)
+"""The only close reason an unauthenticated peer gets: the details (which name, which CA,
+revoked or not) are for the operator's log, not for a stranger probing the concentrator."""
 CRYPTO_ERROR_NO_APPLICATION_PROTOCOL: Final = 0x100 + 120  # RFC 9001 §4.8, TLS alert 120
 ACCESS_NAMES: Final = {AccessId.NON_THREE_GPP: "wifi", AccessId.THREE_GPP: "5g"}
 IP_FORWARD_SYSCTLS: Final = {
@@ -170,6 +180,8 @@ class Client:
     reorder_timer: asyncio.TimerHandle | None = None
     bucket_in: TokenBucket | None = None  # client -> TUN
     bucket_out: TokenBucket | None = None  # TUN -> client
+    reports: TokenBucket | None = None  # Access Reports acted on (one token each)
+    reorder_at: float | None = None  # deadline of reorder_timer (uvloop Handles have no when())
     counters: Counter[str] = field(default_factory=Counter)
 
 
@@ -182,11 +194,11 @@ class Concentrator:
         self.loop = asyncio.get_running_loop()
         self.state = "starting"
         self.tun: TunDevice | None = None
-        self.servers: list[QuicServer] = []
+        self.server: QuicServer | None = None
         self.peers: dict[TunnelConnection, Peer] = {}
         self.clients: dict[str, Client] = {}
         self.refused: Counter[str] = Counter({"auth": 0, "limit": 0, "mode": 0})
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter({"internal_errors": 0})
         self.table = AddressTable(
             {c.name: c.addresses for c in config.clients},
             config.pool.ipv4,
@@ -194,13 +206,21 @@ class Concentrator:
             reserved=[a.ip for a in config.tun.addresses],
         )
         self.sessions: SessionTable[Peer] = SessionTable(
-            secrets.token_bytes, idle_expiry=self.limits.session_idle_expiry
+            secrets.token_bytes,
+            idle_expiry=self.limits.session_idle_expiry,
+            max_sessions=self.limits.max_sessions or self.limits.max_clients,
         )
         self.session_owner: dict[bytes, str] = {}
         self.expiry_timer: asyncio.TimerHandle | None = None
-        self.verifier = _load_verifier(config.tls.ca)
+        self.verifier = _load_verifier(config.tls.ca, config.tls.crl)
+        self._crl_problem: str | None = None
+        self.admission = Admission(frozenset(c.name for c in config.clients), config.pool.admit)
+        self.host_guard = HostGuard(config.to_concentrator, ())
+        self._address_watch: NetlinkWatch[Any] | None = None
+        # Lines a peer can cause at will (reports, refusals) are rate-limited per client.
+        self.log_budget = LogBudget()
         self.ip_forward = read_ip_forward()
-        self.stream_server: StreamHandler | None = _make_stream_server(config)
+        self.stream_server: StreamHandler | None = _make_stream_server(config, self._client_name_of)
         self.status = StatusWriter(
             config.observability.status_file,
             self.snapshot,
@@ -240,6 +260,15 @@ class Concentrator:
                 self.nat.table,
                 ",".join(map(str, config.nat_exclude)) or "none",
             )
+        if config.to_concentrator != "allow":
+            self._address_watch = local_address_watch(self.host_guard.update)
+            try:
+                await self._address_watch.start()
+            except OSError as exc:
+                raise RuntimeFailure(
+                    f"cannot follow this host's addresses over netlink ({exc.strerror}): run "
+                    'the concentrator as root, or set to_concentrator = "allow"'
+                ) from None
         quic_config = self._quic_configuration()
         reset_key = _reset_key(config.tls.key)
         factory_kwargs: dict[str, Any] = {
@@ -255,24 +284,39 @@ class Concentrator:
         max_connections = (
             self.limits.max_clients * self.limits.max_connections_per_client + HANDSHAKE_MARGIN
         )
+        endpoints: list[UdpEndpoint] = []
         try:
             for address in config.listen_addresses:
                 endpoint = UdpEndpoint.bind(str(address), config.port)
+                endpoints.append(endpoint)
                 warning = endpoint.buffers.warning()
                 if warning:
                     log.warning(warning)
-                server = QuicServer(
-                    endpoint,
-                    quic_config,
-                    self._on_connection,
-                    max_connections=max_connections,
-                    create_connection=factory,
-                    reset_key=reset_key,
-                )
-                server.start()
-                self.servers.append(server)
         except EndpointError as exc:
+            for endpoint in endpoints:
+                endpoint.close()
             raise RuntimeFailure(str(exc)) from None
+        limits = self.limits
+        # One server for every listen address: one connection table, so a connection ID seen
+        # on the wire and sent to another address is never answered with its reset token
+        # (RFC 9000 §21.11).
+        self.server = QuicServer(
+            endpoints,
+            quic_config,
+            self._on_connection,
+            max_connections=max_connections,
+            create_connection=factory,
+            reset_key=reset_key,
+            admission=AdmissionLimits(
+                retry=RetryPolicy(limits.retry),
+                retry_threshold=limits.retry_threshold,
+                max_half_open=limits.max_half_open,
+                handshake_timeout=limits.handshake_timeout,
+            ),
+            resets_per_second=limits.resets_per_second,
+            resets_per_prefix_per_second=limits.resets_per_prefix_per_second,
+        )
+        self.server.start()
         self.tun.start_reading(self._on_tun_packets)
         self.state = "up"
         listen = ",".join(f"{a}:{config.port}" for a in config.listen_addresses)
@@ -312,12 +356,16 @@ class Concentrator:
             self._close_peer(peer, "the concentrator is shutting down")
         if self.stream_server is not None:
             self.stream_server.close()
-        await self._close_servers()
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.close()
         for client in self.clients.values():
             if client.reorder_timer is not None:
                 client.reorder_timer.cancel()
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
+        if self._address_watch is not None:
+            self._address_watch.close()
         if self.tun is not None:
             self.tun.close()
         if self.nat is not None:
@@ -328,11 +376,6 @@ class Concentrator:
         await self.status.close()
         if was_up:
             log.info("stopped")
-
-    async def _close_servers(self) -> None:
-        servers, self.servers = self.servers, []
-        if servers:
-            await asyncio.gather(*(s.close() for s in servers))
 
     def _quic_configuration(self) -> QuicConfiguration:
         config = self.config
@@ -358,7 +401,7 @@ class Concentrator:
             ) from None
         observability = config.observability
         if observability.keylog_file is not None:
-            self._keylog = open(observability.keylog_file, "a", encoding="ascii")  # noqa: SIM115
+            self._keylog = open_private(observability.keylog_file)
             quic_config.secrets_log_file = self._keylog
         if observability.qlog_dir is not None:
             from tunnel.aio.qlog import BoundedQlogLogger
@@ -432,24 +475,27 @@ class Concentrator:
             )
 
     def _authenticate(self, peer: Peer) -> None:
+        """At HandshakeCompleted, before the connection may carry anything: who is it, may it
+        connect, is its mode served, is there room. Whatever goes wrong while checking the
+        credentials ends in a refusal (README "Security"): the connection is closed at once,
+        never left open unauthenticated."""
         if peer.tunnel.closed:
             return
-        if peer.mode_refusal is not None:
-            self._refuse(peer, "mode", peer.mode_refusal)
-            return
-        certificate, chain = peer_certificate(peer.driver.quic)
         try:
-            name = self.verifier.verify(certificate, chain, datetime.datetime.now(datetime.UTC))
+            name = self._client_name(peer)
         except ClientAuthError as exc:
-            self._refuse(peer, "auth", str(exc))
+            self._refuse(peer, "auth", str(exc), AUTH_FAILED_REASON)
             return
-        if not self.table.admits(name):
+        except Exception as exc:
             self._refuse(
                 peer,
                 "auth",
-                f"client {name!r} is not configured on this concentrator: add a [[client]] "
-                "entry for it or a [pool]",
+                f"the credentials could not be checked ({type(exc).__name__}: {exc})",
+                AUTH_FAILED_REASON,
             )
+            return
+        if peer.mode_refusal is not None:
+            self._refuse(peer, "mode", peer.mode_refusal)
             return
         mode = peer.tunnel.mode
         if mode is None:  # cannot happen: ALPN is negotiated before the handshake completes
@@ -498,21 +544,80 @@ class Concentrator:
         )
         self.status.write()
 
+    def _client_name_of(self, tunnel: TunnelConnection) -> str | None:
+        """The authenticated client of a connection (stream mode's limits are per client)."""
+        peer = self.peers.get(tunnel)
+        return peer.client.name if peer is not None and peer.client is not None else None
+
+    def _client_name(self, peer: Peer) -> str:
+        """The authenticated name of the peer's certificate, admitted here; ClientAuthError
+        (with the detailed reason, for the log) otherwise."""
+        revocations = self.verifier.revocations
+        if revocations is not None:
+            self._note_crl(revocations.refresh())
+        certificate, chain = peer_certificate(peer.driver.quic)
+        name = self.verifier.verify(certificate, chain, datetime.datetime.now(datetime.UTC))
+        if not self.admission.admits(name):
+            raise ClientAuthError(
+                f"client {name!r} is not served by this concentrator: add a [[client]] entry "
+                "for it or a pattern matching it to [pool] admit"
+            )
+        return name
+
+    def reload_crl(self) -> None:
+        """SIGHUP: re-read the CRL file now, changed or not."""
+        revocations = self.verifier.revocations
+        if revocations is None:
+            log.info("reload: no tls.crl configured")
+            return
+        problem = revocations.refresh(force=True)
+        self._note_crl(problem)
+        if problem is None:
+            log.info(
+                "crl loaded path=%s revoked=%d", revocations.path, len(revocations.revoked_serials)
+            )
+
+    def _note_crl(self, problem: str | None) -> None:
+        if problem is not None and problem != self._crl_problem:
+            log.warning("crl not reloaded: %s", problem)
+        self._crl_problem = problem
+
     def _new_client(self, name: str, mode: TunnelMode) -> Client:
         client = Client(name, mode, IngressFilter(self.table.prefixes_of(name)))
         rate = self.limits.rate_limit_mbps
+        now = self.loop.time()
         if rate is not None:
-            now = self.loop.time()
             client.bucket_in = TokenBucket.from_mbps(rate, now)
             client.bucket_out = TokenBucket.from_mbps(rate, now)
+        per_second = self.limits.access_reports_per_second
+        client.reports = TokenBucket(per_second, burst=2 * per_second, now=now)
         self.clients[name] = client
         return client
 
-    def _refuse(self, peer: Peer, kind: str, reason: str) -> None:
+    def _refuse(self, peer: Peer, kind: str, reason: str, peer_reason: str | None = None) -> None:
+        """Close the connection with `peer_reason` (default: `reason`) and log `reason`."""
         self.refused[kind] += 1
-        log.warning("refused kind=%s peer=%s reason=%r", kind, peer.address, reason)
-        peer.tunnel.close(reason)
+        self._log_limited(
+            f"refused-{kind}",
+            logging.WARNING,
+            "refused kind=%s peer=%s reason=%r",
+            kind,
+            peer.address,
+            reason,
+        )
+        peer.tunnel.close(peer_reason or reason)
         peer.driver.transmit_soon()
+
+    def _log_limited(self, key: str, level: int, message: str, *args: object) -> None:
+        """A log line a peer can cause at will: at most LogBudget's rate per key, and the next
+        line after a pause says how many were suppressed."""
+        suppressed = self.log_budget.allow(key, self.loop.time())
+        if suppressed is None:
+            return
+        if suppressed:
+            message += " suppressed_before=%d"
+            args = (*args, suppressed)
+        log.log(level, message, *args)
 
     def _close_peer(self, peer: Peer, reason: str) -> None:
         """Close one connection ourselves and detach it from its client at once."""
@@ -653,8 +758,11 @@ class Concentrator:
         if client.reorder_timer is not None:
             client.reorder_timer.cancel()
             client.reorder_timer = None
+            client.reorder_at = None
         if session.session_id is not None:
             self.session_owner.pop(session.session_id, None)
+            # Its client replaced it: free its slot in the table now, not after the expiry.
+            self.sessions.discard(session.session_id)
 
     def _arm_expiry(self) -> None:
         when = self.sessions.next_expiry()
@@ -682,12 +790,21 @@ class Concentrator:
         self.status.write()
 
     def _on_access_report(self, peer: Peer, client: Client, event: AccessReportReceived) -> None:
+        # Each report may switch paths, close replaced connections and rewrite the status:
+        # beyond the client's budget they are ignored (and counted), so a flood costs the
+        # concentrator one bucket check per report (README "Security").
+        if client.reports is not None and not client.reports.allow(1, self.loop.time()):
+            client.counters["access_reports_ignored"] += 1
+            self.counters["access_reports_ignored"] += 1
+            return
         available = event.signal is AccessSignal.AVAILABLE
         session = client.session
         if session is not None:
             self._learn_access(peer, client, session, event.access_id, available)
             session.set_available(event.access_id, available)
-        log.info(
+        self._log_limited(
+            f"report-{client.name}",
+            logging.INFO,
             "access report client=%s peer=%s access=%s signal=%s",
             client.name,
             peer.address,
@@ -721,24 +838,40 @@ class Concentrator:
         log.info("access learned peer=%s access=%s", peer.address, ACCESS_NAMES.get(access))
 
     def _arm_reorder(self, client: Client) -> None:
+        # The deadline is kept on the client: under uvloop, call_at returns a plain Handle
+        # without when() for deadlines under 0.5 ms away (DESIGN.md, "Known aioquic facts").
         session = client.session
         deadline = session.next_deadline() if session is not None else None
-        timer = client.reorder_timer
-        if timer is not None and (deadline is None or timer.when() != deadline):
-            timer.cancel()
-            client.reorder_timer = timer = None
-        if deadline is not None and timer is None:
+        if deadline == client.reorder_at and client.reorder_timer is not None:
+            return
+        if client.reorder_timer is not None:
+            client.reorder_timer.cancel()
+            client.reorder_timer = None
+        client.reorder_at = deadline
+        if deadline is not None:
             client.reorder_timer = self.loop.call_at(
                 deadline, functools.partial(self._reorder_due, client)
             )
 
     def _reorder_due(self, client: Client) -> None:
         client.reorder_timer = None
+        client.reorder_at = None
         if client.session is None:
             return
         for packet in client.session.poll(self.loop.time()):
-            self._from_client(client, packet)
+            try:
+                self._from_client(client, packet)
+            except Exception as exc:
+                self._internal_error(f"packet from client {client.name}", exc)
         self._arm_reorder(client)
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        """A bug met while handling one packet: counted and logged (with its traceback, at
+        most LogBudget's rate), and only that packet is lost."""
+        self.counters["internal_errors"] += 1
+        suppressed = self.log_budget.allow("internal-error", self.loop.time())
+        if suppressed is not None:
+            log.error("internal error in %s suppressed_before=%d", where, suppressed, exc_info=exc)
 
     # -- forwarding --------------------------------------------------------------------------
 
@@ -754,6 +887,10 @@ class Concentrator:
             # the client is gone).
             client.counters["ingress_dropped"] += 1
             self.counters["ingress_dropped"] += 1
+            return
+        if not self.host_guard.admits(packet):
+            client.counters["to_concentrator_dropped"] += 1
+            self.counters["to_concentrator_dropped"] += 1
             return
         bucket = client.bucket_in
         if bucket is not None and not bucket.allow(len(packet), self.loop.time()):
@@ -785,7 +922,11 @@ class Concentrator:
         owner_of = self.table.owner_of_packet
         clients = self.clients
         for packet in packets:
-            name = owner_of(packet)
+            try:
+                name = owner_of(packet)
+            except Exception as exc:  # one bad packet must not cost the rest of the batch
+                self._internal_error("tun packet", exc)
+                continue
             client = clients.get(name) if name is not None else None
             if client is None:
                 if name is not None:
@@ -799,7 +940,10 @@ class Concentrator:
             if bucket is not None and not bucket.allow(len(packet), now):
                 client.counters["rate_limited_out"] += 1
                 continue
-            self._to_client(client, packet, now, touched)
+            try:
+                self._to_client(client, packet, now, touched)
+            except Exception as exc:
+                self._internal_error(f"packet to client {client.name}", exc)
         for driver in touched:
             driver.transmit()
 
@@ -874,9 +1018,14 @@ class Concentrator:
             "sessions": len(self.sessions),
             "connections": len(self.peers),
             "refused": dict(self.refused)
-            | {"server_full": sum(s.refused_connections for s in self.servers)},
+            | {"server_full": self.server.refused_connections if self.server else 0},
             "counters": dict(self.counters)
-            | {"stateless_resets_sent": sum(s.resets_sent for s in self.servers)},
+            | {
+                "stateless_resets_sent": self.server.resets_sent if self.server else 0,
+                "internal_errors": self.counters["internal_errors"]
+                + (self.server.counters()["internal_errors"] if self.server else 0),
+            },
+            "server": self.server.counters() if self.server is not None else None,
             "stream": self.stream_server.stats() if self.stream_server is not None else None,
         }
 
@@ -947,24 +1096,29 @@ def _reset_key(key_file: Path) -> bytes:
         ) from None
 
 
-def _load_verifier(ca: Path) -> ClientVerifier:
+def _load_verifier(ca: Path, crl: Path | None = None) -> ClientVerifier:
     try:
-        return ClientVerifier(ca.read_bytes())
+        revocations = RevocationList(crl) if crl is not None else None
+        return ClientVerifier(ca.read_bytes(), revocations)
     except OSError as exc:
         raise ConfigError(
             f"tls.ca {ca} cannot be read ({exc.strerror}): give the CA file that issued the "
             "client certificates"
         ) from None
     except ClientAuthError as exc:
-        raise ConfigError(f"tls.ca {ca}: {exc}") from None
+        # the CRL's sentences name tls.crl themselves; the CA's do not
+        where = "" if str(exc).startswith("tls.crl") else f"tls.ca {ca}: "
+        raise ConfigError(f"{where}{exc}") from None
 
 
-def _make_stream_server(config: ConcentratorConfig) -> StreamHandler | None:
+def _make_stream_server(
+    config: ConcentratorConfig, client_of: Callable[[TunnelConnection], str | None]
+) -> StreamHandler | None:
     if not config.stream.enabled:
         return None
     from tunnel.aio import stream_server  # type: ignore[attr-defined,unused-ignore]
 
-    server: StreamHandler = stream_server.StreamServer(config.stream)
+    server: StreamHandler = stream_server.StreamServer(config.stream, client_of=client_of)
     return server
 
 
@@ -973,6 +1127,7 @@ async def _serve(config: ConcentratorConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, concentrator.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, concentrator.reload_crl)
     try:
         try:
             await concentrator.start()
@@ -982,7 +1137,7 @@ async def _serve(config: ConcentratorConfig) -> int:
         await concentrator.wait_stopped()
         await concentrator.stop()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
     return 0

@@ -3,7 +3,10 @@ at any moment (keys: README "Status file").
 
 Written atomically — to a temporary file in the same directory, then renamed over the old one —
 so a reader never sees a half-written document (rename within one file system is atomic on
-POSIX). The program rewrites it every `interval` seconds and at each state change.
+POSIX). The program rewrites it every `interval` seconds and at each state change, but never
+more often than every MIN_GAP seconds: state changes a peer can cause at will (an Access Report
+flood wrote 25.5 MB in 6 s) coalesce into one write. The file is readable by its owner only
+(0600): it names every client, its addresses and counters.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 log = logging.getLogger("qtun.status")
 
 Snapshot = Callable[[], Mapping[str, Any]]
+MIN_GAP = 0.1  # seconds between two writes at least (state changes in between coalesce)
 
 
 def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
@@ -32,8 +36,7 @@ def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the file is meant for any reader
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # mkstemp made it 0600
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -57,21 +60,47 @@ class StatusWriter:
     """Rewrites the status file from `snapshot()` every `interval` seconds (`start`) and on
     demand (`write`). With `path` None every call is a no-op, so callers need no `if`."""
 
-    def __init__(self, path: Path | None, snapshot: Snapshot, interval: float = 1.0) -> None:
+    def __init__(
+        self, path: Path | None, snapshot: Snapshot, interval: float = 1.0, min_gap: float = MIN_GAP
+    ) -> None:
         if interval <= 0:
             raise ValueError(f"status interval must be > 0, got {interval}")
         self.path = path
         self.snapshot = snapshot
         self.interval = interval
+        self.min_gap = min(min_gap, interval)
         self.writes = 0
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: asyncio.TimerHandle | None = None
+        self._last_write: float | None = None
         self._failed = False
 
     def write(self) -> None:
+        """Write the current snapshot: now, or (once started) at most MIN_GAP after the last
+        write, so a burst of calls costs one write."""
+        if self.path is None or self._pending is not None:
+            return
+        loop = self._loop
+        if loop is None or self._last_write is None:
+            self.write_now()
+            return
+        wait = self._last_write + self.min_gap - loop.time()
+        if wait <= 0:
+            self.write_now()
+        else:
+            self._pending = loop.call_later(wait, self.write_now)
+
+    def write_now(self) -> None:
         """Write the current snapshot now; a failure is logged once, never raised (the
         tunnel must keep running if the status directory disappears)."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
         if self.path is None:
             return
+        if self._loop is not None:
+            self._last_write = self._loop.time()
         try:
             write_json_atomic(self.path, self.snapshot())
         except OSError as exc:
@@ -86,11 +115,12 @@ class StatusWriter:
         """Begin the periodic rewrite on the running loop (idempotent)."""
         if self.path is None or self._task is not None:
             return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="status-writer")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="status-writer")
 
     async def _run(self) -> None:
         while True:
-            self.write()
+            self.write_now()
             await asyncio.sleep(self.interval)
 
     async def close(self) -> None:
@@ -100,7 +130,15 @@ class StatusWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.write()
+        self.write_now()
 
 
-__all__ = ["Snapshot", "StatusWriter", "write_json_atomic"]
+def open_private(path: Path) -> TextIO:
+    """Open a file for appending, line-buffered, that only its owner may read (0600, also when
+    it existed before): TLS key logs decrypt every session."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a", buffering=1, encoding="ascii")
+
+
+__all__ = ["Snapshot", "StatusWriter", "open_private", "write_json_atomic"]
