@@ -74,8 +74,8 @@ class TunnelSpec:
     scheduler: str = "failover"  # failover | wrr | aggregate | lowest-rtt
     access_reports: bool = True
     stream: bool = False  # also negotiate stream mode and intercept TCP
-    # False: limits.reorder_timeout = 0 on both sides (the concentrator then turns its reorder
-    # buffer off, the client gives up on any gap at once), to compare with and without it.
+    # False: limits.reorder_timeout = 0 on both sides (ReorderBuffer.from_setting: no
+    # reordering, packets delivered as they arrive), to compare with and without it.
     reorder: bool = True
     client_overrides: tuple[str, ...] = ()  # extra --set key=value for the client(s)
     concentrator_overrides: tuple[str, ...] = ()

@@ -157,7 +157,10 @@ class ReorderBuffer(Generic[T]):
         *,
         enabled: bool = True,
         overflow: OverflowPolicy = OverflowPolicy.SKIP_GAP,
+        adaptive: bool = False,
     ) -> None:
+        """`adaptive`: the owner (TunnelSession) replaces `timeout` with one derived from the
+        paths' RTTs as they change (timeout_from_rtts); otherwise `timeout` stays as given."""
         if not 1 <= capacity < TAG_HALF:
             raise ValueError(
                 f"reorder buffer capacity must be in 1..{TAG_HALF - 1} packets "
@@ -165,6 +168,7 @@ class ReorderBuffer(Generic[T]):
             )
         self.capacity: Final = capacity
         self.enabled: Final = enabled
+        self.adaptive: Final = adaptive
         self.overflow: Final = overflow
         self._timeout = DEFAULT_TIMEOUT
         self.set_timeout(timeout)
@@ -180,6 +184,17 @@ class ReorderBuffer(Generic[T]):
         # _PASSED_* of the last time the sequence moved past each tag (0: never, i.e. the tag
         # lies before the first tag seen).
         self._passed = bytearray(TAG_MODULUS)
+
+    @classmethod
+    def from_setting(cls, timeout: float | None) -> ReorderBuffer[T]:
+        """The buffer a `limits.reorder_timeout` setting asks for, the same on both programs:
+        None follows the paths' RTTs (adaptive), 0 turns reordering off (packets are delivered
+        as they arrive), a positive number is a fixed gap timeout in seconds."""
+        if timeout is None:
+            return cls(adaptive=True)
+        if timeout == 0:
+            return cls(enabled=False)
+        return cls(timeout=timeout)
 
     @property
     def timeout(self) -> float:

@@ -57,7 +57,8 @@ class TunnelSession:
     """Groups TunnelConnections of one session (see the module docstring).
 
     :param scheduler: picks a path per packet (tunnel.scheduler.make_scheduler).
-    :param reorder: receive-side buffer; by default a ReorderBuffer with its defaults.
+    :param reorder: receive-side buffer (ReorderBuffer.from_setting); by default an adaptive
+        one, whose gap timeout follows the paths' RTTs.
     :param session_id: the Session ID, for logs and the I/O layer's bookkeeping.
     """
 
@@ -68,7 +69,9 @@ class TunnelSession:
         session_id: bytes | None = None,
     ) -> None:
         self.scheduler = scheduler
-        self.reorder: ReorderBuffer[bytes] = reorder if reorder is not None else ReorderBuffer()
+        self.reorder: ReorderBuffer[bytes] = (
+            reorder if reorder is not None else ReorderBuffer(adaptive=True)
+        )
         self.session_id = session_id
         self.tags = PacketTagCounter()
         self._members: dict[int, _Member] = {}
@@ -213,6 +216,10 @@ class TunnelSession:
         return None
 
     def _refresh_timeout(self) -> None:
+        # A configured timeout stays as configured (it used to be overwritten here on every
+        # packet, so limits.reorder_timeout had no effect).
+        if not self.reorder.adaptive:
+            return
         rtts = [
             rtt
             for member in self._members.values()

@@ -288,3 +288,24 @@ def test_a_burst_beyond_the_fast_window_spills_to_the_other_path(scheduler: str)
 def test_failover_session_skips_the_window_computation() -> None:
     _net, _paths, client, _ = build_session(client_scheduler="failover")
     assert [(p.window_space, p.cwnd) for p in client.session.paths()] == [(None, None)] * 2
+
+
+def test_a_configured_reorder_timeout_is_kept_and_an_adaptive_one_follows_the_rtts() -> None:
+    """limits.reorder_timeout used to be overwritten by the RTT-derived value on every packet
+    (issue 11): a configured value must stay, only the default (None) adapts."""
+    net, _paths, client, concentrator = build_session()
+    server = concentrator.only_side()
+    server.session.reorder = ReorderBuffer.from_setting(0.3)
+    client.session.reorder = ReorderBuffer.from_setting(None)
+    for n in range(10):
+        assert client.session.send_packet(ip4(n), net.clock.now).sent
+        assert server.session.send_packet(ip4(100 + n), net.clock.now).sent
+        drive(net, [server, client], 0.002)
+    drive(net, [server, client], 0.2)
+    assert server.session.reorder.timeout == 0.3
+    rtts = [c.srtt for c in client.session.connections]
+    expected = ReorderBuffer.timeout_from_rtts([r for r in rtts if r is not None])
+    assert client.session.reorder.timeout == pytest.approx(expected, abs=0.005)
+    assert client.session.reorder.timeout != 0.3
+    off = ReorderBuffer.from_setting(0)
+    assert not off.enabled and not off.adaptive

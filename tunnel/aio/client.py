@@ -776,9 +776,8 @@ class Client:
         if self.session is not None:
             self._deliver(self.session.flush())
         scheduler = make_scheduler(self.config.scheduler)
-        timeout = self.config.limits.reorder_timeout
-        reorder: ReorderBuffer[bytes] = (
-            ReorderBuffer() if timeout is None else ReorderBuffer(timeout=timeout)
+        reorder: ReorderBuffer[bytes] = ReorderBuffer.from_setting(
+            self.config.limits.reorder_timeout
         )
         self.session = TunnelSession(scheduler, reorder, session_id=session_id)
         self.session_id = session_id

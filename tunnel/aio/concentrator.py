@@ -687,14 +687,7 @@ class Concentrator:
         except JoinError as exc:
             self._reject(peer, exc.code, str(exc))
             return
-        reorder_timeout = self.limits.reorder_timeout
-        reorder: ReorderBuffer[bytes] = (
-            ReorderBuffer(enabled=False)
-            if reorder_timeout == 0
-            else ReorderBuffer()
-            if reorder_timeout is None
-            else ReorderBuffer(timeout=reorder_timeout)
-        )
+        reorder: ReorderBuffer[bytes] = ReorderBuffer.from_setting(self.limits.reorder_timeout)
         session = TunnelSession(
             make_scheduler(self.config.scheduler), reorder, session_id=entry.session_id
         )
