@@ -71,6 +71,7 @@ from tunnel.quic_ext import (
     datagram_budget,
     pending_datagram_count,
     smoothed_rtt,
+    stream_send_open,
 )
 from tunnel.tlv import TLVReader
 
@@ -828,8 +829,9 @@ class TunnelConnection:
     def accept_tcp_stream(self, stream_id: int) -> None:
         """Answer a TcpConnectRequested with TCP Connect OK + End (§5.1.2)."""
         stream = self._peer_stream_awaiting_answer(stream_id)
-        self._quic.send_stream_data(stream_id, TcpConnectOk().encode() + End().encode())
         stream.preamble_sent = True
+        if not self._write(stream_id, TcpConnectOk().encode() + End().encode()):
+            self._finished_sending(stream_id, stream)  # the peer stopped the stream meanwhile
 
     def fail_tcp_stream(
         self, stream_id: int, code: StreamErrorCode | int, payload: bytes = b""
@@ -846,8 +848,7 @@ class TunnelConnection:
             raise TunnelUsageError(
                 f"stream {stream_id} is not an open TCP stream whose TLVs were sent"
             )
-        self._quic.send_stream_data(stream_id, data, end_stream=end)
-        if end:
+        if not self._write(stream_id, data, end) or end:
             self._finished_sending(stream_id, stream)
 
     def reset_tcp_stream(self, stream_id: int) -> None:
@@ -858,10 +859,11 @@ class TunnelConnection:
         self._abort_stream(stream_id)
 
     def _abort_stream(self, stream_id: int) -> None:
-        # ValueError: aioquic already discarded the stream's receive side.
+        # ValueError: aioquic already discarded the stream's receive (or send) side.
         with contextlib.suppress(ValueError):
             self._quic.stop_stream(stream_id, TCP_CONNECTION_RESET)
-        self._quic.reset_stream(stream_id, TCP_CONNECTION_RESET)
+        with contextlib.suppress(ValueError):
+            self._quic.reset_stream(stream_id, TCP_CONNECTION_RESET)
         self._finished_sending(stream_id, self._tcp_streams[stream_id])
 
     def _finished_sending(self, stream_id: int, stream: _TcpStream) -> None:
@@ -895,9 +897,18 @@ class TunnelConnection:
     def _send_error(self, stream_id: int, stream: _TcpStream, error: ErrorTLV) -> None:
         # -tcp §5.1.3: "After sending one or more Error TLVs, the sender MUST send an End
         # TLV and terminate the stream, i.e. set the FIN bit after the End TLV."
-        self._quic.send_stream_data(stream_id, error.encode() + End().encode(), end_stream=True)
+        self._write(stream_id, error.encode() + End().encode(), end=True)
         stream.preamble_sent = True
         self._finished_sending(stream_id, stream)
+
+    def _write(self, stream_id: int, data: bytes, end: bool = False) -> bool:
+        """Write on a TCP stream the peer may have stopped: False (nothing written) when our
+        side is already finished or reset — e.g. its STOP_SENDING arrived in the same packet
+        as the data we answer, and aioquic reset the stream before we saw either."""
+        if not stream_send_open(self._quic, stream_id):
+            return False
+        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        return True
 
     def _receive_tcp_stream(self, stream_id: int, data: bytes, end: bool) -> list[TunnelEvent]:
         if not self._stream_mode:

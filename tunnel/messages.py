@@ -474,7 +474,10 @@ class StreamPreambleDecoder:
         return message
 
     def _check_ready_to_end(self) -> None:
-        if self.opened_by_peer is True and not self._connect_seen and not self._error_seen:
+        # An Error TLV alone does not open a stream (§5.1.1: the initiator's TLVs start with
+        # TCP Connect): there is no connection the error could be about, and answering it would
+        # leave nothing for the receiver to report (the fuzzer found the case).
+        if self.opened_by_peer is True and not self._connect_seen:
             raise protocol_violation("End TLV before any TCP Connect TLV on a peer-opened stream")
         if self.opened_by_peer is False and not self._reply_seen:
             raise protocol_violation("End TLV before TCP Connect OK or Error on our own stream")

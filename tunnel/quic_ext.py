@@ -124,7 +124,11 @@ def _check_aioquic_internals() -> None:
     missing += [f"tls.{name}" for name in _REQUIRED_TLS_INTERNALS if not hasattr(probe.tls, name)]
     stream = QuicStream(stream_id=0)
     sender = stream.sender
-    missing += [f"sender.{n}" for n in ("_buffer_start", "_buffer_stop") if not hasattr(sender, n)]
+    missing += [
+        f"sender.{n}"
+        for n in ("_buffer_start", "_buffer_stop", "_buffer_fin", "_reset_error_code")
+        if not hasattr(sender, n)
+    ]
     missing += [
         f"receiver.{n}" for n in ("_buffer", "highest_offset") if not hasattr(stream.receiver, n)
     ]
@@ -397,6 +401,17 @@ class TunnelQuicConnection(QuicConnection):
                 reason_phrase=f"more than {CRYPTO_BUFFER_LIMIT} bytes of handshake to buffer",
             )
         super()._handle_crypto_frame(context, frame_type, buf)
+
+
+def stream_send_open(quic: QuicConnection, stream_id: int) -> bool:
+    """Whether our side of an existing stream still takes data: False once we sent FIN or
+    RESET_STREAM (aioquic resets on its own when the peer's STOP_SENDING arrives, possibly in
+    the same packet as the data we are answering), or once aioquic discarded the stream."""
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return False
+    sender = stream.sender
+    return sender._reset_error_code is None and sender._buffer_fin is None
 
 
 def stream_send_backlog(quic: QuicConnection, stream_id: int) -> int:

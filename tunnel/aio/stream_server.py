@@ -55,6 +55,7 @@ from tunnel.connection import (
     TcpConnectRequested,
     TunnelConnection,
     TunnelEvent,
+    TunnelUsageError,
 )
 from tunnel.errors import StreamErrorCode
 from tunnel.log_budget import LogBudget
@@ -470,13 +471,19 @@ class StreamServer:
             relay.abort("gone while connecting")
             self._forget_if_idle(client)
             return
-        if code is not None:
+        try:
+            if code is not None:
+                sock.close()
+                self.connect_failures += 1
+                conn.fail_tcp_stream(relay.stream_id, code, payload)
+                relay.transmit()
+                relay.discard()
+                return
+            conn.accept_tcp_stream(relay.stream_id)
+        except TunnelUsageError as exc:  # the peer ended the stream while we connected
             sock.close()
-            self.connect_failures += 1
-            conn.fail_tcp_stream(relay.stream_id, code, payload)
-            relay.transmit()
-            relay.discard()
+            relay.abort(f"gone while connecting: {exc}")
+            self._forget_if_idle(client)
             return
-        conn.accept_tcp_stream(relay.stream_id)
         relay.open(StreamEvent.STREAM_OPENED_TLVS_RECEIVED)
         relay.transmit()
