@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 
-.PHONY: all deps venv lint typecheck test test-unit demo bench fidelity notebooks lab clean distclean
+.PHONY: all deps venv lint typecheck test test-unit demo bench soak fuzz fidelity notebooks lab clean distclean
 
 all: venv
 
@@ -63,6 +63,17 @@ demo: venv build/qtwire
 # Goodput of plain, tunnel, session and stream mode per link profile: results/bench/<ts>/bench.csv.
 bench: venv build/qtwire
 	$(PY) -m experiments.bench
+
+# Soak and fault (about 12 minutes): 20 clients in every mode with checked transfers for 10
+# minutes, link flaps, WiFi blackholes, a SIGKILLed concentrator and a hostile client at once;
+# memory, fds, exceptions, checksums and latency in results/soak/<timestamp>/.
+soak: venv build/qtwire
+	$(VENV)/bin/qtlab run soak --config experiments/configs/soak.toml
+
+# Structure-aware fuzzing of the real concentrator through real connections (300,000 inputs,
+# every Protocol Type): crashes, exceptions, liveness, RSS and fds in results/fuzz/<timestamp>/.
+fuzz: venv build/qtwire
+	$(VENV)/bin/qtlab run fuzz --config experiments/configs/fuzz.toml
 
 # Run every notebook on the latest results, headless: figures in results/figures/.
 # (The venv's kernel runs the first `python` on PATH, hence the PATH.)

@@ -396,6 +396,8 @@ EXPERIMENTS: dict[str, str] = {
     "goodput": "experiments.goodput",
     "aggregation": "experiments.aggregation",
     "scale": "experiments.scale",
+    "soak": "experiments.soak",
+    "fuzz": "experiments.fuzz",
 }
 
 

@@ -13,6 +13,10 @@ actions:
   failover      session over two connections; which one carries the replies as Access Reports
                 switch WiFi off and on
   replace       a third connection announcing WiFi replaces the first (WiFi) one
+  report-flood  tunnel mode: --count Access Reports as fast as the connection takes them
+  syn           tunnel mode: a TCP SYN from --src to --dst port --dport, wait for a SYN-ACK
+  session-cycle --count times: a new connection sends New Session, then closes
+  gap-flood     session mode: --count echo requests, each behind a Packet Tag gap, paced
 """
 
 from __future__ import annotations
@@ -21,114 +25,55 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import ssl
+from pathlib import Path
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import QuicEvent
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
-from tunnel.aio.udp import QuicClient, UdpEndpoint, run
+from testbed.hostile import (
+    Link,
+    Peer,
+    Target,
+    client_configuration,
+    connect,
+    gap_flood,
+    icmp_echo,
+    is_echo_reply,
+    join_bogus,
+    report_flood,
+    session_cycle,
+    syn_probe,
+)
+from tunnel.aio.udp import QuicClient, run
 from tunnel.connection import (
     ConnectionClosed,
     PacketReceived,
     SessionEstablished,
-    SessionJoinFailed,
-    TunnelConnection,
-    TunnelEvent,
 )
 from tunnel.messages import AccessId, AccessSignal
 from tunnel.reorder import PacketTagCounter
 
 
-class Peer:
-    def __init__(self) -> None:
-        self.tunnel: TunnelConnection | None = None
-        self.events: list[TunnelEvent] = []
-        self.changed = asyncio.Event()
-
-    def on_event(self, event: QuicEvent) -> None:
-        assert self.tunnel is not None
-        for tunnel_event in self.tunnel.handle_event(event):
-            self.events.append(tunnel_event)
-        self.changed.set()
-
-    async def wait_for(self, kinds: tuple[type, ...], timeout: float) -> TunnelEvent | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for event in self.events:
-                if isinstance(event, kinds):
-                    return event
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                return None
+def _cert_files(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    if args.cert_file:
+        return args.cert_file, args.key_file
+    if args.cert == "none":
+        return None, None
+    stem = f"{args.cert_dir or args.certs}/{args.cert}"
+    return f"{stem}.pem", f"{stem}.key"
 
 
 def configuration(args: argparse.Namespace) -> QuicConfiguration:
-    config = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=args.alpn.split(","),
-        max_datagram_frame_size=65535,
-        max_datagram_size=1452,
-        server_name="concentrator",
-    )
-    config.load_verify_locations(cafile=f"{args.certs}/ca.pem")
-    config.verify_mode = ssl.CERT_REQUIRED
-    if args.cert != "none":
-        config.load_cert_chain(
-            f"{args.cert_dir or args.certs}/{args.cert}.pem",
-            f"{args.cert_dir or args.certs}/{args.cert}.key",
-        )
-    return config
+    cert, key = _cert_files(args)
+    return client_configuration(f"{args.certs}/ca.pem", args.alpn.split(","), cert, key)
 
 
 def echo_request(src: str, dst: str, size: int, seq: int) -> bytes:
-    payload = b"q" * size
-    if ":" in dst:
-        return bytes(IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=0x5143, seq=seq) / payload)
-    return bytes(IP(src=src, dst=dst) / ICMP(id=0x5143, seq=seq) / payload)
-
-
-def is_echo_reply(packet: bytes) -> bool:
-    if packet[0] >> 4 == 6:
-        return IPv6(packet).haslayer(ICMPv6EchoReply)
-    parsed = IP(packet)
-    return parsed.haslayer(ICMP) and parsed[ICMP].type == 0
+    return icmp_echo(src, dst, seq, size)
 
 
 async def connect_one(args: argparse.Namespace) -> tuple[QuicClient, Peer]:
-    family = socket.AF_INET6 if ":" in args.remote else socket.AF_INET
-    endpoint = UdpEndpoint.bind(family=family)
-    peer = Peer()
-
-    def factory(**kwargs: Any) -> Any:
-        from tunnel.quic_ext import TunnelQuicConnection
-
-        quic = TunnelQuicConnection(**kwargs)
-        peer.tunnel = TunnelConnection(quic)
-        return quic
-
-    try:
-        client = await QuicClient.connect(
-            endpoint,
-            (args.remote, args.port),
-            configuration(args),
-            peer.on_event,
-            timeout=5.0,
-            create_connection=factory,
-        )
-    except BaseException:
-        endpoint.close()
-        raise
-    return client, peer
+    return await connect(args.remote, args.port, configuration(args))
 
 
 async def failover(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,7 +174,22 @@ async def replace(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def cycle(args: argparse.Namespace) -> dict[str, Any]:
+    """New Session on a fresh connection, --count times (testbed.hostile.session_cycle)."""
+    cert, key = _cert_files(args)
+    target = Target(
+        args.remote,
+        ca=Path(args.certs) / "ca.pem",
+        cert=None if cert is None else Path(cert),
+        key=None if key is None else Path(key),
+        port=args.port,
+    )
+    return {"action": "session-cycle", "outcomes": await session_cycle(target, args.count)}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "session-cycle":
+        return await cycle(args)
     if args.action == "replace":
         return await replace(args)
     if args.action == "failover":
@@ -243,41 +203,28 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     tunnel = peer.tunnel
     assert tunnel is not None
     result.update(connected=True, alpn=tunnel.alpn)
-    tags = PacketTagCounter()
+    link = Link(client, peer)
 
     def send(packet: bytes) -> None:
-        tag = tags.next() if tunnel.mode is not None and tunnel.mode.value == "session" else None
-        sent = tunnel.send_packet(packet, packet_tag=tag)
-        result.setdefault("send_status", []).append(sent.status.value)
-        client.driver.transmit()
+        link.send_packet(packet, tag_step=args.tag_step)
 
     try:
         if args.action == "connect":
             await peer.wait_for((ConnectionClosed,), args.lifetime)
         elif args.action == "join-bogus":
-            tunnel.join_session(os.urandom(16))
-            client.driver.transmit()
-            failed = await peer.wait_for((SessionJoinFailed, SessionEstablished), 5.0)
-            result["join"] = (
-                {"failed": int(failed.code)}
-                if isinstance(failed, SessionJoinFailed)
-                else {"established": failed is not None}
-            )
+            result["join"] = await join_bogus(link, os.urandom(16))
         else:
-            if tunnel.mode is not None and tunnel.mode.value == "session":
-                tunnel.request_new_session()
-                client.driver.transmit()
-                established = await peer.wait_for((SessionEstablished,), 5.0)
-                result["session"] = established is not None
+            if link.session_mode:
+                result["session"] = await link.open_session()
                 if args.report:
                     tunnel.send_access_report(AccessId.NON_THREE_GPP, AccessSignal.AVAILABLE)
-                    client.driver.transmit()
+                    link.transmit()
             if args.action == "ping":
                 replies = 0
+                loop = asyncio.get_running_loop()
                 for seq in range(args.count):
                     before = len(peer.events)
                     send(echo_request(args.src, args.dst, args.size, seq))
-                    loop = asyncio.get_running_loop()
                     end = loop.time() + 1.5
                     while loop.time() < end:
                         got = [
@@ -294,6 +241,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         except TimeoutError:
                             break
                 result["replies"] = replies
+            elif args.action == "gap-flood":
+                result["replies"] = await gap_flood(
+                    link, args.src, args.dst, args.count, args.interval, args.tag_step, args.size
+                )
+            elif args.action == "report-flood":
+                result["reports_sent"] = await report_flood(link, args.count)
+            elif args.action == "syn":
+                result["syn_ack"] = await syn_probe(link, args.src, args.dst, args.dport)
             elif args.action == "hold":
                 print("READY", flush=True)
                 await asyncio.sleep(args.hold)
@@ -301,6 +256,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 result["received"] = len(received)
     finally:
         await client.close()
+    if link.send_status:
+        result["send_status"] = link.send_status
     result["max_packet_size"] = tunnel.max_packet_size()
     close = next((e for e in peer.events if isinstance(e, ConnectionClosed)), None)
     if close is not None:
@@ -315,7 +272,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "action", choices=["connect", "join-bogus", "ping", "hold", "failover", "replace"]
+        "action",
+        choices=[
+            "connect",
+            "join-bogus",
+            "ping",
+            "hold",
+            "failover",
+            "replace",
+            "report-flood",
+            "syn",
+            "session-cycle",
+            "gap-flood",
+        ],
+    )
+    parser.add_argument("--cert-file", help="client certificate file (instead of --cert)")
+    parser.add_argument("--key-file", help="its private key")
+    parser.add_argument("--dport", type=int, default=22)
+    parser.add_argument("--interval", type=float, default=0.001, help="gap-flood pacing (s)")
+    parser.add_argument(
+        "--tag-step", type=int, default=1, help="session: Packet Tag gap between packets"
     )
     parser.add_argument("--remote", default="192.0.2.1")
     parser.add_argument("--port", type=int, default=4433)

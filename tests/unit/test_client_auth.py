@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.hostile_certs import unparsable_subject_certificate
+from testbed.hostile import unparsable_subject_certificate
 from tunnel.client_auth import (
     Admission,
     ClientAuthError,
