@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from types import ModuleType
 from typing import Any
 
-from tunnel.address_validation import AdmissionLimits, RetryPolicy
+from tunnel.policy.address_validation import AdmissionLimits, RetryPolicy
 
 MAX_CONNECTIONS = 320  # the concentrator's default: 64 clients x 4 connections + 64
 CONNECT_TIMEOUT = 10.0
@@ -154,7 +154,7 @@ def flood(target: tuple[str, int], rate: float | None, seconds: float, result: A
 async def connect_times(target: tuple[str, int], count: int) -> tuple[list[float], int]:
     from tests.unit.quic_harness import make_configs
     from tunnel.aio.udp import QuicClient, UdpEndpoint
-    from tunnel.quic_ext import TunnelQuicConnection
+    from tunnel.protocol.quic_ext import TunnelQuicConnection
 
     client_cfg, _ = make_configs(["t"])
     times: list[float] = []

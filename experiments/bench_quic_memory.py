@@ -87,8 +87,8 @@ def _open_streams() -> dict[str, float]:
     from tests.unit.quic_attacks import send_lone_byte
     from tests.unit.quic_harness import Network, make_configs
     from tests.unit.tunnel_pairs import attach
-    from tunnel.connection import ALL_ALPN
-    from tunnel.quic_ext import TunnelQuicConnection
+    from tunnel.protocol.quic_ext import TunnelQuicConnection
+    from tunnel.wire.modes import ALL_ALPN
 
     client_config, server_config = make_configs(["qt"], list(ALL_ALPN))
     client = TunnelQuicConnection(configuration=client_config, stream_mode=True)
@@ -144,7 +144,7 @@ def _speed(streams: int, size: int = 4 * MIB) -> dict[str, float]:
     from aioquic.quic.events import StreamDataReceived
 
     from tests.unit.quic_harness import Network, make_configs
-    from tunnel.quic_ext import TunnelQuicConnection
+    from tunnel.protocol.quic_ext import TunnelQuicConnection
 
     client_config, server_config = make_configs(["qt"])
     client = TunnelQuicConnection(configuration=client_config, stream_mode=True)
@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tree is not None:
         if not (args.tree / "tunnel" / "quic_ext.py").is_file():
-            parser.error(f"{args.tree} holds no tunnel/quic_ext.py: give a copy of the repository")
+            parser.error(
+                f"{args.tree} holds no tunnel/protocol/quic_ext.py: give a copy of the repository"
+            )
         sys.path.insert(0, str(args.tree.resolve()))
     import tunnel
 

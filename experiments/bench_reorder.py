@@ -7,7 +7,8 @@ Feeds synthetic Packet Tag sequences to a `ReorderBuffer` with its default capac
 on a fake clock (one packet every 1/rate seconds) and drives it the way the asyncio programs do:
 `poll(now)` once `next_deadline()` has passed, `push()` per packet, `next_deadline()` after it,
 `flush()` at the end. Prints the best of `repeat` runs per scenario, in µs per packet (CPU of
-this process only: no network, no asyncio). `--module` loads another copy of tunnel/reorder.py
+this process only: no network, no asyncio). `--module` loads another copy of
+tunnel/session/reorder.py
 (e.g. the previous version from `git show`) to compare before and after on the same machine.
 
 Scenarios (tags from 0, N packets):
@@ -75,12 +76,12 @@ SCENARIOS: dict[str, Scenario] = {
 
 def load_module(path: str | None) -> ModuleType:
     if path is None:
-        import tunnel.reorder
+        import tunnel.session.reorder
 
-        return tunnel.reorder
+        return tunnel.session.reorder
     spec = importlib.util.spec_from_file_location("reorder_under_test", path)
     if spec is None or spec.loader is None:
-        sys.exit(f"cannot load {path}: give the path of a copy of tunnel/reorder.py")
+        sys.exit(f"cannot load {path}: give the path of a copy of tunnel/session/reorder.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packets", type=int, default=100_000, help="packets per scenario")
     parser.add_argument("--rate", type=float, default=100_000.0, help="packets per second")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (best kept)")
-    parser.add_argument("--module", help="path of another copy of tunnel/reorder.py")
+    parser.add_argument("--module", help="path of another copy of tunnel/session/reorder.py")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
     args = parser.parse_args(argv)
     if not (1 <= args.packets <= 10_000_000 and args.rate > 0 and 1 <= args.repeat <= 20):
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown scenario {unknown[0]!r}: pick from {', '.join(SCENARIOS)}.")
     module = load_module(args.module)
     capacity = module.DEFAULT_CAPACITY
-    source = args.module or str(Path(module.__file__ or "tunnel/reorder.py"))
+    source = args.module or str(Path(module.__file__ or "tunnel/session/reorder.py"))
     print(
         f"# {source}: capacity {capacity}, timeout {module.DEFAULT_TIMEOUT * 1e3:g} ms, "
         f"{args.packets} packets at {args.rate:g} pkt/s, best of {args.repeat}"

@@ -76,8 +76,8 @@ from experiments.runner import (
 from testbed.qtun import QTUN_PORT
 from testbed.topologies import CONCENTRATOR_V4
 from tunnel.aio.client import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
-from tunnel.datagram import SESSION_HEADER_SIZE
-from tunnel.quic_ext import AEAD_TAG_SIZE, SHORT_HEADER_FIXED_SIZE, packet_datagram_budget
+from tunnel.protocol.quic_ext import AEAD_TAG_SIZE, SHORT_HEADER_FIXED_SIZE, packet_datagram_budget
+from tunnel.wire.datagram import SESSION_HEADER_SIZE
 
 # The reference topology (testbed/topologies.py): c1 -- WiFi -- rwifi -- conc -- srv1.
 CLIENT, CONCENTRATOR, SERVER = "c1", "conc", "srv1"

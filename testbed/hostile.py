@@ -1,11 +1,11 @@
 """The hostile client: attacks and a structure-aware fuzzer against a real `qtun concentrator`.
 
 Made of the same core pieces as `qtun client` (tunnel.aio.udp's QuicClient/UdpEndpoint, a
-TunnelConnection over tunnel.quic_ext's QuicConnection), plus what no well-behaved client has:
-`HostileQuicConnection` writes raw QUIC frames of our choosing into its 1-RTT packets (STREAM
+TunnelConnection over tunnel.protocol.quic_ext's QuicConnection), plus what no well-behaved client
+has: `HostileQuicConnection` writes raw QUIC frames of our choosing into its 1-RTT packets (STREAM
 frames on any stream ID at any offset, RESET_STREAM, anything), and plain UDP sockets send what
 is not QUIC at all. The attacker may do anything, so this module reaches into aioquic 1.7.2
-internals freely (tunnel/quic_ext.py is the one place *tunnel/* does; this is not tunnel/).
+internals freely (tunnel/protocol/quic_ext.py is the one place *tunnel/* does; this is not tunnel/).
 
 Attacks (one function each; every one seeded where it draws randomness, bounded in count and in
 time, returning a dict of what the concentrator answered — `ATTACKS` maps names to them):
@@ -72,7 +72,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tunnel.aio.udp import QuicClient, UdpEndpoint, run
-from tunnel.connection import (
+from tunnel.protocol.connection import (
     ConnectionClosed,
     PacketReceived,
     SendResult,
@@ -80,11 +80,11 @@ from tunnel.connection import (
     SessionJoinFailed,
     TunnelConnection,
     TunnelEvent,
-    TunnelMode,
 )
-from tunnel.messages import AccessId, AccessSignal
-from tunnel.quic_ext import TunnelQuicConnection, datagram_budget, packet_datagram_budget
-from tunnel.reorder import PacketTagCounter
+from tunnel.protocol.quic_ext import TunnelQuicConnection, datagram_budget, packet_datagram_budget
+from tunnel.session.reorder import PacketTagCounter
+from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.modes import TunnelMode
 
 MAX_DATAGRAM_SIZE = 1452  # what qtun uses (tunnel/aio/client.py)
 # The fuzzer's own packets may be larger (the veths carry 1500 bytes), so that it can send a

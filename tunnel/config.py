@@ -11,8 +11,8 @@ one (`4433`, `true`, `["a", "b"]`) and as a plain string otherwise (`10.0.0.1`).
 
 Address assignment is outside the drafts' scope: the concentrator gives each client the static
 prefixes of its `[[client]]` entry; a client without one may use a `[pool]` address, claimed
-by its first packet from it and then its alone (tunnel/forwarding.py). The client is configured
-with its address under `[tun]`.
+by its first packet from it and then its alone (tunnel/policy/addresses.py). The client is
+configured with its address under `[tun]`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from ipaddress import (
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tunnel.messages import AccessId
-from tunnel.scheduler import SCHEDULER_NAMES
+from tunnel.session.scheduler import SCHEDULER_NAMES
+from tunnel.user_error import UsageError
+from tunnel.wire.messages import AccessId
+from tunnel.wire.modes import TunnelMode
 
 IPAddress = IPv4Address | IPv6Address
 IPInterface = IPv4Interface | IPv6Interface
@@ -57,13 +59,8 @@ ACCESS_KINDS: Mapping[str, AccessId] = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """A configuration value is wrong; str(error) is one sentence saying what to do."""
-
-
-class Mode(Enum):
-    TUNNEL = "tunnel"  # ALPN qt: one connection (tunnel draft)
-    SESSION = "session"  # ALPN qt-session: one connection per access (tunnel-session draft)
 
 
 # Congestion controllers aioquic 1.7 offers for the outer QUIC connection (DATAGRAM frames are
@@ -100,7 +97,7 @@ class TlsConfig:
     cert: Path
     key: Path
     # concentrator only: the client CA's certificate revocation list (PEM or DER), re-read when
-    # the file changes and on SIGHUP (tunnel/client_auth.py RevocationList)
+    # the file changes and on SIGHUP (tunnel/policy/client_auth.py RevocationList)
     crl: Path | None = None
 
 
@@ -144,8 +141,8 @@ class StreamServerConfig:
     """Stream mode on the concentrator: which destinations it connects to, and its limits."""
 
     enabled: bool = False
-    # Destinations (tunnel/stream_policy.py): denied on top of `deny` are loopback, multicast,
-    # the concentrator's own addresses and the special-purpose ranges of SPECIAL_PURPOSE
+    # Destinations (tunnel/policy/stream_policy.py): denied on top of `deny` are loopback,
+    # multicast, the concentrator's own addresses and the special-purpose ranges of SPECIAL_PURPOSE
     # (link-local and cloud metadata, documentation, NAT64, ...); a special-purpose range is
     # reached only if `allow` lists it or a part of it (the default allow-all does not count).
     allow: tuple[IPNetwork, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
@@ -168,7 +165,7 @@ class StreamServerConfig:
 @dataclass(frozen=True)
 class ClientConfig:
     name: str
-    mode: Mode
+    mode: TunnelMode
     concentrator_address: IPAddress
     concentrator_port: int
     server_name: str
@@ -216,7 +213,8 @@ class ConcentratorLimits:
     # Access Reports acted on per client and second (burst: twice as many); beyond, ignored and
     # counted: each one may switch paths, log and rewrite the status (README "Security")
     access_reports_per_second: float = 20.0
-    # the UDP edge against network attackers (tunnel/address_validation.py, README "Security")
+    # the UDP edge against network attackers (tunnel/policy/address_validation.py, README
+    # "Security")
     retry: str = "auto"  # QUIC Retry (RFC 9000 §8.1.2): always | auto | never
     retry_threshold: int | None = None  # half-open handshakes from which "auto" retries
     max_half_open: int = 64  # handshakes in progress at once
@@ -234,7 +232,7 @@ RETRY_POLICIES = ("always", "auto", "never")
 
 @dataclass(frozen=True)
 class ConcentratorConfig:
-    modes: tuple[Mode, ...]
+    modes: tuple[TunnelMode, ...]
     listen_addresses: tuple[IPAddress, ...]
     port: int
     tun: TunConfig
@@ -260,7 +258,7 @@ def parse_client_config(
 ) -> ClientConfig:
     """The client configuration in `text` (TOML) with `overrides` applied."""
     table = _Table(_load(text, source, overrides), "", base_dir)
-    mode = table.enum("mode", Mode, Mode.TUNNEL)
+    mode = table.enum("mode", TunnelMode, TunnelMode.TUNNEL)
     conc = table.table("concentrator", required=True)
     address = conc.address("address", required=True)
     assert address is not None
@@ -271,7 +269,7 @@ def parse_client_config(
             raise ConfigError(f"access name {name!r} is used twice: give each [[access]] its own")
     # Tunnel mode with several [[access]]: the first available one carries the one connection,
     # the others are targets for QUIC connection migration (RFC 9000 §9) when it fails.
-    if mode is Mode.SESSION and not accesses:
+    if mode is TunnelMode.SESSION and not accesses:
         raise ConfigError(
             "mode is 'session' but no [[access]] table is given: add one per access network"
         )
@@ -301,7 +299,7 @@ def parse_concentrator_config(
 ) -> ConcentratorConfig:
     """The concentrator configuration in `text` (TOML) with `overrides` applied."""
     table = _Table(_load(text, source, overrides), "", base_dir)
-    modes = tuple(table.enum_list("modes", Mode, [Mode.TUNNEL, Mode.SESSION]))
+    modes = tuple(table.enum_list("modes", TunnelMode, [TunnelMode.TUNNEL, TunnelMode.SESSION]))
     listen = table.table("listen")
     listen_addresses = tuple(listen.address_list("addresses", ["0.0.0.0"]))
     port = listen.integer("port", DEFAULT_PORT, 1, 65535)

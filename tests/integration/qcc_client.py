@@ -45,13 +45,13 @@ from testbed.hostile import (
     syn_probe,
 )
 from tunnel.aio.udp import QuicClient, run
-from tunnel.connection import (
+from tunnel.protocol.connection import (
     ConnectionClosed,
     PacketReceived,
     SessionEstablished,
 )
-from tunnel.messages import AccessId, AccessSignal
-from tunnel.reorder import PacketTagCounter
+from tunnel.session.reorder import PacketTagCounter
+from tunnel.wire.messages import AccessId, AccessSignal
 
 
 def _cert_files(args: argparse.Namespace) -> tuple[str | None, str | None]:

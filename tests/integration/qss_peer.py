@@ -22,8 +22,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived, StreamReset
 
 from tunnel.aio.udp import QuicClient, UdpEndpoint, run
-from tunnel.connection import TunnelConnection
-from tunnel.quic_ext import TunnelQuicConnection
+from tunnel.protocol.connection import TunnelConnection
+from tunnel.protocol.quic_ext import TunnelQuicConnection
 
 
 class Stream:

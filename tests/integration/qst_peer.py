@@ -34,8 +34,8 @@ from tunnel.aio.stream_client import StreamClient
 from tunnel.aio.stream_server import StreamServer
 from tunnel.aio.udp import QuicClient, QuicDriver, QuicServer, UdpEndpoint, run
 from tunnel.config import StreamClientConfig, StreamServerConfig
-from tunnel.connection import ConnectionClosed, TunnelConnection
-from tunnel.quic_ext import TunnelQuicConnection
+from tunnel.protocol.connection import ConnectionClosed, TunnelConnection
+from tunnel.protocol.quic_ext import TunnelQuicConnection
 
 
 def configuration(is_client: bool, certs: str) -> QuicConfiguration:

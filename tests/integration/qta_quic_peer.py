@@ -24,7 +24,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import DatagramFrameReceived, QuicEvent, StreamDataReceived
 
 from tunnel.aio.udp import QuicClient, QuicDriver, QuicServer, UdpEndpoint, run
-from tunnel.quic_ext import datagram_budget, pending_datagram_count
+from tunnel.protocol.quic_ext import datagram_budget, pending_datagram_count
 
 ALPN = ["qta-test"]
 PAYLOAD = 1100

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from tunnel.aio.tun import TunDevice
 from tunnel.aio.udp import run
-from tunnel.icmp import internet_checksum, packet_too_big
+from tunnel.wire.icmp import internet_checksum, packet_too_big
 
 
 def echo_reply(packet: bytes) -> bytes | None:

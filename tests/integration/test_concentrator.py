@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tunnel.aio.concentrator import AUTH_FAILED_REASON
-from tunnel.errors import ControlErrorCode
+from tunnel.wire.errors import ControlErrorCode
 
 pytestmark = pytest.mark.root
 

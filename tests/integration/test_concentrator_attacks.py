@@ -43,7 +43,7 @@ from tests.integration.test_concentrator import (
     wait_until,
 )
 from tunnel.aio.concentrator import AUTH_FAILED_REASON
-from tunnel.errors import ControlErrorCode
+from tunnel.wire.errors import ControlErrorCode
 
 pytestmark = pytest.mark.root
 __all__ = ["certs", "conc", "net"]  # fixtures used from test_concentrator.py

@@ -141,8 +141,8 @@ def ping(ns: str, *args: str) -> str:
 
 
 def test_packet_too_big_reaches_the_sender_and_sets_the_path_mtu(ns: str) -> None:
-    """tunnel.icmp's answers, written into the TUN, are accepted by Linux: ping reports them and
-    the kernel caches the path MTU (IPv4 frag-needed and ICMPv6 Packet Too Big)."""
+    """tunnel.wire.icmp's answers, written into the TUN, are accepted by Linux: ping reports them
+    and the kernel caches the path MTU (IPv4 frag-needed and ICMPv6 Packet Too Big)."""
     with child(ns, "tests.integration.qta_tun_echo", "--budget", "1280") as echo:
         expect_line(echo, "READY ")
         out4 = ping(ns, "-M", "do", "-s", "1300", "10.79.3.4")

@@ -18,14 +18,14 @@ from aioquic.quic.connection import QuicConnection, stream_is_unidirectional
 from aioquic.quic.stream import QuicStreamSender
 
 from tests.unit.quic_harness import Endpoint, Network, Path
-from tunnel.connection import (
+from tunnel.protocol.connection import (
     StreamDataReceived,
     StreamReset,
     TcpConnectAccepted,
     TcpConnectRequested,
     TunnelUsageError,
 )
-from tunnel.errors import StreamErrorCode
+from tunnel.wire.errors import StreamErrorCode
 
 
 def send_lone_byte(sender: QuicStreamSender, offset: int) -> None:

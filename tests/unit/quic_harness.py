@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tunnel.quic_ext import TunnelQuicConnection
+from tunnel.protocol.quic_ext import TunnelQuicConnection
 
 MAX_STEPS = 200_000
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tunnel.access_mapping import AccessInference, infer_access
-from tunnel.messages import AccessId
+from tunnel.session.access_mapping import AccessInference, infer_access
+from tunnel.wire.messages import AccessId
 
 WIFI, FIVE_G = AccessId.NON_THREE_GPP, AccessId.THREE_GPP
 

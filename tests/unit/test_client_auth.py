@@ -1,4 +1,4 @@
-"""tunnel.client_auth beyond the chain check (tests/unit/test_make_certs.py has that): a
+"""tunnel.policy.client_auth beyond the chain check (tests/unit/test_make_certs.py has that): a
 certificate whose subject does not parse, revocation lists and their reloads, explicit pool
 admission."""
 
@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from testbed.hostile import unparsable_subject_certificate
-from tunnel.client_auth import (
+from tunnel.policy.client_auth import (
     Admission,
     ClientAuthError,
     ClientVerifier,

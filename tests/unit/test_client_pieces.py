@@ -19,7 +19,7 @@ from tunnel.aio.access_monitor import (
 from tunnel.aio.client import IPV4_DUMMY, backoff_delays, icmp_sources
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.config import AccessConfig, TunConfig
-from tunnel.messages import AccessId
+from tunnel.wire.messages import AccessId
 
 UP = IFF_UP | IFF_LOWER_UP
 

@@ -8,18 +8,18 @@ from tunnel.aio.concentrator import (
     auto_tun_mtu,
     read_ip_forward,
 )
-from tunnel.config import Mode
-from tunnel.datagram import SESSION_HEADER_SIZE
-from tunnel.quic_ext import packet_datagram_budget
+from tunnel.protocol.quic_ext import packet_datagram_budget
+from tunnel.wire.datagram import SESSION_HEADER_SIZE
+from tunnel.wire.modes import TunnelMode
 
 
 def test_auto_mtu_is_the_datagram_budget_less_the_session_header() -> None:
     # 1452 - 1 (short header byte) - 8 (CID) - 2 (packet number) - 16 (AEAD tag) = 1425 bytes
     # for the frame, of which DATAGRAM type (1) and length (2) leave 1422 for the packet.
     assert packet_datagram_budget(MAX_DATAGRAM_SIZE, 8) == 1422
-    assert auto_tun_mtu((Mode.TUNNEL,)) == 1422
-    assert auto_tun_mtu((Mode.TUNNEL, Mode.SESSION)) == 1422 - SESSION_HEADER_SIZE
-    assert auto_tun_mtu((Mode.SESSION,)) == 1418
+    assert auto_tun_mtu((TunnelMode.TUNNEL,)) == 1422
+    assert auto_tun_mtu((TunnelMode.TUNNEL, TunnelMode.SESSION)) == 1422 - SESSION_HEADER_SIZE
+    assert auto_tun_mtu((TunnelMode.SESSION,)) == 1418
 
 
 def test_ip_forward_state_matches_the_sysctls() -> None:

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 
 from tunnel.aio.config_file import load_client_config, load_concentrator_config
-from tunnel.config import (
-    ConfigError,
-    Mode,
-    parse_client_config,
-    parse_concentrator_config,
-)
+from tunnel.config import ConfigError, parse_client_config, parse_concentrator_config
+from tunnel.wire.modes import TunnelMode
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -61,7 +57,7 @@ def concentrator(*overrides: str, text: str = CONCENTRATOR) -> object:
 
 def test_minimal_client_defaults_and_paths() -> None:
     config = parse_client_config(CLIENT, base_dir=Path("/etc/qtun"))
-    assert config.mode is Mode.SESSION
+    assert config.mode is TunnelMode.SESSION
     assert config.concentrator_address == IPv4Address("10.0.0.1")
     assert config.concentrator_port == 4433 and config.server_name == "concentrator"
     assert [(a.name, a.access_id) for a in config.accesses] == [("wifi", 2), ("5g", 1)]
@@ -102,7 +98,7 @@ def test_overrides_cover_scalars_lists_and_indexes() -> None:
 
 def test_minimal_concentrator_defaults() -> None:
     config = parse_concentrator_config(CONCENTRATOR)
-    assert config.modes == (Mode.TUNNEL, Mode.SESSION)
+    assert config.modes == (TunnelMode.TUNNEL, TunnelMode.SESSION)
     assert config.listen_addresses == (IPv4Address("0.0.0.0"),)
     assert config.port == 4433 and config.tun.name == "qtunc0"
     assert config.pool.ipv4 == ip_network("10.8.0.0/24") and config.pool.ipv6 is None
@@ -124,7 +120,7 @@ def test_concentrator_static_clients_and_v6_pool() -> None:
 def test_example_client_files_parse(name: str) -> None:
     text = (EXAMPLES / f"{name}.toml").read_text()
     config = parse_client_config(text, base_dir=EXAMPLES)
-    assert config.mode is (Mode.TUNNEL if name == "client-tunnel" else Mode.SESSION)
+    assert config.mode is (TunnelMode.TUNNEL if name == "client-tunnel" else TunnelMode.SESSION)
     assert ip_interface("10.8.0.2/32") in config.tun.addresses
 
 

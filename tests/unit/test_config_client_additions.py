@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnel.config import ConfigError, Mode, parse_client_config
+from tunnel.config import ConfigError, parse_client_config
+from tunnel.wire.modes import TunnelMode
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -34,7 +35,7 @@ def test_access_reports_not_bool() -> None:
 
 def test_tunnel_mode_accepts_several_accesses_as_migration_targets() -> None:
     config = parse_client_config(_session_text(), base_dir=EXAMPLES, overrides=["mode=tunnel"])
-    assert config.mode is Mode.TUNNEL
+    assert config.mode is TunnelMode.TUNNEL
     assert [a.name for a in config.accesses] == ["wifi", "5g"]
 
 

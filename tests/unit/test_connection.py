@@ -9,10 +9,7 @@ from aioquic.quic import events as quic_events
 
 from tests.unit.quic_harness import Network, Path
 from tests.unit.tunnel_pairs import add_tunnel_path, events_of, ip4, ip6, tunnel
-from tunnel.connection import (
-    ALL_ALPN,
-    ALPN_SESSION,
-    ALPN_TUNNEL,
+from tunnel.protocol.connection import (
     AccessReportReceived,
     ConnectionClosed,
     DropReason,
@@ -30,12 +27,12 @@ from tunnel.connection import (
     TcpConnectAccepted,
     TcpConnectFailed,
     TcpConnectRequested,
-    TunnelMode,
     TunnelUsageError,
 )
-from tunnel.datagram import ProtocolType
-from tunnel.errors import ControlErrorCode, StreamErrorCode
-from tunnel.messages import (
+from tunnel.protocol.quic_ext import packet_datagram_budget
+from tunnel.wire.datagram import ProtocolType
+from tunnel.wire.errors import ControlErrorCode, StreamErrorCode
+from tunnel.wire.messages import (
     AccessId,
     AccessReport,
     AccessSignal,
@@ -46,7 +43,7 @@ from tunnel.messages import (
     SessionIdTLV,
     TcpConnect,
 )
-from tunnel.quic_ext import packet_datagram_budget
+from tunnel.wire.modes import ALL_ALPN, ALPN_SESSION, ALPN_TUNNEL, TunnelMode
 
 
 def connected(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 
 from tests.unit import wire_strategies as ws
-from tunnel.datagram import (
+from tunnel.wire.datagram import (
     SESSION_HEADER_SIZE,
     ProtocolType,
     SessionDatagram,
@@ -14,7 +14,7 @@ from tunnel.datagram import (
     encode_tunnel_datagram,
     protocol_type_of,
 )
-from tunnel.errors import DatagramError, StreamErrorCode, TunnelError
+from tunnel.wire.errors import DatagramError, StreamErrorCode, TunnelError
 
 IPV4_PACKET = bytes.fromhex("4500001c000000004011") + bytes(18)  # an IPv4 header's first bytes
 IPV6_PACKET = bytes.fromhex("6000000000081140") + bytes(40)

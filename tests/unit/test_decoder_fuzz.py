@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.unit import wire_strategies as ws
-from tunnel.datagram import SessionDatagram, decode_tunnel_datagram, protocol_type_of
-from tunnel.errors import StreamErrorCode, TunnelError
-from tunnel.messages import (
+from tunnel.wire.datagram import SessionDatagram, decode_tunnel_datagram, protocol_type_of
+from tunnel.wire.errors import StreamErrorCode, TunnelError
+from tunnel.wire.messages import (
     AccessReport,
     ControlMessage,
     ControlStreamDecoder,
@@ -35,7 +35,7 @@ from tunnel.messages import (
     decode_control,
     decode_stream,
 )
-from tunnel.tlv import TLVReader, encode_tlv
+from tunnel.wire.tlv import TLVReader, encode_tlv
 
 EXAMPLES = int(os.environ.get("QTL_FUZZ_EXAMPLES", "2000"))
 fuzz_settings = settings(

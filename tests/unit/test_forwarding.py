@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from tunnel.forwarding import AddressTable, Claim, is_link_scoped_ipv6
+from tunnel.policy.addresses import AddressTable, Claim, is_link_scoped_ipv6
 
 
 def make_table() -> AddressTable:

@@ -9,13 +9,13 @@ from aioquic.quic.events import StreamReset
 
 from testbed.hostile import HostileQuicConnection, stop_sending_frame, stream_frame
 from tests.unit.quic_harness import Network, Path, make_configs
-from tunnel.connection import (
+from tunnel.protocol.connection import (
     StreamRejected,
     TcpConnectRequested,
     TunnelConnection,
 )
-from tunnel.errors import StreamErrorCode
-from tunnel.quic_ext import TunnelQuicConnection
+from tunnel.protocol.quic_ext import TunnelQuicConnection
+from tunnel.wire.errors import StreamErrorCode
 
 TCP_CONNECT_BAD_LENGTH = bytes.fromhex("0003616263ff00")  # a 3-byte TCP Connect, then End
 # TCP Connect to 10.200.0.2 port 80 (v4-mapped), then End

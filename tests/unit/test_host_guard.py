@@ -1,4 +1,4 @@
-"""tunnel.host_guard: what a client's packets may reach on the concentrator host itself."""
+"""tunnel.policy.host_guard: what a client's packets may reach on the concentrator host itself."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 
-from tunnel.host_guard import HostGuard
+from tunnel.policy.host_guard import HostGuard
 
 OWN = [IPv4Address("10.8.0.1"), IPv4Address("192.0.2.1"), IPv6Address("fd00:8::1")]
 

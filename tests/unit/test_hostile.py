@@ -24,7 +24,7 @@ from testbed.hostile import (
     unparsable_subject_certificate,
 )
 from tests.unit.quic_harness import Network, make_configs
-from tunnel.quic_ext import TunnelQuicConnection
+from tunnel.protocol.quic_ext import TunnelQuicConnection
 
 CONTEXT = FuzzContext("10.8.0.4", "fd00:8::3", ("10.8.0.1",), ("fd00:8::1",), ("10.0.0.2",))
 

@@ -1,4 +1,5 @@
-"""ICMP "fragmentation needed" / Packet Too Big built by tunnel.icmp, checked by scapy's parser."""
+"""ICMP "fragmentation needed" / Packet Too Big built by tunnel.wire.icmp, checked by scapy's
+parser."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, IPerror6, IPv6
 
-from tunnel import icmp
+from tunnel.wire import icmp
 
 TUN_V4 = IPv4Address("10.8.0.1")
 TUN_V6 = IPv6Address("fd00:8::1")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from tunnel.ingress import IngressFilter, IngressVerdict
+from tunnel.policy.ingress import IngressFilter, IngressVerdict
 
 V = IngressVerdict
 

@@ -1,10 +1,10 @@
-"""tunnel.log_budget: log lines a peer can cause are bounded per key, and counted."""
+"""tunnel.policy.log_budget: log lines a peer can cause are bounded per key, and counted."""
 
 from __future__ import annotations
 
 import pytest
 
-from tunnel.log_budget import LogBudget
+from tunnel.policy.log_budget import LogBudget
 
 
 def test_a_flood_is_cut_to_the_burst_then_the_rate_and_the_count_is_kept() -> None:

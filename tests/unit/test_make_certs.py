@@ -1,4 +1,4 @@
-"""scripts/make-certs and tunnel.client_auth: a CA, a concentrator cert and client certs that
+"""scripts/make-certs and tunnel.policy.client_auth: a CA, a concentrator cert and client certs that
 work for mutual TLS with aioquic (handshake run in memory, no sockets), and the client
 certificate check aioquic's server leaves out."""
 
@@ -19,7 +19,7 @@ from aioquic.quic.packet import pull_quic_header
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tunnel.client_auth import ClientAuthError, ClientVerifier
+from tunnel.policy.client_auth import ClientAuthError, ClientVerifier
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make-certs"
 
@@ -90,7 +90,7 @@ def test_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
 class MutualTlsServerConnection(QuicConnection):
     """aioquic 1.7.2's server never sends a CertificateRequest unless this private flag is set
     (its TLS context is created on the first datagram, in _initialize). The concentrator needs
-    the same hook; it belongs in tunnel/quic_ext.py."""
+    the same hook; it belongs in tunnel/protocol/quic_ext.py."""
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -150,7 +150,8 @@ def _configs(certs: Path, client_name: str, ca_dir: Path) -> tuple[QuicConfigura
 
 
 def _verify(server: QuicConnection, certs: Path) -> str:
-    # aioquic keeps the peer certificate in its TLS context (tunnel/quic_ext.py reads it there)
+    # aioquic keeps the peer certificate in its TLS context (tunnel/protocol/quic_ext.py reads it
+    # there)
     verifier = ClientVerifier((certs / "ca.pem").read_bytes())
     tls = server.tls
     return verifier.verify(

@@ -37,14 +37,15 @@ from tests.unit.quic_attacks import (
 )
 from tests.unit.quic_harness import Endpoint, Network, Path, make_configs, throwaway_certificate
 from tests.unit.tunnel_pairs import add_tunnel_path, attach, tunnel
-from tunnel.connection import ALL_ALPN, TunnelUsageError
-from tunnel.messages import AccessId, AccessSignal
-from tunnel.quic_ext import (
+from tunnel.protocol.connection import TunnelUsageError
+from tunnel.protocol.quic_ext import (
     CONNECTION_WINDOW_STREAMS,
     CRYPTO_BUFFER_LIMIT,
     TLV_STREAM_WINDOW,
     TunnelQuicConnection,
 )
+from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.modes import ALL_ALPN
 
 ROUNDS = 6  # round trips of the attack: aioquic alone would double its windows 6 times
 STREAM_WINDOW = 64 * 1024

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit import wire_strategies as ws
-from tunnel.errors import StreamErrorCode, TunnelError
-from tunnel.messages import (
+from tunnel.wire.errors import StreamErrorCode, TunnelError
+from tunnel.wire.messages import (
     MAX_ERROR_PAYLOAD,
     AccessId,
     AccessReport,

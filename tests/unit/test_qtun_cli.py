@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tunnel.aio import cli
+from tunnel.user_error import EXIT_RUNTIME, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,31 +24,31 @@ def _one_sentence(stderr: str) -> str:
 
 
 def test_unknown_role_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["server", "-c", "x.toml"]) == cli.EXIT_USAGE
+    assert cli.main(["server", "-c", "x.toml"]) == EXIT_USAGE
     line = _one_sentence(capsys.readouterr().err)
     assert "server" in line and "qtun --help" in line
 
 
 def test_missing_config_option_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["client"]) == cli.EXIT_USAGE
+    assert cli.main(["client"]) == EXIT_USAGE
     assert "-c/--config" in _one_sentence(capsys.readouterr().err)
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["client", "-c", str(tmp_path / "nope.toml")]) == cli.EXIT_USAGE
+    assert cli.main(["client", "-c", str(tmp_path / "nope.toml")]) == EXIT_USAGE
     assert "does not exist" in _one_sentence(capsys.readouterr().err)
 
 
 def test_bad_override_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     config = REPO / "examples" / "client-tunnel.toml"
-    assert cli.main(["client", "-c", str(config), "--set", "nonsense"]) == cli.EXIT_USAGE
+    assert cli.main(["client", "-c", str(config), "--set", "nonsense"]) == EXIT_USAGE
     assert "key=value" in _one_sentence(capsys.readouterr().err)
 
 
 def test_bad_value_names_the_key(capsys: pytest.CaptureFixture[str]) -> None:
     config = REPO / "examples" / "client-tunnel.toml"
     code = cli.main(["client", "-c", str(config), "--set", "concentrator.port=70000"])
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert "concentrator.port" in _one_sentence(capsys.readouterr().err)
 
 
@@ -120,5 +121,5 @@ def test_python_m_runtime_failure_is_one_sentence(tmp_path: Path) -> None:
         cwd=REPO,
         check=False,
     )
-    assert result.returncode == cli.EXIT_RUNTIME, result.stderr
+    assert result.returncode == EXIT_RUNTIME, result.stderr
     assert _one_sentence(result.stderr) == "qtun: error: TUN busy: pick another name"

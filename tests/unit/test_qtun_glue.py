@@ -19,7 +19,7 @@ from testbed.qtun import (
     qtun_command,
 )
 from tunnel.aio.config_file import load_client_config, load_concentrator_config
-from tunnel.config import Mode
+from tunnel.wire.modes import TunnelMode
 
 
 @pytest.fixture()
@@ -63,7 +63,7 @@ def test_reference_session_configs_parse(make_lab: Callable[..., Lab], tmp_path:
     ]
     assert ip_interface("10.8.0.1/16") in conc.tun.addresses
     client = load_client_config(dep.config_path("c1"))
-    assert client.mode is Mode.SESSION and client.name == "c1"
+    assert client.mode is TunnelMode.SESSION and client.name == "c1"
     assert [(a.name, a.interface, str(a.local_address)) for a in client.accesses] == [
         ("wifi", "c1-wifi", "10.1.1.2"),
         ("5g", "c1-5g", "10.2.1.2"),
@@ -97,7 +97,7 @@ def test_pair_runs_the_concentrator_on_h2(make_lab: Callable[..., Lab], tmp_path
     conc = load_concentrator_config(dep.config_path("h2"))
     assert ip_address("10.0.0.2") in conc.listen_addresses
     client = load_client_config(dep.config_path("h1"))
-    assert client.mode is Mode.TUNNEL
+    assert client.mode is TunnelMode.TUNNEL
     assert str(client.concentrator_address) == "10.0.0.2"
     assert [(a.name, a.interface) for a in client.accesses] == [("link", "h1-eth0")]
     assert dep.concentrator_address(4) == "10.8.0.1"
@@ -130,7 +130,7 @@ def test_reference_tunnel_mode_lists_every_access(
     lab = make_lab("reference")
     dep = deploy(lab, TunnelSpec(mode="tunnel", access_reports=False, reorder=False), tmp_path)
     client = load_client_config(dep.config_path("c1"))
-    assert client.mode is Mode.TUNNEL
+    assert client.mode is TunnelMode.TUNNEL
     # The first access carries the connection; the others are migration targets.
     assert [a.name for a in client.accesses] == ["wifi", "5g"]
     assert client.limits.reorder_timeout == 0.0

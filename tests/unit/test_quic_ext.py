@@ -1,4 +1,4 @@
-"""tunnel.quic_ext against real aioquic endpoints wired in memory (no sockets)."""
+"""tunnel.protocol.quic_ext against real aioquic endpoints wired in memory (no sockets)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, HandshakeCompleted
 
 from tests.unit.quic_harness import Network, Path, make_configs, throwaway_certificate
-from tunnel.quic_ext import (
+from tunnel.protocol.quic_ext import (
     STREAM_MODE_TP_ID,
     TunnelQuicConnection,
     datagram_budget,
@@ -175,7 +175,7 @@ def test_smoothed_rtt_follows_the_link_delay() -> None:
     assert rtt is not None and 0.079 <= rtt <= 0.110
 
 
-# -- client certificate (for tunnel.client_auth) ----------------------------------------
+# -- client certificate (for tunnel.policy.client_auth) ----------------------------------------
 
 
 @pytest.mark.parametrize("request_certificate", [True, False])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunnel.rate_limit import MIN_BURST_BYTES, TokenBucket
+from tunnel.policy.rate_limit import MIN_BURST_BYTES, TokenBucket
 
 
 def test_burst_then_rate() -> None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel import reorder
-from tunnel.reorder import (
+from tunnel.session import reorder
+from tunnel.session.reorder import (
     DEFAULT_TIMEOUT,
     MAX_TIMEOUT,
     MIN_TIMEOUT,
@@ -365,7 +365,7 @@ def test_without_late_packets_release_order_is_increasing(
 
 
 class ReferenceBuffer:
-    """The buffer's rules written the obvious way, as tunnel/reorder.py did before it kept
+    """The buffer's rules written the obvious way, as tunnel/session/reorder.py did before it kept
     indexes (issue 17): held packets in a dict in arrival order, scanned for the lowest tag,
     gaps walked tag by tag. Slow (O(capacity) per packet when full) but easy to check by eye."""
 

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel.messages import AccessId
-from tunnel.scheduler import (
+from tunnel.session.scheduler import (
     SCHEDULER_NAMES,
     FailoverScheduler,
     LowestRttScheduler,
@@ -18,6 +17,7 @@ from tunnel.scheduler import (
     WeightedRoundRobinScheduler,
     make_scheduler,
 )
+from tunnel.wire.messages import AccessId
 
 WIFI, G5 = AccessId.NON_THREE_GPP, AccessId.THREE_GPP
 

@@ -24,8 +24,8 @@ from aioquic.quic.packet import pull_quic_header
 from tests.unit.quic_harness import make_configs
 from tests.unit.test_udp_loopback import echo_server, within
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, QuicServer, UdpEndpoint
-from tunnel.quic_ext import TunnelQuicConnection
-from tunnel.stateless_reset import is_reset, reset_key_from_secret, reset_token
+from tunnel.protocol.quic_ext import TunnelQuicConnection
+from tunnel.protocol.stateless_reset import is_reset, reset_key_from_secret, reset_token
 
 KEY = reset_key_from_secret(b"test key of the server attacks")
 INITIAL_SIZE = 1200

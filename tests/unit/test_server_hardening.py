@@ -1,5 +1,5 @@
-"""The server edge's defences: the admission policy (tunnel/address_validation.py) and the
-per-prefix reply budgets (tunnel/rate_limit.py) on a fake clock, then QuicServer on loopback:
+"""The server edge's defences: the admission policy (tunnel/policy/address_validation.py) and the
+per-prefix reply budgets (tunnel/policy/rate_limit.py) on a fake clock, then QuicServer on loopback:
 Retry, INVALID_TOKEN, the handshake timeout, one connection table for several listeners (no
 stateless-reset oracle), and failures isolated on the timer path and in on_connection.
 The attack reproductions themselves are in test_server_attacks.py."""
@@ -19,16 +19,16 @@ from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from tests.unit.quic_harness import make_configs
 from tests.unit.test_server_attacks import INTERNAL_ERROR, KEY, junk_initial, until
 from tests.unit.test_udp_loopback import within
-from tunnel.address_validation import (
+from tunnel.aio.udp import QuicClient, QuicDriver, QuicServer, UdpEndpoint
+from tunnel.policy.address_validation import (
     AdmissionLimits,
     HandshakeGuard,
     InitialVerdict,
     RetryPolicy,
     TokenStatus,
 )
-from tunnel.aio.udp import QuicClient, QuicDriver, QuicServer, UdpEndpoint
-from tunnel.rate_limit import PrefixBudget, source_prefix
-from tunnel.stateless_reset import is_reset, reset_token
+from tunnel.policy.rate_limit import PrefixBudget, source_prefix
+from tunnel.protocol.stateless_reset import is_reset, reset_token
 
 NONE, VALID, INVALID = TokenStatus.NONE, TokenStatus.VALID, TokenStatus.INVALID
 

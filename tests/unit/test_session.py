@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel.errors import ControlErrorCode, TunnelError
-from tunnel.session import JoinError, SessionTable
+from tunnel.session.table import JoinError, SessionTable
+from tunnel.wire.errors import ControlErrorCode, TunnelError
 
 
 def seeded(seed: int = 1) -> Callable[[int], bytes]:

@@ -1,4 +1,4 @@
-"""tunnel.socks5: the SOCKS5 (RFC 1928) server handshake, CONNECT only, no authentication."""
+"""tunnel.wire.socks5: the SOCKS5 (RFC 1928) server handshake, CONNECT only, no authentication."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from tunnel.errors import StreamErrorCode
-from tunnel.socks5 import (
+from tunnel.wire.errors import StreamErrorCode
+from tunnel.wire.socks5 import (
     ConnectRequest,
     Reply,
     Socks5Error,

@@ -13,8 +13,8 @@ from aioquic.quic.events import ConnectionTerminated
 from tests.unit.quic_harness import make_configs
 from tests.unit.test_udp_loopback import echo_server, within
 from tunnel.aio.udp import UdpEndpoint
-from tunnel.quic_ext import STATELESS_RESET_REASON, TunnelQuicConnection
-from tunnel.stateless_reset import (
+from tunnel.protocol.quic_ext import STATELESS_RESET_REASON, TunnelQuicConnection
+from tunnel.protocol.stateless_reset import (
     MAX_RESET_SIZE,
     MIN_RESET_SIZE,
     TOKEN_SIZE,

@@ -1,4 +1,4 @@
-"""tunnel.quic_ext's stream credit hook: a receiver that does not consume stops the sender
+"""tunnel.protocol.quic_ext's stream credit hook: a receiver that does not consume stops the sender
 after one window (aioquic alone would keep doubling the credit), consuming reopens it, and
 stream_send_backlog reports what the peer has not acknowledged."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from tests.unit.quic_harness import Network, make_configs
-from tunnel.quic_ext import TunnelQuicConnection, stream_send_backlog
+from tunnel.protocol.quic_ext import TunnelQuicConnection, stream_send_backlog
 
 WINDOW = 64 * 1024
 TOTAL = 2 * 1024 * 1024

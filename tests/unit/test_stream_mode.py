@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel.errors import StreamErrorCode, TunnelError
-from tunnel.stream_mode import (
+from tunnel.protocol.stream_mode import (
     RESET_ERROR_CODE,
     STREAM_TO_TCP,
     TCP_TO_STREAM,
@@ -20,6 +19,7 @@ from tunnel.stream_mode import (
     TcpAction,
     TcpEvent,
 )
+from tunnel.wire.errors import StreamErrorCode, TunnelError
 
 S, T = StreamAction, TcpAction
 

@@ -1,4 +1,4 @@
-"""tunnel.stream_policy: which destinations stream mode reaches (-tcp §5.1.1, the built-in
+"""tunnel.policy.stream_policy: which destinations stream mode reaches (-tcp §5.1.1, the built-in
 special-purpose denials and the site's allow/deny) and the per-client budget of pending TCP
 Connects and stream buffer (-tcp §7.1)."""
 
@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 import pytest
 
 from tunnel.config import StreamServerConfig
-from tunnel.stream_policy import (
+from tunnel.policy.stream_policy import (
     SPECIAL_PURPOSE,
     DestinationPolicy,
     IPAddress,

@@ -18,9 +18,9 @@ import pytest
 from tunnel.aio import stream_server
 from tunnel.aio.stream_server import StreamServer
 from tunnel.config import StreamServerConfig
-from tunnel.connection import TcpConnectRequested, TunnelConnection
-from tunnel.errors import StreamErrorCode
-from tunnel.log_budget import LogBudget
+from tunnel.policy.log_budget import LogBudget
+from tunnel.protocol.connection import TcpConnectRequested, TunnelConnection
+from tunnel.wire.errors import StreamErrorCode
 
 SMALL = 16 * 1024  # window and send buffer: a stream counts 32 KiB
 

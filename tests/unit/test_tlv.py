@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.wire_strategies import chunkings
-from tunnel.tlv import TLVReader, encode_tlv
+from tunnel.wire.tlv import TLVReader, encode_tlv
 
 tlv_pairs = st.tuples(st.integers(0, 255), st.binary(max_size=255))
 

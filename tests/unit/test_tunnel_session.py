@@ -11,19 +11,19 @@ import pytest
 
 from tests.unit.quic_harness import Endpoint, Network, Path
 from tests.unit.tunnel_pairs import add_tunnel_path, events_of, ip4, tunnel
-from tunnel.connection import (
+from tunnel.protocol.connection import (
     JoinRequested,
     SessionEstablished,
     SessionJoinFailed,
     SessionRequested,
     TunnelConnection,
 )
-from tunnel.errors import ControlErrorCode
-from tunnel.messages import AccessId, AccessSignal
-from tunnel.reorder import ReorderBuffer
-from tunnel.scheduler import make_scheduler
-from tunnel.session import JoinError, SessionTable
-from tunnel.tunnel_session import TunnelSession
+from tunnel.session.multipath import TunnelSession
+from tunnel.session.reorder import ReorderBuffer
+from tunnel.session.scheduler import make_scheduler
+from tunnel.session.table import JoinError, SessionTable
+from tunnel.wire.errors import ControlErrorCode
+from tunnel.wire.messages import AccessId, AccessSignal
 
 WIFI, CELL = AccessId.NON_THREE_GPP, AccessId.THREE_GPP
 

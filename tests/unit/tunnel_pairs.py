@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tests.unit.quic_harness import Endpoint, Network, Path, make_configs
-from tunnel.connection import ALL_ALPN, TunnelConnection
+from tunnel.protocol.connection import TunnelConnection
+from tunnel.wire.modes import ALL_ALPN
 
 
 def ip4(marker: int, size: int = 60) -> bytes:

@@ -7,9 +7,9 @@ from ipaddress import IPv4Address, IPv6Address
 
 from hypothesis import strategies as st
 
-from tunnel.datagram import ProtocolType, SessionDatagram
-from tunnel.errors import StreamErrorCode
-from tunnel.messages import (
+from tunnel.wire.datagram import ProtocolType, SessionDatagram
+from tunnel.wire.errors import StreamErrorCode
+from tunnel.wire.messages import (
     AccessId,
     AccessReport,
     AccessSignal,
@@ -23,13 +23,13 @@ from tunnel.messages import (
     TcpConnect,
     TcpConnectOk,
 )
-from tunnel.tlv import encode_tlv
+from tunnel.wire.tlv import encode_tlv
 
 _BROADCAST = IPv4Address("255.255.255.255")
 
 
 def is_allowed_destination(address: IPv4Address | IPv6Address) -> bool:
-    """The -tcp draft §5.1.1 rule restated independently of tunnel/messages.py."""
+    """The -tcp draft §5.1.1 rule restated independently of tunnel/wire/messages.py."""
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return not (

@@ -19,19 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from tunnel.config import ConfigError
+from tunnel.user_error import EXIT_OK, RuntimeFailure, UsageError, run_command
 
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
 ROLES = ("client", "concentrator")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TUN_DEVICE = Path("/dev/net/tun")
 CAP_NET_ADMIN = 12  # linux/capability.h
-
-
-class UsageError(Exception):
-    """The command line is wrong; str() is the sentence to print."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,30 +114,23 @@ def preflight(tun_device: Path = TUN_DEVICE, net_admin: bool | None = None) -> s
     return None
 
 
-def _fail(code: int, sentence: str) -> int:
-    print(f"qtun: error: {sentence}", file=sys.stderr)
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, load the configuration and run the chosen program."""
-    try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except UsageError as exc:
-        return _fail(EXIT_USAGE, str(exc))
+    return run_command("qtun", lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     # Imported here so `qtun --help` and usage errors stay fast and need no aioquic.
     from tunnel.aio.config_file import load_client_config, load_concentrator_config
 
-    try:
-        if args.role == "client":
-            client_config = load_client_config(args.config, args.overrides)
-        else:
-            concentrator_config = load_concentrator_config(args.config, args.overrides)
-    except ConfigError as exc:
-        return _fail(EXIT_USAGE, str(exc))
+    if args.role == "client":
+        client_config = load_client_config(args.config, args.overrides)
+    else:
+        concentrator_config = load_concentrator_config(args.config, args.overrides)
     problem = preflight()
     if problem is not None:
-        return _fail(EXIT_RUNTIME, problem)
+        raise RuntimeFailure(problem)
     setup_logging(args.role, args.log_level)
     try:
         if args.role == "client":
@@ -159,26 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         # A second Ctrl-C during shutdown: nothing left to clean that the kernel won't.
         return EXIT_OK
-    except ConfigError as exc:
-        return _fail(EXIT_USAGE, str(exc))
     except ImportError as exc:
-        return _fail(
-            EXIT_RUNTIME, f"the {args.role} program cannot be loaded ({exc}): reinstall qtun"
-        )
-    except RuntimeFailure as exc:
-        return _fail(EXIT_RUNTIME, str(exc))
+        raise RuntimeFailure(
+            f"the {args.role} program cannot be loaded ({exc}): reinstall qtun"
+        ) from None
     except OSError as exc:
-        return _fail(EXIT_RUNTIME, f"{exc.strerror or exc}: check the configuration and the host")
-
-
-class RuntimeFailure(Exception):
-    """Raised by the programs for a failure a user must fix (not root, address in use, ...);
-    str() is the sentence printed after `qtun: error:`, the exit code is 1."""
+        raise RuntimeFailure(
+            f"{exc.strerror or exc}: check the configuration and the host"
+        ) from None
 
 
 if __name__ == "__main__":
-    # `python -m tunnel.aio.cli` runs this file as __main__; the programs import
-    # tunnel.aio.cli (RuntimeFailure), so run that module's main for one RuntimeFailure class.
-    from tunnel.aio.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -54,17 +54,13 @@ from typing import Any, Protocol, TextIO
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 
-from tunnel import icmp
 from tunnel.aio.access_monitor import AccessMonitor, LinkState, LivenessProbe
-from tunnel.aio.cli import RuntimeFailure
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import StatusWriter, open_private
 from tunnel.aio.tun import TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, UdpEndpoint, run
-from tunnel.config import AccessConfig, ClientConfig, Mode, TunConfig
-from tunnel.connection import (
-    ALPN_SESSION,
-    ALPN_TUNNEL,
+from tunnel.config import AccessConfig, ClientConfig, TunConfig
+from tunnel.protocol.connection import (
     ConnectionClosed,
     PacketReceived,
     SendResult,
@@ -74,12 +70,15 @@ from tunnel.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.errors import ControlErrorCode, DatagramError
-from tunnel.messages import AccessId, AccessSignal
-from tunnel.quic_ext import TunnelQuicConnection
-from tunnel.reorder import ReorderBuffer
-from tunnel.scheduler import FailoverScheduler, make_scheduler
-from tunnel.tunnel_session import TunnelSession
+from tunnel.protocol.quic_ext import TunnelQuicConnection
+from tunnel.session.multipath import TunnelSession
+from tunnel.session.reorder import ReorderBuffer
+from tunnel.session.scheduler import FailoverScheduler, make_scheduler
+from tunnel.user_error import RuntimeFailure
+from tunnel.wire import icmp
+from tunnel.wire.errors import ControlErrorCode, DatagramError
+from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.modes import ALPN_SESSION, ALPN_TUNNEL, TunnelMode
 
 log = logging.getLogger("qtun.client")
 
@@ -130,7 +129,8 @@ class JoinRefused(Exception):
 def icmp_sources(tun: TunConfig) -> tuple[IPv4Address | None, IPv6Address | None]:
     """Source addresses of the ICMP errors the client writes into its TUN.
 
-    Linux drops an IPv4 packet arriving with one of its own addresses as source (tunnel/icmp.py),
+    Linux drops an IPv4 packet arriving with one of its own addresses as source
+    (tunnel/wire/icmp.py),
     and reverse-path filtering wants a source routed through the TUN: so the far end of the
     TUN's prefix when it has one, else the first address of a route into the tunnel, else the
     RFC 7600 dummy address (IPv4) / a link-local router address (IPv6)."""
@@ -293,7 +293,7 @@ class Client:
                 self.stream_enabled,
             )
             tasks.append(self.loop.create_task(self._probe_loop(), name="probe"))
-            if self.mode is Mode.TUNNEL:
+            if self.mode is TunnelMode.TUNNEL:
                 tasks.append(self.loop.create_task(self._tunnel_mode(), name="tunnel"))
             else:
                 for name in self.accesses:
@@ -386,7 +386,7 @@ class Client:
 
     def _stream_current(self) -> tuple[TunnelConnection, Callable[[], None]] | None:
         """The connection that carries new TCP streams now (README "Stream mode")."""
-        candidates = [self.path] if self.mode is Mode.TUNNEL else self._session_candidates()
+        candidates = [self.path] if self.mode is TunnelMode.TUNNEL else self._session_candidates()
         for path in candidates:
             if (
                 path is not None
@@ -404,7 +404,7 @@ class Client:
     # -- connecting ------------------------------------------------------------------------
 
     def _quic_configuration(self) -> QuicConfiguration:
-        alpn = ALPN_TUNNEL if self.mode is Mode.TUNNEL else ALPN_SESSION
+        alpn = ALPN_TUNNEL if self.mode is TunnelMode.TUNNEL else ALPN_SESSION
         configuration = QuicConfiguration(
             is_client=True,
             alpn_protocols=list(alpn),
@@ -848,7 +848,7 @@ class Client:
                     )
 
     def _on_packet(self, path: ClientPath, tunnel: TunnelConnection, event: PacketReceived) -> None:
-        if self.mode is Mode.TUNNEL or event.packet_tag is None:
+        if self.mode is TunnelMode.TUNNEL or event.packet_tag is None:
             self._deliver([event.packet])
             return
         if self.session is None or tunnel not in self.session.connections:
@@ -898,7 +898,7 @@ class Client:
 
     def _on_tun_packets(self, packets: list[bytes]) -> None:
         replies: list[bytes] = []
-        if self.mode is Mode.TUNNEL:
+        if self.mode is TunnelMode.TUNNEL:
             path = self.path
             if path is None or path.closed or path.tunnel is None:
                 self.counters["drops_no_path"] += len(packets)
@@ -940,7 +940,7 @@ class Client:
             self.tun.write_batch(replies)
 
     def _too_big(self, packet: bytes, result: SendResult, replies: list[bytes]) -> None:
-        """Answer an oversized packet as a router would (tunnel/icmp.py)."""
+        """Answer an oversized packet as a router would (tunnel/wire/icmp.py)."""
         try:
             reply = icmp.packet_too_big(packet, result.max_packet_size, self.icmp_v4, self.icmp_v6)
         except icmp.MalformedPacketError:
@@ -973,7 +973,7 @@ class Client:
         """Re-derive an access's availability and act at once on a change: scheduler,
         migration (tunnel mode), Access Report."""
         status = self.accesses[name]
-        path = self.path if self.mode is Mode.TUNNEL else self.paths.get(name)
+        path = self.path if self.mode is TunnelMode.TUNNEL else self.paths.get(name)
         if path is not None and path.access is not None and path.access.name == name:
             status.alive = path.probe.alive(self.loop.time())
         available = status.available
@@ -988,7 +988,7 @@ class Client:
         if self.session is not None:
             self.session.set_available(status.config.access_id, available)
         if (
-            self.mode is Mode.TUNNEL
+            self.mode is TunnelMode.TUNNEL
             and not available
             and self.path is not None
             and not self.path.closed
@@ -998,7 +998,7 @@ class Client:
             target = self._first_available_access()
             if target is not None:
                 self._migrate(self.path, target)
-        elif self.mode is Mode.TUNNEL and available and self.config.failback:
+        elif self.mode is TunnelMode.TUNNEL and available and self.config.failback:
             self._fail_back(name)
         self._report(status.config.access_id, available, name)
         self.status.write()
@@ -1019,7 +1019,7 @@ class Client:
         if not self.config.access_reports:
             return
         signal_ = AccessSignal.AVAILABLE if available else AccessSignal.UNAVAILABLE
-        carriers = [self.path] if self.mode is Mode.TUNNEL else list(self.paths.values())
+        carriers = [self.path] if self.mode is TunnelMode.TUNNEL else list(self.paths.values())
         sent = False
         for path in carriers:
             if path is None or path.closed or not path.joined or path.tunnel is None:
@@ -1053,7 +1053,7 @@ class Client:
         while True:
             await asyncio.sleep(interval / 2)
             now = self.loop.time()
-            paths = [self.path] if self.mode is Mode.TUNNEL else list(self.paths.values())
+            paths = [self.path] if self.mode is TunnelMode.TUNNEL else list(self.paths.values())
             for path in paths:
                 if path is None or path.closed or path.quic is None:
                     continue
@@ -1154,7 +1154,7 @@ class Client:
             "time": time.time(),
             "mode": self.mode.value,
             "state": self.state,
-            "session_id": _hex(self.session_id) if self.mode is Mode.SESSION else None,
+            "session_id": _hex(self.session_id) if self.mode is TunnelMode.SESSION else None,
             "scheduler": self.config.scheduler,
             "access_reports": self.config.access_reports,
             "failback": self.config.failback,
@@ -1177,7 +1177,7 @@ class Client:
         return document
 
     def _path_on(self, name: str) -> ClientPath | None:
-        if self.mode is Mode.TUNNEL:
+        if self.mode is TunnelMode.TUNNEL:
             path = self.path
             if path is None:
                 return None
@@ -1185,7 +1185,7 @@ class Client:
         return self.paths.get(name)
 
     def _active_paths(self) -> set[ClientPath]:
-        if self.mode is Mode.TUNNEL:
+        if self.mode is TunnelMode.TUNNEL:
             return {self.path} if self.path is not None and not self.path.closed else set()
         if self.session is None:
             return set()

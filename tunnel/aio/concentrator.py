@@ -5,7 +5,7 @@ What happens to a connection (tunnel draft §tunnel mode, tunnel-session draft �
    this concentrator does not run (`modes`) is closed with a reason naming the configured ones
    (aioquic itself closes a client that offers no tunnel ALPN at all: "No common ALPN
    protocols"). Both count as refused "mode".
-2. At HandshakeCompleted the client certificate is verified (tunnel/client_auth.py: aioquic's
+2. At HandshakeCompleted the client certificate is verified (tunnel/policy/client_auth.py: aioquic's
    server never checks it) and its Common Name must have a `[[client]]` entry or a `[pool]`
    must exist; otherwise CONNECTION_CLOSE with the reason, refused "auth". Too many clients
    (`max_clients`) or connections of one client (`max_connections_per_client`): refused "limit".
@@ -17,16 +17,16 @@ What happens to a connection (tunnel draft §tunnel mode, tunnel-session draft �
    one replaces the old session. A memberless session is kept `session_idle_expiry` seconds.
 4. Access Reports (tunnel draft §6) switch an access off/on in the session at once. Which
    connection runs over which access is not signalled by the drafts, so it is inferred from the
-   reports (tunnel/access_mapping.py: an AVAILABLE report for X on a connection of unknown
+   reports (tunnel/session/access_mapping.py: an AVAILABLE report for X on a connection of unknown
    access names X as its access and replaces an older connection on X, which the client must
    have lost; an UNAVAILABLE one names the other access). Until then a connection's access is
    unknown and the scheduler treats it as always available.
 
-Forwarding (tunnel/forwarding.py has the address rules): packets read from the TUN go to the
+Forwarding (tunnel/policy/addresses.py has the address rules): packets read from the TUN go to the
 client owning the destination; too big for its connection -> ICMP frag-needed / Packet Too Big
-written back into the TUN from the destination's address (tunnel/icmp.py explains why not from
-ours). Packets from a client pass its ingress filter (RFC 2827, tunnel/ingress.py) and its rate
-limit, then go into the TUN; the kernel routes them on (ip_forward must be on).
+written back into the TUN from the destination's address (tunnel/wire/icmp.py explains why not from
+ours). Packets from a client pass its ingress filter (RFC 2827, tunnel/policy/ingress.py) and its
+rate limit, then go into the TUN; the kernel routes them on (ip_forward must be on).
 """
 
 from __future__ import annotations
@@ -50,19 +50,20 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 
-from tunnel.access_mapping import infer_access
-from tunnel.address_validation import AdmissionLimits, RetryPolicy
-from tunnel.aio.cli import RuntimeFailure
 from tunnel.aio.nat import Masquerade, NatError
 from tunnel.aio.netlink_watch import NetlinkWatch, local_address_watch
 from tunnel.aio.status import StatusWriter, open_private
 from tunnel.aio.tun import TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicDriver, QuicServer, UdpEndpoint, run
-from tunnel.client_auth import Admission, ClientAuthError, ClientVerifier, RevocationList
-from tunnel.config import ConcentratorConfig, ConfigError, Mode
-from tunnel.connection import (
-    ALPN_SESSION,
-    ALPN_TUNNEL,
+from tunnel.config import ConcentratorConfig, ConfigError
+from tunnel.policy.address_validation import AdmissionLimits, RetryPolicy
+from tunnel.policy.addresses import AddressTable, Claim, is_link_scoped_ipv6
+from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier, RevocationList
+from tunnel.policy.host_guard import HostGuard
+from tunnel.policy.ingress import IngressFilter
+from tunnel.policy.log_budget import LogBudget
+from tunnel.policy.rate_limit import TokenBucket
+from tunnel.protocol.connection import (
     AccessReportReceived,
     ConnectionClosed,
     JoinRequested,
@@ -73,27 +74,29 @@ from tunnel.connection import (
     SessionRequested,
     TunnelConnection,
     TunnelEvent,
-    TunnelMode,
 )
-from tunnel.datagram import SESSION_HEADER_SIZE
-from tunnel.errors import ControlErrorCode, DatagramError
-from tunnel.forwarding import AddressTable, Claim, is_link_scoped_ipv6
-from tunnel.host_guard import HostGuard
-from tunnel.icmp import MalformedPacketError, destination_address, packet_too_big, source_address
-from tunnel.ingress import IngressFilter
-from tunnel.log_budget import LogBudget
-from tunnel.messages import AccessId, AccessSignal
-from tunnel.quic_ext import (
+from tunnel.protocol.quic_ext import (
     TunnelQuicConnection,
     packet_datagram_budget,
     peer_certificate,
 )
-from tunnel.rate_limit import TokenBucket
-from tunnel.reorder import ReorderBuffer
-from tunnel.scheduler import make_scheduler
-from tunnel.session import JoinError, SessionTable
-from tunnel.stateless_reset import reset_key_from_secret
-from tunnel.tunnel_session import TunnelSession
+from tunnel.protocol.stateless_reset import reset_key_from_secret
+from tunnel.session.access_mapping import infer_access
+from tunnel.session.multipath import TunnelSession
+from tunnel.session.reorder import ReorderBuffer
+from tunnel.session.scheduler import make_scheduler
+from tunnel.session.table import JoinError, SessionTable
+from tunnel.user_error import RuntimeFailure
+from tunnel.wire.datagram import SESSION_HEADER_SIZE
+from tunnel.wire.errors import ControlErrorCode, DatagramError
+from tunnel.wire.icmp import (
+    MalformedPacketError,
+    destination_address,
+    packet_too_big,
+    source_address,
+)
+from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.modes import ALPN_SESSION, ALPN_TUNNEL, TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
 
@@ -116,8 +119,7 @@ IP_FORWARD_SYSCTLS: Final = {
     "ipv6": Path("/proc/sys/net/ipv6/conf/all/forwarding"),
 }
 
-MODE_ALPNS: Final = {Mode.TUNNEL: ALPN_TUNNEL, Mode.SESSION: ALPN_SESSION}
-TUNNEL_MODES: Final = {Mode.TUNNEL: TunnelMode.TUNNEL, Mode.SESSION: TunnelMode.SESSION}
+MODE_ALPNS: Final = {TunnelMode.TUNNEL: ALPN_TUNNEL, TunnelMode.SESSION: ALPN_SESSION}
 
 
 class StreamHandler(Protocol):
@@ -464,7 +466,7 @@ class Concentrator:
             self._detach(peer)
 
     def _check_mode(self, peer: Peer, event: ModeNegotiated) -> None:
-        modes = [TUNNEL_MODES[m] for m in self.config.modes]
+        modes = list(self.config.modes)
         if event.mode not in modes:
             names = ", ".join(m.value for m in self.config.modes)
             # Refused at HandshakeCompleted, not now: a close sent before 1-RTT keys exist
@@ -814,7 +816,7 @@ class Concentrator:
         access: AccessId,
         available: bool,
     ) -> None:
-        """Infer which access a connection runs over (tunnel/access_mapping.py) and act on
+        """Infer which access a connection runs over (tunnel/session/access_mapping.py) and act on
         it: record it in the session, close the connections it replaces."""
         members = {p: p.access_id for p in client.peers if p.tunnel in session.connections}
         inference = infer_access(members, peer, access, available)
@@ -972,7 +974,7 @@ class Concentrator:
         # QUEUE_FULL / NOT_READY: counted by the connection (its drops_* counters)
 
     def _packet_too_big(self, client: Client, packet: bytes, mtu: int) -> None:
-        """Answer as a router whose next hop (the tunnel) has this MTU (tunnel/icmp.py)."""
+        """Answer as a router whose next hop (the tunnel) has this MTU (tunnel/wire/icmp.py)."""
         try:
             destination = destination_address(packet)
             v4 = destination if isinstance(destination, IPv4Address) else None
@@ -1058,12 +1060,12 @@ class Concentrator:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def auto_tun_mtu(modes: tuple[Mode, ...]) -> int:
+def auto_tun_mtu(modes: tuple[TunnelMode, ...]) -> int:
     """The TUN MTU when `tun.mtu = "auto"`: the largest packet one DATAGRAM frame carries with
     our MAX_DATAGRAM_SIZE, less the session header when session mode is served (tunnel
     draft §tunnel mode: one packet per datagram, never fragmented)."""
     budget = packet_datagram_budget(MAX_DATAGRAM_SIZE, CONNECTION_ID_LENGTH)
-    return budget - (SESSION_HEADER_SIZE if Mode.SESSION in modes else 0)
+    return budget - (SESSION_HEADER_SIZE if TunnelMode.SESSION in modes else 0)
 
 
 def read_ip_forward() -> dict[str, bool | None]:
@@ -1078,8 +1080,8 @@ def read_ip_forward() -> dict[str, bool | None]:
 
 
 def _reset_key(key_file: Path) -> bytes:
-    """The stateless reset key (tunnel/stateless_reset.py), derived from the TLS private key so
-    that a restarted concentrator sends the tokens the previous one announced."""
+    """The stateless reset key (tunnel/protocol/stateless_reset.py), derived from the TLS private
+    key so that a restarted concentrator sends the tokens the previous one announced."""
     try:
         return reset_key_from_secret(key_file.read_bytes())
     except (OSError, ValueError) as exc:

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
 
+from tunnel.user_error import RuntimeFailure
+
 IPNetwork = IPv4Network | IPv6Network
 NFT_TIMEOUT: Final = 10.0
 
 
-class NatError(Exception):
+class NatError(RuntimeFailure):
     """The nftables table could not be installed; the message says what to do."""
 
 

@@ -8,7 +8,7 @@ TUN). Bursts of events (an interface going down removes its addresses and routes
 one re-read.
 
 Two users: the client's access monitor (links and addresses of its accesses) and the
-concentrator's view of its own addresses (tunnel/host_guard.py).
+concentrator's view of its own addresses (tunnel/policy/host_guard.py).
 """
 
 from __future__ import annotations

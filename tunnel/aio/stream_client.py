@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit
 from tunnel.config import StreamClientConfig
-from tunnel.connection import (
+from tunnel.protocol.connection import (
     StopSendingReceived,
     StreamDataReceived,
     StreamRejected,
@@ -49,8 +49,10 @@ from tunnel.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.errors import StreamErrorCode
-from tunnel.socks5 import (
+from tunnel.protocol.stream_mode import StreamEvent, TcpEvent
+from tunnel.user_error import RuntimeFailure
+from tunnel.wire.errors import StreamErrorCode
+from tunnel.wire.socks5 import (
     ConnectRequest,
     Reply,
     Socks5Error,
@@ -58,7 +60,6 @@ from tunnel.socks5 import (
     encode_reply,
     reply_for_error,
 )
-from tunnel.stream_mode import StreamEvent, TcpEvent
 
 log = logging.getLogger("qtun.stream")
 
@@ -71,7 +72,7 @@ LISTEN_BACKLOG: Final = 1024  # asyncio's default 100 drops SYNs of a burst of c
 Current = Callable[[], tuple[TunnelConnection, Callable[[], None]] | None]
 
 
-class InterceptionError(Exception):
+class InterceptionError(RuntimeFailure):
     """The nftables interception could not be set up; the message says what to do."""
 
 

@@ -2,8 +2,8 @@
 client (tunnel/aio/stream_client.py, TCP towards the application) and the concentrator
 (tunnel/aio/stream_server.py, TCP towards the final destination).
 
-The translation itself is tunnel/stream_mode.py's RelayState (the draft's two tables plus the
-half-close rules); this module does the I/O:
+The translation itself is tunnel/protocol/stream_mode.py's RelayState (the draft's two tables plus
+the half-close rules); this module does the I/O:
 
     TCP data     -> send_stream_data            stream data      -> write to the socket
     TCP FIN      -> stream FIN (half-close)     stream FIN       -> shutdown(SHUT_WR)
@@ -31,10 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, cast
 
-from tunnel.connection import TunnelConnection, TunnelUsageError
-from tunnel.errors import TunnelError
-from tunnel.quic_ext import TunnelQuicConnection, stream_send_backlog
-from tunnel.stream_mode import RelayState, StreamEvent, TcpEvent
+from tunnel.protocol.connection import TunnelConnection, TunnelUsageError
+from tunnel.protocol.quic_ext import TunnelQuicConnection, stream_send_backlog
+from tunnel.protocol.stream_mode import RelayState, StreamEvent, TcpEvent
+from tunnel.wire.errors import TunnelError
 
 log = logging.getLogger("qtun.stream")
 

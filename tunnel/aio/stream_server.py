@@ -2,7 +2,7 @@
 and relay the stream's bytestream to it (tunnel/aio/stream_relay.py).
 
 For every TcpConnectRequested (the client opened a stream with TCP Connect + End, §5.1.1):
-1. policy (tunnel/stream_policy.py): the destination must be allowed (StreamServerConfig
+1. policy (tunnel/policy/stream_policy.py): the destination must be allowed (StreamServerConfig
    allow/deny, the built-in special-purpose denials, own addresses), and the client - across
    all of its connections - must have fewer than `max_pending_connects` connects in progress
    (§7.1: rate-limit pending TCP Connects "from a given client", the SYN amplification
@@ -10,7 +10,7 @@ For every TcpConnectRequested (the client opened a stream with TCP Connect + End
    window + send_buffer bytes). Refused -> Error TLV Network Failure (0x3, the draft's only
    code for "no connection was made"; it has none for "not allowed") + End + FIN, and one
    INFO line on the "qtun.stream" logger naming the client, the destination and the reason,
-   within a per-client log budget (tunnel/log_budget.py; the lines beyond are counted and
+   within a per-client log budget (tunnel/policy/log_budget.py; the lines beyond are counted and
    reported as "suppressed=K").
 2. a non-blocking connect() bounded by `connect_timeout`;
 3. success -> TCP Connect OK + End (§5.1.2), then relay both ways; failure -> Error TLV +
@@ -22,7 +22,7 @@ A malformed TCP Connect never reaches us: TunnelConnection answers it with Error
 TLV + End + FIN and emits StreamRejected.
 
 Who the client is: `client_of(conn)`, given by the concentrator (the name it authenticated,
-tunnel/client_auth.py, before it hands us any event of that connection); without it (test
+tunnel/policy/client_auth.py, before it hands us any event of that connection); without it (test
 harnesses) each connection is a client of its own.
 
 The program (tunnel/aio/concentrator.py) makes each stream-mode connection with
@@ -47,7 +47,9 @@ from typing import Any, Final
 
 from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit
 from tunnel.config import StreamServerConfig
-from tunnel.connection import (
+from tunnel.policy.log_budget import LogBudget
+from tunnel.policy.stream_policy import DestinationPolicy, StreamBudget
+from tunnel.protocol.connection import (
     StopSendingReceived,
     StreamDataReceived,
     StreamRejected,
@@ -57,10 +59,8 @@ from tunnel.connection import (
     TunnelEvent,
     TunnelUsageError,
 )
-from tunnel.errors import StreamErrorCode
-from tunnel.log_budget import LogBudget
-from tunnel.stream_mode import StreamEvent
-from tunnel.stream_policy import DestinationPolicy, StreamBudget
+from tunnel.protocol.stream_mode import StreamEvent
+from tunnel.wire.errors import StreamErrorCode
 
 log = logging.getLogger("qtun.stream")
 

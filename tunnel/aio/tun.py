@@ -23,6 +23,8 @@ from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tunnel.user_error import RuntimeFailure
+
 TUN_CLONE_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
 IFF_TUN = 0x0001
@@ -33,7 +35,7 @@ DEFAULT_BATCH_SIZE = 64
 MAX_PACKET = 65535
 
 
-class TunError(Exception):
+class TunError(RuntimeFailure):
     """A TUN device could not be opened or configured; the message says what to do."""
 
 

@@ -23,8 +23,8 @@ Pieces:
 - `QuicClient`: one endpoint + one driver (`connect`).
 - `QuicServer`: endpoints (listeners) demultiplexing many connections by destination
   connection ID through one table, admitting new ones (Retry, half-open cap and handshake
-  timeout: tunnel/address_validation.py) and bounding its replies to unknown senders per
-  source prefix (tunnel/rate_limit.py).
+  timeout: tunnel/policy/address_validation.py) and bounding its replies to unknown senders per
+  source prefix (tunnel/policy/rate_limit.py).
 
 Failures stay with their connection: an exception while one connection handles a datagram,
 a timer or an event closes that connection (INTERNAL_ERROR), is logged once on "qtun.udp" and
@@ -69,9 +69,15 @@ from aioquic.quic.packet import (
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from tunnel.address_validation import AdmissionLimits, HandshakeGuard, InitialVerdict, TokenStatus
-from tunnel.rate_limit import PrefixBudget
-from tunnel.stateless_reset import build_reset, reset_size, reset_token
+from tunnel.policy.address_validation import (
+    AdmissionLimits,
+    HandshakeGuard,
+    InitialVerdict,
+    TokenStatus,
+)
+from tunnel.policy.rate_limit import PrefixBudget
+from tunnel.protocol.stateless_reset import build_reset, reset_size, reset_token
+from tunnel.user_error import RuntimeFailure
 
 DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 64
@@ -88,8 +94,8 @@ GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 DEFAULT_PACING_SLACK = 0.001  # seconds of paced sending released in one burst (see transmit)
 DEFAULT_MAX_BURST = 64  # datagrams per transmit pass at most
 # stateless resets a server sends per second at most (and as many in one burst): in total, and
-# to one source prefix (tunnel/rate_limit.py PrefixBudget). 10 per prefix: after a restart the
-# clients of one site each get theirs within a few seconds (each packet they send asks again).
+# to one source prefix (tunnel/policy/rate_limit.py PrefixBudget). 10 per prefix: after a restart
+# the clients of one site each get theirs within a few seconds (each packet they send asks again).
 RESETS_PER_SECOND = 100
 RESETS_PER_PREFIX_PER_SECOND = 10
 # Version Negotiation packets and INVALID_TOKEN closes per second, the same way: a real client
@@ -104,7 +110,7 @@ T = TypeVar("T")
 log = logging.getLogger("qtun.udp")
 
 
-class EndpointError(Exception):
+class EndpointError(RuntimeFailure):
     """A UDP endpoint could not be set up; the message says what to do."""
 
 
@@ -756,7 +762,7 @@ class QuicClient:
         """Connect over `endpoint` to `remote` (host, port) and wait for the handshake;
         ConnectionError with one sentence if it fails or takes more than `timeout` seconds.
         `create_connection(configuration=...)` makes the QuicConnection (e.g. a subclass from
-        tunnel/quic_ext.py)."""
+        tunnel/protocol/quic_ext.py)."""
         remote = _remote_for(endpoint, remote)
         quic = create_connection(configuration=configuration)
         driver = QuicDriver(quic, endpoint, on_event, pacing_slack=pacing_slack)
@@ -829,9 +835,9 @@ class QuicServer:
     connection that got any transmits once.
 
     Towards unknown senders (RFC 9000 §21): a client's first Initial goes through the admission
-    policy of tunnel/address_validation.py (Retry, half-open cap, handshake timeout); replies
+    policy of tunnel/policy/address_validation.py (Retry, half-open cap, handshake timeout); replies
     to packets of no connection (stateless reset, Version Negotiation, INVALID_TOKEN close) are
-    bounded per source prefix and in total (tunnel/rate_limit.py PrefixBudget).
+    bounded per source prefix and in total (tunnel/policy/rate_limit.py PrefixBudget).
 
     Several listeners (e.g. one per address of the concentrator) share one server so that a
     connection ID known on one listener is known on all: a packet carrying it that arrives on
@@ -1059,7 +1065,7 @@ class QuicServer:
                 del self._drivers[cid]
         self.guard.closed(driver)
 
-    # handshake timeout (tunnel/address_validation.py)
+    # handshake timeout (tunnel/policy/address_validation.py)
 
     def _arm_handshake_timer(self) -> None:
         if self._handshake_timer is not None:

@@ -11,7 +11,7 @@ What it implements:
   Protocol Type + Packet Tag datagrams (§4), the control streams 2 and 3 with New
   Session / Session ID / Join Session and the RESET_STREAM join errors (§4.1, §6.1);
 - stream mode (-tunnel-tcp-00, transport parameter quic_tunnel_stream_mode, see
-  tunnel.quic_ext): one bidirectional stream per TCP connection, TLV preamble
+  tunnel.protocol.quic_ext): one bidirectional stream per TCP connection, TLV preamble
   (§5.1), FIN/RST mapping (§3).
 
 A peer that breaks a connection-level rule gets the connection closed with a reason
@@ -33,7 +33,17 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.connection import stream_is_unidirectional as _is_uni
 
-from tunnel.datagram import (
+from tunnel.protocol.quic_ext import (
+    AEAD_TAG_SIZE,
+    DATAGRAM_FRAME_TYPE_SIZE,
+    SHORT_HEADER_FIXED_SIZE,
+    TunnelQuicConnection,
+    datagram_budget,
+    pending_datagram_count,
+    smoothed_rtt,
+    stream_send_open,
+)
+from tunnel.wire.datagram import (
     SESSION_HEADER_SIZE,
     ProtocolType,
     SessionDatagram,
@@ -41,14 +51,14 @@ from tunnel.datagram import (
     encode_tunnel_datagram,
     protocol_type_of,
 )
-from tunnel.errors import (
+from tunnel.wire.errors import (
     TCP_CONNECTION_RESET,
     ControlErrorCode,
     DatagramError,
     StreamErrorCode,
     TunnelError,
 )
-from tunnel.messages import (
+from tunnel.wire.messages import (
     CONTROL_DECODERS,
     AccessId,
     AccessReport,
@@ -63,23 +73,8 @@ from tunnel.messages import (
     TcpConnect,
     TcpConnectOk,
 )
-from tunnel.quic_ext import (
-    AEAD_TAG_SIZE,
-    DATAGRAM_FRAME_TYPE_SIZE,
-    SHORT_HEADER_FIXED_SIZE,
-    TunnelQuicConnection,
-    datagram_budget,
-    pending_datagram_count,
-    smoothed_rtt,
-    stream_send_open,
-)
-from tunnel.tlv import TLVReader
-
-ALPN_TUNNEL: Final = ("qt", "qt-00")
-"""-tunnel-00 §5: "qt", or "qt-00" for this draft version."""
-ALPN_SESSION: Final = ("qt-session", "qt-session-00")
-"""-tunnel-session-00 §5: "qt-session", or "qt-session-00"."""
-ALL_ALPN: Final = ALPN_TUNNEL + ALPN_SESSION
+from tunnel.wire.modes import ALL_ALPN, TunnelMode, mode_of_alpn
+from tunnel.wire.tlv import TLVReader
 
 CONNECTION_PROTOCOL_VIOLATION: Final = 0x0
 """Application error code of our CONNECTION_CLOSE on a peer's rule violation. The
@@ -96,22 +91,6 @@ congested path would buffer without bound and add latency to every tunnelled flo
 CLIENT_CONTROL_STREAM: Final = 2
 SERVER_CONTROL_STREAM: Final = 3
 """-tunnel-session-00 §4.1: each endpoint's first unidirectional stream."""
-
-
-class TunnelMode(Enum):
-    TUNNEL = "tunnel"
-    """-tunnel-00: whole IP packets in DATAGRAM frames."""
-    SESSION = "session"
-    """-tunnel-session-00: Protocol Type + Packet Tag header, joinable sessions."""
-
-
-def mode_of_alpn(alpn: str | None) -> TunnelMode | None:
-    """The tunnel mode an ALPN token selects, None if it selects none."""
-    if alpn in ALPN_TUNNEL:
-        return TunnelMode.TUNNEL
-    if alpn in ALPN_SESSION:
-        return TunnelMode.SESSION
-    return None
 
 
 class TunnelUsageError(RuntimeError):
@@ -346,7 +325,7 @@ class _TcpStream:
 class TunnelConnection:
     """One QUIC tunnel connection (see the module docstring).
 
-    :param quic: the QuicConnection to drive; use tunnel.quic_ext.TunnelQuicConnection
+    :param quic: the QuicConnection to drive; use tunnel.protocol.quic_ext.TunnelQuicConnection
         for stream mode (a plain QuicConnection never negotiates it).
     :param max_pending_datagrams: cap on aioquic's unsent datagram queue.
     """

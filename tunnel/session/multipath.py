@@ -18,16 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunnel.connection import (
+from tunnel.protocol.connection import (
     AccessReportReceived,
     PacketReceived,
     SendResult,
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.messages import AccessId, AccessSignal
-from tunnel.reorder import PacketTagCounter, ReorderBuffer, ReorderStats
-from tunnel.scheduler import PathInfo, Scheduler
+from tunnel.session.reorder import PacketTagCounter, ReorderBuffer, ReorderStats
+from tunnel.session.scheduler import PathInfo, Scheduler
+from tunnel.wire.messages import AccessId, AccessSignal
 
 
 @dataclass
@@ -56,7 +56,7 @@ class SessionSend:
 class TunnelSession:
     """Groups TunnelConnections of one session (see the module docstring).
 
-    :param scheduler: picks a path per packet (tunnel.scheduler.make_scheduler).
+    :param scheduler: picks a path per packet (tunnel.session.scheduler.make_scheduler).
     :param reorder: receive-side buffer (ReorderBuffer.from_setting); by default an adaptive
         one, whose gap timeout follows the paths' RTTs.
     :param session_id: the Session ID, for logs and the I/O layer's bookkeeping.

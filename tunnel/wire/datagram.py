@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, Self
 
-from tunnel.errors import DatagramError
+from tunnel.wire.errors import DatagramError
 
 
 class ProtocolType(IntEnum):

@@ -5,8 +5,8 @@ A packet whose destination is one of the host's own addresses (the TUN address, 
 address, any other interface's) is delivered to the host's local services instead — SSH, a
 metadata agent, the status port of some daemon — which the tunnel draft's security
 considerations ask the concentrator to protect itself from, and which stream mode already
-refuses (tunnel/stream_policy.py). So, before a packet enters the TUN, `HostGuard.admits` checks
-its destination against the host's addresses (kept current by the program from the kernel's
+refuses (tunnel/policy/stream_policy.py). So, before a packet enters the TUN, `HostGuard.admits`
+checks its destination against the host's addresses (kept current by the program from the kernel's
 address events) under the site's `to_concentrator` policy:
 
 * "deny": nothing reaches the host;

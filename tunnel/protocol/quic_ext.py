@@ -3,7 +3,7 @@
 aioquic has no public API for (a) custom transport parameters, (b) the size of
 the largest DATAGRAM frame it will actually send, (c) the path's smoothed RTT and
 its queue of pending datagrams, (d) a server asking for a client certificate and
-reading it back (see tunnel/client_auth.py for why the concentrator needs that),
+reading it back (see tunnel/policy/client_auth.py for why the concentrator needs that),
 (e) receive credit tied to what the application consumed (aioquic doubles its
 windows as data arrives, which lets a peer make it allocate without bound).
 Everything the tunnel needs from those internals is here, behind small typed
@@ -33,7 +33,7 @@ from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicPacketBuild
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
 
-from tunnel.stateless_reset import is_reset, reset_token
+from tunnel.protocol.stateless_reset import is_reset, reset_token
 
 # Provisional codepoint of the quic_tunnel_stream_mode transport parameter
 # (-tcp draft §Connection establishment: "value TBD"). RFC 9000 §22.3 has no
@@ -137,7 +137,7 @@ def _check_aioquic_internals() -> None:
     ]
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
-            "tunnel.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
+            "tunnel.protocol.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
             f"({', '.join(missing) or '_loss._rtt_smoothed'}): install aioquic==1.7.2."
         )
 
@@ -175,7 +175,7 @@ class TunnelQuicConnection(QuicConnection):
         configuration.max_data, and at least CONNECTION_WINDOW_STREAMS stream windows when we
         announce stream mode), see _write_connection_limits.
         `reset_key` (server): derive the stateless reset token of every connection ID we issue
-        from it (tunnel/stateless_reset.py) instead of aioquic's random ones, so that a
+        from it (tunnel/protocol/stateless_reset.py) instead of aioquic's random ones, so that a
         restarted server can still reset the connection."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
@@ -213,7 +213,7 @@ class TunnelQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         # aioquic's server sends a CertificateRequest only with this private flag set;
         # its TLS context exists from here on. It checks only the CertificateVerify
-        # signature: verify the chain with tunnel.client_auth after the handshake.
+        # signature: verify the chain with tunnel.policy.client_auth after the handshake.
         if self._tunnel_request_client_certificate and not self._is_client:
             self.tls._request_client_certificate = True
 

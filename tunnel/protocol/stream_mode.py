@@ -26,7 +26,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Final
 
-from tunnel.errors import TCP_CONNECTION_RESET, StreamErrorCode, TunnelError
+from tunnel.wire.errors import TCP_CONNECTION_RESET, StreamErrorCode, TunnelError
 
 
 class TcpEvent(Enum):

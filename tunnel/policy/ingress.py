@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from tunnel.icmp import IPV4_HEADER_MIN, IPV6_HEADER_SIZE
+from tunnel.wire.icmp import IPV4_HEADER_MIN, IPV6_HEADER_SIZE
 
 IPNetwork = IPv4Network | IPv6Network
 

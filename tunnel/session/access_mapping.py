@@ -24,7 +24,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from tunnel.messages import AccessId
+from tunnel.wire.messages import AccessId
 
 K = TypeVar("K", bound=Hashable)
 

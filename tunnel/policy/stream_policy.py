@@ -2,7 +2,7 @@
 connects to for a TCP Connect (§5.1.1), how many TCP Connects and streams one client may have
 at once across all its connections (§7.1 Denial of Service: "the Concentrator SHOULD rate limit
 the number of pending TCP Connect from a given client"). (How many log lines a client's
-refusals may cost: tunnel/log_budget.py.)
+refusals may cost: tunnel/policy/log_budget.py.)
 
 Sans-I/O: whether an address is the host's own is asked through a callable the caller gives
 (tunnel/aio/stream_server.py asks the kernel).

@@ -1,7 +1,7 @@
 """The generic TLV format shared by all three drafts (draft-piraux-intarea-quic-tunnel-00 §7
 Messages format): Type (1 byte), Length (1 byte), Value (Length bytes), network byte order.
 
-Only framing lives here; what a Value means is in tunnel/messages.py.
+Only framing lives here; what a Value means is in tunnel/wire/messages.py.
 """
 
 from __future__ import annotations

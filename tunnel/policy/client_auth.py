@@ -5,8 +5,8 @@ Why this exists: aioquic 1.7.2 as a server does not request a client certificate
 and even then it checks only the CertificateVerify signature, never the chain against the
 configured CA, and accepts a client that sends no certificate. The tunnel draft's security
 considerations require the concentrator to authenticate its clients, so the concentrator's
-QuicConnection must set that flag (tunnel/quic_ext.py) and, after HandshakeCompleted, pass the
-peer certificate to `ClientVerifier.verify` and close the connection when it raises.
+QuicConnection must set that flag (tunnel/protocol/quic_ext.py) and, after HandshakeCompleted, pass
+the peer certificate to `ClientVerifier.verify` and close the connection when it raises.
 
 Three questions, in this order:
 1. Is the certificate genuine? It chains to the client CA, is valid now and is meant for

@@ -28,8 +28,8 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from tunnel.errors import ControlErrorCode, StreamErrorCode, TunnelError
-from tunnel.tlv import MAX_TLV_VALUE_SIZE
+from tunnel.wire.errors import ControlErrorCode, StreamErrorCode, TunnelError
+from tunnel.wire.tlv import MAX_TLV_VALUE_SIZE
 
 K = TypeVar("K", bound=Hashable)
 

@@ -17,8 +17,8 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar, Final, Self, TypeAlias, TypeVar
 
-from tunnel.errors import StreamErrorCode, TunnelError, malformed, protocol_violation
-from tunnel.tlv import MAX_TLV_VALUE_SIZE, TLV_HEADER_SIZE, TLVReader, encode_tlv
+from tunnel.wire.errors import StreamErrorCode, TunnelError, malformed, protocol_violation
+from tunnel.wire.tlv import MAX_TLV_VALUE_SIZE, TLV_HEADER_SIZE, TLVReader, encode_tlv
 
 _T = TypeVar("_T")
 

@@ -17,7 +17,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
-from tunnel.errors import StreamErrorCode
+from tunnel.wire.errors import StreamErrorCode
 
 VERSION: Final = 5
 METHOD_NO_AUTH: Final = 0x00

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from tunnel.messages import AccessId
+from tunnel.wire.messages import AccessId
 
 DEFAULT_PRIORITY: Final = (AccessId.NON_THREE_GPP, AccessId.THREE_GPP)
 """Failover order by default: the non-3GPP access (WiFi) first, the 3GPP one (5G) as backup,

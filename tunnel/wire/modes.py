@@ -1,0 +1,36 @@
+"""The tunnel modes and the ALPN tokens that select them.
+
+The mode of a connection is negotiated by ALPN (tunnel draft §5, tunnel-session draft §5); stream
+mode is not a mode of its own but a transport parameter next to either (tunnel/protocol/
+quic_ext.py). One enum serves the wire, the configuration (`mode = "tunnel"`) and the programs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Final
+
+ALPN_TUNNEL: Final = ("qt", "qt-00")
+"""-tunnel-00 §5: "qt", or "qt-00" for this draft version."""
+ALPN_SESSION: Final = ("qt-session", "qt-session-00")
+"""-tunnel-session-00 §5: "qt-session", or "qt-session-00"."""
+ALL_ALPN: Final = ALPN_TUNNEL + ALPN_SESSION
+
+
+class TunnelMode(Enum):
+    TUNNEL = "tunnel"
+    """-tunnel-00: whole IP packets in DATAGRAM frames."""
+    SESSION = "session"
+    """-tunnel-session-00: Protocol Type + Packet Tag header, joinable sessions."""
+
+
+def mode_of_alpn(alpn: str | None) -> TunnelMode | None:
+    """The tunnel mode an ALPN token selects, None if it selects none."""
+    if alpn in ALPN_TUNNEL:
+        return TunnelMode.TUNNEL
+    if alpn in ALPN_SESSION:
+        return TunnelMode.SESSION
+    return None
+
+
+__all__ = ["ALL_ALPN", "ALPN_SESSION", "ALPN_TUNNEL", "TunnelMode", "mode_of_alpn"]
