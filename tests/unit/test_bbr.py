@@ -1,0 +1,199 @@
+"""tunnel.protocol.bbr on a simulated bottleneck (fake clock, seeded loss): the state machine
+goes the way the table says, the model finds the link, and random loss does not shrink it."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from aioquic.quic.congestion.reno import RenoCongestionControl
+from aioquic.quic.packet import QuicPacketType
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.tls import Epoch
+
+from tunnel.protocol.bbr import (
+    DRAIN_GAIN,
+    HIGH_GAIN,
+    PACING_GAIN_CYCLE,
+    BbrCongestionControl,
+    BbrState,
+    MaxFilter,
+)
+
+MSS = 1200
+
+
+@dataclass
+class Bottleneck:
+    """A FIFO link of `rate` bytes/s and `rtt` seconds of propagation, losing packets at
+    random with probability `loss`; the sender is greedy and paced by the controller."""
+
+    cc: BbrCongestionControl | RenoCongestionControl
+    rate: float
+    rtt: float
+    loss: float = 0.0
+    seed: int = 1
+    now: float = 0.0
+    link_free: float = 0.0
+    next_pn: int = 0
+    next_send: float = 0.0
+    delivered_bytes: int = 0
+    states: list[BbrState] = field(default_factory=list)
+    _events: list[tuple[float, int, bool, QuicSentPacket]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+
+    def run(self, seconds: float, step: float = 0.0005) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self._deliver()
+            self._send()
+            self.now += step
+            if isinstance(self.cc, BbrCongestionControl) and (
+                not self.states or self.states[-1] is not self.cc.state
+            ):
+                self.states.append(self.cc.state)
+
+    def _send(self) -> None:
+        cc = self.cc
+        # pacing credit never accumulates beyond 1 ms (like aioquic's pacer bucket)
+        self.next_send = max(self.next_send, self.now - 0.001)
+        while cc.bytes_in_flight + MSS <= cc.congestion_window and self.next_send <= self.now:
+            packet = QuicSentPacket(
+                epoch=Epoch.ONE_RTT,
+                in_flight=True,
+                is_ack_eliciting=True,
+                is_crypto_packet=False,
+                packet_number=self.next_pn,
+                packet_type=QuicPacketType.ONE_RTT,
+                sent_time=self.now,
+                sent_bytes=MSS,
+            )
+            self.next_pn += 1
+            cc.on_packet_sent(packet=packet)
+            rate = getattr(cc, "pacing_rate", None)
+            if rate:
+                self.next_send += MSS / rate
+            self.link_free = max(self.link_free, self.now) + MSS / self.rate
+            lost = self.random.random() < self.loss
+            # an ACK (or, for a lost packet, the loss detection) a propagation RTT after the
+            # packet left the bottleneck
+            heapq.heappush(
+                self._events, (self.link_free + self.rtt, packet.packet_number, lost, packet)
+            )
+
+    def _deliver(self) -> None:
+        while self._events and self._events[0][0] <= self.now:
+            when, _, lost, packet = heapq.heappop(self._events)
+            if lost:
+                self.cc.on_packets_lost(now=when, packets=[packet])
+            else:
+                self.delivered_bytes += packet.sent_bytes
+                self.cc.on_packet_acked(now=when, packet=packet)
+                assert packet.sent_time is not None
+                self.cc.on_rtt_measurement(now=when, rtt=when - packet.sent_time)
+
+    def goodput(self, seconds: float) -> float:
+        before = self.delivered_bytes
+        self.run(seconds)
+        return (self.delivered_bytes - before) / seconds
+
+
+RATE = 12_500_000 / 8 * 8  # 100 Mbit/s in bytes/s
+RTT = 0.040
+
+
+def test_states_follow_the_table_and_the_model_finds_the_link() -> None:
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE, rtt=RTT)
+    link.run(3.0)
+    assert link.states[:3] == [BbrState.STARTUP, BbrState.DRAIN, BbrState.PROBE_BW]
+    assert cc.btlbw == pytest.approx(RATE, rel=0.1)
+    assert cc.rtprop == pytest.approx(RTT, rel=0.1)
+    assert cc.pacing_gain in PACING_GAIN_CYCLE and cc.cwnd_gain == 2.0
+    # in steady state the queue stays short: about the BDP in flight, not a full cwnd of Reno
+    assert cc.rtprop is not None
+    assert cc.congestion_window <= 2 * RATE * cc.rtprop + 4 * MSS
+    assert link.goodput(2.0) == pytest.approx(RATE, rel=0.1)
+
+
+def test_gains_per_state() -> None:
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    assert (cc.pacing_gain, cc.cwnd_gain) == (HIGH_GAIN, HIGH_GAIN)
+    assert pytest.approx(1 / HIGH_GAIN) == DRAIN_GAIN
+
+
+@pytest.mark.parametrize("loss", [0.01, 0.02, 0.05])
+def test_random_loss_does_not_shrink_the_model_where_reno_collapses(loss: float) -> None:
+    """The point of BBRv1 for the outer connection: 2 % random loss keeps the link busy (Reno
+    halves at every loss event and falls far below it on a 40 ms path)."""
+    bbr = Bottleneck(BbrCongestionControl(max_datagram_size=MSS), rate=RATE, rtt=RTT, loss=loss)
+    bbr.run(3.0)
+    reno = Bottleneck(RenoCongestionControl(max_datagram_size=MSS), rate=RATE, rtt=RTT, loss=loss)
+    reno.run(3.0)
+    bbr_goodput, reno_goodput = bbr.goodput(3.0), reno.goodput(3.0)
+    assert bbr_goodput >= 0.8 * RATE * (1 - loss)
+    assert reno_goodput < 0.5 * bbr_goodput
+
+
+def test_probe_rtt_after_ten_seconds_without_a_lower_rtt() -> None:
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE / 10, rtt=RTT)
+    link.run(12.0)
+    assert BbrState.PROBE_RTT in link.states
+    after = link.states[link.states.index(BbrState.PROBE_RTT) + 1]
+    assert after is BbrState.PROBE_BW  # the pipe was full: back to probing bandwidth
+    assert cc.state is BbrState.PROBE_BW
+
+
+def test_probe_rtt_cuts_the_window_to_four_packets() -> None:
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE / 10, rtt=RTT)
+    windows: list[int] = []
+    for _ in range(24_000):  # 12 s in 0.5 ms steps
+        link.run(0.0005)
+        if cc.state is BbrState.PROBE_RTT:
+            windows.append(cc.congestion_window)
+    assert windows and min(windows) == 4 * MSS
+
+
+def test_app_limited_samples_do_not_lower_the_estimate() -> None:
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE, rtt=RTT)
+    link.run(2.0)
+    estimate = cc.btlbw
+    # the application sends one packet per RTT and says so
+    for _ in range(40):
+        cc.note_app_limited()
+        packet = QuicSentPacket(
+            epoch=Epoch.ONE_RTT,
+            in_flight=True,
+            is_ack_eliciting=True,
+            is_crypto_packet=False,
+            packet_number=link.next_pn,
+            packet_type=QuicPacketType.ONE_RTT,
+            sent_time=link.now,
+            sent_bytes=MSS,
+        )
+        link.next_pn += 1
+        cc.on_packet_sent(packet=packet)
+        link.now += RTT
+        link._deliver()
+        cc.on_packet_acked(now=link.now, packet=packet)
+    assert cc.btlbw >= 0.9 * estimate
+
+
+def test_max_filter_forgets_after_its_window() -> None:
+    f = MaxFilter(window=10)
+    f.update(0, 100.0)
+    f.update(5, 50.0)
+    assert f.value == 100.0
+    f.update(10, 40.0)  # round 0 has left the window
+    assert f.value == 50.0
+    f.update(16, 10.0)
+    assert f.value == 40.0  # round 10 is still inside
+    f.update(20, 10.0)
+    assert f.value == 10.0
