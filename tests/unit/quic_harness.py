@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,24 +89,42 @@ class FakeClock:
         self.now = start
 
 
+STALE_TIMER_STEP = 1e-6  # seconds the fake clock moves for a timer that asks for "now" again
+
+
 @dataclass
 class Link:
-    """One direction of a path: fixed delay, can be cut (everything sent is lost)."""
+    """One direction of a path: fixed delay, can be cut (everything sent is lost); optionally
+    a bottleneck of `rate` bytes/s (FIFO, unbounded queue) and random loss (seeded)."""
 
     delay: float = 0.005
     up: bool = True
     in_flight: list[tuple[float, int, bytes]] = field(default_factory=list)
     sent: int = 0
     lost: int = 0
+    rate: float | None = None
+    loss: float = 0.0
+    seed: int = 1
     _seq: int = 0
+    _free_at: float = 0.0
+    _random: random.Random | None = None
 
     def send(self, data: bytes, now: float) -> None:
         self.sent += 1
         if not self.up:
             self.lost += 1
             return
+        departure = now
+        if self.rate is not None:
+            departure = self._free_at = max(self._free_at, now) + len(data) / self.rate
+        if self.loss:
+            if self._random is None:
+                self._random = random.Random(self.seed)
+            if self._random.random() < self.loss:
+                self.lost += 1
+                return
         self._seq += 1
-        self.in_flight.append((now + self.delay, self._seq, data))
+        self.in_flight.append((departure + self.delay, self._seq, data))
 
     def due(self, now: float) -> list[bytes]:
         ready = sorted(item for item in self.in_flight if item[0] <= now)
@@ -203,6 +222,10 @@ class Network:
     def _settle(self) -> None:
         """Deliver everything due, fire due timers, and send, until quiet at `now`."""
         now = self.clock.now
+        # A timer that asks again for the same instant once it was handled (aioquic's ACK due
+        # exactly now while the pacer holds the packet: it treats ack_at == now as not due yet)
+        # waits for the clock to move, as it would on a real one.
+        handled: set[tuple[int, float]] = set()
         for _ in range(1000):
             busy = False
             for path in self.paths:
@@ -215,7 +238,8 @@ class Network:
                         endpoint.active = True
                         busy = True
                     timer = endpoint.quic.get_timer() if endpoint.active else None
-                    if timer is not None and timer <= now:
+                    if timer is not None and timer <= now and (id(endpoint), timer) not in handled:
+                        handled.add((id(endpoint), timer))
                         endpoint.quic.handle_timer(now=now)
                         busy = True
                     self._drain_events(endpoint)
@@ -238,7 +262,8 @@ class Network:
             for endpoint in (path.client, path.server):
                 timer = endpoint.quic.get_timer() if endpoint.active else None
                 if timer is not None:
-                    times.append(timer)
+                    # one handled at this instant already (see _settle): the next microsecond
+                    times.append(max(timer, self.clock.now + STALE_TIMER_STEP))
         return min(times, default=None)
 
     def flush(self) -> None:

@@ -29,10 +29,17 @@ from aioquic.quic.connection import (
     stream_is_unidirectional,
 )
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
-from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicPacketBuilder
+from aioquic.quic.packet_builder import (
+    PACKET_NUMBER_SEND_SIZE,
+    QuicPacketBuilder,
+    QuicPacketBuilderStop,
+)
+from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
 
+from tunnel.protocol.bbr import BbrCongestionControl
+from tunnel.protocol.congestion import PacedNoCongestionControl
 from tunnel.protocol.stateless_reset import is_reset, reset_token
 
 # Provisional codepoint of the quic_tunnel_stream_mode transport parameter
@@ -44,6 +51,12 @@ from tunnel.protocol.stateless_reset import is_reset, reset_token
 # It was not checked against the live IANA registry (no network here); change it
 # HERE only, both peers must agree on it.
 STREAM_MODE_TP_ID: Final[int] = 0x71745F73
+
+# RFC 9002 §6.2.2: the RTT assumed before the first sample (aioquic uses the same 333 ms); the
+# pacer needs one at once for congestion control "none", whose rate is known from the start.
+INITIAL_RTT: Final[float] = 0.333
+# share of a packet's time the pacer forgives (float residues of the bucket arithmetic)
+PACER_TOLERANCE: Final[float] = 0.001
 
 # AEAD tag added to every protected packet: 16 bytes for all three TLS 1.3 suites
 # QUIC uses (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; RFC 9001 §5.3).
@@ -80,6 +93,7 @@ CRYPTO_BUFFER_LIMIT: Final[int] = 64 * 1024
 
 _REQUIRED_INTERNALS = (
     "_network_paths",
+    "_write_datagram_frame",
     "_serialize_transport_parameters",
     "_parse_transport_parameters",
     "_datagrams_pending",
@@ -135,6 +149,7 @@ def _check_aioquic_internals() -> None:
     missing += [
         f"_local_max_data.{n}" for n in ("used", "sent") if not hasattr(probe._local_max_data, n)
     ]
+    missing += [f"_loss.{n}" for n in ("_cc", "_pacer") if not hasattr(probe._loss, n)]
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
             "tunnel.protocol.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
@@ -164,6 +179,7 @@ class TunnelQuicConnection(QuicConnection):
         stream_window: int | None = None,
         connection_window: int | None = None,
         reset_key: bytes | None = None,
+        pacing_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
@@ -176,7 +192,9 @@ class TunnelQuicConnection(QuicConnection):
         announce stream mode), see _write_connection_limits.
         `reset_key` (server): derive the stateless reset token of every connection ID we issue
         from it (tunnel/protocol/stateless_reset.py) instead of aioquic's random ones, so that a
-        restarted server can still reset the connection."""
+        restarted server can still reset the connection.
+        `pacing_rate` (bytes per second): the rate of congestion control "none"
+        (tunnel/protocol/congestion.py), required with it and refused with any other."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         self._tunnel_reset_key = reset_key
@@ -208,6 +226,62 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_connection_window = connection_window
         self._local_max_data.value = connection_window  # announced as initial_max_data
         self._local_max_data.sent = connection_window
+        self._install_pacer(pacing_rate)
+
+    # -- congestion control and pacing (tunnel/protocol/congestion.py) ----------------------
+
+    def _install_pacer(self, pacing_rate: float | None) -> None:
+        """aioquic paces at cwnd / srtt; a controller that knows its own rate (BBR: pacing
+        gain x bottleneck bandwidth; "none": the configured rate) sets `pacing_rate` and the
+        pacer follows it instead."""
+        loss = self._loss
+        cc = loss._cc
+        if isinstance(cc, PacedNoCongestionControl):
+            if pacing_rate is None or pacing_rate <= 0:
+                raise ValueError(
+                    'congestion control "none" needs a pacing rate (bytes/s > 0): without '
+                    "one the tunnel would flood its access"
+                )
+            cc.pacing_rate = pacing_rate
+        elif pacing_rate is not None:
+            raise ValueError('a fixed pacing rate goes with congestion control "none" only')
+        self._tunnel_now: float | None = None
+        self._tunnel_paced = hasattr(cc, "pacing_rate")
+        if self._tunnel_paced:
+            loss._pacer = RatePacer(cc, max_datagram_size=self._max_datagram_size)
+            loss._pacer.update_rate(cc.congestion_window, INITIAL_RTT)
+
+    def _write_datagram_frame(
+        self, builder: QuicPacketBuilder, data: bytes, frame_type: QuicFrameType
+    ) -> bool:
+        # aioquic skips pacing for a packet that carries a due ACK, and then fills that packet
+        # with DATAGRAM frames too: with traffic both ways (every tunnel) about half the
+        # packets left unpaced, twice the configured rate of "none" in the in-memory test. With
+        # a controller that sets its own rate, a DATAGRAM waits for the pacer like any packet.
+        now = self._tunnel_now
+        if (
+            self._tunnel_paced
+            and now is not None
+            and self._loss._pacer.next_send_time(now=now) is not None
+        ):
+            raise QuicPacketBuilderStop
+        return bool(
+            super()._write_datagram_frame(builder=builder, data=data, frame_type=frame_type)
+        )
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        self._tunnel_now = now
+        datagrams = super().datagrams_to_send(now)
+        cc = self._loss._cc
+        # Nothing left to send and room in the window: what the next ACKs measure is our
+        # sender's demand, not the path (BBR's app-limited samples, draft-cheng §3.4).
+        if (
+            isinstance(cc, BbrCongestionControl)
+            and not self._datagrams_pending
+            and cc.bytes_in_flight < cc.congestion_window
+        ):
+            cc.note_app_limited()
+        return datagrams
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -401,6 +475,54 @@ class TunnelQuicConnection(QuicConnection):
                 reason_phrase=f"more than {CRYPTO_BUFFER_LIMIT} bytes of handshake to buffer",
             )
         super()._handle_crypto_frame(context, frame_type, buf)
+
+
+class RatePacer(QuicPacketPacer):
+    """aioquic's pacer at the controller's own `pacing_rate` (bytes/s) when it has one; its
+    bucket (burst) stays aioquic's: at most 16 packets' or a quarter window's worth."""
+
+    def __init__(self, cc: Any, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._cc = cc
+
+    def next_send_time(self, now: float) -> float | None:  # type: ignore[override]
+        # aioquic's pacer lets a packet go whenever its bucket holds *any* time, so a wakeup
+        # that refills exactly one packet's time (plus a float residue) sends two: measured
+        # here at twice the configured rate. A packet needs a whole packet's time (the size of
+        # the last one sent: the next is most likely alike).
+        if self.packet_time is None:
+            return None
+        self.update_bucket(now=now)
+        needed = self._packet_cost()
+        missing = needed - self.bucket_time
+        return now + missing if missing > PACER_TOLERANCE * needed else None
+
+    def update_after_send(self, now: float) -> None:
+        # aioquic counts every packet as max_datagram_size; the controller's rate is in bytes
+        # actually sent (BBR measures delivered bytes), so the packet's own size is charged.
+        if self.packet_time is not None:
+            self.update_bucket(now=now)
+            self.bucket_time = max(0.0, self.bucket_time - self._packet_cost())
+
+    def _packet_cost(self) -> float:
+        assert self.packet_time is not None
+        rate = getattr(self._cc, "pacing_rate", None)
+        size = getattr(self._cc, "last_sent_bytes", 0)
+        if rate is None or size <= 0:
+            return self.packet_time
+        return max(K_MICRO_SECOND, size / rate)
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        rate = getattr(self._cc, "pacing_rate", None)
+        if rate is None:  # no model yet (BBR before its first sample): aioquic's rule
+            super().update_rate(congestion_window, smoothed_rtt)
+            return
+        size = self._max_datagram_size
+        self.packet_time = max(K_MICRO_SECOND, min(size / rate, K_SECOND))
+        burst = max(2 * size, min(congestion_window // 4, 16 * size))
+        self.bucket_max = burst / rate
+        if self.bucket_time > self.bucket_max:
+            self.bucket_time = self.bucket_max
 
 
 def stream_send_open(quic: QuicConnection, stream_id: int) -> bool:
