@@ -90,3 +90,36 @@ def test_the_pacer_follows_the_controllers_rate() -> None:
     assert isinstance(pacer, RatePacer)
     assert isinstance(quic._loss._cc, PacedNoCongestionControl)
     assert pacer.packet_time == pytest.approx(0.001)  # 1452 B at 1.452 MB/s
+
+
+def test_every_tracked_datagram_gets_its_fate_and_none_is_falsely_lost() -> None:
+    """Datagram fate (issue 12): on a link losing 5 %, each tracked DATAGRAM is reported
+    acknowledged or lost; every acknowledged one arrived, and none that arrived is reported
+    lost (untracked ones get no report)."""
+    net = Network()
+    client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
+    client = TunnelQuicConnection(configuration=client_config)
+    server = TunnelQuicConnection(
+        configuration=server_config,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    path = net.add_connection_pair(client, server, delay=DELAY)
+    net.run(0.5)
+    path.up_link.rate, path.up_link.loss = RATE, 0.05
+    for n in range(400):
+        client.send_datagram_frame(n.to_bytes(4, "big") + b"x" * 500, token=n if n % 2 else None)
+        if n % 20 == 19:
+            net.run(0.01)
+    net.run(3.0)
+    fates = dict(client.take_datagram_fates())
+    arrived = {
+        int.from_bytes(e.data[:4], "big")
+        for e in path.server.quic_events
+        if isinstance(e, DatagramFrameReceived)
+    }
+    assert set(fates) <= {n for n in range(400) if n % 2}
+    acked = {n for n, ok in fates.items() if ok}
+    lost = {n for n, ok in fates.items() if not ok}
+    assert acked <= arrived and not (lost & arrived)
+    assert lost and len(fates) >= 190  # nearly all 200 tracked ones have a fate by now
+    assert client.take_datagram_fates() == []

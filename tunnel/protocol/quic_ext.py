@@ -13,6 +13,8 @@ Importing this module fails with one clear sentence if the internals moved.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Hashable
 from typing import Any, Final
 
 from aioquic._buffer import Buffer, BufferReadError
@@ -31,6 +33,7 @@ from aioquic.quic.connection import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from aioquic.quic.packet_builder import (
     PACKET_NUMBER_SEND_SIZE,
+    QuicDeliveryState,
     QuicPacketBuilder,
     QuicPacketBuilderStop,
 )
@@ -247,6 +250,11 @@ class TunnelQuicConnection(QuicConnection):
             raise ValueError('a fixed pacing rate goes with congestion control "none" only')
         self._tunnel_now: float | None = None
         self._tunnel_paced = hasattr(cc, "pacing_rate")
+        # one entry per queued DATAGRAM, in aioquic's queue order (None: not tracked)
+        self._tunnel_datagram_tokens: deque[Hashable | None] = deque(
+            None for _ in self._datagrams_pending
+        )
+        self._tunnel_fates: list[tuple[Hashable, bool]] = []
         if self._tunnel_paced:
             loss._pacer = RatePacer(cc, max_datagram_size=self._max_datagram_size)
             loss._pacer.update_rate(cc.congestion_window, INITIAL_RTT)
@@ -265,9 +273,36 @@ class TunnelQuicConnection(QuicConnection):
             and self._loss._pacer.next_send_time(now=now) is not None
         ):
             raise QuicPacketBuilderStop
-        return bool(
+        written = bool(
             super()._write_datagram_frame(builder=builder, data=data, frame_type=frame_type)
         )
+        # The frame is in the packet being built (aioquic pops it from its queue next): its
+        # fate arrives with the packet's, through the per-frame delivery handlers aioquic
+        # already calls for other frames.
+        token = self._tunnel_datagram_tokens.popleft() if self._tunnel_datagram_tokens else None
+        if token is not None and builder._packet is not None:
+            builder._packet.delivery_handlers.append((self._on_datagram_fate, (token,)))
+        return written
+
+    # -- datagram fate (issue 12: failure detection, reinjection, loss hiding) --------------
+
+    def send_datagram_frame(self, data: bytes, token: Hashable | None = None) -> None:
+        """Queue a DATAGRAM frame; with a `token`, its fate — acknowledged or declared lost
+        by loss recovery (RFC 9002 §6) — is reported by take_datagram_fates(). aioquic raises
+        no event for either; its per-frame delivery handlers do the work (checked: ACKED for
+        every delivered frame, LOST for most dropped ones, never a false LOST)."""
+        super().send_datagram_frame(data)
+        self._tunnel_datagram_tokens.append(token)
+
+    def _on_datagram_fate(self, state: QuicDeliveryState, token: Hashable) -> None:
+        self._tunnel_fates.append((token, state is QuicDeliveryState.ACKED))
+
+    def take_datagram_fates(self) -> list[tuple[Hashable, bool]]:
+        """(token, acknowledged) of every tracked DATAGRAM whose fate is known since the last
+        call: True acknowledged, False declared lost. Datagrams still queued or in flight when
+        the connection ends never get a fate: the caller owns them then."""
+        fates, self._tunnel_fates = self._tunnel_fates, []
+        return fates
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._tunnel_now = now
@@ -509,8 +544,8 @@ class RatePacer(QuicPacketPacer):
         rate = getattr(self._cc, "pacing_rate", None)
         size = getattr(self._cc, "last_sent_bytes", 0)
         if rate is None or size <= 0:
-            return self.packet_time
-        return max(K_MICRO_SECOND, size / rate)
+            return float(self.packet_time)
+        return max(K_MICRO_SECOND, float(size / rate))
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         rate = getattr(self._cc, "pacing_rate", None)
