@@ -1,5 +1,10 @@
 """Typed configuration of `qtun client` and `qtun concentrator`, parsed from TOML text.
 
+Every key is declared once, on its dataclass field below: its default (the field's), the values
+it accepts (range or choices), its unit and a one-line doc (tunnel/config_schema.py says how).
+The parser reads those declarations, and the README's configuration reference is generated from
+them (`python -m tunnel.config_reference --write`), so a default is written in one place.
+
 Sans-I/O: `parse_client_config` / `parse_concentrator_config` take the file's text (the caller
 reads the file, see tunnel/aio/config_file.py) plus overrides from the command line, and return
 frozen dataclasses. Every bad value raises ConfigError with one sentence naming the key, what is
@@ -17,38 +22,77 @@ configured with its address under `[tun]`.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv4Network,
-    IPv6Address,
-    IPv6Interface,
-    IPv6Network,
-    ip_address,
-    ip_interface,
-    ip_network,
-)
+from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
-from typing import Any, TypeVar
 
+from tunnel.config_schema import (
+    IFNAMSIZ,
+    Address,
+    AddressList,
+    Boolean,
+    Check,
+    Choice,
+    ConfigError,
+    EnumList,
+    FilePath,
+    Integer,
+    InterfaceList,
+    InterfaceName,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    Mtu,
+    Network,
+    NetworkList,
+    Number,
+    StringList,
+    Table,
+    Text,
+    apply_override,
+    load_toml,
+    read_table,
+    section,
+    setting,
+)
 from tunnel.session.scheduler import SCHEDULER_NAMES
-from tunnel.user_error import UsageError
 from tunnel.wire.messages import AccessId
 from tunnel.wire.modes import TunnelMode
 
-IPAddress = IPv4Address | IPv6Address
-IPInterface = IPv4Interface | IPv6Interface
-IPNetwork = IPv4Network | IPv6Network
+__all__ = [
+    "ACCESS_KINDS",
+    "CONGESTION_CONTROLS",
+    "DEFAULT_PORT",
+    "IFNAMSIZ",
+    "LOCALHOST",
+    "RETRY_POLICIES",
+    "SCHEDULER_NAMES",
+    "STREAM_BUFFER_DEFAULT",
+    "TO_CONCENTRATOR_POLICIES",
+    "AccessConfig",
+    "ClientConfig",
+    "ClientLimits",
+    "ConcentratorConfig",
+    "ConcentratorLimits",
+    "ConfigError",
+    "IPAddress",
+    "IPInterface",
+    "IPNetwork",
+    "ObservabilityConfig",
+    "PoolConfig",
+    "StaticClient",
+    "StreamClientConfig",
+    "StreamServerConfig",
+    "TlsConfig",
+    "TunConfig",
+    "apply_override",
+    "parse_client_config",
+    "parse_concentrator_config",
+]
 
 DEFAULT_PORT = 4433
-IFNAMSIZ = 16
 LOCALHOST = IPv4Address("127.0.0.1")
-E = TypeVar("E", bound=Enum)
-N = TypeVar("N", IPv4Network, IPv6Network)
 # Names accepted for an access's kind, mapped to the Access ID it reports (tunnel draft §Access
 # Report TLV).
 ACCESS_KINDS: Mapping[str, AccessId] = {
@@ -57,17 +101,32 @@ ACCESS_KINDS: Mapping[str, AccessId] = {
     "wifi": AccessId.NON_THREE_GPP,
     "non-3gpp": AccessId.NON_THREE_GPP,
 }
-
-
-class ConfigError(UsageError):
-    """A configuration value is wrong; str(error) is one sentence saying what to do."""
-
-
 # Congestion controllers aioquic 1.7 offers for the outer QUIC connection (DATAGRAM frames are
 # congestion controlled too, RFC 9221 §5.4): Reno is aioquic's default; CUBIC grows faster again
 # after a loss on paths with a large bandwidth-delay product.
 CONGESTION_CONTROLS = ("reno", "cubic")
-STREAM_BUFFER_DEFAULT = 1024 * 1024  # stream mode window and send buffer (see StreamClientConfig)
+# What packets of tunnel/session-mode clients may reach on the concentrator host itself (its own
+# addresses): "deny" nothing, "ping" ICMP/ICMPv6 echo requests only (the default: a client can
+# check its tunnel, but not reach the host's services), "allow" everything.
+TO_CONCENTRATOR_POLICIES = ("deny", "ping", "allow")
+RETRY_POLICIES = ("always", "auto", "never")
+# Stream mode's window and send buffer, 1 MiB each: one stream then fills a 100 Mbit/s path up
+# to ~80 ms of RTT; 256 KiB held a 5G-profile link (20 ms + queueing) to 57 of 94 Mbit/s (make
+# bench). Memory per connection and side is about window + send_buffer.
+STREAM_BUFFER_DEFAULT = 1024 * 1024
+STREAM_BUFFER = Integer(16 * 1024, 64 * 1024 * 1024)
+PORT = Integer(1, 65535)
+SECONDS_IDLE = Number(1.0, 3600.0)
+REORDER_TIMEOUT = Number(0.0, 10.0)
+REORDER_DOC = (
+    "how long the reorder buffer holds packets behind a missing Packet Tag (session mode); "
+    "0 turns reordering off"
+)
+REORDER_UNSET = "from the paths' RTTs"
+CONGESTION_DOC = "congestion controller of the outer QUIC connections (RFC 9221 §5.4)"
+
+
+# --- the client's and the concentrator's shared tables --------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -75,718 +134,635 @@ class AccessConfig:
     """One access network the client uses: its UDP socket binds to `local_address` and/or
     `interface`; `access_id` is the Access ID reported for it."""
 
-    name: str
-    access_id: AccessId
-    interface: str | None = None
-    local_address: IPAddress | None = None
+    name: str = field(metadata=setting("unique name of the access (logs, status file)", Text()))
+    access_id: AccessId = field(
+        metadata=setting(
+            "the Access ID its Access Reports carry: wifi = non-3GPP (2), 5g = 3GPP (1)",
+            Choice(tuple(ACCESS_KINDS), ACCESS_KINDS.__getitem__),
+        )
+    )
+    interface: str | None = field(
+        default=None,
+        metadata=setting(
+            "interface its UDP socket is bound to (SO_BINDTODEVICE)", InterfaceName(), unset="none"
+        ),
+    )
+    local_address: IPAddress | None = field(
+        default=None,
+        metadata=setting(
+            "local address its socket binds to (give it, interface, or both)",
+            Address(),
+            unset="none",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class TunConfig:
-    name: str
-    mtu: int | None  # None: derived from the QUIC datagram budget at run time
-    addresses: tuple[IPInterface, ...]
-    routes: tuple[IPNetwork, ...]
+    name: str = field(metadata=setting("the TUN device's name", InterfaceName()))
+    mtu: int | None = field(
+        default=None,
+        metadata=setting(
+            "auto: the largest packet one QUIC datagram carries, found after the handshake",
+            Mtu(576, 65535),
+            unit="bytes",
+            unset='`"auto"`',
+        ),
+    )
+    addresses: tuple[IPInterface, ...] = field(
+        default=(),
+        metadata=setting(
+            "this end's tunnel addresses, with prefix length",
+            InterfaceList(required='the TUN\'s addresses, e.g. ["10.8.0.2/32", "fd00:8::2/128"]'),
+        ),
+    )
+    routes: tuple[IPNetwork, ...] = field(
+        default=(), metadata=setting("prefixes routed into the TUN", NetworkList())
+    )
 
 
 @dataclass(frozen=True)
 class TlsConfig:
     """Mutual TLS: `ca` verifies the peer, `cert`/`key` identify this side."""
 
-    ca: Path
-    cert: Path
-    key: Path
-    # concentrator only: the client CA's certificate revocation list (PEM or DER), re-read when
-    # the file changes and on SIGHUP (tunnel/policy/client_auth.py RevocationList)
-    crl: Path | None = None
+    ca: Path = field(metadata=setting("CA certificate that verifies the peer", FilePath()))
+    cert: Path = field(metadata=setting("this side's certificate", FilePath()))
+    key: Path = field(metadata=setting("its private key", FilePath()))
+    # concentrator only (the client's [tls] omits it): tunnel/policy/client_auth.py RevocationList
+    crl: Path | None = field(
+        default=None,
+        metadata=setting(
+            "the client CA's revocation list (PEM or DER), re-read when it changes and on SIGHUP",
+            FilePath(),
+            unset="none",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class ObservabilityConfig:
-    qlog_dir: Path | None = None
-    keylog_file: Path | None = None
-    status_file: Path | None = None
-    status_interval: float = 1.0  # seconds between status file rewrites
+    qlog_dir: Path | None = field(
+        default=None,
+        metadata=setting(
+            "qlog directory (at most 50,000 events per connection; slows aioquic)",
+            FilePath(),
+            unset="off",
+        ),
+    )
+    keylog_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "TLS secrets for Wireshark (SSLKEYLOGFILE format)", FilePath(), unset="off"
+        ),
+    )
+    status_file: Path | None = field(
+        default=None,
+        metadata=setting("JSON status for scripts (*Status file* above)", FilePath(), unset="off"),
+    )
+    status_interval: float = field(
+        default=1.0,
+        metadata=setting(
+            "between status file rewrites (and at every state change)",
+            Number(0.05, 3600.0),
+            unit="s",
+        ),
+    )
+
+
+# --- the client -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ClientLimits:
-    max_datagram_queue: int = 256  # tunnel datagrams waiting in aioquic before we drop
-    reconnect_backoff_max: float = 30.0  # seconds, cap of the exponential reconnect backoff
-    idle_timeout: float = 30.0  # seconds, QUIC idle timeout
-    probe_interval: float = 1.0  # seconds between liveness probes per access
-    reorder_timeout: float | None = None  # seconds; None: from the paths' RTT spread
-    congestion_control: str = "reno"  # the outer QUIC connection's (aioquic: reno | cubic)
+    max_datagram_queue: int = field(
+        default=256,
+        metadata=setting(
+            "tunnel datagrams waiting in aioquic before new ones are dropped",
+            Integer(1, 65536),
+            unit="datagrams",
+        ),
+    )
+    reconnect_backoff_max: float = field(
+        default=30.0,
+        metadata=setting(
+            "cap of the exponential reconnect backoff (from 0.25 s)",
+            Number(0.1, 3600.0),
+            unit="s",
+        ),
+    )
+    idle_timeout: float = field(
+        default=30.0, metadata=setting("QUIC idle timeout", SECONDS_IDLE, unit="s")
+    )
+    probe_interval: float = field(
+        default=1.0,
+        metadata=setting(
+            "between liveness probes on each access (dead after 3 unanswered)",
+            Number(0.01, 60.0),
+            unit="s",
+        ),
+    )
+    reorder_timeout: float | None = field(
+        default=None, metadata=setting(REORDER_DOC, REORDER_TIMEOUT, unit="s", unset=REORDER_UNSET)
+    )
+    congestion_control: str = field(
+        default="reno", metadata=setting(CONGESTION_DOC, Choice(CONGESTION_CONTROLS))
+    )
 
 
 @dataclass(frozen=True)
 class StreamClientConfig:
     """Stream mode on the client (-tcp draft): which TCP connections go into QUIC streams."""
 
-    enabled: bool = False
-    # destinations whose TCP connections are intercepted (nftables redirect to listen_port)
-    intercept: tuple[IPNetwork, ...] = ()
-    listen_port: int = 4480  # transparent listener, on 127.0.0.1 and ::1
-    socks_port: int | None = None  # optional SOCKS5 (CONNECT only) front on socks_address
-    socks_address: IPAddress = LOCALHOST
-    # 1 MiB each: one stream then fills a 100 Mbit/s path up to ~80 ms of RTT; 256 KiB held a
-    # 5G-profile link (20 ms + queueing) to 57 of 94 Mbit/s (make bench). Memory per
-    # connection and side is about window + send_buffer.
-    window: int = STREAM_BUFFER_DEFAULT  # QUIC receive window per stream (bytes), quic_ext.py
-    send_buffer: int = STREAM_BUFFER_DEFAULT  # unacknowledged bytes per stream before reads pause
+    enabled: bool = field(
+        default=False,
+        metadata=setting(
+            "offer stream mode (quic_tunnel_stream_mode) and carry TCP on QUIC streams", Boolean()
+        ),
+    )
+    intercept: tuple[IPNetwork, ...] = field(
+        default=(),
+        metadata=setting(
+            "destinations whose local TCP connections are intercepted (nftables redirect)",
+            NetworkList(),
+        ),
+    )
+    listen_port: int = field(
+        default=4480,
+        metadata=setting("the transparent listener's port, on 127.0.0.1 and ::1", PORT),
+    )
+    socks_port: int | None = field(
+        default=None,
+        metadata=setting("a SOCKS5 front (CONNECT only) on socks_address", PORT, unset="off"),
+    )
+    socks_address: IPAddress = field(
+        default=LOCALHOST, metadata=setting("the SOCKS5 front's address", Address())
+    )
+    window: int = field(
+        default=STREAM_BUFFER_DEFAULT,
+        metadata=setting(
+            "QUIC receive window per stream (quic_ext.py): one stream gets at most window / RTT",
+            STREAM_BUFFER,
+            unit="bytes",
+        ),
+    )
+    send_buffer: int = field(
+        default=STREAM_BUFFER_DEFAULT,
+        metadata=setting(
+            "unacknowledged bytes per stream before reading its TCP socket pauses",
+            STREAM_BUFFER,
+            unit="bytes",
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    name: str = field(
+        default="client",
+        metadata=setting(
+            "informational: the concentrator knows a client by its certificate", Text()
+        ),
+    )
+    mode: TunnelMode = field(
+        default=TunnelMode.TUNNEL,
+        metadata=setting(
+            "tunnel: one connection, migrated on failure; session: one connection per access",
+            Choice.of(TunnelMode),
+        ),
+    )
+    scheduler: str = field(
+        default="failover",
+        metadata=setting("session mode: which access carries each packet", Choice(SCHEDULER_NAMES)),
+    )
+    # False: never send Access Reports (tunnel draft §6); the client still stops using a failed
+    # access itself. The failover experiment's "without Access Reports" variant.
+    access_reports: bool = field(
+        default=True,
+        metadata=setting("send Access Reports (tunnel draft §6) when an access changes", Boolean()),
+    )
+    failback: bool = field(
+        default=True,
+        metadata=setting(
+            "tunnel mode: migrate back to a more preferred access once it is usable again",
+            Boolean(),
+        ),
+    )
+    concentrator_address: IPAddress = field(
+        metadata=setting("the concentrator's address", Address(), key="concentrator.address")
+    )
+    concentrator_port: int = field(
+        default=DEFAULT_PORT,
+        metadata=setting("the concentrator's UDP port", PORT, key="concentrator.port"),
+    )
+    server_name: str = field(
+        default="concentrator",
+        metadata=setting(
+            "a name in the concentrator's certificate", Text(), key="concentrator.server_name"
+        ),
+    )
+    # Tunnel mode with several [[access]]: the first available one carries the one connection,
+    # the others are targets for QUIC connection migration (RFC 9000 §9) when it fails.
+    accesses: tuple[AccessConfig, ...] = field(
+        default=(),
+        metadata=section(
+            "the access networks, most preferred first (session mode: at least one)",
+            key="access",
+            many=True,
+        ),
+    )
+    tun: TunConfig = field(metadata=section("the TUN device", defaults={"name": "qtun0"}))
+    tls: TlsConfig = field(
+        metadata=section(
+            "mutual TLS: ca verifies the peer, cert and key identify this side", omit=("crl",)
+        )
+    )
+    limits: ClientLimits = field(
+        default_factory=ClientLimits, metadata=section("resource limits and timers")
+    )
+    observability: ObservabilityConfig = field(
+        default_factory=ObservabilityConfig,
+        metadata=section("qlog, TLS secrets and the status file"),
+    )
+    stream: StreamClientConfig = field(
+        default_factory=StreamClientConfig,
+        metadata=section("stream mode (-tcp draft): TCP connections on QUIC streams"),
+    )
+
+
+# --- the concentrator -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaticClient:
+    name: str = field(metadata=setting("the Common Name of the client's certificate", Text()))
+    addresses: tuple[IPNetwork, ...] = field(
+        default=(),
+        metadata=setting(
+            "its static inner prefixes",
+            NetworkList(required='the client\'s prefixes, e.g. ["10.8.0.2/32", "fd00:8::2/128"]'),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    ipv4: IPv4Network | None = field(
+        default=None,
+        metadata=setting(
+            "IPv4 addresses for clients without a [[client]] entry", Network(4), unset="none"
+        ),
+    )
+    ipv6: IPv6Network | None = field(
+        default=None,
+        metadata=setting("IPv6 addresses for them", Network(6), unset="none"),
+    )
+    # admission is explicit: a certificate of the CA alone is not enough (README "Security")
+    admit: tuple[str, ...] = field(
+        default=(),
+        metadata=setting(
+            'client names (shell patterns) the pool serves; ["*"]: every client', StringList()
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ConcentratorLimits:
+    max_clients: int = field(
+        default=64, metadata=setting("clients connected at once", Integer(1, 1_000_000))
+    )
+    max_connections_per_client: int = field(
+        default=4, metadata=setting("connections of one client at once", Integer(1, 64))
+    )
+    max_datagram_queue: int = field(
+        default=256,
+        metadata=setting(
+            "datagrams waiting in aioquic per connection before new ones are dropped",
+            Integer(1, 65536),
+            unit="datagrams",
+        ),
+    )
+    rate_limit_mbps: float | None = field(
+        default=None,
+        metadata=setting(
+            "per client: packets beyond are dropped",
+            Number(0.001, 1_000_000.0),
+            unit="Mbit/s",
+            unset="unlimited",
+        ),
+    )
+    session_idle_expiry: float = field(
+        default=30.0,
+        metadata=setting(
+            "how long a session without connections is kept for a rejoin",
+            Number(0.0, 86400.0),
+            unit="s",
+        ),
+    )
+    idle_timeout: float = field(
+        default=30.0, metadata=setting("QUIC idle timeout", SECONDS_IDLE, unit="s")
+    )
+    reorder_timeout: float | None = field(
+        default=None, metadata=setting(REORDER_DOC, REORDER_TIMEOUT, unit="s", unset=REORDER_UNSET)
+    )
+    congestion_control: str = field(
+        default="reno", metadata=setting(CONGESTION_DOC, Choice(CONGESTION_CONTROLS))
+    )
+    max_sessions: int | None = field(
+        default=None,
+        metadata=setting("tunneling sessions at once", Integer(1, 1_000_000), unset="max_clients"),
+    )
+    # Each Access Report may switch paths, log and rewrite the status (README "Security").
+    access_reports_per_second: float = field(
+        default=20.0,
+        metadata=setting(
+            "Access Reports acted on per client (burst: twice as many); more are ignored",
+            Number(0.1, 100_000.0),
+            unit="/s",
+        ),
+    )
+    # The UDP edge against network attackers (tunnel/policy/address_validation.py, README
+    # "Security").
+    retry: str = field(
+        default="auto",
+        metadata=setting(
+            "QUIC Retry (RFC 9000 §8.1.2); auto: from retry_threshold half-open handshakes",
+            Choice(RETRY_POLICIES),
+        ),
+    )
+    retry_threshold: int | None = field(
+        default=None,
+        metadata=setting(
+            "half-open handshakes from which retry = auto retries",
+            Integer(0, 1_000_000),
+            unset="max_half_open / 4",
+        ),
+    )
+    max_half_open: int = field(
+        default=64, metadata=setting("handshakes in progress at once", Integer(1, 1_000_000))
+    )
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata=setting("before an unfinished handshake is dropped", Number(0.1, 600.0), unit="s"),
+    )
+    resets_per_second: float = field(
+        default=100.0,
+        metadata=setting("stateless resets sent, in total", Number(0.1, 1_000_000.0), unit="/s"),
+    )
+    resets_per_prefix_per_second: float = field(
+        default=10.0,
+        metadata=setting(
+            "stateless resets sent to one /24 (IPv4) or /56 (IPv6)",
+            Number(0.1, 1_000_000.0),
+            unit="/s",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class StreamServerConfig:
     """Stream mode on the concentrator: which destinations it connects to, and its limits."""
 
-    enabled: bool = False
+    enabled: bool = field(
+        default=False,
+        metadata=setting("accept stream mode: connect to the clients' TCP destinations", Boolean()),
+    )
     # Destinations (tunnel/policy/stream_policy.py): denied on top of `deny` are loopback,
     # multicast, the concentrator's own addresses and the special-purpose ranges of SPECIAL_PURPOSE
     # (link-local and cloud metadata, documentation, NAT64, ...); a special-purpose range is
     # reached only if `allow` lists it or a part of it (the default allow-all does not count).
-    allow: tuple[IPNetwork, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
-    deny: tuple[IPNetwork, ...] = ()
+    allow: tuple[IPNetwork, ...] = field(
+        default=(IPv4Network("0.0.0.0/0"), IPv6Network("::/0")),
+        metadata=setting(
+            "destinations clients may reach; a special-purpose range only if listed", NetworkList()
+        ),
+    )
+    deny: tuple[IPNetwork, ...] = field(
+        default=(),
+        metadata=setting(
+            "denied on top of loopback, multicast and this host's own addresses", NetworkList()
+        ),
+    )
     # True lets clients reach services on the concentrator host itself (a lab whose server runs
     # there, e.g. `make bench` on the two-host topology); off by default (tcp draft §7).
-    allow_own_addresses: bool = False
-    max_streams: int = 256  # concurrent streams per connection (initial_max_streams_bidi)
-    # Per client, across all its connections (tcp draft §7.1): TCP Connects being tried at once,
-    # and the bytes its streams may buffer, each stream counting window + send_buffer (bytes;
-    # 512 MiB = 256 streams at the 1 MiB defaults, one connection's max_streams). Beyond either,
-    # a TCP Connect is refused.
-    max_pending_connects: int = 32
-    max_client_buffer: int = 512 * 1024 * 1024
-    connect_timeout: float = 5.0  # seconds
-    window: int = STREAM_BUFFER_DEFAULT
-    send_buffer: int = STREAM_BUFFER_DEFAULT
+    allow_own_addresses: bool = field(
+        default=False,
+        metadata=setting("clients may reach services on this host (tcp draft §7)", Boolean()),
+    )
+    max_streams: int = field(
+        default=256,
+        metadata=setting(
+            "concurrent streams per connection (initial_max_streams_bidi)", Integer(1, 1_000_000)
+        ),
+    )
+    # Per client, across all its connections (tcp draft §7.1): beyond either limit, a TCP
+    # Connect is refused. 512 MiB = 256 streams at the 1 MiB defaults, one connection's
+    # max_streams.
+    max_pending_connects: int = field(
+        default=32,
+        metadata=setting(
+            "TCP Connects in progress per client, over all its connections (tcp draft §7.1)",
+            Integer(1, 100_000),
+        ),
+    )
+    max_client_buffer: int = field(
+        default=512 * 1024 * 1024,
+        metadata=setting(
+            "bytes one client's streams may buffer, each counting window + send_buffer",
+            Integer(32 * 1024, 1 << 40),
+            unit="bytes",
+        ),
+    )
+    connect_timeout: float = field(
+        default=5.0,
+        metadata=setting(
+            "before a TCP Connect fails with Network Failure", Number(0.1, 600.0), unit="s"
+        ),
+    )
+    window: int = field(
+        default=STREAM_BUFFER_DEFAULT,
+        metadata=setting("QUIC receive window per stream", STREAM_BUFFER, unit="bytes"),
+    )
+    send_buffer: int = field(
+        default=STREAM_BUFFER_DEFAULT,
+        metadata=setting(
+            "unacknowledged bytes per stream before reading its TCP socket pauses",
+            STREAM_BUFFER,
+            unit="bytes",
+        ),
+    )
 
 
-@dataclass(frozen=True)
-class ClientConfig:
-    name: str
-    mode: TunnelMode
-    concentrator_address: IPAddress
-    concentrator_port: int
-    server_name: str
-    accesses: tuple[AccessConfig, ...]
-    scheduler: str
-    tun: TunConfig
-    tls: TlsConfig
-    limits: ClientLimits = field(default_factory=ClientLimits)
-    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-    # False: never send Access Reports (tunnel draft §6); the client still stops using a failed
-    # access itself. The failover experiment's "without Access Reports" variant.
-    access_reports: bool = True
-    # Tunnel mode: when a more preferred access (earlier in [[access]]) becomes usable again,
-    # migrate the connection back to it. False: stay on the access it failed over to.
-    failback: bool = True
-    stream: StreamClientConfig = field(default_factory=StreamClientConfig)
-
-
-@dataclass(frozen=True)
-class StaticClient:
-    name: str  # the CN of the client's certificate
-    addresses: tuple[IPNetwork, ...]
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    ipv4: IPv4Network | None = None
-    ipv6: IPv6Network | None = None
-    # client names (shell patterns: "student-*", "*") the pool serves besides [[client]] ones:
-    # admission is explicit, a certificate of the CA alone is not enough (README "Security")
-    admit: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ConcentratorLimits:
-    max_clients: int = 64
-    max_connections_per_client: int = 4
-    max_datagram_queue: int = 256
-    rate_limit_mbps: float | None = None  # per client; None: unlimited
-    session_idle_expiry: float = 30.0  # seconds a memberless session is kept for a rejoin
-    idle_timeout: float = 30.0
-    reorder_timeout: float | None = None
-    congestion_control: str = "reno"
-    max_sessions: int | None = None  # tunneling sessions at once; None: max_clients
-    # Access Reports acted on per client and second (burst: twice as many); beyond, ignored and
-    # counted: each one may switch paths, log and rewrite the status (README "Security")
-    access_reports_per_second: float = 20.0
-    # the UDP edge against network attackers (tunnel/policy/address_validation.py, README
-    # "Security")
-    retry: str = "auto"  # QUIC Retry (RFC 9000 §8.1.2): always | auto | never
-    retry_threshold: int | None = None  # half-open handshakes from which "auto" retries
-    max_half_open: int = 64  # handshakes in progress at once
-    handshake_timeout: float = 10.0  # seconds before an unfinished handshake is dropped
-    resets_per_second: float = 100.0  # stateless resets in total
-    resets_per_prefix_per_second: float = 10.0  # ... to one /24 (IPv4) or /56 (IPv6)
-
-
-# What packets of tunnel/session-mode clients may reach on the concentrator host itself (its own
-# addresses): "deny" nothing, "ping" ICMP/ICMPv6 echo requests only (the default: a client can
-# check its tunnel, but not reach the host's services), "allow" everything.
-TO_CONCENTRATOR_POLICIES = ("deny", "ping", "allow")
-RETRY_POLICIES = ("always", "auto", "never")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConcentratorConfig:
-    modes: tuple[TunnelMode, ...]
-    listen_addresses: tuple[IPAddress, ...]
-    port: int
-    tun: TunConfig
-    tls: TlsConfig
-    pool: PoolConfig
-    clients: tuple[StaticClient, ...]
-    scheduler: str
-    limits: ConcentratorLimits = field(default_factory=ConcentratorLimits)
-    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-    stream: StreamServerConfig = field(default_factory=StreamServerConfig)
+    modes: tuple[TunnelMode, ...] = field(
+        default=(TunnelMode.TUNNEL, TunnelMode.SESSION),
+        metadata=setting("the modes clients may use", EnumList(TunnelMode)),
+    )
+    scheduler: str = field(
+        default="failover",
+        metadata=setting(
+            "session mode: which connection carries a session's packets", Choice(SCHEDULER_NAMES)
+        ),
+    )
+    to_concentrator: str = field(
+        default="ping",
+        metadata=setting(
+            "what clients' packets may reach on this host: nothing, echo requests, everything",
+            Choice(TO_CONCENTRATOR_POLICIES),
+        ),
+    )
     # Masquerade (nftables) client packets that leave through another interface than the TUN,
     # except towards `nat_exclude` (networks that route the client prefixes back themselves).
-    nat: bool = False
-    nat_exclude: tuple[IPNetwork, ...] = ()
-    to_concentrator: str = "ping"
+    nat: bool = field(
+        default=False,
+        metadata=setting("masquerade client packets leaving by another interface", Boolean()),
+    )
+    nat_exclude: tuple[IPNetwork, ...] = field(
+        default=(),
+        metadata=setting("not masqueraded towards these (they route clients back)", NetworkList()),
+    )
+    listen_addresses: tuple[IPAddress, ...] = field(
+        default=(IPv4Address("0.0.0.0"),),
+        metadata=setting(
+            'one UDP socket per address (add "::" for IPv6)', AddressList(), key="listen.addresses"
+        ),
+    )
+    port: int = field(
+        default=DEFAULT_PORT, metadata=setting("the UDP port", PORT, key="listen.port")
+    )
+    tun: TunConfig = field(metadata=section("the TUN device", defaults={"name": "qtunc0"}))
+    tls: TlsConfig = field(
+        metadata=section("mutual TLS: ca verifies the peer, cert and key identify this side")
+    )
+    pool: PoolConfig = field(
+        default_factory=PoolConfig,
+        metadata=section(
+            "addresses for clients without a [[client]] entry, claimed by their first packet"
+        ),
+    )
+    clients: tuple[StaticClient, ...] = field(
+        default=(),
+        metadata=section("clients with static inner addresses", key="client", many=True),
+    )
+    limits: ConcentratorLimits = field(
+        default_factory=ConcentratorLimits, metadata=section("resource limits and timers")
+    )
+    observability: ObservabilityConfig = field(
+        default_factory=ObservabilityConfig,
+        metadata=section("qlog, TLS secrets and the status file"),
+    )
+    stream: StreamServerConfig = field(
+        default_factory=StreamServerConfig,
+        metadata=section("stream mode (-tcp draft): TCP connections on QUIC streams"),
+    )
 
 
-# --- parsing -----------------------------------------------------------------------------------
+# --- checks that one key alone cannot make --------------------------------------------------------
+
+
+def _check_access(access: AccessConfig, t: Table) -> None:
+    if access.interface is None and access.local_address is None:
+        raise ConfigError(
+            f"{t.where('')}has neither interface nor local_address: give at least one so the "
+            "socket is bound to that access network"
+        )
+
+
+def _check_tun(tun: TunConfig, t: Table) -> None:
+    if (
+        tun.mtu is not None
+        and tun.mtu < 1280
+        and any(isinstance(a, IPv6Interface) for a in tun.addresses)
+    ):
+        raise ConfigError(
+            f"{t.where('mtu')} is {tun.mtu}, below IPv6's minimum 1280 while an IPv6 address is "
+            'configured: raise it or use "auto"'
+        )
+
+
+def _check_stream_client(stream: StreamClientConfig, t: Table) -> None:
+    if stream.enabled and not stream.intercept and stream.socks_port is None:
+        raise ConfigError(
+            "stream.enabled is true but neither stream.intercept nor stream.socks_port is set: "
+            'give the prefixes to intercept (e.g. ["10.200.0.0/16"]) or a SOCKS5 port'
+        )
+
+
+def _check_stream_server(stream: StreamServerConfig, t: Table) -> None:
+    per_stream = stream.window + stream.send_buffer
+    if stream.max_client_buffer < per_stream:
+        raise ConfigError(
+            f"{t.where('max_client_buffer')} = {stream.max_client_buffer} holds not one stream "
+            f"of window + send_buffer = {per_stream} bytes: raise it or lower those two"
+        )
+
+
+def _check_concentrator_limits(limits: ConcentratorLimits, t: Table) -> None:
+    if limits.retry_threshold is not None and limits.retry_threshold > limits.max_half_open:
+        raise ConfigError(
+            f"limits.retry_threshold = {limits.retry_threshold} is above limits.max_half_open = "
+            f"{limits.max_half_open}: give a threshold between 0 and max_half_open"
+        )
+
+
+def _check_pool(pool: PoolConfig, t: Table) -> None:
+    if (pool.ipv4 is not None or pool.ipv6 is not None) and not pool.admit:
+        raise ConfigError(
+            "[pool] has no admit list: name the clients it serves, e.g. admit = "
+            '["student-*"] (shell patterns; ["*"] admits every certificate of the client CA)'
+        )
+
+
+def _check_client(config: ClientConfig, t: Table) -> None:
+    _unique("access name {!r} is used twice: give each [[access]] its own", config.accesses)
+    if config.mode is TunnelMode.SESSION and not config.accesses:
+        raise ConfigError(
+            "mode is 'session' but no [[access]] table is given: add one per access network"
+        )
+
+
+def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
+    _unique("client name {!r} appears in two [[client]] tables: merge them", config.clients)
+    if config.pool.ipv4 is None and config.pool.ipv6 is None and not config.clients:
+        raise ConfigError(
+            "no client addresses are configured: add a [pool] (ipv4/ipv6 prefix) or [[client]] "
+            "tables with static addresses"
+        )
+
+
+def _unique(message: str, entries: Sequence[AccessConfig | StaticClient]) -> None:
+    names = [e.name for e in entries]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(message.format(name))
+
+
+CHECKS: Mapping[type, Check] = {
+    AccessConfig: _check_access,
+    TunConfig: _check_tun,
+    StreamClientConfig: _check_stream_client,
+    StreamServerConfig: _check_stream_server,
+    ConcentratorLimits: _check_concentrator_limits,
+    PoolConfig: _check_pool,
+    ClientConfig: _check_client,
+    ConcentratorConfig: _check_concentrator,
+}
+
+
+# --- parsing --------------------------------------------------------------------------------------
 
 
 def parse_client_config(
     text: str, *, base_dir: Path = Path("."), overrides: Sequence[str] = (), source: str = "config"
 ) -> ClientConfig:
     """The client configuration in `text` (TOML) with `overrides` applied."""
-    table = _Table(_load(text, source, overrides), "", base_dir)
-    mode = table.enum("mode", TunnelMode, TunnelMode.TUNNEL)
-    conc = table.table("concentrator", required=True)
-    address = conc.address("address", required=True)
-    assert address is not None
-    accesses = tuple(_access(t) for t in table.table_list("access"))
-    names = [a.name for a in accesses]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"access name {name!r} is used twice: give each [[access]] its own")
-    # Tunnel mode with several [[access]]: the first available one carries the one connection,
-    # the others are targets for QUIC connection migration (RFC 9000 §9) when it fails.
-    if mode is TunnelMode.SESSION and not accesses:
-        raise ConfigError(
-            "mode is 'session' but no [[access]] table is given: add one per access network"
-        )
-    config = ClientConfig(
-        name=table.string("name", "client"),
-        mode=mode,
-        concentrator_address=address,
-        concentrator_port=conc.integer("port", DEFAULT_PORT, 1, 65535),
-        server_name=conc.string("server_name", "concentrator"),
-        accesses=accesses,
-        scheduler=table.choice("scheduler", SCHEDULER_NAMES, "failover"),
-        tun=_tun(table.table("tun", required=True), default_name="qtun0"),
-        tls=_tls(table.table("tls", required=True)),
-        limits=_client_limits(table.table("limits")),
-        observability=_observability(table.table("observability")),
-        access_reports=_boolean(table, "access_reports", True),
-        failback=_boolean(table, "failback", True),
-        stream=_stream_client(table.table("stream")),
-    )
-    conc.done()
-    table.done()
-    return config
+    table = Table(load_toml(text, source, overrides), "", base_dir)
+    return read_table(ClientConfig, table, checks=CHECKS)
 
 
 def parse_concentrator_config(
     text: str, *, base_dir: Path = Path("."), overrides: Sequence[str] = (), source: str = "config"
 ) -> ConcentratorConfig:
     """The concentrator configuration in `text` (TOML) with `overrides` applied."""
-    table = _Table(_load(text, source, overrides), "", base_dir)
-    modes = tuple(table.enum_list("modes", TunnelMode, [TunnelMode.TUNNEL, TunnelMode.SESSION]))
-    listen = table.table("listen")
-    listen_addresses = tuple(listen.address_list("addresses", ["0.0.0.0"]))
-    port = listen.integer("port", DEFAULT_PORT, 1, 65535)
-    listen.done()
-    pool_table = table.table("pool")
-    pool = PoolConfig(
-        ipv4=_family(pool_table.network("ipv4"), IPv4Network, "pool.ipv4"),
-        ipv6=_family(pool_table.network("ipv6"), IPv6Network, "pool.ipv6"),
-        admit=tuple(pool_table.string_list("admit")),
-    )
-    pool_table.done()
-    if (pool.ipv4 is not None or pool.ipv6 is not None) and not pool.admit:
-        raise ConfigError(
-            "[pool] has no admit list: name the clients it serves, e.g. admit = "
-            '["student-*"] (shell patterns; ["*"] admits every certificate of the client CA)'
-        )
-    clients = tuple(_static_client(t) for t in table.table_list("client"))
-    names = [c.name for c in clients]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"client name {name!r} appears in two [[client]] tables: merge them")
-    if pool.ipv4 is None and pool.ipv6 is None and not clients:
-        raise ConfigError(
-            "no client addresses are configured: add a [pool] (ipv4/ipv6 prefix) or [[client]] "
-            "tables with static addresses"
-        )
-    config = ConcentratorConfig(
-        modes=modes,
-        listen_addresses=listen_addresses,
-        port=port,
-        tun=_tun(table.table("tun", required=True), default_name="qtunc0"),
-        tls=_tls(table.table("tls", required=True), crl_allowed=True),
-        pool=pool,
-        clients=clients,
-        scheduler=table.choice("scheduler", SCHEDULER_NAMES, "failover"),
-        limits=_concentrator_limits(table.table("limits")),
-        observability=_observability(table.table("observability")),
-        stream=_stream_server(table.table("stream")),
-        nat=_boolean(table, "nat", False),
-        nat_exclude=tuple(table.network_list("nat_exclude")),
-        to_concentrator=table.choice("to_concentrator", TO_CONCENTRATOR_POLICIES, "ping"),
-    )
-    table.done()
-    return config
-
-
-def _access(t: _Table) -> AccessConfig:
-    name = t.string("name", None)
-    kind = t.choice("access_id", tuple(ACCESS_KINDS), None)
-    interface = t.interface_name("interface")
-    local = t.address("local_address")
-    if interface is None and local is None:
-        raise ConfigError(
-            f"{t.where('')}has neither interface nor local_address: give at least one so the "
-            "socket is bound to that access network"
-        )
-    t.done()
-    return AccessConfig(
-        name=name, access_id=ACCESS_KINDS[kind], interface=interface, local_address=local
-    )
-
-
-def _tun(t: _Table, default_name: str) -> TunConfig:
-    name = t.interface_name("name") or default_name
-    mtu_value = t.raw("mtu", "auto")
-    mtu: int | None
-    if mtu_value == "auto":
-        mtu = None
-    else:
-        mtu = t.integer("mtu", 0, 576, 65535, value=mtu_value, hint='or "auto"')
-    addresses = tuple(t.interface_list("addresses"))
-    if not addresses:
-        raise ConfigError(
-            f"{t.where('addresses')} is empty: give the TUN's addresses, e.g. "
-            '["10.8.0.2/32", "fd00:8::2/128"]'
-        )
-    if mtu is not None and mtu < 1280 and any(isinstance(a, IPv6Interface) for a in addresses):
-        raise ConfigError(
-            f"{t.where('mtu')} is {mtu}, below IPv6's minimum 1280 while an IPv6 address is "
-            'configured: raise it or use "auto"'
-        )
-    routes = tuple(t.network_list("routes"))
-    t.done()
-    return TunConfig(name=name, mtu=mtu, addresses=addresses, routes=routes)
-
-
-def _tls(t: _Table, *, crl_allowed: bool = False) -> TlsConfig:
-    config = TlsConfig(
-        ca=t.required_path("ca"),
-        cert=t.required_path("cert"),
-        key=t.required_path("key"),
-        crl=t.path("crl") if crl_allowed else None,
-    )
-    t.done()
-    return config
-
-
-def _observability(t: _Table) -> ObservabilityConfig:
-    config = ObservabilityConfig(
-        qlog_dir=t.path("qlog_dir"),
-        keylog_file=t.path("keylog_file"),
-        status_file=t.path("status_file"),
-        status_interval=t.number("status_interval", 1.0, 0.05, 3600.0),
-    )
-    t.done()
-    return config
-
-
-def _client_limits(t: _Table) -> ClientLimits:
-    config = ClientLimits(
-        max_datagram_queue=t.integer("max_datagram_queue", 256, 1, 65536),
-        reconnect_backoff_max=t.number("reconnect_backoff_max", 30.0, 0.1, 3600.0),
-        idle_timeout=t.number("idle_timeout", 30.0, 1.0, 3600.0),
-        probe_interval=t.number("probe_interval", 1.0, 0.01, 60.0),
-        reorder_timeout=t.optional_number("reorder_timeout", 0.0, 10.0),
-        congestion_control=t.choice("congestion_control", CONGESTION_CONTROLS, "reno"),
-    )
-    t.done()
-    return config
-
-
-def _concentrator_limits(t: _Table) -> ConcentratorLimits:
-    config = ConcentratorLimits(
-        max_clients=t.integer("max_clients", 64, 1, 1_000_000),
-        max_connections_per_client=t.integer("max_connections_per_client", 4, 1, 64),
-        max_datagram_queue=t.integer("max_datagram_queue", 256, 1, 65536),
-        rate_limit_mbps=t.optional_number("rate_limit_mbps", 0.001, 1_000_000.0),
-        session_idle_expiry=t.number("session_idle_expiry", 30.0, 0.0, 86400.0),
-        idle_timeout=t.number("idle_timeout", 30.0, 1.0, 3600.0),
-        reorder_timeout=t.optional_number("reorder_timeout", 0.0, 10.0),
-        congestion_control=t.choice("congestion_control", CONGESTION_CONTROLS, "reno"),
-        max_sessions=t.optional_integer("max_sessions", 1, 1_000_000),
-        access_reports_per_second=t.number("access_reports_per_second", 20.0, 0.1, 100_000.0),
-        retry=t.choice("retry", RETRY_POLICIES, "auto"),
-        retry_threshold=t.optional_integer("retry_threshold", 0, 1_000_000),
-        max_half_open=t.integer("max_half_open", 64, 1, 1_000_000),
-        handshake_timeout=t.number("handshake_timeout", 10.0, 0.1, 600.0),
-        resets_per_second=t.number("resets_per_second", 100.0, 0.1, 1_000_000.0),
-        resets_per_prefix_per_second=t.number(
-            "resets_per_prefix_per_second", 10.0, 0.1, 1_000_000.0
-        ),
-    )
-    if config.retry_threshold is not None and config.retry_threshold > config.max_half_open:
-        raise ConfigError(
-            f"limits.retry_threshold = {config.retry_threshold} is above limits.max_half_open = "
-            f"{config.max_half_open}: give a threshold between 0 and max_half_open"
-        )
-    t.done()
-    return config
-
-
-def _static_client(t: _Table) -> StaticClient:
-    name = t.string("name", None)
-    addresses = tuple(t.network_list("addresses"))
-    if not addresses:
-        raise ConfigError(
-            f"{t.where('addresses')} is empty: give the client's prefixes, e.g. "
-            '["10.8.0.2/32", "fd00:8::2/128"]'
-        )
-    t.done()
-    return StaticClient(name=name, addresses=addresses)
-
-
-def _stream_client(t: _Table) -> StreamClientConfig:
-    socks_port = t.raw("socks_port", None)
-    config = StreamClientConfig(
-        enabled=_boolean(t, "enabled", False),
-        intercept=tuple(t.network_list("intercept")),
-        listen_port=t.integer("listen_port", 4480, 1, 65535),
-        socks_port=None if socks_port is None else t.integer("socks_port", 0, 1, 65535),
-        socks_address=t.address("socks_address") or LOCALHOST,
-        window=t.integer("window", STREAM_BUFFER_DEFAULT, 16 * 1024, 64 * 1024 * 1024),
-        send_buffer=t.integer("send_buffer", STREAM_BUFFER_DEFAULT, 16 * 1024, 64 * 1024 * 1024),
-    )
-    if config.enabled and not config.intercept and config.socks_port is None:
-        raise ConfigError(
-            "stream.enabled is true but neither stream.intercept nor stream.socks_port is set: "
-            'give the prefixes to intercept (e.g. ["10.200.0.0/16"]) or a SOCKS5 port'
-        )
-    t.done()
-    return config
-
-
-def _stream_server(t: _Table) -> StreamServerConfig:
-    allow_given = t.raw("allow", None) is not None
-    config = StreamServerConfig(
-        enabled=_boolean(t, "enabled", False),
-        allow=tuple(t.network_list("allow")) if allow_given else StreamServerConfig.allow,
-        deny=tuple(t.network_list("deny")),
-        allow_own_addresses=_boolean(t, "allow_own_addresses", False),
-        max_streams=t.integer("max_streams", 256, 1, 1_000_000),
-        max_pending_connects=t.integer("max_pending_connects", 32, 1, 100_000),
-        max_client_buffer=t.integer(
-            "max_client_buffer", StreamServerConfig.max_client_buffer, 32 * 1024, 1 << 40
-        ),
-        connect_timeout=t.number("connect_timeout", 5.0, 0.1, 600.0),
-        window=t.integer("window", STREAM_BUFFER_DEFAULT, 16 * 1024, 64 * 1024 * 1024),
-        send_buffer=t.integer("send_buffer", STREAM_BUFFER_DEFAULT, 16 * 1024, 64 * 1024 * 1024),
-    )
-    per_stream = config.window + config.send_buffer
-    if config.max_client_buffer < per_stream:
-        raise ConfigError(
-            f"{t.where('max_client_buffer')} = {config.max_client_buffer} holds not one stream "
-            f"of window + send_buffer = {per_stream} bytes: raise it or lower those two"
-        )
-    t.done()
-    return config
-
-
-def _boolean(t: _Table, key: str, default: bool) -> bool:
-    value = t.raw(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{t.where(key)} = {value!r} is not true or false: give true or false")
-    return value
-
-
-def _family(value: IPNetwork | None, kind: type[N], key: str) -> N | None:
-    if value is None or isinstance(value, kind):
-        return value
-    family = "IPv4" if kind is IPv4Network else "IPv6"
-    raise ConfigError(f"{key} = {str(value)!r} is not an {family} prefix: give an {family} one")
-
-
-# --- TOML loading and overrides ----------------------------------------------------------------
-
-
-def _load(text: str, source: str, overrides: Sequence[str]) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source} is not valid TOML ({exc}): fix the syntax there") from None
-    for item in overrides:
-        apply_override(data, item)
-    return data
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Set one "dotted.key=value" override in the parsed TOML `data` (in place)."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(
-            f"override {item!r} is not key=value: write it like concentrator.port=4433"
-        )
-    try:
-        value: Any = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(
-                    f"override {key!r}: {where} needs an index below {len(node)}: use e.g. "
-                    f"{'.'.join(parts[:i])}.0"
-                )
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-        else:
-            raise ConfigError(
-                f"override {key!r}: {'.'.join(parts[:i])} is a value, not a table: shorten the key"
-            )
-
-
-class _Table:
-    """A TOML table being read: typed getters that raise ConfigError naming the full key, and
-    `done()` which rejects keys nobody asked for (typos)."""
-
-    def __init__(self, data: Mapping[str, Any], prefix: str, base_dir: Path) -> None:
-        self._data = data
-        self._prefix = prefix
-        self._base_dir = base_dir
-        self._seen: set[str] = set()
-
-    def where(self, key: str) -> str:
-        if not key:
-            return f"[{self._prefix}] " if self._prefix else ""
-        return f"{self._prefix}.{key}" if self._prefix else key
-
-    def raw(self, key: str, default: Any) -> Any:
-        self._seen.add(key)
-        return self._data.get(key, default)
-
-    def _missing(self, key: str) -> ConfigError:
-        return ConfigError(f"{self.where(key)} is missing: add it to the configuration")
-
-    def _wrong(self, key: str, value: Any, expected: str) -> ConfigError:
-        return ConfigError(f"{self.where(key)} = {value!r} is not {expected}: give {expected}")
-
-    def table(self, key: str, *, required: bool = False) -> _Table:
-        value = self.raw(key, None)
-        if value is None:
-            if required:
-                raise ConfigError(f"[{self.where(key)}] is missing: add that table")
-            value = {}
-        if not isinstance(value, dict):
-            raise self._wrong(key, value, "a table")
-        return _Table(value, self.where(key), self._base_dir)
-
-    def table_list(self, key: str) -> list[_Table]:
-        value = self.raw(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise self._wrong(key, value, f"a list of tables ([[{key}]])")
-        return [_Table(v, f"{self.where(key)}.{i}", self._base_dir) for i, v in enumerate(value)]
-
-    def string(self, key: str, default: str | None) -> str:
-        value = self.raw(key, default)
-        if value is None:
-            raise self._missing(key)
-        if not isinstance(value, str) or not value.strip():
-            raise self._wrong(key, value, "a non-empty string")
-        return value
-
-    def choice(self, key: str, choices: Sequence[str], default: str | None) -> str:
-        value = self.string(key, default)
-        if value not in choices:
-            raise ConfigError(
-                f"{self.where(key)} = {value!r} is not one of {', '.join(choices)}: "
-                "pick one of them"
-            )
-        return value
-
-    def enum(self, key: str, kind: type[E], default: E) -> E:
-        value = self.choice(key, [m.value for m in kind], default.value)
-        return kind(value)
-
-    def enum_list(self, key: str, kind: type[E], default: list[E]) -> list[E]:
-        value = self.raw(key, [m.value for m in default])
-        allowed = [m.value for m in kind]
-        if (
-            not isinstance(value, list)
-            or not value
-            or any(v not in allowed for v in value)
-            or len(set(value)) != len(value)
-        ):
-            raise ConfigError(
-                f"{self.where(key)} = {value!r} is not a non-empty list of distinct values from "
-                f"{', '.join(allowed)}: give e.g. {allowed!r}"
-            )
-        return [kind(v) for v in value]
-
-    def integer(
-        self, key: str, default: int, low: int, high: int, *, value: Any = None, hint: str = ""
-    ) -> int:
-        if value is None:
-            value = self.raw(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            extra = f" {hint}" if hint else ""
-            raise self._wrong(key, value, f"an integer from {low} to {high}{extra}")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.raw(key, default)
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not low <= value <= high
-        ):
-            raise self._wrong(key, value, f"a number from {low:g} to {high:g}")
-        return float(value)
-
-    def optional_integer(self, key: str, low: int, high: int) -> int | None:
-        if self._data.get(key) is None:
-            self._seen.add(key)
-            return None
-        return self.integer(key, low, low, high)
-
-    def string_list(self, key: str) -> list[str]:
-        value = self.raw(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self._wrong(key, value, "a list of non-empty strings")
-        return list(value)
-
-    def optional_number(self, key: str, low: float, high: float) -> float | None:
-        if self._data.get(key) is None:
-            self._seen.add(key)
-            return None
-        return self.number(key, low, low, high)
-
-    def path(self, key: str, *, required: bool = False) -> Path | None:
-        value = self.raw(key, None)
-        if value is None or value == "":
-            if required:
-                raise self._missing(key)
-            return None
-        if not isinstance(value, str):
-            raise self._wrong(key, value, "a file path string")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self._base_dir / path
-
-    def required_path(self, key: str) -> Path:
-        path = self.path(key, required=True)
-        assert path is not None
-        return path
-
-    def interface_name(self, key: str) -> str | None:
-        value = self.raw(key, None)
-        if value is None:
-            return None
-        if (
-            not isinstance(value, str)
-            or not value
-            or len(value.encode()) >= IFNAMSIZ
-            or "/" in value
-            or any(c.isspace() for c in value)
-        ):
-            raise self._wrong(
-                key, value, f"an interface name of 1 to {IFNAMSIZ - 1} characters without '/'"
-            )
-        return value
-
-    def address(self, key: str, *, required: bool = False) -> IPAddress | None:
-        value = self.raw(key, None)
-        if value is None:
-            if required:
-                raise self._missing(key)
-            return None
-        try:
-            return ip_address(value) if isinstance(value, str) else _bad()
-        except ValueError:
-            raise self._wrong(key, value, "an IP address (e.g. 192.0.2.1 or 2001:db8::1)") from None
-
-    def address_list(self, key: str, default: list[str]) -> list[IPAddress]:
-        value = self.raw(key, default)
-        try:
-            if not isinstance(value, list) or not value:
-                _bad()
-            return [ip_address(v) if isinstance(v, str) else _bad() for v in value]
-        except ValueError:
-            raise self._wrong(
-                key, value, 'a non-empty list of IP addresses (e.g. ["0.0.0.0"])'
-            ) from None
-
-    def network(self, key: str) -> IPNetwork | None:
-        value = self.raw(key, None)
-        if value is None:
-            return None
-        try:
-            return ip_network(value) if isinstance(value, str) else _bad()
-        except ValueError:
-            raise self._wrong(
-                key, value, "an IP prefix with zero host bits (e.g. 10.8.0.0/24)"
-            ) from None
-
-    def network_list(self, key: str) -> list[IPNetwork]:
-        value = self.raw(key, [])
-        try:
-            if not isinstance(value, list):
-                _bad()
-            return [ip_network(v) if isinstance(v, str) else _bad() for v in value]
-        except ValueError:
-            raise self._wrong(
-                key, value, 'a list of IP prefixes with zero host bits (e.g. ["10.9.0.0/16"])'
-            ) from None
-
-    def interface_list(self, key: str) -> list[IPInterface]:
-        value = self.raw(key, [])
-        try:
-            if not isinstance(value, list) or any(
-                isinstance(v, str) and "/" not in v for v in value
-            ):
-                _bad()
-            return [ip_interface(v) if isinstance(v, str) else _bad() for v in value]
-        except ValueError:
-            raise self._wrong(
-                key, value, 'a list of addresses with prefix length (e.g. ["10.8.0.2/24"])'
-            ) from None
-
-    def done(self) -> None:
-        unknown = sorted(set(self._data) - self._seen)
-        if unknown:
-            known = ", ".join(sorted(self._seen))
-            raise ConfigError(
-                f"{self.where(unknown[0])} is not a known key: check its spelling (known here: "
-                f"{known})"
-            )
-
-
-def _bad() -> Any:
-    raise ValueError("wrong type")
+    table = Table(load_toml(text, source, overrides), "", base_dir)
+    return read_table(ConcentratorConfig, table, checks=CHECKS)

@@ -124,7 +124,9 @@ def test_non_root_gets_one_sentence(monkeypatch: pytest.MonkeyPatch, capsys: Any
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert cli.main(["up", "reference"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "qtlab: qtlab up needs root (network namespaces, Mininet): run it with sudo."
+    assert err == (
+        "qtlab: error: qtlab up needs root (network namespaces, Mininet): run it with sudo."
+    )
 
 
 def test_require_fidelity_refuses_an_off_network() -> None:
@@ -197,11 +199,11 @@ def test_loss_check_tolerates_chance_not_a_wrong_network(
     [
         (
             ["up", "reference", "--stream"],
-            "qtlab: --stream needs --tunnel tunnel or --tunnel session.",
+            "qtlab: error: --stream needs --tunnel tunnel or --tunnel session.",
         ),
         (
             ["up", "pair", "--tunnel", "session"],
-            "qtlab: --tunnel needs a topology with a concentrator: reference or nclient.",
+            "qtlab: error: --tunnel needs a topology with a concentrator: reference or nclient.",
         ),
     ],
 )
@@ -210,5 +212,5 @@ def test_up_refuses_a_tunnel_it_cannot_run(
 ) -> None:
     # Refused before any network is built (root is pretended: the check comes first).
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2  # a usage mistake (tunnel.user_error.UsageError)
     assert capsys.readouterr().err.strip() == message
