@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tunnel.aio.concentrator import AUTH_FAILED_REASON
+from tunnel.agents.concentrator import AUTH_FAILED_REASON
 from tunnel.wire.errors import ControlErrorCode
 
 pytestmark = pytest.mark.root
@@ -246,14 +246,12 @@ def test_session_mode_forwards_and_takes_access_reports(
     result = client(certs, "ping", "--alpn", "qt-session", "--report", "--count", "3")
     assert result["session"] is True
     assert result["replies"] == 3, result
-    assert "session created client=alice" in conc.log()
-    assert "access report client=alice" in conc.log()
+    # sessions and Access Reports in detail: tests/unit/test_concentrator_core.py
 
 
 def test_pool_client_claims_its_first_source(conc: Running, certs: tuple[Path, Path]) -> None:
     result = client(certs, "ping", "--cert", "carol", "--src", "10.8.1.5", "--count", "2")
-    assert result["replies"] == 2, result
-    assert "pool address claimed client=carol address=10.8.1.5" in conc.log()
+    assert result["replies"] == 2, result  # the claimed address passed the ingress filter
     # alice's static address is not carol's to claim: dropped by the ingress filter
     before = conc.status()["counters"].get("ingress_dropped", 0)
     taken = client(certs, "ping", "--cert", "carol", "--src", "10.8.0.2")
@@ -331,21 +329,17 @@ def refused(conc: Running, kind: str) -> int:
 
 
 @pytest.mark.parametrize(
-    ("args", "logged"),
-    [
-        (("--cert", "none"), "sent no certificate"),
-        (("--cert-dir", "foreign", "--cert", "alice"), "is not accepted"),
-        (("--cert", "bob"), "'bob' is not served by this concentrator"),
-    ],
+    "args",
+    [("--cert", "none"), ("--cert-dir", "foreign", "--cert", "alice"), ("--cert", "bob")],
     ids=["no-certificate", "foreign-ca", "not-admitted"],
 )
-def test_unauthenticated_clients_get_a_generic_close_and_the_log_the_reason(
-    conc: Running, certs: tuple[Path, Path], args: tuple[str, ...], logged: str
+def test_unauthenticated_clients_get_a_generic_close(
+    conc: Running, certs: tuple[Path, Path], args: tuple[str, ...]
 ) -> None:
     """The peer learns only that authentication failed (a stranger probing the concentrator
-    learns nothing of its clients or its CA); the operator's log says why. bob is signed by
-    the CA but neither a [[client]] nor admitted by the pool: a CA signature alone is not
-    enough (issue 10 item 10)."""
+    learns nothing of its clients or its CA). bob is signed by the CA but neither a [[client]]
+    nor admitted by the pool: a CA signature alone is not enough (issue 10 item 10). Why each
+    was refused (what the operator's log says): tests/unit/test_concentrator_core.py."""
     _, foreign = certs
     args = tuple(str(foreign) if a == "foreign" else a for a in args)
     before = refused(conc, "auth")
@@ -353,7 +347,6 @@ def test_unauthenticated_clients_get_a_generic_close_and_the_log_the_reason(
     assert result["closed"]["by_peer"], result
     assert result["closed"]["reason"] == AUTH_FAILED_REASON
     assert wait_until(lambda: refused(conc, "auth") == before + 1)
-    assert wait_until(lambda: logged in conc.log())
 
 
 def test_wrong_alpn_is_refused(conc: Running, certs: tuple[Path, Path]) -> None:
@@ -424,8 +417,6 @@ def test_session_access_reports_move_traffic_at_once(
     result = client(certs, "failover", "--alpn", "qt-session", "--count", "3", lifetime=10.0)
     assert result["joined"] is True
     assert result["phases"] == [{"a": 3, "b": 0}, {"a": 0, "b": 3}, {"a": 3, "b": 0}], result
-    log = conc.log()
-    assert "access learned" in log and "access=5g" in log
 
 
 def test_limits_rate_limit_and_session_expiry(
@@ -469,7 +460,7 @@ def test_limits_rate_limit_and_session_expiry(
         holder.communicate(timeout=20)
         # the session outlives its last connection by session_idle_expiry, then goes
         assert wait_until(lambda: running.status()["clients"] == [], timeout=5)
-        assert "session expired client=alice" in running.log()
+        assert running.status()["sessions"] == 0
     finally:
         if holder.poll() is None:
             holder.kill()

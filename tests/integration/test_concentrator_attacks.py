@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -37,12 +36,11 @@ from tests.integration.test_concentrator import (
     client,
     conc,
     concentrator_toml,
-    in_ns,
     net,
     start_concentrator,
     wait_until,
 )
-from tunnel.aio.concentrator import AUTH_FAILED_REASON
+from tunnel.agents.concentrator import AUTH_FAILED_REASON
 from tunnel.wire.errors import ControlErrorCode
 
 pytestmark = pytest.mark.root
@@ -68,8 +66,8 @@ def test_unparsable_certificate_is_refused_at_once(
     )
     assert result.get("closed", {}).get("reason") == AUTH_FAILED_REASON, result
     assert wait_until(lambda: conc.status()["refused"]["auth"] == before + 1)
-    assert "unparsable subject" in conc.log()
-    # nothing escaped, and everybody else is still served
+    # nothing escaped, and everybody else is still served (the refusal's detail:
+    # tests/unit/test_concentrator_core.py)
     assert conc.status()["counters"]["internal_errors"] == 0
     assert client(certs, "ping")["replies"] == 1
 
@@ -81,7 +79,7 @@ def test_access_report_flood_costs_a_bounded_log_and_status(
     file rewrite each (9,970 reports in 6 s wrote 25.5 MB). Now: beyond 20/s per client
     (burst 40) they are ignored and counted, log lines are rate-limited, status writes
     coalesce."""
-    log_before = conc.log().count("access report client=alice")
+    log_before = conc.log_path.stat().st_size
     flood = client(certs, "report-flood", "--count", "3000", lifetime=20.0)
     assert flood["connected"] and flood["reports_sent"] == 3000, flood
 
@@ -91,8 +89,9 @@ def test_access_report_flood_costs_a_bounded_log_and_status(
 
     # the budget passes at most 40 + 20/s of the flood's few seconds
     assert wait_until(lambda: ignored() >= 2500, timeout=10), conc.status()["counters"]
-    logged = conc.log().count("access report client=alice") - log_before
-    assert 1 <= logged <= 60, logged
+    # one line per report would be ~300 kB (the budget of lines: tests/unit/test_log_budget.py)
+    grown = conc.log_path.stat().st_size - log_before
+    assert grown < 64_000, grown
     assert client(certs, "ping")["replies"] == 1
 
 
@@ -157,8 +156,8 @@ def test_packets_held_for_reordering_break_nothing(conc: Running, certs: tuple[P
     )  # fmt: skip
     assert flood["connected"], flood
     assert flood["replies"] >= 1000, flood  # a few may be lost on a loaded host; most arrive
-    assert conc.status()["counters"]["internal_errors"] == 0
-    assert "AttributeError" not in conc.log() and "internal error" not in conc.log()
+    assert conc.status()["counters"]["internal_errors"] == 0  # the core's and the server's
+    assert conc.proc.poll() is None  # a bug in the program's timer would have stopped it
     assert client(certs, "ping", "--count", "3")["replies"] == 3
 
 
@@ -176,9 +175,10 @@ def test_crl_revokes_and_the_session_table_is_capped(
     net: None, certs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A concentrator with `tls.crl` and `limits.max_sessions = 1`: a revoked client is
-    refused (generic close, "is revoked" in the log); revoking another while it runs takes
-    effect at its next connection (the file changed) and SIGHUP reloads it explicitly; a
-    second client's New Session finds the table full and gets UNKNOWN_ERROR."""
+    refused (generic close); revoking another while it runs takes effect at its next connection
+    (the file changed) and SIGHUP reloads it explicitly (the status file's `crl`); a second
+    client's New Session finds the table full and gets UNKNOWN_ERROR. Why each was refused:
+    tests/unit/test_concentrator_core.py."""
     ours, _ = certs
     ca = tmp_path / "ca"
     ca.mkdir()
@@ -199,7 +199,8 @@ def test_crl_revokes_and_the_session_table_is_capped(
     try:
         bob = client(certs, "connect", "--port", "4437", "--cert", "bob")
         assert bob["closed"]["reason"] == AUTH_FAILED_REASON, bob
-        assert wait_until(lambda: "is revoked" in running.log())
+        assert wait_until(lambda: running.status()["refused"]["auth"] == 1)
+        assert running.status()["crl"]["revoked"] == 1
         # alice holds the one session slot
         holder = subprocess.Popen(
             ["ip", "netns", "exec", NS_CLI, sys.executable,
@@ -219,10 +220,11 @@ def test_crl_revokes_and_the_session_table_is_capped(
         )
         carol = client(certs, "connect", "--port", "4437", "--cert", "carol")
         assert carol["closed"]["reason"] == AUTH_FAILED_REASON, carol
-        assert wait_until(lambda: len(re.findall("is revoked", running.log())) >= 2)
-        running.proc.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: "crl loaded" in running.log())
-        assert "revoked=2" in running.log()
+        assert wait_until(lambda: running.status()["refused"]["auth"] == 2)
+        crl = running.status()["crl"]
+        assert crl["revoked"] == 2 and crl["problem"] is None, crl
+        running.proc.send_signal(signal.SIGHUP)  # re-read now, changed or not
+        assert wait_until(lambda: running.status()["crl"]["reloads"] == crl["reloads"] + 1)
     finally:
         if holder is not None and holder.poll() is None:
             holder.kill()
@@ -235,9 +237,12 @@ def test_status_file_is_private(conc: Running) -> None:
     assert os.stat(conc.status_path).st_mode & 0o077 == 0  # it lists every client
 
 
-def test_concentrator_log_has_no_traceback_after_the_attacks(conc: Running) -> None:
+def test_the_concentrator_is_unharmed_after_the_attacks(
+    conc: Running, certs: tuple[Path, Path]
+) -> None:
     """Runs last in this module (pytest keeps file order): every attack above was refused or
-    absorbed without an exception in the shared concentrator's log."""
-    text = conc.log()
-    assert "Traceback" not in text and "exception=" not in text, text[-3000:]
-    assert in_ns(NS_CONC, "true").returncode == 0
+    absorbed without an internal error; the program still runs (a bug in its own callbacks
+    stops it with exit 1, which the fixture's stop() would report) and serves."""
+    assert conc.status()["counters"]["internal_errors"] == 0, conc.status()["counters"]
+    assert conc.proc.poll() is None
+    assert client(certs, "ping")["replies"] == 1

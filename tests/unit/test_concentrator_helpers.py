@@ -1,8 +1,15 @@
-"""Pure helpers of tunnel/aio/concentrator.py (no root, no sockets)."""
+"""The concentrator program's own pieces (tunnel/aio/concentrator.py, concentrator_setup.py),
+without root or sockets: the TUN MTU, the forwarding sysctls, the status document it writes,
+and a bug in its callbacks stopping it with exit 1."""
 
 from __future__ import annotations
 
-from tunnel.aio.concentrator import (
+import asyncio
+from pathlib import Path
+
+from tests.unit.concentrator_harness import concentrator_config, lab_certs
+from tunnel.aio.concentrator import ConcentratorProgram
+from tunnel.aio.concentrator_setup import (
     IP_FORWARD_SYSCTLS,
     MAX_DATAGRAM_SIZE,
     auto_tun_mtu,
@@ -11,6 +18,14 @@ from tunnel.aio.concentrator import (
 from tunnel.protocol.quic_ext import packet_datagram_budget
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
 from tunnel.wire.modes import TunnelMode
+
+__all__ = ["lab_certs"]  # the fixture
+
+STATUS_KEYS = {
+    # README "Status file", the concentrator's keys
+    "role", "pid", "time", "state", "modes", "listen", "tun", "ip_forward", "nat", "clients",
+    "sessions", "connections", "refused", "counters", "server", "stream", "crl",
+}  # fmt: skip
 
 
 def test_auto_mtu_is_the_datagram_budget_less_the_session_header() -> None:
@@ -28,3 +43,34 @@ def test_ip_forward_state_matches_the_sysctls() -> None:
     for family, path in IP_FORWARD_SYSCTLS.items():
         expected = path.read_text().strip() != "0" if path.exists() else None
         assert state[family] is expected
+
+
+def test_the_status_document_has_every_documented_key(lab_certs: Path) -> None:
+    async def main() -> None:
+        program = ConcentratorProgram(concentrator_config(lab_certs))
+        status = program.snapshot()
+        assert set(status) == STATUS_KEYS
+        assert status["state"] == "starting" and status["role"] == "concentrator"
+        assert set(status["refused"]) == {"auth", "mode", "limit", "server_full"}
+        assert status["counters"]["internal_errors"] == 0
+        assert status["counters"]["stateless_resets_sent"] == 0
+
+    asyncio.run(main())
+
+
+def test_a_bug_in_the_programs_callbacks_stops_it_with_exit_1(lab_certs: Path) -> None:
+    """The TUN reader, the core's timer, SIGHUP and the netlink watch run as loop callbacks: a
+    bug there used to be logged by the loop and forgotten, leaving a concentrator that had
+    silently stopped part of its job."""
+
+    async def main() -> None:
+        program = ConcentratorProgram(concentrator_config(lab_certs))
+
+        def broken(now: float) -> None:
+            raise RuntimeError("a bug")
+
+        program.loop.call_soon(program._guarded(broken), 0.0)
+        await asyncio.wait_for(program.wait_stopped(), timeout=5)
+        assert program.exit_code == 1
+
+    asyncio.run(main())

@@ -26,9 +26,10 @@ tunnel/policy/client_auth.py, before it hands us any event of that connection); 
 harnesses) each connection is a client of its own.
 
 The program (tunnel/aio/concentrator.py) makes each stream-mode connection with
-`TunnelQuicConnection(**server.quic_options(), ...)` (stream_mode, max_streams_bidi =
-max_streams, stream_window = window), calls `handle(conn, event, transmit)` for each of its
-TunnelEvents before its own handling, and `connection_closed(conn)` when it ends.
+`PeerQuicConnection(**server.quic_options(), ...)` (stream_mode, max_streams_bidi =
+max_streams, stream_window = window), calls `handle(conn, event, transmit)` for each stream-mode
+TunnelEvent the concentrator core hands it (only of authenticated connections,
+tunnel/agents/concentrator.py), and `connection_closed(conn)` when it ends.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1136 @@
+"""The concentrator's decisions, sans-I/O: who may connect, which session a connection joins,
+which access it runs over, and where each packet goes (issue 11 §1). The asyncio program
+(tunnel/aio/concentrator.py) owns the sockets, the TUN, the timers and the files; it feeds this
+core and carries out its actions, as aioquic's asyncio layer drives a QuicConnection.
+
+Inputs, each taking `now` (the loop's monotonic clock):
+- `connection_opened(quic, now)`: the QUIC server accepted a connection; returns its
+  TunnelConnection. Then `quic_event(connection, event, now)` for every aioquic event of it.
+- `from_tun(packets, now)`: packets read from the TUN, forwarded to their clients.
+- `handle_timer(now)` at `get_timer()`: reorder gaps given up, empty sessions expired.
+- `host_addresses_changed(addresses)`, `reload_crl(now)` (SIGHUP), `shutdown(now)`.
+Outputs: `next_action()` (Action, below: the edge transmits the connection it names, or rewrites
+the status file), `write_tun(write)` (the packets for the TUN, counted by what `write` accepted),
+`get_timer()`, `status()` (the status file's clients, sessions, refusals, counters and CRL).
+
+What happens to a connection (tunnel draft §4, tunnel-session draft §4.1):
+1. The handshake offers the ALPNs of every mode; one of a mode not in `modes` is refused "mode"
+   at handshake end with a reason naming the configured modes (before it, a close loses its
+   reason phrase, RFC 9000 §10.2.3). aioquic itself closes a client offering no tunnel ALPN
+   ("No common ALPN protocols"): also counted as refused "mode".
+2. At HandshakeCompleted the client certificate is verified (tunnel/policy/client_auth.py:
+   aioquic's server never checks it), against the CRL if any, and the name must be admitted
+   (`[[client]]` or `[pool] admit`). Any failure, even an exception while checking, closes the
+   connection at once with AUTH_FAILED_REASON (refused "auth"; the log and the Refused action
+   say why). No connection carries anything before this. Too many clients (`max_clients`) or
+   connections of one client (`max_connections_per_client`): refused "limit".
+3. The client's mode is a strategy (`_TunnelMode`, `_SessionMode`). Tunnel mode: one connection
+   per client, a new one replaces the old (a restarted client does not wait for the idle
+   timeout). Session mode: New Session / Join Session (SessionTable; a Session ID of another
+   client or an unknown one is answered UNKNOWN_SESSION_ID; a New Session from a client that has
+   one replaces it and frees it at once; at most `max_sessions`); a memberless session is kept
+   `session_idle_expiry` seconds for a rejoin. A connection of the other mode replaces them all.
+4. Access Reports (tunnel draft §6), at most `access_reports_per_second` per client (the rest
+   ignored and counted), switch an access off/on in the session at once. Which connection runs
+   over which access is not signalled by the drafts: tunnel/session/access_mapping.py infers it
+   and names the connections a report replaces, which are closed.
+
+Forwarding (tunnel/policy/addresses.py has the address rules). From a client: link-scoped IPv6
+dropped, a pool client's first source claims its address, the ingress filter (RFC 2827), the
+`to_concentrator` policy (tunnel/policy/host_guard.py), the rate limit, then into the TUN; the
+kernel routes it on. From the TUN: the client owning the destination, its rate limit, its
+connection (tunnel mode) or its session's scheduler; too big for it -> ICMP frag-needed / Packet
+Too Big written back into the TUN (tunnel/wire/icmp.py explains from which address).
+
+A bug met while handling one packet costs that packet only: counted as internal_errors and
+logged with its traceback within a LogBudget. Lines a peer can cause at will (refusals, reports)
+are rate-limited per key the same way.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import secrets
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Final
+
+from aioquic.quic import events as quic_events
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+
+from tunnel.config import ConcentratorConfig
+from tunnel.policy.addresses import AddressTable, Claim, is_link_scoped_ipv6
+from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier
+from tunnel.policy.host_guard import HostGuard
+from tunnel.policy.ingress import IngressFilter
+from tunnel.policy.log_budget import LogBudget
+from tunnel.policy.rate_limit import TokenBucket
+from tunnel.protocol.connection import (
+    AccessReportReceived,
+    ConnectionClosed,
+    JoinRequested,
+    ModeNegotiated,
+    PacketReceived,
+    SendResult,
+    SendStatus,
+    SessionRequested,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamRejected,
+    StreamReset,
+    TcpConnectRequested,
+    TunnelConnection,
+    TunnelEvent,
+)
+from tunnel.protocol.quic_ext import TunnelQuicConnection, peer_certificate
+from tunnel.session.access_mapping import infer_access
+from tunnel.session.multipath import TunnelSession
+from tunnel.session.reorder import ReorderBuffer
+from tunnel.session.scheduler import make_scheduler
+from tunnel.session.table import JoinError, SessionTable
+from tunnel.wire.errors import ControlErrorCode, DatagramError
+from tunnel.wire.icmp import (
+    MalformedPacketError,
+    destination_address,
+    packet_too_big,
+    source_address,
+)
+from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.modes import TunnelMode
+
+log = logging.getLogger("qtun.concentrator")
+
+AUTH_FAILED_REASON: Final = (
+    "client authentication failed: check the client's certificate, and the concentrator's log "
+    "for why"
+)
+"""The only close reason an unauthenticated peer gets: the details (which name, which CA,
+revoked or not) are for the operator's log, not for a stranger probing the concentrator."""
+CRYPTO_ERROR_NO_APPLICATION_PROTOCOL: Final = 0x100 + 120  # RFC 9001 §4.8, TLS alert 120
+ACCESS_NAMES: Final = {AccessId.NON_THREE_GPP: "wifi", AccessId.THREE_GPP: "5g"}
+STREAM_EVENTS: Final = (
+    TcpConnectRequested,
+    StreamDataReceived,
+    StreamReset,
+    StopSendingReceived,
+    StreamRejected,
+)
+"""The -tcp draft's events, handed to the program's stream server (tunnel/aio/stream_server.py)."""
+_NO_EVENTS: Final[tuple[TunnelEvent, ...]] = ()
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def access_name(access: AccessId) -> str:
+    return ACCESS_NAMES.get(access, str(int(access)))
+
+
+class Refusal(Enum):
+    """Why a connection was refused; the value is its key under the status file's `refused`."""
+
+    AUTH = "auth"
+    MODE = "mode"
+    LIMIT = "limit"
+
+
+class PeerQuicConnection(TunnelQuicConnection):
+    """The concentrator's QuicConnection: remembers the address the last datagram came from (the
+    client's current path, also after a migration), for the status file and the logs."""
+
+    peer_address: NetworkAddress | None = None
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        self.peer_address = addr
+        super().receive_datagram(data, addr, now)
+
+
+def describe_peer(quic: QuicConnection) -> str:
+    addr = quic.peer_address if isinstance(quic, PeerQuicConnection) else None
+    if addr is None:
+        return "?"
+    host = str(addr[0])
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+# -- actions ------------------------------------------------------------------------------------
+# The core has already queued what the peer must receive (CONNECTION_CLOSE, a Session ID TLV, a
+# RESET_STREAM) on the TunnelConnection; the edge sends it (QuicDriver.transmit_soon).
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A connection was refused and closed. `reason` is the detail for the operator; an
+    unauthenticated peer was told AUTH_FAILED_REASON only."""
+
+    connection: TunnelConnection
+    kind: Refusal
+    reason: str
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The core closed an accepted connection (replaced by a newer one, shutdown)."""
+
+    connection: TunnelConnection
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionAnswered:
+    """A New Session / Join Session was answered on the control stream (session draft §6.1):
+    with `session_id`, or refused with `error` (the RESET_STREAM code) for `reason`."""
+
+    connection: TunnelConnection
+    session_id: bytes | None
+    error: ControlErrorCode | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CrlReloaded:
+    """`reload_crl` ran: `revoked` serials are in force (None: no tls.crl configured);
+    `problem` says why a changed file was not taken (the last good list stays)."""
+
+    revoked: int | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    """Something the status file shows changed: rewrite it (StatusWriter coalesces)."""
+
+
+Action = Refused | Closed | SessionAnswered | CrlReloaded | StatusChanged
+"""What `next_action()` returns. The edge transmits the `connection` of Refused, Closed and
+SessionAnswered and rewrites the status file on StatusChanged; CrlReloaded is for the log."""
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """What `from_tun` did with a batch: the connections it queued datagrams on (transmit each
+    once). Packet Too Big replies wait in `write_tun`."""
+
+    connections: tuple[TunnelConnection, ...]
+
+
+# -- connections and clients ----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Peer:
+    """One QUIC connection of the concentrator."""
+
+    connection: TunnelConnection
+    client: _Client | None = None  # set once authenticated
+    access_id: AccessId | None = None
+    handshake_done: bool = False
+    mode_refusal: str | None = None  # why its negotiated mode is refused (at handshake end)
+
+    @property
+    def address(self) -> str:
+        return describe_peer(self.connection.quic)
+
+
+class _ClientMode:
+    """What differs between tunnel and session mode, for one client. This base is a client
+    without a session: New Session / Join Session arrive on session-mode connections only
+    (TunnelConnection emits them nowhere else), so every session method is a no-op here."""
+
+    mode: TunnelMode
+    session: TunnelSession | None = None
+
+    def __init__(self, core: ConcentratorCore, client: _Client) -> None:
+        self.core = core
+        self.client = client
+
+    def admitting(self, peer: _Peer, now: float) -> None:
+        """A new connection of this client is being admitted: close what it replaces."""
+
+    def received(self, peer: _Peer, event: PacketReceived, now: float) -> Sequence[bytes] | None:
+        """The packets now deliverable into the TUN; None if `peer` may not send yet."""
+        raise NotImplementedError
+
+    def send(self, packet: bytes, now: float) -> tuple[TunnelConnection | None, SendResult | None]:
+        """Send a packet from the TUN: the connection used and its answer (None: no path)."""
+        raise NotImplementedError
+
+    def session_requested(self, peer: _Peer, qos: bytes, now: float) -> None:
+        return None
+
+    def join_requested(self, peer: _Peer, session_id: bytes, now: float) -> None:
+        return None
+
+    def access_reported(self, peer: _Peer, access: AccessId, up: bool, now: float) -> None:
+        return None
+
+    def left(self, peer: _Peer) -> None:
+        """`peer` is no longer one of the client's connections."""
+
+    def end_session(self) -> None:
+        """The client's session is dead (replaced): free it now."""
+
+    def session_expired(self, session_id: bytes) -> bool:
+        """The table expired `session_id`; True if it was this client's."""
+        return False
+
+    def poll(self, now: float) -> list[bytes]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"session_id": None}
+
+
+class _TunnelMode(_ClientMode):
+    """Tunnel mode (tunnel draft §4): one connection per client, every packet as it is."""
+
+    mode = TunnelMode.TUNNEL
+
+    def admitting(self, peer: _Peer, now: float) -> None:
+        # The newer connection wins: the old one is most likely dead already (the client
+        # restarted, or lost its access) and may never say so.
+        for old in list(self.client.peers):
+            self.core._close_peer(old, "replaced by a newer tunnel-mode connection", now)
+
+    def received(self, peer: _Peer, event: PacketReceived, now: float) -> Sequence[bytes] | None:
+        return (event.packet,)
+
+    def send(self, packet: bytes, now: float) -> tuple[TunnelConnection | None, SendResult | None]:
+        peers = self.client.peers
+        if not peers:
+            return None, None
+        return peers[0].connection, peers[0].connection.send_packet(packet)
+
+
+class _SessionMode(_ClientMode):
+    """Session mode (tunnel-session draft §4): the client's connections form one TunnelSession,
+    which picks a connection per packet (the configured scheduler) and reorders by Packet Tag."""
+
+    mode = TunnelMode.SESSION
+
+    def received(self, peer: _Peer, event: PacketReceived, now: float) -> Sequence[bytes] | None:
+        session = self.session
+        if session is None or session.path_id_of(peer.connection) is None:
+            return None
+        return session.on_packet(peer.connection, event, now)
+
+    def send(self, packet: bytes, now: float) -> tuple[TunnelConnection | None, SendResult | None]:
+        if self.session is None:
+            return None, None
+        sent = self.session.send_packet(packet, now)
+        return sent.connection, sent.result
+
+    def session_requested(self, peer: _Peer, qos: bytes, now: float) -> None:
+        core, client = self.core, self.client
+        if self.session is not None:
+            # A client starts a new session only when it lost the old one (it restarted): the
+            # old session's connections are stale.
+            for old in [p for p in client.peers if p is not peer and self._has(p)]:
+                core._close_peer(old, "replaced by a new session of the same client", now)
+            self.end_session()
+        try:
+            entry = core.sessions.create(peer, qos, now)
+        except JoinError as exc:
+            core._reject_join(peer, exc.code, str(exc))
+            return
+        session = TunnelSession(
+            make_scheduler(core.config.scheduler),
+            ReorderBuffer.from_setting(core.limits.reorder_timeout),
+            session_id=entry.session_id,
+        )
+        session.add_connection(peer.connection, peer.access_id)
+        self.session = session
+        core.session_owner[entry.session_id] = client.name
+        core._accept_session(peer, entry.session_id)
+        log.info(
+            "session created client=%s session=%s peer=%s",
+            client.name,
+            entry.session_id.hex(),
+            peer.address,
+        )
+
+    def join_requested(self, peer: _Peer, session_id: bytes, now: float) -> None:
+        core, session = self.core, self.session
+        # A Session ID of another client is as unknown to this one as a made-up one: joining it
+        # would let this client send with the other's addresses.
+        if (
+            core.session_owner.get(session_id) != self.client.name
+            or session is None
+            or session.session_id != session_id
+        ):
+            reason = "the Session ID is not one of this client's sessions"
+            core._reject_join(peer, ControlErrorCode.UNKNOWN_SESSION_ID, reason)
+            return
+        try:
+            core.sessions.join(session_id, peer, now)
+        except JoinError as exc:
+            core._reject_join(peer, exc.code, str(exc))
+            return
+        session.add_connection(peer.connection, peer.access_id)
+        core._accept_session(peer, session_id)
+        log.info(
+            "session joined client=%s session=%s peer=%s connections=%d",
+            self.client.name,
+            session_id.hex(),
+            peer.address,
+            len(session.connections),
+        )
+
+    def access_reported(self, peer: _Peer, access: AccessId, up: bool, now: float) -> None:
+        session = self.session
+        if session is None:
+            return
+        # Which access a connection runs over is inferred (tunnel/session/access_mapping.py):
+        # record it in the session, close the connections it replaces.
+        members = {p: p.access_id for p in self.client.peers if self._has(p)}
+        inference = infer_access(members, peer, access, up)
+        for old in inference.replaced:
+            reason = f"replaced by a newer connection over the {access_name(access)} access"
+            self.core._close_peer(old, reason, now)
+        for member, learned in inference.assign.items():
+            member.access_id = learned
+            session.remove_connection(member.connection)
+            session.add_connection(member.connection, learned)
+            log.info("access learned peer=%s access=%s", member.address, access_name(learned))
+        session.set_available(access, up)
+
+    def left(self, peer: _Peer) -> None:
+        if self.session is not None and self._has(peer):
+            self.session.remove_connection(peer.connection)
+
+    def end_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None and session.session_id is not None:
+            self.core.session_owner.pop(session.session_id, None)
+            # Its client replaced it: free its slot in the table now, not after the expiry.
+            self.core.sessions.discard(session.session_id)
+            self.core._sessions_changed()
+
+    def session_expired(self, session_id: bytes) -> bool:
+        if self.session is None or self.session.session_id != session_id:
+            return False
+        self.session = None
+        return True
+
+    def poll(self, now: float) -> list[bytes]:
+        return [] if self.session is None else self.session.poll(now)
+
+    def next_deadline(self) -> float | None:
+        return None if self.session is None else self.session.next_deadline()
+
+    def status(self) -> dict[str, Any]:
+        session = self.session
+        if session is None:
+            return {"session_id": None}
+        return {
+            "session_id": session.session_id.hex() if session.session_id else None,
+            "accesses_available": {
+                name: session.is_available(access) for access, name in ACCESS_NAMES.items()
+            },
+            "reorder": vars(session.reorder_stats).copy(),
+        }
+
+    def _has(self, peer: _Peer) -> bool:
+        return self.session is not None and self.session.path_id_of(peer.connection) is not None
+
+
+_MODES: Final[dict[TunnelMode, type[_ClientMode]]] = {
+    TunnelMode.TUNNEL: _TunnelMode,
+    TunnelMode.SESSION: _SessionMode,
+}
+
+
+@dataclass(eq=False)
+class _Client:
+    """An authenticated client (its certificate's Common Name) and its connections."""
+
+    name: str
+    ingress: IngressFilter
+    reports: TokenBucket  # Access Reports acted on (one token each)
+    bucket_in: TokenBucket | None = None  # client -> TUN
+    bucket_out: TokenBucket | None = None  # TUN -> client
+    peers: list[_Peer] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+    strategy: _ClientMode = field(init=False)
+
+
+# -- the core -------------------------------------------------------------------------------------
+
+
+class ConcentratorCore:
+    """The concentrator's decisions (see the module docstring).
+
+    :param config: the concentrator configuration.
+    :param now: the time of construction, on the clock every input uses.
+    :param verifier: checks client certificates (with the CRL, if any).
+    :param random_bytes: the source of Session IDs.
+    :param utc_now: wall-clock time, for certificate validity.
+    """
+
+    def __init__(
+        self,
+        config: ConcentratorConfig,
+        now: float,
+        *,
+        verifier: ClientVerifier,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        utc_now: Callable[[], datetime.datetime] = _utc_now,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.verifier = verifier
+        self._utc_now = utc_now
+        self._peers: dict[TunnelConnection, _Peer] = {}
+        self._clients: dict[str, _Client] = {}
+        self.refused: Counter[str] = Counter(dict.fromkeys((r.value for r in Refusal), 0))
+        self.counters: Counter[str] = Counter({"internal_errors": 0})
+        self.addresses = AddressTable(
+            {c.name: c.addresses for c in config.clients},
+            config.pool.ipv4,
+            config.pool.ipv6,
+            reserved=[a.ip for a in config.tun.addresses],
+        )
+        self.sessions: SessionTable[_Peer] = SessionTable(
+            random_bytes,
+            idle_expiry=self.limits.session_idle_expiry,
+            max_sessions=self.limits.max_sessions or self.limits.max_clients,
+        )
+        self.session_owner: dict[bytes, str] = {}
+        self.admission = Admission(frozenset(c.name for c in config.clients), config.pool.admit)
+        self.host_guard = HostGuard(config.to_concentrator, ())
+        # Lines a peer can cause at will (reports, refusals) are rate-limited per key.
+        self.log_budget = LogBudget()
+        self._crl_problem: str | None = None
+        self._actions: deque[Action] = deque()
+        self._status_pending = False
+        self._to_tun: list[tuple[bytes, _Client, bool]] = []  # (packet, client, is a reply)
+        self._reorder_due: dict[_Client, float] = {}
+        # the session table's next expiry, recomputed only after the table changed (get_timer
+        # runs after every input)
+        self._expiry: float | None = None
+        self._expiry_stale = False
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def next_action(self) -> Action | None:
+        if not self._actions:
+            return None
+        action = self._actions.popleft()
+        if isinstance(action, StatusChanged):
+            self._status_pending = False
+        return action
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` next has work: a reorder gap to give up, a session to expire."""
+        timer = self._next_expiry()
+        if self._reorder_due:
+            soonest = min(self._reorder_due.values())
+            if timer is None or soonest < timer:
+                timer = soonest
+        return timer
+
+    def write_tun(self, write: Callable[[bytes], bool]) -> None:
+        """Hand every packet decided for the TUN to `write` (TunDevice.write: False when the
+        kernel refused it), in order, and count the outcome per client."""
+        if not self._to_tun:
+            return
+        batch, self._to_tun = self._to_tun, []
+        for packet, client, reply in batch:
+            written = write(packet)
+            counters = client.counters
+            if reply:
+                if written:
+                    counters["packet_too_big_sent"] += 1
+                    self.counters["packet_too_big_sent"] += 1
+                else:
+                    counters["dropped_too_big"] += 1
+            elif written:
+                counters["packets_from_client"] += 1
+                counters["bytes_from_client"] += len(packet)
+            else:
+                counters["tun_write_dropped"] += 1
+
+    def client_name(self, connection: TunnelConnection) -> str | None:
+        """The authenticated client of a connection (stream mode's limits are per client)."""
+        peer = self._peers.get(connection)
+        return peer.client.name if peer is not None and peer.client is not None else None
+
+    def access_of(self, connection: TunnelConnection) -> AccessId | None:
+        """The access the connection runs over, as inferred from Access Reports."""
+        peer = self._peers.get(connection)
+        return None if peer is None else peer.access_id
+
+    def session_of(self, name: str) -> TunnelSession | None:
+        """The client's tunneling session (session mode); None if it has none."""
+        client = self._clients.get(name)
+        return None if client is None else client.strategy.session
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._peers)
+
+    def tun_routes(self) -> list[str]:
+        """The TUN's routes: the configured ones, and each client prefix (static or pool) its
+        own addresses do not cover, so the kernel sends the clients' packets to us."""
+        covered = [a.network for a in self.config.tun.addresses]
+        return [str(p) for p in self.config.tun.routes] + [
+            str(p)
+            for p in self.addresses.routed_prefixes()
+            if not any(p.version == n.version and p.subnet_of(n) for n in covered)  # type: ignore[arg-type]
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """The status file's `clients`, `sessions`, `connections`, `refused`, `counters` and
+        `crl` (README "Status file"); the program adds the keys of the I/O edge."""
+        revocations = self.verifier.revocations
+        return {
+            "clients": [self._client_status(c) for c in self._clients.values()],
+            "sessions": len(self.sessions),
+            "connections": len(self._peers),
+            "refused": dict(self.refused),
+            "counters": dict(self.counters),
+            "crl": None
+            if revocations is None
+            else {
+                "revoked": len(revocations.revoked_serials),
+                "reloads": revocations.reloads,
+                "problem": self._crl_problem,
+            },
+        }
+
+    # -- inputs: connections -----------------------------------------------------------------
+
+    def connection_opened(self, quic: QuicConnection, now: float) -> TunnelConnection:
+        """The QUIC server accepted a new connection: the TunnelConnection to feed."""
+        connection = TunnelConnection(quic, max_pending_datagrams=self.limits.max_datagram_queue)
+        self._peers[connection] = _Peer(connection)
+        return connection
+
+    def quic_event(
+        self, connection: TunnelConnection, event: quic_events.QuicEvent, now: float
+    ) -> Sequence[TunnelEvent]:
+        """Feed one aioquic event of `connection`. Returns its stream-mode events (-tcp draft)
+        for the program's stream server, only once the connection is authenticated."""
+        peer = self._peers.get(connection)
+        if peer is None:
+            return _NO_EVENTS
+        if isinstance(event, quic_events.HandshakeCompleted):
+            peer.handshake_done = True
+            self._authenticate(peer, now)
+        elif isinstance(event, quic_events.ConnectionTerminated):
+            self._terminated(peer, event, now)
+        stream: list[TunnelEvent] | None = None
+        for tunnel_event in connection.handle_event(event):
+            if isinstance(tunnel_event, STREAM_EVENTS):
+                if peer.client is not None and connection.stream_mode:
+                    stream = stream or []
+                    stream.append(tunnel_event)
+                continue
+            self._tunnel_event(peer, tunnel_event, now)
+        return _NO_EVENTS if stream is None else stream
+
+    def host_addresses_changed(self, addresses: Iterable[IPv4Address | IPv6Address]) -> None:
+        """The host's own addresses (all interfaces, netlink-followed) for `to_concentrator`."""
+        self.host_guard.update(addresses)
+
+    def reload_crl(self, now: float) -> None:
+        """SIGHUP: re-read the CRL file now, changed or not."""
+        revocations = self.verifier.revocations
+        if revocations is None:
+            log.info("reload: no tls.crl configured")
+            self._actions.append(CrlReloaded(None, None))
+            return
+        problem = revocations.refresh(force=True)
+        self._note_crl(problem)
+        revoked = len(revocations.revoked_serials)
+        if problem is None:
+            log.info("crl loaded path=%s revoked=%d", revocations.path, revoked)
+        self._actions.append(CrlReloaded(revoked, problem))
+
+    def shutdown(self, now: float) -> None:
+        """Close every connection (CONNECTION_CLOSE): the program is stopping."""
+        for peer in list(self._peers.values()):
+            self._close_peer(peer, "the concentrator is shutting down", now)
+
+    # -- inputs: time ------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        for client, deadline in list(self._reorder_due.items()):
+            if deadline <= now:
+                self._reorder_due.pop(client, None)
+                for packet in client.strategy.poll(now):
+                    try:
+                        self._from_client(client, packet, now)
+                    except Exception as exc:
+                        self._internal_error(f"packet from client {client.name}", exc, now)
+                self._track_reorder(client)
+        expiry = self._next_expiry()
+        if expiry is not None and expiry <= now:
+            self._expire_sessions(now)
+
+    # -- authentication and admission --------------------------------------------------------
+
+    def _authenticate(self, peer: _Peer, now: float) -> None:
+        """At HandshakeCompleted, before the connection may carry anything: who is it, may it
+        connect, is its mode served, is there room. Whatever goes wrong while checking the
+        credentials ends in a refusal (README "Security"): the connection is closed at once,
+        never left open unauthenticated."""
+        connection = peer.connection
+        if connection.closed:
+            return
+        try:
+            name = self._client_name(peer)
+        except ClientAuthError as exc:
+            self._refuse(peer, Refusal.AUTH, str(exc), now, AUTH_FAILED_REASON)
+            return
+        except Exception as exc:
+            detail = f"the credentials could not be checked ({type(exc).__name__}: {exc})"
+            self._refuse(peer, Refusal.AUTH, detail, now, AUTH_FAILED_REASON)
+            return
+        if peer.mode_refusal is not None:
+            self._refuse(peer, Refusal.MODE, peer.mode_refusal, now)
+            return
+        mode = connection.mode
+        if mode is None:  # cannot happen: ALPN is negotiated before the handshake completes
+            reason = "no tunnel mode was negotiated: offer ALPN qt or qt-session"
+            self._refuse(peer, Refusal.MODE, reason, now)
+            return
+        client = self._clients.get(name)
+        if client is not None:
+            self._make_room(client, peer, mode, now)
+            client = self._clients.get(name)  # forgotten if that was its last connection
+        if client is None:
+            if len(self._clients) >= self.limits.max_clients:
+                reason = (
+                    f"the concentrator serves its maximum of {self.limits.max_clients} clients: "
+                    "try again later"
+                )
+                self._refuse(peer, Refusal.LIMIT, reason, now)
+                return
+            client = self._new_client(name, mode, now)
+        live = [p for p in client.peers if not p.connection.closed]
+        if len(live) >= self.limits.max_connections_per_client:
+            reason = (
+                f"client {name!r} already has {len(live)} connections, the maximum: close one first"
+            )
+            self._refuse(peer, Refusal.LIMIT, reason, now)
+            return
+        peer.client = client
+        client.peers.append(peer)
+        self.counters["connections_accepted"] += 1
+        log.info(
+            "client connected name=%s mode=%s peer=%s alpn=%s stream_mode=%s connections=%d",
+            name,
+            mode.value,
+            peer.address,
+            connection.alpn,
+            connection.stream_mode,
+            len(client.peers),
+        )
+        self._status_changed()
+
+    def _make_room(self, client: _Client, peer: _Peer, mode: TunnelMode, now: float) -> None:
+        """Close what a new connection of a known client replaces."""
+        if client.strategy.mode is mode:
+            client.strategy.admitting(peer, now)
+            return
+        # A client that changed its mode restarted: everything of the old one is stale.
+        for old in list(client.peers):
+            self._close_peer(old, f"replaced by a newer {mode.value}-mode connection", now)
+        client.strategy.end_session()
+        client.strategy = _MODES[mode](self, client)
+
+    def _client_name(self, peer: _Peer) -> str:
+        """The authenticated name of the peer's certificate, admitted here; ClientAuthError
+        (with the detailed reason, for the log) otherwise."""
+        revocations = self.verifier.revocations
+        if revocations is not None:
+            self._note_crl(revocations.refresh())  # one stat: re-read only when it changed
+        certificate, chain = peer_certificate(peer.connection.quic)
+        name = self.verifier.verify(certificate, chain, self._utc_now())
+        if not self.admission.admits(name):
+            raise ClientAuthError(
+                f"client {name!r} is not served by this concentrator: add a [[client]] entry "
+                "for it or a pattern matching it to [pool] admit"
+            )
+        return name
+
+    def _note_crl(self, problem: str | None) -> None:
+        if problem is not None and problem != self._crl_problem:
+            log.warning("crl not reloaded: %s", problem)
+        self._crl_problem = problem
+
+    def _new_client(self, name: str, mode: TunnelMode, now: float) -> _Client:
+        per_second = self.limits.access_reports_per_second
+        client = _Client(
+            name,
+            IngressFilter(self.addresses.prefixes_of(name)),
+            reports=TokenBucket(per_second, burst=2 * per_second, now=now),
+        )
+        client.strategy = _MODES[mode](self, client)
+        rate = self.limits.rate_limit_mbps
+        if rate is not None:
+            client.bucket_in = TokenBucket.from_mbps(rate, now)
+            client.bucket_out = TokenBucket.from_mbps(rate, now)
+        self._clients[name] = client
+        return client
+
+    def _refuse(
+        self, peer: _Peer, kind: Refusal, reason: str, now: float, peer_reason: str | None = None
+    ) -> None:
+        """Close the connection with `peer_reason` (default: `reason`) and log `reason`."""
+        self.refused[kind.value] += 1
+        self._log_limited(
+            f"refused-{kind.value}",
+            logging.WARNING,
+            now,
+            "refused kind=%s peer=%s reason=%r",
+            kind.value,
+            peer.address,
+            reason,
+        )
+        peer.connection.close(peer_reason or reason)
+        self._actions.append(Refused(peer.connection, kind, reason))
+        self._status_changed()
+
+    def _close_peer(self, peer: _Peer, reason: str, now: float) -> None:
+        """Close one connection ourselves and detach it from its client at once."""
+        if not peer.connection.closed:
+            peer.connection.close(reason)
+            self._actions.append(Closed(peer.connection, reason))
+        self._detach(peer, now)
+
+    def _terminated(self, peer: _Peer, event: quic_events.ConnectionTerminated, now: float) -> None:
+        if not peer.handshake_done and event.error_code == CRYPTO_ERROR_NO_APPLICATION_PROTOCOL:
+            self.refused[Refusal.MODE.value] += 1
+            self._log_limited(
+                "refused-mode",
+                logging.WARNING,
+                now,
+                "refused kind=mode peer=%s reason=%r",
+                peer.address,
+                event.reason_phrase,
+            )
+            self._status_changed()
+        self._peers.pop(peer.connection, None)
+        if peer.client is not None:
+            log.info(
+                "connection ended client=%s peer=%s error=%#x reason=%r",
+                peer.client.name,
+                peer.address,
+                event.error_code,
+                event.reason_phrase,
+            )
+        self._detach(peer, now)
+
+    def _detach(self, peer: _Peer, now: float) -> None:
+        client = peer.client
+        if client is None:
+            return
+        peer.client = None
+        if peer in client.peers:
+            client.peers.remove(peer)
+        client.strategy.left(peer)
+        self.sessions.leave(peer, now)  # an emptied session waits session_idle_expiry
+        self._sessions_changed()
+        self._forget_if_gone(client)
+        self._status_changed()
+
+    def _forget_if_gone(self, client: _Client) -> None:
+        if client.peers or client.strategy.session is not None:
+            return
+        if self._clients.get(client.name) is client:
+            del self._clients[client.name]
+            self._reorder_due.pop(client, None)
+            released = self.addresses.release(client.name)
+            log.info(
+                "client gone name=%s released=%s",
+                client.name,
+                ",".join(map(str, released)) or "none",
+            )
+
+    # -- tunnel events ---------------------------------------------------------------------------
+
+    def _tunnel_event(self, peer: _Peer, event: TunnelEvent, now: float) -> None:
+        client = peer.client
+        if isinstance(event, PacketReceived):
+            if client is None:
+                self.counters["dropped_unauthenticated"] += 1
+                return
+            packets = client.strategy.received(peer, event, now)
+            if packets is None:
+                client.counters["dropped_no_session"] += 1
+                return
+            for packet in packets:
+                self._from_client(client, packet, now)
+            self._track_reorder(client)
+        elif isinstance(event, ModeNegotiated):
+            if event.mode not in self.config.modes:
+                names = ", ".join(m.value for m in self.config.modes)
+                # Refused at HandshakeCompleted, not now: a close sent before 1-RTT keys exist
+                # loses its reason phrase (RFC 9000 §10.2.3), and the client should read it.
+                peer.mode_refusal = (
+                    f"{event.mode.value} mode (ALPN {event.alpn}) is not offered by this "
+                    f"concentrator: use {names} mode"
+                )
+        elif isinstance(event, ConnectionClosed):
+            if not event.by_peer:
+                # Closed by the TunnelConnection on a rule violation: stop using it at once
+                # rather than after the draining period.
+                log.info("connection closed peer=%s reason=%r", peer.address, event.reason)
+                self._detach(peer, now)
+        elif client is None:
+            return  # nothing else counts before authentication
+        elif isinstance(event, SessionRequested):
+            client.strategy.session_requested(peer, event.qos, now)
+            self._status_changed()
+        elif isinstance(event, JoinRequested):
+            client.strategy.join_requested(peer, event.session_id, now)
+            self._status_changed()
+        elif isinstance(event, AccessReportReceived):
+            self._access_report(peer, client, event, now)
+
+    def _access_report(
+        self, peer: _Peer, client: _Client, event: AccessReportReceived, now: float
+    ) -> None:
+        # Each report may switch paths, close replaced connections and rewrite the status:
+        # beyond the client's budget they are ignored (and counted), so a flood costs the
+        # concentrator one bucket check per report (README "Security").
+        if not client.reports.allow(1, now):
+            client.counters["access_reports_ignored"] += 1
+            self.counters["access_reports_ignored"] += 1
+            return
+        available = event.signal is AccessSignal.AVAILABLE
+        client.strategy.access_reported(peer, event.access_id, available, now)
+        self._log_limited(
+            f"report-{client.name}",
+            logging.INFO,
+            now,
+            "access report client=%s peer=%s access=%s signal=%s",
+            client.name,
+            peer.address,
+            access_name(event.access_id),
+            event.signal.name.lower(),
+        )
+        self._status_changed()
+
+    # -- sessions (tunnel-session draft §4.1, §6.1): the table's side ------------------------------
+
+    def _next_expiry(self) -> float | None:
+        if self._expiry_stale:
+            self._expiry = self.sessions.next_expiry()
+            self._expiry_stale = False
+        return self._expiry
+
+    def _sessions_changed(self) -> None:
+        """The session table changed (created, joined, left, discarded, expired)."""
+        self._expiry_stale = True
+
+    def _accept_session(self, peer: _Peer, session_id: bytes) -> None:
+        self._sessions_changed()
+        peer.connection.accept_session(session_id)
+        self._actions.append(SessionAnswered(peer.connection, session_id))
+
+    def _reject_join(self, peer: _Peer, code: ControlErrorCode, reason: str) -> None:
+        peer.connection.reject_join(code)
+        self._actions.append(SessionAnswered(peer.connection, None, code, reason))
+        log.warning("session refused peer=%s code=%s reason=%r", peer.address, code.name, reason)
+
+    def _expire_sessions(self, now: float) -> None:
+        self._sessions_changed()
+        for entry in self.sessions.expire(now):
+            owner = self.session_owner.pop(entry.session_id, None)
+            log.info("session expired client=%s session=%s", owner, entry.session_id.hex())
+            client = self._clients.get(owner) if owner is not None else None
+            if client is not None and client.strategy.session_expired(entry.session_id):
+                self._reorder_due.pop(client, None)
+                self._forget_if_gone(client)
+        self._status_changed()
+
+    def _track_reorder(self, client: _Client) -> None:
+        deadline = client.strategy.next_deadline()
+        if deadline is None:
+            self._reorder_due.pop(client, None)
+        else:
+            self._reorder_due[client] = deadline
+
+    # -- forwarding ------------------------------------------------------------------------------
+
+    def _from_client(self, client: _Client, packet: bytes, now: float) -> None:
+        """A packet a client sent: pool claim, ingress filter, host guard, rate limit, TUN."""
+        if is_link_scoped_ipv6(packet):
+            client.counters["dropped_link_scope"] += 1
+            return
+        if not self.addresses.is_static(client.name):
+            self._claim_source(client, packet)
+        if not client.ingress.accept(packet):
+            # Per client while it is known, and in total (a script can read the total after
+            # the client is gone).
+            client.counters["ingress_dropped"] += 1
+            self.counters["ingress_dropped"] += 1
+            return
+        if not self.host_guard.admits(packet):
+            client.counters["to_concentrator_dropped"] += 1
+            self.counters["to_concentrator_dropped"] += 1
+            return
+        bucket = client.bucket_in
+        if bucket is not None and not bucket.allow(len(packet), now):
+            client.counters["rate_limited_in"] += 1
+            return
+        self._to_tun.append((packet, client, False))
+
+    def _claim_source(self, client: _Client, packet: bytes) -> None:
+        try:
+            source = source_address(packet)
+        except MalformedPacketError:
+            return  # the ingress filter counts it
+        result = self.addresses.claim(client.name, source)
+        if result is Claim.CLAIMED:
+            client.ingress.set_prefixes(self.addresses.prefixes_of(client.name))
+            log.info("pool address claimed client=%s address=%s", client.name, source)
+            self._status_changed()
+        elif result is Claim.TAKEN:
+            client.counters["pool_address_taken"] += 1
+
+    def from_tun(self, packets: Sequence[bytes], now: float) -> Forwarded:
+        """Packets read from the TUN: each to the client owning its destination."""
+        touched: set[TunnelConnection] = set()
+        owner_of = self.addresses.owner_of_packet
+        clients = self._clients
+        for packet in packets:
+            try:
+                name = owner_of(packet)
+            except Exception as exc:  # one bad packet must not cost the rest of the batch
+                self._internal_error("tun packet", exc, now)
+                continue
+            client = clients.get(name) if name is not None else None
+            if client is None:
+                if name is not None:
+                    self.counters["dropped_client_offline"] += 1
+                elif is_link_scoped_ipv6(packet):  # our TUN's own router solicitations, MLD
+                    self.counters["dropped_link_scope"] += 1
+                else:
+                    self.counters["dropped_no_route"] += 1
+                continue
+            bucket = client.bucket_out
+            if bucket is not None and not bucket.allow(len(packet), now):
+                client.counters["rate_limited_out"] += 1
+                continue
+            try:
+                self._to_client(client, packet, now, touched)
+            except Exception as exc:
+                self._internal_error(f"packet to client {client.name}", exc, now)
+        return Forwarded(tuple(touched))
+
+    def _to_client(
+        self, client: _Client, packet: bytes, now: float, touched: set[TunnelConnection]
+    ) -> None:
+        try:
+            connection, result = client.strategy.send(packet, now)
+        except DatagramError:
+            client.counters["dropped_not_ip"] += 1
+            return
+        if connection is None or result is None:
+            client.counters["dropped_no_path"] += 1
+            return
+        touched.add(connection)
+        if result.status is SendStatus.SENT:
+            client.counters["packets_to_client"] += 1
+            client.counters["bytes_to_client"] += len(packet)
+        elif result.status is SendStatus.TOO_BIG:
+            self._packet_too_big(client, packet, result.max_packet_size)
+        # QUEUE_FULL / NOT_READY: counted by the connection (its drops_* counters)
+
+    def _packet_too_big(self, client: _Client, packet: bytes, mtu: int) -> None:
+        """Answer as a router whose next hop (the tunnel) has this MTU (tunnel/wire/icmp.py)."""
+        try:
+            destination = destination_address(packet)
+            v4 = destination if isinstance(destination, IPv4Address) else None
+            v6 = destination if isinstance(destination, IPv6Address) else None
+            error = packet_too_big(packet, mtu, v4, v6)
+        except MalformedPacketError:
+            error = None
+        if error is None:
+            client.counters["dropped_too_big"] += 1
+        else:
+            self._to_tun.append((error, client, True))
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _status_changed(self) -> None:
+        if not self._status_pending:
+            self._status_pending = True
+            self._actions.append(StatusChanged())
+
+    def _internal_error(self, where: str, exc: Exception, now: float) -> None:
+        """A bug met while handling one packet: counted and logged (with its traceback, at
+        most LogBudget's rate), and only that packet is lost."""
+        self.counters["internal_errors"] += 1
+        suppressed = self.log_budget.allow("internal-error", now)
+        if suppressed is not None:
+            log.error("internal error in %s suppressed_before=%d", where, suppressed, exc_info=exc)
+
+    def _log_limited(self, key: str, level: int, now: float, message: str, *args: object) -> None:
+        """A log line a peer can cause at will: at most LogBudget's rate per key, and the next
+        line after a pause says how many were suppressed."""
+        suppressed = self.log_budget.allow(key, now)
+        if suppressed is None:
+            return
+        if suppressed:
+            message += " suppressed_before=%d"
+            args = (*args, suppressed)
+        log.log(level, message, *args)
+
+    def _client_status(self, client: _Client) -> dict[str, Any]:
+        connections = []
+        for peer in client.peers:
+            connection = peer.connection
+            srtt = connection.srtt
+            connections.append(
+                {
+                    "access_id": ACCESS_NAMES.get(peer.access_id) if peer.access_id else None,
+                    "peer": peer.address,
+                    "alpn": connection.alpn,
+                    "stream_mode": connection.stream_mode,
+                    "srtt_ms": None if srtt is None else round(srtt * 1000, 3),
+                    "pending_datagrams": connection.pending_datagrams,
+                    "cwnd_bytes": connection.congestion_window,
+                    "ssthresh_bytes": connection.slow_start_threshold,
+                    "bytes_in_flight": connection.bytes_in_flight,
+                    "counters": connection.counters.as_dict(),
+                }
+            )
+        return {
+            "name": client.name,
+            "mode": client.strategy.mode.value,
+            "addresses": [str(p) for p in self.addresses.prefixes_of(client.name)],
+            "connections": connections,
+            "ingress": client.ingress.stats.as_dict(),
+            "counters": dict(client.counters),
+            **client.strategy.status(),
+        }
+
+
+__all__ = [
+    "ACCESS_NAMES",
+    "AUTH_FAILED_REASON",
+    "Action",
+    "Closed",
+    "ConcentratorCore",
+    "CrlReloaded",
+    "Forwarded",
+    "PeerQuicConnection",
+    "Refusal",
+    "Refused",
+    "SessionAnswered",
+    "StatusChanged",
+    "describe_peer",
+]
