@@ -6,9 +6,10 @@ after `warmup_s`, ratio = goodput / (wifi_mbit + fiveg_mbit).
   session   qtun session mode over both accesses with an aggregating scheduler (wrr, or
             lowest-rtt), the Packet-Tag reorder buffer on or off (TunnelSpec.reorder); sender
             on srv1 through the tunnel.
-  mptcp     kernel MPTCP, two subflows (WiFi + 5G), set up as in the failover experiment; the
-            sender on conc (10.100.0.1): the reference topology routes clients to nothing else
-            without a tunnel. scheduler = the kernel's "default", reorder not applicable.
+  mptcp     kernel MPTCP, two subflows (WiFi + 5G: experiments/variants.py, as in the failover
+            experiment); the sender on conc's service address: the reference topology routes
+            clients to nothing else without a tunnel. scheduler = the kernel's "default",
+            reorder not applicable.
 The tunnel's programs are started afresh for every point (new QUIC connections): a
 connection kept from the previous point would start with the congestion window it left.
 """
@@ -18,28 +19,32 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from experiments.flows import Flow, run_flow
-from experiments.runner import Context, Experiment, ExperimentError, Params, Point, PointResult
+from experiments import variants
+from experiments.flows import Flow, flow_error, run_flow
+from experiments.runner import (
+    Context,
+    Experiment,
+    ExperimentError,
+    Params,
+    Point,
+    PointResult,
+    Row,
+)
+from experiments.schemas import AGGREGATION, tables
 from experiments.traffic import goodput_mbps, pad_bins
+from experiments.variants import CLIENT, Carrier
+from testbed.fidelity import verify_accesses
+from testbed.lab import Lab
+from testbed.profiles import profile
+from testbed.qtun import TunnelSpec
 
-CLIENT = "c1"
-SERVER_V4 = "10.200.1.2"
 VARIANTS = ("session", "mptcp")
 SCHEDULERS = ("wrr", "lowest-rtt")
-COLUMNS = [
-    "variant",
-    "scheduler",
-    "reorder",
-    "run",
-    "wifi_mbit",
-    "fiveg_mbit",
-    "goodput_mbps",
-    "ratio",
-    "detail",
-]
+COLUMNS = list(AGGREGATION.columns)
+FIRST_PORT = 5400
 
 DEFAULTS: Params = {
     "variants": list(VARIANTS),
@@ -60,6 +65,22 @@ DEFAULTS: Params = {
     "verify_fidelity": True,
 }
 QUICK: Params = {"runs": 1, "duration_s": 8.0, "warmup_s": 2.0}
+
+
+@dataclass
+class AggregationState:
+    """What the points share: the lab, a scratch directory, the last traffic port used, and the
+    tunnel of the last session-mode point (stopped before the next point starts)."""
+
+    lab: Lab
+    workdir: Path
+    port: int = FIRST_PORT
+    tunnel: Carrier | None = None
+
+    def drop_tunnel(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.stop()
+        self.tunnel = None
 
 
 def points(params: Params) -> list[Point]:
@@ -84,12 +105,7 @@ def points(params: Params) -> list[Point]:
 
 
 @contextlib.contextmanager
-def session(params: Params) -> Iterator[Context]:
-    from testbed.fidelity import verify_accesses
-    from testbed.lab import Lab
-    from testbed.profiles import profile
-
-    ctx = Context(params)
+def session(params: Params) -> Iterator[Context[AggregationState]]:
     wifi_loss = (
         {} if params["wifi_loss_pct"] is None else {"loss_pct": float(params["wifi_loss_pct"])}
     )
@@ -104,8 +120,8 @@ def session(params: Params) -> Iterator[Context]:
             "reference", backend=params["backend"], congestion_control=cc, profiles=profiles
         ) as lab,
     ):
+        ctx = Context(params, AggregationState(lab, Path(tmp)))
         ctx.backend = str(lab.backend)
-        ctx.state.update(lab=lab, workdir=Path(tmp), port=5400, deployment=None)
         ctx.extra_meta.update(
             {"profiles": {k: v.as_dict() for k, v in profiles.items()}, "lab": lab.describe()}
         )
@@ -114,72 +130,57 @@ def session(params: Params) -> Iterator[Context]:
         try:
             yield ctx
         finally:
-            _drop_deployment(ctx)
+            ctx.state.drop_tunnel()
 
 
-def _drop_deployment(ctx: Context) -> None:
-    deployment = ctx.state.get("deployment")
-    if deployment is not None:
-        deployment.stop()
-    ctx.state["deployment"] = None
-
-
-def _tunnel(ctx: Context, scheduler: str, reorder: bool) -> Any:
-    from testbed.qtun import QtunDeployment, TunnelSpec
-
+def _tunnel(state: AggregationState, scheduler: str, reorder: bool) -> Carrier:
     # Started afresh for every point, even when the previous one had the same spec: QUIC
     # connections that carried the previous point would begin this one with the congestion
     # windows (and reorder state) it left, and runs would not be independent.
-    _drop_deployment(ctx)
+    state.drop_tunnel()
     spec = TunnelSpec(mode="session", scheduler=scheduler, reorder=reorder)
-    workdir = ctx.state["workdir"] / f"qtun-{scheduler}-{reorder}-{ctx.state['port']}"
-    deployment = QtunDeployment(ctx.state["lab"], spec, clients=[CLIENT], workdir=workdir)
-    ctx.state["deployment"] = deployment.start()
-    return ctx.state["deployment"]
+    workdir = state.workdir / f"qtun-{scheduler}-{reorder}-{state.port}"
+    state.tunnel = variants.qtun(state.lab, spec, workdir, clients=[CLIENT])
+    return state.tunnel
 
 
-def run_point(ctx: Context, point: Point) -> PointResult:
-    from experiments.failover import _mptcp
-
-    lab = ctx.state["lab"]
-    p = ctx.params
-    ctx.state["port"] += 1
-    teardown = []
+def run_point(ctx: Context[AggregationState], point: Point) -> PointResult:
+    state, p = ctx.state, ctx.params
+    state.port += 1
+    mptcp: Carrier | None = None
     if point["variant"] == "mptcp":
-        _drop_deployment(ctx)  # the tunnel's programs would compete for the CPU
-        route = _mptcp(lab, ctx)
-        teardown = route.teardown
-        sender, bind, mptcp = route.sender, route.sender_bind, True
+        state.drop_tunnel()  # the tunnel's programs would compete for the CPU
+        mptcp = variants.mptcp(state.lab, CLIENT)
+        route = mptcp.route
     else:
-        _tunnel(ctx, point["scheduler"], point["reorder"])
-        sender, bind, mptcp = lab.plan.servers[0], SERVER_V4, False
+        route = _tunnel(state, point["scheduler"], point["reorder"]).route
     flow = Flow(
-        sender=sender,
-        bind=bind,
+        sender=route.sender,
+        bind=route.address,
         receiver=CLIENT,
-        dst=bind,
+        dst=route.address,
         traffic="tcp",
         duration_s=float(p["duration_s"]),
-        port=ctx.state["port"],
-        mptcp=mptcp,
+        port=state.port,
+        mptcp=route.mptcp,
     )
     try:
-        recv, sent = run_flow(lab, flow, ctx.state["workdir"])
+        recv, sent = run_flow(state.lab, flow, state.workdir)
     finally:
-        for undo in reversed(teardown):
+        if mptcp is not None:
             with contextlib.suppress(Exception):
-                undo()
-    interval = float(recv["interval_s"])
-    bins = pad_bins(recv["bins"], interval, flow.duration_s)
+                mptcp.stop()
+    interval = recv.interval_s
+    bins = pad_bins(recv.bins, interval, flow.duration_s)
     goodput = goodput_mbps(bins, interval, float(p["warmup_s"]), flow.duration_s)
     total = float(p["wifi_mbit"]) + float(p["fiveg_mbit"])
-    row = {
+    row: Row = {
         **point.values,
         "wifi_mbit": float(p["wifi_mbit"]),
         "fiveg_mbit": float(p["fiveg_mbit"]),
         "goodput_mbps": goodput,
         "ratio": goodput / total,
-        "detail": "; ".join(x for x in (recv.get("error"), sent.get("error")) if x),
+        "detail": flow_error(recv, sent),
     }
     return PointResult(rows={"aggregation": [row]})
 
@@ -199,7 +200,7 @@ EXPERIMENT = Experiment(
     name="aggregation",
     defaults=DEFAULTS,
     quick=QUICK,
-    tables={"aggregation": COLUMNS},
+    tables=tables(AGGREGATION),
     key_columns=("variant", "scheduler", "reorder", "run"),
     points=points,
     run_point=run_point,

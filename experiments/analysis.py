@@ -1,9 +1,12 @@
 """Load, summarise and plot experiment results: the one module the notebooks (and `make demo`) use.
 
 A run lives in `results/<experiment>/<YYYYmmdd-HHMMSS>/` with tidy CSVs and `meta.json`; the
-column sets below are the contract of README "Results". Loaders check the
-columns and fail with one sentence naming the file; summaries return plain DataFrames; plotting
-functions draw on an Axes the caller gives; `*_figure` helpers build a whole figure and save a PNG.
+columns each table must have are the contract of README "Results" (experiments/schemas.py, the
+one declaration the experiments write from). Loaders check the columns and fail with one
+sentence naming the file; summaries return plain DataFrames; plotting functions draw on an Axes
+the caller gives; `*_figure` helpers build a whole figure and save a PNG. A notebook starts with
+`notebook_setup(name, ...)`: its run, its figures directory, its meta.json and table, said in
+one sentence each.
 
 Confidence intervals are Student-t intervals on the run means (`mean_ci`): with the handful of
 runs an experiment affords (3-10), a percentile bootstrap is too narrow, and the t quantile is
@@ -15,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,57 +32,21 @@ import pandas as pd
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_ROOT = REPO_ROOT / "results"
-FIGURES_DIR = RESULTS_ROOT / "figures"
+from experiments.schemas import TABLES
+from experiments.traffic import jain_index
+from testbed.paths import FIGURES_DIR, RESULTS_ROOT
+from tunnel.user_error import UserError
 
 RUN_DIR_PATTERN = re.compile(r"^\d{8}-\d{6}$")
 
-# Required columns per CSV (README "Results"); extra columns are kept.
-SCHEMAS: dict[str, tuple[str, ...]] = {
-    "failover": (
-        "variant",
-        "run",
-        "event",
-        "traffic",
-        "down_at_s",
-        "up_at_s",
-        "gap_ms",
-        "goodput_before_mbps",
-        "goodput_during_mbps",
-        "goodput_after_mbps",
-        "packets_lost",
-        "reordered",
-        "completed",
-    ),
-    "failover_timeseries": ("variant", "run", "t_s", "goodput_mbps"),
-    "overhead": (
-        "mode",
-        "payload_bytes",
-        "packets",
-        "app_bytes",
-        "wire_bytes",
-        "overhead_per_packet_bytes",
-        "overhead_pct",
-        "expected_per_packet_bytes",
-    ),
-    "goodput": ("mode", "transport", "cc", "loss_pct", "rtt_ms", "run", "goodput_mbps"),
-    "aggregation": (
-        "variant",
-        "scheduler",
-        "reorder",
-        "run",
-        "wifi_mbit",
-        "fiveg_mbit",
-        "goodput_mbps",
-        "ratio",
-    ),
-    "scale": ("clients", "client", "run", "goodput_mbps", "conc_cpu_pct", "conc_rss_mb"),
-}
+# Required columns per CSV (README "Results", declared in experiments/schemas.py); extra
+# columns are kept.
+SCHEMAS: dict[str, tuple[str, ...]] = {name: table.required for name, table in TABLES.items()}
 
 # Plot order and colours of the variants named in the contract; unknown variants come after.
 VARIANT_ORDER = (
@@ -93,7 +61,7 @@ VARIANT_ORDER = (
 MODE_ORDER = ("plain", "tunnel", "session", "stream", "wireguard")
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
     """Results are missing or do not follow the schema; the message is one sentence."""
 
 
@@ -108,7 +76,7 @@ def _finished(run_dir: Path) -> bool:
     return isinstance(meta, dict) and meta.get("finished", True) is not None
 
 
-def run_dirs(experiment: str, root: Path = Path("results")) -> list[Path]:
+def run_dirs(experiment: str, root: Path = RESULTS_ROOT) -> list[Path]:
     """Complete runs of an experiment (timestamped directories, see _finished), oldest first."""
     base = Path(root) / experiment
     if not base.is_dir():
@@ -118,7 +86,7 @@ def run_dirs(experiment: str, root: Path = Path("results")) -> list[Path]:
     )
 
 
-def latest_run(experiment: str, root: Path = Path("results")) -> Path:
+def latest_run(experiment: str, root: Path = RESULTS_ROOT) -> Path:
     """The newest complete run of `experiment` under `root` (ResultsError if there is none)."""
     runs = run_dirs(experiment, root)
     if not runs:
@@ -158,7 +126,7 @@ def load_meta(run_dir: Path) -> dict[str, Any]:
 def load_csv(path: Path, schema: str) -> pd.DataFrame:
     """Read one results CSV and check it has every column of `schema` (see SCHEMAS)."""
     path = Path(path)
-    required = SCHEMAS[schema]
+    required = TABLES[schema].required
     if not path.is_file():
         raise ResultsError(f"{path} does not exist: the run has no {schema} results.")
     try:
@@ -180,19 +148,23 @@ def _as_bool(series: pd.Series) -> pd.Series:
     return text.isin(["true", "1", "yes"])
 
 
+def _load(run_dir: Path, table: str) -> pd.DataFrame:
+    return load_csv(Path(run_dir) / TABLES[table].file_name, table)
+
+
 def load_failover(run_dir: Path) -> pd.DataFrame:
-    df = load_csv(Path(run_dir) / "failover.csv", "failover")
+    df = _load(run_dir, "failover")
     df["completed"] = _as_bool(df["completed"])
     df["gap_ms"] = pd.to_numeric(df["gap_ms"], errors="coerce")
     return df
 
 
 def load_failover_timeseries(run_dir: Path) -> pd.DataFrame:
-    return load_csv(Path(run_dir) / "failover_timeseries.csv", "failover_timeseries")
+    return _load(run_dir, "failover_timeseries")
 
 
 def load_overhead(run_dir: Path) -> pd.DataFrame:
-    df = load_csv(Path(run_dir) / "overhead.csv", "overhead")
+    df = _load(run_dir, "overhead")
     if "workload" not in df.columns:
         # The schema allows marking bulk rows with payload_bytes = -1 instead of a column.
         df["workload"] = np.where(df["payload_bytes"] < 0, "bulk-tcp", "udp")
@@ -200,17 +172,17 @@ def load_overhead(run_dir: Path) -> pd.DataFrame:
 
 
 def load_goodput(run_dir: Path) -> pd.DataFrame:
-    df = load_csv(Path(run_dir) / "goodput.csv", "goodput")
+    df = _load(run_dir, "goodput")
     df["cc"] = df["cc"].fillna("").astype(str)
     return df
 
 
 def load_aggregation(run_dir: Path) -> pd.DataFrame:
-    return load_csv(Path(run_dir) / "aggregation.csv", "aggregation")
+    return _load(run_dir, "aggregation")
 
 
 def load_scale(run_dir: Path) -> pd.DataFrame:
-    return load_csv(Path(run_dir) / "scale.csv", "scale")
+    return _load(run_dir, "scale")
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -367,8 +339,6 @@ def scale_summary(scale: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
     (recomputed from each run's goodputs, mean over runs), and the means over runs of the
     concentrator's CPU % (t-CI), CPU % per client, RSS, RSS per client, the clients' and the
     whole machine's CPU %. CPU columns: 100 = one core."""
-    from experiments.scale import jain_index
-
     rows: list[dict[str, Any]] = []
     keys = ["mode", "clients"] if "mode" in scale.columns else ["clients"]
     for key, group in scale.groupby(keys, sort=True):
@@ -415,6 +385,20 @@ def rss_fit(summary: pd.DataFrame) -> tuple[float, float] | None:
         return None
     slope, intercept = np.polyfit(data["clients"].astype(float), data["conc_rss_mb"], 1)
     return float(slope) * 1024, float(intercept)
+
+
+def rss_growth_sentences(summary: pd.DataFrame) -> list[str]:
+    """One sentence per mode of a scale_summary: the concentrator's RSS per added client."""
+    groups = summary.groupby("mode") if "mode" in summary.columns else [("all", summary)]
+    out = []
+    for mode, rows in groups:
+        fit = rss_fit(rows)
+        if fit is not None:
+            out.append(
+                f"{mode}: the concentrator's RSS grows by {fit[0]:.0f} kB per client "
+                f"(least squares over N; {fit[1]:.1f} MB at N = 0)."
+            )
+    return out
 
 
 # -- plotting on a given Axes ----------------------------------------------------------------
@@ -606,7 +590,9 @@ def plot_bulk_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
     ax.grid(alpha=0.3, axis="y")
 
 
-def plot_goodput_heatmap(ax: Axes, pivot: pd.DataFrame, title: str, vmax: float | None) -> Any:
+def plot_goodput_heatmap(
+    ax: Axes, pivot: pd.DataFrame, title: str, vmax: float | None
+) -> AxesImage:
     """One loss × RTT heatmap of mean goodput, values written in the cells."""
     values = pivot.to_numpy(dtype=float)
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
@@ -927,3 +913,103 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
     ax_mem.set_title("concentrator memory (linear N axis)", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
     return _save(fig, out_png)
+
+
+# -- notebooks -------------------------------------------------------------------------------
+# Each notebook's table: what notebook_setup loads for it.
+LOADERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    "failover": load_failover,
+    "overhead": load_overhead,
+    "goodput": load_goodput,
+    "aggregation": load_aggregation,
+    "scale": load_scale,
+}
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in an IPython kernel (a notebook), where display() shows things."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+def say(markdown: str) -> None:
+    """Show one sentence: as Markdown in a notebook, printed elsewhere."""
+    if not _in_notebook():
+        print(markdown)
+        return
+    from IPython.display import Markdown, display
+
+    display(Markdown(markdown))
+
+
+def run_sentence(run_dir: Path, meta: dict[str, Any]) -> str:
+    """Which run this is: commit, kernel, backend, seed, when it finished, what failed."""
+    failed = len(meta.get("failed") or [])
+    dirty = " (dirty)" if meta.get("git_dirty") else ""
+    return (
+        f"Run `{run_dir}`: commit `{meta.get('git_commit', '?')}`{dirty}, "
+        f"kernel {meta.get('kernel', '?')}, shaping backend {meta.get('backend', '?')}, "
+        f"seed {meta.get('seed', '?')}, finished {meta.get('finished', '?')}"
+        f"{f'; {failed} point(s) failed (listed in meta.json)' if failed else ''}."
+    )
+
+
+@dataclass
+class NotebookRun:
+    """What a notebook works on (notebook_setup): its run (None when the experiment has none
+    yet), where its figures go, the run's meta.json and table (None: nothing to show)."""
+
+    experiment: str
+    run_dir: Path | None
+    figures_dir: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+    data: pd.DataFrame | None = None
+
+    def figure(self, make: Callable[[Path, Path], Path], name: str) -> None:
+        """`make(run_dir, figures_dir / name)` (one of the `*_figure` helpers), shown in the
+        notebook; or one sentence saying why there is no figure."""
+        if self.run_dir is None or self.data is None:
+            return
+        try:
+            png = make(self.run_dir, self.figures_dir / name)
+        except ResultsError as exc:
+            say(f"No figure: {exc}")
+            return
+        if _in_notebook():
+            from IPython.display import Image, display
+
+            display(Image(filename=str(png)))
+        print(f"saved {png}")
+
+
+def notebook_setup(
+    experiment: str,
+    results_dir: str | Path | None = "",
+    results_root: str | Path | None = "",
+    figures_dir: str | Path | None = "",
+) -> NotebookRun:
+    """The top of every notebook, from its papermill-style parameters: `results_dir` a run
+    ("": the latest complete run under `results_root`, "": results/), `figures_dir` where PNGs
+    go ("": results/figures). Says which run it is (or that there is none yet, and what to run),
+    and loads the experiment's table (or says in one sentence why the run has nothing to show)."""
+    pd.set_option("display.precision", 2)
+    root = Path(results_root) if results_root else RESULTS_ROOT
+    out_dir = Path(figures_dir) if figures_dir else FIGURES_DIR
+    run_dir = resolve_run(experiment, results_dir, root)
+    if run_dir is None:
+        say(
+            f"No {experiment} results yet under `{root / experiment}`: run "
+            f"`qtlab run {experiment}`, then re-run this notebook."
+        )
+        return NotebookRun(experiment, None, out_dir)
+    meta = load_meta(run_dir)
+    say(run_sentence(run_dir, meta))
+    try:
+        data = LOADERS[experiment](run_dir)
+    except ResultsError as exc:
+        say(f"This {experiment} run has nothing to show: {exc}")
+        return NotebookRun(experiment, run_dir, out_dir, meta)
+    return NotebookRun(experiment, run_dir, out_dir, meta, data)

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -37,11 +36,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from experiments.runner import software_versions, write_meta
+from experiments.procstat import cpu_seconds
+from experiments.runner import git_state, software_versions, write_meta
+from testbed.hosts import Node
+from testbed.lab import Lab
+from testbed.paths import RESULTS_ROOT
 from testbed.profiles import PROFILES, profile
-from testbed.qtun import CONCENTRATOR_TUN_V4, REPO, QtunDeployment, QtunError, TunnelSpec
+from testbed.qtun import CONCENTRATOR_TUN_V4, QtunDeployment, QtunError, TunnelSpec
+from tunnel.user_error import RuntimeFailure, UsageError, run_command
 
-PLAIN_TARGET = "10.0.0.2"  # h2 on the pair link
 IPERF_PORT = 5201
 CLIENT, SERVER = "h1", "h2"
 FIELDS = [
@@ -103,7 +106,7 @@ MODES: dict[str, BenchMode] = {
 }
 
 
-class BenchError(RuntimeError):
+class BenchError(RuntimeFailure):
     """One transfer gave no usable result."""
 
 
@@ -124,14 +127,7 @@ class Row:
         return {k: "" if getattr(self, k) is None else getattr(self, k) for k in FIELDS}
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def iperf3_tcp(node: Any, target: str, seconds: int) -> dict[str, Any]:
+def iperf3_tcp(node: Node, target: str, seconds: int) -> dict[str, Any]:
     """Run an iperf3 TCP client on `node` and return its parsed JSON (bounded in time)."""
     out = str(
         node.cmd(
@@ -149,13 +145,12 @@ def iperf3_tcp(node: Any, target: str, seconds: int) -> dict[str, Any]:
 
 
 def measure(
-    lab: Any, target: str, seconds: int, pids: dict[str, int], row: Row, mtu_intf: str
+    lab: Lab, target: str, seconds: int, pids: dict[str, int], row: Row, mtu_intf: str
 ) -> None:
     """One transfer to `target`; fills goodput, CPU of `pids` and the MTU into `row`."""
     h1, h2 = lab.node(CLIENT), lab.node(SERVER)
     server = lab.procs.start_iperf3_server(h2, port=IPERF_PORT, idle_timeout_s=seconds + 20)
     try:
-        time.sleep(0.3)  # the server's listening socket
         before = {role: cpu_seconds(pid) for role, pid in pids.items()}
         started = time.monotonic()
         data = iperf3_tcp(h1, target, seconds)
@@ -177,11 +172,12 @@ def measure(
     row.mtu = int(mtu) if mtu.isdigit() else None
 
 
-def run_mode(lab: Any, mode: BenchMode, profile_name: str, seconds: int, workdir: Path) -> Row:
+def run_mode(lab: Lab, mode: BenchMode, profile_name: str, seconds: int, workdir: Path) -> Row:
     row = Row(mode.name, profile_name)
     try:
-        if mode.spec is None:
-            measure(lab, PLAIN_TARGET, seconds, {}, row, lab.plan.accesses[0].client_intf)
+        if mode.spec is None:  # straight over the link to h2
+            target = lab.plan.server_address(SERVER)
+            measure(lab, target, seconds, {}, row, lab.plan.accesses[0].client_intf)
             return row
         with QtunDeployment(
             lab, mode.spec, workdir=workdir / f"{mode.name}-{profile_name}"
@@ -193,11 +189,6 @@ def run_mode(lab: Any, mode: BenchMode, profile_name: str, seconds: int, workdir
         row.error = str(exc).splitlines()[0]
         print(f"bench: {mode.name}/{profile_name} failed: {exc}", file=sys.stderr)
     return row
-
-
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-    return done.stdout.strip()
 
 
 def compare_with_plain(rows: Sequence[Row]) -> None:
@@ -230,13 +221,11 @@ def run_bench(
     seconds: int = 10,
     profiles: Sequence[str] = DEFAULT_PROFILES,
     modes: Sequence[str] = tuple(MODES),
-    out_root: Path = Path("results/bench"),
+    out_root: Path = RESULTS_ROOT / "bench",
     backend: str = "auto",
     congestion_control: str = "cubic",
 ) -> tuple[Path, list[Row]]:
     """Run every (profile, mode) once; returns the run directory and the rows."""
-    from testbed.lab import Lab
-
     started = datetime.now(UTC)
     out_dir = out_root / started.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +247,7 @@ def run_bench(
                 )
         lab_meta = lab.describe()
     compare_with_plain(rows)
+    commit, dirty = git_state()
     with open(out_dir / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
@@ -267,8 +257,8 @@ def run_bench(
         "experiment": "bench",
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit or "",
+        "git_dirty": dirty,
         "kernel": platform.release(),
         "hostname": socket.gethostname(),
         "backend": lab_meta["backend"],
@@ -297,7 +287,7 @@ def _names(text: str, known: Sequence[str], what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError(
+        raise UsageError(
             f"unknown {what} {', '.join(unknown) or '(none given)'}: choose from {', '.join(known)}"
         )
     return names
@@ -315,22 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help="shaping backend: auto, netem, wire")
     parser.add_argument("--cc", default="cubic", help="TCP congestion control of h1 and h2")
     args = parser.parse_args(argv)
-    try:
-        if not 1 <= args.seconds <= 600:
-            raise ValueError(f"--seconds {args.seconds} is out of range: give 1 to 600")
-        profiles = _names(args.profiles, list(PROFILES), "profile")
-        modes = _names(args.modes, list(MODES), "mode")
-    except ValueError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("bench", lambda: _bench(args), interrupted="the lab was torn down")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if not 1 <= args.seconds <= 600:
+        raise UsageError(f"--seconds {args.seconds} is out of range: give 1 to 600")
+    profiles = _names(args.profiles, list(PROFILES), "profile")
+    modes = _names(args.modes, list(MODES), "mode")
     if os.geteuid() != 0:
-        print("bench: error: not root: run it as root (it builds Mininet hosts)", file=sys.stderr)
-        return 1
-    try:
-        out_dir, rows = run_bench(args.seconds, profiles, modes, args.out, args.backend, args.cc)
-    except KeyboardInterrupt:
-        print("bench: interrupted; the lab was torn down", file=sys.stderr)
-        return 130
+        raise RuntimeFailure("not root: run it as root (it builds Mininet hosts)")
+    out_dir, rows = run_bench(args.seconds, profiles, modes, args.out, args.backend, args.cc)
     print(format_table(rows))
     print(f"bench: wrote {out_dir / 'bench.csv'} (figures from a shared machine are noisy)")
     return 1 if any(r.error for r in rows) else 0

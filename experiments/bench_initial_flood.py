@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
 from types import ModuleType
 from typing import Any
 
@@ -106,7 +107,9 @@ def socket_drops(port: int) -> int:
     return 0
 
 
-def flood(target: tuple[str, int], rate: float | None, seconds: float, result: Any) -> None:
+def flood(
+    target: tuple[str, int], rate: float | None, seconds: float, result: Synchronized[int]
+) -> None:
     """The flooder process: junk Initials at `rate` per second (None: as fast as it can)."""
     sockets = []
     for index in range(64):

@@ -32,7 +32,6 @@ import gc
 import sys
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 MIB = 1024 * 1024
 
@@ -141,7 +140,7 @@ def _churn(count: int) -> dict[str, float]:
 
 
 def _speed(streams: int, size: int = 4 * MIB) -> dict[str, float]:
-    from aioquic.quic.events import StreamDataReceived
+    from aioquic.quic.events import QuicEvent, StreamDataReceived
 
     from tests.unit.quic_harness import Network, make_configs
     from tunnel.protocol.quic_ext import TunnelQuicConnection
@@ -160,7 +159,7 @@ def _speed(streams: int, size: int = 4 * MIB) -> dict[str, float]:
     received = 0
 
     class Reader:
-        def handle_event(self, event: Any) -> list[object]:
+        def handle_event(self, event: QuicEvent) -> list[object]:
             nonlocal received
             if isinstance(event, StreamDataReceived):
                 received += len(event.data)

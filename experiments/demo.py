@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.runner import RESULTS_ROOT, ExperimentError, resolve_params, run_experiment
+from experiments.runner import RESULTS_ROOT, resolve_params, run_experiment
+from tunnel.user_error import RuntimeFailure, run_command
 
 FIGURE_NAME = "failover-demo.png"
 
@@ -23,7 +24,7 @@ def run_demo(results: Path | None = None) -> int:
     from experiments.failover import EXPERIMENT, summary_table
 
     if os.geteuid() != 0:
-        raise ExperimentError("the demo builds a Mininet network and needs root: run it with sudo.")
+        raise RuntimeFailure("the demo builds a Mininet network and needs root: run it with sudo.")
     root = results or RESULTS_ROOT
     params = resolve_params(EXPERIMENT, quick=True)
     summary = run_experiment(EXPERIMENT, params, root=root / "demo")
@@ -43,17 +44,7 @@ def run_demo(results: Path | None = None) -> int:
 
 
 def main() -> int:
-    try:
-        return run_demo()
-    except ExperimentError as exc:
-        print(f"qtlab: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # the testbed could not be built or is not what was asked
-        print(f"qtlab: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("qtlab: interrupted; everything was stopped.", file=sys.stderr)
-        return 130
+    return run_command("qtlab", run_demo, interrupted="everything was stopped.")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@
                                     dst="10.200.1.2", traffic="tcp", duration_s=12),
                           workdir, during=lambda start_at: ...)
 
-The sender starts first (it listens), then the receiver; both get the same CLOCK_MONOTONIC
-origin `start_at` (now + START_LEAD_S, the time Python needs to start in a node). `during` is
-called with that origin once both run (the failover experiment fails the WiFi from there).
-Returns the receiver's samples and the sender's report as parsed JSON; raises RuntimeError
-(one sentence) if the receiver never got traffic. Both programs are stopped on every path.
+The sender starts first and the receiver once the sender listens (polled, `wait_listening`: in
+stream mode the client's own interception accepts at once and the concentrator connects to the
+sender only then, so a sender not yet listening would get the stream reset); both get the same
+CLOCK_MONOTONIC origin `start_at` (now + START_LEAD_S, the time Python needs to start in a
+node). `during` is called with that origin once both run (the failover experiment fails the
+WiFi from there). Returns the receiver's samples and the sender's report (parsed JSON); raises
+RuntimeError (one sentence) if the receiver never got traffic. Both programs are stopped on
+every path.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.traffic import SAMPLE_INTERVAL_S, Samples
+from testbed.hosts import HostProcess, wait_listening
+from testbed.lab import Lab
+
 TRAFFIC_SCRIPT = Path(__file__).resolve().parent / "traffic.py"
 START_LEAD_S = 1.5  # programs start (Python in a node: ~0.3 s) before the measurement's origin
 
@@ -34,12 +41,13 @@ class Flow:
     receiver: str
     dst: str  # what the receiver connects to
     traffic: str  # "tcp" | "udp"
-    duration_s: float
+    duration_s: float  # the sender's deadline from the origin (a bound for a fixed-size flow)
     port: int = 5400
     mptcp: bool = False
     udp_rate_mbit: float = 10.0
     udp_size_bytes: int = 1000
-    interval_s: float = 0.01
+    interval_s: float = SAMPLE_INTERVAL_S
+    nbytes: int | None = None  # TCP: exactly this many bytes, then FIN (traffic.py --bytes)
 
 
 def traffic_argv(role: str, *args: str) -> list[str]:
@@ -51,34 +59,43 @@ def sleep_until(t: float) -> None:
         time.sleep(min(left, 0.2))
 
 
-def run_flow(
-    lab: Any,
-    flow: Flow,
-    workdir: Path,
-    during: Callable[[float], None] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def flow_argv(flow: Flow, start_at: float, recv_out: Path, send_out: Path) -> tuple[list[str], ...]:
+    """(sender argv, receiver argv) of one flow."""
     port = str(flow.port)
-    recv_out = workdir / f"recv-{port}.json"
-    send_out = workdir / f"send-{port}.json"
-    for stale in (recv_out, send_out):
-        stale.unlink(missing_ok=True)
-    start_at = time.monotonic() + START_LEAD_S
     common = ["--port", port, "--start-at", f"{start_at:.6f}", "--duration", str(flow.duration_s)]
     send_args = ["--bind", flow.bind, *common, "--out", str(send_out)]
     recv_args = ["--dst", flow.dst, *common, "--out", str(recv_out)]
     recv_args += ["--interval", str(flow.interval_s)]
     if flow.traffic == "tcp":
         extra = ["--mptcp"] if flow.mptcp else []
-        sender_argv = traffic_argv("tcp-send", *send_args, *extra)
-        receiver_argv = traffic_argv("tcp-recv", *recv_args, *extra)
-    else:
-        rate = ["--rate-mbit", str(flow.udp_rate_mbit), "--size", str(flow.udp_size_bytes)]
-        sender_argv = traffic_argv("udp-send", *send_args, *rate)
-        receiver_argv = traffic_argv("udp-recv", *recv_args)
-    procs = []
+        size = ["--bytes", str(flow.nbytes)] if flow.nbytes is not None else []
+        return (
+            traffic_argv("tcp-send", *send_args, *extra, *size),
+            traffic_argv("tcp-recv", *recv_args, *extra),
+        )
+    rate = ["--rate-mbit", str(flow.udp_rate_mbit), "--size", str(flow.udp_size_bytes)]
+    return traffic_argv("udp-send", *send_args, *rate), traffic_argv("udp-recv", *recv_args)
+
+
+def run_flow(
+    lab: Lab,
+    flow: Flow,
+    workdir: Path,
+    during: Callable[[float], None] | None = None,
+) -> tuple[Samples, dict[str, Any]]:
+    port = str(flow.port)
+    recv_out = workdir / f"recv-{port}.json"
+    send_out = workdir / f"send-{port}.json"
+    for stale in (recv_out, send_out):
+        stale.unlink(missing_ok=True)
+    start_at = time.monotonic() + START_LEAD_S
+    sender_argv, receiver_argv = flow_argv(flow, start_at, recv_out, send_out)
+    procs: list[HostProcess] = []
     try:
-        procs.append(lab.procs.start(lab.node(flow.sender), f"qex-send-{port}", sender_argv))
-        time.sleep(0.3)  # the sender listens before the receiver connects
+        sender_node = lab.node(flow.sender)
+        sender = lab.procs.start(sender_node, f"qex-send-{port}", sender_argv)
+        procs.append(sender)
+        wait_listening(sender_node, flow.port, sender)
         receiver = lab.procs.start(lab.node(flow.receiver), f"qex-recv-{port}", receiver_argv)
         procs.append(receiver)
         if during is not None:
@@ -91,10 +108,15 @@ def run_flow(
                 lab.procs.stop(proc)
     if not recv_out.exists():
         raise RuntimeError(f"the receiver wrote no samples; see {receiver.log_path}")
-    recv = json.loads(recv_out.read_text())
-    sent = json.loads(send_out.read_text()) if send_out.exists() else {}
-    if not recv["connected"]:
+    recv = Samples.from_json(json.loads(recv_out.read_text()))
+    sent: dict[str, Any] = json.loads(send_out.read_text()) if send_out.exists() else {}
+    if not recv.connected:
         raise RuntimeError(
-            f"the receiver never got traffic ({recv.get('error')}; sender: {sent.get('error')})"
+            f"the receiver never got traffic ({recv.error}; sender: {sent.get('error')})"
         )
     return recv, sent
+
+
+def flow_error(recv: Samples, sent: dict[str, Any]) -> str:
+    """What went wrong on either side of a flow ("" if nothing), for a row's detail column."""
+    return "; ".join(x for x in (recv.error, sent.get("error")) if x)

@@ -13,15 +13,15 @@ concentrator closes its connection: a close is a correct answer to a violation.
 Between batches (no input in flight) the concentrator is checked: still the same process
 (a crash or a restart is a failure), its RSS (/proc/<pid>/status VmRSS) and open fds, its status
 counters (`internal_errors` must stay 0) and its log (no exception line, see
-experiments/soak.py EXCEPTION_PATTERN), and the real client's liveness: `ping` from h1 through
+experiments/health.py EXCEPTION_PATTERN), and the real client's liveness: `ping` from h1 through
 the tunnel to the concentrator's TUN address must be answered.
 
 Tables: fuzz.csv (one row per batch: inputs by kind, connections, closes, the checks above),
 fuzz_closes.csv (why connections were closed, counted), fuzz_labels.csv (each mutation and how
 often it was sent), fuzz_summary.csv (the verdict, one row per run).
 "Unbounded growth": the concentrator's RSS after the first batch (warm-up) against the end is
-reported; the verdict only bounds it generously (soak.RSS_BOUND_FACTOR x warm-up +
-RSS_BOUND_MARGIN_MB).
+reported; the verdict only bounds it generously (experiments/health.py: twice the warm-up +
+100 MiB).
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
+from experiments.health import RSS_BOUND_TEXT, rss_bound_mb, scan_log
+from experiments.procstat import proc_sample
 from experiments.runner import (
     Context,
     Experiment,
@@ -47,27 +51,31 @@ from experiments.runner import (
     PointResult,
     load_config,
 )
-from experiments.soak import (
-    CONFIGS,
-    RSS_BOUND_FACTOR,
-    RSS_BOUND_MARGIN_MB,
+from testbed.hosts import HostProcess
+from testbed.lab import Lab
+from testbed.paths import EXPERIMENT_CONFIGS
+from testbed.qtun import (
+    CONCENTRATOR_TUN_V4,
+    CONCENTRATOR_TUN_V6,
     MixedDeployment,
-    proc_sample,
-    scan_log,
+    TunnelSpec,
+    client_inner_addresses,
 )
-from testbed.qtun import TunnelSpec
+from testbed.topologies import PAIR_H1, PAIR_H2
 
 FUZZ_NAME = "fuzz"
 FUZZ_INDEX = 2  # inner addresses client_inner_addresses(2): 10.8.0.4, fd00:8::3
-REAL_CLIENT = "h1"
-CONCENTRATOR_ADDRESSES = ("10.0.0.2", "fd00::2")  # h2 on the pair topology
-TUN_V4, TUN_V6 = "10.8.0.1", "fd00:8::1"
+REAL_CLIENT = "h1"  # the pair topology's client: qtun client 1
+CONCENTRATOR_ADDRESSES = PAIR_H2  # h2 on the pair topology
+TUN_V4, TUN_V6 = CONCENTRATOR_TUN_V4, CONCENTRATOR_TUN_V6
+NAT64_PREFIX = IPv6Address("64:ff9b::")  # RFC 6052 §2.1
 # Destinations of the fuzzed IP packets and TCP Connects, besides random ones: the concentrator
 # itself, the real client (its host and its inner address), and every special-purpose kind.
 SPECIAL_ADDRESSES = (
-    "10.0.0.1", "10.8.0.3", "fd00:8::2", "127.0.0.1", "::1", "0.0.0.0", "::",
+    PAIR_H1[0], *client_inner_addresses(1), "127.0.0.1", "::1", "0.0.0.0", "::",
     "255.255.255.255", "224.0.0.1", "ff02::1", "169.254.169.254", "fe80::1", "192.0.2.1",
-    "100.64.0.1", "::ffff:10.0.0.2", "64:ff9b::a00:2",
+    "100.64.0.1", f"::ffff:{PAIR_H2[0]}",
+    str(IPv6Address(int(NAT64_PREFIX) | int(IPv4Address(PAIR_H2[0])))),
 )  # fmt: skip
 KIND_COLUMNS = [
     "datagram_tunnel",
@@ -151,7 +159,7 @@ DEFAULTS: Params = {
     "start_timeout_s": 60.0,
     "backend": "auto",
 }
-QUICK: Params = load_config(CONFIGS / "quick" / "fuzz.toml", "fuzz")
+QUICK: Params = load_config(EXPERIMENT_CONFIGS / "quick" / "fuzz.toml", "fuzz")
 PING_REPLIES = re.compile(r"(\d+) received")
 
 
@@ -171,24 +179,29 @@ def points(params: Params) -> list[Point]:
     return [Point({"run": r}) for r in range(1, int(params["runs"]) + 1)]
 
 
-@contextlib.contextmanager
-def session(params: Params) -> Iterator[Context]:
-    from testbed.lab import Lab
+@dataclass
+class FuzzState:
+    """What the runs share: the lab and a scratch directory."""
 
+    lab: Lab
+    workdir: Path
+
+
+@contextlib.contextmanager
+def session(params: Params) -> Iterator[Context[FuzzState]]:
     _check(params)
-    ctx = Context(params)
     with (
         tempfile.TemporaryDirectory(prefix="qex-fuzz-") as tmp,
         Lab("pair", backend=params["backend"]) as lab,
     ):
+        ctx = Context(params, FuzzState(lab, Path(tmp)))
         ctx.backend = str(lab.backend)
-        ctx.state.update(lab=lab, workdir=Path(tmp))
         ctx.extra_meta.update(
             {
                 "topology": "pair: qtun concentrator on h2, real qtun client and fuzzer on h1",
                 "lab": lab.describe(),
                 "log_dir": str(lab.log_dir),
-                "rss_bound": f"end <= {RSS_BOUND_FACTOR:g} x warm-up + {RSS_BOUND_MARGIN_MB:g} MiB",
+                "rss_bound": RSS_BOUND_TEXT,
             }
         )
         yield ctx
@@ -197,15 +210,15 @@ def session(params: Params) -> Iterator[Context]:
 class _Fuzz:
     """One fuzz run; the deployment and every batch process are stopped in close()."""
 
-    def __init__(self, ctx: Context, point: Point) -> None:
+    def __init__(self, ctx: Context[FuzzState], point: Point) -> None:
         self.ctx = ctx
         self.p = ctx.params
         self.run_no = int(point["run"])
-        self.lab = ctx.state["lab"]
-        self.workdir: Path = ctx.state["workdir"] / f"run-{self.run_no}"
+        self.lab = ctx.state.lab
+        self.workdir = ctx.state.workdir / f"run-{self.run_no}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dep: MixedDeployment | None = None
-        self.proc: Any = None
+        self.proc: HostProcess | None = None
         self.budget = 0  # the DATAGRAM budget the fuzzer found
 
     def close(self) -> None:
@@ -235,8 +248,8 @@ class _Fuzz:
         argv = [
             sys.executable, "-m", "testbed.hostile", "fuzz",
             "--remote", CONCENTRATOR_ADDRESSES[0], "--remote", CONCENTRATOR_ADDRESSES[1],
-            "--ca", str(me["ca"]), "--cert", str(me["cert"]), "--key", str(me["key"]),
-            "--inner-v4", me["inner_v4"], "--inner-v6", me["inner_v6"],
+            "--ca", str(me.ca), "--cert", str(me.cert), "--key", str(me.key),
+            "--inner-v4", me.inner_v4, "--inner-v6", me.inner_v6,
             "--server", TUN_V4,
             "--seed", f"{self.p['seed']}-{self.run_no}-{batch}",
             "--pt-seed", f"{self.p['seed']}-{self.run_no}", "--pt-cursor", str(pt_cursor),
@@ -442,7 +455,7 @@ class _Fuzz:
             failures.append(f"only {inputs} of {self.p['inputs']} inputs were sent")
         warm_rss, end_rss = summary["conc_rss_warm_mb"], summary["conc_rss_end_mb"]
         if warm_rss is not None and end_rss is not None:
-            bound = RSS_BOUND_FACTOR * warm_rss + RSS_BOUND_MARGIN_MB
+            bound = rss_bound_mb(warm_rss)
             if end_rss > bound:
                 failures.append(f"RSS {end_rss:.0f} MiB above {bound:.0f} MiB")
         summary["verdict"] = "pass" if not failures else "fail"
@@ -450,7 +463,7 @@ class _Fuzz:
         return summary
 
 
-def run_point(ctx: Context, point: Point) -> PointResult:
+def run_point(ctx: Context[FuzzState], point: Point) -> PointResult:
     fuzz = _Fuzz(ctx, point)
     try:
         return fuzz.run()

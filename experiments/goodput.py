@@ -1,6 +1,6 @@
 """Goodput under loss x latency: `qtlab run goodput` -> results/goodput/<time>/goodput.csv.
 
-The same network as the overhead experiment (experiments/overhead.py `ensure_mode`): the
+The same network as the overhead experiment (experiments/variants.py `Modes`): the
 reference topology with c1's 5G access down, so everything crosses c1's shaped WiFi access;
 plain and WireGuard traffic comes from conc (10.100.0.1 / its WireGuard address: the topology
 routes the client to nothing else without a tunnel), the qtun modes' from srv1 through the
@@ -11,7 +11,7 @@ random loss in each direction (a lossy access loses both ways), half the RTT of 
 and `rate_mbit`; one flow to c1 (experiments/traffic.py) runs `duration_s`; the row is the
 receiver's mean goodput after `warmup_s`. The congestion control is the inner TCP's, set on
 c1, conc and srv1; QUIC's own (aioquic's) is what the tunnel modes add underneath.
-The qtun modes' programs are restarted for every point (`ensure_mode(fresh=True)`): the QUIC
+The qtun modes' programs are restarted for every point (`Modes.ensure(fresh=True)`): the QUIC
 connection of the previous point would carry its congestion state over — measured, a
 loss-free 100 ms point right after a 2 % loss point reached 4.4 of 20 Mbit/s of UDP on the
 same connection, 20.0 on a new one. Linux's own per-destination TCP metrics cache is off in
@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from experiments.flows import Flow, run_flow
+from experiments.flows import Flow, flow_error, run_flow
 from experiments.runner import (
     Context,
     Experiment,
@@ -33,25 +35,18 @@ from experiments.runner import (
     Params,
     Point,
     PointResult,
+    Row,
 )
+from experiments.schemas import GOODPUT, tables
 from experiments.traffic import goodput_mbps, pad_bins
+from experiments.variants import CLIENT, MODES, Modes
+from testbed.fidelity import require_fidelity, verify_link
+from testbed.lab import Lab
+from testbed.profiles import LinkProfile
 
-MODES = ("plain", "tunnel", "session", "stream", "wireguard")
 TRANSPORTS = ("tcp-cubic", "tcp-bbr", "udp")
-CLIENT = "c1"
-CC_NODES = ("c1", "conc", "srv1")
-COLUMNS = [
-    "mode",
-    "transport",
-    "cc",
-    "loss_pct",
-    "rtt_ms",
-    "run",
-    "goodput_mbps",
-    "rate_mbit",
-    "packets_lost",
-    "detail",
-]
+COLUMNS = list(GOODPUT.columns)
+FIRST_PORT = 5400
 
 DEFAULTS: Params = {
     "modes": list(MODES),
@@ -69,6 +64,21 @@ DEFAULTS: Params = {
     "verify_fidelity": True,
 }
 QUICK: Params = {"runs": 1, "loss_pct": [0.0, 2.0], "rtt_ms": [10.0, 100.0], "duration_s": 4.0}
+
+
+@dataclass
+class GoodputState:
+    """What the points share: the lab, a scratch directory, the mode running (restarted per
+    point for qtun), the last traffic port used."""
+
+    lab: Lab
+    workdir: Path
+    modes: Modes
+    port: int = FIRST_PORT
+
+    def cc_nodes(self) -> tuple[str, ...]:
+        """Where the inner TCP's congestion control is set: both ends of every mode's flow."""
+        return (CLIENT, self.lab.plan.concentrator, self.lab.plan.servers[0])
 
 
 def _check(params: Params) -> None:
@@ -98,13 +108,8 @@ def points(params: Params) -> list[Point]:
 
 
 @contextlib.contextmanager
-def session(params: Params) -> Iterator[Context]:
-    from testbed.fidelity import require_fidelity, verify_link
-    from testbed.lab import Lab
-    from testbed.profiles import LinkProfile
-
+def session(params: Params) -> Iterator[Context[GoodputState]]:
     _check(params)
-    ctx = Context(params)
     base = LinkProfile(rate_mbit=float(params["rate_mbit"]))
     with (
         tempfile.TemporaryDirectory(prefix="qex-goodput-") as tmp,
@@ -112,8 +117,11 @@ def session(params: Params) -> Iterator[Context]:
             "reference", backend=str(params["backend"]), profiles={"wifi": base, "5g": base}
         ) as lab,
     ):
+        extra_meta: dict[str, Any] = {}
+        modes = Modes(lab, Path(tmp), extra_meta)
+        ctx = Context(params, GoodputState(lab, Path(tmp), modes))
+        ctx.extra_meta = extra_meta
         ctx.backend = str(lab.backend)
-        ctx.state.update(lab=lab, workdir=Path(tmp), mode=None, port=5400)
         if params["verify_fidelity"]:
             middle = lab.access("wifi", CLIENT).shaped
             assert middle is not None
@@ -134,49 +142,44 @@ def session(params: Params) -> Iterator[Context]:
         try:
             yield ctx
         finally:
-            teardown = ctx.state.pop("teardown", None)
-            if teardown is not None:
-                teardown()
+            modes.stop()
 
 
-def run_point(ctx: Context, point: Point) -> PointResult:
-    from experiments.overhead import ensure_mode
-    from testbed.profiles import LinkProfile
-
-    lab = ctx.state["lab"]
-    p = ctx.params
-    route = ensure_mode(ctx, point["mode"], fresh=True)
+def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
+    state, p = ctx.state, ctx.params
+    lab = state.lab
+    route = state.modes.ensure(point["mode"], fresh=True)
     link = LinkProfile(
         delay_ms=point["rtt_ms"] / 2, loss_pct=point["loss_pct"], rate_mbit=float(p["rate_mbit"])
     )
     lab.shaper("wifi", CLIENT).set_profile("both", link)
     if point["transport"] == "tcp":
-        for node in CC_NODES:
+        for node in state.cc_nodes():
             lab.set_congestion_control(node, point["cc"])
-    ctx.state["port"] += 1
+    state.port += 1
     flow = Flow(
         sender=route.sender,
-        bind=route.target,
+        bind=route.address,
         receiver=CLIENT,
-        dst=route.target,
+        dst=route.address,
         traffic=point["transport"],
         duration_s=float(p["duration_s"]),
-        port=ctx.state["port"],
+        port=state.port,
         udp_rate_mbit=float(p["udp_rate_mbit"]),
         udp_size_bytes=int(p["udp_size_bytes"]),
     )
-    recv, sent = run_flow(lab, flow, ctx.state["workdir"])
-    bins = pad_bins(recv["bins"], float(recv["interval_s"]), flow.duration_s)
-    goodput = goodput_mbps(bins, float(recv["interval_s"]), float(p["warmup_s"]), flow.duration_s)
+    recv, sent = run_flow(lab, flow, state.workdir)
+    bins = pad_bins(recv.bins, recv.interval_s, flow.duration_s)
+    goodput = goodput_mbps(bins, recv.interval_s, float(p["warmup_s"]), flow.duration_s)
     lost = None
     if point["transport"] == "udp" and "sent" in sent:
-        lost = int(sent["sent"]) - int(recv["unique"])
-    row = {
+        lost = int(sent["sent"]) - recv.unique
+    row: Row = {
         **point.values,
         "goodput_mbps": goodput,
         "rate_mbit": float(p["rate_mbit"]),
         "packets_lost": lost,
-        "detail": "; ".join(x for x in (recv.get("error"), sent.get("error")) if x),
+        "detail": flow_error(recv, sent),
     }
     return PointResult(rows={"goodput": [row]})
 
@@ -200,7 +203,7 @@ EXPERIMENT = Experiment(
     name="goodput",
     defaults=DEFAULTS,
     quick=QUICK,
-    tables={"goodput": COLUMNS},
+    tables=tables(GOODPUT),
     key_columns=("mode", "transport", "cc", "loss_pct", "rtt_ms", "run"),
     points=points,
     run_point=run_point,

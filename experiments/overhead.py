@@ -6,15 +6,15 @@
 Topology "reference" (c1 -- WiFi -- rwifi -- conc -- srv1) with c1's 5G access down, so that
 everything crosses the one WiFi access; its shaped link is set to `rate_mbit` / `delay_ms`.
 The direction is towards the client, as in the failover experiment: experiments/traffic.py's
-sender (or the bulk sender below) runs on conc for plain and WireGuard and on srv1 for the qtun
-modes, the receiver on c1. tcpdump runs on c1's WiFi interface c1-wifi and the pcap is parsed
-with scapy afterwards; the receiver's JSON report says what the application got.
+sender runs on conc for plain and WireGuard and on srv1 for the qtun modes, the receiver on c1.
+tcpdump runs on c1's WiFi interface c1-wifi and the pcap is parsed with scapy afterwards; the
+receiver's JSON report says what the application got.
 
-Modes (MODES): plain (no tunnel: conc's service address 10.100.0.1 straight over WiFi),
-tunnel / session (qtun through testbed/qtun.py, traffic from srv1 10.200.1.2 through the
-tunnel), stream (session mode with stream mode on: TCP on QUIC streams, the concentrator opening
-the connection to srv1; UDP still in DATAGRAM frames, so only the bulk TCP point runs),
-wireguard (wireguard-go + wg on c1 and conc, inner 10.9.0.1 / 10.9.0.2, traffic from conc).
+Modes (experiments/variants.py MODES, one at a time: `Modes`): plain (no tunnel: conc's service
+address straight over WiFi), tunnel / session (qtun, traffic from srv1 through the tunnel),
+stream (session mode with stream mode on: TCP on QUIC streams, the concentrator opening the
+connection to srv1; UDP still in DATAGRAM frames, so only the bulk TCP point runs), wireguard
+(wireguard-go on c1 and conc, traffic from conc's inner WireGuard address).
 Workloads: a sweep of UDP payload sizes (each datagram carries `payload_bytes` of application
 data, traffic.py's 16-byte sequence/time header included) at a fixed packet rate, and a bulk
 TCP transfer of exactly `bulk_bytes`.
@@ -50,18 +50,18 @@ exceeds the TUN MTU): the results README discusses the numbers.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aioquic.buffer import size_uint_var
+from aioquic.quic.configuration import QuicConfiguration
 
+from experiments.flows import Flow, flow_error, run_flow
 from experiments.runner import (
     Context,
     Experiment,
@@ -73,56 +73,34 @@ from experiments.runner import (
     resolve_params,
     run_experiment,
 )
-from testbed.qtun import QTUN_PORT
+from experiments.schemas import OVERHEAD, tables
+from experiments.variants import CLIENT, MODES, WG_MTU, Modes, Route
+from testbed.fidelity import verify_link
+from testbed.lab import Lab
+from testbed.profiles import profile
 from testbed.topologies import CONCENTRATOR_V4
-from tunnel.aio.client import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
+from tunnel.aio.client_setup import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
 from tunnel.protocol.quic_ext import AEAD_TAG_SIZE, SHORT_HEADER_FIXED_SIZE, packet_datagram_budget
+from tunnel.user_error import RuntimeFailure, run_command
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
 
 # The reference topology (testbed/topologies.py): c1 -- WiFi -- rwifi -- conc -- srv1.
-CLIENT, CONCENTRATOR, SERVER = "c1", "conc", "srv1"
 ACCESS = "wifi"  # the access measured; 5G is taken down so that nothing uses it
-CLIENT_V4 = "10.1.1.2"  # c1's WiFi address
-SERVER_V4 = "10.200.1.2"  # srv1, reachable from c1 only through the tunnel
 TRAFFIC_PORT = 5400
-WG_PORT = 51820
-WG_INNER = {CLIENT: "10.9.0.1", CONCENTRATOR: "10.9.0.2"}
-# Distinct names: wireguard-go's UAPI socket (/var/run/wireguard/<name>.sock) is one file
-# system for every namespace.
-WG_IFNAME = {CLIENT: "qnbwg1", CONCENTRATOR: "qnbwg2"}
-WG_MTU = 1420  # wireguard-go's default
 
 IPV4_HEADER = 20
 UDP_HEADER = 8
 TCP_HEADER_WITH_TIMESTAMPS = 20 + 20 + 12  # IPv4 + TCP + timestamp option (Linux default)
-# What the programs run with: aioquic's 8-byte connection IDs and the client's UDP payload size
-# (the framing does not depend on the latter as long as the budget is above 63 bytes).
-QUIC_CID_LENGTH = 8
+# What the programs run with: aioquic's connection IDs (8 bytes: neither program sets another
+# length) and the client's UDP payload size (the framing does not depend on the latter as long
+# as the budget is above 63 bytes).
+QUIC_CID_LENGTH = QuicConfiguration().connection_id_length
 QUIC_MAX_DATAGRAM_SIZE = CLIENT_MAX_DATAGRAM_SIZE
 WG_DATA_HEADER = 16  # type 4 + receiver index 4 + counter 8 (WireGuard §5.4.6)
 WG_TAG = 16
 STREAM_FRAME_HEADER = 1 + 1 + 4 + 2  # type, stream id, offset (16 KiB..1 GiB), length
 
-COLUMNS = [
-    "mode",
-    "workload",
-    "payload_bytes",
-    "run",
-    "packets",
-    "app_bytes",
-    "wire_bytes",
-    "wire_packets",
-    "overhead_per_packet_bytes",
-    "overhead_pct",
-    "expected_per_packet_bytes",
-    "reverse_wire_bytes",
-    "reverse_packets",
-    "sent",
-    "capture_missed",
-]
-
-MODES = ("plain", "tunnel", "session", "stream", "wireguard")
-QTUN_MODES = ("tunnel", "session", "stream")  # the modes run by the qtun programs
+COLUMNS = list(OVERHEAD.columns)
 
 
 # -- framing arithmetic ---------------------------------------------------------------------
@@ -170,10 +148,13 @@ class FlowBytes:
     bytes: int = 0
 
 
-def count_flow(pcap: Path, proto: int, far_port: int) -> tuple[FlowBytes, FlowBytes]:
-    """IPv4 bytes (IP total length) of the flow between conc:far_port and c1's WiFi address,
-    per direction (forward = conc -> c1, reverse = c1 -> conc); proto 17 UDP or 6 TCP. The IP
-    length field counts what was on the wire even though the capture keeps only headers."""
+def count_flow(
+    pcap: Path, proto: int, far_port: int, client_v4: str, far_v4: str = CONCENTRATOR_V4
+) -> tuple[FlowBytes, FlowBytes]:
+    """IPv4 bytes (IP total length) of the flow between far_v4:far_port (conc) and client_v4
+    (c1's WiFi address), per direction (forward = conc -> c1, reverse = c1 -> conc); proto 17
+    UDP or 6 TCP. The IP length field counts what was on the wire even though the capture keeps
+    only headers."""
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.utils import PcapReader
 
@@ -187,10 +168,10 @@ def count_flow(pcap: Path, proto: int, far_port: int) -> tuple[FlowBytes, FlowBy
             if ip.proto != proto or layer not in ip:
                 continue
             l4 = ip[layer]
-            if ip.src == CONCENTRATOR_V4 and ip.dst == CLIENT_V4 and l4.sport == far_port:
+            if ip.src == far_v4 and ip.dst == client_v4 and l4.sport == far_port:
                 forward.packets += 1
                 forward.bytes += int(ip.len)
-            elif ip.src == CLIENT_V4 and ip.dst == CONCENTRATOR_V4 and l4.dport == far_port:
+            elif ip.src == client_v4 and ip.dst == far_v4 and l4.dport == far_port:
                 reverse.packets += 1
                 reverse.bytes += int(ip.len)
     return forward, reverse
@@ -211,226 +192,26 @@ def tcpdump_missed(log: Path, offset: int = 0) -> int:
     return max(0, queued) + counts.get("dropped by kernel", 0)
 
 
-# -- the network under each mode --------------------------------------------------------------
-def _python() -> str:
-    return sys.executable
-
-
-class WireGuardPair:
-    """wireguard-go on c1 and conc over the WiFi access (a TUN per node, wg for the keys)."""
-
-    def __init__(self, lab: Any, workdir: Path) -> None:
-        self.lab = lab
-        self.workdir = workdir
-        self.procs: list[Any] = []
-
-    def start(self) -> WireGuardPair:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        keys: dict[str, tuple[Path, str]] = {}
-        for node in (CLIENT, CONCENTRATOR):
-            private = subprocess.run(
-                ["wg", "genkey"], capture_output=True, text=True, check=True
-            ).stdout.strip()
-            public = subprocess.run(
-                ["wg", "pubkey"], input=private, capture_output=True, text=True, check=True
-            ).stdout.strip()
-            key_file = self.workdir / f"{node}.key"
-            key_file.write_text(private + "\n")
-            key_file.chmod(0o600)
-            keys[node] = (key_file, public)
-        try:
-            ends = ((CLIENT, CONCENTRATOR, CONCENTRATOR_V4), (CONCENTRATOR, CLIENT, CLIENT_V4))
-            for node, peer, peer_addr in ends:
-                host, ifname = self.lab.node(node), WG_IFNAME[node]
-                argv = [
-                    "env",
-                    "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1",
-                    "wireguard-go",
-                    "-f",
-                    ifname,
-                ]
-                self.procs.append(self.lab.procs.start(host, f"qnb-wireguard-go-{ifname}", argv))
-                self._wait_for_interface(host, ifname)
-                out = host.cmd(
-                    f"wg set {ifname} private-key {keys[node][0]} listen-port {WG_PORT} "
-                    f"peer {keys[peer][1]} allowed-ips {WG_INNER[peer]}/32 "
-                    f"endpoint {peer_addr}:{WG_PORT} 2>&1; "
-                    f"ip addr add {WG_INNER[node]}/24 dev {ifname} 2>&1; "
-                    f"ip link set {ifname} mtu {WG_MTU} up 2>&1"
-                ).strip()
-                if out:
-                    raise ExperimentError(f"configuring WireGuard on {node} failed: {out}.")
-            ping = self.lab.node(CLIENT).cmd(f"ping -c 3 -i 0.2 -W 2 {WG_INNER[CONCENTRATOR]}")
-            if " 0% packet loss" not in ping and " 33% packet loss" not in ping:
-                raise ExperimentError("WireGuard between c1 and conc does not pass pings.")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_for_interface(self, host: Any, ifname: str) -> None:
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            if "state" in host.cmd(f"ip link show {ifname} 2>/dev/null"):
-                return
-            time.sleep(0.05)
-        raise ExperimentError(f"wireguard-go did not create {ifname} within 5 s.")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(Exception):
-                self.lab.procs.stop(proc)
-        self.procs = []
-        for node in (CLIENT, CONCENTRATOR):
-            with contextlib.suppress(Exception):
-                self.lab.node(node).cmd(f"ip link del {WG_IFNAME[node]} 2>/dev/null")
-
-
-@dataclass
-class Route:
-    """Where the traffic comes from in one mode: the sending node, its address (what the
-    receiver on c1 connects to) and the outer UDP port on conc (None: plain, the traffic's
-    own flow)."""
-
-    sender: str
-    target: str
-    udp_port: int | None
-
-
-def ensure_mode(ctx: Context, mode: str, fresh: bool = False) -> Route:
-    """Bring the network into `mode` (tearing down the previous mode's programs). `fresh`
-    restarts qtun even when it already runs in `mode`, so that the point starts on new QUIC
-    connections (initial congestion window), not on the ones the previous point left."""
-    state = ctx.state
-    if state.get("mode") == mode and not (fresh and mode in QTUN_MODES):
-        current: Route = state["route"]
-        return current
-    teardown = state.pop("teardown", None)
-    if teardown is not None:
-        teardown()
-    state["mode"] = None
-    lab = state["lab"]
-    state["starts"] = state.get("starts", 0) + 1
-    workdir: Path = state["workdir"] / f"{mode}-{state['starts']}"
-    route: Route
-    if mode == "plain":
-        route = Route(CONCENTRATOR, CONCENTRATOR_V4, None)
-    elif mode == "wireguard":
-        wg = WireGuardPair(lab, workdir).start()
-        state["teardown"] = wg.stop
-        route = Route(CONCENTRATOR, WG_INNER[CONCENTRATOR], WG_PORT)
-    else:
-        from testbed.qtun import QtunDeployment, TunnelSpec
-
-        # Stream mode: the client intercepts TCP to what the tunnel routes (srv1 among it) and
-        # carries it on QUIC streams; the concentrator opens the TCP connection to srv1.
-        spec = TunnelSpec(mode="tunnel" if mode == "tunnel" else "session", stream=mode == "stream")
-        dep = QtunDeployment(lab, spec, workdir=workdir).start()
-        state["teardown"] = dep.stop
-        tun = dep.status(CLIENT).get("tun", {})
-        ctx.extra_meta.setdefault("tun_mtu", {})[mode] = tun.get("mtu")
-        route = Route(SERVER, SERVER_V4, QTUN_PORT)
-    state["mode"], state["route"] = mode, route
-    return route
-
-
-# -- traffic ---------------------------------------------------------------------------------
-# The UDP sweep uses experiments/traffic.py (constant rate, numbered datagrams). The bulk
-# transfer needs a fixed number of bytes that all arrive (the receiver reads to EOF, both sides
+# -- one point --------------------------------------------------------------------------------
+# The UDP sweep is experiments/traffic.py's constant-rate flow; the bulk transfer a fixed number
+# of bytes that all arrive (traffic.py tcp-send --bytes: the receiver reads to EOF, both sides
 # close with FIN): a time-bounded transfer would leave bytes on the wire the application never
-# read, and bias the per-byte overhead. These two small commands do that.
-CONNECT_WINDOW_S = 10.0
+# read, and bias the per-byte overhead.
 # --immediate-mode: packets reach tcpdump at once, not in 1-s blocks that a stop would lose;
 # 128 bytes keep every header (the IP total length gives the size on the wire).
 TCPDUMP = ["tcpdump", "-n", "--immediate-mode", "-U", "-s", "128"]
-BULK_CHUNK = 65536
 
 
-def bulk_send(bind: str, port: int, nbytes: int, timeout_s: float) -> dict[str, Any]:
-    """Accept one receiver, send `nbytes` zero bytes, half-close, wait for its EOF."""
-    import socket
+@dataclass
+class OverheadState:
+    """What the points share: the lab, a scratch directory, the mode running, and the client's
+    WiFi interface and address (the capture's)."""
 
-    deadline = time.monotonic() + timeout_s
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((bind, port))
-        listener.listen(1)
-        listener.settimeout(CONNECT_WINDOW_S)
-        conn, _ = listener.accept()
-    with conn:
-        conn.settimeout(max(1.0, deadline - time.monotonic()))
-        chunk = bytes(BULK_CHUNK)
-        left = nbytes
-        while left > 0:
-            left -= conn.send(chunk[: min(left, BULK_CHUNK)])
-        conn.shutdown(socket.SHUT_WR)
-        while conn.recv(4096):  # the receiver closes once it has read everything
-            pass
-    return {"sent_bytes": nbytes}
-
-
-def bulk_recv(dst: str, port: int, timeout_s: float) -> dict[str, Any]:
-    """Connect (retrying while the sender starts), read to EOF, report the byte count."""
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    started = time.monotonic()
-    while True:
-        try:
-            sock = socket.create_connection((dst, port), timeout=1.0)
-            break
-        except OSError:
-            if time.monotonic() - started > CONNECT_WINDOW_S:
-                raise
-            time.sleep(0.1)
-    total = 0
-    with sock:
-        sock.settimeout(max(1.0, deadline - time.monotonic()))
-        while data := sock.recv(BULK_CHUNK):
-            total += len(data)
-    return {"bytes_total": total, "seconds": round(time.monotonic() - started, 3)}
-
-
-def _start_traffic(
-    ctx: Context, workload: str, route: Route, payload: int, out_dir: Path
-) -> tuple[Any, Any, Path, Path]:
-    lab, params = ctx.state["lab"], ctx.params
-    send_out, recv_out = out_dir / "send.json", out_dir / "recv.json"
-    if workload == "udp":
-        start_at = time.monotonic() + 1.0  # both sides ready by then
-        common = ["--port", str(TRAFFIC_PORT), "--start-at", f"{start_at:.3f}"]
-        common += ["--duration", f"{float(params['udp_seconds']):g}"]
-        rate = float(params["udp_pps"]) * payload * 8 / 1e6
-        base = [_python(), "-m", "experiments.traffic"]
-        send = [*base, "udp-send", "--bind", route.target, "--rate-mbit", f"{rate:.6f}"]
-        send += ["--size", str(payload), *common, "--out", str(send_out)]
-        recv = [*base, "udp-recv", "--dst", route.target, *common, "--out", str(recv_out)]
-    else:
-        base = [_python(), "-m", "experiments.overhead"]
-        timeout = f"{bulk_timeout(params):g}"
-        send = [*base, "bulk-send", "--bind", route.target, "--port", str(TRAFFIC_PORT)]
-        send += ["--bytes", str(int(params["bulk_bytes"])), "--timeout", timeout]
-        send += ["--out", str(send_out)]
-        recv = [*base, "bulk-recv", "--dst", route.target, "--port", str(TRAFFIC_PORT)]
-        recv += ["--timeout", timeout, "--out", str(recv_out)]
-    sender = lab.procs.start(lab.node(route.sender), "qnb-send", send)
-    if workload != "udp":
-        # In stream mode c1's own interception accepts at once and the concentrator connects
-        # to srv1 only then: the sender must already listen or the stream is reset.
-        _wait_tcp_listening(lab.node(route.sender), TRAFFIC_PORT, sender)
-    receiver = lab.procs.start(lab.node(CLIENT), "qnb-recv", recv)
-    return sender, receiver, send_out, recv_out
-
-
-def _wait_tcp_listening(node: Any, port: int, proc: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if str(port) in str(node.cmd(f"ss -Hltn 'sport = :{port}'")):
-            return
-        if not proc.running():
-            break
-        time.sleep(0.05)
-    raise ExperimentError(f"the bulk sender on {node.name} is not listening on port {port}.")
+    lab: Lab
+    workdir: Path
+    modes: Modes
+    access_intf: str
+    client_v4: str
 
 
 def bulk_timeout(params: Params) -> float:
@@ -438,65 +219,62 @@ def bulk_timeout(params: Params) -> float:
     return max(20.0, 4 * int(params["bulk_bytes"]) * 8 / (float(params["rate_mbit"]) * 1e6))
 
 
-# -- one point --------------------------------------------------------------------------------
-def run_point(ctx: Context, point: Point) -> PointResult:
+def point_flow(params: Params, workload: str, route: Route, payload: int) -> Flow:
+    """The flow of one point: `udp_pps` datagrams of `payload` bytes a second, or the bulk
+    transfer of exactly `bulk_bytes`."""
+    if workload == "udp":
+        rate = float(params["udp_pps"]) * payload * 8 / 1e6
+        return Flow(route.sender, route.address, CLIENT, route.address, "udp",
+                    float(params["udp_seconds"]), TRAFFIC_PORT, udp_rate_mbit=rate,
+                    udp_size_bytes=payload)  # fmt: skip
+    return Flow(route.sender, route.address, CLIENT, route.address, "tcp", bulk_timeout(params),
+                TRAFFIC_PORT, nbytes=int(params["bulk_bytes"]))  # fmt: skip
+
+
+def run_point(ctx: Context[OverheadState], point: Point) -> PointResult:
+    state, params = ctx.state, ctx.params
     mode, workload = str(point["mode"]), str(point["workload"])
     payload = int(point["payload_bytes"])
     if mode == "stream" and workload == "udp":
         return PointResult(skipped="stream mode carries TCP only; its UDP is tunnel datagrams")
     try:
-        route = ensure_mode(ctx, mode)
+        route = state.modes.ensure(mode)
     except Exception as exc:
-        ctx.state["mode"] = None
         return PointResult(skipped=f"{mode} could not be set up: {str(exc).splitlines()[0]}")
-    lab, params = ctx.state["lab"], ctx.params
-    seconds = float(params["udp_seconds"]) if workload == "udp" else bulk_timeout(params)
-    out_dir: Path = ctx.state["workdir"] / "points" / f"{mode}-{workload}-{payload}-{point['run']}"
+    lab = state.lab
+    out_dir = state.workdir / "points" / f"{mode}-{workload}-{payload}-{point['run']}"
     out_dir.mkdir(parents=True, exist_ok=True)
     pcap = out_dir / "access.pcap"
     log_offset = _log_size(lab, "qnb-tcpdump")
     dump = lab.procs.start(
         lab.node(CLIENT),
         "qnb-tcpdump",
-        [*TCPDUMP, "-i", ctx.state["access_intf"], "-w", str(pcap), "ip"],
+        [*TCPDUMP, "-i", state.access_intf, "-w", str(pcap), "ip"],
     )
     try:
-        _wait_listening(dump.log_path, log_offset)
-        sender, receiver, send_out, recv_out = _start_traffic(
-            ctx, workload, route, payload, out_dir
-        )
-        limit = seconds + 15.0
-        for proc in (receiver, sender):
-            try:
-                proc.popen.wait(limit)
-            except subprocess.TimeoutExpired:
-                lab.procs.stop(proc)
-                raise ExperimentError(f"{proc.name} did not finish within {limit:g} s.") from None
-            lab.procs.stop(proc)
+        _wait_capturing(dump.log_path, log_offset)
+        recv, sent = run_flow(lab, point_flow(params, workload, route, payload), out_dir)
         time.sleep(0.5)  # trailing ACKs into the capture
     finally:
         lab.procs.stop(dump)
     missed = tcpdump_missed(dump.log_path, log_offset)
     if missed:
         raise ExperimentError(f"the capture missed {missed} packets; the counts would be low.")
-    received = json.loads(recv_out.read_text())
-    sent = json.loads(send_out.read_text()) if send_out.exists() else {}
-    if workload == "bulk-tcp" and received.get("bytes_total") != params["bulk_bytes"]:
-        errors = "; ".join(str(r["error"]) for r in (received, sent) if r.get("error"))
+    if workload == "bulk-tcp" and recv.bytes_total != params["bulk_bytes"]:
         raise ExperimentError(
-            f"the bulk receiver read {received.get('bytes_total')} of {params['bulk_bytes']} "
-            f"bytes ({errors or 'no error reported'})."
+            f"the bulk receiver read {recv.bytes_total} of {params['bulk_bytes']} "
+            f"bytes ({flow_error(recv, sent) or 'no error reported'})."
         )
     if workload == "udp":
-        proto, port = 17, route.udp_port or TRAFFIC_PORT
+        proto, port = 17, route.outer_udp_port or TRAFFIC_PORT
     else:
-        proto, port = (17, route.udp_port) if route.udp_port else (6, TRAFFIC_PORT)
-    forward, reverse = count_flow(pcap, proto, port)
+        proto, port = (17, route.outer_udp_port) if route.outer_udp_port else (6, TRAFFIC_PORT)
+    forward, reverse = count_flow(pcap, proto, port, state.client_v4)
     if workload == "udp":
-        packets = int(received.get("unique", 0))
+        packets = recv.unique
         app_bytes = packets * payload
     else:
-        app_bytes = int(received.get("bytes_total", 0))
+        app_bytes = recv.bytes_total
         packets = forward.packets
     if packets == 0 or app_bytes == 0:
         raise ExperimentError(f"no application data reached c1 ({mode}, {workload}).")
@@ -515,7 +293,8 @@ def run_point(ctx: Context, point: Point) -> PointResult:
         "expected_per_packet_bytes": expected_per_packet(mode, workload, payload),
         "reverse_wire_bytes": reverse.bytes,
         "reverse_packets": reverse.packets,
-        "sent": sent.get("sent", ""),
+        # the UDP sender's datagram count (a bulk transfer's is its byte count: not a packet)
+        "sent": sent.get("sent", "") if workload == "udp" else "",
         "capture_missed": missed,
     }
     with contextlib.suppress(OSError):
@@ -523,7 +302,7 @@ def run_point(ctx: Context, point: Point) -> PointResult:
     return PointResult(rows={"overhead": [row]})
 
 
-def _log_size(lab: Any, name: str) -> int:
+def _log_size(lab: Lab, name: str) -> int:
     log = lab.log_dir / f"{CLIENT}-{name}.log"
     return log.stat().st_size if log.exists() else 0
 
@@ -537,7 +316,7 @@ def _read_log(log: Path, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
-def _wait_listening(log: Path, offset: int, timeout: float = 5.0) -> None:
+def _wait_capturing(log: Path, offset: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if "listening on" in _read_log(log, offset):
@@ -570,14 +349,7 @@ def points(params: Params) -> list[Point]:
 
 
 @contextlib.contextmanager
-def session(params: Params) -> Iterator[Context]:
-    import tempfile
-
-    from testbed.fidelity import verify_link
-    from testbed.lab import Lab
-    from testbed.profiles import profile
-
-    ctx = Context(params)
+def session(params: Params) -> Iterator[Context[OverheadState]]:
     workdir = Path(tempfile.mkdtemp(prefix="qnb-overhead-"))
     link = profile("none", rate_mbit=float(params["rate_mbit"]), delay_ms=float(params["delay_ms"]))
     profiles = {"wifi": link, "5g": link}
@@ -585,11 +357,14 @@ def session(params: Params) -> Iterator[Context]:
         "reference", backend=str(params["backend"]), log_dir=workdir / "logs", profiles=profiles
     ) as lab:
         access = lab.access(ACCESS, CLIENT)
-        if access.client_v4 != CLIENT_V4:
-            raise ExperimentError(f"c1's WiFi address is {access.client_v4}, not {CLIENT_V4}.")
-        for node in (CLIENT, CONCENTRATOR, SERVER):
+        extra_meta: dict[str, object] = {}
+        modes = Modes(lab, workdir, extra_meta)
+        ctx = Context(
+            params, OverheadState(lab, workdir, modes, access.client_intf, access.client_v4)
+        )
+        ctx.extra_meta = extra_meta
+        for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):
             lab.set_congestion_control(node, "cubic")
-        ctx.state.update(lab=lab, workdir=workdir, mode=None, access_intf=access.client_intf)
         ctx.backend = str(lab.backend)
         if access.shaped is None:
             raise ExperimentError("the reference topology's WiFi access is not shaped.")
@@ -617,9 +392,7 @@ def session(params: Params) -> Iterator[Context]:
         try:
             yield ctx
         finally:
-            teardown = ctx.state.pop("teardown", None)
-            if teardown is not None:
-                teardown()
+            modes.stop()
     if not params["keep_logs"]:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -661,7 +434,7 @@ EXPERIMENT = Experiment(
         "backend": "auto",
         "keep_logs": False,  # True: keep program logs (not pcaps) in the workdir named in meta
     },
-    tables={"overhead": COLUMNS},
+    tables=tables(OVERHEAD),
     key_columns=("mode", "workload", "payload_bytes", "run"),
     points=points,
     run_point=run_point,
@@ -678,8 +451,6 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("bulk-send", "bulk-recv"):
-        return bulk_tool(argv)
     p = argparse.ArgumentParser(prog="python -m experiments.overhead")
     p.add_argument("--config", type=Path)
     p.add_argument("--runs", type=int)
@@ -689,53 +460,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    from experiments.runner import parse_shard
 
-    try:
+    def run() -> int:
+        from experiments.runner import parse_shard
+
         if os.geteuid() != 0:
-            raise ExperimentError("the overhead experiment needs root (Mininet): run it with sudo.")
+            raise RuntimeFailure("the overhead experiment needs root (Mininet): run it with sudo.")
         params = resolve_params(EXPERIMENT, args.config, args.quick, args.runs, args.set)
         summary = run_experiment(
             EXPERIMENT, params, parse_shard(args.shard), args.resume, progress=not args.no_progress
         )
-    except ExperimentError as exc:
-        print(f"overhead: error: {exc}", file=sys.stderr)
-        return 2
-    print(summary_table(summary.run_dir))
-    print(
-        f"overhead: {summary.ran} point(s) measured, {summary.skipped} skipped, "
-        f"{summary.failed} failed -> {summary.run_dir}"
-    )
-    return 1 if summary.failed else 0
+        print(summary_table(summary.run_dir))
+        print(
+            f"overhead: {summary.ran} point(s) measured, {summary.skipped} skipped, "
+            f"{summary.failed} failed -> {summary.run_dir}"
+        )
+        return 1 if summary.failed else 0
 
-
-def bulk_tool(argv: list[str]) -> int:
-    """`bulk-send` / `bulk-recv` (run on the Mininet hosts by run_point)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m experiments.overhead")
-    sub = p.add_subparsers(dest="command", required=True)
-    send = sub.add_parser("bulk-send")
-    send.add_argument("--bind", required=True)
-    send.add_argument("--bytes", type=int, required=True)
-    recv = sub.add_parser("bulk-recv")
-    recv.add_argument("--dst", required=True)
-    for s in (send, recv):
-        s.add_argument("--port", type=int, required=True)
-        s.add_argument("--timeout", type=float, default=60.0)
-        s.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    code = 0
-    try:
-        if args.command == "bulk-send":
-            result = bulk_send(args.bind, args.port, args.bytes, args.timeout)
-        else:
-            result = bulk_recv(args.dst, args.port, args.timeout)
-    except OSError as exc:  # timeouts, resets: reported to run_point, not a traceback
-        result = {"error": f"{args.command}: {exc.strerror or exc!r}", "bytes_total": 0}
-        code = 1
-    args.out.write_text(json.dumps(result))
-    return code
+    return run_command("overhead", run, interrupted="what was measured is in the run directory.")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ runs one point and returns rows for one or more CSV tables. `run_experiment()` w
                                                         backend, seed, every parameter, fidelity
                                                         rows, variants, skipped points, software
 
+An experiment keeps what its session set up (the Lab, a work directory, programs it keeps
+running between points) in a dataclass of its own, `Context.state`: an `Experiment[S]` runs
+points with a `Context[S]`.
+
 Resume (`--resume DIR`): points whose key columns are already in the primary table are not run
 again. Shards (`--shard i/n`): point number k (in the deterministic order `points()` returns)
 belongs to shard k % n, so n machines with the same parameters run disjoint sets whose union is
@@ -33,20 +37,22 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_ROOT = REPO_ROOT / "results"
+from testbed.paths import REPO_ROOT
+from testbed.paths import RESULTS_ROOT as RESULTS_ROOT  # re-exported: the CLIs default to it
+from tunnel.user_error import RuntimeFailure, UsageError, run_command
 
 Row = dict[str, Any]
 Params = dict[str, Any]
+S = TypeVar("S")  # an experiment's session state
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UsageError):
     """A mistake in how an experiment was asked for (parameter, shard, resume dir): one sentence."""
 
 
@@ -72,26 +78,30 @@ class PointResult:
     skipped: str | None = None
 
 
-class Context:
-    """What an experiment's session set up (a Lab, say) and records into meta.json."""
+class Context(Generic[S]):
+    """What an experiment's session set up (`state`, the experiment's own dataclass) and what
+    it records into meta.json (backend, fidelity rows, extra keys)."""
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Params, state: S) -> None:
         self.params = params
+        self.state = state
+        # This point's seed: point_seed(the run's seed, the point's key), set before each point.
+        self.seed = int(params.get("seed", 0))
         self.backend: str | None = None
         self.fidelity: list[Row] = []
         self.extra_meta: dict[str, Any] = {}
-        self.state: dict[str, Any] = {}
 
 
 @dataclass
-class Experiment:
+class Experiment(Generic[S]):
     name: str
     defaults: Params
     tables: dict[str, list[str]]  # table name -> columns; the first table is the primary one
     key_columns: tuple[str, ...]  # columns of the primary table that identify a point
     points: Callable[[Params], list[Point]]
-    run_point: Callable[[Context, Point], PointResult]
-    session: Callable[[Params], contextlib.AbstractContextManager[Context]] | None = None
+    run_point: Callable[[Context[S], Point], PointResult]
+    # What the points share (a Lab); None: an experiment without a testbed, whose state is None.
+    session: Callable[[Params], contextlib.AbstractContextManager[Context[S]]] | None = None
     quick: Params = field(default_factory=dict)
     summarize: Callable[[Path], str] | None = None  # the table printed after a run
     description: str = ""
@@ -132,7 +142,7 @@ def load_config(path: Path, experiment: str) -> Params:
 
 
 def resolve_params(
-    exp: Experiment,
+    exp: Experiment[S],
     config: Path | None = None,
     quick: bool = False,
     runs: int | None = None,
@@ -203,7 +213,7 @@ def new_run_dir(experiment: str, root: Path = RESULTS_ROOT) -> Path:
     return run_dir
 
 
-def done_keys(run_dir: Path, exp: Experiment) -> set[tuple[str, ...]]:
+def done_keys(run_dir: Path, exp: Experiment[S]) -> set[tuple[str, ...]]:
     """Keys of the points the primary table of an earlier run already holds."""
     path = run_dir / f"{exp.primary}.csv"
     if not path.exists():
@@ -235,7 +245,7 @@ class TableWriter:
                 writer.writerow({c: _cell(row.get(c)) for c in self.columns})
 
 
-def _cell(value: Any) -> Any:
+def _cell(value: object) -> object:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -249,6 +259,12 @@ def _run(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def git_state() -> tuple[str | None, bool]:
+    """The checkout's commit (None outside git) and whether tracked files differ from it."""
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return _run(["git", "rev-parse", "HEAD"]) or None, bool(status)
 
 
 def software_versions() -> dict[str, str]:
@@ -271,14 +287,14 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def base_meta(exp: Experiment, params: Params, shard: tuple[int, int]) -> dict[str, Any]:
-    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+def base_meta(exp: Experiment[S], params: Params, shard: tuple[int, int]) -> dict[str, Any]:
+    commit, dirty = git_state()
     return {
         "experiment": exp.name,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "finished": None,
-        "git_commit": _run(["git", "rev-parse", "HEAD"]) or None,
-        "git_dirty": bool(status),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "kernel": platform.release(),
         "hostname": socket.gethostname(),
         "backend": None,
@@ -300,9 +316,13 @@ def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
     tmp.replace(run_dir / "meta.json")
 
 
-@contextlib.contextmanager
-def _no_session(params: Params) -> Iterator[Context]:
-    yield Context(params)
+def _open_session(
+    exp: Experiment[S], params: Params
+) -> contextlib.AbstractContextManager[Context[S]]:
+    if exp.session is not None:
+        return exp.session(params)
+    # No testbed: the experiment is an Experiment[None] and its state is None.
+    return contextlib.nullcontext(Context(params, cast(S, None)))
 
 
 @dataclass
@@ -315,7 +335,7 @@ class RunSummary:
 
 
 def run_experiment(
-    exp: Experiment,
+    exp: Experiment[S],
     params: Params,
     shard: tuple[int, int] = (1, 1),
     resume: Path | None = None,
@@ -345,12 +365,11 @@ def run_experiment(
         name: TableWriter(run_dir / f"{name}.csv", cols) for name, cols in exp.tables.items()
     }
     ran = skipped = failed = 0
-    session = exp.session or _no_session
     from tqdm import tqdm
 
     variants: list[str] = list(meta.get("variants", []))
     try:
-        with session(params) as ctx:
+        with _open_session(exp, params) as ctx:
             meta["backend"] = ctx.backend
             meta["fidelity"] = ctx.fidelity
             meta.update(ctx.extra_meta)
@@ -359,7 +378,7 @@ def run_experiment(
             for point in bar:
                 bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in point.values.items())[:60])
                 key = point.key(exp.key_columns)
-                ctx.state["seed"] = point_seed(int(params.get("seed", 0)), key)
+                ctx.seed = point_seed(int(params.get("seed", 0)), key)
                 try:
                     result = exp.run_point(ctx, point)
                 except Exception as exc:  # one broken point must not lose the rest of a sweep
@@ -401,7 +420,8 @@ EXPERIMENTS: dict[str, str] = {
 }
 
 
-def get_experiment(name: str) -> Experiment:
+def get_experiment(name: str) -> Experiment[Any]:
+    """The registered experiment of that name (its state type is the module's own)."""
     import importlib
 
     if name not in EXPERIMENTS:
@@ -412,7 +432,7 @@ def get_experiment(name: str) -> Experiment:
         module = importlib.import_module(EXPERIMENTS[name])
     except ModuleNotFoundError as exc:
         raise ExperimentError(f"experiment {name} is not available here ({exc}).") from None
-    exp: Experiment = module.EXPERIMENT
+    exp: Experiment[Any] = module.EXPERIMENT
     return exp
 
 
@@ -434,7 +454,7 @@ def run_from_args(args: Any) -> int:
     params = resolve_params(exp, args.config, args.quick, args.runs, args.set)
     shard = parse_shard(args.shard)
     if exp.session is not None and os.geteuid() != 0:
-        raise ExperimentError(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
+        raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
     summary = run_experiment(
         exp, params, shard, args.resume, args.results, progress=not args.no_progress
     )
@@ -453,17 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.runner")
     add_run_arguments(p)
     args = p.parse_args(argv)
-    try:
-        return run_from_args(args)
-    except ExperimentError as exc:
-        print(f"qtlab: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # the testbed could not be built or is not what was asked
-        print(f"qtlab: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("qtlab: interrupted; what was measured is in the run directory.", file=sys.stderr)
-        return 130
+    return run_command(
+        "qtlab",
+        lambda: run_from_args(args),
+        interrupted="what was measured is in the run directory.",
+    )
 
 
 if __name__ == "__main__":

@@ -48,15 +48,36 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from experiments.flows import START_LEAD_S, sleep_until, traffic_argv
-from experiments.runner import Context, Experiment, ExperimentError, Params, Point, PointResult
-from experiments.traffic import GRACE_S, goodput_mbps, pad_bins
+from experiments import variants
+from experiments.flows import START_LEAD_S, Flow, flow_argv, flow_error, sleep_until
+from experiments.procstat import (
+    cpu_pct,
+    cpu_seconds,
+    host_busy,
+    host_busy_pct,
+    process_rss_mb,
+)
+from experiments.runner import (
+    Context,
+    Experiment,
+    ExperimentError,
+    Params,
+    Point,
+    PointResult,
+    Row,
+)
+from experiments.schemas import SCALE, tables
+from experiments.traffic import GRACE_S, Samples, goodput_mbps, jain_index, pad_bins
+from experiments.variants import Carrier
+from testbed.fidelity import verify_accesses
+from testbed.hosts import HostProcess, wait_listening
+from testbed.lab import Lab
+from testbed.profiles import profile
+from testbed.qtun import TunnelSpec
 
-SERVER = "srv1"
-SERVER_V4 = "10.200.1.2"
 MODES = ("tunnel", "session")
 MAX_CLIENTS = 50  # the issue's scale; the nclient topology is tested with 50
 FIRST_PORT = 5400
@@ -65,22 +86,7 @@ SAMPLE_INTERVAL_S = 0.1  # only means are needed: coarse bins keep 50 receivers'
 # (~0.1 s of CPU) on 2 shared cores; the common start time leaves them that much more lead.
 LEAD_PER_CLIENT_S = 0.15
 STOP_GRACE_S = 10.0  # receivers past their own deadline (they stop at duration + GRACE_S)
-COLUMNS = [
-    "mode",
-    "clients",
-    "client",
-    "run",
-    "goodput_mbps",
-    "jain_fairness",
-    "conc_cpu_pct",
-    "conc_rss_mb",
-    "conc_rss_idle_mb",
-    "conc_rss_per_client_kb",
-    "clients_cpu_pct",
-    "host_cpu_pct",
-    "uplink_mbit",
-    "error",
-]
+COLUMNS = list(SCALE.columns)
 
 DEFAULTS: Params = {
     "mode": "tunnel",
@@ -96,6 +102,22 @@ DEFAULTS: Params = {
     "verify_fidelity": True,
 }
 QUICK: Params = {"clients": [1, 5, 10], "runs": 1, "duration_s": 10.0, "warmup_s": 2.0}
+
+
+@dataclass
+class ScaleState:
+    """What the points share: the lab, a scratch directory, the next free traffic port, and the
+    tunnel of the last point (stopped before the next point starts)."""
+
+    lab: Lab
+    workdir: Path
+    port: int = FIRST_PORT
+    tunnel: Carrier | None = None
+
+    def drop_tunnel(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.stop()
+        self.tunnel = None
 
 
 # -- parameters and points --------------------------------------------------------------------
@@ -131,52 +153,9 @@ def points(params: Params) -> list[Point]:
     return [Point({"mode": params["mode"], "clients": n, "run": r}) for n in counts for r in runs]
 
 
-# -- arithmetic --------------------------------------------------------------------------------
-def jain_index(values: Sequence[float]) -> float | None:
-    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all are equal, 1/n when one has
-    everything; None when there is nothing to share (no values, or all zero)."""
-    xs = [float(v) for v in values]
-    squares = sum(x * x for x in xs)
-    if not xs or squares == 0:
-        return None
-    return sum(xs) ** 2 / (len(xs) * squares)
-
-
-def cpu_pct(before_s: float, after_s: float, wall_s: float) -> float:
-    """CPU seconds used over a wall-clock interval, in % of one core."""
-    if wall_s <= 0:
-        raise ValueError("wall_s must be > 0.")
-    return 100 * (after_s - before_s) / wall_s
-
-
-def host_cpu_times(stat_text: str) -> tuple[int, int, int]:
-    """(busy, total) jiffies summed over all cores from /proc/stat's first line (idle and
-    iowait count as idle), and the number of cores (its cpuN lines)."""
-    lines = stat_text.splitlines()
-    fields = [int(x) for x in lines[0].split()[1:9]]  # user .. steal; guest is inside user
-    idle = fields[3] + fields[4]
-    cores = sum(1 for line in lines[1:] if line.startswith("cpu"))
-    return sum(fields) - idle, sum(fields), max(1, cores)
-
-
-def host_busy_pct(before: tuple[int, int, int], after: tuple[int, int, int]) -> float | None:
-    """The whole machine's busy time between two host_cpu_times in % of one core (as the
-    process columns: a 2-core machine tops out at 200)."""
-    total = after[1] - before[1]
-    return None if total <= 0 else 100 * after[2] * (after[0] - before[0]) / total
-
-
-def rss_mb(status_text: str) -> float:
-    """VmRSS from a /proc/<pid>/status text, in MiB."""
-    for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024  # the kernel writes kB (KiB)
-    raise ValueError("no VmRSS line (a kernel thread, or the process is a zombie).")
-
-
 def point_rows(
-    point: Point, goodputs: Sequence[float], errors: Sequence[str], measured: dict[str, Any]
-) -> list[dict[str, Any]]:
+    point: Point, goodputs: Sequence[float], errors: Sequence[str], measured: Row
+) -> list[Row]:
     """One row per client (c1..cN): its goodput and error, the point's shared measurements."""
     n = int(point["clients"])
     fairness = jain_index(goodputs)
@@ -195,13 +174,8 @@ def point_rows(
 
 # -- the testbed -------------------------------------------------------------------------------
 @contextlib.contextmanager
-def session(params: Params) -> Iterator[Context]:
-    from testbed.fidelity import verify_accesses
-    from testbed.lab import Lab
-    from testbed.profiles import profile
-
+def session(params: Params) -> Iterator[Context[ScaleState]]:
     counts = _check(params)
-    ctx = Context(params)
     uplink = profile("wired", rate_mbit=float(params["uplink_mbit"]))
     profiles = {"wifi": uplink, "5g": uplink}
     cc = params["congestion_control"] or None
@@ -215,8 +189,8 @@ def session(params: Params) -> Iterator[Context]:
             profiles=profiles,
         ) as lab,
     ):
+        ctx = Context(params, ScaleState(lab, Path(tmp)))
         ctx.backend = str(lab.backend)
-        ctx.state.update(lab=lab, workdir=Path(tmp), port=FIRST_PORT, deployment=None)
         ctx.extra_meta.update(
             {
                 "topology": f"nclient with {max(counts)} clients; point N uses c1..cN",
@@ -233,39 +207,22 @@ def session(params: Params) -> Iterator[Context]:
         try:
             yield ctx
         finally:
-            _drop_deployment(ctx)
+            ctx.state.drop_tunnel()
 
 
-def _drop_deployment(ctx: Context) -> None:
-    deployment = ctx.state.get("deployment")
-    if deployment is not None:
-        deployment.stop()
-    ctx.state["deployment"] = None
-
-
-def _deployment(ctx: Context, n: int) -> Any:
+def _tunnel(state: ScaleState, params: Params, n: int) -> Carrier:
     """qtun on conc and c1..cN, started afresh for this point (see the module docstring)."""
-    from testbed.qtun import QtunDeployment, TunnelSpec
-
-    _drop_deployment(ctx)
-    lab = ctx.state["lab"]
-    spec = TunnelSpec(mode=str(ctx.params["mode"]))
-    clients = lab.plan.clients[:n]
-    workdir = ctx.state["workdir"] / f"qtun-{n}-{ctx.state['port']}"
-    deployment = QtunDeployment(lab, spec, clients=clients, workdir=workdir)
-    deployment.start(timeout=float(ctx.params["start_timeout_s"]))
-    ctx.state["deployment"] = deployment
-    return ctx.state["deployment"]
-
-
-def _read(path: str) -> str:
-    return Path(path).read_text()
+    state.drop_tunnel()
+    spec = TunnelSpec(mode=str(params["mode"]))
+    clients = state.lab.plan.clients[:n]
+    workdir = state.workdir / f"qtun-{n}-{state.port}"
+    timeout = float(params["start_timeout_s"])
+    state.tunnel = variants.qtun(state.lab, spec, workdir, clients=clients, timeout_s=timeout)
+    return state.tunnel
 
 
 def _cpu_seconds(pids: Sequence[int]) -> float:
     """utime+stime summed over processes that still exist (a vanished one counts nothing)."""
-    from experiments.bench import cpu_seconds
-
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
@@ -273,29 +230,37 @@ def _cpu_seconds(pids: Sequence[int]) -> float:
     return total
 
 
+def _flows(
+    state: ScaleState, clients: Sequence[str], first_port: int, duration_s: float
+) -> list[Flow]:
+    """One TCP flow from the first server to each client, each on its own port."""
+    server = state.lab.plan.servers[0]
+    address = state.lab.plan.server_address(server)
+    return [
+        Flow(
+            server, address, client, address, "tcp", duration_s, port, interval_s=SAMPLE_INTERVAL_S
+        )
+        for port, client in enumerate(clients, start=first_port)
+    ]
+
+
 def _start_flows(
-    lab: Any, clients: Sequence[str], first_port: int, start_at: float, duration_s: float, out: Path
-) -> tuple[list[Any], list[Any]]:
-    """One sender on srv1 and one receiver per client, every program told the same start."""
-    common = ["--start-at", f"{start_at:.6f}", "--duration", str(duration_s)]
-    senders: list[Any] = []
-    receivers: list[Any] = []
-    server = lab.node(SERVER)
-    for k, _client in enumerate(clients):
-        port = str(first_port + k)
-        argv = traffic_argv(
-            "tcp-send", "--bind", SERVER_V4, "--port", port, *common,
-            "--out", str(out / f"send-{port}.json"),
-        )  # fmt: skip
-        senders.append(lab.procs.start(server, f"qex-send-{port}", argv))
-    time.sleep(0.3)  # the senders listen before the receivers connect
-    for k, client in enumerate(clients):
-        port = str(first_port + k)
-        argv = traffic_argv(
-            "tcp-recv", "--dst", SERVER_V4, "--port", port, *common,
-            "--interval", str(SAMPLE_INTERVAL_S), "--out", str(out / f"recv-{port}.json"),
-        )  # fmt: skip
-        receivers.append(lab.procs.start(lab.node(client), f"qex-recv-{port}", argv))
+    lab: Lab, flows: Sequence[Flow], start_at: float, out: Path
+) -> tuple[list[HostProcess], list[HostProcess]]:
+    """Every sender, then (once they all listen) every receiver, told the same start time."""
+    senders: list[HostProcess] = []
+    receivers: list[HostProcess] = []
+    argvs = [
+        flow_argv(f, start_at, out / f"recv-{f.port}.json", out / f"send-{f.port}.json")
+        for f in flows
+    ]
+    for flow, (send_argv, _) in zip(flows, argvs, strict=True):
+        senders.append(lab.procs.start(lab.node(flow.sender), f"qex-send-{flow.port}", send_argv))
+    for flow, sender in zip(flows, senders, strict=True):
+        wait_listening(lab.node(flow.sender), flow.port, sender)
+    for flow, (_, recv_argv) in zip(flows, argvs, strict=True):
+        node = lab.node(flow.receiver)
+        receivers.append(lab.procs.start(node, f"qex-recv-{flow.port}", recv_argv))
     return senders, receivers
 
 
@@ -303,43 +268,44 @@ def _flow_result(recv_path: Path, send_path: Path, p: Params) -> tuple[float, st
     """(goodput after warmup, error text) of one client's flow; 0 when it got nothing."""
     if not recv_path.exists():
         return 0.0, "the receiver wrote no samples"
-    recv = json.loads(recv_path.read_text())
+    recv = Samples.from_json(json.loads(recv_path.read_text()))
     sent = json.loads(send_path.read_text()) if send_path.exists() else {}
-    error = "; ".join(x for x in (recv.get("error"), sent.get("error")) if x)
-    if not recv["connected"]:
+    error = flow_error(recv, sent)
+    if not recv.connected:
         return 0.0, error or "the receiver never connected"
-    interval, duration = float(recv["interval_s"]), float(p["duration_s"])
-    bins = pad_bins(recv["bins"], interval, duration)
-    return goodput_mbps(bins, interval, float(p["warmup_s"]), duration), error
+    duration = float(p["duration_s"])
+    bins = pad_bins(recv.bins, recv.interval_s, duration)
+    return goodput_mbps(bins, recv.interval_s, float(p["warmup_s"]), duration), error
 
 
-def run_point(ctx: Context, point: Point) -> PointResult:
-    lab = ctx.state["lab"]
-    p = ctx.params
+def run_point(ctx: Context[ScaleState], point: Point) -> PointResult:
+    state, p = ctx.state, ctx.params
+    lab = state.lab
     n = int(point["clients"])
-    deployment = _deployment(ctx, n)
+    tunnel = _tunnel(state, p, n)
+    deployment = tunnel.deployment
+    assert deployment is not None
     conc_pid = deployment.pid(deployment.concentrator)
     client_pids = [deployment.pid(c) for c in deployment.clients]
-    idle_rss = rss_mb(_read(f"/proc/{conc_pid}/status"))
-    first_port = ctx.state["port"]
-    ctx.state["port"] += n
-    out = ctx.state["workdir"] / f"flows-{n}-{point['run']}"
+    idle_rss = process_rss_mb(conc_pid)
+    first_port = state.port
+    state.port += n
+    out = state.workdir / f"flows-{n}-{point['run']}"
     out.mkdir(parents=True, exist_ok=True)
     duration, warmup = float(p["duration_s"]), float(p["warmup_s"])
     start_at = time.monotonic() + START_LEAD_S + LEAD_PER_CLIENT_S * n
-    procs: list[Any] = []
+    flows = _flows(state, deployment.clients, first_port, duration)
+    procs: list[HostProcess] = []
     try:
-        senders, receivers = _start_flows(
-            lab, deployment.clients, first_port, start_at, duration, out
-        )
+        senders, receivers = _start_flows(lab, flows, start_at, out)
         procs = senders + receivers
         sleep_until(start_at + warmup)
-        host0, t0 = host_cpu_times(_read("/proc/stat")), time.monotonic()
+        host0, t0 = host_busy(), time.monotonic()
         conc0, clients0 = _cpu_seconds([conc_pid]), _cpu_seconds(client_pids)
         sleep_until(start_at + duration)
-        host1, t1 = host_cpu_times(_read("/proc/stat")), time.monotonic()
+        host1, t1 = host_busy(), time.monotonic()
         conc1, clients1 = _cpu_seconds([conc_pid]), _cpu_seconds(client_pids)
-        rss = rss_mb(_read(f"/proc/{conc_pid}/status"))
+        rss = process_rss_mb(conc_pid)
         # Every program ends by itself at its deadline; bounded waits, then the stops below.
         stop_by = start_at + duration + GRACE_S + STOP_GRACE_S
         for proc in procs:
@@ -350,8 +316,7 @@ def run_point(ctx: Context, point: Point) -> PointResult:
             with contextlib.suppress(Exception):
                 lab.procs.stop(proc)
     results = [
-        _flow_result(out / f"recv-{first_port + k}.json", out / f"send-{first_port + k}.json", p)
-        for k in range(n)
+        _flow_result(out / f"recv-{f.port}.json", out / f"send-{f.port}.json", p) for f in flows
     ]
     goodputs = [g for g, _ in results]
     if not any(goodputs):
@@ -385,7 +350,7 @@ EXPERIMENT = Experiment(
     name="scale",
     defaults=DEFAULTS,
     quick=QUICK,
-    tables={"scale": COLUMNS},
+    tables=tables(SCALE),
     key_columns=("mode", "clients", "run"),
     points=points,
     run_point=run_point,

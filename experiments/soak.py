@@ -41,12 +41,10 @@ bounded generously (`RSS_BOUND`); ping latency is reported per phase, never judg
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,9 +52,12 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.health import RSS_BOUND_TEXT, rss_bound_mb, scan_log
+from experiments.procstat import host_busy, host_busy_pct, proc_sample
 from experiments.runner import (
     Context,
     Experiment,
@@ -64,41 +65,27 @@ from experiments.runner import (
     Params,
     Point,
     PointResult,
+    Row,
     load_config,
 )
 from testbed.hostile import ATTACKS
-from testbed.qtun import QtunDeployment, TunnelSpec, client_inner_addresses
+from testbed.hosts import HostProcess, wait_listening
+from testbed.lab import Lab
+from testbed.paths import EXPERIMENT_CONFIGS
+from testbed.profiles import profile
+from testbed.qtun import (
+    CONCENTRATOR_TUN_V4,
+    CONCENTRATOR_TUN_V6,
+    MixedDeployment,
+    TunnelSpec,
+)
+from testbed.topologies import CONCENTRATOR_V4, CONCENTRATOR_V6, Plan
 
-SERVER = "srv1"
-SERVER_V4 = "10.200.1.2"
 TRAFFIC_PORT = 6100
 BAIT_PORT = 5999  # a TCP listener on the concentrator: a SYN-ACK from it would show
 MODES = ("tunnel", "session", "tunnel+stream", "session+stream")
 HOSTILE_NAME = "hostile"
-# What the concentrator host is reachable at: its service address, its TUN, its links.
-CONCENTRATOR_OWN = (
-    "10.100.0.1",
-    "fd00:100::1",
-    "10.8.0.1",
-    "fd00:8::1",
-    "10.101.0.2",
-    "10.102.0.2",
-    "10.200.1.1",
-)
 PHASES = (("baseline", 0.0), ("attacks", 0.2), ("faults", 0.4), ("recovery", 0.85))
-# An exception that escaped somewhere, as the qtun programs log it (tracebacks, the loop's
-# "exception=" of a failed task/callback, tunnel.aio.udp's and the concentrator's
-# "internal error on/in ...").
-EXCEPTION_PATTERN = re.compile(
-    r"Traceback|exception=|internal error (?:on|in) |Exception in callback|"
-    r"Task exception was never retrieved"
-)
-# RSS may grow with what a run touched (Python's allocator keeps its arenas, aioquic its
-# buffers); a leak per packet or per connection grows without bound. Over 10 minutes of this
-# load "without bound" would show as several times the warm-up size: twice it plus 100 MiB is
-# far above what a healthy process does and far below what such a leak reaches.
-RSS_BOUND_FACTOR = 2.0
-RSS_BOUND_MARGIN_MB = 100.0
 RECOVERY_TIMEOUT_S = 90.0
 TRAFFIC_GRACE_S = 40.0  # a transfer in flight at the end may take up to 2 idle timeouts + margin
 
@@ -193,82 +180,27 @@ DEFAULTS: Params = {
     "start_timeout_s": 240.0,
     "backend": "auto",
 }
-CONFIGS = Path(__file__).resolve().parent / "configs"
-QUICK: Params = load_config(CONFIGS / "quick" / "soak.toml", "soak")
+QUICK: Params = load_config(EXPERIMENT_CONFIGS / "quick" / "soak.toml", "soak")
 
 
-# -- a deployment with a mode per client and identities without a qtun client -----------------
-class MixedDeployment(QtunDeployment):
-    """A QtunDeployment whose clients each run their own mode (`modes`: client -> one of
-    MODES), and whose concentrator also admits `extra` identities (name -> inner address
-    index, as client k gets client_inner_addresses(k)) that run no qtun client: the hostile
-    client, the fuzzer. The concentrator gets [stream] when any client uses stream mode."""
+def concentrator_own(plan: Plan) -> list[str]:
+    """What the concentrator host is reachable at: its service address, its TUN, the IPv4
+    addresses of its links (what the hostile client's SYNs to the concentrator try)."""
+    links = [
+        line.split()[2].split("/")[0]
+        for line in plan.ip_batch[plan.concentrator]
+        if line.startswith("addr add ")
+    ]
+    own = [CONCENTRATOR_V4, CONCENTRATOR_V6, CONCENTRATOR_TUN_V4, CONCENTRATOR_TUN_V6]
+    return own + [a for a in links if a not in own]
 
-    def __init__(
-        self,
-        lab: Any,
-        spec: TunnelSpec,
-        modes: dict[str, str],
-        extra: dict[str, int],
-        clients: Sequence[str] | None = None,
-        workdir: Path | None = None,
-    ) -> None:
-        stream = any(m.endswith("+stream") for m in modes.values()) or spec.stream
-        super().__init__(lab, dataclasses.replace(spec, stream=stream), clients, workdir)
-        self.modes = modes
-        self.extra = extra
 
-    def make_certs(self) -> None:
-        # make-certs makes one certificate per name in self.clients: add the extra ones.
-        clients = self.clients
-        self.clients = [*clients, *self.extra]
-        try:
-            super().make_certs()
-        finally:
-            self.clients = clients
+@dataclass
+class SoakState:
+    """What the runs share: the lab and a scratch directory."""
 
-    def concentrator_toml(self) -> str:
-        text = super().concentrator_toml()
-        for name, index in self.extra.items():
-            v4, v6 = client_inner_addresses(index)
-            text += f'\n[[client]]\nname = "{name}"\naddresses = ["{v4}/32", "{v6}/128"]\n'
-        return text
-
-    def client_toml(self, client: str) -> str:
-        mode = self.modes.get(client, self.spec.mode)
-        base, _, stream = mode.partition("+")
-        spec = self.spec
-        self.spec = dataclasses.replace(spec, mode=base, stream=bool(stream))
-        try:
-            return super().client_toml(client)
-        finally:
-            self.spec = spec
-
-    def identity(self, name: str) -> dict[str, Any]:
-        """Certificate, key, CA and inner addresses of an extra identity."""
-        v4, v6 = client_inner_addresses(self.extra[name])
-        return {
-            "ca": self.certs / "ca.pem",
-            "cert": self.certs / f"{name}.pem",
-            "key": self.certs / f"{name}.key",
-            "inner_v4": v4,
-            "inner_v6": v6,
-        }
-
-    def kill_concentrator(self) -> int:
-        """SIGKILL the concentrator (no CONNECTION_CLOSE, no clean-up) and start it again at
-        once; returns the new pid (wait for it with wait_clients_back)."""
-        proc = self.procs.pop(self.concentrator)
-        proc.popen.send_signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(10)
-        self.exit_codes[self.concentrator] = self.lab.procs.stop(proc)  # bookkeeping only
-        with contextlib.suppress(FileNotFoundError):
-            self.status_path(self.concentrator).unlink()
-        self.procs[self.concentrator] = self.launch(
-            self.concentrator, "concentrator", self.spec.concentrator_overrides
-        )
-        return self.pid(self.concentrator)
+    lab: Lab
+    workdir: Path
 
 
 # -- parameters, points, schedule ---------------------------------------------------------------
@@ -324,20 +256,6 @@ def fault_schedule(params: Params) -> list[tuple[float, str]]:
 
 
 # -- measurements ------------------------------------------------------------------------------
-def proc_sample(pid: int) -> tuple[float, int, float] | None:
-    """(RSS MiB, open fds, CPU s) of a live process, None if it is gone."""
-    from experiments.bench import cpu_seconds
-    from experiments.scale import rss_mb
-
-    try:
-        rss = rss_mb(Path(f"/proc/{pid}/status").read_text())
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-        cpu = cpu_seconds(pid)
-    except (OSError, ValueError, IndexError):
-        return None
-    return rss, fds, cpu
-
-
 PING_LINE = re.compile(
     r"^\[(?P<t>[\d.]+)\] (?:\d+ bytes from .*icmp_seq=(?P<seq>\d+) .*time=(?P<rtt>[\d.]+) ms"
     r"|no answer yet for icmp_seq=(?P<lost>\d+))"
@@ -365,16 +283,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-def scan_log(path: Path) -> tuple[int, list[str]]:
-    """(lines, the lines showing an exception) of a log file."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return 0, []
-    lines = text.splitlines()
-    return len(lines), [line for line in lines if EXCEPTION_PATTERN.search(line)]
 
 
 def memory_summary(samples: list[dict[str, Any]], warm_at_s: float) -> dict[str, Any]:
@@ -447,7 +355,7 @@ def verdict(summary: dict[str, Any], attacks: list[dict[str, Any]]) -> list[str]
             failures.append("a malformed certificate was not refused at once")
     warm, end = summary.get("conc_rss_warm_mb"), summary.get("conc_rss_end_mb")
     if warm is not None and end is not None:
-        bound = RSS_BOUND_FACTOR * warm + RSS_BOUND_MARGIN_MB
+        bound = rss_bound_mb(warm)
         if end > bound:
             failures.append(f"concentrator RSS {end:.0f} MiB above {bound:.0f} (2 x warm-up + 100)")
     return failures
@@ -455,12 +363,8 @@ def verdict(summary: dict[str, Any], attacks: list[dict[str, Any]]) -> list[str]
 
 # -- the testbed -------------------------------------------------------------------------------
 @contextlib.contextmanager
-def session(params: Params) -> Iterator[Context]:
-    from testbed.lab import Lab
-    from testbed.profiles import profile
-
+def session(params: Params) -> Iterator[Context[SoakState]]:
     _check(params)
-    ctx = Context(params)
     n = int(params["clients"])
     uplink = profile("wired", rate_mbit=float(params["uplink_mbit"]))
     profiles = {"wifi": uplink, "5g": uplink}
@@ -468,8 +372,8 @@ def session(params: Params) -> Iterator[Context]:
         tempfile.TemporaryDirectory(prefix="qex-soak-") as tmp,
         Lab("nclient", backend=params["backend"], clients=n + 1, profiles=profiles) as lab,
     ):
+        ctx = Context(params, SoakState(lab, Path(tmp)))
         ctx.backend = str(lab.backend)
-        ctx.state.update(lab=lab, workdir=Path(tmp))
         ctx.extra_meta.update(
             {
                 "topology": f"nclient with {n + 1} clients: c1..c{n} run qtun, c{n + 1} the "
@@ -479,27 +383,23 @@ def session(params: Params) -> Iterator[Context]:
                 "log_dir": str(lab.log_dir),
                 "cpu_count": os.cpu_count(),
                 "phases": {name: start for name, start in PHASES},
-                "rss_bound": f"end <= {RSS_BOUND_FACTOR:g} x warm-up + {RSS_BOUND_MARGIN_MB:g} MiB",
+                "rss_bound": RSS_BOUND_TEXT,
             }
         )
         yield ctx
 
 
-def _host_busy() -> tuple[int, int, int]:
-    from experiments.scale import host_cpu_times
-
-    return host_cpu_times(Path("/proc/stat").read_text())
-
-
 class _Soak:
     """One soak run: everything started here is stopped in close(), whatever happened."""
 
-    def __init__(self, ctx: Context, point: Point) -> None:
+    def __init__(self, ctx: Context[SoakState], point: Point) -> None:
         self.ctx = ctx
         self.p = ctx.params
         self.run_no = int(point["run"])
-        self.lab = ctx.state["lab"]
-        self.workdir: Path = ctx.state["workdir"] / f"run-{self.run_no}"
+        self.lab = ctx.state.lab
+        self.workdir = ctx.state.workdir / f"run-{self.run_no}"
+        self.server = self.lab.plan.servers[0]
+        self.server_v4 = self.lab.plan.server_address(self.server)
         self.workdir.mkdir(parents=True, exist_ok=True)
         n = int(self.p["clients"])
         self.clients = self.lab.plan.clients[:n]
@@ -507,10 +407,10 @@ class _Soak:
         self.modes = client_modes(self.clients, self.p["modes"])
         self.observers = [next(c for c in self.clients if self.modes[c] == m) for m in
                           dict.fromkeys(self.modes.values())]  # fmt: skip
-        self.procs: list[Any] = []
+        self.procs: list[HostProcess] = []
         self.dep: MixedDeployment | None = None
-        self.samples: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
+        self.samples: list[Row] = []
+        self.events: list[Row] = []
         self.lifetime = 1
         self.recoveries: list[float | None] = []
         self.internal_errors: dict[int, int] = {}  # concentrator pid -> its last count
@@ -524,7 +424,7 @@ class _Soak:
     def event(self, name: str, detail: str = "") -> None:
         self.events.append({"run": self.run_no, "t_s": self.now(), "event": name, "detail": detail})
 
-    def start(self, node: str, name: str, argv: list[str]) -> Any:
+    def start(self, node: str, name: str, argv: list[str]) -> HostProcess:
         proc = self.lab.procs.start(self.lab.node(node), name, argv)
         self.procs.append(proc)
         return proc
@@ -565,11 +465,13 @@ class _Soak:
         )
         self.start(self.lab.plan.concentrator, "soak-bait", [sys.executable, "-c", bait])
         common = ["--port", str(TRAFFIC_PORT), "--until", f"{until:.6f}"]
-        self.start(SERVER, "soak-server", _tool("serve", "--bind", SERVER_V4, *common))
-        time.sleep(0.5)  # the server listens before the clients connect
+        server = self.start(
+            self.server, "soak-server", _tool("serve", "--bind", self.server_v4, *common)
+        )
+        wait_listening(self.lab.node(self.server), TRAFFIC_PORT, server)
         for k, client in enumerate(self.clients):
             argv = _tool(
-                "client", "--dst", SERVER_V4, *common, "--name", client,
+                "client", "--dst", self.server_v4, *common, "--name", client,
                 "--seed", f"{self.p['seed']}-{self.run_no}-{k}",
                 "--bulk-bytes", str(self.p["bulk_bytes"]),
                 "--bulk-rate-mbit", str(self.p["bulk_rate_mbit"]),
@@ -580,32 +482,32 @@ class _Soak:
         seconds = max(1, round(until - time.monotonic()))
         for client in self.observers:
             argv = ["stdbuf", "-oL", "ping", "-D", "-O", "-n", "-i", str(self.p["ping_interval_s"]),
-                    "-W", "1", "-w", str(seconds), SERVER_V4]  # fmt: skip
+                    "-W", "1", "-w", str(seconds), self.server_v4]  # fmt: skip
             self.start(client, "soak-ping", argv)
 
-    def start_hostile(self, duration_s: float) -> Any:
+    def start_hostile(self, duration_s: float) -> HostProcess:
         assert self.dep is not None
         me = self.dep.identity(HOSTILE_NAME)
         # over its 5G access: the WiFi blackhole of the faults phase must not silence it
         access = self.lab.access("5g", self.hostile_node)
+        own = concentrator_own(self.lab.plan)
         argv = [
             sys.executable, "-m", "testbed.hostile", "attacks",
-            "--remote", CONCENTRATOR_OWN[0], "--ca", str(me["ca"]),
-            "--cert", str(me["cert"]), "--key", str(me["key"]),
-            "--inner-v4", me["inner_v4"], "--inner-v6", me["inner_v6"],
-            "--server", SERVER_V4, "--local-address", access.client_v4,
+            "--remote", own[0], "--ca", str(me.ca), "--cert", str(me.cert), "--key", str(me.key),
+            "--inner-v4", me.inner_v4, "--inner-v6", me.inner_v6,
+            "--server", self.server_v4, "--local-address", access.client_v4,
             "--seed", f"{self.p['seed']}-{self.run_no}",
             "--duration", f"{duration_s:.1f}", "--scale", str(self.p["attack_scale"]),
             "--attacks", ",".join(self.p["attacks"]),
             "--out", str(self.workdir / "attacks.jsonl"),
         ]  # fmt: skip
-        for address in CONCENTRATOR_OWN:
+        for address in own:
             argv += ["--own-address", address]
         self.event("attacks_start", ",".join(self.p["attacks"]))
         return self.start(self.hostile_node, "soak-hostile", argv)
 
     # -- the run -----------------------------------------------------------------------------
-    def sample(self, hostile: Any) -> None:
+    def sample(self, hostile: HostProcess | None) -> None:
         assert self.dep is not None
         targets = [(node, proc) for node, proc in self.dep.procs.items()]
         if hostile is not None and hostile.running():
@@ -655,13 +557,13 @@ class _Soak:
         self.t0_wall = time.time()
         until = self.t0 + duration
         self.start_traffic(until)
-        host0 = _host_busy()
+        host0 = host_busy()
         self.event("start", f"{len(self.clients)} clients: {dict(Counter(self.modes.values()))}")
         schedule = [(0.2 * duration, "attacks"), *fault_schedule(p)]
         pending: list[tuple[float, str, str]] = [(t, kind, "") for t, kind in schedule]
         flap_victims = [c for c in self.clients if c not in self.observers] or self.clients
         flap_index = 0
-        hostile: Any = None
+        hostile: HostProcess | None = None
         kill_at: float | None = None
         next_sample = 0.0
         while self.now() < duration:
@@ -705,7 +607,7 @@ class _Soak:
                     self.event("kill", f"SIGKILL, restarted as pid {pid}")
                 pending.sort()
             time.sleep(0.05)
-        host1 = _host_busy()
+        host1 = host_busy()
         self.event("end")
         # the end: every client must be back (bounded wait), traffic and pings finish
         deadline = time.monotonic() + RECOVERY_TIMEOUT_S
@@ -725,9 +627,9 @@ class _Soak:
         return self.collect(all_back and clients_alive, host0, host1)
 
     # -- results -----------------------------------------------------------------------------
-    def collect(self, all_back: bool, host0: Any, host1: Any) -> PointResult:
-        from experiments.scale import host_busy_pct
-
+    def collect(
+        self, all_back: bool, host0: tuple[int, int, int], host1: tuple[int, int, int]
+    ) -> PointResult:
         assert self.dep is not None
         duration = float(self.p["duration_s"])
         t0w = self.t0_wall
@@ -874,7 +776,7 @@ def _tool(*args: str) -> list[str]:
     return [sys.executable, "-m", "experiments.soak_traffic", *args]
 
 
-def run_point(ctx: Context, point: Point) -> PointResult:
+def run_point(ctx: Context[SoakState], point: Point) -> PointResult:
     soak = _Soak(ctx, point)
     try:
         return soak.run()
@@ -910,5 +812,3 @@ EXPERIMENT = Experiment(
     description="N clients in every mode, checked transfers, link flaps, a blackhole, a killed "
     "concentrator and a hostile client at once: memory, fds, exceptions, checksums, latency",
 )
-
-__all__ = ["EXPERIMENT", "MixedDeployment"]

@@ -17,6 +17,10 @@ bin from the start time, and for UDP the sequence statistics (lost, reordered, d
 Every loop is bounded by those deadlines; socket errors during an outage (ENETUNREACH,
 timeouts) are counted, not fatal.
 
+A fixed-size transfer (`tcp-send --bytes N`, the overhead experiment's bulk transfer) sends
+exactly N bytes and then a FIN; the receiver reads to EOF, so its `bytes_total` is what the
+application read.
+
 MPTCP (`--mptcp`): the socket is socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP); the kernel's
 path manager adds subflows from the `ip mptcp endpoint`s configured on the host.
 """
@@ -131,6 +135,17 @@ def delivery_gap_ms(
     return longest * interval_s * 1000
 
 
+def jain_index(values: Sequence[float]) -> float | None:
+    """Jain's fairness index (sum x)^2 / (n sum x^2) over receivers' goodputs: 1 when all are
+    equal, 1/n when one has everything; None when there is nothing to share (no values, or all
+    zero)."""
+    xs = [float(v) for v in values]
+    squares = sum(x * x for x in xs)
+    if not xs or squares == 0:
+        return None
+    return sum(xs) ** 2 / (len(xs) * squares)
+
+
 def resample(bins: Sequence[int], interval_s: float, out_interval_s: float) -> list[float]:
     """Goodput in Mbit/s per `out_interval_s` (a whole multiple of the sampling interval)."""
     step = max(1, round(out_interval_s / interval_s))
@@ -156,8 +171,11 @@ def tcp_socket(addr: str, mptcp: bool) -> socket.socket:
         raise
 
 
-def tcp_send(bind: str, port: int, start_at: float, duration: float, mptcp: bool) -> dict[str, Any]:
-    """Accept one receiver and send as fast as the connection takes until start + duration."""
+def tcp_send(
+    bind: str, port: int, start_at: float, duration: float, mptcp: bool, nbytes: int | None = None
+) -> dict[str, Any]:
+    """Accept one receiver and send as fast as the connection takes until start + duration, or
+    exactly `nbytes` (then FIN: the receiver reads to EOF, every byte counted) if given."""
     deadline = start_at + duration
     report: dict[str, Any] = {"sent": 0, "error": None, "accepted": False}
     # The listener stays open until the end: MPTCP joins (new subflows) arrive through it.
@@ -174,12 +192,15 @@ def tcp_send(bind: str, port: int, start_at: float, duration: float, mptcp: bool
         report["accepted"] = True
         while (wait := start_at - time.monotonic()) > 0:  # the record starts at start_at
             time.sleep(min(wait, 0.05))
-        chunk = b"\0" * 65536
+        chunk = memoryview(b"\0" * 65536)
         with conn:
             conn.settimeout(0.2)
             while time.monotonic() < deadline:
+                left = len(chunk) if nbytes is None else nbytes - report["sent"]
+                if left <= 0:
+                    break
                 try:
-                    report["sent"] += conn.send(chunk)
+                    report["sent"] += conn.send(chunk[:left])
                 except TimeoutError:
                     continue  # a stalled connection (outage): keep trying until the deadline
                 except OSError as exc:
@@ -310,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         if name.endswith("send"):
             s.add_argument("--bind", required=True)
+            if name == "tcp-send":
+                s.add_argument("--bytes", type=int, help="send exactly this many, then FIN")
         else:
             s.add_argument("--dst", required=True)
             s.add_argument("--interval", type=float, default=SAMPLE_INTERVAL_S)
@@ -332,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result: dict[str, Any]
     if args.command == "tcp-send":
-        result = tcp_send(args.bind, args.port, args.start_at, args.duration, args.mptcp)
+        result = tcp_send(
+            args.bind, args.port, args.start_at, args.duration, args.mptcp, args.bytes
+        )
     elif args.command == "udp-send":
         if not UDP_HEADER.size <= args.size <= 65000 or args.rate_mbit <= 0:
             print("traffic: error: --size must be 16..65000 and --rate-mbit > 0.", file=sys.stderr)

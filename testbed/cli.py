@@ -6,6 +6,12 @@ qtlab up reference --tunnel session [--scheduler wrr] [--stream]   (qtun running
 qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies
 qtlab run failover [--config F] [--runs N] [--shard i/n] [--resume DIR] [--quick] [--set k=v]
 qtlab demo
+
+Exit codes (tunnel/user_error.py run_command, as for qtun, the experiment runner, demo and
+bench): 0 done, 2 a usage mistake (an option, a topology or profile name, experiment
+parameters), 1 a runtime failure (not root, a network that could not be built or is not what
+was asked, a qtun program that did not come up), 130 interrupted. A user's error is one line,
+`qtlab: error: <sentence>`; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testbed.profiles import PROFILES, LinkProfile, ProfileError, parse_overrides, profile
-from testbed.shaping import BACKENDS, DIRECTIONS, ShapingError
-from testbed.topologies import TOPOLOGIES, TopologyError
+from testbed.profiles import PROFILES, LinkProfile, parse_overrides, profile
+from testbed.shaping import BACKENDS, DIRECTIONS
+from testbed.topologies import TOPOLOGIES
+from tunnel.user_error import RuntimeFailure, UsageError, UserError, run_command
 
 ACCESS_HELP = """<access> <verb> [value] [dir=up|down|both] [client=cK]
   verbs: down | up (a real carrier loss and back), blackhole on|off (100 % loss, link up),
@@ -35,17 +42,13 @@ VERB_FIELD = {
 }
 
 
-class UserError(Exception):
-    """A mistake the user can fix; printed as one sentence."""
-
-
 def parse_profile_args(items: list[str]) -> dict[str, LinkProfile]:
     """["wifi=lte,delay_ms=30", "5g=5g"] -> {"wifi": lte with delay 30, "5g": 5g profile}."""
     out: dict[str, LinkProfile] = {}
     for item in items:
         access, sep, rest = item.partition("=")
         if not sep:
-            raise UserError(f"--profile {item!r}: write ACCESS=PROFILE[,field=value...].")
+            raise UsageError(f"--profile {item!r}: write ACCESS=PROFILE[,field=value...].")
         name, _, overrides = rest.partition(",")
         out[access] = profile(name, **parse_overrides(overrides))
     return out
@@ -57,12 +60,12 @@ def access_command(lab: Any, access: str, line: str) -> str:
     opts = dict(w.split("=", 1) for w in words if "=" in w)
     args = [w for w in words if "=" not in w]
     if not args:
-        raise UserError(ACCESS_HELP)
+        raise UsageError(ACCESS_HELP)
     verb, value = args[0], (args[1] if len(args) > 1 else None)
     client = opts.get("client")
     direction = opts.get("dir", "both")
     if direction not in DIRECTIONS:
-        raise UserError(f"dir must be one of {', '.join(DIRECTIONS)}.")
+        raise UsageError(f"dir must be one of {', '.join(DIRECTIONS)}.")
     if verb == "down":
         lab.access_down(access, client)
         return f"{access}: link down (carrier lost)"
@@ -83,10 +86,10 @@ def access_command(lab: Any, access: str, line: str) -> str:
         try:
             number: float | int = int(value) if field == "queue_packets" else float(value)
         except ValueError:
-            raise UserError(f"{verb} needs a number, not {value!r}.") from None
+            raise UsageError(f"{verb} needs a number, not {value!r}.") from None
         shaper.set(direction, **{field: number})
         return f"{access}: {field}={number} ({direction})"
-    raise UserError(ACCESS_HELP)
+    raise UsageError(ACCESS_HELP)
 
 
 def _access_text(access: dict[str, Any]) -> str:
@@ -100,11 +103,13 @@ def _access_text(access: dict[str, Any]) -> str:
 
 def tunnel_summary(deployment: Any) -> str:
     """One line per qtun program of a deployment: state, accesses, counters that matter."""
+    from testbed.qtun import QtunError
+
     lines = []
     for node in [deployment.concentrator, *deployment.clients]:
         try:
             st = deployment.status(node)
-        except RuntimeError as exc:  # QtunError: no status file yet, or the program is gone
+        except QtunError as exc:  # no status file yet, or the program is gone
             lines.append(f"{node}: {exc}")
             continue
         if st.get("role") == "concentrator":
@@ -141,7 +146,7 @@ def _run_cli(lab: Any, deployment: Any = None) -> None:
         def do_access(self: Any, line: str) -> None:
             try:
                 print(access_command(lab, access, line))
-            except (UserError, ProfileError, ShapingError, RuntimeError) as exc:
+            except UserError as exc:  # the lab stays up: say what is wrong, take the next command
                 print(f"error: {exc}")
 
         do_access.__doc__ = ACCESS_HELP.replace("<access>", access)
@@ -167,7 +172,9 @@ def _run_cli(lab: Any, deployment: Any = None) -> None:
 
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise UserError(f"qtlab {what} needs root (network namespaces, Mininet): run it with sudo.")
+        raise RuntimeFailure(
+            f"qtlab {what} needs root (network namespaces, Mininet): run it with sudo."
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,19 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command in ("run", "demo"):
-        from experiments.runner import ExperimentError
+    if args.command == "run":
+        from experiments.runner import run_from_args
 
-        try:
-            if args.command == "run":
-                from experiments.runner import run_from_args
+        return int(run_from_args(args))
+    if args.command == "demo":
+        from experiments.demo import run_demo
 
-                return int(run_from_args(args))
-            from experiments.demo import run_demo
-
-            return int(run_demo(args.results))
-        except ExperimentError as exc:
-            raise UserError(str(exc)) from None
+        return int(run_demo(args.results))
     if args.command == "topologies":
         for name, cls in sorted(TOPOLOGIES.items()):
             print(f"{name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}")
@@ -257,7 +259,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     _require_root("up")
     if args.topology not in TOPOLOGIES:
-        raise UserError(
+        raise UsageError(
             f"unknown topology {args.topology!r}; choose one of {', '.join(sorted(TOPOLOGIES))}."
         )
     params: dict[str, Any] = {}
@@ -266,15 +268,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         params["profiles"] = profiles
     if args.clients is not None:
         if args.topology != "nclient":
-            raise UserError("--clients only applies to the nclient topology.")
+            raise UsageError("--clients only applies to the nclient topology.")
         params["clients"] = args.clients
     if args.servers is not None:
         params["servers"] = args.servers
 
     if args.stream and not args.tunnel:
-        raise UserError("--stream needs --tunnel tunnel or --tunnel session.")
+        raise UsageError("--stream needs --tunnel tunnel or --tunnel session.")
     if args.tunnel and args.topology == "pair":
-        raise UserError("--tunnel needs a topology with a concentrator: reference or nclient.")
+        raise UsageError("--tunnel needs a topology with a concentrator: reference or nclient.")
     from testbed.lab import Lab
 
     with Lab(args.topology, backend=args.backend, congestion_control=args.cc, **params) as lab:
@@ -300,18 +302,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every qtlab command runs through run_command: a UserError (wrong option, not root, a
+    network that could not be built or is not what was asked) is one line and its exit code
+    (2 usage, 1 runtime); anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except (UserError, ProfileError, TopologyError, ShapingError) as exc:
-        print(f"qtlab: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:  # LabError, FidelityError: the network could not be built/verified
-        print(f"qtlab: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("qtlab: interrupted; everything was stopped.", file=sys.stderr)
-        return 130
+    interrupted = (
+        "what was measured is in the run directory."
+        if args.command == "run"
+        else "everything was stopped."
+    )
+    return run_command("qtlab", lambda: _dispatch(args), interrupted=interrupted)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.shaping import WIRE_BINARY, probe_netem
+from testbed.paths import WIRE_BINARY
+from testbed.shaping import probe_netem
 
 
 @dataclass(frozen=True)

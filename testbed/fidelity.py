@@ -24,8 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.hosts import Node
 from testbed.lab import Lab
+from testbed.paths import RESULTS_ROOT
 from testbed.profiles import LinkProfile
+from tunnel.user_error import RuntimeFailure
 
 # A full-size TCP/IPv4 segment with timestamps carries 1448 payload bytes in a 1514-byte frame;
 # the wire's rate counts whole frames, so this is the best TCP goodput can do.
@@ -33,7 +36,7 @@ TCP_GOODPUT_FRACTION = 1448 / 1514
 FIELDS = ["parameter", "configured", "measured", "unit", "backend", "ok", "detail"]
 
 
-class FidelityError(RuntimeError):
+class FidelityError(RuntimeFailure):
     """The shaped network is not what was configured."""
 
 
@@ -48,12 +51,12 @@ class Row:
     detail: str = ""
 
 
-def ping_rtts(node: Any, dst: str, count: int, interval_s: float) -> list[float]:
+def ping_rtts(node: Node, dst: str, count: int, interval_s: float) -> list[float]:
     out = str(node.cmd(f"ping -n -c {count} -i {interval_s} -W 2 {dst}"))
     return [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
 
 
-def ping_loss(node: Any, dst: str, count: int, interval_s: float) -> tuple[int, int]:
+def ping_loss(node: Node, dst: str, count: int, interval_s: float) -> tuple[int, int]:
     """(sent, received) of a counted ping burst."""
     out = str(node.cmd(f"ping -n -q -c {count} -i {interval_s} -W 2 {dst}"))
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
@@ -62,11 +65,10 @@ def ping_loss(node: Any, dst: str, count: int, interval_s: float) -> tuple[int, 
     return int(m.group(1)), int(m.group(2))
 
 
-def iperf3_goodput_mbit(lab: Lab, client: Any, server: Any, dst: str, seconds: int = 3) -> float:
+def iperf3_goodput_mbit(lab: Lab, client: Node, server: Node, dst: str, seconds: int = 3) -> float:
     """Receiver-side TCP goodput of a short iperf3 run (first second omitted: slow start)."""
     srv = lab.procs.start_iperf3_server(server, port=5299, idle_timeout_s=seconds + 10)
     try:
-        time.sleep(0.3)
         out = str(
             client.cmd(f"iperf3 -c {dst} -p 5299 -t {seconds} -O 1 --connect-timeout 3000 -J")
         )
@@ -194,19 +196,19 @@ def require_fidelity(rows: list[Row]) -> None:
 def _queue_delay_under_load(lab: Lab, backend: str) -> list[Row]:
     """Bufferbloat: a full drop-tail queue adds queue_packets * frame / rate of delay."""
     h1, h2 = lab.node("h1"), lab.node("h2")
+    far = lab.plan.server_address("h2")
     shaper = lab.shapers["wlink"]
     rate, queue = 10.0, 100
     shaper.set_profile("both", LinkProfile())
     shaper.set("ab", rate_mbit=rate, queue_packets=queue)
-    idle = _median(ping_rtts(h1, "10.0.0.2", 10, 0.05))
+    idle = _median(ping_rtts(h1, far, 10, 0.05))
     # A loss-based algorithm fills the queue (BBR would keep it nearly empty, as it should).
     cc = lab.set_congestion_control("h1", "cubic")
     srv = lab.procs.start_iperf3_server(h2, port=5298, idle_timeout_s=20)
-    time.sleep(0.3)
-    load = lab.procs.start(h1, "iperf3-load", ["iperf3", "-c", "10.0.0.2", "-p", "5298", "-t", "6"])
+    load = lab.procs.start(h1, "iperf3-load", ["iperf3", "-c", far, "-p", "5298", "-t", "6"])
     try:
         time.sleep(2.0)  # past slow start: the queue is in its steady sawtooth
-        loaded = ping_rtts(h1, "10.0.0.2", 30, 0.1)
+        loaded = ping_rtts(h1, far, 30, 0.1)
     finally:
         lab.procs.stop(load)
         lab.procs.stop(srv)
@@ -218,7 +220,7 @@ def _queue_delay_under_load(lab: Lab, backend: str) -> list[Row]:
     return [Row("queue_delay_under_load", round(full, 2), round(med, 2), "ms", backend, ok, detail)]
 
 
-def run_benchmark(backend: str = "auto", out_root: Path = Path("results/fidelity")) -> Path:
+def run_benchmark(backend: str = "auto", out_root: Path = RESULTS_ROOT / "fidelity") -> Path:
     """The configured-vs-measured table of this machine; returns the CSV path."""
     out_dir = out_root / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -226,17 +228,18 @@ def run_benchmark(backend: str = "auto", out_root: Path = Path("results/fidelity
     with Lab("pair", backend=backend, log_dir=out_dir / "logs") as lab:
         be = str(lab.backend)
         h1, h2 = lab.node("h1"), lab.node("h2")
+        far = lab.plan.server_address("h2")
         shaper = lab.shapers["wlink"]
-        base = _median(ping_rtts(h1, "10.0.0.2", 20, 0.05))
+        base = _median(ping_rtts(h1, far, 20, 0.05))
         for delay in (5.0, 20.0, 50.0, 100.0):
             shaper.set_profile("both", LinkProfile())
             shaper.set("ab", delay_ms=delay)
-            got = _median(ping_rtts(h1, "10.0.0.2", 20, 0.05)) - base
+            got = _median(ping_rtts(h1, far, 20, 0.05)) - base
             rows.append(Row("delay", delay, round(got, 3), "ms", be, abs(got - delay) <= 1.0))
         for loss in (0.1, 1.0, 5.0):
             shaper.set_profile("both", LinkProfile())
             shaper.set("ab", loss_pct=loss)
-            sent, received = ping_loss(h1, "10.0.0.2", 10000, 0.0002)
+            sent, received = ping_loss(h1, far, 10000, 0.0002)
             got = 100 * (sent - received) / sent
             rows.append(
                 Row("loss", loss, round(got, 3), "%", be, abs(got - loss) <= 0.5, f"{sent} pings")
@@ -245,7 +248,7 @@ def run_benchmark(backend: str = "auto", out_root: Path = Path("results/fidelity
             shaper.set_profile("both", LinkProfile())
             shaper.set("ab", rate_mbit=rate)
             want = rate * TCP_GOODPUT_FRACTION
-            got = iperf3_goodput_mbit(lab, h1, h2, "10.0.0.2", seconds=4)
+            got = iperf3_goodput_mbit(lab, h1, h2, far, seconds=4)
             ok = abs(got - want) <= 0.05 * want
             detail = f"rate {rate:g} Mbit/s of frames = {want:.2f} Mbit/s TCP goodput at best"
             rows.append(Row("tcp_goodput", round(want, 2), round(got, 2), "Mbit/s", be, ok, detail))

@@ -65,12 +65,13 @@ from typing import IO, Any
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
-from aioquic.quic.packet_builder import QuicPacketBuilderStop
+from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tunnel.aio.client_setup import MAX_DATAGRAM_SIZE  # what the qtun client uses
 from tunnel.aio.udp import QuicClient, UdpEndpoint, run
 from tunnel.protocol.connection import (
     ConnectionClosed,
@@ -86,11 +87,9 @@ from tunnel.session.reorder import PacketTagCounter
 from tunnel.wire.messages import AccessId, AccessSignal
 from tunnel.wire.modes import TunnelMode
 
-MAX_DATAGRAM_SIZE = 1452  # what qtun uses (tunnel/aio/client.py)
 # The fuzzer's own packets may be larger (the veths carry 1500 bytes), so that it can send a
 # DATAGRAM one byte over what the concentrator's own 1452-byte packets would hold.
-FUZZ_MAX_DATAGRAM_SIZE = 1472
-CONCENTRATOR_CID_LENGTH = 8  # aioquic's default connection ID length
+FUZZ_MAX_DATAGRAM_SIZE = MAX_DATAGRAM_SIZE + 20
 CONNECT_TIMEOUT_S = 5.0
 QUIC_VERSION_1 = 0x00000001
 SMALLEST_INITIAL = 1200  # RFC 9000 §14.1
@@ -265,7 +264,7 @@ class HostileQuicConnection(TunnelQuicConnection):
             self._local_next_stream_id_bidi = stream_id + 4
         return stream_id
 
-    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
         # Called once per 1-RTT packet aioquic builds after the handshake: the place where
         # our own frames join the packet.
         super()._write_connection_limits(builder=builder, space=space)
@@ -383,7 +382,7 @@ async def connect(
     endpoint = UdpEndpoint.bind(local_address, family=family)
     peer = Peer(max_events)
 
-    def factory(**kwargs: Any) -> Any:
+    def factory(**kwargs: Any) -> HostileQuicConnection:
         quic = HostileQuicConnection(stream_mode=stream_mode, **kwargs)
         peer.tunnel = TunnelConnection(quic)
         return quic

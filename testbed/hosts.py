@@ -19,10 +19,21 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 RUN_ROOT = Path(os.environ.get("QTLAB_RUN_ROOT", "/tmp/qtlab"))
 ALLOWED_CC_SYSCTL = "net.ipv4.tcp_allowed_congestion_control"
+
+
+class Node(Protocol):
+    """What the testbed uses of a Mininet host (mininet.node.Host, which has no type hints)."""
+
+    name: str
+    pid: int
+
+    def cmd(self, *args: str) -> str: ...
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]: ...
 
 
 def read_sysctl(key: str) -> str:
@@ -135,7 +146,7 @@ class ProcessManager:
     log_dir: Path
     procs: list[HostProcess] = field(default_factory=list)
 
-    def start(self, node: Any, name: str, argv: list[str]) -> HostProcess:
+    def start(self, node: Node, name: str, argv: list[str]) -> HostProcess:
         """Run argv in the node's namespaces; output goes to <log_dir>/<node>-<name>.log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{node.name}-{name}.log"
@@ -147,13 +158,20 @@ class ProcessManager:
         return proc
 
     def start_iperf3_server(
-        self, node: Any, port: int = 5201, idle_timeout_s: int = 30
+        self, node: Node, port: int = 5201, idle_timeout_s: int = 30
     ) -> HostProcess:
+        """iperf3 -s on `node`, returned once it listens (wait_listening)."""
         # --idle-timeout: a server whose client vanished exits by itself instead of lingering.
         argv = ["iperf3", "-s", "-p", str(port), "--idle-timeout", str(idle_timeout_s)]
-        return self.start(node, f"iperf3-{port}", argv)
+        server = self.start(node, f"iperf3-{port}", argv)
+        try:
+            wait_listening(node, port, server)
+        except BaseException:
+            self.stop(server)
+            raise
+        return server
 
-    def start_pcap(self, node: Any, intf: str, snaplen: int = 256) -> tuple[HostProcess, Path]:
+    def start_pcap(self, node: Node, intf: str, snaplen: int = 256) -> tuple[HostProcess, Path]:
         """tcpdump on one interface, written as it goes (-U) so a crash still leaves a pcap."""
         pcap = self.log_dir / f"{node.name}-{intf}.pcap"
         argv = ["tcpdump", "-i", intf, "-U", "-s", str(snaplen), "-w", str(pcap)]
@@ -177,7 +195,28 @@ class ProcessManager:
             self.stop(proc)
 
 
-def set_congestion_control(node: Any, algorithm: str, state: RunState) -> str:
+def wait_listening(
+    node: Node, port: int, proc: HostProcess | None = None, timeout_s: float = 10.0
+) -> None:
+    """Return once a socket in `node` listens on TCP `port` (MPTCP included) or is bound to UDP
+    `port`: a readiness poll where a fixed sleep would be a guess. TimeoutError (with the
+    program's log tail) if `proc` exits first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not node.cmd(f"ss -Hltun 'sport = :{port}'").strip():
+        exited = proc is not None and not proc.running()
+        if exited or time.monotonic() > deadline:
+            if proc is None:
+                raise TimeoutError(f"nothing listens on port {port} in {node.name}.")
+            why = f"exited ({proc.popen.returncode})" if exited else f"after {timeout_s:g} s"
+            tail = proc.log_path.read_text(errors="replace")[-300:].strip()
+            raise TimeoutError(
+                f"{proc.name} on {node.name} is not listening on port {port} ({why}); "
+                f"log tail: {tail or '(empty)'}"
+            )
+        time.sleep(0.02)
+
+
+def set_congestion_control(node: Node, algorithm: str, state: RunState) -> str:
     """Pin a node's TCP congestion control (namespaces inherit the host default, BBR here).
 
     A namespace may only choose algorithms the root namespace allows, so an algorithm missing

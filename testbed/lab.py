@@ -11,20 +11,23 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from testbed.hosts import ProcessManager, RunState, set_congestion_control
+from testbed.hosts import Node, ProcessManager, RunState, set_congestion_control
 from testbed.shaping import Backend, LinkShaper, NetemShaper, WireShaper, resolve_backend
 from testbed.topologies import Access, LabTopo, make_topology
+from tunnel.user_error import RuntimeFailure
 
 # Frames copied by a packet socket keep a partial checksum and TSO/GSO super-frames are not
 # real packets: every interface next to a shaping node gets offloads off.
 OFFLOADS_OFF = "rx off tx off sg off tso off gso off gro off lro off"
+SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers
 
 
-class LabError(RuntimeError):
+class LabError(RuntimeFailure):
     """The testbed could not be brought up as asked."""
 
 
@@ -49,9 +52,9 @@ class Lab:
         self.shapers: dict[str, LinkShaper] = {}
         self.congestion_control = congestion_control
         self.cc_in_use: dict[str, str] = {}
-        self.net: Any = None
+        self.net: Any = None  # mininet.net.Mininet (no type hints)
         self.build_seconds = 0.0
-        self._old_sigterm: Any = None
+        self._old_sigterm: SignalHandler | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> Lab:
@@ -64,13 +67,15 @@ class Lab:
         try:
             self.backend = resolve_backend(self.requested_backend)
             self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
-            # Hosts first so their shells are on record before anything can fail.
-            for name in self.topo.hosts():
-                node = self.net.addHost(name, **self.topo.nodeInfo(name))
+            # Hosts first so their shells are on record before anything can fail. ip=None:
+            # Mininet would otherwise put 10.0.0.x/8 on each host's first interface.
+            for name in self.plan.hosts:
+                node = self.net.addHost(name, ip=None)
                 self.state.add_node(name, node.pid)
-            for a, b, info in self.topo.links(sort=True, withKeys=False, withInfo=True):
-                params = {k: v for k, v in info.items() if k not in ("node1", "node2")}
-                self.net.addLink(a, b, **params)
+            for link in self.plan.links:
+                self.net.addLink(
+                    link.node_a, link.node_b, intfName1=link.intf_a, intfName2=link.intf_b
+                )
             self.net.build()
             self.net.start()
             self._configure()
@@ -161,19 +166,31 @@ class Lab:
         self.stop()
 
     # -- access to the running network ------------------------------------------------------
-    def node(self, name: str) -> Any:
+    def node(self, name: str) -> Node:
         try:
-            return self.net[name]
+            node: Node = self.net[name]
         except KeyError:
             raise LabError(f"no node {name!r} in this topology.") from None
+        return node
+
+    def run(self, node: str, line: str) -> str:
+        """Run a shell line on a node and return its output; LabError (with the output) if it
+        exits non-zero."""
+        out = self.node(node).cmd(f"{line} 2>&1; echo qtlab-rc=$?")
+        text, _, rc = out.rpartition("qtlab-rc=")
+        if rc.strip() != "0":
+            raise LabError(f"`{line}` failed on {node}: {text.strip()[-300:]}")
+        return text
 
     def access(self, name: str, client: str | None = None) -> Access:
-        client = client or self.plan.clients[0]
-        for acc in self.plan.accesses:
-            if acc.name == name and acc.client == client:
-                return acc
-        names = sorted({a.name for a in self.plan.accesses})
-        raise LabError(f"no access {name!r} for client {client}; accesses: {', '.join(names)}.")
+        access = self.plan.access(name, client)
+        if access is None:
+            names = sorted({a.name for a in self.plan.accesses})
+            raise LabError(
+                f"no access {name!r} for client {client or self.plan.clients[0]}; "
+                f"accesses: {', '.join(names)}."
+            )
+        return access
 
     def shaper(self, access: str, client: str | None = None) -> LinkShaper:
         """The shaper serving an access (shared by all clients in the N-client topology)."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from tunnel.user_error import UsageError
 
-class ProfileError(ValueError):
+
+class ProfileError(UsageError):
     """A profile name or field value that cannot be used."""
 
 

@@ -29,7 +29,9 @@ routes 10.8.0.0/16 into its TUN: no NAT anywhere.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -41,10 +43,11 @@ from typing import Any
 
 from testbed.hosts import HostProcess
 from testbed.lab import Lab
-from testbed.topologies import CONCENTRATOR_V4, CONCENTRATOR_V6
+from testbed.paths import MAKE_CERTS
+from testbed.topologies import CONCENTRATOR_V4, CONCENTRATOR_V6, SERVERS_V4, SERVERS_V6
+from tunnel.config import ACCESS_KINDS
+from tunnel.user_error import RuntimeFailure
 
-REPO = Path(__file__).resolve().parent.parent
-MAKE_CERTS = REPO / "scripts" / "make-certs"
 QTUN_PORT = 4433
 SERVER_NAME = "concentrator"
 CONCENTRATOR_TUN_V4 = "10.8.0.1"
@@ -52,19 +55,12 @@ CONCENTRATOR_TUN_V6 = "fd00:8::1"
 INNER_PREFIX_V4 = "10.8.0.0/16"
 # What a client sends into the tunnel: the servers, and the concentrator's own TUN addresses
 # (the far end of the "pair" benchmark).
-CLIENT_ROUTES = (
-    "10.200.0.0/16",
-    "fd00:200::/32",
-    f"{CONCENTRATOR_TUN_V4}/32",
-    f"{CONCENTRATOR_TUN_V6}/128",
-)
-# Access names of the topologies -> the `access_id` kind of tunnel/config.py.
-ACCESS_KIND = {"wifi": "wifi", "5g": "5g", "link": "wifi"}
+CLIENT_ROUTES = (SERVERS_V4, SERVERS_V6, f"{CONCENTRATOR_TUN_V4}/32", f"{CONCENTRATOR_TUN_V6}/128")
 STATUS_INTERVAL_S = 0.25  # status files are rewritten this often: waits poll them
 LOG_TAIL_LINES = 25
 
 
-class QtunError(RuntimeError):
+class QtunError(RuntimeFailure):
     """A qtun program did not come up (or went away); the message carries its log tail."""
 
 
@@ -103,7 +99,14 @@ def qtun_command(role: str, config: Path, overrides: Sequence[str], log_level: s
     return argv
 
 
-def _toml_value(value: Any) -> str:
+def _access_kind(kind: str) -> str:
+    """A topology access's kind, checked against the names qtun's config accepts."""
+    if kind not in ACCESS_KINDS:
+        raise QtunError(f"access kind {kind!r} is not one of {', '.join(ACCESS_KINDS)}.")
+    return kind
+
+
+def _toml_value(value: object) -> str:
     """A TOML literal for the few value types the configs use (json's strings are TOML's)."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -260,7 +263,7 @@ class QtunDeployment:
                         "[[access]]",
                         {
                             "name": access.name,
-                            "access_id": ACCESS_KIND.get(access.name, "wifi"),
+                            "access_id": _access_kind(access.kind),
                             "interface": access.client_intf,
                             "local_address": access.client_v4,
                         },
@@ -494,3 +497,84 @@ class QtunDeployment:
             timeout,
             f"state {'/'.join(states)}",
         )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An identity the concentrator admits that runs no qtun client (MixedDeployment.extra):
+    its certificate, key, the CA, and its inner addresses."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    inner_v4: str
+    inner_v6: str
+
+
+class MixedDeployment(QtunDeployment):
+    """A QtunDeployment whose clients each run their own mode (`modes`: client -> "tunnel" or
+    "session", "+stream" for stream mode too), and whose concentrator also admits `extra`
+    identities (name -> inner address index, as client k gets client_inner_addresses(k)) that
+    run no qtun client: the soak's hostile client, the fuzzer. The concentrator gets [stream]
+    when any client uses stream mode."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        spec: TunnelSpec,
+        modes: dict[str, str],
+        extra: dict[str, int],
+        clients: Sequence[str] | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        stream = any(m.endswith("+stream") for m in modes.values()) or spec.stream
+        super().__init__(lab, dataclasses.replace(spec, stream=stream), clients, workdir)
+        self.modes = modes
+        self.extra = extra
+
+    def make_certs(self) -> None:
+        # make-certs makes one certificate per name in self.clients: add the extra ones.
+        clients = self.clients
+        self.clients = [*clients, *self.extra]
+        try:
+            super().make_certs()
+        finally:
+            self.clients = clients
+
+    def concentrator_toml(self) -> str:
+        text = super().concentrator_toml()
+        for name, index in self.extra.items():
+            v4, v6 = client_inner_addresses(index)
+            text += f'\n[[client]]\nname = "{name}"\naddresses = ["{v4}/32", "{v6}/128"]\n'
+        return text
+
+    def client_toml(self, client: str) -> str:
+        mode = self.modes.get(client, self.spec.mode)
+        base, _, stream = mode.partition("+")
+        spec = self.spec
+        self.spec = dataclasses.replace(spec, mode=base, stream=bool(stream))
+        try:
+            return super().client_toml(client)
+        finally:
+            self.spec = spec
+
+    def identity(self, name: str) -> Identity:
+        """Certificate, key, CA and inner addresses of an extra identity."""
+        v4, v6 = client_inner_addresses(self.extra[name])
+        certs = self.certs
+        return Identity(certs / "ca.pem", certs / f"{name}.pem", certs / f"{name}.key", v4, v6)
+
+    def kill_concentrator(self) -> int:
+        """SIGKILL the concentrator (no CONNECTION_CLOSE, no clean-up) and start it again at
+        once; returns the new pid (wait for it with wait_clients_back)."""
+        proc = self.procs.pop(self.concentrator)
+        proc.popen.send_signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(10)
+        self.exit_codes[self.concentrator] = self.lab.procs.stop(proc)  # bookkeeping only
+        with contextlib.suppress(FileNotFoundError):
+            self.status_path(self.concentrator).unlink()
+        self.procs[self.concentrator] = self.launch(
+            self.concentrator, "concentrator", self.spec.concentrator_overrides
+        )
+        return self.pid(self.concentrator)

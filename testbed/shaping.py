@@ -28,19 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from testbed.hosts import HostProcess, Node, ProcessManager
+from testbed.paths import WIRE_BINARY, WIRE_SOURCE
 from testbed.profiles import LinkProfile
+from tunnel.user_error import RuntimeFailure
 
 Backend = Literal["netem", "wire"]
 BACKENDS: tuple[str, ...] = ("auto", "netem", "wire")
 DIRECTIONS = {"ab": ("ab",), "ba": ("ba",), "up": ("ab",), "down": ("ba",), "both": ("ab", "ba")}
 ETH_FRAME_BYTES = 1514  # a full-MTU Ethernet frame without FCS: converts byte limits for netem
-REPO_ROOT = Path(__file__).resolve().parent.parent
-WIRE_SOURCE = REPO_ROOT / "testbed" / "wire" / "qtwire.c"
-WIRE_BINARY = REPO_ROOT / "build" / "qtwire"
 PROBE_PREFIX = "qtb-probe-"
 
 
-class ShapingError(RuntimeError):
+class ShapingError(RuntimeFailure):
     """A shaping backend could not be set up or refused a setting."""
 
 
@@ -164,7 +164,7 @@ class LinkShaper(ABC):
 
     backend: Backend
 
-    def __init__(self, middle: Any, intf_a: str, intf_b: str) -> None:
+    def __init__(self, middle: Node, intf_a: str, intf_b: str) -> None:
         self.middle = middle  # the Mininet node M
         self.intf_a = intf_a  # M's veth towards A
         self.intf_b = intf_b  # M's veth towards B
@@ -261,11 +261,13 @@ class NetemShaper(LinkShaper):
 class WireShaper(LinkShaper):
     backend: Backend = "wire"
 
-    def __init__(self, middle: Any, intf_a: str, intf_b: str, control_path: Path, procs: Any):
+    def __init__(
+        self, middle: Node, intf_a: str, intf_b: str, control_path: Path, procs: ProcessManager
+    ) -> None:
         super().__init__(middle, intf_a, intf_b)
         self.control_path = control_path
         self.procs = procs  # a hosts.ProcessManager
-        self.proc: Any = None
+        self.proc: HostProcess | None = None
 
     def start(self) -> None:
         binary = ensure_wire_binary()

@@ -1,11 +1,13 @@
-"""Mininet topologies, host-only (no switches, no controller): routers are hosts with forwarding.
+"""Topologies as plain data: the nodes, links, addresses and routes of each testbed network.
 
-A topology is a `Topo` subclass whose `build()` adds nodes and links (as Mininet's topo.py
-does) and also records what Mininet cannot express: each node's addresses and routes as
-`ip -batch` lines, which nodes forward, and which links are shaped. `testbed.lab.Lab` applies
-that record after Mininet has started the nodes.
+No Mininet import here (unit tests, experiments and `qtun` deployment specs read the plan without
+root or Debian's Mininet); `testbed.lab.Lab` hands the plan to Mininet when it builds a network.
+A topology is a `LabTopo` subclass whose `build()` adds nodes and links (the shape of Mininet's
+topo.py) and records what Mininet cannot express: each node's addresses and routes as `ip
+-batch` lines, which nodes forward, and which links are shaped. Nodes are hosts only (no
+switches, no controller): routers are hosts with forwarding on.
 
-Addressing (v4 / v6), client k, server s:
+The addressing plan (v4 / v6), client k, server s (the functions below compute it):
   client k WiFi access   10.1.k.2/24   fd00:1:k::2/64   (router side .1 / ::1)
   client k 5G access     10.2.k.2/24   fd00:2:k::2/64
   router uplinks         10.101.0.0/24 fd00:101::/64 (WiFi), 10.102.0.0/24 fd00:102::/64 (5G)
@@ -21,18 +23,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mininet.topo import Topo
-
 from testbed.profiles import LinkProfile, profile
+from tunnel.user_error import UsageError
 
 ACCESSES = ("wifi", "5g")
 ACCESS_NUMBER = {"wifi": 1, "5g": 2}  # second octet of the access subnets, and table ids
 CONCENTRATOR_V4 = "10.100.0.1"
 CONCENTRATOR_V6 = "fd00:100::1"
+SERVERS_V4 = "10.200.0.0/16"  # every server s: 10.200.s.0/24
+SERVERS_V6 = "fd00:200::/32"
+PAIR_H1 = ("10.0.0.1", "fd00::1")  # the pair topology: h1 -- wlink -- h2
+PAIR_H2 = ("10.0.0.2", "fd00::2")
 
 
-class TopologyError(ValueError):
+def client_access_addresses(client: int, access: str) -> tuple[str, str]:
+    """Client k's (1-based) own addresses on an access network, IPv4 and IPv6."""
+    n = ACCESS_NUMBER[access]
+    return f"10.{n}.{client}.2", f"fd00:{n}:{client}::2"
+
+
+def server_addresses(server: int) -> tuple[str, str]:
+    """Server s's (1-based) addresses, IPv4 and IPv6."""
+    return f"10.200.{server}.2", f"fd00:200:{server}::2"
+
+
+class TopologyError(UsageError):
     """An unknown topology name or an unusable parameter."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair between two nodes, with the interface name at each end."""
+
+    node_a: str
+    node_b: str
+    intf_a: str
+    intf_b: str
 
 
 @dataclass
@@ -55,20 +81,23 @@ class Access:
     """A named access network ("wifi") of one client: the shaper, and where carrier drops."""
 
     name: str
+    # What kind of access `qtun` reports it as, in its config's words (tunnel/config.py
+    # ACCESS_KINDS: "wifi" is non-3GPP, "5g" is 3GPP).
+    kind: str
     client: str
     client_intf: str
     client_v4: str
     client_v6: str
     shaped: str | None  # ShapedLink.middle serving it (may be shared by all clients)
-    carrier: list[
-        tuple[str, str]
-    ]  # (node, intf) to set down for a real link failure of this client
+    carrier: list[tuple[str, str]]  # (node, intf) to set down for a real failure of this access
 
 
 @dataclass
 class Plan:
-    """What Lab applies after Mininet started the nodes."""
+    """The network: Lab builds its nodes and links with Mininet, then applies the rest."""
 
+    hosts: list[str] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
     ip_batch: dict[str, list[str]] = field(default_factory=dict)
     routers: list[str] = field(default_factory=list)
     shaped: dict[str, ShapedLink] = field(default_factory=dict)
@@ -78,15 +107,30 @@ class Plan:
     concentrator: str = ""
     server_addrs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
+    def server_address(self, server: str | None = None, family: int = 4) -> str:
+        """A server's address of that IP family (the first server when none is named)."""
+        v4, v6 = self.server_addrs[server or self.servers[0]]
+        return v4 if family == 4 else v6
 
-class LabTopo(Topo):  # type: ignore[misc]
-    """Base class: helpers that add a node/link and record its addresses in self.plan."""
+    def access(self, name: str, client: str | None = None) -> Access | None:
+        """One client's (the first client's) access of that name, None if it has none."""
+        client = client or self.clients[0]
+        return next((a for a in self.accesses if a.name == name and a.client == client), None)
 
-    plan: Plan
+
+class LabTopo:
+    """Base class: `build(**params)` adds nodes and links with the helpers below, into self.plan."""
+
+    def __init__(self, **params: Any) -> None:
+        self.plan = Plan()
+        self.build(**params)
+
+    def build(self) -> None:
+        raise NotImplementedError
 
     def host(self, name: str) -> str:
-        # ip=None: Mininet would otherwise put 10.0.0.x/8 on the first interface.
-        return str(self.addHost(name, ip=None))
+        self.plan.hosts.append(name)
+        return name
 
     def addr(self, node: str, intf: str, v4: str, v6: str) -> None:
         self.plan.ip_batch.setdefault(node, []).extend(
@@ -97,7 +141,7 @@ class LabTopo(Topo):  # type: ignore[misc]
         self.plan.ip_batch.setdefault(node, []).append(line)
 
     def link(self, a: str, b: str, intf_a: str, intf_b: str) -> None:
-        self.addLink(a, b, intfName1=intf_a, intfName2=intf_b)
+        self.plan.links.append(Link(a, b, intf_a, intf_b))
 
     def shaped_link(
         self,
@@ -140,7 +184,7 @@ class AccessTopo(LabTopo):
             raise TopologyError("clients and servers must each be between 1 and 250.")
         if shape_at not in ("client", "uplink"):
             raise TopologyError("shape_at must be 'client' or 'uplink'.")
-        self.plan = plan = Plan()
+        plan = self.plan
         profs = {a: profile(a) for a in ACCESSES}
         profs.update(profiles or {})
         conc = plan.concentrator = self.host("conc")
@@ -179,7 +223,7 @@ class AccessTopo(LabTopo):
                 n = ACCESS_NUMBER[access]
                 router = f"r{access}"
                 c_intf, r_intf = f"c{k}-{access}", f"r{access}-c{k}"
-                v4, v6 = f"10.{n}.{k}.2", f"fd00:{n}:{k}::2"
+                v4, v6 = client_access_addresses(k, access)
                 gw4, gw6 = f"10.{n}.{k}.1", f"fd00:{n}:{k}::1"
                 if shape_at == "client":
                     middle = f"w{access}" if clients == 1 else f"w{access}{k}"
@@ -201,16 +245,19 @@ class AccessTopo(LabTopo):
                 self.route(client, f"-6 route add {CONCENTRATOR_V6}/128 via {gw6} table {table}")
                 self.route(client, f"rule add from {v4} table {table} pref {1000 + n}")
                 self.route(client, f"-6 rule add from {v6} table {table} pref {1000 + n}")
-                plan.accesses.append(Access(access, client, c_intf, v4, v6, middle, carrier))
+                # The access's name is also its kind for qtun ("wifi", "5g").
+                access_row = Access(access, access, client, c_intf, v4, v6, middle, carrier)
+                plan.accesses.append(access_row)
         for s in range(1, servers + 1):
             server = self.host(f"srv{s}")
             plan.servers.append(server)
             self.link(conc, server, f"conc-srv{s}", f"srv{s}-eth0")
             self.addr(conc, f"conc-srv{s}", f"10.200.{s}.1/24", f"fd00:200:{s}::1/64")
-            self.addr(server, f"srv{s}-eth0", f"10.200.{s}.2/24", f"fd00:200:{s}::2/64")
+            v4, v6 = server_addresses(s)
+            self.addr(server, f"srv{s}-eth0", f"{v4}/24", f"{v6}/64")
             self.route(server, f"route add default via 10.200.{s}.1")
             self.route(server, f"-6 route add ::/0 via fd00:200:{s}::1")
-            plan.server_addrs[server] = (f"10.200.{s}.2", f"fd00:200:{s}::2")
+            plan.server_addrs[server] = (v4, v6)
 
 
 class ReferenceTopo(AccessTopo):
@@ -233,25 +280,19 @@ class PairTopo(LabTopo):
     """Two hosts and one shaped link, h1 -- wlink -- h2: what the fidelity benchmark measures."""
 
     def build(self, profiles: dict[str, LinkProfile] | None = None) -> None:
-        self.plan = Plan()
         prof = (profiles or {}).get("link", LinkProfile())
+        (h1_v4, h1_v6), (h2_v4, h2_v6) = PAIR_H1, PAIR_H2
         h1, h2 = self.host("h1"), self.host("h2")
-        self.shaped_link(h1, h2, "wlink", "h1-eth0", "h2-eth0", prof, prof, "10.0.0.2")
-        self.addr(h1, "h1-eth0", "10.0.0.1/24", "fd00::1/64")
-        self.addr(h2, "h2-eth0", "10.0.0.2/24", "fd00::2/64")
+        self.shaped_link(h1, h2, "wlink", "h1-eth0", "h2-eth0", prof, prof, h2_v4)
+        self.addr(h1, "h1-eth0", f"{h1_v4}/24", f"{h1_v6}/64")
+        self.addr(h2, "h2-eth0", f"{h2_v4}/24", f"{h2_v6}/64")
         self.plan.clients.append(h1)
         self.plan.servers.append(h2)
-        self.plan.server_addrs[h2] = ("10.0.0.2", "fd00::2")
+        self.plan.server_addrs[h2] = PAIR_H2
+        # The one link is h1's access; qtun reports it as a WiFi (non-3GPP) access.
+        carrier = [("wlink", "wlink-a"), ("wlink", "wlink-b")]
         self.plan.accesses.append(
-            Access(
-                "link",
-                h1,
-                "h1-eth0",
-                "10.0.0.1",
-                "fd00::1",
-                "wlink",
-                [("wlink", "wlink-a"), ("wlink", "wlink-b")],
-            )
+            Access("link", "wifi", h1, "h1-eth0", h1_v4, h1_v6, "wlink", carrier)
         )
 
 

@@ -20,11 +20,11 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from experiments import analysis
+from testbed.paths import NOTEBOOKS_DIR, RESULTS_ROOT
 from tests.unit.test_analysis import WRITERS
 
 pytestmark = pytest.mark.notebook
 
-NOTEBOOK_DIR = analysis.REPO_ROOT / "notebooks"
 # notebook -> figures it writes
 NOTEBOOKS = {
     "failover": ["failover.png"],
@@ -53,7 +53,7 @@ def kernel_specs(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
 def run_notebook(
     name: str, kernel_specs: KernelSpecManager, **parameters: str
 ) -> nbformat.NotebookNode:
-    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name}.ipynb needs exactly one cell tagged 'parameters'"
     injected = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
@@ -63,7 +63,7 @@ def run_notebook(
         nb,
         km=km,
         timeout=TIMEOUT_S,
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # cwd, as Jupyter would use
+        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},  # cwd, as Jupyter would use
     )
     client.execute()
     return nb
@@ -84,7 +84,7 @@ def test_notebook_runs_on_committed_results(
 ) -> None:
     nb = run_notebook(name, kernel_specs, figures_dir=str(tmp_path))
     text = output_text(nb)
-    if not analysis.run_dirs(name, analysis.RESULTS_ROOT):
+    if not analysis.run_dirs(name, RESULTS_ROOT):
         assert f"No {name} results yet" in text
         pytest.skip(f"no committed {name} results: checked the notebook says so and finishes")
     for reason in ("has nothing to show", "No figure"):
@@ -139,10 +139,22 @@ def test_notebook_on_a_run_without_data(
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_committed_notebooks_are_stripped(name: str) -> None:
-    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, (
                 f"{name}.ipynb has outputs committed: clear them before committing"
             )
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebooks_only_load_and_plot(name: str) -> None:
+    """The preamble is analysis.notebook_setup: no notebook resolves runs, reads meta.json or
+    CSVs, or builds figures by itself (one place to change how every notebook starts)."""
+    nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert f'analysis.notebook_setup("{name}", results_dir, results_root, figures_dir)' in code
+    for own_work in ("resolve_run", "load_meta", "read_csv", "savefig", "Path(", "import pandas"):
+        assert own_work not in code, f"{name}.ipynb does {own_work} itself"
+    assert len(code.splitlines()) <= 30

@@ -11,6 +11,8 @@ import pytest
 
 from experiments import analysis
 from experiments.analysis import ResultsError
+from experiments.runner import get_experiment
+from experiments.schemas import TABLES, Table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -322,3 +324,58 @@ def test_figure_helpers_write_pngs(experiment: str, tmp_path: Path) -> None:
     figure = getattr(analysis, f"{experiment}_figure")
     out = figure(tmp_path, tmp_path / "figs" / f"{experiment}.png")
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+# -- one declaration per table ---------------------------------------------------------------
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_writer_and_loader_share_one_declaration(table: str) -> None:
+    experiment = get_experiment("failover" if table.startswith("failover") else table)
+    assert experiment.tables[table] == list(TABLES[table].columns)  # what the runner writes
+    assert analysis.SCHEMAS[table] == TABLES[table].required  # what the loader requires
+    assert set(TABLES[table].required) < set(TABLES[table].columns)
+
+
+def test_a_table_declares_each_column_once() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        Table("bad", ("a", "b", "a"))
+    with pytest.raises(ValueError, match="optional"):
+        Table("bad", ("a",), optional=("b",))
+
+
+# -- the notebooks' preamble -----------------------------------------------------------------
+def test_notebook_setup_finds_says_and_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = make_run(tmp_path, "failover", "20261126-100000")
+    write_failover_run(run)
+    nb = analysis.notebook_setup("failover", "", tmp_path, tmp_path / "figs")
+    assert nb.run_dir == run and nb.data is not None and len(nb.data) == 5
+    assert nb.data["completed"].dtype == bool  # loaded by load_failover
+    assert f"Run `{run}`: commit `?`" in capsys.readouterr().out  # outside a notebook: printed
+    nb.figure(analysis.failover_figure, "failover.png")
+    assert (tmp_path / "figs" / "failover.png").read_bytes().startswith(PNG_MAGIC)
+    assert "saved" in capsys.readouterr().out
+
+
+def test_notebook_setup_without_a_run_or_its_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nb = analysis.notebook_setup("goodput", "", tmp_path, tmp_path / "figs")
+    assert nb.run_dir is None and nb.data is None
+    assert "No goodput results yet under" in capsys.readouterr().out
+    run = make_run(tmp_path, "goodput", "20261126-100000")
+    (run / "meta.json").write_text(json.dumps({"failed": [{"point": {}}, {"point": {}}]}))
+    nb = analysis.notebook_setup("goodput", str(run), "", tmp_path / "figs")
+    assert nb.run_dir == run and nb.data is None
+    out = capsys.readouterr().out
+    assert "2 point(s) failed" in out and "This goodput run has nothing to show" in out
+    nb.figure(analysis.goodput_figure, "goodput.png")
+    assert not (tmp_path / "figs").exists()
+
+
+def test_rss_growth_sentence(tmp_path: Path) -> None:
+    write_scale_run(tmp_path)
+    (sentence,) = analysis.rss_growth_sentences(
+        analysis.scale_summary(analysis.load_scale(tmp_path))
+    )
+    assert sentence.startswith("tunnel: the concentrator's RSS grows by 1024 kB per client")

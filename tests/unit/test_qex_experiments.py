@@ -1,17 +1,19 @@
-"""The experiments' point sets and shipped config files (no testbed needed)."""
+"""The experiments' point sets, shipped config files and variants (no testbed needed)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from experiments import failover, variants
 from experiments.runner import EXPERIMENTS, ExperimentError, get_experiment, resolve_params
+from testbed.lab import Lab
+from testbed.paths import EXPERIMENT_CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
-
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", sorted(EXPERIMENT_CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_configs_resolve(config: Path) -> None:
     exp = get_experiment(config.stem)
     params = resolve_params(exp, config=config)
@@ -67,3 +69,45 @@ def test_goodput_and_aggregation_points() -> None:
 def test_every_registered_experiment_loads() -> None:
     for name in EXPERIMENTS:
         assert get_experiment(name).name == name
+
+
+@pytest.fixture()
+def plan_lab() -> Iterator[Lab]:
+    lab = Lab("reference")  # not started: only its Plan is used
+    yield lab
+    lab.state.finish()
+
+
+def test_variants_route_from_the_addressing_plan(plan_lab: Lab, tmp_path: Path) -> None:
+    assert variants.plain(plan_lab).route == variants.Route("conc", "10.100.0.1")
+    vpn = variants.WireGuard(plan_lab, tmp_path)
+    assert vpn.route() == variants.Route("conc", variants.WG_CONCENTRATOR, variants.WG_PORT)
+    to_servers = variants.WireGuard(plan_lab, tmp_path, to_servers=True)
+    assert to_servers.route() == variants.Route("srv1", "10.200.1.2", variants.WG_PORT)
+    assert {vpn.ifname(n) for n in vpn.nodes} == {"qexwg-conc", "qexwg-c1"}
+    assert all(len(vpn.ifname(n)) <= 15 for n in vpn.nodes)
+
+
+def test_modes_keep_one_running(plan_lab: Lab, tmp_path: Path) -> None:
+    meta: dict[str, object] = {}
+    modes = variants.Modes(plan_lab, tmp_path, meta)
+    route = modes.ensure("plain")
+    assert route.outer_udp_port is None and modes.mode == "plain"
+    assert modes.ensure("plain", fresh=True) is route  # plain has no connection to renew
+    assert modes.starts == 1
+    with pytest.raises(ValueError, match="unknown mode 'ipsec'"):
+        modes.ensure("ipsec")
+    assert modes.mode is None and meta == {}
+    specs = {m: variants.mode_spec(m) for m in variants.QTUN_MODES}
+    assert [(s.mode, s.stream) for s in specs.values()] == [
+        ("tunnel", False),
+        ("session", False),
+        ("session", True),
+    ]
+
+
+def test_failover_variants_have_a_setup_each() -> None:
+    assert set(failover.SETUPS) == set(failover.VARIANTS)
+    spec = failover.QTUN_SPECS["stream-migration"]
+    assert spec.stream and spec.client_overrides == ('stream.intercept=["10.200.0.0/16"]',)
+    assert failover.qtun_missing("stream-migration") is None

@@ -25,7 +25,7 @@ from experiments.runner import (
 DEFAULTS = {"sizes": [1, 2, 3], "runs": 2, "seed": 7, "scale": 1.0, "label": "x"}
 
 
-def toy(calls: list[dict[str, object]], fail_on: set[int] | None = None) -> Experiment:
+def toy(calls: list[dict[str, object]], fail_on: set[int] | None = None) -> Experiment[None]:
     """A real experiment without a testbed: each point computes size * scale."""
 
     def points(params: dict[str, object]) -> list[Point]:
@@ -35,7 +35,7 @@ def toy(calls: list[dict[str, object]], fail_on: set[int] | None = None) -> Expe
         assert isinstance(runs, int)
         return [Point({"size": s, "run": r}) for s in sizes for r in range(1, runs + 1)]
 
-    def run_point(ctx: Context, point: Point) -> PointResult:
+    def run_point(ctx: Context[None], point: Point) -> PointResult:
         calls.append(dict(point.values))
         if fail_on and point["size"] in fail_on:
             raise RuntimeError(f"size {point['size']} broke")
@@ -44,9 +44,7 @@ def toy(calls: list[dict[str, object]], fail_on: set[int] | None = None) -> Expe
         value = point["size"] * ctx.params["scale"]
         rows = {
             "toy": [{"size": point["size"], "run": point["run"], "value": value}],
-            "toy_series": [
-                {"size": point["size"], "t": t, "seed": ctx.state["seed"]} for t in (0, 1)
-            ],
+            "toy_series": [{"size": point["size"], "t": t, "seed": ctx.seed} for t in (0, 1)],
         }
         return PointResult(rows=rows)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 
-from experiments import analysis, scale
+from experiments import analysis, procstat, scale
 from experiments.runner import ExperimentError, Point, get_experiment, resolve_params
+from experiments.traffic import jain_index
 from tests.unit.test_analysis import write_scale_run
 
 PROC_STAT = """cpu  100 0 50 800 50 0 0 0 0 0
@@ -70,30 +72,36 @@ def test_bad_parameters_get_one_sentence(sets: list[str], message: str) -> None:
 
 
 def test_jain_index() -> None:
-    assert scale.jain_index([10.0]) == 1.0
-    assert scale.jain_index([5.0, 5.0, 5.0]) == pytest.approx(1.0)
-    assert scale.jain_index([9.0, 0.0, 0.0]) == pytest.approx(1 / 3)  # one client has it all
+    assert jain_index([10.0]) == 1.0
+    assert jain_index([5.0, 5.0, 5.0]) == pytest.approx(1.0)
+    assert jain_index([9.0, 0.0, 0.0]) == pytest.approx(1 / 3)  # one client has it all
     # (1 + 3)^2 / (2 * (1 + 9)) = 16 / 20
-    assert scale.jain_index([1.0, 3.0]) == pytest.approx(0.8)
-    assert scale.jain_index([]) is None
-    assert scale.jain_index([0.0, 0.0]) is None
+    assert jain_index([1.0, 3.0]) == pytest.approx(0.8)
+    assert jain_index([]) is None
+    assert jain_index([0.0, 0.0]) is None
 
 
 def test_cpu_and_memory_readers() -> None:
-    assert scale.cpu_pct(10.0, 13.0, 4.0) == 75.0
+    assert procstat.cpu_pct(10.0, 13.0, 4.0) == 75.0
     with pytest.raises(ValueError):
-        scale.cpu_pct(0.0, 1.0, 0.0)
-    before = scale.host_cpu_times(PROC_STAT)
+        procstat.cpu_pct(0.0, 1.0, 0.0)
+    before = procstat.host_cpu_times(PROC_STAT)
     assert before == (150, 1000, 2)  # idle + iowait = 850 of 1000 jiffies
     later = PROC_STAT.replace("cpu  100 0 50 800 50", "cpu  200 0 100 850 50", 1)
-    after = scale.host_cpu_times(later)
+    after = procstat.host_cpu_times(later)
     # 150 busy of 200 jiffies over 2 cores: 1.5 cores busy = 150 % of one core
-    assert scale.host_busy_pct(before, after) == pytest.approx(150.0)
-    assert scale.host_busy_pct(before, before) is None
+    assert procstat.host_busy_pct(before, after) == pytest.approx(150.0)
+    assert procstat.host_busy_pct(before, before) is None
     status = "Name:\tqtun\nVmPeak:\t  99999 kB\nVmRSS:\t   51200 kB\nThreads:\t1\n"
-    assert scale.rss_mb(status) == 50.0
+    assert procstat.rss_mb(status) == 50.0
     with pytest.raises(ValueError, match="VmRSS"):
-        scale.rss_mb("Name:\tkthreadd\n")
+        procstat.rss_mb("Name:\tkthreadd\n")
+
+
+def test_this_process_is_sampled() -> None:
+    rss, fds, cpu = procstat.proc_sample(os.getpid()) or (0.0, 0, -1.0)
+    assert rss > 1 and fds >= 3 and cpu >= 0
+    assert procstat.proc_sample(2**22 + 1) is None  # above pid_max's default: never a process
 
 
 def test_point_rows_one_per_client() -> None:

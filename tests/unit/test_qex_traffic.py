@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from experiments.failover import FAILOVER_COLUMNS, TIMESERIES_COLUMNS, measure
+from experiments.flows import TRAFFIC_SCRIPT as TRAFFIC
+from experiments.flows import Flow, flow_argv
 from experiments.runner import Point
 from experiments.traffic import (
     Samples,
@@ -21,7 +23,6 @@ from experiments.traffic import (
     resample,
 )
 
-TRAFFIC = Path(__file__).resolve().parents[2] / "experiments" / "traffic.py"
 STEP = 0.01  # the sampling interval
 
 
@@ -102,7 +103,7 @@ def test_measure_gives_the_contract_columns() -> None:
     }
     recv = Samples("udp", 0.0, STEP, bins_with_gaps(1200, (4.0, 4.2)))
     recv.connected, recv.unique, recv.highest_seq, recv.reordered = True, 95, 99, 2
-    tables = measure(point, params, recv.to_json(), {"sent": 100})
+    tables = measure(point, params, recv, {"sent": 100})
     (row,) = tables["failover"]
     assert list(row) == FAILOVER_COLUMNS
     assert row["gap_ms"] == pytest.approx(200)
@@ -128,8 +129,7 @@ def test_tools_on_loopback(tmp_path: Path, kind: str) -> None:
         [sys.executable, str(TRAFFIC), f"{kind}-send", "--bind", "127.0.0.1", *common, *extra,
          "--out", str(tmp_path / "send.json")]
     )  # fmt: skip
-    try:
-        time.sleep(0.3)
+    try:  # the receiver retries until the sender listens (for CONNECT_WINDOW_S)
         recv = subprocess.run(
             [sys.executable, str(TRAFFIC), f"{kind}-recv", "--dst", "127.0.0.1", *common,
              "--out", str(tmp_path / "recv.json")],
@@ -164,3 +164,44 @@ def test_bad_arguments_are_one_sentence() -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.startswith("traffic: error:") and "Traceback" not in out.stderr
+
+
+def test_fixed_size_transfer_on_loopback(tmp_path: Path) -> None:
+    """tcp-send --bytes N: exactly N bytes and a FIN, the receiver reads them all to EOF and
+    ends without waiting for its deadline (the overhead experiment's bulk transfer)."""
+    port = _free_port(socket.SOCK_STREAM)
+    common = ["--port", str(port), "--start-at", str(time.monotonic() + 0.5), "--duration", "60"]
+    send = subprocess.Popen(
+        [sys.executable, str(TRAFFIC), "tcp-send", "--bind", "127.0.0.1", *common,
+         "--bytes", "3000001", "--out", str(tmp_path / "send.json")]
+    )  # fmt: skip
+    try:
+        recv = subprocess.run(
+            [sys.executable, str(TRAFFIC), "tcp-recv", "--dst", "127.0.0.1", *common,
+             "--out", str(tmp_path / "recv.json")],
+            timeout=30,
+        )  # fmt: skip
+        assert recv.returncode == 0
+        assert send.wait(timeout=10) == 0
+    finally:
+        send.kill()
+        send.wait()
+    samples = Samples.from_json(json.loads((tmp_path / "recv.json").read_text()))
+    assert samples.connected and samples.error is None
+    assert samples.bytes_total == 3000001 == sum(samples.bins)
+    assert json.loads((tmp_path / "send.json").read_text())["sent"] == 3000001
+
+
+def test_flow_argv_of_each_kind(tmp_path: Path) -> None:
+    recv_out, send_out = tmp_path / "r.json", tmp_path / "s.json"
+    bulk = Flow("srv1", "10.200.1.2", "c1", "10.200.1.2", "tcp", 20.0, 5401, nbytes=1000)
+    send, recv = flow_argv(bulk, 123.5, recv_out, send_out)
+    assert send[2:4] == ["tcp-send", "--bind"] and send[-2:] == ["--bytes", "1000"]
+    assert recv[2] == "tcp-recv" and "--bytes" not in recv
+    assert "--start-at" in send and send[send.index("--start-at") + 1] == "123.500000"
+    mptcp = Flow("conc", "10.100.0.1", "c1", "10.100.0.1", "tcp", 12.0, mptcp=True)
+    assert all("--mptcp" in argv for argv in flow_argv(mptcp, 0.0, recv_out, send_out))
+    udp = Flow("conc", "10.100.0.1", "c1", "10.100.0.1", "udp", 2.0, udp_size_bytes=64)
+    send, recv = flow_argv(udp, 0.0, recv_out, send_out)
+    assert send[2] == "udp-send" and send[send.index("--size") + 1] == "64"
+    assert recv[2] == "udp-recv" and recv[recv.index("--out") + 1] == str(recv_out)

@@ -1,4 +1,4 @@
-"""Topology registry and addressing plans, built as Mininet graphs only (no root needed)."""
+"""Topology registry and addressing plans: plain data, no root and no Mininet needed."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import pytest
 from testbed.profiles import profile
 from testbed.topologies import (
     CONCENTRATOR_V4,
+    SERVERS_V4,
     TOPOLOGIES,
     TopologyError,
+    client_access_addresses,
     make_topology,
+    server_addresses,
 )
 
 
@@ -22,10 +25,11 @@ def test_registry_names_and_unknown_name() -> None:
 
 
 def test_reference_topology_graph() -> None:
-    topo = make_topology("reference", servers=2)
-    plan = topo.plan
-    assert set(topo.hosts()) == {"c1", "wwifi", "w5g", "rwifi", "r5g", "conc", "srv1", "srv2"}
-    assert topo.switches() == []
+    plan = make_topology("reference", servers=2).plan
+    assert set(plan.hosts) == {"c1", "wwifi", "w5g", "rwifi", "r5g", "conc", "srv1", "srv2"}
+    assert len(plan.hosts) == len(set(plan.hosts))
+    linked = {n for link in plan.links for n in (link.node_a, link.node_b)}
+    assert linked == set(plan.hosts)  # every node is wired, and only to nodes of the plan
     assert {a.name for a in plan.accesses} == {"wifi", "5g"}
     assert set(plan.shaped) == {"wwifi", "w5g"}
     assert plan.shaped["wwifi"].profile_ab == profile("wifi")
@@ -54,17 +58,38 @@ def test_profiles_override_per_access() -> None:
 
 
 def test_nclient_shares_routers_and_shapes_uplinks_once() -> None:
-    topo = make_topology("nclient", clients=50)
-    plan = topo.plan
+    plan = make_topology("nclient", clients=50).plan
     assert len(plan.clients) == 50
     assert set(plan.shaped) == {"wwifi", "w5g"}
-    assert len(topo.hosts()) == 50 + 2 + 2 + 1 + 1
+    assert len(plan.hosts) == 50 + 2 + 2 + 1 + 1
     assert {a.shaped for a in plan.accesses} == {"wwifi", "w5g"}
-    # Interface names fit the kernel's 15 characters.
-    for _, _, info in topo.links(withInfo=True):
-        assert len(info["intfName1"]) <= 15 and len(info["intfName2"]) <= 15
+    # Interface names fit the kernel's 15 characters, and none is used twice on a node.
+    ends = [(link.node_a, link.intf_a) for link in plan.links]
+    ends += [(link.node_b, link.intf_b) for link in plan.links]
+    assert all(len(intf) <= 15 for _, intf in ends)
+    assert len(ends) == len(set(ends))
 
 
 def test_client_counts_are_bounded() -> None:
     with pytest.raises(TopologyError, match="between 1 and 250"):
         make_topology("nclient", clients=0)
+
+
+def test_the_addressing_plan_is_what_the_plan_holds() -> None:
+    plan = make_topology("nclient", clients=3, servers=2).plan
+    access = plan.access("5g", "c3")
+    assert access is not None and access.kind == "5g"
+    assert (access.client_v4, access.client_v6) == client_access_addresses(3, "5g")
+    assert client_access_addresses(3, "5g") == ("10.2.3.2", "fd00:2:3::2")
+    assert plan.server_addrs["srv2"] == server_addresses(2) == ("10.200.2.2", "fd00:200:2::2")
+    assert plan.server_address() == "10.200.1.2"
+    assert plan.server_address("srv2", family=6) == "fd00:200:2::2"
+    assert plan.access("lte") is None
+    assert all(v4.startswith(SERVERS_V4.split(".0.0/")[0]) for v4, _ in plan.server_addrs.values())
+
+
+def test_the_pair_link_is_reported_as_a_wifi_access() -> None:
+    plan = make_topology("pair").plan
+    (access,) = plan.accesses
+    assert (access.name, access.kind, access.client) == ("link", "wifi", "h1")
+    assert plan.server_address() == "10.0.0.2"
