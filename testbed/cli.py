@@ -220,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(sub.add_parser("run", help="run an experiment into results/<name>/<time>/"))
     demo = sub.add_parser("demo", help="the short failover experiment, its table and figure")
     demo.add_argument("--results", type=Path, default=None, help="results root")
+    from testbed.decode import add_decode_arguments
+
+    add_decode_arguments(
+        sub.add_parser(
+            "decode",
+            help="print the tunnel's messages of a capture directory (tshark + keylog + dissector)",
+        )
+    )
     return p
 
 
@@ -228,6 +236,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from experiments.runner import run_from_args
 
         return int(run_from_args(args))
+    if args.command == "decode":
+        from testbed.decode import decode_from_args
+
+        return decode_from_args(args)
     if args.command == "demo":
         from experiments.demo import run_demo
 
