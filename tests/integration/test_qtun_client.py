@@ -8,9 +8,12 @@ failure (their TUN and veth devices go with them).
       TUN qclt0 10.8.0.3 fd00:8::2                   lo 10.91.0.1 fd00:91::1 (service address)
                                                      TUN qclc0 10.8.0.1/16 fd00:8::1/64
 
-Checked: ping v4+v6 inside through tunnel mode (over IPv4 and IPv6 outside) and session mode,
-migration of the tunnel-mode connection when its access goes down, session failover on link
-down and on a silent blackhole, recovery after a concentrator restart, clean SIGTERM.
+Checked end to end, from the status files, the traffic and the exit codes (the decisions
+themselves are tested in memory: tests/unit/test_client_agent.py): ping v4+v6 inside through
+tunnel mode (over IPv4 and IPv6 outside) and session mode, migration of the tunnel-mode
+connection when its access goes down and failback, session failover on link down and on a
+silent blackhole, recovery after a concentrator restart, clean SIGTERM, a bug stopping the
+client with exit 1.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +57,15 @@ class Net:
     workdir: Path
     procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
 
-    def start(self, role: str, *overrides: str) -> subprocess.Popen[str]:
+    def start(
+        self, role: str, *overrides: str, program: Sequence[str] = QTUN
+    ) -> subprocess.Popen[str]:
         ns = self.client_ns if role == "client" else self.server_ns
         args: list[str] = [a for o in overrides for a in ("--set", o)]
         config = self.workdir / f"{role}.toml"
         log = open(self.workdir / f"{role}.log", "a")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *QTUN, role, "-c", str(config), *args],
+            ["ip", "netns", "exec", ns, *program, role, "-c", str(config), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -167,6 +172,16 @@ class Net:
             if entry["name"] == name:
                 return dict(entry)
         return {}
+
+    def concentrator_client(self) -> dict[str, Any]:
+        """The concentrator's status entry for the client (empty before it has one)."""
+        clients = self.status("concentrator").get("clients", [])
+        return dict(clients[0]) if clients else {}
+
+    def reports_received(self) -> int:
+        """Access Reports the concentrator received from the client's current connections."""
+        connections = self.concentrator_client().get("connections", [])
+        return sum(int(c["counters"].get("access_reports_received", 0)) for c in connections)
 
 
 def _received(proc: subprocess.Popen[str], timeout: float) -> int:
@@ -328,23 +343,23 @@ def test_tunnel_mode_ping_and_migration(net: Net) -> None:
     assert net.access("wifi")["active"] and not net.access("5g")["connected"]
 
     pinger = net.ping_background(CONC_V4, count=80, interval=0.05)
-    time.sleep(1.0)
+    time.sleep(1.0)  # pings flow before the access fails (the gap is what is measured)
     net.set_access("wifi", up=False)
     received = _received(pinger, timeout=30)
     assert received >= 60, net.log("client")[-3000:]
+    # the same connection moved (one concentrator connection, counted as a migration)
     assert net.status("client")["counters"]["migrations"] == 1
     assert net.access("5g")["active"] and net.access("5g")["connected"]
     assert not net.access("wifi")["available"]
-    assert "connection lost" not in net.log("client")  # the same connection moved
+    assert len(net.concentrator_client()["connections"]) == 1
     assert net.ping(CONC_V6) == 3
 
     # failback (default on): WiFi, the preferred access, comes back and the connection follows
     net.set_access("wifi", up=True)
     net.wait("back on wifi", lambda: net.access("wifi").get("active") is True, timeout=10)
     assert net.status("client")["counters"]["migrations"] == 2
-    assert "failback to=wifi from=5g" in net.log("client")
     assert net.ping(CONC_V4) == 3, net.log("client")[-3000:]
-    assert "connection lost" not in net.log("client")
+    assert len(net.concentrator_client()["connections"]) == 1
 
 
 def test_tunnel_mode_without_failback_stays_on_the_backup(net: Net) -> None:
@@ -381,12 +396,17 @@ def test_session_mode_ping_and_failover_on_link_down(net: Net) -> None:
     assert net.ping(CONC_V6) == 3
 
     pinger = net.ping_background(CONC_V4, count=80, interval=0.05)
-    time.sleep(1.0)
+    time.sleep(1.0)  # pings flow before the access fails (the gap is what is measured)
     net.set_access("wifi", up=False)
     received = _received(pinger, timeout=30)
     assert received >= 60, net.log("client")[-3000:] + net.log("concentrator")[-3000:]
     assert not net.access("wifi")["available"]
-    assert "access report access=wifi access_id=wifi signal=unavailable sent" in net.log("client")
+    # the Access Report reached the concentrator, whose session stopped using WiFi
+    net.wait(
+        "the concentrator knows WiFi is down",
+        lambda: net.concentrator_client().get("accesses_available", {}).get("wifi") is False,
+        timeout=5,
+    )
 
     net.set_access("wifi", up=True)
     net.wait("wifi back", lambda: net.access("wifi").get("available") is True)
@@ -399,7 +419,7 @@ def test_session_mode_blackhole_detected_by_probe(net: Net) -> None:
     net.wait_up()
     net.wait("both accesses joined", lambda: net.access("5g").get("connected") is True)
     pinger = net.ping_background(CONC_V4, count=80, interval=0.05)
-    time.sleep(1.0)
+    time.sleep(1.0)  # pings flow before the access fails (the gap is what is measured)
     # Silent failure: the link stays up, every tunnel packet leaving over wifi is dropped.
     sh(
         "ip",
@@ -411,9 +431,11 @@ def test_session_mode_blackhole_detected_by_probe(net: Net) -> None:
         "{ type filter hook output priority 0 ; } ; "
         'add rule inet qcl_blackhole out oifname "qclw0" udp dport 4433 drop',
     )
+    # the link stayed up: only the liveness probe can tell
+    net.wait("wifi unavailable", lambda: net.access("wifi").get("available") is False, timeout=10)
+    assert net.access("wifi")["link"]["carrier"]
     received = _received(pinger, timeout=30)
     assert received >= 50, net.log("client")[-3000:] + net.log("concentrator")[-3000:]
-    assert "access unavailable access=wifi" in net.log("client")
 
 
 def test_concentrator_restart_then_clean_stop(net: Net) -> None:
@@ -517,7 +539,11 @@ def test_stream_mode_hook_carries_tcp(net: Net) -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            time.sleep(0.5)
+            net.wait(
+                "iperf3 listening",
+                lambda: ":5201 " in sh("ip", "netns", "exec", dest, "ss", "-Hltn").stdout,
+                timeout=10,
+            )
             result = sh(
                 "ip",
                 "netns",
@@ -555,9 +581,10 @@ def test_stream_mode_hook_carries_tcp(net: Net) -> None:
 def test_concentrator_killed_client_recovers_by_stateless_reset(net: Net, mode: str) -> None:
     # SIGKILL: no CONNECTION_CLOSE. The restarted concentrator has no state for the old
     # connection, but derives the same reset tokens from its TLS key: the client's next packet
-    # draws a stateless reset (RFC 9000 §10.3) and the client reconnects at once, without
-    # waiting for its liveness probe (3 s here) or the idle timeout.
-    net.start("client", f"mode={mode}")
+    # draws a stateless reset (RFC 9000 §10.3) and the client reconnects at once. With a probe
+    # every 5 s the probe could not even tell before 15 s (and give up before 50 s): traffic
+    # again before that is the reset's doing.
+    net.start("client", f"mode={mode}", "limits.probe_interval=5")
     net.wait_up()
     assert net.ping(CONC_V4) == 3
     proc = net.procs.pop("concentrator")
@@ -566,13 +593,9 @@ def test_concentrator_killed_client_recovers_by_stateless_reset(net: Net, mode: 
     net.start("concentrator")
     net.wait_up("concentrator")
     started = time.monotonic()
-    net.wait("traffic again", lambda: net.ping(CONC_V4, count=1) == 1, timeout=30)
-    took = time.monotonic() - started
-    log = net.log("client")
-    print(f"\n{mode} mode: traffic again {took:.2f} s after the concentrator restarted")
-    assert took < 9.0, log[-3000:]
-    assert "stateless reset" in log, log[-3000:]
-    assert "closing it to reconnect" not in log  # not the probe
+    net.wait("traffic again", lambda: net.ping(CONC_V4, count=1) == 1, timeout=14)
+    print(f"\n{mode} mode: traffic again {time.monotonic() - started:.2f} s after the restart")
+    assert net.access("wifi")["available"]  # the probe never declared the access dead
     net.wait(
         "reset counted",
         lambda: net.status("concentrator").get("counters", {}).get("stateless_resets_sent", 0) >= 1,
@@ -587,6 +610,47 @@ def test_access_reports_off_sends_none_but_switches_locally(net: Net) -> None:
     net.set_access("wifi", up=False)
     net.wait("wifi unavailable", lambda: net.access("wifi").get("available") is False)
     net.wait("5g carries", lambda: net.access("5g").get("active") is True)
-    time.sleep(0.5)
-    assert "access report" not in net.log("concentrator")
+    # the requests leave over 5G (the replies may not come back: without a report the
+    # concentrator still answers over WiFi, the point of the no-reports variant)
+    before = int(net.access("5g")["counters"]["packets_out"])
+    net.ping(CONC_V4, count=3)
+    net.wait(
+        "pings sent over 5g",
+        lambda: int(net.access("5g")["counters"]["packets_out"]) >= before + 3,
+        timeout=5,
+    )
     assert net.status("client")["counters"]["access_reports_sent"] == 0
+    assert net.reports_received() == 0
+    assert net.concentrator_client().get("accesses_available", {}).get("wifi") is not False
+
+
+def test_a_bug_stops_the_client(net: Net) -> None:
+    # No silent task death (issue 11 §4): a bug in the probe (here an exception injected once a
+    # trigger file exists) must stop the client with exit 1 and its traceback in the log, not
+    # leave it saying "up" with the probe dead until a SIGTERM exits 0.
+    trigger = net.workdir / "break-the-probe"
+    script = (
+        "import os, runpy, sys\n"
+        "from tunnel.agents.access_health import LivenessProbe\n"
+        "due = LivenessProbe.due\n"
+        "def broken(self, now):\n"
+        f"    if os.path.exists({str(trigger)!r}):\n"
+        "        raise RuntimeError('injected probe bug')\n"
+        "    return due(self, now)\n"
+        "LivenessProbe.due = broken\n"
+        "sys.argv[0] = 'qtun'\n"
+        "runpy.run_module('tunnel.aio.cli', run_name='__main__')\n"
+    )
+    proc = net.start("client", program=[sys.executable, "-c", script])
+    net.wait_up()
+    assert net.ping(CONC_V4) == 3
+    trigger.touch()
+    deadline = time.monotonic() + 15
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() == 1, "the client kept running with its probe dead"
+    net.procs.pop("client")
+    log = net.log("client")
+    assert "RuntimeError: injected probe bug" in log and "traceback=" in log, log[-2000:]
+    assert net.status("client")["state"] == "stopped"
+    assert "qclt0" not in sh("ip", "-n", net.client_ns, "link", "show").stdout

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from testbed.hosts import HostProcess
+from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
-from testbed.qtun import MAKE_CERTS, STATUS_INTERVAL_S, QtunDeployment, QtunError, TunnelSpec
+from testbed.qtun import MAKE_CERTS, QtunDeployment, QtunError, TunnelSpec
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
@@ -67,7 +67,6 @@ def deployed(lab: Lab, spec: TunnelSpec) -> Iterator[QtunDeployment]:
 def iperf_server(lab: Lab) -> Iterator[HostProcess]:
     server = lab.procs.start_iperf3_server(lab.node("srv1"), port=IPERF_PORT, idle_timeout_s=40)
     try:
-        time.sleep(0.3)
         yield server
     finally:
         lab.procs.stop(server)
@@ -166,7 +165,7 @@ def transfer_through_outage(
     # receiver's intervals, i.e. what was delivered when.
     server_argv = ["iperf3", "-s", "-1", "-J", "-i", "0.1", "-p", str(OUTAGE_PORT)]
     server = lab.procs.start(lab.node("srv1"), f"qgl-iperf3s-{tag}", server_argv)
-    time.sleep(0.3)
+    wait_listening(lab.node("srv1"), OUTAGE_PORT, server)
     pinger = lab.procs.start(c1, names[0], ping_argv)
     transfer = lab.procs.start(c1, names[1], iperf_argv)
     started = time.monotonic()
@@ -380,7 +379,6 @@ class TestSessionMode(TrafficChecks):
             "tun.name=qglrogue0",
             f"observability.status_file={rogue / 'status.json'}",
         ]
-        offset = log_size(lab, "c1", "qtun-client-rogue")
         proc = dep.launch("c1", "client", overrides, tag="rogue")
         try:
             dep.wait_for(
@@ -389,17 +387,14 @@ class TestSessionMode(TrafficChecks):
                 15,
                 "a refused authentication",
             )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                log = read_new(proc, offset)
-                if re.search(r"certificate|auth", log, re.I):
-                    break
-                time.sleep(0.2)
-            print(f"\nrogue client log: {log.strip()[-400:]}")
-            assert re.search(r"certificate|auth", log, re.I), log
+            # the refused client keeps trying, never up (it says why in its log)
             rogue_status = rogue / "status.json"
-            if rogue_status.exists():
-                assert json.loads(rogue_status.read_text())["state"] != "up"
+            deadline = time.monotonic() + 10
+            while not rogue_status.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            status = json.loads(rogue_status.read_text())
+            assert status["state"] == "connecting" and not status["tun"]["mtu"], status
+            assert proc.popen.poll() is None
         finally:
             lab.procs.stop(proc)
         # The legitimate client was not disturbed.
@@ -435,8 +430,8 @@ class TestAggregation:
     ) -> None:
         before = dep.status("c1")
         data = iperf3(lab.node("c1"), SERVER[4], "", seconds=3)
-        time.sleep(2 * STATUS_INTERVAL_S)
-        after = dep.status("c1")
+        finished = time.time()
+        after = dep.wait_for("c1", lambda s: s["time"] > finished, 5, "a status after the transfer")
         sent = {a: access_tx(after, a) - access_tx(before, a) for a in ("wifi", "5g")}
         mbps = float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
         print(f"\nwrr scheduler: {mbps:.1f} Mbit/s, packets per access {sent}")
@@ -515,9 +510,8 @@ class TestGlue:
     def test_a_refused_client_fails_start_with_both_logs(self, lab: Lab) -> None:
         spec = TunnelSpec(mode="session", concentrator_overrides=('modes=["tunnel"]',))
         dep = QtunDeployment(lab, spec)
-        with pytest.raises(
-            QtunError, match=r"(?s)log tail:.*concentrator log tail:.*refused kind=mode"
-        ) as e:
+        with pytest.raises(QtunError, match=r"(?s)log tail:.*concentrator log tail:") as e:
             dep.start(timeout=5)
         print(f"\n{e.value}")
         assert not dep.procs
+        assert int(dep.status("conc")["refused"]["mode"]) >= 1  # refused for its mode

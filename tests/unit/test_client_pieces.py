@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tunnel.aio.access_monitor import (
-    IFA_F_TENTATIVE,
-    IFF_LOWER_UP,
-    IFF_UP,
-    LinkState,
-    LivenessProbe,
-    link_states_from,
-)
-from tunnel.aio.client import IPV4_DUMMY, backoff_delays, icmp_sources
+from tunnel.agents.access_health import LinkState, LivenessProbe
+from tunnel.agents.client import IPV4_DUMMY, Backoff, icmp_sources
+from tunnel.aio.access_monitor import IFA_F_TENTATIVE, IFF_LOWER_UP, IFF_UP, link_states_from
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.config import AccessConfig, TunConfig
 from tunnel.wire.messages import AccessId
@@ -38,11 +32,11 @@ def _access(name: str, interface: str | None, address: str | None) -> AccessConf
 
 def test_probe_alive_until_misses_elapse() -> None:
     probe = LivenessProbe(interval=0.5, misses=3)
-    assert probe.due(0.0)
+    assert probe.due(0.0) and probe.next_ping_at() is None
     probe.sent(probe.next_uid(), 0.0)
-    assert not probe.due(0.4) and probe.due(0.5)
-    assert probe.alive(1.5)
-    assert not probe.alive(1.51)
+    assert not probe.due(0.4) and probe.due(0.5) and probe.next_ping_at() == 0.5
+    assert probe.alive(1.49) and probe.silent_since() == 0.0
+    assert not probe.alive(1.5)  # failed at the limit itself: a timer set to it sees the change
 
 
 def test_probe_ack_clears_it_and_earlier() -> None:
@@ -138,9 +132,11 @@ def test_icmp_sources_fallbacks_and_missing_family() -> None:
     assert v4 is None and v6 == IPv6Address("fe80::1")
 
 
-def test_backoff_doubles_to_cap() -> None:
-    delays = backoff_delays(0.25, 1.5)
-    assert [delays() for _ in range(6)] == [0.25, 0.5, 1.0, 1.5, 1.5, 1.5]
+def test_backoff_doubles_to_cap_and_starts_over() -> None:
+    backoff = Backoff(0.25, 1.5)
+    assert [backoff.next() for _ in range(6)] == [0.25, 0.5, 1.0, 1.5, 1.5, 1.5]
+    backoff.reset()
+    assert [backoff.next() for _ in range(2)] == [0.25, 0.5]
 
 
 # --- bounded qlog ------------------------------------------------------------------------------

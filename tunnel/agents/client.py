@@ -1,0 +1,1353 @@
+"""The client's decisions, sans-I/O (issue 11 §1): which access carries the tunnel, when to
+connect, migrate, fail back, join, report, probe and give a connection up, and where each packet
+goes. The asyncio program (tunnel/aio/client.py) owns the sockets, the TUN, the netlink monitor,
+the timer and the files; it feeds this agent and carries out its actions, as aioquic's asyncio
+layer drives a QuicConnection.
+
+Inputs, each taking `now` (the loop's monotonic clock):
+- `start(now)` once the first link states are in; `link_changed(name, LinkState, now)` for each
+  change of an access's link (tunnel/aio/access_monitor.py);
+- `path_opened(path, quic, now)` after carrying out OpenPath (returns the TunnelConnection),
+  `path_failed(path, reason, now)` when its socket could not be made; then `quic_event(path,
+  event, now)` for every aioquic event of the connection (returns the stream-mode events, for
+  the program's StreamClient);
+- `migration_failed(migrate, reason, now)` when a Migrate's socket could not be made;
+- `from_tun(packets, now)`: a batch read from the TUN;
+- `handle_timer(now)` at `get_timer()`; `shutdown(now)`.
+Outputs: `next_action()` (Action, below), `get_timer()`, `write_tun(write_batch)` (packets for
+the TUN: from the network, and ICMP errors), `status()` (the status file's client keys).
+
+What it decides (README "Running the tunnel", the client):
+- an access is *available* while its link is usable (or unknown) and the liveness probe of its
+  connection says alive (tunnel/agents/access_health.py); a change switches the local scheduler
+  (session mode) or migrates the connection (tunnel mode) at once and sends an Access Report
+  (tunnel draft §6) over a live connection on an available access unless `access_reports` is
+  off; a report that found no such connection is sent on the next one. Available is what the
+  concentrator assumes of an access it heard nothing about, so the first verdict is reported
+  only when it is "unavailable".
+- probes: a QUIC PING every `probe_interval` on every connection that carries traffic; a
+  connection silent for DEAD_AFTER_MISSES intervals (or 3 probe limits) is closed and made again
+  — only when its link is not known to be down (the kernel explains the silence, and the
+  connection resumes if the link comes back before the idle timeout) and no other connection
+  answers (closing would leave the concentrator holding a connection it cannot know is dead,
+  since our CONNECTION_CLOSE is lost with the access). Only when nothing answers (e.g. the
+  concentrator restarted and forgot us) does a new handshake help more than the idle timeout.
+- tunnel mode (tunnel draft §4, `_TunnelMode`): one connection on the first available access.
+  When that access fails the same connection moves to a socket on the next available one (QUIC
+  connection migration, RFC 9000 §9, with a new connection ID, §9.5); with `failback` it moves
+  back when a more preferred access (listed earlier) becomes available again. An access the
+  probe declared dead while its link stayed up is not tried again until its link changes:
+  nothing can tell it healed without a connection on it.
+- session mode (tunnel-session draft §4.1, `_SessionMode`): one connection per access; the
+  first to complete its handshake sends New Session, the others Join Session with the Session
+  ID, one at a time; a connection that comes back rejoins; a rejoin refused with
+  UNKNOWN_SESSION_ID (the concentrator restarted, or the session expired) closes the others and
+  starts a New Session. A TunnelSession stamps Packet Tags, schedules and reorders.
+- reconnects back off exponentially from BACKOFF_START to `reconnect_backoff_max`, per access in
+  session mode; a connection that lived STABLE_AFTER seconds starts the backoff over.
+- the TUN is created once, at the first connection that carries traffic, with the MTU of the
+  real datagram budget unless configured; a packet above the budget is answered with ICMP frag
+  needed / Packet Too Big (tunnel/wire/icmp.py), as a router would.
+
+Extension points (issue 12, the multipath engine), none of which needs the program changed:
+- failure detection: a detector is evaluated where the probe is (`_probe`, its deadlines in
+  `_schedule_probe`, hence in `get_timer`) from the QUIC state of `path.tunnel` (srtt, bytes in
+  flight, the time of the last ACK) and turns into availability in `update_access`, which already
+  switches the scheduler, migrates, reports; "suspect" would be a third verdict next to
+  alive/failed;
+- QUIC-level signals arrive through `quic_event` (every aioquic event of every connection);
+  datagram fates (TunnelQuicConnection.take_datagram_fates) are pulled, so they belong where the
+  agent runs after every batch: `next_action` is called after each input and each network batch;
+- reinjection and schedulers are the mode strategies' (`send`, `availability_changed`, `ended`,
+  `handle_timer`): a re-send returns its path in Forwarded or marks it with `transmit(path)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_network
+from typing import Any, Final, Protocol
+
+from aioquic.quic import events as quic_events
+from aioquic.quic.connection import QuicConnection
+
+from tunnel.agents.access_health import LinkState, LivenessProbe
+from tunnel.config import ACCESS_KINDS, AccessConfig, ClientConfig, TunConfig
+from tunnel.protocol.connection import (
+    ConnectionClosed,
+    PacketReceived,
+    SendResult,
+    SendStatus,
+    SessionEstablished,
+    SessionJoinFailed,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamRejected,
+    StreamReset,
+    TcpConnectAccepted,
+    TcpConnectFailed,
+    TcpConnectRequested,
+    TunnelConnection,
+    TunnelEvent,
+)
+from tunnel.session.multipath import TunnelSession
+from tunnel.session.reorder import ReorderBuffer
+from tunnel.session.scheduler import FailoverScheduler, make_scheduler
+from tunnel.wire import icmp
+from tunnel.wire.errors import ControlErrorCode, DatagramError
+from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.modes import TunnelMode
+
+log = logging.getLogger("qtun.client")
+
+CONNECT_TIMEOUT: Final = 10.0  # seconds for a handshake (capped by limits.idle_timeout)
+SESSION_TIMEOUT: Final = 5.0  # seconds for the Session ID answer after New/Join Session
+BACKOFF_START: Final = 0.25  # seconds; doubled per failed attempt up to reconnect_backoff_max
+STABLE_AFTER: Final = 5.0  # seconds a connection must live before the backoff starts over
+PROBE_MISSES: Final = 3  # unanswered PING intervals before an access counts as failed
+DEAD_AFTER_MISSES: Final = 10  # ...and before its connection is given up and made again
+NO_ACCESS_RECHECK: Final = 4  # probe intervals between two looks while no access is usable
+# RFC 7600 §2: the IPv4 dummy address, for ICMP errors from a node without a usable address.
+IPV4_DUMMY: Final = IPv4Address("192.0.0.8")
+IPV6_LINK_LOCAL_ROUTER: Final = IPv6Address("fe80::1")
+_THIS_NETWORK: Final = ip_network("0.0.0.0/8")
+# The first name config.ACCESS_KINDS gives each Access ID: how logs and the status name it.
+ACCESS_KIND_NAMES: Final[dict[AccessId, str]] = {
+    kind: name for name, kind in reversed(list(ACCESS_KINDS.items()))
+}
+STREAM_EVENTS: Final = (
+    TcpConnectRequested,
+    TcpConnectAccepted,
+    TcpConnectFailed,
+    StreamDataReceived,
+    StreamReset,
+    StopSendingReceived,
+    StreamRejected,
+)
+"""The -tcp draft's events, handed to the program's StreamClient (tunnel/aio/stream_client.py)."""
+_NO_EVENTS: Final[tuple[TunnelEvent, ...]] = ()
+
+
+def access_kind(access_id: AccessId) -> str:
+    return ACCESS_KIND_NAMES.get(access_id, str(int(access_id)))
+
+
+def icmp_sources(tun: TunConfig) -> tuple[IPv4Address | None, IPv6Address | None]:
+    """Source addresses of the ICMP errors the client writes into its TUN.
+
+    Linux drops an IPv4 packet arriving with one of its own addresses as source
+    (tunnel/wire/icmp.py), and reverse-path filtering wants a source routed through the TUN: so
+    the far end of the TUN's prefix when it has one, else the first address of a route into the
+    tunnel, else the RFC 7600 dummy address (IPv4) / a link-local router address (IPv6)."""
+    own = {iface.ip for iface in tun.addresses}
+    found: dict[int, IPv4Address | IPv6Address] = {}
+    for iface in tun.addresses:
+        network = iface.network
+        if network.num_addresses >= 4 and network[1] not in own:
+            found.setdefault(iface.version, network[1])
+    for route in tun.routes:
+        if route.num_addresses < 2 or route.version in found:
+            continue
+        candidate = route[1]
+        if candidate in own or candidate in _THIS_NETWORK or candidate.is_loopback:
+            continue
+        found.setdefault(route.version, candidate)
+    v4 = found.get(4, IPV4_DUMMY)
+    v6 = found.get(6, IPV6_LINK_LOCAL_ROUTER)
+    has_v4 = any(isinstance(i, IPv4Interface) for i in tun.addresses)
+    has_v6 = any(isinstance(i, IPv6Interface) for i in tun.addresses)
+    assert isinstance(v4, IPv4Address) and isinstance(v6, IPv6Address)
+    return (v4 if has_v4 else None, v6 if has_v6 else None)
+
+
+class Backoff:
+    """Reconnect delays: start, 2*start, 4*start, ... capped at `cap`; `reset` starts over."""
+
+    def __init__(self, start: float, cap: float) -> None:
+        self.start = start
+        self.cap = cap
+        self._next = start
+
+    def next(self) -> float:
+        delay = min(self._next, self.cap)
+        self._next = min(delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.start
+
+
+# -- states -------------------------------------------------------------------------------------
+
+
+class ClientState(Enum):
+    """The client as a whole; the value is the status file's `state`."""
+
+    CONNECTING = "connecting"  # no connection carried traffic yet
+    UP = "up"  # a connection carries traffic
+    RECONNECTING = "reconnecting"  # every connection was lost; making new ones
+    STOPPED = "stopped"
+
+
+class PathState(Enum):
+    """One connection. CONNECTING -> (session mode: ESTABLISHED -> JOINING ->) UP -> CLOSED."""
+
+    CONNECTING = "connecting"  # QUIC handshake in progress
+    ESTABLISHED = "established"  # session mode: handshake done, waiting for its turn to join
+    JOINING = "joining"  # session mode: New/Join Session sent, waiting for the Session ID
+    UP = "up"  # carries traffic (probed, reports go over it)
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class Path:
+    """One QUIC tunnel connection of the client, over one access network (None: an unbound
+    socket, tunnel mode without [[access]]). The program keeps its socket keyed by this object."""
+
+    access: AccessConfig | None
+    probe: LivenessProbe
+    opened_at: float
+    state: PathState = PathState.CONNECTING
+    tunnel: TunnelConnection | None = None
+    deadline: float | None = None  # the handshake's (CONNECTING) or the Session ID's (JOINING)
+    established_at: float | None = None  # handshake completion
+    check_at: float | None = None  # UP: when the probe next has something to do
+    migrations: int = 0
+    end_reason: str | None = None
+    refusal: ControlErrorCode | int | None = None  # session mode: the join's RESET_STREAM code
+
+    @property
+    def name(self) -> str:
+        return self.access.name if self.access is not None else "default"
+
+    @property
+    def carries(self) -> bool:
+        """UP and its connection still open: it can take packets and reports."""
+        return self.state is PathState.UP and self.tunnel is not None and not self.tunnel.closed
+
+
+@dataclass
+class AccessStatus:
+    """What the client knows about one access network."""
+
+    config: AccessConfig
+    link: LinkState | None = None
+    alive: bool = True  # the liveness probe of its connection (True while none runs)
+    reported: bool | None = None  # last availability acted on (scheduler, report, migration)
+    report_pending: bool = False  # its Access Report found no live connection yet
+
+    @property
+    def available(self) -> bool:
+        link_ok = self.link is None or self.link.usable
+        return link_ok and self.alive
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenPath:
+    """Bind a UDP socket to `path.access` (None: any local address of the concentrator's
+    family), start a QUIC connection to the concentrator with it and hand it to `path_opened`
+    (`path_failed` if the socket cannot be made)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class Migrate:
+    """Move `path`'s connection to a new socket bound to `target` and close the old socket
+    (RFC 9000 §9); `migration_failed(this action, ...)` if the socket cannot be made. The
+    connection already has a new connection ID and a PING queued for the new path."""
+
+    path: Path
+    source: AccessConfig | None
+    target: AccessConfig
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """Send what `path`'s connection has queued (the agent queued frames on it)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class ClosePath:
+    """`path` is over: send its CONNECTION_CLOSE if still open, then release its socket (and
+    tell the stream client that its connection closed)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class CreateTun:
+    """Create the TUN device with this MTU (once, at the first connection that carries
+    traffic); the program then reads it into `from_tun`."""
+
+    mtu: int
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    """Something the status file shows changed: rewrite it (StatusWriter coalesces)."""
+
+
+Action = OpenPath | Migrate | Transmit | ClosePath | CreateTun | StatusChanged
+"""What `next_action()` returns. Carried out in order; Transmit comes after the others."""
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """What `from_tun` did with a batch: the paths it queued datagrams on (transmit each
+    once). Packet Too Big replies wait in `write_tun`."""
+
+    paths: tuple[Path, ...]
+
+
+# -- the modes ----------------------------------------------------------------------------------
+
+
+class _Mode(Protocol):
+    """What differs between tunnel mode and session mode (one strategy object per agent)."""
+
+    @property
+    def session(self) -> TunnelSession | None: ...
+
+    @property
+    def session_id(self) -> bytes | None: ...
+
+    def start(self, now: float) -> None: ...
+
+    def wake(self, now: float) -> None:
+        """An access's availability changed: look again if waiting for one."""
+
+    def established(self, path: Path, now: float) -> None:
+        """`path` completed its handshake with a tunnel mode negotiated."""
+
+    def session_event(
+        self, path: Path, event: SessionEstablished | SessionJoinFailed, now: float
+    ) -> None: ...
+
+    def ended(self, path: Path, was: PathState, now: float) -> None:
+        """`path` is over (it was `was`): bookkeeping, then a new connection in time."""
+
+    def availability_changed(self, status: AccessStatus, available: bool, now: float) -> None:
+        """Act on an access's new availability (scheduler, migration, failback)."""
+
+    def carriers(self) -> list[Path]:
+        """The UP paths, in the order reports should try them."""
+
+    def path_on(self, name: str) -> Path | None:
+        """The UP path over access `name`."""
+
+    def active_paths(self) -> set[Path]:
+        """The paths the next packets would leave on (the status file's `active`)."""
+
+    def send(self, packets: Sequence[bytes], now: float) -> tuple[Path, ...]: ...
+
+    def received(self, path: Path, event: PacketReceived, now: float) -> None: ...
+
+    def stream_carrier(self) -> Path | None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+class _TunnelMode:
+    """Tunnel mode: one connection, migrated between accesses (see the module docstring)."""
+
+    session: TunnelSession | None = None
+    session_id: bytes | None = None
+
+    def __init__(self, agent: ClientAgent) -> None:
+        self.agent = agent
+        self.path: Path | None = None  # the connection, in any state but CLOSED
+        self.backoff = agent.new_backoff()
+        self.retry_at: float | None = None
+        self.waiting = False  # for an available access: any availability change wakes it
+
+    def start(self, now: float) -> None:
+        self._attempt(now)
+
+    def wake(self, now: float) -> None:
+        if self.waiting:
+            self.retry_at = now
+
+    def _attempt(self, now: float) -> None:
+        agent = self.agent
+        access = agent.first_available_access()
+        if agent.accesses and access is None:
+            agent.set_state_not_up()
+            log.warning("no access available: waiting for one")
+            self.waiting = True
+            self.retry_at = now + NO_ACCESS_RECHECK * agent.limits.probe_interval
+            return
+        self.path = agent.open_path(access, now)
+
+    def established(self, path: Path, now: float) -> None:
+        assert path.tunnel is not None
+        self.agent.path_up(path, path.tunnel.max_packet_size(), now)
+
+    def session_event(
+        self, path: Path, event: SessionEstablished | SessionJoinFailed, now: float
+    ) -> None:
+        pass  # no session in tunnel mode
+
+    def ended(self, path: Path, was: PathState, now: float) -> None:
+        if path is not self.path:
+            return
+        self.path = None
+        agent = self.agent
+        if agent.stopped:
+            return
+        if was is PathState.UP and path.established_at is not None:
+            lived = now - path.established_at
+            if lived >= STABLE_AFTER:
+                self.backoff.reset()
+            delay = self.backoff.next()
+            log.warning(
+                "connection lost access=%s reason=%r lived=%.1fs retry_in=%.2fs",
+                path.name,
+                path.end_reason,
+                lived,
+                delay,
+            )
+            agent.set_state(ClientState.RECONNECTING)
+        else:
+            delay = self.backoff.next()
+            log.warning(
+                "connect failed access=%s retry_in=%.2fs error=%r",
+                path.name,
+                delay,
+                path.end_reason,
+            )
+            agent.set_state_not_up()
+        self.retry_at = now + delay
+
+    def availability_changed(self, status: AccessStatus, available: bool, now: float) -> None:
+        path = self.path
+        if path is None or not path.carries or path.access is None:
+            return
+        if not available and path.access.name == status.config.name:
+            target = self.agent.first_available_access()
+            if target is not None:
+                self.agent.migrate(path, target, now)
+        elif available and self.agent.config.failback:
+            # back to `status`'s access if it is preferred over (listed before) the current one
+            order = list(self.agent.accesses)
+            if order.index(status.config.name) < order.index(path.access.name):
+                log.info("failback to=%s from=%s", status.config.name, path.access.name)
+                self.agent.migrate(path, status.config, now)
+
+    def carriers(self) -> list[Path]:
+        path = self.path
+        return [path] if path is not None and path.state is PathState.UP else []
+
+    def path_on(self, name: str) -> Path | None:
+        path = self.path
+        if path is None or path.state is not PathState.UP or path.name != name:
+            return None
+        return path
+
+    def active_paths(self) -> set[Path]:
+        path = self.path
+        return {path} if path is not None and path.carries else set()
+
+    def send(self, packets: Sequence[bytes], now: float) -> tuple[Path, ...]:
+        path = self.path
+        agent = self.agent
+        if path is None or not path.carries:
+            agent.counters["drops_no_path"] += len(packets)
+            return ()
+        assert path.tunnel is not None
+        send = path.tunnel.send_packet
+        for packet in packets:
+            try:
+                result = send(packet)
+            except DatagramError:
+                agent.counters["drops_malformed"] += 1
+                continue
+            if result.status is SendStatus.TOO_BIG:
+                agent.too_big(packet, result)
+        return (path,)
+
+    def received(self, path: Path, event: PacketReceived, now: float) -> None:
+        self.agent.deliver((event.packet,))
+
+    def stream_carrier(self) -> Path | None:
+        path = self.path
+        if path is not None and path.carries and path.tunnel is not None:
+            return path if path.tunnel.stream_mode else None
+        return None
+
+    def next_deadline(self) -> float | None:
+        return self.retry_at
+
+    def handle_timer(self, now: float) -> None:
+        if self.retry_at is None or self.retry_at > now:
+            return
+        self.retry_at = None
+        if self.waiting:
+            self.waiting = False
+            # with every access failed by the probe alone, try again anyway
+            for status in self.agent.accesses.values():
+                status.alive = True
+        self._attempt(now)
+
+
+@dataclass(eq=False)
+class _Connector:
+    """Session mode: the connection of one access and its reconnect schedule."""
+
+    status: AccessStatus
+    backoff: Backoff
+    path: Path | None = None  # the current attempt or connection
+    retry_at: float | None = None
+    waiting: bool = False  # for its link: any availability change wakes it
+
+
+class _SessionMode:
+    """Session mode: one connection per access in one session (see the module docstring)."""
+
+    def __init__(self, agent: ClientAgent) -> None:
+        self.agent = agent
+        self.connectors = {
+            name: _Connector(status, agent.new_backoff()) for name, status in agent.accesses.items()
+        }
+        self.session: TunnelSession | None = None
+        self.session_id: bytes | None = None
+        self.up: dict[str, Path] = {}  # the joined paths, in the order they joined
+        self._by_tunnel: dict[TunnelConnection, Path] = {}
+        # One New/Join Session at a time: the first connection's New Session must be answered
+        # before the others can join with its Session ID.
+        self.joining: Path | None = None
+        self.joining_id: bytes | None = None  # the Session ID it asked to join (None: New)
+        self.waiting_to_join: deque[Path] = deque()
+
+    def start(self, now: float) -> None:
+        for connector in self.connectors.values():
+            self._attempt(connector, now)
+
+    def wake(self, now: float) -> None:
+        for connector in self.connectors.values():
+            if connector.waiting:
+                connector.retry_at = now
+
+    def _attempt(self, connector: _Connector, now: float) -> None:
+        link = connector.status.link
+        if link is not None and not link.usable:
+            connector.waiting = True
+            connector.retry_at = now + NO_ACCESS_RECHECK * self.agent.limits.probe_interval
+            return
+        connector.waiting = False
+        connector.path = self.agent.open_path(connector.status.config, now)
+
+    def established(self, path: Path, now: float) -> None:
+        path.state = PathState.ESTABLISHED
+        if self.joining is None:
+            self._join(path, now)
+        else:
+            self.waiting_to_join.append(path)
+
+    def _join(self, path: Path, now: float) -> None:
+        """New Session on the first connection, Join Session on the others (draft §4.1)."""
+        assert path.tunnel is not None
+        self.joining = path
+        self.joining_id = self.session_id
+        path.state = PathState.JOINING
+        path.deadline = now + SESSION_TIMEOUT
+        if self.session_id is None:
+            path.tunnel.request_new_session()
+        else:
+            path.tunnel.join_session(self.session_id)
+        self.agent.transmit(path)
+
+    def _join_next(self, now: float) -> None:
+        while self.joining is None and self.waiting_to_join:
+            path = self.waiting_to_join.popleft()
+            if path.state is PathState.ESTABLISHED:
+                self._join(path, now)
+
+    def session_event(
+        self, path: Path, event: SessionEstablished | SessionJoinFailed, now: float
+    ) -> None:
+        if path is not self.joining:
+            return
+        joining_id = self.joining_id
+        self.joining = None
+        if isinstance(event, SessionJoinFailed):
+            path.refusal = event.code
+            self.agent.close_path(path, "session join refused", now)
+            if joining_id is not None and event.code == ControlErrorCode.UNKNOWN_SESSION_ID:
+                self._forget_session(f"rejoin refused access={path.name}", now)
+        else:
+            self._joined(path, event.session_id, joining_id is None, now)
+        self._join_next(now)
+
+    def _joined(self, path: Path, session_id: bytes, created: bool, now: float) -> None:
+        agent = self.agent
+        if created:
+            self._new_session(session_id)
+        assert self.session is not None and path.tunnel is not None and path.access is not None
+        self.session.add_connection(path.tunnel, path.access.access_id)
+        path.state = PathState.UP
+        path.deadline = None
+        self._by_tunnel[path.tunnel] = path
+        log.info(
+            "%s access=%s session_id=%s",
+            "session created" if created else "session joined",
+            path.name,
+            session_id.hex(),
+        )
+        agent.accesses[path.name].alive = True
+        self.up[path.name] = path
+        agent.create_tun(self.session.max_packet_size())
+        # The drafts do not say which access a connection runs over; an AVAILABLE report for its
+        # own access on a fresh connection tells the concentrator (its scheduler can then follow
+        # later reports about that access).
+        agent.announce_access(path)
+        agent.path_up(path, self.session.max_packet_size(), now)
+
+    def _new_session(self, session_id: bytes) -> None:
+        if self.session is not None:
+            self.agent.deliver(self.session.flush())
+        reorder: ReorderBuffer[bytes] = ReorderBuffer.from_setting(
+            self.agent.limits.reorder_timeout
+        )
+        self.session = TunnelSession(
+            make_scheduler(self.agent.config.scheduler), reorder, session_id=session_id
+        )
+        self.session_id = session_id
+        for status in self.agent.accesses.values():
+            self.session.set_available(status.config.access_id, status.available)
+
+    def _forget_session(self, why: str, now: float) -> None:
+        log.warning("session forgotten session_id=%s %s", _hex(self.session_id), why)
+        self.session_id = None
+        for path in list(self.up.values()):
+            self.agent.close_path(path, "starting a new session", now)
+
+    def ended(self, path: Path, was: PathState, now: float) -> None:
+        assert path.access is not None
+        name = path.access.name
+        if path.tunnel is not None and self._by_tunnel.get(path.tunnel) is path:
+            del self._by_tunnel[path.tunnel]
+            if self.session is not None and path.tunnel in self.session.connections:
+                self.session.remove_connection(path.tunnel)
+        if self.up.get(name) is path:
+            del self.up[name]
+        if self.joining is path:
+            self.joining = None
+            self._join_next(now)
+        connector = self.connectors[name]
+        if connector.path is not path:
+            return
+        connector.path = None
+        agent = self.agent
+        if agent.stopped:
+            return
+        if path.refusal is not None:
+            unknown = path.refusal == ControlErrorCode.UNKNOWN_SESSION_ID
+            delay = 0.0 if unknown else connector.backoff.next()
+            log.warning("join refused access=%s code=%r retry_in=%.2fs", name, path.refusal, delay)
+        elif was is PathState.UP and path.established_at is not None:
+            lived = now - path.established_at
+            if lived >= STABLE_AFTER:
+                connector.backoff.reset()
+            delay = connector.backoff.next()
+            log.warning(
+                "connection lost access=%s reason=%r lived=%.1fs retry_in=%.2fs",
+                name,
+                path.end_reason,
+                lived,
+                delay,
+            )
+            if not self.up:
+                agent.set_state(ClientState.RECONNECTING)
+            agent.update_access(name, now)
+        else:
+            delay = connector.backoff.next()
+            log.warning(
+                "connect failed access=%s retry_in=%.2fs error=%r", name, delay, path.end_reason
+            )
+        connector.retry_at = now + delay
+
+    def availability_changed(self, status: AccessStatus, available: bool, now: float) -> None:
+        if self.session is not None:
+            self.session.set_available(status.config.access_id, available)
+
+    def carriers(self) -> list[Path]:
+        return list(self.up.values())
+
+    def path_on(self, name: str) -> Path | None:
+        return self.up.get(name)
+
+    def active_paths(self) -> set[Path]:
+        session = self.session
+        if session is None:
+            return set()
+        paths = session.paths()
+        scheduler = session.scheduler
+        if isinstance(scheduler, FailoverScheduler):
+            # FailoverScheduler.choose keeps no state: asking it does not disturb the traffic.
+            chosen = scheduler.choose(paths)
+            ids = set() if chosen is None else {chosen}
+        else:
+            ids = {p.path_id for p in paths if p.available}
+        return {
+            path for tunnel, path in self._by_tunnel.items() if session.path_id_of(tunnel) in ids
+        }
+
+    def send(self, packets: Sequence[bytes], now: float) -> tuple[Path, ...]:
+        agent = self.agent
+        session = self.session
+        if session is None:
+            agent.counters["drops_no_path"] += len(packets)
+            return ()
+        touched: set[TunnelConnection] = set()
+        for packet in packets:
+            try:
+                sent = session.send_packet(packet, now)
+            except DatagramError:
+                agent.counters["drops_malformed"] += 1
+                continue
+            if sent.connection is None or sent.result is None:
+                agent.counters["drops_no_path"] += 1
+                continue
+            touched.add(sent.connection)
+            if sent.result.status is SendStatus.TOO_BIG:
+                agent.too_big(packet, sent.result)
+        by_tunnel = self._by_tunnel
+        return tuple(by_tunnel[t] for t in touched if t in by_tunnel)
+
+    def received(self, path: Path, event: PacketReceived, now: float) -> None:
+        if event.packet_tag is None:
+            self.agent.deliver((event.packet,))
+            return
+        session = self.session
+        if session is None or path.tunnel is None or self._by_tunnel.get(path.tunnel) is not path:
+            self.agent.counters["drops_not_joined"] += 1
+            return
+        self.agent.deliver(session.on_packet(path.tunnel, event, now))
+
+    def stream_carrier(self) -> Path | None:
+        joined = [p for p in self.up.values() if p.carries]
+        joined.sort(key=lambda p: not self.agent.access_available(p.access))
+        for path in joined:
+            if path.tunnel is not None and path.tunnel.stream_mode:
+                return path
+        return None
+
+    def next_deadline(self) -> float | None:
+        times = [c.retry_at for c in self.connectors.values() if c.retry_at is not None]
+        if self.joining is not None and self.joining.deadline is not None:
+            times.append(self.joining.deadline)
+        return min(times, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        joining = self.joining
+        if joining is not None and joining.deadline is not None and joining.deadline <= now:
+            self.joining = None
+            self.agent.close_path(joining, f"no session answer within {SESSION_TIMEOUT:g} s", now)
+            self._join_next(now)
+        for connector in self.connectors.values():
+            if connector.retry_at is not None and connector.retry_at <= now:
+                connector.retry_at = None
+                self._attempt(connector, now)
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+
+class ClientAgent:
+    """The client's decisions (see the module docstring).
+
+    :param config: the client configuration.
+    :param now: the clock the inputs will use.
+    """
+
+    def __init__(self, config: ClientConfig, now: float) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.last_now = now
+        self.state = ClientState.CONNECTING
+        self.stopped = False
+        self.accesses = {a.name: AccessStatus(a) for a in config.accesses}
+        self.counters: Counter[str] = Counter()
+        self.closed_totals: Counter[str] = Counter()  # counters of the connections that ended
+        self.icmp_v4, self.icmp_v6 = icmp_sources(config.tun)
+        self.tun_mtu: int | None = None  # set once CreateTun was decided
+        self._live: dict[Path, None] = {}  # opened and not ended, in order
+        self._actions: deque[Action] = deque()
+        self._dirty: dict[Path, None] = {}  # paths with frames queued: Transmit each
+        self._status_pending = False
+        self._to_tun: list[bytes] = []
+        self._mode: _Mode = (
+            _TunnelMode(self) if config.mode is TunnelMode.TUNNEL else _SessionMode(self)
+        )
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def next_action(self) -> Action | None:
+        if self._actions:
+            action = self._actions.popleft()
+            if isinstance(action, StatusChanged):
+                self._status_pending = False
+            return action
+        if self._dirty:
+            path = next(iter(self._dirty))
+            del self._dirty[path]
+            return Transmit(path)
+        return None
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` next has work: a handshake or Session ID to give up, a probe, a
+        reconnect, a reorder gap to give up."""
+        if self.stopped:
+            return None
+        times: list[float] = []
+        for path in self._live:
+            if path.state is PathState.CONNECTING and path.deadline is not None:
+                times.append(path.deadline)
+            elif path.state is PathState.UP and path.check_at is not None:
+                times.append(path.check_at)
+        mode = self._mode.next_deadline()
+        if mode is not None:
+            times.append(mode)
+        session = self._mode.session
+        if session is not None:
+            reorder = session.next_deadline()
+            if reorder is not None:
+                times.append(reorder)
+        return min(times, default=None)
+
+    def write_tun(self, write_batch: Callable[[list[bytes]], object] | None) -> None:
+        """Hand the packets decided for the TUN (in order) to `write_batch`
+        (TunDevice.write_batch); None: no TUN yet, they are dropped and counted."""
+        if not self._to_tun:
+            return
+        packets, self._to_tun = self._to_tun, []
+        if write_batch is None:
+            self.counters["drops_no_tun"] += len(packets)
+        else:
+            write_batch(packets)
+
+    @property
+    def session_id(self) -> bytes | None:
+        """The Session ID of the session being joined (None: none yet, or forgotten)."""
+        return self._mode.session_id
+
+    @property
+    def session(self) -> TunnelSession | None:
+        return self._mode.session
+
+    def paths(self) -> list[Path]:
+        """The live paths (opened and not ended), oldest first."""
+        return list(self._live)
+
+    def path_on(self, name: str) -> Path | None:
+        """The path carrying traffic over access `name` ("default": the unbound one)."""
+        return self._mode.path_on(name)
+
+    def stream_carrier(self) -> Path | None:
+        """The path that carries new stream-mode TCP connections now (README "Stream mode")."""
+        return self._mode.stream_carrier()
+
+    def status(self) -> dict[str, Any]:
+        """The status file's keys this agent knows (README "Status file"): `mode`, `state`,
+        `session_id`, `scheduler`, `access_reports`, `failback`, `accesses` (without the UDP
+        counters, which the program adds), `reorder` and `counters`."""
+        active = self._mode.active_paths()
+        entries: list[tuple[str, AccessStatus | None]] = list(self.accesses.items()) or [
+            ("default", None)
+        ]
+        accesses: list[dict[str, Any]] = []
+        for name, status in entries:
+            path = self._mode.path_on(name)
+            tunnel = path.tunnel if path is not None else None
+            counters: dict[str, Any] = {}
+            if path is not None and tunnel is not None:
+                counters.update(tunnel.counters.as_dict())
+                counters["probes_sent"] = path.probe.sent_count
+                counters["probes_acked"] = path.probe.acked_count
+                counters["migrations"] = path.migrations
+            connected = path is not None and path.carries
+            srtt = tunnel.srtt if tunnel is not None else None
+            accesses.append(
+                {
+                    "name": name,
+                    "access_id": access_kind(status.config.access_id) if status else None,
+                    "available": status.available if status else connected,
+                    "link": None if status is None or status.link is None else asdict(status.link),
+                    "connected": connected,
+                    "active": path is not None and path in active,
+                    "srtt_ms": None if srtt is None else round(srtt * 1000, 3),
+                    # the outer connection's congestion state (RFC 9002 §7), for diagnosis
+                    "cwnd_bytes": tunnel.congestion_window if tunnel is not None else None,
+                    "ssthresh_bytes": tunnel.slow_start_threshold if tunnel is not None else None,
+                    "bytes_in_flight": tunnel.bytes_in_flight if tunnel is not None else None,
+                    "counters": counters,
+                }
+            )
+        session = self._mode.session
+        totals: Counter[str] = Counter(self.closed_totals)
+        for path in self._live:
+            if path.tunnel is not None:
+                totals.update(path.tunnel.counters.as_dict())
+        totals.update(self.counters)
+        return {
+            "mode": self.config.mode.value,
+            "state": self.state.value,
+            "session_id": (
+                _hex(self.session_id) if self.config.mode is TunnelMode.SESSION else None
+            ),
+            "scheduler": self.config.scheduler,
+            "access_reports": self.config.access_reports,
+            "failback": self.config.failback,
+            "accesses": accesses,
+            "reorder": asdict(session.reorder_stats) if session is not None else {},
+            "counters": dict(totals),
+        }
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin: open the first connection(s). Call once the first link states are in."""
+        self.last_now = now
+        self._mode.start(now)
+
+    def link_changed(self, name: str, state: LinkState, now: float) -> None:
+        """The kernel's view of access `name` changed."""
+        self.last_now = now
+        status = self.accesses.get(name)
+        if status is None:
+            return
+        status.link = state
+        if state.usable:
+            status.alive = True  # a link that came back deserves a fresh probe
+        log.info(
+            "link access=%s usable=%s%s",
+            name,
+            state.usable,
+            "" if state.usable else f" reason={state.reason()!r}",
+        )
+        self.update_access(name, now)
+
+    def path_opened(self, path: Path, quic: QuicConnection, now: float) -> TunnelConnection:
+        """OpenPath was carried out: `quic` is connecting. Returns the TunnelConnection."""
+        self.last_now = now
+        tunnel = TunnelConnection(quic, self.limits.max_datagram_queue)
+        path.tunnel = tunnel
+        return tunnel
+
+    def path_failed(self, path: Path, reason: str, now: float) -> None:
+        """OpenPath could not be carried out (no socket): `reason` is one sentence."""
+        self.last_now = now
+        self._end(path, reason, now)
+
+    def migration_failed(self, migrate: Migrate, reason: str, now: float) -> None:
+        """A Migrate could not be carried out (no socket on the target): the connection stays
+        where it was."""
+        self.last_now = now
+        path = migrate.path
+        log.warning("migration failed target=%s error=%r", migrate.target.name, reason)
+        if path.state is not PathState.UP or path.access is not migrate.target:
+            return
+        path.access = migrate.source
+        path.migrations -= 1
+        self.counters["migrations"] -= 1
+        self._status_changed()
+
+    def quic_event(
+        self, path: Path, event: quic_events.QuicEvent, now: float
+    ) -> Sequence[TunnelEvent]:
+        """Feed one aioquic event of `path`'s connection. Returns its stream-mode events (-tcp
+        draft) for the program's StreamClient."""
+        self.last_now = now
+        tunnel = path.tunnel
+        if tunnel is None or path.state is PathState.CLOSED:
+            return _NO_EVENTS
+        if isinstance(event, quic_events.PingAcknowledged):
+            self.ping_acked(path, event.uid, now)
+            return _NO_EVENTS
+        stream: list[TunnelEvent] | None = None
+        for tunnel_event in tunnel.handle_event(event):
+            if isinstance(tunnel_event, STREAM_EVENTS) and tunnel.stream_mode:
+                stream = stream or []
+                stream.append(tunnel_event)
+                continue
+            self.tunnel_event(path, tunnel_event, now)
+        if isinstance(event, quic_events.HandshakeCompleted):
+            self._handshake_completed(path, now)
+        elif isinstance(event, quic_events.ConnectionTerminated):
+            if path.state is PathState.CONNECTING:
+                reason = (
+                    f"QUIC connection closed during handshake: {event.reason_phrase} "
+                    f"(error {event.error_code:#x})"
+                )
+            elif path.state is PathState.UP:
+                reason = tunnel.close_reason or event.reason_phrase
+            else:
+                reason = f"connection closed: {tunnel.close_reason or event.reason_phrase}"
+            self._end(path, reason, now)
+        return _NO_EVENTS if stream is None else stream
+
+    def tunnel_event(self, path: Path, event: TunnelEvent, now: float) -> None:
+        """One event of `path`'s TunnelConnection (quic_event calls this for each)."""
+        if isinstance(event, PacketReceived):
+            self._mode.received(path, event, now)
+        elif isinstance(event, SessionEstablished | SessionJoinFailed):
+            self._mode.session_event(path, event, now)
+        elif isinstance(event, ConnectionClosed):
+            log.info(
+                "connection closed access=%s by_peer=%s code=%#x reason=%r",
+                path.name,
+                event.by_peer,
+                event.error_code,
+                event.reason,
+            )
+
+    def ping_acked(self, path: Path, uid: int, now: float) -> None:
+        """A liveness PING of `path` was acknowledged."""
+        self.last_now = now
+        path.probe.acked(uid, now)
+        if path.access is not None and not self.accesses[path.access.name].alive:
+            self.update_access(path.access.name, now)
+
+    def from_tun(self, packets: Sequence[bytes], now: float) -> Forwarded:
+        """Packets read from the TUN: onto the connection (tunnel mode) or the path the
+        session's scheduler picks; too big ones answered with Packet Too Big."""
+        self.last_now = now
+        return Forwarded(self._mode.send(packets, now))
+
+    def handle_timer(self, now: float) -> None:
+        self.last_now = now
+        if self.stopped:
+            return
+        session = self._mode.session
+        if session is not None:
+            deadline = session.next_deadline()
+            if deadline is not None and deadline <= now:
+                self.deliver(session.poll(now))
+        for path in list(self._live):
+            if (
+                path.state is PathState.CONNECTING
+                and path.deadline is not None
+                and path.deadline <= now
+            ):
+                self.close_path(path, self._handshake_timeout_reason(), now)
+            elif path.state is PathState.UP and path.check_at is not None and path.check_at <= now:
+                self._probe(path, now)
+        self._mode.handle_timer(now)
+
+    def shutdown(self, now: float) -> None:
+        """Close every connection (CONNECTION_CLOSE): the program is stopping."""
+        self.last_now = now
+        self.stopped = True
+        for path in list(self._live):
+            self.close_path(path, "client stopping", now)
+        self.set_state(ClientState.STOPPED)
+
+    # -- for the modes -------------------------------------------------------------------------
+
+    def new_backoff(self) -> Backoff:
+        return Backoff(BACKOFF_START, self.limits.reconnect_backoff_max)
+
+    def open_path(self, access: AccessConfig | None, now: float) -> Path:
+        """Decide a new connection over `access` (OpenPath)."""
+        timeout = min(CONNECT_TIMEOUT, self.limits.idle_timeout)
+        path = Path(
+            access,
+            LivenessProbe(self.limits.probe_interval, PROBE_MISSES),
+            opened_at=now,
+            deadline=now + timeout,
+        )
+        self._live[path] = None
+        self._actions.append(OpenPath(path))
+        return path
+
+    def close_path(self, path: Path, reason: str, now: float) -> None:
+        """Give `path` up now: CONNECTION_CLOSE with `reason`, then ClosePath."""
+        tunnel = path.tunnel
+        if tunnel is not None and not tunnel.closed:
+            tunnel.close(reason, error_code=0)
+        self._end(path, reason, now)
+
+    def path_up(self, path: Path, budget: int, now: float) -> None:
+        """`path` carries traffic now: the TUN, the reports that waited, the first probe."""
+        path.state = PathState.UP
+        path.deadline = None
+        self.create_tun(budget)
+        self._send_pending_reports(now)
+        self.set_state(ClientState.UP)
+        self._probe(path, now)
+
+    def create_tun(self, budget: int) -> None:
+        if self.tun_mtu is not None:
+            return
+        configured = self.config.tun.mtu
+        self.tun_mtu = configured if configured is not None else budget
+        self._actions.append(CreateTun(self.tun_mtu))
+
+    def migrate(self, path: Path, target: AccessConfig, now: float) -> None:
+        """Move tunnel mode's connection to `target` (RFC 9000 §9)."""
+        assert path.tunnel is not None
+        source = path.access
+        path.access = target
+        path.migrations += 1
+        self.counters["migrations"] += 1
+        path.probe.reset()
+        quic = path.tunnel.quic
+        # RFC 9000 §9.5: a new path uses a new connection ID, so the two paths cannot be linked.
+        quic.change_connection_id()
+        # Something to send on the new path at once: the server validates it (PATH_CHALLENGE)
+        # and moves its sending there when it sees a non-probing packet from the new address.
+        self._ping(path, now)
+        self._schedule_probe(path, now)
+        self._actions.append(Migrate(path, source, target))
+        log.info(
+            "migrated from=%s to=%s", source.name if source is not None else "default", target.name
+        )
+        self._status_changed()
+
+    def transmit(self, path: Path) -> None:
+        self._dirty[path] = None
+
+    def deliver(self, packets: Iterable[bytes]) -> None:
+        self._to_tun.extend(packets)
+
+    def too_big(self, packet: bytes, result: SendResult) -> None:
+        """Answer an oversized packet as a router would (tunnel/wire/icmp.py)."""
+        try:
+            reply = icmp.packet_too_big(packet, result.max_packet_size, self.icmp_v4, self.icmp_v6)
+        except icmp.MalformedPacketError:
+            reply = None
+        if reply is None:
+            self.counters["drops_too_big_silent"] += 1
+        else:
+            self.counters["icmp_too_big_sent"] += 1
+            self._to_tun.append(reply)
+
+    def set_state(self, state: ClientState) -> None:
+        if state is not self.state:
+            log.info("state %s -> %s", self.state.value, state.value)
+            self.state = state
+            self._status_changed()
+
+    def set_state_not_up(self) -> None:
+        """No connection yet after a failure: still connecting, or reconnecting."""
+        if self.state is not ClientState.CONNECTING:
+            self.set_state(ClientState.RECONNECTING)
+
+    def first_available_access(self) -> AccessConfig | None:
+        for status in self.accesses.values():
+            if status.available:
+                return status.config
+        return None
+
+    def access_available(self, access: AccessConfig | None) -> bool:
+        return access is None or self.accesses[access.name].available
+
+    def announce_access(self, path: Path) -> None:
+        """Session mode: an AVAILABLE report for a fresh connection's own access."""
+        access, tunnel = path.access, path.tunnel
+        if (
+            self.config.access_reports
+            and access is not None
+            and tunnel is not None
+            and self.access_available(access)
+        ):
+            tunnel.send_access_report(access.access_id, AccessSignal.AVAILABLE)
+            self.transmit(path)
+
+    def update_access(self, name: str, now: float) -> None:
+        """Re-derive an access's availability and act at once on a change: scheduler,
+        migration (tunnel mode), Access Report."""
+        status = self.accesses[name]
+        path = self._mode.path_on(name)
+        if path is not None:
+            status.alive = path.probe.alive(now)
+        available = status.available
+        if status.reported is not None and status.reported == available:
+            return
+        first_view = status.reported is None
+        status.reported = available
+        self._mode.wake(now)
+        if first_view and available:
+            return  # available is what the concentrator assumes (tunnel draft §6): no report
+        log.info("access %s access=%s", "available" if available else "unavailable", name)
+        self._mode.availability_changed(status, available, now)
+        self._report(status, available)
+        self._status_changed()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _handshake_timeout_reason(self) -> str:
+        timeout = min(CONNECT_TIMEOUT, self.limits.idle_timeout)
+        return (
+            f"no QUIC handshake with {self.config.concentrator_address} port "
+            f"{self.config.concentrator_port} within {timeout:g} s: check that the concentrator "
+            "runs and is reachable over this access"
+        )
+
+    def _handshake_completed(self, path: Path, now: float) -> None:
+        tunnel = path.tunnel
+        if path.state is not PathState.CONNECTING or tunnel is None:
+            return
+        if tunnel.mode is None or tunnel.closed:
+            reason = tunnel.close_reason or "no tunnel ALPN negotiated"
+            self.close_path(path, f"the concentrator did not accept the tunnel: {reason}", now)
+            return
+        path.established_at = now
+        path.deadline = None
+        log.info(
+            "connected access=%s alpn=%s stream_mode=%s max_packet=%d",
+            path.name,
+            tunnel.alpn,
+            tunnel.stream_mode,
+            tunnel.max_packet_size(),
+        )
+        self._mode.established(path, now)
+
+    def _end(self, path: Path, reason: str | None, now: float) -> None:
+        """`path` is over: account its counters, release it (ClosePath), tell the mode."""
+        if path.state is PathState.CLOSED:
+            return
+        was = path.state
+        path.state = PathState.CLOSED
+        path.deadline = path.check_at = None
+        path.end_reason = reason
+        self._live.pop(path, None)
+        self._dirty.pop(path, None)
+        if path.tunnel is not None:
+            self.closed_totals.update(path.tunnel.counters.as_dict())
+        self._actions.append(ClosePath(path))
+        self._mode.ended(path, was, now)
+        self._status_changed()
+
+    def _ping(self, path: Path, now: float) -> None:
+        assert path.tunnel is not None
+        uid = path.probe.next_uid()
+        path.tunnel.quic.send_ping(uid)
+        path.probe.sent(uid, now)
+        self.transmit(path)
+
+    def _dead_after(self, probe: LivenessProbe) -> float:
+        return max(DEAD_AFTER_MISSES * probe.interval, 3 * probe.limit())
+
+    def _probe(self, path: Path, now: float) -> None:
+        """QUIC PING liveness probe (silent failures, e.g. a blackhole): ping when due, update
+        the access's availability, give a silent connection up (module docstring)."""
+        if not path.carries:
+            path.check_at = None  # closed under us (a peer's violation): ends at termination
+            return
+        probe = path.probe
+        if probe.due(now):
+            self._ping(path, now)
+        if path.access is not None:
+            self.update_access(path.access.name, now)
+        silent = probe.silent_for(now)
+        if silent >= self._dead_after(probe) and self._should_abandon(path, now):
+            log.warning(
+                "connection silent access=%s for=%.1fs: closing it to reconnect", path.name, silent
+            )
+            self.close_path(path, "no answer to liveness probes", now)
+            return
+        self._schedule_probe(path, now)
+
+    def _schedule_probe(self, path: Path, now: float) -> None:
+        """The next time `_probe` has something to do for `path`: a PING due, the verdict turning
+        to failed, the connection due to be given up (re-checked at each PING if it may not be
+        given up then)."""
+        probe = path.probe
+        next_ping = probe.next_ping_at()
+        times = [now if next_ping is None else next_ping]
+        since = probe.silent_since()
+        if since is not None:
+            for limit in (probe.limit(), self._dead_after(probe)):
+                if since + limit > now:
+                    times.append(since + limit)
+        path.check_at = min(times)
+
+    def _should_abandon(self, path: Path, now: float) -> bool:
+        """Whether a silent connection should be closed and made again (module docstring)."""
+        if path.access is not None:
+            link = self.accesses[path.access.name].link
+            if link is not None and not link.usable:
+                return False
+        others = [p for p in self._mode.carriers() if p is not path]
+        return not any(p.probe.alive(now) for p in others)
+
+    def _report(self, status: AccessStatus, available: bool) -> None:
+        """Access Report TLV (tunnel draft §6) over a live connection on an available access."""
+        if not self.config.access_reports:
+            return
+        access_id = status.config.access_id
+        signal = AccessSignal.AVAILABLE if available else AccessSignal.UNAVAILABLE
+        sent = False
+        for path in self._mode.carriers():
+            if not path.carries or not self.access_available(path.access):
+                continue  # a report over the failed access would be lost with it
+            assert path.tunnel is not None
+            path.tunnel.send_access_report(access_id, signal)
+            self.transmit(path)
+            sent = True
+            break
+        log.info(
+            "access report access=%s access_id=%s signal=%s %s",
+            status.config.name,
+            access_kind(access_id),
+            signal.name.lower(),
+            "sent" if sent else "not sent (no live connection)",
+        )
+        status.report_pending = not sent  # sent when a connection is up again
+
+    def _send_pending_reports(self, now: float) -> None:
+        """A new connection carries the reports that could not be sent before (and, in session
+        mode, tells the concentrator about accesses that are down right now)."""
+        for name, status in self.accesses.items():
+            self.update_access(name, now)
+            if status.report_pending and status.reported is not None:
+                self._report(status, status.reported)
+
+    def _status_changed(self) -> None:
+        if not self._status_pending:
+            self._status_pending = True
+            self._actions.append(StatusChanged())
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+__all__ = [
+    "BACKOFF_START",
+    "CONNECT_TIMEOUT",
+    "DEAD_AFTER_MISSES",
+    "IPV4_DUMMY",
+    "PROBE_MISSES",
+    "SESSION_TIMEOUT",
+    "STABLE_AFTER",
+    "AccessStatus",
+    "Action",
+    "Backoff",
+    "ClientAgent",
+    "ClientState",
+    "ClosePath",
+    "CreateTun",
+    "Forwarded",
+    "Migrate",
+    "OpenPath",
+    "Path",
+    "PathState",
+    "StatusChanged",
+    "Transmit",
+    "access_kind",
+    "icmp_sources",
+]
