@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aioquic.buffer import size_uint_var
-from aioquic.quic.configuration import QuicConfiguration
 
 from experiments.flows import Flow, flow_error, run_flow
 from experiments.runner import (
@@ -79,8 +78,13 @@ from testbed.fidelity import verify_link
 from testbed.lab import Lab
 from testbed.profiles import profile
 from testbed.topologies import CONCENTRATOR_V4
-from tunnel.aio.client_setup import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
-from tunnel.protocol.quic_ext import AEAD_TAG_SIZE, SHORT_HEADER_FIXED_SIZE, packet_datagram_budget
+from tunnel.protocol.quic_ext import (
+    AEAD_TAG_SIZE,
+    CONNECTION_ID_LENGTH,
+    SHORT_HEADER_FIXED_SIZE,
+    packet_datagram_budget,
+)
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
 from tunnel.user_error import RuntimeFailure, run_command
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
 
@@ -94,7 +98,7 @@ TCP_HEADER_WITH_TIMESTAMPS = 20 + 20 + 12  # IPv4 + TCP + timestamp option (Linu
 # What the programs run with: aioquic's connection IDs (8 bytes: neither program sets another
 # length) and the client's UDP payload size (the framing does not depend on the latter as long
 # as the budget is above 63 bytes).
-QUIC_CID_LENGTH = QuicConfiguration().connection_id_length
+QUIC_CID_LENGTH = CONNECTION_ID_LENGTH
 QUIC_MAX_DATAGRAM_SIZE = CLIENT_MAX_DATAGRAM_SIZE
 WG_DATA_HEADER = 16  # type 4 + receiver index 4 + counter 8 (WireGuard §5.4.6)
 WG_TAG = 16

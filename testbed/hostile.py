@@ -71,7 +71,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tunnel.aio.client_setup import MAX_DATAGRAM_SIZE  # what the qtun client uses
 from tunnel.aio.udp import QuicClient, UdpEndpoint, run
 from tunnel.protocol.connection import (
     ConnectionClosed,
@@ -82,7 +81,12 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.protocol.quic_ext import TunnelQuicConnection, datagram_budget, packet_datagram_budget
+from tunnel.protocol.quic_ext import (
+    MAX_DATAGRAM_SIZE,  # what the qtun client uses
+    TunnelQuicConnection,
+    datagram_budget,
+    packet_datagram_budget,
+)
 from tunnel.session.reorder import PacketTagCounter
 from tunnel.wire.messages import AccessId, AccessSignal
 from tunnel.wire.modes import TunnelMode

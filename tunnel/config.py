@@ -57,7 +57,7 @@ from tunnel.config_schema import (
     setting,
 )
 from tunnel.session.scheduler import SCHEDULER_NAMES
-from tunnel.wire.messages import AccessId
+from tunnel.wire.messages import ACCESS_NAMES, AccessId
 from tunnel.wire.modes import TunnelMode
 
 __all__ = [
@@ -94,11 +94,11 @@ __all__ = [
 DEFAULT_PORT = 4433
 LOCALHOST = IPv4Address("127.0.0.1")
 # Names accepted for an access's kind, mapped to the Access ID it reports (tunnel draft §Access
-# Report TLV).
+# Report TLV): the short names of tunnel/wire/messages.py, and the draft's own as aliases.
 ACCESS_KINDS: Mapping[str, AccessId] = {
-    "5g": AccessId.THREE_GPP,
+    ACCESS_NAMES[AccessId.THREE_GPP]: AccessId.THREE_GPP,
     "3gpp": AccessId.THREE_GPP,
-    "wifi": AccessId.NON_THREE_GPP,
+    ACCESS_NAMES[AccessId.NON_THREE_GPP]: AccessId.NON_THREE_GPP,
     "non-3gpp": AccessId.NON_THREE_GPP,
 }
 # Congestion controllers aioquic 1.7 offers for the outer QUIC connection (DATAGRAM frames are

@@ -31,7 +31,6 @@ from tunnel.agents.client import (
     Path,
 )
 from tunnel.agents.concentrator import ConcentratorCore, PeerQuicConnection
-from tunnel.aio.client_setup import MAX_DATAGRAM_SIZE
 from tunnel.aio.concentrator_setup import load_verifier, quic_configuration
 from tunnel.config import ClientConfig, ConcentratorConfig, parse_client_config
 from tunnel.protocol.connection import (
@@ -43,7 +42,7 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.protocol.quic_ext import TunnelQuicConnection
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, TunnelQuicConnection
 from tunnel.session.table import JoinError, SessionTable
 from tunnel.wire.messages import AccessId, AccessSignal
 from tunnel.wire.modes import ALL_ALPN, ALPN_SESSION, ALPN_TUNNEL, TunnelMode

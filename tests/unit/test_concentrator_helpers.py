@@ -9,13 +9,8 @@ from pathlib import Path
 
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.aio.concentrator import ConcentratorProgram
-from tunnel.aio.concentrator_setup import (
-    IP_FORWARD_SYSCTLS,
-    MAX_DATAGRAM_SIZE,
-    auto_tun_mtu,
-    read_ip_forward,
-)
-from tunnel.protocol.quic_ext import packet_datagram_budget
+from tunnel.aio.concentrator_setup import IP_FORWARD_SYSCTLS, auto_tun_mtu, read_ip_forward
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, packet_datagram_budget
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
 from tunnel.wire.modes import TunnelMode
 

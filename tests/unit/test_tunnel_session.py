@@ -13,8 +13,8 @@ import pytest
 from testbed.hostile import icmp_echo
 from tests.unit.concentrator_harness import Conn, CoreLab, lab, lab_certs
 from tests.unit.quic_harness import Endpoint
-from tunnel.aio.concentrator_setup import MAX_DATAGRAM_SIZE
 from tunnel.protocol.connection import SessionEstablished, SessionJoinFailed
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE
 from tunnel.session.multipath import TunnelSession
 from tunnel.session.reorder import ReorderBuffer
 from tunnel.session.scheduler import make_scheduler

@@ -76,21 +76,15 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection
 
 from tunnel.agents.access_health import LinkState, LivenessProbe
-from tunnel.config import ACCESS_KINDS, AccessConfig, ClientConfig, TunConfig
+from tunnel.config import AccessConfig, ClientConfig, TunConfig
 from tunnel.protocol.connection import (
+    STREAM_EVENTS,
     ConnectionClosed,
     PacketReceived,
     SendResult,
     SendStatus,
     SessionEstablished,
     SessionJoinFailed,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamRejected,
-    StreamReset,
-    TcpConnectAccepted,
-    TcpConnectFailed,
-    TcpConnectRequested,
     TunnelConnection,
     TunnelEvent,
 )
@@ -99,7 +93,7 @@ from tunnel.session.reorder import ReorderBuffer
 from tunnel.session.scheduler import FailoverScheduler, make_scheduler
 from tunnel.wire import icmp
 from tunnel.wire.errors import ControlErrorCode, DatagramError
-from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.messages import AccessSignal, access_name
 from tunnel.wire.modes import TunnelMode
 
 log = logging.getLogger("qtun.client")
@@ -115,25 +109,7 @@ NO_ACCESS_RECHECK: Final = 4  # probe intervals between two looks while no acces
 IPV4_DUMMY: Final = IPv4Address("192.0.0.8")
 IPV6_LINK_LOCAL_ROUTER: Final = IPv6Address("fe80::1")
 _THIS_NETWORK: Final = ip_network("0.0.0.0/8")
-# The first name config.ACCESS_KINDS gives each Access ID: how logs and the status name it.
-ACCESS_KIND_NAMES: Final[dict[AccessId, str]] = {
-    kind: name for name, kind in reversed(list(ACCESS_KINDS.items()))
-}
-STREAM_EVENTS: Final = (
-    TcpConnectRequested,
-    TcpConnectAccepted,
-    TcpConnectFailed,
-    StreamDataReceived,
-    StreamReset,
-    StopSendingReceived,
-    StreamRejected,
-)
-"""The -tcp draft's events, handed to the program's StreamClient (tunnel/aio/stream_client.py)."""
 _NO_EVENTS: Final[tuple[TunnelEvent, ...]] = ()
-
-
-def access_kind(access_id: AccessId) -> str:
-    return ACCESS_KIND_NAMES.get(access_id, str(int(access_id)))
 
 
 def icmp_sources(tun: TunConfig) -> tuple[IPv4Address | None, IPv6Address | None]:
@@ -882,7 +858,7 @@ class ClientAgent:
             accesses.append(
                 {
                     "name": name,
-                    "access_id": access_kind(status.config.access_id) if status else None,
+                    "access_id": access_name(status.config.access_id) if status else None,
                     "available": status.available if status else connected,
                     "link": None if status is None or status.link is None else asdict(status.link),
                     "connected": connected,
@@ -1302,7 +1278,7 @@ class ClientAgent:
         log.info(
             "access report access=%s access_id=%s signal=%s %s",
             status.config.name,
-            access_kind(access_id),
+            access_name(access_id),
             signal.name.lower(),
             "sent" if sent else "not sent (no live connection)",
         )
@@ -1348,6 +1324,5 @@ __all__ = [
     "PathState",
     "StatusChanged",
     "Transmit",
-    "access_kind",
     "icmp_sources",
 ]

@@ -70,6 +70,7 @@ from tunnel.policy.ingress import IngressFilter
 from tunnel.policy.log_budget import LogBudget
 from tunnel.policy.rate_limit import TokenBucket
 from tunnel.protocol.connection import (
+    STREAM_EVENTS,
     AccessReportReceived,
     ConnectionClosed,
     JoinRequested,
@@ -78,11 +79,6 @@ from tunnel.protocol.connection import (
     SendResult,
     SendStatus,
     SessionRequested,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamRejected,
-    StreamReset,
-    TcpConnectRequested,
     TunnelConnection,
     TunnelEvent,
 )
@@ -99,7 +95,7 @@ from tunnel.wire.icmp import (
     packet_too_big,
     source_address,
 )
-from tunnel.wire.messages import AccessId, AccessSignal
+from tunnel.wire.messages import ACCESS_NAMES, AccessId, AccessSignal, access_name
 from tunnel.wire.modes import TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
@@ -111,24 +107,11 @@ AUTH_FAILED_REASON: Final = (
 """The only close reason an unauthenticated peer gets: the details (which name, which CA,
 revoked or not) are for the operator's log, not for a stranger probing the concentrator."""
 CRYPTO_ERROR_NO_APPLICATION_PROTOCOL: Final = 0x100 + 120  # RFC 9001 §4.8, TLS alert 120
-ACCESS_NAMES: Final = {AccessId.NON_THREE_GPP: "wifi", AccessId.THREE_GPP: "5g"}
-STREAM_EVENTS: Final = (
-    TcpConnectRequested,
-    StreamDataReceived,
-    StreamReset,
-    StopSendingReceived,
-    StreamRejected,
-)
-"""The -tcp draft's events, handed to the program's stream server (tunnel/aio/stream_server.py)."""
 _NO_EVENTS: Final[tuple[TunnelEvent, ...]] = ()
 
 
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def access_name(access: AccessId) -> str:
-    return ACCESS_NAMES.get(access, str(int(access)))
 
 
 class Refusal(Enum):
@@ -1096,7 +1079,7 @@ class ConcentratorCore:
             srtt = connection.srtt
             connections.append(
                 {
-                    "access_id": ACCESS_NAMES.get(peer.access_id) if peer.access_id else None,
+                    "access_id": access_name(peer.access_id) if peer.access_id else None,
                     "peer": peer.address,
                     "alpn": connection.alpn,
                     "stream_mode": connection.stream_mode,
@@ -1120,7 +1103,6 @@ class ConcentratorCore:
 
 
 __all__ = [
-    "ACCESS_NAMES",
     "AUTH_FAILED_REASON",
     "Action",
     "Closed",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import ssl
 from ipaddress import IPv6Address, ip_address
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -15,13 +15,9 @@ from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import open_private
 from tunnel.aio.udp import EndpointError, UdpEndpoint
 from tunnel.config import AccessConfig, ClientConfig, ObservabilityConfig
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_FRAME_SIZE, MAX_DATAGRAM_SIZE
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.modes import ALPN_SESSION, ALPN_TUNNEL, TunnelMode
-
-MAX_DATAGRAM_SIZE: Final = 1452
-"""UDP payload of 1452 bytes fits a 1500-byte path over IPv6 (1500 - 40 - 8) and IPv4; with it
-the tunnel-mode datagram budget is ~1420 bytes (measured 224-399 Mbit/s vs 1200, issue 4)."""
-MAX_DATAGRAM_FRAME_SIZE: Final = 65535
 
 
 def open_observability(
@@ -118,8 +114,6 @@ def address_text(address: Any) -> str:
 
 
 __all__ = [
-    "MAX_DATAGRAM_FRAME_SIZE",
-    "MAX_DATAGRAM_SIZE",
     "address_text",
     "bind_access",
     "concentrator_remote",

@@ -19,7 +19,12 @@ from tunnel.aio.udp import EndpointError, QuicDriver, QuicServer, UdpEndpoint
 from tunnel.config import ConcentratorConfig, ConfigError
 from tunnel.policy.address_validation import AdmissionLimits, RetryPolicy
 from tunnel.policy.client_auth import ClientAuthError, ClientVerifier, RevocationList
-from tunnel.protocol.quic_ext import packet_datagram_budget
+from tunnel.protocol.quic_ext import (
+    CONNECTION_ID_LENGTH,
+    MAX_DATAGRAM_FRAME_SIZE,
+    MAX_DATAGRAM_SIZE,
+    packet_datagram_budget,
+)
 from tunnel.protocol.stateless_reset import reset_key_from_secret
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
@@ -27,11 +32,6 @@ from tunnel.wire.modes import ALPN_SESSION, ALPN_TUNNEL, TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
 
-MAX_DATAGRAM_SIZE: Final = 1452
-"""UDP payload of our QUIC packets: 1500-byte Ethernet MTU minus IPv6 (40) and UDP (8)
-headers, so one tunnel packet never needs IP fragmentation outside over IPv4 or IPv6."""
-CONNECTION_ID_LENGTH: Final = 8  # aioquic's default, used for the datagram budget
-MAX_DATAGRAM_FRAME_SIZE: Final = 65535
 HANDSHAKE_MARGIN: Final = 64  # connections beyond the limits that may still be refused politely
 IP_FORWARD_SYSCTLS: Final = {
     "ipv4": Path("/proc/sys/net/ipv4/ip_forward"),
@@ -171,7 +171,6 @@ def quic_server(
 
 __all__ = [
     "IP_FORWARD_SYSCTLS",
-    "MAX_DATAGRAM_SIZE",
     "auto_tun_mtu",
     "load_verifier",
     "quic_configuration",

@@ -244,6 +244,19 @@ TunnelEvent: TypeAlias = (
 )
 
 
+STREAM_EVENTS: Final = (
+    TcpConnectRequested,
+    TcpConnectAccepted,
+    TcpConnectFailed,
+    StreamDataReceived,
+    StreamReset,
+    StopSendingReceived,
+    StreamRejected,
+)
+"""The -tcp draft's events: what a program hands to its stream-mode relay (tunnel/aio/
+stream_server.py, stream_client.py) rather than handling itself."""
+
+
 # -- sending results and counters --------------------------------------------------------
 
 

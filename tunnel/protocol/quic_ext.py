@@ -61,6 +61,15 @@ INITIAL_RTT: Final[float] = 0.333
 # share of a packet's time the pacer forgives (float residues of the bucket arithmetic)
 PACER_TOLERANCE: Final[float] = 0.001
 
+# UDP payload of our QUIC packets, both programs: a 1500-byte Ethernet MTU minus the IPv6 (40)
+# and UDP (8) headers, so one tunnel packet never needs IP fragmentation outside, over IPv4 or
+# IPv6 (measured 224-399 Mbit/s against aioquic's default of 1200, issue 4).
+MAX_DATAGRAM_SIZE: Final[int] = 1452
+# The largest DATAGRAM frame we accept (RFC 9221 §3): any, the packet size is the real limit.
+MAX_DATAGRAM_FRAME_SIZE: Final[int] = 65535
+# aioquic's connection ID length, which the datagram budget depends on.
+CONNECTION_ID_LENGTH: Final[int] = 8
+
 # AEAD tag added to every protected packet: 16 bytes for all three TLS 1.3 suites
 # QUIC uses (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; RFC 9001 §5.3).
 AEAD_TAG_SIZE: Final[int] = 16

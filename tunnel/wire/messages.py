@@ -53,6 +53,21 @@ class AccessId(IntEnum):
     NON_THREE_GPP = 2
 
 
+ACCESS_NAMES: Final[dict[AccessId, str]] = {
+    AccessId.THREE_GPP: "5g",
+    AccessId.NON_THREE_GPP: "wifi",
+}
+"""The short name of each Access ID, in configuration files, logs and status files."""
+
+
+def access_name(access_id: AccessId | int) -> str:
+    """`ACCESS_NAMES`' name, or the number of an Access ID the draft does not define."""
+    try:
+        return ACCESS_NAMES[AccessId(access_id)]
+    except ValueError:
+        return str(int(access_id))
+
+
 class AccessSignal(IntEnum):
     """Access Report signal codes (draft-piraux-intarea-quic-tunnel-00 §9.3 Signal Codes)."""
 
