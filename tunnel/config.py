@@ -101,10 +101,12 @@ ACCESS_KINDS: Mapping[str, AccessId] = {
     ACCESS_NAMES[AccessId.NON_THREE_GPP]: AccessId.NON_THREE_GPP,
     "non-3gpp": AccessId.NON_THREE_GPP,
 }
-# Congestion controllers aioquic 1.7 offers for the outer QUIC connection (DATAGRAM frames are
-# congestion controlled too, RFC 9221 §5.4): Reno is aioquic's default; CUBIC grows faster again
-# after a loss on paths with a large bandwidth-delay product.
-CONGESTION_CONTROLS = ("reno", "cubic")
+# Congestion controllers of the outer QUIC connection (DATAGRAM frames are congestion controlled
+# too, RFC 9221 §5.4), tunnel/protocol/congestion.py: aioquic's loss-based Reno (its default) and
+# CUBIC, our BBRv1 (random loss does not shrink it), and "none" (RFC 9484 §10: IP tunnels may
+# leave congestion control to the tunnelled flows; paced at limits.pacing_rate_mbps, never with
+# stream mode). A test checks these names against the controllers registered with aioquic.
+CONGESTION_CONTROLS = ("reno", "cubic", "bbr", "none")
 # What packets of tunnel/session-mode clients may reach on the concentrator host itself (its own
 # addresses): "deny" nothing, "ping" ICMP/ICMPv6 echo requests only (the default: a client can
 # check its tunnel, but not reach the host's services), "allow" everything.
@@ -123,7 +125,14 @@ REORDER_DOC = (
     "0 turns reordering off"
 )
 REORDER_UNSET = "from the paths' RTTs"
-CONGESTION_DOC = "congestion controller of the outer QUIC connections (RFC 9221 §5.4)"
+CONGESTION_DOC = (
+    "congestion controller of the outer QUIC connections (RFC 9221 §5.4); none: only paced, "
+    "for tunnel/session mode without stream mode (RFC 9484 §10)"
+)
+PACING_DOC = (
+    'the rate congestion control "none" paces each connection at; with the others, a cap on '
+    "their pacing rate"
+)
 
 
 # --- the client's and the concentrator's shared tables --------------------------------------------
@@ -266,6 +275,15 @@ class ClientLimits:
     )
     congestion_control: str = field(
         default="reno", metadata=setting(CONGESTION_DOC, Choice(CONGESTION_CONTROLS))
+    )
+    pacing_rate_mbps: float | None = field(
+        default=None,
+        metadata=setting(
+            PACING_DOC,
+            Number(0.001, 1_000_000.0),
+            unit="Mbit/s",
+            unset='no cap (required with congestion_control = "none")',
+        ),
     )
 
 
@@ -466,6 +484,15 @@ class ConcentratorLimits:
     )
     congestion_control: str = field(
         default="reno", metadata=setting(CONGESTION_DOC, Choice(CONGESTION_CONTROLS))
+    )
+    pacing_rate_mbps: float | None = field(
+        default=None,
+        metadata=setting(
+            PACING_DOC,
+            Number(0.001, 1_000_000.0),
+            unit="Mbit/s",
+            unset='no cap (required with congestion_control = "none")',
+        ),
     )
     max_sessions: int | None = field(
         default=None,
@@ -713,8 +740,25 @@ def _check_pool(pool: PoolConfig, t: Table) -> None:
         )
 
 
+def _check_congestion(limits: ClientLimits | ConcentratorLimits, stream_mode: bool) -> None:
+    """RFC 9484 §10 allows no congestion control only for DATAGRAM-only connections: streams
+    (stream mode's TCP bytestreams) need it; and "none" needs a rate to pace at."""
+    none = limits.congestion_control == "none"
+    if none and limits.pacing_rate_mbps is None:
+        raise ConfigError(
+            'limits.congestion_control = "none" needs limits.pacing_rate_mbps: give the rate '
+            "the access carries, or choose bbr"
+        )
+    if none and stream_mode:
+        raise ConfigError(
+            'limits.congestion_control = "none" cannot carry stream mode (its QUIC streams need '
+            "congestion control, RFC 9484 §10): choose bbr, or turn [stream] off"
+        )
+
+
 def _check_client(config: ClientConfig, t: Table) -> None:
     _unique("access name {!r} is used twice: give each [[access]] its own", config.accesses)
+    _check_congestion(config.limits, config.stream.enabled)
     if config.mode is TunnelMode.SESSION and not config.accesses:
         raise ConfigError(
             "mode is 'session' but no [[access]] table is given: add one per access network"
@@ -723,6 +767,7 @@ def _check_client(config: ClientConfig, t: Table) -> None:
 
 def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
     _unique("client name {!r} appears in two [[client]] tables: merge them", config.clients)
+    _check_congestion(config.limits, config.stream.enabled)
     if config.pool.ipv4 is None and config.pool.ipv6 is None and not config.clients:
         raise ConfigError(
             "no client addresses are configured: add a [pool] (ipv4/ipv6 prefix) or [[client]] "

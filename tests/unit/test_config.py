@@ -276,11 +276,12 @@ def test_load_errors(tmp_path: Path) -> None:
         load_concentrator_config(tmp_path / "bad.toml")
 
 
-def test_outer_congestion_control_is_one_of_aioquics() -> None:
+def test_outer_congestion_control_is_one_of_the_registered() -> None:
     assert client().limits.congestion_control == "reno"  # type: ignore[attr-defined]
     cubic = client("limits.congestion_control=cubic")
     assert cubic.limits.congestion_control == "cubic"  # type: ignore[attr-defined]
     conc = concentrator("limits.congestion_control=cubic")
     assert conc.limits.congestion_control == "cubic"  # type: ignore[attr-defined]
+    assert client("limits.congestion_control=bbr").limits.congestion_control == "bbr"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"limits\.congestion_control"):
-        client("limits.congestion_control=bbr")
+        client("limits.congestion_control=vegas")

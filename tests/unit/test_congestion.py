@@ -72,14 +72,13 @@ def test_none_is_paced_at_its_rate_whatever_the_loss() -> None:
     assert 0.85 * pacing <= goodput <= pacing
 
 
-def test_none_needs_a_rate_and_a_rate_needs_none() -> None:
+def test_none_needs_a_rate_and_a_rate_caps_the_others() -> None:
     config, _ = make_configs(["qt"])
     config.congestion_control_algorithm = "none"
     with pytest.raises(ValueError, match="needs a pacing rate"):
         TunnelQuicConnection(configuration=config)
-    config.congestion_control_algorithm = "reno"
-    with pytest.raises(ValueError, match='"none" only'):
-        TunnelQuicConnection(configuration=config, pacing_rate=1e6)
+    capped = transfer("reno", 0.0, pacing=RATE / 4)
+    assert 0.85 * RATE / 4 <= capped <= RATE / 4
 
 
 def test_the_pacer_follows_the_controllers_rate() -> None:
@@ -123,3 +122,39 @@ def test_every_tracked_datagram_gets_its_fate_and_none_is_falsely_lost() -> None
     assert acked <= arrived and not (lost & arrived)
     assert lost and len(fates) >= 190  # nearly all 200 tracked ones have a fate by now
     assert client.take_datagram_fates() == []
+
+
+def test_the_configurable_controllers_are_the_registered_ones() -> None:
+    from tunnel.config import CONGESTION_CONTROLS as CONFIGURABLE
+
+    assert tuple(CONFIGURABLE) == CONGESTION_CONTROLS
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (('limits.congestion_control="none"',), "needs limits.pacing_rate_mbps"),
+        (
+            (
+                'limits.congestion_control="none"',
+                "limits.pacing_rate_mbps=10",
+                "stream.enabled=true",
+            ),
+            "cannot carry stream mode",
+        ),
+    ],
+)
+def test_none_is_configured_with_a_rate_and_never_with_stream_mode(
+    overrides: tuple[str, ...], error: str
+) -> None:
+    from pathlib import Path
+
+    from tunnel.config import ConfigError, parse_client_config
+
+    text = (Path(__file__).parents[2] / "examples" / "client-tunnel.toml").read_text()
+    with pytest.raises(ConfigError, match=error):
+        parse_client_config(text, overrides=overrides)
+    ok = parse_client_config(
+        text, overrides=('limits.congestion_control="none"', "limits.pacing_rate_mbps=50")
+    )
+    assert ok.limits.pacing_rate_mbps == 50

@@ -59,7 +59,7 @@ from tunnel.aio.tun import TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, run
 from tunnel.config import ClientConfig
 from tunnel.protocol.connection import TunnelConnection
-from tunnel.protocol.quic_ext import TunnelQuicConnection
+from tunnel.protocol.quic_ext import TunnelQuicConnection, pacing_rate
 from tunnel.user_error import EXIT_OK, EXIT_RUNTIME, RuntimeFailure, UserError
 
 if TYPE_CHECKING:
@@ -259,7 +259,11 @@ class Client:
             self.agent.path_failed(path, str(exc), self.loop.time())
             return
         options = self.stream.quic_options() if self.stream is not None else {}
-        quic = TunnelQuicConnection(configuration=self._quic_config, **options)
+        quic = TunnelQuicConnection(
+            configuration=self._quic_config,
+            pacing_rate=pacing_rate(self.config.limits.pacing_rate_mbps),
+            **options,
+        )
         self.agent.path_opened(path, quic, self.loop.time())
         on_event = self._guarded(
             functools.partial(self._on_quic_event, path), "_on_quic_event", carry_out=False

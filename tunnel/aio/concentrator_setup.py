@@ -23,6 +23,7 @@ from tunnel.protocol.quic_ext import (
     CONNECTION_ID_LENGTH,
     MAX_DATAGRAM_FRAME_SIZE,
     MAX_DATAGRAM_SIZE,
+    pacing_rate,
     packet_datagram_budget,
 )
 from tunnel.protocol.stateless_reset import reset_key_from_secret
@@ -155,7 +156,11 @@ def quic_server(
         on_connection,
         max_connections=limits.max_clients * limits.max_connections_per_client + HANDSHAKE_MARGIN,
         create_connection=functools.partial(
-            PeerQuicConnection, request_client_certificate=True, reset_key=key, **connection_options
+            PeerQuicConnection,
+            request_client_certificate=True,
+            reset_key=key,
+            pacing_rate=pacing_rate(limits.pacing_rate_mbps),
+            **connection_options,
         ),
         reset_key=key,
         admission=AdmissionLimits(

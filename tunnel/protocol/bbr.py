@@ -145,7 +145,6 @@ class BbrCongestionControl(QuicCongestionControl):
         self.probe_rtt_round_done = False
         self.prior_cwnd = 0
         self.pacing_rate: float | None = None  # bytes/s; None until the first sample
-        self.last_sent_bytes = 0
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -174,7 +173,6 @@ class BbrCongestionControl(QuicCongestionControl):
             self.first_sent_time = sent_time
             self.delivered_time = sent_time
         self.bytes_in_flight += packet.sent_bytes
-        self.last_sent_bytes = packet.sent_bytes  # the pacer charges packets by their size
         self._sent[packet.packet_number] = _SentState(
             delivered=self.delivered,
             delivered_time=self.delivered_time,

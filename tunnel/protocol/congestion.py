@@ -37,14 +37,12 @@ class PacedNoCongestionControl(QuicCongestionControl):
         super().__init__(max_datagram_size=max_datagram_size)
         self.congestion_window = UNLIMITED_WINDOW
         self.pacing_rate: float | None = None
-        self.last_sent_bytes = 0
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
         self.bytes_in_flight -= packet.sent_bytes
 
     def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
         self.bytes_in_flight += packet.sent_bytes
-        self.last_sent_bytes = packet.sent_bytes  # the pacer charges packets by their size
 
     def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
         for packet in packets:

@@ -206,7 +206,8 @@ class TunnelQuicConnection(QuicConnection):
         from it (tunnel/protocol/stateless_reset.py) instead of aioquic's random ones, so that a
         restarted server can still reset the connection.
         `pacing_rate` (bytes per second): the rate of congestion control "none"
-        (tunnel/protocol/congestion.py), required with it and refused with any other."""
+        (tunnel/protocol/congestion.py), required with it; with any other, a cap on the rate
+        the controller paces at."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         self._tunnel_reset_key = reset_key
@@ -245,7 +246,7 @@ class TunnelQuicConnection(QuicConnection):
     def _install_pacer(self, pacing_rate: float | None) -> None:
         """aioquic paces at cwnd / srtt; a controller that knows its own rate (BBR: pacing
         gain x bottleneck bandwidth; "none": the configured rate) sets `pacing_rate` and the
-        pacer follows it instead."""
+        pacer follows it instead. With the other controllers, `pacing_rate` caps the rate."""
         loss = self._loss
         cc = loss._cc
         if isinstance(cc, PacedNoCongestionControl):
@@ -255,18 +256,21 @@ class TunnelQuicConnection(QuicConnection):
                     "one the tunnel would flood its access"
                 )
             cc.pacing_rate = pacing_rate
-        elif pacing_rate is not None:
-            raise ValueError('a fixed pacing rate goes with congestion control "none" only')
+        elif pacing_rate is not None and pacing_rate <= 0:
+            raise ValueError(f"a pacing rate must be > 0 bytes/s, got {pacing_rate}")
         self._tunnel_now: float | None = None
-        self._tunnel_paced = hasattr(cc, "pacing_rate")
+        self._tunnel_paced = hasattr(cc, "pacing_rate") or pacing_rate is not None
         # one entry per queued DATAGRAM, in aioquic's queue order (None: not tracked)
         self._tunnel_datagram_tokens: deque[Hashable | None] = deque(
             None for _ in self._datagrams_pending
         )
         self._tunnel_fates: list[tuple[Hashable, bool]] = []
         if self._tunnel_paced:
-            loss._pacer = RatePacer(cc, max_datagram_size=self._max_datagram_size)
-            loss._pacer.update_rate(cc.congestion_window, INITIAL_RTT)
+            cap = None if isinstance(cc, PacedNoCongestionControl) else pacing_rate
+            pacer = RatePacer(cc, max_datagram_size=self._max_datagram_size, cap=cap)
+            pacer.observe_sent(cc)
+            pacer.update_rate(cc.congestion_window, INITIAL_RTT)
+            loss._pacer = pacer
 
     def _write_datagram_frame(
         self, builder: QuicPacketBuilder, data: bytes, frame_type: QuicFrameType
@@ -521,13 +525,33 @@ class TunnelQuicConnection(QuicConnection):
         super()._handle_crypto_frame(context, frame_type, buf)
 
 
+def pacing_rate(mbps: float | None) -> float | None:
+    """limits.pacing_rate_mbps (10^6 bit/s) as TunnelQuicConnection's pacing_rate (bytes/s)."""
+    return None if mbps is None else mbps * 1_000_000 / 8
+
+
 class RatePacer(QuicPacketPacer):
-    """aioquic's pacer at the controller's own `pacing_rate` (bytes/s) when it has one; its
+    """aioquic's pacer at the controller's own `pacing_rate` (bytes/s) when it has one (BBR,
+    "none"), else at aioquic's cwnd / srtt; never above `cap` (bytes/s) when one is given. Its
     bucket (burst) stays aioquic's: at most 16 packets' or a quarter window's worth."""
 
-    def __init__(self, cc: Any, *, max_datagram_size: int) -> None:
+    def __init__(self, cc: Any, *, max_datagram_size: int, cap: float | None = None) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
         self._cc = cc
+        self.cap = cap
+        self.rate: float | None = None  # bytes/s in force, None: not pacing yet
+        self.last_sent_bytes = 0  # size of the last packet sent (see observe_sent)
+
+    def observe_sent(self, cc: Any) -> None:
+        """Learn each sent packet's size from the controller's on_packet_sent: aioquic tells
+        the pacer only that a packet left, not how big it was."""
+        original = cc.on_packet_sent
+
+        def on_packet_sent(*, packet: Any) -> None:
+            self.last_sent_bytes = packet.sent_bytes
+            original(packet=packet)
+
+        cc.on_packet_sent = on_packet_sent
 
     def next_send_time(self, now: float) -> float | None:  # type: ignore[override]
         # aioquic's pacer lets a packet go whenever its bucket holds *any* time, so a wakeup
@@ -542,22 +566,26 @@ class RatePacer(QuicPacketPacer):
         return now + missing if missing > PACER_TOLERANCE * needed else None
 
     def update_after_send(self, now: float) -> None:
-        # aioquic counts every packet as max_datagram_size; the controller's rate is in bytes
-        # actually sent (BBR measures delivered bytes), so the packet's own size is charged.
+        # aioquic counts every packet as max_datagram_size; the rate is in bytes actually sent
+        # (BBR measures delivered bytes), so the packet's own size is charged.
         if self.packet_time is not None:
             self.update_bucket(now=now)
             self.bucket_time = max(0.0, self.bucket_time - self._packet_cost())
 
     def _packet_cost(self) -> float:
         assert self.packet_time is not None
-        rate = getattr(self._cc, "pacing_rate", None)
-        size = getattr(self._cc, "last_sent_bytes", 0)
-        if rate is None or size <= 0:
+        size = self.last_sent_bytes
+        if self.rate is None or size <= 0:
             return float(self.packet_time)
-        return max(K_MICRO_SECOND, float(size / rate))
+        return max(K_MICRO_SECOND, float(size / self.rate))
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        rate = getattr(self._cc, "pacing_rate", None)
+        rate: float | None = getattr(self._cc, "pacing_rate", None)
+        if rate is None and self.cap is not None:
+            rate = congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
+        if rate is not None and self.cap is not None:
+            rate = min(rate, self.cap)
+        self.rate = rate
         if rate is None:  # no model yet (BBR before its first sample): aioquic's rule
             super().update_rate(congestion_window, smoothed_rtt)
             return
