@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 
-.PHONY: all deps venv lint typecheck test test-unit demo bench soak fuzz fidelity notebooks lab clean distclean
+.PHONY: all deps venv lint typecheck check test test-unit demo bench soak fuzz fidelity notebooks lab install-dissector clean distclean
 
 all: venv
 
@@ -45,15 +45,22 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks.
+# The inner loop, under a minute: lint, types and the fast unit tests (no root, no notebooks,
+# nothing marked `slow`; Hypothesis' "dev" profile: few examples each).
+check: lint typecheck
+	$(PY) -m pytest -q -m "not root and not slow and not notebook" tests/unit
+
+# Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks, with
+# Hypothesis' "ci" profile (tests/conftest.py) and the slowest tests listed at the end.
 # pytest exits 5 when it collected nothing; make treats that as the failure it is. QTL_LEAK_CHECK
 # fails the run if it leaves namespaces, interfaces, nft tables or helper processes behind.
 test: lint typecheck build/qtwire
-	QTL_LEAK_CHECK=1 $(PY) -m pytest tests
+	QTL_LEAK_CHECK=1 $(PY) -m pytest --hypothesis-profile=ci --durations=25 tests
 
-# What a user without root can run: the sans-I/O core and everything else that needs no privileges.
+# What a user without root can run: the sans-I/O core and everything else that needs no
+# privileges or Mininet (tests/unit; no notebooks).
 test-unit: venv
-	$(PY) -m pytest -m "not root" tests
+	$(PY) -m pytest --hypothesis-profile=ci -m "not root" tests/unit
 
 # The default failover experiment (about 2 minutes): results/demo/failover/<timestamp>/ and
 # results/figures/failover-demo.png.
@@ -84,6 +91,15 @@ notebooks: venv
 lab: venv
 	$(VENV)/bin/jupyter-lab --version >/dev/null 2>&1 || $(PY) -m pip install -q -e '.[dev,lab]'
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter-lab notebooks/ --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+# The Wireshark dissector of the three drafts (tools/wireshark/quic_tunnel.lua) for this user's
+# Wireshark and tshark (run it without sudo): open a capture with the TLS keylog the programs
+# wrote (observability.keylog_file) and filter on `qtun`. `python -m testbed.decode DIR` does not
+# need it (it loads the repository's copy).
+WIRESHARK_PLUGINS ?= $(HOME)/.local/lib/wireshark/plugins
+install-dissector:
+	install -D -m 644 tools/wireshark/quic_tunnel.lua $(WIRESHARK_PLUGINS)/quic_tunnel.lua
+	@echo "installed $(WIRESHARK_PLUGINS)/quic_tunnel.lua: restart Wireshark; filter on qtun"
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

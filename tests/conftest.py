@@ -1,6 +1,11 @@
 """Shared pytest set-up.
 
 - Tests marked `root` (or `mininet`) skip themselves for other users.
+- Hypothesis profiles: "dev" (the default: few examples, for the inner loop `make check`) and
+  "ci" (`make test`, `make test-unit`: Hypothesis' full default count, no deadline and no
+  too-slow health check, since a shared 2-core machine makes any wall-clock bound a flake).
+  Choose with `--hypothesis-profile=ci` or HYPOTHESIS_PROFILE=ci.
+- `lab_certs`: one test CA per run (tests/certs.py); tests read it and never write into it.
 - As root with QTL_LEAK_CHECK=1 (`make test` sets it), the whole run is checked for leaks:
   network namespaces, root-namespace interfaces, nftables tables and helper processes (qtun,
   qtwire, iperf3, tcpdump, wireguard-go) present at the end but not at the start fail the run,
@@ -15,6 +20,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+from tests.certs import make_lab_certs
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=10)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 WATCHED_PROGRAMS = ("qtun", "qtwire", "iperf3", "tcpdump", "wireguard-go", "mnexec")
 _baseline: dict[str, set[str]] = {}
@@ -27,6 +44,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords or "mininet" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def lab_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's test CA (tests/certs.py: CLIENTS, and foreign/ with its own "alice")."""
+    return make_lab_certs(tmp_path_factory.mktemp("lab-certs"))
 
 
 def _lines(argv: list[str]) -> list[str]:

@@ -6,11 +6,12 @@ Destination side (servers):
   serve-halfclose PORT  read until EOF, then answer "got <n> <sha256>" and close
   serve-echo PORT       echo each connection until EOF, then close (many at once)
   serve-reset PORT      accept, read a little, then RST (SO_LINGER 0)
-  serve-watch PORT      accept one connection, report how it ended (EOF or reset)
+  serve-watch PORT      accept one connection, print "GOT" at its first data, report how it
+                        ended (EOF or reset)
   serve-bulk PORT N     send N bytes to each connection, then close
 Application side (clients):
   halfclose HOST PORT N     send N bytes, shutdown(SHUT_WR), read the answer
-  reset HOST PORT           connect, send, then RST
+  reset HOST PORT           connect, send, print "SENT", RST once a line arrives on stdin
   expect-reset HOST PORT    connect, send, expect the connection to be reset
   many HOST PORT K SIZE     K concurrent connections, each echoes SIZE bytes, verified
   slow HOST PORT K RATE SECS  K connections read at RATE bytes/s for SECS s, then held
@@ -113,6 +114,8 @@ def serve_watch(port: int) -> None:
         total = 0
         try:
             while chunk := conn.recv(65536):
+                if not total:
+                    print("GOT", flush=True)
                 total += len(chunk)
             ended = "eof"
         except ConnectionResetError:
@@ -156,7 +159,8 @@ def halfclose(host: str, port: int, size: int) -> None:
 def reset(host: str, port: int) -> None:
     sock = connect(host, port)
     sock.sendall(b"hello before reset")
-    time.sleep(0.5)
+    print("SENT", flush=True)
+    sys.stdin.readline()  # the test says when: once the destination has the data
     rst(sock)
     result(reset_sent=True)
 

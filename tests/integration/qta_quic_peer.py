@@ -185,7 +185,8 @@ async def client_main(args: argparse.Namespace) -> None:
             "min_rtt_ms": round(loss._rtt_min * 1000, 3),
             "ssthresh": getattr(loss._cc, "ssthresh", None),
         }
-        await asyncio.sleep(0.2)  # in-flight datagrams land
+        # what arrived before the stats request: datagrams still in flight are not counted
+        # (the goodput is printed, never judged)
         stats = json.loads(await peer.request(client, b"stats"))
         result.update(
             queued=sent,

@@ -14,7 +14,7 @@ import pytest
 
 from experiments.runner import get_experiment, resolve_params, run_experiment
 
-pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow, pytest.mark.timeout(360)]
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -22,6 +22,7 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.mininet,
     pytest.mark.slow,
+    pytest.mark.timeout(240),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (Mininet)"),
     pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="needs wireguard-go"),
 ]

@@ -15,185 +15,111 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 import pytest
 
-from tests.integration.qta_netns import REPO
+from tests.integration.netns import (
+    End,
+    Proc,
+    forwarding,
+    in_ns,
+    ip,
+    namespaces,
+    process,
+    python_in,
+    run_json,
+    sh,
+    unique,
+    veth,
+    wait_until,
+)
 from tunnel.config import StreamServerConfig
 
 pytestmark = pytest.mark.root
 
-PID = os.getpid()
-NS_C, NS_S, NS_D = f"qst-c{PID}", f"qst-s{PID}", f"qst-d{PID}"
-IF = {k: f"qst{k}{PID}"[:15] for k in ("a", "b", "c", "d")}
-NFT_TABLE = f"qst_{PID}"
+NS_C, NS_S, NS_D = unique("qst-c"), unique("qst-s"), unique("qst-d")
+IF = {k: unique(f"qst{k}") for k in ("a", "b", "c", "d")}
+NFT_TABLE = unique("qst_")
 LISTEN_PORT = 4480
 SOCKS_PORT = 1080
 DEST4, DEST6 = "10.200.1.2", "fd00:200:1::2"
 UNREACHABLE4, UNREACHABLE6 = "10.200.99.1", "fd00:200:99::1"
-ENV = dict(os.environ, PYTHONPATH=str(REPO))
-
-
-def sh(*args: str, timeout: float = 20.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-def ns_cmd(ns: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *args]
-
-
-def py_cmd(ns: str, module: str, *args: str) -> list[str]:
-    return ns_cmd(ns, sys.executable, "-m", module, *args)
 
 
 @contextmanager
 def lab_namespaces(client_routes: bool = True) -> Iterator[None]:
     """The three namespaces. `client_routes`: route the destinations from the client towards
     the concentrator (a qtun client routes them into its TUN itself)."""
-    made: list[str] = []
-    try:
-        for ns in (NS_C, NS_S, NS_D):
-            sh("ip", "netns", "add", ns)
-            made.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for (ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b) in (
-            (
-                (NS_C, IF["a"], ["10.81.0.1/24", "fd00:81::1/64"]),
-                (NS_S, IF["b"], ["10.81.0.2/24", "fd00:81::2/64"]),
-            ),
-            (
-                (NS_S, IF["c"], ["10.200.1.1/24", "fd00:200:1::1/64"]),
-                (NS_D, IF["d"], ["10.200.1.2/24", "fd00:200:1::2/64"]),
-            ),
-        ):
-            sh("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
-               "netns", ns_b)  # fmt: skip
-            for ns, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
-                for addr in addrs:
-                    extra = ["nodad"] if ":" in addr else []
-                    sh("ip", "-n", ns, "addr", "add", addr, "dev", ifname, *extra)
-                sh("ip", "-n", ns, "link", "set", ifname, "up")
+    with namespaces(NS_C, NS_S, NS_D):
+        veth(
+            End(NS_C, IF["a"], ["10.81.0.1/24", "fd00:81::1/64"]),
+            End(NS_S, IF["b"], ["10.81.0.2/24", "fd00:81::2/64"]),
+        )
+        veth(
+            End(NS_S, IF["c"], ["10.200.1.1/24", "fd00:200:1::1/64"]),
+            End(NS_D, IF["d"], ["10.200.1.2/24", "fd00:200:1::2/64"]),
+        )
         # the client routes the destinations towards the tunnel side (the route must exist
         # for connect() to reach the nft output hook that redirects it)
         if client_routes:
-            sh("ip", "-n", NS_C, "route", "add", "10.200.0.0/16", "via", "10.81.0.2")
-            sh("ip", "-n", NS_C, "-6", "route", "add", "fd00:200::/32", "via", "fd00:81::2")
-        sh("ip", "-n", NS_S, "route", "add", "10.200.0.0/16", "via", "10.200.1.2")
-        sh("ip", "-n", NS_S, "-6", "route", "add", "fd00:200::/32", "via", "fd00:200:1::2")
-        sh(*ns_cmd(NS_D, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
-        sh(*ns_cmd(NS_D, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"))
-        sh("ip", "-n", NS_D, "route", "add", "unreachable", "10.200.99.0/24")
-        sh("ip", "-n", NS_D, "-6", "route", "add", "unreachable", "fd00:200:99::/48")
+            ip(NS_C, "route", "add", "10.200.0.0/16", "via", "10.81.0.2")
+            ip(NS_C, "-6", "route", "add", "fd00:200::/32", "via", "fd00:81::2")
+        ip(NS_S, "route", "add", "10.200.0.0/16", "via", "10.200.1.2")
+        ip(NS_S, "-6", "route", "add", "fd00:200::/32", "via", "fd00:200:1::2")
+        forwarding(NS_D)
+        ip(NS_D, "route", "add", "unreachable", "10.200.99.0/24")
+        ip(NS_D, "-6", "route", "add", "unreachable", "fd00:200:99::/48")
         yield
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
-@contextmanager
-def process(cmd: list[str], ready: str | None = "READY", timeout: float = 20.0) -> Iterator[Proc]:
-    """A child that prints `ready` when up (None: do not wait); stopped on exit: stdin
-    closed (our peers stop on EOF), then SIGTERM, then SIGKILL, by its own pid."""
-    # stderr to a file: a pipe nobody reads would block a chatty child
-    with tempfile.TemporaryFile("w+") as log:
-        popen = subprocess.Popen(
-            cmd, cwd=REPO, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, text=True,
-        )  # fmt: skip
-        proc = Proc(popen, log)
-        try:
-            if ready is not None:
-                proc.expect(ready, timeout)
-            yield proc
-        finally:
-            if popen.poll() is None:
-                if popen.stdin is not None:
-                    with suppress(OSError):
-                        popen.stdin.close()
-                try:
-                    popen.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    popen.terminate()
-                    try:
-                        popen.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        popen.kill()
-                        popen.wait(timeout=10)
-
-
-class Proc:
-    """A child process; its stdout lines are read by a thread so that waiting for one is
-    bounded in time even if the child prints nothing."""
-
-    def __init__(self, popen: subprocess.Popen[str], log: IO[str]) -> None:
-        self.popen = popen
-        self.log = log
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def stderr(self) -> str:
-        self.log.seek(0)
-        return self.log.read()[-3000:]
-
-    def expect(self, prefix: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-        self.popen.kill()
-        raise AssertionError(
-            f"no {prefix!r} line from {self.popen.args!r}; stderr:\n{self.stderr()}"
-        )
-
-    def send(self, line: str) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(line + "\n")
-        self.popen.stdin.flush()
-
-    def stats(self) -> dict[str, int]:
-        self.send("stats")
-        return dict(json.loads(self.expect("STATS ")))
-
-    def result(self, timeout: float = 60.0) -> dict[str, object]:
-        return dict(json.loads(self.expect("RESULT ", timeout)))
-
-
-def app(ns: str, *args: str, timeout: float = 60.0) -> dict[str, object]:
-    out = subprocess.run(
-        py_cmd(ns, "tests.integration.qst_apps", *args),
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[len("RESULT ") :]))
-    raise AssertionError(f"no RESULT from {args}: {out.stdout}\n{out.stderr}")
+def app(ns: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+    result: dict[str, Any] = run_json(
+        python_in(ns, "tests.integration.qst_apps", *args), timeout=timeout
+    )
+    return result
 
 
 def dest_server(*args: str) -> AbstractContextManager[Proc]:
-    return process(py_cmd(NS_D, "tests.integration.qst_apps", *args))
+    """A qst_apps server in the destination namespace (they ignore stdin: stopped by SIGTERM)."""
+    return process(python_in(NS_D, "tests.integration.qst_apps", *args), stop_by="term")
+
+
+def http_server(
+    ns: str, bind: str, directory: Path, port: int = 8080
+) -> AbstractContextManager[Proc]:
+    """python's http.server, entered once it listens ("Serving HTTP" is printed after bind)."""
+    argv = ["-m", "http.server", str(port), "--bind", bind, "--directory", str(directory)]
+    return process(in_ns(ns, sys.executable, "-u", *argv), ready="Serving HTTP", stop_by="term")
+
+
+def iperf3_server(ns: str, port: int = 5201) -> AbstractContextManager[Proc]:
+    """One iperf3 test's server (-1), entered once it listens (it says so, flushed)."""
+    argv = in_ns(ns, "iperf3", "-s", "-1", "--forceflush", "-p", str(port))
+    return process(argv, ready="Server listening", stop_by="term")
+
+
+def fetch_code(url: str) -> str:
+    """Python that downloads `url` and prints its length and SHA-256."""
+    return (
+        "import hashlib,urllib.request;"
+        f"d=urllib.request.urlopen('{url}',timeout=30).read();"
+        "print(len(d), hashlib.sha256(d).hexdigest())"
+    )
+
+
+def digest(content: bytes) -> list[str]:
+    return [str(len(content)), hashlib.sha256(content).hexdigest()]
+
+
+def stats(proc: Proc) -> dict[str, int]:
+    proc.send("stats")
+    return dict(proc.expect_json("STATS "))
 
 
 @dataclass
@@ -204,9 +130,7 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    certs = tmp_path_factory.mktemp("qst-certs")
-    sh(sys.executable, str(REPO / "scripts" / "make-certs"), "--out", str(certs), timeout=60)
+def lab(lab_certs: Path) -> Iterator[Lab]:
     client_options = json.dumps(
         {
             "intercept": ["10.200.0.0/16", "fd00:200::/32"],
@@ -215,14 +139,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         }
     )
     server_options = json.dumps({"connect_timeout": 3.0, "max_pending_connects": 256})
-    server_cmd = py_cmd(NS_S, "tests.integration.qst_peer", "server", "--certs", str(certs),
-                        "--address", "10.81.0.2", "--options", server_options,
-                        "--lifetime", "600")  # fmt: skip
-    client_cmd = py_cmd(NS_C, "tests.integration.qst_peer", "client", "--certs", str(certs),
-                        "--server", "10.81.0.2", "--options", client_options,
-                        "--nft-table", NFT_TABLE, "--lifetime", "600")  # fmt: skip
+    server_cmd = python_in(NS_S, "tests.integration.qst_peer", "server", "--certs",
+                           str(lab_certs), "--address", "10.81.0.2", "--options", server_options,
+                           "--lifetime", "600")  # fmt: skip
+    client_cmd = python_in(NS_C, "tests.integration.qst_peer", "client", "--certs",
+                           str(lab_certs), "--server", "10.81.0.2", "--options", client_options,
+                           "--nft-table", NFT_TABLE, "--lifetime", "600")  # fmt: skip
     with lab_namespaces(), process(server_cmd) as server, process(client_cmd) as client:
-        yield Lab(server, client, certs)
+        yield Lab(server, client, lab_certs)
 
 
 # -- transfers ---------------------------------------------------------------------------------
@@ -230,37 +154,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.mark.parametrize("dest", [DEST4, DEST6])
 def test_http_transfer_is_intact(lab: Lab, dest: str, tmp_path: Path) -> None:
-    root = tmp_path / "www"
-    root.mkdir()
     content = os.urandom(8 * 1024 * 1024 + 17)
-    (root / "blob").write_bytes(content)
+    (tmp_path / "blob").write_bytes(content)
     bind = "::" if ":" in dest else "0.0.0.0"
-    with process(
-        ns_cmd(NS_D, sys.executable, "-u", "-m", "http.server", "8080", "--bind", bind,
-               "--directory", str(root)),
-        ready="Serving HTTP",
-    ):  # fmt: skip
-        host = f"[{dest}]" if ":" in dest else dest
-        code = (
-            "import hashlib,urllib.request;"
-            f"d=urllib.request.urlopen('http://{host}:8080/blob',timeout=30).read();"
-            "print(len(d), hashlib.sha256(d).hexdigest())"
-        )
-        out = sh(*ns_cmd(NS_C, sys.executable, "-c", code), timeout=60)
-    assert out.stdout.split() == [str(len(content)), hashlib.sha256(content).hexdigest()]
+    host = f"[{dest}]" if ":" in dest else dest
+    with http_server(NS_D, bind, tmp_path):
+        out = sh(*in_ns(NS_C, sys.executable, "-c", fetch_code(f"http://{host}:8080/blob")),
+                 timeout=60)  # fmt: skip
+    assert out.stdout.split() == digest(content)
 
 
 @pytest.mark.parametrize("dest", [DEST4, DEST6])
 def test_iperf3_tcp_through_stream_mode(lab: Lab, dest: str) -> None:
-    with process(
-        ns_cmd(NS_D, "iperf3", "-s", "-1", "--forceflush", "-p", "5201"), ready="Server listening"
-    ):
-        out = sh(*ns_cmd(NS_C, "iperf3", "-c", dest, "-p", "5201", "-t", "3", "-J"), timeout=40)
+    """iperf3's control and data connections both intercepted and relayed (the figure is
+    printed, not judged: `make bench` measures stream mode's goodput)."""
+    with iperf3_server(NS_D):
+        out = sh(*in_ns(NS_C, "iperf3", "-c", dest, "-p", "5201", "-t", "1", "-J"), timeout=40)
     report = json.loads(out.stdout)
+    assert "error" not in report, report["error"]
     received = report["end"]["sum_received"]
-    mbps = received["bits_per_second"] / 1e6
-    print(f"stream mode iperf3 {dest}: {mbps:.0f} Mbit/s")
-    assert received["bytes"] > 0 and mbps > 10
+    print(f"stream mode iperf3 {dest}: {received['bits_per_second'] / 1e6:.0f} Mbit/s")
+    assert received["bytes"] > 0
 
 
 # -- the draft's mapping -----------------------------------------------------------------------
@@ -270,23 +184,29 @@ def test_iperf3_tcp_through_stream_mode(lab: Lab, dest: str) -> None:
 def test_half_close_keeps_the_other_direction(lab: Lab, dest: str) -> None:
     with dest_server("serve-halfclose", "7001") as server:
         res = app(NS_C, "halfclose", dest, "7001", "300000")
-        server.result()
+        server.expect("RESULT ")
     assert res["answer"] == res["expected"]
 
 
 def test_application_reset_reaches_the_destination(lab: Lab) -> None:
-    before = lab.client.stats()
+    """The application resets its connection once the destination has its data (not after a
+    guessed delay): the RST travels as RESET_STREAM and the destination sees a reset."""
+    before = stats(lab.client)
     with dest_server("serve-watch", "7002") as server:
-        app(NS_C, "reset", DEST4, "7002")
-        watched = server.result()
+        reset_app = python_in(NS_C, "tests.integration.qst_apps", "reset", DEST4, "7002")
+        with process(reset_app, ready="SENT") as application:
+            server.expect("GOT")
+            application.send("reset")
+            application.expect("RESULT ")
+        watched = server.expect_json("RESULT ")
     assert watched["ended"] == "reset"
-    assert lab.client.stats()["resets_sent"] > before["resets_sent"]
+    assert stats(lab.client)["resets_sent"] > before["resets_sent"]
 
 
 def test_destination_reset_reaches_the_application(lab: Lab) -> None:
     with dest_server("serve-reset", "7003") as server:
         res = app(NS_C, "expect-reset", DEST6, "7003")
-        server.result()
+        server.expect("RESULT ")
     assert res == {"connected": True, "outcome": "reset"}
 
 
@@ -317,14 +237,13 @@ def test_socks_front_relays(lab: Lab) -> None:
     assert res == {"reply": 0, "echoed": "through socks"}
 
 
-def raw(lab: Lab, preamble: str) -> dict[str, object]:
-    out = sh(
-        *py_cmd(NS_C, "tests.integration.qst_peer", "raw", "--certs", str(lab.certs),
-                "--server", "10.81.0.2", "--preamble", preamble, "--lifetime", "10"),
-        timeout=30,
+def raw(lab: Lab, preamble: str) -> dict[str, Any]:
+    cmd = python_in(
+        NS_C, "tests.integration.qst_peer", "raw", "--certs", str(lab.certs),
+        "--server", "10.81.0.2", "--preamble", preamble, "--lifetime", "10",
     )  # fmt: skip
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RAW "))
-    return dict(json.loads(line[4:]))
+    result: dict[str, Any] = run_json(cmd, prefix="RAW ", timeout=30)
+    return result
 
 
 def tcp_connect_tlv(address: str, port: int) -> str:
@@ -378,13 +297,10 @@ def test_own_address_is_denied(lab: Lab) -> None:
 def test_200_concurrent_connections(lab: Lab) -> None:
     with dest_server("serve-echo", "7005"):
         res = app(NS_C, "many", DEST4, "7005", "200", "20000", timeout=90)
-    assert res["failed"] == 0, (res["errors"], lab.client.stderr(), lab.server.stderr())
+    assert res["failed"] == 0, (res["errors"], lab.client.log_tail(), lab.server.log_tail())
     assert res["ok"] == 200
-    deadline = time.monotonic() + 10
-    while lab.client.stats()["active"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert lab.client.stats()["active"] == 0
-    assert lab.server.stats()["active"] == 0
+    wait_until("the client's relays all closed", lambda: stats(lab.client)["active"] == 0)
+    assert stats(lab.server)["active"] == 0
 
 
 def test_slow_reader_keeps_memory_bounded(lab: Lab) -> None:
@@ -393,17 +309,25 @@ def test_slow_reader_keeps_memory_bounded(lab: Lab) -> None:
     the tunnel carries (GBs); with it each side holds about a window and a send buffer."""
     count = 20
     with dest_server("serve-bulk", "7006", str(200 * 1024 * 1024)):
-        server_stats = lab.server.stats()
+        server_stats = stats(lab.server)
         server_before = server_stats["rss_kb"]
-        client_before = lab.client.stats()["rss_kb"]
-        with process(
-            py_cmd(NS_C, "tests.integration.qst_apps", "slow", DEST4, "7006", str(count),
-                   "65536", "4"),
-            ready="SLOW ", timeout=60,
-        ):  # fmt: skip
-            time.sleep(1.0)  # let whatever would pile up pile up
-            server_after = lab.server.stats()
-            client_after = lab.client.stats()
+        client_before = stats(lab.client)["rss_kb"]
+        slow_readers = python_in(NS_C, "tests.integration.qst_apps", "slow", DEST4, "7006",
+                                 str(count), "65536", "4")  # fmt: skip
+        with process(slow_readers, ready="SLOW ", timeout=60):
+            # whatever would pile up has piled up once the destination's data stops flowing
+            # (every relay paused); without backpressure it never stops and this times out
+            flowing = {"bytes_up": -1}
+
+            def settled() -> bool:
+                now = stats(lab.server)["bytes_up"]
+                same, flowing["bytes_up"] = now == flowing["bytes_up"], now
+                return same
+
+            wait_until("the destination's data to stop at the paused relays", settled,
+                       timeout=30, interval=0.3)  # fmt: skip
+            server_after = stats(lab.server)
+            client_after = stats(lab.client)
     server_growth = server_after["rss_kb"] - server_before
     client_growth = client_after["rss_kb"] - client_before
     print(
@@ -418,7 +342,7 @@ def test_slow_reader_keeps_memory_bounded(lab: Lab) -> None:
     assert server_growth < count * per_conn_kb + 20_000
     assert client_growth < count * per_conn_kb + 20_000
     assert server_after["paused"] > server_stats["paused"], (
-        lab.server.stderr()
+        lab.server.log_tail()
     )  # slowed down, not buffered
     resets = sum(server_after[k] - server_stats[k] for k in ("resets_sent", "resets_received"))
-    assert resets == 0, lab.server.stderr()
+    assert resets == 0, lab.server.log_tail()

@@ -18,36 +18,33 @@ namespaces of our own:
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.qta_netns import REPO
-from tests.integration.test_stream_mode import (
-    END,
-    Proc,
-    ns_cmd,
-    process,
-    py_cmd,
-    sh,
-    tcp_connect_tlv,
+from tests.integration.netns import (
+    End,
+    Qtun,
+    ip,
+    namespaces,
+    python_in,
+    qtun,
+    run_json,
+    toml_text,
+    unique,
+    veth,
 )
-from tests.integration.test_stream_qtun import toml, wait_up
+from tests.integration.test_stream_mode import END, http_server, tcp_connect_tlv
 
 pytestmark = pytest.mark.root
 
-PID = os.getpid()
-NS_C, NS_S, NS_D = f"qss-c{PID}", f"qss-s{PID}", f"qss-d{PID}"
-IF = {k: f"qss{k}{PID}"[:15] for k in ("a", "b", "c", "d")}
-TUN = f"qsst{PID}"[:15]
+NS_C, NS_S, NS_D = unique("qss-c"), unique("qss-s"), unique("qss-d")
+IF = {k: unique(f"qss{k}") for k in ("a", "b", "c", "d")}
+TUN = unique("qsst")
 CONCENTRATOR = "10.84.0.2"
 METADATA = "169.254.169.254"
 WEB = "10.201.0.2"  # an HTTP server that accepts connections
@@ -60,120 +57,68 @@ CONNECT_OK = "0100" + END
 
 @contextmanager
 def lab_namespaces() -> Iterator[None]:
-    made: list[str] = []
-    try:
-        for ns in (NS_C, NS_S, NS_D):
-            sh("ip", "netns", "add", ns)
-            made.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for (ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b) in (
-            ((NS_C, IF["a"], ["10.84.0.1/24"]), (NS_S, IF["b"], ["10.84.0.2/24"])),
-            (
-                (NS_S, IF["c"], ["10.201.0.1/24"]),
-                (NS_D, IF["d"], ["10.201.0.2/24", f"{METADATA}/32"]),
-            ),
-        ):
-            sh("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
-               "netns", ns_b)  # fmt: skip
-            for ns, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
-                for addr in addrs:
-                    sh("ip", "-n", ns, "addr", "add", addr, "dev", ifname)
-                sh("ip", "-n", ns, "link", "set", ifname, "up")
+    with namespaces(NS_C, NS_S, NS_D):
+        veth(End(NS_C, IF["a"], ["10.84.0.1/24"]), End(NS_S, IF["b"], ["10.84.0.2/24"]))
+        veth(
+            End(NS_S, IF["c"], ["10.201.0.1/24"]),
+            End(NS_D, IF["d"], ["10.201.0.2/24", f"{METADATA}/32"]),
+        )
         # the metadata address is on the concentrator's link, as in a cloud VM
-        sh("ip", "-n", NS_S, "route", "add", f"{METADATA}/32", "dev", IF["c"])
+        ip(NS_S, "route", "add", f"{METADATA}/32", "dev", IF["c"])
         # qss-d does not forward (a new namespace's default): SYNs to the tarpit are dropped
         # without an ICMP answer
-        sh("ip", "-n", NS_S, "route", "add", "10.202.0.0/24", "via", WEB)
+        ip(NS_S, "route", "add", "10.202.0.0/24", "via", WEB)
         yield
-    finally:
-        for ns in made:
-            sh("ip", "netns", "del", ns, check=False)
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def work(tmp_path_factory: pytest.TempPathFactory, lab_certs: Path) -> Iterator[Path]:
     work = tmp_path_factory.mktemp("qss")
-    sh(sys.executable, str(REPO / "scripts" / "make-certs"), "--out", str(work / "certs"),
-       "--clients", "alice", timeout=60)  # fmt: skip
     www = work / "www"
     (www / "latest" / "meta-data").mkdir(parents=True)
     (www / "latest" / "meta-data" / "iam").write_text(SECRET)
     with (
         lab_namespaces(),
-        process(
-            ns_cmd(NS_D, sys.executable, "-u", "-m", "http.server", "80", "--bind", METADATA,
-                   "--directory", str(www)),
-            ready="Serving HTTP",
-        ),
-        process(
-            ns_cmd(NS_D, sys.executable, "-u", "-m", "http.server", "8080", "--bind", WEB,
-                   "--directory", str(www)),
-            ready="Serving HTTP",
-        ),
-    ):  # fmt: skip
+        http_server(NS_D, METADATA, www, port=80),
+        http_server(NS_D, WEB, www, port=8080),
+    ):
         yield work
 
 
 @contextmanager
-def concentrator(work: Path, **stream_keys: object) -> Iterator[Proc]:
-    certs = work / "certs"
-    status = work / "conc.json"
-    status.unlink(missing_ok=True)
-    config = toml(
-        [
-            ("[listen]", {"addresses": [CONCENTRATOR], "port": 4433}),
-            ("[tun]", {"name": TUN, "addresses": ["10.8.0.1/16"]}),
-            ("[tls]", {"ca": str(certs / "ca.pem"), "cert": str(certs / "concentrator.pem"),
-                       "key": str(certs / "concentrator.key")}),
-            ("[[client]]", {"name": "alice", "addresses": ["10.8.0.2/32"]}),
-            ("[stream]", {"enabled": True, **stream_keys}),
-            ("[observability]", {"status_file": str(status), "status_interval": 0.2}),
-        ],
+def concentrator(work: Path, certs: Path, **stream_keys: object) -> Iterator[Qtun]:
+    config = toml_text(
         {"modes": ["tunnel", "session"]},
+        ("[listen]", {"addresses": [CONCENTRATOR], "port": 4433}),
+        ("[tun]", {"name": TUN, "addresses": ["10.8.0.1/16"]}),
+        ("[tls]", {"ca": certs / "ca.pem", "cert": certs / "concentrator.pem",
+                   "key": certs / "concentrator.key"}),
+        ("[[client]]", {"name": "alice", "addresses": ["10.8.0.2/32"]}),
+        ("[stream]", {"enabled": True, **stream_keys}),
+        ("[observability]", {"status_file": work / "conc.json", "status_interval": 0.2}),
     )  # fmt: skip
     (work / "conc.toml").write_text(config)
-    cmd = py_cmd(NS_S, "tunnel.aio.cli", "concentrator", "-c", str(work / "conc.toml"))
-    with process(cmd, ready=None) as conc:
-        try:
-            wait_up(status)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}: {conc.stderr()}") from None
+    # a log per concentrator run: the log test counts lines of its own run only
+    log = work / f"conc-{len(list(work.glob('conc-*.log')))}.log"
+    with qtun(NS_S, "concentrator", work / "conc.toml", work / "conc.json", log_path=log) as conc:
         yield conc
 
 
-def peer(work: Path, preamble: str, *, connections: int = 1, streams: int = 1,
+def peer(certs: Path, preamble: str, *, connections: int = 1, streams: int = 1,
          wait_ended: int = 1, wait_answered: int = 0,
          lifetime: float = 15.0) -> list[dict[str, Any]]:  # fmt: skip
     """Run qss_peer: the streams it opened and what came back on each."""
-    out = sh(
-        *py_cmd(NS_C, "tests.integration.qss_peer", "--certs", str(work / "certs"),
-                "--server", CONCENTRATOR, "--connections", str(connections),
-                "--streams", str(streams), "--preamble", preamble,
-                "--wait-ended", str(wait_ended), "--wait-answered", str(wait_answered),
-                "--lifetime", str(lifetime)),
-        timeout=lifetime + 30,
+    cmd = python_in(
+        NS_C, "tests.integration.qss_peer", "--certs", str(certs), "--server", CONCENTRATOR,
+        "--connections", str(connections), "--streams", str(streams), "--preamble", preamble,
+        "--wait-ended", str(wait_ended), "--wait-answered", str(wait_answered),
+        "--lifetime", str(lifetime),
     )  # fmt: skip
-    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-    assert line is not None, out.stdout + out.stderr
-    return list(json.loads(line[len("RESULT ") :]))
+    return list(run_json(cmd, timeout=lifetime + 30))
 
 
-def stream_stats(work: Path) -> dict[str, int]:
-    return dict(json.loads((work / "conc.json").read_text())["stream"])
-
-
-def poll(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout:g} s")
-
-
-def full_log(proc: Proc) -> str:
-    proc.log.seek(0)
-    return proc.log.read()
+def stream_stats(status: dict[str, Any]) -> dict[str, int]:
+    return dict(status["stream"])
 
 
 def http_get(address: str, port: int, path: str) -> str:
@@ -184,17 +129,17 @@ def http_get(address: str, port: int, path: str) -> str:
 # -- destinations ------------------------------------------------------------------------------
 
 
-def test_link_local_metadata_is_refused_by_default(work: Path) -> None:
-    with concentrator(work):
-        (stream,) = peer(work, http_get(METADATA, 80, "/latest/meta-data/iam"))
+def test_link_local_metadata_is_refused_by_default(work: Path, lab_certs: Path) -> None:
+    with concentrator(work, lab_certs) as conc:
+        (stream,) = peer(lab_certs, http_get(METADATA, 80, "/latest/meta-data/iam"))
         assert SECRET.encode() not in bytes.fromhex(stream["received"])
         assert stream["received"] == ERROR_NETWORK_FAILURE and stream["ended"]
-        poll("the refusal counted", lambda: stream_stats(work)["refused_policy"] == 1)
+        conc.wait_status("the refusal counted", lambda s: stream_stats(s)["refused_policy"] == 1)
 
 
-def test_link_local_metadata_is_served_when_allowed(work: Path) -> None:
-    with concentrator(work, allow=["0.0.0.0/0", "::/0", f"{METADATA}/32"]):
-        (stream,) = peer(work, http_get(METADATA, 80, "/latest/meta-data/iam"))
+def test_link_local_metadata_is_served_when_allowed(work: Path, lab_certs: Path) -> None:
+    with concentrator(work, lab_certs, allow=["0.0.0.0/0", "::/0", f"{METADATA}/32"]):
+        (stream,) = peer(lab_certs, http_get(METADATA, 80, "/latest/meta-data/iam"))
     received = bytes.fromhex(stream["received"])
     assert received.startswith(bytes.fromhex(CONNECT_OK)) and SECRET.encode() in received
 
@@ -202,34 +147,37 @@ def test_link_local_metadata_is_served_when_allowed(work: Path) -> None:
 # -- per-client limits -------------------------------------------------------------------------
 
 
-def test_pending_connects_are_capped_per_client_over_several_connections(work: Path) -> None:
+def test_pending_connects_are_capped_per_client_over_several_connections(
+    work: Path, lab_certs: Path
+) -> None:
     """3 session-mode connections of alice, 4 TCP Connects each towards an address that never
     answers: with a cap of 4 per client, 8 are refused at once and 4 stay pending (a cap per
     connection let all 12 through)."""
-    with concentrator(work, max_pending_connects=4, connect_timeout=60.0):
-        streams = peer(work, tcp_connect_tlv(TARPIT, 80) + END, connections=3, streams=4,
+    with concentrator(work, lab_certs, max_pending_connects=4, connect_timeout=60.0) as conc:
+        streams = peer(lab_certs, tcp_connect_tlv(TARPIT, 80) + END, connections=3, streams=4,
                        wait_ended=8)  # fmt: skip
         refused = [s for s in streams if s["received"] == ERROR_NETWORK_FAILURE and s["ended"]]
         assert len(refused) == 8, streams
-        poll(
+        status = conc.wait_status(
             "the concentrator's status counts the 12 TCP Connects",
-            lambda: (
-                stream_stats(work)["pending_connects"] + stream_stats(work)["refused_pending"] == 12
+            lambda s: (
+                stream_stats(s)["pending_connects"] + stream_stats(s)["refused_pending"] == 12
             ),
         )
-        stats = stream_stats(work)
+    stats = stream_stats(status)
     assert all(s["received"] == "" for s in streams if s not in refused)  # still pending
     assert stats["pending_connects"] == 4 and stats["refused_pending"] == 8
 
 
-def test_stream_buffer_budget_is_per_client(work: Path) -> None:
+def test_stream_buffer_budget_is_per_client(work: Path, lab_certs: Path) -> None:
     """Each stream counts window + send_buffer = 32 KiB; a client budget of 128 KiB holds 4
     streams, whatever the number of connections they are spread over."""
     small = 16 * 1024
-    with concentrator(work, window=small, send_buffer=small, max_client_buffer=8 * small):
-        streams = peer(work, tcp_connect_tlv(WEB, 8080) + END, connections=2, streams=3,
+    keys = {"window": small, "send_buffer": small, "max_client_buffer": 8 * small}
+    with concentrator(work, lab_certs, **keys) as conc:
+        streams = peer(lab_certs, tcp_connect_tlv(WEB, 8080) + END, connections=2, streams=3,
                        wait_ended=2, wait_answered=6)  # fmt: skip
-        poll("the refusals counted", lambda: stream_stats(work)["refused_memory"] == 2)
+        conc.wait_status("the refusals counted", lambda s: stream_stats(s)["refused_memory"] == 2)
     outcomes = sorted(s["received"] for s in streams)
     assert outcomes == sorted([ERROR_NETWORK_FAILURE] * 2 + [CONNECT_OK] * 4), streams
 
@@ -237,17 +185,17 @@ def test_stream_buffer_budget_is_per_client(work: Path) -> None:
 # -- logging -----------------------------------------------------------------------------------
 
 
-def test_refusal_flood_is_logged_per_client_within_a_budget(work: Path) -> None:
+def test_refusal_flood_is_logged_per_client_within_a_budget(work: Path, lab_certs: Path) -> None:
     """100 refused TCP Connects (to a prefix the site denies): fewer than 100 lines, each
     naming the client, the destination and the reason, and the lines plus the suppressed
     counts they report account for all 100."""
     flood = 100
-    with concentrator(work, deny=[DENIED_PREFIX]) as conc:
-        streams = peer(work, tcp_connect_tlv(DENIED, 80) + END, streams=flood,
+    with concentrator(work, lab_certs, deny=[DENIED_PREFIX]) as conc:
+        streams = peer(lab_certs, tcp_connect_tlv(DENIED, 80) + END, streams=flood,
                        wait_ended=flood)  # fmt: skip
         assert all(s["received"] == ERROR_NETWORK_FAILURE for s in streams)
-        poll("a suppressed=K summary line", lambda: "suppressed=" in full_log(conc))
-        log = full_log(conc)
+        conc.wait_status("a suppressed=K summary line", lambda _: "suppressed=" in conc.log())
+        log = conc.log()
     lines = [x for x in log.splitlines() if "tcp connect refused" in x]
     summaries = [x for x in log.splitlines() if "suppressed=" in x]
     print(f"{flood} refused TCP Connects, {len(lines)} lines:", lines[0], *summaries, sep="\n")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from testbed.cleanup import clean
 from testbed.hosts import ALLOWED_CC_SYSCTL, RUN_ROOT, pid_cmdline, read_sysctl
 from testbed.lab import Lab
+from tests.integration.netns import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
@@ -38,8 +38,8 @@ def test_clean_stop_leaves_nothing() -> None:
     wire_pids = [p.pid for p in lab.procs.procs]
     lab.stop()
     pids = [n["pid"] for n in state["nodes"].values()] + wire_pids
-    time.sleep(0.2)
-    assert pids and not [p for p in pids if alive(p)]
+    assert pids
+    wait_until("every node shell and qtwire gone", lambda: not [p for p in pids if alive(p)])
     assert not lab.state.path.exists()
     assert our_root_leftovers() == []
 
@@ -70,8 +70,7 @@ def test_clean_after_a_killed_run_restores_everything() -> None:
         print("\n".join(done))
         # Node shells may exit by themselves (their stdin closed); the programs in them do not.
         assert any(line.startswith("killed") and "qtwire" in line for line in done)
-        time.sleep(0.3)
-        assert not [p for p in pids if alive(p)]
+        wait_until("every killed process gone", lambda: not [p for p in pids if alive(p)])
         assert read_sysctl(ALLOWED_CC_SYSCTL) == allowed_before
         assert not state_path.exists()
         assert our_root_leftovers() == []

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from testbed.lab import Lab
+from tests.integration.netns import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
@@ -83,9 +83,7 @@ def test_wifi_down_falls_over_to_5g_and_comes_back(reference: Lab) -> None:
         assert replies(c1, "10.100.0.1", count=2) >= 1
     finally:
         reference.access_up("wifi")
-    deadline = time.monotonic() + 5
-    while "LOWER_UP" not in str(c1.cmd("ip link show c1-wifi")) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until("c1-wifi LOWER_UP", lambda: "LOWER_UP" in str(c1.cmd("ip link show c1-wifi")))
     assert replies(c1, "10.100.0.1", "10.1.1.2") >= 2
     assert replies(c1, "fd00:100::1", "fd00:1:1::2") >= 2
 

@@ -4,47 +4,47 @@ echo requests, batched reads, and the one-sentence errors."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import pytest
 
-from tests.integration.qta_netns import REPO, child, expect_line, namespaces, run
+from tests.integration.netns import REPO, Proc, in_ns, ip, namespaces, process, python_in, unique
 
 pytestmark = pytest.mark.root
-
-NS = f"qta-tun{os.getpid()}"
 
 
 @pytest.fixture
 def ns() -> Iterator[str]:
-    with namespaces(NS) as (name,):
+    """A namespace per test: the path MTUs one test teaches the kernel stay out of the next."""
+    with namespaces(unique("qta-tun")) as (name,):
         yield name
 
 
-def command(proc: subprocess.Popen[str], line: str) -> str:
-    assert proc.stdin is not None
-    proc.stdin.write(line + "\n")
-    proc.stdin.flush()
+def tun_echo(ns: str, *args: str) -> AbstractContextManager[Proc]:
+    return process(python_in(ns, "tests.integration.qta_tun_echo", *args), ready="READY ")
+
+
+def command(proc: Proc, line: str) -> str:
+    proc.send(line)
     if line == "stats":
-        return expect_line(proc, "STATS ")
-    return expect_line(proc, f"OK {line}")
+        return proc.expect("STATS ")
+    return proc.expect(f"OK {line}")
 
 
 def test_ping_through_tun_and_batched_reads(ns: str) -> None:
-    with child(ns, "tests.integration.qta_tun_echo", "--name", "qtat0", "--batch", "32") as echo:
-        expect_line(echo, "READY ")
-        link = run("ip", "-n", ns, "-d", "link", "show", "qtat0").stdout
+    with tun_echo(ns, "--name", "qtat0", "--batch", "32") as echo:
+        link = ip(ns, "-d", "link", "show", "qtat0").stdout
         assert "mtu 1400" in link and "tun" in link and ",UP" in link
-        addrs = run("ip", "-n", ns, "addr", "show", "qtat0").stdout
+        addrs = ip(ns, "addr", "show", "qtat0").stdout
         assert "10.77.0.1/24" in addrs and "fd00:77::1/64" in addrs
-        assert "10.79.0.0/16 dev qtat0" in run("ip", "-n", ns, "route").stdout
+        assert "10.79.0.0/16 dev qtat0" in ip(ns, "route").stdout
 
         for target in ("10.77.0.2", "10.79.3.4", "fd00:77::2"):
             result = subprocess.run(
-                ["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", target],
+                in_ns(ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", target),
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -60,7 +60,7 @@ def test_ping_through_tun_and_batched_reads(ns: str) -> None:
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             "for i in range(100): s.sendto(b'x' * 200, ('10.77.0.9', 9))\n"
         )
-        subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", sender], check=True, timeout=30)
+        subprocess.run(in_ns(ns, "python3", "-c", sender), check=True, timeout=30)
         command(echo, "resume")
         stats: dict[str, object] = {}
         for _ in range(50):  # bounded wait for the reader to drain what was queued
@@ -74,7 +74,7 @@ def test_ping_through_tun_and_batched_reads(ns: str) -> None:
         command(echo, "stop")
         assert echo.wait(timeout=10) == 0
     # non-persistent device: gone with its fd
-    assert "qtat0" not in run("ip", "-n", ns, "link").stdout
+    assert "qtat0" not in ip(ns, "link").stdout
 
 
 ERRORS = """
@@ -93,7 +93,7 @@ for name, mtu, addrs in [("qtat1", 1400, []), ("lo", 1400, []), ("qtat" + "x" * 
 
 def test_errors_are_one_sentence(ns: str) -> None:
     result = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", ERRORS],
+        in_ns(ns, sys.executable, "-c", ERRORS),
         capture_output=True,
         text=True,
         timeout=30,
@@ -119,7 +119,7 @@ def test_not_root_error(ns: str) -> None:
     )
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     result = subprocess.run(
-        ["ip", "netns", "exec", ns, *nobody, sys.executable, "-c", code],
+        in_ns(ns, *nobody, sys.executable, "-c", code),
         capture_output=True,
         text=True,
         timeout=30,
@@ -132,7 +132,7 @@ def test_not_root_error(ns: str) -> None:
 
 def ping(ns: str, *args: str) -> str:
     result = subprocess.run(
-        ["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.3", "-W", "1", *args],
+        in_ns(ns, "ping", "-c", "2", "-i", "0.3", "-W", "1", *args),
         capture_output=True,
         text=True,
         timeout=30,
@@ -143,14 +143,13 @@ def ping(ns: str, *args: str) -> str:
 def test_packet_too_big_reaches_the_sender_and_sets_the_path_mtu(ns: str) -> None:
     """tunnel.wire.icmp's answers, written into the TUN, are accepted by Linux: ping reports them
     and the kernel caches the path MTU (IPv4 frag-needed and ICMPv6 Packet Too Big)."""
-    with child(ns, "tests.integration.qta_tun_echo", "--budget", "1280") as echo:
-        expect_line(echo, "READY ")
+    with tun_echo(ns, "--budget", "1280") as echo:
         out4 = ping(ns, "-M", "do", "-s", "1300", "10.79.3.4")
         assert "From 10.77.0.254 icmp_seq=1 Frag needed and DF set (mtu = 1280)" in out4, out4
-        assert "mtu 1280" in run("ip", "-n", ns, "route", "get", "10.79.3.4").stdout
+        assert "mtu 1280" in ip(ns, "route", "get", "10.79.3.4").stdout
         out6 = ping(ns, "-M", "do", "-s", "1300", "fd00:77::5")
         assert "From fd00:77::fe icmp_seq=1 Packet too big: mtu=1280" in out6, out6
-        assert "mtu 1280" in run("ip", "-n", ns, "-6", "route", "get", "fd00:77::5").stdout
+        assert "mtu 1280" in ip(ns, "-6", "route", "get", "fd00:77::5").stdout
         # packets within the budget still get through
         assert " 0% packet loss" in ping(ns, "-s", "1000", "10.79.3.5")
         assert json.loads(command(echo, "stats"))["too_big"] >= 2
@@ -160,19 +159,11 @@ def test_ipv4_frag_needed_from_a_local_address_is_dropped_by_linux(ns: str) -> N
     """Why the caller must not use the host's own TUN address as the ICMPv4 source when writing
     into the TUN: Linux drops it as a martian source (IPv6 accepts it). Use the peer's tunnel
     address, or send the error through a raw socket."""
-    with child(
-        ns,
-        "tests.integration.qta_tun_echo",
-        "--budget",
-        "1280",
-        "--ptb-source-v4",
-        "10.77.0.1",
-        "--ptb-source-v6",
-        "fd00:77::1",
-    ) as echo:
-        expect_line(echo, "READY ")
+    with tun_echo(
+        ns, "--budget", "1280", "--ptb-source-v4", "10.77.0.1", "--ptb-source-v6", "fd00:77::1"
+    ):
         out4 = ping(ns, "-M", "do", "-s", "1300", "10.79.3.4")
         assert "Frag needed" not in out4, out4
-        assert "mtu 1280" not in run("ip", "-n", ns, "route", "get", "10.79.3.4").stdout
+        assert "mtu 1280" not in ip(ns, "route", "get", "10.79.3.4").stdout
         out6 = ping(ns, "-M", "do", "-s", "1300", "fd00:77::5")
         assert "Packet too big: mtu=1280" in out6, out6

@@ -5,7 +5,6 @@ over IPv4 and IPv6, and a short bounded datagram throughput figure."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,104 +12,63 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.qta_netns import REPO, child, expect_line, namespaces, veth
+from tests.integration.netns import (
+    REPO,
+    End,
+    namespaces,
+    process,
+    python_in,
+    run_json,
+    unique,
+    veth,
+)
 
 pytestmark = pytest.mark.root
 
-PID = os.getpid()
-NS_CLIENT = f"qta-uc{PID}"
-NS_SERVER = f"qta-us{PID}"
-IF_CLIENT = f"qtauc{PID}"[:15]
-IF_SERVER = f"qtaus{PID}"[:15]
+NS_CLIENT, NS_SERVER = unique("qta-uc"), unique("qta-us")
+IF_CLIENT, IF_SERVER = unique("qtauc"), unique("qtaus")
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("qta-certs")
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make-certs"), "--out", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return out
-
-
-@pytest.fixture
 def net() -> Iterator[None]:
+    """Two namespaces and a veth, shared by the module: each test's server and client exit
+    before the next test starts (the server reports no connection left)."""
     with namespaces(NS_CLIENT, NS_SERVER):
         veth(
-            NS_CLIENT,
-            IF_CLIENT,
-            NS_SERVER,
-            IF_SERVER,
-            ["10.78.0.1/24", "fd00:78::1/64"],
-            ["10.78.0.2/24", "fd00:78::2/64"],
+            End(NS_CLIENT, IF_CLIENT, ["10.78.0.1/24", "fd00:78::1/64"]),
+            End(NS_SERVER, IF_SERVER, ["10.78.0.2/24", "fd00:78::2/64"]),
         )
         yield
 
 
 def run_pair(certs: Path, server_address: str, client_args: list[str]) -> dict[str, object]:
-    with child(
-        NS_SERVER,
-        "tests.integration.qta_quic_peer",
-        "server",
-        "--certs",
-        str(certs),
-        "--address",
-        server_address,
-        "--interface",
-        IF_SERVER,
-        "--port",
-        "4433",
-    ) as server:
-        ready = expect_line(server, "READY ")
+    server_cmd = python_in(
+        NS_SERVER, "tests.integration.qta_quic_peer", "server", "--certs", str(certs),
+        "--address", server_address, "--interface", IF_SERVER, "--port", "4433",
+    )  # fmt: skip
+    with process(server_cmd, ready=None) as server:
+        ready = server.expect("READY ")
         port, buffers = ready.split(" ", 1)
         assert port == "4433"
         buffer_report = json.loads(buffers)
         # root lifts the rmem_max/wmem_max cap (SO_RCVBUFFORCE), so 4 MB is granted
         assert buffer_report["receive"] >= 4 * 1024 * 1024, buffer_report
         assert buffer_report["send"] >= 4 * 1024 * 1024, buffer_report
-        client = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                NS_CLIENT,
-                sys.executable,
-                "-m",
-                "tests.integration.qta_quic_peer",
-                "client",
-                "--certs",
-                str(certs),
-                "--remote",
-                server_address,
-                "--interface",
-                IF_CLIENT,
-                *client_args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            cwd=REPO,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-        )
-        assert client.returncode == 0, client.stderr
-        result: dict[str, object] = json.loads(
-            next(x for x in client.stdout.splitlines() if x.startswith("RESULT "))[7:]
-        )
-        assert server.stdin is not None
-        server.stdin.write("stop\n")
-        server.stdin.flush()
-        stopped = json.loads(expect_line(server, "STOPPED "))
+        client_cmd = python_in(
+            NS_CLIENT, "tests.integration.qta_quic_peer", "client", "--certs", str(certs),
+            "--remote", server_address, "--interface", IF_CLIENT, *client_args,
+        )  # fmt: skip
+        result: dict[str, object] = run_json(client_cmd, timeout=90)
+        server.send("stop")
+        stopped = server.expect_json("STOPPED ")
         assert stopped["connections_left"] == 0
         assert server.wait(timeout=10) == 0
     return result
 
 
-def test_quic_over_ipv4_two_connections_one_server_socket(net: None, certs: Path) -> None:
+def test_quic_over_ipv4_two_connections_one_server_socket(net: None, lab_certs: Path) -> None:
     result = run_pair(
-        certs,
+        lab_certs,
         "10.78.0.2",
         ["--address", "10.78.0.1", "--connections", "2", "--seconds", "2"],
     )
@@ -133,8 +91,8 @@ def test_quic_over_ipv4_two_connections_one_server_socket(net: None, certs: Path
     )
 
 
-def test_quic_over_ipv6(net: None, certs: Path) -> None:
-    result = run_pair(certs, "fd00:78::2", ["--seconds", "0.5"])
+def test_quic_over_ipv6(net: None, lab_certs: Path) -> None:
+    result = run_pair(lab_certs, "fd00:78::2", ["--seconds", "0.5"])
     assert result["stream_echo_ok"] is True
     assert result["pongs"] == sorted(f"pong{i}" for i in range(10))
     # bound by interface only (SO_BINDTODEVICE), any address of the family

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from testbed.hostile import unparsable_subject_certificate
+from tests.certs import copy_ca, make_certs
 from tunnel.policy.client_auth import (
     Admission,
     ClientAuthError,
@@ -22,47 +21,29 @@ from tunnel.policy.client_auth import (
     describe_subject,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime.now(datetime.UTC)
-
-
-def make_certs(out: Path, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make-certs"), "--out", str(out), *args],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("auth-certs")
-    make_certs(out, "--clients", "alice", "bob")
-    return out
 
 
 def load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
-def test_unparsable_subject_is_a_refusal_not_a_crash(certs: Path) -> None:
+def test_unparsable_subject_is_a_refusal_not_a_crash(lab_certs: Path) -> None:
     # Before the fix: ValueError escaped from formatting the refusal and the connection stayed
     # open, unauthenticated (issue 10 item 1).
     bad, _ = unparsable_subject_certificate()
     with pytest.raises(ValueError):
         bad.subject.rfc4514_string()
     assert "unparsable subject" in describe_subject(bad)
-    verifier = ClientVerifier((certs / "ca.pem").read_bytes())
+    verifier = ClientVerifier((lab_certs / "ca.pem").read_bytes())
     with pytest.raises(ClientAuthError):
         verifier.verify(bad, [], NOW)
 
 
 def test_revoked_certificate_is_refused_and_the_list_is_reloaded_on_change(
-    certs: Path, tmp_path: Path
+    lab_certs: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "ca"
-    make_certs(out, "--clients", "alice", "bob")
+    out = copy_ca(lab_certs, tmp_path / "ca")
     make_certs(out, "--revoke")  # an empty list
     revocations = RevocationList(out / "crl.pem")
     verifier = ClientVerifier((out / "ca.pem").read_bytes(), revocations)
@@ -75,9 +56,8 @@ def test_revoked_certificate_is_refused_and_the_list_is_reloaded_on_change(
     assert revocations.refresh() is None and revocations.reloads == 2  # unchanged: no re-read
 
 
-def test_a_broken_replacement_keeps_the_last_good_list(tmp_path: Path) -> None:
-    out = tmp_path / "ca"
-    make_certs(out, "--clients", "bob")
+def test_a_broken_replacement_keeps_the_last_good_list(lab_certs: Path, tmp_path: Path) -> None:
+    out = copy_ca(lab_certs, tmp_path / "ca")
     make_certs(out, "--revoke", "bob")
     revocations = RevocationList(out / "crl.pem")
     verifier = ClientVerifier((out / "ca.pem").read_bytes(), revocations)
@@ -91,10 +71,10 @@ def test_a_broken_replacement_keeps_the_last_good_list(tmp_path: Path) -> None:
     assert "keeping the list" in (revocations.refresh() or "")
 
 
-def test_a_crl_of_another_ca_or_no_crl_at_all_is_a_start_error(tmp_path: Path) -> None:
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    make_certs(ours, "--clients", "alice")
-    make_certs(theirs, "--clients", "alice")
+def test_a_crl_of_another_ca_or_no_crl_at_all_is_a_start_error(
+    lab_certs: Path, tmp_path: Path
+) -> None:
+    ours, theirs = lab_certs, copy_ca(lab_certs / "foreign", tmp_path / "theirs")
     make_certs(theirs, "--revoke", "alice")
     with pytest.raises(ClientAuthError, match="not signed by the client CA"):
         ClientVerifier((ours / "ca.pem").read_bytes(), RevocationList(theirs / "crl.pem"))

@@ -2,8 +2,9 @@
 insertions, deletions). Only TunnelError may escape; whatever decodes must re-encode to a value
 that decodes equal.
 
-QTL_FUZZ_EXAMPLES sets the number of examples per decoder (default 2000, which keeps the unit
-suite fast), e.g.
+QTL_FUZZ_EXAMPLES sets the number of examples per decoder; by default 20 times the Hypothesis
+profile's count (tests/conftest.py): 2000 under "ci" (`make test`), 200 under "dev" (`make
+check`), e.g.
     QTL_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/unit/test_decoder_fuzz.py
 """
 
@@ -37,7 +38,8 @@ from tunnel.wire.messages import (
 )
 from tunnel.wire.tlv import TLVReader, encode_tlv
 
-EXAMPLES = int(os.environ.get("QTL_FUZZ_EXAMPLES", "2000"))
+# settings() holds the profile tests/conftest.py (or --hypothesis-profile) loaded
+EXAMPLES = int(os.environ.get("QTL_FUZZ_EXAMPLES", 20 * settings().max_examples))
 fuzz_settings = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -161,7 +161,7 @@ def test_parse_helpers_reject_malformed(data: bytes, message: str) -> None:
         icmp.source_address(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3 * settings().max_examples, deadline=None)  # 300 under ci
 @given(
     payload=st.binary(min_size=0, max_size=3000),
     mtu=st.integers(min_value=1280, max_value=9000),

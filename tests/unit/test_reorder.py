@@ -309,7 +309,7 @@ events = st.lists(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=2 * settings().max_examples)  # 200 under the ci profile
 @given(
     st.integers(0, 65535),
     events,
@@ -479,7 +479,7 @@ def assert_same_state(buf: ReorderBuffer[object], ref: ReferenceBuffer) -> None:
     assert buf.next_deadline() == ref.next_deadline()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * settings().max_examples, deadline=None)
 @given(
     st.one_of(st.integers(0, 65535), st.integers(65500, 65535)),
     operations,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,18 +23,6 @@ from tunnel.aio.udp import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("certs")
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make-certs"), "--out", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return out
 
 
 def configs(certs: Path) -> tuple[QuicConfiguration, QuicConfiguration]:
@@ -75,8 +61,8 @@ def within(seconds: float, coro: Callable[[], Awaitable[None]]) -> None:
     run(bounded())
 
 
-def test_stream_and_datagram_round_trip_and_clean_close(certs: Path) -> None:
-    server_cfg, client_cfg = configs(certs)
+def test_stream_and_datagram_round_trip_and_clean_close(lab_certs: Path) -> None:
+    server_cfg, client_cfg = configs(lab_certs)
 
     async def scenario() -> None:
         server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
@@ -117,8 +103,8 @@ def test_stream_and_datagram_round_trip_and_clean_close(certs: Path) -> None:
     within(15, scenario)
 
 
-def test_connection_cap_refuses_second_client(certs: Path) -> None:
-    server_cfg, client_cfg = configs(certs)
+def test_connection_cap_refuses_second_client(lab_certs: Path) -> None:
+    server_cfg, client_cfg = configs(lab_certs)
 
     async def scenario() -> None:
         server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg, max_connections=1)
@@ -138,8 +124,8 @@ def test_connection_cap_refuses_second_client(certs: Path) -> None:
     within(15, scenario)
 
 
-def test_version_negotiation_answer(certs: Path) -> None:
-    server_cfg, _ = configs(certs)
+def test_version_negotiation_answer(lab_certs: Path) -> None:
+    server_cfg, _ = configs(lab_certs)
 
     async def scenario() -> None:
         server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
@@ -162,8 +148,8 @@ def test_version_negotiation_answer(certs: Path) -> None:
     within(10, scenario)
 
 
-def test_handshake_timeout_and_family_errors(certs: Path) -> None:
-    _, client_cfg = configs(certs)
+def test_handshake_timeout_and_family_errors(lab_certs: Path) -> None:
+    _, client_cfg = configs(lab_certs)
 
     async def scenario() -> None:
         silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
