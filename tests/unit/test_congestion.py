@@ -12,6 +12,8 @@ from tests.unit.quic_harness import Network, make_configs
 from tunnel.protocol.congestion import CONGESTION_CONTROLS, PacedNoCongestionControl
 from tunnel.protocol.quic_ext import RatePacer, TunnelQuicConnection
 
+pytestmark = pytest.mark.slow  # several seconds of simulated transfers
+
 RATE = 20e6 / 8  # bytes/s
 DELAY = 0.025  # one way: 50 ms RTT
 PAYLOAD = 1100
