@@ -134,6 +134,34 @@ PACING_DOC = (
     "their pacing rate"
 )
 
+# The multipath engine (issue 12; README "The multipath engine"): each mechanism can be turned
+# off on its own, so an experiment can measure what each buys (the ablation).
+DETECTION_DOC = (
+    "fast failure detection from QUIC ACK silence: a path silent beyond its probe timeout is "
+    "suspect, then dead (tunnel/session/path_health.py)"
+)
+REINJECTION_DOC = (
+    "re-send lost datagrams and those stranded on a suspect or dead path on another access "
+    "(tunnel mode: on the path the connection moved to), within resend_deadline"
+)
+LOSS_HIDING_DOC = (
+    "re-send a lost datagram once on the same path when no other is available, within "
+    "resend_deadline (off until measured, issue 13)"
+)
+LOSS_HIDING_CHOICES = ("off", "on")
+RESEND_DEADLINE_DOC = "how old a datagram may be for a re-send (reinjection, loss hiding)"
+RESEND_DEADLINE_UNSET = (
+    "2 x the largest smoothed RTT + 25 ms, within 0.05-1 s (at least 0.2 s for a datagram "
+    "stranded on a failed path)"
+)
+DUPLICATION_DOC = (
+    "session mode: while a path is suspect, copy each new packet it gets onto another access"
+)
+DUPLICATE_UP_TO_DOC = (
+    "session mode (with duplication): packets of at most this size always go on two accesses "
+    "(ACKs, DNS, VoIP); 0: none"
+)
+
 
 # --- the client's and the concentrator's shared tables --------------------------------------------
 
@@ -284,6 +312,21 @@ class ClientLimits:
             unit="Mbit/s",
             unset='no cap (required with congestion_control = "none")',
         ),
+    )
+    failure_detection: bool = field(default=True, metadata=setting(DETECTION_DOC, Boolean()))
+    reinjection: bool = field(default=True, metadata=setting(REINJECTION_DOC, Boolean()))
+    loss_hiding: str = field(
+        default="off", metadata=setting(LOSS_HIDING_DOC, Choice(LOSS_HIDING_CHOICES))
+    )
+    resend_deadline: float | None = field(
+        default=None,
+        metadata=setting(
+            RESEND_DEADLINE_DOC, Number(0.001, 10.0), unit="s", unset=RESEND_DEADLINE_UNSET
+        ),
+    )
+    duplication: bool = field(default=True, metadata=setting(DUPLICATION_DOC, Boolean()))
+    duplicate_up_to: int = field(
+        default=0, metadata=setting(DUPLICATE_UP_TO_DOC, Integer(0, 65535), unit="bytes")
     )
 
 
@@ -492,6 +535,32 @@ class ConcentratorLimits:
             Number(0.001, 1_000_000.0),
             unit="Mbit/s",
             unset='no cap (required with congestion_control = "none")',
+        ),
+    )
+    failure_detection: bool = field(default=True, metadata=setting(DETECTION_DOC, Boolean()))
+    reinjection: bool = field(default=True, metadata=setting(REINJECTION_DOC, Boolean()))
+    loss_hiding: str = field(
+        default="off", metadata=setting(LOSS_HIDING_DOC, Choice(LOSS_HIDING_CHOICES))
+    )
+    resend_deadline: float | None = field(
+        default=None,
+        metadata=setting(
+            RESEND_DEADLINE_DOC, Number(0.001, 10.0), unit="s", unset=RESEND_DEADLINE_UNSET
+        ),
+    )
+    duplication: bool = field(default=True, metadata=setting(DUPLICATION_DOC, Boolean()))
+    duplicate_up_to: int = field(
+        default=0, metadata=setting(DUPLICATE_UP_TO_DOC, Integer(0, 65535), unit="bytes")
+    )
+    # Tunnel mode has one connection: while the client reports its access unavailable
+    # (tunnel draft §Access Report) packets for it wait, bounded (README "The multipath engine").
+    unavailable_hold: float = field(
+        default=0.5,
+        metadata=setting(
+            "tunnel mode: how long packets for a client wait while it reports its access "
+            "unavailable (at most max_datagram_queue of them); 0: dropped",
+            Number(0.0, 60.0),
+            unit="s",
         ),
     )
     max_sessions: int | None = field(

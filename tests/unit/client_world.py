@@ -26,9 +26,11 @@ from tunnel.agents.client import (
     ClientAgent,
     ClosePath,
     CreateTun,
+    EndProbe,
     Migrate,
     OpenPath,
     Path,
+    ProbeAccess,
 )
 from tunnel.agents.concentrator import ConcentratorCore, PeerQuicConnection
 from tunnel.aio.concentrator_setup import load_verifier, quic_configuration
@@ -81,21 +83,37 @@ key = "client.key"
 
 @dataclass
 class Wire:
-    """One direction of one access: a fixed delay; while `up` is False everything sent is lost."""
+    """One direction of one access: a fixed delay; while `up` is False everything sent is lost.
+    Optionally a bottleneck of `rate` bytes/s (FIFO, unbounded queue) and random loss
+    (seeded), as quic_harness.Link."""
 
     delay: float = 0.01
     up: bool = True
     in_flight: list[tuple[float, int, bytes, Any]] = field(default_factory=list)
     sent: int = 0
     lost: int = 0
+    rate: float | None = None
+    loss: float = 0.0
+    seed: int = 1
     _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _free_at: float = 0.0
+    _random: random.Random | None = None
 
     def send(self, data: bytes, dest: Any, now: float) -> None:
         self.sent += 1
         if not self.up:
             self.lost += 1
             return
-        self.in_flight.append((now + self.delay, next(self._seq), data, dest))
+        departure = now
+        if self.rate is not None:
+            departure = self._free_at = max(self._free_at, now) + len(data) / self.rate
+        if self.loss:
+            if self._random is None:
+                self._random = random.Random(self.seed)
+            if self._random.random() < self.loss:
+                self.lost += 1
+                return
+        self.in_flight.append((departure + self.delay, next(self._seq), data, dest))
 
     def due(self, now: float) -> list[tuple[bytes, Any]]:
         ready = sorted(item for item in self.in_flight if item[0] <= now)
@@ -116,6 +134,11 @@ class Access:
     def cut(self, cut: bool) -> None:
         self.up.up = self.down.up = not cut
 
+    def shape(self, rate: float | None = None, loss: float = 0.0, seed: int = 1) -> None:
+        """Both directions: a bottleneck of `rate` bytes/s and `loss` random loss."""
+        for number, wire in enumerate((self.up, self.down)):
+            wire.rate, wire.loss, wire.seed, wire._random = rate, loss, seed + number, None
+
 
 @dataclass(eq=False)
 class Conn:
@@ -130,6 +153,11 @@ class Conn:
     open: bool = True  # the client's socket exists
     server_active: bool = False
     server_gone: bool = False  # the concentrator restarted: nothing answers for it any more
+    # tunnel mode's probe sockets (ProbeAccess), by access name
+    probes: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def receives_on(self, socket: tuple[str, int]) -> bool:
+        return self.open and (socket == self.socket or socket in self.probes.values())
 
 
 class ConcentratorSide(Protocol):
@@ -284,6 +312,7 @@ class World:
         self.tun_mtu: int | None = None
         self.tun: list[bytes] = []  # packets the agent wrote into the TUN
         self.bind_fails: set[str] = set()  # accesses whose sockets cannot be made
+        self.probes_sent: list[tuple[float, str]] = []  # (time, access) of each ProbeAccess
         alpn = ALPN_TUNNEL if config.mode is TunnelMode.TUNNEL else ALPN_SESSION
         self._client_config, server_config = make_configs(
             list(alpn), list(server_alpn), max_datagram_size=MAX_DATAGRAM_SIZE
@@ -391,6 +420,12 @@ class World:
             elif isinstance(action, CreateTun):
                 assert self.tun_mtu is None, "the TUN is created once"
                 self.tun_mtu = action.mtu
+            elif isinstance(action, ProbeAccess):
+                self._probe(action)
+            elif isinstance(action, EndProbe):
+                conn = self.by_path.get(action.path)
+                if conn is not None:
+                    conn.probes.pop(action.access.name, None)
             # Transmit: every connection transmits at each step; StatusChanged: no file here
         self.agent.write_tun(self.tun.extend if self.tun_mtu is not None else None)
         return did
@@ -426,7 +461,20 @@ class World:
             self.agent.migration_failed(migrate, f"cannot bind on {migrate.target.name}", self.now)
             return
         conn.access = self.accesses[migrate.target.name]
-        conn.socket = self._socket(conn.access)
+        # the program takes the probe socket of the target, if any, as the new one
+        probe = conn.probes.pop(migrate.target.name, None)
+        conn.socket = probe if probe is not None else self._socket(conn.access)
+
+    def _probe(self, probe: ProbeAccess) -> None:
+        conn = self.by_path.get(probe.path)
+        if conn is None or not conn.open:
+            return
+        access = self.accesses[probe.access.name]
+        socket = conn.probes.get(access.name)
+        if socket is None:
+            socket = conn.probes[access.name] = self._socket(access)
+        self.probes_sent.append((self.now, access.name))
+        access.up.send(probe.datagram, (conn, socket), self.now)
 
     # -- the network ------------------------------------------------------------------------------
 
@@ -476,7 +524,7 @@ class World:
                     self._drain_server(conn, access)
                 for data, (conn, socket) in access.down.due(now):
                     busy = True
-                    if conn.open and conn.socket == socket:
+                    if conn.receives_on(socket):
                         conn.client.receive_datagram(data, CONCENTRATOR, now=now)
             for conn in self.conns:
                 server_active = conn.server_active and not conn.server_gone

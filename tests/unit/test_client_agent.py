@@ -5,6 +5,7 @@ backoff, giving a silent connection up, Packet Too Big, reordering and the state
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path as FilePath
 
 import pytest
@@ -162,28 +163,58 @@ def test_tunnel_mode_failback_when_the_preferred_link_comes_back(failback: bool)
     assert delivered(world, 3) == [back_on]
 
 
-def test_tunnel_mode_blackhole_is_detected_by_the_probe_and_not_tried_again() -> None:
+def test_tunnel_mode_blackhole_is_detected_from_ack_silence_and_healed_by_probes() -> None:
+    """Issue 12: a silent blackhole is noticed from QUIC's ACK silence (a probe timeout, not
+    probe intervals), the connection moves at once and what was in flight is re-sent over the
+    new path; the dead access is reported and probed from a socket of its own (PATH_CHALLENGE,
+    with backoff), and once healed the connection comes back by itself."""
     world = tunnel_world()
     path = world.up_path("wifi")
+    world.from_tun([ip4(n) for n in range(5)])  # in flight when WiFi goes dark
+    started = world.now
+    world.blackhole("wifi", True)
+    world.from_tun([ip4(n) for n in range(5, 10)])
+    world.run(2.0, until=lambda: bool(world.of(Migrate)))
+    (migrate,) = world.of(Migrate)
+    assert migrate.path is path and migrate.target.name == "5g"
+    # one probe timeout of a 20 ms path: well before the liveness probe's first PING is late
+    assert world.times_of(Migrate)[0] - started < 0.2
+    world.run(0.5)
+    assert {packet for _, packet in world.concentrator.packets} == {ip4(n) for n in range(10)}
+    assert world.agent.status()["counters"]["reinjected"] >= 5
+    # dead after its second threshold: reported over 5G, unavailable, probed with backoff
+    assert ("5g", WIFI, DOWN) in world.concentrator.report_list()
+    wifi = access_status(world, "wifi")
+    assert not wifi["available"] and wifi["health"] == "dead"
+    probes = [t for t, name in world.probes_sent if name == "wifi"]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(probes)]
+    assert len(probes) >= 3 and gaps == sorted(gaps) and max(gaps) <= 0.2  # capped: probe_interval
+    # healed: a probe is answered and the connection moves back, reported available
+    healed = world.now
+    world.blackhole("wifi", False)
+    world.run(2.0, until=lambda: len(world.of(Migrate)) == 2)
+    assert [m.target.name for m in world.of(Migrate)] == ["5g", "wifi"]
+    assert world.times_of(Migrate)[1] - healed <= 0.2 + 0.05  # the backoff's cap and an RTT
+    world.run(0.1)
+    assert world.concentrator.report_list()[-1] == ("wifi", WIFI, UP)
+    assert access_status(world, "wifi")["health"] == "alive"
+    assert delivered(world, 3, marker=20) == ["wifi"]
+    assert world.of(ClosePath) == [] and world.agent.path_on("wifi") is path
+
+
+def test_tunnel_mode_without_detection_the_liveness_probe_notices_a_blackhole() -> None:
+    """limits.failure_detection = false (the ablation): only the liveness probe of last resort
+    remains, 3 unanswered intervals after the first lost PING."""
+    world = tunnel_world("limits.failure_detection=false")
     started = world.now
     world.blackhole("wifi", True)
     world.run(2.0, until=lambda: bool(world.of(Migrate)))
     (migrate,) = world.of(Migrate)
-    # noticed by the probe: 3 unanswered intervals after the first lost PING (the link is up)
     assert migrate.target.name == "5g"
     assert started + 0.6 <= world.times_of(Migrate)[0] <= started + 0.6 + 0.2
-    assert not access_status(world, "wifi")["available"]
     assert delivered(world, 3) == ["5g"]
-    assert world.concentrator.report_list() == [("5g", WIFI, DOWN)]
-    # healed or not, nothing can tell without a connection on it: no failback...
-    world.blackhole("wifi", False)
-    world.run(3.0)
-    assert len(world.of(Migrate)) == 1 and world.agent.path_on("5g") is path
-    # ... until its link changes
-    world.set_link("wifi", False)
-    world.set_link("wifi", True)
-    assert [m.target.name for m in world.of(Migrate)] == ["5g", "wifi"]
-    assert world.of(ClosePath) == []
+    assert world.concentrator.report_list()[-2:] == [("5g", FIVE_G, UP), ("5g", WIFI, DOWN)]
+    assert world.probes_sent == []
 
 
 def test_tunnel_mode_a_failed_migration_keeps_the_connection_where_it_was() -> None:

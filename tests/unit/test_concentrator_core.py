@@ -419,6 +419,103 @@ def test_an_access_report_flood_is_acted_on_within_the_budget(lab_certs: Path) -
     assert closed_reason(conn) is None
 
 
+def test_tunnel_mode_access_reports_stop_and_resume_the_downlink(lab_certs: Path) -> None:
+    """Tunnel draft §Access Report, in tunnel mode too (issue 12): once every access the client
+    reported is unavailable it has none left, and packets for it are held (bounded) until a
+    report says an access is available again; then they are sent, in order."""
+    core_lab = lab(lab_certs)
+    conn = core_lab.connect("alice")
+    conn.client.send_access_report(WIFI, AccessSignal.AVAILABLE)
+    conn.client.send_access_report(CELL, AccessSignal.UNAVAILABLE)
+    core_lab.run(0.1)
+    core_lab.from_tun([reply_to_alice(1)])
+    core_lab.run(0.1)
+    assert echo_replies(conn) == 1  # WiFi is still available: not held
+    conn.client.send_access_report(WIFI, AccessSignal.UNAVAILABLE)
+    core_lab.run(0.1)
+    assert core_lab.from_tun([reply_to_alice(n) for n in range(2, 5)]) == ()
+    core_lab.run(0.2)
+    status = core_lab.status_of("alice")
+    assert echo_replies(conn) == 1 and status["holding"] and status["held_packets"] == 3
+    conn.client.send_access_report(CELL, AccessSignal.AVAILABLE)  # it moved to 5G
+    core_lab.run(0.1)
+    assert [int.from_bytes(e.packet[26:28], "big") for e in conn.of(PacketReceived)][-3:] == [
+        2,
+        3,
+        4,
+    ]
+    status = core_lab.status_of("alice")
+    assert not status["holding"] and status["counters"]["released_after_hold"] == 3
+
+
+def test_tunnel_mode_held_packets_are_dropped_after_the_hold(lab_certs: Path) -> None:
+    core_lab = lab(lab_certs, "limits.unavailable_hold=0.2", "limits.max_datagram_queue=2")
+    conn = core_lab.connect("alice")
+    conn.client.send_access_report(WIFI, AccessSignal.UNAVAILABLE)
+    core_lab.run(0.1)
+    core_lab.from_tun([reply_to_alice(n) for n in range(3)])  # the third beyond the bound
+    core_lab.run(0.5)  # beyond the hold
+    conn.client.send_access_report(WIFI, AccessSignal.AVAILABLE)
+    core_lab.run(0.1)
+    assert echo_replies(conn) == 0
+    counters = core_lab.status_of("alice")["counters"]
+    assert counters["held_unavailable"] == 2 and counters["dropped_unavailable"] == 3
+    assert core_lab.status_of("alice")["held_packets"] == 0
+
+
+@pytest.mark.parametrize("alpn", ["qt", "qt-session"])
+def test_a_stale_access_report_is_ignored(lab_certs: Path, alpn: str) -> None:
+    """The TLV has no sequence number, but each report comes on a new stream: "unavailable"
+    lost on the way and retransmitted after the "available" sent later arrives on a lower
+    stream, and is ignored instead of switching the access off."""
+    core_lab = lab(lab_certs)
+    conn = session(core_lab)[0] if alpn == "qt-session" else core_lab.connect("alice")
+    conn.client.send_access_report(WIFI, AccessSignal.AVAILABLE)
+    core_lab.run(0.2)
+    conn.cut()
+    conn.client.send_access_report(WIFI, AccessSignal.UNAVAILABLE)  # lost for now
+    core_lab.net.flush()
+    conn.path.set_up(True)
+    conn.client.send_access_report(WIFI, AccessSignal.AVAILABLE)  # overtakes it
+    core_lab.run(1.0)  # the first one is retransmitted and arrives last
+    counters = core_lab.core.status()["counters"]
+    assert counters["access_reports_stale"] == 1
+    status = core_lab.status_of("alice")
+    if alpn == "qt":
+        assert not status["holding"]
+    else:
+        assert status["accesses_available"]["wifi"] is True
+
+
+def test_a_session_path_gone_silent_is_suspect_then_dead_and_its_packets_resent(
+    lab_certs: Path,
+) -> None:
+    """The concentrator's own detector (session mode): a connection whose ACKs stop is
+    suspect after a probe timeout — what was in flight on it goes out on the other one — then
+    dead (not used), and PINGed with backoff until it answers."""
+    core_lab = lab(lab_certs)
+    wifi, cell = session(core_lab, paths=2)
+    wifi.client.send_access_report(WIFI, AccessSignal.AVAILABLE)
+    cell.client.send_access_report(CELL, AccessSignal.AVAILABLE)
+    core_lab.run(0.3)
+    wifi.cut()
+    core_lab.from_tun([reply_to_alice(n) for n in range(4)])  # failover: on WiFi
+    core_lab.run(0.15)
+    (entry,) = [c for c in core_lab.status_of("alice")["connections"] if c["access_id"] == "wifi"]
+    assert entry["health"] == "suspect" and entry["counters"]["reinjected"] == 4
+    assert sorted(e.packet_tag for e in cell.of(PacketReceived)) == [0, 1, 2, 3]  # same tags
+    core_lab.run(0.5)
+    (entry,) = [c for c in core_lab.status_of("alice")["connections"] if c["access_id"] == "wifi"]
+    assert entry["health"] == "dead" and entry["counters"]["died"] == 1
+    core_lab.from_tun([reply_to_alice(9)])
+    core_lab.run(0.1)
+    assert cell.of(PacketReceived)[-1].packet_tag == 4  # a dead path is not used
+    wifi.path.set_up(True)
+    core_lab.run(1.5)  # its PINGs are answered
+    (entry,) = [c for c in core_lab.status_of("alice")["connections"] if c["access_id"] == "wifi"]
+    assert entry["health"] == "alive"
+
+
 # -- forwarding -----------------------------------------------------------------------------------
 
 

@@ -250,6 +250,16 @@ def test_timeout_from_rtts() -> None:
         ReorderBuffer.timeout_from_rtts([0.01, float("nan")])
 
 
+def test_timeout_from_rtts_covers_one_resend_when_asked() -> None:
+    """Issue 12: with re-sends on, a gap waits for the loss to be declared and the re-send to
+    cross: one RTT of the fastest path and a delayed ACK more (still bounded)."""
+    without = ReorderBuffer.timeout_from_rtts([0.020, 0.060])
+    assert ReorderBuffer.timeout_from_rtts([0.020, 0.060], cover_resend=True) == pytest.approx(
+        without + 0.020 + reorder.RESEND_ACK_DELAY
+    )
+    assert ReorderBuffer.timeout_from_rtts([0.010, 2.0], cover_resend=True) == MAX_TIMEOUT
+
+
 @pytest.mark.parametrize("capacity", [0, 32768])
 def test_bad_capacity(capacity: int) -> None:
     with pytest.raises(ValueError, match="capacity"):

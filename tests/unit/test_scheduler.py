@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 
 from tunnel.session.scheduler import (
     SCHEDULER_NAMES,
+    EarliestArrivalScheduler,
     FailoverScheduler,
     LowestRttScheduler,
     PathInfo,
     Scheduler,
     WeightedRoundRobinScheduler,
+    arrival_estimate,
+    earliest_path,
     make_scheduler,
 )
 from tunnel.wire.messages import AccessId
@@ -375,5 +378,55 @@ def test_every_scheduler_only_picks_usable_paths(
                 assert not any(p.usable for p in paths)
         else:
             assert paths[chosen].usable
-            if name != "failover" and any(p.has_window for p in paths):
+            if name not in ("failover", "earliest") and any(p.has_window for p in paths):
                 assert paths[chosen].has_window  # a path with room always goes first
+
+
+# -- earliest arrival (issue 12) --------------------------------------------------------------
+
+
+def loaded(path_id: int, srtt: float, rate: float, backlog: int, min_rtt: float) -> PathInfo:
+    return PathInfo(
+        path_id=path_id,
+        access_id=(WIFI, G5)[path_id],
+        available=True,
+        srtt=srtt,
+        window_space=50_000 - backlog,
+        cwnd=50_000,
+        rate=rate,
+        min_rtt=min_rtt,
+        backlog=backlog,
+    )
+
+
+def test_earliest_sends_where_the_packet_arrives_first() -> None:
+    sched = make_scheduler("earliest")
+    assert isinstance(sched, EarliestArrivalScheduler) and sched.uses_window
+    # WiFi 10 ms / 1 MB/s, 5G 40 ms / 4 MB/s, both idle: WiFi crosses first
+    wifi, five_g = loaded(0, 0.010, 1e6, 0, 0.010), loaded(1, 0.040, 4e6, 0, 0.040)
+    assert arrival_estimate(wifi) == pytest.approx(0.005)
+    assert sched.choose([wifi, five_g]) == 0
+    # 40 kB ahead on WiFi (its pipe holds 10 kB): 30 ms of queue, later than 5G's 20 ms
+    wifi.backlog = 40_000
+    assert arrival_estimate(wifi) == pytest.approx(0.035)
+    assert sched.choose([wifi, five_g]) == 1
+    # ... and 5G loaded too (200 kB: 40 ms of queue beyond its pipe): back to WiFi
+    five_g.backlog = 320_000
+    assert sched.choose([wifi, five_g]) == 0
+    assert earliest_path([wifi, five_g], exclude=0) == 1
+    five_g.available = False
+    assert sched.choose([wifi, five_g]) == 0 and earliest_path([wifi, five_g], exclude=0) is None
+
+
+def test_earliest_splits_a_backlog_in_proportion_to_the_rates() -> None:
+    """Fed packet by packet with the backlogs growing as it chooses, the earliest-arrival rule
+    shares the load about as the rates (1:3), once both pipes are full."""
+    sched = make_scheduler("earliest")
+    paths = [loaded(0, 0.02, 1e6, 0, 0.02), loaded(1, 0.02, 3e6, 0, 0.02)]
+    counts = Counter[int]()
+    for _ in range(4000):
+        chosen = sched.choose(paths)
+        assert chosen is not None
+        counts[chosen] += 1
+        paths[chosen].backlog = (paths[chosen].backlog or 0) + 1000
+    assert 2.5 <= counts[1] / counts[0] <= 3.5

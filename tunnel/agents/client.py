@@ -49,17 +49,28 @@ What it decides (README "Running the tunnel", the client):
   real datagram budget unless configured; a packet above the budget is answered with ICMP frag
   needed / Packet Too Big (tunnel/wire/icmp.py), as a router would.
 
-Extension points (issue 12, the multipath engine), none of which needs the program changed:
-- failure detection: a detector is evaluated where the probe is (`_probe`, its deadlines in
-  `_schedule_probe`, hence in `get_timer`) from the QUIC state of `path.tunnel` (srtt, bytes in
-  flight, the time of the last ACK) and turns into availability in `update_access`, which already
-  switches the scheduler, migrates, reports; "suspect" would be a third verdict next to
-  alive/failed;
-- QUIC-level signals arrive through `quic_event` (every aioquic event of every connection);
-  datagram fates (TunnelQuicConnection.take_datagram_fates) are pulled, so they belong where the
-  agent runs after every batch: `next_action` is called after each input and each network batch;
-- reinjection and schedulers are the mode strategies' (`send`, `availability_changed`, `ended`,
-  `handle_timer`): a re-send returns its path in Forwarded or marks it with `transmit(path)`.
+The multipath engine (issue 12; README "The multipath engine"), each part switched in [limits]:
+- failure detection (`failure_detection`, tunnel/session/path_health.py): every connection's
+  path is watched from QUIC's own state (AckState: ACK silence beyond the probe timeout ->
+  SUSPECT, beyond a second threshold -> DEAD, any new ACK -> ALIVE), next to the liveness probe
+  of last resort and the link events. Session mode: a suspect path's packets in flight are
+  re-sent on the others and new ones doubled up (TunnelSession), a dead one is unavailable
+  (scheduler, Access Report) and PINGed with backoff until it answers. Tunnel mode: a suspect
+  path makes the connection migrate at once to a healthy access (one connection cannot be
+  doubled up), the old access is probed with PATH_CHALLENGEs from a socket of its own
+  (ProbeAccess, RFC 9000 §9.1) with backoff up to `probe_interval`; dead, it is reported; when
+  a probe is answered it is healthy again and `failback` moves the connection back;
+- reinjection and loss hiding (`reinjection`, `loss_hiding`, `resend_deadline`,
+  tunnel/session/resend.py): datagram fates (DatagramFatesReady) are pulled in `quic_event`;
+  session mode re-sends through TunnelSession (same Packet Tag), tunnel mode through a
+  TunnelResender (what was stranded by a migration goes on the new path at once);
+- duplication (`duplication`, `duplicate_up_to`) and the earliest-arrival scheduler: in
+  TunnelSession and tunnel/session/scheduler.py;
+- Access Reports: each access's last report is remembered; a superseded one not yet
+  acknowledged is cancelled (RESET_STREAM, tunnel draft §Access Report), the same one is not
+  repeated on a connection; tunnel mode announces the access its connection runs over at
+  connect and after each migration (the concentrator holds its packets only while every access
+  it reported is unavailable).
 """
 
 from __future__ import annotations
@@ -88,12 +99,15 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
+from tunnel.protocol.quic_ext import DatagramFatesReady, PathProbeAnswered
 from tunnel.session.multipath import TunnelSession
+from tunnel.session.path_health import PathHealth, PathMonitor, dead_after, suspect_after
 from tunnel.session.reorder import ReorderBuffer
+from tunnel.session.resend import RESEND_COUNTERS, Resilience, TunnelResender
 from tunnel.session.scheduler import FailoverScheduler, make_scheduler
 from tunnel.wire import icmp
 from tunnel.wire.errors import ControlErrorCode, DatagramError
-from tunnel.wire.messages import AccessSignal, access_name
+from tunnel.wire.messages import AccessId, AccessSignal, access_name
 from tunnel.wire.modes import TunnelMode
 
 log = logging.getLogger("qtun.client")
@@ -195,6 +209,8 @@ class Path:
     migrations: int = 0
     end_reason: str | None = None
     refusal: ControlErrorCode | int | None = None  # session mode: the join's RESET_STREAM code
+    # the failure detector of the path the connection runs over (issue 12); None: off
+    monitor: PathMonitor | None = None
 
     @property
     def name(self) -> str:
@@ -215,11 +231,28 @@ class AccessStatus:
     alive: bool = True  # the liveness probe of its connection (True while none runs)
     reported: bool | None = None  # last availability acted on (scheduler, report, migration)
     report_pending: bool = False  # its Access Report found no live connection yet
+    # the failure detector's verdict (issue 12): DEAD makes it unavailable; SUSPECT is not
+    # chosen for a migration
+    health: PathHealth = PathHealth.ALIVE
+    # tunnel mode: an access the connection left because it was suspect, probed with
+    # PATH_CHALLENGEs from a socket of its own until it answers (None: not probed)
+    probing: PathMonitor | None = None
+    suspected: int = 0  # transitions to SUSPECT
+    died: int = 0  # transitions to DEAD
+    probes_answered: int = 0  # tunnel mode: PATH_RESPONSEs to its probes
+
+    @property
+    def link_ok(self) -> bool:
+        return self.link is None or self.link.usable
 
     @property
     def available(self) -> bool:
-        link_ok = self.link is None or self.link.usable
-        return link_ok and self.alive
+        return self.link_ok and self.alive and self.health is not PathHealth.DEAD
+
+    @property
+    def healthy(self) -> bool:
+        """Available and not suspect: fit to take a connection."""
+        return self.available and self.health is PathHealth.ALIVE
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -269,11 +302,34 @@ class CreateTun:
 
 
 @dataclass(frozen=True)
+class ProbeAccess:
+    """Tunnel mode (issue 12): send `datagram` — a PATH_CHALLENGE probe of the connection
+    (RFC 9000 §9.1) — to the concentrator from a socket bound to `access`, made at the first
+    probe and kept until EndProbe, ClosePath, or a Migrate to `access` (which may take it as
+    the connection's new socket: the concentrator validated that path already). What arrives
+    on it is fed to `path`'s connection like what arrives on its main socket."""
+
+    path: Path
+    access: AccessConfig
+    datagram: bytes
+
+
+@dataclass(frozen=True)
+class EndProbe:
+    """Close the probe socket of `path` on `access` (if there is one)."""
+
+    path: Path
+    access: AccessConfig
+
+
+@dataclass(frozen=True)
 class StatusChanged:
     """Something the status file shows changed: rewrite it (StatusWriter coalesces)."""
 
 
-Action = OpenPath | Migrate | Transmit | ClosePath | CreateTun | StatusChanged
+Action = (
+    OpenPath | Migrate | Transmit | ClosePath | CreateTun | ProbeAccess | EndProbe | StatusChanged
+)
 """What `next_action()` returns. Carried out in order; Transmit comes after the others."""
 
 
@@ -334,6 +390,18 @@ class _Mode(Protocol):
 
     def handle_timer(self, now: float) -> None: ...
 
+    def fates(self, path: Path, now: float) -> None:
+        """Datagram fates of `path`'s connection are waiting: re-send what needs it."""
+
+    def health_changed(self, path: Path, health: PathHealth, now: float) -> None:
+        """The failure detector changed its verdict on the path `path` runs over."""
+
+    def migrated(self, path: Path, now: float) -> None:
+        """Tunnel mode: the connection moved to a new path (Migrate decided)."""
+
+    def resend_counters(self, path: Path) -> dict[str, int]:
+        """The re-send counters of `path` (tunnel/session/resend.py RESEND_COUNTERS)."""
+
 
 class _TunnelMode:
     """Tunnel mode: one connection, migrated between accesses (see the module docstring)."""
@@ -347,6 +415,7 @@ class _TunnelMode:
         self.backoff = agent.new_backoff()
         self.retry_at: float | None = None
         self.waiting = False  # for an available access: any availability change wakes it
+        self.resender: TunnelResender | None = None  # the connection's re-sends (issue 12)
 
     def start(self, now: float) -> None:
         self._attempt(now)
@@ -368,7 +437,12 @@ class _TunnelMode:
 
     def established(self, path: Path, now: float) -> None:
         assert path.tunnel is not None
+        resilience = self.agent.resilience
+        self.resender = TunnelResender(resilience) if resilience.tracks else None
         self.agent.path_up(path, path.tunnel.max_packet_size(), now)
+        # The concentrator holds a tunnel-mode client's packets only while every access the
+        # client reported is unavailable (tunnel/agents/concentrator.py): say which one works.
+        self.agent.announce_access(path)
 
     def session_event(
         self, path: Path, event: SessionEstablished | SessionJoinFailed, now: float
@@ -411,15 +485,88 @@ class _TunnelMode:
         if path is None or not path.carries or path.access is None:
             return
         if not available and path.access.name == status.config.name:
-            target = self.agent.first_available_access()
+            target = self.agent.first_available_access(exclude=status.config.name)
             if target is not None:
                 self.agent.migrate(path, target, now)
-        elif available and self.agent.config.failback:
-            # back to `status`'s access if it is preferred over (listed before) the current one
-            order = list(self.agent.accesses)
-            if order.index(status.config.name) < order.index(path.access.name):
-                log.info("failback to=%s from=%s", status.config.name, path.access.name)
-                self.agent.migrate(path, status.config, now)
+        elif available:
+            self.failback(status, now)
+
+    def failback(self, status: AccessStatus, now: float) -> None:
+        """Back to `status`'s access if it is preferred over (listed before) the current one
+        and healthy, with `failback` on."""
+        path = self.path
+        if (
+            path is None
+            or not path.carries
+            or path.access is None
+            or not self.agent.config.failback
+            or not status.healthy
+        ):
+            return
+        order = list(self.agent.accesses)
+        if order.index(status.config.name) < order.index(path.access.name):
+            log.info("failback to=%s from=%s", status.config.name, path.access.name)
+            self.agent.migrate(path, status.config, now)
+
+    def health_changed(self, path: Path, health: PathHealth, now: float) -> None:
+        """The path the connection runs over turned suspect: move it to a healthy access at
+        once (one connection cannot be doubled up across accesses) and probe the old one from
+        a socket of its own (RFC 9000 §9.1); without another access, stay and let the verdict
+        run its course (dead: the access is unavailable, reported when a connection can)."""
+        agent = self.agent
+        if path is not self.path or path.access is None:
+            return
+        status = agent.accesses[path.access.name]
+        if health is PathHealth.SUSPECT:
+            target = agent.first_available_access(exclude=status.config.name, healthy=True)
+            monitor = path.monitor
+            tunnel = path.tunnel
+            if target is None or monitor is None or tunnel is None or not path.carries:
+                agent.set_health(status, health, now)
+                return
+            state = tunnel.ack_state()
+            probing = PathMonitor(agent.limits.probe_interval)
+            limit = suspect_after(state) if state is not None else monitor.probe_max
+            dead_in = (dead_after(state) - limit) if state is not None else 2 * limit
+            probing.suspect(now, limit, dead_in)
+            agent.set_health(status, PathHealth.SUSPECT, now)
+            status.probing = probing
+            log.info("access suspect access=%s: moving to=%s", status.config.name, target.name)
+            agent.migrate(path, target, now)
+        else:
+            agent.set_health(status, health, now)
+
+    def migrated(self, path: Path, now: float) -> None:
+        resender = self.resender
+        if resender is None or path is not self.path or path.tunnel is None:
+            return
+        self._resend(path, resender.migrated(now, [path.tunnel.srtt]), now)
+
+    def fates(self, path: Path, now: float) -> None:
+        tunnel = path.tunnel
+        if tunnel is None:
+            return
+        fates = tunnel.take_datagram_fates()
+        resender = self.resender
+        if resender is None or path is not self.path or not fates:
+            return
+        self._resend(path, resender.fates(fates, now, [tunnel.srtt]), now)
+
+    def _resend(self, path: Path, packets: list[bytes], now: float) -> None:
+        resender, tunnel = self.resender, path.tunnel
+        if not packets or resender is None or tunnel is None or not path.carries:
+            return
+        for packet in packets:
+            token = resender.copy_token(packet, now)
+            if not tunnel.send_packet(packet, token=token).sent:
+                resender.sent.fate(token)
+                resender.counters["resend_no_path"] += 1
+        self.agent.transmit(path)
+
+    def resend_counters(self, path: Path) -> dict[str, int]:
+        if path is not self.path or self.resender is None:
+            return {}
+        return dict(self.resender.counters)
 
     def carriers(self) -> list[Path]:
         path = self.path
@@ -443,12 +590,19 @@ class _TunnelMode:
             return ()
         assert path.tunnel is not None
         send = path.tunnel.send_packet
+        resender = self.resender
         for packet in packets:
+            token = None if resender is None else resender.token_for(packet, now)
             try:
-                result = send(packet)
+                result = send(packet, token=token)
             except DatagramError:
                 agent.counters["drops_malformed"] += 1
-                continue
+                result = None
+            if result is None or result.status is not SendStatus.SENT:
+                if token is not None and resender is not None:
+                    resender.sent.fate(token)  # never queued: no fate will come
+                if result is None:
+                    continue
             if result.status is SendStatus.TOO_BIG:
                 agent.too_big(packet, result)
         return (path,)
@@ -474,6 +628,7 @@ class _TunnelMode:
             # with every access failed by the probe alone, try again anyway
             for status in self.agent.accesses.values():
                 status.alive = True
+                self.agent.set_health(status, PathHealth.ALIVE, now)
         self._attempt(now)
 
 
@@ -597,7 +752,10 @@ class _SessionMode:
             self.agent.limits.reorder_timeout
         )
         self.session = TunnelSession(
-            make_scheduler(self.agent.config.scheduler), reorder, session_id=session_id
+            make_scheduler(self.agent.config.scheduler),
+            reorder,
+            session_id=session_id,
+            resilience=self.agent.resilience,
         )
         self.session_id = session_id
         for status in self.agent.accesses.values():
@@ -613,9 +771,11 @@ class _SessionMode:
         assert path.access is not None
         name = path.access.name
         if path.tunnel is not None and self._by_tunnel.get(path.tunnel) is path:
-            del self._by_tunnel[path.tunnel]
             if self.session is not None and path.tunnel in self.session.connections:
+                # what was in flight on it is stranded: re-sent on the others (reinjection)
+                self._transmit_all(self.session.set_health(path.tunnel, PathHealth.DEAD, now))
                 self.session.remove_connection(path.tunnel)
+            del self._by_tunnel[path.tunnel]
         if self.up.get(name) is path:
             del self.up[name]
         if self.joining is path:
@@ -697,10 +857,45 @@ class _SessionMode:
                 agent.counters["drops_no_path"] += 1
                 continue
             touched.add(sent.connection)
+            touched.update(sent.copies)
             if sent.result.status is SendStatus.TOO_BIG:
                 agent.too_big(packet, sent.result)
         by_tunnel = self._by_tunnel
         return tuple(by_tunnel[t] for t in touched if t in by_tunnel)
+
+    def health_changed(self, path: Path, health: PathHealth, now: float) -> None:
+        """Suspect: packets in flight on it re-sent elsewhere, new ones doubled up; dead: not
+        used, reported; alive again: used and reported (tunnel/session/multipath.py)."""
+        session, tunnel = self.session, path.tunnel
+        if path.access is not None:
+            self.agent.set_health(self.agent.accesses[path.access.name], health, now)
+        if session is None or tunnel is None or self._by_tunnel.get(tunnel) is not path:
+            return
+        self._transmit_all(session.set_health(tunnel, health, now))
+
+    def fates(self, path: Path, now: float) -> None:
+        tunnel, session = path.tunnel, self.session
+        if tunnel is None:
+            return
+        fates = tunnel.take_datagram_fates()
+        if session is None or not fates or self._by_tunnel.get(tunnel) is not path:
+            return
+        self._transmit_all(session.on_fates(tunnel, fates, now))
+
+    def _transmit_all(self, tunnels: set[TunnelConnection]) -> None:
+        for tunnel in tunnels:
+            target = self._by_tunnel.get(tunnel)
+            if target is not None:
+                self.agent.transmit(target)
+
+    def migrated(self, path: Path, now: float) -> None:
+        pass  # session mode never migrates
+
+    def resend_counters(self, path: Path) -> dict[str, int]:
+        session, tunnel = self.session, path.tunnel
+        if session is None or tunnel is None:
+            return {}
+        return session.path_counters(tunnel)
 
     def received(self, path: Path, event: PacketReceived, now: float) -> None:
         if event.packet_tag is None:
@@ -764,6 +959,12 @@ class ClientAgent:
         self._dirty: dict[Path, None] = {}  # paths with frames queued: Transmit each
         self._status_pending = False
         self._to_tun: list[bytes] = []
+        # the multipath engine's switches (issue 12, README "The multipath engine")
+        self.resilience = Resilience.from_limits(config.limits)
+        self.detection = config.limits.failure_detection
+        # the last Access Report sent for each access: (path, stream, signal), to cancel it
+        # when superseded before it was acknowledged and not to repeat it on one connection
+        self._reports: dict[AccessId, tuple[Path, int, AccessSignal]] = {}
         self._mode: _Mode = (
             _TunnelMode(self) if config.mode is TunnelMode.TUNNEL else _SessionMode(self)
         )
@@ -791,8 +992,17 @@ class ClientAgent:
         for path in self._live:
             if path.state is PathState.CONNECTING and path.deadline is not None:
                 times.append(path.deadline)
-            elif path.state is PathState.UP and path.check_at is not None:
-                times.append(path.check_at)
+            elif path.state is PathState.UP:
+                if path.check_at is not None:
+                    times.append(path.check_at)
+                health = self._health_due(path)
+                if health is not None:
+                    times.append(health)
+        for status in self.accesses.values():
+            if status.probing is not None:
+                due = status.probing.next_check()
+                if due is not None:
+                    times.append(due)
         mode = self._mode.next_deadline()
         if mode is not None:
             times.append(mode)
@@ -853,6 +1063,13 @@ class ClientAgent:
                 counters["probes_sent"] = path.probe.sent_count
                 counters["probes_acked"] = path.probe.acked_count
                 counters["migrations"] = path.migrations
+                counters.update(dict.fromkeys(RESEND_COUNTERS, 0))
+                counters.update(self._mode.resend_counters(path))
+            if status is not None:
+                # what the failure detector did (issue 12): transitions, tunnel mode's probes
+                counters["suspected"] = status.suspected
+                counters["died"] = status.died
+                counters["access_probes_answered"] = status.probes_answered
             connected = path is not None and path.carries
             srtt = tunnel.srtt if tunnel is not None else None
             accesses.append(
@@ -863,6 +1080,11 @@ class ClientAgent:
                     "link": None if status is None or status.link is None else asdict(status.link),
                     "connected": connected,
                     "active": path is not None and path in active,
+                    "health": (
+                        status.health.value
+                        if status is not None
+                        else (path.monitor.health.value if path and path.monitor else "alive")
+                    ),
                     "srtt_ms": None if srtt is None else round(srtt * 1000, 3),
                     # the outer connection's congestion state (RFC 9002 §7), for diagnosis
                     "cwnd_bytes": tunnel.congestion_window if tunnel is not None else None,
@@ -877,6 +1099,7 @@ class ClientAgent:
             if path.tunnel is not None:
                 totals.update(path.tunnel.counters.as_dict())
         totals.update(self.counters)
+        totals.update(self._resend_totals())
         return {
             "mode": self.config.mode.value,
             "state": self.state.value,
@@ -890,6 +1113,15 @@ class ClientAgent:
             "reorder": asdict(session.reorder_stats) if session is not None else {},
             "counters": dict(totals),
         }
+
+    def _resend_totals(self) -> Counter[str]:
+        """The re-send counters (RESEND_COUNTERS) summed over the live connections, for the
+        status file's `counters` (the accesses show them one by one)."""
+        totals: Counter[str] = Counter(dict.fromkeys(RESEND_COUNTERS, 0))
+        for path in self._live:
+            if path.state is PathState.UP:
+                totals.update(self._mode.resend_counters(path))
+        return totals
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -907,6 +1139,13 @@ class ClientAgent:
         status.link = state
         if state.usable:
             status.alive = True  # a link that came back deserves a fresh probe
+            status.health = PathHealth.ALIVE
+        if status.probing is not None:
+            # the kernel tells now: the probes are of no more use (up: failback tries it)
+            carriers = self._mode.carriers()
+            if carriers:
+                self._end_probe(carriers[0], status)
+            status.probing = None
         log.info(
             "link access=%s usable=%s%s",
             name,
@@ -949,8 +1188,16 @@ class ClientAgent:
         tunnel = path.tunnel
         if tunnel is None or path.state is PathState.CLOSED:
             return _NO_EVENTS
+        if isinstance(event, DatagramFatesReady):
+            self._mode.fates(path, now)
+            self._recheck(path, now)
+            return _NO_EVENTS
+        if isinstance(event, PathProbeAnswered):
+            self.probe_answered(path, event.key, now)
+            return _NO_EVENTS
         if isinstance(event, quic_events.PingAcknowledged):
             self.ping_acked(path, event.uid, now)
+            self._recheck(path, now)
             return _NO_EVENTS
         stream: list[TunnelEvent] | None = None
         for tunnel_event in tunnel.handle_event(event):
@@ -989,6 +1236,22 @@ class ClientAgent:
                 event.reason,
             )
 
+    def probe_answered(self, path: Path, key: object, now: float) -> None:
+        """Tunnel mode: the PATH_RESPONSE to a probe of access `key` arrived: it works again
+        (both ways). Fail back to it if preferred, else close its probe socket."""
+        self.last_now = now
+        status = self.accesses.get(key) if isinstance(key, str) else None
+        if status is None or status.probing is None:
+            return
+        status.probes_answered += 1
+        log.info("access answers its probes access=%s", status.config.name)
+        status.probing = None
+        self.set_health(status, PathHealth.ALIVE, now)
+        if isinstance(self._mode, _TunnelMode):
+            self._mode.failback(status, now)
+        if path.access is not status.config:  # not taken for the connection: done probing
+            self._end_probe(path, status)
+
     def ping_acked(self, path: Path, uid: int, now: float) -> None:
         """A liveness PING of `path` was acknowledged."""
         self.last_now = now
@@ -1018,8 +1281,13 @@ class ClientAgent:
                 and path.deadline <= now
             ):
                 self.close_path(path, self._handshake_timeout_reason(), now)
-            elif path.state is PathState.UP and path.check_at is not None and path.check_at <= now:
+                continue
+            if path.state is PathState.UP and path.check_at is not None and path.check_at <= now:
                 self._probe(path, now)
+            due = self._health_due(path) if path.state is PathState.UP else None
+            if due is not None and due <= now:
+                self._check_health(path, now)
+        self._probe_accesses(now)
         self._mode.handle_timer(now)
 
     def shutdown(self, now: float) -> None:
@@ -1059,6 +1327,9 @@ class ClientAgent:
         """`path` carries traffic now: the TUN, the reports that waited, the first probe."""
         path.state = PathState.UP
         path.deadline = None
+        if self.detection:
+            path.monitor = PathMonitor(self.limits.probe_interval)
+            path.monitor.reset(now)  # the handshake's silences are not the path's
         self.create_tun(budget)
         self._send_pending_reports(now)
         self.set_state(ClientState.UP)
@@ -1079,6 +1350,14 @@ class ClientAgent:
         path.migrations += 1
         self.counters["migrations"] += 1
         path.probe.reset()
+        if path.monitor is not None:
+            path.monitor.reset(now)  # what was sent before is the old path's silence
+        status = self.accesses[target.name]
+        if status.probing is not None:
+            # the program may take the probe socket as the new one (RFC 9000 §9.1: the path
+            # is validated already); the probe's connection ID is retired
+            status.probing = None
+            path.tunnel.end_path_probe(target.name)
         quic = path.tunnel.quic
         # RFC 9000 §9.5: a new path uses a new connection ID, so the two paths cannot be linked.
         quic.change_connection_id()
@@ -1090,6 +1369,9 @@ class ClientAgent:
         log.info(
             "migrated from=%s to=%s", source.name if source is not None else "default", target.name
         )
+        # stranded datagrams re-sent on the new path (reinjection, issue 12)
+        self._mode.migrated(path, now)
+        self.announce_access(path)
         self._status_changed()
 
     def transmit(self, path: Path) -> None:
@@ -1121,26 +1403,50 @@ class ClientAgent:
         if self.state is not ClientState.CONNECTING:
             self.set_state(ClientState.RECONNECTING)
 
-    def first_available_access(self) -> AccessConfig | None:
-        for status in self.accesses.values():
-            if status.available:
+    def first_available_access(
+        self, exclude: str | None = None, healthy: bool = False
+    ) -> AccessConfig | None:
+        """The most preferred available access (other than `exclude`): a healthy one (not
+        suspect) first; with `healthy`, only a healthy one."""
+        candidates = [s for n, s in self.accesses.items() if n != exclude and s.available]
+        for status in candidates:
+            if status.healthy:
                 return status.config
-        return None
+        if healthy or not candidates:
+            return None
+        return candidates[0].config
+
+    def set_health(self, status: AccessStatus, health: PathHealth, now: float) -> None:
+        """The failure detector's verdict on an access (issue 12): counted, shown, and acted on
+        at once when it changes its availability (DEAD, or back from DEAD)."""
+        if status.health is health:
+            return
+        if health is PathHealth.SUSPECT:
+            status.suspected += 1
+        elif health is PathHealth.DEAD:
+            status.died += 1
+        log.info("access %s access=%s", health.value, status.config.name)
+        status.health = health
+        self._status_changed()
+        self.update_access(status.config.name, now)
 
     def access_available(self, access: AccessConfig | None) -> bool:
         return access is None or self.accesses[access.name].available
 
     def announce_access(self, path: Path) -> None:
-        """Session mode: an AVAILABLE report for a fresh connection's own access."""
+        """An AVAILABLE report for the access a connection runs over: session mode, for each
+        fresh connection (the concentrator learns which access it runs over); tunnel mode, at
+        connect and after each migration (the concentrator holds its packets only while every
+        access the client reported is unavailable)."""
         access, tunnel = path.access, path.tunnel
         if (
             self.config.access_reports
             and access is not None
             and tunnel is not None
+            and not tunnel.closed
             and self.access_available(access)
         ):
-            tunnel.send_access_report(access.access_id, AccessSignal.AVAILABLE)
-            self.transmit(path)
+            self._send_report(path, access.access_id, AccessSignal.AVAILABLE)
 
     def update_access(self, name: str, now: float) -> None:
         """Re-derive an access's availability and act at once on a change: scheduler,
@@ -1203,6 +1509,10 @@ class ClientAgent:
         self._dirty.pop(path, None)
         if path.tunnel is not None:
             self.closed_totals.update(path.tunnel.counters.as_dict())
+        if path.access is not None and path.monitor is not None:
+            # the detector's verdict was this connection's: a new one starts afresh (its
+            # handshake tells whether the access works)
+            self.accesses[path.access.name].health = PathHealth.ALIVE
         self._actions.append(ClosePath(path))
         self._mode.ended(path, was, now)
         self._status_changed()
@@ -1270,9 +1580,7 @@ class ClientAgent:
         for path in self._mode.carriers():
             if not path.carries or not self.access_available(path.access):
                 continue  # a report over the failed access would be lost with it
-            assert path.tunnel is not None
-            path.tunnel.send_access_report(access_id, signal)
-            self.transmit(path)
+            self._send_report(path, access_id, signal)
             sent = True
             break
         log.info(
@@ -1283,6 +1591,105 @@ class ClientAgent:
             "sent" if sent else "not sent (no live connection)",
         )
         status.report_pending = not sent  # sent when a connection is up again
+
+    def _send_report(self, path: Path, access_id: AccessId, signal: AccessSignal) -> None:
+        """One Access Report on `path` (tunnel draft §6). The previous report on the same
+        access, if it said otherwise and is not acknowledged yet, is cancelled (RESET_STREAM,
+        tunnel draft §Access Report: "MUST be able to cancel"): it is superseded, and the
+        concentrator would otherwise act on it if it arrived late. Saying the same again on
+        the same connection is skipped."""
+        tunnel = path.tunnel
+        assert tunnel is not None
+        last = self._reports.get(access_id)
+        if last is not None:
+            old_path, old_stream, old_signal = last
+            if old_path is path and old_signal is signal:
+                return
+            old = old_path.tunnel
+            if (
+                old_signal is not signal
+                and old is not None
+                and old_path.carries
+                and not old.access_report_acknowledged(old_stream)
+            ):
+                old.cancel_access_report(old_stream)
+                self.counters["access_reports_cancelled"] += 1
+                self.transmit(old_path)
+        stream_id = tunnel.send_access_report(access_id, signal)
+        self._reports[access_id] = (path, stream_id, signal)
+        self.transmit(path)
+
+    def _health_due(self, path: Path) -> float | None:
+        """When the failure detector next has something to do for `path` (None: nothing)."""
+        monitor, tunnel = path.monitor, path.tunnel
+        if monitor is None or tunnel is None or tunnel.closed:
+            return None
+        if monitor.health is not PathHealth.ALIVE:
+            return monitor.next_check()
+        state = tunnel.ack_state()
+        return None if state is None else monitor.silence_deadline(state)
+
+    def _recheck(self, path: Path, now: float) -> None:
+        """After an ACK: a path that is not ALIVE may be again."""
+        monitor = path.monitor
+        if monitor is not None and monitor.health is not PathHealth.ALIVE:
+            self._check_health(path, now)
+
+    def _check_health(self, path: Path, now: float) -> None:
+        """Apply the failure detector (tunnel/session/path_health.py) to `path`, act on a new
+        verdict, and probe a path that is not ALIVE (a PING, with backoff)."""
+        monitor, tunnel = path.monitor, path.tunnel
+        if monitor is None or tunnel is None or not path.carries:
+            return
+        state = tunnel.ack_state()
+        if state is None:
+            return
+        change = monitor.evaluate(state, now)
+        if change is not None:
+            log.info(
+                "path %s access=%s srtt_ms=%s",
+                change.value,
+                path.name,
+                None if state.srtt is None else round(state.srtt * 1000, 1),
+            )
+            self._mode.health_changed(path, change, now)
+        if path.monitor is monitor and monitor.probe_due(now) and path.carries:
+            self._ping(path, now)
+            monitor.probe_sent(now)
+
+    def _probe_accesses(self, now: float) -> None:
+        """Tunnel mode: probe the accesses the connection left as suspect (PATH_CHALLENGE from
+        a socket of their own, with backoff); one whose time is up is dead."""
+        path = self._mode.carriers()[0] if self._mode.carriers() else None
+        for status in self.accesses.values():
+            probing = status.probing
+            if probing is None:
+                continue
+            if probing.tick(now) is PathHealth.DEAD:
+                self.set_health(status, PathHealth.DEAD, now)
+            if not probing.probe_due(now):
+                continue
+            probing.probe_sent(now)
+            tunnel = path.tunnel if path is not None else None
+            if path is None or tunnel is None or not path.carries or not status.link_ok:
+                continue
+            datagram = tunnel.path_probe(status.config.name, now)
+            if datagram is None:
+                # no connection ID to spare for a probe: try the access itself instead
+                # (a failed trial is caught by the detector again)
+                status.probing = None
+                self.set_health(status, PathHealth.ALIVE, now)
+                if isinstance(self._mode, _TunnelMode):
+                    self._mode.failback(status, now)
+                continue
+            self.counters["access_probes_sent"] += 1
+            self._actions.append(ProbeAccess(path, status.config, datagram))
+
+    def _end_probe(self, path: Path, status: AccessStatus) -> None:
+        status.probing = None
+        if path.tunnel is not None:
+            path.tunnel.end_path_probe(status.config.name)
+        self._actions.append(EndProbe(path, status.config))
 
     def _send_pending_reports(self, now: float) -> None:
         """A new connection carries the reports that could not be sent before (and, in session

@@ -33,7 +33,15 @@ What happens to a connection (tunnel draft §4, tunnel-session draft §4.1):
 4. Access Reports (tunnel draft §6), at most `access_reports_per_second` per client (the rest
    ignored and counted), switch an access off/on in the session at once. Which connection runs
    over which access is not signalled by the drafts: tunnel/session/access_mapping.py infers it
-   and names the connections a report replaces, which are closed.
+   and names the connections a report replaces, which are closed. A report on a lower stream
+   than the last one applied for its access on the same connection is stale (it was sent
+   earlier: streams are opened in order) and ignored, counted as `access_reports_stale`. Tunnel
+   mode (issue 12): while every access the client reported is unavailable, its packets are
+   held (bounded by `unavailable_hold` and `max_datagram_queue`) until a report of resumption.
+5. The multipath engine (issue 12; README "The multipath engine"): each connection of a session
+   is watched by the failure detector (tunnel/session/path_health.py: ACK silence -> suspect ->
+   dead, PINGs with backoff until it answers); lost and stranded datagrams are re-sent
+   (tunnel/session/resend.py), in tunnel mode on the path the client moved the connection to.
 
 Forwarding (tunnel/policy/addresses.py has the address rules). From a client: link-scoped IPv6
 dropped, a pool client's first source claims its address, the ingress filter (RFC 2827), the
@@ -50,6 +58,7 @@ are rate-limited per key the same way.
 from __future__ import annotations
 
 import datetime
+import itertools
 import logging
 import secrets
 from collections import Counter, deque
@@ -82,10 +91,12 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.protocol.quic_ext import TunnelQuicConnection, peer_certificate
+from tunnel.protocol.quic_ext import DatagramFatesReady, TunnelQuicConnection, peer_certificate
 from tunnel.session.access_mapping import infer_access
 from tunnel.session.multipath import TunnelSession
+from tunnel.session.path_health import PathHealth, PathMonitor
 from tunnel.session.reorder import ReorderBuffer
+from tunnel.session.resend import RESEND_COUNTERS, Resilience, TunnelResender
 from tunnel.session.scheduler import make_scheduler
 from tunnel.session.table import JoinError, SessionTable
 from tunnel.wire.errors import ControlErrorCode, DatagramError
@@ -100,6 +111,8 @@ from tunnel.wire.modes import TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
 
+PROBE_BACKOFF_MAX: Final = 1.0
+"""Seconds between PINGs at most on a dead path of a session (the backoff's cap)."""
 AUTH_FAILED_REASON: Final = (
     "client authentication failed: check the client's certificate, and the concentrator's log "
     "for why"
@@ -123,14 +136,20 @@ class Refusal(Enum):
 
 
 class PeerQuicConnection(TunnelQuicConnection):
-    """The concentrator's QuicConnection: remembers the address the last datagram came from (the
-    client's current path, also after a migration), for the status file and the logs."""
+    """The concentrator's QuicConnection: remembers the address of the client's current path
+    (also after a migration; not the address a probe came from, RFC 9000 §9.1), for the status
+    file and the logs, and counts the changes of path (`path_changes`: tunnel mode re-sends what
+    was stranded on the old one, issue 12)."""
 
     peer_address: NetworkAddress | None = None
+    path_changes: int = 0
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        self.peer_address = addr
         super().receive_datagram(data, addr, now)
+        active = self.get_peer_address() or addr
+        if self.peer_address is not None and active != self.peer_address:
+            self.path_changes += 1
+        self.peer_address = active
 
 
 def describe_peer(quic: QuicConnection) -> str:
@@ -185,13 +204,22 @@ class CrlReloaded:
 
 
 @dataclass(frozen=True)
+class Transmit:
+    """The core queued frames on `connection` outside `from_tun` (a re-send, a copy, a
+    probe, held packets released): send them."""
+
+    connection: TunnelConnection
+
+
+@dataclass(frozen=True)
 class StatusChanged:
     """Something the status file shows changed: rewrite it (StatusWriter coalesces)."""
 
 
-Action = Refused | Closed | SessionAnswered | CrlReloaded | StatusChanged
-"""What `next_action()` returns. The edge transmits the `connection` of Refused, Closed and
-SessionAnswered and rewrites the status file on StatusChanged; CrlReloaded is for the log."""
+Action = Refused | Closed | SessionAnswered | Transmit | CrlReloaded | StatusChanged
+"""What `next_action()` returns. The edge transmits the `connection` of Refused, Closed,
+SessionAnswered and Transmit and rewrites the status file on StatusChanged; CrlReloaded is for
+the log."""
 
 
 @dataclass(frozen=True)
@@ -214,10 +242,22 @@ class _Peer:
     access_id: AccessId | None = None
     handshake_done: bool = False
     mode_refusal: str | None = None  # why its negotiated mode is refused (at handshake end)
+    # Access Reports (issue 12): the stream of the last one applied per access (a report on a
+    # lower stream was sent earlier: stale), and tunnel mode's view of the client's accesses
+    report_streams: dict[AccessId, int] = field(default_factory=dict)
+    reported: dict[AccessId, bool] = field(default_factory=dict)
+    # the failure detector of its path (session mode, issue 12); None: not watched
+    monitor: PathMonitor | None = None
 
     @property
     def address(self) -> str:
         return describe_peer(self.connection.quic)
+
+
+_Sent = tuple[TunnelConnection | None, SendResult | None, tuple[TunnelConnection, ...]]
+"""What a strategy's send did: the connection used (None: none), its answer (HELD: held for
+later), the connections that got a copy."""
+HELD: Final = SendResult(SendStatus.NOT_READY, 0)
 
 
 class _ClientMode:
@@ -239,9 +279,26 @@ class _ClientMode:
         """The packets now deliverable into the TUN; None if `peer` may not send yet."""
         raise NotImplementedError
 
-    def send(self, packet: bytes, now: float) -> tuple[TunnelConnection | None, SendResult | None]:
-        """Send a packet from the TUN: the connection used and its answer (None: no path)."""
+    def send(self, packet: bytes, now: float) -> _Sent:
+        """Send a packet from the TUN: the connection used and its answer (None: no path; the
+        answer HELD: held while the client's accesses are reported unavailable), and the
+        connections that got a copy."""
         raise NotImplementedError
+
+    def fates(self, peer: _Peer, now: float) -> None:
+        """Datagram fates of `peer`'s connection are waiting: re-send what needs it."""
+        peer.connection.take_datagram_fates()
+
+    def watches(self, peer: _Peer) -> bool:
+        """Whether the failure detector watches `peer` (its verdict can be acted on)."""
+        return False
+
+    def health_changed(self, peer: _Peer, health: PathHealth, now: float) -> None:
+        """The failure detector changed its verdict on `peer`'s path."""
+
+    def peer_counters(self, peer: _Peer) -> dict[str, int]:
+        """The multipath engine's counters of one connection (RESEND_COUNTERS)."""
+        return {}
 
     def session_requested(self, peer: _Peer, qos: bytes, now: float) -> None:
         return None
@@ -252,7 +309,7 @@ class _ClientMode:
     def access_reported(self, peer: _Peer, access: AccessId, up: bool, now: float) -> None:
         return None
 
-    def left(self, peer: _Peer) -> None:
+    def left(self, peer: _Peer, now: float) -> None:
         """`peer` is no longer one of the client's connections."""
 
     def end_session(self) -> None:
@@ -273,9 +330,26 @@ class _ClientMode:
 
 
 class _TunnelMode(_ClientMode):
-    """Tunnel mode (tunnel draft §4): one connection per client, every packet as it is."""
+    """Tunnel mode (tunnel draft §4): one connection per client, every packet as it is.
+
+    Issue 12: the connection follows the client across its accesses (the client migrates it,
+    RFC 9000 §9); what was in flight on the old path is re-sent on the new one at once
+    (reinjection), and with loss hiding a lost packet is re-sent on the path in use
+    (tunnel/session/resend.py TunnelResender). Access Reports (tunnel draft §Access Report:
+    the client "can signal when the network is unstable to stop incoming data"): while every
+    access the client reported on this connection is unavailable — it has no access left —
+    packets for it are held, at most `unavailable_hold` seconds and `max_datagram_queue`
+    packets (older and further ones are dropped and counted), and sent as soon as a report
+    says an access is available again or a new connection comes."""
 
     mode = TunnelMode.TUNNEL
+
+    def __init__(self, core: ConcentratorCore, client: _Client) -> None:
+        super().__init__(core, client)
+        self.resender: TunnelResender | None = None
+        self._resender_of: TunnelConnection | None = None
+        self._path_changes = 0
+        self.held: deque[tuple[float, bytes]] = deque()
 
     def admitting(self, peer: _Peer, now: float) -> None:
         # The newer connection wins: the old one is most likely dead already (the client
@@ -286,11 +360,129 @@ class _TunnelMode(_ClientMode):
     def received(self, peer: _Peer, event: PacketReceived, now: float) -> Sequence[bytes] | None:
         return (event.packet,)
 
-    def send(self, packet: bytes, now: float) -> tuple[TunnelConnection | None, SendResult | None]:
+    def holding(self, peer: _Peer) -> bool:
+        """The client reported every access it reported on this connection unavailable."""
+        return bool(peer.reported) and not any(peer.reported.values())
+
+    def send(self, packet: bytes, now: float) -> _Sent:
         peers = self.client.peers
         if not peers:
-            return None, None
-        return peers[0].connection, peers[0].connection.send_packet(packet)
+            return None, None, ()
+        peer = peers[0]
+        connection = peer.connection
+        if self.holding(peer):
+            self._hold(packet, now)
+            return None, HELD, ()
+        if self.held:
+            self._release(peer, now)
+        resender = self._resender_for(peer, now)
+        token = resender.token_for(packet, now) if resender is not None else None
+        result = connection.send_packet(packet, token=token)
+        if token is not None and resender is not None and not result.sent:
+            resender.sent.fate(token)  # never queued: no fate will come
+        return connection, result, ()
+
+    def fates(self, peer: _Peer, now: float) -> None:
+        fates = peer.connection.take_datagram_fates()
+        if not fates or not self.client.peers or self.client.peers[0] is not peer:
+            return
+        resender = self._resender_for(peer, now)
+        if resender is not None:
+            self._resend(peer, resender.fates(fates, now, [peer.connection.srtt]), now)
+
+    def _resender_for(self, peer: _Peer, now: float) -> TunnelResender | None:
+        """The re-sends of the client's connection (a new one for a new connection); a path
+        change since the last look re-sends what was stranded on the old path."""
+        resilience = self.core.resilience
+        if not resilience.tracks:
+            return None
+        connection = peer.connection
+        changes = getattr(connection.quic, "path_changes", 0)
+        if self._resender_of is not connection or self.resender is None:
+            self.resender = TunnelResender(resilience)
+            self._resender_of = connection
+            self._path_changes = changes
+        elif changes != self._path_changes:
+            self._path_changes = changes
+            self._resend(peer, self.resender.migrated(now, [connection.srtt]), now)
+        return self.resender
+
+    def _resend(self, peer: _Peer, packets: list[bytes], now: float) -> None:
+        resender, connection = self.resender, peer.connection
+        if not packets or resender is None:
+            return
+        for packet in packets:
+            token = resender.copy_token(packet, now)
+            if not connection.send_packet(packet, token=token).sent:
+                resender.sent.fate(token)
+                resender.counters["resend_no_path"] += 1
+        self.core._actions.append(Transmit(connection))
+
+    def peer_counters(self, peer: _Peer) -> dict[str, int]:
+        if self.resender is None or self._resender_of is not peer.connection:
+            return {}
+        return dict(self.resender.counters)
+
+    def access_reported(self, peer: _Peer, access: AccessId, up: bool, now: float) -> None:
+        was = self.holding(peer)
+        peer.reported[access] = up
+        holding = self.holding(peer)
+        if holding == was:
+            return
+        log.info(
+            "client %s: %s", self.client.name, "holding its packets" if holding else "resuming"
+        )
+        if not holding and self.client.peers and self.client.peers[0] is peer:
+            self._release(peer, now)
+
+    # -- holding (Access Reports) --------------------------------------------------------------
+
+    def _hold(self, packet: bytes, now: float) -> None:
+        counters, limits = self.client.counters, self.core.limits
+        self._expire(now)
+        if limits.unavailable_hold <= 0 or len(self.held) >= limits.max_datagram_queue:
+            counters["dropped_unavailable"] += 1
+            return
+        self.held.append((now, packet))
+        counters["held_unavailable"] += 1
+
+    def _expire(self, now: float) -> None:
+        hold = self.core.limits.unavailable_hold
+        held = self.held
+        while held and held[0][0] + hold <= now:
+            held.popleft()
+            self.client.counters["dropped_unavailable"] += 1
+
+    def _release(self, peer: _Peer, now: float) -> None:
+        self._expire(now)
+        held, self.held = self.held, deque()
+        if not held:
+            return
+        resender = self._resender_for(peer, now)
+        connection = peer.connection
+        for sent_at, packet in held:
+            token = resender.token_for(packet, sent_at) if resender is not None else None
+            result = connection.send_packet(packet, token=token)
+            if result.sent:
+                self.client.counters["released_after_hold"] += 1
+            elif token is not None and resender is not None:
+                resender.sent.fate(token)
+        self.core._actions.append(Transmit(connection))
+
+    def poll(self, now: float) -> list[bytes]:
+        self._expire(now)
+        return []  # held packets go to the client, never into the TUN
+
+    def next_deadline(self) -> float | None:
+        return self.held[0][0] + self.core.limits.unavailable_hold if self.held else None
+
+    def status(self) -> dict[str, Any]:
+        peers = self.client.peers
+        return {
+            "session_id": None,
+            "holding": bool(peers) and self.holding(peers[0]),
+            "held_packets": len(self.held),
+        }
 
 
 class _SessionMode(_ClientMode):
@@ -305,11 +497,32 @@ class _SessionMode(_ClientMode):
             return None
         return session.on_packet(peer.connection, event, now)
 
-    def send(self, packet: bytes, now: float) -> tuple[TunnelConnection | None, SendResult | None]:
+    def send(self, packet: bytes, now: float) -> _Sent:
         if self.session is None:
-            return None, None
+            return None, None, ()
         sent = self.session.send_packet(packet, now)
-        return sent.connection, sent.result
+        return sent.connection, sent.result, sent.copies
+
+    def fates(self, peer: _Peer, now: float) -> None:
+        fates = peer.connection.take_datagram_fates()
+        if fates and self.session is not None and self._has(peer):
+            self._transmit(self.session.on_fates(peer.connection, fates, now))
+
+    def watches(self, peer: _Peer) -> bool:
+        return self._has(peer)
+
+    def health_changed(self, peer: _Peer, health: PathHealth, now: float) -> None:
+        """Suspect: what was in flight on it re-sent elsewhere, new packets doubled up; dead:
+        not used until it answers (tunnel/session/multipath.py)."""
+        if self.session is not None and self._has(peer):
+            self._transmit(self.session.set_health(peer.connection, health, now))
+
+    def _transmit(self, connections: set[TunnelConnection]) -> None:
+        for connection in connections:
+            self.core._actions.append(Transmit(connection))
+
+    def peer_counters(self, peer: _Peer) -> dict[str, int]:
+        return {} if self.session is None else self.session.path_counters(peer.connection)
 
     def session_requested(self, peer: _Peer, qos: bytes, now: float) -> None:
         core, client = self.core, self.client
@@ -328,11 +541,13 @@ class _SessionMode(_ClientMode):
             make_scheduler(core.config.scheduler),
             ReorderBuffer.from_setting(core.limits.reorder_timeout),
             session_id=entry.session_id,
+            resilience=core.resilience,
         )
         session.add_connection(peer.connection, peer.access_id)
         self.session = session
         core.session_owner[entry.session_id] = client.name
         core._accept_session(peer, entry.session_id)
+        core._watch(peer, now)
         log.info(
             "session created client=%s session=%s peer=%s",
             client.name,
@@ -359,6 +574,7 @@ class _SessionMode(_ClientMode):
             return
         session.add_connection(peer.connection, peer.access_id)
         core._accept_session(peer, session_id)
+        core._watch(peer, now)
         log.info(
             "session joined client=%s session=%s peer=%s connections=%d",
             self.client.name,
@@ -382,11 +598,15 @@ class _SessionMode(_ClientMode):
             member.access_id = learned
             session.remove_connection(member.connection)
             session.add_connection(member.connection, learned)
+            if member.monitor is not None:  # keep the detector's verdict
+                session.set_health(member.connection, member.monitor.health, now)
             log.info("access learned peer=%s access=%s", member.address, access_name(learned))
         session.set_available(access, up)
 
-    def left(self, peer: _Peer) -> None:
+    def left(self, peer: _Peer, now: float) -> None:
         if self.session is not None and self._has(peer):
+            # what was in flight on it is stranded: re-sent on the others (reinjection)
+            self._transmit(self.session.set_health(peer.connection, PathHealth.DEAD, now))
             self.session.remove_connection(peer.connection)
 
     def end_session(self) -> None:
@@ -496,6 +716,14 @@ class ConcentratorCore:
         self._status_pending = False
         self._to_tun: list[tuple[bytes, _Client, bool]] = []  # (packet, client, is a reply)
         self._reorder_due: dict[_Client, float] = {}
+        # the multipath engine (issue 12, README "The multipath engine")
+        self.resilience = Resilience.from_limits(self.limits)
+        self.detection = self.limits.failure_detection
+        # failure detector deadlines of the watched connections; those touched since get_timer
+        # last ran are recomputed there (loss recovery's state changed when they sent)
+        self._health_due: dict[_Peer, float] = {}
+        self._health_dirty: set[_Peer] = set()
+        self._ping_uids = itertools.count(1)
         # the session table's next expiry, recomputed only after the table changed (get_timer
         # runs after every input)
         self._expiry: float | None = None
@@ -516,6 +744,14 @@ class ConcentratorCore:
         timer = self._next_expiry()
         if self._reorder_due:
             soonest = min(self._reorder_due.values())
+            if timer is None or soonest < timer:
+                timer = soonest
+        if self._health_dirty:
+            for peer in self._health_dirty:
+                self._schedule_health(peer)
+            self._health_dirty.clear()
+        if self._health_due:
+            soonest = min(self._health_due.values())
             if timer is None or soonest < timer:
                 timer = soonest
         return timer
@@ -605,6 +841,14 @@ class ConcentratorCore:
         peer = self._peers.get(connection)
         if peer is None:
             return _NO_EVENTS
+        if isinstance(event, DatagramFatesReady):
+            if peer.client is not None:
+                peer.client.strategy.fates(peer, now)
+            self._health_event(peer, now)
+            return _NO_EVENTS
+        if isinstance(event, quic_events.PingAcknowledged):
+            self._health_event(peer, now)
+            return _NO_EVENTS
         if isinstance(event, quic_events.HandshakeCompleted):
             peer.handshake_done = True
             self._authenticate(peer, now)
@@ -646,6 +890,9 @@ class ConcentratorCore:
     # -- inputs: time ------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
+        for peer, due in list(self._health_due.items()):
+            if due <= now:
+                self._check_health(peer, now)
         for client, deadline in list(self._reorder_due.items()):
             if deadline <= now:
                 self._reorder_due.pop(client, None)
@@ -821,7 +1068,9 @@ class ConcentratorCore:
         peer.client = None
         if peer in client.peers:
             client.peers.remove(peer)
-        client.strategy.left(peer)
+        client.strategy.left(peer, now)
+        self._health_due.pop(peer, None)
+        self._health_dirty.discard(peer)
         self.sessions.leave(peer, now)  # an emptied session waits session_idle_expiry
         self._sessions_changed()
         self._forget_if_gone(client)
@@ -887,10 +1136,21 @@ class ConcentratorCore:
         # Each report may switch paths, close replaced connections and rewrite the status:
         # beyond the client's budget they are ignored (and counted), so a flood costs the
         # concentrator one bucket check per report (README "Security").
+        # The TLV has no sequence number, but each report comes on its own new stream and a
+        # peer opens its streams in order (RFC 9000 §2.1): a report on a lower stream than the
+        # last one applied for the same access was sent before it (a retransmission that
+        # arrived late) and is stale. Ordering holds within one connection; across a session's
+        # connections the last to arrive wins (README "The multipath engine").
+        last = peer.report_streams.get(event.access_id)
+        if last is not None and event.stream_id <= last:
+            client.counters["access_reports_stale"] += 1
+            self.counters["access_reports_stale"] += 1
+            return
         if not client.reports.allow(1, now):
             client.counters["access_reports_ignored"] += 1
             self.counters["access_reports_ignored"] += 1
             return
+        peer.report_streams[event.access_id] = event.stream_id
         available = event.signal is AccessSignal.AVAILABLE
         client.strategy.access_reported(peer, event.access_id, available, now)
         self._log_limited(
@@ -904,6 +1164,66 @@ class ConcentratorCore:
             event.signal.name.lower(),
         )
         self._status_changed()
+
+    # -- failure detection (issue 12, tunnel/session/path_health.py) -------------------------------
+
+    def _watch(self, peer: _Peer, now: float) -> None:
+        """`peer` joined a session: its path is watched from now on (with detection on)."""
+        if self.detection and peer.monitor is None:
+            peer.monitor = PathMonitor(PROBE_BACKOFF_MAX)
+            peer.monitor.reset(now)
+            self._health_dirty.add(peer)
+
+    def _health_event(self, peer: _Peer, now: float) -> None:
+        """An ACK arrived (fates, a PING's answer): a path that is not ALIVE may be again."""
+        monitor = peer.monitor
+        if monitor is None:
+            return
+        if monitor.health is not PathHealth.ALIVE:
+            self._check_health(peer, now)
+        else:
+            self._health_dirty.add(peer)
+
+    def _schedule_health(self, peer: _Peer) -> None:
+        monitor = peer.monitor
+        due: float | None = None
+        if monitor is not None and not peer.connection.closed and peer.client is not None:
+            if monitor.health is not PathHealth.ALIVE:
+                due = monitor.next_check()
+            else:
+                state = peer.connection.ack_state()
+                due = None if state is None else monitor.silence_deadline(state)
+        if due is None:
+            self._health_due.pop(peer, None)
+        else:
+            self._health_due[peer] = due
+
+    def _check_health(self, peer: _Peer, now: float) -> None:
+        """Apply the failure detector to `peer`'s path, act on a new verdict (the client's
+        strategy), and probe a path that is not ALIVE (a PING, with backoff)."""
+        monitor, client, connection = peer.monitor, peer.client, peer.connection
+        state = connection.ack_state()
+        if monitor is None or client is None or connection.closed or state is None:
+            self._health_due.pop(peer, None)
+            return
+        change = monitor.evaluate(state, now)
+        if change is not None:
+            self._log_limited(
+                f"health-{client.name}",
+                logging.INFO,
+                now,
+                "path %s client=%s peer=%s",
+                change.value,
+                client.name,
+                peer.address,
+            )
+            client.strategy.health_changed(peer, change, now)
+            self._status_changed()
+        if monitor.probe_due(now):
+            connection.quic.send_ping(next(self._ping_uids))
+            monitor.probe_sent(now)
+            self._actions.append(Transmit(connection))
+        self._schedule_health(peer)
 
     # -- sessions (tunnel-session draft §4.1, §6.1): the table's side ------------------------------
 
@@ -986,6 +1306,19 @@ class ConcentratorCore:
     def from_tun(self, packets: Sequence[bytes], now: float) -> Forwarded:
         """Packets read from the TUN: each to the client owning its destination."""
         touched: set[TunnelConnection] = set()
+        try:
+            return self._from_tun(packets, now, touched)
+        finally:
+            if self.detection:
+                peers = self._peers
+                for connection in touched:
+                    peer = peers.get(connection)
+                    if peer is not None and peer.monitor is not None:
+                        self._health_dirty.add(peer)
+
+    def _from_tun(
+        self, packets: Sequence[bytes], now: float, touched: set[TunnelConnection]
+    ) -> Forwarded:
         owner_of = self.addresses.owner_of_packet
         clients = self._clients
         for packet in packets:
@@ -1017,14 +1350,18 @@ class ConcentratorCore:
         self, client: _Client, packet: bytes, now: float, touched: set[TunnelConnection]
     ) -> None:
         try:
-            connection, result = client.strategy.send(packet, now)
+            connection, result, copies = client.strategy.send(packet, now)
         except DatagramError:
             client.counters["dropped_not_ip"] += 1
+            return
+        if result is HELD:
+            self._track_reorder(client)  # the held packets' expiry
             return
         if connection is None or result is None:
             client.counters["dropped_no_path"] += 1
             return
         touched.add(connection)
+        touched.update(copies)
         if result.status is SendStatus.SENT:
             client.counters["packets_to_client"] += 1
             client.counters["bytes_to_client"] += len(packet)
@@ -1088,7 +1425,15 @@ class ConcentratorCore:
                     "cwnd_bytes": connection.congestion_window,
                     "ssthresh_bytes": connection.slow_start_threshold,
                     "bytes_in_flight": connection.bytes_in_flight,
-                    "counters": connection.counters.as_dict(),
+                    # what the multipath engine did on this connection (issue 12)
+                    "health": peer.monitor.health.value if peer.monitor else None,
+                    "counters": {
+                        **connection.counters.as_dict(),
+                        **dict.fromkeys(RESEND_COUNTERS, 0),
+                        **client.strategy.peer_counters(peer),
+                        "suspected": peer.monitor.suspected if peer.monitor else 0,
+                        "died": peer.monitor.died if peer.monitor else 0,
+                    },
                 }
             )
         return {

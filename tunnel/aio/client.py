@@ -38,9 +38,11 @@ from tunnel.agents.client import (
     ClientState,
     ClosePath,
     CreateTun,
+    EndProbe,
     Migrate,
     OpenPath,
     Path,
+    ProbeAccess,
     StatusChanged,
     Transmit,
 )
@@ -56,7 +58,7 @@ from tunnel.aio.deadline import DeadlineTimer
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import StatusWriter
 from tunnel.aio.tun import TunDevice, TunError
-from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, run
+from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, UdpEndpoint, run
 from tunnel.config import ClientConfig
 from tunnel.protocol.connection import TunnelConnection
 from tunnel.protocol.quic_ext import TunnelQuicConnection, pacing_rate
@@ -82,6 +84,7 @@ class Client:
         self.monitor = AccessMonitor(config.accesses, self._guarded(self._on_link_change))
         self.timer = DeadlineTimer(self._guarded(self.agent.handle_timer), self.loop)
         self.clients: dict[Path, QuicClient] = {}  # the socket and QUIC driver of each path
+        self.probes: dict[tuple[Path, str], UdpEndpoint] = {}  # ProbeAccess sockets
         self.tasks: set[asyncio.Task[None]] = set()  # supervised (_spawn)
         self.tun: TunDevice | None = None
         self.stream: StreamClient | None = None
@@ -240,6 +243,10 @@ class Client:
                 self._migrate(action)
             elif isinstance(action, CreateTun):
                 self._create_tun(action.mtu)
+            elif isinstance(action, ProbeAccess):
+                self._probe(action)
+            elif isinstance(action, EndProbe):
+                self._end_probe(action.path, action.access.name)
             elif isinstance(action, StatusChanged):
                 self.status.write()
         self.timer.arm(agent.get_timer())
@@ -275,7 +282,31 @@ class Client:
         log.info("connecting access=%s local=%s", path.name, address_text(endpoint.local_address))
         driver.transmit()
 
+    def _probe(self, probe: ProbeAccess) -> None:
+        """A path probe from a socket of its own on the probed access; its answers go to the
+        connection like those of its main socket."""
+        client, key = self.clients.get(probe.path), (probe.path, probe.access.name)
+        if client is None:
+            return
+        endpoint = self.probes.get(key)
+        if endpoint is None:
+            try:
+                endpoint = bind_access(self.config, probe.access)
+            except (EndpointError, OSError) as exc:
+                log.info("no probe socket access=%s error=%r", probe.access.name, str(exc))
+                return
+            endpoint.start(client.driver.receive, TUN_BATCH)
+            self.probes[key] = endpoint
+        endpoint.send_batch([(probe.datagram, concentrator_remote(self.config))])
+
+    def _end_probe(self, path: Path, name: str) -> None:
+        endpoint = self.probes.pop((path, name), None)
+        if endpoint is not None:
+            endpoint.close()
+
     def _close(self, path: Path) -> None:
+        for key in [k for k in self.probes if k[0] is path]:
+            self._end_probe(path, key[1])
         client = self.clients.pop(path, None)
         if self.stream is not None and path.tunnel is not None and path.tunnel.stream_mode:
             self.stream.connection_closed(path.tunnel)
@@ -287,13 +318,17 @@ class Client:
         client = self.clients.get(migrate.path)
         if client is None:
             return
-        try:
-            endpoint = bind_access(self.config, migrate.target)
-        except (EndpointError, OSError) as exc:
-            self.agent.migration_failed(migrate, str(exc), self.loop.time())
-            return
+        # the probe socket on the target, if any, already reaches the concentrator (and its
+        # path is validated there, RFC 9000 §9.1)
+        endpoint = self.probes.pop((migrate.path, migrate.target.name), None)
         old, driver = client.endpoint, client.driver
-        endpoint.start(driver.receive, TUN_BATCH)
+        if endpoint is None:
+            try:
+                endpoint = bind_access(self.config, migrate.target)
+            except (EndpointError, OSError) as exc:
+                self.agent.migration_failed(migrate, str(exc), self.loop.time())
+                return
+            endpoint.start(driver.receive, TUN_BATCH)
         driver.endpoint = client.endpoint = endpoint
         old.close()
         local = address_text(endpoint.local_address)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter, deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
@@ -37,10 +38,14 @@ from tunnel.protocol.quic_ext import (
     AEAD_TAG_SIZE,
     DATAGRAM_FRAME_TYPE_SIZE,
     SHORT_HEADER_FIXED_SIZE,
+    AckState,
     TunnelQuicConnection,
     datagram_budget,
+    minimum_rtt,
     pending_datagram_count,
+    send_rate,
     smoothed_rtt,
+    stream_acknowledged,
     stream_send_open,
 )
 from tunnel.wire.datagram import (
@@ -140,6 +145,12 @@ class DatagramDropped:
 class AccessReportReceived:
     access_id: AccessId
     signal: AccessSignal
+    stream_id: int = field(default=-1, compare=False)
+    """The unidirectional stream it came on (not part of the report's value). The TLV carries
+    no sequence number, but each report travels on its own new stream (-tunnel-00 §7.1) and a
+    peer opens its streams in
+    increasing order (RFC 9000 §2.1): of two reports of one connection, the one on the higher
+    stream was sent later, whatever order they arrive in (issue 12)."""
 
 
 @dataclass(frozen=True)
@@ -471,6 +482,41 @@ class TunnelConnection:
         acknowledgements arrive)."""
         return self.congestion_window - self.bytes_in_flight - self.queued_datagram_bytes
 
+    @property
+    def min_rtt(self) -> float | None:
+        """The least RTT seen on the path (s), None before the first sample."""
+        return minimum_rtt(self._quic)
+
+    @property
+    def send_rate(self) -> float | None:
+        """Bytes per second the path lets out: the controller's pacing rate when it has one
+        (BBR, "none"), else one congestion window per smoothed RTT; None before an RTT."""
+        return send_rate(self._quic)
+
+    def ack_state(self) -> AckState | None:
+        """Loss recovery's view of the path, for failure detection (None without a
+        TunnelQuicConnection)."""
+        quic = self._quic
+        return quic.ack_state() if isinstance(quic, TunnelQuicConnection) else None
+
+    def path_probe(self, key: Hashable, now: float) -> bytes | None:
+        """A PATH_CHALLENGE probe to send from the local socket `key` names
+        (TunnelQuicConnection.path_probe); None without a TunnelQuicConnection."""
+        quic = self._quic
+        return quic.path_probe(key, now) if isinstance(quic, TunnelQuicConnection) else None
+
+    def end_path_probe(self, key: Hashable) -> None:
+        """The probe socket `key` is closed (TunnelQuicConnection.end_path_probe)."""
+        quic = self._quic
+        if isinstance(quic, TunnelQuicConnection):
+            quic.end_path_probe(key)
+
+    def take_datagram_fates(self) -> list[tuple[Hashable, bool]]:
+        """(token, acknowledged) of the datagrams sent with a token whose fate is known since
+        the last call (TunnelQuicConnection.take_datagram_fates)."""
+        quic = self._quic
+        return quic.take_datagram_fates() if isinstance(quic, TunnelQuicConnection) else []
+
     def is_available(self, access_id: AccessId) -> bool:
         """Whether the peer's last report for `access_id` (if any) said available."""
         return self.access_availability.get(access_id, AccessSignal.AVAILABLE) is (
@@ -499,12 +545,16 @@ class TunnelConnection:
             self._budget_key = key
         return self._budget
 
-    def send_packet(self, packet: bytes, packet_tag: int | None = None) -> SendResult:
+    def send_packet(
+        self, packet: bytes, packet_tag: int | None = None, token: Hashable | None = None
+    ) -> SendResult:
         """Queue one IP packet in a DATAGRAM frame.
 
         The size is checked BEFORE aioquic: an oversized datagram would stay at the
         head of aioquic's queue and block every later one. A refused packet is
         counted and the result carries the budget, for an ICMP Packet Too Big.
+        With a `token` (and a TunnelQuicConnection), the DATAGRAM's fate is reported by
+        take_datagram_fates() (issue 12: reinjection, loss hiding).
         Raises DatagramError if `packet` is not an IPv4/IPv6 packet, ValueError if
         session mode lacks a packet tag.
         """
@@ -528,7 +578,11 @@ class TunnelConnection:
             self.counters.drop(DropReason.QUEUE_FULL)
             return SendResult(SendStatus.QUEUE_FULL, budget)
         self._forget_sent_datagrams()  # before queuing: the new one is not sent yet
-        self._quic.send_datagram_frame(payload)
+        quic = self._quic
+        if token is not None and isinstance(quic, TunnelQuicConnection):
+            quic.send_datagram_frame(payload, token)
+        else:
+            quic.send_datagram_frame(payload)
         size = self._datagram_packet_size(len(payload))
         self._queued_sizes.append(size)
         self._queued_bytes += size
@@ -753,6 +807,11 @@ class TunnelConnection:
         self.counters.access_reports_sent += 1
         return stream_id
 
+    def access_report_acknowledged(self, stream_id: int) -> bool:
+        """Whether the peer acknowledged all of the report sent on `stream_id` (a
+        superseded report still in flight should be cancelled instead, issue 12)."""
+        return stream_acknowledged(self._quic, stream_id)
+
     def cancel_access_report(self, stream_id: int) -> None:
         """Reset the report's stream (-tunnel-00 §7.1.1: "MUST be able to cancel");
         no effect if the report was already acknowledged."""
@@ -800,7 +859,7 @@ class TunnelConnection:
         assert isinstance(report, AccessReport)
         self.access_availability[report.access_id] = report.signal
         self.counters.access_reports_received += 1
-        return [AccessReportReceived(report.access_id, report.signal)]
+        return [AccessReportReceived(report.access_id, report.signal, stream_id)]
 
     # -- stream mode (-tunnel-tcp-00) ------------------------------------------------------
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any, Final
 
+from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
@@ -27,17 +29,20 @@ from aioquic.quic.connection import (
     NetworkAddress,
     QuicConnection,
     QuicConnectionError,
+    QuicConnectionId,
+    QuicNetworkPath,
     QuicReceiveContext,
     stream_is_unidirectional,
 )
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import (
     PACKET_NUMBER_SEND_SIZE,
     QuicDeliveryState,
     QuicPacketBuilder,
     QuicPacketBuilderStop,
 )
-from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer
+from aioquic.quic.rangeset import RangeSet
+from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
 
@@ -134,6 +139,13 @@ _REQUIRED_INTERNALS = (
     "_close_event",
     "_state",
     "_is_client",
+    "_events",
+    "_peer_cid_available",
+    "_packet_number",
+    "_cryptos",
+    "_write_path_challenge_frame",
+    "_handle_path_response_frame",
+    "_retire_peer_cid",
 )
 _REQUIRED_TLS_INTERNALS = (
     "_request_client_certificate",
@@ -161,7 +173,22 @@ def _check_aioquic_internals() -> None:
     missing += [
         f"_local_max_data.{n}" for n in ("used", "sent") if not hasattr(probe._local_max_data, n)
     ]
-    missing += [f"_loss.{n}" for n in ("_cc", "_pacer") if not hasattr(probe._loss, n)]
+    missing += [
+        f"_loss.{n}"
+        for n in (
+            "_cc",
+            "_pacer",
+            "_rtt_variance",
+            "_rtt_min",
+            "_rtt_initialized",
+            "max_ack_delay",
+            "get_probe_timeout",
+            "on_ack_received",
+            "on_packet_sent",
+            "spaces",
+        )
+        if not hasattr(probe._loss, n)
+    ]
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
             "tunnel.protocol.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
@@ -170,6 +197,45 @@ def _check_aioquic_internals() -> None:
 
 
 _check_aioquic_internals()
+
+
+PROBE_NUMBERS_KEPT: Final = 64
+"""Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
+PROBE_CHALLENGES_KEPT: Final = 32
+"""Unanswered PATH_CHALLENGE values of path probes remembered (older ones are forgotten)."""
+
+
+@dataclass
+class DatagramFatesReady(events.QuicEvent):
+    """Fates of tracked DATAGRAM frames are waiting in take_datagram_fates() (issue 12)."""
+
+
+@dataclass
+class PathProbeAnswered(events.QuicEvent):
+    """The PATH_RESPONSE to a path_probe(key) arrived: the probed path works both ways."""
+
+    key: Hashable
+
+
+@dataclass(frozen=True)
+class AckState:
+    """One connection's loss-recovery view of its path (RFC 9002 §5, §6.2), for failure
+    detection: a path is *silent* from `unanswered_since` on (the first ack-eliciting packet
+    sent since an ACK last acknowledged something, None when nothing ack-eliciting is in
+    flight), and loss recovery's own probe timeout says how long an answer may take."""
+
+    srtt: float | None
+    """Smoothed RTT (s), None before the first sample."""
+    rttvar: float | None
+    min_rtt: float | None
+    max_ack_delay: float
+    """The peer's max_ack_delay (s): how long it may hold an ACK back."""
+    probe_timeout: float
+    """srtt + max(4 rttvar, granularity) + max_ack_delay (RFC 9002 §6.2.1), without backoff;
+    twice the initial RTT before the first sample."""
+    last_progress: float | None
+    """When an ACK last acknowledged a packet not acknowledged before."""
+    unanswered_since: float | None
 
 
 class TunnelQuicConnection(QuicConnection):
@@ -240,6 +306,7 @@ class TunnelQuicConnection(QuicConnection):
         self._local_max_data.value = connection_window  # announced as initial_max_data
         self._local_max_data.sent = connection_window
         self._install_pacer(pacing_rate)
+        self._install_ack_tracking()
 
     # -- congestion control and pacing (tunnel/protocol/congestion.py) ----------------------
 
@@ -265,6 +332,7 @@ class TunnelQuicConnection(QuicConnection):
             None for _ in self._datagrams_pending
         )
         self._tunnel_fates: list[tuple[Hashable, bool]] = []
+        self._tunnel_fates_announced: bool = False
         if self._tunnel_paced:
             cap = None if isinstance(cc, PacedNoCongestionControl) else pacing_rate
             pacer = RatePacer(cc, max_datagram_size=self._max_datagram_size, cap=cap)
@@ -309,13 +377,148 @@ class TunnelQuicConnection(QuicConnection):
 
     def _on_datagram_fate(self, state: QuicDeliveryState, token: Hashable) -> None:
         self._tunnel_fates.append((token, state is QuicDeliveryState.ACKED))
+        if not self._tunnel_fates_announced:
+            # One event until the fates are taken: the program hands events to its agent after
+            # every datagram batch and timer, so fates are acted on at once (a lost datagram
+            # re-sent within the batch) without an event per frame.
+            self._tunnel_fates_announced = True
+            self._events.append(DatagramFatesReady())
 
     def take_datagram_fates(self) -> list[tuple[Hashable, bool]]:
         """(token, acknowledged) of every tracked DATAGRAM whose fate is known since the last
         call: True acknowledged, False declared lost. Datagrams still queued or in flight when
-        the connection ends never get a fate: the caller owns them then."""
+        the connection ends never get a fate: the caller owns them then. A DatagramFatesReady
+        event announces new fates (once until they are taken)."""
         fates, self._tunnel_fates = self._tunnel_fates, []
+        self._tunnel_fates_announced = False
         return fates
+
+    # -- ACK progress and path probes (issue 12: failure detection) -------------------------
+
+    def _install_ack_tracking(self) -> None:
+        """Follow loss recovery (RFC 9002) closely enough to tell a silent path: when an ACK
+        last acknowledged something new, and the send time of the first ack-eliciting packet
+        sent since then (what the silence is counted from). aioquic keeps neither; its two
+        entry points are wrapped on this connection's recovery object."""
+        self._tunnel_last_progress: float | None = None
+        self._tunnel_unanswered_since: float | None = None
+        # path probes (path_probe): key -> the connection ID it uses; challenge -> key; the
+        # packet numbers the probes took (hidden from loss recovery, see _ack_received)
+        self._tunnel_probe_cids: dict[Hashable, QuicConnectionId] = {}
+        self._tunnel_probe_challenges: dict[bytes, Hashable] = {}
+        self._tunnel_probe_numbers: deque[int] = deque(maxlen=PROBE_NUMBERS_KEPT)
+        loss = self._loss
+        on_ack_received = loss.on_ack_received
+        on_packet_sent = loss.on_packet_sent
+
+        def ack_received(
+            *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
+        ) -> None:
+            probes = self._tunnel_probe_numbers
+            for number in probes:
+                # A probe left by another path: its number acknowledged ahead of the packets
+                # still in flight here would make loss recovery declare them lost (RFC 9002
+                # §6.1.1 packet threshold) and shrink the window for nothing. Its ACK proves
+                # nothing the PATH_RESPONSE does not.
+                ack_rangeset.subtract(number, number + 1)
+            if probes and not len(ack_rangeset):
+                return
+            before = len(space.sent_packets)
+            on_ack_received(ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space)
+            # packets leave sent_packets here only when something was newly acknowledged
+            if len(space.sent_packets) < before:
+                self._tunnel_last_progress = now
+                self._tunnel_unanswered_since = None
+
+        def packet_sent(*, packet: Any, space: QuicPacketSpace) -> None:
+            on_packet_sent(packet=packet, space=space)
+            if (
+                packet.is_ack_eliciting
+                and packet.in_flight
+                and self._tunnel_unanswered_since is None
+            ):
+                self._tunnel_unanswered_since = packet.sent_time
+
+        loss.on_ack_received = ack_received  # type: ignore[method-assign]
+        loss.on_packet_sent = packet_sent  # type: ignore[method-assign]
+
+    def ack_state(self) -> AckState:
+        """What loss recovery knows of the path's liveness now (see AckState)."""
+        loss = self._loss
+        measured = bool(loss._rtt_initialized)
+        in_flight = any(space.ack_eliciting_in_flight for space in loss.spaces)
+        return AckState(
+            srtt=float(loss._rtt_smoothed) if measured else None,
+            rttvar=float(loss._rtt_variance) if measured else None,
+            min_rtt=float(loss._rtt_min) if measured else None,
+            max_ack_delay=float(loss.max_ack_delay),
+            probe_timeout=float(loss.get_probe_timeout(include_max_ack_delay=True)),
+            last_progress=self._tunnel_last_progress,
+            unanswered_since=self._tunnel_unanswered_since if in_flight else None,
+        )
+
+    def path_probe(self, key: Hashable, now: float) -> bytes | None:
+        """A probing packet for another local address (RFC 9000 §9.1 "Probing a New Path"):
+        one 1-RTT packet with a PATH_CHALLENGE, padded to 1200 bytes (§8.2.1), for the program
+        to send from the socket `key` names. The peer answers with a PATH_RESPONSE on that
+        path (§8.2.2) without moving its traffic there (a probing packet, §9.1), and the answer
+        raises PathProbeAnswered(key). Each key gets a connection ID of its own (§9.5: one per
+        local address) until end_path_probe; None while no spare one is available, or before
+        the 1-RTT keys exist. The packet is not handed to loss recovery: a lost probe (the
+        usual case on a failed path) must not count as a loss of the path in use."""
+        if self._state in END_STATES or not self._network_paths:
+            return None
+        crypto = self._cryptos[tls.Epoch.ONE_RTT]
+        if not crypto.send.is_valid() or self._version is None:
+            return None
+        cid = self._tunnel_probe_cids.get(key)
+        if cid is None:
+            if not self._peer_cid_available:
+                return None
+            cid = self._tunnel_probe_cids[key] = self._peer_cid_available.pop(0)
+        path = QuicNetworkPath(self._network_paths[0].addr, is_validated=True)
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=self._max_datagram_size,
+            packet_number=self._packet_number,
+            peer_cid=cid.cid,
+            quic_logger=None,
+            version=self._version,
+        )
+        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+        self._write_path_challenge_frame(builder=builder, network_path=path)
+        datagrams, packets = builder.flush()
+        self._packet_number = builder.packet_number
+        for packet in packets:
+            self._tunnel_probe_numbers.append(packet.packet_number)
+        for challenge in path.local_challenges:
+            self._tunnel_probe_challenges[challenge] = key
+        while len(self._tunnel_probe_challenges) > PROBE_CHALLENGES_KEPT:
+            del self._tunnel_probe_challenges[next(iter(self._tunnel_probe_challenges))]
+        return b"".join(datagrams) if datagrams else None
+
+    def end_path_probe(self, key: Hashable) -> None:
+        """The program closed `key`'s socket: retire its connection ID (the peer issues a new
+        one) and forget its challenges."""
+        cid = self._tunnel_probe_cids.pop(key, None)
+        if cid is not None and self._state not in END_STATES:
+            self._retire_peer_cid(cid)
+        for challenge, owner in list(self._tunnel_probe_challenges.items()):
+            if owner == key:
+                del self._tunnel_probe_challenges[challenge]
+
+    def _handle_path_response_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        start = buf.tell()
+        data = buf.pull_bytes(8)
+        key = self._tunnel_probe_challenges.pop(data, None)
+        if key is not None:
+            self._events.append(PathProbeAnswered(key))
+            return
+        buf.seek(start)
+        super()._handle_path_response_frame(context, frame_type, buf)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._tunnel_now = now
@@ -608,6 +811,28 @@ def stream_send_open(quic: QuicConnection, stream_id: int) -> bool:
     return sender._reset_error_code is None and sender._buffer_fin is None
 
 
+def stream_acknowledged(quic: QuicConnection, stream_id: int) -> bool:
+    """Whether everything we sent on a stream of ours, FIN included, was acknowledged (True
+    also once aioquic discarded the finished stream)."""
+    if quic._stream_is_discarded(stream_id):
+        return True
+    stream = quic._streams.get(stream_id)
+    return stream is None or bool(stream.sender.is_finished)
+
+
+def send_rate(quic: QuicConnection) -> float | None:
+    """Bytes per second the connection lets out now: its controller's pacing rate when it has
+    one (BBR, "none"), else one congestion window per smoothed RTT (RFC 9002 §7.7); None
+    before the first RTT sample."""
+    loss = quic._loss
+    rate = getattr(loss._cc, "pacing_rate", None)
+    if rate:
+        return float(rate)
+    if not loss._rtt_initialized:
+        return None
+    return float(loss.congestion_window / max(loss._rtt_smoothed, K_MICRO_SECOND))
+
+
 def stream_send_backlog(quic: QuicConnection, stream_id: int) -> int:
     """Bytes written on the stream that the peer has not acknowledged yet (aioquic keeps
     them all, without bound); 0 for an unknown or discarded stream."""
@@ -686,6 +911,14 @@ def smoothed_rtt(quic: QuicConnection) -> float | None:
     if not loss._rtt_initialized:
         return None
     return float(loss._rtt_smoothed)
+
+
+def minimum_rtt(quic: QuicConnection) -> float | None:
+    """The least RTT sample of the path in seconds (RFC 9002 §5.2), None before the first."""
+    loss = quic._loss
+    if not loss._rtt_initialized:
+        return None
+    return float(loss._rtt_min)
 
 
 def pending_datagram_count(quic: QuicConnection) -> int:

@@ -12,21 +12,47 @@ Availability of an access comes from two places, both through `set_available`: t
 client's own view of its access networks, and on the concentrator the Access Reports
 the client sends (`on_event` applies them, -tunnel-00 §6). A closed connection is
 never chosen.
+
+The multipath engine (issue 12; tunnel/session/resend.py, path_health.py), each part off
+unless its `Resilience` switch is on:
+- a path's health (`set_health`): a DEAD path is not chosen; when a path turns SUSPECT or
+  DEAD, the packets in flight on it are re-sent on another path (reinjection);
+- while a path is SUSPECT, a copy of every packet the scheduler gives it goes on another path,
+  and packets of at most `duplicate_up_to` bytes always go on two (duplication);
+- datagrams declared lost (`on_fates`) are re-sent once on another path (reinjection), or on
+  the same one when no other is available (loss hiding), within the re-send deadline;
+- every re-send and copy carries the original's Packet Tag: the receiver's reorder buffer puts
+  it in its place and drops a second copy (counted as `duplicate` in its statistics), and the
+  adaptive reorder timeout covers one re-send (ReorderBuffer.timeout_from_rtts).
+Counters per path (`path_counters`) and in total (`counters`): tunnel/session/resend.py
+RESEND_COUNTERS, counted on the path the original was sent on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
 
 from tunnel.protocol.connection import (
     AccessReportReceived,
     PacketReceived,
     SendResult,
+    SendStatus,
     TunnelConnection,
     TunnelEvent,
 )
+from tunnel.session.path_health import PathHealth
 from tunnel.session.reorder import PacketTagCounter, ReorderBuffer, ReorderStats
-from tunnel.session.scheduler import PathInfo, Scheduler
+from tunnel.session.resend import (
+    RESEND_DEADLINE_MAX,
+    Resilience,
+    SentPacket,
+    SentPackets,
+    new_counters,
+    resend_deadline,
+)
+from tunnel.session.scheduler import PathInfo, Scheduler, earliest_path
 from tunnel.wire.messages import AccessId, AccessSignal
 
 
@@ -36,6 +62,8 @@ class _Member:
     connection: TunnelConnection
     access_id: AccessId | None
     weight: int
+    health: PathHealth = PathHealth.ALIVE
+    counters: Counter[str] = field(default_factory=new_counters)
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,8 @@ class SessionSend:
     path_id: int | None
     result: SendResult | None
     """The connection's answer (None when no path was chosen)."""
+    copies: tuple[TunnelConnection, ...] = ()
+    """Connections that also got a copy (duplication): transmit them too."""
 
     @property
     def sent(self) -> bool:
@@ -60,6 +90,7 @@ class TunnelSession:
     :param reorder: receive-side buffer (ReorderBuffer.from_setting); by default an adaptive
         one, whose gap timeout follows the paths' RTTs.
     :param session_id: the Session ID, for logs and the I/O layer's bookkeeping.
+    :param resilience: the multipath engine's switches (default: all off).
     """
 
     def __init__(
@@ -67,16 +98,26 @@ class TunnelSession:
         scheduler: Scheduler,
         reorder: ReorderBuffer[bytes] | None = None,
         session_id: bytes | None = None,
+        resilience: Resilience | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.reorder: ReorderBuffer[bytes] = (
             reorder if reorder is not None else ReorderBuffer(adaptive=True)
         )
         self.session_id = session_id
+        self.resilience = resilience if resilience is not None else Resilience()
         self.tags = PacketTagCounter()
         self._members: dict[int, _Member] = {}
         self._next_path_id = 0
         self._available: dict[AccessId, bool] = {}
+        self.sent: SentPackets | None = SentPackets() if self.resilience.tracks else None
+        self.counters: Counter[str] = new_counters()
+        self._deadline = resend_deadline(self.resilience.resend_deadline, ())
+        self._stranded_deadline = resend_deadline(self.resilience.resend_deadline, (), True)
+        # how long a packet is remembered: never longer than any re-send may come
+        self._keep = max(RESEND_DEADLINE_MAX, self.resilience.resend_deadline or 0.0)
+        self._duplicate_up_to = self.resilience.duplicate_up_to
+        self._duplicating = bool(self._duplicate_up_to)
 
     # -- membership --------------------------------------------------------------------
 
@@ -98,6 +139,7 @@ class TunnelSession:
         if member is None:
             raise ValueError("this connection is not part of the session")
         del self._members[member.path_id]
+        self._update_duplicating()
 
     @property
     def connections(self) -> list[TunnelConnection]:
@@ -114,6 +156,34 @@ class TunnelSession:
     def is_available(self, access_id: AccessId) -> bool:
         return self._available.get(access_id, True)
 
+    def health_of(self, connection: TunnelConnection) -> PathHealth:
+        member = self._member_of(connection)
+        return PathHealth.ALIVE if member is None else member.health
+
+    def path_counters(self, connection: TunnelConnection) -> dict[str, int]:
+        """The multipath engine's counters of one path (module docstring)."""
+        member = self._member_of(connection)
+        return {} if member is None else dict(member.counters)
+
+    def set_health(
+        self, connection: TunnelConnection, health: PathHealth, now: float
+    ) -> set[TunnelConnection]:
+        """The failure detector's verdict on a path (tunnel/session/path_health.py): a DEAD
+        path is not chosen; a path that stops being ALIVE has its packets in flight re-sent on
+        another path (reinjection). Returns the connections given packets (transmit them)."""
+        member = self._member_of(connection)
+        if member is None or member.health is health:
+            return set()
+        was, member.health = member.health, health
+        self._update_duplicating()
+        touched: set[TunnelConnection] = set()
+        if was is PathHealth.ALIVE and self.sent is not None and self.resilience.reinjection:
+            self._refresh_timeout()
+            for record in self.sent.in_flight_on(member.path_id):
+                record.resent = True
+                self._resend(record, member, now, touched, same_path=False)
+        return touched
+
     def paths(self, packet_size: int | None = None) -> list[PathInfo]:
         """What the scheduler sees, one PathInfo per connection, for sending a packet of
         `packet_size` bytes (None: the largest packet the connection takes)."""
@@ -122,14 +192,22 @@ class TunnelSession:
         windows = self.scheduler.uses_window
         for member in self._members.values():
             connection = member.connection
-            available = not connection.closed and connection.mode is not None
+            available = (
+                not connection.closed
+                and connection.mode is not None
+                and member.health is not PathHealth.DEAD
+            )
             if member.access_id is not None:
                 available = available and self.is_available(member.access_id)
-            window_space = cwnd = None
+            window_space = cwnd = backlog = None
+            rate = min_rtt = None
             if windows:
                 size = connection.max_packet_size() if packet_size is None else packet_size
-                window_space = connection.window_space - connection.packet_bytes(size)
+                backlog = connection.bytes_in_flight + connection.queued_datagram_bytes
                 cwnd = connection.congestion_window
+                window_space = cwnd - backlog - connection.packet_bytes(size)
+                rate = connection.send_rate
+                min_rtt = connection.min_rtt
             infos.append(
                 PathInfo(
                     path_id=member.path_id,
@@ -140,6 +218,9 @@ class TunnelSession:
                     can_send=connection.can_send_datagram,
                     window_space=window_space,
                     cwnd=cwnd,
+                    rate=rate,
+                    min_rtt=min_rtt,
+                    backlog=backlog,
                 )
             )
         return infos
@@ -153,21 +234,118 @@ class TunnelSession:
     # -- sending -----------------------------------------------------------------------
 
     def send_packet(self, packet: bytes, now: float) -> SessionSend:
-        """Tag `packet` and send it on the path the scheduler picks.
+        """Tag `packet` and send it on the path the scheduler picks (and a copy on another
+        path when it is small, or when the chosen path is suspect: module docstring).
 
         The tag is consumed only when a connection accepted the packet, so a refused
         packet leaves no gap for the receiver to wait on. `now` refreshes the reorder
         timeout from the current RTTs.
         """
         self._refresh_timeout()
-        path_id = self.scheduler.choose(self.paths(len(packet)))
+        infos = self.paths(len(packet))
+        path_id = self.scheduler.choose(infos)
         if path_id is None or path_id not in self._members:
             return SessionSend(None, None, None)
-        connection = self._members[path_id].connection
-        result = connection.send_packet(packet, packet_tag=self.tags.peek())
-        if result.sent:
-            self.tags.next()
-        return SessionSend(connection, path_id, result)
+        member = self._members[path_id]
+        tag = self.tags.peek()
+        result = self._send(member, packet, tag, now, copy=False)
+        if not result.sent:
+            return SessionSend(member.connection, path_id, result)
+        self.tags.next()
+        if self._duplicating and (
+            len(packet) <= self._duplicate_up_to
+            or (member.health is PathHealth.SUSPECT and self.resilience.duplicate_suspect)
+        ):
+            other = earliest_path(infos, exclude=path_id)
+            if other is not None:
+                copy = self._members[other]
+                if self._send(copy, packet, tag, now, copy=True).sent:
+                    member.counters["duplicated"] += 1
+                    self.counters["duplicated"] += 1
+                    return SessionSend(member.connection, path_id, result, (copy.connection,))
+        return SessionSend(member.connection, path_id, result)
+
+    def on_fates(
+        self, connection: TunnelConnection, fates: Iterable[tuple[Hashable, bool]], now: float
+    ) -> set[TunnelConnection]:
+        """The datagram fates of one member connection (TunnelConnection.take_datagram_fates):
+        lost packets are re-sent (module docstring). Returns the connections given packets."""
+        touched: set[TunnelConnection] = set()
+        sent = self.sent
+        if sent is None:
+            return touched
+        refreshed = False
+        for token, acked in fates:
+            record = sent.fate(token)
+            if acked or record is None:
+                continue
+            source = self._members.get(record.path) if isinstance(record.path, int) else None
+            counters = source.counters if source is not None else None
+            self.counters["datagrams_lost"] += 1
+            if counters is not None:
+                counters["datagrams_lost"] += 1
+            if record.copy or record.resent:
+                continue
+            if not refreshed:
+                self._refresh_timeout()
+                refreshed = True
+            self._resend(record, source, now, touched, same_path=True)
+        return touched
+
+    def _resend(
+        self,
+        record: SentPacket,
+        source: _Member | None,
+        now: float,
+        touched: set[TunnelConnection],
+        *,
+        same_path: bool,
+    ) -> None:
+        """Send `record` again, once: on another path (reinjection) or, for a loss when no
+        other path is available, on its own (loss hiding); within the deadline."""
+        resilience = self.resilience
+        counters = source.counters if source is not None else Counter[str]()
+        deadline = self._deadline if same_path else self._stranded_deadline
+        if now - record.sent_at > deadline:
+            counters["resend_too_late"] += 1
+            self.counters["resend_too_late"] += 1
+            return
+        infos = self.paths(len(record.packet))
+        target: int | None = None
+        kind = "reinjected"
+        if resilience.reinjection:
+            target = earliest_path(infos, exclude=source.path_id if source else None)
+        if target is None and same_path and resilience.loss_hiding and source is not None:
+            own = source.path_id
+            target = next((i.path_id for i in infos if i.path_id == own and i.usable), None)
+            kind = "loss_hidden"
+        member = self._members.get(target) if target is not None else None
+        if member is None or not self._send(member, record.packet, record.tag, now, True).sent:
+            counters["resend_no_path"] += 1
+            self.counters["resend_no_path"] += 1
+            return
+        counters[kind] += 1
+        self.counters[kind] += 1
+        touched.add(member.connection)
+
+    def _send(
+        self, member: _Member, packet: bytes, tag: int | None, now: float, copy: bool
+    ) -> SendResult:
+        sent = self.sent
+        token: int | None = None
+        if sent is not None:
+            sent.expire(now - self._keep)
+            token = sent.add(SentPacket(packet, tag, member.path_id, now, copy=copy))
+        result = member.connection.send_packet(packet, packet_tag=tag, token=token)
+        if token is not None and result.status is not SendStatus.SENT:
+            sent.fate(token)  # type: ignore[union-attr]  # never queued: no fate will come
+        return result
+
+    def _update_duplicating(self) -> None:
+        self._duplicating = bool(self._duplicate_up_to) or (
+            self.resilience.duplicate_suspect
+            and any(m.health is PathHealth.SUSPECT for m in self._members.values())
+        )
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -218,12 +396,21 @@ class TunnelSession:
     def _refresh_timeout(self) -> None:
         # A configured timeout stays as configured (it used to be overwritten here on every
         # packet, so limits.reorder_timeout had no effect).
-        if not self.reorder.adaptive:
+        adaptive = self.reorder.adaptive
+        if not adaptive and self.sent is None:
             return
         rtts = [
             rtt
             for member in self._members.values()
             if not member.connection.closed and (rtt := member.connection.srtt) is not None
         ]
-        if rtts:
-            self.reorder.set_timeout(ReorderBuffer.timeout_from_rtts(rtts))
+        if self.sent is not None:
+            self._deadline = resend_deadline(self.resilience.resend_deadline, rtts)
+            self._stranded_deadline = resend_deadline(
+                self.resilience.resend_deadline, rtts, stranded=True
+            )
+        if adaptive and rtts:
+            # With re-sends on, a gap may be filled by one: wait for it (issue 12).
+            self.reorder.set_timeout(
+                ReorderBuffer.timeout_from_rtts(rtts, cover_resend=self.resilience.tracks)
+            )

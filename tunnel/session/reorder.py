@@ -41,6 +41,9 @@ DEFAULT_TIMEOUT: Final = 0.05
 
 MIN_TIMEOUT: Final = 0.005
 MAX_TIMEOUT: Final = 0.5
+RESEND_ACK_DELAY: Final = 0.025
+"""A delayed ACK (RFC 9000 §18.2 max_ack_delay default): how much later a loss may be declared
+than 9/8 of an RTT (timeout_from_rtts with cover_resend)."""
 RTT_MARGIN_FRACTION: Final = 0.125
 """Share of the largest smoothed RTT added to the RTT spread as a jitter margin (see
 `ReorderBuffer.timeout_from_rtts`)."""
@@ -210,16 +213,20 @@ class ReorderBuffer(Generic[T]):
         self._timeout = seconds
 
     @staticmethod
-    def timeout_from_rtts(rtts: Sequence[float]) -> float:
+    def timeout_from_rtts(rtts: Sequence[float], cover_resend: bool = False) -> float:
         """A gap timeout for a session whose paths have these smoothed RTTs (seconds).
 
         Packets sent back to back on two paths arrive at most about the difference of the paths'
         one-way delays apart. One-way delays are not known, so the RTT spread (max - min) is used
         as a safe upper bound, plus a margin of 1/8 of the largest RTT for jitter (the same share
-        as the RTT smoothing gain of RFC 6298/9002). The result is clamped to [5 ms, 500 ms]:
-        below 5 ms, scheduling noise of the host alone reorders; above 500 ms, holding packets
-        hurts the tunnelled transport more than a loss would. Without any RTT, the default
-        timeout (50 ms) is returned.
+        as the RTT smoothing gain of RFC 6298/9002). With `cover_resend` (the sender re-sends
+        lost packets, issue 12), one smoothed RTT of the fastest path and RESEND_ACK_DELAY are
+        added: a gap then waits for the loss to be declared — about 9/8 of an RTT after the
+        packet left (RFC 9002 §6.1.2), later by the peer's ACK delay — and for the re-send to
+        cross, i.e. for 9/8 of the slowest RTT plus a delayed ACK.
+        The result is clamped to [5 ms, 500 ms]: below 5 ms, scheduling noise of the host alone
+        reorders; above 500 ms, holding packets hurts the tunnelled transport more than a loss
+        would. Without any RTT, the default timeout (50 ms) is returned.
         """
         for rtt in rtts:
             if not (math.isfinite(rtt) and rtt >= 0):
@@ -228,6 +235,8 @@ class ReorderBuffer(Generic[T]):
             return DEFAULT_TIMEOUT
         spread = max(rtts) - min(rtts)
         timeout = spread + RTT_MARGIN_FRACTION * max(rtts)
+        if cover_resend:
+            timeout += min(rtts) + RESEND_ACK_DELAY
         return min(MAX_TIMEOUT, max(MIN_TIMEOUT, timeout))
 
     def __len__(self) -> int:

@@ -15,6 +15,8 @@ their own small memory, so they can be tested without any network:
   so that each path carries what its own congestion controller lets out, as MPTCP does with its
   subflows; only when no path has room do they queue where the packet will leave soonest
   (`_soonest_departure`), bounded by the connection's datagram queue;
+* earliest (issue 12) sends each packet where it arrives first, by the paths' RTT, backlog and
+  rate (`arrival_estimate`), whether or not a window has room;
 * failover never looks at the window: a full primary window does not move traffic to the backup;
 * `choose` returns None when no path qualifies: the caller queues or drops the packet.
 """
@@ -54,6 +56,13 @@ class PathInfo:
     the window cannot take whole). None when unknown, which counts as room."""
     cwnd: int | None = None
     """Congestion window in bytes; None when unknown. With srtt, how fast a backlog drains."""
+    rate: float | None = None
+    """Bytes per second the path lets out (the controller's pacing rate, else cwnd / srtt);
+    None when unknown (then cwnd / srtt is used if known)."""
+    min_rtt: float | None = None
+    """The least RTT seen (s): the path's RTT without queueing."""
+    backlog: int | None = None
+    """Bytes ahead of a packet given to the path now: in flight plus queued in aioquic."""
 
     def __post_init__(self) -> None:
         if self.weight < 1:
@@ -233,11 +242,74 @@ def _soonest_departure(paths: Sequence[PathInfo]) -> int | None:
     return None if best is None else best.path_id
 
 
+def arrival_estimate(path: PathInfo) -> float | None:
+    """Seconds until a packet given to `path` now reaches the other end. The path holds about
+    rate x min_rtt bytes on the wire without queueing; whatever is ahead of the packet beyond
+    that (its `backlog`: bytes in flight and queued in aioquic) waits in a queue — aioquic's,
+    for the congestion window, or the bottleneck's — and drains at the path's rate; then the
+    packet crosses in half the unqueued RTT. Without a backlog figure: half the smoothed RTT,
+    plus the bytes the window cannot take yet (-window_space) at the rate. None without an
+    RTT sample."""
+    srtt = path.srtt
+    if srtt is None:
+        return None
+    rate = path.rate
+    if not rate:
+        if not path.cwnd:
+            return srtt / 2 if not path.window_space or path.window_space >= 0 else None
+        rate = path.cwnd / max(srtt, 1e-6)
+    if path.backlog is not None:
+        base = path.min_rtt if path.min_rtt is not None else srtt
+        queued = max(0.0, path.backlog - rate * base)
+        return base / 2 + queued / rate
+    excess = max(0, -(path.window_space or 0))
+    return srtt / 2 + excess / rate
+
+
+def earliest_path(paths: Sequence[PathInfo], exclude: int | None = None) -> int | None:
+    """The usable path (other than `exclude`) where a packet arrives first
+    (arrival_estimate); paths without an estimate rank after those with one, ties go to the
+    first given. None when no path is usable."""
+    best: PathInfo | None = None
+    best_key: tuple[bool, float] = (True, 0.0)
+    for path in paths:
+        if path.path_id == exclude or not path.usable:
+            continue
+        arrival = arrival_estimate(path)
+        key = (True, 0.0) if arrival is None else (False, arrival)
+        if best is None or key < best_key:
+            best, best_key = path, key
+    return None if best is None else best.path_id
+
+
+class EarliestArrivalScheduler:
+    """Aggregation by arrival time (issue 12): each packet goes where it arrives earliest
+    (arrival_estimate: half the path's smoothed RTT, plus the time its backlog takes to leave
+    at the rate the path lets out, with the packet's room in the congestion window counted).
+
+    While the fastest path's window has room it takes every packet; as its backlog grows, its
+    arrival time reaches the slower path's crossing time and the slower path takes the next
+    ones, so each path carries what it can deliver in time and no packet is sent where it
+    would arrive after packets sent later on another path (beyond the estimates' error, which
+    the receiver's reorder buffer absorbs). Unlike lowest-rtt, a packet is not put on a slower
+    path just because the faster one's window is momentarily full when the faster path would
+    still deliver it first; unlike wrr, the split follows the paths' rates, not fixed weights.
+    The session may also duplicate small packets onto a second path (`limits.duplicate_up_to`).
+    """
+
+    name = "earliest"
+    uses_window = True
+
+    def choose(self, paths: Sequence[PathInfo]) -> int | None:
+        return earliest_path(paths)
+
+
 _REGISTRY: Final[dict[str, Callable[..., Scheduler]]] = {
     "failover": FailoverScheduler,
     "wrr": WeightedRoundRobinScheduler,
     "aggregate": WeightedRoundRobinScheduler,
     "lowest-rtt": LowestRttScheduler,
+    "earliest": EarliestArrivalScheduler,
 }
 SCHEDULER_NAMES: Final = tuple(_REGISTRY)
 """Every name make_scheduler accepts ("aggregate" is another name for "wrr")."""

@@ -1,0 +1,313 @@
+"""The multipath engine (issue 12) end to end in memory, on the fake clock: the client agent and
+the real concentrator core over real QUIC connections (tests/unit/client_world.py), accesses
+with delays, rates and seeded loss. Failure detection from ACK silence at both ends, reinjection
+with the same Packet Tag, loss hiding on one lossy path, the earliest-arrival scheduler, and the
+switches that turn each mechanism off. Behaviour is asserted, never performance figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path as FilePath
+from typing import Any
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+
+from testbed.hostile import client_configuration
+from tests.unit.client_world import CoreConcentrator, World, client_config
+from tests.unit.concentrator_harness import concentrator_config, lab_certs
+from tunnel.agents.client import ClosePath, Migrate
+
+__all__ = ["lab_certs"]  # the fixture
+
+ALICE_V4, SERVER_V4 = "10.8.0.2", "10.200.1.2"  # alice's static address (concentrator_harness)
+PROBE = "limits.probe_interval=0.2"
+
+
+def up(n: int, size: int = 0) -> bytes:
+    """Alice's n-th packet to the server (an echo request, `size` bytes of payload)."""
+    return bytes(
+        IP(src=ALICE_V4, dst=SERVER_V4, id=n % 65536) / ICMP(type=8, seq=n) / (b"u" * size)
+    )
+
+
+def down(n: int, size: int = 0) -> bytes:
+    return bytes(
+        IP(src=SERVER_V4, dst=ALICE_V4, id=n % 65536) / ICMP(type=0, seq=n) / (b"d" * size)
+    )
+
+
+def core_world(
+    certs: FilePath,
+    mode: str = "session",
+    accesses: Sequence[str] = ("wifi", "5g"),
+    settings: Sequence[str] = (),
+    core_settings: Sequence[str] = (),
+    delays: dict[str, float] | None = None,
+) -> tuple[World, CoreConcentrator]:
+    """Alice's client agent and the real concentrator core, connected (and joined)."""
+    config = client_config(mode, accesses, PROBE, *settings)
+    core = CoreConcentrator(concentrator_config(certs, *core_settings), now=1000.0)
+    alpn = ["qt-session" if mode == "session" else "qt"]
+    alice = client_configuration(certs / "ca.pem", alpn, certs / "alice.pem", certs / "alice.key")
+    world = World(config, concentrator=core, client_quic_config=alice)
+    for name, delay in (delays or {"5g": 0.02}).items():
+        if name in world.accesses:
+            world.accesses[name].up.delay = world.accesses[name].down.delay = delay
+    world.start()
+    world.run(2.0)
+    assert all(
+        world.agent.path_on(name) is not None
+        for name in accesses[: 1 if mode == "tunnel" else None]
+    )
+    return world, core
+
+
+def access_entry(world: World, name: str) -> dict[str, Any]:
+    (entry,) = [a for a in world.agent.status()["accesses"] if a["name"] == name]
+    return dict(entry)
+
+
+def connection_entry(core: CoreConcentrator, access: str) -> dict[str, Any]:
+    (entry,) = [c for c in core.client_status()["connections"] if c["access_id"] == access]
+    return dict(entry)
+
+
+class Traffic:
+    """Packets both ways through the world, `per_step` each way every `step` seconds."""
+
+    def __init__(self, world: World, core: CoreConcentrator, size: int = 0) -> None:
+        self.world, self.core, self.size = world, core, size
+        self.up: list[bytes] = []
+        self.down: list[bytes] = []
+
+    def run(
+        self, steps: int, per_step: int = 4, step: float = 0.005, downlink: bool = True
+    ) -> None:
+        world = self.world
+        for _ in range(steps):
+            first = len(self.up)
+            ups = [up(first + i, self.size) for i in range(per_step)]
+            self.up += ups
+            world.from_tun(ups)
+            if downlink:
+                downs = [down(first + i, self.size) for i in range(per_step)]
+                self.down += downs
+                self.core.from_tun(downs, world.now)
+            world.run(step)
+
+    def delivered_down(self) -> list[bytes]:
+        wanted = set(self.down)
+        return [packet for packet in self.world.tun if packet in wanted]
+
+
+# -- failure detection, reinjection, duplication (session mode, both ends) -------------------------
+
+
+def test_session_blackhole_detected_at_both_ends_in_rtt_time_and_everything_arrives_once_in_order(
+    lab_certs: FilePath,
+) -> None:
+    """WiFi goes dark mid-transfer (link up, nothing gets through). Both ends notice it from the
+    ACK silence of their own connection within a probe timeout; what was in flight on WiFi is
+    re-sent over 5G with the same Packet Tag and new packets are doubled up while WiFi is
+    suspect, then WiFi is dead (reported) and unused. Every packet arrives, once, in order, in
+    both directions; copies that arrived twice were dropped by the receivers' reorder buffers.
+    Healed, WiFi answers the PINGs that kept probing it and carries traffic again."""
+    world, core = core_world(lab_certs)
+    traffic = Traffic(world, core)
+    traffic.run(40)
+    world.blackhole("wifi", True)
+    traffic.run(30)  # 150 ms: well below the liveness probe's 3 x 0.2 s
+    wifi, conc_wifi = access_entry(world, "wifi"), connection_entry(core, "wifi")
+    assert wifi["health"] in ("suspect", "dead") and conc_wifi["health"] in ("suspect", "dead")
+    traffic.run(70)
+    world.run(1.0)
+    # in order and once: reinjected copies and duplicates were dropped by the reorder buffers
+    assert core.tun == traffic.up
+    assert traffic.delivered_down() == traffic.down
+    wifi, conc_wifi = access_entry(world, "wifi"), connection_entry(core, "wifi")
+    assert wifi["health"] == conc_wifi["health"] == "dead" and not wifi["available"]
+    for counters in (wifi["counters"], conc_wifi["counters"]):
+        assert counters["suspected"] == counters["died"] == 1
+        assert counters["reinjected"] > 0 and counters["duplicated"] > 0
+        assert counters["resend_too_late"] == 0
+    duplicates = (
+        world.agent.status()["reorder"]["duplicate"] + core.client_status()["reorder"]["duplicate"]
+    )
+    assert duplicates > 0
+    assert core.client_status()["accesses_available"]["wifi"] is False  # its Access Report
+    # healed: the backed-off PINGs are answered at both ends
+    world.blackhole("wifi", False)
+    world.run(2.0)
+    assert access_entry(world, "wifi")["health"] == connection_entry(core, "wifi")["health"]
+    assert (
+        access_entry(world, "wifi")["health"] == "alive"
+        and access_entry(world, "wifi")["available"]
+    )
+    before = connection_entry(core, "wifi")["counters"]["packets_in"]
+    traffic.run(10, downlink=False)
+    world.run(0.2)
+    assert connection_entry(core, "wifi")["counters"]["packets_in"] >= before + 40  # failover: WiFi
+    assert world.of(ClosePath) == []
+
+
+@pytest.mark.parametrize("switch", ["limits.reinjection=false", "limits.duplication=false"])
+def test_each_mechanism_can_be_switched_off(lab_certs: FilePath, switch: str) -> None:
+    """The ablation switches, at both ends: without reinjection nothing stranded is re-sent
+    (packets in flight on the dead access are lost), without duplication no copies are made;
+    detection still moves the traffic."""
+    world, core = core_world(lab_certs, settings=[switch], core_settings=[switch])
+    traffic = Traffic(world, core)
+    traffic.run(40)
+    world.blackhole("wifi", True)
+    traffic.run(100)
+    world.run(1.0)
+    counters = [access_entry(world, "wifi")["counters"], connection_entry(core, "wifi")["counters"]]
+    key = "reinjected" if "reinjection" in switch else "duplicated"
+    other = "duplicated" if key == "reinjected" else "reinjected"
+    assert all(c[key] == 0 for c in counters) and all(c[other] > 0 for c in counters)
+    assert all(c["suspected"] == 1 for c in counters)
+    if key == "reinjected":
+        assert len(core.tun) < len(traffic.up)  # the stranded ones are lost
+    assert core.tun[-100:] == traffic.up[-100:]  # moved to 5G: what followed arrived
+
+
+def test_detection_off_leaves_the_liveness_probe(lab_certs: FilePath) -> None:
+    world, core = core_world(
+        lab_certs,
+        settings=["limits.failure_detection=false"],
+        core_settings=["limits.failure_detection=false"],
+    )
+    traffic = Traffic(world, core)
+    traffic.run(20)
+    world.blackhole("wifi", True)
+    traffic.run(60)  # 300 ms: the liveness probe has not decided yet
+    assert (
+        access_entry(world, "wifi")["available"]
+        and access_entry(world, "wifi")["health"] == "alive"
+    )
+    assert connection_entry(core, "wifi")["health"] is None  # not watched
+    world.run(1.0)
+    assert not access_entry(world, "wifi")["available"]  # 3 unanswered PINGs
+
+
+# -- tunnel mode: the concentrator re-sends what was stranded on the path the client left ----------
+
+
+def test_tunnel_mode_downlink_stranded_on_the_old_path_is_resent_on_the_new_one(
+    lab_certs: FilePath,
+) -> None:
+    world, core = core_world(lab_certs, mode="tunnel")
+    traffic = Traffic(world, core)
+    traffic.run(20)
+    world.blackhole("wifi", True)
+    traffic.run(60)
+    world.run(1.0)
+    assert [m.target.name for m in world.of(Migrate)] == ["5g"]
+    assert set(traffic.delivered_down()) == set(traffic.down)
+    assert set(core.tun) == set(traffic.up)
+    (connection,) = core.client_status()["connections"]
+    assert connection["counters"]["reinjected"] > 0
+    assert access_entry(world, "5g")["counters"]["reinjected"] > 0
+
+
+# -- loss hiding on one lossy path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "session"])
+def test_loss_hiding_on_one_lossy_path_delivers_almost_everything(
+    lab_certs: FilePath, mode: str
+) -> None:
+    """One access losing 5 % each way. Without loss hiding about 5 % of the uplink is lost;
+    with it a lost datagram is re-sent on the same path within the deadline and (almost) all
+    arrive — in session mode the reorder buffer waits for the re-send (a re-send can be late
+    when the ACK that would reveal the loss is lost too)."""
+    missing: dict[str, int] = {}
+    for hiding in ("off", "on"):
+        setting = f'limits.loss_hiding="{hiding}"'
+        world, core = core_world(
+            lab_certs, mode, ("wifi",), settings=[setting], core_settings=[setting]
+        )
+        world.accesses["wifi"].shape(loss=0.05, seed=3)
+        traffic = Traffic(world, core, size=200)
+        traffic.run(100, per_step=4, downlink=False)
+        world.run(1.0)
+        arrived = set(core.tun)
+        missing[hiding] = sum(1 for packet in traffic.up if packet not in arrived)
+        counters = access_entry(world, "wifi")["counters"]
+        assert counters["datagrams_lost"] > 0
+        if hiding == "on":
+            assert counters["loss_hidden"] > 0 and counters["resend_too_late"] == 0
+            if mode == "session":
+                # the reorder buffer waited for the re-sends: (almost) no gap given up
+                reorder = core.client_status()["reorder"]
+                assert reorder["reordered"] > 0 and reorder["tags_skipped"] <= missing["off"] // 4
+        else:
+            assert counters["loss_hidden"] == 0
+    assert missing["off"] >= 10
+    assert missing["on"] <= missing["off"] // 4
+
+
+# -- the earliest-arrival scheduler ----------------------------------------------------------------
+
+
+def test_earliest_arrival_scheduler_uses_both_accesses_and_delivers_in_order(
+    lab_certs: FilePath,
+) -> None:
+    """WiFi 10 ms / 250 kB/s and 5G 20 ms / 500 kB/s, offered more than either carries: the
+    earliest-arrival scheduler (both ends) puts packets on both, and the reorder buffers give
+    everything back in order without giving up on a gap."""
+    settings = ['scheduler="earliest"']
+    world, core = core_world(
+        lab_certs, settings=settings, core_settings=settings, delays={"5g": 0.02}
+    )
+    world.accesses["wifi"].shape(rate=250_000)
+    world.accesses["5g"].shape(rate=500_000)
+    traffic = Traffic(world, core, size=900)
+    traffic.run(120, per_step=6, step=0.01)  # ~560 kB/s each way
+    world.run(2.0)
+    for side in (access_entry(world, "wifi"), access_entry(world, "5g")):
+        assert side["counters"]["packets_out"] > 100
+    for name in ("wifi", "5g"):
+        assert connection_entry(core, name)["counters"]["packets_out"] > 100
+    assert core.tun == traffic.up
+    assert traffic.delivered_down() == traffic.down
+    for reorder in (world.agent.status()["reorder"], core.client_status()["reorder"]):
+        assert reorder["tags_skipped"] == 0 and reorder["late"] == 0
+    assert world.agent.status()["scheduler"] == "earliest"
+
+
+def test_small_packets_go_on_both_accesses(lab_certs: FilePath) -> None:
+    settings = ["limits.duplicate_up_to=150"]
+    world, core = core_world(lab_certs, settings=settings, core_settings=settings)
+    traffic = Traffic(world, core)
+    traffic.run(10)  # 28-byte echoes: small
+    big = [up(1000 + n, 400) for n in range(5)]
+    world.from_tun(big)
+    world.run(0.5)
+    assert core.tun == traffic.up + big  # once each, in order
+    assert access_entry(world, "wifi")["counters"]["duplicated"] == 40
+    assert connection_entry(core, "wifi")["counters"]["duplicated"] == 40
+    assert access_entry(world, "5g")["counters"]["packets_out"] >= 40
+    assert core.client_status()["reorder"]["duplicate"] >= 40
+
+
+# -- Access Reports: a superseded one is cancelled -------------------------------------------------
+
+
+def test_a_superseded_access_report_is_cancelled(lab_certs: FilePath) -> None:
+    """WiFi's link goes down and comes back while 5G, which carries the "unavailable" report,
+    is dark for a moment: the report is still unacknowledged when "available" follows, so it is
+    cancelled (RESET_STREAM). Without the cancel its retransmission would reach the
+    concentrator last (another connection: stream order cannot tell) and switch WiFi off."""
+    world, core = core_world(lab_certs, settings=["limits.failure_detection=false"])
+    world.blackhole("5g", True)
+    world.set_link("wifi", False)  # reported over 5G: lost for now
+    world.run(0.01)
+    world.set_link("wifi", True)  # reported over WiFi
+    world.run(0.03)
+    world.blackhole("5g", False)
+    world.run(1.0)
+    assert world.agent.status()["counters"]["access_reports_cancelled"] == 1
+    assert core.client_status()["accesses_available"]["wifi"] is True
+    assert core.core.status()["counters"].get("access_reports_stale", 0) == 0

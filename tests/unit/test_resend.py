@@ -1,0 +1,86 @@
+"""What is remembered for re-sends and when a re-send is still worth it
+(tunnel/session/resend.py): bounds, deadlines, tunnel mode's re-sends over one connection."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunnel.session.resend import (
+    RESEND_DEADLINE_MAX,
+    RESEND_DEADLINE_MIN,
+    STRANDED_DEADLINE_MIN,
+    Resilience,
+    SentPacket,
+    SentPackets,
+    TunnelResender,
+    resend_deadline,
+)
+
+
+def test_the_deadline_follows_the_rtts_within_bounds_unless_configured() -> None:
+    assert resend_deadline(None, [0.02, 0.05]) == pytest.approx(0.125)
+    assert resend_deadline(None, [0.001]) == RESEND_DEADLINE_MIN
+    assert resend_deadline(None, [3.0]) == RESEND_DEADLINE_MAX
+    assert resend_deadline(None, [0.02], stranded=True) == STRANDED_DEADLINE_MIN
+    assert resend_deadline(0.03, [0.5], stranded=True) == 0.03
+
+
+def test_sent_packets_are_bounded_in_count_and_bytes_oldest_first() -> None:
+    sent = SentPackets(max_packets=3, max_bytes=250)
+    tokens = [sent.add(SentPacket(b"x" * 100, None, 0, float(n))) for n in range(3)]
+    assert len(sent) == 2 and sent.bytes == 200 and sent.evicted == 1
+    assert sent.fate(tokens[0]) is None  # forgotten
+    assert sent.fate(tokens[2]) is not None and sent.bytes == 100
+    sent.expire(before=5.0)
+    assert len(sent) == 0 and sent.bytes == 0
+
+
+def test_in_flight_on_a_path_leaves_out_copies_and_those_resent() -> None:
+    sent = SentPackets()
+    sent.add(SentPacket(b"a", 1, 0, 0.0))
+    sent.add(SentPacket(b"b", 2, 0, 0.0, copy=True))
+    resent = SentPacket(b"c", 3, 0, 0.0)
+    resent.resent = True
+    sent.add(resent)
+    sent.add(SentPacket(b"d", 4, 1, 0.0))
+    assert [r.packet for r in sent.in_flight_on(0)] == [b"a"]
+
+
+def test_tunnel_resender_resends_what_was_stranded_once_and_hides_losses_if_asked() -> None:
+    resender = TunnelResender(Resilience(reinjection=True, loss_hiding=True))
+    early = resender.token_for(b"early", 0.0)
+    recent = resender.token_for(b"recent", 0.9)
+    assert early is not None and recent is not None
+    # the connection moved at 1.0: the stranded packets young enough go again
+    assert resender.migrated(1.0, [0.02]) == [b"recent"]
+    assert resender.counters["reinjected"] == 1 and resender.counters["resend_too_late"] == 1
+    # their loss, declared later, needs nothing more
+    assert resender.fates([(early, False), (recent, False)], 1.1, [0.02]) == []
+    assert resender.counters["datagrams_lost"] == 2
+    # a loss on the path in use: loss hiding
+    token = resender.token_for(b"new", 1.2)
+    assert resender.fates([(token, False)], 1.25, [0.02]) == [b"new"]
+    assert resender.counters["loss_hidden"] == 1
+    # a re-send is never re-sent
+    copy = resender.copy_token(b"new", 1.25)
+    assert resender.fates([(copy, False)], 1.3, [0.02]) == []
+
+
+def test_without_the_switches_nothing_is_remembered() -> None:
+    resender = TunnelResender(Resilience())
+    assert resender.token_for(b"x", 0.0) is None
+    assert resender.migrated(1.0, [0.02]) == []
+    off = Resilience.from_limits(
+        type(
+            "Limits",
+            (),
+            {
+                "reinjection": False,
+                "loss_hiding": "off",
+                "duplication": False,
+                "duplicate_up_to": 150,
+                "resend_deadline": None,
+            },
+        )()
+    )
+    assert not off.tracks and off.duplicate_up_to == 0  # duplication off: no small copies
