@@ -9,7 +9,8 @@ actions:
   join-bogus    session mode, Join Session with a random Session ID
   ping          tunnel or session mode: ICMP echo from --src to --dst through the tunnel, wait for
                 the reply (--count echoes)
-  hold          stay connected for --hold seconds (the test sends traffic towards us meanwhile)
+  hold          print READY, stay connected until stdin closes (at most --hold seconds; the
+                test sends traffic towards us meanwhile), then report what was received
   failover      session over two connections; which one carries the replies as Access Reports
                 switch WiFi off and on
   replace       a third connection announcing WiFi replaces the first (WiFi) one
@@ -23,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +76,64 @@ def echo_request(src: str, dst: str, size: int, seq: int) -> bytes:
     return icmp_echo(src, dst, seq, size)
 
 
+async def until_stdin_closes(seconds: float) -> None:
+    """Return when stdin reaches end of file (the test closes it once it is done with us), or
+    after `seconds` at the latest (stdin a file or /dev/null: just the `seconds`)."""
+    loop = asyncio.get_running_loop()
+    closed = asyncio.Event()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            closed.set()
+            loop.remove_reader(fd)
+
+    try:
+        loop.add_reader(fd, readable)
+    except (OSError, ValueError, NotImplementedError):  # epoll takes no regular file
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(closed.wait(), seconds)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
+
+
+def echo_replies(peer: Peer, since: int) -> int:
+    """Echo replies among the events `peer` received after the first `since`."""
+    return sum(
+        1 for e in peer.events[since:] if isinstance(e, PacketReceived) and is_echo_reply(e.packet)
+    )
+
+
+async def replies_on(
+    sides: dict[str, Peer], send: Callable[[], None], timeout: float = 1.5
+) -> dict[str, int]:
+    """Send one echo request (`send`) and wait for its reply on any of `sides`, at most
+    `timeout` s: the echo replies each side received meanwhile."""
+    marks = {name: len(peer.events) for name, peer in sides.items()}
+    send()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        counts = {name: echo_replies(peer, marks[name]) for name, peer in sides.items()}
+        left = deadline - loop.time()
+        if any(counts.values()) or left <= 0:
+            return counts
+        for peer in sides.values():
+            peer.changed.clear()
+        waiters = [asyncio.ensure_future(peer.changed.wait()) for peer in sides.values()]
+        await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+
 async def connect_one(args: argparse.Namespace) -> tuple[QuicClient, Peer]:
     return await connect(args.remote, args.port, configuration(args))
 
@@ -93,25 +155,27 @@ async def failover(args: argparse.Namespace) -> dict[str, Any]:
         result["joined"] = await b.wait_for((SessionEstablished,), 5.0) is not None
         tags = PacketTagCounter()
         phases: list[dict[str, int]] = []
+        tunnel_a = a.tunnel
+
+        def send(seq: int) -> Callable[[], None]:
+            def on_a() -> None:
+                packet = echo_request(args.src, args.dst, args.size, seq)
+                tunnel_a.send_packet(packet, packet_tag=tags.next())
+                client_a.driver.transmit()
+
+            return on_a
+
         for signal_ in (None, AccessSignal.UNAVAILABLE, AccessSignal.AVAILABLE):
             if signal_ is not None:
+                # No wait for it to take effect: the report leaves before the next echo
+                # request, to the same concentrator socket over the same loss-free link, so
+                # the concentrator has applied it when the request arrives.
                 b.tunnel.send_access_report(AccessId.NON_THREE_GPP, signal_)
                 client_b.driver.transmit()
-                await asyncio.sleep(0.3)
             counts = {"a": 0, "b": 0}
             for seq in range(args.count):
-                marks = {"a": len(a.events), "b": len(b.events)}
-                a.tunnel.send_packet(
-                    echo_request(args.src, args.dst, args.size, seq), packet_tag=tags.next()
-                )
-                client_a.driver.transmit()
-                await asyncio.sleep(0.2)
-                for name, side in (("a", a), ("b", b)):
-                    counts[name] += sum(
-                        1
-                        for e in side.events[marks[name] :]
-                        if isinstance(e, PacketReceived) and is_echo_reply(e.packet)
-                    )
+                got = await replies_on({"a": a, "b": b}, send(seq))
+                counts = {name: counts[name] + got[name] for name in counts}
             phases.append(counts)
         result["phases"] = phases
     finally:
@@ -147,26 +211,27 @@ async def replace(args: argparse.Namespace) -> dict[str, Any]:
             x.tunnel.send_access_report(access, AccessSignal.AVAILABLE)
             client_x.driver.transmit()
             joined.append(x)
-            await asyncio.sleep(0.3)
+        # Each report left before the next connection's handshake, to the same concentrator
+        # socket over a loss-free link: the concentrator took them in this order.
         b, c = joined
         closed = await a.wait_for((ConnectionClosed,), 3.0)
         result["a_closed"] = closed.reason if isinstance(closed, ConnectionClosed) else None
         tags = PacketTagCounter()
         counts = {"b": 0, "c": 0}
         assert b.tunnel is not None
+        tunnel_b = b.tunnel
+
+        def send(seq: int) -> Callable[[], None]:
+            def on_b() -> None:
+                packet = echo_request(args.src, args.dst, args.size, seq)
+                tunnel_b.send_packet(packet, packet_tag=tags.next())
+                clients[1].driver.transmit()
+
+            return on_b
+
         for seq in range(args.count):
-            marks = {"b": len(b.events), "c": len(c.events)}
-            b.tunnel.send_packet(
-                echo_request(args.src, args.dst, args.size, seq), packet_tag=tags.next()
-            )
-            clients[1].driver.transmit()
-            await asyncio.sleep(0.2)
-            for name, side in (("b", b), ("c", c)):
-                counts[name] += sum(
-                    1
-                    for e in side.events[marks[name] :]
-                    if isinstance(e, PacketReceived) and is_echo_reply(e.packet)
-                )
+            got = await replies_on({"b": b, "c": c}, send(seq))
+            counts = {name: counts[name] + got[name] for name in counts}
         result["replies"] = counts
     finally:
         for each in clients:
@@ -221,25 +286,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     link.transmit()
             if args.action == "ping":
                 replies = 0
-                loop = asyncio.get_running_loop()
                 for seq in range(args.count):
-                    before = len(peer.events)
-                    send(echo_request(args.src, args.dst, args.size, seq))
-                    end = loop.time() + 1.5
-                    while loop.time() < end:
-                        got = [
-                            e
-                            for e in peer.events[before:]
-                            if isinstance(e, PacketReceived) and is_echo_reply(e.packet)
-                        ]
-                        if got:
-                            replies += 1
-                            break
-                        peer.changed.clear()
-                        try:
-                            await asyncio.wait_for(peer.changed.wait(), end - loop.time())
-                        except TimeoutError:
-                            break
+                    packet = echo_request(args.src, args.dst, args.size, seq)
+                    got = await replies_on({"peer": peer}, functools.partial(send, packet))
+                    replies += min(1, got["peer"])
                 result["replies"] = replies
             elif args.action == "gap-flood":
                 result["replies"] = await gap_flood(
@@ -251,7 +301,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 result["syn_ack"] = await syn_probe(link, args.src, args.dst, args.dport)
             elif args.action == "hold":
                 print("READY", flush=True)
-                await asyncio.sleep(args.hold)
+                await until_stdin_closes(args.hold)
                 received = [e for e in peer.events if isinstance(e, PacketReceived)]
                 result["received"] = len(received)
     finally:
@@ -304,7 +354,7 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=56)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="session: Access Report wifi up")
-    parser.add_argument("--hold", type=float, default=5.0)
+    parser.add_argument("--hold", type=float, default=5.0, help="hold: at most this long (s)")
     parser.add_argument("--lifetime", type=float, default=5.0)
     args = parser.parse_args()
     outcome = run(asyncio.wait_for(main(args), args.lifetime + 10))

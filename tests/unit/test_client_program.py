@@ -21,6 +21,9 @@ from tunnel.aio.client import Client
 from tunnel.config import ClientConfig, parse_client_config
 from tunnel.user_error import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
 
+# real sockets and a real event loop for seconds each: not in `make check`'s inner loop
+pytestmark = pytest.mark.slow
+
 STATUS_KEYS = {  # README "Status file", the client
     "role", "name", "pid", "time", "mode", "state", "session_id", "scheduler", "access_reports",
     "failback", "tun", "accesses", "reorder", "counters",

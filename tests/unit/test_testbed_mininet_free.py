@@ -13,7 +13,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from testbed.paths import REPO_ROOT
+
+# a fresh interpreter importing testbed/ and experiments/ per check: not in `make check`
+pytestmark = pytest.mark.slow
 
 BLOCKED = "hidden: Debian's mininet is not installed"  # in the ImportError's message
 NO_MININET = f"""
