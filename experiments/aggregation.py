@@ -2,14 +2,19 @@
 
 Reference topology with the default WiFi and 5G profiles at `wifi_mbit` (50) and `fiveg_mbit`
 (100) Mbit/s. One bulk TCP transfer to the client c1 per point; goodput is the receiver's mean
-after `warmup_s`, ratio = goodput / (wifi_mbit + fiveg_mbit).
-  session   qtun session mode over both accesses with an aggregating scheduler (wrr, or
-            lowest-rtt), the Packet-Tag reorder buffer on or off (TunnelSpec.reorder); sender
-            on srv1 through the tunnel.
-  mptcp     kernel MPTCP, two subflows (WiFi + 5G: experiments/variants.py, as in the failover
-            experiment); the sender on conc's service address: the reference topology routes
-            clients to nothing else without a tunnel. scheduler = the kernel's "default",
-            reorder not applicable.
+after `warmup_s`, ratio = goodput / (wifi_mbit + fiveg_mbit); the CPU of every process over the
+same window (flows.cpu_columns).
+  qtun variants  every table of the `qtun` parameter (the shipped config's
+                 [aggregation.qtun.*], variants.QtunVariant) x `schedulers` (wrr, lowest-rtt,
+                 the engine's earliest) x the Packet-Tag reorder buffer on or off
+                 (TunnelSpec.reorder); sender on srv1 through the tunnel. A scheduler this
+                 checkout's qtun does not register yet is skipped with that reason.
+  mptcp          kernel MPTCP, both subflows active (experiments/variants.py BASELINES, as in
+                 the failover experiment); the sender on conc's service address: the reference
+                 topology routes clients to nothing else without a tunnel. scheduler = the
+                 kernel's "default", reorder not applicable.
+  mptcp-backup   the same with the 5G subflow as backup: MPTCP configured for failover, what
+                 it then aggregates (nothing, by design: the baseline of issue 12 item 6).
 The tunnel's programs are started afresh for every point (new QUIC connections): a
 connection kept from the previous point would start with the congestion window it left.
 """
@@ -23,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import variants
-from experiments.flows import Flow, flow_error, run_flow
+from experiments.flows import Flow, cpu_columns, flow_error, run_flow
+from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
     Experiment,
@@ -32,23 +38,29 @@ from experiments.runner import (
     Point,
     PointResult,
     Row,
+    shipped_config,
 )
 from experiments.schemas import AGGREGATION, tables
 from experiments.traffic import goodput_mbps, pad_bins
-from experiments.variants import CLIENT, Carrier
+from experiments.variants import CLIENT, Carrier, QtunVariant
 from testbed.fidelity import verify_accesses
 from testbed.lab import Lab
 from testbed.profiles import profile
-from testbed.qtun import TunnelSpec
+from tunnel.session.scheduler import SCHEDULER_NAMES
 
-VARIANTS = ("session", "mptcp")
-SCHEDULERS = ("wrr", "lowest-rtt")
+MPTCP_VARIANTS = ("mptcp", "mptcp-backup")
+# Schedulers of the multipath engine (issue 12) being built: accepted here, skipped until qtun
+# registers them.
+PLANNED_SCHEDULERS = ("earliest",)
+SCHEDULERS = (*SCHEDULER_NAMES, *PLANNED_SCHEDULERS)
 COLUMNS = list(AGGREGATION.columns)
 FIRST_PORT = 5400
+CONFIG_WHERE = "aggregation (experiments/configs/aggregation.toml or --config/--set)"
+SHIPPED = shipped_config("aggregation", ("qtun",))
 
 DEFAULTS: Params = {
-    "variants": list(VARIANTS),
-    "schedulers": list(SCHEDULERS),
+    "variants": ["session", "mptcp", "mptcp-backup"],
+    "schedulers": ["wrr", "lowest-rtt", "earliest"],
     "reorder": [True, False],
     "runs": 3,
     "seed": 1,
@@ -63,17 +75,20 @@ DEFAULTS: Params = {
     "congestion_control": "cubic",
     "backend": "auto",
     "verify_fidelity": True,
+    "qtun": dict(SHIPPED["qtun"]),
 }
 QUICK: Params = {"runs": 1, "duration_s": 8.0, "warmup_s": 2.0}
 
 
 @dataclass
 class AggregationState:
-    """What the points share: the lab, a scratch directory, the last traffic port used, and the
-    tunnel of the last session-mode point (stopped before the next point starts)."""
+    """What the points share: the lab, a scratch directory, the qtun variants, the last
+    traffic port used, and the tunnel of the last qtun point (stopped before the next point
+    starts)."""
 
     lab: Lab
     workdir: Path
+    qtun: dict[str, QtunVariant]
     port: int = FIRST_PORT
     tunnel: Carrier | None = None
 
@@ -83,18 +98,27 @@ class AggregationState:
         self.tunnel = None
 
 
-def points(params: Params) -> list[Point]:
-    for key, allowed in (("variants", VARIANTS), ("schedulers", SCHEDULERS)):
+def _check(params: Params) -> dict[str, QtunVariant]:
+    qtun = variants.parse_qtun_variants(params["qtun"], CONFIG_WHERE)
+    for key, allowed in (
+        ("variants", [*qtun, *MPTCP_VARIANTS]),
+        ("schedulers", list(SCHEDULERS)),
+    ):
         bad = [v for v in params[key] if v not in allowed]
         if bad:
             raise ExperimentError(
                 f"unknown {key} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}."
             )
+    return qtun
+
+
+def points(params: Params) -> list[Point]:
+    _check(params)
     runs = range(1, int(params["runs"]) + 1)
     out = []
     for variant in params["variants"]:
-        if variant == "mptcp":
-            out += [Point({"variant": "mptcp", "scheduler": "default", "reorder": "", "run": r})
+        if variant in MPTCP_VARIANTS:
+            out += [Point({"variant": variant, "scheduler": "default", "reorder": "", "run": r})
                     for r in runs]  # fmt: skip
             continue
         for scheduler in params["schedulers"]:
@@ -106,6 +130,7 @@ def points(params: Params) -> list[Point]:
 
 @contextlib.contextmanager
 def session(params: Params) -> Iterator[Context[AggregationState]]:
+    qtun = _check(params)
     wifi_loss = (
         {} if params["wifi_loss_pct"] is None else {"loss_pct": float(params["wifi_loss_pct"])}
     )
@@ -120,10 +145,15 @@ def session(params: Params) -> Iterator[Context[AggregationState]]:
             "reference", backend=params["backend"], congestion_control=cc, profiles=profiles
         ) as lab,
     ):
-        ctx = Context(params, AggregationState(lab, Path(tmp)))
+        ctx = Context(params, AggregationState(lab, Path(tmp), qtun))
         ctx.backend = str(lab.backend)
+        used = params["variants"]
         ctx.extra_meta.update(
-            {"profiles": {k: v.as_dict() for k, v in profiles.items()}, "lab": lab.describe()}
+            {
+                "profiles": {k: v.as_dict() for k, v in profiles.items()},
+                "lab": lab.describe(),
+                "baselines": {v: variants.BASELINES[v] for v in used if v in MPTCP_VARIANTS},
+            }
         )
         if params["verify_fidelity"]:
             ctx.fidelity.extend(verify_accesses(lab))
@@ -133,27 +163,31 @@ def session(params: Params) -> Iterator[Context[AggregationState]]:
             ctx.state.drop_tunnel()
 
 
-def _tunnel(state: AggregationState, scheduler: str, reorder: bool) -> Carrier:
-    # Started afresh for every point, even when the previous one had the same spec: QUIC
-    # connections that carried the previous point would begin this one with the congestion
-    # windows (and reorder state) it left, and runs would not be independent.
-    state.drop_tunnel()
-    spec = TunnelSpec(mode="session", scheduler=scheduler, reorder=reorder)
-    workdir = state.workdir / f"qtun-{scheduler}-{reorder}-{state.port}"
-    state.tunnel = variants.qtun(state.lab, spec, workdir, clients=[CLIENT])
-    return state.tunnel
-
-
 def run_point(ctx: Context[AggregationState], point: Point) -> PointResult:
     state, p = ctx.state, ctx.params
     state.port += 1
     mptcp: Carrier | None = None
-    if point["variant"] == "mptcp":
-        state.drop_tunnel()  # the tunnel's programs would compete for the CPU
-        mptcp = variants.mptcp(state.lab, CLIENT)
-        route = mptcp.route
+    name = point["variant"]
+    # Every point on new programs and connections, even when the previous one had the same
+    # spec: QUIC connections that carried the previous point would begin this one with the
+    # congestion windows (and reorder state) it left, and runs would not be independent. The
+    # previous tunnel's programs would also compete for the CPU.
+    state.drop_tunnel()
+    if name in MPTCP_VARIANTS:
+        mptcp = variants.start_baseline(state.lab, name, state.workdir, CLIENT)
+        carrier = mptcp
     else:
-        route = _tunnel(state, point["scheduler"], point["reorder"]).route
+        variant = state.qtun[name]
+        spec = variant.spec(scheduler=point["scheduler"], reorder=point["reorder"])
+        reason = variant.not_ready(spec)
+        if reason:
+            return PointResult(skipped=reason)
+        workdir = state.workdir / f"qtun-{name}-{point['scheduler']}-{state.port}"
+        carrier = variants.qtun(
+            state.lab, spec, workdir, clients=[CLIENT], join_order=variant.join_order
+        )
+        state.tunnel = carrier
+    route = carrier.route
     flow = Flow(
         sender=route.sender,
         bind=route.address,
@@ -164,8 +198,9 @@ def run_point(ctx: Context[AggregationState], point: Point) -> PointResult:
         port=state.port,
         mptcp=route.mptcp,
     )
+    cpu = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]))
     try:
-        recv, sent = run_flow(state.lab, flow, state.workdir)
+        recv, sent = run_flow(state.lab, flow, state.workdir, cpu=cpu)
     finally:
         if mptcp is not None:
             with contextlib.suppress(Exception):
@@ -181,6 +216,7 @@ def run_point(ctx: Context[AggregationState], point: Point) -> PointResult:
         "goodput_mbps": goodput,
         "ratio": goodput / total,
         "detail": flow_error(recv, sent),
+        **cpu_columns(cpu),
     }
     return PointResult(rows={"aggregation": [row]})
 
@@ -193,7 +229,14 @@ def summary_table(run_dir: Path) -> str:
         return "no aggregation rows"
     df = pd.read_csv(path, keep_default_na=False)
     table = df.groupby(["variant", "scheduler", "reorder"])[["goodput_mbps", "ratio"]].mean()
-    return str(table.round(2))
+    text = str(table.round(2))
+    if "cpu_saturated" in df.columns and (df["cpu_saturated"].astype(str) == "True").any():
+        hot = df[df["cpu_saturated"].astype(str) == "True"]
+        cells = sorted(
+            {f"{r.variant} {r.scheduler} {r.reorder} run {r.run}" for r in hot.itertuples()}
+        )
+        text += "\nCPU SATURATED (a process >= 90 % of a core): " + "; ".join(cells)
+    return text
 
 
 EXPERIMENT = Experiment(
@@ -206,5 +249,5 @@ EXPERIMENT = Experiment(
     run_point=run_point,
     session=session,
     summarize=summary_table,
-    description="WiFi 50 + 5G 100 Mbit/s: session-mode aggregation vs MPTCP, reorder on/off",
+    description="WiFi 50 + 5G 100 Mbit/s: session-mode aggregation vs MPTCP (active, backup)",
 )

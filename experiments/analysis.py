@@ -8,6 +8,13 @@ the caller gives; `*_figure` helpers build a whole figure and save a PNG. A note
 `notebook_setup(name, ...)`: its run, its figures directory, its meta.json and table, said in
 one sentence each.
 
+Every point of the failover, goodput and aggregation experiments records each process's CPU
+(experiments/schemas.py CPU_COLUMNS); a point where one of them used >= 90 % of a core has
+`cpu_saturated` true. The loaders keep such points (dropping them would hide that the machine,
+not the network, may have set the figure); the summaries count them (`cpu_saturated_runs`) and
+the figures mark them (red crosses, hatched bars, a `*` in a heatmap cell, said in the legend).
+Runs written before these columns existed load with `cpu_saturated` false.
+
 Confidence intervals are Student-t intervals on the run means (`mean_ci`): with the handful of
 runs an experiment affords (3-10), a percentile bootstrap is too narrow, and the t quantile is
 computed here (no SciPy in the environment) by integrating the t density.
@@ -50,14 +57,21 @@ SCHEMAS: dict[str, tuple[str, ...]] = {name: table.required for name, table in T
 
 # Plot order and colours of the variants named in the contract; unknown variants come after.
 VARIANT_ORDER = (
+    "engine",
     "session-failover",
     "session-failover-noreports",
     "tunnel-migration",
     "stream-migration",
     "plain",
+    "plain-5g",
     "mptcp",
+    "mptcp-backup",
     "wireguard",
+    "wireguard-os",
 )
+# The reference the failover summary divides "goodput during the outage (after the gap)" by.
+FIVEG_REFERENCE = "plain-5g"
+CPU_MARK = "CPU ≥ 90 % of a core"
 MODE_ORDER = ("plain", "tunnel", "session", "stream", "wireguard")
 
 
@@ -152,11 +166,24 @@ def _load(run_dir: Path, table: str) -> pd.DataFrame:
     return load_csv(Path(run_dir) / TABLES[table].file_name, table)
 
 
+def _with_cpu_flag(df: pd.DataFrame) -> pd.DataFrame:
+    """`cpu_saturated` as booleans (false for runs written before the column existed)."""
+    if "cpu_saturated" in df.columns:
+        df["cpu_saturated"] = _as_bool(df["cpu_saturated"])
+    else:
+        df["cpu_saturated"] = False
+    return df
+
+
 def load_failover(run_dir: Path) -> pd.DataFrame:
     df = _load(run_dir, "failover")
     df["completed"] = _as_bool(df["completed"])
     df["gap_ms"] = pd.to_numeric(df["gap_ms"], errors="coerce")
-    return df
+    for column in ("goodput_after_gap_mbps",):
+        df[column] = pd.to_numeric(df.get(column, np.nan), errors="coerce")
+    ablation = df.get("ablation_off", pd.Series("", index=df.index)).astype(object)
+    df["ablation_off"] = ablation.where(ablation.notna(), "").astype(str)
+    return _with_cpu_flag(df)
 
 
 def load_failover_timeseries(run_dir: Path) -> pd.DataFrame:
@@ -173,12 +200,30 @@ def load_overhead(run_dir: Path) -> pd.DataFrame:
 
 def load_goodput(run_dir: Path) -> pd.DataFrame:
     df = _load(run_dir, "goodput")
-    df["cc"] = df["cc"].fillna("").astype(str)
-    return df
+    # outer_cc / loss_hiding: "" for the baselines, and for runs from before issue 13's sweep
+    for column in ("cc", "outer_cc", "loss_hiding"):
+        values = df.get(column, pd.Series("", index=df.index)).astype(object)
+        df[column] = values.where(values.notna(), "").astype(str)
+    return _with_cpu_flag(df)
 
 
 def load_aggregation(run_dir: Path) -> pd.DataFrame:
-    return _load(run_dir, "aggregation")
+    return _with_cpu_flag(_load(run_dir, "aggregation"))
+
+
+def load_ablation(run_dir: Path) -> pd.DataFrame:
+    """The failover rows of the ablation's variants (`ablation_off` set) and of plain-5g (the
+    reference of goodput during the outage); ResultsError when the run has no ablation
+    variant."""
+    df = load_failover(run_dir)
+    if (df["ablation_off"] == "").all():
+        raise ResultsError(
+            f"{Path(run_dir) / 'failover.csv'} has no ablation variant (no row with ablation_off): "
+            "run the failover experiment with its `ablation` list (experiments/configs/"
+            "failover.toml) once the engine's setting keys are filled in."
+        )
+    keep = (df["ablation_off"] != "") | (df["variant"] == FIVEG_REFERENCE)
+    return df[keep].reset_index(drop=True)
 
 
 def load_scale(run_dir: Path) -> pd.DataFrame:
@@ -237,13 +282,19 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
 
 def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per (variant, event, traffic): runs, runs that recovered, mean gap and its t-CI half-width
-    over the recovered runs, median gap, and mean goodput before/during/after."""
+    over the recovered runs, median gap, mean goodput before/during/after, mean goodput during
+    the outage after the gap with its t-CI, that divided by plain-5g's goodput over the outage
+    in the same (event, traffic) (`after_gap_vs_5g`, issue 12; NaN without plain-5g), and the
+    runs where a process saturated a core."""
     rows: list[dict[str, Any]] = []
+    after_gap = failover.get("goodput_after_gap_mbps", pd.Series(np.nan, index=failover.index))
+    saturated = failover.get("cpu_saturated", pd.Series(False, index=failover.index))
     for (variant, event, traffic), group in failover.groupby(
         ["variant", "event", "traffic"], sort=False
     ):
         recovered = group[group["completed"] & group["gap_ms"].notna()]
         mean, half = mean_ci(recovered["gap_ms"], confidence)
+        after, after_ci = mean_ci(after_gap[group.index], confidence)
         rows.append(
             {
                 "variant": variant,
@@ -259,16 +310,51 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
                 "goodput_before_mbps": float(group["goodput_before_mbps"].mean()),
                 "goodput_during_mbps": float(group["goodput_during_mbps"].mean()),
                 "goodput_after_mbps": float(group["goodput_after_mbps"].mean()),
+                "goodput_after_gap_mbps": after,
+                "goodput_after_gap_ci": after_ci,
+                "cpu_saturated_runs": int(saturated[group.index].astype(bool).sum()),
             }
         )
     summary = pd.DataFrame(rows)
     if summary.empty:
         return summary
+    reference = summary[summary["variant"] == FIVEG_REFERENCE].set_index(["event", "traffic"])
+    summary["after_gap_vs_5g"] = [
+        row.goodput_after_gap_mbps / reference.loc[(row.event, row.traffic), "goodput_during_mbps"]
+        if (row.event, row.traffic) in reference.index
+        and reference.loc[(row.event, row.traffic), "goodput_during_mbps"] > 0
+        else math.nan
+        for row in summary.itertuples()
+    ]
     order = {v: i for i, v in enumerate(_ordered(summary["variant"].tolist(), VARIANT_ORDER))}
     summary["_order"] = summary["variant"].map(order)
     return (
         summary.sort_values(["_order", "event", "traffic"])
         .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def ablation_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """failover_gap_summary of the ablation's rows (ablation_off set) with the mechanism each
+    variant turns off ("none" = the all-on reference, listed first), plus plain-5g's goodput
+    during the outage as `fiveg_mbps` when the run has it."""
+    ablation = failover[failover["ablation_off"] != ""]
+    if ablation.empty:
+        return pd.DataFrame()
+    reference = failover[failover["variant"] == FIVEG_REFERENCE]
+    summary = failover_gap_summary(pd.concat([ablation, reference]), confidence)
+    turns_off = ablation.groupby("variant")["ablation_off"].first()
+    fiveg = reference.groupby(["event", "traffic"])["goodput_during_mbps"].mean()
+    summary = summary[summary["variant"].isin(turns_off.index)].copy()
+    summary["turns_off"] = summary["variant"].map(turns_off)
+    summary["fiveg_mbps"] = [
+        fiveg.get((r.event, r.traffic), math.nan) for r in summary.itertuples()
+    ]
+    summary["_first"] = summary["turns_off"] != "none"
+    return (
+        summary.sort_values(["event", "traffic", "_first"], kind="stable")
+        .drop(columns="_first")
         .reset_index(drop=True)
     )
 
@@ -298,16 +384,49 @@ def overhead_summary(overhead: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def goodput_pivot(goodput: pd.DataFrame, mode: str, transport: str, cc: str = "") -> pd.DataFrame:
-    """Mean goodput (Mbit/s) over runs of a (mode, transport, cc): rows loss_pct, cols rtt_ms."""
-    selected = goodput[
+def goodput_pivot(
+    goodput: pd.DataFrame,
+    mode: str,
+    transport: str,
+    cc: str = "",
+    outer_cc: str = "",
+    loss_hiding: str = "",
+    value: str = "goodput_mbps",
+) -> pd.DataFrame:
+    """Mean goodput (Mbit/s) over runs of a (mode, transport, cc, outer_cc, loss_hiding): rows
+    loss_pct, cols rtt_ms. `value="cpu_saturated"`: whether any run of a cell saturated a core."""
+    mask = (
         (goodput["mode"] == mode)
         & (goodput["transport"] == transport)
         & (goodput["cc"].fillna("").astype(str) == cc)
-    ]
+    )
+    for column, wanted in (("outer_cc", outer_cc), ("loss_hiding", loss_hiding)):
+        if column in goodput.columns:
+            mask &= goodput[column].fillna("").astype(str) == wanted
+    selected = goodput[mask]
+    if value == "cpu_saturated":
+        return selected.pivot_table(
+            index="loss_pct", columns="rtt_ms", values=value, aggfunc="any"
+        ).sort_index()
     return selected.pivot_table(
-        index="loss_pct", columns="rtt_ms", values="goodput_mbps", aggfunc="mean"
+        index="loss_pct", columns="rtt_ms", values=value, aggfunc="mean"
     ).sort_index()
+
+
+def goodput_keys(goodput: pd.DataFrame) -> list[tuple[str, str, str, str, str]]:
+    """The (mode, outer_cc, loss_hiding, transport, cc) combinations present, modes in
+    MODE_ORDER."""
+    modes = _ordered(goodput["mode"].tolist(), MODE_ORDER)
+    columns = ["mode", "outer_cc", "loss_hiding", "transport", "cc"]
+    frame = goodput.reindex(columns=columns).fillna("").astype(str).drop_duplicates()
+    keys = [(m, o, h, t, c) for m, o, h, t, c in frame.itertuples(index=False, name=None)]
+    return sorted(keys, key=lambda k: (modes.index(k[0]), k[1:]))
+
+
+def goodput_label(mode: str, outer_cc: str, loss_hiding: str, transport: str, cc: str) -> str:
+    """ "tunnel bbr +hiding udp": the mode, its outer controller and loss hiding, the traffic."""
+    hiding = "+hiding" if loss_hiding == "on" else ""
+    return " ".join(p for p in (mode, outer_cc, hiding, transport, cc) if p)
 
 
 def aggregation_summary(aggregation: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -318,6 +437,7 @@ def aggregation_summary(aggregation: pd.DataFrame, confidence: float = 0.95) -> 
     ):
         goodput, goodput_ci = mean_ci(group["goodput_mbps"], confidence)
         ratio, ratio_ci = mean_ci(group["ratio"], confidence)
+        saturated = group.get("cpu_saturated", pd.Series(False, index=group.index))
         rows.append(
             {
                 "variant": variant,
@@ -328,6 +448,7 @@ def aggregation_summary(aggregation: pd.DataFrame, confidence: float = 0.95) -> 
                 "goodput_ci": goodput_ci,
                 "ratio": ratio,
                 "ratio_ci": ratio_ci,
+                "cpu_saturated_runs": int(saturated.astype(bool).sum()),
             }
         )
     return pd.DataFrame(rows)
@@ -412,9 +533,13 @@ VARIANT_COLOURS = {
     "session-failover-noreports": "C1",
     "tunnel-migration": "C2",
     "stream-migration": "C3",
+    "engine": "C9",
     "plain": "C7",
+    "plain-5g": "0.45",
     "mptcp": "C5",
+    "mptcp-backup": "C8",
     "wireguard": "C4",
+    "wireguard-os": "C6",
 }
 
 
@@ -515,7 +640,16 @@ def plot_failover_gaps(
             ]["gap_ms"].dropna()
             observed.extend(runs.tolist())
             ax.plot(runs, np.full(len(runs), y[i] - 0.2), ".", color=colour, alpha=0.6, ms=4)
+            hot = _saturated_rows(failover, row)
+            if len(hot):
+                gaps = hot["gap_ms"].fillna(means[i] if np.isfinite(means[i]) else 0.0)
+                ax.plot(gaps, np.full(len(hot), y[i] - 0.2), "x", color="red", ms=7, mew=1.5)
         ax.errorbar(means[i], y[i], xerr=errors[i], fmt="o", color=colour, capsize=4)
+    if "cpu_saturated_runs" in summary.columns:
+        labels = [
+            f"{label}  [{CPU_MARK}: {n} run(s)]" if n else label
+            for label, n in zip(labels, summary["cpu_saturated_runs"], strict=True)
+        ]
     ax.set_yticks(y, labels, fontsize="small")
     ax.set_ylim(-0.7, len(summary) - 0.3)
     finite = np.array([*means[np.isfinite(means)], *observed], dtype=float)
@@ -527,6 +661,103 @@ def plot_failover_gaps(
         ax.set_xlim(left=0)
     ax.set_xlabel("gap (ms): mean ± 95 % t-CI over recovered runs, dots: runs")
     ax.grid(alpha=0.3, axis="x")
+
+
+def _saturated_rows(failover: pd.DataFrame, row: Any) -> pd.DataFrame:
+    """The runs of one summary row (variant, event, traffic) where a process saturated a core."""
+    if "cpu_saturated" not in failover.columns:
+        return failover.iloc[0:0]
+    return failover[
+        (failover["variant"] == row.variant)
+        & (failover["event"] == row.event)
+        & (failover["traffic"] == row.traffic)
+        & failover["cpu_saturated"].astype(bool)
+    ]
+
+
+def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
+    """Goodput during the outage after the gap per (variant, event, traffic), the rows of
+    plot_failover_gaps: as a fraction of plain-5g's goodput when the run has it (issue 12's
+    figure), else in Mbit/s; mean ± 95 % t-CI."""
+    if (
+        "goodput_after_gap_mbps" not in summary.columns
+        or summary["goodput_after_gap_mbps"].isna().all()
+    ):
+        ax.text(0.5, 0.5, "no goodput-after-gap column in this run", ha="center", va="center",
+                transform=ax.transAxes, fontsize="small")  # fmt: skip
+        ax.set_axis_off()
+        return
+    y = np.arange(len(summary))[::-1]
+    relative = bool(np.isfinite(summary["after_gap_vs_5g"].to_numpy(dtype=float)).any())
+    for i, row in enumerate(summary.itertuples()):
+        mean = float(row.goodput_after_gap_mbps)
+        half = float(row.goodput_after_gap_ci) if np.isfinite(row.goodput_after_gap_ci) else 0.0
+        scale = 1.0
+        if relative:
+            ratio = float(row.after_gap_vs_5g)
+            if not np.isfinite(ratio):
+                continue
+            scale = ratio / mean if mean else 0.0
+            mean = ratio
+        colour = variant_colour(str(row.variant))
+        ax.errorbar(mean, y[i], xerr=half * scale, fmt="s", color=colour, capsize=4)
+        if getattr(row, "cpu_saturated_runs", 0):
+            ax.plot(mean, y[i] - 0.2, "x", color="red", ms=7, mew=1.5)
+    if relative:
+        ax.axvline(1.0, color="0.4", lw=0.8, ls="--")
+        ax.set_xlabel("goodput during the outage after the gap / plain 5G")
+    else:
+        ax.set_xlabel("goodput during the outage after the gap (Mbit/s)")
+    ax.set_yticks(y, [""] * len(y))
+    ax.set_ylim(-0.7, len(summary) - 0.3)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3, axis="x")
+
+
+def plot_ablation(ax_gap: Axes, ax_goodput: Axes, summary: pd.DataFrame) -> None:
+    """One (event, traffic) of ablation_summary: the gap and the goodput during the outage after
+    the gap (/ plain 5G when the run has it) of the all-on engine and of it with each mechanism
+    off, bars with 95 % t-CIs; bars of variants that saturated a core are hatched."""
+    labels = [
+        f"{'all on' if t == 'none' else f'no {t}'} (n={n})"
+        for t, n in zip(summary["turns_off"], summary["runs"], strict=True)
+    ]
+    x = np.arange(len(summary))
+    hatches = ["//" if n else "" for n in summary["cpu_saturated_runs"]]
+    colours = ["C9" if t == "none" else "C0" for t in summary["turns_off"]]
+    gaps = summary["gap_ms_mean"].to_numpy(dtype=float)
+    gap_ci = summary["gap_ms_ci"].to_numpy(dtype=float)
+    # no caps where there is no interval (one run): an error bar of nothing would claim one
+    bars = ax_gap.bar(x, np.nan_to_num(gaps), yerr=np.nan_to_num(gap_ci),
+                      capsize=4 if np.isfinite(gap_ci).any() else 0, color=colours)  # fmt: skip
+    for bar, hatch, gap, recovered in zip(bars, hatches, gaps, summary["recovered"], strict=True):
+        bar.set_hatch(hatch)
+        if not np.isfinite(gap) or recovered == 0:
+            ax_gap.annotate("no recovery", (bar.get_x() + bar.get_width() / 2, 0), ha="center",
+                            va="bottom", fontsize="x-small", rotation=90)  # fmt: skip
+    ax_gap.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
+    ax_gap.set_ylabel("gap (ms), mean ± 95 % t-CI")
+    ax_gap.grid(alpha=0.3, axis="y")
+    fiveg = summary["fiveg_mbps"].to_numpy(dtype=float)
+    relative = bool(np.isfinite(fiveg).all() and (fiveg > 0).all())
+    after = summary["goodput_after_gap_mbps"].to_numpy(dtype=float)
+    after_ci = np.nan_to_num(summary["goodput_after_gap_ci"].to_numpy(dtype=float))
+    if relative:
+        after, after_ci = after / fiveg, after_ci / fiveg
+    has_ci = np.isfinite(summary["goodput_after_gap_ci"].to_numpy(dtype=float)).any()
+    bars = ax_goodput.bar(
+        x, np.nan_to_num(after), yerr=after_ci, capsize=4 if has_ci else 0, color=colours
+    )
+    for bar, hatch in zip(bars, hatches, strict=True):
+        bar.set_hatch(hatch)
+    if relative:
+        ax_goodput.axhline(1.0, color="0.4", lw=0.8, ls="--")
+    ax_goodput.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
+    ax_goodput.set_ylabel(
+        "goodput after the gap / plain 5G" if relative else "goodput after the gap (Mbit/s)"
+    )
+    ax_goodput.set_ylim(bottom=0)
+    ax_goodput.grid(alpha=0.3, axis="y")
 
 
 def plot_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
@@ -591,9 +822,14 @@ def plot_bulk_overhead(ax: Axes, overhead: pd.DataFrame) -> None:
 
 
 def plot_goodput_heatmap(
-    ax: Axes, pivot: pd.DataFrame, title: str, vmax: float | None
+    ax: Axes,
+    pivot: pd.DataFrame,
+    title: str,
+    vmax: float | None,
+    saturated: pd.DataFrame | None = None,
 ) -> AxesImage:
-    """One loss × RTT heatmap of mean goodput, values written in the cells."""
+    """One loss × RTT heatmap of mean goodput, values written in the cells; a cell where a run
+    saturated a core (`saturated`: goodput_pivot(..., value="cpu_saturated")) gets a `*`."""
     values = pivot.to_numpy(dtype=float)
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
     ax.set_xticks(range(len(pivot.columns)), [f"{c:g}" for c in pivot.columns])
@@ -602,12 +838,17 @@ def plot_goodput_heatmap(
     ax.set_ylabel("loss (%)")
     ax.set_title(title, fontsize="small")
     limit = vmax if vmax else (np.nanmax(values) if np.isfinite(values).any() else 1.0)
+    hot = (
+        saturated.reindex(index=pivot.index, columns=pivot.columns).fillna(False).to_numpy(bool)
+        if saturated is not None
+        else np.zeros(values.shape, dtype=bool)
+    )
     for (row, col), value in np.ndenumerate(values):
         if np.isfinite(value):
             ax.text(
                 col,
                 row,
-                f"{value:.1f}",
+                f"{value:.1f}{'*' if hot[row, col] else ''}",
                 ha="center",
                 va="center",
                 fontsize="x-small",
@@ -621,13 +862,23 @@ def plot_aggregation(ax: Axes, aggregation: pd.DataFrame) -> None:
     summary = aggregation_summary(aggregation)
     labels = [f"{r.variant}\n{r.scheduler}, reorder={r.reorder}" for r in summary.itertuples()]
     x = np.arange(len(summary))
-    ax.bar(
+    bars = ax.bar(
         x,
         summary["ratio"],
         yerr=np.nan_to_num(summary["ratio_ci"].to_numpy(dtype=float)),
         capsize=4,
         color=[_colour(i) for i in range(len(summary))],
     )
+    hot = summary["cpu_saturated_runs"].to_numpy()
+    for bar, n in zip(bars, hot, strict=True):
+        if n:  # hatched and said: the machine may have set this bar, not the network
+            bar.set_hatch("//")
+            bar.set_edgecolor("red")
+    if hot.any():
+        ax.legend(
+            handles=[Patch(facecolor="white", edgecolor="red", hatch="//", label=CPU_MARK)],
+            fontsize="x-small",
+        )
     ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
     ax.set_ylabel("goodput / (WiFi + 5G rate)")
@@ -822,13 +1073,16 @@ def _run_title(run_dir: Path) -> str:
 
 
 def failover_figure(run_dir: Path, out_png: Path) -> Path:
-    """Goodput over time per variant with the outage shaded, and the gap per variant with its
-    95 % CI; needs only failover.csv and failover_timeseries.csv of the run."""
+    """Goodput over time per variant with the outage shaded, the gap per variant with its
+    95 % CI, and next to it the goodput during the outage after the gap (/ plain 5G); needs
+    only failover.csv and failover_timeseries.csv of the run. Runs where a process saturated
+    a core are red crosses."""
     failover = load_failover(run_dir)
     timeseries = load_failover_timeseries(run_dir)
     combos = scenarios(timeseries)
-    fig = Figure(figsize=(15, 1.5 + 3.2 * len(combos)), layout="constrained")
-    grid = fig.add_gridspec(len(combos), 2, width_ratios=(1.8, 1))
+    summary = failover_gap_summary(failover)
+    fig = Figure(figsize=(19, 1.5 + 3.2 * len(combos)), layout="constrained")
+    grid = fig.add_gridspec(len(combos), 3, width_ratios=(1.8, 1, 0.55))
     for row, combo in enumerate(combos):
         ax_ts = fig.add_subplot(grid[row, 0])
         rows = select_scenario(failover, combo)
@@ -837,14 +1091,42 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
         what = " / ".join(combo)
         ax_ts.set_title(f"goodput at the receiver{': ' + what if what else ''}", fontsize="medium")
     ax_gap = fig.add_subplot(grid[:, 1])
-    plot_failover_gaps(ax_gap, failover_gap_summary(failover), failover)
+    plot_failover_gaps(ax_gap, summary, failover)
+    ax_after = fig.add_subplot(grid[:, 2], sharey=ax_gap)
+    plot_outage_goodput(ax_after, summary)
+    ax_after.set_title("goodput during the outage, after the gap", fontsize="medium")
     # One legend for every panel (colours are per variant): lines are means over the runs.
     variants = _ordered(timeseries["variant"].tolist(), VARIANT_ORDER)
     handles: list[Artist] = [Line2D([], [], color=variant_colour(v), label=v) for v in variants]
     handles.append(Patch(color="0.85", label="WiFi outage"))
+    if failover["cpu_saturated"].any():
+        handles.append(Line2D([], [], color="red", marker="x", ls="", label=f"run: {CPU_MARK}"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")
     ax_gap.set_title("longest delivery gap around the outage", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
+    return _save(fig, out_png)
+
+
+def ablation_figure(run_dir: Path, out_png: Path) -> Path:
+    """The ablation (issue 12): per (event, traffic), the gap and the goodput during the outage
+    after the gap of the all-on engine and of it with each mechanism off in turn. ResultsError
+    when the run has no ablation variant."""
+    summary = ablation_summary(load_ablation(run_dir))
+    combos = sorted({(str(r.event), str(r.traffic)) for r in summary.itertuples()})
+    fig = Figure(figsize=(10, 0.8 + 3.6 * len(combos)), layout="constrained")
+    axes = fig.subplots(len(combos), 2, squeeze=False)
+    for (ax_gap, ax_goodput), (event, traffic) in zip(axes, combos, strict=True):
+        rows = summary[(summary["event"] == event) & (summary["traffic"] == traffic)]
+        plot_ablation(ax_gap, ax_goodput, rows.reset_index(drop=True))
+        ax_gap.set_title(f"{event} / {traffic}: gap", fontsize="medium")
+        ax_goodput.set_title(f"{event} / {traffic}: goodput after the gap", fontsize="medium")
+    if summary["cpu_saturated_runs"].any():
+        fig.legend(
+            handles=[Patch(facecolor="white", edgecolor="k", hatch="//", label=CPU_MARK)],
+            loc="outside lower center",
+            fontsize="small",
+        )
+    fig.suptitle(f"ablation: {_run_title(run_dir)}")
     return _save(fig, out_png)
 
 
@@ -864,27 +1146,97 @@ def overhead_figure(run_dir: Path, out_png: Path) -> Path:
 
 
 def goodput_figure(run_dir: Path, out_png: Path) -> Path:
-    """One loss × RTT heatmap per (mode, transport, cc), on a common colour scale."""
+    """One loss × RTT heatmap per (mode, outer CC, loss hiding, transport, cc), on a common
+    colour scale; `*`: a run of that cell saturated a core."""
     goodput = load_goodput(run_dir)
-    modes = _ordered(goodput["mode"].tolist(), MODE_ORDER)
-    combos = goodput[["mode", "transport", "cc"]].drop_duplicates()
-    keys: list[tuple[str, str, str]] = sorted(
-        ((str(m), str(t), str(c)) for m, t, c in combos.itertuples(index=False, name=None)),
-        key=lambda k: (modes.index(k[0]), k[1], k[2]),
-    )
+    keys = goodput_keys(goodput)
     columns = min(4, len(keys))
     rows = math.ceil(len(keys) / columns)
     fig = Figure(figsize=(3.6 * columns + 1, 3.0 * rows + 0.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     vmax = float(goodput["goodput_mbps"].max())
     image = None
-    for ax, (mode, transport, cc) in zip(axes, keys, strict=False):
-        title = f"{mode} {transport}" + (f" {cc}" if cc else "")
-        image = plot_goodput_heatmap(ax, goodput_pivot(goodput, mode, transport, cc), title, vmax)
+    for ax, key in zip(axes, keys, strict=False):
+        mode, outer_cc, hiding, transport, cc = key
+        pivot = goodput_pivot(goodput, mode, transport, cc, outer_cc, hiding)
+        hot = goodput_pivot(goodput, mode, transport, cc, outer_cc, hiding, "cpu_saturated")
+        image = plot_goodput_heatmap(ax, pivot, goodput_label(*key), vmax, hot)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=list(axes[: len(keys)]), label="goodput (Mbit/s)", shrink=0.8)
+    hot_note = f"; *: {CPU_MARK} in a run" if goodput["cpu_saturated"].any() else ""
+    fig.suptitle(_run_title(run_dir) + hot_note)
+    return _save(fig, out_png)
+
+
+# Line colour per outer congestion control and marker per qtun mode in goodput_loss_figure.
+OUTER_CC_COLOURS = {"cubic": "C0", "bbr": "C1", "none": "C2", "reno": "C3"}
+MODE_MARKERS = {"tunnel": "o", "session": "s", "stream": "^"}
+
+
+def plot_goodput_vs_loss(ax: Axes, goodput: pd.DataFrame) -> None:
+    """Mean goodput against loss for one (transport, cc, RTT): a line per (qtun mode, outer CC,
+    loss hiding) — colour the outer CC, marker the mode, dashed with loss hiding — with plain
+    (black) and WireGuard (grey) as references; red crosses: a run saturated a core."""
+    for key in goodput_keys(goodput):
+        mode, outer_cc, hiding = key[:3]
+        rows = goodput[
+            (goodput["mode"] == mode)
+            & (goodput["outer_cc"] == outer_cc)
+            & (goodput["loss_hiding"] == hiding)
+        ]
+        mean = rows.groupby("loss_pct")["goodput_mbps"].mean().sort_index()
+        if mode == "plain":
+            style: dict[str, Any] = {"color": "k", "lw": 2.0}
+        elif mode == "wireguard":
+            style = {"color": "0.5", "lw": 2.0, "ls": "-."}
+        else:
+            style = {
+                "color": OUTER_CC_COLOURS.get(outer_cc) or mode_colour(mode),
+                "marker": MODE_MARKERS.get(mode, "D"),
+                "ls": "--" if hiding == "on" else "-",
+                "ms": 4,
+            }
+        label = " ".join(p for p in (mode, outer_cc, "+hiding" if hiding == "on" else "") if p)
+        ax.plot(mean.index, mean.to_numpy(), label=label, **style)
+        hot = rows[rows["cpu_saturated"]]
+        ax.plot(hot["loss_pct"], hot["goodput_mbps"], "x", color="red", ms=7, mew=1.5)
+    ax.set_xlabel("loss (%, each way)")
+    ax.set_ylabel("goodput (Mbit/s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+
+
+def goodput_loss_figure(run_dir: Path, out_png: Path) -> Path:
+    """Issue 13's figure: per inner traffic (columns) and RTT (rows), goodput against loss, one
+    line per qtun mode x outer congestion control x loss hiding, plain and WireGuard as
+    references (plot_goodput_vs_loss)."""
+    goodput = load_goodput(run_dir)
+    pairs = goodput[["transport", "cc"]].astype(str).drop_duplicates()
+    traffic = sorted(pairs.itertuples(index=False, name=None))
+    rtts = sorted(goodput["rtt_ms"].unique())
+    fig = Figure(figsize=(5 * len(traffic) + 2, 3.4 * len(rtts) + 0.8), layout="constrained")
+    axes = fig.subplots(len(rtts), len(traffic), squeeze=False, sharex=True)
+    for row, rtt in enumerate(rtts):
+        for col, (transport, cc) in enumerate(traffic):
+            ax = axes[row][col]
+            chosen = goodput[
+                (goodput["rtt_ms"] == rtt)
+                & (goodput["transport"] == transport)
+                & (goodput["cc"] == cc)
+            ]
+            plot_goodput_vs_loss(ax, chosen)
+            inner = f"TCP {cc}" if transport == "tcp" else transport.upper()
+            ax.set_title(f"inner {inner}, RTT {rtt:g} ms", fontsize="medium")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    for ax in axes.ravel()[1:]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if goodput["cpu_saturated"].any():
+        seen[f"run: {CPU_MARK}"] = Line2D([], [], color="red", marker="x", ls="")
+    fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
     fig.suptitle(_run_title(run_dir))
     return _save(fig, out_png)
 
@@ -917,8 +1269,11 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
 
 # -- notebooks -------------------------------------------------------------------------------
 # Each notebook's table: what notebook_setup loads for it.
+# A notebook named other than its experiment: the experiment whose runs it reads.
+NOTEBOOK_EXPERIMENTS = {"ablation": "failover"}
 LOADERS: dict[str, Callable[[Path], pd.DataFrame]] = {
     "failover": load_failover,
+    "ablation": load_ablation,
     "overhead": load_overhead,
     "goodput": load_goodput,
     "aggregation": load_aggregation,
@@ -943,6 +1298,26 @@ def say(markdown: str) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(markdown))
+
+
+def cpu_report(data: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A notebook's CPU check: says how many points saturated a core (>= 90 % of one, any
+    recorded process) and returns them with their CPU columns (None: nothing to check)."""
+    if data is None:
+        return None
+    if not any(c.startswith("cpu_") and c.endswith("_pct") for c in data.columns):
+        say("This run recorded no CPU per point (it predates the CPU columns).")
+        return None
+    hot = data[data["cpu_saturated"].astype(bool)]
+    if hot.empty:
+        say(f"No point saturated a core ({len(data)} points, every process below 90 %).")
+        return None
+    say(f"**{len(hot)} of {len(data)} points saturated a core**: kept, and marked in the figures.")
+    cpu = [c for c in data.columns if c.startswith("cpu_")]
+    keys = [c for c in ("variant", "mode", "outer_cc", "loss_hiding", "transport", "cc",
+                        "loss_pct", "rtt_ms", "scheduler", "reorder", "event", "traffic", "run")
+            if c in data.columns]  # fmt: skip
+    return hot[keys + cpu]
 
 
 def run_sentence(run_dir: Path, meta: dict[str, Any]) -> str:
@@ -986,7 +1361,7 @@ class NotebookRun:
 
 
 def notebook_setup(
-    experiment: str,
+    name: str,
     results_dir: str | Path | None = "",
     results_root: str | Path | None = "",
     figures_dir: str | Path | None = "",
@@ -994,22 +1369,25 @@ def notebook_setup(
     """The top of every notebook, from its papermill-style parameters: `results_dir` a run
     ("": the latest complete run under `results_root`, "": results/), `figures_dir` where PNGs
     go ("": results/figures). Says which run it is (or that there is none yet, and what to run),
-    and loads the experiment's table (or says in one sentence why the run has nothing to show)."""
+    and loads the notebook's table (LOADERS[name]; or says in one sentence why the run has
+    nothing to show). `name` is the experiment's, or a notebook's reading another experiment's
+    runs (NOTEBOOK_EXPERIMENTS: "ablation" reads failover runs)."""
     pd.set_option("display.precision", 2)
+    experiment = NOTEBOOK_EXPERIMENTS.get(name, name)
     root = Path(results_root) if results_root else RESULTS_ROOT
     out_dir = Path(figures_dir) if figures_dir else FIGURES_DIR
     run_dir = resolve_run(experiment, results_dir, root)
     if run_dir is None:
         say(
-            f"No {experiment} results yet under `{root / experiment}`: run "
+            f"No {name} results yet under `{root / experiment}`: run "
             f"`qtlab run {experiment}`, then re-run this notebook."
         )
-        return NotebookRun(experiment, None, out_dir)
+        return NotebookRun(name, None, out_dir)
     meta = load_meta(run_dir)
     say(run_sentence(run_dir, meta))
     try:
-        data = LOADERS[experiment](run_dir)
+        data = LOADERS[name](run_dir)
     except ResultsError as exc:
-        say(f"This {experiment} run has nothing to show: {exc}")
-        return NotebookRun(experiment, run_dir, out_dir, meta)
-    return NotebookRun(experiment, run_dir, out_dir, meta, data)
+        say(f"This {name} run has nothing to show: {exc}")
+        return NotebookRun(name, run_dir, out_dir, meta)
+    return NotebookRun(name, run_dir, out_dir, meta, data)

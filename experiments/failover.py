@@ -5,34 +5,42 @@ concentrator conc, server srv1): a receiver on c1 fetches a bulk TCP transfer (o
 constant-rate UDP flow) from a sender; at t = down_at_s the WiFi access fails and at t = up_at_s
 it comes back, as
   * "link-down": a real carrier loss (Lab.access_down/up: the WiFi shaper's veths go down, the
-    client sees NO-CARRIER), or
+    client sees NO-CARRIER; a variant whose client OS reacts to it, wireguard-os, does so), or
   * "blackhole": the WiFi shaper drops everything with the link left up (nothing tells anyone).
 The receiver records delivered bytes per 10 ms (experiments/traffic.py); a row of failover.csv
-per point (gap, goodput before/during/after, UDP loss and reordering) and a goodput time series.
+per point (gap, goodput before/during/after and during the outage after the gap, UDP loss and
+reordering, each process's CPU) and a goodput time series.
 
-Variants (what carries the traffic: experiments/variants.py):
-  plain       no tunnel: c1 <-> a sender on conc's service address over the default route (WiFi).
-  mptcp       kernel MPTCP between c1 and conc's service address, a subflow per access.
-  wireguard   wireguard-go on c1 and conc, c1 routing the servers into it; sender on srv1.
-  session-failover, session-failover-noreports, tunnel-migration, stream-migration:
-              qtun (QTUN_SPECS), sender on srv1, c1 receives on its inner address, with
-              `probe_interval_s` as the client's liveness probe. A variant whose programs are
-              not there is skipped with the reason.
+Variants (what carries the traffic):
+  baselines   plain, plain-5g, mptcp, mptcp-backup, wireguard, wireguard-os: experiments/
+              variants.py BASELINES (WireGuard with the sender on srv1, c1 routing the servers
+              into it; its keepalive wg_keepalive_s / wg_os_keepalive_s).
+  qtun        every table of the `qtun` parameter (experiments/configs/failover.toml
+              [failover.qtun.*], variants.QtunVariant): sender on srv1, c1 receives on its inner
+              address, `probe_interval_s` as the client's liveness probe. A variant whose
+              programs, scheduler or setting keys are not there yet is skipped with the reason.
+`ablation` lists qtun variants run after `variants` whose rows carry `ablation_off` (the
+mechanism they turn off, "none" for the reference with all on): the ablation figure's.
+
+"Goodput during the outage (after the gap)" (issue 12) is `goodput_after_gap_mbps`: from the end
+of the gap to the repair. Divided by plain-5g's goodput over the outage (the summary's
+`after_gap_vs_5g`) it says how much of what 5G alone carries the variant delivered once it had
+failed over.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from experiments import variants
-from experiments.flows import Flow, flow_error, run_flow, sleep_until
+from experiments.flows import Flow, cpu_columns, flow_error, run_flow, sleep_until
+from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
     Experiment,
@@ -41,34 +49,41 @@ from experiments.runner import (
     Point,
     PointResult,
     Row,
+    shipped_config,
 )
-from experiments.schemas import FAILOVER, FAILOVER_TIMESERIES, tables
-from experiments.traffic import Samples, delivery_gap_ms, goodput_mbps, pad_bins, resample
-from experiments.variants import CLIENT, Carrier, WireGuard, wireguard_missing
+from experiments.schemas import CPU_COLUMNS, FAILOVER, FAILOVER_TIMESERIES, tables
+from experiments.traffic import Samples, delivery_gap, goodput_mbps, pad_bins, resample
+from experiments.variants import BASELINES, CLIENT, Carrier, QtunVariant, wireguard_missing
 from testbed.fidelity import verify_accesses
 from testbed.lab import Lab
 from testbed.profiles import profile
 from testbed.qtun import TunnelSpec
-from testbed.topologies import CONCENTRATOR_V4, SERVERS_V4
 
-VARIANTS = (
-    "plain",
-    "mptcp",
-    "wireguard",
-    "session-failover",
-    "session-failover-noreports",
-    "tunnel-migration",
-    "stream-migration",
-)
 EVENTS = ("link-down", "blackhole")
 TRAFFIC = ("tcp", "udp")
 
 FAILOVER_COLUMNS = list(FAILOVER.columns)
 TIMESERIES_COLUMNS = list(FAILOVER_TIMESERIES.columns)
 FIRST_PORT = 5400
+CONFIG_WHERE = "failover (experiments/configs/failover.toml or --config/--set)"
+# The qtun variants' settings and the ablation list: their one home is the shipped config.
+SHIPPED = shipped_config("failover", ("qtun", "ablation"))
 
 DEFAULTS: Params = {
-    "variants": list(VARIANTS),
+    "variants": [
+        "plain",
+        "plain-5g",
+        "mptcp",
+        "mptcp-backup",
+        "wireguard",
+        "wireguard-os",
+        "session-failover",
+        "session-failover-noreports",
+        "tunnel-migration",
+        "stream-migration",
+    ],
+    "ablation": list(SHIPPED["ablation"]),
+    "qtun": dict(SHIPPED["qtun"]),
     "events": list(EVENTS),
     "traffic": list(TRAFFIC),
     "runs": 3,
@@ -87,6 +102,7 @@ DEFAULTS: Params = {
     "verify_fidelity": True,
     "fidelity_loss_burst": 2000,
     "wg_keepalive_s": 25,
+    "wg_os_keepalive_s": 1,
     # qtun's liveness probe (limits.probe_interval; an access is dead after 3 unanswered probes).
     # qtun's own default is 1 s (3 s to notice a blackhole, close to the quick run's 4 s outage);
     # 0.5 s notices it in 1.5 s and leaves room for queueing delay on a loaded WiFi link.
@@ -94,6 +110,7 @@ DEFAULTS: Params = {
 }
 QUICK: Params = {
     "runs": 1,
+    "ablation": [],
     "events": ["link-down"],
     "traffic": ["tcp"],
     "down_at_s": 4.0,
@@ -105,16 +122,32 @@ QUICK: Params = {
 
 @dataclass
 class FailoverState:
-    """What the points share: the lab, a scratch directory, the last traffic port used."""
+    """What the points share: the lab, a scratch directory, the qtun variants of the run, the
+    last traffic port used."""
 
     lab: Lab
     workdir: Path
+    qtun: dict[str, QtunVariant]
     port: int = FIRST_PORT
 
 
 # -- points -----------------------------------------------------------------------------------
-def _check(params: Params) -> None:
-    for key, allowed in (("variants", VARIANTS), ("events", EVENTS), ("traffic", TRAFFIC)):
+def qtun_variants(params: Params) -> dict[str, QtunVariant]:
+    return variants.parse_qtun_variants(params["qtun"], CONFIG_WHERE)
+
+
+def _check(params: Params) -> dict[str, QtunVariant]:
+    qtun = qtun_variants(params)
+    clash = sorted(set(qtun) & set(BASELINES))
+    if clash:
+        raise ExperimentError(f"{CONFIG_WHERE}: qtun.{clash[0]} has a baseline's name.")
+    known = [*BASELINES, *qtun]
+    for key, allowed in (
+        ("variants", known),
+        ("ablation", list(qtun)),
+        ("events", EVENTS),
+        ("traffic", TRAFFIC),
+    ):
         bad = [v for v in params[key] if v not in allowed]
         if bad:
             raise ExperimentError(
@@ -122,13 +155,19 @@ def _check(params: Params) -> None:
             )
     if not 0 < params["down_at_s"] < params["up_at_s"] < params["duration_s"]:
         raise ExperimentError("need 0 < down_at_s < up_at_s < duration_s.")
+    return qtun
+
+
+def run_variants(params: Params) -> list[str]:
+    """`variants`, then the `ablation` variants not among them."""
+    return list(dict.fromkeys([*params["variants"], *params["ablation"]]))
 
 
 def points(params: Params) -> list[Point]:
     _check(params)
     return [
         Point({"variant": v, "event": e, "traffic": t, "run": r})
-        for v in params["variants"]
+        for v in run_variants(params)
         for e in params["events"]
         for t in params["traffic"]
         for r in range(1, int(params["runs"]) + 1)
@@ -138,7 +177,7 @@ def points(params: Params) -> list[Point]:
 # -- the testbed for the whole run ----------------------------------------------------------
 @contextlib.contextmanager
 def session(params: Params) -> Iterator[Context[FailoverState]]:
-    _check(params)
+    qtun = _check(params)
     profiles = {"wifi": profile(params["wifi_profile"]), "5g": profile(params["fiveg_profile"])}
     cc = params["congestion_control"] or None
     with (
@@ -147,99 +186,88 @@ def session(params: Params) -> Iterator[Context[FailoverState]]:
             "reference", backend=params["backend"], congestion_control=cc, profiles=profiles
         ) as lab,
     ):
-        ctx = Context(params, FailoverState(lab, Path(tmp)))
+        ctx = Context(params, FailoverState(lab, Path(tmp), qtun))
         ctx.backend = str(lab.backend)
+        used = run_variants(params)
         ctx.extra_meta["lab"] = lab.describe()
         ctx.extra_meta["profiles"] = {k: v.as_dict() for k, v in profiles.items()}
         ctx.extra_meta["sample_interval_s"] = params["sample_interval_s"]
         ctx.extra_meta["timeseries_interval_s"] = params["timeseries_interval_s"]
-        ctx.extra_meta["baselines"] = BASELINE_NOTES
+        ctx.extra_meta["baselines"] = {v: BASELINES[v] for v in used if v in BASELINES}
+        ctx.extra_meta["qtun_variants"] = {
+            v: qtun_settings(qtun[v], params) for v in used if v in qtun
+        }
+        ctx.extra_meta["ablation"] = list(params["ablation"])
         if params["verify_fidelity"]:
             burst = int(params["fidelity_loss_burst"])
             ctx.fidelity.extend(verify_accesses(lab, loss_burst=burst))
         yield ctx
 
 
-BASELINE_NOTES = {
-    "plain": f"c1 <-> conc {CONCENTRATOR_V4} over the default route (WiFi); servers are "
-    "unreachable without a tunnel in the reference topology",
-    "mptcp": f"c1 <-> conc {CONCENTRATOR_V4}, IPPROTO_MPTCP both ends, endpoints wifi+5g "
-    "subflow, limits subflow 2 add_addr_accepted 2, in-kernel path manager",
-    "wireguard": "wireguard-go c1 <-> conc, c1 endpoint unbound (roams), sender srv1",
-}
+def qtun_settings(variant: QtunVariant, params: Params) -> dict[str, Any]:
+    """What a qtun variant ran with (meta.json): its TunnelSpec, overrides and join order."""
+    spec = _spec(variant, params)
+    return {
+        "mode": spec.mode,
+        "scheduler": spec.scheduler,
+        "access_reports": spec.access_reports,
+        "stream": spec.stream,
+        "reorder": spec.reorder,
+        "client": list(spec.client_overrides),
+        "concentrator": list(spec.concentrator_overrides),
+        "join_order": list(variant.join_order),
+        "turns_off": variant.turns_off,
+        "note": variant.note,
+    }
+
+
+def _spec(variant: QtunVariant, params: Params) -> TunnelSpec:
+    return variant.spec(client=[f"limits.probe_interval={float(params['probe_interval_s'])}"])
+
+
+def qtun_missing(variant: str, params: Params | None = None) -> str | None:
+    """Why a qtun variant cannot run (a scheduler qtun lacks, an unknown setting), or None."""
+    params = params or DEFAULTS
+    chosen = qtun_variants(params)[variant]
+    return chosen.not_ready(_spec(chosen, params))
 
 
 # -- variants -------------------------------------------------------------------------------
-Setup = Callable[[FailoverState, Params], Carrier]
-
-
-def _plain(state: FailoverState, params: Params) -> Carrier:
-    return variants.plain(state.lab)
-
-
-def _mptcp(state: FailoverState, params: Params) -> Carrier:
-    return variants.mptcp(state.lab, CLIENT)
-
-
-def _wireguard(state: FailoverState, params: Params) -> Carrier:
-    missing = wireguard_missing()
-    if missing:
-        raise _Skip(missing)
-    keepalive = int(params["wg_keepalive_s"])
-    wireguard = WireGuard(state.lab, state.workdir / "wireguard", CLIENT, keepalive, True)
-    return wireguard.start()
-
-
 class _Skip(Exception):
     """The variant cannot run here (yet); the message is the reason."""
 
 
-QTUN_SPECS: dict[str, TunnelSpec] = {
-    "session-failover": TunnelSpec(mode="session", scheduler="failover"),
-    "session-failover-noreports": TunnelSpec(
-        mode="session", scheduler="failover", access_reports=False
-    ),
-    "tunnel-migration": TunnelSpec(mode="tunnel"),
-    "stream-migration": TunnelSpec(
-        mode="tunnel",
-        stream=True,
-        # the client intercepts TCP towards the servers and carries it on QUIC streams
-        client_overrides=(f'stream.intercept=["{SERVERS_V4}"]',),
-    ),
-}
-
-
-def qtun_missing(variant: str) -> str | None:
-    """Why a qtun variant cannot run in this checkout, or None if its programs are there."""
-    return variants.qtun_missing(QTUN_SPECS[variant])
-
-
-def _qtun(variant: str) -> Setup:
-    def setup(state: FailoverState, params: Params) -> Carrier:
-        spec = QTUN_SPECS[variant]
-        reason = variants.qtun_missing(spec)
-        if reason:
-            raise _Skip(reason)
-        probe = f"limits.probe_interval={float(params['probe_interval_s'])}"
-        spec = dataclasses.replace(spec, client_overrides=(*spec.client_overrides, probe))
-        workdir = state.workdir / f"qtun-{variant}"
-        return variants.qtun(state.lab, spec, workdir, clients=[CLIENT])
-
-    return setup
-
-
-SETUPS: dict[str, Setup] = {
-    "plain": _plain,
-    "mptcp": _mptcp,
-    "wireguard": _wireguard,
-    **{v: _qtun(v) for v in QTUN_SPECS},
-}
+def start_variant(state: FailoverState, params: Params, name: str) -> Carrier:
+    """The variant running on the lab, or _Skip with why it cannot."""
+    if name in BASELINES:
+        if name.startswith("wireguard"):
+            missing = wireguard_missing()
+            if missing:
+                raise _Skip(missing)
+        keepalive = params["wg_os_keepalive_s" if name == "wireguard-os" else "wg_keepalive_s"]
+        workdir = state.workdir / name
+        return variants.start_baseline(
+            state.lab, name, workdir, CLIENT, int(keepalive), to_servers=True
+        )
+    variant = state.qtun[name]
+    spec = _spec(variant, params)
+    reason = variant.not_ready(spec)
+    if reason:
+        raise _Skip(reason)
+    workdir = state.workdir / f"qtun-{name}-{state.port}"
+    return variants.qtun(state.lab, spec, workdir, clients=[CLIENT], join_order=variant.join_order)
 
 
 # -- one point ------------------------------------------------------------------------------
-def _event(lab: Lab, event: str, failed: bool) -> None:
+def _event(lab: Lab, carrier: Carrier, event: str, failed: bool) -> None:
     if event == "link-down":
-        (lab.access_down if failed else lab.access_up)("wifi", CLIENT)
+        # The carrier goes, then the client's OS reacts to it (a no-op for most variants).
+        if failed:
+            lab.access_down("wifi", CLIENT)
+            carrier.on_access_down("wifi")
+        else:
+            lab.access_up("wifi", CLIENT)
+            carrier.on_access_up("wifi")
     else:
         lab.shaper("wifi", CLIENT).blackhole(failed)
 
@@ -248,10 +276,10 @@ def run_point(ctx: Context[FailoverState], point: Point) -> PointResult:
     state, p = ctx.state, ctx.params
     lab = state.lab
     variant, event, traffic = point["variant"], point["event"], point["traffic"]
-    if variant == "mptcp" and traffic == "udp":
+    if variant.startswith("mptcp") and traffic == "udp":
         return PointResult(skipped="MPTCP carries TCP only: a UDP flow would be the plain one")
     try:
-        carrier = SETUPS[variant](state, p)
+        carrier = start_variant(state, p, variant)
     except _Skip as skip:
         return PointResult(skipped=str(skip))
     state.port += 1
@@ -268,30 +296,42 @@ def run_point(ctx: Context[FailoverState], point: Point) -> PointResult:
         udp_rate_mbit=float(p["udp_rate_mbit"]),
         udp_size_bytes=int(p["udp_size_bytes"]),
         interval_s=float(p["sample_interval_s"]),
+        src=route.client_source,
     )
 
     def outage(start_at: float) -> None:
         try:
             sleep_until(start_at + float(p["down_at_s"]))
-            _event(lab, event, failed=True)
+            _event(lab, carrier, event, failed=True)
             sleep_until(start_at + float(p["up_at_s"]))
         finally:
-            _event(lab, event, failed=False)
+            _event(lab, carrier, event, failed=False)
 
+    cpu = CpuMeter(carrier.programs)
     try:
-        recv, sent = run_flow(lab, flow, state.workdir, during=outage)
+        recv, sent = run_flow(lab, flow, state.workdir, during=outage, cpu=cpu)
     finally:
         with contextlib.suppress(Exception):
             carrier.stop()
-    return PointResult(rows=measure(point, p, recv, sent))
+    qtun = state.qtun.get(variant)
+    extra: Row = {"ablation_off": qtun.turns_off if qtun else "", **cpu_columns(cpu)}
+    return PointResult(rows=measure(point, p, recv, sent, extra))
 
 
-def measure(point: Point, p: Params, recv: Samples, sent: dict[str, Any]) -> dict[str, list[Row]]:
-    """The failover.csv row and the time series of one point, from the receiver's samples."""
+def measure(
+    point: Point, p: Params, recv: Samples, sent: dict[str, Any], extra: Row | None = None
+) -> dict[str, list[Row]]:
+    """The failover.csv row (with `extra` columns: ablation, CPU) and the time series of one
+    point, from the receiver's samples."""
     interval = recv.interval_s
     down, up, duration = float(p["down_at_s"]), float(p["up_at_s"]), float(p["duration_s"])
     bins = pad_bins(recv.bins, interval, duration)
-    gap = delivery_gap_ms(bins, interval, down, up)
+    window = delivery_gap(bins, interval, down, up)
+    gap = None if window is None else round((window[1] - window[0]) / interval) * interval * 1000
+    # After the gap, still inside the outage: what the variant carries once it has failed over
+    # (0 when delivery came back only with the repair, or never).
+    resumed = window[1] if window is not None else up
+    after_gap = goodput_mbps(bins, interval, max(down, resumed), up) if resumed < up else 0.0
     key = {k: point[k] for k in ("variant", "run", "event", "traffic")}
     udp = point["traffic"] == "udp"
     packets_sent = sent.get("sent") if udp else None
@@ -311,8 +351,12 @@ def measure(point: Point, p: Params, recv: Samples, sent: dict[str, Any]) -> dic
         "completed": gap is not None,
         "packets_sent": packets_sent,
         "bytes_received": recv.bytes_total,
+        "goodput_after_gap_mbps": after_gap,
+        "ablation_off": "",
         "detail": flow_error(recv, sent),
+        **dict.fromkeys(CPU_COLUMNS),
     }
+    row.update(extra or {})
     if goodput_mbps(bins, interval, max(1.0, down - 10), down) == 0:
         # Not a failover result: the flow had stopped before anything failed.
         row["detail"] = "; ".join(x for x in (row["detail"], "no delivery before the outage") if x)
@@ -326,11 +370,18 @@ def measure(point: Point, p: Params, recv: Samples, sent: dict[str, Any]) -> dic
 
 # -- the table --------------------------------------------------------------------------------
 def summary_table(run_dir: Path) -> str:
-    """Gap per variant (median over runs), what did not recover, and what was skipped."""
+    """Per variant, event and traffic (medians over runs): the gap, the goodput during the
+    outage after the gap and its ratio to plain-5g's; what did not recover, saturated a core,
+    was skipped or failed."""
     import csv
     import statistics
 
-    lines = [f"{'variant':<28} {'event':<10} {'traffic':<7} {'runs':>4} {'gap_ms':>9}  note"]
+    def median(rows: list[dict[str, str]], column: str) -> float | None:
+        values = [float(r[column]) for r in rows if r.get(column)]
+        return statistics.median(values) if values else None
+
+    head = f"{'variant':<28} {'event':<10} {'traffic':<7} {'runs':>4} {'gap_ms':>8}"
+    lines = [f"{head} {'after_gap':>9} {'vs_5g':>6}  note"]
     path = run_dir / "failover.csv"
     groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
     if path.exists():
@@ -338,13 +389,24 @@ def summary_table(run_dir: Path) -> str:
             for row in csv.DictReader(f):
                 groups.setdefault((row["variant"], row["event"], row["traffic"]), []).append(row)
     for (variant, event, traffic), rows in groups.items():
-        gaps = [float(r["gap_ms"]) for r in rows if r["gap_ms"]]
+        gap, after = median(rows, "gap_ms"), median(rows, "goodput_after_gap_mbps")
+        reference = median(groups.get(("plain-5g", event, traffic), []), "goodput_during_mbps")
+        ratio = after / reference if after is not None and reference else None
         broken = sum(1 for r in rows if r["completed"] != "True")
-        gap = f"{statistics.median(gaps):9.0f}" if gaps else f"{'-':>9}"
+        saturated = sum(1 for r in rows if r.get("cpu_saturated") == "True")
         notes = [f"{broken} run(s) never recovered"] if broken else []
+        if saturated:
+            busiest = sorted({r["cpu_busiest"] for r in rows if r.get("cpu_saturated") == "True"})
+            notes.append(f"CPU SATURATED in {saturated} run(s) ({', '.join(busiest)})")
         notes += sorted({r["detail"] for r in rows if r.get("detail")})
-        note = "; ".join(notes)
-        lines.append(f"{variant:<28} {event:<10} {traffic:<7} {len(rows):>4} {gap}  {note}")
+        cells = (
+            f"{'-' if gap is None else f'{gap:.0f}':>8} "
+            f"{'-' if after is None else f'{after:.1f}':>9} "
+            f"{'-' if ratio is None else f'{ratio:.2f}':>6}"
+        )
+        lines.append(
+            f"{variant:<28} {event:<10} {traffic:<7} {len(rows):>4} {cells}  {'; '.join(notes)}"
+        )
     meta = json.loads((run_dir / "meta.json").read_text())
     seen: set[tuple[str, str, str]] = set()
     for entry in meta.get("skipped", []):
@@ -352,14 +414,12 @@ def summary_table(run_dir: Path) -> str:
         traffic = entry["point"].get("traffic", "-")
         if (variant, traffic, entry["reason"]) not in seen:
             seen.add((variant, traffic, entry["reason"]))
-            lines.append(
-                f"{variant:<28} {'-':<10} {traffic:<7} {0:>4} {'-':>9}  skipped: {entry['reason']}"
-            )
+            lines.append(f"{variant:<28} {'-':<10} {traffic:<7} {0:>4}  skipped: {entry['reason']}")
     for entry in meta.get("failed", []):
         pt = entry["point"]
         lines.append(
             f"{pt.get('variant', '?'):<28} {pt.get('event', '-'):<10} {pt.get('traffic', '-'):<7} "
-            f"{'':>4} {'-':>9}  FAILED: {entry['error'][:120]}"
+            f"{'':>4}  FAILED: {entry['error'][:120]}"
         )
     return "\n".join(lines)
 

@@ -12,6 +12,11 @@ node). `during` is called with that origin once both run (the failover experimen
 WiFi from there). Returns the receiver's samples and the sender's report (parsed JSON); raises
 RuntimeError (one sentence) if the receiver never got traffic. Both programs are stopped on
 every path.
+
+With `cpu` (a procstat.CpuMeter holding the tunnel's programs, if any), the CPU of those, of
+the shapers (qtwire) and of the flow's two ends is sampled over the measurement (from the
+origin plus the meter's `skip_s` to the sender's deadline); `cpu_columns(meter)` is the row's
+share of it (schemas.CPU_COLUMNS).
 """
 
 from __future__ import annotations
@@ -26,9 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.procstat import CpuMeter, saturation
+from experiments.schemas import CPU_PROCESSES
 from experiments.traffic import SAMPLE_INTERVAL_S, Samples
 from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
+from testbed.shaping import WireShaper
+from testbed.topologies import ACCESSES
 
 TRAFFIC_SCRIPT = Path(__file__).resolve().parent / "traffic.py"
 START_LEAD_S = 1.5  # programs start (Python in a node: ~0.3 s) before the measurement's origin
@@ -48,6 +57,7 @@ class Flow:
     udp_size_bytes: int = 1000
     interval_s: float = SAMPLE_INTERVAL_S
     nbytes: int | None = None  # TCP: exactly this many bytes, then FIN (traffic.py --bytes)
+    src: str | None = None  # the receiver binds to this address (its access) before connecting
 
 
 def traffic_argv(role: str, *args: str) -> list[str]:
@@ -66,6 +76,8 @@ def flow_argv(flow: Flow, start_at: float, recv_out: Path, send_out: Path) -> tu
     send_args = ["--bind", flow.bind, *common, "--out", str(send_out)]
     recv_args = ["--dst", flow.dst, *common, "--out", str(recv_out)]
     recv_args += ["--interval", str(flow.interval_s)]
+    if flow.src is not None:
+        recv_args += ["--src", flow.src]
     if flow.traffic == "tcp":
         extra = ["--mptcp"] if flow.mptcp else []
         size = ["--bytes", str(flow.nbytes)] if flow.nbytes is not None else []
@@ -77,11 +89,36 @@ def flow_argv(flow: Flow, start_at: float, recv_out: Path, send_out: Path) -> tu
     return traffic_argv("udp-send", *send_args, *rate), traffic_argv("udp-recv", *recv_args)
 
 
+def shaper_pids(lab: Lab, client: str) -> dict[str, int]:
+    """qtwire's pid on each of the client's access links, as "shaper_<access>" (none with the
+    netem backend: the kernel shapes)."""
+    out: dict[str, int] = {}
+    for name in ACCESSES:
+        access = lab.plan.access(name, client)
+        shaper = lab.shapers.get(access.shaped or "") if access is not None else None
+        if isinstance(shaper, WireShaper) and shaper.proc is not None:
+            out[f"shaper_{name}"] = shaper.proc.pid
+    return out
+
+
+def cpu_columns(meter: CpuMeter | None) -> dict[str, Any]:
+    """The CPU columns of a row (schemas.CPU_COLUMNS) from a meter run_flow ran; all empty
+    without one."""
+    usage = meter.usage() if meter is not None else {}
+    row: dict[str, Any] = {f"cpu_{name}_pct": usage.get(name) for name in CPU_PROCESSES}
+    busiest, saturated = saturation({n: usage.get(n) for n in CPU_PROCESSES})
+    row["cpu_host_pct"] = meter.host_pct() if meter is not None else None
+    row["cpu_busiest"] = busiest
+    row["cpu_saturated"] = saturated
+    return row
+
+
 def run_flow(
     lab: Lab,
     flow: Flow,
     workdir: Path,
     during: Callable[[float], None] | None = None,
+    cpu: CpuMeter | None = None,
 ) -> tuple[Samples, dict[str, Any]]:
     port = str(flow.port)
     recv_out = workdir / f"recv-{port}.json"
@@ -98,11 +135,19 @@ def run_flow(
         wait_listening(sender_node, flow.port, sender)
         receiver = lab.procs.start(lab.node(flow.receiver), f"qex-recv-{port}", receiver_argv)
         procs.append(receiver)
+        if cpu is not None:
+            for name, pid in shaper_pids(lab, flow.receiver).items():
+                cpu.watch(name, pid)
+            cpu.watch("sender", sender.pid)
+            cpu.watch("receiver", receiver.pid)
+            cpu.start(start_at, start_at + flow.duration_s)
         if during is not None:
             during(start_at)
         with contextlib.suppress(subprocess.TimeoutExpired):
             receiver.popen.wait(max(1.0, start_at + flow.duration_s + 5 - time.monotonic()))
     finally:
+        if cpu is not None:
+            cpu.stop()
         for proc in procs:
             with contextlib.suppress(Exception):
                 lab.procs.stop(proc)

@@ -5,12 +5,22 @@ reference topology with c1's 5G access down, so everything crosses c1's shaped W
 plain and WireGuard traffic comes from conc (10.100.0.1 / its WireGuard address: the topology
 routes the client to nothing else without a tunnel), the qtun modes' from srv1 through the
 tunnel (stream mode: TCP intercepted on c1 and carried on QUIC streams).
-For each mode (plain, tunnel, session, stream, wireguard), transport (TCP with Cubic, TCP with
-BBR, UDP at a constant rate) and (loss, RTT) of the sweep: the WiFi access gets `loss_pct`
-random loss in each direction (a lossy access loses both ways), half the RTT of delay each way
-and `rate_mbit`; one flow to c1 (experiments/traffic.py) runs `duration_s`; the row is the
-receiver's mean goodput after `warmup_s`. The congestion control is the inner TCP's, set on
-c1, conc and srv1; QUIC's own (aioquic's) is what the tunnel modes add underneath.
+For each mode, transport (TCP with Cubic, TCP with BBR, UDP at a constant rate) and (loss, RTT)
+of the sweep: the WiFi access gets `loss_pct` random loss in each direction (a lossy access
+loses both ways), half the RTT of delay each way and `rate_mbit`; one flow to c1
+(experiments/traffic.py) runs `duration_s`; the row is the receiver's mean goodput after
+`warmup_s`, with the CPU of every process over the same window (flows.cpu_columns). The
+congestion control `cc` is the inner TCP's, set on c1, conc and srv1.
+
+Modes: the baselines "plain" and "wireguard", and every table of the `qtun` parameter (the
+shipped config's [goodput.qtun.tunnel|session|stream], variants.QtunVariant). A qtun mode's
+points also run over the outer dimensions of issue 13: `outer_cc`, the outer QUIC connection's
+congestion control (cubic, bbr, none: paced at the link rate), and `loss_hiding` (off, on),
+each value reaching both programs as the `--set` overrides of `outer_cc_settings` /
+`loss_hiding_settings` (data: a setting's name can change without touching this file).
+The baselines have neither: their rows say "" there. Stream mode without congestion control
+is skipped (RFC 9484 §10; qtun refuses it), as is a value naming no qtun setting.
+
 The qtun modes' programs are restarted for every point (`Modes.ensure(fresh=True)`): the QUIC
 connection of the previous point would carry its congestion state over — measured, a
 loss-free 100 ms point right after a 2 % loss point reached 4.4 of 20 Mbit/s of UDP on the
@@ -27,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.flows import Flow, flow_error, run_flow
+from experiments import variants
+from experiments.flows import Flow, cpu_columns, flow_error, run_flow
+from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
     Experiment,
@@ -36,23 +48,32 @@ from experiments.runner import (
     Point,
     PointResult,
     Row,
+    shipped_config,
 )
 from experiments.schemas import GOODPUT, tables
 from experiments.traffic import goodput_mbps, pad_bins
-from experiments.variants import CLIENT, MODES, Modes
+from experiments.variants import CLIENT, Modes, QtunVariant
 from testbed.fidelity import require_fidelity, verify_link
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
+from testbed.qtun import TunnelSpec
 
 TRANSPORTS = ("tcp-cubic", "tcp-bbr", "udp")
+BASELINE_MODES = ("plain", "wireguard")
 COLUMNS = list(GOODPUT.columns)
 FIRST_PORT = 5400
+CONFIG_WHERE = "goodput (experiments/configs/goodput.toml or --config/--set)"
+# The qtun modes' settings and what each outer value sets: their one home is the shipped config.
+SHIPPED = shipped_config("goodput", ("qtun", "outer_cc_settings", "loss_hiding_settings"))
+RATE_PLACEHOLDER = "{rate_mbit}"  # in an outer setting: the point's link rate
 
 DEFAULTS: Params = {
-    "modes": list(MODES),
+    "modes": ["plain", "tunnel", "session", "stream", "wireguard"],
     "transports": list(TRANSPORTS),
+    "outer_cc": ["cubic", "bbr", "none"],
+    "loss_hiding": ["off", "on"],
     "loss_pct": [0.0, 0.5, 1.0, 2.0, 5.0],
-    "rtt_ms": [10.0, 40.0, 100.0],
+    "rtt_ms": [10.0, 50.0, 100.0],
     "runs": 3,
     "seed": 1,
     "duration_s": 10.0,
@@ -62,18 +83,33 @@ DEFAULTS: Params = {
     "udp_size_bytes": 1000,
     "backend": "auto",
     "verify_fidelity": True,
+    "qtun": dict(SHIPPED["qtun"]),
+    "outer_cc_settings": dict(SHIPPED["outer_cc_settings"]),
+    "loss_hiding_settings": dict(SHIPPED["loss_hiding_settings"]),
 }
-QUICK: Params = {"runs": 1, "loss_pct": [0.0, 2.0], "rtt_ms": [10.0, 100.0], "duration_s": 4.0}
+# A few points: the outer controllers at 2 % loss and 50 ms for UDP and inner BBR, with the two
+# baselines; what the tests run, and the per-point time the full run's estimate comes from.
+QUICK: Params = {
+    "runs": 1,
+    "modes": ["plain", "tunnel", "wireguard"],
+    "transports": ["udp", "tcp-bbr"],
+    "outer_cc": ["cubic", "bbr", "none"],
+    "loss_hiding": ["off"],
+    "loss_pct": [2.0],
+    "rtt_ms": [50.0],
+    "duration_s": 4.0,
+}
 
 
 @dataclass
 class GoodputState:
     """What the points share: the lab, a scratch directory, the mode running (restarted per
-    point for qtun), the last traffic port used."""
+    point for qtun), the qtun modes of the run, the last traffic port used."""
 
     lab: Lab
     workdir: Path
     modes: Modes
+    qtun: dict[str, QtunVariant]
     port: int = FIRST_PORT
 
     def cc_nodes(self) -> tuple[str, ...]:
@@ -81,35 +117,118 @@ class GoodputState:
         return (CLIENT, self.lab.plan.concentrator, self.lab.plan.servers[0])
 
 
-def _check(params: Params) -> None:
-    for key, allowed in (("modes", MODES), ("transports", TRANSPORTS)):
+def outer_overrides(params: Params, key: str, value: str) -> tuple[list[str], list[str]]:
+    """The (client, concentrator) overrides one outer value sets (`key`: outer_cc_settings or
+    loss_hiding_settings): a list for both programs, or a table with `client` / `concentrator`
+    lists; RATE_PLACEHOLDER becomes the link rate."""
+    entry = params[key].get(value)
+    rate = f"{float(params['rate_mbit']):g}"
+    if isinstance(entry, list):
+        client = concentrator = entry
+    elif isinstance(entry, dict):
+        client, concentrator = entry.get("client", []), entry.get("concentrator", [])
+    else:
+        raise ExperimentError(
+            f"{CONFIG_WHERE}: {key}.{value} must be a list of --set overrides (or a table of "
+            "client / concentrator lists)."
+        )
+    for items in (client, concentrator):
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ExperimentError(f"{CONFIG_WHERE}: {key}.{value} must hold strings.")
+    return (
+        [i.replace(RATE_PLACEHOLDER, rate) for i in client],
+        [i.replace(RATE_PLACEHOLDER, rate) for i in concentrator],
+    )
+
+
+def _check(params: Params) -> dict[str, QtunVariant]:
+    qtun = variants.parse_qtun_variants(params["qtun"], CONFIG_WHERE)
+    for key, allowed in (
+        ("modes", [*BASELINE_MODES, *qtun]),
+        ("transports", TRANSPORTS),
+        ("outer_cc", list(params["outer_cc_settings"])),
+        ("loss_hiding", list(params["loss_hiding_settings"])),
+    ):
         bad = [v for v in params[key] if v not in allowed]
         if bad:
             raise ExperimentError(
                 f"unknown {key} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}."
             )
+    for value in params["outer_cc"]:
+        outer_overrides(params, "outer_cc_settings", value)
+    for value in params["loss_hiding"]:
+        outer_overrides(params, "loss_hiding_settings", value)
     if not 0 <= params["warmup_s"] < params["duration_s"]:
         raise ExperimentError("need 0 <= warmup_s < duration_s.")
+    return qtun
 
 
 def points(params: Params) -> list[Point]:
-    _check(params)
+    qtun = _check(params)
     out = []
     for mode in params["modes"]:
-        for transport in params["transports"]:
-            proto, _, cc = transport.partition("-")
-            for loss in params["loss_pct"]:
-                for rtt in params["rtt_ms"]:
-                    for run in range(1, int(params["runs"]) + 1):
-                        values = {"mode": mode, "transport": proto, "cc": cc}
-                        values |= {"loss_pct": float(loss), "rtt_ms": float(rtt), "run": run}
-                        out.append(Point(values))
+        outer = [(c, h) for c in params["outer_cc"] for h in params["loss_hiding"]]
+        for outer_cc, loss_hiding in outer if mode in qtun else [("", "")]:
+            for transport in params["transports"]:
+                proto, _, cc = transport.partition("-")
+                for loss in params["loss_pct"]:
+                    for rtt in params["rtt_ms"]:
+                        for run in range(1, int(params["runs"]) + 1):
+                            values = {"mode": mode, "outer_cc": outer_cc}
+                            values |= {"loss_hiding": loss_hiding, "transport": proto, "cc": cc}
+                            values |= {"loss_pct": float(loss), "rtt_ms": float(rtt), "run": run}
+                            out.append(Point(values))
+    return out
+
+
+def point_spec(params: Params, variant: QtunVariant, outer_cc: str, loss_hiding: str) -> TunnelSpec:
+    """A qtun mode's TunnelSpec at one point of the outer dimensions."""
+    cc_client, cc_conc = outer_overrides(params, "outer_cc_settings", outer_cc)
+    lh_client, lh_conc = outer_overrides(params, "loss_hiding_settings", loss_hiding)
+    return variant.spec(client=[*cc_client, *lh_client], concentrator=[*cc_conc, *lh_conc])
+
+
+def plan_point(
+    params: Params, qtun: dict[str, QtunVariant], point: Point
+) -> tuple[TunnelSpec | None, str | None]:
+    """A point's qtun TunnelSpec (None for the baselines) and why it cannot run (None: it can).
+    Stream mode without outer congestion control is refused by qtun (RFC 9484 §10: its QUIC
+    streams carry TCP); an unknown setting skips the point too."""
+    mode = point["mode"]
+    if mode not in qtun:
+        missing = variants.wireguard_missing() if mode == "wireguard" else None
+        return None, missing
+    variant = qtun[mode]
+    spec = point_spec(params, variant, point["outer_cc"], point["loss_hiding"])
+    if spec.stream and point["outer_cc"] == "none":
+        return spec, (
+            "stream mode needs outer congestion control (its QUIC streams carry TCP; RFC 9484 "
+            "§10): qtun refuses congestion_control = none with [stream]"
+        )
+    return spec, variant.not_ready(spec)
+
+
+def qtun_settings(params: Params, qtun: dict[str, QtunVariant]) -> dict[str, dict[str, Any]]:
+    """What each qtun mode ran with at each outer point (meta.json): "mode/outer_cc/loss_hiding"
+    -> its TunnelSpec fields and both programs' overrides."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in (m for m in params["modes"] if m in qtun):
+        for outer_cc in params["outer_cc"]:
+            for hiding in params["loss_hiding"]:
+                spec = point_spec(params, qtun[mode], outer_cc, hiding)
+                out[f"{mode}/{outer_cc}/{hiding}"] = {
+                    "mode": spec.mode,
+                    "stream": spec.stream,
+                    "scheduler": spec.scheduler,
+                    "client": list(spec.client_overrides),
+                    "concentrator": list(spec.concentrator_overrides),
+                }
     return out
 
 
 @contextlib.contextmanager
 def session(params: Params) -> Iterator[Context[GoodputState]]:
-    _check(params)
+    qtun = _check(params)
     base = LinkProfile(rate_mbit=float(params["rate_mbit"]))
     with (
         tempfile.TemporaryDirectory(prefix="qex-goodput-") as tmp,
@@ -119,7 +238,7 @@ def session(params: Params) -> Iterator[Context[GoodputState]]:
     ):
         extra_meta: dict[str, Any] = {}
         modes = Modes(lab, Path(tmp), extra_meta)
-        ctx = Context(params, GoodputState(lab, Path(tmp), modes))
+        ctx = Context(params, GoodputState(lab, Path(tmp), modes, qtun))
         ctx.extra_meta = extra_meta
         ctx.backend = str(lab.backend)
         if params["verify_fidelity"]:
@@ -135,6 +254,10 @@ def session(params: Params) -> Iterator[Context[GoodputState]]:
                 "direction": "conc (plain, WireGuard) or srv1 (qtun modes) -> c1",
                 "impairment": "on c1's WiFi access: loss_pct in each direction, rtt_ms/2 "
                 "delay each way, rate_mbit",
+                "outer": "qtun modes x outer_cc x loss_hiding: the --set overrides of "
+                "outer_cc_settings / loss_hiding_settings on both programs "
+                f"({RATE_PLACEHOLDER} = rate_mbit)",
+                "qtun_settings": qtun_settings(params, qtun),
                 "lab": lab.describe(),
                 "sample_interval_s": 0.01,
             }
@@ -148,7 +271,13 @@ def session(params: Params) -> Iterator[Context[GoodputState]]:
 def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
     state, p = ctx.state, ctx.params
     lab = state.lab
-    route = state.modes.ensure(point["mode"], fresh=True)
+    mode = point["mode"]
+    spec, reason = plan_point(p, state.qtun, point)
+    if reason:
+        return PointResult(skipped=reason)
+    route = state.modes.ensure(mode, fresh=True, spec=spec)
+    carrier = state.modes.carrier
+    assert carrier is not None
     link = LinkProfile(
         delay_ms=point["rtt_ms"] / 2, loss_pct=point["loss_pct"], rate_mbit=float(p["rate_mbit"])
     )
@@ -168,7 +297,8 @@ def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
         udp_rate_mbit=float(p["udp_rate_mbit"]),
         udp_size_bytes=int(p["udp_size_bytes"]),
     )
-    recv, sent = run_flow(lab, flow, state.workdir)
+    cpu = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]))
+    recv, sent = run_flow(lab, flow, state.workdir, cpu=cpu)
     bins = pad_bins(recv.bins, recv.interval_s, flow.duration_s)
     goodput = goodput_mbps(bins, recv.interval_s, float(p["warmup_s"]), flow.duration_s)
     lost = None
@@ -180,23 +310,37 @@ def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
         "rate_mbit": float(p["rate_mbit"]),
         "packets_lost": lost,
         "detail": flow_error(recv, sent),
+        **cpu_columns(cpu),
     }
     return PointResult(rows={"goodput": [row]})
 
 
 def summary_table(run_dir: Path) -> str:
-    """Mean goodput per mode/transport (rows) and loss x RTT (columns)."""
+    """Mean goodput per mode / outer CC / loss hiding / transport (rows) and loss x RTT
+    (columns), and the points where a process saturated a core."""
     import pandas as pd
 
     path = run_dir / "goodput.csv"
     if not path.exists():
         return "no goodput rows"
-    df = pd.read_csv(path).fillna({"cc": ""})
-    df["what"] = df["mode"] + " " + df["transport"] + " " + df["cc"].astype(str)
+    df = pd.read_csv(path, keep_default_na=False)
+    for column in ("outer_cc", "loss_hiding"):
+        if column not in df.columns:
+            df[column] = ""
+    hiding = df["loss_hiding"].map(lambda h: "hiding" if h == "on" else "")
+    parts = [df["mode"], df["outer_cc"].astype(str), hiding, df["transport"], df["cc"].astype(str)]
+    df["what"] = [" ".join(p for p in words if p) for words in zip(*parts, strict=True)]
     table = df.pivot_table(
         index="what", columns=["loss_pct", "rtt_ms"], values="goodput_mbps", aggfunc="mean"
     )
-    return str(table.round(1))
+    text = str(table.round(1))
+    if "cpu_saturated" in df.columns:
+        hot = df[df["cpu_saturated"].astype(str) == "True"]
+        if len(hot):
+            cells = [f"{r.what} {r.loss_pct}% {r.rtt_ms}ms run {r.run} ({r.cpu_busiest})"
+                     for r in hot.itertuples()]  # fmt: skip
+            text += "\nCPU SATURATED (a process >= 90 % of a core): " + "; ".join(cells)
+    return text
 
 
 EXPERIMENT = Experiment(
@@ -204,10 +348,10 @@ EXPERIMENT = Experiment(
     defaults=DEFAULTS,
     quick=QUICK,
     tables=tables(GOODPUT),
-    key_columns=("mode", "transport", "cc", "loss_pct", "rtt_ms", "run"),
+    key_columns=("mode", "outer_cc", "loss_hiding", "transport", "cc", "loss_pct", "rtt_ms", "run"),
     points=points,
     run_point=run_point,
     session=session,
     summarize=summary_table,
-    description="goodput per mode under a sweep of loss x RTT on the access, TCP and UDP",
+    description="goodput per mode and outer congestion control under loss x RTT, TCP and UDP",
 )

@@ -7,7 +7,15 @@ a wall-clock interval the caller measures; RSS in MiB (VmRSS).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
+
+# A process at or above this share of one core over a point's measurement saturated it: its
+# figure may be the machine's limit, not the network's (issue 12 "Watch the CPU"). Not 100: a
+# busy process on a shared 2-core machine rarely gets a whole core, and a single-threaded
+# program (qtun's asyncio loop, qtwire) that gets 90 % is out of head-room.
+CPU_SATURATED_PCT = 90.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -67,3 +75,97 @@ def proc_sample(pid: int) -> tuple[float, int, float] | None:
     except (OSError, ValueError, IndexError):
         return None
     return rss, fds, cpu
+
+
+def saturation(usage: dict[str, float | None]) -> tuple[str | None, bool | None]:
+    """The busiest process of a CpuMeter's usage and whether it reached CPU_SATURATED_PCT (None,
+    None when nothing was measured)."""
+    measured = {name: pct for name, pct in usage.items() if pct is not None}
+    if not measured:
+        return None, None
+    busiest = max(measured, key=lambda name: measured[name])
+    return busiest, measured[busiest] >= CPU_SATURATED_PCT
+
+
+class CpuMeter:
+    """The CPU each of a point's processes used over its measurement window, in % of one core.
+
+        meter = CpuMeter({"client": pid, ...}, skip_s=1.0)   # skip the warm-up
+        meter.watch("sender", pid)                           # more once they run
+        meter.start(start_at, end_at)                        # CLOCK_MONOTONIC, as the flows'
+        ...
+        meter.stop()
+        meter.usage()   # {"client": 43.2, "sender": None (never sampled twice), ...}
+
+    A thread samples /proc every `interval_s` from `start_at + skip_s` to `end_at` (or stop()):
+    a process that exits inside the window keeps the share of the part it lived, one that was
+    never sampled twice has None. Sampling costs a few /proc reads per interval in this process.
+    """
+
+    def __init__(
+        self, pids: dict[str, int] | None = None, skip_s: float = 0.0, interval_s: float = 0.25
+    ) -> None:
+        self.pids: dict[str, int] = dict(pids or {})
+        self.skip_s = skip_s
+        self.interval_s = interval_s
+        self.first: dict[str, tuple[float, float]] = {}  # name -> (time, CPU seconds)
+        self.last: dict[str, tuple[float, float]] = {}
+        self.host_first: tuple[int, int, int] | None = None
+        self.host_last: tuple[int, int, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, name: str, pid: int) -> None:
+        self.pids[name] = pid
+
+    def sample(self) -> None:
+        """One reading of every watched process (and of the machine), now."""
+        now = time.monotonic()
+        for name, pid in list(self.pids.items()):
+            try:
+                reading = (now, cpu_seconds(pid))
+            except (OSError, ValueError, IndexError):
+                continue  # gone (or a zombie): its last reading stands
+            self.first.setdefault(name, reading)
+            self.last[name] = reading
+        host = host_busy()
+        if self.host_first is None:
+            self.host_first = host
+        self.host_last = host
+
+    def start(self, start_at: float, end_at: float) -> None:
+        """Sample from start_at + skip_s to end_at (monotonic seconds) in a thread."""
+        begin = start_at + self.skip_s
+
+        def run() -> None:
+            if self._stop.wait(max(0.0, begin - time.monotonic())):
+                return
+            self.sample()
+            while (left := end_at - time.monotonic()) > 0:
+                if self._stop.wait(min(self.interval_s, left)):
+                    return
+                self.sample()
+
+        self._thread = threading.Thread(target=run, name="cpu-meter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def usage(self) -> dict[str, float | None]:
+        """Each watched process's CPU over the part of the window it was sampled in."""
+        out: dict[str, float | None] = {}
+        for name in self.pids:
+            first, last = self.first.get(name), self.last.get(name)
+            if first is None or last is None or last[0] - first[0] <= 0:
+                out[name] = None
+            else:
+                out[name] = cpu_pct(first[1], last[1], last[0] - first[0])
+        return out
+
+    def host_pct(self) -> float | None:
+        if self.host_first is None or self.host_last is None:
+            return None
+        return host_busy_pct(self.host_first, self.host_last)

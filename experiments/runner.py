@@ -21,12 +21,16 @@ seed and the point's key, so a resumed or sharded point sees the same randomness
 
 Parameters come from, in increasing priority: the experiment's defaults, its quick overrides
 (`--quick`), a TOML file (`--config F`, a flat table or an `[<experiment>]` table), `--runs N`
-and `--set key=value` (value parsed as TOML, bare words as strings).
+and `--set key=value` (value parsed as TOML, bare words as strings). A parameter whose default
+is a table (the qtun variants' settings: `qtun`) is merged one level deep: a layer's entry
+replaces the entry of that name and adds new ones, so a config may redefine one variant or add
+one; `--set qtun.NAME.KEY=VALUE` sets one key of one entry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import hashlib
 import json
@@ -43,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from testbed.paths import REPO_ROOT
+from testbed.paths import EXPERIMENT_CONFIGS, REPO_ROOT
 from testbed.paths import RESULTS_ROOT as RESULTS_ROOT  # re-exported: the CLIs default to it
 from tunnel.user_error import RuntimeFailure, UsageError, run_command
 
@@ -121,13 +125,33 @@ def parse_value(text: str) -> Any:
 
 
 def parse_sets(items: Sequence[str]) -> Params:
+    """--set items as one layer; a dotted key (qtun.NAME.KEY) becomes nested tables."""
     out: Params = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or not all(parts):
             raise ExperimentError(f"--set {item!r}: write key=value.")
-        out[key.strip()] = parse_value(value.strip())
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ExperimentError(f"--set {item!r}: {part} is given a value and keys.")
+            node = child
+        node[parts[-1]] = parse_value(value.strip())
     return out
+
+
+def _merge_table(old: dict[str, Any], new: dict[str, Any], deep: bool) -> dict[str, Any]:
+    """A table parameter's layer over its value so far: entries replaced or added (a config
+    file), or with `deep` (--set qtun.NAME.KEY=...) only the given keys of an entry changed."""
+    merged = copy.deepcopy(old)
+    for name, entry in new.items():
+        if deep and isinstance(entry, dict) and isinstance(merged.get(name), dict):
+            merged[name].update(entry)
+        else:
+            merged[name] = entry
+    return merged
 
 
 def load_config(path: Path, experiment: str) -> Params:
@@ -141,6 +165,20 @@ def load_config(path: Path, experiment: str) -> Params:
     return dict(section) if isinstance(section, dict) else data
 
 
+def shipped_config(experiment: str, keys: Sequence[str]) -> Params:
+    """These keys of the experiment's shipped config (experiments/configs/<experiment>.toml):
+    data an experiment keeps there as its defaults too (the qtun variants' settings), so it has
+    one home whether a run gives --config or not."""
+    values = load_config(EXPERIMENT_CONFIGS / f"{experiment}.toml", experiment)
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise ExperimentError(
+            f"experiments/configs/{experiment}.toml lacks {', '.join(missing)} under "
+            f"[{experiment}]: restore it from git."
+        )
+    return {k: values[k] for k in keys}
+
+
 def resolve_params(
     exp: Experiment[S],
     config: Path | None = None,
@@ -148,16 +186,17 @@ def resolve_params(
     runs: int | None = None,
     sets: Sequence[str] = (),
 ) -> Params:
-    params: Params = dict(exp.defaults)
+    params: Params = copy.deepcopy(exp.defaults)
     if quick:
-        params.update(exp.quick)
+        params.update(copy.deepcopy(exp.quick))
     layers: list[Params] = []
     if config is not None:
         layers.append(load_config(config, exp.name))
     if runs is not None:
         layers.append({"runs": runs})
     layers.append(parse_sets(sets))
-    for layer in layers:
+    for number, layer in enumerate(layers):
+        deep = number == len(layers) - 1  # the --set layer: keys of entries, not whole entries
         unknown = sorted(set(layer) - set(exp.defaults))
         if unknown:
             raise ExperimentError(
@@ -170,6 +209,8 @@ def resolve_params(
                 value = float(value)
             if not isinstance(value, want):
                 raise ExperimentError(f"parameter {key} must be a {want.__name__}, not {value!r}.")
+            if isinstance(value, dict):
+                value = _merge_table(params[key], value, deep)
             params[key] = value
     params["quick"] = quick
     if int(params.get("runs", 1)) < 1:

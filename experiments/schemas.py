@@ -33,6 +33,23 @@ class Table:
         return f"{self.name}.csv"
 
 
+# The processes whose CPU every point of the failover, goodput and aggregation experiments records
+# (experiments/procstat.py CpuMeter, over the point's measurement window, 100 = one core):
+#   client, concentrator   the tunnel's programs on c1 and conc: qtun client / concentrator, or
+#                          wireguard-go on each (empty for plain and MPTCP: nothing runs there)
+#   shaper_wifi, shaper_5g qtwire on each access link (empty with the netem backend: no process)
+#   sender, receiver       the traffic generator's two ends (experiments/traffic.py, our iperf3)
+CPU_PROCESSES = ("client", "concentrator", "shaper_wifi", "shaper_5g", "sender", "receiver")
+CPU_COLUMNS = (
+    *(f"cpu_{name}_pct" for name in CPU_PROCESSES),
+    "cpu_host_pct",  # the whole machine's busy time, 100 = one core (a 2-core machine: 200)
+    "cpu_busiest",  # which of CPU_PROCESSES used the most
+    # True when one of them used >= procstat.CPU_SATURATED_PCT of a core: the point may measure
+    # the machine rather than the network (the analysis flags it, never drops it silently)
+    "cpu_saturated",
+)
+
+
 def tables(*written: Table) -> dict[str, list[str]]:
     """`Experiment.tables` for an experiment writing these tables (the first is the primary)."""
     return {t.name: list(t.columns) for t in written}
@@ -49,16 +66,28 @@ FAILOVER = Table(
         "up_at_s",
         "gap_ms",  # empty: delivery never resumed
         "goodput_before_mbps",
-        "goodput_during_mbps",
+        "goodput_during_mbps",  # the whole outage, gap included
         "goodput_after_mbps",
         "packets_lost",
         "reordered",
         "completed",
         "packets_sent",
         "bytes_received",
+        # issue 12's "goodput during the outage (after the gap)": from the end of the gap to the
+        # repair; 0 when delivery resumed only after the repair (or never)
+        "goodput_after_gap_mbps",
+        "ablation_off",  # the mechanism an ablation variant turns off ("none": all on; "": none)
         "detail",
+        *CPU_COLUMNS,
     ),
-    optional=("packets_sent", "bytes_received", "detail"),
+    optional=(
+        "packets_sent",
+        "bytes_received",
+        "goodput_after_gap_mbps",
+        "ablation_off",
+        "detail",
+        *CPU_COLUMNS,
+    ),
 )
 FAILOVER_TIMESERIES = Table(
     "failover_timeseries",
@@ -98,8 +127,12 @@ GOODPUT = Table(
     "goodput",
     (
         "mode",
+        # the tunnel's own (outer QUIC) congestion control and loss hiding, issue 13; "" for the
+        # baselines (plain, WireGuard), which have neither
+        "outer_cc",
+        "loss_hiding",
         "transport",
-        "cc",
+        "cc",  # the inner TCP's congestion control ("" for UDP)
         "loss_pct",
         "rtt_ms",
         "run",
@@ -107,8 +140,9 @@ GOODPUT = Table(
         "rate_mbit",
         "packets_lost",
         "detail",
+        *CPU_COLUMNS,
     ),
-    optional=("rate_mbit", "packets_lost", "detail"),
+    optional=("outer_cc", "loss_hiding", "rate_mbit", "packets_lost", "detail", *CPU_COLUMNS),
 )
 AGGREGATION = Table(
     "aggregation",
@@ -122,8 +156,9 @@ AGGREGATION = Table(
         "goodput_mbps",
         "ratio",
         "detail",
+        *CPU_COLUMNS,
     ),
-    optional=("detail",),
+    optional=("detail", *CPU_COLUMNS),
 )
 SCALE = Table(
     "scale",

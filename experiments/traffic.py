@@ -5,7 +5,7 @@ their receivers record.
     python -m experiments.traffic tcp-recv --dst 10.200.1.2 --port 5400 --start-at T --duration 12 \
         --out recv.json [--mptcp]
     python -m experiments.traffic udp-send --bind ... --rate-mbit 10 --size 1000 ...
-    python -m experiments.traffic udp-recv --dst ... --out recv.json
+    python -m experiments.traffic udp-recv --dst ... --out recv.json [--src 10.2.1.2]
 
 The server side sends, the client side receives (the failover experiment's direction), and the
 client side connects (as a real client would: it is the one behind the accesses). Both sides
@@ -20,6 +20,9 @@ timeouts) are counted, not fatal.
 A fixed-size transfer (`tcp-send --bytes N`, the overhead experiment's bulk transfer) sends
 exactly N bytes and then a FIN; the receiver reads to EOF, so its `bytes_total` is what the
 application read.
+
+`--src ADDR` binds a receiver's socket to one of its addresses before it connects: the client's
+source-routing rules then send it (and the answers come back) over that address's access.
 
 MPTCP (`--mptcp`): the socket is socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP); the kernel's
 path manager adds subflows from the `ip mptcp endpoint`s configured on the host.
@@ -106,20 +109,21 @@ def goodput_mbps(bins: Sequence[int], interval_s: float, t_from: float, t_to: fl
     return sum(bins[lo:hi]) * 8 / ((hi - lo) * interval_s) / 1e6
 
 
-def delivery_gap_ms(
+def delivery_gap(
     bins: Sequence[int], interval_s: float, down_at_s: float, up_at_s: float, lead_s: float = 0.25
-) -> float | None:
-    """The longest run of empty bins that starts around the outage start, in ms.
+) -> tuple[float, float] | None:
+    """The longest run of empty bins that starts around the outage start: (its start, its end)
+    in seconds from the origin.
 
     A run counts if it starts between `lead_s` before the outage and half-way to the repair
     (a gap caused by the repair itself, later, is not the failover gap). None when that run
-    lasts to the end of the record: delivery never resumed. 0.0 when no bin was empty: the gap
-    was shorter than one interval. Resolution: one interval.
+    lasts to the end of the record: delivery never resumed. (t, t) with t the outage start
+    when no bin was empty: the gap was shorter than one interval. Resolution: one interval.
     """
     first = max(0, round((down_at_s - lead_s) / interval_s))
     last_start = round((down_at_s + up_at_s) / 2 / interval_s)
     n = len(bins)
-    longest = 0
+    longest: tuple[int, int] | None = None
     k = first
     while k < n and k <= last_start:
         if bins[k]:
@@ -130,9 +134,20 @@ def delivery_gap_ms(
             end += 1
         if end == n:
             return None  # nothing was delivered after this run began
-        longest = max(longest, end - k)
+        if longest is None or end - k > longest[1] - longest[0]:
+            longest = (k, end)
         k = end
-    return longest * interval_s * 1000
+    if longest is None:
+        return down_at_s, down_at_s
+    return longest[0] * interval_s, longest[1] * interval_s
+
+
+def delivery_gap_ms(
+    bins: Sequence[int], interval_s: float, down_at_s: float, up_at_s: float, lead_s: float = 0.25
+) -> float | None:
+    """The length of `delivery_gap` in ms (None: delivery never resumed; 0.0: no empty bin)."""
+    gap = delivery_gap(bins, interval_s, down_at_s, up_at_s, lead_s)
+    return None if gap is None else round((gap[1] - gap[0]) / interval_s) * interval_s * 1000
 
 
 def jain_index(values: Sequence[float]) -> float | None:
@@ -211,13 +226,25 @@ def tcp_send(
     return report
 
 
+def _bound(sock: socket.socket, src: str | None) -> socket.socket:
+    if src is not None:
+        sock.bind((src, 0))
+    return sock
+
+
 def tcp_recv(
-    dst: str, port: int, start_at: float, duration: float, mptcp: bool, interval: float
+    dst: str,
+    port: int,
+    start_at: float,
+    duration: float,
+    mptcp: bool,
+    interval: float,
+    src: str | None = None,
 ) -> Samples:
     samples = Samples("tcp", start_at, interval)
     deadline = start_at + duration + GRACE_S
     buf = bytearray(262144)
-    sock = tcp_socket(dst, mptcp)
+    sock = _bound(tcp_socket(dst, mptcp), src)
     with sock:
         connect_until = min(deadline, time.monotonic() + CONNECT_WINDOW_S)
         while True:
@@ -230,7 +257,7 @@ def tcp_recv(
                     samples.error = f"connect: {getattr(exc, 'strerror', None) or exc}"
                     return samples
                 sock.close()
-                sock = tcp_socket(dst, mptcp)
+                sock = _bound(tcp_socket(dst, mptcp), src)
                 time.sleep(0.1)
         samples.connected = True
         sock.settimeout(0.05)
@@ -285,11 +312,13 @@ def udp_send(
     return report
 
 
-def udp_recv(dst: str, port: int, start_at: float, duration: float, interval: float) -> Samples:
+def udp_recv(
+    dst: str, port: int, start_at: float, duration: float, interval: float, src: str | None = None
+) -> Samples:
     samples = Samples("udp", start_at, interval)
     deadline = start_at + duration + GRACE_S
     seen = bytearray()
-    with socket.socket(_family(dst), socket.SOCK_DGRAM) as sock:
+    with _bound(socket.socket(_family(dst), socket.SOCK_DGRAM), src) as sock:
         sock.settimeout(0.05)
         next_request = 0.0
         while (now := time.monotonic()) < deadline:
@@ -335,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                 s.add_argument("--bytes", type=int, help="send exactly this many, then FIN")
         else:
             s.add_argument("--dst", required=True)
+            s.add_argument("--src", help="bind to this local address before connecting")
             s.add_argument("--interval", type=float, default=SAMPLE_INTERVAL_S)
         s.add_argument("--port", type=int, required=True)
         s.add_argument("--start-at", type=float, required=True, help="CLOCK_MONOTONIC seconds")
@@ -367,11 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "tcp-recv":
         result = tcp_recv(
-            args.dst, args.port, args.start_at, args.duration, args.mptcp, args.interval
+            args.dst, args.port, args.start_at, args.duration, args.mptcp, args.interval, args.src
         ).to_json()
     else:
         result = udp_recv(
-            args.dst, args.port, args.start_at, args.duration, args.interval
+            args.dst, args.port, args.start_at, args.duration, args.interval, args.src
         ).to_json()
     text = json.dumps(result)
     if args.out:

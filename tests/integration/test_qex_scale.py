@@ -11,7 +11,7 @@ import pytest
 
 from experiments.runner import get_experiment, resolve_params, run_experiment
 
-pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -21,7 +21,7 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 def test_scale_one_and_three_clients(tmp_path: Path) -> None:
     exp = get_experiment("scale")
-    sets = ["clients=[1, 3]", "duration_s=5.0", "warmup_s=1.0", "verify_fidelity=false"]
+    sets = ["clients=[1, 3]", "duration_s=3.0", "warmup_s=1.0", "verify_fidelity=false"]
     params = resolve_params(exp, runs=1, sets=sets)
     summary = run_experiment(exp, params, root=tmp_path, progress=False)
     meta = json.loads((summary.run_dir / "meta.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 from experiments import analysis
 from experiments.analysis import ResultsError
 from experiments.runner import get_experiment
-from experiments.schemas import TABLES, Table
+from experiments.schemas import AGGREGATION, CPU_COLUMNS, FAILOVER, GOODPUT, TABLES, Table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -256,23 +256,29 @@ def write_overhead_run(run: Path) -> None:
 
 
 def write_goodput_run(run: Path) -> None:
+    """plain and session mode (outer cubic and bbr, the latter saturating a core at 1 % loss
+    and 40 ms), inner TCP BBR, 2 losses x 2 RTTs."""
+    header = [*analysis.SCHEMAS["goodput"], "outer_cc", "loss_hiding", "cpu_saturated"]
     rows = [
-        [mode, "tcp", "bbr", loss, rtt, 0, 50.0 / (1 + loss) / (1 + rtt / 100)]
-        for mode in ("plain", "session")
+        [mode, "tcp", "bbr", loss, rtt, 0, 50.0 / (1 + loss) / (1 + rtt / 100), outer, hiding,
+         mode == "session" and outer == "bbr" and (loss, rtt) == (1, 40)]
+        for mode, outer, hiding in (("plain", "", ""), ("session", "cubic", "off"),
+                                    ("session", "bbr", "off"))
         for loss in (0, 1)
         for rtt in (10, 40)
-    ]
-    write_csv(run / "goodput.csv", list(analysis.SCHEMAS["goodput"]), rows)
+    ]  # fmt: skip
+    write_csv(run / "goodput.csv", header, rows)
 
 
 def write_aggregation_run(run: Path) -> None:
     write_csv(
         run / "aggregation.csv",
-        list(analysis.SCHEMAS["aggregation"]),
+        [*analysis.SCHEMAS["aggregation"], "cpu_client_pct", "cpu_saturated"],
         [
-            ["session-aggregate", "wrr", True, 0, 50, 100, 120.0, 0.8],
-            ["session-aggregate", "wrr", True, 1, 50, 100, 126.0, 0.84],
-            ["mptcp", "", "", 0, 50, 100, 140.0, 0.93],
+            ["session-aggregate", "wrr", True, 0, 50, 100, 120.0, 0.8, 97.0, True],
+            ["session-aggregate", "wrr", True, 1, 50, 100, 126.0, 0.84, 60.0, False],
+            ["mptcp", "", "", 0, 50, 100, 140.0, 0.93, "", ""],
+            ["mptcp-backup", "", "", 0, 50, 100, 47.0, 0.31, "", ""],
         ],
     )
 
@@ -290,8 +296,39 @@ def write_scale_run(run: Path) -> None:
     write_csv(run / "scale.csv", header, rows)
 
 
+ABLATION_HEADER = [*FAILOVER_HEADER, "goodput_after_gap_mbps", "ablation_off", "cpu_saturated"]
+
+
+def ablation_row(
+    variant: str, off: str, run: int, gap: float, after: float, hot: bool = False
+) -> list[object]:
+    return [*failover_row(variant, run, gap, True), after, off, hot]
+
+
+def write_ablation_run(run: Path) -> None:
+    """A failover run with the ablation's variants (engine all on, without detection, without
+    reinjection) and plain-5g (90 Mbit/s during the outage), two runs each."""
+    rows = []
+    for r in range(2):
+        rows += [
+            ablation_row("engine", "none", r, 60.0 + r, 80.0 + r),
+            ablation_row("engine-no-detection", "detection", r, 900.0 + r, 40.0, hot=r == 1),
+            ablation_row("engine-no-reinjection", "reinjection", r, 70.0 + r, 50.0),
+            [*failover_row("plain-5g", r, 0.0, True)[:8], 90.0, *failover_row("x", r, 0, True)[9:],
+             90.0, "", False],
+            ablation_row("session-failover", "", r, 100.0, 70.0),
+        ]  # fmt: skip
+    write_csv(run / "failover.csv", ABLATION_HEADER, rows)
+    samples = [[v, r, i / 10, 40.0] for v in ("engine", "plain-5g") for r in range(2)
+               for i in range(600)]  # fmt: skip
+    write_csv(
+        run / "failover_timeseries.csv", list(analysis.SCHEMAS["failover_timeseries"]), samples
+    )
+
+
 WRITERS = {
     "failover": write_failover_run,
+    "ablation": write_ablation_run,
     "overhead": write_overhead_run,
     "goodput": write_goodput_run,
     "aggregation": write_aggregation_run,
@@ -324,6 +361,109 @@ def test_figure_helpers_write_pngs(experiment: str, tmp_path: Path) -> None:
     figure = getattr(analysis, f"{experiment}_figure")
     out = figure(tmp_path, tmp_path / "figs" / f"{experiment}.png")
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_goodput_against_loss_figure(tmp_path: Path) -> None:
+    write_goodput_run(tmp_path)
+    out = analysis.goodput_loss_figure(tmp_path, tmp_path / "loss.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    old = tmp_path / "old"  # a run from before the outer dimensions: one line per mode
+    write_csv(
+        old / "goodput.csv",
+        list(analysis.SCHEMAS["goodput"]),
+        [["tunnel", "udp", "", loss, 10, 0, 20.0 - loss] for loss in (0, 2)],
+    )
+    assert analysis.goodput_loss_figure(old, old / "l.png").read_bytes().startswith(PNG_MAGIC)
+
+
+# -- the multipath engine's columns: goodput after the gap, ablation, CPU ------------------
+def test_failover_summary_divides_goodput_after_the_gap_by_plain_5g(tmp_path: Path) -> None:
+    write_ablation_run(tmp_path)
+    summary = analysis.failover_gap_summary(analysis.load_failover(tmp_path))
+    by = summary.set_index("variant")
+    assert by.loc["engine", "goodput_after_gap_mbps"] == pytest.approx(80.5)
+    assert by.loc["engine", "after_gap_vs_5g"] == pytest.approx(80.5 / 90.0)
+    assert by.loc["plain-5g", "after_gap_vs_5g"] == pytest.approx(1.0)
+    assert by.loc["engine-no-detection", "cpu_saturated_runs"] == 1
+    assert by.loc["engine", "cpu_saturated_runs"] == 0
+    # without plain-5g in the run there is no ratio, not a made-up one
+    write_failover_run(tmp_path / "old")
+    old = analysis.failover_gap_summary(analysis.load_failover(tmp_path / "old"))
+    assert old["after_gap_vs_5g"].isna().all() and (old["cpu_saturated_runs"] == 0).all()
+
+
+def test_ablation_summary_each_mechanism_off_after_the_reference(tmp_path: Path) -> None:
+    write_ablation_run(tmp_path)
+    data = analysis.load_ablation(tmp_path)
+    assert set(data["variant"]) == {
+        "engine",
+        "engine-no-detection",
+        "engine-no-reinjection",
+        "plain-5g",
+    }
+    summary = analysis.ablation_summary(data)
+    assert summary["turns_off"].tolist() == ["none", "detection", "reinjection"]
+    assert summary["gap_ms_mean"].tolist() == pytest.approx([60.5, 900.5, 70.5])
+    assert summary["fiveg_mbps"].tolist() == pytest.approx([90.0] * 3)
+    assert summary["cpu_saturated_runs"].tolist() == [0, 1, 0]
+
+
+def test_a_run_without_ablation_says_so(tmp_path: Path) -> None:
+    write_failover_run(tmp_path)
+    with pytest.raises(ResultsError, match="no ablation variant"):
+        analysis.load_ablation(tmp_path)
+    with pytest.raises(ResultsError, match="no ablation variant"):
+        analysis.ablation_figure(tmp_path, tmp_path / "a.png")
+    assert analysis.ablation_summary(analysis.load_failover(tmp_path)).empty
+
+
+def test_goodput_pivot_per_outer_cc_and_saturated_cells(tmp_path: Path) -> None:
+    write_goodput_run(tmp_path)
+    df = analysis.load_goodput(tmp_path)
+    assert analysis.goodput_keys(df) == [
+        ("plain", "", "", "tcp", "bbr"),
+        ("session", "bbr", "off", "tcp", "bbr"),
+        ("session", "cubic", "off", "tcp", "bbr"),
+    ]
+    bbr = analysis.goodput_pivot(df, "session", "tcp", "bbr", "bbr", "off")
+    assert bbr.loc[0, 10] == pytest.approx(50.0 / 1.1)
+    hot = analysis.goodput_pivot(df, "session", "tcp", "bbr", "bbr", "off", "cpu_saturated")
+    assert bool(hot.loc[1, 40]) and not bool(hot.loc[0, 10])
+    assert analysis.goodput_pivot(df, "session", "tcp", "bbr").empty  # outer CC is part of it
+    assert analysis.goodput_label("session", "bbr", "on", "udp", "") == "session bbr +hiding udp"
+
+
+def test_aggregation_summary_counts_saturated_runs(tmp_path: Path) -> None:
+    write_aggregation_run(tmp_path)
+    summary = analysis.aggregation_summary(analysis.load_aggregation(tmp_path))
+    assert summary["cpu_saturated_runs"].tolist() == [1, 0, 0]
+    assert summary["variant"].tolist() == ["session-aggregate", "mptcp", "mptcp-backup"]
+
+
+def test_cpu_report_lists_the_saturated_points(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_aggregation_run(tmp_path)
+    hot = analysis.cpu_report(analysis.load_aggregation(tmp_path))
+    assert hot is not None and hot["run"].tolist() == [0]
+    assert "cpu_client_pct" in hot.columns
+    assert "1 of 4 points saturated a core" in capsys.readouterr().out
+    write_failover_run(tmp_path / "old")
+    assert analysis.cpu_report(analysis.load_failover(tmp_path / "old")) is None
+    assert "predates the CPU columns" in capsys.readouterr().out
+    assert analysis.cpu_report(None) is None
+
+
+def test_cpu_columns_are_in_every_point_table_and_optional() -> None:
+    """Runs written before them still load; every new row has them (experiments write them)."""
+    for table in (FAILOVER, GOODPUT, AGGREGATION):
+        assert set(CPU_COLUMNS) <= set(table.columns)
+        assert set(CPU_COLUMNS) <= set(table.optional)
+        assert "cpu_saturated" not in analysis.SCHEMAS[table.name]
+    assert {"outer_cc", "loss_hiding"} <= set(GOODPUT.optional)
+    assert {"goodput_after_gap_mbps", "ablation_off"} <= set(FAILOVER.optional)
+    goodput = get_experiment("goodput")
+    assert {"outer_cc", "loss_hiding"} <= set(goodput.key_columns)
 
 
 # -- one declaration per table ---------------------------------------------------------------
@@ -371,6 +511,23 @@ def test_notebook_setup_without_a_run_or_its_table(
     assert "2 point(s) failed" in out and "This goodput run has nothing to show" in out
     nb.figure(analysis.goodput_figure, "goodput.png")
     assert not (tmp_path / "figs").exists()
+
+
+def test_notebook_setup_for_a_notebook_reading_another_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """notebooks/ablation.ipynb reads failover runs."""
+    nb = analysis.notebook_setup("ablation", "", tmp_path, tmp_path / "figs")
+    assert nb.run_dir is None
+    assert f"No ablation results yet under `{tmp_path / 'failover'}`" in capsys.readouterr().out
+    run = make_run(tmp_path, "failover", "20261126-100000")
+    write_failover_run(run)
+    nb = analysis.notebook_setup("ablation", "", tmp_path, tmp_path / "figs")
+    assert nb.run_dir == run and nb.data is None
+    assert "This ablation run has nothing to show" in capsys.readouterr().out
+    write_ablation_run(run)
+    nb = analysis.notebook_setup("ablation", "", tmp_path, tmp_path / "figs")
+    assert nb.data is not None and "engine" in set(nb.data["variant"])
 
 
 def test_rss_growth_sentence(tmp_path: Path) -> None:

@@ -103,6 +103,27 @@ def test_bad_config_file_is_named(tmp_path: Path) -> None:
         resolve_params(toy([]), config=tmp_path / "missing.toml")
 
 
+def test_table_parameters_merge_per_entry(tmp_path: Path) -> None:
+    """A parameter whose default is a table (the qtun variants): a config replaces or adds
+    whole entries, --set NAME.ENTRY.KEY=... changes one key of one entry."""
+    exp = toy([])
+    exp.defaults = {**DEFAULTS, "qtun": {"a": {"mode": "tunnel", "client": ["x=1"]}}}
+    config = tmp_path / "c.toml"
+    config.write_text('[toy.qtun.b]\nmode = "session"\n')
+    params = resolve_params(exp, config=config, sets=['qtun.a.client=["y=2"]'])
+    assert params["qtun"] == {
+        "a": {"mode": "tunnel", "client": ["y=2"]},
+        "b": {"mode": "session"},
+    }
+    config.write_text('[toy.qtun.a]\nscheduler = "wrr"\n')  # a file's entry replaces it
+    assert resolve_params(exp, config=config)["qtun"]["a"] == {"scheduler": "wrr"}
+    assert exp.defaults["qtun"]["a"]["client"] == ["x=1"]  # defaults never mutated
+    with pytest.raises(ExperimentError, match="must be a dict"):
+        resolve_params(exp, sets=["qtun=3"])
+    with pytest.raises(ExperimentError, match="is given a value and keys"):
+        resolve_params(exp, sets=["qtun.a=1", "qtun.a.mode=x"])
+
+
 def test_set_values_are_toml_or_bare_strings() -> None:
     assert parse_value("1") == 1
     assert parse_value("0.5") == 0.5

@@ -1,0 +1,91 @@
+"""CPU per point (issue 12 "Watch the CPU"): experiments.procstat.CpuMeter, the saturation flag
+and the CPU columns a row gets (experiments.flows.cpu_columns). Readings are injected where a
+figure is checked: no test depends on how busy the machine is."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.flows import cpu_columns
+from experiments.procstat import CPU_SATURATED_PCT, CpuMeter, saturation
+from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES
+
+
+def test_saturation_is_the_busiest_process_at_90_percent_of_a_core() -> None:
+    assert CPU_SATURATED_PCT == 90.0
+    usage = {"client": 95.0, "sender": 20.0, "shaper_wifi": None}
+    assert saturation(usage) == ("client", True)
+    assert saturation({"concentrator": 89.9, "receiver": 3.0}) == ("concentrator", False)
+    assert saturation({"shaper_5g": 90.0}) == ("shaper_5g", True)  # "at or above"
+    assert saturation({"client": None}) == (None, None)  # nothing measured: unknown, not "no"
+    assert saturation({}) == (None, None)
+
+
+def meter_with(readings: dict[str, tuple[tuple[float, float], tuple[float, float]]]) -> CpuMeter:
+    """A meter whose first and last (time, CPU seconds) readings are given."""
+    meter = CpuMeter({name: 1 for name in readings})
+    for name, (first, last) in readings.items():
+        meter.first[name], meter.last[name] = first, last
+    return meter
+
+
+def test_cpu_columns_of_a_point() -> None:
+    # 9.5 CPU seconds in 10 s: 95 % of a core; qtwire 2 s in 10 s: 20 %
+    meter = meter_with(
+        {
+            "client": ((100.0, 1.0), (110.0, 10.5)),
+            "shaper_wifi": ((100.0, 0.0), (110.0, 2.0)),
+            "sender": ((100.0, 5.0), (100.0, 5.0)),  # sampled once: no interval, no figure
+        }
+    )
+    meter.host_first, meter.host_last = (0, 0, 2), (150, 100, 2)  # 150 of 100 jiffies x 2 cores
+    row = cpu_columns(meter)
+    assert list(row) == list(CPU_COLUMNS)
+    assert row["cpu_client_pct"] == pytest.approx(95.0)
+    assert row["cpu_shaper_wifi_pct"] == pytest.approx(20.0)
+    assert row["cpu_sender_pct"] is None and row["cpu_concentrator_pct"] is None
+    assert row["cpu_host_pct"] == pytest.approx(300.0)
+    assert (row["cpu_busiest"], row["cpu_saturated"]) == ("client", True)
+    calm = cpu_columns(meter_with({"receiver": ((0.0, 0.0), (4.0, 1.0))}))
+    assert (calm["cpu_busiest"], calm["cpu_saturated"]) == ("receiver", False)
+    assert cpu_columns(None) == dict.fromkeys(CPU_COLUMNS)
+    assert [c.removeprefix("cpu_").removesuffix("_pct") for c in CPU_COLUMNS[:6]] == list(
+        CPU_PROCESSES
+    )
+
+
+def test_the_meter_samples_live_processes_over_its_window() -> None:
+    """A real window of about half a second: both processes get a figure (how large is the
+    machine's business), a pid that does not exist gets None, and the thread ends."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        meter = CpuMeter({"child": child.pid, "me": os.getpid(), "gone": 2**22 + 7})
+        start = time.monotonic()
+        meter.start(start, start + 0.6)
+        deadline = time.monotonic() + 10
+        while meter._thread is not None and meter._thread.is_alive():
+            assert time.monotonic() < deadline, "the meter's thread outlived its window"
+            time.sleep(0.05)
+        meter.stop()
+    finally:
+        child.kill()
+        child.wait()
+    usage = meter.usage()
+    assert usage["child"] is not None and usage["child"] >= 0
+    assert usage["me"] is not None and usage["me"] >= 0
+    assert usage["gone"] is None
+    assert meter.host_pct() is not None
+
+
+def test_a_stopped_meter_does_not_wait_for_its_window() -> None:
+    meter = CpuMeter({"me": os.getpid()}, skip_s=60.0)
+    now = time.monotonic()
+    meter.start(now, now + 120.0)
+    meter.stop()  # returns at once: the thread was waiting for the window's start
+    assert meter._thread is not None and not meter._thread.is_alive()
+    assert meter.usage() == {"me": None}
