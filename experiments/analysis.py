@@ -318,14 +318,18 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
     summary = pd.DataFrame(rows)
     if summary.empty:
         return summary
-    reference = summary[summary["variant"] == FIVEG_REFERENCE].set_index(["event", "traffic"])
-    summary["after_gap_vs_5g"] = [
-        row.goodput_after_gap_mbps / reference.loc[(row.event, row.traffic), "goodput_during_mbps"]
-        if (row.event, row.traffic) in reference.index
-        and reference.loc[(row.event, row.traffic), "goodput_during_mbps"] > 0
-        else math.nan
-        for row in summary.itertuples()
-    ]
+    # 5G alone's goodput over the outage per (event, traffic). Plain dicts, not `.loc` on a
+    # MultiIndex: that expression took mypy (pandas-stubs' overloads) minutes to check.
+    fiveg: dict[tuple[str, str], float] = {
+        (str(r["event"]), str(r["traffic"])): float(r["goodput_during_mbps"])
+        for r in rows
+        if r["variant"] == FIVEG_REFERENCE
+    }
+    ratios: list[float] = []
+    for r in rows:
+        base = fiveg.get((str(r["event"]), str(r["traffic"])), math.nan)
+        ratios.append(float(r["goodput_after_gap_mbps"]) / base if base > 0 else math.nan)
+    summary["after_gap_vs_5g"] = ratios
     order = {v: i for i, v in enumerate(_ordered(summary["variant"].tolist(), VARIANT_ORDER))}
     summary["_order"] = summary["variant"].map(order)
     return (
@@ -667,12 +671,13 @@ def _saturated_rows(failover: pd.DataFrame, row: Any) -> pd.DataFrame:
     """The runs of one summary row (variant, event, traffic) where a process saturated a core."""
     if "cpu_saturated" not in failover.columns:
         return failover.iloc[0:0]
-    return failover[
+    hot: pd.DataFrame = failover[
         (failover["variant"] == row.variant)
         & (failover["event"] == row.event)
         & (failover["traffic"] == row.traffic)
         & failover["cpu_saturated"].astype(bool)
     ]
+    return hot
 
 
 def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
@@ -689,7 +694,8 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
         return
     y = np.arange(len(summary))[::-1]
     relative = bool(np.isfinite(summary["after_gap_vs_5g"].to_numpy(dtype=float)).any())
-    for i, row in enumerate(summary.itertuples()):
+    rows: list[Any] = list(summary.itertuples())  # named tuples of the summary's columns
+    for i, row in enumerate(rows):
         mean = float(row.goodput_after_gap_mbps)
         half = float(row.goodput_after_gap_ci) if np.isfinite(row.goodput_after_gap_ci) else 0.0
         scale = 1.0
