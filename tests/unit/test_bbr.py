@@ -197,3 +197,32 @@ def test_max_filter_forgets_after_its_window() -> None:
     assert f.value == 40.0  # round 10 is still inside
     f.update(20, 10.0)
     assert f.value == 10.0
+
+
+def test_an_app_limited_start_does_not_end_startup() -> None:
+    """Rounds in which the sender had little to send (a tunnel before its inner flow ramps up)
+    say nothing about the pipe: STARTUP must not end on them (Linux tcp_bbr.c,
+    bbr_check_full_bw_reached, skips app-limited samples). Ending it there left the model at the
+    idle rate: measured through the real tunnel at 100 ms RTT, inner TCP got 0.46 of 50 Mbit/s."""
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE, rtt=0.100)
+    for _ in range(10):  # ten round trips of one packet each, the sender saying it is idle
+        cc.note_app_limited()
+        packet = QuicSentPacket(
+            epoch=Epoch.ONE_RTT,
+            in_flight=True,
+            is_ack_eliciting=True,
+            is_crypto_packet=False,
+            packet_number=link.next_pn,
+            packet_type=QuicPacketType.ONE_RTT,
+            sent_time=link.now,
+            sent_bytes=MSS,
+        )
+        link.next_pn += 1
+        cc.on_packet_sent(packet=packet)
+        link.now += 0.100
+        cc.on_packet_acked(now=link.now, packet=packet)
+        cc.on_rtt_measurement(now=link.now, rtt=0.100)
+    assert cc.state is BbrState.STARTUP
+    link.run(3.0)  # then greedy: the model finds the link within a few round trips
+    assert link.goodput(1.0) >= 0.8 * RATE

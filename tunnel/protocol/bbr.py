@@ -177,7 +177,9 @@ class BbrCongestionControl(QuicCongestionControl):
             delivered=self.delivered,
             delivered_time=self.delivered_time,
             first_sent_time=self.first_sent_time,
-            app_limited=self.app_limited_until > self.delivered,
+            # as Linux's tcp_rate_skb_sent: app-limited while the mark is set at all (it is
+            # set to delivered + in flight, which is 0 only for an idle, fresh connection: 1)
+            app_limited=self.app_limited_until != 0,
             sent_time=sent_time,
             size=packet.sent_bytes,
         )
@@ -190,7 +192,8 @@ class BbrCongestionControl(QuicCongestionControl):
         if state is None:
             return
         self.first_sent_time = state.sent_time
-        if self.app_limited_until and self.delivered >= self.app_limited_until:
+        # the mark clears once everything in flight when it was set is delivered (tcp_rate_gen)
+        if self.app_limited_until and self.delivered > self.app_limited_until:
             self.app_limited_until = 0
         # round trips: one ends when a packet sent after the last round start is acked
         self.round_start = state.delivered >= self.next_round_delivered
@@ -198,7 +201,7 @@ class BbrCongestionControl(QuicCongestionControl):
             self.next_round_delivered = self.delivered
             self.round_count += 1
         self._sample_bandwidth(now, state)
-        self._update_state(now)
+        self._update_state(now, state.app_limited)
         self._set_pacing_rate()
         self._set_cwnd(packet.sent_bytes)
 
@@ -264,8 +267,8 @@ class BbrCongestionControl(QuicCongestionControl):
             self.cycle_stamp = now
             self.pacing_gain = PACING_GAIN_CYCLE[self.cycle_index]
 
-    def _update_state(self, now: float) -> None:
-        self._check_full_pipe()
+    def _update_state(self, now: float, app_limited: bool) -> None:
+        self._check_full_pipe(app_limited)
         if self.state is BbrState.STARTUP and self.filled_pipe:
             self._enter(BbrState.DRAIN, now)
         if self.state is BbrState.DRAIN and self.bytes_in_flight <= self.bdp():
@@ -274,8 +277,11 @@ class BbrCongestionControl(QuicCongestionControl):
             self._advance_cycle(now)
         self._check_probe_rtt(now)
 
-    def _check_full_pipe(self) -> None:
-        if self.filled_pipe or not self.round_start:
+    def _check_full_pipe(self, app_limited: bool) -> None:
+        # A round whose sample is app-limited says nothing about the pipe (Linux tcp_bbr.c,
+        # bbr_check_full_bw_reached): a tunnel is app-limited until its inner flows ramp up,
+        # and ending STARTUP on those rounds would leave the model at the idle rate.
+        if self.filled_pipe or not self.round_start or app_limited:
             return
         if self.btlbw >= self.full_bw * FULL_BW_GROWTH:
             self.full_bw = self.btlbw
