@@ -226,3 +226,12 @@ def test_an_app_limited_start_does_not_end_startup() -> None:
     assert cc.state is BbrState.STARTUP
     link.run(3.0)  # then greedy: the model finds the link within a few round trips
     assert link.goodput(1.0) >= 0.8 * RATE
+
+
+def test_a_new_connection_does_not_start_in_probe_rtt() -> None:
+    """The RTprop window starts at the first RTT sample, whatever the clock reads (a monotonic
+    clock is far from 0): the first ACKs of a connection must not send it to PROBE_RTT."""
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE, rtt=RTT, now=5000.0)
+    link.run(0.5)
+    assert BbrState.PROBE_RTT not in link.states, link.states

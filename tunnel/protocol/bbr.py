@@ -227,7 +227,12 @@ class BbrCongestionControl(QuicCongestionControl):
         self._enter(BbrState.STARTUP, 0.0)
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
-        self.rtprop_expired = now > self.rtprop_stamp + RTPROP_FILTER_SECONDS
+        # The window starts with the first sample (Linux stamps min_rtt at connection start):
+        # measured against a stamp of 0 on a monotonic clock it was "expired" at once and the
+        # next ACK put a connection that had just begun into PROBE_RTT.
+        self.rtprop_expired = (
+            self.rtprop is not None and now > self.rtprop_stamp + RTPROP_FILTER_SECONDS
+        )
         if self.rtprop is None or rtt <= self.rtprop or self.rtprop_expired:
             self.rtprop = rtt
             self.rtprop_stamp = now
