@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,12 @@ def deployment() -> Iterator[QtunDeployment]:
 
 
 def test_every_client_has_its_own_session_and_address(deployment: QtunDeployment) -> None:
-    conc = deployment.status("conc")
+    def all_joined(status: dict[str, Any]) -> bool:
+        # a client is ready with one connection; its second access joins moments later
+        entries = status.get("clients", [])
+        return len(entries) == CLIENTS and all(len(c["connections"]) == 2 for c in entries)
+
+    conc = deployment.wait_for("conc", all_joined, timeout=20, what="both accesses joined")
     clients = {c["name"]: c for c in conc["clients"]}
     assert sorted(clients) == [f"c{k}" for k in range(1, CLIENTS + 1)]
     assert len({c["session_id"] for c in clients.values()}) == CLIENTS
