@@ -87,9 +87,9 @@ def qtlab_up(*argv: str) -> Iterator[Cli]:
 
 def test_session_tunnel_in_the_cli_reaches_a_server_and_sees_wifi_go_down() -> None:
     with qtlab_up("reference", "--tunnel", "session") as cli:
-        status = cli.run("tunnel")
+        # the status files are written a moment after each change: poll until the session is in
         conc = r"conc: concentrator up, 1 client\(s\), 1 session\(s\), 2 connection"
-        assert re.search(conc, status), status
+        status = cli.until("tunnel", conc)
         assert "c1: session mode up, inner 10.8.0.3; wifi up active" in status, status
         assert "3 packets transmitted, 3 received" in cli.node("c1", PING)
         cli.run("wifi down")
