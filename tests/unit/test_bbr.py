@@ -62,17 +62,7 @@ class Bottleneck:
         # pacing credit never accumulates beyond 1 ms (like aioquic's pacer bucket)
         self.next_send = max(self.next_send, self.now - 0.001)
         while cc.bytes_in_flight + MSS <= cc.congestion_window and self.next_send <= self.now:
-            packet = QuicSentPacket(
-                epoch=Epoch.ONE_RTT,
-                in_flight=True,
-                is_ack_eliciting=True,
-                is_crypto_packet=False,
-                packet_number=self.next_pn,
-                packet_type=QuicPacketType.ONE_RTT,
-                sent_time=self.now,
-                sent_bytes=MSS,
-            )
-            self.next_pn += 1
+            packet = self._packet()
             cc.on_packet_sent(packet=packet)
             rate = getattr(cc, "pacing_rate", None)
             if rate:
@@ -84,6 +74,31 @@ class Bottleneck:
             heapq.heappush(
                 self._events, (self.link_free + self.rtt, packet.packet_number, lost, packet)
             )
+
+    def _packet(self) -> QuicSentPacket:
+        """The next full-size packet, sent now."""
+        packet = QuicSentPacket(
+            epoch=Epoch.ONE_RTT,
+            in_flight=True,
+            is_ack_eliciting=True,
+            is_crypto_packet=False,
+            packet_number=self.next_pn,
+            packet_type=QuicPacketType.ONE_RTT,
+            sent_time=self.now,
+            sent_bytes=MSS,
+        )
+        self.next_pn += 1
+        return packet
+
+    def app_limited_round(self, rtt: float) -> None:
+        """One round trip in which the application sends one packet and says it has no more."""
+        self.cc.note_app_limited()
+        packet = self._packet()
+        self.cc.on_packet_sent(packet=packet)
+        self.now += rtt
+        self._deliver()
+        self.cc.on_packet_acked(now=self.now, packet=packet)
+        self.cc.on_rtt_measurement(now=self.now, rtt=rtt)
 
     def _deliver(self) -> None:
         while self._events and self._events[0][0] <= self.now:
@@ -167,22 +182,7 @@ def test_app_limited_samples_do_not_lower_the_estimate() -> None:
     estimate = cc.btlbw
     # the application sends one packet per RTT and says so
     for _ in range(40):
-        cc.note_app_limited()
-        packet = QuicSentPacket(
-            epoch=Epoch.ONE_RTT,
-            in_flight=True,
-            is_ack_eliciting=True,
-            is_crypto_packet=False,
-            packet_number=link.next_pn,
-            packet_type=QuicPacketType.ONE_RTT,
-            sent_time=link.now,
-            sent_bytes=MSS,
-        )
-        link.next_pn += 1
-        cc.on_packet_sent(packet=packet)
-        link.now += RTT
-        link._deliver()
-        cc.on_packet_acked(now=link.now, packet=packet)
+        link.app_limited_round(RTT)
     assert cc.btlbw >= 0.9 * estimate
 
 
@@ -207,22 +207,7 @@ def test_an_app_limited_start_does_not_end_startup() -> None:
     cc = BbrCongestionControl(max_datagram_size=MSS)
     link = Bottleneck(cc, rate=RATE, rtt=0.100)
     for _ in range(10):  # ten round trips of one packet each, the sender saying it is idle
-        cc.note_app_limited()
-        packet = QuicSentPacket(
-            epoch=Epoch.ONE_RTT,
-            in_flight=True,
-            is_ack_eliciting=True,
-            is_crypto_packet=False,
-            packet_number=link.next_pn,
-            packet_type=QuicPacketType.ONE_RTT,
-            sent_time=link.now,
-            sent_bytes=MSS,
-        )
-        link.next_pn += 1
-        cc.on_packet_sent(packet=packet)
-        link.now += 0.100
-        cc.on_packet_acked(now=link.now, packet=packet)
-        cc.on_rtt_measurement(now=link.now, rtt=0.100)
+        link.app_limited_round(0.100)
     assert cc.state is BbrState.STARTUP
     link.run(3.0)  # then greedy: the model finds the link within a few round trips
     assert link.goodput(1.0) >= 0.8 * RATE
