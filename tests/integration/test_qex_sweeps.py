@@ -141,12 +141,12 @@ def test_aggregation_mptcp_uses_both_accesses(tmp_path: Path) -> None:
     summary = run_experiment(exp, params, root=tmp_path, progress=False)
     by = {r["variant"]: r for r in rows(summary.run_dir / "aggregation.csv")}
     row = by["mptcp"]
+    print(f"rows: {by}\npackets received per access: {delivered}; goodput {row['goodput_mbps']}, "
+          f"with a backup subflow {by['mptcp-backup']['goodput_mbps']}")  # fmt: skip
     assert list(row) == exp.tables["aggregation"]
     assert float(row["goodput_mbps"]) > 0, row
     # the CSV keeps 6 decimals, so a ratio of 0.00094 stands for 0.1409 Mbit/s as well as 0.141
     assert float(row["goodput_mbps"]) == pytest.approx(150 * float(row["ratio"]), abs=150e-6), row
-    print(f"packets received per access: {delivered}; goodput {row['goodput_mbps']}, "
-          f"with a backup subflow {by['mptcp-backup']['goodput_mbps']}")  # fmt: skip
     # tens of thousands of packets in 4 s: 2 % of them is far more than handshakes and
     # keep-alives, i.e. the scheduler really sent data on that subflow
     total = sum(delivered["mptcp"].values())
