@@ -331,6 +331,8 @@ class Client:
             endpoint.start(driver.receive, TUN_BATCH)
         driver.endpoint = client.endpoint = endpoint
         old.close()
+        if isinstance(driver.quic, TunnelQuicConnection):
+            driver.quic.reset_path_state()  # RFC 9000 §9.4: another access, another path
         local = address_text(endpoint.local_address)
         log.info("socket moved access=%s local=%s", migrate.target.name, local)
 

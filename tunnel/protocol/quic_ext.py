@@ -5,7 +5,9 @@ the largest DATAGRAM frame it will actually send, (c) the path's smoothed RTT an
 its queue of pending datagrams, (d) a server asking for a client certificate and
 reading it back (see tunnel/policy/client_auth.py for why the concentrator needs that),
 (e) receive credit tied to what the application consumed (aioquic doubles its
-windows as data arrives, which lets a peer make it allocate without bound).
+windows as data arrives, which lets a peer make it allocate without bound), (f) congestion
+control, pacing and datagram fates, and the reset of congestion and RTT state on a migration
+(RFC 9000 §9.4).
 Everything the tunnel needs from those internals is here, behind small typed
 functions, so an aioquic upgrade has one file to check.
 Importing this module fails with one clear sentence if the internals moved.
@@ -13,6 +15,7 @@ Importing this module fails with one clear sentence if the internals moved.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -181,6 +184,8 @@ def _check_aioquic_internals() -> None:
             "_rtt_variance",
             "_rtt_min",
             "_rtt_initialized",
+            "_rtt_first_sample_time",
+            "_rtt_latest",
             "max_ack_delay",
             "get_probe_timeout",
             "on_ack_received",
@@ -326,6 +331,7 @@ class TunnelQuicConnection(QuicConnection):
         elif pacing_rate is not None and pacing_rate <= 0:
             raise ValueError(f"a pacing rate must be > 0 bytes/s, got {pacing_rate}")
         self._tunnel_now: float | None = None
+        self._tunnel_pacing_rate = pacing_rate
         self._tunnel_paced = hasattr(cc, "pacing_rate") or pacing_rate is not None
         # one entry per queued DATAGRAM, in aioquic's queue order (None: not tracked)
         self._tunnel_datagram_tokens: deque[Hashable | None] = deque(
@@ -333,12 +339,50 @@ class TunnelQuicConnection(QuicConnection):
         )
         self._tunnel_fates: list[tuple[Hashable, bool]] = []
         self._tunnel_fates_announced: bool = False
-        if self._tunnel_paced:
-            cap = None if isinstance(cc, PacedNoCongestionControl) else pacing_rate
-            pacer = RatePacer(cc, max_datagram_size=self._max_datagram_size, cap=cap)
-            pacer.observe_sent(cc)
-            pacer.update_rate(cc.congestion_window, INITIAL_RTT)
-            loss._pacer = pacer
+        self._tunnel_path_resets = 0
+        self._set_pacer()
+
+    def _set_pacer(self) -> None:
+        loss = self._loss
+        cc = loss._cc
+        if not self._tunnel_paced:
+            loss._pacer = QuicPacketPacer(max_datagram_size=self._max_datagram_size)
+            return
+        rate = self._tunnel_pacing_rate
+        cap = None if isinstance(cc, PacedNoCongestionControl) else rate
+        pacer = RatePacer(cc, max_datagram_size=self._max_datagram_size, cap=cap)
+        pacer.observe_sent(cc)
+        pacer.update_rate(cc.congestion_window, INITIAL_RTT)
+        loss._pacer = pacer
+
+    def reset_path_state(self) -> None:
+        """RFC 9000 §9.4: on a new path the sender "MUST reset the congestion controller and
+        round-trip time estimator for the new path" (not for a port change alone: a NAT
+        rebinding, handled by the caller). aioquic does neither, and what the old access
+        measured is wrong for the new one: BBR kept the old path's RTprop and bottleneck rate,
+        Cubic its window, loss recovery its RTT (so its probe timeout). A fresh controller of
+        the same algorithm takes over what is in flight (its bytes still count until they are
+        acknowledged or lost); RTT samples start again, as on a new connection (RFC 9002 §5:
+        persistent congestion is judged only from packets sent after the first new sample)."""
+        loss = self._loss
+        old = loss._cc
+        if not isinstance(old, PacedNoCongestionControl):  # "none" keeps no path state
+            fresh = type(old)(max_datagram_size=self._max_datagram_size)
+            fresh.bytes_in_flight = old.bytes_in_flight
+            loss._cc = fresh
+        loss._rtt_initialized = False
+        loss._rtt_first_sample_time = 0.0
+        loss._rtt_latest = 0.0
+        loss._rtt_min = math.inf
+        loss._rtt_smoothed = 0.0
+        loss._rtt_variance = 0.0
+        self._set_pacer()
+        self._tunnel_path_resets += 1
+
+    @property
+    def path_resets(self) -> int:
+        """How often reset_path_state ran (a migration to another address)."""
+        return self._tunnel_path_resets
 
     def _write_datagram_frame(
         self, builder: QuicPacketBuilder, data: bytes, frame_type: QuicFrameType
@@ -574,7 +618,17 @@ class TunnelQuicConnection(QuicConnection):
                 )
                 self._close_end()
                 return
+        before = self._network_paths[0].addr if self._network_paths else None
         super().receive_datagram(data, addr, now)
+        # A server learns of a migration when aioquic promotes the client's new address
+        # (RFC 9000 §9.3); a new port on the same address is a NAT rebinding (§9.4: no reset).
+        if (
+            not self._is_client
+            and before is not None
+            and self._network_paths
+            and self._network_paths[0].addr[0] != before[0]
+        ):
+            self.reset_path_state()
 
     @property
     def local_stream_mode(self) -> bool:
