@@ -82,7 +82,7 @@ from testbed.hosts import HostProcess
 from testbed.lab import Lab, LabError
 from testbed.qtun import QTUN_PORT, QtunDeployment, TunnelSpec
 from testbed.topologies import ACCESSES, CONCENTRATOR_V4, SERVERS_V4, Access, Plan
-from tunnel.config_schema import walk
+from tunnel.config_schema import unknown_settings
 
 CLIENT = "c1"
 WG_PORT = 51820
@@ -370,20 +370,6 @@ class WireGuard:
 
 
 # -- qtun --------------------------------------------------------------------------------------
-def unknown_settings(overrides: Sequence[str], config: type[Any]) -> list[str]:
-    """The `--set key=value` overrides whose key names no setting of `config` (ClientConfig or
-    ConcentratorConfig; list items by index, `access.0.interface`): a typo in an experiment's
-    config is found before any point runs, not by the program at the first point."""
-    known = {key for key, _ in walk(config)}
-    unknown = []
-    for override in overrides:
-        key = override.partition("=")[0].strip()
-        pattern = ".".join("N" if part.isdigit() else part for part in key.split("."))
-        if pattern not in known:
-            unknown.append(key)
-    return unknown
-
-
 QTUN_MODES_OF_SPEC = ("tunnel", "session")
 _VARIANT_KEYS: dict[str, type] = {
     "mode": str,

@@ -3,6 +3,7 @@
 qtlab up reference [--backend auto|netem|wire] [--profile wifi=lte,delay_ms=30] [--cc cubic]
 qtlab up nclient --clients 50
 qtlab up reference --tunnel session [--scheduler wrr] [--stream]   (qtun running in the lab)
+qtlab up reference --tunnel tunnel --set failback=false --script demo.txt   (a scripted lab)
 qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies
 qtlab run failover [--config F] [--runs N] [--shard i/n] [--resume DIR] [--quick] [--set k=v]
 qtlab demo
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +138,12 @@ def tunnel_summary(deployment: Any) -> str:
     return "\n".join(lines)
 
 
-def _run_cli(lab: Any, deployment: Any = None) -> None:
+MAX_SLEEP_S = 600.0
+
+
+def _run_cli(lab: Any, deployment: Any = None, script: Path | None = None) -> None:
+    """Mininet's CLI with the access verbs (and `tunnel` with qtun running), interactive or,
+    with `script`, batch: each line echoed as `qtlab> line` and run, `exit` ends it early."""
     from mininet.cli import CLI
     from mininet.log import setLogLevel
 
@@ -161,13 +168,88 @@ def _run_cli(lab: Any, deployment: Any = None) -> None:
             print(tunnel_summary(deployment))
 
         methods["do_tunnel"] = do_tunnel
+
+    def do_sleep(self: Any, line: str) -> None:
+        """sleep SECONDS: wait (e.g. between the steps of a script), at most 600 s."""
+        try:
+            seconds = float(line)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= MAX_SLEEP_S:
+            print(f"error: sleep takes a number of seconds from 0 to {MAX_SLEEP_S:g}.")
+            return
+        time.sleep(seconds)
+
+    def do_source(self: Any, line: str) -> None:
+        """source FILE: run FILE's commands, each echoed first; `exit` in it ends the CLI."""
+        path = Path(line.strip())
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            print(f"error: cannot read the script {path}: {exc.strerror}.")
+            return
+        for command in lines:
+            if not command.strip() or command.lstrip().startswith("#"):
+                continue
+            print(f"qtlab> {command}", flush=True)
+            if self.onecmd(command):
+                return
+
+    methods["do_sleep"] = do_sleep
+    methods["do_source"] = do_source
     cls = type("QtlabCLI", (CLI,), methods)
     extra = "; `tunnel` shows the qtun programs" if deployment is not None else ""
     print(
         f"qtlab: backend {lab.backend}; access commands: {', '.join(names)} "
         f"(try `help wifi`){extra}."
     )
-    cls(lab.net)
+    if script is None:
+        cls(lab.net)
+        return
+    # Batch mode. Mininet forwards what arrives on the CLI's stdin to a node while a node
+    # command runs: the CLI gets a pipe nobody writes to, so the script's lines (or a
+    # terminal's keys) can never reach a node's shell, and its end never kills one.
+    read_end, write_end = os.pipe()
+    try:
+        with open(read_end, closefd=True) as quiet:
+            cls(lab.net, stdin=quiet, script=str(script))
+    finally:
+        os.close(write_end)
+
+
+def check_script(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UsageError(f"--script {path}: no such file; give a file of CLI commands.")
+    return path.resolve()
+
+
+def qtun_overrides(items: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`--set key=value` items as (client, concentrator) overrides: each goes to every program
+    whose configuration has that setting (tunnel/config.py; `limits.congestion_control` both,
+    `failback` the client only); a key neither has is a usage error."""
+    from tunnel.config import ClientConfig, ConcentratorConfig
+    from tunnel.config_schema import unknown_settings
+
+    client: list[str] = []
+    concentrator: list[str] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--set {item!r}: write key=value, e.g. --set failback=false.")
+        to_client = not unknown_settings([item], ClientConfig)
+        to_concentrator = not unknown_settings([item], ConcentratorConfig)
+        if not (to_client or to_concentrator):
+            raise UsageError(
+                f"--set {key.strip()}: no qtun setting has that name; see the README's "
+                "configuration reference."
+            )
+        if to_client:
+            client.append(item)
+        if to_concentrator:
+            concentrator.append(item)
+    return tuple(client), tuple(concentrator)
 
 
 def _require_root(what: str) -> None:
@@ -208,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream",
         action="store_true",
         help="with --tunnel: stream mode too, the clients' TCP to the servers on QUIC streams",
+    )
+    up.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --tunnel: a qtun setting for every program that has it "
+        '(e.g. failback=false, limits.congestion_control="bbr"); repeatable',
+    )
+    up.add_argument(
+        "--script",
+        type=Path,
+        help="run this file's CLI commands (one per line, echoed), then tear everything down",
     )
     sub.add_parser("doctor", help="report kernel features, programs and privileges")
     sub.add_parser("clean", help="remove what crashed qtlab runs left behind (only ours)")
@@ -287,6 +382,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.stream and not args.tunnel:
         raise UsageError("--stream needs --tunnel tunnel or --tunnel session.")
+    if args.set and not args.tunnel:
+        raise UsageError(
+            "--set needs --tunnel tunnel or --tunnel session (it sets qtun's settings)."
+        )
+    client_sets, concentrator_sets = qtun_overrides(args.set)
+    script = check_script(args.script)
     if args.tunnel and args.topology == "pair":
         raise UsageError("--tunnel needs a topology with a concentrator: reference or nclient.")
     from testbed.lab import Lab
@@ -294,22 +395,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     with Lab(args.topology, backend=args.backend, congestion_control=args.cc, **params) as lab:
         print(f"qtlab: {args.topology} up in {lab.build_seconds:.1f} s")
         if not args.tunnel:
-            _run_cli(lab)
+            _run_cli(lab, script=script)
             return 0
         from testbed.qtun import QtunDeployment, TunnelSpec
 
+        intercept = ('stream.intercept=["10.200.0.0/16", "fd00:200::/32"]',) if args.stream else ()
         spec = TunnelSpec(
             mode=args.tunnel,
             scheduler=args.scheduler,
             stream=args.stream,
-            client_overrides=(
-                ('stream.intercept=["10.200.0.0/16", "fd00:200::/32"]',) if args.stream else ()
-            ),
+            client_overrides=intercept + client_sets,
+            concentrator_overrides=concentrator_sets,
         )
         with QtunDeployment(lab, spec) as deployment:
             print(tunnel_summary(deployment))
-            print("try: c1 ping -c3 10.200.1.2   (through the tunnel), then `wifi down`")
-            _run_cli(lab, deployment)
+            if script is None:
+                print("try: c1 ping -c3 10.200.1.2   (through the tunnel), then `wifi down`")
+            _run_cli(lab, deployment, script)
     return 0
 
 

@@ -505,6 +505,20 @@ def walk(
             yield from walk(inner, f"{prefix}{entry.key}{many}", entry.declaration)
 
 
+def unknown_settings(overrides: Sequence[str], config: type[DataclassInstance]) -> list[str]:
+    """The `--set key=value` overrides whose key names no setting of `config` (ClientConfig or
+    ConcentratorConfig; list items by index, `access.0.interface`): a typo in an experiment's
+    config or on `qtlab up --set` is found before any program runs."""
+    known = {key for key, _ in walk(config)}
+    unknown = []
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        pattern = ".".join("N" if part.isdigit() else part for part in key.split("."))
+        if pattern not in known:
+            unknown.append(key)
+    return unknown
+
+
 # --- reading --------------------------------------------------------------------------------------
 
 Check = Callable[[Any, "Table"], None]

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,39 @@ def test_stream_flag_carries_the_clients_tcp_on_quic_streams() -> None:
         cli.until("tunnel", r"stream mode: 1 TCP connections")
         cli.node("srv1", "kill %python3")
         assert cli.exit() == 0
+
+
+def test_a_script_runs_with_settings_for_the_programs_and_ends_cleanly(tmp_path: Path) -> None:
+    """`qtlab up ... --set ... --script FILE`, the projected demo: the file's commands run one
+    after the other, each echoed, whatever arrives on stdin (it was forwarded to a node's shell
+    and hung the lab); `exit` ends the script early; the lab is torn down (leak check) and the
+    exit code is 0. A setting reaches each program that has it: failback the client only, the
+    datagram queue both."""
+    script = tmp_path / "lab.txt"
+    script.write_text(
+        "# a comment, and a blank line, are skipped\n"
+        "\n"
+        "tunnel\n"
+        # the tunnel's readiness, polled in c1 (a bounded loop of the shell's own)
+        "c1 for i in $(seq 50); do ping -c1 -W1 10.200.1.2 >/dev/null && break; done\n"
+        f"c1 {PING}\n"
+        "sh pgrep -af 'qtun (client|concentrator)'\n"
+        "sleep 0.1\n"
+        "exit\n"
+        "sh echo never-run\n"
+    )
+    argv = ["reference", "--tunnel", "tunnel", "--set", "failback=false"]
+    argv += ["--set", "limits.max_datagram_queue=777", "--script", str(script)]
+    cmd = [sys.executable, "-u", "-m", "testbed.cli", "up", *argv]
+    with process(cmd, ready=None, timeout=120, grace=60, merge_stderr=True) as proc:
+        proc.send("exit")  # stdin is not the script's: ignored
+        out = proc.read_until("qtlab> exit", timeout=120)
+        assert proc.wait(timeout=90) == 0, proc.log_tail()
+    assert f"qtlab> c1 {PING}" in out and "3 packets transmitted, 3 received" in out, out
+    programs = [line for line in out.splitlines() if "777" in line]
+    clients = [line for line in programs if "qtun client" in line or " client -c " in line]
+    concentrators = [line for line in programs if "concentrator" in line]
+    assert clients and concentrators, out
+    assert all("failback=false" in line for line in clients), clients
+    assert not any("failback" in line for line in concentrators), concentrators
+    assert "never-run" not in out

@@ -214,3 +214,22 @@ def test_up_refuses_a_tunnel_it_cannot_run(
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert cli.main(argv) == 2  # a usage mistake (tunnel.user_error.UsageError)
     assert capsys.readouterr().err.strip() == message
+
+
+def test_qtlab_up_set_reaches_the_programs_that_have_the_setting() -> None:
+    client, concentrator = cli.qtun_overrides(
+        ["failback=false", 'limits.congestion_control="bbr"', "access.1.name=5g"]
+    )
+    assert client == ("failback=false", 'limits.congestion_control="bbr"', "access.1.name=5g")
+    assert concentrator == ('limits.congestion_control="bbr"',)
+    for bad in ("failbak=false", "failback", "=1", "limits.nosuch=3"):
+        with pytest.raises(cli.UsageError, match="--set"):
+            cli.qtun_overrides([bad])
+
+
+def test_qtlab_up_refuses_a_missing_script(tmp_path: Path) -> None:
+    with pytest.raises(cli.UsageError, match="no such file"):
+        cli.check_script(tmp_path / "nothing.txt")
+    script = tmp_path / "lab.txt"
+    script.write_text("tunnel\n")
+    assert cli.check_script(script) == script.resolve()
