@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -185,6 +185,7 @@ def _check_aioquic_internals() -> None:
             "_rtt_min",
             "_rtt_initialized",
             "_rtt_first_sample_time",
+            "_pto_count",
             "_rtt_latest",
             "max_ack_delay",
             "get_probe_timeout",
@@ -252,6 +253,9 @@ class TunnelQuicConnection(QuicConnection):
     own list, and looked for in the peer's list after aioquic validated it. Stream
     mode is in use when both sides sent the parameter.
     """
+
+    # the silence clock (_install_ack_tracking), restarted by reset_path_state
+    _tunnel_unanswered_since: float | None
 
     def __init__(
         self,
@@ -360,22 +364,33 @@ class TunnelQuicConnection(QuicConnection):
         round-trip time estimator for the new path" (not for a port change alone: a NAT
         rebinding, handled by the caller). aioquic does neither, and what the old access
         measured is wrong for the new one: BBR kept the old path's RTprop and bottleneck rate,
-        Cubic its window, loss recovery its RTT (so its probe timeout). A fresh controller of
-        the same algorithm takes over what is in flight (its bytes still count until they are
-        acknowledged or lost); RTT samples start again, as on a new connection (RFC 9002 §5:
-        persistent congestion is judged only from packets sent after the first new sample)."""
+        Cubic its window, loss recovery its RTT (so its probe timeout).
+
+        A fresh controller of the same algorithm starts with nothing in flight: the packets
+        still out on the old path are not the new path's (a failed access may never answer for
+        them, and counted against the new window they blocked it until loss recovery gave up on
+        them: measured, 230 ms more without delivery on a link-down, 2 s on a blackhole). Their
+        acknowledgements and losses still reach loss recovery, not the new controller. RTT
+        samples start again as on a new connection (RFC 9002 §5; persistent congestion is
+        judged only from packets sent after the first new sample), and so does our silence
+        clock (ack_state: a new path is silent from its own first unanswered packet)."""
         loss = self._loss
         old = loss._cc
-        if not isinstance(old, PacedNoCongestionControl):  # "none" keeps no path state
-            fresh = type(old)(max_datagram_size=self._max_datagram_size)
-            fresh.bytes_in_flight = old.bytes_in_flight
-            loss._cc = fresh
+        fresh = type(old)(max_datagram_size=self._max_datagram_size)
+        if isinstance(old, PacedNoCongestionControl) and isinstance(
+            fresh, PacedNoCongestionControl
+        ):
+            fresh.pacing_rate = old.pacing_rate
+        _ignore_flight_before(fresh, self._packet_number)
+        loss._cc = fresh
+        loss._pto_count = 0
         loss._rtt_initialized = False
         loss._rtt_first_sample_time = 0.0
         loss._rtt_latest = 0.0
         loss._rtt_min = math.inf
         loss._rtt_smoothed = 0.0
         loss._rtt_variance = 0.0
+        self._tunnel_unanswered_since = None
         self._set_pacer()
         self._tunnel_path_resets += 1
 
@@ -445,7 +460,7 @@ class TunnelQuicConnection(QuicConnection):
         sent since then (what the silence is counted from). aioquic keeps neither; its two
         entry points are wrapped on this connection's recovery object."""
         self._tunnel_last_progress: float | None = None
-        self._tunnel_unanswered_since: float | None = None
+        self._tunnel_unanswered_since = None
         # path probes (path_probe): key -> the connection ID it uses; challenge -> key; the
         # packet numbers the probes took (hidden from loss recovery, see _ack_received)
         self._tunnel_probe_cids: dict[Hashable, QuicConnectionId] = {}
@@ -785,6 +800,30 @@ class TunnelQuicConnection(QuicConnection):
 def pacing_rate(mbps: float | None) -> float | None:
     """limits.pacing_rate_mbps (10^6 bit/s) as TunnelQuicConnection's pacing_rate (bytes/s)."""
     return None if mbps is None else mbps * 1_000_000 / 8
+
+
+def _ignore_flight_before(cc: Any, first: int) -> None:
+    """Make `cc` (a fresh controller, reset_path_state) blind to packets numbered below `first`:
+    they were sent on the old path and were never counted in its bytes in flight."""
+    acked, lost, expired = cc.on_packet_acked, cc.on_packets_lost, cc.on_packets_expired
+
+    def on_packet_acked(*, now: float, packet: Any) -> None:
+        if packet.packet_number >= first:
+            acked(now=now, packet=packet)
+
+    def on_packets_lost(*, now: float, packets: Iterable[Any]) -> None:
+        ours = [p for p in packets if p.packet_number >= first]
+        if ours:
+            lost(now=now, packets=ours)
+
+    def on_packets_expired(*, packets: Iterable[Any]) -> None:
+        ours = [p for p in packets if p.packet_number >= first]
+        if ours:
+            expired(packets=ours)
+
+    cc.on_packet_acked = on_packet_acked
+    cc.on_packets_lost = on_packets_lost
+    cc.on_packets_expired = on_packets_expired
 
 
 class RatePacer(QuicPacketPacer):
