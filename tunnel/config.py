@@ -266,37 +266,17 @@ class ObservabilityConfig:
     )
 
 
-# --- the client -----------------------------------------------------------------------------------
+# --- both programs' [limits] ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ClientLimits:
-    max_datagram_queue: int = field(
-        default=256,
-        metadata=setting(
-            "tunnel datagrams waiting in aioquic before new ones are dropped",
-            Integer(1, 65536),
-            unit="datagrams",
-        ),
-    )
-    reconnect_backoff_max: float = field(
-        default=30.0,
-        metadata=setting(
-            "cap of the exponential reconnect backoff (from 0.25 s)",
-            Number(0.1, 3600.0),
-            unit="s",
-        ),
-    )
+class PathLimits:
+    """What both ends of a tunnel connection set alike (README "Configuration reference": the
+    same keys under the client's and the concentrator's [limits]): the QUIC connection, its
+    congestion control and the multipath engine. Declared once here."""
+
     idle_timeout: float = field(
         default=30.0, metadata=setting("QUIC idle timeout", SECONDS_IDLE, unit="s")
-    )
-    probe_interval: float = field(
-        default=1.0,
-        metadata=setting(
-            "between liveness probes on each access (dead after 3 unanswered)",
-            Number(0.01, 60.0),
-            unit="s",
-        ),
     )
     reorder_timeout: float | None = field(
         default=None, metadata=setting(REORDER_DOC, REORDER_TIMEOUT, unit="s", unset=REORDER_UNSET)
@@ -327,6 +307,37 @@ class ClientLimits:
     duplication: bool = field(default=True, metadata=setting(DUPLICATION_DOC, Boolean()))
     duplicate_up_to: int = field(
         default=0, metadata=setting(DUPLICATE_UP_TO_DOC, Integer(0, 65535), unit="bytes")
+    )
+
+
+# --- the client -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientLimits(PathLimits):
+    max_datagram_queue: int = field(
+        default=256,
+        metadata=setting(
+            "tunnel datagrams waiting in aioquic before new ones are dropped",
+            Integer(1, 65536),
+            unit="datagrams",
+        ),
+    )
+    reconnect_backoff_max: float = field(
+        default=30.0,
+        metadata=setting(
+            "cap of the exponential reconnect backoff (from 0.25 s)",
+            Number(0.1, 3600.0),
+            unit="s",
+        ),
+    )
+    probe_interval: float = field(
+        default=1.0,
+        metadata=setting(
+            "between liveness probes on each access (dead after 3 unanswered)",
+            Number(0.01, 60.0),
+            unit="s",
+        ),
     )
 
 
@@ -487,7 +498,7 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
-class ConcentratorLimits:
+class ConcentratorLimits(PathLimits):
     max_clients: int = field(
         default=64, metadata=setting("clients connected at once", Integer(1, 1_000_000))
     )
@@ -518,39 +529,6 @@ class ConcentratorLimits:
             Number(0.0, 86400.0),
             unit="s",
         ),
-    )
-    idle_timeout: float = field(
-        default=30.0, metadata=setting("QUIC idle timeout", SECONDS_IDLE, unit="s")
-    )
-    reorder_timeout: float | None = field(
-        default=None, metadata=setting(REORDER_DOC, REORDER_TIMEOUT, unit="s", unset=REORDER_UNSET)
-    )
-    congestion_control: str = field(
-        default="reno", metadata=setting(CONGESTION_DOC, Choice(CONGESTION_CONTROLS))
-    )
-    pacing_rate_mbps: float | None = field(
-        default=None,
-        metadata=setting(
-            PACING_DOC,
-            Number(0.001, 1_000_000.0),
-            unit="Mbit/s",
-            unset='no cap (required with congestion_control = "none")',
-        ),
-    )
-    failure_detection: bool = field(default=True, metadata=setting(DETECTION_DOC, Boolean()))
-    reinjection: bool = field(default=True, metadata=setting(REINJECTION_DOC, Boolean()))
-    loss_hiding: str = field(
-        default="off", metadata=setting(LOSS_HIDING_DOC, Choice(LOSS_HIDING_CHOICES))
-    )
-    resend_deadline: float | None = field(
-        default=None,
-        metadata=setting(
-            RESEND_DEADLINE_DOC, Number(0.001, 10.0), unit="s", unset=RESEND_DEADLINE_UNSET
-        ),
-    )
-    duplication: bool = field(default=True, metadata=setting(DUPLICATION_DOC, Boolean()))
-    duplicate_up_to: int = field(
-        default=0, metadata=setting(DUPLICATE_UP_TO_DOC, Integer(0, 65535), unit="bytes")
     )
     # Tunnel mode has one connection: while the client reports its access unavailable
     # (tunnel draft §Access Report) packets for it wait, bounded (README "The multipath engine").
