@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_network
 
 import pytest
 from hypothesis import given, settings
@@ -96,3 +96,24 @@ def test_arbitrary_bytes_get_a_verdict_never_an_exception(data: bytes) -> None:
     if verdict is V.ACCEPTED:
         assert data[0] >> 4 in (4, 6)
     assert sum(filt.stats.counts.values()) == 1
+
+
+@given(
+    st.lists(st.ip_addresses(), min_size=1, max_size=4),
+    st.lists(st.integers(0, 128), min_size=4, max_size=4),
+    st.ip_addresses(),
+)
+def test_the_integer_test_agrees_with_ipaddress(
+    bases: list[IPv4Address | IPv6Address], lengths: list[int], source: IPv4Address | IPv6Address
+) -> None:
+    """The per-packet test on integers (network & mask) says what `source in network` says,
+    for any prefixes and any source of either family."""
+    networks = [
+        ip_network(f"{base}/{min(n, base.max_prefixlen)}", strict=False)
+        for base, n in zip(bases, lengths, strict=False)
+    ]
+    filt = IngressFilter(networks)
+    packet = v4(str(source)) if source.version == 4 else v6(str(source))
+    expected = any(source in net for net in networks if net.version == source.version)
+    accepted = filt.classify(packet) is IngressVerdict.ACCEPTED
+    assert accepted == expected

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 
 from tunnel.wire.icmp import IPV4_HEADER_MIN, IPV6_HEADER_SIZE
 
@@ -56,6 +56,10 @@ class IngressFilter:
         self.stats = IngressStats()
         self._v4: tuple[IPv4Network, ...] = ()
         self._v6: tuple[IPv6Network, ...] = ()
+        # (network, netmask) as integers: the per-packet test is two integer operations per
+        # prefix instead of an ipaddress object per packet (issue 14: 1.1 -> 0.4 µs a packet)
+        self._v4_masks: tuple[tuple[int, int], ...] = ()
+        self._v6_masks: tuple[tuple[int, int], ...] = ()
         self.set_prefixes(prefixes)
 
     @property
@@ -68,6 +72,8 @@ class IngressFilter:
         ]
         self._v4 = tuple(n for n in networks if isinstance(n, IPv4Network))
         self._v6 = tuple(n for n in networks if isinstance(n, IPv6Network))
+        self._v4_masks = tuple((int(n.network_address), int(n.netmask)) for n in self._v4)
+        self._v6_masks = tuple((int(n.network_address), int(n.netmask)) for n in self._v6)
 
     def classify(self, packet: bytes) -> IngressVerdict:
         """The verdict for `packet`, without counting it."""
@@ -83,18 +89,21 @@ class IngressFilter:
                 return IngressVerdict.BAD_HEADER
             if len(packet) < header_length or len(packet) < claimed:
                 return IngressVerdict.TRUNCATED
-            source4 = IPv4Address(packet[12:16])
-            ok = any(source4 in net for net in self._v4)
+            source = int.from_bytes(packet[12:16], "big")
+            masks = self._v4_masks
         elif version == 6:
             if len(packet) < IPV6_HEADER_SIZE:
                 return IngressVerdict.TRUNCATED
             if len(packet) < IPV6_HEADER_SIZE + int.from_bytes(packet[4:6], "big"):
                 return IngressVerdict.TRUNCATED
-            source6 = IPv6Address(packet[8:24])
-            ok = any(source6 in net for net in self._v6)
+            source = int.from_bytes(packet[8:24], "big")
+            masks = self._v6_masks
         else:
             return IngressVerdict.NOT_IP
-        return IngressVerdict.ACCEPTED if ok else IngressVerdict.SPOOFED_SOURCE
+        for network, netmask in masks:
+            if source & netmask == network:
+                return IngressVerdict.ACCEPTED
+        return IngressVerdict.SPOOFED_SOURCE
 
     def check(self, packet: bytes) -> IngressVerdict:
         """The verdict for `packet`, counted in `stats`."""
