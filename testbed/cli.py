@@ -18,6 +18,7 @@ was asked, a qtun program that did not come up), 130 interrupted. A user's error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -164,8 +165,18 @@ def _run_cli(lab: Any, deployment: Any = None, script: Path | None = None) -> No
     if deployment is not None:
 
         def do_tunnel(self: Any, line: str) -> None:
-            """tunnel: the qtun programs' state (from their status files)."""
-            print(tunnel_summary(deployment))
+            """tunnel: the qtun programs' state (from their status files).
+            tunnel wait REGEX [SECONDS]: poll that state until it matches REGEX (a Python
+            regular expression; at most SECONDS, 10 by default), then print it — e.g.
+            `tunnel wait c1: .*wifi up active` after `wifi up`."""
+            words = line.split()
+            if not words:
+                print(tunnel_summary(deployment))
+                return
+            if words[0] != "wait" or len(words) < 2:
+                print("error: use `tunnel` or `tunnel wait REGEX [SECONDS]`.")
+                return
+            print(wait_for_tunnel(deployment, line.strip()[len("wait") :].strip()))
 
         methods["do_tunnel"] = do_tunnel
 
@@ -215,6 +226,38 @@ def _run_cli(lab: Any, deployment: Any = None, script: Path | None = None) -> No
             cls(lab.net, stdin=quiet, script=str(script))
     finally:
         os.close(write_end)
+
+
+MAX_WAIT_S = 120.0
+WAIT_POLL_S = 0.05
+
+
+def wait_for_tunnel(deployment: Any, argument: str) -> str:
+    """`tunnel wait REGEX [SECONDS]`: tunnel_summary once it matches REGEX, polled every 50 ms
+    (the status files are rewritten every 0.25 s and on each change), or an error line with the
+    last summary after SECONDS (10 by default, at most 120)."""
+    import re
+
+    pattern, seconds = argument, 10.0
+    head, _, tail = argument.rpartition(" ")
+    if head:  # a last word that is a number is the timeout
+        with contextlib.suppress(ValueError):
+            seconds, pattern = float(tail), head.strip()
+    if not 0 < seconds <= MAX_WAIT_S:
+        return f"error: tunnel wait takes at most {MAX_WAIT_S:g} seconds."
+    try:
+        expression = re.compile(pattern)
+    except re.error as exc:
+        return f"error: {pattern!r} is not a regular expression ({exc})."
+    deadline = time.monotonic() + seconds
+    while True:
+        summary = tunnel_summary(deployment)
+        if expression.search(summary):
+            return summary
+        if time.monotonic() >= deadline:
+            late = f"error: after {seconds:g} s the tunnel still does not match {pattern!r}:"
+            return f"{late}\n{summary}"
+        time.sleep(WAIT_POLL_S)
 
 
 def check_script(path: Path | None) -> Path | None:
@@ -408,6 +451,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             concentrator_overrides=concentrator_sets,
         )
         with QtunDeployment(lab, spec) as deployment:
+            # for `sh` commands (they run in qtlab's own environment): where the status files
+            # and the logs are, e.g. `sh cat $QTLAB_STATUS_DIR/c1.status.json`
+            os.environ["QTLAB_STATUS_DIR"] = str(deployment.workdir)
+            os.environ["QTLAB_LOG_DIR"] = str(lab.log_dir)
             print(tunnel_summary(deployment))
             if script is None:
                 print("try: c1 ping -c3 10.200.1.2   (through the tunnel), then `wifi down`")
