@@ -113,7 +113,7 @@ def echo_replies(peer: Peer, since: int) -> int:
 
 
 async def replies_on(
-    sides: dict[str, Peer], send: Callable[[], None], timeout: float = 1.5
+    sides: dict[str, Peer], send: Callable[[], None], timeout: float = 3.0
 ) -> dict[str, int]:
     """Send one echo request (`send`) and wait for its reply on any of `sides`, at most
     `timeout` s: the echo replies each side received meanwhile."""
