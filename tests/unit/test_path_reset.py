@@ -17,12 +17,7 @@ def bbr_pair(net: Network) -> Path:
     client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
     client_config.congestion_control_algorithm = "bbr"
     server_config.congestion_control_algorithm = "bbr"
-    client = TunnelQuicConnection(configuration=client_config)
-    server = TunnelQuicConnection(
-        configuration=server_config,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    return net.add_connection_pair(client, server, delay=NEAR)
+    return net.add_path(client_config, server_config, delay=NEAR)
 
 
 def exchange(net: Network, path: Path, seconds: float) -> None:
@@ -80,12 +75,9 @@ def test_what_was_in_flight_is_still_accounted_for_after_a_reset() -> None:
     client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
     for name in ("cubic", "bbr"):
         client_config.congestion_control_algorithm = name
-        client = TunnelQuicConnection(configuration=client_config)
-        server = TunnelQuicConnection(
-            configuration=server_config,
-            original_destination_connection_id=client.original_destination_connection_id,
-        )
-        path = net.add_connection_pair(client, server, delay=NEAR)
+        path = net.add_path(client_config, server_config, delay=NEAR)
+        client = path.client.quic
+        assert isinstance(client, TunnelQuicConnection)
         net.run(0.3)
         for n in range(40):
             client.send_datagram_frame(n.to_bytes(2, "big") + b"x" * 1000)
