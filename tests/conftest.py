@@ -10,8 +10,8 @@
   network namespaces, root-namespace interfaces, nftables tables and helper processes (qtun,
   qtwire, iperf3, tcpdump, wireguard-go) present at the end but not at the start fail the run,
   even if every test passed: tests must clean up after themselves, failures included.
-- `make test` runs two pytest-xdist workers; root tests are grouped so that Mininet labs never
-  overlap (see _xdist_group).
+- `make test TEST_WORKERS=2` runs two pytest-xdist workers; root tests are grouped so that
+  Mininet labs never overlap (see _xdist_group). `make test` alone runs serially.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _xdist_group(item: pytest.Item) -> str | None:
-    """Which root tests may never run at the same time (`make test` runs two pytest-xdist
-    workers with --dist loadgroup): every Mininet lab on one worker, one after the other (a lab
-    creates its links in the root namespace under fixed names such as c1-eth0, and
+    """Which root tests may never run at the same time (`make test TEST_WORKERS=2` runs two
+    pytest-xdist workers with --dist loadgroup): every Mininet lab on one worker, one after the
+    other (a lab creates its links in the root namespace under fixed names such as c1-eth0, and
     `qtlab clean` removes every qtb-* name), and the namespace-harness tests on one worker (their
     names are unique per process, tests/integration/netns.py, so they may run beside a lab).
     Unit and notebook tests go wherever a worker is free."""

@@ -57,7 +57,7 @@ class IngressFilter:
         self._v4: tuple[IPv4Network, ...] = ()
         self._v6: tuple[IPv6Network, ...] = ()
         # (network, netmask) as integers: the per-packet test is two integer operations per
-        # prefix instead of an ipaddress object per packet (issue 14: 1.1 -> 0.4 µs a packet)
+        # prefix instead of an ipaddress object per packet (issue 14: 1.1 -> 0.4-0.5 µs a packet)
         self._v4_masks: tuple[tuple[int, int], ...] = ()
         self._v6_masks: tuple[tuple[int, int], ...] = ()
         self.set_prefixes(prefixes)

@@ -168,10 +168,8 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
         sent_time = packet.sent_time if packet.sent_time is not None else self.delivered_time
-        if not self._sent:
-            # a new flight: intervals start here (draft-cheng §3.2). "Nothing of ours in
-            # flight" rather than bytes_in_flight == 0: a controller that took over a flight
-            # (quic_ext.reset_path_state) would otherwise measure from time 0 — 17 bytes/s.
+        if self.bytes_in_flight == 0:
+            # a new flight: intervals start here (draft-cheng §3.2)
             self.first_sent_time = sent_time
             self.delivered_time = sent_time
         self.bytes_in_flight += packet.sent_bytes

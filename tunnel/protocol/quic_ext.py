@@ -377,10 +377,8 @@ class TunnelQuicConnection(QuicConnection):
         loss = self._loss
         old = loss._cc
         fresh = type(old)(max_datagram_size=self._max_datagram_size)
-        if isinstance(old, PacedNoCongestionControl) and isinstance(
-            fresh, PacedNoCongestionControl
-        ):
-            fresh.pacing_rate = old.pacing_rate
+        if isinstance(fresh, PacedNoCongestionControl):
+            fresh.pacing_rate = self._tunnel_pacing_rate  # as _install_pacer set it
         _ignore_flight_before(fresh, self._packet_number)
         loss._cc = fresh
         loss._pto_count = 0
