@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 
-.PHONY: all deps venv lint typecheck check test test-unit demo bench soak fuzz fidelity notebooks lab install-dissector clean distclean
+.PHONY: all deps venv lint typecheck check test test-unit demo bench soak fuzz fidelity notebooks lab install-dissector install-commands uninstall-commands clean distclean
 
 all: venv
 
@@ -51,16 +51,12 @@ check: lint typecheck
 	$(PY) -m pytest -q -m "not root and not slow and not notebook" tests/unit
 
 # Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks, with
-# Hypothesis' "ci" profile (tests/conftest.py) and the slowest tests listed at the end.
-# pytest exits 5 when it collected nothing; make treats that as the failure it is. QTL_LEAK_CHECK
-# fails the run if it leaves namespaces, interfaces, nft tables or helper processes behind.
-# TEST_WORKERS=2 runs two pytest-xdist workers (the Mininet tests one after the other on one,
-# the namespace, unit and notebook tests on the other: tests/conftest.py _xdist_group): ~7.5 min
-# instead of ~12, but timing-sensitive root tests flaked under the extra load, so CI runs serially.
-TEST_WORKERS ?= 1
-XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,)
+# Hypothesis' "ci" profile and the slowest tests listed. scripts/run-tests runs the root tests
+# one after the other (with the leak check: the run fails if it leaves namespaces, interfaces,
+# nft tables or helper processes behind) and the unit and notebook tests beside them at nice 19.
+# pytest exits 5 when it collected nothing; the script and make treat that as the failure it is.
 test: lint typecheck build/qtwire
-	QTL_LEAK_CHECK=1 $(PY) -m pytest $(XDIST) --hypothesis-profile=ci --durations=25 tests
+	PY=$(PY) ./scripts/run-tests
 
 # What a user without root can run: the sans-I/O core and everything else that needs no
 # privileges or Mininet (tests/unit; no notebooks).
@@ -105,6 +101,15 @@ WIRESHARK_PLUGINS ?= $(HOME)/.local/lib/wireshark/plugins
 install-dissector:
 	install -D -m 644 tools/wireshark/quic_tunnel.lua $(WIRESHARK_PLUGINS)/quic_tunnel.lua
 	@echo "installed $(WIRESHARK_PLUGINS)/quic_tunnel.lua: restart Wireshark; filter on qtun"
+
+# `sudo qtlab ...` from anywhere: sudo's secure_path leaves .venv/bin out, so this writes small
+# qtlab and qtun wrappers that run this checkout's into BINDIR (on sudo's path). As root.
+BINDIR ?= /usr/local/bin
+install-commands: venv
+	./scripts/install-commands $(BINDIR)
+
+uninstall-commands:
+	./scripts/install-commands --remove $(BINDIR)
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

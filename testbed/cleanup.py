@@ -3,8 +3,9 @@
 Unlike `mn -c`, which removes every Mininet-like thing on the host, this reads the state files
 of runs whose owner process is dead (testbed.hosts.RunState) and kills exactly the node shells
 and programs listed there (after checking each pid still runs what was recorded, since pids
-get reused), restores the host-wide sysctls they changed, and removes root-namespace links and
-namespaces carrying this project's `qtb` prefix (netem probes, scratch namespaces).
+get reused), restores the host-wide sysctls they changed, and removes the scratch namespaces
+(qtb-<purpose>-<pid>: the netem probe, `qtlab doctor`) whose maker is dead. Nothing that belongs
+to a live run is touched, so cleaning while another lab runs is safe.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def clean_run(state_path: Path) -> list[str]:
 
 
 def clean() -> list[str]:
-    """Clean every dead run, then our prefixed root-namespace links and namespaces."""
+    """Clean every dead run, then the scratch namespaces of dead processes."""
     done: list[str] = []
     for state_path in sorted(RUN_ROOT.glob("run-*/state.json")):
         try:
@@ -103,15 +104,16 @@ def clean() -> list[str]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in netns.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(f"{PREFIX}-"):
+        if _scratch_namespace_of_a_dead_process(name):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
             done.append(f"deleted namespace {name}")
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    for line in links.splitlines():
-        fields = line.split(":")
-        if len(fields) > 1:
-            name = fields[1].strip().split("@")[0]
-            if name.startswith(PREFIX):
-                subprocess.run(["ip", "link", "del", name], capture_output=True)
-                done.append(f"deleted link {name}")
     return done
+
+
+def _scratch_namespace_of_a_dead_process(name: str) -> bool:
+    """Our scratch namespaces are named qtb-<purpose>-<pid of their maker> (the netem probe,
+    `qtlab doctor`); one whose maker still runs is in use, and anything else is not ours."""
+    prefix, _, pid = name.rpartition("-")
+    if not name.startswith(f"{PREFIX}-") or not prefix or not pid.isdigit():
+        return False
+    return not _alive(int(pid))

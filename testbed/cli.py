@@ -343,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         '(e.g. failback=false, limits.congestion_control="bbr"); repeatable',
     )
     up.add_argument(
+        "--capture",
+        type=Path,
+        metavar="DIR",
+        help="capture every access (DIR/<client>/<access>.pcap) and, with --tunnel, the "
+        "programs' TLS key logs and qlogs; read it with `qtlab decode DIR` or Wireshark",
+    )
+    up.add_argument(
         "--script",
         type=Path,
         help="run this file's CLI commands (one per line, echoed), then tear everything down",
@@ -433,13 +440,49 @@ def _dispatch(args: argparse.Namespace) -> int:
     script = check_script(args.script)
     if args.tunnel and args.topology == "pair":
         raise UsageError("--tunnel needs a topology with a concentrator: reference or nclient.")
+    capture = check_capture_dir(args.capture)
+    try:
+        _up(args, params, script, capture, client_sets, concentrator_sets)
+    finally:
+        if capture is not None:
+            from testbed.capture import hand_over
+
+            hand_over(capture)
+            print(f"qtlab: the capture is in {capture}; read it with `qtlab decode {capture}`")
+    return 0
+
+
+def check_capture_dir(path: Path | None) -> Path | None:
+    """--capture DIR: a new or empty directory (a second capture would mix with the first)."""
+    if path is None:
+        return None
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"--capture {path}: not an empty directory; give a new one.")
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def _up(
+    args: argparse.Namespace,
+    params: dict[str, Any],
+    script: Path | None,
+    capture: Path | None,
+    client_sets: tuple[str, ...],
+    concentrator_sets: tuple[str, ...],
+) -> None:
     from testbed.lab import Lab
 
     with Lab(args.topology, backend=args.backend, congestion_control=args.cc, **params) as lab:
         print(f"qtlab: {args.topology} up in {lab.build_seconds:.1f} s")
+        if capture is not None:
+            from testbed.capture import start_capture
+
+            pcaps = start_capture(lab, capture)
+            os.environ["QTLAB_CAPTURE_DIR"] = str(capture)  # for `sh` commands
+            print(f"qtlab: capturing {len(pcaps)} access interface(s) into {capture}")
         if not args.tunnel:
             _run_cli(lab, script=script)
-            return 0
+            return
         from testbed.qtun import QtunDeployment, TunnelSpec
 
         intercept = ('stream.intercept=["10.200.0.0/16", "fd00:200::/32"]',) if args.stream else ()
@@ -449,6 +492,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             stream=args.stream,
             client_overrides=intercept + client_sets,
             concentrator_overrides=concentrator_sets,
+            capture=capture,
         )
         with QtunDeployment(lab, spec) as deployment:
             # for `sh` commands (they run in qtlab's own environment): where the status files
@@ -459,7 +503,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             if script is None:
                 print("try: c1 ping -c3 10.200.1.2   (through the tunnel), then `wifi down`")
             _run_cli(lab, deployment, script)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,11 +171,24 @@ class ProcessManager:
             raise
         return server
 
-    def start_pcap(self, node: Node, intf: str, snaplen: int = 256) -> tuple[HostProcess, Path]:
-        """tcpdump on one interface, written as it goes (-U) so a crash still leaves a pcap."""
-        pcap = self.log_dir / f"{node.name}-{intf}.pcap"
-        argv = ["tcpdump", "-i", intf, "-U", "-s", str(snaplen), "-w", str(pcap)]
-        return self.start(node, f"tcpdump-{intf}", argv), pcap
+    def start_pcap(
+        self, node: Node, intf: str, pcap: Path | None = None, snaplen: int = 256
+    ) -> tuple[HostProcess, Path]:
+        """tcpdump on one interface (snaplen 0: whole packets), returned once it captures.
+
+        Written as it goes (-U) so a crash still leaves a pcap; --immediate-mode hands packets
+        to tcpdump at once, not in blocks a stop would lose. Default file:
+        <log_dir>/<node>-<intf>.pcap."""
+        pcap = pcap or self.log_dir / f"{node.name}-{intf}.pcap"
+        pcap.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["tcpdump", "-n", "-i", intf, "--immediate-mode", "-U", "-s", str(snaplen)]
+        proc = self.start(node, f"tcpdump-{intf}", [*argv, "-w", str(pcap)])
+        try:
+            wait_in_log(proc, "listening on")
+        except BaseException:
+            self.stop(proc)
+            raise
+        return proc, pcap
 
     def stop(self, proc: HostProcess, timeout_s: float = 3.0) -> int | None:
         if proc.running():
@@ -211,6 +224,22 @@ def wait_listening(
             tail = proc.log_path.read_text(errors="replace")[-300:].strip()
             raise TimeoutError(
                 f"{proc.name} on {node.name} is not listening on port {port} ({why}); "
+                f"log tail: {tail or '(empty)'}"
+            )
+        time.sleep(0.02)
+
+
+def wait_in_log(proc: HostProcess, text: str, timeout_s: float = 10.0) -> None:
+    """Return once `text` appears in the program's log (its own word that it is ready);
+    TimeoutError with the log tail if it exits first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while text not in proc.log_path.read_text(errors="replace"):
+        exited = not proc.running()
+        if exited or time.monotonic() > deadline:
+            why = f"exited ({proc.popen.returncode})" if exited else f"after {timeout_s:g} s"
+            tail = proc.log_path.read_text(errors="replace")[-300:].strip()
+            raise TimeoutError(
+                f"{proc.name} on {proc.node_name} never said {text!r} ({why}); "
                 f"log tail: {tail or '(empty)'}"
             )
         time.sleep(0.02)

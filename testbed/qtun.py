@@ -76,6 +76,9 @@ class TunnelSpec:
     client_overrides: tuple[str, ...] = ()  # extra --set key=value for the client(s)
     concentrator_overrides: tuple[str, ...] = ()
     log_level: str = "info"
+    # `qtlab up --capture DIR`: each program's TLS key log (DIR/keylog/<node>.keylog) and qlog
+    # (DIR/qlog/<node>/) go there, beside the pcaps, for `qtlab decode DIR` and qvis.
+    capture: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("tunnel", "session"):
@@ -297,10 +300,22 @@ class QtunDeployment:
         }
 
     def _observability(self, node: str) -> dict[str, Any]:
-        return {"status_file": self.status_path(node), "status_interval": STATUS_INTERVAL_S}
+        table: dict[str, Any] = {
+            "status_file": self.status_path(node),
+            "status_interval": STATUS_INTERVAL_S,
+        }
+        if self.spec.capture is not None:
+            capture = self.spec.capture.resolve()
+            table["keylog_file"] = capture / "keylog" / f"{node}.keylog"
+            table["qlog_dir"] = capture / "qlog" / node
+        return table
 
     def write_configs(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.spec.capture is not None:
+            for node in [self.concentrator, *self.clients]:
+                (self.spec.capture / "qlog" / node).mkdir(parents=True, exist_ok=True)
+            (self.spec.capture / "keylog").mkdir(parents=True, exist_ok=True)
         self.config_path(self.concentrator).write_text(self.concentrator_toml())
         for client in self.clients:
             self.config_path(client).write_text(self.client_toml(client))

@@ -10,8 +10,8 @@
   network namespaces, root-namespace interfaces, nftables tables and helper processes (qtun,
   qtwire, iperf3, tcpdump, wireguard-go) present at the end but not at the start fail the run,
   even if every test passed: tests must clean up after themselves, failures included.
-- `make test TEST_WORKERS=2` runs two pytest-xdist workers; root tests are grouped so that
-  Mininet labs never overlap (see _xdist_group). `make test` alone runs serially.
+- `make test` (scripts/run-tests) runs two pytest processes side by side: the root tests one
+  after the other, with the leak check, and the unit and notebook tests at nice 19.
 """
 
 from __future__ import annotations
@@ -41,29 +41,11 @@ _baseline: dict[str, set[str]] = {}
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
-        for item in items:
-            group = _xdist_group(item)
-            if group is not None:
-                item.add_marker(pytest.mark.xdist_group(group))
         return
     skip = pytest.mark.skip(reason="needs root: run `sudo make test`, or `make test-unit` alone")
     for item in items:
         if "root" in item.keywords or "mininet" in item.keywords:
             item.add_marker(skip)
-
-
-def _xdist_group(item: pytest.Item) -> str | None:
-    """Which root tests may never run at the same time (`make test TEST_WORKERS=2` runs two
-    pytest-xdist workers with --dist loadgroup): every Mininet lab on one worker, one after the
-    other (a lab creates its links in the root namespace under fixed names such as c1-eth0, and
-    `qtlab clean` removes every qtb-* name), and the namespace-harness tests on one worker (their
-    names are unique per process, tests/integration/netns.py, so they may run beside a lab).
-    Unit and notebook tests go wherever a worker is free."""
-    if "mininet" in item.keywords:
-        return "mininet"
-    if "root" in item.keywords:
-        return "netns"
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -111,19 +93,13 @@ def _leak_check_on() -> bool:
     return os.geteuid() == 0 and os.environ.get("QTL_LEAK_CHECK") == "1"
 
 
-def _xdist_worker(session: pytest.Session) -> bool:
-    # under pytest-xdist the controller checks the whole run: a worker would see what the
-    # other worker has up at that moment as its own leak
-    return hasattr(session.config, "workerinput")
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if _leak_check_on() and not _xdist_worker(session):
+    if _leak_check_on():
         _baseline.update(_system_state())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _leak_check_on() or not _baseline or _xdist_worker(session):
+    if not _leak_check_on() or not _baseline:
         return
     now = _system_state()
     leaks = {kind: sorted(now[kind] - _baseline.get(kind, set())) for kind in now}

@@ -11,7 +11,9 @@ students' measurements (labs/solutions.md), not claims.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +187,69 @@ def test_lab3_stream_mode_tcp_ends_at_each_side_and_skips_the_tun() -> None:
     assert relay, conc
     srv1 = outputs(steps, "srv1 ss -tn state established")[0]
     assert re.search(rf"10\.200\.1\.2:9000\s+10\.200\.1\.1:{relay.group(1)}\b", srv1), srv1
+
+
+def test_lab4_the_capture_decodes_into_every_message_of_the_drafts(tmp_path: Path) -> None:
+    capture = tmp_path / "lab4"
+    steps = run_lab(
+        "04-reading-the-wire.qtlab", "--tunnel", "session", "--stream", "--capture", str(capture)
+    )
+    listed = set(outputs(steps, "sh cd $QTLAB_CAPTURE_DIR")[0].split())
+    assert listed >= {"5g.pcap", "wifi.pcap", "c1.keylog", "conc.keylog"}, listed
+    assert all(THREE_OF_THREE in out for out in outputs(steps, "c1 " + SHORT_PING))
+    assert len(outputs(steps, "c1 " + SHORT_PING)) == 3
+    assert "http 200" in outputs(steps, "c1 curl")[0]
+    # step 3: the handout's order of messages, each on the access it names
+    table = outputs(steps, "sh .venv/bin/qtlab decode")[0].splitlines()[1:]
+    decoded = [line.split(maxsplit=3)[1:] for line in table]
+
+    def at(access: str, direction: str, message: str) -> list[int]:
+        return [
+            i
+            for i, row in enumerate(decoded)
+            if (row[0], row[1]) == (access, direction) and row[2].startswith(message)
+        ]
+
+    up, down = "client->concentrator", "concentrator->client"
+    order = [
+        at("c1/wifi", up, "New Session")[0],
+        at("c1/wifi", down, "Session ID")[0],
+        at("c1/5g", up, "Join Session")[0],
+        at("c1/wifi", up, "TCP Connect: 10.200.1.2 port 8080")[0],
+        at("c1/wifi", down, "TCP Connect OK")[0],
+        at("c1/5g", up, "Access Report: access Non-3GPP (2), Access Unavailable")[0],
+        at("c1/wifi", up, "Access Report: access Non-3GPP (2), Access Available")[-1],
+    ]
+    assert order == sorted(order), decoded
+    pings = [row for row in decoded if "ICMP echo request" in row[2]]
+    assert {row[0] for row in pings} == {"c1/wifi", "c1/5g"}, decoded
+
+    # steps 4-8: the reading script, as the student runs it after the lab
+    done = subprocess.run(
+        ["sh", str(LABS / "04-reading-the-wire.sh"), str(capture)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sections = done.stdout.split("\n$ ")[1:]
+    assert len(sections) == 7, done.stdout
+    plain, datagrams, wifi_control, fiveg_control, stream_tlvs, _, qlogs = sections
+    assert "Initial" in plain and "Protected Payload" in plain, plain
+    ping = [line.split("\t") for line in datagrams.splitlines()[1:] if "\t0x0800\t" in line]
+    # an 84-byte ping in an 88-byte DATAGRAM; alone in its packet: 126 B of UDP, 146 B of IP
+    assert ping and all(f[3] == "88" and f[6].endswith(",84") for f in ping), ping
+    alone = [f for f in ping if f[2] == "49"]
+    assert alone and all(f[1] == "126" and f[6] == "146,84" for f in alone), ping
+    assert "\t0x01\t0\tNew Session [stream 2]" in wifi_control, wifi_control
+    assert "\t0x02\t16\tSession ID:" in wifi_control, wifi_control
+    assert "\t0x03\t16\tJoin Session:" in fiveg_control, fiveg_control
+    assert "Access Unavailable (2)" in fiveg_control, fiveg_control
+    assert "TCP Connect: 10.200.1.2 port 8080" in stream_tlvs, stream_tlvs
+    assert "TCP Connect OK" in stream_tlvs, stream_tlvs
+    # what --capture left: a pcap per access, a key log and qlogs per program
+    pcaps = sorted(p.relative_to(capture).as_posix() for p in capture.rglob("*.pcap"))
+    assert pcaps == ["c1/5g.pcap", "c1/wifi.pcap"], pcaps
+    for node in ("c1", "conc"):
+        assert (capture / "keylog" / f"{node}.keylog").stat().st_size > 0
+        assert len(list((capture / "qlog" / node).glob("*.qlog"))) == 2, node
+    counts = [line for line in qlogs.splitlines() if "packets sent;" in line]
+    assert len(counts) == 2 and all("'datagram'" in line for line in counts), qlogs

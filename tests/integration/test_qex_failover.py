@@ -1,4 +1,4 @@
-"""The failover experiment for real, at its smallest: WiFi down at 3 s, back at 6 s, 9 s per run,
+"""The failover experiment for real, at its smallest: WiFi down at 2 s, back at 4.5 s, 6.5 s a run,
 each variant with the traffic it is about (plain and MPTCP: TCP; qtun session failover and
 WireGuard: UDP at a constant rate, what the tunnel itself does rather than inner TCP's backoff).
 
@@ -26,7 +26,7 @@ from experiments.variants import wireguard_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow, pytest.mark.timeout(240)]
 
-DOWN_AT_S, UP_AT_S = 3.0, 6.0
+DOWN_AT_S, UP_AT_S = 2.0, 4.5
 OUTAGE_MS = 1000 * (UP_AT_S - DOWN_AT_S)
 
 
@@ -43,7 +43,7 @@ def run(tmp_path: Path, variants: list[str], traffic: list[str]) -> tuple[Path, 
         f"traffic={json.dumps(traffic)}",
         f"down_at_s={DOWN_AT_S}",
         f"up_at_s={UP_AT_S}",
-        f"duration_s={UP_AT_S + 3.0}",
+        f"duration_s={UP_AT_S + 2.0}",
         "verify_fidelity=false",
     ]
     params = resolve_params(EXPERIMENT, quick=True, sets=sets)

@@ -78,3 +78,39 @@ def test_clean_after_a_killed_run_restores_everything() -> None:
         if proc.poll() is None:
             proc.kill()
         clean()
+
+
+def test_clean_leaves_a_live_run_and_live_scratch_namespaces_alone() -> None:
+    """Issue 16: `qtlab clean` during another user's lab removes only what dead owners left."""
+    script = (
+        "import time\n"
+        "from testbed.lab import Lab\n"
+        "lab = Lab('reference').start()\n"
+        "print(lab.state.path, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    mine, orphan = f"qtb-test-{os.getpid()}", f"qtb-test-{dead.pid}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for ns in (mine, orphan):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        assert proc.stdout is not None
+        state_path = Path(proc.stdout.readline().strip())
+        state = json.loads(state_path.read_text())
+        pids = [n["pid"] for n in state["nodes"].values()] + [p["pid"] for p in state["procs"]]
+        done = clean()
+        print("\n".join(done))
+        assert done == [f"deleted namespace {orphan}"]
+        assert state_path.exists() and all(alive(p) for p in pids)
+        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        assert mine in namespaces.stdout.split()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        clean()
+        for ns in (mine, orphan):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
