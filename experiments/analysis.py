@@ -1273,6 +1273,28 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
     return _save(fig, out_png)
 
 
+FIGURES: dict[str, Callable[[Path, Path], Path]] = {
+    "failover": failover_figure,
+    "overhead": overhead_figure,
+    "goodput": goodput_figure,
+    "aggregation": aggregation_figure,
+    "scale": scale_figure,
+}
+
+
+def figure_for_run(run_dir: Path, out_png: Path | None = None) -> Path:
+    """`qtlab figure RUN_DIR`: the figure of a run of any experiment that has one, by the
+    experiment named in its meta.json; by default RUN_DIR/<experiment>.png."""
+    experiment = str(load_meta(run_dir).get("experiment", ""))
+    draw = FIGURES.get(experiment)
+    if draw is None:
+        raise ResultsError(
+            f"{run_dir} is a run of {experiment or 'no experiment'!r}, which has no figure; "
+            f"figures exist for {', '.join(sorted(FIGURES))}."
+        )
+    return draw(Path(run_dir), out_png or Path(run_dir) / f"{experiment}.png")
+
+
 # -- notebooks -------------------------------------------------------------------------------
 # Each notebook's table: what notebook_setup loads for it.
 # A notebook named other than its experiment: the experiment whose runs it reads.

@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(sub.add_parser("run", help="run an experiment into results/<name>/<time>/"))
     demo = sub.add_parser("demo", help="the short failover experiment, its table and figure")
     demo.add_argument("--results", type=Path, default=None, help="results root")
+    figure = sub.add_parser("figure", help="draw the figure of a results run directory")
+    figure.add_argument("run_dir", type=Path, help="results/<experiment>/<time>/")
+    figure.add_argument("--out", type=Path, help="the PNG (default RUN_DIR/<experiment>.png)")
     from testbed.decode import add_decode_arguments
 
     add_decode_arguments(
@@ -385,6 +388,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from testbed.decode import decode_from_args
 
         return decode_from_args(args)
+    if args.command == "figure":
+        from experiments.analysis import figure_for_run
+
+        print(f"figure: {figure_for_run(args.run_dir, args.out)}")
+        return 0
     if args.command == "demo":
         from experiments.demo import run_demo
 

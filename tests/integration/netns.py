@@ -3,7 +3,7 @@ each removed or stopped on exit, failures included. Not a test module.
 
 Names: a module picks a prefix of its own (3-4 letters, e.g. "qst") and makes every namespace,
 interface and nft table name with `unique(prefix, ...)`, which appends this pytest process's id,
-so that two runs, or two people's tests, never collide (tests/conftest.py's leak check then
+so that two runs, or two people's tests, never collide (tests/leakcheck.py, run by `make test`, then
 finds anything left behind).
 
 Waiting: never a bare sleep. `wait_until` polls a predicate (bounded, with what it waited for in

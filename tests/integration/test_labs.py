@@ -11,6 +11,7 @@ students' measurements (labs/solutions.md), not claims.
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,44 @@ def test_lab4_the_capture_decodes_into_every_message_of_the_drafts(tmp_path: Pat
         assert len(list((capture / "qlog" / node).glob("*.qlog"))) == 2, node
     counts = [line for line in qlogs.splitlines() if "packets sent;" in line]
     assert len(counts) == 2 and all("'datagram'" in line for line in counts), qlogs
+
+
+def test_lab5_commands_parse_and_the_blackhole_change_runs_and_draws(tmp_path: Path) -> None:
+    """Lab 5's commands, read from the handout itself: each `qtlab run` line's settings are
+    valid, and change A runs for real on short settings (one variant, a 2.5 s outage, no
+    fidelity pre-flight) into a results root of its own, then `qtlab figure` draws the run.
+    Part 1's `qtlab demo` is the same experiment with --quick and no --set (not run here: its
+    few minutes are `make demo`'s)."""
+    from experiments.failover import EXPERIMENT
+    from experiments.runner import resolve_params
+
+    handout = (LABS / "05-reproduction.md").read_text()
+    commands = [line for line in handout.splitlines() if line.startswith("sudo .venv/bin/qtlab ")]
+    runs = [c for c in commands if c.startswith("sudo .venv/bin/qtlab run failover --quick")]
+    assert len(runs) == 3 and any(" demo " in c for c in commands), commands
+    for command in runs:
+        words = shlex.split(command)
+        sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+        resolve_params(EXPERIMENT, quick=True, sets=sets)  # raises on a wrong key or value
+
+    blackhole = shlex.split(next(c for c in runs if "blackhole" in c))
+    argv = [a if a != "/tmp/qtlab-lab5" else str(tmp_path) for a in blackhole[2:]]
+    argv = [a if not a.startswith("variants=") else 'variants=["session-failover"]' for a in argv]
+    short = ["down_at_s=2.0", "up_at_s=4.5", "duration_s=6.5", "verify_fidelity=false"]
+    argv += [item for setting in short for item in ("--set", setting)] + ["--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-m", "testbed.cli", *argv],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = (tmp_path / "failover").iterdir()
+    row = next(line for line in done.stdout.splitlines() if line.startswith("session-failover"))
+    fields = row.split()
+    assert fields[1:4] == ["blackhole", "tcp", "1"], row
+    assert float(fields[4]) < 2500, row  # it failed over within the outage
+    drawn = subprocess.run(
+        [sys.executable, "-m", "testbed.cli", "figure", str(run_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    assert (run_dir / "failover.png").stat().st_size > 10_000

@@ -8,7 +8,6 @@ would without the package, so what this process already imported cannot hide it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -37,12 +36,9 @@ sys.meta_path.insert(0, NoMininet())
 
 
 def run_without_mininet(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    # Not the whole-run leak check of `make test` (tests/conftest.py): this is not that run.
-    env = {k: v for k, v in os.environ.items() if k != "QTL_LEAK_CHECK"}
     return subprocess.run(
         [sys.executable, "-c", NO_MININET + textwrap.dedent(code)],
         cwd=REPO_ROOT,
-        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
