@@ -551,13 +551,15 @@ def test_stream_mode_fields(capture: Capture, keylog: Path) -> None:
                   "qtun.bytestream.offset", "qtun.direction")  # fmt: skip
     sent = {(p["qtun.direction"][0], bytes.fromhex(p["qtun.bytestream.data"][0]).decode())
             for p in data}  # fmt: skip
-    assert {
+    echoed = {
         ("client->concentrator", "qwd hello tunnel"),
         ("concentrator->client", "QWD HELLO TUNNEL"),
-        ("client->concentrator", "qwd rejected"),
         ("client->concentrator", "qwd hello session"),
         ("concentrator->client", "QWD HELLO SESSION"),
-    } == sent
+    }
+    # The rejected connection's bytes race its refusal: the client relays what its app wrote
+    # until the Error TLV arrives, which on a loaded machine may come first (seen once).
+    assert echoed <= sent <= echoed | {("client->concentrator", "qwd rejected")}, sent
     assert all(p["qtun.bytestream.offset"] == ["0"] for p in data)
 
 
