@@ -456,7 +456,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             from testbed.capture import hand_over
 
             hand_over(capture)
-            print(f"qtlab: the capture is in {capture}; read it with `qtlab decode {capture}`")
+            if any(capture.rglob("*.pcap")):
+                print(f"qtlab: the capture is in {capture}; read it with `qtlab decode {capture}`")
     return 0
 
 

@@ -233,3 +233,26 @@ def test_qtlab_up_refuses_a_missing_script(tmp_path: Path) -> None:
     script = tmp_path / "lab.txt"
     script.write_text("tunnel\n")
     assert cli.check_script(script) == script.resolve()
+
+
+def test_capture_dir_must_be_new_or_empty(tmp_path: Path) -> None:
+    fresh = tmp_path / "new" / "capture"
+    assert cli.check_capture_dir(fresh) == fresh.resolve() and fresh.is_dir()
+    assert cli.check_capture_dir(fresh) == fresh.resolve()  # still empty: accepted again
+    (fresh / "c1").mkdir()
+    with pytest.raises(cli.UsageError, match="not an empty directory; give a new one"):
+        cli.check_capture_dir(fresh)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(cli.UsageError, match="not an empty directory"):
+        cli.check_capture_dir(a_file)
+    assert cli.check_capture_dir(None) is None
+
+
+def test_figure_command_names_what_it_can_draw(tmp_path: Path, capsys: Any) -> None:
+    (tmp_path / "meta.json").write_text(json.dumps({"experiment": "fuzz"}))
+    assert cli.main(["figure", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qtlab: error: ") and "which has no figure; figures exist for" in err
+    assert cli.main(["figure", str(tmp_path / "nothing")]) == 1
+    assert "meta.json is missing" in capsys.readouterr().err
