@@ -63,7 +63,7 @@ test: lint typecheck build/qtwire
 test-unit: venv
 	$(PY) -m pytest --hypothesis-profile=ci -m "not root" tests/unit
 
-# The default failover experiment (about 2 minutes): results/demo/failover/<timestamp>/ and
+# The default failover experiment (about 3 minutes): results/demo/failover/<timestamp>/ and
 # results/figures/failover-demo.png.
 demo: venv build/qtwire
 	$(VENV)/bin/qtlab demo
