@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -208,39 +209,40 @@ class ProcessManager:
             self.stop(proc)
 
 
-def wait_listening(
-    node: Node, port: int, proc: HostProcess | None = None, timeout_s: float = 10.0
-) -> None:
+def wait_listening(node: Node, port: int, proc: HostProcess, timeout_s: float = 10.0) -> None:
     """Return once a socket in `node` listens on TCP `port` (MPTCP included) or is bound to UDP
     `port`: a readiness poll where a fixed sleep would be a guess. TimeoutError (with the
     program's log tail) if `proc` exits first or the time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while not node.cmd(f"ss -Hltun 'sport = :{port}'").strip():
-        exited = proc is not None and not proc.running()
-        if exited or time.monotonic() > deadline:
-            if proc is None:
-                raise TimeoutError(f"nothing listens on port {port} in {node.name}.")
-            why = f"exited ({proc.popen.returncode})" if exited else f"after {timeout_s:g} s"
-            tail = proc.log_path.read_text(errors="replace")[-300:].strip()
-            raise TimeoutError(
-                f"{proc.name} on {node.name} is not listening on port {port} ({why}); "
-                f"log tail: {tail or '(empty)'}"
-            )
-        time.sleep(0.02)
+    _wait_ready(
+        proc,
+        lambda: bool(node.cmd(f"ss -Hltun 'sport = :{port}'").strip()),
+        f"is not listening on port {port}",
+        timeout_s,
+    )
 
 
 def wait_in_log(proc: HostProcess, text: str, timeout_s: float = 10.0) -> None:
     """Return once `text` appears in the program's log (its own word that it is ready);
     TimeoutError with the log tail if it exits first or the time runs out."""
+    _wait_ready(
+        proc,
+        lambda: text in proc.log_path.read_text(errors="replace"),
+        f"never said {text!r}",
+        timeout_s,
+    )
+
+
+def _wait_ready(proc: HostProcess, ready: Callable[[], bool], fault: str, timeout_s: float) -> None:
+    """Poll `ready` every 20 ms; TimeoutError "<program> on <node> <fault> (why); log tail: ..."
+    if the program exits first or `timeout_s` runs out."""
     deadline = time.monotonic() + timeout_s
-    while text not in proc.log_path.read_text(errors="replace"):
+    while not ready():
         exited = not proc.running()
         if exited or time.monotonic() > deadline:
             why = f"exited ({proc.popen.returncode})" if exited else f"after {timeout_s:g} s"
             tail = proc.log_path.read_text(errors="replace")[-300:].strip()
             raise TimeoutError(
-                f"{proc.name} on {proc.node_name} never said {text!r} ({why}); "
-                f"log tail: {tail or '(empty)'}"
+                f"{proc.name} on {proc.node_name} {fault} ({why}); log tail: {tail or '(empty)'}"
             )
         time.sleep(0.02)
 
