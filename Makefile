@@ -51,9 +51,10 @@ check: lint typecheck
 	$(PY) -m pytest -q -m "not root and not slow and not notebook" tests/unit
 
 # Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks, with
-# Hypothesis' "ci" profile and the slowest tests listed. scripts/run-tests runs the root tests
-# one after the other (with the leak check: the run fails if it leaves namespaces, interfaces,
-# nft tables or helper processes behind) and the unit and notebook tests beside them at nice 19.
+# Hypothesis' "ci" profile and the slowest tests listed. scripts/run-tests runs three lanes side
+# by side (the Mininet tests one after the other, the other root tests one after the other, the
+# unit and notebook tests at nice 19), then one leak check for the run: it fails if the tests
+# leave namespaces, interfaces, nft tables or helper processes behind.
 # pytest exits 5 when it collected nothing; the script and make treat that as the failure it is.
 test: lint typecheck build/qtwire
 	PY=$(PY) ./scripts/run-tests

@@ -304,18 +304,26 @@ class QtunDeployment:
             "status_file": self.status_path(node),
             "status_interval": STATUS_INTERVAL_S,
         }
-        if self.spec.capture is not None:
-            capture = self.spec.capture.resolve()
-            table["keylog_file"] = capture / "keylog" / f"{node}.keylog"
-            table["qlog_dir"] = capture / "qlog" / node
+        capture = self._capture_files(node)
+        if capture is not None:
+            table["keylog_file"], table["qlog_dir"] = capture
         return table
+
+    def _capture_files(self, node: str) -> tuple[Path, Path] | None:
+        """With TunnelSpec.capture: the node's key log file and qlog directory under it."""
+        if self.spec.capture is None:
+            return None
+        capture = self.spec.capture.resolve()
+        return capture / "keylog" / f"{node}.keylog", capture / "qlog" / node
 
     def write_configs(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.spec.capture is not None:
-            for node in [self.concentrator, *self.clients]:
-                (self.spec.capture / "qlog" / node).mkdir(parents=True, exist_ok=True)
-            (self.spec.capture / "keylog").mkdir(parents=True, exist_ok=True)
+        for node in [self.concentrator, *self.clients]:
+            capture = self._capture_files(node)
+            if capture is not None:
+                keylog, qlog_dir = capture
+                keylog.parent.mkdir(parents=True, exist_ok=True)
+                qlog_dir.mkdir(parents=True, exist_ok=True)
         self.config_path(self.concentrator).write_text(self.concentrator_toml())
         for client in self.clients:
             self.config_path(client).write_text(self.client_toml(client))
