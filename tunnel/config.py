@@ -47,6 +47,7 @@ from tunnel.config_schema import (
     Network,
     NetworkList,
     Number,
+    Parsed,
     StringList,
     Table,
     Text,
@@ -56,6 +57,7 @@ from tunnel.config_schema import (
     section,
     setting,
 )
+from tunnel.policy.qos import dscp_value, qos_label, qos_value
 from tunnel.session.scheduler import SCHEDULER_NAMES
 from tunnel.wire.messages import ACCESS_NAMES, AccessId
 from tunnel.wire.modes import TunnelMode
@@ -81,6 +83,7 @@ __all__ = [
     "IPNetwork",
     "ObservabilityConfig",
     "PoolConfig",
+    "QosMark",
     "StaticClient",
     "StreamClientConfig",
     "StreamServerConfig",
@@ -133,6 +136,22 @@ PACING_DOC = (
     'the rate congestion control "none" paces each connection at; with the others, a cap on '
     "their pacing rate"
 )
+
+# The New Session's QoS Flow Indication (session draft §6.1.1) is opaque bytes; configurations
+# write it as text or 0x-hex (tunnel/policy/qos.py).
+QOS_VALUE = Parsed(
+    "a QoS value (ASCII text, or 0x and hex digits for other bytes)",
+    "ASCII text or `0x` + hex",
+    lambda value: value if isinstance(value, str) and qos_value(value) is not None else _bad(),
+)
+DSCP = Parsed(
+    "a DSCP (0 to 63, or a name like EF, AF41 or CS1)", "0–63, `EF`, `AF41`, `CS1`…", dscp_value
+)
+
+
+def _bad() -> str:
+    raise TypeError("not a string")
+
 
 # The multipath engine (issue 12; README "The multipath engine"): each mechanism can be turned
 # off on its own, so an experiment can measure what each buys (the ablation).
@@ -406,6 +425,15 @@ class ClientConfig:
         default="failover",
         metadata=setting("session mode: which access carries each packet", Choice(SCHEDULER_NAMES)),
     )
+    qos: str | None = field(
+        default=None,
+        metadata=setting(
+            "session mode: the QoS Flow Indication sent in New Session (session draft §6.1.1),"
+            " what the concentrator's [[qos]] tables map to a DSCP",
+            QOS_VALUE,
+            unset="none sent",
+        ),
+    )
     # False: never send Access Reports (tunnel draft §6); the client still stops using a failed
     # access itself. The failover experiment's "without Access Reports" variant.
     access_reports: bool = field(
@@ -473,6 +501,16 @@ class StaticClient:
             "its static inner prefixes",
             NetworkList(required='the client\'s prefixes, e.g. ["10.8.0.2/32", "fd00:8::2/128"]'),
         ),
+    )
+
+
+@dataclass(frozen=True)
+class QosMark:
+    value: str = field(
+        metadata=setting("a QoS Flow Indication a client may send in New Session", QOS_VALUE)
+    )
+    dscp: int = field(
+        metadata=setting("the DSCP of the packets the concentrator forwards for its sessions", DSCP)
     )
 
 
@@ -718,6 +756,14 @@ class ConcentratorConfig:
         default=(),
         metadata=section("clients with static inner addresses", key="client", many=True),
     )
+    qos: tuple[QosMark, ...] = field(
+        default=(),
+        metadata=section(
+            "session mode: DSCP marks for sessions by QoS Flow Indication (tunnel/policy/qos.py)",
+            key="qos",
+            many=True,
+        ),
+    )
     limits: ConcentratorLimits = field(
         default_factory=ConcentratorLimits, metadata=section("resource limits and timers")
     )
@@ -810,6 +856,11 @@ def _check_client(config: ClientConfig, t: Table) -> None:
         raise ConfigError(
             "mode is 'session' but no [[access]] table is given: add one per access network"
         )
+    if config.qos is not None and config.mode is not TunnelMode.SESSION:
+        raise ConfigError(
+            "qos is sent in the New Session TLV of session mode, but mode is"
+            f' {config.mode.value!r}: set mode = "session" or remove qos'
+        )
 
 
 def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
@@ -820,6 +871,12 @@ def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
             "no client addresses are configured: add a [pool] (ipv4/ipv6 prefix) or [[client]] "
             "tables with static addresses"
         )
+    values = [qos_value(mark.value) for mark in config.qos]
+    for value in values:
+        if values.count(value) > 1:
+            raise ConfigError(
+                f"QoS value {qos_label(value)!r} appears in two [[qos]] tables: keep one"
+            )
 
 
 def _unique(message: str, entries: Sequence[AccessConfig | StaticClient]) -> None:

@@ -405,6 +405,29 @@ def _bad() -> Any:
     raise ValueError("wrong type")
 
 
+class Parsed(Kind):
+    """A value read by `parse` (a DSCP name or number, a QoS label...), which raises ValueError
+    with the sentence saying what is wrong; `expected` and `shown` describe it for the error and
+    the reference table."""
+
+    def __init__(self, expected: str, shown: str, parse: Callable[[Any], Any]) -> None:
+        self._expected = expected
+        self._shown = shown
+        self.parse = parse
+
+    def expected(self) -> str:
+        return self._expected
+
+    def read(self, where: str, value: Any, base_dir: Path) -> Any:
+        try:
+            return self.parse(value)
+        except (ValueError, TypeError):
+            raise wrong(where, value, self.expected()) from None
+
+    def values(self) -> str:
+        return self._shown
+
+
 # --- declarations -------------------------------------------------------------------------------
 
 

@@ -431,17 +431,18 @@ def test_every_message_type_decoded_with_its_direction(capture: Capture) -> None
         ("wifi", up, "Access Report: access Non-3GPP (2), Access Available (1) [stream 2]"),
         ("wifi", up, "Access Report: access 3GPP (1), Access Unavailable (2) [stream 6]"),
         ("wifi", up, "Access Report: access 3GPP (1), Access Available (1) [stream 10]"),
-        # session mode: New Session on WiFi, Join Session on 5G, each answered by Session ID
+        # session mode: New Session on WiFi answered by Session ID, Join Session on 5G (answered
+        # by the control stream's FIN alone, session §6.1.3: no message to show)
         ("wifi", down, "EncryptedExtensions: ALPN qt-session (session mode), "
                        "quic_tunnel_stream_mode (0x71745f73)"),
         ("wifi", up, "New Session [stream 2]"),
         ("wifi", down, f"Session ID: {sid} [stream 3]"),
         ("5g", up, f"Join Session: {sid} [stream 2]"),
-        ("5g", down, f"Session ID: {sid} [stream 3]"),
         ("wifi", up, "Access Report: access Non-3GPP (2), Access Available (1) [stream 6]"),
         ("5g", up, "Access Report: access 3GPP (1), Access Available (1) [stream 6]"),
     }  # fmt: skip
     assert expected <= seen, sorted(expected - seen)
+    assert not [m for m in messages if m.access == "5g" and m.text.startswith("Session ID")]
     for seq in (1, 2, 3):
         for mode, tag in (("tunnel", ""), ("session", "Protocol Type 0x0800, Packet Tag ")):
             request = f"{mode} datagram: {tag}"
@@ -483,7 +484,8 @@ def test_session_control_fields(capture: Capture, keylog: Path) -> None:
     assert "qtun.new_session.qos" not in new[0]  # no QoS Flow Indication sent
     join = fields(capture, keylog, "5g", "qtun.join_session", "qtun.join_session.session_id")
     assert [p["qtun.join_session.session_id"] for p in join] == [[sid]]
-    for access in ("wifi", "5g"):
+    # New Session is answered by a Session ID TLV; a join by the FIN alone (session §6.1.3)
+    for access, answers in (("wifi", [[sid]]), ("5g", [])):
         answer = fields(
             capture,
             keylog,
@@ -493,8 +495,8 @@ def test_session_control_fields(capture: Capture, keylog: Path) -> None:
             "qtun.stream_id",
             "qtun.direction",
         )
-        assert [p["qtun.session_id.session_id"] for p in answer] == [[sid]]
-        assert answer[0]["qtun.direction"] == ["concentrator->client"]
+        assert [p["qtun.session_id.session_id"] for p in answer] == answers
+        assert all(p["qtun.direction"] == ["concentrator->client"] for p in answer)
 
 
 def test_packet_tags_count_up_and_inner_echo_is_dissected(capture: Capture, keylog: Path) -> None:

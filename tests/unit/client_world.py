@@ -212,7 +212,8 @@ class Concentrator:
             tunnel.accept_session(self.table.create(conn, event.qos, now).session_id)
         elif isinstance(event, JoinRequested) and self.answer_sessions:
             try:
-                tunnel.accept_session(self.table.join(event.session_id, conn, now).session_id)
+                self.table.join(event.session_id, conn, now)
+                tunnel.confirm_join()
             except JoinError as exc:
                 tunnel.reject_join(exc.code)
         elif isinstance(event, AccessReportReceived):

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from testbed.hostile import icmp_echo, tcp_syn, unparsable_subject_certificate, write_pair
+from testbed.hostile import (
+    checksum16,
+    icmp_echo,
+    tcp_syn,
+    unparsable_subject_certificate,
+    write_pair,
+)
 from tests.unit.concentrator_harness import (
     Conn,
     CoreLab,
@@ -322,6 +328,63 @@ def test_the_session_table_is_capped(lab_certs: Path) -> None:
     core_lab.run(0.2)
     assert carol.of(SessionJoinFailed) == [SessionJoinFailed(ControlErrorCode.UNKNOWN_ERROR)]
     assert core_lab.core.status()["sessions"] == 1
+
+
+@pytest.mark.parametrize("first_stream_mode", [False, True])
+def test_join_with_other_stream_mode_is_conflicting_state(
+    lab_certs: Path, first_stream_mode: bool
+) -> None:
+    """Session draft §6.1.3 CONFLICTING_STATE: a connection that negotiated stream mode
+    differently from the session's cannot be merged with it (its TCP connections would travel
+    one way on one access and another way on the other); the session goes on without it, and a
+    connection like the members still joins."""
+    core_lab = lab(lab_certs)
+    first = core_lab.connect("alice", "qt-session", stream_mode=first_stream_mode)
+    first.client.request_new_session()
+    core_lab.run(0.2)
+    (made,) = first.of(SessionEstablished)
+    other = core_lab.connect("alice", "qt-session", stream_mode=not first_stream_mode)
+    other.client.join_session(made.session_id)
+    core_lab.run(0.2)
+    assert other.of(SessionJoinFailed) == [SessionJoinFailed(ControlErrorCode.CONFLICTING_STATE)]
+    (answer,) = [a for a in core_lab.of(SessionAnswered) if a.connection is other.server]
+    assert "stream mode" in answer.reason
+    same = core_lab.connect("alice", "qt-session", stream_mode=first_stream_mode)
+    same.client.join_session(made.session_id)
+    core_lab.run(0.2)
+    assert same.of(SessionEstablished) == [made]
+
+
+def test_session_qos_sets_dscp_of_forwarded_packets(lab_certs: Path) -> None:
+    """Session draft §6.1.1: the New Session's QoS Flow Indication, mapped by the site's [[qos]]
+    tables, marks what the concentrator forwards for that session (DSCP, ECN kept); a value no
+    table names, or none, leaves packets as sent. The status shows both."""
+    core_lab = lab(lab_certs, extra='[[qos]]\nvalue = "voice"\ndscp = "EF"\n')
+    marked = core_lab.connect("alice", "qt-session")
+    marked.client.request_new_session(qos=b"voice")
+    plain = core_lab.connect("carol", "qt-session")
+    plain.client.request_new_session(qos=b"bulk")
+    core_lab.run(0.2)
+    assert marked.of(SessionEstablished) and plain.of(SessionEstablished)
+    sent = bytearray(icmp_echo(ALICE, SERVER, 1))
+    sent[1] = 0x01  # ECN ECT(1), DSCP 0
+    sent[10:12] = checksum16(bytes(sent[:10]) + b"\0\0" + bytes(sent[12:20])).to_bytes(2, "big")
+    marked.client.send_packet(bytes(sent), packet_tag=0)
+    marked.client.send_packet(icmp_echo(ALICE6, SERVER6, 2), packet_tag=1)
+    plain.client.send_packet(icmp_echo("10.8.1.5", SERVER, 3), packet_tag=0)
+    core_lab.run(0.1)
+    v4, v6, unmarked = core_lab.tun
+    assert v4[1] == (46 << 2) | 0x01 and checksum16(v4[:20]) == 0
+    assert ((v6[0] & 0x0F) << 4 | v6[1] >> 4) == 46 << 2
+    assert unmarked == icmp_echo("10.8.1.5", SERVER, 3)
+    assert (core_lab.status_of("alice")["qos"], core_lab.status_of("alice")["dscp"]) == (
+        "voice",
+        46,
+    )
+    assert (core_lab.status_of("carol")["qos"], core_lab.status_of("carol")["dscp"]) == (
+        "bulk",
+        None,
+    )
 
 
 def test_an_empty_session_waits_for_a_rejoin_then_expires(lab_certs: Path) -> None:

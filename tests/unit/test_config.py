@@ -285,3 +285,26 @@ def test_outer_congestion_control_is_one_of_the_registered() -> None:
     assert client("limits.congestion_control=bbr").limits.congestion_control == "bbr"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"limits\.congestion_control"):
         client("limits.congestion_control=vegas")
+
+
+def test_qos_value_and_dscp_tables() -> None:
+    """The client's New Session QoS value (text or 0x-hex, session mode only) and the
+    concentrator's [[qos]] tables mapping such values to DSCPs (tunnel/policy/qos.py)."""
+    assert client("qos=video").qos == "video"  # type: ignore[attr-defined]
+    assert client('qos="0x2a01"').qos == "0x2a01"  # type: ignore[attr-defined]
+    assert client().qos is None  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="qos = 10753 is not a QoS value"):
+        client("qos=0x2a01")  # read as the TOML integer 0x2a01: quote it
+    with pytest.raises(ConfigError, match="qos is sent in the New Session TLV of session mode"):
+        client("mode=tunnel", "qos=video")
+    with pytest.raises(ConfigError, match=r"qos = 'vidéo' is not a QoS value"):
+        client("qos=vidéo")
+    marks = (
+        CONCENTRATOR + '[[qos]]\nvalue = "voice"\ndscp = "EF"\n[[qos]]\nvalue = "0x01"\ndscp = 10\n'
+    )
+    config = concentrator(text=marks)
+    assert [(m.value, m.dscp) for m in config.qos] == [("voice", 46), ("0x01", 10)]  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"qos\.0\.dscp = 'XX' is not a DSCP"):
+        concentrator(text=CONCENTRATOR + '[[qos]]\nvalue = "v"\ndscp = "XX"\n')
+    with pytest.raises(ConfigError, match="QoS value 'v' appears in two"):
+        concentrator(text=CONCENTRATOR + '[[qos]]\nvalue = "v"\ndscp = 1\n' * 2)

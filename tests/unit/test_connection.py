@@ -295,12 +295,59 @@ def test_new_session_then_a_second_connection_joins_it() -> None:
     tunnel(second.client).join_session(b"S-1")
     net.run(0.1)
     assert events_of(second.server, JoinRequested) == [JoinRequested(b"S-1")]
-    tunnel(second.server).accept_session(b"S-1")
+    with pytest.raises(TunnelUsageError, match="not a NewSession"):
+        tunnel(second.server).accept_session(b"S-1")  # a Session ID answers New Session only
+    assert tunnel(second.server).confirm_join() == 3
     net.run(0.1)
     assert events_of(second.client, SessionEstablished) == [SessionEstablished(b"S-1")]
     assert tunnel(second.client).session_id == b"S-1"
     for path in (first, second):
         assert not tunnel(path.client).closed and not tunnel(path.server).closed
+
+
+def test_join_success_is_signalled_by_fin_alone() -> None:
+    """Session draft §6.1.3: "A successful joining of connection is indicated by the closure of
+    the QUIC tunnel control stream of the concentrator" — no TLV on it, the client knows the ID."""
+    net, path = connected("qt-session")
+    tunnel(path.client).join_session(b"S-1")
+    net.run(0.1)
+    assert tunnel(path.server).confirm_join() == 3
+    assert tunnel(path.server).session_id == b"S-1"
+    net.run(0.1)
+    assert raw_stream_data(path.client.quic_events, 3) == b"" and raw_fin(
+        path.client.quic_events, 3
+    )
+    assert events_of(path.client, SessionEstablished) == [SessionEstablished(b"S-1")]
+    assert tunnel(path.client).session_id == b"S-1"
+
+
+@pytest.mark.parametrize(("answered", "accepted"), [(b"S-1", True), (b"S-2", False)])
+def test_a_session_id_tlv_before_the_join_fin_is_accepted_if_it_names_the_session(
+    answered: bytes, accepted: bool
+) -> None:
+    """What this concentrator sent until it followed §6.1.3 (Session ID TLV, then FIN) still
+    joins; a Session ID of another session is a violation."""
+    net, path = connected("qt-session")
+    tunnel(path.client).join_session(b"S-1")
+    net.run(0.1)
+    path.server.quic.send_stream_data(3, SessionIdTLV(answered).encode(), end_stream=True)
+    net.run(0.1)
+    if accepted:
+        assert events_of(path.client, SessionEstablished) == [SessionEstablished(b"S-1")]
+    else:
+        assert not events_of(path.client, SessionEstablished)
+        assert "another Session ID" in events_of(path.client, ConnectionClosed)[0].reason
+
+
+def test_a_zero_length_session_id_names_a_session() -> None:
+    """The Session ID's size is "Variable" (§6.1.2): zero bytes name a session too."""
+    net, path = connected("qt-session")
+    tunnel(path.client).request_new_session()
+    net.run(0.1)
+    tunnel(path.server).accept_session(b"")
+    net.run(0.1)
+    assert events_of(path.client, SessionEstablished) == [SessionEstablished(b"")]
+    assert tunnel(path.client).session_id == b""
 
 
 def test_join_with_unknown_id_fails_with_reset_stream_code_1() -> None:
@@ -380,14 +427,34 @@ def test_session_tlvs_are_refused_in_tunnel_mode() -> None:
     closed_with(path, "not a control stream")
 
 
-def test_concentrator_must_not_send_new_session() -> None:
+@pytest.mark.parametrize("message", [NewSession(), JoinSession(b"S")])
+def test_concentrator_must_not_send_new_session(message: NewSession | JoinSession) -> None:
+    """Session draft §6.1.1 / §6.1.3: the concentrator MUST NOT send New Session or Join
+    Session TLVs."""
     net, path = connected("qt-session")
     tunnel(path.client).request_new_session()
     net.run(0.1)
-    path.server.quic.send_stream_data(3, NewSession().encode(), end_stream=True)
+    path.server.quic.send_stream_data(3, message.encode(), end_stream=True)
     net.run(0.5)
     (close,) = events_of(path.client, ConnectionClosed)
-    assert not close.by_peer and "the concentrator sent a NewSession TLV" in close.reason
+    name = type(message).__name__
+    assert not close.by_peer and f"the concentrator sent a {name} TLV" in close.reason
+
+
+@pytest.mark.parametrize("join", [False, True])
+def test_the_client_closes_its_control_stream_after_its_request(join: bool) -> None:
+    """§6.1.1 / §6.1.3: "After sending a New Session [Join Session] TLV, the client MUST close
+    the QUIC tunnel control stream": the TLV and the FIN, nothing else, on stream 2."""
+    net, path = connected("qt-session")
+    if join:
+        tunnel(path.client).join_session(b"S")
+        expected = JoinSession(b"S").encode()
+    else:
+        tunnel(path.client).request_new_session(qos=b"voice")
+        expected = NewSession(b"voice").encode()
+    net.run(0.1)
+    assert raw_stream_data(path.server.quic_events, 2) == expected
+    assert raw_fin(path.server.quic_events, 2)
 
 
 # -- access reports -----------------------------------------------------------------------

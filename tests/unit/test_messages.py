@@ -173,20 +173,21 @@ def test_access_report_constructor_refuses_unknown_values() -> None:
 # --- session control TLVs -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("wire", ["02 00", "03 00"])
-def test_empty_session_id_is_malformed(wire: str) -> None:
-    with pytest.raises(TunnelError, match="Session ID") as info:
-        decode_control(h(wire))
-    assert info.value.code is MALFORMED
+@pytest.mark.parametrize(("wire", "cls"), [("02 00", SessionIdTLV), ("03 00", JoinSession)])
+def test_zero_length_session_id_is_valid(
+    wire: str, cls: type[SessionIdTLV] | type[JoinSession]
+) -> None:
+    """The Session ID's size is "Variable" (session draft §6.1.2, §6.1.3): zero included."""
+    assert decode_control(h(wire)) == cls(b"")
+    assert cls(b"").encode() == h(wire)
 
 
 @pytest.mark.parametrize("cls", [SessionIdTLV, JoinSession])
-def test_session_id_constructor_refuses_empty_and_oversized(
+def test_session_id_constructor_refuses_oversized(
     cls: type[SessionIdTLV] | type[JoinSession],
 ) -> None:
-    for bad in (b"", bytes(256)):
-        with pytest.raises(ValueError, match="Session ID"):
-            cls(bad)
+    with pytest.raises(ValueError, match="Session ID"):
+        cls(bytes(256))
 
 
 @pytest.mark.parametrize("tlv_type", [0x04, 0x7F, 0xFF])

@@ -88,6 +88,7 @@ from aioquic.quic.connection import QuicConnection
 
 from tunnel.agents.access_health import LinkState, LivenessProbe
 from tunnel.config import AccessConfig, ClientConfig, TunConfig
+from tunnel.policy.qos import qos_value
 from tunnel.protocol.connection import (
     STREAM_EVENTS,
     ConnectionClosed,
@@ -694,7 +695,8 @@ class _SessionMode:
         path.state = PathState.JOINING
         path.deadline = now + SESSION_TIMEOUT
         if self.session_id is None:
-            path.tunnel.request_new_session()
+            qos = self.agent.config.qos
+            path.tunnel.request_new_session(b"" if qos is None else qos_value(qos))
         else:
             path.tunnel.join_session(self.session_id)
         self.agent.transmit(path)

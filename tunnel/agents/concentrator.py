@@ -77,6 +77,7 @@ from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier
 from tunnel.policy.host_guard import HostGuard
 from tunnel.policy.ingress import IngressFilter
 from tunnel.policy.log_budget import LogBudget
+from tunnel.policy.qos import QosPolicy, qos_label, qos_value, set_dscp
 from tunnel.policy.rate_limit import TokenBucket
 from tunnel.protocol.connection import (
     STREAM_EVENTS,
@@ -490,6 +491,8 @@ class _SessionMode(_ClientMode):
     which picks a connection per packet (the configured scheduler) and reorders by Packet Tag."""
 
     mode = TunnelMode.SESSION
+    qos = b""
+    """The QoS Flow Indication of its session's New Session (session draft §6.1.1)."""
 
     def received(self, peer: _Peer, event: PacketReceived, now: float) -> Sequence[bytes] | None:
         session = self.session
@@ -545,6 +548,8 @@ class _SessionMode(_ClientMode):
         )
         session.add_connection(peer.connection, peer.access_id)
         self.session = session
+        self.qos = entry.qos
+        client.dscp = core.qos_policy.dscp_for(entry.qos)
         core.session_owner[entry.session_id] = client.name
         core._accept_session(peer, entry.session_id)
         core._watch(peer, now)
@@ -567,13 +572,19 @@ class _SessionMode(_ClientMode):
             reason = "the Session ID is not one of this client's sessions"
             core._reject_join(peer, ControlErrorCode.UNKNOWN_SESSION_ID, reason)
             return
+        conflict = self._conflict(peer)
+        if conflict is not None:
+            # §6.1.3 CONFLICTING_STATE: "The current state of the QUIC tunnel connection could
+            # not be merged with the tunneling session."
+            core._reject_join(peer, ControlErrorCode.CONFLICTING_STATE, conflict)
+            return
         try:
             core.sessions.join(session_id, peer, now)
         except JoinError as exc:
             core._reject_join(peer, exc.code, str(exc))
             return
         session.add_connection(peer.connection, peer.access_id)
-        core._accept_session(peer, session_id)
+        core._accept_session(peer, session_id, joined=True)
         core._watch(peer, now)
         log.info(
             "session joined client=%s session=%s peer=%s connections=%d",
@@ -582,6 +593,19 @@ class _SessionMode(_ClientMode):
             peer.address,
             len(session.connections),
         )
+
+    def _conflict(self, joining: _Peer) -> str | None:
+        """Why the joining connection's state cannot be merged with the session's, if it
+        cannot: its TCP connections would be carried one way on some accesses and another way
+        on others if it negotiated stream mode (-tcp draft §4) differently from the members."""
+        members = [p for p in self.client.peers if p is not joining and self._has(p)]
+        if members and members[0].connection.stream_mode != joining.connection.stream_mode:
+            state = "on" if joining.connection.stream_mode else "off"
+            return (
+                f"the joining connection has stream mode {state} and the session's connections"
+                " do not: open every connection of a session with the same stream mode setting"
+            )
+        return None
 
     def access_reported(self, peer: _Peer, access: AccessId, up: bool, now: float) -> None:
         session = self.session
@@ -611,6 +635,7 @@ class _SessionMode(_ClientMode):
 
     def end_session(self) -> None:
         session, self.session = self.session, None
+        self.qos, self.client.dscp = b"", None
         if session is not None and session.session_id is not None:
             self.core.session_owner.pop(session.session_id, None)
             # Its client replaced it: free its slot in the table now, not after the expiry.
@@ -621,6 +646,7 @@ class _SessionMode(_ClientMode):
         if self.session is None or self.session.session_id != session_id:
             return False
         self.session = None
+        self.qos, self.client.dscp = b"", None
         return True
 
     def poll(self, now: float) -> list[bytes]:
@@ -634,7 +660,10 @@ class _SessionMode(_ClientMode):
         if session is None:
             return {"session_id": None}
         return {
-            "session_id": session.session_id.hex() if session.session_id else None,
+            "session_id": session.session_id.hex() if session.session_id is not None else None,
+            # the New Session's QoS Flow Indication and what the site's policy made of it
+            "qos": qos_label(self.qos) if self.qos else None,
+            "dscp": self.client.dscp,
             "accesses_available": {
                 name: session.is_available(access) for access, name in ACCESS_NAMES.items()
             },
@@ -662,6 +691,9 @@ class _Client:
     bucket_out: TokenBucket | None = None  # TUN -> client
     peers: list[_Peer] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
+    dscp: int | None = None
+    """The DSCP its forwarded packets get: its session's QoS Flow Indication mapped by the site's
+    [[qos]] tables (tunnel/policy/qos.py); None leaves them as sent."""
     strategy: _ClientMode = field(init=False)
 
 
@@ -707,6 +739,7 @@ class ConcentratorCore:
             max_sessions=self.limits.max_sessions or self.limits.max_clients,
         )
         self.session_owner: dict[bytes, str] = {}
+        self.qos_policy = QosPolicy((qos_value(mark.value), mark.dscp) for mark in config.qos)
         self.admission = Admission(frozenset(c.name for c in config.clients), config.pool.admit)
         self.host_guard = HostGuard(config.to_concentrator, ())
         # Lines a peer can cause at will (reports, refusals) are rate-limited per key.
@@ -1237,9 +1270,13 @@ class ConcentratorCore:
         """The session table changed (created, joined, left, discarded, expired)."""
         self._expiry_stale = True
 
-    def _accept_session(self, peer: _Peer, session_id: bytes) -> None:
+    def _accept_session(self, peer: _Peer, session_id: bytes, joined: bool = False) -> None:
+        """New Session: Session ID TLV + FIN; Join Session: FIN alone (session §6.1.3)."""
         self._sessions_changed()
-        peer.connection.accept_session(session_id)
+        if joined:
+            peer.connection.confirm_join()
+        else:
+            peer.connection.accept_session(session_id)
         self._actions.append(SessionAnswered(peer.connection, session_id))
 
     def _reject_join(self, peer: _Peer, code: ControlErrorCode, reason: str) -> None:
@@ -1288,6 +1325,8 @@ class ConcentratorCore:
         if bucket is not None and not bucket.allow(len(packet), now):
             client.counters["rate_limited_in"] += 1
             return
+        if client.dscp is not None:
+            packet = set_dscp(packet, client.dscp)
         self._to_tun.append((packet, client, False))
 
     def _claim_source(self, client: _Client, packet: bytes) -> None:

@@ -377,7 +377,7 @@ class TunnelConnection:
 
         # session control (-tunnel-session-00 §4.1)
         self._control_sent = False
-        self._control_received: ControlMessage | None = None
+        self._control_received: NewSession | JoinSession | None = None
         self._control_stream_finished = False
         self._session_id: bytes | None = None
         self._requested_join: bytes | None = None
@@ -671,27 +671,47 @@ class TunnelConnection:
         return stream_id
 
     def accept_session(self, session_id: bytes) -> int:
-        """Concentrator: Session ID TLV then FIN on our control stream (answers both
-        New Session, §6.1.1, and a successful Join Session, §6.1.3)."""
-        self._require_pending_request()
+        """Concentrator: Session ID TLV then FIN on our control stream, the answer to a
+        New Session (§6.1.1 "MUST send a Session ID TLV in response")."""
+        self._pending_request(NewSession)
         stream_id = self._open_server_control_stream()
         self._quic.send_stream_data(stream_id, SessionIdTLV(session_id).encode(), end_stream=True)
         self._session_id = bytes(session_id)
         return stream_id
 
+    def confirm_join(self) -> int:
+        """Concentrator: FIN alone on our control stream, the answer to a successful Join
+        Session (§6.1.3: "A successful joining of connection is indicated by the closure of the
+        QUIC tunnel control stream of the concentrator"; the client knows the ID it sent)."""
+        request = self._pending_request(JoinSession)
+        assert isinstance(request, JoinSession)
+        stream_id = self._open_server_control_stream()
+        self._quic.send_stream_data(stream_id, b"", end_stream=True)
+        self._session_id = request.session_id
+        return stream_id
+
     def reject_join(self, code: ControlErrorCode) -> int:
         """Concentrator: RESET_STREAM of our control stream with `code` (§6.1.3)."""
-        self._require_pending_request()
+        self._pending_request()  # a New Session too: a full session table (UNKNOWN_ERROR)
         stream_id = self._open_server_control_stream()
         self._quic.reset_stream(stream_id, int(code))
         return stream_id
 
-    def _require_pending_request(self) -> None:
+    def _pending_request(
+        self, kind: type[NewSession] | type[JoinSession] | None = None
+    ) -> NewSession | JoinSession:
+        """The client's New Session or Join Session still to answer (of type `kind` if given)."""
         self._require_mode(TunnelMode.SESSION, client=False)
-        if self._control_received is None:
+        request = self._control_received
+        if request is None:
             raise TunnelUsageError("no New Session or Join Session was received to answer")
         if self._control_sent:
             raise TunnelUsageError("this connection already answered its session request")
+        if kind is not None and not isinstance(request, kind):
+            raise TunnelUsageError(
+                f"the client sent a {type(request).__name__} TLV, not a {kind.__name__} TLV"
+            )
+        return request
 
     def _open_server_control_stream(self) -> int:
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
@@ -733,7 +753,11 @@ class TunnelConnection:
             if self._is_client:
                 if not self._control_sent:
                     raise _Violation("the concentrator closed its control stream unasked")
-                session_id = self._session_id or self._requested_join
+                # New Session: the Session ID TLV received; Join Session: the ID we sent
+                # (a Session ID may be zero bytes long: the TLV's length is "Variable").
+                session_id = (
+                    self._session_id if self._session_id is not None else self._requested_join
+                )
                 if session_id is None:
                     raise _Violation(
                         "the concentrator closed its control stream without a Session ID TLV"
@@ -775,6 +799,11 @@ class TunnelConnection:
                 raise _Violation(f"the concentrator sent a {type(message).__name__} TLV")
             if not self._control_sent or self._session_id is not None:
                 raise _Violation("unexpected Session ID TLV from the concentrator")
+            joining = self._requested_join
+            if joining is not None and message.session_id != joining:
+                # A join is answered by the FIN alone (§6.1.3); a Session ID TLV before it (as
+                # this implementation sent until 2026-12) is accepted if it names that session.
+                raise _Violation("the concentrator answered Join Session with another Session ID")
             self._session_id = message.session_id
             return []
         if isinstance(message, SessionIdTLV):

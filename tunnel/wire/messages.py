@@ -132,14 +132,15 @@ class NewSession:
 @dataclass(frozen=True, slots=True)
 class SessionIdTLV:
     """draft-piraux-intarea-quic-tunnel-session-00 §6.1.2 Session ID TLV (type 0x02): the opaque
-    Session ID, which must not be empty since an empty ID could not name a session."""
+    Session ID. Its size is "Variable", zero included: a concentrator that serves one session
+    could name it with no bytes (ours issues 16 random bytes, tunnel/session/table.py)."""
 
     TLV_TYPE: ClassVar[int] = 0x02
 
     session_id: bytes
 
     def __post_init__(self) -> None:
-        _check_opaque("Session ID", self.session_id, 1)
+        _check_opaque("Session ID", self.session_id, 0)
         object.__setattr__(self, "session_id", bytes(self.session_id))
 
     def encode(self) -> bytes:
@@ -153,14 +154,14 @@ class SessionIdTLV:
 @dataclass(frozen=True, slots=True)
 class JoinSession:
     """draft-piraux-intarea-quic-tunnel-session-00 §6.1.3 Join Session TLV (type 0x03): the
-    non-empty Session ID of the session to join."""
+    Session ID of the session to join ("Variable" size, zero included, as the Session ID TLV)."""
 
     TLV_TYPE: ClassVar[int] = 0x03
 
     session_id: bytes
 
     def __post_init__(self) -> None:
-        _check_opaque("Session ID", self.session_id, 1)
+        _check_opaque("Session ID", self.session_id, 0)
         object.__setattr__(self, "session_id", bytes(self.session_id))
 
     def encode(self) -> bytes:
