@@ -400,7 +400,6 @@ def test_role_and_mode_misuse_raise_usage_errors() -> None:
         (2, NewSession().encode() + JoinSession(b"S").encode(), True, "more than once"),
         (2, b"", True, "without New Session or Join Session"),
         (2, NewSession().encode()[:1], True, "ended inside a TLV"),
-        (2, b"\x09\x00", True, "unknown control TLV type 0x09"),
     ],
 )
 def test_control_stream_violations_close_the_connection(
@@ -410,6 +409,32 @@ def test_control_stream_violations_close_the_connection(
     path.client.quic.send_stream_data(stream_id, payload, end_stream=end)
     net.run(0.5)
     closed_with(path, reason)
+
+
+@pytest.mark.parametrize("stream_id", [2, 6])
+def test_unknown_control_tlvs_are_skipped_and_counted(stream_id: int) -> None:
+    """New control TLV types come by IETF Review (tunnel draft §9.2.1): one we do not know is
+    skipped and counted, on the control stream and on a report stream, and what follows it
+    still counts."""
+    net, path = connected("qt-session")
+    unknown = b"\x09\x03abc"
+    if stream_id == 2:
+        path.client.quic.send_stream_data(2, unknown + NewSession(b"v").encode(), end_stream=True)
+    else:
+        tunnel(path.client).request_new_session()
+        report = AccessReport(AccessId.THREE_GPP, AccessSignal.AVAILABLE).encode()
+        path.client.quic.send_stream_data(6, unknown + report, end_stream=True)
+    net.run(0.5)
+    server = tunnel(path.server)
+    assert not server.closed
+    assert server.counters.drops["unknown_control_tlv"] == 1
+    assert server.counters.drops["invalid_access_report"] == 0
+    if stream_id == 2:
+        assert events_of(path.server, SessionRequested) == [SessionRequested(b"v")]
+    else:
+        assert [e.access_id for e in events_of(path.server, AccessReportReceived)] == [
+            AccessId.THREE_GPP
+        ]
 
 
 def test_control_tlv_off_the_control_stream_closes() -> None:

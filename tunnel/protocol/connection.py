@@ -115,6 +115,9 @@ class DropReason(Enum):
     """Session mode Protocol Type we do not carry (-tunnel-session-00 §4: MAY drop)."""
     INVALID_ACCESS_REPORT = "invalid_access_report"
     """Access Report with an unknown AI or Signal: MUST be discarded (-tunnel-00 §7.1.1)."""
+    UNKNOWN_CONTROL_TLV = "unknown_control_tlv"
+    """A control TLV of a type we do not know, skipped: the registry grows by IETF Review
+    (-tunnel-00 §9.2.1), so a peer implementing a later document may send one."""
 
 
 # -- events ------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ class _Violation(Exception):
 class _UniStream:
     reader: TLVReader = field(default_factory=TLVReader)
     messages: list[ControlMessage] = field(default_factory=list)
-    discarded: bool = False
+    discarded: bool = False  # an invalid Access Report or unknown TLV was skipped (counted)
 
 
 @dataclass
@@ -777,7 +780,11 @@ class TunnelConnection:
         for tlv_type, value in state.reader.feed(data):
             decode = CONTROL_DECODERS.get(tlv_type)
             if decode is None:
-                raise _Violation(f"unknown control TLV type {tlv_type:#04x} on stream {stream_id}")
+                # New control TLV types come by IETF Review (-tunnel-00 §9.2.1): skip and count
+                # one, as unknown stream TLVs are, rather than close a newer peer's connection.
+                self.counters.drop(DropReason.UNKNOWN_CONTROL_TLV)
+                state.discarded = True
+                continue
             try:
                 messages.append(decode(value))
             except TunnelError as exc:
