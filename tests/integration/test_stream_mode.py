@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -276,13 +277,28 @@ def test_malformed_tcp_connect_gets_malformed_tlv(lab: Lab, preamble: str) -> No
     assert res["ended"] is True and res["closed"] is None
 
 
-def test_unreachable_address_gets_the_icmp_packet(lab: Lab) -> None:
-    res = raw(lab, tcp_connect_tlv(UNREACHABLE4, 80) + END)
+@pytest.mark.parametrize("unreachable", [UNREACHABLE4, UNREACHABLE6])
+def test_unreachable_address_gets_the_icmp_packet(lab: Lab, unreachable: str) -> None:
+    """-tcp §5.1.3: "the ICMP packet received by the concentrator is copied inside the Error
+    Payload": the IP packet, header included — it names the router that refused (the
+    destination namespace, 10.200.1.2 / fd00:200:1::2) — to the concentrator (.1)."""
+    res = raw(lab, tcp_connect_tlv(unreachable, 80) + END)
     received = bytes.fromhex(str(res["received"]))
     assert res["ended"] is True
     assert received[0] == 0x02 and received[2:4] == b"\x00\x01"  # ICMP Packet Received
-    icmp = received[4 : 2 + received[1]]
-    assert icmp[0] == 3 and icmp[1] in (0, 1)  # Destination Unreachable: net or host
+    packet = received[4 : 2 + received[1]]
+    if ":" in unreachable:
+        assert packet[0] >> 4 == 6 and packet[6] == 58 and packet[7] > 0  # ICMPv6, hop limit
+        assert int.from_bytes(packet[4:6], "big") == len(packet) - 40 or len(packet) == 253
+        source, destination = IPv6Address(packet[8:24]), IPv6Address(packet[24:40])
+        icmp, unreach_type = packet[40:], 1
+        assert (str(source), str(destination)) == ("fd00:200:1::2", "fd00:200:1::1")
+    else:
+        assert packet[0] >> 4 == 4 and packet[9] == 1  # IPv4, ICMP
+        source, destination = IPv4Address(packet[12:16]), IPv4Address(packet[16:20])
+        icmp, unreach_type = packet[(packet[0] & 0x0F) * 4 :], 3
+        assert (str(source), str(destination)) == ("10.200.1.2", "10.200.1.1")
+    assert icmp[0] == unreach_type  # Destination Unreachable (the route is "unreachable")
     assert received[2 + received[1] :] == bytes.fromhex(END)
 
 

@@ -3,11 +3,13 @@ client installs and the matching of ICMP errors to a failed connect."""
 
 from __future__ import annotations
 
+import socket
 import struct
+import sys
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from tunnel.aio.stream_client import nft_ruleset
-from tunnel.aio.stream_server import quoted_tcp_ports
+from tunnel.aio.stream_server import ipv6_header, quoted_tcp_ports
 from tunnel.config import StreamClientConfig
 
 
@@ -55,3 +57,18 @@ def test_icmpv6_unreachable_quoting_a_syn() -> None:
     assert quoted_tcp_ports(message, 6) == ("fd00:200:99::1", 40001, 443)
     udp = ip6[:6] + bytes([17]) + ip6[7:]
     assert quoted_tcp_ports(message[:8] + udp + _tcp_syn(1, 2), 6) is None
+
+
+def test_ipv6_header_is_rebuilt_from_the_raw_sockets_control_messages() -> None:
+    """An IPv6 raw socket strips the header the Error TLV must carry (-tcp §5.1.3): it is
+    written back from the source address and the IPV6_PKTINFO / IPV6_HOPLIMIT messages."""
+    destination = IPv6Address("fd00:200:1::1")
+    ancillary = [
+        (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, destination.packed + (7).to_bytes(4, "little")),
+        (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, (63).to_bytes(4, sys.byteorder)),
+    ]
+    header = ipv6_header("fd00:200:1::2%eth0", ancillary, 48)
+    assert len(header) == 40 and header[0] >> 4 == 6
+    assert struct.unpack("!IHBB", header[:8]) == (6 << 28, 48, 58, 63)
+    assert header[8:24] == IPv6Address("fd00:200:1::2").packed and header[24:] == destination.packed
+    assert ipv6_header("fd00::2", [], 8)[24:] == bytes(16)  # no PKTINFO: unspecified

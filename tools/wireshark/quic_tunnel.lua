@@ -329,9 +329,22 @@ end
 local STREAM_FIELD = { [0x00] = F.tcp_connect, [0x01] = F.tcp_connect_ok, [0x02] = F.error,
                        [0xff] = F.end_tlv }
 
+-- tcp-00 §5.1.3: "the ICMP packet received by the concentrator is copied inside the Error
+-- Payload". Ours copy the IP packet, header included (tunnel/aio/stream_server.py); earlier
+-- versions copied the ICMP message alone. Returns where the ICMP message starts (0-based).
+local function icmp_offset(payload)
+    local version = math.floor(payload(0, 1):uint() / 16)
+    if version == 4 then return (payload(0, 1):uint() % 16) * 4 end
+    if version == 6 then return 40 end
+    return 0
+end
+
 local function icmp_payload(item, pinfo, payload)
-    -- tcp-00 §5.1.3: the ICMP message the concentrator received (tunnel/aio/stream_server.py
-    -- copies it without the IP header); the quoted packet's version says ICMP or ICMPv6.
+    local version = math.floor(payload(0, 1):uint() / 16)
+    if version == 4 or version == 6 then
+        Dissector.get(version == 6 and "ipv6" or "ip"):call(payload:tvb(), pinfo, item)
+        return
+    end
     if payload:len() < 9 then return end
     local quoted = math.floor(payload(8, 1):uint() / 16)
     Dissector.get(quoted == 6 and "icmpv6" or "icmp"):call(payload:tvb(), pinfo, item)
@@ -375,9 +388,10 @@ local function stream_tlv(tree, pinfo, tvb, sid)
                 local payload = value(2, length - 2)
                 local sub = item:add(F.error_payload, payload)
                 local bytes = payload:raw()
-                if code == 1 and #bytes >= 2 then
-                    text = text .. string.format(", ICMP type %d code %d", bytes:byte(1),
-                                                 bytes:byte(2))
+                local at = #bytes >= 1 and icmp_offset(payload) or 0
+                if code == 1 and #bytes >= at + 2 then
+                    text = text .. string.format(", ICMP type %d code %d", bytes:byte(at + 1),
+                                                 bytes:byte(at + 2))
                     icmp_payload(sub, pinfo, payload)
                 end
             end

@@ -14,10 +14,12 @@ For every TcpConnectRequested (the client opened a stream with TCP Connect + End
    reported as "suppressed=K").
 2. a non-blocking connect() bounded by `connect_timeout`;
 3. success -> TCP Connect OK + End (§5.1.2), then relay both ways; failure -> Error TLV +
-   End + FIN (§5.1.3): ICMP Packet Received with the ICMP message when the failure came with
-   one (seen on a raw ICMP socket: Linux does not hand a TCP socket the ICMP packet that
-   aborted its connect), else Network Failure (refused = the destination sent a RST, a
-   timeout, a local routing error).
+   End + FIN (§5.1.3): ICMP Packet Received with "the ICMP packet received by the
+   concentrator" copied in — the IP packet, header included (it names the router that sent
+   the error), cut to the 253 bytes an Error TLV holds — when the failure came with one (seen
+   on a raw ICMP socket: Linux does not hand a TCP socket the ICMP packet that aborted its
+   connect), else Network Failure (refused = the destination sent a RST, a timeout, a local
+   routing error).
 A malformed TCP Connect never reaches us: TunnelConnection answers it with Error TLV Malformed
 TLV + End + FIN and emits StreamRejected.
 
@@ -39,6 +41,8 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,6 +77,7 @@ ICMP_MEMORY: Final = 64
 """Recent ICMP errors kept for matching (a connect fails right after its ICMP arrives)."""
 ICMP_MAX_AGE: Final = 5.0
 IPPROTO_TCP: Final = 6
+IPPROTO_ICMPV6: Final = 58
 ICMP_DEST_UNREACH: Final = 3
 ICMP_TIME_EXCEEDED: Final = 11
 ICMP6_DST_UNREACH: Final = 1
@@ -102,6 +107,23 @@ def is_own_address(address: IPv4Address | IPv6Address) -> bool:
         except OSError:
             return False
     return True
+
+
+def ipv6_header(source: str, ancillary: list[tuple[int, int, bytes]], payload_length: int) -> bytes:
+    """The IPv6 header of an ICMPv6 packet read from a raw socket (which strips it), from its
+    source address and the IPV6_PKTINFO (destination) and IPV6_HOPLIMIT control messages;
+    traffic class and flow label are not reported by the kernel and written as 0."""
+    destination, hop_limit = bytes(16), 0
+    for level, kind, value in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(value) >= 16:
+            destination = value[:16]
+        elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
+            hop_limit = int.from_bytes(value[:4], sys.byteorder)
+    return (
+        struct.pack("!IHBB", 6 << 28, payload_length, IPPROTO_ICMPV6, hop_limit & 0xFF)
+        + IPv6Address(source.split("%")[0]).packed
+        + destination
+    )
 
 
 def quoted_tcp_ports(message: bytes, version: int) -> tuple[str, int, int] | None:
@@ -153,6 +175,11 @@ class IcmpWatcher:
                 sock = socket.socket(family, socket.SOCK_RAW, proto)
             except OSError:
                 continue
+            if version == 6:
+                # An IPv6 raw socket never returns the IPv6 header (RFC 3542 §3): ask for the
+                # destination address and hop limit to write it back (ipv6_header).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
             sock.setblocking(False)
             self._sockets.append((sock, version))
 
@@ -167,14 +194,19 @@ class IcmpWatcher:
     def _read(self, sock: socket.socket, version: int) -> None:
         for _ in range(64):
             try:
-                data = sock.recv(2048)
+                data, ancillary, _, source = sock.recvmsg(2048, 256)
             except OSError:
                 return
-            # IPv4 raw sockets deliver the IP header too; keep the ICMP message only.
-            message = data[(data[0] & 0x0F) * 4 :] if version == 4 and data else data
+            if version == 4:
+                # IPv4 raw sockets deliver the IP header too: the packet as received.
+                packet = data
+                message = data[(data[0] & 0x0F) * 4 :] if data else data
+            else:
+                message = data
+                packet = ipv6_header(source[0], ancillary, len(message)) + message
             key = quoted_tcp_ports(message, version)
             if key is not None:
-                self._recent.append((time.monotonic(), key, message[:ICMP_PAYLOAD_MAX]))
+                self._recent.append((time.monotonic(), key, packet[:ICMP_PAYLOAD_MAX]))
 
     def find(self, destination: str, source_port: int, destination_port: int) -> bytes | None:
         """The ICMP message that quoted our SYN to destination:destination_port from
