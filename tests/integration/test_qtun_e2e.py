@@ -315,10 +315,40 @@ class TestSessionMode(TrafficChecks):
     @classmethod
     def dep(cls, lab: Lab) -> Iterator[QtunDeployment]:
         spec = TunnelSpec(
-            mode="session", client_overrides=(f"limits.probe_interval={PROBE_INTERVAL_S}",)
+            mode="session",
+            # the New Session's QoS value, mapped to a DSCP by the concentrator's policy
+            client_overrides=(f"limits.probe_interval={PROBE_INTERVAL_S}", "qos=voice"),
+            concentrator_overrides=('qos=[{value = "voice", dscp = "EF"}]',),
         )
         with deployed(lab, spec) as dep:
             yield dep
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_the_sessions_qos_marks_what_reaches_the_server(
+        self, lab: Lab, dep: QtunDeployment, family: int
+    ) -> None:
+        """Session draft §6.1.1: the client's QoS Flow Indication ("voice"), mapped by the
+        concentrator's [[qos]] table to DSCP EF, marks the packets it forwards: the server
+        counts echo requests from c1 arriving with DSCP EF."""
+        srv1, table = lab.node("srv1"), "qtl_dscp"
+        match = (
+            "ip dscp ef icmp type echo-request"
+            if family == 4
+            else ("ip6 dscp ef icmpv6 type echo-request")
+        )
+        srv1.cmd(f"nft 'add table inet {table}; add chain inet {table} in "
+                 f"{{ type filter hook input priority 0; }}; add rule inet {table} in {match} "
+                 f"counter'")  # fmt: skip
+        try:
+            replies, out = ping_replies(lab.node("c1"), SERVER[family], count=3)
+            assert replies == 3, out
+            rules = str(srv1.cmd(f"nft list chain inet {table} in"))
+            counted = re.search(r"counter packets (\d+)", rules)
+            assert counted is not None and int(counted.group(1)) == 3, rules
+        finally:
+            srv1.cmd(f"nft delete table inet {table}")
+        (client,) = [c for c in dep.status("conc")["clients"] if c["name"] == "c1"]
+        assert (client["qos"], client["dscp"]) == ("voice", 46)
 
     def test_both_accesses_joined_one_session(self, dep: QtunDeployment) -> None:
         status = dep.status("c1")
