@@ -71,6 +71,7 @@ __all__ = [
     "RETRY_POLICIES",
     "SCHEDULER_NAMES",
     "STREAM_BUFFER_DEFAULT",
+    "STREAM_CONNECT_MODES",
     "TO_CONCENTRATOR_POLICIES",
     "AccessConfig",
     "ClientConfig",
@@ -115,6 +116,9 @@ CONGESTION_CONTROLS = ("reno", "cubic", "bbr", "none")
 # check its tunnel, but not reach the host's services), "allow" everything.
 TO_CONCENTRATOR_POLICIES = ("deny", "ping", "allow")
 RETRY_POLICIES = ("always", "auto", "never")
+# How the transparent stream client answers an application's SYN (tunnel/aio/stream_client.py):
+# "early" at once (the kernel's listener does), "faithful" once the concentrator connected.
+STREAM_CONNECT_MODES = ("early", "faithful")
 # Stream mode's window and send buffer, 1 MiB each: one stream then fills a 100 Mbit/s path up
 # to ~80 ms of RTT; 256 KiB held a 5G-profile link (20 ms + queueing) to 57 of 94 Mbit/s (make
 # bench). Memory per connection and side is about window + send_buffer.
@@ -380,6 +384,15 @@ class StreamClientConfig:
     listen_port: int = field(
         default=4480,
         metadata=setting("the transparent listener's port, on 127.0.0.1 and ::1", PORT),
+    )
+    connect: str = field(
+        default="early",
+        metadata=setting(
+            "transparent interception: early answers the application's SYN at once; faithful"
+            " holds it (NFQUEUE, needs iptables) until the concentrator connected, so connect()"
+            " fails as it would without the tunnel",
+            Choice(STREAM_CONNECT_MODES),
+        ),
     )
     socks_port: int | None = field(
         default=None,

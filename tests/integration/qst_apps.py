@@ -16,10 +16,13 @@ Application side (clients):
   many HOST PORT K SIZE     K concurrent connections, each echoes SIZE bytes, verified
   slow HOST PORT K RATE SECS  K connections read at RATE bytes/s for SECS s, then held
   socks PROXY_PORT HOST PORT  SOCKS5 CONNECT, print the reply code
+  connect-outcome HOST PORT   connect; report connect()'s outcome (errno name) and its time; if
+                              connected, one echo round trip
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -187,6 +190,25 @@ def expect_reset(host: str, port: int) -> None:
     result(connected=True, outcome=outcome)
 
 
+def connect_outcome(host: str, port: int) -> None:
+    started = time.monotonic()
+    try:
+        sock = connect(host, port)
+    except OSError as exc:
+        name = errno_name(exc)
+        result(connected=False, error=name, seconds=time.monotonic() - started)
+        return
+    seconds = time.monotonic() - started
+    sock.sendall(b"ping")
+    answer = sock.recv(4)
+    sock.close()
+    result(connected=True, echo=answer.decode(errors="replace"), seconds=seconds)
+
+
+def errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
 def send_and_finish(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(payload)
     sock.shutdown(socket.SHUT_WR)
@@ -286,6 +308,7 @@ def main() -> None:
         "many": lambda: many(rest[0], int(rest[1]), int(rest[2]), int(rest[3])),
         "slow": lambda: slow(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), float(rest[4])),
         "socks": lambda: socks(int(rest[0]), rest[1], int(rest[2])),
+        "connect-outcome": lambda: connect_outcome(rest[0], int(rest[1])),
     }
     commands[command]()
 

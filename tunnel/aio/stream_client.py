@@ -21,6 +21,20 @@ client that relies on connect() failing (happy eyeballs across addresses) cannot
 SOCKS front has no such trade-off: it answers the application's CONNECT only once the
 concentrator did, with a SOCKS reply code that mirrors the Error TLV.
 
+Faithful connect (`connect = "faithful"`): the application's SYN is held instead (an
+NFQUEUE rule in the mangle table's OUTPUT chain, before the nat redirect; tunnel/aio/nfqueue.py),
+the stream opened with TCP Connect + End at once, and the SYN released only when the
+concentrator answered TCP Connect OK — then the redirect and our listener complete the
+handshake, and the accepted socket is handed to the relay that already holds the stream. An
+Error TLV drops the SYN and answers the application as the network would have
+(tunnel/wire/syn_answers.py): a RST (connect() fails with ECONNREFUSED) for Network Failure,
+the concentrator's ICMP error re-addressed to it (EHOSTUNREACH...) for ICMP Packet Received.
+This is the draft's mapping (-tcp §3, "SYN received -> Open Stream, send TLVs"; the
+application's connection opens when the destination's did); its cost is one round trip to the
+concentrator plus its connect before connect() returns (README, Stream mode). A retransmitted
+SYN of a held connection is dropped; a SYN without a QUIC connection up is answered with a RST.
+If the program dies, the rule's queue bypass lets SYNs through (early mode's behaviour).
+
 Connections accepted while `current()` is None (no QUIC connection up) are reset at once.
 """
 
@@ -33,9 +47,12 @@ import socket
 import struct
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Final
 
+from tunnel.aio.nfqueue import NfQueue, NfQueueError, QueuedPacket
 from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit
 from tunnel.config import StreamClientConfig
 from tunnel.protocol.connection import (
@@ -60,12 +77,18 @@ from tunnel.wire.socks5 import (
     encode_reply,
     reply_for_error,
 )
+from tunnel.wire.syn_answers import Syn, parse_syn, tcp_reset_for, unreachable_for
 
 log = logging.getLogger("qtun.stream")
 
 SO_ORIGINAL_DST: Final = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST: Final = 80  # linux/netfilter_ipv6/ip6_tables.h
 NFT_TABLE: Final = "qtun_stream"
+HOLD_CHAIN: Final = "QTUN_HOLD"  # the iptables (mangle) chain of the faithful connect
+HOLD_TIMEOUT: Final = 60.0
+"""A held SYN never answered (the concentrator lost) or never accepted is given up after this:
+longer than any connect_timeout the concentrator may use."""
+MAX_HELD: Final = 1024
 NFT_PRIORITY: Final = -100  # dstnat
 LISTEN_BACKLOG: Final = 1024  # asyncio's default 100 drops SYNs of a burst of connections
 
@@ -126,6 +149,66 @@ def _nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProce
         raise InterceptionError(
             "the nft program is missing: install nftables or use stream.socks_port only"
         ) from None
+
+
+def hold_rules(config: StreamClientConfig, chain: str = HOLD_CHAIN) -> dict[int, list[list[str]]]:
+    """The iptables / ip6tables commands (per IP version) that queue the SYNs of locally
+    originated TCP to the intercepted prefixes on NFQUEUE `listen_port`, with bypass (a SYN
+    passes when nobody holds the queue)."""
+    rules: dict[int, list[list[str]]] = {}
+    for version in (4, 6):
+        prefixes = [str(p) for p in config.intercept if p.version == version]
+        if not prefixes:
+            continue
+        commands = [["-t", "mangle", "-N", chain]]
+        for prefix in prefixes:
+            commands.append(
+                ["-t", "mangle", "-A", chain, "-p", "tcp", "--syn", "-d", prefix, "-j", "NFQUEUE",
+                 "--queue-num", str(config.listen_port), "--queue-bypass"]
+            )  # fmt: skip
+        commands.append(["-t", "mangle", "-A", "OUTPUT", "-j", chain])
+        rules[version] = commands
+    return rules
+
+
+def _iptables(version: int, args: list[str]) -> subprocess.CompletedProcess[str]:
+    program = "iptables" if version == 4 else "ip6tables"
+    try:
+        return subprocess.run(
+            [program, "-w", *args], capture_output=True, text=True, timeout=10, check=False
+        )
+    except FileNotFoundError:
+        raise InterceptionError(
+            f'stream.connect = "faithful" needs {program} (the xtables NFQUEUE target; this '
+            'kernel has no nftables queue): install iptables, or use connect = "early"'
+        ) from None
+
+
+class _HoldState(Enum):
+    PENDING = "pending"  # the concentrator has not answered the TCP Connect yet
+    RELEASED = "released"  # TCP Connect OK: the SYN went on, the socket is not accepted yet
+
+
+@dataclass
+class _Held:
+    """An application's SYN held until the concentrator answered (faithful connect)."""
+
+    syn: Syn
+    packet_id: int
+    relay: TcpRelay
+    state: _HoldState = _HoldState.PENDING
+    expiry: asyncio.TimerHandle | None = None
+
+
+class _HandOver(asyncio.Protocol):
+    """The listener's protocol for a faithful connection: on accept, hand the socket to the
+    relay that holds its stream (or, for a connection nobody held, the early path)."""
+
+    def __init__(self, client: StreamClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client._accepted(transport)
 
 
 class _SocksRelay(TcpRelay):
@@ -205,6 +288,17 @@ class StreamClient:
         self.refused_not_redirected = 0
         self.connect_failed = 0
         self.nft_table = NFT_TABLE
+        # faithful connect: the queue, the SYNs it holds (by flow and by stream), the raw
+        # sockets that answer a refused one, the iptables chains installed (by IP version)
+        self.faithful = config.connect == "faithful" and bool(config.intercept)
+        self.hold_chain = HOLD_CHAIN
+        self._queue: NfQueue | None = None
+        self._held: dict[tuple[Any, ...], _Held] = {}
+        self._held_streams: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self._raw: dict[int, socket.socket] = {}
+        self._hold_chains: list[int] = []
+        self.syns_held = 0
+        self.syns_answered = 0
 
     def quic_options(self) -> dict[str, Any]:
         """Keyword arguments for TunnelQuicConnection on a stream-mode client."""
@@ -222,7 +316,7 @@ class StreamClient:
                 # REDIRECT in the output hook sends to the loopback address of the family
                 for host in [h for v, h in ((4, "127.0.0.1"), (6, "::1")) if v in families]:
                     server = await loop.create_server(
-                        self._transparent_relay,
+                        (lambda: _HandOver(self)) if self.faithful else self._transparent_relay,
                         host,
                         self.config.listen_port,
                         reuse_address=True,
@@ -230,6 +324,8 @@ class StreamClient:
                     )
                     self._servers.append(server)
                 self._install_nft()
+                if self.faithful:
+                    self._start_holding(loop)
             if self.config.socks_port is not None:
                 server = await loop.create_server(
                     lambda: _SocksRelay(self),
@@ -245,6 +341,7 @@ class StreamClient:
 
     async def close(self) -> None:
         """Remove the nftables table, stop listening, reset every relayed connection."""
+        self._stop_holding()
         self._remove_nft()
         for server in self._servers:
             server.close()
@@ -272,6 +369,165 @@ class StreamClient:
             _nft(["delete", "table", "inet", self._nft_table])
             self._nft_table = None
 
+    def _start_holding(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind the queue first (until then the rules' bypass lets SYNs through), then the
+        raw sockets that answer refused SYNs, then the rules."""
+        try:
+            self._queue = NfQueue(self.config.listen_port)
+        except NfQueueError as exc:
+            raise InterceptionError(str(exc)) from None
+        loop.add_reader(self._queue.fileno(), self._on_queued)
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+            try:
+                self._raw[version] = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            except OSError as exc:
+                raise InterceptionError(
+                    f"cannot open a raw IPv{version} socket ({exc.strerror}): run the client as"
+                    ' root, or use stream.connect = "early"'
+                ) from None
+        for version, commands in hold_rules(self.config, self.hold_chain).items():
+            self._remove_hold_chain(version)  # left by a crashed run
+            self._hold_chains.append(version)
+            for command in commands:
+                result = _iptables(version, command)
+                if result.returncode != 0:
+                    raise InterceptionError(
+                        f"iptables refused the SYN-holding rule ({result.stderr.strip()}): run"
+                        " the client as root on a kernel with the xtables NFQUEUE target, or use"
+                        ' stream.connect = "early"'
+                    )
+
+    def _remove_hold_chain(self, version: int) -> None:
+        for command in (["-D", "OUTPUT", "-j", self.hold_chain], ["-F", self.hold_chain],
+                        ["-X", self.hold_chain]):  # fmt: skip
+            _iptables(version, ["-t", "mangle", *command])
+
+    def _stop_holding(self) -> None:
+        for version in self._hold_chains:
+            self._remove_hold_chain(version)
+        self._hold_chains = []
+        for held in list(self._held.values()):
+            self._give_up(held, "the stream client stopped")
+        if self._queue is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._queue.fileno())
+            self._queue.close()  # the kernel drops what is still queued
+            self._queue = None
+        for raw in self._raw.values():
+            raw.close()
+        self._raw = {}
+
+    def _on_queued(self) -> None:
+        queue = self._queue
+        if queue is None:
+            return
+        for queued in queue.read():
+            self._hold(queue, queued)
+
+    def _hold(self, queue: NfQueue, queued: QueuedPacket) -> None:
+        syn = parse_syn(queued.payload)
+        if syn is None:
+            queue.verdict(queued.packet_id, True)
+            return
+        held = self._held.get(syn.flow)
+        if held is not None:
+            # the application retransmitted its SYN: still waiting -> drop it; answered -> let
+            # it through (the first one may have been lost on the way to the listener)
+            queue.verdict(queued.packet_id, held.state is _HoldState.RELEASED)
+            return
+        current = self.current()
+        if current is None or len(self._held) >= MAX_HELD:
+            self.refused_no_connection += current is None
+            queue.verdict(queued.packet_id, False)
+            self._answer(syn, tcp_reset_for(syn))
+            return
+        conn, transmit = current
+        try:
+            sid = conn.open_tcp_stream(syn.destination, syn.destination_port)
+        except ValueError:  # a destination the draft forbids (loopback, multicast...)
+            queue.verdict(queued.packet_id, False)
+            self._answer(syn, tcp_reset_for(syn))
+            return
+        relay = TcpRelay(self.hub, self.config.window)
+        relay.attach(conn, sid, transmit)
+        held = _Held(syn, queued.packet_id, relay)
+        held.expiry = asyncio.get_running_loop().call_later(
+            HOLD_TIMEOUT, self._give_up, held, "no answer or no accept in time"
+        )
+        self._held[syn.flow] = held
+        self._held_streams[relay.key] = syn.flow
+        self.syns_held += 1
+        transmit()
+
+    def _forget(self, held: _Held) -> None:
+        if self._held.get(held.syn.flow) is held:
+            del self._held[held.syn.flow]
+        self._held_streams.pop(held.relay.key, None)
+        if held.expiry is not None:
+            held.expiry.cancel()
+
+    def _give_up(self, held: _Held, reason: str) -> None:
+        self._forget(held)
+        if held.state is _HoldState.PENDING and self._queue is not None:
+            self._queue.verdict(held.packet_id, False)
+            self._answer(held.syn, tcp_reset_for(held.syn))
+        held.relay.abort(reason)
+
+    def _answer(self, syn: Syn, packet: bytes) -> None:
+        """Send the application the network's answer to its (dropped) SYN."""
+        raw = self._raw.get(4 if isinstance(syn.source, IPv4Address) else 6)
+        if raw is None:
+            return
+        with contextlib.suppress(OSError):
+            raw.sendto(packet, (str(syn.source), 0))
+            self.syns_answered += 1
+
+    def _released(self, key: tuple[int, int]) -> bool:
+        """TCP Connect OK for a held SYN: let it go on to the redirect and our listener."""
+        flow = self._held_streams.pop(key, None)
+        held = self._held.get(flow) if flow is not None else None
+        if held is None or self._queue is None:
+            return False
+        held.state = _HoldState.RELEASED
+        self._queue.verdict(held.packet_id, True)
+        return True
+
+    def _refused(self, key: tuple[int, int], code: int, payload: bytes) -> bool:
+        """An Error TLV for a held SYN: drop it and answer the application."""
+        flow = self._held_streams.get(key)
+        held = self._held.get(flow) if flow is not None else None
+        if held is None or self._queue is None:
+            return False
+        self._forget(held)
+        self._queue.verdict(held.packet_id, False)
+        answer = None
+        if code == StreamErrorCode.ICMP_PACKET_RECEIVED:
+            answer = unreachable_for(held.syn, payload)
+        self._answer(held.syn, answer if answer is not None else tcp_reset_for(held.syn))
+        held.relay.abort(f"the concentrator could not connect (Error TLV code {code})")
+        return True
+
+    def _accepted(self, transport: asyncio.BaseTransport) -> None:
+        """A faithful connection reached our listener: the relay holding its stream takes
+        the socket; one nobody held (queue bypassed) goes the early way."""
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        destination = original_destination(sock) if sock is not None else None
+        held = None
+        if destination is not None and peer is not None:
+            flow = (ip_address(peer[0]), peer[1], *destination)
+            held = self._held.get(flow)
+        if held is None or held.state is not _HoldState.RELEASED:
+            relay = self._transparent_relay()
+            transport.set_protocol(relay)
+            relay.connection_made(transport)
+            return
+        self._forget(held)
+        relay = held.relay
+        transport.set_protocol(relay)
+        relay.connection_made(transport)
+        relay.open(TcpEvent.SYN_RECEIVED)
+
     # -- the contract --------------------------------------------------------------------------
 
     def handle(self, conn: TunnelConnection, event: TunnelEvent, transmit: Transmit) -> bool:
@@ -289,17 +545,23 @@ class StreamClient:
         if isinstance(event, TcpConnectAccepted):
             if isinstance(relay, _SocksRelay):
                 relay.release_early()
+            else:
+                self._released((id(conn), sid))
             return True
         if isinstance(event, TcpConnectFailed):
             self.connect_failed += 1
             log.info("tcp connect failed stream=%d code=%s", sid, event.code)
+            if self._refused((id(conn), sid), event.code, event.payload):
+                return True
             if isinstance(relay, _SocksRelay):
                 relay.refuse(reply_for_error(event.code))
             elif relay is not None:
                 relay.abort(f"the concentrator could not connect (Error TLV code {event.code})")
             return True
         if isinstance(event, StreamDataReceived):
-            if relay is not None:
+            if relay is not None and not relay.opened:  # a held SYN's: until the socket is ours
+                relay.on_buffered(event.data, event.end)
+            elif relay is not None:
                 relay.on_stream_data(event.data, event.end)
             return True
         if isinstance(event, StreamReset | StopSendingReceived):
@@ -317,6 +579,8 @@ class StreamClient:
         return False
 
     def connection_closed(self, conn: TunnelConnection) -> None:
+        for held in [h for h in self._held.values() if h.relay.conn is conn]:
+            self._give_up(held, "the QUIC connection closed")
         for relay in [r for r in self.hub.relays.values() if r.conn is conn]:
             relay.abort("the QUIC connection closed")
 
@@ -327,6 +591,8 @@ class StreamClient:
             "refused_no_connection": self.refused_no_connection,
             "refused_not_redirected": self.refused_not_redirected,
             "connect_failed": self.connect_failed,
+            "syns_held": self.syns_held,
+            "syns_answered": self.syns_answered,
         }
 
     # -- new application connections -------------------------------------------------------
