@@ -11,8 +11,13 @@ One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For 
   stream   tunnel mode with stream mode: the client intercepts the TCP connection to 10.8.0.1
            and carries it on a QUIC stream; the concentrator connects to its own TUN address
            (allowed here by `stream.allow_own_addresses`)
+  wireguard  our peers, in the same run: wireguard-go between h1 and h2 (userspace, like qtun)
+  openvpn    OpenVPN 2.6, TLS, UDP, its negotiated AES-256-GCM, userspace (experiments/variants.py)
 Goodput is iperf3's receiver-side figure (its JSON output); CPU% is the client's and the
 concentrator's utime+stime from /proc/<pid>/stat over the transfer's wall time (100 % = one core).
+µs per packet: that CPU time divided by the packets the program's tunnel device moved (received
+plus sent, /sys/class/net/<dev>/statistics) — what carrying one inner packet costs each program
+(in stream mode the TUN carries only what is not relayed on streams, so no figure).
 
 Writes results/bench/<YYYYmmdd-HHMMSS>/bench.csv (mode, profile, goodput_mbps, client_cpu_pct,
 concentrator_cpu_pct, duration_s, retransmits, mtu, error) and meta.json. A mode that fails gets
@@ -38,8 +43,9 @@ from typing import Any
 
 from experiments.procstat import cpu_seconds
 from experiments.runner import git_state, software_versions, write_meta
+from experiments.variants import OpenVpn, WireGuard
 from testbed.hosts import Node
-from testbed.lab import Lab
+from testbed.lab import Lab, LabError
 from testbed.paths import RESULTS_ROOT
 from testbed.profiles import PROFILES, profile
 from testbed.qtun import CONCENTRATOR_TUN_V4, QtunDeployment, QtunError, TunnelSpec
@@ -57,6 +63,8 @@ FIELDS = [
     "retransmits",
     "mtu",
     "vs_plain",
+    "client_us_per_packet",
+    "concentrator_us_per_packet",
     "error",
 ]
 DEFAULT_PROFILES = ("none", "wifi", "5g")
@@ -64,11 +72,13 @@ DEFAULT_PROFILES = ("none", "wifi", "5g")
 
 @dataclass(frozen=True)
 class BenchMode:
-    """One way of carrying the transfer; spec None is the plain path (no tunnel)."""
+    """One way of carrying the transfer: qtun (`spec`), a peer VPN (`peer`: "wireguard",
+    "openvpn"), or neither: the plain path."""
 
     name: str
     spec: TunnelSpec | None
     description: str
+    peer: str | None = None
 
 
 # iperf3's server runs on h2, the concentrator's own host, which clients may not reach by
@@ -102,6 +112,18 @@ MODES: dict[str, BenchMode] = {
             "stream mode (tunnel mode + quic_tunnel_stream_mode): the TCP connection on a QUIC "
             "stream, relayed by the concentrator",
         ),
+        BenchMode(
+            "wireguard",
+            None,
+            "wireguard-go h1 <-> h2 (userspace WireGuard, MTU 1420)",
+            peer="wireguard",
+        ),
+        BenchMode(
+            "openvpn",
+            None,
+            "OpenVPN 2.6 h1 <-> h2: TLS, UDP, AES-256-GCM, userspace (no DCO), tun",
+            peer="openvpn",
+        ),
     )
 }
 
@@ -121,6 +143,8 @@ class Row:
     retransmits: int | None = None
     mtu: int | None = None
     vs_plain: float | None = None  # goodput / plain goodput on the same profile, same run
+    client_us_per_packet: float | None = None
+    concentrator_us_per_packet: float | None = None
     error: str = ""
 
     def csv_row(self) -> dict[str, Any]:
@@ -144,20 +168,50 @@ def iperf3_tcp(node: Node, target: str, seconds: int) -> dict[str, Any]:
     return data
 
 
+ROLE_NODES = {"client": CLIENT, "concentrator": SERVER}
+
+
+def device_packets(node: Node, device: str) -> int:
+    """Packets `device` received plus sent so far (0 if it cannot be read)."""
+    out = str(
+        node.cmd(
+            f"cat /sys/class/net/{device}/statistics/rx_packets"
+            f" /sys/class/net/{device}/statistics/tx_packets"
+        )
+    ).split()
+    return sum(int(n) for n in out if n.isdigit())
+
+
 def measure(
-    lab: Lab, target: str, seconds: int, pids: dict[str, int], row: Row, mtu_intf: str
+    lab: Lab,
+    target: str,
+    seconds: int,
+    pids: dict[str, int],
+    row: Row,
+    mtu_intf: str,
+    devices: dict[str, str] | None = None,
 ) -> None:
-    """One transfer to `target`; fills goodput, CPU of `pids` and the MTU into `row`."""
+    """One transfer to `target`; fills goodput, CPU of `pids`, the MTU and (given each role's
+    tunnel device) the µs of CPU per packet into `row`."""
     h1, h2 = lab.node(CLIENT), lab.node(SERVER)
+    devices = devices or {}
     server = lab.procs.start_iperf3_server(h2, port=IPERF_PORT, idle_timeout_s=seconds + 20)
     try:
+        packets = {r: device_packets(lab.node(ROLE_NODES[r]), d) for r, d in devices.items()}
         before = {role: cpu_seconds(pid) for role, pid in pids.items()}
         started = time.monotonic()
         data = iperf3_tcp(h1, target, seconds)
         wall = time.monotonic() - started
         after = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        packets = {
+            r: device_packets(lab.node(ROLE_NODES[r]), d) - packets[r] for r, d in devices.items()
+        }
     finally:
         lab.procs.stop(server)
+    for role, moved in packets.items():
+        if role in pids and moved > 0:
+            per_packet = round(1e6 * (after[role] - before[role]) / moved, 2)
+            setattr(row, f"{role}_us_per_packet", per_packet)
     end = data["end"]
     row.goodput_mbps = round(float(end["sum_received"]["bits_per_second"]) / 1e6, 2)
     row.duration_s = round(float(end["sum_received"]["seconds"]), 2)
@@ -175,6 +229,9 @@ def measure(
 def run_mode(lab: Lab, mode: BenchMode, profile_name: str, seconds: int, workdir: Path) -> Row:
     row = Row(mode.name, profile_name)
     try:
+        if mode.peer is not None:
+            run_peer(lab, mode.peer, seconds, row, workdir / f"{mode.name}-{profile_name}")
+            return row
         if mode.spec is None:  # straight over the link to h2
             target = lab.plan.server_address(SERVER)
             measure(lab, target, seconds, {}, row, lab.plan.accesses[0].client_intf)
@@ -184,11 +241,32 @@ def run_mode(lab: Lab, mode: BenchMode, profile_name: str, seconds: int, workdir
         ).start() as dep:
             pids = {"client": dep.pid(CLIENT), "concentrator": dep.pid(dep.concentrator)}
             tun = str(dep.status(CLIENT).get("tun", {}).get("name", "qtun0"))
-            measure(lab, dep.concentrator_address(4), seconds, pids, row, tun)
-    except (BenchError, QtunError, OSError, KeyError, ValueError) as exc:
+            conc_tun = str(dep.status(dep.concentrator).get("tun", {}).get("name", "qtunc0"))
+            # stream mode relays the transfer on a QUIC stream, not through the TUN devices
+            devices = {} if mode.spec.stream else {"client": tun, "concentrator": conc_tun}
+            measure(lab, dep.concentrator_address(4), seconds, pids, row, tun, devices)
+    except (BenchError, QtunError, LabError, OSError, KeyError, ValueError) as exc:
         row.error = str(exc).splitlines()[0]
         print(f"bench: {mode.name}/{profile_name} failed: {exc}", file=sys.stderr)
     return row
+
+
+def run_peer(lab: Lab, peer: str, seconds: int, row: Row, workdir: Path) -> None:
+    """One transfer through wireguard-go or OpenVPN between h1 (client) and h2."""
+    endpoint = lab.plan.server_address(SERVER)
+    vpn: WireGuard | OpenVpn
+    if peer == "wireguard":
+        vpn = WireGuard(lab, workdir, client=CLIENT, concentrator=SERVER, endpoint=endpoint)
+    else:
+        vpn = OpenVpn(lab, workdir, client=CLIENT, concentrator=SERVER, endpoint=endpoint)
+    carrier = vpn.start()
+    try:
+        devices = {"client": vpn.ifname(CLIENT), "concentrator": vpn.ifname(SERVER)}
+        measure(
+            lab, carrier.route.address, seconds, carrier.programs, row, vpn.ifname(CLIENT), devices
+        )
+    finally:
+        carrier.stop()
 
 
 def compare_with_plain(rows: Sequence[Row]) -> None:
@@ -203,11 +281,11 @@ def compare_with_plain(rows: Sequence[Row]) -> None:
 
 def format_table(rows: Sequence[Row]) -> str:
     header = ["mode", "profile", "goodput Mbit/s", "vs plain", "client CPU %", "conc CPU %"]
-    header += ["retr", "mtu"]
+    header += ["client µs/pkt", "conc µs/pkt", "retr", "mtu"]
     lines = [header]
     for r in rows:
         cells = [r.goodput_mbps, r.vs_plain, r.client_cpu_pct, r.concentrator_cpu_pct]
-        cells += [r.retransmits, r.mtu]
+        cells += [r.client_us_per_packet, r.concentrator_us_per_packet, r.retransmits, r.mtu]
         lines.append([r.mode, r.profile, *("-" if c is None else str(c) for c in cells)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     errors = [""] + [f"  error: {r.error}" if r.error else "" for r in rows]
@@ -269,6 +347,7 @@ def run_bench(
             "modes": {m: MODES[m].description for m in modes},
             "congestion_control": lab_meta["congestion_control"],
             "cpu": "utime+stime of the process over the transfer's wall time; 100 = one core",
+            "us_per_packet": "the same CPU time / packets its tunnel device received + sent",
         },
         # The machine is shared: its load says how much to trust the figures.
         "load_average_before_after": [load_before, os.getloadavg()],

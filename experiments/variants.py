@@ -71,6 +71,7 @@ import contextlib
 import ipaddress
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -264,14 +265,19 @@ class WireGuard:
         keepalive_s: int | None = None,
         to_servers: bool = False,
         os_routing: bool = False,
+        concentrator: str | None = None,
+        endpoint: str = CONCENTRATOR_V4,
     ) -> None:
+        """`concentrator` and `endpoint` (its address the client sends to): the reference
+        topology's by default; `make bench` runs it between the pair topology's h1 and h2."""
         self.lab = lab
         self.workdir = workdir
         self.client = client
         self.keepalive_s = keepalive_s
         self.to_servers = to_servers
         self.os_routing = os_routing  # the wireguard-os baseline (module docstring)
-        self.nodes = (lab.plan.concentrator, client)
+        self.endpoint = endpoint
+        self.nodes = (concentrator or lab.plan.concentrator, client)
         self.procs: dict[str, HostProcess] = {}  # node -> its wireguard-go
 
     @staticmethod
@@ -285,7 +291,7 @@ class WireGuard:
         if self.to_servers:
             server = self.lab.plan.servers[0]
             return Route(server, self.lab.plan.server_address(server), WG_PORT)
-        return Route(self.lab.plan.concentrator, WG_CONCENTRATOR, WG_PORT)
+        return Route(self.nodes[0], WG_CONCENTRATOR, WG_PORT)
 
     def start(self) -> Carrier:
         missing = wireguard_missing()
@@ -308,7 +314,7 @@ class WireGuard:
                 client,
                 f"wg set {self.ifname(client)} private-key {keys[client][0]} "
                 f"listen-port {WG_PORT} peer {keys[conc][1]} "
-                f"endpoint {CONCENTRATOR_V4}:{WG_PORT} allowed-ips {allowed}{keepalive}",
+                f"endpoint {self.endpoint}:{WG_PORT} allowed-ips {allowed}{keepalive}",
             )
             for node, inner in ((conc, WG_CONCENTRATOR), (client, WG_CLIENT)):
                 ifname = self.ifname(node)
@@ -367,6 +373,93 @@ class WireGuard:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 self.lab.node(node).cmd(f"ip link del {self.ifname(node)} 2>/dev/null")
+
+
+OVPN_PORT = 1194
+OVPN_CONCENTRATOR, OVPN_CLIENT = "10.10.0.1", "10.10.0.2"  # inner addresses, point to point
+OVPN_START_TIMEOUT_S = 15.0
+
+
+def openvpn_missing() -> str | None:
+    """Why the OpenVPN baseline cannot run here (None: it can)."""
+    return None if shutil.which("openvpn") else "openvpn is not installed (Debian: openvpn)"
+
+
+class OpenVpn:
+    """OpenVPN 2.6 between a client and a concentrator, as a site would run it: TLS with
+    certificates of our CA (scripts/make-certs), UDP, a tun device, the data channel cipher it
+    negotiates (AES-256-GCM), in userspace (--disable-dco: the kernel's ovpn-dco module is not
+    here, and userspace is what compares with qtun and wireguard-go), point to point
+    (--ifconfig), default MTU settings. The established-VPN baseline of `make bench`."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        workdir: Path,
+        client: str = CLIENT,
+        concentrator: str | None = None,
+        endpoint: str = CONCENTRATOR_V4,
+    ) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.endpoint = endpoint
+        self.nodes = (concentrator or lab.plan.concentrator, client)
+        self.procs: dict[str, HostProcess] = {}
+
+    @staticmethod
+    def ifname(node: str) -> str:
+        return f"qexovpn-{node}"[:15]
+
+    def start(self) -> Carrier:
+        missing = openvpn_missing()
+        if missing:
+            raise LabError(f"the OpenVPN baseline cannot run: {missing}.")
+        conc, client = self.nodes
+        certs = self.workdir / "ovpn-certs"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_certs = Path(__file__).resolve().parents[1] / "scripts" / "make-certs"
+        subprocess.run(
+            [sys.executable, str(make_certs), "--out", str(certs), "--clients", "ovpnclient"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        common = ["openvpn", "--dev-type", "tun", "--proto", "udp", "--disable-dco",
+                  "--ca", str(certs / "ca.pem"), "--dh", "none", "--verb", "3",
+                  "--ping", "5", "--ping-exit", "60"]  # fmt: skip
+        try:
+            self._start(conc, [*common, "--dev", self.ifname(conc), "--lport", str(OVPN_PORT),
+                               "--tls-server", "--cert", str(certs / "concentrator.pem"),
+                               "--key", str(certs / "concentrator.key"),
+                               "--ifconfig", OVPN_CONCENTRATOR, OVPN_CLIENT])  # fmt: skip
+            self._start(client, [*common, "--dev", self.ifname(client), "--nobind",
+                                 "--remote", self.endpoint, str(OVPN_PORT), "--tls-client",
+                                 "--cert", str(certs / "ovpnclient.pem"),
+                                 "--key", str(certs / "ovpnclient.key"),
+                                 "--ifconfig", OVPN_CLIENT, OVPN_CONCENTRATOR])  # fmt: skip
+            self._wait_ready(client)
+        except BaseException:
+            self.stop()
+            raise
+        programs = {"client": self.procs[client].pid, "concentrator": self.procs[conc].pid}
+        return Carrier(Route(conc, OVPN_CONCENTRATOR, OVPN_PORT), self.stop, programs=programs)
+
+    def _start(self, node: str, argv: list[str]) -> None:
+        self.procs[node] = self.lab.procs.start(self.lab.node(node), "openvpn", argv)
+
+    def _wait_ready(self, client: str) -> None:
+        """Until the client's log says its tunnel is up (TLS done, tun configured)."""
+        proc = self.procs[client]
+        deadline = time.monotonic() + OVPN_START_TIMEOUT_S
+        while "Initialization Sequence Completed" not in proc.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline or not proc.running():
+                log = proc.log_path.read_text(errors="replace")[-400:]
+                raise LabError(f"OpenVPN did not come up on {client}: {log}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(Exception):
+                self.lab.procs.stop(proc)
+        self.procs = {}
 
 
 # -- qtun --------------------------------------------------------------------------------------

@@ -18,9 +18,13 @@ from experiments.bench import (
 )
 
 
-def test_modes_are_a_registry_of_plain_and_both_tunnel_modes() -> None:
-    assert list(MODES) == ["plain", "tunnel", "session", "stream"]
-    assert MODES["plain"].spec is None
+def test_modes_are_a_registry_of_plain_the_tunnel_modes_and_our_peers() -> None:
+    assert list(MODES) == ["plain", "tunnel", "session", "stream", "wireguard", "openvpn"]
+    assert MODES["plain"].spec is None and MODES["plain"].peer is None
+    assert [(MODES[m].spec, MODES[m].peer) for m in ("wireguard", "openvpn")] == [
+        (None, "wireguard"),
+        (None, "openvpn"),
+    ]
     assert MODES["tunnel"].spec is not None and MODES["tunnel"].spec.mode == "tunnel"
     assert MODES["session"].spec is not None and MODES["session"].spec.mode == "session"
     stream = MODES["stream"].spec
