@@ -25,6 +25,16 @@ class LinkProfile:
     # With reorder False, jitter never lets a packet overtake the one sent before it.
     reorder: bool = False
     loss_pct: float = 0.0
+    # Bursty loss instead of random loss: the Gilbert-Elliott model (netem's "loss gemodel"),
+    # on when ge_p_pct > 0. Per packet the state moves (good -> bad with ge_p_pct %, bad -> good
+    # with ge_r_pct %), then the packet is lost with its state's loss: ge_good_loss_pct (1-k),
+    # ge_bad_loss_pct (1-h). Mean loss: see `mean_loss_pct`; a bad period lasts 1/r packets
+    # on average (geometric), so with the defaults (h = 0, k = 1) losses come in bursts of mean
+    # length 100 / ge_r_pct.
+    ge_p_pct: float = 0.0
+    ge_r_pct: float = 100.0
+    ge_good_loss_pct: float = 0.0
+    ge_bad_loss_pct: float = 100.0
     rate_mbit: float = 0.0  # 0: unlimited
     queue_packets: int = 1000  # drop-tail limit of the rate queue (netem's default limit)
     queue_bytes: int = 0  # 0: no byte limit
@@ -33,8 +43,16 @@ class LinkProfile:
         for name in ("delay_ms", "jitter_ms", "rate_mbit"):
             if getattr(self, name) < 0:
                 raise ProfileError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if not 0 <= self.loss_pct <= 100:
-            raise ProfileError(f"loss_pct must be between 0 and 100, got {self.loss_pct}.")
+        for name in ("loss_pct", "ge_p_pct", "ge_r_pct", "ge_good_loss_pct", "ge_bad_loss_pct"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ProfileError(f"{name} must be between 0 and 100, got {getattr(self, name)}.")
+        if self.ge_p_pct and self.loss_pct:
+            raise ProfileError(
+                "loss_pct (random loss) and ge_p_pct (Gilbert-Elliott bursts) are both set: "
+                "choose one loss model."
+            )
+        if self.ge_p_pct and not self.ge_r_pct:
+            raise ProfileError("ge_r_pct is 0: the bad state would never end; give it > 0.")
         if self.queue_packets < 0 or self.queue_bytes < 0:
             raise ProfileError("queue_packets and queue_bytes must be >= 0.")
         if self.jitter_ms > self.delay_ms and self.jitter_ms > 0:
@@ -53,6 +71,15 @@ class LinkProfile:
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
+
+    @property
+    def mean_loss_pct(self) -> float:
+        """The long-run loss rate: loss_pct, or the Gilbert-Elliott chain's stationary mix of
+        its two states' losses (in the bad state a fraction p / (p + r) of the time)."""
+        if not self.ge_p_pct:
+            return self.loss_pct
+        bad = self.ge_p_pct / (self.ge_p_pct + self.ge_r_pct)
+        return bad * self.ge_bad_loss_pct + (1 - bad) * self.ge_good_loss_pct
 
 
 # One direction each; access links use the same profile both ways unless overridden.

@@ -127,6 +127,10 @@ def wire_settings(p: LinkProfile) -> dict[str, str]:
         "jitter_us": str(round(p.jitter_ms * 1000)),
         "reorder": "1" if p.reorder else "0",
         "loss_pct": f"{p.loss_pct:g}",
+        "ge_p_pct": f"{p.ge_p_pct:g}",
+        "ge_r_pct": f"{p.ge_r_pct:g}",
+        "ge_good_loss_pct": f"{p.ge_good_loss_pct:g}",
+        "ge_bad_loss_pct": f"{p.ge_bad_loss_pct:g}",
         "rate_bps": str(round(p.rate_mbit * 1e6)),
         "limit_pkts": str(p.queue_packets),
         "limit_bytes": str(p.queue_bytes),
@@ -152,6 +156,9 @@ def netem_args(p: LinkProfile, blackhole: bool = False) -> list[str]:
     loss = 100.0 if blackhole else p.loss_pct
     if loss:
         args += ["loss", f"{loss:g}%"]
+    elif p.ge_p_pct:  # netem: loss gemodel p r 1-h 1-k
+        args += ["loss", "gemodel", f"{p.ge_p_pct:g}%", f"{p.ge_r_pct:g}%"]
+        args += [f"{p.ge_bad_loss_pct:g}%", f"{p.ge_good_loss_pct:g}%"]
     if p.rate_mbit:
         args += ["rate", f"{p.rate_mbit:g}mbit"]
     elif p.jitter_ms and not p.reorder:

@@ -5,7 +5,11 @@
  * Ethernet frame from A to B and from B to A through raw AF_PACKET sockets.  Per direction
  * it applies, in this order (the order netem uses):
  *   1. blackhole ("down"): drop everything, the link stays up;
- *   2. random loss (probability in percent);
+ *   2. loss: random (probability in percent), or bursty by the Gilbert-Elliott model when
+ *      ge_p_pct > 0 (a good and a bad state; per packet, good -> bad with probability p and
+ *      bad -> good with r, then the packet is lost with the loss probability of the state it
+ *      was in: ge_good_loss_pct, ge_bad_loss_pct) — netem's "loss gemodel p r 1-h 1-k", step
+ *      for step, so both backends draw the same process;
  *   3. a drop-tail rate queue (rate in bit/s, limit in packets and/or bytes): a packet that
  *      arrives when the queue is full is dropped, otherwise it leaves the queue when the
  *      packets ahead of it and itself have been serialised at the configured rate;
@@ -16,7 +20,8 @@
  *
  * Runtime control: a UNIX stream socket; one line per connection, one line answered.
  *   set <ab|ba|both> key=value ...   keys: delay_us jitter_us reorder loss_pct rate_bps
- *                                          limit_pkts limit_bytes down        -> "ok"
+ *                                          limit_pkts limit_bytes down ge_p_pct ge_r_pct
+ *                                          ge_good_loss_pct ge_bad_loss_pct      -> "ok"
  *   get                                -> "ab k=v ... | ba k=v ..." (settings and counters)
  *   quit                               -> "ok", then exit
  * The rate counts whole Ethernet frames (header included, no preamble/FCS), as netem does.
@@ -67,6 +72,8 @@ struct direction {
     /* settings */
     uint64_t delay_ns, jitter_ns, rate_bps, limit_pkts, limit_bytes;
     double loss_pct;
+    double ge_p, ge_r, ge_good_loss, ge_bad_loss; /* Gilbert-Elliott, percent; off when ge_p == 0 */
+    int ge_bad;                                   /* the model's state: 1 = bad */
     int reorder, down;
     /* delay line: binary min-heap on (due_ns, seq) */
     struct pkt **heap;
@@ -166,11 +173,24 @@ static int ring_push(struct direction *d, uint64_t done_ns, uint32_t len) {
     return 0;
 }
 
+/* Whether the Gilbert-Elliott model loses this packet (netem's loss_gilb_ell): the state moves
+ * first, the loss is drawn with the probability of the state the packet arrived in. */
+static int ge_lost(struct direction *d) {
+    if (!d->ge_bad) {
+        if (rng_unit() * 100.0 < d->ge_p) d->ge_bad = 1;
+        return rng_unit() * 100.0 < d->ge_good_loss;
+    }
+    if (rng_unit() * 100.0 < d->ge_r) d->ge_bad = 0;
+    return rng_unit() * 100.0 < d->ge_bad_loss;
+}
+
 /* Admit one received frame into direction d, or count why it was dropped. */
 static void admit(struct direction *d, const unsigned char *buf, uint32_t len, uint64_t now) {
     d->rx++;
     if (d->down) { d->drop_down++; return; }
-    if (d->loss_pct > 0 && rng_unit() * 100.0 < d->loss_pct) { d->drop_loss++; return; }
+    if (d->ge_p > 0) {
+        if (ge_lost(d)) { d->drop_loss++; return; }
+    } else if (d->loss_pct > 0 && rng_unit() * 100.0 < d->loss_pct) { d->drop_loss++; return; }
     if (d->heap_len >= HARD_CAP_PKTS) { d->drop_cap++; return; }
     uint64_t leave_queue = now;
     if (d->rate_bps) {
@@ -246,10 +266,17 @@ static int open_packet_socket(const char *ifname) {
 
 static int apply_setting(struct direction *d, const char *key, const char *val) {
     char *end;
-    if (!strcmp(key, "loss_pct")) {
+    double *percent = !strcmp(key, "loss_pct")           ? &d->loss_pct
+                      : !strcmp(key, "ge_p_pct")         ? &d->ge_p
+                      : !strcmp(key, "ge_r_pct")         ? &d->ge_r
+                      : !strcmp(key, "ge_good_loss_pct") ? &d->ge_good_loss
+                      : !strcmp(key, "ge_bad_loss_pct")  ? &d->ge_bad_loss
+                                                         : NULL;
+    if (percent) {
         double v = strtod(val, &end);
-        if (*end || v < 0 || v > 100) return -1;
-        d->loss_pct = v;
+        if (*end || !*val || v < 0 || v > 100) return -1;
+        *percent = v;
+        if (percent == &d->ge_p && v == 0) d->ge_bad = 0; /* off: start good next time */
         return 0;
     }
     unsigned long long v = strtoull(val, &end, 10);
@@ -267,11 +294,13 @@ static int apply_setting(struct direction *d, const char *key, const char *val) 
 
 static int describe(const struct direction *d, char *out, size_t cap) {
     return snprintf(out, cap,
-                    "%s delay_us=%llu jitter_us=%llu reorder=%d loss_pct=%g rate_bps=%llu "
+                    "%s delay_us=%llu jitter_us=%llu reorder=%d loss_pct=%g ge_p_pct=%g ge_r_pct=%g "
+                    "ge_good_loss_pct=%g ge_bad_loss_pct=%g rate_bps=%llu "
                     "limit_pkts=%llu limit_bytes=%llu down=%d rx=%llu tx=%llu drop_loss=%llu "
                     "drop_queue=%llu drop_down=%llu drop_cap=%llu tx_err=%llu queued=%zu",
                     d->name, (unsigned long long)(d->delay_ns / 1000), (unsigned long long)(d->jitter_ns / 1000),
-                    d->reorder, d->loss_pct, (unsigned long long)d->rate_bps,
+                    d->reorder, d->loss_pct, d->ge_p, d->ge_r, d->ge_good_loss, d->ge_bad_loss,
+                    (unsigned long long)d->rate_bps,
                     (unsigned long long)d->limit_pkts, (unsigned long long)d->limit_bytes, d->down,
                     (unsigned long long)d->rx, (unsigned long long)d->tx,
                     (unsigned long long)d->drop_loss, (unsigned long long)d->drop_queue,

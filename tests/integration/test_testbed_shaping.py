@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from testbed.fidelity import iperf3_goodput_mbit, require_fidelity, verify_link
+from testbed.fidelity import (
+    iperf3_goodput_mbit,
+    loss_bursts,
+    ping_lost_sequence,
+    require_fidelity,
+    verify_link,
+)
 from testbed.hosts import wait_listening
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
@@ -97,6 +103,21 @@ def test_random_loss(lab: Lab, shaper: WireShaper) -> None:
     lost = 100 * (1 - int(m.group(2)) / int(m.group(1)))
     assert 14 <= lost <= 26
     assert int(shaper.counters()["ab"]["drop_loss"]) > 100
+
+
+def test_gilbert_elliott_loss_comes_in_bursts(lab: Lab, shaper: WireShaper) -> None:
+    """Bursty loss (ge_p_pct 2 %, ge_r_pct 25 %: bad periods of 4 packets on average, all lost)
+    against random loss: the lost echo requests come in runs, not alone (random loss of this
+    rate, ~7 %, gives runs of about 1.1)."""
+    shaper.set_profile("ab", LinkProfile(ge_p_pct=2, ge_r_pct=25))
+    try:
+        lost = ping_lost_sequence(lab.node("h1"), PEER, 2000, 0.001)
+    finally:
+        shaper.set_profile("ab", LinkProfile())
+    bursts = loss_bursts(lost)
+    assert len(lost) > 20 and len(bursts) > 5, lost
+    assert sum(bursts) / len(bursts) > 2, bursts
+    assert shaper.counters()["ab"]["ge_p_pct"] == "0"  # back to no loss
 
 
 def test_rate_limit_and_change_while_traffic_runs(lab: Lab, shaper: WireShaper) -> None:

@@ -18,6 +18,7 @@ from testbed.fidelity import (
     FidelityError,
     Row,
     binomial_two_sided_p,
+    loss_bursts,
     loss_plausible,
     require_fidelity,
 )
@@ -51,6 +52,13 @@ def test_netem_jitter_without_reorder_adds_a_rate_and_byte_limit_becomes_packets
     assert netem_args(p) == ["netem", "limit", "10", "delay", "10ms", "2ms", "rate", "100gbit"]
 
 
+def test_netem_gilbert_elliott_is_gemodel_p_r_1h_1k() -> None:
+    p = LinkProfile(ge_p_pct=1, ge_r_pct=24, ge_bad_loss_pct=90, ge_good_loss_pct=0.5)
+    assert netem_args(p) == [
+        "netem", "limit", "1000", "loss", "gemodel", "1%", "24%", "90%", "0.5%",
+    ]  # fmt: skip
+
+
 def test_netem_blackhole_is_total_loss() -> None:
     assert netem_args(LinkProfile(), blackhole=True) == ["netem", "limit", "1000", "loss", "100%"]
 
@@ -76,6 +84,10 @@ def test_wire_settings_and_command() -> None:
         "jitter_us": "500",
         "reorder": "0",
         "loss_pct": "0.1",
+        "ge_p_pct": "0",
+        "ge_r_pct": "100",
+        "ge_good_loss_pct": "0",
+        "ge_bad_loss_pct": "100",
         "rate_bps": "10000000",
         "limit_pkts": "1000",
         "limit_bytes": "3000",
@@ -256,3 +268,9 @@ def test_figure_command_names_what_it_can_draw(tmp_path: Path, capsys: Any) -> N
     assert err.startswith("qtlab: error: ") and "which has no figure; figures exist for" in err
     assert cli.main(["figure", str(tmp_path / "nothing")]) == 1
     assert "meta.json is missing" in capsys.readouterr().err
+
+
+def test_loss_bursts_are_runs_of_consecutive_sequence_numbers() -> None:
+    assert loss_bursts([]) == []
+    assert loss_bursts([3, 4, 5, 9, 11, 12]) == [3, 1, 2]
+    assert loss_bursts([1]) == [1]

@@ -16,6 +16,10 @@ def test_every_required_profile_exists_with_units_in_field_names() -> None:
         "jitter_ms",
         "reorder",
         "loss_pct",
+        "ge_p_pct",
+        "ge_r_pct",
+        "ge_good_loss_pct",
+        "ge_bad_loss_pct",
         "rate_mbit",
         "queue_packets",
         "queue_bytes",
@@ -44,6 +48,9 @@ def test_unknown_profile_and_field_get_clear_errors() -> None:
         {"rate_mbit": -5},
         {"queue_packets": -1},
         {"delay_ms": 1, "jitter_ms": 2},
+        {"ge_p_pct": 101},
+        {"ge_p_pct": 1, "loss_pct": 1},  # two loss models at once
+        {"ge_p_pct": 1, "ge_r_pct": 0},  # a bad state that never ends
     ],
 )
 def test_impossible_values_are_refused(bad: dict[str, float]) -> None:
@@ -65,3 +72,12 @@ def test_cli_profile_argument_maps_access_to_profile() -> None:
     got = parse_profile_args(["wifi=lte,delay_ms=30", "5g=wired"])
     assert got["wifi"] == profile("lte", delay_ms=30)
     assert got["5g"] == profile("wired")
+
+
+def test_gilbert_elliott_mean_loss_is_the_stationary_mix() -> None:
+    """In the bad state p / (p + r) of the time: with p = 1 %, r = 24 %, h = 0 (all lost in
+    bad), k = 1 (none in good) the mean loss is 4 %, in bursts of mean length 1 / r ≈ 4.2."""
+    assert LinkProfile(ge_p_pct=1, ge_r_pct=24).mean_loss_pct == pytest.approx(4.0)
+    mixed = LinkProfile(ge_p_pct=10, ge_r_pct=30, ge_bad_loss_pct=50, ge_good_loss_pct=2)
+    assert mixed.mean_loss_pct == pytest.approx(0.25 * 50 + 0.75 * 2)
+    assert LinkProfile(loss_pct=3).mean_loss_pct == 3
