@@ -33,8 +33,10 @@ from tunnel.user_error import RuntimeFailure, UsageError, UserError, run_command
 ACCESS_HELP = """<access> <verb> [value] [dir=up|down|both] [client=cK]
   verbs: down | up (a real carrier loss and back), blackhole on|off (100 % loss, link up),
          delay MS, jitter MS, loss PCT, rate MBIT (0 = unlimited), queue PACKETS,
-         reorder on|off, show
-  examples: wifi down | 5g loss 5 | wifi delay 20 dir=up | wifi down client=c3"""
+         reorder on|off, burst P R (Gilbert-Elliott: good->bad P %, bad->good R %; 0 0 = off),
+         trace NAME|FILE|off (a Mahimahi trace instead of the rate), show
+  examples: wifi down | 5g loss 5 | wifi delay 20 dir=up | wifi down client=c3 |
+            wifi burst 1 25 | 5g trace 5g-walk"""
 
 VERB_FIELD = {
     "delay": "delay_ms",
@@ -84,6 +86,20 @@ def access_command(lab: Any, access: str, line: str) -> str:
     if verb == "reorder":
         shaper.set(direction, reorder=value != "off")
         return f"{access}: reorder {'off' if value == 'off' else 'on'} ({direction})"
+    if verb == "burst" and len(args) == 3:
+        try:
+            p, r = float(args[1]), float(args[2])
+        except ValueError:
+            raise UsageError(f"burst needs two percentages, not {args[1:]!r}.") from None
+        fields: dict[str, float] = {"ge_p_pct": p, "ge_r_pct": r if p else 100.0}
+        if p:
+            fields["loss_pct"] = 0.0  # one loss model at a time
+        shaper.set(direction, **fields)
+        return f"{access}: Gilbert-Elliott p={p:g}% r={r:g}% ({direction})"
+    if verb == "trace" and value is not None:
+        trace = "" if value == "off" else value
+        shaper.set(direction, trace=trace, rate_mbit=0.0)
+        return f"{access}: trace {value} ({direction})"
     if verb in VERB_FIELD and value is not None:
         field = VERB_FIELD[verb]
         try:

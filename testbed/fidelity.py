@@ -6,7 +6,8 @@ Two uses:
   to go on when one is off (the way Mininet's reproducibility experiments checked first).
 * `run_benchmark()` (`qtlab fidelity`, `make fidelity`): a two-host link swept over delay
   {5, 20, 50, 100 ms}, loss {0.1, 1, 5 %}, Gilbert-Elliott bursty loss (loss rate, mean burst
-  length, share of lone losses), rate {10, 50, 100 Mbit/s} and queue delay under load,
+  length, share of lone losses), rate {10, 50, 100 Mbit/s}, trace-driven rate (a constant
+  and a model trace, testbed/traces.py) and queue delay under load,
   written to results/fidelity/<timestamp>/fidelity.csv.
 
 Delay is configured on one direction and measured as median RTT minus the median RTT of the
@@ -29,6 +30,7 @@ from testbed.hosts import Node
 from testbed.lab import Lab
 from testbed.paths import RESULTS_ROOT
 from testbed.profiles import LinkProfile
+from testbed.traces import mean_rate_mbit, read_trace, trace_path
 from tunnel.user_error import RuntimeFailure
 
 # A full-size TCP/IPv4 segment with timestamps carries 1448 payload bytes in a 1514-byte frame;
@@ -330,6 +332,22 @@ def run_benchmark(backend: str = "auto", out_root: Path = RESULTS_ROOT / "fideli
             ok = abs(got - want) <= 0.05 * want
             detail = f"rate {rate:g} Mbit/s of frames = {want:.2f} Mbit/s TCP goodput at best"
             rows.append(Row("tcp_goodput", round(want, 2), round(got, 2), "Mbit/s", be, ok, detail))
+        # a trace-driven rate (testbed/traces.py): 1448 TCP bytes per 1500-byte opportunity
+        for name in ("const-20", "wifi-walk"):
+            shaper.set_profile("both", LinkProfile())
+            shaper.set("ab", trace=name)
+            times = read_trace(trace_path(name))
+            want = mean_rate_mbit(times) * 1448 / 1500
+            period_s = times[-1] / 1000
+            got = iperf3_goodput_mbit(lab, h1, h2, far, seconds=round(period_s) + 1)
+            judged = name == "const-20"  # a walk's rate depends on where the transfer falls
+            ok = not judged or abs(got - want) <= 0.05 * want
+            detail = f"trace {name}, mean {mean_rate_mbit(times):.2f} Mbit/s of opportunities"
+            if not judged:
+                detail += "; not judged: one period's TCP goodput of a varying rate"
+            rows.append(
+                Row("trace_goodput", round(want, 2), round(got, 2), "Mbit/s", be, ok, detail)
+            )
         rows += _bursty_loss(lab, be)
         rows += _queue_delay_under_load(lab, be)
         meta = lab.describe()

@@ -36,6 +36,9 @@ class LinkProfile:
     ge_good_loss_pct: float = 0.0
     ge_bad_loss_pct: float = 100.0
     rate_mbit: float = 0.0  # 0: unlimited
+    # A trace-driven rate instead of rate_mbit (testbed/traces.py): a Mahimahi trace file, or
+    # the name of a shipped one ("wifi-walk", "5g-walk", "const-20"); the wire backend only.
+    trace: str = ""
     queue_packets: int = 1000  # drop-tail limit of the rate queue (netem's default limit)
     queue_bytes: int = 0  # 0: no byte limit
 
@@ -51,6 +54,11 @@ class LinkProfile:
                 "loss_pct (random loss) and ge_p_pct (Gilbert-Elliott bursts) are both set: "
                 "choose one loss model."
             )
+        if self.trace and self.rate_mbit:
+            raise ProfileError(
+                f"trace {self.trace!r} and rate_mbit {self.rate_mbit:g} are both set: a trace "
+                "gives the rate, leave rate_mbit at 0."
+            )
         if self.ge_p_pct and not self.ge_r_pct:
             raise ProfileError("ge_r_pct is 0: the bad state would never end; give it > 0.")
         if self.queue_packets < 0 or self.queue_bytes < 0:
@@ -60,7 +68,7 @@ class LinkProfile:
                 f"jitter_ms ({self.jitter_ms}) must not exceed delay_ms ({self.delay_ms})."
             )
 
-    def with_overrides(self, **overrides: float | int | bool) -> LinkProfile:
+    def with_overrides(self, **overrides: float | int | bool | str) -> LinkProfile:
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known
         if unknown:
@@ -69,7 +77,7 @@ class LinkProfile:
             )
         return replace(self, **overrides)  # type: ignore[arg-type]
 
-    def as_dict(self) -> dict[str, float | int | bool]:
+    def as_dict(self) -> dict[str, float | int | bool | str]:
         return asdict(self)
 
     @property
@@ -89,11 +97,14 @@ PROFILES: dict[str, LinkProfile] = {
     "5g": LinkProfile(delay_ms=10.0, jitter_ms=1.0, rate_mbit=100.0, queue_packets=2000),
     "lte": LinkProfile(delay_ms=25.0, jitter_ms=5.0, rate_mbit=20.0, queue_packets=500),
     "lossy": LinkProfile(delay_ms=20.0, jitter_ms=5.0, loss_pct=5.0, rate_mbit=10.0),
+    # the rate of the shipped model traces (testbed/traces.py: generated, not measured)
+    "wifi-trace": LinkProfile(delay_ms=5.0, jitter_ms=2.0, trace="wifi-walk"),
+    "5g-trace": LinkProfile(delay_ms=10.0, jitter_ms=1.0, trace="5g-walk", queue_packets=2000),
     "none": LinkProfile(),
 }
 
 
-def profile(name: str, **overrides: float | int | bool) -> LinkProfile:
+def profile(name: str, **overrides: float | int | bool | str) -> LinkProfile:
     """The named profile with some fields replaced; a clear error for an unknown name."""
     try:
         base = PROFILES[name.lower()]
@@ -104,9 +115,9 @@ def profile(name: str, **overrides: float | int | bool) -> LinkProfile:
     return base.with_overrides(**overrides)
 
 
-def parse_overrides(text: str) -> dict[str, float | int | bool]:
+def parse_overrides(text: str) -> dict[str, float | int | bool | str]:
     """Parse "delay_ms=20,loss_pct=1" (the CLI form) into typed overrides."""
-    out: dict[str, float | int | bool] = {}
+    out: dict[str, float | int | bool | str] = {}
     types = {f.name: f.type for f in fields(LinkProfile)}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
@@ -120,6 +131,8 @@ def parse_overrides(text: str) -> dict[str, float | int | bool]:
                 out[key] = value.lower() in ("1", "true", "yes", "on")
             elif kind == "int":
                 out[key] = int(value)
+            elif kind == "str":
+                out[key] = value
             else:
                 out[key] = float(value)
         except ValueError:

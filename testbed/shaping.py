@@ -31,7 +31,8 @@ from typing import Any, Literal
 from testbed.hosts import HostProcess, Node, ProcessManager
 from testbed.paths import WIRE_BINARY, WIRE_SOURCE
 from testbed.profiles import LinkProfile
-from tunnel.user_error import RuntimeFailure
+from testbed.traces import trace_path
+from tunnel.user_error import RuntimeFailure, UserError
 
 Backend = Literal["netem", "wire"]
 BACKENDS: tuple[str, ...] = ("auto", "netem", "wire")
@@ -132,6 +133,7 @@ def wire_settings(p: LinkProfile) -> dict[str, str]:
         "ge_good_loss_pct": f"{p.ge_good_loss_pct:g}",
         "ge_bad_loss_pct": f"{p.ge_bad_loss_pct:g}",
         "rate_bps": str(round(p.rate_mbit * 1e6)),
+        "trace": str(trace_path(p.trace)) if p.trace else "",
         "limit_pkts": str(p.queue_packets),
         "limit_bytes": str(p.queue_bytes),
     }
@@ -144,6 +146,11 @@ def netem_args(p: LinkProfile, blackhole: bool = False) -> list[str]:
     after the one before it), so jitter without reordering adds a rate far above any veth's.
     netem only limits in packets: a byte limit becomes packets of full-MTU frames.
     """
+    if p.trace:
+        raise ShapingError(
+            f"netem has no trace-driven rate (trace {p.trace!r}): run the lab with the wire"
+            " backend (--backend wire) for a trace"
+        )
     limit = p.queue_packets or 1000
     if p.queue_bytes:
         byte_limit_pkts = max(1, p.queue_bytes // ETH_FRAME_BYTES)
@@ -188,20 +195,27 @@ class LinkShaper(ABC):
     @abstractmethod
     def _apply(self, direction: str) -> None: ...
 
-    def set(self, direction: str = "both", **fields: float | int | bool) -> None:
+    def set(self, direction: str = "both", **fields: float | int | bool | str) -> None:
         """Change some fields of one or both directions, e.g. set("up", delay_ms=20, loss_pct=1)."""
         if direction not in DIRECTIONS:
             raise ShapingError(
                 f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}."
             )
         for d in DIRECTIONS[direction]:
-            self.profiles[d] = self.profiles[d].with_overrides(**fields)
-            self._apply(d)
+            self._set(d, self.profiles[d].with_overrides(**fields))
 
     def set_profile(self, direction: str, prof: LinkProfile) -> None:
         for d in DIRECTIONS[direction]:
-            self.profiles[d] = prof
-            self._apply(d)
+            self._set(d, prof)
+
+    def _set(self, direction: str, prof: LinkProfile) -> None:
+        """Apply `prof` to one direction; a refused setting leaves the old one in force."""
+        old, self.profiles[direction] = self.profiles[direction], prof
+        try:
+            self._apply(direction)
+        except (ShapingError, UserError):  # e.g. a trace file that cannot be used
+            self.profiles[direction] = old
+            raise
 
     def blackhole(self, on: bool = True) -> None:
         """Silently drop everything in both directions while the link stays up."""

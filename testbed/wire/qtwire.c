@@ -12,7 +12,12 @@
  *      for step, so both backends draw the same process;
  *   3. a drop-tail rate queue (rate in bit/s, limit in packets and/or bytes): a packet that
  *      arrives when the queue is full is dropped, otherwise it leaves the queue when the
- *      packets ahead of it and itself have been serialised at the configured rate;
+ *      packets ahead of it and itself have been serialised at the configured rate — or, with
+ *      a trace (Mahimahi's format: one line per delivery opportunity, its time in ms from the
+ *      start, looped at the last line's time), at the delivery opportunities: each carries
+ *      1500 bytes of IP packet (the Ethernet header not counted), a packet leaves at the
+ *      opportunity that carries its last byte, opportunities that pass while the queue is
+ *      empty are lost (as in Mahimahi's link queue);
  *   4. a fixed one-way delay plus uniform jitter in [-jitter, +jitter] (netem's default
  *      distribution); without "reorder" a packet never overtakes the one before it.
  * Frames are timed on CLOCK_MONOTONIC with a timerfd armed for the earliest departure, so the
@@ -21,7 +26,8 @@
  * Runtime control: a UNIX stream socket; one line per connection, one line answered.
  *   set <ab|ba|both> key=value ...   keys: delay_us jitter_us reorder loss_pct rate_bps
  *                                          limit_pkts limit_bytes down ge_p_pct ge_r_pct
- *                                          ge_good_loss_pct ge_bad_loss_pct      -> "ok"
+ *                                          ge_good_loss_pct ge_bad_loss_pct
+ *                                          trace=<file> (empty: off)              -> "ok"
  *   get                                -> "ab k=v ... | ba k=v ..." (settings and counters)
  *   quit                               -> "ok", then exit
  * The rate counts whole Ethernet frames (header included, no preamble/FCS), as netem does.
@@ -74,6 +80,12 @@ struct direction {
     double loss_pct;
     double ge_p, ge_r, ge_good_loss, ge_bad_loss; /* Gilbert-Elliott, percent; off when ge_p == 0 */
     int ge_bad;                                   /* the model's state: 1 = bad */
+    /* trace-driven rate: opportunity times (ms), the loop's period, where the walk is */
+    uint64_t *trace_ms;
+    size_t trace_len, trace_pos;
+    uint64_t trace_period_ms, trace_loop, trace_start_ns, trace_last_leave_ns;
+    uint32_t opp_left; /* bytes the current opportunity can still carry */
+    char trace_name[256], trace_path[512];
     int reorder, down;
     /* delay line: binary min-heap on (due_ns, seq) */
     struct pkt **heap;
@@ -184,6 +196,82 @@ static int ge_lost(struct direction *d) {
     return rng_unit() * 100.0 < d->ge_bad_loss;
 }
 
+#define OPPORTUNITY_BYTES 1500u /* Mahimahi: one MTU-sized packet per delivery opportunity */
+
+static uint64_t opp_time(const struct direction *d) {
+    return d->trace_start_ns +
+           (d->trace_loop * d->trace_period_ms + d->trace_ms[d->trace_pos]) * 1000000ull;
+}
+
+static void opp_next(struct direction *d) {
+    if (++d->trace_pos == d->trace_len) { d->trace_pos = 0; d->trace_loop++; }
+    d->opp_left = OPPORTUNITY_BYTES;
+}
+
+/* When a frame of len bytes admitted at now leaves the trace-driven queue. */
+static uint64_t trace_leave(struct direction *d, uint32_t len, uint64_t now) {
+    uint32_t need = len > ETH_HLEN ? len - ETH_HLEN : 1;
+    if (d->trace_last_leave_ns <= now && opp_time(d) < now) {
+        /* the queue is empty: the opportunities until now are lost (whole loops skipped) */
+        uint64_t period_ns = d->trace_period_ms * 1000000ull;
+        uint64_t behind = now - opp_time(d);
+        if (behind > period_ns) d->trace_loop += behind / period_ns;
+        while (opp_time(d) < now) opp_next(d);
+    }
+    while (need > d->opp_left) { need -= d->opp_left; opp_next(d); }
+    d->opp_left -= need;
+    return d->trace_last_leave_ns = opp_time(d);
+}
+
+/* Load a Mahimahi trace into d (replacing any); 0, or -1 if it cannot be used. */
+static int load_trace(struct direction *d, const char *path) {
+    /* the same trace again (another setting changed): keep its timeline going */
+    if (d->trace_len && !strcmp(path, d->trace_path)) return 0;
+    d->trace_path[0] = 0;
+    free(d->trace_ms);
+    d->trace_ms = NULL;
+    d->trace_len = 0;
+    d->trace_name[0] = 0;
+    if (!*path) return 0; /* trace= : off */
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t cap = 0;
+    unsigned long long v, last = 0;
+    int ok = 1;
+    char line[64];
+    while (ok && fgets(line, sizeof(line), f)) {
+        char *end;
+        if (line[0] == '\n' || line[0] == '#') continue;
+        v = strtoull(line, &end, 10);
+        if (end == line || (*end && *end != '\n') || v < last) { ok = 0; break; }
+        if (d->trace_len == cap) {
+            cap = cap ? cap * 2 : 4096;
+            uint64_t *t = realloc(d->trace_ms, cap * sizeof(*t));
+            if (!t) { ok = 0; break; }
+            d->trace_ms = t;
+        }
+        d->trace_ms[d->trace_len++] = v;
+        last = v;
+    }
+    fclose(f);
+    if (!ok || !d->trace_len || last == 0) { /* a period of 0 ms would never advance */
+        free(d->trace_ms);
+        d->trace_ms = NULL;
+        d->trace_len = 0;
+        return -1;
+    }
+    d->trace_period_ms = last;
+    d->trace_pos = 0;
+    d->trace_loop = 0;
+    d->trace_start_ns = now_ns();
+    d->trace_last_leave_ns = 0;
+    d->opp_left = OPPORTUNITY_BYTES;
+    snprintf(d->trace_path, sizeof(d->trace_path), "%s", path);
+    const char *base = strrchr(path, '/');
+    snprintf(d->trace_name, sizeof(d->trace_name), "%s", base ? base + 1 : path);
+    return 0;
+}
+
 /* Admit one received frame into direction d, or count why it was dropped. */
 static void admit(struct direction *d, const unsigned char *buf, uint32_t len, uint64_t now) {
     d->rx++;
@@ -193,16 +281,20 @@ static void admit(struct direction *d, const unsigned char *buf, uint32_t len, u
     } else if (d->loss_pct > 0 && rng_unit() * 100.0 < d->loss_pct) { d->drop_loss++; return; }
     if (d->heap_len >= HARD_CAP_PKTS) { d->drop_cap++; return; }
     uint64_t leave_queue = now;
-    if (d->rate_bps) {
+    if (d->rate_bps || d->trace_len) {
         ring_expire(d, now);
         if ((d->limit_pkts && d->ring_len + 1 > d->limit_pkts) ||
             (d->limit_bytes && d->queued_bytes + len > d->limit_bytes)) {
             d->drop_queue++;
             return;
         }
-        uint64_t start = d->link_free_ns > now ? d->link_free_ns : now;
-        leave_queue = start + (uint64_t)len * 8ull * 1000000000ull / d->rate_bps;
-        d->link_free_ns = leave_queue;
+        if (d->trace_len) {
+            leave_queue = trace_leave(d, len, now);
+        } else {
+            uint64_t start = d->link_free_ns > now ? d->link_free_ns : now;
+            leave_queue = start + (uint64_t)len * 8ull * 1000000000ull / d->rate_bps;
+            d->link_free_ns = leave_queue;
+        }
         if (ring_push(d, leave_queue, len) < 0) { d->drop_cap++; return; }
     }
     int64_t delay = (int64_t)d->delay_ns;
@@ -266,6 +358,7 @@ static int open_packet_socket(const char *ifname) {
 
 static int apply_setting(struct direction *d, const char *key, const char *val) {
     char *end;
+    if (!strcmp(key, "trace")) return load_trace(d, val);
     double *percent = !strcmp(key, "loss_pct")           ? &d->loss_pct
                       : !strcmp(key, "ge_p_pct")         ? &d->ge_p
                       : !strcmp(key, "ge_r_pct")         ? &d->ge_r
@@ -295,12 +388,12 @@ static int apply_setting(struct direction *d, const char *key, const char *val) 
 static int describe(const struct direction *d, char *out, size_t cap) {
     return snprintf(out, cap,
                     "%s delay_us=%llu jitter_us=%llu reorder=%d loss_pct=%g ge_p_pct=%g ge_r_pct=%g "
-                    "ge_good_loss_pct=%g ge_bad_loss_pct=%g rate_bps=%llu "
+                    "ge_good_loss_pct=%g ge_bad_loss_pct=%g rate_bps=%llu trace=%s "
                     "limit_pkts=%llu limit_bytes=%llu down=%d rx=%llu tx=%llu drop_loss=%llu "
                     "drop_queue=%llu drop_down=%llu drop_cap=%llu tx_err=%llu queued=%zu",
                     d->name, (unsigned long long)(d->delay_ns / 1000), (unsigned long long)(d->jitter_ns / 1000),
                     d->reorder, d->loss_pct, d->ge_p, d->ge_r, d->ge_good_loss, d->ge_bad_loss,
-                    (unsigned long long)d->rate_bps,
+                    (unsigned long long)d->rate_bps, d->trace_len ? d->trace_name : "-",
                     (unsigned long long)d->limit_pkts, (unsigned long long)d->limit_bytes, d->down,
                     (unsigned long long)d->rx, (unsigned long long)d->tx,
                     (unsigned long long)d->drop_loss, (unsigned long long)d->drop_queue,

@@ -141,6 +141,23 @@ def test_rate_limit_and_change_while_traffic_runs(lab: Lab, shaper: WireShaper) 
     assert per_second[0] > 0.5 * 20 and per_second[3] < 7
 
 
+def test_a_trace_gives_the_rate(lab: Lab, shaper: WireShaper) -> None:
+    """A Mahimahi trace (testbed/traces.py) instead of rate_mbit: the shipped constant 20 Mbit/s
+    trace holds TCP to it as the configured rate does (20 * 1448 / 1500 at best), it keeps its
+    timeline when another setting changes, and `trace=""` turns it off."""
+    h1, h2 = lab.node("h1"), lab.node("h2")
+    shaper.set_profile("ab", LinkProfile(trace="const-20"))
+    try:
+        got = iperf3_goodput_mbit(lab, h1, h2, PEER, seconds=1)
+        assert 0.5 * 20 < got <= 20, got
+        assert shaper.counters()["ab"]["trace"] == "const-20.trace"
+        shaper.set("ab", delay_ms=1)  # the same trace again: kept
+        assert shaper.counters()["ab"]["trace"] == "const-20.trace"
+    finally:
+        shaper.set_profile("ab", LinkProfile())
+    assert shaper.counters()["ab"]["trace"] == "-"
+
+
 def test_bounded_queue_drops_and_bounds_delay(lab: Lab, shaper: WireShaper) -> None:
     h1, h2 = lab.node("h1"), lab.node("h2")
     shaper.set("ab", rate_mbit=5, queue_packets=20)

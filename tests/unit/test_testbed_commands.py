@@ -89,6 +89,7 @@ def test_wire_settings_and_command() -> None:
         "ge_good_loss_pct": "0",
         "ge_bad_loss_pct": "100",
         "rate_bps": "10000000",
+        "trace": "",
         "limit_pkts": "1000",
         "limit_bytes": "3000",
     }
@@ -130,6 +131,22 @@ def test_access_commands() -> None:
         cli.access_command(lab, "wifi", "rate fast")
     with pytest.raises(cli.UserError, match="verbs"):
         cli.access_command(lab, "wifi", "explode")
+
+
+def test_burst_and_trace_commands() -> None:
+    lab = FakeLab()
+    cli.access_command(lab, "5g", "loss 5")
+    assert "p=1% r=25%" in cli.access_command(lab, "wifi", "burst 1 25 dir=down")
+    down = lab.shaper_obj.profiles["ba"]
+    assert (down.ge_p_pct, down.ge_r_pct, down.loss_pct) == (1, 25, 0)  # one loss model
+    assert "loss gemodel 1% 25% 100% 0%" in lab.shaper_obj.middle.commands[-1]
+    cli.access_command(lab, "wifi", "burst 0 0 dir=down")
+    assert lab.shaper_obj.profiles["ba"].ge_p_pct == 0
+    with pytest.raises(cli.UserError, match="two percentages"):
+        cli.access_command(lab, "wifi", "burst a b")
+    with pytest.raises(ShapingError, match="wire backend"):  # netem has no trace mode
+        cli.access_command(lab, "wifi", "trace const-20")
+    assert lab.shaper_obj.profiles["ab"].trace == ""  # the refused setting is not kept
 
 
 def test_non_root_gets_one_sentence(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:

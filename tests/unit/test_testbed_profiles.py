@@ -21,6 +21,7 @@ def test_every_required_profile_exists_with_units_in_field_names() -> None:
         "ge_good_loss_pct",
         "ge_bad_loss_pct",
         "rate_mbit",
+        "trace",
         "queue_packets",
         "queue_bytes",
     }
@@ -51,6 +52,7 @@ def test_unknown_profile_and_field_get_clear_errors() -> None:
         {"ge_p_pct": 101},
         {"ge_p_pct": 1, "loss_pct": 1},  # two loss models at once
         {"ge_p_pct": 1, "ge_r_pct": 0},  # a bad state that never ends
+        {"trace": "5g-walk", "rate_mbit": 10},  # a trace gives the rate
     ],
 )
 def test_impossible_values_are_refused(bad: dict[str, float]) -> None:
