@@ -18,7 +18,8 @@ __all__ = ["lab_certs"]  # the fixture
 
 STATUS_KEYS = {
     # README "Status file", the concentrator's keys
-    "role", "pid", "time", "state", "modes", "listen", "tun", "ip_forward", "nat", "clients",
+    "role", "pid", "time", "state", "modes", "payloads", "listen", "tun", "taps", "ip_forward",
+    "nat", "clients",
     "sessions", "connections", "refused", "counters", "server", "stream", "crl",
 }  # fmt: skip
 
@@ -46,7 +47,7 @@ def test_the_status_document_has_every_documented_key(lab_certs: Path) -> None:
         status = program.snapshot()
         assert set(status) == STATUS_KEYS
         assert status["state"] == "starting" and status["role"] == "concentrator"
-        assert set(status["refused"]) == {"auth", "mode", "limit", "server_full"}
+        assert set(status["refused"]) == {"auth", "mode", "payload", "limit", "server_full"}
         assert status["counters"]["internal_errors"] == 0
         assert status["counters"]["stateless_resets_sent"] == 0
 
