@@ -13,10 +13,12 @@ from tests.unit.concentrator_harness import Conn, CoreLab, lab, lab_certs
 from tunnel.agents.concentrator import TapClosed, TapOpened
 from tunnel.protocol.connection import ConnectionClosed, PacketReceived, SessionEstablished
 from tunnel.wire.datagram import ProtocolType
+from tunnel.wire.modes import TunnelMode
 
 __all__ = ["lab_certs"]  # the fixture
 
 ETHERNET = int(ProtocolType.ETHERNET)
+MODES = {"qt": "tunnel", "qt-session": "session"}
 BOTH = ('payloads=["ip", "ethernet"]', 'l2.bridge="br-test"')
 ALICE_MAC = bytes.fromhex("02000000000a")
 ALICE_MAC_2 = bytes.fromhex("02000000000b")
@@ -82,7 +84,7 @@ def test_an_unknown_payload_is_refused_naming_its_ethertype(lab_certs: Path) -> 
 def test_ethernet_clients_frames_cross_their_tap_both_ways(lab_certs: Path, alpn: str) -> None:
     core_lab = lab(lab_certs, *BOTH)
     conn = l2_client(core_lab, "carol", alpn)
-    assert core_lab.of(TapOpened) == [TapOpened("carol")]
+    assert core_lab.of(TapOpened) == [TapOpened("carol", TunnelMode(MODES[alpn]))]
     send(core_lab, conn, frame(ALICE_MAC, marker=1), frame(ALICE_MAC, marker=2))
     assert core_lab.taps["carol"] == [frame(ALICE_MAC, marker=1), frame(ALICE_MAC, marker=2)]
     assert core_lab.tun == []  # never the IP path

@@ -223,9 +223,12 @@ class StatusChanged:
 @dataclass(frozen=True)
 class TapOpened:
     """An Ethernet client arrived (README "L2 mode"): give it a TAP device of its own on the
-    bridge, read it with `from_tap(client, ...)`; `tap_failed` if it cannot be made."""
+    bridge, read it with `from_tap(client, ...)`; `tap_failed` if it cannot be made. `mode`
+    sizes the TAP: the client's device has its mode's budget less the Ethernet header, and a
+    bridge drops a frame larger than the port it leaves by, so the two must agree."""
 
     client: str
+    mode: TunnelMode
 
 
 @dataclass(frozen=True)
@@ -1088,7 +1091,7 @@ class ConcentratorCore:
         )
         if payload is Payload.ETHERNET:
             client.macs = MacFilter(self._static_macs.get(name, ()), self.config.l2.max_macs)
-            self._actions.append(TapOpened(name))
+            self._actions.append(TapOpened(name, mode))
         client.strategy = _MODES[mode](self, client)
         rate = self.limits.rate_limit_mbps
         if rate is not None:

@@ -56,6 +56,7 @@ from tunnel.config import ConcentratorConfig
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import ETHERNET_HEADER_SIZE, Payload
+from tunnel.wire.modes import TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
 
@@ -246,16 +247,16 @@ class ConcentratorProgram:
             if driver is not None:
                 driver.transmit()
 
-    def _open_tap(self, client: str) -> None:
+    def _open_tap(self, client: str, mode: TunnelMode) -> None:
         """A TAP of its own for an Ethernet client, a port of l2.bridge: the kernel bridge does
         the MAC learning and flooding between clients and whatever else is on the bridge. Its
-        MTU is the datagram budget less the Ethernet header (session draft §4: one frame per
-        datagram)."""
+        MTU is the client's: the datagram budget of its mode less the Ethernet header (session
+        draft §4: one frame per datagram; a bridge drops frames beyond the egress port's MTU)."""
         config = self.config
         if client in self.taps or config.l2.bridge is None:
             return
         name = f"{config.tun.name[:10]}-{next(self._tap_numbers)}"
-        mtu = (config.tun.mtu or auto_tun_mtu(config.modes)) - ETHERNET_HEADER_SIZE
+        mtu = (config.tun.mtu or auto_tun_mtu((mode,))) - ETHERNET_HEADER_SIZE
         try:
             tap = TunDevice.create(name, mtu=mtu, kind=DeviceKind.TAP, bridge=config.l2.bridge)
         except TunError as exc:
@@ -286,7 +287,7 @@ class ConcentratorProgram:
             if isinstance(action, StatusChanged):
                 self.status.write()
             elif isinstance(action, TapOpened):
-                self._open_tap(action.client)
+                self._open_tap(action.client, action.mode)
             elif isinstance(action, TapClosed):
                 self._close_tap(action.client)
             elif not isinstance(action, CrlReloaded):  # the core logged it
