@@ -210,11 +210,14 @@ class TunConfig:
             unset='`"auto"`',
         ),
     )
+    # Required but for an Ethernet client, whose TAP may get its addresses by DHCP or SLAAC
+    # across the tunnel (checked in _check_client / _check_concentrator).
     addresses: tuple[IPInterface, ...] = field(
         default=(),
         metadata=setting(
-            "this end's tunnel addresses, with prefix length",
-            InterfaceList(required='the TUN\'s addresses, e.g. ["10.8.0.2/32", "fd00:8::2/128"]'),
+            "this end's tunnel addresses, with prefix length (a client with payload ethernet "
+            "may leave them to DHCP/SLAAC)",
+            InterfaceList(),
         ),
     )
     routes: tuple[IPNetwork, ...] = field(
@@ -864,8 +867,20 @@ def _check_congestion(limits: ClientLimits | ConcentratorLimits, stream_mode: bo
         )
 
 
+_TUN_ADDRESSES_EXAMPLE = '["10.8.0.2/32", "fd00:8::2/128"]'
+
+
+def _check_tun_addresses(tun: TunConfig) -> None:
+    if not tun.addresses:
+        raise ConfigError(
+            f"tun.addresses is empty: give the TUN's addresses, e.g. {_TUN_ADDRESSES_EXAMPLE}"
+        )
+
+
 def _check_client(config: ClientConfig, t: Table) -> None:
     _unique("access name {!r} is used twice: give each [[access]] its own", config.accesses)
+    if config.payload is Payload.IP:
+        _check_tun_addresses(config.tun)
     _check_congestion(config.limits, config.stream.enabled)
     if config.mode is TunnelMode.SESSION and not config.accesses:
         raise ConfigError(
@@ -883,6 +898,7 @@ def _check_static_client(client: StaticClient, t: Table) -> None:
 
 def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
     _unique("client name {!r} appears in two [[client]] tables: merge them", config.clients)
+    _check_tun_addresses(config.tun)
     _check_congestion(config.limits, config.stream.enabled)
     has_addresses = any(c.addresses for c in config.clients)
     if (

@@ -315,3 +315,13 @@ def test_ethernet_clients_need_no_addresses_and_macs_are_checked() -> None:
         text = CONCENTRATOR + f'[[client]]\nname = "b"\nmacs = [{bad}]\n'
         with pytest.raises(ConfigError, match=r"client\.0\.macs = .* is not a list of unicast MAC"):
             concentrator(text=text)
+
+
+def test_only_an_ethernet_client_may_leave_its_addresses_to_dhcp() -> None:
+    without = CLIENT.replace('addresses = ["10.8.0.2/32", "fd00:8::2/128"]', "addresses = []")
+    assert without != CLIENT
+    assert client('payload="ethernet"', text=without).tun.addresses == ()  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"tun\.addresses is empty: give the TUN's addresses"):
+        client(text=without)
+    with pytest.raises(ConfigError, match=r"tun\.addresses is empty"):
+        concentrator("tun.addresses=[]")
