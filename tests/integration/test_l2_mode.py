@@ -11,13 +11,16 @@ veth devices go with them), and every program is stopped.
 Checked: the clients ping each other over IPv4 (ARP crosses the tunnel and the bridge floods
 it) and IPv6 (Neighbour Discovery, global and link-local), in tunnel mode and session mode; the
 concentrator locked each client's TAP MAC; each TAP leaves the bridge with its client and all
-with the concentrator; a client whose payload the concentrator does not serve is told why; a
-missing bridge stops the concentrator with one sentence.
+with the concentrator; a client without addresses gets IPv4 by DHCP (dnsmasq on the bridge,
+dhclient on the TAP) and IPv6 by SLAAC from dnsmasq's Router Advertisements, across the tunnel;
+a client whose payload the concentrator does not serve is told why; a missing bridge stops the
+concentrator with one sentence.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,7 +33,9 @@ from tests.integration.netns import (
     Qtun,
     in_ns,
     ip,
+    listening,
     namespaces,
+    process,
     sh,
     toml_text,
     unique,
@@ -234,3 +239,72 @@ def test_a_missing_bridge_stops_the_concentrator_with_one_sentence(lab: Lab) -> 
         "bridge; ip link set it up) or set l2.bridge to an existing one"
     ) in lab.conc.log()
     assert "Traceback" not in lab.conc.log()
+
+
+DHCP_SCRIPT = """#!/bin/sh
+# dhclient's hook: only put the leased address on the TAP (its stock script would also rewrite
+# /etc/resolv.conf, which the namespace shares with the host)
+case "$reason" in
+BOUND|RENEW|REBIND|REBOOT) ip addr replace "$new_ip_address/$new_subnet_mask" dev "$interface" ;;
+esac
+exit 0
+"""
+
+
+def addresses_of(ns: str, ifname: str, family: str) -> list[str]:
+    out = ip(ns, "-o", family, "addr", "show", "dev", ifname, "scope", "global").stdout
+    return re.findall(r"inet6? ([0-9a-f.:]+)/", out)
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "session"])
+def test_dhcp_and_router_advertisements_cross_the_tunnel(lab: Lab, mode: str) -> None:
+    """A real DHCP server (dnsmasq, also sending RAs for fd78::/64) on the bridge, a real DHCP
+    client (ISC dhclient) on alice's TAP, which has no address of its own."""
+    missing = [tool for tool in ("dnsmasq", "dhclient") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(
+            f"{' and '.join(missing)} not installed: run make deps (dnsmasq-base, isc-dhcp-client)"
+        )
+    alice_ns = CLIENTS["alice"][0]
+    ip(NS_S, "addr", "add", "10.77.0.1/24", "dev", BRIDGE)
+    ip(NS_S, "addr", "add", "fd78::1/64", "dev", BRIDGE, "nodad")
+    config = lab.workdir / "alice.toml"
+    config.write_text(config.read_text().replace('"10.77.0.11/24", "fd77::11/64"', ""))
+    script = lab.workdir / "dhclient-script"
+    script.write_text(DHCP_SCRIPT)
+    script.chmod(0o755)
+    dnsmasq = in_ns(
+        NS_S, "dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
+        "--no-resolv", "--no-hosts", "--port=0", "--user=root", f"--interface={BRIDGE}",
+        "--bind-interfaces", "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+        "--enable-ra", "--dhcp-range=fd78::,ra-only,64",
+        f"--dhcp-leasefile={lab.workdir / 'dnsmasq.leases'}",
+        f"--pid-file={lab.workdir / 'dnsmasq.pid'}",
+    )  # fmt: skip
+    with process(dnsmasq, ready=None, stop_by="term", name="dnsmasq") as server:
+        wait_until("dnsmasq serves DHCP", lambda: listening(NS_S, 67, "udp"), alive=[server])
+        lab.start_clients(mode)
+        dhclient = in_ns(
+            alice_ns, "dhclient", "-4", "-d", "-v", "-sf", str(script),
+            "-lf", str(lab.workdir / "dhclient.leases"), "-pf", str(lab.workdir / "dhclient.pid"),
+            CLIENT_TAP,
+        )  # fmt: skip
+        with process(dhclient, ready=None, stop_by="term", name="dhclient") as client:
+            wait_until(
+                "alice's TAP leased an IPv4 address",
+                lambda: addresses_of(alice_ns, CLIENT_TAP, "-4"),
+                timeout=30,
+                alive=[client, server, lab.conc, *lab.clients.values()],
+            )
+        (leased,) = addresses_of(alice_ns, CLIENT_TAP, "-4")
+        assert leased.startswith("10.77.0.1")  # from the range 10.77.0.100-150
+        assert f" {leased} " in (lab.workdir / "dnsmasq.leases").read_text()
+        wait_until(
+            "alice's TAP configured fd78::/64 from a Router Advertisement",
+            lambda: any(a.startswith("fd78::") for a in addresses_of(alice_ns, CLIENT_TAP, "-6")),
+            timeout=30,
+            alive=[server, lab.conc],
+        )
+        assert ping(alice_ns, inner(12)) == 3  # bob, static, on the same bridge
+        assert ping(alice_ns, "10.77.0.1") == 3  # the DHCP server's host, on the bridge
+        assert ping(alice_ns, "fd78::1") == 3
