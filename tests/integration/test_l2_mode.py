@@ -167,9 +167,10 @@ def test_two_l2_clients_on_one_bridge_ping_each_other(lab: Lab, mode: str) -> No
     assert sorted(taps) == ["alice", "bob"] and sorted(bridge_ports()) == sorted(taps.values())
     for name in CLIENTS:
         status = lab.clients[name].status()
-        assert status["mode"] == mode and status["tun"]["mtu"] == (
-            1408 if mode == "tunnel" else 1404
-        )
+        assert status["mode"] == mode and status["payload"] == "ethernet"
+        # the IP budget (README "Datagram budget": 1422 / 1418) less the Ethernet header
+        assert status["tun"]["kind"] == "TAP"
+        assert status["tun"]["mtu"] == (1408 if mode == "tunnel" else 1404)
 
     # IPv4: alice's ARP request is broadcast through her tunnel, flooded by the bridge into
     # bob's TAP and tunnel; bob's answer comes back unicast, learned by the bridge.

@@ -411,8 +411,10 @@ class Client:
             name=self.config.name,
             pid=os.getpid(),
             time=time.time(),
+            payload=self.config.payload.value,
             tun={
                 "name": self.config.tun.name,
+                "kind": "TAP" if self.config.payload is Payload.ETHERNET else "TUN",
                 "mtu": tun.mtu if tun is not None else None,
                 "rx_packets": stats.packets_read if stats else 0,
                 "tx_packets": stats.packets_written if stats else 0,
