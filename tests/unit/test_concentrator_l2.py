@@ -183,3 +183,16 @@ def test_an_ip_client_never_gets_an_ethernet_frame_into_the_tun(lab_certs: Path,
     (connection,) = core_lab.status_of("alice")["connections"]
     dropped = "drops_unsupported_protocol" if alpn == "qt-session" else "drops_malformed"
     assert connection["counters"][dropped] == 1
+
+
+def test_an_ethernet_client_changing_mode_gets_a_new_tap_for_its_new_mtu(lab_certs: Path) -> None:
+    core_lab = lab(lab_certs, *BOTH)
+    old = l2_client(core_lab, "carol", "qt")
+    l2_client(core_lab, "carol", "qt-session")
+    assert closed_reason(old) == "replaced by a newer session-mode connection"
+    assert core_lab.of(TapOpened) == [
+        TapOpened("carol", TunnelMode.TUNNEL),
+        TapOpened("carol", TunnelMode.SESSION),
+    ]
+    assert core_lab.of(TapClosed) == [TapClosed("carol")]
+    assert list(core_lab.taps) == ["carol"]

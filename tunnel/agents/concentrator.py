@@ -50,6 +50,15 @@ kernel routes it on. From the TUN: the client owning the destination, its rate l
 connection (tunnel mode) or its session's scheduler; too big for it -> ICMP frag-needed / Packet
 Too Big written back into the TUN (tunnel/wire/icmp.py explains from which address).
 
+Ethernet clients (README "L2 mode", `payloads`): a client announces its payload in the
+quic_tunnel_payload transport parameter (tunnel draft §4: "signalled out of band"); one the
+configuration does not serve is refused "payload" at handshake end with a sentence naming both.
+An Ethernet client gets a TAP of its own on `l2.bridge` (TapOpened when it is admitted,
+TapClosed when it is forgotten); its frames pass the MAC filter (tunnel/policy/mac_filter.py)
+and the rate limit into that TAP (`write_taps`), and what the bridge sends into the TAP goes
+back to it (`from_tap`). The IP rules above (addresses, RFC 2827, `to_concentrator`, Packet Too
+Big) are IP's and do not apply to frames.
+
 A bug met while handling one packet costs that packet only: counted as internal_errors and
 logged with its traceback within a LogBudget. Lines a peer can cause at will (refusals, reports)
 are rate-limited per key the same way.
@@ -992,6 +1001,10 @@ class ConcentratorCore:
             # A client that changed its payload restarted: everything of the old one is stale,
             # its TAP included.
             self._end_client(client, f"replaced by a newer {payload.value}-payload connection", now)
+            client = None
+        elif client is not None and client.macs is not None and client.strategy.mode is not mode:
+            # An Ethernet client that changed its mode: its TAP's MTU was its old mode's.
+            self._end_client(client, f"replaced by a newer {mode.value}-mode connection", now)
             client = None
         if client is not None:
             self._make_room(client, peer, mode, now)
