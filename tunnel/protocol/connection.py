@@ -13,6 +13,9 @@ What it implements:
 - stream mode (-tunnel-tcp-00, transport parameter quic_tunnel_stream_mode, see
   tunnel.protocol.quic_ext): one bidirectional stream per TCP connection, TLV preamble
   (§5.1), FIN/RST mapping (§3).
+- the payload (IP packets or Ethernet frames, README "L2 mode"): the client's, announced in
+  our quic_tunnel_payload transport parameter (tunnel-00 §4: "signalled out of band"; absent:
+  IP); session datagrams of any other Protocol Type are dropped and counted (-session-00 §4).
 
 A peer that breaks a connection-level rule gets the connection closed with a reason
 phrase saying which rule; a peer that breaks a stream-level rule gets an Error TLV
