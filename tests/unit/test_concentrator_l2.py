@@ -46,7 +46,7 @@ def l2_client(core_lab: CoreLab, name: str, alpn: str) -> Conn:
 
 def send(core_lab: CoreLab, conn: Conn, *frames: bytes) -> None:
     for n, data in enumerate(frames):
-        tag = n if conn.client.mode is not None and conn.client.mode.value == "session" else None
+        tag = n if conn.client.mode is TunnelMode.SESSION else None
         assert conn.client.send_packet(data, packet_tag=tag).sent
     core_lab.run(0.1)
 
