@@ -199,6 +199,19 @@ def test_two_l2_clients_on_one_bridge_ping_each_other(lab: Lab, mode: str) -> No
         assert client["mac_filter"]["foreign_source"] == 0
     assert status["refused"]["payload"] == 0
 
+    # alice takes another MAC: the concentrator drops her frames (the MAC filter locked her
+    # first one), so her ARP requests never reach bob
+    ip(alice_ns, "link", "set", CLIENT_TAP, "address", "02:00:00:00:0a:0b")
+    ip(alice_ns, "neigh", "flush", "dev", CLIENT_TAP)
+    assert ping(alice_ns, inner(12), count=2) == 0
+    alice = lab.conc.wait_status(
+        "alice's frames from a foreign MAC dropped",
+        lambda s: any(
+            c["name"] == "alice" and c["mac_filter"]["foreign_source"] > 0 for c in s["clients"]
+        ),
+    )
+    assert alice["counters"]["mac_dropped"] > 0
+
     # a TAP goes with its client (session mode: once the session's idle wait is over)
     assert lab.clients["alice"].stop() == 0
     lab.conc.wait_status("alice's TAP removed", lambda s: sorted(s.get("taps", {})) == ["bob"])
