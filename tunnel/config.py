@@ -218,6 +218,7 @@ class TunConfig:
             "this end's tunnel addresses, with prefix length (a client with payload ethernet "
             "may leave them to DHCP/SLAAC)",
             InterfaceList(),
+            unset="required (an Ethernet client: none)",
         ),
     )
     routes: tuple[IPNetwork, ...] = field(
