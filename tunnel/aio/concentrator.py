@@ -99,7 +99,6 @@ class ConcentratorProgram:
         self.tun: TunDevice | None = None
         # Ethernet clients' TAP devices on the bridge (README "L2 mode"), by client name
         self.taps: dict[str, TunDevice] = {}
-        self._tap_numbers = iter(range(1, 10_000))
         self.server: QuicServer | None = None
         self.nat: Masquerade | None = None
         self.ip_forward = read_ip_forward()
@@ -255,8 +254,9 @@ class ConcentratorProgram:
         config = self.config
         if client in self.taps or config.l2.bridge is None:
             return
-        name = f"{config.tun.name[:10]}-{next(self._tap_numbers)}"
-        mtu = (config.tun.mtu or auto_tun_mtu((mode,))) - ETHERNET_HEADER_SIZE
+        name = self._tap_name()
+        # the client's auto MTU, whatever tun.mtu says of the concentrator's own TUN
+        mtu = auto_tun_mtu((mode,)) - ETHERNET_HEADER_SIZE
         try:
             tap = TunDevice.create(name, mtu=mtu, kind=DeviceKind.TAP, bridge=config.l2.bridge)
         except TunError as exc:
@@ -265,6 +265,16 @@ class ConcentratorProgram:
         self.taps[client] = tap
         tap.start_reading(self._guarded(functools.partial(self._on_tap_frames, client)))
         log.info("tap up client=%s tap=%s mtu=%d bridge=%s", client, name, mtu, config.l2.bridge)
+
+    def _tap_name(self) -> str:
+        """`<tun.name>-N` with the smallest N not in use, cut to the 15 bytes of a name."""
+        used = {tap.name for tap in self.taps.values()}
+        for number in range(1, len(used) + 2):
+            digits = str(number)
+            name = f"{self.config.tun.name[: 14 - len(digits)]}-{digits}"
+            if name not in used:
+                return name
+        raise AssertionError("unreachable: one of len(used) + 1 numbers is free")
 
     def _close_tap(self, client: str) -> None:
         tap = self.taps.pop(client, None)
