@@ -4,7 +4,7 @@ set -euo pipefail
 PACKAGES=(
   mininet iperf3 tcpdump tshark nftables ethtool iputils-ping iproute2 procps psmisc
   wireguard-tools wireguard-go openvpn mptcpd python3-venv python3-dev gcc make curl sudo
-  iptables
+  iptables dnsmasq-base isc-dhcp-client
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

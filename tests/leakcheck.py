@@ -1,9 +1,10 @@
 """The test run's leak check: `make test` (scripts/run-tests) saves what exists before the tests
 and checks after every pytest process has ended that nothing new is left: network namespaces,
 root-namespace interfaces, nftables tables and helper processes (qtun, qtwire, iperf3, tcpdump,
-wireguard-go, Mininet node shells). Tests must clean up after themselves, failures included; a
-leak fails the run even if every test passed. Checked once for the whole run, since the root
-tests run in two pytest processes side by side (one would see the other's things as leaks).
+wireguard-go, dnsmasq, dhclient, Mininet node shells). Tests must clean up after themselves,
+failures included; a leak fails the run even if every test passed. Checked once for the whole
+run, since the root tests run in two pytest processes side by side (one would see the other's
+things as leaks).
 
     python -m tests.leakcheck save FILE     # before
     python -m tests.leakcheck check FILE    # after: exit 1 and one line per kind if leaks
@@ -17,7 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-WATCHED_PROGRAMS = ("qtun", "qtwire", "iperf3", "tcpdump", "wireguard-go", "mnexec")
+WATCHED_PROGRAMS = (
+    "qtun", "qtwire", "iperf3", "tcpdump", "wireguard-go", "mnexec", "dnsmasq", "dhclient",
+)  # fmt: skip
 
 
 def _lines(argv: list[str]) -> list[str]:

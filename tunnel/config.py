@@ -43,6 +43,7 @@ from tunnel.config_schema import (
     IPAddress,
     IPInterface,
     IPNetwork,
+    MacList,
     Mtu,
     Network,
     NetworkList,
@@ -59,6 +60,7 @@ from tunnel.config_schema import (
 )
 from tunnel.policy.qos import dscp_value, qos_label, qos_value
 from tunnel.session.scheduler import SCHEDULER_NAMES
+from tunnel.wire.datagram import Payload
 from tunnel.wire.messages import ACCESS_NAMES, AccessId
 from tunnel.wire.modes import TunnelMode
 
@@ -82,7 +84,9 @@ __all__ = [
     "IPAddress",
     "IPInterface",
     "IPNetwork",
+    "L2Config",
     "ObservabilityConfig",
+    "Payload",
     "PoolConfig",
     "QosMark",
     "StaticClient",
@@ -229,11 +233,15 @@ class TunConfig:
             unset='`"auto"`',
         ),
     )
+    # Required but for an Ethernet client, whose TAP may get its addresses by DHCP or SLAAC
+    # across the tunnel (checked in _check_client / _check_concentrator).
     addresses: tuple[IPInterface, ...] = field(
         default=(),
         metadata=setting(
-            "this end's tunnel addresses, with prefix length",
-            InterfaceList(required='the TUN\'s addresses, e.g. ["10.8.0.2/32", "fd00:8::2/128"]'),
+            "this end's tunnel addresses, with prefix length (a client with payload ethernet "
+            "may leave them to DHCP/SLAAC)",
+            InterfaceList(),
+            unset="required (an Ethernet client: none)",
         ),
     )
     routes: tuple[IPNetwork, ...] = field(
@@ -434,6 +442,17 @@ class ClientConfig:
             Choice.of(TunnelMode),
         ),
     )
+    # Session draft §4 names 0x6558 for Ethernet frames; tunnel mode has no Protocol Type, so
+    # its payload is "signalled out of band" (tunnel draft §4): this setting on both ends, and
+    # the quic_tunnel_payload transport parameter so that the concentrator refuses a mismatch.
+    payload: Payload = field(
+        default=Payload.IP,
+        metadata=setting(
+            "what the tunnel carries: ip: IP packets through a TUN; ethernet: Ethernet frames "
+            "through a TAP (Protocol Type 0x6558); the concentrator must serve it (payloads)",
+            Choice.of(Payload),
+        ),
+    )
     scheduler: str = field(
         default="failover",
         metadata=setting("session mode: which access carries each packet", Choice(SCHEDULER_NAMES)),
@@ -483,7 +502,12 @@ class ClientConfig:
             many=True,
         ),
     )
-    tun: TunConfig = field(metadata=section("the TUN device", defaults={"name": "qtun0"}))
+    tun: TunConfig = field(
+        metadata=section(
+            'the TUN device (a TAP device with payload = "ethernet", its MTU 14 bytes less)',
+            defaults={"name": "qtun0"},
+        )
+    )
     tls: TlsConfig = field(
         metadata=section(
             "mutual TLS: ca verifies the peer, cert and key identify this side", omit=("crl",)
@@ -510,9 +534,16 @@ class StaticClient:
     name: str = field(metadata=setting("the Common Name of the client's certificate", Text()))
     addresses: tuple[IPNetwork, ...] = field(
         default=(),
+        metadata=setting("its static inner prefixes (IP payload)", NetworkList()),
+    )
+    # The L2 twin of `addresses` (tunnel/policy/mac_filter.py): without them the first
+    # l2.max_macs source MACs the client sends are locked for it.
+    macs: tuple[int, ...] = field(
+        default=(),
         metadata=setting(
-            "its static inner prefixes",
-            NetworkList(required='the client\'s prefixes, e.g. ["10.8.0.2/32", "fd00:8::2/128"]'),
+            "the source MACs its Ethernet frames may carry (payload ethernet); none: the first "
+            "l2.max_macs it sends",
+            MacList(),
         ),
     )
 
@@ -717,11 +748,41 @@ class StreamServerConfig:
     )
 
 
+@dataclass(frozen=True)
+class L2Config:
+    bridge: str | None = field(
+        default=None,
+        metadata=setting(
+            "the Linux bridge each Ethernet client's TAP joins (required with payload "
+            "ethernet); it must exist",
+            InterfaceName(),
+            unset="none",
+        ),
+    )
+    max_macs: int = field(
+        default=1,
+        metadata=setting(
+            "source MACs locked per client without [[client]] macs: the first ones it sends",
+            Integer(1, 4096),
+        ),
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConcentratorConfig:
     modes: tuple[TunnelMode, ...] = field(
         default=(TunnelMode.TUNNEL, TunnelMode.SESSION),
         metadata=setting("the modes clients may use", EnumList(TunnelMode)),
+    )
+    # Both payloads may be served at once: IP clients through the TUN, Ethernet clients each
+    # through a TAP of its own on [l2] bridge (README "L2 mode").
+    payloads: tuple[Payload, ...] = field(
+        default=(Payload.IP,),
+        metadata=setting(
+            "what clients' tunnels may carry: ip (the TUN), ethernet (a TAP per client on "
+            "l2.bridge)",
+            EnumList(Payload),
+        ),
     )
     scheduler: str = field(
         default="failover",
@@ -767,7 +828,11 @@ class ConcentratorConfig:
     )
     clients: tuple[StaticClient, ...] = field(
         default=(),
-        metadata=section("clients with static inner addresses", key="client", many=True),
+        metadata=section("clients with static inner addresses or MACs", key="client", many=True),
+    )
+    l2: L2Config = field(
+        default_factory=L2Config,
+        metadata=section("Ethernet clients (payload ethernet): the bridge and the MAC filter"),
     )
     qos: tuple[QosMark, ...] = field(
         default=(),
@@ -862,8 +927,20 @@ def _check_congestion(limits: ClientLimits | ConcentratorLimits, stream_mode: bo
         )
 
 
+_TUN_ADDRESSES_EXAMPLE = '["10.8.0.2/32", "fd00:8::2/128"]'
+
+
+def _check_tun_addresses(tun: TunConfig) -> None:
+    if not tun.addresses:
+        raise ConfigError(
+            f"tun.addresses is empty: give the TUN's addresses, e.g. {_TUN_ADDRESSES_EXAMPLE}"
+        )
+
+
 def _check_client(config: ClientConfig, t: Table) -> None:
     _unique("access name {!r} is used twice: give each [[access]] its own", config.accesses)
+    if config.payload is Payload.IP:
+        _check_tun_addresses(config.tun)
     _check_congestion(config.limits, config.stream.enabled)
     if config.mode is TunnelMode.SESSION and not config.accesses:
         raise ConfigError(
@@ -876,10 +953,25 @@ def _check_client(config: ClientConfig, t: Table) -> None:
         )
 
 
+def _check_static_client(client: StaticClient, t: Table) -> None:
+    if not client.addresses and not client.macs:
+        raise ConfigError(
+            f"{t.where('')}has neither addresses nor macs: give its inner prefixes, e.g. "
+            'addresses = ["10.8.0.2/32"], or for an Ethernet client its MACs'
+        )
+
+
 def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
     _unique("client name {!r} appears in two [[client]] tables: merge them", config.clients)
+    _check_tun_addresses(config.tun)
     _check_congestion(config.limits, config.stream.enabled)
-    if config.pool.ipv4 is None and config.pool.ipv6 is None and not config.clients:
+    has_addresses = any(c.addresses for c in config.clients)
+    if (
+        Payload.IP in config.payloads
+        and config.pool.ipv4 is None
+        and config.pool.ipv6 is None
+        and not has_addresses
+    ):
         raise ConfigError(
             "no client addresses are configured: add a [pool] (ipv4/ipv6 prefix) or [[client]] "
             "tables with static addresses"
@@ -890,6 +982,11 @@ def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
             raise ConfigError(
                 f"QoS value {qos_label(value)!r} appears in two [[qos]] tables: keep one"
             )
+    if Payload.ETHERNET in config.payloads and config.l2.bridge is None:
+        raise ConfigError(
+            'payloads has "ethernet" but l2.bridge is not set: name the Linux bridge the '
+            'clients\' TAP devices join, e.g. [l2] bridge = "br0"'
+        )
 
 
 def _unique(message: str, entries: Sequence[AccessConfig | StaticClient]) -> None:
@@ -906,6 +1003,7 @@ CHECKS: Mapping[type, Check] = {
     StreamServerConfig: _check_stream_server,
     ConcentratorLimits: _check_concentrator_limits,
     PoolConfig: _check_pool,
+    StaticClient: _check_static_client,
     ClientConfig: _check_client,
     ConcentratorConfig: _check_concentrator,
 }

@@ -64,7 +64,8 @@ def toml_text(value: Any) -> str:
 def _default_text(setting: Setting, default: Any) -> str:
     if default is MISSING or setting.kind.needs_value():
         return "required"
-    if default is None:
+    if default is None or setting.unset:
+        # `unset`: what leaving the key out means, when its default value does not say it
         return setting.unset
     text = f"`{toml_text(default)}`"
     if setting.unit == "bytes" and isinstance(default, int) and default >= 1024 * 1024:

@@ -388,6 +388,23 @@ class InterfaceList(_List):
         return ip_interface(item)
 
 
+class MacList(_List):
+    """MAC addresses ("02:00:5e:10:00:01"), kept as 48-bit integers (tunnel/policy/mac_filter.py
+    compares them per frame)."""
+
+    item = "unicast MAC addresses"
+    example = '["02:00:5e:10:00:01"]'
+
+    def convert(self, item: str) -> int:
+        from tunnel.policy.mac_filter import is_group_mac, mac_to_int
+
+        mac = mac_to_int(item)
+        return _bad() if is_group_mac(mac) else mac
+
+    def values(self) -> str:
+        return "list of unicast MAC addresses"
+
+
 class StringList(_List):
     item = "non-empty strings"
 

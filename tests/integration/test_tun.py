@@ -167,3 +167,50 @@ def test_ipv4_frag_needed_from_a_local_address_is_dropped_by_linux(ns: str) -> N
         assert "mtu 1280" not in ip(ns, "route", "get", "10.79.3.4").stdout
         out6 = ping(ns, "-M", "do", "-s", "1300", "fd00:77::5")
         assert "Packet too big: mtu=1280" in out6, out6
+
+
+TAP = """
+import subprocess
+from tunnel.aio.tun import DeviceKind, TunDevice, TunError, bridge_problem
+def show(name):
+    return subprocess.run(["ip", "-o", "-d", "link", "show", name], capture_output=True,
+                          text=True).stdout
+tun = TunDevice.create("qtat1", mtu=1400)
+for name, bridge in [("qtat1", None), ("lo", None), ("qtat2", "qtanobr")]:
+    try:
+        TunDevice.create(name, mtu=1400, kind=DeviceKind.TAP, bridge=bridge)
+        print("NO ERROR", name)
+    except TunError as exc:
+        print(exc)
+print("LEFT qtat2" if show("qtat2") else "NOT LEFT qtat2")
+print(bridge_problem("qtanobr"))
+print(bridge_problem("qtat1"))
+subprocess.run(["ip", "link", "add", "qtabr", "type", "bridge"], check=True)
+print(bridge_problem("qtabr"))
+tap = TunDevice.create("qtat3", mtu=1404, kind=DeviceKind.TAP, bridge="qtabr")
+link = show("qtat3")
+print("tap" in link.split(), "master qtabr" in link, "mtu 1404" in link, tap.kind.value)
+tap.close()
+print("GONE" if not show("qtat3") else "STILL THERE")
+"""
+
+
+def test_a_tap_joins_a_bridge_and_its_errors_are_one_sentence(ns: str) -> None:
+    """L2 mode's device (README "L2 mode"): TunDevice of kind TAP, made a bridge port."""
+    result = subprocess.run(
+        in_ns(ns, sys.executable, "-c", TAP), capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "an interface named 'qtat1' already exists and is not a TAP device: pick another name",
+        "an interface named 'lo' already exists and is not a TAP device: pick another name",
+        "bridge 'qtanobr' does not exist: create it (ip link add qtanobr type bridge) or set "
+        "l2.bridge to an existing one",
+        "NOT LEFT qtat2",
+        "bridge 'qtanobr' does not exist: create it (ip link add qtanobr type bridge; ip link "
+        "set it up) or set l2.bridge to an existing one",
+        "interface 'qtat1' is not a Linux bridge (it is tun): set l2.bridge to a bridge",
+        "None",
+        "True True True TAP",
+        "GONE",
+    ]

@@ -46,6 +46,7 @@ from tunnel.protocol.connection import (
 )
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, TunnelQuicConnection
 from tunnel.session.table import JoinError, SessionTable
+from tunnel.wire.datagram import PAYLOAD_ETHERTYPE
 from tunnel.wire.messages import AccessId, AccessSignal
 from tunnel.wire.modes import ALL_ALPN, ALPN_SESSION, ALPN_TUNNEL, TunnelMode
 
@@ -439,7 +440,10 @@ class World:
         if name in self.bind_fails:
             self.agent.path_failed(path, f"cannot bind on {name}", self.now)
             return
-        client = TunnelQuicConnection(configuration=self._client_config)
+        client = TunnelQuicConnection(
+            configuration=self._client_config,
+            payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
+        )
         server, server_tunnel = self.server.server_side(client, self.now)
         self.agent.path_opened(path, client, self.now)
         access = self.accesses[name]

@@ -24,7 +24,13 @@ from aioquic.quic.events import QuicEvent
 from testbed.hostile import client_configuration
 from tests.unit.quic_harness import Endpoint, FakeClock, Network
 from tests.unit.quic_harness import Path as NetPath
-from tunnel.agents.concentrator import Action, ConcentratorCore, PeerQuicConnection
+from tunnel.agents.concentrator import (
+    Action,
+    ConcentratorCore,
+    PeerQuicConnection,
+    TapClosed,
+    TapOpened,
+)
 from tunnel.aio.concentrator_setup import load_verifier, quic_configuration
 from tunnel.config import ConcentratorConfig, parse_concentrator_config
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
@@ -139,6 +145,9 @@ class CoreLab:
     tun_accepts: bool = True
     """What TunDevice.write answers (False: the kernel refused the packet)."""
     actions: list[Action] = field(default_factory=list)
+    taps: dict[str, list[bytes]] = field(default_factory=dict)
+    """Frames the core wrote into each Ethernet client's TAP, in order (a TAP exists from its
+    TapOpened to its TapClosed)."""
     stream_events: list[tuple[TunnelConnection, TunnelEvent]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -162,6 +171,7 @@ class CoreLab:
         key: Path | None = None,
         client_config: QuicConfiguration | None = None,
         stream_mode: bool = False,
+        payload_ethertype: int | None = None,
         settle: float = 0.5,
     ) -> Conn:
         """A client connection presenting `name`'s certificate (None: no certificate), run for
@@ -170,7 +180,11 @@ class CoreLab:
             if cert is None and name is not None:
                 cert, key = self.certs / f"{name}.pem", self.certs / f"{name}.key"
             client_config = client_configuration(self.certs / "ca.pem", [alpn], cert, key)
-        client_quic = TunnelQuicConnection(configuration=client_config, stream_mode=stream_mode)
+        client_quic = TunnelQuicConnection(
+            configuration=client_config,
+            stream_mode=stream_mode,
+            payload_ethertype=payload_ethertype,
+        )
         options: dict[str, Any] = {"stream_mode": True} if stream_mode else {}
         server_quic = PeerQuicConnection(
             configuration=self.server_quic_config,
@@ -196,11 +210,29 @@ class CoreLab:
             self.tun.append(packet)
         return self.tun_accepts
 
+    def _write_tap(self, client: str, frame: bytes) -> bool:
+        tap = self.taps.get(client)
+        if tap is None:
+            return False
+        tap.append(frame)
+        return True
+
     def carry_out(self) -> None:
         """What the program does after each input (transmitting is the network's job here)."""
         self.core.write_tun(self._write_tun)
         while (action := self.core.next_action()) is not None:
             self.actions.append(action)
+            if isinstance(action, TapOpened):
+                self.taps[action.client] = []
+            elif isinstance(action, TapClosed):
+                self.taps.pop(action.client, None)
+        self.core.write_taps(self._write_tap)
+
+    def from_tap(self, client: str, frames: Sequence[bytes]) -> tuple[TunnelConnection, ...]:
+        forwarded = self.core.from_tap(client, frames, self.now)
+        self.carry_out()
+        self.net.flush()
+        return forwarded.connections
 
     def from_tun(self, packets: Sequence[bytes]) -> tuple[TunnelConnection, ...]:
         forwarded = self.core.from_tun(packets, self.now)

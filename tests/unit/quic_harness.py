@@ -171,9 +171,12 @@ class Network:
         delay: float = 0.005,
         client_stream_mode: bool = False,
         server_stream_mode: bool = False,
+        client_payload_ethertype: int | None = None,
     ) -> Path:
         client_quic = TunnelQuicConnection(
-            configuration=client_config, stream_mode=client_stream_mode
+            configuration=client_config,
+            stream_mode=client_stream_mode,
+            payload_ethertype=client_payload_ethertype,
         )
         server_quic = TunnelQuicConnection(
             configuration=server_config,

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.aio.concentrator import ConcentratorProgram
 from tunnel.aio.concentrator_setup import IP_FORWARD_SYSCTLS, auto_tun_mtu, read_ip_forward
+from tunnel.aio.tun import TunDevice
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, packet_datagram_budget
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
 from tunnel.wire.modes import TunnelMode
@@ -18,7 +21,8 @@ __all__ = ["lab_certs"]  # the fixture
 
 STATUS_KEYS = {
     # README "Status file", the concentrator's keys
-    "role", "pid", "time", "state", "modes", "listen", "tun", "ip_forward", "nat", "clients",
+    "role", "pid", "time", "state", "modes", "payloads", "listen", "tun", "taps", "ip_forward",
+    "nat", "clients",
     "sessions", "connections", "refused", "counters", "server", "stream", "crl",
 }  # fmt: skip
 
@@ -46,7 +50,7 @@ def test_the_status_document_has_every_documented_key(lab_certs: Path) -> None:
         status = program.snapshot()
         assert set(status) == STATUS_KEYS
         assert status["state"] == "starting" and status["role"] == "concentrator"
-        assert set(status["refused"]) == {"auth", "mode", "limit", "server_full"}
+        assert set(status["refused"]) == {"auth", "mode", "payload", "limit", "server_full"}
         assert status["counters"]["internal_errors"] == 0
         assert status["counters"]["stateless_resets_sent"] == 0
 
@@ -67,5 +71,23 @@ def test_a_bug_in_the_programs_callbacks_stops_it_with_exit_1(lab_certs: Path) -
         program.loop.call_soon(program._guarded(broken), 0.0)
         await asyncio.wait_for(program.wait_stopped(), timeout=5)
         assert program.exit_code == 1
+
+    asyncio.run(main())
+
+
+def test_tap_names_take_the_smallest_free_number_within_15_bytes(lab_certs: Path) -> None:
+    """L2 mode: one TAP per Ethernet client, `<tun.name>-N`, N reused once its client left (a
+    counter would outgrow the 15 bytes of an interface name on a long-running concentrator)."""
+
+    def taps(*names: str) -> dict[str, TunDevice]:
+        return {name: cast(TunDevice, SimpleNamespace(name=name)) for name in names}
+
+    async def main() -> None:
+        program = ConcentratorProgram(concentrator_config(lab_certs, 'tun.name="qtunconcentr00"'))
+        assert program._tap_name() == "qtunconcentr0-1"
+        program.taps = taps("qtunconcentr0-1", "qtunconcentr0-3")
+        assert program._tap_name() == "qtunconcentr0-2"
+        program.taps = taps(*(f"qtunconcentr0-{n}" for n in range(1, 10)), "qtunconcentr-10")
+        assert program._tap_name() == "qtunconcentr-11"
 
     asyncio.run(main())

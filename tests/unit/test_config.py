@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunnel.aio.config_file import load_client_config, load_concentrator_config
-from tunnel.config import ConfigError, parse_client_config, parse_concentrator_config
+from tunnel.config import ConfigError, Payload, parse_client_config, parse_concentrator_config
 from tunnel.wire.modes import TunnelMode
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -237,7 +237,7 @@ def test_concentrator_client_table_errors() -> None:
     with pytest.raises(ConfigError, match="client name 'a' appears in two"):
         concentrator(text=twice)
     empty = CONCENTRATOR + '[[client]]\nname = "a"\n'
-    with pytest.raises(ConfigError, match=r"client\.0\.addresses is empty"):
+    with pytest.raises(ConfigError, match=r"\[client\.0\] has neither addresses nor macs"):
         concentrator(text=empty)
     nameless = CONCENTRATOR + '[[client]]\naddresses = ["10.8.0.2/32"]\n'
     with pytest.raises(ConfigError, match=r"client\.0\.name is missing"):
@@ -308,3 +308,43 @@ def test_qos_value_and_dscp_tables() -> None:
         concentrator(text=CONCENTRATOR + '[[qos]]\nvalue = "v"\ndscp = "XX"\n')
     with pytest.raises(ConfigError, match="QoS value 'v' appears in two"):
         concentrator(text=CONCENTRATOR + '[[qos]]\nvalue = "v"\ndscp = 1\n' * 2)
+
+
+# -- payload: IP or Ethernet (L2 mode) --------------------------------------------------------
+
+
+def test_payload_is_ip_unless_ethernet_is_asked_for() -> None:
+    assert client().payload is Payload.IP  # type: ignore[attr-defined]
+    assert client('payload="ethernet"').payload is Payload.ETHERNET  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="payload = 'tap' is not one of ip, ethernet"):
+        client('payload="tap"')
+
+
+def test_a_concentrator_serves_ethernet_clients_on_a_named_bridge() -> None:
+    config = concentrator('payloads=["ip", "ethernet"]', 'l2.bridge="br-l2"', "l2.max_macs=2")
+    assert config.payloads == (Payload.IP, Payload.ETHERNET)  # type: ignore[attr-defined]
+    assert config.l2.bridge == "br-l2" and config.l2.max_macs == 2  # type: ignore[attr-defined]
+    assert concentrator().payloads == (Payload.IP,)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r'payloads has "ethernet" but l2\.bridge is not set'):
+        concentrator('payloads=["ethernet"]')
+
+
+def test_ethernet_clients_need_no_addresses_and_macs_are_checked() -> None:
+    pool_free = CONCENTRATOR.split("[pool]")[0]
+    only_l2 = pool_free + '[[client]]\nname = "a"\nmacs = ["02:00:00:00:00:0A"]\n'
+    config = concentrator('payloads=["ethernet"]', 'l2.bridge="br0"', text=only_l2)
+    assert config.clients[0].macs == (0x02000000000A,)  # type: ignore[attr-defined]
+    for bad in ('"02:00:00:00:00"', '"01:00:5e:00:00:01"'):
+        text = CONCENTRATOR + f'[[client]]\nname = "b"\nmacs = [{bad}]\n'
+        with pytest.raises(ConfigError, match=r"client\.0\.macs = .* is not a list of unicast MAC"):
+            concentrator(text=text)
+
+
+def test_only_an_ethernet_client_may_leave_its_addresses_to_dhcp() -> None:
+    without = CLIENT.replace('addresses = ["10.8.0.2/32", "fd00:8::2/128"]', "addresses = []")
+    assert without != CLIENT
+    assert client('payload="ethernet"', text=without).tun.addresses == ()  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"tun\.addresses is empty: give the TUN's addresses"):
+        client(text=without)
+    with pytest.raises(ConfigError, match=r"tun\.addresses is empty"):
+        concentrator("tun.addresses=[]")

@@ -34,6 +34,7 @@ def add_tunnel_path(
     client_stream_mode: bool = False,
     server_stream_mode: bool = False,
     max_datagram_size: int = 1200,
+    client_payload_ethertype: int | None = None,
     **kwargs: Any,
 ) -> Path:
     client_config, server_config = make_configs(
@@ -47,6 +48,7 @@ def add_tunnel_path(
         delay=delay,
         client_stream_mode=client_stream_mode,
         server_stream_mode=server_stream_mode,
+        client_payload_ethertype=client_payload_ethertype,
     )
     return attach(path, **kwargs)
 

@@ -107,6 +107,7 @@ from tunnel.session.reorder import ReorderBuffer
 from tunnel.session.resend import RESEND_COUNTERS, Resilience, TunnelResender
 from tunnel.session.scheduler import FailoverScheduler, make_scheduler
 from tunnel.wire import icmp
+from tunnel.wire.datagram import ETHERNET_HEADER_SIZE, Payload
 from tunnel.wire.errors import ControlErrorCode, DatagramError
 from tunnel.wire.messages import AccessId, AccessSignal, access_name
 from tunnel.wire.modes import TunnelMode
@@ -296,8 +297,8 @@ class ClosePath:
 
 @dataclass(frozen=True)
 class CreateTun:
-    """Create the TUN device with this MTU (once, at the first connection that carries
-    traffic); the program then reads it into `from_tun`."""
+    """Create the TUN device (a TAP with payload = "ethernet") with this MTU (once, at the first
+    connection that carries traffic); the program then reads it into `from_tun`."""
 
     mtu: int
 
@@ -1341,6 +1342,9 @@ class ClientAgent:
         if self.tun_mtu is not None:
             return
         configured = self.config.tun.mtu
+        if configured is None and self.config.payload is Payload.ETHERNET:
+            # a TAP's MTU excludes its 14-byte Ethernet header, which each datagram carries
+            budget -= ETHERNET_HEADER_SIZE
         self.tun_mtu = configured if configured is not None else budget
         self._actions.append(CreateTun(self.tun_mtu))
 
@@ -1384,6 +1388,10 @@ class ClientAgent:
 
     def too_big(self, packet: bytes, result: SendResult) -> None:
         """Answer an oversized packet as a router would (tunnel/wire/icmp.py)."""
+        if self.config.payload is Payload.ETHERNET:
+            # an Ethernet segment has no Packet Too Big: the TAP's MTU keeps frames in budget
+            self.counters["drops_too_big_silent"] += 1
+            return
         try:
             reply = icmp.packet_too_big(packet, result.max_packet_size, self.icmp_v4, self.icmp_v6)
         except icmp.MalformedPacketError:

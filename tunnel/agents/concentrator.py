@@ -50,6 +50,15 @@ kernel routes it on. From the TUN: the client owning the destination, its rate l
 connection (tunnel mode) or its session's scheduler; too big for it -> ICMP frag-needed / Packet
 Too Big written back into the TUN (tunnel/wire/icmp.py explains from which address).
 
+Ethernet clients (README "L2 mode", `payloads`): a client announces its payload in the
+quic_tunnel_payload transport parameter (tunnel draft §4: "signalled out of band"); one the
+configuration does not serve is refused "payload" at handshake end with a sentence naming both.
+An Ethernet client gets a TAP of its own on `l2.bridge` (TapOpened when it is admitted,
+TapClosed when it is forgotten); its frames pass the MAC filter (tunnel/policy/mac_filter.py)
+and the rate limit into that TAP (`write_taps`), and what the bridge sends into the TAP goes
+back to it (`from_tap`). The IP rules above (addresses, RFC 2827, `to_concentrator`, Packet Too
+Big) are IP's and do not apply to frames.
+
 A bug met while handling one packet costs that packet only: counted as internal_errors and
 logged with its traceback within a LogBudget. Lines a peer can cause at will (refusals, reports)
 are rate-limited per key the same way.
@@ -77,6 +86,7 @@ from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier
 from tunnel.policy.host_guard import HostGuard
 from tunnel.policy.ingress import IngressFilter
 from tunnel.policy.log_budget import LogBudget
+from tunnel.policy.mac_filter import MacFilter, mac_text
 from tunnel.policy.qos import QosPolicy, qos_label, qos_value, set_dscp
 from tunnel.policy.rate_limit import TokenBucket
 from tunnel.protocol.connection import (
@@ -100,6 +110,7 @@ from tunnel.session.reorder import ReorderBuffer
 from tunnel.session.resend import RESEND_COUNTERS, Resilience, TunnelResender
 from tunnel.session.scheduler import make_scheduler
 from tunnel.session.table import JoinError, SessionTable
+from tunnel.wire.datagram import Payload
 from tunnel.wire.errors import ControlErrorCode, DatagramError
 from tunnel.wire.icmp import (
     MalformedPacketError,
@@ -122,6 +133,7 @@ AUTH_FAILED_REASON: Final = (
 revoked or not) are for the operator's log, not for a stranger probing the concentrator."""
 CRYPTO_ERROR_NO_APPLICATION_PROTOCOL: Final = 0x100 + 120  # RFC 9001 §4.8, TLS alert 120
 _NO_EVENTS: Final[tuple[TunnelEvent, ...]] = ()
+_PAYLOAD_WORDS: Final = {Payload.IP: "IP packets", Payload.ETHERNET: "Ethernet frames"}
 
 
 def _utc_now() -> datetime.datetime:
@@ -133,6 +145,7 @@ class Refusal(Enum):
 
     AUTH = "auth"
     MODE = "mode"
+    PAYLOAD = "payload"
     LIMIT = "limit"
 
 
@@ -217,10 +230,38 @@ class StatusChanged:
     """Something the status file shows changed: rewrite it (StatusWriter coalesces)."""
 
 
-Action = Refused | Closed | SessionAnswered | Transmit | CrlReloaded | StatusChanged
+@dataclass(frozen=True)
+class TapOpened:
+    """An Ethernet client arrived (README "L2 mode"): give it a TAP device of its own on the
+    bridge, read it with `from_tap(client, ...)`; `tap_failed` if it cannot be made. `mode`
+    sizes the TAP: the client's device has its mode's budget less the Ethernet header, and a
+    bridge drops a frame larger than the port it leaves by, so the two must agree."""
+
+    client: str
+    mode: TunnelMode
+
+
+@dataclass(frozen=True)
+class TapClosed:
+    """The Ethernet client is gone (its last connection, and its session's idle wait, ended):
+    remove its TAP."""
+
+    client: str
+
+
+Action = (
+    Refused
+    | Closed
+    | SessionAnswered
+    | Transmit
+    | CrlReloaded
+    | StatusChanged
+    | TapOpened
+    | TapClosed
+)
 """What `next_action()` returns. The edge transmits the `connection` of Refused, Closed,
-SessionAnswered and Transmit and rewrites the status file on StatusChanged; CrlReloaded is for
-the log."""
+SessionAnswered and Transmit, rewrites the status file on StatusChanged, makes or removes the
+client's TAP on TapOpened / TapClosed; CrlReloaded is for the log."""
 
 
 @dataclass(frozen=True)
@@ -597,7 +638,9 @@ class _SessionMode(_ClientMode):
     def _conflict(self, joining: _Peer) -> str | None:
         """Why the joining connection's state cannot be merged with the session's, if it
         cannot: its TCP connections would be carried one way on some accesses and another way
-        on others if it negotiated stream mode (-tcp draft §4) differently from the members."""
+        on others if it negotiated stream mode (-tcp draft §4) differently from the members.
+        (A connection of another payload never gets here: it replaces the client, as a
+        restarted client would, at authentication.)"""
         members = [p for p in self.client.peers if p is not joining and self._has(p)]
         if members and members[0].connection.stream_mode != joining.connection.stream_mode:
             state = "on" if joining.connection.stream_mode else "off"
@@ -687,6 +730,8 @@ class _Client:
     name: str
     ingress: IngressFilter
     reports: TokenBucket  # Access Reports acted on (one token each)
+    payload: Payload = Payload.IP
+    macs: MacFilter | None = None  # the L2 ingress filter of an Ethernet client
     bucket_in: TokenBucket | None = None  # client -> TUN
     bucket_out: TokenBucket | None = None  # TUN -> client
     peers: list[_Peer] = field(default_factory=list)
@@ -748,6 +793,8 @@ class ConcentratorCore:
         self._actions: deque[Action] = deque()
         self._status_pending = False
         self._to_tun: list[tuple[bytes, _Client, bool]] = []  # (packet, client, is a reply)
+        self._to_taps: list[tuple[bytes, _Client]] = []  # Ethernet clients' frames for the bridge
+        self._static_macs = {c.name: c.macs for c in config.clients if c.macs}
         self._reorder_due: dict[_Client, float] = {}
         # the multipath engine (issue 12, README "The multipath engine")
         self.resilience = Resilience.from_limits(self.limits)
@@ -809,6 +856,19 @@ class ConcentratorCore:
                 counters["bytes_from_client"] += len(packet)
             else:
                 counters["tun_write_dropped"] += 1
+
+    def write_taps(self, write: Callable[[str, bytes], bool]) -> None:
+        """Hand every frame decided for the bridge to `write(client, frame)` (the client's TAP:
+        False when the kernel refused it, or it has none), in order, counted per client."""
+        if not self._to_taps:
+            return
+        batch, self._to_taps = self._to_taps, []
+        for frame, client in batch:
+            if write(client.name, frame):
+                client.counters["packets_from_client"] += 1
+                client.counters["bytes_from_client"] += len(frame)
+            else:
+                client.counters["tap_write_dropped"] += 1
 
     def client_name(self, connection: TunnelConnection) -> str | None:
         """The authenticated client of a connection (stream mode's limits are per client)."""
@@ -966,7 +1026,21 @@ class ConcentratorCore:
             reason = "no tunnel mode was negotiated: offer ALPN qt or qt-session"
             self._refuse(peer, Refusal.MODE, reason, now)
             return
+        payload = connection.payload
+        if payload not in self.config.payloads:
+            self._refuse(peer, Refusal.PAYLOAD, self._payload_refusal(connection), now)
+            return
+        assert payload is not None  # None is never served
         client = self._clients.get(name)
+        if client is not None and client.payload is not payload:
+            # A client that changed its payload restarted: everything of the old one is stale,
+            # its TAP included.
+            self._end_client(client, f"replaced by a newer {payload.value}-payload connection", now)
+            client = None
+        elif client is not None and client.macs is not None and client.strategy.mode is not mode:
+            # An Ethernet client that changed its mode: its TAP's MTU was its old mode's.
+            self._end_client(client, f"replaced by a newer {mode.value}-mode connection", now)
+            client = None
         if client is not None:
             self._make_room(client, peer, mode, now)
             client = self._clients.get(name)  # forgotten if that was its last connection
@@ -978,7 +1052,7 @@ class ConcentratorCore:
                 )
                 self._refuse(peer, Refusal.LIMIT, reason, now)
                 return
-            client = self._new_client(name, mode, now)
+            client = self._new_client(name, mode, payload, now)
         live = [p for p in client.peers if not p.connection.closed]
         if len(live) >= self.limits.max_connections_per_client:
             reason = (
@@ -990,15 +1064,39 @@ class ConcentratorCore:
         client.peers.append(peer)
         self.counters["connections_accepted"] += 1
         log.info(
-            "client connected name=%s mode=%s peer=%s alpn=%s stream_mode=%s connections=%d",
+            "client connected name=%s mode=%s payload=%s peer=%s alpn=%s stream_mode=%s "
+            "connections=%d",
             name,
             mode.value,
+            payload.value,
             peer.address,
             connection.alpn,
             connection.stream_mode,
             len(client.peers),
         )
         self._status_changed()
+
+    def _payload_refusal(self, connection: TunnelConnection) -> str:
+        """One sentence for a client whose payload is not served (tunnel draft §4: tunnel mode's
+        payload is signalled out of band, so both ends must be configured alike)."""
+        served = " and ".join(_PAYLOAD_WORDS[p] for p in self.config.payloads)
+        payload = connection.payload
+        if payload is None:
+            asked = f"announces payload EtherType {connection.payload_ethertype:#06x}"
+        else:
+            asked = f'is configured with payload = "{payload.value}"'
+        return (
+            f"the concentrator carries {served} but this client {asked}: set the same payload "
+            "on both ends"
+        )
+
+    def _end_client(self, client: _Client, reason: str, now: float) -> None:
+        """Close every connection of `client` and forget it (its session, addresses, TAP)."""
+        for old in list(client.peers):
+            self._close_peer(old, reason, now)
+        client.strategy.end_session()
+        if self._clients.get(client.name) is client:
+            self._forget(client)
 
     def _make_room(self, client: _Client, peer: _Peer, mode: TunnelMode, now: float) -> None:
         """Close what a new connection of a known client replaces."""
@@ -1031,13 +1129,17 @@ class ConcentratorCore:
             log.warning("crl not reloaded: %s", problem)
         self._crl_problem = problem
 
-    def _new_client(self, name: str, mode: TunnelMode, now: float) -> _Client:
+    def _new_client(self, name: str, mode: TunnelMode, payload: Payload, now: float) -> _Client:
         per_second = self.limits.access_reports_per_second
         client = _Client(
             name,
             IngressFilter(self.addresses.prefixes_of(name)),
             reports=TokenBucket(per_second, burst=2 * per_second, now=now),
+            payload=payload,
         )
+        if payload is Payload.ETHERNET:
+            client.macs = MacFilter(self._static_macs.get(name, ()), self.config.l2.max_macs)
+            self._actions.append(TapOpened(name, mode))
         client.strategy = _MODES[mode](self, client)
         rate = self.limits.rate_limit_mbps
         if rate is not None:
@@ -1113,14 +1215,19 @@ class ConcentratorCore:
         if client.peers or client.strategy.session is not None:
             return
         if self._clients.get(client.name) is client:
-            del self._clients[client.name]
-            self._reorder_due.pop(client, None)
-            released = self.addresses.release(client.name)
-            log.info(
-                "client gone name=%s released=%s",
-                client.name,
-                ",".join(map(str, released)) or "none",
-            )
+            self._forget(client)
+
+    def _forget(self, client: _Client) -> None:
+        del self._clients[client.name]
+        self._reorder_due.pop(client, None)
+        released = self.addresses.release(client.name)
+        if client.payload is Payload.ETHERNET:
+            self._actions.append(TapClosed(client.name))
+        log.info(
+            "client gone name=%s released=%s",
+            client.name,
+            ",".join(map(str, released)) or "none",
+        )
 
     # -- tunnel events ---------------------------------------------------------------------------
 
@@ -1306,6 +1413,9 @@ class ConcentratorCore:
 
     def _from_client(self, client: _Client, packet: bytes, now: float) -> None:
         """A packet a client sent: pool claim, ingress filter, host guard, rate limit, TUN."""
+        if client.macs is not None:
+            self._frame_from_client(client, client.macs, packet, now)
+            return
         if is_link_scoped_ipv6(packet):
             client.counters["dropped_link_scope"] += 1
             return
@@ -1329,6 +1439,59 @@ class ConcentratorCore:
             packet = set_dscp(packet, client.dscp)
         self._to_tun.append((packet, client, False))
 
+    def _frame_from_client(
+        self, client: _Client, macs: MacFilter, frame: bytes, now: float
+    ) -> None:
+        """An Ethernet client's frame: its source MAC must be the client's (the L2 ingress
+        filter), then the rate limit, then its TAP, where the bridge forwards it."""
+        learning = macs.learning
+        if not macs.accept(frame):
+            client.counters["mac_dropped"] += 1
+            self.counters["mac_dropped"] += 1
+            return
+        if learning and not macs.learning:
+            log.info(
+                "client macs locked client=%s macs=%s",
+                client.name,
+                ",".join(map(mac_text, macs.macs)),
+            )
+            self._status_changed()
+        bucket = client.bucket_in
+        if bucket is not None and not bucket.allow(len(frame), now):
+            client.counters["rate_limited_in"] += 1
+            return
+        self._to_taps.append((frame, client))
+
+    def from_tap(self, name: str, frames: Sequence[bytes], now: float) -> Forwarded:
+        """Frames read from client `name`'s TAP (the bridge sent them its way): to the client."""
+        touched: set[TunnelConnection] = set()
+        client = self._clients.get(name)
+        if client is None or client.payload is not Payload.ETHERNET:
+            self.counters["dropped_client_offline"] += len(frames)
+            return Forwarded(())
+        try:
+            bucket = client.bucket_out
+            for frame in frames:
+                if bucket is not None and not bucket.allow(len(frame), now):
+                    client.counters["rate_limited_out"] += 1
+                    continue
+                try:
+                    self._to_client(client, frame, now, touched)
+                except Exception as exc:
+                    self._internal_error(f"frame to client {client.name}", exc, now)
+            return Forwarded(tuple(touched))
+        finally:
+            self._touched(touched)
+
+    def tap_failed(self, name: str, reason: str, now: float) -> None:
+        """The TAP of client `name` could not be made (`reason`: one sentence): the client
+        cannot be served, its connections are closed with the reason."""
+        client = self._clients.get(name)
+        log.error("client tap failed client=%s reason=%r", name, reason)
+        self.counters["tap_failed"] += 1
+        if client is not None:
+            self._end_client(client, f"the concentrator cannot serve Ethernet: {reason}", now)
+
     def _claim_source(self, client: _Client, packet: bytes) -> None:
         try:
             source = source_address(packet)
@@ -1348,12 +1511,16 @@ class ConcentratorCore:
         try:
             return self._from_tun(packets, now, touched)
         finally:
-            if self.detection:
-                peers = self._peers
-                for connection in touched:
-                    peer = peers.get(connection)
-                    if peer is not None and peer.monitor is not None:
-                        self._health_dirty.add(peer)
+            self._touched(touched)
+
+    def _touched(self, touched: set[TunnelConnection]) -> None:
+        """The failure detector's deadlines of these connections are stale (they sent)."""
+        if self.detection:
+            peers = self._peers
+            for connection in touched:
+                peer = peers.get(connection)
+                if peer is not None and peer.monitor is not None:
+                    self._health_dirty.add(peer)
 
     def _from_tun(
         self, packets: Sequence[bytes], now: float, touched: set[TunnelConnection]
@@ -1367,7 +1534,7 @@ class ConcentratorCore:
                 self._internal_error("tun packet", exc, now)
                 continue
             client = clients.get(name) if name is not None else None
-            if client is None:
+            if client is None or client.macs is not None:
                 if name is not None:
                     self.counters["dropped_client_offline"] += 1
                 elif is_link_scoped_ipv6(packet):  # our TUN's own router solicitations, MLD
@@ -1405,7 +1572,12 @@ class ConcentratorCore:
             client.counters["packets_to_client"] += 1
             client.counters["bytes_to_client"] += len(packet)
         elif result.status is SendStatus.TOO_BIG:
-            self._packet_too_big(client, packet, result.max_packet_size)
+            if client.macs is not None:
+                # A bridge has no Packet Too Big: the TAP's MTU keeps frames within the budget,
+                # so only a frame beyond it (a VLAN tag, a bigger bridge port) comes here.
+                client.counters["dropped_too_big"] += 1
+            else:
+                self._packet_too_big(client, packet, result.max_packet_size)
         # QUEUE_FULL / NOT_READY: counted by the connection (its drops_* counters)
 
     def _packet_too_big(self, client: _Client, packet: bytes, mtu: int) -> None:
@@ -1475,12 +1647,16 @@ class ConcentratorCore:
                     },
                 }
             )
+        macs = client.macs
         return {
             "name": client.name,
             "mode": client.strategy.mode.value,
+            "payload": client.payload.value,
             "addresses": [str(p) for p in self.addresses.prefixes_of(client.name)],
+            "macs": None if macs is None else [mac_text(m) for m in macs.macs],
             "connections": connections,
             "ingress": client.ingress.stats.as_dict(),
+            "mac_filter": None if macs is None else macs.stats.as_dict(),
             "counters": dict(client.counters),
             **client.strategy.status(),
         }
@@ -1498,5 +1674,7 @@ __all__ = [
     "Refused",
     "SessionAnswered",
     "StatusChanged",
+    "TapClosed",
+    "TapOpened",
     "describe_peer",
 ]

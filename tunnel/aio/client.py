@@ -57,12 +57,13 @@ from tunnel.aio.client_setup import (
 from tunnel.aio.deadline import DeadlineTimer
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import StatusWriter
-from tunnel.aio.tun import TunDevice, TunError
+from tunnel.aio.tun import DeviceKind, TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, UdpEndpoint, run
 from tunnel.config import ClientConfig
 from tunnel.protocol.connection import TunnelConnection
 from tunnel.protocol.quic_ext import TunnelQuicConnection, pacing_rate
 from tunnel.user_error import EXIT_OK, EXIT_RUNTIME, RuntimeFailure, UserError
+from tunnel.wire.datagram import PAYLOAD_ETHERTYPE, Payload
 
 if TYPE_CHECKING:
     from tunnel.aio.stream_client import StreamClient
@@ -269,6 +270,8 @@ class Client:
         quic = TunnelQuicConnection(
             configuration=self._quic_config,
             pacing_rate=pacing_rate(self.config.limits.pacing_rate_mbps),
+            # tunnel draft §4: the payload is signalled out of band (quic_ext.PAYLOAD_TP_ID)
+            payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
             **options,
         )
         self.agent.path_opened(path, quic, self.loop.time())
@@ -340,18 +343,22 @@ class Client:
         if self.tun is not None:
             return
         tun_config = self.config.tun
+        # L2 mode (README "L2 mode"): the same device as a TAP, carrying Ethernet frames
+        kind = DeviceKind.TAP if self.config.payload is Payload.ETHERNET else DeviceKind.TUN
         try:
             self.tun = TunDevice.create(
                 tun_config.name,
                 mtu=mtu,
                 addresses=tun_config.addresses,
                 routes=[str(r) for r in tun_config.routes],
+                kind=kind,
             )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None
         self.tun.start_reading(self._guarded(self._on_tun_packets), TUN_BATCH)
         log.info(
-            "tun up name=%s mtu=%d addresses=%s routes=%s",
+            "tun up kind=%s name=%s mtu=%d addresses=%s routes=%s",
+            kind.value,
             self.tun.name,
             mtu,
             ",".join(str(a) for a in tun_config.addresses),
@@ -404,8 +411,10 @@ class Client:
             name=self.config.name,
             pid=os.getpid(),
             time=time.time(),
+            payload=self.config.payload.value,
             tun={
                 "name": self.config.tun.name,
+                "kind": "TAP" if self.config.payload is Payload.ETHERNET else "TUN",
                 "mtu": tun.mtu if tun is not None else None,
                 "rx_packets": stats.packets_read if stats else 0,
                 "tx_packets": stats.packets_written if stats else 0,

@@ -36,6 +36,8 @@ from tunnel.agents.concentrator import (
     ConcentratorCore,
     CrlReloaded,
     StatusChanged,
+    TapClosed,
+    TapOpened,
 )
 from tunnel.aio.concentrator_setup import (
     auto_tun_mtu,
@@ -48,11 +50,13 @@ from tunnel.aio.deadline import DeadlineTimer
 from tunnel.aio.nat import Masquerade, NatError
 from tunnel.aio.netlink_watch import NetlinkWatch, local_address_watch
 from tunnel.aio.status import StatusWriter
-from tunnel.aio.tun import TunDevice, TunError
+from tunnel.aio.tun import DeviceKind, TunDevice, TunError, bridge_problem
 from tunnel.aio.udp import QuicDriver, QuicServer, run
 from tunnel.config import ConcentratorConfig
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
 from tunnel.user_error import RuntimeFailure
+from tunnel.wire.datagram import ETHERNET_HEADER_SIZE, Payload
+from tunnel.wire.modes import TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
 
@@ -93,6 +97,8 @@ class ConcentratorProgram:
         self.drivers: dict[TunnelConnection, QuicDriver] = {}
         self.timer = DeadlineTimer(self._guarded(self.core.handle_timer), self.loop)
         self.tun: TunDevice | None = None
+        # Ethernet clients' TAP devices on the bridge (README "L2 mode"), by client name
+        self.taps: dict[str, TunDevice] = {}
         self.server: QuicServer | None = None
         self.nat: Masquerade | None = None
         self.ip_forward = read_ip_forward()
@@ -117,6 +123,10 @@ class ConcentratorProgram:
             )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None
+        if Payload.ETHERNET in config.payloads and config.l2.bridge is not None:
+            problem = bridge_problem(config.l2.bridge)
+            if problem is not None:
+                raise RuntimeFailure(problem)
         if config.nat:
             try:
                 self.nat = Masquerade.install(
@@ -189,6 +199,8 @@ class ConcentratorProgram:
             self._address_watch.close()
         if self.tun is not None:
             self.tun.close()
+        for name in list(self.taps):
+            self._close_tap(name)
         if self.nat is not None:
             self.nat.remove()
         if self._keylog is not None:
@@ -226,6 +238,54 @@ class ConcentratorProgram:
             if driver is not None:
                 driver.transmit()
 
+    def _on_tap_frames(self, client: str, frames: list[bytes]) -> None:
+        forwarded = self.core.from_tap(client, frames, self.loop.time())
+        drivers = self.drivers
+        for connection in forwarded.connections:
+            driver = drivers.get(connection)
+            if driver is not None:
+                driver.transmit()
+
+    def _open_tap(self, client: str, mode: TunnelMode) -> None:
+        """A TAP of its own for an Ethernet client, a port of l2.bridge: the kernel bridge does
+        the MAC learning and flooding between clients and whatever else is on the bridge. Its
+        MTU is the client's: the datagram budget of its mode less the Ethernet header (session
+        draft §4: one frame per datagram; a bridge drops frames beyond the egress port's MTU)."""
+        config = self.config
+        if client in self.taps or config.l2.bridge is None:
+            return
+        name = self._tap_name()
+        # the client's auto MTU, whatever tun.mtu says of the concentrator's own TUN
+        mtu = auto_tun_mtu((mode,)) - ETHERNET_HEADER_SIZE
+        try:
+            tap = TunDevice.create(name, mtu=mtu, kind=DeviceKind.TAP, bridge=config.l2.bridge)
+        except TunError as exc:
+            self.core.tap_failed(client, str(exc), self.loop.time())
+            return
+        self.taps[client] = tap
+        tap.start_reading(self._guarded(functools.partial(self._on_tap_frames, client)))
+        log.info("tap up client=%s tap=%s mtu=%d bridge=%s", client, name, mtu, config.l2.bridge)
+
+    def _tap_name(self) -> str:
+        """`<tun.name>-N` with the smallest N not in use, cut to the 15 bytes of a name."""
+        used = {tap.name for tap in self.taps.values()}
+        for number in range(1, len(used) + 2):
+            digits = str(number)
+            name = f"{self.config.tun.name[: 14 - len(digits)]}-{digits}"
+            if name not in used:
+                return name
+        raise AssertionError("unreachable: one of len(used) + 1 numbers is free")
+
+    def _close_tap(self, client: str) -> None:
+        tap = self.taps.pop(client, None)
+        if tap is not None:
+            tap.close()
+            log.info("tap removed client=%s tap=%s", client, tap.name)
+
+    def _write_tap(self, client: str, frame: bytes) -> bool:
+        tap = self.taps.get(client)
+        return tap is not None and tap.write(frame)
+
     def _addresses_changed(self, addresses: frozenset[IPv4Address | IPv6Address]) -> None:
         self.core.host_addresses_changed(addresses)
 
@@ -236,10 +296,15 @@ class ConcentratorProgram:
         while (action := core.next_action()) is not None:
             if isinstance(action, StatusChanged):
                 self.status.write()
+            elif isinstance(action, TapOpened):
+                self._open_tap(action.client, action.mode)
+            elif isinstance(action, TapClosed):
+                self._close_tap(action.client)
             elif not isinstance(action, CrlReloaded):  # the core logged it
                 driver = self.drivers.get(action.connection)
                 if driver is not None:
                     driver.transmit_soon()
+        core.write_taps(self._write_tap)
         self.timer.arm(core.get_timer())
 
     def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
@@ -277,6 +342,8 @@ class ConcentratorProgram:
                 "tx_packets": tun.stats.packets_written if tun is not None else 0,
                 "write_drops": tun.stats.write_drops if tun is not None else 0,
             },
+            "payloads": [p.value for p in self.config.payloads],
+            "taps": {client: tap.name for client, tap in self.taps.items()},
             "ip_forward": self.ip_forward,
             "nat": self.nat.table if self.nat is not None else None,
             "refused": core["refused"]

@@ -1,4 +1,6 @@
-"""A Linux TUN device (layer-3, no packet-information header) driven by the asyncio loop.
+"""A Linux TUN device (layer-3, no packet-information header) driven by the asyncio loop, or
+its layer-2 sibling, a TAP device (Ethernet frames, README "L2 mode"): one class, the kind is a
+parameter, since both are opened, configured, read and written the same way.
 
 The tunnel draft (§tunnel mode) carries whole IP packets; a TUN device is where the operating
 system hands them to us and takes them back. The device is opened through /dev/net/tun with one
@@ -18,6 +20,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 
 from pyroute2 import IPRoute
@@ -28,6 +31,7 @@ from tunnel.user_error import RuntimeFailure
 TUN_CLONE_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
 IFF_TUN = 0x0001
+IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000  # no 4-byte packet-information prefix: reads/writes are bare IP packets
 IFNAMSIZ = 16  # the kernel's name buffer, including the terminating NUL
 IFA_F_NODAD = 0x02  # IPv6 address usable at once (a point-to-point TUN needs no DAD)
@@ -36,7 +40,18 @@ MAX_PACKET = 65535
 
 
 class TunError(RuntimeFailure):
-    """A TUN device could not be opened or configured; the message says what to do."""
+    """A TUN or TAP device could not be opened or configured; the message says what to do."""
+
+
+class DeviceKind(Enum):
+    """What the device carries: IP packets (TUN) or Ethernet frames (TAP); the value is the
+    name errors and logs use."""
+
+    TUN = "TUN"
+    TAP = "TAP"
+
+
+_KIND_FLAGS = {DeviceKind.TUN: IFF_TUN, DeviceKind.TAP: IFF_TAP}
 
 
 @dataclass
@@ -52,18 +67,19 @@ class TunStats:
     write_drops: int = 0
 
 
-def _check_name(name: str) -> bytes:
+def _check_name(name: str, kind: DeviceKind = DeviceKind.TUN) -> bytes:
     encoded = name.encode()
     if not encoded or len(encoded) >= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
         raise TunError(
-            f"TUN name {name!r} is invalid: use 1 to {IFNAMSIZ - 1} characters without '/' "
-            "or spaces"
+            f"{kind.value} name {name!r} is invalid: use 1 to {IFNAMSIZ - 1} characters "
+            "without '/' or spaces"
         )
     return encoded
 
 
-def _open_tun(name: str) -> int:
-    encoded = _check_name(name)
+def _open_tun(name: str, kind: DeviceKind = DeviceKind.TUN) -> int:
+    what = kind.value
+    encoded = _check_name(name, kind)
     try:
         fd = os.open(TUN_CLONE_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -76,24 +92,24 @@ def _open_tun(name: str) -> int:
             f"opening {TUN_CLONE_DEVICE} needs root (or CAP_NET_ADMIN): run as root"
         ) from None
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", encoded, IFF_TUN | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", encoded, _KIND_FLAGS[kind] | IFF_NO_PI))
     except OSError as exc:
         os.close(fd)
         if exc.errno == errno.EPERM:
             raise TunError(
-                f"creating TUN {name!r} needs root (or CAP_NET_ADMIN): run as root"
+                f"creating {what} {name!r} needs root (or CAP_NET_ADMIN): run as root"
             ) from None
         if exc.errno == errno.EBUSY:
             raise TunError(
-                f"TUN {name!r} is already open (in this or another process): pick another "
+                f"{what} {name!r} is already open (in this or another process): pick another "
                 "name or close it"
             ) from None
         if exc.errno == errno.EINVAL:
             raise TunError(
-                f"an interface named {name!r} already exists and is not a TUN device: pick "
+                f"an interface named {name!r} already exists and is not a {what} device: pick "
                 "another name"
             ) from None
-        raise TunError(f"creating TUN {name!r} failed: {exc.strerror}") from None
+        raise TunError(f"creating {what} {name!r} failed: {exc.strerror}") from None
     return fd
 
 
@@ -101,8 +117,11 @@ class TunDevice:
     """An open, configured TUN device. Create it with `TunDevice.create`; `close()` removes it
     (the device is not persistent, so it also disappears if the process dies)."""
 
-    def __init__(self, fd: int, name: str, index: int, mtu: int) -> None:
+    def __init__(
+        self, fd: int, name: str, index: int, mtu: int, kind: DeviceKind = DeviceKind.TUN
+    ) -> None:
         self.fd = fd
+        self.kind = kind
         self.name = name
         self.index = index
         self.mtu = mtu
@@ -117,27 +136,31 @@ class TunDevice:
         mtu: int,
         addresses: Iterable[str | IPv4Interface | IPv6Interface] = (),
         routes: Iterable[str] = (),
+        kind: DeviceKind = DeviceKind.TUN,
+        bridge: str | None = None,
     ) -> TunDevice:
-        """Open TUN `name`, set its MTU and addresses ("10.8.0.1/24", "fd00:8::1/64"), bring it up
-        and add `routes` (prefixes sent into the device)."""
+        """Open TUN (or TAP) `name`, set its MTU and addresses ("10.8.0.1/24", "fd00:8::1/64"),
+        make it a port of `bridge` if given, bring it up and add `routes` (prefixes sent into
+        the device)."""
+        what = kind.value
         if not 68 <= mtu <= MAX_PACKET:
-            raise TunError(f"TUN MTU {mtu} is outside 68..65535: choose an MTU in that range")
+            raise TunError(f"{what} MTU {mtu} is outside 68..65535: choose an MTU in that range")
         parsed = [a if not isinstance(a, str) else _parse_interface(a) for a in addresses]
         if any(isinstance(a, IPv6Interface) for a in parsed) and mtu < 1280:
-            raise TunError(f"TUN MTU {mtu} is below 1280, the minimum for IPv6: raise it")
-        fd = _open_tun(name)
+            raise TunError(f"{what} MTU {mtu} is below 1280, the minimum for IPv6: raise it")
+        fd = _open_tun(name, kind)
         try:
             # pyroute2 0.9 runs its netlink socket on the thread's running event loop, and
             # uvloop cannot open netlink sockets: configure from a thread without a loop.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tun-config") as pool:
-                index = pool.submit(_configure, name, mtu, parsed, list(routes)).result()
+                index = pool.submit(_configure, name, mtu, parsed, list(routes), bridge).result()
         except NetlinkError as exc:
             os.close(fd)
-            raise TunError(f"configuring TUN {name!r} failed: {exc.args[-1]}") from None
+            raise TunError(f"configuring {what} {name!r} failed: {exc.args[-1]}") from None
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, name, index, mtu)
+        return cls(fd, name, index, mtu, kind)
 
     # --- I/O -------------------------------------------------------------------------------
 
@@ -226,12 +249,49 @@ class TunDevice:
         self.close()
 
 
+def bridge_problem(bridge: str) -> str | None:
+    """Why `bridge` cannot take TAP ports (one sentence), or None if it is a Linux bridge."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tun-config") as pool:
+        return pool.submit(_bridge_problem, bridge).result()
+
+
+def _bridge_problem(bridge: str) -> str | None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            return (
+                f"bridge {bridge!r} does not exist: create it (ip link add {bridge} type bridge; "
+                "ip link set it up) or set l2.bridge to an existing one"
+            )
+        (link,) = ipr.get_links(found[0])
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        if kind != "bridge":
+            return (
+                f"interface {bridge!r} is not a Linux bridge (it is {kind or 'a plain device'}): "
+                "set l2.bridge to a bridge"
+            )
+    return None
+
+
 def _configure(
-    name: str, mtu: int, addresses: list[IPv4Interface | IPv6Interface], routes: list[str]
+    name: str,
+    mtu: int,
+    addresses: list[IPv4Interface | IPv6Interface],
+    routes: list[str],
+    bridge: str | None = None,
 ) -> int:
     with IPRoute() as ipr:
         index: int = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=index, mtu=mtu)
+        if bridge is not None:
+            masters = ipr.link_lookup(ifname=bridge)
+            if not masters:
+                raise TunError(
+                    f"bridge {bridge!r} does not exist: create it (ip link add {bridge} type "
+                    "bridge) or set l2.bridge to an existing one"
+                )
+            ipr.link("set", index=index, master=masters[0])
         for iface in addresses:
             kwargs: dict[str, object] = {}
             if isinstance(iface, IPv6Interface):

@@ -13,6 +13,9 @@ What it implements:
 - stream mode (-tunnel-tcp-00, transport parameter quic_tunnel_stream_mode, see
   tunnel.protocol.quic_ext): one bidirectional stream per TCP connection, TLV preamble
   (§5.1), FIN/RST mapping (§3).
+- the payload (IP packets or Ethernet frames, README "L2 mode"): the client's, announced in
+  our quic_tunnel_payload transport parameter (tunnel-00 §4: "signalled out of band"; absent:
+  IP); session datagrams of any other Protocol Type are dropped and counted (-session-00 §4).
 
 A peer that breaks a connection-level rule gets the connection closed with a reason
 phrase saying which rule; a peer that breaks a stream-level rule gets an Error TLV
@@ -49,12 +52,14 @@ from tunnel.protocol.quic_ext import (
     stream_send_open,
 )
 from tunnel.wire.datagram import (
+    PAYLOAD_PROTOCOL_TYPES,
     SESSION_HEADER_SIZE,
-    ProtocolType,
+    Payload,
     SessionDatagram,
     decode_tunnel_datagram,
     encode_tunnel_datagram,
-    protocol_type_of,
+    payload_of_ethertype,
+    protocol_type_for,
 )
 from tunnel.wire.errors import (
     TCP_CONNECTION_RESET,
@@ -112,7 +117,9 @@ class DropReason(Enum):
     MALFORMED = "malformed"
     """A received DATAGRAM that is not a valid tunnel / session datagram."""
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
-    """Session mode Protocol Type we do not carry (-tunnel-session-00 §4: MAY drop)."""
+    """Session mode Protocol Type this connection's payload does not carry (-tunnel-session-00
+    §4: MAY drop): anything but IPv4/IPv6 with an IP payload, anything but 0x6558 with an
+    Ethernet one, everything when the client announced a payload we do not know."""
     INVALID_ACCESS_REPORT = "invalid_access_report"
     """Access Report with an unknown AI or Signal: MUST be discarded (-tunnel-00 §7.1.1)."""
     UNKNOWN_CONTROL_TLV = "unknown_control_tlv"
@@ -367,6 +374,8 @@ class TunnelConnection:
         self._max_pending = max_pending_datagrams
         self._mode: TunnelMode | None = None
         self._stream_mode = False
+        self._payload: Payload | None = Payload.IP
+        self._accepted_types: frozenset[int] = PAYLOAD_PROTOCOL_TYPES[Payload.IP]
         self._alpn: str | None = None
         self._closed: ConnectionClosed | None = None
         self.counters = TunnelCounters()
@@ -413,6 +422,22 @@ class TunnelConnection:
     @property
     def stream_mode(self) -> bool:
         return self._stream_mode
+
+    @property
+    def payload(self) -> Payload | None:
+        """What the tunnel carries, known once the mode is: the payload the client announced in
+        quic_tunnel_payload (tunnel/protocol/quic_ext.py; absent: IP). None when it announced an
+        EtherType we do not carry: every datagram is then dropped, and the concentrator closes
+        the connection."""
+        return self._payload
+
+    @property
+    def payload_ethertype(self) -> int | None:
+        """The EtherType the client announced in quic_tunnel_payload (None: not announced)."""
+        quic = self._quic
+        if not isinstance(quic, TunnelQuicConnection):
+            return None
+        return quic.local_payload_ethertype if self._is_client else quic.peer_payload_ethertype
 
     @property
     def session_id(self) -> bytes | None:
@@ -558,11 +583,12 @@ class TunnelConnection:
         counted and the result carries the budget, for an ICMP Packet Too Big.
         With a `token` (and a TunnelQuicConnection), the DATAGRAM's fate is reported by
         take_datagram_fates() (issue 12: reinjection, loss hiding).
-        Raises DatagramError if `packet` is not an IPv4/IPv6 packet, ValueError if
-        session mode lacks a packet tag.
+        Raises DatagramError if `packet` is not a packet of the payload (an IPv4/IPv6 packet, or
+        an Ethernet frame), ValueError if session mode lacks a packet tag.
         """
         budget = self.max_packet_size()
-        if self._mode is None or self.closed or budget == 0:
+        payload = self._payload
+        if self._mode is None or self.closed or budget == 0 or payload is None:
             self.counters.drop(DropReason.NOT_READY)
             return SendResult(SendStatus.NOT_READY, budget)
         if self._mode is TunnelMode.SESSION:
@@ -571,9 +597,11 @@ class TunnelConnection:
                     "session mode needs a packet tag: send through TunnelSession.send_packet "
                     "or pass packet_tag"
                 )
-            payload = SessionDatagram(protocol_type_of(packet), packet_tag, packet).encode()
+            # session draft §4: 0x0800/0x86DD for IP, 0x6558 for an Ethernet frame
+            protocol = protocol_type_for(payload, packet)
+            data = SessionDatagram(protocol, packet_tag, packet).encode()
         else:
-            payload = encode_tunnel_datagram(packet)
+            data = encode_tunnel_datagram(packet, payload)
         if len(packet) > budget:
             self.counters.drop(DropReason.OVERSIZED)
             return SendResult(SendStatus.TOO_BIG, budget)
@@ -583,10 +611,10 @@ class TunnelConnection:
         self._forget_sent_datagrams()  # before queuing: the new one is not sent yet
         quic = self._quic
         if token is not None and isinstance(quic, TunnelQuicConnection):
-            quic.send_datagram_frame(payload, token)
+            quic.send_datagram_frame(data, token)
         else:
-            quic.send_datagram_frame(payload)
-        size = self._datagram_packet_size(len(payload))
+            quic.send_datagram_frame(data)
+        size = self._datagram_packet_size(len(data))
         self._queued_sizes.append(size)
         self._queued_bytes += size
         self.counters.packets_out += 1
@@ -596,19 +624,26 @@ class TunnelConnection:
     def _receive_datagram(self, data: bytes) -> list[TunnelEvent]:
         if self._mode is None:
             return [self._drop_received(DropReason.NOT_READY, len(data))]
+        payload = self._payload
         try:
             if self._mode is TunnelMode.SESSION:
-                datagram = SessionDatagram.decode(data)
-                if datagram.protocol_type not in ProtocolType._value2member_map_:
+                if len(data) >= 2 and int.from_bytes(data[0:2]) not in self._accepted_types:
+                    # session draft §4: a Protocol Type this tunnel does not carry "MAY" be
+                    # dropped; it must never reach the device of the other payload (an
+                    # Ethernet frame into a TUN, an IP packet onto a bridge).
                     return [self._drop_received(DropReason.UNSUPPORTED_PROTOCOL, len(data))]
+                datagram = SessionDatagram.decode(data)
                 packet, protocol, tag = (
                     datagram.packet,
                     datagram.protocol_type,
                     datagram.packet_tag,
                 )
+            elif payload is None:
+                return [self._drop_received(DropReason.UNSUPPORTED_PROTOCOL, len(data))]
             else:
-                packet = decode_tunnel_datagram(data)
-                protocol, tag = protocol_type_of(packet), None
+                # tunnel draft §4: no Protocol Type, the payload was signalled out of band
+                packet = decode_tunnel_datagram(data, payload)
+                protocol, tag = protocol_type_for(payload, packet), None
         except DatagramError:
             return [self._drop_received(DropReason.MALFORMED, len(data))]
         self.counters.packets_in += 1
@@ -1124,6 +1159,12 @@ class TunnelConnection:
         self._mode, self._alpn = mode, alpn
         self._stream_mode = (
             isinstance(self._quic, TunnelQuicConnection) and self._quic.stream_mode_negotiated
+        )
+        # The peer's transport parameters arrived with its ALPN choice (the client's in its
+        # ClientHello, the server's in EncryptedExtensions): the client's payload is known now.
+        self._payload = payload_of_ethertype(self.payload_ethertype)
+        self._accepted_types = (
+            frozenset() if self._payload is None else PAYLOAD_PROTOCOL_TYPES[self._payload]
         )
         return [ModeNegotiated(mode, self._stream_mode, alpn)]
 

@@ -63,6 +63,15 @@ from tunnel.protocol.stateless_reset import is_reset, reset_token
 # HERE only, both peers must agree on it.
 STREAM_MODE_TP_ID: Final[int] = 0x71745F73
 
+# Provisional codepoint of our quic_tunnel_payload transport parameter. Tunnel mode has no
+# Protocol Type, so what its datagrams carry is "signalled out of band" (tunnel draft §4): a
+# client whose payload is not IP announces it here, value the payload's EtherType as a varint
+# (0x6558, Transparent Ethernet Bridging, the value session draft §4 names for Ethernet
+# frames). Absent means IP, so peers that do not know the parameter keep working; the
+# concentrator closes a connection whose payload it does not serve, with a reason. Chosen like
+# STREAM_MODE_TP_ID: not 31 * N + 27 (0x71745F70 % 31 == 29), far above 0x3f, "qt_p" in ASCII.
+PAYLOAD_TP_ID: Final[int] = 0x71745F70
+
 # RFC 9002 §6.2.2: the RTT assumed before the first sample (aioquic uses the same 333 ms); the
 # pacer needs one at once for congestion control "none", whose rate is known from the start.
 INITIAL_RTT: Final[float] = 0.333
@@ -261,6 +270,7 @@ class TunnelQuicConnection(QuicConnection):
         self,
         *,
         stream_mode: bool = False,
+        payload_ethertype: int | None = None,
         request_client_certificate: bool = False,
         max_streams_bidi: int | None = None,
         stream_window: int | None = None,
@@ -282,9 +292,15 @@ class TunnelQuicConnection(QuicConnection):
         restarted server can still reset the connection.
         `pacing_rate` (bytes per second): the rate of congestion control "none"
         (tunnel/protocol/congestion.py), required with it; with any other, a cap on the rate
-        the controller paces at."""
+        the controller paces at.
+        `payload_ethertype`: announce quic_tunnel_payload (PAYLOAD_TP_ID) with this EtherType
+        (a client whose payload is not IP); None: not announced, i.e. IP."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
+        if payload_ethertype is not None and not 0 <= payload_ethertype <= 0xFFFF:
+            raise ValueError(f"payload_ethertype must fit in 16 bits, got {payload_ethertype}")
+        self._tunnel_local_payload = payload_ethertype
+        self._tunnel_peer_payload: int | None = None
         self._tunnel_reset_key = reset_key
         self._tunnel_local_stream_mode = stream_mode
         self._tunnel_peer_stream_mode: bool | None = None
@@ -658,10 +674,24 @@ class TunnelQuicConnection(QuicConnection):
         """True once both endpoints announced quic_tunnel_stream_mode."""
         return self._tunnel_local_stream_mode and bool(self._tunnel_peer_stream_mode)
 
+    @property
+    def local_payload_ethertype(self) -> int | None:
+        """The EtherType we announce in quic_tunnel_payload; None: not announced (IP)."""
+        return self._tunnel_local_payload
+
+    @property
+    def peer_payload_ethertype(self) -> int | None:
+        """The EtherType the peer announced in quic_tunnel_payload; None: not announced (IP),
+        or its transport parameters have not arrived."""
+        return self._tunnel_peer_payload
+
     def _serialize_transport_parameters(self) -> bytes:
         data = super()._serialize_transport_parameters()
         if self._tunnel_local_stream_mode:
             data += encode_uint_var(STREAM_MODE_TP_ID) + encode_uint_var(0)
+        if self._tunnel_local_payload is not None:
+            value = encode_uint_var(self._tunnel_local_payload)
+            data += encode_uint_var(PAYLOAD_TP_ID) + encode_uint_var(len(value)) + value
         return data
 
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
@@ -670,6 +700,7 @@ class TunnelQuicConnection(QuicConnection):
         # only the peer's live handshake decides stream mode.
         if not from_session_ticket:
             self._tunnel_peer_stream_mode = STREAM_MODE_TP_ID in transport_parameter_ids(data)
+            self._tunnel_peer_payload = payload_parameter(data)
 
     # -- receive credit tied to what the application consumed ----------------------------
     #
@@ -949,6 +980,31 @@ def transport_parameter_ids(data: bytes) -> set[int]:
     except BufferReadError as exc:
         raise ValueError("transport parameter list is truncated") from exc
     return ids
+
+
+def payload_parameter(data: bytes) -> int | None:
+    """The EtherType of quic_tunnel_payload in an encoded transport parameter list (None when
+    absent). A value that is not one varint below 2**16 is a TRANSPORT_PARAMETER_ERROR (RFC 9000
+    §7.4), raised as QuicConnectionError so that aioquic closes the handshake with it."""
+    buf = Buffer(data=data)
+    while not buf.eof():
+        param_id = buf.pull_uint_var()
+        value = buf.pull_bytes(buf.pull_uint_var())
+        if param_id != PAYLOAD_TP_ID:
+            continue
+        inner = Buffer(data=value)
+        try:
+            ethertype = inner.pull_uint_var()
+        except BufferReadError:
+            ethertype = -1
+        if ethertype < 0 or ethertype > 0xFFFF or not inner.eof():
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.TRANSPORT_PARAMETER_ERROR,
+                frame_type=QuicFrameType.CRYPTO,
+                reason_phrase="quic_tunnel_payload is not one 16-bit EtherType",
+            )
+        return ethertype
+    return None
 
 
 def largest_datagram_payload(frame_room: int) -> int:

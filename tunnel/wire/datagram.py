@@ -3,12 +3,18 @@
 - Tunnel mode (draft-piraux-intarea-quic-tunnel-00 §4): the IP packet whole, no header.
 - Tunnel session mode (draft-piraux-intarea-quic-tunnel-session-00 §4): Protocol Type (16 bits,
   an EtherType) | Packet Tag (16 bits, opaque) | Packet.
+
+What a tunnel carries, its *payload*, is IP packets or Ethernet frames (`Payload`). Session mode
+says which per datagram (Protocol Type 0x0800/0x86DD, or 0x6558 for Ethernet, session draft §4);
+tunnel mode has no such field, so the payload is "signalled out of band" (tunnel draft §4): both
+ends are configured with it, and tunnel/protocol/quic_ext.py announces it in a transport
+parameter so that a mismatch is refused rather than mis-delivered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Final, Self
 
 from tunnel.wire.errors import DatagramError
@@ -24,6 +30,42 @@ class ProtocolType(IntEnum):
 
 
 SESSION_HEADER_SIZE: Final = 4
+ETHERNET_HEADER_SIZE: Final = 14
+"""Destination MAC, source MAC, EtherType: what an Ethernet payload adds to each IP packet, so
+a TAP device's MTU is the datagram budget minus this (the FCS is not carried)."""
+
+
+class Payload(Enum):
+    """What a tunnel carries; the value is the configuration's `payload`."""
+
+    IP = "ip"
+    """IPv4/IPv6 packets, through a TUN device."""
+    ETHERNET = "ethernet"
+    """Ethernet frames, through a TAP device (session draft §4: Protocol Type 0x6558)."""
+
+
+PAYLOAD_PROTOCOL_TYPES: Final[dict[Payload, frozenset[int]]] = {
+    Payload.IP: frozenset({ProtocolType.IPV4, ProtocolType.IPV6}),
+    Payload.ETHERNET: frozenset({ProtocolType.ETHERNET}),
+}
+"""The session-mode Protocol Types a tunnel of each payload accepts; any other is dropped and
+counted (session draft §4: "MAY drop"), never handed to the device of the other payload."""
+PAYLOAD_ETHERTYPE: Final[dict[Payload, int | None]] = {
+    Payload.IP: None,
+    Payload.ETHERNET: ProtocolType.ETHERNET,
+}
+"""What the quic_tunnel_payload transport parameter announces for each payload (None: nothing,
+IP is what a peer that does not know the parameter carries)."""
+
+
+def payload_of_ethertype(ethertype: int | None) -> Payload | None:
+    """The payload a quic_tunnel_payload value announces; None for an EtherType we do not
+    carry."""
+    for payload, announced in PAYLOAD_ETHERTYPE.items():
+        if announced == ethertype:
+            return payload
+    return None
+
 
 _IP_VERSIONS: Final = {4: ProtocolType.IPV4, 6: ProtocolType.IPV6}
 
@@ -61,7 +103,13 @@ class SessionDatagram:
         if self.protocol_type in ProtocolType._value2member_map_:
             object.__setattr__(self, "protocol_type", ProtocolType(self.protocol_type))
         object.__setattr__(self, "packet", bytes(self.packet))
-        if self.protocol_type in _IP_VERSIONS.values():
+        if self.protocol_type == ProtocolType.ETHERNET:
+            if len(self.packet) < ETHERNET_HEADER_SIZE:
+                raise ValueError(
+                    f"an Ethernet frame of {len(self.packet)} bytes is shorter than its "
+                    f"{ETHERNET_HEADER_SIZE}-byte header"
+                )
+        elif self.protocol_type in _IP_VERSIONS.values():
             try:
                 actual = protocol_type_of(self.packet)
             except DatagramError as exc:
@@ -89,14 +137,29 @@ class SessionDatagram:
             raise DatagramError(f"invalid session datagram: {exc}") from None
 
 
-def encode_tunnel_datagram(packet: bytes) -> bytes:
+def protocol_type_for(payload: Payload, packet: bytes) -> ProtocolType:
+    """The Protocol Type of a packet of this payload (DatagramError if it is not one): an IP
+    packet's from its version nibble, an Ethernet frame's 0x6558 (session draft §4)."""
+    if payload is Payload.IP:
+        return protocol_type_of(packet)
+    if len(packet) < ETHERNET_HEADER_SIZE:
+        raise DatagramError(
+            f"an Ethernet frame of {len(packet)} bytes is shorter than its "
+            f"{ETHERNET_HEADER_SIZE}-byte header"
+        )
+    return ProtocolType.ETHERNET
+
+
+def encode_tunnel_datagram(packet: bytes, payload: Payload = Payload.IP) -> bytes:
     """Tunnel mode (tunnel-00 §4): the packet is the whole DATAGRAM payload, so this only checks
-    it is an IP packet (DatagramError otherwise), since the mode has no protocol field."""
-    protocol_type_of(packet)
+    it is a packet of the payload (DatagramError otherwise), since the mode has no protocol
+    field: the payload is signalled out of band."""
+    protocol_type_for(payload, packet)
     return bytes(packet)
 
 
-def decode_tunnel_datagram(data: bytes) -> bytes:
-    """Tunnel mode (tunnel-00 §4): the DATAGRAM payload is one IPv4 or IPv6 packet."""
-    protocol_type_of(data)
+def decode_tunnel_datagram(data: bytes, payload: Payload = Payload.IP) -> bytes:
+    """Tunnel mode (tunnel-00 §4): the DATAGRAM payload is one IPv4 or IPv6 packet, or with an
+    Ethernet payload one Ethernet frame (DatagramError otherwise)."""
+    protocol_type_for(payload, data)
     return bytes(data)
