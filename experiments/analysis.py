@@ -1066,11 +1066,45 @@ def plot_scale_memory(ax: Axes, scale: pd.DataFrame) -> None:
     ax.legend(handles=handles, fontsize="x-small", loc="center right")
 
 
-# -- whole figures saved as PNG --------------------------------------------------------------
-def _save(fig: Figure, out_png: Path) -> Path:
+# -- whole figures saved as PNG and SVG, with the run's conditions ---------------------------
+def run_conditions(run_dir: Path) -> str:
+    """The conditions a figure of this run was measured under, from its meta.json: runs per
+    point, the link profiles, the shaping backend and the commit (dirty if it was)."""
+    try:
+        meta = load_meta(run_dir)
+    except ResultsError:
+        return ""
+    parameters = meta.get("parameters") or {}
+    parts = []
+    runs = parameters.get("runs")
+    if runs is not None:
+        parts.append(f"n = {runs} run{'s' if runs != 1 else ''} per point")
+    profiles = {
+        key.removesuffix("_profile"): value
+        for key, value in parameters.items()
+        if key.endswith("_profile") and isinstance(value, str)
+    }
+    if profiles:
+        parts.append("profiles " + ", ".join(f"{k} {v}" for k, v in profiles.items()))
+    backend = meta.get("backend") or parameters.get("backend")
+    if backend:
+        parts.append(f"shaping {backend}")
+    commit = str(meta.get("git_commit") or "")
+    if commit:
+        parts.append(f"commit {commit[:10]}{' (dirty)' if meta.get('git_dirty') else ''}")
+    return " · ".join(parts)
+
+
+def _save(fig: Figure, out_png: Path, run_dir: Path | None = None) -> Path:
+    """Write the figure as PNG and, next to it, SVG (vector, for papers); with `run_dir`, the
+    run's conditions (run_conditions) go in a footer."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
+    conditions = run_conditions(run_dir) if run_dir is not None else ""
+    if conditions:
+        fig.text(0.5, 0.0, conditions, ha="center", va="top", fontsize="small", color="0.35")
     fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    fig.savefig(out_png.with_suffix(".svg"), bbox_inches="tight")
     return out_png
 
 
@@ -1110,7 +1144,7 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")
     ax_gap.set_title("longest delivery gap around the outage", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
-    return _save(fig, out_png)
+    return _save(fig, out_png, run_dir)
 
 
 def ablation_figure(run_dir: Path, out_png: Path) -> Path:
@@ -1133,7 +1167,7 @@ def ablation_figure(run_dir: Path, out_png: Path) -> Path:
             fontsize="small",
         )
     fig.suptitle(f"ablation: {_run_title(run_dir)}")
-    return _save(fig, out_png)
+    return _save(fig, out_png, run_dir)
 
 
 def overhead_figure(run_dir: Path, out_png: Path) -> Path:
@@ -1148,7 +1182,7 @@ def overhead_figure(run_dir: Path, out_png: Path) -> Path:
     plot_bulk_overhead(ax_bulk, overhead)
     ax_bulk.set_title("bulk TCP transfer", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
-    return _save(fig, out_png)
+    return _save(fig, out_png, run_dir)
 
 
 def goodput_figure(run_dir: Path, out_png: Path) -> Path:
@@ -1173,7 +1207,7 @@ def goodput_figure(run_dir: Path, out_png: Path) -> Path:
         fig.colorbar(image, ax=list(axes[: len(keys)]), label="goodput (Mbit/s)", shrink=0.8)
     hot_note = f"; *: {CPU_MARK} in a run" if goodput["cpu_saturated"].any() else ""
     fig.suptitle(_run_title(run_dir) + hot_note)
-    return _save(fig, out_png)
+    return _save(fig, out_png, run_dir)
 
 
 # Line colour per outer congestion control and marker per qtun mode in goodput_loss_figure.
@@ -1244,7 +1278,7 @@ def goodput_loss_figure(run_dir: Path, out_png: Path) -> Path:
         seen[f"run: {CPU_MARK}"] = Line2D([], [], color="red", marker="x", ls="")
     fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
     fig.suptitle(_run_title(run_dir))
-    return _save(fig, out_png)
+    return _save(fig, out_png, run_dir)
 
 
 def aggregation_figure(run_dir: Path, out_png: Path) -> Path:
@@ -1252,7 +1286,7 @@ def aggregation_figure(run_dir: Path, out_png: Path) -> Path:
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     plot_aggregation(fig.subplots(), aggregation)
     fig.suptitle(_run_title(run_dir))
-    return _save(fig, out_png)
+    return _save(fig, out_png, run_dir)
 
 
 def scale_figure(run_dir: Path, out_png: Path) -> Path:
@@ -1270,7 +1304,7 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
     plot_scale_memory(ax_mem, scale)
     ax_mem.set_title("concentrator memory (linear N axis)", fontsize="medium")
     fig.suptitle(_run_title(run_dir))
-    return _save(fig, out_png)
+    return _save(fig, out_png, run_dir)
 
 
 FIGURES: dict[str, Callable[[Path, Path], Path]] = {

@@ -361,6 +361,23 @@ def test_figure_helpers_write_pngs(experiment: str, tmp_path: Path) -> None:
     figure = getattr(analysis, f"{experiment}_figure")
     out = figure(tmp_path, tmp_path / "figs" / f"{experiment}.png")
     assert out.read_bytes().startswith(PNG_MAGIC)
+    assert b"<svg" in out.with_suffix(".svg").read_bytes()[:500]  # vector, next to the PNG
+
+
+def test_a_figure_names_its_runs_conditions(tmp_path: Path) -> None:
+    """n, the link profiles, the shaping backend and the commit, from the run's meta.json."""
+    meta = {
+        "git_commit": "0123456789abcdef",
+        "git_dirty": True,
+        "backend": "wire",
+        "parameters": {"runs": 5, "wifi_profile": "wifi", "fiveg_profile": "5g"},
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert analysis.run_conditions(tmp_path) == (
+        "n = 5 runs per point · profiles wifi wifi, fiveg 5g · shaping wire"
+        " · commit 0123456789 (dirty)"
+    )
+    assert analysis.run_conditions(tmp_path / "nothing") == ""  # no meta.json: no footer
 
 
 def test_goodput_against_loss_figure(tmp_path: Path) -> None:
