@@ -29,6 +29,7 @@ one; `--set qtun.NAME.KEY=VALUE` sets one key of one entry.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import csv
@@ -477,8 +478,83 @@ def get_experiment(name: str) -> Experiment[Any]:
     return exp
 
 
+UNITS: dict[str, str] = {
+    "_s": "s",
+    "_ms": "ms",
+    "_mbit": "Mbit/s",
+    "_mbps": "Mbit/s",
+    "_pct": "%",
+    "_bytes": "bytes",
+    "_kb": "kB",
+    "_mb": "MB",
+}
+"""A parameter's unit, from the suffix of its name (the lab's convention: units in the names)."""
+
+
+def unit_of(key: str) -> str:
+    return next((unit for suffix, unit in UNITS.items() if key.endswith(suffix)), "")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        names = ", ".join(list(value)[:4]) + (", ..." if len(value) > 4 else "")
+        return f"table of {len(value)} ({names})"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return str(value)
+
+
+def parameter_help(exp: Experiment[Any]) -> str:
+    """`qtlab run <exp> --help`'s table: each parameter, its default, its --quick value when
+    that differs, and its unit (`--set key=value` or a --config TOML file changes them)."""
+    rows = [("parameter", "default", "--quick", "unit")]
+    for key, value in exp.defaults.items():
+        quick = _shown(exp.quick[key]) if key in exp.quick else ""
+        rows.append((key, _shown(value), quick, unit_of(key)))
+    widths = [min(48, max(len(r[i]) for r in rows)) for i in range(4)]
+    lines = [f"{exp.name}: {exp.description}".rstrip(": ")] if exp.description else [exp.name]
+    lines.append("parameters (--set key=value, or a --config TOML file):")
+    for row in rows:
+        lines.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+    return "\n".join(lines)
+
+
+class _RunHelp(argparse.Action):
+    """-h/--help: the options, and after `qtlab run <experiment>` that experiment's parameters."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help")
+        )
+
+    def __call__(
+        self, parser: Any, namespace: Any, values: Any, option_string: str | None = None
+    ) -> None:
+        parser.print_help()
+        name = getattr(namespace, "experiment", None)
+        if name in EXPERIMENTS:
+            print()
+            print(parameter_help(get_experiment(name)))
+        else:
+            print(f"\n`{parser.prog} EXPERIMENT --help` lists that experiment's parameters.")
+        parser.exit()
+
+
 def add_run_arguments(p: Any) -> None:
-    """The `qtlab run` options (shared with `python -m experiments.runner`)."""
+    """The `qtlab run` options (shared with `python -m experiments.runner`); the parser must be
+    made with add_help=False (its -h lists the experiment's parameters too)."""
+    p.add_argument(
+        "-h",
+        "--help",
+        action=_RunHelp,
+        help="show this help (and the parameters of the experiment named before it)",
+    )
     p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}")
     p.add_argument("--config", type=Path, help="TOML file with parameters")
     p.add_argument("--runs", type=int, help="repetitions per point")
@@ -509,9 +585,7 @@ def run_from_args(args: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m experiments.runner")
+    p = argparse.ArgumentParser(prog="python -m experiments.runner", add_help=False)
     add_run_arguments(p)
     args = p.parse_args(argv)
     return run_command(

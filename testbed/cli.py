@@ -378,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("topologies", help="list the registered topologies")
     from experiments.runner import add_run_arguments
 
-    add_run_arguments(sub.add_parser("run", help="run an experiment into results/<name>/<time>/"))
+    add_run_arguments(
+        sub.add_parser("run", help="run an experiment into results/<name>/<time>/", add_help=False)
+    )
     demo = sub.add_parser("demo", help="the short failover experiment, its table and figure")
     demo.add_argument("--results", type=Path, default=None, help="results root")
     figure = sub.add_parser("figure", help="draw the figure of a results run directory")

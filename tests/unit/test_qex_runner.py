@@ -236,3 +236,21 @@ def test_resume_refuses_a_wrong_directory(tmp_path: Path) -> None:
     (tmp_path / "meta.json").write_text(json.dumps({"experiment": "other"}))
     with pytest.raises(ExperimentError, match="other run"):
         run_experiment(exp, resolve_params(exp), resume=tmp_path, root=tmp_path, progress=False)
+
+
+def test_run_help_lists_the_experiments_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    """`qtlab run failover --help`: the options, then each parameter with its default, its
+    --quick value and the unit its name carries."""
+    from experiments import runner
+
+    with pytest.raises(SystemExit) as info:
+        runner.main(["failover", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "parameters (--set key=value" in out
+    down = next(line for line in out.splitlines() if line.strip().startswith("down_at_s"))
+    assert down.split() == ["down_at_s", "20.0", "4.0", "s"]
+    with pytest.raises(SystemExit):
+        runner.main(["--help"])
+    assert "lists that experiment's parameters" in capsys.readouterr().out
+    assert runner.unit_of("udp_rate_mbit") == "Mbit/s" and runner.unit_of("runs") == ""
