@@ -186,11 +186,16 @@ def resolve_params(
     quick: bool = False,
     runs: int | None = None,
     sets: Sequence[str] = (),
+    recorded: Params | None = None,
 ) -> Params:
+    """The parameters of a run: defaults, --quick, `recorded` (a run's meta.json parameters,
+    for `qtlab rerun`), the --config file, --runs, then --set."""
     params: Params = copy.deepcopy(exp.defaults)
     if quick:
         params.update(copy.deepcopy(exp.quick))
     layers: list[Params] = []
+    if recorded is not None:
+        layers.append({k: v for k, v in recorded.items() if k != "quick"})
     if config is not None:
         layers.append(load_config(config, exp.name))
     if runs is not None:
@@ -383,6 +388,7 @@ def run_experiment(
     resume: Path | None = None,
     root: Path = RESULTS_ROOT,
     progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Run the experiment's points (this shard's, minus those already done) into a run dir."""
     all_points = exp.points(params)
@@ -399,7 +405,7 @@ def run_experiment(
         done = done_keys(run_dir, exp)
     else:
         run_dir = new_run_dir(exp.name, root)
-        meta = base_meta(exp, params, shard)
+        meta = base_meta(exp, params, shard) | (extra_meta or {})
         done = set()
     todo = [p for p in mine if p.key(exp.key_columns) not in done]
     write_meta(run_dir, meta)
@@ -578,6 +584,51 @@ def run_from_args(args: Any) -> int:
     print(
         f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
         f"{summary.failed} failed, {summary.already_done} already done -> {summary.run_dir}"
+    )
+    if exp.summarize is not None:
+        print(exp.summarize(summary.run_dir))
+    return 1 if summary.failed else 0
+
+
+def rerun(
+    run_dir: Path, root: Path | None = None, progress: bool = True
+) -> tuple[Experiment[Any], RunSummary]:
+    """`qtlab rerun RUN_DIR`: the same experiment with the parameters and shard its meta.json
+    recorded, into a new run directory beside it (or under `root`), whose meta.json names the
+    run it repeats (`rerun_of`)."""
+    meta_path = Path(run_dir) / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"{meta_path} is missing: give a results run directory.") from None
+    except json.JSONDecodeError as exc:
+        raise ExperimentError(f"{meta_path} is not valid JSON ({exc.msg}).") from None
+    exp = get_experiment(str(meta.get("experiment", "")))
+    recorded = meta.get("parameters")
+    if not isinstance(recorded, dict):
+        raise ExperimentError(f"{meta_path} records no parameters: it cannot be re-run.")
+    params = resolve_params(exp, quick=bool(recorded.get("quick")), recorded=recorded)
+    shard = parse_shard(str(meta.get("shard") or "1/1"))
+    if exp.session is not None and os.geteuid() != 0:
+        raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
+    commit, _ = git_state()
+    if meta.get("git_commit") and commit and meta["git_commit"] != commit:
+        print(
+            f"rerun: {run_dir} was measured at commit {str(meta['git_commit'])[:10]}; this"
+            f" checkout is {commit[:10]} (both are in the new meta.json)",
+            file=sys.stderr,
+        )
+    extra = {"rerun_of": {"run": str(run_dir), "git_commit": meta.get("git_commit")}}
+    root = root if root is not None else Path(run_dir).resolve().parent.parent
+    summary = run_experiment(exp, params, shard, None, root, progress, extra)
+    return exp, summary
+
+
+def rerun_from_args(args: Any) -> int:
+    exp, summary = rerun(args.run_dir, args.results, progress=not args.no_progress)
+    print(
+        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
+        f"{summary.failed} failed -> {summary.run_dir}"
     )
     if exp.summarize is not None:
         print(exp.summarize(summary.run_dir))

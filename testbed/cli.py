@@ -383,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo = sub.add_parser("demo", help="the short failover experiment, its table and figure")
     demo.add_argument("--results", type=Path, default=None, help="results root")
+    again = sub.add_parser(
+        "rerun", help="run a results run again with the parameters its meta.json recorded"
+    )
+    again.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    again.add_argument("--results", type=Path, help="results root (default: beside RUN_DIR)")
+    again.add_argument("--no-progress", action="store_true")
     figure = sub.add_parser("figure", help="draw the figure of a results run directory")
     figure.add_argument("run_dir", type=Path, help="results/<experiment>/<time>/")
     figure.add_argument("--out", type=Path, help="the PNG (default RUN_DIR/<experiment>.png)")
@@ -402,6 +408,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from experiments.runner import run_from_args
 
         return int(run_from_args(args))
+    if args.command == "rerun":
+        from experiments.runner import rerun_from_args
+
+        return int(rerun_from_args(args))
     if args.command == "decode":
         from testbed.decode import decode_from_args
 
@@ -539,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupted = (
         "what was measured is in the run directory."
-        if args.command == "run"
+        if args.command in ("run", "rerun")
         else "everything was stopped."
     )
     return run_command("qtlab", lambda: _dispatch(args), interrupted=interrupted)

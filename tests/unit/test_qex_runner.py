@@ -254,3 +254,26 @@ def test_run_help_lists_the_experiments_parameters(capsys: pytest.CaptureFixture
         runner.main(["--help"])
     assert "lists that experiment's parameters" in capsys.readouterr().out
     assert runner.unit_of("udp_rate_mbit") == "Mbit/s" and runner.unit_of("runs") == ""
+
+
+def test_rerun_repeats_a_run_with_its_recorded_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`qtlab rerun RUN_DIR`: the experiment named in meta.json, with the parameters it recorded
+    (here --quick and --set scale=3), into a new run directory that names the one it repeats."""
+    from experiments import runner
+
+    calls: list[dict[str, object]] = []
+    exp = toy(calls)
+    monkeypatch.setattr(runner, "get_experiment", lambda name: exp)
+    params = resolve_params(exp, quick=True, sets=["scale=3"])
+    first = run_experiment(exp, params, root=tmp_path, progress=False)
+    _, again = runner.rerun(first.run_dir, progress=False)
+    assert again.run_dir != first.run_dir and again.run_dir.parent == first.run_dir.parent
+    assert read(again.run_dir / "toy.csv") == read(first.run_dir / "toy.csv")
+    meta = json.loads((again.run_dir / "meta.json").read_text())
+    assert meta["parameters"] == json.loads((first.run_dir / "meta.json").read_text())["parameters"]
+    assert meta["parameters"]["quick"] is True and meta["parameters"]["scale"] == 3.0
+    assert meta["rerun_of"]["run"] == str(first.run_dir)
+    with pytest.raises(runner.ExperimentError, match=r"meta\.json is missing"):
+        runner.rerun(tmp_path / "nowhere")
