@@ -64,8 +64,8 @@ test: lint typecheck build/qtwire
 test-unit: venv
 	$(PY) -m pytest --hypothesis-profile=ci -m "not root" tests/unit
 
-# The default failover experiment (about 3 minutes): results/demo/failover/<timestamp>/ and
-# results/figures/failover-demo.png.
+# The default failover experiment (about 3 minutes): results/demo/failover/<timestamp>/, its
+# figure failover-demo.png (and .svg) inside.
 demo: venv build/qtwire
 	$(VENV)/bin/qtlab demo
 

@@ -2,10 +2,13 @@
 
 Runs `qtlab run failover --quick` (every variant, WiFi link-down at 4 s and back at 8 s, 12 s of
 bulk TCP per variant, default profiles; a few minutes in all), prints the gap per variant and
-writes the figure to results/figures/failover-demo.png via experiments.analysis.failover_figure.
+writes the figure (PNG and SVG) into the run directory via experiments.analysis.failover_figure.
 
 The run goes to results/demo/failover/<time>/, not results/failover/: a demo is a smoke run of
-one repetition, and the notebooks' "latest failover run" should stay the real experiment.
+one repetition, and the notebooks' "latest failover run" should stay the real experiment. Its
+figure stays in its run directory too: the README's results/figures/failover-demo.png is a
+committed file, which a demo must not rewrite (a checkout with a changed tracked file records
+every later run as "dirty").
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def run_demo(results: Path | None = None) -> int:
     except ImportError as exc:
         print(f"demo: no figure: experiments.analysis is not available ({exc}).", file=sys.stderr)
         return 1
-    png = failover_figure(summary.run_dir, root / "figures" / FIGURE_NAME)
+    png = failover_figure(summary.run_dir, summary.run_dir / FIGURE_NAME)
     print(f"figure: {png}")
     return 1 if summary.failed else 0
 
