@@ -117,6 +117,9 @@ def _access_text(access: dict[str, Any]) -> str:
         words.append("active")
     if access["srtt_ms"] is not None:
         words.append(f"srtt {access['srtt_ms']:.1f} ms")
+    health = access.get("health")
+    if health not in (None, "alive"):  # the multipath engine's verdict: suspect, dead
+        words.append(str(health))
     return " ".join(words)
 
 

@@ -291,3 +291,13 @@ def test_loss_bursts_are_runs_of_consecutive_sequence_numbers() -> None:
     assert loss_bursts([]) == []
     assert loss_bursts([3, 4, 5, 9, 11, 12]) == [3, 1, 2]
     assert loss_bursts([1]) == [1]
+
+
+def test_the_tunnel_line_shows_the_engines_verdict_on_an_access() -> None:
+    """`tunnel` in the qtlab CLI: an access the multipath engine suspects or declared dead says
+    so after its RTT (an alive one says nothing more)."""
+    base = {"name": "wifi", "available": True, "active": True, "srtt_ms": 12.34}
+    assert cli._access_text({**base, "health": "alive"}) == "wifi up active srtt 12.3 ms"
+    assert cli._access_text({**base, "health": "suspect"}) == "wifi up active srtt 12.3 ms suspect"
+    dead = {**base, "available": False, "active": False, "health": "dead"}
+    assert cli._access_text(dead) == "wifi DOWN srtt 12.3 ms dead"
