@@ -275,6 +275,31 @@ def mean_ci(values: Sequence[float] | pd.Series, confidence: float = 0.95) -> tu
     return mean, t_quantile(0.5 + confidence / 2, n - 1) * sem
 
 
+def median_ci(
+    values: Sequence[float] | pd.Series, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Median and its exact distribution-free confidence interval (lo, hi): the order
+    statistics x(k) and x(n+1-k) with the largest k such that the number of values below the
+    median, Binomial(n, 1/2), falls in [k, n-k] with probability >= `confidence` (no assumption
+    on the distribution: gaps are skewed). NaN bounds when n is too small for that confidence
+    (n < 6 at 95 %)."""
+    data = np.sort(np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float))
+    n = len(data)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    median = float(np.median(data))
+    coverage = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    best = 0
+    for k in range(1, n // 2 + 1):
+        if sum(coverage[k : n - k + 1]) >= confidence:
+            best = k
+        else:
+            break
+    if best == 0:
+        return median, math.nan, math.nan
+    return median, float(data[best - 1]), float(data[n - best])
+
+
 def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     present = list(dict.fromkeys(values))
     return [v for v in order if v in present] + sorted(v for v in present if v not in order)
@@ -282,10 +307,10 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
 
 def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per (variant, event, traffic): runs, runs that recovered, mean gap and its t-CI half-width
-    over the recovered runs, median gap, mean goodput before/during/after, mean goodput during
-    the outage after the gap with its t-CI, that divided by plain-5g's goodput over the outage
-    in the same (event, traffic) (`after_gap_vs_5g`, issue 12; NaN without plain-5g), and the
-    runs where a process saturated a core."""
+    over the recovered runs, median gap with its exact CI, mean goodput before/during/after,
+    mean goodput during the outage after the gap with its t-CI, that divided by plain-5g's
+    goodput over the outage in the same (event, traffic) (`after_gap_vs_5g`, issue 12; NaN
+    without plain-5g), and the runs where a process saturated a core."""
     rows: list[dict[str, Any]] = []
     after_gap = failover.get("goodput_after_gap_mbps", pd.Series(np.nan, index=failover.index))
     saturated = failover.get("cpu_saturated", pd.Series(False, index=failover.index))
@@ -294,6 +319,7 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
     ):
         recovered = group[group["completed"] & group["gap_ms"].notna()]
         mean, half = mean_ci(recovered["gap_ms"], confidence)
+        _, median_lo, median_hi = median_ci(recovered["gap_ms"], confidence)
         after, after_ci = mean_ci(after_gap[group.index], confidence)
         rows.append(
             {
@@ -307,6 +333,9 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
                 "gap_ms_median": float(recovered["gap_ms"].median())
                 if len(recovered)
                 else math.nan,
+                # the median's exact CI (NaN below 6 recovered runs at 95 %)
+                "gap_ms_median_lo": median_lo,
+                "gap_ms_median_hi": median_hi,
                 "goodput_before_mbps": float(group["goodput_before_mbps"].mean()),
                 "goodput_during_mbps": float(group["goodput_during_mbps"].mean()),
                 "goodput_after_mbps": float(group["goodput_after_mbps"].mean()),

@@ -553,3 +553,13 @@ def test_rss_growth_sentence(tmp_path: Path) -> None:
         analysis.scale_summary(analysis.load_scale(tmp_path))
     )
     assert sentence.startswith("tunnel: the concentrator's RSS grows by 1024 kB per client")
+
+
+def test_the_medians_exact_confidence_interval() -> None:
+    """Order statistics from the binomial: with 10 values, x(2)..x(9) cover the median with
+    probability 1 - 2 * (1 + 10) / 1024 = 97.9 % >= 95 % (x(3)..x(8): 89 %, too little)."""
+    values = [float(v) for v in (50, 10, 20, 30, 40, 60, 70, 80, 90, 100)]
+    assert analysis.median_ci(values) == (55.0, 20.0, 90.0)
+    median, lo, hi = analysis.median_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert median == 3.0 and math.isnan(lo) and math.isnan(hi)  # n = 5: no 95 % interval
+    assert analysis.median_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])[1:] == (1.0, 6.0)  # 96.9 %
