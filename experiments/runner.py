@@ -463,6 +463,7 @@ EXPERIMENTS: dict[str, str] = {
     "goodput": "experiments.goodput",
     "aggregation": "experiments.aggregation",
     "scale": "experiments.scale",
+    "latency": "experiments.latency",
     "soak": "experiments.soak",
     "fuzz": "experiments.fuzz",
 }

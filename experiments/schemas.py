@@ -190,7 +190,27 @@ SCALE = Table(
     ),
 )
 
+LATENCY = Table(
+    "latency",
+    (
+        "mode",
+        "load",  # idle, or tcp: one bulk TCP flow to c1 while the pings run
+        "run",
+        "pings",
+        "replies",
+        "rtt_min_ms",
+        "rtt_median_ms",
+        "rtt_p95_ms",
+        "rtt_max_ms",
+        "goodput_mbps",  # the load's goodput over the pings' window (empty when idle)
+        "detail",
+        *CPU_COLUMNS,
+    ),
+    optional=("goodput_mbps", "detail", *CPU_COLUMNS),
+)
+
 # Every table a loader reads, by name.
 TABLES: dict[str, Table] = {
-    t.name: t for t in (FAILOVER, FAILOVER_TIMESERIES, OVERHEAD, GOODPUT, AGGREGATION, SCALE)
+    t.name: t
+    for t in (FAILOVER, FAILOVER_TIMESERIES, OVERHEAD, GOODPUT, AGGREGATION, SCALE, LATENCY)
 }
