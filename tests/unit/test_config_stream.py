@@ -50,7 +50,8 @@ def test_client_keys() -> None:
 
 def test_enabled_client_needs_interception_or_socks() -> None:
     with pytest.raises(
-        ConfigError, match=re.escape("neither stream.intercept nor stream.socks_port")
+        ConfigError,
+        match=re.escape("none of stream.intercept, stream.socks_port and stream.inbound"),
     ):
         _client("stream.enabled=true", "stream.intercept=[]")
 
