@@ -242,6 +242,7 @@ class CoreConcentrator:
             config, now, verifier=verifier, random_bytes=random.Random(7).randbytes
         )
         self.quic_config, _ = quic_configuration(config)
+        self.stream_mode = config.stream.enabled
         self.tun: list[bytes] = []
 
     def server_side(
@@ -251,6 +252,7 @@ class CoreConcentrator:
             configuration=self.quic_config,
             original_destination_connection_id=client.original_destination_connection_id,
             request_client_certificate=True,
+            stream_mode=self.stream_mode,
         )
         return server, self.core.connection_opened(server, now)
 
@@ -439,7 +441,9 @@ class World:
         if name in self.bind_fails:
             self.agent.path_failed(path, f"cannot bind on {name}", self.now)
             return
-        client = TunnelQuicConnection(configuration=self._client_config)
+        client = TunnelQuicConnection(
+            configuration=self._client_config, stream_mode=self.config.stream.enabled
+        )
         server, server_tunnel = self.server.server_side(client, self.now)
         self.agent.path_opened(path, client, self.now)
         access = self.accesses[name]

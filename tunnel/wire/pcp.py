@@ -285,10 +285,13 @@ def is_droppable(data: bytes) -> bool:
 def error_response(data: bytes, result: ResultCode, lifetime: int, epoch: int) -> bytes:
     """The answer to a request that could not be served (§8.3): its opcode with the R bit, the
     result code, and — when the request was long enough to have them — its opcode-specific
-    data copied back (the client matches the answer by the nonce), padded to 4 octets."""
+    data copied back (the client matches the answer by the nonce), padded to 4 octets (for
+    MAP, to a whole MAP body, so that a client can parse what it gets)."""
     opcode = data[1] & 0x7F if len(data) > 1 else 0
     header = struct.pack("!BBxBII12x", PCP_VERSION, _RESPONSE_BIT | opcode, result, lifetime, epoch)
     rest = data[HEADER_SIZE:MAX_MESSAGE] if len(data) > HEADER_SIZE else b""
+    if opcode == Opcode.MAP and len(rest) < MAP_BODY_SIZE:
+        rest += b"\x00" * (MAP_BODY_SIZE - len(rest))  # still a whole MAP response
     rest += b"\x00" * (-len(rest) % 4)
     return header + rest
 
