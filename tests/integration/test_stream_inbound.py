@@ -143,7 +143,11 @@ def test_a_refused_local_connect_resets_the_outside_connection(lab: tuple[Qtun, 
     Network Failure + End + FIN (-tcp §5.1.3), the concentrator resets the outside TCP."""
     conc, client = lab
     res = app(NS_O, "expect-reset", OUTSIDE_FACING, str(CLOSED))
-    assert res == {"connected": True, "outcome": "reset"}
+    # the reset may come before connect() returns to the application (the handshake with the
+    # concentrator completed, the RST followed before the process ran again): ECONNRESET then
+    reset = [{"connected": True, "outcome": "reset"},
+             {"connected": False, "error": "ConnectionResetError"}]  # fmt: skip
+    assert res in reset, (res, client.log_tail(), conc.log_tail())
     client.wait_status("the failed connect counted", lambda s: s["stream"]["inbound_failed"] >= 1)
     conc.wait_status("the Error TLV counted", lambda s: s["stream"]["inbound_refused"] >= 1)
 

@@ -11,10 +11,15 @@ from pathlib import Path
 from testbed.hostile import client_configuration
 from tests.unit.client_world import CoreConcentrator, World, client_config
 from tests.unit.concentrator_harness import Conn, CoreLab, concentrator_config, lab
+from tests.unit.quic_harness import Network
+from tests.unit.tunnel_pairs import add_tunnel_path, events_of, tunnel
 from tunnel.agents.concentrator import InboundMapped, InboundUnmapped
 from tunnel.agents.port_mapper import PortMapper
+from tunnel.aio.stream_client import StreamClient
+from tunnel.config import StreamClientConfig
 from tunnel.policy.inbound import InboundTable
-from tunnel.protocol.connection import PacketReceived
+from tunnel.protocol.connection import PacketReceived, TcpConnectFailed, TcpConnectRequested
+from tunnel.wire.errors import StreamErrorCode
 from tunnel.wire.pcp import (
     PCP_CLIENT_PORT,
     PCP_SERVER_PORT,
@@ -240,3 +245,26 @@ def test_the_client_maps_its_ports_and_renews_them(lab_certs: Path) -> None:
     world.run(200.0)  # beyond the first lifetime: renewed at half of it
     renewed = core.core.inbound.by_port(8080)
     assert renewed is mapping and renewed.expires > world.now
+
+
+# -- the client's stream side: only the streams it offered ------------------------------------
+
+
+def test_the_stream_client_refuses_streams_it_did_not_offer() -> None:
+    """A concentrator-opened stream naming a port not in `stream.inbound`, or an address that
+    is not one of the client's tunnel addresses, is answered Error TLV Network Failure + End +
+    FIN (-tcp §5.1.3): the concentrator sees TcpConnectFailed and nothing is connected."""
+    net = Network()
+    path = add_tunnel_path(net, ["qt"], client_stream_mode=True, server_stream_mode=True)
+    net.run(0.5)
+    client, server = tunnel(path.client), tunnel(path.server)
+    stream = StreamClient(StreamClientConfig(enabled=True, inbound=(8080,)), lambda: None, (ALICE,))
+    server.open_tcp_stream(ALICE, 9999)  # a port the client did not offer
+    server.open_tcp_stream(IPv4Address("10.9.9.9"), 8080)  # not the client's address
+    net.run(0.1)
+    for event in events_of(path.client, TcpConnectRequested):
+        assert stream.handle(client, event, net.flush)
+    net.run(0.1)
+    failed = events_of(path.server, TcpConnectFailed)
+    assert [f.code for f in failed] == [StreamErrorCode.NETWORK_FAILURE] * 2
+    assert stream.stats()["inbound_refused"] == 2 and stream.stats()["active"] == 0

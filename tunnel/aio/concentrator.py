@@ -141,7 +141,10 @@ class ConcentratorProgram:
                 raise RuntimeFailure(str(exc)) from None
             exclude = ",".join(map(str, config.nat_exclude)) or "none"
             log.info("nat on table=%s exclude=%s", self.nat.table, exclude)
-        if config.to_concentrator != "allow":
+        # the host's addresses: for the host guard, and to tell PCP requests to this host
+        if config.to_concentrator != "allow" or (
+            config.stream.enabled and config.stream.inbound_ports
+        ):
             self._address_watch = local_address_watch(self._guarded(self._addresses_changed))
             try:
                 await self._address_watch.start()
