@@ -39,6 +39,7 @@ pytestmark = pytest.mark.root
 NS_C, NS_S, NS_O = unique("qin-c"), unique("qin-s"), unique("qin-o")
 IF = {k: unique(f"qin{k}") for k in ("a", "b", "c", "d")}
 CONCENTRATOR, OUTSIDE_FACING, INNER = "10.84.0.2", "10.201.1.1", "10.8.0.2"
+OUTSIDE_FACING6 = "fd00:201:1::1"
 SERVED, CLOSED, NOT_ALLOWED = 8080, 8081, 9999
 
 
@@ -55,7 +56,7 @@ def configs(work: Path, certs: Path) -> tuple[Path, Path]:
             {
                 "enabled": True,
                 "inbound_ports": [f"{SERVED}-{CLOSED}"],
-                "inbound_addresses": [OUTSIDE_FACING],
+                "inbound_addresses": [OUTSIDE_FACING, OUTSIDE_FACING6],
             },
         ),
         ("[observability]", {"status_file": work / "conc.json", "status_interval": 0.2}),
@@ -81,7 +82,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_certs: Path) -> Iterator[t
     conc_toml, client_toml = configs(work, lab_certs)
     with namespaces(NS_C, NS_S, NS_O):
         veth(End(NS_C, IF["a"], ["10.84.0.1/24"]), End(NS_S, IF["b"], [f"{CONCENTRATOR}/24"]))
-        veth(End(NS_S, IF["c"], [f"{OUTSIDE_FACING}/24"]), End(NS_O, IF["d"], ["10.201.1.2/24"]))
+        veth(
+            End(NS_S, IF["c"], [f"{OUTSIDE_FACING}/24", f"{OUTSIDE_FACING6}/64"]),
+            End(NS_O, IF["d"], ["10.201.1.2/24", "fd00:201:1::2/64"]),
+        )
         with (
             qtun(NS_S, "concentrator", conc_toml, work / "conc.json") as conc,
             qtun(NS_C, "client", client_toml, work / "client.json") as client,
@@ -93,7 +97,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_certs: Path) -> Iterator[t
             )
             client.wait_status(
                 "every port answered",
-                lambda s: all(e["result"] for e in s.get("inbound", [])),
+                lambda s: len(s.get("inbound", [])) == 3 and all(e["result"] for e in s["inbound"]),
                 alive=[conc],
             )
             yield conc, client
@@ -124,15 +128,17 @@ def test_pcp_grants_the_allowed_ports_and_refuses_the_rest(lab: tuple[Qtun, Qtun
     assert answers[NOT_ALLOWED]["external"] is None
 
 
+@pytest.mark.parametrize("outside", [OUTSIDE_FACING, OUTSIDE_FACING6])
 def test_a_server_on_the_client_is_reached_from_behind_the_concentrator(
-    lab: tuple[Qtun, Qtun],
+    lab: tuple[Qtun, Qtun], outside: str
 ) -> None:
-    """An outside host connects to the concentrator's mapped port; the concentrator opens a
-    stream to the client, which connects to its server on the inner address: 300 kB one way,
-    the outside half-closes, the server's answer comes back on the other direction."""
+    """An outside host connects to the concentrator's mapped port (over IPv4 or IPv6: the
+    stream names the client's inner address either way); the concentrator opens a stream to
+    the client, which connects to its server on the inner address: 300 kB one way, the
+    outside half-closes, the server's answer comes back on the other direction."""
     conc, _ = lab
     with server(NS_C, SERVED, INNER) as srv:
-        res = app(NS_O, "halfclose", OUTSIDE_FACING, str(SERVED), "300000")
+        res = app(NS_O, "halfclose", outside, str(SERVED), "300000")
         srv.expect("RESULT ")
     assert res["answer"] == res["expected"]
     conc.wait_status("the inbound stream counted", lambda s: s["stream"]["inbound_opened"] >= 1)
@@ -159,6 +165,10 @@ def test_a_loopback_server_with_inbound_host(
     where a server listens that the tunnel address does not reach."""
     conc, client = lab
     client.stop()
+    # the client is gone: so are its mappings, and their listeners
+    conc.wait_status("the mappings released", lambda s: s["inbound"] == [])
+    gone = app(NS_O, "expect-reset", OUTSIDE_FACING, str(SERVED))
+    assert gone == {"connected": False, "error": "ConnectionRefusedError"}
     client.overrides = ('stream.inbound_host="127.0.0.1"',)
     try:
         client.start()
