@@ -268,3 +268,21 @@ def test_the_stream_client_refuses_streams_it_did_not_offer() -> None:
     failed = events_of(path.server, TcpConnectFailed)
     assert [f.code for f in failed] == [StreamErrorCode.NETWORK_FAILURE] * 2
     assert stream.stats()["inbound_refused"] == 2 and stream.stats()["active"] == 0
+
+
+def test_a_pcp_flood_is_answered_within_a_budget_and_pcp_is_left_alone_without_stream_mode(
+    lab_certs: Path,
+) -> None:
+    core_lab = inbound_lab(lab_certs)
+    conn = core_lab.connect("alice", stream_mode=True)
+    for _ in range(50):
+        pcp(conn, req(8080, protocol=17))
+    core_lab.run(0.1)
+    assert len(answers(conn)) == 20  # the burst: twice PCP_PER_SECOND
+    assert core_lab.core.counters["pcp_dropped"] == 30
+    plain = lab(lab_certs)  # stream mode off: UDP 5351 goes to the host as any packet would
+    plain.core.host_guard.policy = "allow"
+    other = plain.connect("alice")
+    pcp(other, req(8080))
+    plain.run(0.1)
+    assert len(plain.tun) == 1 and answers(other) == []

@@ -133,6 +133,9 @@ from tunnel.wire.pcp import MapResponse as PcpMapResponse
 
 log = logging.getLogger("qtun.concentrator")
 
+PCP_PER_SECOND: Final = 10.0
+"""PCP requests a client gets answered per second (burst twice that); the rest are dropped and
+counted (`pcp_dropped`): each may cost a probe bind per candidate port and a log line."""
 PROBE_BACKOFF_MAX: Final = 1.0
 """Seconds between PINGs at most on a dead path of a session (the backoff's cap)."""
 AUTH_FAILED_REASON: Final = (
@@ -741,6 +744,7 @@ class _Client:
     """The DSCP its forwarded packets get: its session's QoS Flow Indication mapped by the site's
     [[qos]] tables (tunnel/policy/qos.py); None leaves them as sent."""
     strategy: _ClientMode = field(init=False)
+    pcp: TokenBucket | None = None  # PCP requests answered, one token each (made at the first)
 
 
 # -- the core -------------------------------------------------------------------------------------
@@ -1422,6 +1426,8 @@ class ConcentratorCore:
         """Take a client's PCP request to this host (UDP 5351 of one of its addresses or the
         TUN's), answer it, and act on it; False for any other packet (the cost on the
         forwarding path: a few byte comparisons)."""
+        if not self.config.stream.enabled:
+            return False  # the reversed flow is stream mode's: UDP 5351 is left to the host
         datagram = parse_udp(packet, PCP_SERVER_PORT)
         if datagram is None:
             return False
@@ -1432,9 +1438,12 @@ class ConcentratorCore:
             return False
         client.counters["pcp_requests"] += 1
         self.counters["pcp_requests"] += 1
+        if client.pcp is None:
+            client.pcp = TokenBucket(PCP_PER_SECOND, burst=2 * PCP_PER_SECOND, now=now)
         data = datagram.payload
-        if is_droppable(data):  # §8.3: not worth an answer
+        if not client.pcp.allow(1, now) or is_droppable(data):  # §8.3: runts, responses
             client.counters["pcp_dropped"] += 1
+            self.counters["pcp_dropped"] += 1
             return True
         epoch = max(0, int(now - self._epoch_start)) & 0xFFFFFFFF
         try:
