@@ -1246,7 +1246,10 @@ class ClientAgent:
             else:
                 reason = f"connection closed: {tunnel.close_reason or event.reason_phrase}"
             self._end(path, reason, now)
-        self._map_ports(now)
+        if not isinstance(event, quic_events.DatagramFrameReceived):
+            # the stream-mode connection changes with handshakes, sessions and closes, never
+            # with a datagram (the per-packet path stays as it was)
+            self._map_ports(now)
         return _NO_EVENTS if stream is None else stream
 
     def tunnel_event(self, path: Path, event: TunnelEvent, now: float) -> None:

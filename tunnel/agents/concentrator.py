@@ -82,7 +82,7 @@ from tunnel.config import ConcentratorConfig
 from tunnel.policy.addresses import AddressTable, Claim, is_link_scoped_ipv6
 from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier
 from tunnel.policy.host_guard import HostGuard
-from tunnel.policy.inbound import Decision, InboundTable, Mapping
+from tunnel.policy.inbound import LONG_ERROR_LIFETIME, Decision, InboundTable, Mapping
 from tunnel.policy.ingress import IngressFilter
 from tunnel.policy.log_budget import LogBudget
 from tunnel.policy.qos import QosPolicy, qos_label, qos_value, set_dscp
@@ -1450,7 +1450,7 @@ class ConcentratorCore:
             request = decode_request(data)
         except PcpError as exc:
             self._pcp_refused(client, exc.result, exc.message, now)
-            answer = error_response(data, exc.result, 1800, epoch)
+            answer = error_response(data, exc.result, LONG_ERROR_LIFETIME, epoch)
             self._pcp_answer(client, datagram, answer, now)
             return True
         if request.map is None:
@@ -1465,12 +1465,15 @@ class ConcentratorCore:
         mandatory = [o.code for o in request.map.options if o.mandatory]
         if mandatory:  # §7.3: a mandatory option we do not know
             decision = Decision(
-                ResultCode.UNSUPP_OPTION, 1800, 0, reason=f"options {mandatory} not supported"
+                ResultCode.UNSUPP_OPTION,
+                LONG_ERROR_LIFETIME,
+                0,
+                reason=f"options {mandatory} not supported",
             )
         elif self.stream_connection(client.name) is None:
             decision = Decision(
                 ResultCode.NOT_AUTHORIZED,
-                1800,
+                LONG_ERROR_LIFETIME,
                 0,
                 reason="inbound TCP needs stream mode on the client's connection",
             )
