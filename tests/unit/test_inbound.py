@@ -5,6 +5,7 @@ PCP client (tunnel/agents/port_mapper.py) against the real core (client_world)."
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from tests.unit.tunnel_pairs import add_tunnel_path, events_of, tunnel
 from tunnel.agents.concentrator import InboundMapped, InboundUnmapped
 from tunnel.agents.port_mapper import PortMapper
 from tunnel.aio.stream_client import StreamClient
-from tunnel.config import StreamClientConfig
-from tunnel.policy.inbound import InboundTable
+from tunnel.aio.stream_server import StreamServer
+from tunnel.config import StreamClientConfig, StreamServerConfig
+from tunnel.policy.inbound import InboundTable, Mapping
 from tunnel.protocol.connection import PacketReceived, TcpConnectFailed, TcpConnectRequested
 from tunnel.wire.errors import StreamErrorCode
 from tunnel.wire.pcp import (
@@ -286,3 +288,33 @@ def test_a_pcp_flood_is_answered_within_a_budget_and_pcp_is_left_alone_without_s
     pcp(other, req(8080))
     plain.run(0.1)
     assert len(plain.tun) == 1 and answers(other) == []
+
+
+# -- the concentrator's listener of a mapped port (on loopback) --------------------------------
+
+
+def test_an_accept_while_the_client_has_no_stream_mode_connection_is_reset() -> None:
+    """The stream server's protocol factory for a mapped port resets a connection accepted
+    while `carrier` finds no stream-mode connection of the mapping's client."""
+
+    async def scenario() -> tuple[str, dict[str, int]]:
+        server = StreamServer(StreamServerConfig(enabled=True))
+        mapping = Mapping("alice", ALICE, 8080, 0, NONCE, 0.0)
+        listener = await asyncio.get_running_loop().create_server(
+            server.inbound_relay(mapping, lambda _: None), "127.0.0.1", 0
+        )
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                outcome = "eof" if await asyncio.wait_for(reader.read(), 5) == b"" else "data"
+            except ConnectionResetError:
+                outcome = "reset"
+            writer.close()
+        finally:
+            listener.close()
+            server.close()
+        return outcome, server.stats()
+
+    outcome, stats = asyncio.run(scenario())
+    assert outcome == "reset" and stats["inbound_no_connection"] == 1

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Final
 
-from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit
+from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit, set_linger_zero
 from tunnel.config import StreamClientConfig
 from tunnel.protocol.connection import (
     StopSendingReceived,
@@ -402,6 +402,9 @@ class StreamClient:
             relay.discard()
             return
         if relay.finished or conn.closed:  # the stream or the connection ended meanwhile
+            if relay.transport is not None:  # the relay no longer owns it: reset it here
+                set_linger_zero(relay.transport.get_extra_info("socket"))
+                relay.transport.abort()
             relay.abort("gone while connecting")
             return
         try:

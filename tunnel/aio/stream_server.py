@@ -267,9 +267,9 @@ class StreamServer:
         if isinstance(event, TcpConnectFailed):
             # the client could not (or would not) connect an inbound stream: reset outside
             self.inbound_refused += 1
-            log.info(
+            self._log(
+                self._client(conn),
                 "inbound tcp failed client=%s stream=%d code=%d",
-                self._client(conn).key,
                 event.stream_id,
                 event.code,
             )
