@@ -318,3 +318,19 @@ def test_an_accept_while_the_client_has_no_stream_mode_connection_is_reset() -> 
 
     outcome, stats = asyncio.run(scenario())
     assert outcome == "reset" and stats["inbound_no_connection"] == 1
+
+
+def test_a_mapping_whose_port_cannot_be_listened_on_is_forgotten(lab_certs: Path) -> None:
+    core_lab = inbound_lab(lab_certs)
+    conn = core_lab.connect("alice", stream_mode=True)
+    pcp(conn, req(8080, 10))
+    core_lab.run(0.1)
+    (mapped,) = core_lab.of(InboundMapped)
+    core_lab.core.inbound_listen_failed(mapped.mapping, "Address already in use")
+    core_lab.carry_out()
+    (unmapped,) = core_lab.of(InboundUnmapped)
+    assert unmapped.reason == "cannot listen: Address already in use"
+    assert core_lab.core.status()["inbound"] == []
+    core_lab.core.inbound_listen_failed(mapped.mapping, "again")  # forgotten already: nothing
+    core_lab.carry_out()
+    assert len(core_lab.of(InboundUnmapped)) == 1

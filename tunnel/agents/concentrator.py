@@ -982,6 +982,12 @@ class ConcentratorCore:
             self._tunnel_event(peer, tunnel_event, now)
         return _NO_EVENTS if stream is None else stream
 
+    def inbound_listen_failed(self, mapping: Mapping, reason: str) -> None:
+        """The program could not listen on a granted mapping's port (taken meanwhile): forget
+        the mapping; the client's renewal asks again and gets another port or a refusal."""
+        if self.inbound.remove(mapping):
+            self._unmapped(mapping, f"cannot listen: {reason}")
+
     def host_addresses_changed(self, addresses: Iterable[IPv4Address | IPv6Address]) -> None:
         """The host's own addresses (all interfaces, netlink-followed) for `to_concentrator`."""
         self.host_guard.update(addresses)

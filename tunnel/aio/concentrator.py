@@ -312,6 +312,7 @@ class ConcentratorProgram:
                 mapping.client,
                 exc.strerror or exc,
             )
+            self.core.inbound_listen_failed(mapping, str(exc.strerror or exc))
             return
         servers: list[asyncio.AbstractServer] = []
         self.inbound[mapping.external_port] = servers

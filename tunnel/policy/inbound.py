@@ -162,6 +162,13 @@ class InboundTable:
                 return wish
         return next((p for p in self.allowed if self._usable(p)), None)
 
+    def remove(self, mapping: Mapping) -> bool:
+        """Forget `mapping` (the program could not listen on its port); False if gone already."""
+        if self._by_port.get(mapping.external_port) is not mapping:
+            return False
+        del self._by_port[mapping.external_port]
+        return True
+
     def expire(self, now: float) -> list[Mapping]:
         """The mappings whose lifetime ended, removed."""
         gone = [m for m in self._by_port.values() if m.expires <= now]
