@@ -46,7 +46,7 @@ SERVED, CLOSED, NOT_ALLOWED = 8080, 8081, 9999
 def configs(work: Path, certs: Path) -> tuple[Path, Path]:
     tls = {"ca": certs / "ca.pem"}
     conc = toml_text(
-        {"modes": ["tunnel"]},
+        {"modes": ["tunnel", "session"]},
         ("[listen]", {"addresses": [CONCENTRATOR], "port": 4433}),
         ("[tun]", {"name": unique("qint"), "addresses": ["10.8.0.1/16"]}),
         ("[tls]", {**tls, "cert": certs / "concentrator.pem", "key": certs / "concentrator.key"}),
@@ -185,3 +185,28 @@ def test_a_loopback_server_with_inbound_host(
     finally:
         client.stop()
         client.overrides = ()
+
+
+def test_session_mode_maps_and_carries_inbound_connections_too(lab: tuple[Qtun, Qtun]) -> None:
+    """The same with a client in tunnel session mode (one access): PCP goes through the session
+    (Packet Tags, the concentrator's reorder buffer), the streams on its connection."""
+    conc, client = lab
+    client.stop()
+    work = client.config.parent
+    text = client.config.read_text().replace('mode = "tunnel"', 'mode = "session"')
+    text = text.replace("client.json", "session.json")
+    access = toml_text(
+        {}, ("[[access]]", {"name": "wifi", "access_id": "wifi", "local_address": "10.84.0.1"})
+    )
+    (work / "session.toml").write_text(text + access)
+    with qtun(NS_C, "client", work / "session.toml", work / "session.json") as session:
+        session.wait_status(
+            "mapped in session mode",
+            lambda s: any(e["result"] == "SUCCESS" for e in s.get("inbound", [])),
+            alive=[conc],
+        )
+        assert session.status()["session_id"]
+        with server(NS_C, SERVED, INNER) as srv:
+            res = app(NS_O, "halfclose", OUTSIDE_FACING, str(SERVED), "100000")
+            srv.expect("RESULT ")
+    assert res["answer"] == res["expected"]
