@@ -6,7 +6,7 @@ PCP client (tunnel/agents/port_mapper.py) against the real core (client_world)."
 from __future__ import annotations
 
 import asyncio
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from testbed.hostile import client_configuration
@@ -156,6 +156,24 @@ def test_the_core_answers_a_map_request_through_the_tunnel(lab_certs: Path) -> N
     core_lab.run(10)
     (unmapped,) = core_lab.of(InboundUnmapped)
     assert unmapped.reason == "lifetime over" and core_lab.core.status()["inbound"] == []
+
+
+def test_an_ipv6_client_maps_through_the_tun_address_of_its_family(lab_certs: Path) -> None:
+    core_lab = inbound_lab(lab_certs)
+    conn = core_lab.connect("alice", stream_mode=True)
+    alice6, tun6 = IPv6Address("fd00:8::2"), IPv6Address("fd00:8::1")
+    request = MapRequest(alice6, NONCE, 6, 8080, 10)
+    conn.client.send_packet(
+        udp_packet(UdpDatagram(alice6, tun6, PCP_CLIENT_PORT, PCP_SERVER_PORT, request.encode()))
+    )
+    core_lab.run(0.1)
+    (event,) = conn.of(PacketReceived)
+    datagram = parse_udp(event.packet, PCP_CLIENT_PORT)
+    assert datagram is not None and (datagram.source, datagram.destination) == (tun6, alice6)
+    answer = MapResponse.decode(datagram.payload)
+    assert answer.result is ResultCode.SUCCESS and answer.external_port == 8080
+    (mapped,) = core_lab.of(InboundMapped)
+    assert mapped.mapping.internal_address == alice6
 
 
 def test_the_mapping_ends_with_its_client(lab_certs: Path) -> None:
