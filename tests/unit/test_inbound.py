@@ -352,3 +352,19 @@ def test_a_mapping_whose_port_cannot_be_listened_on_is_forgotten(lab_certs: Path
     core_lab.core.inbound_listen_failed(mapped.mapping, "again")  # forgotten already: nothing
     core_lab.carry_out()
     assert len(core_lab.of(InboundUnmapped)) == 1
+
+
+def test_announce_is_answered_and_peer_is_not_supported(lab_certs: Path) -> None:
+    """§14.1: ANNOUNCE gets SUCCESS with our epoch; PEER (§12) is UNSUPP_OPCODE."""
+    core_lab = inbound_lab(lab_certs)
+    conn = core_lab.connect("alice", stream_mode=True)
+    header = bytes([2, 0, 0, 0]) + bytes(4) + bytes(10) + b"\xff\xff" + ALICE.packed
+    pcp(conn, header)  # ANNOUNCE
+    pcp(conn, bytes([2, 2]) + header[2:] + bytes(56))  # PEER, with a (zero) PEER body
+    core_lab.run(0.1)
+    replies = [parse_udp(e.packet, PCP_CLIENT_PORT) for e in conn.of(PacketReceived)]
+    payloads = [r.payload for r in replies if r is not None]
+    assert [(p[1], p[3], len(p)) for p in payloads] == [
+        (0x80, ResultCode.SUCCESS, 24),
+        (0x82, ResultCode.UNSUPP_OPCODE, 80),
+    ]
