@@ -338,33 +338,35 @@ def udp_packet(datagram: UdpDatagram, hop_limit: int = 64) -> bytes:
 def parse_udp(packet: bytes, port: int | None = None) -> UdpDatagram | None:
     """The UDP datagram in an IPv4 / IPv6 packet (no extension headers, not a fragment), or
     None for anything else; with `port`, only a datagram to that destination port. Cheap
-    enough to run on every packet: it looks at a few bytes before it copies any."""
+    enough to run on every packet (both agents do, on the forwarding path): the protocol and
+    the port are compared before anything is decoded or copied."""
     if len(packet) < 28:
         return None
     version = packet[0] >> 4
     if version == 4:
-        ihl = (packet[0] & 0x0F) * 4
-        total = int.from_bytes(packet[2:4], "big")
-        fragment = int.from_bytes(packet[6:8], "big") & 0x3FFF  # MF or an offset
-        if packet[9] != IPPROTO_UDP or ihl < 20 or fragment or total > len(packet):
+        if packet[9] != IPPROTO_UDP:
             return None
-        udp_at, end = ihl, total
-        src: IPv4Address | IPv6Address = IPv4Address(packet[12:16])
-        dst: IPv4Address | IPv6Address = IPv4Address(packet[16:20])
+        udp_at = (packet[0] & 0x0F) * 4
+        end = int.from_bytes(packet[2:4], "big")
+        fragment = int.from_bytes(packet[6:8], "big") & 0x3FFF  # MF or an offset
+        if udp_at < 20 or fragment or end > len(packet):
+            return None
     elif version == 6:
         if len(packet) < 48 or packet[6] != IPPROTO_UDP:
             return None
         udp_at, end = 40, 40 + int.from_bytes(packet[4:6], "big")
         if end > len(packet):
             return None
-        src, dst = IPv6Address(packet[8:24]), IPv6Address(packet[24:40])
     else:
         return None
     if end - udp_at < 8:
         return None
     sport, dport, length = struct.unpack_from("!HHH", packet, udp_at)
-    if port is not None and dport != port:
+    if (port is not None and dport != port) or length < 8 or udp_at + length > end:
         return None
-    if length < 8 or udp_at + length > end:
-        return None
+    if version == 4:
+        src: IPv4Address | IPv6Address = IPv4Address(packet[12:16])
+        dst: IPv4Address | IPv6Address = IPv4Address(packet[16:20])
+    else:
+        src, dst = IPv6Address(packet[8:24]), IPv6Address(packet[24:40])
     return UdpDatagram(src, dst, sport, dport, bytes(packet[udp_at + 8 : udp_at + length]))
