@@ -820,6 +820,9 @@ class ConcentratorCore:
             stream.inbound_ports if stream.enabled else (),
             max_per_client=stream.inbound_max_per_client,
             max_lifetime=stream.inbound_max_lifetime,
+            # its own port (QUIC's is UDP, but a TCP mapping on it would only confuse); the
+            # TCP ports it listens on are busy, which port_free finds
+            reserved=(config.port,),
             port_free=port_free,
         )
         self._epoch_start = now  # RFC 6887 §8.5: the Epoch Time counts from here
