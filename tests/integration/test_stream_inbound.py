@@ -144,6 +144,31 @@ def test_a_server_on_the_client_is_reached_from_behind_the_concentrator(
     conc.wait_status("the inbound stream counted", lambda s: s["stream"]["inbound_opened"] >= 1)
 
 
+def test_resets_cross_in_both_directions(lab: tuple[Qtun, Qtun]) -> None:
+    """The outside host resets its connection once the client's server has its data: the RST
+    travels as RESET_STREAM and the server sees a reset; a server that resets (SO_LINGER 0)
+    reaches the outside host as a reset too (-tcp §3, the same mapping as the forward way)."""
+    conc, client = lab
+    watch = python_in(NS_C, "tests.integration.qst_apps", "serve-watch", str(SERVED))
+    with process(watch, stop_by="term") as srv:
+        resetter = python_in(NS_O, "tests.integration.qst_apps", "reset", OUTSIDE_FACING,
+                             str(SERVED))  # fmt: skip
+        with process(resetter, ready="SENT") as application:
+            srv.expect("GOT")
+            application.send("reset")
+            application.expect("RESULT ")
+        watched = srv.expect_json("RESULT ")
+    assert watched["ended"] == "reset"
+    conc.wait_status("the outside RST relayed", lambda s: s["stream"]["resets_sent"] >= 1)
+    client.wait_status("the RST received", lambda s: s["stream"]["resets_received"] >= 1)
+    reset_server = python_in(NS_C, "tests.integration.qst_apps", "serve-reset", str(SERVED))
+    with process(reset_server, stop_by="term") as srv:
+        res = app(NS_O, "expect-reset", OUTSIDE_FACING, str(SERVED))
+        srv.expect("RESULT ")
+    assert res in ({"connected": True, "outcome": "reset"},
+                   {"connected": False, "error": "ConnectionResetError"})  # fmt: skip
+
+
 def test_a_refused_local_connect_resets_the_outside_connection(lab: tuple[Qtun, Qtun]) -> None:
     """Nothing listens on the client's port 8081: the client answers the stream with Error TLV
     Network Failure + End + FIN (-tcp §5.1.3), the concentrator resets the outside TCP."""
