@@ -9,6 +9,10 @@ the client, reached from a host behind the concentrator. Three namespaces of our
 The client offers ports 8080, 8081 and 9999 (`stream.inbound`) and asks for them with PCP MAP
 through the tunnel (to the concentrator's address, UDP 5351); the concentrator allows 8080-8081
 (`stream.inbound_ports`), so 9999 is refused NO_RESOURCES (the two allowed ones are taken).
+Then, from qin-o: a half-closed exchange with a server on the client's inner address (over
+IPv4 and IPv6 outside), resets both ways, a refused local connect seen as a reset, the
+mappings gone with the client, a loopback server (`stream.inbound_host`), and a session-mode
+client. Readiness is polled on the status files and the apps' READY lines, never slept.
 """
 
 from __future__ import annotations
