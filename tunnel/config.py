@@ -31,6 +31,7 @@ from tunnel.config_schema import (
     IFNAMSIZ,
     Address,
     AddressList,
+    AnyAddressList,
     Boolean,
     Check,
     Choice,
@@ -49,6 +50,7 @@ from tunnel.config_schema import (
     NetworkList,
     Number,
     Parsed,
+    PortList,
     StringList,
     Table,
     Text,
@@ -425,6 +427,40 @@ class StreamClientConfig:
             unit="bytes",
         ),
     )
+    # The reversed flow (README "Stream mode"): the client asks the concentrator with PCP
+    # (RFC 6887 MAP, through the tunnel) to accept TCP for these ports, and accepts the streams
+    # the concentrator opens for them, and only those.
+    inbound: tuple[int, ...] = field(
+        default=(),
+        metadata=setting(
+            "local TCP ports offered to the concentrator's side (PCP MAP, then inbound streams)",
+            PortList(),
+        ),
+    )
+    inbound_host: IPAddress | None = field(
+        default=None,
+        metadata=setting(
+            "where inbound connections are connected to (e.g. 127.0.0.1)",
+            Address(),
+            unset="the tunnel address the concentrator names",
+        ),
+    )
+    pcp_server: IPAddress | None = field(
+        default=None,
+        metadata=setting(
+            "where PCP MAP requests go, through the tunnel (UDP 5351)",
+            Address(),
+            unset="concentrator.address",
+        ),
+    )
+    inbound_lifetime: int = field(
+        default=3600,
+        metadata=setting(
+            "the mapping lifetime asked for; renewed at half of what is granted",
+            Integer(120, 86400),
+            unit="s",
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -746,6 +782,33 @@ class StreamServerConfig:
             unit="bytes",
         ),
     )
+    # The reversed flow (README "Stream mode"; tunnel/policy/inbound.py): external TCP ports
+    # clients may have mapped with PCP (RFC 6887 MAP through the tunnel). None by default: every
+    # MAP request is answered NOT_AUTHORIZED.
+    inbound_ports: tuple[int, ...] = field(
+        default=(),
+        metadata=setting(
+            "external TCP ports clients may map with PCP (first come, first served)", PortList()
+        ),
+    )
+    inbound_addresses: tuple[IPAddress, ...] = field(
+        default=(),
+        metadata=setting(
+            "where mapped ports are listened on",
+            AnyAddressList(),
+            unset="listen.addresses",
+        ),
+    )
+    inbound_max_per_client: int = field(
+        default=8,
+        metadata=setting("mappings per client (beyond: USER_EX_QUOTA)", Integer(1, 1024)),
+    )
+    inbound_max_lifetime: int = field(
+        default=7200,
+        metadata=setting(
+            "the longest mapping lifetime granted (RFC 6887 §11.3)", Integer(120, 86400), unit="s"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -879,10 +942,11 @@ def _check_tun(tun: TunConfig, t: Table) -> None:
 
 
 def _check_stream_client(stream: StreamClientConfig, t: Table) -> None:
-    if stream.enabled and not stream.intercept and stream.socks_port is None:
+    if stream.enabled and not (stream.intercept or stream.socks_port or stream.inbound):
         raise ConfigError(
-            "stream.enabled is true but neither stream.intercept nor stream.socks_port is set: "
-            'give the prefixes to intercept (e.g. ["10.200.0.0/16"]) or a SOCKS5 port'
+            "stream.enabled is true but none of stream.intercept, stream.socks_port and "
+            'stream.inbound is set: give the prefixes to intercept (e.g. ["10.200.0.0/16"]), a '
+            "SOCKS5 port or the ports to offer inbound"
         )
 
 

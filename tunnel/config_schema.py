@@ -365,6 +365,19 @@ class AddressList(_List):
         return "list of IP addresses (at least one)"
 
 
+class AnyAddressList(_List):
+    """IP addresses, possibly none (the key's `unset` says what none means)."""
+
+    item = "IP addresses"
+    example = '["192.0.2.1"]'
+
+    def convert(self, item: str) -> IPAddress:
+        return ip_address(item)
+
+    def values(self) -> str:
+        return "list of IP addresses"
+
+
 class NetworkList(_List):
     item = "IP prefixes with zero host bits"
     example = '["10.9.0.0/16"]'
@@ -403,6 +416,37 @@ class MacList(_List):
 
     def values(self) -> str:
         return "list of unicast MAC addresses"
+
+
+class PortList(_List):
+    """TCP/UDP ports: integers 1-65535 and "low-high" ranges, kept as a sorted tuple of the
+    ports (a range of 1000 ports is 1000 entries: small enough to keep plainly)."""
+
+    item = 'ports (1-65535) and "low-high" ranges'
+    example = '[8080, "9000-9099"]'
+
+    def read(self, where: str, value: Any, base_dir: Path) -> tuple[int, ...]:
+        ports: set[int] = set()
+        try:
+            if not isinstance(value, list):
+                _bad()
+            for item in value:
+                if isinstance(item, int) and not isinstance(item, bool):
+                    low = high = item
+                elif isinstance(item, str) and "-" in item:
+                    first, _, last = item.partition("-")
+                    low, high = int(first), int(last)
+                else:
+                    _bad()
+                if not 1 <= low <= high <= 65535:
+                    _bad()
+                ports.update(range(low, high + 1))
+        except ValueError:
+            raise wrong(where, value, self.expected()) from None
+        return tuple(sorted(ports))
+
+    def values(self) -> str:
+        return 'list of ports and "low-high" ranges'
 
 
 class StringList(_List):

@@ -3,7 +3,8 @@
 bounds its own lifetime.
 
 Destination side (servers):
-  serve-halfclose PORT  read until EOF, then answer "got <n> <sha256>" and close
+  serve-halfclose PORT [BIND]  read until EOF, then answer "got <n> <sha256>" and close
+                        (BIND: listen on that address only; default every address)
   serve-echo PORT       echo each connection until EOF, then close (many at once)
   serve-reset PORT      accept, read a little, then RST (SO_LINGER 0)
   serve-watch PORT      accept one connection, print "GOT" at its first data, report how it
@@ -40,11 +41,13 @@ def result(**fields: object) -> None:
     print("RESULT " + json.dumps(fields), flush=True)
 
 
-def listener(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+def listener(port: int, bind: str = "::") -> socket.socket:
+    family = socket.AF_INET6 if ip_address(bind).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(("::", port))
+    if bind == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((bind, port))
     sock.listen(512)
     sock.settimeout(LIFETIME)
     print("READY", flush=True)
@@ -71,8 +74,8 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def serve_halfclose(port: int) -> None:
-    with listener(port) as lsock:
+def serve_halfclose(port: int, bind: str = "::") -> None:
+    with listener(port, bind) as lsock:
         conn, _ = lsock.accept()
         conn.settimeout(20)
         data = read_all(conn)
@@ -297,7 +300,7 @@ def socks(proxy_port: int, host: str, port: int) -> None:
 def main() -> None:
     command, *rest = sys.argv[1:]
     commands = {
-        "serve-halfclose": lambda: serve_halfclose(int(rest[0])),
+        "serve-halfclose": lambda: serve_halfclose(int(rest[0]), *rest[1:2]),
         "serve-echo": lambda: serve_echo(int(rest[0])),
         "serve-reset": lambda: serve_reset(int(rest[0])),
         "serve-watch": lambda: serve_watch(int(rest[0])),

@@ -243,6 +243,7 @@ class CoreConcentrator:
             config, now, verifier=verifier, random_bytes=random.Random(7).randbytes
         )
         self.quic_config, _ = quic_configuration(config)
+        self.stream_mode = config.stream.enabled
         self.tun: list[bytes] = []
 
     def server_side(
@@ -252,6 +253,7 @@ class CoreConcentrator:
             configuration=self.quic_config,
             original_destination_connection_id=client.original_destination_connection_id,
             request_client_certificate=True,
+            stream_mode=self.stream_mode,
         )
         return server, self.core.connection_opened(server, now)
 
@@ -443,6 +445,7 @@ class World:
         client = TunnelQuicConnection(
             configuration=self._client_config,
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
+            stream_mode=self.config.stream.enabled,
         )
         server, server_tunnel = self.server.server_side(client, self.now)
         self.agent.path_opened(path, client, self.now)

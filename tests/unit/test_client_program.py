@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 STATUS_KEYS = {  # README "Status file", the client
     "role", "name", "pid", "time", "mode", "state", "session_id", "scheduler", "access_reports",
-    "failback", "payload", "tun", "accesses", "reorder", "counters",
+    "failback", "payload", "tun", "accesses", "reorder", "counters", "inbound",
 }  # fmt: skip
 
 

@@ -23,7 +23,7 @@ STATUS_KEYS = {
     # README "Status file", the concentrator's keys
     "role", "pid", "time", "state", "modes", "payloads", "listen", "tun", "taps", "ip_forward",
     "nat", "clients",
-    "sessions", "connections", "refused", "counters", "server", "stream", "crl",
+    "sessions", "connections", "refused", "counters", "server", "stream", "crl", "inbound",
 }  # fmt: skip
 
 

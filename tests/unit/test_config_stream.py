@@ -50,7 +50,8 @@ def test_client_keys() -> None:
 
 def test_enabled_client_needs_interception_or_socks() -> None:
     with pytest.raises(
-        ConfigError, match=re.escape("neither stream.intercept nor stream.socks_port")
+        ConfigError,
+        match=re.escape("none of stream.intercept, stream.socks_port and stream.inbound"),
     ):
         _client("stream.enabled=true", "stream.intercept=[]")
 
@@ -109,3 +110,23 @@ def test_server_bad_values(override: str, message: str) -> None:
 def test_client_bad_port() -> None:
     with pytest.raises(ConfigError, match=re.escape("stream.listen_port = 0")):
         _client("stream.listen_port=0")
+
+
+def test_inbound_keys_parse_ports_and_ranges() -> None:
+    client = _client(
+        "stream.enabled=true", "stream.intercept=[]", "stream.inbound=[8080, 22]",
+        'stream.inbound_host="127.0.0.1"', 'stream.pcp_server="10.0.0.1"',
+    )  # fmt: skip
+    assert client.inbound == (22, 8080) and client.inbound_host == IPv4Address("127.0.0.1")
+    assert client.pcp_server == IPv4Address("10.0.0.1") and client.inbound_lifetime == 3600
+    server = _server('stream.inbound_ports=[8080, "9000-9002"]', 'stream.inbound_addresses=["::"]')
+    assert server.inbound_ports == (8080, 9000, 9001, 9002)
+    assert server.inbound_max_per_client == 8 and server.inbound_max_lifetime == 7200
+    assert _server().inbound_ports == () and _server().inbound_addresses == ()
+
+
+@pytest.mark.parametrize("bad", ["[0]", '["9002-9000"]', '["80-x"]', "[true]", "8080", "[70000]"])
+def test_bad_inbound_ports_get_one_sentence(bad: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape("stream.inbound_ports = ")) as caught:
+        _server(f"stream.inbound_ports={bad}")
+    assert 'ports (1-65535) and "low-high" ranges' in str(caught.value)

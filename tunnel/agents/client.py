@@ -87,6 +87,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection
 
 from tunnel.agents.access_health import LinkState, LivenessProbe
+from tunnel.agents.port_mapper import PortMapper
 from tunnel.config import AccessConfig, ClientConfig, TunConfig
 from tunnel.policy.qos import qos_value
 from tunnel.protocol.connection import (
@@ -939,6 +940,23 @@ class _SessionMode:
 # -- the agent ----------------------------------------------------------------------------------
 
 
+def _port_mapper(config: ClientConfig) -> PortMapper | None:
+    """The PCP client of `[stream] inbound` (None: no ports offered). It asks for the first
+    TUN address of the PCP server's family (the concentrator's address by default)."""
+    stream = config.stream
+    if not stream.enabled or not stream.inbound:
+        return None
+    server = stream.pcp_server or config.concentrator_address
+    mine = [a.ip for a in config.tun.addresses if a.version == server.version]
+    if not mine:
+        log.warning(
+            "inbound ports not mapped: no tun address of the family of the PCP server %s",
+            server,
+        )
+        return None
+    return PortMapper(stream.inbound, mine[0], server, stream.inbound_lifetime)
+
+
 class ClientAgent:
     """The client's decisions (see the module docstring).
 
@@ -971,6 +989,8 @@ class ClientAgent:
         self._mode: _Mode = (
             _TunnelMode(self) if config.mode is TunnelMode.TUNNEL else _SessionMode(self)
         )
+        # the reversed flow of stream mode: PCP MAP requests for `[stream] inbound`
+        self.port_mapper = _port_mapper(config)
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -1009,6 +1029,10 @@ class ClientAgent:
         mode = self._mode.next_deadline()
         if mode is not None:
             times.append(mode)
+        if self.port_mapper is not None:
+            pcp = self.port_mapper.next_deadline()
+            if pcp is not None:
+                times.append(pcp)
         session = self._mode.session
         if session is not None:
             reorder = session.next_deadline()
@@ -1115,6 +1139,7 @@ class ClientAgent:
             "accesses": accesses,
             "reorder": asdict(session.reorder_stats) if session is not None else {},
             "counters": dict(totals),
+            "inbound": self.port_mapper.status() if self.port_mapper is not None else [],
         }
 
     def _resend_totals(self) -> Counter[str]:
@@ -1222,6 +1247,10 @@ class ClientAgent:
             else:
                 reason = f"connection closed: {tunnel.close_reason or event.reason_phrase}"
             self._end(path, reason, now)
+        if not isinstance(event, quic_events.DatagramFrameReceived):
+            # the stream-mode connection changes with handshakes, sessions and closes, never
+            # with a datagram (the per-packet path stays as it was)
+            self._map_ports(now)
         return _NO_EVENTS if stream is None else stream
 
     def tunnel_event(self, path: Path, event: TunnelEvent, now: float) -> None:
@@ -1292,6 +1321,7 @@ class ClientAgent:
                 self._check_health(path, now)
         self._probe_accesses(now)
         self._mode.handle_timer(now)
+        self._map_ports(now)
 
     def shutdown(self, now: float) -> None:
         """Close every connection (CONNECTION_CLOSE): the program is stopping."""
@@ -1384,7 +1414,23 @@ class ClientAgent:
         self._dirty[path] = None
 
     def deliver(self, packets: Iterable[bytes]) -> None:
-        self._to_tun.extend(packets)
+        mapper = self.port_mapper
+        if mapper is None:
+            self._to_tun.extend(packets)
+            return
+        now = self.last_now
+        self._to_tun.extend(p for p in packets if not mapper.received(p, now))
+
+    def _map_ports(self, now: float) -> None:
+        """Send the PCP requests due (a new stream-mode connection, a renewal, a retry)."""
+        mapper = self.port_mapper
+        if mapper is None:
+            return
+        carrier = self._mode.stream_carrier()
+        packets = mapper.update(None if carrier is None else carrier.tunnel, now)
+        if packets:
+            for path in self._mode.send(packets, now):
+                self.transmit(path)
 
     def too_big(self, packet: bytes, result: SendResult) -> None:
         """Answer an oversized packet as a router would (tunnel/wire/icmp.py)."""

@@ -58,6 +58,12 @@ TapClosed when it is forgotten); its frames pass the MAC filter (tunnel/policy/m
 and the rate limit into that TAP (`write_taps`), and what the bridge sends into the TAP goes
 back to it (`from_tap`). The IP rules above (addresses, RFC 2827, `to_concentrator`, Packet Too
 Big) are IP's and do not apply to frames.
+The reversed flow of stream mode (README "Stream mode"): a UDP packet of a stream-mode client to
+port 5351 (PCP, RFC 6887) of one of the host's or the TUN's addresses is taken before the host
+guard: a MAP request is decided by tunnel/policy/inbound.py and answered with a UDP packet back
+through the tunnel; a granted mapping is the InboundMapped action (the program listens on the
+external port, and opens a stream to `stream_connection(client)` for each connection it
+accepts), its end (lifetime over, deleted, client gone) InboundUnmapped.
 
 A bug met while handling one packet costs that packet only: counted as internal_errors and
 logged with its traceback within a LogBudget. Lines a peer can cause at will (refusals, reports)
@@ -84,6 +90,7 @@ from tunnel.config import ConcentratorConfig
 from tunnel.policy.addresses import AddressTable, Claim, is_link_scoped_ipv6
 from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier
 from tunnel.policy.host_guard import HostGuard
+from tunnel.policy.inbound import LONG_ERROR_LIFETIME, Decision, InboundTable, Mapping
 from tunnel.policy.ingress import IngressFilter
 from tunnel.policy.log_budget import LogBudget
 from tunnel.policy.mac_filter import MacFilter, mac_text
@@ -120,9 +127,25 @@ from tunnel.wire.icmp import (
 )
 from tunnel.wire.messages import ACCESS_NAMES, AccessId, AccessSignal, access_name
 from tunnel.wire.modes import TunnelMode
+from tunnel.wire.pcp import (
+    PCP_SERVER_PORT,
+    Opcode,
+    PcpError,
+    ResultCode,
+    UdpDatagram,
+    decode_request,
+    error_response,
+    is_droppable,
+    parse_udp,
+    udp_packet,
+)
+from tunnel.wire.pcp import MapResponse as PcpMapResponse
 
 log = logging.getLogger("qtun.concentrator")
 
+PCP_PER_SECOND: Final = 10.0
+"""PCP requests a client gets answered per second (burst twice that); the rest are dropped and
+counted (`pcp_dropped`): each may cost a probe bind per candidate port and a log line."""
 PROBE_BACKOFF_MAX: Final = 1.0
 """Seconds between PINGs at most on a dead path of a session (the backoff's cap)."""
 AUTH_FAILED_REASON: Final = (
@@ -249,6 +272,22 @@ class TapClosed:
     client: str
 
 
+@dataclass(frozen=True)
+class InboundMapped:
+    """A client's PCP MAP request was granted (tunnel/policy/inbound.py): accept TCP on
+    `mapping.external_port` and carry each connection to the client on a stream."""
+
+    mapping: Mapping
+
+
+@dataclass(frozen=True)
+class InboundUnmapped:
+    """A mapping ended (`reason`: lifetime over, deleted, client gone): stop listening."""
+
+    mapping: Mapping
+    reason: str
+
+
 Action = (
     Refused
     | Closed
@@ -258,10 +297,13 @@ Action = (
     | StatusChanged
     | TapOpened
     | TapClosed
+    | InboundMapped
+    | InboundUnmapped
 )
 """What `next_action()` returns. The edge transmits the `connection` of Refused, Closed,
 SessionAnswered and Transmit, rewrites the status file on StatusChanged, makes or removes the
-client's TAP on TapOpened / TapClosed; CrlReloaded is for the log."""
+client's TAP on TapOpened / TapClosed, listens on a mapped port for InboundMapped and stops for
+InboundUnmapped; CrlReloaded is for the log."""
 
 
 @dataclass(frozen=True)
@@ -740,6 +782,7 @@ class _Client:
     """The DSCP its forwarded packets get: its session's QoS Flow Indication mapped by the site's
     [[qos]] tables (tunnel/policy/qos.py); None leaves them as sent."""
     strategy: _ClientMode = field(init=False)
+    pcp: TokenBucket | None = None  # PCP requests answered, one token each (made at the first)
 
 
 # -- the core -------------------------------------------------------------------------------------
@@ -753,6 +796,8 @@ class ConcentratorCore:
     :param verifier: checks client certificates (with the CRL, if any).
     :param random_bytes: the source of Session IDs.
     :param utc_now: wall-clock time, for certificate validity.
+    :param port_free: whether a TCP port can be listened on (the program binds a probe socket);
+        a mapping is never granted on a busy one.
     """
 
     def __init__(
@@ -763,6 +808,7 @@ class ConcentratorCore:
         verifier: ClientVerifier,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         utc_now: Callable[[], datetime.datetime] = _utc_now,
+        port_free: Callable[[int], bool] = lambda _: True,
     ) -> None:
         self.config = config
         self.limits = config.limits
@@ -808,6 +854,18 @@ class ConcentratorCore:
         # runs after every input)
         self._expiry: float | None = None
         self._expiry_stale = False
+        # the reversed flow of stream mode: PCP mappings (tunnel/policy/inbound.py)
+        stream = config.stream
+        self.inbound = InboundTable(
+            stream.inbound_ports if stream.enabled else (),
+            max_per_client=stream.inbound_max_per_client,
+            max_lifetime=stream.inbound_max_lifetime,
+            # its own port (QUIC's is UDP, but a TCP mapping on it would only confuse); the
+            # TCP ports it listens on are busy, which port_free finds
+            reserved=(config.port,),
+            port_free=port_free,
+        )
+        self._epoch_start = now  # RFC 6887 §8.5: the Epoch Time counts from here
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -834,6 +892,9 @@ class ConcentratorCore:
             soonest = min(self._health_due.values())
             if timer is None or soonest < timer:
                 timer = soonest
+        inbound = self.inbound.next_expiry()
+        if inbound is not None and (timer is None or inbound < timer):
+            timer = inbound
         return timer
 
     def write_tun(self, write: Callable[[bytes], bool]) -> None:
@@ -885,6 +946,18 @@ class ConcentratorCore:
         client = self._clients.get(name)
         return None if client is None else client.strategy.session
 
+    def stream_connection(self, name: str) -> TunnelConnection | None:
+        """The open stream-mode connection of client `name` that inbound connections go to
+        (its newest), or None."""
+        client = self._clients.get(name)
+        if client is None:
+            return None
+        for peer in reversed(client.peers):
+            connection = peer.connection
+            if connection.stream_mode and not connection.closed:
+                return connection
+        return None
+
     @property
     def connection_count(self) -> int:
         return len(self._peers)
@@ -909,6 +982,14 @@ class ConcentratorCore:
             "connections": len(self._peers),
             "refused": dict(self.refused),
             "counters": dict(self.counters),
+            "inbound": [
+                {
+                    "client": m.client,
+                    "external_port": m.external_port,
+                    "internal": f"{m.internal_address}:{m.internal_port}",
+                }
+                for m in sorted(self.inbound.of_all(), key=lambda m: m.external_port)
+            ],
             "crl": None
             if revocations is None
             else {
@@ -957,6 +1038,12 @@ class ConcentratorCore:
             self._tunnel_event(peer, tunnel_event, now)
         return _NO_EVENTS if stream is None else stream
 
+    def inbound_listen_failed(self, mapping: Mapping, reason: str) -> None:
+        """The program could not listen on a granted mapping's port (taken meanwhile): forget
+        the mapping; the client's renewal asks again and gets another port or a refusal."""
+        if self.inbound.remove(mapping):
+            self._unmapped(mapping, f"cannot listen: {reason}")
+
     def host_addresses_changed(self, addresses: Iterable[IPv4Address | IPv6Address]) -> None:
         """The host's own addresses (all interfaces, netlink-followed) for `to_concentrator`."""
         self.host_guard.update(addresses)
@@ -998,6 +1085,8 @@ class ConcentratorCore:
         expiry = self._next_expiry()
         if expiry is not None and expiry <= now:
             self._expire_sessions(now)
+        for mapping in self.inbound.expire(now):
+            self._unmapped(mapping, "lifetime over")
 
     # -- authentication and admission --------------------------------------------------------
 
@@ -1220,6 +1309,8 @@ class ConcentratorCore:
     def _forget(self, client: _Client) -> None:
         del self._clients[client.name]
         self._reorder_due.pop(client, None)
+        for mapping in self.inbound.release(client.name):
+            self._unmapped(mapping, "client gone")
         released = self.addresses.release(client.name)
         if client.payload is Payload.ETHERNET:
             self._actions.append(TapClosed(client.name))
@@ -1427,6 +1518,8 @@ class ConcentratorCore:
             client.counters["ingress_dropped"] += 1
             self.counters["ingress_dropped"] += 1
             return
+        if self._pcp(client, packet, now):
+            return
         if not self.host_guard.admits(packet):
             client.counters["to_concentrator_dropped"] += 1
             self.counters["to_concentrator_dropped"] += 1
@@ -1491,6 +1584,135 @@ class ConcentratorCore:
         self.counters["tap_failed"] += 1
         if client is not None:
             self._end_client(client, f"the concentrator cannot serve Ethernet: {reason}", now)
+
+    # -- PCP (RFC 6887) through the tunnel: the reversed flow of stream mode -------------------
+
+    def _pcp(self, client: _Client, packet: bytes, now: float) -> bool:
+        """Take a client's PCP request to this host (UDP 5351 of one of its addresses or the
+        TUN's), answer it, and act on it; False for any other packet (the cost on the
+        forwarding path: a few byte comparisons)."""
+        if not self.config.stream.enabled:
+            return False  # the reversed flow is stream mode's: UDP 5351 is left to the host
+        datagram = parse_udp(packet, PCP_SERVER_PORT)
+        if datagram is None:
+            return False
+        destination = datagram.destination
+        if destination.packed not in self.host_guard.own_addresses and not any(
+            a.ip == destination for a in self.config.tun.addresses
+        ):
+            return False
+        client.counters["pcp_requests"] += 1
+        self.counters["pcp_requests"] += 1
+        if client.pcp is None:
+            client.pcp = TokenBucket(PCP_PER_SECOND, burst=2 * PCP_PER_SECOND, now=now)
+        data = datagram.payload
+        if not client.pcp.allow(1, now) or is_droppable(data):  # §8.3: runts, responses
+            client.counters["pcp_dropped"] += 1
+            self.counters["pcp_dropped"] += 1
+            return True
+        epoch = max(0, int(now - self._epoch_start)) & 0xFFFFFFFF
+        try:
+            request = decode_request(data)
+        except PcpError as exc:
+            self._pcp_refused(client, exc.result, exc.message, now)
+            answer = error_response(data, exc.result, LONG_ERROR_LIFETIME, epoch)
+            self._pcp_answer(client, datagram, answer, now)
+            return True
+        if request.map is None:
+            # §14.1: ANNOUNCE is answered (the client learns our epoch); PEER is not served.
+            result = ResultCode.SUCCESS if request.opcode == Opcode.ANNOUNCE else (
+                ResultCode.UNSUPP_OPCODE
+            )  # fmt: skip
+            if result is not ResultCode.SUCCESS:
+                self._pcp_refused(client, result, f"opcode {request.opcode}", now)
+            self._pcp_answer(client, datagram, error_response(data, result, 0, epoch), now)
+            return True
+        mandatory = [o.code for o in request.map.options if o.mandatory]
+        if mandatory:  # §7.3: a mandatory option we do not know
+            decision = Decision(
+                ResultCode.UNSUPP_OPTION,
+                LONG_ERROR_LIFETIME,
+                0,
+                reason=f"options {mandatory} not supported",
+            )
+        elif self.stream_connection(client.name) is None:
+            decision = Decision(
+                ResultCode.NOT_AUTHORIZED,
+                LONG_ERROR_LIFETIME,
+                0,
+                reason="inbound TCP needs stream mode on the client's connection",
+            )
+        else:
+            decision = self.inbound.request(client.name, datagram.source, request.map, now)
+        if decision.result is not ResultCode.SUCCESS:
+            self._pcp_refused(client, decision.result, decision.reason, now)
+        for mapping in decision.removed:
+            self._unmapped(mapping, "deleted by the client")
+        if decision.created is not None:
+            mapping = decision.created
+            log.info(
+                "inbound mapped client=%s external=%d internal=%s:%d lifetime=%d",
+                client.name,
+                mapping.external_port,
+                mapping.internal_address,
+                mapping.internal_port,
+                decision.lifetime,
+            )
+            self._actions.append(InboundMapped(mapping))
+            self._status_changed()
+        map_request = request.map
+        response = PcpMapResponse(
+            decision.result,
+            decision.lifetime,
+            epoch,
+            map_request.nonce,
+            map_request.protocol,
+            map_request.internal_port,
+            decision.external_port,
+            self._external_address(datagram.destination)
+            if decision.external_port
+            else map_request.suggested_address,
+        )
+        self._pcp_answer(client, datagram, response.encode(), now)
+        return True
+
+    def _external_address(self, fallback: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+        """The address outside hosts reach a mapped port at (§11.1 Assigned External IP)."""
+        addresses = self.config.stream.inbound_addresses or self.config.listen_addresses
+        specific = [a for a in addresses if not a.is_unspecified]
+        return specific[0] if specific else fallback
+
+    def _pcp_refused(self, client: _Client, result: ResultCode, reason: str, now: float) -> None:
+        client.counters["pcp_refused"] += 1
+        self.counters["pcp_refused"] += 1
+        self._log_limited(
+            f"pcp-{client.name}",
+            logging.INFO,
+            now,
+            "pcp refused client=%s result=%s reason=%s",
+            client.name,
+            result.name,
+            reason,
+        )
+
+    def _pcp_answer(self, client: _Client, request: UdpDatagram, answer: bytes, now: float) -> None:
+        reply = UdpDatagram(
+            request.destination, request.source, PCP_SERVER_PORT, request.source_port, answer
+        )
+        touched: set[TunnelConnection] = set()
+        self._to_client(client, udp_packet(reply), now, touched)
+        for connection in touched:
+            self._actions.append(Transmit(connection))
+
+    def _unmapped(self, mapping: Mapping, reason: str) -> None:
+        log.info(
+            "inbound unmapped client=%s external=%d reason=%s",
+            mapping.client,
+            mapping.external_port,
+            reason,
+        )
+        self._actions.append(InboundUnmapped(mapping, reason))
+        self._status_changed()
 
     def _claim_source(self, client: _Client, packet: bytes) -> None:
         try:
@@ -1669,6 +1891,8 @@ __all__ = [
     "ConcentratorCore",
     "CrlReloaded",
     "Forwarded",
+    "InboundMapped",
+    "InboundUnmapped",
     "PeerQuicConnection",
     "Refusal",
     "Refused",

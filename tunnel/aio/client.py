@@ -370,7 +370,9 @@ class Client:
     async def _start_stream_client(self) -> None:
         from tunnel.aio.stream_client import StreamClient
 
-        stream = StreamClient(self.config.stream, self._stream_current)
+        # inbound streams (the reversed flow) may name only our own tunnel addresses
+        inner = tuple(a.ip for a in self.config.tun.addresses)
+        stream = StreamClient(self.config.stream, self._stream_current, inner)
         try:
             await stream.start()
         except Exception as exc:

@@ -5,7 +5,8 @@ goes — is taken by `ConcentratorCore` (tunnel/agents/concentrator.py, sans-I/O
 tells what happens to a connection and to a packet). This program owns what the core must not
 touch, as aioquic's asyncio layer does for QuicConnection: the UDP sockets and the QUIC server
 (tunnel/aio/udp.py), the TUN device, the nftables masquerade, the netlink watch of the host's
-addresses, the key log and qlog files, the status file, the stream-mode server and the signals.
+addresses, the key log and qlog files, the status file, the stream-mode server and the signals,
+and the listeners of the ports clients mapped with PCP (the reversed flow of stream mode).
 It feeds the core every QUIC event, every batch read from the TUN and its timer, and carries
 out its actions: send what the core queued on a connection, write packets into the TUN,
 rewrite the status file.
@@ -25,6 +26,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
@@ -35,6 +37,8 @@ from aioquic.quic import events as quic_events
 from tunnel.agents.concentrator import (
     ConcentratorCore,
     CrlReloaded,
+    InboundMapped,
+    InboundUnmapped,
     StatusChanged,
     TapClosed,
     TapOpened,
@@ -53,6 +57,7 @@ from tunnel.aio.status import StatusWriter
 from tunnel.aio.tun import DeviceKind, TunDevice, TunError, bridge_problem
 from tunnel.aio.udp import QuicDriver, QuicServer, run
 from tunnel.config import ConcentratorConfig
+from tunnel.policy.inbound import Mapping
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import ETHERNET_HEADER_SIZE, Payload
@@ -84,6 +89,12 @@ class StreamHandler(Protocol):
 
     def stats(self) -> dict[str, int]: ...
 
+    def inbound_relay(
+        self,
+        mapping: Mapping,
+        carrier: Callable[[str], tuple[TunnelConnection, Callable[[], None]] | None],
+    ) -> Callable[[], Any]: ...
+
 
 class ConcentratorProgram:
     """The running concentrator (see the module docstring). `start()`, then `stop()`."""
@@ -93,7 +104,11 @@ class ConcentratorProgram:
         self.loop = asyncio.get_running_loop()
         self.state = ProgramState.STARTING
         verifier = load_verifier(config.tls.ca, config.tls.crl)
-        self.core = ConcentratorCore(config, self.loop.time(), verifier=verifier)
+        self.core = ConcentratorCore(
+            config, self.loop.time(), verifier=verifier, port_free=self._port_free
+        )
+        # the listeners of mapped ports (the reversed flow), by external port
+        self.inbound: dict[int, list[asyncio.AbstractServer]] = {}
         self.drivers: dict[TunnelConnection, QuicDriver] = {}
         self.timer = DeadlineTimer(self._guarded(self.core.handle_timer), self.loop)
         self.tun: TunDevice | None = None
@@ -136,7 +151,10 @@ class ConcentratorProgram:
                 raise RuntimeFailure(str(exc)) from None
             exclude = ",".join(map(str, config.nat_exclude)) or "none"
             log.info("nat on table=%s exclude=%s", self.nat.table, exclude)
-        if config.to_concentrator != "allow":
+        # the host's addresses: for the host guard, and to tell PCP requests to this host
+        if config.to_concentrator != "allow" or (
+            config.stream.enabled and config.stream.inbound_ports
+        ):
             self._address_watch = local_address_watch(self._guarded(self._addresses_changed))
             try:
                 await self._address_watch.start()
@@ -189,6 +207,8 @@ class ConcentratorProgram:
             log.info("stopping connections=%d", self.core.connection_count)
         self.core.shutdown(self.loop.time())
         self._carry_out()
+        for port in list(self.inbound):
+            self._stop_listening(port)
         if self.stream_server is not None:
             self.stream_server.close()
         if self.server is not None:
@@ -300,12 +320,95 @@ class ConcentratorProgram:
                 self._open_tap(action.client, action.mode)
             elif isinstance(action, TapClosed):
                 self._close_tap(action.client)
+            elif isinstance(action, InboundMapped):
+                self._listen(action.mapping)
+            elif isinstance(action, InboundUnmapped):
+                self._stop_listening(action.mapping.external_port)
             elif not isinstance(action, CrlReloaded):  # the core logged it
                 driver = self.drivers.get(action.connection)
                 if driver is not None:
                     driver.transmit_soon()
         core.write_taps(self._write_tap)
         self.timer.arm(core.get_timer())
+
+    # -- the reversed flow of stream mode: listeners of mapped ports -----------------------------
+
+    def _inbound_addresses(self) -> tuple[IPv4Address | IPv6Address, ...]:
+        return self.config.stream.inbound_addresses or self.config.listen_addresses
+
+    def _port_free(self, port: int) -> bool:
+        """Whether TCP `port` can be listened on at every inbound address (a probe bind)."""
+        if port in self.inbound:
+            return False
+        for address in self._inbound_addresses():
+            family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((str(address), port))
+                except OSError:
+                    return False
+        return True
+
+    def _listen(self, mapping: Mapping) -> None:
+        """Listen on the mapping's external port (bound now, so a failure is known at once;
+        served from the next loop iteration)."""
+        if self.stream_server is None or mapping.external_port in self.inbound:
+            return
+        factory = self.stream_server.inbound_relay(mapping, self._stream_carrier)
+        sockets: list[socket.socket] = []
+        try:
+            for address in self._inbound_addresses():
+                family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((str(address), mapping.external_port))
+                sock.listen(128)
+                sock.setblocking(False)
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            log.warning(
+                "inbound listen failed port=%d client=%s error=%s",
+                mapping.external_port,
+                mapping.client,
+                exc.strerror or exc,
+            )
+            self.core.inbound_listen_failed(mapping, str(exc.strerror or exc))
+            return
+        servers: list[asyncio.AbstractServer] = []
+        self.inbound[mapping.external_port] = servers
+
+        async def serve() -> None:
+            for sock in sockets:
+                server = await self.loop.create_server(factory, sock=sock)
+                if servers is not self.inbound.get(mapping.external_port):
+                    server.close()  # unmapped meanwhile
+                    continue
+                servers.append(server)
+
+        self.loop.create_task(serve())
+        log.info(
+            "inbound listening port=%d client=%s to=%s:%d",
+            mapping.external_port,
+            mapping.client,
+            mapping.internal_address,
+            mapping.internal_port,
+        )
+
+    def _stop_listening(self, port: int) -> None:
+        for server in self.inbound.pop(port, []):
+            server.close()
+
+    def _stream_carrier(self, name: str) -> tuple[TunnelConnection, Callable[[], None]] | None:
+        connection = self.core.stream_connection(name)
+        driver = self.drivers.get(connection) if connection is not None else None
+        if connection is None or driver is None:
+            return None
+        return connection, driver.transmit_soon
 
     def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
         """`callback` for the loop: carries out the core's actions after it, and turns a bug

@@ -36,6 +36,15 @@ SYN of a held connection is dropped; a SYN without a QUIC connection up is answe
 If the program dies, the rule's queue bypass lets SYNs through (early mode's behaviour).
 
 Connections accepted while `current()` is None (no QUIC connection up) are reset at once.
+
+The reversed flow (README "Stream mode"): a stream the concentrator opens (TCP Connect + End
+naming one of our tunnel addresses and a port) is accepted only for a port of `[stream]
+inbound` (the ports the client asked to have mapped, tunnel/agents/port_mapper.py) and one of
+`inner_addresses`; anything else is refused with Error TLV Network Failure. An accepted one is
+connected to `inbound_host` (unset: the address the concentrator named) within
+CONNECT_TIMEOUT: TCP Connect OK + End, then the relay both ways as for our own streams; a
+failed connect answers Error TLV Network Failure + End + FIN (-tcp §5.1.3), which the
+concentrator turns into a reset of the outside connection.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Final
 
 from tunnel.aio.nfqueue import NfQueue, NfQueueError, QueuedPacket
-from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit
+from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit, set_linger_zero
 from tunnel.config import StreamClientConfig
 from tunnel.protocol.connection import (
     StopSendingReceived,
@@ -65,6 +74,7 @@ from tunnel.protocol.connection import (
     TcpConnectRequested,
     TunnelConnection,
     TunnelEvent,
+    TunnelUsageError,
 )
 from tunnel.protocol.stream_mode import StreamEvent, TcpEvent
 from tunnel.user_error import RuntimeFailure
@@ -91,6 +101,7 @@ longer than any connect_timeout the concentrator may use."""
 MAX_HELD: Final = 1024
 NFT_PRIORITY: Final = -100  # dstnat
 LISTEN_BACKLOG: Final = 1024  # asyncio's default 100 drops SYNs of a burst of connections
+CONNECT_TIMEOUT: Final = 5.0  # seconds for the local connect of an inbound stream
 
 Current = Callable[[], tuple[TunnelConnection, Callable[[], None]] | None]
 
@@ -276,9 +287,16 @@ class _SocksRelay(TcpRelay):
 class StreamClient:
     """The client's stream mode (see the module docstring)."""
 
-    def __init__(self, config: StreamClientConfig, current: Current) -> None:
+    def __init__(
+        self,
+        config: StreamClientConfig,
+        current: Current,
+        inner_addresses: tuple[IPv4Address | IPv6Address, ...] = (),
+    ) -> None:
         self.config = config
         self.current = current
+        self.inner_addresses = frozenset(inner_addresses)
+        self.inbound_ports = frozenset(config.inbound)
         self.hub = RelayHub(send_buffer=config.send_buffer)
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -287,6 +305,9 @@ class StreamClient:
         self.refused_no_connection = 0
         self.refused_not_redirected = 0
         self.connect_failed = 0
+        self.inbound_accepted = 0
+        self.inbound_refused = 0
+        self.inbound_failed = 0
         self.nft_table = NFT_TABLE
         # faithful connect: the queue, the SYNs it holds (by flow and by stream), the raw
         # sockets that answer a refused one, the iptables chains installed (by IP version)
@@ -536,11 +557,7 @@ class StreamClient:
             return False
         relay = self.hub.relays.get((id(conn), sid))
         if isinstance(event, TcpConnectRequested):
-            # The concentrator opening a connection towards us (the -tcp draft's "remote-
-            # initiated connection") is not supported: refuse it in band (§5.1.3).
-            log.info("tcp connect from the concentrator refused stream=%d", sid)
-            conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
-            transmit()
+            self._on_inbound(conn, event, transmit)
             return True
         if isinstance(event, TcpConnectAccepted):
             if isinstance(relay, _SocksRelay):
@@ -559,10 +576,11 @@ class StreamClient:
                 relay.abort(f"the concentrator could not connect (Error TLV code {event.code})")
             return True
         if isinstance(event, StreamDataReceived):
-            if relay is not None and not relay.opened:  # a held SYN's: until the socket is ours
-                relay.on_buffered(event.data, event.end)
-            elif relay is not None:
-                relay.on_stream_data(event.data, event.end)
+            if relay is not None:
+                if relay.opened:
+                    relay.on_stream_data(event.data, event.end)
+                else:  # a held SYN's, or an inbound stream still connecting
+                    relay.on_buffered(event.data, event.end)
             return True
         if isinstance(event, StreamReset | StopSendingReceived):
             if relay is not None:
@@ -593,7 +611,74 @@ class StreamClient:
             "connect_failed": self.connect_failed,
             "syns_held": self.syns_held,
             "syns_answered": self.syns_answered,
+            "inbound_accepted": self.inbound_accepted,
+            "inbound_refused": self.inbound_refused,
+            "inbound_failed": self.inbound_failed,
         }
+
+    # -- the reversed flow: streams the concentrator opens -------------------------------------
+
+    def _on_inbound(
+        self, conn: TunnelConnection, event: TcpConnectRequested, transmit: Transmit
+    ) -> None:
+        sid, port = event.stream_id, event.port
+        if port not in self.inbound_ports or event.address not in self.inner_addresses:
+            self.inbound_refused += 1
+            log.info(
+                "inbound tcp refused stream=%d to=%s:%d reason=not an offered port and address",
+                sid,
+                event.address,
+                port,
+            )
+            conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
+            transmit()
+            return
+        relay = TcpRelay(self.hub, self.config.window, hold_until_open=True)
+        relay.attach(conn, sid, transmit)
+        host = self.config.inbound_host or event.address
+        task = asyncio.get_running_loop().create_task(
+            self._connect_inbound(conn, relay, host, port)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_inbound(
+        self,
+        conn: TunnelConnection,
+        relay: TcpRelay,
+        host: IPv4Address | IPv6Address,
+        port: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        sid = relay.stream_id
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: relay, str(host), port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            self.inbound_failed += 1
+            reason = "timeout" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            log.info("inbound tcp failed stream=%d to=%s:%d error=%s", sid, host, port, reason)
+            if not relay.finished and not conn.closed:
+                with contextlib.suppress(TunnelUsageError):
+                    conn.fail_tcp_stream(sid, StreamErrorCode.NETWORK_FAILURE)
+                    relay.transmit()
+            relay.discard()
+            return
+        if relay.finished or conn.closed:  # the stream or the connection ended meanwhile
+            if relay.transport is not None:  # the relay no longer owns it: reset it here
+                set_linger_zero(relay.transport.get_extra_info("socket"))
+                relay.transport.abort()
+            relay.abort("gone while connecting")
+            return
+        try:
+            conn.accept_tcp_stream(sid)
+        except TunnelUsageError as exc:
+            relay.abort(f"gone while connecting: {exc}")
+            return
+        self.inbound_accepted += 1
+        relay.open(StreamEvent.STREAM_OPENED_TLVS_RECEIVED)
+        relay.transmit()
 
     # -- new application connections -------------------------------------------------------
 

@@ -27,6 +27,15 @@ Who the client is: `client_of(conn)`, given by the concentrator (the name it aut
 tunnel/policy/client_auth.py, before it hands us any event of that connection); without it (test
 harnesses) each connection is a client of its own.
 
+The reversed flow (README "Stream mode"): for a mapping the core granted over PCP
+(tunnel/policy/inbound.py), the program listens on its external port with `inbound_relay` as
+the protocol factory. Each accepted connection opens a stream on the client's stream-mode
+connection (TCP Connect + End naming the client's internal address and port, §5.1.1) and is
+relayed at once, its first bytes sent optimistically as the client's own transparent
+connections are (tunnel/aio/stream_client.py); an Error TLV from the client (its local connect
+failed, or it does not offer the port) resets the outside connection, and so does an accept
+while the client has no stream-mode connection.
+
 The program (tunnel/aio/concentrator.py) makes each stream-mode connection with
 `PeerQuicConnection(**server.quic_options(), ...)` (stream_mode, max_streams_bidi =
 max_streams, stream_window = window), calls `handle(conn, event, transmit)` for each stream-mode
@@ -52,6 +61,7 @@ from typing import Any, Final
 
 from tunnel.aio.stream_relay import RelayHub, TcpRelay, Transmit
 from tunnel.config import StreamServerConfig
+from tunnel.policy.inbound import Mapping
 from tunnel.policy.log_budget import LogBudget
 from tunnel.policy.stream_policy import DestinationPolicy, StreamBudget
 from tunnel.protocol.connection import (
@@ -59,17 +69,21 @@ from tunnel.protocol.connection import (
     StreamDataReceived,
     StreamRejected,
     StreamReset,
+    TcpConnectAccepted,
+    TcpConnectFailed,
     TcpConnectRequested,
     TunnelConnection,
     TunnelEvent,
     TunnelUsageError,
 )
-from tunnel.protocol.stream_mode import StreamEvent
+from tunnel.protocol.stream_mode import StreamEvent, TcpEvent
 from tunnel.wire.errors import StreamErrorCode
 
 log = logging.getLogger("qtun.stream")
 
 ClientOf = Callable[[TunnelConnection], str | None]
+StreamCarrier = Callable[[str], tuple[TunnelConnection, Transmit] | None]
+"""The client's stream-mode connection now (and how to transmit it), or None."""
 
 ICMP_PAYLOAD_MAX: Final = 253
 """Error TLV value = 2-byte code + payload, in a TLV whose length is one byte (-tunnel §5)."""
@@ -260,6 +274,9 @@ class StreamServer:
         self.refused_memory = 0
         self.connect_failures = 0
         self.rejected_malformed = 0
+        self.inbound_opened = 0
+        self.inbound_no_connection = 0
+        self.inbound_refused = 0
 
     def quic_options(self) -> dict[str, Any]:
         """Keyword arguments for TunnelQuicConnection on a stream-mode concentrator."""
@@ -277,6 +294,20 @@ class StreamServer:
             self._on_connect_requested(conn, event, transmit)
             return True
         relay = self.hub.relays.get((id(conn), getattr(event, "stream_id", -1)))
+        if isinstance(event, TcpConnectAccepted):
+            return True  # an inbound stream: relayed since it was opened
+        if isinstance(event, TcpConnectFailed):
+            # the client could not (or would not) connect an inbound stream: reset outside
+            self.inbound_refused += 1
+            self._log(
+                self._client(conn),
+                "inbound tcp failed client=%s stream=%d code=%d",
+                event.stream_id,
+                event.code,
+            )
+            if relay is not None:
+                relay.abort(f"the client answered Error TLV code {event.code}")
+            return True
         if isinstance(event, StreamDataReceived):
             if relay is not None:
                 if not relay.opened:
@@ -339,7 +370,49 @@ class StreamServer:
             "refused_memory": self.refused_memory,
             "connect_failures": self.connect_failures,
             "rejected_malformed": self.rejected_malformed,
+            "inbound_opened": self.inbound_opened,
+            "inbound_no_connection": self.inbound_no_connection,
+            "inbound_refused": self.inbound_refused,
         }
+
+    # -- the reversed flow: connections accepted on a mapped port --------------------------------
+
+    def inbound_relay(self, mapping: Mapping, carrier: StreamCarrier) -> Callable[[], TcpRelay]:
+        """The protocol factory of the listener of `mapping`'s external port."""
+
+        def make() -> TcpRelay:
+            relay = TcpRelay(self.hub, self.config.window)
+            relay.on_made = lambda made: self._inbound_made(made, mapping, carrier)
+            return relay
+
+        return make
+
+    def _inbound_made(self, relay: TcpRelay, mapping: Mapping, carrier: StreamCarrier) -> None:
+        current = carrier(mapping.client)
+        if current is None:
+            self.inbound_no_connection += 1
+            relay.abort("the client has no stream-mode connection")
+            return
+        conn, transmit = current
+        client = self._client(conn)
+        over = client.budget.try_open()
+        if over is not None:
+            self._log(client, "inbound tcp refused client=%s reason=%s", over.reason)
+            relay.abort(over.reason)
+            return
+        client.budget.connect_done()  # nothing to connect here: only the memory counts
+        try:
+            sid = conn.open_tcp_stream(mapping.internal_address, mapping.internal_port)
+        except (ValueError, TunnelUsageError) as exc:
+            client.budget.stream_closed()
+            self._log(client, "inbound tcp refused client=%s reason=%s", exc)
+            relay.abort(str(exc))
+            return
+        relay.on_finished = lambda _: self._stream_closed(client)
+        relay.attach(conn, sid, transmit)
+        relay.open(TcpEvent.SYN_RECEIVED)
+        self.inbound_opened += 1
+        transmit()
 
     # -- clients -------------------------------------------------------------------------------
 
