@@ -9,6 +9,7 @@ access, migration to a new socket, CONNECTION_CLOSE then the socket released, th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -251,6 +252,7 @@ class CoreConcentrator:
             configuration=self.quic_config,
             original_destination_connection_id=client.original_destination_connection_id,
             request_client_certificate=True,
+            tickets=self.core.tickets,
         )
         return server, self.core.connection_opened(server, now)
 
@@ -439,15 +441,20 @@ class World:
         if name in self.bind_fails:
             self.agent.path_failed(path, f"cannot bind on {name}", self.now)
             return
-        client = TunnelQuicConnection(configuration=self._client_config)
+        client = TunnelQuicConnection(
+            configuration=dataclasses.replace(
+                self._client_config, session_ticket=path.session_ticket
+            ),
+            session_ticket_handler=self.agent.ticket_received,
+        )
         server, server_tunnel = self.server.server_side(client, self.now)
+        client.connect(CONCENTRATOR, now=self.now)  # as the program: before path_opened
         self.agent.path_opened(path, client, self.now)
         access = self.accesses[name]
         conn = Conn(path, client, server, server_tunnel, access, ("", 0))
         conn.socket = self._socket(access)
         self.conns.append(conn)
         self.by_path[path] = conn
-        client.connect(CONCENTRATOR, now=self.now)
 
     def _close(self, path: Path) -> None:
         conn = self.by_path.get(path)

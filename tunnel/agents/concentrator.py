@@ -79,6 +79,7 @@ from tunnel.policy.ingress import IngressFilter
 from tunnel.policy.log_budget import LogBudget
 from tunnel.policy.qos import QosPolicy, qos_label, qos_value, set_dscp
 from tunnel.policy.rate_limit import TokenBucket
+from tunnel.policy.tickets import TICKETS_PER_CLIENT, TicketIdentity, TicketStore
 from tunnel.protocol.connection import (
     STREAM_EVENTS,
     AccessReportReceived,
@@ -92,7 +93,12 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.protocol.quic_ext import DatagramFatesReady, TunnelQuicConnection, peer_certificate
+from tunnel.protocol.quic_ext import (
+    DatagramFatesReady,
+    TunnelQuicConnection,
+    peer_certificate,
+    resumed_identity,
+)
 from tunnel.session.access_mapping import infer_access
 from tunnel.session.multipath import TunnelSession
 from tunnel.session.path_health import PathHealth, PathMonitor
@@ -249,6 +255,10 @@ class _Peer:
     reported: dict[AccessId, bool] = field(default_factory=dict)
     # the failure detector of its path (session mode, issue 12); None: not watched
     monitor: PathMonitor | None = None
+    # 0-RTT (README "0-RTT"): the New/Join Session that arrived before the handshake completed,
+    # acted on once it did; and whether its Join was answered already, in 0.5-RTT
+    held: SessionRequested | JoinRequested | None = None
+    answered_early: bool = False
 
     @property
     def address(self) -> str:
@@ -761,6 +771,12 @@ class ConcentratorCore:
         # runs after every input)
         self._expiry: float | None = None
         self._expiry_stale = False
+        # session tickets (README "0-RTT"): the program gives this store to every connection
+        self.tickets: TicketStore | None = None
+        if self.limits.zero_rtt:
+            self.tickets = TicketStore(
+                self.limits.max_clients * TICKETS_PER_CLIENT, utc_now=utc_now
+            )
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -950,8 +966,12 @@ class ConcentratorCore:
         if connection.closed:
             return
         try:
-            name = self._client_name(peer)
+            identity = self._client_identity(peer)
+            name = identity.name
         except ClientAuthError as exc:
+            resumed = resumed_identity(connection.quic)
+            if resumed is not None and self.tickets is not None:
+                self.tickets.forget_client(resumed.name)  # revoked or no longer admitted
             self._refuse(peer, Refusal.AUTH, str(exc), now, AUTH_FAILED_REASON)
             return
         except Exception as exc:
@@ -989,16 +1009,27 @@ class ConcentratorCore:
         peer.client = client
         client.peers.append(peer)
         self.counters["connections_accepted"] += 1
+        was_resumed = resumed_identity(connection.quic) is not None
+        if was_resumed:
+            self.counters["connections_resumed"] += 1
+        quic = connection.quic
+        if self.tickets is not None and isinstance(quic, TunnelQuicConnection):
+            self.tickets.bind(quic.issued_tickets, identity)
         log.info(
-            "client connected name=%s mode=%s peer=%s alpn=%s stream_mode=%s connections=%d",
+            "client connected name=%s mode=%s peer=%s alpn=%s stream_mode=%s connections=%d "
+            "resumed=%s",
             name,
             mode.value,
             peer.address,
             connection.alpn,
             connection.stream_mode,
             len(client.peers),
+            was_resumed,
         )
         self._status_changed()
+        held, peer.held = peer.held, None
+        if held is not None:
+            self._tunnel_event(peer, held, now)
 
     def _make_room(self, client: _Client, peer: _Peer, mode: TunnelMode, now: float) -> None:
         """Close what a new connection of a known client replaces."""
@@ -1011,20 +1042,35 @@ class ConcentratorCore:
         client.strategy.end_session()
         client.strategy = _MODES[mode](self, client)
 
-    def _client_name(self, peer: _Peer) -> str:
-        """The authenticated name of the peer's certificate, admitted here; ClientAuthError
-        (with the detailed reason, for the log) otherwise."""
+    def _client_identity(self, peer: _Peer) -> TicketIdentity:
+        """Who the peer is, admitted here; ClientAuthError (with the detailed reason, for the
+        log) otherwise. A full handshake: the name of its certificate, verified. A resumption
+        (no certificate, RFC 8446 §2.2): the identity our own ticket store recorded when the
+        ticket was issued, on a connection that authenticated with a certificate then; that
+        certificate must still be unexpired and not revoked (the CRL is read as for the
+        others), and the name still admitted."""
         revocations = self.verifier.revocations
         if revocations is not None:
             self._note_crl(revocations.refresh())  # one stat: re-read only when it changed
-        certificate, chain = peer_certificate(peer.connection.quic)
-        name = self.verifier.verify(certificate, chain, self._utc_now())
+        resumed = resumed_identity(peer.connection.quic)
+        if resumed is not None:
+            name = self.verifier.verify_resumed(
+                resumed.name, resumed.serial, resumed.not_valid_after, self._utc_now()
+            )
+            identity = resumed
+        else:
+            certificate, chain = peer_certificate(peer.connection.quic)
+            name = self.verifier.verify(certificate, chain, self._utc_now())
+            assert certificate is not None  # verify refuses a missing one
+            identity = TicketIdentity(
+                name, certificate.serial_number, certificate.not_valid_after_utc
+            )
         if not self.admission.admits(name):
             raise ClientAuthError(
                 f"client {name!r} is not served by this concentrator: add a [[client]] entry "
                 "for it or a pattern matching it to [pool] admit"
             )
-        return name
+        return identity
 
     def _note_crl(self, problem: str | None) -> None:
         if problem is not None and problem != self._crl_problem:
@@ -1061,6 +1107,9 @@ class ConcentratorCore:
             reason,
         )
         peer.connection.close(peer_reason or reason)
+        quic = peer.connection.quic
+        if self.tickets is not None and isinstance(quic, TunnelQuicConnection):
+            self.tickets.discard(quic.issued_tickets)
         self._actions.append(Refused(peer.connection, kind, reason))
         self._status_changed()
 
@@ -1153,7 +1202,11 @@ class ConcentratorCore:
                 log.info("connection closed peer=%s reason=%r", peer.address, event.reason)
                 self._detach(peer, now)
         elif client is None:
-            return  # nothing else counts before authentication
+            # Nothing else counts before authentication. A New/Join Session can only be here
+            # before it if it came in 0-RTT (README "0-RTT"): kept for then.
+            if isinstance(event, SessionRequested | JoinRequested) and not peer.handshake_done:
+                self._early_session_request(peer, event, now)
+            return
         elif isinstance(event, SessionRequested):
             client.strategy.session_requested(peer, event.qos, now)
             self._status_changed()
@@ -1162,6 +1215,47 @@ class ConcentratorCore:
             self._status_changed()
         elif isinstance(event, AccessReportReceived):
             self._access_report(peer, client, event, now)
+
+    def _early_session_request(
+        self, peer: _Peer, event: SessionRequested | JoinRequested, now: float
+    ) -> None:
+        """A New/Join Session in 0-RTT, before the handshake completed (README "0-RTT").
+
+        0-RTT data can be replayed (RFC 8446 §8, RFC 9001 §9.2): a captured ClientHello with its
+        0-RTT flight, sent again, reaches us as a connection that never completes its handshake.
+        Nothing a 0-RTT message asks for changes state here before the handshake completes: the
+        request is held and acted on after authentication, as if it had come in 1-RTT. A Join
+        Session of a resumed connection whose ticket's client owns that session is *answered*
+        at once (the FIN of our control stream, session draft §6.1.3, sent as 0.5-RTT data):
+        that answer tells nothing new (the client sent the ID) and changes nothing, so a replay
+        of it is harmless, and it saves the client a round trip. Should the join fail after
+        all at handshake completion (the session expired meanwhile, a limit), the connection is
+        closed instead of answered twice. New Session is never answered early: it creates and
+        replaces sessions."""
+        peer.held = event
+        if not isinstance(event, JoinRequested) or self.tickets is None:
+            return
+        resumed = resumed_identity(peer.connection.quic)
+        if resumed is None:
+            return
+        try:
+            self.verifier.verify_resumed(
+                resumed.name, resumed.serial, resumed.not_valid_after, self._utc_now()
+            )
+        except ClientAuthError:
+            return  # refused at handshake end, with the reason
+        client = self._clients.get(resumed.name)
+        session = None if client is None else client.strategy.session
+        if (
+            session is None
+            or session.session_id != event.session_id
+            or self.session_owner.get(event.session_id) != resumed.name
+        ):
+            return  # answered (refused) after authentication, with its RESET_STREAM code
+        peer.connection.confirm_join()
+        peer.answered_early = True
+        self.counters["joins_answered_early"] += 1
+        self._actions.append(Transmit(peer.connection))
 
     def _access_report(
         self, peer: _Peer, client: _Client, event: AccessReportReceived, now: float
@@ -1274,12 +1368,20 @@ class ConcentratorCore:
         """New Session: Session ID TLV + FIN; Join Session: FIN alone (session §6.1.3)."""
         self._sessions_changed()
         if joined:
-            peer.connection.confirm_join()
+            if not peer.answered_early:
+                peer.connection.confirm_join()
         else:
             peer.connection.accept_session(session_id)
         self._actions.append(SessionAnswered(peer.connection, session_id))
 
     def _reject_join(self, peer: _Peer, code: ControlErrorCode, reason: str) -> None:
+        if peer.answered_early:
+            # its join was answered in 0.5-RTT already (_early_session_request): it cannot be
+            # refused on the control stream any more
+            peer.connection.close(f"session join failed after it was confirmed: {reason}")
+            self._actions.append(SessionAnswered(peer.connection, None, code, reason))
+            log.warning("early-answered join failed peer=%s reason=%r", peer.address, reason)
+            return
         peer.connection.reject_join(code)
         self._actions.append(SessionAnswered(peer.connection, None, code, reason))
         log.warning("session refused peer=%s code=%s reason=%r", peer.address, code.name, reason)
