@@ -275,8 +275,12 @@ class CoreConcentrator:
         (client,) = self.core.status()["clients"]
         return dict(client)
 
+    def _write_tun(self, packet: bytes) -> bool:
+        self.tun.append(packet)
+        return True
+
     def _carry_out(self) -> None:
-        self.core.write_tun(lambda packet: self.tun.append(packet) is None)
+        self.core.write_tun(self._write_tun)
         while self.core.next_action() is not None:
             pass  # transmitting is the world's job (every connection, every step)
 
