@@ -19,7 +19,7 @@ __all__ = ["lab_certs"]  # the fixture
 STATUS_KEYS = {
     # README "Status file", the concentrator's keys
     "role", "pid", "time", "state", "modes", "listen", "tun", "ip_forward", "nat", "clients",
-    "sessions", "connections", "refused", "counters", "server", "stream", "crl",
+    "sessions", "connections", "refused", "counters", "server", "stream", "crl", "tickets",
 }  # fmt: skip
 
 

@@ -90,6 +90,8 @@ def test_tickets_are_issued_and_a_resumed_connection_is_its_clients(lab_certs: P
     assert core_lab.core.counters["joins_answered_early"] == 1
     assert len(core_lab.status_of("alice")["connections"]) == 2
     assert len(tickets) == 2  # a new ticket on the resumed connection too
+    status = core_lab.core.status()["tickets"]
+    assert status["issued"] == 2 and status["resumed"] == 1 and status["held"] == 1
 
 
 def test_a_ticket_is_used_once(lab_certs: Path) -> None:
@@ -133,7 +135,7 @@ def test_a_client_revoked_since_cannot_resume(lab_certs: Path, tmp_path: Path) -
 
 def test_without_zero_rtt_no_ticket_is_issued(lab_certs: Path) -> None:
     core_lab = lab(lab_certs)
-    assert core_lab.core.tickets is None
+    assert core_lab.core.tickets is None and core_lab.core.status()["tickets"] is None
     _, _, tickets = first_session(core_lab)
     assert tickets == []
 

@@ -856,10 +856,12 @@ class ConcentratorCore:
         ]
 
     def status(self) -> dict[str, Any]:
-        """The status file's `clients`, `sessions`, `connections`, `refused`, `counters` and
-        `crl` (README "Status file"); the program adds the keys of the I/O edge."""
+        """The status file's `clients`, `sessions`, `connections`, `refused`, `counters`, `crl`
+        and `tickets` (README "Status file"); the program adds the keys of the I/O edge."""
         revocations = self.verifier.revocations
+        tickets = self.tickets
         return {
+            "tickets": None if tickets is None else {"held": len(tickets), **tickets.counters},
             "clients": [self._client_status(c) for c in self._clients.values()],
             "sessions": len(self.sessions),
             "connections": len(self._peers),
