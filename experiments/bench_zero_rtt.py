@@ -2,7 +2,7 @@
 without 0-RTT (issue 15 item 6, README "0-RTT").
 
     .venv/bin/python -m experiments.bench_zero_rtt [--rtts 20,50,100] [--runs 5] [--loss PCT]
-                                                   [--out DIR]
+                                                   [--netns] [--out DIR]
 
 Offline, in memory, on a fake clock (tests/unit/client_world.py: the real client agent and the
 real concentrator core, real aioquic handshakes with the certificates of scripts/make-certs, no
@@ -14,7 +14,11 @@ travelled over 5g's new connection (handshake, Join Session, the Session ID answ
 packet). Each access has the same one-way delay (RTT / 2) both ways and, with `--loss`, that
 random loss (seeded per run). Runs differ by the phase of the packet clock (and the loss seed).
 
-Writes results/zero_rtt/<timestamp>/zero_rtt.csv (rtt_ms, loss_pct, zero_rtt, run,
+`--netns` (root) measures the same with the real `qtun` programs in network namespaces, the
+delay added by qtwire (experiments/zero_rtt_netns.py: wall clock, CPU included, `--loss` not
+applied).
+
+Writes results/zero_rtt/<timestamp>/zero_rtt.csv (setup, rtt_ms, loss_pct, zero_rtt, run,
 first_byte_ms, first_byte_rtts, resumed, join_in_0rtt, error) and meta.json, and prints the
 median per RTT.
 """
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
+    "setup",
     "rtt_ms",
     "loss_pct",
     "zero_rtt",
@@ -90,6 +97,26 @@ def first_byte(
     }
 
 
+def _netns_rows(
+    tmp: Path, certs: Path, rtt_ms: float, zero_rtt: bool, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    from experiments.zero_rtt_netns import NetnsError, measure
+
+    workdir = tmp / f"netns-{rtt_ms:g}-{zero_rtt}"
+    workdir.mkdir()
+    base = {"setup": "netns", "rtt_ms": rtt_ms, "loss_pct": 0.0, "zero_rtt": zero_rtt}
+    try:
+        found = measure(workdir, certs, rtt_ms, zero_rtt, args.runs, args.step / 1000)
+    except (NetnsError, AssertionError, OSError, subprocess.SubprocessError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        return [base | {"run": 0, "error": message}]
+    rows = []
+    for row in found:
+        ms = row["first_byte_ms"]
+        rows.append(base | row | {"first_byte_rtts": round(ms / rtt_ms, 3)})
+    return rows
+
+
 def _rtts(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -108,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="repetitions per RTT and variant")
     parser.add_argument("--step", type=float, default=1.0, help="ms between packets offered")
     parser.add_argument("--loss", type=float, default=0.0, help="random loss per direction, %%")
+    parser.add_argument("--netns", action="store_true", help="the real programs (root)")
     parser.add_argument(
         "--out", type=Path, help="the run directory (default results/zero_rtt/<ts>)"
     )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.step <= 0 or not 0 <= args.loss < 50:
         parser.error("--runs must be >= 1, --step > 0 and --loss between 0 and 50")
+    if args.netns and os.geteuid() != 0:
+        parser.error("--netns builds network namespaces: run it as root")
     from experiments.runner import git_state, new_run_dir, write_meta
     from tests.certs import make_lab_certs
 
@@ -125,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": commit,
         "git_dirty": dirty,
-        "backend": "in-memory fake clock (tests/unit/client_world.py)",
+        "backend": (
+            "network namespaces, qtwire delay, wall clock (experiments/zero_rtt_netns.py)"
+            if args.netns
+            else "in-memory fake clock (tests/unit/client_world.py)"
+        ),
         "parameters": {
             "rtts_ms": args.rtts,
             "runs": args.runs,
@@ -136,12 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="qtun-0rtt-") as tmp:
-        certs = make_lab_certs(Path(tmp))
+        certs = make_lab_certs(Path(tmp) / "certs")
         for rtt_ms in args.rtts:
             for zero_rtt in (False, True):
+                if args.netns:
+                    rows += _netns_rows(Path(tmp), certs, rtt_ms, zero_rtt, args)
+                    continue
                 for run in range(args.runs):
-                    row = {"rtt_ms": rtt_ms, "loss_pct": args.loss, "zero_rtt": zero_rtt}
-                    row["run"] = run
+                    row = {"setup": "memory", "rtt_ms": rtt_ms, "loss_pct": args.loss}
+                    row |= {"zero_rtt": zero_rtt, "run": run}
                     row |= first_byte(
                         certs, rtt_ms / 1000, zero_rtt, run, args.step / 1000, args.loss
                     )
@@ -159,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             got = [
                 r["first_byte_ms"]
                 for r in rows
-                if r["rtt_ms"] == rtt_ms and r["zero_rtt"] is zero_rtt and r["first_byte_ms"]
+                if r["rtt_ms"] == rtt_ms and r["zero_rtt"] is zero_rtt and r.get("first_byte_ms")
             ]
             medians.append(statistics.median(got) if got else float("nan"))
         saved = (medians[0] - medians[1]) / rtt_ms
