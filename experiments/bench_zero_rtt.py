@@ -98,18 +98,18 @@ def first_byte(
 
 
 def _netns_rows(
-    tmp: Path, certs: Path, rtt_ms: float, zero_rtt: bool, args: argparse.Namespace
+    tmp: Path, certs: Path, rtt_ms: float, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     from experiments.zero_rtt_netns import NetnsError, measure
 
-    workdir = tmp / f"netns-{rtt_ms:g}-{zero_rtt}"
+    workdir = tmp / f"netns-{rtt_ms:g}"
     workdir.mkdir()
-    base = {"setup": "netns", "rtt_ms": rtt_ms, "loss_pct": 0.0, "zero_rtt": zero_rtt}
+    base = {"setup": "netns", "rtt_ms": rtt_ms, "loss_pct": 0.0}
     try:
-        found = measure(workdir, certs, rtt_ms, zero_rtt, args.runs, args.step / 1000)
+        found = measure(workdir, certs, rtt_ms, args.runs, args.step / 1000)
     except (NetnsError, AssertionError, OSError, subprocess.SubprocessError) as exc:
         message = " ".join(str(exc).split())[:300]
-        return [base | {"run": 0, "error": message}]
+        return [base | {"zero_rtt": None, "run": 0, "error": message}]
     rows = []
     for row in found:
         ms = row["first_byte_ms"]
@@ -172,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="qtun-0rtt-") as tmp:
         certs = make_lab_certs(Path(tmp) / "certs")
         for rtt_ms in args.rtts:
+            if args.netns:
+                rows += _netns_rows(Path(tmp), certs, rtt_ms, args)
+                continue
             for zero_rtt in (False, True):
-                if args.netns:
-                    rows += _netns_rows(Path(tmp), certs, rtt_ms, zero_rtt, args)
-                    continue
                 for run in range(args.runs):
                     row = {"setup": "memory", "rtt_ms": rtt_ms, "loss_pct": args.loss}
                     row |= {"zero_rtt": zero_rtt, "run": run}

@@ -125,9 +125,10 @@ def _configs(workdir: Path, certs: Path, names: dict[str, str], zero_rtt: bool) 
 
 
 def measure(
-    workdir: Path, certs: Path, rtt_ms: float, zero_rtt: bool, runs: int, step: float
+    workdir: Path, certs: Path, rtt_ms: float, runs: int, step: float
 ) -> list[dict[str, Any]]:
-    """`runs` measurements of one variant (see the module docstring), one row each."""
+    """`runs` measurements of each variant, without and with 0-RTT in turn (the machine's load
+    changes: neighbours compare best), one row each (see the module docstring)."""
     if not WIRE_BINARY.exists():
         raise NetnsError(f"{WIRE_BINARY} is missing: run `make build/qtwire` first")
     tag = unique("q0", 6)
@@ -173,9 +174,11 @@ def measure(
                "dev", f"{tag}s{metric}", "nud", "permanent")  # fmt: skip
             ip(ns_c, "neigh", "replace", f"{prefix}.1", "lladdr", server_mac,
                "dev", names[f"c_{name}"], "nud", "permanent")  # fmt: skip
-        _configs(workdir, certs, names, zero_rtt)
         for run in range(runs):
-            rows.append(_one_run(workdir, ns_c, ns_s, names, step) | {"run": run})
+            for zero_rtt in (False, True):
+                _configs(workdir, certs, names, zero_rtt)
+                row = _one_run(workdir, ns_c, ns_s, names, step)
+                rows.append(row | {"zero_rtt": zero_rtt, "run": run})
     return rows
 
 

@@ -345,3 +345,25 @@ def test_after_a_concentrator_restart_the_client_falls_back_and_forgets_its_tick
     assert world.agent.path_on("wifi") is not None
     assert restarted.core.counters["connections_resumed"] == 0
     assert restarted.core.counters["connections_accepted"] >= 1
+
+
+def test_a_tunnel_mode_reconnect_resumes_and_sends_nothing_early(lab_certs: Path) -> None:
+    """Tunnel mode: the reconnect after a silent access presents the ticket (no certificate
+    check), but nothing travels in 0-RTT: its packets wait for the handshake."""
+    config = client_config("tunnel", ("wifi",), "limits.probe_interval=0.2", ON)
+    core = CoreConcentrator(concentrator_config(lab_certs, ON), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["qt"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    world = World(config, concentrator=core, client_quic_config=alice).start()
+    world.run(1.0)
+    first = world.up_path("wifi")
+    world.blackhole("wifi", True)  # nothing answers: given up after 10 probe intervals
+    world.run(5.0, until=lambda: world.agent.path_on("wifi") is not first)
+    world.blackhole("wifi", False)
+    world.run(5.0, until=lambda: world.agent.path_on("wifi") not in (None, first))
+    world.run(0.5)  # the concentrator's end completes half a round trip after the client's
+    again = world.up_path("wifi")
+    assert again is not first and again.session_ticket is not None and not again.early_join
+    assert core.core.counters["connections_resumed"] == 1
+    assert core.core.counters["joins_answered_early"] == 0
