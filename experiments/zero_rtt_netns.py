@@ -131,7 +131,7 @@ def measure(
     changes: neighbours compare best), one row each (see the module docstring)."""
     if not WIRE_BINARY.exists():
         raise NetnsError(f"{WIRE_BINARY} is missing: run `make build/qtwire` first")
-    tag = unique("q0", 6)
+    tag = unique("q0", 9)  # + 2 characters per interface name (IFNAMSIZ)
     names = {
         "c_wifi": f"{tag}cw", "c_5g": f"{tag}cg", "conc_tun": f"{tag}ct", "client_tun": f"{tag}lt",
     }  # fmt: skip
