@@ -278,6 +278,19 @@ def test_the_store_is_bounded_single_use_and_needs_an_authenticated_owner() -> N
     assert store.take(b"d") is None and store.counters["expired"] == 1
 
 
+def test_tickets_of_unauthenticated_handshakes_never_push_out_usable_ones() -> None:
+    wall = Wall()
+    store = TicketStore(2, lifetime=60, utc_now=wall)
+    alice = TicketIdentity("alice", 1, wall.now + datetime.timedelta(days=30))
+    for label in (b"a", b"b"):
+        store.issued(fake_ticket(label, wall))
+        store.bind([label], alice)
+    for label in (b"x", b"y", b"z"):  # strangers' handshakes: issued, never bound
+        store.issued(fake_ticket(label, wall))
+    assert store.take(b"a") is not None and store.take(b"b") is not None
+    assert len(store) == 2  # y, z: at most max_tickets unbound
+
+
 def test_the_client_keeps_the_newest_tickets_and_presents_each_once() -> None:
     wall = Wall()
     tickets = ClientTickets(2, lifetime=60, utc_now=wall)

@@ -60,8 +60,12 @@ class _Issued:
 
 
 class TicketStore:
-    """The concentrator's tickets (see the module docstring): at most `max_tickets` (oldest
-    dropped first), TICKETS_PER_CLIENT per client, each usable once within `lifetime` seconds."""
+    """The concentrator's tickets (see the module docstring): at most `max_tickets` usable ones
+    (oldest dropped first), TICKETS_PER_CLIENT per client, each usable once within `lifetime`
+    seconds; and at most `max_tickets` not yet bound. aioquic issues a ticket when the client's
+    Finished arrives, before we verify its certificate: such tickets are bound or discarded at
+    once (ConcentratorCore._authenticate), and kept apart so that handshakes of strangers never
+    push out the tickets of authenticated clients."""
 
     def __init__(
         self,
@@ -92,9 +96,7 @@ class TicketStore:
         `bind`. The oldest ticket goes when the store is full."""
         self._tickets[ticket.ticket] = _Issued(ticket, self._utc_now())
         self.counters["issued"] += 1
-        while len(self._tickets) > self.max_tickets:
-            self._tickets.popitem(last=False)
-            self.counters["evicted"] += 1
+        self._evict([k for k, e in self._tickets.items() if e.identity is None])
 
     def bind(self, labels: Iterable[bytes], identity: TicketIdentity) -> None:
         """The connection that received the tickets `labels` authenticated as `identity`: the
@@ -103,8 +105,13 @@ class TicketStore:
             entry = self._tickets.get(label)
             if entry is not None:
                 entry.identity = identity
-        own = self._labels_of(identity.name)
-        for label in own[: max(0, len(own) - TICKETS_PER_CLIENT)]:
+        self._evict(self._labels_of(identity.name), TICKETS_PER_CLIENT)
+        self._evict([k for k, e in self._tickets.items() if e.identity is not None])
+
+    def _evict(self, labels: list[bytes], keep: int | None = None) -> None:
+        """Drop the oldest of `labels` (oldest first) beyond `keep` (default max_tickets)."""
+        excess = len(labels) - (self.max_tickets if keep is None else keep)
+        for label in labels[: max(0, excess)]:
             del self._tickets[label]
             self.counters["evicted"] += 1
 
