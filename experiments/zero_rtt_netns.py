@@ -43,6 +43,7 @@ from tests.integration.netns import (
     veth,
     wait_until,
 )
+from tunnel.user_error import RuntimeFailure
 
 SERVICE, CONC_TUN, CLIENT_TUN = "10.97.0.1", "10.8.0.1", "10.8.0.3"
 PORT = 9977
@@ -72,7 +73,7 @@ SENDER = (
 )
 
 
-class NetnsError(RuntimeError):
+class NetnsError(RuntimeFailure):
     """The namespaces could not be built or a program did not come up (one sentence)."""
 
 
