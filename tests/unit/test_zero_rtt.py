@@ -190,6 +190,23 @@ def test_an_early_join_of_a_session_not_its_own_is_refused_after_the_handshake(
     assert core_lab.core.counters["joins_answered_early"] == 0
 
 
+def test_an_early_answered_join_that_fails_at_handshake_end_closes_the_connection(
+    lab_certs: Path,
+) -> None:
+    """The early answer cannot be taken back on the control stream: a join found impossible
+    once the handshake completed (here CONFLICTING_STATE, session draft §6.1.3: stream mode
+    negotiated unlike the session's) closes the connection, saying why."""
+    core_lab = lab(lab_certs, ON)
+    _, session_id, tickets = first_session(core_lab)
+    config = ticket_config(lab_certs, tickets[0])
+    conn = core_lab.connect(None, client_config=config, early_join=session_id, stream_mode=True)
+    assert core_lab.core.counters["joins_answered_early"] == 1
+    reason = closed_reason(conn)
+    assert reason is not None and "after it was confirmed" in reason and "stream mode" in reason
+    session = core_lab.core.session_of("alice")
+    assert session is not None and conn.server not in session.connections
+
+
 def test_early_join_needs_a_session_only_connection(lab_certs: Path) -> None:
     config = client_configuration(lab_certs / "ca.pem", ["qt", "qt-session"])
     core_lab = lab(lab_certs, ON)

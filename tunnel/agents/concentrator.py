@@ -22,8 +22,13 @@ What happens to a connection (tunnel draft §4, tunnel-session draft §4.1):
    aioquic's server never checks it), against the CRL if any, and the name must be admitted
    (`[[client]]` or `[pool] admit`). Any failure, even an exception while checking, closes the
    connection at once with AUTH_FAILED_REASON (refused "auth"; the log and the Refused action
-   say why). No connection carries anything before this. Too many clients (`max_clients`) or
-   connections of one client (`max_connections_per_client`): refused "limit".
+   say why). No connection carries anything before this. With `limits.zero_rtt` a connection
+   that resumed with one of our session tickets (tunnel/policy/tickets.py) presents no
+   certificate: it is the client the ticket was issued to, whose certificate (serial, expiry)
+   is checked again, CRL included. A New/Join Session that came in 0-RTT is held until here;
+   only a Join of the ticket's own session is answered before (`_early_session_request`).
+   Too many clients (`max_clients`) or connections of one client
+   (`max_connections_per_client`): refused "limit".
 3. The client's mode is a strategy (`_TunnelMode`, `_SessionMode`). Tunnel mode: one connection
    per client, a new one replaces the old (a restarted client does not wait for the idle
    timeout). Session mode: New Session / Join Session (SessionTable; a Session ID of another
@@ -1240,6 +1245,9 @@ class ConcentratorCore:
         resumed = resumed_identity(peer.connection.quic)
         if resumed is None:
             return
+        revocations = self.verifier.revocations
+        if revocations is not None:
+            self._note_crl(revocations.refresh())  # a client revoked since gets no answer
         try:
             self.verifier.verify_resumed(
                 resumed.name, resumed.serial, resumed.not_valid_after, self._utc_now()
