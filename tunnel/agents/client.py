@@ -45,6 +45,11 @@ What it decides (README "Running the tunnel", the client):
   starts a New Session. A TunnelSession stamps Packet Tags, schedules and reorders.
 - reconnects back off exponentially from BACKOFF_START to `reconnect_backoff_max`, per access in
   session mode; a connection that lived STABLE_AFTER seconds starts the backoff over.
+- 0-RTT (`limits.zero_rtt`, README "0-RTT"): the concentrator's session tickets are kept
+  (tunnel/policy/tickets.py, `ticket_received`) and each new connection presents one (OpenPath);
+  in session mode a connection that can send early data and has a session to join sends its
+  Join Session at once, in 0-RTT (`_SessionMode.opened`), and nothing else there. A connection
+  that presented a ticket and ended before carrying traffic makes the agent forget them all.
 - the TUN is created once, at the first connection that carries traffic, with the MTU of the
   real datagram budget unless configured; a packet above the budget is answered with ICMP frag
   needed / Packet Too Big (tunnel/wire/icmp.py), as a router would.
