@@ -21,6 +21,7 @@ from tests.unit.client_world import CoreConcentrator, World, client_config
 from tests.unit.concentrator_harness import Conn, CoreLab, concentrator_config, lab
 from tunnel.agents.client import PathState
 from tunnel.agents.concentrator import AUTH_FAILED_REASON, Refused
+from tunnel.policy.client_auth import ClientAuthError, ClientVerifier
 from tunnel.policy.tickets import ClientTickets, TicketIdentity, TicketStore
 from tunnel.protocol.connection import (
     ConnectionClosed,
@@ -131,6 +132,14 @@ def test_a_client_revoked_since_cannot_resume(lab_certs: Path, tmp_path: Path) -
     assert "carol" in refusal.reason and "is revoked" in refusal.reason
     assert core_lab.core.counters["joins_answered_early"] == 0
     assert len(core_lab.core.tickets or ()) == 0  # carol's tickets went with her
+
+
+def test_a_ticket_outliving_its_certificate_is_refused(lab_certs: Path) -> None:
+    verifier = ClientVerifier((lab_certs / "ca.pem").read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    assert verifier.verify_resumed("alice", 7, now + datetime.timedelta(days=1), now) == "alice"
+    with pytest.raises(ClientAuthError, match="has expired"):
+        verifier.verify_resumed("alice", 7, now - datetime.timedelta(seconds=1), now)
 
 
 def test_without_zero_rtt_no_ticket_is_issued(lab_certs: Path) -> None:
