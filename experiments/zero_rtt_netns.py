@@ -180,6 +180,7 @@ def measure(
                 _configs(workdir, certs, names, zero_rtt)
                 row = _one_run(workdir, ns_c, ns_s, names, step)
                 rows.append(row | {"zero_rtt": zero_rtt, "run": run})
+                rows[-1]["early_answer"] = True if zero_rtt else None
     return rows
 
 

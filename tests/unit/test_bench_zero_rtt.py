@@ -17,7 +17,11 @@ def test_it_runs_and_writes_its_result(tmp_path: Path, capsys: pytest.CaptureFix
     assert bench_zero_rtt.main(["--rtts", "20", "--runs", "1", "--out", str(out)]) == 0
     with (out / "zero_rtt.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["zero_rtt"] for r in rows] == ["False", "True"]
+    assert [(r["zero_rtt"], r["early_answer"]) for r in rows] == [
+        ("False", ""),
+        ("True", "True"),
+        ("True", "False"),  # the ablation: the 0-RTT join held like everything else
+    ]
     assert all(r["first_byte_ms"] and not r["error"] for r in rows)
     assert set(bench_zero_rtt.COLUMNS) <= set(rows[0])
     meta = json.loads((out / "meta.json").read_text())
