@@ -169,6 +169,11 @@ DETECTION_DOC = (
     "fast failure detection from QUIC ACK silence: a path silent beyond its probe timeout is "
     "suspect, then dead (tunnel/session/path_health.py)"
 )
+ZERO_RTT_DOC = (
+    "TLS 1.3 session tickets (kept in memory, single-use) and 0-RTT: the client's Join Session "
+    "on a resumed connection travels in 0-RTT and is answered at once; nothing else does "
+    '(README "0-RTT"); both ends must enable it'
+)
 REINJECTION_DOC = (
     "re-send lost datagrams and those stranded on a suspect or dead path on another access "
     "(tunnel mode: on the path the connection moved to), within resend_deadline"
@@ -341,6 +346,7 @@ class PathLimits:
     duplicate_up_to: int = field(
         default=0, metadata=setting(DUPLICATE_UP_TO_DOC, Integer(0, 65535), unit="bytes")
     )
+    zero_rtt: bool = field(default=False, metadata=setting(ZERO_RTT_DOC, Boolean()))
 
 
 # --- the client -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ themselves are tested in memory: tests/unit/test_client_agent.py): ping v4+v6 in
 tunnel mode (over IPv4 and IPv6 outside) and session mode, migration of the tunnel-mode
 connection when its access goes down and failback, session failover on link down and on a
 silent blackhole, recovery after a concentrator restart, clean SIGTERM, a bug stopping the
-client with exit 1.
+client with exit 1, a new access joining its session in 0-RTT (limits.zero_rtt).
 """
 
 from __future__ import annotations
@@ -427,3 +427,29 @@ def test_a_bug_stops_the_client(net: Net) -> None:
     assert "RuntimeError: injected probe bug" in log and "traceback=" in log, log[-2000:]
     assert net.client.status()["state"] == "stopped"
     assert "qclt0" not in ip(NS_C, "link", "show").stdout
+
+
+def test_session_mode_new_access_joins_in_0rtt(net: Net) -> None:
+    """limits.zero_rtt on both ends (README "0-RTT"): the client keeps the concentrator's
+    session ticket; when 5g comes up its connection resumes with it, sends its Join Session in
+    0-RTT and is answered at once; the resumed connection then carries the traffic."""
+    assert net.conc.stop() == 0
+    net.conc.overrides = ("limits.zero_rtt=true",)
+    net.conc.start().wait_state()
+    net.set_access("5g", up=False)
+    net.start_client("mode=session", "limits.zero_rtt=true")
+    assert net.ping(CONC_V4) == 3
+    net.set_access("5g", up=True)
+    net.wait("5g joined", lambda: net.access("5g").get("connected") is True)
+    assert net.client.status()["counters"].get("joins_in_0rtt") == 1, net.client.log_tail()
+    net.wait(
+        "the concentrator shows both connections",
+        lambda: len(net.concentrator_client().get("connections", [])) == 2,
+    )
+    status = net.conc.status()
+    assert status["counters"].get("connections_resumed") == 1, net.conc.log_tail()
+    assert status["counters"].get("joins_answered_early") == 1
+    assert status["tickets"]["resumed"] == 1
+    net.set_access("wifi", up=False)
+    net.wait("wifi unavailable", lambda: net.access("wifi").get("available") is False)
+    assert net.ping(CONC_V4) == 3, net.client.log_tail() + net.conc.log_tail()

@@ -9,6 +9,7 @@ access, migration to a new socket, CONNECTION_CLOSE then the socket released, th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -254,6 +255,7 @@ class CoreConcentrator:
             original_destination_connection_id=client.original_destination_connection_id,
             request_client_certificate=True,
             stream_mode=self.stream_mode,
+            tickets=self.core.tickets,
         )
         return server, self.core.connection_opened(server, now)
 
@@ -276,8 +278,12 @@ class CoreConcentrator:
         (client,) = self.core.status()["clients"]
         return dict(client)
 
+    def _write_tun(self, packet: bytes) -> bool:
+        self.tun.append(packet)
+        return True
+
     def _carry_out(self) -> None:
-        self.core.write_tun(lambda packet: self.tun.append(packet) is None)
+        self.core.write_tun(self._write_tun)
         while self.core.next_action() is not None:
             pass  # transmitting is the world's job (every connection, every step)
 
@@ -443,18 +449,21 @@ class World:
             self.agent.path_failed(path, f"cannot bind on {name}", self.now)
             return
         client = TunnelQuicConnection(
-            configuration=self._client_config,
+            configuration=dataclasses.replace(
+                self._client_config, session_ticket=path.session_ticket
+            ),
+            session_ticket_handler=self.agent.ticket_received,
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
             stream_mode=self.config.stream.enabled,
         )
         server, server_tunnel = self.server.server_side(client, self.now)
+        client.connect(CONCENTRATOR, now=self.now)  # as the program: before path_opened
         self.agent.path_opened(path, client, self.now)
         access = self.accesses[name]
         conn = Conn(path, client, server, server_tunnel, access, ("", 0))
         conn.socket = self._socket(access)
         self.conns.append(conn)
         self.by_path[path] = conn
-        client.connect(CONCENTRATOR, now=self.now)
 
     def _close(self, path: Path) -> None:
         conn = self.by_path.get(path)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
+from aioquic.tls import SessionTicket
 
 from testbed.hostile import client_configuration
 from tests.unit.quic_harness import Endpoint, FakeClock, Network
@@ -173,9 +174,14 @@ class CoreLab:
         stream_mode: bool = False,
         payload_ethertype: int | None = None,
         settle: float = 0.5,
+        ticket_handler: Callable[[SessionTicket], None] | None = None,
+        early_join: bytes | None = None,
     ) -> Conn:
         """A client connection presenting `name`'s certificate (None: no certificate), run for
-        `settle` seconds (the handshake and the core's answer)."""
+        `settle` seconds (the handshake and the core's answer). `ticket_handler` receives the
+        session tickets the concentrator issues (client_config.session_ticket presents one);
+        `early_join`: a Join Session of that ID queued right after connect(), in 0-RTT if the
+        ticket allows it."""
         if client_config is None:
             if cert is None and name is not None:
                 cert, key = self.certs / f"{name}.pem", self.certs / f"{name}.key"
@@ -184,16 +190,20 @@ class CoreLab:
             configuration=client_config,
             stream_mode=stream_mode,
             payload_ethertype=payload_ethertype,
+            session_ticket_handler=ticket_handler,
         )
         options: dict[str, Any] = {"stream_mode": True} if stream_mode else {}
         server_quic = PeerQuicConnection(
             configuration=self.server_quic_config,
             original_destination_connection_id=client_quic.original_destination_connection_id,
             request_client_certificate=True,
+            tickets=self.core.tickets,
             **options,
         )
         path = self.net.add_connection_pair(client_quic, server_quic, delay)
         path.client.tunnel = TunnelConnection(client_quic)
+        if early_join is not None:
+            path.client.tunnel.join_session_early(early_join)
         server = self.core.connection_opened(server_quic, self.now)
         self.net.quic_handlers[id(path.server)] = lambda event: self._feed(server, event)
         conn = Conn(path, path.client.tunnel, server)

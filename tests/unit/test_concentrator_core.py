@@ -806,6 +806,6 @@ def test_status_changes_are_announced_once_per_batch(lab_certs: Path) -> None:
     assert sum(isinstance(a, StatusChanged) for a in pending) == 1
     status = core.status()
     assert set(status) == {
-        "clients", "sessions", "connections", "refused", "counters", "crl", "inbound"
+        "clients", "sessions", "connections", "refused", "counters", "crl", "inbound", "tickets"
     }  # fmt: skip
     assert status["crl"] is None  # no tls.crl

@@ -24,6 +24,7 @@ STATUS_KEYS = {
     "role", "pid", "time", "state", "modes", "payloads", "listen", "tun", "taps", "ip_forward",
     "nat", "clients",
     "sessions", "connections", "refused", "counters", "server", "stream", "crl", "inbound",
+    "tickets",
 }  # fmt: skip
 
 

@@ -45,6 +45,11 @@ What it decides (README "Running the tunnel", the client):
   starts a New Session. A TunnelSession stamps Packet Tags, schedules and reorders.
 - reconnects back off exponentially from BACKOFF_START to `reconnect_backoff_max`, per access in
   session mode; a connection that lived STABLE_AFTER seconds starts the backoff over.
+- 0-RTT (`limits.zero_rtt`, README "0-RTT"): the concentrator's session tickets are kept
+  (tunnel/policy/tickets.py, `ticket_received`) and each new connection presents one (OpenPath);
+  in session mode a connection that can send early data and has a session to join sends its
+  Join Session at once, in 0-RTT (`_SessionMode.opened`), and nothing else there. A connection
+  that presented a ticket and ended before carrying traffic makes the agent forget them all.
 - the TUN is created once, at the first connection that carries traffic, with the MTU of the
   real datagram budget unless configured; a packet above the budget is answered with ICMP frag
   needed / Packet Too Big (tunnel/wire/icmp.py), as a router would.
@@ -85,11 +90,13 @@ from typing import Any, Final, Protocol
 
 from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
 
 from tunnel.agents.access_health import LinkState, LivenessProbe
 from tunnel.agents.port_mapper import PortMapper
 from tunnel.config import AccessConfig, ClientConfig, TunConfig
 from tunnel.policy.qos import qos_value
+from tunnel.policy.tickets import ClientTickets
 from tunnel.protocol.connection import (
     STREAM_EVENTS,
     ConnectionClosed,
@@ -101,7 +108,7 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.protocol.quic_ext import DatagramFatesReady, PathProbeAnswered
+from tunnel.protocol.quic_ext import DatagramFatesReady, PathProbeAnswered, early_data_possible
 from tunnel.session.multipath import TunnelSession
 from tunnel.session.path_health import PathHealth, PathMonitor, dead_after, suspect_after
 from tunnel.session.reorder import ReorderBuffer
@@ -214,6 +221,10 @@ class Path:
     refusal: ControlErrorCode | int | None = None  # session mode: the join's RESET_STREAM code
     # the failure detector of the path the connection runs over (issue 12); None: off
     monitor: PathMonitor | None = None
+    # limits.zero_rtt (README "0-RTT"): the session ticket presented, and whether its Join
+    # Session went in 0-RTT
+    session_ticket: SessionTicket | None = None
+    early_join: bool = False
 
     @property
     def name(self) -> str:
@@ -264,8 +275,10 @@ class AccessStatus:
 @dataclass(frozen=True)
 class OpenPath:
     """Bind a UDP socket to `path.access` (None: any local address of the concentrator's
-    family), start a QUIC connection to the concentrator with it and hand it to `path_opened`
-    (`path_failed` if the socket cannot be made)."""
+    family), start a QUIC connection to the concentrator with it (presenting
+    `path.session_ticket` if any, and giving the tickets it receives to `ticket_received`),
+    call connect() and then hand it to `path_opened` (`path_failed` if the socket cannot be
+    made)."""
 
     path: Path
 
@@ -682,7 +695,32 @@ class _SessionMode:
         connector.waiting = False
         connector.path = self.agent.open_path(connector.status.config, now)
 
+    def opened(self, path: Path, now: float) -> None:
+        """0-RTT (README "0-RTT"): a rejoin on a connection that presented a session ticket
+        allowing early data sends its Join Session now, in 0-RTT, when no other join is under
+        way; the concentrator answers it with its first flight. Only a Join: New Session is
+        not replay-safe (it creates and replaces sessions) and waits for the handshake."""
+        tunnel = path.tunnel
+        if (
+            path.session_ticket is None
+            or tunnel is None
+            or self.session_id is None
+            or self.joining is not None
+            or not early_data_possible(tunnel.quic)
+        ):
+            return
+        tunnel.join_session_early(self.session_id)
+        path.early_join = True
+        path.state = PathState.JOINING
+        self.joining = path
+        self.joining_id = self.session_id
+        self.agent.counters["joins_in_0rtt"] += 1
+        self.agent.transmit(path)
+
     def established(self, path: Path, now: float) -> None:
+        if path.early_join:
+            path.deadline = now + SESSION_TIMEOUT  # its join was sent in 0-RTT already
+            return
         path.state = PathState.ESTABLISHED
         if self.joining is None:
             self._join(path, now)
@@ -991,6 +1029,8 @@ class ClientAgent:
         )
         # the reversed flow of stream mode: PCP MAP requests for `[stream] inbound`
         self.port_mapper = _port_mapper(config)
+        # limits.zero_rtt: the session tickets the concentrator gave us (README "0-RTT")
+        self.tickets: ClientTickets | None = ClientTickets() if config.limits.zero_rtt else None
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -1183,11 +1223,20 @@ class ClientAgent:
         self.update_access(name, now)
 
     def path_opened(self, path: Path, quic: QuicConnection, now: float) -> TunnelConnection:
-        """OpenPath was carried out: `quic` is connecting. Returns the TunnelConnection."""
+        """OpenPath was carried out: `quic` is connecting (connect() was called). Returns the
+        TunnelConnection."""
         self.last_now = now
         tunnel = TunnelConnection(quic, self.limits.max_datagram_queue)
         path.tunnel = tunnel
+        if isinstance(self._mode, _SessionMode):
+            self._mode.opened(path, now)
         return tunnel
+
+    def ticket_received(self, ticket: SessionTicket) -> None:
+        """A session ticket from the concentrator on any connection (session_ticket_handler),
+        kept for the next connection (limits.zero_rtt)."""
+        if self.tickets is not None:
+            self.tickets.add(ticket)
 
     def path_failed(self, path: Path, reason: str, now: float) -> None:
         """OpenPath could not be carried out (no socket): `reason` is one sentence."""
@@ -1337,13 +1386,15 @@ class ClientAgent:
         return Backoff(BACKOFF_START, self.limits.reconnect_backoff_max)
 
     def open_path(self, access: AccessConfig | None, now: float) -> Path:
-        """Decide a new connection over `access` (OpenPath)."""
+        """Decide a new connection over `access` (OpenPath), presenting a session ticket if
+        there is one (limits.zero_rtt)."""
         timeout = min(CONNECT_TIMEOUT, self.limits.idle_timeout)
         path = Path(
             access,
             LivenessProbe(self.limits.probe_interval, PROBE_MISSES),
             opened_at=now,
             deadline=now + timeout,
+            session_ticket=None if self.tickets is None else self.tickets.take(),
         )
         self._live[path] = None
         self._actions.append(OpenPath(path))
@@ -1536,7 +1587,8 @@ class ClientAgent:
 
     def _handshake_completed(self, path: Path, now: float) -> None:
         tunnel = path.tunnel
-        if path.state is not PathState.CONNECTING or tunnel is None:
+        early = path.early_join and path.state in (PathState.JOINING, PathState.UP)
+        if (path.state is not PathState.CONNECTING and not early) or tunnel is None:
             return
         if tunnel.mode is None or tunnel.closed:
             reason = tunnel.close_reason or "no tunnel ALPN negotiated"
@@ -1565,6 +1617,10 @@ class ClientAgent:
         self._dirty.pop(path, None)
         if path.tunnel is not None:
             self.closed_totals.update(path.tunnel.counters.as_dict())
+        if path.session_ticket is not None and was is not PathState.UP and self.tickets:
+            # a resumption that led nowhere (refused, the ticket unknown to a restarted
+            # concentrator, the client revoked): the next connections do a full handshake
+            self.tickets.clear()
         if path.access is not None and path.monitor is not None:
             # the detector's verdict was this connection's: a new one starts afresh (its
             # handshake tells whether the access works)

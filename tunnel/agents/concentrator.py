@@ -22,8 +22,13 @@ What happens to a connection (tunnel draft §4, tunnel-session draft §4.1):
    aioquic's server never checks it), against the CRL if any, and the name must be admitted
    (`[[client]]` or `[pool] admit`). Any failure, even an exception while checking, closes the
    connection at once with AUTH_FAILED_REASON (refused "auth"; the log and the Refused action
-   say why). No connection carries anything before this. Too many clients (`max_clients`) or
-   connections of one client (`max_connections_per_client`): refused "limit".
+   say why). No connection carries anything before this. With `limits.zero_rtt` a connection
+   that resumed with one of our session tickets (tunnel/policy/tickets.py) presents no
+   certificate: it is the client the ticket was issued to, whose certificate (serial, expiry)
+   is checked again, CRL included. A New/Join Session that came in 0-RTT is held until here;
+   only a Join of the ticket's own session is answered before (`_early_session_request`).
+   Too many clients (`max_clients`) or connections of one client
+   (`max_connections_per_client`): refused "limit".
 3. The client's mode is a strategy (`_TunnelMode`, `_SessionMode`). Tunnel mode: one connection
    per client, a new one replaces the old (a restarted client does not wait for the idle
    timeout). Session mode: New Session / Join Session (SessionTable; a Session ID of another
@@ -96,6 +101,7 @@ from tunnel.policy.log_budget import LogBudget
 from tunnel.policy.mac_filter import MacFilter, mac_text
 from tunnel.policy.qos import QosPolicy, qos_label, qos_value, set_dscp
 from tunnel.policy.rate_limit import TokenBucket
+from tunnel.policy.tickets import TICKETS_PER_CLIENT, TicketIdentity, TicketStore
 from tunnel.protocol.connection import (
     STREAM_EVENTS,
     AccessReportReceived,
@@ -109,7 +115,12 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
-from tunnel.protocol.quic_ext import DatagramFatesReady, TunnelQuicConnection, peer_certificate
+from tunnel.protocol.quic_ext import (
+    DatagramFatesReady,
+    TunnelQuicConnection,
+    peer_certificate,
+    resumed_identity,
+)
 from tunnel.session.access_mapping import infer_access
 from tunnel.session.multipath import TunnelSession
 from tunnel.session.path_health import PathHealth, PathMonitor
@@ -332,6 +343,10 @@ class _Peer:
     reported: dict[AccessId, bool] = field(default_factory=dict)
     # the failure detector of its path (session mode, issue 12); None: not watched
     monitor: PathMonitor | None = None
+    # 0-RTT (README "0-RTT"): the New/Join Session that arrived before the handshake completed,
+    # acted on once it did; and whether its Join was answered already, in 0.5-RTT
+    held: SessionRequested | JoinRequested | None = None
+    answered_early: bool = False
 
     @property
     def address(self) -> str:
@@ -866,6 +881,12 @@ class ConcentratorCore:
             port_free=port_free,
         )
         self._epoch_start = now  # RFC 6887 §8.5: the Epoch Time counts from here
+        # session tickets (README "0-RTT"): the program gives this store to every connection
+        self.tickets: TicketStore | None = None
+        if self.limits.zero_rtt:
+            self.tickets = TicketStore(
+                self.limits.max_clients * TICKETS_PER_CLIENT, utc_now=utc_now
+            )
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -973,10 +994,12 @@ class ConcentratorCore:
         ]
 
     def status(self) -> dict[str, Any]:
-        """The status file's `clients`, `sessions`, `connections`, `refused`, `counters` and
-        `crl` (README "Status file"); the program adds the keys of the I/O edge."""
+        """The status file's `clients`, `sessions`, `connections`, `refused`, `counters`, `crl`
+        and `tickets` (README "Status file"); the program adds the keys of the I/O edge."""
         revocations = self.verifier.revocations
+        tickets = self.tickets
         return {
+            "tickets": None if tickets is None else {"held": len(tickets), **tickets.counters},
             "clients": [self._client_status(c) for c in self._clients.values()],
             "sessions": len(self.sessions),
             "connections": len(self._peers),
@@ -1099,8 +1122,12 @@ class ConcentratorCore:
         if connection.closed:
             return
         try:
-            name = self._client_name(peer)
+            identity = self._client_identity(peer)
+            name = identity.name
         except ClientAuthError as exc:
+            resumed = resumed_identity(connection.quic)
+            if resumed is not None and self.tickets is not None:
+                self.tickets.forget_client(resumed.name)  # revoked or no longer admitted
             self._refuse(peer, Refusal.AUTH, str(exc), now, AUTH_FAILED_REASON)
             return
         except Exception as exc:
@@ -1152,9 +1179,15 @@ class ConcentratorCore:
         peer.client = client
         client.peers.append(peer)
         self.counters["connections_accepted"] += 1
+        was_resumed = resumed_identity(connection.quic) is not None
+        if was_resumed:
+            self.counters["connections_resumed"] += 1
+        quic = connection.quic
+        if self.tickets is not None and isinstance(quic, TunnelQuicConnection):
+            self.tickets.bind(quic.issued_tickets, identity)
         log.info(
             "client connected name=%s mode=%s payload=%s peer=%s alpn=%s stream_mode=%s "
-            "connections=%d",
+            "connections=%d resumed=%s",
             name,
             mode.value,
             payload.value,
@@ -1162,8 +1195,12 @@ class ConcentratorCore:
             connection.alpn,
             connection.stream_mode,
             len(client.peers),
+            was_resumed,
         )
         self._status_changed()
+        held, peer.held = peer.held, None
+        if held is not None:
+            self._tunnel_event(peer, held, now)
 
     def _payload_refusal(self, connection: TunnelConnection) -> str:
         """One sentence for a client whose payload is not served (tunnel draft §4: tunnel mode's
@@ -1198,20 +1235,35 @@ class ConcentratorCore:
         client.strategy.end_session()
         client.strategy = _MODES[mode](self, client)
 
-    def _client_name(self, peer: _Peer) -> str:
-        """The authenticated name of the peer's certificate, admitted here; ClientAuthError
-        (with the detailed reason, for the log) otherwise."""
+    def _client_identity(self, peer: _Peer) -> TicketIdentity:
+        """Who the peer is, admitted here; ClientAuthError (with the detailed reason, for the
+        log) otherwise. A full handshake: the name of its certificate, verified. A resumption
+        (no certificate, RFC 8446 §2.2): the identity our own ticket store recorded when the
+        ticket was issued, on a connection that authenticated with a certificate then; that
+        certificate must still be unexpired and not revoked (the CRL is read as for the
+        others), and the name still admitted."""
         revocations = self.verifier.revocations
         if revocations is not None:
             self._note_crl(revocations.refresh())  # one stat: re-read only when it changed
-        certificate, chain = peer_certificate(peer.connection.quic)
-        name = self.verifier.verify(certificate, chain, self._utc_now())
+        resumed = resumed_identity(peer.connection.quic)
+        if resumed is not None:
+            name = self.verifier.verify_resumed(
+                resumed.name, resumed.serial, resumed.not_valid_after, self._utc_now()
+            )
+            identity = resumed
+        else:
+            certificate, chain = peer_certificate(peer.connection.quic)
+            name = self.verifier.verify(certificate, chain, self._utc_now())
+            assert certificate is not None  # verify refuses a missing one
+            identity = TicketIdentity(
+                name, certificate.serial_number, certificate.not_valid_after_utc
+            )
         if not self.admission.admits(name):
             raise ClientAuthError(
                 f"client {name!r} is not served by this concentrator: add a [[client]] entry "
                 "for it or a pattern matching it to [pool] admit"
             )
-        return name
+        return identity
 
     def _note_crl(self, problem: str | None) -> None:
         if problem is not None and problem != self._crl_problem:
@@ -1252,6 +1304,9 @@ class ConcentratorCore:
             reason,
         )
         peer.connection.close(peer_reason or reason)
+        quic = peer.connection.quic
+        if self.tickets is not None and isinstance(quic, TunnelQuicConnection):
+            self.tickets.discard(quic.issued_tickets)
         self._actions.append(Refused(peer.connection, kind, reason))
         self._status_changed()
 
@@ -1351,7 +1406,11 @@ class ConcentratorCore:
                 log.info("connection closed peer=%s reason=%r", peer.address, event.reason)
                 self._detach(peer, now)
         elif client is None:
-            return  # nothing else counts before authentication
+            # Nothing else counts before authentication. A New/Join Session can only be here
+            # before it if it came in 0-RTT (README "0-RTT"): kept for then.
+            if isinstance(event, SessionRequested | JoinRequested) and not peer.handshake_done:
+                self._early_session_request(peer, event, now)
+            return
         elif isinstance(event, SessionRequested):
             client.strategy.session_requested(peer, event.qos, now)
             self._status_changed()
@@ -1360,6 +1419,50 @@ class ConcentratorCore:
             self._status_changed()
         elif isinstance(event, AccessReportReceived):
             self._access_report(peer, client, event, now)
+
+    def _early_session_request(
+        self, peer: _Peer, event: SessionRequested | JoinRequested, now: float
+    ) -> None:
+        """A New/Join Session in 0-RTT, before the handshake completed (README "0-RTT").
+
+        0-RTT data can be replayed (RFC 8446 §8, RFC 9001 §9.2): a captured ClientHello with its
+        0-RTT flight, sent again, reaches us as a connection that never completes its handshake.
+        Nothing a 0-RTT message asks for changes state here before the handshake completes: the
+        request is held and acted on after authentication, as if it had come in 1-RTT. A Join
+        Session of a resumed connection whose ticket's client owns that session is *answered*
+        at once (the FIN of our control stream, session draft §6.1.3, sent as 0.5-RTT data):
+        that answer tells nothing new (the client sent the ID) and changes nothing, so a replay
+        of it is harmless, and it saves the client a round trip. Should the join fail after
+        all at handshake completion (the session expired meanwhile, a limit), the connection is
+        closed instead of answered twice. New Session is never answered early: it creates and
+        replaces sessions."""
+        peer.held = event
+        if not isinstance(event, JoinRequested) or self.tickets is None:
+            return
+        resumed = resumed_identity(peer.connection.quic)
+        if resumed is None:
+            return
+        revocations = self.verifier.revocations
+        if revocations is not None:
+            self._note_crl(revocations.refresh())  # a client revoked since gets no answer
+        try:
+            self.verifier.verify_resumed(
+                resumed.name, resumed.serial, resumed.not_valid_after, self._utc_now()
+            )
+        except ClientAuthError:
+            return  # refused at handshake end, with the reason
+        client = self._clients.get(resumed.name)
+        session = None if client is None else client.strategy.session
+        if (
+            session is None
+            or session.session_id != event.session_id
+            or self.session_owner.get(event.session_id) != resumed.name
+        ):
+            return  # answered (refused) after authentication, with its RESET_STREAM code
+        peer.connection.confirm_join()
+        peer.answered_early = True
+        self.counters["joins_answered_early"] += 1
+        self._actions.append(Transmit(peer.connection))
 
     def _access_report(
         self, peer: _Peer, client: _Client, event: AccessReportReceived, now: float
@@ -1472,12 +1575,20 @@ class ConcentratorCore:
         """New Session: Session ID TLV + FIN; Join Session: FIN alone (session §6.1.3)."""
         self._sessions_changed()
         if joined:
-            peer.connection.confirm_join()
+            if not peer.answered_early:
+                peer.connection.confirm_join()
         else:
             peer.connection.accept_session(session_id)
         self._actions.append(SessionAnswered(peer.connection, session_id))
 
     def _reject_join(self, peer: _Peer, code: ControlErrorCode, reason: str) -> None:
+        if peer.answered_early:
+            # its join was answered in 0.5-RTT already (_early_session_request): it cannot be
+            # refused on the control stream any more
+            peer.connection.close(f"session join failed after it was confirmed: {reason}")
+            self._actions.append(SessionAnswered(peer.connection, None, code, reason))
+            log.warning("early-answered join failed peer=%s reason=%r", peer.address, reason)
+            return
         peer.connection.reject_join(code)
         self._actions.append(SessionAnswered(peer.connection, None, code, reason))
         log.warning("session refused peer=%s code=%s reason=%r", peer.address, code.name, reason)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -267,13 +268,20 @@ class Client:
             self.agent.path_failed(path, str(exc), self.loop.time())
             return
         options = self.stream.quic_options() if self.stream is not None else {}
+        if self.agent.tickets is not None:
+            # limits.zero_rtt (README "0-RTT"): present the ticket the agent chose, keep new ones
+            options["session_ticket_handler"] = self.agent.ticket_received
         quic = TunnelQuicConnection(
-            configuration=self._quic_config,
+            configuration=dataclasses.replace(
+                self._quic_config, session_ticket=path.session_ticket
+            ),
             pacing_rate=pacing_rate(self.config.limits.pacing_rate_mbps),
             # tunnel draft §4: the payload is signalled out of band (quic_ext.PAYLOAD_TP_ID)
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
             **options,
         )
+        # connect() first: a Join Session the agent queues in path_opened goes out in 0-RTT
+        quic.connect(concentrator_remote(self.config), now=self.loop.time())
         self.agent.path_opened(path, quic, self.loop.time())
         on_event = self._guarded(
             functools.partial(self._on_quic_event, path), "_on_quic_event", carry_out=False
@@ -281,7 +289,6 @@ class Client:
         driver = QuicDriver(quic, endpoint, on_event)
         self.clients[path] = QuicClient(endpoint, driver)
         endpoint.start(driver.receive, TUN_BATCH)
-        quic.connect(concentrator_remote(self.config), now=self.loop.time())
         log.info("connecting access=%s local=%s", path.name, address_text(endpoint.local_address))
         driver.transmit()
 

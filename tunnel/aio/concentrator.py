@@ -165,6 +165,8 @@ class ConcentratorProgram:
                 ) from None
         quic_config, self._keylog = quic_configuration(config)
         options = self.stream_server.quic_options() if self.stream_server is not None else {}
+        if self.core.tickets is not None:
+            options["tickets"] = self.core.tickets  # limits.zero_rtt (README "0-RTT")
         self.server = quic_server(config, quic_config, self._on_connection, options)
         self.server.start()
         self.tun.start_reading(self._guarded(self._on_tun_packets))

@@ -97,6 +97,25 @@ class ClientVerifier:
                 f"({type(exc).__name__}: {exc}): issue a well-formed one from the client CA"
             ) from None
 
+    def verify_resumed(
+        self, name: str, serial: int, not_valid_after: datetime.datetime, now: datetime.datetime
+    ) -> str:
+        """`name` if the certificate it authenticated with when its session ticket was issued
+        (serial, expiry) is still acceptable at `now`: not expired, not revoked since (a resumed
+        connection presents no certificate, RFC 8446 §2.2). ClientAuthError otherwise."""
+        if now > not_valid_after:
+            raise ClientAuthError(
+                f"the client certificate of {name!r} (serial {serial:#x}) its session ticket was "
+                "issued to has expired: issue the client a new certificate"
+            )
+        if self.revocations is not None and self.revocations.is_serial_revoked(serial):
+            raise ClientAuthError(
+                f"the client certificate of {name!r} (serial {serial:#x}) its session ticket was "
+                f"issued to is revoked by {self.revocations.path}: issue the client a new "
+                "certificate"
+            )
+        return name
+
     def _verify(
         self,
         certificate: x509.Certificate | None,
@@ -228,10 +247,13 @@ class RevocationList:
         )
 
     def is_revoked(self, certificate: x509.Certificate) -> bool:
+        return self.is_serial_revoked(certificate.serial_number)
+
+    def is_serial_revoked(self, serial: int) -> bool:
         crl = self._crl
         if crl is None:
             return False
-        return crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None
+        return crl.get_revoked_certificate_by_serial_number(serial) is not None
 
 
 # -- admission ---------------------------------------------------------------------------------

@@ -693,8 +693,29 @@ class TunnelConnection:
         self._requested_join = bytes(session_id)
         return stream_id
 
-    def _send_client_control(self, tlv: bytes) -> int:
-        self._require_mode(TunnelMode.SESSION, client=True)
+    def join_session_early(self, session_id: bytes) -> int:
+        """Client, right after connect() with a session ticket and before any tunnel mode is
+        negotiated: Join Session TLV then FIN on our control stream, which aioquic then sends
+        in 0-RTT (README "0-RTT": the one message we send there). The connection must offer
+        only session-mode ALPNs, so that the mode the join assumes is the one negotiated."""
+        if not self._is_client:
+            raise TunnelUsageError("only the client may do this")
+        if self._mode is not None:
+            raise TunnelUsageError("the mode is negotiated already: use join_session")
+        offered = self._quic.configuration.alpn_protocols or []
+        if not offered or any(mode_of_alpn(alpn) is not TunnelMode.SESSION for alpn in offered):
+            raise TunnelUsageError(
+                "an early Join Session needs a connection offering only qt-session"
+            )
+        stream_id = self._send_client_control(JoinSession(session_id).encode(), early=True)
+        self._requested_join = bytes(session_id)
+        return stream_id
+
+    def _send_client_control(self, tlv: bytes, early: bool = False) -> int:
+        if not early:
+            self._require_mode(TunnelMode.SESSION, client=True)
+        elif self.closed:
+            raise TunnelUsageError(f"the connection is closed ({self.close_reason})")
         if self._control_sent:
             # §4.1: "This negotiation MUST NOT take place more than once per QUIC connection."
             raise TunnelUsageError("this connection already sent New Session or Join Session")

@@ -47,8 +47,10 @@ from aioquic.quic.packet_builder import (
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
+from aioquic.tls import SessionTicket
 from cryptography import x509
 
+from tunnel.policy.tickets import TicketIdentity, TicketStore
 from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import PacedNoCongestionControl
 from tunnel.protocol.stateless_reset import is_reset, reset_token
@@ -277,6 +279,7 @@ class TunnelQuicConnection(QuicConnection):
         connection_window: int | None = None,
         reset_key: bytes | None = None,
         pacing_rate: float | None = None,
+        tickets: TicketStore | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
@@ -294,7 +297,9 @@ class TunnelQuicConnection(QuicConnection):
         (tunnel/protocol/congestion.py), required with it; with any other, a cap on the rate
         the controller paces at.
         `payload_ethertype`: announce quic_tunnel_payload (PAYLOAD_TP_ID) with this EtherType
-        (a client whose payload is not IP); None: not announced, i.e. IP."""
+        (a client whose payload is not IP); None: not announced, i.e. IP.
+        `tickets` (server): issue session tickets into this store and resume the connections
+        that present one of them (README "0-RTT"); see resumed_identity."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         if payload_ethertype is not None and not 0 <= payload_ethertype <= 0xFFFF:
@@ -307,6 +312,13 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_request_client_certificate = request_client_certificate
         # stream id -> bytes the application still holds (see set_stream_backlog)
         self._tunnel_backlog: dict[int, int] = {}
+        self._tunnel_tickets = tickets
+        self._tunnel_resumed: TicketIdentity | None = None
+        self.issued_tickets: list[bytes] = []
+        """Labels of the session tickets issued on this connection (server, with `tickets`)."""
+        if tickets is not None:
+            kwargs["session_ticket_fetcher"] = self._tunnel_fetch_ticket
+            kwargs["session_ticket_handler"] = self._tunnel_ticket_issued
         super().__init__(**kwargs)
         if max_streams_bidi is not None:
             if max_streams_bidi < 1:
@@ -614,6 +626,27 @@ class TunnelQuicConnection(QuicConnection):
         # signature: verify the chain with tunnel.policy.client_auth after the handshake.
         if self._tunnel_request_client_certificate and not self._is_client:
             self.tls._request_client_certificate = True
+
+    # -- session tickets (RFC 8446 §4.6.1, RFC 9001 §4.6) ------------------------------------
+
+    def _tunnel_fetch_ticket(self, label: bytes) -> SessionTicket | None:
+        assert self._tunnel_tickets is not None
+        found = self._tunnel_tickets.take(label)
+        if found is None:
+            return None
+        ticket, identity = found
+        self._tunnel_resumed = identity
+        # RFC 8446 §4.3.2: "Servers which are authenticating with a PSK MUST NOT send the
+        # CertificateRequest message in the main handshake". aioquic's server does not send it
+        # then, but with the flag set it would still wait for the client's Certificate and
+        # fail the handshake on its Finished: the client is authenticated by the ticket.
+        self.tls._request_client_certificate = False
+        return ticket
+
+    def _tunnel_ticket_issued(self, ticket: SessionTicket) -> None:
+        assert self._tunnel_tickets is not None
+        self._tunnel_tickets.issued(ticket)
+        self.issued_tickets.append(ticket.ticket)
 
     # -- stateless reset (RFC 9000 §10.3) --------------------------------------------------
 
@@ -1071,6 +1104,23 @@ def minimum_rtt(quic: QuicConnection) -> float | None:
 def pending_datagram_count(quic: QuicConnection) -> int:
     """Datagrams queued in aioquic that no packet carried yet."""
     return len(quic._datagrams_pending)
+
+
+def resumed_identity(quic: QuicConnection) -> TicketIdentity | None:
+    """Server: who the session ticket this connection resumed with was issued to (None: a full
+    handshake, the client presented a certificate). Only once the handshake resumed."""
+    if not isinstance(quic, TunnelQuicConnection):
+        return None
+    tls = getattr(quic, "tls", None)
+    if tls is None or not tls.session_resumed:
+        return None
+    return quic._tunnel_resumed
+
+
+def early_data_possible(quic: QuicConnection) -> bool:
+    """Client: whether what is queued now goes out in 0-RTT packets (a session ticket allowing
+    early data was presented at connect(); RFC 9001 §4.6.1), until the handshake completes."""
+    return bool(quic._cryptos and quic._cryptos[tls.Epoch.ZERO_RTT].send.is_valid())
 
 
 def peer_certificate(
