@@ -96,14 +96,20 @@ def test_lab1_tunnel_mode_journey_migration_and_failback() -> None:
     pings = outputs(steps, f"c1 {SHORT_PING}")
     assert len(pings) == 3 and all(THREE_OF_THREE in p for p in pings), pings
     # WiFi down: the same connection on 5G; WiFi up: back on WiFi
-    assert "wifi DOWN, 5g up active" in client_line(after(steps, "wifi down")), steps
+    # the access gone; the engine may already say "dead" after it (README: the tunnel line)
+    assert re.search(r"wifi DOWN( dead)?, 5g up active", client_line(after(steps, "wifi down"))), (
+        steps
+    )
     assert "wifi up active" in client_line(after(steps, "wifi up")), steps
     log = outputs(steps, "sh grep -E")[0]
     assert re.search(r"migrated from=wifi to=5g(.|\n)*migrated from=5g to=wifi", log), log
 
     # the contrast: failback=false stays on 5G once WiFi is back
     steps = run_lab("01-tunnel-mode.qtlab", "--tunnel", "tunnel", "--set", "failback=false")
-    assert "wifi DOWN, 5g up active" in client_line(after(steps, "wifi down")), steps
+    # the access gone; the engine may already say "dead" after it (README: the tunnel line)
+    assert re.search(r"wifi DOWN( dead)?, 5g up active", client_line(after(steps, "wifi down"))), (
+        steps
+    )
     assert "wifi up, 5g up active" in client_line(after(steps, "wifi up")), steps
     assert all(THREE_OF_THREE in p for p in outputs(steps, f"c1 {SHORT_PING}")), steps
     log = outputs(steps, "sh grep -E")[0]
