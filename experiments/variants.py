@@ -405,6 +405,7 @@ class OpenVpn:
         self.endpoint = endpoint
         self.nodes = (concentrator or lab.plan.concentrator, client)
         self.procs: dict[str, HostProcess] = {}
+        self._log_start: dict[str, int] = {}
 
     @staticmethod
     def ifname(node: str) -> str:
@@ -436,6 +437,9 @@ class OpenVpn:
                                  "--key", str(certs / "ovpnclient.key"),
                                  "--ifconfig", OVPN_CLIENT, OVPN_CONCENTRATOR])  # fmt: skip
             self._wait_ready(client)
+            out = self.lab.node(client).cmd(f"ping -n -c 3 -i 0.2 -W 2 {OVPN_CONCENTRATOR}")
+            if " 0 received" in out or "received" not in out:
+                raise LabError(f"no ping through OpenVPN to {OVPN_CONCENTRATOR}: {out[-200:]}")
         except BaseException:
             self.stop()
             raise
@@ -443,16 +447,23 @@ class OpenVpn:
         return Carrier(Route(conc, OVPN_CONCENTRATOR, OVPN_PORT), self.stop, programs=programs)
 
     def _start(self, node: str, argv: list[str]) -> None:
+        # the log file is appended to by every run of the lab: read only what this one writes
+        log = self.lab.procs.log_dir / f"{node}-openvpn.log"
+        self._log_start[node] = log.stat().st_size if log.exists() else 0
         self.procs[node] = self.lab.procs.start(self.lab.node(node), "openvpn", argv)
+
+    def _log(self, node: str) -> str:
+        with open(self.procs[node].log_path, "rb") as f:
+            f.seek(self._log_start.get(node, 0))
+            return f.read().decode(errors="replace")
 
     def _wait_ready(self, client: str) -> None:
         """Until the client's log says its tunnel is up (TLS done, tun configured)."""
         proc = self.procs[client]
         deadline = time.monotonic() + OVPN_START_TIMEOUT_S
-        while "Initialization Sequence Completed" not in proc.log_path.read_text(errors="replace"):
+        while "Initialization Sequence Completed" not in self._log(client):
             if time.monotonic() > deadline or not proc.running():
-                log = proc.log_path.read_text(errors="replace")[-400:]
-                raise LabError(f"OpenVPN did not come up on {client}: {log}")
+                raise LabError(f"OpenVPN did not come up on {client}: {self._log(client)[-400:]}")
             time.sleep(0.05)
 
     def stop(self) -> None:
