@@ -53,7 +53,6 @@ from experiments.runner import (
 from experiments.schemas import GOODPUT, tables
 from experiments.traffic import goodput_mbps, pad_bins
 from experiments.variants import CLIENT, Modes, QtunVariant
-from testbed.fidelity import require_fidelity, verify_link
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
 from testbed.qtun import TunnelSpec
@@ -241,13 +240,7 @@ def session(params: Params) -> Iterator[Context[GoodputState]]:
         ctx = Context(params, GoodputState(lab, Path(tmp), modes, qtun))
         ctx.extra_meta = extra_meta
         ctx.backend = str(lab.backend)
-        if params["verify_fidelity"]:
-            middle = lab.access("wifi", CLIENT).shaped
-            assert middle is not None
-            rows = verify_link(lab, middle)
-            ctx.fidelity = [vars(r) for r in rows]
-            require_fidelity(rows)
-        lab.access_down("5g", CLIENT)  # one path: nothing can use the other access
+        variants.wifi_only(lab, ctx, bool(params["verify_fidelity"]))
         ctx.extra_meta.update(
             {
                 "topology": "reference (5G access down), as the overhead experiment",

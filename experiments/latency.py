@@ -44,7 +44,7 @@ from experiments.runner import (
 from experiments.schemas import LATENCY, tables
 from experiments.traffic import goodput_mbps, pad_bins
 from experiments.variants import CLIENT, Modes
-from testbed.fidelity import ping_rtts, require_fidelity, verify_link
+from testbed.fidelity import ping_rtts
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
 
@@ -113,13 +113,7 @@ def session(params: Params) -> Iterator[Context[LatencyState]]:
         ctx = Context(params, LatencyState(lab, Path(tmp), modes))
         ctx.extra_meta = extra_meta
         ctx.backend = str(lab.backend)
-        if params["verify_fidelity"]:
-            middle = lab.access("wifi", CLIENT).shaped
-            assert middle is not None
-            rows = verify_link(lab, middle)
-            ctx.fidelity = [vars(r) for r in rows]
-            require_fidelity(rows)
-        lab.access_down("5g", CLIENT)  # one path: nothing can use the other access
+        variants.wifi_only(lab, ctx, bool(params["verify_fidelity"]))
         for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):
             lab.set_congestion_control(node, str(params["cc"]))
         extra_meta.update(

@@ -73,8 +73,7 @@ from experiments.runner import (
     run_experiment,
 )
 from experiments.schemas import OVERHEAD, tables
-from experiments.variants import CLIENT, MODES, WG_MTU, Modes, Route
-from testbed.fidelity import verify_link
+from experiments.variants import CLIENT, MODES, WG_MTU, Modes, Route, wifi_only
 from testbed.lab import Lab
 from testbed.profiles import profile
 from testbed.topologies import CONCENTRATOR_V4
@@ -370,11 +369,8 @@ def session(params: Params) -> Iterator[Context[OverheadState]]:
         for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):
             lab.set_congestion_control(node, "cubic")
         ctx.backend = str(lab.backend)
-        if access.shaped is None:
-            raise ExperimentError("the reference topology's WiFi access is not shaped.")
-        ctx.fidelity = [vars(r) for r in verify_link(lab, access.shaped)]
-        # Only WiFi carries anything: no session-mode connection or route on 5G to miss.
-        lab.access_down("5g", CLIENT)
+        # measured and recorded, not required: the overhead is counted on the wire either way
+        wifi_only(lab, ctx, verify=True, require=False)
         ctx.extra_meta.update(
             {
                 "topology": "reference (5G access down)",

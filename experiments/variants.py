@@ -78,7 +78,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.runner import ExperimentError
+from experiments.runner import Context, ExperimentError
+from testbed.fidelity import require_fidelity, verify_link
 from testbed.hosts import HostProcess
 from testbed.lab import Lab, LabError
 from testbed.qtun import QTUN_PORT, QtunDeployment, TunnelSpec
@@ -670,6 +671,21 @@ def mode_spec(mode: str) -> TunnelSpec:
     routes (the servers) and carries it on QUIC streams; the concentrator opens the TCP
     connection to the server. UDP still goes in DATAGRAM frames."""
     return TunnelSpec(mode="tunnel" if mode == "tunnel" else "session", stream=mode == "stream")
+
+
+def wifi_only(lab: Lab, ctx: Context[Any], verify: bool, require: bool = True) -> None:
+    """The one-access network of the overhead, goodput and latency experiments: c1's WiFi link
+    measured against its settings (`verify`; with `require`, an off link refuses the run), then
+    its 5G access down, so that nothing (no session-mode connection, no route) can use it."""
+    middle = lab.access("wifi", CLIENT).shaped
+    if middle is None:
+        raise ExperimentError("the reference topology's WiFi access is not shaped.")
+    if verify:
+        rows = verify_link(lab, middle)
+        ctx.fidelity = [vars(r) for r in rows]
+        if require:
+            require_fidelity(rows)
+    lab.access_down("5g", CLIENT)
 
 
 class Modes:
