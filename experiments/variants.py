@@ -80,7 +80,7 @@ from typing import Any
 
 from experiments.runner import Context, ExperimentError
 from testbed.fidelity import require_fidelity, verify_link
-from testbed.hosts import HostProcess
+from testbed.hosts import HostProcess, wait_in_log
 from testbed.lab import Lab, LabError
 from testbed.qtun import QTUN_PORT, QtunDeployment, TunnelSpec
 from testbed.topologies import ACCESSES, CONCENTRATOR_V4, SERVERS_V4, Access, Plan
@@ -406,7 +406,6 @@ class OpenVpn:
         self.endpoint = endpoint
         self.nodes = (concentrator or lab.plan.concentrator, client)
         self.procs: dict[str, HostProcess] = {}
-        self._log_start: dict[str, int] = {}
 
     @staticmethod
     def ifname(node: str) -> str:
@@ -448,24 +447,16 @@ class OpenVpn:
         return Carrier(Route(conc, OVPN_CONCENTRATOR, OVPN_PORT), self.stop, programs=programs)
 
     def _start(self, node: str, argv: list[str]) -> None:
-        # the log file is appended to by every run of the lab: read only what this one writes
-        log = self.lab.procs.log_dir / f"{node}-openvpn.log"
-        self._log_start[node] = log.stat().st_size if log.exists() else 0
         self.procs[node] = self.lab.procs.start(self.lab.node(node), "openvpn", argv)
-
-    def _log(self, node: str) -> str:
-        with open(self.procs[node].log_path, "rb") as f:
-            f.seek(self._log_start.get(node, 0))
-            return f.read().decode(errors="replace")
 
     def _wait_ready(self, client: str) -> None:
         """Until the client's log says its tunnel is up (TLS done, tun configured)."""
-        proc = self.procs[client]
-        deadline = time.monotonic() + OVPN_START_TIMEOUT_S
-        while "Initialization Sequence Completed" not in self._log(client):
-            if time.monotonic() > deadline or not proc.running():
-                raise LabError(f"OpenVPN did not come up on {client}: {self._log(client)[-400:]}")
-            time.sleep(0.05)
+        try:
+            wait_in_log(
+                self.procs[client], "Initialization Sequence Completed", OVPN_START_TIMEOUT_S
+            )
+        except TimeoutError as exc:
+            raise LabError(f"OpenVPN did not come up on {client}: {exc}") from None
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -130,6 +130,9 @@ class HostProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    log_offset: int = 0
+    """Where this run's output starts in `log_path`: a lab appends every run of a program name
+    on a node to one file, and an earlier run's lines must not count as this one's."""
 
     @property
     def pid(self) -> int:
@@ -137,6 +140,15 @@ class HostProcess:
 
     def running(self) -> bool:
         return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        """What this run of the program has written to its log so far."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
 
 @dataclass
@@ -152,8 +164,9 @@ class ProcessManager:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{node.name}-{name}.log"
         with open(log_path, "ab") as log:
+            offset = log.tell()
             popen = node.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        proc = HostProcess(node.name, name, popen, log_path)
+        proc = HostProcess(node.name, name, popen, log_path, offset)
         self.procs.append(proc)
         self.state.add_proc(popen.pid, argv[0])
         return proc
@@ -222,11 +235,12 @@ def wait_listening(node: Node, port: int, proc: HostProcess, timeout_s: float = 
 
 
 def wait_in_log(proc: HostProcess, text: str, timeout_s: float = 10.0) -> None:
-    """Return once `text` appears in the program's log (its own word that it is ready);
+    """Return once `text` appears in this run's part of the program's log (its own word that
+    it is ready);
     TimeoutError with the log tail if it exits first or the time runs out."""
     _wait_ready(
         proc,
-        lambda: text in proc.log_path.read_text(errors="replace"),
+        lambda: text in proc.log_text(),
         f"never said {text!r}",
         timeout_s,
     )
@@ -240,7 +254,7 @@ def _wait_ready(proc: HostProcess, ready: Callable[[], bool], fault: str, timeou
         exited = not proc.running()
         if exited or time.monotonic() > deadline:
             why = f"exited ({proc.popen.returncode})" if exited else f"after {timeout_s:g} s"
-            tail = proc.log_path.read_text(errors="replace")[-300:].strip()
+            tail = proc.log_text()[-300:].strip()
             raise TimeoutError(
                 f"{proc.name} on {proc.node_name} {fault} ({why}); log tail: {tail or '(empty)'}"
             )

@@ -1674,15 +1674,8 @@ class ConcentratorCore:
             self.counters["dropped_client_offline"] += len(frames)
             return Forwarded(())
         try:
-            bucket = client.bucket_out
             for frame in frames:
-                if bucket is not None and not bucket.allow(len(frame), now):
-                    client.counters["rate_limited_out"] += 1
-                    continue
-                try:
-                    self._to_client(client, frame, now, touched)
-                except Exception as exc:
-                    self._internal_error(f"frame to client {client.name}", exc, now)
+                self._limited_to_client(client, frame, now, touched, "frame")
             return Forwarded(tuple(touched))
         finally:
             self._touched(touched)
@@ -1875,15 +1868,22 @@ class ConcentratorCore:
                 else:
                     self.counters["dropped_no_route"] += 1
                 continue
-            bucket = client.bucket_out
-            if bucket is not None and not bucket.allow(len(packet), now):
-                client.counters["rate_limited_out"] += 1
-                continue
-            try:
-                self._to_client(client, packet, now, touched)
-            except Exception as exc:
-                self._internal_error(f"packet to client {client.name}", exc, now)
+            self._limited_to_client(client, packet, now, touched, "packet")
         return Forwarded(tuple(touched))
+
+    def _limited_to_client(
+        self, client: _Client, data: bytes, now: float, touched: set[TunnelConnection], what: str
+    ) -> None:
+        """A packet (or Ethernet frame) from the TUN (or TAP) to its client: the client's rate
+        limit, then `_to_client`; a bug there costs this packet, not the batch."""
+        bucket = client.bucket_out
+        if bucket is not None and not bucket.allow(len(data), now):
+            client.counters["rate_limited_out"] += 1
+            return
+        try:
+            self._to_client(client, data, now, touched)
+        except Exception as exc:
+            self._internal_error(f"{what} to client {client.name}", exc, now)
 
     def _to_client(
         self, client: _Client, packet: bytes, now: float, touched: set[TunnelConnection]
