@@ -136,6 +136,10 @@ def test_aggregation_mptcp_uses_both_accesses(tmp_path: Path) -> None:
         "duration_s=4.0",
         "warmup_s=1.0",
         "verify_fidelity=false",
+        # No random loss: what is checked is which subflows carry data, and once (a fresh clone's
+        # make test, 2026-12-03) a loss at the WiFi profile's 0.1 % stalled the whole 4 s MPTCP
+        # transfer after its first 1,500 packets (goodput 0 after the warm-up).
+        "wifi_loss_pct=0.0",
     ]
     params = resolve_params(exp, runs=1, sets=sets)
     summary = run_experiment(exp, params, root=tmp_path, progress=False)
