@@ -194,6 +194,7 @@ LATENCY = Table(
     "latency",
     (
         "mode",
+        "queue_aqm",  # qtun modes: limits.queue_aqm (codel, off); n/a for plain, WireGuard
         "load",  # idle, or tcp: one bulk TCP flow to c1 while the pings run
         "run",
         "pings",

@@ -574,7 +574,7 @@ class _TunnelMode:
             return
         for packet in packets:
             token = resender.copy_token(packet, now)
-            if not tunnel.send_packet(packet, token=token).sent:
+            if not tunnel.send_packet(packet, token=token, now=now).sent:
                 resender.sent.fate(token)
                 resender.counters["resend_no_path"] += 1
         self.agent.transmit(path)
@@ -610,7 +610,7 @@ class _TunnelMode:
         for packet in packets:
             token = None if resender is None else resender.token_for(packet, now)
             try:
-                result = send(packet, token=token)
+                result = send(packet, token=token, now=now)
             except DatagramError:
                 agent.counters["drops_malformed"] += 1
                 result = None
@@ -1226,7 +1226,9 @@ class ClientAgent:
         """OpenPath was carried out: `quic` is connecting (connect() was called). Returns the
         TunnelConnection."""
         self.last_now = now
-        tunnel = TunnelConnection(quic, self.limits.max_datagram_queue)
+        tunnel = TunnelConnection(
+            quic, self.limits.max_datagram_queue, self.limits.queue_delay_control()
+        )
         path.tunnel = tunnel
         if isinstance(self._mode, _SessionMode):
             self._mode.opened(path, now)

@@ -336,7 +336,7 @@ class TunnelSession:
         if sent is not None:
             sent.expire(now - self._keep)
             token = sent.add(SentPacket(packet, tag, member.path_id, now, copy=copy))
-        result = member.connection.send_packet(packet, packet_tag=tag, token=token)
+        result = member.connection.send_packet(packet, packet_tag=tag, token=token, now=now)
         if token is not None and result.status is not SendStatus.SENT:
             sent.fate(token)  # type: ignore[union-attr]  # never queued: no fate will come
         return result
