@@ -287,12 +287,15 @@ def test_outer_congestion_control_is_one_of_the_registered() -> None:
         client("limits.congestion_control=vegas")
 
 
-def test_queue_aqm_is_codel_unless_turned_off_and_its_target_is_below_its_interval() -> None:
-    limits = client().limits  # type: ignore[attr-defined]
-    codel = limits.queue_delay_control()
+def test_queue_aqm_is_off_unless_codel_is_asked_and_its_target_is_below_its_interval() -> None:
+    assert client().limits.queue_delay_control() is None  # type: ignore[attr-defined]
+    codel = client("limits.queue_aqm=codel").limits.queue_delay_control()  # type: ignore[attr-defined]
     assert (codel.target, codel.interval) == (0.005, 0.1)
-    assert client("limits.queue_aqm=off").limits.queue_delay_control() is None  # type: ignore[attr-defined]
-    slow = concentrator("limits.queue_delay_target=0.02", "limits.queue_delay_interval=0.5")
+    slow = concentrator(
+        "limits.queue_aqm=codel",
+        "limits.queue_delay_target=0.02",
+        "limits.queue_delay_interval=0.5",
+    )
     assert slow.limits.queue_delay_control().target == 0.02  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"queue_delay_target = 0\.2 s is not below"):
         client("limits.queue_delay_target=0.2")

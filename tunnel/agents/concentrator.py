@@ -725,7 +725,7 @@ class _SessionMode(_ClientMode):
             if member.monitor is not None:  # keep the detector's verdict
                 session.set_health(member.connection, member.monitor.health, now)
             log.info("access learned peer=%s access=%s", member.address, access_name(learned))
-        session.set_available(access, up)
+        self._transmit(session.set_available(access, up, now))
 
     def left(self, peer: _Peer, now: float) -> None:
         if self.session is not None and self._has(peer):
