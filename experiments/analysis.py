@@ -1385,6 +1385,9 @@ def plot_workload_calls(
                 yerr=[[0], [max(0.0, upper - median)]] if upper > median else None, capsize=3,
             )  # fmt: skip
             ax.plot([x] * len(rows), rows[column], ".", color="k", ms=3)
+            # the value, said: a MOS of 1 (the scale's floor) is a bar of no height
+            ax.annotate(f"{median:.3g}", (x, median), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize="x-small")  # fmt: skip
             hot = points[
                 (points["mode"] == mode) & (points["workload"] == kind) & points["cpu_saturated"]
             ]

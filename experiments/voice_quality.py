@@ -40,7 +40,7 @@ The E-model, simplified (every G.107 default except delay and loss):
                                                  the call's own loss pattern (1 when nothing,
                                                  or everything, was lost)
   MOS = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6  G.107 Annex B eq. B-4 for 0 < R < 100
-        (1 below, 4.5 above)
+        (1 below, 4.5 above); R is reported clamped at 0 (`r_factor`)
 So an unimpaired call has R = 93.2, MOS 4.41.
 """
 
@@ -86,12 +86,15 @@ def r_factor(
     ie: float = IE_G711,
     bpl: float = BPL_G711_PLC,
 ) -> float:
-    """R = 93.2 - Id - Ie,eff (module docstring)."""
-    return (
+    """R = 93.2 - Id - Ie,eff (module docstring), at least 0: the E-model's scale is 0..100
+    (with heavy bursty loss Ie,eff can exceed 95, and an R of -200 would only say "unusable"
+    less plainly; MOS is 1 from R = 0 down either way)."""
+    r = (
         R_UNIMPAIRED
         - delay_impairment(mouth_to_ear_ms)
         - effective_equipment_impairment(loss_pct, burst_ratio, ie, bpl)
     )
+    return max(0.0, r)
 
 
 def mos_from_r(r: float) -> float:

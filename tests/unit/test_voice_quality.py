@@ -46,6 +46,8 @@ def test_loss_impairment_is_g107_with_g113_values() -> None:
         ie_eff(101.0)
     # both impairments together
     assert vq.r_factor(200.0, 1.0) == pytest.approx(93.2 - (4.8 + 0.11 * 22.7) - 95 / 26.1)
+    # heavy bursty loss takes Ie,eff past 95: R stays on the model's 0..100 scale
+    assert ie_eff(80.0, burst_ratio=50.0) > 95 and vq.r_factor(300.0, 80.0, 50.0) == 0.0
 
 
 def test_burst_ratio_of_loss_patterns() -> None:
