@@ -26,20 +26,21 @@ The metrics (`call_metrics`):
                    (every played packet waits the same: a fixed buffer).
 
 The E-model, simplified (every G.107 default except delay and loss):
-  R = 93.2 - Id - Ie,eff                         G.107 (06/2015) §7: 93.2 is R with every
-                                                 parameter at its default (Ro - Is)
+  R = 93.2 - Id - Ie,eff                         G.107 (06/2015): 93.2 is R with every
+                                                 parameter at its default (Cole & Rosenbluth
+                                                 start from the 94.2 of the G.107 of their day)
   Id = 0.024 d + 0.11 (d - 177.3) H(d - 177.3)   Cole & Rosenbluth, "Voice over IP performance
                                                  monitoring", ACM CCR 31(2), 2001 (their fit of
                                                  G.107's Idd + Idte with default echo values;
                                                  d in ms, H the Heaviside step)
-  Ie,eff = Ie + (95 - Ie) Ppl / (Ppl/BurstR + Bpl)   G.107 §7.4 eq. 7-29, Ppl in %
+  Ie,eff = Ie + (95 - Ie) Ppl / (Ppl/BurstR + Bpl)   G.107 §7.4, Ppl in %
   G.711: Ie = 0; Bpl = 25.1 with packet loss concealment (G.711 Appendix I), 4.3 without
-                                                 ITU-T G.113 Appendix I, Table I.3
+                                                 ITU-T G.113 Appendix I (its G.711 rows)
   BurstR = 1 / (p + q)                           G.107 §7.4: p = P(lost | previous played),
                                                  q = P(played | previous lost), estimated from
                                                  the call's own loss pattern (1 when nothing,
                                                  or everything, was lost)
-  MOS = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6  G.107 Annex B eq. B-4 for 0 < R < 100
+  MOS = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6  G.107 Annex B, for 0 < R < 100
         (1 below, 4.5 above); R is reported clamped at 0 (`r_factor`)
 So an unimpaired call has R = 93.2, MOS 4.41.
 """
@@ -56,7 +57,7 @@ PACKET_INTERVAL_MS = 20.0  # G.711 at 20 ms packetisation: 160 samples of 8 kHz 
 PAYLOAD_BYTES = 160
 R_UNIMPAIRED = 93.2  # G.107 §7: R with every parameter at its default
 IE_G711 = 0.0  # G.113 Appendix I: G.711's equipment impairment
-BPL_G711_PLC = 25.1  # G.113 Appendix I Table I.3: G.711 with Appendix I concealment
+BPL_G711_PLC = 25.1  # G.113 Appendix I: G.711 with its Appendix I concealment
 BPL_G711_NO_PLC = 4.3  # the same, without concealment (random loss)
 SEQ_MODULUS = 1 << 16  # RTP sequence numbers are 16 bits (RFC 3550 §5.1)
 
@@ -71,7 +72,7 @@ def delay_impairment(mouth_to_ear_ms: float) -> float:
 def effective_equipment_impairment(
     loss_pct: float, burst_ratio: float = 1.0, ie: float = IE_G711, bpl: float = BPL_G711_PLC
 ) -> float:
-    """Ie,eff (G.107 eq. 7-29): Ie + (95 - Ie) Ppl / (Ppl / BurstR + Bpl), Ppl in %."""
+    """Ie,eff (G.107 §7.4): Ie + (95 - Ie) Ppl / (Ppl / BurstR + Bpl), Ppl in %."""
     if not 0 <= loss_pct <= 100:
         raise ValueError(f"loss_pct must be between 0 and 100, got {loss_pct}.")
     if burst_ratio <= 0:
@@ -98,7 +99,7 @@ def r_factor(
 
 
 def mos_from_r(r: float) -> float:
-    """G.107 Annex B eq. B-4: the estimated conversational MOS of an R-factor."""
+    """G.107 Annex B: the estimated conversational MOS of an R-factor."""
     if r <= 0:
         return 1.0
     if r >= 100:
