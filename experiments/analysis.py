@@ -1396,11 +1396,13 @@ def plot_workload_calls(
     ax.set_xticks(range(len(modes)), modes)
     ax.set_ylabel(label)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(
-        handles=[Patch(facecolor="0.6", label="call alone"),
-                 Patch(facecolor="0.6", hatch="//", edgecolor="white", label="under a bulk flow")],
-        fontsize="x-small",
-    )  # fmt: skip
+    shown = {
+        "voip": Patch(facecolor="0.6", label="call alone"),
+        "voip-bulk": Patch(
+            facecolor="0.6", hatch="//", edgecolor="white", label="under a bulk flow"
+        ),
+    }
+    ax.legend(handles=[shown[k] for k in kinds], fontsize="x-small")
 
 
 def plot_workload_fct(ax: Axes, flows: pd.DataFrame) -> None:

@@ -297,7 +297,7 @@ WORKLOAD_FLOWS = Table(
         "start_s",  # web: when its fetch began, from the workload's origin
         "fct_ms",  # web: flow completion time, connect() to the last byte
         "bytes",  # what arrived
-        "goodput_mbps",  # bulk: the connection's mean over the measurement
+        "goodput_mbps",  # bulk: its share of the point's goodput (in proportion to its bytes)
         "outcome",  # web: soak_traffic's (ok, short, corrupt, reset, ...); bulk: ok
         "error",
     ),

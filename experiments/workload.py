@@ -410,14 +410,18 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
         )
         recv, sent = run_flow(state.lab, flow, state.workdir, cpu=meter)
         errors.append(flow_error(recv, sent))
-        shares = [b * 8 / bulk_s / 1e6 for b in recv.streams]
+        total = goodput_mbps(recv.bins, recv.interval_s, 0.0, bulk_s)
+        # Per-connection bytes are counted to the end (the queue's drain after the sender's
+        # deadline included); the window's goodput is shared out in their proportion.
+        delivered = sum(recv.streams)
+        shares = [total * b / delivered if delivered else 0.0 for b in recv.streams]
         flows = [
             {"flow": i, "kind": "bulk", "bytes": b, "goodput_mbps": g, "outcome": "ok"}
             for i, (b, g) in enumerate(zip(recv.streams, shares, strict=True))
         ]
         row["flows"] = len(flows)
         row["flows_ok"] = sum(1 for b in recv.streams if b > 0)
-        row["goodput_mbps"] = goodput_mbps(recv.bins, recv.interval_s, 0.0, bulk_s)
+        row["goodput_mbps"] = total
         row["jain_fairness"] = jain_index(shares)
     if calls:
         row.update(call_summary(calls))
