@@ -1336,12 +1336,161 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
     return _save(fig, out_png, run_dir)
 
 
+# -- the workload experiment ----------------------------------------------------------------
+def load_workload(run_dir: Path) -> pd.DataFrame:
+    return _with_cpu_flag(_load(run_dir, "workload"))
+
+
+def load_workload_calls(run_dir: Path) -> pd.DataFrame:
+    return _load(run_dir, "workload_calls")
+
+
+def load_workload_flows(run_dir: Path) -> pd.DataFrame:
+    return _load(run_dir, "workload_flows")
+
+
+def _nothing_to_draw(ax: Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this run", ha="center", va="center", color="0.4")
+    ax.set_axis_off()
+
+
+def _mark_saturated(ax: Axes, x: float, y: float) -> None:
+    ax.plot([x], [y], "x", color="red", ms=8, mew=1.5)
+
+
+def plot_workload_calls(
+    ax: Axes, calls: pd.DataFrame, points: pd.DataFrame, column: str, label: str
+) -> None:
+    """One of the calls' columns per mode, alone (solid) and under a bulk load (hatched):
+    bars are the median over calls, dots the calls, error bars for the one-way delay reach its
+    median 95th percentile; red crosses: a point where a process saturated a core."""
+    voip = calls[calls["workload"].isin(["voip", "voip-bulk"])]
+    if voip.empty:
+        _nothing_to_draw(ax, "VoIP calls")
+        return
+    modes = _ordered(voip["mode"].tolist(), MODE_ORDER)
+    kinds = [k for k in ("voip", "voip-bulk") if k in set(voip["workload"])]
+    width = 0.8 / len(kinds)
+    for k, kind in enumerate(kinds):
+        for m, mode in enumerate(modes):
+            rows = voip[(voip["mode"] == mode) & (voip["workload"] == kind)]
+            if rows.empty:
+                continue
+            x = m - 0.4 + width * (k + 0.5)
+            median = float(rows[column].median())
+            upper = float(rows["owd_p95_ms"].median()) if column == "owd_median_ms" else median
+            ax.bar(
+                x, median, width * 0.9, color=mode_colour(mode),
+                hatch="//" if kind == "voip-bulk" else None, edgecolor="white",
+                yerr=[[0], [max(0.0, upper - median)]] if upper > median else None, capsize=3,
+            )  # fmt: skip
+            ax.plot([x] * len(rows), rows[column], ".", color="k", ms=3)
+            # the value, said: a MOS of 1 (the scale's floor) is a bar of no height
+            ax.annotate(f"{median:.3g}", (x, median), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize="x-small")  # fmt: skip
+            hot = points[
+                (points["mode"] == mode) & (points["workload"] == kind) & points["cpu_saturated"]
+            ]
+            if len(hot):
+                _mark_saturated(ax, x, median)
+    ax.set_xticks(range(len(modes)), modes)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, axis="y")
+    shown = {
+        "voip": Patch(facecolor="0.6", label="call alone"),
+        "voip-bulk": Patch(
+            facecolor="0.6", hatch="//", edgecolor="white", label="under a bulk flow"
+        ),
+    }
+    ax.legend(handles=[shown[k] for k in kinds], fontsize="x-small")
+
+
+def plot_workload_fct(ax: Axes, flows: pd.DataFrame) -> None:
+    """The CDF of the web objects' completion times per mode: alone (solid) and under a bulk
+    flow (dashed); objects not fetched whole are left out (their count is in workload.csv)."""
+    web = flows[(flows["kind"] == "web") & (flows["outcome"] == "ok")]
+    if web.empty:
+        _nothing_to_draw(ax, "web objects")
+        return
+    for mode in _ordered(web["mode"].tolist(), MODE_ORDER):
+        for kind, style in (("web", "-"), ("web-bulk", "--")):
+            fct = np.sort(web[(web["mode"] == mode) & (web["workload"] == kind)]["fct_ms"])
+            if len(fct):
+                y = np.arange(1, len(fct) + 1) / len(fct)
+                label = f"{mode}{' + bulk' if kind == 'web-bulk' else ''}"
+                ax.step(fct, y, where="post", ls=style, color=mode_colour(mode), label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("flow completion time (ms, log)")
+    ax.set_ylabel("fraction of objects")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+
+
+def plot_workload_parallel(ax: Axes, flows: pd.DataFrame, points: pd.DataFrame) -> None:
+    """Parallel bulk connections per mode: the total goodput (bar, mean over runs), each
+    connection's (dots) and Jain's index over them (in the label)."""
+    bulk = flows[flows["kind"] == "bulk"]
+    rows = points[points["workload"] == "bulk-parallel"]
+    if bulk.empty or rows.empty:
+        _nothing_to_draw(ax, "parallel bulk flows")
+        return
+    modes = _ordered(rows["mode"].tolist(), MODE_ORDER)
+    labels = []
+    for m, mode in enumerate(modes):
+        mine = rows[rows["mode"] == mode]
+        total = float(mine["goodput_mbps"].mean())
+        ax.bar(m, total, 0.6, color=mode_colour(mode), alpha=0.5)
+        shares = bulk[bulk["mode"] == mode]["goodput_mbps"]
+        ax.plot([m] * len(shares), shares, "o", color=mode_colour(mode), ms=4)
+        if mine["cpu_saturated"].any():
+            _mark_saturated(ax, m, total)
+        labels.append(f"{mode}\nJain {float(mine['jain_fairness'].mean()):.2f}")
+    ax.set_xticks(range(len(modes)), labels)
+    ax.set_ylabel("goodput (Mbit/s): all (bar), each connection (dots)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def workload_figure(run_dir: Path, out_png: Path) -> Path:
+    """The workload experiment: the calls' MOS and one-way delay per mode (alone and under a
+    bulk flow), the web objects' completion-time CDFs, and the parallel bulk connections."""
+    points = load_workload(run_dir)
+    calls = (
+        load_workload_calls(run_dir) if (Path(run_dir) / "workload_calls.csv").exists() else None
+    )
+    flows = (
+        load_workload_flows(run_dir) if (Path(run_dir) / "workload_flows.csv").exists() else None
+    )
+    fig = Figure(figsize=(13, 8.5), layout="constrained")
+    (ax_mos, ax_owd), (ax_fct, ax_bulk) = fig.subplots(2, 2)
+    if calls is not None:
+        plot_workload_calls(ax_mos, calls, points, "mos", "MOS (G.107 E-model)")
+        ax_mos.set_ylim(1, 4.5)
+        plot_workload_calls(ax_owd, calls, points, "owd_median_ms", "one-way delay (ms)")
+    else:
+        _nothing_to_draw(ax_mos, "VoIP calls")
+        _nothing_to_draw(ax_owd, "VoIP calls")
+    ax_mos.set_title("VoIP: MOS per call", fontsize="medium")
+    ax_owd.set_title("VoIP: median one-way delay (bar to the median p95)", fontsize="medium")
+    if flows is not None:
+        plot_workload_fct(ax_fct, flows)
+        plot_workload_parallel(ax_bulk, flows, points)
+    else:
+        _nothing_to_draw(ax_fct, "web objects")
+        _nothing_to_draw(ax_bulk, "parallel bulk flows")
+    ax_fct.set_title("web-like short flows: completion time", fontsize="medium")
+    ax_bulk.set_title("parallel bulk TCP connections", fontsize="medium")
+    hot = f"; x: {CPU_MARK}" if points["cpu_saturated"].any() else ""
+    fig.suptitle(_run_title(run_dir) + hot)
+    return _save(fig, out_png, run_dir)
+
+
 FIGURES: dict[str, Callable[[Path, Path], Path]] = {
     "failover": failover_figure,
     "overhead": overhead_figure,
     "goodput": goodput_figure,
     "aggregation": aggregation_figure,
     "scale": scale_figure,
+    "workload": workload_figure,
 }
 
 

@@ -464,6 +464,7 @@ EXPERIMENTS: dict[str, str] = {
     "aggregation": "experiments.aggregation",
     "scale": "experiments.scale",
     "latency": "experiments.latency",
+    "workload": "experiments.workload",
     "soak": "experiments.soak",
     "fuzz": "experiments.fuzz",
 }
