@@ -25,6 +25,11 @@ and `--set key=value` (value parsed as TOML, bare words as strings). A parameter
 is a table (the qtun variants' settings: `qtun`) is merged one level deep: a layer's entry
 replaces the entry of that name and adds new ones, so a config may redefine one variant or add
 one; `--set qtun.NAME.KEY=VALUE` sets one key of one entry.
+
+Scenarios (testbed/scenario.py): an experiment whose defaults have a `scenario` parameter takes
+one (`--scenario FILE|NAME` sets it); the runner loads and checks it before anything starts,
+records it in meta.json with its text (and a copy, scenario.toml), and hands it to the points
+as `Context.scenario`; a rerun or resume plays the recorded text, not the file.
 """
 
 from __future__ import annotations
