@@ -132,3 +132,17 @@ def test_failover_with_a_scenario_has_one_event_and_the_scenario_s_window() -> N
     scenario = scenario_for_run(exp, params)
     assert failover.outage_window(params, scenario) == (2.0, 10.0)
     assert failover.outage_window(params, None) == (4.0, 8.0)
+
+
+def test_a_resumed_run_plays_its_recorded_scenario(tmp_path: Path) -> None:
+    seen: list[Any] = []
+    exp = toy(seen)
+    mine = tmp_path / "mine.toml"
+    mine.write_text(MINE)
+    params = with_scenario(exp, resolve_params(exp, runs=1), str(mine))
+    first = run_experiment(exp, params, root=tmp_path, progress=False)
+    mine.unlink()
+    more = with_scenario(exp, resolve_params(exp, runs=2), str(mine))
+    again = run_experiment(exp, more, resume=first.run_dir, progress=False)
+    assert again.ran == 1 and again.already_done == 1
+    assert seen == [("mine", 1), ("mine", 1)]
