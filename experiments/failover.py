@@ -38,13 +38,20 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from experiments import variants
-from experiments.flows import Flow, cpu_columns, flow_error, run_flow, sleep_until
+from experiments.flows import (
+    Flow,
+    cpu_columns,
+    flow_error,
+    run_flow,
+    scenario_during,
+    sleep_until,
+)
 from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
@@ -64,7 +71,6 @@ from testbed.lab import Lab
 from testbed.profiles import profile
 from testbed.qtun import TunnelSpec
 from testbed.scenario import Scenario
-from testbed.scenario_player import play
 
 EVENTS = ("link-down", "blackhole")
 SCENARIO_EVENT = "scenario"  # the event of every point of a run with a scenario
@@ -318,18 +324,14 @@ def run_point(ctx: Context[FailoverState], point: Point) -> PointResult:
         finally:
             _event(lab, carrier, event, failed=False)
 
-    def scenario(start_at: float) -> None:
-        assert ctx.scenario is not None
-        report = play(lab, ctx.scenario, start_at, CLIENT, on_carrier=os_reaction)
-        played = ctx.extra_meta.setdefault("scenario_played", [])
-        played.append({**point.values, **report.summary()})
-
     def os_reaction(access: str, up: bool) -> None:
         (carrier.on_access_up if up else carrier.on_access_down)(access)
 
     cpu = CpuMeter(carrier.programs)
     try:
-        during = scenario if event == SCENARIO_EVENT else outage
+        during: Callable[[float], None] = outage
+        if event == SCENARIO_EVENT:
+            during = scenario_during(lab, ctx, point, CLIENT, on_carrier=os_reaction)
         recv, sent = run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
     finally:
         with contextlib.suppress(Exception):

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import variants
-from experiments.flows import Flow, cpu_columns, flow_error, run_flow
+from experiments.flows import Flow, cpu_columns, flow_error, run_flow, scenario_during
 from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
@@ -62,7 +62,6 @@ from experiments.variants import CLIENT, Modes, QtunVariant
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
 from testbed.qtun import TunnelSpec
-from testbed.scenario_player import play
 
 TRANSPORTS = ("tcp-cubic", "tcp-bbr", "udp")
 BASELINE_MODES = ("plain", "wireguard")
@@ -305,14 +304,7 @@ def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
         udp_size_bytes=int(p["udp_size_bytes"]),
     )
     cpu = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]))
-
-    def scenario(start_at: float) -> None:
-        assert ctx.scenario is not None
-        report = play(lab, ctx.scenario, start_at, CLIENT)
-        played = ctx.extra_meta.setdefault("scenario_played", [])
-        played.append({**point.values, **report.summary()})
-
-    during = scenario if ctx.scenario is not None else None
+    during = scenario_during(lab, ctx, point, CLIENT) if ctx.scenario is not None else None
     recv, sent = run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
     bins = pad_bins(recv.bins, recv.interval_s, flow.duration_s)
     goodput = goodput_mbps(bins, recv.interval_s, float(p["warmup_s"]), flow.duration_s)
