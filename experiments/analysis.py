@@ -598,6 +598,7 @@ def plot_goodput_timeseries(
     timeseries: pd.DataFrame,
     outage: tuple[float, float] | None = None,
     legend: bool = True,
+    outage_label: str = "WiFi outage",
 ) -> None:
     """Goodput over time, one line per variant (mean over runs at each sample), outage shaded.
     Give it one (event, traffic) combination at a time (see `scenarios`)."""
@@ -609,7 +610,7 @@ def plot_goodput_timeseries(
         label = f"{variant} (mean of {runs} runs)" if runs > 1 else variant
         ax.plot(mean.index, mean.to_numpy(), color=variant_colour(variant), lw=1.2, label=label)
     if outage is not None:
-        ax.axvspan(outage[0], outage[1], color="0.85", zorder=0, label="WiFi outage")
+        ax.axvspan(outage[0], outage[1], color="0.85", zorder=0, label=outage_label)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("goodput (Mbit/s)")
     ax.set_ylim(bottom=0)
@@ -1098,7 +1099,8 @@ def plot_scale_memory(ax: Axes, scale: pd.DataFrame) -> None:
 # -- whole figures saved as PNG and SVG, with the run's conditions ---------------------------
 def run_conditions(run_dir: Path) -> str:
     """The conditions a figure of this run was measured under, from its meta.json: runs per
-    point, the link profiles, the shaping backend and the commit (dirty if it was)."""
+    point, the link profiles, the scenario, the shaping backend and the commit (dirty if it
+    was)."""
     try:
         meta = load_meta(run_dir)
     except ResultsError:
@@ -1115,6 +1117,9 @@ def run_conditions(run_dir: Path) -> str:
     }
     if profiles:
         parts.append("profiles " + ", ".join(f"{k} {v}" for k, v in profiles.items()))
+    scenario = meta.get("scenario")
+    if isinstance(scenario, dict) and scenario.get("name"):
+        parts.append(f"scenario {scenario['name']}")
     backend = meta.get("backend") or parameters.get("backend")
     if backend:
         parts.append(f"shaping {backend}")
@@ -1150,13 +1155,19 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     timeseries = load_failover_timeseries(run_dir)
     combos = scenarios(timeseries)
     summary = failover_gap_summary(failover)
+    # a run with a scenario (testbed/scenario.py) shades its first change to its end
+    try:
+        scenario = load_meta(run_dir).get("scenario")
+    except ResultsError:  # a run directory without its meta.json still draws
+        scenario = None
+    shaded = f"scenario {scenario['name']}" if isinstance(scenario, dict) else "WiFi outage"
     fig = Figure(figsize=(19, 1.5 + 3.2 * len(combos)), layout="constrained")
     grid = fig.add_gridspec(len(combos), 3, width_ratios=(1.8, 1, 0.55))
     for row, combo in enumerate(combos):
         ax_ts = fig.add_subplot(grid[row, 0])
         rows = select_scenario(failover, combo)
         outage = outage_window(rows if len(rows) else failover)
-        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage, legend=False)
+        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage, False, shaded)
         what = " / ".join(combo)
         ax_ts.set_title(f"goodput at the receiver{': ' + what if what else ''}", fontsize="medium")
     ax_gap = fig.add_subplot(grid[:, 1])
@@ -1167,7 +1178,7 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     # One legend for every panel (colours are per variant): lines are means over the runs.
     variants = _ordered(timeseries["variant"].tolist(), VARIANT_ORDER)
     handles: list[Artist] = [Line2D([], [], color=variant_colour(v), label=v) for v in variants]
-    handles.append(Patch(color="0.85", label="WiFi outage"))
+    handles.append(Patch(color="0.85", label=shaded))
     if failover["cpu_saturated"].any():
         handles.append(Line2D([], [], color="red", marker="x", ls="", label=f"run: {CPU_MARK}"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")

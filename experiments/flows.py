@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from experiments.procstat import CpuMeter, saturation
+from experiments.runner import Context, Point
 from experiments.schemas import CPU_PROCESSES
 from experiments.traffic import SAMPLE_INTERVAL_S, Samples
 from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
+from testbed.scenario_player import CarrierHook, play
 from testbed.shaping import WireShaper
 from testbed.topologies import ACCESSES
 
@@ -204,6 +206,28 @@ def run_flow(
             f"the receiver never got traffic ({recv.error}; sender: {sent.get('error')})"
         )
     return recv, sent
+
+
+def scenario_during(
+    lab: Lab,
+    ctx: Context[Any],
+    point: Point,
+    client: str,
+    on_carrier: CarrierHook | None = None,
+) -> Callable[[float], None]:
+    """A `during` for run_flow that plays the run's scenario (ctx.scenario) on `client`'s
+    accesses from the traffic's origin, links restored at its end; each point's steps applied
+    and lateness go into meta.json's "scenario_played"."""
+    scenario = ctx.scenario
+    if scenario is None:
+        raise RuntimeError("scenario_during needs a run with a scenario")
+
+    def during(start_at: float) -> None:
+        report = play(lab, scenario, start_at, client, on_carrier=on_carrier)
+        played = ctx.extra_meta.setdefault("scenario_played", [])
+        played.append({**point.values, **report.summary()})
+
+    return during
 
 
 def flow_error(recv: Samples, sent: dict[str, Any]) -> str:

@@ -25,6 +25,11 @@ and `--set key=value` (value parsed as TOML, bare words as strings). A parameter
 is a table (the qtun variants' settings: `qtun`) is merged one level deep: a layer's entry
 replaces the entry of that name and adds new ones, so a config may redefine one variant or add
 one; `--set qtun.NAME.KEY=VALUE` sets one key of one entry.
+
+Scenarios (testbed/scenario.py): an experiment whose defaults have a `scenario` parameter takes
+one (`--scenario FILE|NAME` sets it); the runner loads and checks it before anything starts,
+records it in meta.json with its text (and a copy, scenario.toml), and hands it to the points
+as `Context.scenario`; a rerun or resume plays the recorded text, not the file.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from testbed.paths import EXPERIMENT_CONFIGS, REPO_ROOT
 from testbed.paths import RESULTS_ROOT as RESULTS_ROOT  # re-exported: the CLIs default to it
+from testbed.scenario import Scenario, load_scenario, shipped_scenarios
+from testbed.topologies import ACCESSES
 from tunnel.user_error import RuntimeFailure, UsageError, run_command
 
 Row = dict[str, Any]
@@ -95,6 +102,9 @@ class Context(Generic[S]):
         self.backend: str | None = None
         self.fidelity: list[Row] = []
         self.extra_meta: dict[str, Any] = {}
+        # The run's scenario (--scenario, testbed/scenario.py), set by run_experiment once the
+        # session is open: the experiment plays it during each point's traffic.
+        self.scenario: Scenario | None = None
 
 
 @dataclass
@@ -110,6 +120,11 @@ class Experiment(Generic[S]):
     quick: Params = field(default_factory=dict)
     summarize: Callable[[Path], str] | None = None  # the table printed after a run
     description: str = ""
+    # An experiment takes a scenario (`--scenario`) when its defaults have a "scenario"
+    # parameter; it may change these accesses (`scenario_note`: why not the others), and must
+    # end before each point's traffic (its "duration_s" parameter) does.
+    scenario_accesses: tuple[str, ...] = ACCESSES
+    scenario_note: str = ""
 
     @property
     def primary(self) -> str:
@@ -389,8 +404,14 @@ def run_experiment(
     root: Path = RESULTS_ROOT,
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
+    scenario_text: str | None = None,
 ) -> RunSummary:
-    """Run the experiment's points (this shard's, minus those already done) into a run dir."""
+    """Run the experiment's points (this shard's, minus those already done) into a run dir.
+    `scenario_text`: the text of the run's scenario as a run recorded it (rerun, resume), so
+    the file need not exist any more."""
+    if resume is not None and scenario_text is None:
+        scenario_text = recorded_scenario_text(resume)
+    scenario = scenario_for_run(exp, params, scenario_text)
     all_points = exp.points(params)
     mine = shard_points(all_points, shard)
     if resume is not None:
@@ -408,6 +429,9 @@ def run_experiment(
         meta = base_meta(exp, params, shard) | (extra_meta or {})
         done = set()
     todo = [p for p in mine if p.key(exp.key_columns) not in done]
+    if scenario is not None:
+        meta["scenario"] = {"given": params["scenario"], **scenario.describe()}
+        (run_dir / "scenario.toml").write_text(scenario.text)  # a copy to read; meta has it too
     write_meta(run_dir, meta)
     writers = {
         name: TableWriter(run_dir / f"{name}.csv", cols) for name, cols in exp.tables.items()
@@ -418,6 +442,7 @@ def run_experiment(
     variants: list[str] = list(meta.get("variants", []))
     try:
         with _open_session(exp, params) as ctx:
+            ctx.scenario = scenario
             meta["backend"] = ctx.backend
             meta["fidelity"] = ctx.fidelity
             meta.update(ctx.extra_meta)
@@ -453,6 +478,58 @@ def run_experiment(
         meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_meta(run_dir, meta)
     return RunSummary(run_dir, ran, skipped, failed, len(mine) - len(todo))
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+def with_scenario(exp: Experiment[S], params: Params, given: str) -> Params:
+    """`--scenario FILE|NAME`: the run's `scenario` parameter (what `--set scenario=...` sets)."""
+    if "scenario" not in exp.defaults:
+        raise ExperimentError(
+            f"experiment {exp.name} takes no --scenario; `qtlab run NAME --help` shows a "
+            "`scenario` parameter in the experiments that do."
+        )
+    return {**params, "scenario": given}
+
+
+def scenario_for_run(
+    exp: Experiment[S], params: Params, text: str | None = None
+) -> Scenario | None:
+    """The run's scenario (its `scenario` parameter: a shipped name or a file; with `text`, the
+    text a run recorded), checked against what the experiment lets it change and how long a
+    point's traffic lasts; None without one."""
+    given = str(params.get("scenario") or "")
+    if not given:
+        return None
+    scenario = load_scenario(given, text)
+    note = exp.scenario_note or f"{exp.name} changes no other access"
+    scenario.check_accesses(exp.scenario_accesses, note)
+    traffic_s = params.get("duration_s")
+    if isinstance(traffic_s, int | float) and scenario.duration_s >= traffic_s:
+        raise ExperimentError(
+            f"scenario {scenario.name} lasts {scenario.duration_s:g} s but a point's traffic "
+            f"only {traffic_s:g} s (duration_s): give --set "
+            f"duration_s={int(scenario.duration_s) + 2} or a shorter scenario."
+        )
+    return scenario
+
+
+def recorded_scenario_text(run_dir: Path) -> str | None:
+    """The scenario text a run's meta.json recorded, or None."""
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        meta = json.loads((Path(run_dir) / "meta.json").read_text())
+        recorded = meta.get("scenario") if isinstance(meta, dict) else None
+        if isinstance(recorded, dict) and isinstance(recorded.get("toml"), str):
+            return str(recorded["toml"])
+    return None
+
+
+def scenario_list() -> str:
+    """`qtlab scenarios`: the shipped scenarios, each with its length and description."""
+    lines = []
+    for name in shipped_scenarios():
+        scenario = load_scenario(name)
+        lines.append(f"{name:<18} {scenario.duration_s:>5g} s  {scenario.description}")
+    return "\n".join(lines)
 
 
 # -- registry and CLI -------------------------------------------------------------------------
@@ -570,6 +647,13 @@ def add_run_arguments(p: Any) -> None:
     p.add_argument("--resume", type=Path, help="continue this run directory")
     p.add_argument("--quick", action="store_true", help="the short version")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--scenario",
+        metavar="FILE|NAME",
+        help="play this scenario of link changes during each point's traffic (failover, "
+        f"goodput): a TOML file or a shipped one ({', '.join(shipped_scenarios())}; "
+        "`qtlab scenarios`)",
+    )
     p.add_argument("--results", type=Path, default=RESULTS_ROOT, help="results root")
     p.add_argument("--no-progress", action="store_true")
 
@@ -577,6 +661,9 @@ def add_run_arguments(p: Any) -> None:
 def run_from_args(args: Any) -> int:
     exp = get_experiment(args.experiment)
     params = resolve_params(exp, args.config, args.quick, args.runs, args.set)
+    if args.scenario:
+        params = with_scenario(exp, params, args.scenario)
+    scenario_for_run(exp, params)  # a bad scenario is said before anything starts
     shard = parse_shard(args.shard)
     if exp.session is not None and os.geteuid() != 0:
         raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
@@ -597,7 +684,8 @@ def rerun(
 ) -> tuple[Experiment[Any], RunSummary]:
     """`qtlab rerun RUN_DIR`: the same experiment with the parameters and shard its meta.json
     recorded, into a new run directory beside it (or under `root`), whose meta.json names the
-    run it repeats (`rerun_of`)."""
+    run it repeats (`rerun_of`). A scenario is played from the text meta.json recorded, not
+    from its file."""
     meta_path = Path(run_dir) / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -622,7 +710,9 @@ def rerun(
         )
     extra = {"rerun_of": {"run": str(run_dir), "git_commit": meta.get("git_commit")}}
     root = root if root is not None else Path(run_dir).resolve().parent.parent
-    summary = run_experiment(exp, params, shard, None, root, progress, extra)
+    summary = run_experiment(
+        exp, params, shard, None, root, progress, extra, recorded_scenario_text(run_dir)
+    )
     return exp, summary
 
 
