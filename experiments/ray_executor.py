@@ -79,10 +79,22 @@ def connect(address: str) -> tuple[Any, int]:
     _check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, ValueError) as exc:
         raise RuntimeFailure(
             f"could not join the Ray cluster at {address} ({str(exc).splitlines()[0]}): check it "
-            f"is a Ray head (`ray status --address {address}`) of the same Ray version."
+            f"is a Ray head with `ray status --address {address}`."
+        ) from None
+    except SystemExit:  # what ray.init does, minutes later, where something else listens
+        raise RuntimeFailure(
+            f"what answers at {address} is not a Ray head: give the address `ray start --head` "
+            "printed."
+        ) from None
+    except Exception as exc:
+        if "Version mismatch" not in str(exc):
+            raise  # anything else is a bug: keep its traceback
+        raise RuntimeFailure(
+            f"the Ray cluster at {address} runs another Ray or Python version than this machine: "
+            "install the same checkout (make venv) on every node."
         ) from None
     slots = int(ray.cluster_resources().get(RESOURCE, 0))
     if slots < 1:
@@ -133,7 +145,9 @@ def run_on_ray(
             "points": len(points),
         }
         write_meta(run_dir, meta)
-        task = ray.remote(_shard_task)
+        # a fresh worker process per shard, as each local `--shard i/n` is its own process:
+        # nothing a lab leaves in the process (signal handlers, module state) reaches the next
+        task = ray.remote(max_calls=1)(_shard_task)
         pending = {
             task.options(
                 # the custom resource is the gate (one lab per node); no CPU reservation, so a

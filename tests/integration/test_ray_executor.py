@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from experiments import ray_executor
 from experiments.runner import get_experiment, resolve_params
+from tunnel.user_error import RuntimeFailure
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.timeout(480)]
 
@@ -119,10 +121,30 @@ def qtlab(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_latency_quick_in_two_shards_on_ray(tmp_path: Path) -> None:
+def test_latency_quick_in_two_shards_on_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     exp = get_experiment("latency")
     points = exp.points(resolve_params(exp, quick=True))
     with ray_head() as address:
+        # a cluster none of whose nodes offers the resource the tasks ask for: one sentence
+        with monkeypatch.context() as m:
+            m.setattr(ray_executor, "RESOURCE", "qtlab_nowhere")
+            with pytest.raises(RuntimeFailure, match=r"no node .* offers the qtlab_nowhere"):
+                ray_executor.connect(address)
+        # shards that fail on the node (here at once: a link the session refuses) are reported
+        # with their node and error, and every point of theirs is missing: exit 1
+        broken = qtlab(
+            "run", "latency", "--quick", "--no-progress", "--results", str(tmp_path / "broken"),
+            "--executor", "ray", "--address", address, "--shards", "2", "--set", "rate_mbit=-1.0",
+        )  # fmt: skip
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert "4 MISSING" in broken.stdout, broken.stdout
+        assert "shard 2/2 on " in broken.stderr and "rate_mbit must be >= 0" in broken.stderr
+        (broken_dir,) = (tmp_path / "broken" / "latency").iterdir()
+        broken_meta = json.loads((broken_dir / "meta.json").read_text())
+        assert [m["shard"] for m in broken_meta["missing"]] == ["1/2", "1/2", "2/2", "2/2"]
+        assert all(s["node"] and "rate_mbit" in s["error"] for s in broken_meta["shards"])
         started = time.monotonic()
         run = qtlab(
             "run", "latency", "--quick", "--no-progress", "--results", str(tmp_path),
