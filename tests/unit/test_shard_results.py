@@ -251,3 +251,15 @@ def test_unreachable_or_malformed_address(monkeypatch: pytest.MonkeyPatch) -> No
         ray_executor._check_reachable(f"127.0.0.1:{port}")
     with pytest.raises(ExperimentError, match="write HOST:PORT"):
         ray_executor._check_reachable("localhost")
+
+
+def test_resume_here_runs_only_what_a_failed_shard_left_missing(tmp_path: Path) -> None:
+    exp = sweep()
+    params = resolve_params(exp)
+    lost = failed_outcome((2, 2), 5, "The node died", host="far")
+    run_dir, _, counts = merged_run(tmp_path, exp, [run_shard(exp, params, (1, 2)), lost])
+    assert counts.missing == 5
+    summary = run_experiment(exp, params, resume=run_dir, progress=False)
+    assert (summary.ran, summary.already_done) == (5, 5)
+    keys = sorted((r["size"], r["run"]) for r in read(run_dir / "sweep.csv"))
+    assert keys == sorted((str(s), str(r)) for s in range(1, 6) for r in range(2))
