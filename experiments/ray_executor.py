@@ -40,6 +40,7 @@ from tunnel.user_error import RuntimeFailure
 
 RESOURCE = "qtlab_lab"  # one unit per node: one lab at a time there
 CONNECT_TIMEOUT_S = 5.0
+CANCEL_WAIT_S = 60.0  # how long a cancelled shard may take to tear its lab down
 START_HINT = f"ray start --head --port 6379 --resources '{{\"{RESOURCE}\": 1}}'"
 
 
@@ -170,6 +171,8 @@ def run_on_ray(
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref)  # a KeyboardInterrupt in the task: its lab is torn down
+            # before this driver leaves (Ray then ends its workers): let the labs go down
+            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
             raise
         finally:
             outcomes += [

@@ -4,10 +4,12 @@ on the node's one `qtlab_lab` slot (so one after the other), merged into one run
 
 The cluster is a separate `ray start --head --block` process rather than `ray.init(resources=)`
 in the test: the command runs as a user runs it, a driver joining an existing cluster by its
---address, and the shards run in Ray's worker processes, not in the test's. It binds loopback
-only (--node-ip-address 127.0.0.1) on a free port, in a session of its own, so stopping it is
-SIGTERM to `ray start --block` (which stops what it started) and then SIGKILL to whatever of
-that session is left; the test checks no process of it lives on, failures included."""
+--address, and the shards run in Ray's worker processes, not in the test's. Its GCS takes a free
+port; Ray's daemons talk over this machine's own address (Ray turns a loopback
+--node-ip-address into it on Linux), so nothing leaves the machine. It runs in a session of
+its own, so stopping it is SIGTERM to `ray start --block` (which stops what it started) and
+then SIGKILL to whatever of that session is left; the test checks no process of it lives on,
+failures included."""
 
 from __future__ import annotations
 
@@ -90,7 +92,6 @@ def ray_head() -> Iterator[str]:
                 "--head",
                 "--block",
                 f"--port={port}",
-                "--node-ip-address=127.0.0.1",
                 "--resources",
                 json.dumps({"qtlab_lab": 1}),
                 f"--temp-dir={temp / 'ray'}",
