@@ -394,6 +394,47 @@ class RunSummary:
     skipped: int
     failed: int
     already_done: int
+    missing: int = 0  # a distributed run: points of the sweep with no row (meta.json `missing`)
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """`--executor ray`: the sweep's shards as tasks on the Ray cluster at `address`
+    (experiments/ray_executor.py); `shards` None: one per lab slot of the cluster."""
+
+    address: str
+    shards: int | None = None
+
+
+def execute(
+    exp: Experiment[S],
+    params: Params,
+    executor: RayExecutor | None = None,
+    shard: tuple[int, int] = (1, 1),
+    resume: Path | None = None,
+    root: Path = RESULTS_ROOT,
+    progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+    scenario_text: str | None = None,
+) -> RunSummary:
+    """A run here (`run_experiment`, the default) or, with an executor, split into shards that
+    run elsewhere through the same function and are merged into one run directory.
+    `scenario_text`: a recorded scenario's text (run_experiment), replayed here only."""
+    if executor is None:
+        if exp.session is not None and os.geteuid() != 0:
+            raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
+        return run_experiment(exp, params, shard, resume, root, progress, extra_meta, scenario_text)
+    if scenario_text is not None:
+        raise ExperimentError(
+            "a recorded scenario is replayed on this machine only: rerun it without --executor."
+        )
+    if shard != (1, 1) or resume is not None:
+        raise ExperimentError(
+            "--executor ray splits the whole sweep into shards itself: drop --shard and --resume."
+        )
+    from experiments.ray_executor import run_on_ray
+
+    return run_on_ray(exp, params, executor, root, progress, extra_meta)
 
 
 def run_experiment(
@@ -656,6 +697,50 @@ def add_run_arguments(p: Any) -> None:
     )
     p.add_argument("--results", type=Path, default=RESULTS_ROOT, help="results root")
     p.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(p)
+
+
+def add_executor_arguments(p: Any) -> None:
+    """Where the points run (`qtlab run` and `qtlab rerun`): here, or shards on a Ray cluster."""
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: on this machine (default); ray: shards as tasks on the Ray cluster at "
+        "--address, merged into one run directory here",
+    )
+    p.add_argument("--address", help="with --executor ray: the cluster's HOST:PORT (or auto)")
+    p.add_argument(
+        "--shards", type=int, help="with --executor ray: how many shards (default: one per node)"
+    )
+
+
+def executor_from_args(args: Any) -> RayExecutor | None:
+    if args.executor == "local":
+        if args.address is not None or args.shards is not None:
+            raise ExperimentError("--address and --shards go with --executor ray.")
+        return None
+    if not args.address:
+        raise ExperimentError(
+            "--executor ray needs --address HOST:PORT, the address `ray start --head` printed."
+        )
+    if args.shards is not None and args.shards < 1:
+        raise ExperimentError("--shards must be at least 1.")
+    return RayExecutor(args.address, args.shards)
+
+
+def report_run(exp: Experiment[Any], summary: RunSummary) -> int:
+    """The closing lines of `qtlab run` and `qtlab rerun`; the exit code (1: a point failed or
+    is missing)."""
+    missing = f", {summary.missing} MISSING (meta.json `missing`)" if summary.missing else ""
+    print(
+        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
+        f"{summary.failed} failed, {summary.already_done} already done{missing} -> "
+        f"{summary.run_dir}"
+    )
+    if exp.summarize is not None:
+        print(exp.summarize(summary.run_dir))
+    return 1 if summary.failed or summary.missing else 0
 
 
 def run_from_args(args: Any) -> int:
@@ -665,27 +750,30 @@ def run_from_args(args: Any) -> int:
         params = with_scenario(exp, params, args.scenario)
     scenario_for_run(exp, params)  # a bad scenario is said before anything starts
     shard = parse_shard(args.shard)
-    if exp.session is not None and os.geteuid() != 0:
-        raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
-    summary = run_experiment(
-        exp, params, shard, args.resume, args.results, progress=not args.no_progress
+    executor = executor_from_args(args)
+    summary = execute(
+        exp,
+        params,
+        executor,
+        shard,
+        args.resume,
+        args.results,
+        progress=not args.no_progress,
     )
-    print(
-        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
-        f"{summary.failed} failed, {summary.already_done} already done -> {summary.run_dir}"
-    )
-    if exp.summarize is not None:
-        print(exp.summarize(summary.run_dir))
-    return 1 if summary.failed else 0
+    return report_run(exp, summary)
 
 
 def rerun(
-    run_dir: Path, root: Path | None = None, progress: bool = True
+    run_dir: Path,
+    root: Path | None = None,
+    progress: bool = True,
+    executor: RayExecutor | None = None,
 ) -> tuple[Experiment[Any], RunSummary]:
     """`qtlab rerun RUN_DIR`: the same experiment with the parameters and shard its meta.json
     recorded, into a new run directory beside it (or under `root`), whose meta.json names the
     run it repeats (`rerun_of`). A scenario is played from the text meta.json recorded, not
-    from its file."""
+    from its file. Here by default, whichever executor ran it (a distributed run records shard
+    1/1: its whole sweep), or on `executor`."""
     meta_path = Path(run_dir) / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -699,8 +787,10 @@ def rerun(
         raise ExperimentError(f"{meta_path} records no parameters: it cannot be re-run.")
     params = resolve_params(exp, quick=bool(recorded.get("quick")), recorded=recorded)
     shard = parse_shard(str(meta.get("shard") or "1/1"))
-    if exp.session is not None and os.geteuid() != 0:
-        raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
+    if executor is not None and shard != (1, 1):
+        raise ExperimentError(
+            f"{run_dir} is shard {shard[0]}/{shard[1]} of a sweep: rerun it without --executor."
+        )
     commit, _ = git_state()
     if meta.get("git_commit") and commit and meta["git_commit"] != commit:
         print(
@@ -710,21 +800,16 @@ def rerun(
         )
     extra = {"rerun_of": {"run": str(run_dir), "git_commit": meta.get("git_commit")}}
     root = root if root is not None else Path(run_dir).resolve().parent.parent
-    summary = run_experiment(
-        exp, params, shard, None, root, progress, extra, recorded_scenario_text(run_dir)
+    summary = execute(
+        exp, params, executor, shard, None, root, progress, extra, recorded_scenario_text(run_dir)
     )
     return exp, summary
 
 
 def rerun_from_args(args: Any) -> int:
-    exp, summary = rerun(args.run_dir, args.results, progress=not args.no_progress)
-    print(
-        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
-        f"{summary.failed} failed -> {summary.run_dir}"
-    )
-    if exp.summarize is not None:
-        print(exp.summarize(summary.run_dir))
-    return 1 if summary.failed else 0
+    executor = executor_from_args(args)
+    exp, summary = rerun(args.run_dir, args.results, not args.no_progress, executor)
+    return report_run(exp, summary)
 
 
 def main(argv: list[str] | None = None) -> int:

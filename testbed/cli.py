@@ -7,6 +7,7 @@ qtlab up reference --tunnel tunnel --set failback=false --script demo.txt   (a s
 qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies | qtlab scenarios
 qtlab run failover [--config F] [--runs N] [--shard i/n] [--resume DIR] [--quick] [--set k=v]
                    [--scenario FILE|NAME]
+qtlab run latency --quick --executor ray --address HOST:PORT [--shards N]   (shards on Ray)
 qtlab demo
 
 Exit codes (tunnel/user_error.py run_command, as for qtun, the experiment runner, demo and
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--out", type=Path, default=Path("results/fidelity"))
     sub.add_parser("topologies", help="list the registered topologies")
     sub.add_parser("scenarios", help="list the shipped scenarios (qtlab run ... --scenario NAME)")
-    from experiments.runner import add_run_arguments
+    from experiments.runner import add_executor_arguments, add_run_arguments
 
     add_run_arguments(
         sub.add_parser("run", help="run an experiment into results/<name>/<time>/", add_help=False)
@@ -394,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     again.add_argument("--results", type=Path, help="results root (default: beside RUN_DIR)")
     again.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(again)
     figure = sub.add_parser("figure", help="draw the figure of a results run directory")
     figure.add_argument("run_dir", type=Path, help="results/<experiment>/<time>/")
     figure.add_argument("--out", type=Path, help="the PNG (default RUN_DIR/<experiment>.png)")

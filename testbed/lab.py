@@ -231,6 +231,8 @@ class Lab:
             "shapers": {name: s.describe() for name, s in self.shapers.items()},
             "congestion_control": dict(self.cc_in_use),
             "build_seconds": round(self.build_seconds, 2),
+            # where the programs' logs are (a distributed run's shard sends them back from here)
+            "log_dir": str(self.log_dir),
         }
 
 
