@@ -27,8 +27,10 @@ from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
+    ACK_FRAME_CAPACITY,
     END_STATES,
     MAX_STREAM_DATA_FRAME_CAPACITY,
+    PING_FRAME_CAPACITY,
     NetworkAddress,
     QuicConnection,
     QuicConnectionError,
@@ -37,12 +39,20 @@ from aioquic.quic.connection import (
     QuicReceiveContext,
     stream_is_unidirectional,
 )
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType
+from aioquic.quic.packet import (
+    PACKET_FIXED_BIT,
+    PACKET_NUMBER_MAX_SIZE,
+    QuicErrorCode,
+    QuicFrameType,
+    QuicPacketType,
+    push_ack_frame,
+)
 from aioquic.quic.packet_builder import (
     PACKET_NUMBER_SEND_SIZE,
     QuicDeliveryState,
     QuicPacketBuilder,
     QuicPacketBuilderStop,
+    QuicSentPacket,
 )
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketSpace
@@ -216,6 +226,12 @@ def _check_aioquic_internals() -> None:
 _check_aioquic_internals()
 
 
+FAST_DATAGRAM_PATH = True
+"""Default of TunnelQuicConnection.fast_datagram_path, for the connections made from now on:
+1-RTT packets that carry only DATAGRAM and ACK frames are built (and parsed) by this module
+instead of aioquic's generic builder and parser (issue 14; the same packets and the same loss
+recovery, tests/unit/test_fast_datagram_path.py). False: aioquic's generic path only."""
+
 PROBE_NUMBERS_KEPT: Final = 64
 """Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
 PROBE_CHALLENGES_KEPT: Final = 32
@@ -344,6 +360,8 @@ class TunnelQuicConnection(QuicConnection):
         self._local_max_data.sent = connection_window
         self._install_pacer(pacing_rate)
         self._install_ack_tracking()
+        self.fast_datagram_path = FAST_DATAGRAM_PATH
+        """Whether DATAGRAM-only packets take the fast path (FAST_DATAGRAM_PATH)."""
 
     # -- congestion control and pacing (tunnel/protocol/congestion.py) ----------------------
 
@@ -607,7 +625,10 @@ class TunnelQuicConnection(QuicConnection):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._tunnel_now = now
-        datagrams = super().datagrams_to_send(now)
+        if self.fast_datagram_path and self._only_datagrams_to_send():
+            datagrams = self._send_datagram_packets(now)
+        else:
+            datagrams = super().datagrams_to_send(now)
         cc = self._loss._cc
         # Nothing left to send and room in the window: what the next ACKs measure is our
         # sender's demand, not the path (BBR's app-limited samples, draft-cheng §3.4).
@@ -618,6 +639,207 @@ class TunnelQuicConnection(QuicConnection):
         ):
             cc.note_app_limited()
         return datagrams
+
+    # -- the datagram fast path (issue 14) ---------------------------------------------------
+    #
+    # Tunnel and session mode packets carry DATAGRAM frames and, when one is due, an ACK;
+    # aioquic's generic path checks ~15 frame kinds for every packet and builds it through
+    # QuicPacketBuilder. When the 1-RTT space has nothing else to send, the packets are built
+    # here directly, the way aioquic builds them (QuicConnection.datagrams_to_send,
+    # _write_application, _write_ack_frame, _flush_builder; QuicPacketBuilder.start_packet,
+    # start_frame, _end_packet), with aioquic's own CryptoPair, and registered with its loss
+    # recovery as the same QuicSentPacket. Anything else goes the generic way.
+    # tests/unit/test_fast_datagram_path.py checks both produce the same packets.
+
+    def _only_datagrams_to_send(self) -> bool:
+        """Whether aioquic's datagrams_to_send would now write nothing but ACK and DATAGRAM
+        frames (and the PING it adds to some ACKs) in 1-RTT packets on the active path: every
+        condition below is one under which it writes another frame, another packet type, or
+        pads, limits or probes differently."""
+        if (
+            self._quic_logger is not None  # the generic path logs every packet
+            or not self._handshake_confirmed  # Initial/Handshake spaces, HANDSHAKE_DONE
+            or self._close_pending
+            or self._state in END_STATES
+            or self._probe_pending
+            or self._ping_pending
+            or self._handshake_done_pending
+            or self._retire_connection_ids
+            or self._streams_blocked_pending
+            or not self._network_paths
+            or (self._is_client and self._remote_preferred_address is not None)
+        ):
+            return False
+        crypto = self._cryptos.get(tls.Epoch.ONE_RTT)
+        if crypto is None or not crypto.send.is_valid():
+            return False
+        path = self._network_paths[0]
+        # an unvalidated path: anti-amplification limit and PATH_CHALLENGE (RFC 9000 §8, §9.3)
+        if not path.is_validated or path.remote_challenges:
+            return False
+        for probe_path in self._network_paths[1:]:
+            if probe_path.remote_challenges or not (
+                probe_path.is_validated or probe_path.local_challenge_sent
+            ):
+                return False
+        if not self._crypto_streams[tls.Epoch.ONE_RTT].sender.buffer_is_empty:
+            return False  # e.g. a NewSessionTicket
+        if any(not cid.was_sent for cid in self._host_cids):
+            return False
+        if self._connection_limits_due():
+            return False
+        for stream in self._streams_queue:
+            if (
+                stream.is_finished
+                or stream.receiver.stop_pending
+                or stream.sender.reset_pending
+                or not (stream.is_blocked or stream.sender.buffer_is_empty)
+            ):
+                return False
+        return not any(self._stream_limit_due(stream) for stream in self._streams.values())
+
+    def _send_datagram_packets(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """aioquic's datagrams_to_send when _only_datagrams_to_send(): the same packets, the
+        same bookkeeping, without the generic builder."""
+        network_path = self._network_paths[0]
+        loss = self._loss
+        pacer = loss._pacer
+        space = self._spaces[tls.Epoch.ONE_RTT]
+        crypto = self._cryptos[tls.Epoch.ONE_RTT]
+        pending = self._datagrams_pending
+        tokens = self._tunnel_datagram_tokens
+        paced = self._tunnel_paced
+        peer_cid = self._peer_cid.cid
+        max_size = self._max_datagram_size
+        header_size = SHORT_HEADER_FIXED_SIZE + len(peer_cid)
+        # room for frames in a packet: QuicPacketBuilder.remaining_buffer_space at its start
+        packet_room = max_size - header_size - crypto.aead_tag_size
+        # builder.max_flight_bytes: probes may exceed the window, but there are none here
+        flight_left = loss.congestion_window - loss.bytes_in_flight
+        self._pacing_at = None
+        packet_number = self._packet_number
+        buf = Buffer(capacity=max_size)
+        datagrams: list[bytes] = []
+        packets: list[QuicSentPacket] = []
+        while True:
+            # pacing, except if we have an ACK to send (_write_application: one due exactly
+            # now is paced, but written)
+            ack_at = space.ack_at
+            if ack_at is None or ack_at >= now:
+                self._pacing_at = pacer.next_send_time(now=now)
+                if self._pacing_at is not None:
+                    break
+            ack_due = ack_at is not None and ack_at <= now
+            if header_size >= max_size:
+                break  # start_packet: no room for a header
+            # each short-header packet is a datagram of its own: the builder gives each the
+            # congestion window's room left after the packets before it (start_packet)
+            room = packet_room
+            flight_room = min(max_size, flight_left) - header_size - crypto.aead_tag_size
+            buf.seek(0)
+            handlers: list[tuple[Any, Any]] = []
+            ack_eliciting = False
+            stop = False
+            if ack_due:
+                # _write_ack_frame; an ACK is not in flight, so only the packet's room counts
+                if room < ACK_FRAME_CAPACITY:
+                    break
+                received_at = space.largest_received_time
+                assert received_at is not None  # an ACK is due: a packet was received
+                ack_delay = int((now - received_at) * 1000000)
+                buf.push_uint_var(QuicFrameType.ACK)
+                handlers.append((self._on_ack_delivery, (space, space.largest_received_packet)))
+                ranges = push_ack_frame(
+                    buf,
+                    space.ack_queue,
+                    ack_delay >> self._local_ack_delay_exponent,
+                    room - buf.tell(),
+                )
+                space.ack_at = None
+                # aioquic's ACK-of-ACK trigger: a PING now and then lets the peer acknowledge
+                # this ACK, so that the ranges it repeats can be dropped
+                if ranges > 1 and packet_number % 8 == 0:
+                    if room - buf.tell() < PING_FRAME_CAPACITY or (
+                        flight_room - buf.tell() < PING_FRAME_CAPACITY
+                    ):
+                        stop = True  # the builder stops the whole pass, this packet leaves
+                    else:
+                        buf.push_uint_var(QuicFrameType.PING)
+                        handlers.append((self._on_ping_delivery, ((),)))
+                        ack_eliciting = True
+            while pending and not stop:
+                # _write_datagram_frame (ours): a DATAGRAM waits for the pacer
+                if paced and pacer.next_send_time(now=now) is not None:
+                    break
+                data = pending[0]
+                length = len(data)
+                needed = 1 + size_uint_var(length) + length
+                if not buf.tell():
+                    # leave room for the padding that lets header protection sample enough
+                    needed = max(needed, PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE)
+                used = buf.tell()
+                if room - used < needed or flight_room - used < needed:
+                    break
+                buf.push_uint_var(QuicFrameType.DATAGRAM_WITH_LENGTH)
+                buf.push_uint_var(length)
+                buf.push_bytes(data)
+                ack_eliciting = True
+                pending.popleft()
+                token = tokens.popleft() if tokens else None
+                if token is not None:
+                    handlers.append((self._on_datagram_fate, (token,)))
+            payload_size = buf.tell()
+            if not payload_size:
+                break  # an empty packet is cancelled, and ends the pass
+            if not stop:
+                pacer.update_after_send(now=now)
+            # _end_packet: PADDING up to the header protection sample (RFC 9001 §5.4.2)
+            in_flight = ack_eliciting
+            padding = PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE - payload_size
+            if padding > 0:
+                buf.push_bytes(bytes(padding))
+                in_flight = True
+            first_byte = (
+                PACKET_FIXED_BIT
+                | (self._spin_bit << 5)
+                | (crypto.key_phase << 2)
+                | (PACKET_NUMBER_SEND_SIZE - 1)
+            )
+            header = bytes((first_byte,)) + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
+            datagram = crypto.encrypt_packet(header, buf.data, packet_number)
+            packets.append(
+                QuicSentPacket(
+                    epoch=tls.Epoch.ONE_RTT,
+                    in_flight=in_flight,
+                    is_ack_eliciting=ack_eliciting,
+                    is_crypto_packet=False,
+                    packet_number=packet_number,
+                    packet_type=QuicPacketType.ONE_RTT,
+                    sent_bytes=len(datagram),
+                    delivery_handlers=handlers,
+                )
+            )
+            datagrams.append(datagram)
+            if in_flight:
+                flight_left -= len(datagram)
+            packet_number += 1
+            if stop:
+                break
+        # _flush_builder
+        if not datagrams:
+            return []
+        self._packet_number = packet_number
+        for packet in packets:
+            packet.sent_time = now
+            loss.on_packet_sent(packet=packet, space=space)
+            # restart the idle timer on the first ack-eliciting packet sent since the last
+            # one received (RFC 9000 §10.1)
+            if packet.is_ack_eliciting and not self._ack_eliciting_sent_since_receipt:
+                self._close_at = now + self._idle_timeout()
+                self._ack_eliciting_sent_since_receipt = True
+        addr = network_path.addr
+        network_path.bytes_sent += sum(len(datagram) for datagram in datagrams)
+        return [(datagram, addr) for datagram in datagrams]
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -778,14 +1000,9 @@ class TunnelQuicConnection(QuicConnection):
         stream_id = stream.stream_id
         if stream_id is None or not stream.max_stream_data_local:
             return  # a unidirectional stream of ours: nothing to receive
-        if not stream_is_unidirectional(stream_id) and not stream.receiver.is_finished:
-            window = self._tunnel_stream_window
-            held = self._tunnel_backlog.get(stream_id, 0)
-            target = stream.receiver.starting_offset() - held + window
-            # Grant in steps of a quarter window: one MAX_STREAM_DATA per ~window/4 consumed,
-            # not one in every packet. Credit never shrinks (RFC 9000 §4.1).
-            if target - stream.max_stream_data_local >= window // 4:
-                stream.max_stream_data_local = target
+        target = self._stream_credit_raise(stream)
+        if target is not None:
+            stream.max_stream_data_local = target
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -803,7 +1020,31 @@ class TunnelQuicConnection(QuicConnection):
                     )
                 )
 
-    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+    def _stream_credit_raise(self, stream: QuicStream) -> int | None:
+        """The stream's new receive credit if a raise is due now, else None (a bidirectional
+        stream still receiving; see set_stream_backlog)."""
+        stream_id = stream.stream_id
+        if stream_id is None or stream_is_unidirectional(stream_id) or stream.receiver.is_finished:
+            return None
+        window = self._tunnel_stream_window
+        held = self._tunnel_backlog.get(stream_id, 0)
+        target = stream.receiver.starting_offset() - held + window
+        # Grant in steps of a quarter window: one MAX_STREAM_DATA per ~window/4 consumed,
+        # not one in every packet. Credit never shrinks (RFC 9000 §4.1).
+        if target - stream.max_stream_data_local >= window // 4:
+            return int(target)
+        return None
+
+    def _stream_limit_due(self, stream: QuicStream) -> bool:
+        """Whether _write_stream_limits would write a MAX_STREAM_DATA for the stream now."""
+        if stream.stream_id is None or not stream.max_stream_data_local:
+            return False
+        if self._stream_credit_raise(stream) is not None:
+            return True
+        return bool(stream.max_stream_data_local_sent != stream.max_stream_data_local)
+
+    def _connection_credit_raise(self) -> int | None:
+        """The connection's new receive credit (MAX_DATA) if a raise is due now, else None."""
         max_data = self._local_max_data
         window = self._tunnel_connection_window
         step = window // 4  # as for streams: one MAX_DATA per ~window/4 consumed
@@ -812,7 +1053,27 @@ class TunnelQuicConnection(QuicConnection):
         if max_data.used + window - max_data.value >= step:
             target = max_data.used - self.unconsumed_bytes() + window
             if target - max_data.value >= step:
-                max_data.value = target
+                return int(target)
+        return None
+
+    def _connection_limits_due(self) -> bool:
+        """Whether _write_connection_limits would write MAX_DATA or MAX_STREAMS now (the same
+        rules as aioquic's, which it calls with `used` hidden from MAX_DATA's doubling)."""
+        if self._connection_credit_raise() is not None:
+            return True
+        max_data = self._local_max_data
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # aioquic batches MAX_STREAMS
+            if limit.value != limit.sent:
+                return True
+        return False
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+        max_data = self._local_max_data
+        target = self._connection_credit_raise()
+        if target is not None:
+            max_data.value = target
         # aioquic's method then sends MAX_DATA / MAX_STREAMS as needed, but first doubles
         # MAX_DATA when used * 2 > value: it must not see `used`.
         used, max_data.used = max_data.used, 0
