@@ -81,6 +81,7 @@ class Trace:
     timers: list[tuple[float, float | None, float | None]] = field(default_factory=list)
     """(now, get_timer(), idle deadline) after every datagrams_to_send."""
     fast_calls: int = 0
+    fast_receives: int = 0
 
 
 def trace(quic: TunnelQuicConnection) -> Trace:
@@ -120,6 +121,14 @@ def trace(quic: TunnelQuicConnection) -> Trace:
         return fast(now)
 
     quic._send_datagram_packets = counted  # type: ignore[method-assign]
+    receive = quic._receive_short_packet
+
+    def receive_counted(data: bytes, addr: Any, now: float) -> bool:
+        taken = receive(data, addr, now)
+        record.fast_receives += taken
+        return taken
+
+    quic._receive_short_packet = receive_counted  # type: ignore[method-assign]
     send = quic.datagrams_to_send
 
     def sending(now: float) -> list[tuple[bytes, Any]]:
@@ -205,7 +214,9 @@ def exchange(
 
 def assert_same(generic: Outcome, fast: Outcome) -> None:
     assert generic.client.fast_calls == generic.server.fast_calls == 0
+    assert generic.client.fast_receives == generic.server.fast_receives == 0
     assert fast.client.fast_calls > 0 and fast.server.fast_calls > 0
+    assert fast.client.fast_receives > 0 and fast.server.fast_receives > 0
     for side in ("client", "server"):
         slow_trace, fast_trace = getattr(generic, side), getattr(fast, side)
         assert fast_trace.packets == slow_trace.packets, side
@@ -286,23 +297,36 @@ def plain_peer_path(fast_client: bool = True) -> tuple[Network, Path]:
 
 
 def test_plain_aioquic_decodes_every_fast_path_packet_key_updates_included() -> None:
+    """Both ways: the fast path's packets to plain aioquic, plain aioquic's to the fast path
+    (which follows the peer's key update as aioquic does, RFC 9001 §6)."""
     net, path = plain_peer_path()
-    client = path.client.quic
+    client, server = path.client.quic, path.server.quic
     assert isinstance(client, TunnelQuicConnection)
     record = trace(client)
     budget = datagram_budget(client)
     sent = [n.to_bytes(2, "big") + bytes(size) for n, size in enumerate([budget - 2, 0, 100] * 50)]
+    replies = [b"reply %d" % n for n in range(len(sent))]
     for n, data in enumerate(sent):
         client.send_datagram_frame(data)
-        if n == 75:
-            net.run(0.2)
-            client.request_key_update()  # the fast path applies it as aioquic does
+        server.send_datagram_frame(replies[n])
+        for at, updating in ((75, client), (110, server)):
+            if n == at:
+                # One side updates while the other is quiet for a round trip: aioquic keeps no
+                # old keys (RFC 9001 §6.5 allows it), so a packet of the old phase that
+                # crosses the update is dropped, on either path.
+                net.run(0.2)
+                updating.request_key_update()
+                updating.send_datagram_frame(b"key update")
+                net.run(0.2)
         if n % 10 == 9:
             net.run(0.002)
     net.run(1.0)
-    assert record.fast_calls > 0
-    assert [e.data for e in path.server.quic_events if isinstance(e, DatagramFrameReceived)] == sent
-    assert len({first & 0x04 for first, _, _ in record.packets}) == 2  # both key phases went
+    assert record.fast_calls > 0 and record.fast_receives > 0
+    up = [e.data for e in path.server.quic_events if isinstance(e, DatagramFrameReceived)]
+    assert up == [*sent[:76], b"key update", *sent[76:]]
+    down = [e.data for e in path.client.quic_events if isinstance(e, DatagramFrameReceived)]
+    assert down == [*replies[:111], b"key update", *replies[111:]]
+    assert len({first & 0x04 for first, _, _ in record.packets}) == 2  # both key phases
     # the plain peer acknowledged every packet: nothing in flight, nothing declared lost
     assert client._loss.bytes_in_flight == 0
     assert "lost" not in {label for label, *_ in record.recovery}
@@ -330,3 +354,140 @@ def test_anything_but_datagrams_goes_the_generic_way() -> None:
     assert client._only_datagrams_to_send()
     client.close()
     assert not client._only_datagrams_to_send()
+
+
+# -- received packets the fast path must treat as aioquic does ---------------------------
+
+
+def forged(sender: TunnelQuicConnection, payload: bytes, first_bits: int = 0) -> bytes:
+    """A 1-RTT packet from `sender` with these frames (and header bits), protected with its
+    keys and its next packet number."""
+    number = sender._packet_number
+    sender._packet_number += 1
+    crypto = sender._cryptos[tls.Epoch.ONE_RTT]
+    first = 0x40 | first_bits | (crypto.key_phase << 2) | 0x01
+    header = bytes((first,)) + sender._peer_cid.cid + (number & 0xFFFF).to_bytes(2, "big")
+    return crypto.encrypt_packet(header, payload, number)
+
+
+CASES: dict[str, list[Any]] = {
+    "datagram": [b"\x31\x03abc"],
+    "datagram without length": [b"\x30abc"],
+    "replayed": ["same", b"\x31\x03abc"],
+    "padding only": [b"\x00" * 8],
+    "datagram, padding, ping": [b"\x31\x01a\x00\x00\x01"],
+    "stream frame beside a datagram": [b"\x31\x01a\x0b\x00\x02hi"],
+    "reserved bits": [(0x18, b"\x31\x03abc")],
+    "unknown frame after a datagram": [b"\x31\x01a\x1f"],
+    "truncated datagram": [b"\x31\x05ab\x00\x00"],
+    "tampered": ["tamper", b"\x31\x03abc"],
+    "NEW_TOKEN to a server": [b"\x31\x01a\x07\x00"],
+}
+
+
+def receive_forged(fast: bool, steps: list[Any]) -> tuple[Any, ...]:
+    net, path = connected(fast)
+    client, server = path.client.quic, path.server.quic
+    assert isinstance(client, TunnelQuicConnection) and isinstance(server, TunnelQuicConnection)
+    record = trace(server)
+    before = len(path.server.quic_events)
+    now = net.clock.now
+    previous = b""
+    for step in steps:
+        if step in ("same", "tamper"):
+            continue
+        bits, payload = step if isinstance(step, tuple) else (0, step)
+        data = forged(client, payload, bits)
+        if "tamper" in steps:
+            data = data[:-1] + bytes((data[-1] ^ 1,))
+        server.receive_datagram(data, path.client.addr, now=now)
+        if "same" in steps:
+            server.receive_datagram(data, path.client.addr, now=now)
+        previous = data
+    assert previous
+    events = []
+    while (event := server.next_event()) is not None:
+        events.append(event)
+    events = path.server.quic_events[before:] + events
+    space = server._spaces[tls.Epoch.ONE_RTT]
+    close = server._close_event
+    return (
+        record.fast_receives,
+        [type(e).__name__ for e in events],
+        [e.data for e in events if isinstance(e, DatagramFrameReceived)],
+        None if close is None else (close.error_code, close.frame_type, close.reason_phrase),
+        list(space.ack_queue),
+        space.ack_at,
+        space.expected_packet_number,
+        server._close_pending,
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_received_packet_has_the_same_effect_on_both_paths(case: str) -> None:
+    generic = receive_forged(False, CASES[case])
+    fast = receive_forged(True, CASES[case])
+    assert generic[0] == 0 and fast[0] > 0  # the fast path took the packet
+    assert fast[1:] == generic[1:]
+
+
+def full_window_ack(fast: bool) -> tuple[Any, ...]:
+    """One datagrams_to_send with an ACK of two ranges due in packet number 8k (aioquic adds a
+    PING to it, "ACK-of-ACK trigger") while the congestion window has no room: the PING does
+    not fit, and the builder stops after the ACK-only packet, without charging the pacer."""
+    net, path = connected(fast)
+    client = path.client.quic
+    assert isinstance(client, TunnelQuicConnection)
+    record = trace(client)
+    now = net.clock.now
+    space = client._spaces[tls.Epoch.ONE_RTT]
+    largest = space.largest_received_packet
+    space.ack_queue.add(largest + 2)  # a gap: two ranges
+    space.largest_received_packet = largest + 2
+    space.ack_at = now - 0.001
+    client._packet_number += -client._packet_number % 8
+    loss = client._loss
+    loss._cc.bytes_in_flight = loss.congestion_window
+    client.send_datagram_frame(b"blocked")
+    pacer = loss._pacer
+    datagrams = client.datagrams_to_send(now)
+    numbers = sorted(space.sent_packets)[-len(datagrams) :] if datagrams else []
+    return (
+        record.fast_calls,
+        len(datagrams),
+        record.packets,
+        record.timers,
+        (pacer.bucket_time, pacer.evaluation_time),
+        [
+            (
+                packet.in_flight,
+                packet.is_ack_eliciting,
+                packet.sent_bytes,
+                [handler.__name__ for handler, _ in packet.delivery_handlers],
+            )
+            for packet in (space.sent_packets[number] for number in numbers)
+        ],
+        list(client._datagrams_pending),
+        space.ack_at,
+    )
+
+
+def test_an_ack_whose_ping_does_not_fit_the_window_leaves_alone() -> None:
+    generic, fast = full_window_ack(False), full_window_ack(True)
+    assert generic[0] == 0 and fast[0] == 1
+    assert fast[1:] == generic[1:]
+    assert fast[1] == 1 and fast[5][0][3] == ["_on_ack_delivery"]  # the ACK, and nothing else
+
+
+def test_a_subclass_that_changes_the_generic_path_keeps_it() -> None:
+    from testbed.hostile import HostileQuicConnection
+    from tunnel.agents.concentrator import PeerQuicConnection
+
+    client_config, server_config = configs()
+    assert TunnelQuicConnection(configuration=client_config).fast_datagram_path
+    server = PeerQuicConnection(
+        configuration=server_config, original_destination_connection_id=bytes(8)
+    )
+    assert server.fast_datagram_path
+    # it writes injected frames from _write_connection_limits
+    assert not HostileQuicConnection(configuration=client_config).fast_datagram_path

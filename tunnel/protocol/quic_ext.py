@@ -15,6 +15,7 @@ Importing this module fails with one clear sentence if the internals moved.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Hashable, Iterable
@@ -23,6 +24,7 @@ from typing import Any, Final
 
 from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
+from aioquic._crypto import CryptoError
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -35,13 +37,17 @@ from aioquic.quic.connection import (
     QuicConnection,
     QuicConnectionError,
     QuicConnectionId,
+    QuicConnectionState,
     QuicNetworkPath,
     QuicReceiveContext,
     stream_is_unidirectional,
 )
 from aioquic.quic.packet import (
+    NON_ACK_ELICITING_FRAME_TYPES,
     PACKET_FIXED_BIT,
     PACKET_NUMBER_MAX_SIZE,
+    PACKET_SPIN_BIT,
+    PROBING_FRAME_TYPES,
     QuicErrorCode,
     QuicFrameType,
     QuicPacketType,
@@ -55,8 +61,14 @@ from aioquic.quic.packet_builder import (
     QuicSentPacket,
 )
 from aioquic.quic.rangeset import RangeSet
-from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketSpace
-from aioquic.quic.stream import QuicStream
+from aioquic.quic.recovery import (
+    K_MICRO_SECOND,
+    K_SECOND,
+    MAX_ACK_RANGES,
+    QuicPacketPacer,
+    QuicPacketSpace,
+)
+from aioquic.quic.stream import QuicStream, StreamFinishedError
 from aioquic.tls import SessionTicket
 from cryptography import x509
 
@@ -98,6 +110,12 @@ MAX_DATAGRAM_SIZE: Final[int] = 1452
 MAX_DATAGRAM_FRAME_SIZE: Final[int] = 65535
 # aioquic's connection ID length, which the datagram budget depends on.
 CONNECTION_ID_LENGTH: Final[int] = 8
+
+# Frames every 1-RTT packet may carry (RFC 9000 §12.4, Table 3): the fast frame loop skips
+# aioquic's per-frame epoch check for them (it hashes an enum for every frame).
+ONE_RTT_FRAME_TYPES: Final = frozenset(
+    (QuicFrameType.PADDING, QuicFrameType.PING, QuicFrameType.ACK, QuicFrameType.ACK_ECN)
+)
 
 # AEAD tag added to every protected packet: 16 bytes for all three TLS 1.3 suites
 # QUIC uses (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; RFC 9001 §5.3).
@@ -170,7 +188,58 @@ _REQUIRED_INTERNALS = (
     "_write_path_challenge_frame",
     "_handle_path_response_frame",
     "_retire_peer_cid",
+    # the datagram fast path (issue 14)
+    "_QuicConnection__frame_handlers",
+    "_ack_delay",
+    "_ack_eliciting_sent_since_receipt",
+    "_add_network_path",
+    "_close_at",
+    "_close_pending",
+    "_handshake_confirmed",
+    "_handshake_done_pending",
+    "_idle_timeout",
+    "_local_ack_delay_exponent",
+    "_local_max_streams_uni",
+    "_logger",
+    "_on_ack_delivery",
+    "_on_ping_delivery",
+    "_pacing_at",
+    "_payload_received",
+    "_ping_pending",
+    "_probe_pending",
+    "_remote_preferred_address",
+    "_retire_connection_ids",
+    "_spaces",
+    "_spin_bit",
+    "_spin_highest_pn",
+    "_streams_blocked_pending",
+    "_streams_queue",
+    "_use_reserved_peer_cid",
 )
+# what the fast path reads and writes of a packet number space, a crypto pair, a sent packet
+_REQUIRED_SPACE_FIELDS = (
+    "ack_at",
+    "ack_queue",
+    "discarded",
+    "expected_packet_number",
+    "largest_received_packet",
+    "largest_received_time",
+    "received_packets",
+    "sent_packets",
+)
+_REQUIRED_CRYPTO_FIELDS = ("aead_tag_size", "key_phase", "encrypt_packet", "decrypt_packet")
+_REQUIRED_SENT_PACKET_FIELDS = {
+    "epoch",
+    "in_flight",
+    "is_ack_eliciting",
+    "is_crypto_packet",
+    "packet_number",
+    "packet_type",
+    "sent_time",
+    "sent_bytes",
+    "delivery_handlers",
+    "quic_logger_frames",
+}
 _REQUIRED_TLS_INTERNALS = (
     "_request_client_certificate",
     "_peer_certificate",
@@ -216,6 +285,19 @@ def _check_aioquic_internals() -> None:
         )
         if not hasattr(probe._loss, n)
     ]
+    space = probe._spaces[tls.Epoch.ONE_RTT]
+    missing += [f"space.{n}" for n in _REQUIRED_SPACE_FIELDS if not hasattr(space, n)]
+    crypto = probe._cryptos[tls.Epoch.ONE_RTT]
+    missing += [f"crypto.{n}" for n in _REQUIRED_CRYPTO_FIELDS if not hasattr(crypto, n)]
+    missing += [
+        f"_pacer.{n}"
+        for n in ("next_send_time", "update_after_send")
+        if not hasattr(probe._loss._pacer, n)
+    ]
+    # the fast path builds QuicSentPacket itself: it must have exactly these fields
+    sent_fields = {f.name for f in dataclasses.fields(QuicSentPacket)}
+    if sent_fields != _REQUIRED_SENT_PACKET_FIELDS:
+        missing.append(f"QuicSentPacket fields {sorted(sent_fields)}")
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
             "tunnel.protocol.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
@@ -231,6 +313,22 @@ FAST_DATAGRAM_PATH = True
 1-RTT packets that carry only DATAGRAM and ACK frames are built (and parsed) by this module
 instead of aioquic's generic builder and parser (issue 14; the same packets and the same loss
 recovery, tests/unit/test_fast_datagram_path.py). False: aioquic's generic path only."""
+
+_FAST_PATH_HOOKS: Final = (
+    "_write_application",
+    "_write_ack_frame",
+    "_write_ping_frame",
+    "_write_datagram_frame",
+    "_write_connection_limits",
+    "_write_stream_limits",
+    "_flush_builder",
+    "_handle_datagram_frame",
+    "_send_datagram_packets",
+    "_receive_short_packet",
+    "_payload_received",
+)
+"""The methods the fast path stands in for, or is: a subclass overriding one keeps the
+generic path."""
 
 PROBE_NUMBERS_KEPT: Final = 64
 """Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
@@ -360,7 +458,12 @@ class TunnelQuicConnection(QuicConnection):
         self._local_max_data.sent = connection_window
         self._install_pacer(pacing_rate)
         self._install_ack_tracking()
-        self.fast_datagram_path = FAST_DATAGRAM_PATH
+        # A subclass that changes what the generic path writes or how it handles a DATAGRAM
+        # (testbed/hostile.py injects frames) would be bypassed: it keeps the generic path.
+        cls = type(self)
+        self.fast_datagram_path = FAST_DATAGRAM_PATH and all(
+            getattr(cls, hook) is getattr(TunnelQuicConnection, hook) for hook in _FAST_PATH_HOOKS
+        )
         """Whether DATAGRAM-only packets take the fast path (FAST_DATAGRAM_PATH)."""
 
     # -- congestion control and pacing (tunnel/protocol/congestion.py) ----------------------
@@ -841,6 +944,218 @@ class TunnelQuicConnection(QuicConnection):
         network_path.bytes_sent += sum(len(datagram) for datagram in datagrams)
         return [(datagram, addr) for datagram in datagrams]
 
+    def _receive_short_packet(self, data: bytes, addr: NetworkAddress, now: float) -> bool:
+        """aioquic's receive_datagram for the common case, a datagram holding one 1-RTT
+        packet from the active path to the connection ID in use, once the handshake is
+        confirmed; the same steps without the checks that only other packets need (long
+        headers, versions, retry, handshake keys, logging). False: not that case, nothing
+        done (the generic path takes it)."""
+        if self._quic_logger is not None or self._state is not QuicConnectionState.CONNECTED:
+            return False
+        cid_length = len(self.host_cid)
+        if (
+            not self._handshake_confirmed
+            or len(data) <= cid_length
+            or data[0] & 0xC0 != PACKET_FIXED_BIT  # a long header, or no fixed bit
+            or not self._network_paths
+        ):
+            return False
+        network_path = self._network_paths[0]
+        host_cid = data[1 : 1 + cid_length]
+        if (
+            network_path.addr != addr
+            or not network_path.is_validated
+            or host_cid != self.host_cid
+            or cid_length != self._configuration.connection_id_length
+            or self._peer_cid.sequence_number is None
+        ):
+            return False
+        crypto = self._cryptos[tls.Epoch.ONE_RTT]
+        if not crypto.recv.is_valid():
+            return False
+        if self._close_at is None:
+            self._close_at = now + self._idle_timeout()
+        space = self._spaces[tls.Epoch.ONE_RTT]
+        try:
+            plain_header, plain_payload, packet_number = crypto.decrypt_packet(
+                data, 1 + cid_length, space.expected_packet_number
+            )
+        except CryptoError:
+            return True  # dropped, as aioquic drops it
+        # RFC 9000 §12.3: duplicates are discarded
+        if packet_number in space.received_packets:
+            return True
+        if plain_header[0] & 0x18:  # reserved bits (RFC 9000 §17.3.1)
+            self.close(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=QuicFrameType.PADDING,
+                reason_phrase="Reserved bits must be zero",
+            )
+            return True
+        if packet_number > space.expected_packet_number:
+            space.expected_packet_number = packet_number + 1
+        # a server drops its 0-RTT keys on the first 1-RTT packet (RFC 9001 §4.9.3)
+        if not self._is_client and self._cryptos[tls.Epoch.ZERO_RTT].recv.is_valid():
+            self._cryptos[tls.Epoch.ZERO_RTT].recv.teardown()
+        if packet_number > self._spin_highest_pn:
+            spin_bit = bool(plain_header[0] & PACKET_SPIN_BIT)
+            self._spin_bit = not spin_bit if self._is_client else spin_bit
+            self._spin_highest_pn = packet_number
+        context = QuicReceiveContext(
+            epoch=tls.Epoch.ONE_RTT,
+            host_cid=host_cid,
+            network_path=network_path,
+            quic_logger_frames=None,
+            time=now,
+            version=None,
+        )
+        try:
+            is_ack_eliciting, is_probing = self._payload_received(context, plain_payload)
+        except QuicConnectionError as exc:
+            self._logger.warning(exc)
+            self.close(
+                error_code=exc.error_code,
+                frame_type=exc.frame_type,
+                reason_phrase=exc.reason_phrase,
+            )
+        if self._state in END_STATES or self._close_pending:
+            return True
+        self._close_at = now + self._idle_timeout()
+        self._ack_eliciting_sent_since_receipt = False
+        # The frames may have changed the paths (a PATH_RESPONSE moves a client to the
+        # server's preferred address) or the connection ID in use: the rest of aioquic's
+        # steps, as it takes them.
+        if not self._is_client and not is_probing and host_cid != self.host_cid:
+            self.host_cid = host_cid
+            if network_path.peer_cid is None:
+                self.change_connection_id()
+        if network_path not in self._network_paths:
+            self._add_network_path(network_path)
+        index = self._network_paths.index(network_path)
+        if (
+            not self._is_client
+            and index
+            and not is_probing
+            and packet_number > space.largest_received_packet
+        ):
+            self._network_paths.pop(index)
+            self._network_paths.insert(0, network_path)
+            if network_path.peer_cid is not None:
+                self._use_reserved_peer_cid(network_path)
+            if not network_path.is_validated:
+                network_path.local_challenge_sent = False
+                network_path.validation_deadline = None
+        # record the packet as received
+        if not space.discarded:
+            if packet_number > space.largest_received_packet:
+                space.largest_received_packet = packet_number
+                space.largest_received_time = now
+            space.ack_queue.add(packet_number)
+            space.received_packets.add(packet_number)
+            # RFC 9000 §13.2.3: the oldest ACK range goes, its packets count as duplicates
+            if len(space.ack_queue) > MAX_ACK_RANGES:
+                space.ack_queue.shift()
+            if is_ack_eliciting and space.ack_at is None:
+                space.ack_at = now + self._ack_delay
+        return True
+
+    def _payload_received(
+        self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        """aioquic's frame loop, with DATAGRAM frames handled in it (its
+        _handle_datagram_frame's steps) and no epoch check for the frames every 1-RTT packet
+        may hold; any other frame goes to aioquic's own handler, with aioquic's checks."""
+        if (
+            context.epoch is not tls.Epoch.ONE_RTT
+            or crypto_frame_required
+            or context.quic_logger_frames is not None
+            or not self.fast_datagram_path
+        ):
+            return super()._payload_received(
+                context, plain, crypto_frame_required=crypto_frame_required
+            )
+        buf = Buffer(data=plain)
+        frame_handlers = self._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+        max_frame_size = self._configuration.max_datagram_frame_size
+        received = self._events
+        frame_found = False
+        is_ack_eliciting = False
+        is_probing: bool | None = None
+        while not buf.eof():
+            try:
+                frame_type = buf.pull_uint_var()
+            except BufferReadError as exc:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                    frame_type=None,  # type: ignore[arg-type]  # as aioquic's loop
+                    reason_phrase="Malformed frame type",
+                ) from exc
+            frame_found = True
+            if frame_type == QuicFrameType.DATAGRAM_WITH_LENGTH or (
+                frame_type == QuicFrameType.DATAGRAM
+            ):
+                start = buf.tell()
+                try:
+                    if frame_type == QuicFrameType.DATAGRAM_WITH_LENGTH:
+                        length = buf.pull_uint_var()
+                    else:
+                        length = buf.capacity - start
+                    data = buf.pull_bytes(length)
+                except BufferReadError as exc:
+                    raise QuicConnectionError(
+                        error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                        frame_type=frame_type,
+                        reason_phrase="Failed to parse frame",
+                    ) from exc
+                # RFC 9221 §3: only if we announced max_datagram_frame_size, and within it
+                if max_frame_size is None or buf.tell() - start >= max_frame_size:
+                    raise QuicConnectionError(
+                        error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                        frame_type=frame_type,
+                        reason_phrase="Unexpected DATAGRAM frame",
+                    )
+                received.append(events.DatagramFrameReceived(data=data))
+                is_ack_eliciting = True
+                is_probing = False
+                continue
+            try:
+                frame_handler, frame_epochs = frame_handlers[frame_type]
+            except KeyError as exc:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                    frame_type=frame_type,
+                    reason_phrase="Unknown frame type",
+                ) from exc
+            if frame_type not in ONE_RTT_FRAME_TYPES and context.epoch not in frame_epochs:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                    frame_type=frame_type,
+                    reason_phrase="Unexpected frame type",
+                )
+            try:
+                frame_handler(context, frame_type, buf)
+            except BufferReadError as exc:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                    frame_type=frame_type,
+                    reason_phrase="Failed to parse frame",
+                ) from exc
+            except StreamFinishedError:
+                pass  # we lack the state for the stream, ignore the frame
+            if frame_type not in NON_ACK_ELICITING_FRAME_TYPES:
+                is_ack_eliciting = True
+            if frame_type not in PROBING_FRAME_TYPES:
+                is_probing = False
+            elif is_probing is None:
+                is_probing = True
+        if not frame_found:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=QuicFrameType.PADDING,
+                reason_phrase="Packet contains no frames",
+            )
+        return is_ack_eliciting, bool(is_probing)
+
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         # aioquic's server sends a CertificateRequest only with this private flag set;
@@ -902,6 +1217,8 @@ class TunnelQuicConnection(QuicConnection):
                 )
                 self._close_end()
                 return
+        if self.fast_datagram_path and self._receive_short_packet(data, addr, now):
+            return  # a 1-RTT packet on the active path: no migration in it
         before = self._network_paths[0].addr if self._network_paths else None
         super().receive_datagram(data, addr, now)
         # A server learns of a migration when aioquic promotes the client's new address
