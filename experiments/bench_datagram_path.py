@@ -1,7 +1,7 @@
 """CPU per DATAGRAM of the outer QUIC connection, aioquic's generic path against the fast path.
 
     .venv/bin/python -m experiments.bench_datagram_path [--runs N] [--datagrams N] [--size B]
-                                                        [--cc reno|cubic|bbr|none] [--profile]
+        [--batch N] [--step S] [--cc reno|cubic|bbr|none] [--replies N] [--profile]
 
 Offline, in memory, no sockets: a client and a concentrator TunnelQuicConnection (1452-byte
 QUIC packets, as the programs use) after their handshake, a fake clock that moves `--step`
@@ -10,7 +10,10 @@ DATAGRAMs of `--size` bytes (a tunnelled IP packet each) and sends what its cong
 and pacer let out; the concentrator receives them and answers with its ACKs; timers fire when
 due. The CPU time (time.process_time) of those calls — building, protecting, parsing and loss
 recovery on both ends — is divided by the datagrams delivered: µs of CPU per datagram sent and
-received, the two programs' QUIC share of a tunnel packet together.
+received, the two programs' QUIC share of a tunnel packet together. With `--replies N` the
+concentrator answers every N datagrams with a 60-byte one (an inner TCP ACK, roughly): packets
+both ways then carry DATAGRAM and ACK frames together, as in a tunnelled TCP transfer; the
+replies count as datagrams.
 
 Each run measures both paths (tunnel.protocol.quic_ext.FAST_DATAGRAM_PATH off, then on, in
 alternating order so that a noisy neighbour hits both alike); the figures are the median and
@@ -38,12 +41,17 @@ SERVER_ADDR = ("10.0.0.1", 4433)
 HANDSHAKE_SECONDS = 1.0
 
 
+REPLY = bytes(60)  # a TCP ACK with timestamps in an IPv6 packet, roughly
+
+
 @dataclass
 class Pair:
     client: TunnelQuicConnection
     server: TunnelQuicConnection
     now: float = 1000.0
     received: int = 0
+    replies_every: int = 0  # the server sends REPLY for every this many received (0: none)
+    replied: int = 0
 
 
 def _pump(pair: Pair) -> None:
@@ -65,6 +73,10 @@ def _pump(pair: Pair) -> None:
         while (event := server.next_event()) is not None:
             if isinstance(event, DatagramFrameReceived):
                 pair.received += 1
+                if pair.replies_every and pair.received % pair.replies_every == 0:
+                    server.send_datagram_frame(REPLY)
+                    pair.replied += 1
+                    busy = True
         while client.next_event() is not None:
             pass
         if not busy:
@@ -96,11 +108,13 @@ def connected_pair(cc: str) -> Pair:
 
 
 def one_run(
-    *, fast: bool, datagrams: int, size: int, batch: int, step: float, cc: str
+    *, fast: bool, datagrams: int, size: int, batch: int, step: float, cc: str, replies: int
 ) -> tuple[float, int]:
-    """CPU seconds and datagrams delivered for `datagrams` sent client -> server."""
+    """CPU seconds and datagrams delivered for `datagrams` sent client -> server (and the
+    replies, which count as datagrams too)."""
     quic_ext.FAST_DATAGRAM_PATH = fast
     pair = connected_pair(cc)
+    pair.replies_every = replies
     payload = bytes(size)
     sent = 0
     cpu = 0.0
@@ -117,7 +131,7 @@ def one_run(
     start = time.process_time()
     _pump(pair)
     cpu += time.process_time() - start
-    return cpu, pair.received
+    return cpu, pair.received + pair.replied
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,10 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="datagrams queued per round")
     parser.add_argument("--step", type=float, default=0.0005, help="fake seconds per round")
     parser.add_argument("--cc", default="reno", choices=("reno", "cubic", "bbr", "none"))
+    parser.add_argument(
+        "--replies",
+        type=int,
+        default=0,
+        help="the concentrator answers every N datagrams with a 60-byte one (0: never)",
+    )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     params = dict(
-        datagrams=args.datagrams, size=args.size, batch=args.batch, step=args.step, cc=args.cc
+        datagrams=args.datagrams,
+        size=args.size,
+        batch=args.batch,
+        step=args.step,
+        cc=args.cc,
+        replies=args.replies,
     )
     if args.profile:
         for fast in (False, True):
@@ -150,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"only {received} of {args.datagrams} datagrams arrived", file=sys.stderr)
                 return 1
             figures[fast].append(cpu / received * 1e6)
+    answered = f", a {len(REPLY)}-byte reply per {args.replies}" if args.replies else ""
     print(
-        f"{args.datagrams} datagrams of {args.size} B per run, {args.runs} runs, cc {args.cc}: "
-        "µs of CPU per datagram sent and received (both ends)"
+        f"{args.datagrams} datagrams of {args.size} B per run{answered}, {args.runs} runs, "
+        f"cc {args.cc}: µs of CPU per datagram sent and received (both ends)"
     )
     for fast, name in ((False, "generic"), (True, "fast")):
         values = figures[fast]

@@ -42,6 +42,7 @@ from aioquic.quic.connection import (
     QuicReceiveContext,
     stream_is_unidirectional,
 )
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
     NON_ACK_ELICITING_FRAME_TYPES,
     PACKET_FIXED_BIT,
@@ -369,6 +370,18 @@ class AckState:
     unanswered_since: float | None
 
 
+@dataclass(frozen=True)
+class _OneRtt:
+    """What the datagram fast path uses of aioquic's 1-RTT tables (see _one_rtt)."""
+
+    cryptos: dict[tls.Epoch, CryptoPair]
+    """aioquic's table these come from: a new one means new state."""
+    crypto: CryptoPair
+    zero_rtt: CryptoPair
+    space: QuicPacketSpace
+    crypto_stream: QuicStream
+
+
 class TunnelQuicConnection(QuicConnection):
     """A QuicConnection that can announce and detect quic_tunnel_stream_mode.
 
@@ -465,6 +478,7 @@ class TunnelQuicConnection(QuicConnection):
             getattr(cls, hook) is getattr(TunnelQuicConnection, hook) for hook in _FAST_PATH_HOOKS
         )
         """Whether DATAGRAM-only packets take the fast path (FAST_DATAGRAM_PATH)."""
+        self._tunnel_one_rtt: _OneRtt | None = None
 
     # -- congestion control and pacing (tunnel/protocol/congestion.py) ----------------------
 
@@ -754,6 +768,25 @@ class TunnelQuicConnection(QuicConnection):
     # recovery as the same QuicSentPacket. Anything else goes the generic way.
     # tests/unit/test_fast_datagram_path.py checks both produce the same packets.
 
+    def _one_rtt(self) -> _OneRtt | None:
+        """The 1-RTT packet space's state (None before aioquic set it up). aioquic keys it by
+        tls.Epoch, an Enum hashed in Python at every lookup, a few times per packet: it is
+        looked up once, again only if aioquic made new tables (_initialize)."""
+        cached = self._tunnel_one_rtt
+        if cached is not None and cached.cryptos is self._cryptos:
+            return cached
+        if tls.Epoch.ONE_RTT not in self._cryptos:
+            return None
+        epoch = tls.Epoch.ONE_RTT
+        self._tunnel_one_rtt = _OneRtt(
+            cryptos=self._cryptos,
+            crypto=self._cryptos[epoch],
+            zero_rtt=self._cryptos[tls.Epoch.ZERO_RTT],
+            space=self._spaces[epoch],
+            crypto_stream=self._crypto_streams[epoch],
+        )
+        return self._tunnel_one_rtt
+
     def _only_datagrams_to_send(self) -> bool:
         """Whether aioquic's datagrams_to_send would now write nothing but ACK and DATAGRAM
         frames (and the PING it adds to some ACKs) in 1-RTT packets on the active path: every
@@ -773,8 +806,8 @@ class TunnelQuicConnection(QuicConnection):
             or (self._is_client and self._remote_preferred_address is not None)
         ):
             return False
-        crypto = self._cryptos.get(tls.Epoch.ONE_RTT)
-        if crypto is None or not crypto.send.is_valid():
+        one_rtt = self._one_rtt()
+        if one_rtt is None or not one_rtt.crypto.send.is_valid():
             return False
         path = self._network_paths[0]
         # an unvalidated path: anti-amplification limit and PATH_CHALLENGE (RFC 9000 §8, §9.3)
@@ -785,10 +818,11 @@ class TunnelQuicConnection(QuicConnection):
                 probe_path.is_validated or probe_path.local_challenge_sent
             ):
                 return False
-        if not self._crypto_streams[tls.Epoch.ONE_RTT].sender.buffer_is_empty:
+        if not one_rtt.crypto_stream.sender.buffer_is_empty:
             return False  # e.g. a NewSessionTicket
-        if any(not cid.was_sent for cid in self._host_cids):
-            return False
+        for cid in self._host_cids:  # a loop, not any(): this runs at every send
+            if not cid.was_sent:
+                return False
         if self._connection_limits_due():
             return False
         for stream in self._streams_queue:
@@ -807,8 +841,9 @@ class TunnelQuicConnection(QuicConnection):
         network_path = self._network_paths[0]
         loss = self._loss
         pacer = loss._pacer
-        space = self._spaces[tls.Epoch.ONE_RTT]
-        crypto = self._cryptos[tls.Epoch.ONE_RTT]
+        one_rtt = self._one_rtt()
+        assert one_rtt is not None  # _only_datagrams_to_send() checked
+        space, crypto = one_rtt.space, one_rtt.crypto
         pending = self._datagrams_pending
         tokens = self._tunnel_datagram_tokens
         paced = self._tunnel_paced
@@ -970,12 +1005,12 @@ class TunnelQuicConnection(QuicConnection):
             or self._peer_cid.sequence_number is None
         ):
             return False
-        crypto = self._cryptos[tls.Epoch.ONE_RTT]
-        if not crypto.recv.is_valid():
+        one_rtt = self._one_rtt()
+        if one_rtt is None or not one_rtt.crypto.recv.is_valid():
             return False
+        crypto, space = one_rtt.crypto, one_rtt.space
         if self._close_at is None:
             self._close_at = now + self._idle_timeout()
-        space = self._spaces[tls.Epoch.ONE_RTT]
         try:
             plain_header, plain_payload, packet_number = crypto.decrypt_packet(
                 data, 1 + cid_length, space.expected_packet_number
@@ -995,8 +1030,8 @@ class TunnelQuicConnection(QuicConnection):
         if packet_number > space.expected_packet_number:
             space.expected_packet_number = packet_number + 1
         # a server drops its 0-RTT keys on the first 1-RTT packet (RFC 9001 §4.9.3)
-        if not self._is_client and self._cryptos[tls.Epoch.ZERO_RTT].recv.is_valid():
-            self._cryptos[tls.Epoch.ZERO_RTT].recv.teardown()
+        if not self._is_client and one_rtt.zero_rtt.recv.is_valid():
+            one_rtt.zero_rtt.recv.teardown()
         if packet_number > self._spin_highest_pn:
             spin_bit = bool(plain_header[0] & PACKET_SPIN_BIT)
             self._spin_bit = not spin_bit if self._is_client else spin_bit
