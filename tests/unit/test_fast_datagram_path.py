@@ -491,3 +491,18 @@ def test_a_subclass_that_changes_the_generic_path_keeps_it() -> None:
     assert server.fast_datagram_path
     # it writes injected frames from _write_connection_limits
     assert not HostileQuicConnection(configuration=client_config).fast_datagram_path
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_packet_to_a_retired_connection_id_is_dropped(fast: bool) -> None:
+    """A client keeps using a connection ID of its own the server retired (clients do not
+    switch on receipt): aioquic drops packets to it, and so does the fast path."""
+    net, path = connected(fast)
+    client, server = path.client.quic, path.server.quic
+    assert isinstance(client, TunnelQuicConnection) and isinstance(server, TunnelQuicConnection)
+    assert server._peer_cid.cid == client.host_cid
+    client._host_cids = [cid for cid in client._host_cids if cid.cid != client.host_cid]
+    before = len(path.client.quic_events)
+    client.receive_datagram(forged(server, b"\x31\x03abc"), path.server.addr, now=net.clock.now)
+    assert client.next_event() is None and len(path.client.quic_events) == before
+    assert client._spaces[tls.Epoch.ONE_RTT].ack_at is None

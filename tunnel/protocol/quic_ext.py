@@ -1005,6 +1005,13 @@ class TunnelQuicConnection(QuicConnection):
             or self._peer_cid.sequence_number is None
         ):
             return False
+        # aioquic takes a packet only for a connection ID it still has: the peer may have
+        # retired the one a client uses (a client never switches on receipt)
+        for connection_id in self._host_cids:
+            if connection_id.cid == host_cid:
+                break
+        else:
+            return False
         one_rtt = self._one_rtt()
         if one_rtt is None or not one_rtt.crypto.recv.is_valid():
             return False
