@@ -6,8 +6,9 @@ its queue of pending datagrams, (d) a server asking for a client certificate and
 reading it back (see tunnel/policy/client_auth.py for why the concentrator needs that),
 (e) receive credit tied to what the application consumed (aioquic doubles its
 windows as data arrives, which lets a peer make it allocate without bound), (f) congestion
-control, pacing and datagram fates, and the reset of congestion and RTT state on a migration
-(RFC 9000 §9.4).
+control, pacing and datagram fates, the reset of congestion and RTT state on a migration
+(RFC 9000 §9.4), and (g) a fast path for the packets that carry only DATAGRAM and ACK frames
+(FAST_DATAGRAM_PATH).
 Everything the tunnel needs from those internals is here, behind small typed
 functions, so an aioquic upgrade has one file to check.
 Importing this module fails with one clear sentence if the internals moved.
