@@ -253,7 +253,7 @@ def test_congestion_control_none_is_paced_the_same() -> None:
     assert_same(generic, fast)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     sizes=st.lists(st.integers(min_value=0, max_value=1400), min_size=1, max_size=120),
     loss=st.sampled_from([0.0, 0.02, 0.1]),

@@ -408,6 +408,7 @@ class TunnelQuicConnection(QuicConnection):
         reset_key: bytes | None = None,
         pacing_rate: float | None = None,
         tickets: TicketStore | None = None,
+        fast_datagram_path: bool | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
@@ -427,7 +428,9 @@ class TunnelQuicConnection(QuicConnection):
         `payload_ethertype`: announce quic_tunnel_payload (PAYLOAD_TP_ID) with this EtherType
         (a client whose payload is not IP); None: not announced, i.e. IP.
         `tickets` (server): issue session tickets into this store and resume the connections
-        that present one of them (README "0-RTT"); see resumed_identity."""
+        that present one of them (README "0-RTT"); see resumed_identity.
+        `fast_datagram_path` (limits.fast_datagram_path): take the datagram fast path (default
+        FAST_DATAGRAM_PATH); a subclass that changes the generic path never does."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         if payload_ethertype is not None and not 0 <= payload_ethertype <= 0xFFFF:
@@ -475,7 +478,8 @@ class TunnelQuicConnection(QuicConnection):
         # A subclass that changes what the generic path writes or how it handles a DATAGRAM
         # (testbed/hostile.py injects frames) would be bypassed: it keeps the generic path.
         cls = type(self)
-        self.fast_datagram_path = FAST_DATAGRAM_PATH and all(
+        wanted = FAST_DATAGRAM_PATH if fast_datagram_path is None else fast_datagram_path
+        self.fast_datagram_path = wanted and all(
             getattr(cls, hook) is getattr(TunnelQuicConnection, hook) for hook in _FAST_PATH_HOOKS
         )
         """Whether DATAGRAM-only packets take the fast path (FAST_DATAGRAM_PATH)."""
