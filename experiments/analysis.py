@@ -598,6 +598,7 @@ def plot_goodput_timeseries(
     timeseries: pd.DataFrame,
     outage: tuple[float, float] | None = None,
     legend: bool = True,
+    outage_label: str = "WiFi outage",
 ) -> None:
     """Goodput over time, one line per variant (mean over runs at each sample), outage shaded.
     Give it one (event, traffic) combination at a time (see `scenarios`)."""
@@ -609,7 +610,7 @@ def plot_goodput_timeseries(
         label = f"{variant} (mean of {runs} runs)" if runs > 1 else variant
         ax.plot(mean.index, mean.to_numpy(), color=variant_colour(variant), lw=1.2, label=label)
     if outage is not None:
-        ax.axvspan(outage[0], outage[1], color="0.85", zorder=0, label="WiFi outage")
+        ax.axvspan(outage[0], outage[1], color="0.85", zorder=0, label=outage_label)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("goodput (Mbit/s)")
     ax.set_ylim(bottom=0)
@@ -1098,7 +1099,8 @@ def plot_scale_memory(ax: Axes, scale: pd.DataFrame) -> None:
 # -- whole figures saved as PNG and SVG, with the run's conditions ---------------------------
 def run_conditions(run_dir: Path) -> str:
     """The conditions a figure of this run was measured under, from its meta.json: runs per
-    point, the link profiles, the shaping backend and the commit (dirty if it was)."""
+    point, the link profiles, the scenario, the shaping backend and the commit (dirty if it
+    was)."""
     try:
         meta = load_meta(run_dir)
     except ResultsError:
@@ -1115,6 +1117,9 @@ def run_conditions(run_dir: Path) -> str:
     }
     if profiles:
         parts.append("profiles " + ", ".join(f"{k} {v}" for k, v in profiles.items()))
+    scenario = meta.get("scenario")
+    if isinstance(scenario, dict) and scenario.get("name"):
+        parts.append(f"scenario {scenario['name']}")
     backend = meta.get("backend") or parameters.get("backend")
     if backend:
         parts.append(f"shaping {backend}")
@@ -1150,13 +1155,19 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     timeseries = load_failover_timeseries(run_dir)
     combos = scenarios(timeseries)
     summary = failover_gap_summary(failover)
+    # a run with a scenario (testbed/scenario.py) shades its first change to its end
+    try:
+        scenario = load_meta(run_dir).get("scenario")
+    except ResultsError:  # a run directory without its meta.json still draws
+        scenario = None
+    shaded = f"scenario {scenario['name']}" if isinstance(scenario, dict) else "WiFi outage"
     fig = Figure(figsize=(19, 1.5 + 3.2 * len(combos)), layout="constrained")
     grid = fig.add_gridspec(len(combos), 3, width_ratios=(1.8, 1, 0.55))
     for row, combo in enumerate(combos):
         ax_ts = fig.add_subplot(grid[row, 0])
         rows = select_scenario(failover, combo)
         outage = outage_window(rows if len(rows) else failover)
-        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage, legend=False)
+        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage, False, shaded)
         what = " / ".join(combo)
         ax_ts.set_title(f"goodput at the receiver{': ' + what if what else ''}", fontsize="medium")
     ax_gap = fig.add_subplot(grid[:, 1])
@@ -1167,7 +1178,7 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     # One legend for every panel (colours are per variant): lines are means over the runs.
     variants = _ordered(timeseries["variant"].tolist(), VARIANT_ORDER)
     handles: list[Artist] = [Line2D([], [], color=variant_colour(v), label=v) for v in variants]
-    handles.append(Patch(color="0.85", label="WiFi outage"))
+    handles.append(Patch(color="0.85", label=shaded))
     if failover["cpu_saturated"].any():
         handles.append(Line2D([], [], color="red", marker="x", ls="", label=f"run: {CPU_MARK}"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")
@@ -1336,12 +1347,161 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
     return _save(fig, out_png, run_dir)
 
 
+# -- the workload experiment ----------------------------------------------------------------
+def load_workload(run_dir: Path) -> pd.DataFrame:
+    return _with_cpu_flag(_load(run_dir, "workload"))
+
+
+def load_workload_calls(run_dir: Path) -> pd.DataFrame:
+    return _load(run_dir, "workload_calls")
+
+
+def load_workload_flows(run_dir: Path) -> pd.DataFrame:
+    return _load(run_dir, "workload_flows")
+
+
+def _nothing_to_draw(ax: Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this run", ha="center", va="center", color="0.4")
+    ax.set_axis_off()
+
+
+def _mark_saturated(ax: Axes, x: float, y: float) -> None:
+    ax.plot([x], [y], "x", color="red", ms=8, mew=1.5)
+
+
+def plot_workload_calls(
+    ax: Axes, calls: pd.DataFrame, points: pd.DataFrame, column: str, label: str
+) -> None:
+    """One of the calls' columns per mode, alone (solid) and under a bulk load (hatched):
+    bars are the median over calls, dots the calls, error bars for the one-way delay reach its
+    median 95th percentile; red crosses: a point where a process saturated a core."""
+    voip = calls[calls["workload"].isin(["voip", "voip-bulk"])]
+    if voip.empty:
+        _nothing_to_draw(ax, "VoIP calls")
+        return
+    modes = _ordered(voip["mode"].tolist(), MODE_ORDER)
+    kinds = [k for k in ("voip", "voip-bulk") if k in set(voip["workload"])]
+    width = 0.8 / len(kinds)
+    for k, kind in enumerate(kinds):
+        for m, mode in enumerate(modes):
+            rows = voip[(voip["mode"] == mode) & (voip["workload"] == kind)]
+            if rows.empty:
+                continue
+            x = m - 0.4 + width * (k + 0.5)
+            median = float(rows[column].median())
+            upper = float(rows["owd_p95_ms"].median()) if column == "owd_median_ms" else median
+            ax.bar(
+                x, median, width * 0.9, color=mode_colour(mode),
+                hatch="//" if kind == "voip-bulk" else None, edgecolor="white",
+                yerr=[[0], [max(0.0, upper - median)]] if upper > median else None, capsize=3,
+            )  # fmt: skip
+            ax.plot([x] * len(rows), rows[column], ".", color="k", ms=3)
+            # the value, said: a MOS of 1 (the scale's floor) is a bar of no height
+            ax.annotate(f"{median:.3g}", (x, median), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize="x-small")  # fmt: skip
+            hot = points[
+                (points["mode"] == mode) & (points["workload"] == kind) & points["cpu_saturated"]
+            ]
+            if len(hot):
+                _mark_saturated(ax, x, median)
+    ax.set_xticks(range(len(modes)), modes)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, axis="y")
+    shown = {
+        "voip": Patch(facecolor="0.6", label="call alone"),
+        "voip-bulk": Patch(
+            facecolor="0.6", hatch="//", edgecolor="white", label="under a bulk flow"
+        ),
+    }
+    ax.legend(handles=[shown[k] for k in kinds], fontsize="x-small")
+
+
+def plot_workload_fct(ax: Axes, flows: pd.DataFrame) -> None:
+    """The CDF of the web objects' completion times per mode: alone (solid) and under a bulk
+    flow (dashed); objects not fetched whole are left out (their count is in workload.csv)."""
+    web = flows[(flows["kind"] == "web") & (flows["outcome"] == "ok")]
+    if web.empty:
+        _nothing_to_draw(ax, "web objects")
+        return
+    for mode in _ordered(web["mode"].tolist(), MODE_ORDER):
+        for kind, style in (("web", "-"), ("web-bulk", "--")):
+            fct = np.sort(web[(web["mode"] == mode) & (web["workload"] == kind)]["fct_ms"])
+            if len(fct):
+                y = np.arange(1, len(fct) + 1) / len(fct)
+                label = f"{mode}{' + bulk' if kind == 'web-bulk' else ''}"
+                ax.step(fct, y, where="post", ls=style, color=mode_colour(mode), label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("flow completion time (ms, log)")
+    ax.set_ylabel("fraction of objects")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+
+
+def plot_workload_parallel(ax: Axes, flows: pd.DataFrame, points: pd.DataFrame) -> None:
+    """Parallel bulk connections per mode: the total goodput (bar, mean over runs), each
+    connection's (dots) and Jain's index over them (in the label)."""
+    bulk = flows[flows["kind"] == "bulk"]
+    rows = points[points["workload"] == "bulk-parallel"]
+    if bulk.empty or rows.empty:
+        _nothing_to_draw(ax, "parallel bulk flows")
+        return
+    modes = _ordered(rows["mode"].tolist(), MODE_ORDER)
+    labels = []
+    for m, mode in enumerate(modes):
+        mine = rows[rows["mode"] == mode]
+        total = float(mine["goodput_mbps"].mean())
+        ax.bar(m, total, 0.6, color=mode_colour(mode), alpha=0.5)
+        shares = bulk[bulk["mode"] == mode]["goodput_mbps"]
+        ax.plot([m] * len(shares), shares, "o", color=mode_colour(mode), ms=4)
+        if mine["cpu_saturated"].any():
+            _mark_saturated(ax, m, total)
+        labels.append(f"{mode}\nJain {float(mine['jain_fairness'].mean()):.2f}")
+    ax.set_xticks(range(len(modes)), labels)
+    ax.set_ylabel("goodput (Mbit/s): all (bar), each connection (dots)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def workload_figure(run_dir: Path, out_png: Path) -> Path:
+    """The workload experiment: the calls' MOS and one-way delay per mode (alone and under a
+    bulk flow), the web objects' completion-time CDFs, and the parallel bulk connections."""
+    points = load_workload(run_dir)
+    calls = (
+        load_workload_calls(run_dir) if (Path(run_dir) / "workload_calls.csv").exists() else None
+    )
+    flows = (
+        load_workload_flows(run_dir) if (Path(run_dir) / "workload_flows.csv").exists() else None
+    )
+    fig = Figure(figsize=(13, 8.5), layout="constrained")
+    (ax_mos, ax_owd), (ax_fct, ax_bulk) = fig.subplots(2, 2)
+    if calls is not None:
+        plot_workload_calls(ax_mos, calls, points, "mos", "MOS (G.107 E-model)")
+        ax_mos.set_ylim(1, 4.5)
+        plot_workload_calls(ax_owd, calls, points, "owd_median_ms", "one-way delay (ms)")
+    else:
+        _nothing_to_draw(ax_mos, "VoIP calls")
+        _nothing_to_draw(ax_owd, "VoIP calls")
+    ax_mos.set_title("VoIP: MOS per call", fontsize="medium")
+    ax_owd.set_title("VoIP: median one-way delay (bar to the median p95)", fontsize="medium")
+    if flows is not None:
+        plot_workload_fct(ax_fct, flows)
+        plot_workload_parallel(ax_bulk, flows, points)
+    else:
+        _nothing_to_draw(ax_fct, "web objects")
+        _nothing_to_draw(ax_bulk, "parallel bulk flows")
+    ax_fct.set_title("web-like short flows: completion time", fontsize="medium")
+    ax_bulk.set_title("parallel bulk TCP connections", fontsize="medium")
+    hot = f"; x: {CPU_MARK}" if points["cpu_saturated"].any() else ""
+    fig.suptitle(_run_title(run_dir) + hot)
+    return _save(fig, out_png, run_dir)
+
+
 FIGURES: dict[str, Callable[[Path, Path], Path]] = {
     "failover": failover_figure,
     "overhead": overhead_figure,
     "goodput": goodput_figure,
     "aggregation": aggregation_figure,
     "scale": scale_figure,
+    "workload": workload_figure,
 }
 
 

@@ -7,6 +7,11 @@ it comes back, as
   * "link-down": a real carrier loss (Lab.access_down/up: the WiFi shaper's veths go down, the
     client sees NO-CARRIER; a variant whose client OS reacts to it, wireguard-os, does so), or
   * "blackhole": the WiFi shaper drops everything with the link left up (nothing tells anyone).
+or, with a scenario (`--scenario FILE|NAME`, testbed/scenario.py), as the scenario's timeline of
+link changes on either access, played from the start of the traffic: the point's event is then
+"scenario" (the `events` parameter is not used), its outage window runs from the scenario's
+first change to its end (when every link it touched comes back), and the client's OS reacts to
+its carrier changes as to link-down's.
 The receiver records delivered bytes per 10 ms (experiments/traffic.py); a row of failover.csv
 per point (gap, goodput before/during/after and during the outage after the gap, UDP loss and
 reordering, each process's CPU) and a goodput time series.
@@ -33,13 +38,20 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from experiments import variants
-from experiments.flows import Flow, cpu_columns, flow_error, run_flow, sleep_until
+from experiments.flows import (
+    Flow,
+    cpu_columns,
+    flow_error,
+    run_flow,
+    scenario_during,
+    sleep_until,
+)
 from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
@@ -58,8 +70,10 @@ from testbed.fidelity import verify_accesses
 from testbed.lab import Lab
 from testbed.profiles import profile
 from testbed.qtun import TunnelSpec
+from testbed.scenario import Scenario
 
 EVENTS = ("link-down", "blackhole")
+SCENARIO_EVENT = "scenario"  # the event of every point of a run with a scenario
 TRAFFIC = ("tcp", "udp")
 
 FAILOVER_COLUMNS = list(FAILOVER.columns)
@@ -107,6 +121,8 @@ DEFAULTS: Params = {
     # qtun's own default is 1 s (3 s to notice a blackhole, close to the quick run's 4 s outage);
     # 0.5 s notices it in 1.5 s and leaves room for queueing delay on a loaded WiFi link.
     "probe_interval_s": 0.5,
+    # A scenario (a shipped name or a TOML file; `--scenario` sets it) replaces the events.
+    "scenario": "",
 }
 QUICK: Params = {
     "runs": 1,
@@ -165,10 +181,11 @@ def run_variants(params: Params) -> list[str]:
 
 def points(params: Params) -> list[Point]:
     _check(params)
+    events = [SCENARIO_EVENT] if params["scenario"] else params["events"]
     return [
         Point({"variant": v, "event": e, "traffic": t, "run": r})
         for v in run_variants(params)
-        for e in params["events"]
+        for e in events
         for t in params["traffic"]
         for r in range(1, int(params["runs"]) + 1)
     ]
@@ -307,24 +324,45 @@ def run_point(ctx: Context[FailoverState], point: Point) -> PointResult:
         finally:
             _event(lab, carrier, event, failed=False)
 
+    def os_reaction(access: str, up: bool) -> None:
+        (carrier.on_access_up if up else carrier.on_access_down)(access)
+
     cpu = CpuMeter(carrier.programs)
     try:
-        recv, sent = run_flow(lab, flow, state.workdir, during=outage, cpu=cpu)
+        during: Callable[[float], None] = outage
+        if event == SCENARIO_EVENT:
+            during = scenario_during(lab, ctx, point, CLIENT, on_carrier=os_reaction)
+        recv, sent = run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
     finally:
         with contextlib.suppress(Exception):
             carrier.stop()
     qtun = state.qtun.get(variant)
     extra: Row = {"ablation_off": qtun.turns_off if qtun else "", **cpu_columns(cpu)}
-    return PointResult(rows=measure(point, p, recv, sent, extra))
+    window = outage_window(p, ctx.scenario if event == SCENARIO_EVENT else None)
+    return PointResult(rows=measure(point, p, recv, sent, extra, window))
+
+
+def outage_window(p: Params, scenario: Scenario | None) -> tuple[float, float]:
+    """(down, up) in s from the traffic's start: the event's, or a scenario's first change and
+    end (when the links it touched come back)."""
+    if scenario is not None:
+        return scenario.first_change_s, scenario.duration_s
+    return float(p["down_at_s"]), float(p["up_at_s"])
 
 
 def measure(
-    point: Point, p: Params, recv: Samples, sent: dict[str, Any], extra: Row | None = None
+    point: Point,
+    p: Params,
+    recv: Samples,
+    sent: dict[str, Any],
+    extra: Row | None = None,
+    outage: tuple[float, float] | None = None,
 ) -> dict[str, list[Row]]:
     """The failover.csv row (with `extra` columns: ablation, CPU) and the time series of one
-    point, from the receiver's samples."""
+    point, from the receiver's samples; `outage`: (down, up) (default: down_at_s, up_at_s)."""
     interval = recv.interval_s
-    down, up, duration = float(p["down_at_s"]), float(p["up_at_s"]), float(p["duration_s"])
+    down, up = outage or outage_window(p, None)
+    duration = float(p["duration_s"])
     bins = pad_bins(recv.bins, interval, duration)
     window = delivery_gap(bins, interval, down, up)
     gap = None if window is None else round((window[1] - window[0]) / interval) * interval * 1000

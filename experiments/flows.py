@@ -14,9 +14,12 @@ RuntimeError (one sentence) if the receiver never got traffic. Both programs are
 every path.
 
 With `cpu` (a procstat.CpuMeter holding the tunnel's programs, if any), the CPU of those, of
-the shapers (qtwire) and of the flow's two ends is sampled over the measurement (from the
-origin plus the meter's `skip_s` to the sender's deadline); `cpu_columns(meter)` is the row's
-share of it (schemas.CPU_COLUMNS).
+the shapers (qtwire) and of the flow's two ends (`roles` in the meter) is sampled over the
+measurement (from the origin plus the meter's `skip_s` to the sender's deadline);
+`cpu_columns(meter)` is the row's share of it (schemas.CPU_COLUMNS).
+
+`run_programs` is the same start / readiness / CPU / stop sequence for any pair of programs
+(the workload experiment's VoIP and web tools, experiments/workload_traffic.py).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from experiments.procstat import CpuMeter, saturation
+from experiments.runner import Context, Point
 from experiments.schemas import CPU_PROCESSES
 from experiments.traffic import SAMPLE_INTERVAL_S, Samples
 from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
+from testbed.scenario_player import CarrierHook, play
 from testbed.shaping import WireShaper
 from testbed.topologies import ACCESSES
 
@@ -58,6 +63,7 @@ class Flow:
     interval_s: float = SAMPLE_INTERVAL_S
     nbytes: int | None = None  # TCP: exactly this many bytes, then FIN (traffic.py --bytes)
     src: str | None = None  # the receiver binds to this address (its access) before connecting
+    parallel: int = 1  # TCP: this many connections (traffic.py --parallel, iperf3 -P)
 
 
 def traffic_argv(role: str, *args: str) -> list[str]:
@@ -80,6 +86,8 @@ def flow_argv(flow: Flow, start_at: float, recv_out: Path, send_out: Path) -> tu
         recv_args += ["--src", flow.src]
     if flow.traffic == "tcp":
         extra = ["--mptcp"] if flow.mptcp else []
+        if flow.parallel != 1:
+            extra += ["--parallel", str(flow.parallel)]
         size = ["--bytes", str(flow.nbytes)] if flow.nbytes is not None else []
         return (
             traffic_argv("tcp-send", *send_args, *extra, *size),
@@ -113,12 +121,71 @@ def cpu_columns(meter: CpuMeter | None) -> dict[str, Any]:
     return row
 
 
+@dataclass
+class Programs:
+    """A sender and a receiver program of one measurement (run_programs): the sender listens
+    on `port` of its node, the receiver on `receiver` comes to it; `roles` are their names in
+    a CpuMeter."""
+
+    sender: str
+    sender_argv: list[str]
+    receiver: str
+    receiver_argv: list[str]
+    port: int
+    roles: tuple[str, str] = ("sender", "receiver")
+
+
+def run_programs(
+    lab: Lab,
+    programs: Programs,
+    start_at: float,
+    end_at: float,
+    during: Callable[[float], None] | None = None,
+    cpu: CpuMeter | None = None,
+    start_meter: bool = True,
+    wait_s: float = 5.0,
+) -> HostProcess:
+    """Start the sender, and the receiver once the sender listens (polled); watch both (and the
+    receiver's shapers) in `cpu`, started over [start_at, end_at] unless `start_meter` is False
+    (a meter a surrounding measurement runs); call `during(start_at)`; wait for the receiver
+    until end_at + wait_s; stop both on every path. Returns the receiver (its log path)."""
+    procs: list[HostProcess] = []
+    port = programs.port
+    try:
+        sender_node = lab.node(programs.sender)
+        sender = lab.procs.start(sender_node, f"qex-send-{port}", programs.sender_argv)
+        procs.append(sender)
+        wait_listening(sender_node, port, sender)
+        receiver_node = lab.node(programs.receiver)
+        receiver = lab.procs.start(receiver_node, f"qex-recv-{port}", programs.receiver_argv)
+        procs.append(receiver)
+        if cpu is not None:
+            for name, pid in shaper_pids(lab, programs.receiver).items():
+                cpu.watch(name, pid)
+            cpu.watch(programs.roles[0], sender.pid)
+            cpu.watch(programs.roles[1], receiver.pid)
+            if start_meter:
+                cpu.start(start_at, end_at)
+        if during is not None:
+            during(start_at)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            receiver.popen.wait(max(1.0, end_at + wait_s - time.monotonic()))
+    finally:
+        if cpu is not None and start_meter:
+            cpu.stop()
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                lab.procs.stop(proc)
+    return receiver
+
+
 def run_flow(
     lab: Lab,
     flow: Flow,
     workdir: Path,
     during: Callable[[float], None] | None = None,
     cpu: CpuMeter | None = None,
+    roles: tuple[str, str] = ("sender", "receiver"),
 ) -> tuple[Samples, dict[str, Any]]:
     port = str(flow.port)
     recv_out = workdir / f"recv-{port}.json"
@@ -127,30 +194,9 @@ def run_flow(
         stale.unlink(missing_ok=True)
     start_at = time.monotonic() + START_LEAD_S
     sender_argv, receiver_argv = flow_argv(flow, start_at, recv_out, send_out)
-    procs: list[HostProcess] = []
-    try:
-        sender_node = lab.node(flow.sender)
-        sender = lab.procs.start(sender_node, f"qex-send-{port}", sender_argv)
-        procs.append(sender)
-        wait_listening(sender_node, flow.port, sender)
-        receiver = lab.procs.start(lab.node(flow.receiver), f"qex-recv-{port}", receiver_argv)
-        procs.append(receiver)
-        if cpu is not None:
-            for name, pid in shaper_pids(lab, flow.receiver).items():
-                cpu.watch(name, pid)
-            cpu.watch("sender", sender.pid)
-            cpu.watch("receiver", receiver.pid)
-            cpu.start(start_at, start_at + flow.duration_s)
-        if during is not None:
-            during(start_at)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            receiver.popen.wait(max(1.0, start_at + flow.duration_s + 5 - time.monotonic()))
-    finally:
-        if cpu is not None:
-            cpu.stop()
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                lab.procs.stop(proc)
+    programs = Programs(flow.sender, sender_argv, flow.receiver, receiver_argv, flow.port, roles)
+    end_at = start_at + flow.duration_s
+    receiver = run_programs(lab, programs, start_at, end_at, during, cpu)
     if not recv_out.exists():
         raise RuntimeError(f"the receiver wrote no samples; see {receiver.log_path}")
     recv = Samples.from_json(json.loads(recv_out.read_text()))
@@ -160,6 +206,28 @@ def run_flow(
             f"the receiver never got traffic ({recv.error}; sender: {sent.get('error')})"
         )
     return recv, sent
+
+
+def scenario_during(
+    lab: Lab,
+    ctx: Context[Any],
+    point: Point,
+    client: str,
+    on_carrier: CarrierHook | None = None,
+) -> Callable[[float], None]:
+    """A `during` for run_flow that plays the run's scenario (ctx.scenario) on `client`'s
+    accesses from the traffic's origin, links restored at its end; each point's steps applied
+    and lateness go into meta.json's "scenario_played"."""
+    scenario = ctx.scenario
+    if scenario is None:
+        raise RuntimeError("scenario_during needs a run with a scenario")
+
+    def during(start_at: float) -> None:
+        report = play(lab, scenario, start_at, client, on_carrier=on_carrier)
+        played = ctx.extra_meta.setdefault("scenario_played", [])
+        played.append({**point.values, **report.summary()})
+
+    return during
 
 
 def flow_error(recv: Samples, sent: dict[str, Any]) -> str:

@@ -21,6 +21,12 @@ each value reaching both programs as the `--set` overrides of `outer_cc_settings
 The baselines have neither: their rows say "" there. Stream mode without congestion control
 is skipped (RFC 9484 §10; qtun refuses it), as is a value naming no qtun setting.
 
+With a scenario (`--scenario FILE|NAME`, testbed/scenario.py) its changes of c1's WiFi access
+are played from the start of each point's traffic on top of the point's link (a change sets
+absolute values: a rate_mbit in the scenario replaces the point's), and the link is the
+point's again when the scenario ends; the 5G access is down here, so a scenario may change
+only WiFi.
+
 The qtun modes' programs are restarted for every point (`Modes.ensure(fresh=True)`): the QUIC
 connection of the previous point would carry its congestion state over — measured, a
 loss-free 100 ms point right after a 2 % loss point reached 4.4 of 20 Mbit/s of UDP on the
@@ -38,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import variants
-from experiments.flows import Flow, cpu_columns, flow_error, run_flow
+from experiments.flows import Flow, cpu_columns, flow_error, run_flow, scenario_during
 from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
@@ -85,6 +91,9 @@ DEFAULTS: Params = {
     "qtun": dict(SHIPPED["qtun"]),
     "outer_cc_settings": dict(SHIPPED["outer_cc_settings"]),
     "loss_hiding_settings": dict(SHIPPED["loss_hiding_settings"]),
+    # A scenario of WiFi changes during each point's traffic (a shipped name or a TOML file;
+    # `--scenario` sets it).
+    "scenario": "",
 }
 # A few points: the outer controllers at 2 % loss and 50 ms for UDP and inner BBR, with the two
 # baselines; what the tests run, and the per-point time the full run's estimate comes from.
@@ -295,7 +304,8 @@ def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
         udp_size_bytes=int(p["udp_size_bytes"]),
     )
     cpu = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]))
-    recv, sent = run_flow(lab, flow, state.workdir, cpu=cpu)
+    during = scenario_during(lab, ctx, point, CLIENT) if ctx.scenario is not None else None
+    recv, sent = run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
     bins = pad_bins(recv.bins, recv.interval_s, flow.duration_s)
     goodput = goodput_mbps(bins, recv.interval_s, float(p["warmup_s"]), flow.duration_s)
     lost = None
@@ -351,4 +361,6 @@ EXPERIMENT = Experiment(
     session=session,
     summarize=summary_table,
     description="goodput per mode and outer congestion control under loss x RTT, TCP and UDP",
+    scenario_accesses=("wifi",),
+    scenario_note="goodput runs with c1's 5G access down",
 )

@@ -9,6 +9,10 @@ srv1 through the tunnel) `ping_count` times every `ping_interval_s`:
   idle   nothing else runs;
   tcp    one bulk TCP flow (experiments/traffic.py, the inner `cc`) runs towards c1, and the
          pings start after its `warmup_s` (the queue has filled by then).
+The qtun modes run once per `queue_aqm` value: the active queue management of each tunnel
+connection's datagram queue (limits.queue_aqm: codel, or off for tail drop at the queue's cap),
+so a run shows what the tunnel's own queue adds with and without CoDel (tunnel/protocol/
+codel.py); plain and WireGuard have no such queue ("n/a").
 A row: the RTT's minimum, median, 95th percentile and maximum over the replies, the replies
 counted, and under load the flow's goodput over the pings' window and the CPU of every process
 (a point where one saturated a core is flagged, never dropped). The inflation is the loaded
@@ -25,7 +29,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +54,14 @@ from testbed.profiles import LinkProfile
 
 MODES = ("plain", "tunnel", "session", "wireguard")
 LOADS = ("idle", "tcp")
+QUEUE_AQMS = ("codel", "off")
+NO_AQM = "n/a"  # the queue_aqm of a mode without a tunnel queue (plain, WireGuard)
 FIRST_PORT = 5600
 
 DEFAULTS: Params = {
     "modes": list(MODES),
     "loads": list(LOADS),
+    "queue_aqm": list(QUEUE_AQMS),
     "runs": 3,
     "seed": 1,
     "rtt_ms": 20.0,
@@ -67,7 +74,7 @@ DEFAULTS: Params = {
     "backend": "auto",
     "verify_fidelity": True,
 }
-QUICK: Params = {"runs": 1, "modes": ["plain", "tunnel"], "ping_count": 40}
+QUICK: Params = {"runs": 1, "modes": ["plain", "tunnel"], "queue_aqm": ["codel"], "ping_count": 40}
 
 
 @dataclass
@@ -79,7 +86,7 @@ class LatencyState:
 
 
 def points(params: Params) -> list[Point]:
-    for key, known in (("modes", MODES), ("loads", LOADS)):
+    for key, known in (("modes", MODES), ("loads", LOADS), ("queue_aqm", QUEUE_AQMS)):
         bad = [v for v in params[key] if v not in known]
         if bad:
             raise ExperimentError(
@@ -88,8 +95,9 @@ def points(params: Params) -> list[Point]:
     if params["ping_count"] < 5 or params["ping_interval_s"] < 0.01:
         raise ExperimentError("need ping_count >= 5 and ping_interval_s >= 0.01.")
     return [
-        Point({"mode": mode, "load": load, "run": run})
+        Point({"mode": mode, "queue_aqm": aqm, "load": load, "run": run})
         for mode in params["modes"]
+        for aqm in (params["queue_aqm"] if mode in variants.QTUN_MODES else [NO_AQM])
         for load in params["loads"]
         for run in range(1, int(params["runs"]) + 1)
     ]
@@ -152,7 +160,11 @@ def run_point(ctx: Context[LatencyState], point: Point) -> PointResult:
     if mode == "wireguard" and variants.wireguard_missing():
         return PointResult(skipped=str(variants.wireguard_missing()))
     # a fresh tunnel per point: no queue or congestion state left by the previous one
-    route = state.modes.ensure(mode, fresh=True)
+    spec = None
+    if mode in variants.QTUN_MODES:
+        aqm = (f"limits.queue_aqm={point['queue_aqm']}",)
+        spec = replace(variants.mode_spec(mode), client_overrides=aqm, concentrator_overrides=aqm)
+    route = state.modes.ensure(mode, fresh=True, spec=spec)
     carrier = state.modes.carrier
     assert carrier is not None
     count, interval = int(p["ping_count"]), float(p["ping_interval_s"])
@@ -199,10 +211,14 @@ def summary_table(run_dir: Path) -> str:
     if not path.exists():
         return "no latency rows"
     df = pd.read_csv(path)
-    table = df.pivot_table(index="mode", columns="load", values="rtt_median_ms", aggfunc="median")
+    table = df.pivot_table(
+        index=["mode", "queue_aqm"], columns="load", values="rtt_median_ms", aggfunc="median"
+    )
     if {"idle", "tcp"} <= set(table.columns):
         table["inflation_ms"] = table["tcp"] - table["idle"]
-    return "median RTT (ms) per mode, idle and under a bulk TCP load:\n" + str(table.round(2))
+    return "median RTT (ms) per mode (and queue AQM), idle and under a bulk TCP load:\n" + str(
+        table.round(2)
+    )
 
 
 EXPERIMENT = Experiment(
@@ -210,7 +226,7 @@ EXPERIMENT = Experiment(
     defaults=DEFAULTS,
     quick=QUICK,
     tables=tables(LATENCY),
-    key_columns=("mode", "load", "run"),
+    key_columns=("mode", "queue_aqm", "load", "run"),
     points=points,
     run_point=run_point,
     session=session,

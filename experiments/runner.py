@@ -25,6 +25,11 @@ and `--set key=value` (value parsed as TOML, bare words as strings). A parameter
 is a table (the qtun variants' settings: `qtun`) is merged one level deep: a layer's entry
 replaces the entry of that name and adds new ones, so a config may redefine one variant or add
 one; `--set qtun.NAME.KEY=VALUE` sets one key of one entry.
+
+Scenarios (testbed/scenario.py): an experiment whose defaults have a `scenario` parameter takes
+one (`--scenario FILE|NAME` sets it); the runner loads and checks it before anything starts,
+records it in meta.json with its text (and a copy, scenario.toml), and hands it to the points
+as `Context.scenario`; a rerun or resume plays the recorded text, not the file.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from testbed.paths import EXPERIMENT_CONFIGS, REPO_ROOT
 from testbed.paths import RESULTS_ROOT as RESULTS_ROOT  # re-exported: the CLIs default to it
+from testbed.scenario import Scenario, load_scenario, shipped_scenarios
+from testbed.topologies import ACCESSES
 from tunnel.user_error import RuntimeFailure, UsageError, run_command
 
 Row = dict[str, Any]
@@ -95,6 +102,9 @@ class Context(Generic[S]):
         self.backend: str | None = None
         self.fidelity: list[Row] = []
         self.extra_meta: dict[str, Any] = {}
+        # The run's scenario (--scenario, testbed/scenario.py), set by run_experiment once the
+        # session is open: the experiment plays it during each point's traffic.
+        self.scenario: Scenario | None = None
 
 
 @dataclass
@@ -110,6 +120,11 @@ class Experiment(Generic[S]):
     quick: Params = field(default_factory=dict)
     summarize: Callable[[Path], str] | None = None  # the table printed after a run
     description: str = ""
+    # An experiment takes a scenario (`--scenario`) when its defaults have a "scenario"
+    # parameter; it may change these accesses (`scenario_note`: why not the others), and must
+    # end before each point's traffic (its "duration_s" parameter) does.
+    scenario_accesses: tuple[str, ...] = ACCESSES
+    scenario_note: str = ""
 
     @property
     def primary(self) -> str:
@@ -379,6 +394,47 @@ class RunSummary:
     skipped: int
     failed: int
     already_done: int
+    missing: int = 0  # a distributed run: points of the sweep with no row (meta.json `missing`)
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """`--executor ray`: the sweep's shards as tasks on the Ray cluster at `address`
+    (experiments/ray_executor.py); `shards` None: one per lab slot of the cluster."""
+
+    address: str
+    shards: int | None = None
+
+
+def execute(
+    exp: Experiment[S],
+    params: Params,
+    executor: RayExecutor | None = None,
+    shard: tuple[int, int] = (1, 1),
+    resume: Path | None = None,
+    root: Path = RESULTS_ROOT,
+    progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+    scenario_text: str | None = None,
+) -> RunSummary:
+    """A run here (`run_experiment`, the default) or, with an executor, split into shards that
+    run elsewhere through the same function and are merged into one run directory.
+    `scenario_text`: a recorded scenario's text (run_experiment), replayed here only."""
+    if executor is None:
+        if exp.session is not None and os.geteuid() != 0:
+            raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
+        return run_experiment(exp, params, shard, resume, root, progress, extra_meta, scenario_text)
+    if scenario_text is not None:
+        raise ExperimentError(
+            "a recorded scenario is replayed on this machine only: rerun it without --executor."
+        )
+    if shard != (1, 1) or resume is not None:
+        raise ExperimentError(
+            "--executor ray splits the whole sweep into shards itself: drop --shard and --resume."
+        )
+    from experiments.ray_executor import run_on_ray
+
+    return run_on_ray(exp, params, executor, root, progress, extra_meta)
 
 
 def run_experiment(
@@ -389,8 +445,14 @@ def run_experiment(
     root: Path = RESULTS_ROOT,
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
+    scenario_text: str | None = None,
 ) -> RunSummary:
-    """Run the experiment's points (this shard's, minus those already done) into a run dir."""
+    """Run the experiment's points (this shard's, minus those already done) into a run dir.
+    `scenario_text`: the text of the run's scenario as a run recorded it (rerun, resume), so
+    the file need not exist any more."""
+    if resume is not None and scenario_text is None:
+        scenario_text = recorded_scenario_text(resume)
+    scenario = scenario_for_run(exp, params, scenario_text)
     all_points = exp.points(params)
     mine = shard_points(all_points, shard)
     if resume is not None:
@@ -408,6 +470,9 @@ def run_experiment(
         meta = base_meta(exp, params, shard) | (extra_meta or {})
         done = set()
     todo = [p for p in mine if p.key(exp.key_columns) not in done]
+    if scenario is not None:
+        meta["scenario"] = {"given": params["scenario"], **scenario.describe()}
+        (run_dir / "scenario.toml").write_text(scenario.text)  # a copy to read; meta has it too
     write_meta(run_dir, meta)
     writers = {
         name: TableWriter(run_dir / f"{name}.csv", cols) for name, cols in exp.tables.items()
@@ -418,6 +483,7 @@ def run_experiment(
     variants: list[str] = list(meta.get("variants", []))
     try:
         with _open_session(exp, params) as ctx:
+            ctx.scenario = scenario
             meta["backend"] = ctx.backend
             meta["fidelity"] = ctx.fidelity
             meta.update(ctx.extra_meta)
@@ -455,6 +521,58 @@ def run_experiment(
     return RunSummary(run_dir, ran, skipped, failed, len(mine) - len(todo))
 
 
+# -- scenarios ----------------------------------------------------------------------------------
+def with_scenario(exp: Experiment[S], params: Params, given: str) -> Params:
+    """`--scenario FILE|NAME`: the run's `scenario` parameter (what `--set scenario=...` sets)."""
+    if "scenario" not in exp.defaults:
+        raise ExperimentError(
+            f"experiment {exp.name} takes no --scenario; `qtlab run NAME --help` shows a "
+            "`scenario` parameter in the experiments that do."
+        )
+    return {**params, "scenario": given}
+
+
+def scenario_for_run(
+    exp: Experiment[S], params: Params, text: str | None = None
+) -> Scenario | None:
+    """The run's scenario (its `scenario` parameter: a shipped name or a file; with `text`, the
+    text a run recorded), checked against what the experiment lets it change and how long a
+    point's traffic lasts; None without one."""
+    given = str(params.get("scenario") or "")
+    if not given:
+        return None
+    scenario = load_scenario(given, text)
+    note = exp.scenario_note or f"{exp.name} changes no other access"
+    scenario.check_accesses(exp.scenario_accesses, note)
+    traffic_s = params.get("duration_s")
+    if isinstance(traffic_s, int | float) and scenario.duration_s >= traffic_s:
+        raise ExperimentError(
+            f"scenario {scenario.name} lasts {scenario.duration_s:g} s but a point's traffic "
+            f"only {traffic_s:g} s (duration_s): give --set "
+            f"duration_s={int(scenario.duration_s) + 2} or a shorter scenario."
+        )
+    return scenario
+
+
+def recorded_scenario_text(run_dir: Path) -> str | None:
+    """The scenario text a run's meta.json recorded, or None."""
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        meta = json.loads((Path(run_dir) / "meta.json").read_text())
+        recorded = meta.get("scenario") if isinstance(meta, dict) else None
+        if isinstance(recorded, dict) and isinstance(recorded.get("toml"), str):
+            return str(recorded["toml"])
+    return None
+
+
+def scenario_list() -> str:
+    """`qtlab scenarios`: the shipped scenarios, each with its length and description."""
+    lines = []
+    for name in shipped_scenarios():
+        scenario = load_scenario(name)
+        lines.append(f"{name:<18} {scenario.duration_s:>5g} s  {scenario.description}")
+    return "\n".join(lines)
+
+
 # -- registry and CLI -------------------------------------------------------------------------
 # Experiment name -> the module whose EXPERIMENT it is (imported only when that one runs).
 EXPERIMENTS: dict[str, str] = {
@@ -464,6 +582,7 @@ EXPERIMENTS: dict[str, str] = {
     "aggregation": "experiments.aggregation",
     "scale": "experiments.scale",
     "latency": "experiments.latency",
+    "workload": "experiments.workload",
     "soak": "experiments.soak",
     "fuzz": "experiments.fuzz",
 }
@@ -569,34 +688,92 @@ def add_run_arguments(p: Any) -> None:
     p.add_argument("--resume", type=Path, help="continue this run directory")
     p.add_argument("--quick", action="store_true", help="the short version")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--scenario",
+        metavar="FILE|NAME",
+        help="play this scenario of link changes during each point's traffic (failover, "
+        f"goodput): a TOML file or a shipped one ({', '.join(shipped_scenarios())}; "
+        "`qtlab scenarios`)",
+    )
     p.add_argument("--results", type=Path, default=RESULTS_ROOT, help="results root")
     p.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(p)
+
+
+def add_executor_arguments(p: Any) -> None:
+    """Where the points run (`qtlab run` and `qtlab rerun`): here, or shards on a Ray cluster."""
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: on this machine (default); ray: shards as tasks on the Ray cluster at "
+        "--address, merged into one run directory here",
+    )
+    p.add_argument("--address", help="with --executor ray: the cluster's HOST:PORT (or auto)")
+    p.add_argument(
+        "--shards", type=int, help="with --executor ray: how many shards (default: one per node)"
+    )
+
+
+def executor_from_args(args: Any) -> RayExecutor | None:
+    if args.executor == "local":
+        if args.address is not None or args.shards is not None:
+            raise ExperimentError("--address and --shards go with --executor ray.")
+        return None
+    if not args.address:
+        raise ExperimentError(
+            "--executor ray needs --address HOST:PORT, the address `ray start --head` printed."
+        )
+    if args.shards is not None and args.shards < 1:
+        raise ExperimentError("--shards must be at least 1.")
+    return RayExecutor(args.address, args.shards)
+
+
+def report_run(exp: Experiment[Any], summary: RunSummary) -> int:
+    """The closing lines of `qtlab run` and `qtlab rerun`; the exit code (1: a point failed or
+    is missing)."""
+    missing = f", {summary.missing} MISSING (meta.json `missing`)" if summary.missing else ""
+    print(
+        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
+        f"{summary.failed} failed, {summary.already_done} already done{missing} -> "
+        f"{summary.run_dir}"
+    )
+    if exp.summarize is not None:
+        print(exp.summarize(summary.run_dir))
+    return 1 if summary.failed or summary.missing else 0
 
 
 def run_from_args(args: Any) -> int:
     exp = get_experiment(args.experiment)
     params = resolve_params(exp, args.config, args.quick, args.runs, args.set)
+    if args.scenario:
+        params = with_scenario(exp, params, args.scenario)
+    scenario_for_run(exp, params)  # a bad scenario is said before anything starts
     shard = parse_shard(args.shard)
-    if exp.session is not None and os.geteuid() != 0:
-        raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
-    summary = run_experiment(
-        exp, params, shard, args.resume, args.results, progress=not args.no_progress
+    executor = executor_from_args(args)
+    summary = execute(
+        exp,
+        params,
+        executor,
+        shard,
+        args.resume,
+        args.results,
+        progress=not args.no_progress,
     )
-    print(
-        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
-        f"{summary.failed} failed, {summary.already_done} already done -> {summary.run_dir}"
-    )
-    if exp.summarize is not None:
-        print(exp.summarize(summary.run_dir))
-    return 1 if summary.failed else 0
+    return report_run(exp, summary)
 
 
 def rerun(
-    run_dir: Path, root: Path | None = None, progress: bool = True
+    run_dir: Path,
+    root: Path | None = None,
+    progress: bool = True,
+    executor: RayExecutor | None = None,
 ) -> tuple[Experiment[Any], RunSummary]:
     """`qtlab rerun RUN_DIR`: the same experiment with the parameters and shard its meta.json
     recorded, into a new run directory beside it (or under `root`), whose meta.json names the
-    run it repeats (`rerun_of`)."""
+    run it repeats (`rerun_of`). A scenario is played from the text meta.json recorded, not
+    from its file. Here by default, whichever executor ran it (a distributed run records shard
+    1/1: its whole sweep), or on `executor`."""
     meta_path = Path(run_dir) / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -610,8 +787,10 @@ def rerun(
         raise ExperimentError(f"{meta_path} records no parameters: it cannot be re-run.")
     params = resolve_params(exp, quick=bool(recorded.get("quick")), recorded=recorded)
     shard = parse_shard(str(meta.get("shard") or "1/1"))
-    if exp.session is not None and os.geteuid() != 0:
-        raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
+    if executor is not None and shard != (1, 1):
+        raise ExperimentError(
+            f"{run_dir} is shard {shard[0]}/{shard[1]} of a sweep: rerun it without --executor."
+        )
     commit, _ = git_state()
     if meta.get("git_commit") and commit and meta["git_commit"] != commit:
         print(
@@ -621,19 +800,16 @@ def rerun(
         )
     extra = {"rerun_of": {"run": str(run_dir), "git_commit": meta.get("git_commit")}}
     root = root if root is not None else Path(run_dir).resolve().parent.parent
-    summary = run_experiment(exp, params, shard, None, root, progress, extra)
+    summary = execute(
+        exp, params, executor, shard, None, root, progress, extra, recorded_scenario_text(run_dir)
+    )
     return exp, summary
 
 
 def rerun_from_args(args: Any) -> int:
-    exp, summary = rerun(args.run_dir, args.results, progress=not args.no_progress)
-    print(
-        f"{exp.name}: {summary.ran} point(s) measured, {summary.skipped} skipped, "
-        f"{summary.failed} failed -> {summary.run_dir}"
-    )
-    if exp.summarize is not None:
-        print(exp.summarize(summary.run_dir))
-    return 1 if summary.failed else 0
+    executor = executor_from_args(args)
+    exp, summary = rerun(args.run_dir, args.results, not args.no_progress, executor)
+    return report_run(exp, summary)
 
 
 def main(argv: list[str] | None = None) -> int:

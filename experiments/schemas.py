@@ -194,6 +194,7 @@ LATENCY = Table(
     "latency",
     (
         "mode",
+        "queue_aqm",  # qtun modes: limits.queue_aqm (codel, off); n/a for plain, WireGuard
         "load",  # idle, or tcp: one bulk TCP flow to c1 while the pings run
         "run",
         "pings",
@@ -209,8 +210,114 @@ LATENCY = Table(
     optional=("goodput_mbps", "detail", *CPU_COLUMNS),
 )
 
+# The workload experiment (experiments/workload.py): a row per point, per call, per flow.
+# Its CPU columns: `sender` / `receiver` are the workload's own two programs (the VoIP, web or
+# bulk tools); with a background bulk load, that load's two ends are load_sender / load_receiver
+# (empty without one), and cpu_busiest / cpu_saturated consider them too.
+VOIP_CALL_COLUMNS = (
+    "packets_sent",
+    "packets_received",
+    "duplicates",
+    "packets_lost",
+    "loss_pct",
+    "packets_late",  # arrived after their playout time (playout_buffer_ms)
+    "late_pct",
+    "effective_loss_pct",  # lost + late: what the listener does not hear (the E-model's Ppl)
+    "burst_ratio",  # G.107 BurstR of the effective loss pattern
+    "owd_min_ms",  # one-way delay, application to application (one clock: exact)
+    "owd_median_ms",
+    "owd_p95_ms",
+    "owd_max_ms",
+    "jitter_ms",  # RFC 3550 §6.4.1 interarrival jitter at the end of the call
+    "jitter_mean_ms",  # ... and its mean over the call
+    "playout_buffer_ms",
+    "mouth_to_ear_ms",  # the E-model's delay: first packet's delay + buffer + 20 ms packetisation
+    "r_factor",
+    "mos",  # G.107 Annex B from r_factor
+)
+WORKLOAD = Table(
+    "workload",
+    (
+        "mode",
+        "workload",  # voip, voip-bulk, web, web-bulk, bulk-parallel
+        "run",
+        "calls",
+        "mos",  # the median over the point's calls
+        "r_factor",
+        "owd_median_ms",
+        "jitter_ms",
+        "loss_pct",
+        "late_pct",
+        "flows",  # web objects fetched (or bulk connections)
+        "flows_ok",
+        "fct_median_ms",
+        "fct_p95_ms",
+        "goodput_mbps",  # bulk-parallel: all connections together
+        "jain_fairness",  # bulk-parallel: Jain's index over the connections' goodputs
+        "load_goodput_mbps",  # the background bulk flow's, in the *-bulk workloads
+        "detail",
+        *CPU_COLUMNS,
+        "cpu_load_sender_pct",
+        "cpu_load_receiver_pct",
+    ),
+    optional=(
+        "calls",
+        "mos",
+        "r_factor",
+        "owd_median_ms",
+        "jitter_ms",
+        "loss_pct",
+        "late_pct",
+        "flows",
+        "flows_ok",
+        "fct_median_ms",
+        "fct_p95_ms",
+        "goodput_mbps",
+        "jain_fairness",
+        "load_goodput_mbps",
+        "detail",
+        *CPU_COLUMNS,
+        "cpu_load_sender_pct",
+        "cpu_load_receiver_pct",
+    ),
+)
+WORKLOAD_CALLS = Table(
+    "workload_calls",
+    ("mode", "workload", "run", "call", *VOIP_CALL_COLUMNS, "send_slip_max_ms"),
+    optional=("send_slip_max_ms",),
+)
+WORKLOAD_FLOWS = Table(
+    "workload_flows",
+    (
+        "mode",
+        "workload",
+        "run",
+        "flow",  # the object's (or connection's) number
+        "kind",  # web: one fetched object; bulk: one of the parallel connections
+        "size_bytes",  # web: the object's size (web_mix); empty for bulk
+        "start_s",  # web: when its fetch began, from the workload's origin
+        "fct_ms",  # web: flow completion time, connect() to the last byte
+        "bytes",  # what arrived
+        "goodput_mbps",  # bulk: its share of the point's goodput (in proportion to its bytes)
+        "outcome",  # web: soak_traffic's (ok, short, corrupt, reset, ...); bulk: ok
+        "error",
+    ),
+    optional=("size_bytes", "start_s", "fct_ms", "goodput_mbps", "error"),
+)
+
 # Every table a loader reads, by name.
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (FAILOVER, FAILOVER_TIMESERIES, OVERHEAD, GOODPUT, AGGREGATION, SCALE, LATENCY)
+    for t in (
+        FAILOVER,
+        FAILOVER_TIMESERIES,
+        OVERHEAD,
+        GOODPUT,
+        AGGREGATION,
+        SCALE,
+        LATENCY,
+        WORKLOAD,
+        WORKLOAD_CALLS,
+        WORKLOAD_FLOWS,
+    )
 }

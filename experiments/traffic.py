@@ -21,6 +21,10 @@ A fixed-size transfer (`tcp-send --bytes N`, the overhead experiment's bulk tran
 exactly N bytes and then a FIN; the receiver reads to EOF, so its `bytes_total` is what the
 application read.
 
+Parallel bulk flows (`--parallel N` on both sides, iperf3 -P's counterpart): the receiver
+opens N connections, the sender accepts N and sends on each from a thread of its own; the bins
+sum them and `streams` holds each connection's bytes (its share, for fairness).
+
 `--src ADDR` binds a receiver's socket to one of its addresses before it connects: the client's
 source-routing rules then send it (and the answers come back) over that address's access.
 
@@ -34,9 +38,11 @@ import argparse
 import contextlib
 import errno
 import json
+import selectors
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -68,6 +74,8 @@ class Samples:
     highest_seq: int = -1
     reordered: int = 0
     duplicates: int = 0
+    # TCP with --parallel: bytes delivered on each connection
+    streams: list[int] = field(default_factory=list)
 
     def add(self, now: float, nbytes: int) -> None:
         index = int((now - self.start_at) / self.interval_s)
@@ -186,43 +194,72 @@ def tcp_socket(addr: str, mptcp: bool) -> socket.socket:
         raise
 
 
+def _send_until(
+    conn: socket.socket, deadline: float, nbytes: int | None, report: dict[str, Any]
+) -> None:
+    """Send on one connection as fast as it takes until the deadline (or `nbytes`), then FIN."""
+    chunk = memoryview(b"\0" * 65536)
+    sent = 0
+    with conn:
+        conn.settimeout(0.2)
+        while time.monotonic() < deadline:
+            left = len(chunk) if nbytes is None else nbytes - sent
+            if left <= 0:
+                break
+            try:
+                n = conn.send(chunk[:left])
+            except TimeoutError:
+                continue  # a stalled connection (outage): keep trying until the deadline
+            except OSError as exc:
+                report["error"] = f"send: {exc.strerror or exc}"
+                break
+            sent += n
+            report["sent"] += n  # one thread per connection: += on an int is atomic enough
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_WR)
+
+
 def tcp_send(
-    bind: str, port: int, start_at: float, duration: float, mptcp: bool, nbytes: int | None = None
+    bind: str,
+    port: int,
+    start_at: float,
+    duration: float,
+    mptcp: bool,
+    nbytes: int | None = None,
+    parallel: int = 1,
 ) -> dict[str, Any]:
-    """Accept one receiver and send as fast as the connection takes until start + duration, or
-    exactly `nbytes` (then FIN: the receiver reads to EOF, every byte counted) if given."""
+    """Accept `parallel` receiver connections and send on each as fast as it takes until start +
+    duration, or exactly `nbytes` (then FIN: the receiver reads to EOF, every byte counted)."""
     deadline = start_at + duration
     report: dict[str, Any] = {"sent": 0, "error": None, "accepted": False}
     # The listener stays open until the end: MPTCP joins (new subflows) arrive through it.
     with tcp_socket(bind, mptcp) as lsock:
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lsock.bind((bind, port))
-        lsock.listen(4)
-        lsock.settimeout(max(1.0, min(CONNECT_WINDOW_S, deadline - time.monotonic())))
+        lsock.listen(max(4, parallel))
+        conns: list[socket.socket] = []
+        accept_until = min(deadline, time.monotonic() + CONNECT_WINDOW_S)
         try:
-            conn, _ = lsock.accept()
+            while len(conns) < parallel:
+                lsock.settimeout(max(1.0, accept_until - time.monotonic()))
+                conns.append(lsock.accept()[0])
         except TimeoutError:
-            report["error"] = "no receiver connected"
-            return report
+            if not conns:
+                report["error"] = "no receiver connected"
+                return report
+            report["error"] = f"only {len(conns)} of {parallel} connections came"
         report["accepted"] = True
         while (wait := start_at - time.monotonic()) > 0:  # the record starts at start_at
             time.sleep(min(wait, 0.05))
-        chunk = memoryview(b"\0" * 65536)
-        with conn:
-            conn.settimeout(0.2)
-            while time.monotonic() < deadline:
-                left = len(chunk) if nbytes is None else nbytes - report["sent"]
-                if left <= 0:
-                    break
-                try:
-                    report["sent"] += conn.send(chunk[:left])
-                except TimeoutError:
-                    continue  # a stalled connection (outage): keep trying until the deadline
-                except OSError as exc:
-                    report["error"] = f"send: {exc.strerror or exc}"
-                    break
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_WR)
+        senders = [
+            threading.Thread(target=_send_until, args=(c, deadline, nbytes, report), daemon=True)
+            for c in conns[1:]
+        ]
+        for thread in senders:
+            thread.start()
+        _send_until(conns[0], deadline, nbytes, report)
+        for thread in senders:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
     return report
 
 
@@ -230,6 +267,24 @@ def _bound(sock: socket.socket, src: str | None) -> socket.socket:
     if src is not None:
         sock.bind((src, 0))
     return sock
+
+
+def _connect_retrying(
+    dst: str, port: int, mptcp: bool, src: str | None, until: float
+) -> socket.socket | str:
+    """A connected socket, retried until `until`; or why it could not connect."""
+    sock = _bound(tcp_socket(dst, mptcp), src)
+    while True:
+        try:
+            sock.settimeout(max(0.1, until - time.monotonic()))
+            sock.connect((dst, port))
+            return sock
+        except (ConnectionRefusedError, TimeoutError, OSError) as exc:
+            sock.close()
+            if time.monotonic() >= until:
+                return f"connect: {getattr(exc, 'strerror', None) or exc}"
+            sock = _bound(tcp_socket(dst, mptcp), src)
+            time.sleep(0.1)
 
 
 def tcp_recv(
@@ -240,38 +295,46 @@ def tcp_recv(
     mptcp: bool,
     interval: float,
     src: str | None = None,
+    parallel: int = 1,
 ) -> Samples:
     samples = Samples("tcp", start_at, interval)
     deadline = start_at + duration + GRACE_S
     buf = bytearray(262144)
-    sock = _bound(tcp_socket(dst, mptcp), src)
-    with sock:
-        connect_until = min(deadline, time.monotonic() + CONNECT_WINDOW_S)
-        while True:
-            try:
-                sock.settimeout(max(0.1, connect_until - time.monotonic()))
-                sock.connect((dst, port))
-                break
-            except (ConnectionRefusedError, TimeoutError, OSError) as exc:
-                if time.monotonic() >= connect_until:
-                    samples.error = f"connect: {getattr(exc, 'strerror', None) or exc}"
+    connect_until = min(deadline, time.monotonic() + CONNECT_WINDOW_S)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(parallel):
+            sock = _connect_retrying(dst, port, mptcp, src, connect_until)
+            if isinstance(sock, str):
+                samples.error = sock
+                if not socks:
                     return samples
-                sock.close()
-                sock = _bound(tcp_socket(dst, mptcp), src)
-                time.sleep(0.1)
+                break
+            socks.append(sock)
         samples.connected = True
-        sock.settimeout(0.05)
-        while time.monotonic() < deadline:
-            try:
-                n = sock.recv_into(buf)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                samples.error = f"recv: {exc.strerror or exc}"
-                break
-            if n == 0:
-                break
-            samples.add(time.monotonic(), n)
+        samples.streams = [0] * len(socks)
+        with selectors.DefaultSelector() as selector:
+            for number, sock in enumerate(socks):
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ, number)
+            while selector.get_map() and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.05):
+                    ready: socket.socket = key.fileobj  # type: ignore[assignment]
+                    try:
+                        n = ready.recv_into(buf)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        samples.error = f"recv: {exc.strerror or exc}"
+                        n = 0
+                    if n == 0:  # EOF (or an error): this connection is done
+                        selector.unregister(ready)
+                        continue
+                    samples.add(time.monotonic(), n)
+                    samples.streams[key.data] += n
+    finally:
+        for sock in socks:
+            sock.close()
     return samples
 
 
@@ -372,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", type=Path, help="JSON file for the samples / sender report")
         if name.startswith("tcp"):
             s.add_argument("--mptcp", action="store_true")
+            s.add_argument("--parallel", type=int, default=1, help="connections (iperf3 -P)")
         if name == "udp-send":
             s.add_argument("--rate-mbit", type=float, default=10.0)
             s.add_argument("--size", type=int, default=1000)
@@ -384,9 +448,18 @@ def main(argv: list[str] | None = None) -> int:
         print("traffic: error: --duration must be between 0 and 3600 s.", file=sys.stderr)
         return 2
     result: dict[str, Any]
+    if args.command.startswith("tcp") and not 1 <= args.parallel <= 64:
+        print("traffic: error: --parallel must be between 1 and 64.", file=sys.stderr)
+        return 2
     if args.command == "tcp-send":
         result = tcp_send(
-            args.bind, args.port, args.start_at, args.duration, args.mptcp, args.bytes
+            args.bind,
+            args.port,
+            args.start_at,
+            args.duration,
+            args.mptcp,
+            args.bytes,
+            args.parallel,
         )
     elif args.command == "udp-send":
         if not UDP_HEADER.size <= args.size <= 65000 or args.rate_mbit <= 0:
@@ -397,7 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "tcp-recv":
         result = tcp_recv(
-            args.dst, args.port, args.start_at, args.duration, args.mptcp, args.interval, args.src
+            args.dst,
+            args.port,
+            args.start_at,
+            args.duration,
+            args.mptcp,
+            args.interval,
+            args.src,
+            args.parallel,
         ).to_json()
     else:
         result = udp_recv(

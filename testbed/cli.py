@@ -4,8 +4,10 @@ qtlab up reference [--backend auto|netem|wire] [--profile wifi=lte,delay_ms=30] 
 qtlab up nclient --clients 50
 qtlab up reference --tunnel session [--scheduler wrr] [--stream]   (qtun running in the lab)
 qtlab up reference --tunnel tunnel --set failback=false --script demo.txt   (a scripted lab)
-qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies
+qtlab doctor | qtlab clean | qtlab fidelity [--backend ...] | qtlab topologies | qtlab scenarios
 qtlab run failover [--config F] [--runs N] [--shard i/n] [--resume DIR] [--quick] [--set k=v]
+                   [--scenario FILE|NAME]
+qtlab run latency --quick --executor ray --address HOST:PORT [--shards N]   (shards on Ray)
 qtlab demo
 
 Exit codes (tunnel/user_error.py run_command, as for qtun, the experiment runner, demo and
@@ -379,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--backend", choices=BACKENDS, default="auto")
     fid.add_argument("--out", type=Path, default=Path("results/fidelity"))
     sub.add_parser("topologies", help="list the registered topologies")
-    from experiments.runner import add_run_arguments
+    sub.add_parser("scenarios", help="list the shipped scenarios (qtlab run ... --scenario NAME)")
+    from experiments.runner import add_executor_arguments, add_run_arguments
 
     add_run_arguments(
         sub.add_parser("run", help="run an experiment into results/<name>/<time>/", add_help=False)
@@ -392,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     again.add_argument("--results", type=Path, help="results root (default: beside RUN_DIR)")
     again.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(again)
     figure = sub.add_parser("figure", help="draw the figure of a results run directory")
     figure.add_argument("run_dir", type=Path, help="results/<experiment>/<time>/")
     figure.add_argument("--out", type=Path, help="the PNG (default RUN_DIR/<experiment>.png)")
@@ -428,6 +432,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from experiments.demo import run_demo
 
         return int(run_demo(args.results))
+    if args.command == "scenarios":
+        from experiments.runner import scenario_list
+
+        print(scenario_list())
+        return 0
     if args.command == "topologies":
         for name, cls in sorted(TOPOLOGIES.items()):
             print(f"{name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}")

@@ -52,6 +52,8 @@ class Lab:
         self.shapers: dict[str, LinkShaper] = {}
         self.congestion_control = congestion_control
         self.cc_in_use: dict[str, str] = {}
+        # (access, client) pairs whose carrier access_down took away and access_up not back yet
+        self.carrier_lost: set[tuple[str, str]] = set()
         self.net: Any = None  # mininet.net.Mininet (no type hints)
         self.build_seconds = 0.0
         self._old_sigterm: SignalHandler | None = None
@@ -201,12 +203,21 @@ class Lab:
 
     def access_down(self, access: str, client: str | None = None) -> None:
         """A real failure of one client's access: carrier goes away on its interface."""
-        for node, intf in self.access(access, client).carrier:
+        found = self.access(access, client)
+        for node, intf in found.carrier:
             self.node(node).cmd(f"ip link set dev {intf} down")
+        self.carrier_lost.add((found.name, found.client))
 
     def access_up(self, access: str, client: str | None = None) -> None:
-        for node, intf in self.access(access, client).carrier:
+        found = self.access(access, client)
+        for node, intf in found.carrier:
             self.node(node).cmd(f"ip link set dev {intf} up")
+        self.carrier_lost.discard((found.name, found.client))
+
+    def access_is_down(self, access: str, client: str | None = None) -> bool:
+        """Whether access_down took this access's carrier away (and access_up not back)."""
+        found = self.access(access, client)
+        return (found.name, found.client) in self.carrier_lost
 
     def set_congestion_control(self, node: str, algorithm: str) -> str:
         used = set_congestion_control(self.node(node), algorithm, self.state)
@@ -220,6 +231,8 @@ class Lab:
             "shapers": {name: s.describe() for name, s in self.shapers.items()},
             "congestion_control": dict(self.cc_in_use),
             "build_seconds": round(self.build_seconds, 2),
+            # where the programs' logs are (a distributed run's shard sends them back from here)
+            "log_dir": str(self.log_dir),
         }
 
 

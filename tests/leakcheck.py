@@ -1,10 +1,10 @@
 """The test run's leak check: `make test` (scripts/run-tests) saves what exists before the tests
 and checks after every pytest process has ended that nothing new is left: network namespaces,
 root-namespace interfaces, nftables tables and helper processes (qtun, qtwire, iperf3, tcpdump,
-wireguard-go, dnsmasq, dhclient, Mininet node shells). Tests must clean up after themselves,
-failures included; a leak fails the run even if every test passed. Checked once for the whole
-run, since the root tests run in two pytest processes side by side (one would see the other's
-things as leaks).
+wireguard-go, dnsmasq, dhclient, Mininet node shells, Ray's daemons and workers). Tests must
+clean up after themselves, failures included; a leak fails the run even if every test passed.
+Checked once for the whole run, since the root tests run in two pytest processes side by side
+(one would see the other's things as leaks).
 
     python -m tests.leakcheck save FILE     # before
     python -m tests.leakcheck check FILE    # after: exit 1 and one line per kind if leaks
@@ -20,6 +20,7 @@ from pathlib import Path
 
 WATCHED_PROGRAMS = (
     "qtun", "qtwire", "iperf3", "tcpdump", "wireguard-go", "mnexec", "dnsmasq", "dhclient",
+    "gcs_server", "raylet",  # a Ray cluster's daemons (tests/integration/test_ray_executor.py)
 )  # fmt: skip
 
 
@@ -51,7 +52,7 @@ def system_state() -> dict[str, set[str]]:
         words = [os.path.basename(a.decode(errors="replace")) for a in argv if a]
         # a Mininet node's shell ends in "mininet:<node>"; programs may run under python -m
         if any(
-            w in WATCHED_PROGRAMS or w.startswith(("qtun", "mininet:", "tunnel.aio"))
+            w in WATCHED_PROGRAMS or w.startswith(("qtun", "mininet:", "tunnel.aio", "ray::"))
             for w in words[:6]
         ):
             procs.add(f"{entry.name} {' '.join(words[:6])}")

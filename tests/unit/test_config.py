@@ -287,6 +287,22 @@ def test_outer_congestion_control_is_one_of_the_registered() -> None:
         client("limits.congestion_control=vegas")
 
 
+def test_queue_aqm_is_off_unless_codel_is_asked_and_its_target_is_below_its_interval() -> None:
+    assert client().limits.queue_delay_control() is None  # type: ignore[attr-defined]
+    codel = client("limits.queue_aqm=codel").limits.queue_delay_control()  # type: ignore[attr-defined]
+    assert (codel.target, codel.interval) == (0.005, 0.1)
+    slow = concentrator(
+        "limits.queue_aqm=codel",
+        "limits.queue_delay_target=0.02",
+        "limits.queue_delay_interval=0.5",
+    )
+    assert slow.limits.queue_delay_control().target == 0.02  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"queue_delay_target = 0\.2 s is not below"):
+        client("limits.queue_delay_target=0.2")
+    with pytest.raises(ConfigError, match=r"limits\.queue_aqm = 'red' is not one of codel, off"):
+        concentrator("limits.queue_aqm=red")
+
+
 def test_qos_value_and_dscp_tables() -> None:
     """The client's New Session QoS value (text or 0x-hex, session mode only) and the
     concentrator's [[qos]] tables mapping such values to DSCPs (tunnel/policy/qos.py)."""

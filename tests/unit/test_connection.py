@@ -9,6 +9,7 @@ from aioquic.quic import events as quic_events
 
 from tests.unit.quic_harness import Network, Path
 from tests.unit.tunnel_pairs import add_tunnel_path, events_of, ip4, ip6, tunnel
+from tunnel.protocol.codel import CoDel
 from tunnel.protocol.connection import (
     AccessReportReceived,
     ConnectionClosed,
@@ -212,6 +213,41 @@ def test_pending_queue_cap_drops_and_counts() -> None:
     assert results == [SendStatus.SENT] * 3 + [SendStatus.QUEUE_FULL] * 2
     assert client.counters.drops[DropReason.QUEUE_FULL.value] == 2
     assert not client.can_send_datagram
+
+
+@pytest.mark.parametrize("alpn", ["qt", "qt-session"])
+def test_codel_refuses_arrivals_once_the_queue_waited_above_its_target_for_an_interval(
+    alpn: str,
+) -> None:
+    # times in 1/128 s (exact in binary): arrivals every 1/128 s, interval 16/128 s
+    _, path = connected(alpn, max_pending_datagrams=1000, queue_delay=CoDel(1 / 256, 16 / 128))
+    client = tunnel(path.client)
+    tag = 1 if alpn in ALPN_SESSION else None
+    # Nothing is flushed: the queue only grows, so its delay is the oldest one's age.
+    statuses = [client.send_packet(ip4(n), packet_tag=tag, now=n / 128).status for n in range(20)]
+    # from the third arrival two packets wait, the oldest above the target: one interval
+    # later the first drop, the next one an interval after it
+    assert statuses == [SendStatus.SENT] * 18 + [SendStatus.QUEUE_DELAY, SendStatus.SENT]
+    assert client.counters.drops[DropReason.QUEUE_DELAY.value] == 1
+    assert client.pending_datagrams == 19  # the refused one was not queued
+
+
+def test_codel_sees_the_queue_of_the_datagrams_aioquic_still_holds() -> None:
+    net, path = connected("qt", queue_delay=CoDel(0.005, 0.1))
+    client = tunnel(path.client)
+    for n in range(5):
+        assert client.send_packet(ip4(n), now=0.0).sent
+    net.flush()  # sent: the queue is empty again, so its delay is 0 whatever time it is
+    assert client.pending_datagrams == 0
+    assert all(client.send_packet(ip4(n), now=10.0 + n * 0.05).sent for n in range(2))
+    assert client.queue_delay is not None and not client.queue_delay.dropping
+
+
+def test_a_connection_with_codel_needs_the_time() -> None:
+    _, path = connected("qt", queue_delay=CoDel())
+    client = tunnel(path.client)
+    with pytest.raises(ValueError, match="now="):
+        client.send_packet(ip4(1))
 
 
 @pytest.mark.parametrize("alpn", ["qt", "qt-session"])

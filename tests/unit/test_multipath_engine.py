@@ -151,6 +151,58 @@ def test_session_blackhole_detected_at_both_ends_in_rtt_time_and_everything_arri
     assert world.of(ClosePath) == []
 
 
+def test_a_link_down_strands_what_was_in_flight_on_it_and_it_is_resent_at_once(
+    lab_certs: FilePath,
+) -> None:
+    """WiFi's carrier goes (the client is told): its Access Report reaches the concentrator
+    over 5G in one one-way delay, and what the concentrator had in flight on WiFi is re-sent
+    over 5G then — not after the failure detector or loss recovery gave up on it, while the
+    client's reorder buffer held every later packet behind those tags. Both ends re-send
+    their side before any ACK silence made WiFi suspect."""
+    world, core = core_world(lab_certs, delays={"wifi": 0.005, "5g": 0.010})
+    traffic = Traffic(world, core, size=1000)
+    traffic.run(40, per_step=2, step=0.002)
+    world.set_link("wifi", False)
+    traffic.run(15, per_step=2, step=0.002)  # 30 ms: the report has arrived, no PTO yet
+    conc_wifi, wifi = connection_entry(core, "wifi"), access_entry(world, "wifi")
+    assert core.client_status()["accesses_available"]["wifi"] is False
+    assert conc_wifi["health"] == "alive" and conc_wifi["counters"]["suspected"] == 0
+    assert conc_wifi["counters"]["reinjected"] > 0  # on the report
+    assert wifi["counters"]["reinjected"] > 0  # on the link event, at the client
+    traffic.run(20, per_step=2, step=0.002)
+    world.run(0.5)
+    assert traffic.delivered_down() == traffic.down
+    assert core.tun == traffic.up
+
+
+def test_tunnel_mode_validates_the_standby_access_so_a_migration_sends_at_once(
+    lab_certs: FilePath,
+) -> None:
+    """Tunnel mode, connection on WiFi: the client probes 5G once from a socket of its own
+    (PATH_CHALLENGE), so the concentrator has validated that address before a migration needs
+    it. On WiFi's link-down the connection takes that socket, and the concentrator sends on it
+    at once, without the round trip of validation (and its three-times-received limit) a new
+    address would cost (RFC 9000 §8.1, §9.3)."""
+    world, core = core_world(lab_certs, mode="tunnel", delays={"wifi": 0.005, "5g": 0.010})
+    world.run(1.0)  # the probe waits for a spare connection ID (NEW_CONNECTION_ID)
+    (conn,) = world.live_conns()
+    standby = conn.probes["5g"]
+    assert world.agent.status()["counters"]["standby_probes_sent"] == 1
+    validated = {p.addr: p.is_validated for p in conn.server._network_paths}
+    assert validated[standby] is True
+    traffic = Traffic(world, core, size=1000)
+    traffic.run(20, per_step=2, step=0.002)
+    world.set_link("wifi", False)
+    assert [m.target.name for m in world.of(Migrate)] == ["5g"] and conn.socket == standby
+    sent = len(traffic.down)
+    traffic.run(15, per_step=2, step=0.002)  # 30 ms: without the validation, about 40
+    # the concentrator sends the new packets over 5G without waiting for a validation
+    assert conn.server._network_paths[0].addr == standby
+    assert [p for p in traffic.delivered_down() if p in traffic.down[sent:]]
+    world.run(0.5)
+    assert set(traffic.delivered_down()) == set(traffic.down)
+
+
 @pytest.mark.parametrize("switch", ["limits.reinjection=false", "limits.duplication=false"])
 def test_each_mechanism_can_be_switched_off(lab_certs: FilePath, switch: str) -> None:
     """The ablation switches, at both ends: without reinjection nothing stranded is re-sent

@@ -180,7 +180,7 @@ def test_path_killed_mid_transfer_moves_traffic_to_the_other(lab_certs: Path) ->
             # Wi-Fi dies. The client's access monitor notices and reports it on the
             # cellular connection (-tunnel-00 §6), so both directions move over.
             conns[0].cut()
-            client.session.set_available(WIFI, False)
+            client.session.set_available(WIFI, False, core_lab.net.clock.now)
             conns[1].client.send_access_report(WIFI, AccessSignal.UNAVAILABLE)
         packet = up(n)
         result = client.session.send_packet(packet, core_lab.net.clock.now)

@@ -476,7 +476,7 @@ class _TunnelMode(_ClientMode):
             self._release(peer, now)
         resender = self._resender_for(peer, now)
         token = resender.token_for(packet, now) if resender is not None else None
-        result = connection.send_packet(packet, token=token)
+        result = connection.send_packet(packet, token=token, now=now)
         if token is not None and resender is not None and not result.sent:
             resender.sent.fate(token)  # never queued: no fate will come
         return connection, result, ()
@@ -512,7 +512,7 @@ class _TunnelMode(_ClientMode):
             return
         for packet in packets:
             token = resender.copy_token(packet, now)
-            if not connection.send_packet(packet, token=token).sent:
+            if not connection.send_packet(packet, token=token, now=now).sent:
                 resender.sent.fate(token)
                 resender.counters["resend_no_path"] += 1
         self.core._actions.append(Transmit(connection))
@@ -561,7 +561,7 @@ class _TunnelMode(_ClientMode):
         connection = peer.connection
         for sent_at, packet in held:
             token = resender.token_for(packet, sent_at) if resender is not None else None
-            result = connection.send_packet(packet, token=token)
+            result = connection.send_packet(packet, token=token, now=now)
             if result.sent:
                 self.client.counters["released_after_hold"] += 1
             elif token is not None and resender is not None:
@@ -725,7 +725,7 @@ class _SessionMode(_ClientMode):
             if member.monitor is not None:  # keep the detector's verdict
                 session.set_health(member.connection, member.monitor.health, now)
             log.info("access learned peer=%s access=%s", member.address, access_name(learned))
-        session.set_available(access, up)
+        self._transmit(session.set_available(access, up, now))
 
     def left(self, peer: _Peer, now: float) -> None:
         if self.session is not None and self._has(peer):
@@ -1026,7 +1026,8 @@ class ConcentratorCore:
 
     def connection_opened(self, quic: QuicConnection, now: float) -> TunnelConnection:
         """The QUIC server accepted a new connection: the TunnelConnection to feed."""
-        connection = TunnelConnection(quic, max_pending_datagrams=self.limits.max_datagram_queue)
+        limits = self.limits
+        connection = TunnelConnection(quic, limits.max_datagram_queue, limits.queue_delay_control())
         self._peers[connection] = _Peer(connection)
         return connection
 

@@ -37,6 +37,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.connection import stream_is_unidirectional as _is_uni
 
+from tunnel.protocol.codel import CoDel
 from tunnel.protocol.quic_ext import (
     AEAD_TAG_SIZE,
     DATAGRAM_FRAME_TYPE_SIZE,
@@ -112,6 +113,8 @@ class DropReason(Enum):
     """Larger than max_packet_size(): aioquic would block every later datagram."""
     QUEUE_FULL = "queue_full"
     """aioquic's pending-datagram queue reached its cap."""
+    QUEUE_DELAY = "queue_delay"
+    """CoDel refused it: the queue's delay stayed above its target (tunnel/protocol/codel.py)."""
     NOT_READY = "not_ready"
     """No mode negotiated yet, or the connection is closed."""
     MALFORMED = "malformed"
@@ -285,6 +288,7 @@ class SendStatus(Enum):
     SENT = "sent"
     TOO_BIG = "too_big"
     QUEUE_FULL = "queue_full"
+    QUEUE_DELAY = "queue_delay"
     NOT_READY = "not_ready"
 
 
@@ -362,16 +366,22 @@ class TunnelConnection:
     :param quic: the QuicConnection to drive; use tunnel.protocol.quic_ext.TunnelQuicConnection
         for stream mode (a plain QuicConnection never negotiates it).
     :param max_pending_datagrams: cap on aioquic's unsent datagram queue.
+    :param queue_delay: CoDel on that queue (tunnel/protocol/codel.py), None for none; then
+        send_packet needs `now`.
     """
 
     def __init__(
-        self, quic: QuicConnection, max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS
+        self,
+        quic: QuicConnection,
+        max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS,
+        queue_delay: CoDel | None = None,
     ) -> None:
         if max_pending_datagrams < 1:
             raise ValueError(f"max_pending_datagrams must be >= 1, got {max_pending_datagrams}")
         self._quic = quic
         self._is_client = quic.configuration.is_client
         self._max_pending = max_pending_datagrams
+        self.queue_delay = queue_delay
         self._mode: TunnelMode | None = None
         self._stream_mode = False
         self._payload: Payload | None = Payload.IP
@@ -384,6 +394,8 @@ class TunnelConnection:
         # ours (see queued_datagram_bytes).
         self._queued_sizes: deque[int] = deque()
         self._queued_bytes = 0
+        # ... and when each was queued (None: no `now` given), for the queue's delay
+        self._queued_times: deque[float | None] = deque()
         self._budget_key: tuple[TunnelMode, int, int, int | None] | None = None
         self._budget = 0
 
@@ -574,7 +586,11 @@ class TunnelConnection:
         return self._budget
 
     def send_packet(
-        self, packet: bytes, packet_tag: int | None = None, token: Hashable | None = None
+        self,
+        packet: bytes,
+        packet_tag: int | None = None,
+        token: Hashable | None = None,
+        now: float | None = None,
     ) -> SendResult:
         """Queue one IP packet in a DATAGRAM frame.
 
@@ -582,7 +598,9 @@ class TunnelConnection:
         head of aioquic's queue and block every later one. A refused packet is
         counted and the result carries the budget, for an ICMP Packet Too Big.
         With a `token` (and a TunnelQuicConnection), the DATAGRAM's fate is reported by
-        take_datagram_fates() (issue 12: reinjection, loss hiding).
+        take_datagram_fates() (issue 12: reinjection, loss hiding). `now` is needed with a
+        queue_delay CoDel, which may refuse the packet (QUEUE_DELAY) when the queue's delay
+        stayed above its target.
         Raises DatagramError if `packet` is not a packet of the payload (an IPv4/IPv6 packet, or
         an Ethernet frame), ValueError if session mode lacks a packet tag.
         """
@@ -605,10 +623,17 @@ class TunnelConnection:
         if len(packet) > budget:
             self.counters.drop(DropReason.OVERSIZED)
             return SendResult(SendStatus.TOO_BIG, budget)
-        if self.pending_datagrams >= self._max_pending:
+        pending = self._forget_sent_datagrams()  # before queuing: the new one is not sent yet
+        if pending >= self._max_pending:
             self.counters.drop(DropReason.QUEUE_FULL)
             return SendResult(SendStatus.QUEUE_FULL, budget)
-        self._forget_sent_datagrams()  # before queuing: the new one is not sent yet
+        codel = self.queue_delay
+        if codel is not None:
+            if now is None:
+                raise ValueError("a connection with a queue_delay CoDel needs send_packet(now=)")
+            if codel.should_drop(self._queue_delay(now), pending, now):
+                self.counters.drop(DropReason.QUEUE_DELAY)
+                return SendResult(SendStatus.QUEUE_DELAY, budget)
         quic = self._quic
         if token is not None and isinstance(quic, TunnelQuicConnection):
             quic.send_datagram_frame(data, token)
@@ -617,6 +642,7 @@ class TunnelConnection:
         size = self._datagram_packet_size(len(data))
         self._queued_sizes.append(size)
         self._queued_bytes += size
+        self._queued_times.append(now)
         self.counters.packets_out += 1
         self.counters.bytes_out += len(packet)
         return SendResult(SendStatus.SENT, budget)
@@ -657,7 +683,13 @@ class TunnelConnection:
         sizes = self._queued_sizes
         while len(sizes) > pending:
             self._queued_bytes -= sizes.popleft()
+            self._queued_times.popleft()
         return pending
+
+    def _queue_delay(self, now: float) -> float:
+        """How long the oldest datagram we queued (and aioquic still holds) has waited."""
+        queued_at = self._queued_times[0] if self._queued_times else None
+        return 0.0 if queued_at is None else max(now - queued_at, 0.0)
 
     def packet_bytes(self, packet_size: int) -> int:
         """What sending a tunnelled packet of `packet_size` bytes will take from the

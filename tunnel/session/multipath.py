@@ -149,9 +149,27 @@ class TunnelSession:
         member = self._member_of(connection)
         return None if member is None else member.path_id
 
-    def set_available(self, access_id: AccessId, available: bool) -> None:
-        """Mark an access network (un)available: its paths are skipped while unavailable."""
+    def set_available(
+        self, access_id: AccessId, available: bool, now: float
+    ) -> set[TunnelConnection]:
+        """Mark an access network (un)available: its paths are skipped while unavailable.
+        An access that becomes unavailable (a link down at the client, its Access Report at
+        the concentrator) strands what was in flight on its paths: re-sent at once on another
+        path (reinjection), not after loss recovery or the failure detector gave up on them —
+        meanwhile the peer's reorder buffer would hold every later packet behind their tags
+        (measured in memory: a 64 ms delivery gap on a WiFi link-down with 5G at 10 ms, where
+        the report and the first packet over 5G take 20). Returns the connections given
+        packets (transmit them)."""
+        was = self.is_available(access_id)
         self._available[access_id] = available
+        touched: set[TunnelConnection] = set()
+        if was and not available:
+            for member in self._members.values():
+                # a path no longer ALIVE was stranded at the detector's verdict, and what it
+                # carried since was doubled up (duplication)
+                if member.access_id == access_id and member.health is PathHealth.ALIVE:
+                    self._strand(member, now, touched)
+        return touched
 
     def is_available(self, access_id: AccessId) -> bool:
         return self._available.get(access_id, True)
@@ -177,12 +195,19 @@ class TunnelSession:
         was, member.health = member.health, health
         self._update_duplicating()
         touched: set[TunnelConnection] = set()
-        if was is PathHealth.ALIVE and self.sent is not None and self.resilience.reinjection:
-            self._refresh_timeout()
-            for record in self.sent.in_flight_on(member.path_id):
-                record.resent = True
-                self._resend(record, member, now, touched, same_path=False)
+        if was is PathHealth.ALIVE:
+            self._strand(member, now, touched)
         return touched
+
+    def _strand(self, member: _Member, now: float, touched: set[TunnelConnection]) -> None:
+        """What is in flight on `member`'s path will not arrive: re-send it on another path
+        (once: a record re-sent is never re-sent again)."""
+        if self.sent is None or not self.resilience.reinjection:
+            return
+        self._refresh_timeout()
+        for record in self.sent.in_flight_on(member.path_id):
+            record.resent = True
+            self._resend(record, member, now, touched, same_path=False)
 
     def paths(self, packet_size: int | None = None) -> list[PathInfo]:
         """What the scheduler sees, one PathInfo per connection, for sending a packet of
@@ -336,7 +361,7 @@ class TunnelSession:
         if sent is not None:
             sent.expire(now - self._keep)
             token = sent.add(SentPacket(packet, tag, member.path_id, now, copy=copy))
-        result = member.connection.send_packet(packet, packet_tag=tag, token=token)
+        result = member.connection.send_packet(packet, packet_tag=tag, token=token, now=now)
         if token is not None and result.status is not SendStatus.SENT:
             sent.fate(token)  # type: ignore[union-attr]  # never queued: no fate will come
         return result
@@ -362,11 +387,12 @@ class TunnelSession:
 
     def on_event(self, connection: TunnelConnection, event: TunnelEvent, now: float) -> list[bytes]:
         """Feed any event of a member connection: packets are reordered, Access Reports
-        update availability; returns the packets now deliverable."""
+        update availability (re-sends of what an unavailable access stranded are queued on the
+        other connections: transmit them all); returns the packets now deliverable."""
         if isinstance(event, PacketReceived):
             return self.on_packet(connection, event, now)
         if isinstance(event, AccessReportReceived):
-            self.set_available(event.access_id, event.signal is AccessSignal.AVAILABLE)
+            self.set_available(event.access_id, event.signal is AccessSignal.AVAILABLE, now)
         return []
 
     def poll(self, now: float) -> list[bytes]:

@@ -1,0 +1,477 @@
+"""Workloads: `qtlab run workload` -> results/workload/<time>/workload.csv (+ _calls, _flows).
+
+What each way of carrying traffic (experiments/variants.py `Modes`: plain, tunnel, session,
+stream, WireGuard) does to the traffic people run, not only to one bulk flow. The network of the
+latency experiment: the reference topology with c1's 5G access down, everything over c1's WiFi
+access shaped with the named `access_profile` (testbed/profiles.py; default "lte": 20 Mbit/s,
+25 ms and 5 ms jitter each way, a 500-packet queue). The server side sends: conc for plain and
+WireGuard, srv1 through the tunnel for the qtun modes. Workloads (experiments/workload_traffic.py
+runs them on the hosts):
+
+  voip           `calls` G.711-like calls (20 ms packets of 160 B + RTP header) to c1 for
+                 `call_s`; per call: one-way delay, RFC 3550 jitter, loss, packets late for a
+                 fixed `playout_buffer_ms` playout buffer, and the E-model's R and MOS
+                 (experiments/voice_quality.py has the formulas and their sources).
+  voip-bulk      the same while one bulk TCP flow (experiments/traffic.py, the inner `cc`) runs
+                 to c1: the calls start `warmup_s` after it, once its queue has built.
+  web            `web_objects` objects, sizes from SURGE's Web file-size model (experiments/
+                 web_mix.py, seeded by the run's seed and repetition: every mode fetches the
+                 same objects), fetched by `web_parallel` concurrent TCP connections, one
+                 connection per object; the flow completion time of each (connect to last byte).
+                 Fetching stops starting new objects after `web_s`.
+  web-bulk       the same under one bulk TCP flow (started `warmup_s` before).
+  bulk-parallel  `parallel_flows` TCP connections at once for `bulk_s` (iperf3 -P N): the
+                 total goodput and how fairly the connections share it (Jain's index).
+
+Rows: workload.csv one per point (the medians, and the CPU of every process: the tunnel's
+programs, the shaper, the workload's two programs and the load's, a saturated core flagged),
+workload_calls.csv one per call, workload_flows.csv one per web object or bulk connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments import variants
+from experiments.flows import (
+    START_LEAD_S,
+    Flow,
+    Programs,
+    cpu_columns,
+    flow_error,
+    run_flow,
+    run_programs,
+)
+from experiments.procstat import CpuMeter, saturation
+from experiments.runner import (
+    Context,
+    Experiment,
+    ExperimentError,
+    Params,
+    Point,
+    PointResult,
+    Row,
+)
+from experiments.schemas import WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS, tables
+from experiments.traffic import goodput_mbps, jain_index
+from experiments.variants import CLIENT, Modes, Route
+from experiments.voice_quality import CallRecord, call_metrics, percentile
+from testbed.lab import Lab
+from testbed.profiles import PROFILES, profile
+
+MODES = variants.MODES
+WORKLOADS = ("voip", "voip-bulk", "web", "web-bulk", "bulk-parallel")
+FIRST_PORT = 5700
+LOAD_ROLES = ("load_sender", "load_receiver")
+
+DEFAULTS: Params = {
+    "modes": list(MODES),
+    "workloads": list(WORKLOADS),
+    "runs": 3,
+    "seed": 1,
+    "access_profile": "lte",
+    "cc": "cubic",
+    "call_s": 30.0,
+    "calls": 1,
+    "playout_buffer_ms": 60.0,
+    "plc": True,  # G.711 with Appendix I packet loss concealment (Bpl 25.1, else 4.3)
+    "web_objects": 60,
+    "web_parallel": 2,
+    "web_max_bytes": 4_000_000,
+    "web_s": 60.0,
+    "parallel_flows": 4,
+    "bulk_s": 15.0,
+    "warmup_s": 3.0,
+    "backend": "auto",
+    "verify_fidelity": True,
+}
+QUICK: Params = {
+    "runs": 1,
+    "modes": ["plain", "tunnel"],
+    "call_s": 8.0,
+    "web_objects": 15,
+    "web_s": 20.0,
+    "bulk_s": 5.0,
+    "warmup_s": 2.0,
+}
+
+
+@dataclass
+class WorkloadState:
+    lab: Lab
+    workdir: Path
+    modes: Modes
+    port: int = FIRST_PORT
+
+    def next_port(self) -> int:
+        self.port += 1
+        return self.port
+
+
+def points(params: Params) -> list[Point]:
+    for key, known in (("modes", MODES), ("workloads", WORKLOADS)):
+        bad = [v for v in params[key] if v not in known]
+        if bad:
+            raise ExperimentError(
+                f"unknown {key} {', '.join(bad)}; choose from {', '.join(known)}."
+            )
+    if params["access_profile"] not in PROFILES:
+        raise ExperimentError(
+            f"unknown access_profile {params['access_profile']!r}; "
+            f"choose from {', '.join(PROFILES)}."
+        )
+    if not 1 <= params["calls"] <= 50 or not 1 <= params["web_parallel"] <= 16:
+        raise ExperimentError("need calls between 1 and 50 and web_parallel between 1 and 16.")
+    if not 1 <= params["parallel_flows"] <= 64:
+        raise ExperimentError("parallel_flows must be between 1 and 64.")
+    if min(params["call_s"], params["web_s"], params["bulk_s"]) <= 0 or params["warmup_s"] < 0:
+        raise ExperimentError("call_s, web_s and bulk_s must be > 0 and warmup_s >= 0.")
+    return [
+        Point({"mode": mode, "workload": workload, "run": run})
+        for mode in params["modes"]
+        for workload in params["workloads"]
+        for run in range(1, int(params["runs"]) + 1)
+    ]
+
+
+@contextlib.contextmanager
+def session(params: Params) -> Iterator[Context[WorkloadState]]:
+    link = profile(str(params["access_profile"]))
+    with (
+        tempfile.TemporaryDirectory(prefix="qex-workload-") as tmp,
+        Lab(
+            "reference", backend=str(params["backend"]), profiles={"wifi": link, "5g": link}
+        ) as lab,
+    ):
+        extra_meta: dict[str, Any] = {}
+        modes = Modes(lab, Path(tmp), extra_meta)
+        ctx = Context(params, WorkloadState(lab, Path(tmp), modes))
+        ctx.extra_meta = extra_meta
+        ctx.backend = str(lab.backend)
+        variants.wifi_only(lab, ctx, bool(params["verify_fidelity"]))
+        for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):
+            lab.set_congestion_control(node, str(params["cc"]))
+        extra_meta.update(
+            {
+                "topology": "reference (5G access down), as the latency experiment",
+                "access_link": link.as_dict(),
+                "sender": "conc (plain, WireGuard) or srv1 (qtun modes), to c1",
+                "voip": "G.711-like, 20 ms, 172 B UDP payload (RTP + 160 B), E-model per "
+                "experiments/voice_quality.py",
+                "web_sizes": "SURGE lognormal body + Pareto tail, experiments/web_mix.py",
+                "lab": lab.describe(),
+            }
+        )
+        try:
+            yield ctx
+        finally:
+            modes.stop()
+
+
+def _tool(*args: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.workload_traffic", *args]
+
+
+def _server(*args: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.soak_traffic", "serve", *args]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+# -- one workload's programs -------------------------------------------------------------------
+def run_calls(
+    ctx: Context[WorkloadState],
+    route: Route,
+    start_at: float,
+    cpu: CpuMeter | None,
+    start_meter: bool,
+) -> tuple[list[Row], str]:
+    """The calls from `start_at` for call_s: their rows (workload_calls) and any error text."""
+    state, p = ctx.state, ctx.params
+    port = state.next_port()
+    send_out, recv_out = (
+        state.workdir / f"voip-send-{port}.json",
+        state.workdir / f"voip-{port}.json",
+    )
+    duration = float(p["call_s"])
+    common = ["--port", str(port), "--start-at", f"{start_at:.6f}", "--duration", str(duration)]
+    receiver_argv = _tool("voip-recv", "--dst", route.address, *common, "--out", str(recv_out))
+    if route.client_source is not None:
+        receiver_argv += ["--src", route.client_source]
+    programs = Programs(
+        route.sender,
+        _tool("voip-send", "--bind", route.address, "--calls", str(p["calls"]), *common,
+              "--out", str(send_out)),
+        CLIENT,
+        receiver_argv,
+        port,
+        ("sender", "receiver"),
+    )  # fmt: skip
+    receiver = run_programs(
+        state.lab, programs, start_at, start_at + duration, cpu=cpu, start_meter=start_meter
+    )
+    recv, sent = _read_json(recv_out), _read_json(send_out)
+    if not recv:
+        raise RuntimeError(f"the VoIP receiver wrote nothing; see {receiver.log_path}")
+    counts: list[int] = list(sent.get("sent") or [0] * int(p["calls"]))
+    rows: list[Row] = []
+    for call in range(len(counts)):
+        record = recv.get("calls", {}).get(str(call), {"seq": [], "send_ns": [], "recv_ns": []})
+        metrics = call_metrics(
+            CallRecord(record["seq"], record["send_ns"], record["recv_ns"], counts[call]),
+            float(p["playout_buffer_ms"]),
+            bool(p["plc"]),
+        )
+        rows.append({"call": call, **metrics, "send_slip_max_ms": sent.get("slip_max_ms")})
+    error = "; ".join(x for x in (recv.get("error"), sent.get("error")) if x)
+    return rows, error
+
+
+def run_fetches(
+    ctx: Context[WorkloadState],
+    route: Route,
+    start_at: float,
+    run: int,
+    cpu: CpuMeter | None,
+    start_meter: bool,
+) -> tuple[list[Row], str]:
+    """The web objects from `start_at`: their rows (workload_flows) and any error text."""
+    state, p = ctx.state, ctx.params
+    port = state.next_port()
+    out = state.workdir / f"web-{port}.json"
+    duration = float(p["web_s"])
+    # the server outlives the fetches' deadline by what one stalled fetch may take
+    until = start_at + duration
+    fetch_argv = _tool(
+        "web-fetch", "--dst", route.address, "--port", str(port),
+        "--start-at", f"{start_at:.6f}", "--duration", str(duration),
+        "--count", str(p["web_objects"]), "--seed", f"{p['seed']}/{run}",
+        "--max-bytes", str(p["web_max_bytes"]), "--parallel", str(p["web_parallel"]),
+        "--out", str(out),
+    )  # fmt: skip
+    server_argv = _server("--bind", route.address, "--port", str(port), "--until", f"{until:.6f}")
+    programs = Programs(route.sender, server_argv, CLIENT, fetch_argv, port)
+    # a fetch under way at the deadline may stall up to soak_traffic.IDLE_S (15 s) per read
+    receiver = run_programs(
+        state.lab, programs, start_at, until, cpu=cpu, start_meter=start_meter, wait_s=35.0
+    )
+    result = _read_json(out)
+    if not result:
+        raise RuntimeError(f"the web fetcher wrote nothing; see {receiver.log_path}")
+    rows = [{**flow, "kind": "web"} for flow in result.get("flows", [])]
+    skipped = int(result.get("not_started", 0))
+    return rows, f"{skipped} object(s) not started before web_s" if skipped else ""
+
+
+# -- the point ---------------------------------------------------------------------------------
+def call_summary(calls: list[Row]) -> Row:
+    """The point's VoIP columns: medians over its calls."""
+    if not calls:
+        return {}
+
+    def median(key: str) -> float | None:
+        values = [c[key] for c in calls if c.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "calls": len(calls),
+        **{
+            k: median(k)
+            for k in ("mos", "r_factor", "owd_median_ms", "jitter_ms", "loss_pct", "late_pct")
+        },
+    }
+
+
+def fetch_summary(flows: list[Row]) -> Row:
+    """The point's web columns: objects fetched, fetched whole, FCT median and p95 of those."""
+    ok = sorted(float(f["fct_ms"]) for f in flows if f.get("outcome") == "ok")
+    return {
+        "flows": len(flows),
+        "flows_ok": len(ok),
+        "fct_median_ms": statistics.median(ok) if ok else None,
+        "fct_p95_ms": percentile(ok, 0.95) if ok else None,
+    }
+
+
+def cpu_row(meter: CpuMeter) -> Row:
+    """schemas.CPU_COLUMNS plus the background load's two ends; busiest and saturated over all
+    of them."""
+    row = cpu_columns(meter)
+    usage = meter.usage()
+    row["cpu_load_sender_pct"] = usage.get(LOAD_ROLES[0])
+    row["cpu_load_receiver_pct"] = usage.get(LOAD_ROLES[1])
+    row["cpu_busiest"], row["cpu_saturated"] = saturation(usage)
+    return row
+
+
+def _under_load(
+    ctx: Context[WorkloadState],
+    route: Route,
+    meter: CpuMeter,
+    duration_s: float,
+    work: Callable[[float], None],
+) -> tuple[float, str]:
+    """Run `work(origin)` `warmup_s` into one bulk TCP flow to c1 lasting `duration_s` after
+    that: the load's goodput over the work's window (Mbit/s), and what went wrong with it."""
+    state, warmup = ctx.state, float(ctx.params["warmup_s"])
+    flow = Flow(
+        sender=route.sender,
+        bind=route.address,
+        receiver=CLIENT,
+        dst=route.address,
+        traffic="tcp",
+        duration_s=warmup + duration_s,
+        port=state.next_port(),
+        src=route.client_source,
+    )
+    window: list[float] = []
+
+    def during(start_at: float) -> None:
+        begin = start_at + warmup
+        # the work's own programs start START_LEAD_S before its origin
+        time.sleep(max(0.0, begin - START_LEAD_S - time.monotonic()))
+        work(begin)
+        window.append(time.monotonic() - start_at)
+
+    recv, sent = run_flow(
+        state.lab, flow, state.workdir, during=during, cpu=meter, roles=LOAD_ROLES
+    )
+    end = min(window[0] if window else flow.duration_s, flow.duration_s)
+    error = flow_error(recv, sent)
+    goodput = goodput_mbps(recv.bins, recv.interval_s, warmup, max(end, warmup + recv.interval_s))
+    return goodput, f"load: {error}" if error else ""
+
+
+def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
+    state, p = ctx.state, ctx.params
+    mode, workload, run = point["mode"], point["workload"], int(point["run"])
+    if mode == "wireguard" and variants.wireguard_missing():
+        return PointResult(skipped=str(variants.wireguard_missing()))
+    # a fresh tunnel per point: no queue or congestion state left by the previous one
+    route = state.modes.ensure(mode, fresh=True)
+    carrier = state.modes.carrier
+    assert carrier is not None
+    loaded = workload.endswith("-bulk")
+    meter = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]) if loaded else 0.0)
+    calls: list[Row] = []
+    flows: list[Row] = []
+    row: Row = {**point.values}
+    errors: list[str] = []
+
+    def voip(start_at: float, start_meter: bool = True) -> None:
+        rows, error = run_calls(ctx, route, start_at, meter, start_meter)
+        calls.extend(rows)
+        errors.append(error)
+
+    def web(start_at: float, start_meter: bool = True) -> None:
+        rows, error = run_fetches(ctx, route, start_at, run, meter, start_meter)
+        flows.extend(rows)
+        errors.append(error)
+
+    if workload == "voip":
+        voip(time.monotonic() + START_LEAD_S)
+    elif workload == "web":
+        web(time.monotonic() + START_LEAD_S)
+    elif workload in ("voip-bulk", "web-bulk"):
+        # the load lasts as long as the work may (the calls, or web_s of fetching)
+        work_s = float(p["call_s"]) + 1.0 if workload == "voip-bulk" else float(p["web_s"])
+        what = voip if workload == "voip-bulk" else web
+        row["load_goodput_mbps"], error = _under_load(
+            ctx, route, meter, work_s, lambda t: what(t, start_meter=False)
+        )
+        errors.append(error)
+    else:
+        bulk_s, n = float(p["bulk_s"]), int(p["parallel_flows"])
+        flow = Flow(
+            sender=route.sender,
+            bind=route.address,
+            receiver=CLIENT,
+            dst=route.address,
+            traffic="tcp",
+            duration_s=bulk_s,
+            port=state.next_port(),
+            src=route.client_source,
+            parallel=n,
+        )
+        recv, sent = run_flow(state.lab, flow, state.workdir, cpu=meter)
+        errors.append(flow_error(recv, sent))
+        total = goodput_mbps(recv.bins, recv.interval_s, 0.0, bulk_s)
+        # Per-connection bytes are counted to the end (the queue's drain after the sender's
+        # deadline included); the window's goodput is shared out in their proportion.
+        delivered = sum(recv.streams)
+        shares = [total * b / delivered if delivered else 0.0 for b in recv.streams]
+        flows = [
+            {"flow": i, "kind": "bulk", "bytes": b, "goodput_mbps": g, "outcome": "ok"}
+            for i, (b, g) in enumerate(zip(recv.streams, shares, strict=True))
+        ]
+        row["flows"] = len(flows)
+        row["flows_ok"] = sum(1 for b in recv.streams if b > 0)
+        row["goodput_mbps"] = total
+        row["jain_fairness"] = jain_index(shares)
+    if calls:
+        row.update(call_summary(calls))
+    if any(f["kind"] == "web" for f in flows):
+        row.update(fetch_summary(flows))
+    row["detail"] = "; ".join(e for e in errors if e)
+    row.update(cpu_row(meter))
+    keys = point.values
+    return PointResult(
+        rows={
+            "workload": [row],
+            "workload_calls": [{**keys, **c} for c in calls],
+            "workload_flows": [{**keys, **f} for f in flows],
+        }
+    )
+
+
+def summary_table(run_dir: Path) -> str:
+    """Per mode: the median MOS and one-way delay of the calls, the median FCT of the web
+    objects, the parallel bulk goodput; alone and under a bulk load."""
+    import pandas as pd
+
+    path = run_dir / "workload.csv"
+    if not path.exists():
+        return "no workload rows"
+    df = pd.read_csv(path)
+    lines = []
+    for column, what in (
+        ("mos", "median MOS (G.107 E-model)"),
+        ("owd_median_ms", "median one-way delay of the calls (ms)"),
+        ("fct_median_ms", "median flow completion time of the web objects (ms)"),
+        ("goodput_mbps", "parallel bulk goodput (Mbit/s)"),
+    ):
+        if column in df.columns and df[column].notna().any():
+            table = df.pivot_table(
+                index="mode", columns="workload", values=column, aggfunc="median"
+            )
+            lines.append(f"{what}:\n{table.round(2)}")
+    return "\n".join(lines) or "no measured workload rows"
+
+
+EXPERIMENT = Experiment(
+    name="workload",
+    defaults=DEFAULTS,
+    quick=QUICK,
+    tables=tables(WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS),
+    key_columns=("mode", "workload", "run"),
+    points=points,
+    run_point=run_point,
+    session=session,
+    summarize=summary_table,
+    description="VoIP calls (MOS), web-like short flows (FCT) and parallel bulk flows per mode",
+)

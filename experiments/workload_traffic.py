@@ -1,0 +1,270 @@
+"""The workload experiment's traffic programs, run on Mininet hosts as subprocesses (real sockets).
+
+    python -m experiments.workload_traffic voip-send --bind 10.200.1.2 --port 5700 \
+        --start-at T --duration 30 [--calls 1] --out send.json
+    python -m experiments.workload_traffic voip-recv --dst 10.200.1.2 --port 5700 \
+        --start-at T --duration 30 --out recv.json
+    python -m experiments.workload_traffic web-fetch --dst 10.200.1.2 --port 5800 \
+        --start-at T --duration 30 --count 40 --seed 1 --parallel 2 --out fetch.json
+
+As experiments/traffic.py's tools: the server side sends and the client side (c1, behind the
+accesses) asks, both are given an absolute start time on CLOCK_MONOTONIC (one clock for every
+namespace of the machine) and every loop is bounded by its deadline.
+
+voip-send / voip-recv: `--calls` G.711-like calls (experiments/voice_quality.py) from one UDP
+socket, the server to c1 (the downlink half of a call: the direction a download fills). Each
+packet is an RTP packet as a G.711 phone sends it (RFC 3550 §5.1: version 2, payload type 0
+PCMU, sequence number, 8 kHz timestamp, SSRC = call number + 1) with 160 bytes of payload whose
+first 8 are the sender's CLOCK_MONOTONIC time in ns at sending (the rest zero): 172 bytes, the
+size a real call puts on the wire. Calls are staggered across the 20 ms period. The receiver
+asks (traffic.REQUEST) until the first packet comes and records every packet's (sequence
+number, send time, arrival time); the metrics are computed by the experiment
+(voice_quality.call_metrics), so their parameters (playout buffer) are not baked in here.
+
+web-fetch: `--count` objects whose sizes are web_mix.object_sizes(seed, count, max_bytes),
+fetched in order by `--parallel` workers, one new TCP connection each (HTTP/1.0-like: the
+handshake is part of a short flow's life), from experiments/soak_traffic.py's server
+(`soak_traffic serve`; its GET sends checked bytes, so a corrupted or short object is caught).
+A flow's completion time (FCT) is from before connect() to the last byte (EOF). Workers start
+no new fetch after the deadline; a fetch under way is bounded by soak_traffic's IDLE_S per read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from experiments.soak_traffic import transfer
+from experiments.traffic import CONNECT_WINDOW_S, GRACE_S, REQUEST
+from experiments.voice_quality import PACKET_INTERVAL_MS, PAYLOAD_BYTES
+from experiments.web_mix import DEFAULT_MAX_BYTES, object_sizes
+
+RTP_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
+RTP_V2 = 0x80
+PT_PCMU = 0  # RFC 3551: G.711 mu-law
+SEND_TIME = struct.Struct("!Q")
+SAMPLES_PER_PACKET = 160  # 20 ms of 8 kHz
+MAX_CALLS = 50
+MAX_PARALLEL = 16
+
+
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def rtp_packet(call: int, seq: int, send_ns: int) -> bytes:
+    """One call's packet number `seq` (module docstring)."""
+    header = RTP_HEADER.pack(
+        RTP_V2, PT_PCMU, seq & 0xFFFF, (seq * SAMPLES_PER_PACKET) & 0xFFFFFFFF, call + 1
+    )
+    payload = SEND_TIME.pack(send_ns) + bytes(PAYLOAD_BYTES - SEND_TIME.size)
+    return header + payload
+
+
+def parse_rtp(data: bytes) -> tuple[int, int, int] | None:
+    """(call number, 16-bit sequence number, send time ns) of a packet, None if it is not one."""
+    if len(data) < RTP_HEADER.size + SEND_TIME.size:
+        return None
+    first, _pt, seq, _ts, ssrc = RTP_HEADER.unpack_from(data)
+    if first & 0xC0 != RTP_V2 or ssrc < 1:
+        return None
+    (send_ns,) = SEND_TIME.unpack_from(data, RTP_HEADER.size)
+    return ssrc - 1, seq, send_ns
+
+
+# -- VoIP --------------------------------------------------------------------------------------
+def voip_send(bind: str, port: int, start_at: float, duration: float, calls: int) -> dict[str, Any]:
+    """Wait for the receiver's request, then send every call's packets until the deadline."""
+    deadline = start_at + duration
+    report: dict[str, Any] = {"sent": [0] * calls, "send_errors": 0, "error": None}
+    period = PACKET_INTERVAL_MS / 1000
+    with socket.socket(_family(bind), socket.SOCK_DGRAM) as sock:
+        sock.bind((bind, port))
+        sock.settimeout(max(1.0, min(CONNECT_WINDOW_S, deadline - time.monotonic())))
+        try:
+            while True:
+                data, peer = sock.recvfrom(2048)
+                if data == REQUEST:
+                    break
+        except TimeoutError:
+            report["error"] = "no receiver asked"
+            return report
+        sock.setblocking(False)
+        t0 = max(time.monotonic(), start_at)
+        slips: list[float] = []
+        tick = 0  # packet slots: call c's packet k is slot k * calls + c
+        while True:
+            seq, call = divmod(tick, calls)
+            due = t0 + seq * period + call * period / calls
+            if due >= deadline:
+                break
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+                continue
+            slips.append(now - due)
+            try:
+                sock.sendto(rtp_packet(call, seq, time.monotonic_ns()), peer)
+            except OSError:
+                report["send_errors"] += 1  # lost, as the network would lose it
+            report["sent"][call] += 1
+            tick += 1
+        # how late the sender itself was against its 20 ms schedule (the machine, not the
+        # network: voice_quality measures from the stamped send time)
+        report["slip_max_ms"] = max(slips, default=0.0) * 1000
+        report["slip_mean_ms"] = sum(slips) / len(slips) * 1000 if slips else 0.0
+    return report
+
+
+def voip_recv(
+    dst: str, port: int, start_at: float, duration: float, src: str | None = None
+) -> dict[str, Any]:
+    """Ask for the calls, record every packet until the deadline (+ traffic.GRACE_S)."""
+    deadline = start_at + duration + GRACE_S
+    calls: dict[int, dict[str, list[int]]] = {}
+    result: dict[str, Any] = {"connected": False, "error": None, "calls": calls}
+    with socket.socket(_family(dst), socket.SOCK_DGRAM) as sock:
+        if src is not None:
+            sock.bind((src, 0))
+        sock.settimeout(0.05)
+        next_request = 0.0
+        while (now := time.monotonic()) < deadline:
+            if not result["connected"] and now >= next_request:
+                with contextlib.suppress(OSError):
+                    sock.sendto(REQUEST, (dst, port))
+                next_request = now + 0.3
+            try:
+                data = sock.recv(2048)
+            except TimeoutError:
+                continue
+            except OSError as exc:  # ICMP errors reported on the socket: keep listening
+                result["error"] = f"recv: {exc.strerror or exc}"
+                continue
+            arrived = time.monotonic_ns()
+            packet = parse_rtp(data)
+            if packet is None:
+                continue
+            result["connected"] = True
+            call, seq, send_ns = packet
+            record = calls.setdefault(call, {"seq": [], "send_ns": [], "recv_ns": []})
+            record["seq"].append(seq)
+            record["send_ns"].append(send_ns)
+            record["recv_ns"].append(arrived)
+    return result
+
+
+# -- short flows -------------------------------------------------------------------------------
+def web_fetch(
+    dst: str,
+    port: int,
+    start_at: float,
+    duration: float,
+    sizes: list[int],
+    parallel: int,
+) -> dict[str, Any]:
+    """Fetch the objects in order with `parallel` workers until the deadline; one record each."""
+    deadline = start_at + duration
+    flows: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    next_index = 0
+
+    def worker() -> None:
+        nonlocal next_index
+        while time.monotonic() < deadline:
+            with lock:
+                index = next_index
+                next_index += 1
+            if index >= len(sizes):
+                return
+            begun = time.monotonic()
+            # the object's number seeds its content (soak_traffic checks the bytes against it)
+            row = transfer("GET", dst, port, index, sizes[index], 0.0)
+            record = {
+                "flow": index,
+                "size_bytes": sizes[index],
+                "start_s": begun - start_at,
+                "fct_ms": row["latency_ms"],
+                "bytes": row["bytes"],
+                "outcome": row["outcome"],
+                "error": row["error"],
+            }
+            with lock:
+                flows.append(record)
+
+    while (wait := start_at - time.monotonic()) > 0:
+        time.sleep(min(wait, 0.05))
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    flows.sort(key=lambda r: int(r["flow"]))
+    return {"flows": flows, "objects": len(sizes), "not_started": len(sizes) - len(flows)}
+
+
+# -- command line ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.workload_traffic")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("voip-send", "voip-recv", "web-fetch"):
+        s = sub.add_parser(name)
+        if name == "voip-send":
+            s.add_argument("--bind", required=True)
+            s.add_argument("--calls", type=int, default=1)
+        else:
+            s.add_argument("--dst", required=True)
+        if name == "voip-recv":
+            s.add_argument("--src", help="bind to this local address before asking")
+        if name == "web-fetch":
+            s.add_argument("--count", type=int, required=True, help="objects to fetch")
+            s.add_argument("--seed", default="1", help="the object sizes' seed (web_mix)")
+            s.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+            s.add_argument("--parallel", type=int, default=1, help="concurrent fetches")
+        s.add_argument("--port", type=int, required=True)
+        s.add_argument("--start-at", type=float, required=True, help="CLOCK_MONOTONIC seconds")
+        s.add_argument("--duration", type=float, required=True)
+        s.add_argument("--out", type=Path, help="JSON file for the record / sender report")
+    return p
+
+
+def _usage(message: str) -> int:
+    print(f"workload_traffic: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 < args.duration <= 3600:
+        return _usage("--duration must be between 0 and 3600 s.")
+    result: dict[str, Any]
+    if args.command == "voip-send":
+        if not 1 <= args.calls <= MAX_CALLS:
+            return _usage(f"--calls must be between 1 and {MAX_CALLS}.")
+        result = voip_send(args.bind, args.port, args.start_at, args.duration, args.calls)
+    elif args.command == "voip-recv":
+        result = voip_recv(args.dst, args.port, args.start_at, args.duration, args.src)
+    else:
+        if not 1 <= args.parallel <= MAX_PARALLEL or not 0 <= args.count <= 100_000:
+            return _usage(f"--parallel must be 1..{MAX_PARALLEL} and --count 0..100000.")
+        sizes = object_sizes(args.seed, args.count, args.max_bytes)
+        result = web_fetch(args.dst, args.port, args.start_at, args.duration, sizes, args.parallel)
+    text = json.dumps(result)
+    if args.out:
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

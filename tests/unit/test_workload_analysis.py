@@ -1,0 +1,108 @@
+"""The workload experiment's arithmetic on its rows (experiments/workload.py) and its figure and
+summary (experiments/analysis.py workload_figure), from a synthetic run: no root."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments import analysis, workload
+from experiments.procstat import CpuMeter
+from experiments.runner import ExperimentError, resolve_params
+from experiments.schemas import WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS, Table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write(run: Path, table: Table, rows: list[dict[str, Any]]) -> None:
+    with (run / table.file_name).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table.columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+
+
+def synthetic_run(run: Path) -> None:
+    points, calls, flows = [], [], []
+    for mode in ("plain", "tunnel"):
+        for kind in workload.WORKLOADS:
+            hot = mode == "tunnel" and kind == "bulk-parallel"
+            row: dict[str, Any] = {"mode": mode, "workload": kind, "run": 1, "cpu_saturated": hot}
+            if kind.startswith("voip"):
+                row.update(calls=1, mos=4.35 if kind == "voip" else 1.0)
+            elif kind.startswith("web"):
+                row.update(flows=5, flows_ok=5, fct_median_ms=300.0)
+            else:
+                row.update(flows=4, flows_ok=4, goodput_mbps=18.0, jain_fairness=0.95)
+            points.append(row)
+        for kind, delay, mos in (("voip", 26.0, 4.35), ("voip-bulk", 250.0, 1.0)):
+            calls.append({"mode": mode, "workload": kind, "run": 1, "call": 0, "mos": mos,
+                          "owd_median_ms": delay, "owd_p95_ms": delay + 40})  # fmt: skip
+        for kind, fct in (("web", 150.0), ("web-bulk", 700.0)):
+            for k in range(5):
+                flows.append({"mode": mode, "workload": kind, "run": 1, "flow": k, "kind": "web",
+                              "fct_ms": fct * (k + 1), "bytes": 1000, "outcome": "ok"})  # fmt: skip
+        for k in range(4):
+            flows.append({"mode": mode, "workload": "bulk-parallel", "run": 1, "flow": k,
+                          "kind": "bulk", "bytes": 10**6, "goodput_mbps": 4.5,
+                          "outcome": "ok"})  # fmt: skip
+    write(run, WORKLOAD, points)
+    write(run, WORKLOAD_CALLS, calls)
+    write(run, WORKLOAD_FLOWS, flows)
+
+
+def test_workload_figure_and_summary(tmp_path: Path) -> None:
+    synthetic_run(tmp_path)
+    out = analysis.workload_figure(tmp_path, tmp_path / "figs" / "workload.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert b"<svg" in out.with_suffix(".svg").read_bytes()[:500]
+    assert analysis.FIGURES["workload"] is analysis.workload_figure
+    summary = workload.summary_table(tmp_path)
+    assert "MOS" in summary and "flow completion" in summary and "bulk goodput" in summary
+
+
+def test_a_run_with_only_calls_still_draws(tmp_path: Path) -> None:
+    write(tmp_path, WORKLOAD, [{"mode": "plain", "workload": "voip", "run": 1}])
+    call = {"mode": "plain", "workload": "voip", "run": 1, "call": 0, "mos": 4.4,
+            "owd_median_ms": 20, "owd_p95_ms": 25}  # fmt: skip
+    write(tmp_path, WORKLOAD_CALLS, [call])
+    out = analysis.workload_figure(tmp_path, tmp_path / "w.png")  # no flows table at all
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_point_columns_from_calls_and_flows() -> None:
+    calls = [{"mos": 4.0, "r_factor": 80.0, "owd_median_ms": 30.0, "jitter_ms": 1.0,
+              "loss_pct": 0.0, "late_pct": 0.0},
+             {"mos": 2.0, "r_factor": 40.0, "owd_median_ms": 50.0, "jitter_ms": 3.0,
+              "loss_pct": 2.0, "late_pct": 4.0}]  # fmt: skip
+    row = workload.call_summary(calls)
+    assert row["calls"] == 2 and row["mos"] == 3.0 and row["late_pct"] == 2.0
+    assert workload.call_summary([]) == {}
+    flows = [{"fct_ms": float(10 * k), "outcome": "ok"} for k in range(1, 21)]
+    flows.append({"fct_ms": 5.0, "outcome": "reset"})
+    row = workload.fetch_summary(flows)
+    assert (row["flows"], row["flows_ok"], row["fct_median_ms"], row["fct_p95_ms"]) == (
+        21, 20, 105.0, 190.0,
+    )  # fmt: skip
+
+
+def test_cpu_row_counts_the_load_in_saturation() -> None:
+    meter = CpuMeter()
+    meter.first = {"sender": (0.0, 0.0), "load_sender": (0.0, 0.0)}
+    meter.last = {"sender": (1.0, 0.05), "load_sender": (1.0, 0.95)}
+    meter.pids = {"sender": 1, "load_sender": 2}
+    row = workload.cpu_row(meter)
+    assert row["cpu_sender_pct"] == pytest.approx(5.0)
+    assert row["cpu_load_sender_pct"] == pytest.approx(95.0)
+    assert row["cpu_busiest"] == "load_sender" and row["cpu_saturated"] is True
+
+
+def test_parameters_are_checked_in_one_sentence() -> None:
+    exp = workload.EXPERIMENT
+    assert len(exp.points(resolve_params(exp, quick=True))) == 10  # 2 modes x 5 workloads
+    for bad in ('workloads=["video"]', 'access_profile="moon"', "calls=0", "web_s=0"):
+        with pytest.raises(ExperimentError):
+            exp.points(resolve_params(exp, sets=[bad]))
