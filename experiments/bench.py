@@ -1,7 +1,7 @@
 """`make bench`: iperf3 TCP goodput and CPU of the tunnel modes against the plain path.
 
     python -m experiments.bench [--seconds N] [--profiles none,wifi,5g]
-                                [--modes plain,tunnel,session,stream]
+                                [--modes plain,tunnel,session,stream,wireguard,openvpn]
 
 One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For each link profile
 (testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2:
@@ -79,11 +79,14 @@ class BenchMode:
     spec: TunnelSpec | None
     description: str
     peer: str | None = None
+    default: bool = True  # run without --modes
 
 
 # iperf3's server runs on h2, the concentrator's own host, which clients may not reach by
 # default (to_concentrator = "ping": README "Security").
 OWN_HOST_ALLOWED = ('to_concentrator="allow"',)
+# both programs without the datagram fast path (README "Benchmarks")
+GENERIC_PATH = "limits.fast_datagram_path=false"
 
 MODES: dict[str, BenchMode] = {
     m.name: m
@@ -111,6 +114,27 @@ MODES: dict[str, BenchMode] = {
             ),
             "stream mode (tunnel mode + quic_tunnel_stream_mode): the TCP connection on a QUIC "
             "stream, relayed by the concentrator",
+        ),
+        BenchMode(
+            "tunnel-generic",
+            TunnelSpec(
+                mode="tunnel",
+                client_overrides=(GENERIC_PATH,),
+                concentrator_overrides=(*OWN_HOST_ALLOWED, GENERIC_PATH),
+            ),
+            "tunnel mode on aioquic's generic packet path (limits.fast_datagram_path = false): "
+            "the datagram fast path's baseline in the same run; only with --modes",
+            default=False,
+        ),
+        BenchMode(
+            "session-generic",
+            TunnelSpec(
+                mode="session",
+                client_overrides=(GENERIC_PATH,),
+                concentrator_overrides=(*OWN_HOST_ALLOWED, GENERIC_PATH),
+            ),
+            "session mode on aioquic's generic packet path; only with --modes",
+            default=False,
         ),
         BenchMode(
             "wireguard",
@@ -379,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each transfer")
     parser.add_argument("--profiles", default=",".join(DEFAULT_PROFILES), help="link profiles")
-    parser.add_argument("--modes", default=",".join(MODES), help="modes, comma-separated")
+    parser.add_argument(
+        "--modes",
+        default=",".join(name for name, mode in MODES.items() if mode.default),
+        help="modes, comma-separated",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="results root")
     parser.add_argument("--backend", default="auto", help="shaping backend: auto, netem, wire")
     parser.add_argument("--cc", default="cubic", help="TCP congestion control of h1 and h2")

@@ -189,6 +189,11 @@ RESEND_DEADLINE_UNSET = (
     "2 x the largest smoothed RTT + 25 ms, within 0.05-1 s (at least 0.2 s for a datagram "
     "stranded on a failed path)"
 )
+FAST_PATH_DOC = (
+    "build and parse the QUIC packets that carry only DATAGRAM and ACK frames without aioquic's "
+    "generic builder and parser (quic_ext.py, the same packets and loss recovery; README "
+    '"Benchmarks"); false: aioquic\'s path for every packet'
+)
 DUPLICATION_DOC = (
     "session mode: while a path is suspect, copy each new packet it gets onto another access"
 )
@@ -357,6 +362,7 @@ class PathLimits:
         ),
     )
     duplication: bool = field(default=True, metadata=setting(DUPLICATION_DOC, Boolean()))
+    fast_datagram_path: bool = field(default=True, metadata=setting(FAST_PATH_DOC, Boolean()))
     duplicate_up_to: int = field(
         default=0, metadata=setting(DUPLICATE_UP_TO_DOC, Integer(0, 65535), unit="bytes")
     )

@@ -19,7 +19,15 @@ from experiments.bench import (
 
 
 def test_modes_are_a_registry_of_plain_the_tunnel_modes_and_our_peers() -> None:
-    assert list(MODES) == ["plain", "tunnel", "session", "stream", "wireguard", "openvpn"]
+    default = [name for name, mode in MODES.items() if mode.default]
+    assert default == ["plain", "tunnel", "session", "stream", "wireguard", "openvpn"]
+    # the datagram fast path's baselines, run only when asked for
+    assert set(MODES) - set(default) == {"tunnel-generic", "session-generic"}
+    for name in ("tunnel-generic", "session-generic"):
+        spec = MODES[name].spec
+        assert spec is not None and spec.mode == name.split("-")[0]
+        off = "limits.fast_datagram_path=false"
+        assert off in spec.client_overrides and off in spec.concentrator_overrides
     assert MODES["plain"].spec is None and MODES["plain"].peer is None
     assert [(MODES[m].spec, MODES[m].peer) for m in ("wireguard", "openvpn")] == [
         (None, "wireguard"),

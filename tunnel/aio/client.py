@@ -276,6 +276,7 @@ class Client:
                 self._quic_config, session_ticket=path.session_ticket
             ),
             pacing_rate=pacing_rate(self.config.limits.pacing_rate_mbps),
+            fast_datagram_path=self.config.limits.fast_datagram_path,
             # tunnel draft §4: the payload is signalled out of band (quic_ext.PAYLOAD_TP_ID)
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
             **options,

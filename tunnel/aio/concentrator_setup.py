@@ -160,6 +160,7 @@ def quic_server(
             request_client_certificate=True,
             reset_key=key,
             pacing_rate=pacing_rate(limits.pacing_rate_mbps),
+            fast_datagram_path=limits.fast_datagram_path,
             **connection_options,
         ),
         reset_key=key,

@@ -6,8 +6,9 @@ its queue of pending datagrams, (d) a server asking for a client certificate and
 reading it back (see tunnel/policy/client_auth.py for why the concentrator needs that),
 (e) receive credit tied to what the application consumed (aioquic doubles its
 windows as data arrives, which lets a peer make it allocate without bound), (f) congestion
-control, pacing and datagram fates, and the reset of congestion and RTT state on a migration
-(RFC 9000 §9.4).
+control, pacing and datagram fates, the reset of congestion and RTT state on a migration
+(RFC 9000 §9.4), and (g) a fast path for the packets that carry only DATAGRAM and ACK frames
+(FAST_DATAGRAM_PATH).
 Everything the tunnel needs from those internals is here, behind small typed
 functions, so an aioquic upgrade has one file to check.
 Importing this module fails with one clear sentence if the internals moved.
@@ -15,6 +16,7 @@ Importing this module fails with one clear sentence if the internals moved.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Hashable, Iterable
@@ -23,30 +25,52 @@ from typing import Any, Final
 
 from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
+from aioquic._crypto import CryptoError
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
+    ACK_FRAME_CAPACITY,
     END_STATES,
     MAX_STREAM_DATA_FRAME_CAPACITY,
+    PING_FRAME_CAPACITY,
     NetworkAddress,
     QuicConnection,
     QuicConnectionError,
     QuicConnectionId,
+    QuicConnectionState,
     QuicNetworkPath,
     QuicReceiveContext,
     stream_is_unidirectional,
 )
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import (
+    NON_ACK_ELICITING_FRAME_TYPES,
+    PACKET_FIXED_BIT,
+    PACKET_NUMBER_MAX_SIZE,
+    PACKET_SPIN_BIT,
+    PROBING_FRAME_TYPES,
+    QuicErrorCode,
+    QuicFrameType,
+    QuicPacketType,
+    push_ack_frame,
+)
 from aioquic.quic.packet_builder import (
     PACKET_NUMBER_SEND_SIZE,
     QuicDeliveryState,
     QuicPacketBuilder,
     QuicPacketBuilderStop,
+    QuicSentPacket,
 )
 from aioquic.quic.rangeset import RangeSet
-from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketSpace
-from aioquic.quic.stream import QuicStream
+from aioquic.quic.recovery import (
+    K_MICRO_SECOND,
+    K_SECOND,
+    MAX_ACK_RANGES,
+    QuicPacketPacer,
+    QuicPacketSpace,
+)
+from aioquic.quic.stream import QuicStream, StreamFinishedError
 from aioquic.tls import SessionTicket
 from cryptography import x509
 
@@ -88,6 +112,12 @@ MAX_DATAGRAM_SIZE: Final[int] = 1452
 MAX_DATAGRAM_FRAME_SIZE: Final[int] = 65535
 # aioquic's connection ID length, which the datagram budget depends on.
 CONNECTION_ID_LENGTH: Final[int] = 8
+
+# Frames every 1-RTT packet may carry (RFC 9000 §12.4, Table 3): the fast frame loop skips
+# aioquic's per-frame epoch check for them (it hashes an enum for every frame).
+ONE_RTT_FRAME_TYPES: Final = frozenset(
+    (QuicFrameType.PADDING, QuicFrameType.PING, QuicFrameType.ACK, QuicFrameType.ACK_ECN)
+)
 
 # AEAD tag added to every protected packet: 16 bytes for all three TLS 1.3 suites
 # QUIC uses (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; RFC 9001 §5.3).
@@ -160,7 +190,58 @@ _REQUIRED_INTERNALS = (
     "_write_path_challenge_frame",
     "_handle_path_response_frame",
     "_retire_peer_cid",
+    # the datagram fast path (issue 14)
+    "_QuicConnection__frame_handlers",
+    "_ack_delay",
+    "_ack_eliciting_sent_since_receipt",
+    "_add_network_path",
+    "_close_at",
+    "_close_pending",
+    "_handshake_confirmed",
+    "_handshake_done_pending",
+    "_idle_timeout",
+    "_local_ack_delay_exponent",
+    "_local_max_streams_uni",
+    "_logger",
+    "_on_ack_delivery",
+    "_on_ping_delivery",
+    "_pacing_at",
+    "_payload_received",
+    "_ping_pending",
+    "_probe_pending",
+    "_remote_preferred_address",
+    "_retire_connection_ids",
+    "_spaces",
+    "_spin_bit",
+    "_spin_highest_pn",
+    "_streams_blocked_pending",
+    "_streams_queue",
+    "_use_reserved_peer_cid",
 )
+# what the fast path reads and writes of a packet number space, a crypto pair, a sent packet
+_REQUIRED_SPACE_FIELDS = (
+    "ack_at",
+    "ack_queue",
+    "discarded",
+    "expected_packet_number",
+    "largest_received_packet",
+    "largest_received_time",
+    "received_packets",
+    "sent_packets",
+)
+_REQUIRED_CRYPTO_FIELDS = ("aead_tag_size", "key_phase", "encrypt_packet", "decrypt_packet")
+_REQUIRED_SENT_PACKET_FIELDS = {
+    "epoch",
+    "in_flight",
+    "is_ack_eliciting",
+    "is_crypto_packet",
+    "packet_number",
+    "packet_type",
+    "sent_time",
+    "sent_bytes",
+    "delivery_handlers",
+    "quic_logger_frames",
+}
 _REQUIRED_TLS_INTERNALS = (
     "_request_client_certificate",
     "_peer_certificate",
@@ -206,6 +287,19 @@ def _check_aioquic_internals() -> None:
         )
         if not hasattr(probe._loss, n)
     ]
+    space = probe._spaces[tls.Epoch.ONE_RTT]
+    missing += [f"space.{n}" for n in _REQUIRED_SPACE_FIELDS if not hasattr(space, n)]
+    crypto = probe._cryptos[tls.Epoch.ONE_RTT]
+    missing += [f"crypto.{n}" for n in _REQUIRED_CRYPTO_FIELDS if not hasattr(crypto, n)]
+    missing += [
+        f"_pacer.{n}"
+        for n in ("next_send_time", "update_after_send")
+        if not hasattr(probe._loss._pacer, n)
+    ]
+    # the fast path builds QuicSentPacket itself: it must have exactly these fields
+    sent_fields = {f.name for f in dataclasses.fields(QuicSentPacket)}
+    if sent_fields != _REQUIRED_SENT_PACKET_FIELDS:
+        missing.append(f"QuicSentPacket fields {sorted(sent_fields)}")
     if missing or not hasattr(probe._loss, "_rtt_smoothed"):
         raise ImportError(
             "tunnel.protocol.quic_ext needs aioquic 1.7.2 internals that this aioquic lacks "
@@ -215,6 +309,28 @@ def _check_aioquic_internals() -> None:
 
 _check_aioquic_internals()
 
+
+FAST_DATAGRAM_PATH = True
+"""Default of TunnelQuicConnection.fast_datagram_path, for the connections made from now on:
+1-RTT packets that carry only DATAGRAM and ACK frames are built (and parsed) by this module
+instead of aioquic's generic builder and parser (issue 14; the same packets and the same loss
+recovery, tests/unit/test_fast_datagram_path.py). False: aioquic's generic path only."""
+
+_FAST_PATH_HOOKS: Final = (
+    "_write_application",
+    "_write_ack_frame",
+    "_write_ping_frame",
+    "_write_datagram_frame",
+    "_write_connection_limits",
+    "_write_stream_limits",
+    "_flush_builder",
+    "_handle_datagram_frame",
+    "_send_datagram_packets",
+    "_receive_short_packet",
+    "_payload_received",
+)
+"""The methods the fast path stands in for, or is: a subclass overriding one keeps the
+generic path."""
 
 PROBE_NUMBERS_KEPT: Final = 64
 """Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
@@ -255,6 +371,18 @@ class AckState:
     unanswered_since: float | None
 
 
+@dataclass(frozen=True)
+class _OneRtt:
+    """What the datagram fast path uses of aioquic's 1-RTT tables (see _one_rtt)."""
+
+    cryptos: dict[tls.Epoch, CryptoPair]
+    """aioquic's table these come from: a new one means new state."""
+    crypto: CryptoPair
+    zero_rtt: CryptoPair
+    space: QuicPacketSpace
+    crypto_stream: QuicStream
+
+
 class TunnelQuicConnection(QuicConnection):
     """A QuicConnection that can announce and detect quic_tunnel_stream_mode.
 
@@ -280,6 +408,7 @@ class TunnelQuicConnection(QuicConnection):
         reset_key: bytes | None = None,
         pacing_rate: float | None = None,
         tickets: TicketStore | None = None,
+        fast_datagram_path: bool | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
@@ -299,7 +428,9 @@ class TunnelQuicConnection(QuicConnection):
         `payload_ethertype`: announce quic_tunnel_payload (PAYLOAD_TP_ID) with this EtherType
         (a client whose payload is not IP); None: not announced, i.e. IP.
         `tickets` (server): issue session tickets into this store and resume the connections
-        that present one of them (README "0-RTT"); see resumed_identity."""
+        that present one of them (README "0-RTT"); see resumed_identity.
+        `fast_datagram_path` (limits.fast_datagram_path): take the datagram fast path (default
+        FAST_DATAGRAM_PATH); a subclass that changes the generic path never does."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         if payload_ethertype is not None and not 0 <= payload_ethertype <= 0xFFFF:
@@ -344,6 +475,15 @@ class TunnelQuicConnection(QuicConnection):
         self._local_max_data.sent = connection_window
         self._install_pacer(pacing_rate)
         self._install_ack_tracking()
+        # A subclass that changes what the generic path writes or how it handles a DATAGRAM
+        # (testbed/hostile.py injects frames) would be bypassed: it keeps the generic path.
+        cls = type(self)
+        wanted = FAST_DATAGRAM_PATH if fast_datagram_path is None else fast_datagram_path
+        self.fast_datagram_path = wanted and all(
+            getattr(cls, hook) is getattr(TunnelQuicConnection, hook) for hook in _FAST_PATH_HOOKS
+        )
+        """Whether DATAGRAM-only packets take the fast path (FAST_DATAGRAM_PATH)."""
+        self._tunnel_one_rtt: _OneRtt | None = None
 
     # -- congestion control and pacing (tunnel/protocol/congestion.py) ----------------------
 
@@ -607,7 +747,10 @@ class TunnelQuicConnection(QuicConnection):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._tunnel_now = now
-        datagrams = super().datagrams_to_send(now)
+        if self.fast_datagram_path and self._only_datagrams_to_send():
+            datagrams = self._send_datagram_packets(now)
+        else:
+            datagrams = super().datagrams_to_send(now)
         cc = self._loss._cc
         # Nothing left to send and room in the window: what the next ACKs measure is our
         # sender's demand, not the path (BBR's app-limited samples, draft-cheng §3.4).
@@ -618,6 +761,447 @@ class TunnelQuicConnection(QuicConnection):
         ):
             cc.note_app_limited()
         return datagrams
+
+    # -- the datagram fast path (issue 14) ---------------------------------------------------
+    #
+    # Tunnel and session mode packets carry DATAGRAM frames and, when one is due, an ACK;
+    # aioquic's generic path checks ~15 frame kinds for every packet and builds it through
+    # QuicPacketBuilder. When the 1-RTT space has nothing else to send, the packets are built
+    # here directly, the way aioquic builds them (QuicConnection.datagrams_to_send,
+    # _write_application, _write_ack_frame, _flush_builder; QuicPacketBuilder.start_packet,
+    # start_frame, _end_packet), with aioquic's own CryptoPair, and registered with its loss
+    # recovery as the same QuicSentPacket. Anything else goes the generic way.
+    # tests/unit/test_fast_datagram_path.py checks both produce the same packets.
+
+    def _one_rtt(self) -> _OneRtt | None:
+        """The 1-RTT packet space's state (None before aioquic set it up). aioquic keys it by
+        tls.Epoch, an Enum hashed in Python at every lookup, a few times per packet: it is
+        looked up once, again only if aioquic made new tables (_initialize)."""
+        cached = self._tunnel_one_rtt
+        if cached is not None and cached.cryptos is self._cryptos:
+            return cached
+        if tls.Epoch.ONE_RTT not in self._cryptos:
+            return None
+        epoch = tls.Epoch.ONE_RTT
+        self._tunnel_one_rtt = _OneRtt(
+            cryptos=self._cryptos,
+            crypto=self._cryptos[epoch],
+            zero_rtt=self._cryptos[tls.Epoch.ZERO_RTT],
+            space=self._spaces[epoch],
+            crypto_stream=self._crypto_streams[epoch],
+        )
+        return self._tunnel_one_rtt
+
+    def _only_datagrams_to_send(self) -> bool:
+        """Whether aioquic's datagrams_to_send would now write nothing but ACK and DATAGRAM
+        frames (and the PING it adds to some ACKs) in 1-RTT packets on the active path: every
+        condition below is one under which it writes another frame, another packet type, or
+        pads, limits or probes differently."""
+        if (
+            self._quic_logger is not None  # the generic path logs every packet
+            or not self._handshake_confirmed  # Initial/Handshake spaces, HANDSHAKE_DONE
+            or self._close_pending
+            or self._state in END_STATES
+            or self._probe_pending
+            or self._ping_pending
+            or self._handshake_done_pending
+            or self._retire_connection_ids
+            or self._streams_blocked_pending
+            or not self._network_paths
+            or (self._is_client and self._remote_preferred_address is not None)
+        ):
+            return False
+        one_rtt = self._one_rtt()
+        if one_rtt is None or not one_rtt.crypto.send.is_valid():
+            return False
+        path = self._network_paths[0]
+        # an unvalidated path: anti-amplification limit and PATH_CHALLENGE (RFC 9000 §8, §9.3)
+        if not path.is_validated or path.remote_challenges:
+            return False
+        for probe_path in self._network_paths[1:]:
+            if probe_path.remote_challenges or not (
+                probe_path.is_validated or probe_path.local_challenge_sent
+            ):
+                return False
+        if not one_rtt.crypto_stream.sender.buffer_is_empty:
+            return False  # e.g. a NewSessionTicket
+        for cid in self._host_cids:  # a loop, not any(): this runs at every send
+            if not cid.was_sent:
+                return False
+        if self._connection_limits_due():
+            return False
+        for stream in self._streams_queue:
+            if (
+                stream.is_finished
+                or stream.receiver.stop_pending
+                or stream.sender.reset_pending
+                or not (stream.is_blocked or stream.sender.buffer_is_empty)
+            ):
+                return False
+        return not any(self._stream_limit_due(stream) for stream in self._streams.values())
+
+    def _send_datagram_packets(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """aioquic's datagrams_to_send when _only_datagrams_to_send(): the same packets, the
+        same bookkeeping, without the generic builder."""
+        network_path = self._network_paths[0]
+        loss = self._loss
+        pacer = loss._pacer
+        one_rtt = self._one_rtt()
+        assert one_rtt is not None  # _only_datagrams_to_send() checked
+        space, crypto = one_rtt.space, one_rtt.crypto
+        pending = self._datagrams_pending
+        tokens = self._tunnel_datagram_tokens
+        paced = self._tunnel_paced
+        peer_cid = self._peer_cid.cid
+        max_size = self._max_datagram_size
+        header_size = SHORT_HEADER_FIXED_SIZE + len(peer_cid)
+        # room for frames in a packet: QuicPacketBuilder.remaining_buffer_space at its start
+        packet_room = max_size - header_size - crypto.aead_tag_size
+        # builder.max_flight_bytes: probes may exceed the window, but there are none here
+        flight_left = loss.congestion_window - loss.bytes_in_flight
+        self._pacing_at = None
+        packet_number = self._packet_number
+        buf = Buffer(capacity=max_size)
+        datagrams: list[bytes] = []
+        packets: list[QuicSentPacket] = []
+        while True:
+            # pacing, except if we have an ACK to send (_write_application: one due exactly
+            # now is paced, but written)
+            ack_at = space.ack_at
+            if ack_at is None or ack_at >= now:
+                self._pacing_at = pacer.next_send_time(now=now)
+                if self._pacing_at is not None:
+                    break
+            ack_due = ack_at is not None and ack_at <= now
+            if header_size >= max_size:
+                break  # start_packet: no room for a header
+            # each short-header packet is a datagram of its own: the builder gives each the
+            # congestion window's room left after the packets before it (start_packet)
+            room = packet_room
+            flight_room = min(max_size, flight_left) - header_size - crypto.aead_tag_size
+            buf.seek(0)
+            handlers: list[tuple[Any, Any]] = []
+            ack_eliciting = False
+            stop = False
+            if ack_due:
+                # _write_ack_frame; an ACK is not in flight, so only the packet's room counts
+                if room < ACK_FRAME_CAPACITY:
+                    break
+                received_at = space.largest_received_time
+                assert received_at is not None  # an ACK is due: a packet was received
+                ack_delay = int((now - received_at) * 1000000)
+                buf.push_uint_var(QuicFrameType.ACK)
+                handlers.append((self._on_ack_delivery, (space, space.largest_received_packet)))
+                ranges = push_ack_frame(
+                    buf,
+                    space.ack_queue,
+                    ack_delay >> self._local_ack_delay_exponent,
+                    room - buf.tell(),
+                )
+                space.ack_at = None
+                # aioquic's ACK-of-ACK trigger: a PING now and then lets the peer acknowledge
+                # this ACK, so that the ranges it repeats can be dropped
+                if ranges > 1 and packet_number % 8 == 0:
+                    if room - buf.tell() < PING_FRAME_CAPACITY or (
+                        flight_room - buf.tell() < PING_FRAME_CAPACITY
+                    ):
+                        stop = True  # the builder stops the whole pass, this packet leaves
+                    else:
+                        buf.push_uint_var(QuicFrameType.PING)
+                        handlers.append((self._on_ping_delivery, ((),)))
+                        ack_eliciting = True
+            while pending and not stop:
+                # _write_datagram_frame (ours): a DATAGRAM waits for the pacer
+                if paced and pacer.next_send_time(now=now) is not None:
+                    break
+                data = pending[0]
+                length = len(data)
+                needed = 1 + size_uint_var(length) + length
+                if not buf.tell():
+                    # leave room for the padding that lets header protection sample enough
+                    needed = max(needed, PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE)
+                used = buf.tell()
+                if room - used < needed or flight_room - used < needed:
+                    break
+                buf.push_uint_var(QuicFrameType.DATAGRAM_WITH_LENGTH)
+                buf.push_uint_var(length)
+                buf.push_bytes(data)
+                ack_eliciting = True
+                pending.popleft()
+                token = tokens.popleft() if tokens else None
+                if token is not None:
+                    handlers.append((self._on_datagram_fate, (token,)))
+            payload_size = buf.tell()
+            if not payload_size:
+                break  # an empty packet is cancelled, and ends the pass
+            if not stop:
+                pacer.update_after_send(now=now)
+            # _end_packet: PADDING up to the header protection sample (RFC 9001 §5.4.2)
+            in_flight = ack_eliciting
+            padding = PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE - payload_size
+            if padding > 0:
+                buf.push_bytes(bytes(padding))
+                in_flight = True
+            first_byte = (
+                PACKET_FIXED_BIT
+                | (self._spin_bit << 5)
+                | (crypto.key_phase << 2)
+                | (PACKET_NUMBER_SEND_SIZE - 1)
+            )
+            header = bytes((first_byte,)) + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
+            datagram = crypto.encrypt_packet(header, buf.data, packet_number)
+            packets.append(
+                QuicSentPacket(
+                    epoch=tls.Epoch.ONE_RTT,
+                    in_flight=in_flight,
+                    is_ack_eliciting=ack_eliciting,
+                    is_crypto_packet=False,
+                    packet_number=packet_number,
+                    packet_type=QuicPacketType.ONE_RTT,
+                    sent_bytes=len(datagram),
+                    delivery_handlers=handlers,
+                )
+            )
+            datagrams.append(datagram)
+            if in_flight:
+                flight_left -= len(datagram)
+            packet_number += 1
+            if stop:
+                break
+        # _flush_builder
+        if not datagrams:
+            return []
+        self._packet_number = packet_number
+        for packet in packets:
+            packet.sent_time = now
+            loss.on_packet_sent(packet=packet, space=space)
+            # restart the idle timer on the first ack-eliciting packet sent since the last
+            # one received (RFC 9000 §10.1)
+            if packet.is_ack_eliciting and not self._ack_eliciting_sent_since_receipt:
+                self._close_at = now + self._idle_timeout()
+                self._ack_eliciting_sent_since_receipt = True
+        addr = network_path.addr
+        network_path.bytes_sent += sum(len(datagram) for datagram in datagrams)
+        return [(datagram, addr) for datagram in datagrams]
+
+    def _receive_short_packet(self, data: bytes, addr: NetworkAddress, now: float) -> bool:
+        """aioquic's receive_datagram for the common case, a datagram holding one 1-RTT
+        packet from the active path to the connection ID in use, once the handshake is
+        confirmed; the same steps without the checks that only other packets need (long
+        headers, versions, retry, handshake keys, logging). False: not that case, nothing
+        done (the generic path takes it)."""
+        if self._quic_logger is not None or self._state is not QuicConnectionState.CONNECTED:
+            return False
+        cid_length = len(self.host_cid)
+        if (
+            not self._handshake_confirmed
+            or len(data) <= cid_length
+            or data[0] & 0xC0 != PACKET_FIXED_BIT  # a long header, or no fixed bit
+            or not self._network_paths
+        ):
+            return False
+        network_path = self._network_paths[0]
+        host_cid = data[1 : 1 + cid_length]
+        if (
+            network_path.addr != addr
+            or not network_path.is_validated
+            or host_cid != self.host_cid
+            or cid_length != self._configuration.connection_id_length
+            or self._peer_cid.sequence_number is None
+        ):
+            return False
+        # aioquic takes a packet only for a connection ID it still has: the peer may have
+        # retired the one a client uses (a client never switches on receipt)
+        for connection_id in self._host_cids:
+            if connection_id.cid == host_cid:
+                break
+        else:
+            return False
+        one_rtt = self._one_rtt()
+        if one_rtt is None or not one_rtt.crypto.recv.is_valid():
+            return False
+        crypto, space = one_rtt.crypto, one_rtt.space
+        if self._close_at is None:
+            self._close_at = now + self._idle_timeout()
+        try:
+            plain_header, plain_payload, packet_number = crypto.decrypt_packet(
+                data, 1 + cid_length, space.expected_packet_number
+            )
+        except CryptoError:
+            return True  # dropped, as aioquic drops it
+        # RFC 9000 §12.3: duplicates are discarded
+        if packet_number in space.received_packets:
+            return True
+        if plain_header[0] & 0x18:  # reserved bits (RFC 9000 §17.3.1)
+            self.close(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=QuicFrameType.PADDING,
+                reason_phrase="Reserved bits must be zero",
+            )
+            return True
+        if packet_number > space.expected_packet_number:
+            space.expected_packet_number = packet_number + 1
+        # a server drops its 0-RTT keys on the first 1-RTT packet (RFC 9001 §4.9.3)
+        if not self._is_client and one_rtt.zero_rtt.recv.is_valid():
+            one_rtt.zero_rtt.recv.teardown()
+        if packet_number > self._spin_highest_pn:
+            spin_bit = bool(plain_header[0] & PACKET_SPIN_BIT)
+            self._spin_bit = not spin_bit if self._is_client else spin_bit
+            self._spin_highest_pn = packet_number
+        context = QuicReceiveContext(
+            epoch=tls.Epoch.ONE_RTT,
+            host_cid=host_cid,
+            network_path=network_path,
+            quic_logger_frames=None,
+            time=now,
+            version=None,
+        )
+        try:
+            is_ack_eliciting, is_probing = self._payload_received(context, plain_payload)
+        except QuicConnectionError as exc:
+            self._logger.warning(exc)
+            self.close(
+                error_code=exc.error_code,
+                frame_type=exc.frame_type,
+                reason_phrase=exc.reason_phrase,
+            )
+        if self._state in END_STATES or self._close_pending:
+            return True
+        self._close_at = now + self._idle_timeout()
+        self._ack_eliciting_sent_since_receipt = False
+        # The frames may have changed the paths (a PATH_RESPONSE moves a client to the
+        # server's preferred address) or the connection ID in use: the rest of aioquic's
+        # steps, as it takes them.
+        if not self._is_client and not is_probing and host_cid != self.host_cid:
+            self.host_cid = host_cid
+            if network_path.peer_cid is None:
+                self.change_connection_id()
+        if network_path not in self._network_paths:
+            self._add_network_path(network_path)
+        index = self._network_paths.index(network_path)
+        if (
+            not self._is_client
+            and index
+            and not is_probing
+            and packet_number > space.largest_received_packet
+        ):
+            self._network_paths.pop(index)
+            self._network_paths.insert(0, network_path)
+            if network_path.peer_cid is not None:
+                self._use_reserved_peer_cid(network_path)
+            if not network_path.is_validated:
+                network_path.local_challenge_sent = False
+                network_path.validation_deadline = None
+        # record the packet as received
+        if not space.discarded:
+            if packet_number > space.largest_received_packet:
+                space.largest_received_packet = packet_number
+                space.largest_received_time = now
+            space.ack_queue.add(packet_number)
+            space.received_packets.add(packet_number)
+            # RFC 9000 §13.2.3: the oldest ACK range goes, its packets count as duplicates
+            if len(space.ack_queue) > MAX_ACK_RANGES:
+                space.ack_queue.shift()
+            if is_ack_eliciting and space.ack_at is None:
+                space.ack_at = now + self._ack_delay
+        return True
+
+    def _payload_received(
+        self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        """aioquic's frame loop, with DATAGRAM frames handled in it (its
+        _handle_datagram_frame's steps) and no epoch check for the frames every 1-RTT packet
+        may hold; any other frame goes to aioquic's own handler, with aioquic's checks."""
+        if (
+            context.epoch is not tls.Epoch.ONE_RTT
+            or crypto_frame_required
+            or context.quic_logger_frames is not None
+            or not self.fast_datagram_path
+        ):
+            return super()._payload_received(
+                context, plain, crypto_frame_required=crypto_frame_required
+            )
+        buf = Buffer(data=plain)
+        frame_handlers = self._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+        max_frame_size = self._configuration.max_datagram_frame_size
+        received = self._events
+        frame_found = False
+        is_ack_eliciting = False
+        is_probing: bool | None = None
+        while not buf.eof():
+            try:
+                frame_type = buf.pull_uint_var()
+            except BufferReadError as exc:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                    frame_type=None,  # type: ignore[arg-type]  # as aioquic's loop
+                    reason_phrase="Malformed frame type",
+                ) from exc
+            frame_found = True
+            if frame_type == QuicFrameType.DATAGRAM_WITH_LENGTH or (
+                frame_type == QuicFrameType.DATAGRAM
+            ):
+                start = buf.tell()
+                try:
+                    if frame_type == QuicFrameType.DATAGRAM_WITH_LENGTH:
+                        length = buf.pull_uint_var()
+                    else:
+                        length = buf.capacity - start
+                    data = buf.pull_bytes(length)
+                except BufferReadError as exc:
+                    raise QuicConnectionError(
+                        error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                        frame_type=frame_type,
+                        reason_phrase="Failed to parse frame",
+                    ) from exc
+                # RFC 9221 §3: only if we announced max_datagram_frame_size, and within it
+                if max_frame_size is None or buf.tell() - start >= max_frame_size:
+                    raise QuicConnectionError(
+                        error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                        frame_type=frame_type,
+                        reason_phrase="Unexpected DATAGRAM frame",
+                    )
+                received.append(events.DatagramFrameReceived(data=data))
+                is_ack_eliciting = True
+                is_probing = False
+                continue
+            try:
+                frame_handler, frame_epochs = frame_handlers[frame_type]
+            except KeyError as exc:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                    frame_type=frame_type,
+                    reason_phrase="Unknown frame type",
+                ) from exc
+            if frame_type not in ONE_RTT_FRAME_TYPES and context.epoch not in frame_epochs:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                    frame_type=frame_type,
+                    reason_phrase="Unexpected frame type",
+                )
+            try:
+                frame_handler(context, frame_type, buf)
+            except BufferReadError as exc:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                    frame_type=frame_type,
+                    reason_phrase="Failed to parse frame",
+                ) from exc
+            except StreamFinishedError:
+                pass  # we lack the state for the stream, ignore the frame
+            if frame_type not in NON_ACK_ELICITING_FRAME_TYPES:
+                is_ack_eliciting = True
+            if frame_type not in PROBING_FRAME_TYPES:
+                is_probing = False
+            elif is_probing is None:
+                is_probing = True
+        if not frame_found:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=QuicFrameType.PADDING,
+                reason_phrase="Packet contains no frames",
+            )
+        return is_ack_eliciting, bool(is_probing)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -680,6 +1264,8 @@ class TunnelQuicConnection(QuicConnection):
                 )
                 self._close_end()
                 return
+        if self.fast_datagram_path and self._receive_short_packet(data, addr, now):
+            return  # a 1-RTT packet on the active path: no migration in it
         before = self._network_paths[0].addr if self._network_paths else None
         super().receive_datagram(data, addr, now)
         # A server learns of a migration when aioquic promotes the client's new address
@@ -778,14 +1364,9 @@ class TunnelQuicConnection(QuicConnection):
         stream_id = stream.stream_id
         if stream_id is None or not stream.max_stream_data_local:
             return  # a unidirectional stream of ours: nothing to receive
-        if not stream_is_unidirectional(stream_id) and not stream.receiver.is_finished:
-            window = self._tunnel_stream_window
-            held = self._tunnel_backlog.get(stream_id, 0)
-            target = stream.receiver.starting_offset() - held + window
-            # Grant in steps of a quarter window: one MAX_STREAM_DATA per ~window/4 consumed,
-            # not one in every packet. Credit never shrinks (RFC 9000 §4.1).
-            if target - stream.max_stream_data_local >= window // 4:
-                stream.max_stream_data_local = target
+        target = self._stream_credit_raise(stream)
+        if target is not None:
+            stream.max_stream_data_local = target
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -803,7 +1384,31 @@ class TunnelQuicConnection(QuicConnection):
                     )
                 )
 
-    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+    def _stream_credit_raise(self, stream: QuicStream) -> int | None:
+        """The stream's new receive credit if a raise is due now, else None (a bidirectional
+        stream still receiving; see set_stream_backlog)."""
+        stream_id = stream.stream_id
+        if stream_id is None or stream_is_unidirectional(stream_id) or stream.receiver.is_finished:
+            return None
+        window = self._tunnel_stream_window
+        held = self._tunnel_backlog.get(stream_id, 0)
+        target = stream.receiver.starting_offset() - held + window
+        # Grant in steps of a quarter window: one MAX_STREAM_DATA per ~window/4 consumed,
+        # not one in every packet. Credit never shrinks (RFC 9000 §4.1).
+        if target - stream.max_stream_data_local >= window // 4:
+            return int(target)
+        return None
+
+    def _stream_limit_due(self, stream: QuicStream) -> bool:
+        """Whether _write_stream_limits would write a MAX_STREAM_DATA for the stream now."""
+        if stream.stream_id is None or not stream.max_stream_data_local:
+            return False
+        if self._stream_credit_raise(stream) is not None:
+            return True
+        return bool(stream.max_stream_data_local_sent != stream.max_stream_data_local)
+
+    def _connection_credit_raise(self) -> int | None:
+        """The connection's new receive credit (MAX_DATA) if a raise is due now, else None."""
         max_data = self._local_max_data
         window = self._tunnel_connection_window
         step = window // 4  # as for streams: one MAX_DATA per ~window/4 consumed
@@ -812,7 +1417,27 @@ class TunnelQuicConnection(QuicConnection):
         if max_data.used + window - max_data.value >= step:
             target = max_data.used - self.unconsumed_bytes() + window
             if target - max_data.value >= step:
-                max_data.value = target
+                return int(target)
+        return None
+
+    def _connection_limits_due(self) -> bool:
+        """Whether _write_connection_limits would write MAX_DATA or MAX_STREAMS now (the same
+        rules as aioquic's, which it calls with `used` hidden from MAX_DATA's doubling)."""
+        if self._connection_credit_raise() is not None:
+            return True
+        max_data = self._local_max_data
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # aioquic batches MAX_STREAMS
+            if limit.value != limit.sent:
+                return True
+        return False
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+        max_data = self._local_max_data
+        target = self._connection_credit_raise()
+        if target is not None:
+            max_data.value = target
         # aioquic's method then sends MAX_DATA / MAX_STREAMS as needed, but first doubles
         # MAX_DATA when used * 2 > value: it must not see `used`.
         used, max_data.used = max_data.used, 0

@@ -1,0 +1,195 @@
+"""CPU per DATAGRAM of the outer QUIC connection, aioquic's generic path against the fast path.
+
+    .venv/bin/python -m experiments.bench_datagram_path [--runs N] [--datagrams N] [--size B]
+        [--batch N] [--step S] [--cc reno|cubic|bbr|none] [--replies N] [--profile]
+
+Offline, in memory, no sockets: a client and a concentrator TunnelQuicConnection (1452-byte
+QUIC packets, as the programs use) after their handshake, a fake clock that moves `--step`
+seconds per round, every datagram delivered at once. Each round the client queues `--batch`
+DATAGRAMs of `--size` bytes (a tunnelled IP packet each) and sends what its congestion window
+and pacer let out; the concentrator receives them and answers with its ACKs; timers fire when
+due. The CPU time (time.process_time) of those calls — building, protecting, parsing and loss
+recovery on both ends — is divided by the datagrams delivered: µs of CPU per datagram sent and
+received, the two programs' QUIC share of a tunnel packet together. With `--replies N` the
+concentrator answers every N datagrams with a 60-byte one (an inner TCP ACK, roughly): packets
+both ways then carry DATAGRAM and ACK frames together, as in a tunnelled TCP transfer; the
+replies count as datagrams.
+
+Each run measures both paths (tunnel.protocol.quic_ext.FAST_DATAGRAM_PATH off, then on, in
+alternating order so that a noisy neighbour hits both alike); the figures are the median and
+the spread (min-max) over `--runs`. `--profile` prints cProfile's top functions of one run of
+each path instead. Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+from aioquic.quic.events import DatagramFrameReceived
+
+from tunnel.protocol import quic_ext
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, TunnelQuicConnection
+
+CLIENT_ADDR = ("10.0.0.2", 40000)
+SERVER_ADDR = ("10.0.0.1", 4433)
+HANDSHAKE_SECONDS = 1.0
+
+
+REPLY = bytes(60)  # a TCP ACK with timestamps in an IPv6 packet, roughly
+
+
+@dataclass
+class Pair:
+    client: TunnelQuicConnection
+    server: TunnelQuicConnection
+    now: float = 1000.0
+    received: int = 0
+    replies_every: int = 0  # the server sends REPLY for every this many received (0: none)
+    replied: int = 0
+
+
+def _pump(pair: Pair) -> None:
+    """Deliver everything both ends have to send at `now`, until both are quiet, firing due
+    timers; count the DATAGRAMs the server received."""
+    client, server, now = pair.client, pair.server, pair.now
+    for _ in range(100):
+        busy = False
+        for sender, receiver, addr in (
+            (client, server, CLIENT_ADDR),
+            (server, client, SERVER_ADDR),
+        ):
+            timer = sender.get_timer()
+            if timer is not None and timer <= now:
+                sender.handle_timer(now=now)
+            for data, _ in sender.datagrams_to_send(now=now):
+                receiver.receive_datagram(data, addr, now=now)
+                busy = True
+        while (event := server.next_event()) is not None:
+            if isinstance(event, DatagramFrameReceived):
+                pair.received += 1
+                if pair.replies_every and pair.received % pair.replies_every == 0:
+                    server.send_datagram_frame(REPLY)
+                    pair.replied += 1
+                    busy = True
+        while client.next_event() is not None:
+            pass
+        if not busy:
+            return
+
+
+def connected_pair(cc: str) -> Pair:
+    from tests.unit.quic_harness import make_configs
+
+    client_config, server_config = make_configs(["qt"], max_datagram_size=MAX_DATAGRAM_SIZE)
+    rate = 1e9 if cc == "none" else None  # bytes/s: never the limit here
+    client_config.congestion_control_algorithm = cc
+    server_config.congestion_control_algorithm = cc
+    client = TunnelQuicConnection(configuration=client_config, pacing_rate=rate)
+    server = TunnelQuicConnection(
+        configuration=server_config,
+        original_destination_connection_id=client.original_destination_connection_id,
+        pacing_rate=rate,
+    )
+    pair = Pair(client, server)
+    client.connect(SERVER_ADDR, now=pair.now)
+    end = pair.now + HANDSHAKE_SECONDS
+    while pair.now < end:
+        _pump(pair)
+        pair.now += 0.001
+    if not (client._handshake_confirmed and server._handshake_confirmed):
+        raise RuntimeError("the in-memory handshake did not complete")
+    return pair
+
+
+def one_run(
+    *, fast: bool, datagrams: int, size: int, batch: int, step: float, cc: str, replies: int
+) -> tuple[float, int]:
+    """CPU seconds and datagrams delivered for `datagrams` sent client -> server (and the
+    replies, which count as datagrams too)."""
+    quic_ext.FAST_DATAGRAM_PATH = fast
+    pair = connected_pair(cc)
+    pair.replies_every = replies
+    payload = bytes(size)
+    sent = 0
+    cpu = 0.0
+    for _ in range(datagrams * 10):  # bounded: the window and pacer let a batch out per round
+        if sent >= datagrams and not pair.client._datagrams_pending:
+            break
+        while sent < datagrams and len(pair.client._datagrams_pending) < batch:
+            pair.client.send_datagram_frame(payload)
+            sent += 1
+        start = time.process_time()
+        _pump(pair)
+        cpu += time.process_time() - start
+        pair.now += step
+    start = time.process_time()
+    _pump(pair)
+    cpu += time.process_time() - start
+    return cpu, pair.received + pair.replied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--datagrams", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=1400, help="DATAGRAM payload, bytes")
+    parser.add_argument("--batch", type=int, default=32, help="datagrams queued per round")
+    parser.add_argument("--step", type=float, default=0.0005, help="fake seconds per round")
+    parser.add_argument("--cc", default="reno", choices=("reno", "cubic", "bbr", "none"))
+    parser.add_argument(
+        "--replies",
+        type=int,
+        default=0,
+        help="the concentrator answers every N datagrams with a 60-byte one (0: never)",
+    )
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    params = dict(
+        datagrams=args.datagrams,
+        size=args.size,
+        batch=args.batch,
+        step=args.step,
+        cc=args.cc,
+        replies=args.replies,
+    )
+    if args.profile:
+        for fast in (False, True):
+            profiler = cProfile.Profile()
+            profiler.enable()
+            one_run(fast=fast, **params)
+            profiler.disable()
+            print(f"== {'fast' if fast else 'generic'} path ==")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return 0
+    figures: dict[bool, list[float]] = {False: [], True: []}
+    for run in range(args.runs):
+        for fast in (False, True) if run % 2 == 0 else (True, False):
+            cpu, received = one_run(fast=fast, **params)
+            if received < args.datagrams:
+                print(f"only {received} of {args.datagrams} datagrams arrived", file=sys.stderr)
+                return 1
+            figures[fast].append(cpu / received * 1e6)
+    answered = f", a {len(REPLY)}-byte reply per {args.replies}" if args.replies else ""
+    print(
+        f"{args.datagrams} datagrams of {args.size} B per run{answered}, {args.runs} runs, "
+        f"cc {args.cc}: µs of CPU per datagram sent and received (both ends)"
+    )
+    for fast, name in ((False, "generic"), (True, "fast")):
+        values = figures[fast]
+        print(
+            f"  {name:8} median {statistics.median(values):6.1f}  "
+            f"min {min(values):6.1f}  max {max(values):6.1f}"
+        )
+    gain = 1 - statistics.median(figures[True]) / statistics.median(figures[False])
+    print(f"  fast path saves {gain:.0%} of the median")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
