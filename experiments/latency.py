@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from experiments import variants
 from experiments.flows import Flow, cpu_columns, flow_error, run_flow
@@ -103,39 +100,18 @@ def points(params: Params) -> list[Point]:
     ]
 
 
-@contextlib.contextmanager
-def session(params: Params) -> Iterator[Context[LatencyState]]:
+def session(params: Params) -> contextlib.AbstractContextManager[Context[LatencyState]]:
     link = LinkProfile(
         delay_ms=float(params["rtt_ms"]) / 2,
         rate_mbit=float(params["rate_mbit"]),
         queue_packets=int(params["queue_packets"]),
     )
-    with (
-        tempfile.TemporaryDirectory(prefix="qex-latency-") as tmp,
-        Lab(
-            "reference", backend=str(params["backend"]), profiles={"wifi": link, "5g": link}
-        ) as lab,
-    ):
-        extra_meta: dict[str, Any] = {}
-        modes = Modes(lab, Path(tmp), extra_meta)
-        ctx = Context(params, LatencyState(lab, Path(tmp), modes))
-        ctx.extra_meta = extra_meta
-        ctx.backend = str(lab.backend)
-        variants.wifi_only(lab, ctx, bool(params["verify_fidelity"]))
-        for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):
-            lab.set_congestion_control(node, str(params["cc"]))
-        extra_meta.update(
-            {
-                "topology": "reference (5G access down), as the goodput experiment",
-                "pinged": "conc (plain, WireGuard) or srv1 (qtun modes), from c1",
-                "load": "tcp: one bulk TCP flow to c1 from the same far end",
-                "lab": lab.describe(),
-            }
-        )
-        try:
-            yield ctx
-        finally:
-            modes.stop()
+    meta = {
+        "topology": "reference (5G access down), as the goodput experiment",
+        "pinged": "conc (plain, WireGuard) or srv1 (qtun modes), from c1",
+        "load": "tcp: one bulk TCP flow to c1 from the same far end",
+    }
+    return variants.wifi_only_session(params, link, "latency", LatencyState, meta)
 
 
 def rtt_columns(rtts: list[float], pings: int) -> Row:

@@ -339,6 +339,19 @@ def tcp_recv(
 
 
 # -- UDP constant bit rate --------------------------------------------------------------------
+def wait_for_request(sock: socket.socket, deadline: float) -> Any:
+    """The address of the receiver that sent REQUEST to `sock` (where to send), or None when
+    none asked within the connect window (or before `deadline`, at least 1 s)."""
+    sock.settimeout(max(1.0, min(CONNECT_WINDOW_S, deadline - time.monotonic())))
+    try:
+        while True:
+            data, peer = sock.recvfrom(2048)
+            if data == REQUEST:
+                return peer
+    except TimeoutError:
+        return None
+
+
 def udp_send(
     bind: str, port: int, start_at: float, duration: float, rate_mbit: float, size: int
 ) -> dict[str, Any]:
@@ -347,13 +360,8 @@ def udp_send(
     report: dict[str, Any] = {"sent": 0, "send_errors": 0, "error": None}
     with socket.socket(_family(bind), socket.SOCK_DGRAM) as sock:
         sock.bind((bind, port))
-        sock.settimeout(max(1.0, min(CONNECT_WINDOW_S, deadline - time.monotonic())))
-        try:
-            while True:
-                data, peer = sock.recvfrom(2048)
-                if data == REQUEST:
-                    break
-        except TimeoutError:
+        peer = wait_for_request(sock, deadline)
+        if peer is None:
             report["error"] = "no receiver asked"
             return report
         sock.setblocking(False)

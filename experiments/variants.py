@@ -72,16 +72,18 @@ import ipaddress
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from experiments.runner import Context, ExperimentError
+from experiments.runner import Context, ExperimentError, Params
 from testbed.fidelity import require_fidelity, verify_link
 from testbed.hosts import HostProcess, wait_in_log
 from testbed.lab import Lab, LabError
+from testbed.profiles import LinkProfile
 from testbed.qtun import QTUN_PORT, QtunDeployment, TunnelSpec
 from testbed.topologies import ACCESSES, CONCENTRATOR_V4, SERVERS_V4, Access, Plan
 from tunnel.config_schema import unknown_settings
@@ -677,6 +679,43 @@ def wifi_only(lab: Lab, ctx: Context[Any], verify: bool, require: bool = True) -
         if require:
             require_fidelity(rows)
     lab.access_down("5g", CLIENT)
+
+
+S = TypeVar("S")
+
+
+@contextlib.contextmanager
+def wifi_only_session(
+    params: Params,
+    link: LinkProfile,
+    name: str,
+    state: Callable[[Lab, Path, Modes], S],
+    meta: Mapping[str, Any],
+) -> Iterator[Context[S]]:
+    """The session of the latency and workload experiments: the reference lab with `link` on
+    both accesses, WiFi checked (`verify_fidelity`) and 5G down (wifi_only), the TCP congestion
+    control `params["cc"]` on c1, conc and srv1, one Modes whose mode is stopped at the end.
+    `state(lab, workdir, modes)` makes the experiment's state; `meta` joins meta.json with the
+    lab's description."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"qex-{name}-") as tmp,
+        Lab(
+            "reference", backend=str(params["backend"]), profiles={"wifi": link, "5g": link}
+        ) as lab,
+    ):
+        extra_meta: dict[str, Any] = {}
+        modes = Modes(lab, Path(tmp), extra_meta)
+        ctx = Context(params, state(lab, Path(tmp), modes))
+        ctx.extra_meta = extra_meta
+        ctx.backend = str(lab.backend)
+        wifi_only(lab, ctx, bool(params["verify_fidelity"]))
+        for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):
+            lab.set_congestion_control(node, str(params["cc"]))
+        extra_meta.update({**meta, "lab": lab.describe()})
+        try:
+            yield ctx
+        finally:
+            modes.stop()
 
 
 class Modes:

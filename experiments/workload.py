@@ -34,9 +34,8 @@ import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,38 +142,17 @@ def points(params: Params) -> list[Point]:
     ]
 
 
-@contextlib.contextmanager
-def session(params: Params) -> Iterator[Context[WorkloadState]]:
+def session(params: Params) -> contextlib.AbstractContextManager[Context[WorkloadState]]:
     link = profile(str(params["access_profile"]))
-    with (
-        tempfile.TemporaryDirectory(prefix="qex-workload-") as tmp,
-        Lab(
-            "reference", backend=str(params["backend"]), profiles={"wifi": link, "5g": link}
-        ) as lab,
-    ):
-        extra_meta: dict[str, Any] = {}
-        modes = Modes(lab, Path(tmp), extra_meta)
-        ctx = Context(params, WorkloadState(lab, Path(tmp), modes))
-        ctx.extra_meta = extra_meta
-        ctx.backend = str(lab.backend)
-        variants.wifi_only(lab, ctx, bool(params["verify_fidelity"]))
-        for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):
-            lab.set_congestion_control(node, str(params["cc"]))
-        extra_meta.update(
-            {
-                "topology": "reference (5G access down), as the latency experiment",
-                "access_link": link.as_dict(),
-                "sender": "conc (plain, WireGuard) or srv1 (qtun modes), to c1",
-                "voip": "G.711-like, 20 ms, 172 B UDP payload (RTP + 160 B), E-model per "
-                "experiments/voice_quality.py",
-                "web_sizes": "SURGE lognormal body + Pareto tail, experiments/web_mix.py",
-                "lab": lab.describe(),
-            }
-        )
-        try:
-            yield ctx
-        finally:
-            modes.stop()
+    meta = {
+        "topology": "reference (5G access down), as the latency experiment",
+        "access_link": link.as_dict(),
+        "sender": "conc (plain, WireGuard) or srv1 (qtun modes), to c1",
+        "voip": "G.711-like, 20 ms, 172 B UDP payload (RTP + 160 B), E-model per "
+        "experiments/voice_quality.py",
+        "web_sizes": "SURGE lognormal body + Pareto tail, experiments/web_mix.py",
+    }
+    return variants.wifi_only_session(params, link, "workload", WorkloadState, meta)
 
 
 def _tool(*args: str) -> list[str]:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.soak_traffic import transfer
-from experiments.traffic import CONNECT_WINDOW_S, GRACE_S, REQUEST
+from experiments.traffic import GRACE_S, REQUEST, wait_for_request
 from experiments.voice_quality import PACKET_INTERVAL_MS, PAYLOAD_BYTES
 from experiments.web_mix import DEFAULT_MAX_BYTES, object_sizes
 
@@ -88,13 +88,8 @@ def voip_send(bind: str, port: int, start_at: float, duration: float, calls: int
     period = PACKET_INTERVAL_MS / 1000
     with socket.socket(_family(bind), socket.SOCK_DGRAM) as sock:
         sock.bind((bind, port))
-        sock.settimeout(max(1.0, min(CONNECT_WINDOW_S, deadline - time.monotonic())))
-        try:
-            while True:
-                data, peer = sock.recvfrom(2048)
-                if data == REQUEST:
-                    break
-        except TimeoutError:
+        peer = wait_for_request(sock, deadline)
+        if peer is None:
             report["error"] = "no receiver asked"
             return report
         sock.setblocking(False)
