@@ -339,6 +339,18 @@ def tcp_recv(
 
 
 # -- UDP constant bit rate --------------------------------------------------------------------
+def write_result(result: dict[str, Any], out: Path | None) -> None:
+    """A tool's JSON report: into `out` whole (written beside it, then renamed, so a reader
+    never sees half of it), or on stdout without one."""
+    text = json.dumps(result)
+    if out is None:
+        print(text)
+        return
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+
+
 def wait_for_request(sock: socket.socket, deadline: float) -> Any:
     """The address of the receiver that sent REQUEST to `sock` (where to send), or None when
     none asked within the connect window (or before `deadline`, at least 1 s)."""
@@ -491,13 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         result = udp_recv(
             args.dst, args.port, args.start_at, args.duration, args.interval, args.src
         ).to_json()
-    text = json.dumps(result)
-    if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
-    else:
-        print(text)
+    write_result(result, args.out)
     return 0
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import socket
 import struct
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.soak_traffic import transfer
-from experiments.traffic import GRACE_S, REQUEST, wait_for_request
+from experiments.traffic import GRACE_S, REQUEST, wait_for_request, write_result
 from experiments.voice_quality import PACKET_INTERVAL_MS, PAYLOAD_BYTES
 from experiments.web_mix import DEFAULT_MAX_BYTES, object_sizes
 
@@ -251,13 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             return _usage(f"--parallel must be 1..{MAX_PARALLEL} and --count 0..100000.")
         sizes = object_sizes(args.seed, args.count, args.max_bytes)
         result = web_fetch(args.dst, args.port, args.start_at, args.duration, sizes, args.parallel)
-    text = json.dumps(result)
-    if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
-    else:
-        print(text)
+    write_result(result, args.out)
     return 0
 
 
