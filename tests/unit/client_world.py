@@ -20,7 +20,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
 
-from tests.unit.quic_harness import FakeClock, make_configs
+from tests.unit.quic_harness import STALE_TIMER_STEP, FakeClock, make_configs
 from tunnel.agents.access_health import LinkState
 from tunnel.agents.client import (
     Action,
@@ -530,6 +530,10 @@ class World:
 
     def _settle(self) -> None:
         now = self.now
+        # A QUIC timer is handled once per instant: aioquic's loss time (sent_time + loss_delay)
+        # can round to `now` while `now - loss_delay` rounds just below sent_time, so handling
+        # it again at the same instant changes nothing; a real clock has moved on by then.
+        handled: set[tuple[int, float]] = set()
         for _ in range(1000):
             busy = False
             for access in self.accesses.values():
@@ -547,7 +551,8 @@ class World:
                 server_active = conn.server_active and not conn.server_gone
                 for quic, active in ((conn.client, conn.open), (conn.server, server_active)):
                     timer = quic.get_timer() if active else None
-                    if timer is not None and timer <= now:
+                    if timer is not None and timer <= now and (id(quic), timer) not in handled:
+                        handled.add((id(quic), timer))
                         quic.handle_timer(now=now)
                         busy = True
                 busy = self._drain(conn) or busy
@@ -571,11 +576,14 @@ class World:
         times = [self.agent.get_timer(), self.server.get_timer()]
         for access in self.accesses.values():
             times += [access.up.next_arrival(), access.down.next_arrival()]
+        quic_timers = []
         for conn in self.conns:
             if conn.open:
-                times.append(conn.client.get_timer())
+                quic_timers.append(conn.client.get_timer())
             if conn.server_active and not conn.server_gone:
-                times.append(conn.server.get_timer())
+                quic_timers.append(conn.server.get_timer())
+        # one handled at this instant already (see _settle): the next microsecond
+        times += [max(t, self.now + STALE_TIMER_STEP) for t in quic_timers if t is not None]
         return min((t for t in times if t is not None), default=None)
 
 

@@ -203,6 +203,36 @@ def test_tunnel_mode_validates_the_standby_access_so_a_migration_sends_at_once(
     assert set(traffic.delivered_down()) == set(traffic.down)
 
 
+def test_a_receive_only_tunnel_mode_client_sees_a_blackhole_from_its_own_ack_silence(
+    lab_certs: FilePath,
+) -> None:
+    """Tunnel mode, a download only (the client sends nothing but ACKs): the client keeps a
+    PING in flight once per round trip (RFC 9000 §13.2.4), so a WiFi blackhole shows as ACK
+    silence and the client moves the connection to 5G within about a probe timeout — not at
+    its next liveness PING, which here would come only 2 s later."""
+    world, core = core_world(
+        lab_certs,
+        mode="tunnel",
+        settings=["limits.probe_interval=2"],
+        delays={"wifi": 0.005, "5g": 0.010},
+    )
+    traffic = Traffic(world, core)
+    for n in range(100):  # 0.5 s of downlink only
+        traffic.down.append(down(n))
+        core.from_tun([traffic.down[-1]], world.now)
+        world.run(0.005)
+    world.blackhole("wifi", True)
+    blackholed = world.now
+    for n in range(100, 200):
+        traffic.down.append(down(n))
+        core.from_tun([traffic.down[-1]], world.now)
+        world.run(0.005)
+    assert [m.target.name for m in world.of(Migrate)] == ["5g"]
+    assert world.times_of(Migrate)[0] - blackholed < 0.5
+    world.run(0.5)
+    assert set(traffic.delivered_down()) == set(traffic.down)
+
+
 @pytest.mark.parametrize("switch", ["limits.reinjection=false", "limits.duplication=false"])
 def test_each_mechanism_can_be_switched_off(lab_certs: FilePath, switch: str) -> None:
     """The ablation switches, at both ends: without reinjection nothing stranded is re-sent

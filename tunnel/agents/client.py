@@ -221,6 +221,9 @@ class Path:
     refusal: ControlErrorCode | int | None = None  # session mode: the join's RESET_STREAM code
     # the failure detector of the path the connection runs over (issue 12); None: off
     monitor: PathMonitor | None = None
+    # tunnel mode: before this, received packets need no PING to keep the path answerable
+    # (ClientAgent.keep_answerable)
+    answerable_at: float = 0.0
     # limits.zero_rtt (README "0-RTT"): the session ticket presented, and whether its Join
     # Session went in 0-RTT
     session_ticket: SessionTicket | None = None
@@ -653,6 +656,7 @@ class _TunnelMode:
 
     def received(self, path: Path, event: PacketReceived, now: float) -> None:
         self.agent.deliver((event.packet,))
+        self.agent.keep_answerable(path, now)
 
     def stream_carrier(self) -> Path | None:
         path = self.path
@@ -1669,6 +1673,26 @@ class ClientAgent:
         path.tunnel.quic.send_ping(uid)
         path.probe.sent(uid, now)
         self.transmit(path)
+
+    def keep_answerable(self, path: Path, now: float) -> None:
+        """Tunnel mode, while packets arrive: keep something ack-eliciting in flight on the path,
+        one PING per smoothed RTT at most, so that a blackhole shows as ACK silence here too.
+
+        A client that only receives (a download, a UDP stream) sends nothing but ACKs, which
+        are not acknowledged; its failure detector, which alone can move a tunnel-mode
+        connection (RFC 9000 §9: clients migrate), would then see the blackhole only at the
+        next liveness PING, up to a probe interval late. RFC 9000 §13.2.4 lets such an endpoint
+        send a PING "once per round trip" to elicit an ACK; it rides with an ACK that leaves
+        anyway, so the cost is a byte per RTT and the concentrator's ACK of it."""
+        tunnel = path.tunnel
+        if path.monitor is None or tunnel is None or now < path.answerable_at:
+            return
+        state = tunnel.ack_state()
+        if state is None:
+            return
+        path.answerable_at = now + (state.srtt if state.srtt is not None else state.probe_timeout)
+        if state.unanswered_since is None:
+            self._ping(path, now)
 
     def _dead_after(self, probe: LivenessProbe) -> float:
         return max(DEAD_AFTER_MISSES * probe.interval, 3 * probe.limit())
