@@ -133,8 +133,14 @@ class Access:
     up: Wire
     down: Wire
 
-    def cut(self, cut: bool) -> None:
+    def cut(self, cut: bool, flush: bool = False) -> None:
+        """Lose everything sent from now on (or no longer); `flush`: and what is in flight, as
+        a link-down does to the packets queued in its shaper and on its wire."""
         self.up.up = self.down.up = not cut
+        if cut and flush:
+            for wire in (self.up, self.down):
+                wire.lost += len(wire.in_flight)
+                wire.in_flight.clear()
 
     def shape(self, rate: float | None = None, loss: float = 0.0, seed: int = 1) -> None:
         """Both directions: a bottleneck of `rate` bytes/s and `loss` random loss."""
@@ -352,7 +358,7 @@ class World:
 
     def set_link(self, name: str, usable: bool) -> None:
         """The link goes down/up and the kernel tells the client (netlink)."""
-        self.accesses[name].cut(not usable)
+        self.accesses[name].cut(not usable, flush=True)
         self.agent.link_changed(name, LINK_UP if usable else LINK_DOWN, self.now)
         self._settle()
 
