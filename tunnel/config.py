@@ -205,10 +205,14 @@ QUEUE_AQM_DOC = (
     "at max_datagram_queue only"
 )
 QUEUE_AQM_CHOICES = ("codel", "off")
-QUEUE_DELAY_TARGET_DOC = "CoDel's target delay of the datagram queue (RFC 8289 §4.4)"
+QUEUE_DELAY_TARGET_DOC = (
+    "CoDel's target delay of the datagram queue (RFC 8289 §4.4); at least this, 5 % of the "
+    "interval on a long path"
+)
 QUEUE_DELAY_INTERVAL_DOC = (
     "CoDel's interval: how long the delay must stay above the target before a drop (RFC 8289 "
-    "§4.3: about a worst-case RTT)"
+    "§4.3: about a worst-case RTT); at least this, twice the outer path's minimum RTT on a "
+    "long path"
 )
 DUPLICATE_UP_TO_DOC = (
     "session mode (with duplication): packets of at most this size always go on two accesses "

@@ -84,3 +84,27 @@ def test_an_episode_long_after_the_last_starts_again_from_one() -> None:
 def test_a_target_not_below_its_interval_is_refused(target: float, interval: float) -> None:
     with pytest.raises(ValueError, match="target < interval"):
         CoDel(target, interval)
+
+
+def test_on_a_long_outer_path_the_interval_and_target_grow_with_its_rtt() -> None:
+    """RFC 8289 §4.3-§4.4 scaled to the path: a 100 ms outer RTT makes the interval 200 ms
+    and the target 10 ms; a 10 ms one leaves the configured 100 ms and 5 ms; no sample, no
+    change."""
+    codel = CoDel(TARGET, INTERVAL)
+    codel.fit_rtt(None)
+    assert (codel.target, codel.interval) == (TARGET, INTERVAL)
+    codel.fit_rtt(0.010)
+    assert (codel.target, codel.interval) == (TARGET, INTERVAL)
+    codel.fit_rtt(0.100)
+    assert (codel.target, codel.interval) == (pytest.approx(0.010), pytest.approx(0.200))
+    codel.fit_rtt(0.010)
+    assert (codel.target, codel.interval) == (TARGET, INTERVAL)
+
+
+def test_a_window_of_data_queued_for_less_than_a_long_paths_interval_is_not_dropped() -> None:
+    """An inner flow's slow-start burst on a 100 ms path: 20 ms of queue for 150 ms. The
+    fixed 100 ms interval drops from it; the one fitted to the path's RTT does not."""
+    fixed, fitted = CoDel(TARGET, INTERVAL), CoDel(TARGET, INTERVAL)
+    fitted.fit_rtt(0.100)
+    assert drop_times(fixed, 0.020, 1.0, 1.15, 0.001)
+    assert drop_times(fitted, 0.020, 1.0, 1.15, 0.001) == []

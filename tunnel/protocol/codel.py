@@ -31,6 +31,12 @@ DEFAULT_INTERVAL: Final = 0.1
 DEFAULT_TARGET: Final = 0.005
 """RFC 8289 §4.4: 5 ms, 5-10 % of the interval."""
 
+INTERVAL_PER_RTT: Final = 2.0
+"""The interval follows the outer path: at least this many times its minimum RTT (fit_rtt)."""
+
+TARGET_FRACTION: Final = 0.05
+"""RFC 8289 §4.4: the target is 5-10 % of the interval; the low end, as its 5 ms of 100 ms."""
+
 _COUNT_MEMORY: Final = 16
 """RFC 8289 §5.5 (the reference pseudocode): re-entering the dropping state within 16
 intervals of the last drop starts from the previous drop rate, not from 1."""
@@ -50,14 +56,33 @@ class CoDel:
             raise ValueError(
                 f"CoDel needs 0 < target < interval, got target {target} s, interval {interval} s"
             )
-        self.target = target
-        self.interval = interval
+        self.target = self.base_target = target
+        self.interval = self.base_interval = interval
         self.dropping = False
         self.drops = 0
         self._first_above: float | None = None  # when the delay may be called persistent
         self._drop_next = 0.0
         self._count = 0
         self._last_count = 0
+
+    def fit_rtt(self, min_rtt: float | None) -> None:
+        """Scale the interval and target to the outer path's minimum RTT (None: not measured).
+
+        RFC 8289 §4.3 sets the interval to "a worst-case RTT through the bottleneck" and its
+        100 ms assumes terrestrial paths. Every inner flow through this queue crosses the outer
+        path, so its RTT is at least that path's minimum, plus the rest of its way: with a
+        fixed 100 ms the queue called a 100 ms inner flow's own window of data "persistent"
+        and halved a 5 s inner Cubic flow's goodput (README "Latency under load"). The interval
+        is INTERVAL_PER_RTT times the outer minimum RTT (the rest of the way as long again),
+        never below the configured one; the target keeps its share of it (§4.4)."""
+        if min_rtt is None:
+            return
+        interval = INTERVAL_PER_RTT * min_rtt
+        if interval <= self.base_interval:
+            self.interval, self.target = self.base_interval, self.base_target
+        elif interval != self.interval:
+            self.interval = interval
+            self.target = max(self.base_target, TARGET_FRACTION * interval)
 
     def should_drop(self, delay: float, backlog: int, now: float) -> bool:
         """Whether to drop the packet arriving at `now` to a queue whose oldest packet has
@@ -102,4 +127,4 @@ class CoDel:
         return True
 
 
-__all__ = ["DEFAULT_INTERVAL", "DEFAULT_TARGET", "CoDel"]
+__all__ = ["DEFAULT_INTERVAL", "DEFAULT_TARGET", "INTERVAL_PER_RTT", "TARGET_FRACTION", "CoDel"]

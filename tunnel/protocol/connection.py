@@ -631,6 +631,9 @@ class TunnelConnection:
         if codel is not None:
             if now is None:
                 raise ValueError("a connection with a queue_delay CoDel needs send_packet(now=)")
+            quic = self._quic
+            if isinstance(quic, TunnelQuicConnection):
+                codel.fit_rtt(quic.min_rtt())
             if codel.should_drop(self._queue_delay(now), pending, now):
                 self.counters.drop(DropReason.QUEUE_DELAY)
                 return SendResult(SendStatus.QUEUE_DELAY, budget)

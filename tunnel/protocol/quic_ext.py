@@ -667,6 +667,12 @@ class TunnelQuicConnection(QuicConnection):
         loss.on_ack_received = ack_received  # type: ignore[method-assign]
         loss.on_packet_sent = packet_sent  # type: ignore[method-assign]
 
+    def min_rtt(self) -> float | None:
+        """Loss recovery's minimum RTT of the path (s), None before the first sample; cheaper
+        than ack_state() for a per-packet caller (the datagram queue's CoDel)."""
+        loss = self._loss
+        return float(loss._rtt_min) if loss._rtt_initialized else None
+
     def ack_state(self) -> AckState:
         """What loss recovery knows of the path's liveness now (see AckState)."""
         loss = self._loss
