@@ -199,8 +199,11 @@ def run_point(ctx: Context[AggregationState], point: Point) -> PointResult:
         mptcp=route.mptcp,
     )
     cpu = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]))
+    links = ("wifi", "5g")
     try:
+        before = [state.lab.access_rx_bytes(name, CLIENT) for name in links]
         recv, sent = run_flow(state.lab, flow, state.workdir, cpu=cpu)
+        after = [state.lab.access_rx_bytes(name, CLIENT) for name in links]
     finally:
         if mptcp is not None:
             with contextlib.suppress(Exception):
@@ -215,6 +218,8 @@ def run_point(ctx: Context[AggregationState], point: Point) -> PointResult:
         "fiveg_mbit": float(p["fiveg_mbit"]),
         "goodput_mbps": goodput,
         "ratio": goodput / total,
+        "wifi_link_mbps": (after[0] - before[0]) * 8 / flow.duration_s / 1e6,
+        "fiveg_link_mbps": (after[1] - before[1]) * 8 / flow.duration_s / 1e6,
         "detail": flow_error(recv, sent),
         **cpu_columns(cpu),
     }

@@ -155,10 +155,14 @@ AGGREGATION = Table(
         "fiveg_mbit",
         "goodput_mbps",
         "ratio",
+        # what each access carried to c1 over the whole transfer, warm-up included (its
+        # interface's received bytes: overhead and re-sent copies count), Mbit/s
+        "wifi_link_mbps",
+        "fiveg_link_mbps",
         "detail",
         *CPU_COLUMNS,
     ),
-    optional=("detail", *CPU_COLUMNS),
+    optional=("wifi_link_mbps", "fiveg_link_mbps", "detail", *CPU_COLUMNS),
 )
 SCALE = Table(
     "scale",

@@ -219,6 +219,13 @@ class Lab:
         found = self.access(access, client)
         return (found.name, found.client) in self.carrier_lost
 
+    def access_rx_bytes(self, access: str, client: str | None = None) -> int:
+        """Bytes the client's interface on `access` has received (the kernel's counter, every
+        packet: tunnel overhead, re-sent copies and all)."""
+        found = self.access(access, client)
+        text = self.run(found.client, f"cat /sys/class/net/{found.client_intf}/statistics/rx_bytes")
+        return int(text.strip())
+
     def set_congestion_control(self, node: str, algorithm: str) -> str:
         used = set_congestion_control(self.node(node), algorithm, self.state)
         self.cc_in_use[node] = used
