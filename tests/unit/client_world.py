@@ -95,6 +95,7 @@ class Wire:
     sent: int = 0
     lost: int = 0
     rate: float | None = None
+    queue_bytes: int | None = None  # with a rate: drop-tail beyond this backlog (None: no cap)
     loss: float = 0.0
     seed: int = 1
     _seq: itertools.count[int] = field(default_factory=itertools.count)
@@ -108,6 +109,10 @@ class Wire:
             return
         departure = now
         if self.rate is not None:
+            backlog = max(self._free_at - now, 0.0) * self.rate
+            if self.queue_bytes is not None and backlog + len(data) > self.queue_bytes:
+                self.lost += 1
+                return
             departure = self._free_at = max(self._free_at, now) + len(data) / self.rate
         if self.loss:
             if self._random is None:
@@ -142,10 +147,18 @@ class Access:
                 wire.lost += len(wire.in_flight)
                 wire.in_flight.clear()
 
-    def shape(self, rate: float | None = None, loss: float = 0.0, seed: int = 1) -> None:
-        """Both directions: a bottleneck of `rate` bytes/s and `loss` random loss."""
+    def shape(
+        self,
+        rate: float | None = None,
+        loss: float = 0.0,
+        seed: int = 1,
+        queue_bytes: int | None = None,
+    ) -> None:
+        """Both directions: a bottleneck of `rate` bytes/s (its queue capped at `queue_bytes`)
+        and `loss` random loss."""
         for number, wire in enumerate((self.up, self.down)):
             wire.rate, wire.loss, wire.seed, wire._random = rate, loss, seed + number, None
+            wire.queue_bytes = queue_bytes
 
 
 @dataclass(eq=False)

@@ -112,7 +112,7 @@ def test_every_tracked_datagram_gets_its_fate_and_none_is_falsely_lost() -> None
         if n % 20 == 19:
             net.run(0.01)
     net.run(3.0)
-    fates = dict(client.take_datagram_fates())
+    fates = {f.token: f.acked for f in client.take_datagram_fates()}
     arrived = {
         int.from_bytes(e.data[:4], "big")
         for e in path.server.quic_events

@@ -233,6 +233,32 @@ def test_a_receive_only_tunnel_mode_client_sees_a_blackhole_from_its_own_ack_sil
     assert set(traffic.delivered_down()) == set(traffic.down)
 
 
+def test_a_reinjection_is_taken_by_a_path_whose_queue_is_full(lab_certs: FilePath) -> None:
+    """Session mode offered more than both accesses carry (WiFi 10 Mbit/s with 5 % loss, 5G
+    20, ~49 offered): every datagram queue is at its cap, yet what WiFi loses is re-sent on
+    5G — a re-send jumps the queue and its cap — never refused for want of a path, which
+    would leave the client's reorder buffer waiting on that tag for its whole timeout."""
+    world, core = core_world(
+        lab_certs,
+        settings=["scheduler=earliest"],
+        core_settings=["scheduler=earliest"],
+        delays={"wifi": 0.005, "5g": 0.010},
+    )
+    world.accesses["wifi"].shape(rate=10e6 / 8, loss=0.05, queue_bytes=100 * 1500)
+    world.accesses["5g"].shape(rate=20e6 / 8, queue_bytes=200 * 1500)
+    world.run(0.5)
+    sent = 0
+    for _ in range(500):
+        core.from_tun([down(sent + n, 1200) for n in range(5)], world.now)
+        sent += 5
+        world.run(0.001)
+    wifi = connection_entry(core, "wifi")
+    # the queues were at their cap: new packets found no path that would take them
+    assert core.client_status()["counters"]["dropped_no_path"] > 0
+    assert wifi["counters"]["datagrams_lost"] > 0 and wifi["counters"]["reinjected"] > 0
+    assert wifi["counters"].get("resend_no_path", 0) == 0
+
+
 @pytest.mark.parametrize("switch", ["limits.reinjection=false", "limits.duplication=false"])
 def test_each_mechanism_can_be_switched_off(lab_certs: FilePath, switch: str) -> None:
     """The ablation switches, at both ends: without reinjection nothing stranded is re-sent

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tunnel.protocol.quic_ext import DatagramFate
 from tunnel.session.resend import (
     RESEND_DEADLINE_MAX,
     RESEND_DEADLINE_MIN,
@@ -46,6 +47,21 @@ def test_in_flight_on_a_path_leaves_out_copies_and_those_resent() -> None:
     assert [r.packet for r in sent.in_flight_on(0)] == [b"a"]
 
 
+def lost(token: int | None, left_at: float | None = None) -> DatagramFate:
+    return DatagramFate(token, False, left_at)
+
+
+def test_a_resends_deadline_counts_from_when_the_packet_left_not_when_it_was_queued() -> None:
+    """A packet that waited 0.3 s in the datagram queue and was lost 50 ms after it left is
+    still worth re-sending (deadline 2 x 20 ms + 25 ms): the peer has waited 50 ms, not 0.35 s."""
+    resender = TunnelResender(Resilience(loss_hiding=True))
+    queued = resender.token_for(b"queued", 1.0)
+    assert resender.fates([lost(queued, left_at=1.3)], 1.35, [0.02]) == [b"queued"]
+    unknown = resender.token_for(b"unknown", 2.0)
+    assert resender.fates([lost(unknown)], 2.35, [0.02]) == []
+    assert resender.counters["resend_too_late"] == 1
+
+
 def test_tunnel_resender_resends_what_was_stranded_once_and_hides_losses_if_asked() -> None:
     resender = TunnelResender(Resilience(reinjection=True, loss_hiding=True))
     early = resender.token_for(b"early", 0.0)
@@ -55,15 +71,15 @@ def test_tunnel_resender_resends_what_was_stranded_once_and_hides_losses_if_aske
     assert resender.migrated(1.0, [0.02]) == [b"recent"]
     assert resender.counters["reinjected"] == 1 and resender.counters["resend_too_late"] == 1
     # their loss, declared later, needs nothing more
-    assert resender.fates([(early, False), (recent, False)], 1.1, [0.02]) == []
+    assert resender.fates([lost(early), lost(recent)], 1.1, [0.02]) == []
     assert resender.counters["datagrams_lost"] == 2
     # a loss on the path in use: loss hiding
     token = resender.token_for(b"new", 1.2)
-    assert resender.fates([(token, False)], 1.25, [0.02]) == [b"new"]
+    assert resender.fates([lost(token)], 1.25, [0.02]) == [b"new"]
     assert resender.counters["loss_hidden"] == 1
     # a re-send is never re-sent
     copy = resender.copy_token(b"new", 1.25)
-    assert resender.fates([(copy, False)], 1.3, [0.02]) == []
+    assert resender.fates([lost(copy)], 1.3, [0.02]) == []
 
 
 def test_without_the_switches_nothing_is_remembered() -> None:

@@ -603,9 +603,10 @@ class _TunnelMode:
         resender, tunnel = self.resender, path.tunnel
         if not packets or resender is None or tunnel is None or not path.carries:
             return
-        for packet in packets:
+        # each at the head of the queue: the oldest first once they are all queued
+        for packet in reversed(packets):
             token = resender.copy_token(packet, now)
-            if not tunnel.send_packet(packet, token=token, now=now).sent:
+            if not tunnel.send_packet(packet, token=token, now=now, resend=True).sent:
                 resender.sent.fate(token)
                 resender.counters["resend_no_path"] += 1
         self.agent.transmit(path)

@@ -510,9 +510,10 @@ class _TunnelMode(_ClientMode):
         resender, connection = self.resender, peer.connection
         if not packets or resender is None:
             return
-        for packet in packets:
+        # each at the head of the queue: the oldest first once they are all queued
+        for packet in reversed(packets):
             token = resender.copy_token(packet, now)
-            if not connection.send_packet(packet, token=token, now=now).sent:
+            if not connection.send_packet(packet, token=token, now=now, resend=True).sent:
                 resender.sent.fate(token)
                 resender.counters["resend_no_path"] += 1
         self.core._actions.append(Transmit(connection))

@@ -43,10 +43,12 @@ from tunnel.protocol.quic_ext import (
     DATAGRAM_FRAME_TYPE_SIZE,
     SHORT_HEADER_FIXED_SIZE,
     AckState,
+    DatagramFate,
     TunnelQuicConnection,
     datagram_budget,
     minimum_rtt,
     pending_datagram_count,
+    queue_datagram_first,
     send_rate,
     smoothed_rtt,
     stream_acknowledged,
@@ -476,12 +478,13 @@ class TunnelConnection:
     def can_send_datagram(self) -> bool:
         """send_packet would accept a packet of the budget's size now (the queue is not at
         its cap). Says nothing about the congestion window: see window_space."""
-        return (
-            self._mode is not None
-            and not self.closed
-            and self.pending_datagrams < self._max_pending
-            and self.max_packet_size() > 0
-        )
+        return self.can_resend_datagram and self.pending_datagrams < self._max_pending
+
+    @property
+    def can_resend_datagram(self) -> bool:
+        """send_packet(resend=True) would accept a packet of the budget's size now (a
+        re-send is not held to the queue's cap)."""
+        return self._mode is not None and not self.closed and self.max_packet_size() > 0
 
     @property
     def congestion_window(self) -> int:
@@ -551,9 +554,9 @@ class TunnelConnection:
         if isinstance(quic, TunnelQuicConnection):
             quic.end_path_probe(key)
 
-    def take_datagram_fates(self) -> list[tuple[Hashable, bool]]:
-        """(token, acknowledged) of the datagrams sent with a token whose fate is known since
-        the last call (TunnelQuicConnection.take_datagram_fates)."""
+    def take_datagram_fates(self) -> list[DatagramFate]:
+        """The fates of the datagrams sent with a token known since the last call
+        (TunnelQuicConnection.take_datagram_fates)."""
         quic = self._quic
         return quic.take_datagram_fates() if isinstance(quic, TunnelQuicConnection) else []
 
@@ -591,6 +594,7 @@ class TunnelConnection:
         packet_tag: int | None = None,
         token: Hashable | None = None,
         now: float | None = None,
+        resend: bool = False,
     ) -> SendResult:
         """Queue one IP packet in a DATAGRAM frame.
 
@@ -600,7 +604,10 @@ class TunnelConnection:
         With a `token` (and a TunnelQuicConnection), the DATAGRAM's fate is reported by
         take_datagram_fates() (issue 12: reinjection, loss hiding). `now` is needed with a
         queue_delay CoDel, which may refuse the packet (QUEUE_DELAY) when the queue's delay
-        stayed above its target.
+        stayed above its target. A `resend` (reinjection, loss hiding: issue 12) goes to the
+        head of the queue, ahead of new packets, and is refused by neither the queue's cap nor
+        CoDel: it fills a hole the peer's reorder buffer or the inner flow waits on, and a
+        packet is re-sent at most once, so re-sends stay bounded by what was sent.
         Raises DatagramError if `packet` is not a packet of the payload (an IPv4/IPv6 packet, or
         an Ethernet frame), ValueError if session mode lacks a packet tag.
         """
@@ -624,6 +631,8 @@ class TunnelConnection:
             self.counters.drop(DropReason.OVERSIZED)
             return SendResult(SendStatus.TOO_BIG, budget)
         pending = self._forget_sent_datagrams()  # before queuing: the new one is not sent yet
+        if resend:
+            return self._queue_first(data, packet, token, now, budget)
         if pending >= self._max_pending:
             self.counters.drop(DropReason.QUEUE_FULL)
             return SendResult(SendStatus.QUEUE_FULL, budget)
@@ -646,6 +655,27 @@ class TunnelConnection:
         self._queued_sizes.append(size)
         self._queued_bytes += size
         self._queued_times.append(now)
+        self.counters.packets_out += 1
+        self.counters.bytes_out += len(packet)
+        return SendResult(SendStatus.SENT, budget)
+
+    def _queue_first(
+        self,
+        data: bytes,
+        packet: bytes,
+        token: Hashable | None,
+        now: float | None,
+        budget: int,
+    ) -> SendResult:
+        """send_packet for a re-send: at the head of aioquic's queue (and of ours, which
+        mirror it in order)."""
+        queue_datagram_first(self._quic, data, token)
+        size = self._datagram_packet_size(len(data))
+        self._queued_sizes.appendleft(size)
+        self._queued_bytes += size
+        # the queue's delay (CoDel) stays that of the packet that has waited longest
+        times = self._queued_times
+        times.appendleft(times[0] if times else now)
         self.counters.packets_out += 1
         self.counters.bytes_out += len(packet)
         return SendResult(SendStatus.SENT, budget)

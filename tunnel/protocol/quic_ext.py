@@ -21,7 +21,7 @@ import math
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
@@ -338,6 +338,18 @@ PROBE_CHALLENGES_KEPT: Final = 32
 """Unanswered PATH_CHALLENGE values of path probes remembered (older ones are forgotten)."""
 
 
+class DatagramFate(NamedTuple):
+    """What became of one tracked DATAGRAM frame (take_datagram_fates)."""
+
+    token: Hashable
+    acked: bool
+    """True acknowledged, False declared lost (RFC 9002 §6)."""
+    sent_at: float | None
+    """When the packet carrying it left (None: not known). Later than when it was queued by
+    the time it waited in aioquic's datagram queue: a re-send's deadline counts from here,
+    as the peer's reorder buffer does from its neighbours' arrival."""
+
+
 @dataclass
 class DatagramFatesReady(events.QuicEvent):
     """Fates of tracked DATAGRAM frames are waiting in take_datagram_fates() (issue 12)."""
@@ -509,7 +521,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_datagram_tokens: deque[Hashable | None] = deque(
             None for _ in self._datagrams_pending
         )
-        self._tunnel_fates: list[tuple[Hashable, bool]] = []
+        self._tunnel_fates: list[DatagramFate] = []
         self._tunnel_fates_announced: bool = False
         self._tunnel_path_resets = 0
         self._set_pacer()
@@ -587,21 +599,31 @@ class TunnelQuicConnection(QuicConnection):
         # already calls for other frames.
         token = self._tunnel_datagram_tokens.popleft() if self._tunnel_datagram_tokens else None
         if token is not None and builder._packet is not None:
-            builder._packet.delivery_handlers.append((self._on_datagram_fate, (token,)))
+            builder._packet.delivery_handlers.append((self._on_datagram_fate, (token, now)))
         return written
 
     # -- datagram fate (issue 12: failure detection, reinjection, loss hiding) --------------
 
-    def send_datagram_frame(self, data: bytes, token: Hashable | None = None) -> None:
+    def send_datagram_frame(
+        self, data: bytes, token: Hashable | None = None, first: bool = False
+    ) -> None:
         """Queue a DATAGRAM frame; with a `token`, its fate — acknowledged or declared lost
         by loss recovery (RFC 9002 §6) — is reported by take_datagram_fates(). aioquic raises
         no event for either; its per-frame delivery handlers do the work (checked: ACKED for
-        every delivered frame, LOST for most dropped ones, never a false LOST)."""
+        every delivered frame, LOST for most dropped ones, never a false LOST). `first`: at
+        the head of the queue, ahead of what waits (a re-send: the hole it fills holds up the
+        peer's reorder buffer or the inner flow)."""
+        if first:
+            self._datagrams_pending.appendleft(data)
+            self._tunnel_datagram_tokens.appendleft(token)
+            return
         super().send_datagram_frame(data)
         self._tunnel_datagram_tokens.append(token)
 
-    def _on_datagram_fate(self, state: QuicDeliveryState, token: Hashable) -> None:
-        self._tunnel_fates.append((token, state is QuicDeliveryState.ACKED))
+    def _on_datagram_fate(
+        self, state: QuicDeliveryState, token: Hashable, sent_at: float | None
+    ) -> None:
+        self._tunnel_fates.append(DatagramFate(token, state is QuicDeliveryState.ACKED, sent_at))
         if not self._tunnel_fates_announced:
             # One event until the fates are taken: the program hands events to its agent after
             # every datagram batch and timer, so fates are acted on at once (a lost datagram
@@ -609,11 +631,11 @@ class TunnelQuicConnection(QuicConnection):
             self._tunnel_fates_announced = True
             self._events.append(DatagramFatesReady())
 
-    def take_datagram_fates(self) -> list[tuple[Hashable, bool]]:
-        """(token, acknowledged) of every tracked DATAGRAM whose fate is known since the last
-        call: True acknowledged, False declared lost. Datagrams still queued or in flight when
-        the connection ends never get a fate: the caller owns them then. A DatagramFatesReady
-        event announces new fates (once until they are taken)."""
+    def take_datagram_fates(self) -> list[DatagramFate]:
+        """The fate of every tracked DATAGRAM whose fate is known since the last call
+        (DatagramFate: token, acknowledged or lost, when it left). Datagrams still queued or in
+        flight when the connection ends never get a fate: the caller owns them then. A
+        DatagramFatesReady event announces new fates (once until they are taken)."""
         fates, self._tunnel_fates = self._tunnel_fates, []
         self._tunnel_fates_announced = False
         return fates
@@ -936,7 +958,7 @@ class TunnelQuicConnection(QuicConnection):
                 pending.popleft()
                 token = tokens.popleft() if tokens else None
                 if token is not None:
-                    handlers.append((self._on_datagram_fate, (token,)))
+                    handlers.append((self._on_datagram_fate, (token, now)))
             payload_size = buf.tell()
             if not payload_size:
                 break  # an empty packet is cancelled, and ends the pass
@@ -1730,6 +1752,15 @@ def minimum_rtt(quic: QuicConnection) -> float | None:
     if not loss._rtt_initialized:
         return None
     return float(loss._rtt_min)
+
+
+def queue_datagram_first(quic: QuicConnection, data: bytes, token: Hashable | None) -> None:
+    """Queue a DATAGRAM frame at the head of `quic`'s queue (a re-send); `token` as for
+    TunnelQuicConnection.send_datagram_frame (a plain QuicConnection reports no fates)."""
+    if isinstance(quic, TunnelQuicConnection):
+        quic.send_datagram_frame(data, token, first=True)
+    else:
+        quic._datagrams_pending.appendleft(data)
 
 
 def pending_datagram_count(quic: QuicConnection) -> int:

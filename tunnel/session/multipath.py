@@ -31,7 +31,7 @@ RESEND_COUNTERS, counted on the path the original was sent on.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tunnel.protocol.connection import (
@@ -42,6 +42,7 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
+from tunnel.protocol.quic_ext import DatagramFate
 from tunnel.session.path_health import PathHealth
 from tunnel.session.reorder import PacketTagCounter, ReorderBuffer, ReorderStats
 from tunnel.session.resend import (
@@ -209,9 +210,10 @@ class TunnelSession:
             record.resent = True
             self._resend(record, member, now, touched, same_path=False)
 
-    def paths(self, packet_size: int | None = None) -> list[PathInfo]:
+    def paths(self, packet_size: int | None = None, resend: bool = False) -> list[PathInfo]:
         """What the scheduler sees, one PathInfo per connection, for sending a packet of
-        `packet_size` bytes (None: the largest packet the connection takes)."""
+        `packet_size` bytes (None: the largest packet the connection takes); for a `resend`,
+        a connection whose queue is at its cap can still take it (send_packet)."""
         infos: list[PathInfo] = []
         # Failover ignores the windows; skipping them saves a few microseconds per packet.
         windows = self.scheduler.uses_window
@@ -240,7 +242,9 @@ class TunnelSession:
                     available=available,
                     srtt=connection.srtt,
                     weight=member.weight,
-                    can_send=connection.can_send_datagram,
+                    can_send=(
+                        connection.can_resend_datagram if resend else connection.can_send_datagram
+                    ),
                     window_space=window_space,
                     cwnd=cwnd,
                     rate=rate,
@@ -291,7 +295,7 @@ class TunnelSession:
         return SessionSend(member.connection, path_id, result)
 
     def on_fates(
-        self, connection: TunnelConnection, fates: Iterable[tuple[Hashable, bool]], now: float
+        self, connection: TunnelConnection, fates: Iterable[DatagramFate], now: float
     ) -> set[TunnelConnection]:
         """The datagram fates of one member connection (TunnelConnection.take_datagram_fates):
         lost packets are re-sent (module docstring). Returns the connections given packets."""
@@ -300,7 +304,7 @@ class TunnelSession:
         if sent is None:
             return touched
         refreshed = False
-        for token, acked in fates:
+        for token, acked, left_at in fates:
             record = sent.fate(token)
             if acked or record is None:
                 continue
@@ -314,7 +318,7 @@ class TunnelSession:
             if not refreshed:
                 self._refresh_timeout()
                 refreshed = True
-            self._resend(record, source, now, touched, same_path=True)
+            self._resend(record, source, now, touched, same_path=True, left_at=left_at)
         return touched
 
     def _resend(
@@ -325,17 +329,19 @@ class TunnelSession:
         touched: set[TunnelConnection],
         *,
         same_path: bool,
+        left_at: float | None = None,
     ) -> None:
         """Send `record` again, once: on another path (reinjection) or, for a loss when no
-        other path is available, on its own (loss hiding); within the deadline."""
+        other path is available, on its own (loss hiding); within the deadline, counted from
+        when it left (`left_at`, from its fate) or else from when it was queued."""
         resilience = self.resilience
         counters = source.counters if source is not None else Counter[str]()
         deadline = self._deadline if same_path else self._stranded_deadline
-        if now - record.sent_at > deadline:
+        if now - (record.sent_at if left_at is None else left_at) > deadline:
             counters["resend_too_late"] += 1
             self.counters["resend_too_late"] += 1
             return
-        infos = self.paths(len(record.packet))
+        infos = self.paths(len(record.packet), resend=True)
         target: int | None = None
         kind = "reinjected"
         if resilience.reinjection:
@@ -345,7 +351,10 @@ class TunnelSession:
             target = next((i.path_id for i in infos if i.path_id == own and i.usable), None)
             kind = "loss_hidden"
         member = self._members.get(target) if target is not None else None
-        if member is None or not self._send(member, record.packet, record.tag, now, True).sent:
+        if (
+            member is None
+            or not self._send(member, record.packet, record.tag, now, copy=True, resend=True).sent
+        ):
             counters["resend_no_path"] += 1
             self.counters["resend_no_path"] += 1
             return
@@ -354,14 +363,22 @@ class TunnelSession:
         touched.add(member.connection)
 
     def _send(
-        self, member: _Member, packet: bytes, tag: int | None, now: float, copy: bool
+        self,
+        member: _Member,
+        packet: bytes,
+        tag: int | None,
+        now: float,
+        copy: bool,
+        resend: bool = False,
     ) -> SendResult:
         sent = self.sent
         token: int | None = None
         if sent is not None:
             sent.expire(now - self._keep)
             token = sent.add(SentPacket(packet, tag, member.path_id, now, copy=copy))
-        result = member.connection.send_packet(packet, packet_tag=tag, token=token, now=now)
+        result = member.connection.send_packet(
+            packet, packet_tag=tag, token=token, now=now, resend=resend
+        )
         if token is not None and result.status is not SendStatus.SENT:
             sent.fate(token)  # type: ignore[union-attr]  # never queued: no fate will come
         return result

@@ -39,6 +39,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tunnel.protocol.quic_ext import DatagramFate
+
 DEFAULT_MAX_PACKETS: Final = 4096
 DEFAULT_MAX_BYTES: Final = 4 * 1024 * 1024
 RESEND_DEADLINE_MIN: Final = 0.05
@@ -248,12 +250,12 @@ class TunnelResender:
         return packets
 
     def fates(
-        self, fates: Iterable[tuple[Hashable, bool]], now: float, srtts: Sequence[float | None]
+        self, fates: Iterable[DatagramFate], now: float, srtts: Sequence[float | None]
     ) -> list[bytes]:
         """Take the connection's datagram fates: the packets to re-send now."""
         packets: list[bytes] = []
         deadline: float | None = None
-        for token, acked in fates:
+        for token, acked, left_at in fates:
             record = self.sent.fate(token)
             if acked:
                 continue
@@ -267,7 +269,7 @@ class TunnelResender:
                 continue
             if deadline is None:
                 deadline = resend_deadline(self.resilience.resend_deadline, srtts, stranded)
-            if now - record.sent_at > deadline:
+            if now - (record.sent_at if left_at is None else left_at) > deadline:
                 self.counters["resend_too_late"] += 1
                 continue
             packets.append(record.packet)
