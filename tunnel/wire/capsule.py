@@ -131,7 +131,7 @@ class CapsuleReader:
         self, known_types: frozenset[int], max_value_size: int = DEFAULT_MAX_CAPSULE_VALUE
     ) -> None:
         self._known = known_types
-        self._max_value_size = max_value_size
+        self.max_value_size = max_value_size
         self._buffer = bytearray()
         self._skip = 0  # bytes of an unknown capsule's value still to skip
         self.skipped: dict[int, int] = {}
@@ -198,10 +198,10 @@ class CapsuleReader:
             del buffer[:header_size]
             self._skip = length
             return None
-        if length > self._max_value_size:
+        if length > self.max_value_size:
             raise CapsuleError(
                 f"capsule of type {capsule_type:#x} announces a {length}-byte value, more than "
-                f"the {self._max_value_size} bytes this endpoint accepts"
+                f"the {self.max_value_size} bytes this endpoint accepts"
             )
         if len(buffer) < header_size + length:
             return None
