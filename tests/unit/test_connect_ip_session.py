@@ -13,7 +13,7 @@ import pytest
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import QuicEvent
+from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from tests.unit.quic_harness import Endpoint, Network, Path, make_configs
 from tunnel.protocol.connect_ip import (
@@ -346,3 +346,36 @@ def test_ip_address_helper_sanity() -> None:
     # the test's packet builders put the addresses where the RFC 791/8200 headers have them
     assert ip_address(ipv4("10.8.0.2", "192.0.2.1")[12:16]) == IPv4Address("10.8.0.2")
     assert ip_address(ipv6("fd00:8::2", "2001:db8::1")[24:40]) == IPv6Address("2001:db8::1")
+
+
+class SettingsLate:
+    """Hands the proxy the client's control stream (its SETTINGS) only after the request stream:
+    the order QUIC may deliver them in, since they travel on different streams."""
+
+    def __init__(self, inner: ConnectIpServer) -> None:
+        self.inner = inner
+        self.held: list[QuicEvent] = []
+        self.released = False
+
+    def handle_event(self, event: QuicEvent) -> list[Any]:
+        if isinstance(event, StreamDataReceived) and event.stream_id == 2 and not self.released:
+            self.held.append(event)
+            return []
+        out = self.inner.handle_event(event)
+        if isinstance(event, StreamDataReceived) and event.stream_id == 0 and not self.released:
+            assert not self.inner.is_open  # the request is held, not answered
+            self.released = True
+            for late in self.held:
+                out += self.inner.handle_event(late)
+        return out
+
+
+def test_a_request_before_the_clients_settings_is_held_with_its_capsules() -> None:
+    net, path = connect()
+    server = path.server.tunnel
+    path.server.tunnel = late = SettingsLate(server)
+    opened(net, path)
+    assert late.released and late.held
+    assert server.is_open and server.stream_id == 0
+    # the ADDRESS_REQUEST that came with the held request was answered once it was decided
+    assert len(events(path.client, AddressesAssigned)) == 2

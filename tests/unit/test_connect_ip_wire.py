@@ -387,3 +387,22 @@ def test_h3_datagrams_round_trip(datagram: H3Datagram) -> None:
 @given(ws.ip_proxying_payloads)
 def test_ip_proxying_payloads_round_trip(payload: IpProxyingPayload) -> None:
     assert IpProxyingPayload.decode(payload.encode()) == payload
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            lambda t, p: f"/.well-known/masque/ip/{t}/{p}/",
+            st.text(alphabet="0123456789abcdef.:%2FA*x-", max_size=30),
+            st.text(alphabet="0123456789*-", max_size=4),
+        ),
+    )
+)
+def test_any_path_parses_or_raises_value_error(path: str) -> None:
+    try:
+        scope = RequestScope.from_path(path)
+    except ValueError:
+        return
+    if scope is not None:
+        assert RequestScope.from_path(scope.path()) == scope
