@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 from aioquic.h3.connection import H3Connection
@@ -75,11 +75,13 @@ def connect(
     routes: tuple[IPAddressRange, ...] = FULL_TUNNEL,
     client: Callable[[QuicConnection], Any] | None = None,
     authority: str | None = AUTHORITY,
+    secrets_log: TextIO | None = None,
     **client_kwargs: Any,
 ) -> tuple[Network, Path]:
     """A client and a proxy on one in-memory path, the QUIC handshake started (ALPN h3)."""
     net = Network()
     client_config, server_config = make_configs(["h3"])
+    client_config.secrets_log_file = secrets_log
     client_quic = QuicConnection(configuration=client_config)
     server_quic = QuicConnection(
         configuration=server_config,
