@@ -14,7 +14,8 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
-from scapy.all import IP, UDP, wrpcap  # type: ignore[attr-defined]
+from scapy.layers.inet import IP, UDP
+from scapy.utils import wrpcap
 
 from tests.unit.quic_harness import Link
 from tests.unit.test_connect_ip_session import (
