@@ -13,7 +13,7 @@ import pytest
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import QuicEvent, StreamDataReceived
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 
 from tests.unit.quic_harness import Endpoint, Network, Path, make_configs
 from tunnel.protocol.connect_ip import (
@@ -381,3 +381,14 @@ def test_a_request_before_the_clients_settings_is_held_with_its_capsules() -> No
     assert server.is_open and server.stream_id == 0
     # the ADDRESS_REQUEST that came with the held request was answered once it was decided
     assert len(events(path.client, AddressesAssigned)) == 2
+
+
+def test_a_quarter_stream_id_above_2_60_closes_the_connection() -> None:
+    # RFC 9297 §2.1: H3_DATAGRAM_ERROR, a connection error (aioquic 1.7.2 does not check it)
+    net, path = connect()
+    opened(net, path)
+    path.client.quic.send_datagram_frame(bytes.fromhex("d000000000000000 00") + bytes(20))
+    net.run(0.5)
+    closed = [e for e in path.client.quic_events if isinstance(e, ConnectionTerminated)]
+    assert closed and closed[0].error_code == H3ErrorCode.H3_DATAGRAM_ERROR
+    assert events(path.server, TunnelClosed)

@@ -334,7 +334,6 @@ class _ConnectIpEndpoint:
         # what we told the peer, checked on every packet it sends (None: we told it nothing)
         self._source_filter: IngressFilter | None = None
         self._route_table: RouteTable | None = None
-        self._our_request_ids: set[int] = set()
         self._peer_request_ids: set[int] = set()
 
     @property
@@ -615,7 +614,6 @@ class ConnectIpClient(_ConnectIpEndpoint):
                 RequestedAddress(i + 1, unassigned(version))
                 for i, version in enumerate(self._request_versions)
             )
-            self._our_request_ids = {r.request_id for r in requests}
             # sent with the request, before the response (RFC 9484 §7.1 allows it on HTTP/3)
             self._send_capsule(AddressRequest(requests).encode())
         return []
