@@ -38,7 +38,7 @@ from tunnel.wire.connect_ip import (
     RequestedAddress,
     RequestScope,
 )
-from tunnel.wire.http_datagram import IpProxyingPayload
+from tunnel.wire.http_datagram import IpProxyingPayload, encode_ip_packet
 
 CLIENT_V4 = IPv4Network("10.8.0.2/32")
 CLIENT_V6 = IPv6Network("fd00:8::2/128")
@@ -392,3 +392,14 @@ def test_a_quarter_stream_id_above_2_60_closes_the_connection() -> None:
     closed = [e for e in path.client.quic_events if isinstance(e, ConnectionTerminated)]
     assert closed and closed[0].error_code == H3ErrorCode.H3_DATAGRAM_ERROR
     assert events(path.server, TunnelClosed)
+
+
+def test_a_datagram_capsule_carries_a_packet_on_the_stream() -> None:
+    # RFC 9297 §3.5: the DATAGRAM capsule (0x00) has the semantics of a QUIC DATAGRAM frame
+    net, path = connect()
+    client, server = opened(net, path)
+    packet = ipv4("10.8.0.2", "192.0.2.1")
+    client.h3.send_data(0, encode_capsule(0x00, encode_ip_packet(packet)), end_stream=False)
+    net.run(0.5)
+    assert [e.packet for e in events(path.server, PacketReceived)] == [packet]
+    assert server.counters.capsules_skipped == 0
