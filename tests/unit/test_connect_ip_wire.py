@@ -330,6 +330,8 @@ def test_scope_paths(path: str, scope: RequestScope) -> None:
         "/.well-known/masque/ip/*/-1/",
         "/.well-known/masque/ip//*/",  # empty target
         "/.well-known/masque/ip/bad%20name/*/",
+        "/.well-known/masque/ip/fe80%3A%3A1%25eth0/*/",  # zone identifiers are not supported
+        "/.well-known/masque/ip/192.0.2.0%2F024/*/",  # IPv4: at most 2 digits (Figure 6)
     ],
 )
 def test_malformed_scopes(path: str) -> None:

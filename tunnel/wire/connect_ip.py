@@ -440,7 +440,11 @@ def _parse_target(raw: str) -> IPNetwork | str | None:
         if slash or not _is_reg_name(text):
             raise ValueError(f"target {text!r} is neither an IP prefix nor a host name") from None
         return text
-    if slash and not (length.isascii() and length.isdigit() and len(length) <= 3):
+    if "%" in address:
+        raise ValueError("IPv6 zone identifiers are not supported in a target (§4.6)")
+    # Figure 6: 1*2DIGIT after an IPv4 address, 1*3DIGIT after an IPv6 one
+    digits = 2 if parsed.version == 4 else 3
+    if slash and not (length.isascii() and length.isdigit() and len(length) <= digits):
         raise ValueError(f"target prefix length {length!r} is not a decimal number")
     prefix_length = int(length) if slash else parsed.max_prefixlen
     try:
