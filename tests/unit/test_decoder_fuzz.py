@@ -18,8 +18,18 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.unit import wire_strategies as ws
+from tunnel.wire.capsule import Capsule, CapsuleReader
+from tunnel.wire.connect_ip import (
+    CONNECT_IP_DECODERS,
+    AddressAssign,
+    AddressRequest,
+    ConnectIpCapsule,
+    RouteAdvertisement,
+    decode_connect_ip_capsule,
+)
 from tunnel.wire.datagram import SessionDatagram, decode_tunnel_datagram, protocol_type_of
 from tunnel.wire.errors import StreamErrorCode, TunnelError
+from tunnel.wire.http_datagram import H3Datagram, IpProxyingPayload
 from tunnel.wire.messages import (
     AccessReport,
     ControlMessage,
@@ -189,3 +199,72 @@ def test_fuzz_tlv_reader_never_raises_and_loses_nothing(data: bytes, split: st.D
     tlvs = [tlv for chunk in split.draw(ws.chunkings(data)) for tlv in reader.feed(chunk)]
     framed = b"".join(encode_tlv(t, v) for t, v in tlvs)
     assert framed + reader.take_remaining() == data
+
+
+# --- CONNECT-IP (RFC 9484) and HTTP Datagrams (RFC 9297) ---------------------------------------
+
+CAPSULE_DECODERS: list[tuple[type[ConnectIpCapsule], st.SearchStrategy[ConnectIpCapsule]]] = [
+    (AddressAssign, ws.address_assigns),
+    (AddressRequest, ws.address_requests),
+    (RouteAdvertisement, ws.route_advertisements()),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "valid"), CAPSULE_DECODERS, ids=[c.__name__ for c, _ in CAPSULE_DECODERS]
+)
+@fuzz_settings
+@given(data=st.data())
+def test_fuzz_connect_ip_capsule_value(
+    cls: type[ConnectIpCapsule], valid: st.SearchStrategy[ConnectIpCapsule], data: st.DataObject
+) -> None:
+    values = valid.map(lambda capsule: Capsule.decode(capsule.encode()).value)
+    value = data.draw(fuzz_inputs(values), label="value")
+    capsule = only_tunnel_errors(cls.decode_value, value)
+    if capsule is not None:
+        assert isinstance(capsule, cls)
+        assert cls.decode_value(Capsule.decode(capsule.encode()).value) == capsule
+
+
+def _read_capsules(chunks: list[bytes]) -> list[ConnectIpCapsule]:
+    reader = CapsuleReader(frozenset(CONNECT_IP_DECODERS), max_value_size=64)
+    capsules = [
+        decode_connect_ip_capsule(c.capsule_type, c.value)
+        for chunk in chunks
+        for c in reader.feed(chunk)
+    ]
+    reader.finish()
+    return capsules
+
+
+@fuzz_settings
+@given(
+    data=fuzz_inputs(
+        st.lists(
+            st.one_of(ws.connect_ip_capsules.map(lambda c: c.encode()), ws.unknown_capsules),
+            max_size=4,
+        ).map(b"".join)
+    ),
+    split=st.data(),
+)
+def test_fuzz_capsule_stream(data: bytes, split: st.DataObject) -> None:
+    chunks = split.draw(ws.chunkings(data))
+    only_tunnel_errors(lambda _: _read_capsules(chunks), data)
+
+
+@fuzz_settings
+@given(fuzz_inputs(ws.h3_datagrams.map(H3Datagram.encode)))
+def test_fuzz_h3_datagram(data: bytes) -> None:
+    datagram = only_tunnel_errors(H3Datagram.decode, data)
+    if datagram is not None:
+        assert isinstance(datagram, H3Datagram)
+        assert H3Datagram.decode(datagram.encode()) == datagram
+
+
+@fuzz_settings
+@given(fuzz_inputs(ws.ip_proxying_payloads.map(IpProxyingPayload.encode)))
+def test_fuzz_ip_proxying_payload(data: bytes) -> None:
+    payload = only_tunnel_errors(IpProxyingPayload.decode, data)
+    if payload is not None:
+        assert isinstance(payload, IpProxyingPayload)
+        assert IpProxyingPayload.decode(payload.encode()) == payload

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import itertools
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 from hypothesis import strategies as st
 
+from tunnel.wire.capsule import encode_capsule
+from tunnel.wire.connect_ip import (
+    AddressAssign,
+    AddressRequest,
+    AssignedAddress,
+    ConnectIpCapsule,
+    IPAddressRange,
+    RequestedAddress,
+    RouteAdvertisement,
+    ordered_ranges,
+)
 from tunnel.wire.datagram import ProtocolType, SessionDatagram
 from tunnel.wire.errors import StreamErrorCode
+from tunnel.wire.http_datagram import H3Datagram, IpProxyingPayload
 from tunnel.wire.messages import (
     AccessId,
     AccessReport,
@@ -125,3 +137,73 @@ def chunkings(draw: st.DrawFn, data: bytes) -> list[bytes]:
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
     bounds = [0, *cuts, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+# --- CONNECT-IP (RFC 9484 §4.7) and HTTP Datagrams (RFC 9297) -----------------------------------
+
+_prefix_lengths = {4: 32, 6: 128}
+
+
+@st.composite
+def ip_prefixes(draw: st.DrawFn, version: int | None = None) -> IPv4Network | IPv6Network:
+    """Any prefix of either version, its host bits zero (RFC 9484 §4.7.1)."""
+    v = draw(st.sampled_from([4, 6])) if version is None else version
+    length = draw(st.integers(0, _prefix_lengths[v]))
+    address = draw(st.ip_addresses(v=v))
+    return ip_network((address, length), strict=False)
+
+
+request_ids = st.integers(0, (1 << 62) - 1)
+assigned_addresses = st.builds(AssignedAddress, request_ids, ip_prefixes())
+address_assigns = st.builds(AddressAssign, st.lists(assigned_addresses, max_size=6).map(tuple))
+requested_addresses = st.builds(RequestedAddress, st.integers(1, (1 << 62) - 1), ip_prefixes())
+address_requests = st.builds(
+    AddressRequest,
+    st.lists(requested_addresses, min_size=1, max_size=6, unique_by=lambda a: a.request_id).map(
+        tuple
+    ),
+)
+
+
+@st.composite
+def address_ranges(draw: st.DrawFn) -> IPAddressRange:
+    v = draw(st.sampled_from([4, 6]))
+    a, b = draw(st.ip_addresses(v=v)), draw(st.ip_addresses(v=v))
+    return IPAddressRange(min(a, b), max(a, b), draw(st.sampled_from([0, 1, 6, 17, 58, 255])))
+
+
+@st.composite
+def route_advertisements(draw: st.DrawFn) -> RouteAdvertisement:
+    """A valid ROUTE_ADVERTISEMENT: random ranges put in §4.7.3 order (merged where they touch),
+    then those of a given protocol that overlap one of protocol 0 left out."""
+    ranges = list(ordered_ranges(draw(st.lists(address_ranges(), max_size=8))))
+    any_protocol = [r for r in ranges if r.protocol == 0]
+    kept = [
+        r
+        for r in ranges
+        if r.protocol == 0
+        or not any(
+            o.version == r.version and int(o.start) <= int(r.end) and int(r.start) <= int(o.end)
+            for o in any_protocol
+        )
+    ]
+    return RouteAdvertisement(tuple(kept))
+
+
+connect_ip_capsules: st.SearchStrategy[ConnectIpCapsule] = st.one_of(
+    address_assigns, address_requests, route_advertisements()
+)
+h3_datagrams = st.builds(
+    H3Datagram,
+    st.integers(0, (1 << 60) - 1).map(lambda q: q * 4),
+    st.binary(max_size=64),
+)
+ip_proxying_payloads = st.builds(
+    IpProxyingPayload, st.integers(0, (1 << 62) - 1), st.binary(max_size=64)
+)
+# Capsule types RFC 9484 does not define (RFC 9297 §3.2: skipped), among them DATAGRAM (0x00).
+unknown_capsules = st.builds(
+    encode_capsule,
+    st.one_of(st.just(0), st.integers(4, (1 << 62) - 1)),
+    st.binary(max_size=40),
+)
