@@ -1495,8 +1495,10 @@ def plot_workload_parallel(ax: Axes, flows: pd.DataFrame, points: pd.DataFrame) 
 
 
 def workload_figure(run_dir: Path, out_png: Path) -> Path:
-    """The workload experiment: the calls' MOS and one-way delay per mode (alone and under a
-    bulk flow), the web objects' completion-time CDFs, and the parallel bulk connections."""
+    """The workload experiment: the calls' MOS per mode (alone and under a bulk flow) with the
+    fixed playout buffer and with the adaptive one (a run from before it: that panel says so),
+    their one-way delay, the web objects' completion-time CDFs, and the parallel bulk
+    connections."""
     points = load_workload(run_dir)
     calls = (
         load_workload_calls(run_dir) if (Path(run_dir) / "workload_calls.csv").exists() else None
@@ -1504,16 +1506,24 @@ def workload_figure(run_dir: Path, out_png: Path) -> Path:
     flows = (
         load_workload_flows(run_dir) if (Path(run_dir) / "workload_flows.csv").exists() else None
     )
-    fig = Figure(figsize=(13, 8.5), layout="constrained")
-    (ax_mos, ax_owd), (ax_fct, ax_bulk) = fig.subplots(2, 2)
+    fig = Figure(figsize=(17, 8.5), layout="constrained")
+    # three VoIP panels above (MOS fixed, MOS adaptive, delay), two wider ones below
+    axes = fig.subplot_mosaic("MMAADD;FFFBBB")
+    ax_mos, ax_adaptive, ax_owd, ax_fct, ax_bulk = (axes[k] for k in "MADFB")
     if calls is not None:
         plot_workload_calls(ax_mos, calls, points, "mos", "MOS (G.107 E-model)")
         ax_mos.set_ylim(1, 4.5)
+        if "mos_adaptive" in calls.columns and calls["mos_adaptive"].notna().any():
+            plot_workload_calls(ax_adaptive, calls, points, "mos_adaptive", "MOS (G.107 E-model)")
+            ax_adaptive.set_ylim(1, 4.5)
+        else:  # a run from before the adaptive buffer was scored
+            _nothing_to_draw(ax_adaptive, "adaptive-playout MOS")
         plot_workload_calls(ax_owd, calls, points, "owd_median_ms", "one-way delay (ms)")
     else:
-        _nothing_to_draw(ax_mos, "VoIP calls")
-        _nothing_to_draw(ax_owd, "VoIP calls")
-    ax_mos.set_title("VoIP: MOS per call", fontsize="medium")
+        for ax in (ax_mos, ax_adaptive, ax_owd):
+            _nothing_to_draw(ax, "VoIP calls")
+    ax_mos.set_title("VoIP: MOS per call, fixed playout buffer", fontsize="medium")
+    ax_adaptive.set_title("VoIP: MOS per call, adaptive playout buffer", fontsize="medium")
     ax_owd.set_title("VoIP: median one-way delay (bar to the median p95)", fontsize="medium")
     if flows is not None:
         plot_workload_fct(ax_fct, flows)
