@@ -742,10 +742,13 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
             ax.plot(mean, y[i] - 0.2, "x", color="red", ms=7, mew=1.5)
     if relative:
         ax.axvline(1.0, color="0.4", lw=0.8, ls="--")
-        ax.set_xlabel("goodput during the outage after the gap / plain 5G")
+        ax.set_xlabel("goodput during the outage after the gap\n/ plain 5G")
     else:
-        ax.set_xlabel("goodput during the outage after the gap (Mbit/s)")
-    ax.set_yticks(y, [""] * len(y))
+        ax.set_xlabel("goodput during the outage after the gap\n(Mbit/s)")
+    # the rows are plot_failover_gaps' (the failover figure shares its y axis, and with it the
+    # tick labels: blanking them here with set_yticks(y, [""...]) blanked the gaps' names too)
+    ax.set_yticks(y)
+    ax.tick_params(axis="y", labelleft=False)
     ax.set_ylim(-0.7, len(summary) - 0.3)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3, axis="x")
@@ -1130,6 +1133,36 @@ def run_conditions(run_dir: Path) -> str:
     return " · ".join(parts)
 
 
+def add_footer(fig: Figure, text: str) -> None:
+    """`text` in small grey type centred under everything the figure draws.
+
+    A figure legend put "outside" at the bottom (failover, ablation) sits at the figure's lower
+    edge, and savefig's tight bounding box re-anchors it to the edge of the *cropped* figure:
+    with a footer below the content the crop reaches lower and the legend slid down onto it.
+    So the figure is laid out once, the layout frozen (the axes keep their places), each figure
+    legend pinned where the layout put it, and the footer placed under the lowest artist."""
+    fig.draw_without_rendering()  # runs the layout engine: legends and axes take their places
+    if fig.get_layout_engine() is not None:
+        fig.set_layout_engine("none")
+    to_figure = fig.transFigure.inverted()
+    for legend in fig.legends:
+        box = to_figure.transform_bbox(legend.get_window_extent())
+        legend.set_loc("center")  # centred on its own box: no padding moves it
+        legend.set_bbox_to_anchor((box.x0, box.y0, box.width, box.height), fig.transFigure)
+    drawn = fig.get_tightbbox()  # inches, everything drawn (outside legends included)
+    width, height = fig.get_size_inches()
+    pad_in = 0.05
+    fig.text(
+        (drawn.x0 + drawn.x1) / 2 / width,
+        (drawn.y0 - pad_in) / height,
+        text,
+        ha="center",
+        va="top",
+        fontsize="small",
+        color="0.35",
+    )
+
+
 def _save(fig: Figure, out_png: Path, run_dir: Path | None = None) -> Path:
     """Write the figure as PNG and, next to it, SVG (vector, for papers); with `run_dir`, the
     run's conditions (run_conditions) go in a footer."""
@@ -1137,7 +1170,7 @@ def _save(fig: Figure, out_png: Path, run_dir: Path | None = None) -> Path:
     out_png.parent.mkdir(parents=True, exist_ok=True)
     conditions = run_conditions(run_dir) if run_dir is not None else ""
     if conditions:
-        fig.text(0.5, 0.0, conditions, ha="center", va="top", fontsize="small", color="0.35")
+        add_footer(fig, conditions)
     fig.savefig(out_png, dpi=120, bbox_inches="tight")
     fig.savefig(out_png.with_suffix(".svg"), bbox_inches="tight")
     return out_png
@@ -1544,8 +1577,10 @@ def plot_workload_parallel(ax: Axes, flows: pd.DataFrame, points: pd.DataFrame) 
 
 
 def workload_figure(run_dir: Path, out_png: Path) -> Path:
-    """The workload experiment: the calls' MOS and one-way delay per mode (alone and under a
-    bulk flow), the web objects' completion-time CDFs, and the parallel bulk connections."""
+    """The workload experiment: the calls' MOS per mode (alone and under a bulk flow) with the
+    fixed playout buffer and with the adaptive one (a run from before it: that panel says so),
+    their one-way delay, the web objects' completion-time CDFs, and the parallel bulk
+    connections."""
     points = load_workload(run_dir)
     calls = (
         load_workload_calls(run_dir) if (Path(run_dir) / "workload_calls.csv").exists() else None
@@ -1553,16 +1588,24 @@ def workload_figure(run_dir: Path, out_png: Path) -> Path:
     flows = (
         load_workload_flows(run_dir) if (Path(run_dir) / "workload_flows.csv").exists() else None
     )
-    fig = Figure(figsize=(13, 8.5), layout="constrained")
-    (ax_mos, ax_owd), (ax_fct, ax_bulk) = fig.subplots(2, 2)
+    fig = Figure(figsize=(17, 8.5), layout="constrained")
+    # three VoIP panels above (MOS fixed, MOS adaptive, delay), two wider ones below
+    axes = fig.subplot_mosaic("MMAADD;FFFBBB")
+    ax_mos, ax_adaptive, ax_owd, ax_fct, ax_bulk = (axes[k] for k in "MADFB")
     if calls is not None:
         plot_workload_calls(ax_mos, calls, points, "mos", "MOS (G.107 E-model)")
         ax_mos.set_ylim(1, 4.5)
+        if "mos_adaptive" in calls.columns and calls["mos_adaptive"].notna().any():
+            plot_workload_calls(ax_adaptive, calls, points, "mos_adaptive", "MOS (G.107 E-model)")
+            ax_adaptive.set_ylim(1, 4.5)
+        else:  # a run from before the adaptive buffer was scored
+            _nothing_to_draw(ax_adaptive, "adaptive-playout MOS")
         plot_workload_calls(ax_owd, calls, points, "owd_median_ms", "one-way delay (ms)")
     else:
-        _nothing_to_draw(ax_mos, "VoIP calls")
-        _nothing_to_draw(ax_owd, "VoIP calls")
-    ax_mos.set_title("VoIP: MOS per call", fontsize="medium")
+        for ax in (ax_mos, ax_adaptive, ax_owd):
+            _nothing_to_draw(ax, "VoIP calls")
+    ax_mos.set_title("VoIP: MOS per call, fixed playout buffer", fontsize="medium")
+    ax_adaptive.set_title("VoIP: MOS per call, adaptive playout buffer", fontsize="medium")
     ax_owd.set_title("VoIP: median one-way delay (bar to the median p95)", fontsize="medium")
     if flows is not None:
         plot_workload_fct(ax_fct, flows)

@@ -252,7 +252,19 @@ VOIP_CALL_COLUMNS = (
     "mouth_to_ear_ms",  # the E-model's delay: first packet's delay + buffer + 20 ms packetisation
     "r_factor",
     "mos",  # G.107 Annex B from r_factor
+    # The same call scored for an adaptive playout buffer (Ramjee et al. 1994, algorithm 1,
+    # adjusted every playout_adjust_s: experiments/voice_quality.py); runs before it lack these.
+    "playout_adjust_s",
+    "packets_late_adaptive",  # arrived after their scheduled playout
+    "late_adaptive_pct",
+    "effective_loss_adaptive_pct",
+    "burst_ratio_adaptive",
+    "playout_delay_adaptive_ms",  # mean over the packets heard of their playout delay (from send)
+    "mouth_to_ear_adaptive_ms",  # ... + 20 ms packetisation: the E-model's delay
+    "r_factor_adaptive",
+    "mos_adaptive",
 )
+VOIP_ADAPTIVE_COLUMNS = VOIP_CALL_COLUMNS[VOIP_CALL_COLUMNS.index("playout_adjust_s") :]
 WORKLOAD = Table(
     "workload",
     (
@@ -266,6 +278,10 @@ WORKLOAD = Table(
         "jitter_ms",
         "loss_pct",
         "late_pct",
+        "mos_adaptive",  # the adaptive playout buffer's (VOIP_CALL_COLUMNS), medians too
+        "r_factor_adaptive",
+        "late_adaptive_pct",
+        "mouth_to_ear_adaptive_ms",
         "flows",  # web objects fetched (or bulk connections)
         "flows_ok",
         "fct_median_ms",
@@ -287,6 +303,10 @@ WORKLOAD = Table(
         "jitter_ms",
         "loss_pct",
         "late_pct",
+        "mos_adaptive",
+        "r_factor_adaptive",
+        "late_adaptive_pct",
+        "mouth_to_ear_adaptive_ms",
         "flows",
         "flows_ok",
         "fct_median_ms",
@@ -304,7 +324,7 @@ WORKLOAD = Table(
 WORKLOAD_CALLS = Table(
     "workload_calls",
     ("mode", "workload", "run", "call", *VOIP_CALL_COLUMNS, "send_slip_max_ms"),
-    optional=("send_slip_max_ms",),
+    optional=(*VOIP_ADAPTIVE_COLUMNS, "send_slip_max_ms"),
 )
 WORKLOAD_FLOWS = Table(
     "workload_flows",

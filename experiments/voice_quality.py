@@ -24,6 +24,40 @@ The metrics (`call_metrics`):
                    loss (lost + late: what the listener does not hear) and the mouth-to-ear
                    delay d = the first packet's one-way delay + B + the 20 ms packetisation
                    (every played packet waits the same: a fixed buffer).
+  ..._adaptive     the same scored for an adaptive playout buffer (`adaptive_playout`, below):
+                   late = arrived after its scheduled playout, d = the mean over the packets
+                   received of their playout delay + the 20 ms packetisation. A fixed buffer
+                   anchored on the first packet says more about that packet than about the
+                   network (beside a bulk flow the queue's delay varies by ~100 ms and nearly
+                   everything is late for it); real VoIP clients adapt their playout delay.
+
+The adaptive playout buffer: Ramjee, Kurose, Towsley & Schulzrinne, "Adaptive playout
+mechanisms for packetized audio applications in wide-area networks", IEEE INFOCOM 1994,
+algorithm 1. Per packet i received, n_i its one-way delay (arrival - send: one clock, exact):
+  d_i = a d_(i-1) + (1 - a) n_i            a = 0.998002, the paper's value
+  v_i = a v_(i-1) + (1 - a) |d_i - n_i|
+and at the first packet i of a talkspurt the playout delay becomes D = d_i + 4 v_i: every
+packet j of the talkspurt is played at its send time + D (t_j + D in the paper's notation), so
+it is late when n_j > D. Two choices the paper leaves to us, and why:
+  adjustment points  our source never falls silent (a G.711 stream without voice activity
+                     detection), so there are no talkspurts: the stream is cut into segments of
+                     `playout_adjust_s` (1 s: close to the 1.004 s mean talkspurt of ITU-T
+                     P.59's conversational speech model) by sequence number, and a segment's D
+                     is set when its first packet to arrive does (the estimates then include
+                     that packet, as the paper's d_i does). Changing the delay inside speech
+                     stretches or shortens the audio; time-scale modification makes that near
+                     inaudible (Liang, Faerber & Girod, IEEE Trans. Multimedia 5(4), 2003), so
+                     the adjustments themselves cost nothing here.
+  start              with one sample the estimates know nothing of the variation (v = 0): the
+                     segment of the first packet to arrive plays as the fixed buffer does (its
+                     delay + B), and until the estimator has 1/(1 - a) ~ 500 samples its gain
+                     is 1/n instead of 1 - a (the running mean; with 1 - a from the first
+                     sample v would stay near 0 for ~10 s and half of a jittery call's packets
+                     would be late only because the estimator had just started).
+What it does (tests/unit/test_voice_quality.py): at a constant delay D is that delay and nothing
+is late; a step of +100 ms makes ~3 s of packets late while d and v catch up, after which v has
+overshot and D stays well above the new delay for ~10 s; the packets of a sudden delay spike are
+late (the paper's algorithm 4 detects spikes; algorithm 1, the simple one, does not).
 
 The E-model, simplified (every G.107 default except delay and loss):
   R = 93.2 - Id - Ie,eff                         G.107 (06/2015): 93.2 is R with every
@@ -42,7 +76,10 @@ The E-model, simplified (every G.107 default except delay and loss):
                                                  or everything, was lost)
   MOS = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6  G.107 Annex B, for 0 < R < 100
         (1 below, 4.5 above); R is reported clamped at 0 (`r_factor`)
-So an unimpaired call has R = 93.2, MOS 4.41.
+So an unimpaired call has R = 93.2, MOS 4.41. d is one number per connection, as G.107's own
+delay inputs are (T, its "mean one-way delay of the echo path", and Ta, the absolute delay;
+Cole & Rosenbluth's fit sets both to d): with the adaptive buffer, whose delay varies over the
+call, it is the mean.
 """
 
 from __future__ import annotations
@@ -60,6 +97,9 @@ IE_G711 = 0.0  # G.113 Appendix I: G.711's equipment impairment
 BPL_G711_PLC = 25.1  # G.113 Appendix I: G.711 with its Appendix I concealment
 BPL_G711_NO_PLC = 4.3  # the same, without concealment (random loss)
 SEQ_MODULUS = 1 << 16  # RTP sequence numbers are 16 bits (RFC 3550 §5.1)
+PLAYOUT_ALPHA = 0.998002  # Ramjee et al. 1994: the weight of the delay and variation estimates
+PLAYOUT_VARIATION_FACTOR = 4.0  # ... and D = d + 4 v
+PLAYOUT_ADJUST_S = 1.0  # an adjustment point every second (ITU-T P.59: mean talkspurt 1.004 s)
 
 
 # -- the E-model -------------------------------------------------------------------------------
@@ -175,59 +215,131 @@ class CallRecord:
             raise ValueError("seq, send_ns and recv_ns must have one entry per packet.")
 
 
+@dataclass(frozen=True)
+class Arrivals:
+    """A call's packets as heard: each packet once (its first copy), in arrival order, by its
+    number counted from the call's first (unwrapped), with its one-way delay in ms."""
+
+    numbers: list[int]
+    transit_ms: list[float]
+    duplicates: int
+
+
+def arrivals(call: CallRecord) -> Arrivals:
+    numbers = unwrap_sequence(call.seq)
+    first_seen: dict[int, int] = {}
+    for index, number in enumerate(numbers):
+        first_seen.setdefault(number, index)
+    order = sorted(first_seen.values())  # unique packets, in arrival order
+    return Arrivals(
+        [numbers[i] for i in order],
+        [(call.recv_ns[i] - call.send_ns[i]) / 1e6 for i in order],
+        len(numbers) - len(first_seen),
+    )
+
+
+def adaptive_playout(
+    heard: Arrivals,
+    packets_per_adjustment: int,
+    first_buffer_ms: float,
+    alpha: float = PLAYOUT_ALPHA,
+    variation_factor: float = PLAYOUT_VARIATION_FACTOR,
+) -> list[float]:
+    """The playout delay (ms after its send time) of each packet heard, in `heard`'s order:
+    Ramjee et al. 1994's algorithm 1 with an adjustment point every `packets_per_adjustment`
+    packets by number (module docstring). A packet is late when its delay exceeds its own."""
+    if packets_per_adjustment < 1:
+        raise ValueError(f"packets_per_adjustment must be >= 1, got {packets_per_adjustment}.")
+    delay_est = variation_est = 0.0
+    playout: dict[int, float] = {}  # segment -> its playout delay, from its first arrival
+    out: list[float] = []
+    for count, (number, transit) in enumerate(
+        zip(heard.numbers, heard.transit_ms, strict=True), start=1
+    ):
+        # the running mean until 1/(1 - alpha) samples, then the paper's weight (start, above)
+        gain = max(1.0 - alpha, 1.0 / count)
+        delay_est += gain * (transit - delay_est)
+        variation_est += gain * (abs(delay_est - transit) - variation_est)
+        segment = number // packets_per_adjustment
+        if segment not in playout:
+            playout[segment] = (
+                transit + first_buffer_ms
+                if count == 1  # no history yet: the fixed buffer's start
+                else delay_est + variation_factor * variation_est
+            )
+        out.append(playout[segment])
+    return out
+
+
+def _e_model(
+    played: set[int], sent: int, mouth_to_ear_ms: float, bpl: float
+) -> tuple[float, float, float, float]:
+    """(effective loss %, BurstR, R, MOS) of a call of `sent` packets of which the numbers in
+    `played` were played (heard in time): the E-model (module docstring)."""
+    pattern = [k in played for k in range(sent)]
+    effective_pct = 100 * (sent - len(played)) / sent
+    burst = burst_ratio(pattern)
+    r = r_factor(mouth_to_ear_ms, min(100.0, effective_pct), burst, IE_G711, bpl)
+    return effective_pct, burst, r, mos_from_r(r)
+
+
 def call_metrics(
     call: CallRecord,
     playout_buffer_ms: float = 60.0,
     plc: bool = True,
     interval_ms: float = PACKET_INTERVAL_MS,
+    playout_adjust_s: float = PLAYOUT_ADJUST_S,
 ) -> dict[str, Any]:
     """A call's columns (module docstring): delays in ms, loss and lateness in % of the
-    packets sent, R and MOS. A call of which nothing arrived has loss 100 %, R 0 and MOS 1."""
-    sent = max(call.sent, 0)
-    numbers = unwrap_sequence(call.seq)
-    first_seen: dict[int, int] = {}
-    for index, number in enumerate(numbers):
-        first_seen.setdefault(number, index)
-    duplicates = len(numbers) - len(first_seen)
-    order = sorted(first_seen.values())  # unique packets, in arrival order
-    transit = [(call.recv_ns[i] - call.send_ns[i]) / 1e6 for i in order]
-    unique = len(order)
+    packets sent, R and MOS, for the fixed playout buffer and (`..._adaptive`) the adaptive
+    one. A call of which nothing arrived has loss 100 %, R 0 and MOS 1."""
+    if playout_adjust_s <= 0:
+        raise ValueError(f"playout_adjust_s must be > 0, got {playout_adjust_s}.")
+    heard = arrivals(call)
+    numbers, transit = heard.numbers, heard.transit_ms
+    unique = len(numbers)
     # The sender numbers a call from 0. A number beyond what it says it sent (its report
     # missing) counts as sent: the loss is never negative.
-    sent = max(sent, max(first_seen, default=-1) + 1)
+    sent = max(call.sent, 0, max(numbers, default=-1) + 1)
     lost = sent - unique
     row: dict[str, Any] = {
         "packets_sent": sent,
         "packets_received": unique,
-        "duplicates": duplicates,
+        "duplicates": heard.duplicates,
         "packets_lost": lost,
         "loss_pct": 100 * lost / sent if sent else 0.0,
         "playout_buffer_ms": playout_buffer_ms,
+        "playout_adjust_s": playout_adjust_s,
     }
     if not transit:
         # Nothing heard: the E-model is not meant for silence (its 100 % loss still leaves
         # R ~ 17), so the scale's floor.
+        floor = {"effective_loss_pct": 100.0, "burst_ratio": 1.0, "r_factor": 0.0, "mos": 1.0}
         return row | {
             "packets_late": 0,
             "late_pct": 0.0,
-            "effective_loss_pct": 100.0,
-            "burst_ratio": 1.0,
-            "r_factor": 0.0,
-            "mos": 1.0,
+            **floor,
+            "packets_late_adaptive": 0,
+            "late_adaptive_pct": 0.0,
+            "effective_loss_adaptive_pct": 100.0,
+            "burst_ratio_adaptive": 1.0,
+            "r_factor_adaptive": 0.0,
+            "mos_adaptive": 1.0,
         }
     ordered = sorted(transit)
     jitter = rfc3550_jitter(transit)
-    anchor_ms = transit[0]  # the first packet to arrive starts the playout clock
-    late_numbers = {
-        numbers[i] for i, t in zip(order, transit, strict=True) if t > anchor_ms + playout_buffer_ms
-    }
-    played_numbers = set(first_seen) - late_numbers
-    played = [k in played_numbers for k in range(sent)]
-    effective_pct = 100 * (sent - len(played_numbers)) / sent
-    burst = burst_ratio(played)
-    mouth_to_ear = anchor_ms + playout_buffer_ms + interval_ms
     bpl = BPL_G711_PLC if plc else BPL_G711_NO_PLC
-    r = r_factor(mouth_to_ear, min(100.0, effective_pct), burst, IE_G711, bpl)
+    # the fixed buffer: the first packet to arrive starts the playout clock
+    anchor_ms = transit[0]
+    late = {n for n, t in zip(numbers, transit, strict=True) if t > anchor_ms + playout_buffer_ms}
+    mouth_to_ear = anchor_ms + playout_buffer_ms + interval_ms
+    effective_pct, burst, r, mos = _e_model(set(numbers) - late, sent, mouth_to_ear, bpl)
+    # the adaptive buffer: a packet is late when it arrives after its scheduled playout
+    per_adjustment = max(1, round(playout_adjust_s * 1000 / interval_ms))
+    playout = adaptive_playout(heard, per_adjustment, playout_buffer_ms)
+    late_adaptive = {n for n, t, d in zip(numbers, transit, playout, strict=True) if t > d}
+    playout_mean = statistics.fmean(playout)
+    adaptive = _e_model(set(numbers) - late_adaptive, sent, playout_mean + interval_ms, bpl)
     return row | {
         "owd_min_ms": ordered[0],
         "owd_median_ms": statistics.median(ordered),
@@ -235,11 +347,19 @@ def call_metrics(
         "owd_max_ms": ordered[-1],
         "jitter_ms": jitter[-1],
         "jitter_mean_ms": statistics.fmean(jitter),
-        "packets_late": len(late_numbers),
-        "late_pct": 100 * len(late_numbers) / sent,
+        "packets_late": len(late),
+        "late_pct": 100 * len(late) / sent,
         "effective_loss_pct": effective_pct,
         "burst_ratio": burst,
         "mouth_to_ear_ms": mouth_to_ear,
         "r_factor": r,
-        "mos": mos_from_r(r),
+        "mos": mos,
+        "packets_late_adaptive": len(late_adaptive),
+        "late_adaptive_pct": 100 * len(late_adaptive) / sent,
+        "effective_loss_adaptive_pct": adaptive[0],
+        "burst_ratio_adaptive": adaptive[1],
+        "playout_delay_adaptive_ms": playout_mean,
+        "mouth_to_ear_adaptive_ms": playout_mean + interval_ms,
+        "r_factor_adaptive": adaptive[2],
+        "mos_adaptive": adaptive[3],
     }

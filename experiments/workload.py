@@ -1,4 +1,5 @@
-"""Workloads: `qtlab run workload` -> results/workload/<time>/workload.csv (+ _calls, _flows).
+"""Workloads: `qtlab run workload` -> results/workload/<time>/workload.csv (+ _calls, _flows,
+_segments).
 
 What each way of carrying traffic (experiments/variants.py `Modes`: plain, tunnel, session,
 stream, WireGuard) does to the traffic people run, not only to one bulk flow. The network of the
@@ -9,9 +10,11 @@ WireGuard, srv1 through the tunnel for the qtun modes. Workloads (experiments/wo
 runs them on the hosts):
 
   voip           `calls` G.711-like calls (20 ms packets of 160 B + RTP header) to c1 for
-                 `call_s`; per call: one-way delay, RFC 3550 jitter, loss, packets late for a
-                 fixed `playout_buffer_ms` playout buffer, and the E-model's R and MOS
-                 (experiments/voice_quality.py has the formulas and their sources).
+                 `call_s`; per call: one-way delay, RFC 3550 jitter, loss, and packets late and
+                 the E-model's R and MOS twice: for a fixed `playout_buffer_ms` playout buffer,
+                 and (`..._adaptive`) for an adaptive one that sets its delay every
+                 `playout_adjust_s` (Ramjee et al. 1994; experiments/voice_quality.py has the
+                 formulas and their sources).
   voip-bulk      the same while one bulk TCP flow (experiments/traffic.py, the inner `cc`) runs
                  to c1: the calls start `warmup_s` after it, once its queue has built.
   web            `web_objects` objects, sizes from SURGE's Web file-size model (experiments/
@@ -78,7 +81,7 @@ from experiments.schemas import (
 from experiments.traffic import goodput_mbps, jain_index
 from experiments.variants import CLIENT, Modes, Route
 from experiments.video_abr import BUFFER_GOAL_S, SEGMENT_S, session_metrics
-from experiments.voice_quality import CallRecord, call_metrics, percentile
+from experiments.voice_quality import PLAYOUT_ADJUST_S, CallRecord, call_metrics, percentile
 from testbed.lab import Lab
 from testbed.profiles import PROFILES, profile
 
@@ -97,6 +100,7 @@ DEFAULTS: Params = {
     "call_s": 30.0,
     "calls": 1,
     "playout_buffer_ms": 60.0,
+    "playout_adjust_s": PLAYOUT_ADJUST_S,  # the adaptive playout buffer's adjustment points
     "plc": True,  # G.711 with Appendix I packet loss concealment (Bpl 25.1, else 4.3)
     "web_objects": 60,
     "web_parallel": 2,
@@ -152,6 +156,8 @@ def points(params: Params) -> list[Point]:
         raise ExperimentError("parallel_flows must be between 1 and 64.")
     if min(params["call_s"], params["web_s"], params["bulk_s"]) <= 0 or params["warmup_s"] < 0:
         raise ExperimentError("call_s, web_s and bulk_s must be > 0 and warmup_s >= 0.")
+    if params["playout_adjust_s"] <= 0:
+        raise ExperimentError("playout_adjust_s must be > 0 (seconds between playout changes).")
     if not 0 < params["video_s"] <= 3600 or not SEGMENT_S <= params["video_buffer_s"] <= 600:
         raise ExperimentError(
             f"video_s must be in (0, 3600] s and video_buffer_s in [{SEGMENT_S:g}, 600] s."
@@ -238,6 +244,7 @@ def run_calls(
             CallRecord(record["seq"], record["send_ns"], record["recv_ns"], counts[call]),
             float(p["playout_buffer_ms"]),
             bool(p["plc"]),
+            playout_adjust_s=float(p["playout_adjust_s"]),
         )
         rows.append({"call": call, **metrics, "send_slip_max_ms": sent.get("slip_max_ms")})
     error = "; ".join(x for x in (recv.get("error"), sent.get("error")) if x)
@@ -329,6 +336,13 @@ def video_summary(segments: list[Row], duration_s: float, report: dict[str, Any]
     }
 
 
+# the calls' columns (schemas.VOIP_CALL_COLUMNS) a point's row carries, as medians
+CALL_MEDIANS = (
+    *("mos", "r_factor", "owd_median_ms", "jitter_ms", "loss_pct", "late_pct"),
+    *("mos_adaptive", "r_factor_adaptive", "late_adaptive_pct", "mouth_to_ear_adaptive_ms"),
+)
+
+
 def call_summary(calls: list[Row]) -> Row:
     """The point's VoIP columns: medians over its calls."""
     if not calls:
@@ -340,10 +354,7 @@ def call_summary(calls: list[Row]) -> Row:
 
     return {
         "calls": len(calls),
-        **{
-            k: median(k)
-            for k in ("mos", "r_factor", "owd_median_ms", "jitter_ms", "loss_pct", "late_pct")
-        },
+        **{k: median(k) for k in CALL_MEDIANS},
     }
 
 
@@ -508,7 +519,8 @@ def summary_table(run_dir: Path) -> str:
     df = pd.read_csv(path)
     lines = []
     for column, what in (
-        ("mos", "median MOS (G.107 E-model)"),
+        ("mos", "median MOS (G.107 E-model), fixed playout buffer"),
+        ("mos_adaptive", "median MOS, adaptive playout buffer (Ramjee et al. 1994)"),
         ("owd_median_ms", "median one-way delay of the calls (ms)"),
         ("fct_median_ms", "median flow completion time of the web objects (ms)"),
         ("goodput_mbps", "parallel bulk goodput (Mbit/s)"),

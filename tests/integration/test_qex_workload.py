@@ -52,6 +52,9 @@ def test_workload_quick(tmp_path: Path) -> None:
         call = next(c for c in calls if c["mode"] == mode)
         # heard and scored, under a load that was carried at the same time
         assert int(call["packets_received"]) > 0 and 1.0 <= float(call["mos"]) <= 4.5, call
+        # ... and for the adaptive playout buffer, which waits at least the network's delay
+        assert 1.0 <= float(call["mos_adaptive"]) <= 4.5, call
+        assert float(call["mouth_to_ear_adaptive_ms"]) > float(call["owd_min_ms"]), call
         assert float(call["owd_min_ms"]) > 0, call  # the access's delay is in every packet
         assert float(by[mode, "voip-bulk"]["load_goodput_mbps"]) > 0
         web = [f for f in flows if f["mode"] == mode and f["kind"] == "web"]

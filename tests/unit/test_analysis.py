@@ -6,8 +6,11 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox, BboxBase
 
 from experiments import analysis
 from experiments.analysis import ResultsError
@@ -563,3 +566,51 @@ def test_the_medians_exact_confidence_interval() -> None:
     median, lo, hi = analysis.median_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert median == 3.0 and math.isnan(lo) and math.isnan(hi)  # n = 5: no 95 % interval
     assert analysis.median_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])[1:] == (1.0, 6.0)  # 96.9 %
+
+
+# -- the conditions footer and the legends ---------------------------------------------------
+def test_failover_footer_stays_clear_of_its_legend_and_the_gaps_keep_their_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the saved image (savefig's tight crop included) the conditions footer lies below the
+    figure legend, not under it; the goodput panel sharing the gaps' rows leaves their names."""
+    write_failover_run(tmp_path)
+    with (tmp_path / "failover.csv").open(newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    # the goodput-after-the-gap panel draws only with its column
+    write_csv(tmp_path / "failover.csv", [*header, "goodput_after_gap_mbps"],
+              [[*row, 9.0] for row in rows])  # fmt: skip
+    (tmp_path / "meta.json").write_text(
+        json.dumps({"git_commit": "0123456789abcdef", "parameters": {"runs": 3}})
+    )
+    footer = analysis.run_conditions(tmp_path)
+    drawn: list[tuple[Bbox, list[Bbox], BboxBase]] = []
+    figures: list[Figure] = []
+
+    class Recording(Figure):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+            self.canvas.mpl_connect("draw_event", self.record)
+
+        def record(self, event: Any) -> None:
+            # during savefig: the figure as saved (cropped, at the file's dpi); a draw before
+            # the footer exists (laying the figure out) is not a saved image
+            text = next((t for t in self.texts if t.get_text() == footer), None)
+            if text is None:
+                return
+            legends = [leg.get_window_extent(event.renderer) for leg in self.legends]
+            drawn.append((text.get_window_extent(event.renderer), legends, self.bbox))
+
+    monkeypatch.setattr(analysis, "Figure", Recording)
+    analysis.failover_figure(tmp_path, tmp_path / "f.png")
+    assert len(drawn) >= 2  # the PNG and the SVG (a tight crop draws twice)
+    for text, legends, _ in drawn:
+        assert legends
+        for legend in legends:
+            assert not text.overlaps(legend) and text.y1 <= legend.y0
+    text, _, page = drawn[-1]  # the SVG as written: cropped to what the figure draws
+    assert page.y0 <= text.y0 and text.y1 <= page.y1
+    gaps = figures[0].axes[-2]
+    names = [label.get_text() for label in gaps.get_yticklabels()]
+    assert any(name.startswith("session-failover") for name in names), names

@@ -131,17 +131,20 @@ def test_a_non_tunnel_alpn_closes_with_a_reason() -> None:
 
 def test_a_resend_jumps_the_queue_and_its_cap_and_is_sent_first() -> None:
     """A re-send (issue 12: reinjection, loss hiding) fills a hole the peer waits on: it goes
-    ahead of the packets queued and is taken even when the queue is at its cap (CoDel's too)."""
+    ahead of the new packets queued, after the earlier re-sends, and is taken even when the
+    queue is at its cap (CoDel's too)."""
     net, path = connected("qt", max_pending_datagrams=3, queue_delay=CoDel(0.005, 0.1))
     client = tunnel(path.client)
     assert all(client.send_packet(ip4(n), now=0.0).sent for n in range(3))
     assert client.send_packet(ip4(3), now=0.0).status is SendStatus.QUEUE_FULL
     assert not client.can_send_datagram and client.can_resend_datagram
     assert client.send_packet(ip4(9), now=0.0, resend=True).sent
-    assert client.pending_datagrams == 4
+    assert client.send_packet(ip4(10), now=0.0, resend=True).sent
+    assert client.pending_datagrams == 5
     net.run(0.1)
     received = [e.packet for e in events_of(path.server, PacketReceived)]
-    assert received == [ip4(9), ip4(0), ip4(1), ip4(2)]
+    # re-sends first, in the order they were made
+    assert received == [ip4(9), ip4(10), ip4(0), ip4(1), ip4(2)]
     assert client.pending_datagrams == 0
 
 

@@ -175,6 +175,28 @@ def test_a_link_down_strands_what_was_in_flight_on_it_and_it_is_resent_at_once(
     assert core.tun == traffic.up
 
 
+def test_what_a_link_down_stranded_is_re_sent_oldest_first_ahead_of_new_packets(
+    lab_certs: FilePath,
+) -> None:
+    """Session mode, 10 Mbit/s down over WiFi (shaped, 5G idle): WiFi's carrier goes. What
+    was in flight on it is re-sent on 5G ahead of the new packets and in the order it was
+    first sent, so the client's reorder buffer fills its gaps from the front: nothing waits
+    behind a hole (a re-send queued in reverse made every packet wait a round trip for the
+    oldest one, the last to leave)."""
+    world, core = core_world(lab_certs, delays={"wifi": 0.005, "5g": 0.010})
+    world.accesses["wifi"].shape(rate=50e6 / 8, queue_bytes=1000 * 1500)
+    world.accesses["5g"].shape(rate=100e6 / 8, queue_bytes=2000 * 1500)
+    world.run(1.0)
+    traffic = Traffic(world, core, size=1200)
+    traffic.run(300, per_step=1, step=0.001, downlink=True)
+    world.set_link("wifi", False)
+    traffic.run(60, per_step=1, step=0.001, downlink=True)
+    world.run(0.5)
+    assert connection_entry(core, "wifi")["counters"]["reinjected"] > 1
+    assert world.agent.status()["reorder"]["reordered"] == 0
+    assert traffic.delivered_down() == traffic.down
+
+
 def test_tunnel_mode_validates_the_standby_access_so_a_migration_sends_at_once(
     lab_certs: FilePath,
 ) -> None:

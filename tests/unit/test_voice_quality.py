@@ -147,3 +147,103 @@ def test_object_sizes_are_seeded_and_bounded() -> None:
     assert max(object_sizes("1/1", 2000, max_bytes=50_000)) == 50_000
     with pytest.raises(ValueError):
         object_sizes(1, -1)
+
+
+# -- the adaptive playout buffer (Ramjee et al. 1994, algorithm 1) ------------------------------
+def in_arrival_order(transits_ms: list[float]) -> vq.CallRecord:
+    """Packets 0..n-1 sent every 20 ms with these transit times, arriving in time order."""
+    order = sorted(range(len(transits_ms)), key=lambda k: k * 20.0 + transits_ms[k])
+    return call(transits_ms, len(transits_ms), order)
+
+
+def schedule(record: vq.CallRecord, every: int = 50) -> tuple[list[int], list[float], list[int]]:
+    """(numbers heard, their playout delays, the late ones' numbers) with a 60 ms start."""
+    heard = vq.arrivals(record)
+    playout = vq.adaptive_playout(heard, every, 60.0)
+    late = [n for n, t, d in zip(heard.numbers, heard.transit_ms, playout, strict=True) if t > d]
+    return heard.numbers, playout, late
+
+
+def segment_delays(numbers: list[int], playout: list[float], every: int = 50) -> list[float]:
+    """Each segment's playout delay, in segment order; one value per segment."""
+    per_segment: dict[int, set[float]] = {}
+    for number, delay in zip(numbers, playout, strict=True):
+        per_segment.setdefault(number // every, set()).add(delay)
+    assert all(len(d) == 1 for d in per_segment.values())  # changed only at adjustment points
+    return [per_segment[k].pop() for k in sorted(per_segment)]
+
+
+def test_adaptive_playout_of_a_constant_delay_is_that_delay() -> None:
+    record = call([30.0] * 1500, 1500)  # 30 s at a constant 30 ms
+    numbers, playout, late = schedule(record)
+    assert late == []
+    delays = segment_delays(numbers, playout)
+    # the first second plays as the fixed buffer (no history yet), then at the delay itself
+    assert delays[0] == pytest.approx(90.0)
+    assert delays[1:] == pytest.approx([30.0] * 29)
+    row = vq.call_metrics(record)
+    assert row["packets_late_adaptive"] == 0 and row["effective_loss_adaptive_pct"] == 0.0
+    assert row["playout_delay_adaptive_ms"] == pytest.approx((90 + 29 * 30) / 30)
+    assert row["mouth_to_ear_adaptive_ms"] == pytest.approx(row["playout_delay_adaptive_ms"] + 20)
+    # the adaptive buffer is scored by the same E-model as the fixed one
+    expected_r = vq.r_factor(row["mouth_to_ear_adaptive_ms"], 0.0)
+    assert row["r_factor_adaptive"] == pytest.approx(expected_r)
+    assert row["mos_adaptive"] == pytest.approx(vq.mos_from_r(expected_r))
+    assert row["mos_adaptive"] > row["mos"]  # it waits less than the fixed 60 ms
+
+
+def test_adaptive_playout_follows_a_delay_step_up() -> None:
+    # 10 s at 30 ms, then a queue adds 100 ms for 20 s: the fixed buffer (30 + 60 ms) loses
+    # everything after the step; the adaptive one loses only while its estimates catch up
+    transits = [30.0] * 500 + [130.0] * 1000
+    numbers, playout, late = schedule(in_arrival_order(transits))
+    assert late and min(late) == 500 and max(late) < 500 + 5 * 50  # within 5 s of the step
+    assert late == list(range(500, max(late) + 1))  # one stretch, then none
+    delays = segment_delays(numbers, playout)
+    assert all(d >= 130 for d in delays[15:])
+    row = vq.call_metrics(in_arrival_order(transits))
+    assert row["packets_late"] == 1000 and row["packets_late_adaptive"] == len(late)
+    assert row["mos_adaptive"] > row["mos"]
+
+
+def test_adaptive_playout_never_late_after_a_delay_step_down() -> None:
+    transits = [130.0] * 500 + [30.0] * 1000
+    numbers, playout, late = schedule(in_arrival_order(transits))
+    assert late == []
+    delays = segment_delays(numbers, playout)
+    assert delays[-1] < max(delays)  # and comes back down as its estimates settle
+
+
+def test_adaptive_playout_under_random_jitter_and_spikes() -> None:
+    rng = random.Random(3)
+    jittery = [rng.uniform(20.0, 40.0) for _ in range(1500)]
+    numbers, playout, late = schedule(in_arrival_order(jittery))
+    assert late == []  # d + 4 v covers a uniform 20-40 ms
+    assert all(40.0 < d < 60.0 for d in segment_delays(numbers, playout)[1:])
+    # delay spikes (a burst of packets held 200 ms, then delivered together): the spike's
+    # packets are late, none of the others; each spike raises the variation estimate
+    spiky = [30.0] * 1500
+    for start in range(250, 1500, 250):
+        for j in range(10):
+            spiky[start + j] = 230.0 - 20 * j
+    numbers, playout, late = schedule(in_arrival_order(spiky))
+    spikes = {start + j for start in range(250, 1500, 250) for j in range(10)}
+    assert late and set(late) <= spikes
+    delays = segment_delays(numbers, playout)
+    assert delays[4] < delays[6] < delays[11]
+
+
+def test_adaptive_playout_skips_lost_segments_and_reordering() -> None:
+    transits = [30.0] * 300
+    arrived = [k for k in range(300) if not 100 <= k < 160]  # 1.2 s lost
+    arrived[10], arrived[11] = arrived[11], arrived[10]
+    numbers, playout, late = schedule(call(transits, 300, arrived))
+    assert late == [] and len(segment_delays(numbers, playout)) == 5  # segment 2 never heard
+    row = vq.call_metrics(call(transits, 300, arrived))
+    assert row["packets_lost"] == 60 and row["effective_loss_adaptive_pct"] == pytest.approx(20)
+    silent = vq.call_metrics(vq.CallRecord([], [], [], 50))
+    assert silent["mos_adaptive"] == 1.0 and silent["effective_loss_adaptive_pct"] == 100.0
+    with pytest.raises(ValueError):
+        vq.adaptive_playout(vq.arrivals(call(transits, 300)), 0, 60.0)
+    with pytest.raises(ValueError):
+        vq.call_metrics(call(transits, 300), playout_adjust_s=0.0)

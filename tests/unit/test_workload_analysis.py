@@ -12,7 +12,13 @@ import pytest
 from experiments import analysis, workload
 from experiments.procstat import CpuMeter
 from experiments.runner import ExperimentError, resolve_params
-from experiments.schemas import WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS, Table
+from experiments.schemas import (
+    VOIP_ADAPTIVE_COLUMNS,
+    WORKLOAD,
+    WORKLOAD_CALLS,
+    WORKLOAD_FLOWS,
+    Table,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +38,7 @@ def synthetic_run(run: Path) -> None:
             hot = mode == "tunnel" and kind == "bulk-parallel"
             row: dict[str, Any] = {"mode": mode, "workload": kind, "run": 1, "cpu_saturated": hot}
             if kind.startswith("voip"):
-                row.update(calls=1, mos=4.35 if kind == "voip" else 1.0)
+                row.update(calls=1, mos=4.35 if kind == "voip" else 1.0, mos_adaptive=4.0)
             elif kind.startswith("web"):
                 row.update(flows=5, flows_ok=5, fct_median_ms=300.0)
             else:
@@ -40,6 +46,7 @@ def synthetic_run(run: Path) -> None:
             points.append(row)
         for kind, delay, mos in (("voip", 26.0, 4.35), ("voip-bulk", 250.0, 1.0)):
             calls.append({"mode": mode, "workload": kind, "run": 1, "call": 0, "mos": mos,
+                          "mos_adaptive": 4.38 if kind == "voip" else 2.9,
                           "owd_median_ms": delay, "owd_p95_ms": delay + 40})  # fmt: skip
         for kind, fct in (("web", 150.0), ("web-bulk", 700.0)):
             for k in range(5):
@@ -62,6 +69,26 @@ def test_workload_figure_and_summary(tmp_path: Path) -> None:
     assert analysis.FIGURES["workload"] is analysis.workload_figure
     summary = workload.summary_table(tmp_path)
     assert "MOS" in summary and "flow completion" in summary and "bulk goodput" in summary
+    assert "adaptive playout" in summary
+
+
+def test_a_run_from_before_the_adaptive_playout_buffer_loads_and_draws(tmp_path: Path) -> None:
+    """workload_calls.csv as the committed runs wrote it: no adaptive columns, no failure."""
+    assert set(VOIP_ADAPTIVE_COLUMNS) <= set(WORKLOAD_CALLS.optional)
+    assert {"mos_adaptive", "late_adaptive_pct"} <= set(WORKLOAD.optional)
+    old_calls = Table(
+        "workload_calls",
+        tuple(c for c in WORKLOAD_CALLS.columns if c not in VOIP_ADAPTIVE_COLUMNS),
+    )
+    old_points = Table("workload", tuple(c for c in WORKLOAD.columns if "adaptive" not in c))
+    write(tmp_path, old_points, [{"mode": "plain", "workload": "voip-bulk", "run": 1}])
+    call = {"mode": "plain", "workload": "voip-bulk", "run": 1, "call": 0, "mos": 1.0,
+            "owd_median_ms": 260, "owd_p95_ms": 310}  # fmt: skip
+    write(tmp_path, old_calls, [call])
+    assert "mos_adaptive" not in analysis.load_workload_calls(tmp_path).columns
+    out = analysis.workload_figure(tmp_path, tmp_path / "w.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert "adaptive" not in workload.summary_table(tmp_path)
 
 
 def test_a_run_with_only_calls_still_draws(tmp_path: Path) -> None:
@@ -80,6 +107,11 @@ def test_point_columns_from_calls_and_flows() -> None:
               "loss_pct": 2.0, "late_pct": 4.0}]  # fmt: skip
     row = workload.call_summary(calls)
     assert row["calls"] == 2 and row["mos"] == 3.0 and row["late_pct"] == 2.0
+    assert row["mos_adaptive"] is None  # calls scored before the adaptive buffer: no column
+    calls[0] |= {"mos_adaptive": 4.2, "late_adaptive_pct": 0.5}
+    calls[1] |= {"mos_adaptive": 3.0, "late_adaptive_pct": 1.5}
+    row = workload.call_summary(calls)
+    assert row["mos_adaptive"] == pytest.approx(3.6) and row["late_adaptive_pct"] == 1.0
     assert workload.call_summary([]) == {}
     flows = [{"fct_ms": float(10 * k), "outcome": "ok"} for k in range(1, 21)]
     flows.append({"fct_ms": 5.0, "outcome": "reset"})
@@ -103,6 +135,7 @@ def test_cpu_row_counts_the_load_in_saturation() -> None:
 def test_parameters_are_checked_in_one_sentence() -> None:
     exp = workload.EXPERIMENT
     assert len(exp.points(resolve_params(exp, quick=True))) == 12  # 2 modes x 6 workloads
-    for bad in ('workloads=["movie"]', 'access_profile="moon"', "calls=0", "web_s=0"):
+    bad_values = ('workloads=["movie"]', 'access_profile="moon"', "calls=0", "web_s=0")
+    for bad in (*bad_values, "playout_adjust_s=0"):
         with pytest.raises(ExperimentError):
             exp.points(resolve_params(exp, sets=[bad]))

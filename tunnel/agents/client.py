@@ -603,8 +603,7 @@ class _TunnelMode:
         resender, tunnel = self.resender, path.tunnel
         if not packets or resender is None or tunnel is None or not path.carries:
             return
-        # each at the head of the queue: the oldest first once they are all queued
-        for packet in reversed(packets):
+        for packet in packets:  # ahead of new packets, in this order (send_packet)
             token = resender.copy_token(packet, now)
             if not tunnel.send_packet(packet, token=token, now=now, resend=True).sent:
                 resender.sent.fate(token)

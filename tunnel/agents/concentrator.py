@@ -510,8 +510,7 @@ class _TunnelMode(_ClientMode):
         resender, connection = self.resender, peer.connection
         if not packets or resender is None:
             return
-        # each at the head of the queue: the oldest first once they are all queued
-        for packet in reversed(packets):
+        for packet in packets:  # ahead of new packets, in this order (send_packet)
             token = resender.copy_token(packet, now)
             if not connection.send_packet(packet, token=token, now=now, resend=True).sent:
                 resender.sent.fate(token)

@@ -48,7 +48,7 @@ from tunnel.protocol.quic_ext import (
     datagram_budget,
     minimum_rtt,
     pending_datagram_count,
-    queue_datagram_first,
+    queue_datagram_at,
     send_rate,
     smoothed_rtt,
     stream_acknowledged,
@@ -398,6 +398,8 @@ class TunnelConnection:
         self._queued_bytes = 0
         # ... and when each was queued (None: no `now` given), for the queue's delay
         self._queued_times: deque[float | None] = deque()
+        # re-sends at the head of the queue not sent yet: the next one goes after them
+        self._queued_resends = 0
         self._budget_key: tuple[TunnelMode, int, int, int | None] | None = None
         self._budget = 0
 
@@ -604,10 +606,11 @@ class TunnelConnection:
         With a `token` (and a TunnelQuicConnection), the DATAGRAM's fate is reported by
         take_datagram_fates() (issue 12: reinjection, loss hiding). `now` is needed with a
         queue_delay CoDel, which may refuse the packet (QUEUE_DELAY) when the queue's delay
-        stayed above its target. A `resend` (reinjection, loss hiding: issue 12) goes to the
-        head of the queue, ahead of new packets, and is refused by neither the queue's cap nor
-        CoDel: it fills a hole the peer's reorder buffer or the inner flow waits on, and a
-        packet is re-sent at most once, so re-sends stay bounded by what was sent.
+        stayed above its target. A `resend` (reinjection, loss hiding: issue 12) goes ahead of
+        the new packets in the queue (after the re-sends still there), and is refused by
+        neither the queue's cap nor CoDel: it fills a hole the peer's reorder buffer or the
+        inner flow waits on, and a packet is re-sent at most once, so re-sends stay bounded by
+        what was sent.
         Raises DatagramError if `packet` is not a packet of the payload (an IPv4/IPv6 packet, or
         an Ethernet frame), ValueError if session mode lacks a packet tag.
         """
@@ -667,15 +670,19 @@ class TunnelConnection:
         now: float | None,
         budget: int,
     ) -> SendResult:
-        """send_packet for a re-send: at the head of aioquic's queue (and of ours, which
-        mirror it in order)."""
-        queue_datagram_first(self._quic, data, token)
+        """send_packet for a re-send: ahead of every new packet in aioquic's queue (and in
+        ours, which mirror it in order), after the re-sends still waiting there: re-sends
+        leave in the order they were made (oldest holes first), the peer's reorder buffer
+        fills its gaps from the front."""
+        sizes, times = self._queued_sizes, self._queued_times
+        at = min(self._queued_resends, len(sizes))
+        queue_datagram_at(self._quic, data, token, at)
         size = self._datagram_packet_size(len(data))
-        self._queued_sizes.appendleft(size)
+        sizes.insert(at, size)
         self._queued_bytes += size
+        self._queued_resends = at + 1
         # the queue's delay (CoDel) stays that of the packet that has waited longest
-        times = self._queued_times
-        times.appendleft(times[0] if times else now)
+        times.insert(at, times[0] if times else now)
         self.counters.packets_out += 1
         self.counters.bytes_out += len(packet)
         return SendResult(SendStatus.SENT, budget)
@@ -714,6 +721,9 @@ class TunnelConnection:
         (it sends its queue in order, so they are our oldest); returns its queue length."""
         pending = pending_datagram_count(self._quic)
         sizes = self._queued_sizes
+        sent = len(sizes) - pending
+        if sent > 0:
+            self._queued_resends = max(0, self._queued_resends - sent)
         while len(sizes) > pending:
             self._queued_bytes -= sizes.popleft()
             self._queued_times.popleft()

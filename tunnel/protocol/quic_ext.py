@@ -605,17 +605,18 @@ class TunnelQuicConnection(QuicConnection):
     # -- datagram fate (issue 12: failure detection, reinjection, loss hiding) --------------
 
     def send_datagram_frame(
-        self, data: bytes, token: Hashable | None = None, first: bool = False
+        self, data: bytes, token: Hashable | None = None, at: int | None = None
     ) -> None:
         """Queue a DATAGRAM frame; with a `token`, its fate — acknowledged or declared lost
         by loss recovery (RFC 9002 §6) — is reported by take_datagram_fates(). aioquic raises
         no event for either; its per-frame delivery handlers do the work (checked: ACKED for
-        every delivered frame, LOST for most dropped ones, never a false LOST). `first`: at
-        the head of the queue, ahead of what waits (a re-send: the hole it fills holds up the
-        peer's reorder buffer or the inner flow)."""
-        if first:
-            self._datagrams_pending.appendleft(data)
-            self._tunnel_datagram_tokens.appendleft(token)
+        every delivered frame, LOST for most dropped ones, never a false LOST). `at`: the
+        position in the queue to put it at (0: the head; a re-send goes ahead of what waits,
+        as the hole it fills holds up the peer's reorder buffer or the inner flow); None: the
+        tail."""
+        if at is not None:
+            self._datagrams_pending.insert(at, data)
+            self._tunnel_datagram_tokens.insert(at, token)
             return
         super().send_datagram_frame(data)
         self._tunnel_datagram_tokens.append(token)
@@ -1754,13 +1755,14 @@ def minimum_rtt(quic: QuicConnection) -> float | None:
     return float(loss._rtt_min)
 
 
-def queue_datagram_first(quic: QuicConnection, data: bytes, token: Hashable | None) -> None:
-    """Queue a DATAGRAM frame at the head of `quic`'s queue (a re-send); `token` as for
-    TunnelQuicConnection.send_datagram_frame (a plain QuicConnection reports no fates)."""
+def queue_datagram_at(quic: QuicConnection, data: bytes, token: Hashable | None, at: int) -> None:
+    """Queue a DATAGRAM frame at position `at` of `quic`'s queue (0: the head; a re-send);
+    `token` as for TunnelQuicConnection.send_datagram_frame (a plain QuicConnection reports no
+    fates)."""
     if isinstance(quic, TunnelQuicConnection):
-        quic.send_datagram_frame(data, token, first=True)
+        quic.send_datagram_frame(data, token, at=at)
     else:
-        quic._datagrams_pending.appendleft(data)
+        quic._datagrams_pending.insert(at, data)
 
 
 def pending_datagram_count(quic: QuicConnection) -> int:
