@@ -2,7 +2,8 @@
 video-play): a real HTTP/1.1 segment server and ABR player exchanging a few segments on
 127.0.0.1, each bounded by its deadline and a subprocess timeout. Functional facts only: every
 segment comes whole at its ladder size, the player starts at the lowest rate, keeps within its
-buffer goal and plays; never rates or stall counts."""
+buffer goal and plays; a wrong answer is retried and a segment under way at the deadline is
+abandoned, both within the session's time. Never rates or stall counts."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from experiments.video_abr import LADDER_MBPS, SEGMENT_S, segment_bytes, session_metrics
-from experiments.workload_traffic import segment_server
+from experiments.workload_traffic import segment_server, video_play
 
 TOOL = [sys.executable, "-m", "experiments.workload_traffic"]
 
@@ -98,3 +101,54 @@ def test_bad_player_arguments_are_one_sentence() -> None:
     assert out.returncode == 2
     assert out.stderr.startswith("workload_traffic: error:") and "--buffer-s" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@contextmanager
+def misbehaving_server(reply: bytes) -> Iterator[int]:
+    """A TCP server on loopback that answers each connection's first request with `reply` and
+    then holds the connection open, silent (a server that lies or stalls)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(2.0)
+            conn.recv(4096)  # the request
+            conn.sendall(reply)
+            held.append(conn)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_a_wrong_answer_is_counted_and_retried_until_the_deadline() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"  # not the segment's size
+    with misbehaving_server(head) as port:
+        start_at = time.monotonic() + 0.1
+        report = video_play("127.0.0.1", port, start_at, 1.0, buffer_goal_s=4.0)
+    assert report["segments"] == [] and not report["connected"]
+    assert report["errors"] >= 1 and "5 bytes announced" in report["error"]
+
+
+def test_a_segment_under_way_at_the_deadline_is_abandoned() -> None:
+    size = segment_bytes(LADDER_MBPS[0])
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode() + bytes(1000)
+    with misbehaving_server(head) as port:  # then silence: the segment never completes
+        start_at = time.monotonic() + 0.1
+        report = video_play("127.0.0.1", port, start_at, 1.0, buffer_goal_s=4.0)
+    assert report["segments"] == [] and report["connected"]
+    assert report["abandoned"] == 1 and report["errors"] == 0
