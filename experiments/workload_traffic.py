@@ -377,6 +377,9 @@ def video_play(
             try:
                 got = _fetch_segment(conn, path, size, deadline, buf)
             except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, TimeoutError) and time.monotonic() >= deadline:
+                    report["abandoned"] += 1  # its answer had not begun by the deadline
+                    break
                 # a reset or stalled connection (an outage): a new one, the same segment again
                 report["errors"] += 1
                 report["error"] = f"{type(exc).__name__}: {exc}"
