@@ -46,6 +46,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from experiments.schemas import TABLES
 from experiments.traffic import jain_index
+from experiments.video_abr import LADDER_MBPS
 from testbed.paths import FIGURES_DIR, RESULTS_ROOT
 from tunnel.user_error import UserError
 
@@ -1393,6 +1394,87 @@ def load_workload_flows(run_dir: Path) -> pd.DataFrame:
     return _load(run_dir, "workload_flows")
 
 
+# -- the workload experiment's video sessions (their own figure, beside the workload one) -----
+def load_workload_segments(run_dir: Path) -> pd.DataFrame:
+    return _load(run_dir, "workload_segments")
+
+
+def video_figure_path(workload_png: Path) -> Path:
+    """Where workload_figure puts the video figure: beside its own, `<name>-video.png`."""
+    return workload_png.with_name(f"{workload_png.stem}-video{workload_png.suffix}")
+
+
+def plot_video_rates(ax: Axes, segments: pd.DataFrame) -> None:
+    """The ABR rule's choices: each segment's bitrate from its arrival on (when it can play),
+    per mode, for the first run of each."""
+    if segments.empty:
+        _nothing_to_draw(ax, "video segments")
+        return
+    for mode in _ordered(segments["mode"].tolist(), MODE_ORDER):
+        mine = segments[segments["mode"] == mode]
+        first = mine[mine["run"] == mine["run"].min()].sort_values("segment")
+        ax.step(first["arrival_s"], first["rate_mbps"], where="post", marker=".",
+                color=mode_colour(mode), label=mode)  # fmt: skip
+    ax.set_yticks(LADDER_MBPS)
+    ax.set_xlabel("time from the session's start (s), at each segment's arrival")
+    ax.set_ylabel("segment bitrate (Mbit/s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+
+
+def _median_text(rows: pd.DataFrame, column: str, spec: str) -> str:
+    values = pd.to_numeric(rows.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
+    return format(float(values.median()), spec) if len(values) else "-"
+
+
+def plot_video_sessions(ax: Axes, points: pd.DataFrame) -> None:
+    """Per mode: the mean bitrate played (bar: median over runs, dots: the runs), and under it
+    the medians over runs of switches, stalls, stall time and startup delay; red crosses: a
+    point where a process saturated a core."""
+    rows = points[points["workload"] == "video"]
+    if rows.empty or "video_bitrate_mbps" not in rows.columns:
+        _nothing_to_draw(ax, "video sessions")
+        return
+    modes = _ordered(rows["mode"].tolist(), MODE_ORDER)
+    labels = []
+    for m, mode in enumerate(modes):
+        mine = rows[rows["mode"] == mode]
+        rates = pd.to_numeric(mine["video_bitrate_mbps"], errors="coerce")
+        median = float(rates.median()) if rates.notna().any() else 0.0
+        ax.bar(m, median, 0.6, color=mode_colour(mode), alpha=0.6)
+        ax.plot([m] * len(rates), rates, ".", color="k", ms=4)
+        if mine["cpu_saturated"].any():
+            _mark_saturated(ax, m, median)
+        labels.append(
+            f"{mode}\nswitches {_median_text(mine, 'video_switches', '.0f')}\n"
+            f"stalls {_median_text(mine, 'video_stalls', '.0f')} "
+            f"({_median_text(mine, 'video_stall_s', '.1f')} s)\n"
+            f"startup {_median_text(mine, 'video_startup_s', '.2f')} s"
+        )
+    ax.set_xticks(range(len(modes)), labels, fontsize="x-small")
+    ax.set_ylim(0, max(LADDER_MBPS) * 1.05)
+    ax.set_ylabel("mean bitrate played (Mbit/s)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def workload_video_figure(run_dir: Path, out_png: Path) -> Path:
+    """The workload experiment's video sessions: the rate chosen for each segment over time,
+    and per mode the mean bitrate played with switches, stalls and startup delay."""
+    points = load_workload(run_dir)
+    has_segments = (Path(run_dir) / TABLES["workload_segments"].file_name).exists()
+    segments = load_workload_segments(run_dir) if has_segments else pd.DataFrame()
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax_rates, ax_sessions = fig.subplots(1, 2, width_ratios=(3, 2))
+    plot_video_rates(ax_rates, segments)
+    ax_rates.set_title("adaptive-bitrate video: the rate of each segment", fontsize="medium")
+    plot_video_sessions(ax_sessions, points)
+    ax_sessions.set_title("per session: bitrate played, switches, stalls", fontsize="medium")
+    video = points[points["workload"] == "video"]
+    hot = f"; x: {CPU_MARK}" if video["cpu_saturated"].any() else ""
+    fig.suptitle(_run_title(run_dir) + hot)
+    return _save(fig, out_png, run_dir)
+
+
 def _nothing_to_draw(ax: Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in this run", ha="center", va="center", color="0.4")
     ax.set_axis_off()
@@ -1535,6 +1617,8 @@ def workload_figure(run_dir: Path, out_png: Path) -> Path:
     ax_bulk.set_title("parallel bulk TCP connections", fontsize="medium")
     hot = f"; x: {CPU_MARK}" if points["cpu_saturated"].any() else ""
     fig.suptitle(_run_title(run_dir) + hot)
+    if (points["workload"] == "video").any():
+        workload_video_figure(run_dir, video_figure_path(out_png))
     return _save(fig, out_png, run_dir)
 
 

@@ -214,6 +214,20 @@ LATENCY = Table(
     optional=("goodput_mbps", "detail", *CPU_COLUMNS),
 )
 
+# The video workload's columns of a point's row (experiments/video_abr.py VideoMetrics): one
+# session's figures, empty for the other workloads.
+VIDEO_SESSION_COLUMNS = (
+    "video_segments",  # segments fetched whole
+    "video_played_s",  # seconds of video played in the session
+    "video_bitrate_mbps",  # mean bitrate played: the rates weighted by their seconds played
+    "video_switches",  # rate changes between consecutive segments played
+    "video_stalls",  # the buffer ran dry after playback had started (startup is not one)
+    "video_stall_s",  # their total time, a stall still going at the end counted up to it
+    "video_startup_s",  # first request to the first segment in (playback starts)
+    "video_abandoned",  # segments under way at the session's end (0 or 1)
+    "video_errors",  # failed exchanges (reset, stalled connection) the player retried
+)
+
 # The workload experiment (experiments/workload.py): a row per point, per call, per flow.
 # Its CPU columns: `sender` / `receiver` are the workload's own two programs (the VoIP, web or
 # bulk tools); with a background bulk load, that load's two ends are load_sender / load_receiver
@@ -279,6 +293,7 @@ WORKLOAD = Table(
         *CPU_COLUMNS,
         "cpu_load_sender_pct",
         "cpu_load_receiver_pct",
+        *VIDEO_SESSION_COLUMNS,
     ),
     optional=(
         "calls",
@@ -303,6 +318,7 @@ WORKLOAD = Table(
         *CPU_COLUMNS,
         "cpu_load_sender_pct",
         "cpu_load_receiver_pct",
+        *VIDEO_SESSION_COLUMNS,  # runs before the video workload lack them
     ),
 )
 WORKLOAD_CALLS = Table(
@@ -328,6 +344,23 @@ WORKLOAD_FLOWS = Table(
     ),
     optional=("size_bytes", "start_s", "fct_ms", "goodput_mbps", "error"),
 )
+WORKLOAD_SEGMENTS = Table(
+    "workload_segments",
+    (
+        "mode",
+        "workload",
+        "run",
+        "segment",  # its number in the session
+        "rate_mbps",  # the ladder rate the ABR rule chose (its size: rate x 2 s / 8)
+        "bytes",
+        "request_s",  # when it was asked for, from the session's origin
+        "arrival_s",  # when its last byte came
+        "download_ms",  # request to last byte
+        "throughput_mbps",  # bytes over download time: the ABR rule's sample
+        "buffer_s",  # the player's buffer (seconds of video) when it asked
+    ),
+    optional=("throughput_mbps",),  # bytes and download_ms give it: no figure needs the column
+)
 
 # Every table a loader reads, by name.
 TABLES: dict[str, Table] = {
@@ -343,5 +376,6 @@ TABLES: dict[str, Table] = {
         WORKLOAD,
         WORKLOAD_CALLS,
         WORKLOAD_FLOWS,
+        WORKLOAD_SEGMENTS,
     )
 }

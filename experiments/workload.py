@@ -1,4 +1,5 @@
-"""Workloads: `qtlab run workload` -> results/workload/<time>/workload.csv (+ _calls, _flows).
+"""Workloads: `qtlab run workload` -> results/workload/<time>/workload.csv (+ _calls, _flows,
+_segments).
 
 What each way of carrying traffic (experiments/variants.py `Modes`: plain, tunnel, session,
 stream, WireGuard) does to the traffic people run, not only to one bulk flow. The network of the
@@ -24,10 +25,18 @@ runs them on the hosts):
   web-bulk       the same under one bulk TCP flow (started `warmup_s` before).
   bulk-parallel  `parallel_flows` TCP connections at once for `bulk_s` (iperf3 -P N): the
                  total goodput and how fairly the connections share it (Jain's index).
+  video          one adaptive-bitrate video session of `video_s` over HTTP/1.1 (a segment
+                 server on the sending side, a player on c1): 2 s segments at a ladder of 1,
+                 2.5, 5, 8, 16 Mbit/s, the rate of each chosen by the rate-based ABR rule
+                 (harmonic mean of the last 5 segments' throughputs), played out in real time
+                 from a buffer of at most `video_buffer_s`; per session: the mean bitrate
+                 played, switches, stalls and their total time, the startup delay
+                 (experiments/video_abr.py has the rule, the accounting and their sources).
 
 Rows: workload.csv one per point (the medians, and the CPU of every process: the tunnel's
 programs, the shaper, the workload's two programs and the load's, a saturated core flagged),
-workload_calls.csv one per call, workload_flows.csv one per web object or bulk connection.
+workload_calls.csv one per call, workload_flows.csv one per web object or bulk connection,
+workload_segments.csv one per video segment.
 """
 
 from __future__ import annotations
@@ -62,15 +71,22 @@ from experiments.runner import (
     PointResult,
     Row,
 )
-from experiments.schemas import WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS, tables
+from experiments.schemas import (
+    WORKLOAD,
+    WORKLOAD_CALLS,
+    WORKLOAD_FLOWS,
+    WORKLOAD_SEGMENTS,
+    tables,
+)
 from experiments.traffic import goodput_mbps, jain_index
 from experiments.variants import CLIENT, Modes, Route
+from experiments.video_abr import BUFFER_GOAL_S, SEGMENT_S, session_metrics
 from experiments.voice_quality import PLAYOUT_ADJUST_S, CallRecord, call_metrics, percentile
 from testbed.lab import Lab
 from testbed.profiles import PROFILES, profile
 
 MODES = variants.MODES
-WORKLOADS = ("voip", "voip-bulk", "web", "web-bulk", "bulk-parallel")
+WORKLOADS = ("voip", "voip-bulk", "web", "web-bulk", "bulk-parallel", "video")
 FIRST_PORT = 5700
 LOAD_ROLES = ("load_sender", "load_receiver")
 
@@ -93,6 +109,8 @@ DEFAULTS: Params = {
     "parallel_flows": 4,
     "bulk_s": 15.0,
     "warmup_s": 3.0,
+    "video_s": 60.0,  # one adaptive-bitrate video session's length
+    "video_buffer_s": BUFFER_GOAL_S,  # the player's buffer goal (video_abr)
     "backend": "auto",
     "verify_fidelity": True,
 }
@@ -104,6 +122,7 @@ QUICK: Params = {
     "web_s": 20.0,
     "bulk_s": 5.0,
     "warmup_s": 2.0,
+    "video_s": 20.0,
 }
 
 
@@ -139,6 +158,10 @@ def points(params: Params) -> list[Point]:
         raise ExperimentError("call_s, web_s and bulk_s must be > 0 and warmup_s >= 0.")
     if params["playout_adjust_s"] <= 0:
         raise ExperimentError("playout_adjust_s must be > 0 (seconds between playout changes).")
+    if not 0 < params["video_s"] <= 3600 or not SEGMENT_S <= params["video_buffer_s"] <= 600:
+        raise ExperimentError(
+            f"video_s must be in (0, 3600] s and video_buffer_s in [{SEGMENT_S:g}, 600] s."
+        )
     return [
         Point({"mode": mode, "workload": workload, "run": run})
         for mode in params["modes"]
@@ -156,6 +179,8 @@ def session(params: Params) -> contextlib.AbstractContextManager[Context[Workloa
         "voip": "G.711-like, 20 ms, 172 B UDP payload (RTP + 160 B), E-model per "
         "experiments/voice_quality.py",
         "web_sizes": "SURGE lognormal body + Pareto tail, experiments/web_mix.py",
+        "video": "HTTP/1.1 segments of 2 s at 1/2.5/5/8/16 Mbit/s, rate-based ABR (harmonic "
+        "mean of 5), experiments/video_abr.py",
     }
     return variants.wifi_only_session(params, link, "workload", WorkloadState, meta)
 
@@ -262,7 +287,55 @@ def run_fetches(
     return rows, f"{skipped} object(s) not started before web_s" if skipped else ""
 
 
+def run_video(
+    ctx: Context[WorkloadState],
+    route: Route,
+    start_at: float,
+    cpu: CpuMeter | None,
+    start_meter: bool,
+) -> tuple[Row, list[Row], str]:
+    """One video session from `start_at` for video_s: the point's video columns, the rows of
+    its segments (workload_segments) and any error text."""
+    state, p = ctx.state, ctx.params
+    port = state.next_port()
+    out = state.workdir / f"video-{port}.json"
+    duration = float(p["video_s"])
+    play_argv = _tool(
+        "video-play", "--dst", route.address, "--port", str(port),
+        "--start-at", f"{start_at:.6f}", "--duration", str(duration),
+        "--buffer-s", str(p["video_buffer_s"]), "--out", str(out),
+    )  # fmt: skip
+    if route.client_source is not None:
+        play_argv += ["--src", route.client_source]
+    serve_argv = _tool(
+        "video-serve", "--bind", route.address, "--port", str(port),
+        "--until", f"{start_at + duration:.6f}",
+    )  # fmt: skip
+    programs = Programs(route.sender, serve_argv, CLIENT, play_argv, port)
+    receiver = run_programs(
+        state.lab, programs, start_at, start_at + duration, cpu=cpu, start_meter=start_meter
+    )
+    result = _read_json(out)
+    if not result:
+        raise RuntimeError(f"the video player wrote nothing; see {receiver.log_path}")
+    segments: list[Row] = list(result.get("segments", []))
+    return video_summary(segments, duration, result), segments, str(result.get("error") or "")
+
+
 # -- the point ---------------------------------------------------------------------------------
+def video_summary(segments: list[Row], duration_s: float, report: dict[str, Any]) -> Row:
+    """The point's video columns: the session's metrics (video_abr.session_metrics) from its
+    segments' arrivals, and the player's abandoned segments and failed exchanges."""
+    metrics = session_metrics(
+        [(float(s["arrival_s"]), float(s["rate_mbps"])) for s in segments], duration_s
+    )
+    return {
+        **metrics.as_row(),
+        "video_abandoned": report.get("abandoned"),
+        "video_errors": report.get("errors"),
+    }
+
+
 # the calls' columns (schemas.VOIP_CALL_COLUMNS) a point's row carries, as medians
 CALL_MEDIANS = (
     *("mos", "r_factor", "owd_median_ms", "jitter_ms", "loss_pct", "late_pct"),
@@ -358,6 +431,7 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
     meter = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]) if loaded else 0.0)
     calls: list[Row] = []
     flows: list[Row] = []
+    segments: list[Row] = []
     row: Row = {**point.values}
     errors: list[str] = []
 
@@ -375,6 +449,12 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
         voip(time.monotonic() + START_LEAD_S)
     elif workload == "web":
         web(time.monotonic() + START_LEAD_S)
+    elif workload == "video":
+        video_row, segments, error = run_video(
+            ctx, route, time.monotonic() + START_LEAD_S, meter, True
+        )
+        row.update(video_row)
+        errors.append(error)
     elif workload in ("voip-bulk", "web-bulk"):
         # the load lasts as long as the work may (the calls, or web_s of fetching)
         work_s = float(p["call_s"]) + 1.0 if workload == "voip-bulk" else float(p["web_s"])
@@ -423,6 +503,7 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
             "workload": [row],
             "workload_calls": [{**keys, **c} for c in calls],
             "workload_flows": [{**keys, **f} for f in flows],
+            "workload_segments": [{**keys, **s} for s in segments],
         }
     )
 
@@ -443,6 +524,8 @@ def summary_table(run_dir: Path) -> str:
         ("owd_median_ms", "median one-way delay of the calls (ms)"),
         ("fct_median_ms", "median flow completion time of the web objects (ms)"),
         ("goodput_mbps", "parallel bulk goodput (Mbit/s)"),
+        ("video_bitrate_mbps", "mean video bitrate played (Mbit/s)"),
+        ("video_stall_s", "video stall time (s)"),
     ):
         if column in df.columns and df[column].notna().any():
             table = df.pivot_table(
@@ -456,11 +539,12 @@ EXPERIMENT = Experiment(
     name="workload",
     defaults=DEFAULTS,
     quick=QUICK,
-    tables=tables(WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS),
+    tables=tables(WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS, WORKLOAD_SEGMENTS),
     key_columns=("mode", "workload", "run"),
     points=points,
     run_point=run_point,
     session=session,
     summarize=summary_table,
-    description="VoIP calls (MOS), web-like short flows (FCT) and parallel bulk flows per mode",
+    description="VoIP calls (MOS), web-like short flows (FCT), parallel bulk flows and "
+    "adaptive-bitrate video (bitrate, stalls) per mode",
 )

@@ -6,6 +6,9 @@
         --start-at T --duration 30 --out recv.json
     python -m experiments.workload_traffic web-fetch --dst 10.200.1.2 --port 5800 \
         --start-at T --duration 30 --count 40 --seed 1 --parallel 2 --out fetch.json
+    python -m experiments.workload_traffic video-serve --bind 10.200.1.2 --port 5900 --until T
+    python -m experiments.workload_traffic video-play --dst 10.200.1.2 --port 5900 \
+        --start-at T --duration 60 [--buffer-s 30] --out video.json
 
 As experiments/traffic.py's tools: the server side sends and the client side (c1, behind the
 accesses) asks, both are given an absolute start time on CLOCK_MONOTONIC (one clock for every
@@ -27,22 +30,46 @@ handshake is part of a short flow's life), from experiments/soak_traffic.py's se
 (`soak_traffic serve`; its GET sends checked bytes, so a corrupted or short object is caught).
 A flow's completion time (FCT) is from before connect() to the last byte (EOF). Workers start
 no new fetch after the deadline; a fetch under way is bounded by soak_traffic's IDLE_S per read.
+
+video-serve / video-play: an adaptive-bitrate video session over HTTP/1.1 (experiments/
+video_abr.py has the ladder, the ABR rule and the playout accounting). The server (a stdlib
+ThreadingHTTPServer on the sending side) answers `GET /video/<rung>/<index>.m4s` with exactly
+video_abr.segment_bytes(LADDER_MBPS[rung]) bytes (Content-Length, zeros: the content is not
+the point, its size and timing are) and stops at `--until` + VIDEO_SERVER_GRACE_S. The player
+on c1 keeps one persistent connection (as players do; a new one after an error), fetches
+segments one at a time while the buffer has room below `--buffer-s`, picks each segment's
+rate by the ABR rule from the throughputs measured so far, plays out in real time (Playout)
+and stops at the deadline (a segment under way then is abandoned, counted). It records each
+segment (rate, bytes, request and arrival times from the origin, download time, throughput,
+buffer level at the request); the experiment computes the session's metrics from those
+(video_abr.session_metrics, the accounting the player ran live).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import re
 import socket
 import struct
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from experiments.soak_traffic import transfer
 from experiments.traffic import GRACE_S, REQUEST, wait_for_request, write_result
+from experiments.video_abr import (
+    BUFFER_GOAL_S,
+    LADDER_MBPS,
+    SEGMENT_S,
+    Playout,
+    choose_rung,
+    segment_bytes,
+)
 from experiments.voice_quality import PACKET_INTERVAL_MS, PAYLOAD_BYTES
 from experiments.web_mix import DEFAULT_MAX_BYTES, object_sizes
 
@@ -53,6 +80,10 @@ SEND_TIME = struct.Struct("!Q")
 SAMPLES_PER_PACKET = 160  # 20 ms of 8 kHz
 MAX_CALLS = 50
 MAX_PARALLEL = 16
+SEGMENT_PATH = re.compile(r"/video/(\d{1,2})/(\d{1,6})\.m4s")
+VIDEO_IDLE_S = 10.0  # a read (either side) that makes no progress this long gives up
+VIDEO_SERVER_GRACE_S = 2.0  # the player stops at the same deadline: the server needs little
+VIDEO_CHUNK = 65536
 
 
 def _family(addr: str) -> int:
@@ -204,6 +235,182 @@ def web_fetch(
     return {"flows": flows, "objects": len(sizes), "not_started": len(sizes) - len(flows)}
 
 
+# -- adaptive-bitrate video --------------------------------------------------------------------
+class _SegmentHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection for the session
+    timeout = VIDEO_IDLE_S
+
+    def do_GET(self) -> None:
+        match = SEGMENT_PATH.fullmatch(self.path)
+        if match is None or int(match[1]) >= len(LADDER_MBPS):
+            self.send_error(404, "no such segment")
+            return
+        size = segment_bytes(LADDER_MBPS[int(match[1])])
+        self.send_response(200)
+        self.send_header("Content-Type", "video/iso.segment")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        zeros = memoryview(bytes(VIDEO_CHUNK))
+        left = size
+        while left > 0:
+            n = min(left, VIDEO_CHUNK)
+            self.wfile.write(zeros[:n])
+            left -= n
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per segment would fill the host's log
+
+
+class SegmentServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks getfqdn(): a reverse lookup a lab namespace cannot answer
+        # quickly; the name is only used in CGI variables
+        super(ThreadingHTTPServer, self).server_bind()  # TCPServer's: bind only
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a player gone mid-segment: the player's record says what happened
+
+
+class SegmentServer6(SegmentServer):
+    address_family = socket.AF_INET6
+
+
+def segment_server(bind: str, port: int) -> SegmentServer:
+    """A listening segment server (port 0: any free one, in server_address)."""
+    cls = SegmentServer6 if ":" in bind else SegmentServer
+    return cls((bind, port), _SegmentHandler)
+
+
+def serve_until(server: SegmentServer, stop_at: float) -> None:
+    """Serve from a thread until `stop_at` (CLOCK_MONOTONIC), then close."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
+    thread.daemon = True
+    thread.start()
+    try:
+        while (left := stop_at - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _fetch_segment(
+    conn: http.client.HTTPConnection, path: str, size: int, deadline: float, buf: bytearray
+) -> int:
+    """GET one segment on `conn`: the bytes received, all `size` of them unless the deadline
+    came first (fewer). Raises OSError / HTTPException on a failed exchange."""
+    # connecting and the response's head are bounded by the deadline too
+    conn.timeout = min(VIDEO_IDLE_S, max(0.05, deadline - time.monotonic()))
+    if conn.sock is not None:
+        conn.sock.settimeout(conn.timeout)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    if response.status != 200:
+        response.read()
+        raise http.client.HTTPException(f"HTTP {response.status} for {path}")
+    if response.length != size:
+        raise http.client.HTTPException(f"{path}: {response.length} bytes announced, not {size}")
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        assert conn.sock is not None
+        conn.sock.settimeout(min(VIDEO_IDLE_S, max(0.05, left)))
+        try:
+            n = response.readinto(view[: min(len(buf), size - got)])
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                break
+            raise
+        if n == 0:
+            raise http.client.IncompleteRead(bytes(got), size - got)
+        got += n
+    return got
+
+
+def video_play(
+    dst: str,
+    port: int,
+    start_at: float,
+    duration: float,
+    buffer_goal_s: float = BUFFER_GOAL_S,
+    src: str | None = None,
+) -> dict[str, Any]:
+    """Play one session from `start_at` to start + duration (module docstring)."""
+    deadline = start_at + duration
+    segments: list[dict[str, Any]] = []
+    report: dict[str, Any] = {
+        "connected": False,
+        "error": None,
+        "segments": segments,
+        "abandoned": 0,
+        "errors": 0,
+        "duration_s": duration,
+        "buffer_goal_s": buffer_goal_s,
+    }
+    while (wait := start_at - time.monotonic()) > 0:
+        time.sleep(min(wait, 0.05))
+    player = Playout(origin=start_at)
+    throughputs: list[float] = []
+    buf = bytearray(VIDEO_CHUNK)
+    source = (src, 0) if src is not None else None
+    conn = http.client.HTTPConnection(dst, port, timeout=VIDEO_IDLE_S, source_address=source)
+    try:
+        while (now := time.monotonic()) < deadline:
+            # fetch only while the buffer has room for one more segment below the goal
+            excess = player.level(now) - (buffer_goal_s - SEGMENT_S)
+            if excess > 0:
+                time.sleep(min(excess, deadline - now))
+                continue
+            rung = choose_rung(throughputs)
+            rate, size = LADDER_MBPS[rung], segment_bytes(LADDER_MBPS[rung])
+            level = player.level(now)
+            path = f"/video/{rung}/{len(segments)}.m4s"
+            asked = time.monotonic()
+            try:
+                got = _fetch_segment(conn, path, size, deadline, buf)
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, TimeoutError) and time.monotonic() >= deadline:
+                    report["abandoned"] += 1  # its answer had not begun by the deadline
+                    break
+                # a reset or stalled connection (an outage): a new one, the same segment again
+                report["errors"] += 1
+                report["error"] = f"{type(exc).__name__}: {exc}"
+                conn.close()
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                continue
+            report["connected"] = True
+            if got < size:
+                report["abandoned"] += 1  # the deadline came during its download
+                break
+            arrived = time.monotonic()
+            took = max(arrived - asked, 1e-6)
+            throughputs.append(size * 8 / took / 1e6)
+            player.segment_arrived(arrived, rate)
+            segments.append(
+                {
+                    "segment": len(segments),
+                    "rate_mbps": rate,
+                    "bytes": got,
+                    "request_s": asked - start_at,
+                    "arrival_s": arrived - start_at,
+                    "download_ms": took * 1000,
+                    "throughput_mbps": throughputs[-1],
+                    "buffer_s": level,
+                }
+            )
+    finally:
+        conn.close()
+    return report
+
+
 # -- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.workload_traffic")
@@ -226,6 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--start-at", type=float, required=True, help="CLOCK_MONOTONIC seconds")
         s.add_argument("--duration", type=float, required=True)
         s.add_argument("--out", type=Path, help="JSON file for the record / sender report")
+    serve = sub.add_parser("video-serve")
+    serve.add_argument("--bind", required=True)
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--until", type=float, required=True, help="CLOCK_MONOTONIC seconds")
+    play = sub.add_parser("video-play")
+    play.add_argument("--dst", required=True)
+    play.add_argument("--src", help="bind to this local address before connecting")
+    play.add_argument("--port", type=int, required=True)
+    play.add_argument("--start-at", type=float, required=True, help="CLOCK_MONOTONIC seconds")
+    play.add_argument("--duration", type=float, required=True, help="the session, seconds")
+    play.add_argument(
+        "--buffer-s", type=float, default=BUFFER_GOAL_S, help="the buffer goal, seconds"
+    )
+    play.add_argument("--out", type=Path, help="JSON file for the session's record")
     return p
 
 
@@ -236,10 +457,19 @@ def _usage(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "video-serve":
+        serve_until(segment_server(args.bind, args.port), args.until + VIDEO_SERVER_GRACE_S)
+        return 0
     if not 0 < args.duration <= 3600:
         return _usage("--duration must be between 0 and 3600 s.")
     result: dict[str, Any]
-    if args.command == "voip-send":
+    if args.command == "video-play":
+        if not SEGMENT_S <= args.buffer_s <= 600:
+            return _usage(f"--buffer-s must be between {SEGMENT_S:g} (one segment) and 600 s.")
+        result = video_play(
+            args.dst, args.port, args.start_at, args.duration, args.buffer_s, args.src
+        )
+    elif args.command == "voip-send":
         if not 1 <= args.calls <= MAX_CALLS:
             return _usage(f"--calls must be between 1 and {MAX_CALLS}.")
         result = voip_send(args.bind, args.port, args.start_at, args.duration, args.calls)

@@ -134,8 +134,8 @@ def test_cpu_row_counts_the_load_in_saturation() -> None:
 
 def test_parameters_are_checked_in_one_sentence() -> None:
     exp = workload.EXPERIMENT
-    assert len(exp.points(resolve_params(exp, quick=True))) == 10  # 2 modes x 5 workloads
-    bad_values = ('workloads=["video"]', 'access_profile="moon"', "calls=0", "web_s=0")
+    assert len(exp.points(resolve_params(exp, quick=True))) == 12  # 2 modes x 6 workloads
+    bad_values = ('workloads=["movie"]', 'access_profile="moon"', "calls=0", "web_s=0")
     for bad in (*bad_values, "playout_adjust_s=0"):
         with pytest.raises(ExperimentError):
             exp.points(resolve_params(exp, sets=[bad]))
