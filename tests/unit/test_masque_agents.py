@@ -150,3 +150,34 @@ def test_a_concentrator_not_serving_masque_says_so(lab_certs: FilePath) -> None:
     assert core.core.refused["mode"] >= 1
     ended = [c.path for c in world.conns if c.path.state is PathState.CLOSED]
     assert ended and "masque mode (ALPN h3) is not offered" in (ended[0].end_reason or "")
+
+
+def test_a_resumed_reconnect_carries_on(lab_certs: FilePath) -> None:
+    # limits.zero_rtt: the reconnect presents a ticket (no certificate); its H3 SETTINGS may
+    # come in 0-RTT, before the concentrator admitted the client: held, then served
+    on = "limits.zero_rtt=true"
+    core = CoreConcentrator(concentrator_config(lab_certs, MASQUE_SERVED, on), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["h3"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    config = client_config("masque", ("wifi",), PROBE, on)
+    world = World(config, concentrator=core, client_quic_config=alice).start()
+    world.run(1.0)
+    first = world.up_path("wifi")
+    world.blackhole("wifi", True)  # nothing answers: given up after 10 probe intervals
+    world.run(5.0, until=lambda: world.agent.path_on("wifi") is not first)
+    world.blackhole("wifi", False)
+    world.run(5.0, until=lambda: world.agent.path_on("wifi") not in (None, first))
+    world.run(0.5)
+    again = world.up_path("wifi")
+    assert again is not first and again.session_ticket is not None
+    assert core.core.counters["connections_resumed"] == 1
+    request, reply = echo("10.8.0.2", 3)
+    core.tun.clear()
+    world.from_tun([request])
+    world.run(0.1)
+    assert core.tun == [request]
+    world.tun.clear()
+    core.from_tun([reply], world.now)
+    world.run(0.1)
+    assert world.tun == [reply]

@@ -65,6 +65,9 @@ MAX_EARLY_EVENTS: Final = 64
 """Stream events held for the proxy before the client is authenticated (0-RTT): more are
 dropped (the H3 layer then misses them and the client's request fails, as it should)."""
 _ETHERTYPES: Final = {4: 0x0800, 6: 0x86DD}
+# The concentrator makes a MasqueConnection for every connection, so the overrides below sit on
+# the drafts' modes' per-packet path too: one attribute test each, no property call.
+_MASQUE: Final = TunnelMode.MASQUE
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class MasqueConnection(TunnelConnection):
 
     @property
     def is_masque(self) -> bool:
-        return self.mode is TunnelMode.MASQUE
+        return self._mode is _MASQUE
 
     def _attach(self, session: ConnectIpClient | ConnectIpServer) -> None:
         self.connect_ip = session
@@ -163,7 +166,7 @@ class MasqueConnection(TunnelConnection):
         return [ModeNegotiated(TunnelMode.MASQUE, False, alpn)]
 
     def handle_event(self, event: quic_events.QuicEvent) -> list[TunnelEvent]:
-        if self.mode is not TunnelMode.MASQUE or isinstance(
+        if self._mode is not _MASQUE or isinstance(
             event, quic_events.ConnectionTerminated | quic_events.ProtocolNegotiated
         ):
             return super().handle_event(event)
@@ -225,7 +228,7 @@ class MasqueConnection(TunnelConnection):
     # -- datagrams ---------------------------------------------------------------------------
 
     def max_packet_size(self) -> int:
-        if self.mode is not TunnelMode.MASQUE:
+        if self._mode is not _MASQUE:
             return super().max_packet_size()
         session = self.connect_ip
         return 0 if session is None or self.closed else session.max_packet_size()
@@ -238,7 +241,7 @@ class MasqueConnection(TunnelConnection):
         now: float | None = None,
         resend: bool = False,
     ) -> SendResult:
-        if self.mode is not TunnelMode.MASQUE:
+        if self._mode is not _MASQUE:
             return super().send_packet(packet, packet_tag, token, now, resend)
         session = self.connect_ip
         if session is None or self.closed:
@@ -249,7 +252,7 @@ class MasqueConnection(TunnelConnection):
     # -- what MASQUE does not have -----------------------------------------------------------
 
     def send_access_report(self, access_id: AccessId, signal: AccessSignal) -> int:
-        if self.mode is not TunnelMode.MASQUE:
+        if self._mode is not _MASQUE:
             return super().send_access_report(access_id, signal)
         return -1  # MASQUE has no Access Report: nothing is sent (no stream: -1)
 
