@@ -1,7 +1,7 @@
 """`make bench`: iperf3 TCP goodput and CPU of the tunnel modes against the plain path.
 
     python -m experiments.bench [--seconds N] [--profiles none,wifi,5g]
-                                [--modes plain,tunnel,session,stream,wireguard,openvpn]
+                                [--modes plain,tunnel,session,stream,masque,wireguard,openvpn]
 
 One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For each link profile
 (testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2:
@@ -11,6 +11,8 @@ One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For 
   stream   tunnel mode with stream mode: the client intercepts the TCP connection to 10.8.0.1
            and carries it on a QUIC stream; the concentrator connects to its own TUN address
            (allowed here by `stream.allow_own_addresses`)
+  masque   MASQUE CONNECT-IP (RFC 9484) over HTTP/3 (ALPN h3), what a user would pick instead
+           (issue 18): the same programs, `mode = "masque"`, one connection
   wireguard  our peers, in the same run: wireguard-go between h1 and h2 (userspace, like qtun)
   openvpn    OpenVPN 2.6, TLS, UDP, its negotiated AES-256-GCM, userspace (experiments/variants.py)
 Goodput is iperf3's receiver-side figure (its JSON output); CPU% is the client's and the
@@ -114,6 +116,11 @@ MODES: dict[str, BenchMode] = {
             ),
             "stream mode (tunnel mode + quic_tunnel_stream_mode): the TCP connection on a QUIC "
             "stream, relayed by the concentrator",
+        ),
+        BenchMode(
+            "masque",
+            TunnelSpec(mode="masque", concentrator_overrides=OWN_HOST_ALLOWED),
+            "MASQUE CONNECT-IP (RFC 9484, ALPN h3), one connection: IP packets as HTTP Datagrams",
         ),
         BenchMode(
             "tunnel-generic",

@@ -66,7 +66,7 @@ class QtunError(RuntimeFailure):
 
 @dataclass
 class TunnelSpec:
-    mode: str = "session"  # "tunnel" | "session"
+    mode: str = "session"  # "tunnel" | "session" | "masque" (RFC 9484 CONNECT-IP, issue 18)
     scheduler: str = "failover"  # failover | wrr | aggregate | lowest-rtt
     access_reports: bool = True
     stream: bool = False  # also negotiate stream mode and intercept TCP
@@ -81,8 +81,10 @@ class TunnelSpec:
     capture: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("tunnel", "session"):
-            raise ValueError(f"TunnelSpec.mode must be 'tunnel' or 'session', not {self.mode!r}.")
+        if self.mode not in ("tunnel", "session", "masque"):
+            raise ValueError(
+                f"TunnelSpec.mode must be 'tunnel', 'session' or 'masque', not {self.mode!r}."
+            )
 
 
 def client_inner_addresses(k: int) -> tuple[str, str]:
@@ -242,7 +244,9 @@ class QtunDeployment:
         if self.spec.stream:
             tables.append(("[stream]", {"enabled": True}))
         tables.append(("[observability]", self._observability(self.concentrator)))
-        top = {"modes": ["tunnel", "session"], "scheduler": self.spec.scheduler}
+        # MASQUE (ALPN h3) is served only to a deployment of it
+        modes = ["tunnel", "session"] + (["masque"] if self.spec.mode == "masque" else [])
+        top = {"modes": modes, "scheduler": self.spec.scheduler}
         return _toml(top, tables)
 
     def client_toml(self, client: str) -> str:

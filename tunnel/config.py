@@ -269,9 +269,9 @@ class TunConfig:
         default=(),
         metadata=setting(
             "this end's tunnel addresses, with prefix length (a client with payload ethernet "
-            "may leave them to DHCP/SLAAC)",
+            "may leave them to DHCP/SLAAC; with mode masque the proxy assigns them)",
             InterfaceList(),
-            unset="required (an Ethernet client: none)",
+            unset="required (an Ethernet or masque client: none)",
         ),
     )
     routes: tuple[IPNetwork, ...] = field(
@@ -521,7 +521,8 @@ class ClientConfig:
     mode: TunnelMode = field(
         default=TunnelMode.TUNNEL,
         metadata=setting(
-            "tunnel: one connection, migrated on failure; session: one connection per access",
+            "tunnel: one connection, migrated on failure; session: one connection per access; "
+            "masque: RFC 9484 CONNECT-IP over HTTP/3, one connection, migrated on failure",
             Choice.of(TunnelMode),
         ),
     )
@@ -1055,9 +1056,26 @@ def _check_tun_addresses(tun: TunConfig) -> None:
         )
 
 
+def _check_masque_client(config: ClientConfig) -> None:
+    """MASQUE CONNECT-IP (RFC 9484) carries IP packets only, gets the TUN's addresses from the
+    proxy (ADDRESS_ASSIGN) and has no stream mode (README "MASQUE CONNECT-IP")."""
+    if config.payload is not Payload.IP:
+        raise ConfigError(
+            'mode "masque" carries IP packets only (RFC 9484): set payload = "ip" or use '
+            'mode "tunnel" or "session"'
+        )
+    if config.stream.enabled:
+        raise ConfigError(
+            'stream mode is a transport parameter of the QUIC tunnel drafts, not of mode "masque":'
+            ' set stream.enabled = false or use mode "tunnel"'
+        )
+
+
 def _check_client(config: ClientConfig, t: Table) -> None:
     _unique("access name {!r} is used twice: give each [[access]] its own", config.accesses)
-    if config.payload is Payload.IP:
+    if config.mode is TunnelMode.MASQUE:
+        _check_masque_client(config)
+    elif config.payload is Payload.IP:
         _check_tun_addresses(config.tun)
     _check_congestion(config.limits, config.stream.enabled)
     if config.mode is TunnelMode.SESSION and not config.accesses:

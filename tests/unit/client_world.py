@@ -49,7 +49,7 @@ from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, TunnelQuicConnection
 from tunnel.session.table import JoinError, SessionTable
 from tunnel.wire.datagram import PAYLOAD_ETHERTYPE
 from tunnel.wire.messages import AccessId, AccessSignal
-from tunnel.wire.modes import ALL_ALPN, ALPN_SESSION, ALPN_TUNNEL, TunnelMode
+from tunnel.wire.modes import ALL_ALPN, MODE_ALPNS
 
 CONCENTRATOR = ("10.100.0.1", 4433)
 MAX_STEPS = 200_000
@@ -342,7 +342,7 @@ class World:
         self.tun: list[bytes] = []  # packets the agent wrote into the TUN
         self.bind_fails: set[str] = set()  # accesses whose sockets cannot be made
         self.probes_sent: list[tuple[float, str]] = []  # (time, access) of each ProbeAccess
-        alpn = ALPN_TUNNEL if config.mode is TunnelMode.TUNNEL else ALPN_SESSION
+        alpn = MODE_ALPNS[config.mode]
         self._client_config, server_config = make_configs(
             list(alpn), list(server_alpn), max_datagram_size=MAX_DATAGRAM_SIZE
         )

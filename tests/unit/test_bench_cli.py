@@ -20,7 +20,7 @@ from experiments.bench import (
 
 def test_modes_are_a_registry_of_plain_the_tunnel_modes_and_our_peers() -> None:
     default = [name for name, mode in MODES.items() if mode.default]
-    assert default == ["plain", "tunnel", "session", "stream", "wireguard", "openvpn"]
+    assert default == ["plain", "tunnel", "session", "stream", "masque", "wireguard", "openvpn"]
     # the datagram fast path's baselines, run only when asked for
     assert set(MODES) - set(default) == {"tunnel-generic", "session-generic"}
     for name in ("tunnel-generic", "session-generic"):
@@ -35,6 +35,7 @@ def test_modes_are_a_registry_of_plain_the_tunnel_modes_and_our_peers() -> None:
     ]
     assert MODES["tunnel"].spec is not None and MODES["tunnel"].spec.mode == "tunnel"
     assert MODES["session"].spec is not None and MODES["session"].spec.mode == "session"
+    assert MODES["masque"].spec is not None and MODES["masque"].spec.mode == "masque"
     stream = MODES["stream"].spec
     assert stream is not None and stream.stream and stream.mode == "tunnel"
     assert "stream.allow_own_addresses=true" in stream.concentrator_overrides

@@ -163,7 +163,7 @@ def test_a_mode_not_served_is_refused_naming_the_served_ones(lab_certs: Path) ->
 
 def test_no_tunnel_alpn_at_all_counts_as_refused_mode(lab_certs: Path) -> None:
     core_lab = lab(lab_certs)
-    core_lab.connect("alice", "h3", settle=3.0)  # aioquic closes it: no common ALPN
+    core_lab.connect("alice", "h2", settle=3.0)  # aioquic closes it: no common ALPN
     assert core_lab.core.status()["refused"]["mode"] == 1
     assert core_lab.core.connection_count == 0
 

@@ -147,3 +147,17 @@ def test_stream_spec_enables_stream_mode_on_both_sides(
     assert load_concentrator_config(dep.config_path("conc")).stream.enabled
     plain = deploy(lab, TunnelSpec(mode="session"), tmp_path / "plain")
     assert not load_client_config(plain.config_path("c1")).stream.enabled
+
+
+def test_masque_spec_serves_masque_and_configures_the_client(
+    make_lab: Callable[..., Lab], tmp_path: Path
+) -> None:
+    lab = make_lab("pair")
+    dep = deploy(lab, TunnelSpec(mode="masque"), tmp_path)
+    assert load_client_config(dep.config_path("h1")).mode is TunnelMode.MASQUE
+    conc = load_concentrator_config(dep.config_path("h2"))
+    assert TunnelMode.MASQUE in conc.modes
+    # the static [[client]] prefixes are what the concentrator assigns (ADDRESS_ASSIGN)
+    assert [c.name for c in conc.clients] == ["h1"]
+    other = deploy(lab, TunnelSpec(mode="tunnel"), tmp_path / "tunnel")
+    assert TunnelMode.MASQUE not in load_concentrator_config(other.config_path("h2")).modes

@@ -80,12 +80,22 @@ The multipath engine (issue 12; README "The multipath engine"), each part switch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_interface,
+    ip_network,
+)
 from typing import Any, Final, Protocol
 
 from aioquic.quic import events as quic_events
@@ -108,6 +118,7 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
+from tunnel.protocol.masque import MasqueConnection, MasqueOpened
 from tunnel.protocol.quic_ext import DatagramFatesReady, PathProbeAnswered, early_data_possible
 from tunnel.session.multipath import TunnelSession
 from tunnel.session.path_health import PathHealth, PathMonitor, dead_after, suspect_after
@@ -129,6 +140,7 @@ STABLE_AFTER: Final = 5.0  # seconds a connection must live before the backoff s
 PROBE_MISSES: Final = 3  # unanswered PING intervals before an access counts as failed
 DEAD_AFTER_MISSES: Final = 10  # ...and before its connection is given up and made again
 NO_ACCESS_RECHECK: Final = 4  # probe intervals between two looks while no access is usable
+IPV6_MIN_MTU: Final = 1280  # RFC 8200 §5
 # RFC 7600 §2: the IPv4 dummy address, for ICMP errors from a node without a usable address.
 IPV4_DUMMY: Final = IPv4Address("192.0.0.8")
 IPV6_LINK_LOCAL_ROUTER: Final = IPv6Address("fe80::1")
@@ -162,6 +174,13 @@ def icmp_sources(tun: TunConfig) -> tuple[IPv4Address | None, IPv6Address | None
     has_v6 = any(isinstance(i, IPv6Interface) for i in tun.addresses)
     assert isinstance(v4, IPv4Address) and isinstance(v6, IPv6Address)
     return (v4 if has_v4 else None, v6 if has_v6 else None)
+
+
+def tun_interface(prefix: IPv4Network | IPv6Network) -> IPv4Interface | IPv6Interface:
+    """The TUN address for an assigned prefix (RFC 9484 §4.7.1): the prefix's only address, or
+    its first host address with the prefix's length."""
+    host = prefix.network_address if prefix.num_addresses == 1 else prefix[1]
+    return ip_interface(f"{host}/{prefix.prefixlen}")
 
 
 class Backoff:
@@ -318,9 +337,11 @@ class ClosePath:
 @dataclass(frozen=True)
 class CreateTun:
     """Create the TUN device (a TAP with payload = "ethernet") with this MTU (once, at the first
-    connection that carries traffic); the program then reads it into `from_tun`."""
+    connection that carries traffic); the program then reads it into `from_tun`. `addresses`:
+    the TUN's addresses when the concentrator assigned them (mode masque), None: tun.addresses."""
 
     mtu: int
+    addresses: tuple[IPv4Interface | IPv6Interface, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -680,6 +701,47 @@ class _TunnelMode:
                 status.alive = True
                 self.agent.set_health(status, PathHealth.ALIVE, now)
         self._attempt(now)
+
+
+class _MasqueMode(_TunnelMode):
+    """MASQUE CONNECT-IP (RFC 9484, issue 18): tunnel mode's one connection, migrated between
+    accesses by QUIC alone (nothing in CONNECT-IP depends on the path), but it carries traffic
+    only once the proxy answered the request with the client's addresses and its routes
+    (MasqueOpened); no Access Reports (MASQUE has none) and no re-sends (no datagram fates)."""
+
+    def established(self, path: Path, now: float) -> None:
+        # the handshake is done; the request's answer is one round trip away
+        path.deadline = now + SESSION_TIMEOUT
+
+    def opened(self, path: Path, event: MasqueOpened, now: float) -> None:
+        if path is not self.path or path.state is not PathState.CONNECTING:
+            return
+        assert path.tunnel is not None
+        agent = self.agent
+        self.resender = None
+        budget = path.tunnel.max_packet_size()
+        # RFC 9484 §7.2: IPv6 needs 1280-byte packets; below that budget the TUN gets IPv4 only
+        addresses = tuple(
+            tun_interface(prefix)
+            for prefix in event.prefixes
+            if prefix.version == 4 or budget >= IPV6_MIN_MTU
+        )
+        log.info(
+            "CONNECT-IP tunnel open access=%s addresses=%s routes=%s max_packet=%d",
+            path.name,
+            ",".join(str(p) for p in event.prefixes),
+            ",".join(f"{r.start}-{r.end}/{r.protocol}" for r in event.routes),
+            budget,
+        )
+        if len(addresses) != len(event.prefixes):
+            log.warning(
+                "IPv6 address not configured: the tunnel carries %d-byte packets, IPv6 needs "
+                "1280 (RFC 9484 §7.2)",
+                budget,
+            )
+        agent.assigned_addresses(addresses)
+        agent.path_up(path, budget, now)
+        self.validate_standby(now)
 
 
 @dataclass(eq=False)
@@ -1060,8 +1122,14 @@ class ClientAgent:
         # when superseded before it was acknowledged and not to repeat it on one connection
         self._reports: dict[AccessId, tuple[Path, int, AccessSignal]] = {}
         self._mode: _Mode = (
-            _TunnelMode(self) if config.mode is TunnelMode.TUNNEL else _SessionMode(self)
+            _SessionMode(self)
+            if config.mode is TunnelMode.SESSION
+            else _MasqueMode(self)
+            if config.mode is TunnelMode.MASQUE
+            else _TunnelMode(self)
         )
+        self.tun_addresses: tuple[IPv4Interface | IPv6Interface, ...] | None = None
+        """The TUN's addresses the concentrator assigned (mode masque); None: tun.addresses."""
         # the reversed flow of stream mode: PCP MAP requests for `[stream] inbound`
         self.port_mapper = _port_mapper(config)
         # limits.zero_rtt: the session tickets the concentrator gave us (README "0-RTT")
@@ -1262,9 +1330,19 @@ class ClientAgent:
         """OpenPath was carried out: `quic` is connecting (connect() was called). Returns the
         TunnelConnection."""
         self.last_now = now
-        tunnel = TunnelConnection(
-            quic, self.limits.max_datagram_queue, self.limits.queue_delay_control()
-        )
+        tunnel: TunnelConnection
+        if self.config.mode is TunnelMode.MASQUE:
+            # its H3 layer queues SETTINGS now, right after connect() (RFC 9114 §6.2.1)
+            tunnel = MasqueConnection(
+                quic,
+                self.limits.max_datagram_queue,
+                self.limits.queue_delay_control(),
+                authority=f"{self.config.server_name}:{self.config.concentrator_port}",
+            )
+        else:
+            tunnel = TunnelConnection(
+                quic, self.limits.max_datagram_queue, self.limits.queue_delay_control()
+            )
         path.tunnel = tunnel
         if isinstance(self._mode, _SessionMode):
             self._mode.opened(path, now)
@@ -1346,6 +1424,8 @@ class ClientAgent:
             self._mode.received(path, event, now)
         elif isinstance(event, SessionEstablished | SessionJoinFailed):
             self._mode.session_event(path, event, now)
+        elif isinstance(event, MasqueOpened) and isinstance(self._mode, _MasqueMode):
+            self._mode.opened(path, event, now)
         elif isinstance(event, ConnectionClosed):
             log.info(
                 "connection closed access=%s by_peer=%s code=%#x reason=%r",
@@ -1399,7 +1479,12 @@ class ClientAgent:
                 and path.deadline is not None
                 and path.deadline <= now
             ):
-                self.close_path(path, self._handshake_timeout_reason(), now)
+                reason = (
+                    self._handshake_timeout_reason()
+                    if path.established_at is None
+                    else "the concentrator did not answer the CONNECT-IP request in time"
+                )
+                self.close_path(path, reason, now)
                 continue
             if path.state is PathState.UP and path.check_at is not None and path.check_at <= now:
                 self._probe(path, now)
@@ -1465,7 +1550,25 @@ class ClientAgent:
             # a TAP's MTU excludes its 14-byte Ethernet header, which each datagram carries
             budget -= ETHERNET_HEADER_SIZE
         self.tun_mtu = configured if configured is not None else budget
-        self._actions.append(CreateTun(self.tun_mtu))
+        self._actions.append(CreateTun(self.tun_mtu, self.tun_addresses))
+
+    def assigned_addresses(self, addresses: tuple[IPv4Interface | IPv6Interface, ...]) -> None:
+        """Mode masque: the concentrator assigned these (ADDRESS_ASSIGN): the TUN's addresses,
+        and the ICMP errors' sources follow them. Once the TUN exists its addresses stay (a
+        reconnect gets the same ones from a static [[client]] entry; a pool's may differ)."""
+        if self.tun_addresses is not None:
+            if set(addresses) != set(self.tun_addresses):
+                log.warning(
+                    "the concentrator assigned other addresses (%s) than the TUN's (%s): "
+                    "restart the client to take them",
+                    ",".join(map(str, addresses)),
+                    ",".join(map(str, self.tun_addresses)),
+                )
+            return
+        self.tun_addresses = addresses
+        self.icmp_v4, self.icmp_v6 = icmp_sources(
+            dataclasses.replace(self.config.tun, addresses=addresses)
+        )
 
     def migrate(self, path: Path, target: AccessConfig, now: float) -> None:
         """Move tunnel mode's connection to `target` (RFC 9000 §9)."""

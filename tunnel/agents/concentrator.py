@@ -92,7 +92,12 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from tunnel.config import ConcentratorConfig
-from tunnel.policy.addresses import AddressTable, Claim, is_link_scoped_ipv6
+from tunnel.policy.addresses import (
+    AddressTable,
+    Claim,
+    allocate_pool_addresses,
+    is_link_scoped_ipv6,
+)
 from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier
 from tunnel.policy.host_guard import HostGuard
 from tunnel.policy.inbound import LONG_ERROR_LIFETIME, Decision, InboundTable, Mapping
@@ -115,6 +120,7 @@ from tunnel.protocol.connection import (
     TunnelConnection,
     TunnelEvent,
 )
+from tunnel.protocol.masque import MasqueConnection, proxy_policy
 from tunnel.protocol.quic_ext import (
     DatagramFatesReady,
     TunnelQuicConnection,
@@ -774,9 +780,22 @@ class _SessionMode(_ClientMode):
         return self.session is not None and self.session.path_id_of(peer.connection) is not None
 
 
+class _MasqueMode(_TunnelMode):
+    """MASQUE CONNECT-IP (RFC 9484, issue 18): tunnel mode's one connection per client, the
+    newest replacing the older, without Access Reports (MASQUE has none, so nothing is ever
+    held) and without re-sends (its datagrams carry no fate token: a MASQUE proxy as users
+    get it, tunnel/protocol/masque.py)."""
+
+    mode = TunnelMode.MASQUE
+
+    def _resender_for(self, peer: _Peer, now: float) -> TunnelResender | None:
+        return None
+
+
 _MODES: Final[dict[TunnelMode, type[_ClientMode]]] = {
     TunnelMode.TUNNEL: _TunnelMode,
     TunnelMode.SESSION: _SessionMode,
+    TunnelMode.MASQUE: _MasqueMode,
 }
 
 
@@ -1027,7 +1046,8 @@ class ConcentratorCore:
     def connection_opened(self, quic: QuicConnection, now: float) -> TunnelConnection:
         """The QUIC server accepted a new connection: the TunnelConnection to feed."""
         limits = self.limits
-        connection = TunnelConnection(quic, limits.max_datagram_queue, limits.queue_delay_control())
+        # a MasqueConnection is a TunnelConnection until ALPN h3 makes it speak CONNECT-IP
+        connection = MasqueConnection(quic, limits.max_datagram_queue, limits.queue_delay_control())
         self._peers[connection] = _Peer(connection)
         return connection
 
@@ -1202,6 +1222,33 @@ class ConcentratorCore:
         held, peer.held = peer.held, None
         if held is not None:
             self._tunnel_event(peer, held, now)
+        if mode is TunnelMode.MASQUE:
+            self._open_proxy(peer, client, now)
+
+    def _open_proxy(self, peer: _Peer, client: _Client, now: float) -> None:
+        """MASQUE (README "MASQUE CONNECT-IP"): the verified certificate named the client; its
+        addresses (static, or one pool address per family taken now: CONNECT-IP assigns them
+        before any packet, RFC 9484 §4.7.1) and every route go in its ADDRESS_ASSIGN and
+        ROUTE_ADVERTISEMENT, and the session's §11 checks hold it to them."""
+        connection = peer.connection
+        assert isinstance(connection, MasqueConnection)
+        name = client.name
+        if not self.addresses.is_static(name) and allocate_pool_addresses(self.addresses, name):
+            client.ingress.set_prefixes(self.addresses.prefixes_of(name))
+            log.info(
+                "pool addresses assigned client=%s addresses=%s",
+                name,
+                ",".join(str(p) for p in self.addresses.prefixes_of(name)),
+            )
+        prefixes = self.addresses.prefixes_of(name)
+        if not prefixes:
+            self._close_peer(
+                peer, "no address is free for this client: the concentrator's pool is full", now
+            )
+            return
+        for event in connection.open_proxy(proxy_policy(prefixes)):
+            self._tunnel_event(peer, event, now)
+        self._actions.append(Transmit(connection))
 
     def _payload_refusal(self, connection: TunnelConnection) -> str:
         """One sentence for a client whose payload is not served (tunnel draft §4: tunnel mode's

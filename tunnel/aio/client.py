@@ -28,6 +28,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aioquic.quic import events as quic_events
@@ -244,7 +245,7 @@ class Client:
             elif isinstance(action, Migrate):
                 self._migrate(action)
             elif isinstance(action, CreateTun):
-                self._create_tun(action.mtu)
+                self._create_tun(action.mtu, action.addresses)
             elif isinstance(action, ProbeAccess):
                 self._probe(action)
             elif isinstance(action, EndProbe):
@@ -347,10 +348,14 @@ class Client:
         local = address_text(endpoint.local_address)
         log.info("socket moved access=%s local=%s", migrate.target.name, local)
 
-    def _create_tun(self, mtu: int) -> None:
+    def _create_tun(
+        self, mtu: int, assigned: tuple[IPv4Interface | IPv6Interface, ...] | None = None
+    ) -> None:
         if self.tun is not None:
             return
         tun_config = self.config.tun
+        if assigned is not None:  # mode masque: the concentrator's ADDRESS_ASSIGN
+            tun_config = dataclasses.replace(tun_config, addresses=assigned)
         # L2 mode (README "L2 mode"): the same device as a TAP, carrying Ethernet frames
         kind = DeviceKind.TAP if self.config.payload is Payload.ETHERNET else DeviceKind.TUN
         try:

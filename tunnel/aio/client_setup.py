@@ -17,7 +17,7 @@ from tunnel.aio.udp import EndpointError, UdpEndpoint
 from tunnel.config import AccessConfig, ClientConfig, ObservabilityConfig
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_FRAME_SIZE, MAX_DATAGRAM_SIZE
 from tunnel.user_error import RuntimeFailure
-from tunnel.wire.modes import ALPN_SESSION, ALPN_TUNNEL, TunnelMode
+from tunnel.wire.modes import MODE_ALPNS
 
 
 def open_observability(
@@ -51,7 +51,7 @@ def quic_configuration(
     config: ClientConfig, keylog: TextIO | None, qlog: BoundedQlogLogger | None
 ) -> QuicConfiguration:
     """The QUIC configuration of every connection of the client (one, shared)."""
-    alpn = ALPN_TUNNEL if config.mode is TunnelMode.TUNNEL else ALPN_SESSION
+    alpn = MODE_ALPNS[config.mode]
     configuration = QuicConfiguration(
         is_client=True,
         alpn_protocols=list(alpn),

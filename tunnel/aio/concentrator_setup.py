@@ -29,7 +29,7 @@ from tunnel.protocol.quic_ext import (
 from tunnel.protocol.stateless_reset import reset_key_from_secret
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
-from tunnel.wire.modes import ALPN_SESSION, ALPN_TUNNEL, TunnelMode
+from tunnel.wire.modes import ALPN_MASQUE, ALPN_SESSION, ALPN_TUNNEL, MODE_ALPNS, TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
 
@@ -38,7 +38,6 @@ IP_FORWARD_SYSCTLS: Final = {
     "ipv4": Path("/proc/sys/net/ipv4/ip_forward"),
     "ipv6": Path("/proc/sys/net/ipv6/conf/all/forwarding"),
 }
-MODE_ALPNS: Final = {TunnelMode.TUNNEL: ALPN_TUNNEL, TunnelMode.SESSION: ALPN_SESSION}
 
 
 def auto_tun_mtu(modes: tuple[TunnelMode, ...]) -> int:
@@ -93,7 +92,7 @@ def quic_configuration(config: ConcentratorConfig) -> tuple[QuicConfiguration, I
     # naming ours (the core refuses it at handshake end); configured ones come first, aioquic's
     # server picks by its own order.
     alpns = [a for mode in config.modes for a in MODE_ALPNS[mode]]
-    alpns += [a for a in ALPN_TUNNEL + ALPN_SESSION if a not in alpns]
+    alpns += [a for a in ALPN_TUNNEL + ALPN_SESSION + ALPN_MASQUE if a not in alpns]
     quic_config = QuicConfiguration(
         is_client=False,
         alpn_protocols=alpns,

@@ -18,12 +18,18 @@ TUN, and the prefixes a client may use as source (the ingress filter, RFC 2827).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Final
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
+
+MAX_ALLOCATION_SCAN: Final = 4096
+"""Pool addresses tried per family by allocate_pool_addresses: a bound on its work, more than
+the clients a concentrator serves (limits.max_clients is 64 by default)."""
 
 
 class Claim(Enum):
@@ -170,4 +176,31 @@ class AddressTable:
         return None
 
 
-__all__ = ["AddressTable", "Claim", "IPAddress", "IPNetwork", "is_link_scoped_ipv6"]
+def allocate_pool_addresses(table: AddressTable, name: str) -> bool:
+    """Claim for pool client `name` the first free address of each pool family it holds none
+    of (MASQUE CONNECT-IP: the proxy assigns an address before the first packet, RFC 9484
+    §4.7.1, where tunnel mode lets the first packet's source claim it). True if one was
+    claimed. Scans at most MAX_ALLOCATION_SCAN addresses per family."""
+    claimed = False
+    pools: tuple[IPNetwork | None, ...] = (table.pool_v4, table.pool_v6)
+    for pool in pools:
+        if pool is None:
+            continue
+        hosts: Iterable[IPAddress] = pool.hosts()
+        for address in itertools.islice(hosts, MAX_ALLOCATION_SCAN):
+            result = table.claim(name, address)
+            if result is Claim.CLAIMED:
+                claimed = True
+            if result is not Claim.TAKEN:
+                break  # claimed, owned, or this family is full for the client
+    return claimed
+
+
+__all__ = [
+    "AddressTable",
+    "Claim",
+    "IPAddress",
+    "IPNetwork",
+    "allocate_pool_addresses",
+    "is_link_scoped_ipv6",
+]

@@ -14,7 +14,10 @@ ALPN_TUNNEL: Final = ("qt", "qt-00")
 """-tunnel-00 §5: "qt", or "qt-00" for this draft version."""
 ALPN_SESSION: Final = ("qt-session", "qt-session-00")
 """-tunnel-session-00 §5: "qt-session", or "qt-session-00"."""
+ALPN_MASQUE: Final = ("h3",)
+"""RFC 9484 runs on HTTP/3 (RFC 9114 §3.1: ALPN "h3"): MASQUE CONNECT-IP (issue 18)."""
 ALL_ALPN: Final = ALPN_TUNNEL + ALPN_SESSION
+"""The drafts' tokens (MASQUE's "h3" is not a token of theirs: ALPN_MASQUE)."""
 
 
 class TunnelMode(Enum):
@@ -22,10 +25,22 @@ class TunnelMode(Enum):
     """-tunnel-00: whole IP packets in DATAGRAM frames."""
     SESSION = "session"
     """-tunnel-session-00: Protocol Type + Packet Tag header, joinable sessions."""
+    MASQUE = "masque"
+    """RFC 9484 CONNECT-IP over HTTP/3 (issue 18): what a user would pick instead; one
+    connection, migrated like tunnel mode; no session (MASQUE has none)."""
+
+
+MODE_ALPNS: Final = {
+    TunnelMode.TUNNEL: ALPN_TUNNEL,
+    TunnelMode.SESSION: ALPN_SESSION,
+    TunnelMode.MASQUE: ALPN_MASQUE,
+}
+"""The ALPN tokens a client of each mode offers (and a concentrator serving it accepts)."""
 
 
 def mode_of_alpn(alpn: str | None) -> TunnelMode | None:
-    """The tunnel mode an ALPN token selects, None if it selects none."""
+    """The drafts' tunnel mode an ALPN token selects, None if it selects none ("h3" is not
+    theirs: only tunnel/protocol/masque.py's MasqueConnection takes it)."""
     if alpn in ALPN_TUNNEL:
         return TunnelMode.TUNNEL
     if alpn in ALPN_SESSION:
@@ -33,4 +48,12 @@ def mode_of_alpn(alpn: str | None) -> TunnelMode | None:
     return None
 
 
-__all__ = ["ALL_ALPN", "ALPN_SESSION", "ALPN_TUNNEL", "TunnelMode", "mode_of_alpn"]
+__all__ = [
+    "ALL_ALPN",
+    "ALPN_MASQUE",
+    "ALPN_SESSION",
+    "ALPN_TUNNEL",
+    "MODE_ALPNS",
+    "TunnelMode",
+    "mode_of_alpn",
+]

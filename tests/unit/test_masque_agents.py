@@ -1,0 +1,183 @@
+"""Mode masque in the programs' agents (issue 18, stage 2): the client agent
+(tunnel/agents/client.py) with the real concentrator core (tunnel/agents/concentrator.py),
+speaking MASQUE CONNECT-IP (RFC 9484) over real aioquic HTTP/3 in the in-memory world of
+tests/unit/client_world.py on its fake clock: mutual TLS at connection level, the address the
+concentrator assigns (ADDRESS_ASSIGN) on the client's TUN, packets both ways through the core's
+ingress rules, a spoofed source dropped, and the one connection moved to the other access when
+its link goes down (QUIC migration: nothing of CONNECT-IP depends on the path)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Interface, IPv6Interface
+from pathlib import Path as FilePath
+
+from scapy.layers.inet import ICMP, IP
+
+from testbed.hostile import client_configuration
+from tests.unit.client_world import CoreConcentrator, World, client_config
+from tests.unit.concentrator_harness import concentrator_config
+from tunnel.agents.client import ClientState, CreateTun, Migrate, PathState
+from tunnel.agents.concentrator import AUTH_FAILED_REASON
+from tunnel.config import parse_client_config
+from tunnel.protocol.masque import MasqueConnection
+from tunnel.wire.modes import TunnelMode
+
+SERVER_V4 = "10.200.1.2"
+MASQUE_SERVED = 'modes=["tunnel","session","masque"]'
+PROBE = "limits.probe_interval=0.2"
+
+
+def masque_world(
+    certs: FilePath,
+    name: str = "alice",
+    cert_dir: FilePath | None = None,
+    *settings: str,
+    served: str = MASQUE_SERVED,
+) -> tuple[World, CoreConcentrator]:
+    core = CoreConcentrator(concentrator_config(certs, served), now=1000.0)
+    where = cert_dir if cert_dir is not None else certs
+    quic_config = client_configuration(
+        certs / "ca.pem", ["h3"], where / f"{name}.pem", where / f"{name}.key"
+    )
+    config = client_config("masque", ("wifi", "5g"), PROBE, *settings)
+    world = World(config, concentrator=core, client_quic_config=quic_config)
+    world.start()
+    world.run(2.0, until=lambda: world.agent.state is ClientState.UP)
+    return world, core
+
+
+def echo(source: str, seq: int) -> tuple[bytes, bytes]:
+    request = IP(src=source, dst=SERVER_V4) / ICMP(type=8, seq=seq)
+    reply = IP(src=SERVER_V4, dst=source) / ICMP(type=0, seq=seq)
+    return bytes(request), bytes(reply)
+
+
+def test_masque_needs_no_tun_addresses_and_refuses_what_it_cannot_carry() -> None:
+    text = """
+mode = "masque"
+[concentrator]
+address = "10.100.0.1"
+[tun]
+name = "qtun0"
+[tls]
+ca = "ca.pem"
+cert = "client.pem"
+key = "client.key"
+"""
+    assert parse_client_config(text).mode is TunnelMode.MASQUE
+
+
+def test_a_masque_client_and_the_core_exchange_packets_both_ways(lab_certs: FilePath) -> None:
+    world, core = masque_world(lab_certs)
+    assert world.agent.state is ClientState.UP
+    (create,) = world.of(CreateTun)
+    # the TUN's addresses are alice's [[client]] prefixes, assigned by the concentrator
+    assert create.addresses == (IPv4Interface("10.8.0.2/32"), IPv6Interface("fd00:8::2/128"))
+    assert create.mtu >= 1280  # MAX_DATAGRAM_SIZE 1452: IPv6 fits (RFC 9484 §7.2)
+    path = world.up_path("wifi")
+    assert isinstance(path.tunnel, MasqueConnection) and path.tunnel.alpn == "h3"
+    request, reply = echo("10.8.0.2", 1)
+    world.from_tun([request])
+    world.run(0.1)
+    assert core.tun == [request]
+    world.tun.clear()
+    core.from_tun([reply], world.now)
+    world.run(0.1)
+    assert world.tun == [reply]
+    status = core.client_status()
+    assert status["mode"] == "masque"
+    (connection,) = status["connections"]
+    assert connection["alpn"] == "h3"
+    assert connection["counters"]["packets_in"] == 1
+    assert connection["counters"]["packets_out"] == 1
+
+
+def test_a_pool_client_gets_an_address_from_the_pool(lab_certs: FilePath) -> None:
+    world, core = masque_world(lab_certs, "carol")
+    (create,) = world.of(CreateTun)
+    assert create.addresses == (IPv4Interface("10.8.1.1/32"), IPv6Interface("fd00:8:1::1/128"))
+    request, _ = echo("10.8.1.1", 1)
+    world.from_tun([request])
+    world.run(0.1)
+    assert core.tun == [request]
+    assert core.client_status()["addresses"] == ["10.8.1.1/32", "fd00:8:1::1/128"]
+
+
+def test_a_client_without_a_valid_certificate_is_refused(lab_certs: FilePath) -> None:
+    # "alice" signed by another CA: the TLS handshake completes (aioquic's server checks no
+    # client certificate), the core's verification at HandshakeCompleted refuses it
+    world, core = masque_world(lab_certs, "alice", lab_certs / "foreign")
+    assert world.agent.state is not ClientState.UP
+    assert not world.of(CreateTun)
+    assert core.core.refused["auth"] >= 1
+    ended = [c.path for c in world.conns if c.path.state is PathState.CLOSED]
+    assert ended and AUTH_FAILED_REASON in (ended[0].end_reason or "")
+
+
+def test_a_spoofed_source_is_dropped_by_the_connect_ip_session(lab_certs: FilePath) -> None:
+    world, core = masque_world(lab_certs)
+    spoofed, _ = echo("10.8.0.99", 1)
+    world.from_tun([spoofed])
+    world.run(0.1)
+    assert core.tun == []
+    (connection,) = core.client_status()["connections"]
+    # RFC 9484 §11: the source lies in no prefix the proxy assigned
+    assert connection["counters"]["masque_drops_spoofed_source"] == 1
+
+
+def test_a_link_down_moves_the_one_connection_to_the_other_access(lab_certs: FilePath) -> None:
+    world, core = masque_world(lab_certs)
+    path = world.up_path("wifi")
+    world.set_link("wifi", False)
+    world.run(0.5)
+    (migrate,) = world.of(Migrate)
+    assert migrate.path is path and migrate.target.name == "5g"
+    assert world.up_path("5g") is path  # the same connection, on the other access
+    request, reply = echo("10.8.0.2", 2)
+    world.from_tun([request])
+    world.run(0.2)
+    assert core.tun == [request]
+    world.tun.clear()
+    core.from_tun([reply], world.now)
+    world.run(0.2)
+    assert world.tun == [reply]
+    assert len(world.conns) == 1  # never reconnected
+
+
+def test_a_concentrator_not_serving_masque_says_so(lab_certs: FilePath) -> None:
+    world, core = masque_world(lab_certs, served='modes=["tunnel","session"]')
+    assert world.agent.state is not ClientState.UP
+    assert core.core.refused["mode"] >= 1
+    ended = [c.path for c in world.conns if c.path.state is PathState.CLOSED]
+    assert ended and "masque mode (ALPN h3) is not offered" in (ended[0].end_reason or "")
+
+
+def test_a_resumed_reconnect_carries_on(lab_certs: FilePath) -> None:
+    # limits.zero_rtt: the reconnect presents a ticket (no certificate); its H3 SETTINGS may
+    # come in 0-RTT, before the concentrator admitted the client: held, then served
+    on = "limits.zero_rtt=true"
+    core = CoreConcentrator(concentrator_config(lab_certs, MASQUE_SERVED, on), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["h3"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    config = client_config("masque", ("wifi",), PROBE, on)
+    world = World(config, concentrator=core, client_quic_config=alice).start()
+    world.run(1.0)
+    first = world.up_path("wifi")
+    world.blackhole("wifi", True)  # nothing answers: given up after 10 probe intervals
+    world.run(5.0, until=lambda: world.agent.path_on("wifi") is not first)
+    world.blackhole("wifi", False)
+    world.run(5.0, until=lambda: world.agent.path_on("wifi") not in (None, first))
+    world.run(0.5)
+    again = world.up_path("wifi")
+    assert again is not first and again.session_ticket is not None
+    assert core.core.counters["connections_resumed"] == 1
+    request, reply = echo("10.8.0.2", 3)
+    core.tun.clear()
+    world.from_tun([request])
+    world.run(0.1)
+    assert core.tun == [request]
+    world.tun.clear()
+    core.from_tun([reply], world.now)
+    world.run(0.1)
+    assert world.tun == [reply]
