@@ -639,28 +639,21 @@ class TunnelConnection:
         if pending >= self._max_pending:
             self.counters.drop(DropReason.QUEUE_FULL)
             return SendResult(SendStatus.QUEUE_FULL, budget)
+        quic = self._quic
         codel = self.queue_delay
         if codel is not None:
             if now is None:
                 raise ValueError("a connection with a queue_delay CoDel needs send_packet(now=)")
-            quic = self._quic
             if isinstance(quic, TunnelQuicConnection):
                 codel.fit_rtt(quic.min_rtt())
             if codel.should_drop(self._queue_delay(now), pending, now):
                 self.counters.drop(DropReason.QUEUE_DELAY)
                 return SendResult(SendStatus.QUEUE_DELAY, budget)
-        quic = self._quic
         if token is not None and isinstance(quic, TunnelQuicConnection):
             quic.send_datagram_frame(data, token)
         else:
             quic.send_datagram_frame(data)
-        size = self._datagram_packet_size(len(data))
-        self._queued_sizes.append(size)
-        self._queued_bytes += size
-        self._queued_times.append(now)
-        self.counters.packets_out += 1
-        self.counters.bytes_out += len(packet)
-        return SendResult(SendStatus.SENT, budget)
+        return self._record_queued(len(data), len(packet), now, budget, at=None)
 
     def _queue_first(
         self,
@@ -674,17 +667,28 @@ class TunnelConnection:
         ours, which mirror it in order), after the re-sends still waiting there: re-sends
         leave in the order they were made (oldest holes first), the peer's reorder buffer
         fills its gaps from the front."""
-        sizes, times = self._queued_sizes, self._queued_times
-        at = min(self._queued_resends, len(sizes))
+        at = min(self._queued_resends, len(self._queued_sizes))
         queue_datagram_at(self._quic, data, token, at)
-        size = self._datagram_packet_size(len(data))
-        sizes.insert(at, size)
-        self._queued_bytes += size
         self._queued_resends = at + 1
-        # the queue's delay (CoDel) stays that of the packet that has waited longest
-        times.insert(at, times[0] if times else now)
+        return self._record_queued(len(data), len(packet), now, budget, at)
+
+    def _record_queued(
+        self, data_size: int, packet_size: int, now: float | None, budget: int, at: int | None
+    ) -> SendResult:
+        """Mirror a datagram just queued in aioquic (at position `at`, None: the tail) in our
+        size and time records, and count it sent."""
+        size = self._datagram_packet_size(data_size)
+        self._queued_bytes += size
+        sizes, times = self._queued_sizes, self._queued_times
+        if at is None:
+            sizes.append(size)
+            times.append(now)
+        else:
+            sizes.insert(at, size)
+            # the queue's delay (CoDel) stays that of the packet that has waited longest
+            times.insert(at, times[0] if times else now)
         self.counters.packets_out += 1
-        self.counters.bytes_out += len(packet)
+        self.counters.bytes_out += packet_size
         return SendResult(SendStatus.SENT, budget)
 
     def _receive_datagram(self, data: bytes) -> list[TunnelEvent]:
