@@ -35,10 +35,11 @@ failed over.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,13 @@ from experiments.runner import (
     Row,
     shipped_config,
 )
-from experiments.schemas import CPU_COLUMNS, FAILOVER, FAILOVER_TIMESERIES, tables
+from experiments.schemas import (
+    CPU_COLUMNS,
+    FAILOVER,
+    FAILOVER_TIMESERIES,
+    INNER_TCP_COLUMNS,
+    tables,
+)
 from experiments.traffic import Samples, delivery_gap, goodput_mbps, pad_bins, resample
 from experiments.variants import BASELINES, CLIENT, Carrier, QtunVariant, wireguard_missing
 from testbed.fidelity import verify_accesses
@@ -390,6 +397,7 @@ def measure(
         "packets_sent": packets_sent,
         "bytes_received": recv.bytes_total,
         "goodput_after_gap_mbps": after_gap,
+        "inner_retransmits": None if udp else sent.get("retransmits"),
         "ablation_off": "",
         "detail": flow_error(recv, sent),
         **dict.fromkeys(CPU_COLUMNS),
@@ -399,11 +407,37 @@ def measure(
         # Not a failover result: the flow had stopped before anything failed.
         row["detail"] = "; ".join(x for x in (row["detail"], "no delivery before the outage") if x)
     out_interval = float(p["timeseries_interval_s"])
+    inner = inner_tcp_at(sent.get("tcp_info") or [])
     series = [
-        {**key, "t_s": round(i * out_interval, 6), "goodput_mbps": round(v, 4)}
+        {
+            **key,
+            "t_s": round(i * out_interval, 6),
+            "goodput_mbps": round(v, 4),
+            **inner(i * out_interval),
+        }
         for i, v in enumerate(resample(bins, interval, out_interval))
     ]
     return {"failover": [row], "failover_timeseries": series}
+
+
+def inner_tcp_at(samples: Sequence[Sequence[float]]) -> Callable[[float], Row]:
+    """The time series' inner TCP columns at time t from the sender's tcp_info samples
+    ([t_s, cwnd, rtt_ms, retransmits], experiments/traffic.py): the latest sample at or
+    before t (empty columns before the first, and for UDP or MPTCP, which have none)."""
+    times = [float(s[0]) for s in samples]
+
+    def at(t: float) -> Row:
+        i = bisect.bisect_right(times, t + 1e-9) - 1
+        if i < 0:
+            return dict.fromkeys(INNER_TCP_COLUMNS)
+        _, cwnd, rtt, retransmits = samples[i]
+        return {
+            "inner_cwnd_segments": int(cwnd),
+            "inner_rtt_ms": round(float(rtt), 3),
+            "inner_retransmits": int(retransmits),
+        }
+
+    return at
 
 
 # -- the table --------------------------------------------------------------------------------

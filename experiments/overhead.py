@@ -38,6 +38,8 @@ Framing arithmetic (expected_per_packet_bytes, from the code's real budget, see
              = 58 B (1-byte header flags, 8-byte DCID, 2-byte packet number, 16-byte AEAD tag,
              DATAGRAM type and 2-byte length; 57 B for an inner packet of <= 63 B)
   session:   tunnel + SESSION_HEADER_SIZE (4 B: Protocol Type + Packet Tag) = 62 B
+  masque:    tunnel + MASQUE_PREFIX (2 B: Quarter Stream ID 0 and Context ID 0, RFC 9484 §6)
+             = 60 B (CONNECT-IP on the same programs, issue 18)
   wireguard: outer IPv4+UDP 28 + data message header 16 + Poly1305 tag 16 = 60 B, plus the
              zero padding of the inner packet to a multiple of 16 (capped at the MTU)
   stream:    outer 28 + short header 11 + tag 16 + STREAM frame header (type 1, stream id 1,
@@ -86,6 +88,7 @@ from tunnel.protocol.quic_ext import (
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
 from tunnel.user_error import RuntimeFailure, run_command
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
+from tunnel.wire.http_datagram import H3Datagram, encode_ip_packet
 
 # The reference topology (testbed/topologies.py): c1 -- WiFi -- rwifi -- conc -- srv1.
 ACCESS = "wifi"  # the access measured; 5G is taken down so that nothing uses it
@@ -102,6 +105,10 @@ QUIC_MAX_DATAGRAM_SIZE = CLIENT_MAX_DATAGRAM_SIZE
 WG_DATA_HEADER = 16  # type 4 + receiver index 4 + counter 8 (WireGuard §5.4.6)
 WG_TAG = 16
 STREAM_FRAME_HEADER = 1 + 1 + 4 + 2  # type, stream id, offset (16 KiB..1 GiB), length
+# MASQUE (RFC 9484 §6 on RFC 9297 §2.1): each DATAGRAM payload starts with the request stream's
+# Quarter Stream ID (the client's first request stream, 0: a 1-byte varint) and Context ID 0
+# (a full IP packet: 1 byte)
+MASQUE_PREFIX = len(H3Datagram(0, encode_ip_packet(b"")).encode())
 
 COLUMNS = list(OVERHEAD.columns)
 
@@ -128,6 +135,7 @@ def expected_per_packet(mode: str, workload: str, payload: int) -> float | None:
             "plain": 0,
             "tunnel": quic_datagram_framing(inner),
             "session": quic_datagram_framing(inner + SESSION_HEADER_SIZE) + SESSION_HEADER_SIZE,
+            "masque": quic_datagram_framing(inner + MASQUE_PREFIX) + MASQUE_PREFIX,
             "wireguard": wireguard_framing(inner),
         }.get(mode)
         return None if extra is None else IPV4_HEADER + UDP_HEADER + extra
@@ -139,6 +147,7 @@ def expected_per_packet(mode: str, workload: str, payload: int) -> float | None:
         "plain": 0,
         "tunnel": quic_datagram_framing(full),
         "session": quic_datagram_framing(full) + SESSION_HEADER_SIZE,
+        "masque": quic_datagram_framing(full) + MASQUE_PREFIX,
         "wireguard": IPV4_HEADER + UDP_HEADER + WG_DATA_HEADER + WG_TAG,
     }.get(mode)
     return None if extra is None else TCP_HEADER_WITH_TIMESTAMPS + extra

@@ -76,6 +76,9 @@ FAILOVER = Table(
         # issue 12's "goodput during the outage (after the gap)": from the end of the gap to the
         # repair; 0 when delivery resumed only after the repair (or never)
         "goodput_after_gap_mbps",
+        # TCP: the segments the sender's kernel retransmitted over the whole point (TCP_INFO
+        # tcpi_total_retrans): what a tunnel let the inner TCP see as lost; empty for UDP, MPTCP
+        "inner_retransmits",
         "ablation_off",  # the mechanism an ablation variant turns off ("none": all on; "": none)
         "detail",
         *CPU_COLUMNS,
@@ -84,15 +87,19 @@ FAILOVER = Table(
         "packets_sent",
         "bytes_received",
         "goodput_after_gap_mbps",
+        "inner_retransmits",
         "ablation_off",
         "detail",
         *CPU_COLUMNS,
     ),
 )
+# The sender's inner TCP over time (TCP_INFO of its first connection, experiments/traffic.py):
+# congestion window, smoothed RTT, segments retransmitted so far; empty for UDP and MPTCP.
+INNER_TCP_COLUMNS = ("inner_cwnd_segments", "inner_rtt_ms", "inner_retransmits")
 FAILOVER_TIMESERIES = Table(
     "failover_timeseries",
-    ("variant", "run", "event", "traffic", "t_s", "goodput_mbps"),
-    optional=("event", "traffic"),
+    ("variant", "run", "event", "traffic", "t_s", "goodput_mbps", *INNER_TCP_COLUMNS),
+    optional=("event", "traffic", *INNER_TCP_COLUMNS),
 )
 OVERHEAD = Table(
     "overhead",

@@ -215,8 +215,68 @@ def _send_until(
                 break
             sent += n
             report["sent"] += n  # one thread per connection: += on an int is atomic enough
+        info = tcp_info(conn)
+        if info is not None:
+            report["retransmits_per_connection"].append(info.retransmits)  # append: thread-safe
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_WR)
+
+
+# struct tcp_info (linux/tcp.h): eight u8 fields, then u32 fields from offset 8; the ones read
+# here are in every kernel since 2.6 (the struct only grows at its end).
+_TCPI_U32 = struct.Struct("=I")
+_TCPI_RTT_US = 68  # tcpi_rtt: the smoothed RTT in µs
+_TCPI_SND_CWND = 80  # tcpi_snd_cwnd: the congestion window in segments
+_TCPI_TOTAL_RETRANS = 100  # tcpi_total_retrans: segments retransmitted over the connection
+TCP_INFO_INTERVAL_S = 0.1  # how often tcp_send samples the first connection's tcp_info
+
+
+@dataclass(frozen=True)
+class TcpInfo:
+    """What the sender's kernel TCP says of one connection (TCP_INFO)."""
+
+    retransmits: int
+    cwnd_segments: int
+    rtt_ms: float
+
+
+def tcp_info(conn: socket.socket) -> TcpInfo | None:
+    """`conn`'s TCP_INFO, or None where it says nothing (an MPTCP socket: its subflows hold
+    the state)."""
+    try:
+        info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_TOTAL_RETRANS + 4:
+        return None
+    return TcpInfo(
+        retransmits=_TCPI_U32.unpack_from(info, _TCPI_TOTAL_RETRANS)[0],
+        cwnd_segments=_TCPI_U32.unpack_from(info, _TCPI_SND_CWND)[0],
+        rtt_ms=_TCPI_U32.unpack_from(info, _TCPI_RTT_US)[0] / 1000,
+    )
+
+
+def _sample_tcp_info(
+    conn: socket.socket, start_at: float, deadline: float, series: list[list[float]]
+) -> None:
+    """Every TCP_INFO_INTERVAL_S from start_at to the deadline: [t_s, cwnd, rtt_ms, retransmits]
+    of `conn` (the inner TCP's state over time: what a failover did to it, issue 12)."""
+    tick = 0
+    while (at := start_at + tick * TCP_INFO_INTERVAL_S) < deadline:
+        if (wait := at - time.monotonic()) > 0:
+            time.sleep(wait)
+        info = tcp_info(conn)
+        if info is None:
+            return
+        series.append(
+            [
+                round(tick * TCP_INFO_INTERVAL_S, 3),
+                info.cwnd_segments,
+                info.rtt_ms,
+                info.retransmits,
+            ]
+        )
+        tick += 1
 
 
 def tcp_send(
@@ -231,7 +291,12 @@ def tcp_send(
     """Accept `parallel` receiver connections and send on each as fast as it takes until start +
     duration, or exactly `nbytes` (then FIN: the receiver reads to EOF, every byte counted)."""
     deadline = start_at + duration
-    report: dict[str, Any] = {"sent": 0, "error": None, "accepted": False}
+    report: dict[str, Any] = {
+        "sent": 0,
+        "error": None,
+        "accepted": False,
+        "retransmits_per_connection": [],
+    }
     # The listener stays open until the end: MPTCP joins (new subflows) arrive through it.
     with tcp_socket(bind, mptcp) as lsock:
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -246,6 +311,8 @@ def tcp_send(
         except TimeoutError:
             if not conns:
                 report["error"] = "no receiver connected"
+                del report["retransmits_per_connection"]
+                report["retransmits"] = None
                 return report
             report["error"] = f"only {len(conns)} of {parallel} connections came"
         report["accepted"] = True
@@ -255,11 +322,21 @@ def tcp_send(
             threading.Thread(target=_send_until, args=(c, deadline, nbytes, report), daemon=True)
             for c in conns[1:]
         ]
+        series: list[list[float]] = []
+        senders.append(
+            threading.Thread(
+                target=_sample_tcp_info, args=(conns[0], start_at, deadline, series), daemon=True
+            )
+        )
         for thread in senders:
             thread.start()
         _send_until(conns[0], deadline, nbytes, report)
         for thread in senders:
             thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+    counts = report.pop("retransmits_per_connection")
+    # The inner TCP's own retransmissions: what a tunnel let it see as lost (None: not known)
+    report["retransmits"] = sum(counts) if counts else None
+    report["tcp_info"] = series  # [t_s, cwnd, rtt_ms, retransmits] of the first connection
     return report
 
 

@@ -468,7 +468,7 @@ class OpenVpn:
 
 
 # -- qtun --------------------------------------------------------------------------------------
-QTUN_MODES_OF_SPEC = ("tunnel", "session")
+QTUN_MODES_OF_SPEC = ("tunnel", "session", "masque")
 _VARIANT_KEYS: dict[str, type] = {
     "mode": str,
     "scheduler": str,
@@ -655,15 +655,19 @@ def qtun(
 
 
 # -- one mode at a time ------------------------------------------------------------------------
-MODES = ("plain", "tunnel", "session", "stream", "wireguard")
-QTUN_MODES = ("tunnel", "session", "stream")  # the modes run by the qtun programs
+MODES = ("plain", "tunnel", "session", "stream", "masque", "wireguard")
+# the modes run by the qtun programs (masque: RFC 9484 CONNECT-IP over HTTP/3, issue 18)
+QTUN_MODES = ("tunnel", "session", "stream", "masque")
 
 
 def mode_spec(mode: str) -> TunnelSpec:
     """qtun's spec for a qtun mode. Stream mode: the client intercepts TCP to what the tunnel
     routes (the servers) and carries it on QUIC streams; the concentrator opens the TCP
-    connection to the server. UDP still goes in DATAGRAM frames."""
-    return TunnelSpec(mode="tunnel" if mode == "tunnel" else "session", stream=mode == "stream")
+    connection to the server. UDP still goes in DATAGRAM frames. MASQUE: CONNECT-IP on the
+    same programs (issue 18)."""
+    if mode in ("tunnel", "masque"):
+        return TunnelSpec(mode=mode)
+    return TunnelSpec(mode="session", stream=mode == "stream")
 
 
 def wifi_only(lab: Lab, ctx: Context[Any], verify: bool, require: bool = True) -> None:

@@ -262,6 +262,7 @@ def test_modes_keep_one_running(plan_lab: Lab, tmp_path: Path) -> None:
         ("tunnel", False),
         ("session", False),
         ("session", True),
+        ("masque", False),
     ]
 
 

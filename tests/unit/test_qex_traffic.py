@@ -126,6 +126,23 @@ def test_measure_gives_the_contract_columns() -> None:
     assert list(tables["failover_timeseries"][0]) == TIMESERIES_COLUMNS
 
 
+def test_the_time_series_carries_the_inner_tcp_state_sampled_at_or_before_each_step() -> None:
+    point = Point({"variant": "plain", "event": "link-down", "traffic": "tcp", "run": 1})
+    params = {"down_at_s": 4.0, "up_at_s": 8.0, "duration_s": 12.0, "timeseries_interval_s": 0.1}
+    recv = Samples("tcp", 0.0, STEP, bins_with_gaps(1200, (4.0, 4.2)))
+    sent = {"retransmits": 7, "tcp_info": [[0.0, 10, 1.5, 0], [0.2, 40, 2.25, 3]]}
+    tables = measure(point, params, recv, sent)
+    assert tables["failover"][0]["inner_retransmits"] == 7
+    rows = tables["failover_timeseries"]
+    assert [(r["inner_cwnd_segments"], r["inner_rtt_ms"], r["inner_retransmits"]) for r in
+            rows[:4]] == [(10, 1.5, 0), (10, 1.5, 0), (40, 2.25, 3), (40, 2.25, 3)]  # fmt: skip
+    # UDP (or an MPTCP socket) has no TCP_INFO: the columns stay empty
+    udp = Point({"variant": "plain", "event": "link-down", "traffic": "udp", "run": 1})
+    tables = measure(udp, params, recv, {"sent": 10})
+    assert tables["failover"][0]["inner_retransmits"] is None
+    assert tables["failover_timeseries"][0]["inner_cwnd_segments"] is None
+
+
 def test_goodput_after_the_gap_is_zero_when_only_the_repair_helped() -> None:
     point = Point({"variant": "plain", "event": "link-down", "traffic": "tcp", "run": 1})
     params = {"down_at_s": 4.0, "up_at_s": 8.0, "duration_s": 12.0, "timeseries_interval_s": 0.1}
@@ -181,6 +198,11 @@ def test_tools_on_loopback(tmp_path: Path, kind: str) -> None:
     else:
         assert samples["bytes_total"] > 1_000_000
         assert sent["sent"] >= samples["bytes_total"]
+        # the inner TCP's state from TCP_INFO: a count, and one sample per 0.1 s of the second
+        assert isinstance(sent["retransmits"], int) and sent["retransmits"] >= 0
+        times = [t for t, *_ in sent["tcp_info"]]
+        assert times == sorted(times) and 5 <= len(times) <= 10 and times[0] == 0
+        assert all(cwnd >= 1 and rtt > 0 for _, cwnd, rtt, _ in sent["tcp_info"])
 
 
 def test_bad_arguments_are_one_sentence() -> None:
