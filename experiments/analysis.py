@@ -62,7 +62,9 @@ VARIANT_ORDER = (
     "session-failover",
     "session-failover-noreports",
     "tunnel-migration",
+    "tunnel-migration-losshiding",
     "stream-migration",
+    "masque-migration",
     "plain",
     "plain-5g",
     "mptcp",
@@ -73,7 +75,7 @@ VARIANT_ORDER = (
 # The reference the failover summary divides "goodput during the outage (after the gap)" by.
 FIVEG_REFERENCE = "plain-5g"
 CPU_MARK = "CPU ≥ 90 % of a core"
-MODE_ORDER = ("plain", "tunnel", "session", "stream", "wireguard")
+MODE_ORDER = ("plain", "tunnel", "session", "stream", "wireguard", "masque")
 
 
 class ResultsError(UserError):
@@ -566,7 +568,9 @@ VARIANT_COLOURS = {
     "session-failover": "C0",
     "session-failover-noreports": "C1",
     "tunnel-migration": "C2",
+    "tunnel-migration-losshiding": "yellowgreen",
     "stream-migration": "C3",
+    "masque-migration": "black",
     "engine": "C9",
     "plain": "C7",
     "plain-5g": "0.45",
@@ -618,6 +622,33 @@ def plot_goodput_timeseries(
     ax.grid(alpha=0.3)
     if legend:
         ax.legend(fontsize="x-small", loc="best")
+
+
+def has_inner_tcp(timeseries: pd.DataFrame) -> bool:
+    """Whether the time series carries the sender's inner TCP window (runs since issue 12's
+    TCP_INFO columns; TCP points only)."""
+    column = "inner_cwnd_segments"
+    return column in timeseries.columns and bool(timeseries[column].notna().any())
+
+
+def plot_inner_window(
+    ax: Axes, timeseries: pd.DataFrame, outage: tuple[float, float] | None = None
+) -> None:
+    """The inner TCP's congestion window over time (segments, mean over runs), one line per
+    variant: how large a window the inner TCP brings into the outage, and how fast it grows
+    on the other access (what sets the goodput after the gap). Variants without the column's
+    values (UDP, MPTCP) are left out."""
+    rows = timeseries.dropna(subset=["inner_cwnd_segments"])
+    for variant in _ordered(rows["variant"].tolist(), VARIANT_ORDER):
+        mine = rows[rows["variant"] == variant]
+        mean = mine.groupby(mine["t_s"].round(3))["inner_cwnd_segments"].mean()
+        ax.plot(mean.index, mean.to_numpy(), color=variant_colour(variant), lw=1.2)
+    if outage is not None:
+        ax.axvspan(outage[0], outage[1], color="0.85", zorder=0)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("inner TCP window (segments)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
 
 
 SCENARIO_COLUMNS = ("event", "traffic")
@@ -1195,18 +1226,26 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     except ResultsError:  # a run directory without its meta.json still draws
         scenario = None
     shaded = f"scenario {scenario['name']}" if isinstance(scenario, dict) else "WiFi outage"
-    fig = Figure(figsize=(19, 1.5 + 3.2 * len(combos)), layout="constrained")
-    grid = fig.add_gridspec(len(combos), 3, width_ratios=(1.8, 1, 0.55))
+    # with the inner TCP's window (TCP_INFO, issue 12) a panel next to each TCP time series
+    inner = has_inner_tcp(timeseries)
+    widths = (1.8, 1.0, 1, 0.55) if inner else (1.8, 1, 0.55)
+    fig = Figure(figsize=(19 + 6 * inner, 1.5 + 3.2 * len(combos)), layout="constrained")
+    grid = fig.add_gridspec(len(combos), len(widths), width_ratios=widths)
     for row, combo in enumerate(combos):
         ax_ts = fig.add_subplot(grid[row, 0])
         rows = select_scenario(failover, combo)
         outage = outage_window(rows if len(rows) else failover)
-        plot_goodput_timeseries(ax_ts, select_scenario(timeseries, combo), outage, False, shaded)
+        series = select_scenario(timeseries, combo)
+        plot_goodput_timeseries(ax_ts, series, outage, False, shaded)
         what = " / ".join(combo)
         ax_ts.set_title(f"goodput at the receiver{': ' + what if what else ''}", fontsize="medium")
-    ax_gap = fig.add_subplot(grid[:, 1])
+        if inner and has_inner_tcp(series):
+            ax_cwnd = fig.add_subplot(grid[row, 1], sharex=ax_ts)
+            plot_inner_window(ax_cwnd, series, outage)
+            ax_cwnd.set_title(f"inner TCP window: {what}", fontsize="medium")
+    ax_gap = fig.add_subplot(grid[:, len(widths) - 2])
     plot_failover_gaps(ax_gap, summary, failover)
-    ax_after = fig.add_subplot(grid[:, 2], sharey=ax_gap)
+    ax_after = fig.add_subplot(grid[:, len(widths) - 1], sharey=ax_gap)
     plot_outage_goodput(ax_after, summary)
     ax_after.set_title("goodput during the outage, after the gap", fontsize="medium")
     # One legend for every panel (colours are per variant): lines are means over the runs.

@@ -358,6 +358,31 @@ def test_failover_figure_one_panel_per_scenario(tmp_path: Path) -> None:
     assert out.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_the_inner_tcp_window_is_drawn_for_the_variants_that_have_one(tmp_path: Path) -> None:
+    """Issue 12: the sender's TCP_INFO window over time, one line per variant that has it
+    (UDP and MPTCP rows have none); older runs without the columns draw as before."""
+    header = ["variant", "run", "event", "traffic", "t_s", "goodput_mbps", "inner_cwnd_segments"]
+    samples = [
+        [v, r, "link-down", "tcp", i / 10, 40.0, 30 + i if v == "tunnel-migration" else ""]
+        for v in ("tunnel-migration", "mptcp")
+        for r in (1, 2)
+        for i in range(100)
+    ]
+    write_csv(tmp_path / "failover_timeseries.csv", header, samples)
+    series = analysis.load_failover_timeseries(tmp_path)
+    assert analysis.has_inner_tcp(series)
+    assert not analysis.has_inner_tcp(series.drop(columns=["inner_cwnd_segments"]))
+    ax = Figure().add_subplot()
+    analysis.plot_inner_window(ax, series, (4.0, 8.0))
+    (line,) = ax.get_lines()  # mptcp has no window: no line
+    assert list(line.get_ydata()[:3]) == [30, 31, 32]  # the mean of the two runs per step
+    rows = [["tunnel-migration", r, "link-down", "tcp", 4.0, 8.0, 30.0, 40, 10, 40, 0, 0, True]
+            for r in (1, 2)]  # fmt: skip
+    write_csv(tmp_path / "failover.csv", FAILOVER_HEADER, rows)
+    out = analysis.failover_figure(tmp_path, tmp_path / "f.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
 @pytest.mark.parametrize("experiment", sorted(WRITERS))
 def test_figure_helpers_write_pngs(experiment: str, tmp_path: Path) -> None:
     WRITERS[experiment](tmp_path)
