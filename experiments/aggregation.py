@@ -9,6 +9,9 @@ same window (flows.cpu_columns).
                  the engine's earliest) x the Packet-Tag reorder buffer on or off
                  (TunnelSpec.reorder); sender on srv1 through the tunnel. A scheduler this
                  checkout's qtun does not register yet is skipped with that reason.
+                 A variant of one connection (mode tunnel or masque: MASQUE CONNECT-IP, issue
+                 18) has no scheduler and no reorder buffer: one point per run, scheduler
+                 "none", reorder empty — what a single-path tunnel gets from two accesses.
   mptcp          kernel MPTCP, both subflows active (experiments/variants.py BASELINES, as in
                  the failover experiment); the sender on conc's service address: the reference
                  topology routes clients to nothing else without a tunnel. scheduler = the
@@ -112,14 +115,21 @@ def _check(params: Params) -> dict[str, QtunVariant]:
     return qtun
 
 
+ONE_CONNECTION = "none"  # the scheduler column of a variant of one connection (tunnel, masque)
+
+
 def points(params: Params) -> list[Point]:
-    _check(params)
+    qtun = _check(params)
     runs = range(1, int(params["runs"]) + 1)
     out = []
     for variant in params["variants"]:
         if variant in MPTCP_VARIANTS:
             out += [Point({"variant": variant, "scheduler": "default", "reorder": "", "run": r})
                     for r in runs]  # fmt: skip
+            continue
+        if qtun[variant].mode != "session":
+            out += [Point({"variant": variant, "scheduler": ONE_CONNECTION, "reorder": "",
+                           "run": r}) for r in runs]  # fmt: skip
             continue
         for scheduler in params["schedulers"]:
             for reorder in params["reorder"]:
@@ -178,7 +188,10 @@ def run_point(ctx: Context[AggregationState], point: Point) -> PointResult:
         carrier = mptcp
     else:
         variant = state.qtun[name]
-        spec = variant.spec(scheduler=point["scheduler"], reorder=point["reorder"])
+        if point["scheduler"] == ONE_CONNECTION:
+            spec = variant.spec()
+        else:
+            spec = variant.spec(scheduler=point["scheduler"], reorder=point["reorder"])
         reason = variant.not_ready(spec)
         if reason:
             return PointResult(skipped=reason)

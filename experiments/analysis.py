@@ -637,7 +637,7 @@ def plot_inner_window(
     """The inner TCP's congestion window over time (segments, mean over runs), one line per
     variant: how large a window the inner TCP brings into the outage, and how fast it grows
     on the other access (what sets the goodput after the gap). Variants without the column's
-    values (UDP, MPTCP) are left out."""
+    values (UDP) are left out."""
     rows = timeseries.dropna(subset=["inner_cwnd_segments"])
     for variant in _ordered(rows["variant"].tolist(), VARIANT_ORDER):
         mine = rows[rows["variant"] == variant]

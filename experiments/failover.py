@@ -423,7 +423,7 @@ def measure(
 def inner_tcp_at(samples: Sequence[Sequence[float]]) -> Callable[[float], Row]:
     """The time series' inner TCP columns at time t from the sender's tcp_info samples
     ([t_s, cwnd, rtt_ms, retransmits], experiments/traffic.py): the latest sample at or
-    before t (empty columns before the first, and for UDP or MPTCP, which have none)."""
+    before t (empty columns before the first, and for UDP, which has none)."""
     times = [float(s[0]) for s in samples]
 
     def at(t: float) -> Row:

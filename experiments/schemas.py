@@ -77,7 +77,8 @@ FAILOVER = Table(
         # repair; 0 when delivery resumed only after the repair (or never)
         "goodput_after_gap_mbps",
         # TCP: the segments the sender's kernel retransmitted over the whole point (TCP_INFO
-        # tcpi_total_retrans): what a tunnel let the inner TCP see as lost; empty for UDP, MPTCP
+        # tcpi_total_retrans): what a tunnel let the inner TCP see as lost; empty for UDP (MPTCP:
+        # what the kernel's TCP_INFO gives on the MPTCP socket, one subflow's count)
         "inner_retransmits",
         "ablation_off",  # the mechanism an ablation variant turns off ("none": all on; "": none)
         "detail",
@@ -94,7 +95,8 @@ FAILOVER = Table(
     ),
 )
 # The sender's inner TCP over time (TCP_INFO of its first connection, experiments/traffic.py):
-# congestion window, smoothed RTT, segments retransmitted so far; empty for UDP and MPTCP.
+# congestion window, smoothed RTT, segments retransmitted so far; empty for UDP (MPTCP: one
+# subflow's, as the kernel's TCP_INFO on the MPTCP socket gives it).
 INNER_TCP_COLUMNS = ("inner_cwnd_segments", "inner_rtt_ms", "inner_retransmits")
 FAILOVER_TIMESERIES = Table(
     "failover_timeseries",

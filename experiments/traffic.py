@@ -241,8 +241,8 @@ class TcpInfo:
 
 
 def tcp_info(conn: socket.socket) -> TcpInfo | None:
-    """`conn`'s TCP_INFO, or None where it says nothing (an MPTCP socket: its subflows hold
-    the state)."""
+    """`conn`'s TCP_INFO, or None where the kernel gives none. On an MPTCP socket this
+    kernel answers with one subflow's state (its first), not the connection's."""
     try:
         info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
     except OSError:

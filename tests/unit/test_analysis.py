@@ -360,7 +360,7 @@ def test_failover_figure_one_panel_per_scenario(tmp_path: Path) -> None:
 
 def test_the_inner_tcp_window_is_drawn_for_the_variants_that_have_one(tmp_path: Path) -> None:
     """Issue 12: the sender's TCP_INFO window over time, one line per variant that has it
-    (UDP and MPTCP rows have none); older runs without the columns draw as before."""
+    (UDP rows have none); older runs without the columns draw as before."""
     header = ["variant", "run", "event", "traffic", "t_s", "goodput_mbps", "inner_cwnd_segments"]
     samples = [
         [v, r, "link-down", "tcp", i / 10, 40.0, 30 + i if v == "tunnel-migration" else ""]
@@ -374,7 +374,7 @@ def test_the_inner_tcp_window_is_drawn_for_the_variants_that_have_one(tmp_path: 
     assert not analysis.has_inner_tcp(series.drop(columns=["inner_cwnd_segments"]))
     ax = Figure().add_subplot()
     analysis.plot_inner_window(ax, series, (4.0, 8.0))
-    (line,) = ax.get_lines()  # mptcp has no window: no line
+    (line,) = ax.get_lines()  # the variant without a window (here mptcp): no line
     assert list(line.get_ydata()[:3]) == [30, 31, 32]  # the mean of the two runs per step
     rows = [["tunnel-migration", r, "link-down", "tcp", 4.0, 8.0, 30.0, 40, 10, 40, 0, 0, True]
             for r in (1, 2)]  # fmt: skip

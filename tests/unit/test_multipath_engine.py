@@ -255,6 +255,55 @@ def test_a_receive_only_tunnel_mode_client_sees_a_blackhole_from_its_own_ack_sil
     assert set(traffic.delivered_down()) == set(traffic.down)
 
 
+def test_a_blackhole_just_after_the_clients_ping_was_acknowledged_is_still_seen(
+    lab_certs: FilePath,
+) -> None:
+    """The race behind 300-600 ms blackhole gaps on the testbed: the client's keep-answerable
+    PING is acknowledged, and at that instant WiFi starts losing everything, in flight too.
+    Nothing arrives any more to prompt the next PING; the one owed since the last arrival
+    goes out by the timer all the same, so the blackhole shows as ACK silence within about
+    a probe timeout instead of at the next liveness PING (2 s here)."""
+    world, core = core_world(
+        lab_certs,
+        mode="tunnel",
+        settings=["limits.probe_interval=2"],
+        delays={"wifi": 0.005, "5g": 0.010},
+    )
+    path = world.up_path("wifi")
+    assert path.tunnel is not None
+    tunnel = path.tunnel
+
+    def pinging() -> bool:
+        state = tunnel.ack_state()
+        return state is not None and state.unanswered_since is not None
+
+    n = 0
+    for _ in range(60):  # 0.3 s of downlink only
+        core.from_tun([down(n)], world.now)
+        n += 1
+        world.run(0.005)
+    seen_ping = acked = False
+    for _ in range(200):  # on, until a PING of the client's went out and was acknowledged
+        core.from_tun([down(n)], world.now)
+        n += 1
+        if not seen_ping:
+            world.run(0.005, until=pinging)
+            seen_ping = pinging()
+        else:
+            world.run(0.005, until=lambda: not pinging())
+            if acked := not pinging():
+                break
+    assert acked
+    world.accesses["wifi"].cut(True, flush=True)  # a blackhole, the link stays up
+    blackholed = world.now
+    for _ in range(200):
+        core.from_tun([down(n)], world.now)
+        n += 1
+        world.run(0.005)
+    assert [m.target.name for m in world.of(Migrate)] == ["5g"]
+    assert world.times_of(Migrate)[0] - blackholed < 0.5
+
+
 def test_a_reinjection_is_taken_by_a_path_whose_queue_is_full(lab_certs: FilePath) -> None:
     """Session mode offered more than both accesses carry (WiFi 10 Mbit/s with 5 % loss, 5G
     20, ~49 offered): every datagram queue is at its cap, yet what WiFi loses is re-sent on

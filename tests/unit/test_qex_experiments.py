@@ -136,7 +136,17 @@ def test_aggregation_points() -> None:
         ("mptcp", "default", ""),
         ("mptcp-backup", "default", ""),
     ]
+    # a variant of one connection (tunnel mode, MASQUE) has no scheduler or reorder buffer:
+    # one point per run
+    one = exp.points(resolve_params(exp, runs=2, sets=['variants=["masque", "tunnel"]']))
+    assert [(p["variant"], p["scheduler"], p["reorder"], p["run"]) for p in one] == [
+        ("masque", "none", "", 1),
+        ("masque", "none", "", 2),
+        ("tunnel", "none", "", 1),
+        ("tunnel", "none", "", 2),
+    ]
     qtun = aggregation._check(resolve_params(exp))
+    assert qtun["masque"].spec().mode == "masque"
     spec = qtun["session"].spec(scheduler="no-such-scheduler", reorder=False)
     assert "qtun has no scheduler 'no-such-scheduler'" in str(qtun["session"].not_ready(spec))
 

@@ -136,7 +136,7 @@ def test_the_time_series_carries_the_inner_tcp_state_sampled_at_or_before_each_s
     rows = tables["failover_timeseries"]
     assert [(r["inner_cwnd_segments"], r["inner_rtt_ms"], r["inner_retransmits"]) for r in
             rows[:4]] == [(10, 1.5, 0), (10, 1.5, 0), (40, 2.25, 3), (40, 2.25, 3)]  # fmt: skip
-    # UDP (or an MPTCP socket) has no TCP_INFO: the columns stay empty
+    # UDP has no TCP_INFO: the columns stay empty
     udp = Point({"variant": "plain", "event": "link-down", "traffic": "udp", "run": 1})
     tables = measure(udp, params, recv, {"sent": 10})
     assert tables["failover"][0]["inner_retransmits"] is None
