@@ -144,10 +144,8 @@ CONGESTION_DOC = (
     "for tunnel/session mode without stream mode (RFC 9484 §10)"
 )
 CONGESTION_ACCESS_DOC = (
-    "congestion controller of the outer QUIC connections over the {access} access (one of "
-    "congestion_control's); e.g. bbr on a lossy WiFi, whose random loss a loss-based controller "
-    "reads as congestion, and cubic on 5G. The concentrator follows it in session mode, once "
-    "the client's first Access Report tells which access a connection runs over"
+    "the outer controller of the connections over the {access} access (README \"Running the "
+    "tunnel\"); the concentrator follows it in session mode"
 )
 PACING_DOC = (
     'the rate congestion control "none" paces each connection at; with the others, a cap on '
