@@ -229,6 +229,26 @@ def load_ablation(run_dir: Path) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
+MASQUE_VARIANT = "masque-migration"
+MASQUE_PEERS = ("tunnel-migration", "session-failover", "engine", "mptcp")
+"""What issue 18 sets MASQUE CONNECT-IP against in a failover run: the QUIC tunnel's one
+migrating connection (the same programs, another protocol on top), its session modes (what
+"considers multihomed devices from the start" buys) and kernel MPTCP."""
+
+
+def load_masque(run_dir: Path) -> pd.DataFrame:
+    """The failover rows of MASQUE (masque-migration), of MASQUE_PEERS and of plain-5g (the
+    reference of goodput during the outage); ResultsError when the run has no MASQUE row."""
+    df = load_failover(run_dir)
+    if not (df["variant"] == MASQUE_VARIANT).any():
+        raise ResultsError(
+            f"{Path(run_dir) / 'failover.csv'} has no {MASQUE_VARIANT} variant: run the failover "
+            f'experiment with it in its variants (README "MASQUE CONNECT-IP").'
+        )
+    keep = df["variant"].isin((MASQUE_VARIANT, *MASQUE_PEERS, FIVEG_REFERENCE))
+    return df[keep].reset_index(drop=True)
+
+
 def load_scale(run_dir: Path) -> pd.DataFrame:
     return _load(run_dir, "scale")
 
@@ -391,6 +411,27 @@ def ablation_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.Dat
     return (
         summary.sort_values(["event", "traffic", "_first"], kind="stable")
         .drop(columns="_first")
+        .reset_index(drop=True)
+    )
+
+
+def masque_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """failover_gap_summary of MASQUE and its peers (load_masque's rows), MASQUE first, with
+    plain-5g's goodput during the outage as `fiveg_mbps` when the run has it."""
+    summary = failover_gap_summary(failover, confidence)
+    if summary.empty:
+        return summary
+    fiveg = failover[failover["variant"] == FIVEG_REFERENCE]
+    during = fiveg.groupby(["event", "traffic"])["goodput_during_mbps"].mean()
+    summary = summary[summary["variant"] != FIVEG_REFERENCE].copy()
+    summary["fiveg_mbps"] = [
+        during.get((r.event, r.traffic), math.nan) for r in summary.itertuples()
+    ]
+    order = {v: i for i, v in enumerate((MASQUE_VARIANT, *MASQUE_PEERS))}
+    summary["_order"] = summary["variant"].map(order)
+    return (
+        summary.sort_values(["event", "traffic", "_order"], kind="stable")
+        .drop(columns="_order")
         .reset_index(drop=True)
     )
 
@@ -793,9 +834,22 @@ def plot_ablation(ax_gap: Axes, ax_goodput: Axes, summary: pd.DataFrame) -> None
         f"{'all on' if t == 'none' else f'no {t}'} (n={n})"
         for t, n in zip(summary["turns_off"], summary["runs"], strict=True)
     ]
+    colours = ["C9" if t == "none" else "C0" for t in summary["turns_off"]]
+    plot_gap_and_outage_bars(ax_gap, ax_goodput, summary, labels, colours)
+
+
+def plot_gap_and_outage_bars(
+    ax_gap: Axes,
+    ax_goodput: Axes,
+    summary: pd.DataFrame,
+    labels: Sequence[str],
+    colours: Sequence[str],
+) -> None:
+    """Bars of failover_gap_summary rows (one (event, traffic), with `fiveg_mbps`): the gap and
+    the goodput during the outage after the gap (/ plain 5G when every row has it), 95 % t-CIs;
+    bars of rows where a process saturated a core are hatched."""
     x = np.arange(len(summary))
     hatches = ["//" if n else "" for n in summary["cpu_saturated_runs"]]
-    colours = ["C9" if t == "none" else "C0" for t in summary["turns_off"]]
     gaps = summary["gap_ms_mean"].to_numpy(dtype=float)
     gap_ci = summary["gap_ms_ci"].to_numpy(dtype=float)
     # no caps where there is no interval (one run): an error bar of nothing would claim one
@@ -1283,6 +1337,33 @@ def ablation_figure(run_dir: Path, out_png: Path) -> Path:
     return _save(fig, out_png, run_dir)
 
 
+def masque_figure(run_dir: Path, out_png: Path) -> Path:
+    """Issue 18, the seed's comparison on one failover run: per (event, traffic), the gap and
+    the goodput during the outage after the gap of MASQUE CONNECT-IP (one connection, migrated
+    as tunnel mode's is), the QUIC tunnel's modes and MPTCP. ResultsError when the run has no
+    MASQUE variant."""
+    summary = masque_summary(load_masque(run_dir))
+    combos = sorted({(str(r.event), str(r.traffic)) for r in summary.itertuples()})
+    fig = Figure(figsize=(10, 0.8 + 3.6 * len(combos)), layout="constrained")
+    axes = fig.subplots(len(combos), 2, squeeze=False)
+    for (ax_gap, ax_goodput), (event, traffic) in zip(axes, combos, strict=True):
+        rows = summary[(summary["event"] == event) & (summary["traffic"] == traffic)]
+        rows = rows.reset_index(drop=True)
+        labels = [f"{v} (n={n})" for v, n in zip(rows["variant"], rows["runs"], strict=True)]
+        colours = [variant_colour(str(v)) for v in rows["variant"]]
+        plot_gap_and_outage_bars(ax_gap, ax_goodput, rows, labels, colours)
+        ax_gap.set_title(f"{event} / {traffic}: gap", fontsize="medium")
+        ax_goodput.set_title(f"{event} / {traffic}: goodput after the gap", fontsize="medium")
+    if summary["cpu_saturated_runs"].any():
+        fig.legend(
+            handles=[Patch(facecolor="white", edgecolor="k", hatch="//", label=CPU_MARK)],
+            loc="outside lower center",
+            fontsize="small",
+        )
+    fig.suptitle(f"MASQUE CONNECT-IP against the QUIC tunnel: {_run_title(run_dir)}")
+    return _save(fig, out_png, run_dir)
+
+
 def overhead_figure(run_dir: Path, out_png: Path) -> Path:
     """UDP sweep: per-packet overhead (measured and arithmetic) and in %; bulk TCP in %."""
     overhead = load_overhead(run_dir)
@@ -1687,10 +1768,11 @@ def figure_for_run(run_dir: Path, out_png: Path | None = None) -> Path:
 # -- notebooks -------------------------------------------------------------------------------
 # Each notebook's table: what notebook_setup loads for it.
 # A notebook named other than its experiment: the experiment whose runs it reads.
-NOTEBOOK_EXPERIMENTS = {"ablation": "failover"}
+NOTEBOOK_EXPERIMENTS = {"ablation": "failover", "masque": "failover"}
 LOADERS: dict[str, Callable[[Path], pd.DataFrame]] = {
     "failover": load_failover,
     "ablation": load_ablation,
+    "masque": load_masque,
     "overhead": load_overhead,
     "goodput": load_goodput,
     "aggregation": load_aggregation,

@@ -143,6 +143,10 @@ CONGESTION_DOC = (
     "congestion controller of the outer QUIC connections (RFC 9221 §5.4); none: only paced, "
     "for tunnel/session mode without stream mode (RFC 9484 §10)"
 )
+CONGESTION_ACCESS_DOC = (
+    "the outer controller of the connections over the {access} access (README \"Running the "
+    "tunnel\"); the concentrator follows it in session mode"
+)
 PACING_DOC = (
     'the rate congestion control "none" paces each connection at; with the others, a cap on '
     "their pacing rate"
@@ -345,6 +349,22 @@ class PathLimits:
     congestion_control: str = field(
         default="reno", metadata=setting(CONGESTION_DOC, Choice(CONGESTION_CONTROLS))
     )
+    congestion_control_wifi: str | None = field(
+        default=None,
+        metadata=setting(
+            CONGESTION_ACCESS_DOC.format(access="WiFi (non-3GPP)"),
+            Choice(CONGESTION_CONTROLS),
+            unset="as congestion_control",
+        ),
+    )
+    congestion_control_5g: str | None = field(
+        default=None,
+        metadata=setting(
+            CONGESTION_ACCESS_DOC.format(access="5G (3GPP)"),
+            Choice(CONGESTION_CONTROLS),
+            unset="as congestion_control",
+        ),
+    )
     pacing_rate_mbps: float | None = field(
         default=None,
         metadata=setting(
@@ -382,6 +402,24 @@ class PathLimits:
         default=DEFAULT_INTERVAL,
         metadata=setting(QUEUE_DELAY_INTERVAL_DOC, Number(0.005, 10.0), unit="s"),
     )
+
+    def congestion_control_on(self, access: AccessId | None) -> str:
+        """The controller of a connection over `access` (None: not known): its own setting,
+        else congestion_control."""
+        own = (
+            {
+                AccessId.NON_THREE_GPP: self.congestion_control_wifi,
+                AccessId.THREE_GPP: self.congestion_control_5g,
+            }.get(access)
+            if access is not None
+            else None
+        )
+        return own or self.congestion_control
+
+    def congestion_controls(self) -> dict[str, str]:
+        """Each setting that names a controller, key -> algorithm (for the checks below)."""
+        keys = ("congestion_control", "congestion_control_wifi", "congestion_control_5g")
+        return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
     def queue_delay_control(self) -> CoDel | None:
         """A fresh CoDel for one connection's datagram queue (None: queue_aqm off)."""
@@ -1026,17 +1064,19 @@ def _check_pool(pool: PoolConfig, t: Table) -> None:
 def _check_congestion(limits: ClientLimits | ConcentratorLimits, stream_mode: bool) -> None:
     """RFC 9484 §10 allows no congestion control only for DATAGRAM-only connections: streams
     (stream mode's TCP bytestreams) need it; and "none" needs a rate to pace at."""
-    none = limits.congestion_control == "none"
-    if none and limits.pacing_rate_mbps is None:
-        raise ConfigError(
-            'limits.congestion_control = "none" needs limits.pacing_rate_mbps: give the rate '
-            "the access carries, or choose bbr"
-        )
-    if none and stream_mode:
-        raise ConfigError(
-            'limits.congestion_control = "none" cannot carry stream mode (its QUIC streams need '
-            "congestion control, RFC 9484 §10): choose bbr, or turn [stream] off"
-        )
+    for key, algorithm in limits.congestion_controls().items():
+        if algorithm != "none":
+            continue
+        if limits.pacing_rate_mbps is None:
+            raise ConfigError(
+                f'limits.{key} = "none" needs limits.pacing_rate_mbps: give the rate the '
+                "access carries, or choose bbr"
+            )
+        if stream_mode:
+            raise ConfigError(
+                f'limits.{key} = "none" cannot carry stream mode (its QUIC streams need '
+                "congestion control, RFC 9484 §10): choose bbr, or turn [stream] off"
+            )
     target = limits.queue_delay_target
     if target >= limits.queue_delay_interval:
         raise ConfigError(

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.notebook
 NOTEBOOKS = {
     "failover": ["failover.png"],
     "ablation": ["ablation.png"],
+    "masque": ["masque.png"],
     "overhead": ["overhead.png"],
     "goodput": ["goodput.png", "goodput-loss.png"],
     "aggregation": ["aggregation.png"],

@@ -497,6 +497,8 @@ class World:
             self.agent.migration_failed(migrate, f"cannot bind on {migrate.target.name}", self.now)
             return
         conn.access = self.accesses[migrate.target.name]
+        if isinstance(conn.client, TunnelQuicConnection):  # as the program does
+            conn.client.reset_path_state(migrate.congestion_control)
         # the program takes the probe socket of the target, if any, as the new one
         probe = conn.probes.pop(migrate.target.name, None)
         conn.socket = probe if probe is not None else self._socket(conn.access)

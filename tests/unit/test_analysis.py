@@ -329,9 +329,45 @@ def write_ablation_run(run: Path) -> None:
     )
 
 
+def write_masque_run(run: Path) -> None:
+    """A failover run with MASQUE, tunnel mode, the engine and plain-5g (90 Mbit/s during the
+    outage), two runs each."""
+    rows = []
+    for r in range(2):
+        rows += [
+            ablation_row("masque-migration", "", r, 300.0 + r, 40.0),
+            ablation_row("tunnel-migration", "", r, 140.0 + r, 50.0),
+            ablation_row("engine", "none", r, 60.0 + r, 88.0, hot=r == 1),
+            [*failover_row("plain-5g", r, 0.0, True)[:8], 90.0, *failover_row("x", r, 0, True)[9:],
+             90.0, "", False],
+        ]  # fmt: skip
+    write_csv(run / "failover.csv", ABLATION_HEADER, rows)
+    samples = [[v, r, i / 10, 40.0] for v in ("masque-migration", "plain-5g") for r in range(2)
+               for i in range(600)]  # fmt: skip
+    write_csv(
+        run / "failover_timeseries.csv", list(analysis.SCHEMAS["failover_timeseries"]), samples
+    )
+
+
+def test_masque_summary_sets_masque_first_against_its_peers(tmp_path: Path) -> None:
+    write_masque_run(tmp_path)
+    summary = analysis.masque_summary(analysis.load_masque(tmp_path))
+    assert summary["variant"].tolist() == ["masque-migration", "tunnel-migration", "engine"]
+    assert summary["gap_ms_mean"].tolist() == [300.5, 140.5, 60.5]
+    assert summary["fiveg_mbps"].tolist() == [90.0, 90.0, 90.0]
+    assert summary["cpu_saturated_runs"].tolist() == [0, 0, 1]
+
+
+def test_a_failover_run_without_masque_has_nothing_for_its_notebook(tmp_path: Path) -> None:
+    write_ablation_run(tmp_path)
+    with pytest.raises(analysis.ResultsError, match="no masque-migration variant"):
+        analysis.load_masque(tmp_path)
+
+
 WRITERS = {
     "failover": write_failover_run,
     "ablation": write_ablation_run,
+    "masque": write_masque_run,
     "overhead": write_overhead_run,
     "goodput": write_goodput_run,
     "aggregation": write_aggregation_run,

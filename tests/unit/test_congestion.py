@@ -160,3 +160,55 @@ def test_none_is_configured_with_a_rate_and_never_with_stream_mode(
         text, overrides=('limits.congestion_control="none"', "limits.pacing_rate_mbps=50")
     )
     assert ok.limits.pacing_rate_mbps == 50
+
+
+def test_each_access_may_name_its_own_controller() -> None:
+    from pathlib import Path
+
+    from tunnel.config import ConfigError, parse_client_config
+    from tunnel.wire.messages import AccessId
+
+    text = (Path(__file__).parents[2] / "examples" / "client-session.toml").read_text()
+    limits = parse_client_config(
+        text,
+        overrides=('limits.congestion_control="cubic"', 'limits.congestion_control_wifi="bbr"'),
+    ).limits
+    assert limits.congestion_control_on(AccessId.NON_THREE_GPP) == "bbr"
+    assert limits.congestion_control_on(AccessId.THREE_GPP) == "cubic"
+    assert limits.congestion_control_on(None) == "cubic"
+    with pytest.raises(ConfigError, match='congestion_control_5g = "none" needs'):
+        parse_client_config(text, overrides=('limits.congestion_control_5g="none"',))
+    with pytest.raises(ConfigError, match="congestion_control_wifi = 'vegas' is not one of"):
+        parse_client_config(text, overrides=('limits.congestion_control_wifi="vegas"',))
+
+
+def test_a_connection_switches_controller_in_place() -> None:
+    """use_congestion_control (the concentrator learns a connection's access late): a fresh
+    controller of the other algorithm, paced as its kind is, the RTT estimate kept; the same
+    name again changes nothing. reset_path_state may name another one (a migration)."""
+    net = Network()
+    client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
+    client = TunnelQuicConnection(configuration=client_config)
+    server = TunnelQuicConnection(
+        configuration=server_config,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    path = net.add_connection_pair(client, server, delay=DELAY)
+    net.run(0.5)
+    assert client.congestion_control == "reno"
+    rtt = client._loss._rtt_smoothed
+    before = client._loss._cc
+    assert client.use_congestion_control("bbr") is True
+    assert client.congestion_control == "bbr" and client._loss._cc is not before
+    assert isinstance(client._loss._pacer, RatePacer)  # BBR paces at its own rate
+    assert client._loss._rtt_smoothed == rtt > 0
+    assert client.use_congestion_control("bbr") is False
+    assert client.use_congestion_control("reno") is True
+    assert not isinstance(client._loss._pacer, RatePacer)
+    client.reset_path_state("cubic")
+    assert client.congestion_control == "cubic"
+    for n in range(50):  # the connection still carries datagrams
+        client.send_datagram_frame(bytes([n]) * 100)
+    net.run(0.5)
+    received = [e for e in path.server.quic_events if isinstance(e, DatagramFrameReceived)]
+    assert len(received) == 50

@@ -490,3 +490,41 @@ def test_a_superseded_access_report_is_cancelled(lab_certs: FilePath) -> None:
     assert world.agent.status()["counters"]["access_reports_cancelled"] == 1
     assert core.client_status()["accesses_available"]["wifi"] is True
     assert core.core.status()["counters"].get("access_reports_stale", 0) == 0
+
+
+def test_each_access_runs_its_own_controller_at_both_ends(lab_certs: FilePath) -> None:
+    """limits.congestion_control_wifi: the client opens its WiFi connection with BBR, the
+    concentrator switches its end once the client's first Access Report says which access the
+    connection runs over; 5G keeps congestion_control. Traffic crosses both afterwards."""
+    settings = ['limits.congestion_control="cubic"', 'limits.congestion_control_wifi="bbr"']
+    world, core = core_world(lab_certs, settings=settings, core_settings=settings)
+    by_access = {c.access.name: c for c in world.live_conns()}
+    assert {n: c.client.congestion_control for n, c in by_access.items()} == {
+        "wifi": "bbr",
+        "5g": "cubic",
+    }
+    assert {n: c.server.congestion_control for n, c in by_access.items()} == {
+        "wifi": "bbr",
+        "5g": "cubic",
+    }
+    traffic = Traffic(world, core, size=1000)
+    traffic.run(50, per_step=2, step=0.002)
+    world.run(0.5)
+    assert set(traffic.delivered_down()) == set(traffic.down)
+    assert set(core.tun) == set(traffic.up)
+
+
+def test_a_migration_takes_the_target_accesss_controller(lab_certs: FilePath) -> None:
+    """Tunnel mode: the connection starts on WiFi with its controller and, moved to 5G on a
+    link-down, resets its path state (RFC 9000 §9.4) with 5G's."""
+    settings = ['limits.congestion_control_wifi="bbr"', 'limits.congestion_control_5g="cubic"']
+    world, core = core_world(lab_certs, mode="tunnel", settings=settings, core_settings=settings)
+    (conn,) = world.live_conns()
+    assert conn.client.congestion_control == "bbr"
+    world.set_link("wifi", False)
+    assert [(m.target.name, m.congestion_control) for m in world.of(Migrate)] == [("5g", "cubic")]
+    assert conn.client.congestion_control == "cubic"
+    traffic = Traffic(world, core, size=1000)
+    traffic.run(20, per_step=2, step=0.002)
+    world.run(0.5)
+    assert set(traffic.delivered_down()) == set(traffic.down)

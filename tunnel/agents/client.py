@@ -119,7 +119,12 @@ from tunnel.protocol.connection import (
     TunnelEvent,
 )
 from tunnel.protocol.masque import MasqueConnection, MasqueOpened
-from tunnel.protocol.quic_ext import DatagramFatesReady, PathProbeAnswered, early_data_possible
+from tunnel.protocol.quic_ext import (
+    DatagramFatesReady,
+    PathProbeAnswered,
+    TunnelQuicConnection,
+    early_data_possible,
+)
 from tunnel.session.multipath import TunnelSession
 from tunnel.session.path_health import PathHealth, PathMonitor, dead_after, suspect_after
 from tunnel.session.reorder import ReorderBuffer
@@ -320,6 +325,9 @@ class Migrate:
     path: Path
     source: AccessConfig | None
     target: AccessConfig
+    congestion_control: str
+    """The target access's controller (limits.congestion_control_wifi / _5g), for the reset of
+    the path state RFC 9000 §9.4 asks for (TunnelQuicConnection.reset_path_state)."""
 
 
 @dataclass(frozen=True)
@@ -1349,6 +1357,10 @@ class ClientAgent:
                 quic, self.limits.max_datagram_queue, self.limits.queue_delay_control()
             )
         path.tunnel = tunnel
+        if isinstance(quic, TunnelQuicConnection) and path.access is not None:
+            # limits.congestion_control_wifi / _5g: each access its own controller (nothing is
+            # in flight yet: connect() only queued the handshake)
+            quic.use_congestion_control(self.limits.congestion_control_on(path.access.access_id))
         if isinstance(self._mode, _SessionMode):
             self._mode.opened(path, now)
         return tunnel
@@ -1600,7 +1612,8 @@ class ClientAgent:
         # and moves its sending there when it sees a non-probing packet from the new address.
         self._ping(path, now)
         self._schedule_probe(path, now)
-        self._actions.append(Migrate(path, source, target))
+        algorithm = self.limits.congestion_control_on(target.access_id)
+        self._actions.append(Migrate(path, source, target, algorithm))
         log.info(
             "migrated from=%s to=%s", source.name if source is not None else "default", target.name
         )

@@ -38,11 +38,13 @@ What happens to a connection (tunnel draft §4, tunnel-session draft §4.1):
 4. Access Reports (tunnel draft §6), at most `access_reports_per_second` per client (the rest
    ignored and counted), switch an access off/on in the session at once. Which connection runs
    over which access is not signalled by the drafts: tunnel/session/access_mapping.py infers it
-   and names the connections a report replaces, which are closed. A report on a lower stream
-   than the last one applied for its access on the same connection is stale (it was sent
-   earlier: streams are opened in order) and ignored, counted as `access_reports_stale`. Tunnel
-   mode (issue 12): while every access the client reported is unavailable, its packets are
-   held (bounded by `unavailable_hold` and `max_datagram_queue`) until a report of resumption.
+   and names the connections a report replaces, which are closed; a connection whose access
+   is learned takes that access's controller (limits.congestion_control_wifi / _5g). A report
+   on a lower stream than the last one applied for its access on the same connection is stale
+   (it was sent earlier: streams are opened in order) and ignored, counted as
+   `access_reports_stale`. Tunnel mode (issue 12): while every access the client reported is
+   unavailable, its packets are held (bounded by `unavailable_hold` and `max_datagram_queue`)
+   until a report of resumption.
 5. The multipath engine (issue 12; README "The multipath engine"): each connection of a session
    is watched by the failure detector (tunnel/session/path_health.py: ACK silence -> suspect ->
    dead, PINGs with backoff until it answers); lost and stranded datagrams are re-sent
@@ -731,6 +733,11 @@ class _SessionMode(_ClientMode):
             if member.monitor is not None:  # keep the detector's verdict
                 session.set_health(member.connection, member.monitor.health, now)
             log.info("access learned peer=%s access=%s", member.address, access_name(learned))
+            # limits.congestion_control_wifi / _5g: the connection's controller follows its access
+            algorithm = self.core.limits.congestion_control_on(learned)
+            quic = member.connection.quic
+            if isinstance(quic, TunnelQuicConnection) and quic.use_congestion_control(algorithm):
+                log.info("congestion control peer=%s algorithm=%s", member.address, algorithm)
         self._transmit(session.set_available(access, up, now))
 
     def left(self, peer: _Peer, now: float) -> None:

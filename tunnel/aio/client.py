@@ -344,7 +344,8 @@ class Client:
         driver.endpoint = client.endpoint = endpoint
         old.close()
         if isinstance(driver.quic, TunnelQuicConnection):
-            driver.quic.reset_path_state()  # RFC 9000 §9.4: another access, another path
+            # RFC 9000 §9.4: another access, another path (and maybe another controller)
+            driver.quic.reset_path_state(migrate.congestion_control)
         local = address_text(endpoint.local_address)
         log.info("socket moved access=%s local=%s", migrate.target.name, local)
 

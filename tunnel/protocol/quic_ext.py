@@ -29,6 +29,7 @@ from aioquic._crypto import CryptoError
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.base import create_congestion_control
 from aioquic.quic.connection import (
     ACK_FRAME_CAPACITY,
     END_STATES,
@@ -515,6 +516,7 @@ class TunnelQuicConnection(QuicConnection):
         elif pacing_rate is not None and pacing_rate <= 0:
             raise ValueError(f"a pacing rate must be > 0 bytes/s, got {pacing_rate}")
         self._tunnel_now: float | None = None
+        self._tunnel_algorithm: str = self._configuration.congestion_control_algorithm
         self._tunnel_pacing_rate = pacing_rate
         self._tunnel_paced = hasattr(cc, "pacing_rate") or pacing_rate is not None
         # one entry per queued DATAGRAM, in aioquic's queue order (None: not tracked)
@@ -539,7 +541,7 @@ class TunnelQuicConnection(QuicConnection):
         pacer.update_rate(cc.congestion_window, INITIAL_RTT)
         loss._pacer = pacer
 
-    def reset_path_state(self) -> None:
+    def reset_path_state(self, algorithm: str | None = None) -> None:
         """RFC 9000 §9.4: on a new path the sender "MUST reset the congestion controller and
         round-trip time estimator for the new path" (not for a port change alone: a NAT
         rebinding, handled by the caller). aioquic does neither, and what the old access
@@ -553,14 +555,11 @@ class TunnelQuicConnection(QuicConnection):
         acknowledgements and losses still reach loss recovery, not the new controller. RTT
         samples start again as on a new connection (RFC 9002 §5; persistent congestion is
         judged only from packets sent after the first new sample), and so does our silence
-        clock (ack_state: a new path is silent from its own first unanswered packet)."""
+        clock (ack_state: a new path is silent from its own first unanswered packet).
+        `algorithm`: the new path's controller (limits.congestion_control_wifi / _5g: another
+        access may want another one); None: the one in use."""
         loss = self._loss
-        old = loss._cc
-        fresh = type(old)(max_datagram_size=self._max_datagram_size)
-        if isinstance(fresh, PacedNoCongestionControl):
-            fresh.pacing_rate = self._tunnel_pacing_rate  # as _install_pacer set it
-        _ignore_flight_before(fresh, self._packet_number)
-        loss._cc = fresh
+        self._install_controller(algorithm or self._tunnel_algorithm)
         loss._pto_count = 0
         loss._rtt_initialized = False
         loss._rtt_first_sample_time = 0.0
@@ -569,8 +568,37 @@ class TunnelQuicConnection(QuicConnection):
         loss._rtt_smoothed = 0.0
         loss._rtt_variance = 0.0
         self._tunnel_unanswered_since = None
-        self._set_pacer()
         self._tunnel_path_resets += 1
+
+    def use_congestion_control(self, algorithm: str) -> bool:
+        """Switch to another controller on the same path (the concentrator learns which access a
+        session connection runs over only from the client's first Access Report:
+        limits.congestion_control_wifi / _5g). Returns whether it changed. The RTT estimate
+        stays (same path); the new controller starts afresh, blind to what is already in
+        flight, as after a migration (reset_path_state) — at the first report little is."""
+        if algorithm == self._tunnel_algorithm:
+            return False
+        self._install_controller(algorithm)
+        return True
+
+    @property
+    def congestion_control(self) -> str:
+        """The name of the controller in use (aioquic's registry: reno, cubic, bbr, none)."""
+        return self._tunnel_algorithm
+
+    def _install_controller(self, algorithm: str) -> None:
+        """A fresh controller of `algorithm` (aioquic's registry) in place of the current one,
+        blind to the packets sent before it, with its pacer."""
+        fresh = create_congestion_control(algorithm, max_datagram_size=self._max_datagram_size)
+        if isinstance(fresh, PacedNoCongestionControl):
+            if self._tunnel_pacing_rate is None:
+                raise ValueError('congestion control "none" needs a pacing rate (bytes/s > 0)')
+            fresh.pacing_rate = self._tunnel_pacing_rate  # as _install_pacer set it
+        _ignore_flight_before(fresh, self._packet_number)
+        self._loss._cc = fresh
+        self._tunnel_algorithm = algorithm
+        self._tunnel_paced = hasattr(fresh, "pacing_rate") or self._tunnel_pacing_rate is not None
+        self._set_pacer()
 
     @property
     def path_resets(self) -> int:
