@@ -144,8 +144,8 @@ CONGESTION_DOC = (
     "for tunnel/session mode without stream mode (RFC 9484 §10)"
 )
 CONGESTION_ACCESS_DOC = (
-    "the outer controller of the connections over the {access} access (README \"Running the "
-    "tunnel\"); the concentrator follows it in session mode"
+    'the outer controller of the connections over the {access} access (README "Running the '
+    'tunnel"); the concentrator follows it in session mode'
 )
 PACING_DOC = (
     'the rate congestion control "none" paces each connection at; with the others, a cap on '

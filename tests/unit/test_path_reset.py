@@ -4,6 +4,7 @@ a new port alone (a NAT rebinding) keeps them; what was in flight is still accou
 
 from __future__ import annotations
 
+from aioquic.quic.connection import QuicNetworkPath
 from aioquic.quic.events import DatagramFrameReceived
 
 from tests.unit.quic_harness import Network, Path, make_configs
@@ -99,3 +100,36 @@ def test_what_was_in_flight_is_still_accounted_for_after_a_reset() -> None:
         received = [e for e in path.server.quic_events if isinstance(e, DatagramFrameReceived)]
         assert len(received) == 50, (name, len(received))
         assert client.path_resets == 1
+
+
+def test_the_server_probes_the_new_path_so_what_the_old_one_lost_is_known_in_a_round_trip() -> None:
+    """A client that left a silent access: what the server sent there is lost. With nothing
+    new to send (stream mode's sender waits for flow-control credit that the lost data holds),
+    only an acknowledgement of a newer packet tells loss recovery so (RFC 9002 §6.1). The
+    server's reset of the path state sends a PING on the new path, so the loss is declared a
+    round trip after the move — not at a probe timeout, which with the RTT estimator just
+    reset is twice the initial RTT (200 ms) and backed off."""
+    net = Network()
+    client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
+    path = net.add_path(client_config, server_config, delay=NEAR)
+    client, server = path.client.quic, path.server.quic
+    assert isinstance(server, TunnelQuicConnection)
+    exchange(net, path, 0.3)
+    path.set_up(False)  # a blackhole: the flight below never arrives
+    for n in range(20):
+        server.send_datagram_frame(n.to_bytes(2, "big") + b"d" * 1000)
+    net.run(0.03)
+    space = server._loss.spaces[-1]
+    stranded = set(space.sent_packets)
+    assert stranded
+    # validated beforehand, as the client's standby probe does (tunnel/agents/client.py): no
+    # PATH_CHALLENGE, which would elicit an acknowledgement by itself
+    server._network_paths.append(QuicNetworkPath(addr=("10.0.9.2", 40000), is_validated=True))
+    move(path, ("10.0.9.2", 40000), NEAR)  # the client moved to another access
+    path.set_up(True)
+    # the client keeps the connection ID its standby probe used there: no RETIRE_CONNECTION_ID,
+    # so no NEW_CONNECTION_ID from the server either, which would also elicit an acknowledgement
+    client.send_ping(1)
+    net.run(4 * 2 * NEAR)  # four round trips on the new path
+    assert server.path_resets == 1
+    assert not stranded & set(space.sent_packets), "the old path's flight is still outstanding"
