@@ -1866,7 +1866,8 @@ def notebook_setup(
     figures_dir: str | Path | None = "",
 ) -> NotebookRun:
     """The top of every notebook, from its papermill-style parameters: `results_dir` a run
-    ("": the latest complete run under `results_root`, "": results/), `figures_dir` where PNGs
+    ("": the latest complete run under `results_root` that has what the notebook shows, "":
+    results/), `figures_dir` where PNGs
     go ("": results/figures). Says which run it is (or that there is none yet, and what to run),
     and loads the notebook's table (LOADERS[name]; or says in one sentence why the run has
     nothing to show). `name` is the experiment's, or a notebook's reading another experiment's
@@ -1882,11 +1883,25 @@ def notebook_setup(
             f"`qtlab run {experiment}`, then re-run this notebook."
         )
         return NotebookRun(name, None, out_dir)
-    meta = load_meta(run_dir)
-    say(run_sentence(run_dir, meta))
     try:
         data = LOADERS[name](run_dir)
     except ResultsError as exc:
-        say(f"This {name} run has nothing to show: {exc}")
-        return NotebookRun(name, run_dir, out_dir, meta)
+        # No run named: an older run may have what this notebook shows (the masque and
+        # ablation notebooks need variants that not every failover run has).
+        older = [] if results_dir else run_dirs(experiment, root)[:-1]
+        for candidate in reversed(older):
+            try:
+                data = LOADERS[name](candidate)
+            except ResultsError:
+                continue
+            say(f"The latest {experiment} run `{run_dir}` has nothing for this notebook ({exc})")
+            run_dir = candidate
+            break
+        else:
+            meta = load_meta(run_dir)
+            say(run_sentence(run_dir, meta))
+            say(f"This {name} run has nothing to show: {exc}")
+            return NotebookRun(name, run_dir, out_dir, meta)
+    meta = load_meta(run_dir)
+    say(run_sentence(run_dir, meta))
     return NotebookRun(name, run_dir, out_dir, meta, data)

@@ -578,6 +578,26 @@ def test_notebook_setup_finds_says_and_loads(
     assert "saved" in capsys.readouterr().out
 
 
+def test_notebook_setup_falls_back_to_the_latest_run_that_has_its_variants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The masque notebook reads failover runs; the newest one has no MASQUE variant, an
+    older one has: that one is shown, and the notebook says why. Named explicitly, the newest
+    one is kept and has nothing to show."""
+    older = make_run(tmp_path, "failover", "20261126-100000")
+    write_masque_run(older)
+    newest = make_run(tmp_path, "failover", "20261127-100000")
+    write_failover_run(newest)
+    nb = analysis.notebook_setup("masque", "", tmp_path, tmp_path / "figs")
+    assert nb.run_dir == older and nb.data is not None
+    out = capsys.readouterr().out
+    assert f"The latest failover run `{newest}` has nothing for this notebook" in out
+    assert f"Run `{older}`" in out
+    nb = analysis.notebook_setup("masque", str(newest), tmp_path, tmp_path / "figs")
+    assert nb.run_dir == newest and nb.data is None
+    assert "This masque run has nothing to show" in capsys.readouterr().out
+
+
 def test_notebook_setup_without_a_run_or_its_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

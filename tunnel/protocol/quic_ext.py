@@ -571,11 +571,11 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_path_resets += 1
         # Elicit an acknowledgement on the new path at once (a PING, RFC 9002 §6.2.4's probe):
         # what the old path lost is then declared lost by packet threshold a round trip from
-        # now (RFC 9002 §6.1.1). A sender with nothing else to send — stream mode waiting for
-        # flow-control credit the lost data holds, on a path validated beforehand so that no
-        # PATH_CHALLENGE goes out either — would otherwise wait for a probe timeout, which
-        # with the RTT estimator just reset is 2 x initial_rtt and backed off: measured, stream
-        # mode's blackhole gap 450-560 ms where its datagrams moved in 110.
+        # now (RFC 9002 §6.1.1). A sender with nothing else to send (stream mode waiting for
+        # flow-control credit the lost data holds, on a path validated beforehand, with no
+        # connection ID to replace) would otherwise wait for a probe timeout, which with the
+        # RTT estimator just reset is 2 x initial_rtt and backed off (shown in memory,
+        # tests/unit/test_path_reset.py).
         self._probe_pending = True
 
     def use_congestion_control(self, algorithm: str) -> bool:
