@@ -255,6 +255,39 @@ def test_a_receive_only_tunnel_mode_client_sees_a_blackhole_from_its_own_ack_sil
     assert set(traffic.delivered_down()) == set(traffic.down)
 
 
+def test_a_stream_mode_download_sees_a_blackhole_from_its_own_ack_silence(
+    lab_certs: FilePath,
+) -> None:
+    """Stream mode: the client receives a TCP download as stream bytes, not packets. They
+    keep the path answerable as packets do (a PING per round trip), so a WiFi blackhole moves
+    the connection within about a probe timeout, not at the next liveness PING (2 s here)."""
+    settings = [
+        "limits.probe_interval=2",
+        "stream.enabled=true",
+        'stream.intercept=["10.200.0.0/16"]',
+    ]
+    world, _core = core_world(
+        lab_certs,
+        mode="tunnel",
+        settings=settings,
+        core_settings=["stream.enabled=true"],
+        delays={"wifi": 0.005, "5g": 0.010},
+    )
+    (conn,) = world.live_conns()
+    server = conn.server
+    stream_id = 1  # a stream of the concentrator's (as the -tcp draft's reversed flow opens)
+    for _ in range(100):  # 0.5 s of download only
+        server.send_stream_data(stream_id, b"d" * 1000)
+        world.run(0.005)
+    world.blackhole("wifi", True)
+    blackholed = world.now
+    for _ in range(100):
+        server.send_stream_data(stream_id, b"d" * 1000)
+        world.run(0.005)
+    assert [m.target.name for m in world.of(Migrate)] == ["5g"]
+    assert world.times_of(Migrate)[0] - blackholed < 0.5
+
+
 def test_a_blackhole_just_after_the_clients_ping_was_acknowledged_is_still_seen(
     lab_certs: FilePath,
 ) -> None:
