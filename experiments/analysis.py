@@ -1314,17 +1314,21 @@ def failover_figure(run_dir: Path, out_png: Path) -> Path:
     return _save(fig, out_png, run_dir)
 
 
-def ablation_figure(run_dir: Path, out_png: Path) -> Path:
-    """The ablation (issue 12): per (event, traffic), the gap and the goodput during the outage
-    after the gap of the all-on engine and of it with each mechanism off in turn. ResultsError
-    when the run has no ablation variant."""
-    summary = ablation_summary(load_ablation(run_dir))
+def _gap_and_outage_figure(
+    run_dir: Path,
+    out_png: Path,
+    summary: pd.DataFrame,
+    draw: Callable[[Axes, Axes, pd.DataFrame], None],
+    title: str,
+) -> Path:
+    """One row of panels per (event, traffic) of a failover summary: `draw` puts the gap and
+    the goodput after the gap of that scenario's rows on the two axes."""
     combos = sorted({(str(r.event), str(r.traffic)) for r in summary.itertuples()})
     fig = Figure(figsize=(10, 0.8 + 3.6 * len(combos)), layout="constrained")
     axes = fig.subplots(len(combos), 2, squeeze=False)
     for (ax_gap, ax_goodput), (event, traffic) in zip(axes, combos, strict=True):
         rows = summary[(summary["event"] == event) & (summary["traffic"] == traffic)]
-        plot_ablation(ax_gap, ax_goodput, rows.reset_index(drop=True))
+        draw(ax_gap, ax_goodput, rows.reset_index(drop=True))
         ax_gap.set_title(f"{event} / {traffic}: gap", fontsize="medium")
         ax_goodput.set_title(f"{event} / {traffic}: goodput after the gap", fontsize="medium")
     if summary["cpu_saturated_runs"].any():
@@ -1333,8 +1337,23 @@ def ablation_figure(run_dir: Path, out_png: Path) -> Path:
             loc="outside lower center",
             fontsize="small",
         )
-    fig.suptitle(f"ablation: {_run_title(run_dir)}")
+    fig.suptitle(f"{title}: {_run_title(run_dir)}")
     return _save(fig, out_png, run_dir)
+
+
+def ablation_figure(run_dir: Path, out_png: Path) -> Path:
+    """The ablation (issue 12): per (event, traffic), the gap and the goodput during the outage
+    after the gap of the all-on engine and of it with each mechanism off in turn. ResultsError
+    when the run has no ablation variant."""
+    summary = ablation_summary(load_ablation(run_dir))
+    return _gap_and_outage_figure(run_dir, out_png, summary, plot_ablation, "ablation")
+
+
+def plot_masque(ax_gap: Axes, ax_goodput: Axes, summary: pd.DataFrame) -> None:
+    """One (event, traffic) of masque_summary: each variant's bars in its own colour."""
+    labels = [f"{v} (n={n})" for v, n in zip(summary["variant"], summary["runs"], strict=True)]
+    colours = [variant_colour(str(v)) for v in summary["variant"]]
+    plot_gap_and_outage_bars(ax_gap, ax_goodput, summary, labels, colours)
 
 
 def masque_figure(run_dir: Path, out_png: Path) -> Path:
@@ -1343,25 +1362,8 @@ def masque_figure(run_dir: Path, out_png: Path) -> Path:
     as tunnel mode's is), the QUIC tunnel's modes and MPTCP. ResultsError when the run has no
     MASQUE variant."""
     summary = masque_summary(load_masque(run_dir))
-    combos = sorted({(str(r.event), str(r.traffic)) for r in summary.itertuples()})
-    fig = Figure(figsize=(10, 0.8 + 3.6 * len(combos)), layout="constrained")
-    axes = fig.subplots(len(combos), 2, squeeze=False)
-    for (ax_gap, ax_goodput), (event, traffic) in zip(axes, combos, strict=True):
-        rows = summary[(summary["event"] == event) & (summary["traffic"] == traffic)]
-        rows = rows.reset_index(drop=True)
-        labels = [f"{v} (n={n})" for v, n in zip(rows["variant"], rows["runs"], strict=True)]
-        colours = [variant_colour(str(v)) for v in rows["variant"]]
-        plot_gap_and_outage_bars(ax_gap, ax_goodput, rows, labels, colours)
-        ax_gap.set_title(f"{event} / {traffic}: gap", fontsize="medium")
-        ax_goodput.set_title(f"{event} / {traffic}: goodput after the gap", fontsize="medium")
-    if summary["cpu_saturated_runs"].any():
-        fig.legend(
-            handles=[Patch(facecolor="white", edgecolor="k", hatch="//", label=CPU_MARK)],
-            loc="outside lower center",
-            fontsize="small",
-        )
-    fig.suptitle(f"MASQUE CONNECT-IP against the QUIC tunnel: {_run_title(run_dir)}")
-    return _save(fig, out_png, run_dir)
+    title = "MASQUE CONNECT-IP against the QUIC tunnel"
+    return _gap_and_outage_figure(run_dir, out_png, summary, plot_masque, title)
 
 
 def overhead_figure(run_dir: Path, out_png: Path) -> Path:

@@ -308,6 +308,24 @@ def ablation_row(
     return [*failover_row(variant, run, gap, True), after, off, hot]
 
 
+def plain_5g_row(run: int) -> list[object]:
+    """plain-5g's row of a failover run with goodput after the gap: 90 Mbit/s during the
+    outage, the reference of goodput after the gap / plain 5G."""
+    return [*failover_row("plain-5g", run, 0.0, True)[:8], 90.0,
+            *failover_row("x", run, 0, True)[9:], 90.0, "", False]  # fmt: skip
+
+
+def write_failover_with_5g(run: Path, rows: list[list[object]], plotted: str) -> None:
+    """failover.csv of `rows` and plain-5g's two runs, and a flat time series of `plotted`
+    and plain-5g."""
+    write_csv(run / "failover.csv", ABLATION_HEADER, rows + [plain_5g_row(r) for r in range(2)])
+    samples = [[v, r, i / 10, 40.0] for v in (plotted, "plain-5g") for r in range(2)
+               for i in range(600)]  # fmt: skip
+    write_csv(
+        run / "failover_timeseries.csv", list(analysis.SCHEMAS["failover_timeseries"]), samples
+    )
+
+
 def write_ablation_run(run: Path) -> None:
     """A failover run with the ablation's variants (engine all on, without detection, without
     reinjection) and plain-5g (90 Mbit/s during the outage), two runs each."""
@@ -317,16 +335,9 @@ def write_ablation_run(run: Path) -> None:
             ablation_row("engine", "none", r, 60.0 + r, 80.0 + r),
             ablation_row("engine-no-detection", "detection", r, 900.0 + r, 40.0, hot=r == 1),
             ablation_row("engine-no-reinjection", "reinjection", r, 70.0 + r, 50.0),
-            [*failover_row("plain-5g", r, 0.0, True)[:8], 90.0, *failover_row("x", r, 0, True)[9:],
-             90.0, "", False],
             ablation_row("session-failover", "", r, 100.0, 70.0),
-        ]  # fmt: skip
-    write_csv(run / "failover.csv", ABLATION_HEADER, rows)
-    samples = [[v, r, i / 10, 40.0] for v in ("engine", "plain-5g") for r in range(2)
-               for i in range(600)]  # fmt: skip
-    write_csv(
-        run / "failover_timeseries.csv", list(analysis.SCHEMAS["failover_timeseries"]), samples
-    )
+        ]
+    write_failover_with_5g(run, rows, "engine")
 
 
 def write_masque_run(run: Path) -> None:
@@ -338,15 +349,8 @@ def write_masque_run(run: Path) -> None:
             ablation_row("masque-migration", "", r, 300.0 + r, 40.0),
             ablation_row("tunnel-migration", "", r, 140.0 + r, 50.0),
             ablation_row("engine", "none", r, 60.0 + r, 88.0, hot=r == 1),
-            [*failover_row("plain-5g", r, 0.0, True)[:8], 90.0, *failover_row("x", r, 0, True)[9:],
-             90.0, "", False],
-        ]  # fmt: skip
-    write_csv(run / "failover.csv", ABLATION_HEADER, rows)
-    samples = [[v, r, i / 10, 40.0] for v in ("masque-migration", "plain-5g") for r in range(2)
-               for i in range(600)]  # fmt: skip
-    write_csv(
-        run / "failover_timeseries.csv", list(analysis.SCHEMAS["failover_timeseries"]), samples
-    )
+        ]
+    write_failover_with_5g(run, rows, "masque-migration")
 
 
 def test_masque_summary_sets_masque_first_against_its_peers(tmp_path: Path) -> None:

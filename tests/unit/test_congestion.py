@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from aioquic.quic.events import DatagramFrameReceived
 
-from tests.unit.quic_harness import Network, make_configs
+from tests.unit.quic_harness import Network, Path, make_configs
 from tunnel.protocol.congestion import CONGESTION_CONTROLS, PacedNoCongestionControl
 from tunnel.protocol.quic_ext import RatePacer, TunnelQuicConnection
 
@@ -19,8 +19,11 @@ DELAY = 0.025  # one way: 50 ms RTT
 PAYLOAD = 1100
 
 
-def transfer(cc: str, loss: float, seconds: float = 4.0, pacing: float | None = None) -> float:
-    """Greedy DATAGRAM sender client -> server for `seconds`; the goodput of the last half."""
+def connected_pair(
+    cc: str = "reno", pacing: float | None = None
+) -> tuple[Network, Path, TunnelQuicConnection]:
+    """A client (controller `cc`, `pacing` bytes/s) and a server, connected over one path of
+    DELAY each way, after the handshake."""
     net = Network()
     client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
     client_config.congestion_control_algorithm = cc
@@ -31,6 +34,12 @@ def transfer(cc: str, loss: float, seconds: float = 4.0, pacing: float | None = 
     )
     path = net.add_connection_pair(client, server, delay=DELAY)
     net.run(0.5)
+    return net, path, client
+
+
+def transfer(cc: str, loss: float, seconds: float = 4.0, pacing: float | None = None) -> float:
+    """Greedy DATAGRAM sender client -> server for `seconds`; the goodput of the last half."""
+    net, path, client = connected_pair(cc, pacing)
     path.up_link.rate, path.up_link.loss = RATE, loss
     payload = b"x" * PAYLOAD
     marks: list[int] = []
@@ -97,15 +106,7 @@ def test_every_tracked_datagram_gets_its_fate_and_none_is_falsely_lost() -> None
     """Datagram fate (issue 12): on a link losing 5 %, each tracked DATAGRAM is reported
     acknowledged or lost; every acknowledged one arrived, and none that arrived is reported
     lost (untracked ones get no report)."""
-    net = Network()
-    client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
-    client = TunnelQuicConnection(configuration=client_config)
-    server = TunnelQuicConnection(
-        configuration=server_config,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    path = net.add_connection_pair(client, server, delay=DELAY)
-    net.run(0.5)
+    net, path, client = connected_pair()
     path.up_link.rate, path.up_link.loss = RATE, 0.05
     for n in range(400):
         client.send_datagram_frame(n.to_bytes(4, "big") + b"x" * 500, token=n if n % 2 else None)
@@ -186,15 +187,7 @@ def test_a_connection_switches_controller_in_place() -> None:
     """use_congestion_control (the concentrator learns a connection's access late): a fresh
     controller of the other algorithm, paced as its kind is, the RTT estimate kept; the same
     name again changes nothing. reset_path_state may name another one (a migration)."""
-    net = Network()
-    client_config, server_config = make_configs(["qt"], max_datagram_size=1452)
-    client = TunnelQuicConnection(configuration=client_config)
-    server = TunnelQuicConnection(
-        configuration=server_config,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    path = net.add_connection_pair(client, server, delay=DELAY)
-    net.run(0.5)
+    net, path, client = connected_pair()
     assert client.congestion_control == "reno"
     rtt = client._loss._rtt_smoothed
     before = client._loss._cc
