@@ -9,8 +9,9 @@ import pytest
 from aioquic.quic.events import DatagramFrameReceived
 
 from tests.unit.quic_harness import Network, Path, make_configs
+from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import CONGESTION_CONTROLS, PacedNoCongestionControl
-from tunnel.protocol.quic_ext import RatePacer, TunnelQuicConnection
+from tunnel.protocol.quic_ext import RatePacer, TunnelQuicConnection, send_rate
 
 pytestmark = pytest.mark.slow  # several seconds of simulated transfers
 
@@ -205,3 +206,18 @@ def test_a_connection_switches_controller_in_place() -> None:
     net.run(0.5)
     received = [e for e in path.server.quic_events if isinstance(e, DatagramFrameReceived)]
     assert len(received) == 50
+
+
+def test_an_application_limited_bbr_is_ranked_by_its_window() -> None:
+    """send_rate, which the multipath scheduler ranks paths by: BBR's pacing rate, but while
+    its samples are application-limited at least its window per RTT, so that a scheduler
+    offers it the data its probing needs."""
+    net, _path, client = connected_pair("bbr")
+    cc = client._loss._cc
+    assert isinstance(cc, BbrCongestionControl)
+    for n in range(20):  # a trickle: the sender runs out of data, BBR marks its samples
+        client.send_datagram_frame(bytes([n]) * 200)
+        net.run(0.01)
+    assert cc.app_limited_until
+    window_rate = client._loss.congestion_window / client._loss._rtt_smoothed
+    assert send_rate(client) == max(cc.pacing_rate, window_rate) > cc.pacing_rate
