@@ -406,14 +406,11 @@ class PathLimits:
     def congestion_control_on(self, access: AccessId | None) -> str:
         """The controller of a connection over `access` (None: not known): its own setting,
         else congestion_control."""
-        own = (
-            {
-                AccessId.NON_THREE_GPP: self.congestion_control_wifi,
-                AccessId.THREE_GPP: self.congestion_control_5g,
-            }.get(access)
-            if access is not None
-            else None
-        )
+        own = None
+        if access is AccessId.NON_THREE_GPP:
+            own = self.congestion_control_wifi
+        elif access is AccessId.THREE_GPP:
+            own = self.congestion_control_5g
         return own or self.congestion_control
 
     def congestion_controls(self) -> dict[str, str]:
