@@ -29,7 +29,7 @@ from aioquic._crypto import CryptoError
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.congestion.base import create_congestion_control
+from aioquic.quic.congestion.base import QuicCongestionControl, create_congestion_control
 from aioquic.quic.connection import (
     ACK_FRAME_CAPACITY,
     END_STATES,
@@ -504,21 +504,12 @@ class TunnelQuicConnection(QuicConnection):
         """aioquic paces at cwnd / srtt; a controller that knows its own rate (BBR: pacing
         gain x bottleneck bandwidth; "none": the configured rate) sets `pacing_rate` and the
         pacer follows it instead. With the other controllers, `pacing_rate` caps the rate."""
-        loss = self._loss
-        cc = loss._cc
-        if isinstance(cc, PacedNoCongestionControl):
-            if pacing_rate is None or pacing_rate <= 0:
-                raise ValueError(
-                    'congestion control "none" needs a pacing rate (bytes/s > 0): without '
-                    "one the tunnel would flood its access"
-                )
-            cc.pacing_rate = pacing_rate
-        elif pacing_rate is not None and pacing_rate <= 0:
+        if pacing_rate is not None and pacing_rate <= 0:
             raise ValueError(f"a pacing rate must be > 0 bytes/s, got {pacing_rate}")
         self._tunnel_now: float | None = None
         self._tunnel_algorithm: str = self._configuration.congestion_control_algorithm
         self._tunnel_pacing_rate = pacing_rate
-        self._tunnel_paced = hasattr(cc, "pacing_rate") or pacing_rate is not None
+        self._give_rate(self._loss._cc)
         # one entry per queued DATAGRAM, in aioquic's queue order (None: not tracked)
         self._tunnel_datagram_tokens: deque[Hashable | None] = deque(
             None for _ in self._datagrams_pending
@@ -528,9 +519,22 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_path_resets = 0
         self._set_pacer()
 
+    def _give_rate(self, cc: QuicCongestionControl) -> None:
+        """ "none" paces at the configured rate, which it cannot go without."""
+        if isinstance(cc, PacedNoCongestionControl):
+            if self._tunnel_pacing_rate is None:
+                raise ValueError(
+                    'congestion control "none" needs a pacing rate (bytes/s > 0): without '
+                    "one the tunnel would flood its access"
+                )
+            cc.pacing_rate = self._tunnel_pacing_rate
+
     def _set_pacer(self) -> None:
+        """The pacer of the controller in use (and `_tunnel_paced`, which the send paths read
+        for every packet)."""
         loss = self._loss
         cc = loss._cc
+        self._tunnel_paced = hasattr(cc, "pacing_rate") or self._tunnel_pacing_rate is not None
         if not self._tunnel_paced:
             loss._pacer = QuicPacketPacer(max_datagram_size=self._max_datagram_size)
             return
@@ -598,14 +602,10 @@ class TunnelQuicConnection(QuicConnection):
         """A fresh controller of `algorithm` (aioquic's registry) in place of the current one,
         blind to the packets sent before it, with its pacer."""
         fresh = create_congestion_control(algorithm, max_datagram_size=self._max_datagram_size)
-        if isinstance(fresh, PacedNoCongestionControl):
-            if self._tunnel_pacing_rate is None:
-                raise ValueError('congestion control "none" needs a pacing rate (bytes/s > 0)')
-            fresh.pacing_rate = self._tunnel_pacing_rate  # as _install_pacer set it
+        self._give_rate(fresh)
         _ignore_flight_before(fresh, self._packet_number)
         self._loss._cc = fresh
         self._tunnel_algorithm = algorithm
-        self._tunnel_paced = hasattr(fresh, "pacing_rate") or self._tunnel_pacing_rate is not None
         self._set_pacer()
 
     @property
@@ -1672,8 +1672,8 @@ def send_rate(quic: QuicConnection) -> float | None:
     loss = quic._loss
     cc = loss._cc
     rate = getattr(cc, "pacing_rate", None)
-    if rate and isinstance(cc, BbrCongestionControl) and cc.app_limited_until:
-        if loss._rtt_initialized:
+    if rate:
+        if isinstance(cc, BbrCongestionControl) and cc.app_limited_until and loss._rtt_initialized:
             # BBR whose samples are application-limited: its estimate is what it was given,
             # not what the path carries. A multipath scheduler ranking it by that estimate
             # gives it no more than it has, so BBR never gets the data its probing needs and
@@ -1681,8 +1681,6 @@ def send_rate(quic: QuicConnection) -> float | None:
             # with BBR on WiFi). Ranked by its window per RTT instead (2 x its estimate of the
             # bandwidth-delay product), it is offered enough to probe.
             rate = max(rate, loss.congestion_window / max(loss._rtt_smoothed, K_MICRO_SECOND))
-        return float(rate)
-    if rate:
         return float(rate)
     if not loss._rtt_initialized:
         return None
