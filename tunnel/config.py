@@ -281,6 +281,14 @@ class TunConfig:
     routes: tuple[IPNetwork, ...] = field(
         default=(), metadata=setting("prefixes routed into the TUN", NetworkList())
     )
+    offload: bool = field(
+        default=True,
+        metadata=setting(
+            "write a batch's consecutive TCP segments of a flow as one super-packet "
+            "(IFF_VNET_HDR, GRO in user space; a TAP never)",
+            Boolean(),
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ async def main(args: argparse.Namespace) -> None:
         counts["udp9"] += sum(  # type: ignore[operator]
             1 for p in batch if p[0] == 0x45 and p[9] == 17 and p[22:24] == b"\0\x09"
         )
-        counts["echo_replies"] += tun.write_batch(replies)  # type: ignore[operator]
+        counts["echo_replies"] += sum(tun.write_batch(replies))  # type: ignore[operator]
 
     tun.start_reading(on_packets, batch_size=args.batch)
     print(f"READY {tun.name} {tun.index}", flush=True)

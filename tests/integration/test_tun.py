@@ -214,3 +214,22 @@ def test_a_tap_joins_a_bridge_and_its_errors_are_one_sentence(ns: str) -> None:
         "True True True TAP",
         "GONE",
     ]
+
+
+def test_merged_tcp_writes_reach_a_socket_intact(ns: str) -> None:
+    """tun.offload: a burst of 30 consecutive segments from a user-space peer goes into the
+    kernel in fewer writes than segments, and the socket reads every byte in order."""
+    result = subprocess.run(
+        python_in(ns, "tests.integration.qta_tun_gro"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["family"] for r in reports] == ["ipv4", "ipv6"]
+    for report in reports:
+        assert report["accepted"] == report["segments"] >= 10, report
+        assert report["intact"] and report["received"] == report["segments"] * 1000, report
+        assert report["writes"] < report["segments"] and report["fallbacks"] == 0, report

@@ -297,9 +297,9 @@ class CoreConcentrator:
         (client,) = self.core.status()["clients"]
         return dict(client)
 
-    def _write_tun(self, packet: bytes) -> bool:
-        self.tun.append(packet)
-        return True
+    def _write_tun(self, packets: list[bytes]) -> list[bool]:
+        self.tun.extend(packets)
+        return [True] * len(packets)
 
     def _carry_out(self) -> None:
         self.core.write_tun(self._write_tun)

@@ -215,10 +215,10 @@ class CoreLab:
             self.stream_events.append((connection, stream_event))
         self.carry_out()
 
-    def _write_tun(self, packet: bytes) -> bool:
+    def _write_tun(self, packets: list[bytes]) -> list[bool]:
         if self.tun_accepts:
-            self.tun.append(packet)
-        return self.tun_accepts
+            self.tun.extend(packets)
+        return [self.tun_accepts] * len(packets)
 
     def _write_tap(self, client: str, frame: bytes) -> bool:
         tap = self.taps.get(client)

@@ -21,12 +21,16 @@ from experiments.bench import (
 def test_modes_are_a_registry_of_plain_the_tunnel_modes_and_our_peers() -> None:
     default = [name for name, mode in MODES.items() if mode.default]
     assert default == ["plain", "tunnel", "session", "stream", "masque", "wireguard", "openvpn"]
-    # the datagram fast path's baselines, run only when asked for
-    assert set(MODES) - set(default) == {"tunnel-generic", "session-generic"}
-    for name in ("tunnel-generic", "session-generic"):
+    # the baselines of the datagram fast path and of merged TUN writes, run only when asked for
+    baselines = {
+        "tunnel-generic": "limits.fast_datagram_path=false",
+        "session-generic": "limits.fast_datagram_path=false",
+        "tunnel-no-offload": "tun.offload=false",
+    }
+    assert set(MODES) - set(default) == set(baselines)
+    for name, off in baselines.items():
         spec = MODES[name].spec
         assert spec is not None and spec.mode == name.split("-")[0]
-        off = "limits.fast_datagram_path=false"
         assert off in spec.client_overrides and off in spec.concentrator_overrides
     assert MODES["plain"].spec is None and MODES["plain"].peer is None
     assert [(MODES[m].spec, MODES[m].peer) for m in ("wireguard", "openvpn")] == [

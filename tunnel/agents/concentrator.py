@@ -10,7 +10,7 @@ Inputs, each taking `now` (the loop's monotonic clock):
 - `handle_timer(now)` at `get_timer()`: reorder gaps given up, empty sessions expired.
 - `host_addresses_changed(addresses)`, `reload_crl(now)` (SIGHUP), `shutdown(now)`.
 Outputs: `next_action()` (Action, below: the edge transmits the connection it names, or rewrites
-the status file), `write_tun(write)` (the packets for the TUN, counted by what `write` accepted),
+the status file), `write_tun(write_batch)` (the packets for the TUN, counted by what it accepted),
 `get_timer()`, `status()` (the status file's clients, sessions, refusals, counters and CRL).
 
 What happens to a connection (tunnel draft §4, tunnel-session draft §4.1):
@@ -944,14 +944,15 @@ class ConcentratorCore:
             timer = inbound
         return timer
 
-    def write_tun(self, write: Callable[[bytes], bool]) -> None:
-        """Hand every packet decided for the TUN to `write` (TunDevice.write: False when the
-        kernel refused it), in order, and count the outcome per client."""
+    def write_tun(self, write_batch: Callable[[list[bytes]], list[bool]]) -> None:
+        """Hand every packet decided for the TUN to `write_batch` (TunDevice.write_batch: for
+        each packet, whether the kernel accepted it), in order, and count the outcome per
+        client."""
         if not self._to_tun:
             return
         batch, self._to_tun = self._to_tun, []
-        for packet, client, reply in batch:
-            written = write(packet)
+        accepted = write_batch([packet for packet, _client, _reply in batch])
+        for (packet, client, reply), written in zip(batch, accepted, strict=True):
             counters = client.counters
             if reply:
                 if written:

@@ -134,7 +134,11 @@ class ConcentratorProgram:
         routes = self.core.tun_routes()
         try:
             self.tun = TunDevice.create(
-                config.tun.name, mtu=mtu, addresses=config.tun.addresses, routes=routes
+                config.tun.name,
+                mtu=mtu,
+                addresses=config.tun.addresses,
+                routes=routes,
+                offload=config.tun.offload,
             )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None
@@ -314,7 +318,7 @@ class ConcentratorProgram:
     def _carry_out(self) -> None:
         core = self.core
         if self.tun is not None:
-            core.write_tun(self.tun.write)
+            core.write_tun(self.tun.write_batch)
         while (action := core.next_action()) is not None:
             if isinstance(action, StatusChanged):
                 self.status.write()
@@ -445,6 +449,7 @@ class ConcentratorProgram:
                 "mtu": tun.mtu if tun is not None else None,
                 "rx_packets": tun.stats.packets_read if tun is not None else 0,
                 "tx_packets": tun.stats.packets_written if tun is not None else 0,
+                "tx_writes": tun.stats.writes if tun is not None else 0,
                 "write_drops": tun.stats.write_drops if tun is not None else 0,
             },
             "payloads": [p.value for p in self.config.payloads],

@@ -7,7 +7,9 @@ system hands them to us and takes them back. The device is opened through /dev/n
 TUNSETIFF ioctl (no python-pytun: the ioctl is three lines) and configured with pyroute2.
 
 Throughput comes from batching: one loop wakeup drains up to `batch_size` packets, so the
-per-wakeup cost of the event loop is shared by many packets.
+per-wakeup cost of the event loop is shared by many packets; and, with `offload` (IFF_VNET_HDR,
+tun.offload), from writing a batch's consecutive TCP segments of a flow as one super-packet
+(tunnel/wire/tcp_gro.py).
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnel.user_error import RuntimeFailure
+from tunnel.wire.tcp_gro import PLAIN, VNET_HEADER_SIZE, coalesce
 
 TUN_CLONE_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000  # no 4-byte packet-information prefix: reads/writes are bare IP packets
+IFF_VNET_HDR = 0x4000  # a virtio_net_hdr before every packet read and written (GSO writes)
 IFNAMSIZ = 16  # the kernel's name buffer, including the terminating NUL
 IFA_F_NODAD = 0x02  # IPv6 address usable at once (a point-to-point TUN needs no DAD)
 DEFAULT_BATCH_SIZE = 64
@@ -65,6 +69,8 @@ class TunStats:
     packets_written: int = 0
     bytes_written: int = 0
     write_drops: int = 0
+    writes: int = 0  # write system calls that the kernel accepted (fewer than packets: merged)
+    merge_fallbacks: int = 0  # merged writes refused, their packets then written one by one
 
 
 def _check_name(name: str, kind: DeviceKind = DeviceKind.TUN) -> bytes:
@@ -77,7 +83,7 @@ def _check_name(name: str, kind: DeviceKind = DeviceKind.TUN) -> bytes:
     return encoded
 
 
-def _open_tun(name: str, kind: DeviceKind = DeviceKind.TUN) -> int:
+def _open_tun(name: str, kind: DeviceKind = DeviceKind.TUN, offload: bool = False) -> int:
     what = kind.value
     encoded = _check_name(name, kind)
     try:
@@ -92,7 +98,8 @@ def _open_tun(name: str, kind: DeviceKind = DeviceKind.TUN) -> int:
             f"opening {TUN_CLONE_DEVICE} needs root (or CAP_NET_ADMIN): run as root"
         ) from None
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", encoded, _KIND_FLAGS[kind] | IFF_NO_PI))
+        flags = _KIND_FLAGS[kind] | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", encoded, flags))
     except OSError as exc:
         os.close(fd)
         if exc.errno == errno.EPERM:
@@ -115,13 +122,24 @@ def _open_tun(name: str, kind: DeviceKind = DeviceKind.TUN) -> int:
 
 class TunDevice:
     """An open, configured TUN device. Create it with `TunDevice.create`; `close()` removes it
-    (the device is not persistent, so it also disappears if the process dies)."""
+    (the device is not persistent, so it also disappears if the process dies).
+
+    With `offload` every read and write carries a virtio_net_hdr: reads have it stripped (the
+    device is given no offloads, so the kernel hands over whole, checksummed packets), and
+    `write_batch` merges a flow's consecutive TCP segments into one write (tcp_gro)."""
 
     def __init__(
-        self, fd: int, name: str, index: int, mtu: int, kind: DeviceKind = DeviceKind.TUN
+        self,
+        fd: int,
+        name: str,
+        index: int,
+        mtu: int,
+        kind: DeviceKind = DeviceKind.TUN,
+        offload: bool = False,
     ) -> None:
         self.fd = fd
         self.kind = kind
+        self.offload = offload
         self.name = name
         self.index = index
         self.mtu = mtu
@@ -138,17 +156,19 @@ class TunDevice:
         routes: Iterable[str] = (),
         kind: DeviceKind = DeviceKind.TUN,
         bridge: str | None = None,
+        offload: bool = False,
     ) -> TunDevice:
         """Open TUN (or TAP) `name`, set its MTU and addresses ("10.8.0.1/24", "fd00:8::1/64"),
         make it a port of `bridge` if given, bring it up and add `routes` (prefixes sent into
-        the device)."""
+        the device). `offload` (a TUN only): merged TCP writes, see the class."""
         what = kind.value
         if not 68 <= mtu <= MAX_PACKET:
             raise TunError(f"{what} MTU {mtu} is outside 68..65535: choose an MTU in that range")
         parsed = [a if not isinstance(a, str) else _parse_interface(a) for a in addresses]
         if any(isinstance(a, IPv6Interface) for a in parsed) and mtu < 1280:
             raise TunError(f"{what} MTU {mtu} is below 1280, the minimum for IPv6: raise it")
-        fd = _open_tun(name, kind)
+        offload = offload and kind is DeviceKind.TUN
+        fd = _open_tun(name, kind, offload)
         try:
             # pyroute2 0.9 runs its netlink socket on the thread's running event loop, and
             # uvloop cannot open netlink sockets: configure from a thread without a loop.
@@ -160,7 +180,7 @@ class TunDevice:
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, name, index, mtu, kind)
+        return cls(fd, name, index, mtu, kind, offload)
 
     # --- I/O -------------------------------------------------------------------------------
 
@@ -171,11 +191,13 @@ class TunDevice:
         fd = self.fd
         for _ in range(max_packets):
             try:
-                packet = read(fd, MAX_PACKET)
+                packet = read(fd, MAX_PACKET + VNET_HEADER_SIZE)
             except BlockingIOError:
                 break
             packets.append(packet)
         if packets:
+            if self.offload:
+                packets = [packet[VNET_HEADER_SIZE:] for packet in packets]
             self.stats.packets_read += len(packets)
             self.stats.bytes_read += sum(map(len, packets))
             self.stats.largest_batch = max(self.stats.largest_batch, len(packets))
@@ -183,33 +205,45 @@ class TunDevice:
 
     def write(self, packet: bytes) -> bool:
         """Hand one IP packet to the kernel; False (and counted) if the kernel refused it."""
+        return self.write_batch([packet])[0]
+
+    def write_batch(self, packets: Sequence[bytes]) -> list[bool]:
+        """Write every packet, in order within each flow; whether the kernel accepted each one
+        (a refused one is counted in `write_drops`: a router drops)."""
+        if not self.offload:
+            return [self._write_one(packet, packet) for packet in packets]
+        accepted = [False] * len(packets)
+        for data, members in coalesce(packets):
+            if len(members) == 1:
+                accepted[members[0]] = self._write_one(data, packets[members[0]])
+                continue
+            try:
+                os.write(self.fd, data)
+            except OSError:
+                # a merged write the kernel refused: its packets one by one, so that a refusal
+                # (a full queue, a kernel that takes no GSO write) loses no more than before
+                self.stats.merge_fallbacks += 1
+                for index in members:
+                    accepted[index] = self._write_one(PLAIN + packets[index], packets[index])
+                continue
+            self.stats.writes += 1
+            self.stats.packets_written += len(members)
+            for index in members:
+                accepted[index] = True
+                self.stats.bytes_written += len(packets[index])
+        return accepted
+
+    def _write_one(self, data: bytes, packet: bytes) -> bool:
         try:
-            os.write(self.fd, packet)
+            os.write(self.fd, data)
         except OSError:
             # BlockingIOError (queue full) or EINVAL (not a valid IP packet): a router drops.
             self.stats.write_drops += 1
             return False
+        self.stats.writes += 1
         self.stats.packets_written += 1
         self.stats.bytes_written += len(packet)
         return True
-
-    def write_batch(self, packets: Sequence[bytes]) -> int:
-        """Write every packet; returns how many the kernel accepted."""
-        write = os.write
-        fd = self.fd
-        accepted = 0
-        written_bytes = 0
-        for packet in packets:
-            try:
-                write(fd, packet)
-            except OSError:
-                self.stats.write_drops += 1
-                continue
-            accepted += 1
-            written_bytes += len(packet)
-        self.stats.packets_written += accepted
-        self.stats.bytes_written += written_bytes
-        return accepted
 
     def start_reading(
         self,

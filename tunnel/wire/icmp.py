@@ -109,14 +109,20 @@ def total_length(packet: bytes) -> int:
     return IPV6_HEADER_SIZE + int.from_bytes(packet[4:6], "big")
 
 
-def internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement sum of 16-bit words, complemented."""
+def ones_complement_sum(data: bytes) -> int:
+    """RFC 1071 one's-complement sum of 16-bit words, folded to 16 bits, not complemented
+    (the partial sum an offloaded checksum starts from, tunnel/wire/tcp_gro.py)."""
     if len(data) % 2:
         data += b"\x00"
     total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return total
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 one's-complement sum of 16-bit words, complemented."""
+    return ~ones_complement_sum(data) & 0xFFFF
 
 
 def _is_unanswerable_source(address: IPAddress) -> bool:

@@ -1,0 +1,252 @@
+"""tunnel.wire.tcp_gro: which segments of a TUN write batch merge, and that a merged write is
+exactly the segments it replaced once cut back the way the kernel cuts a GSO packet."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.packets import ACK, FIN, PSH, SYN, tcp, udp4, with_checksum
+from tunnel.wire.icmp import internet_checksum, ones_complement_sum
+from tunnel.wire.tcp_gro import (
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    MAX_MERGED,
+    PLAIN,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VNET_HEADER,
+    VNET_HEADER_SIZE,
+    Write,
+    coalesce,
+)
+
+
+def tcp4(seq: int, payload: bytes, **fields: object) -> bytes:
+    return tcp(seq, payload, **fields)  # type: ignore[arg-type]
+
+
+def tcp6(seq: int, payload: bytes, **fields: object) -> bytes:
+    return tcp(seq, payload, src="fd00::1", dst="fd00::2", **fields)  # type: ignore[arg-type]
+
+
+def cut(write: Write) -> list[bytes]:
+    """What the kernel makes of a write (linux net/ipv4/tcp_offload.c, tcp_gso_segment): the
+    super-packet cut into gso_size segments, each with its sequence number, IPv4 ID, lengths
+    and checksums; PSH only on the last. A plain write is its packet."""
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HEADER.unpack_from(
+        write.data
+    )
+    packet = write.data[VNET_HEADER_SIZE:]
+    if gso_type == GSO_NONE:
+        assert flags == 0
+        return [packet]
+    assert flags == VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_offset == 16
+    ip = 20 if gso_type == GSO_TCPV4 else 40
+    assert csum_start == ip
+    headers, data = packet[:hdr_len], packet[hdr_len:]
+    tcp_header = hdr_len - ip
+    # the merged packet's own checksum field holds the pseudo-header sum with its length
+    if ip == 20:
+        assert internet_checksum(packet[:20]) == 0  # a valid IPv4 header checksum
+        assert int.from_bytes(packet[2:4], "big") == len(packet)
+        pseudo = packet[12:20] + b"\x00\x06" + (len(packet) - 20).to_bytes(2, "big")
+    else:
+        assert int.from_bytes(packet[4:6], "big") == len(packet) - 40
+        pseudo = packet[8:40] + (len(packet) - 40).to_bytes(4, "big") + b"\x00\x00\x00\x06"
+    assert int.from_bytes(packet[ip + 16 : ip + 18], "big") == ones_complement_sum(pseudo)
+    segments = []
+    seq = int.from_bytes(headers[ip + 4 : ip + 8], "big")
+    chunks = [data[i : i + gso_size] for i in range(0, len(data), gso_size)]
+    for number, chunk in enumerate(chunks):
+        ip_part = bytearray(headers[:ip])
+        tcp_part = bytearray(headers[ip:])
+        tcp_part[4:8] = ((seq + number * gso_size) & 0xFFFFFFFF).to_bytes(4, "big")
+        if number < len(chunks) - 1:
+            tcp_part[13] &= ~PSH
+        tcp_part[16:18] = b"\x00\x00"
+        length = tcp_header + len(chunk)
+        if ip == 20:
+            ip_part[2:4] = (20 + length).to_bytes(2, "big")
+            ident = (int.from_bytes(headers[4:6], "big") + number) & 0xFFFF
+            ip_part[4:6] = ident.to_bytes(2, "big")
+            ip_part[10:12] = b"\x00\x00"
+            ip_part[10:12] = internet_checksum(bytes(ip_part)).to_bytes(2, "big")
+            pseudo = bytes(ip_part[12:20]) + b"\x00\x06" + length.to_bytes(2, "big")
+        else:
+            ip_part[4:6] = length.to_bytes(2, "big")
+            pseudo = bytes(ip_part[8:40]) + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
+        segment = bytes(tcp_part) + chunk
+        segments.append(bytes(ip_part) + with_checksum(segment, pseudo, 16))
+    return segments
+
+
+def flow(
+    count: int, *, size: int = 1200, seq: int = 1, ident: int = 7, **kw: object
+) -> list[bytes]:
+    return [
+        tcp4((seq + i * size) & 0xFFFFFFFF, bytes([i % 251]) * size, ident=ident + i, **kw)
+        for i in range(count)
+    ]
+
+
+def delivered(packets: list[bytes]) -> list[Write]:
+    """`coalesce(packets)`, checked: every packet is in exactly one write, and the writes cut
+    back give each flow's packets in their order."""
+    writes = coalesce(packets)
+    members = sorted(index for write in writes for index in write.members)
+    assert members == list(range(len(packets)))
+    for write in writes:
+        assert cut(write) == [packets[index] for index in write.members]
+        assert list(write.members) == sorted(write.members)
+    return writes
+
+
+def test_a_flows_consecutive_segments_become_one_write() -> None:
+    packets = flow(20)
+    (write,) = delivered(packets)
+    _flags, gso_type, hdr_len, gso_size, _csum_start, _csum_offset = VNET_HEADER.unpack_from(
+        write.data
+    )
+    assert (gso_type, hdr_len, gso_size) == (GSO_TCPV4, 20 + 32, 1200)
+    assert len(write.data) == VNET_HEADER_SIZE + 52 + 20 * 1200
+    assert write.members == tuple(range(20))
+
+
+def test_ipv6_segments_merge_too() -> None:
+    packets = [tcp6(1 + i * 1000, bytes([i]) * 1000, ident=i) for i in range(5)]
+    (write,) = delivered(packets)
+    assert VNET_HEADER.unpack_from(write.data)[1] == GSO_TCPV6
+
+
+def test_a_short_or_pushed_segment_is_the_last_of_its_merge() -> None:
+    packets = [*flow(3), tcp4(3601, b"x" * 100, ident=10), tcp4(3701, b"y" * 1200, ident=11)]
+    writes = delivered(packets)
+    assert [w.members for w in writes] == [(0, 1, 2, 3), (4,)]
+    pushed = [
+        *flow(2),
+        tcp4(2401, b"z" * 1200, ident=9, flags=ACK | PSH),
+        *flow(2, seq=3601, ident=10),
+    ]
+    writes = delivered(pushed)
+    assert [w.members for w in writes] == [(0, 1, 2), (3, 4)]
+    assert cut(writes[0])[-1][33] == ACK | PSH
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        {"ack": 2000},
+        {"window": 1024},
+        {"options": b"\x01\x01\x08\x0a" + bytes(4) + b"\x00\x00\x00\x01"},
+        {"ttl": 63},
+        {"tos": 0x10},
+        {"ident": 99},
+        {"seq": 5000},
+    ],
+    ids=["ack", "window", "options", "ttl", "tos", "ipv4-id", "sequence-gap"],
+)
+def test_a_segment_that_differs_starts_a_new_write(breaker: dict[str, object]) -> None:
+    fields: dict[str, object] = {"seq": 1201, "ident": 8} | breaker
+    second = tcp4(fields.pop("seq"), b"b" * 1200, **fields)  # type: ignore[arg-type]
+    packets = [tcp4(1, b"a" * 1200, ident=7), second]
+    assert [w.members for w in delivered(packets)] == [(0,), (1,)]
+
+
+@pytest.mark.parametrize("flags", [SYN | ACK, FIN | ACK, ACK | 0x04, ACK | 0x40, ACK | 0x80, 0])
+def test_control_segments_go_as_they_came(flags: int) -> None:
+    packets = [
+        *flow(2),
+        tcp4(2401, b"c" * 1200, ident=9, flags=flags),
+        *flow(2, seq=3601, ident=10),
+    ]
+    writes = delivered(packets)
+    assert [w.members for w in writes] == [(0, 1), (2,), (3, 4)]
+    assert writes[1].data == PLAIN + packets[2]
+
+
+def test_a_pure_ack_or_udp_of_the_flow_is_not_overtaken() -> None:
+    ack_only = tcp4(2401, b"", ident=9)
+    packets = [*flow(2), ack_only, *flow(2, seq=2401, ident=10)]
+    assert [w.members for w in delivered(packets)] == [(0, 1), (2,), (3, 4)]
+    # a UDP packet of other ports leaves the TCP flow's merge open
+    packets = [*flow(2), udp4(b"u" * 50, sport=9, dport=9), *flow(2, seq=2401, ident=9)]
+    assert [w.members for w in delivered(packets)] == [(0, 1, 3, 4), (2,)]
+
+
+def test_interleaved_flows_merge_each_and_keep_their_own_order() -> None:
+    a = flow(6, sport=1111)
+    b = flow(6, sport=2222, seq=90000, ident=500)
+    packets = [p for pair in zip(a, b, strict=True) for p in pair]
+    writes = delivered(packets)
+    assert [w.members for w in writes] == [(0, 2, 4, 6, 8, 10), (1, 3, 5, 7, 9, 11)]
+
+
+def test_a_merge_stops_below_the_largest_ip_packet() -> None:
+    packets = flow(60, size=1400)
+    writes = delivered(packets)
+    assert len(writes) == 2
+    assert all(len(w.data) - VNET_HEADER_SIZE <= MAX_MERGED for w in writes)
+
+
+def test_the_sequence_number_wraps() -> None:
+    packets = flow(4, seq=0xFFFFFFFF - 1500)
+    assert [w.members for w in delivered(packets)] == [(0, 1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [b"", b"\x45", b"\x60" + bytes(10), b"\x47" + bytes(60), b"\x20" * 40, udp4(b"")],
+    ids=["empty", "one-byte", "short-ipv6", "ipv4-options", "not-ip", "udp"],
+)
+def test_odd_packets_pass_untouched(packet: bytes) -> None:
+    writes = coalesce([*flow(2), packet, *flow(2, seq=2401, ident=9)])
+    assert Write(PLAIN + packet, (2,)) in writes
+    assert sorted(i for w in writes for i in w.members) == [0, 1, 2, 3, 4]
+
+
+def test_a_truncated_or_fragmented_segment_is_not_merged() -> None:
+    truncated = flow(3)
+    truncated[1] = truncated[1][:-100]  # Total Length now claims more than there is
+    assert all(len(w.members) == 1 or 1 not in w.members for w in coalesce(truncated))
+    fragment = bytearray(tcp4(1201, b"f" * 1200, ident=8))
+    fragment[6] |= 0x20  # More Fragments
+    writes = coalesce([tcp4(1, b"a" * 1200, ident=7), bytes(fragment)])
+    assert [w.members for w in writes] == [(0,), (1,)]
+
+
+def test_random_batches_of_several_flows_are_delivered_in_each_flows_order() -> None:
+    rng = random.Random(20261204)
+    for _ in range(200):
+        flows = []
+        for number in range(rng.randint(1, 4)):
+            size = rng.choice([536, 1200, 1448])
+            seq = rng.randrange(1 << 32)
+            segments = []
+            for i in range(rng.randint(1, 30)):
+                length = size if rng.random() > 0.1 else rng.randint(0, size)
+                flags = rng.choice([ACK] * 8 + [ACK | PSH, ACK | FIN])
+                segments.append(
+                    tcp4(
+                        seq,
+                        bytes(length),
+                        ident=(number * 1000 + i) & 0xFFFF,
+                        sport=1000 + number,
+                        flags=flags,
+                    )
+                )
+                seq = (seq + length) & 0xFFFFFFFF
+            flows.append(segments)
+        batch: list[bytes] = []
+        cursors = [0] * len(flows)
+        while any(c < len(f) for c, f in zip(cursors, flows, strict=True)):
+            pick = rng.choice([i for i, f in enumerate(flows) if cursors[i] < len(f)])
+            batch.append(flows[pick][cursors[pick]])
+            cursors[pick] += 1
+        writes = delivered(batch)
+        # each flow, read back in write order, is its segments in their order
+        for number, segments in enumerate(flows):
+            port = (1000 + number).to_bytes(2, "big")
+            seen = [p for w in writes for p in cut(w) if p[20:22] == port]
+            assert seen == segments
