@@ -1412,9 +1412,10 @@ MODE_MARKERS = {"tunnel": "o", "session": "s", "stream": "^"}
 
 
 def plot_goodput_vs_loss(ax: Axes, goodput: pd.DataFrame) -> None:
-    """Mean goodput against loss for one (transport, cc, RTT): a line per (qtun mode, outer CC,
-    loss hiding) — colour the outer CC, marker the mode, dashed with loss hiding — with plain
-    (black) and WireGuard (grey) as references; red crosses: a run saturated a core."""
+    """Median goodput over the runs against loss for one (transport, cc, RTT), with a band from
+    the smallest to the largest run: a line per (qtun mode, outer CC, loss hiding) — colour the
+    outer CC, marker the mode, dashed with loss hiding — with plain (black) and WireGuard (grey)
+    as references; red crosses: a run saturated a core."""
     for key in goodput_keys(goodput):
         mode, outer_cc, hiding = key[:3]
         rows = goodput[
@@ -1422,7 +1423,9 @@ def plot_goodput_vs_loss(ax: Axes, goodput: pd.DataFrame) -> None:
             & (goodput["outer_cc"] == outer_cc)
             & (goodput["loss_hiding"] == hiding)
         ]
-        mean = rows.groupby("loss_pct")["goodput_mbps"].mean().sort_index()
+        per_loss = rows.groupby("loss_pct")["goodput_mbps"]
+        median = per_loss.median().sort_index()
+        low, high = per_loss.min().sort_index(), per_loss.max().sort_index()
         if mode == "plain":
             style: dict[str, Any] = {"color": "k", "lw": 2.0}
         elif mode == "wireguard":
@@ -1435,11 +1438,15 @@ def plot_goodput_vs_loss(ax: Axes, goodput: pd.DataFrame) -> None:
                 "ms": 4,
             }
         label = " ".join(p for p in (mode, outer_cc, "+hiding" if hiding == "on" else "") if p)
-        ax.plot(mean.index, mean.to_numpy(), label=label, **style)
+        (line,) = ax.plot(median.index, median.to_numpy(), label=label, **style)
+        if per_loss.size().max() > 1:
+            ax.fill_between(
+                median.index, low.to_numpy(), high.to_numpy(), color=line.get_color(), alpha=0.12
+            )
         hot = rows[rows["cpu_saturated"]]
         ax.plot(hot["loss_pct"], hot["goodput_mbps"], "x", color="red", ms=7, mew=1.5)
     ax.set_xlabel("loss (%, each way)")
-    ax.set_ylabel("goodput (Mbit/s)")
+    ax.set_ylabel("goodput (Mbit/s; median, band: runs)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
 

@@ -461,6 +461,24 @@ def test_goodput_against_loss_figure(tmp_path: Path) -> None:
     assert analysis.goodput_loss_figure(old, old / "l.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_goodput_against_loss_draws_the_median_and_the_runs_band() -> None:
+    rows = [
+        {"mode": m, "outer_cc": o, "loss_hiding": h, "loss_pct": loss, "goodput_mbps": g}
+        for m, o, h in (("tunnel", "bbr", "off"), ("plain", "", ""))
+        for loss, runs in ((0.0, (20.0, 19.0, 10.0)), (2.0, (18.0, 5.0, 17.0)))
+        for g in runs
+    ]
+    import pandas as pd
+
+    goodput = pd.DataFrame(rows).assign(transport="udp", cc="", cpu_saturated=False)
+    ax = Figure().add_subplot()
+    analysis.plot_goodput_vs_loss(ax, goodput)
+    medians = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert medians["tunnel bbr"] == [19.0, 17.0] and medians["plain"] == [19.0, 17.0]
+    bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections if c.get_paths()]
+    assert len(bands) == 2 and all(min(b) == 5.0 and max(b) == 20.0 for b in bands)
+
+
 # -- the multipath engine's columns: goodput after the gap, ablation, CPU ------------------
 def test_failover_summary_divides_goodput_after_the_gap_by_plain_5g(tmp_path: Path) -> None:
     write_ablation_run(tmp_path)
