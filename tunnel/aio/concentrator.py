@@ -111,6 +111,8 @@ class ConcentratorProgram:
         self.inbound: dict[int, list[asyncio.AbstractServer]] = {}
         self.drivers: dict[TunnelConnection, QuicDriver] = {}
         self.timer = DeadlineTimer(self._guarded(self.core.handle_timer), self.loop)
+        self._carry_out_soon = self._guarded(self._carry_out, carry_out=False)
+        self._carry_out_scheduled = False
         self.tun: TunDevice | None = None
         # Ethernet clients' TAP devices on the bridge (README "L2 mode"), by client name
         self.taps: dict[str, TunDevice] = {}
@@ -254,7 +256,12 @@ class ConcentratorProgram:
             self.drivers.pop(connection, None)
             if self.stream_server is not None:
                 self.stream_server.connection_closed(connection)
-        self._carry_out()
+        if not self._carry_out_scheduled:
+            # Once per network batch (its events all come first, then the driver transmits),
+            # not once per packet: the batch's packets for the TUN then go in one write_tun,
+            # which merges a flow's TCP segments (tun.offload).
+            self._carry_out_scheduled = True
+            self.loop.call_soon(self._carry_out_soon)
 
     def _on_tun_packets(self, packets: list[bytes]) -> None:
         forwarded = self.core.from_tun(packets, self.loop.time())
@@ -316,6 +323,7 @@ class ConcentratorProgram:
         self.core.host_addresses_changed(addresses)
 
     def _carry_out(self) -> None:
+        self._carry_out_scheduled = False
         core = self.core
         if self.tun is not None:
             core.write_tun(self.tun.write_batch)
@@ -416,14 +424,18 @@ class ConcentratorProgram:
             return None
         return connection, driver.transmit_soon
 
-    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
-        """`callback` for the loop: carries out the core's actions after it, and turns a bug
-        into a stop with exit 1 (and its traceback in the log) instead of a silent death."""
+    def _guarded(
+        self, callback: Callable[..., None], carry_out: bool = True
+    ) -> Callable[..., None]:
+        """`callback` for the loop: carries out the core's actions after it (unless it is that
+        itself), and turns a bug into a stop with exit 1 (and its traceback in the log) instead
+        of a silent death."""
 
         def guarded(*args: Any) -> None:
             try:
                 callback(*args)
-                self._carry_out()
+                if carry_out:
+                    self._carry_out()
             except Exception as exc:
                 where = getattr(callback, "__name__", "a callback")
                 log.critical("internal error in %s: stopping", where, exc_info=exc)
