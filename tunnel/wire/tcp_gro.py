@@ -250,9 +250,3 @@ def _ipv4_key(packet: bytes) -> bytes | None:
     if start < _IPV4_HEADER or len(packet) < start + 4:
         return None
     return packet[12:20] + packet[start : start + 4]
-
-
-def strip(data: bytes) -> bytes:
-    """The packet a read from an IFF_VNET_HDR device returned, without its virtio_net_hdr
-    (the device is never given offloads to hand us, so it is always the plain header)."""
-    return data[VNET_HEADER_SIZE:]
