@@ -30,10 +30,9 @@ from tunnel.wire.icmp import internet_checksum, ones_complement_sum
 
 # linux/virtio_net.h: struct virtio_net_hdr (the 10-byte legacy header a TUN device with
 # IFF_VNET_HDR prepends to every read and expects before every write), native byte order
-# for a device that was not switched to little- or big-endian headers.
-VNET_HEADER = struct.Struct(
-    "=BBHHHH"
-)  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+# for a device that was not switched to little- or big-endian headers. Its fields: flags,
+# gso_type, hdr_len, gso_size, csum_start, csum_offset.
+VNET_HEADER = struct.Struct("=BBHHHH")
 VNET_HEADER_SIZE = VNET_HEADER.size
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 GSO_NONE = 0
@@ -222,25 +221,23 @@ def coalesce(packets: Sequence[bytes]) -> list[Write]:
         merge = _start(packet, index, ip_header, tcp_header, payload)
         merges[key] = merge
         slots.append(merge)
-    return [
-        slot
-        if isinstance(slot, Write)
-        else _merged_write(slot)
-        if len(slot.members) > 1
-        else Write(PLAIN + slot.first, (slot.members[0],))
-        for slot in slots
-    ]
+    return [slot if isinstance(slot, Write) else _merge_write(slot) for slot in slots]
+
+
+def _merge_write(merge: _Merge) -> Write:
+    """A merge's write: the super-packet, or its one segment as it came."""
+    if len(merge.members) > 1:
+        return _merged_write(merge)
+    return Write(PLAIN + merge.first, (merge.members[0],))
 
 
 def _flow_key(packet: bytes) -> bytes | None:
     """The key `_segment` gives the packet's flow (addresses and ports, as for TCP), or None
     when it cannot be read (then no merge may stay open past the packet)."""
-    if len(packet) < 44:
-        return None if len(packet) < 24 or packet[0] >> 4 != 4 else _ipv4_key(packet)
-    version = packet[0] >> 4
+    version = packet[0] >> 4 if packet else 0
     if version == 4:
         return _ipv4_key(packet)
-    if version == 6 and packet[6] in (_PROTO_TCP, _PROTO_UDP):
+    if version == 6 and len(packet) >= 44 and packet[6] in (_PROTO_TCP, _PROTO_UDP):
         return packet[8:44]
     return None
 
