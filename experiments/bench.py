@@ -94,6 +94,18 @@ GENERIC_PATH = "limits.fast_datagram_path=false"
 # both programs writing their TUN a packet at a time (README "Merged TCP writes")
 NO_OFFLOAD = "tun.offload=false"
 
+
+def baseline(name: str, override: str, description: str) -> BenchMode:
+    """A mode `name` ("<tunnel mode>-<what>") run with `override` on both programs, as the
+    baseline of an optimisation in the same run; only with --modes."""
+    spec = TunnelSpec(
+        mode=name.split("-")[0],
+        client_overrides=(override,),
+        concentrator_overrides=(*OWN_HOST_ALLOWED, override),
+    )
+    return BenchMode(name, spec, f"{description}; only with --modes", default=False)
+
+
 MODES: dict[str, BenchMode] = {
     m.name: m
     for m in (
@@ -126,37 +138,22 @@ MODES: dict[str, BenchMode] = {
             TunnelSpec(mode="masque", concentrator_overrides=OWN_HOST_ALLOWED),
             "MASQUE CONNECT-IP (RFC 9484, ALPN h3), one connection: IP packets as HTTP Datagrams",
         ),
-        BenchMode(
+        baseline(
             "tunnel-generic",
-            TunnelSpec(
-                mode="tunnel",
-                client_overrides=(GENERIC_PATH,),
-                concentrator_overrides=(*OWN_HOST_ALLOWED, GENERIC_PATH),
-            ),
+            GENERIC_PATH,
             "tunnel mode on aioquic's generic packet path (limits.fast_datagram_path = false): "
-            "the datagram fast path's baseline in the same run; only with --modes",
-            default=False,
+            "the datagram fast path's baseline in the same run",
         ),
-        BenchMode(
+        baseline(
             "session-generic",
-            TunnelSpec(
-                mode="session",
-                client_overrides=(GENERIC_PATH,),
-                concentrator_overrides=(*OWN_HOST_ALLOWED, GENERIC_PATH),
-            ),
-            "session mode on aioquic's generic packet path; only with --modes",
-            default=False,
+            GENERIC_PATH,
+            "session mode on aioquic's generic packet path",
         ),
-        BenchMode(
+        baseline(
             "tunnel-no-offload",
-            TunnelSpec(
-                mode="tunnel",
-                client_overrides=(NO_OFFLOAD,),
-                concentrator_overrides=(*OWN_HOST_ALLOWED, NO_OFFLOAD),
-            ),
+            NO_OFFLOAD,
             "tunnel mode writing its TUN a packet at a time (tun.offload = false): merged TCP "
-            "writes' baseline in the same run; only with --modes",
-            default=False,
+            "writes' baseline in the same run",
         ),
         BenchMode(
             "wireguard",
