@@ -6,10 +6,12 @@ SYSTEM_PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
+# What make compiles with gcc: the link shaper (testbed/wire/) and the TCP segmenter (tunnel/wire/).
+NATIVE := build/qtwire build/libqttso.so
 
 .PHONY: all deps venv lint typecheck check test test-unit demo bench soak fuzz fidelity notebooks lab install-dissector install-commands uninstall-commands clean distclean
 
-all: venv
+all: venv $(NATIVE)
 
 $(STAMPS)/system: scripts/install-system-deps.sh
 	@mkdir -p $(STAMPS)
@@ -34,8 +36,14 @@ build/qtwire: testbed/wire/qtwire.c
 	@mkdir -p build
 	gcc -O2 -Wall -Wextra -o $@ $<
 
+# The TCP segmenter both qtun programs load for TUN reads with segmentation offload (issue 14,
+# tunnel/wire/tcp_tso.py): without it a TUN is opened without TSO.
+build/libqttso.so: tunnel/wire/tcp_tso.c
+	@mkdir -p build
+	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ $<
+
 # Configured vs measured delay, loss and rate of the shaper: results/fidelity/<timestamp>/.
-fidelity: venv build/qtwire
+fidelity: venv $(NATIVE)
 	$(VENV)/bin/qtlab fidelity
 
 lint: venv
@@ -47,7 +55,7 @@ typecheck: venv
 
 # The inner loop, under a minute: lint, types and the fast unit tests (no root, no notebooks,
 # nothing marked `slow`; Hypothesis' "dev" profile: few examples each).
-check: lint typecheck
+check: lint typecheck build/libqttso.so
 	$(PY) -m pytest -q -m "not root and not slow and not notebook" tests/unit
 
 # Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks, with
@@ -56,32 +64,32 @@ check: lint typecheck
 # unit and notebook tests at nice 19), then one leak check for the run: it fails if the tests
 # leave namespaces, interfaces, nft tables or helper processes behind.
 # pytest exits 5 when it collected nothing; the script and make treat that as the failure it is.
-test: lint typecheck build/qtwire
+test: lint typecheck $(NATIVE)
 	PY=$(PY) ./scripts/run-tests
 
 # What a user without root can run: the sans-I/O core and everything else that needs no
 # privileges or Mininet (tests/unit; no notebooks).
-test-unit: venv
+test-unit: venv build/libqttso.so
 	$(PY) -m pytest --hypothesis-profile=ci -m "not root" tests/unit
 
 # The default failover experiment (about 3 minutes): results/demo/failover/<timestamp>/, its
 # figure failover-demo.png (and .svg) inside.
-demo: venv build/qtwire
+demo: venv $(NATIVE)
 	$(VENV)/bin/qtlab demo
 
 # Goodput of plain, tunnel, session and stream mode per link profile: results/bench/<ts>/bench.csv.
-bench: venv build/qtwire
+bench: venv $(NATIVE)
 	$(PY) -m experiments.bench
 
 # Soak and fault (about 12 minutes): 20 clients in every mode with checked transfers for 10
 # minutes, link flaps, WiFi blackholes, a SIGKILLed concentrator and a hostile client at once;
 # memory, fds, exceptions, checksums and latency in results/soak/<timestamp>/.
-soak: venv build/qtwire
+soak: venv $(NATIVE)
 	$(VENV)/bin/qtlab run soak --config experiments/configs/soak.toml
 
 # Structure-aware fuzzing of the real concentrator through real connections (300,000 inputs,
 # every Protocol Type): crashes, exceptions, liveness, RSS and fds in results/fuzz/<timestamp>/.
-fuzz: venv build/qtwire
+fuzz: venv $(NATIVE)
 	$(VENV)/bin/qtlab run fuzz --config experiments/configs/fuzz.toml
 
 # Run every notebook on the latest results, headless: figures in results/figures/.

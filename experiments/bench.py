@@ -17,10 +17,11 @@ One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For 
   openvpn    OpenVPN 2.6, TLS, UDP, its negotiated AES-256-GCM, userspace (experiments/variants.py)
 Goodput is iperf3's receiver-side figure (its JSON output); CPU% is the client's and the
 concentrator's utime+stime from /proc/<pid>/stat over the transfer's wall time (100 % = one core).
-µs per packet: that CPU time divided by the packets a tunnel device moved (received plus sent,
-/sys/class/net/<dev>/statistics; the larger count of the two ends, which carry the same inner
-packets, since a device written merged TCP segments, tun.offload, counts one per write) — what
-carrying one inner packet costs each program
+µs per packet: that CPU time divided by the inner packets a program's TUN moved (read plus
+written, from its status file: tun.rx_packets + tun.tx_packets, which count a merged write or a
+segmented read by its packets, where the kernel's interface statistics count one; the larger
+count of the two programs, which carry the same packets) — what carrying one inner packet costs
+each program. For our peers, their devices' kernel statistics.
 (in stream mode the TUN carries only what is not relayed on streams, so no figure).
 
 Writes results/bench/<YYYYmmdd-HHMMSS>/bench.csv (mode, profile, goodput_mbps, client_cpu_pct,
@@ -39,7 +40,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,8 @@ OWN_HOST_ALLOWED = ('to_concentrator="allow"',)
 GENERIC_PATH = "limits.fast_datagram_path=false"
 # both programs writing their TUN a packet at a time (README "Merged TCP writes")
 NO_OFFLOAD = "tun.offload=false"
+# both programs reading their TUN a packet at a time (README "Segmentation offload")
+NO_TSO = "tun.tso=false"
 
 
 def baseline(name: str, override: str, description: str) -> BenchMode:
@@ -155,6 +158,12 @@ MODES: dict[str, BenchMode] = {
             "tunnel mode writing its TUN a packet at a time (tun.offload = false): merged TCP "
             "writes' baseline in the same run",
         ),
+        baseline(
+            "tunnel-no-tso",
+            NO_TSO,
+            "tunnel mode reading its TUN a packet at a time (tun.tso = false), still merging "
+            "writes: segmentation offload's baseline in the same run",
+        ),
         BenchMode(
             "wireguard",
             None,
@@ -211,7 +220,7 @@ def iperf3_tcp(node: Node, target: str, seconds: int) -> dict[str, Any]:
     return data
 
 
-ROLE_NODES = {"client": CLIENT, "concentrator": SERVER}
+PacketCounter = Callable[[], dict[str, int]]  # inner packets each role's tunnel moved so far
 
 
 def device_packets(node: Node, device: str) -> int:
@@ -225,6 +234,45 @@ def device_packets(node: Node, device: str) -> int:
     return sum(int(n) for n in out if n.isdigit())
 
 
+def device_counter(lab: Lab, devices: dict[str, str]) -> PacketCounter:
+    """For our peers: the kernel's statistics of each role's device (h1 client, h2 server)."""
+    nodes = {"client": CLIENT, "concentrator": SERVER}
+    return lambda: {r: device_packets(lab.node(nodes[r]), d) for r, d in devices.items()}
+
+
+def status_counter(dep: QtunDeployment) -> PacketCounter:
+    """For qtun: each program's status file, which counts a merged write or a segmented read
+    by its packets (the kernel's statistics count one)."""
+
+    def counts() -> dict[str, int]:
+        now = time.time()
+        return {role: tun_packets(dep, node, now) for role, node in dep_roles(dep).items()}
+
+    return counts
+
+
+STATUS_WAIT_S = 5.0  # a status file is rewritten every observability.status_interval (1 s)
+
+
+def dep_roles(dep: QtunDeployment) -> dict[str, str]:
+    """The node of each role whose CPU and packets the bench measures."""
+    return {"client": CLIENT, "concentrator": dep.concentrator}
+
+
+def tun_packets(dep: QtunDeployment, node: str, after: float) -> int:
+    """Inner packets the TUN of the program on `node` read plus wrote, from a status file
+    written after `after` (wall clock): polled until there is one."""
+    deadline = time.monotonic() + STATUS_WAIT_S
+    while True:
+        status = dep.status(node)
+        if float(status.get("time", 0)) >= after:
+            tun = status.get("tun", {})
+            return int(tun.get("rx_packets", 0)) + int(tun.get("tx_packets", 0))
+        if time.monotonic() > deadline:
+            raise BenchError(f"{node} wrote no status file for {STATUS_WAIT_S} s")
+        time.sleep(0.05)
+
+
 def measure(
     lab: Lab,
     target: str,
@@ -232,27 +280,23 @@ def measure(
     pids: dict[str, int],
     row: Row,
     mtu_intf: str,
-    devices: dict[str, str] | None = None,
+    counts: PacketCounter = dict,
 ) -> None:
-    """One transfer to `target`; fills goodput, CPU of `pids`, the MTU and (given each role's
-    tunnel device) the µs of CPU per packet into `row`."""
+    """One transfer to `target`; fills goodput, CPU of `pids`, the MTU and (given what counts
+    the packets each role's tunnel moved) the µs of CPU per packet into `row`."""
     h1, h2 = lab.node(CLIENT), lab.node(SERVER)
-    devices = devices or {}
     server = lab.procs.start_iperf3_server(h2, port=IPERF_PORT, idle_timeout_s=seconds + 20)
     try:
-        packets = {r: device_packets(lab.node(ROLE_NODES[r]), d) for r, d in devices.items()}
+        packets = counts()
         before = {role: cpu_seconds(pid) for role, pid in pids.items()}
         started = time.monotonic()
         data = iperf3_tcp(h1, target, seconds)
         wall = time.monotonic() - started
         after = {role: cpu_seconds(pid) for role, pid in pids.items()}
-        packets = {
-            r: device_packets(lab.node(ROLE_NODES[r]), d) - packets[r] for r, d in devices.items()
-        }
+        packets = {role: count - packets[role] for role, count in counts().items()}
     finally:
         lab.procs.stop(server)
-    # Both programs carry the same inner packets; a device that took merged TCP writes
-    # (tun.offload) counts one packet per write, so the count is the larger of the two.
+    # Both programs carry the same inner packets: the larger count of the two.
     moved = max(packets.values(), default=0)
     for role in packets:
         if role in pids and moved > 0:
@@ -285,12 +329,11 @@ def run_mode(lab: Lab, mode: BenchMode, profile_name: str, seconds: int, workdir
         with QtunDeployment(
             lab, mode.spec, workdir=workdir / f"{mode.name}-{profile_name}"
         ).start() as dep:
-            pids = {"client": dep.pid(CLIENT), "concentrator": dep.pid(dep.concentrator)}
+            pids = {role: dep.pid(node) for role, node in dep_roles(dep).items()}
             tun = str(dep.status(CLIENT).get("tun", {}).get("name", "qtun0"))
-            conc_tun = str(dep.status(dep.concentrator).get("tun", {}).get("name", "qtunc0"))
             # stream mode relays the transfer on a QUIC stream, not through the TUN devices
-            devices = {} if mode.spec.stream else {"client": tun, "concentrator": conc_tun}
-            measure(lab, dep.concentrator_address(4), seconds, pids, row, tun, devices)
+            counts = dict if mode.spec.stream else status_counter(dep)
+            measure(lab, dep.concentrator_address(4), seconds, pids, row, tun, counts)
     except (BenchError, QtunError, LabError, OSError, KeyError, ValueError) as exc:
         row.error = str(exc).splitlines()[0]
         print(f"bench: {mode.name}/{profile_name} failed: {exc}", file=sys.stderr)
@@ -308,8 +351,9 @@ def run_peer(lab: Lab, peer: str, seconds: int, row: Row, workdir: Path) -> None
     carrier = vpn.start()
     try:
         devices = {"client": vpn.ifname(CLIENT), "concentrator": vpn.ifname(SERVER)}
+        counts = device_counter(lab, devices)
         measure(
-            lab, carrier.route.address, seconds, carrier.programs, row, vpn.ifname(CLIENT), devices
+            lab, carrier.route.address, seconds, carrier.programs, row, vpn.ifname(CLIENT), counts
         )
     finally:
         carrier.stop()

@@ -10,7 +10,8 @@ share a filesystem) and this driver merges them into one run directory here
 (`shard_results.merge_shards`): per-shard meta, the merged CSVs, then the summary and figure.
 
 Every node needs this checkout at the same commit installed with the `distributed` extra (the
-driver's Python and Ray versions: Ray requires them equal), build/qtwire, and root for the lab.
+driver's Python and Ray versions: Ray requires them equal), what `make all` builds (build/qtwire,
+build/libqttso.so), and root for the lab.
 """
 
 from __future__ import annotations

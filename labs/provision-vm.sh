@@ -29,7 +29,7 @@ else
 fi
 cd "$dir"
 apt-get update -q
-make deps venv build/qtwire        # Debian packages, .venv, the link shaper
+make deps all                      # Debian packages, .venv, the link shaper, the TCP segmenter
 make install-commands              # /usr/local/bin/qtlab and qtun: `sudo qtlab ...` works
 if [ -n "$student" ]; then
     id "$student" >/dev/null 2>&1 || { echo "provision-vm.sh: no user $student." >&2; exit 1; }

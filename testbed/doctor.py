@@ -15,6 +15,7 @@ from pathlib import Path
 
 from testbed.paths import WIRE_BINARY
 from testbed.shaping import probe_netem
+from tunnel.wire.tcp_tso import LIBRARY as TSO_LIBRARY
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,15 @@ def run_checks() -> list[Check]:
             WIRE_BINARY.exists(),
             str(WIRE_BINARY),
             "make build/qtwire (or let the testbed compile it on first use)",
+        )
+    )
+    checks.append(
+        Check(
+            "TCP segmenter",
+            TSO_LIBRARY.exists(),
+            str(TSO_LIBRARY),
+            "make build/libqttso.so (without it the programs read their TUN without segmentation "
+            "offload)",
         )
     )
     if root:

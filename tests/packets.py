@@ -6,7 +6,14 @@ from __future__ import annotations
 import struct
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from tunnel.wire.icmp import internet_checksum
+from tunnel.wire.icmp import internet_checksum, ones_complement_sum
+from tunnel.wire.tcp_gro import (
+    GSO_NONE,
+    GSO_TCPV4,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VNET_HEADER,
+    VNET_HEADER_SIZE,
+)
 
 ACK, PSH, FIN, SYN, RST = 0x10, 0x08, 0x01, 0x02, 0x04
 TIMESTAMPS = b"\x01\x01\x08\x0a" + bytes(8)  # NOP NOP TS(val 0, ecr 0)
@@ -89,3 +96,53 @@ def with_checksum(data: bytes, pseudo: bytes, at: int) -> bytes:
     """`data` with the checksum over `pseudo` + `data` put at offset `at`."""
     blank = data[:at] + b"\x00\x00" + data[at + 2 :]
     return blank[:at] + internet_checksum(pseudo + blank).to_bytes(2, "big") + blank[at + 2 :]
+
+
+def cut_gso(data: bytes) -> list[bytes]:
+    """What the kernel makes of a write (linux net/ipv4/tcp_offload.c, tcp_gso_segment): the
+    super-packet cut into gso_size segments, each with its sequence number, IPv4 ID, lengths
+    and checksums; PSH only on the last. A plain write is its packet. `data` is a
+    virtio_net_hdr and its packet, as a TUN device reads or writes them."""
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HEADER.unpack_from(data)
+    packet = data[VNET_HEADER_SIZE:]
+    if gso_type == GSO_NONE:
+        assert flags == 0
+        return [packet]
+    assert flags == VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_offset == 16
+    ip = 20 if gso_type == GSO_TCPV4 else 40
+    assert csum_start == ip
+    headers, payload = packet[:hdr_len], packet[hdr_len:]
+    tcp_header = hdr_len - ip
+    # the merged packet's own checksum field holds the pseudo-header sum with its length
+    if ip == 20:
+        assert internet_checksum(packet[:20]) == 0  # a valid IPv4 header checksum
+        assert int.from_bytes(packet[2:4], "big") == len(packet)
+        pseudo = packet[12:20] + b"\x00\x06" + (len(packet) - 20).to_bytes(2, "big")
+    else:
+        assert int.from_bytes(packet[4:6], "big") == len(packet) - 40
+        pseudo = packet[8:40] + (len(packet) - 40).to_bytes(4, "big") + b"\x00\x00\x00\x06"
+    assert int.from_bytes(packet[ip + 16 : ip + 18], "big") == ones_complement_sum(pseudo)
+    segments = []
+    seq = int.from_bytes(headers[ip + 4 : ip + 8], "big")
+    chunks = [payload[i : i + gso_size] for i in range(0, len(payload), gso_size)]
+    for number, chunk in enumerate(chunks):
+        ip_part = bytearray(headers[:ip])
+        tcp_part = bytearray(headers[ip:])
+        tcp_part[4:8] = ((seq + number * gso_size) & 0xFFFFFFFF).to_bytes(4, "big")
+        if number < len(chunks) - 1:
+            tcp_part[13] &= ~PSH
+        tcp_part[16:18] = b"\x00\x00"
+        length = tcp_header + len(chunk)
+        if ip == 20:
+            ip_part[2:4] = (20 + length).to_bytes(2, "big")
+            ident = (int.from_bytes(headers[4:6], "big") + number) & 0xFFFF
+            ip_part[4:6] = ident.to_bytes(2, "big")
+            ip_part[10:12] = b"\x00\x00"
+            ip_part[10:12] = internet_checksum(bytes(ip_part)).to_bytes(2, "big")
+            pseudo = bytes(ip_part[12:20]) + b"\x00\x06" + length.to_bytes(2, "big")
+        else:
+            ip_part[4:6] = length.to_bytes(2, "big")
+            pseudo = bytes(ip_part[8:40]) + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
+        segment = bytes(tcp_part) + chunk
+        segments.append(bytes(ip_part) + with_checksum(segment, pseudo, 16))
+    return segments

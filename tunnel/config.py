@@ -289,6 +289,15 @@ class TunConfig:
             Boolean(),
         ),
     )
+    tso: bool = field(
+        default=True,
+        metadata=setting(
+            "with offload: read the TCP super-packets this host sends (segmentation offload, "
+            "TUN_F_TSO4/6) and cut them into segments with build/libqttso.so (without it: off, "
+            "with a warning)",
+            Boolean(),
+        ),
+    )
 
 
 @dataclass(frozen=True)

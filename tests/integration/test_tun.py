@@ -216,6 +216,28 @@ def test_a_tap_joins_a_bridge_and_its_errors_are_one_sentence(ns: str) -> None:
     ]
 
 
+def test_segmentation_offload_reads_are_cut_into_whole_packets(ns: str) -> None:
+    """tun.tso: a socket's 60 kB to a user-space peer come out of the TUN as super-packets
+    (fewer reads than packets) cut into packets no larger than the MTU, every checksum right,
+    every byte in order."""
+    result = subprocess.run(
+        python_in(ns, "tests.integration.qta_tun_gro"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    reports = [r for r in reports if r["direction"] == "read"]
+    assert [r["family"] for r in reports] == ["ipv4", "ipv6"]
+    for report in reports:
+        assert report["tso"] and report["intact"], report
+        assert report["reads"] < report["packets"], report  # super-packets came
+        assert report["largest"] <= report["mtu"] and report["checksums_valid"], report
+        assert report["read_errors"] == 0, report
+
+
 def test_merged_tcp_writes_reach_a_socket_intact(ns: str) -> None:
     """tun.offload: a burst of 30 consecutive segments from a user-space peer goes into the
     kernel in fewer writes than segments, and the socket reads every byte in order."""
@@ -228,6 +250,7 @@ def test_merged_tcp_writes_reach_a_socket_intact(ns: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     reports = [json.loads(line) for line in result.stdout.splitlines()]
+    reports = [r for r in reports if r["direction"] == "write"]
     assert [r["family"] for r in reports] == ["ipv4", "ipv6"]
     for report in reports:
         assert report["accepted"] == report["segments"] >= 10, report

@@ -21,11 +21,13 @@ from experiments.bench import (
 def test_modes_are_a_registry_of_plain_the_tunnel_modes_and_our_peers() -> None:
     default = [name for name, mode in MODES.items() if mode.default]
     assert default == ["plain", "tunnel", "session", "stream", "masque", "wireguard", "openvpn"]
-    # the baselines of the datagram fast path and of merged TUN writes, run only when asked for
+    # the baselines of the datagram fast path, merged TUN writes and segmentation offload,
+    # run only when asked for
     baselines = {
         "tunnel-generic": "limits.fast_datagram_path=false",
         "session-generic": "limits.fast_datagram_path=false",
         "tunnel-no-offload": "tun.offload=false",
+        "tunnel-no-tso": "tun.tso=false",
     }
     assert set(MODES) - set(default) == set(baselines)
     for name, off in baselines.items():

@@ -7,15 +7,12 @@ import random
 
 import pytest
 
-from tests.packets import ACK, FIN, PSH, SYN, tcp, udp4, with_checksum
-from tunnel.wire.icmp import internet_checksum, ones_complement_sum
+from tests.packets import ACK, FIN, PSH, SYN, cut_gso, tcp, udp4
 from tunnel.wire.tcp_gro import (
-    GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
     MAX_MERGED,
     PLAIN,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VNET_HEADER,
     VNET_HEADER_SIZE,
     Write,
@@ -32,54 +29,7 @@ def tcp6(seq: int, payload: bytes, **fields: object) -> bytes:
 
 
 def cut(write: Write) -> list[bytes]:
-    """What the kernel makes of a write (linux net/ipv4/tcp_offload.c, tcp_gso_segment): the
-    super-packet cut into gso_size segments, each with its sequence number, IPv4 ID, lengths
-    and checksums; PSH only on the last. A plain write is its packet."""
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HEADER.unpack_from(
-        write.data
-    )
-    packet = write.data[VNET_HEADER_SIZE:]
-    if gso_type == GSO_NONE:
-        assert flags == 0
-        return [packet]
-    assert flags == VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_offset == 16
-    ip = 20 if gso_type == GSO_TCPV4 else 40
-    assert csum_start == ip
-    headers, data = packet[:hdr_len], packet[hdr_len:]
-    tcp_header = hdr_len - ip
-    # the merged packet's own checksum field holds the pseudo-header sum with its length
-    if ip == 20:
-        assert internet_checksum(packet[:20]) == 0  # a valid IPv4 header checksum
-        assert int.from_bytes(packet[2:4], "big") == len(packet)
-        pseudo = packet[12:20] + b"\x00\x06" + (len(packet) - 20).to_bytes(2, "big")
-    else:
-        assert int.from_bytes(packet[4:6], "big") == len(packet) - 40
-        pseudo = packet[8:40] + (len(packet) - 40).to_bytes(4, "big") + b"\x00\x00\x00\x06"
-    assert int.from_bytes(packet[ip + 16 : ip + 18], "big") == ones_complement_sum(pseudo)
-    segments = []
-    seq = int.from_bytes(headers[ip + 4 : ip + 8], "big")
-    chunks = [data[i : i + gso_size] for i in range(0, len(data), gso_size)]
-    for number, chunk in enumerate(chunks):
-        ip_part = bytearray(headers[:ip])
-        tcp_part = bytearray(headers[ip:])
-        tcp_part[4:8] = ((seq + number * gso_size) & 0xFFFFFFFF).to_bytes(4, "big")
-        if number < len(chunks) - 1:
-            tcp_part[13] &= ~PSH
-        tcp_part[16:18] = b"\x00\x00"
-        length = tcp_header + len(chunk)
-        if ip == 20:
-            ip_part[2:4] = (20 + length).to_bytes(2, "big")
-            ident = (int.from_bytes(headers[4:6], "big") + number) & 0xFFFF
-            ip_part[4:6] = ident.to_bytes(2, "big")
-            ip_part[10:12] = b"\x00\x00"
-            ip_part[10:12] = internet_checksum(bytes(ip_part)).to_bytes(2, "big")
-            pseudo = bytes(ip_part[12:20]) + b"\x00\x06" + length.to_bytes(2, "big")
-        else:
-            ip_part[4:6] = length.to_bytes(2, "big")
-            pseudo = bytes(ip_part[8:40]) + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
-        segment = bytes(tcp_part) + chunk
-        segments.append(bytes(ip_part) + with_checksum(segment, pseudo, 16))
-    return segments
+    return cut_gso(write.data)
 
 
 def flow(

@@ -367,6 +367,7 @@ class Client:
                 routes=[str(r) for r in tun_config.routes],
                 kind=kind,
                 offload=tun_config.offload,
+                tso=tun_config.tso,
             )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None
@@ -435,7 +436,9 @@ class Client:
                 "mtu": tun.mtu if tun is not None else None,
                 "rx_packets": stats.packets_read if stats else 0,
                 "tx_packets": stats.packets_written if stats else 0,
+                "rx_reads": stats.reads if stats else 0,
                 "tx_writes": stats.writes if stats else 0,
+                "read_errors": stats.read_errors if stats else 0,
                 "rx_bytes": stats.bytes_read if stats else 0,
                 "tx_bytes": stats.bytes_written if stats else 0,
                 "write_drops": stats.write_drops if stats else 0,

@@ -141,6 +141,7 @@ class ConcentratorProgram:
                 addresses=config.tun.addresses,
                 routes=routes,
                 offload=config.tun.offload,
+                tso=config.tun.tso,
             )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None
@@ -461,7 +462,9 @@ class ConcentratorProgram:
                 "mtu": tun.mtu if tun is not None else None,
                 "rx_packets": tun.stats.packets_read if tun is not None else 0,
                 "tx_packets": tun.stats.packets_written if tun is not None else 0,
+                "rx_reads": tun.stats.reads if tun is not None else 0,
                 "tx_writes": tun.stats.writes if tun is not None else 0,
+                "read_errors": tun.stats.read_errors if tun is not None else 0,
                 "write_drops": tun.stats.write_drops if tun is not None else 0,
             },
             "payloads": [p.value for p in self.config.payloads],

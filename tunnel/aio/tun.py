@@ -9,7 +9,8 @@ TUNSETIFF ioctl (no python-pytun: the ioctl is three lines) and configured with 
 Throughput comes from batching: one loop wakeup drains up to `batch_size` packets, so the
 per-wakeup cost of the event loop is shared by many packets; and, with `offload` (IFF_VNET_HDR,
 tun.offload), from writing a batch's consecutive TCP segments of a flow as one super-packet
-(tunnel/wire/tcp_gro.py).
+(tunnel/wire/tcp_gro.py) and, with `tso` (tun.tso), from reading the super-packets this host's
+TCP sends, cut into segments by tunnel/wire/tcp_tso.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +32,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.tcp_gro import PLAIN, VNET_HEADER_SIZE, coalesce
+from tunnel.wire.tcp_tso import Segmenter, SegmentError
+
+log = logging.getLogger(__name__)
 
 TUN_CLONE_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
@@ -37,6 +42,10 @@ IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000  # no 4-byte packet-information prefix: reads/writes are bare IP packets
 IFF_VNET_HDR = 0x4000  # a virtio_net_hdr before every packet read and written (GSO writes)
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int): what the kernel may hand us
+TUN_F_CSUM = 0x01  # checksums left to us (needed by the two below)
+TUN_F_TSO4 = 0x02  # TCP super-packets over IPv4
+TUN_F_TSO6 = 0x04  # and over IPv6
 IFNAMSIZ = 16  # the kernel's name buffer, including the terminating NUL
 IFA_F_NODAD = 0x02  # IPv6 address usable at once (a point-to-point TUN needs no DAD)
 DEFAULT_BATCH_SIZE = 64
@@ -69,6 +78,8 @@ class TunStats:
     packets_written: int = 0
     bytes_written: int = 0
     write_drops: int = 0
+    reads: int = 0  # read system calls that returned a packet (fewer than packets_read: TSO)
+    read_errors: int = 0  # super-packets that could not be cut (dropped, a router would too)
     writes: int = 0  # write system calls that the kernel accepted (fewer than packets: merged)
     merge_fallbacks: int = 0  # merged writes refused, their packets then written one by one
 
@@ -120,13 +131,39 @@ def _open_tun(name: str, kind: DeviceKind = DeviceKind.TUN, offload: bool = Fals
     return fd
 
 
+_segmenter: Segmenter | str | None = None  # loaded once per process
+
+
+def _enable_tso(fd: int, name: str) -> Segmenter | None:
+    """Let the kernel hand TCP super-packets (and packets without their checksum) to `fd`,
+    if the segmenter that cuts them is there and the kernel takes the request; else None, the
+    device staying as it was (whole, checksummed packets), and a warning saying why."""
+    global _segmenter
+    if _segmenter is None:
+        _segmenter = Segmenter.load()
+    if isinstance(_segmenter, str):
+        log.warning("TUN %s reads without segmentation offload: %s", name, _segmenter)
+        return None
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+    except OSError as exc:
+        log.warning(
+            "TUN %s reads without segmentation offload: the kernel refused it (%s)",
+            name,
+            exc.strerror,
+        )
+        return None
+    return _segmenter
+
+
 class TunDevice:
     """An open, configured TUN device. Create it with `TunDevice.create`; `close()` removes it
     (the device is not persistent, so it also disappears if the process dies).
 
-    With `offload` every read and write carries a virtio_net_hdr: reads have it stripped (the
-    device is given no offloads, so the kernel hands over whole, checksummed packets), and
-    `write_batch` merges a flow's consecutive TCP segments into one write (tcp_gro)."""
+    With `offload` every read and write carries a virtio_net_hdr, and `write_batch` merges a
+    flow's consecutive TCP segments into one write (tcp_gro). Reads have the header stripped;
+    with a `segmenter` (tso) the kernel may hand over TCP super-packets and packets without
+    their checksum, which `read_batch` cuts into whole, checksummed packets (tcp_tso)."""
 
     def __init__(
         self,
@@ -136,10 +173,12 @@ class TunDevice:
         mtu: int,
         kind: DeviceKind = DeviceKind.TUN,
         offload: bool = False,
+        segmenter: Segmenter | None = None,
     ) -> None:
         self.fd = fd
         self.kind = kind
         self.offload = offload
+        self.segmenter = segmenter if offload else None
         self.name = name
         self.index = index
         self.mtu = mtu
@@ -157,10 +196,12 @@ class TunDevice:
         kind: DeviceKind = DeviceKind.TUN,
         bridge: str | None = None,
         offload: bool = False,
+        tso: bool = False,
     ) -> TunDevice:
         """Open TUN (or TAP) `name`, set its MTU and addresses ("10.8.0.1/24", "fd00:8::1/64"),
         make it a port of `bridge` if given, bring it up and add `routes` (prefixes sent into
-        the device). `offload` (a TUN only): merged TCP writes, see the class."""
+        the device). `offload` (a TUN only): merged TCP writes; `tso` (with `offload`): reads
+        with segmentation offload, see the class."""
         what = kind.value
         if not 68 <= mtu <= MAX_PACKET:
             raise TunError(f"{what} MTU {mtu} is outside 68..65535: choose an MTU in that range")
@@ -169,6 +210,7 @@ class TunDevice:
             raise TunError(f"{what} MTU {mtu} is below 1280, the minimum for IPv6: raise it")
         offload = offload and kind is DeviceKind.TUN
         fd = _open_tun(name, kind, offload)
+        segmenter = _enable_tso(fd, name) if offload and tso else None
         try:
             # pyroute2 0.9 runs its netlink socket on the thread's running event loop, and
             # uvloop cannot open netlink sockets: configure from a thread without a loop.
@@ -180,12 +222,15 @@ class TunDevice:
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, name, index, mtu, kind, offload)
+        return cls(fd, name, index, mtu, kind, offload, segmenter)
 
     # --- I/O -------------------------------------------------------------------------------
 
     def read_batch(self, max_packets: int = DEFAULT_BATCH_SIZE) -> list[bytes]:
-        """Up to `max_packets` packets available now (an empty list if none)."""
+        """The packets available now (an empty list if none): reads until there are
+        `max_packets` (a super-packet's segments may take the batch a little beyond)."""
+        if self.segmenter is not None:
+            return self._read_segmented(self.segmenter, max_packets)
         packets: list[bytes] = []
         read = os.read
         fd = self.fd
@@ -196,12 +241,36 @@ class TunDevice:
                 break
             packets.append(packet)
         if packets:
+            self.stats.reads += len(packets)
             if self.offload:
                 packets = [packet[VNET_HEADER_SIZE:] for packet in packets]
-            self.stats.packets_read += len(packets)
-            self.stats.bytes_read += sum(map(len, packets))
-            self.stats.largest_batch = max(self.stats.largest_batch, len(packets))
+            self._count_read(packets)
         return packets
+
+    def _read_segmented(self, segmenter: Segmenter, max_packets: int) -> list[bytes]:
+        packets: list[bytes] = []
+        read = os.read
+        fd = self.fd
+        segment = segmenter.segment
+        while len(packets) < max_packets:
+            try:
+                frame = read(fd, MAX_PACKET + VNET_HEADER_SIZE)
+            except BlockingIOError:
+                break
+            self.stats.reads += 1
+            try:
+                packets += segment(frame)
+            except SegmentError as exc:
+                self.stats.read_errors += 1
+                if self.stats.read_errors == 1:  # the first one says why; the count the rest
+                    log.warning("TUN %s: %s; dropped (tun.read_errors counts them)", self.name, exc)
+        self._count_read(packets)
+        return packets
+
+    def _count_read(self, packets: list[bytes]) -> None:
+        self.stats.packets_read += len(packets)
+        self.stats.bytes_read += sum(map(len, packets))
+        self.stats.largest_batch = max(self.stats.largest_batch, len(packets))
 
     def write(self, packet: bytes) -> bool:
         """Hand one IP packet to the kernel; False (and counted) if the kernel refused it."""
