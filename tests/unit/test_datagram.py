@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.unit import wire_strategies as ws
 from tunnel.wire.datagram import (
     SESSION_HEADER_SIZE,
     ProtocolType,
     SessionDatagram,
+    decode_session_datagram,
     decode_tunnel_datagram,
+    encode_session_datagram,
     encode_tunnel_datagram,
     protocol_type_of,
 )
@@ -46,6 +49,38 @@ def test_session_datagram_round_trip(datagram: SessionDatagram) -> None:
     wire = datagram.encode()
     assert len(wire) == SESSION_HEADER_SIZE + len(datagram.packet)
     assert SessionDatagram.decode(wire) == datagram
+
+
+@given(ws.session_datagrams())
+def test_the_object_free_framing_is_the_datagrams(datagram: SessionDatagram) -> None:
+    """The per-packet path's functions frame exactly as the typed value does."""
+    wire = encode_session_datagram(datagram.protocol_type, datagram.packet_tag, datagram.packet)
+    assert wire == datagram.encode()
+    assert decode_session_datagram(wire) == (
+        datagram.protocol_type,
+        datagram.packet_tag,
+        datagram.packet,
+    )
+
+
+@given(st.binary(max_size=64))
+def test_the_object_free_decoder_refuses_what_the_typed_value_refuses(wire: bytes) -> None:
+    try:
+        protocol, tag, packet = decode_session_datagram(wire)
+    except DatagramError:
+        with pytest.raises((DatagramError, ValueError)):
+            SessionDatagram(
+                int.from_bytes(wire[0:2]), int.from_bytes(wire[2:4]), wire[SESSION_HEADER_SIZE:]
+            ) if len(wire) >= SESSION_HEADER_SIZE else SessionDatagram.decode(wire)
+        return
+    assert SessionDatagram(protocol, tag, packet) == SessionDatagram(
+        int.from_bytes(wire[0:2]), int.from_bytes(wire[2:4]), wire[SESSION_HEADER_SIZE:]
+    )
+
+
+def test_a_field_beyond_16_bits_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="16 bits"):
+        encode_session_datagram(ProtocolType.IPV4, 0x10000, IPV4_PACKET)
 
 
 def test_session_datagram_known_type_decodes_to_the_enum_unknown_stays_int() -> None:

@@ -58,8 +58,9 @@ from tunnel.wire.datagram import (
     PAYLOAD_PROTOCOL_TYPES,
     SESSION_HEADER_SIZE,
     Payload,
-    SessionDatagram,
+    decode_session_datagram,
     decode_tunnel_datagram,
+    encode_session_datagram,
     encode_tunnel_datagram,
     payload_of_ethertype,
     protocol_type_for,
@@ -627,7 +628,7 @@ class TunnelConnection:
                 )
             # session draft §4: 0x0800/0x86DD for IP, 0x6558 for an Ethernet frame
             protocol = protocol_type_for(payload, packet)
-            data = SessionDatagram(protocol, packet_tag, packet).encode()
+            data = encode_session_datagram(protocol, packet_tag, packet)
         else:
             data = encode_tunnel_datagram(packet, payload)
         if len(packet) > budget:
@@ -702,12 +703,7 @@ class TunnelConnection:
                     # dropped; it must never reach the device of the other payload (an
                     # Ethernet frame into a TUN, an IP packet onto a bridge).
                     return [self._drop_received(DropReason.UNSUPPORTED_PROTOCOL, len(data))]
-                datagram = SessionDatagram.decode(data)
-                packet, protocol, tag = (
-                    datagram.packet,
-                    datagram.protocol_type,
-                    datagram.packet_tag,
-                )
+                protocol, tag, packet = decode_session_datagram(data)
             elif payload is None:
                 return [self._drop_received(DropReason.UNSUPPORTED_PROTOCOL, len(data))]
             else:

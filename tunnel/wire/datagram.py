@@ -13,6 +13,7 @@ parameter so that a mismatch is refused rather than mis-delivered.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final, Self
@@ -125,16 +126,54 @@ class SessionDatagram:
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        if len(data) < SESSION_HEADER_SIZE:
+        return cls(*decode_session_datagram(data))
+
+
+_SESSION_HEADER: Final = struct.Struct("!HH")
+
+
+def encode_session_datagram(protocol_type: int, packet_tag: int, packet: bytes) -> bytes:
+    """Session mode (§4): the DATAGRAM payload of a packet whose Protocol Type the caller took
+    from it (protocol_type_for), built without a SessionDatagram: the per-packet path makes
+    no object it does not need (issue 14 item 3). ValueError if a field exceeds 16 bits."""
+    try:
+        return _SESSION_HEADER.pack(protocol_type, packet_tag) + packet
+    except struct.error:
+        raise ValueError(
+            f"protocol type {protocol_type} and packet tag {packet_tag} must fit in 16 bits"
+        ) from None
+
+
+def decode_session_datagram(data: bytes) -> tuple[int, int, bytes]:
+    """Session mode (§4): (Protocol Type, Packet Tag, packet) of a DATAGRAM payload, with the
+    checks of SessionDatagram (DatagramError: too short, an IP packet whose version disagrees
+    with its Protocol Type, an Ethernet frame shorter than its header), without building one.
+    A Protocol Type this implementation knows comes back as a ProtocolType."""
+    if len(data) < SESSION_HEADER_SIZE:
+        raise DatagramError(
+            f"session datagram of {len(data)} bytes is shorter than its 4-byte header"
+        )
+    protocol_type, packet_tag = _SESSION_HEADER.unpack_from(data)
+    packet = bytes(data[SESSION_HEADER_SIZE:])
+    if protocol_type == ProtocolType.ETHERNET:
+        if len(packet) < ETHERNET_HEADER_SIZE:
             raise DatagramError(
-                f"session datagram of {len(data)} bytes is shorter than its 4-byte header"
+                f"invalid session datagram: an Ethernet frame of {len(packet)} bytes is "
+                f"shorter than its {ETHERNET_HEADER_SIZE}-byte header"
             )
-        protocol_type = int.from_bytes(data[0:2], "big")
-        packet_tag = int.from_bytes(data[2:4], "big")
+        return ProtocolType.ETHERNET, packet_tag, packet
+    if protocol_type == ProtocolType.IPV4 or protocol_type == ProtocolType.IPV6:
         try:
-            return cls(protocol_type, packet_tag, bytes(data[SESSION_HEADER_SIZE:]))
-        except ValueError as exc:
-            raise DatagramError(f"invalid session datagram: {exc}") from None
+            actual = protocol_type_of(packet)
+        except DatagramError as exc:
+            raise DatagramError(f"invalid session datagram: {exc.message}") from None
+        if actual != protocol_type:
+            raise DatagramError(
+                f"invalid session datagram: protocol type {protocol_type:#06x} but the packet "
+                f"is {actual.name}"
+            )
+        return actual, packet_tag, packet
+    return protocol_type, packet_tag, packet
 
 
 def protocol_type_for(payload: Payload, packet: bytes) -> ProtocolType:
