@@ -1,10 +1,11 @@
 """`make bench`: iperf3 TCP goodput and CPU of the tunnel modes against the plain path.
 
-    python -m experiments.bench [--seconds N] [--profiles none,wifi,5g]
+    python -m experiments.bench [--seconds N] [--profiles none,wifi,5g] [--reverse]
                                 [--modes plain,tunnel,session,stream,masque,wireguard,openvpn]
 
 One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For each link profile
-(testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2:
+(testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2
+(h2 -> h1 with --reverse):
   plain    straight over the link to 10.0.0.2
   tunnel   through `qtun` tunnel mode (client on h1, concentrator on h2) to h2's TUN 10.8.0.1
   session  the same through tunnel session mode (one access: the link)
@@ -203,12 +204,27 @@ class Row:
         return {k: "" if getattr(self, k) is None else getattr(self, k) for k in FIELDS}
 
 
-def iperf3_tcp(node: Node, target: str, seconds: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Transfer:
+    """Each cell's iperf3 TCP transfer: `seconds` long, h1 -> h2 (the upload: the client's TUN
+    reads the sending TCP's packets), or h2 -> h1 with `reverse` (the download, iperf3 -R: the
+    concentrator's TUN reads them)."""
+
+    seconds: int = 10
+    reverse: bool = False
+
+    @property
+    def direction(self) -> str:
+        return "h2 -> h1 (iperf3 -R)" if self.reverse else "h1 -> h2"
+
+
+def iperf3_tcp(node: Node, target: str, transfer: Transfer) -> dict[str, Any]:
     """Run an iperf3 TCP client on `node` and return its parsed JSON (bounded in time)."""
+    seconds = transfer.seconds
     out = str(
         node.cmd(
             f"timeout {seconds + 20} iperf3 -c {target} -p {IPERF_PORT} -t {seconds} -J "
-            "--connect-timeout 3000"
+            f"--connect-timeout 3000{' -R' if transfer.reverse else ''}"
         )
     )
     try:
@@ -276,7 +292,7 @@ def tun_packets(dep: QtunDeployment, node: str, after: float) -> int:
 def measure(
     lab: Lab,
     target: str,
-    seconds: int,
+    transfer: Transfer,
     pids: dict[str, int],
     row: Row,
     mtu_intf: str,
@@ -285,12 +301,14 @@ def measure(
     """One transfer to `target`; fills goodput, CPU of `pids`, the MTU and (given what counts
     the packets each role's tunnel moved) the µs of CPU per packet into `row`."""
     h1, h2 = lab.node(CLIENT), lab.node(SERVER)
-    server = lab.procs.start_iperf3_server(h2, port=IPERF_PORT, idle_timeout_s=seconds + 20)
+    server = lab.procs.start_iperf3_server(
+        h2, port=IPERF_PORT, idle_timeout_s=transfer.seconds + 20
+    )
     try:
         packets = counts()
         before = {role: cpu_seconds(pid) for role, pid in pids.items()}
         started = time.monotonic()
-        data = iperf3_tcp(h1, target, seconds)
+        data = iperf3_tcp(h1, target, transfer)
         wall = time.monotonic() - started
         after = {role: cpu_seconds(pid) for role, pid in pids.items()}
         packets = {role: count - packets[role] for role, count in counts().items()}
@@ -316,15 +334,17 @@ def measure(
     row.mtu = int(mtu) if mtu.isdigit() else None
 
 
-def run_mode(lab: Lab, mode: BenchMode, profile_name: str, seconds: int, workdir: Path) -> Row:
+def run_mode(
+    lab: Lab, mode: BenchMode, profile_name: str, transfer: Transfer, workdir: Path
+) -> Row:
     row = Row(mode.name, profile_name)
     try:
         if mode.peer is not None:
-            run_peer(lab, mode.peer, seconds, row, workdir / f"{mode.name}-{profile_name}")
+            run_peer(lab, mode.peer, transfer, row, workdir / f"{mode.name}-{profile_name}")
             return row
         if mode.spec is None:  # straight over the link to h2
             target = lab.plan.server_address(SERVER)
-            measure(lab, target, seconds, {}, row, lab.plan.accesses[0].client_intf)
+            measure(lab, target, transfer, {}, row, lab.plan.accesses[0].client_intf)
             return row
         with QtunDeployment(
             lab, mode.spec, workdir=workdir / f"{mode.name}-{profile_name}"
@@ -333,14 +353,14 @@ def run_mode(lab: Lab, mode: BenchMode, profile_name: str, seconds: int, workdir
             tun = str(dep.status(CLIENT).get("tun", {}).get("name", "qtun0"))
             # stream mode relays the transfer on a QUIC stream, not through the TUN devices
             counts = dict if mode.spec.stream else status_counter(dep)
-            measure(lab, dep.concentrator_address(4), seconds, pids, row, tun, counts)
+            measure(lab, dep.concentrator_address(4), transfer, pids, row, tun, counts)
     except (BenchError, QtunError, LabError, OSError, KeyError, ValueError) as exc:
         row.error = str(exc).splitlines()[0]
         print(f"bench: {mode.name}/{profile_name} failed: {exc}", file=sys.stderr)
     return row
 
 
-def run_peer(lab: Lab, peer: str, seconds: int, row: Row, workdir: Path) -> None:
+def run_peer(lab: Lab, peer: str, transfer: Transfer, row: Row, workdir: Path) -> None:
     """One transfer through wireguard-go or OpenVPN between h1 (client) and h2."""
     endpoint = lab.plan.server_address(SERVER)
     vpn: WireGuard | OpenVpn
@@ -353,7 +373,7 @@ def run_peer(lab: Lab, peer: str, seconds: int, row: Row, workdir: Path) -> None
         devices = {"client": vpn.ifname(CLIENT), "concentrator": vpn.ifname(SERVER)}
         counts = device_counter(lab, devices)
         measure(
-            lab, carrier.route.address, seconds, carrier.programs, row, vpn.ifname(CLIENT), counts
+            lab, carrier.route.address, transfer, carrier.programs, row, vpn.ifname(CLIENT), counts
         )
     finally:
         carrier.stop()
@@ -392,8 +412,11 @@ def run_bench(
     out_root: Path = RESULTS_ROOT / "bench",
     backend: str = "auto",
     congestion_control: str = "cubic",
+    reverse: bool = False,
 ) -> tuple[Path, list[Row]]:
-    """Run every (profile, mode) once; returns the run directory and the rows."""
+    """Run every (profile, mode) once; returns the run directory and the rows. `reverse`: the
+    transfers go h2 -> h1 (Transfer)."""
+    transfer = Transfer(seconds, reverse)
     started = datetime.now(UTC)
     out_dir = out_root / started.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +429,7 @@ def run_bench(
         for profile_name in profiles:
             shaper.set_profile("both", profile(profile_name))
             for mode_name in modes:
-                row = run_mode(lab, MODES[mode_name], profile_name, seconds, out_dir / "qtun")
+                row = run_mode(lab, MODES[mode_name], profile_name, transfer, out_dir / "qtun")
                 rows.append(row)
                 print(
                     f"bench: {row.mode}/{row.profile}: {row.goodput_mbps} Mbit/s "
@@ -433,6 +456,7 @@ def run_bench(
         "seed": None,
         "parameters": {
             "seconds": seconds,
+            "direction": transfer.direction,
             "profiles": {p: profile(p).as_dict() for p in profiles},
             "modes": {m: MODES[m].description for m in modes},
             "congestion_control": lab_meta["congestion_control"],
@@ -480,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="results root")
     parser.add_argument("--backend", default="auto", help="shaping backend: auto, netem, wire")
     parser.add_argument("--cc", default="cubic", help="TCP congestion control of h1 and h2")
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="transfer h2 -> h1 (the download: through the concentrator's TUN first)",
+    )
     args = parser.parse_args(argv)
     return run_command("bench", lambda: _bench(args), interrupted="the lab was torn down")
 
@@ -491,7 +520,9 @@ def _bench(args: argparse.Namespace) -> int:
     modes = _names(args.modes, list(MODES), "mode")
     if os.geteuid() != 0:
         raise RuntimeFailure("not root: run it as root (it builds Mininet hosts)")
-    out_dir, rows = run_bench(args.seconds, profiles, modes, args.out, args.backend, args.cc)
+    out_dir, rows = run_bench(
+        args.seconds, profiles, modes, args.out, args.backend, args.cc, args.reverse
+    )
     print(format_table(rows))
     print(f"bench: wrote {out_dir / 'bench.csv'} (figures from a shared machine are noisy)")
     return 1 if any(r.error for r in rows) else 0

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import random
 import struct
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from tunnel.wire.icmp import internet_checksum, ones_complement_sum
@@ -145,4 +147,35 @@ def cut_gso(data: bytes) -> list[bytes]:
             pseudo = bytes(ip_part[8:40]) + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
         segment = bytes(tcp_part) + chunk
         segments.append(bytes(ip_part) + with_checksum(segment, pseudo, 16))
+    return segments
+
+
+def random_flow(
+    rng: random.Random,
+    number: int,
+    *,
+    most: int,
+    flags: Sequence[int],
+    ipv6: bool = False,
+) -> list[bytes]:
+    """1 to `most` consecutive data segments of flow `number` (source port 1000 + number, IPv4
+    IDs from number * 1000 counting up): one MSS of 536, 1200 or 1448 bytes, one segment in
+    ten shorter, each segment's flags drawn from `flags`, random payloads."""
+    size = rng.choice([536, 1200, 1448])
+    seq = rng.randrange(1 << 32)
+    addresses = {"src": "fd00::1", "dst": "fd00::2"} if ipv6 else {}
+    segments = []
+    for i in range(rng.randint(1, most)):
+        length = size if rng.random() > 0.1 else rng.randint(0, size)
+        segments.append(
+            tcp(
+                seq,
+                rng.randbytes(length),
+                ident=(number * 1000 + i) & 0xFFFF,
+                sport=1000 + number,
+                flags=rng.choice(flags),
+                **addresses,  # type: ignore[arg-type]
+            )
+        )
+        seq = (seq + length) & 0xFFFFFFFF
     return segments

@@ -216,10 +216,9 @@ def test_a_tap_joins_a_bridge_and_its_errors_are_one_sentence(ns: str) -> None:
     ]
 
 
-def test_segmentation_offload_reads_are_cut_into_whole_packets(ns: str) -> None:
-    """tun.tso: a socket's 60 kB to a user-space peer come out of the TUN as super-packets
-    (fewer reads than packets) cut into packets no larger than the MTU, every checksum right,
-    every byte in order."""
+def offload_reports(ns: str, direction: str) -> list[dict[str, object]]:
+    """What the qta_tun_gro child reports for `direction` ("write": merged writes, "read":
+    segmentation offload), IPv4 then IPv6."""
     result = subprocess.run(
         python_in(ns, "tests.integration.qta_tun_gro"),
         capture_output=True,
@@ -229,7 +228,14 @@ def test_segmentation_offload_reads_are_cut_into_whole_packets(ns: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     reports = [json.loads(line) for line in result.stdout.splitlines()]
-    reports = [r for r in reports if r["direction"] == "read"]
+    return [r for r in reports if r["direction"] == direction]
+
+
+def test_segmentation_offload_reads_are_cut_into_whole_packets(ns: str) -> None:
+    """tun.tso: a socket's 60 kB to a user-space peer come out of the TUN as super-packets
+    (fewer reads than packets) cut into packets no larger than the MTU, every checksum right,
+    every byte in order."""
+    reports = offload_reports(ns, "read")
     assert [r["family"] for r in reports] == ["ipv4", "ipv6"]
     for report in reports:
         assert report["tso"] and report["intact"], report
@@ -241,16 +247,7 @@ def test_segmentation_offload_reads_are_cut_into_whole_packets(ns: str) -> None:
 def test_merged_tcp_writes_reach_a_socket_intact(ns: str) -> None:
     """tun.offload: a burst of 30 consecutive segments from a user-space peer goes into the
     kernel in fewer writes than segments, and the socket reads every byte in order."""
-    result = subprocess.run(
-        python_in(ns, "tests.integration.qta_tun_gro"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    reports = [json.loads(line) for line in result.stdout.splitlines()]
-    reports = [r for r in reports if r["direction"] == "write"]
+    reports = offload_reports(ns, "write")
     assert [r["family"] for r in reports] == ["ipv4", "ipv6"]
     for report in reports:
         assert report["accepted"] == report["segments"] >= 10, report

@@ -11,9 +11,11 @@ from experiments.bench import (
     FIELDS,
     MODES,
     Row,
+    Transfer,
     compare_with_plain,
     cpu_seconds,
     format_table,
+    iperf3_tcp,
     main,
 )
 
@@ -73,6 +75,22 @@ def test_bad_arguments_get_one_sentence_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("bench: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_transfer_says_its_direction_and_reverse_asks_iperf3_for_it() -> None:
+    assert Transfer(10).direction == "h1 -> h2"
+    assert Transfer(10, reverse=True).direction == "h2 -> h1 (iperf3 -R)"
+    commands: list[str] = []
+
+    class Node:
+        def cmd(self, command: str) -> str:
+            commands.append(command)
+            return '{"end": {}}'
+
+    for reverse in (False, True):
+        iperf3_tcp(Node(), "10.8.0.1", Transfer(5, reverse))  # type: ignore[arg-type]
+    assert [c.endswith(" -R") for c in commands] == [False, True]
+    assert all("-t 5 " in c for c in commands)
 
 
 def test_cpu_seconds_counts_this_process_s_work() -> None:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tests.packets import ACK, FIN, PSH, SYN, cut_gso, tcp, udp4
+from tests.packets import ACK, FIN, PSH, SYN, cut_gso, random_flow, tcp, udp4
 from tunnel.wire.tcp_gro import (
     GSO_TCPV4,
     GSO_TCPV6,
@@ -169,25 +169,10 @@ def test_a_truncated_or_fragmented_segment_is_not_merged() -> None:
 def test_random_batches_of_several_flows_are_delivered_in_each_flows_order() -> None:
     rng = random.Random(20261204)
     for _ in range(200):
-        flows = []
-        for number in range(rng.randint(1, 4)):
-            size = rng.choice([536, 1200, 1448])
-            seq = rng.randrange(1 << 32)
-            segments = []
-            for i in range(rng.randint(1, 30)):
-                length = size if rng.random() > 0.1 else rng.randint(0, size)
-                flags = rng.choice([ACK] * 8 + [ACK | PSH, ACK | FIN])
-                segments.append(
-                    tcp4(
-                        seq,
-                        bytes(length),
-                        ident=(number * 1000 + i) & 0xFFFF,
-                        sport=1000 + number,
-                        flags=flags,
-                    )
-                )
-                seq = (seq + length) & 0xFFFFFFFF
-            flows.append(segments)
+        flows = [
+            random_flow(rng, number, most=30, flags=[ACK] * 8 + [ACK | PSH, ACK | FIN])
+            for number in range(rng.randint(1, 4))
+        ]
         batch: list[bytes] = []
         cursors = [0] * len(flows)
         while any(c < len(f) for c, f in zip(cursors, flows, strict=True)):

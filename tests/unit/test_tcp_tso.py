@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.packets import ACK, FIN, PSH, cut_gso, tcp, with_checksum
+from tests.packets import ACK, FIN, PSH, cut_gso, random_flow, tcp, with_checksum
 from tunnel.wire.icmp import internet_checksum, ones_complement_sum
 from tunnel.wire.tcp_gro import (
     GSO_NONE,
@@ -103,24 +103,13 @@ def test_merged_writes_cut_back_are_the_packets_they_merged(segmenter: Segmenter
     batches (tcp_gro.coalesce) cuts back into its packets, byte for byte."""
     rng = random.Random(20261204)
     for _ in range(100):
-        batch = []
-        for number in range(rng.randint(1, 3)):
-            size = rng.choice([536, 1200, 1448])
-            seq = rng.randrange(1 << 32)
-            for i in range(rng.randint(1, 40)):
-                length = size if rng.random() > 0.1 else rng.randint(0, size)
-                addresses = {"src": "fd00::1", "dst": "fd00::2"} if number == 2 else {}
-                batch.append(
-                    tcp(
-                        seq,
-                        rng.randbytes(length),
-                        ident=(number * 1000 + i) & 0xFFFF,
-                        sport=1000 + number,
-                        flags=rng.choice([ACK] * 8 + [ACK | PSH]),
-                        **addresses,  # type: ignore[arg-type]
-                    )
-                )
-                seq = (seq + length) & 0xFFFFFFFF
+        batch = [
+            segment
+            for number in range(rng.randint(1, 3))
+            for segment in random_flow(
+                rng, number, most=40, flags=[ACK] * 8 + [ACK | PSH], ipv6=number == 2
+            )
+        ]
         for write in coalesce(batch):
             assert segmenter.segment(write.data) == [batch[i] for i in write.members]
 

@@ -38,7 +38,8 @@ class SegmentError(ValueError):
 
 
 class Segmenter:
-    """The C segmenter with its output buffers (one per device: not shared between threads)."""
+    """The C segmenter with its output buffers: `segment` returns copies, so one instance
+    serves every device of a process, from one thread (the programs' event loop)."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         function = library.qt_tso_segment
