@@ -462,8 +462,9 @@ def run_bench(
             "congestion_control": lab_meta["congestion_control"],
             "cpu": "utime+stime of the process over the transfer's wall time; 100 = one core",
             "us_per_packet": (
-                "the same CPU time / packets a tunnel device received + sent (the larger count "
-                "of the two ends)"
+                "the same CPU time / inner packets a program's TUN read + wrote, from its status "
+                "file (the larger count of the two programs); our peers: their devices' kernel "
+                "statistics"
             ),
         },
         # The machine is shared: its load says how much to trust the figures.
