@@ -162,6 +162,8 @@ def frame_of(vnet: tuple[int, int, int, int, int, int], packet: bytes) -> bytes:
         (frame_of((1, GSO_TCPV4, 0, 1, 20, 16), tcp(1, bytes(MAX_SEGMENTS + 1))), "more seg"),
         (frame_of((1, GSO_NONE, 0, 0, 90, 16), tcp(1, b"x")), "outside the packet"),
         (frame_of((1, GSO_NONE, 0, 0, 20, 40), tcp(1, b"x")), "outside the packet"),
+        (b"", "shorter than"),  # not even a virtio header
+        (bytes(5), "shorter than"),
     ],
 )
 def test_a_frame_that_cannot_be_cut_is_refused_with_a_reason(

@@ -72,7 +72,7 @@ class Segmenter:
     def segment(self, frame: bytes) -> list[bytes]:
         """The packets in `frame` (virtio_net_hdr + packet, as read): the packet itself when
         the kernel neither segmented it nor left its checksum to us, else the segments."""
-        if frame[0] == 0 and frame[1] == GSO_NONE:
+        if len(frame) >= VNET_HEADER_SIZE and frame[0] == 0 and frame[1] == GSO_NONE:
             return [frame[VNET_HEADER_SIZE:]]
         count = self._function(
             frame,
@@ -84,8 +84,8 @@ class Segmenter:
         )
         if count < 0:
             raise SegmentError(
-                f"a {len(frame) - VNET_HEADER_SIZE}-byte packet from the TUN cannot be cut "
-                f"into segments: {_REASONS.get(count, f'error {count}')}"
+                f"a {len(frame)}-byte read from the TUN (its virtio header included) cannot be "
+                f"cut into segments: {_REASONS.get(count, f'error {count}')}"
             )
         view, offsets = self._out_view, self._offsets
         return [bytes(view[offsets[i] : offsets[i + 1]]) for i in range(count)]
