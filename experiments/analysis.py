@@ -216,14 +216,15 @@ def load_aggregation(run_dir: Path) -> pd.DataFrame:
 
 def load_ablation(run_dir: Path) -> pd.DataFrame:
     """The failover rows of the ablation's variants (`ablation_off` set) and of plain-5g (the
-    reference of goodput during the outage); ResultsError when the run has no ablation
-    variant."""
+    reference of goodput during the outage); ResultsError when the run switched no mechanism
+    off (the engine alone, `ablation_off` "none", is a reference, not an ablation: a run with
+    only it must not replace the ablation figure)."""
     df = load_failover(run_dir)
-    if (df["ablation_off"] == "").all():
+    if not (~df["ablation_off"].isin(["", "none"])).any():
         raise ResultsError(
-            f"{Path(run_dir) / 'failover.csv'} has no ablation variant (no row with ablation_off): "
-            "run the failover experiment with its `ablation` list (experiments/configs/"
-            "failover.toml) once the engine's setting keys are filled in."
+            f"{Path(run_dir) / 'failover.csv'} switches no mechanism off (no row with "
+            "ablation_off naming one): run the failover experiment with its `ablation` list "
+            "(experiments/configs/failover.toml)."
         )
     keep = (df["ablation_off"] != "") | (df["variant"] == FIVEG_REFERENCE)
     return df[keep].reset_index(drop=True)

@@ -513,11 +513,27 @@ def test_ablation_summary_each_mechanism_off_after_the_reference(tmp_path: Path)
 
 def test_a_run_without_ablation_says_so(tmp_path: Path) -> None:
     write_failover_run(tmp_path)
-    with pytest.raises(ResultsError, match="no ablation variant"):
+    with pytest.raises(ResultsError, match="switches no mechanism off"):
         analysis.load_ablation(tmp_path)
-    with pytest.raises(ResultsError, match="no ablation variant"):
+    with pytest.raises(ResultsError, match="switches no mechanism off"):
         analysis.ablation_figure(tmp_path, tmp_path / "a.png")
     assert analysis.ablation_summary(analysis.load_failover(tmp_path)).empty
+
+
+def test_a_run_with_only_the_engine_all_on_is_no_ablation(tmp_path: Path) -> None:
+    """A failover run measuring the engine as one more variant (ablation_off "none") must not
+    become the ablation figure: the notebook then keeps looking for an older run."""
+    write_ablation_run(tmp_path)
+    table = tmp_path / "failover.csv"
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields or [])
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["ablation_off"] in ("", "none"))
+    with pytest.raises(ResultsError, match="switches no mechanism off"):
+        analysis.load_ablation(tmp_path)
 
 
 def test_goodput_pivot_per_outer_cc_and_saturated_cells(tmp_path: Path) -> None:
