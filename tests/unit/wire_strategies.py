@@ -120,14 +120,17 @@ ip_packets = st.one_of(_ip_packet(4), _ip_packet(6))
 @st.composite
 def session_datagrams(draw: st.DrawFn) -> SessionDatagram:
     tag = draw(st.integers(0, 0xFFFF))
-    kind = draw(st.sampled_from(["ipv4", "ipv6", "other"]))
+    kind = draw(st.sampled_from(["ipv4", "ipv6", "ethernet", "other"]))
     if kind == "ipv4":
         return SessionDatagram(ProtocolType.IPV4, tag, draw(_ip_packet(4)))
     if kind == "ipv6":
         return SessionDatagram(ProtocolType.IPV6, tag, draw(_ip_packet(6)))
-    other = draw(
-        st.integers(0, 0xFFFF).filter(lambda t: t not in (ProtocolType.IPV4, ProtocolType.IPV6))
-    )
+    if kind == "ethernet":  # a frame has at least its 14-byte header (session draft §4)
+        return SessionDatagram(
+            ProtocolType.ETHERNET, tag, draw(st.binary(min_size=14, max_size=80))
+        )
+    # any type we do not carry: its packet is opaque (the caller's policy may drop it)
+    other = draw(st.integers(0, 0xFFFF).filter(lambda t: t not in set(ProtocolType)))
     return SessionDatagram(other, tag, draw(st.binary(max_size=80)))
 
 

@@ -101,24 +101,13 @@ class SessionDatagram:
             raise ValueError(f"protocol type must fit in 16 bits, got {self.protocol_type}")
         if not 0 <= self.packet_tag <= 0xFFFF:
             raise ValueError(f"packet tag must fit in 16 bits, got {self.packet_tag}")
-        if self.protocol_type in ProtocolType._value2member_map_:
-            object.__setattr__(self, "protocol_type", ProtocolType(self.protocol_type))
+        object.__setattr__(
+            self, "protocol_type", _KNOWN.get(self.protocol_type, self.protocol_type)
+        )
         object.__setattr__(self, "packet", bytes(self.packet))
-        if self.protocol_type == ProtocolType.ETHERNET:
-            if len(self.packet) < ETHERNET_HEADER_SIZE:
-                raise ValueError(
-                    f"an Ethernet frame of {len(self.packet)} bytes is shorter than its "
-                    f"{ETHERNET_HEADER_SIZE}-byte header"
-                )
-        elif self.protocol_type in _IP_VERSIONS.values():
-            try:
-                actual = protocol_type_of(self.packet)
-            except DatagramError as exc:
-                raise ValueError(exc.message) from None
-            if actual != self.protocol_type:
-                raise ValueError(
-                    f"protocol type {self.protocol_type:#06x} but the packet is {actual.name}"
-                )
+        problem = _packet_problem(self.protocol_type, self.packet)
+        if problem is not None:
+            raise ValueError(problem)
 
     def encode(self) -> bytes:
         header = self.protocol_type.to_bytes(2, "big") + self.packet_tag.to_bytes(2, "big")
@@ -155,25 +144,34 @@ def decode_session_datagram(data: bytes) -> tuple[int, int, bytes]:
         )
     protocol_type, packet_tag = _SESSION_HEADER.unpack_from(data)
     packet = bytes(data[SESSION_HEADER_SIZE:])
-    if protocol_type == ProtocolType.ETHERNET:
-        if len(packet) < ETHERNET_HEADER_SIZE:
-            raise DatagramError(
-                f"invalid session datagram: an Ethernet frame of {len(packet)} bytes is "
-                f"shorter than its {ETHERNET_HEADER_SIZE}-byte header"
-            )
-        return ProtocolType.ETHERNET, packet_tag, packet
-    if protocol_type == ProtocolType.IPV4 or protocol_type == ProtocolType.IPV6:
-        try:
-            actual = protocol_type_of(packet)
-        except DatagramError as exc:
-            raise DatagramError(f"invalid session datagram: {exc.message}") from None
-        if actual != protocol_type:
-            raise DatagramError(
-                f"invalid session datagram: protocol type {protocol_type:#06x} but the packet "
-                f"is {actual.name}"
-            )
-        return actual, packet_tag, packet
-    return protocol_type, packet_tag, packet
+    problem = _packet_problem(protocol_type, packet)
+    if problem is not None:
+        raise DatagramError(f"invalid session datagram: {problem}")
+    return _KNOWN.get(protocol_type, protocol_type), packet_tag, packet
+
+
+_KNOWN: Final[dict[int, ProtocolType]] = {int(t): t for t in ProtocolType}
+_PAYLOAD_OF_TYPE: Final = {
+    protocol_type: payload
+    for payload, types in PAYLOAD_PROTOCOL_TYPES.items()
+    for protocol_type in types
+}
+
+
+def _packet_problem(protocol_type: int, packet: bytes) -> str | None:
+    """Why `packet` cannot travel as `protocol_type` (session draft §4: the Protocol Type says
+    what the packet is), or None; None for a type we do not carry (dropping it is the
+    caller's policy, not a framing error)."""
+    payload = _PAYLOAD_OF_TYPE.get(protocol_type)
+    if payload is None:
+        return None
+    try:
+        actual = protocol_type_for(payload, packet)
+    except DatagramError as exc:
+        return exc.message
+    if actual != protocol_type:
+        return f"protocol type {protocol_type:#06x} but the packet is {actual.name}"
+    return None
 
 
 def protocol_type_for(payload: Payload, packet: bytes) -> ProtocolType:
