@@ -179,3 +179,15 @@ def random_flow(
         )
         seq = (seq + length) & 0xFFFFFFFF
     return segments
+
+
+def valid_tcp(packet: bytes) -> bool:
+    """Whether a TCP segment (IPv4 without options, or IPv6 without extension headers) has
+    both checksums right."""
+    if packet[0] >> 4 == 4:
+        length = len(packet) - 20
+        pseudo = packet[12:20] + b"\x00\x06" + length.to_bytes(2, "big")
+        return internet_checksum(packet[:20]) == 0 and internet_checksum(pseudo + packet[20:]) == 0
+    length = len(packet) - 40
+    pseudo = packet[8:40] + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
+    return internet_checksum(pseudo + packet[40:]) == 0

@@ -18,8 +18,7 @@ import select
 import socket
 import time
 
-from tests.packets import ACK, SYN, tcp
-from tests.unit.test_tcp_tso import valid_tcp
+from tests.packets import ACK, SYN, tcp, valid_tcp
 from tunnel.aio.tun import TunDevice
 
 PORT = 5555

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.packets import ACK, FIN, PSH, cut_gso, random_flow, tcp, with_checksum
-from tunnel.wire.icmp import internet_checksum, ones_complement_sum
+from tests.packets import ACK, FIN, PSH, cut_gso, random_flow, tcp, valid_tcp, with_checksum
+from tunnel.wire.icmp import ones_complement_sum
 from tunnel.wire.tcp_gro import (
     GSO_NONE,
     GSO_TCPV4,
@@ -58,16 +58,6 @@ def super_packet(segment: bytes, gso_size: int, *, ipv6: bool = False) -> bytes:
         16,
     )
     return vnet + packet
-
-
-def valid_tcp(packet: bytes) -> bool:
-    if packet[0] >> 4 == 4:
-        length = len(packet) - 20
-        pseudo = packet[12:20] + b"\x00\x06" + length.to_bytes(2, "big")
-        return internet_checksum(packet[:20]) == 0 and internet_checksum(pseudo + packet[20:]) == 0
-    length = len(packet) - 40
-    pseudo = packet[8:40] + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
-    return internet_checksum(pseudo + packet[40:]) == 0
 
 
 def test_the_library_is_where_make_builds_it() -> None:
