@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,31 @@ def resolve_run(
         return path
     runs = run_dirs(experiment, root)
     return runs[-1] if runs else None
+
+
+def pinned_run(name: str, root: Path = RESULTS_ROOT) -> Path | None:
+    """The run `<root>/figures/runs.toml` pins notebook `name` to, or None when it pins none.
+
+    The committed figures are claims that results/README.md cites with their run, so `make
+    notebooks` redraws each from that run rather than from whatever ran last (a later run may
+    sweep other cells, like the 1/5 % loss curve after the 2 % headline grid)."""
+    pins = Path(root) / "figures" / "runs.toml"
+    try:
+        table = tomllib.loads(pins.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ResultsError(f"{pins} cannot be read ({exc}): fix it or delete it.") from exc
+    value = table.get(name)
+    if value is None:
+        return None
+    path = Path(root) / value if isinstance(value, str) else None
+    if path is None or not RUN_DIR_PATTERN.match(path.name) or not _finished(path):
+        raise ResultsError(
+            f"{pins} pins the {name} notebook to {value!r}, which is not a complete run under "
+            f'{root}: name one as "<experiment>/<YYYYmmdd-HHMMSS>" or remove the line.'
+        )
+    return path
 
 
 def load_meta(run_dir: Path) -> dict[str, Any]:
@@ -1876,8 +1902,9 @@ def notebook_setup(
     figures_dir: str | Path | None = "",
 ) -> NotebookRun:
     """The top of every notebook, from its papermill-style parameters: `results_dir` a run
-    ("": the latest complete run under `results_root` that has what the notebook shows, "":
-    results/), `figures_dir` where PNGs
+    ("": the run `<results_root>/figures/runs.toml` pins the notebook to (pinned_run), else the
+    latest complete run under `results_root` that has what the notebook shows; "": results/),
+    `figures_dir` where PNGs
     go ("": results/figures). Says which run it is (or that there is none yet, and what to run),
     and loads the notebook's table (LOADERS[name]; or says in one sentence why the run has
     nothing to show). `name` is the experiment's, or a notebook's reading another experiment's
@@ -1886,7 +1913,8 @@ def notebook_setup(
     experiment = NOTEBOOK_EXPERIMENTS.get(name, name)
     root = Path(results_root) if results_root else RESULTS_ROOT
     out_dir = Path(figures_dir) if figures_dir else FIGURES_DIR
-    run_dir = resolve_run(experiment, results_dir, root)
+    pinned = None if results_dir else pinned_run(name, root)
+    run_dir = pinned or resolve_run(experiment, results_dir, root)
     if run_dir is None:
         say(
             f"No {name} results yet under `{root / experiment}`: run "
@@ -1898,7 +1926,7 @@ def notebook_setup(
     except ResultsError as exc:
         # No run named: an older run may have what this notebook shows (the masque and
         # ablation notebooks need variants that not every failover run has).
-        older = [] if results_dir else run_dirs(experiment, root)[:-1]
+        older = [] if results_dir or pinned else run_dirs(experiment, root)[:-1]
         for candidate in reversed(older):
             try:
                 data = LOADERS[name](candidate)
@@ -1913,5 +1941,10 @@ def notebook_setup(
             say(f"This {name} run has nothing to show: {exc}")
             return NotebookRun(name, run_dir, out_dir, meta)
     meta = load_meta(run_dir)
+    if pinned:
+        say(
+            f"`{root / 'figures' / 'runs.toml'}` pins this notebook to the run its committed "
+            "figures cite; set `results_dir` to draw another run."
+        )
     say(run_sentence(run_dir, meta))
     return NotebookRun(name, run_dir, out_dir, meta, data)

@@ -1,11 +1,11 @@
 """`make bench`: iperf3 TCP goodput and CPU of the tunnel modes against the plain path.
 
-    python -m experiments.bench [--seconds N] [--profiles none,wifi,5g] [--reverse]
+    python -m experiments.bench [--seconds N] [--profiles none,wifi,5g] [--reverse] [--rate MBIT]
                                 [--modes plain,tunnel,session,stream,masque,wireguard,openvpn]
 
 One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For each link profile
 (testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2
-(h2 -> h1 with --reverse):
+(h2 -> h1 with --reverse), as fast as it goes or at `--rate` Mbit/s (iperf3 -b):
   plain    straight over the link to 10.0.0.2
   tunnel   through `qtun` tunnel mode (client on h1, concentrator on h2) to h2's TUN 10.8.0.1
   session  the same through tunnel session mode (one access: the link)
@@ -22,7 +22,9 @@ concentrator's utime+stime from /proc/<pid>/stat over the transfer's wall time (
 written, from its status file: tun.rx_packets + tun.tx_packets, which count a merged write or a
 segmented read by its packets, where the kernel's interface statistics count one; the larger
 count of the two programs, which carry the same packets) — what carrying one inner packet costs
-each program. For our peers, their devices' kernel statistics.
+each program. For our peers, their devices' kernel statistics. At a low `--rate` each wakeup
+of a program carries one packet or a few, so µs per packet there is the cost of a wakeup: what
+each of the scale experiment's many slow clients pays (README "Benchmarks").
 (in stream mode the TUN carries only what is not relayed on streams, so no figure).
 
 Writes results/bench/<YYYYmmdd-HHMMSS>/bench.csv (mode, profile, goodput_mbps, client_cpu_pct,
@@ -212,10 +214,15 @@ class Transfer:
 
     seconds: int = 10
     reverse: bool = False
+    rate_mbit: float | None = None  # iperf3 -b: the sender's pace; None = as fast as it goes
 
     @property
     def direction(self) -> str:
         return "h2 -> h1 (iperf3 -R)" if self.reverse else "h1 -> h2"
+
+    def iperf3_options(self) -> str:
+        rate = f" -b {self.rate_mbit:g}M" if self.rate_mbit is not None else ""
+        return f"{' -R' if self.reverse else ''}{rate}"
 
 
 def iperf3_tcp(node: Node, target: str, transfer: Transfer) -> dict[str, Any]:
@@ -224,7 +231,7 @@ def iperf3_tcp(node: Node, target: str, transfer: Transfer) -> dict[str, Any]:
     out = str(
         node.cmd(
             f"timeout {seconds + 20} iperf3 -c {target} -p {IPERF_PORT} -t {seconds} -J "
-            f"--connect-timeout 3000{' -R' if transfer.reverse else ''}"
+            f"--connect-timeout 3000{transfer.iperf3_options()}"
         )
     )
     try:
@@ -413,10 +420,11 @@ def run_bench(
     backend: str = "auto",
     congestion_control: str = "cubic",
     reverse: bool = False,
+    rate_mbit: float | None = None,
 ) -> tuple[Path, list[Row]]:
     """Run every (profile, mode) once; returns the run directory and the rows. `reverse`: the
-    transfers go h2 -> h1 (Transfer)."""
-    transfer = Transfer(seconds, reverse)
+    transfers go h2 -> h1; `rate_mbit`: paced by iperf3 (Transfer)."""
+    transfer = Transfer(seconds, reverse, rate_mbit)
     started = datetime.now(UTC)
     out_dir = out_root / started.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -457,6 +465,7 @@ def run_bench(
         "parameters": {
             "seconds": seconds,
             "direction": transfer.direction,
+            "rate_mbit": rate_mbit,  # null: as fast as the path goes
             "profiles": {p: profile(p).as_dict() for p in profiles},
             "modes": {m: MODES[m].description for m in modes},
             "congestion_control": lab_meta["congestion_control"],
@@ -510,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="transfer h2 -> h1 (the download: through the concentrator's TUN first)",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="MBIT",
+        help="pace each transfer at MBIT Mbit/s (iperf3 -b): µs per packet at a low rate",
+    )
     args = parser.parse_args(argv)
     return run_command("bench", lambda: _bench(args), interrupted="the lab was torn down")
 
@@ -517,12 +533,14 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 600:
         raise UsageError(f"--seconds {args.seconds} is out of range: give 1 to 600")
+    if args.rate is not None and not 0.01 <= args.rate <= 100_000:
+        raise UsageError(f"--rate {args.rate:g} is out of range: give 0.01 to 100000 Mbit/s")
     profiles = _names(args.profiles, list(PROFILES), "profile")
     modes = _names(args.modes, list(MODES), "mode")
     if os.geteuid() != 0:
         raise RuntimeFailure("not root: run it as root (it builds Mininet hosts)")
     out_dir, rows = run_bench(
-        args.seconds, profiles, modes, args.out, args.backend, args.cc, args.reverse
+        args.seconds, profiles, modes, args.out, args.backend, args.cc, args.reverse, args.rate
     )
     print(format_table(rows))
     print(f"bench: wrote {out_dir / 'bench.csv'} (figures from a shared machine are noisy)")

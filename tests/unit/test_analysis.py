@@ -733,3 +733,49 @@ def test_failover_footer_stays_clear_of_its_legend_and_the_gaps_keep_their_names
     gaps = figures[0].axes[-2]
     names = [label.get_text() for label in gaps.get_yticklabels()]
     assert any(name.startswith("session-failover") for name in names), names
+
+
+def test_notebook_setup_draws_the_pinned_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`<root>/figures/runs.toml` names the run a notebook's committed figures cite: it wins
+    over a newer run, and an explicit results_dir wins over it."""
+    pinned = make_run(tmp_path, "failover", "20261126-100000")
+    write_failover_run(pinned)
+    newest = make_run(tmp_path, "failover", "20261127-100000")
+    write_failover_run(newest)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "runs.toml").write_text('failover = "failover/20261126-100000"\n')
+    nb = analysis.notebook_setup("failover", "", tmp_path, tmp_path / "figs")
+    assert nb.run_dir == pinned and nb.data is not None
+    assert "pins this notebook to the run its committed figures cite" in capsys.readouterr().out
+    named = analysis.notebook_setup("failover", str(newest), tmp_path, tmp_path / "f")
+    assert named.run_dir == newest
+    # a notebook the file does not name: the latest run
+    assert analysis.pinned_run("ablation", tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("pins", "message"),
+    [
+        ('failover = "failover/20261128-100000"\n', "which is not a complete run under"),
+        ("failover = 3\n", "which is not a complete run under"),
+        ('failover = "failover"\n', "which is not a complete run under"),
+        ("failover = [\n", "cannot be read"),
+    ],
+)
+def test_a_bad_pin_says_what_to_fix(tmp_path: Path, pins: str, message: str) -> None:
+    make_run(tmp_path, "failover", "20261126-100000")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "runs.toml").write_text(pins)
+    with pytest.raises(analysis.ResultsError, match=message):
+        analysis.notebook_setup("failover", "", tmp_path, tmp_path / "figs")
+
+
+@pytest.mark.parametrize("name", sorted(analysis.LOADERS))
+def test_every_committed_pin_loads(name: str) -> None:
+    """The pins in results/figures/runs.toml name committed runs that have what their notebook
+    shows (deleting or replacing a pinned run fails here, not in `make notebooks`)."""
+    run = analysis.pinned_run(name)
+    if run is not None:
+        assert len(analysis.LOADERS[name](run)) > 0

@@ -66,6 +66,8 @@ def test_csv_columns_start_with_the_issue_s_columns() -> None:
         (["--profiles", "moon"], "unknown profile moon"),
         (["--profiles", ","], "unknown profile (none given)"),
         (["--seconds", "0"], "--seconds 0 is out of range"),
+        (["--rate", "0"], "--rate 0 is out of range"),
+        (["--rate", "nan"], "--rate nan is out of range"),
     ],
 )
 def test_bad_arguments_get_one_sentence_and_exit_2(
@@ -91,6 +93,8 @@ def test_a_transfer_says_its_direction_and_reverse_asks_iperf3_for_it() -> None:
         iperf3_tcp(Node(), "10.8.0.1", Transfer(5, reverse))  # type: ignore[arg-type]
     assert [c.endswith(" -R") for c in commands] == [False, True]
     assert all("-t 5 " in c for c in commands)
+    iperf3_tcp(Node(), "10.8.0.1", Transfer(5, True, 1.5))  # type: ignore[arg-type]
+    assert commands[-1].endswith(" -R -b 1.5M")
 
 
 def test_cpu_seconds_counts_this_process_s_work() -> None:
