@@ -497,8 +497,10 @@ def goodput_pivot(
     loss_hiding: str = "",
     value: str = "goodput_mbps",
 ) -> pd.DataFrame:
-    """Mean goodput (Mbit/s) over runs of a (mode, transport, cc, outer_cc, loss_hiding): rows
-    loss_pct, cols rtt_ms. `value="cpu_saturated"`: whether any run of a cell saturated a core."""
+    """Median goodput (Mbit/s) over runs of a (mode, transport, cc, outer_cc, loss_hiding):
+    rows loss_pct, cols rtt_ms (the median, as in results/README.md's tables: one run of five
+    that collapsed must not move a cell). `value="cpu_saturated"`: whether any run of a cell
+    saturated a core."""
     mask = (
         (goodput["mode"] == mode)
         & (goodput["transport"] == transport)
@@ -513,7 +515,7 @@ def goodput_pivot(
             index="loss_pct", columns="rtt_ms", values=value, aggfunc="any"
         ).sort_index()
     return selected.pivot_table(
-        index="loss_pct", columns="rtt_ms", values=value, aggfunc="mean"
+        index="loss_pct", columns="rtt_ms", values=value, aggfunc="median"
     ).sort_index()
 
 
@@ -980,7 +982,7 @@ def plot_goodput_heatmap(
     vmax: float | None,
     saturated: pd.DataFrame | None = None,
 ) -> AxesImage:
-    """One loss × RTT heatmap of mean goodput, values written in the cells; a cell where a run
+    """One loss × RTT heatmap of median goodput, values written in the cells; a cell where a run
     saturated a core (`saturated`: goodput_pivot(..., value="cpu_saturated")) gets a `*`."""
     values = pivot.to_numpy(dtype=float)
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
@@ -1284,7 +1286,10 @@ def _save(fig: Figure, out_png: Path, run_dir: Path | None = None) -> Path:
     if conditions:
         add_footer(fig, conditions)
     fig.savefig(out_png, dpi=120, bbox_inches="tight")
-    fig.savefig(out_png.with_suffix(".svg"), bbox_inches="tight")
+    # No date and ids from a fixed salt: the same run draws the same bytes, so redrawing the
+    # committed figures (`make notebooks`) changes only those whose run changed.
+    with matplotlib.rc_context({"svg.hashsalt": "qtlab"}):
+        fig.savefig(out_png.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
     return out_png
 
 
@@ -1427,7 +1432,12 @@ def goodput_figure(run_dir: Path, out_png: Path) -> Path:
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=list(axes[: len(keys)]), label="goodput (Mbit/s)", shrink=0.8)
+        fig.colorbar(
+            image,
+            ax=list(axes[: len(keys)]),
+            label="goodput, median of the runs (Mbit/s)",
+            shrink=0.8,
+        )
     hot_note = f"; *: {CPU_MARK} in a run" if goodput["cpu_saturated"].any() else ""
     fig.suptitle(_run_title(run_dir) + hot_note)
     return _save(fig, out_png, run_dir)
