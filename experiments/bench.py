@@ -413,18 +413,15 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def run_bench(
-    seconds: int = 10,
+    transfer: Transfer = Transfer(),
     profiles: Sequence[str] = DEFAULT_PROFILES,
     modes: Sequence[str] = tuple(MODES),
     out_root: Path = RESULTS_ROOT / "bench",
     backend: str = "auto",
     congestion_control: str = "cubic",
-    reverse: bool = False,
-    rate_mbit: float | None = None,
 ) -> tuple[Path, list[Row]]:
-    """Run every (profile, mode) once; returns the run directory and the rows. `reverse`: the
-    transfers go h2 -> h1; `rate_mbit`: paced by iperf3 (Transfer)."""
-    transfer = Transfer(seconds, reverse, rate_mbit)
+    """Run every (profile, mode) once, each cell one `transfer`; returns the run directory and
+    the rows."""
     started = datetime.now(UTC)
     out_dir = out_root / started.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -463,9 +460,9 @@ def run_bench(
         "backend": lab_meta["backend"],
         "seed": None,
         "parameters": {
-            "seconds": seconds,
+            "seconds": transfer.seconds,
             "direction": transfer.direction,
-            "rate_mbit": rate_mbit,  # null: as fast as the path goes
+            "rate_mbit": transfer.rate_mbit,  # null: as fast as the path goes
             "profiles": {p: profile(p).as_dict() for p in profiles},
             "modes": {m: MODES[m].description for m in modes},
             "congestion_control": lab_meta["congestion_control"],
@@ -539,9 +536,8 @@ def _bench(args: argparse.Namespace) -> int:
     modes = _names(args.modes, list(MODES), "mode")
     if os.geteuid() != 0:
         raise RuntimeFailure("not root: run it as root (it builds Mininet hosts)")
-    out_dir, rows = run_bench(
-        args.seconds, profiles, modes, args.out, args.backend, args.cc, args.reverse, args.rate
-    )
+    transfer = Transfer(args.seconds, args.reverse, args.rate)
+    out_dir, rows = run_bench(transfer, profiles, modes, args.out, args.backend, args.cc)
     print(format_table(rows))
     print(f"bench: wrote {out_dir / 'bench.csv'} (figures from a shared machine are noisy)")
     return 1 if any(r.error for r in rows) else 0

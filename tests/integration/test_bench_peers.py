@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.bench import run_bench
+from experiments.bench import Transfer, run_bench
 from experiments.variants import WG_MTU
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
@@ -19,7 +19,7 @@ def test_wireguard_and_openvpn_rows(tmp_path: Path) -> None:
     # two profiles: each peer starts twice in one lab (its second start must not take the first
     # one's log for its own readiness)
     out_dir, rows = run_bench(
-        seconds=1, profiles=("none", "5g"), modes=("wireguard", "openvpn"), out_root=tmp_path
+        Transfer(1), profiles=("none", "5g"), modes=("wireguard", "openvpn"), out_root=tmp_path
     )
     by_mode = {row.mode: row for row in rows if row.profile == "none"}
     assert [r.error for r in rows] == ["", "", "", ""], [r.error for r in rows]
