@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 # What make compiles with gcc: the link shaper (testbed/wire/) and the TCP segmenter (tunnel/wire/).
-NATIVE := build/qtwire build/libqttso.so
+NATIVE := build/qtwire build/libqtoffload.so
 
 .PHONY: all deps venv lint typecheck check test test-unit demo bench soak fuzz fidelity notebooks lab install-dissector install-commands uninstall-commands clean distclean
 
@@ -36,11 +36,12 @@ build/qtwire: testbed/wire/qtwire.c
 	@mkdir -p build
 	gcc -O2 -Wall -Wextra -o $@ $<
 
-# The TCP segmenter both qtun programs load for TUN reads with segmentation offload (issue 14,
-# tunnel/wire/tcp_tso.py): without it a TUN is opened without TSO.
-build/libqttso.so: tunnel/wire/tcp_tso.c
+# The TUN offloads both qtun programs load (issue 14): the TCP segmenter of reads with
+# segmentation offload (tunnel/wire/tcp_tso.c) and the merge of TCP writes (tcp_gro.c); without
+# the library a TUN is opened without offloads.
+build/libqtoffload.so: tunnel/wire/tcp_tso.c tunnel/wire/tcp_gro.c
 	@mkdir -p build
-	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ $<
+	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ $^
 
 # Configured vs measured delay, loss and rate of the shaper: results/fidelity/<timestamp>/.
 fidelity: venv $(NATIVE)
@@ -55,7 +56,7 @@ typecheck: venv
 
 # The inner loop, under a minute: lint, types and the fast unit tests (no root, no notebooks,
 # nothing marked `slow`; Hypothesis' "dev" profile: few examples each).
-check: lint typecheck build/libqttso.so
+check: lint typecheck build/libqtoffload.so
 	$(PY) -m pytest -q -m "not root and not slow and not notebook" tests/unit
 
 # Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks, with
@@ -69,7 +70,7 @@ test: lint typecheck $(NATIVE)
 
 # What a user without root can run: the sans-I/O core and everything else that needs no
 # privileges or Mininet (tests/unit; no notebooks).
-test-unit: venv build/libqttso.so
+test-unit: venv build/libqtoffload.so
 	$(PY) -m pytest --hypothesis-profile=ci -m "not root" tests/unit
 
 # The default failover experiment (about 3 minutes): results/demo/failover/<timestamp>/, its

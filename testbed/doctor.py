@@ -15,7 +15,7 @@ from pathlib import Path
 
 from testbed.paths import WIRE_BINARY
 from testbed.shaping import probe_netem
-from tunnel.wire.tcp_tso import LIBRARY as TSO_LIBRARY
+from tunnel.wire.offload_library import LIBRARY as OFFLOAD_LIBRARY
 
 
 @dataclass(frozen=True)
@@ -158,11 +158,10 @@ def run_checks() -> list[Check]:
     )
     checks.append(
         Check(
-            "TCP segmenter",
-            TSO_LIBRARY.exists(),
-            str(TSO_LIBRARY),
-            "make build/libqttso.so (without it the programs read their TUN without segmentation "
-            "offload)",
+            "TUN offloads",
+            OFFLOAD_LIBRARY.exists(),
+            str(OFFLOAD_LIBRARY),
+            "make build/libqtoffload.so (without it the programs open their TUN without offloads)",
         )
     )
     if root:

@@ -285,7 +285,8 @@ class TunConfig:
         default=True,
         metadata=setting(
             "write a batch's consecutive TCP segments of a flow as one super-packet "
-            "(IFF_VNET_HDR, GRO in user space; a TAP never)",
+            "(IFF_VNET_HDR, GRO in user space with build/libqtoffload.so; without it: off, "
+            "with a warning; a TAP never)",
             Boolean(),
         ),
     )
@@ -293,8 +294,7 @@ class TunConfig:
         default=True,
         metadata=setting(
             "with offload: read the TCP super-packets this host sends (segmentation offload, "
-            "TUN_F_TSO4/6) and cut them into segments with build/libqttso.so (without it: off, "
-            "with a warning)",
+            "TUN_F_TSO4/6) and cut them into segments (build/libqtoffload.so)",
             Boolean(),
         ),
     )

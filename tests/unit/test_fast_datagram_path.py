@@ -95,6 +95,14 @@ def trace(quic: TunnelQuicConnection) -> Trace:
         return encrypt(header, payload, number)
 
     crypto.encrypt_packet = encrypt_packet  # type: ignore[method-assign,assignment]
+    seal = quic._seal
+
+    def seal_recorded(pair: Any, header: bytes, payload: bytes, number: int) -> bytes:
+        # the fast path's protection: the same record
+        record.packets.append((header[0], number, bytes(payload)))
+        return seal(pair, header, payload, number)
+
+    quic._seal = seal_recorded  # type: ignore[method-assign,assignment]
     loss = quic._loss
     cc = loss._cc
 

@@ -1,12 +1,19 @@
-"""tunnel.wire.tcp_gro: which segments of a TUN write batch merge, and that a merged write is
-exactly the segments it replaced once cut back the way the kernel cuts a GSO packet."""
+"""tunnel.wire.tcp_gro: which segments of a TUN write batch merge (the C merge, held to the
+Python statement of GRO's rule in tests/gro_reference.py for every batch here), and that a
+merged write is exactly the segments it replaced once cut back the way the kernel cuts a GSO
+packet."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from functools import cache
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests import gro_reference
 from tests.packets import ACK, FIN, PSH, SYN, cut_gso, random_flow, tcp, udp4
 from tunnel.wire.tcp_gro import (
     GSO_TCPV4,
@@ -15,9 +22,25 @@ from tunnel.wire.tcp_gro import (
     PLAIN,
     VNET_HEADER,
     VNET_HEADER_SIZE,
+    Coalescer,
     Write,
-    coalesce,
 )
+
+
+@cache
+def coalescer() -> Coalescer:
+    loaded = Coalescer.load()
+    # no skip: without the library the programs silently lose their offloads
+    assert isinstance(loaded, Coalescer), loaded
+    return loaded
+
+
+def coalesce(packets: Sequence[bytes]) -> list[Write]:
+    """The C merge's writes, checked against the reference's: the same bytes, members and
+    order."""
+    writes = coalescer().coalesce(packets)
+    assert writes == gro_reference.coalesce(packets)
+    return writes
 
 
 def tcp4(seq: int, payload: bytes, **fields: object) -> bytes:
@@ -185,3 +208,40 @@ def test_random_batches_of_several_flows_are_delivered_in_each_flows_order() -> 
             port = (1000 + number).to_bytes(2, "big")
             seen = [p for w in writes for p in cut(w) if p[20:22] == port]
             assert seen == segments
+
+
+def test_batches_larger_than_the_buffers_grow_them() -> None:
+    # two interleaved flows of 150 segments each: more packets and bytes than the first buffers
+    first, second = flow(150), flow(150, seq=900001, sport=40001)
+    batch = [packet for pair in zip(first, second, strict=True) for packet in pair]
+    writes = delivered(batch)
+    assert len(writes) > 2 and all(len(w.data) - VNET_HEADER_SIZE <= MAX_MERGED for w in writes)
+    assert coalesce([]) == []
+
+
+def mutated(packet: bytes, data: st.DataObject) -> bytes:
+    """A segment with a few bytes changed, cut short or lengthened: what a peer may send."""
+    changed = bytearray(packet)
+    for _ in range(data.draw(st.integers(0, 3)) if changed else 0):
+        at = data.draw(st.integers(0, len(changed) - 1))
+        changed[at] = data.draw(st.integers(0, 255))
+    end = data.draw(st.one_of(st.just(len(changed)), st.integers(0, len(changed) + 8)))
+    return bytes(changed[:end]) + bytes(max(0, end - len(changed)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_batch_merges_as_the_reference_says(data: st.DataObject) -> None:
+    """Arbitrary batches: segments of two flows (IPv4 and IPv6) with bytes changed, cut or
+    grown, and random bytes; the C merge writes what the reference writes, never reading
+    beyond a packet (the reference's slices would differ)."""
+    pool = [*flow(6, size=500), *[tcp6(1 + i * 500, b"6" * 500) for i in range(6)]]
+    choices = st.one_of(
+        st.sampled_from(pool),
+        st.binary(max_size=80),
+    )
+    batch = [
+        mutated(packet, data) if data.draw(st.booleans()) else packet
+        for packet in data.draw(st.lists(choices, max_size=24))
+    ]
+    coalesce(batch)

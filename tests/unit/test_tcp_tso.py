@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.packets import ACK, FIN, PSH, cut_gso, random_flow, tcp, valid_tcp, with_checksum
+from tunnel.wire import offload_library
 from tunnel.wire.icmp import ones_complement_sum
 from tunnel.wire.tcp_gro import (
     GSO_NONE,
@@ -21,9 +22,9 @@ from tunnel.wire.tcp_gro import (
     PLAIN,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VNET_HEADER,
-    coalesce,
+    Coalescer,
 )
-from tunnel.wire.tcp_tso import LIBRARY, MAX_SEGMENTS, Segmenter, SegmentError
+from tunnel.wire.tcp_tso import MAX_SEGMENTS, Segmenter, SegmentError
 
 CWR = 0x80
 
@@ -61,7 +62,8 @@ def super_packet(segment: bytes, gso_size: int, *, ipv6: bool = False) -> bytes:
 
 
 def test_the_library_is_where_make_builds_it() -> None:
-    assert LIBRARY.name == "libqttso.so" and LIBRARY.parent.name == "build"
+    library = offload_library.LIBRARY
+    assert library.name == "libqtoffload.so" and library.parent.name == "build"
 
 
 @pytest.mark.parametrize("ipv6", [False, True])
@@ -90,7 +92,9 @@ def test_the_first_segment_keeps_cwr_and_the_last_fin_and_psh(segmenter: Segment
 
 def test_merged_writes_cut_back_are_the_packets_they_merged(segmenter: Segmenter) -> None:
     """The read side undoes the write side: every merged write of random interleaved
-    batches (tcp_gro.coalesce) cuts back into its packets, byte for byte."""
+    batches (tcp_gro's C merge) cuts back into its packets, byte for byte."""
+    coalescer = Coalescer.load()
+    assert isinstance(coalescer, Coalescer), coalescer
     rng = random.Random(20261204)
     for _ in range(100):
         batch = [
@@ -100,7 +104,7 @@ def test_merged_writes_cut_back_are_the_packets_they_merged(segmenter: Segmenter
                 rng, number, most=40, flags=[ACK] * 8 + [ACK | PSH], ipv6=number == 2
             )
         ]
-        for write in coalesce(batch):
+        for write in coalescer.coalesce(batch):
             assert segmenter.segment(write.data) == [batch[i] for i in write.members]
 
 
@@ -188,6 +192,6 @@ def test_any_frame_is_cut_or_refused_never_read_out_of_bounds(
 
 
 def test_a_missing_library_is_a_sentence(tmp_path: Path) -> None:
-    missing = tmp_path / "libqttso.so"
-    reason = Segmenter.load(missing)
+    missing = tmp_path / "libqtoffload.so"
+    reason = offload_library.load(missing)
     assert isinstance(reason, str) and "run make" in reason

@@ -31,7 +31,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnel.user_error import RuntimeFailure
-from tunnel.wire.tcp_gro import PLAIN, VNET_HEADER_SIZE, coalesce
+from tunnel.wire.tcp_gro import PLAIN, VNET_HEADER_SIZE, Coalescer
 from tunnel.wire.tcp_tso import Segmenter, SegmentError
 
 log = logging.getLogger(__name__)
@@ -131,19 +131,31 @@ def _open_tun(name: str, kind: DeviceKind = DeviceKind.TUN, offload: bool = Fals
     return fd
 
 
-_segmenter: Segmenter | str | None = None  # loaded once per process
+_offloads: tuple[Coalescer, Segmenter] | str | None = None  # loaded once per process
 
 
-def _enable_tso(fd: int, name: str) -> Segmenter | None:
-    """Let the kernel hand TCP super-packets (and packets without their checksum) to `fd`,
-    if the segmenter that cuts them is there and the kernel takes the request; else None, the
-    device staying as it was (whole, checksummed packets), and a warning saying why."""
-    global _segmenter
-    if _segmenter is None:
-        _segmenter = Segmenter.load()
-    if isinstance(_segmenter, str):
-        log.warning("TUN %s reads without segmentation offload: %s", name, _segmenter)
+def _load_offloads(name: str) -> tuple[Coalescer, Segmenter] | None:
+    """The C merge and segmenter (build/libqtoffload.so), or None with a warning saying why
+    TUN `name` is opened without offloads, as with tun.offload = false."""
+    global _offloads
+    if _offloads is None:
+        coalescer, segmenter = Coalescer.load(), Segmenter.load()
+        if isinstance(coalescer, str):
+            _offloads = coalescer
+        elif isinstance(segmenter, str):
+            _offloads = segmenter
+        else:
+            _offloads = (coalescer, segmenter)
+    if isinstance(_offloads, str):
+        log.warning("TUN %s is opened without offloads: %s", name, _offloads)
         return None
+    return _offloads
+
+
+def _enable_tso(fd: int, name: str, segmenter: Segmenter) -> Segmenter | None:
+    """Let the kernel hand TCP super-packets (and packets without their checksum) to `fd`,
+    if it takes the request; else None, the device staying as it was (whole, checksummed
+    packets), and a warning saying why."""
     try:
         fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
     except OSError as exc:
@@ -153,15 +165,16 @@ def _enable_tso(fd: int, name: str) -> Segmenter | None:
             exc.strerror,
         )
         return None
-    return _segmenter
+    return segmenter
 
 
 class TunDevice:
     """An open, configured TUN device. Create it with `TunDevice.create`; `close()` removes it
     (the device is not persistent, so it also disappears if the process dies).
 
-    With `offload` every read and write carries a virtio_net_hdr, and `write_batch` merges a
-    flow's consecutive TCP segments into one write (tcp_gro). Reads have the header stripped;
+    With a `coalescer` (offload) every read and write carries a virtio_net_hdr, and
+    `write_batch` merges a flow's consecutive TCP segments into one write (tcp_gro). Reads have
+    the header stripped;
     with a `segmenter` (tso) the kernel may hand over TCP super-packets and packets without
     their checksum, which `read_batch` cuts into whole, checksummed packets (tcp_tso)."""
 
@@ -172,13 +185,14 @@ class TunDevice:
         index: int,
         mtu: int,
         kind: DeviceKind = DeviceKind.TUN,
-        offload: bool = False,
+        coalescer: Coalescer | None = None,
         segmenter: Segmenter | None = None,
     ) -> None:
         self.fd = fd
         self.kind = kind
-        self.offload = offload
-        self.segmenter = segmenter if offload else None
+        self.coalescer = coalescer
+        self.offload = coalescer is not None
+        self.segmenter = segmenter if coalescer is not None else None
         self.name = name
         self.index = index
         self.mtu = mtu
@@ -208,9 +222,12 @@ class TunDevice:
         parsed = [a if not isinstance(a, str) else _parse_interface(a) for a in addresses]
         if any(isinstance(a, IPv6Interface) for a in parsed) and mtu < 1280:
             raise TunError(f"{what} MTU {mtu} is below 1280, the minimum for IPv6: raise it")
-        offload = offload and kind is DeviceKind.TUN
-        fd = _open_tun(name, kind, offload)
-        segmenter = _enable_tso(fd, name) if offload and tso else None
+        offloads = _load_offloads(name) if offload and kind is DeviceKind.TUN else None
+        fd = _open_tun(name, kind, offloads is not None)
+        coalescer = segmenter = None
+        if offloads is not None:
+            coalescer = offloads[0]
+            segmenter = _enable_tso(fd, name, offloads[1]) if tso else None
         try:
             # pyroute2 0.9 runs its netlink socket on the thread's running event loop, and
             # uvloop cannot open netlink sockets: configure from a thread without a loop.
@@ -222,7 +239,7 @@ class TunDevice:
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, name, index, mtu, kind, offload, segmenter)
+        return cls(fd, name, index, mtu, kind, coalescer, segmenter)
 
     # --- I/O -------------------------------------------------------------------------------
 
@@ -279,10 +296,10 @@ class TunDevice:
     def write_batch(self, packets: Sequence[bytes]) -> list[bool]:
         """Write every packet, in order within each flow; whether the kernel accepted each one
         (a refused one is counted in `write_drops`: a router drops)."""
-        if not self.offload:
+        if self.coalescer is None:
             return [self._write_one(packet, packet) for packet in packets]
         accepted = [False] * len(packets)
-        for data, members in coalesce(packets):
+        for data, members in self.coalescer.coalesce(packets):
             if len(members) == 1:
                 accepted[members[0]] = self._write_one(data, packets[members[0]])
                 continue

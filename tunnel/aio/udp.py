@@ -953,6 +953,13 @@ class QuicServer:
 
     def _route(self, endpoint: UdpEndpoint, data: bytes, addr: NetworkAddress) -> QuicDriver | None:
         """The connection `data` belongs to, or None after handling it here."""
+        # the common case first, without parsing a header: a 1-RTT packet (short header, fixed
+        # bit set, RFC 9000 §17.3.1) to a connection ID we have, from its listener
+        cid_length = self.configuration.connection_id_length
+        if data and data[0] & 0xC0 == 0x40 and len(data) > cid_length:
+            driver = self._drivers.get(data[1 : 1 + cid_length])
+            if driver is not None and driver.endpoint is endpoint:
+                return driver
         if len(data) >= 5 and data[0] & 0x80:
             # a long header: its version is readable whatever the version (RFC 8999 §5.1),
             # the rest of the header may not be (pull_quic_header parses version 1 and 2)

@@ -25,7 +25,7 @@ from typing import Any, Final, NamedTuple
 
 from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
-from aioquic._crypto import CryptoError
+from aioquic._crypto import AEAD, CryptoError, HeaderProtection
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -44,7 +44,7 @@ from aioquic.quic.connection import (
     QuicReceiveContext,
     stream_is_unidirectional,
 )
-from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.crypto import CryptoPair, KeyUnavailableError
 from aioquic.quic.packet import (
     NON_ACK_ELICITING_FRAME_TYPES,
     PACKET_FIXED_BIT,
@@ -54,6 +54,7 @@ from aioquic.quic.packet import (
     QuicErrorCode,
     QuicFrameType,
     QuicPacketType,
+    decode_packet_number,
     push_ack_frame,
 )
 from aioquic.quic.packet_builder import (
@@ -230,7 +231,18 @@ _REQUIRED_SPACE_FIELDS = (
     "received_packets",
     "sent_packets",
 )
-_REQUIRED_CRYPTO_FIELDS = ("aead_tag_size", "key_phase", "encrypt_packet", "decrypt_packet")
+_REQUIRED_CRYPTO_FIELDS = (
+    "aead_tag_size",
+    "key_phase",
+    "encrypt_packet",
+    "decrypt_packet",
+    "send",
+    "recv",
+    "_update_key_requested",
+    "_update_key",
+)
+# what _seal_short and _open_short use of a direction's keys
+_REQUIRED_CONTEXT_FIELDS = ("aead", "hp", "key_phase")
 _REQUIRED_SENT_PACKET_FIELDS = {
     "epoch",
     "in_flight",
@@ -292,6 +304,9 @@ def _check_aioquic_internals() -> None:
     missing += [f"space.{n}" for n in _REQUIRED_SPACE_FIELDS if not hasattr(space, n)]
     crypto = probe._cryptos[tls.Epoch.ONE_RTT]
     missing += [f"crypto.{n}" for n in _REQUIRED_CRYPTO_FIELDS if not hasattr(crypto, n)]
+    missing += [f"send.{n}" for n in _REQUIRED_CONTEXT_FIELDS if not hasattr(crypto.send, n)]
+    missing += [f"HeaderProtection.{n}" for n in ("_mask",) if not hasattr(HeaderProtection, n)]
+    missing += [f"AEAD.{n}" for n in ("encrypt", "decrypt") if not hasattr(AEAD, n)]
     missing += [
         f"_pacer.{n}"
         for n in ("next_send_time", "update_after_send")
@@ -309,6 +324,67 @@ def _check_aioquic_internals() -> None:
 
 
 _check_aioquic_internals()
+
+# RFC 9001 §5.4.2: header protection samples 16 bytes starting 4 bytes after the packet
+# number's first byte, whatever the packet number's length
+_SAMPLE_SIZE = 16
+_SAMPLE_OFFSET = 4
+_SHORT_HEADER_MASK = 0x1F  # §5.4.1: the bits of a short header's first byte that are masked
+
+
+def _seal_short(pair: CryptoPair, header: bytes, payload: bytes, packet_number: int) -> bytes:
+    """CryptoPair.encrypt_packet for a short header ending in a packet number of
+    PACKET_NUMBER_SEND_SIZE bytes (as aioquic sends): the same bytes, with header protection
+    applied to the bytes it masks instead of to a copy of the whole packet."""
+    if pair._update_key_requested:
+        pair._update_key("local_update")
+    send = pair.send
+    aead, hp = send.aead, send.hp
+    assert aead is not None and hp is not None, "Encryption key is not available"  # as aioquic
+    protected = aead.encrypt(payload, header, packet_number)
+    start = _SAMPLE_OFFSET - PACKET_NUMBER_SEND_SIZE
+    mask = hp._mask(protected[start : start + _SAMPLE_SIZE])
+    return b"".join(
+        (
+            bytes((header[0] ^ (mask[0] & _SHORT_HEADER_MASK),)),
+            header[1:-PACKET_NUMBER_SEND_SIZE],
+            (
+                int.from_bytes(header[-PACKET_NUMBER_SEND_SIZE:], "big")
+                ^ int.from_bytes(mask[1 : 1 + PACKET_NUMBER_SEND_SIZE], "big")
+            ).to_bytes(PACKET_NUMBER_SEND_SIZE, "big"),
+            protected,
+        )
+    )
+
+
+def _open_short(
+    pair: CryptoPair, data: bytes, pn_offset: int, expected_packet_number: int
+) -> tuple[bytes, bytes, int]:
+    """CryptoPair.decrypt_packet for a short-header packet whose packet number starts at
+    `pn_offset`: the same results and errors, with header protection removed from the bytes
+    it masks instead of from a copy of the whole packet. A packet with the other key phase
+    (a key update) takes aioquic's own path."""
+    recv = pair.recv
+    aead, hp = recv.aead, recv.hp
+    if aead is None or hp is None:
+        raise KeyUnavailableError("Decryption key is not available")  # as aioquic
+    sample = pn_offset + _SAMPLE_OFFSET
+    if sample + _SAMPLE_SIZE > len(data):
+        raise CryptoError("Packet is too short to sample")
+    mask = hp._mask(data[sample : sample + _SAMPLE_SIZE])
+    first_byte = data[0] ^ (mask[0] & _SHORT_HEADER_MASK)
+    if (first_byte & 4) >> 2 != recv.key_phase:
+        return pair.decrypt_packet(data, pn_offset, expected_packet_number)
+    pn_length = (first_byte & 0x03) + 1
+    end = pn_offset + pn_length
+    truncated = int.from_bytes(data[pn_offset:end], "big") ^ int.from_bytes(
+        mask[1 : 1 + pn_length], "big"
+    )
+    plain_header = b"".join(
+        (bytes((first_byte,)), data[1:pn_offset], truncated.to_bytes(pn_length, "big"))
+    )
+    packet_number = decode_packet_number(truncated, pn_length * 8, expected_packet_number)
+    return plain_header, aead.decrypt(data[end:], plain_header, packet_number), packet_number
 
 
 FAST_DATAGRAM_PATH = True
@@ -408,6 +484,9 @@ class TunnelQuicConnection(QuicConnection):
 
     # the silence clock (_install_ack_tracking), restarted by reset_path_state
     _tunnel_unanswered_since: float | None
+    # how the datagram fast path protects a packet (an attribute, so that a test can see the
+    # plaintexts it protects on either path)
+    _seal = staticmethod(_seal_short)
 
     def __init__(
         self,
@@ -926,6 +1005,7 @@ class TunnelQuicConnection(QuicConnection):
         flight_left = loss.congestion_window - loss.bytes_in_flight
         self._pacing_at = None
         packet_number = self._packet_number
+        seal = self._seal
         buf = Buffer(capacity=max_size)
         datagrams: list[bytes] = []
         packets: list[QuicSentPacket] = []
@@ -1014,7 +1094,7 @@ class TunnelQuicConnection(QuicConnection):
                 | (PACKET_NUMBER_SEND_SIZE - 1)
             )
             header = bytes((first_byte,)) + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
-            datagram = crypto.encrypt_packet(header, buf.data, packet_number)
+            datagram = seal(crypto, header, buf.data, packet_number)
             packets.append(
                 QuicSentPacket(
                     epoch=tls.Epoch.ONE_RTT,
@@ -1089,8 +1169,8 @@ class TunnelQuicConnection(QuicConnection):
         if self._close_at is None:
             self._close_at = now + self._idle_timeout()
         try:
-            plain_header, plain_payload, packet_number = crypto.decrypt_packet(
-                data, 1 + cid_length, space.expected_packet_number
+            plain_header, plain_payload, packet_number = _open_short(
+                crypto, data, 1 + cid_length, space.expected_packet_number
             )
         except CryptoError:
             return True  # dropped, as aioquic drops it

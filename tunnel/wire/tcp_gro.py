@@ -16,17 +16,23 @@ every segment but the last exactly gso_size bytes long. Anything else is written
 ends the flow's merge so that no segment overtakes another of its flow. Packets of different
 flows may change order with each other; a flow's own packets never do.
 
-Pure functions of bytes, no I/O: tunnel/aio/tun.py writes what `coalesce` returns.
+The merging is in C (tcp_gro.c, in build/libqtoffload.so, loaded with ctypes; issue 14 item 5):
+in Python it cost about 2 us per packet, 8-10 % of the concentrator's CPU at full speed. The
+rules are written out in Python in tests/gro_reference.py, which the unit tests hold the C to.
+Without the library a TUN is opened without offloads (tunnel/aio/tun.py says why). Pure
+functions of bytes, no I/O: tunnel/aio/tun.py writes what `Coalescer.coalesce` returns.
 """
 
 from __future__ import annotations
 
+import ctypes
 import struct
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import NamedTuple
 
-from tunnel.wire.icmp import internet_checksum, ones_complement_sum
+from tunnel.wire import offload_library
 
 # linux/virtio_net.h: struct virtio_net_hdr (the 10-byte legacy header a TUN device with
 # IFF_VNET_HDR prepends to every read and expects before every write), native byte order
@@ -42,208 +48,96 @@ PLAIN = VNET_HEADER.pack(0, GSO_NONE, 0, 0, 0, 0)  # "a whole packet, checksums 
 
 MAX_MERGED = 65535  # the largest IP packet a write may carry (IPv4 Total Length)
 TCP_CHECKSUM_OFFSET = 16
-TCP_ACK = 0x10
-TCP_PSH = 0x08
-_IPV4_HEADER = 20
-_IPV6_HEADER = 40
-_PROTO_TCP = 6
-_PROTO_UDP = 17
-
-
-@dataclass
-class _Merge:
-    """The segments of one flow merged so far: the first one's headers, the payloads."""
-
-    first: bytes
-    ip_header: int  # 20 (IPv4) or 40 (IPv6)
-    tcp_header: int
-    size: int  # gso_size: the first segment's payload length
-    next_seq: int
-    next_id: int  # IPv4: the ID the next segment must carry
-    length: int  # the merged packet's length so far
-    payloads: list[bytes] = field(default_factory=list)
-    members: list[int] = field(default_factory=list)  # indices into the batch
-    last_flags: int = TCP_ACK
-    open: bool = True  # False once a short or PSH segment ended it
 
 
 class Write(NamedTuple):
     """One write for the TUN: `data` (virtio_net_hdr + packet) carries the batch's packets
-    at `members` (one index when it goes as it came). A tuple: one is made per packet."""
+    at `members` (one index when it goes as it came)."""
 
     data: bytes
     members: tuple[int, ...]
 
 
-def _segment(packet: bytes) -> tuple[bytes, int, int, int] | None:
-    """(flow key, IP header length, TCP header length, payload length) of a TCP data segment
-    GRO may merge, or None when it must go as it came."""
-    if not packet:
-        return None
-    version = packet[0] >> 4
-    if version == 4:
-        if len(packet) < 40 or packet[0] != 0x45 or packet[9] != _PROTO_TCP:
-            return None  # IP options, not TCP, or too short for TCP
-        if packet[6] & 0x3F or packet[7]:
-            return None  # a fragment (MF or an offset)
-        if int.from_bytes(packet[2:4], "big") != len(packet):
-            return None
-        ip_header = _IPV4_HEADER
-        key = packet[12:24]  # addresses and ports
-    elif version == 6:
-        if len(packet) < 60 or packet[6] != _PROTO_TCP:
-            return None  # an extension header, not TCP, or too short for TCP
-        if int.from_bytes(packet[4:6], "big") + _IPV6_HEADER != len(packet):
-            return None
-        ip_header = _IPV6_HEADER
-        key = packet[8:44]
-    else:
-        return None
-    tcp_header = (packet[ip_header + 12] >> 4) * 4
-    payload = len(packet) - ip_header - tcp_header
-    if tcp_header < 20 or payload <= 0:
-        return None
-    if packet[ip_header + 13] & ~TCP_PSH != TCP_ACK:
-        return None  # SYN, FIN, RST, URG, ECE, CWR, or no ACK
-    return key, ip_header, tcp_header, payload
+class Coalescer:
+    """The C merge with its buffers, grown to the largest batch seen: `coalesce` returns
+    copies, so one instance serves every device of a process, from one thread (the programs'
+    event loop)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        function = library.qt_gro_coalesce
+        function.restype = ctypes.c_int
+        function.argtypes = [
+            ctypes.c_char_p,  # data
+            ctypes.c_void_p,  # offsets
+            ctypes.c_uint32,  # n
+            ctypes.c_void_p,  # out
+            ctypes.c_size_t,  # out_cap
+            ctypes.c_void_p,  # write_offsets
+            ctypes.c_void_p,  # member_offsets
+            ctypes.c_void_p,  # members
+            ctypes.c_void_p,  # scratch
+        ]
+        scratch_per_packet = library.qt_gro_scratch_per_packet
+        scratch_per_packet.restype = ctypes.c_size_t
+        scratch_per_packet.argtypes = []
+        self._function = function
+        self._scratch_per_packet: int = scratch_per_packet()
+        self._packets = 0  # the batch size the buffers below hold
+        self._out_capacity = 0
+        self._grow(64, 64 * 2048)
+
+    @classmethod
+    def load(cls) -> Coalescer | str:
+        """The coalescer, or one sentence saying why there is none."""
+        library = offload_library.load()
+        return library if isinstance(library, str) else cls(library)
+
+    def _grow(self, packets: int, out_bytes: int) -> None:
+        if packets > self._packets:
+            self._packets = packets
+            self._write_offsets = array("I", bytes(4 * (packets + 1)))
+            self._member_offsets = array("I", bytes(4 * (packets + 1)))
+            self._members = array("I", bytes(4 * packets))
+            self._scratch = bytearray(packets * self._scratch_per_packet)
+            self._scratch_address = _address(self._scratch)
+        if out_bytes > self._out_capacity:
+            self._out_capacity = out_bytes
+            self._out = bytearray(out_bytes)
+            self._out_view = memoryview(self._out)
+            self._out_address = _address(self._out)
+
+    def coalesce(self, packets: Sequence[bytes]) -> list[Write]:
+        """The writes that carry `packets`: each TCP flow's consecutive segments merged,
+        everything else as it came (with the plain virtio_net_hdr), a flow's packets in their
+        order, each write at the place of its first packet."""
+        count = len(packets)
+        if not count:
+            return []
+        offsets = array("I", (0,))
+        offsets.extend(accumulate(map(len, packets)))
+        self._grow(count, offsets[-1] + count * VNET_HEADER_SIZE)
+        writes = self._function(
+            b"".join(packets),
+            offsets.buffer_info()[0],
+            count,
+            self._out_address,
+            self._out_capacity,
+            self._write_offsets.buffer_info()[0],
+            self._member_offsets.buffer_info()[0],
+            self._members.buffer_info()[0],
+            self._scratch_address,
+        )
+        if writes < 0:  # _grow made room for every case: a bug, not bad input
+            raise RuntimeError(f"qt_gro_coalesce found no room for {count} packets")
+        view, at, members, first = self._out_view, self._write_offsets, self._members, 0
+        member_at = self._member_offsets
+        result = []
+        for write in range(writes):
+            end = member_at[write + 1]
+            result.append(Write(bytes(view[at[write] : at[write + 1]]), tuple(members[first:end])))
+            first = end
+        return result
 
 
-def _joins(merge: _Merge, packet: bytes, tcp_header: int, payload: int) -> bool:
-    """Whether `packet` (a segment of merge's flow) continues `merge` by Linux GRO's rule."""
-    first = merge.first
-    ip = merge.ip_header
-    if not merge.open or tcp_header != merge.tcp_header or payload > merge.size:
-        return False
-    if merge.length + payload > MAX_MERGED:
-        return False
-    if int.from_bytes(packet[ip + 4 : ip + 8], "big") != merge.next_seq:
-        return False
-    # ACK number and data offset; window; options: all as the first segment's
-    if packet[ip + 8 : ip + 13] != first[ip + 8 : ip + 13]:
-        return False
-    if packet[ip + 14 : ip + 16] != first[ip + 14 : ip + 16]:
-        return False
-    if packet[ip + 20 : ip + tcp_header] != first[ip + 20 : ip + tcp_header]:
-        return False
-    if ip == _IPV4_HEADER:
-        # TOS, the DF flag, TTL; the ID one more than the last one's
-        if packet[1] != first[1] or packet[6] != first[6] or packet[8] != first[8]:
-            return False
-        if int.from_bytes(packet[4:6], "big") != merge.next_id:
-            return False
-    else:
-        # traffic class, flow label, hop limit
-        if packet[0:4] != first[0:4] or packet[7] != first[7]:
-            return False
-    return True
-
-
-def _start(packet: bytes, index: int, ip_header: int, tcp_header: int, payload: int) -> _Merge:
-    merge = _Merge(
-        first=packet,
-        ip_header=ip_header,
-        tcp_header=tcp_header,
-        size=payload,
-        next_seq=0,
-        next_id=0,
-        length=ip_header + tcp_header,
-    )
-    _append(merge, packet, index, payload)
-    return merge
-
-
-def _append(merge: _Merge, packet: bytes, index: int, payload: int) -> None:
-    ip = merge.ip_header
-    seq = int.from_bytes(packet[ip + 4 : ip + 8], "big")
-    merge.next_seq = (seq + payload) & 0xFFFFFFFF
-    if ip == _IPV4_HEADER:
-        merge.next_id = (int.from_bytes(packet[4:6], "big") + 1) & 0xFFFF
-    merge.payloads.append(packet[ip + merge.tcp_header :])
-    merge.members.append(index)
-    merge.length += payload
-    flags = packet[ip + 13]
-    merge.last_flags = flags
-    # a short segment is the last one GRO takes; PSH ends a merge too
-    if payload < merge.size or flags & TCP_PSH:
-        merge.open = False
-
-
-def _merged_write(merge: _Merge) -> Write:
-    """The super-packet: the first segment's headers with the merged length, the TCP checksum
-    left to the kernel (it holds the pseudo-header sum, as Linux's own TSO packets do)."""
-    first = merge.first
-    ip = merge.ip_header
-    th = merge.tcp_header
-    length = merge.length
-    tcp_length = length - ip
-    if ip == _IPV4_HEADER:
-        header = bytearray(first[:20])
-        header[2:4] = length.to_bytes(2, "big")
-        header[10:12] = b"\x00\x00"
-        header[10:12] = internet_checksum(bytes(header)).to_bytes(2, "big")
-        pseudo = first[12:20] + b"\x00\x06" + tcp_length.to_bytes(2, "big")
-        gso_type = GSO_TCPV4
-    else:
-        header = bytearray(first[:40])
-        header[4:6] = tcp_length.to_bytes(2, "big")
-        pseudo = first[8:40] + tcp_length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
-        gso_type = GSO_TCPV6
-    tcp = bytearray(first[ip : ip + th])
-    tcp[13] = merge.last_flags
-    tcp[16:18] = ones_complement_sum(pseudo).to_bytes(2, "big")
-    vnet = VNET_HEADER.pack(
-        VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, ip + th, merge.size, ip, TCP_CHECKSUM_OFFSET
-    )
-    return Write(b"".join((vnet, header, tcp, *merge.payloads)), tuple(merge.members))
-
-
-def coalesce(packets: Sequence[bytes]) -> list[Write]:
-    """The writes that carry `packets`: each TCP flow's consecutive segments merged, everything
-    else as it came (with the plain virtio_net_hdr), a flow's packets in their order."""
-    slots: list[_Merge | Write] = []
-    merges: dict[bytes, _Merge] = {}
-    for index, packet in enumerate(packets):
-        segment = _segment(packet)
-        if segment is None:
-            # a flow's FIN, pure ACK, ...: nothing of its flow may pass it
-            key = _flow_key(packet)
-            if key is None:
-                merges.clear()
-            else:
-                merges.pop(key, None)
-            slots.append(Write(PLAIN + packet, (index,)))
-            continue
-        key, ip_header, tcp_header, payload = segment
-        merge = merges.get(key)
-        if merge is not None and _joins(merge, packet, tcp_header, payload):
-            _append(merge, packet, index, payload)
-            continue
-        merge = _start(packet, index, ip_header, tcp_header, payload)
-        merges[key] = merge
-        slots.append(merge)
-    return [slot if isinstance(slot, Write) else _merge_write(slot) for slot in slots]
-
-
-def _merge_write(merge: _Merge) -> Write:
-    """A merge's write: the super-packet, or its one segment as it came."""
-    if len(merge.members) > 1:
-        return _merged_write(merge)
-    return Write(PLAIN + merge.first, (merge.members[0],))
-
-
-def _flow_key(packet: bytes) -> bytes | None:
-    """The key `_segment` gives the packet's flow (addresses and ports, as for TCP), or None
-    when it cannot be read (then no merge may stay open past the packet)."""
-    version = packet[0] >> 4 if packet else 0
-    if version == 4:
-        return _ipv4_key(packet)
-    if version == 6 and len(packet) >= 44 and packet[6] in (_PROTO_TCP, _PROTO_UDP):
-        return packet[8:44]
-    return None
-
-
-def _ipv4_key(packet: bytes) -> bytes | None:
-    start = (packet[0] & 0x0F) * 4
-    if start < _IPV4_HEADER or len(packet) < start + 4:
-        return None
-    return packet[12:20] + packet[start : start + 4]
+def _address(buffer: bytearray) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))

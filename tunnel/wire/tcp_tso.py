@@ -8,20 +8,19 @@ super-packet with one system call instead of ~45. The tunnel still carries whole
 larger than the TUN's MTU (the drafts' tunnel mode): each super-packet is cut into the segments
 the kernel would have sent (tcp_gso_segment's rules) before it goes into DATAGRAM frames.
 
-The cutting and checksumming is in C (tcp_tso.c, built by make into build/libqttso.so and
+The cutting and checksumming is in C (tcp_tso.c, built by make into build/libqtoffload.so and
 loaded with ctypes): in Python it cost about 4 us per segment, more than the reads it saves.
-Without the library a TUN is opened without TSO (`Segmenter.load()` says why), which is how it
-was before; with it, `Segmenter.segment` is a pure function of bytes.
+Without the library a TUN is opened without offloads (`Segmenter.load()` says why), which is
+how it was before; with it, `Segmenter.segment` is a pure function of bytes.
 """
 
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
+from tunnel.wire import offload_library
 from tunnel.wire.tcp_gro import GSO_NONE, VNET_HEADER_SIZE
 
-LIBRARY = Path(__file__).resolve().parents[2] / "build" / "libqttso.so"
 MAX_SEGMENTS = 128  # a 64 kB super-packet at the smallest MSS we allow (536) makes 123
 _OUT_CAPACITY = 65535 + MAX_SEGMENTS * 120  # the payload plus every segment's IP + TCP headers
 
@@ -60,14 +59,10 @@ class Segmenter:
         self._offsets_address = ctypes.addressof(self._offsets)
 
     @classmethod
-    def load(cls, library: Path = LIBRARY) -> Segmenter | str:
+    def load(cls) -> Segmenter | str:
         """The segmenter, or one sentence saying why there is none."""
-        if not library.exists():
-            return f"{library} is missing: run make (it builds the TCP segmenter with gcc)"
-        try:
-            return cls(ctypes.CDLL(str(library)))
-        except (OSError, AttributeError) as exc:
-            return f"{library} cannot be loaded ({exc}): rebuild it with make"
+        library = offload_library.load()
+        return library if isinstance(library, str) else cls(library)
 
     def segment(self, frame: bytes) -> list[bytes]:
         """The packets in `frame` (virtio_net_hdr + packet, as read): the packet itself when
