@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.quic_harness import Network, Path
+from tunnel.aio.udp import paced_burst
 from tunnel.protocol.quic_ext import TunnelQuicConnection, datagram_budget
 
 DELAY = 0.010  # one way
@@ -183,13 +184,25 @@ def exchange(
     pacing: float | None = None,
     rate: float | None = None,
     replies: bool = True,
+    burst: tuple[float, int] | None = None,
 ) -> Outcome:
     """`sizes` datagrams client -> server in bursts (every other one tracked), and with
-    `replies` one datagram server -> client for every fourth received, on links losing `loss`."""
+    `replies` one datagram server -> client for every fourth received, on links losing `loss`.
+    With `burst` (slack, max datagrams), each end sends as QuicDriver does: the generic path
+    through paced_burst, the fast path with burst_slack and burst_max."""
     net, path = connected(fast, cc, pacing)
     client, server = path.client.quic, path.server.quic
     assert isinstance(client, TunnelQuicConnection) and isinstance(server, TunnelQuicConnection)
     traces = trace(client), trace(server)
+    if burst is not None:
+        for quic in (client, server):
+            if fast:
+                quic.burst_slack, quic.burst_max = burst
+            else:
+                send = quic.datagrams_to_send
+                quic.datagrams_to_send = functools.partial(  # type: ignore[method-assign]
+                    paced_burst, send, quic.get_timer, slack=burst[0], max_burst=burst[1]
+                )
     for link in (path.up_link, path.down_link):
         link.loss, link.seed = loss, seed
     path.up_link.rate = rate
@@ -252,6 +265,27 @@ def test_a_lossy_bottleneck_gives_the_same_losses_window_and_fates(cc: str) -> N
     labels = [label for label, *_ in fast.client.recovery]
     assert "lost" in labels and "acked" in labels
     assert any(not f.acked for f in fast.fates) and any(f.acked for f in fast.fates)
+
+
+@pytest.mark.parametrize("cc", ["reno", "bbr", "none"])
+def test_a_paced_burst_in_one_call_sends_what_the_drivers_calls_send(cc: str) -> None:
+    """QuicDriver releases what the pacer allows within its slack: on the generic path by
+    calling datagrams_to_send again at each next timer (paced_burst), on the fast path inside
+    one call. Both send the same packets at the same times (no loss here: a loss timer
+    due inside the slack stops paced_burst, not the fast path's burst)."""
+    sizes = [1400] * 400
+    kind = {"cc": cc, "rate": RATE, "pacing": RATE / 2 if cc == "none" else None}
+    generic = exchange(False, sizes, burst=(0.001, 64), **kind)  # type: ignore[arg-type]
+    fast = exchange(True, sizes, burst=(0.001, 64), **kind)  # type: ignore[arg-type]
+    assert fast.client.fast_calls > 0
+    # fewer calls on the fast path: each takes the whole burst
+    assert len(fast.client.timers) < len(generic.client.timers)
+    for side in ("client", "server"):
+        slow_trace, fast_trace = getattr(generic, side), getattr(fast, side)
+        assert fast_trace.packets == slow_trace.packets, side
+        assert fast_trace.recovery == slow_trace.recovery, side
+    assert fast.delivered_up == generic.delivered_up
+    assert fast.fates == generic.fates
 
 
 def test_congestion_control_none_is_paced_the_same() -> None:

@@ -76,6 +76,7 @@ from tunnel.policy.address_validation import (
     TokenStatus,
 )
 from tunnel.policy.rate_limit import PrefixBudget
+from tunnel.protocol.quic_ext import TunnelQuicConnection
 from tunnel.protocol.stateless_reset import build_reset, reset_size, reset_token
 from tunnel.user_error import RuntimeFailure
 
@@ -474,6 +475,33 @@ ConnectionFactory = Callable[..., QuicConnection]
 INTERNAL_ERROR_REASON = "internal error"  # the peer learns nothing of our bug (RFC 9000 §20.1)
 
 
+def paced_burst(
+    datagrams_to_send: Callable[[float], list[tuple[bytes, NetworkAddress]]],
+    get_timer: Callable[[], float | None],
+    now: float,
+    slack: float,
+    max_burst: int,
+) -> list[tuple[bytes, NetworkAddress]]:
+    """What a connection sends now, and what it would send at its next timers within `slack`
+    seconds, up to `max_burst` datagrams (more only if one call gives more).
+
+    aioquic's pacer keeps a bucket of at most 16 packets' worth of time; on a fast path that is
+    a few microseconds, so each call releases ~4 packets and the loop would wake up once per 4
+    packets. Releasing what is due within the slack in one burst keeps the rate over a
+    millisecond and saves the wakeups. (A TunnelQuicConnection's datagram fast path does this
+    inside one call: burst_slack, burst_max.)"""
+    datagrams = datagrams_to_send(now)
+    while datagrams and len(datagrams) < max_burst:
+        due = get_timer()
+        if due is None or due > now + slack:
+            break
+        more = datagrams_to_send(max(now, due))
+        if not more:
+            break
+        datagrams += more
+    return datagrams
+
+
 class QuicDriver:
     """Drives one aioquic QuicConnection: datagrams and timers in, datagrams out.
 
@@ -501,6 +529,11 @@ class QuicDriver:
         self.endpoint = endpoint
         self.pacing_slack = pacing_slack
         self.max_burst = max_burst
+        if isinstance(quic, TunnelQuicConnection):
+            # its datagram fast path releases the burst (paced_burst) itself, without a
+            # get_timer() and a call's checks every few packets
+            quic.burst_slack = pacing_slack
+            quic.burst_max = max_burst
         self.on_event: EventHandler = on_event or (lambda event: None)
         self._loop = loop or asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -553,20 +586,13 @@ class QuicDriver:
 
     def _transmit(self) -> None:
         quic = self.quic
-        now = self._loop.time()
-        datagrams = quic.datagrams_to_send(now=now)
-        # aioquic's pacer keeps a bucket of at most 16 packets' worth of time; on a fast path
-        # that is a few microseconds, so each call releases ~4 packets and the loop would wake
-        # up once per 4 packets. Release what is due within `pacing_slack` now, in one burst
-        # (bounded by max_burst): the rate over a millisecond is unchanged, the wakeups are not.
-        while datagrams and len(datagrams) < self.max_burst:
-            due = quic.get_timer()
-            if due is None or due > now + self.pacing_slack:
-                break
-            more = quic.datagrams_to_send(now=max(now, due))
-            if not more:
-                break
-            datagrams += more
+        datagrams = paced_burst(
+            quic.datagrams_to_send,
+            quic.get_timer,
+            self._loop.time(),
+            self.pacing_slack,
+            self.max_burst,
+        )
         self.endpoint.send_batch(datagrams)
         self._arm_timer(quic.get_timer())
 

@@ -487,6 +487,11 @@ class TunnelQuicConnection(QuicConnection):
     # how the datagram fast path protects a packet (an attribute, so that a test can see the
     # plaintexts it protects on either path)
     _seal = staticmethod(_seal_short)
+    # set by the driver that sends this connection's packets (tunnel/aio/udp.py QuicDriver):
+    # the fast path then releases what the pacer allows within burst_slack seconds, up to
+    # burst_max datagrams, in one call (0: one pass, as aioquic's datagrams_to_send)
+    burst_slack: float = 0.0
+    burst_max: int = 0
 
     def __init__(
         self,
@@ -986,7 +991,33 @@ class TunnelQuicConnection(QuicConnection):
 
     def _send_datagram_packets(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         """aioquic's datagrams_to_send when _only_datagrams_to_send(): the same packets, the
-        same bookkeeping, without the generic builder."""
+        same bookkeeping, without the generic builder. With a `burst_slack`, also what the
+        driver's next calls would send (QuicDriver._transmit: a call at each next time the
+        pacer or a due ACK allows, while within the slack and under `burst_max` datagrams),
+        without the checks and timer computation of a call each."""
+        datagrams = self._datagram_pass(now)
+        horizon = now + self.burst_slack
+        one_rtt = self._one_rtt()
+        assert one_rtt is not None  # _only_datagrams_to_send() checked
+        space = one_rtt.space
+        while datagrams and len(datagrams) < self.burst_max:
+            due = self._pacing_at
+            ack_at = space.ack_at
+            if ack_at is not None and (due is None or ack_at < due):
+                due = ack_at
+            if due is None or due > horizon or due <= now:
+                break
+            now = self._tunnel_now = due
+            more = self._datagram_pass(now)
+            if not more:
+                break
+            datagrams += more
+        addr = self._network_paths[0].addr
+        return [(datagram, addr) for datagram in datagrams]
+
+    def _datagram_pass(self, now: float) -> list[bytes]:
+        """One call's worth of _send_datagram_packets: packets until the pacer, the window or
+        the queue stops them, registered as sent at `now`."""
         network_path = self._network_paths[0]
         loss = self._loss
         pacer = loss._pacer
@@ -1125,9 +1156,8 @@ class TunnelQuicConnection(QuicConnection):
             if packet.is_ack_eliciting and not self._ack_eliciting_sent_since_receipt:
                 self._close_at = now + self._idle_timeout()
                 self._ack_eliciting_sent_since_receipt = True
-        addr = network_path.addr
         network_path.bytes_sent += sum(len(datagram) for datagram in datagrams)
-        return [(datagram, addr) for datagram in datagrams]
+        return datagrams
 
     def _receive_short_packet(self, data: bytes, addr: NetworkAddress, now: float) -> bool:
         """aioquic's receive_datagram for the common case, a datagram holding one 1-RTT
