@@ -35,11 +35,10 @@ failed over.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from experiments.flows import (
     Flow,
     cpu_columns,
     flow_error,
+    inner_tcp_at,
     run_flow,
     scenario_during,
     sleep_until,
@@ -68,7 +68,6 @@ from experiments.schemas import (
     CPU_COLUMNS,
     FAILOVER,
     FAILOVER_TIMESERIES,
-    INNER_TCP_COLUMNS,
     tables,
 )
 from experiments.traffic import Samples, delivery_gap, goodput_mbps, pad_bins, resample
@@ -418,26 +417,6 @@ def measure(
         for i, v in enumerate(resample(bins, interval, out_interval))
     ]
     return {"failover": [row], "failover_timeseries": series}
-
-
-def inner_tcp_at(samples: Sequence[Sequence[float]]) -> Callable[[float], Row]:
-    """The time series' inner TCP columns at time t from the sender's tcp_info samples
-    ([t_s, cwnd, rtt_ms, retransmits], experiments/traffic.py): the latest sample at or
-    before t (empty columns before the first, and for UDP, which has none)."""
-    times = [float(s[0]) for s in samples]
-
-    def at(t: float) -> Row:
-        i = bisect.bisect_right(times, t + 1e-9) - 1
-        if i < 0:
-            return dict.fromkeys(INNER_TCP_COLUMNS)
-        _, cwnd, rtt, retransmits = samples[i]
-        return {
-            "inner_cwnd_segments": int(cwnd),
-            "inner_rtt_ms": round(float(rtt), 3),
-            "inner_retransmits": int(retransmits),
-        }
-
-    return at
 
 
 # -- the table --------------------------------------------------------------------------------

@@ -24,19 +24,20 @@ measurement (from the origin plus the meter's `skip_s` to the sender's deadline)
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from experiments.procstat import CpuMeter, saturation
-from experiments.runner import Context, Point
-from experiments.schemas import CPU_PROCESSES
+from experiments.runner import Context, Point, Row
+from experiments.schemas import CPU_PROCESSES, INNER_TCP_COLUMNS
 from experiments.traffic import SAMPLE_INTERVAL_S, Samples
 from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
@@ -233,3 +234,23 @@ def scenario_during(
 def flow_error(recv: Samples, sent: dict[str, Any]) -> str:
     """What went wrong on either side of a flow ("" if nothing), for a row's detail column."""
     return "; ".join(x for x in (recv.error, sent.get("error")) if x)
+
+
+def inner_tcp_at(samples: Sequence[Sequence[float]]) -> Callable[[float], Row]:
+    """The time series' inner TCP columns at time t from the sender's tcp_info samples
+    ([t_s, cwnd, rtt_ms, retransmits], experiments/traffic.py): the latest sample at or
+    before t (empty columns before the first, and for UDP, which has none)."""
+    times = [float(s[0]) for s in samples]
+
+    def at(t: float) -> Row:
+        i = bisect.bisect_right(times, t + 1e-9) - 1
+        if i < 0:
+            return dict.fromkeys(INNER_TCP_COLUMNS)
+        _, cwnd, rtt, retransmits = samples[i]
+        return {
+            "inner_cwnd_segments": int(cwnd),
+            "inner_rtt_ms": round(float(rtt), 3),
+            "inner_retransmits": int(retransmits),
+        }
+
+    return at

@@ -9,8 +9,11 @@ For each mode, transport (TCP with Cubic, TCP with BBR, UDP at a constant rate) 
 of the sweep: the WiFi access gets `loss_pct` random loss in each direction (a lossy access
 loses both ways), half the RTT of delay each way and `rate_mbit`; one flow to c1
 (experiments/traffic.py) runs `duration_s`; the row is the receiver's mean goodput after
-`warmup_s`, with the CPU of every process over the same window (flows.cpu_columns). The
-congestion control `cc` is the inner TCP's, set on c1, conc and srv1.
+`warmup_s`, with the CPU of every process over the same window (flows.cpu_columns) and the
+inner TCP's retransmissions; goodput_timeseries.csv has the flow every
+`timeseries_interval_s` with the sender's congestion window, RTT and retransmissions then (what
+a slow run did: a stall, a start that ended early). The congestion control `cc` is the inner
+TCP's, set on c1, conc and srv1.
 
 Modes: the baselines "plain" and "wireguard", and every table of the `qtun` parameter (the
 shipped config's [goodput.qtun.tunnel|session|stream], variants.QtunVariant). A qtun mode's
@@ -44,7 +47,14 @@ from pathlib import Path
 from typing import Any
 
 from experiments import variants
-from experiments.flows import Flow, cpu_columns, flow_error, run_flow, scenario_during
+from experiments.flows import (
+    Flow,
+    cpu_columns,
+    flow_error,
+    inner_tcp_at,
+    run_flow,
+    scenario_during,
+)
 from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
@@ -56,8 +66,8 @@ from experiments.runner import (
     Row,
     shipped_config,
 )
-from experiments.schemas import GOODPUT, tables
-from experiments.traffic import goodput_mbps, pad_bins
+from experiments.schemas import GOODPUT, GOODPUT_TIMESERIES, tables
+from experiments.traffic import Samples, goodput_mbps, pad_bins, resample
 from experiments.variants import CLIENT, Modes, QtunVariant
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
@@ -86,6 +96,8 @@ DEFAULTS: Params = {
     "rate_mbit": 50.0,
     "udp_rate_mbit": 20.0,
     "udp_size_bytes": 1000,
+    # the goodput_timeseries table's step (a whole multiple of the 10 ms sampling)
+    "timeseries_interval_s": 0.1,
     "backend": "auto",
     "verify_fidelity": True,
     "qtun": dict(SHIPPED["qtun"]),
@@ -107,6 +119,10 @@ QUICK: Params = {
     "rtt_ms": [50.0],
     "duration_s": 4.0,
 }
+
+
+# what identifies a point's rows in goodput_timeseries (the time series' own columns follow)
+SERIES_KEY = GOODPUT_TIMESERIES.columns[: GOODPUT_TIMESERIES.columns.index("t_s")]
 
 
 @dataclass
@@ -306,25 +322,43 @@ def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
     cpu = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]))
     during = scenario_during(lab, ctx, point, CLIENT) if ctx.scenario is not None else None
     recv, sent = run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
-    bins = pad_bins(recv.bins, recv.interval_s, flow.duration_s)
-    goodput = goodput_mbps(bins, recv.interval_s, float(p["warmup_s"]), flow.duration_s)
+    return PointResult(rows=measure(point, p, recv, sent, cpu_columns(cpu)))
+
+
+def measure(
+    point: Point, params: Params, recv: Samples, sent: dict[str, Any], cpu: Row
+) -> dict[str, list[Row]]:
+    """A point's rows from its flow's samples: the goodput after warmup_s, and the flow every
+    timeseries_interval_s (with the inner TCP's state for TCP)."""
+    duration = float(params["duration_s"])
+    bins = pad_bins(recv.bins, recv.interval_s, duration)
+    tcp = point["transport"] == "tcp"
     lost = None
-    if point["transport"] == "udp" and "sent" in sent:
+    if not tcp and "sent" in sent:
         lost = int(sent["sent"]) - recv.unique
     row: Row = {
         **point.values,
-        "goodput_mbps": goodput,
-        "rate_mbit": float(p["rate_mbit"]),
+        "goodput_mbps": goodput_mbps(bins, recv.interval_s, float(params["warmup_s"]), duration),
+        "rate_mbit": float(params["rate_mbit"]),
         "packets_lost": lost,
+        "inner_retransmits": sent.get("retransmits") if tcp else None,
         "detail": flow_error(recv, sent),
-        **cpu_columns(cpu),
+        **cpu,
     }
-    return PointResult(rows={"goodput": [row]})
+    step = float(params["timeseries_interval_s"])
+    inner = inner_tcp_at(sent.get("tcp_info") or [])
+    key = {column: point.values.get(column) for column in SERIES_KEY}
+    series = [
+        {**key, "t_s": round(i * step, 6), "goodput_mbps": round(value, 4), **inner(i * step)}
+        for i, value in enumerate(resample(bins, recv.interval_s, step))
+    ]
+    return {"goodput": [row], "goodput_timeseries": series}
 
 
 def summary_table(run_dir: Path) -> str:
-    """Mean goodput per mode / outer CC / loss hiding / transport (rows) and loss x RTT
-    (columns), and the points where a process saturated a core."""
+    """Median goodput over the runs per mode / outer CC / loss hiding / transport (rows) and
+    loss x RTT (columns), as the figures show it, and the points where a process saturated a
+    core."""
     import pandas as pd
 
     path = run_dir / "goodput.csv"
@@ -338,7 +372,7 @@ def summary_table(run_dir: Path) -> str:
     parts = [df["mode"], df["outer_cc"].astype(str), hiding, df["transport"], df["cc"].astype(str)]
     df["what"] = [" ".join(p for p in words if p) for words in zip(*parts, strict=True)]
     table = df.pivot_table(
-        index="what", columns=["loss_pct", "rtt_ms"], values="goodput_mbps", aggfunc="mean"
+        index="what", columns=["loss_pct", "rtt_ms"], values="goodput_mbps", aggfunc="median"
     )
     text = str(table.round(1))
     if "cpu_saturated" in df.columns:
@@ -354,7 +388,7 @@ EXPERIMENT = Experiment(
     name="goodput",
     defaults=DEFAULTS,
     quick=QUICK,
-    tables=tables(GOODPUT),
+    tables=tables(GOODPUT, GOODPUT_TIMESERIES),
     key_columns=("mode", "outer_cc", "loss_hiding", "transport", "cc", "loss_pct", "rtt_ms", "run"),
     points=points,
     run_point=run_point,

@@ -148,10 +148,40 @@ GOODPUT = Table(
         "goodput_mbps",
         "rate_mbit",
         "packets_lost",
+        # TCP: the segments the sender's kernel retransmitted over the flow (TCP_INFO); empty
+        # for UDP
+        "inner_retransmits",
         "detail",
         *CPU_COLUMNS,
     ),
-    optional=("outer_cc", "loss_hiding", "rate_mbit", "packets_lost", "detail", *CPU_COLUMNS),
+    optional=(
+        "outer_cc",
+        "loss_hiding",
+        "rate_mbit",
+        "packets_lost",
+        "inner_retransmits",
+        "detail",
+        *CPU_COLUMNS,
+    ),
+)
+# Each point's flow over time, every timeseries_interval_s: what a slow run did (a stall, a
+# slow start that ended early), with the inner TCP's state as in FAILOVER_TIMESERIES.
+GOODPUT_TIMESERIES = Table(
+    "goodput_timeseries",
+    (
+        "mode",
+        "outer_cc",
+        "loss_hiding",
+        "transport",
+        "cc",
+        "loss_pct",
+        "rtt_ms",
+        "run",
+        "t_s",
+        "goodput_mbps",
+        *INNER_TCP_COLUMNS,
+    ),
+    optional=("outer_cc", "loss_hiding", *INNER_TCP_COLUMNS),
 )
 AGGREGATION = Table(
     "aggregation",
@@ -379,6 +409,7 @@ TABLES: dict[str, Table] = {
         FAILOVER_TIMESERIES,
         OVERHEAD,
         GOODPUT,
+        GOODPUT_TIMESERIES,
         AGGREGATION,
         SCALE,
         LATENCY,

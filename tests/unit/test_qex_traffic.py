@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from experiments import goodput
 from experiments.failover import FAILOVER_COLUMNS, TIMESERIES_COLUMNS, measure
 from experiments.flows import TRAFFIC_SCRIPT as TRAFFIC
 from experiments.flows import Flow, flow_argv
 from experiments.runner import Point
+from experiments.schemas import GOODPUT, GOODPUT_TIMESERIES
 from experiments.traffic import (
     Samples,
     delivery_gap,
@@ -258,3 +260,41 @@ def test_flow_argv_of_each_kind(tmp_path: Path) -> None:
     send, recv = flow_argv(udp, 0.0, recv_out, send_out)
     assert send[2] == "udp-send" and send[send.index("--size") + 1] == "64"
     assert recv[2] == "udp-recv" and recv[recv.index("--out") + 1] == str(recv_out)
+
+
+def test_a_goodput_point_gives_its_row_and_its_flow_over_time() -> None:
+    point = Point(
+        {
+            "mode": "tunnel",
+            "outer_cc": "bbr",
+            "loss_hiding": "off",
+            "transport": "tcp",
+            "cc": "bbr",
+            "loss_pct": 2.0,
+            "rtt_ms": 100.0,
+            "run": 3,
+        }
+    )
+    params = {"duration_s": 5.0, "warmup_s": 1.0, "rate_mbit": 50.0, "timeseries_interval_s": 0.5}
+    recv = Samples("tcp", 0.0, STEP, bins_with_gaps(500, (2.0, 3.0)))  # 1000 B per 10 ms
+    sent = {"retransmits": 12, "tcp_info": [[0.0, 10, 101.0, 0], [1.0, 80, 140.5, 5]]}
+    cpu = {"cpu_client_pct": 40.0, "cpu_saturated": False}
+    tables = goodput.measure(point, params, recv, sent, cpu)
+    (row,) = tables["goodput"]
+    assert set(row) <= set(GOODPUT.columns)
+    assert row["inner_retransmits"] == 12 and row["cpu_client_pct"] == 40.0
+    # 1 .. 5 s: 3 of 4 seconds at 0.8 Mbit/s (the second 2 .. 3 carried nothing)
+    assert row["goodput_mbps"] == pytest.approx(0.6)
+    series = tables["goodput_timeseries"]
+    assert [list(r) for r in series[:1]] == [list(GOODPUT_TIMESERIES.columns)]
+    assert [r["t_s"] for r in series] == [0.5 * i for i in range(10)]
+    assert [r["goodput_mbps"] for r in series[3:7]] == [0.8, 0.0, 0.0, 0.8]
+    assert (series[2]["inner_cwnd_segments"], series[2]["inner_rtt_ms"]) == (80, 140.5)
+    assert {(r["mode"], r["run"], r["rtt_ms"]) for r in series} == {("tunnel", 3, 100.0)}
+    # UDP: no inner TCP, the loss counted from what was sent
+    udp = Point({**point.values, "transport": "udp", "cc": ""})
+    recv.unique = 90
+    tables = goodput.measure(udp, params, recv, {"sent": 100}, cpu)
+    assert tables["goodput"][0]["packets_lost"] == 10
+    assert tables["goodput"][0]["inner_retransmits"] is None
+    assert tables["goodput_timeseries"][0]["inner_cwnd_segments"] is None
