@@ -25,7 +25,7 @@ from typing import Any, Final, NamedTuple
 
 from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
-from aioquic._crypto import AEAD, CryptoError, HeaderProtection
+from aioquic._crypto import AEAD, AEAD_NONCE_LENGTH, CryptoError, HeaderProtection
 from aioquic.buffer import encode_uint_var, size_uint_var
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -75,6 +75,7 @@ from aioquic.quic.recovery import (
 from aioquic.quic.stream import QuicStream, StreamFinishedError
 from aioquic.tls import SessionTicket
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 
 from tunnel.policy.tickets import TicketIdentity, TicketStore
 from tunnel.protocol.bbr import BbrCongestionControl
@@ -306,7 +307,8 @@ def _check_aioquic_internals() -> None:
     missing += [f"crypto.{n}" for n in _REQUIRED_CRYPTO_FIELDS if not hasattr(crypto, n)]
     missing += [f"send.{n}" for n in _REQUIRED_CONTEXT_FIELDS if not hasattr(crypto.send, n)]
     missing += [f"HeaderProtection.{n}" for n in ("_mask",) if not hasattr(HeaderProtection, n)]
-    missing += [f"AEAD.{n}" for n in ("encrypt", "decrypt") if not hasattr(AEAD, n)]
+    probe_aead = AEAD(b"aes-128-gcm", bytes(16), bytes(AEAD_NONCE_LENGTH))
+    missing += [f"AEAD.{n}" for n in ("_aead", "_iv") if not hasattr(probe_aead, n)]
     missing += [
         f"_pacer.{n}"
         for n in ("next_send_time", "update_after_send")
@@ -341,7 +343,11 @@ def _seal_short(pair: CryptoPair, header: bytes, payload: bytes, packet_number: 
     send = pair.send
     aead, hp = send.aead, send.hp
     assert aead is not None and hp is not None, "Encryption key is not available"  # as aioquic
-    protected = aead.encrypt(payload, header, packet_number)
+    # AEAD.encrypt's own steps (RFC 9001 §5.3: the nonce is the IV XOR the packet number),
+    # without its wrapper's call: about half of what the call cost
+    protected = aead._aead.encrypt(
+        (aead._iv ^ packet_number).to_bytes(AEAD_NONCE_LENGTH, "big"), payload, header
+    )
     start = _SAMPLE_OFFSET - PACKET_NUMBER_SEND_SIZE
     mask = hp._mask(protected[start : start + _SAMPLE_SIZE])
     return b"".join(
@@ -384,7 +390,12 @@ def _open_short(
         (bytes((first_byte,)), data[1:pn_offset], truncated.to_bytes(pn_length, "big"))
     )
     packet_number = decode_packet_number(truncated, pn_length * 8, expected_packet_number)
-    return plain_header, aead.decrypt(data[end:], plain_header, packet_number), packet_number
+    nonce = (aead._iv ^ packet_number).to_bytes(AEAD_NONCE_LENGTH, "big")
+    try:
+        payload = aead._aead.decrypt(nonce, data[end:], plain_header)
+    except InvalidTag as exc:
+        raise CryptoError(str(exc)) from None  # as AEAD.decrypt
+    return plain_header, payload, packet_number
 
 
 FAST_DATAGRAM_PATH = True
