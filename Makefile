@@ -39,9 +39,9 @@ build/qtwire: testbed/wire/qtwire.c
 # The TUN offloads both qtun programs load (issue 14): the TCP segmenter of reads with
 # segmentation offload (tunnel/wire/tcp_tso.c) and the merge of TCP writes (tcp_gro.c); without
 # the library a TUN is opened without offloads.
-build/libqtoffload.so: tunnel/wire/tcp_tso.c tunnel/wire/tcp_gro.c
+build/libqtoffload.so: tunnel/wire/tcp_tso.c tunnel/wire/tcp_gro.c tunnel/wire/checksum.h
 	@mkdir -p build
-	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ $^
+	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ $(filter %.c,$^)
 
 # Configured vs measured delay, loss and rate of the shaper: results/fidelity/<timestamp>/.
 fidelity: venv $(NATIVE)

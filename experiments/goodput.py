@@ -46,15 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments import variants
-from experiments.flows import (
-    Flow,
-    cpu_columns,
-    flow_error,
-    inner_tcp_at,
-    run_flow,
-    scenario_during,
-)
+from experiments import flows, variants
 from experiments.procstat import CpuMeter
 from experiments.runner import (
     Context,
@@ -308,7 +300,7 @@ def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
         for node in state.cc_nodes():
             lab.set_congestion_control(node, point["cc"])
     state.port += 1
-    flow = Flow(
+    flow = flows.Flow(
         sender=route.sender,
         bind=route.address,
         receiver=CLIENT,
@@ -320,9 +312,9 @@ def run_point(ctx: Context[GoodputState], point: Point) -> PointResult:
         udp_size_bytes=int(p["udp_size_bytes"]),
     )
     cpu = CpuMeter(carrier.programs, skip_s=float(p["warmup_s"]))
-    during = scenario_during(lab, ctx, point, CLIENT) if ctx.scenario is not None else None
-    recv, sent = run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
-    return PointResult(rows=measure(point, p, recv, sent, cpu_columns(cpu)))
+    during = flows.scenario_during(lab, ctx, point, CLIENT) if ctx.scenario is not None else None
+    recv, sent = flows.run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
+    return PointResult(rows=measure(point, p, recv, sent, flows.cpu_columns(cpu)))
 
 
 def measure(
@@ -342,11 +334,11 @@ def measure(
         "rate_mbit": float(params["rate_mbit"]),
         "packets_lost": lost,
         "inner_retransmits": sent.get("retransmits") if tcp else None,
-        "detail": flow_error(recv, sent),
+        "detail": flows.flow_error(recv, sent),
         **cpu,
     }
     step = float(params["timeseries_interval_s"])
-    inner = inner_tcp_at(sent.get("tcp_info") or [])
+    inner = flows.inner_tcp_at(sent.get("tcp_info") or [])
     key = {column: point.values.get(column) for column in SERIES_KEY}
     series = [
         {**key, "t_s": round(i * step, 6), "goodput_mbps": round(value, 4), **inner(i * step)}

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "checksum.h"
+
 #define VNET_HEADER 10
 #define F_NEEDS_CSUM 1
 #define GSO_TCPV4 1
@@ -55,36 +57,6 @@ struct active {
 static uint32_t get32(const uint8_t *at)
 {
     return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
-}
-
-static uint16_t get16(const uint8_t *at)
-{
-    return (uint16_t)(at[0] << 8 | at[1]);
-}
-
-static void put16(uint8_t *at, uint16_t value)
-{
-    at[0] = (uint8_t)(value >> 8);
-    at[1] = (uint8_t)value;
-}
-
-static uint32_t sum16(const uint8_t *data, size_t len, uint32_t sum)
-{
-    while (len > 1) {
-        sum += (uint32_t)data[0] << 8 | data[1];
-        data += 2;
-        len -= 2;
-    }
-    if (len)
-        sum += (uint32_t)data[0] << 8;
-    return sum;
-}
-
-static uint16_t fold(uint32_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)sum;
 }
 
 /* A TCP data segment GRO may merge: its header lengths, payload length and flow key. */

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "checksum.h"
+
 #define F_NEEDS_CSUM 1
 #define GSO_NONE 0
 #define GSO_TCPV4 1
@@ -34,36 +36,6 @@ enum {
     ERR_SPACE = -3,     /* more segments or bytes than the caller's buffers hold */
     ERR_CSUM = -4,      /* csum_start / csum_offset outside the packet */
 };
-
-static uint32_t sum16(const uint8_t *data, size_t len, uint32_t sum)
-{
-    while (len > 1) {
-        sum += (uint32_t)data[0] << 8 | data[1];
-        data += 2;
-        len -= 2;
-    }
-    if (len)
-        sum += (uint32_t)data[0] << 8;
-    return sum;
-}
-
-static uint16_t fold(uint32_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)sum;
-}
-
-static void put16(uint8_t *at, uint16_t value)
-{
-    at[0] = (uint8_t)(value >> 8);
-    at[1] = (uint8_t)value;
-}
-
-static uint16_t get16(const uint8_t *at)
-{
-    return (uint16_t)(at[0] << 8 | at[1]);
-}
 
 /* A checksum field's value: the complement of the folded sum, never 0 (0 means "none" in
  * UDP; the kernel stores CSUM_MANGLED_0 the same way, and TCP reads both alike). */
