@@ -1,7 +1,7 @@
 """CPU per DATAGRAM of the outer QUIC connection, aioquic's generic path against the fast path.
 
     .venv/bin/python -m experiments.bench_datagram_path [--runs N] [--datagrams N] [--size B]
-        [--batch N] [--step S] [--cc reno|cubic|bbr|none] [--replies N] [--profile]
+        [--batch N] [--step S] [--cc reno|cubic|bbr|none] [--replies N] [--burst] [--profile]
 
 Offline, in memory, no sockets: a client and a concentrator TunnelQuicConnection (1452-byte
 QUIC packets, as the programs use) after their handshake, a fake clock that moves `--step`
@@ -13,7 +13,9 @@ recovery on both ends — is divided by the datagrams delivered: µs of CPU per 
 received, the two programs' QUIC share of a tunnel packet together. With `--replies N` the
 concentrator answers every N datagrams with a 60-byte one (an inner TCP ACK, roughly): packets
 both ways then carry DATAGRAM and ACK frames together, as in a tunnelled TCP transfer; the
-replies count as datagrams.
+replies count as datagrams. With `--burst` each end sends as the programs' QuicDriver does:
+what the pacer allows within 1 ms (up to 64 datagrams) at once (tunnel/aio/udp.py paced_burst;
+the fast path does it inside one call, burst_slack).
 
 Each run measures both paths (tunnel.protocol.quic_ext.FAST_DATAGRAM_PATH off, then on, in
 alternating order so that a noisy neighbour hits both alike); the figures are the median and
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 
 from aioquic.quic.events import DatagramFrameReceived
 
+from tunnel.aio.udp import DEFAULT_MAX_BURST, DEFAULT_PACING_SLACK, paced_burst
 from tunnel.protocol import quic_ext
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, TunnelQuicConnection
 
@@ -52,6 +55,7 @@ class Pair:
     received: int = 0
     replies_every: int = 0  # the server sends REPLY for every this many received (0: none)
     replied: int = 0
+    slack: float = 0.0  # what paced_burst releases at once (0: one datagrams_to_send)
 
 
 def _pump(pair: Pair) -> None:
@@ -67,7 +71,10 @@ def _pump(pair: Pair) -> None:
             timer = sender.get_timer()
             if timer is not None and timer <= now:
                 sender.handle_timer(now=now)
-            for data, _ in sender.datagrams_to_send(now=now):
+            burst = paced_burst(
+                sender.datagrams_to_send, sender.get_timer, now, pair.slack, DEFAULT_MAX_BURST
+            )
+            for data, _ in burst:
                 receiver.receive_datagram(data, addr, now=now)
                 busy = True
         while (event := server.next_event()) is not None:
@@ -108,13 +115,25 @@ def connected_pair(cc: str) -> Pair:
 
 
 def one_run(
-    *, fast: bool, datagrams: int, size: int, batch: int, step: float, cc: str, replies: int
+    *,
+    fast: bool,
+    datagrams: int,
+    size: int,
+    batch: int,
+    step: float,
+    cc: str,
+    replies: int,
+    burst: bool = False,
 ) -> tuple[float, int]:
     """CPU seconds and datagrams delivered for `datagrams` sent client -> server (and the
     replies, which count as datagrams too)."""
     quic_ext.FAST_DATAGRAM_PATH = fast
     pair = connected_pair(cc)
     pair.replies_every = replies
+    if burst:
+        pair.slack = DEFAULT_PACING_SLACK
+        for quic in (pair.client, pair.server):
+            quic.burst_slack, quic.burst_max = DEFAULT_PACING_SLACK, DEFAULT_MAX_BURST
     payload = bytes(size)
     sent = 0
     cpu = 0.0
@@ -148,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="the concentrator answers every N datagrams with a 60-byte one (0: never)",
     )
+    parser.add_argument(
+        "--burst", action="store_true", help="send as the programs do: paced_burst, 1 ms"
+    )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     params = dict(
@@ -157,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         step=args.step,
         cc=args.cc,
         replies=args.replies,
+        burst=args.burst,
     )
     if args.profile:
         for fast in (False, True):
@@ -176,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             figures[fast].append(cpu / received * 1e6)
     answered = f", a {len(REPLY)}-byte reply per {args.replies}" if args.replies else ""
+    answered += ", paced bursts of 1 ms" if args.burst else ""
     print(
         f"{args.datagrams} datagrams of {args.size} B per run{answered}, {args.runs} runs, "
         f"cc {args.cc}: µs of CPU per datagram sent and received (both ends)"
