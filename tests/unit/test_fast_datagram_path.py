@@ -469,7 +469,10 @@ def receive_forged(fast: bool, steps: list[Any]) -> tuple[Any, ...]:
 def test_a_received_packet_has_the_same_effect_on_both_paths(case: str) -> None:
     generic = receive_forged(False, CASES[case])
     fast = receive_forged(True, CASES[case])
-    assert generic[0] == 0 and fast[0] > 0  # the fast path took the packet
+    assert generic[0] == 0
+    # the fast path takes every packet it can decrypt, and leaves one it cannot (it may be a
+    # stateless reset: RFC 9000 §10.3.1 lets only a processed packet skip that check)
+    assert fast[0] == 0 if case == "tampered" else fast[0] > 0
     assert fast[1:] == generic[1:]
 
 

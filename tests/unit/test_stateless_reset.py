@@ -149,6 +149,24 @@ def test_client_ends_the_connection_on_a_reset_and_sends_nothing_after() -> None
     assert client.datagrams_to_send(now=now + 0.1) == []
 
 
+def test_a_reset_that_carries_our_connection_id_still_ends_the_connection() -> None:
+    """A reset's bytes before its token are random, so they may read as a packet for the
+    client's own connection ID: the datagram fast path then tries it, cannot decrypt it, and
+    leaves it to the reset check (it skips the check only for a packet it processed)."""
+    client, _, now = _connected(KEY)
+    assert client._handshake_confirmed and client.fast_datagram_path
+    reset = build_reset(reset_token(KEY, client._peer_cid.cid), 1200, os.urandom)
+    assert reset is not None
+    cid = client.host_cid
+    looks_ours = bytes((0x40 | reset[0] & 0x3F,)) + cid + reset[1 + len(cid) :]
+    assert is_reset(looks_ours, (reset[-TOKEN_SIZE:],))
+    taken = client._receive_short_packet(looks_ours, SERVER_ADDR, now)
+    assert taken is False  # undecryptable: not the fast path's to drop
+    client.receive_datagram(looks_ours, SERVER_ADDR, now)
+    (closed,) = [e for e in iter(client.next_event, None) if isinstance(e, ConnectionTerminated)]
+    assert closed.reason_phrase == STATELESS_RESET_REASON
+
+
 # -- QuicServer on loopback ----------------------------------------------------------------
 
 

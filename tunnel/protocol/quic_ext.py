@@ -1174,8 +1174,9 @@ class TunnelQuicConnection(QuicConnection):
         """aioquic's receive_datagram for the common case, a datagram holding one 1-RTT
         packet from the active path to the connection ID in use, once the handshake is
         confirmed; the same steps without the checks that only other packets need (long
-        headers, versions, retry, handshake keys, logging). False: not that case, nothing
-        done (the generic path takes it)."""
+        headers, versions, retry, handshake keys, logging). False: not that case, or a packet
+        it cannot decrypt (perhaps a stateless reset, which receive_datagram looks for then);
+        nothing done that the generic path, which takes it, would not do the same."""
         if self._quic_logger is not None or self._state is not QuicConnectionState.CONNECTED:
             return False
         cid_length = len(self.host_cid)
@@ -1214,7 +1215,9 @@ class TunnelQuicConnection(QuicConnection):
                 crypto, data, 1 + cid_length, space.expected_packet_number
             )
         except CryptoError:
-            return True  # dropped, as aioquic drops it
+            # not ours to decide: it may be a stateless reset (receive_datagram checks it),
+            # else aioquic's own path drops it
+            return False
         # RFC 9000 §12.3: duplicates are discarded
         if packet_number in space.received_packets:
             return True
@@ -1439,6 +1442,11 @@ class TunnelQuicConnection(QuicConnection):
         no packet may be sent after it), with a ConnectionTerminated event. Only a reset from
         the concentrator's address counts: the client sends to no other, and a token that
         leaked must not let anyone anywhere end the connection (RFC 9000 §21.11)."""
+        # A 1-RTT packet on the active path, decrypted and processed: no migration in it, and
+        # no reset to look for (§10.3.1: "Endpoints MAY skip this check if any packet from a
+        # datagram is successfully processed").
+        if self.fast_datagram_path and self._receive_short_packet(data, addr, now):
+            return
         if self._is_client and self._state not in END_STATES:
             token = self._peer_cid.stateless_reset_token
             from_server = any(path.addr == addr for path in self._network_paths)
@@ -1450,8 +1458,6 @@ class TunnelQuicConnection(QuicConnection):
                 )
                 self._close_end()
                 return
-        if self.fast_datagram_path and self._receive_short_packet(data, addr, now):
-            return  # a 1-RTT packet on the active path: no migration in it
         before = self._network_paths[0].addr if self._network_paths else None
         super().receive_datagram(data, addr, now)
         # A server learns of a migration when aioquic promotes the client's new address
