@@ -174,9 +174,9 @@ class TunDevice:
 
     With a `coalescer` (offload) every read and write carries a virtio_net_hdr, and
     `write_batch` merges a flow's consecutive TCP segments into one write (tcp_gro). Reads have
-    the header stripped;
-    with a `segmenter` (tso) the kernel may hand over TCP super-packets and packets without
-    their checksum, which `read_batch` cuts into whole, checksummed packets (tcp_tso)."""
+    the header stripped; with a `segmenter` (tso) the kernel may hand over TCP super-packets
+    and packets without their checksum, which `read_batch` cuts into whole, checksummed
+    packets (tcp_tso)."""
 
     def __init__(
         self,
