@@ -48,7 +48,7 @@ from experiments.flows import (
     Flow,
     cpu_columns,
     flow_error,
-    inner_tcp_at,
+    flow_series,
     run_flow,
     scenario_during,
     sleep_until,
@@ -70,7 +70,7 @@ from experiments.schemas import (
     FAILOVER_TIMESERIES,
     tables,
 )
-from experiments.traffic import Samples, delivery_gap, goodput_mbps, pad_bins, resample
+from experiments.traffic import Samples, delivery_gap, goodput_mbps, pad_bins
 from experiments.variants import BASELINES, CLIENT, Carrier, QtunVariant, wireguard_missing
 from testbed.fidelity import verify_accesses
 from testbed.lab import Lab
@@ -405,17 +405,8 @@ def measure(
     if goodput_mbps(bins, interval, max(1.0, down - 10), down) == 0:
         # Not a failover result: the flow had stopped before anything failed.
         row["detail"] = "; ".join(x for x in (row["detail"], "no delivery before the outage") if x)
-    out_interval = float(p["timeseries_interval_s"])
-    inner = inner_tcp_at(sent.get("tcp_info") or [])
-    series = [
-        {
-            **key,
-            "t_s": round(i * out_interval, 6),
-            "goodput_mbps": round(v, 4),
-            **inner(i * out_interval),
-        }
-        for i, v in enumerate(resample(bins, interval, out_interval))
-    ]
+    step = float(p["timeseries_interval_s"])
+    series = flow_series(key, bins, interval, step, sent.get("tcp_info") or [])
     return {"failover": [row], "failover_timeseries": series}
 
 

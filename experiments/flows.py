@@ -38,7 +38,7 @@ from typing import Any
 from experiments.procstat import CpuMeter, saturation
 from experiments.runner import Context, Point, Row
 from experiments.schemas import CPU_PROCESSES, INNER_TCP_COLUMNS
-from experiments.traffic import SAMPLE_INTERVAL_S, Samples
+from experiments.traffic import SAMPLE_INTERVAL_S, Samples, resample
 from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
 from testbed.scenario_player import CarrierHook, play
@@ -254,3 +254,16 @@ def inner_tcp_at(samples: Sequence[Sequence[float]]) -> Callable[[float], Row]:
         }
 
     return at
+
+
+def flow_series(
+    key: Row, bins: Sequence[int], interval_s: float, step_s: float, tcp_info: Sequence[Any]
+) -> list[Row]:
+    """A flow every `step_s` (a whole multiple of the sampling `interval_s`): `key`, t_s, the
+    goodput then and the inner TCP's state (inner_tcp_at; empty for UDP). The rows of
+    failover_timeseries and goodput_timeseries."""
+    inner = inner_tcp_at(tcp_info)
+    return [
+        {**key, "t_s": round(i * step_s, 6), "goodput_mbps": round(value, 4), **inner(i * step_s)}
+        for i, value in enumerate(resample(bins, interval_s, step_s))
+    ]

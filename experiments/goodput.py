@@ -59,7 +59,7 @@ from experiments.runner import (
     shipped_config,
 )
 from experiments.schemas import GOODPUT, GOODPUT_TIMESERIES, tables
-from experiments.traffic import Samples, goodput_mbps, pad_bins, resample
+from experiments.traffic import Samples, goodput_mbps, pad_bins
 from experiments.variants import CLIENT, Modes, QtunVariant
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
@@ -337,13 +337,9 @@ def measure(
         "detail": flows.flow_error(recv, sent),
         **cpu,
     }
-    step = float(params["timeseries_interval_s"])
-    inner = flows.inner_tcp_at(sent.get("tcp_info") or [])
     key = {column: point.values.get(column) for column in SERIES_KEY}
-    series = [
-        {**key, "t_s": round(i * step, 6), "goodput_mbps": round(value, 4), **inner(i * step)}
-        for i, value in enumerate(resample(bins, recv.interval_s, step))
-    ]
+    step = float(params["timeseries_interval_s"])
+    series = flows.flow_series(key, bins, recv.interval_s, step, sent.get("tcp_info") or [])
     return {"goodput": [row], "goodput_timeseries": series}
 
 
