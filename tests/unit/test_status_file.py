@@ -21,6 +21,20 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it names every client
 
 
+def test_a_leftover_temporary_file_or_link_is_replaced_not_followed(tmp_path: Path) -> None:
+    # the temporary name is fixed per process: what a dead process of the same pid, or someone
+    # else, left under it is removed, and a link there is never written through
+    path = tmp_path / "status.json"
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / f".status.json.{os.getpid()}.tmp").symlink_to(victim)
+    write_json_atomic(path, {"state": "up"})
+    assert json.loads(path.read_text()) == {"state": "up"}
+    assert victim.read_text() == "untouched"
+    assert sorted(os.listdir(tmp_path)) == ["status.json", "victim"]
+    assert not path.is_symlink()
+
+
 def test_bytes_are_hex(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     write_json_atomic(path, {"session_id": b"\xab\xcd", "set": (1, 2)})
