@@ -274,7 +274,7 @@ def status_counter(dep: QtunDeployment) -> PacketCounter:
     return counts
 
 
-STATUS_WAIT_S = 5.0  # a status file is rewritten every observability.status_interval (1 s)
+STATUS_WAIT_S = 5.0  # for a status file written after the transfer (the program is asked)
 
 
 def dep_roles(dep: QtunDeployment) -> dict[str, str]:
@@ -284,16 +284,15 @@ def dep_roles(dep: QtunDeployment) -> dict[str, str]:
 
 def tun_packets(dep: QtunDeployment, node: str, after: float) -> int:
     """Inner packets the TUN of the program on `node` read plus wrote, from a status file
-    written after `after` (wall clock): polled until there is one."""
-    deadline = time.monotonic() + STATUS_WAIT_S
-    while True:
-        status = dep.status(node)
-        if float(status.get("time", 0)) >= after:
-            tun = status.get("tun", {})
-            return int(tun.get("rx_packets", 0)) + int(tun.get("tx_packets", 0))
-        if time.monotonic() > deadline:
-            raise BenchError(f"{node} wrote no status file for {STATUS_WAIT_S} s")
-        time.sleep(0.05)
+    written after `after` (wall clock)."""
+    status = dep.wait_for(
+        node,
+        lambda s: float(s.get("time", 0)) >= after,
+        STATUS_WAIT_S,
+        "a status file written after the transfer",
+    )
+    tun = status.get("tun", {})
+    return int(tun.get("rx_packets", 0)) + int(tun.get("tx_packets", 0))
 
 
 def measure(

@@ -311,7 +311,7 @@ class _Fuzz:
             "conc_fds": measured[1] if measured else None,
         }
         with contextlib.suppress(Exception):
-            counters = dep.status(dep.concentrator).get("counters", {})
+            counters = dep.fresh_status(dep.concentrator).get("counters", {})
             row["internal_errors"] = int(counters.get("internal_errors", 0))
         row["exceptions_in_log"] = len(scan_log(dep.log_path(dep.concentrator))[1])
         with contextlib.suppress(Exception):

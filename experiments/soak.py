@@ -532,7 +532,7 @@ class _Soak:
                 }
             )
         with contextlib.suppress(Exception):
-            status = self.dep.status(self.dep.concentrator)
+            status = self.dep.fresh_status(self.dep.concentrator)
             count = int(status.get("counters", {}).get("internal_errors", 0))
             self.internal_errors[int(status["pid"])] = count
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 from typing import Any
 
-from tunnel.aio.status import StatusWriter, write_json_atomic
+from tunnel.aio.status import REFRESH_SIGNAL, StatusWriter, write_json_atomic
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -101,3 +102,38 @@ def test_a_burst_of_writes_costs_one_write(tmp_path: Path) -> None:
     assert during == 1
     assert after == 2
     assert json.loads(path.read_text())["reports"] == 1000
+
+
+def test_refresh_signal_writes_now_and_is_ignored_after_close(tmp_path: Path) -> None:
+    # waits in the testbed ask for fresh counters with SIGUSR1 instead of a short interval
+    path = tmp_path / "s.json"
+    state = {"tick": 0}
+
+    def snapshot() -> dict[str, int]:
+        state["tick"] += 1
+        return dict(state)
+
+    async def scenario() -> tuple[int, int]:
+        writer = StatusWriter(path, snapshot, interval=60.0, min_gap=0.0)
+        writer.start()
+        while writer.writes == 0:  # the periodic task's first write
+            await asyncio.sleep(0.001)
+        os.kill(os.getpid(), REFRESH_SIGNAL)
+        for _ in range(2000):  # bounded: the handler runs on the next loop iteration
+            if writer.writes > 1:
+                break
+            await asyncio.sleep(0.001)
+        refreshed = writer.writes
+        await writer.close()
+        os.kill(os.getpid(), REFRESH_SIGNAL)  # would end this process if not ignored now
+        await asyncio.sleep(0)
+        return refreshed, writer.writes
+
+    previous = signal.getsignal(REFRESH_SIGNAL)
+    try:
+        refreshed, final = asyncio.run(scenario())
+    finally:
+        signal.signal(REFRESH_SIGNAL, previous)
+    assert refreshed == 2
+    assert final == 3  # close() wrote the last one; the late signal wrote nothing
+    assert json.loads(path.read_text())["tick"] == 3
