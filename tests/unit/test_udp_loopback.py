@@ -13,6 +13,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import DatagramFrameReceived, QuicEvent, StreamDataReceived
 
 from tunnel.aio.udp import (
+    TIMER_EARLY_TOLERANCE,
     BufferReport,
     EndpointError,
     QuicClient,
@@ -99,6 +100,44 @@ def test_stream_and_datagram_round_trip_and_clean_close(lab_certs: Path) -> None
         await server.close()
         assert server.connections == set()
         assert client.driver.closed
+
+    within(15, scenario)
+
+
+def test_a_timer_woken_early_waits_for_its_deadline(lab_certs: Path) -> None:
+    """uvloop runs a deadline under 0.5 ms away at once. Handing the connection the timer then
+    found nothing due and re-armed the same deadline: a busy loop (45,000 wake-ups a second at
+    a paced 50 Mbit/s). The driver waits instead and acts once, at or after the deadline."""
+    server_cfg, client_cfg = configs(lab_certs)
+
+    async def scenario() -> None:
+        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
+        client = await QuicClient.connect(
+            UdpEndpoint.bind("127.0.0.1"), server.endpoint.local_address, client_cfg
+        )
+        driver, loop = client.driver, asyncio.get_running_loop()
+        calls: list[tuple[float, float]] = []  # (the time given, the loop's time)
+        handle_timer = driver.quic.handle_timer
+
+        def recording(now: float) -> None:
+            calls.append((now, loop.time()))
+            handle_timer(now=now)
+
+        driver.quic.handle_timer = recording  # type: ignore[method-assign]
+        deadline = loop.time() + 0.0004
+        driver._arm_timer(deadline)
+        assert driver._timer is not None
+        driver._timer.cancel()  # the loop's own call, replaced by an early one:
+        driver._handle_timer()
+        assert calls == []
+        while not calls:  # bounded by within()
+            await asyncio.sleep(0.0005)
+        await asyncio.sleep(0.003)
+        assert len(calls) == 1
+        given, at = calls[0]
+        assert given >= deadline and at >= deadline - TIMER_EARLY_TOLERANCE
+        await client.close()
+        await server.close()
 
     within(15, scenario)
 
