@@ -4,6 +4,7 @@ negotiation, connection cap, and the one-sentence errors."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from aioquic.quic.events import DatagramFrameReceived, QuicEvent, StreamDataRece
 
 from tunnel.aio.udp import (
     TIMER_EARLY_TOLERANCE,
+    TIMER_RETRY,
     BufferReport,
     EndpointError,
     QuicClient,
@@ -136,6 +138,41 @@ def test_a_timer_woken_early_waits_for_its_deadline(lab_certs: Path) -> None:
         assert len(calls) == 1
         given, at = calls[0]
         assert given >= deadline and at >= deadline - TIMER_EARLY_TOLERANCE
+        await client.close()
+        await server.close()
+
+    within(15, scenario)
+
+
+def test_a_deadline_still_due_after_its_timer_ran_waits_a_tick(lab_certs: Path) -> None:
+    """An ACK due exactly now waits for the pacer (aioquic's rule), so the connection's next
+    deadline is again now until the clock moves on; uvloop's clock reads whole milliseconds,
+    and the driver ran the timer again and again within one (14,600 times a second in the
+    concentrator at a paced 50 Mbit/s). A connection that is always due now is woken no more
+    than once per tick."""
+    server_cfg, client_cfg = configs(lab_certs)
+
+    async def scenario() -> None:
+        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
+        client = await QuicClient.connect(
+            UdpEndpoint.bind("127.0.0.1"), server.endpoint.local_address, client_cfg
+        )
+        driver, loop = client.driver, asyncio.get_running_loop()
+        calls: list[float] = []
+        handle_timer = driver.quic.handle_timer
+
+        def recording(now: float) -> None:
+            calls.append(loop.time())
+            handle_timer(now=now)
+
+        driver.quic.handle_timer = recording  # type: ignore[method-assign]
+        driver.quic.get_timer = loop.time  # type: ignore[method-assign]  # always due now
+        driver._arm_timer(loop.time())
+        while len(calls) < 5:  # bounded by within()
+            await asyncio.sleep(0.001)
+        gaps = [b - a for a, b in itertools.pairwise(calls)]
+        assert min(gaps) >= TIMER_RETRY / 2
+        driver.quic.get_timer = lambda: None  # type: ignore[method-assign]
         await client.close()
         await server.close()
 
