@@ -125,14 +125,22 @@ def _access_text(access: dict[str, Any]) -> str:
     return " ".join(words)
 
 
+FRESH_STATUS_S = 2.0  # for a program to rewrite its status file when `tunnel` asks
+
+
 def tunnel_summary(deployment: Any) -> str:
-    """One line per qtun program of a deployment: state, accesses, counters that matter."""
+    """One line per qtun program of a deployment: state, accesses, counters that matter. Each
+    program is asked to rewrite its status file first (fresh_status), so this, and an `sh`
+    command reading $QTLAB_STATUS_DIR after it, shows the state of now."""
     from testbed.qtun import QtunError
 
     lines = []
     for node in [deployment.concentrator, *deployment.clients]:
         try:
-            st = deployment.status(node)
+            try:
+                st = deployment.fresh_status(node, FRESH_STATUS_S)
+            except QtunError:  # stopped, or too slow to answer: its last file
+                st = deployment.status(node)
         except QtunError as exc:  # no status file yet, or the program is gone
             lines.append(f"{node}: {exc}")
             continue
@@ -255,8 +263,8 @@ WAIT_POLL_S = 0.05
 
 def wait_for_tunnel(deployment: Any, argument: str) -> str:
     """`tunnel wait REGEX [SECONDS]`: tunnel_summary once it matches REGEX, polled every 50 ms
-    (the status files are rewritten every 0.25 s and on each change), or an error line with the
-    last summary after SECONDS (10 by default, at most 120)."""
+    (each poll asks the programs for fresh status files), or an error line with the last
+    summary after SECONDS (10 by default, at most 120)."""
     import re
 
     pattern, seconds = argument, 10.0
