@@ -15,9 +15,12 @@ not the network, may have set the figure); the summaries count them (`cpu_satura
 the figures mark them (red crosses, hatched bars, a `*` in a heatmap cell, said in the legend).
 Runs written before these columns existed load with `cpu_saturated` false.
 
-Confidence intervals are Student-t intervals on the run means (`mean_ci`): with the handful of
-runs an experiment affords (3-10), a percentile bootstrap is too narrow, and the t quantile is
-computed here (no SciPy in the environment) by integrating the t density.
+The figures draw medians over runs with their exact distribution-free confidence intervals
+(`median_ci`, from the order statistics and the binomial distribution: gaps and goodputs are
+skewed, and one collapsed run of ten must not move a point). With the handful of runs an
+experiment affords (3-10) a percentile bootstrap is too narrow; under 6 runs no 95 % interval
+exists and none is drawn. `mean_ci` (Student-t, its quantile computed here by integrating the
+t density: no SciPy in the environment) stays for the summaries' mean columns.
 """
 
 from __future__ import annotations
@@ -356,11 +359,12 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
 
 
 def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per (variant, event, traffic): runs, runs that recovered, mean gap and its t-CI half-width
-    over the recovered runs, median gap with its exact CI, mean goodput before/during/after,
-    mean goodput during the outage after the gap with its t-CI, that divided by plain-5g's
-    goodput over the outage in the same (event, traffic) (`after_gap_vs_5g`, issue 12; NaN
-    without plain-5g), and the runs where a process saturated a core."""
+    """Per (variant, event, traffic): runs, runs that recovered, the median gap over the
+    recovered runs with its exact CI (what the figures draw; also the mean and its t-CI
+    half-width), the median goodput before/during/after, the median goodput during the outage
+    after the gap with its exact CI, that divided by plain-5g's median goodput over the outage
+    in the same (event, traffic) (`after_gap_vs_5g`, issue 12; NaN without plain-5g), and the
+    runs where a process saturated a core. Exact CIs (median_ci) are NaN under 6 runs at 95 %."""
     rows: list[dict[str, Any]] = []
     after_gap = failover.get("goodput_after_gap_mbps", pd.Series(np.nan, index=failover.index))
     saturated = failover.get("cpu_saturated", pd.Series(False, index=failover.index))
@@ -370,7 +374,7 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
         recovered = group[group["completed"] & group["gap_ms"].notna()]
         mean, half = mean_ci(recovered["gap_ms"], confidence)
         _, median_lo, median_hi = median_ci(recovered["gap_ms"], confidence)
-        after, after_ci = mean_ci(after_gap[group.index], confidence)
+        after, after_lo, after_hi = median_ci(after_gap[group.index], confidence)
         rows.append(
             {
                 "variant": variant,
@@ -386,11 +390,12 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
                 # the median's exact CI (NaN below 6 recovered runs at 95 %)
                 "gap_ms_median_lo": median_lo,
                 "gap_ms_median_hi": median_hi,
-                "goodput_before_mbps": float(group["goodput_before_mbps"].mean()),
-                "goodput_during_mbps": float(group["goodput_during_mbps"].mean()),
-                "goodput_after_mbps": float(group["goodput_after_mbps"].mean()),
+                "goodput_before_mbps": float(group["goodput_before_mbps"].median()),
+                "goodput_during_mbps": float(group["goodput_during_mbps"].median()),
+                "goodput_after_mbps": float(group["goodput_after_mbps"].median()),
                 "goodput_after_gap_mbps": after,
-                "goodput_after_gap_ci": after_ci,
+                "goodput_after_gap_mbps_lo": after_lo,
+                "goodput_after_gap_mbps_hi": after_hi,
                 "cpu_saturated_runs": int(saturated[group.index].astype(bool).sum()),
             }
         )
@@ -428,7 +433,7 @@ def ablation_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.Dat
     reference = failover[failover["variant"] == FIVEG_REFERENCE]
     summary = failover_gap_summary(pd.concat([ablation, reference]), confidence)
     turns_off = ablation.groupby("variant")["ablation_off"].first()
-    fiveg = reference.groupby(["event", "traffic"])["goodput_during_mbps"].mean()
+    fiveg = reference.groupby(["event", "traffic"])["goodput_during_mbps"].median()
     summary = summary[summary["variant"].isin(turns_off.index)].copy()
     summary["turns_off"] = summary["variant"].map(turns_off)
     summary["fiveg_mbps"] = [
@@ -449,7 +454,7 @@ def masque_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd.DataF
     if summary.empty:
         return summary
     fiveg = failover[failover["variant"] == FIVEG_REFERENCE]
-    during = fiveg.groupby(["event", "traffic"])["goodput_during_mbps"].mean()
+    during = fiveg.groupby(["event", "traffic"])["goodput_during_mbps"].median()
     summary = summary[summary["variant"] != FIVEG_REFERENCE].copy()
     summary["fiveg_mbps"] = [
         during.get((r.event, r.traffic), math.nan) for r in summary.itertuples()
@@ -536,13 +541,15 @@ def goodput_label(mode: str, outer_cc: str, loss_hiding: str, transport: str, cc
 
 
 def aggregation_summary(aggregation: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per (variant, scheduler, reorder): mean goodput and ratio to the sum of rates, with t-CIs."""
+    """Per (variant, scheduler, reorder): the median goodput and ratio to the sum of the
+    access rates over runs, each with its exact confidence interval (median_ci:
+    `<column>_lo`, `<column>_hi`, NaN under 6 runs at 95 %)."""
     rows: list[dict[str, Any]] = []
     for (variant, scheduler, reorder), group in aggregation.groupby(
         ["variant", "scheduler", "reorder"], sort=False, dropna=False
     ):
-        goodput, goodput_ci = mean_ci(group["goodput_mbps"], confidence)
-        ratio, ratio_ci = mean_ci(group["ratio"], confidence)
+        goodput, goodput_lo, goodput_hi = median_ci(group["goodput_mbps"], confidence)
+        ratio, ratio_lo, ratio_hi = median_ci(group["ratio"], confidence)
         saturated = group.get("cpu_saturated", pd.Series(False, index=group.index))
         rows.append(
             {
@@ -551,21 +558,34 @@ def aggregation_summary(aggregation: pd.DataFrame, confidence: float = 0.95) -> 
                 "reorder": reorder,
                 "runs": len(group),
                 "goodput_mbps": goodput,
-                "goodput_ci": goodput_ci,
+                "goodput_mbps_lo": goodput_lo,
+                "goodput_mbps_hi": goodput_hi,
                 "ratio": ratio,
-                "ratio_ci": ratio_ci,
+                "ratio_lo": ratio_lo,
+                "ratio_hi": ratio_hi,
                 "cpu_saturated_runs": int(saturated.astype(bool).sum()),
             }
         )
     return pd.DataFrame(rows)
 
 
+def error_bars(summary: pd.DataFrame, column: str) -> np.ndarray:
+    """matplotlib's asymmetric `yerr` (2 x n) for `column` and its `_lo` / `_hi` interval
+    bounds; no bar where the interval is unknown (too few runs)."""
+    value = summary[column].to_numpy(dtype=float)
+    below = value - summary[f"{column}_lo"].to_numpy(dtype=float)
+    above = summary[f"{column}_hi"].to_numpy(dtype=float) - value
+    bars: np.ndarray = np.nan_to_num(np.vstack([below, above]))
+    return bars
+
+
 def scale_summary(scale: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per (mode, clients): runs; goodput per client (mean over every client and run, the
-    lowest and highest single client), total goodput per run (mean, t-CI), Jain's index
-    (recomputed from each run's goodputs, mean over runs), and the means over runs of the
-    concentrator's CPU % (t-CI), CPU % per client, RSS, RSS per client, the clients' and the
-    whole machine's CPU %. CPU columns: 100 = one core."""
+    """Per (mode, clients): runs; goodput per client (the mean over every client and run, which
+    is the total / N, and the lowest and highest single client); over runs, the median of the
+    total goodput and of the concentrator's CPU % with their exact confidence intervals
+    (median_ci: `_lo`, `_hi`, NaN under 6 runs at 95 %), and the medians of Jain's index
+    (computed per run), of the concentrator's CPU % per client, its RSS, RSS per client, the
+    clients' and the whole machine's CPU %. CPU columns: 100 = one core."""
     rows: list[dict[str, Any]] = []
     keys = ["mode", "clients"] if "mode" in scale.columns else ["clients"]
     for key, group in scale.groupby(keys, sort=True):
@@ -574,10 +594,10 @@ def scale_summary(scale: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
         first = per_run.first()  # the point-wide columns repeat on every client's row
         n = int(group["clients"].iloc[0])
         totals = per_run["goodput_mbps"].sum()
-        jain = [jain_index(g.tolist()) for _, g in per_run["goodput_mbps"]]
-        total, total_ci = mean_ci(totals, confidence)
-        cpu, cpu_ci = mean_ci(first["conc_cpu_pct"], confidence)
-        rss = float(first["conc_rss_mb"].mean())
+        jain = [j for _, g in per_run["goodput_mbps"] if (j := jain_index(g.tolist())) is not None]
+        total, total_lo, total_hi = median_ci(totals, confidence)
+        cpu, cpu_lo, cpu_hi = median_ci(first["conc_cpu_pct"], confidence)
+        rss = float(first["conc_rss_mb"].median())
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
         row.update(
             {
@@ -586,12 +606,12 @@ def scale_summary(scale: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
                 "goodput_min_mbps": float(group["goodput_mbps"].min()),
                 "goodput_max_mbps": float(group["goodput_mbps"].max()),
                 "goodput_total_mbps": total,
-                "goodput_total_ci": total_ci,
-                "jain_fairness": float(np.mean([j for j in jain if j is not None]))
-                if any(j is not None for j in jain)
-                else math.nan,
+                "goodput_total_mbps_lo": total_lo,
+                "goodput_total_mbps_hi": total_hi,
+                "jain_fairness": float(np.median(jain)) if jain else math.nan,
                 "conc_cpu_pct": cpu,
-                "conc_cpu_ci": cpu_ci,
+                "conc_cpu_pct_lo": cpu_lo,
+                "conc_cpu_pct_hi": cpu_hi,
                 "conc_cpu_per_client_pct": cpu / n,
                 "conc_rss_mb": rss,
                 "conc_rss_per_client_kb": rss * 1024 / n,
@@ -599,7 +619,7 @@ def scale_summary(scale: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
         )
         for column in ("conc_rss_idle_mb", "clients_cpu_pct", "host_cpu_pct"):
             if column in first.columns:
-                row[column] = float(pd.to_numeric(first[column], errors="coerce").mean())
+                row[column] = float(pd.to_numeric(first[column], errors="coerce").median())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -745,14 +765,14 @@ def select_scenario(frame: pd.DataFrame, scenario: tuple[str, ...]) -> pd.DataFr
 def plot_failover_gaps(
     ax: Axes, summary: pd.DataFrame, failover: pd.DataFrame | None = None
 ) -> None:
-    """Mean gap per (variant, event, traffic) with its 95 % t-CI, one row each, and the single
+    """Median gap per (variant, event, traffic) with its exact 95 % CI, one row each, and the single
     runs as small dots when `failover` is given; rows that never recovered say so instead of
     being dropped. Log scale when the gaps span more than a decade; a CI reaching below the
     axis is cut at its edge."""
     labels = [f"{r.variant}  {r.event}/{r.traffic}" for r in summary.itertuples()]
     y = np.arange(len(summary))[::-1]  # first row on top
-    means = summary["gap_ms_mean"].to_numpy(dtype=float)
-    errors = np.nan_to_num(summary["gap_ms_ci"].to_numpy(dtype=float), nan=0.0)
+    medians = summary["gap_ms_median"].to_numpy(dtype=float)
+    errors = error_bars(summary, "gap_ms_median")
     recovered = summary["recovered"].to_numpy()
     observed: list[float] = []
     for i, row in enumerate(summary.itertuples()):
@@ -778,9 +798,9 @@ def plot_failover_gaps(
             ax.plot(runs, np.full(len(runs), y[i] - 0.2), ".", color=colour, alpha=0.6, ms=4)
             hot = _saturated_rows(failover, row)
             if len(hot):
-                gaps = hot["gap_ms"].fillna(means[i] if np.isfinite(means[i]) else 0.0)
+                gaps = hot["gap_ms"].fillna(medians[i] if np.isfinite(medians[i]) else 0.0)
                 ax.plot(gaps, np.full(len(hot), y[i] - 0.2), "x", color="red", ms=7, mew=1.5)
-        ax.errorbar(means[i], y[i], xerr=errors[i], fmt="o", color=colour, capsize=4)
+        ax.errorbar(medians[i], y[i], xerr=errors[:, i : i + 1], fmt="o", color=colour, capsize=4)
     if "cpu_saturated_runs" in summary.columns:
         labels = [
             f"{label}  [{CPU_MARK}: {n} run(s)]" if n else label
@@ -788,14 +808,14 @@ def plot_failover_gaps(
         ]
     ax.set_yticks(y, labels, fontsize="small")
     ax.set_ylim(-0.7, len(summary) - 0.3)
-    finite = np.array([*means[np.isfinite(means)], *observed], dtype=float)
+    finite = np.array([*medians[np.isfinite(medians)], *observed], dtype=float)
     finite = finite[finite > 0]
     if len(finite) and finite.max() / finite.min() > 10:
         ax.set_xscale("log")  # gaps of 100 ms and of 20 s on one axis
         ax.set_xlim(left=finite.min() / 2, right=finite.max() * 2)
     else:
         ax.set_xlim(left=0)
-    ax.set_xlabel("gap (ms): mean ± 95 % t-CI over recovered runs, dots: runs")
+    ax.set_xlabel("gap (ms): median, exact 95 % CI over recovered runs; dots: runs")
     ax.grid(alpha=0.3, axis="x")
 
 
@@ -815,7 +835,7 @@ def _saturated_rows(failover: pd.DataFrame, row: Any) -> pd.DataFrame:
 def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
     """Goodput during the outage after the gap per (variant, event, traffic), the rows of
     plot_failover_gaps: as a fraction of plain-5g's goodput when the run has it (issue 12's
-    figure), else in Mbit/s; mean ± 95 % t-CI."""
+    figure), else in Mbit/s; the median over runs with its exact 95 % CI."""
     if (
         "goodput_after_gap_mbps" not in summary.columns
         or summary["goodput_after_gap_mbps"].isna().all()
@@ -826,21 +846,22 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
         return
     y = np.arange(len(summary))[::-1]
     relative = bool(np.isfinite(summary["after_gap_vs_5g"].to_numpy(dtype=float)).any())
+    errors = error_bars(summary, "goodput_after_gap_mbps")
     rows: list[Any] = list(summary.itertuples())  # named tuples of the summary's columns
     for i, row in enumerate(rows):
-        mean = float(row.goodput_after_gap_mbps)
-        half = float(row.goodput_after_gap_ci) if np.isfinite(row.goodput_after_gap_ci) else 0.0
+        median = float(row.goodput_after_gap_mbps)
         scale = 1.0
         if relative:
             ratio = float(row.after_gap_vs_5g)
             if not np.isfinite(ratio):
                 continue
-            scale = ratio / mean if mean else 0.0
-            mean = ratio
+            scale = ratio / median if median else 0.0
+            median = ratio
         colour = variant_colour(str(row.variant))
-        ax.errorbar(mean, y[i], xerr=half * scale, fmt="s", color=colour, capsize=4)
+        xerr = errors[:, i : i + 1] * scale
+        ax.errorbar(median, y[i], xerr=xerr, fmt="s", color=colour, capsize=4)
         if getattr(row, "cpu_saturated_runs", 0):
-            ax.plot(mean, y[i] - 0.2, "x", color="red", ms=7, mew=1.5)
+            ax.plot(median, y[i] - 0.2, "x", color="red", ms=7, mew=1.5)
     if relative:
         ax.axvline(1.0, color="0.4", lw=0.8, ls="--")
         ax.set_xlabel("goodput during the outage after the gap\n/ plain 5G")
@@ -858,7 +879,7 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
 def plot_ablation(ax_gap: Axes, ax_goodput: Axes, summary: pd.DataFrame) -> None:
     """One (event, traffic) of ablation_summary: the gap and the goodput during the outage after
     the gap (/ plain 5G when the run has it) of the all-on engine and of it with each mechanism
-    off, bars with 95 % t-CIs; bars of variants that saturated a core are hatched."""
+    off, medians with exact 95 % CIs; bars of variants that saturated a core are hatched."""
     labels = [
         f"{'all on' if t == 'none' else f'no {t}'} (n={n})"
         for t, n in zip(summary["turns_off"], summary["runs"], strict=True)
@@ -875,30 +896,30 @@ def plot_gap_and_outage_bars(
     colours: Sequence[str],
 ) -> None:
     """Bars of failover_gap_summary rows (one (event, traffic), with `fiveg_mbps`): the gap and
-    the goodput during the outage after the gap (/ plain 5G when every row has it), 95 % t-CIs;
-    bars of rows where a process saturated a core are hatched."""
+    the goodput during the outage after the gap (/ plain 5G when every row has it), medians with
+    exact 95 % CIs; bars of rows where a process saturated a core are hatched."""
     x = np.arange(len(summary))
     hatches = ["//" if n else "" for n in summary["cpu_saturated_runs"]]
-    gaps = summary["gap_ms_mean"].to_numpy(dtype=float)
-    gap_ci = summary["gap_ms_ci"].to_numpy(dtype=float)
-    # no caps where there is no interval (one run): an error bar of nothing would claim one
-    bars = ax_gap.bar(x, np.nan_to_num(gaps), yerr=np.nan_to_num(gap_ci),
-                      capsize=4 if np.isfinite(gap_ci).any() else 0, color=colours)  # fmt: skip
+    gaps = summary["gap_ms_median"].to_numpy(dtype=float)
+    gap_known = np.isfinite(summary["gap_ms_median_lo"].to_numpy(dtype=float)).any()
+    # no caps where there is no interval (few runs): an error bar of nothing would claim one
+    bars = ax_gap.bar(x, np.nan_to_num(gaps), yerr=error_bars(summary, "gap_ms_median"),
+                      capsize=4 if gap_known else 0, color=colours)  # fmt: skip
     for bar, hatch, gap, recovered in zip(bars, hatches, gaps, summary["recovered"], strict=True):
         bar.set_hatch(hatch)
         if not np.isfinite(gap) or recovered == 0:
             ax_gap.annotate("no recovery", (bar.get_x() + bar.get_width() / 2, 0), ha="center",
                             va="bottom", fontsize="x-small", rotation=90)  # fmt: skip
     ax_gap.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
-    ax_gap.set_ylabel("gap (ms), mean ± 95 % t-CI")
+    ax_gap.set_ylabel("gap (ms), median, exact 95 % CI")
     ax_gap.grid(alpha=0.3, axis="y")
     fiveg = summary["fiveg_mbps"].to_numpy(dtype=float)
     relative = bool(np.isfinite(fiveg).all() and (fiveg > 0).all())
     after = summary["goodput_after_gap_mbps"].to_numpy(dtype=float)
-    after_ci = np.nan_to_num(summary["goodput_after_gap_ci"].to_numpy(dtype=float))
+    after_ci = error_bars(summary, "goodput_after_gap_mbps")
     if relative:
         after, after_ci = after / fiveg, after_ci / fiveg
-    has_ci = np.isfinite(summary["goodput_after_gap_ci"].to_numpy(dtype=float)).any()
+    has_ci = np.isfinite(summary["goodput_after_gap_mbps_lo"].to_numpy(dtype=float)).any()
     bars = ax_goodput.bar(
         x, np.nan_to_num(after), yerr=after_ci, capsize=4 if has_ci else 0, color=colours
     )
@@ -1012,14 +1033,20 @@ def plot_goodput_heatmap(
 
 
 def plot_aggregation(ax: Axes, aggregation: pd.DataFrame) -> None:
-    """Goodput / sum of access rates per variant and reorder setting, with 95 % t-CIs."""
+    """Goodput / sum of access rates per variant and reorder setting: medians over runs with
+    their exact 95 % confidence intervals."""
     summary = aggregation_summary(aggregation)
-    labels = [f"{r.variant}\n{r.scheduler}, reorder={r.reorder}" for r in summary.itertuples()]
+    labels = [
+        f"{variant}\n{scheduler}" + ("" if reorder != reorder else f", reorder={reorder}")
+        for variant, scheduler, reorder in zip(
+            summary["variant"], summary["scheduler"], summary["reorder"], strict=True
+        )
+    ]  # MPTCP has no reorder buffer of ours: NaN, the one value not equal to itself
     x = np.arange(len(summary))
     bars = ax.bar(
         x,
         summary["ratio"],
-        yerr=np.nan_to_num(summary["ratio_ci"].to_numpy(dtype=float)),
+        yerr=error_bars(summary, "ratio"),
         capsize=4,
         color=[_colour(i) for i in range(len(summary))],
     )
@@ -1035,7 +1062,7 @@ def plot_aggregation(ax: Axes, aggregation: pd.DataFrame) -> None:
         )
     ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
-    ax.set_ylabel("goodput / (WiFi + 5G rate)")
+    ax.set_ylabel("goodput / (WiFi + 5G rate)\nmedian, exact 95 % CI")
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -1089,13 +1116,13 @@ def plot_scale_goodput(ax: Axes, scale: pd.DataFrame) -> None:
 
 
 def plot_scale_total(ax: Axes, scale: pd.DataFrame) -> None:
-    """Total goodput over all N clients per point (mean over runs, 95 % t-CI)."""
+    """Total goodput over all N clients per point (median over runs, exact 95 % CI)."""
     summary = scale_summary(scale)
     for mode, rows in _scale_modes(summary):
         ax.errorbar(
             rows["clients"],
             rows["goodput_total_mbps"],
-            yerr=np.nan_to_num(rows["goodput_total_ci"].to_numpy(dtype=float)),
+            yerr=error_bars(rows, "goodput_total_mbps"),
             fmt="o-",
             capsize=3,
             color=mode_colour(mode) if mode else "C0",
@@ -1103,7 +1130,7 @@ def plot_scale_total(ax: Axes, scale: pd.DataFrame) -> None:
         )
     _clients_axis(ax, sorted(scale["clients"].unique()))
     ax.set_ylim(bottom=0)
-    ax.set_ylabel("total goodput of the N clients (Mbit/s)")
+    ax.set_ylabel("total goodput of the N clients (Mbit/s)\nmedian over runs, exact 95 % CI")
     ax.legend(fontsize="x-small")
 
 
@@ -1117,7 +1144,7 @@ def plot_scale_cpu(ax: Axes, scale: pd.DataFrame) -> None:
         ax.errorbar(
             rows["clients"],
             rows["conc_cpu_pct"],
-            yerr=np.nan_to_num(rows["conc_cpu_ci"].to_numpy(dtype=float)),
+            yerr=error_bars(rows, "conc_cpu_pct"),
             fmt="o-",
             capsize=3,
             color=colour,

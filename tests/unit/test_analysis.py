@@ -558,6 +558,27 @@ def test_goodput_pivot_per_outer_cc_and_saturated_cells(tmp_path: Path) -> None:
     assert analysis.goodput_label("session", "bbr", "on", "udp", "") == "session bbr +hiding udp"
 
 
+def test_aggregation_summary_draws_medians_with_exact_intervals() -> None:
+    """Issue 17: a figure's point is the median over runs with its distribution-free interval,
+    so one collapsed run of ten moves neither."""
+    import pandas as pd
+
+    goodputs = [120.0, 121.0, 119.0, 122.0, 118.0, 123.0, 117.0, 124.0, 116.0, 10.0]
+    aggregation = pd.DataFrame(
+        {"variant": "session", "scheduler": "earliest", "reorder": True,
+         "goodput_mbps": goodputs, "ratio": [g / 150 for g in goodputs], "cpu_saturated": False}
+    )  # fmt: skip
+    summary = analysis.aggregation_summary(aggregation)
+    row = summary.iloc[0]
+    assert row["runs"] == 10 and row["goodput_mbps"] == 119.5
+    # n = 10 at 95 %: the 2nd and 9th order statistics
+    assert (row["goodput_mbps_lo"], row["goodput_mbps_hi"]) == (116.0, 123.0)
+    bars = analysis.error_bars(summary, "ratio")
+    assert bars[:, 0] == pytest.approx([3.5 / 150, 3.5 / 150])
+    few = analysis.aggregation_summary(aggregation.head(5))
+    assert analysis.error_bars(few, "goodput_mbps").tolist() == [[0.0], [0.0]]  # no interval
+
+
 def test_aggregation_summary_counts_saturated_runs(tmp_path: Path) -> None:
     write_aggregation_run(tmp_path)
     summary = analysis.aggregation_summary(analysis.load_aggregation(tmp_path))
