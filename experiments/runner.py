@@ -14,10 +14,12 @@ running between points) in a dataclass of its own, `Context.state`: an `Experime
 points with a `Context[S]`.
 
 Resume (`--resume DIR`): points whose key columns are already in the primary table are not run
-again. Shards (`--shard i/n`): point number k (in the deterministic order `points()` returns)
-belongs to shard k % n, so n machines with the same parameters run disjoint sets whose union is
-the whole sweep. Seeds: every point gets `point_seed(seed, key)`, a pure function of the run's
-seed and the point's key, so a resumed or sharded point sees the same randomness.
+again; only at the commit the run was measured at, with its shard or as the whole sweep
+(check_resumable), each resume recorded in meta.json `resumed`. Shards (`--shard i/n`): point
+number k (in the deterministic order `points()` returns) belongs to shard k % n, so n machines
+with the same parameters run disjoint sets whose union is the whole sweep. Seeds: every point
+gets `point_seed(seed, key)`, a pure function of the run's seed and the point's key, so a
+resumed or sharded point sees the same randomness.
 
 Parameters come from, in increasing priority: the experiment's defaults, its quick overrides
 (`--quick`), a TOML file (`--config F`, a flat table or an `[<experiment>]` table), `--runs N`
@@ -349,6 +351,29 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def check_resumable(run_dir: Path, meta: dict[str, Any], shard: tuple[int, int]) -> None:
+    """A run resumed here must stay one measurement: the same code (a resume from another
+    commit is refused, with the way to get that commit's checkout) and the same shard of the
+    sweep, or the whole sweep (a run started as `--shard 1/6` may go on as the whole sweep,
+    one session after another, on machines that cannot run it at once)."""
+    commit, _ = git_state()
+    recorded = meta.get("git_commit")
+    if recorded and commit and recorded != commit:
+        raise ExperimentError(
+            f"--resume {run_dir}: that run was measured at commit {str(recorded)[:10]} and this "
+            f"checkout is at {commit[:10]}: resume it from a checkout of that commit (git "
+            f"worktree add /tmp/qtlab-{str(recorded)[:10]} {str(recorded)[:10]}) so that every "
+            "point measures the same code."
+        )
+    started = parse_shard(str(meta.get("shard") or "1/1"))
+    if shard not in (started, (1, 1)):
+        raise ExperimentError(
+            f"--resume {run_dir}: that run is shard {started[0]}/{started[1]} of its sweep: "
+            f"resume it with --shard {started[0]}/{started[1]}, or without --shard to go on "
+            "with the whole sweep."
+        )
+
+
 def base_meta(exp: Experiment[S], params: Params, shard: tuple[int, int]) -> dict[str, Any]:
     commit, dirty = git_state()
     return {
@@ -462,7 +487,19 @@ def run_experiment(
         meta = json.loads((resume / "meta.json").read_text())
         if meta.get("experiment") != exp.name:
             raise ExperimentError(f"--resume {resume}: that is a {meta.get('experiment')} run.")
-        meta.setdefault("resumed", []).append(datetime.now(UTC).isoformat(timespec="seconds"))
+        check_resumable(resume, meta, shard)
+        commit, dirty = git_state()
+        meta.setdefault("resumed", []).append(
+            {
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "shard": f"{shard[0]}/{shard[1]}",
+                "git_commit": commit,
+                "git_dirty": dirty,
+            }
+        )
+        # the run holds what every part of it was measured with: dirty if any part was
+        meta["git_dirty"] = bool(meta.get("git_dirty")) or dirty
+        meta["shard"] = f"{shard[0]}/{shard[1]}"
         meta["parameters"] = params
         done = done_keys(run_dir, exp)
     else:

@@ -238,6 +238,36 @@ def test_resume_refuses_a_wrong_directory(tmp_path: Path) -> None:
         run_experiment(exp, resolve_params(exp), resume=tmp_path, root=tmp_path, progress=False)
 
 
+def test_a_shard_goes_on_as_the_whole_sweep_at_its_commit_only(tmp_path: Path) -> None:
+    """A sweep too long for one sitting starts as a shard and is resumed as the whole sweep,
+    one session after another; every resume is recorded, and only the commit the run was
+    measured at may add to it."""
+    calls: list[dict[str, object]] = []
+    exp = toy(calls)
+    params = resolve_params(exp)
+    first = run_experiment(exp, params, shard=(1, 2), root=tmp_path, progress=False).run_dir
+    with pytest.raises(ExperimentError, match=r"resume it with --shard 1/2, or without"):
+        run_experiment(exp, params, shard=(2, 2), resume=first, root=tmp_path, progress=False)
+    meta_path = first / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    measured_at = meta["git_commit"]
+    meta["git_commit"] = "0" * 40
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ExperimentError, match=r"git worktree add /tmp/qtlab-0000000000"):
+        run_experiment(exp, params, resume=first, root=tmp_path, progress=False)
+    meta["git_commit"] = measured_at
+    meta_path.write_text(json.dumps(meta))
+    calls.clear()
+    run_experiment(exp, params, resume=first, root=tmp_path, progress=False)
+    keys = sorted((r["size"], r["run"]) for r in read(first / "toy.csv"))
+    assert keys == [("1", "1"), ("1", "2"), ("2", "1"), ("3", "1"), ("3", "2")]
+    assert [c["run"] for c in calls] == [2, 2, 2]  # shard 2's points only, none again
+    meta = json.loads(meta_path.read_text())
+    assert meta["shard"] == "1/1"
+    assert [r["shard"] for r in meta["resumed"]] == ["1/1"]
+    assert meta["resumed"][0]["git_commit"] == measured_at
+
+
 def test_run_help_lists_the_experiments_parameters(capsys: pytest.CaptureFixture[str]) -> None:
     """`qtlab run failover --help`: the options, then each parameter with its default, its
     --quick value and the unit its name carries."""
