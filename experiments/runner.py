@@ -351,12 +351,14 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def check_resumable(run_dir: Path, meta: dict[str, Any], shard: tuple[int, int]) -> None:
+def check_resumable(
+    run_dir: Path, meta: dict[str, Any], shard: tuple[int, int], commit: str | None
+) -> None:
     """A run resumed here must stay one measurement: the same code (a resume from another
     commit is refused, with the way to get that commit's checkout) and the same shard of the
     sweep, or the whole sweep (a run started as `--shard 1/6` may go on as the whole sweep,
-    one session after another, on machines that cannot run it at once)."""
-    commit, _ = git_state()
+    one session after another, on machines that cannot run it at once). `commit`: this
+    checkout's (git_state)."""
     recorded = meta.get("git_commit")
     if recorded and commit and recorded != commit:
         raise ExperimentError(
@@ -487,8 +489,8 @@ def run_experiment(
         meta = json.loads((resume / "meta.json").read_text())
         if meta.get("experiment") != exp.name:
             raise ExperimentError(f"--resume {resume}: that is a {meta.get('experiment')} run.")
-        check_resumable(resume, meta, shard)
         commit, dirty = git_state()
+        check_resumable(resume, meta, shard, commit)
         meta.setdefault("resumed", []).append(
             {
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
