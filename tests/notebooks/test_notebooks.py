@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 
 import nbformat
@@ -67,7 +68,14 @@ def run_notebook(
     assert len(tagged) == 1, f"{name}.ipynb needs exactly one cell tagged 'parameters'"
     injected = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
     nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(injected))
-    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_specs)
+    # the kernel's connection file beside its kernelspec, in pytest's temporary directory:
+    # without one jupyter_client writes /tmp/tmp*.json and leaves it there
+    connection_file = Path(kernel_specs.kernel_dirs[0]) / f"kernel-{uuid.uuid4().hex}.json"
+    km = KernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=kernel_specs,
+        connection_file=str(connection_file),
+    )
     client = NotebookClient(
         nb,
         km=km,
