@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,21 @@ LAB3_ARGS = ["--servers", "2", "--stream", "--set", 'stream.intercept=["10.200.1
 
 
 Steps = list[tuple[str, str]]
+LAB_SCRATCH = "qtlab-lab*"  # the labs' scratch files and folders in /tmp (labs/README.md)
+
+
+@pytest.fixture(autouse=True)
+def lab_scratch_removed() -> Iterator[None]:
+    """What a lab's script wrote in /tmp is a student's scratch, not the test's to keep: each
+    test removes what appeared there while it ran, whether it passed or not."""
+    tmp = Path("/tmp")
+    before = set(tmp.glob(LAB_SCRATCH))
+    yield
+    for path in set(tmp.glob(LAB_SCRATCH)) - before:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def run_lab(script: str, *argv: str) -> Steps:
