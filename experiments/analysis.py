@@ -373,7 +373,7 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
     ):
         recovered = group[group["completed"] & group["gap_ms"].notna()]
         mean, half = mean_ci(recovered["gap_ms"], confidence)
-        _, median_lo, median_hi = median_ci(recovered["gap_ms"], confidence)
+        median, median_lo, median_hi = median_ci(recovered["gap_ms"], confidence)
         after, after_lo, after_hi = median_ci(after_gap[group.index], confidence)
         rows.append(
             {
@@ -384,9 +384,7 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
                 "recovered": len(recovered),
                 "gap_ms_mean": mean,
                 "gap_ms_ci": half,
-                "gap_ms_median": float(recovered["gap_ms"].median())
-                if len(recovered)
-                else math.nan,
+                "gap_ms_median": median,  # NaN without a recovered run
                 # the median's exact CI (NaN below 6 recovered runs at 95 %)
                 "gap_ms_median_lo": median_lo,
                 "gap_ms_median_hi": median_hi,
