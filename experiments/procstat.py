@@ -19,10 +19,32 @@ CPU_SATURATED_PCT = 90.0
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+    """utime + stime of a process (all its threads) and of its running child processes (a
+    concentrator's workers, README "Workers"), in seconds."""
+    total = _own_cpu_seconds(pid)
+    for child in child_pids(pid):
+        try:
+            total += _own_cpu_seconds(child)
+        except OSError:  # it ended meanwhile
+            continue
+    return total
+
+
+def _own_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The running child processes of `pid` (those any of its threads started)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(p) for p in task.read_text().split()]
+        except OSError:
+            continue
+    return children
 
 
 def cpu_pct(before_s: float, after_s: float, wall_s: float) -> float:
@@ -63,7 +85,15 @@ def rss_mb(status_text: str) -> float:
 
 
 def process_rss_mb(pid: int) -> float:
-    return rss_mb(Path(f"/proc/{pid}/status").read_text())
+    """VmRSS of a process and of its running child processes (a concentrator's workers, whose
+    pages shared since the fork count once per process), in MiB."""
+    total = rss_mb(Path(f"/proc/{pid}/status").read_text())
+    for child in child_pids(pid):
+        try:
+            total += rss_mb(Path(f"/proc/{child}/status").read_text())
+        except (OSError, ValueError):  # it ended meanwhile
+            continue
+    return total
 
 
 def proc_sample(pid: int) -> tuple[float, int, float] | None:

@@ -98,6 +98,7 @@ DEFAULTS: Params = {
     "uplink_mbit": 500.0,
     "congestion_control": "cubic",
     "start_timeout_s": 240.0,
+    "workers": 1,
     "backend": "auto",
     "verify_fidelity": True,
 }
@@ -143,6 +144,9 @@ def _check(params: Params) -> list[int]:
         raise ExperimentError("uplink_mbit must be > 0.")
     if params["start_timeout_s"] <= 0:
         raise ExperimentError("start_timeout_s must be > 0.")
+    workers = params["workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise ExperimentError("workers must be an integer from 1 to 64 (concentrator processes).")
     return [int(c) for c in counts]
 
 
@@ -150,7 +154,12 @@ def points(params: Params) -> list[Point]:
     counts = _check(params)
     runs = range(1, int(params["runs"]) + 1)
     # Runs of one N are consecutive: they share that N's deployment.
-    return [Point({"mode": params["mode"], "clients": n, "run": r}) for n in counts for r in runs]
+    workers = int(params["workers"])
+    return [
+        Point({"mode": params["mode"], "workers": workers, "clients": n, "run": r})
+        for n in counts
+        for r in runs
+    ]
 
 
 def point_rows(
@@ -213,7 +222,9 @@ def session(params: Params) -> Iterator[Context[ScaleState]]:
 def _tunnel(state: ScaleState, params: Params, n: int) -> Carrier:
     """qtun on conc and c1..cN, started afresh for this point (see the module docstring)."""
     state.drop_tunnel()
-    spec = TunnelSpec(mode=str(params["mode"]))
+    workers = int(params["workers"])
+    overrides = (f"workers={workers}",) if workers > 1 else ()  # README "Workers"
+    spec = TunnelSpec(mode=str(params["mode"]), concentrator_overrides=overrides)
     clients = state.lab.plan.clients[:n]
     workdir = state.workdir / f"qtun-{n}-{state.port}"
     timeout = float(params["start_timeout_s"])

@@ -207,6 +207,7 @@ SCALE = Table(
     "scale",
     (
         "mode",
+        "workers",  # concentrator processes (README "Workers")
         "clients",
         "client",
         "run",
@@ -223,6 +224,7 @@ SCALE = Table(
     ),
     optional=(
         "mode",
+        "workers",
         "jain_fairness",
         "conc_rss_idle_mb",
         "conc_rss_per_client_kb",

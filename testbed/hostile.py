@@ -379,15 +379,20 @@ async def connect(
     local_address: str | None = None,
     timeout: float = CONNECT_TIMEOUT_S,
     max_events: int | None = None,
+    initial_dcid_byte: int | None = None,
 ) -> tuple[QuicClient, Peer]:
     """Handshake with the concentrator (ConnectionError if it fails); the connection is a
-    HostileQuicConnection announcing stream mode if asked."""
+    HostileQuicConnection announcing stream mode if asked. `initial_dcid_byte`: the first byte
+    of the first Destination Connection ID, which picks a concentrator worker (README
+    "Workers")."""
     family = socket.AF_INET6 if ":" in remote else socket.AF_INET
     endpoint = UdpEndpoint.bind(local_address, family=family)
     peer = Peer(max_events)
 
     def factory(**kwargs: Any) -> HostileQuicConnection:
-        quic = HostileQuicConnection(stream_mode=stream_mode, **kwargs)
+        quic = HostileQuicConnection(
+            stream_mode=stream_mode, initial_dcid_byte=initial_dcid_byte, **kwargs
+        )
         peer.tunnel = TunnelConnection(quic)
         return quic
 

@@ -103,6 +103,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 4433
+MAX_WORKERS = 64  # concentrator worker processes at most (one connection-ID byte could steer 256)
 LOCALHOST = IPv4Address("127.0.0.1")
 # Names accepted for an access's kind, mapped to the Access ID it reports (tunnel draft §Access
 # Report TLV): the short names of tunnel/wire/messages.py, and the draft's own as aliases.
@@ -979,6 +980,14 @@ class ConcentratorConfig:
     port: int = field(
         default=DEFAULT_PORT, metadata=setting("the UDP port", PORT, key="listen.port")
     )
+    workers: int = field(
+        default=1,
+        metadata=setting(
+            "processes sharing the UDP port, each with its TUN (tun.name, then tun.namew1, ...)"
+            ' and its clients (README "Workers")',
+            Integer(1, MAX_WORKERS),
+        ),
+    )
     tun: TunConfig = field(metadata=section("the TUN device", defaults={"name": "qtunc0"}))
     tls: TlsConfig = field(
         metadata=section("mutual TLS: ca verifies the peer, cert and key identify this side")
@@ -1177,6 +1186,38 @@ def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
             'payloads has "ethernet" but l2.bridge is not set: name the Linux bridge the '
             'clients\' TAP devices join, e.g. [l2] bridge = "br0"'
         )
+    if config.workers > 1:
+        _check_workers(config)
+
+
+def _check_workers(config: ConcentratorConfig) -> None:
+    """What several worker processes cannot share yet (README "Workers"): each would hand out
+    the same pool addresses and mapped ports, and one client's TAP lives in one process."""
+    refuse = None
+    if config.pool.ipv4 is not None or config.pool.ipv6 is not None:
+        refuse = "a [pool] (each worker would hand out the same addresses)"
+    elif Payload.ETHERNET in config.payloads:
+        refuse = 'payloads "ethernet"'
+    elif config.stream.enabled and config.stream.inbound_ports:
+        refuse = "stream.inbound_ports (each worker would map the same ports)"
+    elif config.nat:
+        refuse = "nat = true"
+    if refuse is not None:
+        raise ConfigError(
+            f"workers = {config.workers} cannot be combined with {refuse} yet: set workers = 1"
+            ", or give every client static addresses in [[client]] tables and drop it"
+        )
+    longest = worker_tun_name(config.tun.name, config.workers - 1)
+    if len(longest.encode()) >= IFNAMSIZ:
+        raise ConfigError(
+            f"tun.name {config.tun.name!r} leaves no room for the workers' TUN names (the last is"
+            f" {longest!r}, over {IFNAMSIZ - 1} bytes): give a shorter tun.name"
+        )
+
+
+def worker_tun_name(name: str, index: int) -> str:
+    """Worker `index`'s TUN: the configured name for the first, then namew1, namew2, ..."""
+    return name if index == 0 else f"{name}w{index}"
 
 
 def _unique(message: str, entries: Sequence[AccessConfig | StaticClient]) -> None:

@@ -54,6 +54,7 @@ from tunnel.protocol.connection import (
     PacketReceived,
     SessionEstablished,
 )
+from tunnel.protocol.quic_ext import TunnelQuicConnection
 from tunnel.session.reorder import PacketTagCounter
 from tunnel.wire.messages import AccessId, AccessSignal
 
@@ -134,15 +135,25 @@ async def replies_on(
             waiter.cancel()
 
 
-async def connect_one(args: argparse.Namespace) -> tuple[QuicClient, Peer]:
-    return await connect(args.remote, args.port, configuration(args))
+async def connect_one(
+    args: argparse.Namespace, dcid_byte: int | None = None
+) -> tuple[QuicClient, Peer]:
+    """A connection; its first DCID byte (which picks a concentrator worker) `dcid_byte`, else
+    --dcid-byte, else random."""
+    byte = args.dcid_byte if dcid_byte is None else dcid_byte
+    return await connect(args.remote, args.port, configuration(args), initial_dcid_byte=byte)
 
 
 async def failover(args: argparse.Namespace) -> dict[str, Any]:
     """Two session-mode connections (a, b), one session; echo requests always go out on a,
     and which connection the concentrator puts the replies on is counted per phase:
     both accesses unknown, after b reported WiFi UNAVAILABLE, after b reported it AVAILABLE."""
-    (client_a, a), (client_b, b) = [await connect_one(args) for _ in range(2)]
+    client_a, a = await connect_one(args)
+    # as qtun client does: the second connection starts with the first byte of the
+    # concentrator's connection ID, to reach the worker that holds the session
+    quic_a = client_a.driver.quic
+    byte = quic_a.peer_cid_first_byte() if isinstance(quic_a, TunnelQuicConnection) else None
+    client_b, b = await connect_one(args, byte)
     assert a.tunnel is not None and b.tunnel is not None
     result: dict[str, Any] = {"action": "failover"}
     try:
@@ -344,6 +355,9 @@ if __name__ == "__main__":
         "--tag-step", type=int, default=1, help="session: Packet Tag gap between packets"
     )
     parser.add_argument("--remote", default="192.0.2.1")
+    parser.add_argument(
+        "--dcid-byte", type=int, help="first byte of the first DCID (picks a worker)"
+    )
     parser.add_argument("--port", type=int, default=4433)
     parser.add_argument("--certs", required=True)
     parser.add_argument("--cert-dir", help="directory of --cert if not --certs (foreign CA)")

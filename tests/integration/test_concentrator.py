@@ -16,7 +16,9 @@ SIGTERM -> exit 0, status "stopped", TUN gone.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -476,3 +478,102 @@ def test_new_connection_announcing_an_access_replaces_the_old_one(
     result = client(lab_certs, "replace", "--alpn", "qt-session", "--count", "3", lifetime=10.0)
     assert result["a_closed"] == "replaced by a newer connection over the wifi access", result
     assert result["replies"] == {"b": 0, "c": 3}, result
+
+
+# -- workers (README "Workers") ------------------------------------------------------------------
+
+WORKER_TUN, WORKER_TUN1 = "qcc-wk", "qcc-wkw1"
+
+
+def worker_clients(workdir: Path, index: int) -> list[str]:
+    """The clients worker `index`'s own status file lists."""
+    try:
+        status = json.loads((workdir / f"status.worker{index}.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [c["name"] for c in status["clients"]]
+
+
+def route_dev(address: str) -> str:
+    """The device the concentrator's namespace routes `address` to."""
+    shown = in_conc("ip", "route", "get", address).stdout
+    match = re.search(r" dev (\S+)", shown)
+    return match.group(1) if match else ""
+
+
+def workers_toml(certs: Path, workdir: Path) -> str:
+    # bob gets a static address here (the module's concentrator does not admit him)
+    bob = '[[client]]\nname = "bob"\naddresses = ["10.8.0.3/32"]\n'
+    return concentrator_toml(
+        certs, workdir, WORKER_TUN, 4437, f'workers = 2\nmodes = ["tunnel", "session"]\n{bob}'
+    )
+
+
+def test_two_workers_share_the_port_each_client_routed_to_its_worker(
+    net: None, lab_certs: Path, tmp_path: Path
+) -> None:
+    """Two worker processes on one port: a client the first DCID byte sends to worker 1 is
+    served there (its prefix routed to worker 1's TUN while it is connected, back to worker 0's
+    after), one sent to worker 0 at the same time there; a session's second connection follows
+    its first to the same worker and joins; the status file merges both workers'; SIGTERM stops
+    both and removes both TUNs."""
+    port = ("--port", "4437")
+    with concentrator(tmp_path, workers_toml(lab_certs, tmp_path)) as program:
+        status = program.status()
+        assert [w["tun"] for w in status["workers"]] == [WORKER_TUN, WORKER_TUN1]
+        pids = [w["pid"] for w in status["workers"]]
+        assert route_dev("10.8.0.2") == WORKER_TUN  # nobody connected: worker 0's TUN
+        with holder(lab_certs, *port, "--dcid-byte", "1") as held:
+            wait_until("alice routed to worker 1", lambda: route_dev("10.8.0.2") == WORKER_TUN1)
+            wait_until("alice in worker 1's file", lambda: worker_clients(tmp_path, 1) == ["alice"])
+            assert worker_clients(tmp_path, 0) == []
+            bob = client(lab_certs, "ping", *port, "--cert", "bob", "--src", "10.8.0.3",
+                         "--dcid-byte", "0")  # fmt: skip
+            assert bob["replies"] == 1, bob
+            assert route_dev("10.8.0.3") == WORKER_TUN
+            # the server's packets to alice reach her through worker 1
+            sh(*in_ns(NS_SRV, "ping", "-c", "3", "-i", "0.2", "-W", "1", "10.8.0.2"), check=False)
+            result = released(held)
+        assert result["received"] >= 3, result
+        wait_until("alice routed home", lambda: route_dev("10.8.0.2") == WORKER_TUN)
+        for byte in ("0", "1"):
+            ping = client(lab_certs, "ping", *port, "--dcid-byte", byte, "--count", "2")
+            assert ping["replies"] == 2, (byte, ping)
+            session = client(lab_certs, "failover", *port, "--alpn", "qt-session",
+                             "--dcid-byte", byte, "--count", "2", lifetime=10.0)  # fmt: skip
+            assert session["joined"], (byte, session)
+
+        def accepted(index: int) -> int:
+            worker = json.loads((tmp_path / f"status.worker{index}.json").read_text())
+            return int(worker["counters"]["connections_accepted"])
+
+        # 4 connections each: a holder or bob's, a ping's, and the session's two
+        merged = program.wait_status(
+            "both workers' counters merged",
+            lambda s: s["counters"]["connections_accepted"] == accepted(0) + accepted(1) == 8,
+        )
+        assert accepted(0) == accepted(1) == 4
+        assert merged["state"] == "up"
+        code = program.stop()
+    assert code == 0, program.log_tail()
+    assert program.status()["state"] == "stopped"
+    for name in (WORKER_TUN, WORKER_TUN1):
+        assert ip(NS_CONC, "link", "show", name, check=False).returncode != 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_worker_that_dies_stops_the_concentrator(
+    net: None, lab_certs: Path, tmp_path: Path
+) -> None:
+    """Its socket's connections would go unanswered: the supervisor stops the other worker and
+    exits 1, leaving no TUN."""
+    with concentrator(tmp_path, workers_toml(lab_certs, tmp_path)) as program:
+        pids = [w["pid"] for w in program.status()["workers"]]
+        os.kill(pids[1], signal.SIGKILL)
+        wait_until("the concentrator ends", lambda: not program.running(), timeout=30)
+        assert program.returncode() == 1, program.log_tail()
+    assert "worker 1 ended on its own" in program.log()
+    for name in (WORKER_TUN, WORKER_TUN1):
+        assert ip(NS_CONC, "link", "show", name, check=False).returncode != 0
+    assert not Path(f"/proc/{pids[0]}").exists()

@@ -21,8 +21,8 @@ __all__ = ["lab_certs"]  # the fixture
 
 STATUS_KEYS = {
     # README "Status file", the concentrator's keys
-    "role", "pid", "time", "state", "modes", "payloads", "listen", "tun", "taps", "ip_forward",
-    "nat", "clients",
+    "role", "pid", "worker", "time", "state", "modes", "payloads", "listen", "tun", "taps",
+    "ip_forward", "nat", "clients",
     "sessions", "connections", "refused", "counters", "server", "stream", "crl", "inbound",
     "tickets",
 }  # fmt: skip

@@ -8,11 +8,21 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from experiments.flows import cpu_columns
-from experiments.procstat import CPU_SATURATED_PCT, CpuMeter, saturation
+from experiments.procstat import (
+    CPU_SATURATED_PCT,
+    CpuMeter,
+    _own_cpu_seconds,
+    child_pids,
+    cpu_seconds,
+    process_rss_mb,
+    rss_mb,
+    saturation,
+)
 from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES
 
 
@@ -89,3 +99,18 @@ def test_a_stopped_meter_does_not_wait_for_its_window() -> None:
     meter.stop()  # returns at once: the thread was waiting for the window's start
     assert meter._thread is not None and not meter._thread.is_alive()
     assert meter.usage() == {"me": None}
+
+
+def test_a_process_counts_its_running_children() -> None:
+    """A concentrator with workers is a supervisor and its forked workers (README "Workers"):
+    its CPU and RSS are theirs too."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in child_pids(os.getpid())
+        own_rss = rss_mb(Path(f"/proc/{os.getpid()}/status").read_text())
+        assert process_rss_mb(os.getpid()) > own_rss  # the child's pages too
+        assert cpu_seconds(os.getpid()) >= _own_cpu_seconds(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in child_pids(os.getpid())

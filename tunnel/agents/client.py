@@ -1116,6 +1116,10 @@ class ClientAgent:
         self.last_now = now
         self.state = ClientState.CONNECTING
         self.stopped = False
+        self.worker_byte: int | None = None
+        """The first byte of the concentrator's connection IDs on our last handshake: our next
+        connections start with it, so a concentrator of several workers takes them in the
+        worker holding our session and tickets (README "Workers")."""
         self.accesses = {a.name: AccessStatus(a) for a in config.accesses}
         self.counters: Counter[str] = Counter()
         self.closed_totals: Counter[str] = Counter()  # counters of the connections that ended
@@ -1424,6 +1428,8 @@ class ClientAgent:
                 continue
             self.tunnel_event(path, tunnel_event, now)
         if isinstance(event, quic_events.HandshakeCompleted):
+            if isinstance(tunnel.quic, TunnelQuicConnection):
+                self.worker_byte = tunnel.quic.peer_cid_first_byte()
             self._handshake_completed(path, now)
         elif isinstance(event, quic_events.ConnectionTerminated):
             if path.state is PathState.CONNECTING:

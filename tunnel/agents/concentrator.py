@@ -97,6 +97,7 @@ from tunnel.config import ConcentratorConfig
 from tunnel.policy.addresses import (
     AddressTable,
     Claim,
+    IPNetwork,
     allocate_pool_addresses,
     is_link_scoped_ipv6,
 )
@@ -292,6 +293,24 @@ class TapClosed:
 
 
 @dataclass(frozen=True)
+class ClientArrived:
+    """An IP client's first connection was admitted: its packets are `prefixes` (a
+    concentrator of several workers routes them to this worker's TUN, README "Workers")."""
+
+    client: str
+    prefixes: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class ClientLeft:
+    """The IP client is gone from here (its last connection, and its session's idle wait,
+    ended): its `prefixes` are no longer this worker's to route."""
+
+    client: str
+    prefixes: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
 class InboundMapped:
     """A client's PCP MAP request was granted (tunnel/policy/inbound.py): accept TCP on
     `mapping.external_port` and carry each connection to the client on a stream."""
@@ -316,6 +335,8 @@ Action = (
     | StatusChanged
     | TapOpened
     | TapClosed
+    | ClientArrived
+    | ClientLeft
     | InboundMapped
     | InboundUnmapped
 )
@@ -1010,10 +1031,12 @@ class ConcentratorCore:
     def connection_count(self) -> int:
         return len(self._peers)
 
-    def tun_routes(self) -> list[str]:
+    def tun_routes(self, every_prefix: bool = False) -> list[str]:
         """The TUN's routes: the configured ones, and each client prefix (static or pool) its
-        own addresses do not cover, so the kernel sends the clients' packets to us."""
-        covered = [a.network for a in self.config.tun.addresses]
+        own addresses do not cover, so the kernel sends the clients' packets to us;
+        `every_prefix`: covered ones too (workers move each between their TUNs, README
+        "Workers", and another TUN may cover the same addresses)."""
+        covered = [] if every_prefix else [a.network for a in self.config.tun.addresses]
         return [str(p) for p in self.config.tun.routes] + [
             str(p)
             for p in self.addresses.routed_prefixes()
@@ -1337,6 +1360,8 @@ class ConcentratorCore:
         if payload is Payload.ETHERNET:
             client.macs = MacFilter(self._static_macs.get(name, ()), self.config.l2.max_macs)
             self._actions.append(TapOpened(name, mode))
+        else:
+            self._actions.append(ClientArrived(name, self.addresses.prefixes_of(name)))
         client.strategy = _MODES[mode](self, client)
         rate = self.limits.rate_limit_mbps
         if rate is not None:
@@ -1422,9 +1447,12 @@ class ConcentratorCore:
         self._reorder_due.pop(client, None)
         for mapping in self.inbound.release(client.name):
             self._unmapped(mapping, "client gone")
+        prefixes = self.addresses.prefixes_of(client.name)
         released = self.addresses.release(client.name)
         if client.payload is Payload.ETHERNET:
             self._actions.append(TapClosed(client.name))
+        else:
+            self._actions.append(ClientLeft(client.name, prefixes))
         log.info(
             "client gone name=%s released=%s",
             client.name,
@@ -2054,6 +2082,8 @@ class ConcentratorCore:
 __all__ = [
     "AUTH_FAILED_REASON",
     "Action",
+    "ClientArrived",
+    "ClientLeft",
     "Closed",
     "ConcentratorCore",
     "CrlReloaded",

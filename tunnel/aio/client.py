@@ -280,6 +280,7 @@ class Client:
             fast_datagram_path=self.config.limits.fast_datagram_path,
             # tunnel draft §4: the payload is signalled out of band (quic_ext.PAYLOAD_TP_ID)
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
+            initial_dcid_byte=self.agent.worker_byte,
             **options,
         )
         # connect() first: a Join Session the agent queues in path_opened goes out in 0-RTT

@@ -35,6 +35,8 @@ from typing import IO, Any, Protocol
 from aioquic.quic import events as quic_events
 
 from tunnel.agents.concentrator import (
+    ClientArrived,
+    ClientLeft,
     ConcentratorCore,
     CrlReloaded,
     InboundMapped,
@@ -56,6 +58,7 @@ from tunnel.aio.netlink_watch import NetlinkWatch, local_address_watch
 from tunnel.aio.status import StatusWriter
 from tunnel.aio.tun import DeviceKind, TunDevice, TunError, bridge_problem
 from tunnel.aio.udp import QuicDriver, QuicServer, run
+from tunnel.aio.workers import WorkerRoutes, WorkerSeat, supervise
 from tunnel.config import ConcentratorConfig
 from tunnel.policy.inbound import Mapping
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
@@ -99,8 +102,11 @@ class StreamHandler(Protocol):
 class ConcentratorProgram:
     """The running concentrator (see the module docstring). `start()`, then `stop()`."""
 
-    def __init__(self, config: ConcentratorConfig) -> None:
+    def __init__(self, config: ConcentratorConfig, seat: WorkerSeat | None = None) -> None:
+        """`seat`: this program is one worker of several (tunnel/aio/workers.py), `config`
+        the worker's view of the configuration (worker_config)."""
         self.config = config
+        self.seat = seat
         self.loop = asyncio.get_running_loop()
         self.state = ProgramState.STARTING
         verifier = load_verifier(config.tls.ca, config.tls.crl)
@@ -125,6 +131,10 @@ class ConcentratorProgram:
         )
         self.exit_code = 0
         self._address_watch: NetlinkWatch[Any] | None = None
+        # several workers: where this one's clients' prefixes are routed (README "Workers")
+        self.routes: WorkerRoutes | None = None
+        if seat is not None and seat.count > 1:
+            self.routes = WorkerRoutes(config.tun.name, seat.home_tun)
         self._keylog: IO[str] | None = None
         self._stopped = asyncio.Event()
 
@@ -133,7 +143,12 @@ class ConcentratorProgram:
     async def start(self) -> None:
         config = self.config
         mtu = config.tun.mtu or auto_tun_mtu(config.modes)
-        routes = self.core.tun_routes()
+        # a worker's TUN gets its clients' prefixes as they arrive; worker 0's holds them all
+        # until then, so a packet for a client that is nowhere meets one core that drops it
+        seat = self.seat
+        routes = (
+            self.core.tun_routes(seat is not None) if seat is None or seat.routes_prefixes else ()
+        )
         try:
             self.tun = TunDevice.create(
                 config.tun.name,
@@ -174,7 +189,7 @@ class ConcentratorProgram:
         options = self.stream_server.quic_options() if self.stream_server is not None else {}
         if self.core.tickets is not None:
             options["tickets"] = self.core.tickets  # limits.zero_rtt (README "0-RTT")
-        self.server = quic_server(config, quic_config, self._on_connection, options)
+        self.server = quic_server(config, quic_config, self._on_connection, options, self.seat)
         self.server.start()
         self.tun.start_reading(self._guarded(self._on_tun_packets))
         self.state = ProgramState.UP
@@ -226,6 +241,8 @@ class ConcentratorProgram:
         self.timer.cancel()
         if self._address_watch is not None:
             self._address_watch.close()
+        if self.routes is not None:
+            self.routes.close()
         if self.tun is not None:
             self.tun.close()
         for name in list(self.taps):
@@ -326,8 +343,6 @@ class ConcentratorProgram:
     def _carry_out(self) -> None:
         self._carry_out_scheduled = False
         core = self.core
-        if self.tun is not None:
-            core.write_tun(self.tun.write_batch)
         while (action := core.next_action()) is not None:
             if isinstance(action, StatusChanged):
                 self.status.write()
@@ -335,6 +350,12 @@ class ConcentratorProgram:
                 self._open_tap(action.client, action.mode)
             elif isinstance(action, TapClosed):
                 self._close_tap(action.client)
+            elif isinstance(action, ClientArrived):
+                if self.routes is not None:
+                    self.routes.claim(action.prefixes)
+            elif isinstance(action, ClientLeft):
+                if self.routes is not None:
+                    self.routes.give_back(action.prefixes)
             elif isinstance(action, InboundMapped):
                 self._listen(action.mapping)
             elif isinstance(action, InboundUnmapped):
@@ -343,6 +364,10 @@ class ConcentratorProgram:
                 driver = self.drivers.get(action.connection)
                 if driver is not None:
                     driver.transmit_soon()
+        # after the actions: a client that just arrived has its TAP, or with several workers
+        # its route, before its first packets go in and are answered
+        if self.tun is not None:
+            core.write_tun(self.tun.write_batch)
         core.write_taps(self._write_tap)
         self.timer.arm(core.get_timer())
 
@@ -453,6 +478,7 @@ class ConcentratorProgram:
             **core,
             "role": "concentrator",
             "pid": os.getpid(),
+            "worker": None if self.seat is None else self.seat.index,
             "time": datetime.datetime.now(datetime.UTC).timestamp(),
             "state": self.state.value,
             "modes": [m.value for m in self.config.modes],
@@ -498,8 +524,8 @@ def _make_stream_server(
     return server
 
 
-async def _serve(config: ConcentratorConfig) -> int:
-    program = ConcentratorProgram(config)
+async def _serve(config: ConcentratorConfig, seat: WorkerSeat | None = None) -> int:
+    program = ConcentratorProgram(config, seat)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, program.request_stop)
@@ -521,7 +547,10 @@ async def _serve(config: ConcentratorConfig) -> int:
 
 def run_concentrator(config: ConcentratorConfig) -> int:
     """Run until SIGINT/SIGTERM; 0 after a clean shutdown, 1 after a bug stopped it. Raises
-    RuntimeFailure (exit 1) or ConfigError (exit 2) with one sentence for what a user must fix."""
+    RuntimeFailure (exit 1) or ConfigError (exit 2) with one sentence for what a user must fix.
+    With `workers` above 1, as that many processes (tunnel/aio/workers.py)."""
+    if config.workers > 1:
+        return supervise(config, lambda view, seat: run(_serve(view, seat)))
     return run(_serve(config))
 
 

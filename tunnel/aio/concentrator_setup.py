@@ -16,6 +16,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from tunnel.agents.concentrator import PeerQuicConnection
 from tunnel.aio.status import open_private
 from tunnel.aio.udp import EndpointError, QuicDriver, QuicServer, UdpEndpoint
+from tunnel.aio.workers import WorkerSeat
 from tunnel.config import ConcentratorConfig, ConfigError
 from tunnel.policy.address_validation import AdmissionLimits, RetryPolicy
 from tunnel.policy.client_auth import ClientAuthError, ClientVerifier, RevocationList
@@ -126,15 +127,18 @@ def quic_server(
     quic_config: QuicConfiguration,
     on_connection: Callable[[QuicDriver], None],
     connection_options: dict[str, Any],
+    seat: WorkerSeat | None = None,
 ) -> QuicServer:
     """The QUIC server on every listen address (not started yet): mutual TLS, our stateless
     reset tokens, the UDP edge's limits; `connection_options` go to each PeerQuicConnection
-    (stream mode's)."""
+    (stream mode's). A worker (`seat`) serves the sockets the supervisor bound for it, and
+    issues connection IDs that steer to it (tunnel/aio/workers.py)."""
     limits = config.limits
     key = reset_key(config.tls.key)
-    endpoints: list[UdpEndpoint] = []
+    endpoints: list[UdpEndpoint] = [] if seat is None else list(seat.endpoints)
+    cid_worker = None if seat is None else seat.cid_worker
     try:
-        for address in config.listen_addresses:
+        for address in config.listen_addresses if seat is None else ():
             endpoint = UdpEndpoint.bind(str(address), config.port)
             endpoints.append(endpoint)
             warning = endpoint.buffers.warning()
@@ -160,9 +164,11 @@ def quic_server(
             reset_key=key,
             pacing_rate=pacing_rate(limits.pacing_rate_mbps),
             fast_datagram_path=limits.fast_datagram_path,
+            cid_worker=cid_worker,
             **connection_options,
         ),
         reset_key=key,
+        cid_worker=cid_worker,
         admission=AdmissionLimits(
             retry=RetryPolicy(limits.retry),
             retry_threshold=limits.retry_threshold,

@@ -76,7 +76,7 @@ from tunnel.policy.address_validation import (
     TokenStatus,
 )
 from tunnel.policy.rate_limit import PrefixBudget
-from tunnel.protocol.quic_ext import TunnelQuicConnection
+from tunnel.protocol.quic_ext import TunnelQuicConnection, steer_connection_id
 from tunnel.protocol.stateless_reset import build_reset, reset_size, reset_token
 from tunnel.user_error import RuntimeFailure
 
@@ -203,12 +203,15 @@ class UdpEndpoint:
         buffer_bytes: int = DEFAULT_SOCKET_BUFFER,
         gso: bool = True,
         gro: bool = True,
+        reuse_port: bool = False,
     ) -> UdpEndpoint:
         """Bind to `local_address`:`port` (default: any address of `family`, IPv4 if not
         given), pinned to `interface` with SO_BINDTODEVICE when given. `gso` sends runs of
         equal-size datagrams in one system call (measured +15-20 % QUIC datagram goodput over
         veth); it turns itself off if the kernel or device refuses. `gro` lets the kernel hand
-        over several datagrams in one read (UDP_GRO), off if the kernel lacks it."""
+        over several datagrams in one read (UDP_GRO), off if the kernel lacks it.
+        `reuse_port`: join the SO_REUSEPORT group of that address and port (the concentrator's
+        workers, tunnel/aio/reuseport.py)."""
         if local_address is not None:
             try:
                 parsed = ip_address(local_address.split("%")[0])
@@ -257,6 +260,8 @@ class UdpEndpoint:
                         "`ip link` for its name"
                     ) from None
             buffers = _set_buffers(sock, buffer_bytes)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             host = local_address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
             try:
                 sock.bind((host, port))
@@ -911,6 +916,7 @@ class QuicServer:
         resets_per_prefix_per_second: float = RESETS_PER_PREFIX_PER_SECOND,
         replies_per_second: float = REPLIES_PER_SECOND,
         replies_per_prefix_per_second: float = REPLIES_PER_PREFIX_PER_SECOND,
+        cid_worker: tuple[int, int] | None = None,
     ) -> None:
         """`endpoint`: one listener or several (sharing this server's connections and limits).
         `max_connections`: all connections at once, half-open or not (None: no bound).
@@ -921,7 +927,11 @@ class QuicServer:
         `resets_per_second` / `resets_per_prefix_per_second`: stateless resets sent at most
         in total / to one source prefix (/24 IPv4, /56 IPv6), bursts of as many.
         `replies_per_second` / `replies_per_prefix_per_second`: the same for Version
-        Negotiation packets and INVALID_TOKEN closes."""
+        Negotiation packets and INVALID_TOKEN closes.
+        `cid_worker`: (index, workers) of the concentrator worker this server is
+        (tunnel/aio/reuseport.py): the connection IDs of its Retry packets steer to it, as
+        those of its connections must (create_connection's `cid_worker`)."""
+        self.cid_worker = cid_worker
         self.endpoints = [endpoint] if isinstance(endpoint, UdpEndpoint) else list(endpoint)
         if not self.endpoints:
             raise ValueError("a QuicServer needs at least one endpoint")
@@ -1148,6 +1158,10 @@ class QuicServer:
         the 1200-byte Initial it answers (no amplification), costs less than a connection,
         and a budget spent by spoofed Initials would keep real clients out."""
         source_cid = os.urandom(self.configuration.connection_id_length)
+        if self.cid_worker is not None:
+            # the client's next Initial goes to this ID: it must reach this worker, whose key
+            # sealed the token
+            source_cid = steer_connection_id(source_cid, *self.cid_worker)
         token = self._retry_tokens.create_token(
             address=addr,
             original_destination_connection_id=header.destination_cid,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -182,6 +183,9 @@ _REQUIRED_INTERNALS = (
     "_local_max_stream_data_uni",
     "_host_cids",
     "_replenish_connection_ids",
+    "_local_initial_source_connection_id",
+    "_original_destination_connection_id",
+    "_peer_cid",
     "_close_end",
     "_close_event",
     "_state",
@@ -201,6 +205,7 @@ _REQUIRED_INTERNALS = (
     "_close_at",
     "_close_pending",
     "_handshake_confirmed",
+    "_handshake_complete",
     "_handshake_done_pending",
     "_idle_timeout",
     "_local_ack_delay_exponent",
@@ -398,6 +403,26 @@ def _open_short(
     return plain_header, payload, packet_number
 
 
+def steer_connection_id(cid: bytes, worker: int, workers: int) -> bytes:
+    """`cid` with its first byte made congruent to `worker` modulo `workers`, the rule the
+    concentrator's SO_REUSEPORT program steers datagrams by (tunnel/aio/reuseport.py); the
+    byte stays spread over every value that steers there (the rest of `cid` is untouched)."""
+    if not 0 <= worker < workers <= 256:
+        raise ValueError(f"worker {worker} of {workers} is not a worker index")
+    choices = (255 - worker) // workers + 1  # the bytes b < 256 with b % workers == worker
+    return bytes((worker + workers * (cid[0] % choices),)) + cid[1:]
+
+
+STEERED_DCID_LENGTH: Final = 9
+"""A client's first Destination Connection ID when it picks its first byte: 8 random bytes
+after it, the unpredictable minimum RFC 9000 §7.2 asks of it."""
+
+
+def steered_initial_dcid(first_byte: int) -> bytes:
+    """A client's first Destination Connection ID that starts with `first_byte`."""
+    return bytes((first_byte,)) + os.urandom(STEERED_DCID_LENGTH - 1)
+
+
 FAST_DATAGRAM_PATH = True
 """Default of TunnelQuicConnection.fast_datagram_path, for the connections made from now on:
 1-RTT packets that carry only DATAGRAM and ACK frames are built (and parsed) by this module
@@ -517,6 +542,8 @@ class TunnelQuicConnection(QuicConnection):
         pacing_rate: float | None = None,
         tickets: TicketStore | None = None,
         fast_datagram_path: bool | None = None,
+        cid_worker: tuple[int, int] | None = None,
+        initial_dcid_byte: int | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
@@ -538,7 +565,13 @@ class TunnelQuicConnection(QuicConnection):
         `tickets` (server): issue session tickets into this store and resume the connections
         that present one of them (README "0-RTT"); see resumed_identity.
         `fast_datagram_path` (limits.fast_datagram_path): take the datagram fast path (default
-        FAST_DATAGRAM_PATH); a subclass that changes the generic path never does."""
+        FAST_DATAGRAM_PATH); a subclass that changes the generic path never does.
+        `cid_worker` (server): (index, workers) of the concentrator worker this connection lives
+        in; every connection ID it issues steers to it (steer_connection_id).
+        `initial_dcid_byte` (client): the first byte of the Destination Connection ID of our
+        first Initial, which the concentrator's workers steer by: that of a connection ID the
+        concentrator gave another connection of our session, so that this one reaches the
+        same worker (tunnel/aio/reuseport.py)."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         if payload_ethertype is not None and not 0 <= payload_ethertype <= 0xFFFF:
@@ -546,6 +579,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_local_payload = payload_ethertype
         self._tunnel_peer_payload: int | None = None
         self._tunnel_reset_key = reset_key
+        self._tunnel_cid_worker = cid_worker
         self._tunnel_local_stream_mode = stream_mode
         self._tunnel_peer_stream_mode: bool | None = None
         self._tunnel_request_client_certificate = request_client_certificate
@@ -564,6 +598,13 @@ class TunnelQuicConnection(QuicConnection):
                 raise ValueError(f"max_streams_bidi must be >= 1, got {max_streams_bidi}")
             self._local_max_streams_bidi.value = max_streams_bidi
             self._local_max_streams_bidi.sent = max_streams_bidi
+        if cid_worker is not None and not self._is_client:
+            first = self._host_cids[0]
+            first.cid = steer_connection_id(first.cid, *cid_worker)
+            self.host_cid = self._local_initial_source_connection_id = first.cid
+        if initial_dcid_byte is not None and self._is_client:
+            self._peer_cid.cid = steered_initial_dcid(initial_dcid_byte)
+            self._original_destination_connection_id = self._peer_cid.cid
         self._retoken_host_cids()
         configuration = self._configuration
         self._tunnel_stream_window = stream_window or configuration.max_stream_data
@@ -1421,6 +1462,13 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_tickets.issued(ticket)
         self.issued_tickets.append(ticket.ticket)
 
+    def peer_cid_first_byte(self) -> int | None:
+        """The first byte of the connection ID we send to, once the handshake made it the
+        peer's own (None before): a concentrator's workers steer by it (README "Workers")."""
+        if not self._handshake_complete:
+            return None
+        return self._peer_cid.cid[0] if self._peer_cid.cid else None
+
     # -- stateless reset (RFC 9000 §10.3) --------------------------------------------------
 
     def _retoken_host_cids(self) -> None:
@@ -1433,7 +1481,11 @@ class TunnelQuicConnection(QuicConnection):
             cid.stateless_reset_token = reset_token(self._tunnel_reset_key, cid.cid)
 
     def _replenish_connection_ids(self) -> None:
+        known = len(self._host_cids)
         super()._replenish_connection_ids()
+        if self._tunnel_cid_worker is not None:
+            for connection_id in self._host_cids[known:]:
+                connection_id.cid = steer_connection_id(connection_id.cid, *self._tunnel_cid_worker)
         self._retoken_host_cids()
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:

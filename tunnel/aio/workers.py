@@ -1,0 +1,415 @@
+"""`workers = N`: the concentrator as N processes sharing its UDP port (README "Workers").
+
+One Python process carries one core's worth of packets at most. With `workers` above 1 the
+concentrator binds, for each listen address, N sockets into one SO_REUSEPORT group whose BPF
+program steers each datagram by the first byte of its destination connection ID
+(tunnel/aio/reuseport.py), then forks N workers. Worker i
+- serves the group's i-th socket of every address; every connection ID it issues steers back
+  to it (tunnel/protocol/quic_ext.py `steer_connection_id`), so a connection stays in the
+  process that holds its keys, and a session's connections in the one that holds the session
+  (the client starts them with a DCID of that worker's, tunnel/aio/client.py);
+- has its own TUN: worker 0 the configured `tun.name`, with `tun.addresses` and the routes of
+  every client prefix; worker i `tun.name` + `w<i>`, no address. When a client arrives at a
+  worker, its prefixes are routed to that worker's TUN (`route replace`); when it leaves, back
+  to worker 0's, unless another worker took them meanwhile (WorkerRoutes);
+- writes its own status file (`status.worker<i>.json` next to the configured one), which this
+  process merges into the configured file (merge_status).
+
+This process, the supervisor, keeps no event loop: it waits for signals (sigtimedwait), passes
+SIGINT/SIGTERM (as SIGTERM), SIGHUP (reload the CRL) and SIGUSR1 (fresh status) to the workers,
+and stops them all when one ends on its own, since the connections its socket held would
+then go unanswered: a crashed worker stops the concentrator with its exit code, as a bug in a
+single-process one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Any, Final
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tunnel.aio.reuseport import ReusePortError, attach_steering
+from tunnel.aio.status import write_json_atomic
+from tunnel.aio.udp import EndpointError, UdpEndpoint
+from tunnel.config import ConcentratorConfig, worker_tun_name
+from tunnel.user_error import EXIT_RUNTIME, RuntimeFailure, run_command
+
+log = logging.getLogger("qtun.concentrator")
+
+SIGNALS: Final = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+STOP_TIMEOUT: Final = 15.0  # seconds a worker has to close its connections before SIGKILL
+REFRESH_WAIT: Final = 1.0  # seconds the supervisor waits for the workers' fresh status files
+ROUTE_TIMEOUT: Final = 2.0  # seconds a client's arrival waits for its route to move at most
+PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
+NOT_SUMMED: Final = frozenset({"pid", "time", "mtu", "state", "role"})
+
+
+@dataclass
+class WorkerSeat:
+    """What makes a concentrator process worker `index` of `count`: its socket of each listen
+    address's group; `home_tun` is worker 0's TUN, where client prefixes are routed by
+    default."""
+
+    index: int
+    count: int
+    endpoints: list[UdpEndpoint]
+    home_tun: str
+
+    @property
+    def cid_worker(self) -> tuple[int, int]:
+        return (self.index, self.count)
+
+    @property
+    def routes_prefixes(self) -> bool:
+        """Whether this worker's TUN is the home of every client prefix (worker 0's)."""
+        return self.index == 0
+
+
+def worker_status_path(path: Path, index: int) -> Path:
+    """Worker `index`'s own status file next to the configured `path`."""
+    return path.with_name(f"{path.stem}.worker{index}{path.suffix}")
+
+
+def worker_config(config: ConcentratorConfig, index: int) -> ConcentratorConfig:
+    """The configuration worker `index` runs: its TUN's name (and no address but on worker
+    0), its status file."""
+    tun = dataclasses.replace(
+        config.tun,
+        name=worker_tun_name(config.tun.name, index),
+        addresses=config.tun.addresses if index == 0 else (),
+    )
+    status = config.observability.status_file
+    observability = dataclasses.replace(
+        config.observability,
+        status_file=None if status is None else worker_status_path(status, index),
+    )
+    return dataclasses.replace(config, tun=tun, observability=observability)
+
+
+def merge_status(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One status document for the workers' `snapshots`: numbers added (a key named
+    largest_* or max_*: the largest), lists of objects (clients, connections) joined, anything
+    else as the first worker has it; `pid`, `time`, `mtu`, `state` and `role` are not added."""
+    merged: dict[str, Any] = {}
+    for snapshot in snapshots:
+        _merge_into(merged, snapshot)
+    return merged
+
+
+def _merge_into(merged: dict[str, Any], snapshot: Mapping[str, Any]) -> None:
+    for key, value in snapshot.items():
+        if key not in merged:
+            merged[key] = json.loads(json.dumps(value))  # a copy the next merge may change
+            continue
+        known = merged[key]
+        if isinstance(known, dict) and isinstance(value, Mapping):
+            _merge_into(known, value)
+        elif key not in NOT_SUMMED and _is_number(known) and _is_number(value):
+            if key.startswith(("largest_", "max_")):
+                merged[key] = max(known, value)
+            else:
+                merged[key] = known + value
+        elif (
+            isinstance(known, list)
+            and isinstance(value, list)
+            and all(isinstance(item, dict) for item in known + value)
+        ):
+            known.extend(json.loads(json.dumps(value)))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# -- routes: which worker's TUN a client's prefixes go to --------------------------------------
+
+
+class WorkerRoutes:
+    """Moves a client's prefixes between the workers' TUNs, in order, on a thread of its own
+    (pyroute2 cannot run on uvloop's thread, tunnel/aio/tun.py)."""
+
+    def __init__(self, own_tun: str, home_tun: str) -> None:
+        self.own_tun = own_tun
+        self.home_tun = home_tun
+        self.failures = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-routes")
+
+    def claim(self, prefixes: Iterable[IPv4Network | IPv6Network]) -> None:
+        """Route `prefixes` to this worker's TUN (a client arrived here), before returning:
+        the program writes the client's first packets into the TUN only after this, so the
+        answers to them find the route (an asynchronous move lost the first echo reply in
+        tests/integration/test_concentrator.py). It blocks the loop for one netlink round
+        trip per client admitted."""
+        future = self._pool.submit(self._move, tuple(prefixes), None, self.own_tun)
+        try:
+            future.result(timeout=ROUTE_TIMEOUT)
+        except TimeoutError:
+            log.warning("worker route not moved in %.0f s to=%s", ROUTE_TIMEOUT, self.own_tun)
+
+    def give_back(self, prefixes: Iterable[IPv4Network | IPv6Network]) -> None:
+        """Route `prefixes` back to worker 0's TUN if they still go to this worker's (the
+        client left here; a newer connection of it on another worker keeps them)."""
+        if self.own_tun != self.home_tun:
+            self._pool.submit(self._move, tuple(prefixes), self.own_tun, self.home_tun)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _move(
+        self, prefixes: tuple[IPv4Network | IPv6Network, ...], only_from: str | None, to: str
+    ) -> None:
+        try:
+            with IPRoute() as ipr:
+                target = ipr.link_lookup(ifname=to)
+                source = ipr.link_lookup(ifname=only_from) if only_from is not None else None
+                if not target or source == []:
+                    return  # the TUN is gone: the program is stopping
+                for prefix in prefixes:
+                    network = ip_network(prefix)
+                    family = 10 if network.version == 6 else 2
+                    where = {
+                        "dst": str(network.network_address),
+                        "dst_len": network.prefixlen,
+                        "family": family,
+                    }
+                    if source is not None:
+                        current = [r.get("oif") for r in ipr.route("get", **where)]
+                        if source[0] not in current:
+                            continue
+                    ipr.route("replace", oif=target[0], **where)
+        except (NetlinkError, OSError) as exc:
+            self.failures += 1
+            log.warning("worker route not moved to=%s error=%s", to, exc)
+
+
+# -- the supervisor ------------------------------------------------------------------------------
+
+
+def bind_groups(config: ConcentratorConfig) -> list[list[UdpEndpoint]]:
+    """Each worker's endpoints (one per listen address): the sockets of each address's
+    SO_REUSEPORT group, bound in worker order so that the kernel's index of a socket is its
+    worker's, with the steering program attached."""
+    count = config.workers
+    seats: list[list[UdpEndpoint]] = [[] for _ in range(count)]
+    try:
+        for address in config.listen_addresses:
+            for index in range(count):
+                seats[index].append(UdpEndpoint.bind(str(address), config.port, reuse_port=True))
+            attach_steering(seats[0][-1].sock, count)
+            warning = seats[0][-1].buffers.warning()
+            if warning:
+                log.warning(warning)
+    except (EndpointError, ReusePortError) as exc:
+        for endpoints in seats:
+            for endpoint in endpoints:
+                endpoint.close()
+        raise RuntimeFailure(str(exc)) from None
+    return seats
+
+
+def supervise(
+    config: ConcentratorConfig, serve: Callable[[ConcentratorConfig, WorkerSeat], int]
+) -> int:
+    """Run `serve(worker_config, seat)` in `config.workers` forked processes until SIGINT or
+    SIGTERM; the exit code is 0 if every worker stopped cleanly, else the first failure's."""
+    seats = bind_groups(config)
+    parent = os.getpid()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    children: dict[int, int] = {}  # pid -> worker index, until they are all reaped
+    try:
+        for index, endpoints in enumerate(seats):
+            pid = os.fork()
+            if pid == 0:  # the worker
+                _end_with(parent)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                for other, others in enumerate(seats):
+                    if other != index:
+                        for endpoint in others:
+                            endpoint.close()
+                seat = WorkerSeat(index, len(seats), endpoints, config.tun.name)
+                view = worker_config(config, index)
+                code = run_command("qtun", functools.partial(serve, view, seat))
+                sys.stdout.flush()
+                sys.stderr.flush()
+                logging.shutdown()
+                os._exit(code)
+            children[pid] = index
+        for endpoints in seats:  # the workers hold them now
+            for endpoint in endpoints:
+                endpoint.close()
+        code = _Supervisor(config, children).wait()
+        children.clear()  # reaped: their pids may belong to other processes now
+        return code
+    finally:
+        for pid in children:  # only if the above failed: never leave a worker behind
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _end_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when the supervisor dies (a SIGKILL it cannot
+    pass on): a worker never outlives it holding the port's share and a TUN."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _Supervisor:
+    def __init__(self, config: ConcentratorConfig, children: dict[int, int]) -> None:
+        self.config = config
+        self.live = dict(children)
+        self.pids = {index: pid for pid, index in children.items()}
+        self.status = config.observability.status_file
+        self.exit_code: int | None = None
+        self.stop_deadline: float | None = None
+
+    def wait(self) -> int:
+        interval = self.config.observability.status_interval
+        next_status = time.monotonic()
+        while self.live:
+            now = time.monotonic()
+            if now >= next_status:
+                self.write_status()
+                next_status = now + interval
+            if self.stop_deadline is not None and now >= self.stop_deadline:
+                log.warning("workers did not stop in %.0f s: killing them", STOP_TIMEOUT)
+                self._signal_all(signal.SIGKILL)
+                self.stop_deadline = None
+            until = (
+                next_status if self.stop_deadline is None else min(next_status, self.stop_deadline)
+            )
+            info = signal.sigtimedwait(SIGNALS, max(0.0, until - time.monotonic()))
+            if info is None:
+                continue
+            signum = info.si_signo
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum in (signal.SIGINT, signal.SIGTERM):
+                self._stop(0)
+            elif signum == signal.SIGHUP:
+                self._signal_all(signal.SIGHUP)
+            elif signum == signal.SIGUSR1:
+                self._refresh()
+        self._reap()
+        self.write_status(stopped=True)
+        return self.exit_code or 0
+
+    def _stop(self, code: int) -> None:
+        if self.exit_code is None:
+            self.exit_code = code
+        if self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + STOP_TIMEOUT
+            self._signal_all(signal.SIGTERM)
+
+    def _reap(self) -> None:
+        while self.live:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.live.clear()
+                return
+            if pid == 0:
+                return
+            index = self.live.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if self.stop_deadline is None:  # it ended on its own: the others cannot go on
+                log.error(
+                    "worker %d ended on its own (exit %d): stopping the other workers", index, code
+                )
+                self._stop(code if code > 0 else EXIT_RUNTIME)
+            elif code != 0 and self.exit_code == 0:
+                self.exit_code = code if code > 0 else EXIT_RUNTIME
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _refresh(self) -> None:
+        """SIGUSR1: each worker rewrites its file, then this merge is rewritten."""
+        asked = time.time()
+        self._signal_all(signal.SIGUSR1)
+        deadline = time.monotonic() + REFRESH_WAIT
+        while time.monotonic() < deadline:
+            snapshots = self._snapshots()
+            if len(snapshots) == len(self.live) and all(
+                s.get("time", 0) >= asked for s in snapshots
+            ):
+                break
+            time.sleep(0.01)  # polling files written by other processes: nothing to wait on
+        self.write_status()
+
+    def _snapshots(self) -> list[dict[str, Any]]:
+        if self.status is None:
+            return []
+        snapshots = []
+        for index in sorted(self.pids):
+            try:
+                text = worker_status_path(self.status, index).read_text()
+                snapshots.append(json.loads(text))
+            except (OSError, ValueError):
+                continue
+        return snapshots
+
+    def write_status(self, stopped: bool = False) -> None:
+        if self.status is None:
+            return
+        snapshots = self._snapshots()
+        merged = merge_status(snapshots)
+        merged.pop("worker", None)
+        states = [s.get("state") for s in snapshots]
+        merged |= {
+            "pid": os.getpid(),
+            "time": time.time(),
+            "role": "concentrator",
+            "state": "stopped"
+            if stopped
+            else "up"
+            if len(states) == len(self.pids) and all(s == "up" for s in states)
+            else "starting",
+            "workers": [
+                {
+                    "index": index,
+                    "pid": pid,
+                    "status_file": str(worker_status_path(self.status, index)),
+                    "tun": worker_tun_name(self.config.tun.name, index),
+                }
+                for index, pid in sorted(self.pids.items())
+            ],
+        }
+        try:
+            write_json_atomic(self.status, merged)
+        except OSError as exc:
+            log.warning("status file not written path=%s error=%r", self.status, exc.strerror)
+
+
+__all__ = [
+    "WorkerRoutes",
+    "WorkerSeat",
+    "bind_groups",
+    "merge_status",
+    "supervise",
+    "worker_config",
+    "worker_status_path",
+]
