@@ -207,6 +207,7 @@ class Concentrator:
     reports: list[tuple[float, str, AccessId, AccessSignal]] = field(default_factory=list)
     packets: list[tuple[str, bytes]] = field(default_factory=list)  # (came over, packet)
     server_config: QuicConfiguration | None = None
+    cid_worker: tuple[int, int] | None = None  # issue connection IDs as this worker would
 
     def server_side(
         self, client: QuicConnection, now: float
@@ -214,6 +215,7 @@ class Concentrator:
         server = TunnelQuicConnection(
             configuration=self.server_config,
             original_destination_connection_id=client.original_destination_connection_id,
+            cid_worker=self.cid_worker,
         )
         return server, TunnelConnection(server)
 
@@ -474,6 +476,7 @@ class World:
             session_ticket_handler=self.agent.ticket_received,
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
             stream_mode=self.config.stream.enabled,
+            initial_dcid_byte=self.agent.worker_byte,  # as tunnel/aio/client.py
         )
         server, server_tunnel = self.server.server_side(client, self.now)
         client.connect(CONCENTRATOR, now=self.now)  # as the program: before path_opened

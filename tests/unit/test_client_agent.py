@@ -310,6 +310,24 @@ def test_session_mode_rejoins_the_same_session() -> None:
     assert delivered(world, 3) == ["wifi"]
 
 
+def test_every_connection_starts_towards_the_concentrator_worker_of_the_session() -> None:
+    """README "Workers": a session's first connections, opened at once, start with one
+    Destination Connection ID byte (so they meet in one worker); once the concentrator
+    answered, a new connection starts with the byte of its connection ID, which steers to the
+    worker that issued it."""
+    world = World(client_config("session", ("wifi", "5g"), PROBE))
+    world.concentrator.cid_worker = (1, 3)
+    world.start().run(2.0)
+    first = [c.client.original_destination_connection_id for c in world.conns]
+    assert len(first) == 2 and first[0][0] == first[1][0] and len(first[0]) == 9
+    assert world.agent.worker_byte % 3 == 1
+    old = world.up_path("wifi")
+    world.concentrator_closes(old)
+    world.run(3.0, until=lambda: world.agent.path_on("wifi") not in (None, old))
+    rejoin = world.conns[-1].client.original_destination_connection_id
+    assert len(rejoin) == 9 and rejoin[0] % 3 == 1
+
+
 def test_session_mode_unknown_session_id_starts_a_new_session_on_every_access() -> None:
     world = session_world()
     first = world.agent.session_id

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -1116,10 +1117,13 @@ class ClientAgent:
         self.last_now = now
         self.state = ClientState.CONNECTING
         self.stopped = False
-        self.worker_byte: int | None = None
-        """The first byte of the concentrator's connection IDs on our last handshake: our next
-        connections start with it, so a concentrator of several workers takes them in the
-        worker holding our session and tickets (README "Workers")."""
+        self.worker_byte = secrets.randbelow(256)
+        """The first byte of the first Destination Connection ID of every connection we open,
+        which a concentrator of several workers steers by (README "Workers"): one random byte
+        for all our first connections (session mode opens one per access at once: they must
+        meet in one worker, where they form one session), then the first byte of the
+        concentrator's connection ID on our last handshake (its worker issued it), so that
+        reconnections find the worker holding our session and our tickets."""
         self.accesses = {a.name: AccessStatus(a) for a in config.accesses}
         self.counters: Counter[str] = Counter()
         self.closed_totals: Counter[str] = Counter()  # counters of the connections that ended
@@ -1429,7 +1433,8 @@ class ClientAgent:
             self.tunnel_event(path, tunnel_event, now)
         if isinstance(event, quic_events.HandshakeCompleted):
             if isinstance(tunnel.quic, TunnelQuicConnection):
-                self.worker_byte = tunnel.quic.peer_cid_first_byte()
+                byte = tunnel.quic.peer_cid_first_byte()
+                self.worker_byte = self.worker_byte if byte is None else byte
             self._handshake_completed(path, now)
         elif isinstance(event, quic_events.ConnectionTerminated):
             if path.state is PathState.CONNECTING:
