@@ -265,6 +265,46 @@ def test_session_mode_ping_and_failover_on_link_down(net: Net) -> None:
     assert net.ping(CONC_V4) == 3, net.client.log_tail() + net.conc.log_tail()
 
 
+def test_session_mode_against_a_concentrator_of_four_workers(net: Net) -> None:
+    """README "Workers": the client's two connections, opened at once, meet in one worker and
+    form one session there; an access lost and back rejoins that session (its new connection
+    starts with the concentrator's connection-ID byte). With random first DCIDs the two would
+    land in different workers 3 times in 4 and the join would fail."""
+    assert net.conc.stop() == 0
+    net.conc.overrides = ("workers=4",)
+    net.conc.start().wait_state()
+
+    def holders() -> list[dict[str, Any]]:
+        """Per worker holding alice: her entry in its own status file."""
+        found = []
+        for worker in net.conc.status().get("workers", []):
+            try:
+                own = json.loads(Path(worker["status_file"]).read_text())
+            except (OSError, ValueError):
+                continue
+            found += [c for c in own["clients"] if c["name"] == "alice"]
+        return found
+
+    net.start_client("mode=session")
+    net.wait("both accesses joined", lambda: net.access("5g").get("connected") is True)
+    session = net.client.status()["session_id"]
+
+    def in_one_worker() -> bool:
+        return [len(c["connections"]) for c in holders()] == [2]
+
+    net.wait("one worker holds both", in_one_worker)
+    assert net.ping(CONC_V4) == 3 and net.ping(CONC_V6) == 3, net.conc.log_tail()
+    net.set_access("wifi", up=False)
+    net.wait("wifi unavailable", lambda: net.access("wifi").get("available") is False)
+    net.set_access("wifi", up=True)
+    net.wait("wifi back", lambda: net.access("wifi").get("connected") is True, timeout=30)
+    assert net.client.status()["session_id"] == session
+    net.wait(
+        "one worker holds both again", lambda: [len(c["connections"]) for c in holders()] == [2]
+    )
+    assert net.ping(CONC_V4) == 3, net.client.log_tail() + net.conc.log_tail()
+
+
 def test_session_mode_blackhole_detected_by_probe(net: Net) -> None:
     net.start_client("mode=session")
     net.wait("both accesses joined", lambda: net.access("5g").get("connected") is True)
