@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -577,3 +578,49 @@ def test_a_worker_that_dies_stops_the_concentrator(
     for name in (WORKER_TUN, WORKER_TUN1):
         assert ip(NS_CONC, "link", "show", name, check=False).returncode != 0
     assert not Path(f"/proc/{pids[0]}").exists()
+
+
+def test_fresh_status_requests_while_the_workers_start(
+    net: None, lab_certs: Path, tmp_path: Path
+) -> None:
+    """A script asking for fresh counters (SIGUSR1) every few milliseconds from the moment the
+    status file exists (the supervisor writes it at once, state "starting"), as the testbed's
+    waits do: no worker may die of it before its status writer takes the signal, and the
+    supervisor must still notice a worker's end (a pending SIGUSR1 comes out of sigtimedwait
+    before SIGCHLD). Both happened in the scale experiment: a worker ended as it started, the
+    supervisor waited on with zombies for minutes. The old code failed this 2 times of 2."""
+    workdir = tmp_path
+    config = workdir / "concentrator.toml"
+    # 400 more clients: worker 0 routes each at start, which makes its start as slow as the
+    # scale experiment's with 50 clients (the window in which the signal killed it)
+    more = "".join(
+        f'[[client]]\nname = "extra{k}"\naddresses = ["10.9.{k // 200}.{k % 200 + 1}/32"]\n'
+        for k in range(400)
+    )
+    config.write_text(workers_toml(lab_certs, workdir) + more)
+    program = Qtun(NS_CONC, "concentrator", config, workdir / "status.json", workdir / "log")
+    program.start()
+    try:
+        assert program.popen is not None
+        wait_until("the status file", lambda: program.status() != {}, alive=[program])
+        asked = 0
+        while program.status().get("state") != "up" and asked < 2000:  # bounded: ~20 s
+            if not program.running():
+                break
+            program.popen.send_signal(signal.SIGUSR1)
+            asked += 1
+            time.sleep(0.01)  # the script's pace, not a wait for readiness
+        assert program.status().get("state") == "up", program.log_tail()
+        ping = client(lab_certs, "ping", "--port", "4437", "--dcid-byte", "1")
+        assert ping["replies"] == 1, ping
+        pids = [w["pid"] for w in program.status()["workers"]]
+        os.kill(pids[0], signal.SIGKILL)
+        for _ in range(300):  # a flood of requests while it must notice the death
+            if not program.running():
+                break
+            program.popen.send_signal(signal.SIGUSR1)
+            time.sleep(0.01)
+        wait_until("the concentrator ends", lambda: not program.running(), timeout=20)
+        assert program.returncode() == 1, program.log_tail()
+    finally:
+        program.stop()

@@ -45,14 +45,14 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnel.aio.reuseport import ReusePortError, attach_steering
-from tunnel.aio.status import write_json_atomic
+from tunnel.aio.status import REFRESH_SIGNAL, write_json_atomic
 from tunnel.aio.udp import EndpointError, UdpEndpoint
 from tunnel.config import ConcentratorConfig, worker_tun_name
 from tunnel.user_error import EXIT_RUNTIME, RuntimeFailure, run_command
 
 log = logging.getLogger("qtun.concentrator")
 
-SIGNALS: Final = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+SIGNALS: Final = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, REFRESH_SIGNAL)
 STOP_TIMEOUT: Final = 15.0  # seconds a worker has to close its connections before SIGKILL
 REFRESH_WAIT: Final = 1.0  # seconds the supervisor waits for the workers' fresh status files
 ROUTE_TIMEOUT: Final = 2.0  # seconds a client's arrival waits for its route to move at most
@@ -237,7 +237,12 @@ def supervise(
             pid = os.fork()
             if pid == 0:  # the worker
                 _end_with(parent)
+                # until its status writer takes it: SIGUSR1's default action would end the
+                # worker when a script asks for fresh counters while it starts (it did, in
+                # the scale experiment, whose waits ask the supervisor every poll)
+                signal.signal(REFRESH_SIGNAL, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                _name_in_logs(index)
                 for other, others in enumerate(seats):
                     if other != index:
                         for endpoint in others:
@@ -261,7 +266,23 @@ def supervise(
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+        # a script asking once more while we exit must not end us with SIGUSR1's default
+        # action (as tunnel/aio/status.py does for a single process)
+        signal.signal(REFRESH_SIGNAL, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _name_in_logs(index: int) -> None:
+    """Start this worker's log lines with `worker=<index>` (the workers share stderr)."""
+
+    def prefix(record: logging.LogRecord) -> bool:
+        if not getattr(record, "worker_named", False):
+            record.msg = f"worker={index} {record.msg}"
+            record.worker_named = True
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(prefix)
 
 
 def _end_with(parent: int) -> None:
@@ -286,6 +307,12 @@ class _Supervisor:
         interval = self.config.observability.status_interval
         next_status = time.monotonic()
         while self.live:
+            # every turn, not only on SIGCHLD: sigtimedwait hands out the lowest pending
+            # signal first, and a script asking for fresh status (SIGUSR1, 10) more often than
+            # a refresh takes would starve SIGCHLD (17) forever
+            self._reap()
+            if not self.live:
+                break
             now = time.monotonic()
             if now >= next_status:
                 self.write_status()
@@ -301,13 +328,11 @@ class _Supervisor:
             if info is None:
                 continue
             signum = info.si_signo
-            if signum == signal.SIGCHLD:
-                self._reap()
-            elif signum in (signal.SIGINT, signal.SIGTERM):
+            if signum in (signal.SIGINT, signal.SIGTERM):
                 self._stop(0)
             elif signum == signal.SIGHUP:
                 self._signal_all(signal.SIGHUP)
-            elif signum == signal.SIGUSR1:
+            elif signum == REFRESH_SIGNAL:
                 self._refresh()
         self._reap()
         self.write_status(stopped=True)
@@ -349,22 +374,23 @@ class _Supervisor:
     def _refresh(self) -> None:
         """SIGUSR1: each worker rewrites its file, then this merge is rewritten."""
         asked = time.time()
-        self._signal_all(signal.SIGUSR1)
+        self._signal_all(REFRESH_SIGNAL)
         deadline = time.monotonic() + REFRESH_WAIT
         while time.monotonic() < deadline:
-            snapshots = self._snapshots()
-            if len(snapshots) == len(self.live) and all(
-                s.get("time", 0) >= asked for s in snapshots
-            ):
+            self._reap()  # a worker that ended will not answer
+            live = sorted(self.live.values())
+            snapshots = self._snapshots(live)
+            if len(snapshots) == len(live) and all(s.get("time", 0) >= asked for s in snapshots):
                 break
             time.sleep(0.01)  # polling files written by other processes: nothing to wait on
         self.write_status()
 
-    def _snapshots(self) -> list[dict[str, Any]]:
+    def _snapshots(self, indices: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """The status files of the workers `indices` (all by default) that could be read."""
         if self.status is None:
             return []
         snapshots = []
-        for index in sorted(self.pids):
+        for index in sorted(self.pids) if indices is None else indices:
             try:
                 text = worker_status_path(self.status, index).read_text()
                 snapshots.append(json.loads(text))
