@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -233,27 +233,10 @@ def supervise(
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     children: dict[int, int] = {}  # pid -> worker index, until they are all reaped
     try:
-        for index, endpoints in enumerate(seats):
+        for index in range(len(seats)):
             pid = os.fork()
-            if pid == 0:  # the worker
-                _end_with(parent)
-                # until its status writer takes it: SIGUSR1's default action would end the
-                # worker when a script asks for fresh counters while it starts (it did, in
-                # the scale experiment, whose waits ask the supervisor every poll)
-                signal.signal(REFRESH_SIGNAL, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-                _name_in_logs(index)
-                for other, others in enumerate(seats):
-                    if other != index:
-                        for endpoint in others:
-                            endpoint.close()
-                seat = WorkerSeat(index, len(seats), endpoints, config.tun.name)
-                view = worker_config(config, index)
-                code = run_command("qtun", functools.partial(serve, view, seat))
-                sys.stdout.flush()
-                sys.stderr.flush()
-                logging.shutdown()
-                os._exit(code)
+            if pid == 0:  # the worker: never returns
+                _run_worker(config, seats, index, parent, blocked, serve)
             children[pid] = index
         for endpoints in seats:  # the workers hold them now
             for endpoint in endpoints:
@@ -270,6 +253,39 @@ def supervise(
         # action (as tunnel/aio/status.py does for a single process)
         signal.signal(REFRESH_SIGNAL, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _run_worker(
+    config: ConcentratorConfig,
+    seats: list[list[UdpEndpoint]],
+    index: int,
+    parent: int,
+    blocked: set[int | signal.Signals],
+    serve: Callable[[ConcentratorConfig, WorkerSeat], int],
+) -> NoReturn:
+    """Worker `index`, in the forked process: serve, then exit with the code; whatever
+    happens, it never returns into the supervisor's code."""
+    code = EXIT_RUNTIME
+    try:
+        _end_with(parent)
+        # until its status writer takes it: SIGUSR1's default action would end the worker
+        # when a script asks for fresh counters while it starts (it did, in the scale
+        # experiment, whose waits ask the supervisor every poll)
+        signal.signal(REFRESH_SIGNAL, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _name_in_logs(index)
+        for other, others in enumerate(seats):
+            if other != index:
+                for endpoint in others:
+                    endpoint.close()
+        seat = WorkerSeat(index, len(seats), seats[index], config.tun.name)
+        view = worker_config(config, index)
+        code = run_command("qtun", functools.partial(serve, view, seat))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
 
 
 def _name_in_logs(index: int) -> None:
