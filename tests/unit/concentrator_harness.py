@@ -73,8 +73,11 @@ def copy_ca(certs: Path, into: Path) -> Path:
     return into
 
 
-def concentrator_config(certs: Path, *overrides: str, extra: str = "") -> ConcentratorConfig:
-    """Both modes, alice static (10.8.0.2, fd00:8::2), a pool admitting carol and dave."""
+def concentrator_config(
+    certs: Path, *overrides: str, extra: str = "", pool: bool = True
+) -> ConcentratorConfig:
+    """Both modes, alice static (10.8.0.2, fd00:8::2), a pool admitting carol and dave (none
+    with `pool` false: every client static, as workers need)."""
     text = f"""
 modes = ["tunnel", "session"]
 scheduler = "failover"
@@ -91,11 +94,9 @@ key = "{certs}/concentrator.key"
 [[client]]
 name = "alice"
 addresses = ["10.8.0.2/32", "fd00:8::2/128"]
-[pool]
-ipv4 = "10.8.1.0/24"
-ipv6 = "fd00:8:1::/64"
-admit = ["carol", "dave"]
 """
+    if pool:
+        text += '[pool]\nipv4 = "10.8.1.0/24"\nipv6 = "fd00:8:1::/64"\nadmit = ["carol", "dave"]\n'
     return parse_concentrator_config(text, overrides=list(overrides))
 
 
