@@ -7,7 +7,7 @@ is checked here through the core's actions, its status and what the clients rece
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,8 @@ from tests.unit.concentrator_harness import (
 )
 from tunnel.agents.concentrator import (
     AUTH_FAILED_REASON,
+    ClientArrived,
+    ClientLeft,
     Closed,
     CrlReloaded,
     Refusal,
@@ -217,6 +219,33 @@ def test_shutdown_closes_every_connection(lab_certs: Path) -> None:
     core_lab.run(1.0)  # the peer reports a close at the end of its draining period
     assert [closed_reason(c) for c in conns] == ["the concentrator is shutting down"] * 2
     assert {a.connection for a in core_lab.of(Closed)} == {c.server for c in conns}
+
+
+def test_a_client_arriving_and_leaving_is_announced_with_its_prefixes(lab_certs: Path) -> None:
+    """What a concentrator of several workers moves between their TUNs (README "Workers"):
+    ClientArrived when a client is admitted, ClientLeft once it is gone. A tunnel-mode
+    connection that replaces the client's old one makes it leave and arrive again, in that
+    order, so its route ends at the worker of the new one; a session's second connection
+    announces nothing."""
+    core_lab = lab(lab_certs)
+    core_lab.connect("alice")
+    prefixes = (ip_network("10.8.0.2/32"), ip_network("fd00:8::2/128"))
+    arrived, left = ClientArrived("alice", prefixes), ClientLeft("alice", prefixes)
+    assert core_lab.of(ClientArrived) == [arrived]
+    core_lab.connect("alice")
+
+    def moves() -> list[ClientArrived | ClientLeft]:
+        return [a for a in core_lab.actions if isinstance(a, ClientArrived | ClientLeft)]
+
+    assert moves() == [arrived, left, arrived]
+    session(core_lab, "carol", paths=2)
+    assert [a.client for a in moves()] == ["alice", "alice", "alice", "carol"]
+    core_lab.core.shutdown(core_lab.now)
+    core_lab.carry_out()
+    core_lab.run(1.0)
+    assert moves()[4:] == [left]  # carol's session waits session_idle_expiry (30 s)
+    core_lab.run(30.0)
+    assert [type(a) for a in moves()[5:]] == [ClientLeft] and moves()[5].client == "carol"
 
 
 # -- revocation -----------------------------------------------------------------------------------
