@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # A process at or above this share of one core over a point's measurement saturated it: its
@@ -21,11 +22,17 @@ CPU_SATURATED_PCT = 90.0
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads) and of its running child processes (a
     concentrator's workers, README "Workers"), in seconds."""
-    total = _own_cpu_seconds(pid)
+    return _with_children(pid, _own_cpu_seconds)
+
+
+def _with_children(pid: int, measure: Callable[[int], float]) -> float:
+    """`measure(pid)` plus `measure` of each running child (one that ends meanwhile counts
+    nothing)."""
+    total = measure(pid)
     for child in child_pids(pid):
         try:
-            total += _own_cpu_seconds(child)
-        except OSError:  # it ended meanwhile
+            total += measure(child)
+        except (OSError, ValueError):
             continue
     return total
 
@@ -87,13 +94,7 @@ def rss_mb(status_text: str) -> float:
 def process_rss_mb(pid: int) -> float:
     """VmRSS of a process and of its running child processes (a concentrator's workers, whose
     pages shared since the fork count once per process), in MiB."""
-    total = rss_mb(Path(f"/proc/{pid}/status").read_text())
-    for child in child_pids(pid):
-        try:
-            total += rss_mb(Path(f"/proc/{child}/status").read_text())
-        except (OSError, ValueError):  # it ended meanwhile
-            continue
-    return total
+    return _with_children(pid, lambda p: rss_mb(Path(f"/proc/{p}/status").read_text()))
 
 
 def proc_sample(pid: int) -> tuple[float, int, float] | None:

@@ -77,6 +77,7 @@ from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
 from testbed.profiles import profile
 from testbed.qtun import TunnelSpec
+from tunnel.config import MAX_WORKERS
 
 MODES = ("tunnel", "session")
 MAX_CLIENTS = 50  # the scale; the nclient topology is tested with 50
@@ -145,8 +146,10 @@ def _check(params: Params) -> list[int]:
     if params["start_timeout_s"] <= 0:
         raise ExperimentError("start_timeout_s must be > 0.")
     workers = params["workers"]
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
-        raise ExperimentError("workers must be an integer from 1 to 64 (concentrator processes).")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ExperimentError(
+            f"workers must be an integer from 1 to {MAX_WORKERS} (concentrator processes)."
+        )
     return [int(c) for c in counts]
 
 

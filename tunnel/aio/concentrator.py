@@ -145,10 +145,10 @@ class ConcentratorProgram:
         mtu = config.tun.mtu or auto_tun_mtu(config.modes)
         # a worker's TUN gets its clients' prefixes as they arrive; worker 0's holds them all
         # until then, so a packet for a client that is nowhere meets one core that drops it
-        seat = self.seat
-        routes = (
-            self.core.tun_routes(seat is not None) if seat is None or seat.routes_prefixes else ()
-        )
+        if self.seat is None:
+            routes = self.core.tun_routes()
+        else:
+            routes = self.core.tun_routes(every_prefix=True) if self.seat.routes_prefixes else []
         try:
             self.tun = TunDevice.create(
                 config.tun.name,
