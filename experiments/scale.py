@@ -14,7 +14,10 @@ Measured over that same window [warmup_s, duration_s] on the concentrator's proc
 (`QtunDeployment.pid`): CPU % = utime+stime from /proc/<pid>/stat over the wall time (100 = one
 core; qtun is one asyncio loop, so about 100 is its ceiling), RSS = VmRSS from
 /proc/<pid>/status at the end of the transfer (`conc_rss_idle_mb`: the same once every client is
-up, before any traffic). Also recorded: `clients_cpu_pct`, the N qtun clients' CPU summed, and
+up, before any traffic). Also recorded: `clients_cpu_pct`, the CPU of the qtun client processes
+summed (each process once: with `clients_per_process` K > 1 the N clients run as `qtun
+client-group`s of K, README "Client groups", the load generator's way to stop N processes'
+wakeups from holding the machine), and
 `host_cpu_pct`, the whole machine's busy time (/proc/stat), also in % of one core (200 = both
 cores of this machine busy).
 `jain_fairness` is Jain's index over the N goodputs of the point: (sum x)^2 / (N sum x^2),
@@ -100,6 +103,7 @@ DEFAULTS: Params = {
     "congestion_control": "cubic",
     "start_timeout_s": 240.0,
     "workers": 1,
+    "clients_per_process": 1,
     "backend": "auto",
     "verify_fidelity": True,
 }
@@ -150,6 +154,12 @@ def _check(params: Params) -> list[int]:
         raise ExperimentError(
             f"workers must be an integer from 1 to {MAX_WORKERS} (concentrator processes)."
         )
+    per_process = params["clients_per_process"]
+    if isinstance(per_process, bool) or not isinstance(per_process, int) or per_process < 1:
+        raise ExperimentError(
+            "clients_per_process must be an integer >= 1 (1: one qtun client process per "
+            'client; more: client groups, README "Client groups").'
+        )
     return [int(c) for c in counts]
 
 
@@ -158,8 +168,17 @@ def points(params: Params) -> list[Point]:
     runs = range(1, int(params["runs"]) + 1)
     # Runs of one N are consecutive: they share that N's deployment.
     workers = int(params["workers"])
+    per_process = int(params["clients_per_process"])
     return [
-        Point({"mode": params["mode"], "workers": workers, "clients": n, "run": r})
+        Point(
+            {
+                "mode": params["mode"],
+                "workers": workers,
+                "clients_per_process": per_process,
+                "clients": n,
+                "run": r,
+            }
+        )
         for n in counts
         for r in runs
     ]
@@ -227,7 +246,11 @@ def _tunnel(state: ScaleState, params: Params, n: int) -> Carrier:
     state.drop_tunnel()
     workers = int(params["workers"])
     overrides = (f"workers={workers}",) if workers > 1 else ()  # README "Workers"
-    spec = TunnelSpec(mode=str(params["mode"]), concentrator_overrides=overrides)
+    spec = TunnelSpec(
+        mode=str(params["mode"]),
+        concentrator_overrides=overrides,
+        clients_per_process=int(params["clients_per_process"]),
+    )
     clients = state.lab.plan.clients[:n]
     workdir = state.workdir / f"qtun-{n}-{state.port}"
     timeout = float(params["start_timeout_s"])
@@ -300,7 +323,8 @@ def run_point(ctx: Context[ScaleState], point: Point) -> PointResult:
     deployment = tunnel.deployment
     assert deployment is not None
     conc_pid = deployment.pid(deployment.concentrator)
-    client_pids = [deployment.pid(c) for c in deployment.clients]
+    # a client group is one process for several clients: counted once
+    client_pids = sorted({deployment.pid(c) for c in deployment.clients})
     idle_rss = process_rss_mb(conc_pid)
     first_port = state.port
     state.port += n

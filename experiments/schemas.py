@@ -208,6 +208,7 @@ SCALE = Table(
     (
         "mode",
         "workers",  # concentrator processes (README "Workers")
+        "clients_per_process",  # clients per qtun process (README "Client groups")
         "clients",
         "client",
         "run",
@@ -225,6 +226,7 @@ SCALE = Table(
     optional=(
         "mode",
         "workers",
+        "clients_per_process",
         "jain_fairness",
         "conc_rss_idle_mb",
         "conc_rss_per_client_kb",

@@ -84,11 +84,22 @@ class TunnelSpec:
     # `qtlab up --capture DIR`: each program's TLS key log (DIR/keylog/<node>.keylog) and qlog
     # (DIR/qlog/<node>/) go there, beside the pcaps, for `qtlab decode DIR` and qvis.
     capture: Path | None = None
+    # > 1: the clients run as `qtun client-group`s of up to this many clients each, one
+    # process per group (README "Client groups"): the load generator of the scale experiment.
+    clients_per_process: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("tunnel", "session", "masque"):
             raise ValueError(
                 f"TunnelSpec.mode must be 'tunnel', 'session' or 'masque', not {self.mode!r}."
+            )
+        if self.clients_per_process < 1:
+            raise ValueError(
+                f"TunnelSpec.clients_per_process must be >= 1, not {self.clients_per_process}."
+            )
+        if self.stream and self.clients_per_process > 1:
+            raise ValueError(
+                "TunnelSpec: stream mode cannot run in client groups; set clients_per_process=1."
             )
 
 
@@ -191,6 +202,10 @@ class QtunDeployment:
 
     def status_path(self, node: str) -> Path:
         return self.workdir / f"{node}.status.json"
+
+    def group_path(self, first: str) -> Path:
+        """The group file of the client group whose first member is `first`."""
+        return self.workdir / f"group-{first}.toml"
 
     def client_index(self, client: str) -> int:
         return self.lab.plan.clients.index(client) + 1
@@ -363,7 +378,7 @@ class QtunDeployment:
             for client in self.clients:
                 with contextlib.suppress(FileNotFoundError):
                     self.status_path(client).unlink()
-                self.procs[client] = self.launch(client, "client", self.spec.client_overrides)
+            self._start_clients()
             deadline = time.monotonic() + timeout
             for client in self.clients:
                 try:
@@ -377,6 +392,35 @@ class QtunDeployment:
             self.stop()
             raise
         return self
+
+    def _start_clients(self) -> None:
+        """One `qtun client` per client, or one `qtun client-group` per clients_per_process
+        clients: the group runs on its first member's node and enters the others' network
+        namespaces (/proc/<pid of the node's shell>/ns/net)."""
+        size = self.spec.clients_per_process
+        overrides = self.spec.client_overrides
+        if size == 1:
+            for client in self.clients:
+                self.procs[client] = self.launch(client, "client", overrides)
+            return
+        for i in range(0, len(self.clients), size):
+            members = self.clients[i : i + size]
+            first = members[0]
+            lines = []
+            for client in members:
+                lines.append(f"[[client]]\nconfig = {_toml_value(str(self.config_path(client)))}")
+                if client != first:
+                    netns = f"/proc/{self.lab.node(client).pid}/ns/net"
+                    lines.append(f"netns = {_toml_value(netns)}")
+            self.group_path(first).write_text("\n".join(lines) + "\n")
+            group = self.group_path(first)
+            argv = qtun_command("client-group", group, overrides, self.spec.log_level)
+            log = self.lab.log_dir / f"{first}-qtun-client-group.log"
+            offset = log.stat().st_size if log.exists() else 0
+            proc = self.lab.procs.start(self.lab.node(first), "qtun-client-group", argv)
+            for client in members:
+                self.procs[client] = proc
+                self._log_offsets[f"{client}/{proc.name}"] = offset
 
     def _start_concentrator(self, timeout: float) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -421,9 +465,12 @@ class QtunDeployment:
         """SIGTERM the clients, then the concentrator; exit codes in self.exit_codes."""
         order = [n for n in self.procs if n != self.concentrator]
         order += [n for n in self.procs if n == self.concentrator]
+        codes: dict[int, int | None] = {}  # a client group's process is stopped once
         for node in order:
             proc = self.procs.pop(node)
-            self.exit_codes[node] = self.lab.procs.stop(proc)
+            if id(proc) not in codes:
+                codes[id(proc)] = self.lab.procs.stop(proc)
+            self.exit_codes[node] = codes[id(proc)]
 
     def __enter__(self) -> QtunDeployment:
         if not self.procs:

@@ -366,7 +366,7 @@ class Qtun:
     [observability] status_file at `status_path`. Start it with `start()` (or `qtun()`)."""
 
     ns: str
-    role: Literal["client", "concentrator"]
+    role: Literal["client", "concentrator", "client-group"]
     config: Path
     status_path: Path
     log_path: Path

@@ -45,3 +45,27 @@ def test_scale_one_and_three_clients(tmp_path: Path) -> None:
     # The concentrator holds one connection per client: more clients, no less memory.
     assert float(table[1]["conc_rss_idle_mb"]) >= 0.9 * float(table[0]["conc_rss_idle_mb"])
     assert exp.summarize is not None and "tunnel" in exp.summarize(summary.run_dir)
+
+
+def test_scale_with_client_groups(tmp_path: Path) -> None:
+    """Three clients in groups of two (README "Client groups"): c1 and c2 share one `qtun
+    client-group` process, c3 has one of its own; every flow goes through its own client's
+    tunnel, and the clients' CPU counts each process once."""
+    exp = get_experiment("scale")
+    sets = [
+        "clients=[3]",
+        "clients_per_process=2",
+        "duration_s=3.0",
+        "warmup_s=1.0",
+        "verify_fidelity=false",
+    ]
+    params = resolve_params(exp, runs=1, sets=sets)
+    summary = run_experiment(exp, params, root=tmp_path, progress=False)
+    meta = json.loads((summary.run_dir / "meta.json").read_text())
+    assert meta["failed"] == [] and summary.ran == 1
+    table = rows(summary.run_dir / "scale.csv")
+    assert [r["client"] for r in table] == ["c1", "c2", "c3"]
+    for row in table:
+        assert row["clients_per_process"] == "2"
+        assert float(row["goodput_mbps"]) > 0 and row["error"] == "", row
+        assert 0 < float(row["clients_cpu_pct"]) <= float(row["host_cpu_pct"]) + 5

@@ -130,7 +130,7 @@ def test_a_user_error_stops_the_program_with_its_sentence(
 
 def test_sigterm_stops_cleanly_and_the_status_has_every_key(tmp_path: Path) -> None:
     def stop_soon(client: Client) -> None:
-        client.loop.call_later(0.3, client._request_stop, 15)
+        client.loop.call_later(0.3, client.request_stop, 15)
 
     assert _run(_config(tmp_path), stop_soon) == EXIT_OK
     status = _status(tmp_path)

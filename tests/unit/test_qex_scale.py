@@ -62,6 +62,8 @@ def test_session_mode_and_config_file(tmp_path: Path) -> None:
         (["uplink_mbit=0.0"], "uplink_mbit must be > 0"),
         (["start_timeout_s=-1.0"], "start_timeout_s must be > 0"),
         (["clients=5"], "parameter clients must be a list"),
+        (["clients_per_process=0"], "clients_per_process must be an integer >= 1"),
+        (["clients_per_process=true"], "clients_per_process must be an integer >= 1"),
     ],
 )
 def test_bad_parameters_get_one_sentence(sets: list[str], message: str) -> None:
@@ -69,6 +71,13 @@ def test_bad_parameters_get_one_sentence(sets: list[str], message: str) -> None:
     with pytest.raises(ExperimentError, match=message) as info:
         exp.points(resolve_params(exp, sets=sets))
     assert "\n" not in str(info.value)
+
+
+def test_clients_per_process_is_a_column_of_every_point() -> None:
+    exp = get_experiment("scale")
+    points = exp.points(resolve_params(exp, sets=["clients=[2]", "clients_per_process=25"]))
+    assert {p["clients_per_process"] for p in points} == {25}
+    assert "clients_per_process" in exp.tables["scale"]
 
 
 def test_jain_index() -> None:

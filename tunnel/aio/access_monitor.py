@@ -21,6 +21,7 @@ from tunnel.aio.netlink_watch import (
     RTMGRP_LINK,
     NetlinkWatch,
 )
+from tunnel.aio.netns import NetNamespace
 from tunnel.config import AccessConfig
 
 log = logging.getLogger("qtun.access")
@@ -105,7 +106,12 @@ class AccessMonitor:
     """Calls `on_change(access_name, state)` from the loop whenever the kernel's view of an
     access changes (and once per access at `start`). `state(name)` is the latest view."""
 
-    def __init__(self, accesses: Sequence[AccessConfig], on_change: LinkChange) -> None:
+    def __init__(
+        self,
+        accesses: Sequence[AccessConfig],
+        on_change: LinkChange,
+        netns: NetNamespace | None = None,
+    ) -> None:
         self.accesses = tuple(accesses)
         self.on_change = on_change
         self._states: dict[str, LinkState] = {}
@@ -113,6 +119,7 @@ class AccessMonitor:
             RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
             lambda: read_link_states(self.accesses),
             self._on_states,
+            netns,
         )
 
     @property

@@ -1,4 +1,7 @@
-"""`qtun client|concentrator -c FILE [--set key=value ...] [--log-level LEVEL]`.
+"""`qtun client|concentrator|client-group -c FILE [--set key=value ...] [--log-level LEVEL]`.
+
+`client-group` runs the clients a group file lists in one process, each in its own network
+namespace (tunnel/aio/client_group.py); its `--set` applies to every client.
 
 Exit codes (README "Running the tunnel"): 0 after a clean SIGINT/SIGTERM shutdown, 2 for a usage or
 configuration error, 1 for a runtime failure. Either error is one sentence on stderr,
@@ -21,7 +24,7 @@ from typing import NoReturn
 
 from tunnel.user_error import EXIT_OK, RuntimeFailure, UsageError, run_command
 
-ROLES = ("client", "concentrator")
+ROLES = ("client", "concentrator", "client-group")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TUN_DEVICE = Path("/dev/net/tun")
 CAP_NET_ADMIN = 12  # linux/capability.h
@@ -39,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="QUIC tunnel client and concentrator (tunnel, session and stream modes).",
     )
     parser.add_argument("role", choices=ROLES, help="which program to run")
-    parser.add_argument("-c", "--config", required=True, help="TOML configuration file")
+    parser.add_argument(
+        "-c", "--config", required=True, help="TOML configuration file (client-group: group file)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -126,17 +131,26 @@ def _main(argv: list[str]) -> int:
 
     if args.role == "client":
         client_config = load_client_config(args.config, args.overrides)
+    elif args.role == "client-group":
+        from tunnel.aio.client_group import load_group
+
+        members = load_group(args.config, args.overrides)
     else:
         concentrator_config = load_concentrator_config(args.config, args.overrides)
     problem = preflight()
     if problem is not None:
         raise RuntimeFailure(problem)
-    setup_logging(args.role, args.log_level)
+    setup_logging("client" if args.role == "client-group" else args.role, args.log_level)
     try:
         if args.role == "client":
             from tunnel.aio.client import run_client
 
             code: int = run_client(client_config)
+            return code
+        if args.role == "client-group":
+            from tunnel.aio.client_group import run_client_group
+
+            code = run_client_group(members)
             return code
         from tunnel.aio.concentrator import run_concentrator
 

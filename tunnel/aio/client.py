@@ -57,11 +57,12 @@ from tunnel.aio.client_setup import (
     quic_configuration,
 )
 from tunnel.aio.deadline import DeadlineTimer
+from tunnel.aio.netns import NetNamespace, entered
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import StatusWriter
 from tunnel.aio.tun import DeviceKind, TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, UdpEndpoint, run
-from tunnel.config import ClientConfig
+from tunnel.config import AccessConfig, ClientConfig
 from tunnel.protocol.connection import TunnelConnection
 from tunnel.protocol.quic_ext import TunnelQuicConnection, pacing_rate
 from tunnel.user_error import EXIT_OK, EXIT_RUNTIME, RuntimeFailure, UserError
@@ -78,13 +79,21 @@ TUN_BATCH = 64
 class Client:
     """The running client (see the module docstring). `main()` returns the exit code."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(
+        self, config: ClientConfig, netns: NetNamespace | None = None, in_group: bool = False
+    ) -> None:
+        """`netns`: the network namespace this client's sockets, TUN device and netlink watch
+        are created in (None: the process's own). `in_group`: one client of a `qtun
+        client-group` (tunnel/aio/client_group.py), which owns the signals and the loop's
+        exception handler of the process."""
         self.config = config
+        self.netns = netns
+        self.in_group = in_group
         self.loop = asyncio.get_running_loop()
         self.agent = ClientAgent(config, self.loop.time())
         self.stopping = asyncio.Event()
         self.failure: Exception | None = None
-        self.monitor = AccessMonitor(config.accesses, self._guarded(self._on_link_change))
+        self.monitor = AccessMonitor(config.accesses, self._guarded(self._on_link_change), netns)
         self.timer = DeadlineTimer(self._guarded(self.agent.handle_timer), self.loop)
         self.clients: dict[Path, QuicClient] = {}  # the socket and QUIC driver of each path
         self.probes: dict[tuple[Path, str], UdpEndpoint] = {}  # ProbeAccess sockets
@@ -92,7 +101,10 @@ class Client:
         self.tun: TunDevice | None = None
         self.stream: StreamClient | None = None
         self.status = StatusWriter(
-            config.observability.status_file, self.snapshot, config.observability.status_interval
+            config.observability.status_file,
+            self.snapshot,
+            config.observability.status_interval,
+            refresh_signal=not in_group,
         )
         self._carry_out_soon = self._guarded(self._carry_out, carry_out=False)
         self._carry_out_scheduled = False
@@ -103,9 +115,10 @@ class Client:
     # -- life cycle --------------------------------------------------------------------------
 
     async def main(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.loop.add_signal_handler(signum, self._request_stop, signum)
-        self.loop.set_exception_handler(self._loop_exception)
+        if not self.in_group:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(signum, self.request_stop, signum)
+            self.loop.set_exception_handler(self._loop_exception)
         try:
             self._keylog, self._qlog = open_observability(self.config.observability)
             self._quic_config = quic_configuration(self.config, self._keylog, self._qlog)
@@ -132,7 +145,7 @@ class Client:
             raise self.failure
         return EXIT_OK if self.failure is None else EXIT_RUNTIME
 
-    def _request_stop(self, signum: int) -> None:
+    def request_stop(self, signum: int) -> None:
         if not self.stopping.is_set():
             log.info("stopping signal=%s", signal.Signals(signum).name)
             self.stopping.set()
@@ -153,8 +166,9 @@ class Client:
         await self.status.close()
         if self._keylog is not None:
             self._keylog.close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.loop.remove_signal_handler(signum)
+        if not self.in_group:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.loop.remove_signal_handler(signum)
         log.info("stopped")
 
     # -- supervision ---------------------------------------------------------------------------
@@ -189,6 +203,10 @@ class Client:
 
     def _feed(self, agent_input: Callable[[float], None]) -> Callable[[], None]:
         return lambda: agent_input(self.loop.time())
+
+    def crash(self, exc: Exception, where: str) -> None:
+        """Stop this client for a bug found outside it (a client group's loop handler)."""
+        self._crash(exc, where)
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # what else the loop runs for us (stream relays, the netlink watch, tasks)
@@ -264,7 +282,7 @@ class Client:
     def _open(self, path: Path) -> None:
         assert self._quic_config is not None
         try:
-            endpoint = bind_access(self.config, path.access)
+            endpoint = self._bind(path.access)
         except (EndpointError, OSError) as exc:
             self.agent.path_failed(path, str(exc), self.loop.time())
             return
@@ -295,6 +313,10 @@ class Client:
         log.info("connecting access=%s local=%s", path.name, address_text(endpoint.local_address))
         driver.transmit()
 
+    def _bind(self, access: AccessConfig | None) -> UdpEndpoint:
+        with entered(self.netns):  # the socket stays in the client's namespace
+            return bind_access(self.config, access)
+
     def _probe(self, probe: ProbeAccess) -> None:
         """A path probe from a socket of its own on the probed access; its answers go to the
         connection like those of its main socket."""
@@ -304,7 +326,7 @@ class Client:
         endpoint = self.probes.get(key)
         if endpoint is None:
             try:
-                endpoint = bind_access(self.config, probe.access)
+                endpoint = self._bind(probe.access)
             except (EndpointError, OSError) as exc:
                 log.info("no probe socket access=%s error=%r", probe.access.name, str(exc))
                 return
@@ -337,7 +359,7 @@ class Client:
         old, driver = client.endpoint, client.driver
         if endpoint is None:
             try:
-                endpoint = bind_access(self.config, migrate.target)
+                endpoint = self._bind(migrate.target)
             except (EndpointError, OSError) as exc:
                 self.agent.migration_failed(migrate, str(exc), self.loop.time())
                 return
@@ -361,15 +383,17 @@ class Client:
         # L2 mode (README "L2 mode"): the same device as a TAP, carrying Ethernet frames
         kind = DeviceKind.TAP if self.config.payload is Payload.ETHERNET else DeviceKind.TUN
         try:
-            self.tun = TunDevice.create(
-                tun_config.name,
-                mtu=mtu,
-                addresses=tun_config.addresses,
-                routes=[str(r) for r in tun_config.routes],
-                kind=kind,
-                offload=tun_config.offload,
-                tso=tun_config.tso,
-            )
+            # the device and its configuration thread, in the client's namespace
+            with entered(self.netns):
+                self.tun = TunDevice.create(
+                    tun_config.name,
+                    mtu=mtu,
+                    addresses=tun_config.addresses,
+                    routes=[str(r) for r in tun_config.routes],
+                    kind=kind,
+                    offload=tun_config.offload,
+                    tso=tun_config.tso,
+                )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None
         self.tun.start_reading(self._guarded(self._on_tun_packets), TUN_BATCH)

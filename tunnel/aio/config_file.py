@@ -17,7 +17,8 @@ from tunnel.config import (
 )
 
 
-def _read(path: Path) -> str:
+def read_config_text(path: Path) -> str:
+    """The text of a configuration file (ConfigError, one sentence, if it cannot be read)."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -51,7 +52,7 @@ def load_client_config(path: str | Path, overrides: Sequence[str] = ()) -> Clien
     """Read, parse and check the client configuration file at `path`."""
     path = Path(path)
     config = parse_client_config(
-        _read(path), base_dir=path.parent, overrides=overrides, source=str(path)
+        read_config_text(path), base_dir=path.parent, overrides=overrides, source=str(path)
     )
     _check_files(config.tls, config.observability)
     return config
@@ -61,7 +62,7 @@ def load_concentrator_config(path: str | Path, overrides: Sequence[str] = ()) ->
     """Read, parse and check the concentrator configuration file at `path`."""
     path = Path(path)
     config = parse_concentrator_config(
-        _read(path), base_dir=path.parent, overrides=overrides, source=str(path)
+        read_config_text(path), base_dir=path.parent, overrides=overrides, source=str(path)
     )
     _check_files(config.tls, config.observability)
     return config

@@ -24,6 +24,8 @@ from typing import Final, Generic, TypeVar
 
 from pyroute2 import IPRoute
 
+from tunnel.aio.netns import NetNamespace, entered
+
 log = logging.getLogger("qtun.netlink")
 
 NETLINK_ROUTE: Final = 0
@@ -38,21 +40,35 @@ class NetlinkWatch(Generic[T]):
     """Calls `on_state(read())` from the loop at `start` and after every burst of netlink
     events of `groups`; `read` runs on a worker thread (it may block, e.g. pyroute2)."""
 
-    def __init__(self, groups: int, read: Callable[[], T], on_state: Callable[[T], None]) -> None:
+    def __init__(
+        self,
+        groups: int,
+        read: Callable[[], T],
+        on_state: Callable[[T], None],
+        netns: NetNamespace | None = None,
+    ) -> None:
         self.groups = groups
+        self.netns = netns
         self.read = read
         self.on_state = on_state
         self.events_seen = 0
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink-watch")
+        # the events and the reads are those of `netns` (a client of a group,
+        # tunnel/aio/netns.py), else of this process's namespace
+        self._pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="netlink-watch",
+            initializer=netns.enter_thread if netns is not None else None,
+        )
         self._refresh: asyncio.Task[None] | None = None
         self._again = False
 
     async def start(self) -> None:
         """Open the event socket, then read the state once (raises OSError if netlink fails)."""
         self._loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        with entered(self.netns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:
             sock.setblocking(False)
             sock.bind((0, self.groups))

@@ -79,7 +79,12 @@ class StatusWriter:
     demand (`write`). With `path` None every call is a no-op, so callers need no `if`."""
 
     def __init__(
-        self, path: Path | None, snapshot: Snapshot, interval: float = 1.0, min_gap: float = MIN_GAP
+        self,
+        path: Path | None,
+        snapshot: Snapshot,
+        interval: float = 1.0,
+        min_gap: float = MIN_GAP,
+        refresh_signal: bool = True,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"status interval must be > 0, got {interval}")
@@ -94,6 +99,8 @@ class StatusWriter:
         self._last_write: float | None = None
         self._failed = False
         self._refresh_installed = False
+        # False: the program owns REFRESH_SIGNAL (a client group writes all its clients' files)
+        self._refresh_signal = refresh_signal
 
     def write(self) -> None:
         """Write the current snapshot: now, or (once started) at most MIN_GAP after the last
@@ -137,6 +144,8 @@ class StatusWriter:
             return
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name="status-writer")
+        if not self._refresh_signal:
+            return
         try:
             self._loop.add_signal_handler(REFRESH_SIGNAL, self.write)
         except (RuntimeError, ValueError) as exc:  # not the main thread: periodic writes only
