@@ -5,10 +5,11 @@ N clients on one concentrator. The `nclient` topology is built once with max(cli
 the only shaped links); for each point the first N clients run `qtun client` (mode `mode`:
 "tunnel", one QUIC connection per client over its WiFi access, or "session", one connection
 per access joined into a session; scheduler "failover", so the data goes over WiFi either way)
-against one `qtun concentrator` on conc. Every one of the N clients then receives one bulk TCP
-flow from srv1 (experiments/traffic.py, one sender per client on its own port, all started
-together and sharing one start time) for `duration_s`; a row per client holds its mean goodput
-after `warmup_s`.
+against one `qtun concentrator` on conc; or "plain", the baseline without a tunnel, where the
+flows come from conc itself over the clients' WiFi accesses and the same shaped uplinks. Every
+one of the N clients then receives one bulk TCP flow from srv1 (experiments/traffic.py, one
+sender per client on its own port, all started together and sharing one start time) for
+`duration_s`; a row per client holds its mean goodput after `warmup_s`.
 
 Measured over that same window [warmup_s, duration_s] on the concentrator's process
 (`QtunDeployment.pid`): CPU % = utime+stime from /proc/<pid>/stat over the wall time (100 = one
@@ -80,9 +81,13 @@ from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
 from testbed.profiles import profile
 from testbed.qtun import TunnelSpec
+from testbed.topologies import CONCENTRATOR_V4
 from tunnel.config import MAX_WORKERS
 
-MODES = ("tunnel", "session")
+# "plain": the baseline without a tunnel — each client receives its flow from conc itself over
+# its WiFi access (servers are reachable only through the tunnel), through the same shaped
+# uplink: how fairly N TCP flows share this testbed when no qtun program takes any CPU.
+MODES = ("tunnel", "session", "plain")
 MAX_CLIENTS = 50  # the issue's scale; the nclient topology is tested with 50
 FIRST_PORT = 5400
 SAMPLE_INTERVAL_S = 0.1  # only means are needed: coarse bins keep 50 receivers' JSON small
@@ -241,9 +246,12 @@ def session(params: Params) -> Iterator[Context[ScaleState]]:
             ctx.state.drop_tunnel()
 
 
-def _tunnel(state: ScaleState, params: Params, n: int) -> Carrier:
-    """qtun on conc and c1..cN, started afresh for this point (see the module docstring)."""
+def _tunnel(state: ScaleState, params: Params, n: int) -> Carrier | None:
+    """qtun on conc and c1..cN, started afresh for this point (see the module docstring);
+    None for the plain baseline."""
     state.drop_tunnel()
+    if params["mode"] == "plain":
+        return None
     workers = int(params["workers"])
     overrides = (f"workers={workers}",) if workers > 1 else ()  # README "Workers"
     spec = TunnelSpec(
@@ -268,11 +276,15 @@ def _cpu_seconds(pids: Sequence[int]) -> float:
 
 
 def _flows(
-    state: ScaleState, clients: Sequence[str], first_port: int, duration_s: float
+    state: ScaleState, clients: Sequence[str], first_port: int, duration_s: float, plain: bool
 ) -> list[Flow]:
-    """One TCP flow from the first server to each client, each on its own port."""
-    server = state.lab.plan.servers[0]
-    address = state.lab.plan.server_address(server)
+    """One TCP flow from the first server (plain: from conc) to each client, each on its own
+    port."""
+    if plain:
+        server, address = state.lab.plan.concentrator, CONCENTRATOR_V4
+    else:
+        server = state.lab.plan.servers[0]
+        address = state.lab.plan.server_address(server)
     return [
         Flow(
             server, address, client, address, "tcp", duration_s, port, interval_s=SAMPLE_INTERVAL_S
@@ -320,30 +332,31 @@ def run_point(ctx: Context[ScaleState], point: Point) -> PointResult:
     lab = state.lab
     n = int(point["clients"])
     tunnel = _tunnel(state, p, n)
-    deployment = tunnel.deployment
-    assert deployment is not None
-    conc_pid = deployment.pid(deployment.concentrator)
+    deployment = tunnel.deployment if tunnel is not None else None
+    clients = deployment.clients if deployment is not None else lab.plan.clients[:n]
+    conc_pid = deployment.pid(deployment.concentrator) if deployment is not None else None
     # a client group is one process for several clients: counted once
-    client_pids = sorted({deployment.pid(c) for c in deployment.clients})
-    idle_rss = process_rss_mb(conc_pid)
+    client_pids = sorted({deployment.pid(c) for c in clients}) if deployment is not None else []
+    idle_rss = process_rss_mb(conc_pid) if conc_pid is not None else None
     first_port = state.port
     state.port += n
     out = state.workdir / f"flows-{n}-{point['run']}"
     out.mkdir(parents=True, exist_ok=True)
     duration, warmup = float(p["duration_s"]), float(p["warmup_s"])
     start_at = time.monotonic() + START_LEAD_S + LEAD_PER_CLIENT_S * n
-    flows = _flows(state, deployment.clients, first_port, duration)
+    flows = _flows(state, clients, first_port, duration, plain=deployment is None)
     procs: list[HostProcess] = []
     try:
         senders, receivers = _start_flows(lab, flows, start_at, out)
         procs = senders + receivers
         sleep_until(start_at + warmup)
         host0, t0 = host_busy(), time.monotonic()
-        conc0, clients0 = _cpu_seconds([conc_pid]), _cpu_seconds(client_pids)
+        conc_pids = [conc_pid] if conc_pid is not None else []
+        conc0, clients0 = _cpu_seconds(conc_pids), _cpu_seconds(client_pids)
         sleep_until(start_at + duration)
         host1, t1 = host_busy(), time.monotonic()
-        conc1, clients1 = _cpu_seconds([conc_pid]), _cpu_seconds(client_pids)
-        rss = process_rss_mb(conc_pid)
+        conc1, clients1 = _cpu_seconds(conc_pids), _cpu_seconds(client_pids)
+        rss = process_rss_mb(conc_pid) if conc_pid is not None else None
         # Every program ends by itself at its deadline; bounded waits, then the stops below.
         stop_by = start_at + duration + GRACE_S + STOP_GRACE_S
         for proc in procs:
@@ -359,11 +372,12 @@ def run_point(ctx: Context[ScaleState], point: Point) -> PointResult:
     goodputs = [g for g, _ in results]
     if not any(goodputs):
         raise RuntimeError(f"no client got any traffic ({results[0][1]})")
+    qtun = deployment is not None  # the plain baseline has no qtun program to measure
     measured = {
-        "conc_cpu_pct": cpu_pct(conc0, conc1, t1 - t0),
+        "conc_cpu_pct": cpu_pct(conc0, conc1, t1 - t0) if qtun else None,
         "conc_rss_mb": rss,
         "conc_rss_idle_mb": idle_rss,
-        "clients_cpu_pct": cpu_pct(clients0, clients1, t1 - t0),
+        "clients_cpu_pct": cpu_pct(clients0, clients1, t1 - t0) if qtun else None,
         "host_cpu_pct": host_busy_pct(host0, host1),
         "uplink_mbit": float(p["uplink_mbit"]),
     }

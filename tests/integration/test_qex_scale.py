@@ -69,3 +69,17 @@ def test_scale_with_client_groups(tmp_path: Path) -> None:
         assert row["clients_per_process"] == "2"
         assert float(row["goodput_mbps"]) > 0 and row["error"] == "", row
         assert 0 < float(row["clients_cpu_pct"]) <= float(row["host_cpu_pct"]) + 5
+
+
+def test_scale_plain_baseline(tmp_path: Path) -> None:
+    """mode "plain": the same flows from conc without a tunnel; no qtun program to measure."""
+    exp = get_experiment("scale")
+    sets = ['mode="plain"', "clients=[2]", "duration_s=3.0", "warmup_s=1.0"]
+    params = resolve_params(exp, runs=1, sets=[*sets, "verify_fidelity=false"])
+    summary = run_experiment(exp, params, root=tmp_path, progress=False)
+    table = rows(summary.run_dir / "scale.csv")
+    assert [r["client"] for r in table] == ["c1", "c2"]
+    for row in table:
+        assert row["mode"] == "plain" and float(row["goodput_mbps"]) > 0, row
+        assert row["conc_cpu_pct"] == row["clients_cpu_pct"] == row["conc_rss_mb"] == ""
+        assert float(row["host_cpu_pct"]) > 0

@@ -49,7 +49,7 @@ def test_session_mode_and_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (['mode="stream"'], "unknown mode 'stream'; choose from tunnel, session"),
+        (['mode="stream"'], "unknown mode 'stream'; choose from tunnel, session, plain"),
         (["clients=[]"], "non-empty list"),
         (["clients=[0, 5]"], "clients 0: each count must be an integer from 1 to 50"),
         (["clients=[51]"], "from 1 to 50"),
