@@ -200,7 +200,7 @@ def test_a_client_that_cannot_start_stops_the_group(net: Net) -> None:
         wait_until("the group exits", lambda: not group.running(), timeout=30)
     assert group.returncode() == 1
     tail = group.log_tail()
-    assert f"an interface named {TUN!r} already exists" in tail, tail
+    assert f"qtun: error: client 'bob': an interface named {TUN!r} already exists" in tail, tail
     assert group.status()["state"] == "stopped"  # alice was stopped with it
 
 

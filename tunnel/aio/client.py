@@ -204,10 +204,6 @@ class Client:
     def _feed(self, agent_input: Callable[[float], None]) -> Callable[[], None]:
         return lambda: agent_input(self.loop.time())
 
-    def crash(self, exc: Exception, where: str) -> None:
-        """Stop this client for a bug found outside it (a client group's loop handler)."""
-        self._crash(exc, where)
-
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # what else the loop runs for us (stream relays, the netlink watch, tasks)
         exc = context.get("exception")

@@ -164,9 +164,10 @@ class ClientGroup:
             self.loop.remove_signal_handler(REFRESH_SIGNAL)
             # ignored from now on, as one client's status writer does (tunnel/aio/status.py)
             signal.signal(REFRESH_SIGNAL, signal.SIG_IGN)
-        for task in tasks:
+        for client, task in zip(self.clients, tasks, strict=True):
             exc = task.exception()
-            if isinstance(exc, UserError):  # its sentence is the CLI's to print
+            if isinstance(exc, UserError):  # its sentence is the CLI's to print, with whose
+                exc.args = (f"client {client.config.name!r}: {exc}",)
                 raise exc
         codes = [task.result() for task in tasks]  # a bug in main itself raises here
         ok = self.failure is None and all(code == EXIT_OK for code in codes)
