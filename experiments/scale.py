@@ -18,9 +18,8 @@ core; qtun is one asyncio loop, so about 100 is its ceiling), RSS = VmRSS from
 up, before any traffic). Also recorded: `clients_cpu_pct`, the CPU of the qtun client processes
 summed (each process once: with `clients_per_process` K > 1 the N clients run as `qtun
 client-group`s of K, README "Client groups", the load generator's way to stop N processes'
-wakeups from holding the machine), and
-`host_cpu_pct`, the whole machine's busy time (/proc/stat), also in % of one core (200 = both
-cores of this machine busy).
+wakeups from holding the machine), and `host_cpu_pct`, the whole machine's busy time
+(/proc/stat), also in % of one core (200 = both cores of this machine busy).
 `jain_fairness` is Jain's index over the N goodputs of the point: (sum x)^2 / (N sum x^2),
 1 = equal shares, 1/N = one client has it all.
 

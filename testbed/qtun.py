@@ -354,14 +354,20 @@ class QtunDeployment:
 
     # -- processes -------------------------------------------------------------------------
     def launch(
-        self, node: str, role: str, overrides: Sequence[str] = (), tag: str = ""
+        self,
+        node: str,
+        role: str,
+        overrides: Sequence[str] = (),
+        tag: str = "",
+        config: Path | None = None,
     ) -> HostProcess:
-        """Start one qtun program on `node` with the node's config (no waiting).
+        """Start one qtun program on `node` with the node's config, or `config` (no waiting).
 
         `tag` names an extra program on a node that already runs one (its own log, and its own
         status file and TUN name must come in `overrides`)."""
         name = f"qtun-{role}{'-' + tag if tag else ''}"
-        argv = qtun_command(role, self.config_path(node), overrides, self.spec.log_level)
+        config = config or self.config_path(node)
+        argv = qtun_command(role, config, overrides, self.spec.log_level)
         log = self.lab.log_dir / f"{node}-{name}.log"
         self._log_offsets[f"{node}/{name}"] = log.stat().st_size if log.exists() else 0
         return self.lab.procs.start(self.lab.node(node), name, argv)
@@ -412,13 +418,11 @@ class QtunDeployment:
                 if client != first:
                     netns = f"/proc/{self.lab.node(client).pid}/ns/net"
                     lines.append(f"netns = {_toml_value(netns)}")
-            self.group_path(first).write_text("\n".join(lines) + "\n")
             group = self.group_path(first)
-            argv = qtun_command("client-group", group, overrides, self.spec.log_level)
-            log = self.lab.log_dir / f"{first}-qtun-client-group.log"
-            offset = log.stat().st_size if log.exists() else 0
-            proc = self.lab.procs.start(self.lab.node(first), "qtun-client-group", argv)
-            for client in members:
+            group.write_text("\n".join(lines) + "\n")
+            proc = self.launch(first, "client-group", overrides, config=group)
+            offset = self._log_offsets[f"{first}/{proc.name}"]
+            for client in members:  # every member's log tail is the group's log
                 self.procs[client] = proc
                 self._log_offsets[f"{client}/{proc.name}"] = offset
 
