@@ -6,8 +6,9 @@ SYSTEM_PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-# What make compiles with gcc: the link shaper (testbed/wire/) and the TCP segmenter (tunnel/wire/).
-NATIVE := build/qtwire build/libqtoffload.so
+# What make compiles with gcc: the link shaper (testbed/wire/), the TCP segmenter (tunnel/wire/)
+# and the fast path's packet protection (tunnel/protocol/quic_crypto.c).
+NATIVE := build/qtwire build/libqtoffload.so build/_qtcrypto.so
 
 .PHONY: all deps venv lint typecheck check test test-unit demo bench soak fuzz fidelity notebooks lab install-dissector install-commands uninstall-commands clean distclean
 
@@ -43,6 +44,13 @@ build/libqtoffload.so: tunnel/wire/tcp_tso.c tunnel/wire/tcp_gro.c tunnel/wire/c
 	@mkdir -p build
 	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ $(filter %.c,$^)
 
+# The datagram fast path's packet protection (issue 14 item 5): a CPython extension for the
+# venv's Python, linked with OpenSSL's libcrypto (python3-dev, libssl-dev); without it quic_ext
+# protects those packets in Python.
+build/_qtcrypto.so: tunnel/protocol/quic_crypto.c $(STAMPS)/venv
+	@mkdir -p build
+	gcc -O2 -Wall -Wextra -shared -fPIC -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" -o $@ $< -lcrypto
+
 # Configured vs measured delay, loss and rate of the shaper: results/fidelity/<timestamp>/.
 fidelity: venv $(NATIVE)
 	$(VENV)/bin/qtlab fidelity
@@ -56,7 +64,7 @@ typecheck: venv
 
 # The inner loop, under a minute: lint, types and the fast unit tests (no root, no notebooks,
 # nothing marked `slow`; Hypothesis' "dev" profile: few examples each).
-check: lint typecheck build/libqtoffload.so
+check: lint typecheck build/libqtoffload.so build/_qtcrypto.so
 	$(PY) -m pytest -q -m "not root and not slow and not notebook" tests/unit
 
 # Every test: unit (no root), integration (root: namespaces, TUN, Mininet) and notebooks, with
@@ -70,7 +78,7 @@ test: lint typecheck $(NATIVE)
 
 # What a user without root can run: the sans-I/O core and everything else that needs no
 # privileges or Mininet (tests/unit; no notebooks).
-test-unit: venv build/libqtoffload.so
+test-unit: venv build/libqtoffload.so build/_qtcrypto.so
 	$(PY) -m pytest --hypothesis-profile=ci -m "not root" tests/unit
 
 # The default failover experiment (about 3 minutes): results/demo/failover/<timestamp>/, its

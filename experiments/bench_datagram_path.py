@@ -17,10 +17,12 @@ replies count as datagrams. With `--burst` each end sends as the programs' QuicD
 what the pacer allows within 1 ms (up to 64 datagrams) at once (tunnel/aio/udp.py paced_burst;
 the fast path does it inside one call, burst_slack).
 
-Each run measures both paths (tunnel.protocol.quic_ext.FAST_DATAGRAM_PATH off, then on, in
-alternating order so that a noisy neighbour hits both alike); the figures are the median and
-the spread (min-max) over `--runs`. `--profile` prints cProfile's top functions of one run of
-each path instead. Run from the repository root.
+Each run measures every variant, in an order that turns each run, so that a noisy neighbour
+hits all alike: aioquic's generic path (tunnel.protocol.quic_ext.FAST_DATAGRAM_PATH off), the
+fast path with its packets protected by the Python steps, and the fast path with the C packet
+protection (build/_qtcrypto.so, when make built it; quic_ext.use_packet_protection). The
+figures are the median and the spread (min-max) over `--runs`. `--profile` prints cProfile's
+top functions of one run of each variant instead. Run from the repository root.
 """
 
 from __future__ import annotations
@@ -114,9 +116,23 @@ def connected_pair(cc: str) -> Pair:
     return pair
 
 
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    fast: bool
+    protection: str  # quic_ext.use_packet_protection's "c" or "python"
+
+
+VARIANTS = [
+    Variant("generic", fast=False, protection="python"),
+    Variant("fast", fast=True, protection="python"),
+    Variant("fast+C", fast=True, protection="c"),
+]
+
+
 def one_run(
     *,
-    fast: bool,
+    variant: Variant,
     datagrams: int,
     size: int,
     batch: int,
@@ -127,7 +143,8 @@ def one_run(
 ) -> tuple[float, int]:
     """CPU seconds and datagrams delivered for `datagrams` sent client -> server (and the
     replies, which count as datagrams too)."""
-    quic_ext.FAST_DATAGRAM_PATH = fast
+    quic_ext.FAST_DATAGRAM_PATH = variant.fast
+    quic_ext.use_packet_protection(variant.protection)
     pair = connected_pair(cc)
     pair.replies_every = replies
     if burst:
@@ -181,37 +198,41 @@ def main(argv: list[str] | None = None) -> int:
         replies=args.replies,
         burst=args.burst,
     )
+    variants = [v for v in VARIANTS if v.protection == "python" or not quic_ext.FAST_CRYPTO_MISSING]
+    if len(variants) < len(VARIANTS):
+        print(f"no fast+C variant: {quic_ext.FAST_CRYPTO_MISSING}", file=sys.stderr)
     if args.profile:
-        for fast in (False, True):
+        for variant in variants:
             profiler = cProfile.Profile()
             profiler.enable()
-            one_run(fast=fast, **params)
+            one_run(variant=variant, **params)
             profiler.disable()
-            print(f"== {'fast' if fast else 'generic'} path ==")
+            print(f"== {variant.name} ==")
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return 0
-    figures: dict[bool, list[float]] = {False: [], True: []}
+    figures: dict[str, list[float]] = {v.name: [] for v in variants}
     for run in range(args.runs):
-        for fast in (False, True) if run % 2 == 0 else (True, False):
-            cpu, received = one_run(fast=fast, **params)
+        turn = run % len(variants)
+        for variant in variants[turn:] + variants[:turn]:
+            cpu, received = one_run(variant=variant, **params)
             if received < args.datagrams:
                 print(f"only {received} of {args.datagrams} datagrams arrived", file=sys.stderr)
                 return 1
-            figures[fast].append(cpu / received * 1e6)
+            figures[variant.name].append(cpu / received * 1e6)
     answered = f", a {len(REPLY)}-byte reply per {args.replies}" if args.replies else ""
     answered += ", paced bursts of 1 ms" if args.burst else ""
     print(
         f"{args.datagrams} datagrams of {args.size} B per run{answered}, {args.runs} runs, "
         f"cc {args.cc}: µs of CPU per datagram sent and received (both ends)"
     )
-    for fast, name in ((False, "generic"), (True, "fast")):
-        values = figures[fast]
+    generic = statistics.median(figures["generic"])
+    for name, values in figures.items():
+        median = statistics.median(values)
+        saved = f"  {1 - median / generic:4.0%} less than generic" if name != "generic" else ""
         print(
-            f"  {name:8} median {statistics.median(values):6.1f}  "
-            f"min {min(values):6.1f}  max {max(values):6.1f}"
+            f"  {name:8} median {median:6.1f}  min {min(values):6.1f}  max {max(values):6.1f}"
+            f"{saved}"
         )
-    gain = 1 - statistics.median(figures[True]) / statistics.median(figures[False])
-    print(f"  fast path saves {gain:.0%} of the median")
     return 0
 
 

@@ -11,7 +11,7 @@ share a filesystem) and this driver merges them into one run directory here
 
 Every node needs this checkout at the same commit installed with the `distributed` extra (the
 driver's Python and Ray versions: Ray requires them equal), what `make all` builds (build/qtwire,
-build/libqtoffload.so), and root for the lab.
+build/libqtoffload.so, build/_qtcrypto.so), and root for the lab.
 """
 
 from __future__ import annotations

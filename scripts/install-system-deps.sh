@@ -3,7 +3,7 @@
 set -euo pipefail
 PACKAGES=(
   mininet iperf3 tcpdump tshark nftables ethtool iputils-ping iproute2 procps psmisc
-  wireguard-tools wireguard-go openvpn mptcpd python3-venv python3-dev gcc make curl sudo
+  wireguard-tools wireguard-go openvpn mptcpd python3-venv python3-dev libssl-dev gcc make curl sudo
   iptables dnsmasq-base isc-dhcp-client
 )
 missing=()

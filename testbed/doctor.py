@@ -15,6 +15,7 @@ from pathlib import Path
 
 from testbed.paths import WIRE_BINARY
 from testbed.shaping import probe_netem
+from tunnel.protocol.quic_crypto import EXTENSION as CRYPTO_EXTENSION
 from tunnel.wire.offload_library import LIBRARY as OFFLOAD_LIBRARY
 
 
@@ -162,6 +163,14 @@ def run_checks() -> list[Check]:
             OFFLOAD_LIBRARY.exists(),
             str(OFFLOAD_LIBRARY),
             "make build/libqtoffload.so (without it the programs open their TUN without offloads)",
+        )
+    )
+    checks.append(
+        Check(
+            "C packet protection",
+            CRYPTO_EXTENSION.exists(),
+            str(CRYPTO_EXTENSION),
+            "make build/_qtcrypto.so (without it the fast path protects packets in Python)",
         )
     )
     if root:

@@ -7,7 +7,9 @@ packet number, frames), the datagrams delivered, the packets loss recovery regis
 acknowledged and lost, the congestion window after each of those, the timers (pacing, loss
 detection, idle deadline) and the datagram fates. The handshake certificate is Ed25519, whose
 signatures have one size, so that both runs start from the same congestion state. A peer
-running plain aioquic decodes every fast-path packet.
+running plain aioquic decodes every fast-path packet. Every test runs twice: with the fast
+path's C steps (packet protection and DATAGRAM frames, tunnel/protocol/quic_crypto.c) and with
+their Python twins.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import datetime
 import functools
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +34,18 @@ from hypothesis import strategies as st
 
 from tests.unit.quic_harness import Network, Path
 from tunnel.aio.udp import paced_burst
+from tunnel.protocol import quic_ext
 from tunnel.protocol.quic_ext import TunnelQuicConnection, datagram_budget
 
 DELAY = 0.010  # one way
 RATE = 10e6 / 8  # bytes/s, the client's uplink when a test asks for a bottleneck
+
+
+@pytest.fixture(autouse=True, scope="module", params=["c", "python"])
+def protection(request: pytest.FixtureRequest) -> Iterator[str]:
+    quic_ext.use_packet_protection(request.param)
+    yield request.param
+    quic_ext.use_packet_protection("c")
 
 
 @functools.cache

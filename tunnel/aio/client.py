@@ -64,7 +64,7 @@ from tunnel.aio.tun import DeviceKind, TunDevice, TunError
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, UdpEndpoint, run
 from tunnel.config import AccessConfig, ClientConfig
 from tunnel.protocol.connection import TunnelConnection
-from tunnel.protocol.quic_ext import TunnelQuicConnection, pacing_rate
+from tunnel.protocol.quic_ext import FAST_CRYPTO_MISSING, TunnelQuicConnection, pacing_rate
 from tunnel.user_error import EXIT_OK, EXIT_RUNTIME, RuntimeFailure, UserError
 from tunnel.wire.datagram import PAYLOAD_ETHERTYPE, Payload
 
@@ -137,6 +137,8 @@ class Client:
                 self.config.access_reports,
                 self.stream is not None,
             )
+            if FAST_CRYPTO_MISSING is not None and self.config.limits.fast_datagram_path:
+                log.warning("fast-path packets are protected in Python: %s", FAST_CRYPTO_MISSING)
             self._guarded(self._feed(self.agent.start))()
             await self.stopping.wait()
         finally:

@@ -62,6 +62,7 @@ from tunnel.aio.workers import WorkerRoutes, WorkerSeat, supervise
 from tunnel.config import ConcentratorConfig
 from tunnel.policy.inbound import Mapping
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
+from tunnel.protocol.quic_ext import FAST_CRYPTO_MISSING
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import ETHERNET_HEADER_SIZE, Payload
 from tunnel.wire.modes import TunnelMode
@@ -202,6 +203,8 @@ class ConcentratorProgram:
             len(config.clients),
             ",".join(str(p) for p in (config.pool.ipv4, config.pool.ipv6) if p) or "none",
         )
+        if FAST_CRYPTO_MISSING is not None and config.limits.fast_datagram_path:
+            log.warning("fast-path packets are protected in Python: %s", FAST_CRYPTO_MISSING)
         for family, on in self.ip_forward.items():
             if on is False:
                 log.warning(

@@ -28,6 +28,7 @@ from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
 from aioquic._crypto import AEAD, AEAD_NONCE_LENGTH, CryptoError, HeaderProtection
 from aioquic.buffer import encode_uint_var, size_uint_var
+from aioquic.quic import crypto as aioquic_crypto
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.congestion.base import QuicCongestionControl, create_congestion_control
@@ -79,8 +80,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidTag
 
 from tunnel.policy.tickets import TicketIdentity, TicketStore
+from tunnel.protocol import quic_crypto
 from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import PacedNoCongestionControl
+from tunnel.protocol.quic_crypto import FastAead, FastHeaderProtection
 from tunnel.protocol.stateless_reset import is_reset, reset_token
 
 # Provisional codepoint of the quic_tunnel_stream_mode transport parameter
@@ -339,7 +342,9 @@ _SAMPLE_OFFSET = 4
 _SHORT_HEADER_MASK = 0x1F  # §5.4.1: the bits of a short header's first byte that are masked
 
 
-def _seal_short(pair: CryptoPair, header: bytes, payload: bytes, packet_number: int) -> bytes:
+def _seal_short_python(
+    pair: CryptoPair, header: bytes, payload: bytes, packet_number: int
+) -> bytes:
     """CryptoPair.encrypt_packet for a short header ending in a packet number of
     PACKET_NUMBER_SEND_SIZE bytes (as aioquic sends): the same bytes, with header protection
     applied to the bytes it masks instead of to a copy of the whole packet."""
@@ -368,7 +373,7 @@ def _seal_short(pair: CryptoPair, header: bytes, payload: bytes, packet_number: 
     )
 
 
-def _open_short(
+def _open_short_python(
     pair: CryptoPair, data: bytes, pn_offset: int, expected_packet_number: int
 ) -> tuple[bytes, bytes, int]:
     """CryptoPair.decrypt_packet for a short-header packet whose packet number starts at
@@ -401,6 +406,128 @@ def _open_short(
     except InvalidTag as exc:
         raise CryptoError(str(exc)) from None  # as AEAD.decrypt
     return plain_header, payload, packet_number
+
+
+def _datagram_frames_python(
+    prefix: bytes, pending: deque[bytes], room: int, min_size: int
+) -> tuple[bytes, int, bool]:
+    """A 1-RTT packet's payload: `prefix` (frames already written, e.g. an ACK), then a
+    DATAGRAM frame with its length (RFC 9221 §4) for each datagram at the head of `pending`
+    that fits in `room` bytes, taken off `pending` in order; PADDING up to `min_size` bytes if
+    it is shorter (header protection's sample, RFC 9001 §5.4.2). An empty payload stays empty.
+    Returns (payload, datagrams taken, padded); quic_crypto.c's datagram_frames does the same
+    in one call."""
+    parts = [prefix]
+    used = len(prefix)
+    taken = 0
+    for data in pending:
+        length = len(data)
+        needed = 1 + size_uint_var(length) + length
+        if room - used < needed:
+            break
+        parts += (_DATAGRAM_FRAME_TYPE, encode_uint_var(length), data)
+        used += needed
+        taken += 1
+    for _ in range(taken):
+        pending.popleft()
+    padded = 0 < used < min_size
+    if padded:
+        parts.append(bytes(min_size - used))
+    return b"".join(parts), taken, padded
+
+
+_DATAGRAM_FRAME_TYPE = encode_uint_var(QuicFrameType.DATAGRAM_WITH_LENGTH)
+# RFC 9001 §5.4.2: a packet's payload is padded so that header protection can sample 16 bytes
+# 4 after the packet number's start, whose length is PACKET_NUMBER_SEND_SIZE as aioquic sends
+_MIN_PAYLOAD = PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE
+_NO_DATAGRAMS: deque[bytes] = deque()
+
+
+class _TwinnedAEAD(AEAD):
+    """aioquic's AEAD with its twin in C (tunnel/protocol/quic_crypto.c), made together."""
+
+    def __init__(self, cipher_name: bytes, key: bytes, iv: bytes) -> None:
+        super().__init__(cipher_name, key, iv)
+        assert not isinstance(_EXTENSION, str)  # installed only with the extension
+        self.fast: FastAead = _EXTENSION.Aead(cipher_name, key, iv)
+
+
+class _TwinnedHeaderProtection(HeaderProtection):
+    """aioquic's HeaderProtection with its twin in C, made together."""
+
+    def __init__(self, cipher_name: bytes, key: bytes) -> None:
+        super().__init__(cipher_name, key)
+        assert not isinstance(_EXTENSION, str)
+        self.fast: FastHeaderProtection = _EXTENSION.HeaderProtection(cipher_name, key)
+
+
+def _seal_short_c(pair: CryptoPair, header: bytes, payload: bytes, packet_number: int) -> bytes:
+    """_seal_short_python's bytes, in one C call (RFC 9001 §5.3 and §5.4)."""
+    if pair._update_key_requested:
+        pair._update_key("local_update")
+    send = pair.send
+    aead, hp = send.aead, send.hp
+    assert aead is not None and hp is not None, "Encryption key is not available"  # as aioquic
+    fast: FastAead = aead.fast  # type: ignore[attr-defined]
+    return fast.seal(hp.fast, header, payload, packet_number)  # type: ignore[attr-defined]
+
+
+def _open_short_c(
+    pair: CryptoPair, data: bytes, pn_offset: int, expected_packet_number: int
+) -> tuple[bytes, bytes, int]:
+    """_open_short_python's results and errors, in one C call; a packet with the other key
+    phase (a key update) takes aioquic's own path."""
+    recv = pair.recv
+    aead, hp = recv.aead, recv.hp
+    if aead is None or hp is None:
+        raise KeyUnavailableError("Decryption key is not available")  # as aioquic
+    opened: tuple[bytes, bytes, int] | None = aead.fast.open(  # type: ignore[attr-defined]
+        hp.fast,  # type: ignore[attr-defined]
+        data,
+        pn_offset,
+        expected_packet_number,
+        recv.key_phase,
+    )
+    if opened is None:
+        return pair.decrypt_packet(data, pn_offset, expected_packet_number)
+    return opened
+
+
+# The C packet protection (issue 14 item 5), when make built it: every key aioquic sets up
+# from here on gets its twin in C, because CryptoContext.setup, the one place that makes keys,
+# takes its classes from aioquic.quic.crypto's namespace. Without it, the Python steps.
+_EXTENSION = quic_crypto.load()
+FAST_CRYPTO_MISSING: str | None = _EXTENSION if isinstance(_EXTENSION, str) else None
+"""Why fast-path packets are protected in Python, or None: they are protected in C."""
+if not isinstance(_EXTENSION, str):
+    aioquic_crypto.AEAD = _TwinnedAEAD  # type: ignore[attr-defined]
+    aioquic_crypto.HeaderProtection = _TwinnedHeaderProtection  # type: ignore[attr-defined]
+    _seal_short = _seal_short_c
+    _open_short = _open_short_c
+    _datagram_frames = _EXTENSION.datagram_frames
+else:
+    _seal_short = _seal_short_python
+    _open_short = _open_short_python
+    _datagram_frames = _datagram_frames_python
+
+
+def use_packet_protection(implementation: str) -> None:
+    """Protect fast-path packets and write their DATAGRAM frames in C ("c", the default once
+    make built the extension) or with the Python steps ("python"), from now on, in every
+    connection; for benchmarks that compare the two (experiments/bench_datagram_path.py). A
+    ValueError says why "c" is not there."""
+    global _seal_short, _open_short, _datagram_frames
+    if implementation == "c":
+        if isinstance(_EXTENSION, str):
+            raise ValueError(_EXTENSION)
+        _seal_short, _open_short = _seal_short_c, _open_short_c
+        _datagram_frames = _EXTENSION.datagram_frames
+    elif implementation == "python":
+        _seal_short, _open_short = _seal_short_python, _open_short_python
+        _datagram_frames = _datagram_frames_python
+    else:
+        raise ValueError(f"packet protection is 'c' or 'python', not {implementation!r}")
+    TunnelQuicConnection._seal = staticmethod(_seal_short)
 
 
 def steer_connection_id(cid: bytes, worker: int, workers: int) -> bytes:
@@ -1089,7 +1216,8 @@ class TunnelQuicConnection(QuicConnection):
         self._pacing_at = None
         packet_number = self._packet_number
         seal = self._seal
-        buf = Buffer(capacity=max_size)
+        datagram_frames = _datagram_frames
+        buf = Buffer(capacity=max_size)  # the ACK (and PING) frames
         datagrams: list[bytes] = []
         packets: list[QuicSentPacket] = []
         while True:
@@ -1107,11 +1235,12 @@ class TunnelQuicConnection(QuicConnection):
             # congestion window's room left after the packets before it (start_packet)
             room = packet_room
             flight_room = min(max_size, flight_left) - header_size - crypto.aead_tag_size
-            buf.seek(0)
             handlers: list[tuple[Any, Any]] = []
             ack_eliciting = False
             stop = False
+            prefix = b""
             if ack_due:
+                buf.seek(0)
                 # _write_ack_frame; an ACK is not in flight, so only the packet's room counts
                 if room < ACK_FRAME_CAPACITY:
                     break
@@ -1138,38 +1267,27 @@ class TunnelQuicConnection(QuicConnection):
                         buf.push_uint_var(QuicFrameType.PING)
                         handlers.append((self._on_ping_delivery, ((),)))
                         ack_eliciting = True
-            while pending and not stop:
-                # _write_datagram_frame (ours): a DATAGRAM waits for the pacer
-                if paced and pacer.next_send_time(now=now) is not None:
-                    break
-                data = pending[0]
-                length = len(data)
-                needed = 1 + size_uint_var(length) + length
-                if not buf.tell():
-                    # leave room for the padding that lets header protection sample enough
-                    needed = max(needed, PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE)
-                used = buf.tell()
-                if room - used < needed or flight_room - used < needed:
-                    break
-                buf.push_uint_var(QuicFrameType.DATAGRAM_WITH_LENGTH)
-                buf.push_uint_var(length)
-                buf.push_bytes(data)
+                prefix = buf.data
+            # _write_datagram_frame (ours), for as many DATAGRAMs as the packet's room and the
+            # window hold; a DATAGRAM waits for the pacer (whose answer is the same for each
+            # one of a packet: nothing it counts changes before update_after_send)
+            waits = paced and pacer.next_send_time(now=now) is not None
+            take = pending and not stop and not waits
+            payload, taken, padded = datagram_frames(
+                prefix, pending if take else _NO_DATAGRAMS, min(room, flight_room), _MIN_PAYLOAD
+            )
+            if taken:
                 ack_eliciting = True
-                pending.popleft()
-                token = tokens.popleft() if tokens else None
-                if token is not None:
-                    handlers.append((self._on_datagram_fate, (token, now)))
-            payload_size = buf.tell()
-            if not payload_size:
+                for _ in range(taken):
+                    token = tokens.popleft() if tokens else None
+                    if token is not None:
+                        handlers.append((self._on_datagram_fate, (token, now)))
+            if not payload:
                 break  # an empty packet is cancelled, and ends the pass
             if not stop:
                 pacer.update_after_send(now=now)
-            # _end_packet: PADDING up to the header protection sample (RFC 9001 §5.4.2)
-            in_flight = ack_eliciting
-            padding = PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE - payload_size
-            if padding > 0:
-                buf.push_bytes(bytes(padding))
-                in_flight = True
+            # _end_packet: a packet padded up to the header protection sample is in flight
+            in_flight = ack_eliciting or padded
             first_byte = (
                 PACKET_FIXED_BIT
                 | (self._spin_bit << 5)
@@ -1177,7 +1295,7 @@ class TunnelQuicConnection(QuicConnection):
                 | (PACKET_NUMBER_SEND_SIZE - 1)
             )
             header = bytes((first_byte,)) + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
-            datagram = seal(crypto, header, buf.data, packet_number)
+            datagram = seal(crypto, header, payload, packet_number)
             packets.append(
                 QuicSentPacket(
                     epoch=tls.Epoch.ONE_RTT,
