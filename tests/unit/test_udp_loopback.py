@@ -146,7 +146,9 @@ def test_a_timer_woken_early_waits_for_its_deadline(lab_certs: Path) -> None:
             assert driver._timer is not None
             driver._timer.cancel()  # the loop's own call, replaced by an early one:
             driver._handle_timer()
-            assert calls == []
+            # nothing before the deadline (a loaded machine may stall past it before the
+            # early call: then the call is on time, and acting is right)
+            assert all(at >= deadline - TIMER_EARLY_TOLERANCE for _, at in calls)
             while not calls:  # bounded by within()
                 await asyncio.sleep(0.0005)
             given, at = calls[0]  # (a later call may follow: a deadline the connection set)
