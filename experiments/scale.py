@@ -108,6 +108,7 @@ DEFAULTS: Params = {
     "start_timeout_s": 240.0,
     "workers": 1,
     "clients_per_process": 1,
+    "conc_txqueuelen": 0,
     "backend": "auto",
     "verify_fidelity": True,
 }
@@ -164,6 +165,12 @@ def _check(params: Params) -> list[int]:
             "clients_per_process must be an integer >= 1 (1: one qtun client process per "
             'client; more: client groups, README "Client groups").'
         )
+    ring = params["conc_txqueuelen"]
+    if isinstance(ring, bool) or not isinstance(ring, int) or not 0 <= ring <= 100_000:
+        raise ExperimentError(
+            "conc_txqueuelen must be an integer from 0 to 100000 (the concentrator TUN's "
+            "tun.txqueuelen in packets; 0: the kernel's)."
+        )
     return [int(c) for c in counts]
 
 
@@ -173,12 +180,14 @@ def points(params: Params) -> list[Point]:
     # Runs of one N are consecutive: they share that N's deployment.
     workers = int(params["workers"])
     per_process = int(params["clients_per_process"])
+    ring = int(params["conc_txqueuelen"])
     return [
         Point(
             {
                 "mode": params["mode"],
                 "workers": workers,
                 "clients_per_process": per_process,
+                "conc_txqueuelen": ring,
                 "clients": n,
                 "run": r,
             }
@@ -252,7 +261,9 @@ def _tunnel(state: ScaleState, params: Params, n: int) -> Carrier | None:
     if params["mode"] == "plain":
         return None
     workers = int(params["workers"])
-    overrides = (f"workers={workers}",) if workers > 1 else ()  # README "Workers"
+    overrides: tuple[str, ...] = (f"workers={workers}",) if workers > 1 else ()  # "Workers"
+    if int(params["conc_txqueuelen"]):  # README "Client groups": the TUN's ring
+        overrides += (f"tun.txqueuelen={int(params['conc_txqueuelen'])}",)
     spec = TunnelSpec(
         mode=str(params["mode"]),
         concentrator_overrides=overrides,

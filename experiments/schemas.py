@@ -209,6 +209,7 @@ SCALE = Table(
         "mode",
         "workers",  # concentrator processes (README "Workers")
         "clients_per_process",  # clients per qtun process (README "Client groups")
+        "conc_txqueuelen",  # the concentrator TUN's ring, packets (0: the kernel's)
         "clients",
         "client",
         "run",
@@ -227,6 +228,7 @@ SCALE = Table(
         "mode",
         "workers",
         "clients_per_process",
+        "conc_txqueuelen",
         "jain_fairness",
         "conc_rss_idle_mb",
         "conc_rss_per_client_kb",

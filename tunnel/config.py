@@ -299,6 +299,18 @@ class TunConfig:
             Boolean(),
         ),
     )
+    txqueuelen: int | None = field(
+        default=None,
+        metadata=setting(
+            "the device's transmit ring: packets the kernel holds for this program to read. "
+            "The kernel drops beyond it, drop-tail, so a concentrator short of CPU loses its "
+            "clients' packets there unevenly: a longer ring shares better, at the cost of a "
+            'longer queue while the program is behind (README "Client groups")',
+            Integer(1, 100_000),
+            unit="packets",
+            unset="the kernel's (500 for a TUN)",
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,13 @@ def test_scale_one_and_three_clients(tmp_path: Path) -> None:
 def test_scale_with_client_groups(tmp_path: Path) -> None:
     """Three clients in groups of two (README "Client groups"): c1 and c2 share one `qtun
     client-group` process, c3 has one of its own; every flow goes through its own client's
-    tunnel, and the clients' CPU counts each process once."""
+    tunnel, and the clients' CPU counts each process once. The concentrator's TUN ring is
+    set too (tun.txqueuelen)."""
     exp = get_experiment("scale")
     sets = [
         "clients=[3]",
         "clients_per_process=2",
+        "conc_txqueuelen=2000",
         "duration_s=3.0",
         "warmup_s=1.0",
         "verify_fidelity=false",
@@ -66,7 +68,7 @@ def test_scale_with_client_groups(tmp_path: Path) -> None:
     table = rows(summary.run_dir / "scale.csv")
     assert [r["client"] for r in table] == ["c1", "c2", "c3"]
     for row in table:
-        assert row["clients_per_process"] == "2"
+        assert row["clients_per_process"] == "2" and row["conc_txqueuelen"] == "2000"
         assert float(row["goodput_mbps"]) > 0 and row["error"] == "", row
         assert 0 < float(row["clients_cpu_pct"]) <= float(row["host_cpu_pct"]) + 5
 

@@ -216,6 +216,27 @@ def test_a_tap_joins_a_bridge_and_its_errors_are_one_sentence(ns: str) -> None:
     ]
 
 
+RING = """
+import subprocess
+from tunnel.aio.tun import TunDevice
+def qlen(name):
+    words = subprocess.run(["ip", "-o", "link", "show", name], capture_output=True,
+                           text=True).stdout.split()
+    return words[words.index("qlen") + 1].rstrip("\\\\")
+print(qlen(TunDevice.create("qtat1", mtu=1400).name))
+print(qlen(TunDevice.create("qtat2", mtu=1400, txqueuelen=5000).name))
+"""
+
+
+def test_the_transmit_ring_takes_its_configured_length(ns: str) -> None:
+    """tun.txqueuelen: the ring the tun driver drops beyond (README "Client groups")."""
+    result = subprocess.run(
+        in_ns(ns, sys.executable, "-c", RING), capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["500", "5000"]
+
+
 def offload_reports(ns: str, direction: str) -> list[dict[str, object]]:
     """What the qta_tun_gro child reports for `direction` ("write": merged writes, "read":
     segmentation offload), IPv4 then IPv6."""

@@ -64,6 +64,8 @@ def test_session_mode_and_config_file(tmp_path: Path) -> None:
         (["clients=5"], "parameter clients must be a list"),
         (["clients_per_process=0"], "clients_per_process must be an integer >= 1"),
         (["clients_per_process=true"], "clients_per_process must be an integer >= 1"),
+        (["conc_txqueuelen=-1"], "conc_txqueuelen must be an integer from 0 to 100000"),
+        (["conc_txqueuelen=true"], "conc_txqueuelen must be an integer from 0 to 100000"),
     ],
 )
 def test_bad_parameters_get_one_sentence(sets: list[str], message: str) -> None:
@@ -78,6 +80,13 @@ def test_clients_per_process_is_a_column_of_every_point() -> None:
     points = exp.points(resolve_params(exp, sets=["clients=[2]", "clients_per_process=25"]))
     assert {p["clients_per_process"] for p in points} == {25}
     assert "clients_per_process" in exp.tables["scale"]
+
+
+def test_conc_txqueuelen_is_a_column_and_a_concentrator_setting() -> None:
+    exp = get_experiment("scale")
+    points = exp.points(resolve_params(exp, sets=["clients=[2]", "conc_txqueuelen=5000"]))
+    assert {p["conc_txqueuelen"] for p in points} == {5000}
+    assert "conc_txqueuelen" in exp.tables["scale"]
 
 
 def test_jain_index() -> None:

@@ -391,6 +391,7 @@ class Client:
                     kind=kind,
                     offload=tun_config.offload,
                     tso=tun_config.tso,
+                    txqueuelen=tun_config.txqueuelen,
                 )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None

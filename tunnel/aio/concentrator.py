@@ -158,6 +158,7 @@ class ConcentratorProgram:
                 routes=routes,
                 offload=config.tun.offload,
                 tso=config.tun.tso,
+                txqueuelen=config.tun.txqueuelen,
             )
         except TunError as exc:
             raise RuntimeFailure(str(exc)) from None

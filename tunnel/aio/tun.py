@@ -211,11 +211,14 @@ class TunDevice:
         bridge: str | None = None,
         offload: bool = False,
         tso: bool = False,
+        txqueuelen: int | None = None,
     ) -> TunDevice:
         """Open TUN (or TAP) `name`, set its MTU and addresses ("10.8.0.1/24", "fd00:8::1/64"),
         make it a port of `bridge` if given, bring it up and add `routes` (prefixes sent into
         the device). `offload` (a TUN only): merged TCP writes; `tso` (with `offload`): reads
-        with segmentation offload, see the class."""
+        with segmentation offload, see the class. `txqueuelen`: the ring of packets the
+        kernel holds for us to read (None: the kernel's); the tun driver drops beyond it
+        without stopping its queue, so no qdisc above it ever holds packets instead."""
         what = kind.value
         if not 68 <= mtu <= MAX_PACKET:
             raise TunError(f"{what} MTU {mtu} is outside 68..65535: choose an MTU in that range")
@@ -232,7 +235,9 @@ class TunDevice:
             # pyroute2 0.9 runs its netlink socket on the thread's running event loop, and
             # uvloop cannot open netlink sockets: configure from a thread without a loop.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tun-config") as pool:
-                index = pool.submit(_configure, name, mtu, parsed, list(routes), bridge).result()
+                index = pool.submit(
+                    _configure, name, mtu, parsed, list(routes), bridge, txqueuelen
+                ).result()
         except NetlinkError as exc:
             os.close(fd)
             raise TunError(f"configuring {what} {name!r} failed: {exc.args[-1]}") from None
@@ -400,10 +405,13 @@ def _configure(
     addresses: list[IPv4Interface | IPv6Interface],
     routes: list[str],
     bridge: str | None = None,
+    txqueuelen: int | None = None,
 ) -> int:
     with IPRoute() as ipr:
         index: int = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=index, mtu=mtu)
+        if txqueuelen is not None:
+            ipr.link("set", index=index, txqlen=txqueuelen)
         if bridge is not None:
             masters = ipr.link_lookup(ifname=bridge)
             if not masters:
