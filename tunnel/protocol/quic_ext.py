@@ -20,7 +20,7 @@ import dataclasses
 import math
 import os
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -502,13 +502,24 @@ FAST_CRYPTO_MISSING: str | None = _EXTENSION if isinstance(_EXTENSION, str) else
 if not isinstance(_EXTENSION, str):
     aioquic_crypto.AEAD = _TwinnedAEAD  # type: ignore[attr-defined]
     aioquic_crypto.HeaderProtection = _TwinnedHeaderProtection  # type: ignore[attr-defined]
-    _seal_short = _seal_short_c
-    _open_short = _open_short_c
-    _datagram_frames = _EXTENSION.datagram_frames
-else:
-    _seal_short = _seal_short_python
-    _open_short = _open_short_python
-    _datagram_frames = _datagram_frames_python
+
+_Seal = Callable[[CryptoPair, bytes, bytes, int], bytes]
+_Open = Callable[[CryptoPair, bytes, int, int], tuple[bytes, bytes, int]]
+_Frames = Callable[[bytes, deque[bytes], int, int], tuple[bytes, int, bool]]
+
+
+def _steps(implementation: str) -> tuple[_Seal, _Open, _Frames]:
+    """The fast path's seal, open and DATAGRAM framing: in C ("c") or in Python ("python")."""
+    if implementation == "c":
+        if isinstance(_EXTENSION, str):
+            raise ValueError(_EXTENSION)
+        return _seal_short_c, _open_short_c, _EXTENSION.datagram_frames
+    if implementation == "python":
+        return _seal_short_python, _open_short_python, _datagram_frames_python
+    raise ValueError(f"packet protection is 'c' or 'python', not {implementation!r}")
+
+
+_seal_short, _open_short, _datagram_frames = _steps("python" if FAST_CRYPTO_MISSING else "c")
 
 
 def use_packet_protection(implementation: str) -> None:
@@ -517,16 +528,7 @@ def use_packet_protection(implementation: str) -> None:
     connection; for benchmarks that compare the two (experiments/bench_datagram_path.py). A
     ValueError says why "c" is not there."""
     global _seal_short, _open_short, _datagram_frames
-    if implementation == "c":
-        if isinstance(_EXTENSION, str):
-            raise ValueError(_EXTENSION)
-        _seal_short, _open_short = _seal_short_c, _open_short_c
-        _datagram_frames = _EXTENSION.datagram_frames
-    elif implementation == "python":
-        _seal_short, _open_short = _seal_short_python, _open_short_python
-        _datagram_frames = _datagram_frames_python
-    else:
-        raise ValueError(f"packet protection is 'c' or 'python', not {implementation!r}")
+    _seal_short, _open_short, _datagram_frames = _steps(implementation)
     TunnelQuicConnection._seal = staticmethod(_seal_short)
 
 
