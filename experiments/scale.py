@@ -262,8 +262,9 @@ def _tunnel(state: ScaleState, params: Params, n: int) -> Carrier | None:
         return None
     workers = int(params["workers"])
     overrides: tuple[str, ...] = (f"workers={workers}",) if workers > 1 else ()  # "Workers"
-    if int(params["conc_txqueuelen"]):  # README "Client groups": the TUN's ring
-        overrides += (f"tun.txqueuelen={int(params['conc_txqueuelen'])}",)
+    ring = int(params["conc_txqueuelen"])
+    if ring:  # README "Client groups": the TUN's ring
+        overrides += (f"tun.txqueuelen={ring}",)
     spec = TunnelSpec(
         mode=str(params["mode"]),
         concentrator_overrides=overrides,
