@@ -187,9 +187,12 @@ def test_tools_on_loopback(tmp_path: Path, kind: str) -> None:
     samples = json.loads((tmp_path / "recv.json").read_text())
     sent = json.loads((tmp_path / "send.json").read_text())
     assert samples["connected"] and samples["error"] is None
-    # 10 ms bins, none after the receiver's deadline (1 s, plus a grace of 0.5 s for what was
-    # still queued when the sender stopped), and every byte received in one of them
-    assert 0 < len(samples["bins"]) <= 150
+    # 10 ms bins up to the receiver's deadline (1 s, plus a grace of 0.5 s for what was still
+    # queued when the sender stopped), and every byte received in one of them. The loop checks
+    # its deadline before each read, so a receiver stalled by a loaded machine may make one
+    # read after it, whose bin lies beyond the 150th (CI saw bin 162): at most one such bin.
+    bins = samples["bins"]
+    assert bins and sum(1 for b in bins[150:] if b) <= 1
     assert sum(samples["bins"]) == samples["bytes_total"]
     if kind == "udp":
         # 4 Mbit/s of 500-byte datagrams for at most 1 s: at most 1000 packets (fewer if the
