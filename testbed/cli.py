@@ -407,6 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     figure = sub.add_parser("figure", help="draw the figure of a results run directory")
     figure.add_argument("run_dir", type=Path, help="results/<experiment>/<time>/")
     figure.add_argument("--out", type=Path, help="the PNG (default RUN_DIR/<experiment>.png)")
+    compare = sub.add_parser(
+        "compare", help="two runs of one experiment, cell by cell: medians, intervals, verdict"
+    )
+    compare.add_argument("before", type=Path, metavar="BEFORE", help="a results run directory")
+    compare.add_argument("after", type=Path, metavar="AFTER", help="a run of the same experiment")
+    compare.add_argument(
+        "--metric", help="the measurement compared (default: the experiment's headline one)"
+    )
+    compare.add_argument("--csv", type=Path, help="also write the comparison to this CSV")
     from testbed.decode import add_decode_arguments
 
     add_decode_arguments(
@@ -436,6 +445,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(f"figure: {figure_for_run(args.run_dir, args.out)}")
         return 0
+    if args.command == "compare":
+        from experiments.compare import compare_from_args
+
+        return compare_from_args(args.before, args.after, args.metric, args.csv)
     if args.command == "demo":
         from experiments.demo import run_demo
 
