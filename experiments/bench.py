@@ -2,6 +2,7 @@
 
     python -m experiments.bench [--seconds N] [--profiles none,wifi,5g] [--reverse] [--rate MBIT]
                                 [--modes plain,tunnel,session,stream,masque,wireguard,openvpn]
+                                [--profile]
 
 One Lab on the "pair" topology (h1 -- shaped link -- h2) for the whole run. For each link profile
 (testbed/profiles.py, the same profile both ways) and each mode, one iperf3 TCP transfer h1 -> h2
@@ -44,12 +45,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from experiments.procstat import cpu_seconds
+from experiments.profile_stacks import py_spy, recording
 from experiments.runner import git_state, software_versions, write_meta
 from experiments.variants import OpenVpn, WireGuard
 from testbed.hosts import Node
@@ -303,21 +306,24 @@ def measure(
     row: Row,
     mtu_intf: str,
     counts: PacketCounter = dict,
+    profile_prefix: Path | None = None,
 ) -> None:
     """One transfer to `target`; fills goodput, CPU of `pids`, the MTU and (given what counts
-    the packets each role's tunnel moved) the µs of CPU per packet into `row`."""
+    the packets each role's tunnel moved) the µs of CPU per packet into `row`. With
+    `profile_prefix`, py-spy samples each of `pids` during the transfer (profile_stacks)."""
     h1, h2 = lab.node(CLIENT), lab.node(SERVER)
     server = lab.procs.start_iperf3_server(
         h2, port=IPERF_PORT, idle_timeout_s=transfer.seconds + 20
     )
     try:
-        packets = counts()
-        before = {role: cpu_seconds(pid) for role, pid in pids.items()}
-        started = time.monotonic()
-        data = iperf3_tcp(h1, target, transfer)
-        wall = time.monotonic() - started
-        after = {role: cpu_seconds(pid) for role, pid in pids.items()}
-        packets = {role: count - packets[role] for role, count in counts().items()}
+        with recording(pids, profile_prefix) if profile_prefix else nullcontext():
+            packets = counts()
+            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            started = time.monotonic()
+            data = iperf3_tcp(h1, target, transfer)
+            wall = time.monotonic() - started
+            after = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            packets = {role: count - packets[role] for role, count in counts().items()}
     finally:
         lab.procs.stop(server)
     # Both programs carry the same inner packets: the larger count of the two.
@@ -341,7 +347,12 @@ def measure(
 
 
 def run_mode(
-    lab: Lab, mode: BenchMode, profile_name: str, transfer: Transfer, workdir: Path
+    lab: Lab,
+    mode: BenchMode,
+    profile_name: str,
+    transfer: Transfer,
+    workdir: Path,
+    profile_dir: Path | None = None,
 ) -> Row:
     row = Row(mode.name, profile_name)
     try:
@@ -359,7 +370,8 @@ def run_mode(
             tun = str(dep.status(CLIENT).get("tun", {}).get("name", "qtun0"))
             # stream mode relays the transfer on a QUIC stream, not through the TUN devices
             counts = dict if mode.spec.stream else status_counter(dep)
-            measure(lab, dep.concentrator_address(4), transfer, pids, row, tun, counts)
+            prefix = profile_dir / f"{mode.name}-{profile_name}" if profile_dir else None
+            measure(lab, dep.concentrator_address(4), transfer, pids, row, tun, counts, prefix)
     except (BenchError, QtunError, LabError, OSError, KeyError, ValueError) as exc:
         row.error = str(exc).splitlines()[0]
         print(f"bench: {mode.name}/{profile_name} failed: {exc}", file=sys.stderr)
@@ -418,9 +430,11 @@ def run_bench(
     out_root: Path = RESULTS_ROOT / "bench",
     backend: str = "auto",
     congestion_control: str = "cubic",
+    profiled: bool = False,
 ) -> tuple[Path, list[Row]]:
     """Run every (profile, mode) once, each cell one `transfer`; returns the run directory and
-    the rows."""
+    the rows. `profiled`: py-spy samples the qtun programs of each transfer into
+    `<run>/profile/` (experiments/profile_stacks.py)."""
     started = datetime.now(UTC)
     out_dir = out_root / started.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -433,7 +447,14 @@ def run_bench(
         for profile_name in profiles:
             shaper.set_profile("both", profile(profile_name))
             for mode_name in modes:
-                row = run_mode(lab, MODES[mode_name], profile_name, transfer, out_dir / "qtun")
+                row = run_mode(
+                    lab,
+                    MODES[mode_name],
+                    profile_name,
+                    transfer,
+                    out_dir / "qtun",
+                    out_dir / "profile" if profiled else None,
+                )
                 rows.append(row)
                 print(
                     f"bench: {row.mode}/{row.profile}: {row.goodput_mbps} Mbit/s "
@@ -466,6 +487,9 @@ def run_bench(
             "modes": {m: MODES[m].description for m in modes},
             "congestion_control": lab_meta["congestion_control"],
             "cpu": "utime+stime of the process over the transfer's wall time; 100 = one core",
+            # py-spy sampled the qtun programs (profile/): it takes CPU of its own, so the
+            # goodput of a profiled run is not a headline figure
+            "profiled": profiled,
             "us_per_packet": (
                 "the same CPU time / inner packets a program's TUN read + wrote, from its status "
                 "file (the larger count of the two programs); our peers: their devices' kernel "
@@ -522,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MBIT",
         help="pace each transfer at MBIT Mbit/s (iperf3 -b): µs per packet at a low rate",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the qtun programs with py-spy (python -m experiments.profile_stacks RUN)",
+    )
     args = parser.parse_args(argv)
     return run_command("bench", lambda: _bench(args), interrupted="the lab was torn down")
 
@@ -536,7 +565,11 @@ def _bench(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise RuntimeFailure("not root: run it as root (it builds Mininet hosts)")
     transfer = Transfer(args.seconds, args.reverse, args.rate)
-    out_dir, rows = run_bench(transfer, profiles, modes, args.out, args.backend, args.cc)
+    if args.profile:
+        py_spy()  # missing: say so before building the lab
+    out_dir, rows = run_bench(
+        transfer, profiles, modes, args.out, args.backend, args.cc, args.profile
+    )
     print(format_table(rows))
     print(f"bench: wrote {out_dir / 'bench.csv'} (figures from a shared machine are noisy)")
     return 1 if any(r.error for r in rows) else 0
