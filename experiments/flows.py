@@ -114,8 +114,10 @@ def cpu_columns(meter: CpuMeter | None) -> dict[str, Any]:
     """The CPU columns of a row (schemas.CPU_COLUMNS) from a meter run_flow ran; all empty
     without one."""
     usage = meter.usage() if meter is not None else {}
+    peak = meter.peak() if meter is not None else {}
     row: dict[str, Any] = {f"cpu_{name}_pct": usage.get(name) for name in CPU_PROCESSES}
-    busiest, saturated = saturation({n: usage.get(n) for n in CPU_PROCESSES})
+    # saturation is a single process's: a concentrator's workers each have a core of their own
+    busiest, saturated = saturation({n: peak.get(n) for n in CPU_PROCESSES})
     row["cpu_host_pct"] = meter.host_pct() if meter is not None else None
     row["cpu_busiest"] = busiest
     row["cpu_saturated"] = saturated

@@ -109,8 +109,8 @@ def proc_sample(pid: int) -> tuple[float, int, float] | None:
 
 
 def saturation(usage: dict[str, float | None]) -> tuple[str | None, bool | None]:
-    """The busiest process of a CpuMeter's usage and whether it reached CPU_SATURATED_PCT (None,
-    None when nothing was measured)."""
+    """The busiest process of a CpuMeter's peak() and whether it reached CPU_SATURATED_PCT
+    (None, None when nothing was measured)."""
     measured = {name: pct for name, pct in usage.items() if pct is not None}
     if not measured:
         return None, None
@@ -131,6 +131,8 @@ class CpuMeter:
     A thread samples /proc every `interval_s` from `start_at + skip_s` to `end_at` (or stop()):
     a process that exits inside the window keeps the share of the part it lived, one that was
     never sampled twice has None. Sampling costs a few /proc reads per interval in this process.
+    A watched process's usage includes its running children (a concentrator's workers); `peak()`
+    is the busiest single one of them, what says whether a core was saturated.
     """
 
     def __init__(
@@ -141,6 +143,9 @@ class CpuMeter:
         self.interval_s = interval_s
         self.first: dict[str, tuple[float, float]] = {}  # name -> (time, CPU seconds)
         self.last: dict[str, tuple[float, float]] = {}
+        # (name, pid) -> (time, CPU seconds) of the watched process itself and of each child
+        self.each_first: dict[tuple[str, int], tuple[float, float]] = {}
+        self.each_last: dict[tuple[str, int], tuple[float, float]] = {}
         self.host_first: tuple[int, int, int] | None = None
         self.host_last: tuple[int, int, int] | None = None
         self._stop = threading.Event()
@@ -154,11 +159,20 @@ class CpuMeter:
         now = time.monotonic()
         for name, pid in list(self.pids.items()):
             try:
-                reading = (now, cpu_seconds(pid))
+                each = {pid: _own_cpu_seconds(pid)}
             except (OSError, ValueError, IndexError):
                 continue  # gone (or a zombie): its last reading stands
+            for child in child_pids(pid):
+                try:
+                    each[child] = _own_cpu_seconds(child)
+                except (OSError, ValueError, IndexError):
+                    continue  # ended meanwhile
+            reading = (now, sum(each.values()))
             self.first.setdefault(name, reading)
             self.last[name] = reading
+            for process, seconds in each.items():
+                self.each_first.setdefault((name, process), (now, seconds))
+                self.each_last[(name, process)] = (now, seconds)
         host = host_busy()
         if self.host_first is None:
             self.host_first = host
@@ -195,6 +209,18 @@ class CpuMeter:
             else:
                 out[name] = cpu_pct(first[1], last[1], last[0] - first[0])
         return out
+
+    def peak(self) -> dict[str, float | None]:
+        """Per watched name, the CPU of its busiest single process (itself or one child) over
+        the part of the window that process was sampled in; usage() where no process of it was
+        sampled on its own."""
+        busiest: dict[str, float] = {}
+        for key, first in self.each_first.items():
+            last = self.each_last[key]
+            if last[0] - first[0] > 0:
+                pct = cpu_pct(first[1], last[1], last[0] - first[0])
+                busiest[key[0]] = max(busiest.get(key[0], pct), pct)
+        return {name: busiest.get(name, pct) for name, pct in self.usage().items()}
 
     def host_pct(self) -> float | None:
         if self.host_first is None or self.host_last is None:

@@ -376,7 +376,7 @@ def cpu_row(meter: CpuMeter) -> Row:
     usage = meter.usage()
     row["cpu_load_sender_pct"] = usage.get(LOAD_ROLES[0])
     row["cpu_load_receiver_pct"] = usage.get(LOAD_ROLES[1])
-    row["cpu_busiest"], row["cpu_saturated"] = saturation(usage)
+    row["cpu_busiest"], row["cpu_saturated"] = saturation(meter.peak())
     return row
 
 

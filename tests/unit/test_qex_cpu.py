@@ -114,3 +114,40 @@ def test_a_process_counts_its_running_children() -> None:
         child.kill()
         child.wait()
     assert child.pid not in child_pids(os.getpid())
+
+
+def test_saturation_is_one_process_s_not_a_supervisor_s_with_its_workers() -> None:
+    """Two workers at 60 % of a core each are 120 % for the concentrator's usage, but neither
+    saturated its core: the flag and the busiest name follow the busiest single process."""
+    meter = meter_with(
+        {"concentrator": ((0.0, 0.0), (10.0, 12.0)), "client": ((0.0, 0.0), (10.0, 7.0))}
+    )
+    for pid, seconds in ((100, 0.1), (101, 6.0), (102, 5.9)):  # the supervisor, two workers
+        meter.each_first[("concentrator", pid)] = (0.0, 0.0)
+        meter.each_last[("concentrator", pid)] = (10.0, seconds)
+    assert meter.usage()["concentrator"] == pytest.approx(120.0)
+    assert meter.peak() == {"concentrator": pytest.approx(60.0), "client": pytest.approx(70.0)}
+    row = cpu_columns(meter)
+    assert row["cpu_concentrator_pct"] == pytest.approx(120.0)  # the column stays the total
+    assert (row["cpu_busiest"], row["cpu_saturated"]) == ("client", False)
+    meter.each_last[("concentrator", 101)] = (10.0, 9.5)  # one worker at 95 %: saturated
+    assert (cpu_columns(meter)["cpu_busiest"], cpu_columns(meter)["cpu_saturated"]) == (
+        "concentrator", True,
+    )  # fmt: skip
+
+
+def test_the_meter_reads_each_child_on_its_own() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        meter = CpuMeter({"me": os.getpid()})
+        meter.sample()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < meter.first["me"][0] + 0.02:  # a reading later in time
+            assert time.monotonic() < deadline
+        meter.sample()
+    finally:
+        child.kill()
+        child.wait()
+    assert {("me", os.getpid()), ("me", child.pid)} <= set(meter.each_first)
+    peak, usage = meter.peak()["me"], meter.usage()["me"]
+    assert peak is not None and usage is not None and 0 <= peak <= usage
