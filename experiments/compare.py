@@ -105,9 +105,10 @@ def _cells(points: pd.DataFrame, keys: Sequence[str]) -> dict[tuple[str, ...], p
     one CSV and 2.0 from another, or True and "True", are the same cell)."""
     if not keys:
         return {(): points}
-    text = points[list(keys)].astype(str)
+    # an empty parameter (MPTCP's reorder) is a value of its own, not a point to leave out
+    text = points[list(keys)].astype(object).fillna("").astype(str)
     cells: dict[tuple[str, ...], pd.DataFrame] = {}
-    for key, index in text.groupby(list(keys), sort=False).groups.items():
+    for key, index in text.groupby(list(keys), sort=False, dropna=False).groups.items():
         cells[tuple(str(v) for v in (key if isinstance(key, tuple) else (key,)))] = points.loc[
             index
         ]

@@ -69,6 +69,15 @@ def test_cells_match_by_value_whatever_the_type_read() -> None:
     assert compare_points(before, after, KEYS, "goodput_mbps")["verdict"].tolist() == ["same"]
 
 
+def test_an_empty_parameter_is_a_cell_of_its_own() -> None:
+    # MPTCP has no reorder buffer: its rows leave the column empty (NaN when read)
+    before = points({("mptcp", "default", True): TEN, ("s", "wrr", True): TEN})
+    before["reorder"] = before["reorder"].astype(object)
+    before.loc[before["variant"] == "mptcp", "reorder"] = math.nan
+    table = compare_points(before, before.copy(), KEYS, "goodput_mbps")
+    assert table["variant"].tolist() == ["mptcp", "s"] and table["reorder"].tolist() == ["", "True"]
+
+
 def make_run(root: Path, name: str, experiment: str, rows: list[dict[str, Any]]) -> Path:
     run = root / name
     run.mkdir()
