@@ -28,13 +28,19 @@ def cpu_seconds(pid: int) -> float:
 def _with_children(pid: int, measure: Callable[[int], float]) -> float:
     """`measure(pid)` plus `measure` of each running child (one that ends meanwhile counts
     nothing)."""
-    total = measure(pid)
+    return sum(_each_process(pid, measure).values())
+
+
+def _each_process(pid: int, measure: Callable[[int], float]) -> dict[int, float]:
+    """`measure` of the process and of each of its running children, by pid (a child that ends
+    meanwhile is left out; the process's own failure is raised)."""
+    each = {pid: measure(pid)}
     for child in child_pids(pid):
         try:
-            total += measure(child)
-        except (OSError, ValueError):
+            each[child] = measure(child)
+        except (OSError, ValueError, IndexError):
             continue
-    return total
+    return each
 
 
 def _own_cpu_seconds(pid: int) -> float:
@@ -159,14 +165,9 @@ class CpuMeter:
         now = time.monotonic()
         for name, pid in list(self.pids.items()):
             try:
-                each = {pid: _own_cpu_seconds(pid)}
+                each = _each_process(pid, _own_cpu_seconds)
             except (OSError, ValueError, IndexError):
                 continue  # gone (or a zombie): its last reading stands
-            for child in child_pids(pid):
-                try:
-                    each[child] = _own_cpu_seconds(child)
-                except (OSError, ValueError, IndexError):
-                    continue  # ended meanwhile
             reading = (now, sum(each.values()))
             self.first.setdefault(name, reading)
             self.last[name] = reading
