@@ -54,6 +54,7 @@ from typing import Any
 from experiments.procstat import cpu_seconds
 from experiments.profile_stacks import py_spy, recording
 from experiments.runner import git_state, software_versions, write_meta
+from experiments.text_columns import align
 from experiments.variants import OpenVpn, WireGuard
 from testbed.hosts import Node
 from testbed.lab import Lab, LabError
@@ -415,12 +416,8 @@ def format_table(rows: Sequence[Row]) -> str:
         cells = [r.goodput_mbps, r.vs_plain, r.client_cpu_pct, r.concentrator_cpu_pct]
         cells += [r.client_us_per_packet, r.concentrator_us_per_packet, r.retransmits, r.mtu]
         lines.append([r.mode, r.profile, *("-" if c is None else str(c) for c in cells)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     errors = [""] + [f"  error: {r.error}" if r.error else "" for r in rows]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + error
-        for line, error in zip(lines, errors, strict=True)
-    )
+    return "\n".join(text + error for text, error in zip(align(lines), errors, strict=True))
 
 
 def run_bench(

@@ -38,6 +38,7 @@ from experiments.analysis import (
     load_scale,
     median_ci,
 )
+from experiments.text_columns import align
 from experiments.traffic import jain_index
 
 VERDICTS = ("same", "higher", "lower", "too few runs")
@@ -222,9 +223,7 @@ def format_comparison(table: pd.DataFrame) -> str:
                 str(row["verdict"]),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-            for line in lines]  # fmt: skip
+    text = align(lines)
     counts = table["verdict"].value_counts()
     tally = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
     metric = str(table["metric"].iloc[0])

@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
+from experiments.text_columns import align
 from testbed.paths import EXPERIMENT_CONFIGS, REPO_ROOT
 from testbed.paths import RESULTS_ROOT as RESULTS_ROOT  # re-exported: the CLIs default to it
 from testbed.scenario import Scenario, load_scenario, shipped_scenarios
@@ -680,13 +681,9 @@ def parameter_help(exp: Experiment[Any]) -> str:
     for key, value in exp.defaults.items():
         quick = _shown(exp.quick[key]) if key in exp.quick else ""
         rows.append((key, _shown(value), quick, unit_of(key)))
-    widths = [min(48, max(len(r[i]) for r in rows)) for i in range(4)]
     lines = [f"{exp.name}: {exp.description}".rstrip(": ")] if exp.description else [exp.name]
     lines.append("parameters (--set key=value, or a --config TOML file):")
-    for row in rows:
-        lines.append(
-            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        )
+    lines += ["  " + line for line in align(rows, max_width=48)]
     return "\n".join(lines)
 
 
