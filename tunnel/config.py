@@ -199,6 +199,12 @@ FAST_PATH_DOC = (
     "generic builder and parser (quic_ext.py, the same packets and loss recovery; README "
     '"Benchmarks"); false: aioquic\'s path for every packet'
 )
+PMTU_DOC = (
+    'find the path MTU with probes (DPLPMTUD, RFC 9000 §14.3 / RFC 8899; README "Path MTU"): '
+    "the handshake at 1200 bytes, then the full 1452-byte datagrams confirmed by a probe, and "
+    "on a black hole (large packets lost, small ones answered) a search down to what the path "
+    "carries; sockets set DF and never fragment. false: 1452-byte datagrams, unchecked"
+)
 DUPLICATION_DOC = (
     "session mode: while a path is suspect, copy each new packet it gets onto another access"
 )
@@ -417,6 +423,7 @@ class PathLimits:
     )
     duplication: bool = field(default=True, metadata=setting(DUPLICATION_DOC, Boolean()))
     fast_datagram_path: bool = field(default=True, metadata=setting(FAST_PATH_DOC, Boolean()))
+    pmtu_discovery: bool = field(default=False, metadata=setting(PMTU_DOC, Boolean()))
     duplicate_up_to: int = field(
         default=0, metadata=setting(DUPLICATE_UP_TO_DOC, Integer(0, 65535), unit="bytes")
     )

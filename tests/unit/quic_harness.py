@@ -95,7 +95,8 @@ STALE_TIMER_STEP = 1e-6  # seconds the fake clock moves for a timer that asks fo
 @dataclass
 class Link:
     """One direction of a path: fixed delay, can be cut (everything sent is lost); optionally
-    a bottleneck of `rate` bytes/s (FIFO, unbounded queue) and random loss (seeded)."""
+    a bottleneck of `rate` bytes/s (FIFO, unbounded queue), random loss (seeded) and an `mtu`
+    above which datagrams vanish."""
 
     delay: float = 0.005
     up: bool = True
@@ -105,6 +106,8 @@ class Link:
     rate: float | None = None
     loss: float = 0.0
     seed: int = 1
+    mtu: int | None = None  # larger UDP payloads are dropped without a word (a PMTU black hole)
+    too_big: int = 0
     _seq: int = 0
     _free_at: float = 0.0
     _random: random.Random | None = None
@@ -113,6 +116,9 @@ class Link:
         self.sent += 1
         if not self.up:
             self.lost += 1
+            return
+        if self.mtu is not None and len(data) > self.mtu:
+            self.too_big += 1
             return
         departure = now
         if self.rate is not None:

@@ -109,7 +109,9 @@ def test_a_process_counts_its_running_children() -> None:
         assert child.pid in child_pids(os.getpid())
         own_rss = rss_mb(Path(f"/proc/{os.getpid()}/status").read_text())
         assert process_rss_mb(os.getpid()) > own_rss  # the child's pages too
-        assert cpu_seconds(os.getpid()) >= _own_cpu_seconds(os.getpid())
+        # own time first: this process keeps running between the two reads
+        own = _own_cpu_seconds(os.getpid())
+        assert cpu_seconds(os.getpid()) >= own
     finally:
         child.kill()
         child.wait()

@@ -1281,6 +1281,7 @@ class ClientAgent:
                     "cwnd_bytes": tunnel.congestion_window if tunnel is not None else None,
                     "ssthresh_bytes": tunnel.slow_start_threshold if tunnel is not None else None,
                     "bytes_in_flight": tunnel.bytes_in_flight if tunnel is not None else None,
+                    "pmtu": tunnel.pmtu if tunnel is not None else None,
                     "counters": counters,
                 }
             )

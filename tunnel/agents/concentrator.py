@@ -2053,6 +2053,7 @@ class ConcentratorCore:
                     "cwnd_bytes": connection.congestion_window,
                     "ssthresh_bytes": connection.slow_start_threshold,
                     "bytes_in_flight": connection.bytes_in_flight,
+                    "pmtu": connection.pmtu,
                     # what the multipath engine did on this connection (issue 12)
                     "health": peer.monitor.health.value if peer.monitor else None,
                     "counters": {

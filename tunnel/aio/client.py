@@ -294,6 +294,7 @@ class Client:
             ),
             pacing_rate=pacing_rate(self.config.limits.pacing_rate_mbps),
             fast_datagram_path=self.config.limits.fast_datagram_path,
+            pmtu_discovery=self.config.limits.pmtu_discovery,
             # tunnel draft §4: the payload is signalled out of band (quic_ext.PAYLOAD_TP_ID)
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
             initial_dcid_byte=self.agent.worker_byte,

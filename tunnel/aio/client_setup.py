@@ -90,8 +90,9 @@ def bind_access(config: ClientConfig, access: AccessConfig | None) -> UdpEndpoin
     in the concentrator's address family. EndpointError (one sentence) if it cannot be made."""
     v6 = isinstance(config.concentrator_address, IPv6Address)
     family = socket.AF_INET6 if v6 else socket.AF_INET
+    probe = config.limits.pmtu_discovery
     if access is None:
-        return UdpEndpoint.bind(family=family)
+        return UdpEndpoint.bind(family=family, pmtu_probe=probe)
     local = access.local_address
     if local is not None and isinstance(local, IPv6Address) != v6:
         raise EndpointError(
@@ -100,7 +101,10 @@ def bind_access(config: ClientConfig, access: AccessConfig | None) -> UdpEndpoin
             "family"
         )
     return UdpEndpoint.bind(
-        str(local) if local is not None else None, interface=access.interface, family=family
+        str(local) if local is not None else None,
+        interface=access.interface,
+        family=family,
+        pmtu_probe=probe,
     )
 
 

@@ -139,7 +139,9 @@ def quic_server(
     cid_worker = None if seat is None else seat.cid_worker
     try:
         for address in config.listen_addresses if seat is None else ():
-            endpoint = UdpEndpoint.bind(str(address), config.port)
+            endpoint = UdpEndpoint.bind(
+                str(address), config.port, pmtu_probe=config.limits.pmtu_discovery
+            )
             endpoints.append(endpoint)
             warning = endpoint.buffers.warning()
             if warning:
@@ -164,6 +166,7 @@ def quic_server(
             reset_key=key,
             pacing_rate=pacing_rate(limits.pacing_rate_mbps),
             fast_datagram_path=limits.fast_datagram_path,
+            pmtu_discovery=limits.pmtu_discovery,
             cid_worker=cid_worker,
             **connection_options,
         ),

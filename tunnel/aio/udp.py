@@ -86,6 +86,9 @@ MAX_SEND_BACKLOG = 4096  # datagrams kept while the socket is full; beyond that 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 RECV_SIZE = 65535
 SOL_UDP = 17
+IP_MTU_DISCOVER = 10  # linux/in.h
+IPV6_MTU_DISCOVER = 23  # linux/in6.h
+IP_PMTUDISC_PROBE = 3  # DF set, no local fragmentation, the kernel's PMTU ignored (both families)
 UDP_SEGMENT = 103  # linux/udp.h: setsockopt/cmsg giving the GSO segment size
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels (newer allow 128)
 GSO_MAX_BYTES = 65000  # one sendmsg carries at most a 64 KB UDP payload
@@ -204,6 +207,7 @@ class UdpEndpoint:
         gso: bool = True,
         gro: bool = True,
         reuse_port: bool = False,
+        pmtu_probe: bool = False,
     ) -> UdpEndpoint:
         """Bind to `local_address`:`port` (default: any address of `family`, IPv4 if not
         given), pinned to `interface` with SO_BINDTODEVICE when given. `gso` sends runs of
@@ -211,7 +215,9 @@ class UdpEndpoint:
         veth); it turns itself off if the kernel or device refuses. `gro` lets the kernel hand
         over several datagrams in one read (UDP_GRO), off if the kernel lacks it.
         `reuse_port`: join the SO_REUSEPORT group of that address and port (the concentrator's
-        workers, tunnel/aio/reuseport.py)."""
+        workers, tunnel/aio/reuseport.py). `pmtu_probe` (limits.pmtu_discovery): every datagram
+        leaves with DF set and is never fragmented here, whatever ICMP taught the kernel
+        (IP_PMTUDISC_PROBE): the connection's own probes decide its size (RFC 9000 §14)."""
         if local_address is not None:
             try:
                 parsed = ip_address(local_address.split("%")[0])
@@ -260,6 +266,11 @@ class UdpEndpoint:
                         "`ip link` for its name"
                     ) from None
             buffers = _set_buffers(sock, buffer_bytes)
+            if pmtu_probe:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             host = local_address or ("::" if family == socket.AF_INET6 else "0.0.0.0")

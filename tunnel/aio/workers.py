@@ -210,7 +210,14 @@ def bind_groups(config: ConcentratorConfig) -> list[list[UdpEndpoint]]:
     try:
         for address in config.listen_addresses:
             for index in range(count):
-                seats[index].append(UdpEndpoint.bind(str(address), config.port, reuse_port=True))
+                seats[index].append(
+                    UdpEndpoint.bind(
+                        str(address),
+                        config.port,
+                        reuse_port=True,
+                        pmtu_probe=config.limits.pmtu_discovery,
+                    )
+                )
             attach_steering(seats[0][-1].sock, count)
             warning = seats[0][-1].buffers.warning()
             if warning:

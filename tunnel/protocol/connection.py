@@ -27,10 +27,10 @@ from __future__ import annotations
 import contextlib
 from collections import Counter, deque
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from aioquic.buffer import size_uint_var
 from aioquic.quic import events as quic_events
@@ -401,7 +401,7 @@ class TunnelConnection:
         self._queued_times: deque[float | None] = deque()
         # re-sends at the head of the queue not sent yet: the next one goes after them
         self._queued_resends = 0
-        self._budget_key: tuple[TunnelMode, int, int, int | None] | None = None
+        self._budget_key: tuple[TunnelMode, int, int | None, int, int | None] | None = None
         self._budget = 0
 
         # session control (-tunnel-session-00 §4.1)
@@ -476,6 +476,22 @@ class TunnelConnection:
     @property
     def pending_datagrams(self) -> int:
         return pending_datagram_count(self._quic)
+
+    @property
+    def pmtu(self) -> dict[str, Any] | None:
+        """Path MTU discovery's state for the status file (limits.pmtu_discovery; None without
+        it): the UDP payload size in use and what the search did (tunnel/protocol/pmtu.py)."""
+        quic = self._quic
+        search = quic.pmtu if isinstance(quic, TunnelQuicConnection) else None
+        if search is None:
+            return None
+        return {
+            "state": search.state.value,
+            "datagram_size": search.size,
+            "largest_acked": search.low,
+            "smallest_lost": search.high if search.high <= search.ceiling else None,
+            **asdict(search.counters),
+        }
 
     @property
     def can_send_datagram(self) -> bool:
@@ -582,6 +598,7 @@ class TunnelConnection:
         key = (
             self._mode,
             quic._max_datagram_size,
+            getattr(quic, "_tunnel_admitted", None),  # pmtu_discovery's admitted size
             len(quic._peer_cid.cid),
             quic._remote_max_datagram_frame_size,
         )

@@ -83,6 +83,7 @@ from tunnel.policy.tickets import TicketIdentity, TicketStore
 from tunnel.protocol import quic_crypto
 from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import PacedNoCongestionControl
+from tunnel.protocol.pmtu import PmtuSearch, PmtuState
 from tunnel.protocol.quic_crypto import FastAead, FastHeaderProtection
 from tunnel.protocol.stateless_reset import is_reset, reset_token
 
@@ -305,6 +306,7 @@ def _check_aioquic_internals() -> None:
             "get_probe_timeout",
             "on_ack_received",
             "on_packet_sent",
+            "_on_packets_lost",
             "spaces",
         )
         if not hasattr(probe._loss, n)
@@ -578,6 +580,14 @@ PROBE_NUMBERS_KEPT: Final = 64
 """Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
 PROBE_CHALLENGES_KEPT: Final = 32
 """Unanswered PATH_CHALLENGE values of path probes remembered (older ones are forgotten)."""
+PMTU_PROBES_KEPT: Final = 8
+"""Packet numbers of recent PMTU probes whose late ACK still counts (pmtu_discovery)."""
+# the attributes in which aioquic's and our controllers keep the datagram size they count in
+_CONTROLLER_SIZE_FIELDS: Final = (
+    "_max_datagram_size",
+    "max_datagram_size",
+    "additive_increase_factor",
+)
 
 
 class DatagramFate(NamedTuple):
@@ -649,6 +659,8 @@ class TunnelQuicConnection(QuicConnection):
 
     # the silence clock (_install_ack_tracking), restarted by reset_path_state
     _tunnel_unanswered_since: float | None
+    # when a PMTU probe's companion was last acknowledged (pmtu_discovery)
+    _tunnel_pmtu_answered: float | None
     # how the datagram fast path protects a packet (an attribute, so that a test can see the
     # plaintexts it protects on either path)
     _seal = staticmethod(_seal_short)
@@ -673,6 +685,7 @@ class TunnelQuicConnection(QuicConnection):
         fast_datagram_path: bool | None = None,
         cid_worker: tuple[int, int] | None = None,
         initial_dcid_byte: int | None = None,
+        pmtu_discovery: bool = False,
         **kwargs: Any,
     ) -> None:
         """`max_streams_bidi`: our initial_max_streams_bidi (aioquic always announces 128;
@@ -700,7 +713,11 @@ class TunnelQuicConnection(QuicConnection):
         `initial_dcid_byte` (client): the first byte of the Destination Connection ID of our
         first Initial, which the concentrator's workers steer by: that of a connection ID the
         concentrator gave another connection of our session, so that this one reaches the
-        same worker (tunnel/aio/reuseport.py)."""
+        same worker (tunnel/aio/reuseport.py).
+        `pmtu_discovery` (limits.pmtu_discovery): find the path's MTU with probes (RFC 9000
+        §14.3, tunnel/protocol/pmtu.py) up to the configuration's max_datagram_size, the
+        handshake at the 1200 bytes every path carries; without it every packet may be that
+        size from the start, as aioquic sends them."""
         # Set before QuicConnection.__init__, which may already serialize our
         # transport parameters.
         if payload_ethertype is not None and not 0 <= payload_ethertype <= 0xFFFF:
@@ -753,6 +770,12 @@ class TunnelQuicConnection(QuicConnection):
         self._local_max_data.sent = connection_window
         self._install_pacer(pacing_rate)
         self._install_ack_tracking()
+        self._tunnel_pmtu: PmtuSearch | None = None
+        # the UDP payload size DATAGRAMs are accepted for (datagram_budget); None: the size
+        # packets are built at, _max_datagram_size (always without pmtu_discovery)
+        self._tunnel_admitted: int | None = None
+        if pmtu_discovery:
+            self._install_pmtu_discovery()
         # A subclass that changes what the generic path writes or how it handles a DATAGRAM
         # (testbed/hostile.py injects frames) would be bypassed: it keeps the generic path.
         cls = type(self)
@@ -838,6 +861,12 @@ class TunnelQuicConnection(QuicConnection):
         loss._rtt_variance = 0.0
         self._tunnel_unanswered_since = None
         self._tunnel_path_resets += 1
+        if self._tunnel_pmtu is not None:
+            # a new path has a path MTU of its own (RFC 8899 §5.2): confirmed again at once
+            self._tunnel_pmtu.restart()
+            self._tunnel_pmtu_probes.clear()
+            self._tunnel_pmtu_answered = None
+            self._pmtu_apply()
         # Elicit an acknowledgement on the new path at once (a PING, RFC 9002 §6.2.4's probe):
         # what the old path lost is then declared lost by packet threshold a round trip from
         # now (RFC 9002 §6.1.1). A sender with nothing else to send (stream mode waiting for
@@ -869,6 +898,8 @@ class TunnelQuicConnection(QuicConnection):
         fresh = create_congestion_control(algorithm, max_datagram_size=self._max_datagram_size)
         self._give_rate(fresh)
         _ignore_flight_before(fresh, self._packet_number)
+        if self._tunnel_pmtu is not None:
+            self._watch_large_acks(fresh, self._tunnel_pmtu)
         self._loss._cc = fresh
         self._tunnel_algorithm = algorithm
         self._set_pacer()
@@ -956,6 +987,9 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_probe_cids: dict[Hashable, QuicConnectionId] = {}
         self._tunnel_probe_challenges: dict[bytes, Hashable] = {}
         self._tunnel_probe_numbers: deque[int] = deque(maxlen=PROBE_NUMBERS_KEPT)
+        # PMTU probes (pmtu_discovery): packet number -> size, also hidden from loss recovery
+        self._tunnel_pmtu_probes: dict[int, int] = {}  # a companion's size is 0
+        self._tunnel_pmtu_answered = None
         loss = self._loss
         on_ack_received = loss.on_ack_received
         on_packet_sent = loss.on_packet_sent
@@ -964,6 +998,8 @@ class TunnelQuicConnection(QuicConnection):
             *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
         ) -> None:
             probes = self._tunnel_probe_numbers
+            if self._tunnel_pmtu_probes:
+                self._pmtu_acks(ack_rangeset, now)
             for number in probes:
                 # A probe left by another path: its number acknowledged ahead of the packets
                 # still in flight here would make loss recovery declare them lost (RFC 9002
@@ -1014,7 +1050,8 @@ class TunnelQuicConnection(QuicConnection):
 
     def path_probe(self, key: Hashable, now: float) -> bytes | None:
         """A probing packet for another local address (RFC 9000 §9.1 "Probing a New Path"):
-        one 1-RTT packet with a PATH_CHALLENGE, padded to 1200 bytes (§8.2.1), for the program
+        one 1-RTT packet with a PATH_CHALLENGE, padded to the datagram size (1200 bytes at least,
+        §8.2.1; exactly that with pmtu_discovery), for the program
         to send from the socket `key` names. The peer answers with a PATH_RESPONSE on that
         path (§8.2.2) without moving its traffic there (a probing packet, §9.1), and the answer
         raises PathProbeAnswered(key). Each key gets a connection ID of its own (§9.5: one per
@@ -1032,10 +1069,12 @@ class TunnelQuicConnection(QuicConnection):
                 return None
             cid = self._tunnel_probe_cids[key] = self._peer_cid_available.pop(0)
         path = QuicNetworkPath(self._network_paths[0].addr, is_validated=True)
+        pmtu = self._tunnel_pmtu
         builder = QuicPacketBuilder(
             host_cid=self.host_cid,
             is_client=self._is_client,
-            max_datagram_size=self._max_datagram_size,
+            # padded to the base with pmtu_discovery: the other access's MTU is unknown
+            max_datagram_size=self._max_datagram_size if pmtu is None else pmtu.base,
             packet_number=self._packet_number,
             peer_cid=cid.cid,
             quic_logger=None,
@@ -1075,12 +1114,200 @@ class TunnelQuicConnection(QuicConnection):
         buf.seek(start)
         super()._handle_path_response_frame(context, frame_type, buf)
 
+    # -- path MTU discovery (limits.pmtu_discovery, tunnel/protocol/pmtu.py) ------------------
+
+    def _install_pmtu_discovery(self) -> None:
+        """The search up to the configured datagram size; the handshake at the base size."""
+        pmtu = self._tunnel_pmtu = PmtuSearch(ceiling=self._max_datagram_size)
+        self._pmtu_apply()
+        self._watch_large_acks(self._loss._cc, pmtu)
+        loss = self._loss
+        on_packets_lost = loss._on_packets_lost
+        base = pmtu.base
+
+        def packets_lost(*, now: float, packets: Iterable[Any], **kwargs: Any) -> None:
+            packets = list(packets)
+            on_packets_lost(now=now, packets=packets, **kwargs)
+            # RFC 8899 §4.3: lost packets larger than the base hint at a black hole
+            large = sum(1 for packet in packets if packet.sent_bytes > base and packet.in_flight)
+            if large:
+                pmtu.large_lost(large, now)
+
+        loss._on_packets_lost = packets_lost  # type: ignore[method-assign]
+        # its timer joins aioquic's (instance attributes: without discovery nothing changes)
+        self.get_timer = self._get_timer_with_pmtu  # type: ignore[method-assign]
+        self.handle_timer = self._handle_timer_with_pmtu  # type: ignore[method-assign]
+
+    @staticmethod
+    def _watch_large_acks(cc: Any, pmtu: PmtuSearch) -> None:
+        """An acknowledged packet larger than the base clears the black hole suspicion."""
+        acked = cc.on_packet_acked
+        base = pmtu.base
+
+        def on_packet_acked(*, now: float, packet: Any) -> None:
+            if packet.sent_bytes > base:
+                pmtu.large_acked()
+            acked(now=now, packet=packet)
+
+        cc.on_packet_acked = on_packet_acked
+
+    @property
+    def pmtu(self) -> PmtuSearch | None:
+        """The path MTU search (None without pmtu_discovery)."""
+        return self._tunnel_pmtu
+
+    def _resize(self, size: int) -> None:
+        """Send UDP payloads of up to `size` bytes from now on: the packet builders, the
+        pacer and the controller count in it (RFC 9002 §7.2: windows stay in bytes)."""
+        self._max_datagram_size = size
+        loss = self._loss
+        loss._pacer._max_datagram_size = size
+        for name in _CONTROLLER_SIZE_FIELDS:
+            if hasattr(loss._cc, name):
+                setattr(loss._cc, name, size)
+
+    def _admit(self, size: int) -> None:
+        """Accept DATAGRAMs for UDP payloads of up to `size` bytes (datagram_budget); one
+        larger than the confirmed size waits in the queue for the probe's answer. When the
+        admitted size drops, a queued DATAGRAM that no longer fits would block the queue for
+        good (DESIGN.md "Known aioquic facts"): it is dropped, and a tracked one reported lost,
+        so that the program's re-send meets the new budget and is answered with Packet Too
+        Big."""
+        shrinks = self._tunnel_admitted is not None and size < self._tunnel_admitted
+        self._tunnel_admitted = size
+        if not shrinks or not self._datagrams_pending:
+            return
+        budget = datagram_budget(self)
+        pending, tokens = self._datagrams_pending, self._tunnel_datagram_tokens
+        kept: list[tuple[bytes, Hashable | None]] = []
+        for data, token in zip(pending, tokens, strict=True):
+            if len(data) <= budget:
+                kept.append((data, token))
+            elif token is not None:
+                self._on_datagram_fate(QuicDeliveryState.LOST, token, None)
+        pending.clear()
+        tokens.clear()
+        for data, token in kept:
+            pending.append(data)
+            tokens.append(token)
+
+    def _pmtu_probe(self, now: float) -> list[bytes]:
+        """The PMTU probe due now, if any, and its companion, as datagrams to send (the
+        companion first).
+
+        The probe is one 1-RTT packet of exactly the size under test, a PING and PADDING (RFC
+        9000 §14.4), on the path and connection ID in use; the companion a PING in a packet as
+        small as can be, sent with it. When the companion is acknowledged and the probe is not,
+        the size failed; when neither is, the path answered nothing and the probe says nothing
+        of the size (pmtu.py: an outage). Both are kept out of loss recovery like path probes:
+        a probe's loss is no sign of congestion (§14.4, RFC 8899 §3 item 7), and their ACKs
+        are taken out of the ranges loss recovery sees."""
+        pmtu = self._tunnel_pmtu
+        assert pmtu is not None
+        if pmtu.state is PmtuState.IDLE or self._state in END_STATES or not self._network_paths:
+            return []
+        one_rtt = self._one_rtt()
+        if one_rtt is None or not one_rtt.crypto.send.is_valid() or self._version is None:
+            return []
+        size = pmtu.probe_due(now)
+        if size is None:
+            return []
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=size,
+            packet_number=self._packet_number,
+            peer_cid=self._peer_cid.cid,
+            quic_logger=None,
+            version=self._version,
+        )
+        datagrams: list[bytes] = []
+        probes = self._tunnel_pmtu_probes
+        # The companion first: UdpEndpoint sends a run of equal-size datagrams, and one shorter
+        # after them, in one GSO call, which a router then forwards or drops whole (a veth does
+        # not segment); a companion after its probe would share the probe's fate.
+        for probed in (0, size):  # 0: the companion
+            builder.start_packet(QuicPacketType.ONE_RTT, one_rtt.crypto)
+            builder.start_frame(QuicFrameType.PING)
+            # the probe is padded to the builder's whole room, `size`; the companion is not
+            builder._datagram_needs_padding = bool(probed)
+            flushed, packets = builder.flush()
+            datagrams += flushed
+            number = packets[0].packet_number
+            self._tunnel_probe_numbers.append(number)
+            probes[number] = probed
+        self._packet_number = builder.packet_number
+        while len(probes) > PMTU_PROBES_KEPT:
+            del probes[next(iter(probes))]
+        pmtu.probe_sent(size, now, self._loss.get_probe_timeout())
+        return datagrams
+
+    def _pmtu_acks(self, ack_rangeset: RangeSet, now: float) -> None:
+        """An ACK arrived while PMTU probes are out: those it covers were carried."""
+        pmtu = self._tunnel_pmtu
+        assert pmtu is not None
+        for number, size in list(self._tunnel_pmtu_probes.items()):
+            if number in ack_rangeset:
+                del self._tunnel_pmtu_probes[number]
+                if size:
+                    pmtu.probe_acked(size, now)
+                else:
+                    self._tunnel_pmtu_answered = now
+        self._pmtu_apply()
+
+    def _pmtu_apply(self) -> None:
+        """Follow the search: the size packets are built at, the size admitted."""
+        pmtu = self._tunnel_pmtu
+        if pmtu is None:
+            return
+        if pmtu.size != self._max_datagram_size:
+            self._resize(pmtu.size)
+        if pmtu.admitted != self._tunnel_admitted:
+            self._admit(pmtu.admitted)
+
+    def _validating_paths(self) -> bool:
+        """Whether aioquic's next packets carry a PATH_CHALLENGE or a PATH_RESPONSE."""
+        return any(
+            path.remote_challenges or not (path.is_validated or path.local_challenge_sent)
+            for path in self._network_paths
+        )
+
+    def _get_timer_with_pmtu(self) -> float | None:
+        timer = type(self).get_timer(self)
+        pmtu = self._tunnel_pmtu
+        if pmtu is None or self._state in END_STATES:
+            return timer
+        at = pmtu.timer()
+        if at is None:
+            return timer
+        return at if timer is None else min(timer, at)
+
+    def _handle_timer_with_pmtu(self, now: float) -> None:
+        pmtu = self._tunnel_pmtu
+        if pmtu is not None:
+            pmtu.on_timer(now, self._tunnel_pmtu_answered)
+            self._pmtu_apply()
+        type(self).handle_timer(self, now)
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._tunnel_now = now
         if self.fast_datagram_path and self._only_datagrams_to_send():
             datagrams = self._send_datagram_packets(now)
+        elif self._tunnel_pmtu is not None and self._validating_paths():
+            # aioquic pads PATH_CHALLENGE / PATH_RESPONSE datagrams to the whole datagram size;
+            # RFC 9000 §8.2 asks for 1200 bytes, and validation must not hang on a size the
+            # new path may not carry (RFC 8899 §5.2): this call's packets keep to the base
+            size = self._max_datagram_size
+            self._max_datagram_size = min(size, self._tunnel_pmtu.base)
+            try:
+                datagrams = super().datagrams_to_send(now)
+            finally:
+                self._max_datagram_size = size
         else:
             datagrams = super().datagrams_to_send(now)
+        if self._tunnel_pmtu is not None:
+            for probe in self._pmtu_probe(now):
+                datagrams.append((probe, self._network_paths[0].addr))
         cc = self._loss._cc
         # Nothing left to send and room in the window: what the next ACKs measure is our
         # sender's demand, not the path (BBR's app-limited samples, draft-cheng §3.4).
@@ -1846,6 +2073,11 @@ class TunnelQuicConnection(QuicConnection):
                 reason_phrase=f"more than {CRYPTO_BUFFER_LIMIT} bytes of handshake to buffer",
             )
         super()._handle_crypto_frame(context, frame_type, buf)
+        pmtu = self._tunnel_pmtu
+        if pmtu is not None and pmtu.state is PmtuState.IDLE and self._handshake_complete:
+            # the handshake kept to the base size; from now on the path's own (pmtu.py)
+            pmtu.start(context.time)
+            self._pmtu_apply()
 
 
 def pacing_rate(mbps: float | None) -> float | None:
@@ -2078,9 +2310,18 @@ def datagram_budget(quic: QuicConnection) -> int:
     the peer's max_datagram_frame_size makes the peer close the connection.
     """
     return min(
-        packet_datagram_budget(quic._max_datagram_size, len(quic._peer_cid.cid)),
+        packet_datagram_budget(admitted_datagram_size(quic), len(quic._peer_cid.cid)),
         frame_size_budget(quic._remote_max_datagram_frame_size),
     )
+
+
+def admitted_datagram_size(quic: QuicConnection) -> int:
+    """The UDP payload size DATAGRAMs are accepted for: with pmtu_discovery, the size being
+    confirmed while a probe is out (the packet waits for the answer), otherwise the size packets
+    are built at."""
+    if isinstance(quic, TunnelQuicConnection) and quic._tunnel_admitted is not None:
+        return quic._tunnel_admitted
+    return int(quic._max_datagram_size)
 
 
 def smoothed_rtt(quic: QuicConnection) -> float | None:

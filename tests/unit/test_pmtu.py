@@ -1,0 +1,290 @@
+"""Path MTU discovery (limits.pmtu_discovery): the search alone (tunnel/protocol/pmtu.py), then
+on real aioquic connections in memory over links that drop what is larger than their MTU
+without an ICMP error (tests/unit/quic_harness.py `Link.mtu`): a PMTU black hole."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from aioquic.quic.events import DatagramFrameReceived
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.unit.quic_harness import Network, Path, make_configs
+from tunnel.protocol.pmtu import (
+    BASE_PLPMTU,
+    BLACK_HOLE_LOSSES,
+    MAX_PROBES,
+    RAISE_INTERVAL,
+    SEARCH_GRANULARITY,
+    PmtuSearch,
+    PmtuState,
+)
+from tunnel.protocol.quic_ext import (
+    TunnelQuicConnection,
+    datagram_budget,
+    packet_datagram_budget,
+)
+
+CEILING = 1452
+TIMEOUT = 0.1
+
+
+def run_search(search: PmtuSearch, path_mtu: int, now: float = 0.0, steps: int = 200) -> float:
+    """Answer every probe as a path carrying `path_mtu` bytes would (the companion always
+    answered), until the search stops probing; returns the time reached."""
+    for _ in range(steps):
+        size = search.probe_due(now)
+        if size is None:
+            timer = search.timer()
+            if timer is None or search.state is PmtuState.COMPLETE:
+                return now
+            now = timer
+            search.on_timer(now, answered=now - TIMEOUT / 2)
+            continue
+        search.probe_sent(size, now, TIMEOUT)
+        if size <= path_mtu:
+            now += TIMEOUT / 2
+            search.probe_acked(size, now)
+        else:
+            now += TIMEOUT
+            search.on_timer(now, answered=now - TIMEOUT / 2)
+    raise AssertionError("the search did not end")
+
+
+def test_the_ceiling_is_confirmed_by_one_probe_before_packets_use_it() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    assert search.size == search.admitted == BASE_PLPMTU and search.state is PmtuState.IDLE
+    assert search.probe_due(0.0) is None  # nothing before the handshake is done
+    search.start(1.0)
+    # packets are accepted for the ceiling but sent at the base until the answer
+    assert search.state is PmtuState.CONFIRMING
+    assert search.size == BASE_PLPMTU and search.admitted == CEILING
+    assert search.probe_due(1.0) == CEILING
+    search.probe_sent(CEILING, 1.0, TIMEOUT)
+    assert search.probe_due(1.0) is None  # one probe out at a time
+    search.probe_acked(CEILING, 1.02)
+    assert search.state is PmtuState.COMPLETE and search.size == search.admitted == CEILING
+    assert search.timer() is None  # at the ceiling there is nothing to raise later
+    assert search.counters.probes_sent == search.counters.probes_acked == 1
+
+
+def test_a_new_path_is_confirmed_again_from_the_base() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    run_search(search, CEILING)
+    search.restart()
+    assert search.state is PmtuState.CONFIRMING and search.size == BASE_PLPMTU
+    assert search.admitted == CEILING and search.probe_due(5.0) == CEILING
+    run_search(search, 1300, now=5.0)
+    assert 1300 - SEARCH_GRANULARITY <= search.size <= 1300 and search.admitted == search.size
+
+
+@given(st.integers(min_value=BASE_PLPMTU, max_value=CEILING + 100))
+def test_a_black_hole_ends_at_the_largest_size_the_path_carries(path_mtu: int) -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    run_search(search, path_mtu)
+    assert search.state is PmtuState.COMPLETE
+    carried = min(path_mtu, CEILING)
+    assert carried - SEARCH_GRANULARITY <= search.size <= carried
+    if path_mtu < CEILING:
+        assert search.counters.black_holes == 1 and search.counters.probes_lost >= MAX_PROBES
+
+
+def test_a_probe_lost_during_an_outage_is_not_held_against_the_size() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    for attempt in range(2 * MAX_PROBES):
+        now = search.timer()
+        assert now is not None
+        size = search.probe_due(now)
+        assert size == CEILING
+        search.probe_sent(size, now, TIMEOUT)
+        # neither the probe nor its companion answered
+        search.on_timer(now + TIMEOUT, answered=None if attempt % 2 else now - 1.0)
+    assert search.admitted == CEILING and search.state is PmtuState.CONFIRMING
+    assert search.counters.probes_lost == 0
+    assert search.counters.probes_unanswered == 2 * MAX_PROBES
+    # and an outage backs the next probe off instead of sending it at once
+    timer = search.timer()
+    assert timer is not None and search.probe_due(timer - TIMEOUT / 2) is None
+
+
+def test_large_losses_in_a_row_make_the_size_confirmed_again() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    run_search(search, CEILING)
+    search.large_lost(BLACK_HOLE_LOSSES - 1, 1.0)
+    search.large_acked()  # one got through: the streak is over
+    search.large_lost(BLACK_HOLE_LOSSES - 1, 2.0)
+    assert search.state is PmtuState.COMPLETE
+    search.large_lost(1, 3.0)
+    assert search.state is PmtuState.CONFIRMING and search.probe_due(3.0) == CEILING
+    # the path now carries 1300: the confirmation fails, the search finds it
+    run_search(search, 1300, now=3.0)
+    assert 1300 - SEARCH_GRANULARITY <= search.size <= 1300
+    assert search.counters.black_holes == 1
+
+
+def test_the_search_tries_upwards_again_after_the_raise_interval() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    end = run_search(search, 1300)
+    assert search.size < CEILING
+    raise_at = search.timer()
+    assert raise_at is not None and raise_at >= end + RAISE_INTERVAL - 1
+    assert search.probe_due(raise_at - 1.0) is None
+    assert search.probe_due(raise_at) == CEILING  # the full size first
+    search.probe_sent(CEILING, raise_at, TIMEOUT)
+    search.probe_acked(CEILING, raise_at + 0.05)  # the path is back to 1500
+    assert search.size == CEILING and search.state is PmtuState.COMPLETE
+
+
+def test_a_ceiling_below_the_base_is_refused() -> None:
+    try:
+        PmtuSearch(ceiling=BASE_PLPMTU - 1)
+    except ValueError as exc:
+        assert "below the base" in str(exc)
+    else:
+        raise AssertionError("accepted")
+
+
+# -- on aioquic connections in memory ----------------------------------------------------------
+
+
+def pair(net: Network, mtu: int | None, pmtu: bool = True) -> Path:
+    client_config, server_config = make_configs(["qt"], max_datagram_size=CEILING)
+    client = TunnelQuicConnection(configuration=client_config, pmtu_discovery=pmtu)
+    server = TunnelQuicConnection(
+        configuration=server_config,
+        original_destination_connection_id=client.original_destination_connection_id,
+        pmtu_discovery=pmtu,
+    )
+    path = net.add_connection_pair(client, server, delay=0.01)
+    path.up_link.mtu = path.down_link.mtu = mtu
+    return path
+
+
+def tunnels(path: Path) -> tuple[TunnelQuicConnection, TunnelQuicConnection]:
+    client, server = path.client.quic, path.server.quic
+    assert isinstance(client, TunnelQuicConnection) and isinstance(server, TunnelQuicConnection)
+    return client, server
+
+
+def datagram_budget_at(quic: TunnelQuicConnection, size: int) -> int:
+    return packet_datagram_budget(size, len(quic._peer_cid.cid))
+
+
+def received(path: Path) -> list[bytes]:
+    return [e.data for e in path.server.quic_events if isinstance(e, DatagramFrameReceived)]
+
+
+def test_a_probe_is_exactly_its_size_and_its_companion_small_and_first() -> None:
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    client.reset_path_state()  # a migration: the ceiling is confirmed again
+    datagrams = [data for data, _ in client.datagrams_to_send(net.clock.now)]
+    assert [len(d) for d in datagrams[-2:]] == [len(datagrams[-2]), CEILING]
+    assert len(datagrams[-2]) < 64
+
+
+def test_without_discovery_a_smaller_path_mtu_stops_the_handshake() -> None:
+    """The problem: 1452-byte Initials on a path that carries 1300 and says nothing."""
+    net = Network()
+    path = pair(net, mtu=1300, pmtu=False)
+    net.run(3.0)
+    client, _ = tunnels(path)
+    assert not client._handshake_complete and path.up_link.too_big > 0
+
+
+def test_on_a_full_size_path_the_ceiling_is_confirmed_and_kept() -> None:
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    for quic in tunnels(path):
+        search = quic.pmtu
+        assert search is not None and search.state is PmtuState.COMPLETE
+        assert quic._max_datagram_size == CEILING and search.counters.black_holes == 0
+    client, _ = tunnels(path)
+    client.send_datagram_frame(b"x" * datagram_budget(client))
+    net.run(0.1)
+    assert [len(d) for d in received(path)] == [datagram_budget(client)]
+
+
+def test_a_black_hole_is_found_and_the_tunnel_carries_what_fits() -> None:
+    net = Network()
+    path = pair(net, mtu=1300)
+    net.run(0.2, until=lambda: tunnels(path)[0]._handshake_complete)
+    client, server = tunnels(path)
+    assert client._handshake_complete  # the handshake kept to 1200 bytes
+    # accepted for the full size, sent only once confirmed
+    assert client._max_datagram_size == BASE_PLPMTU
+    assert datagram_budget(client) > datagram_budget_at(client, BASE_PLPMTU)
+    # a datagram for the full size waits for the answer; when the confirmation fails it would
+    # block the queue: it is reported lost, the caller's re-send meets the new budget
+    client.send_datagram_frame(b"y" * datagram_budget(client), token="big")
+    net.run(5.0)
+    for quic in (client, server):
+        search = quic.pmtu
+        assert search is not None and search.state is PmtuState.COMPLETE
+        assert 1300 - SEARCH_GRANULARITY <= quic._max_datagram_size <= 1300
+        assert search.counters.black_holes == 1
+    fates: list[tuple[Hashable, bool]] = [(f.token, f.acked) for f in client.take_datagram_fates()]
+    assert fates == [("big", False)]
+    fits = datagram_budget(client)
+    client.send_datagram_frame(b"z" * fits)
+    net.run(0.2)
+    assert [len(d) for d in received(path)] == [fits]
+
+
+def test_a_black_hole_after_the_search_is_detected_from_the_losses() -> None:
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    path.up_link.mtu = 1300  # a route change: the path now carries less
+    budget = datagram_budget(client)
+    for _ in range(100):
+        if client._max_datagram_size <= 1300:
+            break
+        for _ in range(5):
+            client.send_datagram_frame(b"w" * min(budget, datagram_budget(client)))
+        net.run(0.05)
+    search = client.pmtu
+    assert search is not None and search.counters.black_holes == 1
+    net.run(3.0)
+    assert search.state is PmtuState.COMPLETE
+    assert 1300 - SEARCH_GRANULARITY <= client._max_datagram_size <= 1300
+
+
+def test_an_outage_is_not_taken_for_a_black_hole() -> None:
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    path.set_up(False)
+    for _ in range(40):
+        client.send_datagram_frame(b"v" * datagram_budget(client))
+        net.run(0.05)
+    search = client.pmtu
+    assert search is not None
+    assert search.counters.black_holes == 0 and client._max_datagram_size == CEILING
+
+
+def test_a_migration_confirms_the_size_again_and_path_probes_keep_to_the_base() -> None:
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    search = client.pmtu
+    assert search is not None and search.counters.probes_acked == 1
+    probe = client.path_probe("other access", net.clock.now)
+    assert probe is not None and len(probe) == BASE_PLPMTU  # RFC 9000 §8.2.1's minimum
+    client.reset_path_state()  # what the client does when it moves to another access
+    assert client._max_datagram_size == BASE_PLPMTU and search.state is PmtuState.CONFIRMING
+    net.run(1.0)
+    assert search.state is PmtuState.COMPLETE and client._max_datagram_size == CEILING
+    assert search.counters.probes_acked == 2

@@ -1,0 +1,253 @@
+"""Path MTU discovery for the tunnel's QUIC connections (`limits.pmtu_discovery`).
+
+DPLPMTUD (RFC 8899 §5, as RFC 9000 §14.3 applies it to QUIC): the sender learns the largest
+UDP payload its path carries by sending probe packets — a PING padded to the size under test —
+and watching whether they are acknowledged; ICMP is not needed, so a path that drops both the
+large packets and the ICMP errors about them (a PMTU black hole, RFC 8899 §1.1) is found too.
+
+This module is the search alone, sans-I/O: `PmtuSearch` is told when probes leave and are
+acknowledged, when the path made progress, and when large packets were lost or acknowledged, and
+says which probe to send and which size is in use. The QUIC side (building the probe packets,
+hiding them from loss recovery, changing the datagram size) is
+tunnel/protocol/quic_ext.py `TunnelQuicConnection(pmtu_ceiling=...)`.
+
+The handshake's datagrams keep to the 1,200 bytes every QUIC path carries (RFC 9000 §14). Once
+it is done the connection confirms the ceiling (the configured 1,452) with a probe
+(CONFIRMING), and meanwhile *admits* packets of up to the ceiling's budget but sends only what
+the confirmed size holds: a larger one waits in the datagram queue for the probe's answer, one
+round trip. A tunnel's inner packets are sized by the TUN MTU, fixed when the TUN is made from
+the admitted budget; answering them with Packet Too Big while the probe is out would leave
+their senders' path MTU low for minutes, and sending them before the answer would lose them on
+a smaller path (and look like a failed path to the multipath engine). When the confirmation
+fails — MAX_PROBES probes at the size lost while their companions got through — the size stays
+at BASE_PLPMTU, what waits and no longer fits is dropped (the program answers it with Packet
+Too Big), and a binary search between the largest size acknowledged and the smallest lost one
+follows (SEARCHING), each step one acknowledged probe (RFC 8899 §5.3.2). The search ends within
+SEARCH_GRANULARITY bytes (COMPLETE); RAISE_INTERVAL later it tries upwards again (§5.1.1
+PMTU_RAISE_TIMER). A new path (a migration) starts again the same way (restart).
+
+Black hole detection after the search (§4.3): BLACK_HOLE_LOSSES lost packets larger than the
+base in a row, with none acknowledged between them, start a confirmation of the size in use.
+Each probe leaves with a companion, a PING in a packet as small as can be: a probe counts as
+lost only if its companion was acknowledged. During an outage (neither answered) a lost probe
+says nothing about the size, and it is sent again later without counting (RFC 8899 §4.4: an
+outage or congestion must not pass for an MTU limit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+BASE_PLPMTU: Final = 1200  # RFC 9000 §14: every QUIC path carries 1200-byte UDP payloads
+MAX_PROBES: Final = 3  # RFC 8899 §5.1.2 MAX_PROBES: lost probes that fail a size
+RAISE_INTERVAL: Final = 600.0  # seconds, RFC 8899 §5.1.1 PMTU_RAISE_TIMER
+SEARCH_GRANULARITY: Final = 8  # bytes: the search ends when its interval is this narrow
+BLACK_HOLE_LOSSES: Final = 8  # large packets lost in a row before the size is confirmed again
+MIN_PROBE_TIMEOUT: Final = 0.05  # seconds a probe waits for its ACK at least
+
+
+class PmtuState(Enum):
+    """RFC 8899 §5.2's phases (its BASE and ERROR states are the moments SEARCHING starts
+    from the base size)."""
+
+    IDLE = "idle"  # the handshake runs at the base size
+    CONFIRMING = "confirming"  # `target` is being checked (the ceiling at start, or the size in
+    # use when a black hole is suspected)
+    SEARCHING = "searching"  # binary search between `low` and `high`
+    COMPLETE = "complete"  # the size in use is confirmed; RAISE_INTERVAL until the next try
+
+
+@dataclass
+class _Probe:
+    size: int
+    sent_at: float
+    deadline: float
+
+
+@dataclass
+class PmtuCounters:
+    """What the search did, for the status file."""
+
+    probes_sent: int = 0
+    probes_acked: int = 0
+    probes_lost: int = 0  # lost while the path answered other packets: the size failed
+    probes_unanswered: int = 0  # lost while the path answered nothing: not counted
+    black_holes: int = 0  # confirmations that failed: the size fell to the base
+    raises: int = 0  # times the size in use went up
+    drops: int = 0  # times it went down
+
+
+@dataclass
+class PmtuSearch:
+    """The search of one connection's path (see the module docstring). `ceiling`: the largest
+    UDP payload ever tried (the configured datagram size)."""
+
+    ceiling: int
+    base: int = BASE_PLPMTU
+    state: PmtuState = PmtuState.IDLE
+    size: int = 0  # the UDP payload size packets are sent at (PLPMTU)
+    target: int = 0  # CONFIRMING: the size the probes check
+    low: int = 0  # the largest size acknowledged (or the base)
+    high: int = 0  # the smallest size that failed (ceiling + 1: none)
+    counters: PmtuCounters = field(default_factory=PmtuCounters)
+    _probe: _Probe | None = None
+    _failures: int = 0  # lost probes of the size under test
+    _next_at: float | None = None  # when the next probe (or search) may start
+    _large_lost: int = 0  # large packets lost in a row
+
+    def __post_init__(self) -> None:
+        if self.ceiling < self.base:
+            raise ValueError(f"the PMTU ceiling {self.ceiling} is below the base {self.base}")
+        self.size = self.low = self.base
+        self.high = self.ceiling + 1
+
+    def start(self, now: float) -> None:
+        """The handshake is done: confirm the ceiling with a probe at once."""
+        if self.state is PmtuState.IDLE:
+            self._confirm(now, self.ceiling)
+
+    def restart(self) -> None:
+        """A new path (a migration, RFC 8899 §5.2 "path change"): back to the base size, and
+        the ceiling confirmed again at once."""
+        if self.state is PmtuState.IDLE:
+            return
+        self._probe = None
+        self.low = self.base
+        self.high = self.ceiling + 1
+        self._set_size(self.base)
+        self._confirm(None, self.ceiling)
+
+    @property
+    def admitted(self) -> int:
+        """The UDP payload size packets are accepted for: the target while it is confirmed
+        (they wait for the answer), the size in use otherwise."""
+        return self.target if self.state is PmtuState.CONFIRMING else self.size
+
+    @property
+    def candidate(self) -> int | None:
+        """The size the next probe tests (None: nothing to test now)."""
+        if self.state is PmtuState.CONFIRMING:
+            return self.target
+        if self.state is PmtuState.SEARCHING:
+            # a search up from a confirmed size tries the ceiling first (the path may be back
+            # to what it was), then halves the interval
+            return self.ceiling if self.high > self.ceiling else (self.low + self.high) // 2
+        return None
+
+    def probe_due(self, now: float) -> int | None:
+        """The size of the probe to send now, if one is due (call probe_sent once it left)."""
+        if self._probe is not None or (self._next_at is not None and now < self._next_at):
+            return None
+        if self.state is PmtuState.COMPLETE and self._next_at is not None:
+            self._search(now)  # RAISE_INTERVAL is over: look upwards again
+        return self.candidate
+
+    def probe_sent(self, size: int, now: float, timeout: float) -> None:
+        """A probe of `size` bytes left; its ACK is awaited `timeout` seconds (the connection's
+        probe timeout, so that an ACK delayed by the peer or the queue is still seen)."""
+        self._probe = _Probe(size, now, now + max(timeout, MIN_PROBE_TIMEOUT))
+        self.counters.probes_sent += 1
+
+    def probe_acked(self, size: int, now: float) -> None:
+        """The probe of `size` bytes was acknowledged: the path carries that size."""
+        probe = self._probe
+        if probe is None or probe.size != size:
+            return  # a probe given up on, acknowledged late: the next one decides
+        self._probe = None
+        self._failures = 0
+        self.counters.probes_acked += 1
+        if self.state is PmtuState.CONFIRMING:
+            self.low = max(self.low, size)
+            self._set_size(size)
+            self._complete(now)
+            return
+        self.low = size
+        if size > self.size:
+            self._set_size(size)
+        self._next_step(now)
+
+    def timer(self) -> float | None:
+        """When on_timer wants to run next (a probe's deadline, or the next probe or search)."""
+        if self._probe is not None:
+            return self._probe.deadline
+        return self._next_at
+
+    def on_timer(self, now: float, answered: float | None) -> None:
+        """Time passed; `answered`: when the path last acknowledged a probe's companion (None:
+        never), which tells a lost probe from an outage."""
+        probe = self._probe
+        if probe is None or now < probe.deadline:
+            return
+        self._probe = None
+        if answered is None or answered <= probe.sent_at:
+            # nothing got through since the probe left: an outage, not the size
+            self.counters.probes_unanswered += 1
+            self._next_at = now + (probe.deadline - probe.sent_at)
+            return
+        self.counters.probes_lost += 1
+        self._failures += 1
+        if self._failures < MAX_PROBES:
+            return  # the same size again, at once
+        self._failures = 0
+        if self.state is PmtuState.CONFIRMING:
+            # the target is not carried (§4.3): back to the size every path carries
+            self.counters.black_holes += 1
+            self.high = probe.size
+            self.low = self.base
+            self._set_size(self.base)
+            self.state = PmtuState.SEARCHING
+            self._next_step(now)
+            return
+        self.high = probe.size
+        self._next_step(now)
+
+    def large_lost(self, count: int, now: float) -> None:
+        """Loss recovery declared `count` packets larger than the base lost (RFC 8899 §4.3's
+        signal of a black hole: confirmed by probes before the size drops)."""
+        self._large_lost += count
+        if (
+            self._large_lost >= BLACK_HOLE_LOSSES
+            and self.state is PmtuState.COMPLETE
+            and self.size > self.base
+        ):
+            self._large_lost = 0
+            self._confirm(now, self.size)
+
+    def large_acked(self) -> None:
+        """A packet larger than the base was acknowledged: the size works for now."""
+        self._large_lost = 0
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _set_size(self, size: int) -> None:
+        if size > self.size:
+            self.counters.raises += 1
+        elif size < self.size:
+            self.counters.drops += 1
+        self.size = size
+
+    def _confirm(self, now: float | None, target: int) -> None:
+        self.state = PmtuState.CONFIRMING
+        self.target = target
+        self._failures = 0
+        self._next_at = now  # None: at once
+
+    def _search(self, now: float) -> None:
+        self.state = PmtuState.SEARCHING
+        self.low = self.size
+        self.high = self.ceiling + 1
+        self._failures = 0
+        self._next_step(now)
+
+    def _next_step(self, now: float) -> None:
+        if self.high - self.low <= SEARCH_GRANULARITY or self.low >= self.ceiling:
+            self._complete(now)
+        else:
+            self._next_at = now
+
+    def _complete(self, now: float) -> None:
+        self.state = PmtuState.COMPLETE
+        self._large_lost = 0
+        self._next_at = now + RAISE_INTERVAL if self.size < self.ceiling else None
