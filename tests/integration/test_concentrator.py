@@ -564,6 +564,25 @@ def test_two_workers_share_the_port_each_client_routed_to_its_worker(
         assert not Path(f"/proc/{pid}").exists()
 
 
+def test_workers_count_max_clients_together(net: None, lab_certs: Path, tmp_path: Path) -> None:
+    """limits.max_clients is the concentrator's, not each worker's: with one allowed, alice
+    served by worker 1 keeps bob out of worker 0; once she left, bob is served there."""
+    port = ("--port", "4437")
+    bob_ping = ("ping", *port, "--cert", "bob", "--src", "10.8.0.3", "--dcid-byte", "0")
+    toml = workers_toml(lab_certs, tmp_path) + "[limits]\nmax_clients = 1\n"
+    with concentrator(tmp_path, toml) as program:
+        with holder(lab_certs, *port, "--dcid-byte", "1") as held:
+            wait_until("alice in worker 1's file", lambda: worker_clients(tmp_path, 1) == ["alice"])
+            refused = client(lab_certs, *bob_ping)
+            assert refused["replies"] == 0, refused
+            assert "maximum of 1 clients" in refused["closed"]["reason"], refused
+            released(held)
+        wait_until("alice gone", lambda: worker_clients(tmp_path, 1) == [])
+        served = client(lab_certs, *bob_ping)
+        assert served["replies"] == 1, served
+        assert program.stop() == 0, program.log_tail()
+
+
 def test_a_worker_that_dies_stops_the_concentrator(
     net: None, lab_certs: Path, tmp_path: Path
 ) -> None:

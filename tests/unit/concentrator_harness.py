@@ -34,6 +34,7 @@ from tunnel.agents.concentrator import (
 )
 from tunnel.aio.concentrator_setup import load_verifier, quic_configuration
 from tunnel.config import ConcentratorConfig, parse_concentrator_config
+from tunnel.policy.client_slots import ClientSlots
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
 from tunnel.protocol.quic_ext import TunnelQuicConnection
 
@@ -151,11 +152,17 @@ class CoreLab:
     """Frames the core wrote into each Ethernet client's TAP, in order (a TAP exists from its
     TapOpened to its TapClosed)."""
     stream_events: list[tuple[TunnelConnection, TunnelEvent]] = field(default_factory=list)
+    client_slots: ClientSlots | None = None
+    """Shared with another CoreLab: two workers' cores (README "Workers")."""
 
     def __post_init__(self) -> None:
         verifier = load_verifier(self.config.tls.ca, self.config.tls.crl)
         self.core = ConcentratorCore(
-            self.config, self.now, verifier=verifier, random_bytes=random.Random(7).randbytes
+            self.config,
+            self.now,
+            verifier=verifier,
+            random_bytes=random.Random(7).randbytes,
+            client_slots=self.client_slots,
         )
         self.server_quic_config, _ = quic_configuration(self.config)
 
@@ -288,5 +295,8 @@ class CoreLab:
         return [a for a in self.actions if isinstance(a, kind)]
 
 
-def lab(certs: Path, *overrides: str, extra: str = "") -> CoreLab:
-    return CoreLab(concentrator_config(certs, *overrides, extra=extra), certs)
+def lab(
+    certs: Path, *overrides: str, extra: str = "", client_slots: ClientSlots | None = None
+) -> CoreLab:
+    config = concentrator_config(certs, *overrides, extra=extra)
+    return CoreLab(config, certs, client_slots=client_slots)

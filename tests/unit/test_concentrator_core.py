@@ -39,6 +39,7 @@ from tunnel.agents.concentrator import (
     SessionAnswered,
     StatusChanged,
 )
+from tunnel.policy.client_slots import LocalClientSlots
 from tunnel.protocol.connection import (
     ConnectionClosed,
     PacketReceived,
@@ -184,6 +185,27 @@ def test_client_and_connection_limits(lab_certs: Path) -> None:
     assert [r.kind for r in core_lab.of(Refused)] == [Refusal.LIMIT, Refusal.LIMIT]
     assert core_lab.core.status()["refused"]["limit"] == 2
     assert closed_reason(first) is None
+
+
+def test_workers_count_their_clients_together(lab_certs: Path) -> None:
+    """limits.max_clients is the concentrator's: two workers' cores share one count
+    (tunnel/policy/client_slots.py; across processes, tunnel/aio/workers.py SharedClientSlots).
+    alice served by one keeps carol out of the other until she is gone."""
+    slots = LocalClientSlots(1)
+    one = lab(lab_certs, "limits.max_clients=1", client_slots=slots)
+    two = lab(lab_certs, "limits.max_clients=1", client_slots=slots)
+    one.connect("alice")
+    refused = two.connect("carol")
+    assert closed_reason(refused) == (
+        "the concentrator serves its maximum of 1 clients: try again later"
+    )
+    assert slots.taken == 1
+    one.core.shutdown(one.now)  # alice's tunnel-mode connection closes: she is gone at once
+    one.carry_out()
+    one.run(1.0)
+    assert slots.taken == 0
+    served = two.connect("carol")
+    assert closed_reason(served) is None and slots.taken == 1
 
 
 def test_in_tunnel_mode_a_new_connection_replaces_the_old_one(lab_certs: Path) -> None:

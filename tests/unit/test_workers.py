@@ -2,11 +2,13 @@
 steering (tunnel/aio/reuseport.py) on a real SO_REUSEPORT group on loopback, the connection IDs
 a worker issues and a client picks (tunnel/protocol/quic_ext.py) in the in-memory harness and
 against QuicServers on loopback (with Retry), the supervisor's merge of the status files and
-each worker's view of the configuration, and the configurations workers refuse. The real
-program with its TUNs is tested in tests/integration/test_concentrator_workers.py."""
+each worker's view of the configuration, the client count they share across their fork, and
+the configurations workers refuse. The real program with its TUNs is tested in
+tests/integration/test_concentrator.py."""
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 from pathlib import Path
@@ -19,7 +21,12 @@ from tests.unit.quic_harness import Network, make_configs
 from tests.unit.test_udp_loopback import within
 from tunnel.aio.reuseport import attach_steering, steering_program, worker_of
 from tunnel.aio.udp import QuicClient, QuicServer, UdpEndpoint
-from tunnel.aio.workers import merge_status, worker_config, worker_status_path
+from tunnel.aio.workers import (
+    SharedClientSlots,
+    merge_status,
+    worker_config,
+    worker_status_path,
+)
 from tunnel.config import (
     ConcentratorConfig,
     ConfigError,
@@ -290,3 +297,21 @@ def test_workers_refuse_what_they_cannot_share(
 def test_the_harness_pool_is_refused_with_workers(lab_certs: Path) -> None:
     with pytest.raises(ConfigError, match="set workers = 1"):
         concentrator_config(lab_certs, "workers=4")
+
+
+def test_the_client_slots_are_one_count_across_a_fork() -> None:
+    """limits.max_clients for all workers: what a forked worker takes, the others see."""
+    slots = SharedClientSlots(3)
+    assert slots.take()
+    pid = os.fork()
+    if pid == 0:  # a worker: takes the two left, then finds none
+        os._exit(0 if slots.take() and slots.take() and not slots.take() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert slots.taken == 3 and not slots.take()
+    slots.give_back()
+    assert slots.take()
+    for _ in range(3):
+        slots.give_back()
+    with pytest.raises(RuntimeError, match="never taken"):
+        slots.give_back()

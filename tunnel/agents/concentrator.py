@@ -102,6 +102,7 @@ from tunnel.policy.addresses import (
     is_link_scoped_ipv6,
 )
 from tunnel.policy.client_auth import Admission, ClientAuthError, ClientVerifier
+from tunnel.policy.client_slots import ClientSlots, LocalClientSlots
 from tunnel.policy.host_guard import HostGuard
 from tunnel.policy.inbound import LONG_ERROR_LIFETIME, Decision, InboundTable, Mapping
 from tunnel.policy.ingress import IngressFilter
@@ -871,13 +872,17 @@ class ConcentratorCore:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         utc_now: Callable[[], datetime.datetime] = _utc_now,
         port_free: Callable[[int], bool] = lambda _: True,
+        client_slots: ClientSlots | None = None,
     ) -> None:
+        """`client_slots`: where limits.max_clients is counted (tunnel/policy/client_slots.py;
+        the concentrator's workers share one); None: this core's own."""
         self.config = config
         self.limits = config.limits
         self.verifier = verifier
         self._utc_now = utc_now
         self._peers: dict[TunnelConnection, _Peer] = {}
         self._clients: dict[str, _Client] = {}
+        self.client_slots: ClientSlots = client_slots or LocalClientSlots(config.limits.max_clients)
         self.refused: Counter[str] = Counter(dict.fromkeys((r.value for r in Refusal), 0))
         self.counters: Counter[str] = Counter({"internal_errors": 0})
         self.addresses = AddressTable(
@@ -1213,7 +1218,7 @@ class ConcentratorCore:
             self._make_room(client, peer, mode, now)
             client = self._clients.get(name)  # forgotten if that was its last connection
         if client is None:
-            if len(self._clients) >= self.limits.max_clients:
+            if not self.client_slots.take():
                 reason = (
                     f"the concentrator serves its maximum of {self.limits.max_clients} clients: "
                     "try again later"
@@ -1444,6 +1449,7 @@ class ConcentratorCore:
 
     def _forget(self, client: _Client) -> None:
         del self._clients[client.name]
+        self.client_slots.give_back()
         self._reorder_due.pop(client, None)
         for mapping in self.inbound.release(client.name):
             self._unmapped(mapping, "client gone")

@@ -112,7 +112,12 @@ class ConcentratorProgram:
         self.state = ProgramState.STARTING
         verifier = load_verifier(config.tls.ca, config.tls.crl)
         self.core = ConcentratorCore(
-            config, self.loop.time(), verifier=verifier, port_free=self._port_free
+            config,
+            self.loop.time(),
+            verifier=verifier,
+            port_free=self._port_free,
+            # workers count limits.max_clients together
+            client_slots=None if seat is None else seat.client_slots,
         )
         # the listeners of mapped ports (the reversed flow), by external port
         self.inbound: dict[int, list[asyncio.AbstractServer]] = {}

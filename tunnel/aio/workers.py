@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -60,6 +61,33 @@ PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 NOT_SUMMED: Final = frozenset({"pid", "time", "mtu", "state", "role"})
 
 
+class SharedClientSlots:
+    """limits.max_clients for the whole concentrator (tunnel/policy/client_slots.py): one
+    counter in shared memory, made before the fork, and a process-shared lock around each check
+    and change, so that two workers admitting at once cannot both take the last slot."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._taken = multiprocessing.get_context("fork").Value(ctypes.c_int, 0)
+
+    def take(self) -> bool:
+        with self._taken.get_lock():
+            if self._taken.value >= self.capacity:
+                return False
+            self._taken.value += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._taken.get_lock():
+            if self._taken.value <= 0:
+                raise RuntimeError("a client slot was given back that was never taken")
+            self._taken.value -= 1
+
+    @property
+    def taken(self) -> int:
+        return int(self._taken.value)
+
+
 @dataclass
 class WorkerSeat:
     """What makes a concentrator process worker `index` of `count`: its socket of each listen
@@ -70,6 +98,7 @@ class WorkerSeat:
     count: int
     endpoints: list[UdpEndpoint]
     home_tun: str
+    client_slots: SharedClientSlots
 
     @property
     def cid_worker(self) -> tuple[int, int]:
@@ -236,6 +265,7 @@ def supervise(
     """Run `serve(worker_config, seat)` in `config.workers` forked processes until SIGINT or
     SIGTERM; the exit code is 0 if every worker stopped cleanly, else the first failure's."""
     seats = bind_groups(config)
+    slots = SharedClientSlots(config.limits.max_clients)
     parent = os.getpid()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     children: dict[int, int] = {}  # pid -> worker index, until they are all reaped
@@ -243,7 +273,7 @@ def supervise(
         for index in range(len(seats)):
             pid = os.fork()
             if pid == 0:  # the worker: never returns
-                _run_worker(config, seats, index, parent, blocked, serve)
+                _run_worker(config, seats, slots, index, parent, blocked, serve)
             children[pid] = index
         for endpoints in seats:  # the workers hold them now
             for endpoint in endpoints:
@@ -265,6 +295,7 @@ def supervise(
 def _run_worker(
     config: ConcentratorConfig,
     seats: list[list[UdpEndpoint]],
+    slots: SharedClientSlots,
     index: int,
     parent: int,
     blocked: set[int | signal.Signals],
@@ -285,7 +316,7 @@ def _run_worker(
             if other != index:
                 for endpoint in others:
                     endpoint.close()
-        seat = WorkerSeat(index, len(seats), seats[index], config.tun.name)
+        seat = WorkerSeat(index, len(seats), seats[index], config.tun.name, slots)
         view = worker_config(config, index)
         code = run_command("qtun", functools.partial(serve, view, seat))
     finally:
