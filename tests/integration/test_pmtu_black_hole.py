@@ -20,6 +20,7 @@ import pytest
 from testbed.hosts import HostProcess
 from testbed.lab import Lab
 from testbed.qtun import QtunDeployment, TunnelSpec
+from tests.integration.lab_fixtures import deployed, iperf3_server, lossless_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
@@ -32,11 +33,8 @@ PMTU = ("limits.pmtu_discovery=true",)
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    the_lab = Lab("reference")
-    try:
-        the_lab.start()
+    with lossless_lab() as the_lab:
         for access in ("wifi", "5g"):
-            the_lab.shaper(access).set("both", loss_pct=0)
             router = f"r{access}"
             # both ways: a forwarded packet is checked against the MTU of the link it leaves by
             for link in (f"{router}-up", f"{router}-c1"):
@@ -54,28 +52,19 @@ def lab() -> Iterator[Lab]:
             )
             the_lab.run(router, "nft add rule inet qtlab_pmtu out icmpv6 type packet-too-big drop")
         yield the_lab
-    finally:
-        the_lab.stop()
 
 
 @pytest.fixture(scope="module", params=["tunnel", "session"])
 def dep(lab: Lab, request: pytest.FixtureRequest) -> Iterator[QtunDeployment]:
     spec = TunnelSpec(mode=request.param, client_overrides=PMTU, concentrator_overrides=PMTU)
-    deployment = QtunDeployment(lab, spec)
-    try:
-        deployment.start(timeout=30)  # the handshake itself has to fit
+    with deployed(lab, spec) as deployment:  # the handshake itself has to fit
         yield deployment
-    finally:
-        deployment.stop()
 
 
 @pytest.fixture()
 def iperf_server(lab: Lab) -> Iterator[HostProcess]:
-    server = lab.procs.start_iperf3_server(lab.node("srv1"), port=IPERF_PORT, idle_timeout_s=30)
-    try:
+    with iperf3_server(lab, IPERF_PORT, idle_timeout_s=30) as server:
         yield server
-    finally:
-        lab.procs.stop(server)
 
 
 def found(pmtu: dict[str, Any] | None) -> bool:

@@ -16,7 +16,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
 from testbed.qtun import QtunDeployment, QtunError, TunnelSpec
 from tests.certs import make_certs
+from tests.integration.lab_fixtures import deployed, iperf3_server, lossless_lab
 from tests.integration.netns import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
@@ -44,34 +44,14 @@ PROBE_INTERVAL_S = 0.2
 # -- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    the_lab = Lab("reference")
-    try:
-        the_lab.start()
-        # No random loss: counts and gaps then depend on the tunnel only.
-        for access in ("wifi", "5g"):
-            the_lab.shaper(access).set("both", loss_pct=0)
+    with lossless_lab() as the_lab:
         yield the_lab
-    finally:
-        the_lab.stop()
-
-
-@contextmanager
-def deployed(lab: Lab, spec: TunnelSpec) -> Iterator[QtunDeployment]:
-    dep = QtunDeployment(lab, spec)
-    try:
-        dep.start(timeout=30)
-        yield dep
-    finally:
-        dep.stop()
 
 
 @pytest.fixture()
 def iperf_server(lab: Lab) -> Iterator[HostProcess]:
-    server = lab.procs.start_iperf3_server(lab.node("srv1"), port=IPERF_PORT, idle_timeout_s=40)
-    try:
+    with iperf3_server(lab, IPERF_PORT, idle_timeout_s=40) as server:
         yield server
-    finally:
-        lab.procs.stop(server)
 
 
 # -- helpers ------------------------------------------------------------------------------------

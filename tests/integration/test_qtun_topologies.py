@@ -15,6 +15,7 @@ from experiments.bench import OWN_HOST_ALLOWED
 from testbed.hosts import wait_listening
 from testbed.lab import Lab
 from testbed.qtun import QtunDeployment, TunnelSpec
+from tests.integration.lab_fixtures import deployed, lossless_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 CLIENTS = 3
@@ -22,19 +23,11 @@ CLIENTS = 3
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[QtunDeployment]:
-    lab = Lab("nclient", clients=CLIENTS)
-    try:
-        lab.start()
-        for access in ("wifi", "5g"):
-            lab.shaper(access).set("both", loss_pct=0)
-        dep = QtunDeployment(lab, TunnelSpec(mode="session"))
-        try:
-            dep.start(timeout=40)
-            yield dep
-        finally:
-            dep.stop()
-    finally:
-        lab.stop()
+    with (
+        lossless_lab("nclient", clients=CLIENTS) as lab,
+        deployed(lab, TunnelSpec(mode="session"), timeout=40) as dep,
+    ):
+        yield dep
 
 
 def test_every_client_has_its_own_session_and_address(deployment: QtunDeployment) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from testbed.lab import Lab
+from tests.integration.lab_fixtures import lossless_lab
 from tests.integration.netns import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
@@ -23,15 +24,8 @@ def replies(node: Any, dst: str, src: str | None = None, count: int = 3) -> int:
 
 @pytest.fixture(scope="module")
 def reference() -> Iterator[Lab]:
-    lab = Lab("reference", servers=2)
-    try:
-        lab.start()
-        # Zero loss on both accesses so reachability checks are deterministic.
-        for access in ("wifi", "5g"):
-            lab.shaper(access).set("both", loss_pct=0)
+    with lossless_lab(servers=2) as lab:  # reachability checks then deterministic
         yield lab
-    finally:
-        lab.stop()
 
 
 @pytest.mark.parametrize(
