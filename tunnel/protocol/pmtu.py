@@ -168,6 +168,11 @@ class PmtuSearch:
             self._set_size(size)
         self._next_step(now)
 
+    @property
+    def probing(self) -> bool:
+        """Whether a probe waits for its answer."""
+        return self._probe is not None
+
     def timer(self) -> float | None:
         """When on_timer wants to run next (a probe's deadline, or the next probe or search)."""
         if self._probe is not None:

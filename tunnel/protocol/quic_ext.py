@@ -580,8 +580,6 @@ PROBE_NUMBERS_KEPT: Final = 64
 """Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
 PROBE_CHALLENGES_KEPT: Final = 32
 """Unanswered PATH_CHALLENGE values of path probes remembered (older ones are forgotten)."""
-PMTU_PROBES_KEPT: Final = 8
-"""Packet numbers of recent PMTU probes whose late ACK still counts (pmtu_discovery)."""
 # the attributes in which aioquic's and our controllers keep the datagram size they count in
 _CONTROLLER_SIZE_FIELDS: Final = (
     "_max_datagram_size",
@@ -863,8 +861,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_path_resets += 1
         if self._tunnel_pmtu is not None:
             # a new path has a path MTU of its own (RFC 8899 §5.2): confirmed again at once
-            self._tunnel_pmtu.restart()
-            self._tunnel_pmtu_probes.clear()
+            self._tunnel_pmtu.restart()  # the old path's probe pair is forgotten (_pmtu_apply)
             self._tunnel_pmtu_answered = None
             self._pmtu_apply()
         # Elicit an acknowledgement on the new path at once (a PING, RFC 9002 §6.2.4's probe):
@@ -987,8 +984,9 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_probe_cids: dict[Hashable, QuicConnectionId] = {}
         self._tunnel_probe_challenges: dict[bytes, Hashable] = {}
         self._tunnel_probe_numbers: deque[int] = deque(maxlen=PROBE_NUMBERS_KEPT)
-        # PMTU probes (pmtu_discovery): packet number -> size, also hidden from loss recovery
-        self._tunnel_pmtu_probes: dict[int, int] = {}  # a companion's size is 0
+        # the PMTU probe pair out (pmtu_discovery): packet number -> size (a companion's: 0),
+        # also hidden from loss recovery
+        self._tunnel_pmtu_probes: dict[int, int] = {}
         self._tunnel_pmtu_answered = None
         loss = self._loss
         on_ack_received = loss.on_ack_received
@@ -1237,8 +1235,6 @@ class TunnelQuicConnection(QuicConnection):
             self._tunnel_probe_numbers.append(number)
             probes[number] = probed
         self._packet_number = builder.packet_number
-        while len(probes) > PMTU_PROBES_KEPT:
-            del probes[next(iter(probes))]
         pmtu.probe_sent(size, now, self._loss.get_probe_timeout())
         return datagrams
 
@@ -1256,10 +1252,14 @@ class TunnelQuicConnection(QuicConnection):
         self._pmtu_apply()
 
     def _pmtu_apply(self) -> None:
-        """Follow the search: the size packets are built at, the size admitted."""
+        """Follow the search: the size packets are built at, the size admitted; a probe pair
+        answered or given up on is forgotten (a late ACK of it no longer counts), so that ACKs
+        are looked through for probes only while one is out."""
         pmtu = self._tunnel_pmtu
         if pmtu is None:
             return
+        if not pmtu.probing:
+            self._tunnel_pmtu_probes.clear()
         if pmtu.size != self._max_datagram_size:
             self._resize(pmtu.size)
         if pmtu.admitted != self._tunnel_admitted:
