@@ -196,16 +196,13 @@ class PmtuSearch:
         if self._failures < MAX_PROBES:
             return  # the same size again, at once
         self._failures = 0
+        self.high = probe.size
         if self.state is PmtuState.CONFIRMING:
             # the target is not carried (§4.3): back to the size every path carries
             self.counters.black_holes += 1
-            self.high = probe.size
             self.low = self.base
             self._set_size(self.base)
             self.state = PmtuState.SEARCHING
-            self._next_step(now)
-            return
-        self.high = probe.size
         self._next_step(now)
 
     def large_lost(self, count: int, now: float) -> None:
