@@ -175,7 +175,9 @@ def _check(params: Params) -> dict[str, QtunVariant]:
             raise ExperimentError(
                 f"unknown {key} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}."
             )
-    if not 0 < params["down_at_s"] < params["up_at_s"] < params["duration_s"]:
+    # a scenario replaces the events and their times (its own end is checked against duration_s)
+    times_used = not params["scenario"]
+    if times_used and not 0 < params["down_at_s"] < params["up_at_s"] < params["duration_s"]:
         raise ExperimentError("need 0 < down_at_s < up_at_s < duration_s.")
     return qtun
 

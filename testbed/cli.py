@@ -35,10 +35,11 @@ from tunnel.user_error import RuntimeFailure, UsageError, UserError, run_command
 ACCESS_HELP = """<access> <verb> [value] [dir=up|down|both] [client=cK]
   verbs: down | up (a real carrier loss and back), blackhole on|off (100 % loss, link up),
          delay MS, jitter MS, loss PCT, rate MBIT (0 = unlimited), queue PACKETS,
+         mtu BYTES (longer IP packets dropped silently, 0 = no limit; wire backend),
          reorder on|off, burst P R (Gilbert-Elliott: good->bad P %, bad->good R %; 0 0 = off),
          trace NAME|FILE|off (a Mahimahi trace instead of the rate), show
   examples: wifi down | 5g loss 5 | wifi delay 20 dir=up | wifi down client=c3 |
-            wifi burst 1 25 | 5g trace 5g-walk"""
+            wifi burst 1 25 | 5g trace 5g-walk | wifi mtu 1400"""
 
 VERB_FIELD = {
     "delay": "delay_ms",
@@ -46,7 +47,9 @@ VERB_FIELD = {
     "loss": "loss_pct",
     "rate": "rate_mbit",
     "queue": "queue_packets",
+    "mtu": "mtu_bytes",
 }
+INT_FIELDS = ("queue_packets", "mtu_bytes")
 
 
 def parse_profile_args(items: list[str]) -> dict[str, LinkProfile]:
@@ -105,7 +108,7 @@ def access_command(lab: Any, access: str, line: str) -> str:
     if verb in VERB_FIELD and value is not None:
         field = VERB_FIELD[verb]
         try:
-            number: float | int = int(value) if field == "queue_packets" else float(value)
+            number: float | int = int(value) if field in INT_FIELDS else float(value)
         except ValueError:
             raise UsageError(f"{verb} needs a number, not {value!r}.") from None
         shaper.set(direction, **{field: number})

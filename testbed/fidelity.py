@@ -2,12 +2,13 @@
 
 Two uses:
 * `verify_link(lab, middle)` before an experiment: RTT by ping, loss by a counted ping burst,
-  rate by a short iperf3; returns rows with an `ok` verdict, and `require_fidelity()` refuses
+  rate by a short iperf3, a smaller MTU (mtu_bytes) by pings that may not be fragmented at and
+  one byte over it; returns rows with an `ok` verdict, and `require_fidelity()` refuses
   to go on when one is off (the way Mininet's reproducibility experiments checked first).
 * `run_benchmark()` (`qtlab fidelity`, `make fidelity`): a two-host link swept over delay
   {5, 20, 50, 100 ms}, loss {0.1, 1, 5 %}, Gilbert-Elliott bursty loss (loss rate, mean burst
   length, share of lone losses), rate {10, 50, 100 Mbit/s}, trace-driven rate (a constant
-  and a model trace, testbed/traces.py) and queue delay under load,
+  and a model trace, testbed/traces.py), a smaller MTU (wire backend) and queue delay under load,
   written to results/fidelity/<timestamp>/fidelity.csv.
 
 Delay is configured on one direction and measured as median RTT minus the median RTT of the
@@ -33,9 +34,11 @@ from testbed.profiles import LinkProfile
 from testbed.traces import mean_rate_mbit, read_trace, trace_path
 from tunnel.user_error import RuntimeFailure
 
-# A full-size TCP/IPv4 segment with timestamps carries 1448 payload bytes in a 1514-byte frame;
-# the wire's rate counts whole frames, so this is the best TCP goodput can do.
-TCP_GOODPUT_FRACTION = 1448 / 1514
+LINK_MTU = 1500  # the lab's veths
+ETH_HEADER = 14
+IPV4_TCP_HEADERS = 20 + 20  # what an MSS leaves out of the packet (RFC 879)
+TIMESTAMP_OPTION = 12  # Linux's segments carry it (and the MSS counts it as payload)
+ICMP_ECHO_HEADERS = 20 + 8  # IPv4, ICMP: `ping -s` counts the bytes after them
 FIELDS = ["parameter", "configured", "measured", "unit", "backend", "ok", "detail"]
 
 
@@ -88,12 +91,25 @@ def ping_loss(node: Node, dst: str, count: int, interval_s: float) -> tuple[int,
     return int(m.group(1)), int(m.group(2))
 
 
-def iperf3_goodput_mbit(lab: Lab, client: Node, server: Node, dst: str, seconds: int = 3) -> float:
-    """Receiver-side TCP goodput of a short iperf3 run (first second omitted: slow start)."""
+def tcp_goodput_fraction(mtu: int = LINK_MTU) -> float:
+    """The best TCP goodput over a link's rate when its packets are `mtu` bytes long: the
+    wire's rate counts whole frames, and a full TCP/IPv4 segment with timestamps carries
+    mtu - 52 bytes of payload in an mtu + 14-byte frame (1448 in 1514 at 1500)."""
+    return (mtu - IPV4_TCP_HEADERS - TIMESTAMP_OPTION) / (mtu + ETH_HEADER)
+
+
+def iperf3_goodput_mbit(
+    lab: Lab, client: Node, server: Node, dst: str, seconds: int = 3, mss: int = 0
+) -> float:
+    """Receiver-side TCP goodput of a short iperf3 run (first second omitted: slow start);
+    `mss` > 0 sets the sender's segment size (`iperf3 -M`), for a link with a smaller MTU."""
     srv = lab.procs.start_iperf3_server(server, port=5299, idle_timeout_s=seconds + 10)
+    segment = f" -M {mss}" if mss else ""
     try:
         out = str(
-            client.cmd(f"iperf3 -c {dst} -p 5299 -t {seconds} -O 1 --connect-timeout 3000 -J")
+            client.cmd(
+                f"iperf3 -c {dst} -p 5299 -t {seconds} -O 1 --connect-timeout 3000 -J{segment}"
+            )
         )
         data = json.loads(out[out.index("{") :])
         return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
@@ -194,9 +210,14 @@ def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
     rows.append(
         Row("loss_round_trip", round(want_loss, 3), round(got_loss, 3), "%", backend, ok, detail)
     )
+    if ab.mtu_bytes or ba.mtu_bytes:
+        limit = min(m for m in (ab.mtu_bytes, ba.mtu_bytes) if m)
+        rows.append(mtu_row(a, link.peer_v4, limit, backend))
     if ab.rate_mbit:
-        want_rate = ab.rate_mbit * TCP_GOODPUT_FRACTION
-        got_rate = iperf3_goodput_mbit(lab, a, b, link.peer_v4)
+        want_rate = ab.rate_mbit * tcp_goodput_fraction(ab.mtu_bytes or LINK_MTU)
+        # a link with a smaller MTU drops full-size segments: the sender keeps to what it carries
+        mss = ab.mtu_bytes - IPV4_TCP_HEADERS if ab.mtu_bytes else 0
+        got_rate = iperf3_goodput_mbit(lab, a, b, link.peer_v4, mss=mss)
         judged = ab.mean_loss_pct == 0 and ba.mean_loss_pct == 0  # TCP under loss: not the rate
         ok = not judged or abs(got_rate - want_rate) <= 0.05 * want_rate
         detail = "" if judged else "not judged: TCP goodput under random loss is below the rate"
@@ -212,6 +233,27 @@ def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
             )
         )
     return rows
+
+
+def mtu_row(node: Node, dst: str, mtu: int, backend: str, count: int = 20) -> Row:
+    """Does a round trip carry packets of `mtu` bytes and drop one byte more? Echo requests
+    with DF set (`ping -M do`): their replies are as long, so the smaller of the two directions'
+    limits is what a round trip sees. Measured: `mtu` when both hold, mtu + 1 when the longer
+    ones got through too, 0 when none of `count` at the limit did."""
+    at_limit = ping_df(node, dst, mtu - ICMP_ECHO_HEADERS, count)
+    over = ping_df(node, dst, mtu + 1 - ICMP_ECHO_HEADERS, count)
+    measured = mtu + 1 if over else (mtu if at_limit else 0)
+    detail = f"{at_limit} of {count} echoes of {mtu} bytes answered, {over} of {mtu + 1}"
+    return Row("mtu_round_trip", mtu, measured, "bytes", backend, measured == mtu, detail)
+
+
+def ping_df(node: Node, dst: str, size: int, count: int) -> int:
+    """How many of `count` echo requests of `size` payload bytes, never fragmented, came back."""
+    out = str(node.cmd(f"ping -n -q -M do -s {size} -c {count} -i 0.01 -W 1 {dst}"))
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    if not m:
+        raise FidelityError(f"ping gave no summary: {out.strip()[-200:]}")
+    return int(m.group(2))
 
 
 def require_fidelity(rows: list[Row]) -> None:
@@ -327,7 +369,7 @@ def run_benchmark(backend: str = "auto", out_root: Path = RESULTS_ROOT / "fideli
         for rate in (10.0, 50.0, 100.0):
             shaper.set_profile("both", LinkProfile())
             shaper.set("ab", rate_mbit=rate)
-            want = rate * TCP_GOODPUT_FRACTION
+            want = rate * tcp_goodput_fraction()
             got = iperf3_goodput_mbit(lab, h1, h2, far, seconds=4)
             ok = abs(got - want) <= 0.05 * want
             detail = f"rate {rate:g} Mbit/s of frames = {want:.2f} Mbit/s TCP goodput at best"
@@ -348,6 +390,11 @@ def run_benchmark(backend: str = "auto", out_root: Path = RESULTS_ROOT / "fideli
             rows.append(
                 Row("trace_goodput", round(want, 2), round(got, 2), "Mbit/s", be, ok, detail)
             )
+        if be == "wire":  # netem has no per-direction size limit
+            for mtu in (1400, 1280, 576):
+                shaper.set_profile("both", LinkProfile())
+                shaper.set("ab", mtu_bytes=mtu)
+                rows.append(mtu_row(h1, far, mtu, be))
         rows += _bursty_loss(lab, be)
         rows += _queue_delay_under_load(lab, be)
         meta = lab.describe()

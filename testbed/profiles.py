@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from tunnel.user_error import UsageError
 
+MIN_MTU_BYTES = 576  # the datagram every IPv4 host must accept (RFC 791); fidelity pings fit
+MAX_MTU_BYTES = 1500  # the lab's veths carry no more
+
 
 class ProfileError(UsageError):
     """A profile name or field value that cannot be used."""
@@ -41,6 +44,10 @@ class LinkProfile:
     trace: str = ""
     queue_packets: int = 1000  # drop-tail limit of the rate queue (netem's default limit)
     queue_bytes: int = 0  # 0: no byte limit
+    # The largest IP packet the link carries: a longer one is dropped without a word, as by a
+    # link with a smaller MTU whose router sends no ICMP (a path MTU black hole, RFC 8899 §1.1);
+    # 0: whatever the interfaces carry (1500). The wire backend only.
+    mtu_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms", "rate_mbit"):
@@ -63,6 +70,11 @@ class LinkProfile:
             raise ProfileError("ge_r_pct is 0: the bad state would never end; give it > 0.")
         if self.queue_packets < 0 or self.queue_bytes < 0:
             raise ProfileError("queue_packets and queue_bytes must be >= 0.")
+        if self.mtu_bytes and not MIN_MTU_BYTES <= self.mtu_bytes <= MAX_MTU_BYTES:
+            raise ProfileError(
+                f"mtu_bytes must be 0 (no limit) or between {MIN_MTU_BYTES} and "
+                f"{MAX_MTU_BYTES}, got {self.mtu_bytes}."
+            )
         if self.jitter_ms > self.delay_ms and self.jitter_ms > 0:
             raise ProfileError(
                 f"jitter_ms ({self.jitter_ms}) must not exceed delay_ms ({self.delay_ms})."

@@ -136,6 +136,7 @@ def wire_settings(p: LinkProfile) -> dict[str, str]:
         "trace": str(trace_path(p.trace)) if p.trace else "",
         "limit_pkts": str(p.queue_packets),
         "limit_bytes": str(p.queue_bytes),
+        "mtu": str(p.mtu_bytes),
     }
 
 
@@ -150,6 +151,11 @@ def netem_args(p: LinkProfile, blackhole: bool = False) -> list[str]:
         raise ShapingError(
             f"netem has no trace-driven rate (trace {p.trace!r}): run the lab with the wire"
             " backend (--backend wire) for a trace"
+        )
+    if p.mtu_bytes:
+        raise ShapingError(
+            f"netem has no per-direction packet size limit (mtu_bytes {p.mtu_bytes}): run the"
+            " lab with the wire backend (--backend wire) for a path MTU black hole"
         )
     limit = p.queue_packets or 1000
     if p.queue_bytes:

@@ -5,12 +5,15 @@
  * Ethernet frame from A to B and from B to A through raw AF_PACKET sockets.  Per direction
  * it applies, in this order (the order netem uses):
  *   1. blackhole ("down"): drop everything, the link stays up;
- *   2. loss: random (probability in percent), or bursty by the Gilbert-Elliott model when
+ *   2. MTU: a frame whose IP packet (the frame less its 14-byte Ethernet header) is longer
+ *      than mtu bytes is dropped without a word, as a link with a smaller MTU whose routers
+ *      send no ICMP does (a path MTU black hole); mtu=0 carries whatever the veths carry;
+ *   3. loss: random (probability in percent), or bursty by the Gilbert-Elliott model when
  *      ge_p_pct > 0 (a good and a bad state; per packet, good -> bad with probability p and
  *      bad -> good with r, then the packet is lost with the loss probability of the state it
  *      was in: ge_good_loss_pct, ge_bad_loss_pct) — netem's "loss gemodel p r 1-h 1-k", step
  *      for step, so both backends draw the same process;
- *   3. a drop-tail rate queue (rate in bit/s, limit in packets and/or bytes): a packet that
+ *   4. a drop-tail rate queue (rate in bit/s, limit in packets and/or bytes): a packet that
  *      arrives when the queue is full is dropped, otherwise it leaves the queue when the
  *      packets ahead of it and itself have been serialised at the configured rate — or, with
  *      a trace (Mahimahi's format: one line per delivery opportunity, its time in ms from the
@@ -18,15 +21,15 @@
  *      1500 bytes of IP packet (the Ethernet header not counted), a packet leaves at the
  *      opportunity that carries its last byte, opportunities that pass while the queue is
  *      empty are lost (as in Mahimahi's link queue);
- *   4. a fixed one-way delay plus uniform jitter in [-jitter, +jitter] (netem's default
+ *   5. a fixed one-way delay plus uniform jitter in [-jitter, +jitter] (netem's default
  *      distribution); without "reorder" a packet never overtakes the one before it.
  * Frames are timed on CLOCK_MONOTONIC with a timerfd armed for the earliest departure, so the
  * added delay is accurate to tens of microseconds, not to a scheduler tick.
  *
  * Runtime control: a UNIX stream socket; one line per connection, one line answered.
  *   set <ab|ba|both> key=value ...   keys: delay_us jitter_us reorder loss_pct rate_bps
- *                                          limit_pkts limit_bytes down ge_p_pct ge_r_pct
- *                                          ge_good_loss_pct ge_bad_loss_pct
+ *                                          limit_pkts limit_bytes down mtu ge_p_pct
+ *                                          ge_r_pct ge_good_loss_pct ge_bad_loss_pct
  *                                          trace=<file> (empty: off)              -> "ok"
  *   get                                -> "ab k=v ... | ba k=v ..." (settings and counters)
  *   quit                               -> "ok", then exit
@@ -59,6 +62,7 @@
 #define FRAME_MAX 65536
 #define HARD_CAP_PKTS (1 << 18) /* bound on frames held per direction, whatever the settings */
 #define RX_BATCH 64
+#define ETH_HEADER_BYTES 14 /* the veths carry untagged Ethernet frames */
 
 struct pkt {
     uint64_t due_ns; /* when it leaves the wire */
@@ -76,7 +80,7 @@ struct direction {
     const char *name;
     int rx_fd, tx_fd;
     /* settings */
-    uint64_t delay_ns, jitter_ns, rate_bps, limit_pkts, limit_bytes;
+    uint64_t delay_ns, jitter_ns, rate_bps, limit_pkts, limit_bytes, mtu;
     double loss_pct;
     double ge_p, ge_r, ge_good_loss, ge_bad_loss; /* Gilbert-Elliott, percent; off when ge_p == 0 */
     int ge_bad;                                   /* the model's state: 1 = bad */
@@ -96,7 +100,7 @@ struct direction {
     size_t ring_head, ring_len, ring_cap;
     uint64_t queued_bytes, link_free_ns;
     /* counters */
-    uint64_t rx, tx, drop_loss, drop_queue, drop_down, drop_cap, tx_err;
+    uint64_t rx, tx, drop_loss, drop_queue, drop_down, drop_mtu, drop_cap, tx_err;
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -276,6 +280,7 @@ static int load_trace(struct direction *d, const char *path) {
 static void admit(struct direction *d, const unsigned char *buf, uint32_t len, uint64_t now) {
     d->rx++;
     if (d->down) { d->drop_down++; return; }
+    if (d->mtu && len > d->mtu + ETH_HEADER_BYTES) { d->drop_mtu++; return; }
     if (d->ge_p > 0) {
         if (ge_lost(d)) { d->drop_loss++; return; }
     } else if (d->loss_pct > 0 && rng_unit() * 100.0 < d->loss_pct) { d->drop_loss++; return; }
@@ -381,6 +386,7 @@ static int apply_setting(struct direction *d, const char *key, const char *val) 
     else if (!strcmp(key, "limit_pkts")) d->limit_pkts = v;
     else if (!strcmp(key, "limit_bytes")) d->limit_bytes = v;
     else if (!strcmp(key, "down")) d->down = v != 0;
+    else if (!strcmp(key, "mtu")) d->mtu = v;
     else return -1;
     return 0;
 }
@@ -389,15 +395,17 @@ static int describe(const struct direction *d, char *out, size_t cap) {
     return snprintf(out, cap,
                     "%s delay_us=%llu jitter_us=%llu reorder=%d loss_pct=%g ge_p_pct=%g ge_r_pct=%g "
                     "ge_good_loss_pct=%g ge_bad_loss_pct=%g rate_bps=%llu trace=%s "
-                    "limit_pkts=%llu limit_bytes=%llu down=%d rx=%llu tx=%llu drop_loss=%llu "
-                    "drop_queue=%llu drop_down=%llu drop_cap=%llu tx_err=%llu queued=%zu",
+                    "limit_pkts=%llu limit_bytes=%llu down=%d mtu=%llu rx=%llu tx=%llu drop_loss=%llu "
+                    "drop_queue=%llu drop_down=%llu drop_mtu=%llu drop_cap=%llu tx_err=%llu "
+                    "queued=%zu",
                     d->name, (unsigned long long)(d->delay_ns / 1000), (unsigned long long)(d->jitter_ns / 1000),
                     d->reorder, d->loss_pct, d->ge_p, d->ge_r, d->ge_good_loss, d->ge_bad_loss,
                     (unsigned long long)d->rate_bps, d->trace_len ? d->trace_name : "-",
                     (unsigned long long)d->limit_pkts, (unsigned long long)d->limit_bytes, d->down,
-                    (unsigned long long)d->rx, (unsigned long long)d->tx,
+                    (unsigned long long)d->mtu, (unsigned long long)d->rx, (unsigned long long)d->tx,
                     (unsigned long long)d->drop_loss, (unsigned long long)d->drop_queue,
-                    (unsigned long long)d->drop_down, (unsigned long long)d->drop_cap,
+                    (unsigned long long)d->drop_down, (unsigned long long)d->drop_mtu,
+                    (unsigned long long)d->drop_cap,
                     (unsigned long long)d->tx_err, d->heap_len);
 }
 

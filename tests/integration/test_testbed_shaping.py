@@ -196,6 +196,31 @@ def test_blackhole_keeps_link_up(lab: Lab, shaper: WireShaper) -> None:
     assert len(rtts(h1, count=3, interval=0.1)) >= 2
 
 
+def df_pings(node: Any, size: int, count: int = 5, peer: str = PEER) -> int:
+    """Replies to `count` echo requests of `size` bytes of IP packet, never fragmented."""
+    out = str(node.cmd(f"ping -n -q -M do -s {size - 28} -c {count} -i 0.02 -W 1 {peer}"))
+    return int(re.search(r"(\d+) received", out).group(1))  # type: ignore[union-attr]
+
+
+def test_a_smaller_mtu_drops_longer_packets_silently_in_its_direction(
+    lab: Lab, shaper: WireShaper
+) -> None:
+    h1 = lab.node("h1")
+    shaper.set("ab", mtu_bytes=1400)
+    assert df_pings(h1, 1400) == 5
+    assert df_pings(h1, 1401) == 0  # the request is lost on the way out
+    assert "LOWER_UP" in str(h1.cmd("ip link show h1-eth0"))
+    counters = shaper.counters()
+    assert int(counters["ab"]["drop_mtu"]) == 5 and int(counters["ba"]["drop_mtu"]) == 0
+    # h2's requests of 1401 bytes travel ba (no limit); their replies die on ab
+    assert df_pings(lab.node("h2"), 1401, peer="10.0.0.1") == 0
+    assert int(shaper.counters()["ab"]["drop_mtu"]) == 10
+    # no ICMP came back to say so: h1 still believes its route carries 1500
+    assert "mtu" not in str(h1.cmd(f"ip route get {PEER}")).split()
+    shaper.set("ab", mtu_bytes=0)
+    assert df_pings(h1, 1500) == 5
+
+
 def test_link_down_is_a_carrier_loss_and_up_restores(lab: Lab, shaper: WireShaper) -> None:
     h1 = lab.node("h1")
     lab.access_down("link")
@@ -213,3 +238,9 @@ def test_verify_link_accepts_a_faithful_link(lab: Lab, shaper: WireShaper) -> No
     rows = verify_link(lab, "wlink", loss_burst=200)
     assert {r.parameter for r in rows} == {"rtt_added", "loss_round_trip", "tcp_goodput"}
     require_fidelity(rows)
+    # a smaller MTU: checked at and over the limit, and TCP's rate judged with its segments
+    shaper.set("up", mtu_bytes=1280)
+    rows = verify_link(lab, "wlink", loss_burst=200)
+    require_fidelity(rows)
+    mtu = next(r for r in rows if r.parameter == "mtu_round_trip")
+    assert (mtu.configured, mtu.measured) == (1280, 1280)

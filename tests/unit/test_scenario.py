@@ -80,6 +80,16 @@ def test_5g_handovers_are_short_blackholes_every_few_seconds() -> None:
     assert gaps and all(2.0 - 1e-9 <= gap <= 4.0 + 1e-9 for gap in gaps)
 
 
+def test_pmtu_black_hole_shrinks_wifi_and_needs_the_wire_backend() -> None:
+    scenario = load_scenario("pmtu-black-hole")
+    assert [(s.at_s, s.action) for s in scenario.steps] == [
+        (2.0, LinkChange("wifi", "both", (("mtu_bytes", 1400),)))
+    ]
+    check(FakeLab("wire"), scenario)
+    with pytest.raises(ScenarioError, match="netem has no per-direction packet size limit"):
+        check(FakeLab("netem"), scenario)
+
+
 def test_train_tunnel_degrades_both_accesses() -> None:
     scenario = load_scenario("train-tunnel")
     assert set(scenario.accesses) == {"wifi", "5g"}
@@ -554,5 +564,5 @@ def test_a_step_the_live_link_refuses_is_caught_before_anything_changes() -> Non
 def test_qtlab_scenarios_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scenarios"]) == 0
     out = capsys.readouterr().out
-    for name in ("walk-out-of-wifi", "5g-handovers", "train-tunnel"):
+    for name in ("walk-out-of-wifi", "5g-handovers", "train-tunnel", "pmtu-black-hole"):
         assert name in out

@@ -59,6 +59,11 @@ def test_netem_gilbert_elliott_is_gemodel_p_r_1h_1k() -> None:
     ]  # fmt: skip
 
 
+def test_netem_refuses_a_packet_size_limit() -> None:
+    with pytest.raises(ShapingError, match="wire backend"):
+        netem_args(LinkProfile(mtu_bytes=1400))
+
+
 def test_netem_blackhole_is_total_loss() -> None:
     assert netem_args(LinkProfile(), blackhole=True) == ["netem", "limit", "1000", "loss", "100%"]
 
@@ -92,7 +97,9 @@ def test_wire_settings_and_command() -> None:
         "trace": "",
         "limit_pkts": "1000",
         "limit_bytes": "3000",
+        "mtu": "0",
     }
+    assert wire_settings(LinkProfile(mtu_bytes=1400))["mtu"] == "1400"
     shaper = WireShaper(FakeNode(), "a", "b", Path("/nonexistent"), None)
     shaper.profiles["ba"] = p
     shaper.blackholed = True
@@ -131,6 +138,12 @@ def test_access_commands() -> None:
         cli.access_command(lab, "wifi", "rate fast")
     with pytest.raises(cli.UserError, match="verbs"):
         cli.access_command(lab, "wifi", "explode")
+    # a size limit is the wire backend's: netem refuses it and the link keeps what it had
+    with pytest.raises(ShapingError, match="wire backend"):
+        cli.access_command(lab, "wifi", "mtu 1400")
+    assert lab.shaper_obj.profiles["ab"].mtu_bytes == 0
+    with pytest.raises(cli.UserError, match="needs a number"):
+        cli.access_command(lab, "wifi", "mtu 1400.5")
 
 
 def test_burst_and_trace_commands() -> None:

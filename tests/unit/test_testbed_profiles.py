@@ -24,6 +24,7 @@ def test_every_required_profile_exists_with_units_in_field_names() -> None:
         "trace",
         "queue_packets",
         "queue_bytes",
+        "mtu_bytes",
     }
 
 
@@ -53,6 +54,8 @@ def test_unknown_profile_and_field_get_clear_errors() -> None:
         {"ge_p_pct": 1, "loss_pct": 1},  # two loss models at once
         {"ge_p_pct": 1, "ge_r_pct": 0},  # a bad state that never ends
         {"trace": "5g-walk", "rate_mbit": 10},  # a trace gives the rate
+        {"mtu_bytes": 575},  # below what every IPv4 host must accept
+        {"mtu_bytes": 1501},  # more than the lab's veths carry
     ],
 )
 def test_impossible_values_are_refused(bad: dict[str, float]) -> None:
@@ -68,6 +71,7 @@ def test_parse_overrides_types_each_field() -> None:
         parse_overrides("delay=20")
     with pytest.raises(ProfileError, match="not a number"):
         parse_overrides("delay_ms=fast")
+    assert parse_overrides("mtu_bytes=1400") == {"mtu_bytes": 1400}
 
 
 def test_cli_profile_argument_maps_access_to_profile() -> None:

@@ -1,0 +1,106 @@
+"""A running tunnel whose path MTU shrinks silently: black-hole detection (limits.pmtu_discovery).
+
+Tunnel mode on the reference topology, path MTU discovery on both programs. Once both have
+confirmed the full datagram size, the WiFi link starts dropping every packet over 1400 bytes
+without a word (the shaper's `mtu_bytes`, both ways), as when a route changes under a
+connection. The concentrator's large datagrams to the client vanish while small packets still
+pass, so nothing looks broken but the size: it must notice the streak of lost large packets
+(RFC 8899 §4.3), fail the confirmation of its size, search again, and tell the inner sender the
+smaller budget (Packet Too Big), so that an inner TCP download carries on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from testbed.lab import Lab
+from testbed.qtun import QtunDeployment, TunnelSpec
+from tests.integration.lab_fixtures import deployed, iperf3_server, lossless_lab
+
+pytestmark = [pytest.mark.root, pytest.mark.mininet]
+
+LINK_MTU = 1400
+UDP_PAYLOAD_LIMIT = LINK_MTU - 20 - 8  # the tunnel's outer packets are IPv4 here
+FULL_SIZE = 1452  # what both programs confirm on the 1500-byte path
+SERVER = "10.200.1.2"
+IPERF_PORT = 5202
+PMTU = ("limits.pmtu_discovery=true",)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with lossless_lab() as the_lab:
+        if the_lab.backend != "wire":
+            pytest.skip("the link's mtu_bytes needs the wire backend (netem has no size limit)")
+        yield the_lab
+
+
+@pytest.fixture(scope="module")
+def dep(lab: Lab) -> Iterator[QtunDeployment]:
+    spec = TunnelSpec(mode="tunnel", client_overrides=PMTU, concentrator_overrides=PMTU)
+    with deployed(lab, spec) as deployment:
+        yield deployment
+
+
+def conc_pmtu(status: dict[str, Any]) -> dict[str, Any] | None:
+    connections = [c for client in status["clients"] for c in client["connections"]]
+    return connections[0]["pmtu"] if len(connections) == 1 else None
+
+
+def download_bytes(lab: Lab, seconds: int) -> int:
+    lab.run("srv1", "ip route flush cache")  # the sender starts from its route's MTU
+    out = str(
+        lab.node("c1").cmd(
+            f"timeout {seconds + 20} iperf3 -c {SERVER} -p {IPERF_PORT} -t {seconds} -R -J "
+            "--connect-timeout 3000"
+        )
+    )
+    data: dict[str, Any] = json.loads(out[out.index("{") :])
+    assert "error" not in data, data["error"]
+    return int(data["end"]["sum_received"]["bytes"])
+
+
+def test_a_silent_mtu_drop_is_found_and_inner_tcp_carries_on(lab: Lab, dep: QtunDeployment) -> None:
+    def confirmed_full(status: dict[str, Any]) -> bool:
+        pmtu = conc_pmtu(status)
+        return (
+            pmtu is not None and pmtu["state"] == "complete" and pmtu["datagram_size"] == FULL_SIZE
+        )
+
+    before = conc_pmtu(dep.wait_for(dep.concentrator, confirmed_full, 20, "1452 confirmed"))
+    assert before is not None and before["black_holes"] == 0
+    wifi = lab.shaper("wifi")
+    wifi.set("both", mtu_bytes=LINK_MTU)
+    try:
+        with iperf3_server(lab, IPERF_PORT, idle_timeout_s=60):
+            first = download_bytes(lab, 5)
+
+            def found_again(status: dict[str, Any]) -> bool:
+                pmtu = conc_pmtu(status)
+                return (
+                    pmtu is not None
+                    and pmtu["state"] == "complete"
+                    and pmtu["black_holes"] >= 1
+                    and pmtu["datagram_size"] <= UDP_PAYLOAD_LIMIT
+                )
+
+            after = conc_pmtu(dep.wait_for(dep.concentrator, found_again, 20, "the new size"))
+            second = download_bytes(lab, 3)
+        drops = int(wifi.counters()["ba"]["drop_mtu"])
+    finally:
+        wifi.set("both", mtu_bytes=0)
+    print(f"\nconcentrator PMTU before {before}\nafter {after}")
+    print(
+        f"downloads through the shrunk path: {first} B in 5 s, then {second} B in 3 s; "
+        f"{drops} packets over {LINK_MTU} bytes dropped on the way down"
+    )
+    assert after is not None
+    assert UDP_PAYLOAD_LIMIT - 8 <= after["datagram_size"] <= UDP_PAYLOAD_LIMIT
+    assert drops > 0  # the black hole was there, and the size was found through it
+    assert first > 0 and second > 0
+    conc_client = dep.status(dep.concentrator)["clients"][0]
+    assert int(conc_client["counters"].get("packet_too_big_sent", 0)) > 0
