@@ -195,6 +195,7 @@ def run_flow(
     send_out = workdir / f"send-{port}.json"
     for stale in (recv_out, send_out):
         stale.unlink(missing_ok=True)
+    lab.forget_learned_paths()  # before start_at: it takes a few ms per host
     start_at = time.monotonic() + START_LEAD_S
     sender_argv, receiver_argv = flow_argv(flow, start_at, recv_out, send_out)
     programs = Programs(flow.sender, sender_argv, flow.receiver, receiver_argv, flow.port, roles)

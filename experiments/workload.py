@@ -425,6 +425,7 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
         return PointResult(skipped=str(variants.wireguard_missing()))
     # a fresh tunnel per point: no queue or congestion state left by the previous one
     route = state.modes.ensure(mode, fresh=True)
+    state.lab.forget_learned_paths()
     carrier = state.modes.carrier
     assert carrier is not None
     loaded = workload.endswith("-bulk")

@@ -231,6 +231,14 @@ class Lab:
         self.cc_in_use[node] = used
         return used
 
+    def forget_learned_paths(self) -> None:
+        """Drop every host's path MTUs learnt from ICMP (or a tunnel's Packet Too Big): the
+        kernel keeps them for 10 minutes (net.ipv4.route.mtu_expires), so one measurement's
+        black hole would shrink the next one's packets. Experiments call it before each
+        point's traffic, as `tcp_no_metrics_save` keeps TCP's window from carrying over."""
+        for host in self.net.hosts:
+            host.cmd("ip route flush cache; ip -6 route flush cache")
+
     def describe(self) -> dict[str, Any]:
         """Metadata an experiment records: backend, shapers, congestion control."""
         return {

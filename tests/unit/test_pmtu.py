@@ -24,6 +24,7 @@ from tunnel.protocol.quic_ext import (
     TunnelQuicConnection,
     datagram_budget,
     packet_datagram_budget,
+    pending_datagram_count,
 )
 
 CEILING = 1452
@@ -258,6 +259,30 @@ def test_a_black_hole_after_the_search_is_detected_from_the_losses() -> None:
     net.run(3.0)
     assert search.state is PmtuState.COMPLETE
     assert 1300 - SEARCH_GRANULARITY <= client._max_datagram_size <= 1300
+
+
+def test_a_black_hole_under_a_full_window_is_found_by_base_size_timeout_probes() -> None:
+    """A sender whose queue never empties: every packet, timeout probes too, would be
+    filled to the old size and vanish, and none would ever be declared lost (seen in the lab:
+    an inner TCP download stuck for good). The probes keep to the base size instead. (With
+    datagrams of the whole budget a probe's PING leaves no room for one and the probe went
+    small by chance; 10 bytes less, as inner packets often are, and it did not.)"""
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    path.up_link.mtu = 1300
+    budget = datagram_budget(client)
+    search = client.pmtu
+    assert search is not None
+    for _ in range(60):  # 3 s of simulated time at most
+        if search.counters.black_holes:
+            break
+        while pending_datagram_count(client) < 50:
+            client.send_datagram_frame(b"f" * (min(budget, datagram_budget(client)) - 10))
+        net.run(0.05)
+    assert search.counters.black_holes == 1
+    assert path.up_link.too_big > 0
 
 
 def test_an_outage_is_not_taken_for_a_black_hole() -> None:

@@ -1272,6 +1272,29 @@ class TunnelQuicConnection(QuicConnection):
             for path in self._network_paths
         )
 
+    def _sends_at_base(self) -> bool:
+        """Whether this call's packets keep to the base size (pmtu_discovery):
+        - while a path is validated: aioquic pads PATH_CHALLENGE / PATH_RESPONSE datagrams to
+          the whole datagram size; RFC 9000 §8.2 asks for 1200 bytes, and validation must not
+          hang on a size the new path may not carry (RFC 8899 §5.2);
+        - for a PTO probe (RFC 9002 §6.2.4) once the handshake is confirmed: aioquic fills it
+          with the queued DATAGRAMs, so behind a black hole that appeared after the search
+          (a route change to a smaller MTU) every probe would be as large as the packets it
+          is to tell about, vanish with them, and leave them unacknowledged and never declared
+          lost: the window stays full, nothing more is sent, and black hole detection (RFC
+          8899 §4.3, which counts the lost large packets) never starts. A probe at the base
+          size is answered whenever the path carries anything; its ACK declares the large
+          packets before it lost."""
+        if self._validating_paths():
+            return True
+        pmtu = self._tunnel_pmtu
+        return (
+            self._probe_pending
+            and self._handshake_confirmed
+            and pmtu is not None
+            and pmtu.size > pmtu.base
+        )
+
     def _get_timer_with_pmtu(self) -> float | None:
         timer = type(self).get_timer(self)
         pmtu = self._tunnel_pmtu
@@ -1293,10 +1316,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_now = now
         if self.fast_datagram_path and self._only_datagrams_to_send():
             datagrams = self._send_datagram_packets(now)
-        elif self._tunnel_pmtu is not None and self._validating_paths():
-            # aioquic pads PATH_CHALLENGE / PATH_RESPONSE datagrams to the whole datagram size;
-            # RFC 9000 §8.2 asks for 1200 bytes, and validation must not hang on a size the
-            # new path may not carry (RFC 8899 §5.2): this call's packets keep to the base
+        elif self._tunnel_pmtu is not None and self._sends_at_base():
             size = self._max_datagram_size
             self._max_datagram_size = min(size, self._tunnel_pmtu.base)
             try:
