@@ -660,6 +660,9 @@ VARIANT_COLOURS = {
     "stream-migration": "C3",
     "masque-migration": "black",
     "engine": "C9",
+    # with path MTU discovery: a darker shade of the variant without it
+    "tunnel-migration-pmtu": "darkgreen",
+    "engine-pmtu": "darkblue",
     "plain": "C7",
     "plain-5g": "0.45",
     "mptcp": "C5",
