@@ -11,7 +11,6 @@ client and the concentrator write into their TUNs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +20,17 @@ from testbed.hosts import HostProcess
 from testbed.lab import Lab
 from testbed.qtun import QtunDeployment, TunnelSpec
 from tests.integration.lab_fixtures import deployed, iperf3_server, lossless_lab
+from tests.integration.pmtu_lab import (
+    LINK_MTU,
+    PMTU,
+    UDP_PAYLOAD_LIMIT,
+    found_within,
+    iperf3_bytes,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
-LINK_MTU = 1400
-UDP_PAYLOAD_LIMIT = LINK_MTU - 20 - 8  # the tunnel's outer packets are IPv4 here
-SERVER = "10.200.1.2"
 IPERF_PORT = 5201
-PMTU = ("limits.pmtu_discovery=true",)
 
 
 @pytest.fixture(scope="module")
@@ -67,45 +69,21 @@ def iperf_server(lab: Lab) -> Iterator[HostProcess]:
         yield server
 
 
-def found(pmtu: dict[str, Any] | None) -> bool:
-    return (
-        pmtu is not None
-        and pmtu["state"] == "complete"
-        and pmtu["black_holes"] >= 1
-        and pmtu["datagram_size"] <= UDP_PAYLOAD_LIMIT
-    )
-
-
 def client_found(status: dict[str, Any]) -> bool:
     """Every connection of the client (tunnel mode: one; session mode: one per access)."""
     connected = [a for a in status["accesses"] if a["connected"]]
-    return bool(connected) and all(found(a["pmtu"]) for a in connected)
+    return bool(connected) and all(found_within(a["pmtu"]) for a in connected)
 
 
 def concentrator_found(status: dict[str, Any]) -> bool:
     connections = [c for client in status["clients"] for c in client["connections"]]
-    return bool(connections) and all(found(c["pmtu"]) for c in connections)
+    return bool(connections) and all(found_within(c["pmtu"]) for c in connections)
 
 
 def all_pmtus(client: dict[str, Any], conc: dict[str, Any]) -> list[dict[str, Any]]:
     return [a["pmtu"] for a in client["accesses"] if a["connected"]] + [
         c["pmtu"] for cl in conc["clients"] for c in cl["connections"]
     ]
-
-
-def iperf3(lab: Lab, options: str) -> int:
-    # each transfer starts from what the TUN MTU says: no path MTU learnt by an earlier one
-    for node in ("c1", "srv1"):
-        lab.run(node, "ip route flush cache")
-    out = str(
-        lab.node("c1").cmd(
-            f"timeout 30 iperf3 -c {SERVER} -p {IPERF_PORT} -t 3 -J --connect-timeout 3000 "
-            f"{options}"
-        )
-    )
-    data: dict[str, Any] = json.loads(out[out.index("{") :])
-    assert "error" not in data, data["error"]
-    return int(data["end"]["sum_received"]["bytes"])
 
 
 def wait_found(dep: QtunDeployment) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -129,8 +107,8 @@ def test_both_ends_find_the_size_the_path_carries(dep: QtunDeployment) -> None:
 def test_inner_tcp_gets_through_both_ways(lab: Lab, dep: QtunDeployment) -> None:
     wait_found(dep)
     too_big_before = int(dep.status("c1")["counters"].get("icmp_too_big_sent", 0))
-    upload = iperf3(lab, "")
-    download = iperf3(lab, "-R")
+    upload = iperf3_bytes(lab, IPERF_PORT, 3)
+    download = iperf3_bytes(lab, IPERF_PORT, 3, "-R")
     print(f"\nthrough the black hole: upload {upload} B, download {download} B in 3 s each")
     assert upload > 0 and download > 0
     # the inner senders learnt the budget from the tunnel's Packet Too Big, not from the path

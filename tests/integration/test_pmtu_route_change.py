@@ -11,7 +11,6 @@ smaller budget (Packet Too Big), so that an inner TCP download carries on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,16 +18,20 @@ import pytest
 
 from testbed.lab import Lab
 from testbed.qtun import QtunDeployment, TunnelSpec
+from testbed.shaping import WireShaper
 from tests.integration.lab_fixtures import deployed, iperf3_server, lossless_lab
+from tests.integration.pmtu_lab import (
+    LINK_MTU,
+    PMTU,
+    UDP_PAYLOAD_LIMIT,
+    found_within,
+    iperf3_bytes,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
-LINK_MTU = 1400
-UDP_PAYLOAD_LIMIT = LINK_MTU - 20 - 8  # the tunnel's outer packets are IPv4 here
 FULL_SIZE = 1452  # what both programs confirm on the 1500-byte path
-SERVER = "10.200.1.2"
 IPERF_PORT = 5202
-PMTU = ("limits.pmtu_discovery=true",)
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +54,6 @@ def conc_pmtu(status: dict[str, Any]) -> dict[str, Any] | None:
     return connections[0]["pmtu"] if len(connections) == 1 else None
 
 
-def download_bytes(lab: Lab, seconds: int) -> int:
-    lab.run("srv1", "ip route flush cache")  # the sender starts from its route's MTU
-    out = str(
-        lab.node("c1").cmd(
-            f"timeout {seconds + 20} iperf3 -c {SERVER} -p {IPERF_PORT} -t {seconds} -R -J "
-            "--connect-timeout 3000"
-        )
-    )
-    data: dict[str, Any] = json.loads(out[out.index("{") :])
-    assert "error" not in data, data["error"]
-    return int(data["end"]["sum_received"]["bytes"])
-
-
 def test_a_silent_mtu_drop_is_found_and_inner_tcp_carries_on(lab: Lab, dep: QtunDeployment) -> None:
     def confirmed_full(status: dict[str, Any]) -> bool:
         pmtu = conc_pmtu(status)
@@ -74,22 +64,17 @@ def test_a_silent_mtu_drop_is_found_and_inner_tcp_carries_on(lab: Lab, dep: Qtun
     before = conc_pmtu(dep.wait_for(dep.concentrator, confirmed_full, 20, "1452 confirmed"))
     assert before is not None and before["black_holes"] == 0
     wifi = lab.shaper("wifi")
+    assert isinstance(wifi, WireShaper)  # the lab fixture skips without it
     wifi.set("both", mtu_bytes=LINK_MTU)
     try:
         with iperf3_server(lab, IPERF_PORT, idle_timeout_s=60):
-            first = download_bytes(lab, 5)
-
-            def found_again(status: dict[str, Any]) -> bool:
-                pmtu = conc_pmtu(status)
-                return (
-                    pmtu is not None
-                    and pmtu["state"] == "complete"
-                    and pmtu["black_holes"] >= 1
-                    and pmtu["datagram_size"] <= UDP_PAYLOAD_LIMIT
+            first = iperf3_bytes(lab, IPERF_PORT, 5, "-R")
+            after = conc_pmtu(
+                dep.wait_for(
+                    dep.concentrator, lambda s: found_within(conc_pmtu(s)), 20, "the new size"
                 )
-
-            after = conc_pmtu(dep.wait_for(dep.concentrator, found_again, 20, "the new size"))
-            second = download_bytes(lab, 3)
+            )
+            second = iperf3_bytes(lab, IPERF_PORT, 3, "-R")
         drops = int(wifi.counters()["ba"]["drop_mtu"])
     finally:
         wifi.set("both", mtu_bytes=0)
