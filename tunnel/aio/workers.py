@@ -45,6 +45,7 @@ from typing import Any, Final, NoReturn
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tunnel.agents.supervisor import Action, SignalWorkers, SupervisorCore, overall_state
 from tunnel.aio.reuseport import ReusePortError, attach_steering
 from tunnel.aio.status import REFRESH_SIGNAL, write_json_atomic
 from tunnel.aio.udp import EndpointError, UdpEndpoint
@@ -54,7 +55,6 @@ from tunnel.user_error import EXIT_RUNTIME, RuntimeFailure, run_command
 log = logging.getLogger("qtun.concentrator")
 
 SIGNALS: Final = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, REFRESH_SIGNAL)
-STOP_TIMEOUT: Final = 15.0  # seconds a worker has to close its connections before SIGKILL
 REFRESH_WAIT: Final = 1.0  # seconds the supervisor waits for the workers' fresh status files
 ROUTE_TIMEOUT: Final = 2.0  # seconds a client's arrival waits for its route to move at most
 PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
@@ -349,76 +349,58 @@ def _end_with(parent: int) -> None:
 
 
 class _Supervisor:
+    """The I/O of the supervisor: signals, children, status files; what to do is the core's
+    (tunnel/agents/supervisor.py)."""
+
     def __init__(self, config: ConcentratorConfig, children: dict[int, int]) -> None:
         self.config = config
-        self.live = dict(children)
         self.pids = {index: pid for pid, index in children.items()}
         self.status = config.observability.status_file
-        self.exit_code: int | None = None
-        self.stop_deadline: float | None = None
+        self.core = SupervisorCore(children, config.observability.status_interval, time.monotonic())
+
+    @property
+    def live(self) -> dict[int, int]:
+        return self.core.live
 
     def wait(self) -> int:
-        interval = self.config.observability.status_interval
-        next_status = time.monotonic()
-        while self.live:
+        core = self.core
+        while not core.done:
             # every turn, not only on SIGCHLD: sigtimedwait hands out the lowest pending
             # signal first, and a script asking for fresh status (SIGUSR1, 10) more often than
             # a refresh takes would starve SIGCHLD (17) forever
             self._reap()
-            if not self.live:
+            if core.done:
                 break
-            now = time.monotonic()
-            if now >= next_status:
-                self.write_status()
-                next_status = now + interval
-            if self.stop_deadline is not None and now >= self.stop_deadline:
-                log.warning("workers did not stop in %.0f s: killing them", STOP_TIMEOUT)
-                self._signal_all(signal.SIGKILL)
-                self.stop_deadline = None
-            until = (
-                next_status if self.stop_deadline is None else min(next_status, self.stop_deadline)
-            )
-            info = signal.sigtimedwait(SIGNALS, max(0.0, until - time.monotonic()))
+            self._carry_out(core.timer(time.monotonic()))
+            wait = max(0.0, core.next_deadline() - time.monotonic())
+            info = signal.sigtimedwait(SIGNALS, wait)
             if info is None:
                 continue
-            signum = info.si_signo
-            if signum in (signal.SIGINT, signal.SIGTERM):
-                self._stop(0)
-            elif signum == signal.SIGHUP:
-                self._signal_all(signal.SIGHUP)
-            elif signum == REFRESH_SIGNAL:
+            if info.si_signo == REFRESH_SIGNAL:
                 self._refresh()
-        self._reap()
+            else:
+                self._carry_out(core.signal(info.si_signo, time.monotonic()))
         self.write_status(stopped=True)
-        return self.exit_code or 0
+        return core.exit_code or 0
 
-    def _stop(self, code: int) -> None:
-        if self.exit_code is None:
-            self.exit_code = code
-        if self.stop_deadline is None:
-            self.stop_deadline = time.monotonic() + STOP_TIMEOUT
-            self._signal_all(signal.SIGTERM)
+    def _carry_out(self, actions: Iterable[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SignalWorkers):
+                self._signal_all(action.signum)
+            else:
+                self.write_status()
 
     def _reap(self) -> None:
-        while self.live:
+        while not self.core.done:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.live.clear()
+            except ChildProcessError:  # none left to reap (reaped elsewhere): nothing to wait for
+                self.core.forget_workers()
                 return
             if pid == 0:
                 return
-            index = self.live.pop(pid, None)
-            if index is None:
-                continue
             code = os.waitstatus_to_exitcode(status)
-            if self.stop_deadline is None:  # it ended on its own: the others cannot go on
-                log.error(
-                    "worker %d ended on its own (exit %d): stopping the other workers", index, code
-                )
-                self._stop(code if code > 0 else EXIT_RUNTIME)
-            elif code != 0 and self.exit_code == 0:
-                self.exit_code = code if code > 0 else EXIT_RUNTIME
+            self._carry_out(self.core.worker_ended(pid, code, time.monotonic()))
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.live:
@@ -463,11 +445,7 @@ class _Supervisor:
             "pid": os.getpid(),
             "time": time.time(),
             "role": "concentrator",
-            "state": "stopped"
-            if stopped
-            else "up"
-            if len(states) == len(self.pids) and all(s == "up" for s in states)
-            else "starting",
+            "state": overall_state(states, len(self.pids), stopped),
             "workers": [
                 {
                     "index": index,
