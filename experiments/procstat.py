@@ -103,6 +103,22 @@ def process_rss_mb(pid: int) -> float:
     return _with_children(pid, lambda p: rss_mb(Path(f"/proc/{p}/status").read_text()))
 
 
+def pss_mb(smaps_rollup_text: str) -> float:
+    """Pss from a /proc/<pid>/smaps_rollup text, in MiB: the process's resident pages, each
+    shared page divided among the processes sharing it."""
+    for line in smaps_rollup_text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024  # kB (KiB)
+    raise ValueError("no Pss line (a kernel thread, or the process is a zombie).")
+
+
+def process_pss_mb(pid: int) -> float:
+    """The proportional set size of a process and its running children, in MiB: unlike
+    process_rss_mb, the pages a concentrator's forked workers share with each other and the
+    supervisor count once in the sum (each process holds its share)."""
+    return _with_children(pid, lambda p: pss_mb(Path(f"/proc/{p}/smaps_rollup").read_text()))
+
+
 def proc_sample(pid: int) -> tuple[float, int, float] | None:
     """(RSS MiB, open fds, CPU s) of a live process, None if it is gone."""
     try:

@@ -15,11 +15,13 @@ Measured over that same window [warmup_s, duration_s] on the concentrator's proc
 (`QtunDeployment.pid`): CPU % = utime+stime from /proc/<pid>/stat over the wall time (100 = one
 core; qtun is one asyncio loop, so about 100 is its ceiling), RSS = VmRSS from
 /proc/<pid>/status at the end of the transfer (`conc_rss_idle_mb`: the same once every client is
-up, before any traffic). Also recorded: `clients_cpu_pct`, the CPU of the qtun client processes
-summed (each process once: with `clients_per_process` K > 1 the N clients run as `qtun
-client-group`s of K, README "Client groups", the load generator's way to stop N processes'
-wakeups from holding the machine), and `host_cpu_pct`, the whole machine's busy time
-(/proc/stat), also in % of one core (200 = both cores of this machine busy).
+up, before any traffic), and PSS (`conc_pss_mb`, /proc/<pid>/smaps_rollup, then too): with
+workers both sum the supervisor and its workers, but RSS counts each page they share since the
+fork once per process, PSS once in all. Also recorded: `clients_cpu_pct`, the CPU of the
+qtun client processes summed (each process once: with `clients_per_process` K > 1 the N
+clients run as `qtun client-group`s of K, README "Client groups", the load generator's way to
+stop N processes' wakeups from holding the machine), and `host_cpu_pct`, the whole machine's
+busy time (/proc/stat), also in % of one core (200 = both cores of this machine busy).
 `jain_fairness` is Jain's index over the N goodputs of the point: (sum x)^2 / (N sum x^2),
 1 = equal shares, 1/N = one client has it all.
 
@@ -61,6 +63,7 @@ from experiments.procstat import (
     cpu_seconds,
     host_busy,
     host_busy_pct,
+    process_pss_mb,
     process_rss_mb,
 )
 from experiments.runner import (
@@ -368,6 +371,7 @@ def run_point(ctx: Context[ScaleState], point: Point) -> PointResult:
         host1, t1 = host_busy(), time.monotonic()
         conc1, clients1 = _cpu_seconds(conc_pids), _cpu_seconds(client_pids)
         rss = process_rss_mb(conc_pid) if conc_pid is not None else None
+        pss = process_pss_mb(conc_pid) if conc_pid is not None else None
         # Every program ends by itself at its deadline; bounded waits, then the stops below.
         stop_by = start_at + duration + GRACE_S + STOP_GRACE_S
         for proc in procs:
@@ -388,6 +392,7 @@ def run_point(ctx: Context[ScaleState], point: Point) -> PointResult:
         "conc_cpu_pct": cpu_pct(conc0, conc1, t1 - t0) if qtun else None,
         "conc_rss_mb": rss,
         "conc_rss_idle_mb": idle_rss,
+        "conc_pss_mb": pss,
         "clients_cpu_pct": cpu_pct(clients0, clients1, t1 - t0) if qtun else None,
         "host_cpu_pct": host_busy_pct(host0, host1),
         "uplink_mbit": float(p["uplink_mbit"]),

@@ -219,6 +219,9 @@ SCALE = Table(
         "conc_rss_mb",
         "conc_rss_idle_mb",
         "conc_rss_per_client_kb",
+        # shared pages divided among the processes sharing them: with workers, what the
+        # supervisor and its forks hold together (RSS counts a shared page in each)
+        "conc_pss_mb",
         "clients_cpu_pct",
         "host_cpu_pct",  # 100 = one core: a 2-core machine tops out at 200
         "uplink_mbit",
@@ -232,6 +235,7 @@ SCALE = Table(
         "jain_fairness",
         "conc_rss_idle_mb",
         "conc_rss_per_client_kb",
+        "conc_pss_mb",
         "clients_cpu_pct",
         "host_cpu_pct",
         "uplink_mbit",

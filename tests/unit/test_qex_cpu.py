@@ -5,6 +5,7 @@ figure is checked: no test depends on how busy the machine is."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,9 @@ from experiments.procstat import (
     _own_cpu_seconds,
     child_pids,
     cpu_seconds,
+    process_pss_mb,
     process_rss_mb,
+    pss_mb,
     rss_mb,
     saturation,
 )
@@ -116,6 +119,26 @@ def test_a_process_counts_its_running_children() -> None:
         child.kill()
         child.wait()
     assert child.pid not in child_pids(os.getpid())
+
+
+def test_pss_counts_the_pages_a_forked_worker_shares_once() -> None:
+    """A supervisor and its forked workers share most of their pages: RSS summed over them
+    counts those pages in each process, PSS divides them."""
+    assert pss_mb("Rss:  10240 kB\nPss:   4096 kB\n") == 4.0
+    with pytest.raises(ValueError, match="no Pss line"):
+        pss_mb("Rss: 1 kB\n")
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's pages, shared until written
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert pid in child_pids(os.getpid())
+        both_pss, both_rss = process_pss_mb(os.getpid()), process_rss_mb(os.getpid())
+        own_pss = pss_mb(Path(f"/proc/{os.getpid()}/smaps_rollup").read_text())
+        assert own_pss < both_pss < both_rss
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def test_saturation_is_one_process_s_not_a_supervisor_s_with_its_workers() -> None:
