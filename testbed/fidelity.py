@@ -30,11 +30,10 @@ from typing import Any
 from testbed.hosts import Node
 from testbed.lab import Lab
 from testbed.paths import RESULTS_ROOT
-from testbed.profiles import LinkProfile
+from testbed.profiles import LINK_MTU, LinkProfile
 from testbed.traces import mean_rate_mbit, read_trace, trace_path
 from tunnel.user_error import RuntimeFailure
 
-LINK_MTU = 1500  # the lab's veths
 ETH_HEADER = 14
 IPV4_TCP_HEADERS = 20 + 20  # what an MSS leaves out of the packet (RFC 879)
 TIMESTAMP_OPTION = 12  # Linux's segments carry it (and the MSS counts it as payload)
@@ -82,9 +81,13 @@ def loss_bursts(lost: list[int]) -> list[int]:
     return bursts
 
 
-def ping_loss(node: Node, dst: str, count: int, interval_s: float) -> tuple[int, int]:
-    """(sent, received) of a counted ping burst."""
-    out = str(node.cmd(f"ping -n -q -c {count} -i {interval_s} -W 2 {dst}"))
+def ping_loss(
+    node: Node, dst: str, count: int, interval_s: float, size: int | None = None
+) -> tuple[int, int]:
+    """(sent, received) of a counted ping burst; with `size`, echo requests of that many
+    payload bytes that may not be fragmented (`-M do -s`)."""
+    unfragmented = f"-M do -s {size} " if size is not None else ""
+    out = str(node.cmd(f"ping -n -q {unfragmented}-c {count} -i {interval_s} -W 2 {dst}"))
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     if not m:
         raise FidelityError(f"ping gave no summary: {out.strip()[-200:]}")
@@ -240,20 +243,11 @@ def mtu_row(node: Node, dst: str, mtu: int, backend: str, count: int = 20) -> Ro
     with DF set (`ping -M do`): their replies are as long, so the smaller of the two directions'
     limits is what a round trip sees. Measured: `mtu` when both hold, mtu + 1 when the longer
     ones got through too, 0 when none of `count` at the limit did."""
-    at_limit = ping_df(node, dst, mtu - ICMP_ECHO_HEADERS, count)
-    over = ping_df(node, dst, mtu + 1 - ICMP_ECHO_HEADERS, count)
+    _, at_limit = ping_loss(node, dst, count, 0.01, size=mtu - ICMP_ECHO_HEADERS)
+    _, over = ping_loss(node, dst, count, 0.01, size=mtu + 1 - ICMP_ECHO_HEADERS)
     measured = mtu + 1 if over else (mtu if at_limit else 0)
     detail = f"{at_limit} of {count} echoes of {mtu} bytes answered, {over} of {mtu + 1}"
     return Row("mtu_round_trip", mtu, measured, "bytes", backend, measured == mtu, detail)
-
-
-def ping_df(node: Node, dst: str, size: int, count: int) -> int:
-    """How many of `count` echo requests of `size` payload bytes, never fragmented, came back."""
-    out = str(node.cmd(f"ping -n -q -M do -s {size} -c {count} -i 0.01 -W 1 {dst}"))
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    if not m:
-        raise FidelityError(f"ping gave no summary: {out.strip()[-200:]}")
-    return int(m.group(2))
 
 
 def require_fidelity(rows: list[Row]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from tunnel.user_error import UsageError
 
 MIN_MTU_BYTES = 576  # the datagram every IPv4 host must accept (RFC 791); fidelity pings fit
-MAX_MTU_BYTES = 1500  # the lab's veths carry no more
+LINK_MTU = 1500  # what the lab's veths carry: the largest mtu_bytes
 
 
 class ProfileError(UsageError):
@@ -70,10 +70,10 @@ class LinkProfile:
             raise ProfileError("ge_r_pct is 0: the bad state would never end; give it > 0.")
         if self.queue_packets < 0 or self.queue_bytes < 0:
             raise ProfileError("queue_packets and queue_bytes must be >= 0.")
-        if self.mtu_bytes and not MIN_MTU_BYTES <= self.mtu_bytes <= MAX_MTU_BYTES:
+        if self.mtu_bytes and not MIN_MTU_BYTES <= self.mtu_bytes <= LINK_MTU:
             raise ProfileError(
                 f"mtu_bytes must be 0 (no limit) or between {MIN_MTU_BYTES} and "
-                f"{MAX_MTU_BYTES}, got {self.mtu_bytes}."
+                f"{LINK_MTU}, got {self.mtu_bytes}."
             )
         if self.jitter_ms > self.delay_ms and self.jitter_ms > 0:
             raise ProfileError(
