@@ -14,7 +14,8 @@ first change to its end (when every link it touched comes back), and the client'
 its carrier changes as to link-down's.
 The receiver records delivered bytes per 10 ms (experiments/traffic.py); a row of failover.csv
 per point (gap, goodput before/during/after and during the outage after the gap, UDP loss and
-reordering, each process's CPU) and a goodput time series.
+reordering, each process's CPU; with path MTU discovery, when the concentrator suspected,
+confirmed and searched past a black hole) and a goodput time series.
 
 Variants (what carries the traffic):
   baselines   plain, plain-5g, mptcp, mptcp-backup, wireguard, wireguard-os: experiments/
@@ -68,6 +69,7 @@ from experiments.schemas import (
     CPU_COLUMNS,
     FAILOVER,
     FAILOVER_TIMESERIES,
+    PMTU_COLUMNS,
     tables,
 )
 from experiments.traffic import Samples, delivery_gap, goodput_mbps, pad_bins
@@ -75,7 +77,7 @@ from experiments.variants import BASELINES, CLIENT, Carrier, QtunVariant, wiregu
 from testbed.fidelity import verify_accesses
 from testbed.lab import Lab
 from testbed.profiles import profile
-from testbed.qtun import TunnelSpec
+from testbed.qtun import QtunError, TunnelSpec
 from testbed.scenario import Scenario
 
 EVENTS = ("link-down", "blackhole")
@@ -336,18 +338,57 @@ def run_point(ctx: Context[FailoverState], point: Point) -> PointResult:
         (carrier.on_access_up if up else carrier.on_access_down)(access)
 
     cpu = CpuMeter(carrier.programs)
+    window = outage_window(p, ctx.scenario if event == SCENARIO_EVENT else None)
+    started: list[float] = []
+    pmtu: Row = dict.fromkeys(PMTU_COLUMNS)
     try:
         during: Callable[[float], None] = outage
         if event == SCENARIO_EVENT:
             during = scenario_during(lab, ctx, point, CLIENT, on_carrier=os_reaction)
-        recv, sent = run_flow(lab, flow, state.workdir, during=during, cpu=cpu)
+
+        def timed(start_at: float) -> None:
+            started.append(start_at)
+            during(start_at)
+
+        recv, sent = run_flow(lab, flow, state.workdir, during=timed, cpu=cpu)
+        deployment = carrier.deployment
+        if deployment is not None and started:
+            # the programs' clock is CLOCK_MONOTONIC, like start_at (tunnel/protocol/pmtu.py)
+            with contextlib.suppress(QtunError):
+                status = deployment.fresh_status(deployment.concentrator)
+                pmtu = pmtu_columns(status, started[0] + window[0])
     finally:
         with contextlib.suppress(Exception):
             carrier.stop()
     qtun = state.qtun.get(variant)
-    extra: Row = {"ablation_off": qtun.turns_off if qtun else "", **cpu_columns(cpu)}
-    window = outage_window(p, ctx.scenario if event == SCENARIO_EVENT else None)
+    extra: Row = {"ablation_off": qtun.turns_off if qtun else "", **pmtu, **cpu_columns(cpu)}
     return PointResult(rows=measure(point, p, recv, sent, extra, window))
+
+
+def pmtu_columns(status: dict[str, Any], outage_at: float) -> Row:
+    """PMTU_COLUMNS from the concentrator's status (what it sends is the download's): its
+    first black hole suspicion since `outage_at` (time.monotonic()) that fell to the base size,
+    else its first; in ms from `outage_at`, empty without one (or without discovery)."""
+    episodes = [
+        episode
+        for client in status.get("clients", [])
+        for connection in client.get("connections", [])
+        for episode in (connection.get("pmtu") or {}).get("black_hole_episodes", [])
+        if episode["suspected_at"] >= outage_at
+    ]
+    if not episodes:
+        return dict.fromkeys(PMTU_COLUMNS)
+    fell = [episode for episode in episodes if episode["fell_at"] is not None]
+    first = min(fell or episodes, key=lambda episode: float(episode["suspected_at"]))
+
+    def ms(at: float | None) -> float | None:
+        return None if at is None else round((at - outage_at) * 1000, 1)
+
+    return {
+        "pmtu_suspected_ms": ms(first["suspected_at"]),
+        "pmtu_fell_ms": ms(first["fell_at"]),
+        "pmtu_settled_ms": ms(first["settled_at"]),
+    }
 
 
 def outage_window(p: Params, scenario: Scenario | None) -> tuple[float, float]:
@@ -400,6 +441,7 @@ def measure(
         "goodput_after_gap_mbps": after_gap,
         "inner_retransmits": None if udp else sent.get("retransmits"),
         "ablation_off": "",
+        **dict.fromkeys(PMTU_COLUMNS),
         "detail": flow_error(recv, sent),
         **dict.fromkeys(CPU_COLUMNS),
     }
@@ -442,6 +484,9 @@ def summary_table(run_dir: Path) -> str:
         if saturated:
             busiest = sorted({r["cpu_busiest"] for r in rows if r.get("cpu_saturated") == "True"})
             notes.append(f"CPU SATURATED in {saturated} run(s) ({', '.join(busiest)})")
+        settled = median(rows, "pmtu_settled_ms")
+        if settled is not None:
+            notes.append(f"PMTU search settled {settled:.0f} ms into the outage (median)")
         notes += sorted({r["detail"] for r in rows if r.get("detail")})
         cells = (
             f"{'-' if gap is None else f'{gap:.0f}':>8} "

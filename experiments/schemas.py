@@ -55,6 +55,7 @@ def tables(*written: Table) -> dict[str, list[str]]:
     return {t.name: list(t.columns) for t in written}
 
 
+PMTU_COLUMNS = ("pmtu_suspected_ms", "pmtu_fell_ms", "pmtu_settled_ms")
 FAILOVER = Table(
     "failover",
     (
@@ -81,6 +82,11 @@ FAILOVER = Table(
         # what the kernel's TCP_INFO gives on the MPTCP socket, one subflow's count)
         "inner_retransmits",
         "ablation_off",  # the mechanism an ablation variant turns off ("none": all on; "": none)
+        # with path MTU discovery (limits.pmtu_discovery): when, from the outage's start, the
+        # concentrator suspected a black hole, found its size no longer carried (fell to 1200)
+        # and settled on a new size (tunnel/protocol/pmtu.py BlackHoleEpisode; its first
+        # suspicion in the outage that fell, else its first); empty: none, or no discovery
+        *PMTU_COLUMNS,
         "detail",
         *CPU_COLUMNS,
     ),
@@ -90,6 +96,7 @@ FAILOVER = Table(
         "goodput_after_gap_mbps",
         "inner_retransmits",
         "ablation_off",
+        *PMTU_COLUMNS,
         "detail",
         *CPU_COLUMNS,
     ),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import os
 import sys
 import time
@@ -480,10 +481,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "fidelity":
         _require_root("fidelity")
-        from testbed.fidelity import format_table, run_benchmark
+        from experiments.text_columns import align
+        from testbed.fidelity import run_benchmark
 
         path = run_benchmark(args.backend, args.out)
-        print(format_table(path))
+        with open(path) as f:
+            print("\n".join(align(list(csv.reader(f)))))
         print(f"written to {path}")
         return 0
     _require_root("up")

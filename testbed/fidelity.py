@@ -400,10 +400,3 @@ def run_benchmark(backend: str = "auto", out_root: Path = RESULTS_ROOT / "fideli
             writer.writerow(asdict(row))
     (out_dir / "meta.json").write_text(json.dumps({"baseline_rtt_ms": base, **meta}, indent=1))
     return path
-
-
-def format_table(path: Path) -> str:
-    with open(path) as f:
-        rows = list(csv.reader(f))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

@@ -11,6 +11,7 @@ smaller budget (Packet Too Big), so that an inner TCP download carries on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,6 +66,7 @@ def test_a_silent_mtu_drop_is_found_and_inner_tcp_carries_on(lab: Lab, dep: Qtun
     assert before is not None and before["black_holes"] == 0
     wifi = lab.shaper("wifi")
     assert isinstance(wifi, WireShaper)  # the lab fixture skips without it
+    shrunk_at = time.monotonic()
     wifi.set("both", mtu_bytes=LINK_MTU)
     try:
         with iperf3_server(lab, IPERF_PORT, idle_timeout_s=60):
@@ -86,6 +88,11 @@ def test_a_silent_mtu_drop_is_found_and_inner_tcp_carries_on(lab: Lab, dep: Qtun
     assert after is not None
     assert UDP_PAYLOAD_LIMIT - 8 <= after["datagram_size"] <= UDP_PAYLOAD_LIMIT
     assert drops > 0  # the black hole was there, and the size was found through it
+    # its times, in the programs' CLOCK_MONOTONIC (what the failover experiment's pmtu_*_ms
+    # columns are made of): suspected after the shrink, fell to the base, settled after
+    episode = next(e for e in after["black_hole_episodes"] if e["fell_at"] is not None)
+    assert shrunk_at < episode["suspected_at"] < episode["fell_at"] < episode["settled_at"]
+    assert episode["settled_at"] < time.monotonic()
     assert first > 0 and second > 0
     conc_client = dep.status(dep.concentrator)["clients"][0]
     assert int(conc_client["counters"].get("packet_too_big_sent", 0)) > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+import pytest
 from aioquic.quic.events import DatagramFrameReceived
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,9 +15,11 @@ from tests.unit.quic_harness import Network, Path, make_configs
 from tunnel.protocol.pmtu import (
     BASE_PLPMTU,
     BLACK_HOLE_LOSSES,
+    EPISODES_KEPT,
     MAX_PROBES,
     RAISE_INTERVAL,
     SEARCH_GRANULARITY,
+    BlackHoleEpisode,
     PmtuSearch,
     PmtuState,
 )
@@ -119,13 +122,36 @@ def test_large_losses_in_a_row_make_the_size_confirmed_again() -> None:
     search.large_lost(BLACK_HOLE_LOSSES - 1, 1.0)
     search.large_acked()  # one got through: the streak is over
     search.large_lost(BLACK_HOLE_LOSSES - 1, 2.0)
-    assert search.state is PmtuState.COMPLETE
+    assert search.state is PmtuState.COMPLETE and search.black_hole is None
     search.large_lost(1, 3.0)
     assert search.state is PmtuState.CONFIRMING and search.probe_due(3.0) == CEILING
+    assert search.black_hole == BlackHoleEpisode(suspected_at=3.0)
     # the path now carries 1300: the confirmation fails, the search finds it
-    run_search(search, 1300, now=3.0)
+    end = run_search(search, 1300, now=3.0)
     assert 1300 - SEARCH_GRANULARITY <= search.size <= 1300
     assert search.counters.black_holes == 1
+    # MAX_PROBES probes lost at the old size (a timeout each), then the search to its end
+    episode = search.black_hole
+    assert episode is not None and episode.fell_at == pytest.approx(3.0 + MAX_PROBES * TIMEOUT)
+    assert episode.settled_at == end
+
+
+def test_a_suspicion_the_confirmation_clears_is_settled_without_a_fall() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    run_search(search, CEILING)
+    search.large_lost(BLACK_HOLE_LOSSES, 2.0)  # congestion, not the size
+    run_search(search, CEILING, now=2.0)
+    assert search.size == CEILING and search.counters.black_holes == 0
+    assert search.black_hole == BlackHoleEpisode(2.0, fell_at=None, settled_at=2.0 + TIMEOUT / 2)
+    # a real one later: both stay in the status, up to EPISODES_KEPT
+    search.large_lost(BLACK_HOLE_LOSSES, 5.0)
+    run_search(search, 1300, now=5.0)
+    assert [e.fell_at is not None for e in search.episodes] == [False, True]
+    for at in range(EPISODES_KEPT):
+        search.large_lost(BLACK_HOLE_LOSSES, 10.0 + at)
+        run_search(search, 1300, now=10.0 + at)
+    assert [e.suspected_at for e in search.episodes] == [10.0 + at for at in range(EPISODES_KEPT)]
 
 
 def test_the_search_tries_upwards_again_after_the_raise_interval() -> None:
@@ -258,6 +284,9 @@ def test_a_black_hole_after_the_search_is_detected_from_the_losses() -> None:
     assert search is not None and search.counters.black_holes == 1
     net.run(3.0)
     assert search.state is PmtuState.COMPLETE
+    episode = search.black_hole
+    assert episode is not None and episode.fell_at is not None
+    assert episode.suspected_at < episode.fell_at < (episode.settled_at or 0.0) <= net.clock.now
     assert 1300 - SEARCH_GRANULARITY <= client._max_datagram_size <= 1300
 
 

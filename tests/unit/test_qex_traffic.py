@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from experiments import goodput
-from experiments.failover import FAILOVER_COLUMNS, TIMESERIES_COLUMNS, measure
+from experiments.failover import FAILOVER_COLUMNS, TIMESERIES_COLUMNS, measure, pmtu_columns
 from experiments.flows import TRAFFIC_SCRIPT as TRAFFIC
 from experiments.flows import Flow, flow_argv
 from experiments.runner import Point
-from experiments.schemas import GOODPUT, GOODPUT_TIMESERIES
+from experiments.schemas import GOODPUT, GOODPUT_TIMESERIES, PMTU_COLUMNS
 from experiments.traffic import (
     Samples,
     delivery_gap,
@@ -154,6 +154,26 @@ def test_goodput_after_the_gap_is_zero_when_only_the_repair_helped() -> None:
     assert row["gap_ms"] == pytest.approx(5000) and row["goodput_after_gap_mbps"] == 0.0
     assert row["ablation_off"] == "detection" and row["cpu_saturated"] is True
     assert list(row) == FAILOVER_COLUMNS
+
+
+def test_the_pmtu_columns_time_the_concentrators_first_black_hole_in_the_outage() -> None:
+    def episode(suspected: float, fell: float | None, settled: float | None) -> dict[str, object]:
+        return {"suspected_at": suspected, "fell_at": fell, "settled_at": settled}
+
+    def status(*episodes: dict[str, object]) -> dict[str, object]:
+        pmtu = {"datagram_size": 1365, "black_hole_episodes": list(episodes)}
+        no_pmtu = {"access_id": "5g", "pmtu": None}
+        return {"clients": [{"connections": [no_pmtu, {"access_id": "wifi", "pmtu": pmtu}]}]}
+
+    before = episode(90.0, 90.1, 90.2)  # before the outage: not this outage's
+    false_alarm = episode(100.05, None, 100.1)
+    real = episode(100.2, 100.5, 100.9)
+    row = pmtu_columns(status(before, false_alarm, real), outage_at=100.0)
+    assert row == {"pmtu_suspected_ms": 200.0, "pmtu_fell_ms": 500.0, "pmtu_settled_ms": 900.0}
+    # only a false alarm: its own times, with no fall
+    assert pmtu_columns(status(false_alarm), 100.0)["pmtu_fell_ms"] is None
+    assert pmtu_columns(status(before), 100.0) == dict.fromkeys(PMTU_COLUMNS)
+    assert pmtu_columns({"clients": []}, 100.0) == dict.fromkeys(PMTU_COLUMNS)
 
 
 def _free_port(kind: int) -> int:

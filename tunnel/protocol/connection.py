@@ -491,6 +491,8 @@ class TunnelConnection:
             "largest_acked": search.low,
             "smallest_lost": search.high if search.high <= search.ceiling else None,
             **asdict(search.counters),
+            # the latest black hole suspicions' times (CLOCK_MONOTONIC s, as time.monotonic())
+            "black_hole_episodes": [asdict(episode) for episode in search.episodes],
         }
 
     @property

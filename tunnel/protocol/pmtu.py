@@ -36,6 +36,7 @@ outage or congestion must not pass for an MTU limit).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -46,6 +47,7 @@ RAISE_INTERVAL: Final = 600.0  # seconds, RFC 8899 §5.1.1 PMTU_RAISE_TIMER
 SEARCH_GRANULARITY: Final = 8  # bytes: the search ends when its interval is this narrow
 BLACK_HOLE_LOSSES: Final = 8  # large packets lost in a row before the size is confirmed again
 MIN_PROBE_TIMEOUT: Final = 0.05  # seconds a probe waits for its ACK at least
+EPISODES_KEPT: Final = 8  # black hole suspicions whose times the status shows
 
 
 class PmtuState(Enum):
@@ -80,6 +82,19 @@ class PmtuCounters:
 
 
 @dataclass
+class BlackHoleEpisode:
+    """When the latest black hole suspicion (§4.3) went through its steps, in the connection's
+    clock (the programs': CLOCK_MONOTONIC, so a script on the same machine compares them with
+    its own time.monotonic()). What a failover experiment splits a PMTU outage's gap with:
+    detection (the hole's start to `suspected_at`), confirmation (to `fell_at`), search (to
+    `settled_at`), and the inner traffic's own recovery after it."""
+
+    suspected_at: float  # BLACK_HOLE_LOSSES large packets lost: the size is confirmed again
+    fell_at: float | None = None  # the confirmation failed: the size fell to the base
+    settled_at: float | None = None  # the confirmation passed or the search that followed ended
+
+
+@dataclass
 class PmtuSearch:
     """The search of one connection's path (see the module docstring). `ceiling`: the largest
     UDP payload ever tried (the configured datagram size)."""
@@ -92,6 +107,9 @@ class PmtuSearch:
     low: int = 0  # the largest size acknowledged (or the base)
     high: int = 0  # the smallest size that failed (ceiling + 1: none)
     counters: PmtuCounters = field(default_factory=PmtuCounters)
+    # the latest suspicions' times, oldest first (a false alarm after a real black hole must
+    # not hide it from a script that reads the status after an outage)
+    episodes: deque[BlackHoleEpisode] = field(default_factory=lambda: deque(maxlen=EPISODES_KEPT))
     _probe: _Probe | None = None
     _failures: int = 0  # lost probes of the size under test
     _next_at: float | None = None  # when the next probe (or search) may start
@@ -118,6 +136,11 @@ class PmtuSearch:
         self.high = self.ceiling + 1
         self._set_size(self.base)
         self._confirm(None, self.ceiling)
+
+    @property
+    def black_hole(self) -> BlackHoleEpisode | None:
+        """The latest black hole suspicion (None: none yet)."""
+        return self.episodes[-1] if self.episodes else None
 
     @property
     def admitted(self) -> int:
@@ -200,6 +223,9 @@ class PmtuSearch:
         if self.state is PmtuState.CONFIRMING:
             # the target is not carried (§4.3): back to the size every path carries
             self.counters.black_holes += 1
+            episode = self.black_hole
+            if episode is not None and episode.settled_at is None:
+                episode.fell_at = now
             self.low = self.base
             self._set_size(self.base)
             self.state = PmtuState.SEARCHING
@@ -215,6 +241,7 @@ class PmtuSearch:
             and self.size > self.base
         ):
             self._large_lost = 0
+            self.episodes.append(BlackHoleEpisode(suspected_at=now))
             self._confirm(now, self.size)
 
     def large_acked(self) -> None:
@@ -251,5 +278,8 @@ class PmtuSearch:
 
     def _complete(self, now: float) -> None:
         self.state = PmtuState.COMPLETE
+        episode = self.black_hole
+        if episode is not None and episode.settled_at is None:
+            episode.settled_at = now
         self._large_lost = 0
         self._next_at = now + RAISE_INTERVAL if self.size < self.ceiling else None
