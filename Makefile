@@ -87,8 +87,10 @@ demo: venv $(NATIVE)
 	$(VENV)/bin/qtlab demo
 
 # Goodput of plain, tunnel, session and stream mode per link profile: results/bench/<ts>/bench.csv.
+# Its options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--rate 1.2 --reverse".
+BENCH_ARGS ?=
 bench: venv $(NATIVE)
-	$(PY) -m experiments.bench
+	$(PY) -m experiments.bench $(BENCH_ARGS)
 
 # Soak and fault (about 12 minutes): 20 clients in every mode with checked transfers for 10
 # minutes, link flaps, WiFi blackholes, a SIGKILLed concentrator and a hostile client at once;
@@ -101,7 +103,8 @@ soak: venv $(NATIVE)
 fuzz: venv $(NATIVE)
 	$(VENV)/bin/qtlab run fuzz --config experiments/configs/fuzz.toml
 
-# Run every notebook on the latest results, headless: figures in results/figures/.
+# Run every notebook on the runs results/figures/runs.toml names, headless: figures in
+# results/figures/.
 # (The venv's kernel runs the first `python` on PATH, hence the PATH.)
 notebooks: venv
 	cd notebooks && for nb in *.ipynb; do PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ../$(VENV)/bin/jupyter execute "$$nb" || exit 1; done
