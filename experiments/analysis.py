@@ -48,11 +48,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from experiments.run_meta import ResultsError as ResultsError  # re-exported
+from experiments.run_meta import read_run_meta
 from experiments.schemas import TABLES
 from experiments.traffic import jain_index
 from experiments.video_abr import LADDER_MBPS
 from testbed.paths import FIGURES_DIR, RESULTS_ROOT
-from tunnel.user_error import UserError
+from tunnel.user_error import UsageError
 
 RUN_DIR_PATTERN = re.compile(r"^\d{8}-\d{6}$")
 
@@ -80,10 +82,6 @@ VARIANT_ORDER = (
 FIVEG_REFERENCE = "plain-5g"
 CPU_MARK = "CPU ≥ 90 % of a core"
 MODE_ORDER = ("plain", "tunnel", "session", "stream", "wireguard", "masque")
-
-
-class ResultsError(UserError):
-    """Results are missing or do not follow the schema; the message is one sentence."""
 
 
 # -- locating runs ---------------------------------------------------------------------------
@@ -158,14 +156,8 @@ def pinned_run(name: str, root: Path = RESULTS_ROOT) -> Path | None:
 
 
 def load_meta(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "meta.json"
-    try:
-        meta: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ResultsError(f"{path} is missing: is {run_dir} a results run directory?") from None
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
-    return meta
+    """A run's meta.json (experiments/run_meta.py: one sentence if it is not a run)."""
+    return read_run_meta(run_dir)
 
 
 # -- loaders ---------------------------------------------------------------------------------
@@ -1828,7 +1820,13 @@ FIGURES: dict[str, Callable[[Path, Path], Path]] = {
 
 def figure_for_run(run_dir: Path, out_png: Path | None = None) -> Path:
     """`qtlab figure RUN_DIR`: the figure of a run of any experiment that has one, by the
-    experiment named in its meta.json; by default RUN_DIR/<experiment>.png."""
+    experiment named in its meta.json; by default RUN_DIR/<experiment>.png (an SVG is written
+    next to the PNG)."""
+    if out_png is not None and Path(out_png).suffix.lower() != ".png":
+        raise UsageError(
+            f"--out {out_png}: give a .png path (the figure is written as PNG, and as SVG "
+            "next to it)."
+        )
     experiment = str(load_meta(run_dir).get("experiment", ""))
     draw = FIGURES.get(experiment)
     if draw is None:
@@ -1836,7 +1834,16 @@ def figure_for_run(run_dir: Path, out_png: Path | None = None) -> Path:
             f"{run_dir} is a run of {experiment or 'no experiment'!r}, which has no figure; "
             f"figures exist for {', '.join(sorted(FIGURES))}."
         )
+    table = Path(run_dir) / f"{experiment}.csv"
+    if table.is_file() and not _has_rows(table):
+        raise ResultsError(f"{table} has no rows: the run measured nothing to draw.")
     return draw(Path(run_dir), out_png or Path(run_dir) / f"{experiment}.png")
+
+
+def _has_rows(path: Path) -> bool:
+    """Whether a CSV has a line after its header."""
+    with open(path, "rb") as f:
+        return len([line for _, line in zip(range(2), f, strict=False) if line.strip()]) > 1
 
 
 # -- notebooks -------------------------------------------------------------------------------

@@ -56,11 +56,12 @@ from experiments.profile_stacks import py_spy, recording
 from experiments.runner import git_state, software_versions, write_meta
 from experiments.text_columns import align
 from experiments.variants import OpenVpn, WireGuard
-from testbed.hosts import Node
+from testbed.hosts import Node, check_congestion_control
 from testbed.lab import Lab, LabError
 from testbed.paths import RESULTS_ROOT
 from testbed.profiles import PROFILES, profile
 from testbed.qtun import CONCENTRATOR_TUN_V4, QtunDeployment, QtunError, TunnelSpec
+from testbed.shaping import BACKENDS
 from tunnel.user_error import RuntimeFailure, UsageError, run_command
 
 IPERF_PORT = 5201
@@ -529,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         help="modes, comma-separated",
     )
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="results root")
-    parser.add_argument("--backend", default="auto", help="shaping backend: auto, netem, wire")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="shaping backend")
     parser.add_argument("--cc", default="cubic", help="TCP congestion control of h1 and h2")
     parser.add_argument(
         "--reverse",
@@ -561,6 +562,7 @@ def _bench(args: argparse.Namespace) -> int:
     modes = _names(args.modes, list(MODES), "mode")
     if os.geteuid() != 0:
         raise RuntimeFailure("not root: run it as root (it builds Mininet hosts)")
+    check_congestion_control(args.cc)  # before the lab is built for it
     transfer = Transfer(args.seconds, args.reverse, args.rate)
     if args.profile:
         py_spy()  # missing: say so before building the lab

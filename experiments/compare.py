@@ -40,6 +40,7 @@ from experiments.analysis import (
 )
 from experiments.text_columns import align
 from experiments.traffic import jain_index
+from tunnel.user_error import UsageError
 
 VERDICTS = ("same", "higher", "lower", "too few runs")
 SCALE_KEYS = ("mode", "workers", "clients_per_process", "conc_txqueuelen", "clients")
@@ -116,6 +117,10 @@ def _cells(points: pd.DataFrame, keys: Sequence[str]) -> dict[tuple[str, ...], p
     return cells
 
 
+class CompareError(UsageError):
+    """Runs or a metric `qtlab compare` was given that it cannot compare; one sentence."""
+
+
 def compare_points(
     before: pd.DataFrame,
     after: pd.DataFrame,
@@ -165,29 +170,29 @@ def compare_runs(
     before_dir: Path, after_dir: Path, metric: str | None = None
 ) -> tuple[str, pd.DataFrame]:
     """The experiment both runs are of, and compare_points of its cells (the experiment's first
-    metric unless `metric` names another). ResultsError, one sentence, for two different
-    experiments, one this cannot compare, or an unknown metric."""
+    metric unless `metric` names another). CompareError (exit 2), one sentence, for two different
+    experiments, one this cannot compare, an unknown metric, or runs that share no cell."""
     names = [str(load_meta(d).get("experiment", "")) for d in (before_dir, after_dir)]
     if names[0] != names[1]:
-        raise ResultsError(
+        raise CompareError(
             f"{before_dir} is a {names[0] or 'unnamed'} run and {after_dir} a "
             f"{names[1] or 'unnamed'} run: compare two runs of the same experiment."
         )
     measure = MEASURES.get(names[0])
     if measure is None:
-        raise ResultsError(
+        raise CompareError(
             f"qtlab compare knows the {', '.join(sorted(MEASURES))} experiments, not "
             f"{names[0]!r}: compare its CSVs with experiments.compare.compare_points."
         )
     metric = metric or measure.metrics[0]
     if metric not in measure.metrics:
-        raise ResultsError(
+        raise CompareError(
             f"{metric!r} is not one of the {names[0]} experiment's compared metrics: pick one "
             f"of {', '.join(measure.metrics)}."
         )
     table = compare_points(measure.load(before_dir), measure.load(after_dir), measure.keys, metric)
     if table.empty:
-        raise ResultsError(
+        raise CompareError(
             f"{before_dir} and {after_dir} share no cell ({', '.join(measure.keys)}): they "
             "measured different parameters."
         )
@@ -233,10 +238,15 @@ def format_comparison(table: pd.DataFrame) -> str:
 
 def compare_from_args(before: Path, after: Path, metric: str | None, csv: Path | None) -> int:
     """`qtlab compare`: print the comparison (and write it as CSV when asked)."""
+    if csv is not None and csv.is_dir():
+        raise CompareError(f"--csv {csv} is a directory: give the path of a file to write.")
     _, table = compare_runs(before, after, metric)
     print(format_comparison(table))
     if csv is not None:
-        csv.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(csv, index=False)
+        try:
+            csv.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(csv, index=False)
+        except OSError as exc:
+            raise ResultsError(f"cannot write --csv {csv} ({exc.strerror}).") from None
         print(f"compare: {csv}")
     return 0

@@ -55,16 +55,33 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
+from experiments.run_meta import read_run_meta
 from experiments.text_columns import align
+from testbed.hosts import CongestionControlError, check_congestion_control
 from testbed.paths import EXPERIMENT_CONFIGS, REPO_ROOT
 from testbed.paths import RESULTS_ROOT as RESULTS_ROOT  # re-exported: the CLIs default to it
+from testbed.profiles import ProfileError, profile
 from testbed.scenario import Scenario, load_scenario, shipped_scenarios
+from testbed.shaping import BACKENDS
 from testbed.topologies import ACCESSES
 from tunnel.user_error import RuntimeFailure, UsageError, run_command
 
 Row = dict[str, Any]
 Params = dict[str, Any]
 S = TypeVar("S")  # an experiment's session state
+
+
+# More runs per point than any sweep needs (the full ones have 5-10): a typo such as 100000000
+# would only build a list of points too long for the memory.
+MAX_RUNS = 1000
+TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
 
 
 class ExperimentError(UsageError):
@@ -232,14 +249,37 @@ def resolve_params(
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, want):
-                raise ExperimentError(f"parameter {key} must be a {want.__name__}, not {value!r}.")
+                kind = TYPE_NAMES.get(want, want.__name__)
+                raise ExperimentError(f"parameter {key} must be {kind}, not {value!r}.")
             if isinstance(value, dict):
                 value = _merge_table(params[key], value, deep)
             params[key] = value
     params["quick"] = quick
-    if int(params.get("runs", 1)) < 1:
-        raise ExperimentError("runs must be at least 1.")
+    if not 1 <= int(params.get("runs", 1)) <= MAX_RUNS:
+        raise ExperimentError(f"runs must be between 1 and {MAX_RUNS}.")
     return params
+
+
+def check_lab_params(params: Params, kernel: bool = True) -> None:
+    """The lab parameters experiments share, checked before a run directory is made or a lab
+    built: the shaping `backend`, the link profiles (`*_profile`), and with `kernel` (which
+    may load a module: root) the hosts' TCP congestion control (`congestion_control`, `cc`)."""
+    backend = params.get("backend")
+    if isinstance(backend, str) and backend not in BACKENDS:
+        raise ExperimentError(
+            f"parameter backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}."
+        )
+    for key, value in params.items():
+        if key.endswith("_profile") and isinstance(value, str):
+            try:
+                profile(value)
+            except ProfileError as exc:
+                raise ExperimentError(f"parameter {key}: {exc}") from None
+        if kernel and key in ("congestion_control", "cc") and isinstance(value, str) and value:
+            try:
+                check_congestion_control(value)
+            except CongestionControlError as exc:
+                raise ExperimentError(f"parameter {key}: {exc}") from None
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -449,6 +489,9 @@ def execute(
     run elsewhere through the same function and are merged into one run directory.
     `scenario_text`: a recorded scenario's text (run_experiment), replayed here only."""
     if executor is None:
+        # a mistake in the parameters is said before "needs root"
+        check_lab_params(params, kernel=False)
+        exp.points(params)
         if exp.session is not None and os.geteuid() != 0:
             raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
         return run_experiment(exp, params, shard, resume, root, progress, extra_meta, scenario_text)
@@ -481,13 +524,12 @@ def run_experiment(
     if resume is not None and scenario_text is None:
         scenario_text = recorded_scenario_text(resume)
     scenario = scenario_for_run(exp, params, scenario_text)
+    check_lab_params(params)
     all_points = exp.points(params)
     mine = shard_points(all_points, shard)
     if resume is not None:
-        if not (resume / "meta.json").exists():
-            raise ExperimentError(f"--resume {resume}: no meta.json there; give a run directory.")
         run_dir = resume
-        meta = json.loads((resume / "meta.json").read_text())
+        meta = read_run_meta(resume)
         if meta.get("experiment") != exp.name:
             raise ExperimentError(f"--resume {resume}: that is a {meta.get('experiment')} run.")
         commit, dirty = git_state()
@@ -811,12 +853,7 @@ def rerun(
     from its file. Here by default, whichever executor ran it (a distributed run records shard
     1/1: its whole sweep), or on `executor`."""
     meta_path = Path(run_dir) / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise ExperimentError(f"{meta_path} is missing: give a results run directory.") from None
-    except json.JSONDecodeError as exc:
-        raise ExperimentError(f"{meta_path} is not valid JSON ({exc.msg}).") from None
+    meta = read_run_meta(Path(run_dir))
     exp = get_experiment(str(meta.get("experiment", "")))
     recorded = meta.get("parameters")
     if not isinstance(recorded, dict):

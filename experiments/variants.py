@@ -86,7 +86,7 @@ from testbed.lab import Lab, LabError
 from testbed.profiles import LinkProfile
 from testbed.qtun import QTUN_PORT, QtunDeployment, TunnelSpec
 from testbed.topologies import ACCESSES, CONCENTRATOR_V4, SERVERS_V4, Access, Plan
-from tunnel.config_schema import unknown_settings
+from tunnel.config_schema import ConfigError, check_override_values, unknown_settings
 
 CLIENT = "c1"
 WG_PORT = 51820
@@ -537,6 +537,11 @@ class QtunVariant:
                 f'{", ".join(unknown)}: not a qtun setting (README "Configuration reference" '
                 "lists them); fix the experiment's config"
             )
+        try:
+            check_override_values(spec.client_overrides, ClientConfig)
+            check_override_values(spec.concentrator_overrides, ConcentratorConfig)
+        except ConfigError as exc:
+            return f"{exc}; fix the experiment's config"
         return None
 
 

@@ -306,7 +306,7 @@ def qtun_overrides(items: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     whose configuration has that setting (tunnel/config.py; `limits.congestion_control` both,
     `failback` the client only); a key neither has is a usage error."""
     from tunnel.config import ClientConfig, ConcentratorConfig
-    from tunnel.config_schema import unknown_settings
+    from tunnel.config_schema import check_override_values, unknown_settings
 
     client: list[str] = []
     concentrator: list[str] = []
@@ -321,9 +321,12 @@ def qtun_overrides(items: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
                 f"--set {key.strip()}: no qtun setting has that name; see the README's "
                 "configuration reference."
             )
+        # a value its setting does not take is said now, not by the programs once the lab is up
         if to_client:
+            check_override_values([item], ClientConfig)
             client.append(item)
         if to_concentrator:
+            check_override_values([item], ConcentratorConfig)
             concentrator.append(item)
     return tuple(client), tuple(concentrator)
 

@@ -150,18 +150,26 @@ def tshark_fields(
     lua_error = next((line for line in done.stderr.splitlines() if "Lua: Error" in line), None)
     if lua_error is not None:
         raise RuntimeFailure(f"tshark could not load {plugin}: {done.stderr.strip()}")
-    if done.returncode != 0:
-        last = done.stderr.strip().splitlines()[-1:] or ["no message"]
-        if "cut short" not in last[0]:
-            raise RuntimeFailure(f"tshark failed on {pcap} ({last[0]}): is it a readable pcap?")
-        if notes is not None:
-            notes.append(f"{pcap.name}: cut short in the middle of a packet, decoded up to there")
+    if not _read_to_the_end(pcap, done) and notes is not None:
+        notes.append(f"{pcap.name}: cut short in the middle of a packet, decoded up to there")
     packets = json.loads(done.stdout or "[]")
     return [packet["_source"]["layers"] for packet in packets]
 
 
+def _read_to_the_end(pcap: Path, done: subprocess.CompletedProcess[str]) -> bool:
+    """Whether tshark read all of `pcap`; False if the file was cut short (what was before the
+    cut is good); RuntimeFailure if tshark could not read it at all."""
+    if done.returncode == 0:
+        return True
+    last = done.stderr.strip().splitlines()[-1:] or ["no message"]
+    if "cut short" in last[0]:
+        return False
+    raise RuntimeFailure(f"tshark failed on {pcap} ({last[0]}): is it a readable pcap?")
+
+
 def first_packet_time(pcap: Path) -> float | None:
-    """Epoch time of the first packet of `pcap` (None if it holds none)."""
+    """Epoch time of the first packet of `pcap` (None if it holds none); RuntimeFailure if
+    it is not a capture tshark reads."""
     done = subprocess.run(
         [tshark_path(), "-n", "-r", str(pcap), "-c", "1", "-T", "fields", "-e", "frame.time_epoch"],
         capture_output=True,
@@ -170,6 +178,8 @@ def first_packet_time(pcap: Path) -> float | None:
         check=False,
     )
     text = done.stdout.strip()
+    if not text:
+        _read_to_the_end(pcap, done)
     return float(text) if text else None
 
 
@@ -204,6 +214,8 @@ def decode_directory(directory: Path) -> tuple[list[Message], float | None, list
         for pcap in pcaps:
             start = first_packet_time(pcap)
             if start is None:
+                if pcap.stat().st_size > 24:  # more than pcap's file header, and no packet
+                    warnings.append(f"{pcap.name}: no whole packet in it (cut short?)")
                 continue  # an empty capture: nothing went over that access
             starts.append(start)
             found = decode_pcap(pcap, keylog, access_name(pcap, directory), warnings)

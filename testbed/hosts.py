@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from tunnel.user_error import UsageError
 
 RUN_ROOT = Path(os.environ.get("QTLAB_RUN_ROOT", "/tmp/qtlab"))
 ALLOWED_CC_SYSCTL = "net.ipv4.tcp_allowed_congestion_control"
@@ -261,6 +264,29 @@ def _wait_ready(proc: HostProcess, ready: Callable[[], bool], fault: str, timeou
         time.sleep(0.02)
 
 
+class CongestionControlError(UsageError):
+    """A TCP congestion control this kernel does not have; str() is one sentence."""
+
+
+def check_congestion_control(algorithm: str) -> None:
+    """CongestionControlError unless the kernel has TCP congestion control `algorithm` (its
+    module is loaded if it is one): asked before a lab is built for it."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", algorithm):
+        raise CongestionControlError(
+            f"{algorithm!r} is not the name of a TCP congestion control (e.g. cubic, bbr, reno)."
+        )
+    available = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
+    if algorithm not in available:
+        with contextlib.suppress(OSError):
+            subprocess.run(["modprobe", f"tcp_{algorithm}"], check=False, capture_output=True)
+        available = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
+    if algorithm not in available:
+        raise CongestionControlError(
+            f"TCP congestion control {algorithm!r} is not in this kernel: choose one of "
+            f"{', '.join(available)} (or load its module, tcp_{algorithm})."
+        )
+
+
 def set_congestion_control(node: Node, algorithm: str, state: RunState) -> str:
     """Pin a node's TCP congestion control (namespaces inherit the host default, BBR here).
 
@@ -270,16 +296,7 @@ def set_congestion_control(node: Node, algorithm: str, state: RunState) -> str:
     """
     allowed = read_sysctl(ALLOWED_CC_SYSCTL).split()
     if algorithm not in allowed:
-        available = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
-        if algorithm not in available:
-            with contextlib.suppress(OSError):
-                subprocess.run(["modprobe", f"tcp_{algorithm}"], check=False, capture_output=True)
-            available = read_sysctl("net.ipv4.tcp_available_congestion_control").split()
-        if algorithm not in available:
-            raise ValueError(
-                f"TCP congestion control {algorithm!r} is not in this kernel "
-                f"(available: {' '.join(available)})."
-            )
+        check_congestion_control(algorithm)
         state.change_sysctl(ALLOWED_CC_SYSCTL, " ".join([*allowed, algorithm]))
     node.cmd(f"sysctl -q -w net.ipv4.tcp_congestion_control={algorithm}")
     return str(node.cmd("sysctl -n net.ipv4.tcp_congestion_control")).strip()

@@ -16,7 +16,13 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from testbed.hosts import Node, ProcessManager, RunState, set_congestion_control
+from testbed.hosts import (
+    Node,
+    ProcessManager,
+    RunState,
+    check_congestion_control,
+    set_congestion_control,
+)
 from testbed.shaping import Backend, LinkShaper, NetemShaper, WireShaper, resolve_backend
 from testbed.topologies import Access, LabTopo, make_topology
 from tunnel.user_error import RuntimeFailure
@@ -44,6 +50,8 @@ class Lab:
             make_topology(topology, **topo_params) if isinstance(topology, str) else topology
         )
         self.plan = self.topo.plan
+        if congestion_control:
+            check_congestion_control(congestion_control)  # before anything is built for it
         self.requested_backend = backend
         self.backend: Backend | None = None
         self.state = RunState()

@@ -38,7 +38,7 @@ from ipaddress import (
     ip_network,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_type_hints
 
 from tunnel.user_error import UsageError
 
@@ -727,6 +727,33 @@ def load_toml(text: str, source: str, overrides: Sequence[str]) -> dict[str, Any
     return data
 
 
+def override_value(text: str) -> Any:
+    """The value of a "key=value" override: TOML if it reads as TOML, else the bare text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+
+
+def check_override_values(overrides: Sequence[str], config: type[DataclassInstance]) -> None:
+    """ConfigError for the first `--set key=value` whose value its setting of `config` does not
+    take (checked alone: what two keys must agree on is the program's to say); keys `config`
+    lacks are unknown_settings' to find. So that `qtlab up --set` refuses a wrong value before
+    a lab is built for it."""
+    settings = {key: entry for key, entry in walk(config) if isinstance(entry.declaration, Setting)}
+    for override in overrides:
+        key, _, text = override.partition("=")
+        key = key.strip()
+        pattern = ".".join("N" if part.isdigit() else part for part in key.split("."))
+        entry = settings.get(pattern)
+        if entry is None:
+            continue
+        kind = cast(Setting, entry.declaration).kind
+        value = override_value(text)
+        if not kind.absent(value):
+            kind.read(key, value, Path.cwd())
+
+
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Set one "dotted.key=value" override in the parsed TOML `data` (in place)."""
     key, sep, text = item.partition("=")
@@ -735,10 +762,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ConfigError(
             f"override {item!r} is not key=value: write it like concentrator.port=4433"
         )
-    try:
-        value: Any = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
+    value = override_value(text)
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):

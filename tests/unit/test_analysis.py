@@ -14,6 +14,7 @@ from matplotlib.transforms import Bbox, BboxBase
 
 from experiments import analysis
 from experiments.analysis import ResultsError
+from experiments.run_meta import RunDirError
 from experiments.runner import get_experiment
 from experiments.schemas import AGGREGATION, CPU_COLUMNS, FAILOVER, GOODPUT, TABLES, Table
 
@@ -96,11 +97,21 @@ def test_resolve_run_default_given_and_missing(tmp_path: Path) -> None:
 
 
 def test_load_meta_errors_are_one_sentence(tmp_path: Path) -> None:
-    with pytest.raises(ResultsError, match=r"meta\.json is missing"):
+    """What `qtlab figure`, `compare`, `rerun` and `run --resume` say of a path that is not a
+    run directory (experiments/run_meta.py), with exit code 2."""
+    with pytest.raises(RunDirError, match=r"meta\.json is missing") as caught:
         analysis.load_meta(tmp_path)
+    assert caught.value.exit_code == 2
     (tmp_path / "meta.json").write_text("{not json")
-    with pytest.raises(ResultsError, match="not valid JSON"):
+    with pytest.raises(RunDirError, match="not valid JSON"):
         analysis.load_meta(tmp_path)
+    (tmp_path / "meta.json").write_text("[1, 2]")
+    with pytest.raises(RunDirError, match="holds no JSON object"):
+        analysis.load_meta(tmp_path)
+    with pytest.raises(RunDirError, match="is not a directory"):
+        analysis.load_meta(tmp_path / "meta.json")
+    with pytest.raises(RunDirError, match="does not exist"):
+        analysis.load_meta(tmp_path / "nowhere")
 
 
 # -- loaders ---------------------------------------------------------------------------------

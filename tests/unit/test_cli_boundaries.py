@@ -133,6 +133,7 @@ def test_no_command_catches_a_bare_runtime_error_as_a_user_error() -> None:
 
 def test_the_exit_code_follows_the_kind_of_mistake() -> None:
     from experiments.analysis import ResultsError
+    from experiments.run_meta import RunDirError
     from experiments.runner import ExperimentError
     from testbed.fidelity import FidelityError
     from testbed.lab import LabError
@@ -142,7 +143,7 @@ def test_the_exit_code_follows_the_kind_of_mistake() -> None:
     from testbed.topologies import TopologyError
     from tunnel.config import ConfigError
 
-    usage = [ConfigError, ExperimentError, ProfileError, TopologyError]
+    usage = [ConfigError, ExperimentError, ProfileError, TopologyError, RunDirError]
     runtime = [FidelityError, LabError, QtunError, ShapingError, ResultsError]
     assert [e.exit_code for e in usage] == [EXIT_USAGE] * len(usage)
     assert [e.exit_code for e in runtime] == [EXIT_RUNTIME] * len(runtime)

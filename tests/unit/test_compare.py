@@ -10,8 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from experiments.analysis import ResultsError
-from experiments.compare import MEASURES, compare_points, compare_runs, format_comparison
+from experiments.compare import (
+    MEASURES,
+    CompareError,
+    compare_points,
+    compare_runs,
+    format_comparison,
+)
 from experiments.schemas import TABLES
 from testbed import cli
 
@@ -135,19 +140,22 @@ def test_what_cannot_be_compared_is_one_sentence(tmp_path: Path, capsys: Any) ->
     other = tmp_path / "f"
     other.mkdir()
     (other / "meta.json").write_text(json.dumps({"experiment": "fuzz"}))
-    with pytest.raises(ResultsError, match="compare two runs of the same experiment"):
+    with pytest.raises(CompareError, match="compare two runs of the same experiment"):
         compare_runs(agg, other)
-    with pytest.raises(ResultsError, match="knows the aggregation, failover, goodput, scale"):
+    with pytest.raises(CompareError, match="knows the aggregation, failover, goodput, scale"):
         compare_runs(other, other)
-    with pytest.raises(ResultsError, match="pick one of goodput_mbps, ratio"):
+    with pytest.raises(CompareError, match="pick one of goodput_mbps, ratio"):
         compare_runs(agg, agg, "gap_ms")
     shifted = make_run(tmp_path, "c", "aggregation", [
         {**row, "variant": "mptcp"} for row in aggregation_rows(TEN)
     ])  # fmt: skip
-    with pytest.raises(ResultsError, match="share no cell"):
+    with pytest.raises(CompareError, match="share no cell"):
         compare_runs(agg, shifted)
-    assert cli.main(["compare", str(agg), str(tmp_path / "nothing")]) == 1
-    assert "meta.json is missing" in capsys.readouterr().err
+    assert cli.main(["compare", str(agg), str(tmp_path / "nothing")]) == 2
+    assert "nothing does not exist" in capsys.readouterr().err
+    assert cli.main(["compare", str(agg), str(agg), "--metric", "gap_ms"]) == 2
+    assert cli.main(["compare", str(agg), str(agg), "--csv", str(tmp_path)]) == 2
+    assert "is a directory: give the path of a file" in capsys.readouterr().err
 
 
 def test_every_measure_names_columns_of_its_table() -> None:

@@ -1,14 +1,16 @@
-"""testbed/decode.py without tshark: what it takes from a capture directory, how it merges the
-keylogs and lays out its lines (the decoding itself: tests/integration/test_dissector.py)."""
+"""testbed/decode.py: what it takes from a capture directory, how it merges the keylogs and lays
+out its lines, what it says of a file that is no capture (tshark, which `make deps` installs);
+the decoding itself: tests/integration/test_dissector.py."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from testbed.decode import Message, find_inputs, format_lines, merge_keylogs
-from tunnel.user_error import UsageError
+from testbed.decode import Message, decode_directory, find_inputs, format_lines, merge_keylogs
+from tunnel.user_error import RuntimeFailure, UsageError
 
 SECRET = b"CLIENT_TRAFFIC_SECRET_0 " + b"ab" * 32 + b" " + b"cd" * 32
 
@@ -67,3 +69,16 @@ def test_lines_are_relative_to_the_first_packet_and_aligned() -> None:
     ]
     assert len({line.index(line.split()[1]) for line in lines}) == 1  # one access column
     assert format_lines(messages, 100.0, absolute=True)[0].split()[0] == "time"
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed: make deps")
+def test_a_file_that_is_no_capture_is_one_sentence_and_an_empty_one_is_skipped(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "c1.keys").write_bytes(SECRET + b"\n")
+    (tmp_path / "wifi.pcap").write_bytes(b"\xd4\xc3\xb2\xa1\x02\x00")  # cut short in its header
+    messages, start, warnings = decode_directory(tmp_path)
+    assert messages == [] and start is None and warnings == []
+    (tmp_path / "5g.pcap").write_bytes(b"not a pcap")
+    with pytest.raises(RuntimeFailure, match=r"tshark failed on .*5g\.pcap .*readable pcap\?$"):
+        decode_directory(tmp_path)

@@ -77,7 +77,8 @@ def test_refuses_to_overwrite_without_force(certs: Path) -> None:
         (["--clients", "ca"], "client name 'ca' is invalid"),
         (["--clients", "a", "a"], "client names repeat"),
         (["--concentrator-address", "10.0.0.300"], "give --concentrator-address as an IP"),
-        (["--days", "0"], "--days 0 is not positive"),
+        (["--days", "0"], "--days 0 is out of range: give a number of days from 1 to 36500"),
+        (["--days", "99999999"], "--days 99999999 is out of range"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

@@ -210,6 +210,10 @@ def test_extends_appends_overrides_and_unknown_settings_skip() -> None:
     assert child.turns_off == "x" and parsed["plain-child"].turns_off == ""  # not inherited
     assert "limits.no_such_key: not a qtun setting" in str(child.not_ready())
     assert parsed["base"].not_ready() is None
+    wrong_value = variants.parse_qtun_variants(
+        {"v": {"mode": "tunnel", "client": ["limits.probe_interval=-1"]}}, "test"
+    )["v"]
+    assert "limits.probe_interval = -1 is not" in str(wrong_value.not_ready())
     # every shipped variant names real settings and schedulers: none is skipped
     params = resolve_params(failover.EXPERIMENT)
     for name in failover.qtun_variants(params):

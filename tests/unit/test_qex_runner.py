@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from experiments.run_meta import RunDirError
 from experiments.runner import (
     Context,
     Experiment,
     ExperimentError,
     Point,
     PointResult,
+    check_lab_params,
     parse_shard,
     parse_value,
     point_seed,
@@ -84,14 +86,38 @@ def test_parameters_layer_defaults_quick_config_runs_and_sets(tmp_path: Path) ->
     ("sets", "message"),
     [
         (["nope=1"], "unknown parameter"),
-        (["runs=many"], "must be a int"),
-        (["runs=0"], "at least 1"),
+        (["runs=many"], "must be an integer"),
+        (["runs=0"], "between 1 and 1000"),
+        (["runs=100000000"], "between 1 and 1000"),
         (["justakey"], "write key=value"),
     ],
 )
 def test_bad_parameters_get_one_sentence(sets: list[str], message: str) -> None:
     with pytest.raises(ExperimentError, match=message):
         resolve_params(toy([]), sets=sets)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"backend": "bogus"}, "parameter backend: unknown backend 'bogus'; choose one of auto"),
+        ({"wifi_profile": "nosuch"}, "parameter wifi_profile: unknown link profile 'nosuch'"),
+        ({"congestion_control": "no such"}, "is not the name of a TCP congestion control"),
+        ({"cc": "bogus"}, "parameter cc: TCP congestion control 'bogus' is not in this kernel"),
+    ],
+)
+def test_lab_parameters_are_checked_before_anything_is_made(
+    tmp_path: Path, params: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ExperimentError, match=message) as caught:
+        check_lab_params(params)
+    assert caught.value.exit_code == 2
+    exp = toy([])
+    exp.defaults = {**DEFAULTS, **dict.fromkeys(params, "")}
+    with pytest.raises(ExperimentError, match=message):
+        run_experiment(exp, {**resolve_params(exp), **params}, root=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no run directory left behind
+    check_lab_params({"backend": "wire", "wifi_profile": "lte", "cc": "cubic"})
 
 
 def test_bad_config_file_is_named(tmp_path: Path) -> None:
@@ -118,7 +144,7 @@ def test_table_parameters_merge_per_entry(tmp_path: Path) -> None:
     config.write_text('[toy.qtun.a]\nscheduler = "wrr"\n')  # a file's entry replaces it
     assert resolve_params(exp, config=config)["qtun"]["a"] == {"scheduler": "wrr"}
     assert exp.defaults["qtun"]["a"]["client"] == ["x=1"]  # defaults never mutated
-    with pytest.raises(ExperimentError, match="must be a dict"):
+    with pytest.raises(ExperimentError, match="must be a table"):
         resolve_params(exp, sets=["qtun=3"])
     with pytest.raises(ExperimentError, match="is given a value and keys"):
         resolve_params(exp, sets=["qtun.a=1", "qtun.a.mode=x"])
@@ -231,7 +257,10 @@ def test_shards_of_one_sweep_add_up(tmp_path: Path) -> None:
 
 def test_resume_refuses_a_wrong_directory(tmp_path: Path) -> None:
     exp = toy([])
-    with pytest.raises(ExperimentError, match=r"no meta\.json"):
+    with pytest.raises(RunDirError, match=r"meta\.json is missing"):
+        run_experiment(exp, resolve_params(exp), resume=tmp_path, root=tmp_path, progress=False)
+    (tmp_path / "meta.json").write_text("[1, 2]")
+    with pytest.raises(RunDirError, match="holds no JSON object"):
         run_experiment(exp, resolve_params(exp), resume=tmp_path, root=tmp_path, progress=False)
     (tmp_path / "meta.json").write_text(json.dumps({"experiment": "other"}))
     with pytest.raises(ExperimentError, match="other run"):
@@ -305,5 +334,5 @@ def test_rerun_repeats_a_run_with_its_recorded_parameters(
     assert meta["parameters"] == json.loads((first.run_dir / "meta.json").read_text())["parameters"]
     assert meta["parameters"]["quick"] is True and meta["parameters"]["scale"] == 3.0
     assert meta["rerun_of"]["run"] == str(first.run_dir)
-    with pytest.raises(runner.ExperimentError, match=r"meta\.json is missing"):
+    with pytest.raises(RunDirError, match="does not exist"):
         runner.rerun(tmp_path / "nowhere")

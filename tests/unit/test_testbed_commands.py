@@ -267,6 +267,14 @@ def test_qtlab_up_set_reaches_the_programs_that_have_the_setting() -> None:
     for bad in ("failbak=false", "failback", "=1", "limits.nosuch=3"):
         with pytest.raises(cli.UsageError, match="--set"):
             cli.qtun_overrides([bad])
+    # a value its setting does not take, before a lab is built for it
+    for bad, key in (
+        ("limits.idle_timeout=abc", "limits.idle_timeout"),
+        ('limits.congestion_control="vegas"', "limits.congestion_control"),
+        ("failback=3", "failback"),
+    ):
+        with pytest.raises(cli.UsageError, match=key.replace(".", r"\.")):
+            cli.qtun_overrides([bad])
 
 
 def test_qtlab_up_refuses_a_missing_script(tmp_path: Path) -> None:
@@ -296,8 +304,15 @@ def test_figure_command_names_what_it_can_draw(tmp_path: Path, capsys: Any) -> N
     assert cli.main(["figure", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("qtlab: error: ") and "which has no figure; figures exist for" in err
-    assert cli.main(["figure", str(tmp_path / "nothing")]) == 1
-    assert "meta.json is missing" in capsys.readouterr().err
+    assert cli.main(["figure", str(tmp_path / "nothing")]) == 2
+    assert "nothing does not exist: give a results run directory" in capsys.readouterr().err
+    assert cli.main(["figure", str(tmp_path), "--out", str(tmp_path / "f.txt")]) == 2
+    assert "give a .png path" in capsys.readouterr().err
+    # a run that measured nothing: its table has only a header
+    (tmp_path / "meta.json").write_text(json.dumps({"experiment": "failover"}))
+    (tmp_path / "failover.csv").write_text("variant,run\n")
+    assert cli.main(["figure", str(tmp_path)]) == 1
+    assert "failover.csv has no rows: the run measured nothing to draw" in capsys.readouterr().err
 
 
 def test_loss_bursts_are_runs_of_consecutive_sequence_numbers() -> None:
