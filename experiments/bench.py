@@ -62,7 +62,7 @@ from testbed.paths import RESULTS_ROOT
 from testbed.profiles import PROFILES, profile
 from testbed.qtun import CONCENTRATOR_TUN_V4, QtunDeployment, QtunError, TunnelSpec
 from testbed.shaping import BACKENDS
-from tunnel.user_error import RuntimeFailure, UsageError, run_command
+from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, run_command
 
 IPERF_PORT = 5201
 CLIENT, SERVER = "h1", "h2"
@@ -518,7 +518,7 @@ def _names(text: str, known: Sequence[str], what: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = SentenceParser(
         prog="python -m experiments.bench",
         description="iperf3 TCP goodput and CPU: plain vs tunnel modes, per link profile.",
     )

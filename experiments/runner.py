@@ -64,7 +64,7 @@ from testbed.profiles import ProfileError, profile
 from testbed.scenario import Scenario, load_scenario, shipped_scenarios
 from testbed.shaping import BACKENDS
 from testbed.topologies import ACCESSES
-from tunnel.user_error import RuntimeFailure, UsageError, run_command
+from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, run_command
 
 Row = dict[str, Any]
 Params = dict[str, Any]
@@ -886,7 +886,7 @@ def rerun_from_args(args: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.runner", add_help=False)
+    p = SentenceParser(prog="python -m experiments.runner", add_help=False)
     add_run_arguments(p)
     args = p.parse_args(argv)
     return run_command(

@@ -31,7 +31,7 @@ from typing import Any
 from testbed.profiles import PROFILES, LinkProfile, parse_overrides, profile
 from testbed.shaping import BACKENDS, DIRECTIONS
 from testbed.topologies import TOPOLOGIES
-from tunnel.user_error import RuntimeFailure, UsageError, UserError, run_command
+from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, UserError, run_command
 
 ACCESS_HELP = """<access> <verb> [value] [dir=up|down|both] [client=cK]
   verbs: down | up (a real carrier loss and back), blackhole on|off (100 % loss, link up),
@@ -339,7 +339,7 @@ def _require_root(what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qtlab", description="QUIC Tunnel Lab testbed")
+    p = SentenceParser(prog="qtlab", description="QUIC Tunnel Lab testbed")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring a topology up and open the Mininet CLI")
     up.add_argument("topology", help=f"one of {', '.join(sorted(TOPOLOGIES))}")

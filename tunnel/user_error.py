@@ -16,9 +16,10 @@ on stderr and its exit code; Ctrl-C exits 130; anything else is a bug and keeps 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
-from typing import ClassVar, Final
+from typing import ClassVar, Final, NoReturn
 
 EXIT_OK: Final = 0
 EXIT_RUNTIME: Final = 1
@@ -43,6 +44,20 @@ class RuntimeFailure(UserError):
     concentrator unreachable past the backoff...); exit code 1."""
 
 
+class SentenceParser(argparse.ArgumentParser):
+    """The ArgumentParser of every command: a mistake on its command line is one line,
+    `<prog>: error: <what argparse says>: run `<prog> --help` for the usage`, and exit code 2,
+    like a UsageError (argparse's own error() prints its whole usage block first). Its
+    subparsers are SentenceParsers too (add_subparsers uses the parser's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(
+            f"{self.prog}: error: {message}: run `{self.prog} --help` for the usage",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USAGE)
+
+
 def run_command(prog: str, main: Callable[[], int], *, interrupted: str = "") -> int:
     """Run `main()` and turn what it raises into the exit code and stderr line of `prog`.
     `interrupted`: what to say after Ctrl-C (e.g. where the partial results are)."""
@@ -62,6 +77,7 @@ __all__ = [
     "EXIT_RUNTIME",
     "EXIT_USAGE",
     "RuntimeFailure",
+    "SentenceParser",
     "UsageError",
     "UserError",
     "run_command",

@@ -20,9 +20,8 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-from tunnel.user_error import EXIT_OK, RuntimeFailure, UsageError, run_command
+from tunnel.user_error import EXIT_OK, RuntimeFailure, SentenceParser, run_command
 
 ROLES = ("client", "concentrator", "client-group")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,14 +29,8 @@ TUN_DEVICE = Path("/dev/net/tun")
 CAP_NET_ADMIN = 12  # linux/capability.h
 
 
-class _Parser(argparse.ArgumentParser):
-    # argparse prints the usage block and exits itself; the contract wants one sentence.
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message}: run `qtun --help` for the usage")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = SentenceParser(
         prog="qtun",
         description="QUIC tunnel client and concentrator (tunnel, session and stream modes).",
     )
