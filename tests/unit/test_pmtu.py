@@ -342,3 +342,92 @@ def test_a_migration_confirms_the_size_again_and_path_probes_keep_to_the_base() 
     net.run(1.0)
     assert search.state is PmtuState.COMPLETE and client._max_datagram_size == CEILING
     assert search.counters.probes_acked == 2
+
+
+def test_a_server_probes_a_new_client_address_only_once_it_is_validated() -> None:
+    """RFC 9000 §8, §9.3: before the client's new address answered a PATH_CHALLENGE the
+    server keeps to three times what it received there; a full-size probe to it at once would
+    break that (and a forged source address could aim probes at someone else)."""
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    _, server = tunnels(path)
+    sent: list[tuple[int, bool]] = []
+    send = path.down_link.send
+
+    def spy(data: bytes, now: float) -> None:
+        sent.append((len(data), server._network_paths[0].is_validated))
+        send(data, now)
+
+    path.down_link.send = spy  # type: ignore[method-assign]
+    path.client.addr = ("10.9.9.2", 40001)  # the client moved to another address
+    path.client.quic.send_datagram_frame(b"m" * 20)
+    net.run(1.0)
+    assert not [size for size, validated in sent if not validated and size > BASE_PLPMTU]
+    search = server.pmtu
+    assert search is not None and search.counters.probes_acked == 2  # then confirmed there
+    assert search.state is PmtuState.COMPLETE and server._max_datagram_size == CEILING
+
+
+def test_the_old_paths_losses_do_not_make_the_new_path_suspect() -> None:
+    """Full-size packets stranded on the old path are declared lost by the new path's first
+    ACKs: not a black hole of the new path (it would record a false suspicion at every
+    failover with traffic)."""
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    path.up_link.up = False  # the old access fails with full-size packets in flight
+    for _ in range(2 * BLACK_HOLE_LOSSES):
+        client.send_datagram_frame(b"s" * datagram_budget(client))
+    net.run(0.05)
+    path.up_link.up = True
+    client.reset_path_state()  # the client moves to another access
+    for _ in range(20):
+        client.send_datagram_frame(b"n" * 100)
+        net.run(0.02)
+    search = client.pmtu
+    assert search is not None and search.state is PmtuState.COMPLETE
+    assert list(search.episodes) == [] and client._max_datagram_size == CEILING
+
+
+def test_a_burst_of_loss_followed_by_large_packets_acknowledged_is_no_black_hole() -> None:
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    for step in range(12):
+        path.up_link.up = step not in (3, 4)  # 20 ms of loss under full-size traffic
+        for _ in range(6):
+            client.send_datagram_frame(b"b" * datagram_budget(client))
+        net.run(0.01)
+    path.up_link.up = True
+    net.run(0.5)
+    search = client.pmtu
+    assert search is not None and list(search.episodes) == []
+
+
+def test_a_black_hole_during_a_search_upwards_gives_it_up_and_confirms_the_size() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    run_search(search, 1372)
+    settled = search.size
+    raise_at = search.timer()
+    assert raise_at is not None and search.probe_due(raise_at) == CEILING  # the raise starts
+    search.probe_sent(CEILING, raise_at, TIMEOUT)
+    search.large_lost(BLACK_HOLE_LOSSES, raise_at + 0.01)  # the route shrinks meanwhile
+    assert search.state is PmtuState.CONFIRMING and search.probe_due(raise_at + 0.01) == settled
+    run_search(search, 1300, now=raise_at + 0.01)
+    assert 1300 - SEARCH_GRANULARITY <= search.size <= 1300
+    assert search.counters.black_holes == 2 and search.black_hole is not None  # (1372, 1300)
+    assert search.black_hole.fell_at is not None
+
+
+def test_a_migration_ends_the_old_paths_open_suspicion() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    run_search(search, CEILING)
+    search.large_lost(BLACK_HOLE_LOSSES, 10.0)
+    search.restart(10.005)
+    run_search(search, 1300, now=10.01)  # the new path carries less: its own search
+    assert list(search.episodes) == [BlackHoleEpisode(10.0, fell_at=None, settled_at=10.005)]

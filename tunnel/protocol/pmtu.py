@@ -27,7 +27,10 @@ SEARCH_GRANULARITY bytes (COMPLETE); RAISE_INTERVAL later it tries upwards again
 PMTU_RAISE_TIMER). A new path (a migration) starts again the same way (restart).
 
 Black hole detection after the search (§4.3): BLACK_HOLE_LOSSES lost packets larger than the
-base in a row, with none acknowledged between them, start a confirmation of the size in use.
+base in a row, with none acknowledged between them, start a confirmation of the size in use
+(also during a search upwards, which is then given up). The QUIC side counts only losses that
+say something of the path in use: not those of packets sent before a migration, nor those of
+packets older than a large one acknowledged (a burst of loss, not a size the path refuses).
 Each probe leaves with a companion, a PING in a packet as small as can be: a probe counts as
 lost only if its companion was acknowledged. During an outage (neither answered) a lost probe
 says nothing about the size, and it is sent again later without counting (RFC 8899 §4.4: an
@@ -114,6 +117,7 @@ class PmtuSearch:
     _failures: int = 0  # lost probes of the size under test
     _next_at: float | None = None  # when the next probe (or search) may start
     _large_lost: int = 0  # large packets lost in a row
+    _raising: bool = False  # SEARCHING upwards from a confirmed size (the raise timer's)
 
     def __post_init__(self) -> None:
         if self.ceiling < self.base:
@@ -126,11 +130,18 @@ class PmtuSearch:
         if self.state is PmtuState.IDLE:
             self._confirm(now, self.ceiling)
 
-    def restart(self) -> None:
+    def restart(self, now: float | None = None) -> None:
         """A new path (a migration, RFC 8899 §5.2 "path change"): back to the base size, and
-        the ceiling confirmed again at once."""
+        the ceiling confirmed again at once. A black hole suspicion of the old path still open
+        ends here (settled at `now`): the new path's search is not about it, and the old
+        path's losses are not counted against the new one."""
         if self.state is PmtuState.IDLE:
             return
+        episode = self.black_hole
+        if episode is not None and episode.settled_at is None and now is not None:
+            episode.settled_at = now
+        self._large_lost = 0
+        self._raising = False
         self._probe = None
         self.low = self.base
         self.high = self.ceiling + 1
@@ -165,6 +176,7 @@ class PmtuSearch:
             return None
         if self.state is PmtuState.COMPLETE and self._next_at is not None:
             self._search(now)  # RAISE_INTERVAL is over: look upwards again
+            self._raising = True
         return self.candidate
 
     def probe_sent(self, size: int, now: float, timeout: float) -> None:
@@ -235,12 +247,12 @@ class PmtuSearch:
         """Loss recovery declared `count` packets larger than the base lost (RFC 8899 §4.3's
         signal of a black hole: confirmed by probes before the size drops)."""
         self._large_lost += count
-        if (
-            self._large_lost >= BLACK_HOLE_LOSSES
-            and self.state is PmtuState.COMPLETE
-            and self.size > self.base
-        ):
+        settled = self.state is PmtuState.COMPLETE or self._raising
+        if self._large_lost >= BLACK_HOLE_LOSSES and settled and self.size > self.base:
+            # (a search upwards from a confirmed size, RAISE_INTERVAL after the last, is given
+            # up: the size in use is what is in doubt now)
             self._large_lost = 0
+            self._probe = None
             self.episodes.append(BlackHoleEpisode(suspected_at=now))
             self._confirm(now, self.size)
 
@@ -259,6 +271,7 @@ class PmtuSearch:
 
     def _confirm(self, now: float | None, target: int) -> None:
         self.state = PmtuState.CONFIRMING
+        self._raising = False
         self.target = target
         self._failures = 0
         self._next_at = now  # None: at once
@@ -278,6 +291,7 @@ class PmtuSearch:
 
     def _complete(self, now: float) -> None:
         self.state = PmtuState.COMPLETE
+        self._raising = False
         episode = self.black_hole
         if episode is not None and episode.settled_at is None:
             episode.settled_at = now

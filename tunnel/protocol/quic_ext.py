@@ -772,6 +772,10 @@ class TunnelQuicConnection(QuicConnection):
         # the UDP payload size DATAGRAMs are accepted for (datagram_budget); None: the size
         # packets are built at, _max_datagram_size (always without pmtu_discovery)
         self._tunnel_admitted: int | None = None
+        # black hole detection's losses count from the path's first packet (reset_path_state)
+        # and from after the last large packet acknowledged (_watch_large_acks)
+        self._tunnel_path_first_pn = 0
+        self._tunnel_large_acked_pn = -1
         if pmtu_discovery:
             self._install_pmtu_discovery()
         # A subclass that changes what the generic path writes or how it handles a DATAGRAM
@@ -861,7 +865,10 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_path_resets += 1
         if self._tunnel_pmtu is not None:
             # a new path has a path MTU of its own (RFC 8899 §5.2): confirmed again at once
-            self._tunnel_pmtu.restart()  # the old path's probe pair is forgotten (_pmtu_apply)
+            # (the old path's probe pair is forgotten, _pmtu_apply; its packets' losses are
+            # not the new path's, packets_lost)
+            self._tunnel_pmtu.restart(self._tunnel_now)
+            self._tunnel_path_first_pn = self._packet_number
             self._tunnel_pmtu_answered = None
             self._pmtu_apply()
         # Elicit an acknowledgement on the new path at once (a PING, RFC 9002 §6.2.4's probe):
@@ -1126,8 +1133,14 @@ class TunnelQuicConnection(QuicConnection):
         def packets_lost(*, now: float, packets: Iterable[Any], **kwargs: Any) -> None:
             packets = list(packets)
             on_packets_lost(now=now, packets=packets, **kwargs)
-            # RFC 8899 §4.3: lost packets larger than the base hint at a black hole
-            large = sum(1 for packet in packets if packet.sent_bytes > base and packet.in_flight)
+            # RFC 8899 §4.3: lost packets larger than the base hint at a black hole, if they
+            # were sent on this path and no large packet sent after them got through
+            since = max(self._tunnel_path_first_pn, self._tunnel_large_acked_pn + 1)
+            large = sum(
+                1
+                for packet in packets
+                if packet.sent_bytes > base and packet.in_flight and packet.packet_number >= since
+            )
             if large:
                 pmtu.large_lost(large, now)
 
@@ -1136,15 +1149,17 @@ class TunnelQuicConnection(QuicConnection):
         self.get_timer = self._get_timer_with_pmtu  # type: ignore[method-assign]
         self.handle_timer = self._handle_timer_with_pmtu  # type: ignore[method-assign]
 
-    @staticmethod
-    def _watch_large_acks(cc: Any, pmtu: PmtuSearch) -> None:
-        """An acknowledged packet larger than the base clears the black hole suspicion."""
+    def _watch_large_acks(self, cc: Any, pmtu: PmtuSearch) -> None:
+        """An acknowledged packet larger than the base clears the black hole suspicion, and
+        losses of the packets sent before it no longer count (packets_lost above)."""
         acked = cc.on_packet_acked
         base = pmtu.base
 
         def on_packet_acked(*, now: float, packet: Any) -> None:
             if packet.sent_bytes > base:
                 pmtu.large_acked()
+                number = packet.packet_number
+                self._tunnel_large_acked_pn = max(self._tunnel_large_acked_pn, number)
             acked(now=now, packet=packet)
 
         cc.on_packet_acked = on_packet_acked
@@ -1202,7 +1217,7 @@ class TunnelQuicConnection(QuicConnection):
         are taken out of the ranges loss recovery sees."""
         pmtu = self._tunnel_pmtu
         assert pmtu is not None
-        if pmtu.state is PmtuState.IDLE or self._state in END_STATES or not self._network_paths:
+        if not self._may_probe(pmtu):
             return []
         one_rtt = self._one_rtt()
         if one_rtt is None or not one_rtt.crypto.send.is_valid() or self._version is None:
@@ -1235,8 +1250,23 @@ class TunnelQuicConnection(QuicConnection):
             self._tunnel_probe_numbers.append(number)
             probes[number] = probed
         self._packet_number = builder.packet_number
+        # what anti-amplification counts (RFC 9000 §8.1), as aioquic counts its own
+        self._network_paths[0].bytes_sent += sum(len(datagram) for datagram in datagrams)
         pmtu.probe_sent(size, now, self._loss.get_probe_timeout())
         return datagrams
+
+    def _may_probe(self, pmtu: PmtuSearch) -> bool:
+        """Whether PMTU probes may leave now: the search has begun, the connection is not
+        closing, and its path is validated. A server whose client moved (a migration, a NAT
+        rebinding) sends nothing large to the new address before it answered a PATH_CHALLENGE:
+        probes bypass aioquic's anti-amplification limit (RFC 9000 §8, §9.3), and a replayed
+        packet with a forged source must not aim full-size probes at someone else."""
+        return (
+            pmtu.state is not PmtuState.IDLE
+            and self._state not in END_STATES
+            and bool(self._network_paths)
+            and self._network_paths[0].is_validated
+        )
 
     def _pmtu_acks(self, ack_rangeset: RangeSet, now: float) -> None:
         """An ACK arrived while PMTU probes are out: those it covers were carried."""
@@ -1298,8 +1328,8 @@ class TunnelQuicConnection(QuicConnection):
     def _get_timer_with_pmtu(self) -> float | None:
         timer = type(self).get_timer(self)
         pmtu = self._tunnel_pmtu
-        if pmtu is None or self._state in END_STATES:
-            return timer
+        if pmtu is None or not self._may_probe(pmtu):
+            return timer  # (a probe due on a path not validated yet waits for its validation)
         at = pmtu.timer()
         if at is None:
             return timer
