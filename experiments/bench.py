@@ -549,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="sample the qtun programs with py-spy (python -m experiments.profile_stacks RUN)",
     )
-    args = parser.parse_args(argv)
-    return run_command("bench", lambda: _bench(args), interrupted="the lab was torn down")
+    return run_command(
+        "bench", lambda: _bench(parser.parse_args(argv)), interrupted="the lab was torn down"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -888,10 +888,9 @@ def rerun_from_args(args: Any) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = SentenceParser(prog="python -m experiments.runner", add_help=False)
     add_run_arguments(p)
-    args = p.parse_args(argv)
     return run_command(
         "qtlab",
-        lambda: run_from_args(args),
+        lambda: run_from_args(p.parse_args(argv)),
         interrupted="what was measured is in the run directory.",
     )
 

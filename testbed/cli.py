@@ -588,13 +588,16 @@ def main(argv: list[str] | None = None) -> int:
     """Every qtlab command runs through run_command: a UserError (wrong option, not root, a
     network that could not be built or is not what was asked) is one line and its exit code
     (2 usage, 1 runtime); anything else is a bug and keeps its traceback."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
     interrupted = (
         "what was measured is in the run directory."
-        if args.command in ("run", "rerun")
+        if words[:1] in (["run"], ["rerun"])
         else "everything was stopped."
     )
-    return run_command("qtlab", lambda: _dispatch(args), interrupted=interrupted)
+    # parsed inside run_command: a mistake on the command line is one sentence too
+    return run_command(
+        "qtlab", lambda: _dispatch(build_parser().parse_args(argv)), interrupted=interrupted
+    )
 
 
 if __name__ == "__main__":

@@ -45,17 +45,13 @@ class RuntimeFailure(UserError):
 
 
 class SentenceParser(argparse.ArgumentParser):
-    """The ArgumentParser of every command: a mistake on its command line is one line,
-    `<prog>: error: <what argparse says>: run `<prog> --help` for the usage`, and exit code 2,
-    like a UsageError (argparse's own error() prints its whole usage block first). Its
+    """The ArgumentParser of every command: a mistake on its command line is a UsageError,
+    `<what argparse says>: run `<prog> --help` for the usage` (argparse's own error() prints
+    its whole usage block and exits), so parse inside run_command: one line, exit code 2. Its
     subparsers are SentenceParsers too (add_subparsers uses the parser's class)."""
 
     def error(self, message: str) -> NoReturn:
-        print(
-            f"{self.prog}: error: {message}: run `{self.prog} --help` for the usage",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_USAGE)
+        raise UsageError(f"{message}: run `{self.prog} --help` for the usage")
 
 
 def run_command(prog: str, main: Callable[[], int], *, interrupted: str = "") -> int:
