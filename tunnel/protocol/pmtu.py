@@ -86,7 +86,7 @@ class PmtuCounters:
 
 @dataclass
 class BlackHoleEpisode:
-    """When the latest black hole suspicion (§4.3) went through its steps, in the connection's
+    """When one black hole suspicion (§4.3) went through its steps, in the connection's
     clock (the programs': CLOCK_MONOTONIC, so a script on the same machine compares them with
     its own time.monotonic()). What a failover experiment splits a PMTU outage's gap with:
     detection (the hole's start to `suspected_at`), confirmation (to `fell_at`), search (to
@@ -141,7 +141,6 @@ class PmtuSearch:
         if episode is not None and episode.settled_at is None and now is not None:
             episode.settled_at = now
         self._large_lost = 0
-        self._raising = False
         self._probe = None
         self.low = self.base
         self.high = self.ceiling + 1
