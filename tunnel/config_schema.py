@@ -589,6 +589,12 @@ def walk(
             yield from walk(inner, f"{prefix}{entry.key}{many}", entry.declaration)
 
 
+def _setting_key(key: str) -> str:
+    """An override's key as walk() names its setting: list indexes as N (`access.0.name` ->
+    `access.N.name`)."""
+    return ".".join("N" if part.isdigit() else part for part in key.split("."))
+
+
 def unknown_settings(overrides: Sequence[str], config: type[DataclassInstance]) -> list[str]:
     """The `--set key=value` overrides whose key names no setting of `config` (ClientConfig or
     ConcentratorConfig; list items by index, `access.0.interface`): a typo in an experiment's
@@ -597,8 +603,7 @@ def unknown_settings(overrides: Sequence[str], config: type[DataclassInstance]) 
     unknown = []
     for override in overrides:
         key = override.partition("=")[0].strip()
-        pattern = ".".join("N" if part.isdigit() else part for part in key.split("."))
-        if pattern not in known:
+        if _setting_key(key) not in known:
             unknown.append(key)
     return unknown
 
@@ -744,8 +749,7 @@ def check_override_values(overrides: Sequence[str], config: type[DataclassInstan
     for override in overrides:
         key, _, text = override.partition("=")
         key = key.strip()
-        pattern = ".".join("N" if part.isdigit() else part for part in key.split("."))
-        entry = settings.get(pattern)
+        entry = settings.get(_setting_key(key))
         if entry is None:
             continue
         kind = cast(Setting, entry.declaration).kind
