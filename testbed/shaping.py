@@ -301,6 +301,7 @@ class WireShaper(LinkShaper):
         argv = [str(binary), self.intf_a, self.intf_b, str(self.control_path)]
         self.proc = self.procs.start(self.middle, "qtwire", argv)
         deadline = time.monotonic() + 5
+        # the path appears once qtwire listens on it (it renames the socket into place)
         while not self.control_path.exists():
             if not self.proc.running() or time.monotonic() > deadline:
                 log = self.proc.log_path.read_text(errors="replace")[-500:]

@@ -486,12 +486,17 @@ int main(int argc, char **argv) {
     struct direction ab = {.name = "ab", .rx_fd = fa, .tx_fd = fb, .limit_pkts = 1000};
     struct direction ba = {.name = "ba", .rx_fd = fb, .tx_fd = fa, .limit_pkts = 1000};
 
+    /* The socket is bound under another name and renamed once it listens: the path appears
+       only when a connect() to it succeeds (testbed/shaping.py waits for the path; between
+       bind() and listen() a connect() is refused). */
     int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    if (strlen(argv[3]) >= sizeof(sun.sun_path)) { fprintf(stderr, "qtwire: socket path too long\n"); return 2; }
-    strcpy(sun.sun_path, argv[3]);
+    if (strlen(argv[3]) + 4 >= sizeof(sun.sun_path)) { fprintf(stderr, "qtwire: socket path too long\n"); return 2; }
+    snprintf(sun.sun_path, sizeof(sun.sun_path), "%s.new", argv[3]);
+    unlink(sun.sun_path);
     unlink(argv[3]);
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(lfd, 8) < 0) {
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(lfd, 8) < 0
+        || rename(sun.sun_path, argv[3]) < 0) {
         perror("qtwire: control socket");
         return 1;
     }
