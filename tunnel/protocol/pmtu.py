@@ -12,17 +12,17 @@ hiding them from loss recovery, changing the datagram size) is
 tunnel/protocol/quic_ext.py `TunnelQuicConnection(pmtu_ceiling=...)`.
 
 The handshake's datagrams keep to the 1,200 bytes every QUIC path carries (RFC 9000 §14). Once
-it is done the connection confirms the ceiling (the configured 1,452) with a probe
+it is done the connection confirms the ceiling (the configured 1,452) with a round of probes
 (CONFIRMING), and meanwhile *admits* packets of up to the ceiling's budget but sends only what
 the confirmed size holds: a larger one waits in the datagram queue for the probe's answer, one
 round trip. A tunnel's inner packets are sized by the TUN MTU, fixed when the TUN is made from
 the admitted budget; answering them with Packet Too Big while the probe is out would leave
 their senders' path MTU low for minutes, and sending them before the answer would lose them on
 a smaller path (and look like a failed path to the multipath engine). When the confirmation
-fails — MAX_PROBES probes at the size lost while their companions got through — the size stays
+fails — its MAX_PROBES probes lost while their companions got through — the size stays
 at BASE_PLPMTU, what waits and no longer fits is dropped (the program answers it with Packet
 Too Big), and a binary search between the largest size acknowledged and the smallest lost one
-follows (SEARCHING), each step one acknowledged probe (RFC 8899 §5.3.2). The search ends within
+follows (SEARCHING), each step one round (RFC 8899 §5.3.2). The search ends within
 SEARCH_GRANULARITY bytes (COMPLETE); RAISE_INTERVAL later it tries upwards again (§5.1.1
 PMTU_RAISE_TIMER). A new path (a migration) starts again the same way (restart).
 
@@ -31,10 +31,20 @@ base in a row, with none acknowledged between them, start a confirmation of the 
 (also during a search upwards, which is then given up). The QUIC side counts only losses that
 say something of the path in use: not those of packets sent before a migration, nor those of
 packets older than a large one acknowledged (a burst of loss, not a size the path refuses).
-Each probe leaves with a companion, a PING in a packet as small as can be: a probe counts as
-lost only if its companion was acknowledged. During an outage (neither answered) a lost probe
-says nothing about the size, and it is sent again later without counting (RFC 8899 §4.4: an
-outage or congestion must not pass for an MTU limit).
+A size is tested by a *round*: MAX_PROBES probes of that size sent together, each with a
+companion, a PING in a packet as small as can be. One probe acknowledged: the path carries the
+size. None acknowledged by their deadline while a companion was: the size failed — RFC 8899
+§5.1.2's MAX_PROBES lost probes, decided in one probe timeout instead of MAX_PROBES in a row
+(the parallel probing of draft-seemann-quic-ppdplpmtud, applied to one size). That matters
+after a black hole: the inner TCP's first retransmission timeout comes ~230 ms into it, and a
+size that falls after it leaves that TCP waiting out a doubled timer (results/README.md,
+"Where a PMTU black hole's gap goes": the sequential confirmation fell at 164–326 ms and a
+quarter of the gaps were 680–870 ms instead of 220–360). The price: a burst of loss that takes
+a round's probes but not its companions fails a size a path carries (the search then finds it
+again from the base; the multipath engine sees nothing of it), and MAX_PROBES probes go out
+where one answered would have done. During an outage (no companion answered) a round says
+nothing about the size, and it is sent again later without counting (RFC 8899 §4.4: an outage
+or congestion must not pass for an MTU limit).
 """
 
 from __future__ import annotations
@@ -45,11 +55,11 @@ from enum import Enum
 from typing import Final
 
 BASE_PLPMTU: Final = 1200  # RFC 9000 §14: every QUIC path carries 1200-byte UDP payloads
-MAX_PROBES: Final = 3  # RFC 8899 §5.1.2 MAX_PROBES: lost probes that fail a size
+MAX_PROBES: Final = 3  # RFC 8899 §5.1.2 MAX_PROBES: lost probes that fail a size (one round)
 RAISE_INTERVAL: Final = 600.0  # seconds, RFC 8899 §5.1.1 PMTU_RAISE_TIMER
 SEARCH_GRANULARITY: Final = 8  # bytes: the search ends when its interval is this narrow
 BLACK_HOLE_LOSSES: Final = 8  # large packets lost in a row before the size is confirmed again
-MIN_PROBE_TIMEOUT: Final = 0.05  # seconds a probe waits for its ACK at least
+MIN_PROBE_TIMEOUT: Final = 0.05  # seconds a round waits for an ACK at least
 EPISODES_KEPT: Final = 8  # black hole suspicions whose times the status shows
 
 
@@ -65,7 +75,9 @@ class PmtuState(Enum):
 
 
 @dataclass
-class _Probe:
+class _Round:
+    """MAX_PROBES probes of `size` sent together at `sent_at`."""
+
     size: int
     sent_at: float
     deadline: float
@@ -75,10 +87,10 @@ class _Probe:
 class PmtuCounters:
     """What the search did, for the status file."""
 
-    probes_sent: int = 0
-    probes_acked: int = 0
-    probes_lost: int = 0  # lost while the path answered other packets: the size failed
-    probes_unanswered: int = 0  # lost while the path answered nothing: not counted
+    probes_sent: int = 0  # probe packets (MAX_PROBES a round)
+    rounds_acked: int = 0  # a probe of the round was acknowledged: the size is carried
+    rounds_lost: int = 0  # none while the path answered their companions: the size failed
+    rounds_unanswered: int = 0  # nothing answered (an outage): sent again, not counted
     black_holes: int = 0  # confirmations that failed: the size fell to the base
     raises: int = 0  # times the size in use went up
     drops: int = 0  # times it went down
@@ -113,8 +125,7 @@ class PmtuSearch:
     # the latest suspicions' times, oldest first (a false alarm after a real black hole must
     # not hide it from a script that reads the status after an outage)
     episodes: deque[BlackHoleEpisode] = field(default_factory=lambda: deque(maxlen=EPISODES_KEPT))
-    _probe: _Probe | None = None
-    _failures: int = 0  # lost probes of the size under test
+    _round: _Round | None = None
     _next_at: float | None = None  # when the next probe (or search) may start
     _large_lost: int = 0  # large packets lost in a row
     _raising: bool = False  # SEARCHING upwards from a confirmed size (the raise timer's)
@@ -141,7 +152,7 @@ class PmtuSearch:
         if episode is not None and episode.settled_at is None and now is not None:
             episode.settled_at = now
         self._large_lost = 0
-        self._probe = None
+        self._round = None
         self.low = self.base
         self.high = self.ceiling + 1
         self._set_size(self.base)
@@ -170,8 +181,9 @@ class PmtuSearch:
         return None
 
     def probe_due(self, now: float) -> int | None:
-        """The size of the probe to send now, if one is due (call probe_sent once it left)."""
-        if self._probe is not None or (self._next_at is not None and now < self._next_at):
+        """The size of the round of probes to send now, if one is due (call probe_sent once
+        its MAX_PROBES probes left)."""
+        if self._round is not None or (self._next_at is not None and now < self._next_at):
             return None
         if self.state is PmtuState.COMPLETE and self._next_at is not None:
             self._search(now)  # RAISE_INTERVAL is over: look upwards again
@@ -179,19 +191,19 @@ class PmtuSearch:
         return self.candidate
 
     def probe_sent(self, size: int, now: float, timeout: float) -> None:
-        """A probe of `size` bytes left; its ACK is awaited `timeout` seconds (the connection's
-        probe timeout, so that an ACK delayed by the peer or the queue is still seen)."""
-        self._probe = _Probe(size, now, now + max(timeout, MIN_PROBE_TIMEOUT))
-        self.counters.probes_sent += 1
+        """The round's MAX_PROBES probes of `size` bytes left; an ACK is awaited `timeout`
+        seconds (the connection's probe timeout, so that an ACK delayed by the peer or the
+        queue is still seen)."""
+        self._round = _Round(size, now, now + max(timeout, MIN_PROBE_TIMEOUT))
+        self.counters.probes_sent += MAX_PROBES
 
     def probe_acked(self, size: int, now: float) -> None:
-        """The probe of `size` bytes was acknowledged: the path carries that size."""
-        probe = self._probe
+        """A probe of `size` bytes was acknowledged: the path carries that size."""
+        probe = self._round
         if probe is None or probe.size != size:
-            return  # a probe given up on, acknowledged late: the next one decides
-        self._probe = None
-        self._failures = 0
-        self.counters.probes_acked += 1
+            return  # another of the round's, or a round given up on: decided already
+        self._round = None
+        self.counters.rounds_acked += 1
         if self.state is PmtuState.CONFIRMING:
             self.low = max(self.low, size)
             self._set_size(size)
@@ -204,32 +216,29 @@ class PmtuSearch:
 
     @property
     def probing(self) -> bool:
-        """Whether a probe waits for its answer."""
-        return self._probe is not None
+        """Whether a round of probes waits for its answer."""
+        return self._round is not None
 
     def timer(self) -> float | None:
-        """When on_timer wants to run next (a probe's deadline, or the next probe or search)."""
-        if self._probe is not None:
-            return self._probe.deadline
+        """When on_timer wants to run next (a round's deadline, or the next round or search)."""
+        if self._round is not None:
+            return self._round.deadline
         return self._next_at
 
     def on_timer(self, now: float, answered: float | None) -> None:
         """Time passed; `answered`: when the path last acknowledged a probe's companion (None:
-        never), which tells a lost probe from an outage."""
-        probe = self._probe
+        never), which tells lost probes from an outage."""
+        probe = self._round
         if probe is None or now < probe.deadline:
             return
-        self._probe = None
+        self._round = None
         if answered is None or answered <= probe.sent_at:
-            # nothing got through since the probe left: an outage, not the size
-            self.counters.probes_unanswered += 1
+            # nothing got through since the round left: an outage, not the size
+            self.counters.rounds_unanswered += 1
             self._next_at = now + (probe.deadline - probe.sent_at)
             return
-        self.counters.probes_lost += 1
-        self._failures += 1
-        if self._failures < MAX_PROBES:
-            return  # the same size again, at once
-        self._failures = 0
+        # MAX_PROBES probes lost while their companions got through: the size failed
+        self.counters.rounds_lost += 1
         self.high = probe.size
         if self.state is PmtuState.CONFIRMING:
             # the target is not carried (§4.3): back to the size every path carries
@@ -251,7 +260,7 @@ class PmtuSearch:
             # (a search upwards from a confirmed size, RAISE_INTERVAL after the last, is given
             # up: the size in use is what is in doubt now)
             self._large_lost = 0
-            self._probe = None
+            self._round = None
             self.episodes.append(BlackHoleEpisode(suspected_at=now))
             self._confirm(now, self.size)
 
@@ -272,14 +281,12 @@ class PmtuSearch:
         self.state = PmtuState.CONFIRMING
         self._raising = False
         self.target = target
-        self._failures = 0
         self._next_at = now  # None: at once
 
     def _search(self, now: float) -> None:
         self.state = PmtuState.SEARCHING
         self.low = self.size
         self.high = self.ceiling + 1
-        self._failures = 0
         self._next_step(now)
 
     def _next_step(self, now: float) -> None:

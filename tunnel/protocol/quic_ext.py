@@ -83,7 +83,7 @@ from tunnel.policy.tickets import TicketIdentity, TicketStore
 from tunnel.protocol import quic_crypto
 from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import PacedNoCongestionControl
-from tunnel.protocol.pmtu import PmtuSearch, PmtuState
+from tunnel.protocol.pmtu import MAX_PROBES, PmtuSearch, PmtuState
 from tunnel.protocol.quic_crypto import FastAead, FastHeaderProtection
 from tunnel.protocol.stateless_reset import is_reset, reset_token
 
@@ -865,7 +865,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_path_resets += 1
         if self._tunnel_pmtu is not None:
             # a new path has a path MTU of its own (RFC 8899 §5.2): confirmed again at once
-            # (the old path's probe pair is forgotten, _pmtu_apply; its packets' losses are
+            # (the old path's round of probes is forgotten, _pmtu_apply; its packets' losses are
             # not the new path's, packets_lost)
             self._tunnel_pmtu.restart(self._tunnel_now)
             self._tunnel_path_first_pn = self._packet_number
@@ -991,7 +991,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_probe_cids: dict[Hashable, QuicConnectionId] = {}
         self._tunnel_probe_challenges: dict[bytes, Hashable] = {}
         self._tunnel_probe_numbers: deque[int] = deque(maxlen=PROBE_NUMBERS_KEPT)
-        # the PMTU probe pair out (pmtu_discovery): packet number -> size (a companion's: 0),
+        # the PMTU round out (pmtu_discovery): packet number -> size (a companion's: 0),
         # also hidden from loss recovery
         self._tunnel_pmtu_probes: dict[int, int] = {}
         self._tunnel_pmtu_answered = None
@@ -1181,7 +1181,7 @@ class TunnelQuicConnection(QuicConnection):
 
     def _admit(self, size: int) -> None:
         """Accept DATAGRAMs for UDP payloads of up to `size` bytes (datagram_budget); one
-        larger than the confirmed size waits in the queue for the probe's answer. When the
+        larger than the confirmed size waits in the queue for the probes' answer. When the
         admitted size drops, a queued DATAGRAM that no longer fits would block the queue for
         good (DESIGN.md "Known aioquic facts"): it is dropped, and a tracked one reported lost,
         so that the program's re-send meets the new budget and is answered with Packet Too
@@ -1205,16 +1205,16 @@ class TunnelQuicConnection(QuicConnection):
             tokens.append(token)
 
     def _pmtu_probe(self, now: float) -> list[bytes]:
-        """The PMTU probe due now, if any, and its companion, as datagrams to send (the
-        companion first).
+        """The round of PMTU probes due now, if any, and their companions, as datagrams to
+        send (the companions first).
 
-        The probe is one 1-RTT packet of exactly the size under test, a PING and PADDING (RFC
-        9000 §14.4), on the path and connection ID in use; the companion a PING in a packet as
-        small as can be, sent with it. When the companion is acknowledged and the probe is not,
-        the size failed; when neither is, the path answered nothing and the probe says nothing
-        of the size (pmtu.py: an outage). Both are kept out of loss recovery like path probes:
-        a probe's loss is no sign of congestion (§14.4, RFC 8899 §3 item 7), and their ACKs
-        are taken out of the ranges loss recovery sees."""
+        A probe is one 1-RTT packet of exactly the size under test, a PING and PADDING (RFC
+        9000 §14.4), on the path and connection ID in use; a companion a PING in a packet as
+        small as can be; MAX_PROBES of each (pmtu.py: a round). When a companion is
+        acknowledged and no probe is, the size failed; when nothing is, the path answered
+        nothing and the round says nothing of the size (pmtu.py: an outage). All are kept out
+        of loss recovery like path probes: a probe's loss is no sign of congestion (§14.4, RFC
+        8899 §3 item 7), and their ACKs are taken out of the ranges loss recovery sees."""
         pmtu = self._tunnel_pmtu
         assert pmtu is not None
         if not self._may_probe(pmtu):
@@ -1236,10 +1236,10 @@ class TunnelQuicConnection(QuicConnection):
         )
         datagrams: list[bytes] = []
         probes = self._tunnel_pmtu_probes
-        # The companion first: UdpEndpoint sends a run of equal-size datagrams, and one shorter
-        # after them, in one GSO call, which a router then forwards or drops whole (a veth does
-        # not segment); a companion after its probe would share the probe's fate.
-        for probed in (0, size):  # 0: the companion
+        # The companions first: UdpEndpoint sends a run of equal-size datagrams, and one
+        # shorter after them, in one GSO call, which a router then forwards or drops whole (a
+        # veth does not segment); a companion after a probe would share the probes' fate.
+        for probed in [0] * MAX_PROBES + [size] * MAX_PROBES:  # 0: a companion
             builder.start_packet(QuicPacketType.ONE_RTT, one_rtt.crypto)
             builder.start_frame(QuicFrameType.PING)
             # the probe is padded to the builder's whole room, `size`; the companion is not
@@ -1282,7 +1282,7 @@ class TunnelQuicConnection(QuicConnection):
         self._pmtu_apply()
 
     def _pmtu_apply(self) -> None:
-        """Follow the search: the size packets are built at, the size admitted; a probe pair
+        """Follow the search: the size packets are built at, the size admitted; a round
         answered or given up on is forgotten (a late ACK of it no longer counts), so that ACKs
         are looked through for probes only while one is out."""
         pmtu = self._tunnel_pmtu
