@@ -96,6 +96,8 @@ def test_a_silent_mtu_drop_is_found_and_inner_tcp_carries_on(lab: Lab, dep: Qtun
     assert first > 0 and second > 0
     conc_client = dep.status(dep.concentrator)["clients"][0]
     assert int(conc_client["counters"].get("packet_too_big_sent", 0)) > 0
+    # among them, one for the download's segments the hole swallowed, sent when it was found
+    assert int(conc_client["counters"].get("pmtu_victims_answered", 0)) >= 1
     # srv1 learnt the smaller path MTU from it, and would keep it for 10 minutes: what the
     # experiments forget before each point
     assert " mtu " in str(lab.node("srv1").cmd("ip -4 route show cache"))

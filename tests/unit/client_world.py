@@ -98,13 +98,14 @@ class Wire:
     queue_bytes: int | None = None  # with a rate: drop-tail beyond this backlog (None: no cap)
     loss: float = 0.0
     seed: int = 1
+    mtu: int | None = None  # larger UDP payloads are lost without a word (a PMTU black hole)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _free_at: float = 0.0
     _random: random.Random | None = None
 
     def send(self, data: bytes, dest: Any, now: float) -> None:
         self.sent += 1
-        if not self.up:
+        if not self.up or (self.mtu is not None and len(data) > self.mtu):
             self.lost += 1
             return
         departure = now
@@ -266,6 +267,7 @@ class CoreConcentrator:
         )
         self.quic_config, _ = quic_configuration(config)
         self.stream_mode = config.stream.enabled
+        self.pmtu_discovery = config.limits.pmtu_discovery
         self.tun: list[bytes] = []
 
     def server_side(
@@ -277,6 +279,7 @@ class CoreConcentrator:
             request_client_certificate=True,
             stream_mode=self.stream_mode,
             tickets=self.core.tickets,
+            pmtu_discovery=self.pmtu_discovery,
         )
         return server, self.core.connection_opened(server, now)
 
@@ -477,6 +480,7 @@ class World:
             payload_ethertype=PAYLOAD_ETHERTYPE[self.config.payload],
             stream_mode=self.config.stream.enabled,
             initial_dcid_byte=self.agent.worker_byte,  # as tunnel/aio/client.py
+            pmtu_discovery=self.config.limits.pmtu_discovery,
         )
         server, server_tunnel = self.server.server_side(client, self.now)
         client.connect(CONCENTRATOR, now=self.now)  # as the program: before path_opened

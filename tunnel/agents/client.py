@@ -122,6 +122,7 @@ from tunnel.protocol.connection import (
 from tunnel.protocol.masque import MasqueConnection, MasqueOpened
 from tunnel.protocol.quic_ext import (
     DatagramFatesReady,
+    PathMtuFell,
     PathProbeAnswered,
     TunnelQuicConnection,
     early_data_possible,
@@ -1413,6 +1414,13 @@ class ClientAgent:
             return _NO_EVENTS
         if isinstance(event, PathProbeAnswered):
             self.probe_answered(path, event.key, now)
+            return _NO_EVENTS
+        if isinstance(event, PathMtuFell):
+            # a black hole confirmed: tell the senders of what it swallowed (pmtu_victims.py)
+            budget = tunnel.max_packet_size()
+            for packet in tunnel.black_hole_victims(now):
+                self.counters["pmtu_victims_answered"] += 1
+                self.too_big(packet, SendResult(SendStatus.TOO_BIG, budget))
             return _NO_EVENTS
         if isinstance(event, quic_events.PingAcknowledged):
             self.ping_acked(path, event.uid, now)

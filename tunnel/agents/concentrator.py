@@ -127,6 +127,7 @@ from tunnel.protocol.connection import (
 from tunnel.protocol.masque import MasqueConnection, proxy_policy
 from tunnel.protocol.quic_ext import (
     DatagramFatesReady,
+    PathMtuFell,
     TunnelQuicConnection,
     peer_certificate,
     resumed_identity,
@@ -1102,6 +1103,15 @@ class ConcentratorCore:
             return _NO_EVENTS
         if isinstance(event, quic_events.PingAcknowledged):
             self._health_event(peer, now)
+            return _NO_EVENTS
+        if isinstance(event, PathMtuFell):
+            # a black hole confirmed: tell the senders of what it swallowed (pmtu_victims.py)
+            client = peer.client
+            if client is not None:
+                budget = connection.max_packet_size()
+                for packet in connection.black_hole_victims(now):
+                    client.counters["pmtu_victims_answered"] += 1
+                    self._packet_too_big(client, packet, budget)
             return _NO_EVENTS
         if isinstance(event, quic_events.HandshakeCompleted):
             peer.handshake_done = True

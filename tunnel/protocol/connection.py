@@ -36,8 +36,10 @@ from aioquic.buffer import size_uint_var
 from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.connection import stream_is_unidirectional as _is_uni
+from aioquic.quic.packet import CONNECTION_ID_MAX_SIZE
 
 from tunnel.protocol.codel import CoDel
+from tunnel.protocol.pmtu_victims import RecentLargePackets
 from tunnel.protocol.quic_ext import (
     AEAD_TAG_SIZE,
     DATAGRAM_FRAME_TYPE_SIZE,
@@ -47,6 +49,7 @@ from tunnel.protocol.quic_ext import (
     TunnelQuicConnection,
     datagram_budget,
     minimum_rtt,
+    packet_datagram_budget,
     pending_datagram_count,
     queue_datagram_at,
     send_rate,
@@ -415,6 +418,17 @@ class TunnelConnection:
         # both of its directions ended, so that many short streams leave nothing behind.
         self._uni_streams: dict[int, _UniStream] = {}
         self._tcp_streams: dict[int, _TcpStream] = {}
+        # with pmtu_discovery: the latest large inner packet of each flow, answered with Packet
+        # Too Big if a black hole swallowed it (black_hole_victims); packets that fit the
+        # budget at the base size with the longest connection ID are never refused
+        search = quic.pmtu if isinstance(quic, TunnelQuicConnection) else None
+        self._victims = (
+            None
+            if search is None
+            else RecentLargePackets(
+                packet_datagram_budget(search.base, CONNECTION_ID_MAX_SIZE) - SESSION_HEADER_SIZE
+            )
+        )
         self.access_availability: dict[AccessId, AccessSignal] = {}
         """Receiver's view: the last signal reported for each access (-tunnel-00 §6)."""
 
@@ -575,6 +589,13 @@ class TunnelConnection:
         if isinstance(quic, TunnelQuicConnection):
             quic.end_path_probe(key)
 
+    def black_hole_victims(self, now: float) -> list[bytes]:
+        """After a PathMtuFell event: the inner IP packets sent in the last seconds that the
+        fallen budget no longer holds, one per flow, to be answered with Packet Too Big
+        (tunnel/protocol/pmtu_victims.py); [] without pmtu_discovery."""
+        victims = self._victims
+        return [] if victims is None else victims.victims(self.max_packet_size(), now)
+
     def take_datagram_fates(self) -> list[DatagramFate]:
         """The fates of the datagrams sent with a token known since the last call
         (TunnelQuicConnection.take_datagram_fates)."""
@@ -673,7 +694,7 @@ class TunnelConnection:
             quic.send_datagram_frame(data, token)
         else:
             quic.send_datagram_frame(data)
-        return self._record_queued(len(data), len(packet), now, budget, at=None)
+        return self._record_queued(len(data), packet, now, budget, at=None)
 
     def _queue_first(
         self,
@@ -690,13 +711,22 @@ class TunnelConnection:
         at = min(self._queued_resends, len(self._queued_sizes))
         queue_datagram_at(self._quic, data, token, at)
         self._queued_resends = at + 1
-        return self._record_queued(len(data), len(packet), now, budget, at)
+        return self._record_queued(len(data), packet, now, budget, at)
 
     def _record_queued(
-        self, data_size: int, packet_size: int, now: float | None, budget: int, at: int | None
+        self, data_size: int, packet: bytes, now: float | None, budget: int, at: int | None
     ) -> SendResult:
         """Mirror a datagram just queued in aioquic (at position `at`, None: the tail) in our
         size and time records, and count it sent."""
+        packet_size = len(packet)
+        victims = self._victims
+        if (
+            victims is not None
+            and packet_size > victims.floor
+            and now is not None
+            and self._payload is Payload.IP
+        ):
+            victims.note(packet, now)
         size = self._datagram_packet_size(data_size)
         self._queued_bytes += size
         sizes, times = self._queued_sizes, self._queued_times

@@ -606,6 +606,13 @@ class DatagramFatesReady(events.QuicEvent):
 
 
 @dataclass
+class PathMtuFell(events.QuicEvent):
+    """A PMTU black hole was confirmed (pmtu_discovery): the connection's datagram budget fell,
+    and the inner packets it swallowed may be answered with Packet Too Big
+    (TunnelConnection.black_hole_victims, tunnel/protocol/pmtu_victims.py)."""
+
+
+@dataclass
 class PathProbeAnswered(events.QuicEvent):
     """The PATH_RESPONSE to a path_probe(key) arrived: the probed path works both ways."""
 
@@ -776,6 +783,7 @@ class TunnelQuicConnection(QuicConnection):
         # and from after the last large packet acknowledged (_watch_large_acks)
         self._tunnel_path_first_pn = 0
         self._tunnel_large_acked_pn = -1
+        self._tunnel_black_holes = 0  # the search's black_holes counter PathMtuFell announced
         if pmtu_discovery:
             self._install_pmtu_discovery()
         # A subclass that changes what the generic path writes or how it handles a DATAGRAM
@@ -1290,6 +1298,9 @@ class TunnelQuicConnection(QuicConnection):
             return
         if not pmtu.probing:
             self._tunnel_pmtu_probes.clear()
+        if pmtu.counters.black_holes != self._tunnel_black_holes:
+            self._tunnel_black_holes = pmtu.counters.black_holes
+            self._events.append(PathMtuFell())
         if pmtu.size != self._max_datagram_size:
             self._resize(pmtu.size)
         if pmtu.admitted != self._tunnel_admitted:

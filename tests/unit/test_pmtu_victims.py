@@ -1,0 +1,141 @@
+"""The inner packets a PMTU black hole swallowed are answered with Packet Too Big when it is
+confirmed (tunnel/protocol/pmtu_victims.py): the log alone, then both programs' agents in memory
+(tests/unit/client_world.py, the real concentrator core) over an access whose MTU shrinks
+without a word after the search."""
+
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet6 import IPv6
+
+from testbed.hostile import client_configuration
+from tests.unit.client_world import CoreConcentrator, World, client_config
+from tests.unit.concentrator_harness import concentrator_config
+from tunnel.agents.client import ClientState
+from tunnel.protocol.pmtu import PmtuState
+from tunnel.protocol.pmtu_victims import LOOKBACK, MAX_FLOWS, RecentLargePackets, flow_key
+from tunnel.protocol.quic_ext import TunnelQuicConnection
+
+ALICE_V4, SERVER_V4 = "10.8.0.2", "10.200.1.2"  # alice's static address (concentrator_harness)
+PMTU = "limits.pmtu_discovery=true"
+SHRUNK = 1300  # the access's MTU (UDP payload) after the route change
+
+
+def segment(src: str, dst: str, seq: int, size: int = 1400, sport: int = 5201) -> bytes:
+    return bytes(
+        IP(src=src, dst=dst, flags="DF")
+        / TCP(sport=sport, dport=40000, seq=seq)
+        / (b"d" * (size - 40))
+    )
+
+
+# -- the log alone -------------------------------------------------------------------------------
+
+
+def test_the_latest_large_packet_of_each_flow_is_kept_and_returned_once() -> None:
+    log = RecentLargePackets(floor=1100)
+    first, latest = segment("10.0.0.1", "10.0.0.2", 1), segment("10.0.0.1", "10.0.0.2", 2)
+    other = segment("10.0.0.1", "10.0.0.2", 1, sport=5202)
+    small_enough = segment("10.0.0.3", "10.0.0.2", 1, size=1200)
+    log.note(first, 1.0)
+    log.note(latest, 1.1)
+    log.note(other, 1.2)
+    log.note(small_enough, 1.3)
+    assert len(log) == 3
+    # the new budget holds 1200-byte packets: the other two flows' latest are the victims
+    assert sorted(log.victims(budget=1200, now=1.5)) == sorted([latest, other])
+    assert log.victims(budget=1200, now=1.5) == []  # answered once
+
+
+def test_only_packets_of_the_last_seconds_are_victims() -> None:
+    log = RecentLargePackets(floor=1100)
+    log.note(segment("10.0.0.1", "10.0.0.2", 1), 1.0)
+    assert log.victims(budget=1200, now=1.0 + LOOKBACK + 0.1) == []
+
+
+def test_flows_are_told_apart_by_addresses_protocol_and_ports_v4_and_v6() -> None:
+    v6 = bytes(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2))
+    v6_other = bytes(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=3))
+    assert flow_key(v6) != flow_key(v6_other)
+    assert flow_key(segment("10.0.0.1", "10.0.0.2", 1)) == flow_key(
+        segment("10.0.0.1", "10.0.0.2", 99)
+    )
+
+
+def test_the_log_is_bounded_and_forgets_the_oldest_flow() -> None:
+    log = RecentLargePackets(floor=1100)
+    for port in range(MAX_FLOWS + 10):
+        log.note(segment("10.0.0.1", "10.0.0.2", 1, sport=1000 + port), 1.0)
+    assert len(log) == MAX_FLOWS
+    kept = {bytes(IP(p)[TCP].sport.to_bytes(2)) for p in log.victims(budget=1200, now=1.0)}
+    assert (1000).to_bytes(2) not in kept and (1000 + MAX_FLOWS + 9).to_bytes(2) in kept
+
+
+# -- both programs, in memory ----------------------------------------------------------------------
+
+
+def pmtu_world(certs: FilePath) -> tuple[World, CoreConcentrator]:
+    core = CoreConcentrator(concentrator_config(certs, PMTU), now=1000.0)
+    alice = client_configuration(certs / "ca.pem", ["qt"], certs / "alice.pem", certs / "alice.key")
+    world = World(
+        client_config("tunnel", ("wifi",), PMTU), concentrator=core, client_quic_config=alice
+    )
+    world.start()
+    world.run(2.0)
+    assert world.agent.state is ClientState.UP
+    for quic in (world.conns[0].client, world.conns[0].server):
+        assert isinstance(quic, TunnelQuicConnection) and quic.pmtu is not None
+        assert quic.pmtu.state is PmtuState.COMPLETE  # 1452 confirmed before the route change
+    return world, core
+
+
+def too_big_replies(packets: list[bytes], to: str) -> list[IP]:
+    replies = [IP(p) for p in packets if p[0] >> 4 == 4]
+    return [
+        r for r in replies if ICMP in r and r[ICMP].type == 3 and r[ICMP].code == 4 and r.dst == to
+    ]
+
+
+def test_the_concentrator_answers_the_downloads_black_hole_victims(lab_certs: FilePath) -> None:
+    """A window of full-size segments towards alice vanishes in the new hole; none is sent
+    after it. Without the answer its sender would learn the new size only from its own
+    retransmission timeout."""
+    world, core = pmtu_world(lab_certs)
+    world.accesses["wifi"].down.mtu = SHRUNK
+    window = [segment(SERVER_V4, ALICE_V4, seq) for seq in range(0, 30 * 1400, 1400)]
+    core.from_tun(window, world.now)
+    world.run(2.0, until=lambda: bool(too_big_replies(core.tun, SERVER_V4)))
+    (reply,) = too_big_replies(core.tun, SERVER_V4)
+    quoted = reply[ICMP].payload
+    assert quoted.src == SERVER_V4 and quoted.dst == ALICE_V4  # the last segment sent
+    assert bytes(quoted)[:28] == window[-1][:28]
+    server_quic = world.conns[0].server
+    assert isinstance(server_quic, TunnelQuicConnection) and server_quic.pmtu is not None
+    assert server_quic.pmtu.counters.black_holes == 1
+    assert reply[ICMP].nexthopmtu < SHRUNK  # the budget at the fallen size
+    assert core.client_status()["counters"]["pmtu_victims_answered"] == 1
+
+
+def test_the_client_answers_the_uploads_black_hole_victims(lab_certs: FilePath) -> None:
+    world, _ = pmtu_world(lab_certs)
+    world.accesses["wifi"].up.mtu = SHRUNK
+    world.from_tun([segment(ALICE_V4, SERVER_V4, seq) for seq in range(0, 30 * 1400, 1400)])
+    world.run(2.0, until=lambda: bool(too_big_replies(world.tun, ALICE_V4)))
+    (reply,) = too_big_replies(world.tun, ALICE_V4)
+    assert reply[ICMP].nexthopmtu < SHRUNK
+    assert world.agent.status()["counters"]["pmtu_victims_answered"] == 1
+
+
+def test_without_discovery_nothing_is_kept(lab_certs: FilePath) -> None:
+    core = CoreConcentrator(concentrator_config(lab_certs), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["qt"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    world = World(client_config("tunnel", ("wifi",)), concentrator=core, client_quic_config=alice)
+    world.start()
+    world.run(2.0)
+    tunnel = world.conns[0].server_tunnel
+    core.from_tun([segment(SERVER_V4, ALICE_V4, 1)], world.now)
+    assert tunnel._victims is None and tunnel.black_hole_victims(world.now) == []
