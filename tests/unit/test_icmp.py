@@ -134,6 +134,15 @@ def test_packet_too_big_dispatches_by_family_and_needs_a_source() -> None:
     assert icmp.packet_too_big(v6_packet(1500), 1400, TUN_V4, None) is None
 
 
+def test_a_router_below_the_ipv6_minimum_tells_1280() -> None:
+    """The tunnel's budget at path MTU discovery's 1200-byte base (1170) is below IPv6's
+    minimum link MTU (RFC 8200 §5): a router says 1280, the least an IPv6 sender accepts; an
+    exception here once closed the connection that met an IPv6 victim of a black hole."""
+    reply = icmp.packet_too_big(v6_packet(1400), 1170, TUN_V4, TUN_V6)
+    assert reply is not None
+    assert IPv6(reply)[ICMPv6PacketTooBig].mtu == 1280
+
+
 def test_parse_helpers() -> None:
     p4 = v4_packet(300)
     p6 = v6_packet(300)

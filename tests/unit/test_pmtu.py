@@ -24,6 +24,7 @@ from tunnel.protocol.pmtu import (
     PmtuState,
 )
 from tunnel.protocol.quic_ext import (
+    SoloDatagram,
     TunnelQuicConnection,
     datagram_budget,
     packet_datagram_budget,
@@ -32,10 +33,11 @@ from tunnel.protocol.quic_ext import (
 
 CEILING = 1452
 TIMEOUT = 0.1
+RTT = 0.02  # a round's probes leave one RTT apart (RFC 8899 §8)
 
 
 def run_search(search: PmtuSearch, path_mtu: int, now: float = 0.0, steps: int = 200) -> float:
-    """Answer every probe as a path carrying `path_mtu` bytes would (the companion always
+    """Answer every probe as a path carrying `path_mtu` bytes would (its companion always
     answered), until the search stops probing; returns the time reached."""
     for _ in range(steps):
         size = search.probe_due(now)
@@ -43,17 +45,28 @@ def run_search(search: PmtuSearch, path_mtu: int, now: float = 0.0, steps: int =
             timer = search.timer()
             if timer is None or search.state is PmtuState.COMPLETE:
                 return now
-            now = timer
-            search.on_timer(now, answered=now - TIMEOUT / 2)
+            now = timer  # the round's next probe, or its deadline
+            search.on_timer(now, answered=now - RTT / 2)
             continue
-        search.probe_sent(size, now, TIMEOUT)
+        search.probe_sent(size, now, TIMEOUT, RTT)
         if size <= path_mtu:
-            now += TIMEOUT / 2
+            now += RTT / 2
             search.probe_acked(size, now)
-        else:
-            now += TIMEOUT
-            search.on_timer(now, answered=now - TIMEOUT / 2)
     raise AssertionError("the search did not end")
+
+
+def send_round(search: PmtuSearch, now: float) -> float:
+    """Send a whole round of the size due, one RTT apart; returns the last probe's time."""
+    size = search.probe_due(now)
+    assert size is not None
+    for probe in range(MAX_PROBES):
+        if probe:
+            now = search.timer() or now
+            assert search.probe_due(now - RTT / 2) is None  # not before one RTT
+            assert search.probe_due(now) == size
+        search.probe_sent(size, now, TIMEOUT, RTT)
+    assert search.probe_due(now + TIMEOUT) is None  # MAX_PROBES in a round
+    return now
 
 
 def test_the_ceiling_is_confirmed_by_one_round_before_packets_use_it() -> None:
@@ -65,13 +78,14 @@ def test_the_ceiling_is_confirmed_by_one_round_before_packets_use_it() -> None:
     assert search.state is PmtuState.CONFIRMING
     assert search.size == BASE_PLPMTU and search.admitted == CEILING
     assert search.probe_due(1.0) == CEILING
-    search.probe_sent(CEILING, 1.0, TIMEOUT)
-    assert search.probe_due(1.0) is None  # one round out at a time
+    search.probe_sent(CEILING, 1.0, TIMEOUT, RTT)
+    assert search.probe_due(1.0) is None  # the next probe of the round one RTT later
     search.probe_acked(CEILING, 1.02)
     search.probe_acked(CEILING, 1.021)  # another of the round's: decided already
     assert search.state is PmtuState.COMPLETE and search.size == search.admitted == CEILING
     assert search.timer() is None  # at the ceiling there is nothing to raise later
-    assert search.counters.probes_sent == MAX_PROBES and search.counters.rounds_acked == 1
+    assert search.counters.probes_sent == search.counters.rounds_acked == 1
+    assert search.probe_due(1.0 + RTT) is None  # the round is over
 
 
 def test_a_new_path_is_confirmed_again_from_the_base() -> None:
@@ -103,11 +117,9 @@ def test_a_round_lost_during_an_outage_is_not_held_against_the_size() -> None:
     for attempt in range(2 * MAX_PROBES):
         now = search.timer()
         assert now is not None
-        size = search.probe_due(now)
-        assert size == CEILING
-        search.probe_sent(size, now, TIMEOUT)
-        # neither the probe nor its companion answered
-        search.on_timer(now + TIMEOUT, answered=None if attempt % 2 else now - 1.0)
+        last = send_round(search, now)
+        # no probe answered, nor the last companion (an outage; or only an earlier one was)
+        search.on_timer(last + TIMEOUT, answered=None if attempt % 2 else last - RTT / 2)
     assert search.admitted == CEILING and search.state is PmtuState.CONFIRMING
     assert search.counters.rounds_lost == 0
     assert search.counters.rounds_unanswered == 2 * MAX_PROBES
@@ -131,9 +143,10 @@ def test_large_losses_in_a_row_make_the_size_confirmed_again() -> None:
     end = run_search(search, 1300, now=3.0)
     assert 1300 - SEARCH_GRANULARITY <= search.size <= 1300
     assert search.counters.black_holes == 1
-    # the old size failed in one timeout (its MAX_PROBES probes sent together), then the search
+    # the old size failed one timeout after the last of its MAX_PROBES probes, one RTT apart
     episode = search.black_hole
-    assert episode is not None and episode.fell_at == pytest.approx(3.0 + TIMEOUT)
+    assert episode is not None
+    assert episode.fell_at == pytest.approx(3.0 + (MAX_PROBES - 1) * RTT + TIMEOUT)
     assert episode.settled_at == end
 
 
@@ -144,7 +157,7 @@ def test_a_suspicion_the_confirmation_clears_is_settled_without_a_fall() -> None
     search.large_lost(BLACK_HOLE_LOSSES, 2.0)  # congestion, not the size
     run_search(search, CEILING, now=2.0)
     assert search.size == CEILING and search.counters.black_holes == 0
-    assert search.black_hole == BlackHoleEpisode(2.0, fell_at=None, settled_at=2.0 + TIMEOUT / 2)
+    assert search.black_hole == BlackHoleEpisode(2.0, fell_at=None, settled_at=2.0 + RTT / 2)
     # a real one later: both stay in the status, up to EPISODES_KEPT
     search.large_lost(BLACK_HOLE_LOSSES, 5.0)
     run_search(search, 1300, now=5.0)
@@ -164,8 +177,8 @@ def test_the_search_tries_upwards_again_after_the_raise_interval() -> None:
     assert raise_at is not None and raise_at >= end + RAISE_INTERVAL - 1
     assert search.probe_due(raise_at - 1.0) is None
     assert search.probe_due(raise_at) == CEILING  # the full size first
-    search.probe_sent(CEILING, raise_at, TIMEOUT)
-    search.probe_acked(CEILING, raise_at + 0.05)  # the path is back to 1500
+    search.probe_sent(CEILING, raise_at, TIMEOUT, RTT)
+    search.probe_acked(CEILING, raise_at + 0.01)  # the path is back to 1500
     assert search.size == CEILING and search.state is PmtuState.COMPLETE
 
 
@@ -208,16 +221,18 @@ def received(path: Path) -> list[bytes]:
     return [e.data for e in path.server.quic_events if isinstance(e, DatagramFrameReceived)]
 
 
-def test_a_rounds_probes_are_exactly_their_size_and_their_companions_small_and_first() -> None:
+def test_a_probe_is_exactly_its_size_its_companion_small_and_first_each_sent_alone() -> None:
     net = Network()
     path = pair(net, mtu=None)
     net.run(1.0)
     client, _ = tunnels(path)
     client.reset_path_state()  # a migration: the ceiling is confirmed again
     datagrams = [data for data, _ in client.datagrams_to_send(net.clock.now)]
-    companions, probes = datagrams[-2 * MAX_PROBES : -MAX_PROBES], datagrams[-MAX_PROBES:]
-    assert [len(d) for d in probes] == [CEILING] * MAX_PROBES
-    assert all(len(d) < 64 for d in companions)
+    companion, probe = datagrams[-2:]
+    assert len(probe) == CEILING and len(companion) < 64
+    # never in a UDP GSO send with others (tunnel/aio/udp.py), whose fate they would share
+    assert type(probe) is SoloDatagram and type(companion) is SoloDatagram
+    assert not [d for d in datagrams[:-2] if type(d) is SoloDatagram]
 
 
 def test_one_probe_of_a_round_carried_confirms_the_size() -> None:
@@ -315,9 +330,9 @@ def test_a_black_hole_after_the_search_is_detected_from_the_losses() -> None:
     episode = search.black_hole
     assert episode is not None and episode.fell_at is not None
     assert episode.suspected_at < episode.fell_at < (episode.settled_at or 0.0) <= net.clock.now
-    # one round's timeout on this 20 ms path (~65 ms of the fake clock); three probes one
-    # after another took ~200 ms
-    assert episode.fell_at - episode.suspected_at < 0.1
+    # two RTTs and one probe timeout on this 20 ms path (~110 ms of the fake clock); each
+    # probe after the last one's timeout took ~200 ms
+    assert episode.fell_at - episode.suspected_at < 0.15
     assert 1300 - SEARCH_GRANULARITY <= client._max_datagram_size <= 1300
 
 
@@ -445,7 +460,7 @@ def test_a_black_hole_during_a_search_upwards_gives_it_up_and_confirms_the_size(
     settled = search.size
     raise_at = search.timer()
     assert raise_at is not None and search.probe_due(raise_at) == CEILING  # the raise starts
-    search.probe_sent(CEILING, raise_at, TIMEOUT)
+    search.probe_sent(CEILING, raise_at, TIMEOUT, RTT)
     search.large_lost(BLACK_HOLE_LOSSES, raise_at + 0.01)  # the route shrinks meanwhile
     assert search.state is PmtuState.CONFIRMING and search.probe_due(raise_at + 0.01) == settled
     run_search(search, 1300, now=raise_at + 0.01)

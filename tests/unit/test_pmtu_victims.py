@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path as FilePath
 
-from scapy.layers.inet import ICMP, IP, TCP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 
 from testbed.hostile import client_configuration
 from tests.unit.client_world import CoreConcentrator, World, client_config
@@ -19,6 +19,7 @@ from tunnel.protocol.pmtu_victims import LOOKBACK, MAX_FLOWS, RecentLargePackets
 from tunnel.protocol.quic_ext import TunnelQuicConnection
 
 ALICE_V4, SERVER_V4 = "10.8.0.2", "10.200.1.2"  # alice's static address (concentrator_harness)
+ALICE_V6, SERVER_V6 = "fd00:8::2", "fd00:200::2"
 PMTU = "limits.pmtu_discovery=true"
 SHRUNK = 1300  # the access's MTU (UDP payload) after the route change
 
@@ -49,10 +50,16 @@ def test_the_latest_large_packet_of_each_flow_is_kept_and_returned_once() -> Non
     assert log.victims(budget=1200, now=1.5) == []  # answered once
 
 
-def test_only_packets_of_the_last_seconds_are_victims() -> None:
+def test_only_packets_of_the_last_seconds_on_the_path_in_use_are_victims() -> None:
     log = RecentLargePackets(floor=1100)
     log.note(segment("10.0.0.1", "10.0.0.2", 1), 1.0)
     assert log.victims(budget=1200, now=1.0 + LOOKBACK + 0.1) == []
+    log.note(segment("10.0.0.1", "10.0.0.2", 1), 5.0)  # before a migration at 5.5
+    assert log.victims(budget=1200, now=6.0, since=5.5) == []
+    # and what LOOKBACK has passed is forgotten as new packets come
+    log.note(segment("10.0.0.1", "10.0.0.2", 1, sport=1), 10.0)
+    log.note(segment("10.0.0.1", "10.0.0.2", 1, sport=2), 10.0 + LOOKBACK + 0.1)
+    assert len(log) == 1
 
 
 def test_flows_are_told_apart_by_addresses_protocol_and_ports_v4_and_v6() -> None:
@@ -62,6 +69,15 @@ def test_flows_are_told_apart_by_addresses_protocol_and_ports_v4_and_v6() -> Non
     assert flow_key(segment("10.0.0.1", "10.0.0.2", 1)) == flow_key(
         segment("10.0.0.1", "10.0.0.2", 99)
     )
+    # ICMP has no ports (its first bytes change with every echo): one flow per address pair
+    pings = [bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(id=1, seq=n)) for n in (1, 2)]
+    assert flow_key(pings[0]) == flow_key(pings[1])
+    # nor has a later fragment
+    fragments = [
+        bytes(IP(src="10.0.0.1", dst="10.0.0.2", frag=185, proto=17) / (bytes([n]) * 8))
+        for n in (1, 2)
+    ]
+    assert flow_key(fragments[0]) == flow_key(fragments[1])
 
 
 def test_the_log_is_bounded_and_forgets_the_oldest_flow() -> None:
@@ -126,6 +142,85 @@ def test_the_client_answers_the_uploads_black_hole_victims(lab_certs: FilePath) 
     (reply,) = too_big_replies(world.tun, ALICE_V4)
     assert reply[ICMP].nexthopmtu < SHRUNK
     assert world.agent.status()["counters"]["pmtu_victims_answered"] == 1
+
+
+def test_an_ipv6_victim_is_told_the_ipv6_minimum(lab_certs: FilePath) -> None:
+    """The fallen budget (the 1200-byte base's) is below IPv6's 1280: the answer says 1280
+    (RFC 8200 §5), and the connection lives on (a ValueError here closed it)."""
+    world, core = pmtu_world(lab_certs)
+    world.accesses["wifi"].down.mtu = SHRUNK
+    window = [
+        bytes(IPv6(src=SERVER_V6, dst=ALICE_V6) / TCP(sport=5201, seq=seq) / (b"d" * 1340))
+        for seq in range(0, 30 * 1340, 1340)
+    ]
+    core.from_tun(window, world.now)
+
+    def answered() -> list[IPv6]:
+        replies = [IPv6(p) for p in core.tun if p[0] >> 4 == 6]
+        return [r for r in replies if ICMPv6PacketTooBig in r and r.dst == SERVER_V6]
+
+    world.run(2.0, until=lambda: bool(answered()))
+    (reply,) = answered()
+    assert reply[ICMPv6PacketTooBig].mtu == 1280
+    assert world.agent.state is ClientState.UP and not world.conns[0].server_tunnel.closed
+    assert core.client_status()["counters"]["pmtu_victims_answered"] == 1
+
+
+def test_a_victim_no_answer_is_due_for_is_neither_answered_nor_a_drop(lab_certs: FilePath) -> None:
+    """A datagram without DF gets no Packet Too Big (the sender allowed fragmenting it); it
+    was lost in the hole, not dropped now."""
+    world, core = pmtu_world(lab_certs)
+    world.accesses["wifi"].down.mtu = SHRUNK
+    no_df = [
+        bytes(IP(src=SERVER_V4, dst=ALICE_V4) / UDP(sport=5201, dport=5201) / (b"u" * 1372))
+        for _ in range(30)
+    ]
+    core.from_tun(no_df, world.now)
+    server_quic = world.conns[0].server
+    assert isinstance(server_quic, TunnelQuicConnection) and server_quic.pmtu is not None
+    world.run(
+        2.0,
+        until=lambda: server_quic.pmtu is not None and server_quic.pmtu.counters.black_holes > 0,
+    )
+    world.run(0.1)
+    counters = core.client_status()["counters"]
+    assert server_quic.pmtu.counters.black_holes == 1
+    assert "pmtu_victims_answered" not in counters and "dropped_too_big" not in counters
+    assert too_big_replies(core.tun, SERVER_V4) == []
+
+
+def test_after_a_migration_only_the_new_paths_packets_are_victims(lab_certs: FilePath) -> None:
+    """A large packet delivered on WiFi before it failed is no victim of 5G's smaller MTU; one
+    queued after the move is (it waited for 5G's confirmation, which failed)."""
+    core = CoreConcentrator(concentrator_config(lab_certs, PMTU), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["qt"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    world = World(
+        client_config("tunnel", ("wifi", "5g"), PMTU), concentrator=core, client_quic_config=alice
+    )
+    world.start()
+    world.run(2.0)
+    world.accesses["5g"].up.mtu = world.accesses["5g"].down.mtu = SHRUNK
+    before = segment(ALICE_V4, SERVER_V4, 1, sport=1111)
+    world.from_tun([before])
+    world.run(0.2, until=lambda: before in core.tun)
+    assert before in core.tun  # delivered on WiFi
+    world.run(0.3)  # and acknowledged (a packet stranded by the failure is re-sent on 5G)
+    conn = world.conns[0]
+    world.set_link("wifi", False)  # tunnel mode moves the connection to 5G
+    client_quic = conn.client
+    assert isinstance(client_quic, TunnelQuicConnection) and client_quic.pmtu is not None
+    world.run(1.0, until=lambda: client_quic.path_reset_at is not None)
+    after = segment(ALICE_V4, SERVER_V4, 1, sport=2222)
+    world.from_tun([after])
+    world.run(
+        2.0,
+        until=lambda: client_quic.pmtu is not None and client_quic.pmtu.counters.black_holes > 0,
+    )
+    world.run(0.1)
+    quoted = [bytes(reply[ICMP].payload)[:24] for reply in too_big_replies(world.tun, ALICE_V4)]
+    assert quoted == [after[:24]]
 
 
 def test_without_discovery_nothing_is_kept(lab_certs: FilePath) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tunnel.aio.udp import (
     UdpEndpoint,
     run,
 )
+from tunnel.protocol.quic_ext import SoloDatagram
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -293,6 +295,43 @@ def test_send_batch_keeps_datagram_boundaries_and_order(gso: bool) -> None:
     assert (sender.stats.gso_sends > 0) is gso
     for s in (receiver, other):
         s.close()
+    sender.close()
+
+
+def test_a_solo_datagram_leaves_in_a_send_of_its_own() -> None:
+    """A PMTU probe and its companion (SoloDatagram) never share a GSO send with data, whose
+    fate at a router they would share."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    sender = UdpEndpoint.bind("127.0.0.1", gso=True)
+    real = sender.sock
+    sends: list[int] = []  # datagrams per send call
+
+    class Counting:
+        def sendto(self, data: bytes, addr: object) -> int:
+            sends.append(1)
+            return real.sendto(data, addr)
+
+        def sendmsg(self, buffers: list[bytes], ancillary: object, flags: int, addr: object) -> int:
+            size = int.from_bytes(ancillary[0][2], sys.byteorder)  # type: ignore[index]
+            sends.append(-(-len(buffers[0]) // size))
+            return real.sendmsg(buffers, ancillary, flags, addr)  # type: ignore[arg-type]
+
+    sender.sock = Counting()  # type: ignore[assignment]
+    to = receiver.getsockname()
+    batch = [(b"d" * 1200, to)] * 4 + [
+        (SoloDatagram(b"c" * 40), to),
+        (SoloDatagram(b"p" * 1200), to),
+    ]
+    batch += [(b"e" * 1200, to)] * 3 + [(b"s" * 40, to)]
+    sender.send_batch(batch)
+    assert [receiver.recv(2000) for _ in batch] == [data for data, _ in batch]
+    # the data's runs, each solo datagram alone (the companion did not end the first run, nor
+    # the data after the probe join it)
+    assert sends == [4, 1, 1, 4]
+    receiver.close()
+    sender.sock = real
     sender.close()
 
 

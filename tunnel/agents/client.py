@@ -1416,11 +1416,16 @@ class ClientAgent:
             self.probe_answered(path, event.key, now)
             return _NO_EVENTS
         if isinstance(event, PathMtuFell):
-            # a black hole confirmed: tell the senders of what it swallowed (pmtu_victims.py)
+            # the path carries less than was sent: tell the senders of what it swallowed
+            # (pmtu_victims.py); nothing is dropped now, so a packet with no answer due is not
+            # counted as a drop
             budget = tunnel.max_packet_size()
             for packet in tunnel.black_hole_victims(now):
-                self.counters["pmtu_victims_answered"] += 1
-                self.too_big(packet, SendResult(SendStatus.TOO_BIG, budget))
+                reply = self._too_big_reply(packet, budget)
+                if reply is not None:
+                    self.counters["pmtu_victims_answered"] += 1
+                    self.counters["icmp_too_big_sent"] += 1
+                    self._to_tun.append(reply)
             return _NO_EVENTS
         if isinstance(event, quic_events.PingAcknowledged):
             self.ping_acked(path, event.uid, now)
@@ -1673,19 +1678,21 @@ class ClientAgent:
 
     def too_big(self, packet: bytes, result: SendResult) -> None:
         """Answer an oversized packet as a router would (tunnel/wire/icmp.py)."""
-        if self.config.payload is Payload.ETHERNET:
-            # an Ethernet segment has no Packet Too Big: the TAP's MTU keeps frames in budget
-            self.counters["drops_too_big_silent"] += 1
-            return
-        try:
-            reply = icmp.packet_too_big(packet, result.max_packet_size, self.icmp_v4, self.icmp_v6)
-        except icmp.MalformedPacketError:
-            reply = None
+        reply = self._too_big_reply(packet, result.max_packet_size)
         if reply is None:
             self.counters["drops_too_big_silent"] += 1
         else:
             self.counters["icmp_too_big_sent"] += 1
             self._to_tun.append(reply)
+
+    def _too_big_reply(self, packet: bytes, mtu: int) -> bytes | None:
+        """The Packet Too Big for `packet` (None: none is due or possible)."""
+        if self.config.payload is Payload.ETHERNET:
+            return None  # an Ethernet segment has none: the TAP's MTU keeps frames in budget
+        try:
+            return icmp.packet_too_big(packet, mtu, self.icmp_v4, self.icmp_v6)
+        except icmp.MalformedPacketError:
+            return None
 
     def set_state(self, state: ClientState) -> None:
         if state is not self.state:

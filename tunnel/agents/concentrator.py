@@ -1105,13 +1105,17 @@ class ConcentratorCore:
             self._health_event(peer, now)
             return _NO_EVENTS
         if isinstance(event, PathMtuFell):
-            # a black hole confirmed: tell the senders of what it swallowed (pmtu_victims.py)
+            # the path carries less than was sent: tell the senders of what it swallowed
+            # (pmtu_victims.py); nothing is dropped now, so a packet with no answer due is not
+            # counted as a drop
             client = peer.client
             if client is not None:
                 budget = connection.max_packet_size()
                 for packet in connection.black_hole_victims(now):
-                    client.counters["pmtu_victims_answered"] += 1
-                    self._packet_too_big(client, packet, budget)
+                    error = self._too_big_error(client, packet, budget)
+                    if error is not None:
+                        client.counters["pmtu_victims_answered"] += 1
+                        self._to_tun.append((error, client, True))
             return _NO_EVENTS
         if isinstance(event, quic_events.HandshakeCompleted):
             peer.handshake_done = True
@@ -2015,17 +2019,25 @@ class ConcentratorCore:
 
     def _packet_too_big(self, client: _Client, packet: bytes, mtu: int) -> None:
         """Answer as a router whose next hop (the tunnel) has this MTU (tunnel/wire/icmp.py)."""
-        try:
-            destination = destination_address(packet)
-            v4 = destination if isinstance(destination, IPv4Address) else None
-            v6 = destination if isinstance(destination, IPv6Address) else None
-            error = packet_too_big(packet, mtu, v4, v6)
-        except MalformedPacketError:
-            error = None
+        error = self._too_big_error(client, packet, mtu)
         if error is None:
             client.counters["dropped_too_big"] += 1
         else:
             self._to_tun.append((error, client, True))
+
+    @staticmethod
+    def _too_big_error(client: _Client, packet: bytes, mtu: int) -> bytes | None:
+        """The Packet Too Big for `packet` (None: none is due or possible), from the client's
+        own address, the far end of its tunnel."""
+        if client.macs is not None:
+            return None  # a bridge has no Packet Too Big (_to_client)
+        try:
+            destination = destination_address(packet)
+            v4 = destination if isinstance(destination, IPv4Address) else None
+            v6 = destination if isinstance(destination, IPv6Address) else None
+            return packet_too_big(packet, mtu, v4, v6)
+        except MalformedPacketError:
+            return None
 
     # -- bookkeeping -----------------------------------------------------------------------------
 

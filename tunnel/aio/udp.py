@@ -76,7 +76,7 @@ from tunnel.policy.address_validation import (
     TokenStatus,
 )
 from tunnel.policy.rate_limit import PrefixBudget
-from tunnel.protocol.quic_ext import TunnelQuicConnection, steer_connection_id
+from tunnel.protocol.quic_ext import SoloDatagram, TunnelQuicConnection, steer_connection_id
 from tunnel.protocol.stateless_reset import build_reset, reset_size, reset_token
 from tunnel.user_error import RuntimeFailure
 
@@ -384,7 +384,8 @@ class UdpEndpoint:
     def _send_segmented(self, items: list[Datagram]) -> None:
         # A run: consecutive datagrams to the same address, all of the first one's size except
         # possibly a shorter last one (the kernel's rule for UDP_SEGMENT), at most
-        # GSO_MAX_SEGMENTS and 64 KB in total.
+        # GSO_MAX_SEGMENTS and 64 KB in total. A SoloDatagram (a PMTU probe or its companion)
+        # is a run of its own: one GSO send is forwarded or dropped whole.
         index = 0
         count = len(items)
         while index < count:
@@ -392,9 +393,11 @@ class UdpEndpoint:
             size = len(data)
             end = index + 1
             limit = min(count, index + GSO_MAX_SEGMENTS, index + GSO_MAX_BYTES // max(size, 1))
+            if type(data) is SoloDatagram:
+                limit = end
             while end < limit:
                 next_data, next_addr = items[end]
-                if next_addr != addr or len(next_data) > size:
+                if next_addr != addr or len(next_data) > size or type(next_data) is SoloDatagram:
                     break
                 end += 1
                 if len(next_data) < size:

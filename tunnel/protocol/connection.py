@@ -590,11 +590,13 @@ class TunnelConnection:
             quic.end_path_probe(key)
 
     def black_hole_victims(self, now: float) -> list[bytes]:
-        """After a PathMtuFell event: the inner IP packets sent in the last seconds that the
-        fallen budget no longer holds, one per flow, to be answered with Packet Too Big
-        (tunnel/protocol/pmtu_victims.py); [] without pmtu_discovery."""
-        victims = self._victims
-        return [] if victims is None else victims.victims(self.max_packet_size(), now)
+        """After a PathMtuFell event: the inner IP packets queued on the path in use in the
+        last seconds that the fallen budget no longer holds, one per flow, to be answered with
+        Packet Too Big (tunnel/protocol/pmtu_victims.py); [] without pmtu_discovery."""
+        victims, quic = self._victims, self._quic
+        if victims is None or not isinstance(quic, TunnelQuicConnection):
+            return []
+        return victims.victims(self.max_packet_size(), now, since=quic.path_reset_at)
 
     def take_datagram_fates(self) -> list[DatagramFate]:
         """The fates of the datagrams sent with a token known since the last call

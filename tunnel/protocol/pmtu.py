@@ -16,10 +16,10 @@ it is done the connection confirms the ceiling (the configured 1,452) with a rou
 (CONFIRMING), and meanwhile *admits* packets of up to the ceiling's budget but sends only what
 the confirmed size holds: a larger one waits in the datagram queue for the probe's answer, one
 round trip. A tunnel's inner packets are sized by the TUN MTU, fixed when the TUN is made from
-the admitted budget; answering them with Packet Too Big while the probe is out would leave
+the admitted budget; answering them with Packet Too Big while the probes are out would leave
 their senders' path MTU low for minutes, and sending them before the answer would lose them on
 a smaller path (and look like a failed path to the multipath engine). When the confirmation
-fails — its MAX_PROBES probes lost while their companions got through — the size stays
+fails — its MAX_PROBES probes lost while the path answered other packets — the size stays
 at BASE_PLPMTU, what waits and no longer fits is dropped (the program answers it with Packet
 Too Big), and a binary search between the largest size acknowledged and the smallest lost one
 follows (SEARCHING), each step one round (RFC 8899 §5.3.2). The search ends within
@@ -31,20 +31,20 @@ base in a row, with none acknowledged between them, start a confirmation of the 
 (also during a search upwards, which is then given up). The QUIC side counts only losses that
 say something of the path in use: not those of packets sent before a migration, nor those of
 packets older than a large one acknowledged (a burst of loss, not a size the path refuses).
-A size is tested by a *round*: MAX_PROBES probes of that size sent together, each with a
-companion, a PING in a packet as small as can be. One probe acknowledged: the path carries the
-size. None acknowledged by their deadline while a companion was: the size failed — RFC 8899
-§5.1.2's MAX_PROBES lost probes, decided in one probe timeout instead of MAX_PROBES in a row
-(the parallel probing of draft-seemann-quic-ppdplpmtud, applied to one size). That matters
-after a black hole: the inner TCP's first retransmission timeout comes ~230 ms into it, and a
-size that falls after it leaves that TCP waiting out a doubled timer (results/README.md,
-"Where a PMTU black hole's gap goes": the sequential confirmation fell at 164–326 ms and a
-quarter of the gaps were 680–870 ms instead of 220–360). The price: a burst of loss that takes
-a round's probes but not its companions fails a size a path carries (the search then finds it
-again from the base; the multipath engine sees nothing of it), and MAX_PROBES probes go out
-where one answered would have done. During an outage (no companion answered) a round says
-nothing about the size, and it is sent again later without counting (RFC 8899 §4.4: an outage
-or congestion must not pass for an MTU limit).
+A size is tested by a *round*: MAX_PROBES probes of that size, each with a companion, a PING
+in a packet as small as can be, the next probe one smoothed RTT after the last rather than
+after the last one's timeout (RFC 8899 §8: probes at least one RTT apart). One probe
+acknowledged: the path carries the size. None acknowledged by the last one's deadline while
+the last companion got through: the size failed (§5.1.2's MAX_PROBES lost probes). A failed
+size so takes two RTTs and one probe timeout instead of MAX_PROBES timeouts in a row, which
+matters after a black hole: the sequential search fell 164–326 ms into it, after the inner
+TCP's first retransmission timeout (~230 ms) in a quarter of the runs, whose gaps were then
+680–870 ms instead of 220–360 (results/README.md, "Where a PMTU black hole's gap goes").
+Sending the round's probes together (as draft-seemann-quic-ppdplpmtud does with several sizes)
+would save the two RTTs but break §8's MUST, and would put the probes in one UDP GSO send
+whose single loss fails the size. When the last companion is not answered either (an outage,
+or a loss of it), the round says nothing about the size and is sent again later without
+counting (RFC 8899 §4.4: an outage or congestion must not pass for an MTU limit).
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ from enum import Enum
 from typing import Final
 
 BASE_PLPMTU: Final = 1200  # RFC 9000 §14: every QUIC path carries 1200-byte UDP payloads
-MAX_PROBES: Final = 3  # RFC 8899 §5.1.2 MAX_PROBES: lost probes that fail a size (one round)
+MAX_PROBES: Final = 3  # RFC 8899 §5.1.2 MAX_PROBES: lost probes that fail a size (a round)
 RAISE_INTERVAL: Final = 600.0  # seconds, RFC 8899 §5.1.1 PMTU_RAISE_TIMER
 SEARCH_GRANULARITY: Final = 8  # bytes: the search ends when its interval is this narrow
 BLACK_HOLE_LOSSES: Final = 8  # large packets lost in a row before the size is confirmed again
-MIN_PROBE_TIMEOUT: Final = 0.05  # seconds a round waits for an ACK at least
+MIN_PROBE_TIMEOUT: Final = 0.05  # seconds a probe waits for its ACK at least
 EPISODES_KEPT: Final = 8  # black hole suspicions whose times the status shows
 
 
@@ -76,20 +76,22 @@ class PmtuState(Enum):
 
 @dataclass
 class _Round:
-    """MAX_PROBES probes of `size` sent together at `sent_at`."""
+    """The probes of `size` sent so far (MAX_PROBES in all, one RTT apart)."""
 
     size: int
-    sent_at: float
-    deadline: float
+    sent: int  # probes of the round that left
+    last_sent_at: float
+    deadline: float  # when the last probe's answer is given up on
+    next_at: float  # when the next probe of the round may leave
 
 
 @dataclass
 class PmtuCounters:
     """What the search did, for the status file."""
 
-    probes_sent: int = 0  # probe packets (MAX_PROBES a round)
+    probes_sent: int = 0  # probe packets (up to MAX_PROBES a round)
     rounds_acked: int = 0  # a probe of the round was acknowledged: the size is carried
-    rounds_lost: int = 0  # none while the path answered their companions: the size failed
+    rounds_lost: int = 0  # none while the path answered the last companion: the size failed
     rounds_unanswered: int = 0  # nothing answered (an outage): sent again, not counted
     black_holes: int = 0  # confirmations that failed: the size fell to the base
     raises: int = 0  # times the size in use went up
@@ -181,21 +183,29 @@ class PmtuSearch:
         return None
 
     def probe_due(self, now: float) -> int | None:
-        """The size of the round of probes to send now, if one is due (call probe_sent once
-        its MAX_PROBES probes left)."""
-        if self._round is not None or (self._next_at is not None and now < self._next_at):
+        """The size of the probe to send now, if one is due (call probe_sent once it left)."""
+        probe = self._round
+        if probe is not None:
+            return probe.size if probe.sent < MAX_PROBES and now >= probe.next_at else None
+        if self._next_at is not None and now < self._next_at:
             return None
         if self.state is PmtuState.COMPLETE and self._next_at is not None:
             self._search(now)  # RAISE_INTERVAL is over: look upwards again
             self._raising = True
         return self.candidate
 
-    def probe_sent(self, size: int, now: float, timeout: float) -> None:
-        """The round's MAX_PROBES probes of `size` bytes left; an ACK is awaited `timeout`
-        seconds (the connection's probe timeout, so that an ACK delayed by the peer or the
-        queue is still seen)."""
-        self._round = _Round(size, now, now + max(timeout, MIN_PROBE_TIMEOUT))
-        self.counters.probes_sent += MAX_PROBES
+    def probe_sent(self, size: int, now: float, timeout: float, rtt: float) -> None:
+        """A probe of `size` bytes left; its ACK is awaited `timeout` seconds (the connection's
+        probe timeout, so that an ACK delayed by the peer or the queue is still seen), and the
+        round's next probe waits `rtt` (the smoothed RTT: RFC 8899 §8)."""
+        probe = self._round
+        deadline = now + max(timeout, MIN_PROBE_TIMEOUT)
+        if probe is not None and probe.size == size and probe.sent < MAX_PROBES:
+            probe.sent += 1
+            probe.last_sent_at, probe.deadline, probe.next_at = now, deadline, now + rtt
+        else:
+            self._round = _Round(size, 1, now, deadline, now + rtt)
+        self.counters.probes_sent += 1
 
     def probe_acked(self, size: int, now: float) -> None:
         """A probe of `size` bytes was acknowledged: the path carries that size."""
@@ -220,24 +230,28 @@ class PmtuSearch:
         return self._round is not None
 
     def timer(self) -> float | None:
-        """When on_timer wants to run next (a round's deadline, or the next round or search)."""
-        if self._round is not None:
-            return self._round.deadline
+        """When the next probe is due or on_timer wants to run (the round's next probe, its
+        deadline, or the next round or search)."""
+        probe = self._round
+        if probe is not None:
+            return probe.next_at if probe.sent < MAX_PROBES else probe.deadline
         return self._next_at
 
     def on_timer(self, now: float, answered: float | None) -> None:
         """Time passed; `answered`: when the path last acknowledged a probe's companion (None:
         never), which tells lost probes from an outage."""
         probe = self._round
-        if probe is None or now < probe.deadline:
+        if probe is None or probe.sent < MAX_PROBES or now < probe.deadline:
             return
         self._round = None
-        if answered is None or answered <= probe.sent_at:
-            # nothing got through since the round left: an outage, not the size
+        if answered is None or answered <= probe.last_sent_at:
+            # nothing got through since the last probe left: an outage (or that companion's
+            # loss), not the size
             self.counters.rounds_unanswered += 1
-            self._next_at = now + (probe.deadline - probe.sent_at)
+            self._next_at = now + (probe.deadline - probe.last_sent_at)
             return
-        # MAX_PROBES probes lost while their companions got through: the size failed
+        # MAX_PROBES probes lost while the path answered the last one's companion: the size
+        # failed
         self.counters.rounds_lost += 1
         self.high = probe.size
         if self.state is PmtuState.CONFIRMING:

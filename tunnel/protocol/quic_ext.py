@@ -83,7 +83,7 @@ from tunnel.policy.tickets import TicketIdentity, TicketStore
 from tunnel.protocol import quic_crypto
 from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import PacedNoCongestionControl
-from tunnel.protocol.pmtu import MAX_PROBES, PmtuSearch, PmtuState
+from tunnel.protocol.pmtu import PmtuSearch, PmtuState
 from tunnel.protocol.quic_crypto import FastAead, FastHeaderProtection
 from tunnel.protocol.stateless_reset import is_reset, reset_token
 
@@ -605,11 +605,19 @@ class DatagramFatesReady(events.QuicEvent):
     """Fates of tracked DATAGRAM frames are waiting in take_datagram_fates() (issue 12)."""
 
 
+class SoloDatagram(bytes):
+    """A datagram to leave in a send of its own, never in a UDP GSO run with others
+    (tunnel/aio/udp.py): a PMTU probe or its companion, whose fate must be its own."""
+
+    __slots__ = ()
+
+
 @dataclass
 class PathMtuFell(events.QuicEvent):
-    """A PMTU black hole was confirmed (pmtu_discovery): the connection's datagram budget fell,
-    and the inner packets it swallowed may be answered with Packet Too Big
-    (TunnelConnection.black_hole_victims, tunnel/protocol/pmtu_victims.py)."""
+    """A confirmation failed (pmtu_discovery): a black hole, or a new path (after the handshake
+    or a migration) that does not carry the size packets were admitted for. The connection's
+    datagram budget fell, and the inner packets that met the smaller path may be answered with
+    Packet Too Big (TunnelConnection.black_hole_victims, tunnel/protocol/pmtu_victims.py)."""
 
 
 @dataclass
@@ -784,6 +792,9 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_path_first_pn = 0
         self._tunnel_large_acked_pn = -1
         self._tunnel_black_holes = 0  # the search's black_holes counter PathMtuFell announced
+        # when the path in use started (reset_path_state; None: the handshake's): what was
+        # queued before is not the new path's (PathMtuFell's victims)
+        self.path_reset_at: float | None = None
         if pmtu_discovery:
             self._install_pmtu_discovery()
         # A subclass that changes what the generic path writes or how it handles a DATAGRAM
@@ -871,6 +882,7 @@ class TunnelQuicConnection(QuicConnection):
         loss._rtt_variance = 0.0
         self._tunnel_unanswered_since = None
         self._tunnel_path_resets += 1
+        self.path_reset_at = self._tunnel_now
         if self._tunnel_pmtu is not None:
             # a new path has a path MTU of its own (RFC 8899 §5.2): confirmed again at once
             # (the old path's round of probes is forgotten, _pmtu_apply; its packets' losses are
@@ -1213,14 +1225,14 @@ class TunnelQuicConnection(QuicConnection):
             tokens.append(token)
 
     def _pmtu_probe(self, now: float) -> list[bytes]:
-        """The round of PMTU probes due now, if any, and their companions, as datagrams to
-        send (the companions first).
+        """The PMTU probe due now, if any, and its companion, as datagrams to send (the
+        companion first), each a SoloDatagram.
 
-        A probe is one 1-RTT packet of exactly the size under test, a PING and PADDING (RFC
-        9000 §14.4), on the path and connection ID in use; a companion a PING in a packet as
-        small as can be; MAX_PROBES of each (pmtu.py: a round). When a companion is
-        acknowledged and no probe is, the size failed; when nothing is, the path answered
-        nothing and the round says nothing of the size (pmtu.py: an outage). All are kept out
+        The probe is one 1-RTT packet of exactly the size under test, a PING and PADDING (RFC
+        9000 §14.4), on the path and connection ID in use; the companion a PING in a packet as
+        small as can be, sent with it. A round (pmtu.py) is MAX_PROBES such pairs one RTT
+        apart: when the last companion is acknowledged and no probe was, the size failed; when
+        it is not, the round says nothing of the size (pmtu.py: an outage). Both are kept out
         of loss recovery like path probes: a probe's loss is no sign of congestion (§14.4, RFC
         8899 §3 item 7), and their ACKs are taken out of the ranges loss recovery sees."""
         pmtu = self._tunnel_pmtu
@@ -1244,23 +1256,25 @@ class TunnelQuicConnection(QuicConnection):
         )
         datagrams: list[bytes] = []
         probes = self._tunnel_pmtu_probes
-        # The companions first: UdpEndpoint sends a run of equal-size datagrams, and one
-        # shorter after them, in one GSO call, which a router then forwards or drops whole (a
-        # veth does not segment); a companion after a probe would share the probes' fate.
-        for probed in [0] * MAX_PROBES + [size] * MAX_PROBES:  # 0: a companion
+        for probed in (0, size):  # 0: the companion
             builder.start_packet(QuicPacketType.ONE_RTT, one_rtt.crypto)
             builder.start_frame(QuicFrameType.PING)
             # the probe is padded to the builder's whole room, `size`; the companion is not
             builder._datagram_needs_padding = bool(probed)
             flushed, packets = builder.flush()
-            datagrams += flushed
+            # each in a send of its own: UdpEndpoint would put a run of equal-size datagrams
+            # and one shorter after them in one GSO send, which a router forwards or drops
+            # whole (a veth does not segment): the companion would share the fate of the data
+            # before it, data after the probe the probe's
+            datagrams += [SoloDatagram(datagram) for datagram in flushed]
             number = packets[0].packet_number
             self._tunnel_probe_numbers.append(number)
             probes[number] = probed
         self._packet_number = builder.packet_number
         # what anti-amplification counts (RFC 9000 §8.1), as aioquic counts its own
         self._network_paths[0].bytes_sent += sum(len(datagram) for datagram in datagrams)
-        pmtu.probe_sent(size, now, self._loss.get_probe_timeout())
+        timeout = self._loss.get_probe_timeout()
+        pmtu.probe_sent(size, now, timeout, smoothed_rtt(self) or timeout)
         return datagrams
 
     def _may_probe(self, pmtu: PmtuSearch) -> bool:

@@ -235,7 +235,12 @@ def packet_too_big(
 ) -> bytes | None:
     """The ICMP error a router sends for `packet`, too big for the next-hop `mtu`, in the packet's
     family; None when no error is due (see the two functions above) or the tunnel has no
-    address in that family to send it from (the caller then drops the packet and counts it)."""
+    address in that family to send it from (the caller then drops the packet and counts it).
+    An IPv6 path is never below 1280 bytes (RFC 8200 §5): a smaller `mtu` (the tunnel's budget
+    while path MTU discovery searches from its 1200-byte base) is told as 1280, and packets
+    between the two are lost until the budget is back above it."""
     if ip_version(packet) == 4:
         return None if source_v4 is None else icmpv4_frag_needed(packet, mtu, source_v4)
-    return None if source_v6 is None else icmpv6_packet_too_big(packet, mtu, source_v6)
+    if source_v6 is None:
+        return None
+    return icmpv6_packet_too_big(packet, max(mtu, IPV6_MIN_MTU), source_v6)
