@@ -30,6 +30,7 @@ from testbed.lab import Lab
 from testbed.paths import REPO_ROOT
 from testbed.qtun import QtunDeployment, TunnelSpec
 from testbed.topologies import CONCENTRATOR_V4
+from tunnel.user_error import SentenceParser, run_command
 
 SERVER = "10.200.1.2"
 PORT = 7207
@@ -66,11 +67,21 @@ def measure(lab: Lab, n: int, script: Path, host: str = SERVER) -> list[list[flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = SentenceParser(
+        prog="python -m experiments.bench_connect", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--connects", type=int, default=30)
     parser.add_argument("--profile", default="reference")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "results" / "bench-connect")
-    args = parser.parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line (exit code 2)
+    return run_command(
+        "bench_connect",
+        lambda: _bench(parser.parse_args(argv)),
+        interrupted="the lab was torn down",
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = args.results / stamp
     out_dir.mkdir(parents=True)

@@ -40,6 +40,7 @@ from aioquic.quic.events import DatagramFrameReceived
 from tunnel.aio.udp import DEFAULT_MAX_BURST, DEFAULT_PACING_SLACK, paced_burst
 from tunnel.protocol import quic_ext
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, TunnelQuicConnection
+from tunnel.user_error import SentenceParser, run_command
 
 CLIENT_ADDR = ("10.0.0.2", 40000)
 SERVER_ADDR = ("10.0.0.1", 4433)
@@ -171,7 +172,9 @@ def one_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = SentenceParser(
+        prog="python -m experiments.bench_datagram_path", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--datagrams", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=1400, help="DATAGRAM payload, bytes")
@@ -188,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         "--burst", action="store_true", help="send as the programs do: paced_burst, 1 ms"
     )
     parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line (exit code 2)
+    return run_command("bench_datagram_path", lambda: _bench(parser.parse_args(argv)))
+
+
+def _bench(args: argparse.Namespace) -> int:
     params = dict(
         datagrams=args.datagrams,
         size=args.size,

@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from tunnel.policy.address_validation import AdmissionLimits, RetryPolicy
+from tunnel.user_error import SentenceParser, run_command
 
 MAX_CONNECTIONS = 320  # the concentrator's default: 64 clients x 4 connections + 64
 CONNECT_TIMEOUT = 10.0
@@ -225,19 +226,55 @@ def point(
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="0,2000,10000,max")
-    parser.add_argument("--policies", default="auto,always,never")
+def main(argv: list[str] | None = None) -> int:
+    parser = SentenceParser(
+        prog="python -m experiments.bench_initial_flood", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--rates", type=_rates, default="0,2000,10000,max", help="Initials/s, or max"
+    )
+    parser.add_argument("--policies", type=_policies, default="auto,always,never")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--connects", type=int, default=5)
     parser.add_argument("--module", default=None, help="another tunnel/aio/udp.py to measure")
-    args = parser.parse_args()
-    rates = [None if r == "max" else float(r) for r in args.rates.split(",")]
-    for policy in args.policies.split(","):
-        for rate in rates:
+    # parsed inside run_command: a mistake on the command line is one line (exit code 2)
+    return run_command("bench_initial_flood", lambda: _bench(parser.parse_args(argv)))
+
+
+def _rates(text: str) -> list[float | None]:
+    """--rates: comma-separated Initials per second (> 0 or 0: none) or `max`."""
+    rates: list[float | None] = []
+    for item in text.split(","):
+        try:
+            rate = None if item == "max" else float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not a rate: give Initials per second or max, e.g. 0,2000,max"
+            ) from None
+        if rate is not None and not 0 <= rate < float("inf"):
+            raise argparse.ArgumentTypeError(f"{item!r} is not a rate >= 0")
+        rates.append(rate)
+    return rates
+
+
+def _policies(text: str) -> list[str]:
+    """--policies: comma-separated Retry policies (limits.retry's values)."""
+    policies = text.split(",")
+    known = [policy.value for policy in RetryPolicy]
+    for policy in policies:
+        if policy not in known:
+            raise argparse.ArgumentTypeError(
+                f"unknown Retry policy {policy!r}: pick from {', '.join(known)}"
+            )
+    return policies
+
+
+def _bench(args: argparse.Namespace) -> int:
+    for policy in args.policies:  # (argparse applies the types to the string defaults too)
+        for rate in args.rates:
             print(point(args.module, policy, rate, args), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

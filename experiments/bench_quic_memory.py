@@ -33,6 +33,8 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+from tunnel.user_error import SentenceParser, UsageError, run_command
+
 MIB = 1024 * 1024
 
 
@@ -182,16 +184,26 @@ def _speed(streams: int, size: int = 4 * MIB) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = SentenceParser(
+        prog="python -m experiments.bench_quic_memory", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--rounds", type=int, default=10, help="attack round trips")
     parser.add_argument("--streams", type=int, default=40_000, help="streams for the churn")
     parser.add_argument("--tree", type=Path, help="import `tunnel` from this directory")
-    args = parser.parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line (exit code 2)
+    return run_command("bench_quic_memory", lambda: _bench(parser.parse_args(argv)))
+
+
+def _bench(args: argparse.Namespace) -> int:
     if args.tree is not None:
-        if not (args.tree / "tunnel" / "quic_ext.py").is_file():
-            parser.error(
-                f"{args.tree} holds no tunnel/protocol/quic_ext.py: give a copy of the repository"
+        if not (args.tree / "tunnel" / "protocol" / "quic_ext.py").is_file():
+            raise UsageError(
+                f"{args.tree} holds no tunnel/protocol/quic_ext.py: give a copy of the repository."
             )
+        # tunnel.user_error (the parser's) is imported from this checkout: forget every tunnel
+        # module so that `import tunnel` and the harness's imports load the other tree's
+        for name in [m for m in sys.modules if m == "tunnel" or m.startswith("tunnel.")]:
+            del sys.modules[name]
         sys.path.insert(0, str(args.tree.resolve()))
     import tunnel
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tunnel.user_error import SentenceParser, UsageError, run_command
+
 Scenario = Callable[[int, int], Iterator[int]]
 
 
@@ -81,7 +83,9 @@ def load_module(path: str | None) -> ModuleType:
         return tunnel.session.reorder
     spec = importlib.util.spec_from_file_location("reorder_under_test", path)
     if spec is None or spec.loader is None:
-        sys.exit(f"cannot load {path}: give the path of a copy of tunnel/session/reorder.py")
+        raise UsageError(
+            f"cannot load {path}: give the path of a copy of tunnel/session/reorder.py"
+        )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
@@ -107,19 +111,25 @@ def run_once(module: ModuleType, tags: list[int], interval: float) -> tuple[floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = SentenceParser(
+        prog="python -m experiments.bench_reorder", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--packets", type=int, default=100_000, help="packets per scenario")
     parser.add_argument("--rate", type=float, default=100_000.0, help="packets per second")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (best kept)")
     parser.add_argument("--module", help="path of another copy of tunnel/session/reorder.py")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
-    args = parser.parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line (exit code 2)
+    return run_command("bench_reorder", lambda: _bench(parser.parse_args(argv)))
+
+
+def _bench(args: argparse.Namespace) -> int:
     if not (1 <= args.packets <= 10_000_000 and args.rate > 0 and 1 <= args.repeat <= 20):
-        sys.exit("--packets must be in 1..10000000, --rate > 0 and --repeat in 1..20.")
+        raise UsageError("--packets must be in 1..10000000, --rate > 0 and --repeat in 1..20")
     names = args.scenarios.split(",")
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
-        sys.exit(f"unknown scenario {unknown[0]!r}: pick from {', '.join(SCENARIOS)}.")
+        raise UsageError(f"unknown scenario {unknown[0]!r}: pick from {', '.join(SCENARIOS)}")
     module = load_module(args.module)
     capacity = module.DEFAULT_CAPACITY
     source = args.module or str(Path(module.__file__ or "tunnel/session/reorder.py"))

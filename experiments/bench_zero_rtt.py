@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tunnel.user_error import RuntimeFailure, SentenceParser, run_command
+
 COLUMNS = [
     "setup",
     "rtt_ms",
@@ -146,7 +148,9 @@ def _rtts(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = SentenceParser(
+        prog="python -m experiments.bench_zero_rtt", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--rtts", type=_rtts, default=[20.0, 50.0, 100.0], help="ms, e.g. 20,50")
     parser.add_argument("--runs", type=int, default=5, help="repetitions per RTT and variant")
     parser.add_argument("--step", type=float, default=1.0, help="ms between packets offered")
@@ -155,11 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="the run directory (default results/zero_rtt/<ts>)"
     )
-    args = parser.parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line (exit code 2)
+    return run_command("bench_zero_rtt", lambda: _bench(parser, parser.parse_args(argv)))
+
+
+def _bench(parser: SentenceParser, args: argparse.Namespace) -> int:
     if args.runs < 1 or args.step <= 0 or not 0 <= args.loss < 50:
         parser.error("--runs must be >= 1, --step > 0 and --loss between 0 and 50")
     if args.netns and os.geteuid() != 0:
-        parser.error("--netns builds network namespaces: run it as root")
+        raise RuntimeFailure("--netns builds network namespaces: run it as root")
     from experiments.runner import git_state, new_run_dir, write_meta
     from tests.certs import make_lab_certs
 

@@ -86,7 +86,7 @@ from tunnel.protocol.quic_ext import (
     packet_datagram_budget,
 )
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE as CLIENT_MAX_DATAGRAM_SIZE
-from tunnel.user_error import RuntimeFailure, run_command
+from tunnel.user_error import RuntimeFailure, SentenceParser, run_command
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
 from tunnel.wire.http_datagram import H3Datagram, encode_ip_packet
 
@@ -456,11 +456,10 @@ EXPERIMENT = Experiment(
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m experiments.overhead`: the same options as `qtlab run overhead`."""
-    import argparse
     import os
 
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m experiments.overhead")
+    p = SentenceParser(prog="python -m experiments.overhead")
     p.add_argument("--config", type=Path)
     p.add_argument("--runs", type=int)
     p.add_argument("--shard")
@@ -468,11 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
 
     def run() -> int:
         from experiments.runner import parse_shard
 
+        # parsed here, inside run_command: a mistake on the command line is one line too
+        args = p.parse_args(argv)
         if os.geteuid() != 0:
             raise RuntimeFailure("the overhead experiment needs root (Mininet): run it with sudo.")
         params = resolve_params(EXPERIMENT, args.config, args.quick, args.runs, args.set)

@@ -17,7 +17,6 @@ its AEAD. CATEGORIES holds the rules, the first that matches wins.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import re
@@ -31,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunnel.user_error import RuntimeFailure, UsageError, run_command
+from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, run_command
 
 SAMPLE_RATE_HZ = 400  # py-spy's samples per second and process (its default is 100)
 STOP_TIMEOUT_S = 10.0  # py-spy writes its file on SIGINT; a stuck one is killed after this
@@ -213,14 +212,15 @@ def run_table(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = SentenceParser(
         prog="python -m experiments.profile_stacks",
         description="µs of CPU per packet by category, from a bench run made with --profile.",
     )
     parser.add_argument("run_dir", type=Path, help="results/bench/<YYYYmmdd-HHMMSS>")
-    args = parser.parse_args(argv)
 
     def table() -> int:
+        # parsed here, inside run_command: a mistake on the command line is one line too
+        args = parser.parse_args(argv)
         print(run_table(args.run_dir))
         return 0
 

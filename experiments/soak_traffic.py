@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunnel.user_error import SentenceParser, run_command
+
 CHUNK = 65536
 IDLE_S = 15.0  # a read or write that makes no progress this long is a stall
 CONNECT_TIMEOUT_S = 5.0
@@ -285,7 +287,7 @@ def client(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.soak_traffic")
+    p = SentenceParser(prog="python -m experiments.soak_traffic")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--bind", required=True)
@@ -305,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line too (exit code 2)
+    return run_command("soak_traffic", lambda: _run(build_parser().parse_args(argv)))
+
+
+def _run(args: argparse.Namespace) -> int:
     if not 0 < args.until - time.monotonic() <= 7200:
         print("soak_traffic: error: --until must be 0..7200 s from now.", file=sys.stderr)
         return 2

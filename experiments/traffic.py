@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunnel.user_error import SentenceParser, run_command
+
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 SAMPLE_INTERVAL_S = 0.01
 GRACE_S = 0.5  # the receiver listens this long after the sender's deadline
@@ -514,7 +516,7 @@ def udp_recv(
 
 # -- command line -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.traffic")
+    p = SentenceParser(prog="python -m experiments.traffic")
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("tcp-send", "tcp-recv", "udp-send", "udp-recv"):
         s = sub.add_parser(name)
@@ -540,7 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line too (exit code 2)
+    return run_command("traffic", lambda: _run(build_parser().parse_args(argv)))
+
+
+def _run(args: argparse.Namespace) -> int:
     if not 0 < args.duration <= 3600:
         print("traffic: error: --duration must be between 0 and 3600 s.", file=sys.stderr)
         return 2

@@ -72,6 +72,7 @@ from experiments.video_abr import (
 )
 from experiments.voice_quality import PACKET_INTERVAL_MS, PAYLOAD_BYTES
 from experiments.web_mix import DEFAULT_MAX_BYTES, object_sizes
+from tunnel.user_error import SentenceParser, run_command
 
 RTP_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
 RTP_V2 = 0x80
@@ -413,7 +414,7 @@ def video_play(
 
 # -- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.workload_traffic")
+    p = SentenceParser(prog="python -m experiments.workload_traffic")
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("voip-send", "voip-recv", "web-fetch"):
         s = sub.add_parser(name)
@@ -456,7 +457,11 @@ def _usage(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line too (exit code 2)
+    return run_command("workload_traffic", lambda: _run(build_parser().parse_args(argv)))
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "video-serve":
         serve_until(segment_server(args.bind, args.port), args.until + VIDEO_SERVER_GRACE_S)
         return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Final
 
 from testbed.paths import REPO_ROOT
-from tunnel.user_error import RuntimeFailure, UsageError, run_command
+from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, run_command
 
 PLUGIN: Final = REPO_ROOT / "tools" / "wireshark" / "quic_tunnel.lua"
 PCAP_SUFFIXES: Final = (".pcap", ".pcapng", ".cap")
@@ -270,13 +270,14 @@ def decode_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = SentenceParser(
         prog="python -m testbed.decode",
         description="Print the QUIC tunnel messages of a capture directory (pcap files and "
         "TLS keylogs) through tshark and tools/wireshark/quic_tunnel.lua.",
     )
-    args = add_decode_arguments(parser).parse_args(argv)
-    return run_command("decode", lambda: decode_from_args(args))
+    add_decode_arguments(parser)
+    # parsed inside run_command: a mistake on the command line is one line too (exit code 2)
+    return run_command("decode", lambda: decode_from_args(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

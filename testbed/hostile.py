@@ -88,6 +88,7 @@ from tunnel.protocol.quic_ext import (
     packet_datagram_budget,
 )
 from tunnel.session.reorder import PacketTagCounter
+from tunnel.user_error import SentenceParser, run_command
 from tunnel.wire.messages import AccessId, AccessSignal
 from tunnel.wire.modes import TunnelMode
 
@@ -1656,9 +1657,7 @@ def _target(args: argparse.Namespace) -> Target:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m testbed.hostile", description=__doc__.split("\n")[0]
-    )
+    p = SentenceParser(prog="python -m testbed.hostile", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("attacks", "fuzz"):
         s = sub.add_parser(name)
@@ -1690,7 +1689,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # parsed inside run_command: a mistake on the command line is one line too (exit code 2)
+    return run_command("hostile", lambda: _run(build_parser().parse_args(argv)))
+
+
+def _run(args: argparse.Namespace) -> int:
     target = _target(args)
     if args.command == "attacks":
         if not 0 < args.duration <= 7200 or args.scale <= 0:
