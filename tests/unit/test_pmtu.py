@@ -182,6 +182,39 @@ def test_the_search_tries_upwards_again_after_the_raise_interval() -> None:
     assert search.size == CEILING and search.state is PmtuState.COMPLETE
 
 
+def test_a_round_spaced_before_the_first_rtt_sample_follows_it_once_known() -> None:
+    """After a migration the RTT estimate starts afresh: the first probe, sent before a sample,
+    spaces the next by the probe timeout; the sample, once in, brings it forward."""
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    search.probe_sent(CEILING, 0.0, TIMEOUT, rtt=TIMEOUT)  # no RTT sample yet
+    assert search.timer() == pytest.approx(TIMEOUT)
+    search.rtt_measured(RTT)
+    assert search.timer() == pytest.approx(RTT) and search.probe_due(RTT) == CEILING
+    search.rtt_measured(2 * TIMEOUT)  # never later than planned
+    assert search.timer() == pytest.approx(RTT)
+
+
+def test_after_a_migration_to_a_smaller_path_the_queue_waits_a_round_only() -> None:
+    """A datagram admitted for 1452 blocks aioquic's in-order queue until the new path's
+    confirmation fails (README "Path MTU": a known cost); the smaller one behind it leaves two
+    RTTs and a probe timeout later, not three probe timeouts of an estimate starting afresh."""
+    net = Network()
+    path = pair(net, mtu=None)
+    net.run(1.0)
+    client, _ = tunnels(path)
+    path.up_link.mtu = path.down_link.mtu = 1300
+    client.reset_path_state()
+    start = net.clock.now
+    client.send_datagram_frame(b"B" * datagram_budget(client), token="big")
+    client.send_datagram_frame(b"s" * 50)
+    net.run(1.0, until=lambda: any(len(d) == 50 for d in received(path)))
+    assert any(len(d) == 50 for d in received(path))
+    # fake clock: 0.14 s (validation, three probes an RTT apart, a 50 ms floor); 0.32 s while
+    # the spacing waited for the probe timeout, 0.39 s with each probe after the last's timeout
+    assert net.clock.now - start < 0.2
+
+
 def test_a_ceiling_below_the_base_is_refused() -> None:
     try:
         PmtuSearch(ceiling=BASE_PLPMTU - 1)

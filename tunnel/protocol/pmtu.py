@@ -207,6 +207,14 @@ class PmtuSearch:
             self._round = _Round(size, 1, now, deadline, now + rtt)
         self.counters.probes_sent += 1
 
+    def rtt_measured(self, rtt: float) -> None:
+        """The path's smoothed RTT is now `rtt`: the round's next probe waits no longer than
+        that after the last (after a migration the estimate starts afresh, and a probe sent
+        before the first sample was spaced by the probe timeout instead)."""
+        probe = self._round
+        if probe is not None and probe.sent < MAX_PROBES:
+            probe.next_at = min(probe.next_at, probe.last_sent_at + rtt)
+
     def probe_acked(self, size: int, now: float) -> None:
         """A probe of `size` bytes was acknowledged: the path carries that size."""
         probe = self._round

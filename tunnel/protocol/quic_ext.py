@@ -1355,6 +1355,9 @@ class TunnelQuicConnection(QuicConnection):
         pmtu = self._tunnel_pmtu
         if pmtu is None or not self._may_probe(pmtu):
             return timer  # (a probe due on a path not validated yet waits for its validation)
+        rtt = smoothed_rtt(self)
+        if rtt is not None:
+            pmtu.rtt_measured(rtt)
         at = pmtu.timer()
         if at is None:
             return timer
