@@ -4,6 +4,7 @@ without an ICMP error (tests/unit/quic_harness.py `Link.mtu`): a PMTU black hole
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable
 
 import pytest
@@ -213,6 +214,53 @@ def test_after_a_migration_to_a_smaller_path_the_queue_waits_a_round_only() -> N
     # fake clock: 0.14 s (validation, three probes an RTT apart, a 50 ms floor); 0.32 s while
     # the spacing waited for the probe timeout, 0.39 s with each probe after the last's timeout
     assert net.clock.now - start < 0.2
+
+
+def test_no_probe_leaves_within_one_rtt_of_the_last_not_even_a_new_rounds() -> None:
+    """RFC 8899 §8: the interval between probes MUST be at least one RTT. An acknowledged round
+    ends before its spacing is over (the ACK comes within the RTT); the next round waits it out."""
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    sent: list[float] = []
+    now = 0.0
+    path_mtu = 1300
+    for _ in range(200):
+        size = search.probe_due(now)
+        if size is None:
+            timer = search.timer()
+            if timer is None or search.state is PmtuState.COMPLETE:
+                break
+            now = max(timer, now)
+            search.on_timer(now, answered=now - RTT / 4)
+            continue
+        search.probe_sent(size, now, TIMEOUT, RTT)
+        sent.append(now)
+        if size <= path_mtu:
+            now += RTT / 4  # acknowledged well within the RTT
+            search.probe_acked(size, now)
+    assert search.state is PmtuState.COMPLETE and len(sent) > MAX_PROBES
+    assert min(later - earlier for earlier, later in itertools.pairwise(sent)) >= RTT - 1e-9
+
+
+def test_an_outage_backs_the_rounds_off_twice_longer_each_time() -> None:
+    search = PmtuSearch(ceiling=CEILING)
+    search.start(0.0)
+    waits: list[float] = []
+    now = 0.0
+    for _ in range(8):
+        now = search.timer() or now
+        last = send_round(search, now)
+        search.on_timer(last + TIMEOUT, answered=None)
+        next_at = search.timer()
+        assert next_at is not None
+        waits.append(next_at - (last + TIMEOUT))
+    assert waits[:6] == pytest.approx([TIMEOUT * 2**n for n in range(6)])
+    assert waits[6:] == pytest.approx([TIMEOUT * 32] * 2)  # capped
+    # answered again: the size is decided, and the next outage starts from one timeout
+    now = search.timer() or now
+    send_round(search, now)
+    search.probe_acked(CEILING, now + 2 * RTT + RTT / 2)
+    assert search.state is PmtuState.COMPLETE and search._unanswered == 0
 
 
 def test_a_ceiling_below_the_base_is_refused() -> None:
@@ -495,8 +543,11 @@ def test_a_black_hole_during_a_search_upwards_gives_it_up_and_confirms_the_size(
     assert raise_at is not None and search.probe_due(raise_at) == CEILING  # the raise starts
     search.probe_sent(CEILING, raise_at, TIMEOUT, RTT)
     search.large_lost(BLACK_HOLE_LOSSES, raise_at + 0.01)  # the route shrinks meanwhile
-    assert search.state is PmtuState.CONFIRMING and search.probe_due(raise_at + 0.01) == settled
-    run_search(search, 1300, now=raise_at + 0.01)
+    assert search.state is PmtuState.CONFIRMING
+    # its first probe one RTT after the raise's (RFC 8899 §8), not at once
+    assert search.probe_due(raise_at + 0.01) is None
+    assert search.probe_due(raise_at + RTT) == settled
+    run_search(search, 1300, now=raise_at + RTT)
     assert 1300 - SEARCH_GRANULARITY <= search.size <= 1300
     assert search.counters.black_holes == 2 and search.black_hole is not None  # (1372, 1300)
     assert search.black_hole.fell_at is not None

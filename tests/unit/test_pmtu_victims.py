@@ -223,6 +223,43 @@ def test_after_a_migration_only_the_new_paths_packets_are_victims(lab_certs: Fil
     assert quoted == [after[:24]]
 
 
+def test_a_packet_queued_before_a_migration_that_the_new_path_refuses_is_a_victim(
+    lab_certs: FilePath,
+) -> None:
+    """WiFi goes silent with a large packet still in the queue; tunnel mode moves to 5G, whose
+    smaller MTU fails the confirmation, and the packet, queued before the move and never sent,
+    is dropped from the queue: answered too (without reinjection nothing re-sends it)."""
+    core = CoreConcentrator(concentrator_config(lab_certs, PMTU), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["qt"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    world = World(
+        client_config("tunnel", ("wifi", "5g"), PMTU, "limits.reinjection=false"),
+        concentrator=core,
+        client_quic_config=alice,
+    )
+    world.start()
+    world.run(2.0)
+    world.accesses["5g"].up.mtu = world.accesses["5g"].down.mtu = SHRUNK
+    world.blackhole("wifi", True)
+    start, seq = world.now, 0
+    while world.now - start < 0.05:  # more than the window: the rest waits in the queue
+        world.from_tun([segment(ALICE_V4, SERVER_V4, seq + 1360 * n) for n in range(20)])
+        seq += 20 * 1360
+        world.run(0.01)
+    client_quic = world.conns[0].client
+    assert isinstance(client_quic, TunnelQuicConnection) and client_quic.pmtu is not None
+    world.run(
+        3.0,
+        until=lambda: client_quic.pmtu is not None and client_quic.pmtu.counters.black_holes > 0,
+    )
+    world.run(0.1)
+    assert client_quic.path_reset_at is not None  # it moved
+    (reply,) = too_big_replies(world.tun, ALICE_V4)
+    assert reply[ICMP].nexthopmtu < SHRUNK
+    assert world.agent.status()["counters"]["pmtu_victims_answered"] == 1
+
+
 def test_without_discovery_nothing_is_kept(lab_certs: FilePath) -> None:
     core = CoreConcentrator(concentrator_config(lab_certs), now=1000.0)
     alice = client_configuration(

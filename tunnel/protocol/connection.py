@@ -596,7 +596,19 @@ class TunnelConnection:
         victims, quic = self._victims, self._quic
         if victims is None or not isinstance(quic, TunnelQuicConnection):
             return []
-        return victims.victims(self.max_packet_size(), now, since=quic.path_reset_at)
+        # and those dropped from the queue by the fall, whenever they were queued (before a
+        # migration, a packet waits for the new path's confirmation)
+        refused: list[bytes] = []
+        payload = self._payload
+        for data in quic.take_refused_datagrams():
+            with contextlib.suppress(DatagramError):
+                if self._mode is TunnelMode.SESSION:
+                    refused.append(decode_session_datagram(data)[2])
+                elif payload is not None:
+                    refused.append(decode_tunnel_datagram(data, payload))
+        return victims.victims(
+            self.max_packet_size(), now, since=quic.path_reset_at, refused=refused
+        )
 
     def take_datagram_fates(self) -> list[DatagramFate]:
         """The fates of the datagrams sent with a token known since the last call

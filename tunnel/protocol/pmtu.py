@@ -33,18 +33,20 @@ say something of the path in use: not those of packets sent before a migration, 
 packets older than a large one acknowledged (a burst of loss, not a size the path refuses).
 A size is tested by a *round*: MAX_PROBES probes of that size, each with a companion, a PING
 in a packet as small as can be, the next probe one smoothed RTT after the last rather than
-after the last one's timeout (RFC 8899 §8: probes at least one RTT apart). One probe
-acknowledged: the path carries the size. None acknowledged by the last one's deadline while
-the last companion got through: the size failed (§5.1.2's MAX_PROBES lost probes). A failed
-size so takes two RTTs and one probe timeout instead of MAX_PROBES timeouts in a row, which
-matters after a black hole: the sequential search fell 164–326 ms into it, after the inner
-TCP's first retransmission timeout (~230 ms) in a quarter of the runs, whose gaps were then
-680–870 ms instead of 220–360 (results/README.md, "Where a PMTU black hole's gap goes").
-Sending the round's probes together (as draft-seemann-quic-ppdplpmtud does with several sizes)
-would save the two RTTs but break §8's MUST, and would put the probes in one UDP GSO send
-whose single loss fails the size. When the last companion is not answered either (an outage,
-or a loss of it), the round says nothing about the size and is sent again later without
-counting (RFC 8899 §4.4: an outage or congestion must not pass for an MTU limit).
+after the last one's timeout, and no probe (a new round's neither) within one RTT of the one
+before (RFC 8899 §8: probes at least one RTT apart). One probe acknowledged: the path carries
+the size. None acknowledged by the last one's deadline while a companion was acknowledged
+after the last probe left: the size failed (§5.1.2's MAX_PROBES lost probes). A failed size so
+takes two RTTs and one probe timeout instead of MAX_PROBES timeouts in a row, which matters
+after a black hole: the sequential search fell 164–326 ms into it, after the inner TCP's first
+retransmission timeout (~230 ms) in a quarter of the runs, whose gaps were then 680–870 ms
+instead of 220–360 (results/README.md, "Where a PMTU black hole's gap goes"). Sending the
+round's probes together (as draft-seemann-quic-ppdplpmtud does with several sizes) would save
+the two RTTs but break §8's MUST, and would put the probes in one UDP GSO send whose single
+loss fails the size. When no companion is answered after the last probe left (an outage), the
+round says nothing about the size and is sent again later without counting (RFC 8899 §4.4:
+an outage or congestion must not pass for an MTU limit), a probe timeout later, twice longer
+after each such round in a row (at most 32 times).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class PmtuCounters:
 
     probes_sent: int = 0  # probe packets (up to MAX_PROBES a round)
     rounds_acked: int = 0  # a probe of the round was acknowledged: the size is carried
-    rounds_lost: int = 0  # none while the path answered the last companion: the size failed
+    rounds_lost: int = 0  # none, while a companion was answered after the last: the size failed
     rounds_unanswered: int = 0  # nothing answered (an outage): sent again, not counted
     black_holes: int = 0  # confirmations that failed: the size fell to the base
     raises: int = 0  # times the size in use went up
@@ -129,6 +131,9 @@ class PmtuSearch:
     episodes: deque[BlackHoleEpisode] = field(default_factory=lambda: deque(maxlen=EPISODES_KEPT))
     _round: _Round | None = None
     _next_at: float | None = None  # when the next probe (or search) may start
+    # one RTT after the last probe left: no probe before (RFC 8899 §8), also a new round's
+    _quiet_until: float | None = None
+    _unanswered: int = 0  # rounds in a row nothing answered (an outage): each waits twice longer
     _large_lost: int = 0  # large packets lost in a row
     _raising: bool = False  # SEARCHING upwards from a confirmed size (the raise timer's)
 
@@ -205,6 +210,7 @@ class PmtuSearch:
             probe.last_sent_at, probe.deadline, probe.next_at = now, deadline, now + rtt
         else:
             self._round = _Round(size, 1, now, deadline, now + rtt)
+        self._quiet_until = now + rtt
         self.counters.probes_sent += 1
 
     def rtt_measured(self, rtt: float) -> None:
@@ -214,6 +220,7 @@ class PmtuSearch:
         probe = self._round
         if probe is not None and probe.sent < MAX_PROBES:
             probe.next_at = min(probe.next_at, probe.last_sent_at + rtt)
+            self._quiet_until = probe.next_at
 
     def probe_acked(self, size: int, now: float) -> None:
         """A probe of `size` bytes was acknowledged: the path carries that size."""
@@ -221,6 +228,7 @@ class PmtuSearch:
         if probe is None or probe.size != size:
             return  # another of the round's, or a round given up on: decided already
         self._round = None
+        self._unanswered = 0
         self.counters.rounds_acked += 1
         if self.state is PmtuState.CONFIRMING:
             self.low = max(self.low, size)
@@ -253,11 +261,16 @@ class PmtuSearch:
             return
         self._round = None
         if answered is None or answered <= probe.last_sent_at:
-            # nothing got through since the last probe left: an outage (or that companion's
-            # loss), not the size
+            # no companion answered since the last probe left: an outage, not the size; the
+            # next round waits a probe timeout, twice longer after each such round (at most 32
+            # times: a long outage is not filled with full-size probes)
             self.counters.rounds_unanswered += 1
-            self._next_at = now + (probe.deadline - probe.last_sent_at)
+            self._next_at = now + (probe.deadline - probe.last_sent_at) * 2 ** min(
+                self._unanswered, 5
+            )
+            self._unanswered += 1
             return
+        self._unanswered = 0
         # MAX_PROBES probes lost while the path answered the last one's companion: the size
         # failed
         self.counters.rounds_lost += 1
@@ -303,7 +316,11 @@ class PmtuSearch:
         self.state = PmtuState.CONFIRMING
         self._raising = False
         self.target = target
-        self._next_at = now  # None: at once
+        self._unanswered = 0
+        if now is None:  # a new path: at once (the old path's probes do not space its own)
+            self._next_at = self._quiet_until = None
+        else:
+            self._next_at = self._after_quiet(now)
 
     def _search(self, now: float) -> None:
         self.state = PmtuState.SEARCHING
@@ -315,7 +332,12 @@ class PmtuSearch:
         if self.high - self.low <= SEARCH_GRANULARITY or self.low >= self.ceiling:
             self._complete(now)
         else:
-            self._next_at = now
+            self._next_at = self._after_quiet(now)
+
+    def _after_quiet(self, now: float) -> float:
+        """`now`, or one RTT after the last probe if that is later (RFC 8899 §8)."""
+        quiet = self._quiet_until
+        return now if quiet is None else max(now, quiet)
 
     def _complete(self, now: float) -> None:
         self.state = PmtuState.COMPLETE

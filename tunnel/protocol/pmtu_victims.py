@@ -14,7 +14,9 @@ delivery came back at ~250 ms, the inner TCP's first timeout, in 8 of 10 runs
 
 So, while discovery runs, the connection keeps the latest large packet of each inner flow
 queued in the last LOOKBACK seconds on the path in use, and when a confirmation fails answers
-those the fallen budget refuses. A TCP sender lowers its MSS and retransmits at once what no
+those the fallen budget refuses, and those the fall dropped from the queue whenever they were
+queued (TunnelQuicConnection.take_refused_datagrams: after a migration they waited there for the
+new path's confirmation). A TCP sender lowers its MSS and retransmits at once what no
 longer fits (Linux ignores a quote of data already acknowledged, so one of a packet that got
 through before the hole costs nothing); other senders lower their path MTU for the
 destination, which the path did in fact shrink to. One per flow is enough: the sender's path
@@ -25,6 +27,7 @@ every Packet Too Big of the search.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 LOOKBACK: Final = 2.0  # seconds: detection (8 large losses) and confirmation take well under it
@@ -65,18 +68,24 @@ class RecentLargePackets:
             del latest[oldest]
             oldest = next(iter(latest))
 
-    def victims(self, budget: int, now: float, since: float | None = None) -> list[bytes]:
+    def victims(
+        self, budget: int, now: float, since: float | None = None, refused: Sequence[bytes] = ()
+    ) -> list[bytes]:
         """The packets queued in the last LOOKBACK seconds (and not before `since`: the path's
-        start) that `budget` no longer holds, one per flow, forgotten once returned (a Packet
-        Too Big for each is enough)."""
+        start) that `budget` no longer holds, and the `refused` ones (dropped from the queue by
+        the fall, whenever queued), one per flow (the latest), forgotten once returned (a
+        Packet Too Big for each is enough)."""
         start = now - LOOKBACK if since is None else max(now - LOOKBACK, since)
-        found = [
-            packet
-            for packet, queued_at in self._latest.values()
+        found = {
+            key: packet
+            for key, (packet, queued_at) in self._latest.items()
             if len(packet) > budget and queued_at >= start
-        ]
+        }
+        for packet in refused:
+            if packet and len(packet) > budget:
+                found[flow_key(packet)] = packet
         self._latest.clear()
-        return found
+        return list(found.values())
 
     def __len__(self) -> int:
         return len(self._latest)

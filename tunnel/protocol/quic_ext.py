@@ -577,6 +577,7 @@ _FAST_PATH_HOOKS: Final = (
 generic path."""
 
 PROBE_NUMBERS_KEPT: Final = 64
+REFUSED_KEPT: Final = 64  # DATAGRAMs dropped by a fall of the admitted size, kept for the program
 """Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
 PROBE_CHALLENGES_KEPT: Final = 32
 """Unanswered PATH_CHALLENGE values of path probes remembered (older ones are forgotten)."""
@@ -792,6 +793,8 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_path_first_pn = 0
         self._tunnel_large_acked_pn = -1
         self._tunnel_black_holes = 0  # the search's black_holes counter PathMtuFell announced
+        # DATAGRAMs _admit dropped, for the program's Packet Too Big (take_refused_datagrams)
+        self._tunnel_refused: deque[bytes] = deque(maxlen=REFUSED_KEPT)
         # when the path in use started (reset_path_state; None: the handshake's): what was
         # queued before is not the new path's (PathMtuFell's victims)
         self.path_reset_at: float | None = None
@@ -1189,6 +1192,13 @@ class TunnelQuicConnection(QuicConnection):
         """The path MTU search (None without pmtu_discovery)."""
         return self._tunnel_pmtu
 
+    def take_refused_datagrams(self) -> list[bytes]:
+        """The DATAGRAM payloads dropped from the queue since the last call because the
+        admitted size fell below them (the last REFUSED_KEPT)."""
+        refused = list(self._tunnel_refused)
+        self._tunnel_refused.clear()
+        return refused
+
     def _resize(self, size: int) -> None:
         """Send UDP payloads of up to `size` bytes from now on: the packet builders, the
         pacer and the controller count in it (RFC 9002 §7.2: windows stay in bytes)."""
@@ -1205,7 +1215,8 @@ class TunnelQuicConnection(QuicConnection):
         admitted size drops, a queued DATAGRAM that no longer fits would block the queue for
         good (DESIGN.md "Known aioquic facts"): it is dropped, and a tracked one reported lost,
         so that the program's re-send meets the new budget and is answered with Packet Too
-        Big."""
+        Big. Each dropped one is kept for take_refused_datagrams (PathMtuFell's victims: it may
+        have been queued before a migration and never re-sent)."""
         shrinks = self._tunnel_admitted is not None and size < self._tunnel_admitted
         self._tunnel_admitted = size
         if not shrinks or not self._datagrams_pending:
@@ -1213,10 +1224,13 @@ class TunnelQuicConnection(QuicConnection):
         budget = datagram_budget(self)
         pending, tokens = self._datagrams_pending, self._tunnel_datagram_tokens
         kept: list[tuple[bytes, Hashable | None]] = []
+        refused = self._tunnel_refused
         for data, token in zip(pending, tokens, strict=True):
             if len(data) <= budget:
                 kept.append((data, token))
-            elif token is not None:
+                continue
+            refused.append(data)
+            if token is not None:
                 self._on_datagram_fate(QuicDeliveryState.LOST, token, None)
         pending.clear()
         tokens.clear()
