@@ -14,7 +14,7 @@ from testbed.hostile import client_configuration
 from tests.unit.client_world import CoreConcentrator, World, client_config
 from tests.unit.concentrator_harness import concentrator_config
 from tunnel.agents.client import ClientState
-from tunnel.protocol.pmtu import PmtuState
+from tunnel.protocol.pmtu import PmtuSearch, PmtuState
 from tunnel.protocol.pmtu_victims import LOOKBACK, MAX_FLOWS, RecentLargePackets, flow_key
 from tunnel.protocol.quic_ext import TunnelQuicConnection
 
@@ -92,19 +92,42 @@ def test_the_log_is_bounded_and_forgets_the_oldest_flow() -> None:
 # -- both programs, in memory ----------------------------------------------------------------------
 
 
-def pmtu_world(certs: FilePath) -> tuple[World, CoreConcentrator]:
-    core = CoreConcentrator(concentrator_config(certs, PMTU), now=1000.0)
+def tunnel_world(
+    certs: FilePath, accesses: tuple[str, ...] = ("wifi",), *settings: str, discovery: bool = True
+) -> tuple[World, CoreConcentrator]:
+    """Alice in tunnel mode over `accesses` to the real concentrator core, up for 2 s."""
+    pmtu = [PMTU] if discovery else []
+    core = CoreConcentrator(concentrator_config(certs, *pmtu), now=1000.0)
     alice = client_configuration(certs / "ca.pem", ["qt"], certs / "alice.pem", certs / "alice.key")
     world = World(
-        client_config("tunnel", ("wifi",), PMTU), concentrator=core, client_quic_config=alice
+        client_config("tunnel", accesses, *pmtu, *settings),
+        concentrator=core,
+        client_quic_config=alice,
     )
     world.start()
     world.run(2.0)
+    return world, core
+
+
+def pmtu_world(certs: FilePath) -> tuple[World, CoreConcentrator]:
+    world, core = tunnel_world(certs)
     assert world.agent.state is ClientState.UP
     for quic in (world.conns[0].client, world.conns[0].server):
         assert isinstance(quic, TunnelQuicConnection) and quic.pmtu is not None
         assert quic.pmtu.state is PmtuState.COMPLETE  # 1452 confirmed before the route change
     return world, core
+
+
+def run_until_fell(world: World, quic: object, seconds: float) -> PmtuSearch:
+    """Run until `quic`'s confirmation failed (its search's black_holes counter rose), then
+    0.1 s more for the agents to answer; its search."""
+    assert isinstance(quic, TunnelQuicConnection)
+    search = quic.pmtu
+    assert search is not None
+    world.run(seconds, until=lambda: search.counters.black_holes > 0)
+    world.run(0.1)
+    assert search.counters.black_holes == 1
+    return search
 
 
 def too_big_replies(packets: list[bytes], to: str) -> list[IP]:
@@ -176,15 +199,8 @@ def test_a_victim_no_answer_is_due_for_is_neither_answered_nor_a_drop(lab_certs:
         for _ in range(30)
     ]
     core.from_tun(no_df, world.now)
-    server_quic = world.conns[0].server
-    assert isinstance(server_quic, TunnelQuicConnection) and server_quic.pmtu is not None
-    world.run(
-        2.0,
-        until=lambda: server_quic.pmtu is not None and server_quic.pmtu.counters.black_holes > 0,
-    )
-    world.run(0.1)
+    run_until_fell(world, world.conns[0].server, 2.0)
     counters = core.client_status()["counters"]
-    assert server_quic.pmtu.counters.black_holes == 1
     assert "pmtu_victims_answered" not in counters and "dropped_too_big" not in counters
     assert too_big_replies(core.tun, SERVER_V4) == []
 
@@ -192,15 +208,7 @@ def test_a_victim_no_answer_is_due_for_is_neither_answered_nor_a_drop(lab_certs:
 def test_after_a_migration_only_the_new_paths_packets_are_victims(lab_certs: FilePath) -> None:
     """A large packet delivered on WiFi before it failed is no victim of 5G's smaller MTU; one
     queued after the move is (it waited for 5G's confirmation, which failed)."""
-    core = CoreConcentrator(concentrator_config(lab_certs, PMTU), now=1000.0)
-    alice = client_configuration(
-        lab_certs / "ca.pem", ["qt"], lab_certs / "alice.pem", lab_certs / "alice.key"
-    )
-    world = World(
-        client_config("tunnel", ("wifi", "5g"), PMTU), concentrator=core, client_quic_config=alice
-    )
-    world.start()
-    world.run(2.0)
+    world, core = tunnel_world(lab_certs, ("wifi", "5g"))
     world.accesses["5g"].up.mtu = world.accesses["5g"].down.mtu = SHRUNK
     before = segment(ALICE_V4, SERVER_V4, 1, sport=1111)
     world.from_tun([before])
@@ -210,15 +218,11 @@ def test_after_a_migration_only_the_new_paths_packets_are_victims(lab_certs: Fil
     conn = world.conns[0]
     world.set_link("wifi", False)  # tunnel mode moves the connection to 5G
     client_quic = conn.client
-    assert isinstance(client_quic, TunnelQuicConnection) and client_quic.pmtu is not None
+    assert isinstance(client_quic, TunnelQuicConnection)
     world.run(1.0, until=lambda: client_quic.path_reset_at is not None)
     after = segment(ALICE_V4, SERVER_V4, 1, sport=2222)
     world.from_tun([after])
-    world.run(
-        2.0,
-        until=lambda: client_quic.pmtu is not None and client_quic.pmtu.counters.black_holes > 0,
-    )
-    world.run(0.1)
+    run_until_fell(world, client_quic, 2.0)
     quoted = [bytes(reply[ICMP].payload)[:24] for reply in too_big_replies(world.tun, ALICE_V4)]
     assert quoted == [after[:24]]
 
@@ -229,17 +233,7 @@ def test_a_packet_queued_before_a_migration_that_the_new_path_refuses_is_a_victi
     """WiFi goes silent with a large packet still in the queue; tunnel mode moves to 5G, whose
     smaller MTU fails the confirmation, and the packet, queued before the move and never sent,
     is dropped from the queue: answered too (without reinjection nothing re-sends it)."""
-    core = CoreConcentrator(concentrator_config(lab_certs, PMTU), now=1000.0)
-    alice = client_configuration(
-        lab_certs / "ca.pem", ["qt"], lab_certs / "alice.pem", lab_certs / "alice.key"
-    )
-    world = World(
-        client_config("tunnel", ("wifi", "5g"), PMTU, "limits.reinjection=false"),
-        concentrator=core,
-        client_quic_config=alice,
-    )
-    world.start()
-    world.run(2.0)
+    world, _ = tunnel_world(lab_certs, ("wifi", "5g"), "limits.reinjection=false")
     world.accesses["5g"].up.mtu = world.accesses["5g"].down.mtu = SHRUNK
     world.blackhole("wifi", True)
     start, seq = world.now, 0
@@ -248,26 +242,15 @@ def test_a_packet_queued_before_a_migration_that_the_new_path_refuses_is_a_victi
         seq += 20 * 1360
         world.run(0.01)
     client_quic = world.conns[0].client
-    assert isinstance(client_quic, TunnelQuicConnection) and client_quic.pmtu is not None
-    world.run(
-        3.0,
-        until=lambda: client_quic.pmtu is not None and client_quic.pmtu.counters.black_holes > 0,
-    )
-    world.run(0.1)
-    assert client_quic.path_reset_at is not None  # it moved
+    run_until_fell(world, client_quic, 3.0)
+    assert isinstance(client_quic, TunnelQuicConnection) and client_quic.path_reset_at is not None
     (reply,) = too_big_replies(world.tun, ALICE_V4)
     assert reply[ICMP].nexthopmtu < SHRUNK
     assert world.agent.status()["counters"]["pmtu_victims_answered"] == 1
 
 
 def test_without_discovery_nothing_is_kept(lab_certs: FilePath) -> None:
-    core = CoreConcentrator(concentrator_config(lab_certs), now=1000.0)
-    alice = client_configuration(
-        lab_certs / "ca.pem", ["qt"], lab_certs / "alice.pem", lab_certs / "alice.key"
-    )
-    world = World(client_config("tunnel", ("wifi",)), concentrator=core, client_quic_config=alice)
-    world.start()
-    world.run(2.0)
+    world, core = tunnel_world(lab_certs, discovery=False)
     tunnel = world.conns[0].server_tunnel
     core.from_tun([segment(SERVER_V4, ALICE_V4, 1)], world.now)
     assert tunnel._victims is None and tunnel.black_hole_victims(world.now) == []
