@@ -577,10 +577,12 @@ _FAST_PATH_HOOKS: Final = (
 generic path."""
 
 PROBE_NUMBERS_KEPT: Final = 64
-REFUSED_KEPT: Final = 64  # DATAGRAMs dropped by a fall of the admitted size, kept for the program
 """Packet numbers of recent path probes hidden from loss recovery (path_probe)."""
 PROBE_CHALLENGES_KEPT: Final = 32
 """Unanswered PATH_CHALLENGE values of path probes remembered (older ones are forgotten)."""
+REFUSED_KEPT: Final = 64
+"""DATAGRAMs dropped from the queue by a fall of the admitted size, kept for the program's
+Packet Too Big (take_refused_datagrams)."""
 # the attributes in which aioquic's and our controllers keep the datagram size they count in
 _CONTROLLER_SIZE_FIELDS: Final = (
     "_max_datagram_size",
@@ -1245,8 +1247,9 @@ class TunnelQuicConnection(QuicConnection):
         The probe is one 1-RTT packet of exactly the size under test, a PING and PADDING (RFC
         9000 §14.4), on the path and connection ID in use; the companion a PING in a packet as
         small as can be, sent with it. A round (pmtu.py) is MAX_PROBES such pairs one RTT
-        apart: when the last companion is acknowledged and no probe was, the size failed; when
-        it is not, the round says nothing of the size (pmtu.py: an outage). Both are kept out
+        apart: when a companion is acknowledged after the last probe left and no probe was,
+        the size failed; when none is, the round says nothing of the size (pmtu.py: an
+        outage). Both are kept out
         of loss recovery like path probes: a probe's loss is no sign of congestion (§14.4, RFC
         8899 §3 item 7), and their ACKs are taken out of the ranges loss recovery sees."""
         pmtu = self._tunnel_pmtu
