@@ -1164,11 +1164,30 @@ def _check_client(config: ClientConfig, t: Table) -> None:
         raise ConfigError(
             "mode is 'session' but no [[access]] table is given: add one per access network"
         )
+    if config.mode is TunnelMode.SESSION:
+        _check_session_access_ids(config.accesses)
     if config.qos is not None and config.mode is not TunnelMode.SESSION:
         raise ConfigError(
             "qos is sent in the New Session TLV of session mode, but mode is"
             f' {config.mode.value!r}: set mode = "session" or remove qos'
         )
+
+
+def _check_session_access_ids(accesses: Sequence[AccessConfig]) -> None:
+    """Session mode tells a client's connections apart by their Access ID: the concentrator
+    closes an older connection of the session when a newer one announces the same access (a
+    client whose WiFi connection died unnoticed comes back on WiFi), so two accesses of one
+    ID would close each other's connection for ever, and the drafts have only two IDs."""
+    seen: dict[AccessId, str] = {}
+    for access in accesses:
+        other = seen.setdefault(access.access_id, access.name)
+        if other != access.name:
+            raise ConfigError(
+                f"accesses {other!r} and {access.name!r} both have access_id"
+                f" {ACCESS_NAMES[access.access_id]!r}: in session mode each connection is known"
+                " by its Access ID (a newer one replaces an older one of the same ID), so keep"
+                ' one of them or use mode = "tunnel"'
+            )
 
 
 def _check_static_client(client: StaticClient, t: Table) -> None:
@@ -1210,21 +1229,17 @@ def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
 
 
 def _check_workers(config: ConcentratorConfig) -> None:
-    """What several worker processes cannot share yet (README "Workers"): each would hand out
-    the same pool addresses and mapped ports, and one client's TAP lives in one process."""
+    """What several worker processes cannot share yet (README "Workers"): each would map the
+    same ports, and one client's TAP lives in one process."""
     refuse = None
-    if config.pool.ipv4 is not None or config.pool.ipv6 is not None:
-        refuse = "a [pool] (each worker would hand out the same addresses)"
-    elif Payload.ETHERNET in config.payloads:
+    if Payload.ETHERNET in config.payloads:
         refuse = 'payloads "ethernet"'
     elif config.stream.enabled and config.stream.inbound_ports:
         refuse = "stream.inbound_ports (each worker would map the same ports)"
-    elif config.nat:
-        refuse = "nat = true"
     if refuse is not None:
         raise ConfigError(
             f"workers = {config.workers} cannot be combined with {refuse} yet: set workers = 1"
-            ", or give every client static addresses in [[client]] tables and drop it"
+            " or drop it"
         )
     longest = worker_tun_name(config.tun.name, config.workers - 1)
     if len(longest.encode()) >= IFNAMSIZ:

@@ -311,6 +311,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             elif args.action == "syn":
                 result["syn_ack"] = await syn_probe(link, args.src, args.dst, args.dport)
             elif args.action == "hold":
+                if args.ping_first:  # e.g. a pool client claiming its address
+                    packet = echo_request(args.src, args.dst, args.size, 0)
+                    got = await replies_on({"peer": peer}, functools.partial(send, packet))
+                    result["replies"] = min(1, got["peer"])
                 print("READY", flush=True)
                 await until_stdin_closes(args.hold)
                 received = [e for e in peer.events if isinstance(e, PacketReceived)]
@@ -369,6 +373,9 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="session: Access Report wifi up")
     parser.add_argument("--hold", type=float, default=5.0, help="hold: at most this long (s)")
+    parser.add_argument(
+        "--ping-first", action="store_true", help="hold: one echo from --src before READY"
+    )
     parser.add_argument("--lifetime", type=float, default=5.0)
     args = parser.parse_args()
     outcome = run(asyncio.wait_for(main(args), args.lifetime + 10))

@@ -583,6 +583,49 @@ def test_workers_count_max_clients_together(net: None, lab_certs: Path, tmp_path
         assert program.stop() == 0, program.log_tail()
 
 
+def test_workers_share_the_pool(net: None, lab_certs: Path, tmp_path: Path) -> None:
+    """A [pool] with two workers: carol's first packet at worker 1 claims 10.8.1.5, routed to
+    worker 1's TUN and answered there; dave's from the same address at worker 0 is not
+    answered while she holds it; once she left, the address is routed home and dave claims it
+    at worker 0."""
+    port = ("--port", "4437")
+    pool = '[pool]\nipv4 = "10.8.1.0/24"\nadmit = ["carol", "dave"]\n'
+    dave_ping = ("ping", *port, "--cert", "dave", "--src", "10.8.1.5", "--dcid-byte", "0")
+    with concentrator(tmp_path, workers_toml(lab_certs, tmp_path) + pool) as program:
+        carol = ("--cert", "carol", "--src", "10.8.1.5", "--dcid-byte", "1", "--ping-first")
+        with holder(lab_certs, *port, *carol) as held:
+            assert route_dev("10.8.1.5") == WORKER_TUN1  # moved before her echo went in
+            refused = client(lab_certs, *dave_ping)
+            assert refused["connected"] and refused["replies"] == 0, refused
+            claims = program.log().count("pool address claimed client=dave")
+            assert claims == 0, program.log_tail()  # a worker's own table alone let him
+            result = released(held)
+        assert result["replies"] == 1, result
+        wait_until("10.8.1.5 routed home", lambda: route_dev("10.8.1.5") == WORKER_TUN)
+        served = client(lab_certs, *dave_ping)
+        assert served["replies"] == 1, served
+        assert program.stop() == 0, program.log_tail()
+    assert "worker=0 pool address claimed client=dave address=10.8.1.5" in program.log()
+
+
+def test_workers_masquerade_through_one_table(net: None, lab_certs: Path, tmp_path: Path) -> None:
+    """nat = true with two workers: worker 0 installs the one table, which leaves both
+    workers' TUNs alone; alice served by worker 1 reaches a network that does not route the
+    client prefixes back; the table goes with the concentrator."""
+    nat = 'nat = true\nnat_exclude = ["10.200.0.0/24"]\n'
+    table = ("nft", "list", "table", "inet", "qtun_nat_qcc_wk")
+    with concentrator(tmp_path, nat + workers_toml(lab_certs, tmp_path)) as program:
+        listing = in_conc(*table).stdout
+        assert f'oifname {{ "{WORKER_TUN}", "{WORKER_TUN1}" }} accept' in listing, listing
+        for byte in ("1", "0"):
+            natted = client(lab_certs, "ping", "--port", "4437", "--dcid-byte", byte,
+                            "--dst", "10.201.0.2", "--count", "2")  # fmt: skip
+            assert natted["replies"] == 2, (byte, natted)
+        assert program.stop() == 0, program.log_tail()
+    assert program.log().count("nat on table=qtun_nat_qcc_wk") == 1
+    assert in_conc(*table).returncode != 0
+
+
 def test_a_worker_that_dies_stops_the_concentrator(
     net: None, lab_certs: Path, tmp_path: Path
 ) -> None:

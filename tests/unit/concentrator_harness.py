@@ -34,6 +34,7 @@ from tunnel.agents.concentrator import (
 )
 from tunnel.aio.concentrator_setup import load_verifier, quic_configuration
 from tunnel.config import ConcentratorConfig, parse_concentrator_config
+from tunnel.policy.addresses import PoolClaims
 from tunnel.policy.client_slots import ClientSlots
 from tunnel.protocol.connection import TunnelConnection, TunnelEvent
 from tunnel.protocol.quic_ext import TunnelQuicConnection
@@ -154,6 +155,8 @@ class CoreLab:
     stream_events: list[tuple[TunnelConnection, TunnelEvent]] = field(default_factory=list)
     client_slots: ClientSlots | None = None
     """Shared with another CoreLab: two workers' cores (README "Workers")."""
+    pool_claims: PoolClaims | None = None
+    """Likewise: the pool addresses the other worker's clients hold."""
 
     def __post_init__(self) -> None:
         verifier = load_verifier(self.config.tls.ca, self.config.tls.crl)
@@ -163,6 +166,7 @@ class CoreLab:
             verifier=verifier,
             random_bytes=random.Random(7).randbytes,
             client_slots=self.client_slots,
+            pool_claims=self.pool_claims,
         )
         self.server_quic_config, _ = quic_configuration(self.config)
 
@@ -296,7 +300,11 @@ class CoreLab:
 
 
 def lab(
-    certs: Path, *overrides: str, extra: str = "", client_slots: ClientSlots | None = None
+    certs: Path,
+    *overrides: str,
+    extra: str = "",
+    client_slots: ClientSlots | None = None,
+    pool_claims: PoolClaims | None = None,
 ) -> CoreLab:
     config = concentrator_config(certs, *overrides, extra=extra)
-    return CoreLab(config, certs, client_slots=client_slots)
+    return CoreLab(config, certs, client_slots=client_slots, pool_claims=pool_claims)

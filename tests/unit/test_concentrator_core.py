@@ -30,6 +30,7 @@ from tests.unit.concentrator_harness import (
 )
 from tunnel.agents.concentrator import (
     AUTH_FAILED_REASON,
+    AddressesClaimed,
     ClientArrived,
     ClientLeft,
     Closed,
@@ -39,6 +40,7 @@ from tunnel.agents.concentrator import (
     SessionAnswered,
     StatusChanged,
 )
+from tunnel.aio.workers import SharedPoolClaims
 from tunnel.policy.client_slots import LocalClientSlots
 from tunnel.protocol.connection import (
     ConnectionClosed,
@@ -206,6 +208,42 @@ def test_workers_count_their_clients_together(lab_certs: Path) -> None:
     assert slots.taken == 0
     served = two.connect("carol")
     assert closed_reason(served) is None and slots.taken == 1
+
+
+def test_workers_claim_pool_addresses_together(lab_certs: Path) -> None:
+    """A [pool] with workers: two workers' cores share one table of claims (across processes,
+    tunnel/aio/workers.py SharedPoolClaims, tested in test_workers.py). carol's first packet
+    claims 10.8.1.5 at worker 0, which routes it to its TUN (AddressesClaimed); dave's from
+    the same address at worker 1 claims nothing and is dropped; carol herself, on a newer
+    connection at worker 1, holds it there too, and it is free only once she left both."""
+    shared = SharedPoolClaims(max_clients=4)
+    one = lab(lab_certs, pool_claims=shared.worker(0))
+    two = lab(lab_certs, pool_claims=shared.worker(1))
+    address = ip_network("10.8.1.5/32")
+
+    def send_from_pool(core_lab: CoreLab, name: str, seq: int) -> Conn:
+        conn = core_lab.connect(name)
+        conn.client.send_packet(icmp_echo("10.8.1.5", SERVER, seq))
+        core_lab.run(0.1)
+        return conn
+
+    send_from_pool(one, "carol", 1)
+    assert one.of(AddressesClaimed) == [AddressesClaimed("carol", (address,))]
+    assert one.status_of("carol")["addresses"] == ["10.8.1.5/32"]
+    assert len(one.tun) == 1
+    send_from_pool(two, "dave", 2)
+    assert two.status_of("dave")["addresses"] == [] and two.of(AddressesClaimed) == []
+    assert two.status_of("dave")["counters"]["pool_address_taken"] == 1
+    assert two.tun == []  # the ingress filter dropped it
+    send_from_pool(two, "carol", 3)
+    assert two.of(AddressesClaimed) == [AddressesClaimed("carol", (address,))]
+    assert shared.claimed() == {address.network_address: 0b11}
+    for core_lab in (one, two):
+        core_lab.core.shutdown(core_lab.now)
+        core_lab.carry_out()
+        core_lab.run(1.0)
+        assert ClientLeft("carol", (address,)) in core_lab.of(ClientLeft)
+    assert shared.claimed() == {}
 
 
 def test_in_tunnel_mode_a_new_connection_replaces_the_old_one(lab_certs: Path) -> None:

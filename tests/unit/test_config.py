@@ -145,6 +145,7 @@ CLIENT_ERRORS = [
     (("access.0.interface=a/b",), "is not an interface name"),
     (("access.1.local_address=fd00::zz",), "access.1.local_address = 'fd00::zz' is not an IP"),
     (("access.1.name=wifi",), "access name 'wifi' is used twice"),
+    (("access.1.access_id=wifi",), "accesses 'wifi' and '5g' both have access_id 'wifi'"),
     (("access.0.speed=1",), "access.0.speed is not a known key"),
     (("access=[]",), "mode is 'session' but no [[access]] table is given"),
     (("scheduler=random",), "scheduler = 'random' is not one of failover, wrr"),

@@ -17,6 +17,7 @@ from testbed.hostile import client_configuration
 from tests.unit.client_world import CoreConcentrator, World, client_config
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.agents.client import ClosePath, Migrate
+from tunnel.protocol.connection import TunnelConnection
 
 __all__ = ["lab_certs"]  # the fixture
 
@@ -366,8 +367,10 @@ def test_a_reinjection_is_taken_by_a_path_whose_queue_is_full(lab_certs: FilePat
 @pytest.mark.parametrize("switch", ["limits.reinjection=false", "limits.duplication=false"])
 def test_each_mechanism_can_be_switched_off(lab_certs: FilePath, switch: str) -> None:
     """The ablation switches, at both ends: without reinjection nothing stranded is re-sent
-    (packets in flight on the dead access are lost), without duplication no copies are made;
-    detection still moves the traffic."""
+    (packets in flight on the dead access are lost), without duplication no copies are made
+    and reinjection alone delivers everything: what WiFi carried while suspect (the failover
+    scheduler still chose it) is re-sent when it is found dead (it was lost, 160 packets,
+    when only a path leaving ALIVE was stranded); detection still moves the traffic."""
     world, core = core_world(lab_certs, settings=[switch], core_settings=[switch])
     traffic = Traffic(world, core)
     traffic.run(40)
@@ -381,7 +384,60 @@ def test_each_mechanism_can_be_switched_off(lab_certs: FilePath, switch: str) ->
     assert all(c["suspected"] == 1 for c in counters)
     if key == "reinjected":
         assert len(core.tun) < len(traffic.up)  # the stranded ones are lost
-    assert core.tun[-100:] == traffic.up[-100:]  # moved to 5G: what followed arrived
+        assert core.tun[-100:] == traffic.up[-100:]  # moved to 5G: what followed arrived
+    else:
+        assert all(c["died"] == 1 for c in counters)
+        assert core.tun == traffic.up and traffic.delivered_down() == traffic.down
+
+
+def test_datagrams_that_overtake_the_join_answer_are_held_not_dropped(
+    lab_certs: FilePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5G joins while downlink flows (the concentrator's wrr scheduler gives it packets at
+    once) and the one packet carrying the concentrator's answer, its control stream's FIN
+    (session draft §6.1.3), is lost: the datagrams after it arrive first. The client holds
+    them until the resent FIN says it joined, and every packet is delivered; it dropped them
+    before (5 lost for good, each gap waited a reorder timeout: QUIC had acknowledged them,
+    so nothing re-sent them)."""
+    config = client_config("session", ("wifi", "5g"), PROBE)
+    core = CoreConcentrator(concentrator_config(lab_certs, 'scheduler="wrr"'), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["qt-session"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    world = World(config, concentrator=core, client_quic_config=alice)
+    world.accesses["5g"].cut(True)  # only WiFi joins at start
+    world.start()
+    world.run(2.0)
+    answered: list[TunnelConnection] = []  # the concentrator's connections that answered a join
+    confirm_join = TunnelConnection.confirm_join
+
+    def confirm_and_note(connection: TunnelConnection) -> None:
+        answered.append(connection)
+        confirm_join(connection)
+
+    monkeypatch.setattr(TunnelConnection, "confirm_join", confirm_and_note)
+    wire = world.accesses["5g"].down
+    send = wire.send
+    lost: list[float] = []
+
+    def lose_the_answer(data: bytes, dest: Any, now: float) -> None:
+        if not lost and answered and dest[0].server_tunnel is answered[-1]:
+            lost.append(now)  # the first packet after the answer was queued: it carries it
+            wire.sent += 1
+            wire.lost += 1
+            return
+        send(data, dest, now)
+
+    monkeypatch.setattr(wire, "send", lose_the_answer)
+    world.accesses["5g"].cut(False)  # the client reconnects over 5G and joins
+    traffic = Traffic(world, core)
+    traffic.run(600, per_step=2, downlink=True)
+    world.run(1.0)
+    assert world.agent.path_on("5g") is not None and len(lost) == 1
+    counters = world.agent.status()["counters"]
+    assert counters["held_before_join"] > 0 and counters.get("drops_not_joined", 0) == 0
+    assert traffic.delivered_down() == traffic.down
+    assert world.agent.status()["reorder"]["gaps_skipped"] == 0
 
 
 def test_detection_off_leaves_the_liveness_probe(lab_certs: FilePath) -> None:

@@ -15,7 +15,7 @@ def test_table_name_is_an_nft_identifier_per_tun() -> None:
 def test_ruleset_masquerades_client_sources_except_tun_and_excluded() -> None:
     text = nat_ruleset(
         "qtun_nat_t",
-        "t0",
+        ["t0", "t0w1"],
         [ip_network("10.8.0.0/24"), ip_network("fd00:8::/64")],
         [ip_network("10.200.0.0/16")],
     )
@@ -25,6 +25,6 @@ def test_ruleset_masquerades_client_sources_except_tun_and_excluded() -> None:
     assert "set clients6 { type ipv6_addr; flags interval; elements = { fd00:8::/64 }; }" in text
     assert "set exclude4 { type ipv4_addr; flags interval; elements = { 10.200.0.0/16 }; }" in text
     assert "set exclude6 { type ipv6_addr; flags interval; }" in text  # empty: no elements
-    assert 'oifname "t0" accept' in text
+    assert 'oifname { "t0", "t0w1" } accept' in text  # every worker's TUN
     assert "ip saddr @clients4 ip daddr != @exclude4 counter masquerade" in text
     assert "type nat hook postrouting priority srcnat" in text

@@ -36,7 +36,7 @@ def test_sent_packets_are_bounded_in_count_and_bytes_oldest_first() -> None:
     assert len(sent) == 0 and sent.bytes == 0
 
 
-def test_in_flight_on_a_path_leaves_out_copies_and_those_resent() -> None:
+def test_in_flight_on_a_path_leaves_out_copies_and_those_resent_or_doubled() -> None:
     sent = SentPackets()
     sent.add(SentPacket(b"a", 1, 0, 0.0))
     sent.add(SentPacket(b"b", 2, 0, 0.0, copy=True))
@@ -44,6 +44,7 @@ def test_in_flight_on_a_path_leaves_out_copies_and_those_resent() -> None:
     resent.resent = True
     sent.add(resent)
     sent.add(SentPacket(b"d", 4, 1, 0.0))
+    sent.add(SentPacket(b"e", 5, 0, 0.0, doubled=True))  # a duplicate went on path 1
     assert [r.packet for r in sent.in_flight_on(0)] == [b"a"]
 
 

@@ -2,15 +2,16 @@
 steering (tunnel/aio/reuseport.py) on a real SO_REUSEPORT group on loopback, the connection IDs
 a worker issues and a client picks (tunnel/protocol/quic_ext.py) in the in-memory harness and
 against QuicServers on loopback (with Retry), the supervisor's merge of the status files and
-each worker's view of the configuration, the client count they share across their fork, and
-the configurations workers refuse. The real program with its TUNs is tested in
-tests/integration/test_concentrator.py."""
+each worker's view of the configuration, the client count and the pool claims they share
+across their fork, and the configurations workers refuse. The real program with its TUNs is
+tested in tests/integration/test_concentrator.py."""
 
 from __future__ import annotations
 
 import os
 import select
 import socket
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tunnel.aio.reuseport import attach_steering, steering_program, worker_of
 from tunnel.aio.udp import QuicClient, QuicServer, UdpEndpoint
 from tunnel.aio.workers import (
     SharedClientSlots,
+    SharedPoolClaims,
     merge_status,
     worker_config,
     worker_status_path,
@@ -44,7 +46,7 @@ KEY = bytes(range(32))
 
 
 def static_config(certs: Path, *overrides: str) -> ConcentratorConfig:
-    """A concentrator whose clients all have static addresses (what workers need)."""
+    """A concentrator whose clients all have static addresses."""
     return concentrator_config(certs, *overrides, pool=False)
 
 
@@ -280,8 +282,11 @@ def test_each_worker_gets_its_tun_and_status_file(lab_certs: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "refused"),
     [
-        (("pool.ipv4=10.9.0.0/24", 'pool.admit=["bob"]'), "cannot be combined with a \\[pool\\]"),
-        (("nat=true",), "cannot be combined with nat = true"),
+        (("stream.enabled=true", "stream.inbound_ports=[2222]"), "stream.inbound_ports"),
+        (
+            ('payloads=["ethernet"]', 'l2.bridge="br0"'),
+            'cannot be combined with payloads "ethernet"',
+        ),
         (("tun.name=abcdefghijklmn",), "leaves no room for the workers' TUN names"),
     ],
 )
@@ -294,9 +299,33 @@ def test_workers_refuse_what_they_cannot_share(
         static_config(lab_certs, "workers=2", *overrides)
 
 
-def test_the_harness_pool_is_refused_with_workers(lab_certs: Path) -> None:
-    with pytest.raises(ConfigError, match="set workers = 1"):
-        concentrator_config(lab_certs, "workers=4")
+def test_a_pool_is_served_by_workers(lab_certs: Path) -> None:
+    assert concentrator_config(lab_certs, "workers=4").pool.ipv4 is not None
+
+
+def test_the_pool_claims_are_one_table_across_a_fork() -> None:
+    """What a client claims at one worker, another client cannot claim at another; the same
+    client can (a newer connection of it there), and the address is free once neither holds
+    it. Two entries per client slot; a full table refuses."""
+    claims = SharedPoolClaims(max_clients=2)
+    zero, one = claims.worker(0), claims.worker(1)
+    carol = ip_address("10.8.1.5")
+    pid = os.fork()
+    if pid == 0:  # worker 1
+        os._exit(0 if one.take("carol", carol) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not zero.take("dave", carol)
+    assert zero.take("carol", carol) and claims.claimed() == {carol: 0b11}
+    one.give_back("carol", carol)
+    assert not zero.take("dave", carol)
+    zero.give_back("carol", carol)
+    assert claims.claimed() == {}
+    assert zero.take("dave", carol)
+    others = [ip_address(f"10.8.1.{k}") for k in (6, 7, 8, 9)]
+    assert [one.take("erin", address) for address in others] == [True, True, True, False]
+    zero.give_back("carol", carol)  # dave's, not carol's: nothing changes
+    assert claims.claimed() == {carol: 0b01} | dict.fromkeys(others[:3], 0b10)
 
 
 def test_the_client_slots_are_one_count_across_a_fork() -> None:

@@ -142,6 +142,7 @@ log = logging.getLogger("qtun.client")
 
 CONNECT_TIMEOUT: Final = 10.0  # seconds for a handshake (capped by limits.idle_timeout)
 SESSION_TIMEOUT: Final = 5.0  # seconds for the Session ID answer after New/Join Session
+HELD_BEFORE_JOIN: Final = 1024  # datagrams kept that came before the answer (a reorder buffer's)
 BACKOFF_START: Final = 0.25  # seconds; doubled per failed attempt up to reconnect_backoff_max
 STABLE_AFTER: Final = 5.0  # seconds a connection must live before the backoff starts over
 PROBE_MISSES: Final = 3  # unanswered PING intervals before an access counts as failed
@@ -784,6 +785,11 @@ class _SessionMode:
         # before the others can join with its Session ID.
         self.joining: Path | None = None
         self.joining_id: bytes | None = None  # the Session ID it asked to join (None: New)
+        # Session datagrams on the joining connection before its answer: the concentrator
+        # sends on a connection as soon as it has answered, and the FIN that answers (draft
+        # §6.1.3) may be lost and resent after datagrams that QUIC then acknowledged, so a
+        # drop would be for good (held, they go to the session once it is joined).
+        self.held_before_join: list[PacketReceived] = []
         self.waiting_to_join: deque[Path] = deque()
 
     def start(self, now: float) -> None:
@@ -863,14 +869,24 @@ class _SessionMode:
             return
         joining_id = self.joining_id
         self.joining = None
+        held = self._take_held()
         if isinstance(event, SessionJoinFailed):
+            self.agent.counters["drops_not_joined"] += len(held)
             path.refusal = event.code
             self.agent.close_path(path, "session join refused", now)
             if joining_id is not None and event.code == ControlErrorCode.UNKNOWN_SESSION_ID:
                 self._forget_session(f"rejoin refused access={path.name}", now)
         else:
             self._joined(path, event.session_id, joining_id is None, now)
+            session, tunnel = self.session, path.tunnel
+            assert session is not None and tunnel is not None
+            for early in held:
+                self.agent.deliver(session.on_packet(tunnel, early, now))
         self._join_next(now)
+
+    def _take_held(self) -> list[PacketReceived]:
+        held, self.held_before_join = self.held_before_join, []
+        return held
 
     def _joined(self, path: Path, session_id: bytes, created: bool, now: float) -> None:
         agent = self.agent
@@ -931,6 +947,7 @@ class _SessionMode:
             del self.up[name]
         if self.joining is path:
             self.joining = None
+            self.agent.counters["drops_not_joined"] += len(self._take_held())
             self._join_next(now)
         connector = self.connectors[name]
         if connector.path is not path:
@@ -1055,7 +1072,11 @@ class _SessionMode:
             return
         session = self.session
         if session is None or path.tunnel is None or self._by_tunnel.get(path.tunnel) is not path:
-            self.agent.counters["drops_not_joined"] += 1
+            if path is self.joining and len(self.held_before_join) < HELD_BEFORE_JOIN:
+                self.held_before_join.append(event)
+                self.agent.counters["held_before_join"] += 1
+            else:
+                self.agent.counters["drops_not_joined"] += 1
             return
         self.agent.deliver(session.on_packet(path.tunnel, event, now))
 
@@ -1077,6 +1098,7 @@ class _SessionMode:
         joining = self.joining
         if joining is not None and joining.deadline is not None and joining.deadline <= now:
             self.joining = None
+            self.agent.counters["drops_not_joined"] += len(self._take_held())
             self.agent.close_path(joining, f"no session answer within {SESSION_TIMEOUT:g} s", now)
             self._join_next(now)
         for connector in self.connectors.values():

@@ -87,7 +87,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any, Final
 
 from aioquic.quic import events as quic_events
@@ -98,6 +98,7 @@ from tunnel.policy.addresses import (
     AddressTable,
     Claim,
     IPNetwork,
+    PoolClaims,
     allocate_pool_addresses,
     is_link_scoped_ipv6,
 )
@@ -304,6 +305,16 @@ class ClientArrived:
 
 
 @dataclass(frozen=True)
+class AddressesClaimed:
+    """The IP client claimed `prefixes` of the `[pool]` (its first packet from a free address,
+    or MASQUE's assignment): a concentrator of several workers routes them to this worker's
+    TUN, as for ClientArrived; ClientLeft gives them back."""
+
+    client: str
+    prefixes: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
 class ClientLeft:
     """The IP client is gone from here (its last connection, and its session's idle wait,
     ended): its `prefixes` are no longer this worker's to route."""
@@ -338,14 +349,16 @@ Action = (
     | TapOpened
     | TapClosed
     | ClientArrived
+    | AddressesClaimed
     | ClientLeft
     | InboundMapped
     | InboundUnmapped
 )
 """What `next_action()` returns. The edge transmits the `connection` of Refused, Closed,
 SessionAnswered and Transmit, rewrites the status file on StatusChanged, makes or removes the
-client's TAP on TapOpened / TapClosed, listens on a mapped port for InboundMapped and stops for
-InboundUnmapped; CrlReloaded is for the log."""
+client's TAP on TapOpened / TapClosed, routes a client's prefixes to this worker's TUN on
+ClientArrived and AddressesClaimed and back on ClientLeft (several workers), listens on a
+mapped port for InboundMapped and stops for InboundUnmapped; CrlReloaded is for the log."""
 
 
 @dataclass(frozen=True)
@@ -874,9 +887,12 @@ class ConcentratorCore:
         utc_now: Callable[[], datetime.datetime] = _utc_now,
         port_free: Callable[[int], bool] = lambda _: True,
         client_slots: ClientSlots | None = None,
+        pool_claims: PoolClaims | None = None,
     ) -> None:
         """`client_slots`: where limits.max_clients is counted (tunnel/policy/client_slots.py;
-        the concentrator's workers share one); None: this core's own."""
+        the concentrator's workers share one); None: this core's own. `pool_claims`: the
+        `[pool]` addresses the other workers' clients hold (None: this core is the only
+        one)."""
         self.config = config
         self.limits = config.limits
         self.verifier = verifier
@@ -891,6 +907,7 @@ class ConcentratorCore:
             config.pool.ipv4,
             config.pool.ipv6,
             reserved=[a.ip for a in config.tun.addresses],
+            shared=pool_claims,
         )
         self.sessions: SessionTable[_Peer] = SessionTable(
             random_bytes,
@@ -1285,6 +1302,7 @@ class ConcentratorCore:
         name = client.name
         if not self.addresses.is_static(name) and allocate_pool_addresses(self.addresses, name):
             client.ingress.set_prefixes(self.addresses.prefixes_of(name))
+            self._actions.append(AddressesClaimed(name, self.addresses.prefixes_of(name)))
             log.info(
                 "pool addresses assigned client=%s addresses=%s",
                 name,
@@ -1930,6 +1948,7 @@ class ConcentratorCore:
         result = self.addresses.claim(client.name, source)
         if result is Claim.CLAIMED:
             client.ingress.set_prefixes(self.addresses.prefixes_of(client.name))
+            self._actions.append(AddressesClaimed(client.name, (ip_network(source),)))
             log.info("pool address claimed client=%s address=%s", client.name, source)
             self._status_changed()
         elif result is Claim.TAKEN:
@@ -2111,6 +2130,7 @@ class ConcentratorCore:
 __all__ = [
     "AUTH_FAILED_REASON",
     "Action",
+    "AddressesClaimed",
     "ClientArrived",
     "ClientLeft",
     "Closed",

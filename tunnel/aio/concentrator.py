@@ -35,6 +35,7 @@ from typing import IO, Any, Protocol
 from aioquic.quic import events as quic_events
 
 from tunnel.agents.concentrator import (
+    AddressesClaimed,
     ClientArrived,
     ClientLeft,
     ConcentratorCore,
@@ -116,8 +117,9 @@ class ConcentratorProgram:
             self.loop.time(),
             verifier=verifier,
             port_free=self._port_free,
-            # workers count limits.max_clients together
+            # workers count limits.max_clients and claim pool addresses together
             client_slots=None if seat is None else seat.client_slots,
+            pool_claims=None if seat is None else seat.pool_claims,
         )
         # the listeners of mapped ports (the reversed flow), by external port
         self.inbound: dict[int, list[asyncio.AbstractServer]] = {}
@@ -171,10 +173,12 @@ class ConcentratorProgram:
             problem = bridge_problem(config.l2.bridge)
             if problem is not None:
                 raise RuntimeFailure(problem)
-        if config.nat:
+        # with workers, worker 0 installs the one table, which leaves every worker's TUN alone
+        if config.nat and (self.seat is None or self.seat.routes_prefixes):
+            tuns = [config.tun.name] if self.seat is None else self.seat.tun_names
             try:
                 self.nat = Masquerade.install(
-                    config.tun.name, self.core.addresses.routed_prefixes(), config.nat_exclude
+                    tuns, self.core.addresses.routed_prefixes(), config.nat_exclude
                 )
             except NatError as exc:
                 raise RuntimeFailure(str(exc)) from None
@@ -359,7 +363,7 @@ class ConcentratorProgram:
                 self._open_tap(action.client, action.mode)
             elif isinstance(action, TapClosed):
                 self._close_tap(action.client)
-            elif isinstance(action, ClientArrived):
+            elif isinstance(action, ClientArrived | AddressesClaimed):
                 if self.routes is not None:
                     self.routes.claim(action.prefixes)
             elif isinstance(action, ClientLeft):

@@ -39,10 +39,12 @@ def _set(name: str, kind: str, prefixes: Sequence[IPNetwork]) -> str:
 
 
 def nat_ruleset(
-    table: str, tun: str, sources: Sequence[IPNetwork], exclude: Sequence[IPNetwork]
+    table: str, tuns: Sequence[str], sources: Sequence[IPNetwork], exclude: Sequence[IPNetwork]
 ) -> str:
     """The `nft -f` text that (re)creates `table`: masquerade packets from `sources` leaving
-    through any interface but `tun`, unless their destination is in `exclude`."""
+    through any interface but the concentrator's `tuns` (one per worker), unless their
+    destination is in `exclude`."""
+    names = ", ".join(f'"{tun}"' for tun in tuns)
     v4 = [p for p in sources if isinstance(p, IPv4Network)]
     v6 = [p for p in sources if isinstance(p, IPv6Network)]
     x4 = [p for p in exclude if isinstance(p, IPv4Network)]
@@ -59,7 +61,7 @@ def nat_ruleset(
         + _set("exclude6", "ipv6_addr", x6)
         + "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f'    oifname "{tun}" accept\n'
+        f"    oifname {{ {names} }} accept\n"
         "    ip saddr @clients4 ip daddr != @exclude4 counter masquerade\n"
         "    ip6 saddr @clients6 ip6 daddr != @exclude6 counter masquerade\n"
         "  }\n"
@@ -76,14 +78,15 @@ class Masquerade:
 
     @classmethod
     def install(
-        cls, tun: str, sources: Sequence[IPNetwork], exclude: Sequence[IPNetwork]
+        cls, tuns: Sequence[str], sources: Sequence[IPNetwork], exclude: Sequence[IPNetwork]
     ) -> Masquerade:
+        """The table of the concentrator whose TUN is `tuns[0]` (its workers' follow)."""
         if shutil.which("nft") is None:
             raise NatError(
                 "nat = true needs the nft program (package nftables): install it or set nat = false"
             )
-        nat = cls(table_name(tun))
-        done = _nft(["-f", "-"], nat_ruleset(nat.table, tun, sources, exclude))
+        nat = cls(table_name(tuns[0]))
+        done = _nft(["-f", "-"], nat_ruleset(nat.table, tuns, sources, exclude))
         if done.returncode != 0:
             detail = (done.stderr.strip().splitlines() or ["no detail"])[0]
             raise NatError(

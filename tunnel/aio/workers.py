@@ -28,17 +28,19 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import signal
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -88,6 +90,102 @@ class SharedClientSlots:
         return int(self._taken.value)
 
 
+_CLAIM: Final = struct.Struct("!B16s16sQ")
+"""One claimed pool address: IP version (0: a free entry), address (padded), the owner's name
+digested, the workers holding it (bit i: worker i)."""
+
+
+class SharedPoolClaims:
+    """The `[pool]` addresses claimed in any worker (tunnel/policy/addresses.py PoolClaims): a
+    table in memory shared across the fork, made before it, and a process-shared lock around
+    each look and change, so that two clients on two workers cannot claim one address at once.
+    Room for two entries per client slot (one address per family and client; a client on two
+    workers holds its address in one entry); a worker sees it through `worker(index)`."""
+
+    def __init__(self, max_clients: int) -> None:
+        self.capacity = 2 * max_clients
+        self._table = multiprocessing.get_context("fork").Array(
+            ctypes.c_char, self.capacity * _CLAIM.size
+        )
+
+    def worker(self, index: int) -> WorkerPoolClaims:
+        return WorkerPoolClaims(self, index)
+
+    def claimed(self) -> dict[IPv4Address | IPv6Address, int]:
+        """Each claimed address and the workers holding it (a bit mask)."""
+        with self._table.get_lock():
+            entries = [self._read(slot) for slot in range(self.capacity)]
+        return {
+            ip_address(packed[:4] if version == 4 else packed): holders
+            for version, packed, _, holders in entries
+            if version
+        }
+
+    def take(self, index: int, owner: str, address: IPv4Address | IPv6Address) -> bool:
+        """`address` for `owner` at worker `index`: False if another client holds it, or if
+        the table is full (never with at most max_clients clients)."""
+        wanted = (address.version, address.packed.ljust(16, b"\0"), _digest(owner))
+        with self._table.get_lock():
+            free = None
+            for slot in range(self.capacity):
+                version, packed, digest, holders = self._read(slot)
+                if version == 0:
+                    free = slot if free is None else free
+                elif (version, packed) == wanted[:2]:
+                    if digest != wanted[2]:
+                        return False
+                    self._write(slot, *wanted, holders | 1 << index)
+                    return True
+            if free is None:
+                return False
+            self._write(free, *wanted, 1 << index)
+            return True
+
+    def give_back(self, index: int, owner: str, address: IPv4Address | IPv6Address) -> None:
+        """Worker `index` no longer holds `address` for `owner`; free once no worker does."""
+        wanted = (address.version, address.packed.ljust(16, b"\0"), _digest(owner))
+        with self._table.get_lock():
+            for slot in range(self.capacity):
+                version, packed, digest, holders = self._read(slot)
+                if (version, packed, digest) == wanted:
+                    left = holders & ~(1 << index)
+                    if left:
+                        self._write(slot, *wanted, left)
+                    else:
+                        self._write(slot, 0, b"", b"", 0)
+                    return
+
+    def _read(self, slot: int) -> tuple[int, bytes, bytes, int]:
+        version, packed, digest, holders = _CLAIM.unpack_from(
+            self._table.get_obj(), slot * _CLAIM.size
+        )
+        return version, packed, digest, holders
+
+    def _write(self, slot: int, version: int, packed: bytes, digest: bytes, holders: int) -> None:
+        _CLAIM.pack_into(
+            self._table.get_obj(), slot * _CLAIM.size, version, packed, digest, holders
+        )
+
+
+@dataclass(frozen=True)
+class WorkerPoolClaims:
+    """Worker `index`'s view of the shared claims: a PoolClaims for its AddressTable."""
+
+    claims: SharedPoolClaims
+    index: int
+
+    def take(self, owner: str, address: IPv4Address | IPv6Address) -> bool:
+        return self.claims.take(self.index, owner, address)
+
+    def give_back(self, owner: str, address: IPv4Address | IPv6Address) -> None:
+        self.claims.give_back(self.index, owner, address)
+
+
+def _digest(owner: str) -> bytes:
+    """16 bytes naming a client (a certificate's Common Name may be longer)."""
+    return hashlib.blake2b(owner.encode(), digest_size=16).digest()
+
+
 @dataclass
 class WorkerSeat:
     """What makes a concentrator process worker `index` of `count`: its socket of each listen
@@ -99,6 +197,7 @@ class WorkerSeat:
     endpoints: list[UdpEndpoint]
     home_tun: str
     client_slots: SharedClientSlots
+    pool_claims: WorkerPoolClaims
 
     @property
     def cid_worker(self) -> tuple[int, int]:
@@ -108,6 +207,11 @@ class WorkerSeat:
     def routes_prefixes(self) -> bool:
         """Whether this worker's TUN is the home of every client prefix (worker 0's)."""
         return self.index == 0
+
+    @property
+    def tun_names(self) -> list[str]:
+        """Every worker's TUN, worker 0's first."""
+        return [worker_tun_name(self.home_tun, index) for index in range(self.count)]
 
 
 def worker_status_path(path: Path, index: int) -> Path:
@@ -266,6 +370,7 @@ def supervise(
     SIGTERM; the exit code is 0 if every worker stopped cleanly, else the first failure's."""
     seats = bind_groups(config)
     slots = SharedClientSlots(config.limits.max_clients)
+    claims = SharedPoolClaims(config.limits.max_clients)
     parent = os.getpid()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     children: dict[int, int] = {}  # pid -> worker index, until they are all reaped
@@ -273,7 +378,7 @@ def supervise(
         for index in range(len(seats)):
             pid = os.fork()
             if pid == 0:  # the worker: never returns
-                _run_worker(config, seats, slots, index, parent, blocked, serve)
+                _run_worker(config, seats, slots, claims, index, parent, blocked, serve)
             children[pid] = index
         for endpoints in seats:  # the workers hold them now
             for endpoint in endpoints:
@@ -296,6 +401,7 @@ def _run_worker(
     config: ConcentratorConfig,
     seats: list[list[UdpEndpoint]],
     slots: SharedClientSlots,
+    claims: SharedPoolClaims,
     index: int,
     parent: int,
     blocked: set[int | signal.Signals],
@@ -316,7 +422,9 @@ def _run_worker(
             if other != index:
                 for endpoint in others:
                     endpoint.close()
-        seat = WorkerSeat(index, len(seats), seats[index], config.tun.name, slots)
+        seat = WorkerSeat(
+            index, len(seats), seats[index], config.tun.name, slots, claims.worker(index)
+        )
         view = worker_config(config, index)
         code = run_command("qtun", functools.partial(serve, view, seat))
     finally:

@@ -11,6 +11,10 @@ deployment), so it is configuration plus one rule, here:
   one per IP family. It stays the client's alone until the client is gone (its last connection
   closed and its session expired), then it is free again. The client configures that address
   on its TUN itself; nothing is signalled (the drafts have no address assignment message).
+* A concentrator of several workers (README "Workers") is one table per process: a claim is
+  also taken in the `PoolClaims` the workers share (tunnel/aio/workers.py), so that two
+  clients on two workers cannot hold one address. The same client may hold its address on
+  two workers at once (a newer connection of it on another one, before the old one is gone).
 
 The table answers "who owns this destination" (longest prefix first) for packets read from the
 TUN, and the prefixes a client may use as source (the ingress filter, RFC 2827). Sans-I/O.
@@ -22,7 +26,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Final
+from typing import Final, Protocol
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -30,6 +34,19 @@ IPNetwork = IPv4Network | IPv6Network
 MAX_ALLOCATION_SCAN: Final = 4096
 """Pool addresses tried per family by allocate_pool_addresses: a bound on its work, more than
 the clients a concentrator serves (limits.max_clients is 64 by default)."""
+
+
+class PoolClaims(Protocol):
+    """Pool addresses claimed in every process of a concentrator (its workers share one)."""
+
+    def take(self, owner: str, address: IPAddress) -> bool:
+        """`address` for `owner` here; False if another client holds it elsewhere, or if no
+        room is left to record it."""
+        ...
+
+    def give_back(self, owner: str, address: IPAddress) -> None:
+        """`owner` no longer holds `address` here."""
+        ...
 
 
 class Claim(Enum):
@@ -68,11 +85,14 @@ class AddressTable:
         pool_v4: IPv4Network | None = None,
         pool_v6: IPv6Network | None = None,
         reserved: Iterable[IPAddress] = (),
+        shared: PoolClaims | None = None,
     ) -> None:
+        """`shared`: the claims of the other workers' tables (None: this is the only one)."""
         self._static = {name: tuple(prefixes) for name, prefixes in static.items()}
         self.pool_v4 = pool_v4
         self.pool_v6 = pool_v6
         self._reserved = frozenset(reserved)
+        self._shared = shared
         self._learned: dict[str, dict[int, IPAddress]] = {}  # name -> {version: address}
         # Lookup structures, rebuilt on change: exact host entries by packed address (the
         # common case, one dict lookup per packet) and the other prefixes longest first.
@@ -132,6 +152,8 @@ class AddressTable:
             or self._lookup(address.version, address.packed) is not None
         ):
             return Claim.TAKEN
+        if self._shared is not None and not self._shared.take(name, address):
+            return Claim.TAKEN  # a client of another worker holds it
         self._learned.setdefault(name, {})[address.version] = address
         self._rebuild()
         return Claim.CLAIMED
@@ -141,6 +163,9 @@ class AddressTable:
         held = self._learned.pop(name, {})
         if held:
             self._rebuild()
+        if self._shared is not None:
+            for address in held.values():
+                self._shared.give_back(name, address)
         return tuple(held.values())
 
     # -- internals -------------------------------------------------------------------------
@@ -201,6 +226,7 @@ __all__ = [
     "Claim",
     "IPAddress",
     "IPNetwork",
+    "PoolClaims",
     "allocate_pool_addresses",
     "is_link_scoped_ipv6",
 ]

@@ -172,9 +172,10 @@ class TunnelSession:
         touched: set[TunnelConnection] = set()
         if was and not available:
             for member in self._members.values():
-                # a path no longer ALIVE was stranded at the detector's verdict, and what it
-                # carried since was doubled up (duplication)
-                if member.access_id == access_id and member.health is PathHealth.ALIVE:
+                # whatever its health: a suspect path is still chosen, and what it carried
+                # since its verdict was doubled up only with duplication on (what was is
+                # skipped, as is what was re-sent already)
+                if member.access_id == access_id:
                     self._strand(member, now, touched)
         return touched
 
@@ -195,14 +196,16 @@ class TunnelSession:
     ) -> set[TunnelConnection]:
         """The failure detector's verdict on a path (tunnel/session/path_health.py): a DEAD
         path is not chosen; a path that stops being ALIVE has its packets in flight re-sent on
-        another path (reinjection). Returns the connections given packets (transmit them)."""
+        another path (reinjection), and so has a path found DEAD after being SUSPECT: it was
+        still chosen meanwhile, and without duplication nothing else covers what it carried.
+        Returns the connections given packets (transmit them)."""
         member = self._member_of(connection)
         if member is None or member.health is health:
             return set()
         was, member.health = member.health, health
         self._update_duplicating()
         touched: set[TunnelConnection] = set()
-        if was is PathHealth.ALIVE:
+        if was is PathHealth.ALIVE or health is PathHealth.DEAD:
             self._strand(member, now, touched)
         return touched
 
@@ -283,7 +286,7 @@ class TunnelSession:
             return SessionSend(None, None, None)
         member = self._members[path_id]
         tag = self.tags.peek()
-        result = self._send(member, packet, tag, now, copy=False)
+        result, record = self._send(member, packet, tag, now, copy=False)
         if not result.sent:
             return SessionSend(member.connection, path_id, result)
         self.tags.next()
@@ -294,7 +297,10 @@ class TunnelSession:
             other = earliest_path(infos, exclude=path_id)
             if other is not None:
                 copy = self._members[other]
-                if self._send(copy, packet, tag, now, copy=True).sent:
+                copied, _ = self._send(copy, packet, tag, now, copy=True)
+                if copied.sent:
+                    if record is not None:
+                        record.doubled = True
                     member.counters["duplicated"] += 1
                     self.counters["duplicated"] += 1
                     return SessionSend(member.connection, path_id, result, (copy.connection,))
@@ -357,10 +363,11 @@ class TunnelSession:
             target = next((i.path_id for i in infos if i.path_id == own and i.usable), None)
             kind = "loss_hidden"
         member = self._members.get(target) if target is not None else None
-        if (
-            member is None
-            or not self._send(member, record.packet, record.tag, now, copy=True, resend=True).sent
-        ):
+        sent = False
+        if member is not None:
+            result, _ = self._send(member, record.packet, record.tag, now, copy=True, resend=True)
+            sent = result.sent
+        if member is None or not sent:
             counters["resend_no_path"] += 1
             self.counters["resend_no_path"] += 1
             return
@@ -376,18 +383,22 @@ class TunnelSession:
         now: float,
         copy: bool,
         resend: bool = False,
-    ) -> SendResult:
+    ) -> tuple[SendResult, SentPacket | None]:
+        """Send on `member`'s connection, remembering it (its record, if one is kept)."""
         sent = self.sent
         token: int | None = None
+        record = None
         if sent is not None:
             sent.expire(now - self._keep)
-            token = sent.add(SentPacket(packet, tag, member.path_id, now, copy=copy))
+            record = SentPacket(packet, tag, member.path_id, now, copy=copy)
+            token = sent.add(record)
         result = member.connection.send_packet(
             packet, packet_tag=tag, token=token, now=now, resend=resend
         )
         if token is not None and result.status is not SendStatus.SENT:
             sent.fate(token)  # type: ignore[union-attr]  # never queued: no fate will come
-        return result
+            record = None
+        return result, record
 
     def _update_duplicating(self) -> None:
         self._duplicating = bool(self._duplicate_up_to) or (

@@ -118,6 +118,9 @@ class SentPacket:
     """A re-send or a duplicate: never re-sent again (one re-send per packet)."""
     resent: bool = False
     """Already re-sent as stranded: its loss, declared later, needs nothing more."""
+    doubled: bool = False
+    """A duplicate of it went on another path (duplication): stranded, it needs nothing more
+    (its loss, declared, is still re-sent: the duplicate may be lost too)."""
 
 
 class SentPackets:
@@ -172,9 +175,13 @@ class SentPackets:
             self.evicted += 1
 
     def in_flight_on(self, path: Hashable) -> list[SentPacket]:
-        """The originals sent on `path` whose fate is unknown and that were not re-sent yet,
-        oldest first."""
-        return [r for r in self._records.values() if r.path == path and not r.copy and not r.resent]
+        """The originals sent on `path` whose fate is unknown and that were neither re-sent
+        nor duplicated on another path yet, oldest first."""
+        return [
+            r
+            for r in self._records.values()
+            if r.path == path and not r.copy and not r.resent and not r.doubled
+        ]
 
     def in_flight_before(self, path: int) -> list[SentPacket]:
         """Tunnel mode: the originals sent on a path epoch older than `path`."""
