@@ -258,8 +258,9 @@ class _SocksRelay(TcpRelay):
 
     def release_early(self) -> None:
         """The concentrator accepted: say so, then relay what the application sent early."""
-        if self.transport is not None:
-            self.transport.write(encode_reply(Reply.SUCCEEDED))
+        if self.finished or self.transport is None or self.transport.is_closing():
+            return  # the application went away (its reset reached the stream already)
+        self.transport.write(encode_reply(Reply.SUCCEEDED))
         early, self._early_up = self._early_up, b""
         if early:
             self.data_received(early)
@@ -589,12 +590,23 @@ class StreamClient:
                     if isinstance(event, StreamReset)
                     else StreamEvent.STOP_SENDING_RECEIVED
                 )
+            self._stream_ended((id(conn), sid), "the stream was reset")
             return True
         if isinstance(event, StreamRejected):
             if relay is not None:
                 relay.abort(event.reason)
+            self._stream_ended((id(conn), sid), event.reason)
             return True
         return False
+
+    def _stream_ended(self, key: tuple[int, int], reason: str) -> None:
+        """A held SYN whose stream ended: still pending, the application gets its RST now,
+        not after HOLD_TIMEOUT; released, the socket's accept hands it to the finished relay,
+        which resets it (TcpRelay.connection_made)."""
+        flow = self._held_streams.get(key)
+        held = self._held.get(flow) if flow is not None else None
+        if held is not None and held.state is _HoldState.PENDING:
+            self._give_up(held, reason)
 
     def connection_closed(self, conn: TunnelConnection) -> None:
         for held in [h for h in self._held.values() if h.relay.conn is conn]:
@@ -726,6 +738,8 @@ class StreamClient:
             except (OSError, IndexError, ValueError):
                 relay.refuse(Reply.HOST_UNREACHABLE)
                 return
+        if relay.finished:
+            return  # the application closed while its host name was resolved: open nothing
         refusal = self._open(relay, host, request.port)
         if refusal is not None:
             log.info("socks connect refused reason=%s", refusal)

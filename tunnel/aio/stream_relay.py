@@ -182,6 +182,8 @@ class TcpRelay(asyncio.Protocol):
 
     def open(self, event: TcpEvent | StreamEvent) -> None:
         """The connection is open on both sides (SYN / TLVs): relay from now on."""
+        if self.finished:  # the stream ended while the TCP side was being made
+            return
         if isinstance(event, TcpEvent):
             self.state.on_tcp(event)
         else:
@@ -210,6 +212,12 @@ class TcpRelay(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
         self.transport = cast(asyncio.Transport, transport)
+        if self.finished:
+            # The stream was reset (or its connection closed) while this TCP connection was
+            # being made: nobody will relay it, so reset it (tcp draft §3: RESET_STREAM ->
+            # RST) rather than leave it open for the life of the program.
+            self._reset_tcp()
+            return
         # Pause callbacks (below) tell us when the write buffer drained, to grant credit.
         self.transport.set_write_buffer_limits(high=self.window // 2, low=self.window // 8)
         sock = self.transport.get_extra_info("socket")
@@ -323,8 +331,10 @@ class TcpRelay(asyncio.Protocol):
         self._finish()
 
     def abort(self, reason: str) -> None:
-        """Reset both sides (a relay error, the connection closing, shutdown)."""
+        """Reset both sides (a relay error, the connection closing, shutdown); a finished
+        relay still resets a TCP connection handed to it after it finished."""
         if self.finished:
+            self._reset_tcp()
             return
         # DEBUG: one line per stream, which a peer can cause at will (closing a connection
         # with 256 streams); the programs log their refusals and failures themselves.
@@ -368,8 +378,8 @@ class TcpRelay(asyncio.Protocol):
 
     def _report_backlog(self) -> None:
         conn = self.conn
-        if conn is None or not isinstance(conn.quic, TunnelQuicConnection):
-            return
+        if conn is None or self.finished or not isinstance(conn.quic, TunnelQuicConnection):
+            return  # finished: _finish forgot the stream's entry, a report would bring it back
         held = sum(len(c) for c in self._early) + self._down_size
         if self.transport is not None and not self.transport.is_closing():
             held += self.transport.get_write_buffer_size()
@@ -408,6 +418,7 @@ class TcpRelay(asyncio.Protocol):
             return
         self.finished = True
         self._early = []
+        self._down, self._down_size = [], 0
         self.hub.counters.closed += 1
         self.hub.forget(self)
         conn = self.conn

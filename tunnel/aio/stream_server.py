@@ -524,6 +524,15 @@ class StreamServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @staticmethod
+    def _drop(relay: TcpRelay, sock: socket.socket, reason: str) -> None:
+        """Reset the stream and the destination connection of a connect that cannot go on:
+        the socket is the relay's transport's once it made one (closing it underneath would
+        leave the transport, and the fd number it registered, behind), else closed here."""
+        if relay.transport is None:
+            sock.close()
+        relay.abort(reason)
+
     async def _connect(
         self,
         conn: TunnelConnection,
@@ -570,11 +579,13 @@ class StreamServer:
         except OSError as exc:  # the socket died between connect and accept
             code = StreamErrorCode.NETWORK_FAILURE
             self._log(client, "tcp connect failed client=%s stream=%d error=%s", sid, exc)
+        except BaseException:  # cancelled (shutdown) or a bug: neither socket nor stream left
+            self._drop(relay, sock, "connect abandoned")
+            raise
         finally:
             client.budget.connect_done()
         if relay.finished or conn.closed:  # the stream or connection went away meanwhile
-            sock.close()
-            relay.abort("gone while connecting")
+            self._drop(relay, sock, "gone while connecting")
             self._forget_if_idle(client)
             return
         try:
@@ -587,8 +598,7 @@ class StreamServer:
                 return
             conn.accept_tcp_stream(relay.stream_id)
         except TunnelUsageError as exc:  # the peer ended the stream while we connected
-            sock.close()
-            relay.abort(f"gone while connecting: {exc}")
+            self._drop(relay, sock, f"gone while connecting: {exc}")
             self._forget_if_idle(client)
             return
         relay.open(StreamEvent.STREAM_OPENED_TLVS_RECEIVED)

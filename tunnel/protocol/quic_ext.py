@@ -151,7 +151,8 @@ TLV_STREAM_WINDOW: Final[int] = 512
 
 # Without an explicit connection_window, a stream-mode connection's receive window is
 # max(configuration.max_data, this many stream windows): several relayed streams at full speed
-# at once, while a peer can make us hold at most that much, whatever the number of streams.
+# at once, while a peer can make aioquic hold at most that much out of order, whatever the
+# number of streams.
 CONNECTION_WINDOW_STREAMS: Final[int] = 4
 
 # Bytes held for the TLS handshake: CRYPTO data out of order (aioquic zero-fills gaps, and
@@ -2017,9 +2018,15 @@ class TunnelQuicConnection(QuicConnection):
     # receiver MAY advertise a larger limit ... as data is consumed"):
     #   * a bidirectional stream: delivered in order - held by the application + stream window;
     #   * a unidirectional stream: TLV_STREAM_WINDOW, never raised (one TLV per stream);
-    #   * the connection: consumed on all streams + connection window.
+    #   * the connection: delivered in order on all streams + connection window.
     # A peer that sends beyond the credit gets FLOW_CONTROL_ERROR from aioquic, so the bytes a
-    # peer can make us hold are at most the connection window (and a stream window per stream).
+    # peer can make aioquic hold are at most the connection window, and those it can make the
+    # application hold a stream window per stream (bounded by MAX_STREAMS, and at the
+    # concentrator by the client's stream budget, tunnel/policy/stream_policy.py). What the
+    # application holds does not count against the connection window: it did, and four TCP
+    # readers that stopped reading froze every other stream of the connection, even the TCP
+    # Connect OK of a new one (RFC 9000 §4.1 wants streams independent; HTTP/2 and QUIC stacks
+    # return connection credit once the application has read the data).
 
     def set_stream_backlog(self, stream_id: int, held: int) -> None:
         """Tell how many of the stream's delivered bytes the application still holds.
@@ -2027,9 +2034,7 @@ class TunnelQuicConnection(QuicConnection):
         The stream's credit is kept at `delivered - held + window` (window: stream_window),
         where `delivered` is what aioquic handed to the application in order (call again
         whenever `held` changes; -tcp draft §3 "tuned to match the receive window ... so that
-        no excessive data needs to be buffered"), and `held` counts against the connection
-        window until it is 0 or forget_stream_backlog is called. A stream never reported holds
-        nothing.
+        no excessive data needs to be buffered"). A stream never reported holds nothing.
         """
         if held < 0:
             raise ValueError(f"held must be >= 0, got {held}")
@@ -2133,15 +2138,14 @@ class TunnelQuicConnection(QuicConnection):
             max_data.used = used
 
     def unconsumed_bytes(self) -> int:
-        """Bytes received (or skipped over by the peer: aioquic zero-fills gaps) that the
-        application has not consumed: what aioquic holds for each stream, from the first byte
-        not delivered in order to the highest received, plus what the application reported
-        it holds (set_stream_backlog). The connection window bounds this sum."""
+        """Bytes received (or skipped over by the peer: aioquic zero-fills gaps) that aioquic
+        has not delivered: for each stream, from the first byte not delivered in order to the
+        highest received. The connection window bounds this sum."""
         in_aioquic = sum(
             stream.receiver.highest_offset - stream.receiver.starting_offset()
             for stream in self._streams.values()
         )
-        return int(in_aioquic) + sum(self._tunnel_backlog.values())
+        return int(in_aioquic)
 
     # -- the TLS handshake's buffer ------------------------------------------------------
 

@@ -1,0 +1,294 @@
+"""Stream mode's races at the asyncio edge, each found by a review and reproduced before it was
+fixed: a stream that ends while its TCP side is being made (the concentrator's connect, the
+client's faithful accept), a SOCKS application that leaves while its host name is resolved, a
+relay's backlog report after it finished. Without root: real TCP sockets on 127.0.0.1 for the
+TCP side, fakes that record what the programs call on a TunnelConnection (as in
+test_stream_server_limits.py), on both event loops the programs run on (asyncio and uvloop).
+The connection-wide credit these relays hold is tested in test_memory_bounds.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine
+from ipaddress import IPv4Address, ip_address
+from typing import Any
+
+import pytest
+import uvloop
+from aioquic.quic.configuration import QuicConfiguration
+
+from tunnel.aio import stream_client
+from tunnel.aio.stream_client import StreamClient, _Held, _HoldState
+from tunnel.aio.stream_relay import RelayHub, TcpRelay
+from tunnel.aio.stream_server import StreamServer
+from tunnel.config import StreamClientConfig, StreamServerConfig
+from tunnel.protocol.connection import (
+    StreamReset,
+    TcpConnectAccepted,
+    TcpConnectRequested,
+    TunnelConnection,
+)
+from tunnel.protocol.quic_ext import TunnelQuicConnection
+from tunnel.protocol.stream_mode import StreamEvent
+from tunnel.wire.syn_answers import Syn
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run(loop: str, test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    if loop == "uvloop":
+        uvloop.run(test())
+    else:
+        asyncio.run(test())
+
+
+class FakeConnection:
+    """What the stream programs call on a TunnelConnection, recorded."""
+
+    def __init__(self, quic: Any = None) -> None:
+        self.quic = quic
+        self.closed = False
+        self.calls: list[str] = []
+        self._next = 0
+
+    @property
+    def tunnel(self) -> TunnelConnection:
+        return self  # type: ignore[return-value]
+
+    def open_tcp_stream(self, address: Any, port: int) -> int:
+        sid, self._next = self._next, self._next + 4
+        self.calls.append(f"open {sid}")
+        return sid
+
+    def send_stream_data(self, sid: int, data: bytes, end: bool = False) -> None:
+        self.calls.append(f"data {sid}")
+
+    def accept_tcp_stream(self, sid: int) -> None:
+        self.calls.append(f"accept {sid}")
+
+    def fail_tcp_stream(self, sid: int, code: Any, payload: bytes = b"") -> None:
+        self.calls.append(f"fail {sid}")
+
+    def reset_tcp_stream(self, sid: int) -> None:
+        self.calls.append(f"reset {sid}")
+
+
+async def what_the_peer_sees(sock: socket.socket) -> str:
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    try:
+        got = await asyncio.wait_for(loop.sock_recv(sock, 100), 2.0)
+    except ConnectionResetError:
+        return "RST"
+    except TimeoutError:
+        return "nothing"
+    return "FIN" if got == b"" else "data"
+
+
+class AllowEverything:
+    """A stream policy that refuses nothing (not even loopback)."""
+
+    def refusal(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+def listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_stream_reset_while_the_concentrator_connects_resets_the_destination(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client resets its stream before the concentrator's connect completed: the
+    destination connection gets a RST (tcp draft §3), where it stayed open for the life of the
+    program; on asyncio the socket closed under its transport made the next connect that got
+    the same descriptor number fail, its stream never answered."""
+
+    async def scenario() -> None:
+        destination = listener()
+        port = destination.getsockname()[1]
+        server = StreamServer(StreamServerConfig(enabled=True))
+        # 127.0.0.1 keeps the test on this machine; the draft and the policy forbid it
+        monkeypatch.setattr(server, "policy", AllowEverything())
+        conn = FakeConnection()
+        to_destination = TcpConnectRequested(0, ip_address("127.0.0.1"), port)
+        server.handle(conn.tunnel, to_destination, lambda: None)
+        server.handle(conn.tunnel, StreamReset(0, 0), lambda: None)
+        accepted, _ = await asyncio.get_running_loop().sock_accept(destination)
+        assert await what_the_peer_sees(accepted) == "RST"
+        assert server.stats()["active"] == 0 and server.stats()["pending_connects"] == 0
+        again = TcpConnectRequested(4, ip_address("127.0.0.1"), port)
+        server.handle(conn.tunnel, again, lambda: None)
+        second, _ = await asyncio.get_running_loop().sock_accept(destination)
+        for _ in range(200):  # bounded: the connect task ends within a few iterations
+            if "accept 4" in conn.calls:
+                break
+            await asyncio.sleep(0.005)
+        assert conn.calls == ["reset 0", "accept 4"]
+        server.connection_closed(conn.tunnel)
+        server.close()
+        for sock in (accepted, second, destination):
+            sock.close()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_socks_application_that_leaves_while_its_name_is_resolved_opens_no_stream(
+    loop: str,
+) -> None:
+    """CONNECT www.example.org, then the application closes before the name is resolved: no
+    stream is opened for it. One was, that nothing could end (its relay was finished), and
+    the TCP Connect OK that came back wrote to the closed socket, which raised on uvloop out
+    of the client's event handler (the client program stops on that)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        resolving = asyncio.Event()
+
+        async def slow_getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+            resolving.set()
+            await asyncio.sleep(0.2)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", port))]
+
+        loop.getaddrinfo = slow_getaddrinfo  # type: ignore[method-assign,assignment]
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        conn = FakeConnection()
+        config = StreamClientConfig(
+            enabled=True, socks_port=port, socks_address=IPv4Address("127.0.0.1")
+        )
+        client = StreamClient(config, lambda: (conn.tunnel, lambda: None))
+        await client.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x05\x01\x00")
+        assert await reader.readexactly(2) == b"\x05\x00"
+        name = b"www.example.org"
+        writer.write(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + (80).to_bytes(2, "big"))
+        await asyncio.wait_for(resolving.wait(), 5.0)
+        writer.close()
+        for _ in range(100):  # bounded: the resolution ends after 0.2 s
+            if not client._tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert not client._tasks and conn.calls == [] and client.hub.relays == {}
+        client.handle(conn.tunnel, TcpConnectAccepted(0), lambda: None)  # must not raise
+        await client.close()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_faithful_connect_whose_stream_was_reset_before_the_accept_is_reset(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faithful connect: TCP Connect OK released the application's SYN, then the stream was
+    reset before our listener accepted it. The accepted connection gets a RST, as it would
+    from the destination; it was handed to the finished relay and hung."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        conn = FakeConnection()
+        config = StreamClientConfig(enabled=True, connect="faithful", intercept=())
+        client = StreamClient(config, lambda: (conn.tunnel, lambda: None))
+        queue = VerdictLog()
+        client._queue = queue  # type: ignore[assignment]
+        front = await loop.create_server(lambda: stream_client._HandOver(client), "127.0.0.1", 0)
+        application = socket.socket()
+        application.bind(("127.0.0.1", 0))
+        source = application.getsockname()
+        destination = (IPv4Address("192.0.2.7"), 80)
+        held = hold(client, Syn(IPv4Address(source[0]), source[1], *destination, 1, b""), conn)
+        # the nat redirect's SO_ORIGINAL_DST, which needs root
+        monkeypatch.setattr(stream_client, "original_destination", lambda _: destination)
+        client.handle(conn.tunnel, TcpConnectAccepted(0), lambda: None)
+        client.handle(conn.tunnel, StreamReset(0, 0), lambda: None)
+        assert held.state is _HoldState.RELEASED and queue.verdicts == [(7, True)]
+        application.setblocking(False)
+        await loop.sock_connect(application, front.sockets[0].getsockname())
+        assert await what_the_peer_sees(application) == "RST"
+        front.close()
+        application.close()
+
+    run(loop, scenario)
+
+
+def test_a_held_syn_whose_stream_ends_is_answered_at_once() -> None:
+    """A SYN still waiting for TCP Connect OK whose stream the concentrator resets: dropped and
+    answered now (its RST is sent through a raw socket, which needs root: not here), not when
+    HOLD_TIMEOUT (60 s) gives up on it."""
+
+    async def scenario() -> None:
+        conn = FakeConnection()
+        config = StreamClientConfig(enabled=True, connect="faithful", intercept=())
+        client = StreamClient(config, lambda: (conn.tunnel, lambda: None))
+        queue = VerdictLog()
+        client._queue = queue  # type: ignore[assignment]
+        syn = Syn(IPv4Address("10.8.0.2"), 40000, IPv4Address("192.0.2.7"), 80, 1, b"")
+        held = hold(client, syn, conn)
+        client.handle(conn.tunnel, StreamReset(0, 0), lambda: None)
+        assert queue.verdicts == [(7, False)] and syn.flow not in client._held
+        assert held.expiry is not None and held.expiry.cancelled()
+        client._queue = None  # nothing to stop reading
+
+    run("asyncio", scenario)
+
+
+class VerdictLog:
+    """The NFQUEUE's verdicts (the queue needs root)."""
+
+    def __init__(self) -> None:
+        self.verdicts: list[tuple[int, bool]] = []
+
+    def verdict(self, packet_id: int, accept: bool) -> None:
+        self.verdicts.append((packet_id, accept))
+
+
+def hold(client: StreamClient, syn: Syn, conn: FakeConnection) -> _Held:
+    """What StreamClient._hold does for a queued SYN (packet id 7) on stream 0."""
+    relay = TcpRelay(client.hub, client.config.window)
+    relay.attach(conn.tunnel, 0, lambda: None)
+    held = _Held(syn, 7, relay)
+    held.expiry = asyncio.get_running_loop().call_later(60.0, lambda: None)
+    client._held[syn.flow] = held
+    client._held_streams[relay.key] = syn.flow
+    return held
+
+
+def test_a_finished_relays_late_flush_does_not_bring_its_backlog_entry_back(
+    lab_certs: Any,
+) -> None:
+    """Stream data and the peer's RESET_STREAM in one loop iteration: the flush the data
+    scheduled runs after the relay finished and forgot the stream's backlog entry, and wrote
+    it back, for ever."""
+
+    async def scenario() -> None:
+        configuration = QuicConfiguration(is_client=False)
+        certs = lab_certs
+        configuration.load_cert_chain(certs / "concentrator.pem", certs / "concentrator.key")
+        quic = TunnelQuicConnection(
+            configuration=configuration,
+            original_destination_connection_id=bytes(8),
+            stream_mode=True,
+        )
+        ours, theirs = socket.socketpair()
+        relay = TcpRelay(RelayHub(send_buffer=65536), 65536)
+        relay.attach(FakeConnection(quic).tunnel, 0, lambda: None)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: relay, ours)
+        relay.open(StreamEvent.STREAM_OPENED_TLVS_RECEIVED)
+        relay.on_stream_data(b"x" * 1000, False)
+        relay.on_stream_abort(StreamEvent.RESET_STREAM_RECEIVED)
+        await asyncio.sleep(0)  # the hub's flush runs
+        await asyncio.sleep(0)
+        assert quic._tunnel_backlog == {}
+        theirs.close()
+
+    run("asyncio", scenario)
