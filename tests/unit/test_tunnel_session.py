@@ -203,6 +203,18 @@ def test_path_killed_mid_transfer_moves_traffic_to_the_other(lab_certs: Path) ->
     assert client.delivered[-1] == down(999)
 
 
+def test_learning_a_connections_access_keeps_its_path(lab_certs: Path) -> None:
+    """The concentrator learns which access each connection runs over from its Access Report,
+    after it joined: the path keeps its id (it got a new one, and what it had in flight under
+    the old id was nobody's: not re-sent when it failed, its loss not hidden), its counters
+    and its health."""
+    core_lab, conns, _client = build_session(lab_certs)
+    server = concentrator_session(core_lab)
+    assert [server.path_id_of(c.server) for c in conns] == [0, 1]
+    with pytest.raises(ValueError, match="not part of the session"):
+        server.set_access(conns[0].client, WIFI)
+
+
 def test_closed_connection_is_never_chosen_and_removal_works(lab_certs: Path) -> None:
     core_lab, conns, client = build_session(lab_certs, client_scheduler="wrr")
     conns[0].client.close("test closes Wi-Fi")

@@ -764,10 +764,7 @@ class _SessionMode(_ClientMode):
             self.core._close_peer(old, reason, now)
         for member, learned in inference.assign.items():
             member.access_id = learned
-            session.remove_connection(member.connection)
-            session.add_connection(member.connection, learned)
-            if member.monitor is not None:  # keep the detector's verdict
-                session.set_health(member.connection, member.monitor.health, now)
+            session.set_access(member.connection, learned)
             log.info("access learned peer=%s access=%s", member.address, access_name(learned))
             # limits.congestion_control_wifi / _5g: the connection's controller follows its access
             algorithm = self.core.limits.congestion_control_on(learned)

@@ -148,6 +148,16 @@ class TunnelSession:
         del self._members[member.path_id]
         self._update_duplicating()
 
+    def set_access(self, connection: TunnelConnection, access_id: AccessId) -> None:
+        """The access network a member connection runs over, learned after it joined (the
+        concentrator infers it from Access Reports, tunnel/session/access_mapping.py). The
+        path keeps its id, so what it has in flight stays its own (re-sent if it fails), and
+        its health, counters and scheduler state."""
+        member = self._member_of(connection)
+        if member is None:
+            raise ValueError("this connection is not part of the session")
+        member.access_id = access_id
+
     @property
     def connections(self) -> list[TunnelConnection]:
         return [member.connection for member in self._members.values()]
