@@ -153,6 +153,27 @@ def test_reordering_across_two_paths_with_different_delays(
         assert core_lab.tun != sent  # proves the paths really reordered
 
 
+def test_the_concentrators_timer_follows_a_reorder_timeout_that_shortened(
+    lab_certs: Path,
+) -> None:
+    """A gap held at the concentrator, then its reorder timeout shortens (it follows the
+    paths' RTTs and is refreshed on sends and losses, not only on arrivals): its timer is the
+    held packet's new deadline. It kept the one computed at the arrival, and released the gap
+    up to the difference (0.5 s at most) late."""
+    core_lab, conns, client = build_session(lab_certs)
+    client.session.send_packet(up(0), core_lab.net.clock.now)
+    client.session.tags.next()  # tag 1 never comes
+    client.session.send_packet(up(2), core_lab.net.clock.now)
+    drive(core_lab, None, 0.1)
+    server = concentrator_session(core_lab)
+    held = server.next_deadline()
+    assert held is not None and core_lab.core.get_timer() == held
+    server.reorder.set_timeout(server.reorder.timeout / 2)
+    shorter = server.next_deadline()
+    assert shorter is not None and shorter < held
+    assert core_lab.core.get_timer() == shorter
+
+
 def test_downlink_is_reordered_on_the_client_too(lab_certs: Path) -> None:
     core_lab, _conns, client = build_session(lab_certs)
     sent = [down(n) for n in range(30)]

@@ -923,7 +923,10 @@ class ConcentratorCore:
         self._to_tun: list[tuple[bytes, _Client, bool]] = []  # (packet, client, is a reply)
         self._to_taps: list[tuple[bytes, _Client]] = []  # Ethernet clients' frames for the bridge
         self._static_macs = {c.name: c.macs for c in config.clients if c.macs}
-        self._reorder_due: dict[_Client, float] = {}
+        # The clients whose reorder buffer holds packets. Their deadlines are read afresh at
+        # each get_timer: the timeout follows the RTTs (it may shorten on any send or loss),
+        # and a deadline kept from the last arrival released a gap up to 0.5 s late.
+        self._reordering: set[_Client] = set()
         # the multipath engine (issue 12, README "The multipath engine")
         self.resilience = Resilience.from_limits(self.limits)
         self.detection = self.limits.failure_detection
@@ -968,10 +971,10 @@ class ConcentratorCore:
     def get_timer(self) -> float | None:
         """When `handle_timer` next has work: a reorder gap to give up, a session to expire."""
         timer = self._next_expiry()
-        if self._reorder_due:
-            soonest = min(self._reorder_due.values())
-            if timer is None or soonest < timer:
-                timer = soonest
+        for client in self._reordering:
+            deadline = client.strategy.next_deadline()
+            if deadline is not None and (timer is None or deadline < timer):
+                timer = deadline
         if self._health_dirty:
             for peer in self._health_dirty:
                 self._schedule_health(peer)
@@ -1181,9 +1184,9 @@ class ConcentratorCore:
         for peer, due in list(self._health_due.items()):
             if due <= now:
                 self._check_health(peer, now)
-        for client, deadline in list(self._reorder_due.items()):
-            if deadline <= now:
-                self._reorder_due.pop(client, None)
+        for client in list(self._reordering):
+            deadline = client.strategy.next_deadline()
+            if deadline is None or deadline <= now:
                 for packet in client.strategy.poll(now):
                     try:
                         self._from_client(client, packet, now)
@@ -1479,7 +1482,7 @@ class ConcentratorCore:
     def _forget(self, client: _Client) -> None:
         del self._clients[client.name]
         self.client_slots.give_back()
-        self._reorder_due.pop(client, None)
+        self._reordering.discard(client)
         for mapping in self.inbound.release(client.name):
             self._unmapped(mapping, "client gone")
         prefixes = self.addresses.prefixes_of(client.name)
@@ -1719,16 +1722,15 @@ class ConcentratorCore:
             log.info("session expired client=%s session=%s", owner, entry.session_id.hex())
             client = self._clients.get(owner) if owner is not None else None
             if client is not None and client.strategy.session_expired(entry.session_id):
-                self._reorder_due.pop(client, None)
+                self._reordering.discard(client)
                 self._forget_if_gone(client)
         self._status_changed()
 
     def _track_reorder(self, client: _Client) -> None:
-        deadline = client.strategy.next_deadline()
-        if deadline is None:
-            self._reorder_due.pop(client, None)
+        if client.strategy.next_deadline() is None:
+            self._reordering.discard(client)
         else:
-            self._reorder_due[client] = deadline
+            self._reordering.add(client)
 
     # -- forwarding ------------------------------------------------------------------------------
 
