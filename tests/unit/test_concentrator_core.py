@@ -40,7 +40,7 @@ from tunnel.agents.concentrator import (
     SessionAnswered,
     StatusChanged,
 )
-from tunnel.aio.workers import SharedPoolClaims
+from tunnel.aio.workers import SharedPoolClaims, worker_config
 from tunnel.policy.client_slots import LocalClientSlots
 from tunnel.protocol.connection import (
     ConnectionClosed,
@@ -244,6 +244,20 @@ def test_workers_claim_pool_addresses_together(lab_certs: Path) -> None:
         core_lab.run(1.0)
         assert ClientLeft("carol", (address,)) in core_lab.of(ClientLeft)
     assert shared.claimed() == {}
+
+
+def test_no_worker_hands_out_the_concentrators_own_address(lab_certs: Path) -> None:
+    """A pool that covers the TUN's address (10.8.0.1): a client at worker 1, whose TUN has
+    no address, cannot claim it either (worker 1's view dropped the TUN's addresses, and a
+    client could claim the concentrator's own address, its route moved to worker 1)."""
+    config = concentrator_config(lab_certs, "workers=2", "pool.ipv4=10.8.0.0/24")
+    shared = SharedPoolClaims(max_clients=4)
+    core_lab = CoreLab(worker_config(config, 1), lab_certs, pool_claims=shared.worker(1))
+    carol = core_lab.connect("carol")
+    carol.client.send_packet(icmp_echo("10.8.0.1", SERVER, 1))
+    core_lab.run(0.1)
+    assert core_lab.status_of("carol")["addresses"] == [] and shared.claimed() == {}
+    assert core_lab.status_of("carol")["counters"]["pool_address_taken"] == 1
 
 
 def test_in_tunnel_mode_a_new_connection_replaces_the_old_one(lab_certs: Path) -> None:

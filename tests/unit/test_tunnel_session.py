@@ -160,7 +160,7 @@ def test_the_concentrators_timer_follows_a_reorder_timeout_that_shortened(
     paths' RTTs and is refreshed on sends and losses, not only on arrivals): its timer is the
     held packet's new deadline. It kept the one computed at the arrival, and released the gap
     up to the difference (0.5 s at most) late."""
-    core_lab, conns, client = build_session(lab_certs)
+    core_lab, _conns, client = build_session(lab_certs)
     client.session.send_packet(up(0), core_lab.net.clock.now)
     client.session.tags.next()  # tag 1 never comes
     client.session.send_packet(up(2), core_lab.net.clock.now)

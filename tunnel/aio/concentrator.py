@@ -153,15 +153,18 @@ class ConcentratorProgram:
         mtu = config.tun.mtu or auto_tun_mtu(config.modes)
         # a worker's TUN gets its clients' prefixes as they arrive; worker 0's holds them all
         # until then, so a packet for a client that is nowhere meets one core that drops it
+        addresses = config.tun.addresses  # worker 0's TUN alone carries them
         if self.seat is None:
             routes = self.core.tun_routes()
+        elif self.seat.routes_prefixes:
+            routes = self.core.tun_routes(every_prefix=True)
         else:
-            routes = self.core.tun_routes(every_prefix=True) if self.seat.routes_prefixes else []
+            routes, addresses = [], ()
         try:
             self.tun = TunDevice.create(
                 config.tun.name,
                 mtu=mtu,
-                addresses=config.tun.addresses,
+                addresses=addresses,
                 routes=routes,
                 offload=config.tun.offload,
                 tso=config.tun.tso,

@@ -220,13 +220,10 @@ def worker_status_path(path: Path, index: int) -> Path:
 
 
 def worker_config(config: ConcentratorConfig, index: int) -> ConcentratorConfig:
-    """The configuration worker `index` runs: its TUN's name (and no address but on worker
-    0), its status file."""
-    tun = dataclasses.replace(
-        config.tun,
-        name=worker_tun_name(config.tun.name, index),
-        addresses=config.tun.addresses if index == 0 else (),
-    )
+    """The configuration worker `index` runs: its TUN's name, its status file. `tun.addresses`
+    stay the concentrator's own in every worker (no pool address may be one of them, PCP is
+    answered on them), though only worker 0's TUN carries them (ConcentratorProgram.start)."""
+    tun = dataclasses.replace(config.tun, name=worker_tun_name(config.tun.name, index))
     status = config.observability.status_file
     observability = dataclasses.replace(
         config.observability,
