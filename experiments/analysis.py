@@ -9,11 +9,14 @@ the caller gives; `*_figure` helpers build a whole figure and save a PNG. A note
 one sentence each.
 
 Every point of the failover, goodput and aggregation experiments records each process's CPU
-(experiments/schemas.py CPU_COLUMNS); a point where one of them used >= 90 % of a core has
+(experiments/schemas.py CPU_COLUMNS); a point where one of them used >= 90 % of a core, or
+where the whole machine was busy >= 90 % of its time (`cpu_host_pct`, 100 per core), has
 `cpu_saturated` true. The loaders keep such points (dropping them would hide that the machine,
 not the network, may have set the figure); the summaries count them (`cpu_saturated_runs`) and
 the figures mark them (red crosses, hatched bars, a `*` in a heatmap cell, said in the legend).
-Runs written before these columns existed load with `cpu_saturated` false.
+Runs written before these columns existed load with `cpu_saturated` false; runs written before
+the machine's share was part of the flag get it from `cpu_host_pct` when they load (their cores
+from meta.json's `cpu_cores`, else LAB_CORES).
 
 The figures draw medians over runs with their exact distribution-free confidence intervals
 (`median_ci`, from the order statistics and the binomial distribution: gaps and goodputs are
@@ -48,8 +51,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from experiments.procstat import CPU_SATURATED_PCT
 from experiments.run_meta import ResultsError as ResultsError  # re-exported
-from experiments.run_meta import read_run_meta
+from experiments.run_meta import RunDirError, read_run_meta
 from experiments.schemas import TABLES
 from experiments.traffic import jain_index
 from experiments.video_abr import LADDER_MBPS
@@ -80,7 +84,7 @@ VARIANT_ORDER = (
 )
 # The reference the failover summary divides "goodput during the outage (after the gap)" by.
 FIVEG_REFERENCE = "plain-5g"
-CPU_MARK = "CPU ≥ 90 % of a core"
+CPU_MARK = "CPU ≥ 90 % of a core or of the machine"
 MODE_ORDER = ("plain", "tunnel", "session", "stream", "wireguard", "masque")
 
 
@@ -190,12 +194,26 @@ def _load(run_dir: Path, table: str) -> pd.DataFrame:
     return load_csv(Path(run_dir) / TABLES[table].file_name, table)
 
 
-def _with_cpu_flag(df: pd.DataFrame) -> pd.DataFrame:
-    """`cpu_saturated` as booleans (false for runs written before the column existed)."""
+LAB_CORES = 2
+"""The cores of the machine every committed run was measured on before runs recorded theirs
+(meta.json `cpu_cores`, from 2026-12-06)."""
+
+
+def _with_cpu_flag(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """`cpu_saturated` as booleans (false for runs written before the column existed), also
+    true where the whole machine was saturated (procstat.machine_saturated), which runs
+    written before 2026-12-06 did not flag themselves."""
     if "cpu_saturated" in df.columns:
         df["cpu_saturated"] = _as_bool(df["cpu_saturated"])
     else:
         df["cpu_saturated"] = False
+    if "cpu_host_pct" in df.columns:
+        try:
+            cores = read_run_meta(run_dir).get("cpu_cores") or LAB_CORES
+        except RunDirError:  # CSVs without their meta.json (copied out of a run)
+            cores = LAB_CORES
+        host = pd.to_numeric(df["cpu_host_pct"], errors="coerce")
+        df["cpu_saturated"] = df["cpu_saturated"] | (host >= CPU_SATURATED_PCT * int(cores))
     return df
 
 
@@ -207,7 +225,7 @@ def load_failover(run_dir: Path) -> pd.DataFrame:
         df[column] = pd.to_numeric(df.get(column, np.nan), errors="coerce")
     ablation = df.get("ablation_off", pd.Series("", index=df.index)).astype(object)
     df["ablation_off"] = ablation.where(ablation.notna(), "").astype(str)
-    return _with_cpu_flag(df)
+    return _with_cpu_flag(df, run_dir)
 
 
 def load_failover_timeseries(run_dir: Path) -> pd.DataFrame:
@@ -228,11 +246,11 @@ def load_goodput(run_dir: Path) -> pd.DataFrame:
     for column in ("cc", "outer_cc", "loss_hiding"):
         values = df.get(column, pd.Series("", index=df.index)).astype(object)
         df[column] = values.where(values.notna(), "").astype(str)
-    return _with_cpu_flag(df)
+    return _with_cpu_flag(df, run_dir)
 
 
 def load_aggregation(run_dir: Path) -> pd.DataFrame:
-    return _with_cpu_flag(_load(run_dir, "aggregation"))
+    return _with_cpu_flag(_load(run_dir, "aggregation"), run_dir)
 
 
 def load_ablation(run_dir: Path) -> pd.DataFrame:
@@ -355,8 +373,9 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
     recovered runs with its exact CI (what the figures draw; also the mean and its t-CI
     half-width), the median goodput before/during/after, the median goodput during the outage
     after the gap with its exact CI, that divided by plain-5g's median goodput over the outage
-    in the same (event, traffic) (`after_gap_vs_5g`, issue 12; NaN without plain-5g), and the
-    runs where a process saturated a core. Exact CIs (median_ci) are NaN under 6 runs at 95 %."""
+    in the same (event, traffic) (`after_gap_vs_5g`, issue 12; NaN without plain-5g; the
+    divisor is `fiveg_during_mbps`), and the runs where a process saturated a core. Exact CIs
+    (median_ci) are NaN under 6 runs at 95 %."""
     rows: list[dict[str, Any]] = []
     after_gap = failover.get("goodput_after_gap_mbps", pd.Series(np.nan, index=failover.index))
     saturated = failover.get("cpu_saturated", pd.Series(False, index=failover.index))
@@ -400,10 +419,13 @@ def failover_gap_summary(failover: pd.DataFrame, confidence: float = 0.95) -> pd
         if r["variant"] == FIVEG_REFERENCE
     }
     ratios: list[float] = []
+    bases: list[float] = []
     for r in rows:
         base = fiveg.get((str(r["event"]), str(r["traffic"])), math.nan)
+        bases.append(base if base > 0 else math.nan)
         ratios.append(float(r["goodput_after_gap_mbps"]) / base if base > 0 else math.nan)
     summary["after_gap_vs_5g"] = ratios
+    summary["fiveg_during_mbps"] = bases  # what after_gap_vs_5g divides by
     order = {v: i for i, v in enumerate(_ordered(summary["variant"].tolist(), VARIANT_ORDER))}
     summary["_order"] = summary["variant"].map(order)
     return (
@@ -762,7 +784,17 @@ def plot_failover_gaps(
     runs as small dots when `failover` is given; rows that never recovered say so instead of
     being dropped. Log scale when the gaps span more than a decade; a CI reaching below the
     axis is cut at its edge."""
-    labels = [f"{r.variant}  {r.event}/{r.traffic}" for r in summary.itertuples()]
+    labels = [
+        f"{v}  {e}/{t}{recovered_note(int(k), int(n))}"
+        for v, e, t, k, n in zip(
+            summary["variant"],
+            summary["event"],
+            summary["traffic"],
+            summary["recovered"],
+            summary["runs"],
+            strict=True,
+        )
+    ]
     y = np.arange(len(summary))[::-1]  # first row on top
     medians = summary["gap_ms_median"].to_numpy(dtype=float)
     errors = error_bars(summary, "gap_ms_median")
@@ -812,6 +844,12 @@ def plot_failover_gaps(
     ax.grid(alpha=0.3, axis="x")
 
 
+def recovered_note(recovered: int, runs: int) -> str:
+    """What a row of gaps must say when some runs never recovered: its median is over the
+    others only (a median of 2 survivors of 10 read as the variant's gap)."""
+    return f" ({recovered}/{runs} recovered)" if 0 < recovered < runs else ""
+
+
 def _saturated_rows(failover: pd.DataFrame, row: Any) -> pd.DataFrame:
     """The runs of one summary row (variant, event, traffic) where a process saturated a core."""
     if "cpu_saturated" not in failover.columns:
@@ -848,7 +886,9 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
             ratio = float(row.after_gap_vs_5g)
             if not np.isfinite(ratio):
                 continue
-            scale = ratio / median if median else 0.0
+            # the interval in plain 5G's units (ratio / median lost it when the median was 0:
+            # most runs carried nothing)
+            scale = 1.0 / float(row.fiveg_during_mbps)
             median = ratio
         colour = variant_colour(str(row.variant))
         xerr = errors[:, i : i + 1] * scale
@@ -874,8 +914,8 @@ def plot_ablation(ax_gap: Axes, ax_goodput: Axes, summary: pd.DataFrame) -> None
     the gap (/ plain 5G when the run has it) of the all-on engine and of it with each mechanism
     off, medians with exact 95 % CIs; bars of variants that saturated a core are hatched."""
     labels = [
-        f"{'all on' if t == 'none' else f'no {t}'} (n={n})"
-        for t, n in zip(summary["turns_off"], summary["runs"], strict=True)
+        f"{'all on' if t == 'none' else f'no {t}'} (n={n}){recovered_note(k, n)}"
+        for t, n, k in zip(summary["turns_off"], summary["runs"], summary["recovered"], strict=True)
     ]
     colours = ["C9" if t == "none" else "C0" for t in summary["turns_off"]]
     plot_gap_and_outage_bars(ax_gap, ax_goodput, summary, labels, colours)
@@ -1403,7 +1443,10 @@ def ablation_figure(run_dir: Path, out_png: Path) -> Path:
 
 def plot_masque(ax_gap: Axes, ax_goodput: Axes, summary: pd.DataFrame) -> None:
     """One (event, traffic) of masque_summary: each variant's bars in its own colour."""
-    labels = [f"{v} (n={n})" for v, n in zip(summary["variant"], summary["runs"], strict=True)]
+    labels = [
+        f"{v} (n={n}){recovered_note(k, n)}"
+        for v, n, k in zip(summary["variant"], summary["runs"], summary["recovered"], strict=True)
+    ]
     colours = [variant_colour(str(v)) for v in summary["variant"]]
     plot_gap_and_outage_bars(ax_gap, ax_goodput, summary, labels, colours)
 
@@ -1569,7 +1612,7 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
 
 # -- the workload experiment ----------------------------------------------------------------
 def load_workload(run_dir: Path) -> pd.DataFrame:
-    return _with_cpu_flag(_load(run_dir, "workload"))
+    return _with_cpu_flag(_load(run_dir, "workload"), run_dir)
 
 
 def load_workload_calls(run_dir: Path) -> pd.DataFrame:

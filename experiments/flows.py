@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.procstat import CpuMeter, saturation
+from experiments.procstat import CpuMeter, machine_saturated, saturation
 from experiments.runner import Context, Point, Row
 from experiments.schemas import CPU_PROCESSES, INNER_TCP_COLUMNS
 from experiments.traffic import SAMPLE_INTERVAL_S, Samples, resample
@@ -116,10 +116,14 @@ def cpu_columns(meter: CpuMeter | None) -> dict[str, Any]:
     usage = meter.usage() if meter is not None else {}
     peak = meter.peak() if meter is not None else {}
     row: dict[str, Any] = {f"cpu_{name}_pct": usage.get(name) for name in CPU_PROCESSES}
-    # saturation is a single process's: a concentrator's workers each have a core of their own
+    # a single process's saturation (a concentrator's workers each have a core of their own),
+    # or the whole machine's
     busiest, saturated = saturation({n: peak.get(n) for n in CPU_PROCESSES})
-    row["cpu_host_pct"] = meter.host_pct() if meter is not None else None
+    host = meter.host_pct() if meter is not None else None
+    row["cpu_host_pct"] = host
     row["cpu_busiest"] = busiest
+    if saturated is not None and meter is not None:
+        saturated = saturated or machine_saturated(host, meter.cores)
     row["cpu_saturated"] = saturated
     return row
 

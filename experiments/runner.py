@@ -427,6 +427,7 @@ def base_meta(exp: Experiment[S], params: Params, shard: tuple[int, int]) -> dic
         "git_dirty": dirty,
         "kernel": platform.release(),
         "hostname": socket.gethostname(),
+        "cpu_cores": os.cpu_count(),  # what cpu_host_pct tops out at (x 100)
         "backend": None,
         "seed": params.get("seed"),
         "parameters": params,

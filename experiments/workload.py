@@ -61,7 +61,7 @@ from experiments.flows import (
     run_flow,
     run_programs,
 )
-from experiments.procstat import CpuMeter, saturation
+from experiments.procstat import CpuMeter, machine_saturated, saturation
 from experiments.runner import (
     Context,
     Experiment,
@@ -376,7 +376,10 @@ def cpu_row(meter: CpuMeter) -> Row:
     usage = meter.usage()
     row["cpu_load_sender_pct"] = usage.get(LOAD_ROLES[0])
     row["cpu_load_receiver_pct"] = usage.get(LOAD_ROLES[1])
-    row["cpu_busiest"], row["cpu_saturated"] = saturation(meter.peak())
+    busiest, saturated = saturation(meter.peak())
+    if saturated is not None:
+        saturated = saturated or machine_saturated(meter.host_pct(), meter.cores)
+    row["cpu_busiest"], row["cpu_saturated"] = busiest, saturated
     return row
 
 

@@ -817,3 +817,70 @@ def test_every_committed_pin_loads(name: str) -> None:
     run = analysis.pinned_run(name)
     if run is not None:
         assert len(analysis.LOADERS[name](run)) > 0
+
+
+def partly_recovering() -> Any:
+    """A failover table: 2 of 10 runs of `tunnel` recovered; plain-5g carried 90 Mbit/s."""
+    import pandas as pd
+
+    rows = [
+        {"variant": "tunnel", "event": "blackhole", "traffic": "tcp", "run": i + 1,
+         "completed": i < 2, "gap_ms": 8430.0 + 3000 * i if i < 2 else math.nan,
+         "goodput_before_mbps": 50.0, "goodput_during_mbps": 5.0, "goodput_after_mbps": 50.0,
+         "goodput_after_gap_mbps": (30.0, 40.0, 50.0)[i - 7] if i >= 7 else 0.0,
+         "cpu_saturated": False}
+        for i in range(10)
+    ] + [
+        {"variant": "plain-5g", "event": "blackhole", "traffic": "tcp", "run": i + 1,
+         "completed": True, "gap_ms": 0.0, "goodput_before_mbps": 95.0,
+         "goodput_during_mbps": 90.0, "goodput_after_mbps": 95.0,
+         "goodput_after_gap_mbps": 90.0, "cpu_saturated": False}
+        for i in range(10)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_a_row_whose_runs_partly_never_recovered_says_how_many_did() -> None:
+    """The median gap is over the recovered runs: 2 of 10 recovering read as the variant's
+    gap (9.9 s) with nothing saying 8 runs never recovered."""
+    failover = partly_recovering()
+    summary = analysis.failover_gap_summary(failover)
+    ax = Figure().add_subplot()
+    analysis.plot_failover_gaps(ax, summary, failover)
+    names = [label.get_text() for label in ax.get_yticklabels()]
+    assert "tunnel  blackhole/tcp (2/10 recovered)" in names
+    assert "plain-5g  blackhole/tcp" in names  # all recovered: nothing to say
+    assert analysis.recovered_note(0, 10) == ""  # "no recovery" is drawn instead
+
+
+def test_a_zero_median_keeps_its_interval_relative_to_plain_5g() -> None:
+    """7 of 10 runs carried nothing after the gap: the median is 0 and its exact interval
+    (0, 40) Mbit/s, drawn / plain 5G (90) as (0, 0.44); dividing by the row's own median
+    drew (0, 0)."""
+    failover = partly_recovering()
+    summary = analysis.failover_gap_summary(failover)
+    row = summary.set_index("variant").loc["tunnel"]
+    assert row["goodput_after_gap_mbps"] == 0.0 and row["goodput_after_gap_mbps_hi"] == 40.0
+    ax = Figure().add_subplot()
+    analysis.plot_outage_goodput(ax, summary)
+    bars = [c for c in ax.collections if len(c.get_segments())]
+    spans = sorted(round(float(s[1][0] - s[0][0]), 3) for c in bars for s in c.get_segments())
+    assert round(40.0 / 90.0, 3) in spans, spans
+
+
+def test_a_run_from_before_the_machine_flag_gets_it_when_it_loads(tmp_path: Path) -> None:
+    """Runs written before the flag counted the whole machine: a point with the machine 183
+    of 200 busy loads as saturated (LAB_CORES, the lab machine's, without meta.json's
+    cpu_cores); a run recorded on 4 cores is judged by its own count."""
+    header = [*analysis.SCHEMAS["aggregation"], "cpu_host_pct", "cpu_saturated"]
+    rows = [
+        ["session-aggregate", "wrr", False, 1, 50, 100, 120.0, 0.8, 183.0, False],
+        ["session-aggregate", "wrr", False, 2, 50, 100, 121.0, 0.8, 150.0, False],
+    ]
+    old = make_run(tmp_path, "aggregation", "20261205-015311")
+    write_csv(old / "aggregation.csv", header, rows)
+    assert analysis.load_aggregation(old)["cpu_saturated"].tolist() == [True, False]
+    bigger = make_run(tmp_path, "aggregation", "20261206-015311")
+    (bigger / "meta.json").write_text(json.dumps({"experiment": "aggregation", "cpu_cores": 4}))
+    write_csv(bigger / "aggregation.csv", header, rows)
+    assert analysis.load_aggregation(bigger)["cpu_saturated"].tolist() == [False, False]

@@ -15,6 +15,7 @@ from experiments.compare import (
     CompareError,
     compare_points,
     compare_runs,
+    fisher_exact,
     format_comparison,
 )
 from experiments.schemas import TABLES
@@ -172,3 +173,38 @@ def test_the_text_table_has_a_dash_for_what_is_not_a_number() -> None:
     assert "0 [-, -]" in text and text.splitlines()[-1].endswith(
         "1 too few runs (median and its exact 95 % interval)"
     )
+
+
+def failover_rows(gaps: list[float | None]) -> list[dict[str, Any]]:
+    """One failover cell's runs; None: a run that never recovered."""
+    return [
+        {"variant": "tunnel", "event": "blackhole", "traffic": "tcp", "run": i + 1,
+         "gap_ms": "" if g is None else g, "completed": g is not None,
+         "goodput_before_mbps": 50.0, "goodput_during_mbps": 20.0, "goodput_after_mbps": 50.0}
+        for i, g in enumerate(gaps)
+    ]  # fmt: skip
+
+
+def test_runs_that_stop_recovering_make_the_gap_worse_not_the_same(
+    tmp_path: Path, capsys: Any
+) -> None:
+    """10 of 10 runs recover in ~100 ms, then fewer (in the same time): over the recovered
+    runs alone every case was "same". A run that never recovered is an endless gap: 6 of 10
+    (Fisher's exact p = 0.087) stays "same", its interval reaching "never"; 4 of 10 (p =
+    0.011) is "higher", its median "never"."""
+    before = make_run(tmp_path, "a", "failover", failover_rows([100.0 + i for i in range(10)]))
+    fewer = make_run(tmp_path, "b", "failover", failover_rows([100.0] * 6 + [None] * 4))
+    _, table = compare_runs(before, fewer)
+    assert table["verdict"].tolist() == ["same"] and table["n_after"].tolist() == [10]
+    assert table["after_hi"].iloc[0] == math.inf
+    half = make_run(tmp_path, "c", "failover", failover_rows([100.0] * 4 + [None] * 6))
+    assert cli.main(["compare", str(before), str(half)]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert "never [100, never]" in row and row.split()[-1] == "higher"
+
+
+def test_fisher_exact_matches_the_tables() -> None:
+    assert fisher_exact(10, 0, 6, 4) == pytest.approx(0.08669, abs=1e-5)
+    assert fisher_exact(10, 0, 4, 6) == pytest.approx(0.01084, abs=1e-5)
+    assert fisher_exact(3, 1, 1, 3) == pytest.approx(0.48571, abs=1e-5)  # the tea tasting
+    assert fisher_exact(5, 5, 5, 5) == 1.0

@@ -20,6 +20,7 @@ from experiments.procstat import (
     _own_cpu_seconds,
     child_pids,
     cpu_seconds,
+    machine_saturated,
     process_pss_mb,
     process_rss_mb,
     pss_mb,
@@ -70,6 +71,23 @@ def test_cpu_columns_of_a_point() -> None:
     assert [c.removeprefix("cpu_").removesuffix("_pct") for c in CPU_COLUMNS[:6]] == list(
         CPU_PROCESSES
     )
+
+
+def test_a_busy_machine_is_saturated_though_no_process_filled_a_core() -> None:
+    """The committed aggregation run's wrr cell: client 77 % and concentrator 72 % of a core,
+    the machine 183 of 200 busy; it was not flagged (each process was under 90 % of its
+    core), but the processes waited for the CPU."""
+    meter = meter_with(
+        {"client": ((100.0, 0.0), (110.0, 7.7)), "concentrator": ((100.0, 0.0), (110.0, 7.2))}
+    )
+    meter.host_first, meter.host_last = (0, 0, 2), (183, 200, 2)  # 183 % of one core
+    row = cpu_columns(meter)
+    assert row["cpu_host_pct"] == pytest.approx(183.0)
+    assert (row["cpu_busiest"], row["cpu_saturated"]) == ("client", True)
+    meter.host_last = (170, 200, 2)
+    assert cpu_columns(meter)["cpu_saturated"] is False
+    assert machine_saturated(180.0, 2) and not machine_saturated(180.0, 4)
+    assert not machine_saturated(None, 2) and not machine_saturated(190.0, None)
 
 
 def test_the_meter_samples_live_processes_over_its_window() -> None:
