@@ -243,7 +243,38 @@ def test_reader_skips_unknown_capsules_without_buffering_them() -> None:
         assert reader.feed(bytes(1000)) == []
         assert len(reader._buffer) == 0  # streamed past, never copied
     assert reader.feed(AddressAssign().encode()) == [Capsule(1, b"")]
-    assert reader.skipped == {0x2843: 1}
+    assert reader.skipped == 1
+
+
+def test_reader_takes_what_follows_an_empty_unknown_capsule() -> None:
+    # RFC 9297 §5.4: a grease capsule may be empty; skipping it must not stall the stream (the
+    # reader took its header, then waited for more data with the next capsule in hand)
+    grease = encode_capsule(0x29 * 7 + 0x17, b"")
+    request = AddressRequest((RequestedAddress(1, IPv4Network("0.0.0.0/32")),)).encode()
+    reader = CapsuleReader(KNOWN)
+    assert [c.capsule_type for c in reader.feed(grease + grease + request)] == [2]
+    assert reader.skipped == 2 and reader.at_boundary
+    reader.finish()  # it said "ended inside a capsule"
+
+
+def test_reader_buffer_stays_bounded_under_empty_unknown_capsules() -> None:
+    # the bound of the docstring: one capsule header plus max_value_size between feeds (the
+    # stalled reader kept each chunk and consumed one capsule per feed: 3 MB after 1,000)
+    reader = CapsuleReader(KNOWN, max_value_size=16)
+    chunk = encode_capsule(0x2843, b"") * 1000
+    for _ in range(1000):
+        assert reader.feed(chunk) == []
+        assert reader.pending == 0
+    assert reader.skipped == 1000 * 1000
+
+
+def test_reader_counts_skipped_capsules_not_their_types() -> None:
+    # types span 2^62: one table entry per type seen let a peer grow our memory with each new
+    # one (200,000 distinct types held ~9 times the bytes that carried them)
+    reader = CapsuleReader(KNOWN)
+    for capsule_type in range(0x2843, 0x2843 + 1000):
+        reader.feed(encode_capsule(capsule_type, b"x"))
+    assert reader.skipped == 1000
 
 
 def test_reader_rejects_an_oversized_known_capsule_before_its_value() -> None:

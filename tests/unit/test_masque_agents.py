@@ -11,7 +11,9 @@ from __future__ import annotations
 from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path as FilePath
 
-from scapy.layers.inet import ICMP, IP
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet6 import IPv6
 
 from testbed.hostile import client_configuration
 from tests.unit.client_world import CoreConcentrator, World, client_config
@@ -181,3 +183,51 @@ def test_a_resumed_reconnect_carries_on(lab_certs: FilePath) -> None:
     core.from_tun([reply], world.now)
     world.run(0.1)
     assert world.tun == [reply]
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_ipv6_below_1280_bytes_aborts_the_tunnel_and_the_client_reconnects(
+    lab_certs: FilePath, direction: str
+) -> None:
+    # RFC 9484 §7.2: an endpoint conveying IPv6 whose QUIC MTU no longer carries 1280 bytes
+    # "MUST abort the IP proxying request stream". With limits.pmtu_discovery a black hole at
+    # 1300-byte UDP payloads makes the sender's budget fall to 1168 (PathMtuFell): its session
+    # aborts (the concentrator's going down, the client's going up; the agents kept the event
+    # from the session and the tunnel carried on with IPv6), the connection closes, and the
+    # client reconnects and is given the same addresses (the new connection's own confirmation
+    # fails on that path in turn: README "MASQUE CONNECT-IP")
+    pm = "limits.pmtu_discovery=true"
+    core = CoreConcentrator(concentrator_config(lab_certs, MASQUE_SERVED, pm), now=1000.0)
+    alice = client_configuration(
+        lab_certs / "ca.pem", ["h3"], lab_certs / "alice.pem", lab_certs / "alice.key"
+    )
+    config = client_config("masque", ("wifi",), PROBE, pm)
+    world = World(config, concentrator=core, client_quic_config=alice).start()
+    world.run(2.0, until=lambda: world.agent.state is ClientState.UP)
+    first = world.up_path("wifi")
+    (conn,) = world.conns
+    assert first.tunnel is not None and first.tunnel.max_packet_size() >= 1280
+    link = world.accesses["wifi"]
+    (link.down if direction == "down" else link.up).mtu = 1300
+    down = direction == "down"
+    source, destination = ("fd00:200::2", "fd00:8::2") if down else ("fd00:8::2", "fd00:200::2")
+    window = [
+        bytes(IPv6(src=source, dst=destination) / TCP(sport=5201, seq=seq) / (b"d" * 1340))
+        for seq in range(0, 30 * 1340, 1340)
+    ]
+    if down:
+        core.from_tun(window, world.now)
+    else:
+        world.from_tun(window)
+    world.run(3.0, until=lambda: first.state is PathState.CLOSED)
+    assert "IPv6 needs 1280 (RFC 9484 §7.2)" in (first.end_reason or "")
+    aborting = conn.server_tunnel if down else first.tunnel
+    assert isinstance(aborting, MasqueConnection) and aborting.connect_ip is not None
+    closed = aborting.connect_ip.closed
+    assert closed is not None and not closed.by_peer
+    world.run(2.0, until=lambda: world.agent.path_on("wifi") not in (None, first))
+    assert world.agent.path_on("wifi") not in (None, first)
+    assert world.agent.tun_addresses == (
+        IPv4Interface("10.8.0.2/32"),
+        IPv6Interface("fd00:8::2/128"),
+    )

@@ -1448,7 +1448,10 @@ class ClientAgent:
                     self.counters["pmtu_victims_answered"] += 1
                     self.counters["icmp_too_big_sent"] += 1
                     self._to_tun.append(reply)
-            return _NO_EVENTS
+            if not (isinstance(tunnel, MasqueConnection) and tunnel.is_masque):
+                return _NO_EVENTS
+            # CONNECT-IP: the session aborts its request stream if IPv6 no longer fits (RFC 9484
+            # §7.2), which closes the connection
         if isinstance(event, quic_events.PingAcknowledged):
             self.ping_acked(path, event.uid, now)
             self._recheck(path, now)

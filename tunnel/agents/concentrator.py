@@ -1133,7 +1133,10 @@ class ConcentratorCore:
                     if error is not None:
                         client.counters["pmtu_victims_answered"] += 1
                         self._to_tun.append((error, client, True))
-            return _NO_EVENTS
+            if not (isinstance(connection, MasqueConnection) and connection.is_masque):
+                return _NO_EVENTS
+            # CONNECT-IP: the session aborts its request stream if IPv6 no longer fits (RFC 9484
+            # §7.2), which closes the connection
         if isinstance(event, quic_events.HandshakeCompleted):
             peer.handshake_done = True
             self._authenticate(peer, now)

@@ -33,9 +33,11 @@ proxying request stream", RFC 9484 §4.1), and we serve one per connection.
   "drop ... silently or buffer"). A DATAGRAM capsule (RFC 9297 §3.5) is taken as a datagram.
 - RFC 9484 §11 (BCP 38): an endpoint checks each received packet against what it told its peer:
   the source must lie in a prefix it assigned to the peer, the destination in a range it
-  advertised (with the range's protocol, ICMP always allowed, §4.7.3); anything else is dropped
-  and counted. An endpoint that assigned nothing (or advertised nothing) does not check that
-  side: the client leaves its own kernel to route what the proxy sends it.
+  advertised (with the range's protocol, its version's ICMP always allowed, §4.7.3); anything
+  else is dropped and counted. An endpoint that assigned nothing (or advertised nothing) does
+  not check that side: the client leaves its own kernel to route what the proxy sends it.
+- RFC 9484 §7.2: a budget that falls below 1280 bytes (PathMtuFell) while IPv6 is carried
+  aborts the request stream.
 
 What is not here yet (stage 2): DNS targets (refused 501: §4.1 needs the proxy to resolve them
 before answering), Context IDs other than 0, the Hop Limit decrement of §7.2 (the kernel's
@@ -60,7 +62,12 @@ from aioquic.quic.connection import QuicConnection
 
 from tunnel.policy.ingress import IngressFilter, IngressVerdict
 from tunnel.protocol.connection import SendResult, SendStatus
-from tunnel.protocol.quic_ext import datagram_budget, pending_datagram_count
+from tunnel.protocol.quic_ext import (
+    PathMtuFell,
+    datagram_budget,
+    pending_datagram_count,
+    stream_send_open,
+)
 from tunnel.wire.capsule import (
     DEFAULT_MAX_CAPSULE_VALUE,
     Capsule,
@@ -70,7 +77,7 @@ from tunnel.wire.capsule import (
 )
 from tunnel.wire.connect_ip import (
     CONNECT_IP_DECODERS,
-    ICMP_PROTOCOLS,
+    ICMP_PROTOCOL,
     AddressAssign,
     AddressRequest,
     AssignedAddress,
@@ -91,6 +98,7 @@ from tunnel.wire.http_datagram import (
     IpProxyingPayload,
     encode_ip_packet,
 )
+from tunnel.wire.icmp import IPV6_MIN_MTU
 
 H3_ALPN: Final = "h3"
 CONNECT_IP_PROTOCOL: Final = "connect-ip"
@@ -106,6 +114,10 @@ MAX_HELD_REQUESTS: Final = 4
 stream, so they may come later); more are refused 429."""
 
 _KNOWN_CAPSULES: Final = frozenset({*CONNECT_IP_DECODERS, DATAGRAM_CAPSULE_TYPE})
+NO_CAPSULE_FIELDS: Final = (b"content-length", b"content-type", b"transfer-encoding")
+"""RFC 9297 §3.2: header fields a message that uses the Capsule Protocol MUST NOT carry."""
+NO_CAPSULE_STATUSES: Final = frozenset({204, 205, 206})
+"""RFC 9297 §3.2: statuses a response that uses the Capsule Protocol MUST NOT have."""
 
 
 class DropReason(Enum):
@@ -244,8 +256,8 @@ class ConnectIpCounters:
 class RouteTable:
     """The destinations a ROUTE_ADVERTISEMENT allows (§4.7.3), as integer ranges per version:
     a destination passes if a range holds it and the range's protocol is 0, the packet's
-    outermost protocol (§4.8), or the packet is ICMP. A linear scan: sites advertise a few
-    ranges (a full tunnel is one per version)."""
+    outermost protocol (§4.8), or its version's ICMP (1 in IPv4, 58 in IPv6). A linear scan:
+    sites advertise a few ranges (a full tunnel is one per version)."""
 
     def __init__(self, ranges: Iterable[IPAddressRange] = ()) -> None:
         self.ranges = tuple(ranges)
@@ -267,7 +279,7 @@ class RouteTable:
                     return True
                 if protocol is None:
                     protocol = outermost_protocol(packet)
-                if protocol == allowed or protocol in ICMP_PROTOCOLS:
+                if protocol in (allowed, ICMP_PROTOCOL[version]):
                     return True
         return False
 
@@ -331,6 +343,8 @@ class _ConnectIpEndpoint:
         """What the peer's last ADDRESS_ASSIGN lets us use as sources."""
         self.peer_routes: tuple[IPAddressRange, ...] = ()
         """The peer's last ROUTE_ADVERTISEMENT: where we may send."""
+        self.assigned_to_peer: tuple[IPNetwork, ...] = ()
+        """What our ADDRESS_ASSIGN lets the peer use as sources."""
         # what we told the peer, checked on every packet it sends (None: we told it nothing)
         self._source_filter: IngressFilter | None = None
         self._route_table: RouteTable | None = None
@@ -346,6 +360,8 @@ class _ConnectIpEndpoint:
 
     def handle_event(self, event: quic_events.QuicEvent) -> list[ConnectIpEvent]:
         """Feed one aioquic event; returns what it meant for the tunnel."""
+        if isinstance(event, PathMtuFell):
+            return self._check_ipv6_budget()
         out: list[ConnectIpEvent] = []
         if isinstance(event, quic_events.ConnectionTerminated):
             if self.closed is None and self.stream_id is not None:
@@ -357,12 +373,7 @@ class _ConnectIpEndpoint:
             isinstance(event, quic_events.StreamReset | quic_events.StopSendingReceived)
             and event.stream_id == self.stream_id
             and self.closed is None
-            # RFC 9114 §4.1: STOP_SENDING with H3_NO_ERROR asks to stop sending a request
-            # whose response is complete (a refusal on its way); it ends nothing by itself
-            and not (
-                isinstance(event, quic_events.StopSendingReceived)
-                and event.error_code == H3ErrorCode.H3_NO_ERROR
-            )
+            and not self._refusal_on_its_way(event)
         ):
             # the peer aborted the tunnel's stream: abort our side as well
             self._abort(event.error_code, f"the peer aborted the stream ({event.error_code:#x})")
@@ -373,6 +384,33 @@ class _ConnectIpEndpoint:
             out += self._on_h3_event(h3_event)
         out += self._after_event()
         return out
+
+    def _check_ipv6_budget(self) -> list[ConnectIpEvent]:
+        """After the path's MTU fell (PathMtuFell, limits.pmtu_discovery): RFC 9484 §7.2, "If
+        an endpoint is using QUIC DATAGRAM frames to convey IPv6 packets, and it detects that
+        the QUIC MTU is too low to allow sending 1280 bytes, it MUST abort the IP proxying
+        request stream". We convey IPv6 once either side has an IPv6 address."""
+        budget = self.max_packet_size()
+        carries_ipv6 = any(p.version == 6 for p in (*self.assigned_to_us, *self.assigned_to_peer))
+        if not self.is_open or budget >= IPV6_MIN_MTU or not carries_ipv6:
+            return []
+        self._abort(
+            H3ErrorCode.H3_REQUEST_CANCELLED,
+            f"the tunnel carries {budget}-byte packets, IPv6 needs {IPV6_MIN_MTU} (RFC 9484 §7.2)",
+        )
+        assert self.closed is not None
+        return [self.closed]
+
+    def _refusal_on_its_way(self, event: quic_events.QuicEvent) -> bool:
+        """RFC 9114 §4.1: STOP_SENDING with H3_NO_ERROR asks to stop sending a request whose
+        response is complete (a refusal on its way); before a 2xx it ends nothing by itself.
+        Once the tunnel is open it ends the tunnel: aioquic has reset our sending side, and the
+        tunnel lives as long as the request stream both ways (RFC 9484 §4.1)."""
+        return (
+            isinstance(event, quic_events.StopSendingReceived)
+            and event.error_code == H3ErrorCode.H3_NO_ERROR
+            and not self.is_open
+        )
 
     def _on_h3_event(self, event: H3Event) -> list[ConnectIpEvent]:
         if isinstance(event, DatagramReceived):
@@ -408,11 +446,10 @@ class _ConnectIpEndpoint:
             out.append(self.closed)
             return out
         finally:
-            self.counters.capsules_skipped = sum(self._reader.skipped.values())
+            self.counters.capsules_skipped = self._reader.skipped
         if ended and self.closed is None:
             # the peer ended the tunnel cleanly (§4.1): end our side too
-            assert self.stream_id is not None  # only our stream's data comes here
-            self._h3.send_data(self.stream_id, b"", end_stream=True)
+            self._end_stream()
             self.is_open = False
             self.closed = TunnelClosed(None, "the peer ended the request stream", by_peer=True)
             out.append(self.closed)
@@ -454,8 +491,21 @@ class _ConnectIpEndpoint:
         )
 
     def _send_capsule(self, capsule: bytes) -> None:
-        if self.stream_id is not None and self.closed is None:
-            self._h3.send_data(self.stream_id, capsule, end_stream=False)
+        stream_id = self.stream_id
+        # aioquic resets our side itself when the peer's STOP_SENDING arrives (RFC 9000 §3.5),
+        # maybe in the packet that brought what we answer: then there is no one to tell
+        if (
+            stream_id is not None
+            and self.closed is None
+            and stream_send_open(self._quic, stream_id)
+        ):
+            self._h3.send_data(stream_id, capsule, end_stream=False)
+
+    def _end_stream(self) -> None:
+        """FIN on the request stream, unless our side of it is already reset or ended."""
+        stream_id = self.stream_id
+        if stream_id is not None and stream_send_open(self._quic, stream_id):
+            self._h3.send_data(stream_id, b"", end_stream=True)
 
     def _abort(self, error_code: int, reason: str) -> None:
         """Abort the request stream both ways (RFC 9114 §4.1.2 for a malformed message)."""
@@ -472,7 +522,7 @@ class _ConnectIpEndpoint:
         """End the tunnel cleanly: FIN on the request stream (§4.1: the tunnel lives as long as
         the stream)."""
         if self.stream_id is not None and self.closed is None:
-            self._h3.send_data(self.stream_id, b"", end_stream=True)
+            self._end_stream()
             self.is_open = False
             self.closed = TunnelClosed(None, "we ended the request stream", by_peer=False)
 
@@ -630,15 +680,27 @@ class ConnectIpClient(_ConnectIpEndpoint):
             # §4.5: "the client MUST treat this proxying attempt as failed and abort"
             self._abort(H3ErrorCode.H3_REQUEST_CANCELLED, f"the proxy answered {status}")
             return [TunnelRefused(status, f"the proxy answered {status}")]
-        if b"content-length" in headers:
-            # RFC 9297 §3.2: the Capsule Protocol MUST NOT be used with Content-Length
-            self._abort(H3ErrorCode.H3_MESSAGE_ERROR, "a 2xx response with Content-Length")
-            return [TunnelRefused(status, "the response carried Content-Length")]
+        violation = _capsule_protocol_violation(status, headers)
+        if violation is not None:
+            # RFC 9297 §3.2: a malformed message; RFC 9484 §4.5: "the client MUST treat this
+            # proxying attempt as failed and abort the request"
+            self._abort(H3ErrorCode.H3_MESSAGE_ERROR, f"a 2xx response {violation}")
+            return [TunnelRefused(status, f"the response {violation}")]
         self.is_open = True
         out: list[ConnectIpEvent] = [TunnelOpened(event.stream_id)]
         if event.stream_ended:
             out += self._receive_capsule_data(b"", True)
         return out
+
+
+def _capsule_protocol_violation(status: int, headers: dict[bytes, bytes]) -> str | None:
+    """What makes a 2xx response unfit for the Capsule Protocol (RFC 9297 §3.2), or None."""
+    if status in NO_CAPSULE_STATUSES:
+        return f"with status {status}"
+    for forbidden in NO_CAPSULE_FIELDS:
+        if forbidden in headers:
+            return f"with {forbidden.decode()}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -673,9 +735,18 @@ class ConnectIpServer(_ConnectIpEndpoint):
         self.refusals: Counter[int] = Counter()
         """HTTP status -> requests refused with it."""
 
+    def handle_event(self, event: quic_events.QuicEvent) -> list[ConnectIpEvent]:
+        if isinstance(event, quic_events.StreamReset | quic_events.StopSendingReceived):
+            # the client gave up on a request we hold: answered later, it would open a tunnel
+            # on a dead stream (RFC 9484 §4.1) and take the connection's one tunnel
+            self._held.pop(event.stream_id, None)
+        return super().handle_event(event)
+
     def _receive_headers(self, event: HeadersReceived) -> list[ConnectIpEvent]:
         if event.stream_id == self.stream_id:
             return []  # trailers on our tunnel's stream: nothing to do
+        if not stream_send_open(self._quic, event.stream_id):
+            return []  # the client's STOP_SENDING came first: no one to answer (RFC 9000 §3.5)
         if self._h3.received_settings is None:
             # RFC 9297 §2.1.1 needs the client's SETTINGS; they are on their way
             if len(self._held) >= MAX_HELD_REQUESTS:
@@ -718,7 +789,7 @@ class ConnectIpServer(_ConnectIpEndpoint):
         authority = self.policy.authority
         if authority is not None and headers.get(b":authority") != authority.encode():
             return 421, f"this proxy serves {authority}"
-        for forbidden in (b"content-length", b"content-type", b"transfer-encoding"):
+        for forbidden in NO_CAPSULE_FIELDS:
             if forbidden in headers:
                 return 400, f"{forbidden.decode()} is not allowed with the Capsule Protocol"
         try:
@@ -738,6 +809,8 @@ class ConnectIpServer(_ConnectIpEndpoint):
 
     def _decide(self, event: HeadersReceived, data: bytes, ended: bool) -> list[ConnectIpEvent]:
         """Answer a request; `data` is what followed its headers so far (while it was held)."""
+        if not stream_send_open(self._quic, event.stream_id):
+            return []  # a held request's stream that aioquic reset or discarded meanwhile
         decision = self._refusal(dict(event.headers))
         if not isinstance(decision, RequestScope):
             return [self._refuse(event.stream_id, *decision)]
@@ -751,6 +824,7 @@ class ConnectIpServer(_ConnectIpEndpoint):
         self._h3.send_headers(
             stream_id, [(b":status", b"200"), (b"capsule-protocol", CAPSULE_PROTOCOL_TRUE)]
         )
+        self.assigned_to_peer = self.policy.assigned
         self._source_filter = IngressFilter(self.policy.assigned)
         self._route_table = RouteTable(routes)
         self._send_capsule(
@@ -771,20 +845,16 @@ class ConnectIpServer(_ConnectIpEndpoint):
         return RequestRefused(stream_id, status, reason)
 
     def _answer_address_request(self, request: AddressRequest) -> AddressAssign:
-        """§4.7.2: each Requested Address is answered with the client's configured prefix of
-        that version (whatever address it preferred: the agent decided the client's address),
-        or refused if it has none; the full list of its prefixes goes with it (§4.7.1)."""
-        answered: dict[IPNetwork, int] = dict.fromkeys(self.policy.assigned, 0)
-        refused: list[AssignedAddress] = []
+        """§4.7.2: "For each Requested Address", an Assigned Address with its Request ID: the
+        client's configured prefix of that version (whatever address it preferred: the agent
+        decided the client's address), or the all-zero rejection if it has none. Then, with
+        Request ID 0, each prefix no answer carried: the list is the full one (§4.7.1)."""
+        answers: list[AssignedAddress] = []
         for wanted in request.addresses:
-            match = next(
-                (p for p in self.policy.assigned if p.version == wanted.prefix.version), None
-            )
-            if match is None:
-                refused.append(
-                    AssignedAddress(wanted.request_id, unassigned(wanted.prefix.version))
-                )
-            else:
-                answered[match] = wanted.request_id
-        granted = tuple(AssignedAddress(i, p) for p, i in answered.items())
-        return AddressAssign(granted + tuple(refused))
+            version = wanted.prefix.version
+            match = next((p for p in self.policy.assigned if p.version == version), None)
+            prefix = match if match is not None else unassigned(version)
+            answers.append(AssignedAddress(wanted.request_id, prefix))
+        answered = {a.prefix for a in answers}
+        answers += [AssignedAddress(0, p) for p in self.policy.assigned if p not in answered]
+        return AddressAssign(tuple(answers))

@@ -15,7 +15,8 @@ concentrator makes one for every connection before it knows the ALPN.
 - Proxy: `open_proxy(policy)`, called by the concentrator at HandshakeCompleted once the
   client's certificate was verified (mutual TLS at connection level, README "MASQUE
   CONNECT-IP"). Stream events that came before (0-RTT) are held, bounded, and replayed.
-- The request stream's end, a refusal, or a malformed capsule end the tunnel; one connection
+- The request stream's end, a refusal, a malformed capsule, or IPv6 no longer fitting in the
+  datagram budget (RFC 9484 §7.2, after the agents' PathMtuFell) end the tunnel; one connection
   carries one tunnel (connect_ip.py), so the QUIC connection is closed with it and the client
   reconnects as after any loss of its connection.
 - No Access Reports (MASQUE has none): send_access_report sends nothing.

@@ -121,8 +121,9 @@ class CapsuleReader:
 
     A capsule of any other type is skipped as its bytes arrive, never buffered (RFC 9297 §3.2:
     "silently drop that Capsule and skip over it"; counted in `skipped`). A known capsule whose
-    Length exceeds `max_value_size` raises CapsuleError at once, before its value arrives: the
-    buffer never holds more than one capsule header plus `max_value_size` bytes. `finish()`
+    Length exceeds `max_value_size` raises CapsuleError at once, before its value arrives: between
+    feeds the buffer never holds more than one capsule header plus `max_value_size` bytes
+    (each feed takes every capsule its data completes, unknown empty ones included). `finish()`
     raises if the stream ended inside a capsule (RFC 9297 §3.3: a truncated last capsule is a
     malformed message).
     """
@@ -134,8 +135,9 @@ class CapsuleReader:
         self.max_value_size = max_value_size
         self._buffer = bytearray()
         self._skip = 0  # bytes of an unknown capsule's value still to skip
-        self.skipped: dict[int, int] = {}
-        """Unknown capsule type -> how many were skipped."""
+        self.skipped = 0
+        """Capsules of unknown types skipped. A count, not one per type: types span 2^62, so
+        a table of them would grow with every new one a peer sends."""
         self.failed: CapsuleError | None = None
         """The error that stopped the reader: once set, every later feed raises it again."""
 
@@ -168,46 +170,47 @@ class CapsuleReader:
             data = data[step:]
         self._buffer += data
         capsules: list[Capsule] = []
+        # until no progress: an unknown capsule of Length 0 (a grease capsule, RFC 9297 §5.4)
+        # is consumed whole with its header and yields nothing, yet what follows it is here
         while self._buffer:
             if self._skip:
                 step = min(self._skip, len(self._buffer))
                 del self._buffer[:step]
                 self._skip -= step
-                continue
-            capsule = self._next_from_buffer()
-            if capsule is not None:
-                capsules.append(capsule)
-            elif not self._skip:
+            elif not self._take_one(capsules):
                 break  # the next capsule is not all here yet
         return capsules
 
-    def _next_from_buffer(self) -> Capsule | None:
+    def _take_one(self, capsules: list[Capsule]) -> bool:
+        """Consume the capsule that starts the buffer: a known one whole (appended to
+        `capsules`), an unknown one's header (its value is then skipped). False, consuming
+        nothing, if more bytes are needed first."""
         buffer = self._buffer
         type_size = varint_size(buffer[0])
         if len(buffer) < type_size + 1:
-            return None
+            return False
         length_size = varint_size(buffer[type_size])
         header_size = type_size + length_size
         if len(buffer) < header_size:
-            return None
+            return False
         header = Buffer(data=bytes(buffer[:header_size]))
         capsule_type = header.pull_uint_var()
         length = header.pull_uint_var()
         if capsule_type not in self._known:
-            self.skipped[capsule_type] = self.skipped.get(capsule_type, 0) + 1
+            self.skipped += 1
             del buffer[:header_size]
             self._skip = length
-            return None
+            return True
         if length > self.max_value_size:
             raise CapsuleError(
                 f"capsule of type {capsule_type:#x} announces a {length}-byte value, more than "
                 f"the {self.max_value_size} bytes this endpoint accepts"
             )
         if len(buffer) < header_size + length:
-            return None
-        value = bytes(buffer[header_size : header_size + length])
+            return False
+        capsules.append(Capsule(capsule_type, bytes(buffer[header_size : header_size + length])))
         del buffer[: header_size + length]
-        return Capsule(capsule_type, value)
+        return True
 
     def finish(self) -> None:
         """The stream ended cleanly (FIN): CapsuleError if it ended inside a capsule."""

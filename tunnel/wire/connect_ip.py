@@ -49,9 +49,10 @@ _T = TypeVar("_T")
 _ADDRESS_SIZE: Final = {4: 4, 6: 16}
 """IP Version -> bytes of its IP Address fields (§4.7.1: 32 or 128 bits)."""
 
-ICMP_PROTOCOLS: Final = frozenset({1, 58})
-"""ICMP and ICMPv6: "ICMP traffic is always allowed" whatever a route's or a scope's protocol
-(§4.6, §4.7.3)."""
+ICMP_PROTOCOL: Final = {4: 1, 6: 58}
+"""IP Version -> its ICMP's protocol number: "ICMP traffic is always allowed" whatever a route's
+or a scope's protocol (§4.6, §4.7.3), ICMP (1) in IPv4 and ICMPv6 (58) in IPv6 only: 58 in
+IPv4 or 1 in IPv6 is some other protocol, held to the route's."""
 
 
 def _checked(name: str, build: Callable[[], _T]) -> _T:
@@ -169,8 +170,9 @@ class AddressAssign:
 
     @property
     def prefixes(self) -> tuple[IPNetwork, ...]:
-        """The prefixes granted (rejections left out): the receiver's allowed sources (§11)."""
-        return tuple(a.prefix for a in self.addresses if not a.is_rejection)
+        """The prefixes granted (rejections left out), each once: the receiver's allowed sources
+        (§11). A prefix may come several times, answering several Request IDs (§4.7.2)."""
+        return tuple(dict.fromkeys(a.prefix for a in self.addresses if not a.is_rejection))
 
 
 # --- §4.7.2 ADDRESS_REQUEST ---------------------------------------------------------------------
