@@ -14,15 +14,24 @@
  *      was in: ge_good_loss_pct, ge_bad_loss_pct) — netem's "loss gemodel p r 1-h 1-k", step
  *      for step, so both backends draw the same process;
  *   4. a drop-tail rate queue (rate in bit/s, limit in packets and/or bytes): a packet that
- *      arrives when the queue is full is dropped, otherwise it leaves the queue when the
- *      packets ahead of it and itself have been serialised at the configured rate — or, with
+ *      arrives when the queue is full is dropped, otherwise it waits in the queue (a FIFO of
+ *      the frames themselves) until the packets ahead of it and itself have been serialised
+ *      at the rate in force while it is served (a new rate applies to what is queued, from the
+ *      frame being serialised on, as a qdisc's does) — or, with
  *      a trace (Mahimahi's format: one line per delivery opportunity, its time in ms from the
  *      start, looped at the last line's time), at the delivery opportunities: each carries
  *      1500 bytes of IP packet (the Ethernet header not counted), a packet leaves at the
  *      opportunity that carries its last byte, opportunities that pass while the queue is
  *      empty are lost (as in Mahimahi's link queue);
  *   5. a fixed one-way delay plus uniform jitter in [-jitter, +jitter] (netem's default
- *      distribution); without "reorder" a packet never overtakes the one before it.
+ *      distribution); without "reorder" a packet never overtakes the one before it, and one
+ *      held back behind a later-drawn predecessor keeps the spacing the rate queue gave it
+ *      (it leaves no earlier than that predecessor plus the gap between their departures from
+ *      the queue, as netem's max(last, now + delay) + packet time does): without the spacing
+ *      a jittered 50 Mbit/s link let bunches out at ~200 Mbit/s over a millisecond.
+ * "down" drops everything: what arrives, and what the rate queue and the delay line hold when
+ * it is set (a real link's dead radio delivers nothing it still had queued).
+ * A "set" is all or nothing: every key is checked (a trace file read) before any is applied.
  * Frames are timed on CLOCK_MONOTONIC with a timerfd armed for the earliest departure, so the
  * added delay is accurate to tens of microseconds, not to a scheduler tick.
  *
@@ -71,11 +80,6 @@ struct pkt {
     unsigned char data[];
 };
 
-struct serial_slot { /* a frame still in the rate queue: when its serialisation ends */
-    uint64_t done_ns;
-    uint32_t len;
-};
-
 struct direction {
     const char *name;
     int rx_fd, tx_fd;
@@ -94,11 +98,12 @@ struct direction {
     /* delay line: binary min-heap on (due_ns, seq) */
     struct pkt **heap;
     size_t heap_len, heap_cap;
-    uint64_t last_due_ns;
-    /* rate queue: ring of frames not yet serialised */
-    struct serial_slot *ring;
+    uint64_t last_due_ns, last_leave_ns; /* the previous frame's departure: wire, rate queue */
+    /* rate queue: ring of the frames not yet serialised, the first one being served; it
+       leaves the queue at head_done_ns */
+    struct pkt **ring;
     size_t ring_head, ring_len, ring_cap;
-    uint64_t queued_bytes, link_free_ns;
+    uint64_t queued_bytes, head_done_ns;
     /* counters */
     uint64_t rx, tx, drop_loss, drop_queue, drop_down, drop_mtu, drop_cap, tx_err;
 };
@@ -163,19 +168,10 @@ static struct pkt *heap_pop(struct direction *d) {
     return top;
 }
 
-/* Forget frames whose serialisation has finished: they no longer occupy the rate queue. */
-static void ring_expire(struct direction *d, uint64_t now) {
-    while (d->ring_len && d->ring[d->ring_head].done_ns <= now) {
-        d->queued_bytes -= d->ring[d->ring_head].len;
-        d->ring_head = (d->ring_head + 1) % d->ring_cap;
-        d->ring_len--;
-    }
-}
-
-static int ring_push(struct direction *d, uint64_t done_ns, uint32_t len) {
+static int ring_push(struct direction *d, struct pkt *p) {
     if (d->ring_len == d->ring_cap) {
         size_t cap = d->ring_cap ? d->ring_cap * 2 : 1024;
-        struct serial_slot *r = malloc(cap * sizeof(*r));
+        struct pkt **r = malloc(cap * sizeof(*r));
         if (!r) return -1;
         for (size_t i = 0; i < d->ring_len; i++) r[i] = d->ring[(d->ring_head + i) % d->ring_cap];
         free(d->ring);
@@ -183,10 +179,18 @@ static int ring_push(struct direction *d, uint64_t done_ns, uint32_t len) {
         d->ring_head = 0;
         d->ring_cap = cap;
     }
-    d->ring[(d->ring_head + d->ring_len) % d->ring_cap] = (struct serial_slot){done_ns, len};
+    d->ring[(d->ring_head + d->ring_len) % d->ring_cap] = p;
     d->ring_len++;
-    d->queued_bytes += len;
+    d->queued_bytes += p->len;
     return 0;
+}
+
+static struct pkt *ring_pop(struct direction *d) {
+    struct pkt *p = d->ring[d->ring_head];
+    d->ring_head = (d->ring_head + 1) % d->ring_cap;
+    d->ring_len--;
+    d->queued_bytes -= p->len;
+    return p;
 }
 
 /* Whether the Gilbert-Elliott model loses this packet (netem's loss_gilb_ell): the state moves
@@ -227,53 +231,109 @@ static uint64_t trace_leave(struct direction *d, uint32_t len, uint64_t now) {
     return d->trace_last_leave_ns = opp_time(d);
 }
 
-/* Load a Mahimahi trace into d (replacing any); 0, or -1 if it cannot be used. */
-static int load_trace(struct direction *d, const char *path) {
-    /* the same trace again (another setting changed): keep its timeline going */
-    if (d->trace_len && !strcmp(path, d->trace_path)) return 0;
-    d->trace_path[0] = 0;
-    free(d->trace_ms);
-    d->trace_ms = NULL;
-    d->trace_len = 0;
-    d->trace_name[0] = 0;
-    if (!*path) return 0; /* trace= : off */
+/* Read a Mahimahi trace: its opportunity times (ms, ascending; a line may end in spaces or a
+ * CR), *len of them; NULL if the file cannot be used (a period of 0 ms would never advance). */
+static uint64_t *read_trace(const char *path, size_t *len) {
     FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t cap = 0;
+    if (!f) return NULL;
+    uint64_t *times = NULL;
+    size_t n = 0, cap = 0;
     unsigned long long v, last = 0;
     int ok = 1;
     char line[64];
     while (ok && fgets(line, sizeof(line), f)) {
         char *end;
-        if (line[0] == '\n' || line[0] == '#') continue;
+        if (line[0] == '\n' || line[0] == '\r' || line[0] == '#') continue;
         v = strtoull(line, &end, 10);
+        while (*end == ' ' || *end == '\t' || *end == '\r') end++;
         if (end == line || (*end && *end != '\n') || v < last) { ok = 0; break; }
-        if (d->trace_len == cap) {
+        if (n == cap) {
             cap = cap ? cap * 2 : 4096;
-            uint64_t *t = realloc(d->trace_ms, cap * sizeof(*t));
+            uint64_t *t = realloc(times, cap * sizeof(*t));
             if (!t) { ok = 0; break; }
-            d->trace_ms = t;
+            times = t;
         }
-        d->trace_ms[d->trace_len++] = v;
+        times[n++] = v;
         last = v;
     }
     fclose(f);
-    if (!ok || !d->trace_len || last == 0) { /* a period of 0 ms would never advance */
-        free(d->trace_ms);
-        d->trace_ms = NULL;
-        d->trace_len = 0;
-        return -1;
+    if (!ok || !n || last == 0) { free(times); return NULL; }
+    *len = n;
+    return times;
+}
+
+static uint64_t serve_time(struct direction *d, const struct pkt *p, uint64_t start);
+
+/* Start serving the head of the rate queue at `start` (the previous one's end, or its own
+ * arrival into an empty queue). */
+static void serve_head(struct direction *d, uint64_t start) {
+    d->head_done_ns = d->ring_len ? serve_time(d, d->ring[d->ring_head], start) : 0;
+}
+
+/* Load a Mahimahi trace into d (replacing any, which stays if this one cannot be read); 0,
+ * or -1. */
+static int load_trace(struct direction *d, const char *path, uint64_t now) {
+    /* the same trace again (another setting changed): keep its timeline going */
+    if (d->trace_len && !strcmp(path, d->trace_path)) return 0;
+    uint64_t *times = NULL;
+    size_t len = 0;
+    if (*path && !(times = read_trace(path, &len))) return -1;
+    free(d->trace_ms);
+    d->trace_ms = times;
+    d->trace_len = len;
+    d->trace_path[0] = 0;
+    d->trace_name[0] = 0;
+    if (len) {
+        d->trace_period_ms = times[len - 1];
+        d->trace_pos = 0;
+        d->trace_loop = 0;
+        d->trace_start_ns = now;
+        d->trace_last_leave_ns = 0;
+        d->opp_left = OPPORTUNITY_BYTES;
+        snprintf(d->trace_path, sizeof(d->trace_path), "%s", path);
+        const char *base = strrchr(path, '/');
+        snprintf(d->trace_name, sizeof(d->trace_name), "%s", base ? base + 1 : path);
     }
-    d->trace_period_ms = last;
-    d->trace_pos = 0;
-    d->trace_loop = 0;
-    d->trace_start_ns = now_ns();
-    d->trace_last_leave_ns = 0;
-    d->opp_left = OPPORTUNITY_BYTES;
-    snprintf(d->trace_path, sizeof(d->trace_path), "%s", path);
-    const char *base = strrchr(path, '/');
-    snprintf(d->trace_name, sizeof(d->trace_name), "%s", base ? base + 1 : path);
+    serve_head(d, now); /* the frame being served goes at the new trace's pace from now */
     return 0;
+}
+
+/* When a frame served from `start` on leaves the rate queue: its serialisation at the rate,
+ * or the trace's opportunity that carries its last byte. */
+static uint64_t serve_time(struct direction *d, const struct pkt *p, uint64_t start) {
+    if (d->trace_len) return trace_leave(d, p->len, start);
+    if (!d->rate_bps) return start;
+    return start + (uint64_t)p->len * 8ull * 1000000000ull / d->rate_bps;
+}
+
+/* Put a frame that left the rate queue at `leave` on the delay line. */
+static void to_delay_line(struct direction *d, struct pkt *p, uint64_t leave) {
+    int64_t delay = (int64_t)d->delay_ns;
+    if (d->jitter_ns) {
+        int64_t j = (int64_t)d->jitter_ns;
+        delay += (int64_t)(rng_next() % (uint64_t)(2 * j + 1)) - j;
+        if (delay < 0) delay = 0;
+    }
+    uint64_t due = leave + (uint64_t)delay;
+    if (!d->reorder && d->last_due_ns) {
+        /* not before the frame ahead, nor closer to it than the rate queue let them leave */
+        uint64_t spaced = d->last_due_ns + (leave > d->last_leave_ns ? leave - d->last_leave_ns : 0);
+        if (due < spaced) due = spaced;
+    }
+    d->last_due_ns = due;
+    d->last_leave_ns = leave;
+    p->due_ns = due;
+    if (heap_push(d, p) < 0) { free(p); d->drop_cap++; }
+}
+
+/* Move the frames whose serialisation has ended by `now` from the rate queue to the delay
+ * line, each next one served from the end of the one before. */
+static void serve_queue(struct direction *d, uint64_t now) {
+    while (d->ring_len && d->head_done_ns <= now) {
+        uint64_t leave = d->head_done_ns;
+        to_delay_line(d, ring_pop(d), leave);
+        serve_head(d, leave);
+    }
 }
 
 /* Admit one received frame into direction d, or count why it was dropped. */
@@ -284,43 +344,33 @@ static void admit(struct direction *d, const unsigned char *buf, uint32_t len, u
     if (d->ge_p > 0) {
         if (ge_lost(d)) { d->drop_loss++; return; }
     } else if (d->loss_pct > 0 && rng_unit() * 100.0 < d->loss_pct) { d->drop_loss++; return; }
-    if (d->heap_len >= HARD_CAP_PKTS) { d->drop_cap++; return; }
-    uint64_t leave_queue = now;
-    if (d->rate_bps || d->trace_len) {
-        ring_expire(d, now);
-        if ((d->limit_pkts && d->ring_len + 1 > d->limit_pkts) ||
-            (d->limit_bytes && d->queued_bytes + len > d->limit_bytes)) {
-            d->drop_queue++;
-            return;
-        }
-        if (d->trace_len) {
-            leave_queue = trace_leave(d, len, now);
-        } else {
-            uint64_t start = d->link_free_ns > now ? d->link_free_ns : now;
-            leave_queue = start + (uint64_t)len * 8ull * 1000000000ull / d->rate_bps;
-            d->link_free_ns = leave_queue;
-        }
-        if (ring_push(d, leave_queue, len) < 0) { d->drop_cap++; return; }
+    if (d->heap_len + d->ring_len >= HARD_CAP_PKTS) { d->drop_cap++; return; }
+    int queued = d->rate_bps || d->trace_len;
+    if (queued && ((d->limit_pkts && d->ring_len + 1 > d->limit_pkts) ||
+                   (d->limit_bytes && d->queued_bytes + len > d->limit_bytes))) {
+        d->drop_queue++;
+        return;
     }
-    int64_t delay = (int64_t)d->delay_ns;
-    if (d->jitter_ns) {
-        int64_t j = (int64_t)d->jitter_ns;
-        delay += (int64_t)(rng_next() % (uint64_t)(2 * j + 1)) - j;
-        if (delay < 0) delay = 0;
-    }
-    uint64_t due = leave_queue + (uint64_t)delay;
-    if (!d->reorder && due < d->last_due_ns) due = d->last_due_ns;
-    d->last_due_ns = due;
     struct pkt *p = malloc(sizeof(*p) + len);
     if (!p) { d->drop_cap++; return; }
-    p->due_ns = due;
     p->seq = seq_counter++;
     p->len = len;
     memcpy(p->data, buf, len);
-    if (heap_push(d, p) < 0) { free(p); d->drop_cap++; }
+    if (!queued && !d->ring_len) { to_delay_line(d, p, now); return; }
+    if (ring_push(d, p) < 0) { free(p); d->drop_cap++; return; }
+    if (d->ring_len == 1) serve_head(d, now); /* an empty queue serves it at once */
+    serve_queue(d, now);
+}
+
+/* Drop what the rate queue and the delay line hold (the link went down). */
+static void flush(struct direction *d) {
+    while (d->ring_len) { free(ring_pop(d)); d->drop_down++; }
+    while (d->heap_len) { free(heap_pop(d)); d->drop_down++; }
+    d->head_done_ns = 0;
 }
 
 static void deliver_due(struct direction *d, uint64_t now) {
+    serve_queue(d, now);
     while (d->heap_len && d->heap[0]->due_ns <= now) {
         struct pkt *p = heap_pop(d);
         if (send(d->tx_fd, p->data, p->len, MSG_DONTWAIT) == (ssize_t)p->len) d->tx++;
@@ -361,9 +411,35 @@ static int open_packet_socket(const char *ifname) {
     return fd;
 }
 
-static int apply_setting(struct direction *d, const char *key, const char *val) {
+/* A new rate: the frame being serialised finishes its remaining bits at it (it used to
+ * restart every queued frame's timing from scratch on any set, and the link carried more than
+ * its rate after each: +54 % over a ramp that re-sent its settings every 0.25 s). */
+static void set_rate(struct direction *d, uint64_t bps, uint64_t now) {
+    uint64_t old = d->rate_bps;
+    if (bps == old) return;
+    d->rate_bps = bps;
+    if (!d->ring_len || d->trace_len) return;
+    if (!old || !bps || d->head_done_ns <= now) {
+        serve_head(d, now);
+    } else {
+        double left_ns = (double)(d->head_done_ns - now) * (double)old / (double)bps;
+        d->head_done_ns = now + (uint64_t)left_ns;
+    }
+}
+
+/* Apply key=val to d at `now`; with `check` set only say whether it would be accepted (a set
+ * checks every key before it applies any). 0, or -1 for a bad key or value. */
+static int apply_setting(struct direction *d, const char *key, const char *val, uint64_t now,
+                         int check) {
     char *end;
-    if (!strcmp(key, "trace")) return load_trace(d, val);
+    if (!strcmp(key, "trace")) {
+        if (!check) return load_trace(d, val, now);
+        if (!*val || (d->trace_len && !strcmp(val, d->trace_path))) return 0;
+        size_t len;
+        uint64_t *times = read_trace(val, &len);
+        free(times);
+        return times ? 0 : -1;
+    }
     double *percent = !strcmp(key, "loss_pct")           ? &d->loss_pct
                       : !strcmp(key, "ge_p_pct")         ? &d->ge_p
                       : !strcmp(key, "ge_r_pct")         ? &d->ge_r
@@ -373,21 +449,30 @@ static int apply_setting(struct direction *d, const char *key, const char *val) 
     if (percent) {
         double v = strtod(val, &end);
         if (*end || !*val || v < 0 || v > 100) return -1;
+        if (check) return 0;
         *percent = v;
         if (percent == &d->ge_p && v == 0) d->ge_bad = 0; /* off: start good next time */
         return 0;
     }
     unsigned long long v = strtoull(val, &end, 10);
     if (*end || !*val) return -1;
+    static const char *const keys[] = {"delay_us", "jitter_us",  "reorder", "rate_bps",
+                                       "limit_pkts", "limit_bytes", "down",  "mtu"};
+    int known = 0;
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) known |= !strcmp(key, keys[i]);
+    if (!known) return -1;
+    if (check) return 0;
     if (!strcmp(key, "delay_us")) d->delay_ns = v * 1000ull;
     else if (!strcmp(key, "jitter_us")) d->jitter_ns = v * 1000ull;
     else if (!strcmp(key, "reorder")) d->reorder = v != 0;
-    else if (!strcmp(key, "rate_bps")) { d->rate_bps = v; d->link_free_ns = 0; }
+    else if (!strcmp(key, "rate_bps")) set_rate(d, v, now);
     else if (!strcmp(key, "limit_pkts")) d->limit_pkts = v;
     else if (!strcmp(key, "limit_bytes")) d->limit_bytes = v;
-    else if (!strcmp(key, "down")) d->down = v != 0;
-    else if (!strcmp(key, "mtu")) d->mtu = v;
-    else return -1;
+    else if (!strcmp(key, "down")) {
+        int was = d->down;
+        d->down = v != 0;
+        if (d->down && !was) flush(d);
+    } else d->mtu = v;
     return 0;
 }
 
@@ -406,7 +491,49 @@ static int describe(const struct direction *d, char *out, size_t cap) {
                     (unsigned long long)d->drop_loss, (unsigned long long)d->drop_queue,
                     (unsigned long long)d->drop_down, (unsigned long long)d->drop_mtu,
                     (unsigned long long)d->drop_cap,
-                    (unsigned long long)d->tx_err, d->heap_len);
+                    (unsigned long long)d->tx_err, d->heap_len + d->ring_len);
+}
+
+/* Act on one control line (its newline stripped) at `now`, writing the one-line answer to
+ * reply. */
+static void run_command(char *line, struct direction *ab, struct direction *ba, uint64_t now,
+                        char *reply, size_t cap) {
+    char *save = NULL, *verb = strtok_r(line, " ", &save);
+    if (verb && !strcmp(verb, "get")) {
+        int n = describe(ab, reply, cap);
+        n += snprintf(reply + n, cap - (size_t)n, " | ");
+        describe(ba, reply + n, cap - (size_t)n);
+    } else if (verb && !strcmp(verb, "quit")) {
+        snprintf(reply, cap, "ok");
+        stop_requested = 1;
+    } else if (verb && !strcmp(verb, "set")) {
+        char *which = strtok_r(NULL, " ", &save);
+        struct direction *targets[2] = {NULL, NULL};
+        if (which && !strcmp(which, "ab")) targets[0] = ab;
+        else if (which && !strcmp(which, "ba")) targets[0] = ba;
+        else if (which && !strcmp(which, "both")) { targets[0] = ab; targets[1] = ba; }
+        snprintf(reply, cap, "ok");
+        if (!targets[0]) snprintf(reply, cap, "err direction must be ab, ba or both");
+        /* every key is checked before any is applied: a refused set changes nothing */
+        char *keys[64], *vals[64], *kv;
+        int count = 0, bad = 0;
+        while (targets[0] && !bad && (kv = strtok_r(NULL, " ", &save))) {
+            char *eq = strchr(kv, '=');
+            bad = !eq || count == 64;
+            if (!bad) {
+                *eq = 0;
+                keys[count] = kv;
+                vals[count++] = eq + 1;
+                for (int i = 0; i < 2 && targets[i]; i++)
+                    bad |= apply_setting(targets[i], kv, eq + 1, now, 1) < 0;
+            }
+            if (bad) snprintf(reply, cap, "err bad setting %s", kv);
+        }
+        for (int k = 0; !bad && k < count; k++)
+            for (int i = 0; i < 2 && targets[i]; i++) apply_setting(targets[i], keys[k], vals[k], now, 0);
+    } else {
+        snprintf(reply, cap, "err unknown command (use set, get or quit)");
+    }
 }
 
 /* Handle one control connection: read a line, act, answer one line. */
@@ -427,35 +554,7 @@ static void serve_control(int lfd, struct direction *ab, struct direction *ba) {
     char *nl = strchr(line, '\n');
     if (nl) *nl = 0;
     char reply[2048];
-    char *save = NULL, *verb = strtok_r(line, " ", &save);
-    if (verb && !strcmp(verb, "get")) {
-        int n = describe(ab, reply, sizeof(reply));
-        n += snprintf(reply + n, sizeof(reply) - (size_t)n, " | ");
-        describe(ba, reply + n, sizeof(reply) - (size_t)n);
-    } else if (verb && !strcmp(verb, "quit")) {
-        snprintf(reply, sizeof(reply), "ok");
-        stop_requested = 1;
-    } else if (verb && !strcmp(verb, "set")) {
-        char *which = strtok_r(NULL, " ", &save);
-        struct direction *targets[2] = {NULL, NULL};
-        if (which && !strcmp(which, "ab")) targets[0] = ab;
-        else if (which && !strcmp(which, "ba")) targets[0] = ba;
-        else if (which && !strcmp(which, "both")) { targets[0] = ab; targets[1] = ba; }
-        snprintf(reply, sizeof(reply), "ok");
-        if (!targets[0]) snprintf(reply, sizeof(reply), "err direction must be ab, ba or both");
-        char *kv;
-        while (targets[0] && (kv = strtok_r(NULL, " ", &save))) {
-            char *eq = strchr(kv, '=');
-            int bad = !eq;
-            if (eq) {
-                *eq = 0;
-                for (int i = 0; i < 2 && targets[i]; i++) bad |= apply_setting(targets[i], kv, eq + 1) < 0;
-            }
-            if (bad) { snprintf(reply, sizeof(reply), "err bad setting %s", kv); break; }
-        }
-    } else {
-        snprintf(reply, sizeof(reply), "err unknown command (use set, get or quit)");
-    }
+    run_command(line, ab, ba, now_ns(), reply, sizeof(reply) - 1);
     size_t rl = strlen(reply);
     reply[rl++] = '\n';
     ssize_t ignored = write(c, reply, rl);
@@ -463,11 +562,16 @@ static void serve_control(int lfd, struct direction *ab, struct direction *ba) {
     close(c);
 }
 
-static uint64_t earliest_due(const struct direction *a, const struct direction *b) {
-    uint64_t t = UINT64_MAX;
-    if (a->heap_len) t = a->heap[0]->due_ns;
-    if (b->heap_len && b->heap[0]->due_ns < t) t = b->heap[0]->due_ns;
+/* When d next has work: the delay line's first departure, or the rate queue's head leaving. */
+static uint64_t next_event(const struct direction *d) {
+    uint64_t t = d->heap_len ? d->heap[0]->due_ns : UINT64_MAX;
+    if (d->ring_len && d->head_done_ns < t) t = d->head_done_ns;
     return t;
+}
+
+static uint64_t earliest_due(const struct direction *a, const struct direction *b) {
+    uint64_t ta = next_event(a), tb = next_event(b);
+    return ta < tb ? ta : tb;
 }
 
 int main(int argc, char **argv) {

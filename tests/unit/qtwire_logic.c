@@ -1,0 +1,184 @@
+/* The logic of testbed/wire/qtwire.c on a synthetic clock, without sockets or namespaces: the
+ * file is included whole (its main renamed), frames are admitted at chosen times and the
+ * departures read off its delay line. tests/unit/test_qtwire_logic.py compiles and runs this
+ * and checks what it prints: one line per scenario, "name key=value ...". */
+#define main qtwire_main
+#include "../../testbed/wire/qtwire.c"
+#undef main
+
+#include <math.h>
+
+#define MS 1000000ull
+#define SEC 1000000000ull
+#define FRAME 1514u
+#define MAX_DEPARTURES 4000000
+
+static unsigned char frame[FRAME];
+static uint64_t departures[MAX_DEPARTURES];
+static size_t departed;
+
+static void init(struct direction *d) {
+    memset(d, 0, sizeof(*d));
+    d->name = "ba";
+    d->rx_fd = d->tx_fd = -1;
+    d->limit_pkts = 1000;
+}
+
+/* What the program does at `now`: serve the rate queue, then send what is due. */
+static void advance(struct direction *d, uint64_t now) {
+    serve_queue(d, now);
+    while (d->heap_len && d->heap[0]->due_ns <= now) {
+        struct pkt *p = heap_pop(d);
+        if (departed < MAX_DEPARTURES) departures[departed++] = p->due_ns;
+        free(p);
+    }
+}
+
+static void finish(struct direction *d) {
+    uint64_t t;
+    while ((t = next_event(d)) != UINT64_MAX) advance(d, t);
+}
+
+/* A control line, as testbed/shaping.py sends it; its answer. */
+static const char *command(struct direction *d, const char *text, uint64_t now) {
+    static char reply[2048];
+    char line[1024];
+    snprintf(line, sizeof(line), "%s", text);
+    run_command(line, d, d, now, reply, sizeof(reply));
+    return reply;
+}
+
+/* Every key of a profile, as LinkShaper.set sends on each change. */
+static void set_all(struct direction *d, unsigned long long delay_us, unsigned long long jitter_us,
+                    unsigned long long rate_bps, unsigned limit, int down, uint64_t now) {
+    char line[512];
+    snprintf(line, sizeof(line),
+             "set ba delay_us=%llu jitter_us=%llu reorder=0 loss_pct=0 ge_p_pct=0 ge_r_pct=100 "
+             "ge_good_loss_pct=0 ge_bad_loss_pct=100 rate_bps=%llu trace= limit_pkts=%u "
+             "limit_bytes=0 mtu=0 down=%d",
+             delay_us, jitter_us, rate_bps, limit, down);
+    const char *reply = command(d, line, now);
+    if (strcmp(reply, "ok")) { fprintf(stderr, "refused: %s\n", reply); exit(1); }
+}
+
+/* Mbit/s departed in [from, to). */
+static double mbits(uint64_t from, uint64_t to) {
+    double bits = 0;
+    for (size_t i = 0; i < departed; i++)
+        if (departures[i] >= from && departures[i] < to) bits += FRAME * 8.0;
+    return bits / 1e6 / ((double)(to - from) / SEC);
+}
+
+/* A 10 Mbit/s link offered 20 Mbit/s, its settings re-sent every 250 ms (as scenario steps
+ * and blackhole() do): it carries 10, not 13.5-14.8 as when each set restarted the queue. */
+static void resent_settings(void) {
+    struct direction d;
+    init(&d);
+    departed = 0;
+    set_all(&d, 5000, 0, 10000000, 100, 0, 1);
+    uint64_t gap = FRAME * 8ull * SEC / 20000000ull, next_set = 250 * MS;
+    for (uint64_t now = 1; now < 3 * SEC; now += gap) {
+        advance(&d, now);
+        if (now >= next_set) { set_all(&d, 5000, 0, 10000000, 100, 0, now); next_set += 250 * MS; }
+        admit(&d, frame, FRAME, now);
+    }
+    finish(&d);
+    printf("resent_settings mbit_1_3=%.3f\n", mbits(1 * SEC, 3 * SEC));
+}
+
+/* 50 -> 10 Mbit/s at 1 s with the 1000-frame queue full: the queued frames leave at the new
+ * rate from the one being served on (they kept the old one: 240 ms at 50 after the change). */
+static void rate_change(void) {
+    struct direction d;
+    init(&d);
+    departed = 0;
+    set_all(&d, 0, 0, 50000000, 1000, 0, 1);
+    uint64_t gap = FRAME * 8ull * SEC / 60000000ull;
+    int changed = 0;
+    for (uint64_t now = 1; now < 2 * SEC; now += gap) {
+        advance(&d, now);
+        if (!changed && now >= SEC) { set_all(&d, 0, 0, 10000000, 1000, 0, now); changed = 1; }
+        admit(&d, frame, FRAME, now);
+    }
+    finish(&d);
+    printf("rate_change mbit_before=%.3f mbit_after=%.3f\n", mbits(SEC / 2, SEC),
+           mbits(SEC + 10 * MS, 2 * SEC));
+}
+
+/* wifi's profile (50 Mbit/s, 5 +- 2 ms) at 90 % load: the frames leave spaced by at least their
+ * serialisation (242 us), not in bunches at ~200 Mbit/s over a millisecond. */
+static void jitter_spacing(void) {
+    struct direction d;
+    init(&d);
+    departed = 0;
+    set_all(&d, 5000, 2000, 50000000, 1000, 0, 1);
+    uint64_t gap = FRAME * 8ull * SEC / 45000000ull;
+    for (uint64_t now = 1; now < 2 * SEC; now += gap) {
+        advance(&d, now);
+        admit(&d, frame, FRAME, now);
+    }
+    finish(&d);
+    uint64_t serial = FRAME * 8ull * SEC / 50000000ull, closest = UINT64_MAX;
+    size_t out_of_order = 0;
+    for (size_t i = 1; i < departed; i++) {
+        if (departures[i] < departures[i - 1]) out_of_order++;
+        else if (departures[i] - departures[i - 1] < closest) closest = departures[i] - departures[i - 1];
+    }
+    printf("jitter_spacing departures=%zu closest_ns=%llu serial_ns=%llu out_of_order=%zu\n", departed,
+           (unsigned long long)closest, (unsigned long long)serial, out_of_order);
+}
+
+/* 5g's profile (100 Mbit/s, 2000-frame queue, 10 ms) loaded, a 75 ms blackhole at 1 s: nothing
+ * leaves from 1 s until the first frame admitted after it has crossed (the queue and the delay
+ * line held 240 ms of frames that kept leaving, and the end of the blackhole let 1033 out at
+ * once). */
+static void blackhole(void) {
+    struct direction d;
+    init(&d);
+    departed = 0;
+    set_all(&d, 10000, 0, 100000000, 2000, 0, 1);
+    uint64_t gap = FRAME * 8ull * SEC / 110000000ull;
+    int state = 0;
+    for (uint64_t now = 1; now < 2 * SEC; now += gap) {
+        advance(&d, now);
+        if (state == 0 && now >= SEC) { set_all(&d, 10000, 0, 100000000, 2000, 1, now); state = 1; }
+        if (state == 1 && now >= SEC + 75 * MS) { set_all(&d, 10000, 0, 100000000, 2000, 0, now); state = 2; }
+        admit(&d, frame, FRAME, now);
+    }
+    finish(&d);
+    uint64_t first_after = UINT64_MAX;
+    size_t burst = 1, longest = 1;
+    for (size_t i = 0; i < departed; i++) {
+        if (departures[i] > SEC && departures[i] < first_after) first_after = departures[i];
+        burst = i && departures[i] == departures[i - 1] ? burst + 1 : 1;
+        if (burst > longest) longest = burst;
+    }
+    printf("blackhole silence_ms=%.3f largest_burst=%zu drop_down=%llu\n",
+           (double)(first_after - SEC) / MS, longest, (unsigned long long)d.drop_down);
+}
+
+/* A set with one bad key changes nothing (it used to apply the keys before it, and a trace
+ * it could not read had already removed the old one); a trace may end its lines in CR. */
+static void all_or_nothing(const char *good_trace, const char *crlf_trace) {
+    struct direction d;
+    init(&d);
+    set_all(&d, 5000, 0, 50000000, 1000, 0, 1);
+    char line[1024];
+    snprintf(line, sizeof(line), "set ba trace=%s", good_trace);
+    printf("all_or_nothing trace_loaded=%s", command(&d, line, 2));
+    printf(" refused=\"%s\"", command(&d, "set ba rate_bps=0 delay_us=1 trace=/nonexistent", 3));
+    printf(" rate_bps=%llu delay_us=%llu trace=%s", (unsigned long long)d.rate_bps,
+           (unsigned long long)(d.delay_ns / 1000), d.trace_len ? d.trace_name : "-");
+    snprintf(line, sizeof(line), "set ba trace=%s", crlf_trace);
+    printf(" crlf=%s\n", command(&d, line, 4));
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: qtwire_logic GOOD_TRACE CRLF_TRACE\n"); return 2; }
+    resent_settings();
+    rate_change();
+    jitter_spacing();
+    blackhole();
+    all_or_nothing(argv[1], argv[2]);
+    return 0;
+}

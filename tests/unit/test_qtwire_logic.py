@@ -1,0 +1,76 @@
+"""qtwire's shaping logic on a synthetic clock (tests/unit/qtwire_logic.c includes
+testbed/wire/qtwire.c whole): the rate, the rate queue, jitter, the blackhole and the control
+command, without sockets, namespaces or root. Each scenario is one a review found wrong
+(README "Link emulation without netem"); the numbers are computed on simulated time, so they
+are exact properties of the emulation, not measurements of this machine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DRIVER = Path(__file__).with_name("qtwire_logic.c")
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """Each scenario's name -> its printed key=value pairs."""
+    gcc = shutil.which("gcc")
+    assert gcc is not None, "gcc is missing: `make test` installs it (build-essential)"
+    work = tmp_path_factory.mktemp("qtwire")
+    binary = work / "qtwire_logic"
+    subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-o", str(binary), str(DRIVER), "-lm"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    (work / "good.trace").write_text("1\n2\n3\n")
+    (work / "crlf.trace").write_bytes(b"1\r\n2 \r\n3\r\n")
+    argv = [str(binary), str(work / "good.trace"), str(work / "crlf.trace")]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
+    parsed: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        name, _, rest = line.partition(" ")
+        pairs = [p for p in rest.replace('"', "").split(" ") if "=" in p]
+        parsed[name] = dict(p.split("=", 1) for p in pairs)
+    return parsed
+
+
+def test_settings_sent_again_keep_the_rate(scenarios: dict[str, dict[str, str]]) -> None:
+    """Each set restarted the rate queue's clock: 10 Mbit/s carried 13.5-14.8."""
+    assert float(scenarios["resent_settings"]["mbit_1_3"]) == pytest.approx(10.0, rel=0.01)
+
+
+def test_a_new_rate_applies_to_what_is_queued(scenarios: dict[str, dict[str, str]]) -> None:
+    """50 -> 10 Mbit/s with a full queue: the queued frames kept the old rate (240 ms)."""
+    rate = scenarios["rate_change"]
+    assert float(rate["mbit_before"]) == pytest.approx(50.0, rel=0.01)
+    assert float(rate["mbit_after"]) == pytest.approx(10.0, rel=0.01)
+
+
+def test_jitter_keeps_order_and_spacing(scenarios: dict[str, dict[str, str]]) -> None:
+    """wifi's 5 +- 2 ms at 90 % of 50 Mbit/s: in order, never closer than a serialisation
+    (66 % of the frames left at the same instant as the one before)."""
+    jitter = scenarios["jitter_spacing"]
+    assert int(jitter["departures"]) > 5000 and int(jitter["out_of_order"]) == 0
+    assert int(jitter["closest_ns"]) >= int(jitter["serial_ns"])
+
+
+def test_a_blackhole_drops_what_the_link_holds(scenarios: dict[str, dict[str, str]]) -> None:
+    """A 75 ms blackhole on a loaded 100 Mbit/s, 10 ms link: nothing leaves until a frame
+    admitted after it crossed (75 + 10 ms), and nothing leaves in a burst afterwards."""
+    hole = scenarios["blackhole"]
+    assert float(hole["silence_ms"]) >= 85.0
+    assert int(hole["largest_burst"]) == 1 and int(hole["drop_down"]) > 0
+
+
+def test_a_refused_set_changes_nothing(scenarios: dict[str, dict[str, str]]) -> None:
+    """A bad trace after good keys: nothing applied, the old trace kept; CR line ends read."""
+    control = scenarios["all_or_nothing"]
+    assert control["trace_loaded"] == "ok" and control["refused"].startswith("err")
+    assert (control["rate_bps"], control["delay_us"], control["trace"]) == (
+        "50000000",
+        "5000",
+        "good.trace",
+    )
+    assert control["crlf"] == "ok"
