@@ -2,9 +2,10 @@
 
 Two uses:
 * `verify_link(lab, middle)` before an experiment: RTT by ping, loss by a counted ping burst,
-  rate by a short iperf3, a smaller MTU (mtu_bytes) by pings that may not be fragmented at and
-  one byte over it; returns rows with an `ok` verdict, and `require_fidelity()` refuses
-  to go on when one is off (the way Mininet's reproducibility experiments checked first).
+  each direction's rate (rate_mbit or a trace) by a short iperf3 each way, a smaller MTU
+  (mtu_bytes) by pings that may not be fragmented at and one byte over it; returns rows with
+  an `ok` verdict, and `require_fidelity()` refuses to go on when one is off (the way
+  Mininet's reproducibility experiments checked first).
 * `run_benchmark()` (`qtlab fidelity`, `make fidelity`): a two-host link swept over delay
   {5, 20, 50, 100 ms}, loss {0.1, 1, 5 %}, Gilbert-Elliott bursty loss (loss rate, mean burst
   length, share of lone losses), rate {10, 50, 100 Mbit/s}, trace-driven rate (a constant
@@ -31,7 +32,8 @@ from testbed.hosts import Node
 from testbed.lab import Lab
 from testbed.paths import RESULTS_ROOT
 from testbed.profiles import LINK_MTU, LinkProfile
-from testbed.traces import mean_rate_mbit, read_trace, trace_path
+from testbed.topologies import ShapedLink
+from testbed.traces import mean_rate_mbit, read_trace, trace_path, window_rates_mbit
 from tunnel.user_error import RuntimeFailure
 
 ETH_HEADER = 14
@@ -101,17 +103,30 @@ def tcp_goodput_fraction(mtu: int = LINK_MTU) -> float:
     return (mtu - IPV4_TCP_HEADERS - TIMESTAMP_OPTION) / (mtu + ETH_HEADER)
 
 
+def trace_goodput_fraction(mtu: int = LINK_MTU) -> float:
+    """The same over a trace's rate: its opportunities count IP bytes (1500 each, a packet may
+    span two), so a segment of mtu - 52 payload bytes takes mtu of them (1448 of 1500)."""
+    return (mtu - IPV4_TCP_HEADERS - TIMESTAMP_OPTION) / mtu
+
+
 def iperf3_goodput_mbit(
-    lab: Lab, client: Node, server: Node, dst: str, seconds: int = 3, mss: int = 0
+    lab: Lab,
+    client: Node,
+    server: Node,
+    dst: str,
+    seconds: int = 3,
+    mss: int = 0,
+    reverse: bool = False,
 ) -> float:
     """Receiver-side TCP goodput of a short iperf3 run (first second omitted: slow start);
-    `mss` > 0 sets the sender's segment size (`iperf3 -M`), for a link with a smaller MTU."""
+    `mss` > 0 sets the sender's segment size (`iperf3 -M`), for a link with a smaller MTU;
+    `reverse`: the server sends to the client (`iperf3 -R`), the other direction of the link."""
     srv = lab.procs.start_iperf3_server(server, port=5299, idle_timeout_s=seconds + 10)
-    segment = f" -M {mss}" if mss else ""
+    options = (f" -M {mss}" if mss else "") + (" -R" if reverse else "")
     try:
         out = str(
             client.cmd(
-                f"iperf3 -c {dst} -p 5299 -t {seconds} -O 1 --connect-timeout 3000 -J{segment}"
+                f"iperf3 -c {dst} -p 5299 -t {seconds} -O 1 --connect-timeout 3000 -J{options}"
             )
         )
         data = json.loads(out[out.index("{") :])
@@ -157,14 +172,41 @@ def binomial_two_sided_p(n: int, k: int, p: float) -> float:
 
 
 def loss_plausible(sent: int, lost: int, want_pct: float) -> bool:
-    """Whether `lost` of `sent` probes fits a configured loss of `want_pct` percent: within
-    0.5 percentage points, or a deviation that chance explains (LOSS_FALSE_ALARM)."""
+    """Whether `lost` of `sent` probes fits a configured loss of `want_pct` percent: a deviation
+    that chance explains (LOSS_FALSE_ALARM), and nothing more. (A band of 0.5 percentage points
+    around it once accepted no loss at all for 0.2 % configured, and three times too much.)"""
     if sent <= 0:
         return False
-    got_pct = 100 * lost / sent
-    if abs(got_pct - want_pct) <= 0.5:
-        return True
     return binomial_two_sided_p(sent, lost, want_pct / 100) >= LOSS_FALSE_ALARM
+
+
+# The most pings a pre-flight loss check sends (5 s at 1 ms): they tell a round-trip loss of
+# 0.16 % or more from none; below that, a link that loses nothing is not caught (the row says so).
+LOSS_PINGS_MAX = 5000
+
+
+def loss_pings(want_pct: float, at_least: int) -> int:
+    """How many pings a loss check sends: enough that a link losing none of them while
+    `want_pct` is configured is refused (LOSS_FALSE_ALARM), at least `at_least`, and no more
+    than LOSS_PINGS_MAX for that."""
+    p = want_pct / 100
+    if not 0.0 < p < 1.0:
+        return at_least
+    # no loss in n probes: probability (1 - p)^n, judged off below half the false alarm rate
+    needed = math.ceil(math.log(LOSS_FALSE_ALARM / 2) / math.log1p(-p))
+    return max(at_least, min(needed, LOSS_PINGS_MAX))
+
+
+def loss_row(parameter: str, want_pct: float, sent: int, received: int, backend: str) -> Row:
+    """A random loss measured with `sent` pings, `received` of them answered, judged by the
+    binomial test alone; the detail says when too few were sent to notice no loss at all."""
+    lost = sent - received
+    detail = f"{lost} of {sent} pings lost"
+    if want_pct > 0 and binomial_two_sided_p(sent, 0, want_pct / 100) >= LOSS_FALSE_ALARM:
+        detail += f"; too little loss not judged: {sent} pings cannot tell {want_pct:g} % from none"
+    got = 100 * lost / sent if sent else 0.0
+    ok = loss_plausible(sent, lost, want_pct)
+    return Row(parameter, round(want_pct, 3), round(got, 3), "%", backend, ok, detail)
 
 
 def verify_accesses(
@@ -184,11 +226,13 @@ def verify_accesses(
 
 
 def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
-    """Measure one shaped link of a running lab against its current settings (A -> B and back)."""
+    """Measure one shaped link of a running lab against its current settings (A -> B and back):
+    the round trip's added delay and loss (at least `loss_burst` pings, more when the configured
+    loss needs them: loss_pings), its MTU, and each direction's rate."""
     link = lab.plan.shaped[middle]
     shaper = lab.shapers[middle]
     backend = str(lab.backend)
-    a, b = lab.node(link.node_a), lab.node(link.node_b)
+    a = lab.node(link.node_a)
     saved = dict(shaper.profiles)
     ab, ba = saved["ab"], saved["ba"]
     rows: list[Row] = []
@@ -200,42 +244,96 @@ def verify_link(lab: Lab, middle: str, loss_burst: int = 2000) -> list[Row]:
     got = _median(ping_rtts(a, link.peer_v4, 10, max(0.05, want / 1000))) - base
     tol = 1.0 + ab.jitter_ms + ba.jitter_ms
     rows.append(Row("rtt_added", want, round(got, 3), "ms", backend, abs(got - want) <= tol))
-    want_loss = 100 * (1 - (1 - ab.mean_loss_pct / 100) * (1 - ba.mean_loss_pct / 100))
-    sent, received = ping_loss(a, link.peer_v4, loss_burst, 0.001)
-    got_loss = 100 * (sent - received) / sent
-    if ab.ge_p_pct or ba.ge_p_pct:
-        # Bursty losses are not independent: no binomial test; the burst benchmark
-        # (run_benchmark) measures the model. Only a loss far off the stationary rate fails.
-        ok = abs(got_loss - want_loss) <= max(1.0, 0.5 * want_loss)
-        detail = "Gilbert-Elliott: judged within half the stationary loss rate"
-    else:
-        ok, detail = loss_plausible(sent, sent - received, want_loss), ""
-    rows.append(
-        Row("loss_round_trip", round(want_loss, 3), round(got_loss, 3), "%", backend, ok, detail)
-    )
+    rows.append(round_trip_loss_row(a, link.peer_v4, ab, ba, loss_burst, backend))
     if ab.mtu_bytes or ba.mtu_bytes:
         limit = min(m for m in (ab.mtu_bytes, ba.mtu_bytes) if m)
         rows.append(mtu_row(a, link.peer_v4, limit, backend))
-    if ab.rate_mbit:
-        want_rate = ab.rate_mbit * tcp_goodput_fraction(ab.mtu_bytes or LINK_MTU)
-        # a link with a smaller MTU drops full-size segments: the sender keeps to what it carries
-        mss = ab.mtu_bytes - IPV4_TCP_HEADERS if ab.mtu_bytes else 0
-        got_rate = iperf3_goodput_mbit(lab, a, b, link.peer_v4, mss=mss)
-        judged = ab.mean_loss_pct == 0 and ba.mean_loss_pct == 0  # TCP under loss: not the rate
-        ok = not judged or abs(got_rate - want_rate) <= 0.05 * want_rate
-        detail = "" if judged else "not judged: TCP goodput under random loss is below the rate"
-        rows.append(
-            Row(
-                "tcp_goodput",
-                round(want_rate, 2),
-                round(got_rate, 2),
-                "Mbit/s",
-                backend,
-                ok,
-                detail,
-            )
-        )
+    lossy = bool(ab.mean_loss_pct or ba.mean_loss_pct)  # a loss of either: data or its ACKs
+    for direction, prof in (("ab", ab), ("ba", ba)):
+        row = rate_row(lab, link, direction, prof, lossy, backend)
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+RATE_SECONDS = 3  # of each direction's iperf3 (after a second of slow start it omits)
+RATE_TOLERANCE = 0.05  # of the TCP goodput a rate allows, either way
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The best TCP goodput a direction's rate allows: over a long run (`mean`), and the least
+    and most over any RATE_SECONDS (`low`, `high`: the same for a fixed rate, a trace's slowest
+    and fastest stretch otherwise); `source` says what it comes from."""
+
+    mean: float
+    low: float
+    high: float
+    source: str
+
+
+def goodput_ceiling(prof: LinkProfile, seconds: int = RATE_SECONDS) -> Ceiling | None:
+    """What one direction's rate_mbit or trace allows TCP; None when it has no rate limit."""
+    mtu = prof.mtu_bytes or LINK_MTU
+    if prof.rate_mbit:
+        best = prof.rate_mbit * tcp_goodput_fraction(mtu)
+        return Ceiling(best, best, best, f"rate {prof.rate_mbit:g} Mbit/s")
+    if prof.trace:
+        times = read_trace(trace_path(prof.trace))
+        fraction = trace_goodput_fraction(mtu)
+        low, high = window_rates_mbit(times, seconds * 1000)
+        source = (
+            f"trace {prof.trace}, mean {mean_rate_mbit(times):.2f} Mbit/s, "
+            f"{low:.2f}-{high:.2f} over any {seconds} s"
+        )
+        return Ceiling(mean_rate_mbit(times) * fraction, low * fraction, high * fraction, source)
+    return None
+
+
+def rate_row(
+    lab: Lab, link: ShapedLink, direction: str, prof: LinkProfile, lossy: bool, backend: str
+) -> Row | None:
+    """TCP goodput one way ("ab": A sends to B; "ba": B to A, by `iperf3 -R`) against what
+    the direction's rate allows (goodput_ceiling): within RATE_TOLERANCE of it (of a trace's
+    range over as long). Under loss only the upper bound is judged: loss only lowers TCP's
+    goodput, so more than the rate allows still means the limit is not there."""
+    ceiling = goodput_ceiling(prof)
+    if ceiling is None:
+        return None
+    a, b = lab.node(link.node_a), lab.node(link.node_b)
+    # a link with a smaller MTU drops full-size segments: the sender keeps to what it carries
+    mss = prof.mtu_bytes - IPV4_TCP_HEADERS if prof.mtu_bytes else 0
+    got = iperf3_goodput_mbit(
+        lab, a, b, link.peer_v4, seconds=RATE_SECONDS, mss=mss, reverse=direction == "ba"
+    )
+    ok = got <= (1 + RATE_TOLERANCE) * ceiling.high
+    if direction == "ab":
+        detail = f"ab: {link.node_a} -> {link.node_b}, {ceiling.source}"
+    else:
+        detail = f"ba: {link.node_b} -> {link.node_a} (iperf3 -R), {ceiling.source}"
+    if lossy:
+        detail += "; under loss only the upper bound is judged: loss lowers TCP's goodput"
+    else:
+        ok = ok and got >= (1 - RATE_TOLERANCE) * ceiling.low
+    mean = round(ceiling.mean, 2)
+    return Row("tcp_goodput", mean, round(got, 2), "Mbit/s", backend, ok, detail)
+
+
+def round_trip_loss_row(
+    node: Node, dst: str, ab: LinkProfile, ba: LinkProfile, loss_burst: int, backend: str
+) -> Row:
+    """The loss of a ping round trip (one way, then the other) against its two directions'."""
+    want = 100 * (1 - (1 - ab.mean_loss_pct / 100) * (1 - ba.mean_loss_pct / 100))
+    if not (ab.ge_p_pct or ba.ge_p_pct):
+        sent, received = ping_loss(node, dst, loss_pings(want, loss_burst), 0.001)
+        return loss_row("loss_round_trip", want, sent, received, backend)
+    sent, received = ping_loss(node, dst, loss_burst, 0.001)
+    got = 100 * (sent - received) / sent
+    # Bursty losses are not independent: no binomial test; the burst benchmark
+    # (run_benchmark) measures the model. Only a loss far off the stationary rate fails.
+    ok = abs(got - want) <= max(1.0, 0.5 * want)
+    detail = "Gilbert-Elliott: judged within half the stationary loss rate"
+    return Row("loss_round_trip", round(want, 3), round(got, 3), "%", backend, ok, detail)
 
 
 def mtu_row(node: Node, dst: str, mtu: int, backend: str, count: int = 20) -> Row:
@@ -254,8 +352,11 @@ def require_fidelity(rows: list[Row]) -> None:
     """Refuse to run an experiment on a network that is not what was asked for."""
     bad = [r for r in rows if not r.ok]
     if bad:
+        # the detail tells two rows of one parameter apart (tcp_goodput: ab and ba)
         text = "; ".join(
-            f"{r.parameter} configured {r.configured} measured {r.measured}" for r in bad
+            f"{r.parameter} configured {r.configured} measured {r.measured}"
+            + (f" [{r.detail}]" if r.detail else "")
+            for r in bad
         )
         raise FidelityError(f"the shaped network is off ({text}); see the fidelity rows.")
 
@@ -356,10 +457,7 @@ def run_benchmark(backend: str = "auto", out_root: Path = RESULTS_ROOT / "fideli
             shaper.set_profile("both", LinkProfile())
             shaper.set("ab", loss_pct=loss)
             sent, received = ping_loss(h1, far, 10000, 0.0002)
-            got = 100 * (sent - received) / sent
-            rows.append(
-                Row("loss", loss, round(got, 3), "%", be, abs(got - loss) <= 0.5, f"{sent} pings")
-            )
+            rows.append(loss_row("loss", loss, sent, received, be))
         for rate in (10.0, 50.0, 100.0):
             shaper.set_profile("both", LinkProfile())
             shaper.set("ab", rate_mbit=rate)
@@ -373,7 +471,7 @@ def run_benchmark(backend: str = "auto", out_root: Path = RESULTS_ROOT / "fideli
             shaper.set_profile("both", LinkProfile())
             shaper.set("ab", trace=name)
             times = read_trace(trace_path(name))
-            want = mean_rate_mbit(times) * 1448 / 1500
+            want = mean_rate_mbit(times) * trace_goodput_fraction()
             period_s = times[-1] / 1000
             got = iperf3_goodput_mbit(lab, h1, h2, far, seconds=round(period_s) + 1)
             judged = name == "const-20"  # a walk's rate depends on where the transfer falls

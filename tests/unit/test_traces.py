@@ -3,21 +3,26 @@ model traces deterministic from their seeds, and the netem backend refusing a tr
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import pytest
 
+from testbed import traces
 from testbed.profiles import LinkProfile
 from testbed.shaping import ShapingError, netem_args, wire_settings
 from testbed.traces import (
+    OPPORTUNITY_BYTES,
     SHIPPED,
     WALKS,
     TraceError,
     mean_rate_mbit,
     opportunities,
     read_trace,
-    slot_rates,
     trace_path,
+    walk_rates,
+    walk_slots,
+    window_rates_mbit,
 )
 
 
@@ -33,13 +38,57 @@ def test_opportunities_carry_the_rate_per_slot() -> None:
 
 def test_walks_are_deterministic_and_bounded() -> None:
     for walk in WALKS.values():
-        rates = slot_rates(walk)
-        assert rates == slot_rates(walk)  # the seed decides
-        assert len(rates) == 200
-        assert all(r <= walk.high_mbit for r in rates)
-        events = [r for r in rates if r < walk.low_mbit]
+        slots, events = walk_slots(walk)
+        assert (slots, events) == walk_slots(walk)  # the seed decides
+        assert len(slots) == 200
+        assert all(walk.low_mbit <= r <= walk.high_mbit for r in slots)
         assert events, "every walk has fades or gaps"
-    assert min(slot_rates(WALKS["5g-walk"])) == 0.0  # handover-like gaps: no opportunity
+        assert all(walk.event_ms[0] <= length <= walk.event_ms[1] for _, length in events)
+    assert min(walk_rates(WALKS["5g-walk"])) == 0.0  # handover-like gaps: no opportunity
+
+
+def _count(times: list[int], start: int, end: int) -> int:
+    """Opportunities in [start, end) ms."""
+    return bisect.bisect_left(times, end) - bisect.bisect_left(times, start)
+
+
+def test_a_5g_gap_is_a_silence_as_long_as_drawn() -> None:
+    """A drawn 74 ms gap is 74 ms without an opportunity (give or take the spacing of one at
+    the walk's lowest rate), not every 100 ms slot it touches (the first version: all 100)."""
+    walk = WALKS["5g-walk"]
+    times = SHIPPED["5g-walk"]()
+    spacing = OPPORTUNITY_BYTES * 8 / (walk.low_mbit * 1e3)  # ms between two at the lowest rate
+    _, events = walk_slots(walk)
+    for start, length in events:
+        before = times[bisect.bisect_left(times, start) - 1]
+        after = times[bisect.bisect_left(times, start)]
+        silence = after - before - 1  # whole milliseconds with no opportunity
+        assert length <= silence <= length + 2 * spacing, (start, length, silence)
+
+
+def test_a_wifi_fade_ends_when_drawn() -> None:
+    """Right after a fade's drawn length the rate is back (rounded up to a whole slot, the
+    first version kept up to 99 ms more at a tenth)."""
+    walk = WALKS["wifi-walk"]
+    times = SHIPPED["wifi-walk"]()
+    slots, events = walk_slots(walk)
+    for start, length in events:
+        end = start + length
+        want = slots[end // 100] * 1e6 * 0.020 / (OPPORTUNITY_BYTES * 8)  # in 20 ms at the rate
+        assert _count(times, end, end + 20) >= 0.8 * want, (start, length)
+        faded = sum(walk_rates(walk)[start:end]) * 1e3 / (OPPORTUNITY_BYTES * 8)
+        assert _count(times, start, end) == pytest.approx(faded, abs=1.5), (start, length)
+
+
+def test_window_rates_see_the_slowest_and_fastest_stretch() -> None:
+    """12 Mbit/s (one opportunity a ms) then nothing for 100 ms, looped: a 100 ms window sees
+    between nothing and everything (plus the period line, an opportunity at the restart)."""
+    times = opportunities([12.0, 0.0])
+    low, high = window_rates_mbit(times, 100)
+    assert low == 0.0 and high == pytest.approx(101 * 12 / 100)
+    assert window_rates_mbit(times, 400) == pytest.approx((2 * 101 * 12 / 400,) * 2)
+    const = opportunities([20.0] * 200)
+    assert window_rates_mbit(const, 3000) == pytest.approx((20.0, 20.0), rel=1e-3)
 
 
 def test_shipped_traces_are_written_once_and_read_back(tmp_path: Path) -> None:
@@ -47,6 +96,15 @@ def test_shipped_traces_are_written_once_and_read_back(tmp_path: Path) -> None:
         path = trace_path(name)
         assert path.name == f"{name}.trace"
         assert read_trace(path) == SHIPPED[name]()
+
+
+def test_a_stale_shipped_trace_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written by an older model is replaced by what the model gives now."""
+    monkeypatch.setattr(traces, "TRACE_DIR", tmp_path)
+    (tmp_path / "5g-walk.trace").write_text("0\n100\n")
+    assert read_trace(trace_path("5g-walk")) == SHIPPED["5g-walk"]()
 
 
 @pytest.mark.parametrize(

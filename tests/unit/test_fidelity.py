@@ -1,0 +1,189 @@
+"""The pre-flight check (testbed/fidelity.py verify_link) against a fake lab whose pings and
+iperf3 runs answer as the *actual* link would, so that a link that is not what was configured
+can be shown without namespaces; and the loss verdicts the benchmark shares with it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from testbed.fidelity import (
+    LOSS_FALSE_ALARM,
+    FidelityError,
+    Row,
+    binomial_two_sided_p,
+    loss_pings,
+    loss_row,
+    require_fidelity,
+    tcp_goodput_fraction,
+    trace_goodput_fraction,
+    verify_link,
+)
+from testbed.profiles import LinkProfile, profile
+from testbed.topologies import ShapedLink
+from testbed.traces import mean_rate_mbit, read_trace, trace_path
+
+
+@dataclass
+class Actual:
+    """What the link really does: loss per direction (fraction) and TCP goodput per direction."""
+
+    loss_ab: float
+    loss_ba: float
+    goodput_ab: float
+    goodput_ba: float
+
+
+class FakeShaper:
+    def __init__(self, prof: LinkProfile) -> None:
+        self.profiles = {"ab": prof, "ba": prof}
+
+    def set_profile(self, direction: str, prof: LinkProfile) -> None:
+        for d in ("ab", "ba") if direction == "both" else (direction,):
+            self.profiles[d] = prof
+
+
+@dataclass
+class FakeNode:
+    """Answers ping and iperf3 as `actual` would: the expected number of losses (no chance
+    involved), the shaper's configured delay, the goodput of the direction iperf3 measures."""
+
+    actual: Actual
+    shaper: FakeShaper
+    commands: list[str] = field(default_factory=list)
+
+    def cmd(self, line: str) -> str:
+        self.commands.append(line)
+        if line.startswith("ping"):
+            return self._ping(line)
+        if line.startswith("iperf3"):
+            mbit = self.actual.goodput_ba if " -R" in line else self.actual.goodput_ab
+            return json.dumps({"end": {"sum_received": {"bits_per_second": mbit * 1e6}}})
+        raise AssertionError(f"unexpected command {line!r}")
+
+    def _ping(self, line: str) -> str:
+        m = re.search(r"-c (\d+)", line)
+        assert m
+        count = int(m.group(1))
+        kept = (1 - self.actual.loss_ab) * (1 - self.actual.loss_ba)
+        received = round(count * kept)
+        if " -q " in line:
+            return f"{count} packets transmitted, {received} received\n"
+        rtt = 0.05 + sum(p.delay_ms for p in self.shaper.profiles.values())
+        return "".join(f"icmp_seq={i} ttl=64 time={rtt:.3f} ms\n" for i in range(1, received + 1))
+
+
+def run(configured: LinkProfile, actual: Actual) -> tuple[list[Row], FakeNode]:
+    """verify_link on a fake lab of one shaped link `m` (A = a, B = b), both ways `configured`."""
+    shaper = FakeShaper(configured)
+    node = FakeNode(actual, shaper)
+    link = ShapedLink("m", "a", "b", "m-a", "m-b", [], configured, configured, "10.0.0.2")
+    procs = SimpleNamespace(start_iperf3_server=lambda *a, **k: None, stop=lambda *a: None)
+    lab: Any = SimpleNamespace(
+        plan=SimpleNamespace(shaped={"m": link}),
+        shapers={"m": shaper},
+        backend="wire",
+        node=lambda name: node,
+        procs=procs,
+    )
+    return verify_link(lab, "m"), node
+
+
+def refused(rows: list[Row]) -> bool:
+    try:
+        require_fidelity(rows)
+    except FidelityError:
+        return True
+    return False
+
+
+def goodput_rows(rows: list[Row]) -> dict[str, Row]:
+    """The tcp_goodput rows by direction (their detail starts with it)."""
+    return {r.detail[:2]: r for r in rows if r.parameter == "tcp_goodput"}
+
+
+WIFI_GOODPUT = 50 * tcp_goodput_fraction()  # the wifi profile: 50 Mbit/s, 0.1 % loss each way
+
+
+def test_a_faithful_wifi_link_is_accepted() -> None:
+    rows, _ = run(profile("wifi"), Actual(0.001, 0.001, 0.8 * WIFI_GOODPUT, 0.7 * WIFI_GOODPUT))
+    require_fidelity(rows)
+    assert set(goodput_rows(rows)) == {"ab", "ba"}
+
+
+def test_wifi_without_loss_or_rate_limit_is_refused() -> None:
+    """No loss at all and the wire's unshaped speed: the loss check sends enough pings to tell
+    0.2 % from none, and loss does not excuse goodput above the rate (reviewer's case 1)."""
+    rows, node = run(profile("wifi"), Actual(0.0, 0.0, 1339.0, 1339.0))
+    assert refused(rows)
+    loss = next(r for r in rows if r.parameter == "loss_round_trip")
+    assert not loss.ok and "too little loss not judged" not in loss.detail
+    burst = next(c for c in node.commands if c.startswith("ping -n -q"))
+    assert "-c 3799 " in burst  # 2000 would lose none at 0.2 % once in 50 checks
+    rates = goodput_rows(rows)
+    assert not rates["ab"].ok and not rates["ba"].ok
+    assert "upper bound" in rates["ba"].detail
+
+
+def test_a_5g_downlink_at_a_tenth_of_its_rate_is_refused() -> None:
+    """The uplink right, the downlink (what goodput and failover measure) at 10 of 100 Mbit/s."""
+    right = 100 * tcp_goodput_fraction()
+    rows, node = run(profile("5g"), Actual(0.0, 0.0, right, 10 * tcp_goodput_fraction()))
+    rates = goodput_rows(rows)
+    assert rates["ab"].ok and not rates["ba"].ok
+    assert any(" -R" in c for c in node.commands if c.startswith("iperf3"))
+    with pytest.raises(FidelityError, match=r"tcp_goodput configured 95.64 measured 9.56 \[ba:"):
+        require_fidelity(rows)
+
+
+def test_a_trace_link_is_judged_against_its_trace() -> None:
+    """A trace has no rate_mbit; its row says its mean, and the measured goodput must lie in the
+    range the trace allows over as long as iperf3 measures (the loop's phase is unknown)."""
+    times = read_trace(trace_path("const-20"))
+    mean = mean_rate_mbit(times) * trace_goodput_fraction()
+    conf = LinkProfile(delay_ms=5.0, trace="const-20")
+    rows, _ = run(conf, Actual(0.0, 0.0, mean, mean))
+    require_fidelity(rows)
+    assert goodput_rows(rows)["ba"].configured == round(mean, 2)
+    rows, _ = run(conf, Actual(0.0, 0.0, 1339.0, mean))
+    assert refused(rows) and not goodput_rows(rows)["ab"].ok
+    walk = profile("5g-trace")
+    walk_mean = mean_rate_mbit(read_trace(trace_path("5g-walk"))) * trace_goodput_fraction()
+    rows, _ = run(walk, Actual(0.0, 0.0, walk_mean, walk_mean))
+    require_fidelity(rows)
+    rows, _ = run(walk, Actual(0.0, 0.0, walk_mean, walk_mean / 10))
+    assert refused(rows) and not goodput_rows(rows)["ba"].ok
+
+
+def test_loss_pings_resolve_the_configured_loss_up_to_a_cap() -> None:
+    assert loss_pings(0.0, 2000) == 2000
+    assert loss_pings(5.0, 2000) == 2000  # 2000 already tell 5 % from none
+    wifi = 100 * (1 - 0.999**2)
+    n = loss_pings(wifi, 500)
+    assert binomial_two_sided_p(n, 0, wifi / 100) < LOSS_FALSE_ALARM
+    assert binomial_two_sided_p(n - 1, 0, wifi / 100) >= LOSS_FALSE_ALARM
+    assert loss_pings(0.01, 2000) == 5000  # 76,000 would: the row says it is not judged
+
+
+@pytest.mark.parametrize(
+    ("want", "sent", "received", "ok", "unresolved"),
+    [
+        (0.1, 10000, 10000, False, False),  # the benchmark's 0.1 % point, nothing lost
+        (0.1, 10000, 9940, False, False),  # 0.6 %: six times too much
+        (0.1, 10000, 9992, True, False),
+        (0.2, 2000, 1987, False, True),  # 0.65 %: the 0.5-point band accepted it
+        (0.2, 2000, 2000, True, True),  # no loss in 2000 is a 2 % chance at 0.2 %: not judged
+        (0.0, 2000, 2000, True, False),
+    ],
+)
+def test_a_loss_row_is_the_binomial_test_alone(
+    want: float, sent: int, received: int, ok: bool, unresolved: bool
+) -> None:
+    row = loss_row("loss", want, sent, received, "wire")
+    assert row.ok is ok
+    assert ("too little loss not judged" in row.detail) is unresolved
