@@ -98,12 +98,12 @@ struct direction {
     /* delay line: binary min-heap on (due_ns, seq) */
     struct pkt **heap;
     size_t heap_len, heap_cap;
-    uint64_t last_due_ns, last_leave_ns; /* the previous frame's departure: wire, rate queue */
+    uint64_t last_due_ns; /* the previous frame's departure from the wire */
     /* rate queue: ring of the frames not yet serialised, the first one being served; it
        leaves the queue at head_done_ns */
     struct pkt **ring;
     size_t ring_head, ring_len, ring_cap;
-    uint64_t queued_bytes, head_done_ns;
+    uint64_t queued_bytes, head_start_ns, head_done_ns;
     /* counters */
     uint64_t rx, tx, drop_loss, drop_queue, drop_down, drop_mtu, drop_cap, tx_err;
 };
@@ -267,6 +267,7 @@ static uint64_t serve_time(struct direction *d, const struct pkt *p, uint64_t st
 /* Start serving the head of the rate queue at `start` (the previous one's end, or its own
  * arrival into an empty queue). */
 static void serve_head(struct direction *d, uint64_t start) {
+    d->head_start_ns = start;
     d->head_done_ns = d->ring_len ? serve_time(d, d->ring[d->ring_head], start) : 0;
 }
 
@@ -306,8 +307,9 @@ static uint64_t serve_time(struct direction *d, const struct pkt *p, uint64_t st
     return start + (uint64_t)p->len * 8ull * 1000000000ull / d->rate_bps;
 }
 
-/* Put a frame that left the rate queue at `leave` on the delay line. */
-static void to_delay_line(struct direction *d, struct pkt *p, uint64_t leave) {
+/* Put a frame that left the rate queue at `leave`, after `service` ns of serialisation, on
+ * the delay line. */
+static void to_delay_line(struct direction *d, struct pkt *p, uint64_t leave, uint64_t service) {
     int64_t delay = (int64_t)d->delay_ns;
     if (d->jitter_ns) {
         int64_t j = (int64_t)d->jitter_ns;
@@ -315,13 +317,10 @@ static void to_delay_line(struct direction *d, struct pkt *p, uint64_t leave) {
         if (delay < 0) delay = 0;
     }
     uint64_t due = leave + (uint64_t)delay;
-    if (!d->reorder && d->last_due_ns) {
-        /* not before the frame ahead, nor closer to it than the rate queue let them leave */
-        uint64_t spaced = d->last_due_ns + (leave > d->last_leave_ns ? leave - d->last_leave_ns : 0);
-        if (due < spaced) due = spaced;
-    }
+    /* not before the frame ahead, nor closer to it than its own serialisation (netem's
+       max(last, now + delay) + packet time): a frame held back keeps the link's pace */
+    if (!d->reorder && due < d->last_due_ns + service) due = d->last_due_ns + service;
     d->last_due_ns = due;
-    d->last_leave_ns = leave;
     p->due_ns = due;
     if (heap_push(d, p) < 0) { free(p); d->drop_cap++; }
 }
@@ -330,8 +329,8 @@ static void to_delay_line(struct direction *d, struct pkt *p, uint64_t leave) {
  * line, each next one served from the end of the one before. */
 static void serve_queue(struct direction *d, uint64_t now) {
     while (d->ring_len && d->head_done_ns <= now) {
-        uint64_t leave = d->head_done_ns;
-        to_delay_line(d, ring_pop(d), leave);
+        uint64_t leave = d->head_done_ns, service = leave - d->head_start_ns;
+        to_delay_line(d, ring_pop(d), leave, service);
         serve_head(d, leave);
     }
 }
@@ -356,7 +355,7 @@ static void admit(struct direction *d, const unsigned char *buf, uint32_t len, u
     p->seq = seq_counter++;
     p->len = len;
     memcpy(p->data, buf, len);
-    if (!queued && !d->ring_len) { to_delay_line(d, p, now); return; }
+    if (!queued && !d->ring_len) { to_delay_line(d, p, now, 0); return; }
     if (ring_push(d, p) < 0) { free(p); d->drop_cap++; return; }
     if (d->ring_len == 1) serve_head(d, now); /* an empty queue serves it at once */
     serve_queue(d, now);

@@ -128,6 +128,32 @@ static void jitter_spacing(void) {
            (unsigned long long)closest, (unsigned long long)serial, out_of_order);
 }
 
+/* Pings every 20 ms through 10 +- 8 ms on a 50 Mbit/s link: each draws its own delay (a
+ * frame's own serialisation keeps it off the one before, not the whole gap since it). */
+static void sparse_jitter(void) {
+    struct direction d;
+    init(&d);
+    departed = 0;
+    set_all(&d, 10000, 8000, 50000000, 1000, 0, 1);
+    uint64_t gap = 20 * MS, serial = FRAME * 8ull * SEC / 50000000ull;
+    size_t sent = 0;
+    for (uint64_t now = 1; now < 20 * SEC; now += gap) {
+        advance(&d, now);
+        admit(&d, frame, FRAME, now);
+        sent++;
+    }
+    finish(&d);
+    double least = 1e18, most = 0, sum = 0;
+    for (size_t i = 0; i < departed; i++) {
+        double delay = (double)(departures[i] - (1 + i * gap) - serial) / MS;
+        least = delay < least ? delay : least;
+        most = delay > most ? delay : most;
+        sum += delay;
+    }
+    printf("sparse_jitter frames=%zu least_ms=%.3f most_ms=%.3f mean_ms=%.3f\n", departed, least,
+           most, sum / (double)departed);
+}
+
 /* 5g's profile (100 Mbit/s, 2000-frame queue, 10 ms) loaded, a 75 ms blackhole at 1 s: nothing
  * leaves from 1 s until the first frame admitted after it has crossed (the queue and the delay
  * line held 240 ms of frames that kept leaving, and the end of the blackhole let 1033 out at
@@ -178,6 +204,7 @@ int main(int argc, char **argv) {
     resent_settings();
     rate_change();
     jitter_spacing();
+    sparse_jitter();
     blackhole();
     all_or_nothing(argv[1], argv[2]);
     return 0;

@@ -56,6 +56,15 @@ def test_jitter_keeps_order_and_spacing(scenarios: dict[str, dict[str, str]]) ->
     assert int(jitter["closest_ns"]) >= int(jitter["serial_ns"])
 
 
+def test_sparse_frames_each_draw_their_own_jitter(scenarios: dict[str, dict[str, str]]) -> None:
+    """Pings 20 ms apart through 10 +- 8 ms: delays over the whole 2-18 ms, mean 10 (a spacing
+    by the gap since the frame before carried the largest draw on to every later frame)."""
+    sparse = scenarios["sparse_jitter"]
+    assert int(sparse["frames"]) == 1000
+    assert float(sparse["least_ms"]) < 3.0 and float(sparse["most_ms"]) > 17.0
+    assert float(sparse["mean_ms"]) == pytest.approx(10.0, abs=0.5)
+
+
 def test_a_blackhole_drops_what_the_link_holds(scenarios: dict[str, dict[str, str]]) -> None:
     """A 75 ms blackhole on a loaded 100 Mbit/s, 10 ms link: nothing leaves until a frame
     admitted after it crossed (75 + 10 ms), and nothing leaves in a burst afterwards."""
