@@ -339,10 +339,14 @@ def test_tunnel_only_no_pool_refusals_then_clean_sigterm(
 
 def test_session_access_reports_move_traffic_at_once(conc: Qtun, lab_certs: Path) -> None:
     """Connection b reports WiFi unavailable: b must be on 5G and a on WiFi, so replies move
-    to b at once; WiFi available again: back to a (failover scheduler, WiFi first)."""
+    to b at once; WiFi available again: back to a (failover scheduler, WiFi first). A reply
+    still unacknowledged on a when the report comes is re-sent on b too (reinjection: the
+    client's reorder buffer would drop the second copy; this crafted client counts it)."""
     result = client(lab_certs, "failover", "--alpn", "qt-session", "--count", "3", lifetime=10.0)
     assert result["joined"] is True
-    assert result["phases"] == [{"a": 3, "b": 0}, {"a": 0, "b": 3}, {"a": 3, "b": 0}], result
+    first, moved, back = result["phases"]
+    assert first == {"a": 3, "b": 0} and back == {"a": 3, "b": 0}, result
+    assert moved["a"] == 0 and moved["b"] in (3, 4), result
 
 
 def test_limits_rate_limit_and_session_expiry(net: None, lab_certs: Path, tmp_path: Path) -> None:

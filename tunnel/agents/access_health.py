@@ -79,7 +79,12 @@ class LivenessProbe:
         self._rtts: deque[float] = deque(maxlen=RTT_SAMPLES)
 
     def due(self, now: float) -> bool:
-        return self._last_sent is None or now - self._last_sent >= self.interval
+        # Against next_ping_at() itself, not `now - last_sent >= interval`: the agent's timer is
+        # set to next_ping_at(), and (last_sent + interval) - last_sent can round below interval
+        # (1023.62 + 1.0), so the PING was never due at its own time and the timer stood still
+        # (found by a review).
+        at = self.next_ping_at()
+        return at is None or now >= at
 
     def next_ping_at(self) -> float | None:
         """When the next PING is due (None: at once, none was sent yet)."""

@@ -22,9 +22,9 @@ What it decides (README "Running the tunnel", the client):
   connection says alive (tunnel/agents/access_health.py); a change switches the local scheduler
   (session mode) or migrates the connection (tunnel mode) at once and sends an Access Report
   (tunnel draft §6) over a live connection on an available access unless `access_reports` is
-  off; a report that found no such connection is sent on the next one. Available is what the
-  concentrator assumes of an access it heard nothing about, so the first verdict is reported
-  only when it is "unavailable".
+  off; a report that found no such connection is sent on the next one (or over the connection
+  once it migrated). Available is what the concentrator assumes of an access it heard nothing
+  about, so the first verdict is reported only when it is "unavailable".
 - probes: a QUIC PING every `probe_interval` on every connection that carries traffic; a
   connection silent for DEAD_AFTER_MISSES intervals (or 3 probe limits) is closed and made again
   — only when its link is not known to be down (the kernel explains the silence, and the
@@ -32,12 +32,19 @@ What it decides (README "Running the tunnel", the client):
   answers (closing would leave the concentrator holding a connection it cannot know is dead,
   since our CONNECTION_CLOSE is lost with the access). Only when nothing answers (e.g. the
   concentrator restarted and forgot us) does a new handshake help more than the idle timeout.
-- tunnel mode (tunnel draft §4, `_TunnelMode`): one connection on the first available access.
-  When that access fails the same connection moves to a socket on the next available one (QUIC
-  connection migration, RFC 9000 §9, with a new connection ID, §9.5); with `failback` it moves
-  back when a more preferred access (listed earlier) becomes available again. An access the
-  probe declared dead while its link stayed up is not tried again until its link changes:
-  nothing can tell it healed without a connection on it.
+- tunnel mode (tunnel draft §4, `_TunnelMode`): one connection on the first available access;
+  an attempt whose handshake failed sends the next one to the next available access (once each
+  failed, the cycle starts over), and one whose access's link goes down is replaced on the next
+  access at once. When the connection's access fails the same connection moves to a socket on
+  the next available one (QUIC connection migration, RFC 9000 §9, with a new connection ID,
+  §9.5), also when that one becomes available only later; before the handshake is confirmed or
+  without a spare connection ID it cannot migrate (§9, §9.5) and is made again there instead.
+  With `failback` it moves back when a more preferred access (listed earlier) is healthy again.
+  An access left unhealthy (suspect, dead, not alive) or whose handshake failed is probed with
+  PATH_CHALLENGEs while its link is up until it answers; the access moved onto starts with a
+  fresh verdict. Without failure detection (`limits.failure_detection = false`) nothing probes:
+  an access the liveness probe declared dead while its link stayed up is tried again only when
+  its link changes or every access failed.
 - session mode (tunnel-session draft §4.1, `_SessionMode`): one connection per access; the
   first to complete its handshake sends New Session, the others Join Session with the Session
   ID, one at a time; a connection that comes back rejoins; a rejoin refused with
@@ -71,11 +78,12 @@ The multipath engine (issue 12; README "The multipath engine"), each part switch
   TunnelResender (what was stranded by a migration goes on the new path at once);
 - duplication (`duplication`, `duplicate_up_to`) and the earliest-arrival scheduler: in
   TunnelSession and tunnel/session/scheduler.py;
-- Access Reports: each access's last report is remembered; a superseded one not yet
+- Access Reports: each Access ID's last report is remembered; a superseded one not yet
   acknowledged is cancelled (RESET_STREAM, tunnel draft §Access Report), the same one is not
   repeated on a connection; tunnel mode announces the access its connection runs over at
-  connect and after each migration (the concentrator holds its packets only while every access
-  it reported is unavailable).
+  connect and after each migration, even if it said so already (the concentrator holds its
+  packets only while every access it reported is unavailable). An Access ID several accesses
+  share (tunnel mode) is reported unavailable only when all of them are.
 """
 
 from __future__ import annotations
@@ -84,7 +92,7 @@ import dataclasses
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from ipaddress import (
@@ -121,6 +129,7 @@ from tunnel.protocol.connection import (
 )
 from tunnel.protocol.masque import MasqueConnection, MasqueOpened
 from tunnel.protocol.quic_ext import (
+    AckState,
     DatagramFatesReady,
     PathMtuFell,
     PathProbeAnswered,
@@ -473,6 +482,13 @@ class _TunnelMode:
         self.retry_at: float | None = None
         self.waiting = False  # for an available access: any availability change wakes it
         self.resender: TunnelResender | None = None  # the connection's re-sends (issue 12)
+        # accesses whose handshake failed since the last connection that carried traffic: the
+        # next attempt takes another (README "one QUIC connection over the first usable
+        # [[access]]"); once each available one failed, the cycle starts over
+        self.failed: set[str] = set()
+        # a move RFC 9000 did not allow yet (handshake not confirmed, no spare connection ID)
+        # while the connection's access still works: looked at again at the next timer
+        self.move_pending = False
 
     def start(self, now: float) -> None:
         self._attempt(now)
@@ -483,7 +499,10 @@ class _TunnelMode:
 
     def _attempt(self, now: float) -> None:
         agent = self.agent
-        access = agent.first_available_access()
+        access = agent.first_available_access(skip=self.failed)
+        if access is None and self.failed:
+            self.failed.clear()  # every available access failed once: start over
+            access = agent.first_available_access()
         if agent.accesses and access is None:
             agent.set_state_not_up()
             log.warning("no access available: waiting for one")
@@ -509,17 +528,22 @@ class _TunnelMode:
         round trip with at most three times what it received (RFC 9000 §8.1, §9.3): for a
         downlink flow almost nothing, measured in memory as a 41 ms delivery gap on a WiFi
         link-down with 5G at 10 ms, 20 ms of them that wait. A Migrate to the access takes its
-        probe socket (the validated path)."""
+        probe socket (the validated path).
+
+        An access whose link is usable but which is not healthy (dead, suspect, not alive) or
+        whose handshake failed is probed until it answers instead (start_access_probe): nothing
+        else can tell that it healed, and its stale verdict would keep it from being a
+        failover target or failed back to (found by a review)."""
         agent, path = self.agent, self.path
         if path is None or not path.carries or path.tunnel is None or path.access is None:
             return
-        for status in agent.accesses.values():
-            if (
-                status.config is path.access
-                or status.standby_probe is path
-                or status.probing is not None
-                or not status.available
-            ):
+        failed, self.failed = self.failed, set()
+        others = [s for s in agent.accesses.values() if s.config is not path.access]
+        for status in others:
+            if not status.healthy or status.config.name in failed:
+                agent.start_access_probe(status, now)
+        for status in others:
+            if status.probing is not None or status.standby_probe is path or not status.healthy:
                 continue
             if not agent.probe_standby(path, status, now):
                 return  # no connection ID to spare: tried again at the next change
@@ -550,6 +574,8 @@ class _TunnelMode:
             )
             agent.set_state(ClientState.RECONNECTING)
         else:
+            if path.access is not None:
+                self.failed.add(path.access.name)  # the next attempt takes another access
             delay = self.backoff.next()
             log.warning(
                 "connect failed access=%s retry_in=%.2fs error=%r",
@@ -562,60 +588,91 @@ class _TunnelMode:
 
     def availability_changed(self, status: AccessStatus, available: bool, now: float) -> None:
         path = self.path
+        if (
+            path is not None
+            and path.state is PathState.CONNECTING
+            and not available
+            and path.access is status.config
+        ):
+            # its link went down during the handshake: no answer can come, so the next access
+            # now rather than at CONNECT_TIMEOUT (found by a review: 10.25 s)
+            self._reconnect(path, f"access {status.config.name} unusable during the handshake", now)
+            return
         if path is None or not path.carries or path.access is None:
             return
-        if not available and path.access.name == status.config.name:
-            target = self.agent.first_available_access(exclude=status.config.name)
-            if target is not None:
-                self.agent.migrate(path, target, now)
-        elif available:
+        if available:
             self.validate_standby(now)
-            self.failback(status, now)
+        self.rethink(now)
 
-    def failback(self, status: AccessStatus, now: float) -> None:
-        """Back to `status`'s access if it is preferred over (listed before) the current one
-        and healthy, with `failback` on."""
-        path = self.path
-        if (
-            path is None
-            or not path.carries
-            or path.access is None
-            or not self.agent.config.failback
-            or not status.healthy
-        ):
+    def rethink(self, now: float) -> None:
+        """Move the connection where it should run: off an access that is unavailable to the
+        first available one — including one that became available only after the connection's
+        own access failed (found by a review: it sat on the dead access until the idle timeout)
+        —, off a suspect access to a healthy one, and, with `failback`, back to a more
+        preferred (listed earlier) healthy access that is not being probed."""
+        agent, path = self.agent, self.path
+        self.move_pending = False
+        if path is None or not path.carries or path.access is None:
             return
-        order = list(self.agent.accesses)
-        if order.index(status.config.name) < order.index(path.access.name):
-            log.info("failback to=%s from=%s", status.config.name, path.access.name)
-            self.agent.migrate(path, status.config, now)
+        current = agent.accesses[path.access.name]
+        target: AccessConfig | None = None
+        if not current.available:
+            target = agent.first_available_access(exclude=current.config.name)
+        elif current.health is PathHealth.SUSPECT:
+            target = agent.first_available_access(exclude=current.config.name, healthy=True)
+        elif agent.config.failback:
+            target = self._failback_target(current)
+            if target is not None:
+                log.info("failback to=%s from=%s", target.name, current.config.name)
+        if target is not None:
+            self._move(path, target, now)
+
+    def _failback_target(self, current: AccessStatus) -> AccessConfig | None:
+        """The most preferred healthy access listed before `current`; one still probed has not
+        answered yet (its handshake failed, or its link is up but nothing got through)."""
+        for status in self.agent.accesses.values():
+            if status is current:
+                return None
+            if status.healthy and status.probing is None:
+                return status.config
+        return None
+
+    def _move(self, path: Path, target: AccessConfig, now: float) -> None:
+        """Migrate the connection to `target` when RFC 9000 allows it. It does not before the
+        handshake is confirmed (§9) nor without a spare connection ID (§9.5: a new path needs
+        a new one; aioquic's change_connection_id() silently kept the old one, found by a
+        review). Then, if the connection's access failed, a new connection at once (on
+        `target`, the first available); else the move waits for the next timer."""
+        agent = self.agent
+        if agent.can_migrate(path):
+            agent.migrate(path, target, now)
+        elif path.access is None or not agent.accesses[path.access.name].available:
+            self._reconnect(path, f"cannot migrate to {target.name} yet (RFC 9000 §9, §9.5)", now)
+        else:
+            self.move_pending = True
+
+    def _reconnect(self, path: Path, reason: str, now: float) -> None:
+        """Close `path` and make a new connection at once, without growing the backoff: its
+        access failed, not the concentrator. The access keeps its verdict (the next connection
+        probes it, validate_standby)."""
+        log.warning("reconnecting access=%s: %s", path.name, reason)
+        self.path = None  # not a failure to back off from (ended)
+        self.agent.close_path(path, reason, now, keep_verdict=True)
+        self.agent.set_state_not_up()
+        self._attempt(now)
 
     def health_changed(self, path: Path, health: PathHealth, now: float) -> None:
         """The path the connection runs over turned suspect: move it to a healthy access at
-        once (one connection cannot be doubled up across accesses) and probe the old one from
-        a socket of its own (RFC 9000 §9.1); without another access, stay and let the verdict
-        run its course (dead: the access is unavailable, reported when a connection can)."""
+        once (one connection cannot be doubled up across accesses; ClientAgent.migrate probes
+        the old one from a socket of its own, RFC 9000 §9.1); without another access, stay and
+        let the verdict run its course (dead: the access is unavailable, reported when a
+        connection can)."""
         agent = self.agent
         if path is not self.path or path.access is None:
             return
-        status = agent.accesses[path.access.name]
+        agent.set_health(agent.accesses[path.access.name], health, now)
         if health is PathHealth.SUSPECT:
-            target = agent.first_available_access(exclude=status.config.name, healthy=True)
-            monitor = path.monitor
-            tunnel = path.tunnel
-            if target is None or monitor is None or tunnel is None or not path.carries:
-                agent.set_health(status, health, now)
-                return
-            state = tunnel.ack_state()
-            probing = PathMonitor(agent.limits.probe_interval)
-            limit = suspect_after(state) if state is not None else monitor.probe_max
-            dead_in = (dead_after(state) - limit) if state is not None else 2 * limit
-            probing.suspect(now, limit, dead_in)
-            agent.set_health(status, PathHealth.SUSPECT, now)
-            status.probing = probing
-            log.info("access suspect access=%s: moving to=%s", status.config.name, target.name)
-            agent.migrate(path, target, now)
-        else:
-            agent.set_health(status, health, now)
+            self.rethink(now)
 
     def migrated(self, path: Path, now: float) -> None:
         self.validate_standby(now)
@@ -705,6 +762,8 @@ class _TunnelMode:
     def handle_timer(self, now: float) -> None:
         # the connection IDs a standby probe needs arrive after the handshake (NEW_CONNECTION_ID)
         self.validate_standby(now)
+        if self.move_pending:  # and so does what a migration needs (HANDSHAKE_DONE, an ID)
+            self.rethink(now)
         if self.retry_at is None or self.retry_at > now:
             return
         self.retry_at = None
@@ -1419,6 +1478,12 @@ class ClientAgent:
         path.access = migrate.source
         path.migrations -= 1
         self.counters["migrations"] -= 1
+        if migrate.source is not None:
+            # migrate() started probing it, or validate_standby a standby probe: the connection
+            # is back on it, where a probe socket of its own has no use
+            source = self.accesses[migrate.source.name]
+            if source.probing is not None or source.standby_probe is path:
+                self._end_probe(path, source)
         self._status_changed()
 
     def quic_event(
@@ -1511,7 +1576,8 @@ class ClientAgent:
 
     def probe_answered(self, path: Path, key: object, now: float) -> None:
         """Tunnel mode: the PATH_RESPONSE to a probe of access `key` arrived: it works again
-        (both ways). Fail back to it if preferred, else close its probe socket."""
+        (both ways): alive, healthy, available. Fail back to it if preferred, else close its
+        probe socket."""
         self.last_now = now
         status = self.accesses.get(key) if isinstance(key, str) else None
         if status is None or status.probing is None:
@@ -1519,9 +1585,11 @@ class ClientAgent:
         status.probes_answered += 1
         log.info("access answers its probes access=%s", status.config.name)
         status.probing = None
+        status.alive = True  # the liveness verdict was a connection's that left it
         self.set_health(status, PathHealth.ALIVE, now)
+        self.update_access(status.config.name, now)
         if isinstance(self._mode, _TunnelMode):
-            self._mode.failback(status, now)
+            self._mode.rethink(now)
         if path.access is not status.config:  # not taken for the connection: done probing
             self._end_probe(path, status)
 
@@ -1567,8 +1635,9 @@ class ClientAgent:
             due = self._health_due(path) if path.state is PathState.UP else None
             if due is not None and due <= now:
                 self._check_health(path, now)
-        self._probe_accesses(now)
         self._mode.handle_timer(now)
+        # after the mode's: a probe it starts (validate_standby) is due at once
+        self._probe_accesses(now)
         self._map_ports(now)
 
     def shutdown(self, now: float) -> None:
@@ -1599,12 +1668,16 @@ class ClientAgent:
         self._actions.append(OpenPath(path))
         return path
 
-    def close_path(self, path: Path, reason: str, now: float) -> None:
-        """Give `path` up now: CONNECTION_CLOSE with `reason`, then ClosePath."""
+    def close_path(
+        self, path: Path, reason: str, now: float, *, keep_verdict: bool = False
+    ) -> None:
+        """Give `path` up now: CONNECTION_CLOSE with `reason`, then ClosePath. `keep_verdict`:
+        its access keeps the failure detector's verdict (the connection ends for another
+        reason than its access, _end)."""
         tunnel = path.tunnel
         if tunnel is not None and not tunnel.closed:
             tunnel.close(reason, error_code=0)
-        self._end(path, reason, now)
+        self._end(path, reason, now, keep_verdict=keep_verdict)
 
     def path_up(self, path: Path, budget: int, now: float) -> None:
         """`path` carries traffic now: the TUN, the reports that waited, the first probe."""
@@ -1646,10 +1719,23 @@ class ClientAgent:
             dataclasses.replace(self.config.tun, addresses=addresses)
         )
 
+    def can_migrate(self, path: Path) -> bool:
+        """Whether RFC 9000 lets `path`'s connection move to another local address now: not
+        before the handshake is confirmed (§9), and with a connection ID the peer issued that
+        no path used (§9.5). Both are aioquic's private state (tunnel/protocol/quic_ext.py
+        checks that it has them)."""
+        tunnel = path.tunnel
+        if tunnel is None:
+            return False
+        quic = tunnel.quic
+        return bool(quic._handshake_confirmed and quic._peer_cid_available)
+
     def migrate(self, path: Path, target: AccessConfig, now: float) -> None:
-        """Move tunnel mode's connection to `target` (RFC 9000 §9)."""
+        """Move tunnel mode's connection to `target` (RFC 9000 §9; can_migrate first)."""
         assert path.tunnel is not None
         source = path.access
+        left = self.accesses[source.name] if source is not None else None
+        state = path.tunnel.ack_state()  # still the old path's (the program resets it)
         path.access = target
         path.migrations += 1
         self.counters["migrations"] += 1
@@ -1657,11 +1743,12 @@ class ClientAgent:
         if path.monitor is not None:
             path.monitor.reset(now)  # what was sent before is the old path's silence
         status = self.accesses[target.name]
-        if status.probing is not None or status.standby_probe is not None:
-            # the program may take the probe socket as the new one (RFC 9000 §9.1: the path
-            # is validated already); the probe's connection ID is retired
-            status.probing = status.standby_probe = None
-            path.tunnel.end_path_probe(target.name)
+        # The program may take the probe socket as the new one (RFC 9000 §9.1: the path is
+        # validated already). The probe's connection ID is retired whether or not the probe
+        # was still running: a probe answered just before clears `probing`, and its ID then
+        # went out again from the next probe socket, linking the two (§9.5; found by a review).
+        status.probing = status.standby_probe = None
+        path.tunnel.end_path_probe(target.name)
         quic = path.tunnel.quic
         # RFC 9000 §9.5: a new path uses a new connection ID, so the two paths cannot be linked.
         quic.change_connection_id()
@@ -1674,9 +1761,19 @@ class ClientAgent:
         log.info(
             "migrated from=%s to=%s", source.name if source is not None else "default", target.name
         )
+        # The target's verdict was another path's (the monitor starts afresh, above); the
+        # access left behind while not healthy is probed until it answers, or nothing would
+        # ever clear its verdict (found by a review: no failback, no failover target).
+        self.set_health(status, PathHealth.ALIVE, now)
+        if left is not None and not left.healthy:
+            self.start_access_probe(left, now, state)
         # stranded datagrams re-sent on the new path (reinjection, issue 12)
         self._mode.migrated(path, now)
-        self.announce_access(path)
+        # again even if this Access ID's last report on the connection said so (another access
+        # with the same ID may have been the one it was about)
+        self.announce_access(path, again=True)
+        # what could not be sent while the connection was on a failed access goes now
+        self._send_reports_pending()
         self._status_changed()
 
     def transmit(self, path: Path) -> None:
@@ -1731,11 +1828,13 @@ class ClientAgent:
             self.set_state(ClientState.RECONNECTING)
 
     def first_available_access(
-        self, exclude: str | None = None, healthy: bool = False
+        self, exclude: str | None = None, healthy: bool = False, skip: Collection[str] = ()
     ) -> AccessConfig | None:
-        """The most preferred available access (other than `exclude`): a healthy one (not
-        suspect) first; with `healthy`, only a healthy one."""
-        candidates = [s for n, s in self.accesses.items() if n != exclude and s.available]
+        """The most preferred available access (other than `exclude` and those in `skip`): a
+        healthy one (not suspect) first; with `healthy`, only a healthy one."""
+        candidates = [
+            s for n, s in self.accesses.items() if n != exclude and n not in skip and s.available
+        ]
         for status in candidates:
             if status.healthy:
                 return status.config
@@ -1760,11 +1859,12 @@ class ClientAgent:
     def access_available(self, access: AccessConfig | None) -> bool:
         return access is None or self.accesses[access.name].available
 
-    def announce_access(self, path: Path) -> None:
+    def announce_access(self, path: Path, again: bool = False) -> None:
         """An AVAILABLE report for the access a connection runs over: session mode, for each
         fresh connection (the concentrator learns which access it runs over); tunnel mode, at
         connect and after each migration (the concentrator holds its packets only while every
-        access the client reported is unavailable)."""
+        access the client reported is unavailable). `again`: even if the last report of its
+        Access ID on this connection said the same."""
         access, tunnel = path.access, path.tunnel
         if (
             self.config.access_reports
@@ -1773,7 +1873,7 @@ class ClientAgent:
             and not tunnel.closed
             and self.access_available(access)
         ):
-            self._send_report(path, access.access_id, AccessSignal.AVAILABLE)
+            self._send_report(path, access.access_id, AccessSignal.AVAILABLE, again=again)
 
     def update_access(self, name: str, now: float) -> None:
         """Re-derive an access's availability and act at once on a change: scheduler,
@@ -1825,7 +1925,9 @@ class ClientAgent:
         )
         self._mode.established(path, now)
 
-    def _end(self, path: Path, reason: str | None, now: float) -> None:
+    def _end(
+        self, path: Path, reason: str | None, now: float, *, keep_verdict: bool = False
+    ) -> None:
         """`path` is over: account its counters, release it (ClosePath), tell the mode."""
         if path.state is PathState.CLOSED:
             return
@@ -1841,7 +1943,7 @@ class ClientAgent:
             # a resumption that led nowhere (refused, the ticket unknown to a restarted
             # concentrator, the client revoked): the next connections do a full handshake
             self.tickets.clear()
-        if path.access is not None and path.monitor is not None:
+        if path.access is not None and path.monitor is not None and not keep_verdict:
             # the detector's verdict was this connection's: a new one starts afresh (its
             # handshake tells whether the access works)
             self.accesses[path.access.name].health = PathHealth.ALIVE
@@ -1940,10 +2042,19 @@ class ClientAgent:
         return not any(p.probe.alive(now) for p in others)
 
     def _report(self, status: AccessStatus, available: bool) -> None:
-        """Access Report TLV (tunnel draft §6) over a live connection on an available access."""
+        """Access Report TLV (tunnel draft §6) over a live connection on an available access.
+        The report is about an Access ID, which tunnel mode may share between accesses (two
+        WiFi interfaces): the ID is unavailable only while every access with it is. Reporting
+        one of them unavailable while the connection ran on the other made the concentrator
+        hold and drop all the downlink (found by a review)."""
         if not self.config.access_reports:
             return
         access_id = status.config.access_id
+        available = available or any(
+            other.available
+            for other in self.accesses.values()
+            if other is not status and other.config.access_id == access_id
+        )
         signal = AccessSignal.AVAILABLE if available else AccessSignal.UNAVAILABLE
         sent = False
         for path in self._mode.carriers():
@@ -1961,18 +2072,20 @@ class ClientAgent:
         )
         status.report_pending = not sent  # sent when a connection is up again
 
-    def _send_report(self, path: Path, access_id: AccessId, signal: AccessSignal) -> None:
+    def _send_report(
+        self, path: Path, access_id: AccessId, signal: AccessSignal, again: bool = False
+    ) -> None:
         """One Access Report on `path` (tunnel draft §6). The previous report on the same
         access, if it said otherwise and is not acknowledged yet, is cancelled (RESET_STREAM,
         tunnel draft §Access Report: "MUST be able to cancel"): it is superseded, and the
         concentrator would otherwise act on it if it arrived late. Saying the same again on
-        the same connection is skipped."""
+        the same connection is skipped unless `again`."""
         tunnel = path.tunnel
         assert tunnel is not None
         last = self._reports.get(access_id)
         if last is not None:
             old_path, old_stream, old_signal = last
-            if old_path is path and old_signal is signal:
+            if old_path is path and old_signal is signal and not again:
                 return
             old = old_path.tunnel
             if (
@@ -2027,12 +2140,18 @@ class ClientAgent:
             monitor.probe_sent(now)
 
     def _probe_accesses(self, now: float) -> None:
-        """Tunnel mode: probe the accesses the connection left as suspect (PATH_CHALLENGE from
-        a socket of their own, with backoff); one whose time is up is dead."""
+        """Tunnel mode: probe the accesses the connection left while not healthy, and those
+        whose handshake failed (start_access_probe: PATH_CHALLENGE from a socket of their own,
+        with backoff); a suspect one whose time is up is dead."""
         path = self._mode.carriers()[0] if self._mode.carriers() else None
         for status in self.accesses.values():
             probing = status.probing
             if probing is None:
+                continue
+            if path is not None and path.access is status.config:
+                # a new connection runs on it (made after the one that probed it ended): its
+                # own detector judges the access now
+                status.probing = None
                 continue
             if probing.tick(now) is PathHealth.DEAD:
                 self.set_health(status, PathHealth.DEAD, now)
@@ -2044,12 +2163,10 @@ class ClientAgent:
                 continue
             datagram = tunnel.path_probe(status.config.name, now)
             if datagram is None:
-                # no connection ID to spare for a probe: try the access itself instead
-                # (a failed trial is caught by the detector again)
-                status.probing = None
-                self.set_health(status, PathHealth.ALIVE, now)
-                if isinstance(self._mode, _TunnelMode):
-                    self._mode.failback(status, now)
+                # no connection ID to spare (yet: the peer issues new ones as old ones are
+                # retired, and a new connection's come after its handshake): the next probe,
+                # after the backoff. Trying the access itself instead would need a spare one
+                # too (RFC 9000 §9.5).
                 continue
             self.counters["access_probes_sent"] += 1
             self._actions.append(ProbeAccess(path, status.config, datagram))
@@ -2076,10 +2193,37 @@ class ClientAgent:
     def _send_pending_reports(self, now: float) -> None:
         """A new connection carries the reports that could not be sent before (and, in session
         mode, tells the concentrator about accesses that are down right now)."""
-        for name, status in self.accesses.items():
+        for name in self.accesses:
             self.update_access(name, now)
+        self._send_reports_pending()
+
+    def _send_reports_pending(self) -> None:
+        """The reports that found no live connection on an available access when decided."""
+        for status in self.accesses.values():
             if status.report_pending and status.reported is not None:
                 self._report(status, status.reported)
+
+    def start_access_probe(
+        self, status: AccessStatus, now: float, state: AckState | None = None
+    ) -> None:
+        """Tunnel mode: probe `status`'s access with PATH_CHALLENGEs from a socket of its own
+        (RFC 9000 §9.1, _probe_accesses) until it answers (probe_answered): one the connection
+        left while it was not healthy, one marked not alive, one whose handshake failed. A
+        suspect one turns dead unless it answers in time (`state`: the ACK state of the path
+        it was suspected on); any other is probed as a dead one, with a backoff up to
+        probe_interval. Not while its link is down (link_changed tells more), nor without
+        failure detection (the ablation keeps the liveness probe alone)."""
+        if status.probing is not None or not status.link_ok or not self.detection:
+            return
+        probing = PathMonitor(self.limits.probe_interval)
+        if status.health is PathHealth.SUSPECT:
+            limit = suspect_after(state) if state is not None else probing.probe_max
+            dead_in = (dead_after(state) - limit) if state is not None else 2 * limit
+            probing.suspect(now, limit, dead_in)
+        else:
+            probing.dead(now)
+        log.info("probing access=%s health=%s", status.config.name, status.health.value)
+        status.probing = probing
 
     def _status_changed(self) -> None:
         if not self._status_pending:
