@@ -35,13 +35,16 @@ def masque_world(
     cert_dir: FilePath | None = None,
     *settings: str,
     served: str = MASQUE_SERVED,
+    accesses: tuple[str, ...] = ("wifi", "5g"),
+    both: tuple[str, ...] = (),
 ) -> tuple[World, CoreConcentrator]:
-    core = CoreConcentrator(concentrator_config(certs, served), now=1000.0)
+    """A MASQUE client (`settings`) and the core, connected; `both`: settings of the two."""
+    core = CoreConcentrator(concentrator_config(certs, served, *both), now=1000.0)
     where = cert_dir if cert_dir is not None else certs
     quic_config = client_configuration(
         certs / "ca.pem", ["h3"], where / f"{name}.pem", where / f"{name}.key"
     )
-    config = client_config("masque", ("wifi", "5g"), PROBE, *settings)
+    config = client_config("masque", accesses, PROBE, *settings, *both)
     world = World(config, concentrator=core, client_quic_config=quic_config)
     world.start()
     world.run(2.0, until=lambda: world.agent.state is ClientState.UP)
@@ -157,14 +160,7 @@ def test_a_concentrator_not_serving_masque_says_so(lab_certs: FilePath) -> None:
 def test_a_resumed_reconnect_carries_on(lab_certs: FilePath) -> None:
     # limits.zero_rtt: the reconnect presents a ticket (no certificate); its H3 SETTINGS may
     # come in 0-RTT, before the concentrator admitted the client: held, then served
-    on = "limits.zero_rtt=true"
-    core = CoreConcentrator(concentrator_config(lab_certs, MASQUE_SERVED, on), now=1000.0)
-    alice = client_configuration(
-        lab_certs / "ca.pem", ["h3"], lab_certs / "alice.pem", lab_certs / "alice.key"
-    )
-    config = client_config("masque", ("wifi",), PROBE, on)
-    world = World(config, concentrator=core, client_quic_config=alice).start()
-    world.run(1.0)
+    world, core = masque_world(lab_certs, accesses=("wifi",), both=("limits.zero_rtt=true",))
     first = world.up_path("wifi")
     world.blackhole("wifi", True)  # nothing answers: given up after 10 probe intervals
     world.run(5.0, until=lambda: world.agent.path_on("wifi") is not first)
@@ -196,14 +192,8 @@ def test_ipv6_below_1280_bytes_aborts_the_tunnel_and_the_client_reconnects(
     # from the session and the tunnel carried on with IPv6), the connection closes, and the
     # client reconnects and is given the same addresses (the new connection's own confirmation
     # fails on that path in turn: README "MASQUE CONNECT-IP")
-    pm = "limits.pmtu_discovery=true"
-    core = CoreConcentrator(concentrator_config(lab_certs, MASQUE_SERVED, pm), now=1000.0)
-    alice = client_configuration(
-        lab_certs / "ca.pem", ["h3"], lab_certs / "alice.pem", lab_certs / "alice.key"
-    )
-    config = client_config("masque", ("wifi",), PROBE, pm)
-    world = World(config, concentrator=core, client_quic_config=alice).start()
-    world.run(2.0, until=lambda: world.agent.state is ClientState.UP)
+    pm = ("limits.pmtu_discovery=true",)
+    world, core = masque_world(lab_certs, accesses=("wifi",), both=pm)
     first = world.up_path("wifi")
     (conn,) = world.conns
     assert first.tunnel is not None and first.tunnel.max_packet_size() >= 1280

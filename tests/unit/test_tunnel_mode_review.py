@@ -21,6 +21,7 @@ from tunnel.agents.client import (
     ClosePath,
     Migrate,
     OpenPath,
+    Path,
     PathState,
     ProbeAccess,
 )
@@ -136,23 +137,31 @@ def test_an_access_the_connection_left_dead_is_probed_and_failed_back_to() -> No
     assert delivered(world, 3) == ["wifi"]
 
 
+def stalled_world(seconds: float) -> tuple[World, Path]:
+    """A tunnel-mode world (5G 30 ms away) whose two accesses were silent for `seconds` while
+    packets went up every 10 ms, then 5 s of quiet after both healed; and the path that was up
+    on WiFi before."""
+    world = tunnel_world()
+    world.accesses["5g"].up.delay = world.accesses["5g"].down.delay = 0.03
+    world.run(1.0)
+    before = world.up_path("wifi")
+    for name in ("wifi", "5g"):
+        world.blackhole(name, True)
+    for n in range(round(seconds / 0.01)):
+        world.from_tun([ip4(n)])
+        world.run(0.01)
+    for name in ("wifi", "5g"):
+        world.blackhole(name, False)
+    world.run(5.0)
+    return world, before
+
+
 def test_a_stall_of_both_accesses_leaves_no_stale_verdict_behind() -> None:
     """Both accesses are silent for a second (the concentrator stalled), then fine: the access
     the connection left dead is probed back to health, so a later link-down of WiFi still
     finds 5G (before: 5G stayed dead for good, and the connection sat on the downed WiFi until
     the idle timeout); the one it moved back onto while suspect is not left "suspect"."""
-    world = tunnel_world()
-    world.accesses["5g"].up.delay = world.accesses["5g"].down.delay = 0.03
-    world.run(1.0)
-    path = world.up_path("wifi")
-    world.blackhole("wifi", True)
-    world.blackhole("5g", True)
-    for n in range(100):
-        world.from_tun([ip4(n)])
-        world.run(0.01)
-    world.blackhole("wifi", False)
-    world.blackhole("5g", False)
-    world.run(5.0)
+    world, path = stalled_world(1.0)
     assert world.agent.path_on("wifi") is path
     # the verdicts of the stall are gone: on the access the connection came back to (when it
     # moved onto it) and on the one it left (probed back to health)
@@ -171,17 +180,7 @@ def test_a_short_stall_leaves_the_idle_access_healthy_for_the_next_failover() ->
     """Both accesses silent for 0.6 s: 5G, suspected while the connection ran there, is not left
     "suspect" once the connection moved back to WiFi (before: for good, and a later WiFi
     blackhole then found no healthy target when WiFi turned suspect)."""
-    world = tunnel_world()
-    world.accesses["5g"].up.delay = world.accesses["5g"].down.delay = 0.03
-    world.run(1.0)
-    world.blackhole("wifi", True)
-    world.blackhole("5g", True)
-    for n in range(60):
-        world.from_tun([ip4(n)])
-        world.run(0.01)
-    world.blackhole("wifi", False)
-    world.blackhole("5g", False)
-    world.run(5.0)
+    world, _ = stalled_world(0.6)
     assert world.up_path("wifi")
     assert access_status(world, "5g")["health"] == "alive"
 
