@@ -274,8 +274,9 @@ static void serve_head(struct direction *d, uint64_t start) {
 /* Load a Mahimahi trace into d (replacing any, which stays if this one cannot be read); 0,
  * or -1. */
 static int load_trace(struct direction *d, const char *path, uint64_t now) {
-    /* the same trace again (another setting changed): keep its timeline going */
-    if (d->trace_len && !strcmp(path, d->trace_path)) return 0;
+    /* the same trace again, or still none (another setting changed): keep the timeline and
+       the frame being served going */
+    if (d->trace_len ? !strcmp(path, d->trace_path) : !*path) return 0;
     uint64_t *times = NULL;
     size_t len = 0;
     if (*path && !(times = read_trace(path, &len))) return -1;
@@ -338,6 +339,7 @@ static void serve_queue(struct direction *d, uint64_t now) {
 /* Admit one received frame into direction d, or count why it was dropped. */
 static void admit(struct direction *d, const unsigned char *buf, uint32_t len, uint64_t now) {
     d->rx++;
+    serve_queue(d, now); /* what has left by now first: the new frame is served from now on */
     if (d->down) { d->drop_down++; return; }
     if (d->mtu && len > d->mtu + ETH_HEADER_BYTES) { d->drop_mtu++; return; }
     if (d->ge_p > 0) {
@@ -416,6 +418,7 @@ static int open_packet_socket(const char *ifname) {
 static void set_rate(struct direction *d, uint64_t bps, uint64_t now) {
     uint64_t old = d->rate_bps;
     if (bps == old) return;
+    serve_queue(d, now); /* what left at the old rate before now has left */
     d->rate_bps = bps;
     if (!d->ring_len || d->trace_len) return;
     if (!old || !bps || d->head_done_ns <= now) {

@@ -69,21 +69,41 @@ static double mbits(uint64_t from, uint64_t to) {
     return bits / 1e6 / ((double)(to - from) / SEC);
 }
 
-/* A 10 Mbit/s link offered 20 Mbit/s, its settings re-sent every 250 ms (as scenario steps
- * and blackhole() do): it carries 10, not 13.5-14.8 as when each set restarted the queue. */
-static void resent_settings(void) {
+/* A link offered twice its rate, its settings re-sent every 250 ms (as scenario steps and
+ * blackhole() do): it carries its rate, not 13.5-14.8 at 10 Mbit/s as when each set restarted
+ * the queue, nor 0.97 at 1 Mbit/s as when each restarted the frame being served. */
+static double resent_at(unsigned long long rate_bps) {
     struct direction d;
     init(&d);
     departed = 0;
-    set_all(&d, 5000, 0, 10000000, 100, 0, 1);
-    uint64_t gap = FRAME * 8ull * SEC / 20000000ull, next_set = 250 * MS;
-    for (uint64_t now = 1; now < 3 * SEC; now += gap) {
+    set_all(&d, 5000, 0, rate_bps, 100, 0, 1);
+    uint64_t gap = FRAME * 8ull * SEC / (2 * rate_bps), next_set = 250 * MS;
+    for (uint64_t now = 1; now < 11 * SEC; now += gap) {
         advance(&d, now);
-        if (now >= next_set) { set_all(&d, 5000, 0, 10000000, 100, 0, now); next_set += 250 * MS; }
+        if (now >= next_set) { set_all(&d, 5000, 0, rate_bps, 100, 0, now); next_set += 250 * MS; }
         admit(&d, frame, FRAME, now);
     }
     finish(&d);
-    printf("resent_settings mbit_1_3=%.3f\n", mbits(1 * SEC, 3 * SEC));
+    return mbits(1 * SEC, 11 * SEC);
+}
+
+static void resent_settings(void) {
+    printf("resent_settings mbit_10=%.4f mbit_1=%.4f\n", resent_at(10000000), resent_at(1000000));
+}
+
+/* At 1 Mbit/s a frame at 0 and one at 20 ms, the program reading the second before its timer
+ * moved the first on: the second is served from its arrival (it started at the first's
+ * departure, 8 ms before it arrived). */
+static void late_arrival(void) {
+    struct direction d;
+    init(&d);
+    departed = 0;
+    set_all(&d, 0, 0, 1000000, 100, 0, 0);
+    admit(&d, frame, FRAME, 0);
+    admit(&d, frame, FRAME, 20 * MS);
+    finish(&d);
+    printf("late_arrival second_ms=%.3f expected_ms=%.3f\n", (double)departures[1] / MS,
+           (double)(20 * MS + FRAME * 8ull * SEC / 1000000ull) / MS);
 }
 
 /* 50 -> 10 Mbit/s at 1 s with the 1000-frame queue full: the queued frames leave at the new
@@ -202,6 +222,7 @@ static void all_or_nothing(const char *good_trace, const char *crlf_trace) {
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: qtwire_logic GOOD_TRACE CRLF_TRACE\n"); return 2; }
     resent_settings();
+    late_arrival();
     rate_change();
     jitter_spacing();
     sparse_jitter();

@@ -37,8 +37,16 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, s
 
 
 def test_settings_sent_again_keep_the_rate(scenarios: dict[str, dict[str, str]]) -> None:
-    """Each set restarted the rate queue's clock: 10 Mbit/s carried 13.5-14.8."""
-    assert float(scenarios["resent_settings"]["mbit_1_3"]) == pytest.approx(10.0, rel=0.01)
+    """Each set restarted the rate queue's clock (10 Mbit/s carried 13.5-14.8), then the frame
+    being served (1 Mbit/s carried 0.97)."""
+    resent = scenarios["resent_settings"]
+    assert float(resent["mbit_10"]) == pytest.approx(10.0, rel=0.002)
+    assert float(resent["mbit_1"]) == pytest.approx(1.0, rel=0.002)
+
+
+def test_a_frame_is_served_from_its_arrival(scenarios: dict[str, dict[str, str]]) -> None:
+    late = scenarios["late_arrival"]
+    assert float(late["second_ms"]) == pytest.approx(float(late["expected_ms"]), abs=0.001)
 
 
 def test_a_new_rate_applies_to_what_is_queued(scenarios: dict[str, dict[str, str]]) -> None:
