@@ -124,7 +124,7 @@ class SharedPoolClaims:
     def take(self, index: int, owner: str, address: IPv4Address | IPv6Address) -> bool:
         """`address` for `owner` at worker `index`: False if another client holds it, or if
         the table is full (never with at most max_clients clients)."""
-        wanted = (address.version, address.packed.ljust(16, b"\0"), _digest(owner))
+        wanted = _entry(owner, address)
         with self._table.get_lock():
             free = None
             for slot in range(self.capacity):
@@ -143,7 +143,7 @@ class SharedPoolClaims:
 
     def give_back(self, index: int, owner: str, address: IPv4Address | IPv6Address) -> None:
         """Worker `index` no longer holds `address` for `owner`; free once no worker does."""
-        wanted = (address.version, address.packed.ljust(16, b"\0"), _digest(owner))
+        wanted = _entry(owner, address)
         with self._table.get_lock():
             for slot in range(self.capacity):
                 version, packed, digest, holders = self._read(slot)
@@ -179,6 +179,11 @@ class WorkerPoolClaims:
 
     def give_back(self, owner: str, address: IPv4Address | IPv6Address) -> None:
         self.claims.give_back(self.index, owner, address)
+
+
+def _entry(owner: str, address: IPv4Address | IPv6Address) -> tuple[int, bytes, bytes]:
+    """The (version, padded address, owner digest) a claim of `address` by `owner` stores."""
+    return address.version, address.packed.ljust(16, b"\0"), _digest(owner)
 
 
 def _digest(owner: str) -> bytes:
