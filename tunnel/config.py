@@ -631,7 +631,8 @@ class ClientConfig:
     failback: bool = field(
         default=True,
         metadata=setting(
-            "tunnel mode: migrate back to a more preferred access once it is usable again",
+            "tunnel mode: migrate back to a more preferred access once it is usable again "
+            "(held 1, 2, 4 … 30 s after its second, third … failure within 60 s: flap damping)",
             Boolean(),
         ),
     )

@@ -25,6 +25,7 @@ from tunnel.agents.client import (
     PathState,
     ProbeAccess,
 )
+from tunnel.agents.failback import FIRST_HOLD
 from tunnel.protocol.quic_ext import TunnelQuicConnection
 from tunnel.session.path_health import PathHealth
 from tunnel.wire.messages import AccessSignal
@@ -276,7 +277,7 @@ def test_a_probe_connection_id_is_never_sent_from_two_sockets() -> None:
     """WiFi is blackholed briefly twice; each time the connection moves to 5G, WiFi is probed
     from a socket of its own, answers, and the connection fails back. The probe's connection
     ID is retired at the failback, so the second episode's probe socket uses another (before:
-    the same ID from two local addresses, RFC 9000 §9.5)."""
+    the same ID from two local addresses, RFC 9000 §9.5): no ID is sent from two sockets."""
     world = tunnel_world()
     path = world.up_path("wifi")
     assert path.tunnel is not None
@@ -298,11 +299,13 @@ def test_a_probe_connection_id_is_never_sent_from_two_sockets() -> None:
         world.run(1.0, until=lambda: path.name == "5g")
         world.run(0.05)
         world.blackhole("wifi", False)
-        world.run(1.0, until=lambda: path.name == "wifi")
+        # the second failure within a minute holds the failback for FIRST_HOLD (flap damping);
+        # meanwhile WiFi is probed as a standby access too, from a socket and an ID of its own
+        world.run(FIRST_HOLD + 1.0, until=lambda: path.name == "wifi")
         world.run(0.5)
         assert [m.target.name for m in world.of(Migrate)] == ["5g", "wifi"] * (episode + 1)
         assert isinstance(quic, TunnelQuicConnection) and "wifi" not in quic._tunnel_probe_cids
-    assert len(sent) == 2 and all(len(sockets) == 1 for sockets in sent.values())
+    assert len(sent) >= 2 and all(len(sockets) == 1 for sockets in sent.values())
 
 
 # -- 7: the liveness probe's PING is due at the time it names ------------------------------------

@@ -39,7 +39,8 @@ What it decides (README "Running the tunnel", the client):
   the next available one (QUIC connection migration, RFC 9000 §9, with a new connection ID,
   §9.5), also when that one becomes available only later; before the handshake is confirmed or
   without a spare connection ID it cannot migrate (§9, §9.5) and is made again there instead.
-  With `failback` it moves back when a more preferred access (listed earlier) is healthy again.
+  With `failback` it moves back when a more preferred access (listed earlier) is healthy again,
+  later and later for one that keeps failing (flap damping, tunnel/agents/failback.py).
   An access left unhealthy (suspect, dead, not alive) or whose handshake failed is probed with
   PATH_CHALLENGEs while its link is up until it answers; the access moved onto starts with a
   fresh verdict. Without failure detection (`limits.failure_detection = false`) nothing probes:
@@ -112,6 +113,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
 from tunnel.agents.access_health import LinkState, LivenessProbe
+from tunnel.agents.failback import FailbackDamping
 from tunnel.agents.port_mapper import PortMapper
 from tunnel.config import AccessConfig, ClientConfig, TunConfig
 from tunnel.policy.qos import qos_value
@@ -489,6 +491,9 @@ class _TunnelMode:
         # a move RFC 9000 did not allow yet (handshake not confirmed, no spare connection ID)
         # while the connection's access still works: looked at again at the next timer
         self.move_pending = False
+        # an access that failed again and again is failed back to later (tunnel/agents/failback.py)
+        self.damping = FailbackDamping()
+        self.failback_at: float | None = None  # when a held failback is looked at again
 
     def start(self, now: float) -> None:
         self._attempt(now)
@@ -616,25 +621,44 @@ class _TunnelMode:
             return
         current = agent.accesses[path.access.name]
         target: AccessConfig | None = None
+        failing = True
         if not current.available:
             target = agent.first_available_access(exclude=current.config.name)
         elif current.health is PathHealth.SUSPECT:
             target = agent.first_available_access(exclude=current.config.name, healthy=True)
         elif agent.config.failback:
-            target = self._failback_target(current)
+            failing = False
+            target = self._failback_target(current, now)
             if target is not None:
                 log.info("failback to=%s from=%s", target.name, current.config.name)
         if target is not None:
             self._move(path, target, now)
+            if failing and path.access is target:  # it left a failing access: one more flap
+                self.damping.failed(current.config.name, now)
+                hold = self.damping.hold(current.config.name)
+                if hold:
+                    log.info(
+                        "failback to access=%s held %.1f s: it failed again within %.0f s "
+                        "(flap damping)",
+                        current.config.name,
+                        hold,
+                        self.damping.memory,
+                    )
 
-    def _failback_target(self, current: AccessStatus) -> AccessConfig | None:
+    def _failback_target(self, current: AccessStatus, now: float) -> AccessConfig | None:
         """The most preferred healthy access listed before `current`; one still probed has not
-        answered yet (its handshake failed, or its link is up but nothing got through)."""
+        answered yet (its handshake failed, or its link is up but nothing got through), one
+        held by flap damping is looked at again when its hold ends (`failback_at`)."""
+        self.failback_at = None
         for status in self.agent.accesses.values():
             if status is current:
                 return None
             if status.healthy and status.probing is None:
-                return status.config
+                until = self.damping.held_until(status.config.name, now)
+                if until is None:
+                    return status.config
+                if self.failback_at is None or until < self.failback_at:
+                    self.failback_at = until
         return None
 
     def _move(self, path: Path, target: AccessConfig, now: float) -> None:
@@ -757,11 +781,16 @@ class _TunnelMode:
         return None
 
     def next_deadline(self) -> float | None:
-        return self.retry_at
+        if self.retry_at is None or self.failback_at is None:
+            return self.retry_at if self.failback_at is None else self.failback_at
+        return min(self.retry_at, self.failback_at)
 
     def handle_timer(self, now: float) -> None:
         # the connection IDs a standby probe needs arrive after the handshake (NEW_CONNECTION_ID)
         self.validate_standby(now)
+        if self.failback_at is not None and self.failback_at <= now:
+            self.failback_at = None
+            self.move_pending = True  # a held failback's hold ended
         if self.move_pending:  # and so does what a migration needs (HANDSHAKE_DONE, an ID)
             self.rethink(now)
         if self.retry_at is None or self.retry_at > now:
