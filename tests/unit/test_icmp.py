@@ -143,6 +143,14 @@ def test_a_router_below_the_ipv6_minimum_tells_1280() -> None:
     assert IPv6(reply)[ICMPv6PacketTooBig].mtu == 1280
 
 
+def test_an_ipv4_budget_below_68_bytes_has_no_error_to_tell() -> None:
+    """A client that announced a 40-byte max_datagram_frame_size leaves a 38-byte budget: no
+    "fragmentation needed" can say that (RFC 791's 68 bytes); no answer, where each packet
+    raised before (a review: 1,000 packets, 1,000 internal errors at the concentrator)."""
+    assert icmp.packet_too_big(v4_packet(1500), 38, TUN_V4, TUN_V6) is None
+    assert icmp.packet_too_big(v4_packet(1500), 68, TUN_V4, TUN_V6) is not None
+
+
 def test_parse_helpers() -> None:
     p4 = v4_packet(300)
     p6 = v6_packet(300)

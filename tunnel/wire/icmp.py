@@ -238,9 +238,14 @@ def packet_too_big(
     address in that family to send it from (the caller then drops the packet and counts it).
     An IPv6 path is never below 1280 bytes (RFC 8200 §5): a smaller `mtu` (the tunnel's budget
     while path MTU discovery searches from its 1200-byte base) is told as 1280, and packets
-    between the two are lost until the budget is back above it."""
+    between the two are lost until the budget is back above it. An IPv4 `mtu` below 68 (a
+    peer that announced a tiny max_datagram_frame_size) has no error to tell it with (RFC 791
+    makes 68 the least a link carries): None, and the packet is dropped (found by a review:
+    each such packet raised, counted as the concentrator's internal error)."""
     if ip_version(packet) == 4:
-        return None if source_v4 is None else icmpv4_frag_needed(packet, mtu, source_v4)
+        if source_v4 is None or mtu < IPV4_MIN_MTU:
+            return None
+        return icmpv4_frag_needed(packet, mtu, source_v4)
     if source_v6 is None:
         return None
     return icmpv6_packet_too_big(packet, max(mtu, IPV6_MIN_MTU), source_v6)
