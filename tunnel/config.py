@@ -1214,6 +1214,7 @@ def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
             "no client addresses are configured: add a [pool] (ipv4/ipv6 prefix) or [[client]] "
             "tables with static addresses"
         )
+    _check_static_prefixes(config)
     values = [qos_value(mark.value) for mark in config.qos]
     for value in values:
         if values.count(value) > 1:
@@ -1227,6 +1228,52 @@ def _check_concentrator(config: ConcentratorConfig, t: Table) -> None:
         )
     if config.workers > 1:
         _check_workers(config)
+
+
+def _check_static_prefixes(config: ConcentratorConfig) -> None:
+    """The forwarding table (tunnel/policy/addresses.py) gives an address to the longest
+    matching prefix, but the ingress filter lets each client send from all of its own: two
+    clients' overlapping prefixes would let one send from addresses whose replies go to the
+    other, and a prefix holding the concentrator's own TUN address would take its traffic. A
+    [pool] may hold static prefixes (claims skip them) but not lie wholly inside one."""
+    owned = sorted(
+        ((prefix, client.name) for client in config.clients for prefix in client.addresses),
+        key=lambda item: (item[0].version, item[0].network_address, item[0].prefixlen),
+    )
+    # CIDR prefixes nest or are disjoint: sorted by start, a prefix overlaps an earlier one iff
+    # it starts within the widest earlier one of its family (the outermost that could hold it).
+    widest: tuple[IPNetwork, str] | None = None
+    for prefix, name in owned:
+        if widest is not None and widest[0].version == prefix.version:
+            outer, other = widest
+            if int(prefix.network_address) <= int(outer.broadcast_address):
+                if other != name:
+                    raise ConfigError(
+                        f"clients {other!r} and {name!r} have overlapping addresses ({outer} and"
+                        f" {prefix}): give each [[client]] addresses of its own"
+                    )
+                continue  # one client's own prefixes may nest
+        widest = (prefix, name)
+    for interface in config.tun.addresses:
+        for prefix, name in owned:
+            if interface.ip in prefix:
+                raise ConfigError(
+                    f"client {name!r} has addresses {prefix}, which holds the concentrator's"
+                    f" tun.addresses {interface.ip}: give the client a prefix without it or"
+                    " change tun.addresses"
+                )
+    for key, pool in (("pool.ipv4", config.pool.ipv4), ("pool.ipv6", config.pool.ipv6)):
+        for prefix, name in owned:
+            if (
+                pool is not None
+                and pool.network_address in prefix
+                and pool.prefixlen >= prefix.prefixlen
+            ):
+                raise ConfigError(
+                    f"{key} = {str(pool)!r} lies wholly inside {prefix}, an address prefix of"
+                    f" client {name!r}, so no pool address is ever free: give the pool a prefix"
+                    " of its own or the client a narrower one"
+                )
 
 
 def _check_workers(config: ConcentratorConfig) -> None:

@@ -98,6 +98,24 @@ def test_overrides_apply_to_every_client(tmp_path: Path, lab_certs: Path) -> Non
     ]
 
 
+def test_a_members_error_names_its_file(tmp_path: Path, lab_certs: Path) -> None:
+    """A member's sentence names a key (concentrator.port): which of the group's files holds
+    it was left to guess."""
+    (tmp_path / "a.toml").write_text(client_toml(lab_certs, "a", tmp_path / "a.json"))
+    bad = client_toml(lab_certs, "b", tmp_path / "b.json").replace(
+        'address = "192.0.2.1"', 'address = "192.0.2.1"\nport = "x"'
+    )
+    (tmp_path / "b.toml").write_text(bad)
+    group = tmp_path / "g.toml"
+    group.write_text('[[client]]\nconfig = "a.toml"\n[[client]]\nconfig = "b.toml"\n')
+    with pytest.raises(ConfigError) as info:
+        load_group(group)
+    assert str(info.value) == (
+        f"{group}: client 2 ({tmp_path / 'b.toml'}): concentrator.port = 'x' is not an integer "
+        "from 1 to 65535: give an integer from 1 to 65535"
+    )
+
+
 def test_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["client-group", "-c", str(tmp_path / "none.toml")]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()

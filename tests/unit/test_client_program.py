@@ -7,6 +7,7 @@ concentrator: tests/integration/test_qtun_client.py::test_a_bug_stops_the_client
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.unit.quic_harness import throwaway_certificate
 from tunnel.agents.client import ClientAgent
 from tunnel.aio.client import Client
-from tunnel.config import ClientConfig, parse_client_config
+from tunnel.config import ClientConfig, ConfigError, parse_client_config
 from tunnel.user_error import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
 
 # real sockets and a real event loop for seconds each: not in `make check`'s inner loop
@@ -126,6 +127,29 @@ def test_a_user_error_stops_the_program_with_its_sentence(
     with pytest.raises(RuntimeFailure, match="busy"):
         _run(_config(tmp_path))
     assert _status(tmp_path)["state"] == "stopped"
+
+
+def test_a_ca_file_holding_no_certificate_is_refused_before_the_first_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aioquic only keeps tls.ca's path: a garbage CA used to fail in every handshake, logged
+    as an internal error and retried for ever, never naming the file."""
+
+    def connect(self: ClientAgent, now: float) -> None:
+        raise AssertionError("the client started connecting")
+
+    monkeypatch.setattr(ClientAgent, "start", connect)
+    config = _config(tmp_path)
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    config = dataclasses.replace(
+        config, tls=dataclasses.replace(config.tls, ca=tmp_path / "ca.pem")
+    )
+    with pytest.raises(ConfigError) as info:
+        _run(config)
+    assert str(info.value) == (
+        f"tls.ca {tmp_path / 'ca.pem'} holds no PEM certificate: give the CA file that issued the "
+        "concentrator's certificate (the ca.pem made by scripts/make-certs)"
+    )
 
 
 def test_sigterm_stops_cleanly_and_the_status_has_every_key(tmp_path: Path) -> None:

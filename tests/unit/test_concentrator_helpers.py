@@ -9,11 +9,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
+
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.aio.concentrator import ConcentratorProgram
 from tunnel.aio.concentrator_setup import IP_FORWARD_SYSCTLS, auto_tun_mtu, read_ip_forward
 from tunnel.aio.tun import TunDevice
+from tunnel.config import ConcentratorConfig
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, packet_datagram_budget
+from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
 from tunnel.wire.modes import TunnelMode
 
@@ -92,3 +96,40 @@ def test_tap_names_take_the_smallest_free_number_within_15_bytes(lab_certs: Path
         assert program._tap_name() == "qtunconcentr-11"
 
     asyncio.run(main())
+
+
+def test_observability_errors_name_the_key_and_come_before_the_tun(
+    lab_certs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The concentrator opens its key log and qlog as the client does (open_observability),
+    before its TUN and NAT: it used to fail after them with "Is a directory" and no key. (The
+    configuration file's loader refuses these paths earlier still, tests/unit/test_config.py.)"""
+
+    def tun_created(*args: object, **kwargs: object) -> TunDevice:
+        raise AssertionError("the TUN was set up first")
+
+    monkeypatch.setattr(TunDevice, "create", tun_created)
+    (tmp_path / "file").write_text("x")
+    for override, sentence in (
+        (
+            f"observability.keylog_file={tmp_path}",
+            f"cannot open observability.keylog_file {tmp_path} (Is a directory): choose a "
+            "writable path",
+        ),
+        (
+            f"observability.qlog_dir={tmp_path}/file",
+            f"cannot create observability.qlog_dir {tmp_path}/file (File exists): choose a "
+            "writable directory",
+        ),
+    ):
+
+        async def main(config: ConcentratorConfig) -> None:
+            program = ConcentratorProgram(config)
+            try:
+                await program.start()
+            finally:
+                await program.stop()
+
+        with pytest.raises(RuntimeFailure) as info:
+            asyncio.run(main(concentrator_config(lab_certs, override)))
+        assert str(info.value) == sentence

@@ -277,6 +277,90 @@ def test_load_errors(tmp_path: Path) -> None:
         load_concentrator_config(tmp_path / "bad.toml")
 
 
+def test_load_refuses_tls_and_observability_paths_of_the_wrong_kind(tmp_path: Path) -> None:
+    """A directory where a file is meant, or a file where the qlog directory is meant, is
+    refused at load, naming the key and the path: the concentrator used to find out only after
+    setting up its TUN and NAT, with "Is a directory" and neither."""
+    path = _write_client_files(tmp_path)
+    (tmp_path / "certs").mkdir()
+    with pytest.raises(ConfigError, match=r"tls\.ca = .*certs' is a directory: give the path"):
+        load_client_config(path, ["tls.ca=certs"])
+    conc = tmp_path / "concentrator.toml"
+    for name in ("s.pem", "s.key"):
+        (tmp_path / name).write_text("x")
+    conc.write_text(CONCENTRATOR)
+    for load, config in ((load_client_config, path), (load_concentrator_config, conc)):
+        for override, message in (
+            ("observability.keylog_file=certs", r"keylog_file = .*certs' is a directory"),
+            ("observability.status_file=certs", r"status_file = .*certs' is a directory"),
+            ("observability.qlog_dir=ca.pem", r"qlog_dir = .*ca\.pem' cannot be a directory"),
+            ("observability.qlog_dir=ca.pem/q", r"as .*ca\.pem is a file: give the path"),
+        ):
+            with pytest.raises(ConfigError, match=message):
+                load(config, [override])  # type: ignore[operator]
+        # what is created at start (the qlog directory and its parents) is fine
+        load(config, ["observability.qlog_dir=certs/new/qlog"])  # type: ignore[operator]
+
+
+def _clients(*clients: tuple[str, str]) -> str:
+    return CONCENTRATOR + "".join(
+        f'[[client]]\nname = "{name}"\naddresses = [{prefixes}]\n' for name, prefixes in clients
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            _clients(("alice", '"10.8.0.2/32"'), ("bob", '"10.8.0.2/32"')),
+            "clients 'alice' and 'bob' have overlapping addresses (10.8.0.2/32 and 10.8.0.2/32)",
+        ),
+        (
+            _clients(("alice", '"10.8.0.2/32"'), ("bob", '"10.8.0.0/28"')),
+            "clients 'bob' and 'alice' have overlapping addresses (10.8.0.0/28 and 10.8.0.2/32)",
+        ),
+        (
+            _clients(("a", '"10.9.0.0/16", "fd00::/64"'), ("b", '"10.7.0.1/32", "fd00::8/126"')),
+            "clients 'a' and 'b' have overlapping addresses (fd00::/64 and fd00::8/126)",
+        ),
+        (
+            _clients(("alice", '"10.8.0.1/32"')),
+            "client 'alice' has addresses 10.8.0.1/32, which holds the concentrator's "
+            "tun.addresses 10.8.0.1",
+        ),
+        (
+            _clients(("alice", '"10.8.0.0/16"')),
+            "client 'alice' has addresses 10.8.0.0/16, which holds",
+        ),
+        (
+            _clients(("alice", '"10.8.0.0/23"')).replace("10.8.0.1/24", "10.9.0.1/24"),
+            "pool.ipv4 = '10.8.0.0/24' lies wholly inside 10.8.0.0/23, an address prefix of client "
+            "'alice'",
+        ),
+    ],
+)
+def test_clients_addresses_may_not_overlap_each_other_or_the_concentrators(
+    text: str, message: str
+) -> None:
+    """The forwarding table sends an address to the longest prefix, but the ingress filter
+    lets each client send from all of its own: overlapping prefixes were accepted."""
+    with pytest.raises(ConfigError) as info:
+        concentrator(text=text)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_clients_addresses_that_do_not_clash_are_accepted() -> None:
+    # static clients inside the pool (claims skip them), one client's nested prefixes, the
+    # same numbers in two families
+    text = _clients(
+        ("alice", '"10.8.0.6/32", "10.8.0.4/30", "fd00:8::2/128"'),
+        ("bob", '"10.8.0.8/30", "::a08:4/126"'),
+        ("carol", '"10.8.0.12/32"'),
+    )
+    config = concentrator(text=text)
+    assert [c.name for c in config.clients] == ["alice", "bob", "carol"]  # type: ignore[attr-defined]
+
+
 def test_outer_congestion_control_is_one_of_the_registered() -> None:
     assert client().limits.congestion_control == "reno"  # type: ignore[attr-defined]
     cubic = client("limits.congestion_control=cubic")

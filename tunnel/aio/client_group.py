@@ -209,7 +209,13 @@ def load_group(path: str | Path, overrides: Sequence[str] = ()) -> list[Member]:
 
     path = Path(path)
     members = parse_group(read_config_text(path), path.parent, str(path))
-    configs = [(load_client_config(m.config, overrides), m.netns) for m in members]
+    configs = []
+    for i, member in enumerate(members, 1):
+        try:
+            configs.append((load_client_config(member.config, overrides), member.netns))
+        except ConfigError as exc:
+            # the member's sentence names a key, not which of the group's files holds it
+            raise ConfigError(f"{path}: client {i} ({member.config}): {exc}") from None
     check_group([config for config, _ in configs], str(path))
     return configs
 

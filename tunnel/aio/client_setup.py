@@ -1,20 +1,23 @@
 """What the client program builds from its configuration: the key log and qlog files, the QUIC
 configuration (TLS files, ALPN of its mode, datagram sizes), and the UDP sockets bound to one
-access each. Every failure a user can cause is one sentence (RuntimeFailure, EndpointError)."""
+access each. Every failure a user can cause is one sentence (ConfigError, RuntimeFailure,
+EndpointError). The concentrator opens its key log and qlog with open_observability too."""
 
 from __future__ import annotations
 
 import socket
 import ssl
 from ipaddress import IPv6Address, ip_address
+from pathlib import Path
 from typing import Any, TextIO
 
 from aioquic.quic.configuration import QuicConfiguration
+from cryptography import x509
 
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import open_private
 from tunnel.aio.udp import EndpointError, UdpEndpoint
-from tunnel.config import AccessConfig, ClientConfig, ObservabilityConfig
+from tunnel.config import AccessConfig, ClientConfig, ConfigError, ObservabilityConfig
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_FRAME_SIZE, MAX_DATAGRAM_SIZE
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.modes import MODE_ALPNS
@@ -23,7 +26,8 @@ from tunnel.wire.modes import MODE_ALPNS
 def open_observability(
     obs: ObservabilityConfig,
 ) -> tuple[TextIO | None, BoundedQlogLogger | None]:
-    """The TLS key log (0600) and the bounded qlog writer the configuration asks for."""
+    """The TLS key log (0600) and the bounded qlog writer the configuration asks for (both
+    programs'; RuntimeFailure naming the key and the path if one cannot be opened)."""
     keylog: TextIO | None = None
     if obs.keylog_file is not None:
         try:
@@ -47,6 +51,24 @@ def open_observability(
     return keylog, BoundedQlogLogger(obs.qlog_dir)
 
 
+def check_ca_file(ca: Path) -> None:
+    """Refuse a tls.ca holding no PEM certificate now: aioquic only keeps its path and reads it
+    in the handshake, which then fails inside aioquic, again at every reconnection, without
+    naming the file."""
+    try:
+        x509.load_pem_x509_certificates(ca.read_bytes())
+    except OSError as exc:
+        raise ConfigError(
+            f"tls.ca {ca} cannot be read ({exc.strerror}): give the CA file that issued the "
+            "concentrator's certificate"
+        ) from None
+    except ValueError:
+        raise ConfigError(
+            f"tls.ca {ca} holds no PEM certificate: give the CA file that issued the "
+            "concentrator's certificate (the ca.pem made by scripts/make-certs)"
+        ) from None
+
+
 def quic_configuration(
     config: ClientConfig, keylog: TextIO | None, qlog: BoundedQlogLogger | None
 ) -> QuicConfiguration:
@@ -64,6 +86,7 @@ def quic_configuration(
         quic_logger=qlog,
     )
     tls = config.tls
+    check_ca_file(tls.ca)
     try:
         configuration.load_verify_locations(cafile=str(tls.ca))
         configuration.load_cert_chain(str(tls.cert), str(tls.key))
@@ -120,6 +143,7 @@ def address_text(address: Any) -> str:
 __all__ = [
     "address_text",
     "bind_access",
+    "check_ca_file",
     "concentrator_remote",
     "open_observability",
     "quic_configuration",

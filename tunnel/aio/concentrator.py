@@ -150,6 +150,8 @@ class ConcentratorProgram:
 
     async def start(self) -> None:
         config = self.config
+        # the TLS files, key log and qlog first: their errors before the host is touched
+        quic_config, self._keylog = quic_configuration(config)
         mtu = config.tun.mtu or auto_tun_mtu(config.modes)
         # a worker's TUN gets its clients' prefixes as they arrive; worker 0's holds them all
         # until then, so a packet for a client that is nowhere meets one core that drops it
@@ -199,7 +201,6 @@ class ConcentratorProgram:
                     f"cannot follow this host's addresses over netlink ({exc.strerror}): run "
                     'the concentrator as root, or set to_concentrator = "allow"'
                 ) from None
-        quic_config, self._keylog = quic_configuration(config)
         options = self.stream_server.quic_options() if self.stream_server is not None else {}
         if self.core.tickets is not None:
             options["tickets"] = self.core.tickets  # limits.zero_rtt (README "0-RTT")

@@ -14,7 +14,7 @@ from typing import IO, Any, Final
 from aioquic.quic.configuration import QuicConfiguration
 
 from tunnel.agents.concentrator import PeerQuicConnection
-from tunnel.aio.status import open_private
+from tunnel.aio.client_setup import open_observability
 from tunnel.aio.udp import EndpointError, QuicDriver, QuicServer, UdpEndpoint
 from tunnel.aio.workers import WorkerSeat
 from tunnel.config import ConcentratorConfig, ConfigError
@@ -109,16 +109,8 @@ def quic_configuration(config: ConcentratorConfig) -> tuple[QuicConfiguration, I
             f"tls.cert {config.tls.cert} / tls.key {config.tls.key} cannot be loaded "
             f"({exc}): give the concentrator certificate and key made by scripts/make-certs"
         ) from None
-    observability = config.observability
-    keylog: IO[str] | None = None
-    if observability.keylog_file is not None:
-        keylog = open_private(observability.keylog_file)
-        quic_config.secrets_log_file = keylog
-    if observability.qlog_dir is not None:
-        from tunnel.aio.qlog import BoundedQlogLogger
-
-        observability.qlog_dir.mkdir(parents=True, exist_ok=True)
-        quic_config.quic_logger = BoundedQlogLogger(observability.qlog_dir)
+    keylog, quic_config.quic_logger = open_observability(config.observability)
+    quic_config.secrets_log_file = keylog
     return quic_config, keylog
 
 
