@@ -785,6 +785,22 @@ def test_clients_reach_the_concentrator_host_only_as_the_policy_says(
     assert len(core_lab.tun) == 2
 
 
+def test_the_tun_subnets_broadcast_network_and_anycast_are_the_hosts_too(
+    lab_certs: Path,
+) -> None:
+    """Addresses reported bare get the TUN's prefix (10.8.0.1/24, fd00:8::1/64) from the
+    configuration: a datagram to 10.8.0.255, 10.8.0.0 or fd00:8:: reaches the host's sockets
+    as surely as one to 10.8.0.1 (the kernel delivers them locally), so it is dropped too."""
+    core_lab = lab(lab_certs)
+    core_lab.core.host_addresses_changed([IPv4Address("10.8.0.1"), IPv6Address("fd00:8::1")])
+    conn = core_lab.connect("alice")
+    for src, dst in ((ALICE, "10.8.0.255"), (ALICE, "10.8.0.0"), (ALICE6, "fd00:8::")):
+        conn.client.send_packet(tcp_syn(src, dst, 40000, 5999))
+    core_lab.run(0.1)
+    assert core_lab.tun == []
+    assert core_lab.status_of("alice")["counters"]["to_concentrator_dropped"] == 3
+
+
 def test_deny_keeps_even_pings_and_multicast_off_the_host(lab_certs: Path) -> None:
     core_lab = lab(lab_certs, 'to_concentrator="deny"')
     core_lab.core.host_addresses_changed([IPv4Address("10.8.0.1")])

@@ -11,6 +11,7 @@ import pytest
 
 from tests.unit.concentrator_harness import Conn, CoreLab, lab, lab_certs
 from tunnel.agents.concentrator import TapClosed, TapOpened
+from tunnel.policy.mac_filter import LEARNED_HOLD
 from tunnel.protocol.connection import ConnectionClosed, PacketReceived, SessionEstablished
 from tunnel.wire.datagram import ProtocolType
 from tunnel.wire.modes import TunnelMode
@@ -22,6 +23,8 @@ MODES = {"qt": "tunnel", "qt-session": "session"}
 BOTH = ('payloads=["ip", "ethernet"]', 'l2.bridge="br-test"')
 ALICE_MAC = bytes.fromhex("02000000000a")
 ALICE_MAC_2 = bytes.fromhex("02000000000b")
+CAROL_MAC = bytes.fromhex("02000000000c")
+GATEWAY_MAC = bytes.fromhex("020000000001")
 OTHER_MAC = bytes.fromhex("020000000066")
 BROADCAST = b"\xff" * 6
 
@@ -120,6 +123,7 @@ def test_a_client_sources_only_its_first_mac_and_never_a_group_one(
         "truncated": 0,
         "group_source": 1,
         "foreign_source": 1,
+        "taken_source": 0,
     }
     assert status["counters"]["mac_dropped"] == 2
     assert core_lab.core.status()["counters"]["mac_dropped"] == 2
@@ -132,6 +136,58 @@ def test_configured_macs_are_the_only_ones_a_client_may_source(lab_certs: Path) 
     send(core_lab, conn, frame(OTHER_MAC), frame(ALICE_MAC_2, marker=1), frame(ALICE_MAC))
     assert core_lab.taps["alice"] == [frame(ALICE_MAC_2, marker=1), frame(ALICE_MAC)]
     assert core_lab.status_of("alice")["mac_filter"]["foreign_source"] == 1
+
+
+def test_a_client_cannot_learn_a_mac_another_client_holds(lab_certs: Path) -> None:
+    """The bridge sends a MAC's traffic to the port it last heard it from: carol sourcing
+    dave's learned MAC, or alice's configured one (alice offline), would take their frames."""
+    core_lab = lab(lab_certs, *BOTH, 'client.0.macs=["02:00:00:00:00:0b"]')
+    dave = l2_client(core_lab, "dave", "qt")
+    send(core_lab, dave, frame(ALICE_MAC))
+    carol = l2_client(core_lab, "carol", "qt")
+    send(core_lab, carol, frame(ALICE_MAC), frame(ALICE_MAC_2), frame(CAROL_MAC, marker=1))
+    assert core_lab.taps["carol"] == [frame(CAROL_MAC, marker=1)]
+    status = core_lab.status_of("carol")
+    assert status["macs"] == ["02:00:00:00:00:0c"]
+    assert status["mac_filter"]["taken_source"] == 2
+    assert status["counters"]["mac_dropped"] == 2
+    assert core_lab.status_of("dave")["macs"] == ["02:00:00:00:00:0a"]
+
+
+def test_a_reconnect_keeps_the_learned_macs_until_the_hold_is_over(lab_certs: Path) -> None:
+    """A tunnel-mode client is forgotten with its connection; its learned MAC is not: a
+    reconnect cannot change it, nor can another client take it meanwhile."""
+    core_lab = lab(lab_certs, *BOTH)
+    carol = l2_client(core_lab, "carol", "qt")
+    send(core_lab, carol, frame(CAROL_MAC))
+    carol.client.close("bye")
+    core_lab.run(1.0)
+    assert core_lab.of(TapClosed) == [TapClosed("carol")]
+
+    dave = l2_client(core_lab, "dave", "qt")
+    send(core_lab, dave, frame(CAROL_MAC))
+    assert core_lab.taps["dave"] == []
+    again = l2_client(core_lab, "carol", "qt")
+    send(core_lab, again, frame(GATEWAY_MAC), frame(CAROL_MAC, marker=1))
+    assert core_lab.taps["carol"] == [frame(CAROL_MAC, marker=1)]
+    assert core_lab.status_of("carol")["macs"] == ["02:00:00:00:00:0c"]
+    assert core_lab.status_of("carol")["mac_filter"]["foreign_source"] == 1
+
+    again.client.close("bye")
+    dave.client.close("bye")
+    core_lab.run(LEARNED_HOLD + 1.0)  # as long as the bridge keeps a silent station's MAC
+    dave = l2_client(core_lab, "dave", "qt")
+    send(core_lab, dave, frame(CAROL_MAC, marker=2))
+    assert core_lab.taps["dave"] == [frame(CAROL_MAC, marker=2)]
+
+
+def test_the_hosts_own_macs_are_never_learned(lab_certs: Path) -> None:
+    core_lab = lab(lab_certs, *BOTH)
+    core_lab.core.host_macs_changed([int.from_bytes(GATEWAY_MAC)])
+    carol = l2_client(core_lab, "carol", "qt")
+    send(core_lab, carol, frame(GATEWAY_MAC), frame(CAROL_MAC, marker=1))
+    assert core_lab.taps["carol"] == [frame(CAROL_MAC, marker=1)]
+    assert core_lab.status_of("carol")["mac_filter"]["taken_source"] == 1
 
 
 def test_the_tap_goes_with_the_client(lab_certs: Path) -> None:

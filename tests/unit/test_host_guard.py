@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -52,6 +52,31 @@ def test_addresses_follow_the_host() -> None:
     assert guard.admits(syn)
     guard.update(OWN)
     assert not guard.admits(syn)
+
+
+def test_a_prefixs_broadcast_network_and_anycast_addresses_are_the_hosts() -> None:
+    """Linux delivers a directed broadcast to an attached subnet, its network address and an
+    IPv6 subnet-router anycast address (with forwarding on) to its own sockets."""
+    guard = HostGuard(
+        "ping",
+        [
+            IPv4Interface("10.8.0.1/24"),
+            IPv6Interface("fd00:8::1/64"),
+            IPv4Interface("192.0.2.1/31"),  # RFC 3021: no broadcast, no network address
+            IPv6Interface("fd00:9::1/127"),  # RFC 6164: no subnet-router anycast
+        ],
+    )
+    for dst in ("10.8.0.255", "10.8.0.0", "10.8.0.1"):
+        assert not guard.admits(bytes(IP(src="10.8.0.2", dst=dst) / UDP(dport=53)))
+    assert not guard.admits(bytes(IPv6(src="fd00:8::2", dst="fd00:8::") / UDP(dport=53)))
+    assert guard.admits(bytes(IP(src="10.8.0.2", dst="10.8.0.255") / ICMP(type=8)))
+    for dst in ("10.8.1.255", "192.0.2.0"):
+        assert guard.admits(bytes(IP(src="10.8.0.2", dst=dst) / UDP(dport=53)))
+    assert guard.admits(bytes(IPv6(src="fd00:8::2", dst="fd00:9::") / UDP(dport=53)))
+    assert guard.dropped == 4
+    # what a service answers from (PCP) stays the unicast addresses
+    assert IPv4Address("10.8.0.255").packed not in guard.own_addresses
+    assert IPv4Address("10.8.0.1").packed in guard.own_addresses
 
 
 def test_short_or_non_ip_packets_are_left_to_the_ingress_filter() -> None:

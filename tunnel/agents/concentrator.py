@@ -8,7 +8,8 @@ Inputs, each taking `now` (the loop's monotonic clock):
   TunnelConnection. Then `quic_event(connection, event, now)` for every aioquic event of it.
 - `from_tun(packets, now)`: packets read from the TUN, forwarded to their clients.
 - `handle_timer(now)` at `get_timer()`: reorder gaps given up, empty sessions expired.
-- `host_addresses_changed(addresses)`, `reload_crl(now)` (SIGHUP), `shutdown(now)`.
+- `host_addresses_changed(addresses)`, `host_macs_changed(macs)`, `reload_crl(now)` (SIGHUP),
+  `shutdown(now)`.
 Outputs: `next_action()` (Action, below: the edge transmits the connection it names, or rewrites
 the status file), `write_tun(write_batch)` (the packets for the TUN, counted by what it accepted),
 `get_timer()`, `status()` (the status file's clients, sessions, refusals, counters and CRL).
@@ -87,7 +88,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_network
 from typing import Any, Final
 
 from aioquic.quic import events as quic_events
@@ -108,7 +109,7 @@ from tunnel.policy.host_guard import HostGuard
 from tunnel.policy.inbound import LONG_ERROR_LIFETIME, Decision, InboundTable, Mapping
 from tunnel.policy.ingress import IngressFilter
 from tunnel.policy.log_budget import LogBudget
-from tunnel.policy.mac_filter import MacFilter, mac_text
+from tunnel.policy.mac_filter import MacFilter, MacOwners, mac_text
 from tunnel.policy.qos import QosPolicy, qos_label, qos_value, set_dscp
 from tunnel.policy.rate_limit import TokenBucket
 from tunnel.policy.tickets import TICKETS_PER_CLIENT, TicketIdentity, TicketStore
@@ -923,6 +924,9 @@ class ConcentratorCore:
         self._to_tun: list[tuple[bytes, _Client, bool]] = []  # (packet, client, is a reply)
         self._to_taps: list[tuple[bytes, _Client]] = []  # Ethernet clients' frames for the bridge
         self._static_macs = {c.name: c.macs for c in config.clients if c.macs}
+        # who holds which MAC across clients, so that none learns another's or the host's
+        # (tunnel/policy/mac_filter.py); a client's learned MACs outlive its reconnects there
+        self.mac_owners = MacOwners(self._static_macs)
         # The clients whose reorder buffer holds packets. Their deadlines are read afresh at
         # each get_timer: the timeout follows the RTTs (it may shorten on any send or loss),
         # and a deadline kept from the last arrival released a gap up to 0.5 s late.
@@ -1159,8 +1163,20 @@ class ConcentratorCore:
             self._unmapped(mapping, f"cannot listen: {reason}")
 
     def host_addresses_changed(self, addresses: Iterable[IPv4Address | IPv6Address]) -> None:
-        """The host's own addresses (all interfaces, netlink-followed) for `to_concentrator`."""
-        self.host_guard.update(addresses)
+        """The host's own addresses (all interfaces, netlink-followed) for `to_concentrator`.
+        An address given with its prefix (an IPv4Interface / IPv6Interface, as netlink reads
+        them) brings its prefix's broadcast, network and subnet-router anycast addresses, which
+        the kernel delivers locally too; one given bare that is the TUN's gets the TUN's prefix
+        from the configuration."""
+        tun = {interface.ip: interface for interface in self.config.tun.addresses}
+        self.host_guard.update(
+            a if isinstance(a, IPv4Interface | IPv6Interface) else tun.get(a, a) for a in addresses
+        )
+
+    def host_macs_changed(self, macs: Iterable[int]) -> None:
+        """The host's own MACs (its bridge's and TAPs', as 48-bit integers): no Ethernet client
+        may learn one (README "L2 mode"), and one a client learned already is taken back."""
+        self.mac_owners.set_host_macs(macs)
 
     def reload_crl(self, now: float) -> None:
         """SIGHUP: re-read the CRL file now, changed or not."""
@@ -1398,7 +1414,14 @@ class ConcentratorCore:
             payload=payload,
         )
         if payload is Payload.ETHERNET:
-            client.macs = MacFilter(self._static_macs.get(name, ()), self.config.l2.max_macs)
+            self.mac_owners.expire(now)  # a hold over must not come back to the client
+            client.macs = MacFilter(
+                self._static_macs.get(name, ()),
+                self.config.l2.max_macs,
+                owners=self.mac_owners,
+                client=name,
+            )
+            client.macs.last_frame = now  # a reconnect holds what it got back, sent or not
             self._actions.append(TapOpened(name, mode))
         else:
             self._actions.append(ClientArrived(name, self.addresses.prefixes_of(name)))
@@ -1492,6 +1515,9 @@ class ConcentratorCore:
         released = self.addresses.release(client.name)
         if client.payload is Payload.ETHERNET:
             self._actions.append(TapClosed(client.name))
+            if client.macs is not None:
+                # held a while, not freed: a reconnect must not let it (or another) take others
+                self.mac_owners.left(client.name, client.macs.last_frame)
         else:
             self._actions.append(ClientLeft(client.name, prefixes))
         log.info(
@@ -1773,10 +1799,13 @@ class ConcentratorCore:
         """An Ethernet client's frame: its source MAC must be the client's (the L2 ingress
         filter), then the rate limit, then its TAP, where the bridge forwards it."""
         learning = macs.learning
+        if learning:
+            self.mac_owners.expire(now)  # a gone client's MACs may be free for another by now
         if not macs.accept(frame):
             client.counters["mac_dropped"] += 1
             self.counters["mac_dropped"] += 1
             return
+        macs.last_frame = now
         if learning and not macs.learning:
             log.info(
                 "client macs locked client=%s macs=%s",

@@ -57,7 +57,7 @@ from tunnel.aio.deadline import DeadlineTimer
 from tunnel.aio.nat import Masquerade, NatError
 from tunnel.aio.netlink_watch import NetlinkWatch, local_address_watch
 from tunnel.aio.status import StatusWriter
-from tunnel.aio.tun import DeviceKind, TunDevice, TunError, bridge_problem
+from tunnel.aio.tun import DeviceKind, TunDevice, TunError, bridge_problem, interface_macs
 from tunnel.aio.udp import QuicDriver, QuicServer, run
 from tunnel.aio.workers import WorkerRoutes, WorkerSeat, supervise
 from tunnel.config import ConcentratorConfig
@@ -178,6 +178,7 @@ class ConcentratorProgram:
             problem = bridge_problem(config.l2.bridge)
             if problem is not None:
                 raise RuntimeFailure(problem)
+            self._tell_host_macs()
         # with workers, worker 0 installs the one table, which leaves every worker's TUN alone
         if config.nat and (self.seat is None or self.seat.routes_prefixes):
             tuns = [config.tun.name] if self.seat is None else self.seat.tun_names
@@ -331,8 +332,16 @@ class ConcentratorProgram:
             self.core.tap_failed(client, str(exc), self.loop.time())
             return
         self.taps[client] = tap
+        self._tell_host_macs()
         tap.start_reading(self._guarded(functools.partial(self._on_tap_frames, client)))
         log.info("tap up client=%s tap=%s mtu=%d bridge=%s", client, name, mtu, config.l2.bridge)
+
+    def _tell_host_macs(self) -> None:
+        """The bridge's and our TAPs' MACs to the core: an Ethernet client sourcing one would
+        pose as this host, the clients' gateway on the bridge (tunnel/policy/mac_filter.py)."""
+        bridge = self.config.l2.bridge
+        names = ([bridge] if bridge is not None else []) + [tap.name for tap in self.taps.values()]
+        self.core.host_macs_changed(interface_macs(names))
 
     def _tap_name(self) -> str:
         """`<tun.name>-N` with the smallest N not in use, cut to the 15 bytes of a name."""
@@ -349,6 +358,7 @@ class ConcentratorProgram:
         if tap is not None:
             tap.close()
             log.info("tap removed client=%s tap=%s", client, tap.name)
+            self._tell_host_macs()
 
     def _write_tap(self, client: str, frame: bytes) -> bool:
         tap = self.taps.get(client)

@@ -19,7 +19,7 @@ import logging
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address, ip_interface
 from typing import Final, Generic, TypeVar
 
 from pyroute2 import IPRoute
@@ -133,16 +133,27 @@ class NetlinkWatch(Generic[T]):
 
 def read_local_addresses() -> frozenset[IPv4Address | IPv6Address]:
     """Every address configured on this host (network namespace), any interface and family
-    (blocking: call from a thread with no event loop)."""
+    (blocking: call from a thread with no event loop). Each comes with its prefix length (an
+    IPv4Interface / IPv6Interface, which is an address too): the host guard derives from it the
+    broadcast, network and subnet-router anycast addresses the kernel also delivers locally
+    (tunnel/policy/host_guard.py). An IPv4 broadcast address set apart from the prefix's
+    (`ip addr add ... broadcast X`) comes as an address of its own."""
     found: set[IPv4Address | IPv6Address] = set()
     with IPRoute() as ipr:
         for message in ipr.get_addr():
             # IFA_LOCAL is the host's own address; IFA_ADDRESS is the peer's on point-to-point
             # links, and the only one IPv6 gives.
             text = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
-            if text is not None:
-                with contextlib.suppress(ValueError):
-                    found.add(ip_address(str(text).split("%")[0]))
+            if text is None:
+                continue
+            with contextlib.suppress(ValueError):
+                interface = ip_interface(f"{str(text).split('%')[0]}/{message['prefixlen']}")
+                found.add(interface)
+                broadcast = message.get_attr("IFA_BROADCAST")
+                if isinstance(interface, IPv4Interface) and broadcast is not None:
+                    custom = ip_address(str(broadcast))
+                    if custom != interface.network.broadcast_address:
+                        found.add(custom)
     return frozenset(found)
 
 

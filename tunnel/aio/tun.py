@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -397,6 +398,25 @@ def _bridge_problem(bridge: str) -> str | None:
                 "set l2.bridge to a bridge"
             )
     return None
+
+
+def interface_macs(names: Iterable[str], root: Path = Path("/sys/class/net")) -> list[int]:
+    """The MAC addresses (48-bit integers) of the interfaces `names` that exist and have one,
+    read from sysfs: the concentrator's bridge and TAPs, which no Ethernet client may take as
+    its own (README "L2 mode"). An interface gone meanwhile is left out."""
+    macs: list[int] = []
+    for name in names:
+        try:
+            text = (root / name / "address").read_text().strip()
+        except OSError:
+            continue
+        digits = text.replace(":", "")
+        if len(digits) == 12:
+            try:
+                macs.append(int(digits, 16))
+            except ValueError:
+                continue
+    return macs
 
 
 def _configure(
