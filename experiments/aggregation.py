@@ -34,6 +34,9 @@ from experiments import variants
 from experiments.flows import Flow, cpu_columns, flow_error, run_flow
 from experiments.procstat import CpuMeter
 from experiments.runner import (
+    NON_NEGATIVE,
+    PERCENT,
+    POSITIVE,
     Context,
     Experiment,
     ExperimentError,
@@ -268,4 +271,9 @@ EXPERIMENT = Experiment(
     session=session,
     summarize=summary_table,
     description="WiFi 50 + 5G 100 Mbit/s: session-mode aggregation vs MPTCP (active, backup)",
+    bounds={
+        **dict.fromkeys(("wifi_mbit", "fiveg_mbit", "duration_s"), POSITIVE),
+        "wifi_loss_pct": PERCENT,
+        "warmup_s": NON_NEGATIVE,
+    },
 )

@@ -28,6 +28,7 @@ t density: no SciPy in the environment) stays for the summaries' mean columns.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -53,7 +54,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from experiments.procstat import CPU_SATURATED_PCT
 from experiments.run_meta import ResultsError as ResultsError  # re-exported
-from experiments.run_meta import RunDirError, read_run_meta
+from experiments.run_meta import RunDirError, read_run_meta, read_text_file
 from experiments.schemas import TABLES
 from experiments.traffic import jain_index
 from experiments.video_abr import LADDER_MBPS
@@ -169,20 +170,45 @@ def load_csv(path: Path, schema: str) -> pd.DataFrame:
     """Read one results CSV and check it has every column of `schema` (see SCHEMAS)."""
     path = Path(path)
     required = TABLES[schema].required
-    if not path.is_file():
+    if not path.exists():
         raise ResultsError(f"{path} does not exist: the run has no {schema} results.")
+    hint = f"it should be the run's {schema} table as the experiment wrote it"
+    text = read_text_file(path, "results CSV", hint, ResultsError)
     try:
-        df = pd.read_csv(path, keep_default_na=True)
+        df = pd.read_csv(io.StringIO(text), keep_default_na=True)
     except pd.errors.EmptyDataError:
         raise ResultsError(
             f"{path} is empty: expected a header with {', '.join(required)}."
         ) from None
+    except pd.errors.ParserError as exc:  # a row with more fields than the header, say
+        reason = " ".join(str(exc).split())  # pandas ends its message with a newline
+        raise ResultsError(f"results CSV {path} is not valid CSV ({reason}): {hint}.") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ResultsError(
             f"{path} lacks column(s) {', '.join(missing)} required by the {schema} schema."
         )
     return df
+
+
+def _numbers(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """`column` of a results CSV as floats, an empty cell as NaN (no value: a run that did
+    not recover has no gap); ResultsError naming the file, column and line for a cell that is
+    neither, which coercing would quietly turn into "no value" (a corrupt gap into a run that
+    did not recover)."""
+    if column not in df.columns:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    values = df[column]
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        row = bad.to_numpy().nonzero()[0][0]
+        # the file's line: the header is line 1 (the runner writes no blank or multi-line rows)
+        raise ResultsError(
+            f"{path} line {row + 2}, column {column}: {values.iloc[row]!r} is not a number: "
+            "fix or empty that cell (empty means no value)."
+        )
+    return numbers
 
 
 def _as_bool(series: pd.Series) -> pd.Series:
@@ -199,7 +225,7 @@ LAB_CORES = 2
 (meta.json `cpu_cores`, from 2026-12-06)."""
 
 
-def _with_cpu_flag(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+def _with_cpu_flag(df: pd.DataFrame, run_dir: Path, table: str) -> pd.DataFrame:
     """`cpu_saturated` as booleans (false for runs written before the column existed), also
     true where the whole machine was saturated (procstat.machine_saturated), which runs
     written before 2026-12-06 did not flag themselves."""
@@ -212,7 +238,7 @@ def _with_cpu_flag(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
             cores = read_run_meta(run_dir).get("cpu_cores") or LAB_CORES
         except RunDirError:  # CSVs without their meta.json (copied out of a run)
             cores = LAB_CORES
-        host = pd.to_numeric(df["cpu_host_pct"], errors="coerce")
+        host = _numbers(df, "cpu_host_pct", Path(run_dir) / TABLES[table].file_name)
         df["cpu_saturated"] = df["cpu_saturated"] | (host >= CPU_SATURATED_PCT * int(cores))
     return df
 
@@ -220,12 +246,12 @@ def _with_cpu_flag(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
 def load_failover(run_dir: Path) -> pd.DataFrame:
     df = _load(run_dir, "failover")
     df["completed"] = _as_bool(df["completed"])
-    df["gap_ms"] = pd.to_numeric(df["gap_ms"], errors="coerce")
-    for column in ("goodput_after_gap_mbps",):
-        df[column] = pd.to_numeric(df.get(column, np.nan), errors="coerce")
+    path = Path(run_dir) / TABLES["failover"].file_name
+    for column in ("gap_ms", "goodput_after_gap_mbps"):
+        df[column] = _numbers(df, column, path)
     ablation = df.get("ablation_off", pd.Series("", index=df.index)).astype(object)
     df["ablation_off"] = ablation.where(ablation.notna(), "").astype(str)
-    return _with_cpu_flag(df, run_dir)
+    return _with_cpu_flag(df, run_dir, "failover")
 
 
 def load_failover_timeseries(run_dir: Path) -> pd.DataFrame:
@@ -246,11 +272,11 @@ def load_goodput(run_dir: Path) -> pd.DataFrame:
     for column in ("cc", "outer_cc", "loss_hiding"):
         values = df.get(column, pd.Series("", index=df.index)).astype(object)
         df[column] = values.where(values.notna(), "").astype(str)
-    return _with_cpu_flag(df, run_dir)
+    return _with_cpu_flag(df, run_dir, "goodput")
 
 
 def load_aggregation(run_dir: Path) -> pd.DataFrame:
-    return _with_cpu_flag(_load(run_dir, "aggregation"), run_dir)
+    return _with_cpu_flag(_load(run_dir, "aggregation"), run_dir, "aggregation")
 
 
 def load_ablation(run_dir: Path) -> pd.DataFrame:
@@ -1283,7 +1309,9 @@ def run_conditions(run_dir: Path) -> str:
         meta = load_meta(run_dir)
     except ResultsError:
         return ""
-    parameters = meta.get("parameters") or {}
+    parameters = meta.get("parameters")
+    if not isinstance(parameters, dict):  # a hand-edited meta.json: draw without them
+        parameters = {}
     parts = []
     runs = parameters.get("runs")
     if runs is not None:
@@ -1341,15 +1369,20 @@ def _save(fig: Figure, out_png: Path, run_dir: Path | None = None) -> Path:
     """Write the figure as PNG and, next to it, SVG (vector, for papers); with `run_dir`, the
     run's conditions (run_conditions) go in a footer."""
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     conditions = run_conditions(run_dir) if run_dir is not None else ""
     if conditions:
         add_footer(fig, conditions)
-    fig.savefig(out_png, dpi=120, bbox_inches="tight")
-    # No date and ids from a fixed salt: the same run draws the same bytes, so redrawing the
-    # committed figures (`make notebooks`) changes only those whose run changed.
-    with matplotlib.rc_context({"svg.hashsalt": "qtlab"}):
-        fig.savefig(out_png.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
+    try:
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=120, bbox_inches="tight")
+        # No date and ids from a fixed salt: the same run draws the same bytes, so redrawing
+        # the committed figures (`make notebooks`) changes only those whose run changed.
+        with matplotlib.rc_context({"svg.hashsalt": "qtlab"}):
+            fig.savefig(out_png.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
+    except OSError as exc:  # the .svg beside it a directory, a read-only place
+        raise ResultsError(
+            f"cannot write figure {exc.filename or out_png} ({exc.strerror}): give another path."
+        ) from None
     return out_png
 
 
@@ -1612,7 +1645,7 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
 
 # -- the workload experiment ----------------------------------------------------------------
 def load_workload(run_dir: Path) -> pd.DataFrame:
-    return _with_cpu_flag(_load(run_dir, "workload"), run_dir)
+    return _with_cpu_flag(_load(run_dir, "workload"), run_dir, "workload")
 
 
 def load_workload_calls(run_dir: Path) -> pd.DataFrame:
@@ -1870,6 +1903,8 @@ def figure_for_run(run_dir: Path, out_png: Path | None = None) -> Path:
             f"--out {out_png}: give a .png path (the figure is written as PNG, and as SVG "
             "next to it)."
         )
+    if out_png is not None and Path(out_png).is_dir():
+        raise UsageError(f"--out {out_png} is a directory: give the path of a .png file to write.")
     experiment = str(load_meta(run_dir).get("experiment", ""))
     draw = FIGURES.get(experiment)
     if draw is None:

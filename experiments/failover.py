@@ -56,6 +56,9 @@ from experiments.flows import (
 )
 from experiments.procstat import CpuMeter
 from experiments.runner import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Bounds,
     Context,
     Experiment,
     ExperimentError,
@@ -72,7 +75,14 @@ from experiments.schemas import (
     PMTU_COLUMNS,
     tables,
 )
-from experiments.traffic import Samples, delivery_gap, goodput_mbps, pad_bins
+from experiments.traffic import (
+    MAX_UDP_BYTES,
+    UDP_HEADER,
+    Samples,
+    delivery_gap,
+    goodput_mbps,
+    pad_bins,
+)
 from experiments.variants import BASELINES, CLIENT, Carrier, QtunVariant, wireguard_missing
 from testbed.fidelity import verify_accesses
 from testbed.lab import Lab
@@ -524,4 +534,12 @@ EXPERIMENT = Experiment(
     session=session,
     summarize=summary_table,
     description="server->client transfer while WiFi fails (link-down or blackhole) and returns",
+    bounds={
+        **dict.fromkeys(("down_at_s", "up_at_s", "duration_s", "probe_interval_s"), POSITIVE),
+        **dict.fromkeys(("sample_interval_s", "timeseries_interval_s", "udp_rate_mbit"), POSITIVE),
+        "udp_size_bytes": Bounds(UDP_HEADER.size, MAX_UDP_BYTES),
+        "fidelity_loss_burst": POSITIVE,
+        # 0: WireGuard sends no keepalive
+        **dict.fromkeys(("wg_keepalive_s", "wg_os_keepalive_s"), NON_NEGATIVE),
+    },
 )

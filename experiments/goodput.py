@@ -49,6 +49,10 @@ from typing import Any
 from experiments import flows, variants
 from experiments.procstat import CpuMeter
 from experiments.runner import (
+    NON_NEGATIVE,
+    PERCENT,
+    POSITIVE,
+    Bounds,
     Context,
     Experiment,
     ExperimentError,
@@ -59,7 +63,7 @@ from experiments.runner import (
     shipped_config,
 )
 from experiments.schemas import GOODPUT, GOODPUT_TIMESERIES, tables
-from experiments.traffic import Samples, goodput_mbps, pad_bins
+from experiments.traffic import MAX_UDP_BYTES, UDP_HEADER, Samples, goodput_mbps, pad_bins
 from experiments.variants import CLIENT, Modes, QtunVariant
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
@@ -385,4 +389,11 @@ EXPERIMENT = Experiment(
     description="goodput per mode and outer congestion control under loss x RTT, TCP and UDP",
     scenario_accesses=("wifi",),
     scenario_note="goodput runs with c1's 5G access down",
+    bounds={
+        "loss_pct": PERCENT,
+        **dict.fromkeys(("rtt_ms", "warmup_s"), NON_NEGATIVE),
+        **dict.fromkeys(("duration_s", "rate_mbit", "udp_rate_mbit"), POSITIVE),
+        "timeseries_interval_s": POSITIVE,
+        "udp_size_bytes": Bounds(UDP_HEADER.size, MAX_UDP_BYTES),
+    },
 )

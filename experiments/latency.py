@@ -34,6 +34,8 @@ from experiments import variants
 from experiments.flows import Flow, cpu_columns, flow_error, run_flow
 from experiments.procstat import CpuMeter
 from experiments.runner import (
+    NON_NEGATIVE,
+    POSITIVE,
     Context,
     Experiment,
     ExperimentError,
@@ -208,4 +210,8 @@ EXPERIMENT = Experiment(
     session=session,
     summarize=summary_table,
     description="ping RTT per mode, idle and under a bulk TCP load (latency inflation)",
+    bounds={
+        **dict.fromkeys(("rtt_ms", "warmup_s"), NON_NEGATIVE),
+        **dict.fromkeys(("rate_mbit", "queue_packets", "ping_count", "ping_interval_s"), POSITIVE),
+    },
 )

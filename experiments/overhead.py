@@ -64,6 +64,8 @@ from aioquic.buffer import size_uint_var
 
 from experiments.flows import Flow, flow_error, run_flow
 from experiments.runner import (
+    NON_NEGATIVE,
+    POSITIVE,
     Context,
     Experiment,
     ExperimentError,
@@ -451,6 +453,10 @@ EXPERIMENT = Experiment(
     summarize=summary_table,
     quick={"runs": 1, "payloads": [64, 512, 1200], "udp_seconds": 1.0, "bulk_bytes": 3_000_000},
     description="per-packet and per-byte overhead on the wire per mode, from pcaps",
+    bounds={
+        **dict.fromkeys(("udp_pps", "udp_seconds", "bulk_bytes", "rate_mbit"), POSITIVE),
+        "delay_ms": NON_NEGATIVE,
+    },
 )
 
 

@@ -41,7 +41,9 @@ import contextlib
 import copy
 import csv
 import hashlib
+import io
 import json
+import math
 import os
 import platform
 import socket
@@ -55,7 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from experiments.run_meta import read_run_meta
+from experiments.run_meta import read_run_meta, read_text_file
 from experiments.text_columns import align
 from testbed.hosts import CongestionControlError, check_congestion_control
 from testbed.paths import EXPERIMENT_CONFIGS, REPO_ROOT
@@ -86,6 +88,34 @@ TYPE_NAMES = {
 
 class ExperimentError(UsageError):
     """A mistake in how an experiment was asked for (parameter, shard, resume dir): one sentence."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a parameter may take (or, for a list parameter, each of its numbers): an
+    experiment declares them beside its defaults (`Experiment.bounds`) and resolve_params
+    refuses any other before a lab is built. Every number parameter must be finite anyway."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # `low` itself is refused too (a duration, an interval, a rate)
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"between {self.low:g} and {self.high:g}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"<= {self.high:g}" if self.high is not None else "any"
+
+
+POSITIVE = Bounds(0, low_open=True)  # durations, intervals, rates, sizes, counts
+NON_NEGATIVE = Bounds(0)  # a start time or a warm-up that may be 0
+PERCENT = Bounds(0, 100)
 
 
 @dataclass(frozen=True)
@@ -145,6 +175,14 @@ class Experiment(Generic[S]):
     # end before each point's traffic (its "duration_s" parameter) does.
     scenario_accesses: tuple[str, ...] = ACCESSES
     scenario_note: str = ""
+    # The range of a number parameter (or of each number of a list parameter), checked by
+    # resolve_params; a parameter not named here need only be finite.
+    bounds: dict[str, Bounds] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.bounds) - set(self.defaults))
+        if unknown:  # a typo would leave the parameter it meant unchecked
+            raise ValueError(f"experiment {self.name}: bounds for unknown {unknown}.")
 
     @property
     def primary(self) -> str:
@@ -191,10 +229,9 @@ def _merge_table(old: dict[str, Any], new: dict[str, Any], deep: bool) -> dict[s
 
 
 def load_config(path: Path, experiment: str) -> Params:
+    text = read_text_file(path, "config", "give a readable UTF-8 TOML file", ExperimentError)
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ExperimentError(f"cannot read config {path}: {exc.strerror}.") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"config {path} is not valid TOML: {exc}.") from None
     section = data.get(experiment)
@@ -257,7 +294,49 @@ def resolve_params(
     params["quick"] = quick
     if not 1 <= int(params.get("runs", 1)) <= MAX_RUNS:
         raise ExperimentError(f"runs must be between 1 and {MAX_RUNS}.")
+    check_bounds(exp, params)
     return params
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_bounds(exp: Experiment[S], params: Params) -> None:
+    """Every number parameter (and every number of a list parameter) finite and within the
+    experiment's declared `bounds`: nan, inf or a zero interval would reach the lab otherwise,
+    and hang it or measure nothing."""
+    for key, value in params.items():
+        bounds = exp.bounds.get(key, Bounds())
+        numbers = [v for v in value if _is_number(v)] if isinstance(value, list) else [value]
+        for number in filter(_is_number, numbers):
+            if not math.isfinite(number) or not bounds.admits(number):
+                each = "each of its numbers" if isinstance(value, list) else "it"
+                unit = f" {unit_of(key)}" if unit_of(key) else ""
+                wanted = "" if bounds == Bounds() else f" {bounds}{unit}"
+                raise ExperimentError(
+                    f"parameter {key} is {number!r}: {each} must be a finite number{wanted}."
+                )
+
+
+def some_points(exp: Experiment[S], params: Params) -> list[Point]:
+    """The sweep's points; ExperimentError, naming the empty list parameter, when there is
+    none: a run that measures nothing would still build a lab and report success."""
+    points = exp.points(params)
+    if not points:
+        empty = [k for k, v in params.items() if isinstance(v, list) and not v]
+        several = len(empty) > 1
+        named = (
+            f"parameter{'s' if several else ''} {' and '.join(empty)} "
+            f"{'are' if several else 'is'} empty"
+            if empty
+            else "these parameters select no point"
+        )
+        raise ExperimentError(
+            f"{named}: the {exp.name} run would measure nothing; give at least one value "
+            f"(`qtlab run {exp.name} --help` lists the defaults)."
+        )
+    return points
 
 
 def check_lab_params(params: Params, kernel: bool = True) -> None:
@@ -323,12 +402,17 @@ def done_keys(run_dir: Path, exp: Experiment[S]) -> set[tuple[str, ...]]:
     path = run_dir / f"{exp.primary}.csv"
     if not path.exists():
         return set()
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
+    # the points measured so far are in it: say what is wrong, never write over it
+    hint = "repair it (it holds the points measured so far) or start a new run without --resume"
+    text = read_text_file(path, "results CSV", hint, ExperimentError)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in exp.key_columns if c not in (reader.fieldnames or [])]
         if missing:
             raise ExperimentError(f"{path} lacks the key column(s) {', '.join(missing)}.")
         return {tuple(row[c] for c in exp.key_columns) for row in reader}
+    except csv.Error as exc:
+        raise ExperimentError(f"results CSV {path} is not valid CSV ({exc}): {hint}.") from None
 
 
 class TableWriter:
@@ -492,7 +576,7 @@ def execute(
     if executor is None:
         # a mistake in the parameters is said before "needs root"
         check_lab_params(params, kernel=False)
-        exp.points(params)
+        some_points(exp, params)
         if exp.session is not None and os.geteuid() != 0:
             raise RuntimeFailure(f"experiment {exp.name} needs root (Mininet): run it with sudo.")
         return run_experiment(exp, params, shard, resume, root, progress, extra_meta, scenario_text)
@@ -506,6 +590,7 @@ def execute(
         )
     from experiments.ray_executor import run_on_ray
 
+    some_points(exp, params)
     return run_on_ray(exp, params, executor, root, progress, extra_meta)
 
 
@@ -532,7 +617,12 @@ def run_experiment(
         run_dir = resume
         meta = read_run_meta(resume)
         if meta.get("experiment") != exp.name:
-            raise ExperimentError(f"--resume {resume}: that is a {meta.get('experiment')} run.")
+            recorded = meta.get("experiment")
+            what = f"a {recorded} run" if recorded else "no experiment's run (meta.json names none)"
+            raise ExperimentError(
+                f"--resume {resume}: that is {what}, not {exp.name}'s: resume it with its own "
+                "experiment, or give a run directory of this one."
+            )
         commit, dirty = git_state()
         check_resumable(resume, meta, shard, commit)
         meta.setdefault("resumed", []).append(
@@ -638,12 +728,11 @@ def scenario_for_run(
 
 
 def recorded_scenario_text(run_dir: Path) -> str | None:
-    """The scenario text a run's meta.json recorded, or None."""
-    with contextlib.suppress(OSError, json.JSONDecodeError):
-        meta = json.loads((Path(run_dir) / "meta.json").read_text())
-        recorded = meta.get("scenario") if isinstance(meta, dict) else None
-        if isinstance(recorded, dict) and isinstance(recorded.get("toml"), str):
-            return str(recorded["toml"])
+    """The scenario text a run's meta.json recorded, or None (RunDirError, one sentence, when
+    the directory is not a run: a resume or rerun of it could not go on anyway)."""
+    recorded = read_run_meta(Path(run_dir)).get("scenario")
+    if isinstance(recorded, dict) and isinstance(recorded.get("toml"), str):
+        return str(recorded["toml"])
     return None
 
 

@@ -56,6 +56,7 @@ SAMPLE_INTERVAL_S = 0.01
 GRACE_S = 0.5  # the receiver listens this long after the sender's deadline
 CONNECT_WINDOW_S = 10.0  # how long either side waits for the other to show up
 UDP_HEADER = struct.Struct("!QQ")  # sequence number, sender's monotonic time in ns
+MAX_UDP_BYTES = 65000  # a datagram's payload: under IPv4's 65507, with room for a tunnel's header
 REQUEST = b"qex-start"
 
 
@@ -565,8 +566,12 @@ def _run(args: argparse.Namespace) -> int:
             args.parallel,
         )
     elif args.command == "udp-send":
-        if not UDP_HEADER.size <= args.size <= 65000 or args.rate_mbit <= 0:
-            print("traffic: error: --size must be 16..65000 and --rate-mbit > 0.", file=sys.stderr)
+        if not UDP_HEADER.size <= args.size <= MAX_UDP_BYTES or args.rate_mbit <= 0:
+            print(
+                f"traffic: error: --size must be {UDP_HEADER.size}..{MAX_UDP_BYTES} and "
+                "--rate-mbit > 0.",
+                file=sys.stderr,
+            )
             return 2
         result = udp_send(
             args.bind, args.port, args.start_at, args.duration, args.rate_mbit, args.size

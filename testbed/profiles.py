@@ -7,6 +7,7 @@ operator; override any field per link (`profile("wifi", delay_ms=30)`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from tunnel.user_error import UsageError
@@ -51,8 +52,12 @@ class LinkProfile:
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms", "rate_mbit"):
-            if getattr(self, name) < 0:
-                raise ProfileError(f"{name} must be >= 0, got {getattr(self, name)}.")
+            # finite too: nan passes `< 0`, and inf (or 1e400) would reach the shaper as a
+            # delay or rate it cannot keep (the percentages' 0-100 range refuses both)
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ProfileError(
+                    f"{name} must be a finite number >= 0, got {getattr(self, name)}."
+                )
         for name in ("loss_pct", "ge_p_pct", "ge_r_pct", "ge_good_loss_pct", "ge_bad_loss_pct"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ProfileError(f"{name} must be between 0 and 100, got {getattr(self, name)}.")
@@ -137,8 +142,8 @@ def parse_overrides(text: str) -> dict[str, float | int | bool | str]:
             raise ProfileError(
                 f"bad override {item!r}: write field=value with a field from {sorted(types)}."
             )
+        kind = types[key]
         try:
-            kind = types[key]
             if kind == "bool":
                 out[key] = value.lower() in ("1", "true", "yes", "on")
             elif kind == "int":
@@ -148,5 +153,6 @@ def parse_overrides(text: str) -> dict[str, float | int | bool | str]:
             else:
                 out[key] = float(value)
         except ValueError:
-            raise ProfileError(f"bad value in {item!r}: not a number.") from None
+            wanted = f"{key} must be a whole number" if kind == "int" else "not a number"
+            raise ProfileError(f"bad value in {item!r}: {wanted}.") from None
     return out

@@ -28,6 +28,7 @@ import itertools
 import math
 import os
 import random
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ TRACE_DIR = REPO_ROOT / "build" / "traces"
 OPPORTUNITY_BYTES = 1500
 SLOT_MS = 100
 DURATION_MS = 20_000
+# The longest loop a trace may have: an hour. Recorded traces (Mahimahi's cellular drives) last
+# minutes, so this refuses only a typo (1e11 ms is three years); window_rates_mbit keeps 16
+# bytes per millisecond of the loop, so an hour costs it under 60 MB where 1e11 ms would ask
+# for terabytes and fail with a MemoryError.
+MAX_PERIOD_MS = 3_600_000
 
 
 class TraceError(UsageError):
@@ -124,20 +130,30 @@ def window_rates_mbit(times: list[int], window_ms: int) -> tuple[float, float]:
     """The lowest and highest rate of a looped trace over any `window_ms` of it: what a
     measurement that long can see, wherever in the loop it falls."""
     period = times[-1]
-    per_ms = [0] * period
+    # machine integers, not lists of Python ints: a trace may loop over up to MAX_PERIOD_MS
+    per_ms = array("q", bytes(8 * period))
     for t in times:  # the last line is an opportunity too, at the loop's restart
         per_ms[t % period] += 1
     loops, rest = divmod(window_ms, period)
-    prefix = list(itertools.accumulate(per_ms + per_ms, initial=0))
-    counts = [loops * len(times) + prefix[t + rest] - prefix[t] for t in range(period)]
+    prefix = array("q", itertools.accumulate(per_ms, initial=0))
+    del per_ms
+
+    def count(t: int) -> int:  # opportunities in [t, t + window_ms), the loop wrapping round
+        end = t + rest
+        wrapped = prefix[period] + prefix[end - period] if end > period else prefix[end]
+        return loops * len(times) + wrapped - prefix[t]
+
     to_mbit = OPPORTUNITY_BYTES * 8 / (window_ms / 1000) / 1e6
-    return min(counts) * to_mbit, max(counts) * to_mbit
+    low = min(count(t) for t in range(period))
+    high = max(count(t) for t in range(period))
+    return low * to_mbit, high * to_mbit
 
 
 def read_trace(path: Path) -> list[int]:
     """The opportunity times of a trace file; TraceError if it is not a usable trace."""
     try:
-        lines = path.read_text().split()
+        # bytes, as the shaper reads it: a file that is not text is then just not a trace
+        lines = path.read_bytes().split()
     except OSError as exc:
         raise TraceError(
             f"cannot read trace {path} ({exc.strerror}): give a readable file"
@@ -148,9 +164,19 @@ def read_trace(path: Path) -> list[int]:
         raise TraceError(
             f"{path} is not a Mahimahi trace: each line must be one integer, a time in ms"
         ) from None
-    if not times or times[-1] <= 0 or any(b < a for a, b in itertools.pairwise(times)):
+    if (
+        not times
+        or times[0] < 0
+        or times[-1] <= 0
+        or any(b < a for a, b in itertools.pairwise(times))
+    ):
         raise TraceError(
-            f"{path} is not a usable trace: give non-decreasing times in ms ending after 0"
+            f"{path} is not a usable trace: give non-decreasing times in ms from 0, ending after 0"
+        )
+    if times[-1] > MAX_PERIOD_MS:
+        raise TraceError(
+            f"{path} loops every {times[-1]} ms, more than the {MAX_PERIOD_MS} ms (an hour) a "
+            "trace may last: check its times are in ms"
         )
     return times
 

@@ -17,6 +17,7 @@ from experiments.analysis import ResultsError
 from experiments.run_meta import RunDirError
 from experiments.runner import get_experiment
 from experiments.schemas import AGGREGATION, CPU_COLUMNS, FAILOVER, GOODPUT, TABLES, Table
+from tunnel.user_error import UsageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -884,3 +885,49 @@ def test_a_run_from_before_the_machine_flag_gets_it_when_it_loads(tmp_path: Path
     (bigger / "meta.json").write_text(json.dumps({"experiment": "aggregation", "cpu_cores": 4}))
     write_csv(bigger / "aggregation.csv", header, rows)
     assert analysis.load_aggregation(bigger)["cpu_saturated"].tolist() == [False, False]
+
+
+def test_unreadable_results_files_are_one_sentence_naming_the_file(tmp_path: Path) -> None:
+    """A results CSV that is a directory, not UTF-8 or has a row with extra fields: one
+    sentence naming it (a directory is not said to be missing), never a traceback."""
+    run = make_run(tmp_path, "failover", "20261206-100000")
+    path = run / "failover.csv"
+    path.mkdir()
+    with pytest.raises(ResultsError, match=r"failover\.csv \(Is a directory\)"):
+        analysis.load_failover(run)
+    path.rmdir()
+    path.write_bytes(b"\xff\xfe" + ",".join(FAILOVER_HEADER).encode())
+    with pytest.raises(ResultsError, match=r"failover\.csv is not UTF-8 text \(byte 0xff"):
+        analysis.load_failover(run)
+    write_failover_run(run)
+    with path.open("a") as f:
+        f.write(",".join(map(str, failover_row("plain", 9, "", False))) + ",1,2,3,4,5,6\n")
+    with pytest.raises(ResultsError, match=r"failover\.csv is not valid CSV \(.*Expected"):
+        analysis.load_failover(run)
+    (tmp_path / "x.png").mkdir()
+    write_failover_run(run)
+    with pytest.raises(UsageError, match=r"x\.png is a directory: give the path of a \.png file"):
+        analysis.figure_for_run(run, tmp_path / "x.png")
+
+
+def test_a_corrupt_number_is_refused_not_taken_for_no_value(tmp_path: Path) -> None:
+    """gap_ms "abc" must not turn a recovered run into one that did not recover: the file,
+    column and line are named; an empty cell stays "no value"."""
+    write_failover_run(tmp_path)
+    rows = list(csv.reader((tmp_path / "failover.csv").open()))
+    rows[2][FAILOVER_HEADER.index("gap_ms")] = "abc"
+    write_csv(tmp_path / "failover.csv", rows[0], rows[1:])
+    with pytest.raises(ResultsError, match=r"failover\.csv line 3, column gap_ms: 'abc' is not"):
+        analysis.load_failover(tmp_path)
+    write_csv(tmp_path / "failover.csv", [*FAILOVER_HEADER, "cpu_host_pct"], [
+        [*failover_row("plain", 0, "", False), "busy"]
+    ])  # fmt: skip
+    with pytest.raises(ResultsError, match="line 2, column cpu_host_pct: 'busy'"):
+        analysis.load_failover(tmp_path)
+
+
+def test_a_meta_json_whose_parameters_are_not_a_table_draws_without_them(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "meta.json").write_text(json.dumps({"parameters": "x", "backend": "wire"}))
+    assert analysis.run_conditions(tmp_path) == "shaping wire"

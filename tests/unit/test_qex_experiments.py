@@ -17,6 +17,7 @@ from experiments.runner import (
     Point,
     get_experiment,
     resolve_params,
+    some_points,
 )
 from testbed.lab import Lab
 from testbed.paths import EXPERIMENT_CONFIGS
@@ -363,3 +364,37 @@ def test_the_os_removes_and_restores_a_failed_access(
     recorder.lines.clear()
     os_config.up("wifi")
     assert [line for _, line in recorder.lines] == [x.replace(" del ", " replace ") for x in down]
+
+
+@pytest.mark.parametrize(
+    ("name", "sets", "message"),
+    [
+        ("failover", ["duration_s=inf"], "parameter duration_s is inf"),
+        ("failover", ["duration_s=1e999"], "parameter duration_s is inf"),
+        ("failover", ["sample_interval_s=0"], "sample_interval_s is 0.0: it must be a finite"),
+        ("failover", ["sample_interval_s=-1"], "sample_interval_s is -1.0"),
+        ("failover", ["udp_rate_mbit=-1"], r"udp_rate_mbit is -1\.0: .* > 0 Mbit/s"),
+        ("failover", ["udp_rate_mbit=nan"], "udp_rate_mbit is nan"),
+        ("failover", ["udp_size_bytes=0"], "between 16 and 65000 bytes"),
+        ("goodput", ["timeseries_interval_s=0"], "timeseries_interval_s is 0.0"),
+        ("goodput", ["rate_mbit=-50"], "rate_mbit is -50.0"),
+        ("aggregation", ["wifi_loss_pct=500"], "wifi_loss_pct is 500.0: .* between 0 and 100"),
+        ("aggregation", ["duration_s=0"], "duration_s is 0.0"),
+        ("latency", ["queue_packets=-1"], "queue_packets is -1"),
+        ("overhead", ["udp_pps=0"], "udp_pps is 0"),
+    ],
+)
+def test_out_of_range_parameters_never_reach_a_lab(
+    name: str, sets: list[str], message: str
+) -> None:
+    with pytest.raises(ExperimentError, match=message):
+        resolve_params(get_experiment(name), sets=sets)
+
+
+@pytest.mark.parametrize("sets", [["variants=[]"], ["traffic=[]"]])
+def test_a_failover_run_of_no_point_is_refused(sets: list[str]) -> None:
+    exp = get_experiment("failover")
+    # --quick has no ablation variants: an empty `variants` leaves none either
+    with pytest.raises(ExperimentError, match="empty: the failover run would measure nothing") as e:
+        some_points(exp, resolve_params(exp, quick=True, sets=sets))
+    assert sets[0].split("=")[0] in str(e.value)

@@ -10,12 +10,16 @@ import pytest
 
 from experiments.run_meta import RunDirError
 from experiments.runner import (
+    NON_NEGATIVE,
+    PERCENT,
+    POSITIVE,
     Context,
     Experiment,
     ExperimentError,
     Point,
     PointResult,
     check_lab_params,
+    execute,
     parse_shard,
     parse_value,
     point_seed,
@@ -336,3 +340,59 @@ def test_rerun_repeats_a_run_with_its_recorded_parameters(
     assert meta["rerun_of"]["run"] == str(first.run_dir)
     with pytest.raises(RunDirError, match="does not exist"):
         runner.rerun(tmp_path / "nowhere")
+
+
+def test_unreadable_config_meta_and_results_are_one_sentence(tmp_path: Path) -> None:
+    """A --config or meta.json that is not UTF-8, a --resume whose results CSV is a directory
+    or not UTF-8, a meta.json naming no experiment: one sentence naming the file, and the run
+    directory left as it was."""
+    config = tmp_path / "latin1.toml"
+    config.write_bytes(b'label = "caf\xe9"\n')
+    with pytest.raises(ExperimentError, match=r"config .*latin1\.toml is not UTF-8 text"):
+        resolve_params(toy([]), config=config)
+    exp = toy([])
+    first = run_experiment(exp, resolve_params(exp), root=tmp_path, progress=False).run_dir
+    meta = (first / "meta.json").read_bytes()
+    (first / "toy.csv").unlink()
+    (first / "toy.csv").mkdir()
+    with pytest.raises(ExperimentError, match=r"toy\.csv \(Is a directory\): repair it"):
+        run_experiment(exp, resolve_params(exp), resume=first, root=tmp_path, progress=False)
+    (first / "toy.csv").rmdir()
+    (first / "toy.csv").write_bytes(b"size,run\n\xff,1\n")
+    with pytest.raises(ExperimentError, match=r"toy\.csv is not UTF-8 text \(byte 0xff"):
+        run_experiment(exp, resolve_params(exp), resume=first, root=tmp_path, progress=False)
+    assert (first / "meta.json").read_bytes() == meta  # nothing recorded as resumed
+    (first / "meta.json").write_bytes(b'{"experiment": "\xff"}')
+    with pytest.raises(RunDirError, match=r"meta\.json is not UTF-8 text"):
+        run_experiment(exp, resolve_params(exp), resume=first, root=tmp_path, progress=False)
+    (first / "meta.json").write_text("{}")
+    with pytest.raises(ExperimentError, match="that is no experiment's run"):
+        run_experiment(exp, resolve_params(exp), resume=first, root=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["scale=inf"], "parameter scale is inf: it must be a finite number."),
+        (["scale=1e999"], "parameter scale is inf"),
+        (["scale=nan"], "parameter scale is nan"),
+        (["scale=0"], r"parameter scale is 0\.0: it must be a finite number > 0\."),
+        (["wait_s=-1"], r"wait_s is -1\.0: it must be a finite number >= 0 s\."),
+        (["loss_pct=[1, 500]"], "each of its numbers must be a finite number between 0 and 100 %"),
+    ],
+)
+def test_numbers_are_finite_and_within_their_declared_bounds(sets: list[str], message: str) -> None:
+    exp = toy([])
+    exp.defaults = {**DEFAULTS, "wait_s": 1.0, "loss_pct": [0.0]}
+    exp.bounds = {"scale": POSITIVE, "wait_s": NON_NEGATIVE, "loss_pct": PERCENT}
+    with pytest.raises(ExperimentError, match=message):
+        resolve_params(exp, sets=sets)
+    with pytest.raises(ValueError, match="bounds for unknown"):
+        Experiment(**{**vars(exp), "bounds": {"nope": POSITIVE}})
+
+
+def test_a_run_of_no_point_is_refused_naming_the_empty_list(tmp_path: Path) -> None:
+    exp = toy([])
+    with pytest.raises(ExperimentError, match="parameter sizes is empty: the toy run would"):
+        execute(exp, resolve_params(exp, sets=["sizes=[]"]), root=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []

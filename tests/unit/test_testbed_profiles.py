@@ -56,6 +56,10 @@ def test_unknown_profile_and_field_get_clear_errors() -> None:
         {"trace": "5g-walk", "rate_mbit": 10},  # a trace gives the rate
         {"mtu_bytes": 575},  # below what every IPv4 host must accept
         {"mtu_bytes": 1501},  # more than the lab's veths carry
+        {"delay_ms": float("nan")},  # passes every `< 0`
+        {"rate_mbit": float("inf")},
+        {"delay_ms": 1e400},  # inf once parsed
+        {"jitter_ms": float("nan")},
     ],
 )
 def test_impossible_values_are_refused(bad: dict[str, float]) -> None:
@@ -87,3 +91,10 @@ def test_gilbert_elliott_mean_loss_is_the_stationary_mix() -> None:
     mixed = LinkProfile(ge_p_pct=10, ge_r_pct=30, ge_bad_loss_pct=50, ge_good_loss_pct=2)
     assert mixed.mean_loss_pct == pytest.approx(0.25 * 50 + 0.75 * 2)
     assert LinkProfile(loss_pct=3).mean_loss_pct == 3
+
+
+def test_an_override_names_what_is_wrong_with_its_value() -> None:
+    with pytest.raises(ProfileError, match="queue_packets must be a whole number"):
+        parse_overrides("queue_packets=1.5")
+    with pytest.raises(ProfileError, match="delay_ms must be a finite number >= 0, got nan"):
+        parse_profile_args(["wifi=wifi,delay_ms=nan"])

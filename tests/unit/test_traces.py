@@ -127,3 +127,28 @@ def test_a_trace_goes_to_the_wire_and_not_to_netem(tmp_path: Path) -> None:
     assert wire_settings(LinkProfile())["trace"] == ""
     with pytest.raises(ShapingError, match="wire backend"):
         netem_args(LinkProfile(trace=str(good)))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"-5\n10\n", "non-decreasing times in ms from 0"),  # a negative time
+        (b"\xff\xfe1\n", "is not a Mahimahi trace"),  # not text at all
+        (b"1\n100000000000\n", r"loops every 100000000000 ms, more than the 3600000 ms"),
+    ],
+)
+def test_impossible_traces_are_one_sentence(tmp_path: Path, content: bytes, message: str) -> None:
+    """Not a traceback, and no MemoryError from window_rates_mbit for a 3-year loop."""
+    path = tmp_path / "t.trace"
+    path.write_bytes(content)
+    with pytest.raises(TraceError, match=message):
+        trace_path(str(path))
+
+
+def test_window_rates_of_a_long_loop_stay_small() -> None:
+    """An hour's loop (the longest a trace may have) in machine integers: the least and most
+    over 10 s, and the same answer as counting by hand for a short one."""
+    low, high = window_rates_mbit([0, 5, 1000, traces.MAX_PERIOD_MS], 10_000)
+    # the most: 0, 5, 1000 and the last line (the loop's restart, at 0 again)
+    assert low == 0.0 and high == pytest.approx(4 * OPPORTUNITY_BYTES * 8 / 10 / 1e6)
+    assert window_rates_mbit([3, 7, 10], 4) == pytest.approx((3.0, 6.0))
