@@ -161,3 +161,30 @@ def test_sigterm_stops_cleanly_and_the_status_has_every_key(tmp_path: Path) -> N
     assert set(status) == STATUS_KEYS and status["state"] == "stopped"
     (access,) = status["accesses"]  # type: ignore[misc]
     assert access["name"] == "default" and not access["connected"]
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_before_the_first_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tls.key of another pair than tls.cert: TLS loads both without comparing, and the
+    concentrator then refused every handshake, the client retrying for ever without a word on
+    its files."""
+
+    def connect(self: ClientAgent, now: float) -> None:
+        raise AssertionError("the client started connecting")
+
+    monkeypatch.setattr(ClientAgent, "start", connect)
+    config = _config(tmp_path)
+    _, other = throwaway_certificate("another.test")  # another pair (one is made per name)
+    (tmp_path / "other.pem").write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    config = dataclasses.replace(
+        config, tls=dataclasses.replace(config.tls, key=tmp_path / "other.pem")
+    )
+    with pytest.raises(ConfigError, match=r"tls.key .*other.pem is not the key of tls.cert"):
+        _run(config)

@@ -13,9 +13,14 @@ import pytest
 
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.aio.concentrator import ConcentratorProgram
-from tunnel.aio.concentrator_setup import IP_FORWARD_SYSCTLS, auto_tun_mtu, read_ip_forward
+from tunnel.aio.concentrator_setup import (
+    IP_FORWARD_SYSCTLS,
+    auto_tun_mtu,
+    quic_configuration,
+    read_ip_forward,
+)
 from tunnel.aio.tun import TunDevice
-from tunnel.config import ConcentratorConfig
+from tunnel.config import ConcentratorConfig, ConfigError
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, packet_datagram_budget
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
@@ -133,3 +138,11 @@ def test_observability_errors_name_the_key_and_come_before_the_tun(
         with pytest.raises(RuntimeFailure) as info:
             asyncio.run(main(concentrator_config(lab_certs, override)))
         assert str(info.value) == sentence
+
+
+def test_a_key_that_is_not_the_certificates_is_refused(lab_certs: Path) -> None:
+    """tls.key of another pair (here a client's) than tls.cert: every client's handshake would
+    fail at its CertificateVerify, without a word on the concentrator's files."""
+    config = concentrator_config(lab_certs, f"tls.key={lab_certs / 'alice.key'}")
+    with pytest.raises(ConfigError, match=r"tls.key .*alice.key is not the key of tls.cert"):
+        quic_configuration(config)

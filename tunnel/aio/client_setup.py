@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tunnel.aio.qlog import BoundedQlogLogger
 from tunnel.aio.status import open_private
@@ -69,6 +70,28 @@ def check_ca_file(ca: Path) -> None:
         ) from None
 
 
+def check_key_pair(configuration: QuicConfiguration, cert: Path, key: Path) -> None:
+    """Refuse a tls.key that is not tls.cert's (both programs): TLS loads them without
+    comparing, and the handshake then fails at the peer (CertificateVerify), again at every
+    reconnection, without naming either file (found by a review)."""
+    certificate, private_key = configuration.certificate, configuration.private_key
+    if certificate is None or private_key is None:
+        return
+
+    def spki(public_key: Any) -> bytes:
+        return bytes(
+            public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    if spki(certificate.public_key()) != spki(private_key.public_key()):
+        raise ConfigError(
+            f"tls.key {key} is not the key of tls.cert {cert}: give the certificate and the key "
+            "made together (scripts/make-certs)"
+        )
+
+
 def quic_configuration(
     config: ClientConfig, keylog: TextIO | None, qlog: BoundedQlogLogger | None
 ) -> QuicConfiguration:
@@ -95,6 +118,7 @@ def quic_configuration(
             f"cannot load the TLS files ({exc}): check tls.ca, tls.cert and tls.key or make new "
             "ones with scripts/make-certs"
         ) from None
+    check_key_pair(configuration, tls.cert, tls.key)
     configuration.verify_mode = ssl.CERT_REQUIRED
     return configuration
 
@@ -144,6 +168,7 @@ __all__ = [
     "address_text",
     "bind_access",
     "check_ca_file",
+    "check_key_pair",
     "concentrator_remote",
     "open_observability",
     "quic_configuration",

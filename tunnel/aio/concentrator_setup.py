@@ -14,7 +14,7 @@ from typing import IO, Any, Final
 from aioquic.quic.configuration import QuicConfiguration
 
 from tunnel.agents.concentrator import PeerQuicConnection
-from tunnel.aio.client_setup import open_observability
+from tunnel.aio.client_setup import check_key_pair, open_observability
 from tunnel.aio.udp import EndpointError, QuicDriver, QuicServer, UdpEndpoint
 from tunnel.aio.workers import WorkerSeat
 from tunnel.config import ConcentratorConfig, ConfigError
@@ -109,6 +109,7 @@ def quic_configuration(config: ConcentratorConfig) -> tuple[QuicConfiguration, I
             f"tls.cert {config.tls.cert} / tls.key {config.tls.key} cannot be loaded "
             f"({exc}): give the concentrator certificate and key made by scripts/make-certs"
         ) from None
+    check_key_pair(quic_config, config.tls.cert, config.tls.key)
     keylog, quic_config.quic_logger = open_observability(config.observability)
     quic_config.secrets_log_file = keylog
     return quic_config, keylog
