@@ -153,11 +153,14 @@ def read_trace(path: Path) -> list[int]:
     """The opportunity times of a trace file; TraceError if it is not a usable trace."""
     try:
         # bytes, as the shaper reads it: a file that is not text is then just not a trace
-        lines = path.read_bytes().split()
+        data = path.read_bytes()
     except OSError as exc:
         raise TraceError(
             f"cannot read trace {path} ({exc.strerror}): give a readable file"
         ) from None
+    # line by line as qtwire.c's read_trace: one time per line, empty lines and lines starting
+    # with "#" skipped (so a trace the shaper plays is one this check accepts)
+    lines = [line for line in data.splitlines() if line.strip() and not line.startswith(b"#")]
     try:
         times = [int(line) for line in lines]
     except ValueError:

@@ -152,3 +152,15 @@ def test_window_rates_of_a_long_loop_stay_small() -> None:
     # the most: 0, 5, 1000 and the last line (the loop's restart, at 0 again)
     assert low == 0.0 and high == pytest.approx(4 * OPPORTUNITY_BYTES * 8 / 10 / 1e6)
     assert window_rates_mbit([3, 7, 10], 4) == pytest.approx((3.0, 6.0))
+
+
+def test_a_trace_reads_as_the_shaper_reads_it(tmp_path: Path) -> None:
+    """qtwire.c skips empty lines and lines starting with "#" and takes one time per line: so
+    does the check (it refused a commented trace the shaper would have played), and two times
+    on one line, which the shaper refuses, are refused here too."""
+    path = tmp_path / "t.trace"
+    path.write_bytes(b"# a comment\n0\n\n5\r\n12\n")
+    assert read_trace(path) == [0, 5, 12]
+    path.write_bytes(b"0 5\n12\n")
+    with pytest.raises(TraceError, match="not a Mahimahi trace"):
+        read_trace(path)
