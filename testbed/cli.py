@@ -31,6 +31,7 @@ from typing import Any
 from testbed.profiles import PROFILES, LinkProfile, parse_overrides, profile
 from testbed.shaping import BACKENDS, DIRECTIONS
 from testbed.topologies import TOPOLOGIES
+from testbed.traces import trace_path
 from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, UserError, run_command
 
 ACCESS_HELP = """<access> <verb> [value] [dir=up|down|both] [client=cK]
@@ -62,6 +63,8 @@ def parse_profile_args(items: list[str]) -> dict[str, LinkProfile]:
             raise UsageError(f"--profile {item!r}: write ACCESS=PROFILE[,field=value...].")
         name, _, overrides = rest.partition(",")
         out[access] = profile(name, **parse_overrides(overrides))
+        if out[access].trace:  # read now: the shaper would refuse it once the lab is up
+            trace_path(out[access].trace)
     return out
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from testbed.cli import parse_profile_args
 from testbed.profiles import PROFILES, LinkProfile, ProfileError, parse_overrides, profile
+from testbed.traces import TraceError
 
 
 def test_every_required_profile_exists_with_units_in_field_names() -> None:
@@ -98,3 +101,13 @@ def test_an_override_names_what_is_wrong_with_its_value() -> None:
         parse_overrides("queue_packets=1.5")
     with pytest.raises(ProfileError, match="delay_ms must be a finite number >= 0, got nan"):
         parse_profile_args(["wifi=wifi,delay_ms=nan"])
+
+
+def test_a_profiles_trace_is_read_when_the_profile_is_given(tmp_path: Path) -> None:
+    """`qtlab up --profile wifi=wifi,trace=FILE`: an unreadable trace is one sentence before
+    the lab is built (the shaper refused it only once the lab was up)."""
+    with pytest.raises(TraceError, match=r"cannot read trace .*nosuch\.trace"):
+        parse_profile_args([f"wifi=wifi,rate_mbit=0,trace={tmp_path / 'nosuch.trace'}"])
+    good = tmp_path / "ok.trace"
+    good.write_text("0\n5\n10\n")
+    assert parse_profile_args([f"wifi=wifi,rate_mbit=0,trace={good}"])["wifi"].trace == str(good)
