@@ -7,13 +7,21 @@ The attack reproductions themselves are in test_server_attacks.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 
 import pytest
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+)
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from tests.unit.quic_harness import make_configs
@@ -28,9 +36,19 @@ from tunnel.policy.address_validation import (
     TokenStatus,
 )
 from tunnel.policy.rate_limit import PrefixBudget, source_prefix
+from tunnel.protocol.quic_ext import TunnelQuicConnection
 from tunnel.protocol.stateless_reset import is_reset, reset_token
 
 NONE, VALID, INVALID = TokenStatus.NONE, TokenStatus.VALID, TokenStatus.INVALID
+
+
+def first_flight(client_cfg: QuicConfiguration) -> bytes:
+    """A real client's first datagram (an Initial with its ClientHello), of a client that
+    will never go on."""
+    client = QuicConnection(configuration=client_cfg)
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    return client.datagrams_to_send(now=0.0)[0][0]
+
 
 # -- HandshakeGuard on a fake clock ----------------------------------------------------------
 
@@ -101,6 +119,59 @@ def test_handshake_timeout_on_a_fake_clock() -> None:
     assert guard.next_deadline() is None
     assert guard.stats.handshake_timeouts == 1
     assert not guard.is_half_open("b")
+
+
+def test_one_source_prefix_holds_an_eighth_of_the_half_open_slots() -> None:
+    """Before: one host answering our Retry packets with junk took all 64 slots. A /24 (or
+    /56) now holds max_half_open // 8, validated or not; the others keep theirs."""
+    guard: HandshakeGuard[int] = HandshakeGuard(AdmissionLimits(max_half_open=64))
+    assert guard.limits.max_half_open_per_prefix == 8
+    for key in range(8):
+        # the first ones below the Retry threshold, unvalidated; then validated: alike
+        token = NONE if key < 4 else VALID
+        assert guard.admit(key, token, f"192.0.2.{key}") is InitialVerdict.ACCEPT
+        guard.opened(key, now=0.0, source=f"192.0.2.{key}")
+    assert guard.admit(8, VALID, "192.0.2.200") is InitialVerdict.REFUSE_PREFIX
+    assert guard.admit(8, NONE, "192.0.2.201") is InitialVerdict.REFUSE_PREFIX  # no Retry
+    assert guard.admit(8, VALID, "198.51.100.1") is InitialVerdict.ACCEPT  # another /24
+    guard.opened(8, now=0.0, source="198.51.100.1")
+    for key in range(9, 18):  # IPv6: one /56, whatever the /64
+        source = f"2001:db8:0:{key:x}::1"
+        if key < 17:
+            assert guard.admit(key, VALID, source) is InitialVerdict.ACCEPT
+            guard.opened(key, now=0.0, source=source)
+        else:
+            assert guard.admit(key, VALID, source) is InitialVerdict.REFUSE_PREFIX
+    assert guard.admit(17, VALID, "2001:db8:0:100::1") is InitialVerdict.ACCEPT
+    guard.completed(0)  # a finished handshake frees its prefix's share, as does a close
+    assert guard.admit(16, VALID, "192.0.2.200") is InitialVerdict.ACCEPT
+    guard.closed(9)
+    assert guard.admit(16, VALID, "2001:db8:0:ff::1") is InitialVerdict.ACCEPT
+    assert guard.stats.refused_prefix == 3
+    assert AdmissionLimits(max_half_open=4).max_half_open_per_prefix == 1
+
+
+def test_undecryptable_connections_count_towards_retry_until_their_deadline() -> None:
+    """A connection dropped at once because its first datagram held nothing decryptable frees
+    its slot and its prefix's share, but a flood of them still turns Retry on, as when each
+    held its slot until the handshake timeout."""
+    guard: HandshakeGuard[str] = HandshakeGuard(
+        AdmissionLimits(retry=RetryPolicy.AUTO, retry_threshold=2, handshake_timeout=10.0)
+    )
+    for key, now in (("a", 0.0), ("b", 1.0)):
+        assert guard.admit(0, NONE, "192.0.2.1") is InitialVerdict.ACCEPT
+        guard.opened(key, now=now, source="192.0.2.1")
+        guard.discarded(key)
+    assert guard.half_open == 0
+    assert guard.stats.undecryptable == 2
+    assert guard.admit(0, NONE, "192.0.2.1") is InitialVerdict.RETRY
+    assert guard.admit(0, VALID, "192.0.2.1") is InitialVerdict.ACCEPT  # the share is free
+    assert guard.next_deadline() == 10.0
+    assert guard.expire(10.0) == []  # nothing to drop: they hold no connection
+    assert guard.admit(0, NONE, "192.0.2.1") is InitialVerdict.ACCEPT  # one left: below 2
+    assert guard.next_deadline() == 11.0
+    guard.expire(11.0)
+    assert guard.next_deadline() is None
 
 
 def test_the_retry_threshold_defaults_to_a_quarter_of_the_half_open_cap() -> None:
@@ -220,9 +291,10 @@ def test_a_token_we_did_not_issue_gets_an_invalid_token_close() -> None:
 
 
 def test_half_open_connections_are_capped_and_dropped_at_the_handshake_timeout() -> None:
-    """Without Retry ("never"), junk can take the half-open slots, but only those and only
-    for handshake_timeout: then each is dropped silently, its handler told, and a real client
-    gets in."""
+    """Without Retry ("never"), first flights nobody finishes (real ClientHellos, from
+    several networks: one holds max_half_open // 8) can take the half-open slots, but only
+    those and only for handshake_timeout: then each is dropped silently, its handler told,
+    and a real client gets in."""
     client_cfg, server_cfg = make_configs(["t"])
 
     async def scenario() -> None:
@@ -240,11 +312,11 @@ def test_half_open_connections_are_capped_and_dropped_at_the_handshake_timeout()
             UdpEndpoint.bind("127.0.0.1"), server_cfg, on_connection, admission=limits
         )
         server.start()
-        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        junk.bind(("127.0.0.1", 0))
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(10)]
         try:
-            for _ in range(10):
-                junk.sendto(junk_initial(), server.endpoint.local_address)
+            for index, sender in enumerate(senders):
+                sender.bind((f"127.0.{30 + index}.1", 0))  # ten /24s
+                sender.sendto(first_flight(client_cfg), server.endpoint.local_address)
             await until(lambda: server.endpoint.stats.datagrams_received >= 10)
             assert len(server.connections) == 4
             assert server.refused_connections == 6
@@ -259,7 +331,8 @@ def test_half_open_connections_are_capped_and_dropped_at_the_handshake_timeout()
             )
             await client.close()
         finally:
-            junk.close()
+            for sender in senders:
+                sender.close()
             await server.close()
 
     within(15, scenario)
@@ -402,3 +475,107 @@ def test_an_exception_in_on_connection_closes_that_connection_only() -> None:
         await server.close()
 
     within(15, scenario)
+
+
+# -- QuicServer in memory: first flights (datagrams fed to _on_datagrams, sends recorded) ------
+
+CLIENT = ("127.0.0.5", 40000)
+ELSEWHERE = ("127.0.8.8", 53)  # a spoofed victim's address
+
+
+def recording_server(
+    server_cfg: QuicConfiguration,
+) -> tuple[QuicServer, list[tuple[bytes, NetworkAddress]]]:
+    """A QuicServer (default admission) whose sends are recorded instead of sent."""
+    server = QuicServer(
+        UdpEndpoint.bind("127.0.0.1"),
+        server_cfg,
+        lambda driver: None,
+        create_connection=functools.partial(TunnelQuicConnection, reset_key=KEY),
+        reset_key=KEY,
+    )
+    sent: list[tuple[bytes, NetworkAddress]] = []
+    server.endpoint.send_batch = sent.extend  # type: ignore[method-assign]
+    return server, sent
+
+
+def feed(server: QuicServer, *datagrams: tuple[bytes, NetworkAddress]) -> None:
+    server._on_datagrams(server.endpoint, list(datagrams))
+
+
+def test_junk_initials_make_no_connection_and_get_no_answer() -> None:
+    """Before: a junk Initial made a half-open connection, and each further junk Initial to
+    its connection ID, from any (spoofed) address, started it over and made it send a
+    1200-byte Initial there: 2-3x reflection at 9x the CPU of a Retry. Now nothing decrypted
+    means nothing kept and nothing sent."""
+    _, server_cfg = make_configs(["t"])
+
+    async def scenario() -> None:
+        server, sent = recording_server(server_cfg)
+        first = junk_initial()
+        dcid = first[6:14]
+        feed(server, (first, CLIENT))
+        assert server.connections == set()
+        assert server.guard.half_open == 0
+        assert server.guard.stats.undecryptable == 1
+        for index in range(5):
+            again = first[:6] + dcid + junk_initial()[14:]
+            feed(server, (again, (f"127.7.{index}.1", 5000)))
+        await asyncio.sleep(0.05)
+        assert sent == []
+        assert server.connections == set()
+        await server.close()
+
+    within(10, scenario)
+
+
+def test_a_half_open_connection_takes_initials_only_from_its_creator() -> None:
+    """A real client whose ClientHello fills two Initials (fed one batch each) completes its
+    handshake, while Initials to its connection ID from another address (its own next
+    Initial, copied by someone on the path and sent from a spoofed source) are dropped:
+    before, aioquic took the sender as the connection's new path and answered it."""
+    client_cfg, server_cfg = make_configs(["t"])
+    # a ClientHello too long for one Initial (RFC 9001 §4.3: clients may need two)
+    client_cfg.alpn_protocols = ["t"] + [f"{index:03d}" + "x" * 60 for index in range(20)]
+
+    async def scenario() -> None:
+        server, sent = recording_server(server_cfg)
+        client = QuicConnection(configuration=client_cfg)
+        now = asyncio.get_running_loop().time()
+        client.connect(server.endpoint.local_address, now=now)
+        flight = [data for data, _ in client.datagrams_to_send(now=now)]
+        assert len(flight) == 2
+        assert all(
+            pull_quic_header(Buffer(data=d), 8).packet_type == QuicPacketType.INITIAL
+            for d in flight
+        )
+        for data in flight:
+            feed(server, (data, CLIENT))
+        (driver,) = server.connections
+        assert server.guard.is_half_open(driver)
+        # the client's own retransmission of its first flight, sent from elsewhere
+        timer = client.get_timer()
+        assert timer is not None
+        client.handle_timer(now=timer)
+        copied = [data for data, _ in client.datagrams_to_send(now=timer)]
+        feed(server, *((data, ELSEWHERE) for data in copied))
+        assert [addr for _, addr in sent if addr != CLIENT] == []
+        assert server.stats.other_address_initials_dropped == len(copied)
+        # the handshake, in memory, from the client's address
+        events: list[QuicEvent] = []
+        for _ in range(20):
+            for data, addr in sent:
+                assert addr == CLIENT
+                client.receive_datagram(data, server.endpoint.local_address, now=now)
+            sent.clear()
+            events += iter(client.next_event, None)
+            feed(server, *((data, CLIENT) for data, _ in client.datagrams_to_send(now=now)))
+            if not server.guard.is_half_open(driver):
+                break
+        assert any(isinstance(e, HandshakeCompleted) for e in events)
+        assert not server.guard.is_half_open(driver)  # the server's handshake completed too
+        assert server.connections == {driver}
+        assert server.guard.stats.undecryptable == 0
+        await server.close()
+
+    within(10, scenario)

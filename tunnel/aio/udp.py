@@ -76,7 +76,12 @@ from tunnel.policy.address_validation import (
     TokenStatus,
 )
 from tunnel.policy.rate_limit import PrefixBudget
-from tunnel.protocol.quic_ext import SoloDatagram, TunnelQuicConnection, steer_connection_id
+from tunnel.protocol.quic_ext import (
+    SoloDatagram,
+    TunnelQuicConnection,
+    nothing_decrypted,
+    steer_connection_id,
+)
 from tunnel.protocol.stateless_reset import build_reset, reset_size, reset_token
 from tunnel.user_error import RuntimeFailure
 
@@ -890,6 +895,7 @@ class ServerStats:
     replies_suppressed: int = 0  # VN / INVALID_TOKEN close over their budget
     unsupported_version_dropped: int = 0  # too small to answer (RFC 9000 §5.2.2)
     other_listener_dropped: int = 0  # a connection's packet arrived on another listener
+    other_address_initials_dropped: int = 0  # Initials to a half-open connection from elsewhere
     internal_errors: int = 0  # exceptions caught (a connection closed, or one datagram lost)
 
 
@@ -902,7 +908,9 @@ class QuicServer:
     connection that got any transmits once.
 
     Towards unknown senders (RFC 9000 §21): a client's first Initial goes through the admission
-    policy of tunnel/policy/address_validation.py (Retry, half-open cap, handshake timeout); replies
+    policy of tunnel/policy/address_validation.py (Retry, half-open caps, handshake timeout); a
+    new connection none of whose first datagrams decrypted is dropped at once, and a half-open
+    connection takes Initials only from the address that created it; replies
     to packets of no connection (stateless reset, Version Negotiation, INVALID_TOKEN close) are
     bounded per source prefix and in total (tunnel/policy/rate_limit.py PrefixBudget).
 
@@ -964,6 +972,9 @@ class QuicServer:
         self._retry_tokens = QuicRetryTokenHandler()
         self._drivers: dict[bytes, QuicDriver] = {}  # every connection ID of every listener
         self._cids: dict[QuicDriver, set[bytes]] = {}  # the live connections and their IDs
+        # the half-open connections and the address each was created from (first Initial)
+        self._half_open_from: dict[QuicDriver, NetworkAddress] = {}
+        self._created: list[QuicDriver] = []  # the connections the current batch created
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._handshake_timer_at = 0.0
         self._logged_errors: set[tuple[type[BaseException], str, int]] = set()
@@ -991,7 +1002,7 @@ class QuicServer:
     def refused_connections(self) -> int:
         """New connections dropped because the server was full (all or half-open slots)."""
         admission = self.guard.stats
-        return admission.refused_full + admission.refused_half_open
+        return admission.refused_full + admission.refused_half_open + admission.refused_prefix
 
     def counters(self) -> dict[str, int]:
         """Every counter of the server edge, for a status file."""
@@ -1009,6 +1020,7 @@ class QuicServer:
 
     def _on_datagrams(self, endpoint: UdpEndpoint, batch: list[Datagram]) -> None:
         touched: dict[QuicDriver, list[Datagram]] = {}
+        self._created.clear()
         for data, addr in batch:
             try:
                 driver = self._route(endpoint, data, addr)
@@ -1020,6 +1032,10 @@ class QuicServer:
         # each driver keeps its own failures (QuicDriver.fail): neither raises
         for driver, datagrams in touched.items():
             driver.receive_without_transmit(datagrams)
+        for driver in self._created:
+            if not driver.closed and nothing_decrypted(driver.quic):
+                self._discard(driver)
+        self._created.clear()  # holds no dropped connection until the next batch
         for driver in touched:
             driver.transmit()
 
@@ -1049,6 +1065,16 @@ class QuicServer:
         if driver is not None:
             if driver.endpoint is not endpoint:
                 self.stats.other_listener_dropped += 1
+                return None
+            if header.packet_type == QuicPacketType.INITIAL and addr != self._half_open_from.get(
+                driver, addr
+            ):
+                # A client does not change its address during the handshake (RFC 9000 §9:
+                # not before it is confirmed). Another sender's Initial could only be junk
+                # (anyone reads the DCID on the wire), and before the connection decrypted
+                # anything aioquic would start it over and answer that, possibly spoofed,
+                # address: a reflector and the CPU of a new TLS context per datagram.
+                self.stats.other_address_initials_dropped += 1
                 return None
             return driver
         if header.packet_type == QuicPacketType.ONE_RTT:
@@ -1085,7 +1111,7 @@ class QuicServer:
             else:
                 token = TokenStatus.VALID
                 retry_cid = header.destination_cid
-        decision = self.guard.admit(len(self._cids), token)
+        decision = self.guard.admit(len(self._cids), token, addr[0])
         if decision is InitialVerdict.RETRY:
             self._send_retry(endpoint, addr, header, now)
             return None
@@ -1094,11 +1120,12 @@ class QuicServer:
             return None
         if decision is not InitialVerdict.ACCEPT:
             return None
-        return self._accept(endpoint, header.destination_cid, original_cid, retry_cid, now)
+        return self._accept(endpoint, addr, header.destination_cid, original_cid, retry_cid, now)
 
     def _accept(
         self,
         endpoint: UdpEndpoint,
+        addr: NetworkAddress,
         destination_cid: bytes,
         original_cid: bytes,
         retry_cid: bytes | None,
@@ -1113,13 +1140,15 @@ class QuicServer:
         driver = QuicDriver(quic, endpoint, loop=self._loop, pacing_slack=self.pacing_slack)
         driver.on_cid_issued = functools.partial(self._cid_issued, driver)
         driver.on_cid_retired = functools.partial(self._cid_retired, driver)
-        driver.on_handshake_completed = functools.partial(self.guard.completed, driver)
+        driver.on_handshake_completed = functools.partial(self._completed, driver)
         driver.on_terminated = functools.partial(self._terminated, driver)
         driver.on_internal_error = self._count_internal_error
         self._cids[driver] = set()
         for cid in (destination_cid, quic.host_cid):
             self._cid_issued(driver, cid)
-        self.guard.opened(driver, now)
+        self.guard.opened(driver, now, addr[0])
+        self._half_open_from[driver] = addr
+        self._created.append(driver)
         self._arm_handshake_timer()
         try:
             self.on_connection(driver)
@@ -1138,11 +1167,25 @@ class QuicServer:
         if self._drivers.get(cid) is driver:
             del self._drivers[cid]
 
+    def _completed(self, driver: QuicDriver) -> None:
+        self._half_open_from.pop(driver, None)
+        self.guard.completed(driver)
+
     def _terminated(self, driver: QuicDriver) -> None:
         for cid in self._cids.pop(driver, ()):
             if self._drivers.get(cid) is driver:
                 del self._drivers[cid]
+        self._half_open_from.pop(driver, None)
         self.guard.closed(driver)
+
+    def _discard(self, driver: QuicDriver) -> None:
+        """A new connection none of whose datagrams decrypted: junk padded behind an Initial
+        header (a real client's Initial always decrypts with the keys of its DCID). Kept, it
+        held a slot until the handshake timeout, and each further Initial to its DCID made
+        aioquic start it over and answer it. Dropped silently, as at the handshake timeout;
+        the guard still counts it towards the Retry threshold."""
+        self.guard.discarded(driver)
+        driver.end_silently("nothing in the first datagram could be decrypted")
 
     # handshake timeout (tunnel/policy/address_validation.py)
 
@@ -1234,6 +1277,9 @@ class QuicServer:
         """A 1-RTT packet for a connection we do not have (we restarted, or it ended): tell
         the peer at once with a stateless reset rather than let it wait for a timeout.
         `cid` is known on no listener (the one table): its token kills nothing of ours."""
+        # reset_size: nothing for a datagram no larger than our own resets, so two servers
+        # like this one never answer each other's resets (RFC 9000 §10.3.3, "other means to
+        # prevent looping")
         if self.reset_key is None or reset_size(len(data)) is None:
             return
         if not self._reset_budget.allow(addr[0], self._loop.time()):

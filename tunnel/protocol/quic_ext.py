@@ -2465,6 +2465,13 @@ def resumed_identity(quic: QuicConnection) -> TicketIdentity | None:
     return quic._tunnel_resumed
 
 
+def nothing_decrypted(quic: QuicConnection) -> bool:
+    """Server: whether no packet the connection received could be decrypted yet. aioquic
+    stays in FIRSTFLIGHT until the first packet decrypts, and while it does, each Initial it
+    gets starts the connection over (new TLS context and keys, the path set to its sender)."""
+    return bool(quic._state is QuicConnectionState.FIRSTFLIGHT)
+
+
 def early_data_possible(quic: QuicConnection) -> bool:
     """Client: whether what is queued now goes out in 0-RTT packets (a session ticket allowing
     early data was presented at connect(); RFC 9001 §4.6.1), until the handshake completes."""
