@@ -55,7 +55,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from experiments.procstat import CPU_SATURATED_PCT
 from experiments.run_meta import ResultsError as ResultsError  # re-exported
 from experiments.run_meta import RunDirError, read_run_meta, read_text_file
-from experiments.schemas import TABLES
+from experiments.schemas import NO_DELIVERY_BEFORE, TABLES
 from experiments.traffic import jain_index
 from experiments.video_abr import LADDER_MBPS
 from testbed.paths import FIGURES_DIR, RESULTS_ROOT
@@ -244,7 +244,21 @@ def _with_cpu_flag(df: pd.DataFrame, run_dir: Path, table: str) -> pd.DataFrame:
 
 
 def load_failover(run_dir: Path) -> pd.DataFrame:
+    """failover.csv without the runs that are no failover result (NO_DELIVERY_BEFORE: their
+    flow carried nothing before the outage, so "never recovered" would blame the failover for
+    a transfer that did not start; how many were left out is `attrs["not_failover_results"]`
+    and said where the figures and tables are drawn)."""
     df = _load(run_dir, "failover")
+    detail = df.get("detail", pd.Series("", index=df.index)).astype(object)
+    detail = detail.where(detail.notna(), "").astype(str)  # all empty reads as float NaN
+    left_out = detail.str.contains(NO_DELIVERY_BEFORE, regex=False)
+    if left_out.any():
+        say(
+            f"`{run_dir}`: {int(left_out.sum())} run(s) left out, their flow carried nothing "
+            "before the outage (no failover result)."
+        )
+    df = df[~left_out].reset_index(drop=True)
+    df.attrs["not_failover_results"] = int(left_out.sum())
     df["completed"] = _as_bool(df["completed"])
     path = Path(run_dir) / TABLES["failover"].file_name
     for column in ("gap_ms", "goodput_after_gap_mbps"):

@@ -72,6 +72,7 @@ from experiments.schemas import (
     CPU_COLUMNS,
     FAILOVER,
     FAILOVER_TIMESERIES,
+    NO_DELIVERY_BEFORE,
     PMTU_COLUMNS,
     tables,
 )
@@ -458,7 +459,7 @@ def measure(
     row.update(extra or {})
     if goodput_mbps(bins, interval, max(1.0, down - 10), down) == 0:
         # Not a failover result: the flow had stopped before anything failed.
-        row["detail"] = "; ".join(x for x in (row["detail"], "no delivery before the outage") if x)
+        row["detail"] = "; ".join(x for x in (row["detail"], NO_DELIVERY_BEFORE) if x)
     step = float(p["timeseries_interval_s"])
     series = flow_series(key, bins, interval, step, sent.get("tcp_info") or [])
     return {"failover": [row], "failover_timeseries": series}
@@ -488,9 +489,13 @@ def summary_table(run_dir: Path) -> str:
         gap, after = median(rows, "gap_ms"), median(rows, "goodput_after_gap_mbps")
         reference = median(groups.get(("plain-5g", event, traffic), []), "goodput_during_mbps")
         ratio = after / reference if after is not None and reference else None
-        broken = sum(1 for r in rows if r["completed"] != "True")
+        # a run whose flow carried nothing before the outage measured no failover
+        no_result = sum(1 for r in rows if NO_DELIVERY_BEFORE in (r.get("detail") or ""))
+        broken = sum(1 for r in rows if r["completed"] != "True") - no_result
         saturated = sum(1 for r in rows if r.get("cpu_saturated") == "True")
         notes = [f"{broken} run(s) never recovered"] if broken else []
+        if no_result:
+            notes.append(f"{no_result} run(s) no failover result")
         if saturated:
             busiest = sorted({r["cpu_busiest"] for r in rows if r.get("cpu_saturated") == "True"})
             notes.append(f"CPU SATURATED in {saturated} run(s) ({', '.join(busiest)})")

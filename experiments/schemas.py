@@ -436,3 +436,8 @@ TABLES: dict[str, Table] = {
         WORKLOAD_SEGMENTS,
     )
 }
+
+# failover.csv's `detail` for a run whose flow carried nothing before the outage (it had stopped
+# or never started): no failover result, left out of the analysis (experiments/analysis.py
+# load_failover) and not counted as "never recovered"
+NO_DELIVERY_BEFORE = "no delivery before the outage"

@@ -16,7 +16,15 @@ from experiments import analysis
 from experiments.analysis import ResultsError
 from experiments.run_meta import RunDirError
 from experiments.runner import get_experiment
-from experiments.schemas import AGGREGATION, CPU_COLUMNS, FAILOVER, GOODPUT, TABLES, Table
+from experiments.schemas import (
+    AGGREGATION,
+    CPU_COLUMNS,
+    FAILOVER,
+    GOODPUT,
+    NO_DELIVERY_BEFORE,
+    TABLES,
+    Table,
+)
 from tunnel.user_error import UsageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -931,3 +939,19 @@ def test_a_meta_json_whose_parameters_are_not_a_table_draws_without_them(
 ) -> None:
     (tmp_path / "meta.json").write_text(json.dumps({"parameters": "x", "backend": "wire"}))
     assert analysis.run_conditions(tmp_path) == "shaping wire"
+
+
+def test_a_run_that_carried_nothing_before_the_outage_is_no_failover_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An MPTCP run whose transfer never started (flagged by the experiment) counted as "never
+    recovered": left out of the runs now, and said."""
+    rows = [failover_row("mptcp", r, 400.0, True) for r in (1, 2)]
+    rows.append(failover_row("mptcp", 3, "", False))
+    rows = [[*row, NO_DELIVERY_BEFORE if row[1] == 3 else ""] for row in rows]
+    write_csv(tmp_path / "failover.csv", [*FAILOVER_HEADER, "detail"], rows)
+    failover = analysis.load_failover(tmp_path)
+    assert len(failover) == 2 and failover.attrs["not_failover_results"] == 1
+    summary = analysis.failover_gap_summary(failover)
+    assert list(summary["runs"]) == [2] and list(summary["recovered"]) == [2]
+    assert "1 run(s) left out" in capsys.readouterr().out
