@@ -1277,9 +1277,6 @@ class QuicServer:
         """A 1-RTT packet for a connection we do not have (we restarted, or it ended): tell
         the peer at once with a stateless reset rather than let it wait for a timeout.
         `cid` is known on no listener (the one table): its token kills nothing of ours."""
-        # reset_size: nothing for a datagram no larger than our own resets, so two servers
-        # like this one never answer each other's resets (RFC 9000 §10.3.3, "other means to
-        # prevent looping")
         if self.reset_key is None or reset_size(len(data)) is None:
             return
         if not self._reset_budget.allow(addr[0], self._loop.time()):

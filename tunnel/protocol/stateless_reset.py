@@ -27,8 +27,8 @@ TOKEN_SIZE: Final = 16
 # §10.3: the first byte (0b01 + 6 unpredictable bits), at least 4 more unpredictable bytes to
 # look like a short-header packet with a connection ID, then the token.
 MIN_RESET_SIZE: Final = 21
-# §10.3: enough to pass for a small 1-RTT packet; every reset we send has this size, and we
-# answer only larger datagrams (reset_size), so a reset never answers a reset of ours.
+# §10.3: a reset answering a packet of 43 bytes or fewer SHOULD be one byte shorter than it;
+# for longer triggers this size is enough to pass for a small 1-RTT packet and never amplifies.
 MAX_RESET_SIZE: Final = 43
 _KEY_LABEL: Final = b"qtun stateless reset key v1"
 
@@ -48,18 +48,10 @@ def reset_token(key: bytes, connection_id: bytes) -> bytes:
 
 def reset_size(trigger_size: int) -> int | None:
     """Size of the reset answering a `trigger_size`-byte datagram, None when none may be sent:
-    smaller than its trigger (§10.3.3: no amplification), and only for a trigger larger than
-    MAX_RESET_SIZE, the largest reset we send.
-
-    Shrinking each reset by a byte ends a loop between two peers only after ~20 rounds: two
-    concentrators (same code, different keys) that each see the other's reset as a packet of
-    an unknown connection answered each other until both per-prefix budgets were spent, which
-    then left real clients of that prefix without their resets. A reset of ours is never
-    answered: §10.3.3 allows "other means to prevent looping". The cost: a client's packets of
-    43 bytes or less (a bare ACK or PING) get no reset; its next larger one does."""
-    if trigger_size <= MAX_RESET_SIZE:
-        return None
-    return MAX_RESET_SIZE
+    it must be smaller than its trigger (§10.3.3: no reset loops, no amplification) and at
+    least MIN_RESET_SIZE."""
+    size = min(trigger_size - 1, MAX_RESET_SIZE)
+    return size if size >= MIN_RESET_SIZE else None
 
 
 def build_reset(token: bytes, trigger_size: int, random: Callable[[int], bytes]) -> bytes | None:
