@@ -11,6 +11,20 @@ from tunnel.agents.client import Migrate
 from tunnel.agents.failback import FIRST_HOLD, FLAP_MEMORY, MAX_HOLD, FailbackDamping
 
 
+def test_an_access_whose_hold_ended_is_probed_again_before_the_failback() -> None:
+    damping = FailbackDamping()
+    assert not damping.needs_probe("wifi", 0.0)
+    damping.failed("wifi", 10.0)
+    assert not damping.needs_probe("wifi", 20.0)  # a first failure holds nothing
+    damping.failed("wifi", 11.0)
+    damping.answered("wifi", 11.5)  # an answer during the hold is stale at its end
+    assert not damping.needs_probe("wifi", 11.9)  # still held
+    assert damping.needs_probe("wifi", 12.0)
+    damping.answered("wifi", 12.2)
+    assert not damping.needs_probe("wifi", 12.2)
+    damping.answered("5g", 12.2)  # an access that never failed: nothing to remember
+
+
 def test_a_first_failure_holds_nothing_and_each_further_one_doubles_the_hold() -> None:
     damping = FailbackDamping()
     damping.failed("wifi", 10.0)
@@ -75,3 +89,40 @@ def test_a_wifi_that_stalls_every_second_is_failed_back_to_less_and_less_often()
     assert failbacks[2] - failovers[2] >= 2 * FIRST_HOLD
     assert len(moves) < 10  # against 20 without damping
     assert world.agent.path_on(moves[-1][1]) is path  # one connection throughout
+
+
+def test_a_held_failback_waits_for_a_fresh_answer_not_the_verdict_from_before() -> None:
+    """WiFi stalls twice (the second failure holds its failback FIRST_HOLD) and is stalled
+    again when the hold ends: the connection stays on 5G until WiFi answers a probe sent after
+    the hold, instead of moving back on the answer it gave early in the hold."""
+    world = tunnel_world()
+    world.up_path("wifi")
+    start = world.now
+    sent = 0
+
+    def traffic(seconds: float) -> None:
+        nonlocal sent
+        for _ in range(round(seconds / 0.01)):
+            world.from_tun([ip4(sent % 200)])
+            sent += 1
+            world.run(0.01)
+
+    for _ in range(2):  # two stalls, one second apart
+        world.blackhole("wifi", True)
+        traffic(0.15)
+        world.blackhole("wifi", False)
+        traffic(0.85)
+    moves = [(t - start, a.target.name) for t, a in world.actions if isinstance(a, Migrate)]
+    assert [name for _, name in moves] == ["5g", "wifi", "5g"]
+    held_from = moves[-1][0]
+    world.blackhole("wifi", True)  # stalled from before the hold ends until well after
+    traffic(FIRST_HOLD + 0.5)
+    stalled_until = world.now - start
+    moves = [(t - start, a.target.name) for t, a in world.actions if isinstance(a, Migrate)]
+    assert stalled_until > held_from + FIRST_HOLD
+    # not moved back into the stall (before: at the hold's end, then away again)
+    assert [name for t, name in moves if t > held_from] == []
+    world.blackhole("wifi", False)
+    traffic(2.0)
+    moves = [(t - start, a.target.name) for t, a in world.actions if isinstance(a, Migrate)]
+    assert moves[-1][1] == "wifi" and moves[-1][0] > stalled_until  # once it answered again

@@ -25,7 +25,12 @@ from tests.unit.quic_harness import make_configs
 from tests.unit.test_udp_loopback import echo_server, within
 from tunnel.aio.udp import EndpointError, QuicClient, QuicDriver, QuicServer, UdpEndpoint
 from tunnel.protocol.quic_ext import TunnelQuicConnection
-from tunnel.protocol.stateless_reset import is_reset, reset_key_from_secret, reset_token
+from tunnel.protocol.stateless_reset import (
+    is_reset,
+    reset_key_from_secret,
+    reset_token,
+    tag_connection_id,
+)
 
 KEY = reset_key_from_secret(b"test key of the server attacks")
 INITIAL_SIZE = 1200
@@ -267,7 +272,9 @@ def test_version_negotiation_only_for_full_size_packets_never_for_one_and_within
 
 def test_reset_flood_from_one_prefix_leaves_resets_to_another_prefix() -> None:
     """Before: one global budget of ~100 resets/s: junk 1-RTT packets spent it and a real
-    client of a restarted concentrator (here at 127.0.1.1, another /24) got no reset."""
+    client of a restarted concentrator (here at 127.0.1.1, another /24) got no reset. (The
+    junk carries connection IDs with the server's tag, as an attacker who read them on the
+    wire could send: made-up ones draw no reset at all.)"""
     _, server_cfg = make_configs(["t"])
 
     async def scenario() -> None:
@@ -280,15 +287,19 @@ def test_reset_flood_from_one_prefix_leaves_resets_to_another_prefix() -> None:
         client.setblocking(False)
         client.bind(("127.0.1.1", 0))
         try:
-            cid = b"realcid!"
+            cid = tag_connection_id(KEY, b"realcid!")
             before, after = 400, 100
+
+            def junk_packet() -> bytes:
+                return bytes([0x40]) + tag_connection_id(KEY, os.urandom(8)) + os.urandom(91)
+
             # all sent at once: the client's packet sits between junk the server handles
             # within a few milliseconds, whatever the machine's load
             for _ in range(before):
-                junk.sendto(bytes([0x40]) + os.urandom(8 + 91), target)
+                junk.sendto(junk_packet(), target)
             client.sendto(bytes([0x40]) + cid + os.urandom(91), target)
             for _ in range(after):
-                junk.sendto(bytes([0x40]) + os.urandom(8 + 91), target)
+                junk.sendto(junk_packet(), target)
             loop = asyncio.get_running_loop()
             answer = await asyncio.wait_for(loop.sock_recv(client, 2048), 2.0)
             assert is_reset(answer, [reset_token(KEY, cid)])

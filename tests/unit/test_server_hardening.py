@@ -37,7 +37,7 @@ from tunnel.policy.address_validation import (
 )
 from tunnel.policy.rate_limit import PrefixBudget, source_prefix
 from tunnel.protocol.quic_ext import TunnelQuicConnection
-from tunnel.protocol.stateless_reset import is_reset, reset_token
+from tunnel.protocol.stateless_reset import is_reset, reset_token, tag_connection_id
 
 NONE, VALID, INVALID = TokenStatus.NONE, TokenStatus.VALID, TokenStatus.INVALID
 
@@ -369,8 +369,9 @@ def test_a_connection_id_sent_to_the_other_listener_gets_no_reset() -> None:
         try:
             seen = driver.quic.host_cid  # on the wire in the client's 1-RTT packets
             attacker.sendto(bytes([0x40]) + seen + os.urandom(60), listener_b.local_address)
-            # control: an ID nobody holds IS answered on B, so silence above means "known"
-            unknown = b"unknown!"
+            # control: an ID nobody holds (but that we could have issued) IS answered on B,
+            # so silence above means "known"
+            unknown = tag_connection_id(KEY, b"unknown!")
             attacker.sendto(bytes([0x40]) + unknown + os.urandom(60), listener_b.local_address)
             answer = await asyncio.wait_for(loop.sock_recv(attacker, 2048), 2.0)
             assert is_reset(answer, [reset_token(KEY, unknown)])

@@ -15,14 +15,17 @@ from tests.unit.test_udp_loopback import echo_server, within
 from tunnel.aio.udp import UdpEndpoint
 from tunnel.protocol.quic_ext import STATELESS_RESET_REASON, TunnelQuicConnection
 from tunnel.protocol.stateless_reset import (
+    CID_TAG_SIZE,
     MAX_RESET_SIZE,
     MIN_RESET_SIZE,
     TOKEN_SIZE,
     build_reset,
     is_reset,
+    is_tagged_connection_id,
     reset_key_from_secret,
     reset_size,
     reset_token,
+    tag_connection_id,
 )
 
 KEY = reset_key_from_secret(b"-----BEGIN PRIVATE KEY----- not a real one")
@@ -46,6 +49,21 @@ def test_tokens_depend_on_key_and_connection_id_only() -> None:
     assert b"-----BEGIN PRIVATE KEY----- not a real one"[:32] != KEY  # never the secret itself
     with pytest.raises(ValueError, match="empty"):
         reset_key_from_secret(b"")
+
+
+def test_a_tagged_connection_id_is_recognised_under_its_key_only() -> None:
+    cid = tag_connection_id(KEY, bytes(range(8)))
+    assert len(cid) == 8 and cid[:-CID_TAG_SIZE] == bytes(range(6))
+    assert is_tagged_connection_id(KEY, cid)
+    assert not is_tagged_connection_id(reset_key_from_secret(b"another secret"), cid)
+    assert not is_tagged_connection_id(KEY, bytes([cid[0] ^ 1]) + cid[1:])  # the body counts
+    assert not is_tagged_connection_id(KEY, cid[:-1] + bytes([cid[-1] ^ 1]))
+    assert not is_tagged_connection_id(KEY, cid[:5])  # too short to carry a tag
+    with pytest.raises(ValueError, match="at least 6 bytes"):
+        tag_connection_id(KEY, b"12345")
+    # random IDs (e.g. the bytes of another endpoint's reset) rarely carry it: 2**-16 each
+    tagged = sum(is_tagged_connection_id(KEY, os.urandom(8)) for _ in range(2000))
+    assert tagged < 10
 
 
 @pytest.mark.parametrize(
@@ -111,17 +129,19 @@ def _connected(key: bytes | None) -> tuple[TunnelQuicConnection, TunnelQuicConne
 def test_server_announces_tokens_derived_from_the_key() -> None:
     client, _, _ = _connected(KEY)
     # the token of the handshake's connection ID (transport parameter) and of every ID given
-    # in NEW_CONNECTION_ID frames
+    # in NEW_CONNECTION_ID frames; every such ID carries the key's tag
     announced = [client._peer_cid, *client._peer_cid_available]
     assert len(announced) > 1
     for cid in announced:
         assert cid.stateless_reset_token == reset_token(KEY, cid.cid)
+        assert is_tagged_connection_id(KEY, cid.cid)
 
 
 def test_without_a_key_the_tokens_are_aioquics_random_ones() -> None:
     client, _, _ = _connected(None)
     cid = client._peer_cid
     assert cid.stateless_reset_token and cid.stateless_reset_token != reset_token(KEY, cid.cid)
+    assert not is_tagged_connection_id(KEY, cid.cid)  # aioquic's random IDs, untouched
 
 
 def test_client_ends_the_connection_on_a_reset_and_sends_nothing_after() -> None:
@@ -179,7 +199,7 @@ def test_server_answers_an_unknown_connection_with_a_reset() -> None:
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         peer.setblocking(False)
         try:
-            cid = bytes(range(8))  # aioquic's connection ID length
+            cid = tag_connection_id(KEY, bytes(range(8)))  # one we could have issued
             # a 1-RTT packet of a connection the server does not have
             trigger = bytes([0x40]) + cid + os.urandom(60)
             loop = asyncio.get_running_loop()
@@ -196,5 +216,65 @@ def test_server_answers_an_unknown_connection_with_a_reset() -> None:
         finally:
             peer.close()
             await server.close()
+
+    within(10, scenario)
+
+
+def test_server_answers_no_connection_id_it_could_not_have_issued() -> None:
+    """A made-up connection ID, or the random bytes of another endpoint's reset, draws no
+    reset: two endpoints answering each other's resets (each a byte shorter, §10.3.3) would
+    exchange some 20 packets per trigger."""
+    _, server_cfg = make_configs(["qt"])
+
+    async def scenario() -> None:
+        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
+        server.reset_key = KEY
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.setblocking(False)
+        try:
+            loop = asyncio.get_running_loop()
+            untagged = bytes(range(8))
+            assert not is_tagged_connection_id(KEY, untagged)
+            other_reset = build_reset(reset_token(b"k" * 32, untagged), 60, os.urandom)
+            assert other_reset is not None
+            for trigger in (bytes([0x40]) + untagged + os.urandom(60), other_reset):
+                peer.sendto(trigger, server.endpoint.local_address)
+            # the server handles datagrams in order: a tagged one sent last answers first
+            tagged = tag_connection_id(KEY, untagged)
+            peer.sendto(bytes([0x40]) + tagged + os.urandom(30), server.endpoint.local_address)
+            answer = await asyncio.wait_for(loop.sock_recv(peer, 2048), 2.0)
+            assert is_reset(answer, [reset_token(KEY, tagged)])
+            assert server.resets_sent == 1
+            assert server.counters()["resets_not_ours"] == 2
+        finally:
+            peer.close()
+            await server.close()
+
+    within(10, scenario)
+
+
+def test_two_servers_do_not_answer_each_others_resets() -> None:
+    """A trigger sent to server A from server B's address (spoofed, in real life): A answers
+    with a reset, B takes it for a packet of a connection it does not know. Before the tag,
+    B answered it a byte shorter, A answered that, and so on, ~20 resets per trigger; now B
+    sees that the reset's bytes are no connection ID it issued (same key on both: it is the
+    tag, not the key, that tells)."""
+    _, server_cfg = make_configs(["qt"])
+
+    async def scenario() -> None:
+        server_a = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
+        server_b = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
+        server_a.reset_key = server_b.reset_key = KEY
+        try:
+            trigger = bytes([0x40]) + tag_connection_id(KEY, os.urandom(8)) + os.urandom(51)
+            server_b.endpoint.send_batch([(trigger, server_a.endpoint.local_address)])
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while server_b.counters()["resets_not_ours"] < 1:
+                assert asyncio.get_running_loop().time() < deadline, "B never got A's reset"
+                await asyncio.sleep(0.01)
+            assert server_a.resets_sent == 1 and server_b.resets_sent == 0
+        finally:
+            await server_a.close()
+            await server_b.close()
 
     within(10, scenario)

@@ -40,7 +40,7 @@ from tunnel.protocol.quic_ext import (
     TunnelQuicConnection,
     steer_connection_id,
 )
-from tunnel.protocol.stateless_reset import reset_token
+from tunnel.protocol.stateless_reset import is_tagged_connection_id, reset_token
 
 KEY = bytes(range(32))
 
@@ -159,6 +159,7 @@ def test_every_connection_id_a_worker_issues_steers_to_it() -> None:
     assert len(host_cids) > 1  # NEW_CONNECTION_ID issued more
     for cid in host_cids:
         assert cid.cid[0] % 3 == 2
+        assert is_tagged_connection_id(KEY, cid.cid)  # steered first, then tagged
         assert cid.stateless_reset_token == reset_token(KEY, cid.cid)
     assert client.peer_cid_first_byte() == server.host_cid[0]
     after_handshake = [d for d in sent if not d[0] & 0x80]

@@ -276,8 +276,10 @@ class Path:
 
     @property
     def carries(self) -> bool:
-        """UP and its connection still open: it can take packets and reports."""
-        return self.state is PathState.UP and self.tunnel is not None and not self.tunnel.closed
+        """UP and its connection still open (not closing or draining either: a peer that
+        closed it, found by a review, must not have its silence judged as the access's): it can
+        take packets and reports."""
+        return self.state is PathState.UP and self.tunnel is not None and not self.tunnel.ending
 
 
 @dataclass
@@ -493,7 +495,8 @@ class _TunnelMode:
         self.move_pending = False
         # an access that failed again and again is failed back to later (tunnel/agents/failback.py)
         self.damping = FailbackDamping()
-        self.failback_at: float | None = None  # when a held failback is looked at again
+        # when the connection's place is looked at again: a held failback, a failed migration
+        self.failback_at: float | None = None
 
     def start(self, now: float) -> None:
         self._attempt(now)
@@ -645,10 +648,15 @@ class _TunnelMode:
                         self.damping.memory,
                     )
 
+    def look_again(self, at: float) -> None:
+        """Rethink where the connection runs at `at` (handle_timer), if not before."""
+        self.failback_at = at if self.failback_at is None else min(self.failback_at, at)
+
     def _failback_target(self, current: AccessStatus, now: float) -> AccessConfig | None:
         """The most preferred healthy access listed before `current`; one still probed has not
         answered yet (its handshake failed, or its link is up but nothing got through), one
-        held by flap damping is looked at again when its hold ends (`failback_at`)."""
+        held by flap damping is looked at again when its hold ends (`failback_at`), and
+        probed once more then: the failback waits for its answer (probe_answered)."""
         self.failback_at = None
         for status in self.agent.accesses.values():
             if status is current:
@@ -656,6 +664,10 @@ class _TunnelMode:
             if status.healthy and status.probing is None:
                 until = self.damping.held_until(status.config.name, now)
                 if until is None:
+                    if self.damping.needs_probe(status.config.name, now):
+                        self.agent.start_access_probe(status, now)
+                        if status.probing is not None:  # (not without failure detection)
+                            continue
                     return status.config
                 if self.failback_at is None or until < self.failback_at:
                     self.failback_at = until
@@ -1513,6 +1525,10 @@ class ClientAgent:
             source = self.accesses[migrate.source.name]
             if source.probing is not None or source.standby_probe is path:
                 self._end_probe(path, source)
+        if isinstance(self._mode, _TunnelMode):
+            # tried again a probe interval later (a failback whose migration failed was
+            # never tried again while the backup stayed healthy, found by a review)
+            self._mode.look_again(now + self.limits.probe_interval)
         self._status_changed()
 
     def quic_event(
@@ -1614,6 +1630,8 @@ class ClientAgent:
         status.probes_answered += 1
         log.info("access answers its probes access=%s", status.config.name)
         status.probing = None
+        if isinstance(self._mode, _TunnelMode):
+            self._mode.damping.answered(status.config.name, now)
         status.alive = True  # the liveness verdict was a connection's that left it
         self.set_health(status, PathHealth.ALIVE, now)
         self.update_access(status.config.name, now)
@@ -1973,9 +1991,14 @@ class ClientAgent:
             # concentrator, the client revoked): the next connections do a full handshake
             self.tickets.clear()
         if path.access is not None and path.monitor is not None and not keep_verdict:
-            # the detector's verdict was this connection's: a new one starts afresh (its
-            # handshake tells whether the access works)
-            self.accesses[path.access.name].health = PathHealth.ALIVE
+            # the detector's and the liveness probe's verdicts were this connection's: a new
+            # one starts afresh (its handshake tells whether the access works). Keeping
+            # `alive` False left no access available after the liveness probe gave a silent
+            # connection up, and the reconnect waited NO_ACCESS_RECHECK probe intervals (4 s,
+            # found by a review) where the backoff says 0.25 s.
+            status = self.accesses[path.access.name]
+            status.health = PathHealth.ALIVE
+            status.alive = True
         self._actions.append(ClosePath(path))
         self._mode.ended(path, was, now)
         self._status_changed()
@@ -2133,7 +2156,7 @@ class ClientAgent:
     def _health_due(self, path: Path) -> float | None:
         """When the failure detector next has something to do for `path` (None: nothing)."""
         monitor, tunnel = path.monitor, path.tunnel
-        if monitor is None or tunnel is None or tunnel.closed:
+        if monitor is None or tunnel is None or tunnel.ending:
             return None
         if monitor.health is not PathHealth.ALIVE:
             return monitor.next_check()
@@ -2239,9 +2262,12 @@ class ClientAgent:
         (RFC 9000 §9.1, _probe_accesses) until it answers (probe_answered): one the connection
         left while it was not healthy, one marked not alive, one whose handshake failed. A
         suspect one turns dead unless it answers in time (`state`: the ACK state of the path
-        it was suspected on); any other is probed as a dead one, with a backoff up to
-        probe_interval. Not while its link is down (link_changed tells more), nor without
-        failure detection (the ablation keeps the liveness probe alone)."""
+        it was suspected on); a healthy one (a failback's hold ended, its handshake failed)
+        turns dead unless it answers within two probe intervals, so that no reconnect or
+        failover takes it on a verdict nothing confirms (found by a review: it stayed healthy
+        however many probes went unanswered); any other is probed as a dead one, with a
+        backoff up to probe_interval. Not while its link is down (link_changed tells more),
+        nor without failure detection (the ablation keeps the liveness probe alone)."""
         if status.probing is not None or not status.link_ok or not self.detection:
             return
         probing = PathMonitor(self.limits.probe_interval)
@@ -2249,6 +2275,8 @@ class ClientAgent:
             limit = suspect_after(state) if state is not None else probing.probe_max
             dead_in = (dead_after(state) - limit) if state is not None else 2 * limit
             probing.suspect(now, limit, dead_in)
+        elif status.health is PathHealth.ALIVE:
+            probing.suspect(now, 0.0, 2 * probing.probe_max)  # probes from SUSPECT_MIN apart
         else:
             probing.dead(now)
         log.info("probing access=%s health=%s", status.config.name, status.health.value)

@@ -16,7 +16,9 @@ FLAP_MEMORY of the one before holds the failback for FIRST_HOLD, then twice that
 to MAX_HOLD, counted from the failure. An access that stayed good for FLAP_MEMORY starts again
 from its first failure. The hold never keeps the connection on a failing access: it delays
 only the move back to one that answers again, and failing over away from a failing access is
-never held.
+never held. When a hold ends, the access's verdict may be as old as the hold (it answered a
+probe once, early in the hold): the connection moves back only after the access answered a
+probe sent after the hold ended (`needs_probe`), so it does not land in the next stall.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ FLAP_MEMORY: Final = 60.0  # s: a failure this long after the previous one count
 class _Flaps:
     count: int  # failures in a row, each within FLAP_MEMORY of the one before
     last: float  # when the latest one was
+    answered: float = float("-inf")  # when it last answered a probe
 
 
 class FailbackDamping:
@@ -73,6 +76,22 @@ class FailbackDamping:
         # 2**exponent overflows a float long after the cap: bound the exponent first
         exponent = min(flaps.count - 2, 64)
         return min(self.first_hold * 2.0**exponent, self.max_hold)
+
+    def answered(self, name: str, now: float) -> None:
+        """Access `name` answered a probe (PATH_RESPONSE) at `now`."""
+        flaps = self._flaps.get(name)
+        if flaps is not None:
+            flaps.answered = now
+
+    def needs_probe(self, name: str, now: float) -> bool:
+        """Whether `name`'s hold has ended but it has answered no probe since: its verdict is
+        from before, so probe it again before failing back to it."""
+        flaps = self._flaps.get(name)
+        hold = self.hold(name)
+        if flaps is None or not hold:
+            return False
+        until = flaps.last + hold
+        return until <= now and flaps.answered < until
 
     def held_until(self, name: str, now: float) -> float | None:
         """When the connection may fail back to `name`, if not yet at `now` (else None)."""

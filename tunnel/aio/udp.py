@@ -82,7 +82,12 @@ from tunnel.protocol.quic_ext import (
     nothing_decrypted,
     steer_connection_id,
 )
-from tunnel.protocol.stateless_reset import build_reset, reset_size, reset_token
+from tunnel.protocol.stateless_reset import (
+    build_reset,
+    is_tagged_connection_id,
+    reset_size,
+    reset_token,
+)
 from tunnel.user_error import RuntimeFailure
 
 DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024
@@ -889,6 +894,7 @@ class ServerStats:
 
     resets_sent: int = 0
     resets_suppressed: int = 0  # over the reset budget (global or the sender's prefix)
+    resets_not_ours: int = 0  # no reset: the connection ID lacks our tag (not one we issued)
     retries_sent: int = 0
     invalid_token_closes_sent: int = 0
     version_negotiations_sent: int = 0
@@ -1276,8 +1282,14 @@ class QuicServer:
     ) -> None:
         """A 1-RTT packet for a connection we do not have (we restarted, or it ended): tell
         the peer at once with a stateless reset rather than let it wait for a timeout.
-        `cid` is known on no listener (the one table): its token kills nothing of ours."""
+        `cid` is known on no listener (the one table): its token kills nothing of ours.
+        Only a `cid` we could have issued (its tag, tunnel/protocol/stateless_reset.py) is
+        answered: not another endpoint's reset (two endpoints answering each other's resets
+        loop, §10.3.3), nor junk of made-up connection IDs."""
         if self.reset_key is None or reset_size(len(data)) is None:
+            return
+        if not is_tagged_connection_id(self.reset_key, cid):
+            self.stats.resets_not_ours += 1
             return
         if not self._reset_budget.allow(addr[0], self._loop.time()):
             self.stats.resets_suppressed += 1

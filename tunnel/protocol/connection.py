@@ -48,6 +48,7 @@ from tunnel.protocol.quic_ext import (
     DatagramFate,
     TunnelQuicConnection,
     datagram_budget,
+    is_ending,
     minimum_rtt,
     packet_datagram_budget,
     pending_datagram_count,
@@ -477,6 +478,13 @@ class TunnelConnection:
     @property
     def closed(self) -> bool:
         return self._closed is not None
+
+    @property
+    def ending(self) -> bool:
+        """Closed, or closing or draining: a peer's CONNECTION_CLOSE arrived (or we sent one)
+        and aioquic has not yet said the connection ended (three PTOs later, RFC 9000 §10.2).
+        Nothing more gets through it: its silence meanwhile says nothing of its path."""
+        return self._closed is not None or is_ending(self._quic)
 
     @property
     def close_reason(self) -> str | None:

@@ -85,7 +85,7 @@ from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import PacedNoCongestionControl
 from tunnel.protocol.pmtu import PmtuSearch, PmtuState
 from tunnel.protocol.quic_crypto import FastAead, FastHeaderProtection
-from tunnel.protocol.stateless_reset import is_reset, reset_token
+from tunnel.protocol.stateless_reset import is_reset, reset_token, tag_connection_id
 
 # Provisional codepoint of the quic_tunnel_stream_mode transport parameter
 # (-tcp draft §Connection establishment: "value TBD"). RFC 9000 §22.3 has no
@@ -715,7 +715,8 @@ class TunnelQuicConnection(QuicConnection):
         announce stream mode), see _write_connection_limits.
         `reset_key` (server): derive the stateless reset token of every connection ID we issue
         from it (tunnel/protocol/stateless_reset.py) instead of aioquic's random ones, so that a
-        restarted server can still reset the connection.
+        restarted server can still reset the connection, and end each ID with its tag
+        (tag_connection_id), by which the server knows what it may reset.
         `pacing_rate` (bytes per second): the rate of congestion control "none"
         (tunnel/protocol/congestion.py), required with it; with any other, a cap on the rate
         the controller paces at.
@@ -761,9 +762,9 @@ class TunnelQuicConnection(QuicConnection):
                 raise ValueError(f"max_streams_bidi must be >= 1, got {max_streams_bidi}")
             self._local_max_streams_bidi.value = max_streams_bidi
             self._local_max_streams_bidi.sent = max_streams_bidi
-        if cid_worker is not None and not self._is_client:
+        if not self._is_client and (cid_worker is not None or reset_key is not None):
             first = self._host_cids[0]
-            first.cid = steer_connection_id(first.cid, *cid_worker)
+            first.cid = self._shape_host_cid(first.cid)
             self.host_cid = self._local_initial_source_connection_id = first.cid
         if initial_dcid_byte is not None and self._is_client:
             self._peer_cid.cid = steered_initial_dcid(initial_dcid_byte)
@@ -1923,12 +1924,22 @@ class TunnelQuicConnection(QuicConnection):
         for cid in self._host_cids:
             cid.stateless_reset_token = reset_token(self._tunnel_reset_key, cid.cid)
 
+    def _shape_host_cid(self, cid: bytes) -> bytes:
+        """A connection ID we issue (server): steered to our worker (steer_connection_id),
+        then tagged with the reset key (tag_connection_id: the concentrator answers with a
+        stateless reset only packets whose connection ID carries the tag)."""
+        if self._tunnel_cid_worker is not None:
+            cid = steer_connection_id(cid, *self._tunnel_cid_worker)
+        if self._tunnel_reset_key is not None:
+            cid = tag_connection_id(self._tunnel_reset_key, cid)
+        return cid
+
     def _replenish_connection_ids(self) -> None:
         known = len(self._host_cids)
         super()._replenish_connection_ids()
-        if self._tunnel_cid_worker is not None:
+        if not self._is_client:
             for connection_id in self._host_cids[known:]:
-                connection_id.cid = steer_connection_id(connection_id.cid, *self._tunnel_cid_worker)
+                connection_id.cid = self._shape_host_cid(connection_id.cid)
         self._retoken_host_cids()
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
@@ -2421,6 +2432,13 @@ def admitted_datagram_size(quic: QuicConnection) -> int:
     if isinstance(quic, TunnelQuicConnection) and quic._tunnel_admitted is not None:
         return quic._tunnel_admitted
     return int(quic._max_datagram_size)
+
+
+def is_ending(quic: QuicConnection) -> bool:
+    """Whether `quic` is closing or draining (RFC 9000 §10.2): it takes nothing more to send,
+    though aioquic tells of the end (ConnectionTerminated) only after three PTOs — a peer's
+    CONNECTION_CLOSE is known here at once."""
+    return quic._state in END_STATES
 
 
 def smoothed_rtt(quic: QuicConnection) -> float | None:

@@ -13,6 +13,14 @@ so a restarted concentrator sends the tokens the old one announced, with nothing
 configure. (aioquic draws tokens at random and neither sends nor detects resets: quic_ext.py
 installs these tokens and the check.)
 
+The same key also marks every connection ID the concentrator issues: its last CID_TAG_SIZE
+bytes are a MAC of the others, so a reset is sent only for a packet whose connection ID we
+could have issued. §10.3.3 makes each reset smaller than its trigger, which bounds but does not
+stop two endpoints that answer each other's resets (about 20 resets for one 60-byte trigger);
+a reset's random bytes carry our tag with probability 2**-16, so a reset from anyone is not
+answered, nor junk of random connection IDs — while a client's smallest packet (a bare PING,
+under 43 bytes) to a restarted concentrator still is.
+
 Sans-I/O: randomness is injected; nothing here reads files or sockets.
 """
 
@@ -31,6 +39,11 @@ MIN_RESET_SIZE: Final = 21
 # for longer triggers this size is enough to pass for a small 1-RTT packet and never amplifies.
 MAX_RESET_SIZE: Final = 43
 _KEY_LABEL: Final = b"qtun stateless reset key v1"
+# the tag at the end of our connection IDs; the rest (6 of aioquic's 8 bytes, 48 bits) stays
+# random enough that the IDs of many connections do not collide and cannot be linked (§5.1)
+CID_TAG_SIZE: Final = 2
+_CID_TAG_LABEL: Final = b"qtun connection id tag v1"
+MIN_TAGGED_CID_LENGTH: Final = CID_TAG_SIZE + 4
 
 
 def reset_key_from_secret(secret: bytes) -> bytes:
@@ -44,6 +57,31 @@ def reset_key_from_secret(secret: bytes) -> bytes:
 def reset_token(key: bytes, connection_id: bytes) -> bytes:
     """The stateless reset token of `connection_id` under `key` (§10.3.2)."""
     return hmac.new(key, connection_id, hashlib.sha256).digest()[:TOKEN_SIZE]
+
+
+def _cid_tag(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, _CID_TAG_LABEL + body, hashlib.sha256).digest()[:CID_TAG_SIZE]
+
+
+def tag_connection_id(key: bytes, connection_id: bytes) -> bytes:
+    """`connection_id` with its last CID_TAG_SIZE bytes replaced by the MAC of the others under
+    `key` (see the module's docstring); anything that shapes the rest of the ID (a worker's
+    steering byte) must come first."""
+    if len(connection_id) < MIN_TAGGED_CID_LENGTH:
+        raise ValueError(
+            f"a tagged connection ID has at least {MIN_TAGGED_CID_LENGTH} bytes, "
+            f"not {len(connection_id)}"
+        )
+    body = connection_id[:-CID_TAG_SIZE]
+    return body + _cid_tag(key, body)
+
+
+def is_tagged_connection_id(key: bytes, connection_id: bytes) -> bool:
+    """Whether `connection_id` carries our tag under `key`, i.e. we could have issued it."""
+    if len(connection_id) < MIN_TAGGED_CID_LENGTH:
+        return False
+    body, tag = connection_id[:-CID_TAG_SIZE], connection_id[-CID_TAG_SIZE:]
+    return hmac.compare_digest(tag, _cid_tag(key, body))
 
 
 def reset_size(trigger_size: int) -> int | None:
@@ -82,12 +120,15 @@ def is_reset(datagram: bytes, tokens: Iterable[bytes]) -> bool:
 
 
 __all__ = [
+    "CID_TAG_SIZE",
     "MAX_RESET_SIZE",
     "MIN_RESET_SIZE",
     "TOKEN_SIZE",
     "build_reset",
     "is_reset",
+    "is_tagged_connection_id",
     "reset_key_from_secret",
     "reset_size",
     "reset_token",
+    "tag_connection_id",
 ]
