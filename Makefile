@@ -18,6 +18,8 @@ $(STAMPS)/system: scripts/install-system-deps.sh
 	@mkdir -p $(STAMPS)
 	./scripts/install-system-deps.sh
 	@touch $@
+	@# `sudo make deps` then `make test-unit` as the user: the stamps must stay the user's
+	@if [ -n "$${SUDO_UID:-}" ]; then chown -R "$$SUDO_UID:$$SUDO_GID" $(STAMPS); fi
 
 deps: $(STAMPS)/system
 
@@ -92,7 +94,7 @@ BENCH_ARGS ?=
 bench: venv $(NATIVE)
 	$(PY) -m experiments.bench $(BENCH_ARGS)
 
-# Soak and fault (about 12 minutes): 20 clients in every mode with checked transfers for 10
+# Soak and fault (11-12 minutes): 20 clients in every mode with checked transfers for 10
 # minutes, link flaps, WiFi blackholes, a SIGKILLed concentrator and a hostile client at once;
 # memory, fds, exceptions, checksums and latency in results/soak/<timestamp>/.
 soak: venv $(NATIVE)

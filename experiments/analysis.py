@@ -211,6 +211,18 @@ def _numbers(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return numbers
 
 
+def _with_numbers(
+    df: pd.DataFrame, run_dir: Path, table: str, columns: Sequence[str]
+) -> pd.DataFrame:
+    """`columns` (those the table has) as numbers, strictly (_numbers): the measurements the
+    figures and `qtlab compare` read, where a corrupt cell must not pass for a missing one."""
+    path = Path(run_dir) / TABLES[table].file_name
+    for column in columns:
+        if column in df.columns:
+            df[column] = _numbers(df, column, path)
+    return df
+
+
 def _as_bool(series: pd.Series) -> pd.Series:
     text = series.astype(str).str.strip().str.lower()
     return text.isin(["true", "1", "yes"])
@@ -261,8 +273,9 @@ def load_failover(run_dir: Path) -> pd.DataFrame:
     df.attrs["not_failover_results"] = int(left_out.sum())
     df["completed"] = _as_bool(df["completed"])
     path = Path(run_dir) / TABLES["failover"].file_name
-    for column in ("gap_ms", "goodput_after_gap_mbps"):
+    for column in ("gap_ms", "goodput_after_gap_mbps"):  # NaN when absent: older runs
         df[column] = _numbers(df, column, path)
+    df = _with_numbers(df, run_dir, "failover", ("goodput_before_mbps",))
     ablation = df.get("ablation_off", pd.Series("", index=df.index)).astype(object)
     df["ablation_off"] = ablation.where(ablation.notna(), "").astype(str)
     return _with_cpu_flag(df, run_dir, "failover")
@@ -286,11 +299,15 @@ def load_goodput(run_dir: Path) -> pd.DataFrame:
     for column in ("cc", "outer_cc", "loss_hiding"):
         values = df.get(column, pd.Series("", index=df.index)).astype(object)
         df[column] = values.where(values.notna(), "").astype(str)
+    df = _with_numbers(df, run_dir, "goodput", ("goodput_mbps",))
     return _with_cpu_flag(df, run_dir, "goodput")
 
 
 def load_aggregation(run_dir: Path) -> pd.DataFrame:
-    return _with_cpu_flag(_load(run_dir, "aggregation"), run_dir, "aggregation")
+    df = _with_numbers(
+        _load(run_dir, "aggregation"), run_dir, "aggregation", ("goodput_mbps", "ratio")
+    )
+    return _with_cpu_flag(df, run_dir, "aggregation")
 
 
 def load_ablation(run_dir: Path) -> pd.DataFrame:
@@ -330,7 +347,7 @@ def load_masque(run_dir: Path) -> pd.DataFrame:
 
 
 def load_scale(run_dir: Path) -> pd.DataFrame:
-    return _load(run_dir, "scale")
+    return _with_numbers(_load(run_dir, "scale"), run_dir, "scale", ("goodput_mbps",))
 
 
 # -- statistics ------------------------------------------------------------------------------

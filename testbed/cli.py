@@ -32,6 +32,7 @@ from testbed.profiles import PROFILES, LinkProfile, parse_overrides, profile
 from testbed.shaping import BACKENDS, DIRECTIONS
 from testbed.topologies import TOPOLOGIES
 from testbed.traces import trace_path
+from tunnel.session.scheduler import SCHEDULER_NAMES
 from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, UserError, run_command
 
 ACCESS_HELP = """<access> <verb> [value] [dir=up|down|both] [client=cK]
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--scheduler",
-        choices=("failover", "wrr", "aggregate", "lowest-rtt"),
+        choices=SCHEDULER_NAMES,
         default="failover",
         help="session-mode scheduler (with --tunnel session)",
     )

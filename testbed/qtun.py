@@ -72,7 +72,7 @@ class QtunError(RuntimeFailure):
 @dataclass
 class TunnelSpec:
     mode: str = "session"  # "tunnel" | "session" | "masque" (RFC 9484 CONNECT-IP, issue 18)
-    scheduler: str = "failover"  # failover | wrr | aggregate | lowest-rtt
+    scheduler: str = "failover"  # one of tunnel/session/scheduler.py SCHEDULER_NAMES
     access_reports: bool = True
     stream: bool = False  # also negotiate stream mode and intercept TCP
     # False: limits.reorder_timeout = 0 on both sides (ReorderBuffer.from_setting: no

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from experiments.analysis import ResultsError
 from experiments.compare import (
     MEASURES,
     CompareError,
@@ -157,6 +158,31 @@ def test_what_cannot_be_compared_is_one_sentence(tmp_path: Path, capsys: Any) ->
     assert cli.main(["compare", str(agg), str(agg), "--metric", "gap_ms"]) == 2
     assert cli.main(["compare", str(agg), str(agg), "--csv", str(tmp_path)]) == 2
     assert "is a directory: give the path of a file" in capsys.readouterr().err
+
+
+def test_a_corrupt_measurement_is_refused_not_left_out(tmp_path: Path, capsys: Any) -> None:
+    """A goodput cell "12.x" (a hand edit, a truncated write) used to be dropped from its cell
+    without a word: n one lower, the verdict drawn from what remained. Now one sentence naming
+    the file, column and line, from every experiment compare reads (an empty cell stays "no
+    value")."""
+    rows = aggregation_rows(TEN)
+    good = make_run(tmp_path, "a", "aggregation", rows)
+    corrupt = make_run(tmp_path, "b", "aggregation", [*rows[:3], {**rows[3], "ratio": "0.7x"}])
+    with pytest.raises(ResultsError, match=r"aggregation\.csv line 5, column ratio: '0\.7x'"):
+        compare_runs(good, corrupt, "ratio")
+    assert cli.main(["compare", str(good), str(corrupt)]) == 1
+    assert "is not a number: fix or empty that cell" in capsys.readouterr().err
+    scale = [
+        {"mode": "tunnel", "workers": 1, "clients_per_process": 1, "conc_txqueuelen": 0,
+         "clients": 1, "client": "c1", "run": r + 1, "goodput_mbps": "9.5" if r else "fast"}
+        for r in range(2)
+    ]  # fmt: skip
+    corrupt_scale = make_run(tmp_path, "c", "scale", scale)
+    with pytest.raises(ResultsError, match="line 2, column goodput_mbps: 'fast'"):
+        compare_runs(corrupt_scale, corrupt_scale)
+    empty = make_run(tmp_path, "d", "aggregation", [*rows[:9], {**rows[9], "goodput_mbps": ""}])
+    _, table = compare_runs(good, empty)
+    assert table["n_after"].tolist() == [9]
 
 
 def test_every_measure_names_columns_of_its_table() -> None:
