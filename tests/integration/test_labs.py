@@ -200,7 +200,7 @@ def test_lab3_stream_mode_tcp_ends_at_each_side_and_skips_the_tun() -> None:
     srv2 = outputs(steps, "srv2 ss -tn state time-wait")[0]
     assert re.search(r"10\.200\.1\.2:8080\s+10\.200\.1\.1:\d+", srv1), srv1
     assert re.search(r"10\.200\.2\.2:8080\s+10\.8\.0\.3:\d+", srv2), srv2
-    # while a connection is open: three TCP connections, c1's socket believes it reaches srv1,
+    # while a connection is open: two TCP connections, c1's socket believes it reaches srv1,
     # its TCP ends at qtun's listener; the concentrator's own connection reaches srv1
     c1 = outputs(steps, "c1 ss -tn state established")[0]
     app = re.search(r"10\.8\.0\.3:(\d+)\s+10\.200\.1\.2:9000", c1)
