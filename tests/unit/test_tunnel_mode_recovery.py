@@ -8,7 +8,14 @@ from tests.unit.client_world import Concentrator, World, client_config
 from tests.unit.test_client_agent import PROBE, access_status, delivered
 from tests.unit.test_tunnel_mode_review import tunnel_world
 from tests.unit.tunnel_pairs import ip4
-from tunnel.agents.client import CONNECT_TIMEOUT, ClientState, Migrate, OpenPath, PathState
+from tunnel.agents.client import (
+    CONNECT_TIMEOUT,
+    ClientState,
+    Migrate,
+    OpenPath,
+    Path,
+    PathState,
+)
 from tunnel.session.path_health import PathHealth
 
 
@@ -16,6 +23,15 @@ def opened_after(world: World, since: float, skip: int) -> list[tuple[float, str
     """(seconds after `since`, access) of the OpenPath actions after the first `skip`."""
     opens = [(t, a) for t, a in world.actions if isinstance(a, OpenPath)][skip:]
     return [(round(t - since, 2), a.path.name) for t, a in opens]
+
+
+def up_on_5g_beside_a_silent_wifi() -> tuple[World, Path]:
+    """WiFi's link is up but nothing gets through it: its handshake fails, 5G carries."""
+    world = World(client_config("tunnel", ("wifi", "5g"), PROBE))
+    world.blackhole("wifi", True)
+    world.start()
+    world.run(CONNECT_TIMEOUT + 2.0, until=lambda: world.agent.state is ClientState.UP)
+    return world, world.up_path("5g")
 
 
 def test_a_connection_the_concentrator_closed_is_not_judged_while_it_drains() -> None:
@@ -39,11 +55,7 @@ def test_a_closed_connection_on_5g_does_not_leave_5g_dead_and_the_client_on_a_br
     """WiFi's link is up but carries nothing; 5G carries the connection, then the
     concentrator closes it. Before: 5G judged dead while draining, the client retried only
     WiFi, each attempt timing out after 10 s, for good."""
-    world = World(client_config("tunnel", ("wifi", "5g"), PROBE))
-    world.blackhole("wifi", True)
-    world.start()
-    world.run(CONNECT_TIMEOUT + 2.0, until=lambda: world.agent.state is ClientState.UP)
-    path = world.up_path("5g")
+    world, path = up_on_5g_beside_a_silent_wifi()
     world.run(2.0)
     opens = len(world.of(OpenPath))
     world.concentrator_closes(path)
@@ -58,11 +70,7 @@ def test_a_healthy_access_probed_without_answer_turns_dead() -> None:
     """WiFi's handshake failed (its link up, nothing through): it is probed from 5G's
     connection. Before, it stayed healthy however many probes went unanswered, and the
     reconnect after 5G's connection was lost went to WiFi first (a 10 s handshake timeout)."""
-    world = World(client_config("tunnel", ("wifi", "5g"), PROBE))
-    world.blackhole("wifi", True)
-    world.start()
-    world.run(CONNECT_TIMEOUT + 2.0, until=lambda: world.agent.state is ClientState.UP)
-    path = world.up_path("5g")
+    world, path = up_on_5g_beside_a_silent_wifi()
     world.run(10.0)
     wifi = world.agent.accesses["wifi"]
     assert wifi.probing is not None and wifi.probes_answered == 0
