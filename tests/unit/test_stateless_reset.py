@@ -12,7 +12,7 @@ from aioquic.quic.events import ConnectionTerminated
 
 from tests.unit.quic_harness import make_configs
 from tests.unit.test_udp_loopback import echo_server, within
-from tunnel.aio.udp import UdpEndpoint
+from tunnel.aio.udp import QuicServer, UdpEndpoint
 from tunnel.protocol.quic_ext import STATELESS_RESET_REASON, TunnelQuicConnection
 from tunnel.protocol.stateless_reset import (
     CID_TAG_SIZE,
@@ -190,14 +190,24 @@ def test_a_reset_that_carries_our_connection_id_still_ends_the_connection() -> N
 # -- QuicServer on loopback ----------------------------------------------------------------
 
 
-def test_server_answers_an_unknown_connection_with_a_reset() -> None:
-    _, server_cfg = make_configs(["qt"])
+def reset_server() -> QuicServer:
+    """An echo server on loopback that answers packets of unknown connections with resets
+    under KEY (call inside the running loop)."""
+    server = echo_server(UdpEndpoint.bind("127.0.0.1"), make_configs(["qt"])[1])
+    server.reset_key = KEY
+    return server
 
+
+def peer_socket() -> socket.socket:
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.setblocking(False)
+    return peer
+
+
+def test_server_answers_an_unknown_connection_with_a_reset() -> None:
     async def scenario() -> None:
-        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
-        server.reset_key = KEY
-        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        peer.setblocking(False)
+        server = reset_server()
+        peer = peer_socket()
         try:
             cid = tag_connection_id(KEY, bytes(range(8)))  # one we could have issued
             # a 1-RTT packet of a connection the server does not have
@@ -224,13 +234,10 @@ def test_server_answers_no_connection_id_it_could_not_have_issued() -> None:
     """A made-up connection ID, or the random bytes of another endpoint's reset, draws no
     reset: two endpoints answering each other's resets (each a byte shorter, §10.3.3) would
     exchange some 20 packets per trigger."""
-    _, server_cfg = make_configs(["qt"])
 
     async def scenario() -> None:
-        server = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
-        server.reset_key = KEY
-        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        peer.setblocking(False)
+        server = reset_server()
+        peer = peer_socket()
         try:
             loop = asyncio.get_running_loop()
             untagged = bytes(range(8))
@@ -259,12 +266,9 @@ def test_two_servers_do_not_answer_each_others_resets() -> None:
     B answered it a byte shorter, A answered that, and so on, ~20 resets per trigger; now B
     sees that the reset's bytes are no connection ID it issued (same key on both: it is the
     tag, not the key, that tells)."""
-    _, server_cfg = make_configs(["qt"])
 
     async def scenario() -> None:
-        server_a = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
-        server_b = echo_server(UdpEndpoint.bind("127.0.0.1"), server_cfg)
-        server_a.reset_key = server_b.reset_key = KEY
+        server_a, server_b = reset_server(), reset_server()
         try:
             trigger = bytes([0x40]) + tag_connection_id(KEY, os.urandom(8)) + os.urandom(51)
             server_b.endpoint.send_batch([(trigger, server_a.endpoint.local_address)])
