@@ -338,6 +338,54 @@ def test_a_blackhole_just_after_the_clients_ping_was_acknowledged_is_still_seen(
     assert world.times_of(Migrate)[0] - blackholed < 0.5
 
 
+def test_an_owed_ping_backs_off_while_the_only_access_stays_silent(lab_certs: FilePath) -> None:
+    """The PING an arrival is owed waits for the one in flight to be answered: a look a round
+    trip later, then doubling waits while nothing arrives. Before, with WiFi the only access
+    and blackholed just after a PING left, the agent looked every round trip (10 ms) until
+    the connection ended (found by a review): 306 timer wake-ups in these 3 s, now 16."""
+    world, core = core_world(
+        lab_certs,
+        mode="tunnel",
+        accesses=("wifi",),
+        settings=["limits.probe_interval=2"],
+        delays={"wifi": 0.005},
+    )
+    path = world.up_path("wifi")
+    assert path.tunnel is not None
+    tunnel = path.tunnel
+
+    def pinging() -> bool:
+        state = tunnel.ack_state()
+        return state is not None and state.unanswered_since is not None
+
+    n = 0
+    for _ in range(60):  # 0.3 s of downlink only
+        core.from_tun([down(n)], world.now)
+        n += 1
+        world.run(0.005)
+    for _ in range(200):  # on, until a PING of the client's is in flight
+        core.from_tun([down(n)], world.now)
+        n += 1
+        world.run(0.005, until=pinging)
+        if pinging():
+            break
+    assert pinging()
+    core.from_tun([down(n)], world.now)  # an arrival while it is: a PING is owed
+    world.blackhole("wifi", True)
+    wakeups: list[float] = []
+    handle_timer = world.agent.handle_timer
+
+    def counted(now: float) -> None:
+        wakeups.append(now)
+        handle_timer(now)
+
+    world.agent.handle_timer = counted  # type: ignore[method-assign]
+    world.run(3.0)
+    assert world.agent.path_on("wifi") is path  # still its connection (no other access)
+    # the owed look after 10, 20, 40 ... ms, at most a probe interval; the probe's own
+    assert 0 < len(wakeups) < 30
+
+
 def test_a_reinjection_is_taken_by_a_path_whose_queue_is_full(lab_certs: FilePath) -> None:
     """Session mode offered more than both accesses carry (WiFi 10 Mbit/s with 5 % loss, 5G
     20, ~49 offered): every datagram queue is at its cap, yet what WiFi loses is re-sent on
