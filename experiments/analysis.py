@@ -28,6 +28,7 @@ t density: no SciPy in the environment) stays for the summaries' mean columns.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -1346,7 +1347,8 @@ def run_conditions(run_dir: Path) -> str:
     parts = []
     runs = parameters.get("runs")
     if runs is not None:
-        parts.append(f"n = {runs} run{'s' if runs != 1 else ''} per point")
+        fewer = _fewer_runs(run_dir, meta, runs)
+        parts.append(f"n = {runs} run{'s' if runs != 1 else ''} per point{fewer}")
     profiles = {
         key.removesuffix("_profile"): value
         for key, value in parameters.items()
@@ -1364,6 +1366,38 @@ def run_conditions(run_dir: Path) -> str:
     if commit:
         parts.append(f"commit {commit[:10]}{' (dirty)' if meta.get('git_dirty') else ''}")
     return " · ".join(parts)
+
+
+def _fewer_runs(run_dir: Path, meta: dict[str, Any], runs: object) -> str:
+    """The footer's "(fewer at K of M points: LO-HI)" when the run's primary table holds fewer
+    runs of some point than its `runs` parameter asked for (a point that failed, a sweep
+    stopped part-way), so that a figure's n never claims more than was measured; "" when none
+    has fewer, or when the table cannot tell (the loaders say what is wrong with it)."""
+    from experiments.runner import ExperimentError, get_experiment  # it imports the experiments
+
+    name = meta.get("experiment")
+    if not isinstance(runs, int) or not isinstance(name, str):
+        return ""
+    try:
+        exp = get_experiment(name)
+        text = (run_dir / f"{exp.primary}.csv").read_text(encoding="utf-8")
+    except (ExperimentError, OSError, UnicodeDecodeError):
+        return ""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    point = [c for c in exp.key_columns if c != "run"]
+    if not set(exp.key_columns) <= set(reader.fieldnames or ()):
+        return ""
+    seen: dict[tuple[str, ...], set[str]] = {}
+    try:
+        for row in reader:
+            seen.setdefault(tuple(row[c] or "" for c in point), set()).add(row["run"] or "")
+    except csv.Error:
+        return ""
+    short = sorted(len(done) for done in seen.values() if len(done) < runs)
+    if not short:
+        return ""
+    span = str(short[0]) if short[0] == short[-1] else f"{short[0]}-{short[-1]}"
+    return f" (fewer at {len(short)} of {len(seen)} points: {span})"
 
 
 def add_footer(fig: Figure, text: str) -> None:

@@ -474,6 +474,22 @@ def test_a_figure_names_its_runs_conditions(tmp_path: Path) -> None:
     assert analysis.run_conditions(tmp_path / "nothing") == ""  # no meta.json: no footer
 
 
+def test_a_figures_n_says_which_points_have_fewer_runs_than_asked(tmp_path: Path) -> None:
+    """A point that failed, or a sweep stopped part-way, leaves cells with fewer runs than the
+    run's `runs`: the footer says how many, rather than claim n for every point."""
+    write_failover_run(tmp_path)  # session-failover 3 runs, plain 2
+    meta = {"experiment": "failover", "parameters": {"runs": 3}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert analysis.run_conditions(tmp_path) == "n = 3 runs per point (fewer at 1 of 2 points: 2)"
+    meta["parameters"] = {"runs": 2}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert analysis.run_conditions(tmp_path) == "n = 2 runs per point"
+    (tmp_path / "failover.csv").write_text("variant\nplain\n")  # no key columns: cannot tell
+    meta["parameters"] = {"runs": 3}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert analysis.run_conditions(tmp_path) == "n = 3 runs per point"
+
+
 def test_goodput_against_loss_figure(tmp_path: Path) -> None:
     write_goodput_run(tmp_path)
     out = analysis.goodput_loss_figure(tmp_path, tmp_path / "loss.png")
