@@ -1371,8 +1371,9 @@ def run_conditions(run_dir: Path) -> str:
 def _fewer_runs(run_dir: Path, meta: dict[str, Any], runs: object) -> str:
     """The footer's "(fewer at K of M points: LO-HI)" when the run's primary table holds fewer
     runs of some point than its `runs` parameter asked for (a point that failed, a sweep
-    stopped part-way), so that a figure's n never claims more than was measured; "" when none
-    has fewer, or when the table cannot tell (the loaders say what is wrong with it)."""
+    stopped part-way, a failover run that carried nothing before its outage), so that a
+    figure's n never claims more than was measured; "" when none has fewer, or when the table
+    cannot tell (the loaders say what is wrong with it)."""
     from experiments.runner import ExperimentError, get_experiment  # it imports the experiments
 
     name = meta.get("experiment")
@@ -1390,6 +1391,8 @@ def _fewer_runs(run_dir: Path, meta: dict[str, Any], runs: object) -> str:
     seen: dict[tuple[str, ...], set[str]] = {}
     try:
         for row in reader:
+            if NO_DELIVERY_BEFORE in (row.get("detail") or ""):
+                continue  # no failover result: load_failover leaves it out of the figure
             seen.setdefault(tuple(row[c] or "" for c in point), set()).add(row["run"] or "")
     except csv.Error:
         return ""

@@ -4,17 +4,19 @@
 the data path must answer ("no change in behaviour: the results stay within their noise"): for
 each cell the two runs share (the experiment's parameters, the run number aside), the median of
 each run's points with its exact distribution-free 95 % interval (`analysis.median_ci`), the
-change of the median, and a verdict:
+change of the median, the p-value of an exact two-sided rank-sum test (`rank_sum_p`), that
+p-value Holm-adjusted over the compared cells, and a verdict:
 
-    same          the two intervals overlap
-    higher/lower  AFTER's interval lies wholly above / below BEFORE's, or (failover's gap, where
-                  a run that never recovered counts as an endless gap) a significantly larger /
-                  smaller share of AFTER's runs never recovered (Fisher's exact test, two-sided)
-    too few runs  either side has too few points for an interval (6 at 95 %)
+    higher/lower        AFTER's points rank above / below BEFORE's: Holm-adjusted p < 5 %
+    no change detected  the test cannot tell them apart at that level (not "the same": with
+                        10 runs a side, a shift smaller than the runs' spread passes unseen)
+    too few runs        no split of that many points could reach 5 % (4 a side is enough)
+    before only / after only   a cell one run measured and the other did not
 
-Two 95 % intervals that do not overlap mean a difference at well under the 5 % level (the test
-is conservative: a real but small shift can still read "same"); that is the claim a results
-README may make from it, and no more.
+A failover run that never recovered counts as an endless gap (ranked above every finite one):
+a change in how often runs fail to recover moves the ranks as a slower recovery does. Holm's
+step-down adjustment holds the chance of any false "higher"/"lower" in the comparison at 5 %,
+however many cells it has.
 
 Which parameters make a cell and which measurement is compared, per experiment, is MEASURES.
 The scale experiment is compared per run (its CSV has a row per client): the total goodput and
@@ -45,7 +47,10 @@ from experiments.text_columns import align
 from experiments.traffic import jain_index
 from tunnel.user_error import UsageError
 
-VERDICTS = ("same", "higher", "lower", "too few runs")
+NO_CHANGE = "no change detected"
+VERDICTS = (NO_CHANGE, "higher", "lower", "too few runs", "before only", "after only")
+ALPHA = 0.05  # the level of the verdicts, Holm-adjusted over a comparison's cells
+EXACT_UP_TO = 50  # points a side the rank-sum test counts exactly; above, normal approximation
 SCALE_KEYS = ("mode", "workers", "clients_per_process", "conc_txqueuelen", "clients")
 
 
@@ -104,6 +109,63 @@ def endless_unrecovered(failover: pd.DataFrame) -> pd.DataFrame:
     return failover
 
 
+def _doubled_midranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank among `values` (1 = smallest), tied values sharing the mean of their
+    ranks, doubled so that every rank is an integer."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.int64)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        ranks[order[start : end + 1]] = start + end + 2  # (start+1 + end+1) / 2, doubled
+        start = end + 1
+    return ranks
+
+
+def rank_sum_p(before: Sequence[float] | pd.Series, after: Sequence[float] | pd.Series) -> float:
+    """Two-sided p-value of the Wilcoxon-Mann-Whitney rank-sum test of `after` against
+    `before` (Mann & Whitney 1947): the chance, were the two sets of points one population,
+    that AFTER's rank sum lies at least as far from its mean as it does. Ties take their
+    mid-rank; up to EXACT_UP_TO points a side the distribution is counted over every split of
+    these very ranks (exact with ties, no assumption on the distribution: gaps are skewed);
+    above, the normal approximation with the tie correction. +inf ranks above every finite
+    value. NaN when a side is empty."""
+    a = np.asarray(before, dtype=float)
+    b = np.asarray(after, dtype=float)
+    m, n = len(a), len(b)
+    if m == 0 or n == 0:
+        return math.nan
+    total = m + n
+    ranks = _doubled_midranks(np.concatenate([a, b]))
+    observed = int(ranks[m:].sum())
+    mean = n * (total + 1)  # of AFTER's doubled rank sum
+    if max(m, n) > EXACT_UP_TO:
+        _, counts = np.unique(ranks, return_counts=True)
+        ties = float(((counts**3 - counts).sum()) / (total * (total - 1)))
+        variance = 4 * m * n / 12 * ((total + 1) - ties)  # of the doubled sum
+        if variance <= 0:
+            return 1.0
+        z = max(abs(observed - mean) - 1, 0) / math.sqrt(variance)  # continuity: 1/2, doubled
+        return min(1.0, math.erfc(z / math.sqrt(2)))
+    # ways[k, s]: how many k-point subsets of the ranks seen so far sum to s (0/1 knapsack)
+    top = int(ranks.sum())
+    ways = np.zeros((n + 1, top + 1))
+    ways[0, 0] = 1.0
+    for rank in ranks:
+        ways[1:, rank:] = ways[1:, rank:] + ways[:-1, : top + 1 - rank]
+    sums = np.flatnonzero(ways[n])
+    far = np.abs(sums - mean) >= abs(observed - mean)
+    return min(1.0, float(ways[n, sums[far]].sum() / ways[n].sum()))
+
+
+def smallest_p(m: int, n: int) -> float:
+    """The smallest two-sided p-value rank_sum_p can give with m and n points (no ties):
+    both extreme splits, 2 / C(m+n, n)."""
+    return min(1.0, 2 / math.comb(m + n, n)) if m and n else 1.0
+
+
 def fisher_exact(a: int, b: int, c: int, d: int) -> float:
     """Two-sided p-value of Fisher's exact test of the 2x2 table [[a, b], [c, d]]: the
     probability, given its margins, of a table at most as likely as this one."""
@@ -117,14 +179,16 @@ def fisher_exact(a: int, b: int, c: int, d: int) -> float:
     return min(1.0, sum(q for x in tables if (q := probability(x)) <= observed * (1 + 1e-9)))
 
 
-def _verdict(lo_a: float, hi_a: float, lo_b: float, hi_b: float) -> str:
-    if any(math.isnan(x) for x in (lo_a, hi_a, lo_b, hi_b)):
-        return "too few runs"
-    if lo_b > hi_a:
-        return "higher"
-    if hi_b < lo_a:
-        return "lower"
-    return "same"
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (Holm 1979): each p-value multiplied by the number of
+    hypotheses not yet rejected at its rank, made monotone; NaN stays NaN and is not counted."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def _cells(points: pd.DataFrame, keys: Sequence[str]) -> dict[tuple[str, ...], pd.DataFrame]:
@@ -146,40 +210,55 @@ class CompareError(UsageError):
     """Runs or a metric `qtlab compare` was given that it cannot compare; one sentence."""
 
 
+def _saturated(points: pd.DataFrame) -> int:
+    """How many of these points the loader flagged: a process or the machine saturated."""
+    flags = points.get("cpu_saturated")
+    return 0 if flags is None else int(flags.fillna(False).astype(bool).sum())
+
+
 def compare_points(
     before: pd.DataFrame,
     after: pd.DataFrame,
     keys: Sequence[str],
     metric: str,
-    confidence: float = 0.95,
+    confidence: float = 1 - ALPHA,
 ) -> pd.DataFrame:
-    """Per cell present in both: n, the median and its exact interval of `metric` on each side
-    (`before`, `before_lo`, `before_hi`, `after`, ...), `change_pct` (the medians' relative
-    change) and `verdict` (module docstring). Cells in the order of `before`."""
+    """Per cell: n, the median and its exact interval of `metric` on each side (`before`,
+    `before_lo`, `before_hi`, `after`, ...), `change_pct` (the medians' relative change), `p`
+    (rank_sum_p) and `p_holm`, `p_never` and `p_never_holm` (Fisher's exact test of the share
+    of runs that never ended, +inf, where a side has one; both Holm-adjusted in one family over
+    the cells tested), the points flagged saturated
+    on each side and `verdict` (module docstring). The compared cells in the order of `before`,
+    then those only BEFORE has, then those only AFTER has."""
     for name, points in (("before", before), ("after", after)):
         if metric not in points.columns:
             raise ResultsError(f"the {name} run has no column {metric!r} to compare.")
     keys = [k for k in keys if k in before.columns and k in after.columns]
-    cells_after = _cells(after, keys)
+    cells_before, cells_after = _cells(before, keys), _cells(after, keys)
+    empty = before.iloc[0:0]
     rows: list[dict[str, Any]] = []
-    for key, group in _cells(before, keys).items():
-        other = cells_after.get(key)
-        if other is None:
-            continue
+    for key in [*cells_before, *(k for k in cells_after if k not in cells_before)]:
+        group, other = cells_before.get(key, empty), cells_after.get(key, empty)
         a = pd.to_numeric(group[metric], errors="coerce").dropna()
         b = pd.to_numeric(other[metric], errors="coerce").dropna()
         median_a, lo_a, hi_a = median_ci(a, confidence)
         median_b, lo_b, hi_b = median_ci(b, confidence)
-        verdict = _verdict(lo_a, hi_a, lo_b, hi_b)
-        endless_a, endless_b = int(np.isinf(a).sum()), int(np.isinf(b).sum())
-        if verdict in ("same", "too few runs") and (endless_a or endless_b) and len(a) and len(b):
-            # the intervals alone miss a change in how often a run never ends (10 of 10
-            # recovering against 4 of 10 overlap: [101, 108] and [100, never])
-            p = fisher_exact(len(a) - endless_a, endless_a, len(b) - endless_b, endless_b)
-            if p < 1 - confidence:
-                verdict = "higher" if endless_b / len(b) > endless_a / len(a) else "lower"
         finite = math.isfinite(median_a) and math.isfinite(median_b)
         change = (median_b / median_a - 1) * 100 if median_a and finite else math.nan
+        endless_a, endless_b = int(np.isinf(a).sum()), int(np.isinf(b).sum())
+        p_never = math.nan
+        if endless_a or endless_b:
+            # how often a run never ended, on its own: the ranks miss a change in it when the
+            # runs that do end end sooner (6 of 10 recovering faster than before, 4 never)
+            p_never = fisher_exact(len(a) - endless_a, endless_a, len(b) - endless_b, endless_b)
+        if key not in cells_after or key not in cells_before:
+            p, verdict = math.nan, "before only" if key not in cells_after else "after only"
+            p_never = math.nan
+        elif smallest_p(len(a), len(b)) >= 1 - confidence:
+            p, verdict = rank_sum_p(a, b), "too few runs"
+        else:
+            p, verdict = rank_sum_p(a, b), ""  # decided once every cell's p is known
+        never_higher = "higher" if endless_b * len(a) > endless_a * len(b) else "lower"
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
         row.update(
             {
@@ -193,11 +272,49 @@ def compare_points(
                 "after_lo": lo_b,
                 "after_hi": hi_b,
                 "change_pct": change,
+                "p": p,
+                "p_never": p_never,
+                "saturated_before": _saturated(group),
+                "saturated_after": _saturated(other),
                 "verdict": verdict,
+                "_ranks": _ranks_higher(a, b),
+                "_never": never_higher,
             }
         )
         rows.append(row)
-    return pd.DataFrame(rows)
+    # one family: every cell's rank-sum test and every never-ended share's test
+    tested = [r["p"] if r["verdict"] == "" else math.nan for r in rows]
+    tested += [r["p_never"] if r["verdict"] == "" else math.nan for r in rows]
+    adjusted = holm(tested)
+    level = 1 - confidence
+    for row, by_ranks, by_never in zip(rows, adjusted, adjusted[len(rows) :], strict=False):
+        row["p_holm"], row["p_never_holm"] = by_ranks, by_never
+        if row["verdict"] == "":
+            row["verdict"] = (
+                row["_ranks"]
+                if by_ranks < level
+                else row["_never"]
+                if by_never < level
+                else NO_CHANGE
+            )
+        del row["_ranks"], row["_never"]
+    # the compared cells first, then those only BEFORE has, then those only AFTER has
+    rank = {"before only": 1, "after only": 2}
+    rows.sort(key=lambda row: rank.get(row["verdict"], 0))
+    table = pd.DataFrame(rows)
+    if not table.empty:  # p_holm beside p, the verdict last
+        table = table[[c for c in table.columns if c != "verdict"] + ["verdict"]]
+    return table
+
+
+def _ranks_higher(before: pd.Series, after: pd.Series) -> str:
+    """The direction of a rank-sum difference: "higher" when AFTER's mean rank among both
+    sides' points is above BEFORE's, else "lower"."""
+    if before.empty or after.empty:
+        return ""
+    ranks = _doubled_midranks(np.concatenate([before.to_numpy(float), after.to_numpy(float)]))
+    m = len(before)
+    return "higher" if ranks[m:].mean() > ranks[:m].mean() else "lower"
 
 
 def compare_runs(
@@ -225,7 +342,7 @@ def compare_runs(
             f"of {', '.join(measure.metrics)}."
         )
     table = compare_points(measure.load(before_dir), measure.load(after_dir), measure.keys, metric)
-    if table.empty:
+    if table.empty or table["verdict"].isin(("before only", "after only")).all():
         raise CompareError(
             f"{before_dir} and {after_dir} share no cell ({', '.join(measure.keys)}): they "
             "measured different parameters."
@@ -244,15 +361,27 @@ def _interval(row: Mapping[Hashable, Any], side: str) -> str:
     return f"{median} [{lo}, {hi}]"
 
 
+def _p(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2g}"
+
+
 def format_comparison(table: pd.DataFrame) -> str:
-    """The table as aligned text: the cell, then n, median [interval] on each side, the change
-    and the verdict; a last line counts the verdicts."""
+    """The table as aligned text: the cell, then n, median [interval] on each side, the change,
+    the p-value and its Holm adjustment, and the verdict (marked * where a side has points
+    that saturated a core or the machine); last lines count the verdicts and explain the mark."""
     fixed = {"metric", "n_before", "before", "before_lo", "before_hi", "n_after", "after"}
-    fixed |= {"after_lo", "after_hi", "change_pct", "verdict"}
+    fixed |= {"after_lo", "after_hi", "change_pct", "verdict", "p", "p_holm", "p_never"}
+    fixed |= {"p_never_holm", "saturated_before", "saturated_after"}
     keys = [c for c in table.columns if c not in fixed]
-    header = [*keys, "n", "before [95 % CI]", "n", "after [95 % CI]", "change", "verdict"]
-    lines = [header]
+    never = "p_never" in table.columns and bool(table["p_never"].notna().any())
+    header = [*keys, "n", "before [95 % CI]", "n", "after [95 % CI]", "change", "p", "p Holm"]
+    if never:  # the share of runs that never ended, tested on its own
+        header += ["p never", "p never Holm"]
+    lines = [[*header, "verdict"]]
+    marked = 0
     for row in table.to_dict("records"):
+        saturated = int(row.get("saturated_before", 0)) + int(row.get("saturated_after", 0))
+        marked += bool(saturated)
         lines.append(
             [
                 *(str(row[k]) for k in keys),
@@ -261,14 +390,26 @@ def format_comparison(table: pd.DataFrame) -> str:
                 str(row["n_after"]),
                 _interval(row, "after"),
                 "-" if math.isnan(row["change_pct"]) else f"{row['change_pct']:+.1f} %",
-                str(row["verdict"]),
+                _p(row.get("p", math.nan)),
+                _p(row.get("p_holm", math.nan)),
+                *([_p(row["p_never"]), _p(row["p_never_holm"])] if never else []),
+                str(row["verdict"]) + (" *" if saturated else ""),
             ]
         )
     text = align(lines)
     counts = table["verdict"].value_counts()
-    tally = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
+    shown = [v for v in VERDICTS if v in VERDICTS[:4] or counts.get(v, 0)]
+    tally = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in shown)
     metric = str(table["metric"].iloc[0])
-    text.append(f"{metric}, {len(table)} cells: {tally} (median and its exact 95 % interval)")
+    text.append(
+        f"{metric}, {len(table)} cells: {tally} (exact rank-sum test, Holm-adjusted, at "
+        f"{ALPHA:.0%}; medians with their exact 95 % intervals)"
+    )
+    if marked:
+        text.append(
+            f"* {marked} cell(s) with points where a process or the machine saturated: the "
+            "verdict may measure the machine (columns saturated_before / saturated_after)."
+        )
     return "\n".join(text)
 
 

@@ -484,6 +484,12 @@ def test_a_figures_n_says_which_points_have_fewer_runs_than_asked(tmp_path: Path
     meta["parameters"] = {"runs": 2}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     assert analysis.run_conditions(tmp_path) == "n = 2 runs per point"
+    # a run that carried nothing before the outage is no failover result (load_failover)
+    with (tmp_path / "failover.csv").open(newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    rows[3] += [NO_DELIVERY_BEFORE]  # plain, run 0
+    write_csv(tmp_path / "failover.csv", [*header, "detail"], rows)
+    assert analysis.run_conditions(tmp_path) == "n = 2 runs per point (fewer at 1 of 2 points: 1)"
     (tmp_path / "failover.csv").write_text("variant\nplain\n")  # no key columns: cannot tell
     meta["parameters"] = {"runs": 3}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
