@@ -137,7 +137,8 @@ SECONDS_IDLE = Number(1.0, 3600.0)
 REORDER_TIMEOUT = Number(0.0, 10.0)
 REORDER_DOC = (
     "how long the reorder buffer holds packets behind a missing Packet Tag (session mode); "
-    "0 turns reordering off"
+    "0 turns reordering off (packets delivered as they arrive, a second copy of one still "
+    "dropped)"
 )
 REORDER_UNSET = "from the paths' RTTs"
 CONGESTION_DOC = (

@@ -148,6 +148,25 @@ def test_a_resend_jumps_the_queue_and_its_cap_and_is_sent_first() -> None:
     assert client.pending_datagrams == 0
 
 
+def test_queued_datagrams_dropped_by_token_leave_the_rest_in_order() -> None:
+    """drop_queued_datagrams (a session path found dead): the datagrams named go, with their
+    share of the queue's bytes; the others, a re-send at the head among them, keep their
+    order and place."""
+    net, path = connected("qt", max_pending_datagrams=10)
+    client = tunnel(path.client)
+    for n in range(4):
+        assert client.send_packet(ip4(n, 100), token=n, now=0.0).sent
+    assert client.send_packet(ip4(9, 100), token=9, now=0.0, resend=True).sent
+    each = client.queued_datagram_bytes // 5
+    assert client.drop_queued_datagrams(lambda token: token in (1, 9)) == 2
+    assert client.pending_datagrams == 3 and client.queued_datagram_bytes == 3 * each
+    assert client.counters.drops["dead_path"] == 2
+    assert client.send_packet(ip4(8, 100), token=8, now=0.0, resend=True).sent  # at the head
+    net.run(0.1)
+    received = [e.packet for e in events_of(path.server, PacketReceived)]
+    assert received == [ip4(8, 100), ip4(0, 100), ip4(2, 100), ip4(3, 100)]
+
+
 @pytest.mark.parametrize("alpn", ["qt", "qt-session"])
 def test_datagrams_flow_both_ways(alpn: str) -> None:
     net, path = connected(alpn)

@@ -45,7 +45,7 @@ def test_in_flight_on_a_path_leaves_out_copies_and_those_resent_or_doubled() -> 
     sent.add(resent)
     sent.add(SentPacket(b"d", 4, 1, 0.0))
     sent.add(SentPacket(b"e", 5, 0, 0.0, doubled=True))  # a duplicate went on path 1
-    assert [r.packet for r in sent.in_flight_on(0)] == [b"a"]
+    assert [(t, r.packet) for t, r in sent.in_flight_on(0)] == [(0, b"a")]
 
 
 def lost(token: int | None, left_at: float | None = None) -> DatagramFate:

@@ -14,9 +14,11 @@ from testbed.hostile import icmp_echo
 from tests.unit.concentrator_harness import Conn, CoreLab, lab, lab_certs
 from tests.unit.quic_harness import Endpoint
 from tunnel.protocol.connection import SessionEstablished, SessionJoinFailed
-from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE
-from tunnel.session.multipath import TunnelSession
-from tunnel.session.reorder import ReorderBuffer
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, DatagramFate
+from tunnel.session.multipath import STALE_TAG_DISTANCE, TunnelSession
+from tunnel.session.path_health import PathHealth
+from tunnel.session.reorder import PacketTagCounter, ReorderBuffer
+from tunnel.session.resend import Resilience
 from tunnel.session.scheduler import make_scheduler
 from tunnel.wire.errors import ControlErrorCode
 from tunnel.wire.messages import AccessId, AccessSignal
@@ -58,6 +60,7 @@ def build_session(
     concentrator_scheduler: str = "wrr",
     reorder_enabled: bool = True,
     concentrator_reorder: str = "",
+    resilience: Resilience | None = None,
     **scheduler_kw: Any,
 ) -> tuple[CoreLab, list[Conn], Side]:
     """Alice with a Wi-Fi and a cellular connection joined into one session; each announces
@@ -78,6 +81,7 @@ def build_session(
         TunnelSession(
             make_scheduler(client_scheduler, **scheduler_kw),
             reorder=ReorderBuffer(enabled=reorder_enabled),
+            resilience=resilience,
         )
     )
     for conn, access in zip(conns, (WIFI, CELL), strict=True):
@@ -319,3 +323,89 @@ def test_a_configured_reorder_timeout_is_kept_and_an_adaptive_one_follows_the_rt
     assert client.session.reorder.timeout != 0.3
     off: ReorderBuffer[bytes] = ReorderBuffer.from_setting(0)
     assert not off.enabled and not off.adaptive
+
+
+# -- what a dead path's queue holds (found by a review of the session data path) --------------
+
+
+def failover_session(lab_certs: Path, resilience: Resilience) -> tuple[CoreLab, list[Conn], Side]:
+    return build_session(
+        lab_certs,
+        delays=(0.010, 0.030),
+        client_scheduler="failover",
+        concentrator_scheduler="failover",
+        priority=[WIFI, CELL],
+        resilience=resilience,
+    )
+
+
+def test_a_dead_paths_queue_is_emptied_not_sent_when_it_heals(lab_certs: Path) -> None:
+    """WiFi blackholed with 200 packets given to it: its window took a few, the rest waited in
+    its connection's queue. Found dead, they are re-sent on 5G, and before this they also
+    stayed queued on WiFi and left when it healed: a second copy of each, and after a long
+    outage (32,768 tags or more sent since) tags the receiver places a lap wrong, skipping real
+    packets to reach them. Now the queue is emptied; each packet arrives once."""
+    core_lab, conns, client = failover_session(lab_certs, Resilience(reinjection=True))
+    wifi = conns[0].client
+    conns[0].cut()
+    now = core_lab.net.clock.now
+    sent = [up(n) for n in range(200)]
+    for packet in sent:
+        assert client.session.send_packet(packet, now).path_id == 0
+    queued = wifi.pending_datagrams
+    assert queued > 100
+    client.session.set_health(wifi, PathHealth.DEAD, now)
+    assert wifi.pending_datagrams == 0 and wifi.queued_datagram_bytes == 0
+    assert wifi.counters.drops["dead_path"] == queued
+    assert client.session.counters["reinjected"] == 200
+    drive(core_lab, client, 0.5)
+    conns[0].path.set_up(True)  # WiFi heals
+    for conn in conns:
+        conn.path.client.quic.send_ping(0)
+    drive(core_lab, client, 1.0)
+    assert sorted(core_lab.tun) == sorted(sent)  # each once
+    assert concentrator_session(core_lab).reorder_stats.duplicate == 0
+
+
+def test_a_resend_whose_tag_is_too_far_behind_is_not_made(lab_certs: Path) -> None:
+    """A re-send carries its original's Packet Tag; with a long re-send deadline, 16,384 tags or
+    more sent since (here: the counter moved on as if they had been) make it one the receiver
+    may place a lap wrong. It is counted too late instead."""
+    core_lab, conns, client = failover_session(
+        lab_certs, Resilience(reinjection=True, resend_deadline=5.0)
+    )
+    conns[0].cut()
+    now = core_lab.net.clock.now
+    client.session.send_packet(up(0), now)  # tag 0, on WiFi
+    client.session.tags = PacketTagCounter(start=STALE_TAG_DISTANCE)
+    client.session.set_health(conns[0].client, PathHealth.DEAD, now)
+    assert client.session.counters["resend_too_late"] == 1
+    assert client.session.counters["reinjected"] == 0
+
+
+def test_a_suspect_primary_with_a_full_queue_hands_its_packets_to_the_backup(
+    lab_certs: Path,
+) -> None:
+    """Failover keeps to the primary until it is dead; while it is suspect, duplication puts a
+    copy of each packet on the backup. Found by a review: once the suspect primary's queue was
+    full the scheduler chose nothing and the copy was never made, so every packet was dropped
+    until the verdict (0.1-2 s)."""
+    core_lab, conns, client = failover_session(lab_certs, Resilience(duplicate_suspect=True))
+    conns[0].cut()
+    now = core_lab.net.clock.now
+    while client.session.send_packet(up(0), now).sent:
+        pass  # WiFi's queue is at its cap
+    client.session.set_health(conns[0].client, PathHealth.SUSPECT, now)
+    result = client.session.send_packet(up(1), now)
+    assert result.sent and result.path_id == 1
+    client.session.set_health(conns[0].client, PathHealth.ALIVE, now)
+    assert not client.session.send_packet(up(2), now).sent  # healthy and full: failover waits
+
+
+def test_a_loss_is_counted_even_when_its_record_was_forgotten(lab_certs: Path) -> None:
+    """Tunnel mode counted a declared loss whose record was already evicted; session mode did
+    not (found by a review): the totals now count the same thing in both modes."""
+    core_lab, conns, client = failover_session(lab_certs, Resilience(reinjection=True))
+    fate = DatagramFate(10**9, False, None)  # a token no record has (any more)
+    client.session.on_fates(conns[0].client, [fate], core_lab.net.clock.now)
+    assert client.session.counters["datagrams_lost"] == 1

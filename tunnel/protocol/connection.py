@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
@@ -124,6 +124,9 @@ class DropReason(Enum):
     """CoDel refused it: the queue's delay stayed above its target (tunnel/protocol/codel.py)."""
     NOT_READY = "not_ready"
     """No mode negotiated yet, or the connection is closed."""
+    DEAD_PATH = "dead_path"
+    """Queued for a session path then found dead (or its access unavailable): re-sent on
+    another path, or stale by the time it healed (TunnelSession, drop_queued_datagrams)."""
     MALFORMED = "malformed"
     """A received DATAGRAM that is not a valid tunnel / session datagram."""
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
@@ -320,8 +323,8 @@ class TunnelCounters:
     access_reports_received: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
-    def drop(self, reason: DropReason) -> None:
-        self.drops[reason.value] += 1
+    def drop(self, reason: DropReason, count: int = 1) -> None:
+        self.drops[reason.value] += count
 
     def as_dict(self) -> dict[str, int]:
         """Flat name -> count, drops as drops_<reason>, for CSV rows."""
@@ -617,6 +620,30 @@ class TunnelConnection:
         return victims.victims(
             self.max_packet_size(), now, since=quic.path_reset_at, refused=refused
         )
+
+    def drop_queued_datagrams(self, drop: Callable[[Hashable | None], bool]) -> int:
+        """Take the datagrams still waiting in aioquic's queue whose token `drop` names out of
+        it (TunnelQuicConnection.drop_queued_datagrams), and out of our records of the queue;
+        returns how many. Without a TunnelQuicConnection, nothing."""
+        quic = self._quic
+        if not isinstance(quic, TunnelQuicConnection):
+            return 0
+        pending = self._forget_sent_datagrams()
+        gone = quic.drop_queued_datagrams(drop)
+        if not gone:
+            return 0
+        # our records mirror the tail of aioquic's queue (untracked ones may lead it)
+        offset = pending - len(self._queued_sizes)
+        for position in reversed(gone):
+            mine = position - offset
+            if mine >= 0:
+                self._queued_bytes -= self._queued_sizes[mine]
+                del self._queued_sizes[mine]
+                del self._queued_times[mine]
+            if position < self._queued_resends:
+                self._queued_resends -= 1
+        self.counters.drop(DropReason.DEAD_PATH, len(gone))
+        return len(gone)
 
     def take_datagram_fates(self) -> list[DatagramFate]:
         """The fates of the datagrams sent with a token known since the last call

@@ -53,6 +53,7 @@ RTT_MARGIN_FRACTION: Final = 0.125
 _PASSED_DELIVERED: Final = 1
 _PASSED_SKIPPED: Final = 2
 _SKIPPED_RUN: Final = memoryview(bytes((_PASSED_SKIPPED,)) * TAG_MODULUS)
+_UNSEEN_RUN: Final = memoryview(bytes(TAG_MODULUS))
 """Source of `_passed` slice writes for a skipped gap (a view: slicing it copies nothing)."""
 _COMPACT_SLACK: Final = 64
 """Stale index entries tolerated beyond twice the held packets before a rebuild."""
@@ -139,8 +140,11 @@ class ReorderBuffer(Generic[T]):
       the buffer gives up on every gap before it (`poll`, also run at the start of `push`).
     * When the buffer is full, `overflow` decides (see OverflowPolicy; default: skip the oldest
       gap, never drop data that arrived).
-    * With `enabled=False` every packet passes straight through, in arrival order (only
-      `delivered` counts), for experiments that measure the effect of reordering.
+    * With `enabled=False` every packet passes straight through, in arrival order, for
+      experiments that measure the effect of reordering; a second copy (a re-send or a
+      duplicate of one that arrived) is still dropped as a duplicate: it was delivered twice,
+      found by a review. The tag the farthest ahead so far marks where this lap of the tag
+      space is; a tag up to half the space behind it is judged by whether it came this lap.
 
     Cost: O(log capacity) amortised per packet in every case, O(1) in order. A full buffer
     behind gaps that never fill (a lossy or hostile client) must not cost the concentrator more
@@ -187,6 +191,8 @@ class ReorderBuffer(Generic[T]):
         # _PASSED_* of the last time the sequence moved past each tag (0: never, i.e. the tag
         # lies before the first tag seen).
         self._passed = bytearray(TAG_MODULUS)
+        # enabled=False: the tag the farthest ahead so far (_pass_through)
+        self._front: int | None = None
 
     @classmethod
     def from_setting(cls, timeout: float | None) -> ReorderBuffer[T]:
@@ -258,8 +264,7 @@ class ReorderBuffer(Generic[T]):
         if not 0 <= tag < TAG_MODULUS:
             raise ValueError(f"a Packet Tag is 16 bits (0..65535), got {tag}")
         if not self.enabled:
-            self.stats.delivered += 1
-            return [item]
+            return self._pass_through(tag, item)
         # In order with nothing held is the common case: it skips the deadline and run checks.
         released = self.poll(now) if self._held else []
         if self._expected is None:
@@ -298,6 +303,28 @@ class ReorderBuffer(Generic[T]):
         return released
 
     # -- internals -------------------------------------------------------------------------
+
+    def _pass_through(self, tag: int, item: T) -> list[T]:
+        """enabled=False: deliver at once unless it is a second copy (class docstring). The
+        tags passed when the front moves are marked unseen, one C-level copy per move, so each
+        tag is written once per lap."""
+        passed = self._passed
+        front = self._front
+        if front is None or 0 < (distance := serial_distance(front, tag)) < TAG_HALF:
+            if front is not None:  # tags front+1 .. tag are this lap's from now on
+                first, end = front + 1, front + 1 + distance
+                if end <= TAG_MODULUS:
+                    passed[first:end] = _UNSEEN_RUN[:distance]
+                else:
+                    passed[first:] = _UNSEEN_RUN[: TAG_MODULUS - first]
+                    passed[: end - TAG_MODULUS] = _UNSEEN_RUN[: end - TAG_MODULUS]
+            self._front = tag
+        elif passed[tag] == _PASSED_DELIVERED:
+            self.stats.duplicate += 1
+            return []
+        passed[tag] = _PASSED_DELIVERED
+        self.stats.delivered += 1
+        return [item]
 
     def _oldest_held(self) -> tuple[float, int] | None:
         """(arrival, position) of the held packet that arrived first, None when none is."""

@@ -174,12 +174,12 @@ class SentPackets:
             self._drop(token)
             self.evicted += 1
 
-    def in_flight_on(self, path: Hashable) -> list[SentPacket]:
+    def in_flight_on(self, path: Hashable) -> list[tuple[int, SentPacket]]:
         """The originals sent on `path` whose fate is unknown and that were neither re-sent
-        nor duplicated on another path yet, oldest first."""
+        nor duplicated on another path yet, oldest first, with their tokens."""
         return [
-            r
-            for r in self._records.values()
+            (token, r)
+            for token, r in self._records.items()
             if r.path == path and not r.copy and not r.resent and not r.doubled
         ]
 
