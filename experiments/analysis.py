@@ -16,7 +16,8 @@ not the network, may have set the figure); the summaries count them (`cpu_satura
 the figures mark them (red crosses, hatched bars, a `*` in a heatmap cell, said in the legend).
 Runs written before these columns existed load with `cpu_saturated` false; runs written before
 the machine's share was part of the flag get it from `cpu_host_pct` when they load (their cores
-from meta.json's `cpu_cores`, else LAB_CORES).
+from meta.json's `cpu_cores`, else LAB_CORES). A point where the link emulator lost frames no
+setting asked for (`shaper_faults` > 0, experiments/shaper_meter.py) is flagged the same way.
 
 The figures draw medians over runs with their exact distribution-free confidence intervals
 (`median_ci`, from the order statistics and the binomial distribution: gaps and goodputs are
@@ -241,11 +242,16 @@ LAB_CORES = 2
 def _with_cpu_flag(df: pd.DataFrame, run_dir: Path, table: str) -> pd.DataFrame:
     """`cpu_saturated` as booleans (false for runs written before the column existed), also
     true where the whole machine was saturated (procstat.machine_saturated), which runs
-    written before 2026-12-06 did not flag themselves."""
+    written before 2026-12-06 did not flag themselves, and where the link emulator lost frames
+    on its own (`shaper_faults` > 0: the link was not the one configured, the machine's doing
+    as much as a saturated core's)."""
     if "cpu_saturated" in df.columns:
         df["cpu_saturated"] = _as_bool(df["cpu_saturated"])
     else:
         df["cpu_saturated"] = False
+    if "shaper_faults" in df.columns:
+        faults = _numbers(df, "shaper_faults", Path(run_dir) / TABLES[table].file_name)
+        df["cpu_saturated"] = df["cpu_saturated"] | (faults > 0)
     if "cpu_host_pct" in df.columns:
         try:
             cores = read_run_meta(run_dir).get("cpu_cores") or LAB_CORES
@@ -879,9 +885,12 @@ def plot_failover_gaps(
             ]["gap_ms"].dropna()
             observed.extend(runs.tolist())
             ax.plot(runs, np.full(len(runs), y[i] - 0.2), ".", color=colour, alpha=0.6, ms=4)
+            # over the runs drawn as dots (a run that never recovered has no gap to mark: a
+            # cross at the median stood for a run that was not there; the label counts it)
             hot = _saturated_rows(failover, row)
+            hot = hot[hot["completed"].astype(bool)]
             if len(hot):
-                gaps = hot["gap_ms"].fillna(medians[i] if np.isfinite(medians[i]) else 0.0)
+                gaps = hot["gap_ms"]
                 ax.plot(gaps, np.full(len(hot), y[i] - 0.2), "x", color="red", ms=7, mew=1.5)
         ax.errorbar(medians[i], y[i], xerr=errors[:, i : i + 1], fmt="o", color=colour, capsize=4)
     if "cpu_saturated_runs" in summary.columns:
@@ -894,8 +903,11 @@ def plot_failover_gaps(
     finite = np.array([*medians[np.isfinite(medians)], *observed], dtype=float)
     finite = finite[finite > 0]
     if len(finite) and finite.max() / finite.min() > 10:
-        ax.set_xscale("log")  # gaps of 100 ms and of 20 s on one axis
-        ax.set_xlim(left=finite.min() / 2, right=finite.max() * 2)
+        # gaps of 100 ms and of 20 s on one axis; linear below the smallest gap measured, so
+        # that a gap of 0 (shorter than one sampling interval: plain 5G, the engine's best
+        # link-down runs) stays on it — a log axis left those points off the figure
+        ax.set_xscale("symlog", linthresh=finite.min(), linscale=0.5)
+        ax.set_xlim(left=-0.3 * finite.min(), right=finite.max() * 2)  # 0 whole, not halved
     else:
         ax.set_xlim(left=0)
     ax.set_xlabel("gap (ms): median, exact 95 % CI over recovered runs; dots: runs")
@@ -942,7 +954,9 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
         scale = 1.0
         if relative:
             ratio = float(row.after_gap_vs_5g)
-            if not np.isfinite(ratio):
+            if not np.isfinite(ratio):  # said, not left blank: no plain 5G in its cell
+                ax.annotate("no plain-5g to divide by", (0.02, y[i]), va="center",
+                            xycoords=("axes fraction", "data"), fontsize="x-small")  # fmt: skip
                 continue
             # the interval in plain 5G's units (ratio / median lost it when the median was 0:
             # most runs carried nothing)
@@ -955,7 +969,10 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
             ax.plot(median, y[i] - 0.2, "x", color="red", ms=7, mew=1.5)
     if relative:
         ax.axvline(1.0, color="0.4", lw=0.8, ls="--")
-        ax.set_xlabel("goodput during the outage after the gap\n/ plain 5G")
+        # the bars are the numerator's interval: plain 5G's median is taken as exact
+        ax.set_xlabel(
+            "goodput during the outage after the gap\n/ plain 5G's median (CI: numerator's)"
+        )
     else:
         ax.set_xlabel("goodput during the outage after the gap\n(Mbit/s)")
     # the rows are plot_failover_gaps' (the failover figure shares its y axis, and with it the
@@ -1019,8 +1036,10 @@ def plot_gap_and_outage_bars(
     if relative:
         ax_goodput.axhline(1.0, color="0.4", lw=0.8, ls="--")
     ax_goodput.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
-    ax_goodput.set_ylabel(
-        "goodput after the gap / plain 5G" if relative else "goodput after the gap (Mbit/s)"
+    ax_goodput.set_ylabel(  # plain 5G's median taken as exact: the bars are the numerator's
+        "goodput after the gap / plain 5G's median\n(CI: numerator's)"
+        if relative
+        else "goodput after the gap (Mbit/s)"
     )
     ax_goodput.set_ylim(bottom=0)
     ax_goodput.grid(alpha=0.3, axis="y")

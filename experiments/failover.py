@@ -74,6 +74,7 @@ from experiments.schemas import (
     FAILOVER_TIMESERIES,
     NO_DELIVERY_BEFORE,
     PMTU_COLUMNS,
+    SHAPER_COLUMNS,
     tables,
 )
 from experiments.traffic import (
@@ -455,6 +456,7 @@ def measure(
         **dict.fromkeys(PMTU_COLUMNS),
         "detail": flow_error(recv, sent),
         **dict.fromkeys(CPU_COLUMNS),
+        **dict.fromkeys(SHAPER_COLUMNS),
     }
     row.update(extra or {})
     if goodput_mbps(bins, interval, max(1.0, down - 10), down) == 0:

@@ -37,7 +37,8 @@ from typing import Any
 
 from experiments.procstat import CpuMeter, machine_saturated, saturation
 from experiments.runner import Context, Point, Row
-from experiments.schemas import CPU_PROCESSES, INNER_TCP_COLUMNS
+from experiments.schemas import CPU_PROCESSES, INNER_TCP_COLUMNS, SHAPER_COLUMNS
+from experiments.shaper_meter import ShaperMeter
 from experiments.traffic import SAMPLE_INTERVAL_S, Samples, resample
 from testbed.hosts import HostProcess, wait_listening
 from testbed.lab import Lab
@@ -98,21 +99,21 @@ def flow_argv(flow: Flow, start_at: float, recv_out: Path, send_out: Path) -> tu
     return traffic_argv("udp-send", *send_args, *rate), traffic_argv("udp-recv", *recv_args)
 
 
-def shaper_pids(lab: Lab, client: str) -> dict[str, int]:
-    """qtwire's pid on each of the client's access links, as "shaper_<access>" (none with the
-    netem backend: the kernel shapes)."""
-    out: dict[str, int] = {}
+def wire_shapers(lab: Lab, client: str) -> dict[str, WireShaper]:
+    """The running qtwire on each of the client's access links, as "shaper_<access>" (none
+    with the netem backend: the kernel shapes)."""
+    out: dict[str, WireShaper] = {}
     for name in ACCESSES:
         access = lab.plan.access(name, client)
         shaper = lab.shapers.get(access.shaped or "") if access is not None else None
         if isinstance(shaper, WireShaper) and shaper.proc is not None:
-            out[f"shaper_{name}"] = shaper.proc.pid
+            out[f"shaper_{name}"] = shaper
     return out
 
 
 def cpu_columns(meter: CpuMeter | None) -> dict[str, Any]:
-    """The CPU columns of a row (schemas.CPU_COLUMNS) from a meter run_flow ran; all empty
-    without one."""
+    """The CPU columns of a row (schemas.CPU_COLUMNS), and the shapers' (SHAPER_COLUMNS), from
+    a meter run_flow ran; all empty without one."""
     usage = meter.usage() if meter is not None else {}
     peak = meter.peak() if meter is not None else {}
     row: dict[str, Any] = {f"cpu_{name}_pct": usage.get(name) for name in CPU_PROCESSES}
@@ -125,6 +126,8 @@ def cpu_columns(meter: CpuMeter | None) -> dict[str, Any]:
     if saturated is not None and meter is not None:
         saturated = saturated or machine_saturated(host, meter.cores)
     row["cpu_saturated"] = saturated
+    shapers = meter.shapers if meter is not None else None
+    row.update(shapers.columns() if shapers is not None else dict.fromkeys(SHAPER_COLUMNS))
     return row
 
 
@@ -167,8 +170,11 @@ def run_programs(
         receiver = lab.procs.start(receiver_node, f"qex-recv-{port}", programs.receiver_argv)
         procs.append(receiver)
         if cpu is not None:
-            for name, pid in shaper_pids(lab, programs.receiver).items():
-                cpu.watch(name, pid)
+            shapers = wire_shapers(lab, programs.receiver)
+            for name, shaper in shapers.items():
+                assert shaper.proc is not None  # wire_shapers: running
+                cpu.watch(name, shaper.proc.pid)
+            cpu.watch_shapers(ShaperMeter(shapers))
             cpu.watch(programs.roles[0], sender.pid)
             cpu.watch(programs.roles[1], receiver.pid)
             if start_meter:

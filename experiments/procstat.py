@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from experiments.shaper_meter import ShaperMeter
+
 # A process at or above this share of one core over a point's measurement saturated it: its
 # figure may be the machine's limit, not the network's (issue 12 "Watch the CPU"). Not 100: a
 # busy process on a shared 2-core machine rarely gets a whole core, and a single-threaded
@@ -181,6 +183,16 @@ class CpuMeter:
         self.host_last: tuple[int, int, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the link emulator's own faults over the same window (experiments/shaper_meter.py),
+        # read when the meter starts and stops
+        self.shapers: ShaperMeter | None = None
+        self._started = False
+
+    def watch_shapers(self, shapers: ShaperMeter) -> None:
+        """Read `shapers` over this meter's window (from now on if it already started)."""
+        self.shapers = shapers
+        if self._started:
+            shapers.start()
 
     def watch(self, name: str, pid: int) -> None:
         self.pids[name] = pid
@@ -219,11 +231,17 @@ class CpuMeter:
 
         self._thread = threading.Thread(target=run, name="cpu-meter", daemon=True)
         self._thread.start()
+        self._started = True
+        if self.shapers is not None:
+            self.shapers.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.shapers is not None and self._started:
+            self.shapers.stop()
+        self._started = False
 
     def usage(self) -> dict[str, float | None]:
         """Each watched process's CPU over the part of the window it was sampled in."""

@@ -49,6 +49,14 @@ CPU_COLUMNS = (
     "cpu_saturated",
 )
 
+# What the link emulator did on its own over the same window (experiments/shaper_meter.py; empty
+# with the netem backend, and in runs written before 2026-12-06):
+#   shaper_late_max_ms  the latest any frame left a qtwire after its due time (ms)
+#   shaper_faults       frames a qtwire lost that no setting asked for (a send refused, its
+#                       hard cap, its socket's kernel buffer overflowing); > 0 flags the point
+#                       as the CPU does (analysis: the link was not the one configured)
+SHAPER_COLUMNS = ("shaper_late_max_ms", "shaper_faults")
+
 
 def tables(*written: Table) -> dict[str, list[str]]:
     """`Experiment.tables` for an experiment writing these tables (the first is the primary)."""
@@ -89,6 +97,7 @@ FAILOVER = Table(
         *PMTU_COLUMNS,
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
     ),
     optional=(
         "packets_sent",
@@ -99,6 +108,7 @@ FAILOVER = Table(
         *PMTU_COLUMNS,
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
     ),
 )
 # The sender's inner TCP over time (TCP_INFO of its first connection, experiments/traffic.py):
@@ -160,6 +170,7 @@ GOODPUT = Table(
         "inner_retransmits",
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
     ),
     optional=(
         "outer_cc",
@@ -169,6 +180,7 @@ GOODPUT = Table(
         "inner_retransmits",
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
     ),
 )
 # Each point's flow over time, every timeseries_interval_s: what a slow run did (a stall, a
@@ -207,8 +219,9 @@ AGGREGATION = Table(
         "fiveg_link_mbps",
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
     ),
-    optional=("wifi_link_mbps", "fiveg_link_mbps", "detail", *CPU_COLUMNS),
+    optional=("wifi_link_mbps", "fiveg_link_mbps", "detail", *CPU_COLUMNS, *SHAPER_COLUMNS),
 )
 SCALE = Table(
     "scale",
@@ -266,8 +279,9 @@ LATENCY = Table(
         "goodput_mbps",  # the load's goodput over the pings' window (empty when idle)
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
     ),
-    optional=("goodput_mbps", "detail", *CPU_COLUMNS),
+    optional=("goodput_mbps", "detail", *CPU_COLUMNS, *SHAPER_COLUMNS),
 )
 
 # The video workload's columns of a point's row (experiments/video_abr.py VideoMetrics): one
@@ -347,6 +361,7 @@ WORKLOAD = Table(
         "load_goodput_mbps",  # the background bulk flow's, in the *-bulk workloads
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
         "cpu_load_sender_pct",
         "cpu_load_receiver_pct",
         *VIDEO_SESSION_COLUMNS,
@@ -372,6 +387,7 @@ WORKLOAD = Table(
         "load_goodput_mbps",
         "detail",
         *CPU_COLUMNS,
+        *SHAPER_COLUMNS,
         "cpu_load_sender_pct",
         "cpu_load_receiver_pct",
         *VIDEO_SESSION_COLUMNS,  # runs before the video workload lack them

@@ -219,7 +219,9 @@ class LinkShaper(ABC):
         old, self.profiles[direction] = self.profiles[direction], prof
         try:
             self._apply(direction)
-        except (ShapingError, UserError):  # e.g. a trace file that cannot be used
+        except (ShapingError, UserError, OSError):  # a trace file that cannot be used, or
+            # qtwire unreachable: whether it took the setting is unknown, the record keeps the
+            # one it had
             self.profiles[direction] = old
             raise
 
@@ -341,8 +343,23 @@ class WireShaper(LinkShaper):
 
     def counters(self) -> dict[str, dict[str, str]]:
         """qtwire's settings and counters per direction (rx, tx, drop_loss, drop_queue, ...)."""
-        out: dict[str, dict[str, str]] = {}
-        for part in self.control("get").split("|"):
-            words = part.split()
-            out[words[0]] = dict(w.split("=", 1) for w in words[1:])
-        return out
+        return _per_direction(self.control("get"))
+
+    def window(self) -> dict[str, dict[str, float]]:
+        """Per direction, since the previous call (which it ends): how late frames left after
+        their due time (late_max_us, late_mean_us, departures), and the shaper's own faults
+        since it started (tx_err, drop_cap, kernel_drops: frames lost that no setting asked
+        for). qtwire's "stats"."""
+        return {
+            direction: {key: float(value) for key, value in fields.items()}
+            for direction, fields in _per_direction(self.control("stats")).items()
+        }
+
+
+def _per_direction(reply: str) -> dict[str, dict[str, str]]:
+    """qtwire's "ab k=v ... | ba k=v ..." answer as {direction: {key: value}}."""
+    out: dict[str, dict[str, str]] = {}
+    for part in reply.split("|"):
+        words = part.split()
+        out[words[0]] = dict(w.split("=", 1) for w in words[1:])
+    return out

@@ -25,10 +25,12 @@
  *      empty are lost (as in Mahimahi's link queue);
  *   5. a fixed one-way delay plus uniform jitter in [-jitter, +jitter] (netem's default
  *      distribution); without "reorder" a packet never overtakes the one before it, and one
- *      held back behind a later-drawn predecessor keeps the spacing the rate queue gave it
- *      (it leaves no earlier than that predecessor plus the gap between their departures from
- *      the queue, as netem's max(last, now + delay) + packet time does): without the spacing
- *      a jittered 50 Mbit/s link let bunches out at ~200 Mbit/s over a millisecond.
+ *      held back behind a later-drawn predecessor leaves no earlier than that predecessor plus
+ *      its own serialisation time (netem's max(last, now + delay) + packet time): without it
+ *      a jittered 50 Mbit/s link let bunches out at ~200 Mbit/s over a millisecond. Under load
+ *      this turns jitter into extra delay: while frames follow each other closely, each is
+ *      held to the latest delay drawn so far, so a busy link sits near delay + jitter with
+ *      little spread (netem with a rate does the same; README "Link impairment without netem").
  * "down" drops everything: what arrives, and what the rate queue and the delay line hold when
  * it is set (a real link's dead radio delivers nothing it still had queued).
  * A "set" is all or nothing: every key is checked (a trace file read) before any is applied.
@@ -41,6 +43,13 @@
  *                                          ge_r_pct ge_good_loss_pct ge_bad_loss_pct
  *                                          trace=<file> (empty: off)              -> "ok"
  *   get                                -> "ab k=v ... | ba k=v ..." (settings and counters)
+ *   stats                              -> "ab k=v ... | ba k=v ...": how late departures were
+ *                                         since the last stats (late_max_us, late_mean_us,
+ *                                         departures; then reset) and the cumulative faults
+ *                                         of the shaper itself (tx_err, drop_cap, kernel_drops:
+ *                                         frames the packet socket's buffer overflowed with
+ *                                         while qtwire was not scheduled), which a measurement
+ *                                         must not hide (testbed/shaping.py ShaperWindow)
  *   quit                               -> "ok", then exit
  * The rate counts whole Ethernet frames (header included, no preamble/FCS), as netem does.
  *
@@ -106,6 +115,9 @@ struct direction {
     uint64_t queued_bytes, head_start_ns, head_done_ns;
     /* counters */
     uint64_t rx, tx, drop_loss, drop_queue, drop_down, drop_mtu, drop_cap, tx_err;
+    uint64_t kernel_drops; /* the rx socket's overflows (PACKET_STATISTICS), summed */
+    /* departures since the last "stats": how late each left after its due time */
+    uint64_t late_max_ns, late_sum_ns, late_n;
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -243,7 +255,11 @@ static uint64_t *read_trace(const char *path, size_t *len) {
     char line[64];
     while (ok && fgets(line, sizeof(line), f)) {
         char *end;
-        if (line[0] == '\n' || line[0] == '\r' || line[0] == '#') continue;
+        char *first = line;
+        while (*first == ' ' || *first == '\t') first++;
+        /* blank (spaces only, as Python's reader skips them too) or a comment */
+        if (*first == '\n' || *first == '\r' || *first == '#' || !*first) continue;
+        if (*first == '-') { ok = 0; break; } /* strtoull would wrap it */
         v = strtoull(line, &end, 10);
         while (*end == ' ' || *end == '\t' || *end == '\r') end++;
         if (end == line || (*end && *end != '\n') || v < last) { ok = 0; break; }
@@ -263,6 +279,7 @@ static uint64_t *read_trace(const char *path, size_t *len) {
 }
 
 static uint64_t serve_time(struct direction *d, const struct pkt *p, uint64_t start);
+static void serve_queue(struct direction *d, uint64_t now);
 
 /* Start serving the head of the rate queue at `start` (the previous one's end, or its own
  * arrival into an empty queue). */
@@ -280,6 +297,7 @@ static int load_trace(struct direction *d, const char *path, uint64_t now) {
     uint64_t *times = NULL;
     size_t len = 0;
     if (*path && !(times = read_trace(path, &len))) return -1;
+    serve_queue(d, now); /* frames already due leave at the old pace, not one more service */
     free(d->trace_ms);
     d->trace_ms = times;
     d->trace_len = len;
@@ -374,6 +392,11 @@ static void deliver_due(struct direction *d, uint64_t now) {
     serve_queue(d, now);
     while (d->heap_len && d->heap[0]->due_ns <= now) {
         struct pkt *p = heap_pop(d);
+        /* late: the loop woke after the due time (qtwire not scheduled, a busy machine) */
+        uint64_t late = now - p->due_ns;
+        if (late > d->late_max_ns) d->late_max_ns = late;
+        d->late_sum_ns += late;
+        d->late_n++;
         if (send(d->tx_fd, p->data, p->len, MSG_DONTWAIT) == (ssize_t)p->len) d->tx++;
         else d->tx_err++;
         free(p);
@@ -450,14 +473,15 @@ static int apply_setting(struct direction *d, const char *key, const char *val, 
                                                          : NULL;
     if (percent) {
         double v = strtod(val, &end);
-        if (*end || !*val || v < 0 || v > 100) return -1;
+        if (*end || !*val || !(v >= 0 && v <= 100)) return -1; /* NaN fails both */
         if (check) return 0;
         *percent = v;
         if (percent == &d->ge_p && v == 0) d->ge_bad = 0; /* off: start good next time */
         return 0;
     }
+    errno = 0;
     unsigned long long v = strtoull(val, &end, 10);
-    if (*end || !*val) return -1;
+    if (*end || !*val || *val == '-' || errno == ERANGE) return -1; /* "-1" would wrap */
     static const char *const keys[] = {"delay_us", "jitter_us",  "reorder", "rate_bps",
                                        "limit_pkts", "limit_bytes", "down",  "mtu"};
     int known = 0;
@@ -478,13 +502,34 @@ static int apply_setting(struct direction *d, const char *key, const char *val, 
     return 0;
 }
 
+/* Add the frames the kernel dropped on d's receive socket since the last reading (the
+ * socket's counters reset when read). */
+static void read_kernel_drops(struct direction *d) {
+    struct tpacket_stats st;
+    socklen_t len = sizeof(st);
+    if (getsockopt(d->rx_fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) d->kernel_drops += st.tp_drops;
+}
+
+/* The "stats" answer for d, then a new window of lateness. */
+static int window_stats(struct direction *d, char *out, size_t cap) {
+    int n = snprintf(out, cap,
+                     "%s late_max_us=%.1f late_mean_us=%.1f departures=%llu tx_err=%llu drop_cap=%llu "
+                     "kernel_drops=%llu",
+                     d->name, (double)d->late_max_ns / 1e3,
+                     d->late_n ? (double)d->late_sum_ns / (double)d->late_n / 1e3 : 0.0,
+                     (unsigned long long)d->late_n, (unsigned long long)d->tx_err,
+                     (unsigned long long)d->drop_cap, (unsigned long long)d->kernel_drops);
+    d->late_max_ns = d->late_sum_ns = d->late_n = 0;
+    return n;
+}
+
 static int describe(const struct direction *d, char *out, size_t cap) {
     return snprintf(out, cap,
                     "%s delay_us=%llu jitter_us=%llu reorder=%d loss_pct=%g ge_p_pct=%g ge_r_pct=%g "
                     "ge_good_loss_pct=%g ge_bad_loss_pct=%g rate_bps=%llu trace=%s "
                     "limit_pkts=%llu limit_bytes=%llu down=%d mtu=%llu rx=%llu tx=%llu drop_loss=%llu "
                     "drop_queue=%llu drop_down=%llu drop_mtu=%llu drop_cap=%llu tx_err=%llu "
-                    "queued=%zu",
+                    "kernel_drops=%llu queued=%zu",
                     d->name, (unsigned long long)(d->delay_ns / 1000), (unsigned long long)(d->jitter_ns / 1000),
                     d->reorder, d->loss_pct, d->ge_p, d->ge_r, d->ge_good_loss, d->ge_bad_loss,
                     (unsigned long long)d->rate_bps, d->trace_len ? d->trace_name : "-",
@@ -492,8 +537,8 @@ static int describe(const struct direction *d, char *out, size_t cap) {
                     (unsigned long long)d->mtu, (unsigned long long)d->rx, (unsigned long long)d->tx,
                     (unsigned long long)d->drop_loss, (unsigned long long)d->drop_queue,
                     (unsigned long long)d->drop_down, (unsigned long long)d->drop_mtu,
-                    (unsigned long long)d->drop_cap,
-                    (unsigned long long)d->tx_err, d->heap_len + d->ring_len);
+                    (unsigned long long)d->drop_cap, (unsigned long long)d->tx_err,
+                    (unsigned long long)d->kernel_drops, d->heap_len + d->ring_len);
 }
 
 /* Act on one control line (its newline stripped) at `now`, writing the one-line answer to
@@ -501,10 +546,16 @@ static int describe(const struct direction *d, char *out, size_t cap) {
 static void run_command(char *line, struct direction *ab, struct direction *ba, uint64_t now,
                         char *reply, size_t cap) {
     char *save = NULL, *verb = strtok_r(line, " ", &save);
+    read_kernel_drops(ab);
+    read_kernel_drops(ba);
     if (verb && !strcmp(verb, "get")) {
         int n = describe(ab, reply, cap);
         n += snprintf(reply + n, cap - (size_t)n, " | ");
         describe(ba, reply + n, cap - (size_t)n);
+    } else if (verb && !strcmp(verb, "stats")) {
+        int n = window_stats(ab, reply, cap);
+        n += snprintf(reply + n, cap - (size_t)n, " | ");
+        window_stats(ba, reply + n, cap - (size_t)n);
     } else if (verb && !strcmp(verb, "quit")) {
         snprintf(reply, cap, "ok");
         stop_requested = 1;
@@ -534,7 +585,7 @@ static void run_command(char *line, struct direction *ab, struct direction *ba, 
         for (int k = 0; !bad && k < count; k++)
             for (int i = 0; i < 2 && targets[i]; i++) apply_setting(targets[i], keys[k], vals[k], now, 0);
     } else {
-        snprintf(reply, cap, "err unknown command (use set, get or quit)");
+        snprintf(reply, cap, "err unknown command (use set, get, stats or quit)");
     }
 }
 
@@ -554,9 +605,14 @@ static void serve_control(int lfd, struct direction *ab, struct direction *ba) {
     }
     line[got] = 0;
     char *nl = strchr(line, '\n');
-    if (nl) *nl = 0;
     char reply[2048];
-    run_command(line, ab, ba, now_ns(), reply, sizeof(reply) - 1);
+    if (nl) {
+        *nl = 0;
+        run_command(line, ab, ba, now_ns(), reply, sizeof(reply) - 1);
+    } else { /* cut short (too long, or the client went silent): never act on part of it */
+        snprintf(reply, sizeof(reply) - 1, "err no whole line (at most %zu bytes, ending in a newline)",
+                 sizeof(line) - 2);
+    }
     size_t rl = strlen(reply);
     reply[rl++] = '\n';
     ssize_t ignored = write(c, reply, rl);

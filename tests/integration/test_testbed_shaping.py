@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from experiments.shaper_meter import ShaperMeter
 from testbed.fidelity import (
     iperf3_goodput_mbit,
     loss_bursts,
@@ -76,6 +77,24 @@ def test_delay_per_direction(lab: Lab, shaper: WireShaper) -> None:
     # 30 ms on both would be 60
     assert 28 <= one_way < 45
     assert 38 <= both < 50
+
+
+def test_a_measurement_reads_the_shapers_own_lateness_and_faults(
+    lab: Lab, shaper: WireShaper
+) -> None:
+    """experiments/shaper_meter.py around a flow: the pings' frames left the real qtwire (its
+    departures counted, how late each left by its own clock), and a clean link lost none on
+    its own. Lateness is a measurement of this machine: only its presence is checked."""
+    meter = ShaperMeter({"shaper_wlink": shaper})
+    meter.start()
+    assert len(rtts(lab.node("h1"), count=5, interval=0.02)) == 5
+    window = shaper.window()
+    assert window["ab"]["departures"] >= 5 and window["ba"]["departures"] >= 5
+    assert window["ab"]["late_max_us"] >= 0
+    meter.stop()
+    columns = meter.columns()
+    assert columns["shaper_faults"] == 0
+    assert columns["shaper_late_max_ms"] is not None and columns["shaper_late_max_ms"] >= 0
 
 
 def test_jitter_with_and_without_reordering(lab: Lab, shaper: WireShaper) -> None:

@@ -219,8 +219,45 @@ static void all_or_nothing(const char *good_trace, const char *crlf_trace) {
     printf(" crlf=%s\n", command(&d, line, 4));
 }
 
+/* "stats": how late frames left after their due time, and a send that failed (no socket here:
+ * every send does), then a new window. */
+static void window(void) {
+    struct direction d, other;
+    init(&d);
+    init(&other);
+    other.name = "ab";
+    set_all(&d, 1000, 0, 0, 1000, 0, 0);
+    for (int i = 0; i < 3; i++) admit(&d, frame, FRAME, 0);
+    deliver_due(&d, 1 * MS + 500000); /* due at 1 ms, sent 0.5 ms late */
+    char reply[2048], line[64];
+    snprintf(line, sizeof(line), "stats");
+    run_command(line, &other, &d, 2 * MS, reply, sizeof(reply));
+    const char *mine = strstr(reply, "| "); /* d's half of the answer */
+    printf("window_first %s\n", mine ? mine + 2 : reply);
+    snprintf(line, sizeof(line), "stats");
+    run_command(line, &other, &d, 3 * MS, reply, sizeof(reply));
+    mine = strstr(reply, "| ");
+    printf("window_again %s\n", mine ? mine + 2 : reply);
+}
+
+/* Values the Python side never sends but a raw control line could: refused, not wrapped. */
+static void bad_values(const char *spaced_trace) {
+    struct direction d;
+    init(&d);
+    char line[1024];
+    printf("bad_values nan=%s", command(&d, "set ba loss_pct=nan", 1));
+    printf(" negative=%s", command(&d, "set ba limit_pkts=-1", 2));
+    printf(" huge=%s", command(&d, "set ba delay_us=99999999999999999999999", 3));
+    snprintf(line, sizeof(line), "set ba trace=%s", spaced_trace);
+    printf(" spaced=%s", command(&d, line, 4));
+    printf(" opportunities=%zu\n", d.trace_len);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) { fprintf(stderr, "usage: qtwire_logic GOOD_TRACE CRLF_TRACE\n"); return 2; }
+    if (argc != 4) {
+        fprintf(stderr, "usage: qtwire_logic GOOD_TRACE CRLF_TRACE SPACED_TRACE\n");
+        return 2;
+    }
     resent_settings();
     late_arrival();
     rate_change();
@@ -228,5 +265,7 @@ int main(int argc, char **argv) {
     sparse_jitter();
     blackhole();
     all_or_nothing(argv[1], argv[2]);
+    window();
+    bad_values(argv[3]);
     return 0;
 }

@@ -22,6 +22,7 @@ from experiments.schemas import (
     FAILOVER,
     GOODPUT,
     NO_DELIVERY_BEFORE,
+    SHAPER_COLUMNS,
     TABLES,
     Table,
 )
@@ -645,8 +646,8 @@ def test_cpu_report_lists_the_saturated_points(
 def test_cpu_columns_are_in_every_point_table_and_optional() -> None:
     """Runs written before them still load; every new row has them (experiments write them)."""
     for table in (FAILOVER, GOODPUT, AGGREGATION):
-        assert set(CPU_COLUMNS) <= set(table.columns)
-        assert set(CPU_COLUMNS) <= set(table.optional)
+        assert set(CPU_COLUMNS) | set(SHAPER_COLUMNS) <= set(table.columns)
+        assert set(CPU_COLUMNS) | set(SHAPER_COLUMNS) <= set(table.optional)
         assert "cpu_saturated" not in analysis.SCHEMAS[table.name]
     assert {"outer_cc", "loss_hiding"} <= set(GOODPUT.optional)
     assert {"goodput_after_gap_mbps", "ablation_off"} <= set(FAILOVER.optional)
@@ -915,6 +916,21 @@ def test_a_run_from_before_the_machine_flag_gets_it_when_it_loads(tmp_path: Path
     (bigger / "meta.json").write_text(json.dumps({"experiment": "aggregation", "cpu_cores": 4}))
     write_csv(bigger / "aggregation.csv", header, rows)
     assert analysis.load_aggregation(bigger)["cpu_saturated"].tolist() == [False, False]
+
+
+def test_a_point_whose_shaper_lost_frames_on_its_own_is_flagged(tmp_path: Path) -> None:
+    """shaper_faults > 0 (qtwire's refused sends, its cap, its socket's kernel drops): the link
+    was not the one configured, flagged as a saturated core is; empty (netem, older runs) and
+    0 are not."""
+    header = [*analysis.SCHEMAS["aggregation"], "cpu_saturated", *SHAPER_COLUMNS]
+    rows = [
+        ["session-aggregate", "wrr", False, 1, 50, 100, 120.0, 0.8, False, 0.3, 12],
+        ["session-aggregate", "wrr", False, 2, 50, 100, 121.0, 0.8, False, 0.2, 0],
+        ["session-aggregate", "wrr", False, 3, 50, 100, 121.0, 0.8, False, "", ""],
+    ]
+    run = make_run(tmp_path, "aggregation", "20261206-130000")
+    write_csv(run / "aggregation.csv", header, rows)
+    assert analysis.load_aggregation(run)["cpu_saturated"].tolist() == [True, False, False]
 
 
 def test_unreadable_results_files_are_one_sentence_naming_the_file(tmp_path: Path) -> None:

@@ -711,6 +711,48 @@ def test_reset_maps_to_stop_sending_and_reset_stream_code_0() -> None:
     assert events_of(path.client, StopSendingReceived) == [StopSendingReceived(stream_id, 0)]
 
 
+def test_a_reset_after_our_fin_stops_the_peer_and_keeps_what_we_finished_sending() -> None:
+    """The destination sent 200 kB and its FIN, then a RST: the relay's state asks for
+    STOP_SENDING only (our half finished). A RESET_STREAM as well made aioquic drop the bytes
+    not acknowledged yet, so the client read a truncated stream and a reset (found by a
+    review); now it reads every byte and the FIN, and is asked to stop sending."""
+    net, path = stream_mode_pair()
+    client, server = tunnel(path.client), tunnel(path.server)
+    stream_id = client.open_tcp_stream(IPv4Address("192.0.2.10"), 80)
+    net.run(0.1)
+    server.accept_tcp_stream(stream_id)
+    body = bytes(range(256)) * 800
+    server.send_stream_data(stream_id, body, end=True)
+    server.reset_tcp_stream(stream_id, stop_sending=True, reset=False)
+    net.run(1.0)
+    data = events_of(path.client, StreamDataReceived)
+    assert b"".join(e.data for e in data) == body and data[-1].end
+    assert events_of(path.client, StreamReset) == []
+    assert events_of(path.client, StopSendingReceived) == [StopSendingReceived(stream_id, 0)]
+
+
+def test_a_stream_refused_for_a_violation_is_also_stopped() -> None:
+    """Error TLV, End and FIN answer the bad preamble; a STOP_SENDING now tells the peer that
+    nothing more it sends there is read (it could go on pushing bytes, found by a review)."""
+    net, path = stream_mode_pair()
+    path.client.quic.send_stream_data(0, End().encode())
+    net.run(0.1)
+    stops = [e for e in path.client.quic_events if isinstance(e, quic_events.StopSendingReceived)]
+    assert [(e.stream_id, e.error_code) for e in stops] == [(0, 0)]
+
+
+def test_tlvs_that_never_reach_end_are_refused_past_4_kib() -> None:
+    """Unknown TLVs are skipped (extensions, -tcp §5.1), but a stream of them that never
+    reaches End held its stream and a stream slot for good without counting as a connect."""
+    net, path = stream_mode_pair()
+    unknown = bytes([0x7F, 255]) + bytes(255)  # an unknown type, 257 bytes
+    path.client.quic.send_stream_data(0, unknown * 16)  # 4,112 bytes
+    net.run(0.1)
+    (rejected,) = events_of(path.server, StreamRejected)
+    assert rejected.code is StreamErrorCode.PROTOCOL_VIOLATION
+    assert "4096 bytes of TLVs before the End TLV" in rejected.reason
+
+
 def _malformed_loopback_connect() -> bytes:
     return bytes([0x00, 18]) + (80).to_bytes(2, "big") + IPv6Address("::1").packed
 

@@ -7,6 +7,7 @@ switches that turn each mechanism off. Behaviour is asserted, never performance 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.unit.client_world import CoreConcentrator, World, client_config
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.agents.client import ClosePath, Migrate
 from tunnel.protocol.connection import TunnelConnection
+from tunnel.wire.messages import End, TcpConnect
 
 __all__ = ["lab_certs"]  # the fixture
 
@@ -277,6 +279,9 @@ def test_a_stream_mode_download_sees_a_blackhole_from_its_own_ack_silence(
     (conn,) = world.live_conns()
     server = conn.server
     stream_id = 1  # a stream of the concentrator's (as the -tcp draft's reversed flow opens)
+    # its TLVs first (more than 4 KiB of anything else before End is refused)
+    preamble = TcpConnect(IPv4Address("10.200.1.2"), 80).encode() + End().encode()
+    server.send_stream_data(stream_id, preamble)
     for _ in range(100):  # 0.5 s of download only
         server.send_stream_data(stream_id, b"d" * 1000)
         world.run(0.005)

@@ -27,7 +27,7 @@ from experiments.procstat import (
     rss_mb,
     saturation,
 )
-from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES
+from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES, SHAPER_COLUMNS
 
 
 def test_saturation_is_the_busiest_process_at_90_percent_of_a_core() -> None:
@@ -59,7 +59,8 @@ def test_cpu_columns_of_a_point() -> None:
     )
     meter.host_first, meter.host_last = (0, 0, 2), (150, 100, 2)  # 150 of 100 jiffies x 2 cores
     row = cpu_columns(meter)
-    assert list(row) == list(CPU_COLUMNS)
+    assert list(row) == [*CPU_COLUMNS, *SHAPER_COLUMNS]  # no shapers watched: those empty
+    assert row["shaper_faults"] is None and row["shaper_late_max_ms"] is None
     assert row["cpu_client_pct"] == pytest.approx(95.0)
     assert row["cpu_shaper_wifi_pct"] == pytest.approx(20.0)
     assert row["cpu_sender_pct"] is None and row["cpu_concentrator_pct"] is None
@@ -67,7 +68,7 @@ def test_cpu_columns_of_a_point() -> None:
     assert (row["cpu_busiest"], row["cpu_saturated"]) == ("client", True)
     calm = cpu_columns(meter_with({"receiver": ((0.0, 0.0), (4.0, 1.0))}))
     assert (calm["cpu_busiest"], calm["cpu_saturated"]) == ("receiver", False)
-    assert cpu_columns(None) == dict.fromkeys(CPU_COLUMNS)
+    assert cpu_columns(None) == dict.fromkeys((*CPU_COLUMNS, *SHAPER_COLUMNS))
     assert [c.removeprefix("cpu_").removesuffix("_pct") for c in CPU_COLUMNS[:6]] == list(
         CPU_PROCESSES
     )

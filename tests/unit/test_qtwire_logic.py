@@ -26,7 +26,8 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, s
                    check=True, capture_output=True, timeout=120)  # fmt: skip
     (work / "good.trace").write_text("1\n2\n3\n")
     (work / "crlf.trace").write_bytes(b"1\r\n2 \r\n3\r\n")
-    argv = [str(binary), str(work / "good.trace"), str(work / "crlf.trace")]
+    (work / "spaced.trace").write_text("1\n   \n2\n3\n")
+    argv = [str(binary), *(str(work / f"{n}.trace") for n in ("good", "crlf", "spaced"))]
     out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
     parsed: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
@@ -91,3 +92,30 @@ def test_a_refused_set_changes_nothing(scenarios: dict[str, dict[str, str]]) -> 
         "good.trace",
     )
     assert control["crlf"] == "ok"
+
+
+def test_stats_say_how_late_frames_left_and_what_the_shaper_lost(
+    scenarios: dict[str, dict[str, str]],
+) -> None:
+    """A measurement reads "stats" around each point (experiments/shaper_meter.py): three
+    frames due at 1 ms sent at 1.5 ms, every send refused (no socket here); the lateness
+    window starts over at each reading, the faults count on."""
+    first, again = scenarios["window_first"], scenarios["window_again"]
+    assert (first["late_max_us"], first["late_mean_us"], first["departures"]) == (
+        "500.0",
+        "500.0",
+        "3",
+    )
+    assert first["tx_err"] == again["tx_err"] == "3"
+    assert (again["late_max_us"], again["departures"]) == ("0.0", "0")
+
+
+def test_values_no_profile_sends_are_refused_not_wrapped(
+    scenarios: dict[str, dict[str, str]],
+) -> None:
+    """loss_pct=nan read as no loss, limit_pkts=-1 as unlimited (found by a review); a trace
+    line of spaces, which Python's reader skips, made qtwire refuse the trace."""
+    bad = scenarios["bad_values"]
+    assert bad["nan"].startswith("err") and bad["negative"].startswith("err")
+    assert bad["huge"].startswith("err")
+    assert (bad["spaced"], bad["opportunities"]) == ("ok", "3")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import Callable, Coroutine
 from ipaddress import IPv4Address, ip_address
 from typing import Any
@@ -70,8 +71,9 @@ class FakeConnection:
     def fail_tcp_stream(self, sid: int, code: Any, payload: bytes = b"") -> None:
         self.calls.append(f"fail {sid}")
 
-    def reset_tcp_stream(self, sid: int) -> None:
-        self.calls.append(f"reset {sid}")
+    def reset_tcp_stream(self, sid: int, *, stop_sending: bool = True, reset: bool = True) -> None:
+        what = "reset" if stop_sending and reset else "stop" if stop_sending else "reset only"
+        self.calls.append(f"{what} {sid}")
 
 
 async def what_the_peer_sees(sock: socket.socket) -> str:
@@ -119,6 +121,7 @@ def test_a_stream_reset_while_the_concentrator_connects_resets_the_destination(
         conn = FakeConnection()
         to_destination = TcpConnectRequested(0, ip_address("127.0.0.1"), port)
         server.handle(conn.tunnel, to_destination, lambda: None)
+        await asyncio.sleep(0)  # the connect task starts: connecting now
         server.handle(conn.tunnel, StreamReset(0, 0), lambda: None)
         accepted, _ = await asyncio.get_running_loop().sock_accept(destination)
         assert await what_the_peer_sees(accepted) == "RST"
@@ -135,6 +138,86 @@ def test_a_stream_reset_while_the_concentrator_connects_resets_the_destination(
         server.close()
         for sock in (accepted, second, destination):
             sock.close()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_stream_reset_with_its_tcp_connect_makes_no_connection(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TCP Connect and RESET_STREAM in one batch: the stream ended before its connect task
+    ran, which went on to open a socket and complete a handshake with the destination only to
+    RST it (found by a review). Now nothing reaches the destination and the budget is free."""
+
+    async def scenario() -> None:
+        destination = listener()
+        port = destination.getsockname()[1]
+        server = StreamServer(StreamServerConfig(enabled=True))
+        monkeypatch.setattr(server, "policy", AllowEverything())
+        conn = FakeConnection()
+        server.handle(
+            conn.tunnel, TcpConnectRequested(0, ip_address("127.0.0.1"), port), lambda: None
+        )
+        server.handle(conn.tunnel, StreamReset(0, 0), lambda: None)
+        for _ in range(200):  # bounded: the task ends at its first step
+            if not server._tasks:
+                break
+            await asyncio.sleep(0.005)
+        assert not server._tasks
+        with pytest.raises(BlockingIOError):
+            destination.accept()  # nobody connected
+        assert server.stats()["active"] == 0 and server.stats()["pending_connects"] == 0
+        server.connection_closed(conn.tunnel)
+        server.close()
+        destination.close()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_socks_applications_early_bytes_and_fin_reach_the_stream_in_order(loop: str) -> None:
+    """An application that sends before the SOCKS reply (RFC 1928 says to wait; many do not):
+    bytes with its CONNECT, more after the stream opened, then its FIN. Before (found by a
+    review), the later bytes went on the stream ahead of the first ones and the FIN ahead of
+    both; now all wait for the concentrator's accept and leave in the order sent."""
+
+    async def scenario() -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        sent: list[tuple[bytes, bool]] = []
+        quic = TunnelQuicConnection(
+            configuration=QuicConfiguration(is_client=True), stream_mode=True
+        )
+        conn = FakeConnection(quic)
+        conn.send_stream_data = lambda sid, data, end=False: sent.append((data, end))  # type: ignore[method-assign]
+        config = StreamClientConfig(
+            enabled=True, socks_port=port, socks_address=IPv4Address("127.0.0.1")
+        )
+        client = StreamClient(config, lambda: (conn.tunnel, lambda: None))
+        await client.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x05\x01\x00")
+        assert await reader.readexactly(2) == b"\x05\x00"
+        connect = b"\x05\x01\x00\x01" + bytes([192, 0, 2, 10]) + (80).to_bytes(2, "big")
+        writer.write(connect + b"A")
+        for _ in range(200):  # bounded: the stream opens within a few iterations
+            if "open 0" in conn.calls:
+                break
+            await asyncio.sleep(0.005)
+        writer.write(b"B")
+        writer.write_eof()
+        await writer.drain()
+        for _ in range(20):  # let the client read them (it must hold them, not send them)
+            await asyncio.sleep(0.005)
+        assert sent == []
+        client.handle(conn.tunnel, TcpConnectAccepted(0), lambda: None)
+        assert await reader.readexactly(10) == b"\x05\x00\x00\x01" + bytes(6)
+        assert b"".join(d for d, _ in sent) == b"AB" and sent[-1][1] is True
+        writer.close()
+        await client.close()
 
     run(loop, scenario)
 
@@ -292,3 +375,101 @@ def test_a_finished_relays_late_flush_does_not_bring_its_backlog_entry_back(
         theirs.close()
 
     run("asyncio", scenario)
+
+
+async def relay_on_tcp(conn: FakeConnection) -> tuple[TcpRelay, socket.socket]:
+    """A relay open on stream 0 of `conn`, its TCP side a real loopback connection; returns it
+    and the TCP peer's socket."""
+    server = listener()
+    peer = socket.create_connection(server.getsockname())
+    ours, _ = server.accept()
+    server.close()
+    relay = TcpRelay(RelayHub(send_buffer=65536), 65536)
+    relay.attach(conn.tunnel, 0, lambda: None)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: relay, ours)
+    relay.open(StreamEvent.STREAM_OPENED_TLVS_RECEIVED)
+    return relay, peer
+
+
+def client_quic() -> TunnelQuicConnection:
+    return TunnelQuicConnection(configuration=QuicConfiguration(is_client=True), stream_mode=True)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(400):  # bounded: each condition follows from a loop iteration or two
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the relay never got there")
+
+
+def reset_by(peer: socket.socket) -> None:
+    """Close `peer` with a RST (SO_LINGER 0)."""
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_tcp_reset_after_its_fin_only_stops_the_stream(loop: str) -> None:
+    """The destination half-closed (its FIN relayed), then reset while our bytes still came:
+    STOP_SENDING only, the state's answer; the relay sent RESET_STREAM too, which dropped the
+    bytes it had finished sending and not yet seen acknowledged (found by a review)."""
+
+    async def scenario() -> None:
+        conn = FakeConnection(client_quic())
+        relay, peer = await relay_on_tcp(conn)
+        peer.shutdown(socket.SHUT_WR)
+        await until(lambda: relay.state.up.value == "finished")
+        reset_by(peer)
+        for _ in range(100):  # bounded: a write or two after the RST fails
+            if relay.finished:
+                break
+            relay.on_stream_data(b"x" * 1000, False)
+            relay.flush_down()
+            await asyncio.sleep(0.005)
+        assert relay.finished
+        assert conn.calls == ["data 0", "stop 0"]  # its FIN, then STOP_SENDING alone
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_our_fin_to_a_reset_destination_ends_the_relay_not_the_connection(loop: str) -> None:
+    """Both FINs crossed a RST nobody read (the relay stops reading at the destination's FIN):
+    asyncio's write_eof raised ENOTCONN out of the stream's event handler, which closes the
+    whole QUIC connection (found by a review). Now it ends this relay, as uvloop's
+    connection_lost does."""
+
+    async def scenario() -> None:
+        conn = FakeConnection(client_quic())
+        relay, peer = await relay_on_tcp(conn)
+        peer.shutdown(socket.SHUT_WR)
+        await until(lambda: relay.state.up.value == "finished")
+        reset_by(peer)
+        relay.on_stream_data(b"", True)  # must not raise
+        await until(lambda: relay.finished)
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_stop_sending_after_our_fin_leaves_the_other_direction_open(loop: str) -> None:
+    """STOP_SENDING for a half that finished is absorbed by the relay's state; the relay
+    reset the TCP connection all the same, cutting off the direction still open (found by a
+    review). Now the destination's bytes still flow to the application and back."""
+
+    async def scenario() -> None:
+        conn = FakeConnection(client_quic())
+        relay, peer = await relay_on_tcp(conn)
+        peer.shutdown(socket.SHUT_WR)  # its FIN: our sending half finished
+        await until(lambda: relay.state.up.value == "finished")
+        relay.on_stream_abort(StreamEvent.STOP_SENDING_RECEIVED)
+        relay.on_stream_data(b"still here", True)
+        relay.flush_down()
+        loop = asyncio.get_running_loop()
+        peer.setblocking(False)
+        got = await asyncio.wait_for(loop.sock_recv(peer, 100), 2.0)
+        assert got == b"still here" and not any("reset" in c for c in conn.calls)
+        peer.close()
+
+    run(loop, scenario)

@@ -49,7 +49,9 @@ class FakeConnection:
     def fail_tcp_stream(self, stream_id: int, code: StreamErrorCode | int, _: bytes = b"") -> None:
         self.failed[stream_id] = code
 
-    def reset_tcp_stream(self, stream_id: int) -> None:
+    def reset_tcp_stream(
+        self, stream_id: int, *, stop_sending: bool = True, reset: bool = True
+    ) -> None:
         self.reset.append(stream_id)
 
 

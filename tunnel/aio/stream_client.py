@@ -230,14 +230,26 @@ class _SocksRelay(TcpRelay):
         self.client = client
         self.handshake = Socks5Handshake()
         self.requested = False
-        self._early_up = b""  # application bytes that followed its CONNECT request
+        self.released = False  # the concentrator accepted and the application was told
+        # Application bytes that followed its CONNECT request before our reply (RFC 1928 says
+        # to wait for it; many clients send at once), and its FIN among them: relayed in order
+        # at release. Before, bytes that came while a host name was resolved were dropped, and
+        # those after the stream attached went ahead of the ones before (found by a review).
+        self._early_up = b""
+        self._early_eof = False
+        self._early_paused = False
 
     def data_received(self, data: bytes) -> None:
-        if self.requested and self.conn is not None:
+        if self.released:
             super().data_received(data)
             return
         if self.requested:
-            return  # bytes before our reply: the application broke SOCKS; ignore
+            self._early_up += data
+            if not self._early_paused and len(self._early_up) > self.hub.send_buffer:
+                self._early_paused = True  # the application waits for our reply from here
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            return
         try:
             answer, request, rest = self.handshake.feed(data)
         except Socks5Error as exc:
@@ -261,9 +273,16 @@ class _SocksRelay(TcpRelay):
         if self.finished or self.transport is None or self.transport.is_closing():
             return  # the application went away (its reset reached the stream already)
         self.transport.write(encode_reply(Reply.SUCCEEDED))
+        self.released = True
         early, self._early_up = self._early_up, b""
         if early:
             self.data_received(early)
+        if self._early_eof and not self.finished and not super().eof_received():
+            self.transport.close()  # the relay could not take the FIN: it aborted
+        elif self._early_paused and not self.finished:
+            self._early_paused = False
+            if not self._reading_paused:  # unless relaying them filled the send buffer
+                self.transport.resume_reading()
 
     def refuse(self, reply: Reply) -> None:
         """Answer the CONNECT with a failure and close (RFC 1928 §6), no RST."""
@@ -274,6 +293,11 @@ class _SocksRelay(TcpRelay):
         self.discard()
 
     def eof_received(self) -> bool:
+        if self.requested and not self.released and self._early_up:
+            # a request sent ahead with its FIN (a half-close): relayed after it, at release
+            self._early_eof = True
+            return True
+        # with nothing sent ahead, a FIN before our reply is an application that left
         if self.conn is None:
             return False
         return super().eof_received()

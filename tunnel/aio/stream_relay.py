@@ -33,7 +33,7 @@ from typing import Final, cast
 
 from tunnel.protocol.connection import TunnelConnection, TunnelUsageError
 from tunnel.protocol.quic_ext import TunnelQuicConnection, stream_send_backlog
-from tunnel.protocol.stream_mode import RelayState, StreamEvent, TcpEvent
+from tunnel.protocol.stream_mode import RelayState, StreamAction, StreamEvent, TcpEvent
 from tunnel.wire.errors import TunnelError
 
 log = logging.getLogger("qtun.stream")
@@ -308,12 +308,19 @@ class TcpRelay(asyncio.Protocol):
 
     def on_stream_abort(self, event: StreamEvent) -> None:
         """STOP_SENDING or RESET_STREAM from the peer: RST the TCP connection, and abort
-        our side of the stream too (a TCP RST ends both directions)."""
+        our side of the stream too (a TCP RST ends both directions) — unless it concerns a half
+        that already finished."""
         if self.finished:
             return
-        with contextlib.suppress(TunnelError):
-            self.state.on_stream(event)
         self.hub.counters.resets_received += 1
+        try:
+            if not self.state.on_stream(event):
+                # absorbed: it stops a half that already finished (STOP_SENDING after our FIN:
+                # everything was sent), the other half goes on — the rules RelayState states,
+                # which the relay ignored by resetting both (found by a review)
+                return
+        except TunnelError:
+            pass  # before the connection opened: abort all the same
         self._reset_stream()
         self._reset_tcp()
         self._finish()
@@ -374,7 +381,15 @@ class TcpRelay(asyncio.Protocol):
             return
         self.flush_down()
         if self.transport.can_write_eof():
-            self.transport.write_eof()
+            try:
+                self.transport.write_eof()
+            except OSError:
+                # The TCP peer reset while we only wrote (it had sent its FIN, so nothing was
+                # read to see the RST): asyncio's shutdown() raises ENOTCONN here (uvloop
+                # reports it later through connection_lost). A reset, not a failure of the
+                # whole QUIC connection, which is where the error went (found by a review).
+                self._relay_tcp_reset()
+                self._finish()
 
     def _report_backlog(self) -> None:
         conn = self.conn
@@ -393,19 +408,27 @@ class TcpRelay(asyncio.Protocol):
         conn = self.conn
         if conn is None:
             return
-        with contextlib.suppress(TunnelError):
-            if not self.state.on_tcp(TcpEvent.RST_RECEIVED):
-                return
+        try:
+            actions = self.state.on_tcp(TcpEvent.RST_RECEIVED)
+        except TunnelError:
+            actions = ()
+        if not actions:
+            return
         self.hub.counters.resets_sent += 1
-        self._reset_stream()
+        # only what the state asks for: after our FIN, STOP_SENDING alone, so that the bytes
+        # the TCP peer finished sending before its RST still arrive (RESET_STREAM dropped them)
+        self._reset_stream(
+            stop_sending=StreamAction.SEND_STOP_SENDING in actions,
+            reset=StreamAction.SEND_RESET_STREAM in actions,
+        )
 
-    def _reset_stream(self) -> None:
+    def _reset_stream(self, *, stop_sending: bool = True, reset: bool = True) -> None:
         conn = self.conn
         if conn is None or conn.closed:
             return
         # ValueError: aioquic already discarded the stream (both directions finished).
         with contextlib.suppress(ValueError, TunnelUsageError):
-            conn.reset_tcp_stream(self.stream_id)
+            conn.reset_tcp_stream(self.stream_id, stop_sending=stop_sending, reset=reset)
         self.hub.kick(conn, self.transmit)
 
     def _reset_tcp(self) -> None:

@@ -541,6 +541,12 @@ class StreamServer:
         port: int,
         client: _Client,
     ) -> None:
+        if relay.finished or conn.closed:
+            # reset (or closed) in the same batch as its TCP Connect: connecting would only
+            # open a socket and a handshake to RST at once (found by a review)
+            client.budget.connect_done()
+            self._forget_if_idle(client)
+            return
         loop = asyncio.get_running_loop()
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1167,20 +1167,30 @@ class TunnelConnection:
         if not self._write(stream_id, data, end) or end:
             self._finished_sending(stream_id, stream)
 
-    def reset_tcp_stream(self, stream_id: int) -> None:
-        """TCP RST -> STOP_SENDING + RESET_STREAM with TCP_CONNECTION_RESET (-tcp §3)."""
+    def reset_tcp_stream(
+        self, stream_id: int, *, stop_sending: bool = True, reset: bool = True
+    ) -> None:
+        """TCP RST -> STOP_SENDING + RESET_STREAM with TCP_CONNECTION_RESET (-tcp §3), or only
+        the one the relay's state asks for (stream_mode.RelayState.on_tcp): after our FIN, a
+        RESET_STREAM would throw away the bytes sent before it that the peer has not
+        acknowledged yet (aioquic drops them), truncating what the TCP peer had finished
+        sending (found by a review)."""
         self._require_stream_mode()
         if stream_id not in self._tcp_streams:
             raise TunnelUsageError(f"stream {stream_id} is not a TCP stream")
-        self._abort_stream(stream_id)
+        self._abort_stream(stream_id, stop_sending=stop_sending, reset=reset)
 
-    def _abort_stream(self, stream_id: int) -> None:
+    def _abort_stream(
+        self, stream_id: int, *, stop_sending: bool = True, reset: bool = True
+    ) -> None:
         # ValueError: aioquic already discarded the stream's receive (or send) side.
-        with contextlib.suppress(ValueError):
-            self._quic.stop_stream(stream_id, TCP_CONNECTION_RESET)
-        with contextlib.suppress(ValueError):
-            self._quic.reset_stream(stream_id, TCP_CONNECTION_RESET)
-        self._finished_sending(stream_id, self._tcp_streams[stream_id])
+        if stop_sending:
+            with contextlib.suppress(ValueError):
+                self._quic.stop_stream(stream_id, TCP_CONNECTION_RESET)
+        if reset:
+            with contextlib.suppress(ValueError):
+                self._quic.reset_stream(stream_id, TCP_CONNECTION_RESET)
+            self._finished_sending(stream_id, self._tcp_streams[stream_id])
 
     def _finished_sending(self, stream_id: int, stream: _TcpStream) -> None:
         stream.finished_sending = True
@@ -1287,8 +1297,12 @@ class TunnelConnection:
     ) -> list[TunnelEvent]:
         stream.rejected = True
         if not stream.preamble_sent:
-            # Our TLV sequence is still open: answer in band (-tcp §5.1.3).
+            # Our TLV sequence is still open: answer in band (-tcp §5.1.3), and stop the peer's
+            # side: nothing more it sends on this stream will be read (a review found a peer
+            # could go on pushing bytes into a stream refused for good).
             self._send_error(stream_id, stream, ErrorTLV(exc.code))
+            with contextlib.suppress(ValueError):  # its receiving side already gone
+                self._quic.stop_stream(stream_id, TCP_CONNECTION_RESET)
         else:
             # Our End TLV is already sent (a stream we opened), so an Error TLV would
             # land in the bytestream: abort both directions instead (code 0x0, which is

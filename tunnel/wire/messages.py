@@ -401,6 +401,12 @@ class ControlStreamDecoder:
             raise malformed(f"control stream ended inside a TLV ({self._reader.pending} bytes)")
 
 
+MAX_PREAMBLE_BYTES: Final = 4096
+"""Bytes of TLVs a stream may carry before its End TLV (StreamPreambleDecoder): ours send a TCP
+Connect or TCP Connect OK (20 bytes) or an Error TLV (at most 257) and End; 4 KiB leaves room
+for extensions the draft foresees (§5.1)."""
+
+
 class StreamPreambleDecoder:
     """Incremental decoder of the stream TLVs that precede a TCP bytestream (tunnel-tcp-00 §5.1).
 
@@ -413,12 +419,17 @@ class StreamPreambleDecoder:
     TLVs can precede the bytestream; the TLV framing lets us step over one we do not know and
     still find End, whereas rejecting would break every peer that uses such an extension.
 
+    At most MAX_PREAMBLE_BYTES of TLVs may precede End: a peer streaming unknown TLVs that never
+    reach End would otherwise hold the stream (and one of its stream slots) open for good
+    without ever counting as a connect (found by a review).
+
     After the first error every later call raises that same error.
     """
 
     def __init__(self, opened_by_peer: bool | None = None) -> None:
         self.opened_by_peer = opened_by_peer
         self.unknown_skipped = 0
+        self._preamble_bytes = 0
         self._reader = TLVReader()
         self._done = False
         self._connect_seen = False
@@ -461,6 +472,11 @@ class StreamPreambleDecoder:
                 if message is not None:
                     messages.append(message)
             bytestream = self._reader.take_remaining() if self._done else b""
+            self._preamble_bytes += len(data) - len(bytestream)
+            if self._preamble_bytes > MAX_PREAMBLE_BYTES:
+                raise protocol_violation(
+                    f"more than {MAX_PREAMBLE_BYTES} bytes of TLVs before the End TLV"
+                )
         if bytestream and self._error_seen:
             # §5.1.3: after Error TLVs the sender "MUST send an End TLV and terminate the stream".
             raise protocol_violation("bytestream data follows an Error TLV and its End TLV")
