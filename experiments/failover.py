@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,8 +191,14 @@ def _check(params: Params) -> dict[str, QtunVariant]:
             )
     # a scenario replaces the events and their times (its own end is checked against duration_s)
     times_used = not params["scenario"]
-    if times_used and not 0 < params["down_at_s"] < params["up_at_s"] < params["duration_s"]:
-        raise ExperimentError("need 0 < down_at_s < up_at_s < duration_s.")
+    if times_used and not 1 < params["down_at_s"] < params["up_at_s"] < params["duration_s"]:
+        # the goodput before the outage is measured from 1 s on (slow start left out): an
+        # outage in the first second left it empty, and every row was taken for a flow that
+        # carried nothing (found by a review)
+        raise ExperimentError(
+            "need 1 < down_at_s < up_at_s < duration_s (the goodput before the outage is "
+            "measured from 1 s on)."
+        )
     return qtun
 
 
@@ -459,12 +465,32 @@ def measure(
         **dict.fromkeys(SHAPER_COLUMNS),
     }
     row.update(extra or {})
+    stalled = final_silence(bins, interval)
+    if window is not None and stalled is not None and stalled >= window[1]:
+        # recovered from the outage, then stopped for good (at the repair, say): still a
+        # recovery from the outage, but said (a review found it counted with no word)
+        note = f"delivery stopped at {stalled:.2f} s for the rest of the run"
+        row["detail"] = "; ".join(x for x in (row["detail"], note) if x)
     if goodput_mbps(bins, interval, max(1.0, down - 10), down) == 0:
         # Not a failover result: the flow had stopped before anything failed.
         row["detail"] = "; ".join(x for x in (row["detail"], NO_DELIVERY_BEFORE) if x)
     step = float(p["timeseries_interval_s"])
     series = flow_series(key, bins, interval, step, sent.get("tcp_info") or [])
     return {"failover": [row], "failover_timeseries": series}
+
+
+STALL_S = 1.0
+"""A silence this long at the end of a run is a flow that stopped, not a pause (final_silence)."""
+
+
+def final_silence(bins: Sequence[int], interval_s: float) -> float | None:
+    """When the last delivery of a run was followed by at least STALL_S of silence to the
+    end of the record: the time (s from the origin) the silence began; else None."""
+    last = max((i for i, b in enumerate(bins) if b), default=None)
+    start = 0 if last is None else last + 1
+    if (len(bins) - start) * interval_s < STALL_S:
+        return None
+    return start * interval_s
 
 
 # -- the table --------------------------------------------------------------------------------

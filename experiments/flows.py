@@ -245,8 +245,12 @@ def scenario_during(
 
 
 def flow_error(recv: Samples, sent: dict[str, Any]) -> str:
-    """What went wrong on either side of a flow ("" if nothing), for a row's detail column."""
-    return "; ".join(x for x in (recv.error, sent.get("error")) if x)
+    """What went wrong on either side of a flow ("" if nothing), for a row's detail column;
+    a flow that connected but delivered nothing says so (its 0 Mbit/s is a result, but one
+    to look at: stream mode accepts the application's connection before the tunnel carries
+    anything)."""
+    empty = "connected, but no byte arrived" if recv.connected and not recv.bytes_total else None
+    return "; ".join(x for x in (recv.error, sent.get("error"), empty) if x)
 
 
 def inner_tcp_at(samples: Sequence[Sequence[float]]) -> Callable[[float], Row]:

@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import selectors
 import socket
 import struct
@@ -81,7 +82,8 @@ class Samples:
     streams: list[int] = field(default_factory=list)
 
     def add(self, now: float, nbytes: int) -> None:
-        index = int((now - self.start_at) / self.interval_s)
+        # floor, not int(): a time just before the origin must not land in bin 0
+        index = math.floor((now - self.start_at) / self.interval_s)
         if index < 0:
             return  # before the measurement's origin: not part of the record
         if index >= len(self.bins):
@@ -127,11 +129,18 @@ def delivery_gap(
     in seconds from the origin.
 
     A run counts if it starts between `lead_s` before the outage and half-way to the repair
-    (a gap caused by the repair itself, later, is not the failover gap). None when that run
-    lasts to the end of the record: delivery never resumed. (t, t) with t the outage start
-    when no bin was empty: the gap was shorter than one interval. Resolution: one interval.
+    (a gap caused by the repair itself, later, is not the failover gap) and does not end before
+    the outage begins: a silence over by then (a stall of the receiver, of the flow) is not the
+    outage's, yet it was taken when longer (found by a review). None when that run lasts to the
+    end of the record: delivery never resumed. (t, t) with t the outage start when no bin was
+    empty: the gap was shorter than one interval.
+
+    Resolution: a run of k empty bins is a silence of between k and k + 2 intervals (k + 1 on
+    average: the bins at its two ends each hold a delivery), so a gap reads one interval short
+    on average, the same for every variant compared; 0 means under two intervals.
     """
     first = max(0, round((down_at_s - lead_s) / interval_s))
+    outage = round(down_at_s / interval_s)
     last_start = round((down_at_s + up_at_s) / 2 / interval_s)
     n = len(bins)
     longest: tuple[int, int] | None = None
@@ -145,7 +154,7 @@ def delivery_gap(
             end += 1
         if end == n:
             return None  # nothing was delivered after this run began
-        if longest is None or end - k > longest[1] - longest[0]:
+        if end > outage and (longest is None or end - k > longest[1] - longest[0]):
             longest = (k, end)
         k = end
     if longest is None:
@@ -500,13 +509,15 @@ def udp_recv(
                 continue
             samples.connected = True
             seq, _sent_ns = UDP_HEADER.unpack_from(data)
-            samples.add(time.monotonic(), len(data))
             samples.received += 1
             if seq >= len(seen):
                 seen.extend(b"\0" * max(seq + 1 - len(seen), 4096))
             if seen[seq]:
+                # a second copy is not goodput, nor a delivery that could hide a gap (it was
+                # counted before the check, found by a review)
                 samples.duplicates += 1
                 continue
+            samples.add(time.monotonic(), len(data))
             seen[seq] = 1
             samples.unique += 1
             if seq < samples.highest_seq:

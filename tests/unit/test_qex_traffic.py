@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,12 +19,15 @@ from experiments.flows import Flow, flow_argv
 from experiments.runner import Point
 from experiments.schemas import GOODPUT, GOODPUT_TIMESERIES, PMTU_COLUMNS
 from experiments.traffic import (
+    REQUEST,
+    UDP_HEADER,
     Samples,
     delivery_gap,
     delivery_gap_ms,
     goodput_mbps,
     pad_bins,
     resample,
+    udp_recv,
 )
 
 STEP = 0.01  # the sampling interval
@@ -57,6 +61,14 @@ def test_gaps_outside_the_window_do_not_count() -> None:
     # one well before the outage, one at the repair (8 s): neither is the failover gap
     bins = bins_with_gaps(1200, (1.0, 2.0), (8.0, 9.5), (4.0, 4.05))
     assert delivery_gap_ms(bins, STEP, 4.0, 8.0) == pytest.approx(50)
+
+
+def test_a_silence_over_before_the_outage_began_is_not_its_gap() -> None:
+    """Found by a review: a stall of 120 ms that ended before the outage (inside the lead
+    window) was taken for the outage's gap of 40 ms, being longer."""
+    bins = bins_with_gaps(1200, (3.8, 3.92), (4.0, 4.04))
+    assert delivery_gap_ms(bins, STEP, 4.0, 8.0) == pytest.approx(40)
+    assert delivery_gap_ms(bins_with_gaps(1200, (3.8, 3.92)), STEP, 4.0, 8.0) == 0.0
 
 
 def test_no_empty_bin_is_a_zero_gap() -> None:
@@ -94,6 +106,7 @@ def test_goodput_and_resample() -> None:
 def test_samples_bin_by_time_and_count_losses() -> None:
     s = Samples("udp", start_at=100.0, interval_s=STEP)
     s.add(99.0, 500)  # before the origin: not recorded
+    s.add(99.995, 500)  # nor just before it (int() truncated it into bin 0)
     s.add(100.001, 100)
     s.add(100.025, 200)
     assert s.bins == [100, 0, 200]
@@ -126,6 +139,22 @@ def test_measure_gives_the_contract_columns() -> None:
     assert row["ablation_off"] == "" and row["cpu_saturated"] is None  # no extra columns given
     assert len(tables["failover_timeseries"]) == 120
     assert list(tables["failover_timeseries"][0]) == TIMESERIES_COLUMNS
+
+
+def test_a_flow_that_stops_after_recovering_says_so() -> None:
+    """Recovered from the outage at 4.2 s, then nothing from 9 s on: a recovery still, but the
+    row says the flow stopped (a review found it counted with no word)."""
+    point = Point({"variant": "plain", "event": "link-down", "traffic": "udp", "run": 1})
+    params = {"down_at_s": 4.0, "up_at_s": 8.0, "duration_s": 12.0, "timeseries_interval_s": 0.1}
+    recv = Samples("udp", 0.0, STEP, bins_with_gaps(1200, (4.0, 4.2), (9.0, 12.0)))
+    recv.connected, recv.unique, recv.highest_seq = True, 90, 99
+    (row,) = measure(point, params, recv, {"sent": 100})["failover"]
+    assert row["completed"] is True and row["gap_ms"] == pytest.approx(200)
+    assert "delivery stopped at 9.00 s for the rest of the run" in row["detail"]
+    whole = Samples("udp", 0.0, STEP, bins_with_gaps(1200, (4.0, 4.2)))
+    whole.connected = True
+    (row,) = measure(point, params, whole, {"sent": 100})["failover"]
+    assert "stopped" not in row["detail"]
 
 
 def test_the_time_series_carries_the_inner_tcp_state_sampled_at_or_before_each_step() -> None:
@@ -228,6 +257,33 @@ def test_tools_on_loopback(tmp_path: Path, kind: str) -> None:
         times = [t for t, *_ in sent["tcp_info"]]
         assert times == sorted(times) and 5 <= len(times) <= 10 and times[0] == 0
         assert all(cwnd >= 1 and rtt > 0 for _, cwnd, rtt, _ in sent["tcp_info"])
+
+
+def test_a_duplicate_datagram_is_neither_goodput_nor_a_delivery(tmp_path: Path) -> None:
+    """The UDP receiver counted a second copy's bytes into its bin before it found the copy
+    (found by a review): goodput over, and a bin of copies only could hide a gap."""
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    sender.settimeout(5.0)
+    port = sender.getsockname()[1]
+    result: list[Samples] = []
+    start_at = time.monotonic()
+    receiver = threading.Thread(
+        target=lambda: result.append(udp_recv("127.0.0.1", port, start_at, 0.2, STEP))
+    )
+    receiver.start()
+    try:
+        request, client = sender.recvfrom(2048)
+        assert request == REQUEST
+        for seq in (0, 1, 1, 2):  # seq 1 twice
+            sender.sendto(UDP_HEADER.pack(seq, 0) + bytes(100), client)
+    finally:
+        receiver.join(timeout=10)
+        sender.close()
+    (samples,) = result
+    size = UDP_HEADER.size + 100
+    assert (samples.received, samples.unique, samples.duplicates) == (4, 3, 1)
+    assert samples.bytes_total == sum(samples.bins) == 3 * size
 
 
 def test_bad_arguments_are_one_sentence() -> None:
