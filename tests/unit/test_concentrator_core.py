@@ -11,6 +11,10 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
 
 import pytest
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnectionState
+from aioquic.quic.packet import QuicTransportParameters, push_quic_transport_parameters
 
 from testbed.hostile import (
     checksum16,
@@ -49,6 +53,7 @@ from tunnel.protocol.connection import (
     SessionJoinFailed,
     TcpConnectRequested,
 )
+from tunnel.protocol.quic_ext import MAX_PEER_ACK_DELAY, TunnelQuicConnection
 from tunnel.wire.errors import ControlErrorCode
 from tunnel.wire.messages import AccessId, AccessSignal
 
@@ -141,6 +146,46 @@ def test_an_unauthenticated_peer_learns_nothing_but_the_operator_learns_why(
     status = core_lab.core.status()
     assert status["refused"]["auth"] == 1 and status["clients"] == []
     assert status["counters"]["internal_errors"] == 0
+
+
+def test_a_refused_connection_ends_once_its_close_left(lab_certs: Path) -> None:
+    """Found by a review: a refused connection stayed closing three PTOs, holding its slot
+    (over 49 s with the largest max_ack_delay a peer may announce), so a host having itself
+    refused ~6.5 times a second kept every slot taken. Now it ends as soon as its
+    CONNECTION_CLOSE left (fake clock: at the same instant); the client still gets it."""
+    core_lab = lab(lab_certs)
+    conn = core_lab.connect(None, settle=0.0)
+    quic = conn.server.quic
+    refused_at = terminated_at = None
+    for _ in range(2000):  # bounded: 2 s of 1 ms steps
+        core_lab.run(0.001)
+        if refused_at is None and core_lab.of(Refused):
+            refused_at = core_lab.net.clock.now
+        if quic._state is QuicConnectionState.TERMINATED:
+            terminated_at = core_lab.net.clock.now
+            break
+    assert refused_at is not None and terminated_at is not None
+    assert terminated_at - refused_at <= 0.002  # three PTOs were over 0.1 s here
+    core_lab.run(0.5)  # the client drains its three PTOs, then says why it was closed
+    assert closed_reason(conn) == AUTH_FAILED_REASON
+
+
+def test_a_peers_max_ack_delay_counts_at_most_a_second_in_our_pto(lab_certs: Path) -> None:
+    """RFC 9000 allows 16,383 ms; counted whole, each PTO (and a closing period) ran 16 s."""
+    params = QuicTransportParameters(max_ack_delay=16383)
+    buf = Buffer(capacity=256)
+    push_quic_transport_parameters(buf, params)
+    configuration = QuicConfiguration(is_client=False)
+    configuration.load_cert_chain(lab_certs / "concentrator.pem", lab_certs / "concentrator.key")
+    quic = TunnelQuicConnection(
+        configuration=configuration, original_destination_connection_id=bytes(8)
+    )
+    quic._parse_transport_parameters(buf.data)
+    assert quic._loss.max_ack_delay == MAX_PEER_ACK_DELAY == 1.0
+    small = Buffer(capacity=256)
+    push_quic_transport_parameters(small, QuicTransportParameters(max_ack_delay=25))
+    quic._parse_transport_parameters(small.data)
+    assert quic._loss.max_ack_delay == 0.025
 
 
 def test_any_failure_while_checking_credentials_is_a_refusal(

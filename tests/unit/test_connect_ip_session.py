@@ -22,6 +22,7 @@ from aioquic.quic.events import (
 
 from tests.unit.quic_harness import Endpoint, Network, Path, make_configs
 from tunnel.protocol.connect_ip import (
+    MAX_H3_BUFFERED,
     AddressesAssigned,
     ConnectIpClient,
     ConnectIpServer,
@@ -35,6 +36,7 @@ from tunnel.protocol.connect_ip import (
     TunnelClosed,
     TunnelOpened,
     TunnelRefused,
+    h3_stream_buffered,
 )
 from tunnel.protocol.connection import SendStatus
 from tunnel.protocol.quic_ext import PathMtuFell
@@ -629,3 +631,30 @@ def test_a_budget_below_1280_bytes_without_ipv6_keeps_the_tunnel() -> None:
     client, server = opened(net, path)
     assert client.handle_event(PathMtuFell()) == [] and client.is_open
     assert server.handle_event(PathMtuFell()) == [] and server.is_open
+
+
+def test_a_headers_frame_that_never_ends_is_refused_past_16_kib() -> None:
+    """Found by a review: a HEADERS frame declaring 1 GiB was held by aioquic's H3 layer until
+    whole, its bytes counted as consumed, so the credit kept growing and every packet copied
+    the buffer again. Past 16 KiB the stream is aborted with H3_EXCESSIVE_LOAD; the tunnel's
+    own stream goes on."""
+    net, path = connect()
+    _client, server = opened(net, path)
+    quic = path.client.quic
+    stream = quic.get_next_available_stream_id()
+    declared = bytes([0x01]) + (0xC0000000_40000000).to_bytes(8, "big")  # HEADERS, 2^30 bytes
+    quic.send_stream_data(stream, declared)
+    for _ in range(40):  # up to 40 kB of a field section that never ends
+        try:
+            quic.send_stream_data(stream, bytes(1000))
+        except RuntimeError:  # the proxy's STOP_SENDING reset our side: it refused
+            break
+        net.run(0.01)
+    net.run(0.2)
+    assert server.counters.h3_excessive == 1
+    assert h3_stream_buffered(server.h3, stream) <= MAX_H3_BUFFERED
+    resets = [e for e in path.client.quic_events if isinstance(e, StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [
+        (stream, H3ErrorCode.H3_EXCESSIVE_LOAD)
+    ]
+    assert server.is_open and server.closed is None

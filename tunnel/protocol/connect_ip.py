@@ -235,6 +235,8 @@ class ConnectIpCounters:
     drops: Counter[str] = field(default_factory=Counter)
     capsules_skipped: int = 0
     """Capsules of types we do not know, skipped (RFC 9297 §3.2)."""
+    h3_excessive: int = 0
+    """Streams aborted for holding more than MAX_H3_BUFFERED bytes of unusable H3 frames."""
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason.value] += 1
@@ -247,6 +249,7 @@ class ConnectIpCounters:
             "packets_in": self.packets_in,
             "bytes_in": self.bytes_in,
             "capsules_skipped": self.capsules_skipped,
+            "h3_excessive": self.h3_excessive,
         }
         for reason in DropReason:
             flat[f"drops_{reason.value}"] = self.drops[reason.value]
@@ -320,6 +323,25 @@ def scoped_ranges(
 # -- the session ----------------------------------------------------------------------------
 
 
+MAX_H3_BUFFERED: Final = 16 * 1024
+"""Bytes of H3 frames a stream may make us hold before they can be used (a HEADERS frame not
+whole yet, frames behind a QPACK block): a CONNECT-IP request's field section is a few hundred
+bytes; the capsule reader's own bound is of this order too."""
+
+
+def h3_stream_buffered(h3: H3Connection, stream_id: int) -> int:
+    """Bytes aioquic's H3 layer holds for `stream_id` (0 for a stream it does not track)."""
+    stream = h3._stream.get(stream_id)
+    return 0 if stream is None else len(stream.buffer)
+
+
+def drop_h3_stream_buffer(h3: H3Connection, stream_id: int) -> None:
+    """Forget what aioquic's H3 layer holds for `stream_id`: the stream is being aborted."""
+    stream = h3._stream.get(stream_id)
+    if stream is not None:
+        stream.buffer = b""
+
+
 class _ConnectIpEndpoint:
     """What client and proxy share: the H3 layer, the request stream's capsules, datagrams,
     the §11 checks and the counters."""
@@ -382,8 +404,34 @@ class _ConnectIpEndpoint:
             out.append(self.closed)
         for h3_event in self._h3.handle_event(event):
             out += self._on_h3_event(h3_event)
+        if isinstance(event, quic_events.StreamDataReceived):
+            out += self._bound_h3_buffer(event.stream_id)
         out += self._after_event()
         return out
+
+    def _bound_h3_buffer(self, stream_id: int) -> list[ConnectIpEvent]:
+        """aioquic's H3 layer keeps a frame it cannot use yet (a HEADERS frame until it is
+        whole, any frame while QPACK blocks it) in the stream's buffer, whatever length the
+        frame declares, and the bytes count as consumed for flow control, so the credit kept
+        growing: a peer declaring a 1 GiB HEADERS frame made the concentrator hold it all and
+        copy the buffer at each packet (found by a review). Past MAX_H3_BUFFERED the stream
+        is aborted with H3_EXCESSIVE_LOAD (RFC 9114 §4.2.2 lets a receiver refuse a field
+        section it finds too large)."""
+        held = h3_stream_buffered(self._h3, stream_id)
+        if held <= MAX_H3_BUFFERED:
+            return []
+        self.counters.h3_excessive += 1
+        drop_h3_stream_buffer(self._h3, stream_id)
+        reason = f"the peer made us hold {held} bytes of HTTP/3 frames on stream {stream_id}"
+        if stream_id == self.stream_id and self.closed is None:
+            self._abort(H3ErrorCode.H3_EXCESSIVE_LOAD, reason)
+            assert self.closed is not None
+            return [self.closed]
+        with contextlib.suppress(ValueError):  # a side aioquic already discarded
+            self._quic.stop_stream(stream_id, H3ErrorCode.H3_EXCESSIVE_LOAD)
+        with contextlib.suppress(ValueError):
+            self._quic.reset_stream(stream_id, H3ErrorCode.H3_EXCESSIVE_LOAD)
+        return []
 
     def _check_ipv6_budget(self) -> list[ConnectIpEvent]:
         """After the path's MTU fell (PathMtuFell, limits.pmtu_discovery): RFC 9484 §7.2, "If

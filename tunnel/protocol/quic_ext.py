@@ -582,6 +582,11 @@ PROBE_NUMBERS_KEPT: Final = 64
 PROBE_CHALLENGES_KEPT: Final = 32
 """Unanswered PATH_CHALLENGE values of path probes remembered (older ones are forgotten)."""
 REFUSED_KEPT: Final = 64
+# The peer's max_ack_delay counted in our PTO at most this long (s). RFC 9000 §18.2 lets a peer
+# announce up to 16,383 ms, which made each PTO over 16 s and a closing connection hold its
+# slot 3 PTOs, over 49 s (a review: refused handshakes kept every slot taken at ~6.5 a
+# second). A peer that truly delays its ACKs longer costs a spurious probe, nothing more.
+MAX_PEER_ACK_DELAY: Final = 1.0
 """DATAGRAMs dropped from the queue by a fall of the admitted size, kept for the program's
 Packet Too Big (take_refused_datagrams)."""
 # the attributes in which aioquic's and our controllers keep the datagram size they count in
@@ -833,6 +838,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_fates: list[DatagramFate] = []
         self._tunnel_fates_announced: bool = False
         self._tunnel_path_resets = 0
+        self._tunnel_brief_close = False  # close_briefly
         self._set_pacer()
 
     def _give_rate(self, cc: QuicCongestionControl) -> None:
@@ -2027,8 +2033,22 @@ class TunnelQuicConnection(QuicConnection):
             data += encode_uint_var(PAYLOAD_TP_ID) + encode_uint_var(len(value)) + value
         return data
 
+    def close_briefly(self) -> None:
+        """After close(): end the connection as soon as its CONNECTION_CLOSE has left, without
+        the closing period (RFC 9000 §10.2 SHOULD: three PTOs). For a connection refused at
+        admission, whose slot a peer could otherwise keep taken by having itself refused
+        (found by a review); should the close be lost, the peer's next packet draws a
+        stateless reset or a new handshake."""
+        self._tunnel_brief_close = True
+
+    def _close_begin(self, is_initiator: bool, now: float) -> None:
+        super()._close_begin(is_initiator, now)
+        if self._tunnel_brief_close:
+            self._close_at = now  # the timer ends it once this CONNECTION_CLOSE left
+
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
         super()._parse_transport_parameters(data, from_session_ticket=from_session_ticket)
+        self._loss.max_ack_delay = min(self._loss.max_ack_delay, MAX_PEER_ACK_DELAY)
         # Parameters remembered from a session ticket describe an older connection:
         # only the peer's live handshake decides stream mode.
         if not from_session_ticket:

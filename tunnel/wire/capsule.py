@@ -42,6 +42,8 @@ class H3ErrorCode(IntEnum):
 
     H3_NO_ERROR = 0x100
     H3_GENERAL_PROTOCOL_ERROR = 0x101
+    H3_EXCESSIVE_LOAD = 0x107
+    """A peer making us hold more of a stream than a request needs (RFC 9114 §8.1)."""
     H3_ID_ERROR = 0x108
     H3_REQUEST_CANCELLED = 0x10C
     H3_MESSAGE_ERROR = 0x10E
