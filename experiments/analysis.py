@@ -970,9 +970,7 @@ def plot_outage_goodput(ax: Axes, summary: pd.DataFrame) -> None:
     if relative:
         ax.axvline(1.0, color="0.4", lw=0.8, ls="--")
         # the bars are the numerator's interval: plain 5G's median is taken as exact
-        ax.set_xlabel(
-            "goodput during the outage after the gap\n/ plain 5G's median (CI: numerator's)"
-        )
+        ax.set_xlabel("goodput during the outage\nafter the gap / plain 5G\n(CI: the numerator's)")
     else:
         ax.set_xlabel("goodput during the outage after the gap\n(Mbit/s)")
     # the rows are plot_failover_gaps' (the failover figure shares its y axis, and with it the
