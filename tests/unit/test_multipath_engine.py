@@ -6,7 +6,7 @@ switches that turn each mechanism off. Behaviour is asserted, never performance 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path as FilePath
 from typing import Any
@@ -294,6 +294,25 @@ def test_a_stream_mode_download_sees_a_blackhole_from_its_own_ack_silence(
     assert world.times_of(Migrate)[0] - blackholed < 0.5
 
 
+def downlink_on_wifi(world: World, core: CoreConcentrator) -> tuple[int, Callable[[], bool]]:
+    """0.3 s of downlink only on WiFi's connection: the packets sent so far, and whether a
+    PING (or anything ack-eliciting) of the client's is unanswered now."""
+    path = world.up_path("wifi")
+    assert path.tunnel is not None
+    tunnel = path.tunnel
+
+    def pinging() -> bool:
+        state = tunnel.ack_state()
+        return state is not None and state.unanswered_since is not None
+
+    n = 0
+    for _ in range(60):
+        core.from_tun([down(n)], world.now)
+        n += 1
+        world.run(0.005)
+    return n, pinging
+
+
 def test_a_blackhole_just_after_the_clients_ping_was_acknowledged_is_still_seen(
     lab_certs: FilePath,
 ) -> None:
@@ -308,19 +327,7 @@ def test_a_blackhole_just_after_the_clients_ping_was_acknowledged_is_still_seen(
         settings=["limits.probe_interval=2"],
         delays={"wifi": 0.005, "5g": 0.010},
     )
-    path = world.up_path("wifi")
-    assert path.tunnel is not None
-    tunnel = path.tunnel
-
-    def pinging() -> bool:
-        state = tunnel.ack_state()
-        return state is not None and state.unanswered_since is not None
-
-    n = 0
-    for _ in range(60):  # 0.3 s of downlink only
-        core.from_tun([down(n)], world.now)
-        n += 1
-        world.run(0.005)
+    n, pinging = downlink_on_wifi(world, core)
     seen_ping = acked = False
     for _ in range(200):  # on, until a PING of the client's went out and was acknowledged
         core.from_tun([down(n)], world.now)
@@ -356,18 +363,7 @@ def test_an_owed_ping_backs_off_while_the_only_access_stays_silent(lab_certs: Fi
         delays={"wifi": 0.005},
     )
     path = world.up_path("wifi")
-    assert path.tunnel is not None
-    tunnel = path.tunnel
-
-    def pinging() -> bool:
-        state = tunnel.ack_state()
-        return state is not None and state.unanswered_since is not None
-
-    n = 0
-    for _ in range(60):  # 0.3 s of downlink only
-        core.from_tun([down(n)], world.now)
-        n += 1
-        world.run(0.005)
+    n, pinging = downlink_on_wifi(world, core)
     for _ in range(200):  # on, until a PING of the client's is in flight
         core.from_tun([down(n)], world.now)
         n += 1

@@ -103,6 +103,38 @@ def listener() -> socket.socket:
     return sock
 
 
+def server_to_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[socket.socket, int, StreamServer, FakeConnection]:
+    """A destination listening on loopback (its socket and port), a concentrator's stream
+    server allowed to reach it, and a client connection to carry the streams."""
+    destination = listener()
+    server = StreamServer(StreamServerConfig(enabled=True))
+    # 127.0.0.1 keeps the test on this machine; the draft and the policy forbid it
+    monkeypatch.setattr(server, "policy", AllowEverything())
+    return destination, destination.getsockname()[1], server, FakeConnection()
+
+
+async def socks_client(
+    conn: FakeConnection,
+) -> tuple[StreamClient, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client's SOCKS5 front on a free loopback port, carried by `conn`, and an application
+    connected to it past the method negotiation."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    config = StreamClientConfig(
+        enabled=True, socks_port=port, socks_address=IPv4Address("127.0.0.1")
+    )
+    client = StreamClient(config, lambda: (conn.tunnel, lambda: None))
+    await client.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x05\x01\x00")
+    assert await reader.readexactly(2) == b"\x05\x00"
+    return client, reader, writer
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_stream_reset_while_the_concentrator_connects_resets_the_destination(
     loop: str, monkeypatch: pytest.MonkeyPatch
@@ -113,12 +145,7 @@ def test_a_stream_reset_while_the_concentrator_connects_resets_the_destination(
     the same descriptor number fail, its stream never answered."""
 
     async def scenario() -> None:
-        destination = listener()
-        port = destination.getsockname()[1]
-        server = StreamServer(StreamServerConfig(enabled=True))
-        # 127.0.0.1 keeps the test on this machine; the draft and the policy forbid it
-        monkeypatch.setattr(server, "policy", AllowEverything())
-        conn = FakeConnection()
+        destination, port, server, conn = server_to_loopback(monkeypatch)
         to_destination = TcpConnectRequested(0, ip_address("127.0.0.1"), port)
         server.handle(conn.tunnel, to_destination, lambda: None)
         await asyncio.sleep(0)  # the connect task starts: connecting now
@@ -151,11 +178,7 @@ def test_a_stream_reset_with_its_tcp_connect_makes_no_connection(
     RST it (found by a review). Now nothing reaches the destination and the budget is free."""
 
     async def scenario() -> None:
-        destination = listener()
-        port = destination.getsockname()[1]
-        server = StreamServer(StreamServerConfig(enabled=True))
-        monkeypatch.setattr(server, "policy", AllowEverything())
-        conn = FakeConnection()
+        destination, port, server, conn = server_to_loopback(monkeypatch)
         server.handle(
             conn.tunnel, TcpConnectRequested(0, ip_address("127.0.0.1"), port), lambda: None
         )
@@ -183,24 +206,13 @@ def test_a_socks_applications_early_bytes_and_fin_reach_the_stream_in_order(loop
     both; now all wait for the concentrator's accept and leave in the order sent."""
 
     async def scenario() -> None:
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
         sent: list[tuple[bytes, bool]] = []
         quic = TunnelQuicConnection(
             configuration=QuicConfiguration(is_client=True), stream_mode=True
         )
         conn = FakeConnection(quic)
         conn.send_stream_data = lambda sid, data, end=False: sent.append((data, end))  # type: ignore[method-assign]
-        config = StreamClientConfig(
-            enabled=True, socks_port=port, socks_address=IPv4Address("127.0.0.1")
-        )
-        client = StreamClient(config, lambda: (conn.tunnel, lambda: None))
-        await client.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"\x05\x01\x00")
-        assert await reader.readexactly(2) == b"\x05\x00"
+        client, reader, writer = await socks_client(conn)
         connect = b"\x05\x01\x00\x01" + bytes([192, 0, 2, 10]) + (80).to_bytes(2, "big")
         writer.write(connect + b"A")
         for _ in range(200):  # bounded: the stream opens within a few iterations
@@ -241,19 +253,8 @@ def test_a_socks_application_that_leaves_while_its_name_is_resolved_opens_no_str
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", port))]
 
         loop.getaddrinfo = slow_getaddrinfo  # type: ignore[method-assign,assignment]
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
         conn = FakeConnection()
-        config = StreamClientConfig(
-            enabled=True, socks_port=port, socks_address=IPv4Address("127.0.0.1")
-        )
-        client = StreamClient(config, lambda: (conn.tunnel, lambda: None))
-        await client.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"\x05\x01\x00")
-        assert await reader.readexactly(2) == b"\x05\x00"
+        client, _reader, writer = await socks_client(conn)
         name = b"www.example.org"
         writer.write(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + (80).to_bytes(2, "big"))
         await asyncio.wait_for(resolving.wait(), 5.0)
@@ -403,10 +404,15 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("the relay never got there")
 
 
-def reset_by(peer: socket.socket) -> None:
-    """Close `peer` with a RST (SO_LINGER 0)."""
+async def half_closed_then_reset(conn: FakeConnection) -> TcpRelay:
+    """A relay on `conn` whose destination sent its FIN (relayed), then closed with a RST
+    (SO_LINGER 0)."""
+    relay, peer = await relay_on_tcp(conn)
+    peer.shutdown(socket.SHUT_WR)
+    await until(lambda: relay.state.up.value == "finished")
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     peer.close()
+    return relay
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -417,10 +423,7 @@ def test_a_tcp_reset_after_its_fin_only_stops_the_stream(loop: str) -> None:
 
     async def scenario() -> None:
         conn = FakeConnection(client_quic())
-        relay, peer = await relay_on_tcp(conn)
-        peer.shutdown(socket.SHUT_WR)
-        await until(lambda: relay.state.up.value == "finished")
-        reset_by(peer)
+        relay = await half_closed_then_reset(conn)
         for _ in range(100):  # bounded: a write or two after the RST fails
             if relay.finished:
                 break
@@ -442,10 +445,7 @@ def test_our_fin_to_a_reset_destination_ends_the_relay_not_the_connection(loop: 
 
     async def scenario() -> None:
         conn = FakeConnection(client_quic())
-        relay, peer = await relay_on_tcp(conn)
-        peer.shutdown(socket.SHUT_WR)
-        await until(lambda: relay.state.up.value == "finished")
-        reset_by(peer)
+        relay = await half_closed_then_reset(conn)
         relay.on_stream_data(b"", True)  # must not raise
         await until(lambda: relay.finished)
 
