@@ -621,20 +621,22 @@ class TunnelConnection:
             self.max_packet_size(), now, since=quic.path_reset_at, refused=refused
         )
 
-    def drop_queued_datagrams(self, drop: Callable[[Hashable | None], bool]) -> int:
+    def drop_queued_datagrams(
+        self, drop: Callable[[Hashable | None], bool]
+    ) -> list[Hashable | None]:
         """Take the datagrams still waiting in aioquic's queue whose token `drop` names out of
         it (TunnelQuicConnection.drop_queued_datagrams), and out of our records of the queue;
-        returns how many. Without a TunnelQuicConnection, nothing."""
+        returns their tokens. Without a TunnelQuicConnection, nothing."""
         quic = self._quic
         if not isinstance(quic, TunnelQuicConnection):
-            return 0
+            return []
         pending = self._forget_sent_datagrams()
         gone = quic.drop_queued_datagrams(drop)
         if not gone:
-            return 0
+            return []
         # our records mirror the tail of aioquic's queue (untracked ones may lead it)
         offset = pending - len(self._queued_sizes)
-        for position in reversed(gone):
+        for position, _ in reversed(gone):
             mine = position - offset
             if mine >= 0:
                 self._queued_bytes -= self._queued_sizes[mine]
@@ -643,7 +645,7 @@ class TunnelConnection:
             if position < self._queued_resends:
                 self._queued_resends -= 1
         self.counters.drop(DropReason.DEAD_PATH, len(gone))
-        return len(gone)
+        return [token for _, token in gone]
 
     def take_datagram_fates(self) -> list[DatagramFate]:
         """The fates of the datagrams sent with a token known since the last call

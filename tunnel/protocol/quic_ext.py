@@ -1202,21 +1202,24 @@ class TunnelQuicConnection(QuicConnection):
         """The path MTU search (None without pmtu_discovery)."""
         return self._tunnel_pmtu
 
-    def drop_queued_datagrams(self, drop: Callable[[Hashable | None], bool]) -> list[int]:
+    def drop_queued_datagrams(
+        self, drop: Callable[[Hashable | None], bool]
+    ) -> list[tuple[int, Hashable | None]]:
         """Take out of the queue the DATAGRAMs no packet carried yet whose token `drop` names
         (a path found dead: what waits there would leave only once it heals, seconds late);
-        returns their positions in the queue as it was, in order. No fate is reported for
-        them: the caller that dropped them knows."""
+        returns (position in the queue as it was, token) of each, in order. No fate is
+        reported for them: the caller that dropped them knows."""
         pending, tokens = self._datagrams_pending, self._tunnel_datagram_tokens
         dropped = [drop(token) for token in tokens]
-        if any(dropped):
+        gone = [(i, token) for i, token in enumerate(tokens) if dropped[i]]
+        if gone:
             kept = [(d, t) for d, t, out in zip(pending, tokens, dropped, strict=True) if not out]
             pending.clear()
             tokens.clear()
             for data, token in kept:
                 pending.append(data)
                 tokens.append(token)
-        return [i for i, out in enumerate(dropped) if out]
+        return gone
 
     def take_refused_datagrams(self) -> list[bytes]:
         """The DATAGRAM payloads dropped from the queue since the last call because the

@@ -252,19 +252,10 @@ class TunnelSession:
                     resent.add(token)
         if not (dead or resent):
             return
-        gone: list[int] = []
-
-        def drop(token: object) -> bool:
-            if dead or token in resent:
-                if isinstance(token, int):
-                    gone.append(token)
-                return True
-            return False
-
-        member.connection.drop_queued_datagrams(drop)
+        gone = member.connection.drop_queued_datagrams(lambda token: dead or token in resent)
         if sent is not None:
-            for token in gone:
-                sent.fate(token)  # never sent: no fate will come
+            for dropped in gone:
+                sent.fate(dropped)  # never sent: no fate will come
 
     def paths(self, packet_size: int | None = None, resend: bool = False) -> list[PathInfo]:
         """What the scheduler sees, one PathInfo per connection, for sending a packet of
