@@ -1451,8 +1451,8 @@ class ConcentratorCore:
         quic = peer.connection.quic
         if isinstance(quic, TunnelQuicConnection):
             quic.close_briefly()  # no closing period: its slot is free once the close left
-        if self.tickets is not None and isinstance(quic, TunnelQuicConnection):
-            self.tickets.discard(quic.issued_tickets)
+            if self.tickets is not None:
+                self.tickets.discard(quic.issued_tickets)
         self._actions.append(Refused(peer.connection, kind, reason))
         self._status_changed()
 
