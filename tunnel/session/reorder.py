@@ -312,12 +312,7 @@ class ReorderBuffer(Generic[T]):
         front = self._front
         if front is None or 0 < (distance := serial_distance(front, tag)) < TAG_HALF:
             if front is not None:  # tags front+1 .. tag are this lap's from now on
-                first, end = front + 1, front + 1 + distance
-                if end <= TAG_MODULUS:
-                    passed[first:end] = _UNSEEN_RUN[:distance]
-                else:
-                    passed[first:] = _UNSEEN_RUN[: TAG_MODULUS - first]
-                    passed[: end - TAG_MODULUS] = _UNSEEN_RUN[: end - TAG_MODULUS]
+                self._mark_run(front + 1, distance, _UNSEEN_RUN)
             self._front = tag
         elif passed[tag] == _PASSED_DELIVERED:
             self.stats.duplicate += 1
@@ -325,6 +320,17 @@ class ReorderBuffer(Generic[T]):
         passed[tag] = _PASSED_DELIVERED
         self.stats.delivered += 1
         return [item]
+
+    def _mark_run(self, first: int, count: int, run: memoryview) -> None:
+        """Write `run`'s byte into `_passed` for the `count` tags from `first` (taken modulo
+        2**16; the run may wrap past 65535): one C-level copy, or two."""
+        first %= TAG_MODULUS
+        end = first + count
+        if end <= TAG_MODULUS:
+            self._passed[first:end] = run[:count]
+        else:
+            self._passed[first:] = run[: TAG_MODULUS - first]
+            self._passed[: end - TAG_MODULUS] = run[: end - TAG_MODULUS]
 
     def _oldest_held(self) -> tuple[float, int] | None:
         """(arrival, position) of the held packet that arrived first, None when none is."""
@@ -363,13 +369,7 @@ class ReorderBuffer(Generic[T]):
         assert self._expected is not None
         if count == 0:
             return
-        first = self._expected % TAG_MODULUS
-        end = first + count
-        if end <= TAG_MODULUS:
-            self._passed[first:end] = _SKIPPED_RUN[:count]
-        else:  # the gap wraps past 65535
-            self._passed[first:] = _SKIPPED_RUN[: TAG_MODULUS - first]
-            self._passed[: end - TAG_MODULUS] = _SKIPPED_RUN[: end - TAG_MODULUS]
+        self._mark_run(self._expected, count, _SKIPPED_RUN)
         self._expected += count
         self.stats.tags_skipped += count
         self.stats.gaps_skipped += 1
