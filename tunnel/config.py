@@ -704,6 +704,17 @@ class StaticClient:
             MacList(),
         ),
     )
+    # RA Guard (RFC 6105) and DHCPv6-Shield (RFC 7610) at the bridge port: only a client named
+    # here may announce itself as router or DHCP server (tunnel/policy/l2_guard.py).
+    l2_server: bool = field(
+        default=False,
+        metadata=setting(
+            "an Ethernet client that is the bridge's router or DHCP server: its Router "
+            "Advertisements, Redirects and DHCP server messages are forwarded (every other "
+            "client's are dropped)",
+            Boolean(),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -1193,10 +1204,10 @@ def _check_session_access_ids(accesses: Sequence[AccessConfig]) -> None:
 
 
 def _check_static_client(client: StaticClient, t: Table) -> None:
-    if not client.addresses and not client.macs:
+    if not client.addresses and not client.macs and not client.l2_server:
         raise ConfigError(
             f"{t.where('')}has neither addresses nor macs: give its inner prefixes, e.g. "
-            'addresses = ["10.8.0.2/32"], or for an Ethernet client its MACs'
+            'addresses = ["10.8.0.2/32"], or for an Ethernet client its MACs or l2_server = true'
         )
 
 

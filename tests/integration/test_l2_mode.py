@@ -14,7 +14,8 @@ concentrator locked each client's TAP MAC; each TAP leaves the bridge with its c
 with the concentrator; a client without addresses gets IPv4 by DHCP (dnsmasq on the bridge,
 dhclient on the TAP) and IPv6 by SLAAC from dnsmasq's Router Advertisements, across the tunnel;
 a client whose payload the concentrator does not serve is told why; a missing bridge stops the
-concentrator with one sentence.
+concentrator with one sentence; a client's own router (dnsmasq's Router Advertisements) reaches
+no one until it is configured as the bridge's server.
 """
 
 from __future__ import annotations
@@ -322,3 +323,50 @@ def test_dhcp_and_router_advertisements_cross_the_tunnel(lab: Lab, mode: str) ->
         assert ping(alice_ns, inner(12)) == 3  # bob, static, on the same bridge
         assert ping(alice_ns, "10.77.0.1") == 3  # the DHCP server's host, on the bridge
         assert ping(alice_ns, "fd78::1") == 3
+
+
+def test_a_rogue_router_on_a_client_is_dropped_unless_it_is_the_bridges_server(lab: Lab) -> None:
+    """Alice runs a real router (dnsmasq sending Router Advertisements for fd66::/64 every
+    3 s): the concentrator's role guard drops them (bob configures nothing from them) until
+    alice is configured as the bridge's server (`[[client]] l2_server`), when bob does."""
+    if shutil.which("dnsmasq") is None:
+        pytest.skip("dnsmasq not installed: run make deps (dnsmasq-base)")
+    (alice_ns, *_), (bob_ns, *_) = CLIENTS["alice"], CLIENTS["bob"]
+    lab.start_clients("tunnel")
+    ip(alice_ns, "addr", "add", "fd66::11/64", "dev", CLIENT_TAP, "nodad")
+    dnsmasq = in_ns(
+        alice_ns, "dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
+        "--no-resolv", "--no-hosts", "--port=0", "--user=root", f"--interface={CLIENT_TAP}",
+        "--bind-interfaces", "--enable-ra", "--dhcp-range=fd66::,ra-only,64",
+        f"--ra-param={CLIENT_TAP},3", f"--pid-file={lab.workdir / 'rogue.pid'}",
+    )  # fmt: skip
+
+    def bob_has_the_rogue_prefix() -> bool:
+        return any(a.startswith("fd66:") for a in addresses_of(bob_ns, CLIENT_TAP, "-6"))
+
+    with process(dnsmasq, ready=None, stop_by="term", name="dnsmasq") as rogue:
+        lab.conc.wait_status(
+            "two of alice's Router Advertisements dropped",
+            lambda s: any(
+                c["name"] == "alice" and c["mac_filter"]["router_role"] >= 2 for c in s["clients"]
+            ),
+            alive=[rogue],
+            timeout=30,
+        )
+        assert not bob_has_the_rogue_prefix()
+        assert "fd66" not in ip(bob_ns, "-6", "route", "show").stdout
+
+        # the control: the same RAs reach bob once alice is the bridge's server
+        lab.conc.stop()
+        config = lab.workdir / "concentrator.toml"
+        config.write_text(config.read_text() + '\n[[client]]\nname = "alice"\nl2_server = true\n')
+        lab.conc.start().wait_state()
+        lab.conc.wait_status("both clients back", lambda s: len(s.get("taps", {})) == 2)
+        wait_until(
+            "bob configured fd66::/64 from alice's Router Advertisement",
+            bob_has_the_rogue_prefix,
+            timeout=30,
+            alive=[rogue, lab.conc, *lab.clients.values()],
+        )
+        alice = next(c for c in lab.conc.status()["clients"] if c["name"] == "alice")
+        assert alice["mac_filter"]["router_role"] == 0

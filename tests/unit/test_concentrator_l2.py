@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.concentrator_harness import Conn, CoreLab, lab, lab_certs
+from tests.unit.test_l2_guard import ethernet, ipv6, router_advertisement
 from tunnel.agents.concentrator import TapClosed, TapOpened
 from tunnel.policy.mac_filter import LEARNED_HOLD
 from tunnel.protocol.connection import ConnectionClosed, PacketReceived, SessionEstablished
@@ -124,6 +125,10 @@ def test_a_client_sources_only_its_first_mac_and_never_a_group_one(
         "group_source": 1,
         "foreign_source": 1,
         "taken_source": 0,
+        "router_role": 0,
+        "dhcp_server_role": 0,
+        "foreign_lladdr": 0,
+        "unreadable": 0,
     }
     assert status["counters"]["mac_dropped"] == 2
     assert core_lab.core.status()["counters"]["mac_dropped"] == 2
@@ -179,6 +184,22 @@ def test_a_reconnect_keeps_the_learned_macs_until_the_hold_is_over(lab_certs: Pa
     dave = l2_client(core_lab, "dave", "qt")
     send(core_lab, dave, frame(CAROL_MAC, marker=2))
     assert core_lab.taps["dave"] == [frame(CAROL_MAC, marker=2)]
+
+
+def test_only_the_bridges_server_may_announce_itself_as_router(lab_certs: Path) -> None:
+    """RA Guard (RFC 6105) at the bridge port: carol's Router Advertisement would make every
+    host on the bridge route through her; alice, configured `l2_server`, is the router."""
+    core_lab = lab(lab_certs, *BOTH, "client.0.l2_server=true")
+    carol, alice = l2_client(core_lab, "carol", "qt"), l2_client(core_lab, "alice", "qt")
+    from_carol = ethernet(ipv6(58, router_advertisement(CAROL_MAC)), 0x86DD, source=CAROL_MAC)
+    from_alice = ethernet(ipv6(58, router_advertisement(GATEWAY_MAC)), 0x86DD, source=GATEWAY_MAC)
+    send(core_lab, carol, from_carol, frame(CAROL_MAC, marker=1))
+    send(core_lab, alice, from_alice)
+    assert core_lab.taps["carol"] == [frame(CAROL_MAC, marker=1)]
+    assert core_lab.taps["alice"] == [from_alice]
+    status = core_lab.status_of("carol")
+    assert status["mac_filter"]["router_role"] == 1
+    assert status["counters"]["mac_dropped"] == 1
 
 
 def test_the_hosts_own_macs_are_never_learned(lab_certs: Path) -> None:

@@ -240,6 +240,8 @@ def test_concentrator_client_table_errors() -> None:
     empty = CONCENTRATOR + '[[client]]\nname = "a"\n'
     with pytest.raises(ConfigError, match=r"\[client\.0\] has neither addresses nor macs"):
         concentrator(text=empty)
+    server = parse_concentrator_config(empty + "l2_server = true\n", base_dir=Path("/etc/qtun"))
+    assert server.clients[0].l2_server and not server.clients[0].macs  # an Ethernet router
     nameless = CONCENTRATOR + '[[client]]\naddresses = ["10.8.0.2/32"]\n'
     with pytest.raises(ConfigError, match=r"client\.0\.name is missing"):
         concentrator(text=nameless)

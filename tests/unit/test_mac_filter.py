@@ -48,6 +48,10 @@ def test_without_configured_macs_the_first_source_is_locked() -> None:
         "group_source": 0,
         "foreign_source": 1,
         "taken_source": 0,
+        "router_role": 0,
+        "dhcp_server_role": 0,
+        "foreign_lladdr": 0,
+        "unreadable": 0,
     }
 
 

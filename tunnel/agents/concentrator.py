@@ -924,6 +924,7 @@ class ConcentratorCore:
         self._to_tun: list[tuple[bytes, _Client, bool]] = []  # (packet, client, is a reply)
         self._to_taps: list[tuple[bytes, _Client]] = []  # Ethernet clients' frames for the bridge
         self._static_macs = {c.name: c.macs for c in config.clients if c.macs}
+        self._l2_servers = frozenset(c.name for c in config.clients if c.l2_server)
         # who holds which MAC across clients, so that none learns another's or the host's
         # (tunnel/policy/mac_filter.py); a client's learned MACs outlive its reconnects there
         self.mac_owners = MacOwners(self._static_macs)
@@ -1420,6 +1421,7 @@ class ConcentratorCore:
                 self.config.l2.max_macs,
                 owners=self.mac_owners,
                 client=name,
+                serves=name in self._l2_servers,
             )
             client.macs.last_frame = now  # a reconnect holds what it got back, sent or not
             self._actions.append(TapOpened(name, mode))

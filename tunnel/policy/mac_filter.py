@@ -16,8 +16,12 @@ a second holder would take over the first one's frames. A client's learned MACs 
 client is forgotten with its connection) neither frees them for another client nor lets it
 change them.
 
-Per packet: two byte reads, one integer and one set lookup; no objects made. The owners are
-asked only while a client still has room to learn.
+A frame from an accepted source then passes the role guard (l2_guard.py): no Router
+Advertisements, Redirects or DHCP server messages unless the client is the bridge's router or
+server (`serves`), no ARP/ND claim of a link-layer address other than the frame's source.
+
+Per packet: two byte reads, one integer and one set lookup, then the guard's few byte reads; no
+objects made. The owners are asked only while a client still has room to learn.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
 
+from tunnel.policy import l2_guard
+from tunnel.policy.l2_guard import GuardVerdict
 from tunnel.wire.datagram import ETHERNET_HEADER_SIZE
 
 SOURCE_MAC = slice(6, 12)
@@ -50,9 +56,16 @@ class MacVerdict(Enum):
     TAKEN_SOURCE = "taken_source"  # would be learned, but another client or the host holds it
 
 
+Verdict = MacVerdict | GuardVerdict
+
+
+def _zero_counts() -> dict[Verdict, int]:
+    return {**dict.fromkeys(MacVerdict, 0), **dict.fromkeys(GuardVerdict, 0)}
+
+
 @dataclass
 class MacStats:
-    counts: dict[MacVerdict, int] = field(default_factory=lambda: dict.fromkeys(MacVerdict, 0))
+    counts: dict[Verdict, int] = field(default_factory=_zero_counts)
 
     @property
     def dropped(self) -> int:
@@ -151,6 +164,8 @@ class MacFilter:
     :param owners: the concentrator's MAC owners, consulted before learning a MAC (and holding
         what `client` learned before); None: learn without asking (a filter on its own).
     :param client: the client's name in `owners`.
+    :param serves: the client is the bridge's router or DHCP server (`[[client]] l2_server`):
+        its Router Advertisements, Redirects and DHCP server messages pass the guard.
     """
 
     def __init__(
@@ -159,6 +174,7 @@ class MacFilter:
         max_learned: int = 1,
         owners: MacOwners | None = None,
         client: str = "",
+        serves: bool = False,
     ) -> None:
         if max_learned < 1:
             raise ValueError(f"max_learned must be >= 1, got {max_learned}")
@@ -168,6 +184,7 @@ class MacFilter:
         self._max_learned = max_learned
         self._owners = owners
         self._client = client
+        self._serves = serves
         if self._learning and owners is not None:
             self._allowed = owners.joined(client)
         # when the client's last accepted frame came (set by the concentrator, on its clock):
@@ -184,8 +201,14 @@ class MacFilter:
         """Whether MACs are learned (none configured) and room is left to learn one."""
         return self._learning and len(self._allowed) < self._max_learned
 
-    def classify(self, frame: bytes) -> MacVerdict:
+    def classify(self, frame: bytes) -> Verdict:
         """The verdict for `frame`, learning its source if allowed to, without counting."""
+        verdict = self._classify_source(frame)
+        if verdict is MacVerdict.ACCEPTED:
+            return l2_guard.check(frame, self._serves) or verdict
+        return verdict
+
+    def _classify_source(self, frame: bytes) -> MacVerdict:
         if len(frame) < ETHERNET_HEADER_SIZE:
             return MacVerdict.TRUNCATED
         if frame[6] & GROUP_BIT:
