@@ -276,6 +276,7 @@ class CoreLab:
             target = end if timer is None else min(end, timer)
             self.net.run(max(0.0, target - clock.now))
             clock.now = max(clock.now, target)
+            timer = self.core.get_timer()  # what arrived meanwhile may have set one
             if clock.now >= end and (timer is None or timer > end):
                 return
         raise AssertionError("the core's timer kept firing")

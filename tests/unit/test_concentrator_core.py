@@ -43,17 +43,20 @@ from tunnel.agents.concentrator import (
     Refused,
     SessionAnswered,
     StatusChanged,
+    _SessionMode,
 )
 from tunnel.aio.workers import SharedPoolClaims, worker_config
 from tunnel.policy.client_slots import LocalClientSlots
 from tunnel.protocol.connection import (
+    INTERNAL_ERROR_REASON,
     ConnectionClosed,
     PacketReceived,
     SessionEstablished,
     SessionJoinFailed,
     TcpConnectRequested,
 )
-from tunnel.protocol.quic_ext import MAX_PEER_ACK_DELAY, TunnelQuicConnection
+from tunnel.protocol.quic_ext import MAX_PEER_ACK_DELAY, AckState, TunnelQuicConnection
+from tunnel.session.path_health import PathHealth, PathMonitor
 from tunnel.wire.errors import ControlErrorCode
 from tunnel.wire.messages import AccessId, AccessSignal
 
@@ -940,6 +943,58 @@ def test_one_bad_packet_from_the_tun_costs_that_packet_only(
     core_lab.run(0.1)
     assert len(conn.of(PacketReceived)) == 2
     assert core_lab.core.status()["counters"]["internal_errors"] == 1
+
+
+def test_a_bug_in_one_clients_reorder_buffer_ends_that_client_only(
+    lab_certs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core's timer serves every client: a bug met for one (here its reorder buffer's
+    release) closes that client's connections, counted, and the timer goes on for the rest
+    (before, the exception left the timer and stopped the whole concentrator)."""
+    core_lab = lab(lab_certs, "limits.reorder_timeout=0.05")
+    (alice,) = session(core_lab)
+    carol = core_lab.connect("carol")
+
+    def broken(self: object, now: float) -> list[bytes]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(_SessionMode, "poll", broken)
+    alice.client.send_packet(icmp_echo(ALICE, SERVER, 0), packet_tag=0)
+    alice.client.send_packet(icmp_echo(ALICE, SERVER, 2), packet_tag=2)  # behind a gap
+    core_lab.run(0.2)
+    assert [(a.connection, a.reason) for a in core_lab.of(Closed)] == [
+        (alice.server, INTERNAL_ERROR_REASON)
+    ]
+    assert core_lab.core.status()["counters"]["internal_errors"] == 1
+    carol.client.send_packet(icmp_echo("10.8.1.5", SERVER, 1))
+    core_lab.run(0.1)
+    assert core_lab.tun[-1] == icmp_echo("10.8.1.5", SERVER, 1)
+
+
+def test_a_bug_in_one_connections_health_check_closes_that_connection_only(
+    lab_certs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core_lab = lab(lab_certs)
+    wifi, cell = session(core_lab, paths=2)
+
+    def broken(self: PathMonitor, state: AckState, now: float) -> PathHealth | None:
+        raise RuntimeError("a bug")
+
+    wifi.client.send_access_report(WIFI, AccessSignal.AVAILABLE)
+    cell.client.send_access_report(CELL, AccessSignal.AVAILABLE)
+    core_lab.run(0.3)
+    monkeypatch.setattr(PathMonitor, "evaluate", broken)
+    wifi.cut()  # its packets go unanswered: its health is checked
+    core_lab.from_tun([reply_to_alice(n) for n in range(4)])  # failover: on WiFi
+    core_lab.run(0.3)
+    assert [(a.connection, a.reason) for a in core_lab.of(Closed)] == [
+        (wifi.server, INTERNAL_ERROR_REASON)
+    ]
+    assert core_lab.core.status()["counters"]["internal_errors"] == 1
+    monkeypatch.undo()
+    core_lab.from_tun([reply_to_alice(9)])
+    core_lab.run(0.1)
+    assert cell.of(PacketReceived)[-1].packet == reply_to_alice(9)
 
 
 # -- stream mode and the status ------------------------------------------------------------------

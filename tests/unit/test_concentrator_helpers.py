@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from aioquic.quic import events as quic_events
 
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.aio.concentrator import ConcentratorProgram
@@ -20,7 +21,9 @@ from tunnel.aio.concentrator_setup import (
     read_ip_forward,
 )
 from tunnel.aio.tun import TunDevice
+from tunnel.aio.udp import QuicDriver
 from tunnel.config import ConcentratorConfig, ConfigError
+from tunnel.protocol.connection import TunnelConnection
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, packet_datagram_budget
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
@@ -81,6 +84,34 @@ def test_a_bug_in_the_programs_callbacks_stops_it_with_exit_1(lab_certs: Path) -
         program.loop.call_soon(program._guarded(broken), 0.0)
         await asyncio.wait_for(program.wait_stopped(), timeout=5)
         assert program.exit_code == 1
+
+    asyncio.run(main())
+
+
+def test_a_bug_on_a_connections_end_still_frees_its_driver_and_relays(
+    lab_certs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the core while it handles ConnectionTerminated closes that connection only
+    (the QuicDriver catches it); its driver and its stream relays went with it all the same
+    (they used to stay: the TCP connections of its streams open for good)."""
+
+    async def main() -> None:
+        program = ConcentratorProgram(concentrator_config(lab_certs, "stream.enabled=true"))
+        assert program.stream_server is not None
+        closed: list[TunnelConnection] = []
+        monkeypatch.setattr(program.stream_server, "connection_closed", closed.append)
+
+        def broken(connection: TunnelConnection, event: object, now: float) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(program.core, "quic_event", broken)
+        connection = cast(TunnelConnection, object())
+        program.drivers[connection] = cast(QuicDriver, SimpleNamespace())
+        end = quic_events.ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="")
+        with pytest.raises(RuntimeError, match="a bug"):
+            program._on_quic_event(connection, end)
+        assert closed == [connection]
+        assert connection not in program.drivers
 
     asyncio.run(main())
 

@@ -114,6 +114,7 @@ from tunnel.policy.qos import QosPolicy, qos_label, qos_value, set_dscp
 from tunnel.policy.rate_limit import TokenBucket
 from tunnel.policy.tickets import TICKETS_PER_CLIENT, TicketIdentity, TicketStore
 from tunnel.protocol.connection import (
+    INTERNAL_ERROR_REASON,
     STREAM_EVENTS,
     AccessReportReceived,
     ConnectionClosed,
@@ -1201,18 +1202,34 @@ class ConcentratorCore:
     # -- inputs: time ------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
+        # A bug met for one connection (its health check) or one client (its reorder buffer)
+        # closes that one, as a bug in a connection's QUIC events does: the timer serves every
+        # client, and an exception out of it would stop the concentrator.
         for peer, due in list(self._health_due.items()):
             if due <= now:
-                self._check_health(peer, now)
+                try:
+                    self._check_health(peer, now)
+                except Exception as exc:
+                    self._health_due.pop(peer, None)
+                    self._internal_error("a connection's health check", exc, now)
+                    self._close_peer(peer, INTERNAL_ERROR_REASON, now)
         for client in list(self._reordering):
-            deadline = client.strategy.next_deadline()
-            if deadline is None or deadline <= now:
-                for packet in client.strategy.poll(now):
-                    try:
-                        self._from_client(client, packet, now)
-                    except Exception as exc:
-                        self._internal_error(f"packet from client {client.name}", exc, now)
-                self._track_reorder(client)
+            try:
+                deadline = client.strategy.next_deadline()
+                if deadline is not None and deadline > now:
+                    continue
+                released = client.strategy.poll(now)
+            except Exception as exc:
+                self._reordering.discard(client)
+                self._internal_error(f"the reorder buffer of client {client.name}", exc, now)
+                self._end_client(client, INTERNAL_ERROR_REASON, now)
+                continue
+            for packet in released:
+                try:
+                    self._from_client(client, packet, now)
+                except Exception as exc:
+                    self._internal_error(f"packet from client {client.name}", exc, now)
+            self._track_reorder(client)
         expiry = self._next_expiry()
         if expiry is not None and expiry <= now:
             self._expire_sessions(now)

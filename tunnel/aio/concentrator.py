@@ -282,22 +282,25 @@ class ConcentratorProgram:
         driver.on_event = functools.partial(self._on_quic_event, connection)
 
     def _on_quic_event(self, connection: TunnelConnection, event: quic_events.QuicEvent) -> None:
-        # An exception here reaches the QuicDriver, which closes this connection only.
-        stream_events = self.core.quic_event(connection, event, self.loop.time())
-        if stream_events and self.stream_server is not None:
-            transmit = self.drivers[connection].transmit_soon
-            for stream_event in stream_events:
-                self.stream_server.handle(connection, stream_event, transmit)
-        if isinstance(event, quic_events.ConnectionTerminated):
-            self.drivers.pop(connection, None)
-            if self.stream_server is not None:
-                self.stream_server.connection_closed(connection)
-        if not self._carry_out_scheduled:
-            # Once per network batch (its events all come first, then the driver transmits),
-            # not once per packet: the batch's packets for the TUN then go in one write_tun,
-            # which merges a flow's TCP segments (tun.offload).
-            self._carry_out_scheduled = True
-            self.loop.call_soon(self._carry_out_soon)
+        # An exception here reaches the QuicDriver, which closes this connection only; what
+        # the connection held here (its driver, its TCP relays) goes with it all the same.
+        try:
+            stream_events = self.core.quic_event(connection, event, self.loop.time())
+            if stream_events and self.stream_server is not None:
+                transmit = self.drivers[connection].transmit_soon
+                for stream_event in stream_events:
+                    self.stream_server.handle(connection, stream_event, transmit)
+        finally:
+            if isinstance(event, quic_events.ConnectionTerminated):
+                self.drivers.pop(connection, None)
+                if self.stream_server is not None:
+                    self.stream_server.connection_closed(connection)
+            if not self._carry_out_scheduled:
+                # Once per network batch (its events all come first, then the driver
+                # transmits), not once per packet: the batch's packets for the TUN then go in
+                # one write_tun, which merges a flow's TCP segments (tun.offload).
+                self._carry_out_scheduled = True
+                self.loop.call_soon(self._carry_out_soon)
 
     def _on_tun_packets(self, packets: list[bytes]) -> None:
         forwarded = self.core.from_tun(packets, self.loop.time())

@@ -76,6 +76,7 @@ from tunnel.policy.address_validation import (
     TokenStatus,
 )
 from tunnel.policy.rate_limit import PrefixBudget
+from tunnel.protocol.connection import INTERNAL_ERROR_REASON
 from tunnel.protocol.quic_ext import (
     SoloDatagram,
     TunnelQuicConnection,
@@ -513,8 +514,6 @@ EventHandler = Callable[[events.QuicEvent], None]
 # called with keyword arguments configuration= (and, on a server,
 # original_destination_connection_id= and, after a Retry, retry_source_connection_id=)
 ConnectionFactory = Callable[..., QuicConnection]
-
-INTERNAL_ERROR_REASON = "internal error"  # the peer learns nothing of our bug (RFC 9000 §20.1)
 
 
 def paced_burst(

@@ -99,6 +99,10 @@ CONNECTION_PROTOCOL_VIOLATION: Final = 0x0
 drafts define no connection-level codes; 0x0 mirrors PROTOCOL_VIOLATION of -tcp
 §5.1.3 and the reason phrase names the rule."""
 
+INTERNAL_ERROR_REASON: Final = "internal error"
+"""The reason phrase of a connection closed for a bug of ours: the peer learns nothing of it
+(RFC 9000 §20.1, INTERNAL_ERROR)."""
+
 ACCESS_REPORT_CANCELLED: Final = 0x0
 """RESET_STREAM code when cancelling an Access Report (-tunnel-00 §6 defines none)."""
 
