@@ -471,6 +471,12 @@ def measure(
         # recovery from the outage, but said (a review found it counted with no word)
         note = f"delivery stopped at {stalled:.2f} s for the rest of the run"
         row["detail"] = "; ".join(x for x in (row["detail"], note) if x)
+    began = first_delivery(bins, interval)
+    if began is not None and began >= LATE_START_S:
+        # the flow lost its first seconds (a slow connect, a sender that started late): its
+        # goodput before the outage reads low for a reason not the variant's
+        note = f"delivery began only at {began:.2f} s"
+        row["detail"] = "; ".join(x for x in (row["detail"], note) if x)
     if goodput_mbps(bins, interval, max(1.0, down - 10), down) == 0:
         # Not a failover result: the flow had stopped before anything failed.
         row["detail"] = "; ".join(x for x in (row["detail"], NO_DELIVERY_BEFORE) if x)
@@ -481,6 +487,17 @@ def measure(
 
 STALL_S = 1.0
 """A silence this long at the end of a run is a flow that stopped, not a pause (final_silence)."""
+
+
+LATE_START_S = 1.0
+"""A flow whose first byte came this late after the traffic's start began late (first_delivery):
+a handshake and slow start take a few round trips, well under it on every profile."""
+
+
+def first_delivery(bins: Sequence[int], interval_s: float) -> float | None:
+    """When the first byte arrived (s from the origin, the bin's start); None if none did."""
+    first = next((i for i, b in enumerate(bins) if b), None)
+    return None if first is None else first * interval_s
 
 
 def final_silence(bins: Sequence[int], interval_s: float) -> float | None:

@@ -157,6 +157,21 @@ def test_a_flow_that_stops_after_recovering_says_so() -> None:
     assert "stopped" not in row["detail"]
 
 
+def test_a_flow_that_began_late_says_so() -> None:
+    """Nothing for the first 2.5 s (a slow connect, a sender started late): the goodput before
+    the outage reads low for a reason not the variant's, and the row says so."""
+    point = Point({"variant": "plain", "event": "link-down", "traffic": "udp", "run": 1})
+    params = {"down_at_s": 4.0, "up_at_s": 8.0, "duration_s": 12.0, "timeseries_interval_s": 0.1}
+    late = Samples("udp", 0.0, STEP, bins_with_gaps(1200, (0.0, 2.5), (4.0, 4.2)))
+    late.connected = True
+    (row,) = measure(point, params, late, {"sent": 100})["failover"]
+    assert "delivery began only at 2.50 s" in row["detail"]
+    on_time = Samples("udp", 0.0, STEP, bins_with_gaps(1200, (0.0, 0.3), (4.0, 4.2)))
+    on_time.connected = True
+    (row,) = measure(point, params, on_time, {"sent": 100})["failover"]
+    assert "began" not in row["detail"]
+
+
 def test_the_time_series_carries_the_inner_tcp_state_sampled_at_or_before_each_step() -> None:
     point = Point({"variant": "plain", "event": "link-down", "traffic": "tcp", "run": 1})
     params = {"down_at_s": 4.0, "up_at_s": 8.0, "duration_s": 12.0, "timeseries_interval_s": 0.1}
