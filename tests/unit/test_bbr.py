@@ -220,3 +220,54 @@ def test_a_new_connection_does_not_start_in_probe_rtt() -> None:
     link = Bottleneck(cc, rate=RATE, rtt=RTT, now=5000.0)
     link.run(0.5)
     assert BbrState.PROBE_RTT not in link.states, link.states
+
+
+def test_max_filter_keeps_the_windows_maximum_when_one_rounds_samples_expire_together() -> None:
+    """A review's sequence: four falling samples in round 0, ~98 in rounds 1-9, then 75 in
+    round 10. The 10-round maximum is 98; the three-sample filter kept round 0's three best,
+    dropped the newer 98s, and read 75 once round 0 expired."""
+    f = MaxFilter(window=10)
+    for value in (100.0, 99.5, 99.0, 98.7):
+        f.update(0, value)
+    for round_count in range(1, 10):
+        f.update(round_count, 98.0 - round_count * 0.01)
+    f.update(10, 75.0)
+    assert f.value == pytest.approx(97.99)
+
+
+def test_probe_rtt_does_not_lower_the_bandwidth_estimate() -> None:
+    """PROBE_RTT's rounds at 4 packets measure the probe, not the path (draft §4.3.5): on a
+    10 Mbit/s, 10 ms path they brought the estimate to a third of the link's every 10 s."""
+    rate = 10e6 / 8
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=rate, rtt=0.010)
+    estimates: list[float] = []
+    for _ in range(24_000):  # 12 s in 0.5 ms steps
+        link.run(0.0005)
+        if BbrState.PROBE_RTT in link.states:
+            estimates.append(cc.btlbw)
+    assert estimates, "no PROBE_RTT within 12 s"
+    assert min(estimates) >= 0.9 * rate
+
+
+def test_the_first_rtt_sample_sets_startups_pacing_rate_from_the_window() -> None:
+    """BBRInitPacingRate (draft §4.2.1): 2.885 x the window per RTT; a first bandwidth sample
+    of one packet does not lower it in STARTUP."""
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    cc.on_rtt_measurement(now=1.0, rtt=0.050)
+    initial = HIGH_GAIN * cc.congestion_window / 0.050
+    assert cc.pacing_rate == pytest.approx(initial)
+    link = Bottleneck(cc, rate=RATE, rtt=0.050, now=1.0)
+    link.app_limited_round(0.050)
+    assert cc.pacing_rate is not None and cc.pacing_rate >= initial
+
+
+def test_persistent_congestion_restarts_pacing_from_the_small_window() -> None:
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE, rtt=RTT)
+    link.run(2.0)
+    assert cc.pacing_rate is not None and cc.pacing_rate > 0.5 * RATE
+    cc.on_persistent_congestion()
+    assert cc.pacing_rate is None  # the pacer goes by the 4-packet window meanwhile
+    cc.on_rtt_measurement(now=link.now, rtt=RTT)
+    assert cc.pacing_rate == pytest.approx(HIGH_GAIN * 4 * MSS / RTT)

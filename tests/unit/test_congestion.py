@@ -9,7 +9,7 @@ import pytest
 from aioquic.quic.events import DatagramFrameReceived
 
 from tests.unit.quic_harness import Network, Path, make_configs
-from tunnel.protocol.bbr import BbrCongestionControl
+from tunnel.protocol.bbr import BbrCongestionControl, BbrState
 from tunnel.protocol.congestion import CONGESTION_CONTROLS, PacedNoCongestionControl
 from tunnel.protocol.quic_ext import RatePacer, TunnelQuicConnection, send_rate
 
@@ -221,3 +221,36 @@ def test_an_application_limited_bbr_is_ranked_by_its_window() -> None:
     assert cc.app_limited_until
     window_rate = client._loss.congestion_window / client._loss._rtt_smoothed
     assert send_rate(client) == max(cc.pacing_rate, window_rate) > cc.pacing_rate
+
+
+def test_a_bulk_stream_is_not_marked_app_limited() -> None:
+    """Stream mode: a TCP flow's bytes wait on its stream, not in the datagram queue, and were
+    not looked at: over 3 s of a bulk stream BBR was told 22,578 times that the sender had run
+    out of data, every time with the stream full and the pacer holding it back (its samples
+    then may only raise the estimate, and do not end STARTUP). Now never; the model finds the
+    20 Mbit/s bottleneck."""
+    net, path, client = connected_pair("bbr")
+    path.up_link.rate = RATE
+    cc = client._loss._cc
+    assert isinstance(cc, BbrCongestionControl)
+    marks = {"data waiting": 0, "idle": 0}
+    note = cc.note_app_limited
+
+    def counted() -> None:
+        waiting = any(not stream.sender.buffer_is_empty for stream in client._streams_queue)
+        marks["data waiting" if waiting else "idle"] += 1
+        note()
+
+    cc.note_app_limited = counted  # type: ignore[method-assign]
+    stream_id = client.get_next_available_stream_id()
+    client.send_stream_data(stream_id, b"x" * 8_000_000)  # more than 3 s of the link
+    states = set()
+    for _ in range(1500):  # 3 s in 2 ms steps
+        net.run(0.002)
+        states.add(cc.state)
+    assert marks["data waiting"] == 0
+    assert BbrState.PROBE_BW in states
+    assert cc.btlbw == pytest.approx(RATE, rel=0.1)
+    client.send_datagram_frame(b"x" * 100)  # then idle: the mark is made again
+    net.run(1.0)
+    assert marks["idle"] > 0

@@ -40,6 +40,7 @@ Sans-I/O: aioquic calls it with `now` and packets; it never reads a clock.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -90,12 +91,18 @@ class _SentState:
 
 
 class MaxFilter:
-    """Windowed maximum over the last `window` rounds (Kathleen Nichols' three-sample filter,
-    as Linux's win_minmax): O(1) per sample, exact for a monotone window."""
+    """The maximum of the samples of the last `window` rounds, exact: each round's best sample
+    is kept while no later round's is better (a monotone queue, oldest and best first), so at
+    most `window` entries and O(1) amortised per sample.
+
+    Not Linux's three-sample win_minmax, which approximates; a review found this filter's
+    earlier form dropping the newest of four candidates, so that when three of one round
+    expired together the estimate fell to the current sample (75 where the 10-round maximum
+    was 98)."""
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self._samples: list[tuple[int, float]] = []  # (round, value), best first
+        self._samples: deque[tuple[int, float]] = deque()  # (round, value), values decreasing
 
     @property
     def value(self) -> float:
@@ -103,10 +110,12 @@ class MaxFilter:
 
     def update(self, round_count: int, value: float) -> None:
         samples = self._samples
-        # drop what expired and every sample no better than the new one
-        samples[:] = [(r, v) for r, v in samples if round_count - r < self.window and v > value]
-        samples.append((round_count, value))
-        del samples[3:]
+        while samples and samples[-1][1] <= value:
+            samples.pop()  # never the maximum again: the new sample is as good and outlives it
+        if not samples or samples[-1][0] != round_count:
+            samples.append((round_count, value))  # (else: a better one of this round is kept)
+        while round_count - samples[0][0] >= self.window:
+            samples.popleft()
 
 
 class BbrCongestionControl(QuicCongestionControl):
@@ -144,7 +153,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self.probe_rtt_done_stamp: float | None = None
         self.probe_rtt_round_done = False
         self.prior_cwnd = 0
-        self.pacing_rate: float | None = None  # bytes/s; None until the first sample
+        self.pacing_rate: float | None = None  # bytes/s; None until the first RTT sample
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -217,9 +226,12 @@ class BbrCongestionControl(QuicCongestionControl):
             self._sent.pop(packet.packet_number, None)
 
     def on_persistent_congestion(self) -> None:
-        # RFC 9002 §7.6.2: the path may have changed entirely (e.g. a migration); keep the
-        # model but restart from a minimal window, and let STARTUP find the new bandwidth.
+        # RFC 9002 §7.6.2: the path may have changed entirely (e.g. a migration): forget the
+        # bandwidth (keep RTprop, its own filter expires it), restart from a minimal window and
+        # let STARTUP find the new bandwidth, paced again from that window (the old rate, up
+        # to 2.885 x the old bandwidth, stayed in force until STARTUP ended).
         self.congestion_window = MIN_PIPE_PACKETS * self.max_datagram_size
+        self.pacing_rate = None
         self.btlbw_filter = MaxFilter(BTLBW_FILTER_ROUNDS)
         self.filled_pipe = False
         self.full_bw = 0.0
@@ -236,6 +248,11 @@ class BbrCongestionControl(QuicCongestionControl):
         if self.rtprop is None or rtt <= self.rtprop or self.rtprop_expired:
             self.rtprop = rtt
             self.rtprop_stamp = now
+        if self.pacing_rate is None and rtt > 0:
+            # BBRInitPacingRate (draft §4.2.1, Linux bbr_init_pacing_rate_from_rtt): STARTUP's
+            # gain over the window per RTT, from which STARTUP only raises it; without it the
+            # first bandwidth sample, of one or two packets, set the starting rate.
+            self.pacing_rate = HIGH_GAIN * self.congestion_window / rtt
 
     def get_log_data(self) -> dict[str, Any]:
         data = super().get_log_data()
@@ -318,6 +335,11 @@ class BbrCongestionControl(QuicCongestionControl):
             self._enter(BbrState.PROBE_RTT, now)
             self.probe_rtt_done_stamp = None
         if self.state is BbrState.PROBE_RTT:
+            # What a round at 4 packets delivers is the probe's own rate, not the path's:
+            # marked as app-limited, it cannot lower the estimate (draft §4.3.5, Linux
+            # bbr_update_min_rtt). Unmarked, a review's 10 Mbit/s, 10 ms path left PROBE_RTT
+            # estimating 3.4 Mbit/s, every 10 s.
+            self.note_app_limited()
             floor = MIN_PIPE_PACKETS * self.max_datagram_size
             if self.probe_rtt_done_stamp is None and self.bytes_in_flight <= floor:
                 self.probe_rtt_done_stamp = now + PROBE_RTT_DURATION
