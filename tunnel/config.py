@@ -633,7 +633,8 @@ class ClientConfig:
         default=True,
         metadata=setting(
             "tunnel mode: migrate back to a more preferred access once it is usable again "
-            "(held 1, 2, 4 … 30 s after its second, third … failure within 60 s: flap damping)",
+            "(held 1, 2, 4 … 30 s after its second, third … failure within 60 s of the last "
+            "hold: flap damping)",
             Boolean(),
         ),
     )

@@ -564,3 +564,29 @@ def test_with_the_concentrator_core_a_restart_leads_to_a_new_session(lab_certs: 
     world.from_tun([request])
     world.run(0.1)
     assert restarted.tun == [request]
+
+
+def test_a_session_access_whose_connection_died_in_a_blackhole_stays_unavailable() -> None:
+    """Session mode: WiFi blackholed, reported UNAVAILABLE, its connection ends by its idle
+    timeout. The connection's end used to reset the verdict (for tunnel mode's reconnects):
+    WiFi was reported AVAILABLE again at once and shown usable for as long as it stayed dead.
+    Now it stays unavailable until a new connection on it joins."""
+    world = World(
+        client_config(
+            "session", ("wifi", "5g"), "limits.probe_interval=0.2", "limits.idle_timeout=5"
+        )
+    ).start()
+    world.run(3.0)
+    path = world.up_path("wifi")
+    world.blackhole("wifi", True)
+    world.run(20.0, until=lambda: path.state is PathState.CLOSED)
+    assert path.state is PathState.CLOSED
+    world.run(10.0)  # its reconnects time out meanwhile
+    wifi_reports = [signal for _, _, access, signal in world.concentrator.reports if access == WIFI]
+    assert wifi_reports == [UP, DOWN]
+    assert not world.agent.accesses["wifi"].available
+    world.blackhole("wifi", False)
+    world.run(30.0, until=lambda: world.agent.accesses["wifi"].available)
+    world.run(0.5)  # the report's way to the concentrator
+    wifi_reports = [signal for _, _, access, signal in world.concentrator.reports if access == WIFI]
+    assert wifi_reports[-1] is UP and world.agent.accesses["wifi"].available

@@ -51,8 +51,21 @@ def test_an_access_good_for_a_flap_memory_starts_again_from_a_first_failure() ->
     for at in (0.0, 1.0, 3.0):
         damping.failed("wifi", at)
     assert damping.hold("wifi") == 2 * FIRST_HOLD
-    damping.failed("wifi", 3.0 + FLAP_MEMORY + 0.1)
+    # the memory runs from the hold's end (3 + 2 s), when the connection could go back
+    damping.failed("wifi", 3.0 + 2 * FIRST_HOLD + FLAP_MEMORY + 0.1)
     assert damping.hold("wifi") == 0.0
+
+
+def test_a_long_hold_does_not_eat_into_the_memory() -> None:
+    """Seven quick failures hold WiFi 30 s; it fails again 61 s after the last, so after
+    31 s of use: the memory used to count from the failure, the hold included, and forgot
+    everything (an immediate failback); it counts from the hold's end now."""
+    damping = FailbackDamping()
+    for at in range(7):
+        damping.failed("wifi", float(at))
+    assert damping.hold("wifi") == MAX_HOLD
+    damping.failed("wifi", 6.0 + 61.0)
+    assert damping.hold("wifi") == MAX_HOLD
 
 
 @pytest.mark.parametrize(

@@ -123,3 +123,27 @@ def test_a_failback_whose_migration_failed_is_tried_again() -> None:
     world.run(5.0, until=lambda: path.name == "wifi")
     assert path.name == "wifi" and [m.target.name for m in world.of(Migrate)][-1] == "wifi"
     assert delivered(world, 3) == ["wifi"]
+
+
+def test_a_healed_access_judged_dead_is_tried_again_when_the_other_one_fails_too() -> None:
+    """WiFi blackholed and judged dead by its probes from 5G's connection; then 5G is
+    blackholed too and its connection given up; then WiFi heals. With no connection carrying
+    traffic WiFi's probes could not be sent, so its verdict stayed DEAD and every reconnect
+    went to the broken 5G: no connection for good (a review reproduced 60 s of it). Now each
+    round of failed attempts gives every access another chance, and no verdict decays without
+    its probes."""
+    world, path = up_on_5g_beside_a_silent_wifi()
+    world.run(10.0)
+    wifi = world.agent.accesses["wifi"]
+    assert wifi.health is PathHealth.DEAD
+    world.blackhole("5g", True)
+    world.run(30.0, until=lambda: path.state is PathState.CLOSED)
+    assert path.state is PathState.CLOSED
+    opens = len(world.of(OpenPath))
+    world.blackhole("wifi", False)
+    healed = world.now
+    world.run(30.0, until=lambda: world.agent.state is ClientState.UP)
+    assert world.agent.state is ClientState.UP
+    assert world.agent.paths()[-1].name == "wifi"
+    assert "wifi" in [name for _, name in opened_after(world, healed, opens)]
+    assert wifi.health is PathHealth.ALIVE and wifi.probing is None

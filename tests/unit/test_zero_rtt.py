@@ -17,9 +17,9 @@ from aioquic.tls import CipherSuite, SessionTicket
 
 from testbed.hostile import client_configuration
 from tests.certs import copy_ca, make_certs
-from tests.unit.client_world import CoreConcentrator, World, client_config
+from tests.unit.client_world import LINK_UP, CoreConcentrator, World, client_config
 from tests.unit.concentrator_harness import Conn, CoreLab, concentrator_config, lab
-from tunnel.agents.client import PathState
+from tunnel.agents.client import SESSION_TIMEOUT, PathState
 from tunnel.agents.concentrator import AUTH_FAILED_REASON, Refused
 from tunnel.policy.client_auth import ClientAuthError, ClientVerifier
 from tunnel.policy.tickets import ClientTickets, TicketIdentity, TicketStore
@@ -408,3 +408,54 @@ def test_a_tunnel_mode_reconnect_resumes_and_sends_nothing_early(lab_certs: Path
     assert again is not first and again.session_ticket is not None and not again.early_join
     assert core.core.counters["connections_resumed"] == 1
     assert core.core.counters["joins_answered_early"] == 0
+
+
+def test_an_attempt_the_concentrator_never_answered_keeps_the_other_tickets(
+    lab_certs: Path,
+) -> None:
+    """5G's link comes up but nothing gets through: its attempt presents a ticket and times
+    out. The concentrator never saw it, so the other tickets are as good as before; each such
+    attempt used to wipe them all, and the next connection lost its 0-RTT join."""
+    world, _ = session_world(lab_certs, ON)
+    tickets = world.agent.tickets
+    assert tickets is not None and len(tickets) == 1
+    wall = Wall()
+    wall.now = datetime.datetime.now(datetime.UTC)  # the client's tickets go by the real clock
+    tickets.add(fake_ticket(b"another", wall))  # the newest: 5G's attempt presents it
+    world.accesses["5g"].cut(False, flush=True)
+    world.blackhole("5g", True)
+    world.agent.link_changed("5g", LINK_UP, world.now)
+    world.run(0.05)
+    (first,) = [p for p in world.agent.paths() if p.name == "5g"]
+    assert first.session_ticket is not None
+    world.run(15.0, until=lambda: first.state is PathState.CLOSED)
+    assert first.state is PathState.CLOSED and not first.heard
+    assert len(tickets) == 1
+
+
+def test_an_early_join_on_a_dead_access_holds_the_join_slot_no_longer_than_a_join(
+    lab_certs: Path,
+) -> None:
+    """5G's link comes up but nothing gets through: its connection sends its Join in 0-RTT
+    and holds the one join slot. The concentrator then closes WiFi's connection, whose
+    rejoin waits for that slot: the early join's deadline was its handshake's (10 s), so the
+    rejoin took 9.7 s; it is a join's (SESSION_TIMEOUT) now."""
+    world, _ = session_world(lab_certs, ON)
+    wifi = world.up_path("wifi")
+    world.accesses["5g"].cut(False, flush=True)
+    world.blackhole("5g", True)
+    world.agent.link_changed("5g", LINK_UP, world.now)
+    world.run(0.3)
+    (early,) = [p for p in world.agent.paths() if p.name == "5g"]
+    assert early.early_join and early.state is PathState.JOINING
+    world.concentrator_closes(wifi)
+    closed = world.now
+    world.run(1.0, until=lambda: wifi.state is PathState.CLOSED)
+    world.run(
+        20.0,
+        until=lambda: any(
+            p.name == "wifi" and p.state is PathState.UP for p in world.agent.paths()
+        ),
+    )
+    assert world.agent.path_on("wifi") is not None
+    assert world.now - closed <= SESSION_TIMEOUT + 0.5

@@ -273,6 +273,8 @@ class Path:
     # Session went in 0-RTT
     session_ticket: SessionTicket | None = None
     early_join: bool = False
+    # the concentrator answered its handshake (its flight decrypted: ALPN negotiated)
+    heard: bool = False
 
     @property
     def name(self) -> str:
@@ -442,6 +444,12 @@ class _Mode(Protocol):
     def ended(self, path: Path, was: PathState, now: float) -> None:
         """`path` is over (it was `was`): bookkeeping, then a new connection in time."""
 
+    @property
+    def verdict_outlives_connection(self) -> bool:
+        """Whether an access's detector verdict stays when its connection ends (session mode:
+        until a new connection on it joins) rather than starting afresh (tunnel mode: the
+        next connection's handshake tells)."""
+
     def availability_changed(self, status: AccessStatus, available: bool, now: float) -> None:
         """Act on an access's new availability (scheduler, migration, failback)."""
 
@@ -482,6 +490,7 @@ class _TunnelMode:
 
     session: TunnelSession | None = None
     session_id: bytes | None = None
+    verdict_outlives_connection = False
 
     def __init__(self, agent: ClientAgent) -> None:
         self.agent = agent
@@ -513,7 +522,12 @@ class _TunnelMode:
         agent = self.agent
         access = agent.first_available_access(skip=self.failed)
         if access is None and self.failed:
-            self.failed.clear()  # every available access failed once: start over
+            # Every available access failed once: start over, the accesses judged dead by
+            # their probes included. With no connection carrying traffic their probes cannot
+            # be sent, so no answer could revise the verdict: a review found a healed WiFi
+            # left DEAD for good while every reconnect went to a blackholed 5G.
+            self.failed.clear()
+            self._revive_accesses(now)
             access = agent.first_available_access()
         if agent.accesses and access is None:
             agent.set_state_not_up()
@@ -814,11 +828,16 @@ class _TunnelMode:
         self.retry_at = None
         if self.waiting:
             self.waiting = False
-            # with every access failed by the probe alone, try again anyway
-            for status in self.agent.accesses.values():
-                status.alive = True
-                self.agent.set_health(status, PathHealth.ALIVE, now)
+            self._revive_accesses(now)  # every access failed by the probe alone: try anyway
         self._attempt(now)
+
+    def _revive_accesses(self, now: float) -> None:
+        """Forget the detector's and the liveness probe's verdicts and stop probing: the next
+        connection's handshake tells whether each access works."""
+        for status in self.agent.accesses.values():
+            status.probing = None
+            status.alive = True
+            self.agent.set_health(status, PathHealth.ALIVE, now)
 
 
 class _MasqueMode(_TunnelMode):
@@ -876,6 +895,11 @@ class _Connector:
 class _SessionMode:
     """Session mode: one connection per access in one session (see the module docstring)."""
 
+    # A connection on a blackholed access ends by its idle timeout; its access is not usable
+    # again until a new connection on it joins (a review found it reported AVAILABLE the
+    # moment the dead connection ended, and for as long as the access stayed dead).
+    verdict_outlives_connection = True
+
     def __init__(self, agent: ClientAgent) -> None:
         self.agent = agent
         self.connectors = {
@@ -931,6 +955,11 @@ class _SessionMode:
         tunnel.join_session_early(self.session_id)
         path.early_join = True
         path.state = PathState.JOINING
+        # It holds the one join slot from now, its handshake not even begun: the answer is
+        # due within SESSION_TIMEOUT of the Join as any join's, not at the handshake's 10 s
+        # (a review found a rejoin of the other access held 9.7 s behind an early join on a
+        # dead 5G; the other joins still wait for it, up to this deadline).
+        path.deadline = now + SESSION_TIMEOUT
         self.joining = path
         self.joining_id = self.session_id
         self.agent.counters["joins_in_0rtt"] += 1
@@ -1007,7 +1036,9 @@ class _SessionMode:
             path.name,
             session_id.hex(),
         )
-        agent.accesses[path.name].alive = True
+        status = agent.accesses[path.name]
+        status.alive = True
+        agent.set_health(status, PathHealth.ALIVE, now)  # the access works: its new connection
         self.up[path.name] = path
         agent.create_tun(self.session.max_packet_size())
         # The drafts do not say which access a connection runs over; an AVAILABLE report for its
@@ -1312,11 +1343,12 @@ class ClientAgent:
                 health = self._health_due(path)
                 if health is not None:
                     times.append(health)
-        for status in self.accesses.values():
-            if status.probing is not None:
-                due = status.probing.next_check()
-                if due is not None:
-                    times.append(due)
+        if self._mode.carriers():  # access probes go out over a carrier (_probe_accesses)
+            for status in self.accesses.values():
+                if status.probing is not None:
+                    due = status.probing.next_check()
+                    if due is not None:
+                        times.append(due)
         mode = self._mode.next_deadline()
         if mode is not None:
             times.append(mode)
@@ -1577,6 +1609,8 @@ class ClientAgent:
             # answerable, or a download over a stream sees a blackhole only at the next
             # liveness PING (measured: 450-560 ms gaps where datagrams took 110 ms)
             self.keep_answerable(path, now)
+        if isinstance(event, quic_events.ProtocolNegotiated):
+            path.heard = True
         stream: list[TunnelEvent] | None = None
         for tunnel_event in tunnel.handle_event(event):
             if isinstance(tunnel_event, STREAM_EVENTS) and tunnel.stream_mode:
@@ -1990,11 +2024,20 @@ class ClientAgent:
         self._dirty.pop(path, None)
         if path.tunnel is not None:
             self.closed_totals.update(path.tunnel.counters.as_dict())
-        if path.session_ticket is not None and was is not PathState.UP and self.tickets:
-            # a resumption that led nowhere (refused, the ticket unknown to a restarted
-            # concentrator, the client revoked): the next connections do a full handshake
-            self.tickets.clear()
-        if path.access is not None and path.monitor is not None and not keep_verdict:
+        # A resumption the concentrator answered that led nowhere (refused, the ticket unknown
+        # to a restarted concentrator, the client revoked): the next connections do a full
+        # handshake. Not one it never answered (a handshake timeout on a dead access, a bind
+        # failure): a review found each such attempt wiping every ticket, so the reconnect on
+        # the other access lost its 0-RTT join.
+        tickets = self.tickets
+        if tickets and path.session_ticket is not None and was is not PathState.UP and path.heard:
+            tickets.clear()
+        if (
+            path.access is not None
+            and path.monitor is not None
+            and not keep_verdict
+            and not self._mode.verdict_outlives_connection
+        ):
             # the detector's and the liveness probe's verdicts were this connection's: a new
             # one starts afresh (its handshake tells whether the access works). Keeping
             # `alive` False left no access available after the liveness probe gave a silent
@@ -2211,6 +2254,8 @@ class ClientAgent:
         whose handshake failed (start_access_probe: PATH_CHALLENGE from a socket of their own,
         with backoff); a suspect one whose time is up is dead."""
         path = self._mode.carriers()[0] if self._mode.carriers() else None
+        if path is None:
+            return  # nothing to probe from: a verdict must not decay without its probes
         for status in self.accesses.values():
             probing = status.probing
             if probing is None:
@@ -2225,8 +2270,8 @@ class ClientAgent:
             if not probing.probe_due(now):
                 continue
             probing.probe_sent(now)
-            tunnel = path.tunnel if path is not None else None
-            if path is None or tunnel is None or not path.carries or not status.link_ok:
+            tunnel = path.tunnel
+            if tunnel is None or not path.carries or not status.link_ok:
                 continue
             datagram = tunnel.path_probe(status.config.name, now)
             if datagram is None:

@@ -13,8 +13,9 @@ it is held back before it is used again.
 The rule: the first failure of an access is failed back from at once (one outage, the case the
 failover experiments measure, behaves as it always did). Each further failure within
 FLAP_MEMORY of the one before holds the failback for FIRST_HOLD, then twice that, and so on up
-to MAX_HOLD, counted from the failure. An access that stayed good for FLAP_MEMORY starts again
-from its first failure. The hold never keeps the connection on a failing access: it delays
+to MAX_HOLD, counted from the failure. An access that did not fail again within FLAP_MEMORY
+of its hold's end (when the connection could go back to it) starts again from its first
+failure. The hold never keeps the connection on a failing access: it delays
 only the move back to one that answers again, and failing over away from a failing access is
 never held. When a hold ends, the access's verdict may be as old as the hold (it answered a
 probe once, early in the hold): the connection moves back only after the access answered a
@@ -28,7 +29,7 @@ from typing import Final
 
 FIRST_HOLD: Final = 1.0  # s: the hold after an access's second failure in a row
 MAX_HOLD: Final = 30.0  # s: the hold doubles up to this
-FLAP_MEMORY: Final = 60.0  # s: a failure this long after the previous one counts as a first
+FLAP_MEMORY: Final = 60.0  # s: a failure this long after the previous one's hold counts as a first
 
 
 @dataclass
@@ -61,7 +62,9 @@ class FailbackDamping:
     def failed(self, name: str, now: float) -> None:
         """The connection left access `name` because it failed (link down, suspect or dead)."""
         flaps = self._flaps.get(name)
-        if flaps is None or now - flaps.last > self.memory:
+        # memory counts from when the connection could go back (the hold's end), so that a
+        # long hold is not half the memory (a review: after a 30 s hold, 31 s of use reset it)
+        if flaps is None or now - (flaps.last + self.hold(name)) > self.memory:
             self._flaps[name] = _Flaps(1, now)
             return
         flaps.count += 1
