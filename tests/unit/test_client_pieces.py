@@ -54,6 +54,26 @@ def test_probe_ack_clears_it_and_earlier() -> None:
     assert probe.acked_count == 1 and probe.sent_count == 3
 
 
+def test_an_outage_is_not_taken_for_a_round_trip() -> None:
+    """PINGs at 0 and 1 s, the second answered at 5 s when an outage ended (aioquic re-sends
+    a lost PING under its uid): a 4 s round trip as long as the limit is the outage, not
+    queueing. Kept, it made the next limits 3 x 4 = 12 s; and a migration forgets the old
+    path's round trips."""
+    probe = LivenessProbe(interval=1.0, misses=3)
+    probe.sent(probe.next_uid(), 0.0)
+    second = probe.next_uid()
+    probe.sent(second, 1.0)
+    probe.acked(second, 5.0)
+    assert probe.last_rtt == pytest.approx(4.0)
+    assert probe.limit() == pytest.approx(3.0)
+    loaded = probe.next_uid()  # a PING held 1.5 s behind a bulk transfer's queue: kept
+    probe.sent(loaded, 6.0)
+    probe.acked(loaded, 7.5)
+    assert probe.limit() == pytest.approx(4.5)
+    probe.reset()
+    assert probe.limit() == pytest.approx(3.0)
+
+
 def test_probe_reset_forgets_outstanding() -> None:
     probe = LivenessProbe(interval=0.1)
     probe.sent(probe.next_uid(), 0.0)
