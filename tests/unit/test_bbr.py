@@ -271,3 +271,22 @@ def test_persistent_congestion_restarts_pacing_from_the_small_window() -> None:
     assert cc.pacing_rate is None  # the pacer goes by the 4-packet window meanwhile
     cc.on_rtt_measurement(now=link.now, rtt=RTT)
     assert cc.pacing_rate == pytest.approx(HIGH_GAIN * 4 * MSS / RTT)
+
+
+def test_sending_again_after_a_long_idle_period_does_not_enter_probe_rtt() -> None:
+    """Nothing sent for 11 s (the sender said it had nothing): RTprop's 10 s window expired
+    only because nothing was measured. The first sample after the restart re-measures it;
+    before, the next ACK cut the window to 4 packets for 200 ms (Linux skips PROBE_RTT on an
+    idle restart)."""
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE, rtt=RTT)
+    link.run(2.0)
+    cc.note_app_limited()  # the application ran out of data: the rest drains
+    link.now += 1.0
+    link._deliver()
+    assert cc.bytes_in_flight == 0
+    link.now += 11.0
+    for _ in range(5):
+        link.app_limited_round(RTT)
+        assert cc.state is not BbrState.PROBE_RTT
+    assert cc.rtprop == pytest.approx(RTT)

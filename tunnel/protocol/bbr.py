@@ -150,6 +150,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self.cycle_stamp = 0.0
         self.loss_in_cycle = False
         # PROBE_RTT
+        self.idle_restart = False  # sending resumed from idle; cleared by the next RTT sample
         self.probe_rtt_done_stamp: float | None = None
         self.probe_rtt_round_done = False
         self.prior_cwnd = 0
@@ -181,6 +182,7 @@ class BbrCongestionControl(QuicCongestionControl):
             # a new flight: intervals start here (draft-cheng §3.2)
             self.first_sent_time = sent_time
             self.delivered_time = sent_time
+            self.idle_restart = self.app_limited_until != 0
         self.bytes_in_flight += packet.sent_bytes
         self._sent[packet.packet_number] = _SentState(
             delivered=self.delivered,
@@ -242,12 +244,15 @@ class BbrCongestionControl(QuicCongestionControl):
         # The window starts with the first sample (Linux stamps min_rtt at connection start):
         # measured against a stamp of 0 on a monotonic clock it was "expired" at once and the
         # next ACK put a connection that had just begun into PROBE_RTT.
-        self.rtprop_expired = (
-            self.rtprop is not None and now > self.rtprop_stamp + RTPROP_FILTER_SECONDS
-        )
-        if self.rtprop is None or rtt <= self.rtprop or self.rtprop_expired:
+        expired = self.rtprop is not None and now > self.rtprop_stamp + RTPROP_FILTER_SECONDS
+        if self.rtprop is None or rtt <= self.rtprop or expired:
             self.rtprop = rtt
             self.rtprop_stamp = now
+        # After an idle period the window expired only because nothing was measured: the
+        # first sample re-measures RTprop without a PROBE_RTT (Linux's idle_restart; a review
+        # found the burst after every pause over 10 s cut to 4 packets for 200 ms).
+        self.rtprop_expired = expired and not self.idle_restart
+        self.idle_restart = False
         if self.pacing_rate is None and rtt > 0:
             # BBRInitPacingRate (draft §4.2.1, Linux bbr_init_pacing_rate_from_rtt): STARTUP's
             # gain over the window per RTT, from which STARTUP only raises it; without it the
