@@ -58,8 +58,11 @@ def clean_run(state_path: Path) -> list[str]:
     data = json.loads(state_path.read_text())
     for proc in data.get("procs", []):
         pid, argv0 = int(proc["pid"]), str(proc["argv0"])
-        cmd = pid_cmdline(pid)
-        same = cmd and os.path.basename(cmd.split()[0]) == os.path.basename(argv0)
+        # A script with a shebang (the venv's qtun) runs as "<interpreter> <script> ...":
+        # the program is the first word or the second (a review found every qtun of a crashed
+        # run left running: only the interpreter's name was compared).
+        words = pid_cmdline(pid).split()[:2]
+        same = os.path.basename(argv0) in (os.path.basename(word) for word in words)
         if same and pid_start_time(pid) == proc["start"]:
             _kill(pid)
             done.append(f"killed {argv0} (pid {pid})")

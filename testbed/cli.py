@@ -88,8 +88,8 @@ def access_command(lab: Any, access: str, line: str) -> str:
         lab.access_up(access, client)
         return f"{access}: link up"
     shaper = lab.shaper(access, client)
-    if verb == "show":
-        return str(shaper.describe())
+    if verb == "show":  # the carrier is the client's interface's (a shared shaper has none)
+        return str({**shaper.describe(), "carrier_lost": lab.access_is_down(access, client)})
     if verb == "blackhole":
         shaper.blackhole(value != "off")
         return f"{access}: blackhole {'off' if value == 'off' else 'on'}"
@@ -151,6 +151,11 @@ def tunnel_summary(deployment: Any) -> str:
                 st = deployment.status(node)
         except QtunError as exc:  # no status file yet, or the program is gone
             lines.append(f"{node}: {exc}")
+            continue
+        if "accesses" not in st and "clients" not in st:
+            # a program whose status could not be made writes its role and state alone (a
+            # KeyError here ended the lab session when a student asked what went wrong)
+            lines.append(f"{node}: {st.get('role', 'qtun')} {st.get('state')}: see its log")
             continue
         if st.get("role") == "concentrator":
             lines.append(

@@ -212,15 +212,18 @@ class Lab:
     def access_down(self, access: str, client: str | None = None) -> None:
         """A real failure of one client's access: carrier goes away on its interface."""
         found = self.access(access, client)
+        # recorded first: interrupted between two of its interfaces, the access still counts
+        # as down, so a scenario's restore brings every one up (setting up one that is up is
+        # harmless)
+        self.carrier_lost.add((found.name, found.client))
         for node, intf in found.carrier:
             self.node(node).cmd(f"ip link set dev {intf} down")
-        self.carrier_lost.add((found.name, found.client))
 
     def access_up(self, access: str, client: str | None = None) -> None:
         found = self.access(access, client)
         for node, intf in found.carrier:
             self.node(node).cmd(f"ip link set dev {intf} up")
-        self.carrier_lost.discard((found.name, found.client))
+        self.carrier_lost.discard((found.name, found.client))  # once every one is up
 
     def access_is_down(self, access: str, client: str | None = None) -> bool:
         """Whether access_down took this access's carrier away (and access_up not back)."""
@@ -252,6 +255,8 @@ class Lab:
         return {
             "backend": self.backend,
             "shapers": {name: s.describe() for name, s in self.shapers.items()},
+            # accesses whose carrier access_down took away: (access, client)
+            "carrier_lost": sorted(self.carrier_lost),
             "congestion_control": dict(self.cc_in_use),
             "build_seconds": round(self.build_seconds, 2),
             # where the programs' logs are (a distributed run's shard sends them back from here)

@@ -33,7 +33,8 @@ from testbed.scenario import (
     Timeline,
     apply_change,
 )
-from testbed.shaping import LinkShaper, ShapingError, netem_args
+from testbed.shaping import LinkShaper, ShapingError, netem_args, wire_settings
+from testbed.traces import TraceError
 
 CarrierHook = Callable[[str, bool], None]
 # Client-side names of a shaper's directions (an access link's A end is the client).
@@ -107,10 +108,12 @@ def check(lab: ScenarioLab, scenario: Scenario, client: str | None = None) -> No
             continue
         try:
             profiles[action.access] = apply_change(profiles[action.access], action)
-            if lab.backend == "netem":
-                for side in ("up", "down"):
+            for side in ("up", "down"):
+                if lab.backend == "netem":
                     netem_args(profiles[action.access][side])
-        except (ProfileError, ShapingError) as exc:
+                else:  # resolves a trace: a wrong name failed only once its step came
+                    wire_settings(profiles[action.access][side])
+        except (ProfileError, ShapingError, TraceError) as exc:
             raise ScenarioError(
                 f"scenario {scenario.source}: {step.entry} at {step.at_s:g} s cannot be applied "
                 f"to {action.access} as this run's link is ({str(exc).rstrip('.')}): change the "

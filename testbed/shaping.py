@@ -190,7 +190,6 @@ class LinkShaper(ABC):
         self.intf_b = intf_b  # M's veth towards B
         self.profiles: dict[str, LinkProfile] = {"ab": LinkProfile(), "ba": LinkProfile()}
         self.blackholed = False
-        self.is_down = False
 
     @abstractmethod
     def start(self) -> None: ...
@@ -231,20 +230,10 @@ class LinkShaper(ABC):
         for d in ("ab", "ba"):
             self._apply(d)
 
-    def down(self) -> None:
-        """A real link failure: both ends see their carrier go away."""
-        self.middle.cmd(f"ip link set dev {self.intf_a} down; ip link set dev {self.intf_b} down")
-        self.is_down = True
-
-    def up(self) -> None:
-        self.middle.cmd(f"ip link set dev {self.intf_a} up; ip link set dev {self.intf_b} up")
-        self.is_down = False
-
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
             "middle": self.middle.name,
-            "down": self.is_down,
             "blackhole": self.blackholed,
             "ab": self.profiles["ab"].as_dict(),
             "ba": self.profiles["ba"].as_dict(),
@@ -320,14 +309,23 @@ class WireShaper(LinkShaper):
             self.control_path.unlink()
 
     def control(self, line: str) -> str:
-        """One request/answer exchange with qtwire's control socket."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(3)
-            s.connect(str(self.control_path))
-            s.sendall(line.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(4096):
-                chunks.append(chunk)
+        """One request/answer exchange with qtwire's control socket; ShapingError (one
+        sentence) if qtwire is gone or does not answer within 3 s (an OSError reached the lab
+        CLI, which ended the session with a traceback, found by a review)."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(3)
+                s.connect(str(self.control_path))
+                s.sendall(line.encode() + b"\n")
+                chunks = []
+                while chunk := s.recv(4096):
+                    chunks.append(chunk)
+        except OSError as exc:
+            what = "did not answer within 3 s" if isinstance(exc, TimeoutError) else exc.strerror
+            raise ShapingError(
+                f"qtwire on {self.middle.name} {what or exc}: the link's setting is unknown; "
+                "see the lab's log, or restart the lab"
+            ) from exc
         reply = b"".join(chunks).decode().strip()
         if reply.startswith("err"):
             raise ShapingError(f"qtwire refused {line!r}: {reply[4:]}")

@@ -184,6 +184,7 @@ class AccessTopo(LabTopo):
             raise TopologyError("clients and servers must each be between 1 and 250.")
         if shape_at not in ("client", "uplink"):
             raise TopologyError("shape_at must be 'client' or 'uplink'.")
+        _known_links(profiles, ACCESSES)
         plan = self.plan
         profs = {a: profile(a) for a in ACCESSES}
         profs.update(profiles or {})
@@ -280,6 +281,7 @@ class PairTopo(LabTopo):
     """Two hosts and one shaped link, h1 -- wlink -- h2: what the fidelity benchmark measures."""
 
     def build(self, profiles: dict[str, LinkProfile] | None = None) -> None:
+        _known_links(profiles, ("link",))
         prof = (profiles or {}).get("link", LinkProfile())
         (h1_v4, h1_v6), (h2_v4, h2_v6) = PAIR_H1, PAIR_H2
         h1, h2 = self.host("h1"), self.host("h2")
@@ -293,6 +295,17 @@ class PairTopo(LabTopo):
         carrier = [("wlink", "wlink-a"), ("wlink", "wlink-b")]
         self.plan.accesses.append(
             Access("link", "wifi", h1, "h1-eth0", h1_v4, h1_v6, "wlink", carrier)
+        )
+
+
+def _known_links(profiles: dict[str, LinkProfile] | None, links: tuple[str, ...]) -> None:
+    """A profile for a link the topology does not have was ignored without a word (a review:
+    `--profile WiFi=lte` built the default WiFi link): refused, naming the links there are."""
+    unknown = sorted(set(profiles or {}) - set(links))
+    if unknown:
+        raise TopologyError(
+            f"this topology has no link {', '.join(map(repr, unknown))}: give profiles for "
+            f"{' or '.join(links)}."
         )
 
 

@@ -559,6 +559,10 @@ def test_a_step_the_live_link_refuses_is_caught_before_anything_changes() -> Non
     check(FakeLab("wire"), parse(trace))
     with pytest.raises(ScenarioError, match="netem has no trace-driven rate"):
         check(FakeLab("netem"), parse(trace))
+    # a trace name mistyped failed only when its step came, mid-traffic, at every point
+    typo = trace.replace("5g-walk", "5g-wlak")
+    with pytest.raises(ScenarioError, match=r"at 1 s cannot be applied to 5g.*5g-wlak"):
+        check(FakeLab("wire"), parse(typo))
 
 
 def test_qtlab_scenarios_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,8 +6,10 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from testbed.fidelity import (
     loss_plausible,
     require_fidelity,
 )
-from testbed.hosts import RunState
+from testbed.hosts import RunState, pid_cmdline
 from testbed.profiles import LinkProfile
 from testbed.shaping import NetemShaper, ShapingError, WireShaper, netem_args, wire_settings
 
@@ -121,6 +123,9 @@ class FakeLab:
     def access_up(self, access: str, client: str | None = None) -> None:
         self.events.append(("up", client))
 
+    def access_is_down(self, access: str, client: str | None = None) -> bool:
+        return bool(self.events) and self.events[-1] == ("down", client)
+
 
 def test_access_commands() -> None:
     lab = FakeLab()
@@ -130,8 +135,11 @@ def test_access_commands() -> None:
     cli.access_command(lab, "5g", "loss 5")
     assert lab.shaper_obj.profiles["ba"].loss_pct == 5
     cli.access_command(lab, "wifi", "down client=c3")
+    # `show` says the carrier as the lab knows it (it said "down": False after a down)
+    assert "'carrier_lost': True" in cli.access_command(lab, "wifi", "show client=c3")
     cli.access_command(lab, "wifi", "up")
     assert lab.events == [("down", "c3"), ("up", None)]
+    assert "'carrier_lost': False" in cli.access_command(lab, "wifi", "show")
     cli.access_command(lab, "wifi", "blackhole on")
     assert lab.shaper_obj.blackholed
     with pytest.raises(cli.UserError, match="needs a number"):
@@ -197,6 +205,61 @@ def test_clean_run_kills_only_recorded_live_processes(tmp_path: Path) -> None:
         for p in (ours, bystander):
             p.kill()
             p.wait()
+
+
+def test_clean_run_kills_a_recorded_script_run_by_its_interpreter(tmp_path: Path) -> None:
+    """The venv's qtun is a script: its process's command line is "python .../qtun client
+    ...", and clean compared only "python" with "qtun": every qtun of a crashed run stayed."""
+    script = tmp_path / "qtun"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(30)\n")
+    script.chmod(0o755)
+    state = RunState(tmp_path / "run-test")
+    program = subprocess.Popen([str(script), "client"])
+    try:
+        wait_until_cmdline(program.pid, str(script))
+        state.add_proc(program.pid, str(script))
+        done = clean_run(state.path)
+        assert program.wait(5) is not None
+        assert any(f"pid {program.pid}" in line for line in done)
+    finally:
+        program.kill()
+        program.wait()
+
+
+def wait_until_cmdline(pid: int, word: str) -> None:
+    """Until the process runs the program (its exec done): poll /proc, bounded."""
+    for _ in range(500):
+        if word in pid_cmdline(pid).split():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} never ran {word}")
+
+
+def test_a_qtwire_that_is_gone_is_one_sentence_not_an_oserror(tmp_path: Path) -> None:
+    """The lab CLI catches user errors only: a refused or missing control socket ended the
+    session with a traceback (and tore the lab down)."""
+    middle: Any = SimpleNamespace(name="wwifi")
+    shaper = WireShaper(middle, "wwifi-a", "wwifi-b", tmp_path / "gone.sock", procs=None)
+    with pytest.raises(ShapingError, match=r"^qtwire on wwifi No such file or directory"):
+        shaper.control("get")
+    with pytest.raises(ShapingError):
+        shaper.set("both", loss_pct=5)
+    assert shaper.profiles["ab"].loss_pct == LinkProfile().loss_pct  # the record kept its own
+
+
+def test_tunnel_says_a_programs_state_when_its_status_is_incomplete(tmp_path: Path) -> None:
+    """A program whose status could not be made writes role, pid and state alone: `tunnel`
+    raised KeyError on it, ending the lab session just when a student asked what went wrong."""
+    partial = {"role": "client", "pid": 1, "state": "stopped"}
+    deployment = SimpleNamespace(
+        concentrator="conc",
+        clients=["c1"],
+        fresh_status=lambda node, timeout: partial,
+        workdir=tmp_path,
+        lab=SimpleNamespace(log_dir=tmp_path),
+    )
+    text = cli.tunnel_summary(deployment)
+    assert "conc: client stopped: see its log" in text and "c1: client stopped" in text
 
 
 def test_run_state_records_json(tmp_path: Path) -> None:

@@ -57,6 +57,16 @@ def test_profiles_override_per_access() -> None:
     assert plan.shaped["w5g"].profile_ab == profile("5g")
 
 
+def test_a_profile_for_a_link_the_topology_has_not_is_refused() -> None:
+    """`--profile WiFi=lte` (a capital letter) built the default WiFi link without a word."""
+    with pytest.raises(TopologyError, match=r"no link 'WiFi': give profiles for wifi or 5g"):
+        make_topology("reference", profiles={"WiFi": profile("lte")})
+    with pytest.raises(TopologyError, match=r"no link 'wifi': give profiles for link"):
+        make_topology("pair", profiles={"wifi": profile("lossy")})
+    with pytest.raises(TopologyError, match="no link 'link'"):
+        make_topology("nclient", clients=2, profiles={"link": profile("lossy")})
+
+
 def test_nclient_shares_routers_and_shapes_uplinks_once() -> None:
     plan = make_topology("nclient", clients=50).plan
     assert len(plan.clients) == 50
