@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +51,40 @@ def test_interface_macs_reads_the_interfaces_that_exist(tmp_path: Path) -> None:
     (tmp_path / "odd" / "address").write_text("\n")
     macs = interface_macs(["br0", "gone", "odd", "qtap0"], root=tmp_path)
     assert macs == [0x020000000001, 0x0A1B2C3D4E5F]
+
+
+def test_a_device_that_cannot_be_read_any_more_stops_the_reading_once() -> None:
+    """A TUN deleted under the program stays readable and each read fails (EBADFD): the
+    reader stayed registered and the loop spun on the error, a traceback logged each turn. The
+    reading stops at the first failure, which goes to on_error (or the loop's handler) once.
+    Stand-in: a pipe that always has data, whose reads fail as a deleted TUN's do."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x")
+    device = TunDevice(read_end, "qtaunit0", 0, 1400)
+    attempts = 0
+
+    def failing_read(max_packets: int = 0) -> list[bytes]:
+        nonlocal attempts
+        attempts += 1
+        raise OSError(errno.EBADFD, "File descriptor in bad state")
+
+    device.read_batch = failing_read  # type: ignore[method-assign]
+
+    async def main(on_error: Callable[[OSError], None] | None) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        handled: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: handled.append(context))
+        device.start_reading(lambda packets: None, on_error=on_error)
+        for _ in range(50):  # loop turns: a registered reader would be called at each
+            await asyncio.sleep(0)
+        return handled
+
+    errors: list[OSError] = []
+    assert asyncio.run(main(errors.append)) == []
+    assert attempts == 1 and [e.errno for e in errors] == [errno.EBADFD]
+    attempts = 0
+    handled = asyncio.run(main(None))
+    assert attempts == 1 and len(handled) == 1
+    assert isinstance(handled[0]["exception"], OSError)
+    os.close(read_end)
+    os.close(write_end)

@@ -351,3 +351,27 @@ def test_gro_receive_splits_coalesced_datagrams() -> None:
     assert receiver.stats.gro_reads > 0  # the kernel really coalesced
     receiver.close()
     sender.close()
+
+
+def test_a_run_over_the_path_mtu_goes_one_by_one_and_gso_stays_on() -> None:
+    """A route or learned path MTU under the datagram size (PPPoE's 1492, here the socket's
+    IPV6_MTU): the kernel refuses to segment a run (EMSGSIZE) but sends, fragmenting, a lone
+    datagram. The whole run was dropped, every burst to such a path."""
+    receiver = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    receiver.bind(("::1", 0))
+    receiver.settimeout(5)
+    sender = UdpEndpoint.bind("::1", family=socket.AF_INET6, gso=True)
+    ipv6_mtu = 24  # IPV6_MTU, linux/in6.h (Python's socket module does not name it)
+    sender.sock.setsockopt(socket.IPPROTO_IPV6, ipv6_mtu, 1492)
+    to = receiver.getsockname()[:2]
+    batch = [(bytes([n]) * 1452, to) for n in range(3)]
+    sender.send_batch(batch)
+    assert [receiver.recv(2000) for _ in batch] == [data for data, _ in batch]
+    assert sender.stats.send_dropped == 0 and sender.stats.gso_refused == 1
+    assert sender.gso  # a run that fits still leaves in one send
+    small = [(bytes([n]) * 1200, to) for n in range(3)]
+    sender.send_batch(small)
+    assert [receiver.recv(2000) for _ in small] == [data for data, _ in small]
+    assert sender.stats.gso_sends == 1
+    receiver.close()
+    sender.close()

@@ -25,6 +25,7 @@ from tunnel.aio.udp import QuicClient, QuicServer, UdpEndpoint
 from tunnel.aio.workers import (
     SharedClientSlots,
     SharedPoolClaims,
+    bind_groups,
     merge_status,
     worker_config,
     worker_status_path,
@@ -41,6 +42,7 @@ from tunnel.protocol.quic_ext import (
     steer_connection_id,
 )
 from tunnel.protocol.stateless_reset import is_tagged_connection_id, reset_token
+from tunnel.user_error import RuntimeFailure
 
 KEY = bytes(range(32))
 
@@ -345,3 +347,27 @@ def test_the_client_slots_are_one_count_across_a_fork() -> None:
         slots.give_back()
     with pytest.raises(RuntimeError, match="never taken"):
         slots.give_back()
+
+
+def test_the_workers_groups_are_not_bound_into_another_instances(lab_certs: Path) -> None:
+    """A second concentrator on the same port (a restart overlapping the old one's drain):
+    with SO_REUSEPORT its workers' sockets joined the first one's group without a word,
+    received nothing, and once the first stopped the kernel renumbered them, every connection
+    ID then steered to the wrong worker. The port taken is one sentence now."""
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    port = other.getsockname()[1]
+    listen = ('listen.addresses=["127.0.0.1"]', f"listen.port={port}", "workers=2")
+    try:
+        with pytest.raises(RuntimeFailure, match=f"cannot bind UDP 127.0.0.1 port {port}"):
+            bind_groups(static_config(lab_certs, *listen))
+    finally:
+        other.close()
+    seats = bind_groups(static_config(lab_certs, *listen))  # the port free: both workers
+    try:
+        assert [len(endpoints) for endpoints in seats] == [1, 1]
+    finally:
+        for endpoints in seats:
+            for endpoint in endpoints:
+                endpoint.close()

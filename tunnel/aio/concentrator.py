@@ -207,7 +207,9 @@ class ConcentratorProgram:
             options["tickets"] = self.core.tickets  # limits.zero_rtt (README "0-RTT")
         self.server = quic_server(config, quic_config, self._on_connection, options, self.seat)
         self.server.start()
-        self.tun.start_reading(self._guarded(self._on_tun_packets))
+        self.tun.start_reading(
+            self._guarded(self._on_tun_packets), on_error=self._guarded(self._tun_failed)
+        )
         self.state = ProgramState.UP
         log.info(
             "up listen=%s tun=%s mtu=%d modes=%s clients=%d pool=%s",
@@ -336,8 +338,24 @@ class ConcentratorProgram:
             return
         self.taps[client] = tap
         self._tell_host_macs()
-        tap.start_reading(self._guarded(functools.partial(self._on_tap_frames, client)))
+        tap.start_reading(
+            self._guarded(functools.partial(self._on_tap_frames, client)),
+            on_error=self._guarded(functools.partial(self._tap_read_failed, client)),
+        )
         log.info("tap up client=%s tap=%s mtu=%d bridge=%s", client, name, mtu, config.l2.bridge)
+
+    def _tun_failed(self, exc: OSError) -> None:
+        """The TUN cannot be read any more (deleted under us): nothing can be forwarded."""
+        log.critical(
+            "tun %s unreadable (%s): stopping", getattr(self.tun, "name", "?"), exc.strerror
+        )
+        self.exit_code = 1
+        self.request_stop()
+
+    def _tap_read_failed(self, client: str, exc: OSError) -> None:
+        """One Ethernet client's TAP cannot be read any more: that client cannot be served."""
+        self._close_tap(client)
+        self.core.tap_failed(client, f"its TAP cannot be read ({exc.strerror})", self.loop.time())
 
     def _tell_host_macs(self) -> None:
         """The bridge's and our TAPs' MACs to the core: an Ethernet client sourcing one would

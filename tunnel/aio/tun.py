@@ -342,13 +342,24 @@ class TunDevice:
         on_packets: Callable[[list[bytes]], None],
         batch_size: int = DEFAULT_BATCH_SIZE,
         loop: asyncio.AbstractEventLoop | None = None,
+        on_error: Callable[[OSError], None] | None = None,
     ) -> None:
         """Call `on_packets(batch)` from the loop whenever packets are waiting, up to
-        `batch_size` per call (the loop comes back for the rest)."""
+        `batch_size` per call (the loop comes back for the rest). A read that fails (the
+        device was deleted: EBADFD, for good) stops the reading and goes to `on_error` (or,
+        without one, to the loop's exception handler, once): the fd would stay readable and the
+        loop spin on the error, a traceback logged each turn (found by a review)."""
         self._loop = loop or asyncio.get_running_loop()
 
         def ready() -> None:
-            batch = self.read_batch(batch_size)
+            try:
+                batch = self.read_batch(batch_size)
+            except OSError as exc:
+                self.stop_reading()
+                if on_error is None:
+                    raise
+                on_error(exc)
+                return
             if batch:
                 self.stats.read_wakeups += 1
                 on_packets(batch)

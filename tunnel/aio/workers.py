@@ -344,6 +344,11 @@ def bind_groups(config: ConcentratorConfig) -> list[list[UdpEndpoint]]:
     seats: list[list[UdpEndpoint]] = [[] for _ in range(count)]
     try:
         for address in config.listen_addresses:
+            # A second concentrator's group would take these sockets in silently (same user,
+            # SO_REUSEPORT): they would receive nothing while the first runs, and once it
+            # stopped the kernel renumbers them, every connection ID then steered to the wrong
+            # worker (a review). A plain bind first fails if anyone holds the port.
+            UdpEndpoint.bind(str(address), config.port, gso=False, gro=False).close()
             for index in range(count):
                 seats[index].append(
                     UdpEndpoint.bind(
