@@ -193,6 +193,9 @@ def test_a_cut_short_ip_header_is_unreadable(cut: int) -> None:
     """Cut inside the headers the guard must read: nothing is let through unread."""
     assert check(RA[:cut]) is GuardVerdict.UNREADABLE
     assert check(DHCPV4_OFFER[: 14 + 20 + 3]) is GuardVerdict.UNREADABLE
+    no_header = bytearray(DHCPV4_OFFER)
+    no_header[14] = 0x40  # IHL 0: the "UDP ports" would be read from the IP header itself
+    assert check(bytes(no_header)) is GuardVerdict.UNREADABLE
     ns = ethernet(ipv6(58, neighbor_solicitation(VICTIM)), 0x86DD)
     assert check(ns[:-3]) is GuardVerdict.UNREADABLE  # its option cut: its MAC unread
 

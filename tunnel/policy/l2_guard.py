@@ -123,13 +123,12 @@ def _ipv4(frame: bytes, at: int, serves: bool) -> GuardVerdict | None:
         return None
     if int.from_bytes(frame[at + 6 : at + 8]) & 0x1FFF:
         return None  # a later fragment: no header of its own (its first one was read)
-    upper = at + (frame[at] & 0x0F) * 4
+    header_length = (frame[at] & 0x0F) * 4
+    if header_length < 20:
+        return GuardVerdict.UNREADABLE  # no IPv4 header (IHL under 5): not a packet to forward
+    upper = at + header_length
     if protocol == IPPROTO_UDP:
-        if len(frame) < upper + 4:
-            return GuardVerdict.UNREADABLE
-        if not serves and int.from_bytes(frame[upper + 2 : upper + 4]) == DHCPV4_CLIENT_PORT:
-            return GuardVerdict.DHCP_SERVER_ROLE
-        return None
+        return _udp(frame, upper, DHCPV4_CLIENT_PORT, serves)
     if len(frame) < upper + 1:
         return GuardVerdict.UNREADABLE
     if not serves and frame[upper] == ICMPV4_REDIRECT:
@@ -162,11 +161,7 @@ def _ipv6(frame: bytes, at: int, serves: bool) -> GuardVerdict | None:
     else:
         return GuardVerdict.UNREADABLE
     if header == IPPROTO_UDP:
-        if len(frame) < upper + 4:
-            return GuardVerdict.UNREADABLE
-        if not serves and int.from_bytes(frame[upper + 2 : upper + 4]) == DHCPV6_CLIENT_PORT:
-            return GuardVerdict.DHCP_SERVER_ROLE
-        return None
+        return _udp(frame, upper, DHCPV6_CLIENT_PORT, serves)
     if header != IPPROTO_ICMPV6:
         return None
     if len(frame) < upper + 1:
@@ -178,6 +173,15 @@ def _ipv6(frame: bytes, at: int, serves: bool) -> GuardVerdict | None:
     if options_at is None:
         return None
     return _nd_options(frame, upper + options_at, end)
+
+
+def _udp(frame: bytes, at: int, dhcp_client_port: int, serves: bool) -> GuardVerdict | None:
+    """A UDP header at `at`: to a DHCP client's port, only from the bridge's server."""
+    if len(frame) < at + 4:
+        return GuardVerdict.UNREADABLE
+    if not serves and int.from_bytes(frame[at + 2 : at + 4]) == dhcp_client_port:
+        return GuardVerdict.DHCP_SERVER_ROLE
+    return None
 
 
 def _nd_options(frame: bytes, at: int, end: int) -> GuardVerdict | None:
