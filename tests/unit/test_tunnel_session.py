@@ -9,12 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aioquic.quic.connection import QuicConnection
 
 from testbed.hostile import icmp_echo
 from tests.unit.concentrator_harness import Conn, CoreLab, lab, lab_certs
-from tests.unit.quic_harness import Endpoint
-from tunnel.protocol.connection import SessionEstablished, SessionJoinFailed
-from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, DatagramFate
+from tests.unit.quic_harness import Endpoint, Network, make_configs
+from tests.unit.tunnel_pairs import ip4
+from tunnel.protocol.connection import (
+    PacketReceived,
+    SessionEstablished,
+    SessionJoinFailed,
+    TunnelConnection,
+)
+from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, DatagramFate, TunnelQuicConnection
 from tunnel.session.multipath import STALE_TAG_DISTANCE, TunnelSession
 from tunnel.session.path_health import PathHealth
 from tunnel.session.reorder import PacketTagCounter, ReorderBuffer
@@ -409,3 +416,43 @@ def test_a_loss_is_counted_even_when_its_record_was_forgotten(lab_certs: Path) -
     fate = DatagramFate(10**9, False, None)  # a token no record has (any more)
     client.session.on_fates(conns[0].client, [fate], core_lab.net.clock.now)
     assert client.session.counters["datagrams_lost"] == 1
+
+
+def handshake_with(server_class: type[QuicConnection]) -> TunnelConnection:
+    """Our client's connection to a peer of `server_class`, after the handshake."""
+    net = Network()
+    client_config, server_config = make_configs(["qt-session"], ["qt-session"])
+    client = TunnelQuicConnection(configuration=client_config)
+    server = server_class(
+        configuration=server_config,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    net.add_connection_pair(client, server)
+    net.run(0.5)
+    return TunnelConnection(client)
+
+
+@pytest.mark.parametrize("reorder_enabled", [True, False])
+def test_a_peer_whose_tags_are_not_a_sequence_loses_no_packet(reorder_enabled: bool) -> None:
+    """The session draft leaves the Packet Tag opaque (§4.1.1: its sender decides its meaning;
+    timestamps are the draft's example). Ours are one sequence, and say so
+    (quic_tunnel_tag_sequence); a peer that does not say it had its tags read as ours: repeated
+    timestamps dropped as duplicates, a jump held for the reorder timeout."""
+    tags = [5, 5, 6, 16, 17, 0, 0]
+    packets = [ip4(n) for n in range(len(tags))]
+    other = handshake_with(QuicConnection)  # a peer that does not announce the parameter
+    assert other.quic.peer_tag_sequence is False  # type: ignore[attr-defined]
+    session = TunnelSession(make_scheduler("wrr"), ReorderBuffer(enabled=reorder_enabled))
+    session.add_connection(other)
+    delivered = [
+        packet
+        for tag, packet in zip(tags, packets, strict=True)
+        for packet in session.on_packet(other, PacketReceived(packet, 0x0800, tag), 1.0)
+    ]
+    assert delivered == packets and session.next_deadline() is None
+    ours = handshake_with(TunnelQuicConnection)  # our peer: its tags are read as a sequence
+    assert ours.quic.peer_tag_sequence is True  # type: ignore[attr-defined]
+    session = TunnelSession(make_scheduler("wrr"), ReorderBuffer(enabled=reorder_enabled))
+    session.add_connection(ours)
+    got = [session.on_packet(ours, PacketReceived(p, 0x0800, 5), 1.0) for p in packets[:2]]
+    assert got == [[packets[0]], []]  # the second tag 5 is a duplicate

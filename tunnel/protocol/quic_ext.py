@@ -106,6 +106,16 @@ STREAM_MODE_TP_ID: Final[int] = 0x71745F73
 # STREAM_MODE_TP_ID: not 31 * N + 27 (0x71745F70 % 31 == 29), far above 0x3f, "qt_p" in ASCII.
 PAYLOAD_TP_ID: Final[int] = 0x71745F70
 
+# Provisional codepoint of our quic_tunnel_tag_sequence transport parameter, empty value: "my
+# Packet Tags number the session's packets, one sequence across its connections". The session
+# draft (§4, §4.1.1) leaves the tag opaque, its meaning the sender's ("free to decide its
+# semantic value"; timestamps are its example) and its negotiation out of scope: a receiver may
+# reorder and drop duplicates by tag only when the sender says they are a sequence. We always
+# send it; from a peer that does not, tags are not interpreted (a review found a peer tagging
+# with timestamps or per-connection counters losing half its packets as "duplicates"). Chosen
+# like the others: not 31 * N + 27 (0x71745F74 % 31 == 2), far above 0x3f, "qt_t" in ASCII.
+TAG_SEQUENCE_TP_ID: Final[int] = 0x71745F74
+
 # RFC 9002 §6.2.2: the RTT assumed before the first sample (aioquic uses the same 333 ms); the
 # pacer needs one at once for congestion control "none", whose rate is known from the start.
 INITIAL_RTT: Final[float] = 0.333
@@ -751,6 +761,7 @@ class TunnelQuicConnection(QuicConnection):
         self._tunnel_cid_worker = cid_worker
         self._tunnel_local_stream_mode = stream_mode
         self._tunnel_peer_stream_mode: bool | None = None
+        self._tunnel_peer_tag_sequence: bool | None = None
         self._tunnel_request_client_certificate = request_client_certificate
         # stream id -> bytes the application still holds (see set_stream_backlog)
         self._tunnel_backlog: dict[int, int] = {}
@@ -2039,8 +2050,15 @@ class TunnelQuicConnection(QuicConnection):
         or its transport parameters have not arrived."""
         return self._tunnel_peer_payload
 
+    @property
+    def peer_tag_sequence(self) -> bool | None:
+        """Whether the peer's Packet Tags are one sequence over the session (it announced
+        quic_tunnel_tag_sequence); None until its transport parameters arrived."""
+        return self._tunnel_peer_tag_sequence
+
     def _serialize_transport_parameters(self) -> bytes:
         data = super()._serialize_transport_parameters()
+        data += encode_uint_var(TAG_SEQUENCE_TP_ID) + encode_uint_var(0)
         if self._tunnel_local_stream_mode:
             data += encode_uint_var(STREAM_MODE_TP_ID) + encode_uint_var(0)
         if self._tunnel_local_payload is not None:
@@ -2069,6 +2087,7 @@ class TunnelQuicConnection(QuicConnection):
         if not from_session_ticket:
             self._tunnel_peer_stream_mode = STREAM_MODE_TP_ID in transport_parameter_ids(data)
             self._tunnel_peer_payload = payload_parameter(data)
+            self._tunnel_peer_tag_sequence = TAG_SEQUENCE_TP_ID in transport_parameter_ids(data)
 
     # -- receive credit tied to what the application consumed ----------------------------
     #

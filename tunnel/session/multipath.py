@@ -86,6 +86,9 @@ class _Member:
     weight: int
     health: PathHealth = PathHealth.ALIVE
     counters: Counter[str] = field(default_factory=new_counters)
+    # the peer's Packet Tags on it are one sequence (quic_tunnel_tag_sequence): reordered and
+    # deduplicated; else opaque (session draft §4.1.1), delivered as they come
+    sequenced: bool = True
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,12 @@ class TunnelSession:
             raise ValueError("this connection is already part of the session")
         path_id = self._next_path_id
         self._next_path_id += 1
-        self._members[path_id] = _Member(path_id, connection, access_id, weight)
+        # Only a peer that said its tags are a sequence has them read as one; a QUIC
+        # connection that cannot say (not ours: a test's plain aioquic) is taken as ours.
+        announced = getattr(connection.quic, "peer_tag_sequence", True)
+        self._members[path_id] = _Member(
+            path_id, connection, access_id, weight, sequenced=announced is not False
+        )
         return path_id
 
     def remove_connection(self, connection: TunnelConnection) -> None:
@@ -475,9 +483,10 @@ class TunnelSession:
         self, connection: TunnelConnection, event: PacketReceived, now: float
     ) -> list[bytes]:
         """Feed a received packet; returns the packets now deliverable, in tag order."""
-        if self._member_of(connection) is None:
+        member = self._member_of(connection)
+        if member is None:
             raise ValueError("packet from a connection that is not part of the session")
-        if event.packet_tag is None:  # tunnel mode: nothing to reorder
+        if event.packet_tag is None or not member.sequenced:  # nothing to reorder by
             return [event.packet]
         self._refresh_timeout(now)
         return self.reorder.push(event.packet_tag, event.packet, now)
