@@ -379,6 +379,22 @@ def test_new_session_then_a_second_connection_joins_it() -> None:
         assert not tunnel(path.client).closed and not tunnel(path.server).closed
 
 
+def test_a_new_session_is_established_by_its_session_id_without_the_fin() -> None:
+    """§6.1.1: the concentrator MUST answer New Session with a Session ID TLV; §4.1 says
+    neither end may close its control stream. A concentrator that keeps its stream open
+    never gave our client a session (it waited for the FIN, then gave up after 5 s)."""
+    net, path = connected("qt-session")
+    tunnel(path.client).request_new_session()
+    net.run(0.1)
+    path.server.quic.send_stream_data(3, SessionIdTLV(b"S-7").encode(), end_stream=False)
+    net.run(0.1)
+    assert events_of(path.client, SessionEstablished) == [SessionEstablished(b"S-7")]
+    path.server.quic.send_stream_data(3, b"", end_stream=True)  # a FIN later: nothing more
+    net.run(0.1)
+    assert events_of(path.client, SessionEstablished) == [SessionEstablished(b"S-7")]
+    assert not tunnel(path.client).closed
+
+
 def test_join_success_is_signalled_by_fin_alone() -> None:
     """Session draft §6.1.3: "A successful joining of connection is indicated by the closure of
     the QUIC tunnel control stream of the concentrator" — no TLV on it, the client knows the ID."""

@@ -1000,8 +1000,9 @@ class TunnelConnection:
                     raise _Violation(
                         "the concentrator closed its control stream without a Session ID TLV"
                     )
-                self._session_id = session_id
-                result.append(SessionEstablished(session_id))
+                if self._requested_join is not None:  # a New Session's came with its TLV
+                    self._session_id = session_id
+                    result.append(SessionEstablished(session_id))
             elif self._control_received is None:
                 raise _Violation(
                     "the client closed its control stream without New Session or Join Session"
@@ -1047,6 +1048,11 @@ class TunnelConnection:
                 # this implementation sent until 2026-12) is accepted if it names that session.
                 raise _Violation("the concentrator answered Join Session with another Session ID")
             self._session_id = message.session_id
+            if joining is None:
+                # New Session: established by its answer, the Session ID TLV (§6.1.1), not
+                # by the FIN after it, which §4.1's "MUST NOT close its control stream" lets
+                # a concentrator leave out (a review: such a peer never got a session here)
+                return [SessionEstablished(message.session_id)]
             return []
         if isinstance(message, SessionIdTLV):
             # §6.1.2: "The client MUST NOT send a Session ID TLV."
