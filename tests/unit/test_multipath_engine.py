@@ -19,7 +19,7 @@ from tests.unit.client_world import CoreConcentrator, World, client_config
 from tests.unit.concentrator_harness import concentrator_config, lab_certs
 from tunnel.agents.client import ClosePath, Migrate
 from tunnel.protocol.connection import TunnelConnection
-from tunnel.wire.messages import End, TcpConnect
+from tunnel.wire.messages import AccessId, End, TcpConnect
 
 __all__ = ["lab_certs"]  # the fixture
 
@@ -666,3 +666,84 @@ def test_a_migration_takes_the_target_accesss_controller(lab_certs: FilePath) ->
     traffic.run(20, per_step=2, step=0.002)
     world.run(0.5)
     assert set(traffic.delivered_down()) == set(traffic.down)
+
+
+def downlink_by_access(world: World, core: CoreConcentrator, count: int = 20) -> dict[str, int]:
+    """Where the concentrator sends `count` packets to alice now: packets per access."""
+    before = {id(c): c.server_tunnel.counters.packets_out for c in world.live_conns()}
+    core.from_tun([down(i) for i in range(count)], world.now)
+    world.run(0.3)
+    return {
+        c.access.name: c.server_tunnel.counters.packets_out - before.get(id(c), 0)
+        for c in world.live_conns()
+    }
+
+
+def test_a_short_wifi_flap_leaves_wifi_available_at_the_concentrator(
+    lab_certs: FilePath,
+) -> None:
+    """WiFi (5 ms one way) flaps for 20 ms: "WiFi unavailable" went over 5G (50 ms), then
+    "available" over WiFi itself, which overtook it; the concentrator applied "unavailable"
+    last and kept the downlink off WiFi for good. The second report now follows the first on
+    5G, where the concentrator orders them by stream."""
+    world, core = core_world(lab_certs, delays={"wifi": 0.005, "5g": 0.05})
+    world.set_link("wifi", False)
+    world.run(0.02)
+    world.set_link("wifi", True)
+    world.run(2.0)
+    assert core.client_status()["accesses_available"] == {"wifi": True, "5g": True}
+    assert downlink_by_access(world, core) == {"wifi": 20, "5g": 0}
+
+
+def test_a_new_connections_own_access_announcement_is_never_cancelled(
+    lab_certs: FilePath,
+) -> None:
+    """The concentrator closes WiFi's connection; the client's new one (C) announces its own
+    access on itself, and WiFi goes dark before that is acknowledged. "WiFi unavailable" over
+    5G cancelled the announcement, which aioquic never re-sends on a reset stream: C's access
+    stayed unknown for its lifetime and the downlink never used it again."""
+    world, core = core_world(lab_certs)
+    first = world.agent.path_on("wifi")
+    assert first is not None
+    world.concentrator_closes(first)
+
+    def reconnected() -> bool:
+        path = world.agent.path_on("wifi")
+        return path is not None and path is not first
+
+    world.run(5.0, until=reconnected)
+    again = world.agent.path_on("wifi")
+    assert again is not None and again is not first
+    world.accesses["wifi"].cut(True, flush=True)
+    world.run(0.8)
+    world.accesses["wifi"].cut(False)
+    world.run(5.0)
+    assert core.core.access_of(world.conn(again).server_tunnel) is AccessId.NON_THREE_GPP
+    assert downlink_by_access(world, core) == {"wifi": 20, "5g": 0}
+
+
+def test_a_suspect_verdict_with_no_other_path_leaves_its_packets_to_loss_hiding(
+    lab_certs: FilePath,
+) -> None:
+    """One access, loss hiding on, a 120 ms blackhole (suspect, not dead): the suspect
+    verdict tries to re-send what is in flight elsewhere and finds no path. Those records were
+    marked re-sent all the same, so loss hiding skipped them when they were declared lost: of
+    96 packets lost 4 were hidden and 92 missed without a word. Each lost packet is now hidden
+    or counted as too late for it."""
+    settings = ['limits.loss_hiding="on"']
+    world, core = core_world(
+        lab_certs, "session", ("wifi",), settings=settings, core_settings=settings
+    )
+    traffic = Traffic(world, core, size=200)
+    traffic.run(20, downlink=False)
+    world.blackhole("wifi", True)
+    traffic.run(24, downlink=False)  # 120 ms
+    world.blackhole("wifi", False)
+    traffic.run(20, downlink=False)
+    world.run(1.0)
+    counters = access_entry(world, "wifi")["counters"]
+    assert counters["suspected"] == 1 and counters["datagrams_lost"] > 0
+    assert counters["loss_hidden"] + counters["resend_too_late"] == counters["datagrams_lost"]
+    arrived = set(core.tun)
+    missing = sum(1 for packet in traffic.up if packet not in arrived)
+    assert missing == counters["datagrams_lost"] - counters["loss_hidden"]

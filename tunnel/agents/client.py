@@ -2167,7 +2167,16 @@ class ClientAgent:
         )
         signal = AccessSignal.AVAILABLE if available else AccessSignal.UNAVAILABLE
         sent = False
-        for path in self._mode.carriers():
+        carriers = self._mode.carriers()
+        last = self._reports.get(access_id)
+        if last is not None and last[0] in carriers:
+            # On the connection that carried the report this one supersedes, while it can:
+            # the concentrator orders one connection's reports by stream (a stale one is
+            # ignored), not reports on two. "WiFi unavailable" over 5G, then "available"
+            # over a faster WiFi, arrived in reverse and left WiFi off at the concentrator
+            # for good (a review, a 20 ms flap with 5 ms against 50 ms one-way).
+            carriers = [last[0], *(path for path in carriers if path is not last[0])]
+        for path in carriers:
             if not path.carries or not self.access_available(path.access):
                 continue  # a report over the failed access would be lost with it
             self._send_report(path, access_id, signal)
@@ -2198,10 +2207,12 @@ class ClientAgent:
             if old_path is path and old_signal is signal and not again:
                 return
             old = old_path.tunnel
+            announcement = old_path.access is not None and old_path.access.access_id == access_id
             if (
                 old_signal is not signal
                 and old is not None
                 and old_path.carries
+                and not announcement  # how the concentrator learns the connection's access
                 and not old.access_report_acknowledged(old_stream)
             ):
                 old.cancel_access_report(old_stream)

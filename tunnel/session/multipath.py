@@ -255,8 +255,11 @@ class TunnelSession:
         if sent is not None and self.resilience.reinjection:
             self._refresh_timeout(now, force=True)
             for token, record in sent.in_flight_on(member.path_id):
-                record.resent = True
+                # marked only once re-sent: a record no path could take is still loss hiding's
+                # should it be lost (a suspect verdict with no other path used to end loss
+                # hiding for everything in flight, found by a review)
                 if self._resend(record, member, now, touched, same_path=False):
+                    record.resent = True
                     resent.add(token)
         if not (dead or resent):
             return
