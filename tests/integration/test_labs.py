@@ -242,7 +242,8 @@ def test_lab4_the_capture_decodes_into_every_message_of_the_drafts(tmp_path: Pat
         at("c1/wifi", up, "TCP Connect: 10.200.1.2 port 8080")[0],
         at("c1/wifi", down, "TCP Connect OK")[0],
         at("c1/5g", up, "Access Report: access Non-3GPP (2), Access Unavailable")[0],
-        at("c1/wifi", up, "Access Report: access Non-3GPP (2), Access Available")[-1],
+        # on the connection that carried the Unavailable, so the concentrator can order them
+        at("c1/5g", up, "Access Report: access Non-3GPP (2), Access Available")[-1],
     ]
     assert order == sorted(order), decoded
     pings = [row for row in decoded if "ICMP echo request" in row[2]]
