@@ -125,8 +125,10 @@ class Point:
     values: dict[str, Any]
 
     def key(self, columns: Sequence[str]) -> tuple[str, ...]:
-        # As strings: the same key whether it comes from here or back from a CSV.
-        return tuple(str(self.values[c]) for c in columns)
+        # As strings, as TableWriter writes them (a float rounded as _cell does): the same
+        # key whether it comes from here or back from a CSV. With str() alone a float of 7
+        # decimals never matched its own row and was measured again at every resume.
+        return tuple(str(_cell(self.values[c])) for c in columns)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -415,6 +417,45 @@ def done_keys(run_dir: Path, exp: Experiment[S]) -> set[tuple[str, ...]]:
         raise ExperimentError(f"results CSV {path} is not valid CSV ({exc}): {hint}.") from None
 
 
+def check_headers(run_dir: Path, exp: Experiment[S]) -> None:
+    """Each table of an earlier run has the columns this code writes: rows appended under
+    another header would be read into the wrong columns (a dirty tree, or a checkout outside
+    git, may resume at a commit that cannot be told apart)."""
+    for name, columns in exp.tables.items():
+        path = run_dir / f"{name}.csv"
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        hint = "repair it (it holds the points measured so far) or start a new run"
+        text = read_text_file(path, "results CSV", hint, ExperimentError)
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+        if header != columns:
+            raise ExperimentError(
+                f"--resume {run_dir}: its {name}.csv has the columns {', '.join(header)} and "
+                f"this code writes {', '.join(columns)}: resume it from the code it was "
+                "measured with, or start a new run."
+            )
+
+
+@contextlib.contextmanager
+def sitting_lock(run_dir: Path) -> Any:
+    """Hold the run directory for one sitting: a second sitting on it at once (another
+    --resume) is refused instead of measuring the same points and overwriting meta.json."""
+    import fcntl
+
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExperimentError(
+                f"--resume {run_dir}: another sitting is measuring into it now: wait for it to "
+                "end (or stop it) first."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 class TableWriter:
     """Appends rows to one CSV, header once, flushed per point so a crash loses nothing done."""
 
@@ -498,6 +539,30 @@ def check_resumable(
             f"--resume {run_dir}: that run is shard {started[0]}/{started[1]} of its sweep: "
             f"resume it with --shard {started[0]}/{started[1]}, or without --shard to go on "
             "with the whole sweep."
+        )
+
+
+def check_same_parameters(run_dir: Path, meta: dict[str, Any], params: Params) -> None:
+    """A resumed run measures its remaining points with the parameters it recorded: a
+    command whose --config, --set, --quick or --scenario changes one is refused (it used to
+    replace them, so a resume without --config measured the defaults' runs and durations
+    into the sweep and meta.json said the defaults). More `runs` is the one change allowed:
+    more repetitions of the same points (meta.json then says the new number)."""
+    recorded = meta.get("parameters")
+    if not isinstance(recorded, dict):
+        raise ExperimentError(f"--resume {run_dir}: its meta.json records no parameters.")
+    given = json.loads(json.dumps(params, default=str))
+    changed = sorted(k for k in set(recorded) | set(given) if recorded.get(k) != given.get(k))
+    runs, before = given.get("runs"), recorded.get("runs")
+    if changed == ["runs"] and isinstance(runs, int) and isinstance(before, int) and runs > before:
+        return  # more repetitions of the same points: the one change that extends a run
+    if changed:
+        shown = ", ".join(
+            f"{k}={given.get(k)!r} (recorded {recorded.get(k)!r})" for k in changed[:3]
+        )
+        raise ExperimentError(
+            f"--resume {run_dir}: this command gives {shown}: resume with the parameters the "
+            "run recorded, by --resume alone (it takes them) or the same --config/--set."
         )
 
 
@@ -625,19 +690,37 @@ def run_experiment(
             )
         commit, dirty = git_state()
         check_resumable(resume, meta, shard, commit)
+        check_same_parameters(resume, meta, params)
+        done = done_keys(run_dir, exp)
+        check_headers(resume, exp)
+        mine_keys = {p.key(exp.key_columns) for p in mine}
+        failed_before = meta.get("failed") or []
+        # what failed before and is measured again now (or was since) is this sitting's to
+        # say: a point that fails again is listed again, one that succeeds has its row
+        meta["failed"] = [
+            entry
+            for entry in failed_before
+            if Point(dict(entry.get("point") or {})).key(exp.key_columns) not in done | mine_keys
+        ]
         meta.setdefault("resumed", []).append(
             {
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "shard": f"{shard[0]}/{shard[1]}",
                 "git_commit": commit,
                 "git_dirty": dirty,
+                # where and how this sitting measured (the top level is the first sitting's)
+                "hostname": socket.gethostname(),
+                "kernel": platform.release(),
+                "cpu_cores": os.cpu_count(),
+                "argv": sys.argv,
+                "failed_before": len(failed_before),
             }
         )
         # the run holds what every part of it was measured with: dirty if any part was
         meta["git_dirty"] = bool(meta.get("git_dirty")) or dirty
         meta["shard"] = f"{shard[0]}/{shard[1]}"
-        meta["parameters"] = params
-        done = done_keys(run_dir, exp)
+        meta["finished"] = None  # measuring again: readers must not take it for complete
+        meta["parameters"] = params  # the same, but for more runs
     else:
         run_dir = new_run_dir(exp.name, root)
         meta = base_meta(exp, params, shard) | (extra_meta or {})
@@ -654,11 +737,15 @@ def run_experiment(
     from tqdm import tqdm
 
     variants: list[str] = list(meta.get("variants", []))
+    sitting = meta["resumed"][-1] if resume is not None else meta
+    # the primary table last: a point counts as done once its row is there, so an interrupt
+    # between the writes leaves it to be measured again rather than half recorded
+    order = [name for name in exp.tables if name != exp.primary] + [exp.primary]
     try:
-        with _open_session(exp, params) as ctx:
+        with sitting_lock(run_dir), _open_session(exp, params) as ctx:
             ctx.scenario = scenario
-            meta["backend"] = ctx.backend
-            meta["fidelity"] = ctx.fidelity
+            sitting["backend"] = ctx.backend
+            sitting["fidelity"] = ctx.fidelity
             meta.update(ctx.extra_meta)
             write_meta(run_dir, meta)
             bar = tqdm(todo, desc=exp.name, unit="point", disable=not progress, file=sys.stderr)
@@ -680,8 +767,14 @@ def run_experiment(
                         meta["skipped"].append(entry)
                 else:
                     ran += 1
-                    for name, rows in result.rows.items():
-                        writers[name].write(rows)
+                    unknown = set(result.rows) - set(writers)
+                    if unknown:  # a bug of the experiment's, said as such
+                        raise ExperimentError(
+                            f"experiment {exp.name} gave rows for {', '.join(sorted(unknown))}, "
+                            "which is not one of its tables"
+                        )
+                    for name in order:
+                        writers[name].write(result.rows.get(name, ()))
                     variant = point.values.get("variant")
                     if variant is not None and variant not in variants:
                         variants.append(variant)
@@ -913,7 +1006,16 @@ def report_run(exp: Experiment[Any], summary: RunSummary) -> int:
 
 def run_from_args(args: Any) -> int:
     exp = get_experiment(args.experiment)
-    params = resolve_params(exp, args.config, args.quick, args.runs, args.set)
+    if args.resume is not None and not (
+        args.config or args.quick or args.runs or args.set or args.scenario
+    ):
+        # --resume alone: the parameters the run recorded (a changed one is refused)
+        recorded = read_run_meta(args.resume).get("parameters")
+        if not isinstance(recorded, dict):
+            raise ExperimentError(f"--resume {args.resume}: its meta.json records no parameters.")
+        params = resolve_params(exp, quick=bool(recorded.get("quick")), recorded=recorded)
+    else:
+        params = resolve_params(exp, args.config, args.quick, args.runs, args.set)
     if args.scenario:
         params = with_scenario(exp, params, args.scenario)
     scenario_for_run(exp, params)  # a bad scenario is said before anything starts

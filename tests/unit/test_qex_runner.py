@@ -396,3 +396,90 @@ def test_a_run_of_no_point_is_refused_naming_the_empty_list(tmp_path: Path) -> N
     with pytest.raises(ExperimentError, match="parameter sizes is empty: the toy run would"):
         execute(exp, resolve_params(exp, sets=["sizes=[]"]), root=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_measures_with_the_recorded_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume whose command line changes a recorded parameter is refused (it used to replace
+    them: a resume without --config measured the defaults into a sweep, and meta.json said
+    the defaults); `--resume DIR` alone takes the recorded ones; more runs may be added."""
+    from experiments import runner
+
+    calls: list[dict[str, object]] = []
+    exp = toy(calls, fail_on={3})
+    monkeypatch.setattr(runner, "get_experiment", lambda name: exp)
+    params = resolve_params(exp, sets=["scale=3"])
+    first = run_experiment(exp, params, root=tmp_path, progress=False).run_dir
+    before = (first / "meta.json").read_text()
+    with pytest.raises(ExperimentError, match=r"gives scale=1\.0 \(recorded 3\.0\)"):
+        run_experiment(exp, resolve_params(exp), resume=first, root=tmp_path, progress=False)
+    assert (first / "meta.json").read_text() == before
+    calls.clear()
+    exp_fixed = toy(calls)
+    monkeypatch.setattr(runner, "get_experiment", lambda name: exp_fixed)
+    assert runner.main(["toy", "--resume", str(first), "--no-progress"]) == 0
+    assert [float(r["value"]) for r in read(first / "toy.csv")][-2:] == [9.0, 9.0]  # scale 3
+    meta = json.loads((first / "meta.json").read_text())
+    assert meta["parameters"]["scale"] == 3.0
+    # the failed points are measured now: their old entries go, the count stays in the sitting
+    assert meta["failed"] == [] and meta["resumed"][-1]["failed_before"] == 2
+    assert meta["resumed"][-1]["hostname"] and "fidelity" in meta["resumed"][-1]
+    more = resolve_params(exp_fixed, sets=["scale=3"], runs=3)
+    calls.clear()
+    run_experiment(exp_fixed, more, resume=first, root=tmp_path, progress=False)
+    # the third run of each size (and size 2's second, which is skipped, so never done)
+    assert sorted((c["size"], c["run"]) for c in calls) == [(1, 3), (2, 2), (2, 3), (3, 3)]
+    assert json.loads((first / "meta.json").read_text())["parameters"]["runs"] == 3
+
+
+def test_a_sitting_holds_its_run_directory_and_says_it_is_not_finished(tmp_path: Path) -> None:
+    """While a sitting measures, meta.json says `finished: null` (a resumed run kept the last
+    sitting's end, so readers took a run being appended to for complete) and a second sitting
+    on the same directory is refused instead of measuring the same points."""
+    seen: list[object] = []
+    exp = toy([])
+    first = run_experiment(exp, resolve_params(exp), root=tmp_path, progress=False).run_dir
+    assert json.loads((first / "meta.json").read_text())["finished"] is not None
+    inner = exp.run_point
+
+    def run_point(ctx: Context[None], point: Point) -> PointResult:
+        seen.append(json.loads((first / "meta.json").read_text())["finished"])
+        with pytest.raises(ExperimentError, match="another sitting is measuring into it"):
+            run_experiment(exp, resolve_params(exp), resume=first, root=tmp_path, progress=False)
+        return inner(ctx, point)
+
+    watched = Experiment(
+        name=exp.name,
+        defaults=exp.defaults,
+        quick=exp.quick,
+        tables=exp.tables,
+        key_columns=exp.key_columns,
+        points=exp.points,
+        run_point=run_point,
+    )
+    run_experiment(watched, resolve_params(watched, runs=3), resume=first, progress=False)
+    assert seen and all(finished is None for finished in seen)
+    assert json.loads((first / "meta.json").read_text())["finished"] is not None
+
+
+def test_a_resume_refuses_a_table_whose_columns_changed(tmp_path: Path) -> None:
+    """Rows appended under another header are read into the wrong columns."""
+    exp = toy([])
+    first = run_experiment(exp, resolve_params(exp), root=tmp_path, progress=False).run_dir
+    series = first / "toy_series.csv"
+    series.write_text(series.read_text().replace("size,t,seed", "size,t", 1))
+    with pytest.raises(ExperimentError, match=r"toy_series\.csv has the columns size, t and"):
+        run_experiment(
+            exp, resolve_params(exp, runs=3), resume=first, root=tmp_path, progress=False
+        )
+
+
+def test_a_float_key_of_many_decimals_is_found_again_on_resume(tmp_path: Path) -> None:
+    calls: list[dict[str, object]] = []
+    exp = toy(calls)
+    params = resolve_params(exp, sets=["sizes=[1, 0.1234567]"])
+    first = run_experiment(exp, params, root=tmp_path, progress=False).run_dir
+    calls.clear()
+    again = run_experiment(exp, params, resume=first, root=tmp_path, progress=False)
+    assert calls == [] and again.already_done == 4
