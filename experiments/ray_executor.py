@@ -177,7 +177,13 @@ def run_on_ray(
             raise
         finally:
             outcomes += [
-                failed_outcome(s, counts[s], "not gathered: the driver was interrupted or failed")
+                failed_outcome(
+                    s,
+                    counts[s],
+                    "not gathered: the driver was interrupted or failed (a shard that was "
+                    "cancelled keeps what it measured on its node, under /tmp/qtlab-shard-*, "
+                    "as its log says)",
+                )
                 for s in pending.values()
             ]
             merged = merge_shards(exp, points, outcomes, run_dir, meta)

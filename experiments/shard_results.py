@@ -29,6 +29,7 @@ import io
 import os
 import shutil
 import socket
+import sys
 import tarfile
 import tempfile
 import traceback
@@ -99,6 +100,7 @@ def run_shard(
         )
     scratch = Path(tempfile.mkdtemp(prefix="qtlab-shard-"))
     error: str | None = None
+    keep = False
     try:
         try:
             summary = run_experiment(exp, params, shard, root=scratch, progress=False)
@@ -106,10 +108,18 @@ def run_shard(
                 error = f"{summary.failed} point(s) failed (see their errors in meta.json)"
         except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: a cancel; keep rows
             error = _error_text(exc)
+            # A cancelled task's outcome never reaches the driver (Ray raises on it): what the
+            # shard measured stays here, said in the node's log, instead of being deleted (a
+            # review: Ctrl-C on a long sweep lost every running shard's rows).
+            keep = isinstance(exc, KeyboardInterrupt)
         run_dirs = sorted((scratch / exp.name).glob("*/"))
+        if keep and run_dirs:
+            error = f"{error}; what it measured is kept on {host} in {run_dirs[0]}"
+            print(f"qtlab shard {shard[0]}/{shard[1]}: {error}", file=sys.stderr)
         return pack_shard(exp, run_dirs[0] if run_dirs else None, shard, count, node, host, error)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -263,3 +265,30 @@ def test_resume_here_runs_only_what_a_failed_shard_left_missing(tmp_path: Path) 
     assert (summary.ran, summary.already_done) == (5, 5)
     keys = sorted((r["size"], r["run"]) for r in read(run_dir / "sweep.csv"))
     assert keys == sorted((str(s), str(r)) for s in range(1, 6) for r in range(2))
+
+
+def test_a_cancelled_shard_keeps_what_it_measured_on_its_node(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ray cancels a task with a KeyboardInterrupt and its outcome never reaches the driver:
+    the shard's run directory was deleted with the rows of every point it had measured. It is
+    kept now, and the node's log says where."""
+    exp = sweep()
+    inner = exp.run_point
+    done: list[int] = []
+
+    def cancelled_at_the_third(ctx: Context[None], point: Point) -> PointResult:
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(1)
+        return inner(ctx, point)
+
+    exp = dataclasses.replace(exp, run_point=cancelled_at_the_third)
+    outcome = run_shard(exp, resolve_params(exp), (1, 1))
+    assert outcome.error is not None and "interrupted" in outcome.error
+    kept = Path(outcome.error.rsplit(" in ", 1)[1])
+    try:
+        assert kept.is_dir() and len(read(kept / "sweep.csv")) == 2
+        assert str(kept) in capsys.readouterr().err
+    finally:
+        shutil.rmtree(kept.parent.parent)
