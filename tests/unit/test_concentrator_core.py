@@ -34,6 +34,7 @@ from tests.unit.concentrator_harness import (
 )
 from tunnel.agents.concentrator import (
     AUTH_FAILED_REASON,
+    SESSION_SETUP_TIMEOUT,
     AddressesClaimed,
     ClientArrived,
     ClientLeft,
@@ -1028,3 +1029,26 @@ def test_status_changes_are_announced_once_per_batch(lab_certs: Path) -> None:
         "clients", "sessions", "connections", "refused", "counters", "crl", "inbound", "tickets"
     }  # fmt: skip
     assert status["crl"] is None  # no tls.crl
+
+
+def test_a_session_mode_connection_without_new_or_join_session_is_closed_with_the_reason(
+    lab_certs: Path,
+) -> None:
+    """Session draft §4.1: the client initiates the session. A session-mode connection that
+    never sent New Session or Join Session had every datagram dropped (no session to put it in)
+    and stayed open for good; it is closed after SESSION_SETUP_TIMEOUT, saying why."""
+    core_lab = lab(lab_certs)
+    silent = core_lab.connect("alice", "qt-session")
+    streams = core_lab.connect("dave", "qt-session", stream_mode=True)  # needs no session
+    (joined,) = session(core_lab, "carol")
+    core_lab.run(SESSION_SETUP_TIMEOUT - 2.0)
+    assert core_lab.of(Closed) == []
+    core_lab.run(3.0)
+    assert [(a.connection, a.reason) for a in core_lab.of(Closed)] == [
+        (
+            silent.server,
+            "no New Session or Join Session within 10 s: session mode carries packets only "
+            "in a session (session draft §4.1)",
+        )
+    ]
+    assert not joined.server.closed and not streams.server.closed

@@ -172,6 +172,12 @@ PCP_PER_SECOND: Final = 10.0
 """PCP requests a client gets answered per second (burst twice that); the rest are dropped and
 counted (`pcp_dropped`): each may cost a probe bind per candidate port and a log line."""
 PROBE_BACKOFF_MAX: Final = 1.0
+# How long a session-mode connection may stay authenticated without a New Session or Join
+# Session (session draft §4.1: the client "initiates the procedure"): its datagrams are
+# dropped meanwhile (no session to put them in), and a peer that never sends one was left
+# open for good with all its traffic dropped (found by a review); closed with the reason.
+# Not a stream-mode connection, whose streams carry its TCP connections without a session.
+SESSION_SETUP_TIMEOUT: Final = 10.0
 """Seconds between PINGs at most on a dead path of a session (the backoff's cap)."""
 AUTH_FAILED_REASON: Final = (
     "client authentication failed: check the client's certificate, and the concentrator's log "
@@ -924,6 +930,8 @@ class ConcentratorCore:
         self._status_pending = False
         self._to_tun: list[tuple[bytes, _Client, bool]] = []  # (packet, client, is a reply)
         self._to_taps: list[tuple[bytes, _Client]] = []  # Ethernet clients' frames for the bridge
+        # session-mode connections authenticated but without New/Join Session yet: deadline
+        self._awaiting_session: dict[_Peer, float] = {}
         self._static_macs = {c.name: c.macs for c in config.clients if c.macs}
         self._l2_servers = frozenset(c.name for c in config.clients if c.l2_server)
         # who holds which MAC across clients, so that none learns another's or the host's
@@ -992,6 +1000,10 @@ class ConcentratorCore:
         inbound = self.inbound.next_expiry()
         if inbound is not None and (timer is None or inbound < timer):
             timer = inbound
+        if self._awaiting_session:
+            setup = min(self._awaiting_session.values())
+            if timer is None or setup < timer:
+                timer = setup
         return timer
 
     def write_tun(self, write_batch: Callable[[list[bytes]], list[bool]]) -> None:
@@ -1202,6 +1214,14 @@ class ConcentratorCore:
     # -- inputs: time ------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
+        for peer, due in list(self._awaiting_session.items()):
+            if due <= now:
+                del self._awaiting_session[peer]
+                reason = (
+                    f"no New Session or Join Session within {SESSION_SETUP_TIMEOUT:g} s: session "
+                    "mode carries packets only in a session (session draft §4.1)"
+                )
+                self._close_peer(peer, reason, now)
         # A bug met for one connection (its health check) or one client (its reorder buffer)
         # closes that one, as a bug in a connection's QUIC events does: the timer serves every
         # client, and an exception out of it would stop the concentrator.
@@ -1326,6 +1346,12 @@ class ConcentratorCore:
         held, peer.held = peer.held, None
         if held is not None:
             self._tunnel_event(peer, held, now)
+        if (
+            mode is TunnelMode.SESSION
+            and not connection.session_requested
+            and not connection.stream_mode  # streams alone need no session (-tcp draft)
+        ):
+            self._awaiting_session[peer] = now + SESSION_SETUP_TIMEOUT
         if mode is TunnelMode.MASQUE:
             self._open_proxy(peer, client, now)
 
@@ -1513,6 +1539,7 @@ class ConcentratorCore:
         if peer in client.peers:
             client.peers.remove(peer)
         client.strategy.left(peer, now)
+        self._awaiting_session.pop(peer, None)
         self._health_due.pop(peer, None)
         self._health_dirty.discard(peer)
         self.sessions.leave(peer, now)  # an emptied session waits session_idle_expiry
@@ -1584,9 +1611,11 @@ class ConcentratorCore:
                 self._early_session_request(peer, event, now)
             return
         elif isinstance(event, SessionRequested):
+            self._awaiting_session.pop(peer, None)
             client.strategy.session_requested(peer, event.qos, now)
             self._status_changed()
         elif isinstance(event, JoinRequested):
+            self._awaiting_session.pop(peer, None)
             client.strategy.join_requested(peer, event.session_id, now)
             self._status_changed()
         elif isinstance(event, AccessReportReceived):

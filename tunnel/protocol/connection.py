@@ -935,6 +935,12 @@ class TunnelConnection:
         self._quic.reset_stream(stream_id, int(code))
         return stream_id
 
+    @property
+    def session_requested(self) -> bool:
+        """Concentrator, session mode: whether the client sent its New Session or Join Session
+        (answered or not)."""
+        return self._control_received is not None
+
     def _pending_request(
         self, kind: type[NewSession] | type[JoinSession] | None = None
     ) -> NewSession | JoinSession:
