@@ -195,6 +195,10 @@ class Playout:
         if self.stall_since is not None:
             self.stall_s += end - self.stall_since
             self.stall_since = end
+        if self.started_at is None:
+            # Nothing ever played: the whole session waited (a review found such a session
+            # reported with no stall, so a mode that failed read best on stalls).
+            self.stall_s = max(0.0, end - self.origin)
         played = sum(self.played_s.values())
         mean = sum(r * s for r, s in self.played_s.items()) / played if played > 0 else None
         switches = sum(1 for a, b in pairwise(self.played_rates) if a != b)

@@ -19,6 +19,7 @@ from experiments.schemas import (
     WORKLOAD_FLOWS,
     Table,
 )
+from experiments.traffic import jain_index
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -114,11 +115,16 @@ def test_point_columns_from_calls_and_flows() -> None:
     assert row["mos_adaptive"] == pytest.approx(3.6) and row["late_adaptive_pct"] == 1.0
     assert workload.call_summary([]) == {}
     flows = [{"fct_ms": float(10 * k), "outcome": "ok"} for k in range(1, 21)]
-    flows.append({"fct_ms": 5.0, "outcome": "reset"})
+    flows.append({"fct_ms": 5.0, "outcome": "reset"})  # never completed: above every time
     row = workload.fetch_summary(flows)
     assert (row["flows"], row["flows_ok"], row["fct_median_ms"], row["fct_p95_ms"]) == (
-        21, 20, 105.0, 190.0,
+        21, 20, 110.0, 200.0,
     )  # fmt: skip
+    # the tail on the failures: the p95 has no value (it read the whole ones' 620 ms before)
+    stalled = [{"fct_ms": 100.0 + k, "outcome": "ok"} for k in range(56)]
+    stalled += [{"fct_ms": 15500.0, "outcome": "stalled"}] * 4
+    row = workload.fetch_summary(stalled)
+    assert row["fct_p95_ms"] is None and row["fct_median_ms"] == pytest.approx(129.5)
 
 
 def test_cpu_row_counts_the_load_in_saturation() -> None:
@@ -139,3 +145,18 @@ def test_parameters_are_checked_in_one_sentence() -> None:
     for bad in (*bad_values, "playout_adjust_s=0"):
         with pytest.raises(ExperimentError):
             exp.points(resolve_params(exp, sets=[bad]))
+
+
+def test_a_call_without_its_senders_count_is_judged_against_its_length() -> None:
+    """20 ms packets: an 8 s call holds 400. A missing or zero count ("no receiver asked")
+    read 0 % loss beside a MOS of 1."""
+    assert workload.sent_counts([390, 0], 2, 8.0) == [390, 400]
+    assert workload.sent_counts(None, 2, 8.0) == [400, 400]
+
+
+def test_jain_is_over_every_connection_asked_for() -> None:
+    """3 of 4 connections opened, equal: Jain's index 0.75, not 1.0."""
+    flows = workload.bulk_flows([100, 100, 100], 4, 30.0)
+    assert [f["outcome"] for f in flows] == ["ok", "ok", "ok", "nothing carried"]
+    assert [f["goodput_mbps"] for f in flows] == [10.0, 10.0, 10.0, 0.0]
+    assert jain_index([f["goodput_mbps"] for f in flows]) == pytest.approx(0.75)
