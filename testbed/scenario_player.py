@@ -148,7 +148,7 @@ def restore(
         parts: list[Callable[[], None]] = [
             partial(shaper.set_profile, side, prof)
             for side, prof in (("up", state.up), ("down", state.down))
-            if shaper.profiles[SIDES[side]] != prof
+            if shaper.profiles[SIDES[side]] != prof or SIDES[side] in shaper.unsure
         ]
         if shaper.blackholed != state.blackholed:
             parts.append(partial(shaper.blackhole, state.blackholed))

@@ -45,6 +45,10 @@ class ShapingError(RuntimeFailure):
     """A shaping backend could not be set up or refused a setting."""
 
 
+class ShaperUnanswered(ShapingError):
+    """The shaper did not answer a setting: whether it applied it is unknown."""
+
+
 @dataclass(frozen=True)
 class NetemProbe:
     available: bool
@@ -190,6 +194,8 @@ class LinkShaper(ABC):
         self.intf_b = intf_b  # M's veth towards B
         self.profiles: dict[str, LinkProfile] = {"ab": LinkProfile(), "ba": LinkProfile()}
         self.blackholed = False
+        # directions whose last setting went unanswered: the shaper may hold it or not
+        self.unsure: set[str] = set()
 
     @abstractmethod
     def start(self) -> None: ...
@@ -218,11 +224,15 @@ class LinkShaper(ABC):
         old, self.profiles[direction] = self.profiles[direction], prof
         try:
             self._apply(direction)
-        except (ShapingError, UserError, OSError):  # a trace file that cannot be used, or
-            # qtwire unreachable: whether it took the setting is unknown, the record keeps the
-            # one it had
+        except (ShapingError, UserError, OSError) as exc:  # a trace file that cannot be used,
+            # or qtwire unreachable: the record keeps the one it had, and a setting it may have
+            # applied all the same (sent, not answered) is marked unsure, so that a restore
+            # sends the record again rather than trust it (found by a review)
             self.profiles[direction] = old
+            if isinstance(exc, ShaperUnanswered | OSError):
+                self.unsure.add(direction)
             raise
+        self.unsure.discard(direction)
 
     def blackhole(self, on: bool = True) -> None:
         """Silently drop everything in both directions while the link stays up."""
@@ -322,7 +332,7 @@ class WireShaper(LinkShaper):
                     chunks.append(chunk)
         except OSError as exc:
             what = "did not answer within 3 s" if isinstance(exc, TimeoutError) else exc.strerror
-            raise ShapingError(
+            raise ShaperUnanswered(
                 f"qtwire on {self.middle.name} {what or exc}: the link's setting is unknown; "
                 "see the lab's log, or restart the lab"
             ) from exc

@@ -23,7 +23,7 @@ from testbed.scenario import (
     shipped_scenarios,
 )
 from testbed.scenario_player import PlayReport, check, play
-from testbed.shaping import LinkShaper
+from testbed.shaping import LinkShaper, ShaperUnanswered
 from tunnel.user_error import UsageError
 
 SOURCE = "test.toml"
@@ -410,6 +410,7 @@ class FakeShaper(LinkShaper):
         self.name = name
         self.profiles = {"ab": initial, "ba": initial}
         self.fail_on: str | None = None
+        self.failure: type[Exception] = RuntimeError
 
     def start(self) -> None: ...
 
@@ -420,7 +421,7 @@ class FakeShaper(LinkShaper):
             f"{self.name} {direction} {self.profiles[direction].rate_mbit:g} bh={self.blackholed}"
         )
         if self.fail_on and self.fail_on in line:
-            raise RuntimeError(f"refused {line}")
+            raise self.failure(f"refused {line}")
         self.log.append(line)
 
 
@@ -516,6 +517,21 @@ def test_play_restores_the_links_when_a_step_fails_midway() -> None:
     assert lab.log[-4:] == [
         "wifi ab 50 bh=False", "wifi ba 50 bh=False", "wifi carrier up", "5g ab 100 bh=False"
     ]  # fmt: skip
+
+
+def test_a_setting_the_shaper_did_not_answer_is_sent_again_at_the_restore() -> None:
+    """A step's setting sent to qtwire that went unanswered (3 s timeout) may be in force or
+    not; the record kept the old one, equal to what the restore wanted, so the restore sent
+    nothing and the step's rate could stay after the run said it restored the link."""
+    lab, clock = FakeLab(), FakeClock()
+    lab.shapers["5g"].fail_on = "5g ab 7"
+    lab.shapers["5g"].failure = ShaperUnanswered
+    text = 'duration_s = 3\n[[change]]\nat_s = 1\naccess = "5g"\nrate_mbit = 7\n'
+    with pytest.raises(ShaperUnanswered):
+        play(lab, parse(text), origin=100.0, clock=clock, sleep=clock.sleep)
+    assert lab.shapers["5g"].profiles["ab"] == profile("5g")
+    assert lab.log[-1].startswith("5g ab 100 ")  # sent again
+    assert lab.shapers["5g"].unsure == set()
 
 
 def test_play_restores_the_links_when_interrupted() -> None:
