@@ -658,3 +658,25 @@ def test_a_headers_frame_that_never_ends_is_refused_past_16_kib() -> None:
         (stream, H3ErrorCode.H3_EXCESSIVE_LOAD)
     ]
     assert server.is_open and server.closed is None
+
+
+def test_trailers_with_the_fin_end_the_tunnel_and_a_cut_capsule_is_malformed() -> None:
+    """RFC 9114 §4.1 lets a request end with trailers; aioquic reports the FIN on the HEADERS
+    event, which both sides dropped: the tunnel stayed open (RFC 9484 §3: it ends with the
+    stream) and a capsule the FIN cut went unnoticed (RFC 9297 §3.3: malformed)."""
+    net, path = connect()
+    client, server = opened(net, path)
+    path.client.tunnel = H3Only(client.h3)
+    client.h3.send_headers(0, [(b"x-done", b"1")], end_stream=True)
+    net.run(0.5)
+    assert events(path.server, TunnelClosed) == [
+        TunnelClosed(None, "the peer ended the request stream", True)
+    ]
+    net, path = connect()
+    client, server = opened(net, path)
+    path.client.tunnel = H3Only(client.h3)
+    client.h3.send_data(0, bytes([0x01, 0x07, 0x01, 0x04]), end_stream=False)  # cut short
+    client.h3.send_headers(0, [(b"x-done", b"1")], end_stream=True)
+    net.run(0.5)
+    (closed,) = events(path.server, TunnelClosed)
+    assert closed.error_code == H3ErrorCode.H3_MESSAGE_ERROR and not server.is_open

@@ -128,6 +128,8 @@ def test_a_spoofed_source_is_dropped_by_the_connect_ip_session(lab_certs: FilePa
     (connection,) = core.client_status()["connections"]
     # RFC 9484 §11: the source lies in no prefix the proxy assigned
     assert connection["counters"]["masque_drops_spoofed_source"] == 1
+    # the H3 layer's aborts for an over-large frame are in the status too (the README names it)
+    assert connection["counters"]["masque_h3_excessive"] == 0
 
 
 def test_a_link_down_moves_the_one_connection_to_the_other_access(lab_certs: FilePath) -> None:

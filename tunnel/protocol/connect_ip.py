@@ -477,6 +477,13 @@ class _ConnectIpEndpoint:
 
     # -- capsules ----------------------------------------------------------------------------
 
+    def _trailers(self, event: HeadersReceived) -> list[ConnectIpEvent]:
+        """Trailers on the tunnel's stream (RFC 9114 §4.1): nothing to act on, but a FIN with
+        them ends the stream as one after DATA does (RFC 9484 §3: the tunnel ends with it),
+        and a capsule it cuts is malformed (RFC 9297 §3.3). aioquic reports that FIN on the
+        HEADERS event, which was dropped: the tunnel stayed open (a review)."""
+        return self._receive_capsule_data(b"", True) if event.stream_ended else []
+
     def _receive_capsule_data(self, data: bytes, ended: bool) -> list[ConnectIpEvent]:
         if self.closed is not None:
             return []
@@ -717,6 +724,8 @@ class ConnectIpClient(_ConnectIpEndpoint):
         return []
 
     def _receive_headers(self, event: HeadersReceived) -> list[ConnectIpEvent]:
+        if event.stream_id == self.stream_id and self.is_open:
+            return self._trailers(event)
         if event.stream_id != self.stream_id or self.is_open or self.closed is not None:
             return []
         headers = dict(event.headers)
@@ -792,7 +801,7 @@ class ConnectIpServer(_ConnectIpEndpoint):
 
     def _receive_headers(self, event: HeadersReceived) -> list[ConnectIpEvent]:
         if event.stream_id == self.stream_id:
-            return []  # trailers on our tunnel's stream: nothing to do
+            return self._trailers(event)
         if not stream_send_open(self._quic, event.stream_id):
             return []  # the client's STOP_SENDING came first: no one to answer (RFC 9000 §3.5)
         if self._h3.received_settings is None:

@@ -97,7 +97,7 @@ class MasqueCounters(TunnelCounters):
         flat["packets_in"] += session.packets_in
         flat["bytes_in"] += session.bytes_in
         for name, count in session.as_dict().items():
-            if name.startswith("drops_") or name == "capsules_skipped":
+            if name.startswith("drops_") or name in ("capsules_skipped", "h3_excessive"):
                 flat[f"masque_{name}"] = count
         return flat
 
