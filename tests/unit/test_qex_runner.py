@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -449,15 +450,7 @@ def test_a_sitting_holds_its_run_directory_and_says_it_is_not_finished(tmp_path:
             run_experiment(exp, resolve_params(exp), resume=first, root=tmp_path, progress=False)
         return inner(ctx, point)
 
-    watched = Experiment(
-        name=exp.name,
-        defaults=exp.defaults,
-        quick=exp.quick,
-        tables=exp.tables,
-        key_columns=exp.key_columns,
-        points=exp.points,
-        run_point=run_point,
-    )
+    watched = dataclasses.replace(exp, run_point=run_point)
     run_experiment(watched, resolve_params(watched, runs=3), resume=first, progress=False)
     assert seen and all(finished is None for finished in seen)
     assert json.loads((first / "meta.json").read_text())["finished"] is not None
