@@ -378,22 +378,7 @@ class UdpEndpoint:
         if self.gso and len(items) > 1:
             self._send_segmented(items)
             return
-        sendto = self.sock.sendto
-        sent = 0
-        sent_bytes = 0
-        for index, (data, addr) in enumerate(items):
-            try:
-                sendto(data, addr)
-            except BlockingIOError:
-                self._queue(items[index:])
-                break
-            except OSError:
-                self.stats.send_dropped += 1
-                continue
-            sent += 1
-            sent_bytes += len(data)
-        self.stats.datagrams_sent += sent
-        self.stats.bytes_sent += sent_bytes
+        self._send_each(items, 0, len(items))
 
     def _send_segmented(self, items: list[Datagram]) -> None:
         # A run: consecutive datagrams to the same address, all of the first one's size except
@@ -453,20 +438,27 @@ class UdpEndpoint:
             index = end
 
     def _send_each(self, items: list[Datagram], index: int, end: int) -> bool:
-        """items[index:end] one sendto each; True if the socket filled (the rest queued)."""
+        """items[index:end] one sendto each; True if the socket filled (it and the rest of
+        `items` queued)."""
+        sendto = self.sock.sendto
+        sent = sent_bytes = 0
+        filled = False
         for at in range(index, end):
             data, addr = items[at]
             try:
-                self.sock.sendto(data, addr)
+                sendto(data, addr)
             except BlockingIOError:
                 self._queue(items[at:])
-                return True
+                filled = True
+                break
             except OSError:
                 self.stats.send_dropped += 1
                 continue
-            self.stats.datagrams_sent += 1
-            self.stats.bytes_sent += len(data)
-        return False
+            sent += 1
+            sent_bytes += len(data)
+        self.stats.datagrams_sent += sent
+        self.stats.bytes_sent += sent_bytes
+        return filled
 
     def _queue(self, datagrams: Iterable[Datagram]) -> None:
         for item in datagrams:
