@@ -46,6 +46,7 @@ from tunnel.protocol.connection import (
     TunnelEvent,
 )
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, TunnelQuicConnection
+from tunnel.protocol.stateless_reset import build_reset
 from tunnel.session.table import JoinError, SessionTable
 from tunnel.wire.datagram import PAYLOAD_ETHERTYPE
 from tunnel.wire.messages import AccessId, AccessSignal
@@ -347,6 +348,11 @@ class World:
         self.tun: list[bytes] = []  # packets the agent wrote into the TUN
         self.bind_fails: set[str] = set()  # accesses whose sockets cannot be made
         self.probes_sent: list[tuple[float, str]] = []  # (time, access) of each ProbeAccess
+        # the restarted concentrator answers a packet of a connection it lost with a stateless
+        # reset (RFC 9000 §10.3), as ours does: it derives the token from its TLS key, here the
+        # one the client holds (tests/unit/test_stateless_reset.py checks the derivation)
+        self.resets = False
+        self._random = random.Random(0)
         alpn = MODE_ALPNS[config.mode]
         self._client_config, server_config = make_configs(
             list(alpn), list(server_alpn), max_datagram_size=MAX_DATAGRAM_SIZE
@@ -553,6 +559,14 @@ class World:
                 self.server.quic_event(conn, via.name, event, self.now)
         return did
 
+    def _reset(self, conn: Conn, socket: tuple[str, int], trigger_size: int) -> None:
+        token = conn.client._peer_cid.stateless_reset_token
+        if not self.resets or not token:
+            return
+        reset = build_reset(token, trigger_size, self._random.randbytes)
+        if reset is not None:
+            self._by_ip[socket[0]].down.send(reset, (conn, socket), self.now)
+
     def _client_event(self, conn: Conn, event: QuicEvent) -> None:
         self.agent.quic_event(conn.path, event, self.now)
 
@@ -567,6 +581,7 @@ class World:
             for access in self.accesses.values():
                 for data, (conn, socket) in access.up.due(now):
                     if conn.server_gone:
+                        self._reset(conn, socket, len(data))
                         continue
                     conn.server.receive_datagram(data, socket, now=now)
                     conn.server_active = busy = True

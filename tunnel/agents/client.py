@@ -131,6 +131,7 @@ from tunnel.protocol.connection import (
 )
 from tunnel.protocol.masque import MasqueConnection, MasqueOpened
 from tunnel.protocol.quic_ext import (
+    STATELESS_RESET_REASON,
     AckState,
     DatagramFatesReady,
     PathMtuFell,
@@ -275,6 +276,8 @@ class Path:
     early_join: bool = False
     # the concentrator answered its handshake (its flight decrypted: ALPN negotiated)
     heard: bool = False
+    # it ended by the concentrator's stateless reset: the concentrator lost it (RFC 9000 §10.3)
+    reset: bool = False
 
     @property
     def name(self) -> str:
@@ -590,6 +593,15 @@ class _TunnelMode:
             lived = now - path.established_at
             if lived >= STABLE_AFTER:
                 self.backoff.reset()
+            if path.reset:
+                # The concentrator lost the connection (restarted): the silence before its
+                # reset was the concentrator's, not the accesses'. The verdicts made in it
+                # (every access dead while it was down) are forgotten, and the reconnect takes
+                # the preferred access as at start; kept, the reconnect went to the access it
+                # ran on last and the preferred one waited for its backed-off probe (3.2 s in
+                # the namespace test).
+                self.failed.clear()
+                self._revive_accesses(now)
             delay = self.backoff.next()
             log.warning(
                 "connection lost access=%s reason=%r lived=%.1fs retry_in=%.2fs",
@@ -1631,6 +1643,7 @@ class ClientAgent:
                 )
             elif path.state is PathState.UP:
                 reason = tunnel.close_reason or event.reason_phrase
+                path.reset = event.reason_phrase == STATELESS_RESET_REASON
             else:
                 reason = f"connection closed: {tunnel.close_reason or event.reason_phrase}"
             self._end(path, reason, now)
