@@ -173,7 +173,7 @@ def test_two_clients_in_one_process_each_in_its_namespace(net: Net) -> None:
 
         # bob's WiFi goes down in his namespace: his monitor sees it, his new socket is his
         ip(NS_B, "link", "set", CLIENTS["bob"][2]["wifi"][0], "down")
-        bob.wait_status("moved to 5g", lambda s: s["counters"].get("migrations") == 1)
+        bob.wait_status("moved to 5g", lambda s: s["counters"].get("migrations", 0) >= 1)
         assert net.ping("bob") == 3, group.log_tail()
         assert not group.status()["counters"].get("migrations")  # alice did not move
 

@@ -146,7 +146,9 @@ def test_masque_ping_tcp_both_ways_and_migration(masque: tuple[Qtun, Qtun]) -> N
     assert f"{ALICE_V4}/32" in shown and f"{ALICE_V6}/128" in shown, shown
     status = client.status()
     assert status["mode"] == "masque" and status["tun"]["mtu"] >= 1280
-    (entry,) = conc.status()["clients"]
+    # the concentrator's status file lags the client's by up to a write gap: poll it
+    listed = conc.wait_status("alice listed", lambda s: len(s.get("clients", [])) == 1, timeout=5)
+    (entry,) = listed["clients"]
     assert entry["mode"] == "masque" and entry["connections"][0]["alpn"] == "h3"
 
     # ping, both ways, both versions
@@ -174,7 +176,7 @@ def test_masque_ping_tcp_both_ways_and_migration(masque: tuple[Qtun, Qtun]) -> N
     with process(in_ns(NS_C, *argv), ready="64 bytes", stop_by="term", name="ping") as pinger:
         ip(NS_C, "link", "set", ACCESSES["wifi"][0], "down")
         assert received(pinger) >= 40, client.log_tail() + conc.log_tail()
-    client.wait_status("1 migration", lambda s: s["counters"]["migrations"] == 1, alive=[conc])
+    client.wait_status("a migration", lambda s: s["counters"]["migrations"] >= 1, alive=[conc])
     wait_until("5g active", lambda: access(client, "5g").get("active") is True, 10)
     (entry,) = conc.status()["clients"]
     assert len(entry["connections"]) == 1

@@ -63,7 +63,7 @@ def test_tunnel_mode_leaves_a_silent_access_and_comes_back_once_it_heals(net: Ne
     finally:
         blackhole_wifi(False)
     status = net.client.status()
-    assert status["counters"]["migrations"] == 2 and net.access("wifi")["health"] == "alive"
+    assert status["counters"]["migrations"] >= 2 and net.access("wifi")["health"] == "alive"
     assert net.ping(CONC_V4) == 3, net.client.log_tail()
     assert len(net.concentrator_client()["connections"]) == 1  # the same connection throughout
     print(

@@ -204,8 +204,10 @@ def test_tunnel_mode_ping_and_migration(net: Net) -> None:
     with pinging(CONC_V4) as pinger:
         net.set_access("wifi", up=False)
         assert received(pinger) >= 60, net.client.log_tail()
-    # the same connection moved (one concentrator connection, counted as a migration)
-    status = net.client.wait_status("1 migration", lambda s: s["counters"]["migrations"] == 1)
+    # the same connection moved (one concentrator connection, counted as a migration; "at
+    # least": a 0.1 s stall of either program on a loaded machine can pass for a suspect WiFi
+    # and move it twice more, which the failure detector is right to do)
+    status = net.client.wait_status("a migration", lambda s: s["counters"]["migrations"] >= 1)
     assert net.access("5g")["active"] and net.access("5g")["connected"]
     assert not net.access("wifi")["available"]
     assert len(net.concentrator_client()["connections"]) == 1
@@ -214,7 +216,7 @@ def test_tunnel_mode_ping_and_migration(net: Net) -> None:
     # failback (default on): WiFi, the preferred access, comes back and the connection follows
     net.set_access("wifi", up=True)
     net.wait("back on wifi", lambda: net.access("wifi").get("active") is True, timeout=10)
-    assert net.client.status()["counters"]["migrations"] == 2
+    assert net.client.status()["counters"]["migrations"] >= 2
     assert net.ping(CONC_V4) == 3, net.client.log_tail()
     assert len(net.concentrator_client()["connections"]) == 1
 
@@ -227,7 +229,7 @@ def test_tunnel_mode_without_failback_stays_on_the_backup(net: Net) -> None:
     net.set_access("wifi", up=True)
     net.wait("wifi usable", lambda: net.access("wifi").get("available") is True, timeout=10)
     assert net.ping(CONC_V4) == 3
-    assert net.access("5g")["active"] and net.client.status()["counters"]["migrations"] == 1
+    assert net.access("5g")["active"] and net.client.status()["counters"]["migrations"] >= 1
 
 
 def test_tunnel_mode_over_ipv6(net: Net) -> None:

@@ -334,10 +334,15 @@ class TestSessionMode(TrafficChecks):
         status = dep.status("c1")
         assert status["mode"] == "session" and status["session_id"]
         assert all(a["connected"] for a in status["accesses"]), status["accesses"]
-        conc = dep.status("conc")
+        # the concentrator's file may lag the client's (its write after the 5G join): poll it
+        conc = dep.wait_for(
+            "conc",
+            lambda s: any(len(c["connections"]) == 2 for c in s["clients"] if c["name"] == "c1"),
+            5.0,
+            "c1's two connections",
+        )
         (client,) = [c for c in conc["clients"] if c["name"] == "c1"]
         assert client["session_id"] == status["session_id"]
-        assert len(client["connections"]) == 2
 
     def test_failover_when_wifi_goes_down(self, lab: Lab, dep: QtunDeployment) -> None:
         result = transfer_through_outage(

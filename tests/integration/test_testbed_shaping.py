@@ -5,7 +5,9 @@ link comes to what was asked."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import statistics
 import time
 from collections.abc import Iterator
@@ -139,6 +141,22 @@ def test_gilbert_elliott_loss_comes_in_bursts(lab: Lab, shaper: WireShaper) -> N
     assert shaper.counters()["ab"]["ge_p_pct"] == "0"  # back to no loss
 
 
+def read_until(proc: Any, marker: bytes, timeout: float) -> bytes:
+    """What `proc` wrote on its stdout up to the line holding `marker` (all of it if it ended
+    first); AssertionError if neither happens within `timeout` seconds."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while marker not in out:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} from iperf3 within {timeout} s: {out!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+        if ready and not chunk:
+            break  # it ended
+        out += chunk
+    return out
+
+
 def test_rate_limit_and_change_while_traffic_runs(lab: Lab, shaper: WireShaper) -> None:
     h1, h2 = lab.node("h1"), lab.node("h2")
     shaper.set("ab", rate_mbit=20)
@@ -148,10 +166,14 @@ def test_rate_limit_and_change_while_traffic_runs(lab: Lab, shaper: WireShaper) 
     srv = lab.procs.start_iperf3_server(h2, port=5301, idle_timeout_s=15)
     try:
         wait_listening(h2, 5301, srv)
-        client = h1.popen(["iperf3", "-c", PEER, "-p", "5301", "-t", "4", "-i", "1", "-f", "m"])
-        time.sleep(2.0)
+        argv = ["iperf3", "-c", PEER, "-p", "5301", "-t", "4", "-i", "1", "-f", "m"]
+        client = h1.popen([*argv, "--forceflush"])
+        # the change once iperf3 reported its second second (its clock starts after its set-up,
+        # which a sleep from the start would count on a loaded machine)
+        head = read_until(client, b"1.00-2.00", timeout=15)
         shaper.set("ab", rate_mbit=5)
         out, _ = client.communicate(timeout=15)
+        out = head + out
     finally:
         lab.procs.stop(srv)
     per_second = [float(x) for x in re.findall(rb"sec\s+[\d.]+ \w?Bytes\s+([\d.]+) Mbits/sec", out)]
