@@ -45,7 +45,9 @@ What it decides (README "Running the tunnel", the client):
   PATH_CHALLENGEs while its link is up until it answers; the access moved onto starts with a
   fresh verdict. Without failure detection (`limits.failure_detection = false`) nothing probes:
   an access the liveness probe declared dead while its link stayed up is tried again only when
-  its link changes or every access failed.
+  its link changes or every access failed. A connection the concentrator ends with a
+  stateless reset (it lost the connection: RFC 9000 §10.3) takes the verdicts of the silence
+  before it along: the next one starts on the preferred access, as at start.
 - session mode (tunnel-session draft §4.1, `_SessionMode`): one connection per access; the
   first to complete its handshake sends New Session, the others Join Session with the Session
   ID, one at a time; a connection that comes back rejoins; a rejoin refused with
