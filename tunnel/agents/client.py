@@ -602,7 +602,6 @@ class _TunnelMode:
                 # the preferred access as at start; kept, the reconnect went to the access it
                 # ran on last and the preferred one waited for its backed-off probe (3.2 s in
                 # the namespace test).
-                self.failed.clear()
                 self._revive_accesses(now)
             delay = self.backoff.next()
             log.warning(
