@@ -32,7 +32,8 @@
  *      held to the latest delay drawn so far, so a busy link sits near delay + jitter with
  *      little spread (netem with a rate does the same; README "Link impairment without netem").
  * "down" drops everything: what arrives, and what the rate queue and the delay line hold when
- * it is set (a real link's dead radio delivers nothing it still had queued).
+ * it is set (a real link's dead radio delivers nothing it still had queued). A frame due while
+ * an interface is set down (a carrier loss, testbed/lab.py access_down) counts as drop_down too.
  * A "set" is all or nothing: every key is checked (a trace file read) before any is applied.
  * Frames are timed on CLOCK_MONOTONIC with a timerfd armed for the earliest departure, so the
  * added delay is accurate to tens of microseconds, not to a scheduler tick.
@@ -388,6 +389,17 @@ static void flush(struct direction *d) {
     d->head_done_ns = 0;
 }
 
+/* Count one send's outcome. A send the kernel refuses with ENETDOWN went to an interface set
+ * down: the lab took the link's carrier away (testbed/lab.py access_down sets both of this
+ * middle's veth ends down), and the frame is lost to the dead link as those "down" drops are,
+ * not by a fault of the shaper's; counting it in tx_err flagged every frame in flight at a
+ * link-down as if the machine had been too busy (experiments/shaper_meter.py). */
+static void count_send(struct direction *d, ssize_t sent, uint32_t len, int err) {
+    if (sent == (ssize_t)len) d->tx++;
+    else if (sent < 0 && err == ENETDOWN) d->drop_down++;
+    else d->tx_err++;
+}
+
 static void deliver_due(struct direction *d, uint64_t now) {
     serve_queue(d, now);
     while (d->heap_len && d->heap[0]->due_ns <= now) {
@@ -397,8 +409,8 @@ static void deliver_due(struct direction *d, uint64_t now) {
         if (late > d->late_max_ns) d->late_max_ns = late;
         d->late_sum_ns += late;
         d->late_n++;
-        if (send(d->tx_fd, p->data, p->len, MSG_DONTWAIT) == (ssize_t)p->len) d->tx++;
-        else d->tx_err++;
+        ssize_t sent = send(d->tx_fd, p->data, p->len, MSG_DONTWAIT);
+        count_send(d, sent, p->len, sent < 0 ? errno : 0);
         free(p);
     }
 }

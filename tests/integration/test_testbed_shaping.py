@@ -274,6 +274,33 @@ def test_link_down_is_a_carrier_loss_and_up_restores(lab: Lab, shaper: WireShape
     assert len(re.findall(r"time=", out)) >= 2
 
 
+def test_frames_in_flight_at_a_link_down_are_the_links_drops_not_shaper_faults(
+    lab: Lab, shaper: WireShaper
+) -> None:
+    """Pings held in a 1 s delay line when the carrier goes: qtwire's sends into the downed
+    interface count as the link's drops, and the measurement around it reports no fault of the
+    shaper (every link-down point was flagged as a busy machine when they counted as faults)."""
+    h1 = lab.node("h1")
+    shaper.set("ab", delay_ms=1000)
+    before = shaper.counters()["ab"]
+    meter = ShaperMeter({"shaper_wlink": shaper})
+    meter.start()
+    h1.cmd(f"ping -n -c 5 -i 0.02 -W 1 {PEER} > /dev/null 2>&1 &")
+    wait_until(
+        "5 echo requests held in the delay line",
+        lambda: int(shaper.counters()["ab"]["rx"]) - int(before["rx"]) >= 5,
+    )
+    lab.access_down("link")
+
+    def drops() -> int:
+        return int(shaper.counters()["ab"]["drop_down"]) - int(before["drop_down"])
+
+    wait_until("the held frames' drops", lambda: drops() >= 5)
+    meter.stop()
+    assert int(shaper.counters()["ab"]["tx_err"]) == int(before["tx_err"])
+    assert meter.columns()["shaper_faults"] == 0
+
+
 def test_verify_link_accepts_a_faithful_link(lab: Lab, shaper: WireShaper) -> None:
     shaper.set("both", delay_ms=5, rate_mbit=30)
     rows = verify_link(lab, "wlink", loss_burst=200)

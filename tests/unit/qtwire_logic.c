@@ -240,6 +240,20 @@ static void window(void) {
     printf("window_again %s\n", mine ? mine + 2 : reply);
 }
 
+/* What each send's outcome counts as: sent whole, refused because the interface is down (the
+ * lab took the carrier away), or refused otherwise (the shaper's own fault). */
+static void send_outcomes(void) {
+    struct direction d;
+    init(&d);
+    count_send(&d, FRAME, FRAME, 0);
+    count_send(&d, -1, FRAME, ENETDOWN);
+    count_send(&d, -1, FRAME, ENETDOWN);
+    count_send(&d, -1, FRAME, ENOBUFS);
+    count_send(&d, 100, FRAME, 0);
+    printf("send_outcomes tx=%llu drop_down=%llu tx_err=%llu\n", (unsigned long long)d.tx,
+           (unsigned long long)d.drop_down, (unsigned long long)d.tx_err);
+}
+
 /* Values the Python side never sends but a raw control line could: refused, not wrapped. */
 static void bad_values(const char *spaced_trace) {
     struct direction d;
@@ -266,6 +280,7 @@ int main(int argc, char **argv) {
     blackhole();
     all_or_nothing(argv[1], argv[2]);
     window();
+    send_outcomes();
     bad_values(argv[3]);
     return 0;
 }

@@ -110,6 +110,15 @@ def test_stats_say_how_late_frames_left_and_what_the_shaper_lost(
     assert (again["late_max_us"], again["departures"]) == ("0.0", "0")
 
 
+def test_a_send_into_a_downed_interface_is_the_links_drop_not_a_fault(
+    scenarios: dict[str, dict[str, str]],
+) -> None:
+    """A frame due after the lab took the carrier away (access_down sets the middle's veths
+    down) is refused with ENETDOWN: lost to the dead link like "down"'s drops, so a link-down
+    point is not flagged as a busy machine; any other refusal, or a short send, stays a fault."""
+    assert scenarios["send_outcomes"] == {"tx": "1", "drop_down": "2", "tx_err": "2"}
+
+
 def test_values_no_profile_sends_are_refused_not_wrapped(
     scenarios: dict[str, dict[str, str]],
 ) -> None:
