@@ -398,3 +398,18 @@ def test_a_failover_run_of_no_point_is_refused(sets: list[str]) -> None:
     with pytest.raises(ExperimentError, match="empty: the failover run would measure nothing") as e:
         some_points(exp, resolve_params(exp, quick=True, sets=sets))
     assert sets[0].split("=")[0] in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("out", "received"),
+    [
+        ("1 packets transmitted, 1 received, 0% packet loss, time 0ms", 1),
+        # WireGuard's handshake retried after 5 s: the held echo requests answered together
+        # (a link-down run's ready check, 2026-12-06, failed on "2 received")
+        ("26 packets transmitted, 2 received, 92.3077% packet loss, time 5098ms", 2),
+        ("60 packets transmitted, 0 received, 100% packet loss, time 11990ms", 0),
+        ("ping: connect: Network is unreachable", 0),
+    ],
+)
+def test_a_baselines_ready_check_counts_every_reply(out: str, received: int) -> None:
+    assert variants.ping_received(out) == received
