@@ -55,7 +55,9 @@ CPU_COLUMNS = (
 #   shaper_faults       frames a qtwire lost that no setting asked for (a send refused, its
 #                       hard cap, its socket's kernel buffer overflowing); > 0 flags the point
 #                       as the CPU does (analysis: the link was not the one configured)
-SHAPER_COLUMNS = ("shaper_late_max_ms", "shaper_faults")
+#   shaper_fault_counters  which of qtwire's counters hold those faults, "shaper/direction/
+#                       counter=n" space-separated ("" for none; runs before 2026-12-07 lack it)
+SHAPER_COLUMNS = ("shaper_late_max_ms", "shaper_faults", "shaper_fault_counters")
 
 
 def tables(*written: Table) -> dict[str, list[str]]:

@@ -12,7 +12,8 @@ netem"). The netem backend has no such process: the columns stay empty.
     meter.start()   # a new lateness window; the faults so far
     ...             # the flow
     meter.stop()    # the window's lateness; the faults since start()
-    meter.columns() # {"shaper_late_max_ms": 0.4, "shaper_faults": 0}
+    meter.columns() # {"shaper_late_max_ms": 0.4, "shaper_faults": 1,
+                    #  "shaper_fault_counters": "shaper_wifi/down/tx_err=1"}
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class ShaperMeter:
         self._faults_at_start: dict[str, float] = {}
         self.late_max_ms: float | None = None
         self.faults: int | None = None
+        # which counters the faults are in ("shaper/direction/counter=n", space-separated; ""
+        # for none): a fault on a send (tx_err), at the cap or in the kernel's socket buffer
+        # has a different cause, and the sum alone does not say which
+        self.fault_counters: str | None = None
 
     def _read(self) -> dict[str, dict[str, dict[str, float]]] | None:
         """Every shaper's window (None if one cannot be asked: the columns stay empty rather
@@ -45,7 +50,7 @@ class ShaperMeter:
 
     def start(self) -> None:
         read = self._read()
-        self._faults_at_start = _faults(read) if read is not None else {}
+        self._faults_at_start = fault_counts(read) if read is not None else {}
 
     def stop(self) -> None:
         read = self._read()
@@ -55,15 +60,27 @@ class ShaperMeter:
             (d["late_max_us"] / 1000 for window in read.values() for d in window.values()),
             default=None,
         )
-        now = _faults(read)
-        self.faults = int(sum(now[k] - self._faults_at_start.get(k, 0.0) for k in now))
+        self.faults, self.fault_counters = fault_change(self._faults_at_start, fault_counts(read))
 
     def columns(self) -> dict[str, Any]:
         """schemas.SHAPER_COLUMNS of a row."""
-        return {"shaper_late_max_ms": self.late_max_ms, "shaper_faults": self.faults}
+        return {
+            "shaper_late_max_ms": self.late_max_ms,
+            "shaper_faults": self.faults,
+            "shaper_fault_counters": self.fault_counters,
+        }
 
 
-def _faults(read: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+def fault_change(start: dict[str, float], now: dict[str, float]) -> tuple[int, str]:
+    """The faults between two readings of `fault_counts`: their sum, and the counters that moved
+    ("shaper/direction/counter=n", space-separated, sorted; "" when none did). A counter absent
+    at the start (a shaper that could not be read then) counts from zero."""
+    moved = {key: int(count - start.get(key, 0.0)) for key, count in now.items()}
+    text = " ".join(f"{key}={n}" for key, n in sorted(moved.items()) if n)
+    return sum(moved.values()), text
+
+
+def fault_counts(read: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
     """(shaper, direction, counter) -> count, flattened as text keys."""
     return {
         f"{name}/{direction}/{key}": window.get(key, 0.0)

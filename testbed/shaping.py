@@ -351,7 +351,7 @@ class WireShaper(LinkShaper):
 
     def counters(self) -> dict[str, dict[str, str]]:
         """qtwire's settings and counters per direction (rx, tx, drop_loss, drop_queue, ...)."""
-        return _per_direction(self.control("get"))
+        return per_direction(self.control("get"))
 
     def window(self) -> dict[str, dict[str, float]]:
         """Per direction, since the previous call (which it ends): how late frames left after
@@ -360,11 +360,11 @@ class WireShaper(LinkShaper):
         for). qtwire's "stats"."""
         return {
             direction: {key: float(value) for key, value in fields.items()}
-            for direction, fields in _per_direction(self.control("stats")).items()
+            for direction, fields in per_direction(self.control("stats")).items()
         }
 
 
-def _per_direction(reply: str) -> dict[str, dict[str, str]]:
+def per_direction(reply: str) -> dict[str, dict[str, str]]:
     """qtwire's "ab k=v ... | ba k=v ..." answer as {direction: {key: value}}."""
     out: dict[str, dict[str, str]] = {}
     for part in reply.split("|"):

@@ -28,6 +28,8 @@ from experiments.procstat import (
     saturation,
 )
 from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES, SHAPER_COLUMNS
+from experiments.shaper_meter import fault_change, fault_counts
+from testbed.shaping import per_direction
 
 
 def test_saturation_is_the_busiest_process_at_90_percent_of_a_core() -> None:
@@ -195,3 +197,23 @@ def test_the_meter_reads_each_child_on_its_own() -> None:
     assert {("me", os.getpid()), ("me", child.pid)} <= set(meter.each_first)
     peak, usage = meter.peak()["me"], meter.usage()["me"]
     assert peak is not None and usage is not None and 0 <= peak <= usage
+
+
+def test_the_shaper_columns_say_which_counters_hold_the_faults() -> None:
+    """experiments/shaper_meter.py between two readings of qtwire's "stats" (its own reply
+    text, parsed as the lab parses it): the sum of the three fault counters that moved, and
+    which moved, so a flagged point says whether a send was refused, the cap was hit or the
+    kernel's socket buffer overflowed."""
+    start = "ab late_max_us=0.0 tx_err=2 drop_cap=0 kernel_drops=0 | ba tx_err=0 drop_cap=0"
+    end = "ab late_max_us=9.0 tx_err=3 drop_cap=0 kernel_drops=4 | ba tx_err=0 drop_cap=0"
+
+    def read(reply: str) -> dict[str, float]:
+        window = {d: {k: float(v) for k, v in f.items()} for d, f in per_direction(reply).items()}
+        return fault_counts({"shaper_wifi": window})
+
+    assert fault_change(read(start), read(end)) == (
+        5,
+        "shaper_wifi/ab/kernel_drops=4 shaper_wifi/ab/tx_err=1",
+    )
+    assert fault_change(read(end), read(end)) == (0, "")
+    assert fault_change({}, read(start)) == (2, "shaper_wifi/ab/tx_err=2")
