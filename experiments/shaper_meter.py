@@ -13,7 +13,7 @@ netem"). The netem backend has no such process: the columns stay empty.
     ...             # the flow
     meter.stop()    # the window's lateness; the faults since start()
     meter.columns() # {"shaper_late_max_ms": 0.4, "shaper_faults": 1,
-                    #  "shaper_fault_counters": "shaper_wifi/down/tx_err=1"}
+                    #  "shaper_fault_counters": "shaper_wifi/ab/tx_err=1"}
 """
 
 from __future__ import annotations
