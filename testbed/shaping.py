@@ -351,20 +351,25 @@ class WireShaper(LinkShaper):
 
     def counters(self) -> dict[str, dict[str, str]]:
         """qtwire's settings and counters per direction (rx, tx, drop_loss, drop_queue, ...)."""
-        return per_direction(self.control("get"))
+        return _per_direction(self.control("get"))
 
     def window(self) -> dict[str, dict[str, float]]:
         """Per direction, since the previous call (which it ends): how late frames left after
         their due time (late_max_us, late_mean_us, departures), and the shaper's own faults
         since it started (tx_err, drop_cap, kernel_drops: frames lost that no setting asked
         for). qtwire's "stats"."""
-        return {
-            direction: {key: float(value) for key, value in fields.items()}
-            for direction, fields in per_direction(self.control("stats")).items()
-        }
+        return stats_window(self.control("stats"))
 
 
-def per_direction(reply: str) -> dict[str, dict[str, str]]:
+def stats_window(reply: str) -> dict[str, dict[str, float]]:
+    """qtwire's "stats" answer as WireShaper.window gives it: every value a number."""
+    return {
+        direction: {key: float(value) for key, value in fields.items()}
+        for direction, fields in _per_direction(reply).items()
+    }
+
+
+def _per_direction(reply: str) -> dict[str, dict[str, str]]:
     """qtwire's "ab k=v ... | ba k=v ..." answer as {direction: {key: value}}."""
     out: dict[str, dict[str, str]] = {}
     for part in reply.split("|"):

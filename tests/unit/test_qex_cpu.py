@@ -29,7 +29,7 @@ from experiments.procstat import (
 )
 from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES, SHAPER_COLUMNS
 from experiments.shaper_meter import fault_change, fault_counts
-from testbed.shaping import per_direction
+from testbed.shaping import stats_window
 
 
 def test_saturation_is_the_busiest_process_at_90_percent_of_a_core() -> None:
@@ -208,8 +208,7 @@ def test_the_shaper_columns_say_which_counters_hold_the_faults() -> None:
     end = "ab late_max_us=9.0 tx_err=3 drop_cap=0 kernel_drops=4 | ba tx_err=0 drop_cap=0"
 
     def read(reply: str) -> dict[str, float]:
-        window = {d: {k: float(v) for k, v in f.items()} for d, f in per_direction(reply).items()}
-        return fault_counts({"shaper_wifi": window})
+        return fault_counts({"shaper_wifi": stats_window(reply)})
 
     assert fault_change(read(start), read(end)) == (
         5,
