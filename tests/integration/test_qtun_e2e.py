@@ -281,6 +281,19 @@ class TrafficChecks:
         assert total["packets"] > 1000
         assert total["lost_percent"] < 5
 
+    def test_a_download_fits_without_a_packet_too_big(
+        self, lab: Lab, dep: QtunDeployment, iperf_server: HostProcess
+    ) -> None:
+        """The client's TCP advertises an MSS from its TUN's MTU (its mode's budget); the
+        concentrator's TUN takes packets that large whatever modes it serves, so the server's
+        full-size segments pass without a Packet Too Big that would change its path MTU in
+        the middle of slow start (a 1418-byte concentrator TUN did, for tunnel mode)."""
+        lab.forget_learned_paths()
+        data = iperf3(lab.node("c1"), SERVER[4], "-R", seconds=2)
+        assert float(data["end"]["sum_received"]["bytes"]) > 0
+        assert dep.status("conc")["tun"]["mtu"] >= dep.status("c1")["tun"]["mtu"]
+        assert str(lab.node("srv1").cmd("ip -4 route show cache")).strip() == ""
+
 
 class TestTunnelMode(TrafficChecks):
     @pytest.fixture(scope="class")

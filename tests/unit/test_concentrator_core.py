@@ -916,6 +916,26 @@ def test_a_packet_too_big_for_the_tunnel_gets_frag_needed_or_packet_too_big(
     assert core_lab.status_of("alice")["counters"]["dropped_too_big"] == 1
 
 
+def test_a_session_client_gets_packet_too_big_between_its_budget_and_the_tun_mtu(
+    lab_certs: Path,
+) -> None:
+    """The concentrator's TUN takes tunnel mode's 1422-byte packets (auto_tun_mtu: the largest
+    budget served), so a packet of 1419-1422 bytes for a session client, whose datagrams carry
+    4 bytes of session header, is the agent's to refuse: Packet Too Big with the session's
+    budget, as a router would."""
+    core_lab = lab(lab_certs)
+    (conn,) = session(core_lab)
+    budget = conn.server.max_packet_size()
+    assert budget == 1418
+    big = bytearray(icmp_echo(SERVER, ALICE, 1, size=budget + 4 - 28))  # 1422 bytes in all
+    big[6] |= 0x40  # Don't Fragment
+    assert len(big) == 1422
+    core_lab.from_tun([bytes(big)])
+    (error,) = core_lab.tun
+    assert (error[20], error[21]) == (3, 4) and int.from_bytes(error[26:28], "big") == budget
+    assert core_lab.status_of("alice")["counters"]["packet_too_big_sent"] == 1
+
+
 def test_a_packet_the_tun_refuses_is_counted(lab_certs: Path) -> None:
     core_lab = lab(lab_certs)
     core_lab.tun_accepts = False

@@ -41,12 +41,29 @@ IP_FORWARD_SYSCTLS: Final = {
 }
 
 
+# What each mode's DATAGRAM carries before the packet: nothing in tunnel mode (tunnel draft
+# §5), the Protocol Type and Packet Tag in session mode (-session §4), an HTTP Datagram's
+# Quarter Stream ID and Context ID on a client's first request stream in MASQUE (RFC 9297
+# §2.1, RFC 9484 §6: one byte each).
+MODE_HEADER_SIZE: Final = {
+    TunnelMode.TUNNEL: 0,
+    TunnelMode.SESSION: SESSION_HEADER_SIZE,
+    TunnelMode.MASQUE: 2,
+}
+
+
 def auto_tun_mtu(modes: tuple[TunnelMode, ...]) -> int:
-    """The TUN MTU when `tun.mtu = "auto"`: the largest packet one DATAGRAM frame carries with
-    our MAX_DATAGRAM_SIZE, less the session header when session mode is served (tunnel
-    draft §tunnel mode: one packet per datagram, never fragmented)."""
+    """The TUN MTU when `tun.mtu = "auto"`: the largest packet one DATAGRAM frame of a served
+    mode carries with our MAX_DATAGRAM_SIZE (one packet per datagram, never fragmented).
+
+    The largest, not the smallest: each client's own TUN takes its mode's budget (1422 B in
+    tunnel mode, 1418 B in session mode) and its TCP advertises an MSS from it, so a server
+    sends it packets that large. A concentrator TUN at the smallest budget made the kernel
+    answer every tunnel-mode download's first full-size segments with a Packet Too Big (1418),
+    a path MTU change in the middle of the inner TCP's slow start; a packet above one client's
+    budget is answered by the agent, for that client alone (ConcentratorAgent._packet_too_big)."""
     budget = packet_datagram_budget(MAX_DATAGRAM_SIZE, CONNECTION_ID_LENGTH)
-    return budget - (SESSION_HEADER_SIZE if TunnelMode.SESSION in modes else 0)
+    return budget - min(MODE_HEADER_SIZE[mode] for mode in modes)
 
 
 def read_ip_forward() -> dict[str, bool | None]:
