@@ -269,7 +269,8 @@ class TunConfig:
     mtu: int | None = field(
         default=None,
         metadata=setting(
-            "auto: the largest packet one QUIC datagram carries, found after the handshake",
+            "auto: the largest packet one QUIC datagram carries (a client's, found after the "
+            "handshake; a concentrator's, the largest of its modes')",
             Mtu(576, 65535),
             unit="bytes",
             unset='`"auto"`',
