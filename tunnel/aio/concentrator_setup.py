@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final
 
+from aioquic.buffer import size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 
 from tunnel.agents.concentrator import PeerQuicConnection
@@ -30,6 +31,7 @@ from tunnel.protocol.quic_ext import (
 from tunnel.protocol.stateless_reset import reset_key_from_secret
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
+from tunnel.wire.http_datagram import IP_PACKET_CONTEXT
 from tunnel.wire.modes import ALPN_MASQUE, ALPN_SESSION, ALPN_TUNNEL, MODE_ALPNS, TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
@@ -43,12 +45,12 @@ IP_FORWARD_SYSCTLS: Final = {
 
 # What each mode's DATAGRAM carries before the packet: nothing in tunnel mode (tunnel draft
 # §5), the Protocol Type and Packet Tag in session mode (-session §4), an HTTP Datagram's
-# Quarter Stream ID and Context ID on a client's first request stream in MASQUE (RFC 9297
-# §2.1, RFC 9484 §6: one byte each).
+# Quarter Stream ID and Context ID on a client's first request stream (0) in MASQUE (RFC 9297
+# §2.1, RFC 9484 §6).
 MODE_HEADER_SIZE: Final = {
     TunnelMode.TUNNEL: 0,
     TunnelMode.SESSION: SESSION_HEADER_SIZE,
-    TunnelMode.MASQUE: 2,
+    TunnelMode.MASQUE: size_uint_var(0) + size_uint_var(IP_PACKET_CONTEXT),  # stream 0 / 4
 }
 
 
@@ -61,7 +63,7 @@ def auto_tun_mtu(modes: tuple[TunnelMode, ...]) -> int:
     sends it packets that large. A concentrator TUN at the smallest budget made the kernel
     answer every tunnel-mode download's first full-size segments with a Packet Too Big (1418),
     a path MTU change in the middle of the inner TCP's slow start; a packet above one client's
-    budget is answered by the agent, for that client alone (ConcentratorAgent._packet_too_big)."""
+    budget is answered by the core, for that client alone (ConcentratorCore._packet_too_big)."""
     budget = packet_datagram_budget(MAX_DATAGRAM_SIZE, CONNECTION_ID_LENGTH)
     return budget - min(MODE_HEADER_SIZE[mode] for mode in modes)
 
