@@ -36,6 +36,7 @@ from tunnel.wire.http_datagram import (
     H3Datagram,
     IpProxyingPayload,
     encode_ip_packet,
+    ip_packet_overhead,
 )
 
 KNOWN = frozenset({1, 2, 3})
@@ -306,6 +307,9 @@ def test_h3_datagram_of_section_8() -> None:
     payload = IpProxyingPayload.decode(datagram.payload)
     assert payload == IpProxyingPayload(0, IPV4_PACKET)
     assert payload.is_ip_packet
+    # what the budget subtracts is exactly what the encoding put before the packet
+    assert ip_packet_overhead(44) == len(wire) - len(IPV4_PACKET) == 2
+    assert ip_packet_overhead(64 * 4) == 3  # Quarter Stream ID 64 takes a 2-byte varint
 
 
 def test_h3_datagram_limits() -> None:

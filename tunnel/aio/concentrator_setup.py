@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final
 
-from aioquic.buffer import size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 
 from tunnel.agents.concentrator import PeerQuicConnection
@@ -31,7 +30,7 @@ from tunnel.protocol.quic_ext import (
 from tunnel.protocol.stateless_reset import reset_key_from_secret
 from tunnel.user_error import RuntimeFailure
 from tunnel.wire.datagram import SESSION_HEADER_SIZE
-from tunnel.wire.http_datagram import IP_PACKET_CONTEXT
+from tunnel.wire.http_datagram import ip_packet_overhead
 from tunnel.wire.modes import ALPN_MASQUE, ALPN_SESSION, ALPN_TUNNEL, MODE_ALPNS, TunnelMode
 
 log = logging.getLogger("qtun.concentrator")
@@ -50,7 +49,7 @@ IP_FORWARD_SYSCTLS: Final = {
 MODE_HEADER_SIZE: Final = {
     TunnelMode.TUNNEL: 0,
     TunnelMode.SESSION: SESSION_HEADER_SIZE,
-    TunnelMode.MASQUE: size_uint_var(0) + size_uint_var(IP_PACKET_CONTEXT),  # stream 0 / 4
+    TunnelMode.MASQUE: ip_packet_overhead(0),
 }
 
 

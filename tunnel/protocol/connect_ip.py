@@ -54,7 +54,6 @@ from enum import Enum
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Final, TypeAlias
 
-from aioquic.buffer import size_uint_var
 from aioquic.h3.connection import H3Connection, Setting
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic import events as quic_events
@@ -93,10 +92,10 @@ from tunnel.wire.connect_ip import (
 )
 from tunnel.wire.http_datagram import (
     DATAGRAM_CAPSULE_TYPE,
-    IP_PACKET_CONTEXT,
     MAX_QUARTER_STREAM_ID,
     IpProxyingPayload,
     encode_ip_packet,
+    ip_packet_overhead,
 )
 from tunnel.wire.icmp import IPV6_MIN_MTU
 
@@ -592,8 +591,7 @@ class _ConnectIpEndpoint:
         Stream ID and the Context ID (RFC 9297 §2.1, RFC 9484 §6). 0 without a tunnel."""
         if self.stream_id is None or not self.is_open:
             return 0
-        overhead = size_uint_var(self.stream_id // 4) + size_uint_var(IP_PACKET_CONTEXT)
-        return max(datagram_budget(self._quic) - overhead, 0)
+        return max(datagram_budget(self._quic) - ip_packet_overhead(self.stream_id), 0)
 
     def send_packet(self, packet: bytes) -> SendResult:
         """Queue one IP packet as an HTTP Datagram of Context ID 0 (RFC 9484 §6). Checked for

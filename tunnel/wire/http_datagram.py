@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Final, Self
 
 from aioquic._buffer import Buffer, BufferReadError
-from aioquic.buffer import encode_uint_var
+from aioquic.buffer import encode_uint_var, size_uint_var
 
 from tunnel.wire.capsule import MAX_VARINT, CapsuleError, H3ErrorCode
 
@@ -37,6 +37,12 @@ _IP_PACKET_PREFIX: Final = encode_uint_var(IP_PACKET_CONTEXT)
 
 def _datagram_error(message: str) -> CapsuleError:
     return CapsuleError(message, H3ErrorCode.H3_DATAGRAM_ERROR)
+
+
+def ip_packet_overhead(stream_id: int) -> int:
+    """Bytes an HTTP Datagram puts before a tunnelled IP packet on request stream `stream_id`:
+    its Quarter Stream ID and the Context ID 0 (RFC 9297 §2.1, RFC 9484 §6)."""
+    return size_uint_var(stream_id // 4) + len(_IP_PACKET_PREFIX)
 
 
 def is_request_stream(stream_id: int) -> bool:
