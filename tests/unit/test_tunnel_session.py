@@ -332,38 +332,6 @@ def test_a_configured_reorder_timeout_is_kept_and_an_adaptive_one_follows_the_rt
     assert not off.enabled and not off.adaptive
 
 
-def test_the_reorder_timeout_waits_for_a_reinjection_only_while_another_path_is_open(
-    lab_certs: Path,
-) -> None:
-    """Reinjection re-sends on another path only: with one path left the gap timeout must drop
-    the round trip it waits for a re-send (it held every packet behind each loss ~140 ms at 100
-    ms RTT and released them in one burst; results/README.md, the goodput re-run)."""
-    core_lab, conns, client = build_session(lab_certs, resilience=Resilience(reinjection=True))
-    client.session.reorder = ReorderBuffer.from_setting(None)
-
-    def exchange(first: int) -> list[float]:
-        for n in range(first, first + 10):
-            client.session.send_packet(up(n), core_lab.net.clock.now)
-            core_lab.from_tun([down(100 + n)])
-            drive(core_lab, client, 0.002)
-        drive(core_lab, client, 0.2)
-        return [
-            rtt for c in client.session.connections if not c.closed and (rtt := c.srtt) is not None
-        ]
-
-    both = exchange(0)
-    assert len(both) == 2
-    expected = ReorderBuffer.timeout_from_rtts(both, cover_resend=True)
-    assert client.session.reorder.timeout == pytest.approx(expected, abs=0.005)
-    conns[0].client.close("test closes Wi-Fi")
-    drive(core_lab, client, 0.2)
-    one = exchange(20)
-    assert len(one) == 1
-    expected = ReorderBuffer.timeout_from_rtts(one, cover_resend=False)
-    assert client.session.reorder.timeout == pytest.approx(expected, abs=0.005)
-    assert client.session.reorder.timeout < ReorderBuffer.timeout_from_rtts(one, True) - 0.01
-
-
 # -- what a dead path's queue holds (found by a review of the session data path) --------------
 
 

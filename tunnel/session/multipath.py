@@ -552,6 +552,7 @@ class TunnelSession:
                 self.resilience.resend_deadline, rtts, stranded=True
             )
         if adaptive and rtts:
-            # When a re-send may fill a gap, wait for it (issue 12); not when none can come.
-            cover_resend = self.resilience.may_fill_a_gap(len(rtts))
-            self.reorder.set_timeout(ReorderBuffer.timeout_from_rtts(rtts, cover_resend))
+            # With re-sends on, a gap may be filled by one: wait for it (issue 12).
+            self.reorder.set_timeout(
+                ReorderBuffer.timeout_from_rtts(rtts, cover_resend=self.resilience.tracks)
+            )

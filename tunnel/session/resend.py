@@ -92,15 +92,6 @@ class Resilience:
         """Whether packets in flight must be remembered (a re-send may be needed)."""
         return self.reinjection or self.loss_hiding
 
-    def may_fill_a_gap(self, paths: int) -> bool:
-        """Whether a receiver with `paths` open connections should wait for a re-send before it
-        gives up on a gap (the reorder timeout's `cover_resend`). Loss hiding re-sends on the
-        same path; reinjection only on *another* one, so with a single path nothing will come
-        and waiting a whole RTT more only holds every packet behind each loss — then releases
-        them in one burst (measured in the goodput sweep, results/README.md: session mode lost
-        up to 29 % of a 20 Mbit/s UDP flow at 0.5 % loss and 100 ms that way)."""
-        return self.loss_hiding or (self.reinjection and paths > 1)
-
     @classmethod
     def from_limits(cls, limits: Any) -> Resilience:
         """From a ClientLimits / ConcentratorLimits (tunnel/config.py)."""
