@@ -101,3 +101,14 @@ def test_without_the_switches_nothing_is_remembered() -> None:
         )()
     )
     assert not off.tracks and off.duplicate_up_to == 0  # duplication off: no small copies
+
+
+def test_a_gap_is_worth_waiting_for_only_when_a_resend_can_come() -> None:
+    """Reinjection re-sends on another path only: on a single path the reorder buffer must not
+    hold packets a round trip longer behind every loss (results/README.md, the goodput re-run)."""
+    reinjection = Resilience(reinjection=True)
+    assert reinjection.may_fill_a_gap(several_paths=True)
+    assert not reinjection.may_fill_a_gap(several_paths=False)
+    hiding = Resilience(loss_hiding=True)
+    assert hiding.may_fill_a_gap(several_paths=False) and hiding.may_fill_a_gap(True)
+    assert not Resilience().may_fill_a_gap(several_paths=True)

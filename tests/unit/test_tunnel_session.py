@@ -25,7 +25,7 @@ from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, DatagramFate, TunnelQuic
 from tunnel.session.multipath import STALE_TAG_DISTANCE, TunnelSession
 from tunnel.session.path_health import PathHealth
 from tunnel.session.reorder import PacketTagCounter, ReorderBuffer
-from tunnel.session.resend import Resilience
+from tunnel.session.resend import RESEND_DEADLINE_MAX, Resilience
 from tunnel.session.scheduler import make_scheduler
 from tunnel.wire.errors import ControlErrorCode
 from tunnel.wire.messages import AccessId, AccessSignal
@@ -330,6 +330,48 @@ def test_a_configured_reorder_timeout_is_kept_and_an_adaptive_one_follows_the_rt
     assert client.session.reorder.timeout != 0.3
     off: ReorderBuffer[bytes] = ReorderBuffer.from_setting(0)
     assert not off.enabled and not off.adaptive
+
+
+def test_the_reorder_timeout_waits_for_a_reinjection_only_while_another_path_is_open(
+    lab_certs: Path,
+) -> None:
+    """Reinjection re-sends on another path only: with one path left the gap timeout drops
+    the round trip it waits for a re-send (it held every packet behind each loss ~140 ms at
+    100 ms RTT and released them in one burst; results/README.md, the goodput re-run) — but
+    not before RESEND_DEADLINE_MAX has passed, as packets stranded on the path that went are
+    still re-sent on the one left; and a joining path counts as a second one."""
+    core_lab, conns, client = build_session(lab_certs, resilience=Resilience(reinjection=True))
+    client.session.reorder = ReorderBuffer.from_setting(None)
+    clock = core_lab.net.clock
+
+    def exchange(first: int) -> list[float]:
+        for n in range(first, first + 10):
+            client.session.send_packet(up(n), clock.now)
+            core_lab.from_tun([down(100 + n)])
+            drive(core_lab, client, 0.002)
+        drive(core_lab, client, 0.2)
+        client.session.poll(clock.now)  # refreshes the timeout
+        return [
+            rtt for c in client.session.connections if not c.closed and (rtt := c.srtt) is not None
+        ]
+
+    def timeout() -> float:
+        return client.session.reorder.timeout
+
+    both = exchange(0)
+    assert len(both) == 2
+    assert timeout() == pytest.approx(ReorderBuffer.timeout_from_rtts(both, True), abs=0.005)
+    conns[0].client.close("test closes Wi-Fi")
+    one = exchange(20)
+    assert len(one) == 1  # Wi-Fi is gone, its stranded packets may still come on cellular
+    assert timeout() == pytest.approx(ReorderBuffer.timeout_from_rtts(one, True), abs=0.005)
+    drive(core_lab, client, RESEND_DEADLINE_MAX)
+    one = exchange(40)
+    assert timeout() == pytest.approx(ReorderBuffer.timeout_from_rtts(one, False), abs=0.005)
+    assert timeout() < ReorderBuffer.timeout_from_rtts(one, True) - 0.01
+    client.session.expect_join(True)  # a path joins: the concentrator may send on it
+    client.session.poll(clock.now)
+    assert timeout() == pytest.approx(ReorderBuffer.timeout_from_rtts(one, True), abs=0.005)
 
 
 # -- what a dead path's queue holds (found by a review of the session data path) --------------

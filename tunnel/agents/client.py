@@ -924,7 +924,7 @@ class _SessionMode:
         self._by_tunnel: dict[TunnelConnection, Path] = {}
         # One New/Join Session at a time: the first connection's New Session must be answered
         # before the others can join with its Session ID.
-        self.joining: Path | None = None
+        self._joining: Path | None = None
         self.joining_id: bytes | None = None  # the Session ID it asked to join (None: New)
         # Session datagrams on the joining connection before its answer: the concentrator
         # sends on a connection as soon as it has answered, and the FIN that answers (draft
@@ -932,6 +932,18 @@ class _SessionMode:
         # drop would be for good (held, they go to the session once it is joined).
         self.held_before_join: list[PacketReceived] = []
         self.waiting_to_join: deque[Path] = deque()
+
+    @property
+    def joining(self) -> Path | None:
+        return self._joining
+
+    @joining.setter
+    def joining(self, path: Path | None) -> None:
+        # The session's reorder buffer counts a joining path as one a re-send may come on
+        # (TunnelSession.expect_join): the concentrator sends on it before its answer lands.
+        self._joining = path
+        if self.session is not None:
+            self.session.expect_join(path is not None)
 
     def start(self, now: float) -> None:
         for connector in self.connectors.values():

@@ -139,6 +139,11 @@ class TunnelSession:
         self.counters: Counter[str] = new_counters()
         self._deadline = resend_deadline(self.resilience.resend_deadline, ())
         self._refresh_at = float("-inf")  # _refresh_timeout
+        # Until when a re-send from another path may still come (_refresh_timeout): a path
+        # joining counts already, and one that just went strands packets that the sender
+        # re-sends on the one left, up to RESEND_DEADLINE_MAX after they left.
+        self._joining = False
+        self._several_paths_until = float("-inf")
         self._stranded_deadline = resend_deadline(self.resilience.resend_deadline, (), True)
         # how long a packet is remembered: never longer than any re-send may come
         self._keep = max(RESEND_DEADLINE_MAX, self.resilience.resend_deadline or 0.0)
@@ -164,6 +169,15 @@ class TunnelSession:
             path_id, connection, access_id, weight, sequenced=announced is not False
         )
         return path_id
+
+    def expect_join(self, joining: bool) -> None:
+        """Whether a connection is joining the session (its Join Session sent, not answered):
+        the peer may already send on it (session draft §6.1.3 — it answers, then schedules
+        on it), so a gap may be filled from there and the reorder buffer must wait as for
+        any second path."""
+        if joining != self._joining:
+            self._joining = joining
+            self._refresh_at = float("-inf")
 
     def remove_connection(self, connection: TunnelConnection) -> None:
         member = self._member_of(connection)
@@ -552,7 +566,11 @@ class TunnelSession:
                 self.resilience.resend_deadline, rtts, stranded=True
             )
         if adaptive and rtts:
-            # With re-sends on, a gap may be filled by one: wait for it (issue 12).
-            self.reorder.set_timeout(
-                ReorderBuffer.timeout_from_rtts(rtts, cover_resend=self.resilience.tracks)
+            # When a re-send may fill a gap, wait for it (issue 12); not when none can come.
+            paths = self._joining + sum(
+                not member.connection.closed for member in self._members.values()
             )
+            if paths > 1:
+                self._several_paths_until = now + RESEND_DEADLINE_MAX
+            cover_resend = self.resilience.may_fill_a_gap(now < self._several_paths_until)
+            self.reorder.set_timeout(ReorderBuffer.timeout_from_rtts(rtts, cover_resend))
