@@ -24,6 +24,7 @@ from tunnel.protocol.connection import (
 from tunnel.protocol.quic_ext import MAX_DATAGRAM_SIZE, DatagramFate, TunnelQuicConnection
 from tunnel.session.multipath import STALE_TAG_DISTANCE, TunnelSession
 from tunnel.session.path_health import PathHealth
+from tunnel.session.release_pacer import RELEASE_BURST
 from tunnel.session.reorder import PacketTagCounter, ReorderBuffer
 from tunnel.session.resend import RESEND_DEADLINE_MAX, Resilience
 from tunnel.session.scheduler import make_scheduler
@@ -498,3 +499,40 @@ def test_a_peer_whose_tags_are_not_a_sequence_loses_no_packet(reorder_enabled: b
     session.add_connection(ours)
     got = [session.on_packet(ours, PacketReceived(p, 0x0800, 5), 1.0) for p in packets[:2]]
     assert got == [[packets[0]], []]  # the second tag 5 is a duplicate
+
+
+def test_a_run_released_after_a_gap_leaves_paced_and_in_order() -> None:
+    """A gap held 200 packets (80 ms at 2,500 a second); when it fills, the session hands the
+    first RELEASE_BURST of them at once and the rest at its next deadlines —
+    all of them burst at once into the TUN before, and a UDP receiver's socket buffer dropped
+    what it could not hold (tunnel/session/release_pacer.py). Flushing gives what waits first."""
+    ours = handshake_with(TunnelQuicConnection)
+    session = TunnelSession(make_scheduler("wrr"), ReorderBuffer(timeout=0.5))
+    session.add_connection(ours)
+    packets = [ip4(n) for n in range(401)]
+
+    def arrive(tag: int, now: float) -> list[bytes]:
+        return session.on_packet(ours, PacketReceived(packets[tag], 0x0800, tag), now)
+
+    now = 1.0
+    assert arrive(0, now) == packets[:1]
+    delivered = []
+    for tag in range(2, 202):  # tag 1 is late: the others are held
+        delivered += arrive(tag, now)
+        now += 1 / 2500
+    assert delivered == []
+    delivered = arrive(1, now)
+    assert delivered == packets[1 : RELEASE_BURST + 1]
+    assert len(session.pacer) == 201 - RELEASE_BURST
+    for _ in range(1000):
+        deadline = session.next_deadline()
+        if deadline is None:
+            break
+        now = max(now, deadline)
+        delivered += session.poll(now)
+    assert delivered == packets[1:202]
+    assert session.reorder_counters()["paced"] == 201 - RELEASE_BURST
+    now += 0.1
+    assert arrive(202, now) == [packets[202]]  # the bucket has refilled: in order, at once
+    out = session.pacer.release(packets[203:300], now)  # a run waits again: flush gives the rest
+    assert out + session.flush() == packets[203:300] and session.next_deadline() is None

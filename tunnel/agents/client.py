@@ -1486,7 +1486,7 @@ class ClientAgent:
             "access_reports": self.config.access_reports,
             "failback": self.config.failback,
             "accesses": accesses,
-            "reorder": asdict(session.reorder_stats) if session is not None else {},
+            "reorder": session.reorder_counters() if session is not None else {},
             "counters": dict(totals),
             "inbound": self.port_mapper.status() if self.port_mapper is not None else [],
         }

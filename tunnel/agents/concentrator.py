@@ -821,7 +821,7 @@ class _SessionMode(_ClientMode):
             "accesses_available": {
                 name: session.is_available(access) for access, name in ACCESS_NAMES.items()
             },
-            "reorder": vars(session.reorder_stats).copy(),
+            "reorder": session.reorder_counters(),
         }
 
     def _has(self, peer: _Peer) -> bool:

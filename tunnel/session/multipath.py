@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Final
 
 from tunnel.protocol.connection import (
@@ -49,6 +49,7 @@ from tunnel.protocol.connection import (
 )
 from tunnel.protocol.quic_ext import DatagramFate
 from tunnel.session.path_health import PathHealth
+from tunnel.session.release_pacer import ReleasePacer
 from tunnel.session.reorder import (
     TAG_HALF,
     PacketTagCounter,
@@ -129,6 +130,8 @@ class TunnelSession:
         self.reorder: ReorderBuffer[bytes] = (
             reorder if reorder is not None else ReorderBuffer(adaptive=True)
         )
+        # what the buffer releases at once after a gap leaves paced (release_pacer.py)
+        self.pacer: ReleasePacer[bytes] = ReleasePacer()
         self.session_id = session_id
         self.resilience = resilience if resilience is not None else Resilience()
         self.tags = PacketTagCounter()
@@ -506,7 +509,8 @@ class TunnelSession:
         if event.packet_tag is None or not member.sequenced:  # nothing to reorder by
             return [event.packet]
         self._refresh_timeout(now)
-        return self.reorder.push(event.packet_tag, event.packet, now)
+        self.pacer.arrived(now)
+        return self.pacer.release(self.reorder.push(event.packet_tag, event.packet, now), now)
 
     def on_event(self, connection: TunnelConnection, event: TunnelEvent, now: float) -> list[bytes]:
         """Feed any event of a member connection: packets are reordered, Access Reports
@@ -519,20 +523,29 @@ class TunnelSession:
         return []
 
     def poll(self, now: float) -> list[bytes]:
-        """Release packets whose gap timed out; call at next_deadline()."""
+        """Release packets whose gap timed out, and paced ones whose turn came; call at
+        next_deadline()."""
         self._refresh_timeout(now)
-        return self.reorder.poll(now)
+        released = self.reorder.poll(now)
+        return self.pacer.release(released, now) if released else self.pacer.poll(now)
 
     def next_deadline(self) -> float | None:
-        return self.reorder.next_deadline()
+        gap, paced = self.reorder.next_deadline(), self.pacer.next_deadline()
+        if gap is None or paced is None:
+            return paced if gap is None else gap
+        return min(gap, paced)
 
     def flush(self) -> list[bytes]:
-        """Release everything held (e.g. when the session ends)."""
-        return self.reorder.flush()
+        """Release everything held or paced (e.g. when the session ends), in order."""
+        return self.pacer.flush() + self.reorder.flush()
 
     @property
     def reorder_stats(self) -> ReorderStats:
         return self.reorder.stats
+
+    def reorder_counters(self) -> dict[str, int]:
+        """The reorder buffer's counters and the pacer's, for a program's status."""
+        return {**asdict(self.reorder.stats), "paced": self.pacer.paced}
 
     # -- internals ---------------------------------------------------------------------
 
