@@ -337,6 +337,7 @@ def measure(
         "goodput_mbps": goodput_mbps(bins, recv.interval_s, float(params["warmup_s"]), duration),
         "rate_mbit": float(params["rate_mbit"]),
         "packets_lost": lost,
+        "receiver_drops": None if tcp else recv.socket_drops,
         "inner_retransmits": sent.get("retransmits") if tcp else None,
         "detail": flows.flow_error(recv, sent),
         **cpu,

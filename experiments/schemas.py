@@ -167,6 +167,9 @@ GOODPUT = Table(
         "goodput_mbps",
         "rate_mbit",
         "packets_lost",
+        # UDP: of those, the datagrams the receiver's own socket dropped (a burst its buffer
+        # could not take; from 2026-12-07); empty for TCP
+        "receiver_drops",
         # TCP: the segments the sender's kernel retransmitted over the flow (TCP_INFO); empty
         # for UDP
         "inner_retransmits",
@@ -179,6 +182,7 @@ GOODPUT = Table(
         "loss_hiding",
         "rate_mbit",
         "packets_lost",
+        "receiver_drops",
         "inner_retransmits",
         "detail",
         *CPU_COLUMNS,

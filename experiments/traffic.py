@@ -39,6 +39,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import selectors
 import socket
 import struct
@@ -78,6 +79,9 @@ class Samples:
     highest_seq: int = -1
     reordered: int = 0
     duplicates: int = 0
+    # datagrams the receiver's own socket dropped (its buffer full: a burst it could not
+    # take), part of the flow's loss; None where the kernel does not say
+    socket_drops: int | None = None
     # TCP with --parallel: bytes delivered on each connection
     streams: list[int] = field(default_factory=list)
 
@@ -523,7 +527,25 @@ def udp_recv(
             if seq < samples.highest_seq:
                 samples.reordered += 1
             samples.highest_seq = max(samples.highest_seq, seq)
+        samples.socket_drops = socket_drops(sock)
     return samples
+
+
+def socket_drops(sock: socket.socket) -> int | None:
+    """How many datagrams the kernel dropped at this UDP socket (a full receive buffer): the
+    last column of its line in /proc/net/udp(6), which lists the sockets of the reading
+    process's network namespace, found by the socket's inode. None if it is not there."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    table = "/proc/net/udp6" if sock.family == socket.AF_INET6 else "/proc/net/udp"
+    try:
+        with open(table, encoding="ascii") as lines:
+            for line in lines:
+                fields = line.split()
+                if len(fields) >= 13 and fields[9] == inode:
+                    return int(fields[-1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from experiments.traffic import (
     goodput_mbps,
     pad_bins,
     resample,
+    socket_drops,
     udp_recv,
 )
 
@@ -387,8 +389,33 @@ def test_a_goodput_point_gives_its_row_and_its_flow_over_time() -> None:
     assert {(r["mode"], r["run"], r["rtt_ms"]) for r in series} == {("tunnel", 3, 100.0)}
     # UDP: no inner TCP, the loss counted from what was sent
     udp = Point({**point.values, "transport": "udp", "cc": ""})
-    recv.unique = 90
+    recv.unique, recv.socket_drops = 90, 4
     tables = goodput.measure(udp, params, recv, {"sent": 100}, cpu)
     assert tables["goodput"][0]["packets_lost"] == 10
+    assert tables["goodput"][0]["receiver_drops"] == 4
+    assert row["receiver_drops"] is None  # TCP
     assert tables["goodput"][0]["inner_retransmits"] is None
     assert tables["goodput_timeseries"][0]["inner_cwnd_segments"] is None
+
+
+def test_a_receivers_socket_drops_are_read_from_the_kernel() -> None:
+    """A burst its buffer cannot take (the session's reorder buffer released ~250 datagrams at
+    once before it paced them): the kernel's count for this one socket, what was sent less what
+    could be read."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel's minimum
+        receiver.bind(("127.0.0.1", 0))
+        assert socket_drops(receiver) == 0
+        for _ in range(200):
+            sender.sendto(b"x" * 1000, receiver.getsockname())
+        receiver.setblocking(False)
+        read = 0
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(200):
+                receiver.recv(2048)
+                read += 1
+        assert 0 < read < 200
+        assert socket_drops(receiver) == 200 - read
