@@ -19,7 +19,6 @@ Sans-I/O: `now` comes from the caller, who calls `poll` at `next_deadline`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,8 +32,8 @@ RELEASE_SPEEDUP: Final = 4.0
 seconds is gone within T / (RELEASE_SPEEDUP - 1), while the receiver sees at most this times
 the flow's rate."""
 RATE_WINDOW: Final = 0.05
-"""Seconds over which the arrival rate is counted (two windows are kept: the last full one and
-the current one)."""
+"""Seconds over which the arrival rate is counted: the rate in force is the last full
+window's."""
 RELEASE_BATCH: Final = 8
 """Packets a waiting run leaves in at least (unless fewer wait): one timer per packet would cost
 the program a wake-up every 0.1 ms of a drain at 10,000 packets a second."""
@@ -72,12 +71,11 @@ class ReleasePacer(Generic[T]):
             self._window_count = 0
         self._window_count += 1
 
-    def release(self, packets: Iterable[T], now: float) -> list[T]:
+    def release(self, packets: list[T], now: float) -> list[T]:
         """Offer what the reorder buffer released, in order; returns what may go now (the rest
-        waits for `poll`)."""
+        waits for `poll`). `packets` is handed back, not copied, when all may go."""
         queue = self._queue
         if not queue:
-            packets = list(packets)
             if not packets:
                 return packets
             self._refill(now)
