@@ -82,11 +82,9 @@ class ReleasePacer(Generic[T]):
             if len(packets) <= self._tokens:  # the common case: nothing waits
                 self._tokens -= len(packets)
                 return packets
-        before = len(queue)
         queue.extend(packets)
-        added = len(queue) - before
         out = self.poll(now)
-        self.paced += min(added, len(queue))  # those of these that must wait
+        self.paced += min(len(packets), len(queue))  # those of these that must wait
         return out
 
     def poll(self, now: float) -> list[T]:
