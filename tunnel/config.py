@@ -190,6 +190,10 @@ LOSS_HIDING_DOC = (
     "resend_deadline (off until measured, issue 13)"
 )
 LOSS_HIDING_CHOICES = ("off", "on")
+RELEASE_PACING_DOC = (
+    "spread what the reorder buffer releases at once after a gap over a few ms (session mode; "
+    "off: the whole run goes to the TUN back to back, as before the pacer)"
+)
 RESEND_DEADLINE_DOC = "how old a datagram may be for a re-send (reinjection, loss hiding)"
 RESEND_DEADLINE_UNSET = (
     "2 x the largest smoothed RTT + 25 ms, within 0.05-1 s (at least 0.2 s for a datagram "
@@ -384,6 +388,7 @@ class PathLimits:
     reorder_timeout: float | None = field(
         default=None, metadata=setting(REORDER_DOC, REORDER_TIMEOUT, unit="s", unset=REORDER_UNSET)
     )
+    release_pacing: bool = field(default=True, metadata=setting(RELEASE_PACING_DOC, Boolean()))
     congestion_control: str = field(
         default="reno", metadata=setting(CONGESTION_DOC, Choice(CONGESTION_CONTROLS))
     )

@@ -439,6 +439,18 @@ def test_each_mechanism_can_be_switched_off(lab_certs: FilePath, switch: str) ->
         assert core.tun == traffic.up and traffic.delivered_down() == traffic.down
 
 
+@pytest.mark.parametrize("pacing", [True, False])
+def test_release_pacing_is_set_at_both_ends(lab_certs: FilePath, pacing: bool) -> None:
+    """`[limits] release_pacing` reaches the session of each end (the pacer's ablation switch;
+    what it changes is tested in test_release_pacer.py and test_tunnel_session.py)."""
+    switch = f"limits.release_pacing={str(pacing).lower()}"
+    world, core = core_world(lab_certs, settings=[switch], core_settings=[switch])
+    client_session = world.agent._mode.session  # type: ignore[attr-defined]
+    core_session = core.core.session_of("alice")
+    assert client_session is not None and core_session is not None
+    assert client_session.pacer.enabled is pacing and core_session.pacer.enabled is pacing
+
+
 def test_datagrams_that_overtake_the_join_answer_are_held_not_dropped(
     lab_certs: FilePath, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -101,3 +101,16 @@ def test_the_bucket_refills_after_a_burst() -> None:
     refill = RELEASE_BURST / (RELEASE_SPEEDUP * MIN_RATE)
     assert len(pacer.release(list(range(RELEASE_BURST)), refill)) == RELEASE_BURST
     assert pacer.paced == 0
+
+
+def test_turned_off_it_lets_a_whole_run_go_at_once() -> None:
+    """`[limits] release_pacing = false`: the run that the same pacer, on, spreads (the test
+    above) leaves in one piece, and nothing waits."""
+    pacer: ReleasePacer[int] = ReleasePacer(enabled=False)
+    steady(pacer, 0.0, 500)
+    now = 500 / RATE
+    for n in range(250):
+        pacer.arrived(now + n / RATE)
+    run = list(range(500, 750))
+    assert pacer.release(run, now + 250 / RATE) == run
+    assert pacer.paced == 0 and len(pacer) == 0 and pacer.next_deadline() is None

@@ -536,3 +536,18 @@ def test_a_run_released_after_a_gap_leaves_paced_and_in_order() -> None:
     assert arrive(202, now) == [packets[202]]  # the bucket has refilled: in order, at once
     out = session.pacer.release(packets[203:300], now)  # a run waits again: flush gives the rest
     assert out + session.flush() == packets[203:300] and session.next_deadline() is None
+
+
+def test_with_release_pacing_off_a_filled_gap_releases_its_whole_run_at_once() -> None:
+    """`[limits] release_pacing = false` (TunnelSession's release_pacing): the run behind a gap
+    leaves in one piece, as before the pacer, and no deadline is left for it."""
+    ours = handshake_with(TunnelQuicConnection)
+    session = TunnelSession(make_scheduler("wrr"), ReorderBuffer(timeout=0.5), release_pacing=False)
+    session.add_connection(ours)
+    packets = [ip4(n) for n in range(202)]
+    now = 1.0
+    for tag in [0, *range(2, 202)]:
+        session.on_packet(ours, PacketReceived(packets[tag], 0x0800, tag), now)
+        now += 1 / 2500
+    assert session.on_packet(ours, PacketReceived(packets[1], 0x0800, 1), now) == packets[1:]
+    assert session.next_deadline() is None and session.reorder_counters()["paced"] == 0

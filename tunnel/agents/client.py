@@ -1083,6 +1083,7 @@ class _SessionMode:
             reorder,
             session_id=session_id,
             resilience=self.agent.resilience,
+            release_pacing=self.agent.limits.release_pacing,
         )
         self.session_id = session_id
         for status in self.agent.accesses.values():  # no connection yet: nothing to re-send

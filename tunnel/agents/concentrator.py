@@ -695,6 +695,7 @@ class _SessionMode(_ClientMode):
             ReorderBuffer.from_setting(core.limits.reorder_timeout),
             session_id=entry.session_id,
             resilience=core.resilience,
+            release_pacing=core.limits.release_pacing,
         )
         session.add_connection(peer.connection, peer.access_id)
         self.session = session

@@ -117,6 +117,8 @@ class TunnelSession:
         one, whose gap timeout follows the paths' RTTs.
     :param session_id: the Session ID, for logs and the I/O layer's bookkeeping.
     :param resilience: the multipath engine's switches (default: all off).
+    :param release_pacing: pace what the reorder buffer releases after a gap
+        (release_pacer.py; `[limits] release_pacing`).
     """
 
     def __init__(
@@ -125,13 +127,14 @@ class TunnelSession:
         reorder: ReorderBuffer[bytes] | None = None,
         session_id: bytes | None = None,
         resilience: Resilience | None = None,
+        release_pacing: bool = True,
     ) -> None:
         self.scheduler = scheduler
         self.reorder: ReorderBuffer[bytes] = (
             reorder if reorder is not None else ReorderBuffer(adaptive=True)
         )
         # what the buffer releases at once after a gap leaves paced (release_pacer.py)
-        self.pacer: ReleasePacer[bytes] = ReleasePacer()
+        self.pacer: ReleasePacer[bytes] = ReleasePacer(release_pacing)
         self.session_id = session_id
         self.resilience = resilience if resilience is not None else Resilience()
         self.tags = PacketTagCounter()

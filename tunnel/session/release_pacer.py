@@ -13,6 +13,8 @@ RELEASE_SPEEDUP times the rate packets arrive at. A flow that arrives in order n
 bucket stays full); a run released at once leaves its first RELEASE_BURST packets at once and
 the rest at RELEASE_SPEEDUP times the flow's own rate, so a backlog of 100 ms drains in 25 ms.
 Order is kept: while anything waits, what the buffer releases next queues behind it.
+`[limits] release_pacing = false` turns it off (everything released goes at once), so the pacer
+itself can be measured against its absence.
 Sans-I/O: `now` comes from the caller, who calls `poll` at `next_deadline`.
 """
 
@@ -43,9 +45,13 @@ rate not yet known, or low) does not wait more than RELEASE_BURST / MIN_RATE per
 
 
 class ReleasePacer(Generic[T]):
-    """Token-bucket pacing of released packets (module docstring)."""
+    """Token-bucket pacing of released packets (module docstring).
 
-    def __init__(self) -> None:
+    :param enabled: False: every packet offered goes at once (nothing waits).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._queue: deque[T] = deque()
         self._tokens = float(RELEASE_BURST)
         self._refilled_at: float | None = None
@@ -76,7 +82,7 @@ class ReleasePacer(Generic[T]):
         waits for `poll`). `packets` is handed back, not copied, when all may go."""
         queue = self._queue
         if not queue:
-            if not packets:
+            if not packets or not self.enabled:
                 return packets
             self._refill(now)
             if len(packets) <= self._tokens:  # the common case: nothing waits
