@@ -158,7 +158,7 @@ def session(params: Params) -> Iterator[Context[AggregationState]]:
             "reference", backend=params["backend"], congestion_control=cc, profiles=profiles
         ) as lab,
     ):
-        ctx = Context(params, AggregationState(lab, Path(tmp), qtun))
+        ctx = Context(params, AggregationState(lab, Path(tmp), qtun), lab=lab)
         ctx.backend = str(lab.backend)
         used = params["variants"]
         ctx.extra_meta.update(

@@ -231,7 +231,7 @@ def session(params: Params) -> Iterator[Context[FailoverState]]:
             "reference", backend=params["backend"], congestion_control=cc, profiles=profiles
         ) as lab,
     ):
-        ctx = Context(params, FailoverState(lab, Path(tmp), qtun))
+        ctx = Context(params, FailoverState(lab, Path(tmp), qtun), lab=lab)
         ctx.backend = str(lab.backend)
         used = run_variants(params)
         ctx.extra_meta["lab"] = lab.describe()

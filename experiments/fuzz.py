@@ -194,7 +194,7 @@ def session(params: Params) -> Iterator[Context[FuzzState]]:
         tempfile.TemporaryDirectory(prefix="qex-fuzz-") as tmp,
         Lab("pair", backend=params["backend"]) as lab,
     ):
-        ctx = Context(params, FuzzState(lab, Path(tmp)))
+        ctx = Context(params, FuzzState(lab, Path(tmp)), lab=lab)
         ctx.backend = str(lab.backend)
         ctx.extra_meta.update(
             {

@@ -258,7 +258,7 @@ def session(params: Params) -> Iterator[Context[GoodputState]]:
     ):
         extra_meta: dict[str, Any] = {}
         modes = Modes(lab, Path(tmp), extra_meta)
-        ctx = Context(params, GoodputState(lab, Path(tmp), modes, qtun))
+        ctx = Context(params, GoodputState(lab, Path(tmp), modes, qtun), lab=lab)
         ctx.extra_meta = extra_meta
         ctx.backend = str(lab.backend)
         variants.wifi_only(lab, ctx, bool(params["verify_fidelity"]))

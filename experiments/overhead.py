@@ -374,7 +374,9 @@ def session(params: Params) -> Iterator[Context[OverheadState]]:
         extra_meta: dict[str, object] = {}
         modes = Modes(lab, workdir, extra_meta)
         ctx = Context(
-            params, OverheadState(lab, workdir, modes, access.client_intf, access.client_v4)
+            params,
+            OverheadState(lab, workdir, modes, access.client_intf, access.client_v4),
+            lab=lab,
         )
         ctx.extra_meta = extra_meta
         for node in (CLIENT, lab.plan.concentrator, lab.plan.servers[0]):

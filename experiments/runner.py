@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from experiments.run_meta import read_run_meta, read_text_file
 from experiments.text_columns import align
@@ -67,6 +67,9 @@ from testbed.scenario import Scenario, load_scenario, shipped_scenarios
 from testbed.shaping import BACKENDS
 from testbed.topologies import ACCESSES
 from tunnel.user_error import RuntimeFailure, SentenceParser, UsageError, run_command
+
+if TYPE_CHECKING:
+    from testbed.lab import Lab
 
 Row = dict[str, Any]
 Params = dict[str, Any]
@@ -146,9 +149,12 @@ class Context(Generic[S]):
     """What an experiment's session set up (`state`, the experiment's own dataclass) and what
     it records into meta.json (backend, fidelity rows, extra keys)."""
 
-    def __init__(self, params: Params, state: S) -> None:
+    def __init__(self, params: Params, state: S, lab: Lab | None = None) -> None:
         self.params = params
         self.state = state
+        # The session's testbed, if it has one: run_experiment seeds its links' loss and jitter
+        # with each point's seed (Lab.seed_links).
+        self.lab = lab
         # This point's seed: point_seed(the run's seed, the point's key), set before each point.
         self.seed = int(params.get("seed", 0))
         self.backend: str | None = None
@@ -754,6 +760,8 @@ def run_experiment(
                 key = point.key(exp.key_columns)
                 ctx.seed = point_seed(int(params.get("seed", 0)), key)
                 try:
+                    if ctx.lab is not None:
+                        ctx.lab.seed_links(ctx.seed)
                     result = exp.run_point(ctx, point)
                 except Exception as exc:  # one broken point must not lose the rest of a sweep
                     failed += 1

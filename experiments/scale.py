@@ -236,7 +236,7 @@ def session(params: Params) -> Iterator[Context[ScaleState]]:
             profiles=profiles,
         ) as lab,
     ):
-        ctx = Context(params, ScaleState(lab, Path(tmp)))
+        ctx = Context(params, ScaleState(lab, Path(tmp)), lab=lab)
         ctx.backend = str(lab.backend)
         ctx.extra_meta.update(
             {

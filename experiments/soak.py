@@ -372,7 +372,7 @@ def session(params: Params) -> Iterator[Context[SoakState]]:
         tempfile.TemporaryDirectory(prefix="qex-soak-") as tmp,
         Lab("nclient", backend=params["backend"], clients=n + 1, profiles=profiles) as lab,
     ):
-        ctx = Context(params, SoakState(lab, Path(tmp)))
+        ctx = Context(params, SoakState(lab, Path(tmp)), lab=lab)
         ctx.backend = str(lab.backend)
         ctx.extra_meta.update(
             {

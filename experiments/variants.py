@@ -734,7 +734,7 @@ def wifi_only_session(
     ):
         extra_meta: dict[str, Any] = {}
         modes = Modes(lab, Path(tmp), extra_meta)
-        ctx = Context(params, state(lab, Path(tmp), modes))
+        ctx = Context(params, state(lab, Path(tmp), modes), lab=lab)
         ctx.extra_meta = extra_meta
         ctx.backend = str(lab.backend)
         wifi_only(lab, ctx, bool(params["verify_fidelity"]))

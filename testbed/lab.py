@@ -9,6 +9,7 @@ with Lab("reference", backend="auto") as lab:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import time
 from collections.abc import Callable
@@ -249,6 +250,14 @@ class Lab:
         point's traffic, as `tcp_no_metrics_save` keeps TCP's window from carrying over."""
         for host in self.net.hosts:
             host.cmd("ip route flush cache; ip -6 route flush cache")
+
+    def seed_links(self, seed: int) -> None:
+        """Seed every shaped link's random loss and jitter from `seed` (each link its own
+        stream, from the seed and the link's name): a point measured again, resumed or on
+        another shard, meets the same losses for the same traffic (LinkShaper.seed)."""
+        for name, shaper in self.shapers.items():
+            digest = hashlib.sha256(f"{seed}|{name}".encode()).digest()
+            shaper.seed(int.from_bytes(digest[:8], "big"))
 
     def describe(self) -> dict[str, Any]:
         """Metadata an experiment records: backend, shapers, congestion control."""

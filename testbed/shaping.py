@@ -196,6 +196,8 @@ class LinkShaper(ABC):
         self.blackholed = False
         # directions whose last setting went unanswered: the shaper may hold it or not
         self.unsure: set[str] = set()
+        # what the random loss and jitter were last seeded with (None: not seeded, see seed)
+        self.seeded_with: int | None = None
 
     @abstractmethod
     def start(self) -> None: ...
@@ -234,6 +236,13 @@ class LinkShaper(ABC):
             raise
         self.unsure.discard(direction)
 
+    @abstractmethod
+    def seed(self, value: int) -> None:
+        """Start the link's random loss and jitter afresh from `value` (0 <= value < 2**64), so
+        that a point measured again meets the same losses (experiments/runner.py seeds every
+        link with the point's seed); `seeded_with` records it. Only qtwire can: the netem
+        backend leaves the kernel's generator alone and records None."""
+
     def blackhole(self, on: bool = True) -> None:
         """Silently drop everything in both directions while the link stays up."""
         self.blackholed = on
@@ -245,6 +254,7 @@ class LinkShaper(ABC):
             "backend": self.backend,
             "middle": self.middle.name,
             "blackhole": self.blackholed,
+            "seed": self.seeded_with,
             "ab": self.profiles["ab"].as_dict(),
             "ba": self.profiles["ba"].as_dict(),
         }
@@ -264,6 +274,11 @@ class NetemShaper(LinkShaper):
 
     def stop(self) -> None:
         pass  # the qdiscs and the bridge vanish with M's namespace
+
+    def seed(self, value: int) -> None:
+        # netem draws from the kernel's generator; its own seed option (newer kernels and tc
+        # than this lab was written on) is not passed: the record says the link is unseeded
+        self.seeded_with = None
 
     def egress_intf(self, direction: str) -> str:
         return self.intf_b if direction == "ab" else self.intf_a
@@ -348,6 +363,12 @@ class WireShaper(LinkShaper):
 
     def _apply(self, direction: str) -> None:
         self.control(self.command(direction))
+
+    def seed(self, value: int) -> None:
+        if not 0 <= value < 2**64:
+            raise ShapingError(f"a link's seed must be within 0 to 2**64 - 1, not {value}.")
+        self.control(f"seed {value}")
+        self.seeded_with = value
 
     def counters(self) -> dict[str, dict[str, str]]:
         """qtwire's settings and counters per direction (rx, tx, drop_loss, drop_queue, ...)."""

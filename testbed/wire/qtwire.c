@@ -51,6 +51,13 @@
  *                                         frames the packet socket's buffer overflowed with
  *                                         while qtwire was not scheduled), which a measurement
  *                                         must not hide (testbed/shaping.py ShaperWindow)
+ *   seed <n>                           -> "ok": each direction's random draws start afresh
+ *                                         from n (a 64-bit unsigned integer), loss and jitter
+ *                                         each from a stream of their own, so the k-th frame
+ *                                         a direction admits meets the same loss draw for the
+ *                                         same n whatever the timing (an experiment's point
+ *                                         seed, experiments/runner.py); unseeded, the streams
+ *                                         start from the clock and the pid
  *   quit                               -> "ok", then exit
  * The rate counts whole Ethernet frames (header included, no preamble/FCS), as netem does.
  *
@@ -105,6 +112,11 @@ struct direction {
     uint32_t opp_left; /* bytes the current opportunity can still carry */
     char trace_name[256], trace_path[512];
     int reorder, down;
+    /* random streams (xorshift64* states): one for loss, one for jitter, so that jitter drawn
+       at service times cannot shift which frame meets which loss draw; seed is what "seed"
+       set (printed by "get"), seeded 0 while they come from the clock */
+    uint64_t loss_rng, jitter_rng, seed;
+    int seeded;
     /* delay line: binary min-heap on (due_ns, seq) */
     struct pkt **heap;
     size_t heap_len, heap_cap;
@@ -123,7 +135,6 @@ struct direction {
 
 static volatile sig_atomic_t stop_requested;
 static uint64_t seq_counter;
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
 
@@ -133,14 +144,36 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static uint64_t rng_next(void) { /* xorshift64*: fast and good enough for loss and jitter */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 0x2545F4914F6CDD1Dull;
+static uint64_t rng_next(uint64_t *state) { /* xorshift64*: fast and good enough for loss and jitter */
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return *state * 0x2545F4914F6CDD1Dull;
 }
 
-static double rng_unit(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
+static double rng_unit(uint64_t *state) {
+    return (double)(rng_next(state) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* splitmix64's output step: spreads nearby seeds (1, 2, 3 ...) over the whole state space;
+   xorshift must not start at 0, which splitmix64 of a nonzero input never is in practice */
+static uint64_t mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    return x ? x : 0x9E3779B97F4A7C15ull;
+}
+
+/* Start d's two random streams from seed, and the Gilbert-Elliott model in its good state (a
+   point must not inherit the bad state the one before left); `lane` tells the directions
+   apart. */
+static void seed_direction(struct direction *d, uint64_t seed, uint64_t lane) {
+    d->loss_rng = mix64(mix64(seed) ^ (2 * lane + 1));
+    d->jitter_rng = mix64(mix64(seed) ^ (2 * lane + 2));
+    d->seed = seed;
+    d->ge_bad = 0;
+}
 
 static int pkt_before(const struct pkt *a, const struct pkt *b) {
     return a->due_ns < b->due_ns || (a->due_ns == b->due_ns && a->seq < b->seq);
@@ -210,11 +243,11 @@ static struct pkt *ring_pop(struct direction *d) {
  * first, the loss is drawn with the probability of the state the packet arrived in. */
 static int ge_lost(struct direction *d) {
     if (!d->ge_bad) {
-        if (rng_unit() * 100.0 < d->ge_p) d->ge_bad = 1;
-        return rng_unit() * 100.0 < d->ge_good_loss;
+        if (rng_unit(&d->loss_rng) * 100.0 < d->ge_p) d->ge_bad = 1;
+        return rng_unit(&d->loss_rng) * 100.0 < d->ge_good_loss;
     }
-    if (rng_unit() * 100.0 < d->ge_r) d->ge_bad = 0;
-    return rng_unit() * 100.0 < d->ge_bad_loss;
+    if (rng_unit(&d->loss_rng) * 100.0 < d->ge_r) d->ge_bad = 0;
+    return rng_unit(&d->loss_rng) * 100.0 < d->ge_bad_loss;
 }
 
 #define OPPORTUNITY_BYTES 1500u /* Mahimahi: one MTU-sized packet per delivery opportunity */
@@ -333,7 +366,7 @@ static void to_delay_line(struct direction *d, struct pkt *p, uint64_t leave, ui
     int64_t delay = (int64_t)d->delay_ns;
     if (d->jitter_ns) {
         int64_t j = (int64_t)d->jitter_ns;
-        delay += (int64_t)(rng_next() % (uint64_t)(2 * j + 1)) - j;
+        delay += (int64_t)(rng_next(&d->jitter_rng) % (uint64_t)(2 * j + 1)) - j;
         if (delay < 0) delay = 0;
     }
     uint64_t due = leave + (uint64_t)delay;
@@ -363,7 +396,7 @@ static void admit(struct direction *d, const unsigned char *buf, uint32_t len, u
     if (d->mtu && len > d->mtu + ETH_HEADER_BYTES) { d->drop_mtu++; return; }
     if (d->ge_p > 0) {
         if (ge_lost(d)) { d->drop_loss++; return; }
-    } else if (d->loss_pct > 0 && rng_unit() * 100.0 < d->loss_pct) { d->drop_loss++; return; }
+    } else if (d->loss_pct > 0 && rng_unit(&d->loss_rng) * 100.0 < d->loss_pct) { d->drop_loss++; return; }
     if (d->heap_len + d->ring_len >= HARD_CAP_PKTS) { d->drop_cap++; return; }
     int queued = d->rate_bps || d->trace_len;
     if (queued && ((d->limit_pkts && d->ring_len + 1 > d->limit_pkts) ||
@@ -536,12 +569,14 @@ static int window_stats(struct direction *d, char *out, size_t cap) {
 }
 
 static int describe(const struct direction *d, char *out, size_t cap) {
+    char seed_text[24] = "-";
+    if (d->seeded) snprintf(seed_text, sizeof(seed_text), "%llu", (unsigned long long)d->seed);
     return snprintf(out, cap,
                     "%s delay_us=%llu jitter_us=%llu reorder=%d loss_pct=%g ge_p_pct=%g ge_r_pct=%g "
                     "ge_good_loss_pct=%g ge_bad_loss_pct=%g rate_bps=%llu trace=%s "
                     "limit_pkts=%llu limit_bytes=%llu down=%d mtu=%llu rx=%llu tx=%llu drop_loss=%llu "
                     "drop_queue=%llu drop_down=%llu drop_mtu=%llu drop_cap=%llu tx_err=%llu "
-                    "kernel_drops=%llu queued=%zu",
+                    "kernel_drops=%llu queued=%zu seed=%s",
                     d->name, (unsigned long long)(d->delay_ns / 1000), (unsigned long long)(d->jitter_ns / 1000),
                     d->reorder, d->loss_pct, d->ge_p, d->ge_r, d->ge_good_loss, d->ge_bad_loss,
                     (unsigned long long)d->rate_bps, d->trace_len ? d->trace_name : "-",
@@ -550,7 +585,7 @@ static int describe(const struct direction *d, char *out, size_t cap) {
                     (unsigned long long)d->drop_loss, (unsigned long long)d->drop_queue,
                     (unsigned long long)d->drop_down, (unsigned long long)d->drop_mtu,
                     (unsigned long long)d->drop_cap, (unsigned long long)d->tx_err,
-                    (unsigned long long)d->kernel_drops, d->heap_len + d->ring_len);
+                    (unsigned long long)d->kernel_drops, d->heap_len + d->ring_len, seed_text);
 }
 
 /* Act on one control line (its newline stripped) at `now`, writing the one-line answer to
@@ -568,6 +603,18 @@ static void run_command(char *line, struct direction *ab, struct direction *ba, 
         int n = window_stats(ab, reply, cap);
         n += snprintf(reply + n, cap - (size_t)n, " | ");
         window_stats(ba, reply + n, cap - (size_t)n);
+    } else if (verb && !strcmp(verb, "seed")) {
+        char *text = strtok_r(NULL, " ", &save), *end = NULL;
+        errno = 0;
+        unsigned long long seed = text ? strtoull(text, &end, 10) : 0;
+        if (!text || *text == '-' || errno || !end || *end || strtok_r(NULL, " ", &save)) {
+            snprintf(reply, cap, "err seed takes one unsigned 64-bit integer");
+        } else {
+            seed_direction(ab, seed, 0);
+            seed_direction(ba, seed, 1);
+            ab->seeded = ba->seeded = 1;
+            snprintf(reply, cap, "ok");
+        }
     } else if (verb && !strcmp(verb, "quit")) {
         snprintf(reply, cap, "ok");
         stop_requested = 1;
@@ -597,7 +644,7 @@ static void run_command(char *line, struct direction *ab, struct direction *ba, 
         for (int k = 0; !bad && k < count; k++)
             for (int i = 0; i < 2 && targets[i]; i++) apply_setting(targets[i], keys[k], vals[k], now, 0);
     } else {
-        snprintf(reply, cap, "err unknown command (use set, get, stats or quit)");
+        snprintf(reply, cap, "err unknown command (use set, get, stats, seed or quit)");
     }
 }
 
@@ -653,12 +700,14 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     signal(SIGPIPE, SIG_IGN);
-    rng_state ^= (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
 
     int fa = open_packet_socket(argv[1]), fb = open_packet_socket(argv[2]);
     if (fa < 0 || fb < 0) return 1;
     struct direction ab = {.name = "ab", .rx_fd = fa, .tx_fd = fb, .limit_pkts = 1000};
     struct direction ba = {.name = "ba", .rx_fd = fb, .tx_fd = fa, .limit_pkts = 1000};
+    uint64_t unseeded = now_ns() ^ ((uint64_t)getpid() << 32); /* until a "seed" command */
+    seed_direction(&ab, unseeded, 0);
+    seed_direction(&ba, unseeded, 1);
 
     /* The socket is bound under another name and renamed once it listens: the path appears
        only when a connect() to it succeeds (testbed/shaping.py waits for the path; between

@@ -22,6 +22,7 @@ static void init(struct direction *d) {
     d->name = "ba";
     d->rx_fd = d->tx_fd = -1;
     d->limit_pkts = 1000;
+    seed_direction(d, 1, 0); /* main() seeds from the clock; a fixed start here */
 }
 
 /* What the program does at `now`: serve the rate queue, then send what is due. */
@@ -267,6 +268,70 @@ static void bad_values(const char *spaced_trace) {
     printf(" opportunities=%zu\n", d.trace_len);
 }
 
+/* Which of 4000 frames a lossy link drops, as a hash of the pattern (and how many): after
+ * "seed n" a function of n alone, whatever the frames' spacing and the jitter drawn between
+ * the loss draws. */
+static uint64_t loss_pattern(const char *seed_line, const char *loss, unsigned long long jitter_us,
+                             uint64_t step_ns, unsigned long long *drops) {
+    struct direction d;
+    init(&d);
+    departed = 0;
+    char line[512];
+    snprintf(line, sizeof(line), "set ba delay_us=10000 jitter_us=%llu rate_bps=50000000 %s",
+             jitter_us, loss);
+    command(&d, line, 1);
+    if (seed_line) command(&d, seed_line, 1);
+    uint64_t hash = 1469598103934665603ull; /* FNV-1a over the per-frame outcomes */
+    for (uint64_t i = 0; i < 4000; i++) {
+        uint64_t now = 2 + i * step_ns, before = d.drop_loss;
+        advance(&d, now);
+        admit(&d, frame, FRAME, now);
+        hash = (hash ^ (d.drop_loss - before)) * 1099511628211ull;
+    }
+    finish(&d);
+    *drops = (unsigned long long)d.drop_loss;
+    return hash;
+}
+
+static void seeded_loss(void) {
+    const char *random = "loss_pct=30", *bursty = "ge_p_pct=5 ge_r_pct=30 ge_bad_loss_pct=80";
+    unsigned long long drops, other_drops, ge_drops, ignored;
+    uint64_t base = loss_pattern("seed 7", random, 0, MS, &drops);
+    uint64_t retimed = loss_pattern("seed 7", random, 3000, 300000, &ignored);
+    uint64_t other = loss_pattern("seed 8", random, 0, MS, &other_drops);
+    uint64_t ge = loss_pattern("seed 7", bursty, 0, MS, &ge_drops);
+    uint64_t ge_retimed = loss_pattern("seed 7", bursty, 3000, 300000, &ignored);
+    printf("seeded_loss same=%d other_differs=%d ge_same=%d drops=%llu other_drops=%llu "
+           "ge_drops=%llu\n",
+           base == retimed, base != other, ge == ge_retimed, drops, other_drops, ge_drops);
+    /* seeded again on the same link, whose model was left in its (sticky) bad state */
+    struct direction g;
+    init(&g);
+    command(&g, "set ba ge_p_pct=50 ge_r_pct=1 ge_bad_loss_pct=80", 1);
+    uint64_t twice[2];
+    int bad_after_first = 0;
+    for (int round = 0; round < 2; round++) {
+        command(&g, "seed 7", 1);
+        twice[round] = 1469598103934665603ull;
+        for (uint64_t i = 0; i < 1000; i++) {
+            uint64_t before = g.drop_loss;
+            admit(&g, frame, FRAME, 2 + (round * 1000 + i) * MS);
+            twice[round] = (twice[round] ^ (g.drop_loss - before)) * 1099511628211ull;
+        }
+        if (round == 0) bad_after_first = g.ge_bad;
+    }
+    printf("ge_reseeded bad_after_first=%d same=%d\n", bad_after_first, twice[0] == twice[1]);
+    struct direction d;
+    init(&d);
+    printf("seed_command ok=%s", command(&d, "seed 18446744073709551615", 1));
+    const char *got = command(&d, "get", 1);
+    printf(" shown=%d", strstr(got, "seed=18446744073709551615") != NULL);
+    printf(" negative=%s", command(&d, "seed -1", 1));
+    printf(" word=%s", command(&d, "seed x", 1));
+    printf(" missing=%s", command(&d, "seed", 1));
+    printf(" two=%s\n", command(&d, "seed 1 2", 1));
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: qtwire_logic GOOD_TRACE CRLF_TRACE SPACED_TRACE\n");
@@ -282,5 +347,6 @@ int main(int argc, char **argv) {
     window();
     send_outcomes();
     bad_values(argv[3]);
+    seeded_loss();
     return 0;
 }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -476,3 +478,33 @@ def test_a_float_key_of_many_decimals_is_found_again_on_resume(tmp_path: Path) -
     calls.clear()
     again = run_experiment(exp, params, resume=first, root=tmp_path, progress=False)
     assert calls == [] and again.already_done == 4
+
+
+def test_every_point_seeds_the_labs_links_with_its_own_seed_before_it_runs(
+    tmp_path: Path,
+) -> None:
+    """The point's seed reaches the links' loss and jitter (Lab.seed_links): a point measured
+    again, resumed or on another shard meets the same losses (qtwire's `seed`)."""
+    events: list[tuple[str, object]] = []
+
+    class SeededLab:  # what the runner asks of a Lab
+        def seed_links(self, seed: int) -> None:
+            events.append(("seeded", seed))
+
+    calls: list[dict[str, object]] = []
+    plain = toy(calls)
+
+    def run_point(ctx: Context[None], point: Point) -> PointResult:
+        events.append(("ran", point.key(plain.key_columns)))
+        return plain.run_point(ctx, point)
+
+    @contextlib.contextmanager
+    def session(params: dict[str, object]) -> Iterator[Context[None]]:
+        yield Context(params, None, lab=SeededLab())  # type: ignore[arg-type]
+
+    exp = dataclasses.replace(plain, run_point=run_point, session=session)
+    run_experiment(exp, resolve_params(exp), root=tmp_path, progress=False)
+    ran = [key for what, key in events if what == "ran"]
+    assert len(ran) == 6
+    expected = [e for key in ran for e in (("seeded", point_seed(7, key)), ("ran", key))]
+    assert events == expected

@@ -416,6 +416,8 @@ class FakeShaper(LinkShaper):
 
     def stop(self) -> None: ...
 
+    def seed(self, value: int) -> None: ...
+
     def _apply(self, direction: str) -> None:
         line = (
             f"{self.name} {direction} {self.profiles[direction].rate_mbit:g} bh={self.blackholed}"
