@@ -40,6 +40,55 @@ class Node(Protocol):
     def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]: ...
 
 
+SHELL_SETTLE_S = 1.0
+"""How long settle_shell waits for an interrupted command, then for its killed processes."""
+
+
+def settle_shell(node: Any, timeout_s: float = SHELL_SETTLE_S) -> None:
+    """Bring a Mininet node's shell back to its prompt after an interrupt cut a `node.cmd`
+    short (Ctrl-C, or the SIGTERM the lab turns into one): the command still runs there and
+    Mininet's `waiting` stays set, so every later `cmd` on the node failed an assertion — the
+    lab's teardown (`net.stop()` deletes each link with one) stopped at the first and left
+    namespaces, veths and shells behind. Interrupt the command; kill what still runs under
+    the shell if it ignores that; end the shell if even that does not bring its prompt back
+    (its namespace and veths go with it)."""
+    if not getattr(node, "waiting", False) or getattr(node, "shell", None) is None:
+        return
+    node.sendInt()
+    if _read_to_prompt(node, timeout_s):
+        return
+    for pid in _descendants(node.shell.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if not _read_to_prompt(node, timeout_s):
+        node.terminate()
+
+
+def _read_to_prompt(node: Any, timeout_s: float) -> bool:
+    """Read a node's output until the sentinel of the command it runs (Mininet's `monitor`
+    clears `waiting` there); whether it came within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while node.waiting and time.monotonic() < deadline:
+        node.monitor(timeoutms=50)
+    return not node.waiting
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`, children first (from /proc; those gone are left out)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 10_000:  # bounded: /proc changes while it is read
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+            children = [int(c) for t in tasks for c in Path(t, "children").read_text().split()]
+        except OSError:
+            continue
+        out += children
+        todo += children
+    return out
+
+
 def read_sysctl(key: str) -> str:
     return Path("/proc/sys", *key.split(".")).read_text().strip()
 

@@ -23,6 +23,7 @@ from testbed.hosts import (
     RunState,
     check_congestion_control,
     set_congestion_control,
+    settle_shell,
 )
 from testbed.shaping import Backend, LinkShaper, NetemShaper, WireShaper, resolve_backend
 from testbed.topologies import Access, LabTopo, make_topology
@@ -150,6 +151,9 @@ class Lab:
                     self.set_congestion_control(name, self.congestion_control)
 
     def stop(self) -> None:
+        for node in self.net.hosts if self.net is not None else []:
+            with contextlib.suppress(Exception):  # a shell an interrupt left mid-command
+                settle_shell(node)
         for shaper in self.shapers.values():
             with contextlib.suppress(Exception):
                 shaper.stop()

@@ -44,6 +44,29 @@ def test_clean_stop_leaves_nothing() -> None:
     assert our_root_leftovers() == []
 
 
+@pytest.mark.parametrize("command", ["sleep 60", "trap '' INT; sleep 60"])
+def test_a_stop_after_a_command_cut_short_leaves_nothing(command: str) -> None:
+    """An interrupt inside `node.cmd` (Ctrl-C, or the SIGTERM the lab turns into one) leaves
+    the node's shell running the command (Mininet's `waiting`); every later `cmd` on it failed
+    an assertion, so the teardown stopped at the first link it deleted. `sendCmd` leaves a
+    shell as such an interrupt does; the second command ignores the interrupt as well."""
+    lab = Lab("pair")
+    lab.start()
+    state = json.loads(lab.state.path.read_text())
+    try:
+        lab.node("h1").sendCmd(command)
+        sleeper = lab.node("h1")
+        wait_until("the command runs", lambda: "sleep 60" in subprocess.run(
+            ["ps", "-o", "args=", "--ppid", str(sleeper.shell.pid)],
+            capture_output=True, text=True).stdout)  # fmt: skip
+    finally:
+        lab.stop()
+    pids = [n["pid"] for n in state["nodes"].values()]
+    wait_until("every node shell gone", lambda: not [p for p in pids if alive(p)])
+    assert not lab.state.path.exists()
+    assert our_root_leftovers() == []
+
+
 def test_clean_after_a_killed_run_restores_everything() -> None:
     allowed_before = read_sysctl(ALLOWED_CC_SYSCTL)
     script = (

@@ -27,6 +27,7 @@ from testbed.hosts import wait_listening
 from testbed.lab import Lab
 from testbed.profiles import LinkProfile
 from testbed.shaping import WireShaper, probe_netem, resolve_backend
+from testbed.topologies import PAIR_H1, PAIR_H2
 from tests.integration.netns import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
@@ -132,12 +133,14 @@ def test_a_seed_gives_the_same_losses_again(lab: Lab, shaper: WireShaper) -> Non
     runs; before, qtwire drew from a stream started from the clock). The neighbours are pinned
     so that no ARP frame takes a loss draw between the bursts."""
     h1, h2 = lab.node("h1"), lab.node("h2")
-    pinned = [(h1, PEER, h2), (h2, h1.IP(), h1)]
+
+    def mac(node: Any) -> str:
+        return str(node.cmd(f"cat /sys/class/net/{node.intf()}/address")).strip()
+
+    pinned = [(h1, PAIR_H2[0], mac(h2)), (h2, PAIR_H1[0], mac(h1))]
     try:
-        for node, address, peer in pinned:
-            node.cmd(
-                f"ip neigh replace {address} lladdr {peer.MAC()} nud permanent dev {node.intf()}"
-            )
+        for node, address, lladdr in pinned:
+            node.cmd(f"ip neigh replace {address} lladdr {lladdr} nud permanent dev {node.intf()}")
         shaper.set("ab", loss_pct=30)
         bursts = []
         for seed in (42, 42, 43):
