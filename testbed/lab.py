@@ -182,10 +182,14 @@ class Lab:
 
     # -- access to the running network ------------------------------------------------------
     def node(self, name: str) -> Node:
+        """The Mininet host `name`, its shell at its prompt: one an interrupt left in the middle
+        of a command (no code of ours leaves a command running otherwise) is settled first, so
+        that the cleanup an interrupted point runs in its `finally` works (settle_shell)."""
         try:
             node: Node = self.net[name]
         except KeyError:
             raise LabError(f"no node {name!r} in this topology.") from None
+        settle_shell(node)
         return node
 
     def run(self, node: str, line: str) -> str:

@@ -54,10 +54,10 @@ def test_a_stop_after_a_command_cut_short_leaves_nothing(command: str) -> None:
     lab.start()
     state = json.loads(lab.state.path.read_text())
     try:
-        lab.node("h1").sendCmd(command)
-        sleeper = lab.node("h1")
+        h1 = lab.node("h1")  # (Lab.node would settle the shell: it is not asked again)
+        h1.sendCmd(command)
         wait_until("the command runs", lambda: "sleep 60" in subprocess.run(
-            ["ps", "-o", "args=", "--ppid", str(sleeper.shell.pid)],
+            ["ps", "-o", "args=", "--ppid", str(h1.shell.pid)],
             capture_output=True, text=True).stdout)  # fmt: skip
     finally:
         lab.stop()
@@ -65,6 +65,17 @@ def test_a_stop_after_a_command_cut_short_leaves_nothing(command: str) -> None:
     wait_until("every node shell gone", lambda: not [p for p in pids if alive(p)])
     assert not lab.state.path.exists()
     assert our_root_leftovers() == []
+
+
+def test_a_node_left_mid_command_answers_again() -> None:
+    """What an interrupted point's `finally` runs on the node (e.g. the failover experiment
+    giving the carrier back) works: `Lab.node` settles the shell first (it failed an
+    assertion, and the interrupt became that error)."""
+    with Lab("pair") as lab:
+        h1 = lab.node("h1")
+        h1.sendCmd("trap '' INT; sleep 60")
+        assert lab.node("h1").cmd("echo answered").strip().endswith("answered")
+        assert "10.0.0.1" in lab.run("h1", "ip -4 addr")
 
 
 def test_clean_after_a_killed_run_restores_everything() -> None:
