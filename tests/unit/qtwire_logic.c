@@ -268,6 +268,19 @@ static void bad_values(const char *spaced_trace) {
     printf(" opportunities=%zu\n", d.trace_len);
 }
 
+/* Admit `count` frames `step_ns` apart from `start_ns`: which of them the loss drops, as an
+ * FNV-1a hash of the per-frame outcomes. */
+static uint64_t drop_pattern(struct direction *d, uint64_t count, uint64_t start_ns, uint64_t step_ns) {
+    uint64_t hash = 1469598103934665603ull;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t now = start_ns + i * step_ns, before = d->drop_loss;
+        advance(d, now);
+        admit(d, frame, FRAME, now);
+        hash = (hash ^ (d->drop_loss - before)) * 1099511628211ull;
+    }
+    return hash;
+}
+
 /* Which of 4000 frames a lossy link drops, as a hash of the pattern (and how many): after
  * "seed n" a function of n alone, whatever the frames' spacing and the jitter drawn between
  * the loss draws. */
@@ -281,13 +294,7 @@ static uint64_t loss_pattern(const char *seed_line, const char *loss, unsigned l
              jitter_us, loss);
     command(&d, line, 1);
     if (seed_line) command(&d, seed_line, 1);
-    uint64_t hash = 1469598103934665603ull; /* FNV-1a over the per-frame outcomes */
-    for (uint64_t i = 0; i < 4000; i++) {
-        uint64_t now = 2 + i * step_ns, before = d.drop_loss;
-        advance(&d, now);
-        admit(&d, frame, FRAME, now);
-        hash = (hash ^ (d.drop_loss - before)) * 1099511628211ull;
-    }
+    uint64_t hash = drop_pattern(&d, 4000, 2, step_ns);
     finish(&d);
     *drops = (unsigned long long)d.drop_loss;
     return hash;
@@ -312,12 +319,7 @@ static void seeded_loss(void) {
     int bad_after_first = 0;
     for (int round = 0; round < 2; round++) {
         command(&g, "seed 7", 1);
-        twice[round] = 1469598103934665603ull;
-        for (uint64_t i = 0; i < 1000; i++) {
-            uint64_t before = g.drop_loss;
-            admit(&g, frame, FRAME, 2 + (round * 1000 + i) * MS);
-            twice[round] = (twice[round] ^ (g.drop_loss - before)) * 1099511628211ull;
-        }
+        twice[round] = drop_pattern(&g, 1000, 2 + (uint64_t)round * 1000 * MS, MS);
         if (round == 0) bad_after_first = g.ge_bad;
     }
     printf("ge_reseeded bad_after_first=%d same=%d\n", bad_after_first, twice[0] == twice[1]);
