@@ -954,7 +954,11 @@ def add_run_arguments(p: Any) -> None:
     p.add_argument("--config", type=Path, help="TOML file with parameters")
     p.add_argument("--runs", type=int, help="repetitions per point")
     p.add_argument("--shard", help="run only shard i of n (i/n)")
-    p.add_argument("--resume", type=Path, help="continue this run directory")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="continue this run directory with its recorded parameters (--runs N adds runs)",
+    )
     p.add_argument("--quick", action="store_true", help="the short version")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
@@ -1014,14 +1018,16 @@ def report_run(exp: Experiment[Any], summary: RunSummary) -> int:
 
 def run_from_args(args: Any) -> int:
     exp = get_experiment(args.experiment)
-    if args.resume is not None and not (
-        args.config or args.quick or args.runs or args.set or args.scenario
-    ):
-        # --resume alone: the parameters the run recorded (a changed one is refused)
+    if args.resume is not None and not (args.config or args.quick or args.set or args.scenario):
+        # --resume alone, or with more --runs: the parameters the run recorded, so adding
+        # repetitions to a sweep does not need its --config/--set again (without them the
+        # defaults were resolved and the resume refused as a change of parameters)
         recorded = read_run_meta(args.resume).get("parameters")
         if not isinstance(recorded, dict):
             raise ExperimentError(f"--resume {args.resume}: its meta.json records no parameters.")
-        params = resolve_params(exp, quick=bool(recorded.get("quick")), recorded=recorded)
+        params = resolve_params(
+            exp, quick=bool(recorded.get("quick")), runs=args.runs, recorded=recorded
+        )
     else:
         params = resolve_params(exp, args.config, args.quick, args.runs, args.set)
     if args.scenario:

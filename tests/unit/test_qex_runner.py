@@ -402,7 +402,7 @@ def test_a_run_of_no_point_is_refused_naming_the_empty_list(tmp_path: Path) -> N
 
 
 def test_a_resume_measures_with_the_recorded_parameters(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A resume whose command line changes a recorded parameter is refused (it used to replace
     them: a resume without --config measured the defaults into a sweep, and meta.json said
@@ -434,6 +434,19 @@ def test_a_resume_measures_with_the_recorded_parameters(
     # the third run of each size (and size 2's second, which is skipped, so never done)
     assert sorted((c["size"], c["run"]) for c in calls) == [(1, 3), (2, 2), (2, 3), (3, 3)]
     assert json.loads((first / "meta.json").read_text())["parameters"]["runs"] == 3
+    # `--resume DIR --runs N` alone: the recorded parameters (scale 3, not the default 1)
+    # with more runs (and the skipped point tried again); it used to resolve the defaults
+    # and be refused
+    calls.clear()
+    assert runner.main(["toy", "--resume", str(first), "--runs", "4", "--no-progress"]) == 0
+    assert sorted((c["size"], c["run"]) for c in calls) == [(1, 4), (2, 2), (2, 4), (3, 4)]
+    assert [float(r["value"]) for r in read(first / "toy.csv")][-1] == 9.0
+    meta = json.loads((first / "meta.json").read_text())
+    assert meta["parameters"]["runs"] == 4 and meta["parameters"]["scale"] == 3.0
+    before = (first / "meta.json").read_text()
+    assert runner.main(["toy", "--resume", str(first), "--runs", "2", "--no-progress"]) != 0
+    assert "gives runs=2 (recorded 4)" in capsys.readouterr().err
+    assert (first / "meta.json").read_text() == before  # fewer runs is not an extension
 
 
 def test_a_sitting_holds_its_run_directory_and_says_it_is_not_finished(tmp_path: Path) -> None:
