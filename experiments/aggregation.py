@@ -32,7 +32,7 @@ from pathlib import Path
 
 from experiments import variants
 from experiments.flows import Flow, cpu_columns, flow_error, run_flow
-from experiments.procstat import CpuMeter
+from experiments.procstat import SATURATED_NOTE, CpuMeter, saturated_by
 from experiments.runner import (
     NON_NEGATIVE,
     PERCENT,
@@ -254,9 +254,12 @@ def summary_table(run_dir: Path) -> str:
     if "cpu_saturated" in df.columns and (df["cpu_saturated"].astype(str) == "True").any():
         hot = df[df["cpu_saturated"].astype(str) == "True"]
         cells = sorted(
-            {f"{r.variant} {r.scheduler} {r.reorder} run {r.run}" for r in hot.itertuples()}
+            {
+                f"{r['variant']} {r['scheduler']} {r['reorder']} run {r['run']} ({saturated_by(r)})"
+                for r in hot.to_dict("records")
+            }
         )
-        text += "\nCPU SATURATED (a process >= 90 % of a core): " + "; ".join(cells)
+        text += f"\n{SATURATED_NOTE}: " + "; ".join(cells)
     return text
 
 

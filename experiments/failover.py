@@ -54,7 +54,7 @@ from experiments.flows import (
     scenario_during,
     sleep_until,
 )
-from experiments.procstat import CpuMeter
+from experiments.procstat import CpuMeter, saturated_by
 from experiments.runner import (
     NON_NEGATIVE,
     POSITIVE,
@@ -542,8 +542,8 @@ def summary_table(run_dir: Path) -> str:
         if no_result:
             notes.append(f"{no_result} run(s) no failover result")
         if saturated:
-            busiest = sorted({r["cpu_busiest"] for r in rows if r.get("cpu_saturated") == "True"})
-            notes.append(f"CPU SATURATED in {saturated} run(s) ({', '.join(busiest)})")
+            what = sorted({saturated_by(r) for r in rows if r.get("cpu_saturated") == "True"})
+            notes.append(f"CPU SATURATED in {saturated} run(s) ({', '.join(what)})")
         settled = median(rows, "pmtu_settled_ms")
         if settled is not None:
             notes.append(f"PMTU search settled {settled:.0f} ms into the outage (median)")

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import flows, variants
-from experiments.procstat import CpuMeter
+from experiments.procstat import SATURATED_NOTE, CpuMeter, saturated_by
 from experiments.runner import (
     NON_NEGATIVE,
     PERCENT,
@@ -371,9 +371,11 @@ def summary_table(run_dir: Path) -> str:
     if "cpu_saturated" in df.columns:
         hot = df[df["cpu_saturated"].astype(str) == "True"]
         if len(hot):
-            cells = [f"{r.what} {r.loss_pct}% {r.rtt_ms}ms run {r.run} ({r.cpu_busiest})"
-                     for r in hot.itertuples()]  # fmt: skip
-            text += "\nCPU SATURATED (a process >= 90 % of a core): " + "; ".join(cells)
+            cells = [
+                f"{r['what']} {r['loss_pct']}% {r['rtt_ms']}ms run {r['run']} ({saturated_by(r)})"
+                for r in hot.to_dict("records")
+            ]
+            text += f"\n{SATURATED_NOTE}: " + "; ".join(cells)
     return text
 
 

@@ -6,11 +6,13 @@ a wall-clock interval the caller measures; RSS in MiB (VmRSS).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from experiments.shaper_meter import ShaperMeter
 
@@ -140,6 +142,22 @@ def saturation(usage: dict[str, float | None]) -> tuple[str | None, bool | None]
         return None, None
     busiest = max(measured, key=lambda name: measured[name])
     return busiest, measured[busiest] >= CPU_SATURATED_PCT
+
+
+SATURATED_NOTE = "CPU SATURATED (a process >= 90 % of a core, or the machine >= 90 % of its cores)"
+"""How a summary names a point flagged `cpu_saturated`: the flag covers both (saturation and
+machine_saturated), and the summaries said only the first."""
+
+
+def saturated_by(row: Mapping[str, Any]) -> str:
+    """What saturated a flagged point, from its row: its busiest process if that one reached
+    CPU_SATURATED_PCT of a core, else "machine" (all of them together filled the cores)."""
+    busiest = str(row.get("cpu_busiest") or "")
+    try:
+        pct = float(row.get(f"cpu_{busiest}_pct") or "nan")
+    except ValueError:
+        pct = math.nan
+    return busiest if pct >= CPU_SATURATED_PCT else "machine"
 
 
 def machine_saturated(host_pct: float | None, cores: int | None) -> bool:

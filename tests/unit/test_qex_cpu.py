@@ -25,6 +25,7 @@ from experiments.procstat import (
     process_rss_mb,
     pss_mb,
     rss_mb,
+    saturated_by,
     saturation,
 )
 from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES, SHAPER_COLUMNS
@@ -91,6 +92,32 @@ def test_a_busy_machine_is_saturated_though_no_process_filled_a_core() -> None:
     assert cpu_columns(meter)["cpu_saturated"] is False
     assert machine_saturated(180.0, 2) and not machine_saturated(180.0, 4)
     assert not machine_saturated(None, 2) and not machine_saturated(190.0, None)
+    # a summary names what saturated it: the machine here (its busiest process, the client,
+    # was at 77 %), where the summaries used to name the client and say "a process >= 90 %"
+    assert saturated_by({k: str(v) for k, v in row.items()}) == "machine"
+    assert saturated_by({"cpu_busiest": "client", "cpu_client_pct": 95.0}) == "client"
+    assert saturated_by({"cpu_busiest": "client", "cpu_client_pct": ""}) == "machine"
+
+
+def test_the_failover_summary_names_the_machine_when_no_process_filled_a_core(
+    tmp_path: Path,
+) -> None:
+    """The failover sweep's run 2 (results/failover/20261207-145340): three points flagged with
+    the machine at 180-182 % and the client, the busiest, at 70-77 %."""
+    from experiments import failover
+
+    columns = ["variant", "run", "event", "traffic", "gap_ms", "goodput_after_gap_mbps"]
+    columns += ["goodput_during_mbps", "completed", "detail", "cpu_busiest", "cpu_client_pct"]
+    columns += ["cpu_host_pct", "cpu_saturated"]
+    cpu = [("72", "178", "False"), ("77", "182", "True"), ("95", "185", "True")]  # the 3rd: client
+    rows = [
+        ["engine", str(run), "link-down", "tcp", "350", "93.6", "", "True", "", "client", *c]
+        for run, c in enumerate(cpu, 1)
+    ]
+    (tmp_path / "failover.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]))
+    (tmp_path / "meta.json").write_text("{}")
+    text = failover.summary_table(tmp_path)
+    assert "CPU SATURATED in 2 run(s) (client, machine)" in text
 
 
 def test_the_meter_samples_live_processes_over_its_window() -> None:
