@@ -149,7 +149,7 @@ SATURATED_NOTE = "CPU SATURATED (a process >= 90 % of a core, or the machine >= 
 machine_saturated), and the summaries said only the first."""
 
 
-def saturated_by(row: Mapping[str, Any]) -> str:
+def saturated_by(row: Mapping[Any, Any]) -> str:
     """What saturated a flagged point, from its row: its busiest process if that one reached
     CPU_SATURATED_PCT of a core, else "machine" (all of them together filled the cores)."""
     busiest = str(row.get("cpu_busiest") or "")
