@@ -103,7 +103,7 @@ def test_the_failover_summary_names_the_machine_when_no_process_filled_a_core(
     tmp_path: Path,
 ) -> None:
     """The failover sweep's run 2 (results/failover/20261207-145340): three points flagged with
-    the machine at 180-182 % and the client, the busiest, at 70-77 %."""
+    the machine at 180-182 % and the client, the busiest, at 71-72 %."""
     from experiments import failover
 
     columns = ["variant", "run", "event", "traffic", "gap_ms", "goodput_after_gap_mbps"]
