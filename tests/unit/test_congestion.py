@@ -216,7 +216,8 @@ def test_an_application_limited_bbr_is_ranked_by_its_window() -> None:
     net, path, client = connected_pair("bbr")
     cc = client._loss._cc
     assert isinstance(cc, BbrCongestionControl)
-    # First it finds the path and leaves STARTUP...
+    # First it finds the path (in STARTUP its pacing rate is at least 2.885 x its window per
+    # RTT anyway, bbr.py's "Under a tunnel's inner slow start")...
     path.up_link.rate = RATE
     while not cc.filled_pipe and len(path.server.quic_events) < 20_000:
         while len(client._datagrams_pending) < 64:
@@ -229,25 +230,7 @@ def test_an_application_limited_bbr_is_ranked_by_its_window() -> None:
         net.run(0.01)
     assert cc.app_limited_until
     window_rate = client._loss.congestion_window / client._loss._rtt_smoothed
-    assert cc.model_rate is not None
-    assert send_rate(client) == max(cc.model_rate, window_rate) > cc.model_rate
-
-
-def test_a_bbr_in_startup_is_ranked_by_its_model_not_by_its_pacers_floor() -> None:
-    """In STARTUP the pacer lets the window out at 2.885 x the window per RTT (bbr.py); ranked
-    by that, a path in STARTUP looked queue-free to the earliest-arrival scheduler and WiFi
-    starved in 2 of 5 aggregation runs with BBR on it. send_rate gives the model's rate."""
-    net, _path, client = connected_pair("bbr")
-    cc = client._loss._cc
-    assert isinstance(cc, BbrCongestionControl)
-    for n in range(20):
-        client.send_datagram_frame(bytes([n]) * 200)
-        net.run(0.01)
-    assert cc.state is BbrState.STARTUP
-    assert cc.pacing_rate is not None and cc.model_rate is not None
-    assert cc.pacing_rate > cc.model_rate
-    window_rate = client._loss.congestion_window / client._loss._rtt_smoothed
-    assert send_rate(client) == max(cc.model_rate, window_rate) < cc.pacing_rate
+    assert send_rate(client) == max(cc.pacing_rate, window_rate) > cc.pacing_rate
 
 
 def test_a_bulk_stream_is_not_marked_app_limited() -> None:

@@ -170,9 +170,6 @@ class BbrCongestionControl(QuicCongestionControl):
         self.probe_rtt_round_done = False
         self.prior_cwnd = 0
         self.pacing_rate: float | None = None  # bytes/s; None until the first RTT sample
-        # what the model says the path carries (bytes/s): the pacing rate without STARTUP's
-        # window floor, by which a multipath scheduler ranks the path (quic_ext.send_rate)
-        self.model_rate: float | None = None
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -251,7 +248,7 @@ class BbrCongestionControl(QuicCongestionControl):
         # let STARTUP find the new bandwidth, paced again from that window (the old rate, up
         # to 2.885 x the old bandwidth, stayed in force until STARTUP ended).
         self.congestion_window = MIN_PIPE_PACKETS * self.max_datagram_size
-        self.pacing_rate = self.model_rate = None
+        self.pacing_rate = None
         self.btlbw_filter = MaxFilter(BTLBW_FILTER_ROUNDS)
         self.filled_pipe = False
         self.full_bw = 0.0
@@ -378,23 +375,18 @@ class BbrCongestionControl(QuicCongestionControl):
                     self._enter(BbrState.PROBE_BW if self.filled_pipe else BbrState.STARTUP, now)
 
     def _set_pacing_rate(self) -> None:
-        # The model's rate (§4.2.1): gain x BtlBw, starting from BBRInitPacingRate (the gain
-        # over the window per RTprop) and in STARTUP only ever raised: a sample from a small
-        # flight must not slow the ramp.
-        if self.model_rate is None and self.rtprop:
-            self.model_rate = self.pacing_gain * self.congestion_window / self.rtprop
         rate = self.pacing_gain * self.btlbw
-        if rate > 0 and (self.filled_pipe or self.model_rate is None or rate > self.model_rate):
-            self.model_rate = rate
-        if self.model_rate is None:
-            return
-        pacing = self.model_rate
         if not self.filled_pipe and self.rtprop:
-            # Until the pipe is full the pacer lets the window out at no less than the gain
-            # over the window per RTprop (BBRInitPacingRate's rule kept while the window
-            # grows): the module docstring, "Under a tunnel's inner slow start".
-            pacing = max(pacing, self.pacing_gain * self.congestion_window / self.rtprop)
-        self.pacing_rate = pacing
+            # Until the pipe is full, never below the gain over the window per RTprop
+            # (BBRInitPacingRate's rule, §4.2.1, kept while the window grows): see the module
+            # docstring, "Under a tunnel's inner slow start".
+            rate = max(rate, self.pacing_gain * self.congestion_window / self.rtprop)
+        if rate <= 0:
+            return
+        # In STARTUP never pace below what was set: a sample from a small flight must not
+        # slow the ramp (§4.2.1).
+        if self.filled_pipe or self.pacing_rate is None or rate > self.pacing_rate:
+            self.pacing_rate = rate
 
     def _set_cwnd(self, acked: int) -> None:
         """tcp_bbr.c's bbr_set_cwnd: toward cwnd_gain x BDP (+ 3 packets of room for ACK

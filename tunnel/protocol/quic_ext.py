@@ -2383,12 +2383,6 @@ def send_rate(quic: QuicConnection) -> float | None:
     loss = quic._loss
     cc = loss._cc
     rate = getattr(cc, "pacing_rate", None)
-    if isinstance(cc, BbrCongestionControl):
-        # BBR is ranked by its model, not by STARTUP's window floor on its pacer (bbr.py):
-        # that floor, 2.885 x the window per RTT, made a path in STARTUP look queue-free to
-        # the earliest-arrival scheduler, and with BBR on WiFi the WiFi path then carried
-        # 7-11 Mbit/s in 2 of 5 aggregation runs (results/README.md)
-        rate = cc.model_rate
     if rate:
         if isinstance(cc, BbrCongestionControl) and cc.app_limited_until and loss._rtt_initialized:
             # BBR whose samples are application-limited: its estimate is what it was given,
