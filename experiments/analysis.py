@@ -57,7 +57,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from experiments.procstat import CPU_SATURATED_PCT
 from experiments.run_meta import ResultsError as ResultsError  # re-exported
 from experiments.run_meta import RunDirError, read_run_meta, read_text_file
-from experiments.schemas import NO_DELIVERY_BEFORE, TABLES
+from experiments.schemas import NO_DELIVERY_BEFORE, TABLES, aqm_label
 from experiments.traffic import jain_index
 from experiments.video_abr import LADDER_MBPS
 from testbed.paths import FIGURES_DIR, RESULTS_ROOT
@@ -1731,21 +1731,29 @@ def scale_figure(run_dir: Path, out_png: Path) -> Path:
 
 
 # -- the workload experiment ----------------------------------------------------------------
+def _aqm_labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """`mode` as the figures name it: a qtun mode run with CoDel on its datagram queue is
+    "<mode> codel" (schemas.aqm_label), so every panel shows it beside the tail-drop one."""
+    if "queue_aqm" in df.columns and len(df):
+        df["mode"] = [aqm_label(m, a) for m, a in zip(df["mode"], df["queue_aqm"], strict=True)]
+    return df
+
+
 def load_workload(run_dir: Path) -> pd.DataFrame:
-    return _with_cpu_flag(_load(run_dir, "workload"), run_dir, "workload")
+    return _aqm_labelled(_with_cpu_flag(_load(run_dir, "workload"), run_dir, "workload"))
 
 
 def load_workload_calls(run_dir: Path) -> pd.DataFrame:
-    return _load(run_dir, "workload_calls")
+    return _aqm_labelled(_load(run_dir, "workload_calls"))
 
 
 def load_workload_flows(run_dir: Path) -> pd.DataFrame:
-    return _load(run_dir, "workload_flows")
+    return _aqm_labelled(_load(run_dir, "workload_flows"))
 
 
 # -- the workload experiment's video sessions (their own figure, beside the workload one) -----
 def load_workload_segments(run_dir: Path) -> pd.DataFrame:
-    return _load(run_dir, "workload_segments")
+    return _aqm_labelled(_load(run_dir, "workload_segments"))
 
 
 def video_figure_path(workload_png: Path) -> Path:

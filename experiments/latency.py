@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import variants
@@ -44,7 +44,7 @@ from experiments.runner import (
     PointResult,
     Row,
 )
-from experiments.schemas import LATENCY, tables
+from experiments.schemas import LATENCY, QUEUE_AQMS, tables
 from experiments.traffic import goodput_mbps, pad_bins
 from experiments.variants import CLIENT, Modes
 from testbed.fidelity import ping_rtts
@@ -53,8 +53,6 @@ from testbed.profiles import LinkProfile
 
 MODES = ("plain", "tunnel", "session", "wireguard")
 LOADS = ("idle", "tcp")
-QUEUE_AQMS = ("codel", "off")
-NO_AQM = "n/a"  # the queue_aqm of a mode without a tunnel queue (plain, WireGuard)
 FIRST_PORT = 5600
 
 DEFAULTS: Params = {
@@ -96,7 +94,7 @@ def points(params: Params) -> list[Point]:
     return [
         Point({"mode": mode, "queue_aqm": aqm, "load": load, "run": run})
         for mode in params["modes"]
-        for aqm in (params["queue_aqm"] if mode in variants.QTUN_MODES else [NO_AQM])
+        for aqm in variants.aqm_values(mode, params["queue_aqm"])
         for load in params["loads"]
         for run in range(1, int(params["runs"]) + 1)
     ]
@@ -138,11 +136,7 @@ def run_point(ctx: Context[LatencyState], point: Point) -> PointResult:
     if mode == "wireguard" and variants.wireguard_missing():
         return PointResult(skipped=str(variants.wireguard_missing()))
     # a fresh tunnel per point: no queue or congestion state left by the previous one
-    spec = None
-    if mode in variants.QTUN_MODES:
-        aqm = (f"limits.queue_aqm={point['queue_aqm']}",)
-        spec = replace(variants.mode_spec(mode), client_overrides=aqm, concentrator_overrides=aqm)
-    route = state.modes.ensure(mode, fresh=True, spec=spec)
+    route = state.modes.ensure(mode, fresh=True, spec=variants.aqm_spec(mode, point["queue_aqm"]))
     carrier = state.modes.carrier
     assert carrier is not None
     count, interval = int(p["ping_count"]), float(p["ping_interval_s"])

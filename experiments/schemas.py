@@ -341,10 +341,25 @@ VOIP_CALL_COLUMNS = (
     "mos_adaptive",
 )
 VOIP_ADAPTIVE_COLUMNS = VOIP_CALL_COLUMNS[VOIP_CALL_COLUMNS.index("playout_adjust_s") :]
+QUEUE_AQMS = ("codel", "off")
+"""The values of a qtun mode's `queue_aqm` dimension (latency and workload experiments): each
+tunnel connection's datagram queue under CoDel, or tail drop at its cap (limits.queue_aqm)."""
+NO_AQM = "n/a"
+"""The `queue_aqm` of a mode without a tunnel queue (plain, WireGuard)."""
+
+
+def aqm_label(mode: str, aqm: object) -> str:
+    """How a figure or table names a point of `mode` run with `aqm`: "<mode> codel" under
+    CoDel, the mode alone otherwise (tail drop, the default; no tunnel queue; a run from
+    before the dimension, which has no value)."""
+    return f"{mode} codel" if aqm == "codel" else mode
+
+
 WORKLOAD = Table(
     "workload",
     (
         "mode",
+        "queue_aqm",  # qtun modes: limits.queue_aqm (codel, off); n/a for plain, WireGuard
         "workload",  # voip, voip-bulk, web, web-bulk, bulk-parallel
         "run",
         "calls",
@@ -373,6 +388,7 @@ WORKLOAD = Table(
         *VIDEO_SESSION_COLUMNS,
     ),
     optional=(
+        "queue_aqm",  # runs before 2026-12-08 lack it: the queue was tail drop ("off")
         "calls",
         "mos",
         "r_factor",
@@ -401,13 +417,14 @@ WORKLOAD = Table(
 )
 WORKLOAD_CALLS = Table(
     "workload_calls",
-    ("mode", "workload", "run", "call", *VOIP_CALL_COLUMNS, "send_slip_max_ms"),
-    optional=(*VOIP_ADAPTIVE_COLUMNS, "send_slip_max_ms"),
+    ("mode", "queue_aqm", "workload", "run", "call", *VOIP_CALL_COLUMNS, "send_slip_max_ms"),
+    optional=("queue_aqm", *VOIP_ADAPTIVE_COLUMNS, "send_slip_max_ms"),
 )
 WORKLOAD_FLOWS = Table(
     "workload_flows",
     (
         "mode",
+        "queue_aqm",
         "workload",
         "run",
         "flow",  # the object's (or connection's) number
@@ -420,12 +437,13 @@ WORKLOAD_FLOWS = Table(
         "outcome",  # web: soak_traffic's (ok, short, corrupt, reset, ...); bulk: ok
         "error",
     ),
-    optional=("size_bytes", "start_s", "fct_ms", "goodput_mbps", "error"),
+    optional=("queue_aqm", "size_bytes", "start_s", "fct_ms", "goodput_mbps", "error"),
 )
 WORKLOAD_SEGMENTS = Table(
     "workload_segments",
     (
         "mode",
+        "queue_aqm",
         "workload",
         "run",
         "segment",  # its number in the session
@@ -437,7 +455,8 @@ WORKLOAD_SEGMENTS = Table(
         "throughput_mbps",  # bytes over download time: the ABR rule's sample
         "buffer_s",  # the player's buffer (seconds of video) when it asked
     ),
-    optional=("throughput_mbps",),  # bytes and download_ms give it: no figure needs the column
+    # bytes and download_ms give throughput_mbps: no figure needs the column
+    optional=("queue_aqm", "throughput_mbps"),
 )
 
 # Every table a loader reads, by name.

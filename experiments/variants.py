@@ -76,11 +76,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from experiments.runner import Context, ExperimentError, Params
+from experiments.schemas import NO_AQM
 from testbed.fidelity import require_fidelity, verify_link
 from testbed.hosts import HostProcess, wait_in_log
 from testbed.lab import Lab, LabError
@@ -693,6 +694,21 @@ def mode_spec(mode: str) -> TunnelSpec:
     if mode in ("tunnel", "masque"):
         return TunnelSpec(mode=mode)
     return TunnelSpec(mode="session", stream=mode == "stream")
+
+
+def aqm_values(mode: str, asked: Sequence[str]) -> list[str]:
+    """The `queue_aqm` values a point of `mode` runs with: those asked for a qtun mode,
+    NO_AQM alone for the others."""
+    return list(asked) if mode in QTUN_MODES else [NO_AQM]
+
+
+def aqm_spec(mode: str, aqm: str) -> TunnelSpec | None:
+    """`mode`'s qtun spec with its datagram queue's AQM set at both ends (limits.queue_aqm);
+    None for a mode without a tunnel queue (Modes.ensure's default)."""
+    if mode not in QTUN_MODES:
+        return None
+    setting = (f"limits.queue_aqm={aqm}",)
+    return replace(mode_spec(mode), client_overrides=setting, concentrator_overrides=setting)
 
 
 def wifi_only(lab: Lab, ctx: Context[Any], verify: bool, require: bool = True) -> None:

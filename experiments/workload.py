@@ -33,6 +33,11 @@ runs them on the hosts):
                  played, switches, stalls and their total time, the startup delay
                  (experiments/video_abr.py has the rule, the accounting and their sources).
 
+The qtun modes run once per `queue_aqm` value (default ["off"], the programs' default; with
+["codel", "off"] each qtun mode is measured with CoDel on its datagram queue and with tail drop,
+as in the latency experiment); plain and WireGuard have no tunnel queue: "n/a". The figure
+names a qtun mode run with CoDel "<mode> codel".
+
 Rows: workload.csv one per point (the medians, and the CPU of every process: the tunnel's
 programs, the shaper, the workload's two programs and the load's, a saturated core flagged),
 workload_calls.csv one per call, workload_flows.csv one per web object or bulk connection,
@@ -73,10 +78,12 @@ from experiments.runner import (
     Row,
 )
 from experiments.schemas import (
+    QUEUE_AQMS,
     WORKLOAD,
     WORKLOAD_CALLS,
     WORKLOAD_FLOWS,
     WORKLOAD_SEGMENTS,
+    aqm_label,
     tables,
 )
 from experiments.traffic import goodput_mbps, jain_index
@@ -100,6 +107,8 @@ LOAD_ROLES = ("load_sender", "load_receiver")
 DEFAULTS: Params = {
     "modes": list(MODES),
     "workloads": list(WORKLOADS),
+    # the qtun modes' datagram queue (schemas.QUEUE_AQMS); "off" is the programs' default
+    "queue_aqm": ["off"],
     "runs": 3,
     "seed": 1,
     "access_profile": "lte",
@@ -146,7 +155,11 @@ class WorkloadState:
 
 
 def points(params: Params) -> list[Point]:
-    for key, known in (("modes", MODES), ("workloads", WORKLOADS)):
+    for key, known in (
+        ("modes", MODES),
+        ("workloads", WORKLOADS),
+        ("queue_aqm", QUEUE_AQMS),
+    ):
         bad = [v for v in params[key] if v not in known]
         if bad:
             raise ExperimentError(
@@ -170,8 +183,9 @@ def points(params: Params) -> list[Point]:
             f"video_s must be in (0, 3600] s and video_buffer_s in [{SEGMENT_S:g}, 600] s."
         )
     return [
-        Point({"mode": mode, "workload": workload, "run": run})
+        Point({"mode": mode, "queue_aqm": aqm, "workload": workload, "run": run})
         for mode in params["modes"]
+        for aqm in variants.aqm_values(mode, params["queue_aqm"])
         for workload in params["workloads"]
         for run in range(1, int(params["runs"]) + 1)
     ]
@@ -469,7 +483,7 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
     if mode == "wireguard" and variants.wireguard_missing():
         return PointResult(skipped=str(variants.wireguard_missing()))
     # a fresh tunnel per point: no queue or congestion state left by the previous one
-    route = state.modes.ensure(mode, fresh=True)
+    route = state.modes.ensure(mode, fresh=True, spec=variants.aqm_spec(mode, point["queue_aqm"]))
     state.lab.forget_learned_paths()
     carrier = state.modes.carrier
     assert carrier is not None
@@ -558,6 +572,8 @@ def summary_table(run_dir: Path) -> str:
     if not path.exists():
         return "no workload rows"
     df = pd.read_csv(path)
+    if "queue_aqm" in df.columns:  # a qtun mode under CoDel is its own row
+        df["mode"] = [aqm_label(m, a) for m, a in zip(df["mode"], df["queue_aqm"], strict=True)]
     lines = []
     for column, what in (
         ("mos", "median MOS (G.107 E-model), fixed playout buffer"),
@@ -581,7 +597,7 @@ EXPERIMENT = Experiment(
     defaults=DEFAULTS,
     quick=QUICK,
     tables=tables(WORKLOAD, WORKLOAD_CALLS, WORKLOAD_FLOWS, WORKLOAD_SEGMENTS),
-    key_columns=("mode", "workload", "run"),
+    key_columns=("mode", "queue_aqm", "workload", "run"),
     points=points,
     run_point=run_point,
     session=session,

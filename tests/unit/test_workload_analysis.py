@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from experiments import analysis, workload
+from experiments import analysis, variants, workload
 from experiments.procstat import CpuMeter
 from experiments.runner import ExperimentError, resolve_params
 from experiments.schemas import (
@@ -145,6 +145,62 @@ def test_parameters_are_checked_in_one_sentence() -> None:
     for bad in (*bad_values, "playout_adjust_s=0"):
         with pytest.raises(ExperimentError):
             exp.points(resolve_params(exp, sets=[bad]))
+
+
+def test_the_qtun_modes_run_once_per_queue_aqm_and_the_others_once() -> None:
+    """queue_aqm=["codel", "off"]: each qtun mode twice, with CoDel and with tail drop set at
+    both ends; plain and WireGuard once, "n/a" (no tunnel queue). An unknown AQM is refused."""
+    exp = workload.EXPERIMENT
+    sets = ['modes=["plain", "tunnel", "stream"]', 'workloads=["bulk-parallel"]', "runs=1"]
+    both = resolve_params(exp, sets=[*sets, 'queue_aqm=["codel", "off"]'])
+    assert [(p["mode"], p["queue_aqm"]) for p in exp.points(both)] == [
+        ("plain", "n/a"),
+        ("tunnel", "codel"),
+        ("tunnel", "off"),
+        ("stream", "codel"),
+        ("stream", "off"),
+    ]
+    default = exp.points(resolve_params(exp, sets=sets))
+    assert [p["queue_aqm"] for p in default] == ["n/a", "off", "off"]
+    with pytest.raises(ExperimentError, match="unknown queue_aqm red"):
+        exp.points(resolve_params(exp, sets=[*sets, 'queue_aqm=["red"]']))
+    spec = variants.aqm_spec("stream", "codel")
+    assert spec is not None and spec.stream
+    assert spec.client_overrides == spec.concentrator_overrides == ("limits.queue_aqm=codel",)
+    assert variants.aqm_spec("plain", "n/a") is None
+
+
+def test_a_qtun_mode_under_codel_is_drawn_and_summarised_beside_tail_drop(tmp_path: Path) -> None:
+    """Rows with queue_aqm codel become "<mode> codel" in every loader, so the bulk panel has
+    a bar of its own for it; a run from before the column keeps its modes' names."""
+    points = []
+    flows = []
+    cells = (("plain", "n/a", 5.0), ("tunnel", "off", 3.0), ("tunnel", "codel", 4.0))
+    for mode, aqm, share in cells:
+        points.append({"mode": mode, "queue_aqm": aqm, "workload": "bulk-parallel", "run": 1,
+                       "flows": 2, "flows_ok": 2, "goodput_mbps": 2 * share,
+                       "jain_fairness": 1.0, "cpu_saturated": False})  # fmt: skip
+        for k in range(2):
+            flows.append({"mode": mode, "queue_aqm": aqm, "workload": "bulk-parallel", "run": 1,
+                          "flow": k, "kind": "bulk", "bytes": 10**6, "goodput_mbps": share,
+                          "outcome": "ok"})  # fmt: skip
+    write(tmp_path, WORKLOAD, points)
+    write(tmp_path, WORKLOAD_FLOWS, flows)
+    loaded = analysis.load_workload(tmp_path)
+    assert list(loaded["mode"]) == ["plain", "tunnel", "tunnel codel"]
+    assert sorted(set(analysis.load_workload_flows(tmp_path)["mode"])) == [
+        "plain",
+        "tunnel",
+        "tunnel codel",
+    ]
+    summary = workload.summary_table(tmp_path)
+    assert "tunnel codel" in summary and "8.0" in summary
+    png = analysis.workload_figure(tmp_path, tmp_path / "w.png")
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    write(legacy, WORKLOAD, [{k: v for k, v in points[1].items() if k != "queue_aqm"}])
+    assert list(analysis.load_workload(legacy)["mode"]) == ["tunnel"]
 
 
 def test_a_call_without_its_senders_count_is_judged_against_its_length() -> None:
