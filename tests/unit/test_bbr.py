@@ -262,6 +262,21 @@ def test_the_first_rtt_sample_sets_startups_pacing_rate_from_the_window() -> Non
     assert cc.pacing_rate is not None and cc.pacing_rate >= initial
 
 
+def test_until_the_pipe_is_full_it_paces_at_least_its_window_per_rtprop() -> None:
+    """BBRInitPacingRate's rule kept while STARTUP's window grows (bbr.py, "Under a tunnel's
+    inner slow start"); once the pipe is full, the gain over BtlBw alone."""
+    cc = BbrCongestionControl(max_datagram_size=MSS)
+    link = Bottleneck(cc, rate=RATE, rtt=RTT)
+    link.run(0.2)
+    assert cc.state is BbrState.STARTUP and cc.rtprop is not None
+    # set on the last ACK, before that ACK grew the window by a packet
+    window_floor = HIGH_GAIN * (cc.congestion_window - MSS) / cc.rtprop
+    assert cc.pacing_rate is not None and cc.pacing_rate >= window_floor > HIGH_GAIN * cc.btlbw
+    link.run(3.0)
+    assert cc.state is BbrState.PROBE_BW
+    assert cc.pacing_rate == pytest.approx(cc.pacing_gain * cc.btlbw)
+
+
 def test_persistent_congestion_restarts_pacing_from_the_small_window() -> None:
     cc = BbrCongestionControl(max_datagram_size=MSS)
     link = Bottleneck(cc, rate=RATE, rtt=RTT)
