@@ -47,7 +47,10 @@ therefore never below the gain over the window per RTprop: BBRInitPacingRate's r
 (§4.2.1), kept while STARTUP's window grows. That window is bounded by 2.885 x the BDP
 estimate, so the bursts it allows are no larger than STARTUP's own; a greedy sender, whose
 estimate keeps up, is barely affected (test_bbr.py's bottleneck at 10, 40 and 100 ms: the same
-peak queue and flight, STARTUP over within 11 ms of before).
+peak queue and flight, STARTUP over within 11 ms of before). Landed first on 2026-12-07 and
+reverted for starving WiFi in session mode with BBR on WiFi; that starvation came without the
+floor too (2 of 10 runs either way, 2026-12-08) and was the scheduler's: it ranked the loss-based
+5G path by a window it never filled (tunnel/protocol/delivery_rate.py).
 
 Sans-I/O: aioquic calls it with `now` and packets; it never reads a clock.
 """
