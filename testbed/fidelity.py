@@ -307,23 +307,39 @@ def rate_row(
 ) -> Row | None:
     """TCP goodput one way ("ab": A sends to B; "ba": B to A, by `iperf3 -R`) against what
     the direction's rate allows (goodput_ceiling): within RATE_TOLERANCE of it (of a trace's
-    range over as long). The link must carry no loss meanwhile (verify_link takes it off)."""
+    range over as long). The link must carry no loss meanwhile (verify_link takes it off).
+
+    A measurement below the range is taken once more and the higher kept: a few seconds of TCP
+    on a busy machine can fall short of a faithful link (the sender or the shaper kept off a
+    core: `make test` runs its phases side by side, and a fresh clone's run measured 26.2 of
+    28.7 Mbit/s once), while a link shaped slower falls short both times. One above the range
+    is never the machine's doing and is not measured again."""
     ceiling = goodput_ceiling(prof)
     if ceiling is None:
         return None
     a, b = lab.node(link.node_a), lab.node(link.node_b)
     # a link with a smaller MTU drops full-size segments: the sender keeps to what it carries
     mss = prof.mtu_bytes - IPV4_TCP_HEADERS if prof.mtu_bytes else 0
-    got = iperf3_goodput_mbit(
-        lab, a, b, link.peer_v4, seconds=RATE_SECONDS, mss=mss, reverse=direction == "ba"
-    )
-    ok = (1 - RATE_TOLERANCE) * ceiling.low <= got <= (1 + RATE_TOLERANCE) * ceiling.high
+
+    def measure() -> float:
+        return iperf3_goodput_mbit(
+            lab, a, b, link.peer_v4, seconds=RATE_SECONDS, mss=mss, reverse=direction == "ba"
+        )
+
+    low, high = (1 - RATE_TOLERANCE) * ceiling.low, (1 + RATE_TOLERANCE) * ceiling.high
+    got = measure()
+    again = got < low
+    if again:
+        got = max(got, measure())
+    ok = low <= got <= high
     if direction == "ab":
         detail = f"ab: {link.node_a} -> {link.node_b}, {ceiling.source}"
     else:
         detail = f"ba: {link.node_b} -> {link.node_a} (iperf3 -R), {ceiling.source}"
     if prof.mean_loss_pct:
         detail += "; measured with the loss taken off"
+    if again:
+        detail += "; measured twice, the first short: the higher kept"
     mean = round(ceiling.mean, 2)
     return Row("tcp_goodput", mean, round(got, 2), "Mbit/s", backend, ok, detail)
 
