@@ -83,7 +83,6 @@ from tunnel.policy.tickets import TicketIdentity, TicketStore
 from tunnel.protocol import quic_crypto
 from tunnel.protocol.bbr import BbrCongestionControl
 from tunnel.protocol.congestion import PacedNoCongestionControl
-from tunnel.protocol.delivery_rate import DeliveryRate
 from tunnel.protocol.pmtu import PmtuSearch, PmtuState
 from tunnel.protocol.quic_crypto import FastAead, FastHeaderProtection
 from tunnel.protocol.stateless_reset import is_reset, reset_token, tag_connection_id
@@ -1043,16 +1042,6 @@ class TunnelQuicConnection(QuicConnection):
         loss = self._loss
         on_ack_received = loss.on_ack_received
         on_packet_sent = loss.on_packet_sent
-        on_packets_lost = loss._on_packets_lost
-        # what the path delivers, for send_rate (tunnel/protocol/delivery_rate.py): the bytes
-        # an ACK takes out of flight, less those it has loss recovery declare lost
-        self._tunnel_delivery = DeliveryRate()
-        self._tunnel_lost_bytes = 0
-
-        def packets_lost(*, packets: Iterable[QuicSentPacket], **kwargs: Any) -> None:
-            lost = list(packets)
-            self._tunnel_lost_bytes += sum(p.sent_bytes for p in lost if p.in_flight)
-            on_packets_lost(packets=lost, **kwargs)
 
         def ack_received(
             *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
@@ -1069,16 +1058,11 @@ class TunnelQuicConnection(QuicConnection):
             if probes and not len(ack_rangeset):
                 return
             before = len(space.sent_packets)
-            cc, lost = loss._cc, self._tunnel_lost_bytes
-            in_flight = cc.bytes_in_flight
             on_ack_received(ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space)
             # packets leave sent_packets here only when something was newly acknowledged
             if len(space.sent_packets) < before:
                 self._tunnel_last_progress = now
                 self._tunnel_unanswered_since = None
-                if loss._cc is cc and loss._rtt_initialized:
-                    delivered = in_flight - cc.bytes_in_flight - (self._tunnel_lost_bytes - lost)
-                    self._tunnel_delivery.on_delivered(now, delivered, loss._rtt_smoothed)
 
         def packet_sent(*, packet: Any, space: QuicPacketSpace) -> None:
             on_packet_sent(packet=packet, space=space)
@@ -1091,7 +1075,6 @@ class TunnelQuicConnection(QuicConnection):
 
         loss.on_ack_received = ack_received  # type: ignore[method-assign]
         loss.on_packet_sent = packet_sent  # type: ignore[method-assign]
-        loss._on_packets_lost = packets_lost  # type: ignore[method-assign]
 
     def min_rtt(self) -> float | None:
         """Loss recovery's minimum RTT of the path (s), None before the first sample; cheaper
@@ -2396,9 +2379,7 @@ def stream_acknowledged(quic: QuicConnection, stream_id: int) -> bool:
 def send_rate(quic: QuicConnection) -> float | None:
     """Bytes per second the connection lets out now: its controller's pacing rate when it has
     one (BBR, "none"; for an application-limited BBR at least its window per RTT), else one
-    congestion window per smoothed RTT (RFC 9002 §7.7) but no more than the most the path
-    delivered over an RTT in the last ten (delivery_rate.py: a window the path does not fill
-    does not set its pace, its bottleneck does); None before the first RTT sample."""
+    congestion window per smoothed RTT (RFC 9002 §7.7); None before the first RTT sample."""
     loss = quic._loss
     cc = loss._cc
     rate = getattr(cc, "pacing_rate", None)
@@ -2414,9 +2395,7 @@ def send_rate(quic: QuicConnection) -> float | None:
         return float(rate)
     if not loss._rtt_initialized:
         return None
-    window = loss.congestion_window / max(loss._rtt_smoothed, K_MICRO_SECOND)
-    delivered = quic._tunnel_delivery.rate if isinstance(quic, TunnelQuicConnection) else None
-    return float(window if delivered is None else min(window, delivered))
+    return float(loss.congestion_window / max(loss._rtt_smoothed, K_MICRO_SECOND))
 
 
 def stream_send_backlog(quic: QuicConnection, stream_id: int) -> int:
