@@ -49,8 +49,9 @@ estimate, so the bursts it allows are no larger than STARTUP's own; a greedy sen
 estimate keeps up, is barely affected (test_bbr.py's bottleneck at 10, 40 and 100 ms: the same
 peak queue and flight, STARTUP over within 11 ms of before). Landed first on 2026-12-07 and
 reverted for starving WiFi in session mode with BBR on WiFi; that starvation came without the
-floor too (2 of 10 runs either way, 2026-12-08) and was the scheduler's: it ranked the loss-based
-5G path by a window it never filled (tunnel/protocol/delivery_rate.py).
+floor too (2 of 10 runs either way, 2026-12-08) and is the scheduler's: it ranks the loss-based
+5G path by a window it never fills (results/README.md, "The scheduler's rate of a loss-based
+path").
 
 Sans-I/O: aioquic calls it with `now` and packets; it never reads a clock.
 """
