@@ -83,7 +83,6 @@ from experiments.schemas import (
     WORKLOAD_CALLS,
     WORKLOAD_FLOWS,
     WORKLOAD_SEGMENTS,
-    aqm_label,
     tables,
 )
 from experiments.traffic import goodput_mbps, jain_index
@@ -566,14 +565,12 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
 def summary_table(run_dir: Path) -> str:
     """Per mode: the median MOS and one-way delay of the calls, the median FCT of the web
     objects, the parallel bulk goodput; alone and under a bulk load."""
-    import pandas as pd
+    from experiments.analysis import ResultsError, load_workload
 
-    path = run_dir / "workload.csv"
-    if not path.exists():
+    try:
+        df = load_workload(run_dir)  # a qtun mode under CoDel named as its own: "<mode> codel"
+    except ResultsError:
         return "no workload rows"
-    df = pd.read_csv(path)
-    if "queue_aqm" in df.columns:  # a qtun mode under CoDel is its own row
-        df["mode"] = [aqm_label(m, a) for m, a in zip(df["mode"], df["queue_aqm"], strict=True)]
     lines = []
     for column, what in (
         ("mos", "median MOS (G.107 E-model), fixed playout buffer"),
