@@ -216,8 +216,9 @@ DUPLICATION_DOC = (
 QUEUE_AQM_DOC = (
     "active queue management of each connection's datagram queue: codel (RFC 8289) drops "
     "arriving packets once the queue's delay stayed above queue_delay_target for "
-    "queue_delay_interval, so an inner TCP flow keeps the tunnel's own queue short (it also "
-    "halves a 5 s inner Cubic flow's goodput at 100 ms RTT: off by default); off: tail drop "
+    "queue_delay_interval, so an inner TCP flow keeps the tunnel's own queue short (no "
+    "measured goodput cost since the outer BBR's STARTUP floor; off by default until its "
+    'check is re-run and the experiments adapt, README "The datagram queue"); off: tail drop '
     "at max_datagram_queue only"
 )
 QUEUE_AQM_CHOICES = ("codel", "off")
