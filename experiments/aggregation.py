@@ -32,7 +32,7 @@ from pathlib import Path
 
 from experiments import variants
 from experiments.flows import Flow, cpu_columns, flow_error, run_flow
-from experiments.procstat import SATURATED_NOTE, CpuMeter, saturated_by
+from experiments.procstat import CpuMeter, saturated_note
 from experiments.runner import (
     NON_NEGATIVE,
     PERCENT,
@@ -250,17 +250,10 @@ def summary_table(run_dir: Path) -> str:
         return "no aggregation rows"
     df = pd.read_csv(path, keep_default_na=False)
     table = df.groupby(["variant", "scheduler", "reorder"])[["goodput_mbps", "ratio"]].mean()
-    text = str(table.round(2))
-    if "cpu_saturated" in df.columns and (df["cpu_saturated"].astype(str) == "True").any():
-        hot = df[df["cpu_saturated"].astype(str) == "True"]
-        cells = sorted(
-            {
-                f"{r['variant']} {r['scheduler']} {r['reorder']} run {r['run']} ({saturated_by(r)})"
-                for r in hot.to_dict("records")
-            }
-        )
-        text += f"\n{SATURATED_NOTE}: " + "; ".join(cells)
-    return text
+    return str(table.round(2)) + saturated_note(
+        df.to_dict("records"),
+        lambda r: f"{r['variant']} {r['scheduler']} {r['reorder']} run {r['run']}",
+    )
 
 
 EXPERIMENT = Experiment(

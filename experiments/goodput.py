@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import flows, variants
-from experiments.procstat import SATURATED_NOTE, CpuMeter, saturated_by
+from experiments.procstat import CpuMeter, saturated_note
 from experiments.runner import (
     NON_NEGATIVE,
     PERCENT,
@@ -367,16 +367,10 @@ def summary_table(run_dir: Path) -> str:
     table = df.pivot_table(
         index="what", columns=["loss_pct", "rtt_ms"], values="goodput_mbps", aggfunc="median"
     )
-    text = str(table.round(1))
-    if "cpu_saturated" in df.columns:
-        hot = df[df["cpu_saturated"].astype(str) == "True"]
-        if len(hot):
-            cells = [
-                f"{r['what']} {r['loss_pct']}% {r['rtt_ms']}ms run {r['run']} ({saturated_by(r)})"
-                for r in hot.to_dict("records")
-            ]
-            text += f"\n{SATURATED_NOTE}: " + "; ".join(cells)
-    return text
+    return str(table.round(1)) + saturated_note(
+        df.to_dict("records"),
+        lambda r: f"{r['what']} {r['loss_pct']}% {r['rtt_ms']}ms run {r['run']}",
+    )
 
 
 EXPERIMENT = Experiment(

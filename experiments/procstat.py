@@ -10,7 +10,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,18 @@ def saturated_by(row: Mapping[Any, Any]) -> str:
     except ValueError:
         pct = math.nan
     return busiest if pct >= CPU_SATURATED_PCT else "machine"
+
+
+def saturated_note(
+    rows: Iterable[Mapping[Any, Any]], label: Callable[[Mapping[Any, Any]], str]
+) -> str:
+    """The line a summary ends with when points were flagged `cpu_saturated` ("" when none
+    was): SATURATED_NOTE, then each flagged point as `label(row)` with what saturated it, so a
+    reader of the summary sees which medians the machine may have set (issue 17)."""
+    cells = sorted(
+        {f"{label(r)} ({saturated_by(r)})" for r in rows if str(r.get("cpu_saturated")) == "True"}
+    )
+    return f"\n{SATURATED_NOTE}: " + "; ".join(cells) if cells else ""
 
 
 def machine_saturated(host_pct: float | None, cores: int | None) -> bool:

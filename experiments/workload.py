@@ -67,7 +67,7 @@ from experiments.flows import (
     run_flow,
     run_programs,
 )
-from experiments.procstat import CpuMeter, machine_saturated, saturation
+from experiments.procstat import CpuMeter, machine_saturated, saturated_note, saturation
 from experiments.runner import (
     Context,
     Experiment,
@@ -564,7 +564,8 @@ def run_point(ctx: Context[WorkloadState], point: Point) -> PointResult:
 
 def summary_table(run_dir: Path) -> str:
     """Per mode: the median MOS and one-way delay of the calls, the median FCT of the web
-    objects, the parallel bulk goodput; alone and under a bulk load."""
+    objects, the parallel bulk goodput; alone and under a bulk load; then the points flagged
+    `cpu_saturated`, if any."""
     from experiments.analysis import ResultsError, load_workload
 
     try:
@@ -586,7 +587,11 @@ def summary_table(run_dir: Path) -> str:
                 index="mode", columns="workload", values=column, aggfunc="median"
             )
             lines.append(f"{what}:\n{table.round(2)}")
-    return "\n".join(lines) or "no measured workload rows"
+    if not lines:
+        return "no measured workload rows"
+    return "\n".join(lines) + saturated_note(
+        df.to_dict("records"), lambda r: f"{r['mode']} {r['workload']} run {r['run']}"
+    )
 
 
 EXPERIMENT = Experiment(

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from experiments.procstat import (
     pss_mb,
     rss_mb,
     saturated_by,
+    saturated_note,
     saturation,
 )
 from experiments.schemas import CPU_COLUMNS, CPU_PROCESSES, SHAPER_COLUMNS
@@ -97,6 +100,23 @@ def test_a_busy_machine_is_saturated_though_no_process_filled_a_core() -> None:
     assert saturated_by({k: str(v) for k, v in row.items()}) == "machine"
     assert saturated_by({"cpu_busiest": "client", "cpu_client_pct": 95.0}) == "client"
     assert saturated_by({"cpu_busiest": "client", "cpu_client_pct": ""}) == "machine"
+
+
+def test_a_summary_names_each_flagged_point_once() -> None:
+    """saturated_note: nothing when no point was flagged; else each flagged point once, sorted,
+    whether the flag is read back as text ("True", a CSV) or as a boolean (a loader's frame)."""
+
+    def label(row: Mapping[Any, Any]) -> str:
+        return f"{row['mode']} run {row['run']}"
+
+    calm = [{"mode": "tunnel", "run": 1, "cpu_saturated": "False"}, {"mode": "plain", "run": 1}]
+    assert saturated_note(calm, label) == ""
+    hot = {"cpu_busiest": "client", "cpu_client_pct": "95.0", "cpu_saturated": "True"}
+    rows = [*calm, {"mode": "stream", "run": 2, **hot}, {"mode": "session", "run": 1,
+            "cpu_saturated": True}, {"mode": "stream", "run": 2, **hot}]  # fmt: skip
+    note = saturated_note(rows, label)
+    assert note.startswith("\nCPU SATURATED")
+    assert note.endswith(": session run 1 (machine); stream run 2 (client)")
 
 
 def test_the_failover_summary_names_the_machine_when_no_process_filled_a_core(

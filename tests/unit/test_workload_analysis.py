@@ -71,6 +71,9 @@ def test_workload_figure_and_summary(tmp_path: Path) -> None:
     summary = workload.summary_table(tmp_path)
     assert "MOS" in summary and "flow completion" in summary and "bulk goodput" in summary
     assert "adaptive playout" in summary
+    # the flagged point is named, with what saturated it (no CPU columns: the machine)
+    assert summary.endswith("CPU SATURATED (a process >= 90 % of a core, or the machine >= 90 % "
+                            "of its cores): tunnel bulk-parallel run 1 (machine)")  # fmt: skip
 
 
 def test_a_run_from_before_the_adaptive_playout_buffer_loads_and_draws(tmp_path: Path) -> None:
@@ -89,7 +92,8 @@ def test_a_run_from_before_the_adaptive_playout_buffer_loads_and_draws(tmp_path:
     assert "mos_adaptive" not in analysis.load_workload_calls(tmp_path).columns
     out = analysis.workload_figure(tmp_path, tmp_path / "w.png")
     assert out.read_bytes().startswith(PNG_MAGIC)
-    assert "adaptive" not in workload.summary_table(tmp_path)
+    summary = workload.summary_table(tmp_path)
+    assert "adaptive" not in summary and "SATURATED" not in summary
 
 
 def test_a_run_with_only_calls_still_draws(tmp_path: Path) -> None:
