@@ -217,9 +217,9 @@ QUEUE_AQM_DOC = (
     "active queue management of each connection's datagram queue: codel (RFC 8289) drops "
     "arriving packets once the queue's delay stayed above queue_delay_target for "
     "queue_delay_interval, so an inner TCP flow keeps the tunnel's own queue short (off by "
-    "default: its 2026-12-08 check found one goodput cell of 16, outer and inner BBR at 2 % "
-    'loss, 8 % slower with it, README "The datagram queue"); off: tail drop at '
-    "max_datagram_queue only"
+    "default: in its 2026-12-08 check one goodput cell of 16, outer and inner BBR at 2 % loss, "
+    'lost 8-11 % with it in a third of its runs, README "The datagram queue"); off: tail drop '
+    "at max_datagram_queue only"
 )
 QUEUE_AQM_CHOICES = ("codel", "off")
 QUEUE_DELAY_TARGET_DOC = (
